@@ -1,0 +1,187 @@
+"""The `campus` command line: one console script for every program of the system.
+
+A user mistake (bad argument, invalid config, unreachable server) ends with
+one line `campus: error: ...` and exit status 2, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import signal
+import sys
+import threading
+from collections.abc import Callable
+from typing import Any
+
+from campus.errors import CampusError
+from campus.urls import ledger_path_for
+
+
+def setup_logging(level: str) -> None:
+    logging.basicConfig(level=getattr(logging, level.upper(), logging.INFO),
+                        format="%(asctime)s %(levelname)-7s %(name)s: %(message)s", stream=sys.stderr)
+    # Libraries that are chatty at INFO/DEBUG about every frame or connection.
+    for noisy in ("pymodbus", "amqtt", "transitions", "werkzeug", "urllib3"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    logging.getLogger("amqtt.broker").setLevel(logging.CRITICAL)
+
+
+def run_until_signal(main: Callable[[asyncio.Event], Any]) -> None:
+    """Run an async main(stop) until SIGINT/SIGTERM sets `stop`."""
+    async def runner() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        await main(stop)
+    asyncio.run(runner())
+
+
+def wait_for_signal(stop: threading.Event) -> None:
+    """Block the main thread until SIGINT/SIGTERM (threaded programs)."""
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    while not stop.wait(0.5):
+        pass
+
+
+# ---------------------------------------------------------------- commands
+
+
+def cmd_agent(args: argparse.Namespace) -> None:
+    from edge_agent.agent import run_agent
+    from edge_agent.config import load_gateway_config
+
+    config = load_gateway_config(args.config)
+    run_until_signal(lambda stop: run_agent(config, stop))
+
+
+def cmd_sim(args: argparse.Namespace) -> None:
+    from edge_agent.config import load_gateway_config
+    from firmware_stubs.runner import run_simulators
+
+    config = load_gateway_config(args.config)
+    run_until_signal(lambda stop: run_simulators(config, stop))
+
+
+def cmd_ingest(args: argparse.Namespace) -> None:
+    from campus.urls import parse_mqtt_url
+    from central.ingest import Ingest
+    from central.ledger import Ledger
+    from central.store import open_store
+
+    mqtt = parse_mqtt_url(args.mqtt)
+    ingest = Ingest(mqtt, open_store(args.store), Ledger(ledger_path_for(args.store, args.db)), name=args.name,
+                    share_group=args.share or None)
+    ingest.connect()
+    stop = threading.Event()
+    worker = threading.Thread(target=ingest.run, args=(stop,), name="ingest-writer", daemon=True)
+    worker.start()
+    logging.getLogger("campus").info("ingest %s: %s -> %s", args.name, mqtt, args.store)
+    wait_for_signal(stop)
+    worker.join(timeout=10)
+    ingest.close()
+
+
+def cmd_web(args: argparse.Namespace) -> None:
+    from dashboards import WebConfig, create_app
+    from dashboards.server import serve
+
+    config = WebConfig(store_url=args.store, ledger_path=ledger_path_for(args.store, args.db), mqtt_url=args.mqtt,
+                       tokens={args.admin_token: {"user": "admin-token", "role": "admin", "rooms": []}}
+                       if args.admin_token else {})
+    app = create_app(config)
+    stop = threading.Event()
+    server = serve(app, "127.0.0.1" if not args.host else args.host, args.http_port)
+    print(f"campus web: http://{server.host}:{server.port}/", flush=True)
+    wait_for_signal(stop)
+    server.shutdown()
+
+
+def cmd_demo(args: argparse.Namespace) -> None:
+    from campus.demo import Demo
+
+    demo = Demo(rooms=args.rooms, http_port=args.http_port, data_dir=args.data_dir, mqtt=args.mqtt,
+                store=args.store, admin_token=args.admin_token)
+    demo.run(duration=args.duration)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="campus", description="campus-iot: classroom gateways, ingest and dashboards")
+    parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("demo", help="a whole simulated school on this machine")
+    p.add_argument("--rooms", type=_positive_int, default=3, help="classrooms to simulate (default 3)")
+    p.add_argument("--duration", type=float, default=None, help="stop after S seconds (default: run until Ctrl-C)")
+    p.add_argument("--http-port", type=_port, default=8080, help="dashboard port on 127.0.0.1 (default 8080)")
+    p.add_argument("--data-dir", default="campus-demo-data", help="where the demo keeps its files")
+    p.add_argument("--mqtt", default=None, help="use this broker instead of the embedded one")
+    p.add_argument("--store", default=None, help="store URL (default: SQLite in the data dir)")
+    p.add_argument("--admin-token", default=None, help="admin API token (default: random, printed)")
+    p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("agent", help="one edge agent (one classroom gateway)")
+    p.add_argument("--config", required=True, help="gateway config YAML")
+    p.set_defaults(func=cmd_agent)
+
+    p = sub.add_parser("sim", help="simulators for the devices a gateway config names")
+    p.add_argument("--config", required=True, help="gateway config YAML")
+    p.set_defaults(func=cmd_sim)
+
+    p = sub.add_parser("ingest", help="central ingest from MQTT into the store")
+    p.add_argument("--mqtt", required=True, help="mqtt://[user:pass@]host:port")
+    p.add_argument("--store", required=True, help="sqlite:///PATH, victoriametrics://host:port, influxdb://…")
+    p.add_argument("--db", default=None, help="ledger database (default: the SQLite store itself)")
+    p.add_argument("--name", default="ingest", help="client name; one persistent MQTT session per name")
+    p.add_argument("--share", default=None, help="MQTT 5 shared-subscription group, for several workers")
+    p.set_defaults(func=cmd_ingest)
+
+    p = sub.add_parser("web", help="the dashboard and JSON API")
+    p.add_argument("--mqtt", default=None, help="broker for sending commands")
+    p.add_argument("--store", required=True)
+    p.add_argument("--db", default=None, help="ledger database (default: the SQLite store itself)")
+    p.add_argument("--http-port", type=_port, default=8080)
+    p.add_argument("--host", default=None, help="address to listen on (default 127.0.0.1)")
+    p.add_argument("--admin-token", default=None, help="an admin API token")
+    p.set_defaults(func=cmd_web)
+    return parser
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError("must be at least 1")
+    return value
+
+
+def _port(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a port number") from None
+    if not 0 <= value <= 65535:
+        raise argparse.ArgumentTypeError("must be 0-65535")
+    return value
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    setup_logging(args.log_level)
+    try:
+        args.func(args)
+    except CampusError as exc:
+        print(f"campus: error: {exc}", file=sys.stderr)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,313 @@
+"""The MQTT contract: every topic and payload of CONTRACT.md, in one place.
+
+The edge agent and the central services both import this module; nothing
+else in the project spells a topic string or builds a payload by hand.
+Decoders validate everything that comes from the network and raise
+`PayloadError` naming the topic part or field that was wrong.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from campus.errors import PayloadError
+
+ROOT = "campus/v1"
+MAX_PAYLOAD_BYTES = 64 * 1024
+# Topic segments are identifiers we generate or an admin types: keep them
+# to characters that cannot be MQTT wildcards or separators.
+_SEGMENT = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+
+KIND_STATE = "state"
+KIND_TELEMETRY = "telemetry"
+KIND_EVENT = "event"
+KIND_CMD = "cmd"
+KIND_CMD_RESULT = "cmd_result"
+KIND_CONFIG = "config"
+
+COMMAND_STATUSES = ("pending", "done", "failed", "rejected", "expired")
+FINAL_COMMAND_STATUSES = ("done", "failed", "rejected", "expired")
+DEVICE_STATUSES = ("ok", "fault", "offline", "starting")
+ACTIONS = ("power_on", "power_off", "select_input", "set_volume", "mute", "unmute")
+DEVICE_KINDS = ("environment", "card_reader", "projector", "display", "camera")
+
+
+def check_segment(value: str, what: str) -> str:
+    """Return `value` if it is a valid topic segment, else raise PayloadError."""
+    if not isinstance(value, str) or not _SEGMENT.match(value):
+        raise PayloadError(f"{what} {value!r} is not a valid id (letters, digits, '_', '.', '-'; at most 64)")
+    return value
+
+
+# ---------------------------------------------------------------- topics
+
+
+def gateway_prefix(school: str, gateway: str) -> str:
+    return f"{ROOT}/{check_segment(school, 'school')}/{check_segment(gateway, 'gateway')}"
+
+
+def state_topic(school: str, gateway: str) -> str:
+    return f"{gateway_prefix(school, gateway)}/state"
+
+
+def telemetry_topic(school: str, gateway: str, device: str) -> str:
+    return f"{gateway_prefix(school, gateway)}/telemetry/{check_segment(device, 'device')}"
+
+
+def event_topic(school: str, gateway: str, device: str) -> str:
+    return f"{gateway_prefix(school, gateway)}/event/{check_segment(device, 'device')}"
+
+
+def cmd_topic(school: str, gateway: str, device: str) -> str:
+    return f"{gateway_prefix(school, gateway)}/cmd/{check_segment(device, 'device')}"
+
+
+def cmd_result_topic(school: str, gateway: str, device: str) -> str:
+    return f"{cmd_topic(school, gateway, device)}/result"
+
+
+def config_topic(school: str, gateway: str) -> str:
+    return f"{gateway_prefix(school, gateway)}/config"
+
+
+def agent_cmd_filter(school: str, gateway: str) -> str:
+    """What one agent subscribes to: commands for its own devices only."""
+    return f"{gateway_prefix(school, gateway)}/cmd/+"
+
+
+def ingest_filters(school: str = "+") -> list[str]:
+    """What central ingest subscribes to (one school or all of them)."""
+    base = f"{ROOT}/{school}/+"
+    return [f"{base}/state", f"{base}/telemetry/+", f"{base}/event/+", f"{base}/cmd/+/result"]
+
+
+def share(filter_: str, group: str) -> str:
+    """An MQTT 5 shared-subscription filter, so N ingest workers split the load."""
+    return f"$share/{check_segment(group, 'share group')}/{filter_}"
+
+
+@dataclass(frozen=True)
+class Topic:
+    kind: str
+    school: str
+    gateway: str
+    device: str | None = None
+
+
+def parse_topic(topic: str) -> Topic:
+    """Split a contract topic into its parts; PayloadError if it is not one."""
+    parts = topic.split("/")
+    if len(parts) < 5 or f"{parts[0]}/{parts[1]}" != ROOT:
+        raise PayloadError(f"topic {topic!r} is not under {ROOT}/{{school}}/{{gateway}}/")
+    school, gateway, rest = parts[2], parts[3], parts[4:]
+    check_segment(school, "school")
+    check_segment(gateway, "gateway")
+    if rest == ["state"]:
+        return Topic(KIND_STATE, school, gateway)
+    if rest == ["config"]:
+        return Topic(KIND_CONFIG, school, gateway)
+    if len(rest) == 2 and rest[0] in (KIND_TELEMETRY, KIND_EVENT, KIND_CMD):
+        return Topic(rest[0], school, gateway, check_segment(rest[1], "device"))
+    if len(rest) == 3 and rest[0] == KIND_CMD and rest[2] == "result":
+        return Topic(KIND_CMD_RESULT, school, gateway, check_segment(rest[1], "device"))
+    raise PayloadError(f"topic {topic!r}: unknown message kind {'/'.join(rest)!r}")
+
+
+# ---------------------------------------------------------------- payloads
+
+
+def _load(payload: bytes | str, what: str) -> dict[str, Any]:
+    if isinstance(payload, str):
+        payload = payload.encode()
+    if len(payload) > MAX_PAYLOAD_BYTES:
+        raise PayloadError(f"{what}: payload of {len(payload)} bytes exceeds {MAX_PAYLOAD_BYTES}")
+    try:
+        data = json.loads(payload)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise PayloadError(f"{what}: payload is not JSON ({exc})") from None
+    if not isinstance(data, dict):
+        raise PayloadError(f"{what}: payload must be a JSON object, got {type(data).__name__}")
+    return data
+
+
+def _dump(obj: Any) -> bytes:
+    return json.dumps(asdict(obj), separators=(",", ":"), allow_nan=False).encode()
+
+
+def _field(data: dict[str, Any], name: str, types: type | tuple[type, ...], what: str, *, optional: bool = False,
+           default: Any = None) -> Any:
+    if name not in data:
+        if optional:
+            return default
+        raise PayloadError(f"{what}: field '{name}' is missing")
+    value = data[name]
+    # bool is an int in Python; a JSON true is never a number here.
+    if isinstance(value, bool) and bool not in (types if isinstance(types, tuple) else (types,)):
+        raise PayloadError(f"{what}: field '{name}' must be {_type_names(types)}, got a boolean")
+    if not isinstance(value, types):
+        raise PayloadError(f"{what}: field '{name}' must be {_type_names(types)}, got {type(value).__name__}")
+    if isinstance(value, float) and not math.isfinite(value):
+        raise PayloadError(f"{what}: field '{name}' must be finite")
+    return value
+
+
+def _type_names(types: type | tuple[type, ...]) -> str:
+    types = types if isinstance(types, tuple) else (types,)
+    names = {int: "a number", float: "a number", str: "a string", dict: "an object", bool: "a boolean",
+             list: "a list", type(None): "null"}
+    return " or ".join(dict.fromkeys(names.get(t, t.__name__) for t in types))
+
+
+def _seq(data: dict[str, Any], what: str) -> int:
+    seq = _field(data, "seq", int, what)
+    if seq < 1:
+        raise PayloadError(f"{what}: field 'seq' must be >= 1, got {seq}")
+    return seq
+
+
+def _ts(data: dict[str, Any], what: str, name: str = "ts") -> float:
+    ts = float(_field(data, name, (int, float), what))
+    if ts < 0:
+        raise PayloadError(f"{what}: field '{name}' must be a unix time, got {ts}")
+    return ts
+
+
+MetricValue = float | int | str
+
+
+@dataclass
+class Telemetry:
+    seq: int
+    ts: float
+    values: dict[str, MetricValue]
+
+    def encode(self) -> bytes:
+        return _dump(self)
+
+    @classmethod
+    def decode(cls, payload: bytes | str) -> Telemetry:
+        what = "telemetry"
+        data = _load(payload, what)
+        values = _field(data, "values", dict, what)
+        for name, value in values.items():
+            check_segment(name, f"{what}: metric name")
+            if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+                raise PayloadError(f"{what}: metric '{name}' must be a number or a string")
+            if isinstance(value, float) and not math.isfinite(value):
+                raise PayloadError(f"{what}: metric '{name}' must be finite")
+            if isinstance(value, str) and len(value) > 256:
+                raise PayloadError(f"{what}: metric '{name}' string is longer than 256 characters")
+        return cls(seq=_seq(data, what), ts=_ts(data, what), values=values)
+
+
+@dataclass
+class Event:
+    seq: int
+    ts: float
+    type: str
+    data: dict[str, Any] = field(default_factory=dict)
+
+    def encode(self) -> bytes:
+        return _dump(self)
+
+    @classmethod
+    def decode(cls, payload: bytes | str) -> Event:
+        what = "event"
+        data = _load(payload, what)
+        etype = check_segment(_field(data, "type", str, what), f"{what}: type")
+        return cls(seq=_seq(data, what), ts=_ts(data, what), type=etype,
+                   data=_field(data, "data", dict, what, optional=True, default={}))
+
+
+@dataclass
+class State:
+    online: bool
+    ts: float
+    agent: str = ""
+    boot: float = 0.0
+    devices: dict[str, dict[str, str]] = field(default_factory=dict)
+    config_version: int | None = None
+    room: str = ""
+    building: str = ""
+    # Seconds between polls: central calls a gateway silent after 3 of them.
+    interval: float = 0.0
+    # Outbox figures: messages waiting and dropped by the outbox bounds.
+    outbox: dict[str, int] = field(default_factory=dict)
+
+    def encode(self) -> bytes:
+        return _dump(self)
+
+    @classmethod
+    def decode(cls, payload: bytes | str) -> State:
+        what = "state"
+        data = _load(payload, what)
+        devices = _field(data, "devices", dict, what, optional=True, default={})
+        for dev, info in devices.items():
+            check_segment(dev, f"{what}: device")
+            if not isinstance(info, dict) or not all(isinstance(v, str) for v in info.values()):
+                raise PayloadError(f"{what}: devices.{dev} must be an object of strings")
+            status = info.get("status")
+            if status is not None and status not in DEVICE_STATUSES:
+                raise PayloadError(f"{what}: devices.{dev}.status {status!r} is not one of {DEVICE_STATUSES}")
+        version = _field(data, "config_version", (int, type(None)), what, optional=True)
+        outbox = _field(data, "outbox", dict, what, optional=True, default={})
+        if not all(isinstance(v, int) and not isinstance(v, bool) for v in outbox.values()):
+            raise PayloadError(f"{what}: outbox figures must be whole numbers")
+        interval = float(_field(data, "interval", (int, float), what, optional=True, default=0.0))
+        return cls(online=_field(data, "online", bool, what), ts=_ts(data, what), interval=interval, outbox=outbox,
+                   room=_field(data, "room", str, what, optional=True, default="")[:64],
+                   building=_field(data, "building", str, what, optional=True, default="")[:64],
+                   agent=_field(data, "agent", str, what, optional=True, default=""),
+                   boot=float(_field(data, "boot", (int, float), what, optional=True, default=0.0)),
+                   devices=devices, config_version=version)
+
+
+@dataclass
+class Command:
+    id: str
+    action: str
+    params: dict[str, Any]
+    deadline: float
+    by: str = ""
+
+    def encode(self) -> bytes:
+        return _dump(self)
+
+    @classmethod
+    def decode(cls, payload: bytes | str) -> Command:
+        what = "command"
+        data = _load(payload, what)
+        cid = _field(data, "id", str, what)
+        if not cid or len(cid) > 64:
+            raise PayloadError(f"{what}: field 'id' must be 1 to 64 characters")
+        action = _field(data, "action", str, what)
+        if not re.match(r"^[a-z][a-z0-9_]{0,31}$", action):
+            raise PayloadError(f"{what}: field 'action' {action!r} is not an action name")
+        return cls(id=cid, action=action, params=_field(data, "params", dict, what, optional=True, default={}),
+                   deadline=_ts(data, what, "deadline"),
+                   by=_field(data, "by", str, what, optional=True, default=""))
+
+
+@dataclass
+class CommandResult:
+    id: str
+    status: str
+    detail: str
+    ts: float
+
+    def encode(self) -> bytes:
+        return _dump(self)
+
+    @classmethod
+    def decode(cls, payload: bytes | str) -> CommandResult:
+        what = "command result"
+        data = _load(payload, what)
+        status = _field(data, "status", str, what)
+        if status not in FINAL_COMMAND_STATUSES:
+            raise PayloadError(f"{what}: status {status!r} is not one of {FINAL_COMMAND_STATUSES}")
+        return cls(id=_field(data, "id", str, what), status=status,
+                   detail=_field(data, "detail", str, what, optional=True, default=""), ts=_ts(data, what))

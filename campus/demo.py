@@ -1,0 +1,166 @@
+"""`campus demo`: a whole simulated school on one machine, in one process.
+
+An embedded broker (amqtt, unless --mqtt names a real one), N classrooms
+each with simulated devices and an edge agent (the same code as `campus
+sim` and `campus agent`, over real sockets), ingest into the store, and the
+dashboard. The gateway configs it generates are written to the data dir so
+a user can copy one for a real gateway.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import secrets
+import socket
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import yaml
+from werkzeug.security import generate_password_hash
+
+from campus.cli import run_until_signal
+from campus.errors import CampusError
+from campus.urls import ledger_path_for, parse_mqtt_url
+from edge_agent.agent import run_agent
+from edge_agent.config import GatewayConfig, load_gateway_config
+from firmware_stubs.runner import SimulatorSet
+
+log = logging.getLogger(__name__)
+
+SCHOOL = "demo-school"
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
+
+
+def classroom_config(index: int, mqtt: str, data_dir: Path, poll_interval: float = 2.0) -> dict[str, Any]:
+    """The gateway config of demo classroom `index` (1-based), devices on free ports."""
+    room = f"{100 + index}"
+    return {
+        "school": SCHOOL, "gateway": f"gw-{room}", "room": room, "building": "A",
+        "mqtt": mqtt, "poll_interval": poll_interval,
+        "data_dir": str((data_dir / "agents" / f"gw-{room}").resolve()),
+        "card_secret": secrets.token_hex(16),
+        "devices": [
+            {"id": "env", "profile": "env-6in1-modbus",
+             "address": {"host": "127.0.0.1", "port": free_port(), "unit": 1},
+             "simulator": {"seed": index, "time_scale": 30, "start": "07:58"}},
+        ],
+    }
+
+
+class Demo:
+    def __init__(self, rooms: int = 3, http_port: int = 8080, data_dir: str = "campus-demo-data",
+                 mqtt: str | None = None, store: str | None = None, admin_token: str | None = None) -> None:
+        self.rooms = rooms
+        self.http_port = http_port
+        self.data_dir = Path(data_dir).resolve()
+        self.external_mqtt = mqtt
+        if mqtt:
+            parse_mqtt_url(mqtt)
+        self.store = store or f"sqlite:///{self.data_dir / 'campus.db'}"
+        self.admin_token = admin_token or secrets.token_urlsafe(18)
+        self.passwords = {role: secrets.token_urlsafe(8) for role in ("admin", "facility", "teacher")}
+
+    def _write_configs(self, mqtt: str) -> list[GatewayConfig]:
+        gw_dir = self.data_dir / "gateways"
+        gw_dir.mkdir(parents=True, exist_ok=True)
+        configs = []
+        for i in range(1, self.rooms + 1):
+            path = gw_dir / f"room-{100 + i}.yaml"
+            path.write_text(yaml.safe_dump(classroom_config(i, mqtt, self.data_dir), sort_keys=False))
+            configs.append(load_gateway_config(path))
+        return configs
+
+    def _users(self, configs: list[GatewayConfig]) -> dict[str, dict[str, Any]]:
+        return {
+            "admin": {"role": "admin", "password_hash": generate_password_hash(self.passwords["admin"])},
+            "facility": {"role": "facility", "password_hash": generate_password_hash(self.passwords["facility"])},
+            "teacher": {"role": "teacher", "password_hash": generate_password_hash(self.passwords["teacher"]),
+                        "rooms": [configs[0].room] if configs else []},
+        }
+
+    def run(self, duration: float | None = None) -> None:
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        run_until_signal(lambda stop: self._main(stop, duration))
+
+    async def _main(self, stop: asyncio.Event, duration: float | None) -> None:
+        from central.ingest import Ingest
+        from central.ledger import Ledger
+        from central.store import open_store
+        from dashboards import WebConfig, create_app
+        from dashboards.server import serve
+
+        started = time.monotonic()
+        broker = None
+        if self.external_mqtt:
+            mqtt = self.external_mqtt
+        else:
+            from amqtt.broker import Broker
+
+            port = free_port()
+            broker = Broker({"listeners": {"default": {"type": "tcp", "bind": f"127.0.0.1:{port}"}},
+                             "plugins": {"amqtt.plugins.authentication.AnonymousAuthPlugin": {"allow_anonymous": True}}})
+            await broker.start()
+            mqtt = f"mqtt://127.0.0.1:{port}?protocol=3.1.1"  # amqtt speaks MQTT 3.1.1 only
+        configs = self._write_configs(mqtt)
+        sims = [SimulatorSet(c) for c in configs]
+        for s in sims:
+            await s.start()
+
+        # With the SQLite store the ledger shares its file; with a server store it gets its own.
+        ledger_path = ledger_path_for(self.store, None if self.store.startswith("sqlite:")
+                                      else f"sqlite:///{self.data_dir / 'ledger.db'}")
+        ingest = Ingest(parse_mqtt_url(mqtt), open_store(self.store), Ledger(ledger_path), name="demo-ingest")
+        await asyncio.to_thread(ingest.connect)
+        ingest_stop = threading.Event()
+        ingest_thread = threading.Thread(target=ingest.run, args=(ingest_stop,), name="ingest", daemon=True)
+        ingest_thread.start()
+
+        web = WebConfig(store_url=self.store, ledger_path=ledger_path, mqtt_url=mqtt,
+                        tokens={self.admin_token: {"user": "admin-token", "role": "admin", "rooms": []}},
+                        users=self._users(configs))
+        app = create_app(web)
+        server = serve(app, "127.0.0.1", self.http_port)
+        url = f"http://127.0.0.1:{server.port}/"
+        print(f"campus demo: {self.rooms} classrooms, broker {mqtt.split('?')[0]}"
+              f"{' (embedded amqtt)' if broker else ''}, store {self.store}", flush=True)
+        print(f"campus demo: dashboard {url}", flush=True)
+        for role, password in self.passwords.items():
+            print(f"campus demo: login {role} / {password}", flush=True)
+        print(f"campus demo: admin API token {self.admin_token}", flush=True)
+        print(f"campus demo: gateway configs in {self.data_dir / 'gateways'}", flush=True)
+        (self.data_dir / "logins.txt").write_text(
+            "".join(f"{r} {p}\n" for r, p in self.passwords.items()) + f"token {self.admin_token}\nurl {url}\n")
+
+        agents = [asyncio.create_task(run_agent(c, stop)) for c in configs]
+        try:
+            if duration is not None:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), max(0.0, duration - (time.monotonic() - started)))
+            else:
+                await stop.wait()
+        finally:
+            print("campus demo: stopping", flush=True)
+            stop.set()
+            await asyncio.gather(*agents, return_exceptions=True)
+            ingest_stop.set()
+            await asyncio.to_thread(ingest_thread.join, 10)
+            ingest.close()
+            server.shutdown()
+            if app.extensions["campus"]["commands"]:
+                app.extensions["campus"]["commands"].stop()
+            for s in sims:
+                await s.stop()
+            if broker is not None:
+                await broker.shutdown()
+        for task in agents:
+            if task.done() and not task.cancelled() and task.exception():
+                raise CampusError(f"an agent failed: {task.exception()}")

@@ -1,0 +1,36 @@
+"""One exception tree for the whole project.
+
+Every error a user can cause (a bad config, a malformed payload, a device
+that answers nonsense, a store that is unreachable) is a `CampusError`, so
+the command line can print one line for it instead of a traceback.
+"""
+
+from __future__ import annotations
+
+
+class CampusError(Exception):
+    """Base of every error this project raises on purpose."""
+
+
+class ConfigError(CampusError):
+    """A config file, profile, URL or command-line value is invalid."""
+
+
+class ProfileError(ConfigError):
+    """A device profile does not match the profile schema."""
+
+
+class PayloadError(CampusError):
+    """An MQTT payload or topic does not match the contract."""
+
+
+class DeviceError(CampusError):
+    """A device did not answer, answered an error, or sent a corrupt frame."""
+
+
+class ActionRejected(DeviceError):
+    """The device (or its profile) refuses this action or its parameters."""
+
+
+class StoreError(CampusError):
+    """The time-series store or registry could not be read or written."""

@@ -1,0 +1,102 @@
+"""Parsing of the MQTT and store URLs that every command takes.
+
+One parser for each, so `campus agent`, `campus ingest`, `campus web` and
+`campus demo` accept exactly the same spellings and give the same errors.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from urllib.parse import parse_qs, unquote, urlsplit
+
+from campus.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class MqttUrl:
+    host: str
+    port: int
+    username: str | None = None
+    password: str | None = None
+    tls: bool = False
+    # MQTT protocol: "5" (default; shared subscriptions) or "3.1.1" (amqtt).
+    protocol: str = "5"
+    ca_file: str | None = None
+    cert_file: str | None = None
+    key_file: str | None = None
+
+    def __str__(self) -> str:  # never print the password
+        auth = f"{self.username}@" if self.username else ""
+        return f"{'mqtts' if self.tls else 'mqtt'}://{auth}{self.host}:{self.port}"
+
+
+def parse_mqtt_url(url: str) -> MqttUrl:
+    """`mqtt://[user:pass@]host:port[?protocol=3.1.1]`, or `mqtts://…?ca=FILE`."""
+    parts = urlsplit(url)
+    if parts.scheme not in ("mqtt", "mqtts"):
+        raise ConfigError(f"MQTT URL {url!r}: scheme must be mqtt:// or mqtts://")
+    if not parts.hostname:
+        raise ConfigError(f"MQTT URL {url!r}: no host")
+    try:
+        port = parts.port or (8883 if parts.scheme == "mqtts" else 1883)
+    except ValueError:
+        raise ConfigError(f"MQTT URL {url!r}: port is not a number from 1 to 65535") from None
+    query = {k: v[-1] for k, v in parse_qs(parts.query).items()}
+    protocol = query.pop("protocol", "5")
+    if protocol not in ("5", "3.1.1"):
+        raise ConfigError(f"MQTT URL {url!r}: protocol must be 5 or 3.1.1")
+    known = {"ca", "cert", "key"}
+    unknown = set(query) - known
+    if unknown:
+        raise ConfigError(f"MQTT URL {url!r}: unknown option(s) {', '.join(sorted(unknown))}")
+    return MqttUrl(
+        host=parts.hostname, port=port,
+        username=unquote(parts.username) if parts.username else None,
+        password=unquote(parts.password) if parts.password else None,
+        tls=parts.scheme == "mqtts", protocol=protocol,
+        ca_file=query.get("ca"), cert_file=query.get("cert"), key_file=query.get("key"))
+
+
+@dataclass(frozen=True)
+class StoreUrl:
+    scheme: str  # sqlite | victoriametrics | influxdb
+    path: str = ""
+    host: str = ""
+    port: int = 0
+    options: dict[str, str] = field(default_factory=dict)
+
+
+def parse_store_url(url: str) -> StoreUrl:
+    """`sqlite:///PATH`, `victoriametrics://host:port`, `influxdb://host:port?org=O&bucket=B&token=T`."""
+    parts = urlsplit(url)
+    if parts.scheme == "sqlite":
+        if parts.netloc or not parts.path or parts.path == "/":
+            raise ConfigError(f"store URL {url!r}: write sqlite:///relative/path.db or sqlite:////abs/path.db")
+        return StoreUrl("sqlite", path=parts.path[1:])
+    if parts.scheme in ("victoriametrics", "influxdb"):
+        if not parts.hostname:
+            raise ConfigError(f"store URL {url!r}: no host")
+        try:
+            port = parts.port or (8428 if parts.scheme == "victoriametrics" else 8086)
+        except ValueError:
+            raise ConfigError(f"store URL {url!r}: port is not a number from 1 to 65535") from None
+        options = {k: v[-1] for k, v in parse_qs(parts.query).items()}
+        if parts.scheme == "influxdb":
+            missing = [k for k in ("org", "bucket", "token") if k not in options]
+            if missing:
+                raise ConfigError(f"store URL {url!r}: missing {', '.join(missing)}")
+        return StoreUrl(parts.scheme, host=parts.hostname, port=port, options=options)
+    raise ConfigError(f"store URL {url!r}: scheme must be sqlite://, victoriametrics:// or influxdb://")
+
+
+def ledger_path_for(store: str, db: str | None) -> str:
+    """Where central's ledger lives: `--db` if given, else the SQLite store's own file."""
+    if db:
+        parsed = parse_store_url(db)
+        if parsed.scheme != "sqlite":
+            raise ConfigError(f"--db {db!r}: the ledger needs a sqlite:/// URL")
+        return parsed.path
+    parsed = parse_store_url(store)
+    if parsed.scheme != "sqlite":
+        raise ConfigError("with a non-SQLite --store, give --db sqlite:///PATH for the ledger")
+    return parsed.path

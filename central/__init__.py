@@ -1,0 +1,1 @@
+"""Campus-side services: ingest from MQTT, the stores, the ledger, commands."""

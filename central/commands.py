@@ -1,0 +1,77 @@
+"""Sending commands to gateways: record first, publish second, wait for the result.
+
+The web app creates a command with an id and a deadline, writes it to the
+ledger as `pending` (the audit record exists before anything is sent),
+publishes it QoS 1 on the device's command topic, and waits a few seconds
+for ingest to record the agent's result. A command whose gateway is offline
+stays `pending` at the broker (the agent's persistent session) until the
+agent returns; past its deadline the agent answers `expired`.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+import uuid
+from typing import Any
+
+from campus import contract
+from campus.contract import Command
+from campus.errors import CampusError
+from campus.mqtt import paho_client
+from campus.urls import MqttUrl
+from central.ledger import Ledger
+
+log = logging.getLogger(__name__)
+
+DEFAULT_TTL_S = 60.0
+MAX_TTL_S = 24 * 3600.0
+
+
+class CommandService:
+    def __init__(self, mqtt: MqttUrl, ledger: Ledger, *, client_id: str | None = None) -> None:
+        self.mqtt = mqtt
+        self.ledger = ledger
+        self.client = paho_client(mqtt, client_id or f"campus-web-{uuid.uuid4().hex[:8]}")
+        self.client.reconnect_delay_set(0.2, 5)
+        self.connected = threading.Event()
+        self.client.on_connect = lambda c, u, f, rc, p: self.connected.set() if not rc.is_failure else None
+        self.client.on_disconnect = lambda c, u, f, rc, p: self.connected.clear()
+        self._lock = threading.Lock()
+        self._started = False
+
+    def start(self) -> None:
+        try:
+            self.client.connect(self.mqtt.host, self.mqtt.port, keepalive=30)
+        except OSError as exc:
+            raise CampusError(f"cannot reach MQTT broker {self.mqtt}: {exc.strerror or exc}") from None
+        self.client.loop_start()
+        self._started = True
+
+    def stop(self) -> None:
+        if self._started:
+            self.client.loop_stop()
+            self.client.disconnect()
+
+    def send(self, school: str, gateway: str, device: str, action: str, params: dict[str, Any], by: str,
+             ttl: float = DEFAULT_TTL_S, wait: float = 5.0) -> dict[str, Any]:
+        """Create, publish and (for up to `wait` seconds) follow one command."""
+        cmd = Command(id=uuid.uuid4().hex, action=action, params=params, deadline=time.time() + ttl, by=by)
+        self.ledger.add_command(cmd.id, gateway, device, action, params, by, cmd.deadline)
+        with self._lock:
+            info = self.client.publish(contract.cmd_topic(school, gateway, device), cmd.encode(), qos=1)
+        try:
+            # PUBACK from the broker: from here the broker owns delivery.
+            info.wait_for_publish(timeout=min(wait, 5.0))
+        except (RuntimeError, ValueError) as exc:
+            log.warning("command %s not yet accepted by the broker: %s", cmd.id, exc)
+        if not info.is_published():
+            log.warning("command %s: broker %s has not acknowledged it yet", cmd.id, self.mqtt)
+        deadline = time.monotonic() + wait
+        while time.monotonic() < deadline:
+            record = self.ledger.command(cmd.id)
+            if record and record["status"] != "pending":
+                return record
+            time.sleep(0.05)
+        return self.ledger.command(cmd.id) or {"id": cmd.id, "status": "pending"}

@@ -1,0 +1,188 @@
+"""The ledger: what central knows besides the points.
+
+Per gateway: its latest `state` (online, devices and their status), when it
+was last heard from, and the `seq` numbers received, from which it counts
+gaps (numbers never received) and duplicates (redeliveries dropped). Also
+the events and the command audit trail. SQLite; for the embedded store it
+lives in the same file as the points.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import time
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from campus.contract import CommandResult, State
+from campus.errors import StoreError
+from central.store.sqlite import PerThreadConnection
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS gateways (
+    id TEXT PRIMARY KEY, school TEXT NOT NULL, room TEXT NOT NULL DEFAULT '',
+    online INTEGER NOT NULL DEFAULT 0, state TEXT NOT NULL DEFAULT '{}', interval REAL NOT NULL DEFAULT 0,
+    last_seen REAL, first_seq INTEGER, max_seq INTEGER,
+    received INTEGER NOT NULL DEFAULT 0, duplicates INTEGER NOT NULL DEFAULT 0
+);
+CREATE TABLE IF NOT EXISTS seen (
+    gateway TEXT NOT NULL, seq INTEGER NOT NULL, PRIMARY KEY (gateway, seq)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS events (
+    gateway TEXT NOT NULL, device TEXT NOT NULL, seq INTEGER NOT NULL, ts REAL NOT NULL,
+    type TEXT NOT NULL, data TEXT NOT NULL, PRIMARY KEY (gateway, seq)
+);
+CREATE INDEX IF NOT EXISTS events_ts ON events (ts);
+CREATE TABLE IF NOT EXISTS commands (
+    id TEXT PRIMARY KEY, gateway TEXT NOT NULL, device TEXT NOT NULL, action TEXT NOT NULL,
+    params TEXT NOT NULL, by TEXT NOT NULL, created REAL NOT NULL, deadline REAL NOT NULL,
+    status TEXT NOT NULL, detail TEXT NOT NULL DEFAULT '', finished REAL
+);
+CREATE INDEX IF NOT EXISTS commands_created ON commands (created);
+"""
+
+
+@dataclass
+class Sequenced:
+    """One telemetry or event message, decoded, waiting to be recorded."""
+    school: str
+    gateway: str
+    device: str
+    seq: int
+    ts: float
+    event: tuple[str, dict[str, Any]] | None = None  # (type, data) for events
+
+
+class Ledger(PerThreadConnection):
+    schema = SCHEMA
+
+    def _ensure_gateway(self, school: str, gateway: str) -> None:
+        self.db.execute("INSERT OR IGNORE INTO gateways (id, school) VALUES (?, ?)", (gateway, school))
+
+    # ------------------------------------------------------------ ingest side
+
+    def record(self, messages: list[Sequenced], states: list[tuple[str, str, State]],
+               results: list[CommandResult]) -> list[bool]:
+        """Record a batch in one transaction; returns, per message, whether it was new."""
+        now = time.time()
+        fresh: list[bool] = []
+        try:
+            with self.db:
+                self.db.execute("BEGIN IMMEDIATE")
+                for m in messages:
+                    self._ensure_gateway(m.school, m.gateway)
+                    new = self.db.execute("INSERT OR IGNORE INTO seen VALUES (?, ?)", (m.gateway, m.seq)).rowcount == 1
+                    fresh.append(new)
+                    if new:
+                        self.db.execute(
+                            "UPDATE gateways SET received = received + 1, last_seen = ?,"
+                            " first_seq = MIN(COALESCE(first_seq, ?), ?), max_seq = MAX(COALESCE(max_seq, ?), ?)"
+                            " WHERE id = ?", (now, m.seq, m.seq, m.seq, m.seq, m.gateway))
+                        if m.event is not None:
+                            self.db.execute("INSERT OR IGNORE INTO events VALUES (?, ?, ?, ?, ?, ?)",
+                                            (m.gateway, m.device, m.seq, m.ts, m.event[0], json.dumps(m.event[1])))
+                    else:
+                        self.db.execute("UPDATE gateways SET duplicates = duplicates + 1, last_seen = ? WHERE id = ?",
+                                        (now, m.gateway))
+                for school, gateway, state in states:
+                    self._ensure_gateway(school, gateway)
+                    # A late Will must not overwrite a newer "online" (ordering by the state's ts).
+                    self.db.execute(
+                        "UPDATE gateways SET online = ?, state = ?, interval = ?, room = COALESCE(NULLIF(?, ''), room),"
+                        " last_seen = CASE WHEN ? THEN ? ELSE last_seen END"
+                        " WHERE id = ? AND COALESCE(json_extract(state, '$.ts'), 0) <= ?",
+                        (int(state.online), json.dumps(_state_dict(state)), state.interval,
+                         state.room, state.online, now, gateway, state.ts))
+                for r in results:
+                    self.db.execute("UPDATE commands SET status = ?, detail = ?, finished = ?"
+                                    " WHERE id = ? AND status = 'pending'", (r.status, r.detail, r.ts, r.id))
+        except sqlite3.Error as exc:
+            raise StoreError(f"{self.path}: ledger write failed: {exc}") from None
+        return fresh
+
+    def mark_silent(self, now: float | None = None) -> list[str]:
+        """Gateways that said nothing for 3 poll intervals become offline."""
+        now = now or time.time()
+        rows = self.db.execute("SELECT id FROM gateways WHERE online = 1 AND interval > 0 AND last_seen < ? - 3 * interval",
+                               (now,)).fetchall()
+        if rows:
+            with self.db:
+                self.db.execute("BEGIN IMMEDIATE")
+                self.db.executemany("UPDATE gateways SET online = 0 WHERE id = ?", rows)
+        return [r[0] for r in rows]
+
+    # ------------------------------------------------------------ read side
+
+    def gateways(self) -> list[dict[str, Any]]:
+        self.mark_silent()
+        cur = self.db.execute("SELECT id, school, room, online, last_seen, received, duplicates, first_seq, max_seq,"
+                              " state FROM gateways ORDER BY school, id")
+        out = []
+        for gid, school, room, online, last_seen, received, dups, first, top, state in cur:
+            gaps = (top - first + 1 - received) if first is not None else 0
+            st = json.loads(state)
+            out.append({"id": gid, "school": school, "room": room, "online": bool(online), "last_seen": last_seen,
+                        "received": received, "gaps": gaps, "duplicates": dups,
+                        "outbox": st.get("outbox", {}), "agent": st.get("agent", "")})
+        return out
+
+    def gateway_devices(self) -> list[dict[str, Any]]:
+        """Every device the agents reported, with status (offline when its gateway is)."""
+        out = []
+        for gw in self.gateways():
+            state = json.loads(self.db.execute("SELECT state FROM gateways WHERE id=?", (gw["id"],)).fetchone()[0])
+            for dev, info in sorted(state.get("devices", {}).items()):
+                out.append({"gateway": gw["id"], "school": gw["school"], "room": gw["room"], "id": dev,
+                            "profile": info.get("profile", ""), "kind": info.get("kind", ""),
+                            "status": info.get("status", "ok") if gw["online"] else "offline"})
+        return out
+
+    def events(self, gateway: str | None = None, type_: str | None = None, since: float | None = None,
+               limit: int = 1000) -> list[dict[str, Any]]:
+        sql, args = "SELECT gateway, device, seq, ts, type, data FROM events WHERE 1=1", []
+        for cond, value in (("gateway = ?", gateway), ("type = ?", type_), ("ts >= ?", since)):
+            if value is not None:
+                sql += f" AND {cond}"
+                args.append(value)
+        sql += " ORDER BY ts DESC LIMIT ?"
+        args.append(limit)
+        return [{"gateway": g, "device": d, "seq": s, "ts": ts, "type": t, "data": json.loads(data)}
+                for g, d, s, ts, t, data in self.db.execute(sql, args)]
+
+    # ------------------------------------------------------------ commands
+
+    def add_command(self, cid: str, gateway: str, device: str, action: str, params: dict[str, Any], by: str,
+                    deadline: float) -> None:
+        with self.db:
+            self.db.execute("BEGIN IMMEDIATE")
+            self.db.execute("INSERT INTO commands (id, gateway, device, action, params, by, created, deadline, status)"
+                            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, 'pending')",
+                            (cid, gateway, device, action, json.dumps(params), by, time.time(), deadline))
+
+    def command(self, cid: str) -> dict[str, Any] | None:
+        rows = self._commands("WHERE id = ?", (cid,))
+        return rows[0] if rows else None
+
+    def commands(self, gateway: str | None = None, limit: int = 200) -> list[dict[str, Any]]:
+        if gateway:
+            return self._commands("WHERE gateway = ? ORDER BY created DESC LIMIT ?", (gateway, limit))
+        return self._commands("ORDER BY created DESC LIMIT ?", (limit,))
+
+    def _commands(self, where: str, args: tuple[Any, ...]) -> list[dict[str, Any]]:
+        cur = self.db.execute("SELECT id, gateway, device, action, params, by, created, deadline, status, detail,"
+                              f" finished FROM commands {where}", args)
+        out = []
+        now = time.time()
+        for cid, gw, dev, action, params, by, created, deadline, status, detail, finished in cur:
+            if status == "pending" and deadline < now - 5:
+                # The agent never answered and never will run it now: say so.
+                status, detail = "expired", "no answer from the gateway before the deadline"
+            out.append({"id": cid, "gateway": gw, "device": dev, "action": action, "params": json.loads(params),
+                        "by": by, "created": created, "deadline": deadline, "status": status, "detail": detail,
+                        "finished": finished})
+        return out
+
+
+def _state_dict(state: State) -> dict[str, Any]:
+    return asdict(state)

@@ -1,0 +1,21 @@
+"""The rooms board: every classroom with its gateway, devices and latest readings.
+
+The page is static HTML; its script polls /api/gateways and /api/devices
+every few seconds, so it refreshes by itself without reloading.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from flask import Blueprint, g, render_template
+
+from dashboards.auth import login_required
+
+bp = Blueprint("board", __name__)
+
+
+@bp.get("/")
+@login_required
+def rooms() -> Any:
+    return render_template("rooms.html", user=g.user)

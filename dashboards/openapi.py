@@ -1,0 +1,65 @@
+"""The OpenAPI 3.1 document for /api/openapi.json, written out by hand.
+
+Kept next to the routes it describes; a test checks every route is in it.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import campus
+from campus import contract
+
+
+def _get(summary: str, params: list[tuple[str, str, bool]] = (), schema: dict[str, Any] | None = None,
+         auth: bool = True) -> dict[str, Any]:
+    op: dict[str, Any] = {
+        "summary": summary,
+        "parameters": [{"name": n, "in": where, "required": req, "schema": {"type": "number" if n in
+                        ("start", "end", "since") else "string"}} for n, where, req in params],
+        "responses": {"200": {"description": "OK", "content": {"application/json": {"schema": schema or {}}}}},
+    }
+    if auth:
+        op["responses"].update({"401": {"description": "login required"}, "403": {"description": "forbidden"}})
+        op["security"] = [{"bearer": []}]
+    else:
+        op["security"] = []
+    if any(p[1] == "query" for p in params):
+        op["responses"]["400"] = {"description": "bad query parameter"}
+    return op
+
+
+def document() -> dict[str, Any]:
+    obj = {"type": "object"}
+    arr = {"type": "array", "items": obj}
+    send = _get("Send a command to a device and wait a few seconds for its result",
+                [("gateway", "path", True), ("device", "path", True)], obj)
+    send["requestBody"] = {"required": True, "content": {"application/json": {"schema": {
+        "type": "object", "required": ["action"],
+        "properties": {"action": {"type": "string", "enum": list(contract.ACTIONS)},
+                       "params": {"type": "object"}, "ttl": {"type": "number", "minimum": 1, "maximum": 86400}}}}}}
+    send["responses"].update({"202": {"description": "sent; no result yet"},
+                              "400": {"description": "bad body"}, "404": {"description": "no such device"},
+                              "503": {"description": "no MQTT connection configured"}})
+    return {
+        "openapi": "3.1.0",
+        "info": {"title": "campus-iot", "version": campus.__version__},
+        "components": {"securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}}},
+        "paths": {
+            "/api/health": {"get": _get("Liveness", schema={"type": "object", "properties": {
+                "status": {"type": "string"}}}, auth=False)},
+            "/api/gateways": {"get": _get("Gateways with presence and delivery counters", schema=arr)},
+            "/api/devices": {"get": _get("Devices with status and latest values", schema=arr)},
+            "/api/telemetry": {"get": _get("Points of one series", [("gateway", "query", True),
+                                                                    ("device", "query", True),
+                                                                    ("metric", "query", True),
+                                                                    ("start", "query", False),
+                                                                    ("end", "query", False)], obj)},
+            "/api/events": {"get": _get("Events, newest first", [("gateway", "query", False), ("type", "query", False),
+                                                                 ("since", "query", False)], arr)},
+            "/api/gateways/{gateway}/devices/{device}/commands": {"post": send},
+            "/api/commands": {"get": _get("Command audit trail, newest first", [("gateway", "query", False)], arr)},
+            "/api/commands/{cid}": {"get": _get("One command", [("cid", "path", True)], obj)},
+            "/api/openapi.json": {"get": _get("This document", auth=False)},
+        },
+    }

@@ -1,0 +1,112 @@
+"""Device profiles: one YAML file per device model, and their one loader.
+
+A profile says what a device model is (kind, protocol), what it measures
+(metrics with units and, for Modbus, the register map and scaling), which
+actions it accepts and which fields tell its health. Every profile is
+validated against `schema.json` when it is loaded; an error names the file,
+the line and the field.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from functools import cache
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+
+from campus.errors import ProfileError
+from campus.yamlfile import YamlDoc
+
+PROFILE_DIR = Path(__file__).parent / "profiles"
+
+
+@dataclass(frozen=True)
+class Metric:
+    name: str
+    unit: str = ""
+    register: int | None = None
+    function: str = "holding"
+    type: str = "uint16"
+    word_order: str = "big"
+    scale: float = 1.0
+    offset: float = 0.0
+    values: tuple[str, ...] = ()
+
+    @property
+    def register_count(self) -> int:
+        return 2 if self.type in ("int32", "uint32", "float32") else 1
+
+
+@dataclass(frozen=True)
+class Profile:
+    name: str
+    kind: str
+    protocol: str
+    metrics: dict[str, Metric]
+    actions: tuple[str, ...] = ()
+    inputs: dict[str, str | int] = field(default_factory=dict)
+    timings: dict[str, float] = field(default_factory=dict)
+    serial: dict[str, Any] = field(default_factory=dict)
+    health: dict[str, dict[str, Any]] = field(default_factory=dict)
+    manufacturer: str = ""
+    model: str = ""
+    description: str = ""
+    source: str = ""
+
+
+@cache
+def _schema() -> dict[str, Any]:
+    text = resources.files(__package__).joinpath("schema.json").read_text()
+    return json.loads(text)
+
+
+def parse_profile(text: str, source: str) -> Profile:
+    """Validate and build a profile from YAML text; `source` names it in errors."""
+    doc = YamlDoc(text, source, ProfileError)
+    data = doc.data
+    if not isinstance(data, dict):
+        raise ProfileError(f"{source}: a profile must be a YAML mapping")
+    errors = sorted(jsonschema.Draft202012Validator(_schema()).iter_errors(data), key=lambda e: list(e.path))
+    if errors:
+        raise doc.fail(list(errors[0].absolute_path), errors[0].message)
+    metrics = {name: Metric(name=name, **{k: (tuple(v) if k == "values" else v) for k, v in spec.items()
+                                          if k != "description"})
+               for name, spec in data["metrics"].items()}
+    for action in data.get("actions", []):
+        if action == "select_input" and not data.get("inputs"):
+            raise doc.fail(["actions"], "select_input needs an 'inputs' map")
+    return Profile(name=data["name"], kind=data["kind"], protocol=data["protocol"], metrics=metrics,
+                   actions=tuple(data.get("actions", ())), inputs=dict(data.get("inputs", {})),
+                   timings=dict(data.get("timings", {})), serial=dict(data.get("serial", {})),
+                   health=dict(data.get("health", {})), manufacturer=data.get("manufacturer", ""),
+                   model=data.get("model", ""), description=data.get("description", ""), source=source)
+
+
+def load_profile_file(path: str | Path) -> Profile:
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ProfileError(f"{path}: cannot read profile ({getattr(exc, 'strerror', None) or exc})") from None
+    return parse_profile(text, str(path))
+
+
+def available_profiles() -> list[str]:
+    return sorted(p.stem for p in PROFILE_DIR.glob("*.yaml"))
+
+
+@cache
+def load_profile(name: str) -> Profile:
+    """A shipped profile by name, or a profile file by path."""
+    if "/" in name or name.endswith((".yaml", ".yml")):
+        return load_profile_file(name)
+    path = PROFILE_DIR / f"{name}.yaml"
+    if not path.exists():
+        raise ProfileError(f"profile {name!r} not found; shipped profiles: {', '.join(available_profiles())}")
+    profile = load_profile_file(path)
+    if profile.name != name:
+        raise ProfileError(f"{path}: field name: {profile.name!r} does not match the file name {name!r}")
+    return profile

@@ -1,0 +1,266 @@
+"""One classroom gateway: poll every device, publish through the outbox, run commands.
+
+Tasks, all in one asyncio loop:
+- one poller per device (the scheduler): read, commit to the outbox, note status;
+- one command worker per device (see `commands.py`);
+- the MQTT link: connect with a persistent session and a Last Will, publish
+  the retained `state`, subscribe to this gateway's commands, and drain the
+  outbox at a bounded rate; on any broker error, back off and reconnect.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+
+import aiomqtt
+import paho.mqtt.client as paho
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+
+import campus
+from campus import contract
+from campus.contract import Event, State, Telemetry
+from campus.errors import DeviceError
+from campus.mqtt import tls_context
+from campus.urls import parse_mqtt_url
+from edge_agent.commands import CommandExecutor
+from edge_agent.config import GatewayConfig
+from edge_agent.drivers import create_driver
+from edge_agent.drivers.base import DeviceUnreachable, Driver, Reading
+from edge_agent.outbox import Outbox, SequencedMessage
+
+log = logging.getLogger(__name__)
+
+SESSION_EXPIRY_S = 7 * 24 * 3600  # commands for an offline gateway wait this long at most
+STATE_EVERY_S = 60.0              # republish state even when nothing changed (presence)
+
+
+class Agent:
+    def __init__(self, config: GatewayConfig) -> None:
+        self.config = config
+        self.mqtt_url = parse_mqtt_url(config.mqtt)
+        self.school, self.gateway = config.school, config.gateway
+        self.boot = time.time()
+        self.drivers: dict[str, Driver] = {}
+        for dev in config.devices:
+            options = dict(dev.options)
+            if dev.profile_obj.kind == "card_reader":
+                options.setdefault("secret", config.card_secret)
+            self.drivers[dev.id] = create_driver(dev.id, dev.profile_obj, dev.address, options)
+        self.locks = {d: asyncio.Lock() for d in self.drivers}
+        self.status: dict[str, str] = {d: "starting" for d in self.drivers}
+        self.outbox = Outbox(config.data_path / "agent.db", max_messages=config.outbox.max_messages,
+                             max_age_s=config.outbox.max_age_s)
+        self.commands = CommandExecutor(self.outbox, self.school, self.gateway, self.drivers, self.locks)
+        self.pending = asyncio.Event()        # set when the outbox has something new
+        self.state_changed = asyncio.Event()
+        self.client: aiomqtt.Client | None = None
+        self.connected = asyncio.Event()
+        self.published = 0
+
+    # ------------------------------------------------------------ scheduler
+
+    async def poll_device(self, device_id: str) -> None:
+        dev = self.config.device(device_id)
+        assert dev is not None
+        interval = self.config.interval_for(dev)
+        driver = self.drivers[device_id]
+        loop = asyncio.get_running_loop()
+        next_at = loop.time()
+        while True:
+            try:
+                async with self.locks[device_id]:
+                    reading = await asyncio.wait_for(driver.read(), timeout=max(interval, 5.0))
+                self._set_status(device_id, "ok")
+                self.record(device_id, reading)
+            except DeviceUnreachable as exc:
+                self._set_status(device_id, "offline", exc)
+            except (DeviceError, TimeoutError) as exc:
+                self._set_status(device_id, "fault", exc)
+            except Exception as exc:  # a driver bug must not stop the other devices
+                log.exception("driver %s crashed", device_id)
+                self._set_status(device_id, "fault", exc)
+            next_at += interval
+            now = loop.time()
+            if next_at < now:  # fell behind (slow device): skip, do not burst
+                next_at = now + interval
+            await asyncio.sleep(next_at - now)
+
+    def _set_status(self, device_id: str, status: str, exc: BaseException | None = None) -> None:
+        if self.status.get(device_id) != status:
+            if exc is not None:
+                log.warning("%s is %s: %s", device_id, status, exc or type(exc).__name__)
+            else:
+                log.info("%s is %s", device_id, status)
+            self.status[device_id] = status
+            self.state_changed.set()
+
+    def record(self, device_id: str, reading: Reading) -> list[int]:
+        """Commit one reading (telemetry and events) to the outbox."""
+        now = time.time()
+        msgs: list[SequencedMessage] = []
+        if reading.values:
+            values = dict(reading.values)
+            msgs.append((contract.telemetry_topic(self.school, self.gateway, device_id),
+                         lambda seq, v=values: Telemetry(seq, now, v).encode()))
+        for ev in reading.events:
+            msgs.append((contract.event_topic(self.school, self.gateway, device_id),
+                         lambda seq, e=ev: Event(seq, e.ts or now, e.type, e.data).encode()))
+        seqs = self.outbox.add(sequenced=msgs) if msgs else []
+        if seqs:
+            self.pending.set()
+        return seqs
+
+    # ------------------------------------------------------------ MQTT link
+
+    def state(self, online: bool = True) -> State:
+        return State(online=online, ts=time.time(), agent=campus.__version__, boot=self.boot,
+                     room=self.config.room, building=self.config.building,
+                     devices={d: {"profile": drv.profile.name, "kind": drv.profile.kind,
+                                  "status": self.status[d] if online else "offline"}
+                              for d, drv in self.drivers.items()},
+                     interval=self.config.poll_interval,
+                     outbox={"pending": len(self.outbox), "dropped": self.outbox.dropped,
+                             "last_seq": self.outbox.last_seq})
+
+    def _client(self) -> aiomqtt.Client:
+        url = self.mqtt_url
+        v5 = url.protocol == "5"
+        props = None
+        if v5:
+            props = Properties(PacketTypes.CONNECT)
+            props.SessionExpiryInterval = SESSION_EXPIRY_S
+        will = aiomqtt.Will(contract.state_topic(self.school, self.gateway), self.state(online=False).encode(),
+                            qos=1, retain=True)
+        return aiomqtt.Client(
+            url.host, url.port, username=url.username, password=url.password,
+            identifier=f"agent-{self.school}-{self.gateway}",
+            protocol=aiomqtt.ProtocolVersion.V5 if v5 else aiomqtt.ProtocolVersion.V311,
+            # A persistent session: commands sent while we are offline wait for us.
+            clean_session=None if v5 else False,
+            clean_start=False if v5 else paho.MQTT_CLEAN_START_FIRST_ONLY, properties=props,
+            will=will, keepalive=15, timeout=10, tls_context=tls_context(url),
+            max_inflight_messages=self.config.outbox.inflight)
+
+    async def run_link(self) -> None:
+        backoff = 0.5
+        while True:
+            try:
+                async with self._client() as client:
+                    # Ack commands only after they are journaled (see commands.py).
+                    client._client.manual_ack_set(True)  # aiomqtt exposes no manual-ack switch
+                    self.client = client
+                    self.connected.set()
+                    backoff = 0.5
+                    log.info("connected to %s", self.mqtt_url)
+                    await client.publish(contract.state_topic(self.school, self.gateway), self.state().encode(),
+                                         qos=1, retain=True)
+                    await client.subscribe(contract.agent_cmd_filter(self.school, self.gateway), qos=1)
+                    try:
+                        async with asyncio.TaskGroup() as tg:
+                            tg.create_task(self._drain(client))
+                            tg.create_task(self._receive(client))
+                            tg.create_task(self._publish_state(client))
+                    except asyncio.CancelledError:
+                        # A clean stop sends no Will: say we are going offline ourselves.
+                        with contextlib.suppress(Exception):
+                            await client.publish(contract.state_topic(self.school, self.gateway),
+                                                 self.state(online=False).encode(), qos=1, retain=True, timeout=2)
+                        raise
+            except* aiomqtt.MqttError as group:
+                log.warning("MQTT link to %s lost: %s; retrying in %.1fs", self.mqtt_url, group.exceptions[0], backoff)
+            finally:
+                self.client = None
+                self.connected.clear()
+            await asyncio.sleep(backoff)
+            backoff = min(backoff * 2, 30.0)
+
+    async def _publish_state(self, client: aiomqtt.Client) -> None:
+        topic = contract.state_topic(self.school, self.gateway)
+        while True:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.state_changed.wait(), STATE_EVERY_S)
+            self.state_changed.clear()
+            await client.publish(topic, self.state().encode(), qos=1, retain=True)
+
+    async def _receive(self, client: aiomqtt.Client) -> None:
+        async for message in client.messages:
+            try:
+                topic = contract.parse_topic(message.topic.value)
+                if topic.kind == contract.KIND_CMD and topic.gateway == self.gateway and topic.device:
+                    payload = message.payload if isinstance(message.payload, bytes) else str(message.payload).encode()
+                    self.commands.receive(topic.device, payload)
+                    self.pending.set()
+            except contract.PayloadError as exc:
+                log.warning("ignored message on %s: %s", message.topic.value, exc)
+            finally:
+                if message.qos > 0:
+                    client._client.ack(message.mid, message.qos)
+
+    async def _drain(self, client: aiomqtt.Client) -> None:
+        """Publish the outbox oldest first, `inflight` at a time, at most `drain_rate`/s."""
+        rate = self.config.outbox.drain_rate
+        batch = self.config.outbox.inflight
+        loop = asyncio.get_running_loop()
+        while True:
+            rows = self.outbox.peek(batch)
+            if not rows:
+                self.pending.clear()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self.pending.wait(), 5.0)
+                self.outbox.expire()
+                continue
+            started = loop.time()
+            results = await asyncio.gather(
+                *(client.publish(r.topic, r.payload, qos=1, retain=r.retain, timeout=30) for r in rows),
+                return_exceptions=True)
+            acked = [r.id for r, res in zip(rows, results, strict=True) if res is None]
+            self.outbox.remove(acked)
+            self.published += len(acked)
+            failed = next((res for res in results if isinstance(res, BaseException)), None)
+            if failed is not None:
+                raise failed if isinstance(failed, aiomqtt.MqttError) else aiomqtt.MqttError(str(failed))
+            # Pace the drain so a school reconnecting at once cannot flood ingest.
+            spare = len(rows) / rate - (loop.time() - started)
+            if spare > 0:
+                await asyncio.sleep(spare)
+
+    # ------------------------------------------------------------ lifecycle
+
+    async def run(self) -> None:
+        log.info("agent %s/%s starting with %d devices; outbox holds %d", self.school, self.gateway,
+                 len(self.drivers), len(self.outbox))
+        self.commands.recover()
+        try:
+            async with asyncio.TaskGroup() as tg:
+                tg.create_task(self.run_link())
+                for device_id in self.drivers:
+                    tg.create_task(self.poll_device(device_id))
+                    tg.create_task(self.commands.run_device(device_id))
+        finally:
+            await self.close()
+
+    async def close(self) -> None:
+        for driver in self.drivers.values():
+            with contextlib.suppress(Exception):
+                await driver.close()
+        self.outbox.close()
+
+
+async def run_agent(config: GatewayConfig, stop: asyncio.Event | None = None) -> None:
+    """Run until `stop` is set (or forever); used by `campus agent` and the demo."""
+    agent = Agent(config)
+    task = asyncio.create_task(agent.run())
+    if stop is None:
+        await task
+        return
+    waiter = asyncio.create_task(stop.wait())
+    await asyncio.wait([task, waiter], return_when=asyncio.FIRST_COMPLETED)
+    waiter.cancel()
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+

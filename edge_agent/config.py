@@ -1,0 +1,138 @@
+"""The gateway config file: which school and room, which broker, which devices.
+
+Validated with pydantic at load time; an error names the file, line and
+field (`gw.yaml:12: field devices.0.address.port: ...`), and the agent does
+not start on an invalid config.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from campus import contract
+from campus.errors import CampusError
+from campus.urls import parse_mqtt_url
+from campus.yamlfile import YamlDoc
+from device_profiles import Profile, load_profile
+
+
+def _as_value_error(check: Any, *args: Any) -> Any:
+    """Run a project check inside a pydantic validator, so the error keeps its field path."""
+    try:
+        return check(*args)
+    except CampusError as exc:
+        raise ValueError(str(exc)) from None
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class OutboxConfig(_Strict):
+    # Bounds: what a gateway keeps while the broker is unreachable. When a
+    # bound is hit the oldest messages are dropped (and counted): recent data
+    # is worth more to a facility manager than week-old data.
+    max_messages: int = Field(200_000, ge=10)
+    max_age_s: float = Field(7 * 24 * 3600, gt=0)
+    # Drain pace after an outage, messages per second (live rate is a few/s).
+    drain_rate: float = Field(500.0, gt=0)
+    inflight: int = Field(50, ge=1, le=1000)
+
+
+class DeviceConfig(_Strict):
+    id: str
+    profile: str
+    address: dict[str, Any] = Field(default_factory=dict)
+    poll_interval: float | None = Field(None, gt=0)
+    options: dict[str, Any] = Field(default_factory=dict)
+    # Settings for `campus sim` (seed, time scale, faults); the agent ignores them.
+    simulator: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("id")
+    @classmethod
+    def _id(cls, v: str) -> str:
+        return _as_value_error(contract.check_segment, v, "device id")
+
+    @field_validator("profile")
+    @classmethod
+    def _profile(cls, v: str) -> str:
+        _as_value_error(load_profile, v)  # the message names the profile's own file and line
+        return v
+
+    @model_validator(mode="after")
+    def _address(self) -> DeviceConfig:
+        from edge_agent.drivers import driver_class  # drivers import this module's types
+
+        try:
+            driver_class(self.profile_obj.protocol).check_address(self.address)
+        except ValueError as exc:
+            raise ValueError(f"address: {exc}") from None
+        return self
+
+    @property
+    def profile_obj(self) -> Profile:
+        return load_profile(self.profile)
+
+
+class GatewayConfig(_Strict):
+    school: str
+    gateway: str
+    room: str
+    building: str = ""
+    mqtt: str = "mqtt://127.0.0.1:1883"
+    poll_interval: float = Field(5.0, gt=0)
+    data_dir: str = ""
+    card_secret: str = ""
+    outbox: OutboxConfig = Field(default_factory=OutboxConfig)
+    devices: list[DeviceConfig] = Field(default_factory=list)
+    # Where the file was read from; relative data_dir is resolved against it.
+    source: str = Field("", exclude=True)
+
+    @field_validator("school", "gateway")
+    @classmethod
+    def _segment(cls, v: str) -> str:
+        return _as_value_error(contract.check_segment, v, "id")
+
+    @field_validator("mqtt")
+    @classmethod
+    def _mqtt(cls, v: str) -> str:
+        _as_value_error(parse_mqtt_url, v)
+        return v
+
+    @model_validator(mode="after")
+    def _unique_devices(self) -> GatewayConfig:
+        seen: set[str] = set()
+        for dev in self.devices:
+            if dev.id in seen:
+                raise ValueError(f"device id {dev.id!r} appears twice")
+            seen.add(dev.id)
+        return self
+
+    def device(self, device_id: str) -> DeviceConfig | None:
+        return next((d for d in self.devices if d.id == device_id), None)
+
+    def interval_for(self, dev: DeviceConfig) -> float:
+        return dev.poll_interval or self.poll_interval
+
+    @property
+    def data_path(self) -> Path:
+        base = Path(self.source).parent if self.source else Path.cwd()
+        return (base / (self.data_dir or f"{self.gateway}-data")).resolve()
+
+
+def parse_gateway_config(doc: YamlDoc) -> GatewayConfig:
+    if not isinstance(doc.data, dict):
+        raise doc.error(f"{doc.source}: a gateway config must be a YAML mapping")
+    try:
+        return GatewayConfig(**doc.data, source=doc.source)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        msg = err["msg"].removeprefix("Value error, ")
+        raise doc.fail(list(err["loc"]), msg) from None
+
+
+def load_gateway_config(path: str | Path) -> GatewayConfig:
+    return parse_gateway_config(YamlDoc.read(path))

@@ -1,0 +1,96 @@
+"""The one small async interface every device driver implements.
+
+A driver owns one device's connection (`open`/`close`, also as `async
+with`), returns what the device reports (`read`), and carries out actions
+(`execute`). The scheduler and the command executor only ever see this
+interface, like httpx's transports: protocols differ, the contract does not.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+from campus.contract import MetricValue
+from campus.errors import ActionRejected, DeviceError
+from device_profiles import Profile
+
+
+class DeviceUnreachable(DeviceError):
+    """The device could not be reached at all (status `offline`, not `fault`)."""
+
+
+@dataclass
+class DeviceEvent:
+    type: str
+    data: dict[str, Any]
+    ts: float | None = None
+
+
+@dataclass
+class Reading:
+    values: dict[str, MetricValue] = field(default_factory=dict)
+    events: list[DeviceEvent] = field(default_factory=list)
+
+
+class Driver(ABC):
+    """Base of all drivers. Subclasses set `protocol` and implement the hooks."""
+
+    protocol: ClassVar[str]
+
+    def __init__(self, device_id: str, profile: Profile, address: dict[str, Any],
+                 options: dict[str, Any] | None = None) -> None:
+        self.device_id = device_id
+        self.profile = profile
+        self.address = address
+        self.options = options or {}
+        self.counters: dict[str, int] = {}
+
+    @classmethod
+    def check_address(cls, address: dict[str, Any]) -> None:
+        """Raise ValueError naming the address field that is wrong."""
+        if not isinstance(address, dict):
+            raise ValueError("address must be a mapping")
+
+    def count(self, name: str, n: int = 1) -> None:
+        """Count a thing worth reporting (dropped frames, retries)."""
+        self.counters[name] = self.counters.get(name, 0) + n
+
+    async def open(self) -> None:  # noqa: B027 - many drivers connect lazily
+        """Acquire the connection; may be called again after a failure."""
+
+    async def close(self) -> None:  # noqa: B027
+        """Release the connection; safe to call twice."""
+
+    @abstractmethod
+    async def read(self) -> Reading:
+        """One poll: current values and any events since the last poll."""
+
+    async def execute(self, action: str, params: dict[str, Any]) -> str:
+        """Carry out an action the profile lists; returns a short detail."""
+        self.validate_action(action, params)
+        return await self._execute(action, params)
+
+    async def _execute(self, action: str, params: dict[str, Any]) -> str:
+        raise ActionRejected(f"{self.profile.name} has no actions")
+
+    def validate_action(self, action: str, params: dict[str, Any]) -> None:
+        """Reject an action the profile does not list, or bad parameters."""
+        if action not in self.profile.actions:
+            raise ActionRejected(f"action {action!r} is not supported by profile {self.profile.name}")
+        if action == "select_input":
+            name = params.get("input")
+            if name not in self.profile.inputs:
+                raise ActionRejected(f"input {name!r} is not one of {', '.join(self.profile.inputs)}")
+        elif action == "set_volume":
+            level = params.get("level")
+            if isinstance(level, bool) or not isinstance(level, int) or not 0 <= level <= 100:
+                raise ActionRejected(f"level must be a whole number from 0 to 100, got {level!r}")
+
+    async def __aenter__(self) -> Driver:
+        await self.open()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()

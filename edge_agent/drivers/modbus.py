@@ -1,0 +1,142 @@
+"""Modbus driver: environment sensors over Modbus TCP or Modbus RTU (RS-485).
+
+The same profile works over both transports. Several sensors on one RS-485
+bus (or behind one Modbus TCP gateway) share one client, and requests on it
+are serialised by a lock, because a bus carries one transaction at a time.
+Each poll reads the profile's registers in as few contiguous requests as
+possible. A Modbus exception or a timeout fails this device's poll only.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass, field
+from typing import Any
+
+from pymodbus.client import AsyncModbusSerialClient, AsyncModbusTcpClient
+from pymodbus.exceptions import ModbusException
+
+from campus.errors import DeviceError
+from device_profiles import Metric, registers
+from edge_agent.drivers.base import DeviceUnreachable, Driver, Reading
+
+EXCEPTION_NAMES = {1: "illegal function", 2: "illegal data address", 3: "illegal data value",
+                   4: "device failure", 6: "device busy", 10: "gateway path unavailable",
+                   11: "gateway target failed to respond"}
+MAX_REGISTERS_PER_READ = 125  # Modbus limit for function 0x03/0x04
+
+
+@dataclass
+class _Bus:
+    client: AsyncModbusTcpClient | AsyncModbusSerialClient
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    users: int = 0
+
+
+# One client per TCP endpoint or serial port, shared by the drivers on it.
+_buses: dict[tuple[str, ...], _Bus] = {}
+
+
+def _blocks(metrics: list[Metric]) -> list[tuple[str, int, int, list[Metric]]]:
+    """Group metrics into (function, start, count, metrics) contiguous reads."""
+    out: list[tuple[str, int, int, list[Metric]]] = []
+    for m in sorted(metrics, key=lambda m: (m.function, m.register)):
+        assert m.register is not None
+        end = m.register + m.register_count
+        if out and out[-1][0] == m.function and m.register <= out[-1][1] + out[-1][2] \
+                and end - out[-1][1] <= MAX_REGISTERS_PER_READ:
+            fn, start, count, ms = out[-1]
+            out[-1] = (fn, start, max(count, end - start), ms + [m])
+        else:
+            out.append((m.function, m.register, m.register_count, [m]))
+    return out
+
+
+class ModbusDriver(Driver):
+    protocol = "modbus"
+
+    @classmethod
+    def check_address(cls, address: dict[str, Any]) -> None:
+        if ("host" in address) == ("serial" in address):
+            raise ValueError("give either host (Modbus TCP) or serial (Modbus RTU port)")
+        if "host" in address:
+            port = address.get("port", 502)
+            if isinstance(port, bool) or not isinstance(port, int) or not 0 < port < 65536:
+                raise ValueError(f"port must be 1-65535, got {port!r}")
+        unit = address.get("unit", 1)
+        if isinstance(unit, bool) or not isinstance(unit, int) or not 0 <= unit <= 247:
+            raise ValueError(f"unit must be a Modbus address 0-247, got {unit!r}")
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.check_address(self.address)
+        self.unit = int(self.address.get("unit", 1))
+        self.timeout = float(self.options.get("timeout", 1.0))
+        self.blocks = _blocks([m for m in self.profile.metrics.values() if m.register is not None])
+        self._key: tuple[str, ...] | None = None
+
+    def _bus_key(self) -> tuple[str, ...]:
+        if "host" in self.address:
+            return ("tcp", str(self.address["host"]), str(self.address.get("port", 502)))
+        return ("rtu", str(self.address["serial"]))
+
+    def _new_client(self) -> AsyncModbusTcpClient | AsyncModbusSerialClient:
+        if "host" in self.address:
+            return AsyncModbusTcpClient(self.address["host"], port=int(self.address.get("port", 502)),
+                                        timeout=self.timeout, retries=0, reconnect_delay=0)
+        serial = {**self.profile.serial, **{k: v for k, v in self.address.items()
+                                            if k in ("baudrate", "bytesize", "parity", "stopbits")}}
+        return AsyncModbusSerialClient(self.address["serial"], timeout=self.timeout, retries=0,
+                                       reconnect_delay=0, **serial)
+
+    async def open(self) -> None:
+        if self._key is None:
+            self._key = self._bus_key()
+            bus = _buses.get(self._key)
+            if bus is None:
+                bus = _buses[self._key] = _Bus(self._new_client())
+            bus.users += 1
+        bus = _buses[self._key]
+        if not bus.client.connected:
+            async with bus.lock:
+                if not bus.client.connected and not await bus.client.connect():
+                    raise DeviceUnreachable(f"{self.device_id}: cannot connect to Modbus {'/'.join(self._key[1:])}")
+
+    async def close(self) -> None:
+        if self._key is None:
+            return
+        bus = _buses.get(self._key)
+        self._key = None
+        if bus is not None:
+            bus.users -= 1
+            if bus.users <= 0:
+                bus.client.close()
+                del _buses[self._bus_key()]
+
+    async def read(self) -> Reading:
+        await self.open()
+        assert self._key is not None
+        bus = _buses[self._key]
+        values: dict[str, float] = {}
+        async with bus.lock:
+            for function, start, count, metrics in self.blocks:
+                read = bus.client.read_input_registers if function == "input" else bus.client.read_holding_registers
+                try:
+                    result = await read(start, count=count, device_id=self.unit)
+                except ModbusException as exc:
+                    # A timeout leaves the transaction state unknown: drop the
+                    # connection so the next poll starts clean.
+                    bus.client.close()
+                    raise DeviceError(f"{self.device_id}: no valid answer from unit {self.unit} ({exc})") from None
+                if result.isError():
+                    code = getattr(result, "exception_code", 0)
+                    raise DeviceError(f"{self.device_id}: Modbus exception {code} "
+                                      f"({EXCEPTION_NAMES.get(code, 'unknown')}) reading {start}+{count}")
+                regs = list(result.registers)
+                if len(regs) < count:
+                    raise DeviceError(f"{self.device_id}: short answer, {len(regs)} of {count} registers")
+                for m in metrics:
+                    assert m.register is not None
+                    off = m.register - start
+                    values[m.name] = registers.decode(m, regs[off:off + m.register_count])
+        return Reading(values=values)

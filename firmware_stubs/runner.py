@@ -1,0 +1,81 @@
+"""`campus sim`: start the simulators for every device a gateway config names.
+
+Each simulator listens exactly where the config says the device is, so the
+agent started on the same config talks to it as it would to hardware.
+Per-device `simulator:` settings (seed, time_scale, class_size) tune it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections import defaultdict
+from typing import Any
+
+from campus.errors import ConfigError
+from edge_agent.config import DeviceConfig, GatewayConfig
+from firmware_stubs.environment import ClassroomAir, ModbusSensorServer
+
+log = logging.getLogger(__name__)
+
+
+def _air(dev: DeviceConfig, index: int) -> ClassroomAir:
+    opts = dev.simulator
+    start = opts.get("start")
+    kwargs: dict[str, Any] = {"seed": int(opts.get("seed", index + 1)), "class_size": int(opts.get("class_size", 40))}
+    if start:
+        h, m = (int(x) for x in str(start).split(":"))
+        kwargs["start_minute"] = h * 60 + m
+    return ClassroomAir(**kwargs)
+
+
+class SimulatorSet:
+    """All simulators of one gateway config, started and stopped together."""
+
+    def __init__(self, config: GatewayConfig) -> None:
+        self.config = config
+        self.modbus: dict[tuple[str, ...], ModbusSensorServer] = {}
+        self.by_device: dict[str, Any] = {}
+        groups: dict[tuple[str, ...], list[DeviceConfig]] = defaultdict(list)
+        for dev in config.devices:
+            protocol = dev.profile_obj.protocol
+            if protocol != "modbus":
+                raise ConfigError(f"{config.source}: no simulator for protocol {protocol!r} (device {dev.id})")
+            key = ("tcp", str(dev.address.get("host")), str(dev.address.get("port", 502))) if "host" in dev.address \
+                else ("rtu", str(dev.address["serial"]))
+            groups[key].append(dev)
+        for key, devs in groups.items():
+            units = {int(d.address.get("unit", 1)): _air(d, config.devices.index(d)) for d in devs}
+            opts = devs[0].simulator
+            server = ModbusSensorServer(devs[0].profile, units=units,
+                                        host=key[1] if key[0] == "tcp" else "127.0.0.1",
+                                        port=int(key[2]) if key[0] == "tcp" else None,
+                                        serial=key[1] if key[0] == "rtu" else None,
+                                        time_scale=float(opts.get("time_scale", 1.0)))
+            self.modbus[key] = server
+            for d in devs:
+                self.by_device[d.id] = (server, int(d.address.get("unit", 1)))
+
+    async def start(self) -> None:
+        for server in self.modbus.values():
+            await server.start()
+        log.info("simulators for %s/%s running: %s", self.config.school, self.config.gateway,
+                 ", ".join(self.by_device))
+
+    async def stop(self) -> None:
+        for server in self.modbus.values():
+            with contextlib.suppress(Exception):
+                await server.stop()
+
+    async def __aenter__(self) -> SimulatorSet:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
+
+
+async def run_simulators(config: GatewayConfig, stop: asyncio.Event) -> None:
+    async with SimulatorSet(config):
+        await stop.wait()
