@@ -13,7 +13,6 @@ import asyncio
 import contextlib
 import logging
 import secrets
-import socket
 import threading
 import time
 from pathlib import Path
@@ -24,6 +23,7 @@ from werkzeug.security import generate_password_hash
 
 from campus.cli import run_until_signal
 from campus.errors import CampusError
+from campus.net import free_port
 from campus.urls import ledger_path_for, parse_mqtt_url
 from edge_agent.agent import run_agent
 from edge_agent.config import GatewayConfig, load_gateway_config
@@ -32,12 +32,6 @@ from firmware_stubs.runner import SimulatorSet
 log = logging.getLogger(__name__)
 
 SCHOOL = "demo-school"
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket() as s:
-        s.bind((host, 0))
-        return s.getsockname()[1]
 
 
 def classroom_config(index: int, mqtt: str, data_dir: Path, poll_interval: float = 2.0) -> dict[str, Any]:

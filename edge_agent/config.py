@@ -10,7 +10,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator,
+                      model_validator)
 
 from campus import contract
 from campus.errors import CampusError
@@ -62,15 +63,14 @@ class DeviceConfig(_Strict):
         _as_value_error(load_profile, v)  # the message names the profile's own file and line
         return v
 
-    @model_validator(mode="after")
-    def _address(self) -> DeviceConfig:
+    @field_validator("address")
+    @classmethod
+    def _address(cls, v: dict[str, Any], info: ValidationInfo) -> dict[str, Any]:
         from edge_agent.drivers import driver_class  # drivers import this module's types
 
-        try:
-            driver_class(self.profile_obj.protocol).check_address(self.address)
-        except ValueError as exc:
-            raise ValueError(f"address: {exc}") from None
-        return self
+        if "profile" in info.data:  # else the profile error is reported instead
+            _as_value_error(lambda: driver_class(load_profile(info.data["profile"]).protocol).check_address(v))
+        return v
 
     @property
     def profile_obj(self) -> Profile:

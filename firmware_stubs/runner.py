@@ -53,6 +53,7 @@ class SimulatorSet:
                                         port=int(key[2]) if key[0] == "tcp" else None,
                                         serial=key[1] if key[0] == "rtu" else None,
                                         time_scale=float(opts.get("time_scale", 1.0)))
+            server.frozen = bool(opts.get("frozen", False))
             self.modbus[key] = server
             for d in devs:
                 self.by_device[d.id] = (server, int(d.address.get("unit", 1)))

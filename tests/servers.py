@@ -1,0 +1,158 @@
+"""Real servers for tests: Mosquitto and VictoriaMetrics on ephemeral loopback ports,
+and the project's own programs as subprocesses (`campus agent`, `campus ingest`, ...).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from campus.net import free_port, wait_for_port
+
+MOSQUITTO = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
+VICTORIA = shutil.which("victoria-metrics") or "/usr/bin/victoria-metrics"
+
+
+def wait_until(predicate: Callable[[], object], timeout: float = 30.0, interval: float = 0.05,
+               message: str = "condition") -> object:
+    """Poll `predicate` until it returns something truthy; fail after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    last_exc: BaseException | None = None
+    while time.monotonic() < deadline:
+        try:
+            value = predicate()
+            if value:
+                return value
+        except Exception as exc:  # noqa: BLE001 - keep polling; report the last failure
+            last_exc = exc
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout}s waiting for {message}"
+                         + (f" (last error: {last_exc!r})" if last_exc else ""))
+
+
+class Mosquitto:
+    """A real Mosquitto on 127.0.0.1:port with persistence, so it can be killed and restarted."""
+
+    def __init__(self, workdir: Path, extra_conf: str = "") -> None:
+        self.workdir = workdir
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.port = free_port()
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.conf = workdir / "mosquitto.conf"
+        self.conf.write_text(
+            f"listener {self.port} 127.0.0.1\n"
+            "allow_anonymous true\n"
+            "persistence true\n"
+            f"persistence_location {workdir}/\n"
+            "autosave_interval 1\n"
+            # No silent drops: queue without limit for slow or offline persistent sessions.
+            "max_queued_messages 0\n"
+            "max_inflight_messages 100\n"
+            "log_dest stderr\nlog_type error\nlog_type warning\n"
+            + extra_conf)
+
+    @property
+    def url(self) -> str:
+        return f"mqtt://127.0.0.1:{self.port}"
+
+    def start(self) -> None:
+        self.log = open(self.workdir / "mosquitto.log", "ab")  # noqa: SIM115
+        self.proc = subprocess.Popen([MOSQUITTO, "-c", str(self.conf)], stdout=self.log, stderr=self.log)
+        wait_for_port("127.0.0.1", self.port, timeout=10)
+
+    def kill(self) -> None:
+        """SIGKILL: no goodbye to clients, no final save (autosave keeps what it had)."""
+        if self.proc and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(10)
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        if getattr(self, "log", None):
+            self.log.close()
+
+
+class VictoriaMetrics:
+    def __init__(self, workdir: Path) -> None:
+        self.workdir = workdir
+        self.port = free_port()
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"victoriametrics://127.0.0.1:{self.port}"
+
+    def start(self) -> None:
+        self.log = open(self.workdir / "vm.log", "ab")  # noqa: SIM115
+        self.proc = subprocess.Popen([VICTORIA, f"-storageDataPath={self.workdir / 'vmdata'}",
+                                      f"-httpListenAddr=127.0.0.1:{self.port}", "-search.latencyOffset=0s",
+                                      "-loggerLevel=ERROR"], stdout=self.log, stderr=self.log)
+        wait_for_port("127.0.0.1", self.port, timeout=20)
+
+    def kill(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(10)
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+        if getattr(self, "log", None):
+            self.log.close()
+
+
+class CampusProcess:
+    """`campus ARGS...` as a real subprocess, logging to a file."""
+
+    def __init__(self, args: list[str], log_path: Path) -> None:
+        self.args = args
+        self.log_path = log_path
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> CampusProcess:
+        self.log = open(self.log_path, "ab")  # noqa: SIM115
+        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        self.proc = subprocess.Popen([sys.executable, "-m", "campus.cli", *self.args], stdout=self.log,
+                                     stderr=subprocess.STDOUT, env=env)
+        return self
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def kill(self) -> None:
+        if self.alive():
+            assert self.proc is not None
+            self.proc.kill()
+            self.proc.wait(10)
+
+    def stop(self, timeout: float = 15) -> int | None:
+        if self.alive():
+            assert self.proc is not None
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        if getattr(self, "log", None):
+            self.log.close()
+        return self.proc.returncode if self.proc else None
+
+    def output(self) -> str:
+        return self.log_path.read_text(errors="replace")

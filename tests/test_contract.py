@@ -1,0 +1,87 @@
+"""The MQTT contract: topics and payloads round-trip; malformed input is a PayloadError."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from campus import contract
+from campus.contract import Command, CommandResult, Event, State, Telemetry
+from campus.errors import PayloadError
+
+
+def test_topics_and_parse_roundtrip() -> None:
+    assert contract.telemetry_topic("s1", "gw1", "env") == "campus/v1/s1/gw1/telemetry/env"
+    assert contract.cmd_result_topic("s1", "gw1", "proj") == "campus/v1/s1/gw1/cmd/proj/result"
+    for topic, kind, device in [
+        (contract.state_topic("s1", "gw1"), contract.KIND_STATE, None),
+        (contract.telemetry_topic("s1", "gw1", "env"), contract.KIND_TELEMETRY, "env"),
+        (contract.event_topic("s1", "gw1", "card"), contract.KIND_EVENT, "card"),
+        (contract.cmd_topic("s1", "gw1", "proj"), contract.KIND_CMD, "proj"),
+        (contract.cmd_result_topic("s1", "gw1", "proj"), contract.KIND_CMD_RESULT, "proj"),
+    ]:
+        parsed = contract.parse_topic(topic)
+        assert (parsed.kind, parsed.school, parsed.gateway, parsed.device) == (kind, "s1", "gw1", device)
+
+
+@pytest.mark.parametrize("topic", ["campus/v1/s1", "other/v1/s1/gw/state", "campus/v1/s1/gw/telemetry",
+                                   "campus/v1/s1/gw/bogus/x", "campus/v1/s+/gw/state", "campus/v1/s1/#/state",
+                                   "campus/v1/s1/gw/telemetry/a/b"])
+def test_bad_topics(topic: str) -> None:
+    with pytest.raises(PayloadError):
+        contract.parse_topic(topic)
+
+
+def test_ids_cannot_be_wildcards() -> None:
+    for bad in ["a/b", "+", "#", "", "x" * 65, "-lead"]:
+        with pytest.raises(PayloadError):
+            contract.telemetry_topic("s", "g", bad)
+
+
+def test_payload_roundtrips() -> None:
+    t = Telemetry(seq=7, ts=1700000000.5, values={"co2_ppm": 812, "power": "on"})
+    assert Telemetry.decode(t.encode()) == t
+    e = Event(seq=8, ts=1.0, type="card_swipe", data={"card": "ab12"})
+    assert Event.decode(e.encode()) == e
+    s = State(online=True, ts=2.0, agent="0.1", devices={"env": {"profile": "p", "status": "ok"}}, interval=5)
+    assert State.decode(s.encode()) == s
+    c = Command(id="c1", action="power_on", params={}, deadline=3.0, by="t")
+    assert Command.decode(c.encode()) == c
+    r = CommandResult(id="c1", status="done", detail="", ts=4.0)
+    assert CommandResult.decode(r.encode()) == r
+
+
+@pytest.mark.parametrize("payload, field", [
+    (b"not json", "not JSON"),
+    (b"[1,2]", "JSON object"),
+    (b'{"ts": 1, "values": {}}', "'seq' is missing"),
+    (b'{"seq": 0, "ts": 1, "values": {}}', "'seq' must be >= 1"),
+    (b'{"seq": true, "ts": 1, "values": {}}', "boolean"),
+    (b'{"seq": 1, "ts": "x", "values": {}}', "'ts' must be a number"),
+    (b'{"seq": 1, "ts": 1, "values": []}', "'values' must be an object"),
+    (b'{"seq": 1, "ts": 1, "values": {"co2": [1]}}', "metric 'co2'"),
+    (b'{"seq": 1, "ts": 1, "values": {"co2": NaN}}', "finite"),
+    (b'{"seq": 1, "ts": 1, "values": {"a/b": 1}}', "metric name"),
+    (b"\xff\xfe", "not JSON"),
+])
+def test_malformed_telemetry_names_the_problem(payload: bytes, field: str) -> None:
+    with pytest.raises(PayloadError, match=field):
+        Telemetry.decode(payload)
+
+
+def test_oversized_payload_rejected() -> None:
+    big = json.dumps({"seq": 1, "ts": 1, "values": {"x": "y" * 100}, "pad": "z" * contract.MAX_PAYLOAD_BYTES})
+    with pytest.raises(PayloadError, match="exceeds"):
+        Telemetry.decode(big.encode())
+
+
+def test_command_and_result_validation() -> None:
+    with pytest.raises(PayloadError, match="action"):
+        Command.decode(b'{"id": "1", "action": "Rm -rf", "deadline": 5}')
+    with pytest.raises(PayloadError, match="deadline"):
+        Command.decode(b'{"id": "1", "action": "power_on"}')
+    with pytest.raises(PayloadError, match="status"):
+        CommandResult.decode(b'{"id": "1", "status": "maybe", "ts": 1}')
+    with pytest.raises(PayloadError, match="devices.env.status"):
+        State.decode(b'{"online": true, "ts": 1, "devices": {"env": {"status": "on fire"}}}')

@@ -1,0 +1,67 @@
+"""`campus demo` as a user runs it: a subprocess with the embedded amqtt broker."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import urllib.request
+from pathlib import Path
+
+from campus.net import free_port
+from tests.servers import wait_until
+
+
+def _get(url: str, token: str) -> object:
+    req = urllib.request.Request(url, headers={"Authorization": f"Bearer {token}"})
+    with urllib.request.urlopen(req, timeout=5) as resp:
+        return json.loads(resp.read())
+
+
+def test_demo_runs_every_room_end_to_end_and_exits_0(tmp_path: Path) -> None:
+    port = free_port()
+    token = "demo-test-token"
+    proc = subprocess.Popen([sys.executable, "-m", "campus.cli", "demo", "--rooms", "2", "--duration", "20",
+                             "--http-port", str(port), "--data-dir", str(tmp_path / "demo"), "--admin-token", token],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        wait_until(lambda: _get(f"{base}/api/health", token) == {"status": "ok"}, 20, message="dashboard up")
+        for room in ("gw-101", "gw-102"):
+            wait_until(lambda room=room: _get(f"{base}/api/telemetry?gateway={room}&device=env&metric=co2_ppm",
+                                              token)["points"], 15, message=f"telemetry from {room}")
+        gateways = _get(f"{base}/api/gateways", token)
+        assert {g["id"] for g in gateways} == {"gw-101", "gw-102"} and all(g["online"] for g in gateways)
+        out, _ = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, out
+    assert f"dashboard http://127.0.0.1:{port}/" in out
+    for role in ("admin", "facility", "teacher"):
+        assert f"login {role} / " in out
+    assert "Traceback" not in out
+
+
+def test_demo_bad_argument_is_one_line() -> None:
+    result = subprocess.run([sys.executable, "-m", "campus.cli", "demo", "--rooms", "0"], capture_output=True,
+                            text=True, timeout=30)
+    assert result.returncode == 2
+    assert "--rooms: must be at least 1" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_ingest_unreachable_broker_is_one_line(tmp_path: Path) -> None:
+    result = subprocess.run([sys.executable, "-m", "campus.cli", "ingest", "--mqtt", f"mqtt://127.0.0.1:{free_port()}",
+                             "--store", f"sqlite:///{tmp_path}/x.db"], capture_output=True, text=True, timeout=30)
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines()[-1].startswith("campus: error: cannot reach MQTT broker")
+
+
+def test_agent_invalid_config_is_one_line(tmp_path: Path) -> None:
+    cfg = tmp_path / "gw.yaml"
+    cfg.write_text("school: s\ngateway: g\nroom: r\npoll_interval: fast\n")
+    result = subprocess.run([sys.executable, "-m", "campus.cli", "agent", "--config", str(cfg)], capture_output=True,
+                            text=True, timeout=30)
+    assert result.returncode == 2
+    assert result.stderr.strip() == f"campus: error: {cfg}:4: field poll_interval: " \
+                                    "Input should be a valid number, unable to parse string as a number"
