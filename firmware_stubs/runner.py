@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import importlib
 import logging
 from collections import defaultdict
 from typing import Any
@@ -18,6 +19,20 @@ from edge_agent.config import DeviceConfig, GatewayConfig
 from firmware_stubs.environment import ClassroomAir, ModbusSensorServer
 
 log = logging.getLogger(__name__)
+
+# protocol -> "module:function"; the function takes (DeviceConfig, index) and
+# returns a simulator with async start()/stop(). Modbus is grouped by link
+# below (several sensors share one bus), every other device gets its own.
+SIMULATORS: dict[str, str] = {}
+
+
+def _simulator_factory(protocol: str) -> Any:
+    try:
+        target = SIMULATORS[protocol]
+    except KeyError:
+        return None
+    module, _, func = target.partition(":")
+    return getattr(importlib.import_module(module), func)
 
 
 def _air(dev: DeviceConfig, index: int) -> ClassroomAir:
@@ -38,10 +53,17 @@ class SimulatorSet:
         self.modbus: dict[tuple[str, ...], ModbusSensorServer] = {}
         self.by_device: dict[str, Any] = {}
         groups: dict[tuple[str, ...], list[DeviceConfig]] = defaultdict(list)
-        for dev in config.devices:
+        self.others: list[Any] = []
+        for index, dev in enumerate(config.devices):
             protocol = dev.profile_obj.protocol
             if protocol != "modbus":
-                raise ConfigError(f"{config.source}: no simulator for protocol {protocol!r} (device {dev.id})")
+                factory = _simulator_factory(protocol)
+                if factory is None:
+                    raise ConfigError(f"{config.source}: no simulator for protocol {protocol!r} (device {dev.id})")
+                sim = factory(dev, index)
+                self.others.append(sim)
+                self.by_device[dev.id] = sim
+                continue
             key = ("tcp", str(dev.address.get("host")), str(dev.address.get("port", 502))) if "host" in dev.address \
                 else ("rtu", str(dev.address["serial"]))
             groups[key].append(dev)
@@ -59,13 +81,13 @@ class SimulatorSet:
                 self.by_device[d.id] = (server, int(d.address.get("unit", 1)))
 
     async def start(self) -> None:
-        for server in self.modbus.values():
+        for server in [*self.modbus.values(), *self.others]:
             await server.start()
         log.info("simulators for %s/%s running: %s", self.config.school, self.config.gateway,
                  ", ".join(self.by_device))
 
     async def stop(self) -> None:
-        for server in self.modbus.values():
+        for server in [*self.modbus.values(), *self.others]:
             with contextlib.suppress(Exception):
                 await server.stop()
 

@@ -1,0 +1,95 @@
+"""The device end of a pseudo-terminal: how serial simulators stand in for hardware.
+
+`PtyPort` opens a pty pair, keeps the slave open (so the master never sees
+EIO while no client is attached), optionally symlinks the slave's path to a
+stable name (`/tmp/room101/ttyCARD`) that a gateway config can name, and
+gives the simulator async byte I/O on the master. The agent opens the path
+with pyserial, exactly as it opens `/dev/ttyUSB0`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import tty
+from pathlib import Path
+
+
+class PtyPort:
+    def __init__(self, link: str | Path | None = None) -> None:
+        self.link = Path(link) if link else None
+        self.master = -1
+        self.slave = -1
+        self.path = ""
+        self._queue: asyncio.Queue[bytes] = asyncio.Queue()
+        self._buffer = bytearray()
+
+    def open(self) -> str:
+        """Create the pty; returns the path a client opens."""
+        self.master, self.slave = os.openpty()
+        tty.setraw(self.master)
+        tty.setraw(self.slave)
+        os.set_blocking(self.master, False)
+        self.path = os.ttyname(self.slave)
+        if self.link is not None:
+            self.link.parent.mkdir(parents=True, exist_ok=True)
+            with contextlib.suppress(FileNotFoundError):
+                self.link.unlink()
+            self.link.symlink_to(self.path)
+        asyncio.get_running_loop().add_reader(self.master, self._on_readable)
+        return str(self.link or self.path)
+
+    def _on_readable(self) -> None:
+        try:
+            data = os.read(self.master, 4096)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            return  # no client attached right now
+        if data:
+            self._queue.put_nowait(data)
+
+    async def read(self) -> bytes:
+        """The next chunk a client wrote (any size)."""
+        if self._buffer:
+            data = bytes(self._buffer)
+            self._buffer.clear()
+            return data
+        return await self._queue.get()
+
+    async def read_exactly(self, n: int) -> bytes:
+        while len(self._buffer) < n:
+            self._buffer.extend(await self._queue.get())
+        data = bytes(self._buffer[:n])
+        del self._buffer[:n]
+        return data
+
+    async def read_until(self, separator: bytes) -> bytes:
+        while separator not in self._buffer:
+            self._buffer.extend(await self._queue.get())
+        end = self._buffer.index(separator) + len(separator)
+        data = bytes(self._buffer[:end])
+        del self._buffer[:end]
+        return data
+
+    def write(self, data: bytes) -> None:
+        view = memoryview(data)
+        while view:
+            try:
+                n = os.write(self.master, view)
+            except BlockingIOError:
+                continue  # the pty buffer is full: frames here are small, the client drains it
+            view = view[n:]
+
+    def close(self) -> None:
+        if self.master >= 0:
+            with contextlib.suppress(Exception):
+                asyncio.get_running_loop().remove_reader(self.master)
+            for fd in (self.master, self.slave):
+                with contextlib.suppress(OSError):
+                    os.close(fd)
+            self.master = self.slave = -1
+        if self.link is not None:
+            with contextlib.suppress(FileNotFoundError):
+                self.link.unlink()
