@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import sqlite3
 from pathlib import Path
 from typing import Any
 
 import yaml
 from pymodbus.client import ModbusTcpClient
 
+from campus.net import free_port, wait_for_port
 from central.ledger import Ledger
 from central.store.sqlite import SqlitePointStore
 from device_profiles import load_profile, registers
+from tests.servers import CampusProcess, wait_until
 
 
 def write_gateway_config(path: Path, mqtt: str, *, school: str = "s1", gateway: str = "gw1", room: str = "101",
@@ -61,3 +64,88 @@ class StoreView:
     def close(self) -> None:
         self.points.close()
         self.ledger.close()
+
+
+class Classroom:
+    """A simulated classroom (`campus sim`), its agent and a central ingest, as real processes."""
+
+    def __init__(self, tmp: Path, mqtt: str, *, gateway: str = "gw1", poll_interval: float = 0.2,
+                 outbox: dict[str, Any] | None = None, devices: list[dict[str, Any]] | None = None) -> None:
+        self.tmp = tmp
+        self.mqtt = mqtt
+        self.gateway = gateway
+        self.port = free_port()
+        self.config = write_gateway_config(tmp / f"{gateway}.yaml", mqtt, gateway=gateway, poll_interval=poll_interval,
+                                           devices=devices or [env_device(self.port, seed=7)],
+                                           **({"outbox": outbox} if outbox else {}))
+        self.db = tmp / "central.db"
+        self.sim = CampusProcess(["sim", "--config", str(self.config)], tmp / f"{gateway}-sim.log")
+        self.agent = self._agent()
+        self.ingest = self._ingest()
+        self._view: StoreView | None = None
+
+    def _agent(self) -> CampusProcess:
+        return CampusProcess(["agent", "--config", str(self.config)], self.tmp / f"{self.gateway}-agent.log")
+
+    def _ingest(self) -> CampusProcess:
+        return CampusProcess(["ingest", "--mqtt", self.mqtt, "--store", f"sqlite:///{self.db}"],
+                             self.tmp / "ingest.log")
+
+    def restart_agent(self) -> None:
+        self.agent.stop()
+        self.agent = self._agent().start()
+
+    def restart_ingest(self) -> None:
+        self.ingest.stop()
+        self.ingest = self._ingest().start()
+
+    def start(self, *, sim: bool = True, agent: bool = True, ingest: bool = True) -> Classroom:
+        if sim:
+            self.sim.start()
+            wait_for_port("127.0.0.1", self.port)
+        if ingest:
+            self.ingest.start()
+        if agent:
+            self.agent.start()
+        return self
+
+    @property
+    def view(self) -> StoreView:
+        if self._view is None:
+            wait_until(self.db.exists, 20, message="the central store file")
+            self._view = StoreView(self.db)
+        return self._view
+
+    def agent_outbox(self) -> dict[str, int]:
+        """The agent's own account: seq numbers allocated, messages waiting, dropped."""
+        path = self.tmp / f"{self.gateway}-data" / "agent.db"
+        db = sqlite3.connect(str(path), timeout=10, isolation_level=None)
+        try:
+            db.execute("BEGIN")  # one snapshot for both reads
+            meta = dict(db.execute("SELECT key, value FROM meta"))
+            pending = db.execute("SELECT COUNT(*) FROM outbox").fetchone()[0]
+            db.execute("COMMIT")
+        finally:
+            db.close()
+        return {"last_seq": meta["next_seq"] - 1, "dropped": meta["dropped"], "pending": pending}
+
+    def stored_count(self) -> int:
+        gw = self.view.gateway(self.gateway)
+        return gw["received"] if gw else 0
+
+    def wait_stored_at_least(self, n: int, timeout: float = 30) -> None:
+        wait_until(lambda: self.stored_count() >= n, timeout, message=f"{n} messages stored")
+
+    def quiesce_and_account(self, timeout: float = 60) -> dict[str, int]:
+        """Stop producing (simulator off), let the outbox drain, and return the agent's figures."""
+        self.sim.stop()
+        wait_until(lambda: self.agent_outbox()["pending"] == 0 and
+                   self.stored_count() == self.agent_outbox()["last_seq"] - self.agent_outbox()["dropped"],
+                   timeout, interval=0.2, message="outbox drained and everything stored")
+        return self.agent_outbox()
+
+    def stop(self) -> None:
+        for proc in (self.agent, self.ingest, self.sim):
+            proc.stop()
+        if self._view is not None:
+            self._view.close()
