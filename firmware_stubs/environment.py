@@ -22,6 +22,7 @@ from pymodbus.server import ModbusSerialServer, ModbusTcpServer
 from pymodbus.simulator import DataType, SimData, SimDevice
 
 from device_profiles import Profile, load_profile, registers
+from firmware_stubs.pty import NullModem
 
 # Periods of a Chinese primary/middle school day (minutes after midnight).
 PERIODS = [(8 * 60, 8 * 60 + 45), (8 * 60 + 55, 9 * 60 + 40), (10 * 60, 10 * 60 + 45),
@@ -108,6 +109,7 @@ class ModbusSensorServer:
         self.frozen = False
         self.requests = 0
         self._server: ModbusTcpServer | ModbusSerialServer | None = None
+        self._cable: NullModem | None = None
         self._ticker: asyncio.Task[None] | None = None
         top = max(m.register + m.register_count for m in self.profile.metrics.values() if m.register is not None)
         self._size = top
@@ -154,7 +156,12 @@ class ModbusSensorServer:
     async def start(self) -> None:
         devices = self._devices()
         if self.serial:
-            self._server = ModbusSerialServer(devices, port=self.serial, baudrate=int(self.profile.serial.get("baudrate", 9600)))
+            # RS-485 bus: the agent opens `serial` (a symlink to one end of a
+            # null-modem pty pair); the pymodbus server opens the other end.
+            self._cable = NullModem(self.serial)
+            self._cable.open()
+            self._server = ModbusSerialServer(devices, port=self._cable.device_path,
+                                              baudrate=int(self.profile.serial.get("baudrate", 9600)))
         else:
             self._server = ModbusTcpServer(devices, address=(self.host, self.port or 502))
         await self._server.serve_forever(background=True)
@@ -172,6 +179,8 @@ class ModbusSensorServer:
             self._ticker.cancel()
         if self._server:
             await self._server.shutdown()
+        if self._cable is not None:
+            self._cable.close()
 
     async def __aenter__(self) -> ModbusSensorServer:
         await self.start()

@@ -93,3 +93,38 @@ class PtyPort:
         if self.link is not None:
             with contextlib.suppress(FileNotFoundError):
                 self.link.unlink()
+
+
+class NullModem:
+    """Two ptys joined like a null-modem cable, for simulators that open a port by path.
+
+    pymodbus' serial server opens a serial port by name, as the agent does; a
+    single pty cannot serve both (one end is a bare fd). The bridge copies
+    bytes between the two masters, so the simulator opens `device_path` and
+    the agent opens `link` (or `host_path`), each with pyserial.
+    """
+
+    def __init__(self, link: str | Path | None = None) -> None:
+        self.device_side = PtyPort()
+        self.host_side = PtyPort(link)
+        self.device_path = ""
+        self.host_path = ""
+        self._tasks: list[asyncio.Task[None]] = []
+
+    def open(self) -> str:
+        self.device_path = self.device_side.open()
+        self.host_path = self.host_side.open()
+        self._tasks = [asyncio.create_task(self._pump(self.device_side, self.host_side)),
+                       asyncio.create_task(self._pump(self.host_side, self.device_side))]
+        return self.host_path
+
+    @staticmethod
+    async def _pump(src: PtyPort, dst: PtyPort) -> None:
+        while True:
+            dst.write(await src.read())
+
+    def close(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        self.device_side.close()
+        self.host_side.close()

@@ -89,3 +89,25 @@ def test_co2_rises_in_class_and_falls_at_break() -> None:
     for _ in range(13):
         air.step(60)  # 08:53: break
     assert air.people < 10 and air.values()["co2_ppm"] < in_class
+
+
+def test_modbus_rtu_bus_on_a_pty_with_several_sensors(tmp_path) -> None:
+    """Modbus RTU over a serial line (a null-modem pty pair): the same profile, three units on one bus."""
+    async def main() -> None:
+        port_path = str(tmp_path / "ttyRS485")
+        units = {1: ClassroomAir(seed=1), 2: ClassroomAir(seed=2), 5: ClassroomAir(seed=5)}
+        async with ModbusSensorServer(serial=port_path, units=units) as sim:
+            sim.frozen = True
+            drivers = [create_driver(f"env{u}", PROFILE, {"serial": port_path, "unit": u}, {"timeout": 0.5})
+                       for u in units]
+            # The three polls contend for one bus: the shared client serialises them.
+            readings = await asyncio.gather(*(d.read() for d in drivers))
+            for unit, reading in zip(units, readings, strict=True):
+                assert reading.values == sim.served_values(unit)
+            sim.faults[2] = "exception"
+            with pytest.raises(DeviceError, match="exception 4"):
+                await drivers[1].read()
+            assert (await drivers[2].read()).values == sim.served_values(5)
+            for d in drivers:
+                await d.close()
+    asyncio.run(main())
