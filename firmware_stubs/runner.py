@@ -23,7 +23,13 @@ log = logging.getLogger(__name__)
 # protocol -> "module:function"; the function takes (DeviceConfig, index) and
 # returns a simulator with async start()/stop(). Modbus is grouped by link
 # below (several sensors share one bus), every other device gets its own.
-SIMULATORS: dict[str, str] = {}
+SIMULATORS: dict[str, str] = {
+    "pjlink": "firmware_stubs.pjlink:simulator_for",
+    "card_em4100": "firmware_stubs.card_reader:simulator_for",
+    "card_line": "firmware_stubs.card_reader:simulator_for",
+    "samsung_mdc": "firmware_stubs.displays:simulator_for",
+    "lg_serial": "firmware_stubs.displays:simulator_for",
+}
 
 
 def _simulator_factory(protocol: str) -> Any:

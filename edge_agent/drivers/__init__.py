@@ -17,6 +17,11 @@ from edge_agent.drivers.base import Driver
 # without a camera never imports OpenCV.
 DRIVERS: dict[str, str] = {
     "modbus": "edge_agent.drivers.modbus:ModbusDriver",
+    "pjlink": "edge_agent.drivers.pjlink:PJLinkDriver",
+    "card_em4100": "edge_agent.drivers.card_reader:EM4100ReaderDriver",
+    "card_line": "edge_agent.drivers.card_reader:LineReaderDriver",
+    "samsung_mdc": "edge_agent.drivers.samsung_mdc:SamsungMDCDriver",
+    "lg_serial": "edge_agent.drivers.lg_serial:LGSerialDriver",
 }
 
 

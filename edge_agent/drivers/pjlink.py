@@ -1,0 +1,346 @@
+"""PJLink driver: classroom projectors over JBMIA PJLink (TCP 4352), class 1 and class 2.
+
+Most classroom projectors of every brand speak PJLink, so one driver covers
+the "班班通" projector fleet: power, input, AV mute, lamp hours, filter
+hours (class 2) and the six error flags of `ERST`.
+
+Connection policy: one TCP connection per operation (one poll, or one
+command including its wait for a warm-up to end), closed afterwards.
+Projectors drop a connection after ~30 s without traffic, some after every
+exchange, and many accept only one client at a time; a kept connection
+would be dead at most poll intervals and would lock out a teacher's own
+control software between polls. A fresh connection costs one handshake and
+one greeting (plus one MD5 when a password is set), nothing next to a poll
+interval of seconds. Within an operation the connection is reused; if the
+projector closes it between two exchanges the driver reconnects once and
+repeats the exchange, which is safe because every PJLink set command this
+driver sends is absolute (`POWR 1`, `INPT 32`, `AVMT 31`), never a toggle.
+
+Commands other than power wait while the projector is warming up or
+cooling down (polling `POWR ?`) and are then sent, so a queue of commands
+to a busy projector runs in order instead of failing with ERR3; power on
+waits out a cool-down and power off a warm-up for the same reason.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import re
+from collections.abc import AsyncIterator
+from typing import Any
+
+from campus.errors import ActionRejected, DeviceError
+from edge_agent.drivers.base import DeviceUnreachable, Driver, Reading
+
+PJLINK_PORT = 4352
+MAX_LINE = 136  # bytes per line, terminator included (PJLink class 1 and 2)
+POWER = {"0": "off", "1": "on", "2": "cooling", "3": "warming"}
+ERST_METRICS = ("error_fan", "error_lamp", "error_temperature", "error_cover", "error_filter", "error_other")
+ERST_LEVELS = {"0": "ok", "1": "warning", "2": "error"}
+ERRORS = {"ERR1": "undefined command", "ERR2": "parameter out of range",
+          "ERR3": "unavailable at this time", "ERR4": "projector failure"}
+AV_MUTE = {"10", "11", "20", "21", "30", "31"}
+CLASS1_INPUT = re.compile(r"[1-5][1-9]")
+CLASS2_INPUT = re.compile(r"[1-6][1-9A-Z]")
+ADDRESS_FIELDS = ("host", "port", "password")
+
+
+def auth_digest(token: str, password: str) -> str:
+    """The PJLink authentication prefix: lowercase hex MD5 of the greeting's random token + password."""
+    return hashlib.md5((token + password).encode("utf-8")).hexdigest()
+
+
+class PJLinkError(DeviceError):
+    """The projector answered a command with ERR1-ERR4."""
+
+    def __init__(self, message: str, code: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+class _Closed(DeviceError):
+    """The projector closed the connection (idle timeout, or one exchange per connection)."""
+
+
+class _Connection:
+    """One authenticated PJLink TCP connection: greeting, auth prefix, line exchange."""
+
+    def __init__(self, name: str, host: str, port: int, password: str | None, timeout: float) -> None:
+        self.name, self.host, self.port, self.password, self.timeout = name, host, port, password, timeout
+        self.reader: asyncio.StreamReader | None = None
+        self.writer: asyncio.StreamWriter | None = None
+        self.prefix = ""      # auth digest, sent in front of the first command only
+        self.exchanges = 0
+
+    async def open(self) -> None:
+        try:
+            self.reader, self.writer = await asyncio.wait_for(
+                asyncio.open_connection(self.host, self.port, limit=1024), self.timeout)
+        except TimeoutError:
+            raise DeviceUnreachable(f"{self.name}: no TCP connection to {self.host}:{self.port} "
+                                    f"within {self.timeout:g}s") from None
+        except OSError as exc:
+            raise DeviceUnreachable(f"{self.name}: cannot connect to PJLink {self.host}:{self.port} "
+                                    f"({exc.strerror or exc})") from None
+        greeting = await self._line("greeting")
+        if greeting == "PJLINK 0":
+            return
+        if greeting.startswith("PJLINK 1 ") and 0 < len(greeting[9:]) <= 32:
+            if not self.password:
+                raise DeviceError(f"{self.name}: the projector requires a PJLink password; "
+                                  "set address.password")
+            self.prefix = auth_digest(greeting[9:], self.password)
+            return
+        if greeting.upper() == "PJLINK ERRA":
+            raise DeviceError(f"{self.name}: PJLink authentication failed")
+        if greeting.upper().startswith("PJLINK ERR"):
+            raise DeviceError(f"{self.name}: projector refused the connection ({greeting})")
+        raise DeviceError(f"{self.name}: not a PJLink greeting: {greeting[:40]!r}")
+
+    async def close(self) -> None:
+        writer, self.writer, self.reader = self.writer, None, None
+        if writer is not None:
+            writer.close()
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(writer.wait_closed(), 1.0)
+
+    async def _line(self, what: str) -> str:
+        assert self.reader is not None
+        try:
+            raw = await asyncio.wait_for(self.reader.readuntil(b"\r"), self.timeout)
+        except TimeoutError:
+            raise DeviceError(f"{self.name}: no {what} within {self.timeout:g}s") from None
+        except asyncio.IncompleteReadError as exc:
+            if exc.partial:
+                raise DeviceError(f"{self.name}: {what} cut off after {len(exc.partial)} bytes "
+                                  "(no CR terminator)") from None
+            raise _Closed(f"{self.name}: the projector closed the connection before the {what}") from None
+        except asyncio.LimitOverrunError:
+            raise DeviceError(f"{self.name}: overlong {what}: no CR terminator within 1024 bytes "
+                              f"(PJLink allows {MAX_LINE})") from None
+        except ConnectionError:
+            raise _Closed(f"{self.name}: connection reset while waiting for the {what}") from None
+        raw = raw.lstrip(b"\n")  # tolerate CR LF from the previous line
+        if len(raw) > MAX_LINE:
+            raise DeviceError(f"{self.name}: overlong {what}: {len(raw)} bytes, PJLink allows {MAX_LINE}")
+        try:
+            text = raw[:-1].decode("utf-8")
+        except UnicodeDecodeError:
+            raise DeviceError(f"{self.name}: garbage {what}: {raw[:40]!r} is not text") from None
+        if not text.isprintable():
+            raise DeviceError(f"{self.name}: garbage {what}: control characters in {text[:40]!r}")
+        return text
+
+    async def exchange(self, cls: str, cmd: str, param: str) -> str:
+        """Send `%<cls><cmd> <param>` and return the reply's parameter; ERRn raises PJLinkError."""
+        assert self.writer is not None
+        line = f"%{cls}{cmd} {param}\r"
+        try:
+            self.writer.write((self.prefix + line).encode("utf-8"))
+            await self.writer.drain()
+        except ConnectionError:
+            raise _Closed(f"{self.name}: connection lost sending {cmd}") from None
+        authenticating, self.prefix = bool(self.prefix), ""
+        reply = await self._line(f"reply to {cmd}")
+        if reply.upper() == "PJLINK ERRA" or (authenticating and reply.upper().endswith("=ERRA")):
+            raise DeviceError(f"{self.name}: PJLink authentication failed (wrong password)")
+        if len(reply) < 7 or reply[0] != "%" or reply[1] not in "12" or reply[6] != "=":
+            raise DeviceError(f"{self.name}: malformed reply to {cmd}: {reply[:40]!r}")
+        if reply[2:6].upper() != cmd:
+            raise DeviceError(f"{self.name}: reply to {cmd} is for {reply[2:6]!r}")
+        self.exchanges += 1
+        value = reply[7:]
+        if value.upper() in ERRORS:
+            code = value.upper()
+            raise PJLinkError(f"{self.name}: {cmd} {param}: {code} ({ERRORS[code]})", code)
+        return value
+
+
+class PJLinkDriver(Driver):
+    protocol = "pjlink"
+
+    @classmethod
+    def check_address(cls, address: dict[str, Any]) -> None:
+        super().check_address(address)
+        unknown = sorted(set(address) - set(ADDRESS_FIELDS))
+        if unknown:
+            raise ValueError(f"unknown address field {unknown[0]!r}; a PJLink address has {', '.join(ADDRESS_FIELDS)}")
+        host = address.get("host")
+        if not isinstance(host, str) or not host.strip():
+            raise ValueError(f"host must be the projector's host name or IP address, got {host!r}")
+        port = address.get("port", PJLINK_PORT)
+        if isinstance(port, bool) or not isinstance(port, int) or not 0 < port < 65536:
+            raise ValueError(f"port must be 1-65535, got {port!r}")
+        password = address.get("password")
+        if password is not None and (not isinstance(password, str) or not 0 < len(password) <= 32
+                                     or not password.isprintable()):
+            raise ValueError("password must be text of 1-32 printable characters (PJLink limit)")
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.check_address(self.address)
+        self.host = str(self.address["host"])
+        self.port = int(self.address.get("port", PJLINK_PORT))
+        self.password: str | None = self.address.get("password")
+        self.timeout = float(self.options.get("timeout", 3.0))  # the spec gives projectors 2 s to answer
+        self.busy_poll_s = float(self.options.get("busy_poll_s", 0.5))
+        timings = self.profile.timings
+        longest = max(float(timings.get("warmup_s", 60)), float(timings.get("cooldown_s", 90)))
+        self.busy_max_s = float(self.options.get("busy_max_s", max(60.0, 3 * longest)))
+        self.pjlink_class: int | None = None   # learnt from CLSS on the first operation
+        self._codes = {str(code).upper(): name for name, code in self.profile.inputs.items()}
+        self._unsupported: set[str] = set()    # queries answered ERR1: not asked again
+        self._conn: _Connection | None = None
+        self._lock = asyncio.Lock()
+
+    async def close(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            await conn.close()
+
+    @contextlib.asynccontextmanager
+    async def _session(self) -> AsyncIterator[None]:
+        async with self._lock:
+            try:
+                await self._reconnect()
+                if self.pjlink_class is None:
+                    self.pjlink_class = await self._detect_class()
+                yield
+            finally:
+                await self.close()
+
+    async def _reconnect(self) -> None:
+        await self.close()
+        conn = _Connection(self.device_id, self.host, self.port, self.password, self.timeout)
+        self._conn = conn
+        await conn.open()
+
+    async def _call(self, cls: str, cmd: str, param: str = "?") -> str:
+        assert self._conn is not None
+        try:
+            return await self._conn.exchange(cls, cmd, param)
+        except _Closed:
+            if self._conn.exchanges == 0:
+                raise
+            self.count("reconnects")  # the projector dropped a used connection: once more on a new one
+            await self._reconnect()
+            return await self._conn.exchange(cls, cmd, param)
+
+    async def _detect_class(self) -> int:
+        try:
+            value = await self._call("1", "CLSS")
+        except PJLinkError:
+            return 1
+        if not value.isdigit():
+            raise DeviceError(f"{self.device_id}: CLSS reply {value!r} is not a class number")
+        return 2 if int(value) >= 2 else 1
+
+    async def _power(self) -> str:
+        value = await self._call("1", "POWR")
+        if value not in POWER:
+            raise DeviceError(f"{self.device_id}: POWR reply {value!r} is not 0-3")
+        return POWER[value]
+
+    async def _optional(self, cls: str, cmd: str) -> str | None:
+        """A query some projectors or states do not answer: ERRn leaves the metric out."""
+        if cmd in self._unsupported:
+            return None
+        try:
+            return await self._call(cls, cmd)
+        except PJLinkError as exc:
+            if exc.code == "ERR1":
+                self._unsupported.add(cmd)
+            if exc.code != "ERR3":  # ERR3 is the normal answer in standby: not worth counting
+                self.count(f"{cmd.lower()}_{exc.code.lower()}")
+            return None
+
+    # ------------------------------------------------------------------ read
+
+    async def read(self) -> Reading:
+        wanted = self.profile.metrics
+        values: dict[str, Any] = {}
+        async with self._session():
+            values["power"] = await self._power()
+            cls2 = "2" if self.pjlink_class == 2 else "1"
+            if "input" in wanted and (code := await self._optional(cls2, "INPT")) is not None:
+                values["input"] = self._codes.get(code.upper(), code)
+            if "muted" in wanted and (mute := await self._optional("1", "AVMT")) is not None:
+                if mute not in AV_MUTE:
+                    raise DeviceError(f"{self.device_id}: AVMT reply {mute!r} is not one of {sorted(AV_MUTE)}")
+                values["muted"] = "on" if mute[1] == "1" else "off"
+            if "lamp_hours" in wanted and (lamp := await self._optional("1", "LAMP")) is not None:
+                values["lamp_hours"] = self._lamp_hours(lamp)
+            if any(m in wanted for m in ERST_METRICS) and (erst := await self._optional("1", "ERST")) is not None:
+                if len(erst) != 6 or any(c not in ERST_LEVELS for c in erst):
+                    raise DeviceError(f"{self.device_id}: ERST reply {erst!r} is not six digits 0-2")
+                values.update(zip(ERST_METRICS, (ERST_LEVELS[c] for c in erst), strict=True))
+            if self.pjlink_class == 2 and "filter_hours" in wanted \
+                    and (filt := await self._optional("2", "FILT")) is not None:
+                if not filt.isdigit():
+                    raise DeviceError(f"{self.device_id}: FILT reply {filt!r} is not a number of hours")
+                values["filter_hours"] = int(filt)
+        return Reading(values={k: v for k, v in values.items() if k in wanted or k == "power"})
+
+    def _lamp_hours(self, lamp: str) -> int:
+        parts = lamp.split()
+        if not parts or len(parts) % 2 or not all(p.isdigit() for p in parts) or parts[1] not in "01":
+            raise DeviceError(f"{self.device_id}: LAMP reply {lamp!r} is not '<hours> <0|1>' pairs")
+        return int(parts[0])
+
+    # --------------------------------------------------------------- execute
+
+    async def _execute(self, action: str, params: dict[str, Any]) -> str:
+        async with self._session():
+            if action == "power_on":
+                state = await self._settle({"cooling"})
+                await self._set("1", "POWR", "1", state)
+                return "already on" if state == "on" else "power on accepted (warming up)"
+            if action == "power_off":
+                state = await self._settle({"warming"})
+                await self._set("1", "POWR", "0", state)
+                return "already off" if state == "off" else "power off accepted (cooling down)"
+            if action == "select_input":
+                name = params["input"]
+                code = str(self.profile.inputs[name]).upper()
+                if CLASS1_INPUT.fullmatch(code):
+                    cls = "2" if self.pjlink_class == 2 else "1"
+                elif CLASS2_INPUT.fullmatch(code) and self.pjlink_class == 2:
+                    cls = "2"
+                else:
+                    raise ActionRejected(f"input {name!r} has code {code!r}, which this PJLink class "
+                                         f"{self.pjlink_class} projector cannot select")
+                state = await self._settle({"warming", "cooling"})
+                await self._set(cls, "INPT", code, state)
+                return f"input {name} ({code}) selected"
+            if action in ("mute", "unmute"):
+                state = await self._settle({"warming", "cooling"})
+                await self._set("1", "AVMT", "31" if action == "mute" else "30", state)
+                return "picture and sound muted" if action == "mute" else "picture and sound unmuted"
+        raise ActionRejected(f"{action!r} is not a projector action")
+
+    async def _settle(self, busy: set[str]) -> str:
+        """Wait while the power state is one of `busy` (a warm-up or cool-down); return the state."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.busy_max_s
+        while True:
+            state = await self._power()
+            if state not in busy:
+                return state
+            if loop.time() >= deadline:
+                raise DeviceError(f"{self.device_id}: projector still {state} after {self.busy_max_s:g}s")
+            self.count("busy_waits")
+            await asyncio.sleep(self.busy_poll_s)
+
+    async def _set(self, cls: str, cmd: str, param: str, state: str) -> None:
+        try:
+            value = await self._call(cls, cmd, param)
+        except PJLinkError as exc:
+            if exc.code in ("ERR1", "ERR2"):
+                raise ActionRejected(str(exc)) from None
+            if exc.code == "ERR3" and state == "off":
+                raise DeviceError(f"{exc} - the projector is in standby; power it on first") from None
+            raise
+        if value.upper() != "OK":
+            raise DeviceError(f"{self.device_id}: {cmd} {param}: expected OK, got {value[:40]!r}")

@@ -1,0 +1,197 @@
+"""What the RS-232 display drivers (Samsung MDC, LG) share: one request/response loop.
+
+Both display protocols are half-duplex request/response over a serial line
+that can carry line noise, a reply cut short, a corrupted byte or a reply
+from the wrong display. This module holds what the two drivers have in
+common so that it exists once: the address check, the serial link's life
+cycle, and `transact`, which
+
+- drops stale bytes and writes the request,
+- feeds whatever arrives to the protocol's pure frame splitter, which
+  resyncs on the next frame and reports every bad frame it skipped,
+- counts each bad frame (`bad_frames`) and, when the line went quiet after
+  one, sends the request again (every request the drivers send is a query
+  or sets an absolute value, so repeating it is safe),
+- and turns silence into a `DeviceError` after the reply timeout, without
+  retrying (a display that says nothing will not say more when asked twice).
+
+A port that cannot be opened, or that disappears, is `DeviceUnreachable`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, ClassVar, TypeVar
+
+import serial
+
+from campus.errors import DeviceError
+from device_profiles import Profile
+from edge_agent.drivers.base import DeviceUnreachable, Driver
+from edge_agent.drivers.serial_link import SERIAL_KEYS, SerialLink, serial_settings
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class BadFrame:
+    """Bytes a frame splitter skipped, and why (noise, checksum, truncated, ...)."""
+
+    raw: bytes
+    reason: str
+
+
+# A pure splitter: (buffer) -> (frames and BadFrames found, bytes kept for later).
+Scanner = Callable[[bytes], tuple[list[Any], bytes]]
+
+_LINE_CHECKS: dict[str, tuple[Callable[[Any], bool], str]] = {
+    "baudrate": (lambda v: isinstance(v, int) and not isinstance(v, bool) and v > 0, "a positive whole number"),
+    "bytesize": (lambda v: v in (5, 6, 7, 8) and not isinstance(v, bool), "5, 6, 7 or 8"),
+    "parity": (lambda v: v in ("N", "E", "O", "M", "S"), "N, E, O, M or S"),
+    "stopbits": (lambda v: v in (1, 1.5, 2) and not isinstance(v, bool), "1, 1.5 or 2"),
+}
+
+
+class SerialDisplayDriver(Driver):
+    """Base of the serial display drivers: address, link, and `transact`.
+
+    Subclasses name their address id field (`display_id`, `set_id`), its
+    range and default, and the id that addresses every display on the line.
+    Options (else the profile's `timings`, else the default): `timeout`
+    (`reply_timeout`, 1 s), `power_timeout` (for power on/off, which some
+    sets acknowledge only when done), `frame_gap` (0.1 s of quiet that ends
+    a partial frame), `retries` (2 repeats after bad frames).
+    """
+
+    id_field: ClassVar[str]
+    id_max: ClassVar[int]
+    default_id: ClassVar[int]
+    broadcast_id: ClassVar[int]
+
+    @classmethod
+    def check_address(cls, address: dict[str, Any]) -> None:
+        super().check_address(address)
+        path = address.get("serial")
+        if not isinstance(path, str) or not path.strip():
+            raise ValueError(f"serial must be the path of the serial port (e.g. /dev/ttyUSB0), got {path!r}")
+        known = ("serial", cls.id_field, *SERIAL_KEYS)
+        for key in address:
+            if key not in known:
+                raise ValueError(f"unknown address field {key!r}; known: {', '.join(known)}")
+        ident = address.get(cls.id_field, cls.default_id)
+        if isinstance(ident, bool) or not isinstance(ident, int) or not 0 <= ident <= cls.id_max:
+            raise ValueError(f"{cls.id_field} must be a whole number 0-{cls.id_max}, got {ident!r}")
+        for key, (ok, want) in _LINE_CHECKS.items():
+            if key in address and not ok(address[key]):
+                raise ValueError(f"{key} must be {want}, got {address[key]!r}")
+
+    def __init__(self, device_id: str, profile: Profile, address: dict[str, Any],
+                 options: dict[str, Any] | None = None) -> None:
+        super().__init__(device_id, profile, address, options)
+        self.check_address(self.address)
+        self.unit_id = int(self.address.get(self.id_field, self.default_id))
+        timings = self.profile.timings
+        self.timeout = float(self.options.get("timeout", timings.get("reply_timeout", 1.0)))
+        self.power_timeout = max(self.timeout, float(self.options.get("power_timeout",
+                                                                      timings.get("power_timeout", 0.0))))
+        self.frame_gap = float(self.options.get("frame_gap", timings.get("frame_gap", 0.1)))
+        self.retries = max(0, int(self.options.get("retries", 2)))
+        self.link: SerialLink | None = None
+        self._lock = asyncio.Lock()
+
+    def accepts_id(self, ident: int) -> bool:
+        """Is a reply from display `ident` one for us? (Any, when we address every display.)"""
+        return self.unit_id == self.broadcast_id or ident == self.unit_id
+
+    async def open(self) -> None:
+        if self.link is None:
+            self.link = SerialLink(self.address["serial"], **serial_settings(self.profile.serial, self.address))
+        try:
+            await self.link.open()
+        except DeviceUnreachable as exc:
+            self.link = None
+            raise DeviceUnreachable(f"{self.device_id}: {exc}") from None
+
+    async def close(self) -> None:
+        link, self.link = self.link, None
+        if link is not None:
+            await link.close()
+
+    def _bad(self, frame: BadFrame, reasons: list[str]) -> None:
+        self.count("bad_frames")
+        reasons.append(frame.reason)
+        log.debug("%s: bad frame (%s): %s", self.device_id, frame.reason, frame.raw[:64].hex(" "))
+
+    async def _gone(self, exc: object) -> DeviceUnreachable:
+        port = self.address["serial"]
+        await self.close()
+        return DeviceUnreachable(f"{self.device_id}: serial port {port} failed: {exc}")
+
+    async def transact(self, request: bytes, scan: Scanner, match: Callable[[Any], T | BadFrame],
+                       what: str, timeout: float | None = None) -> T:
+        """Send `request`; return the first frame `match` accepts.
+
+        `match` gets every good frame `scan` yields and returns either the
+        reply (done) or a BadFrame saying why that frame is not it (wrong
+        display id, reply to another command).
+        """
+        await self.open()
+        limit = timeout or self.timeout
+        loop = asyncio.get_running_loop()
+        reasons: list[str] = []
+        attempts = 0
+        async with self._lock:
+            for _ in range(1 + self.retries):
+                link = self.link
+                if link is None:  # closed under us (close() during a poll)
+                    await self.open()
+                    link = self.link
+                assert link is not None
+                attempts += 1
+                stale = link.discard_input()
+                if stale.strip(b" \r\n"):
+                    self._bad(BadFrame(stale, "stale bytes before the request"), reasons)
+                try:
+                    await link.write(request)
+                except (OSError, serial.SerialException) as exc:
+                    raise await self._gone(exc) from None
+                buf = b""
+                bad_now = False
+                deadline = loop.time() + limit
+                while (remaining := deadline - loop.time()) > 0:
+                    # After a bad frame or inside a partial one, a short quiet
+                    # spell means nothing more is coming for this request.
+                    wait = min(remaining, self.frame_gap) if (buf or bad_now) else remaining
+                    try:
+                        chunk = await link.read_some(wait)
+                    except (OSError, serial.SerialException) as exc:
+                        raise await self._gone(exc) from None
+                    if not chunk:
+                        if link.reader is not None and link.reader.at_eof():
+                            raise await self._gone("end of file")
+                        if buf:
+                            self._bad(BadFrame(buf, "truncated frame"), reasons)
+                            buf, bad_now = b"", True
+                        if bad_now:
+                            break
+                        continue
+                    items, buf = scan(buf + chunk)
+                    for item in items:
+                        if not isinstance(item, BadFrame):
+                            item = match(item)
+                            if not isinstance(item, BadFrame):
+                                return item
+                        self._bad(item, reasons)
+                        bad_now = True
+                if not bad_now:
+                    break  # silence: do not ask again
+        if reasons:
+            raise DeviceError(f"{self.device_id}: no valid reply to {what} within {limit:g}s "
+                              f"({attempts} attempt(s); bad frames: {', '.join(dict.fromkeys(reasons))})")
+        raise DeviceError(f"{self.device_id}: no reply to {what} within {limit:g}s "
+                          f"(is the display connected, and is its {self.id_field} {self.unit_id}?)")
