@@ -34,6 +34,21 @@ FINAL_COMMAND_STATUSES = ("done", "failed", "rejected", "expired")
 DEVICE_STATUSES = ("ok", "fault", "offline", "starting")
 ACTIONS = ("power_on", "power_off", "select_input", "set_volume", "mute", "unmute")
 DEVICE_KINDS = ("environment", "card_reader", "projector", "display", "camera")
+# String metrics with a closed set of values (stores without strings keep the index).
+METRIC_ENUMS: dict[str, tuple[str, ...]] = {
+    "power": ("off", "on", "warming", "cooling"),
+    "muted": ("off", "on"),
+    "error_*": ("ok", "warning", "error"),
+}
+
+
+def metric_enum(metric: str) -> tuple[str, ...] | None:
+    """The closed set of values of an enumerated metric, or None."""
+    if metric in METRIC_ENUMS:
+        return METRIC_ENUMS[metric]
+    if metric.startswith("error_"):
+        return METRIC_ENUMS["error_*"]
+    return None
 
 
 def check_segment(value: str, what: str) -> str:
@@ -233,7 +248,7 @@ class State:
     config_version: int | None = None
     room: str = ""
     building: str = ""
-    # Seconds between polls: central calls a gateway silent after 3 of them.
+    # Seconds between two `state` messages at most: central calls a gateway silent after 3.
     interval: float = 0.0
     # Outbox figures: messages waiting and dropped by the outbox bounds.
     outbox: dict[str, int] = field(default_factory=dict)

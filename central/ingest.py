@@ -68,11 +68,13 @@ class Ingest:
         self.stats = IngestStats()
         self.inbox: queue.Queue[_Incoming] = queue.Queue()
         self.kinds: dict[tuple[str, str], str] = {(d["gateway"], d["id"]): d["kind"] for d in ledger.gateway_devices()}
+        self.rooms: dict[str, str] = {g["id"]: g["room"] for g in ledger.gateways()}
         self.connected = threading.Event()
         self.client = paho_client(mqtt, f"campus-{name}", manual_ack=True)
         self.client.on_connect = self._on_connect
         self.client.on_disconnect = self._on_disconnect
         self.client.on_message = self._on_message
+        self.client.on_subscribe = self._on_subscribe
         self.client.reconnect_delay_set(0.2, 5)
         self._bad_logged = 0.0
 
@@ -101,8 +103,15 @@ class Ingest:
         if self.share_group:
             filters = [contract.share(f, self.share_group) for f in filters]
         client.subscribe([(f, 1) for f in filters])
-        self.connected.set()
         log.info("%s connected to %s (session present: %s)", self.name, self.mqtt, flags.session_present)
+
+    def _on_subscribe(self, client: paho.Client, userdata: Any, mid: int, reasons: Any, props: Any) -> None:
+        failed = [r for r in reasons if r.is_failure]
+        if failed:
+            log.error("%s: broker refused subscriptions: %s", self.name, failed)
+            return
+        self.connected.set()
+        log.info("%s subscribed: ready", self.name)
 
     def _on_disconnect(self, client: paho.Client, userdata: Any, flags: Any, reason: Any, props: Any) -> None:
         self.connected.clear()
@@ -163,9 +172,11 @@ class Ingest:
                 if topic.kind == contract.KIND_TELEMETRY:
                     t = Telemetry.decode(m.payload)
                     kind = self.kinds.get((topic.gateway, topic.device or ""), "device")
-                    points.extend(Point(topic.school, topic.gateway, topic.device or "", kind, name, t.ts, value)
+                    room = self.rooms.get(topic.gateway, "")
+                    points.extend(Point(topic.school, topic.gateway, topic.device or "", kind, name, t.ts, value, room)
                                   for name, value in t.values.items())
-                    sequenced.append(Sequenced(topic.school, topic.gateway, topic.device or "", t.seq, t.ts))
+                    sequenced.append(Sequenced(topic.school, topic.gateway, topic.device or "", t.seq, t.ts,
+                                               values=t.values))
                 elif topic.kind == contract.KIND_EVENT:
                     e = Event.decode(m.payload)
                     sequenced.append(Sequenced(topic.school, topic.gateway, topic.device or "", e.seq, e.ts,
@@ -173,6 +184,8 @@ class Ingest:
                 elif topic.kind == contract.KIND_STATE:
                     state = State.decode(m.payload)
                     states.append((topic.school, topic.gateway, state))
+                    if state.room:
+                        self.rooms[topic.gateway] = state.room
                     for dev, info in state.devices.items():
                         if info.get("kind"):
                             self.kinds[(topic.gateway, dev)] = info["kind"]

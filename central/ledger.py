@@ -40,6 +40,10 @@ CREATE TABLE IF NOT EXISTS commands (
     status TEXT NOT NULL, detail TEXT NOT NULL DEFAULT '', finished REAL
 );
 CREATE INDEX IF NOT EXISTS commands_created ON commands (created);
+CREATE TABLE IF NOT EXISTS latest (
+    gateway TEXT NOT NULL, device TEXT NOT NULL, metric TEXT NOT NULL, ts REAL NOT NULL, value TEXT NOT NULL,
+    PRIMARY KEY (gateway, device, metric)
+) WITHOUT ROWID;
 """
 
 
@@ -52,6 +56,7 @@ class Sequenced:
     seq: int
     ts: float
     event: tuple[str, dict[str, Any]] | None = None  # (type, data) for events
+    values: dict[str, float | int | str] | None = None  # telemetry values, for `latest`
 
 
 class Ledger(PerThreadConnection):
@@ -79,6 +84,11 @@ class Ledger(PerThreadConnection):
                             "UPDATE gateways SET received = received + 1, last_seen = ?,"
                             " first_seq = MIN(COALESCE(first_seq, ?), ?), max_seq = MAX(COALESCE(max_seq, ?), ?)"
                             " WHERE id = ?", (now, m.seq, m.seq, m.seq, m.seq, m.gateway))
+                        if m.values:
+                            self.db.executemany(
+                                "INSERT INTO latest VALUES (?, ?, ?, ?, ?) ON CONFLICT (gateway, device, metric)"
+                                " DO UPDATE SET ts=excluded.ts, value=excluded.value WHERE excluded.ts >= latest.ts",
+                                [(m.gateway, m.device, k, m.ts, json.dumps(v)) for k, v in m.values.items()])
                         if m.event is not None:
                             self.db.execute("INSERT OR IGNORE INTO events VALUES (?, ?, ?, ?, ?, ?)",
                                             (m.gateway, m.device, m.seq, m.ts, m.event[0], json.dumps(m.event[1])))
@@ -136,6 +146,13 @@ class Ledger(PerThreadConnection):
                 out.append({"gateway": gw["id"], "school": gw["school"], "room": gw["room"], "id": dev,
                             "profile": info.get("profile", ""), "kind": info.get("kind", ""),
                             "status": info.get("status", "ok") if gw["online"] else "offline"})
+        return out
+
+    def latest(self) -> dict[tuple[str, str], dict[str, float | int | str]]:
+        """The newest value of every metric, by (gateway, device)."""
+        out: dict[tuple[str, str], dict[str, float | int | str]] = {}
+        for gw, dev, metric, value in self.db.execute("SELECT gateway, device, metric, value FROM latest"):
+            out.setdefault((gw, dev), {})[metric] = json.loads(value)
         return out
 
     def events(self, gateway: str | None = None, type_: str | None = None, since: float | None = None,

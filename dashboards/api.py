@@ -54,7 +54,7 @@ def gateways() -> Any:
 @bp.get("/devices")
 @login_required
 def devices() -> Any:
-    latest = _campus()["store"].latest()
+    latest = _campus()["ledger"].latest()
     out = []
     for dev in _campus()["ledger"].gateway_devices():
         out.append({**dev, "latest": latest.get((dev["gateway"], dev["id"]), {})})

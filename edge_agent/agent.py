@@ -35,7 +35,7 @@ from edge_agent.outbox import Outbox, SequencedMessage
 log = logging.getLogger(__name__)
 
 SESSION_EXPIRY_S = 7 * 24 * 3600  # commands for an offline gateway wait this long at most
-STATE_EVERY_S = 60.0              # republish state even when nothing changed (presence)
+MIN_HEARTBEAT_S = 2.0             # a fast poll must not turn presence into a flood
 
 
 class Agent:
@@ -60,6 +60,9 @@ class Agent:
         self.client: aiomqtt.Client | None = None
         self.connected = asyncio.Event()
         self.published = 0
+        # `state` is republished this often, so central can call a gateway that
+        # is silent for 3 heartbeats offline even when its devices send nothing.
+        self.heartbeat = max(MIN_HEARTBEAT_S, config.poll_interval)
 
     # ------------------------------------------------------------ scheduler
 
@@ -122,7 +125,7 @@ class Agent:
                      devices={d: {"profile": drv.profile.name, "kind": drv.profile.kind,
                                   "status": self.status[d] if online else "offline"}
                               for d, drv in self.drivers.items()},
-                     interval=self.config.poll_interval,
+                     interval=self.heartbeat,
                      outbox={"pending": len(self.outbox), "dropped": self.outbox.dropped,
                              "last_seq": self.outbox.last_seq})
 
@@ -182,7 +185,7 @@ class Agent:
         topic = contract.state_topic(self.school, self.gateway)
         while True:
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self.state_changed.wait(), STATE_EVERY_S)
+                await asyncio.wait_for(self.state_changed.wait(), self.heartbeat)
             self.state_changed.clear()
             await client.publish(topic, self.state().encode(), qos=1, retain=True)
 

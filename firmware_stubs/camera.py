@@ -178,7 +178,7 @@ class ClassroomScene:
     def qr_interval(self) -> tuple[float, float] | None:
         if self.card is None or not self.persons:
             return None
-        return (QR_SHOWN[0] * self.seconds, QR_SHOWN[1] * self.seconds)
+        return (round(QR_SHOWN[0] * self.seconds, 3), round(QR_SHOWN[1] * self.seconds, 3))
 
     def position(self, p: _Person, t: float) -> tuple[float, float]:
         a = 2 * math.pi * t / self.seconds

@@ -29,6 +29,7 @@ SIMULATORS: dict[str, str] = {
     "card_line": "firmware_stubs.card_reader:simulator_for",
     "samsung_mdc": "firmware_stubs.displays:simulator_for",
     "lg_serial": "firmware_stubs.displays:simulator_for",
+    "camera": "firmware_stubs.camera:simulator_for",
 }
 
 

@@ -53,7 +53,7 @@ class StoreView:
         self.ledger = Ledger(str(db_path))
 
     def latest(self, gateway: str, device: str) -> dict[str, float | str]:
-        return self.points.latest().get((gateway, device), {})
+        return self.ledger.latest().get((gateway, device), {})
 
     def gateway(self, gateway: str) -> dict[str, Any] | None:
         return next((g for g in self.ledger.gateways() if g["id"] == gateway), None)
@@ -70,7 +70,8 @@ class Classroom:
     """A simulated classroom (`campus sim`), its agent and a central ingest, as real processes."""
 
     def __init__(self, tmp: Path, mqtt: str, *, gateway: str = "gw1", poll_interval: float = 0.2,
-                 outbox: dict[str, Any] | None = None, devices: list[dict[str, Any]] | None = None) -> None:
+                 outbox: dict[str, Any] | None = None, devices: list[dict[str, Any]] | None = None,
+                 store: str | None = None, workers: int = 1) -> None:
         self.tmp = tmp
         self.mqtt = mqtt
         self.gateway = gateway
@@ -78,33 +79,51 @@ class Classroom:
         self.config = write_gateway_config(tmp / f"{gateway}.yaml", mqtt, gateway=gateway, poll_interval=poll_interval,
                                            devices=devices or [env_device(self.port, seed=7)],
                                            **({"outbox": outbox} if outbox else {}))
-        self.db = tmp / "central.db"
+        self.db = tmp / "central.db"  # the ledger (and the points, with the default SQLite store)
+        self.store = store or f"sqlite:///{self.db}"
+        self.workers = workers
         self.sim = CampusProcess(["sim", "--config", str(self.config)], tmp / f"{gateway}-sim.log")
         self.agent = self._agent()
-        self.ingest = self._ingest()
+        self.ingests = [self._ingest(i) for i in range(workers)]
         self._view: StoreView | None = None
+
+    @property
+    def ingest(self) -> CampusProcess:
+        return self.ingests[0]
+
+    @ingest.setter
+    def ingest(self, proc: CampusProcess) -> None:
+        self.ingests[0] = proc
 
     def _agent(self) -> CampusProcess:
         return CampusProcess(["agent", "--config", str(self.config)], self.tmp / f"{self.gateway}-agent.log")
 
-    def _ingest(self) -> CampusProcess:
-        return CampusProcess(["ingest", "--mqtt", self.mqtt, "--store", f"sqlite:///{self.db}"],
-                             self.tmp / "ingest.log")
+    def _ingest(self, index: int = 0) -> CampusProcess:
+        args = ["ingest", "--mqtt", self.mqtt, "--store", self.store, "--db", f"sqlite:///{self.db}",
+                "--name", f"ingest-{index}"]
+        if self.workers > 1:
+            args += ["--share", "ingest"]
+        return CampusProcess(args, self.tmp / f"ingest-{index}.log")
 
     def restart_agent(self) -> None:
         self.agent.stop()
         self.agent = self._agent().start()
 
-    def restart_ingest(self) -> None:
-        self.ingest.stop()
-        self.ingest = self._ingest().start()
+    def restart_ingest(self, index: int = 0) -> None:
+        self.ingests[index].stop()
+        self.ingests[index] = self._ingest(index).start()
 
     def start(self, *, sim: bool = True, agent: bool = True, ingest: bool = True) -> Classroom:
         if sim:
             self.sim.start()
             wait_for_port("127.0.0.1", self.port)
         if ingest:
-            self.ingest.start()
+            for proc in self.ingests:
+                proc.start()
+            # Messages published before anyone subscribed are not kept by MQTT:
+            # start the agent only once every worker's subscription is in place.
+            for proc in self.ingests:
+                wait_until(lambda proc=proc: "subscribed: ready" in proc.output(), 30, message="ingest subscribed")
         if agent:
             self.agent.start()
         return self
@@ -145,7 +164,7 @@ class Classroom:
         return self.agent_outbox()
 
     def stop(self) -> None:
-        for proc in (self.agent, self.ingest, self.sim):
+        for proc in (self.agent, *self.ingests, self.sim):
             proc.stop()
         if self._view is not None:
             self._view.close()

@@ -5,6 +5,7 @@ and the project's own programs as subprocesses (`campus agent`, `campus ingest`,
 from __future__ import annotations
 
 import os
+import pwd
 import shutil
 import signal
 import subprocess
@@ -48,6 +49,9 @@ class Mosquitto:
         self.conf.write_text(
             f"listener {self.port} 127.0.0.1\n"
             "allow_anonymous true\n"
+            # Run as whoever started the test (root in CI): the default drops to the
+            # `mosquitto` user, which cannot write its persistence file in our tmp dir.
+            f"user {pwd.getpwuid(os.getuid()).pw_name}\n"
             "persistence true\n"
             f"persistence_location {workdir}/\n"
             "autosave_interval 1\n"

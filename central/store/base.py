@@ -2,6 +2,8 @@
 
 Writes are idempotent: a point is identified by (gateway, device, metric,
 ts), so a redelivered sample overwrites itself instead of adding a point.
+The newest value of each metric is kept by the ledger, not here, so the
+dashboard's "latest" works the same over every backend (strings included).
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ class Point:
     metric: str
     ts: float
     value: float | str
+    room: str = ""
 
 
 class PointStore(Protocol):
@@ -28,8 +31,5 @@ class PointStore(Protocol):
     def query(self, gateway: str, device: str, metric: str, start: float, end: float,
               limit: int = 10_000) -> list[tuple[float, float | str]]:
         """Points of one series in [start, end], oldest first."""
-
-    def latest(self) -> dict[tuple[str, str], dict[str, float | str]]:
-        """The newest value of every metric, by (gateway, device)."""
 
     def close(self) -> None: ...

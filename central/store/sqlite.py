@@ -19,11 +19,6 @@ CREATE TABLE IF NOT EXISTS points (
     value REAL, text TEXT,
     PRIMARY KEY (gateway, device, metric, ts)
 ) WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS latest (
-    gateway TEXT NOT NULL, device TEXT NOT NULL, metric TEXT NOT NULL, ts REAL NOT NULL,
-    value REAL, text TEXT,
-    PRIMARY KEY (gateway, device, metric)
-) WITHOUT ROWID;
 """
 
 
@@ -80,10 +75,6 @@ class SqlitePointStore(PerThreadConnection):
             with self.db:
                 self.db.execute("BEGIN IMMEDIATE")
                 self.db.executemany("INSERT OR REPLACE INTO points VALUES (?, ?, ?, ?, ?, ?)", rows)
-                self.db.executemany(
-                    "INSERT INTO latest VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (gateway, device, metric) DO UPDATE"
-                    " SET ts=excluded.ts, value=excluded.value, text=excluded.text WHERE excluded.ts >= latest.ts",
-                    rows)
         except sqlite3.Error as exc:
             raise StoreError(f"{self.path}: write failed: {exc}") from None
 
@@ -93,12 +84,6 @@ class SqlitePointStore(PerThreadConnection):
             "SELECT ts, value, text FROM points WHERE gateway=? AND device=? AND metric=? AND ts BETWEEN ? AND ?"
             " ORDER BY ts LIMIT ?", (gateway, device, metric, start, end, limit))
         return [(ts, text if value is None else value) for ts, value, text in cur]
-
-    def latest(self) -> dict[tuple[str, str], dict[str, float | str]]:
-        out: dict[tuple[str, str], dict[str, float | str]] = {}
-        for gw, dev, metric, value, text in self.db.execute("SELECT gateway, device, metric, value, text FROM latest"):
-            out.setdefault((gw, dev), {})[metric] = text if value is None else value
-        return out
 
     def count(self) -> int:
         return self.db.execute("SELECT COUNT(*) FROM points").fetchone()[0]

@@ -22,6 +22,7 @@ DRIVERS: dict[str, str] = {
     "card_line": "edge_agent.drivers.card_reader:LineReaderDriver",
     "samsung_mdc": "edge_agent.drivers.samsung_mdc:SamsungMDCDriver",
     "lg_serial": "edge_agent.drivers.lg_serial:LGSerialDriver",
+    "camera": "edge_agent.drivers.camera:CameraDriver",
 }
 
 

@@ -140,7 +140,9 @@ class CameraDriver(Driver):
         self.check_address(self.address)
         self.source: str | int = self.address["source"]
         self.where = describe_source(self.source)
-        self.is_file = isinstance(self.source, str) and "://" not in self.source
+        # A video file (paced, may loop) as opposed to a live source: a URL, an index or a /dev/video node.
+        self.is_file = isinstance(self.source, str) and "://" not in self.source \
+            and not self.source.startswith("/dev/")
         self.settings = {name: self._setting(name, default) for name, default in DEFAULTS.items()}
         s = self.settings
         if s["reopen_backoff_max_s"] < s["reopen_backoff_s"]:
@@ -211,8 +213,8 @@ class CameraDriver(Driver):
         await self.open()
         stall = self.settings["stall_s"]
         with self._lock:
-            if self._fault is not None:
-                raise self._fault  # events stay queued for the next good poll
+            if self._fault is not None:  # events stay queued for the next good poll
+                raise type(self._fault)(str(self._fault))
             if stall and time.monotonic() - self._last_frame > stall:
                 raise DeviceError(f"{self.device_id}: no frame from {self.where} for "
                                   f"{time.monotonic() - self._last_frame:.0f} s")
@@ -226,10 +228,10 @@ class CameraDriver(Driver):
 
     def _capture(self) -> cv2.VideoCapture | None:
         """Open the source, or None if it cannot be opened (never raises)."""
-        if self.is_file and not os.path.isfile(str(self.source)):
-            return None
+        if isinstance(self.source, str) and "://" not in self.source and not os.path.exists(self.source):
+            return None  # spares OpenCV's own warning about a missing file
         try:
-            if isinstance(self.source, str) and not self.is_file:
+            if isinstance(self.source, str) and "://" in self.source:
                 ms = int(self.settings["open_timeout_s"] * 1000)
                 cap = cv2.VideoCapture(self.source, cv2.CAP_ANY,
                                        [cv2.CAP_PROP_OPEN_TIMEOUT_MSEC, ms, cv2.CAP_PROP_READ_TIMEOUT_MSEC, ms])
@@ -266,11 +268,11 @@ class CameraDriver(Driver):
                         self.count("loops")
                         continue
                     reason = f"cannot reopen {self.where}"
-                if time.monotonic() - began > 10 * backoff:
+                if time.monotonic() - began > self.settings["reopen_backoff_max_s"]:
                     backoff = self.settings["reopen_backoff_s"]  # it ran well: start the backoff over
+                self._set_fault(DeviceError(f"{self.device_id}: {reason}; reopening in {backoff:.1f} s"))
                 self.count("stream_breaks")
                 log.warning("%s: %s; reopening in %.1f s", self.device_id, reason, backoff)
-                self._set_fault(DeviceError(f"{self.device_id}: {reason}; reopening in {backoff:.1f} s"))
                 while not stop.wait(backoff):
                     cap = self._capture()
                     if cap is not None:
@@ -279,6 +281,8 @@ class CameraDriver(Driver):
                     self._set_fault(DeviceUnreachable(f"{self.device_id}: cannot reopen {self.where}; "
                                                       f"next try in {backoff:.1f} s"))
                 if cap is not None:
+                    # Should it break again soon (a server that accepts and drops), wait longer next time.
+                    backoff = min(backoff * 2, self.settings["reopen_backoff_max_s"])
                     self.count("reopens")
                     log.info("%s: %s reopened", self.device_id, self.where)
                     counter.reset()  # the scene may have changed while the stream was down
