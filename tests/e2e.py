@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import sqlite3
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -168,3 +170,35 @@ class Classroom:
             proc.stop()
         if self._view is not None:
             self._view.close()
+
+
+class SimulatorsInThread:
+    """A gateway config's simulators in this test process (own event loop, own thread),
+    so a test can look inside them (the projector's command log, a display's state)."""
+
+    def __init__(self, config_path: Path) -> None:
+        from edge_agent.config import load_gateway_config
+        from firmware_stubs.runner import SimulatorSet
+
+        self.sims = SimulatorSet(load_gateway_config(config_path))
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, name="sims", daemon=True)
+
+    def __enter__(self) -> SimulatorsInThread:
+        self.thread.start()
+        asyncio.run_coroutine_threadsafe(self.sims.start(), self.loop).result(20)
+        return self
+
+    def __getitem__(self, device_id: str) -> Any:
+        return self.sims.by_device[device_id]
+
+    def call(self, fn: Any) -> Any:
+        """Run `fn()` on the simulators' loop (their state is not thread-safe)."""
+        async def run() -> Any:
+            return fn()
+        return asyncio.run_coroutine_threadsafe(run(), self.loop).result(10)
+
+    def __exit__(self, *exc: object) -> None:
+        asyncio.run_coroutine_threadsafe(self.sims.stop(), self.loop).result(20)
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(10)
