@@ -35,8 +35,15 @@ SCHOOL = "demo-school"
 
 
 def classroom_config(index: int, mqtt: str, data_dir: Path, poll_interval: float = 2.0) -> dict[str, Any]:
-    """The gateway config of demo classroom `index` (1-based), devices on free ports."""
+    """The gateway config of demo classroom `index` (1-based): one device of every kind.
+
+    Network devices listen on free loopback ports; serial devices are ptys
+    symlinked under DIR/dev/ (the agent opens them as it would /dev/ttyUSB0);
+    the camera reads a generated classroom video under DIR/video/.
+    """
     room = f"{100 + index}"
+    dev_dir = (data_dir / "dev").resolve()
+    video = (data_dir / "video" / f"room-{room}.avi").resolve()
     return {
         "school": SCHOOL, "gateway": f"gw-{room}", "room": room, "building": "A",
         "mqtt": mqtt, "poll_interval": poll_interval,
@@ -46,6 +53,20 @@ def classroom_config(index: int, mqtt: str, data_dir: Path, poll_interval: float
             {"id": "env", "profile": "env-6in1-modbus",
              "address": {"host": "127.0.0.1", "port": free_port(), "unit": 1},
              "simulator": {"seed": index, "time_scale": 30, "start": "07:58"}},
+            {"id": "projector", "profile": "projector-pjlink2",
+             "address": {"host": "127.0.0.1", "port": free_port()},
+             # A real lamp projector warms up for ~30 s; the demo is impatient.
+             "simulator": {"seed": index, "warmup_s": 8, "cooldown_s": 6, "lamp_hours": 1200 + 350 * index,
+                           "time_scale": 60}},
+            {"id": "display", "profile": "display-samsung-mdc",
+             "address": {"serial": str(dev_dir / f"room-{room}-display"), "display_id": 0},
+             "simulator": {"seed": index}},
+            {"id": "cards", "profile": "card-em4100",
+             "address": {"serial": str(dev_dir / f"room-{room}-cards")},
+             "simulator": {"seed": index, "swipe_every_s": 15}},
+            {"id": "camera", "profile": "camera-occupancy",
+             "address": {"source": str(video)}, "options": {"loop": True},
+             "simulator": {"people": 2 + index % 5, "qr_text": f"STU-{room}-0001", "seed": index}},
         ],
     }
 

@@ -32,6 +32,11 @@ def test_demo_runs_every_room_end_to_end_and_exits_0(tmp_path: Path) -> None:
                                               token)["points"], 15, message=f"telemetry from {room}")
         gateways = _get(f"{base}/api/gateways", token)
         assert {g["id"] for g in gateways} == {"gw-101", "gw-102"} and all(g["online"] for g in gateways)
+        # Every classroom has one device of every kind, each reporting over its own protocol.
+        kinds = {"environment", "card_reader", "projector", "display", "camera"}
+        wait_until(lambda: all({d["kind"] for d in _get(f"{base}/api/devices", token) if d["gateway"] == g
+                                and d["status"] == "ok" and d["latest"]} == kinds for g in ("gw-101", "gw-102")),
+                   20, message="every kind of device reporting in both rooms")
         out, _ = proc.communicate(timeout=60)
     finally:
         if proc.poll() is None:
