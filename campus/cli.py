@@ -86,18 +86,41 @@ def cmd_ingest(args: argparse.Namespace) -> None:
 
 
 def cmd_web(args: argparse.Namespace) -> None:
-    from dashboards import WebConfig, create_app
+    from dashboards import WebConfig, close_app, create_app
     from dashboards.server import serve
 
-    config = WebConfig(store_url=args.store, ledger_path=ledger_path_for(args.store, args.db), mqtt_url=args.mqtt,
-                       tokens={args.admin_token: {"user": "admin-token", "role": "admin", "rooms": []}}
-                       if args.admin_token else {})
+    config = WebConfig(store_url=args.store, db_path=ledger_path_for(args.store, args.db), mqtt_url=args.mqtt)
     app = create_app(config)
+    password = app.extensions["campus"]["registry"].ensure_admin(args.admin_token)
+    if password:
+        print(f"campus web: created user admin with password {password} (change it)", flush=True)
     stop = threading.Event()
     server = serve(app, "127.0.0.1" if not args.host else args.host, args.http_port)
     print(f"campus web: http://{server.host}:{server.port}/", flush=True)
     wait_for_signal(stop)
     server.shutdown()
+    close_app(app)
+
+
+def cmd_users(args: argparse.Namespace) -> None:
+    import getpass
+
+    from central.registry import Registry
+
+    registry = Registry(f"sqlite:///{ledger_path_for(args.db, None)}")
+    if args.users_command == "add":
+        password = sys.stdin.readline().rstrip("\n") if args.password_stdin else getpass.getpass("password: ")
+        rooms = []
+        for spec in args.room or []:
+            school, sep, room = spec.partition(":")
+            if not sep:
+                raise CampusError(f"--room {spec!r}: write SCHOOL:ROOM")
+            rooms.append((school, room))
+        registry.add_user(args.name, password, args.role, rooms)
+        print(f"user {args.name} ({args.role}) saved")
+    elif args.users_command == "token":
+        print(registry.issue_token(args.name, args.label))
+    registry.close()
 
 
 def cmd_demo(args: argparse.Namespace) -> None:
@@ -134,7 +157,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("ingest", help="central ingest from MQTT into the store")
     p.add_argument("--mqtt", required=True, help="mqtt://[user:pass@]host:port")
     p.add_argument("--store", required=True, help="sqlite:///PATH, victoriametrics://host:port, influxdb://…")
-    p.add_argument("--db", default=None, help="ledger database (default: the SQLite store itself)")
+    p.add_argument("--db", default=None, help="central database sqlite:///PATH (default: the SQLite store itself)")
     p.add_argument("--name", default="ingest", help="client name; one persistent MQTT session per name")
     p.add_argument("--share", default=None, help="MQTT 5 shared-subscription group, for several workers")
     p.set_defaults(func=cmd_ingest)
@@ -142,11 +165,26 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("web", help="the dashboard and JSON API")
     p.add_argument("--mqtt", default=None, help="broker for sending commands")
     p.add_argument("--store", required=True)
-    p.add_argument("--db", default=None, help="ledger database (default: the SQLite store itself)")
+    p.add_argument("--db", default=None, help="central database (registry and ledger), sqlite:///PATH; "
+                   "default: the SQLite store itself")
     p.add_argument("--http-port", type=_port, default=8080)
     p.add_argument("--host", default=None, help="address to listen on (default 127.0.0.1)")
     p.add_argument("--admin-token", default=None, help="an admin API token")
     p.set_defaults(func=cmd_web)
+
+    p = sub.add_parser("users", help="accounts in the registry: add users, issue API tokens")
+    users = p.add_subparsers(dest="users_command", required=True, metavar="ACTION")
+    u = users.add_parser("add", help="create or update a user (password from a prompt or stdin)")
+    u.add_argument("name")
+    u.add_argument("--role", required=True, choices=["admin", "facility", "teacher"])
+    u.add_argument("--room", action="append", help="SCHOOL:ROOM a teacher may command (repeatable)")
+    u.add_argument("--password-stdin", action="store_true", help="read the password from standard input")
+    u = users.add_parser("token", help="issue an API token for a user (printed once)")
+    u.add_argument("name")
+    u.add_argument("--label", default="", help="what the token is for")
+    for sp in users.choices.values():
+        sp.add_argument("--db", required=True, help="the central database, sqlite:///PATH")
+    p.set_defaults(func=cmd_users)
     return parser
 
 

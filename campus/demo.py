@@ -19,7 +19,6 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from werkzeug.security import generate_password_hash
 
 from campus.cli import run_until_signal
 from campus.errors import CampusError
@@ -82,7 +81,7 @@ class Demo:
             parse_mqtt_url(mqtt)
         self.store = store or f"sqlite:///{self.data_dir / 'campus.db'}"
         self.admin_token = admin_token or secrets.token_urlsafe(18)
-        self.passwords = {role: secrets.token_urlsafe(8) for role in ("admin", "facility", "teacher")}
+        self.passwords = {role: secrets.token_urlsafe(9) for role in ("admin", "facility", "teacher")}
 
     def _write_configs(self, mqtt: str) -> list[GatewayConfig]:
         gw_dir = self.data_dir / "gateways"
@@ -94,13 +93,38 @@ class Demo:
             configs.append(load_gateway_config(path))
         return configs
 
-    def _users(self, configs: list[GatewayConfig]) -> dict[str, dict[str, Any]]:
-        return {
-            "admin": {"role": "admin", "password_hash": generate_password_hash(self.passwords["admin"])},
-            "facility": {"role": "facility", "password_hash": generate_password_hash(self.passwords["facility"])},
-            "teacher": {"role": "teacher", "password_hash": generate_password_hash(self.passwords["teacher"]),
-                        "rooms": [configs[0].room] if configs else []},
-        }
+    def _register(self, db_path: str, configs: list[GatewayConfig]) -> None:
+        """Put the demo school into the registry as IT staff would: rooms, gateways, devices, people."""
+        from central.registry import Registry
+
+        registry = Registry(f"sqlite:///{db_path}")
+        try:
+            for cfg in configs:
+                if registry.gateway_info(cfg.gateway) is None:
+                    registry.register_gateway(cfg.gateway, cfg.school, cfg.room, cfg.building)
+                for dev in cfg.devices:
+                    registry.add_device(cfg.gateway, dev.id, dev.profile, dev.address, dev.options)
+            registry.add_user("admin", self.passwords["admin"], "admin")
+            registry.add_user("facility", self.passwords["facility"], "facility")
+            registry.add_user("teacher", self.passwords["teacher"], "teacher",
+                              rooms=[(configs[0].school, configs[0].room)] if configs else [])
+            registry.ensure_admin(self.admin_token)
+        finally:
+            registry.close()
+
+    def _sim_control(self, sims: dict[str, SimulatorSet]) -> Any:
+        def control(gateway: str, device: str, overrides: dict[str, Any]) -> None:
+            sim = sims[gateway].by_device[device]
+            server, unit = sim if isinstance(sim, tuple) else (sim, None)
+            if unit is None:
+                raise KeyError(f"{gateway}/{device} (only environment sensors take overrides)")
+            air = server.units[unit]
+            for metric, value in overrides.items():
+                if value is None:
+                    air.overrides.pop(metric, None)
+                else:
+                    air.overrides[metric] = float(value)
+        return control
 
     def run(self, duration: float | None = None) -> None:
         self.data_dir.mkdir(parents=True, exist_ok=True)
@@ -110,7 +134,7 @@ class Demo:
         from central.ingest import Ingest
         from central.ledger import Ledger
         from central.store import open_store
-        from dashboards import WebConfig, create_app
+        from dashboards import WebConfig, close_app, create_app
         from dashboards.server import serve
 
         started = time.monotonic()
@@ -126,8 +150,8 @@ class Demo:
             await broker.start()
             mqtt = f"mqtt://127.0.0.1:{port}?protocol=3.1.1"  # amqtt speaks MQTT 3.1.1 only
         configs = self._write_configs(mqtt)
-        sims = [SimulatorSet(c) for c in configs]
-        for s in sims:
+        sims = {c.gateway: SimulatorSet(c) for c in configs}
+        for s in sims.values():
             await s.start()
 
         # With the SQLite store the ledger shares its file; with a server store it gets its own.
@@ -139,9 +163,9 @@ class Demo:
         ingest_thread = threading.Thread(target=ingest.run, args=(ingest_stop,), name="ingest", daemon=True)
         ingest_thread.start()
 
-        web = WebConfig(store_url=self.store, ledger_path=ledger_path, mqtt_url=mqtt,
-                        tokens={self.admin_token: {"user": "admin-token", "role": "admin", "rooms": []}},
-                        users=self._users(configs))
+        self._register(ledger_path, configs)
+        web = WebConfig(store_url=self.store, db_path=ledger_path, mqtt_url=mqtt,
+                        sim_control=self._sim_control(sims))
         app = create_app(web)
         server = serve(app, "127.0.0.1", self.http_port)
         url = f"http://127.0.0.1:{server.port}/"
@@ -170,9 +194,8 @@ class Demo:
             await asyncio.to_thread(ingest_thread.join, 10)
             ingest.close()
             server.shutdown()
-            if app.extensions["campus"]["commands"]:
-                app.extensions["campus"]["commands"].stop()
-            for s in sims:
+            close_app(app)
+            for s in sims.values():
                 await s.stop()
             if broker is not None:
                 await broker.shutdown()

@@ -90,13 +90,13 @@ def parse_store_url(url: str) -> StoreUrl:
 
 
 def ledger_path_for(store: str, db: str | None) -> str:
-    """Where central's ledger lives: `--db` if given, else the SQLite store's own file."""
+    """Where the central database (ledger and registry) lives: `--db` if given, else the SQLite store's file."""
     if db:
         parsed = parse_store_url(db)
         if parsed.scheme != "sqlite":
-            raise ConfigError(f"--db {db!r}: the ledger needs a sqlite:/// URL")
+            raise ConfigError(f"--db {db!r}: the central database needs a sqlite:/// URL")
         return parsed.path
     parsed = parse_store_url(store)
     if parsed.scheme != "sqlite":
-        raise ConfigError("with a non-SQLite --store, give --db sqlite:///PATH for the ledger")
+        raise ConfigError("with a non-SQLite --store, give --db sqlite:///PATH for the central database")
     return parsed.path

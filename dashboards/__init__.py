@@ -1,45 +1,41 @@
 """The web app: dashboards for IT staff, facility managers and teachers, and the JSON API.
 
 `create_app(config)` builds it (Flask's application factory); nothing is
-opened at import time. Blueprints: `api` (JSON, CONTRACT.md), `board`
-(the rooms page), `auth` (login and logout).
+opened at import time. Blueprints: `auth` (login, roles, CSRF), `api`
+(JSON, CONTRACT.md), `board` (rooms overview), and the areas of each kind
+of user registered in `AREAS`.
 """
 
 from __future__ import annotations
 
+import importlib
 import secrets
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 from flask import Flask
 
-from campus.urls import parse_store_url
+# Blueprints of the people-facing areas, imported when present.
+AREAS = ("dashboards.panel", "dashboards.health", "dashboards.provisioning")
 
 
 @dataclass
 class WebConfig:
     store_url: str
-    ledger_path: str = ""
+    # The central database: the ledger and the registry (SQLite path).
+    db_path: str
     mqtt_url: str | None = None
-    # token -> {"user": name, "role": role, "rooms": [...]}
-    tokens: dict[str, dict[str, Any]] = field(default_factory=dict)
-    # user -> {"password_hash": ..., "role": ..., "rooms": [...]}
-    users: dict[str, dict[str, Any]] = field(default_factory=dict)
     secret_key: str = field(default_factory=lambda: secrets.token_hex(32))
-
-    def resolved_ledger_path(self) -> str:
-        if self.ledger_path:
-            return self.ledger_path
-        parsed = parse_store_url(self.store_url)
-        if parsed.scheme != "sqlite":
-            raise ValueError("a non-SQLite store needs --db for the ledger")
-        return parsed.path
+    # Demo only: a function (gateway, device, overrides) that reaches into a simulator.
+    sim_control: Callable[[str, str, dict[str, Any]], None] | None = None
 
 
 def create_app(config: WebConfig) -> Flask:
     from campus.urls import parse_mqtt_url
     from central.commands import CommandService
     from central.ledger import Ledger
+    from central.registry import Registry
     from central.store import open_store
     from dashboards import api, auth, board
 
@@ -47,17 +43,41 @@ def create_app(config: WebConfig) -> Flask:
     app.config["SECRET_KEY"] = config.secret_key
     app.config["SESSION_COOKIE_SAMESITE"] = "Lax"
     app.config["SESSION_COOKIE_HTTPONLY"] = True
+    app.config["MAX_CONTENT_LENGTH"] = 2 * 1024 * 1024
+    ledger = Ledger(config.db_path)
     app.extensions["campus"] = {
         "config": config,
         "store": open_store(config.store_url),
-        "ledger": Ledger(config.resolved_ledger_path()),
+        "ledger": ledger,
+        "registry": Registry(f"sqlite:///{config.db_path}"),
         "commands": None,
+        "login_limiter": auth.RateLimiter(auth.LOGIN_ATTEMPTS_PER_MIN),
+        "command_limiter": auth.RateLimiter(auth.COMMANDS_PER_MIN),
     }
     if config.mqtt_url:
-        service = CommandService(parse_mqtt_url(config.mqtt_url), app.extensions["campus"]["ledger"])
+        service = CommandService(parse_mqtt_url(config.mqtt_url), ledger)
         service.start()
         app.extensions["campus"]["commands"] = service
     app.register_blueprint(auth.bp)
     app.register_blueprint(api.bp)
     app.register_blueprint(board.bp)
+    for name in AREAS:
+        try:
+            module = importlib.import_module(name)
+        except ModuleNotFoundError as exc:
+            if exc.name != name:
+                raise
+            continue
+        module.register(app)
     return app
+
+
+def close_app(app: Flask) -> None:
+    ext = app.extensions["campus"]
+    for hook in ext.get("on_close", []):
+        hook()
+    if ext["commands"] is not None:
+        ext["commands"].stop()
+    ext["store"].close()
+    ext["ledger"].close()
+    ext["registry"].close()

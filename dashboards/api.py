@@ -1,43 +1,44 @@
-"""The JSON API of CONTRACT.md. Every route but /api/health needs a login."""
+"""The JSON API of CONTRACT.md. Every route but /api/health needs a login.
+
+Teachers see only the gateways of their rooms and may command only those;
+facility managers see everything and command nothing; admins do anything.
+"""
 
 from __future__ import annotations
 
+import math
 import time
 from typing import Any
 
-from flask import Blueprint, current_app, g, jsonify, request
+from flask import Blueprint, g, jsonify, request
 
 from campus import contract
-from campus.errors import PayloadError
-from dashboards.auth import login_required
+from campus.errors import CampusError, PayloadError
+from dashboards.auth import audit, campus, login_required, may_command, may_see
 
 bp = Blueprint("api", __name__, url_prefix="/api")
 
 
-def _campus() -> dict[str, Any]:
-    return current_app.extensions["campus"]
-
-
-def _error(status: int, message: str) -> Any:
+def error(status: int, message: str) -> Any:
     return jsonify({"error": message}), status
 
 
-def _float_arg(name: str, default: float) -> float:
+def float_arg(name: str, default: float) -> float:
     raw = request.args.get(name)
     if raw is None or raw == "":
         return default
     try:
         value = float(raw)
     except ValueError:
-        raise PayloadError(f"query parameter {name!r} must be a unix time, got {raw!r}") from None
-    if value != value or value in (float("inf"), float("-inf")):
+        raise PayloadError(f"query parameter {name!r} must be a unix time, got {raw[:40]!r}") from None
+    if not math.isfinite(value):
         raise PayloadError(f"query parameter {name!r} must be finite")
     return value
 
 
-@bp.errorhandler(PayloadError)
-def _bad_request(exc: PayloadError) -> Any:
-    return _error(400, str(exc))
+@bp.errorhandler(CampusError)
+def _bad_request(exc: CampusError) -> Any:
+    return error(400, str(exc))
 
 
 @bp.get("/health")
@@ -45,20 +46,26 @@ def health() -> Any:
     return jsonify({"status": "ok"})
 
 
+def visible_gateways() -> list[dict[str, Any]]:
+    return [gw for gw in campus()["ledger"].gateways() if may_see(g.user, gw["id"])]
+
+
+def visible_devices() -> list[dict[str, Any]]:
+    latest = campus()["ledger"].latest()
+    return [{**dev, "latest": latest.get((dev["gateway"], dev["id"]), {})}
+            for dev in campus()["ledger"].gateway_devices() if may_see(g.user, dev["gateway"])]
+
+
 @bp.get("/gateways")
 @login_required
 def gateways() -> Any:
-    return jsonify(_campus()["ledger"].gateways())
+    return jsonify(visible_gateways())
 
 
 @bp.get("/devices")
 @login_required
 def devices() -> Any:
-    latest = _campus()["ledger"].latest()
-    out = []
-    for dev in _campus()["ledger"].gateway_devices():
-        out.append({**dev, "latest": latest.get((dev["gateway"], dev["id"]), {})})
-    return jsonify(out)
+    return jsonify(visible_devices())
 
 
 @bp.get("/telemetry")
@@ -66,62 +73,84 @@ def devices() -> Any:
 def telemetry() -> Any:
     missing = [p for p in ("gateway", "device", "metric") if not request.args.get(p)]
     if missing:
-        return _error(400, f"missing query parameter(s): {', '.join(missing)}")
-    end = _float_arg("end", time.time())
-    start = _float_arg("start", end - 3600)
+        return error(400, f"missing query parameter(s): {', '.join(missing)}")
+    gateway = request.args["gateway"]
+    if not may_see(g.user, gateway):
+        return error(403, f"gateway {gateway!r} is not in your rooms")
+    for name in ("gateway", "device", "metric"):
+        contract.check_segment(request.args[name], name)
+    end = float_arg("end", time.time())
+    start = float_arg("start", end - 3600)
     if start > end:
-        return _error(400, "start is after end")
-    points = _campus()["store"].query(request.args["gateway"], request.args["device"], request.args["metric"],
-                                      start, end)
+        return error(400, "start is after end")
+    points = campus()["store"].query(gateway, request.args["device"], request.args["metric"], start, end)
     return jsonify({"points": [[ts, v] for ts, v in points]})
 
 
 @bp.get("/events")
 @login_required
 def events() -> Any:
-    since = _float_arg("since", 0.0) if request.args.get("since") else None
-    return jsonify(_campus()["ledger"].events(request.args.get("gateway") or None,
-                                              request.args.get("type") or None, since))
+    since = float_arg("since", 0.0) if request.args.get("since") else None
+    gateway = request.args.get("gateway") or None
+    if gateway and not may_see(g.user, gateway):
+        return error(403, f"gateway {gateway!r} is not in your rooms")
+    rows = campus()["ledger"].events(gateway, request.args.get("type") or None, since)
+    return jsonify([e for e in rows if may_see(g.user, e["gateway"])])
 
 
 @bp.post("/gateways/<gateway>/devices/<device>/commands")
 @login_required
 def send_command(gateway: str, device: str) -> Any:
+    if not may_command(g.user, gateway):
+        audit("command", f"refused {gateway}/{device}", ok=False)
+        return error(403, f"you may not command gateway {gateway!r}")
     body = request.get_json(silent=True)
     if not isinstance(body, dict):
-        return _error(400, "body must be a JSON object {action, params}")
+        return error(400, "body must be a JSON object {action, params}")
     action, params = body.get("action"), body.get("params", {})
     if action not in contract.ACTIONS:
-        return _error(400, f"action must be one of {', '.join(contract.ACTIONS)}")
-    if not isinstance(params, dict):
-        return _error(400, "params must be an object")
+        return error(400, f"action must be one of {', '.join(contract.ACTIONS)}")
+    if not isinstance(params, dict) or len(str(params)) > 1000:
+        return error(400, "params must be a small object")
     ttl = body.get("ttl", 60)
     if isinstance(ttl, bool) or not isinstance(ttl, (int, float)) or not 1 <= ttl <= 86400:
-        return _error(400, "ttl must be 1 to 86400 seconds")
-    dev = next((d for d in _campus()["ledger"].gateway_devices()
+        return error(400, "ttl must be 1 to 86400 seconds")
+    dev = next((d for d in campus()["ledger"].gateway_devices()
                 if d["gateway"] == gateway and d["id"] == device), None)
     if dev is None:
-        return _error(404, f"no device {device!r} on gateway {gateway!r}")
-    service = _campus()["commands"]
+        return error(404, f"no device {device!r} on gateway {gateway!r}")
+    if not campus()["command_limiter"].allow(g.user["user"]):
+        audit("command", f"rate limited {gateway}/{device} {action}", ok=False)
+        return error(429, "too many commands; wait a minute")
+    service = campus()["commands"]
     if service is None:
-        return _error(503, "this server was started without --mqtt; it cannot send commands")
+        return error(503, "this server was started without --mqtt; it cannot send commands")
     record = service.send(dev["school"], gateway, device, action, params, by=g.user["user"], ttl=float(ttl))
+    audit("command", f"{gateway}/{device} {action} {params} -> {record['status']} ({record['id']})")
     return jsonify(record), (200 if record["status"] != "pending" else 202)
 
 
 @bp.get("/commands")
 @login_required
 def list_commands() -> Any:
-    return jsonify(_campus()["ledger"].commands(request.args.get("gateway") or None))
+    gateway = request.args.get("gateway") or None
+    rows = campus()["ledger"].commands(gateway)
+    return jsonify([c for c in rows if may_see(g.user, c["gateway"])])
 
 
 @bp.get("/commands/<cid>")
 @login_required
 def get_command(cid: str) -> Any:
-    record = _campus()["ledger"].command(cid)
-    if record is None:
-        return _error(404, f"no command {cid!r}")
+    record = campus()["ledger"].command(cid)
+    if record is None or not may_see(g.user, record["gateway"]):
+        return error(404, f"no command {cid!r}")
     return jsonify(record)
+
+
+@bp.get("/audit")
+@login_required(roles=("admin",))
+def audit_trail() -> Any:
+    return jsonify(campus()["registry"].audit_trail())
 
 
 @bp.get("/openapi.json")
@@ -129,3 +158,24 @@ def openapi() -> Any:
     from dashboards.openapi import document
 
     return jsonify(document())
+
+
+@bp.post("/demo/simulators/<gateway>/<device>")
+@login_required(roles=("admin",))
+def demo_simulator(gateway: str, device: str) -> Any:
+    """Demo only: pin simulator values (e.g. push CO2 over a limit) to show alarms."""
+    control = campus()["config"].sim_control
+    if control is None:
+        return error(404, "no simulators in this server (only `campus demo` has them)")
+    body = request.get_json(silent=True)
+    overrides = body.get("overrides") if isinstance(body, dict) else None
+    if not isinstance(overrides, dict) or not all(
+            isinstance(k, str) and (v is None or (isinstance(v, (int, float)) and not isinstance(v, bool)))
+            for k, v in overrides.items()):
+        return error(400, "body must be {\"overrides\": {metric: number or null}}")
+    try:
+        control(gateway, device, overrides)
+    except KeyError as exc:
+        return error(404, f"no simulator {exc}")
+    audit("demo_simulator", f"{gateway}/{device} {overrides}")
+    return jsonify({"ok": True, "overrides": overrides})

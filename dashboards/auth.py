@@ -1,7 +1,13 @@
-"""Who is calling: a bearer token (scripts) or a browser session (people).
+"""Who is calling, and what they may do.
 
-Passwords are hashed with Werkzeug's `generate_password_hash` (scrypt);
-tokens are compared in constant time. Roles: admin, facility, teacher.
+A bearer token (scripts) or a browser session (people), both resolved
+against the registry; passwords hashed with Werkzeug (scrypt), tokens
+stored as SHA-256. Roles as in CONTRACT.md: `admin` (everything),
+`facility` (read everything, acknowledge alarms), `teacher` (read and
+command the rooms assigned to them only). Every refusal is 401/403, is
+audited, and changes nothing. Session-authenticated writes need the CSRF
+token (form field `csrf` or header `X-CSRF-Token`); bearer calls do not,
+since a browser never adds that header by itself.
 """
 
 from __future__ import annotations
@@ -9,6 +15,8 @@ from __future__ import annotations
 import functools
 import hmac
 import secrets
+import threading
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -24,45 +32,108 @@ from flask import (
     session,
     url_for,
 )
-from werkzeug.security import check_password_hash
 
 bp = Blueprint("auth", __name__)
-ROLES = ("admin", "facility", "teacher")
+
+LOGIN_ATTEMPTS_PER_MIN = 10
+COMMANDS_PER_MIN = 60
 
 
-def _config() -> Any:
-    return current_app.extensions["campus"]["config"]
+class RateLimiter:
+    """A sliding one-minute window per key (user, or user + address)."""
+
+    def __init__(self, per_minute: int) -> None:
+        self.per_minute = per_minute
+        self.hits: dict[str, list[float]] = {}
+        self.lock = threading.Lock()
+
+    def allow(self, key: str) -> bool:
+        now = time.monotonic()
+        with self.lock:
+            recent = [t for t in self.hits.get(key, []) if now - t < 60]
+            if len(recent) >= self.per_minute:
+                self.hits[key] = recent
+                return False
+            recent.append(now)
+            self.hits[key] = recent
+            return True
+
+
+def campus() -> dict[str, Any]:
+    return current_app.extensions["campus"]
+
+
+def audit(action: str, detail: str = "", ok: bool = True, user: str | None = None) -> None:
+    who = user if user is not None else (g.get("user") or {}).get("user", "")
+    campus()["registry"].audit(who, action, detail, ok, request.remote_addr or "")
 
 
 def current_user() -> dict[str, Any] | None:
     header = request.headers.get("Authorization", "")
     if header.startswith("Bearer "):
-        token = header[7:].strip()
-        for known, user in _config().tokens.items():
-            if hmac.compare_digest(known.encode(), token.encode()):
-                return user
-        return None
+        principal = campus()["registry"].principal_for_token(header[7:].strip())
+        if principal:
+            principal["via"] = "token"
+        return principal
     name = session.get("user")
-    if name and name in _config().users:
-        info = _config().users[name]
-        return {"user": name, "role": info["role"], "rooms": info.get("rooms", [])}
+    if name:
+        principal = campus()["registry"].principal(name)
+        if principal:
+            principal["via"] = "session"
+        return principal
     return None
 
 
-def login_required(view: Callable[..., Any]) -> Callable[..., Any]:
-    @functools.wraps(view)
-    def wrapped(*args: Any, **kwargs: Any) -> Any:
-        user = current_user()
-        if user is None:
-            if request.path.startswith("/api/"):
-                return jsonify({"error": "login required"}), 401
-            return redirect(url_for("auth.login", next=request.path))
-        g.user = user
-        return view(*args, **kwargs)
-    return wrapped
+def _refuse(status: int, message: str) -> Any:
+    audit("refused", f"{status} {request.method} {request.path}: {message}", ok=False)
+    if request.path.startswith("/api/"):
+        return jsonify({"error": message}), status
+    if status == 401:
+        return redirect(url_for("auth.login", next=request.path))
+    return render_template("error.html", status=status, message=message), status
 
 
-def _csrf_token() -> str:
+def login_required(view: Callable[..., Any] | None = None, *, roles: tuple[str, ...] = ()) -> Any:
+    """Require a login (and, if given, one of `roles`); checks CSRF on session writes."""
+    def decorate(fn: Callable[..., Any]) -> Callable[..., Any]:
+        @functools.wraps(fn)
+        def wrapped(*args: Any, **kwargs: Any) -> Any:
+            user = current_user()
+            if user is None:
+                return _refuse(401, "login required")
+            g.user = user
+            if roles and user["role"] not in roles:
+                return _refuse(403, f"this needs the role {' or '.join(roles)}")
+            if request.method not in ("GET", "HEAD", "OPTIONS") and user.get("via") == "session":
+                if not csrf_ok(request.headers.get("X-CSRF-Token") or request.form.get("csrf", "")):
+                    return _refuse(403, "missing or wrong CSRF token; reload the page")
+            return fn(*args, **kwargs)
+        return wrapped
+    return decorate(view) if view is not None else decorate
+
+
+def may_see(user: dict[str, Any], gateway: str) -> bool:
+    return user["role"] in ("admin", "facility") or gateway in user.get("gateways", [])
+
+
+def may_command(user: dict[str, Any], gateway: str) -> bool:
+    return user["role"] == "admin" or (user["role"] == "teacher" and gateway in user.get("gateways", []))
+
+
+def home_for(user: dict[str, Any]) -> str:
+    """Where a user lands: teachers on their classroom panel, the others on the rooms board."""
+    if user["role"] == "teacher" and "panel.home" in current_app.view_functions:
+        return url_for("panel.home")
+    return "/"
+
+
+def csrf_ok(sent: str) -> bool:
+    """The request carries this session's CSRF token (an empty one never matches)."""
+    expected = session.get("csrf", "")
+    return bool(sent) and bool(expected) and hmac.compare_digest(sent.encode(), expected.encode())
+
+
+def csrf_token() -> str:
     if "csrf" not in session:
         session["csrf"] = secrets.token_urlsafe(24)
     return session["csrf"]
@@ -70,27 +141,35 @@ def _csrf_token() -> str:
 
 @bp.app_context_processor
 def _inject() -> dict[str, Any]:
-    return {"csrf_token": _csrf_token}
+    return {"csrf_token": csrf_token, "user": g.get("user")}
 
 
 @bp.route("/login", methods=["GET", "POST"])
 def login() -> Any:
     error = None
     if request.method == "POST":
-        if not hmac.compare_digest(request.form.get("csrf", ""), session.get("csrf", "")):
+        if not csrf_ok(request.form.get("csrf", "")):
             abort(400, "bad CSRF token; reload the page")
-        name = request.form.get("username", "")
-        info = _config().users.get(name)
-        if info and check_password_hash(info["password_hash"], request.form.get("password", "")):
+        name = request.form.get("username", "")[:64]
+        if not campus()["login_limiter"].allow(f"{name}|{request.remote_addr}"):
+            audit("login", "rate limited", ok=False, user=name)
+            return render_template("login.html", error="Too many attempts; wait a minute."), 429
+        principal = campus()["registry"].check_password(name, request.form.get("password", ""))
+        if principal:
             session.clear()
             session["user"] = name
-            target = request.args.get("next", "/")
-            return redirect(target if target.startswith("/") and not target.startswith("//") else "/")
+            audit("login", "ok", user=name)
+            target = request.args.get("next", "")
+            if not (target.startswith("/") and not target.startswith("//")):
+                target = home_for(principal)
+            return redirect(target)
+        audit("login", "wrong user or password", ok=False, user=name)
         error = "Unknown user or wrong password."
     return render_template("login.html", error=error)
 
 
 @bp.route("/logout", methods=["POST"])
 def logout() -> Any:
-    session.clear()
+    if csrf_ok(request.form.get("csrf", "")):
+        session.clear()
     return redirect(url_for("auth.login"))

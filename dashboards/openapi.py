@@ -60,6 +60,7 @@ def document() -> dict[str, Any]:
             "/api/gateways/{gateway}/devices/{device}/commands": {"post": send},
             "/api/commands": {"get": _get("Command audit trail, newest first", [("gateway", "query", False)], arr)},
             "/api/commands/{cid}": {"get": _get("One command", [("cid", "path", True)], obj)},
+            "/api/audit": {"get": _get("Audit trail: logins, refusals, commands (admin)", schema=arr)},
             "/api/openapi.json": {"get": _get("This document", auth=False)},
         },
     }

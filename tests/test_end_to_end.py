@@ -37,7 +37,8 @@ def test_stored_values_equal_what_the_simulator_served(tmp_path: Path, mosquitto
         assert gw["online"] and gw["room"] == "101" and gw["school"] == "s1"
         assert gw["gaps"] == 0 and gw["duplicates"] == 0
 
-        app = create_app(WebConfig(store_url=f"sqlite:///{db}", tokens={"t0k": {"user": "a", "role": "admin"}}))
+        app = create_app(WebConfig(store_url=f"sqlite:///{db}", db_path=str(db)))
+        app.extensions["campus"]["registry"].ensure_admin("t0k")
         client = app.test_client()
         auth = {"Authorization": "Bearer t0k"}
         devices = client.get("/api/devices", headers=auth).get_json()

@@ -1,0 +1,417 @@
+"""The registry: schools, buildings, rooms, gateways, devices, people and their rights.
+
+SQLAlchemy 2 ORM, SQLite by default (`sqlite:///PATH`), so PostgreSQL is a
+URL away. The ledger (`ledger.py`) records what gateways *say*; the
+registry records what IT staff *provisioned*: which room a gateway is in,
+its MQTT credentials, its device list and config version, who may log in
+and which rooms a teacher may command. Alarms, schedules and the audit
+trail live here too, because people act on them.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import secrets
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    Boolean,
+    Float,
+    ForeignKey,
+    Integer,
+    String,
+    Text,
+    UniqueConstraint,
+    create_engine,
+    event,
+    select,
+)
+from sqlalchemy.engine import Engine
+from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, relationship, sessionmaker
+from werkzeug.security import check_password_hash, generate_password_hash
+
+from campus import contract
+from campus.errors import ConfigError, PayloadError
+
+ROLES = ("admin", "facility", "teacher")
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class School(Base):
+    __tablename__ = "schools"
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    name: Mapped[str] = mapped_column(String(200), default="")
+
+
+class Building(Base):
+    __tablename__ = "buildings"
+    __table_args__ = (UniqueConstraint("school_id", "name"),)
+    id: Mapped[int] = mapped_column(primary_key=True)
+    school_id: Mapped[str] = mapped_column(ForeignKey("schools.id"))
+    name: Mapped[str] = mapped_column(String(100))
+
+
+class Room(Base):
+    __tablename__ = "rooms"
+    __table_args__ = (UniqueConstraint("school_id", "name"),)
+    id: Mapped[int] = mapped_column(primary_key=True)
+    school_id: Mapped[str] = mapped_column(ForeignKey("schools.id"))
+    building_id: Mapped[int | None] = mapped_column(ForeignKey("buildings.id"), nullable=True)
+    name: Mapped[str] = mapped_column(String(64))
+    building: Mapped[Building | None] = relationship()
+
+
+class Gateway(Base):
+    __tablename__ = "registered_gateways"
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    school_id: Mapped[str] = mapped_column(ForeignKey("schools.id"))
+    room_id: Mapped[int | None] = mapped_column(ForeignKey("rooms.id"), nullable=True)
+    mqtt_username: Mapped[str] = mapped_column(String(100), unique=True)
+    # Mosquitto's own PBKDF2-SHA512 format ($7$...), ready for its password_file.
+    mqtt_password_hash: Mapped[str] = mapped_column(String(300))
+    config_version: Mapped[int] = mapped_column(Integer, default=1)
+    created: Mapped[float] = mapped_column(Float, default=time.time)
+    room: Mapped[Room | None] = relationship()
+    devices: Mapped[list[Device]] = relationship(back_populates="gateway", cascade="all, delete-orphan",
+                                                 order_by="Device.device_id")
+
+
+class Device(Base):
+    __tablename__ = "registered_devices"
+    __table_args__ = (UniqueConstraint("gateway_id", "device_id"),)
+    id: Mapped[int] = mapped_column(primary_key=True)
+    gateway_id: Mapped[str] = mapped_column(ForeignKey("registered_gateways.id"))
+    device_id: Mapped[str] = mapped_column(String(64))
+    profile: Mapped[str] = mapped_column(String(64))
+    address: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    options: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    gateway: Mapped[Gateway] = relationship(back_populates="devices")
+
+
+class User(Base):
+    __tablename__ = "users"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    username: Mapped[str] = mapped_column(String(64), unique=True)
+    password_hash: Mapped[str] = mapped_column(String(300))
+    role: Mapped[str] = mapped_column(String(16))
+    rooms: Mapped[list[Room]] = relationship(secondary="user_rooms")
+
+
+class UserRoom(Base):
+    __tablename__ = "user_rooms"
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id"), primary_key=True)
+    room_id: Mapped[int] = mapped_column(ForeignKey("rooms.id"), primary_key=True)
+
+
+class ApiToken(Base):
+    __tablename__ = "api_tokens"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id"))
+    name: Mapped[str] = mapped_column(String(100), default="")
+    # SHA-256 of the token: a token is 32 random bytes, so a fast hash is enough
+    # (unlike a password, it cannot be guessed from a dictionary).
+    token_sha256: Mapped[str] = mapped_column(String(64), unique=True)
+    created: Mapped[float] = mapped_column(Float, default=time.time)
+    user: Mapped[User] = relationship()
+
+
+class AlarmRule(Base):
+    __tablename__ = "alarm_rules"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    kind: Mapped[str] = mapped_column(String(32))  # see central/alarms.py RULE_KINDS
+    params: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    enabled: Mapped[bool] = mapped_column(Boolean, default=True)
+
+
+class Alarm(Base):
+    __tablename__ = "alarms"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    rule_id: Mapped[int] = mapped_column(ForeignKey("alarm_rules.id"))
+    gateway: Mapped[str] = mapped_column(String(64))
+    device: Mapped[str] = mapped_column(String(64), default="")
+    message: Mapped[str] = mapped_column(Text)
+    value: Mapped[str] = mapped_column(String(100), default="")
+    raised_at: Mapped[float] = mapped_column(Float, default=time.time)
+    acked_by: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    acked_at: Mapped[float | None] = mapped_column(Float, nullable=True)
+    cleared_at: Mapped[float | None] = mapped_column(Float, nullable=True)
+    rule: Mapped[AlarmRule] = relationship()
+
+
+class Schedule(Base):
+    __tablename__ = "schedules"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(String(100))
+    school_id: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    building_id: Mapped[int | None] = mapped_column(ForeignKey("buildings.id"), nullable=True)
+    at: Mapped[str] = mapped_column(String(5))            # "22:00" local time
+    days: Mapped[str] = mapped_column(String(32), default="mon,tue,wed,thu,fri")
+    action: Mapped[str] = mapped_column(String(32))       # a contract action, e.g. power_off
+    kinds: Mapped[str] = mapped_column(String(64), default="display,projector")
+    enabled: Mapped[bool] = mapped_column(Boolean, default=True)
+    last_run: Mapped[float | None] = mapped_column(Float, nullable=True)
+
+
+class ScheduleRun(Base):
+    __tablename__ = "schedule_runs"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    schedule_id: Mapped[int] = mapped_column(ForeignKey("schedules.id"))
+    ran_at: Mapped[float] = mapped_column(Float, default=time.time)
+    results: Mapped[list[dict[str, Any]]] = mapped_column(JSON, default=list)
+
+
+class AuditRecord(Base):
+    __tablename__ = "audit"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    ts: Mapped[float] = mapped_column(Float, default=time.time, index=True)
+    user: Mapped[str] = mapped_column(String(64), default="")
+    action: Mapped[str] = mapped_column(String(64))
+    detail: Mapped[str] = mapped_column(Text, default="")
+    ok: Mapped[bool] = mapped_column(Boolean, default=True)
+    remote: Mapped[str] = mapped_column(String(64), default="")
+
+
+# ---------------------------------------------------------------- helpers
+
+
+def mosquitto_password_hash(password: str, iterations: int = 101) -> str:
+    """A password_file entry in Mosquitto 2's PBKDF2-SHA512 format (`$7$`)."""
+    salt = secrets.token_bytes(12)
+    digest = hashlib.pbkdf2_hmac("sha512", password.encode(), salt, iterations)
+    return f"$7${iterations}${base64.b64encode(salt).decode()}${base64.b64encode(digest).decode()}"
+
+
+def token_digest(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+def _sqlite_pragmas(engine: Engine) -> None:
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_conn: Any, _record: Any) -> None:
+        cur = dbapi_conn.cursor()
+        cur.execute("PRAGMA journal_mode=WAL")
+        cur.execute("PRAGMA busy_timeout=30000")
+        cur.execute("PRAGMA foreign_keys=ON")
+        cur.close()
+
+
+class Registry:
+    """The registry database and the operations the web app and CLI perform on it."""
+
+    def __init__(self, url: str) -> None:
+        if not url.startswith(("sqlite:", "postgresql")):
+            raise ConfigError(f"registry URL {url!r}: use sqlite:///PATH or a postgresql:// URL")
+        self.url = url
+        self.engine = create_engine(url)
+        if url.startswith("sqlite:"):
+            _sqlite_pragmas(self.engine)
+        Base.metadata.create_all(self.engine)
+        self.sessions = sessionmaker(self.engine, expire_on_commit=False)
+
+    @contextmanager
+    def session(self) -> Iterator[Session]:
+        with self.sessions() as s, s.begin():
+            yield s
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    # ------------------------------------------------------------ people
+
+    def add_user(self, username: str, password: str, role: str, rooms: list[tuple[str, str]] = ()) -> None:
+        """Create or update a user; `rooms` are (school, room name) pairs (teachers)."""
+        if role not in ROLES:
+            raise ConfigError(f"role {role!r} is not one of {', '.join(ROLES)}")
+        contract.check_segment(username, "username")
+        if len(password) < 8:
+            raise ConfigError("a password needs at least 8 characters")
+        with self.session() as s:
+            user = s.scalar(select(User).where(User.username == username)) or User(username=username)
+            user.password_hash = generate_password_hash(password)
+            user.role = role
+            user.rooms = [self._room(s, school, name) for school, name in rooms]
+            s.add(user)
+
+    def check_password(self, username: str, password: str) -> dict[str, Any] | None:
+        with self.session() as s:
+            user = s.scalar(select(User).where(User.username == username))
+            if user is None:
+                check_password_hash(generate_password_hash("x"), password)  # same time either way
+                return None
+            return self._principal(s, user) if check_password_hash(user.password_hash, password) else None
+
+    def principal(self, username: str) -> dict[str, Any] | None:
+        with self.session() as s:
+            user = s.scalar(select(User).where(User.username == username))
+            return self._principal(s, user) if user else None
+
+    def _principal(self, s: Session, user: User) -> dict[str, Any]:
+        room_ids = [r.id for r in user.rooms]
+        gateways = s.scalars(select(Gateway.id).where(Gateway.room_id.in_(room_ids))).all() if room_ids else []
+        return {"user": user.username, "role": user.role, "rooms": [r.name for r in user.rooms],
+                "room_ids": room_ids, "gateways": list(gateways)}
+
+    def ensure_admin(self, token: str | None = None) -> str | None:
+        """Make sure an `admin` user exists (returns its new password if created) and owns `token`."""
+        password = None
+        if self.principal("admin") is None:
+            password = secrets.token_urlsafe(12)
+            self.add_user("admin", password, "admin")
+        if token and self.principal_for_token(token) is None:
+            self.add_token("admin", token, "command line")
+        return password
+
+    def issue_token(self, username: str, name: str = "") -> str:
+        token = secrets.token_urlsafe(32)
+        self.add_token(username, token, name)
+        return token
+
+    def add_token(self, username: str, token: str, name: str = "") -> None:
+        with self.session() as s:
+            user = s.scalar(select(User).where(User.username == username))
+            if user is None:
+                raise ConfigError(f"no user {username!r}")
+            s.add(ApiToken(user_id=user.id, name=name, token_sha256=token_digest(token)))
+
+    def principal_for_token(self, token: str) -> dict[str, Any] | None:
+        with self.session() as s:
+            row = s.scalar(select(ApiToken).where(ApiToken.token_sha256 == token_digest(token)))
+            return self._principal(s, row.user) if row else None
+
+    # ------------------------------------------------------------ places
+
+    def _room(self, s: Session, school: str, name: str) -> Room:
+        room = s.scalar(select(Room).where(Room.school_id == school, Room.name == name))
+        if room is None:
+            raise ConfigError(f"no room {name!r} in school {school!r}")
+        return room
+
+    def ensure_room(self, school: str, room: str, building: str = "") -> int:
+        contract.check_segment(school, "school")
+        if not room or len(room) > 64:
+            raise ConfigError("a room name needs 1 to 64 characters")
+        with self.session() as s:
+            if s.get(School, school) is None:
+                s.add(School(id=school, name=school))
+                s.flush()
+            b = None
+            if building:
+                b = s.scalar(select(Building).where(Building.school_id == school, Building.name == building))
+                if b is None:
+                    b = Building(school_id=school, name=building)
+                    s.add(b)
+                    s.flush()
+            r = s.scalar(select(Room).where(Room.school_id == school, Room.name == room))
+            if r is None:
+                r = Room(school_id=school, name=room, building_id=b.id if b else None)
+                s.add(r)
+                s.flush()
+            elif b is not None:
+                r.building_id = b.id
+            return r.id
+
+    def register_gateway(self, gateway: str, school: str, room: str, building: str = "") -> str:
+        """Create a gateway with fresh MQTT credentials; returns the plain password (shown once)."""
+        contract.check_segment(gateway, "gateway")
+        room_id = self.ensure_room(school, room, building)
+        password = secrets.token_urlsafe(18)
+        with self.session() as s:
+            if s.get(Gateway, gateway) is not None:
+                raise ConfigError(f"gateway {gateway!r} is already registered")
+            s.add(Gateway(id=gateway, school_id=school, room_id=room_id, mqtt_username=f"gw-{school}-{gateway}"[:100],
+                          mqtt_password_hash=mosquitto_password_hash(password)))
+        return password
+
+    def add_device(self, gateway: str, device_id: str, profile: str, address: dict[str, Any],
+                   options: dict[str, Any] | None = None) -> None:
+        """Add (or replace) a device after validating it exactly as the agent will."""
+        from pydantic import ValidationError
+
+        from edge_agent.config import DeviceConfig  # one validator for the agent and the registry
+
+        try:
+            DeviceConfig(id=device_id, profile=profile, address=address, options=options or {})
+        except ValidationError as exc:
+            err = exc.errors()[0]
+            raise ConfigError(f"device {device_id!r}: field {'.'.join(map(str, err['loc']))}: "
+                              f"{err['msg'].removeprefix('Value error, ')}") from None
+        with self.session() as s:
+            gw = s.get(Gateway, gateway)
+            if gw is None:
+                raise ConfigError(f"no gateway {gateway!r}")
+            existing = next((d for d in gw.devices if d.device_id == device_id), None)
+            if existing is None:
+                gw.devices.append(Device(device_id=device_id, profile=profile, address=address, options=options or {}))
+            else:
+                existing.profile, existing.address, existing.options = profile, address, options or {}
+            gw.config_version += 1
+
+    def remove_device(self, gateway: str, device_id: str) -> None:
+        with self.session() as s:
+            gw = s.get(Gateway, gateway)
+            dev = next((d for d in gw.devices if d.device_id == device_id), None) if gw else None
+            if dev is None:
+                raise ConfigError(f"no device {device_id!r} on gateway {gateway!r}")
+            gw.devices.remove(dev)
+            gw.config_version += 1
+
+    def gateway_info(self, gateway: str) -> dict[str, Any] | None:
+        with self.session() as s:
+            gw = s.get(Gateway, gateway)
+            if gw is None:
+                return None
+            return {"id": gw.id, "school": gw.school_id, "room": gw.room.name if gw.room else "",
+                    "building": gw.room.building.name if gw.room and gw.room.building else "",
+                    "mqtt_username": gw.mqtt_username, "config_version": gw.config_version,
+                    "devices": [{"id": d.device_id, "profile": d.profile, "address": d.address, "options": d.options}
+                                for d in gw.devices]}
+
+    def gateways(self) -> list[dict[str, Any]]:
+        with self.session() as s:
+            ids = s.scalars(select(Gateway.id).order_by(Gateway.school_id, Gateway.id)).all()
+        return [info for gid in ids if (info := self.gateway_info(gid))]
+
+    def gateway_config(self, gateway: str, mqtt_url: str, password: str = "CHANGE-ME") -> dict[str, Any]:
+        """A ready-to-copy gateway config (YAML-able) for a registered gateway."""
+        info = self.gateway_info(gateway)
+        if info is None:
+            raise ConfigError(f"no gateway {gateway!r}")
+        from urllib.parse import quote, urlsplit, urlunsplit
+
+        parts = urlsplit(mqtt_url)
+        netloc = f"{quote(info['mqtt_username'])}:{quote(password)}@{parts.hostname}:{parts.port or 1883}"
+        return {"school": info["school"], "gateway": gateway, "room": info["room"], "building": info["building"],
+                "mqtt": urlunsplit((parts.scheme, netloc, parts.path, parts.query, "")),
+                "poll_interval": 5, "card_secret": secrets.token_hex(16),
+                "config_version": info["config_version"],
+                "devices": [{"id": d["id"], "profile": d["profile"], "address": d["address"],
+                             **({"options": d["options"]} if d["options"] else {})} for d in info["devices"]]}
+
+    def device_list_payload(self, gateway: str) -> bytes:
+        """The retained `config` message: the device list a gateway should run."""
+        info = self.gateway_info(gateway)
+        if info is None:
+            raise PayloadError(f"no gateway {gateway!r}")
+        return json.dumps({"version": info["config_version"], "devices": info["devices"]},
+                          separators=(",", ":")).encode()
+
+    # ------------------------------------------------------------ audit
+
+    def audit(self, user: str, action: str, detail: str = "", ok: bool = True, remote: str = "") -> None:
+        with self.session() as s:
+            s.add(AuditRecord(user=user, action=action, detail=detail[:2000], ok=ok, remote=remote))
+
+    def audit_trail(self, limit: int = 200) -> list[dict[str, Any]]:
+        with self.session() as s:
+            rows = s.scalars(select(AuditRecord).order_by(AuditRecord.id.desc()).limit(limit)).all()
+            return [{"ts": r.ts, "user": r.user, "action": r.action, "detail": r.detail, "ok": r.ok,
+                     "remote": r.remote} for r in rows]

@@ -1,0 +1,173 @@
+"""The JSON API through Flask's test client: every route, every role, every refusal.
+
+The central database is real (ledger and registry in SQLite); the ledger is
+filled through the same `record` call ingest uses.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import pytest
+
+from campus.contract import State
+from central.ledger import Ledger, Sequenced
+from central.store.base import Point
+from central.store.sqlite import SqlitePointStore
+from dashboards import WebConfig, close_app, create_app
+
+NOW = time.time()
+
+
+@pytest.fixture
+def app(tmp_path: Path):
+    db = str(tmp_path / "central.db")
+    ledger, points = Ledger(db), SqlitePointStore(db)
+    devices = {"env": {"profile": "env-6in1-modbus", "kind": "environment", "status": "ok"},
+               "proj": {"profile": "projector-pjlink", "kind": "projector", "status": "ok"}}
+    for gw, room in (("gw-101", "101"), ("gw-102", "102")):
+        ledger.record([Sequenced("s1", gw, "env", 1, NOW - 5, values={"co2_ppm": 800}),
+                       Sequenced("s1", gw, "cards", 2, NOW - 4, event=("card_swipe", {"card": "ab"}))],
+                      [("s1", gw, State(online=True, ts=NOW, room=room, devices=devices, interval=5))], [])
+        points.write([Point("s1", gw, "env", "environment", "co2_ppm", NOW - 5, 800.0)])
+    ledger.close()
+    points.close()
+    app = create_app(WebConfig(store_url=f"sqlite:///{db}", db_path=db))
+    reg = app.extensions["campus"]["registry"]
+    for gw, room in (("gw-101", "101"), ("gw-102", "102")):
+        reg.register_gateway(gw, "s1", room, "A")
+    reg.add_user("boss", "boss-password", "admin")
+    reg.add_user("fm", "fm-password", "facility")
+    reg.add_user("teach", "teach-password", "teacher", rooms=[("s1", "101")])
+    app.tokens = {role: reg.issue_token(name) for role, name in
+                  (("admin", "boss"), ("facility", "fm"), ("teacher", "teach"))}
+    yield app
+    close_app(app)
+
+
+def call(app, method: str, path: str, role: str | None = None, **kw):
+    headers = {"Authorization": f"Bearer {app.tokens[role]}"} if role else {}
+    return app.test_client().open(path, method=method, headers=headers, **kw)
+
+
+READS = ["/api/gateways", "/api/devices", "/api/events", "/api/commands",
+         "/api/telemetry?gateway=gw-101&device=env&metric=co2_ppm"]
+
+
+def test_health_and_openapi_need_no_login(app) -> None:
+    assert call(app, "GET", "/api/health").get_json() == {"status": "ok"}
+    doc = call(app, "GET", "/api/openapi.json").get_json()
+    routes = {r.rule.replace("<", "{").replace(">", "}") for r in app.url_map.iter_rules()
+              if r.rule.startswith("/api/") and not r.rule.startswith("/api/demo/")}
+    documented = set(doc["paths"])
+    assert routes <= documented, f"undocumented routes: {routes - documented}"
+
+
+@pytest.mark.parametrize("path", READS + ["/api/commands/x", "/api/audit"])
+def test_every_route_refuses_without_login(app, path: str) -> None:
+    assert call(app, "GET", path).status_code == 401
+    bad = app.test_client().get(path, headers={"Authorization": "Bearer not-a-token"})
+    assert bad.status_code == 401
+
+
+def test_admin_and_facility_see_everything(app) -> None:
+    for role in ("admin", "facility"):
+        assert {g["id"] for g in call(app, "GET", "/api/gateways", role).get_json()} == {"gw-101", "gw-102"}
+        devices = call(app, "GET", "/api/devices", role).get_json()
+        assert {(d["gateway"], d["id"]) for d in devices} >= {("gw-101", "env"), ("gw-102", "proj")}
+        env = next(d for d in devices if d["gateway"] == "gw-101" and d["id"] == "env")
+        assert env["latest"] == {"co2_ppm": 800} and env["kind"] == "environment" and env["status"] == "ok"
+        events = call(app, "GET", "/api/events?type=card_swipe", role).get_json()
+        assert {e["gateway"] for e in events} == {"gw-101", "gw-102"}
+
+
+def test_teacher_sees_only_their_rooms(app) -> None:
+    assert [g["id"] for g in call(app, "GET", "/api/gateways", "teacher").get_json()] == ["gw-101"]
+    assert {d["gateway"] for d in call(app, "GET", "/api/devices", "teacher").get_json()} == {"gw-101"}
+    assert {e["gateway"] for e in call(app, "GET", "/api/events", "teacher").get_json()} == {"gw-101"}
+    ok = call(app, "GET", "/api/telemetry?gateway=gw-101&device=env&metric=co2_ppm", "teacher")
+    assert ok.status_code == 200 and ok.get_json()["points"] == [[pytest.approx(NOW - 5), 800.0]]
+    refused = call(app, "GET", "/api/telemetry?gateway=gw-102&device=env&metric=co2_ppm", "teacher")
+    assert refused.status_code == 403
+    assert call(app, "GET", "/api/events?gateway=gw-102", "teacher").status_code == 403
+    assert call(app, "GET", "/api/audit", "teacher").status_code == 403
+
+
+def test_command_refusals_change_nothing(app) -> None:
+    body = {"json": {"action": "power_on", "params": {}}}
+    # Facility managers read and acknowledge; they do not switch equipment.
+    assert call(app, "POST", "/api/gateways/gw-101/devices/proj/commands", "facility", **body).status_code == 403
+    # A teacher commands only their own room.
+    assert call(app, "POST", "/api/gateways/gw-102/devices/proj/commands", "teacher", **body).status_code == 403
+    assert call(app, "POST", "/api/gateways/gw-101/devices/proj/commands", None, **body).status_code == 401
+    assert call(app, "GET", "/api/commands", "admin").get_json() == []
+    trail = call(app, "GET", "/api/audit", "admin").get_json()
+    assert sum(1 for r in trail if not r["ok"] and "gw-102" in r["detail"]) >= 1
+
+
+@pytest.mark.parametrize("body, status, text", [
+    ({"action": "explode"}, 400, "action must be one of"),
+    ({"action": "power_on", "params": []}, 400, "params"),
+    ({"action": "power_on", "ttl": 0}, 400, "ttl"),
+    ("not json", 400, "JSON object"),
+])
+def test_bad_command_bodies(app, body, status: int, text: str) -> None:
+    kw = {"json": body} if isinstance(body, dict) else {"data": body, "content_type": "application/json"}
+    resp = call(app, "POST", "/api/gateways/gw-101/devices/proj/commands", "admin", **kw)
+    assert resp.status_code == status and text in resp.get_json()["error"]
+
+
+def test_unknown_device_and_no_broker(app) -> None:
+    body = {"json": {"action": "power_on"}}
+    assert call(app, "POST", "/api/gateways/gw-101/devices/nope/commands", "admin", **body).status_code == 404
+    resp = call(app, "POST", "/api/gateways/gw-101/devices/proj/commands", "admin", **body)
+    assert resp.status_code == 503 and "--mqtt" in resp.get_json()["error"]
+
+
+@pytest.mark.parametrize("query, text", [
+    ("gateway=gw-101&device=env", "metric"),
+    ("gateway=gw-101&device=env&metric=co2_ppm&start=abc", "unix time"),
+    ("gateway=gw-101&device=env&metric=co2_ppm&start=nan", "finite"),
+    ("gateway=gw-101&device=env&metric=co2_ppm&start=10&end=5", "start is after end"),
+    ("gateway=gw-101&device=env&metric=a%2Fb", "not a valid id"),
+])
+def test_bad_telemetry_queries(app, query: str, text: str) -> None:
+    resp = call(app, "GET", f"/api/telemetry?{query}", "admin")
+    assert resp.status_code == 400 and text in resp.get_json()["error"]
+
+
+def test_browser_login_session_and_csrf(app) -> None:
+    client = app.test_client()
+    page = client.get("/login")
+    token = page.get_data(as_text=True).split('name="csrf" value="')[1].split('"')[0]
+    wrong = client.post("/login", data={"csrf": token, "username": "fm", "password": "nope"})
+    assert wrong.status_code == 200 and "wrong password" in wrong.get_data(as_text=True)
+    ok = client.post("/login", data={"csrf": token, "username": "fm", "password": "fm-password"})
+    assert ok.status_code == 302
+    assert len(client.get("/api/gateways").get_json()) == 2
+    # A session write without the CSRF header is refused.
+    no_csrf = client.post("/api/gateways/gw-101/devices/proj/commands", json={"action": "power_on"})
+    assert no_csrf.status_code == 403 and "CSRF" in no_csrf.get_json()["error"]
+    trail = call(app, "GET", "/api/audit", "admin").get_json()
+    assert [r["detail"] for r in trail if r["action"] == "login"][:2] == ["ok", "wrong user or password"]
+
+
+def test_login_rate_limit(app) -> None:
+    client = app.test_client()
+    page = client.get("/login")
+    token = page.get_data(as_text=True).split('name="csrf" value="')[1].split('"')[0]
+    codes = [client.post("/login", data={"csrf": token, "username": "fm", "password": "x"}).status_code
+             for _ in range(12)]
+    assert codes[:10] == [200] * 10 and codes[10:] == [429, 429]
+    # Even the right password is refused while limited: guessing gains nothing.
+    right = client.post("/login", data={"csrf": token, "username": "fm", "password": "fm-password"})
+    assert right.status_code == 429
+
+
+def test_audit_records_are_json(app) -> None:
+    call(app, "GET", "/api/gateways")  # refused: audited
+    trail = call(app, "GET", "/api/audit", "admin").get_json()
+    assert trail and json.dumps(trail)
+    assert any(r["action"] == "refused" and "401" in r["detail"] for r in trail)
