@@ -61,6 +61,7 @@ def create_app(config: WebConfig) -> Flask:
     app.register_blueprint(auth.bp)
     app.register_blueprint(api.bp)
     app.register_blueprint(board.bp)
+    auth.add_nav(app, "Rooms", "board.rooms", ("admin", "facility"))
     for name in AREAS:
         try:
             module = importlib.import_module(name)

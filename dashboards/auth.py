@@ -139,9 +139,17 @@ def csrf_token() -> str:
     return session["csrf"]
 
 
+def add_nav(app: Any, label: str, endpoint: str, roles: tuple[str, ...] = ("admin", "facility", "teacher")) -> None:
+    """Put a link in the top bar for the given roles (each area registers its own)."""
+    app.extensions["campus"].setdefault("nav", []).append((label, endpoint, roles))
+
+
 @bp.app_context_processor
 def _inject() -> dict[str, Any]:
-    return {"csrf_token": csrf_token, "user": g.get("user")}
+    user = g.get("user")
+    nav = [(label, url_for(endpoint)) for label, endpoint, roles in campus().get("nav", [])
+           if user and user["role"] in roles]
+    return {"csrf_token": csrf_token, "user": user, "nav_links": nav}
 
 
 @bp.route("/login", methods=["GET", "POST"])

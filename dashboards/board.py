@@ -8,9 +8,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from flask import Blueprint, g, render_template
+from flask import Blueprint, g, redirect, render_template
 
-from dashboards.auth import login_required
+from dashboards.auth import home_for, login_required
 
 bp = Blueprint("board", __name__)
 
@@ -18,4 +18,6 @@ bp = Blueprint("board", __name__)
 @bp.get("/")
 @login_required
 def rooms() -> Any:
-    return render_template("rooms.html", user=g.user)
+    if g.user["role"] == "teacher" and home_for(g.user) != "/":
+        return redirect(home_for(g.user))
+    return render_template("rooms.html")
