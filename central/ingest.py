@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import queue
+import ssl
 import threading
 import time
 from dataclasses import dataclass, field
@@ -25,7 +26,7 @@ from paho.mqtt.properties import Properties
 from campus import contract
 from campus.contract import CommandResult, Event, State, Telemetry
 from campus.errors import CampusError, PayloadError, StoreError
-from campus.mqtt import paho_client
+from campus.mqtt import explain_connect_error, paho_client
 from campus.urls import MqttUrl
 from central.ledger import Ledger, Sequenced
 from central.store import Point, PointStore
@@ -67,8 +68,10 @@ class Ingest:
         self.batch_size = batch_size
         self.stats = IngestStats()
         self.inbox: queue.Queue[_Incoming] = queue.Queue()
-        self.kinds: dict[tuple[str, str], str] = {(d["gateway"], d["id"]): d["kind"] for d in ledger.gateway_devices()}
-        self.rooms: dict[str, str] = {g["id"]: g["room"] for g in ledger.gateways()}
+        self.kinds: dict[tuple[str, str], str] = {}
+        self.rooms: dict[str, str] = {}
+        self._maps_loaded = 0.0
+        self._load_maps()
         self.connected = threading.Event()
         self.client = paho_client(mqtt, f"campus-{name}", manual_ack=True)
         self.client.on_connect = self._on_connect
@@ -77,6 +80,19 @@ class Ingest:
         self.client.on_subscribe = self._on_subscribe
         self.client.reconnect_delay_set(0.2, 5)
         self._bad_logged = 0.0
+
+    def _load_maps(self) -> None:
+        """Device kinds and rooms as the ledger knows them (from any worker's `state`)."""
+        self.kinds.update({(d["gateway"], d["id"]): d["kind"] for d in self.ledger.gateway_devices() if d["kind"]})
+        self.rooms.update({g["id"]: g["room"] for g in self.ledger.gateways() if g["room"]})
+        self._maps_loaded = time.monotonic()
+
+    def _kind_and_room(self, gateway: str, device: str) -> tuple[str, str]:
+        # With shared subscriptions another worker may have taken this gateway's
+        # `state`: on a miss, look in the ledger (at most once a second).
+        if (gateway, device) not in self.kinds and time.monotonic() - self._maps_loaded > 1.0:
+            self._load_maps()
+        return self.kinds.get((gateway, device), "device"), self.rooms.get(gateway, "")
 
     # ------------------------------------------------------------ MQTT side
 
@@ -91,6 +107,8 @@ class Ingest:
                 self.client.connect(self.mqtt.host, self.mqtt.port, keepalive=15, clean_start=False, properties=props)
             else:
                 self.client.connect(self.mqtt.host, self.mqtt.port, keepalive=15)
+        except ssl.SSLError as exc:  # reached it, but its certificate is wrong: say which way
+            raise CampusError(f"MQTT broker {self.mqtt}: {explain_connect_error(exc)}") from None
         except OSError as exc:
             raise CampusError(f"cannot reach MQTT broker {self.mqtt}: {exc.strerror or exc}") from None
         self.client.loop_start()
@@ -171,8 +189,7 @@ class Ingest:
                 topic = contract.parse_topic(m.topic)
                 if topic.kind == contract.KIND_TELEMETRY:
                     t = Telemetry.decode(m.payload)
-                    kind = self.kinds.get((topic.gateway, topic.device or ""), "device")
-                    room = self.rooms.get(topic.gateway, "")
+                    kind, room = self._kind_and_room(topic.gateway, topic.device or "")
                     points.extend(Point(topic.school, topic.gateway, topic.device or "", kind, name, t.ts, value, room)
                                   for name, value in t.values.items())
                     sequenced.append(Sequenced(topic.school, topic.gateway, topic.device or "", t.seq, t.ts,
