@@ -41,6 +41,10 @@ def document() -> dict[str, Any]:
     send["responses"].update({"202": {"description": "sent; no result yet"},
                               "400": {"description": "bad body"}, "404": {"description": "no such device"},
                               "503": {"description": "no MQTT connection configured"}})
+    stream = _get("Live state of one room for the classroom panel: server-sent events (`event: room`, the room as "
+                  "JSON, on every change; a `: keepalive` comment every 15 s)", [("gateway", "path", True)])
+    stream["responses"]["200"] = {"description": "an open text/event-stream",
+                                  "content": {"text/event-stream": {"schema": {"type": "string"}}}}
     return {
         "openapi": "3.1.0",
         "info": {"title": "campus-iot", "version": campus.__version__},
@@ -60,6 +64,7 @@ def document() -> dict[str, Any]:
             "/api/gateways/{gateway}/devices/{device}/commands": {"post": send},
             "/api/commands": {"get": _get("Command audit trail, newest first", [("gateway", "query", False)], arr)},
             "/api/commands/{cid}": {"get": _get("One command", [("cid", "path", True)], obj)},
+            "/api/panel/{gateway}/stream": {"get": stream},
             "/api/audit": {"get": _get("Audit trail: logins, refusals, commands (admin)", schema=arr)},
             "/api/openapi.json": {"get": _get("This document", auth=False)},
         },

@@ -1,0 +1,359 @@
+/* The classroom panel (panel.html). Plain JS, no libraries (the school network may be offline).
+ *
+ * State comes from the server-sent event stream data-stream (`event: room`, one JSON snapshot of the room
+ * per change); a dropped stream is reopened by itself. Taps POST to the command API with the page's CSRF
+ * token, show "sending…", and then the command's final status, following GET /api/commands/<id> (and the
+ * stream) when the API answered 202 before the device did.
+ */
+(() => {
+  "use strict";
+  const root = document.getElementById("panel");
+  if (!root) return;
+
+  const gateway = root.dataset.gateway;
+  const canCommand = root.dataset.canCommand === "true";
+  const csrf = (document.querySelector('meta[name="csrf-token"]') || {}).content || "";
+  const FINAL = new Set(["done", "failed", "rejected", "expired"]);
+  const ACTIONS = {power_on: "Power on", power_off: "Power off", select_input: "Input", set_volume: "Volume",
+                   mute: "Mute", unmute: "Unmute"};
+  const POWER = {on: "On", off: "Off", warming: "Warming up…", cooling: "Cooling down…"};
+  const STATUS = {done: "done", failed: "failed", rejected: "refused", expired: "expired", pending: "waiting…"};
+  const FOLLOW_MS = 1000;
+
+  let state = null;               // the last snapshot of the room
+  let cardsLoading = false;
+  const watching = new Map();     // command id -> {device, what}
+  const lastCommand = {};         // device -> id of the command this page sent last
+  const holdVolume = {};          // device -> time (ms) until which the slider is the user's, not the stream's
+
+  const $ = (sel, el = root) => el.querySelector(sel);
+  const $$ = (sel, el = root) => Array.from(el.querySelectorAll(sel));
+  const cardOf = (device) => $$(".pcard").find((c) => c.dataset.device === device) || null;
+  const field = (card, name) => card.querySelector(`[data-field="${name}"]`);
+  const clock = (ts) => new Date(ts * 1000).toLocaleTimeString([], {hour: "2-digit", minute: "2-digit", second: "2-digit"});
+
+  function inputLabel(card, name) {
+    const btn = card && $$('[data-action="select_input"]', card).find((b) => b.dataset.input === name);
+    return btn ? btn.textContent.trim() : String(name);
+  }
+
+  function describe(device, action, params) {
+    const card = cardOf(device);
+    const title = card ? card.getAttribute("aria-label") : device;
+    let what = ACTIONS[action] || action;
+    if (action === "select_input") what = `Input ${inputLabel(card, params && params.input)}`;
+    if (action === "set_volume") what = `Volume ${params && params.level}`;
+    return {title, what};
+  }
+
+  // ---------------------------------------------------------------- state
+
+  function setText(el, text) { if (el && el.textContent !== text) el.textContent = text; }
+
+  function showEnvironment(env) {
+    for (const item of $$(".env-item")) {
+      const value = env[item.dataset.metric];
+      item.hidden = value === undefined || value === null;
+      if (item.hidden) continue;
+      const shown = item.dataset.metric === "co2_ppm" ? Math.round(value) : Math.round(value * 10) / 10;
+      setText(item.querySelector("b"), String(shown));
+      if (item.dataset.metric === "co2_ppm") {
+        item.classList.toggle("warn", value >= 1000 && value < 1500);
+        item.classList.toggle("bad", value >= 1500);
+        item.querySelector(".env-hint").hidden = value < 1000;
+      }
+    }
+  }
+
+  function showOffline(snap) {
+    const banner = $("#offline");
+    banner.hidden = snap.online;
+    if (snap.online) return;
+    setText(field(banner, "offline-text"), !snap.reported
+      ? "The classroom gateway has not reported yet, so the equipment cannot be controlled from here."
+      : `The classroom gateway stopped reporting${snap.offline_since ? " at " + clock(snap.offline_since) : ""},` +
+        " so the equipment cannot be controlled from here.");
+  }
+
+  function showDevice(dev, online) {
+    const card = cardOf(dev.id);
+    if (!card) return;
+    const v = dev.values || {};
+    const power = POWER[v.power] ? v.power : "unknown";
+    const badge = field(card, "power");
+    // While the room is offline what we have is the last thing the gateway said: show it as such.
+    card.classList.toggle("stale", !online);
+    badge.dataset.power = online ? power : "unknown";
+    setText(badge, !online ? (POWER[power] ? `Last known: ${POWER[power]}` : "Unknown")
+      : POWER[power] || (dev.status === "ok" ? "Unknown" : "No answer"));
+    const isOn = v.power === "on";
+
+    // Input and picture/sound mute mean something only while on (a projector does not even report them).
+    setText(field(card, "input"), isOn && v.input !== undefined ? inputLabel(card, v.input) : "—");
+    setText(field(card, "muted"), isOn && v.muted !== undefined
+      ? (v.muted === "on" ? "Muted" : (dev.kind === "projector" ? "Shown" : "On")) : "—");
+    setText(field(card, "volume"), v.volume !== undefined ? String(v.volume) : "—");
+    const slider = card.querySelector('input[data-action="set_volume"]');
+    if (slider && v.volume !== undefined && !(holdVolume[dev.id] > Date.now())) {
+      slider.value = v.volume;
+      setText(field(card, "volume-out"), String(v.volume));
+    }
+
+    for (const b of $$('[data-action="select_input"]', card)) {
+      b.setAttribute("aria-pressed", String(isOn && b.dataset.input === v.input));
+    }
+    const mute = card.querySelector('[data-action="mute"]');
+    if (mute) mute.setAttribute("aria-pressed", String(isOn && v.muted === "on"));
+    const on = card.querySelector('[data-action="power_on"]');
+    const off = card.querySelector('[data-action="power_off"]');
+    if (on) on.classList.toggle("current", v.power === "on" || v.power === "warming");
+    if (off) off.classList.toggle("current", v.power === "off" || v.power === "cooling");
+
+    // One note under the title: why the device cannot do what the teacher expects right now.
+    const note = field(card, "note");
+    let text = "", cls = "";
+    const errors = Object.entries(dev.errors || {});
+    if (online && dev.status === "offline") {
+      text = `The ${dev.kind} does not answer: is it plugged in and switched on at the wall?`; cls = "bad";
+    } else if (online && dev.status === "fault") {
+      text = `The ${dev.kind} answers with errors; commands may fail. If it persists, call IT.`; cls = "bad";
+    } else if (v.power === "warming") {
+      text = "Warming up: the picture appears in about a minute. Input and mute changes wait until it is ready.";
+      cls = "info";
+    } else if (v.power === "cooling") {
+      text = "Cooling down: it can be switched on again when this is done."; cls = "info";
+    } else if (errors.length) {
+      text = `The ${dev.kind} reports: ` + errors.map(([k, val]) => `${k} ${val}`).join(", ") + ". Tell IT.";
+    }
+    note.hidden = !text;
+    setText(note, text);
+    note.className = "devnote" + (cls ? " " + cls : "");
+  }
+
+  function showRecent(commands) {
+    const list = $("#recent");
+    list.replaceChildren(...(commands.length ? commands.slice(0, 6).map((c) => {
+      const li = document.createElement("li");
+      const {title, what} = describe(c.device, c.action, c.params);
+      const time = document.createElement("time");
+      time.textContent = clock(c.created);
+      const text = document.createElement("span");
+      text.textContent = `${title}: ${what}`;
+      const st = document.createElement("span");
+      st.className = `st st-${c.status}`;
+      st.textContent = STATUS[c.status] || c.status;
+      const by = document.createElement("span");
+      by.className = "muted";
+      by.textContent = (c.status !== "done" && c.status !== "pending" && c.detail ? c.detail + " · " : "") + `by ${c.by}`;
+      li.append(time, text, st, by);
+      return li;
+    }) : [Object.assign(document.createElement("li"), {className: "muted", textContent: "None yet."})]));
+  }
+
+  function setEnabled(enabled) {
+    for (const el of $$(".ctl")) el.disabled = !enabled;
+  }
+
+  function sameCards(snap) {
+    const want = snap.devices.map((d) => `${d.id}/${d.profile}`).join(",");
+    const have = $$(".pcard").map((c) => `${c.dataset.device}/${c.dataset.profile}`).join(",");
+    return want === have;
+  }
+
+  async function reloadCards() {
+    if (cardsLoading) return;
+    cardsLoading = true;
+    try {
+      const resp = await fetch(root.dataset.cards, {credentials: "same-origin"});
+      if (resp.ok) {
+        $("#devices").innerHTML = await resp.text();
+        if (state) apply(state, true);
+      }
+    } catch (e) {
+      /* the stream's next change tries again */
+    } finally {
+      cardsLoading = false;
+    }
+  }
+
+  function apply(snap, afterReload = false) {
+    state = snap;
+    if (!afterReload && !sameCards(snap)) reloadCards();
+    showOffline(snap);
+    showEnvironment(snap.environment || {});
+    setEnabled(canCommand && snap.online);
+    for (const dev of snap.devices) showDevice(dev, snap.online);
+    showRecent(snap.commands || []);
+    for (const c of snap.commands || []) {
+      if (watching.has(c.id) && FINAL.has(c.status)) finish(c);
+    }
+  }
+
+  // ---------------------------------------------------------------- commands
+
+  function showResult(device, kind, text, detail = "") {
+    const card = cardOf(device);
+    const el = card && field(card, "result");
+    if (!el) return;
+    el.hidden = false;
+    el.dataset.state = kind;
+    const head = document.createElement("b");
+    head.textContent = text;
+    el.replaceChildren(head);
+    if (detail) el.append(document.createElement("br"), Object.assign(document.createElement("span"), {textContent: detail}));
+  }
+
+  function finish(cmd) {
+    const info = watching.get(cmd.id) || {device: cmd.device, ...describe(cmd.device, cmd.action, cmd.params)};
+    watching.delete(cmd.id);
+    for (const b of $$(".ctl.busy")) if (b.dataset.cmd === cmd.id) b.classList.remove("busy");
+    if (cmd.action === "set_volume") holdVolume[cmd.device] = Date.now() + 3000;
+    if (lastCommand[cmd.device] !== cmd.id) return; // a newer tap owns the message line
+    const heads = {
+      done: `✓ ${info.what}: done`,
+      failed: `✗ ${info.what} failed`,
+      rejected: `✗ ${info.what} was refused by the ${cmd.device}`,
+      expired: `✗ ${info.what} expired: nothing was changed`,
+    };
+    const detail = cmd.detail || (cmd.status === "expired" ? "The classroom gateway did not answer in time." : "");
+    showResult(cmd.device, cmd.status === "done" ? "done" : "failed", heads[cmd.status] || `${info.what}: ${cmd.status}`,
+               detail);
+  }
+
+  async function follow(id) {
+    while (watching.has(id)) {
+      await new Promise((r) => setTimeout(r, FOLLOW_MS));
+      if (!watching.has(id)) return;
+      try {
+        const resp = await fetch(`/api/commands/${encodeURIComponent(id)}`, {credentials: "same-origin"});
+        if (!resp.ok) continue;
+        const cmd = await resp.json();
+        if (FINAL.has(cmd.status)) finish(cmd);
+      } catch (e) {
+        /* the network is down for a moment: keep following */
+      }
+    }
+  }
+
+  async function send(device, action, params, button) {
+    const {what} = describe(device, action, params);
+    const card = cardOf(device);
+    const kind = card ? card.dataset.kind : "device";
+    lastCommand[device] = null;
+    showResult(device, "sending", `${what}: sending…`);
+    if (button) button.classList.add("busy");
+    const done = () => { if (button) button.classList.remove("busy"); };
+    let resp, body;
+    try {
+      resp = await fetch(`/api/gateways/${encodeURIComponent(gateway)}/devices/${encodeURIComponent(device)}/commands`, {
+        method: "POST", credentials: "same-origin",
+        headers: {"Content-Type": "application/json", "X-CSRF-Token": csrf},
+        body: JSON.stringify({action, params}),
+      });
+      body = await resp.json().catch(() => ({}));
+    } catch (e) {
+      done();
+      showResult(device, "failed", `✗ ${what} was not sent`, "The server cannot be reached. Check the network and try again.");
+      return;
+    }
+    if (resp.status !== 200 && resp.status !== 202) {
+      done();
+      const reason = resp.status === 401 ? "Your session has ended; log in again."
+        : (body.error || `the server answered ${resp.status}`);
+      showResult(device, "failed", `✗ ${what} was not sent`, reason);
+      return;
+    }
+    lastCommand[device] = body.id;
+    if (button) button.dataset.cmd = body.id;
+    watching.set(body.id, {device, what});
+    if (FINAL.has(body.status)) { finish(body); return; }
+    const dev = state && state.devices.find((d) => d.id === device);
+    const busy = dev && {warming: "warming up", cooling: "cooling down"}[dev.values.power];
+    showResult(device, "sending", busy ? `${what}: sent; the ${kind} will do it when it has finished ${busy}…`
+                                       : `${what}: sent, waiting for the ${kind} to confirm…`);
+    const seen = state && (state.commands || []).find((c) => c.id === body.id && FINAL.has(c.status));
+    if (seen) finish(seen); else follow(body.id);
+  }
+
+  root.addEventListener("click", (ev) => {
+    const button = ev.target.closest("button.ctl[data-action]");
+    if (!button || button.disabled || !canCommand) return;
+    const card = button.closest(".pcard");
+    const params = button.dataset.action === "select_input" ? {input: button.dataset.input} : {};
+    send(card.dataset.device, button.dataset.action, params, button);
+  });
+  root.addEventListener("input", (ev) => {
+    const slider = ev.target.closest('input[data-action="set_volume"]');
+    if (!slider) return;
+    const card = slider.closest(".pcard");
+    holdVolume[card.dataset.device] = Date.now() + 60000;
+    setText(field(card, "volume-out"), slider.value);
+  });
+  root.addEventListener("change", (ev) => {
+    const slider = ev.target.closest('input[data-action="set_volume"]');
+    if (!slider || !canCommand) return;
+    const card = slider.closest(".pcard");
+    holdVolume[card.dataset.device] = Date.now() + 60000;
+    send(card.dataset.device, "set_volume", {level: Number(slider.value)}, null);
+  });
+
+  // ---------------------------------------------------------------- the stream
+
+  const live = $("#live");
+  const conn = $("#conn");
+  let source = null, retry = 2000, lostTimer = null;
+
+  function setLive(how) {
+    live.dataset.live = how;
+    setText(live, {ok: "Live", connecting: "Connecting…", reconnecting: "Reconnecting…", lost: "Not connected"}[how]);
+    if (how === "ok") {
+      clearTimeout(lostTimer);
+      lostTimer = null;
+      conn.hidden = true;
+    } else if (!lostTimer) {
+      // A blip is normal; say something only when the live view has been gone for a while.
+      lostTimer = setTimeout(() => {
+        conn.hidden = false;
+        setText(conn, "Lost the live connection to the server; trying again. What you see may be out of date.");
+      }, 6000);
+    }
+  }
+
+  async function sessionEnded() {
+    try {
+      return (await fetch("/api/gateways", {credentials: "same-origin"})).status === 401;
+    } catch (e) {
+      return false;
+    }
+  }
+
+  function connect() {
+    source = new EventSource(root.dataset.stream);
+    source.addEventListener("open", () => { retry = 2000; setLive("ok"); });
+    source.addEventListener("room", (ev) => { setLive("ok"); apply(JSON.parse(ev.data)); });
+    source.addEventListener("denied", () => {
+      source.close();
+      conn.hidden = false;
+      setText(conn, "You may no longer see this room. Reload the page.");
+    });
+    source.addEventListener("error", async () => {
+      if (source.readyState !== EventSource.CLOSED) { setLive("reconnecting"); return; }
+      // Closed for good (an HTTP error, e.g. 401 after logging out): find out why, then try again.
+      setLive("lost");
+      if (await sessionEnded()) {
+        clearTimeout(lostTimer);
+        conn.hidden = false;
+        conn.innerHTML = "Your session has ended. <a></a>";
+        Object.assign(conn.querySelector("a"), {href: root.dataset.login, textContent: "Log in again"});
+        setEnabled(false);
+        return;
+      }
+      setTimeout(connect, retry);
+      retry = Math.min(retry * 2, 30000);
+    });
+  }
+
+  const initial = document.getElementById("panel-initial");
+  if (initial) apply(JSON.parse(initial.textContent));
+  connect();
+})();

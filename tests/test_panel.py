@@ -1,0 +1,393 @@
+"""The teachers' classroom panel (dashboards/panel.py): pages, rights, the live stream, and a browser.
+
+The Flask test-client tests build the app as tests/test_api.py does (a real
+ledger and registry in tmp_path, filled through `Ledger.record`, the same
+call ingest uses) and log in through the login form, as a browser does. The
+end-to-end test drives headless Chromium against a real `campus demo`
+subprocess: the teacher logs in, lands on their room, switches the
+projector on and watches it warm up and come on without reloading the page.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from flask import Flask
+from flask.testing import FlaskClient
+
+from campus.contract import CommandResult, State
+from campus.net import free_port
+from central.ledger import Ledger, Sequenced
+from central.registry import Registry
+from dashboards import WebConfig, close_app, create_app
+from dashboards.panel import controls_for, input_label
+from tests.servers import wait_until
+
+NOW = time.time()
+ROOT = Path(__file__).resolve().parent.parent
+SCREENSHOT = ROOT / "docs" / "screenshots" / "panel.png"
+DEVICES = {"env": {"profile": "env-6in1-modbus", "kind": "environment", "status": "ok"},
+           "projector": {"profile": "projector-pjlink", "kind": "projector", "status": "ok"},
+           "display": {"profile": "display-samsung-mdc", "kind": "display", "status": "ok"},
+           "cards": {"profile": "card-em4100", "kind": "card_reader", "status": "ok"}}
+# Distinct values per room, so a page can be checked for another room's data.
+CO2 = {"gw-101": 612, "gw-102": 1777}
+PASSWORDS = {"boss": "boss-password", "fm": "fm-password", "teach": "teach-password", "two": "two-password"}
+
+
+def _record(db: str, gateway: str, seq: int, device: str, values: dict[str, Any], ts: float) -> None:
+    ledger = Ledger(db)
+    try:
+        ledger.record([Sequenced("s1", gateway, device, seq, ts, values=values)], [], [])
+    finally:
+        ledger.close()
+
+
+@pytest.fixture(scope="module")
+def central_db(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Two rooms reporting, and the people, once per module (password hashing is slow on purpose)."""
+    db = tmp_path_factory.mktemp("panel") / "central.db"
+    ledger = Ledger(str(db))
+    for gw, room in (("gw-101", "101"), ("gw-102", "102")):
+        ledger.record([Sequenced("s1", gw, "env", 1, NOW - 5, values={"co2_ppm": CO2[gw], "temperature_c": 21.5}),
+                       Sequenced("s1", gw, "projector", 2, NOW - 4, values={"power": "off", "lamp_hours": 10}),
+                       Sequenced("s1", gw, "display", 3, NOW - 4,
+                                 values={"power": "on", "input": "hdmi1", "volume": 20, "muted": "off"})],
+                      # A long heartbeat interval: the rooms stay online however slowly the tests run.
+                      [("s1", gw, State(online=True, ts=NOW, room=room, devices=DEVICES, interval=3600))], [])
+    ledger.close()
+    reg = Registry(f"sqlite:///{db}")
+    for gw, room in (("gw-101", "101"), ("gw-102", "102")):
+        reg.register_gateway(gw, "s1", room, "A")
+    reg.add_user("boss", PASSWORDS["boss"], "admin")
+    reg.add_user("fm", PASSWORDS["fm"], "facility")
+    reg.add_user("teach", PASSWORDS["teach"], "teacher", rooms=[("s1", "101")])
+    reg.add_user("two", PASSWORDS["two"], "teacher", rooms=[("s1", "101"), ("s1", "102")])
+    reg.close()
+    return db
+
+
+@pytest.fixture
+def app(tmp_path: Path, central_db: Path) -> Iterator[Flask]:
+    db = str(tmp_path / "central.db")
+    for suffix in ("", "-wal", "-shm"):
+        if Path(f"{central_db}{suffix}").exists():
+            shutil.copyfile(f"{central_db}{suffix}", f"{db}{suffix}")
+    app = create_app(WebConfig(store_url=f"sqlite:///{db}", db_path=db))
+    app.config["PANEL_POLL_S"] = 0.02
+    app.extensions["campus"]["panel"].max_age = 0.01
+    app.db_path = db  # type: ignore[attr-defined]
+    yield app
+    close_app(app)
+
+
+def login(app: Flask, user: str) -> FlaskClient:
+    client = app.test_client()
+    page = client.get("/login").get_data(as_text=True)
+    token = page.split('name="csrf" value="')[1].split('"')[0]
+    resp = client.post("/login", data={"csrf": token, "username": user, "password": PASSWORDS[user]})
+    assert resp.status_code == 302, resp.get_data(as_text=True)
+    return client
+
+
+def csrf_of(html: str) -> str:
+    return html.split('<meta name="csrf-token" content="')[1].split('"')[0]
+
+
+def controls(html: str) -> list[str]:
+    """Every control tag (button or slider with a data-action) of a page."""
+    return re.findall(r"<(?:button|input)\b[^>]*\bdata-action=[^>]*>", html)
+
+
+class EventReader:
+    """Reads server-sent events from a streaming test-client response, never more than `limit` bytes."""
+
+    def __init__(self, resp: Any, limit: int = 256 * 1024) -> None:
+        self.chunks = iter(resp.response)
+        self.buf = b""
+        self.total = 0
+        self.limit = limit
+
+    def block(self) -> str:
+        while b"\n\n" not in self.buf:
+            chunk = next(self.chunks)
+            chunk = chunk if isinstance(chunk, bytes) else chunk.encode()
+            self.total += len(chunk)
+            assert self.total < self.limit, "the stream sent far more than expected"
+            self.buf += chunk
+        block, self.buf = self.buf.split(b"\n\n", 1)
+        return block.decode()
+
+    def event(self) -> tuple[str, dict[str, Any]]:
+        """The next event (skipping `retry:` and comments): its name and JSON data."""
+        while True:
+            fields = dict(line.split(": ", 1) for line in self.block().splitlines()
+                          if ": " in line and not line.startswith(":"))
+            if "data" in fields:
+                return fields.get("event", "message"), json.loads(fields["data"])
+
+
+# ---------------------------------------------------------------- pages and rights
+
+
+def test_input_labels_and_controls_come_from_the_profiles() -> None:
+    assert [input_label(n) for n in ("hdmi1", "hdmi2", "vga", "displayport", "pc", "network", "usb_c")] == \
+        ["HDMI 1", "HDMI 2", "VGA", "DisplayPort", "PC", "Network", "Usb c"]
+    display = controls_for("display-samsung-mdc")
+    assert display["volume"] and [n for n, _ in display["inputs"]] == ["hdmi1", "hdmi2", "displayport", "pc"]
+    projector = controls_for("projector-pjlink")
+    assert not projector["volume"] and "select_input" in projector["actions"]
+    # A profile name a gateway reports is never opened as a path.
+    assert controls_for("/etc/passwd") == {"known": False, "actions": [], "inputs": [], "volume": False, "model": ""}
+
+
+def test_unauthenticated_is_sent_to_login(app: Flask) -> None:
+    client = app.test_client()
+    for path in ("/panel", "/panel/gw-101", "/panel/gw-101/cards"):
+        resp = client.get(path)
+        assert resp.status_code == 302 and resp.headers["Location"].startswith("/login?next=")
+    assert client.get("/api/panel/gw-101/stream").status_code == 401
+
+
+def test_teacher_lands_on_their_room_with_working_controls(app: Flask) -> None:
+    client = app.test_client()
+    page = client.get("/login").get_data(as_text=True)
+    token = page.split('name="csrf" value="')[1].split('"')[0]
+    resp = client.post("/login", data={"csrf": token, "username": "teach", "password": PASSWORDS["teach"]})
+    assert resp.headers["Location"] == "/panel"
+    home = client.get("/panel")
+    assert home.status_code == 302 and home.headers["Location"] == "/panel/gw-101"
+    html = client.get("/panel/gw-101").get_data(as_text=True)
+    assert "<h1>Room 101</h1>" in html and 'href="/panel"' in html  # the "My classroom" link
+    assert csrf_of(html) and 'data-can-command="true"' in html
+    cards = re.findall(r'class="pcard" data-device="([^"]+)"', html)
+    assert cards == ["projector", "display"]  # no card for the sensor or the card reader
+    assert controls(html) and not [c for c in controls(html) if "disabled" in c]
+    # Inputs from each profile; a volume slider only where the profile has set_volume.
+    assert 'data-input="vga"' in html and 'data-input="displayport"' in html
+    assert len(re.findall(r'data-action="set_volume"', html)) == 1
+    # The initial state is in the page, and it is this room's only.
+    initial = json.loads(html.split('id="panel-initial">')[1].split("</script>")[0])
+    assert initial["gateway"] == "gw-101" and initial["environment"]["co2_ppm"] == CO2["gw-101"]
+    assert "gw-102" not in html and str(CO2["gw-102"]) not in html
+    # The cards alone, which the page fetches when the room's equipment changes.
+    fragment = client.get("/panel/gw-101/cards").get_data(as_text=True)
+    assert "<html" not in fragment and re.findall(r'class="pcard" data-device="([^"]+)"', fragment) == cards
+
+
+def test_teacher_is_refused_another_room(app: Flask) -> None:
+    client = login(app, "teach")
+    for path in ("/panel/gw-102", "/panel/gw-102/cards"):
+        resp = client.get(path)
+        assert resp.status_code == 403
+        assert str(CO2["gw-102"]) not in resp.get_data(as_text=True)
+    stream = client.get("/api/panel/gw-102/stream")
+    assert stream.status_code == 403 and stream.mimetype == "application/json"
+    trail = app.extensions["campus"]["registry"].audit_trail()
+    assert sum(1 for r in trail if not r["ok"] and "gw-102" in r["detail"]) >= 3
+
+
+def test_teacher_with_several_rooms_picks_one(app: Flask) -> None:
+    html = login(app, "two").get("/panel").get_data(as_text=True)
+    assert re.findall(r'data-gateway="([^"]+)"', html) == ["gw-101", "gw-102"]
+
+
+def test_facility_views_without_controls_and_cannot_command(app: Flask) -> None:
+    client = login(app, "fm")
+    picker = client.get("/panel").get_data(as_text=True)
+    assert re.findall(r'data-gateway="([^"]+)"', picker) == ["gw-101", "gw-102"]
+    assert "My classroom" not in picker  # the nav link is for teachers and admins
+    html = client.get("/panel/gw-102").get_data(as_text=True)
+    assert 'data-can-command="false"' in html and "View only" in html
+    assert controls(html) and all(" disabled" in c for c in controls(html))
+    resp = client.post("/api/gateways/gw-102/devices/projector/commands", json={"action": "power_on"},
+                       headers={"X-CSRF-Token": csrf_of(html)})
+    assert resp.status_code == 403
+    assert client.get("/api/panel/gw-102/stream", buffered=False).status_code == 200
+
+
+def test_admin_picks_any_room_and_commands_it(app: Flask) -> None:
+    client = login(app, "boss")
+    assert re.findall(r'data-gateway="([^"]+)"', client.get("/panel").get_data(as_text=True)) == ["gw-101", "gw-102"]
+    html = client.get("/panel/gw-102").get_data(as_text=True)
+    assert controls(html) and not [c for c in controls(html) if "disabled" in c]
+    assert client.get("/panel/gw-999").status_code == 404
+    # A room IT registered whose gateway has not reported yet: a page that says so, no cards.
+    app.extensions["campus"]["registry"].register_gateway("gw-103", "s1", "103", "A")
+    html = client.get("/panel/gw-103").get_data(as_text=True)
+    assert "<h1>Room 103</h1>" in html and "No projector or display has reported" in html and not controls(html)
+    assert '"reported": false' in html
+
+
+def test_offline_room_has_a_banner_and_disabled_controls(app: Flask) -> None:
+    ledger = Ledger(app.db_path)  # type: ignore[attr-defined]
+    ledger.record([], [("s1", "gw-101", State(online=False, ts=NOW + 1, room="101", devices=DEVICES, interval=3600))], [])
+    ledger.close()
+    html = login(app, "teach").get("/panel/gw-101").get_data(as_text=True)
+    assert re.search(r'<div id="offline" class="banner bad" role="alert">', html)
+    assert controls(html) and all(" disabled" in c for c in controls(html))
+
+
+# ---------------------------------------------------------------- the stream
+
+
+def test_stream_sends_the_room_then_every_change(app: Flask) -> None:
+    client = login(app, "teach")
+    resp = client.get("/api/panel/gw-101/stream", buffered=False)
+    try:
+        assert resp.status_code == 200 and resp.mimetype == "text/event-stream"
+        assert resp.headers["Cache-Control"].startswith("no-cache")
+        reader = EventReader(resp)
+        name, room = reader.event()
+        assert name == "room" and room["gateway"] == "gw-101" and room["online"] is True
+        assert [(d["id"], d["kind"]) for d in room["devices"]] == [("projector", "projector"), ("display", "display")]
+        assert room["devices"][1]["values"] == {"power": "on", "input": "hdmi1", "volume": 20, "muted": "off"}
+        assert room["devices"][0]["values"] == {"power": "off"}  # lamp hours are not the panel's business
+        assert room["environment"] == {"co2_ppm": CO2["gw-101"], "temperature_c": 21.5}
+        assert room["commands"] == []
+
+        # Ingest (another connection, as from another process) records a warm-up: the next event has it.
+        _record(app.db_path, "gw-101", 10, "projector", {"power": "warming"}, NOW)  # type: ignore[attr-defined]
+        name, room = reader.event()
+        assert room["devices"][0]["values"]["power"] == "warming"
+
+        # A command and its result, as the command API and ingest write them.
+        ledger = Ledger(app.db_path)  # type: ignore[attr-defined]
+        ledger.add_command("c1", "gw-101", "display", "select_input", {"input": "hdmi2"}, "teach", NOW + 60)
+        name, room = reader.event()
+        assert [(c["id"], c["status"]) for c in room["commands"]] == [("c1", "pending")]
+        ledger.record([], [], [CommandResult(id="c1", status="failed", detail="no signal", ts=time.time())])
+        ledger.close()
+        name, room = reader.event()
+        assert room["commands"][0]["status"] == "failed" and room["commands"][0]["detail"] == "no signal"
+        # Nothing from the other room ever arrives on this stream.
+        assert "gw-102" not in json.dumps(room)
+    finally:
+        resp.close()
+
+
+def test_stream_heartbeat_and_end_when_rights_are_withdrawn(app: Flask) -> None:
+    app.config["PANEL_HEARTBEAT_S"] = 0.05
+    client = login(app, "two")
+    resp = client.get("/api/panel/gw-102/stream", buffered=False)
+    try:
+        reader = EventReader(resp)
+        assert reader.event()[0] == "room"
+        assert reader.block() == ": keepalive"  # nothing changed: a comment keeps proxies from closing it
+        # IT takes room 102 away from this teacher: the open stream stops at its next check.
+        app.extensions["campus"]["registry"].add_user("two", PASSWORDS["two"], "teacher", rooms=[("s1", "101")])
+        name, data = reader.event()
+        assert name == "denied" and "no longer" in data["error"]
+        with pytest.raises(StopIteration):
+            reader.block()
+    finally:
+        resp.close()
+
+
+def test_closing_the_app_ends_open_streams(app: Flask) -> None:
+    client = login(app, "teach")
+    resp = client.get("/api/panel/gw-101/stream", buffered=False)
+    reader = EventReader(resp)
+    assert reader.event()[0] == "room"
+    app.extensions["campus"]["panel"].stop.set()
+    with pytest.raises(StopIteration):
+        while True:
+            reader.block()
+    resp.close()
+
+
+# ---------------------------------------------------------------- in a browser, against `campus demo`
+
+
+def start_demo(tmp_path: Path, attempts: int = 3) -> tuple[subprocess.Popen[bytes], str, dict[str, str], Path]:
+    """`campus demo` on free ports: (process, base URL, logins.txt as a dict, log file).
+
+    A free port is only free until someone else takes it; on a busy machine the
+    demo can lose that race at start (and exit), so a fresh start is tried then.
+    """
+    for attempt in range(attempts):
+        port = free_port()
+        data, log_path = tmp_path / f"demo{attempt}", tmp_path / f"demo{attempt}.log"
+        with log_path.open("wb") as log:
+            proc = subprocess.Popen([sys.executable, "-m", "campus.cli", "demo", "--rooms", "2", "--duration", "120",
+                                     "--http-port", str(port), "--data-dir", str(data)],
+                                    stdout=log, stderr=subprocess.STDOUT)
+        logins = data / "logins.txt"
+        wait_until(lambda: proc.poll() is not None or (logins.exists() and "url " in logins.read_text()), 60,  # noqa: B023
+                   message="campus demo to write its logins")
+        if proc.poll() is None:
+            return proc, f"http://127.0.0.1:{port}", dict(line.split(" ", 1) for line in
+                                                           logins.read_text().splitlines()), log_path
+        proc.wait()
+    raise AssertionError(f"campus demo did not start {attempts} times; last log:\n{log_path.read_text()[-3000:]}")
+
+
+@pytest.mark.slow
+def test_teacher_switches_the_projector_on_in_a_browser(tmp_path: Path) -> None:
+    from playwright.sync_api import expect, sync_playwright
+
+    proc, base, logins, log_path = start_demo(tmp_path)
+    try:
+        password = logins["teacher"]
+        with sync_playwright() as p:
+            browser = p.chromium.launch(executable_path="/usr/bin/chromium", args=[
+                "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"])
+            try:
+                page = browser.new_page(viewport={"width": 1024, "height": 768})
+                page.goto(f"{base}/login")
+                page.fill("input[name=username]", "teacher")
+                page.fill("input[name=password]", password)
+                page.click("button[type=submit]")
+                page.wait_for_url(re.compile(r"/panel/gw-101$"))
+                expect(page.locator("h1")).to_have_text("Room 101")
+                expect(page.locator("#live")).to_have_text("Live", timeout=10_000)
+
+                projector = page.locator('.pcard[data-device="projector"]')
+                power = projector.locator('[data-field="power"]')
+                result = projector.locator('[data-field="result"]')
+                expect(power).to_have_attribute("data-power", "off", timeout=30_000)
+                # Everything below happens without a reload: this mark would be gone after one.
+                page.evaluate("""() => {
+                    window.notReloaded = true;
+                    window.results = [];
+                    const el = document.querySelector('.pcard[data-device="projector"] [data-field="result"]');
+                    new MutationObserver(() => window.results.push(el.textContent))
+                        .observe(el, {childList: true, subtree: true, characterData: true});
+                }""")
+
+                projector.get_by_role("button", name="Power on").click()
+                expect(power).to_have_attribute("data-power", "warming", timeout=15_000)
+                expect(power).to_have_text(re.compile("warming", re.I))
+                expect(projector.locator('[data-field="note"]')).to_contain_text("Warming up")
+                expect(result).to_contain_text("Power on: done", timeout=15_000)
+                expect(power).to_have_attribute("data-power", "on", timeout=45_000)
+                expect(power).to_have_text("On")
+                assert any("sending" in r for r in page.evaluate("window.results"))
+
+                display = page.locator('.pcard[data-device="display"]')
+                expect(display.locator('[data-field="power"]')).to_have_attribute("data-power", "on", timeout=15_000)
+                display.get_by_role("button", name="HDMI 2", exact=True).click()
+                expect(display.locator('[data-field="input"]')).to_have_text("HDMI 2", timeout=15_000)
+                expect(display.get_by_role("button", name="HDMI 2", exact=True)).to_have_attribute("aria-pressed", "true")
+                expect(display.locator('[data-field="result"]')).to_contain_text("Input HDMI 2: done", timeout=15_000)
+                expect(page.locator("#recent")).to_contain_text("Projector: Power on")
+                assert page.evaluate("window.notReloaded") is True
+
+                SCREENSHOT.parent.mkdir(parents=True, exist_ok=True)
+                page.screenshot(path=str(SCREENSHOT), animations="disabled")
+            finally:
+                browser.close()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait(15)
+    assert "Traceback" not in log_path.read_text(errors="replace")
