@@ -53,7 +53,7 @@ def metric_enum(metric: str) -> tuple[str, ...] | None:
 
 def check_segment(value: str, what: str) -> str:
     """Return `value` if it is a valid topic segment, else raise PayloadError."""
-    if not isinstance(value, str) or not _SEGMENT.match(value):
+    if not isinstance(value, str) or not _SEGMENT.fullmatch(value):
         raise PayloadError(f"{what} {value!r} is not a valid id (letters, digits, '_', '.', '-'; at most 64)")
     return value
 
@@ -135,17 +135,59 @@ def parse_topic(topic: str) -> Topic:
 # ---------------------------------------------------------------- payloads
 
 
+MAX_DEPTH = 16
+_INT_MIN, _INT_MAX = -(2**63), 2**63 - 1  # what every store (SQLite INTEGER) can hold
+
+
+def _reject_constant(name: str) -> None:
+    raise ValueError(f"{name} is not a number JSON allows")
+
+
+def _check_tree(data: Any, what: str) -> None:
+    """Every value is something every store can keep: bounded depth, 64-bit ints,
+    finite floats, strings that are valid UTF-8 (no lone surrogates)."""
+    stack: list[tuple[Any, int]] = [(data, 0)]
+    while stack:
+        value, depth = stack.pop()
+        if depth > MAX_DEPTH:
+            raise PayloadError(f"{what}: nested deeper than {MAX_DEPTH} levels")
+        if isinstance(value, dict):
+            stack.extend((k, depth + 1) for k in value)
+            stack.extend((v, depth + 1) for v in value.values())
+        elif isinstance(value, list):
+            stack.extend((v, depth + 1) for v in value)
+        elif isinstance(value, bool) or value is None:
+            continue
+        elif isinstance(value, int):
+            if not _INT_MIN <= value <= _INT_MAX:
+                raise PayloadError(f"{what}: integer {str(value)[:20]}… does not fit in 64 bits")
+        elif isinstance(value, float):
+            if not math.isfinite(value):
+                raise PayloadError(f"{what}: numbers must be finite")
+        elif isinstance(value, str):
+            try:
+                value.encode("utf-8")
+            except UnicodeEncodeError:
+                raise PayloadError(f"{what}: a string is not valid Unicode (lone surrogate)") from None
+
+
 def _load(payload: bytes | str, what: str) -> dict[str, Any]:
     if isinstance(payload, str):
-        payload = payload.encode()
+        try:
+            payload = payload.encode("utf-8")
+        except UnicodeEncodeError:
+            raise PayloadError(f"{what}: payload is not valid Unicode") from None
     if len(payload) > MAX_PAYLOAD_BYTES:
         raise PayloadError(f"{what}: payload of {len(payload)} bytes exceeds {MAX_PAYLOAD_BYTES}")
     try:
-        data = json.loads(payload)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise PayloadError(f"{what}: payload is not JSON ({exc})") from None
+        data = json.loads(payload, parse_constant=_reject_constant)
+    except (UnicodeDecodeError, ValueError) as exc:  # JSONDecodeError, NaN, >4300-digit ints
+        raise PayloadError(f"{what}: payload is not JSON ({str(exc)[:200]})") from None
+    except RecursionError:
+        raise PayloadError(f"{what}: payload is nested too deeply") from None
     if not isinstance(data, dict):
         raise PayloadError(f"{what}: payload must be a JSON object, got {type(data).__name__}")
+    _check_tree(data, what)
     return data
 
 

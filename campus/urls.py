@@ -7,7 +7,7 @@ One parser for each, so `campus agent`, `campus ingest`, `campus web` and
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from urllib.parse import parse_qs, unquote, urlsplit
+from urllib.parse import SplitResult, parse_qs, unquote, urlsplit
 
 from campus.errors import ConfigError
 
@@ -30,9 +30,18 @@ class MqttUrl:
         return f"{'mqtts' if self.tls else 'mqtt'}://{auth}{self.host}:{self.port}"
 
 
+def _split(url: str, what: str) -> SplitResult:
+    try:
+        parts = urlsplit(url)
+        parts.hostname  # noqa: B018 - parses (and may reject) the host part
+    except ValueError as exc:
+        raise ConfigError(f"{what} URL {url!r}: {exc}") from None
+    return parts
+
+
 def parse_mqtt_url(url: str) -> MqttUrl:
     """`mqtt://[user:pass@]host:port[?protocol=3.1.1]`, or `mqtts://…?ca=FILE`."""
-    parts = urlsplit(url)
+    parts = _split(url, "MQTT")
     if parts.scheme not in ("mqtt", "mqtts"):
         raise ConfigError(f"MQTT URL {url!r}: scheme must be mqtt:// or mqtts://")
     if not parts.hostname:
@@ -68,7 +77,7 @@ class StoreUrl:
 
 def parse_store_url(url: str) -> StoreUrl:
     """`sqlite:///PATH`, `victoriametrics://host:port`, `influxdb://host:port?org=O&bucket=B&token=T`."""
-    parts = urlsplit(url)
+    parts = _split(url, "store")
     if parts.scheme == "sqlite":
         if parts.netloc or not parts.path or parts.path == "/":
             raise ConfigError(f"store URL {url!r}: write sqlite:///relative/path.db or sqlite:////abs/path.db")

@@ -27,6 +27,11 @@ class YamlDoc:
             mark = getattr(exc, "problem_mark", None)
             where = f"{source}:{mark.line + 1}" if mark else source
             raise error(f"{where}: not valid YAML ({getattr(exc, 'problem', None) or exc})") from None
+        except RecursionError:
+            raise error(f"{source}: nested too deeply") from None
+        except (ValueError, TypeError, KeyError, AttributeError, OverflowError) as exc:
+            # PyYAML's constructors raise these for values like `2001-02-30` or `!!bool maybe`.
+            raise error(f"{source}: a value cannot be read ({type(exc).__name__}: {str(exc)[:120]})") from None
 
     @classmethod
     def read(cls, path: str | Path, error: type[ConfigError] = ConfigError) -> YamlDoc:

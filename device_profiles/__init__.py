@@ -10,6 +10,7 @@ the line and the field.
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass, field
 from functools import cache
 from importlib import resources
@@ -70,12 +71,18 @@ def parse_profile(text: str, source: str) -> Profile:
     data = doc.data
     if not isinstance(data, dict):
         raise ProfileError(f"{source}: a profile must be a YAML mapping")
-    errors = sorted(jsonschema.Draft202012Validator(_schema()).iter_errors(data), key=lambda e: list(e.path))
+    errors = sorted(jsonschema.Draft202012Validator(_schema()).iter_errors(data), key=lambda e: [str(p) for p in e.path])
     if errors:
         raise doc.fail(list(errors[0].absolute_path), errors[0].message)
     metrics = {name: Metric(name=name, **{k: (tuple(v) if k == "values" else v) for k, v in spec.items()
                                           if k != "description"})
                for name, spec in data["metrics"].items()}
+    for name, spec in data["metrics"].items():
+        for key, limit in (("scale", 1e6), ("offset", 1e9)):
+            value = spec.get(key)
+            if value is not None and not (abs(value) <= limit and math.isfinite(value) and (key != "scale" or value > 0)):
+                raise doc.fail(["metrics", name, key], f"must be a finite number of at most {limit:g}"
+                               + (" and above 0" if key == "scale" else ""))
     for action in data.get("actions", []):
         if action == "select_input" and not data.get("inputs"):
             raise doc.fail(["actions"], "select_input needs an 'inputs' map")

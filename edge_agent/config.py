@@ -95,6 +95,8 @@ class GatewayConfig(_Strict):
     card_secret: str = ""
     outbox: OutboxConfig = Field(default_factory=OutboxConfig)
     devices: list[DeviceConfig] = Field(default_factory=list)
+    # The registry's version of this device list, when the file came from it.
+    config_version: int | None = Field(None, ge=0)
     # Where the file was read from; relative data_dir is resolved against it.
     source: str = Field("", exclude=True)
 
@@ -133,6 +135,9 @@ class GatewayConfig(_Strict):
 def parse_gateway_config(doc: YamlDoc) -> GatewayConfig:
     if not isinstance(doc.data, dict):
         raise doc.error(f"{doc.source}: a gateway config must be a YAML mapping")
+    bad = [k for k in doc.data if not isinstance(k, str) or k == "source"]
+    if bad:
+        raise doc.fail([str(bad[0])], "not a field of a gateway config")
     try:
         return GatewayConfig(**doc.data, source=doc.source)
     except ValidationError as exc:

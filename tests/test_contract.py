@@ -61,7 +61,9 @@ def test_payload_roundtrips() -> None:
     (b'{"seq": 1, "ts": "x", "values": {}}', "'ts' must be a number"),
     (b'{"seq": 1, "ts": 1, "values": []}', "'values' must be an object"),
     (b'{"seq": 1, "ts": 1, "values": {"co2": [1]}}', "metric 'co2'"),
-    (b'{"seq": 1, "ts": 1, "values": {"co2": NaN}}', "finite"),
+    (b'{"seq": 1, "ts": 1, "values": {"co2": NaN}}', "NaN"),
+    (b'{"seq": 1, "ts": 1, "values": {"co2": 1e999}}', "finite"),
+    (b'{"seq": 9223372036854775808, "ts": 1, "values": {}}', "64 bits"),
     (b'{"seq": 1, "ts": 1, "values": {"a/b": 1}}', "metric name"),
     (b"\xff\xfe", "not JSON"),
 ])

@@ -233,7 +233,7 @@ class PJLinkDriver(Driver):
             value = await self._call("1", "CLSS")
         except PJLinkError:
             return 1
-        if not value.isdigit():
+        if not (value.isascii() and value.isdigit()):
             raise DeviceError(f"{self.device_id}: CLSS reply {value!r} is not a class number")
         return 2 if int(value) >= 2 else 1
 
@@ -278,14 +278,14 @@ class PJLinkDriver(Driver):
                 values.update(zip(ERST_METRICS, (ERST_LEVELS[c] for c in erst), strict=True))
             if self.pjlink_class == 2 and "filter_hours" in wanted \
                     and (filt := await self._optional("2", "FILT")) is not None:
-                if not filt.isdigit():
+                if not (filt.isascii() and filt.isdigit()):
                     raise DeviceError(f"{self.device_id}: FILT reply {filt!r} is not a number of hours")
                 values["filter_hours"] = int(filt)
         return Reading(values={k: v for k, v in values.items() if k in wanted or k == "power"})
 
     def _lamp_hours(self, lamp: str) -> int:
         parts = lamp.split()
-        if not parts or len(parts) % 2 or not all(p.isdigit() for p in parts) or parts[1] not in "01":
+        if not parts or len(parts) % 2 or not all(p.isascii() and p.isdigit() for p in parts) or parts[1] not in "01":
             raise DeviceError(f"{self.device_id}: LAMP reply {lamp!r} is not '<hours> <0|1>' pairs")
         return int(parts[0])
 
