@@ -123,6 +123,31 @@ def cmd_users(args: argparse.Namespace) -> None:
     registry.close()
 
 
+def cmd_broker_config(args: argparse.Namespace) -> None:
+    import os
+    from pathlib import Path
+
+    from central import broker_config
+    from central.registry import Registry
+
+    db = args.db or os.environ.get("CAMPUS_DB") or "sqlite:///campus-demo-data/campus.db"
+    path = Path(ledger_path_for(db, None))
+    if not path.is_file():
+        raise CampusError(f"no central database at {path}; give --db sqlite:///PATH (or set CAMPUS_DB)")
+    registry = Registry(f"sqlite:///{path}")
+    try:
+        files = broker_config.write(registry, args.out, listen=broker_config.parse_listen(args.listen),
+                                    persistence_dir=args.persistence_dir, owner=args.owner)
+    finally:
+        registry.close()
+    out = Path(args.out).resolve()
+    print(f"campus broker-config: {len(files.gateways)} gateways + service accounts "
+          f"{', '.join(broker_config.SERVICE_ACCOUNTS)} -> {out}/{{passwd,acl,mosquitto.conf}}")
+    print(f"campus broker-config: service account passwords "
+          f"{'generated' if files.new_service_passwords else 'kept'} in {out / broker_config.SERVICE_FILE}")
+    print("campus broker-config: reload Mosquitto (SIGHUP) to apply")
+
+
 def cmd_demo(args: argparse.Namespace) -> None:
     from campus.demo import Demo
 
@@ -171,6 +196,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--host", default=None, help="address to listen on (default 127.0.0.1)")
     p.add_argument("--admin-token", default=None, help="an admin API token")
     p.set_defaults(func=cmd_web)
+
+    p = sub.add_parser("broker-config", help="Mosquitto config, password file and per-gateway ACL from the registry")
+    p.add_argument("--db", default=None, help="the central database sqlite:///PATH "
+                   "(default: $CAMPUS_DB, else the demo's campus-demo-data/campus.db)")
+    p.add_argument("--out", required=True, help="directory for passwd, acl, mosquitto.conf, service-accounts.txt")
+    p.add_argument("--listen", default="127.0.0.1:1883", help="listener of the generated mosquitto.conf, "
+                   "HOST:PORT (default 127.0.0.1:1883)")
+    p.add_argument("--persistence-dir", default="/var/lib/mosquitto", help="Mosquitto's persistence_location")
+    p.add_argument("--owner", default=None, help="give passwd and acl to this user (the one Mosquitto runs as, "
+                   "e.g. mosquitto; needs root)")
+    p.set_defaults(func=cmd_broker_config)
 
     p = sub.add_parser("users", help="accounts in the registry: add users, issue API tokens")
     users = p.add_subparsers(dest="users_command", required=True, metavar="ACTION")

@@ -10,9 +10,21 @@ import ssl
 
 import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.reasoncodes import ReasonCode
 
 from campus.errors import ConfigError
 from campus.urls import MqttUrl
+
+# X.509 verify codes (OpenSSL's X509_V_ERR_*) that mean "not signed by a CA we trust".
+_UNTRUSTED = {2, 18, 19, 20, 21}
+_EXPIRED = 10
+_NOT_YET_VALID = 9
+_WRONG_HOST = {62, 64}  # hostname mismatch, IP address mismatch
+# CONNACK reasons for a refused login: 134 bad user name or password, 135 not
+# authorized (what Mosquitto 2 answers for a wrong password); paho maps the
+# MQTT 3.1.1 return codes 4 and 5 to these.
+_BAD_LOGIN = {134, 135}
 
 
 def tls_context(url: MqttUrl) -> ssl.SSLContext | None:
@@ -25,6 +37,38 @@ def tls_context(url: MqttUrl) -> ssl.SSLContext | None:
     except (OSError, ssl.SSLError) as exc:
         raise ConfigError(f"{url}: cannot load TLS files ({exc})") from None
     return ctx
+
+
+def explain_connect_error(exc: BaseException) -> str:
+    """One line saying why connecting to the broker failed: a bad TLS certificate
+    or a refused login named as such, anything else as it was raised.
+
+    Takes the exception paho raised, or aiomqtt's `MqttError` (which keeps paho's
+    exception as its context and the CONNACK reason as `rc`).
+    """
+    chain: list[BaseException] = []
+    seen: BaseException | None = exc
+    while seen is not None and seen not in chain:
+        chain.append(seen)
+        seen = seen.__cause__ or seen.__context__
+    for err in chain:
+        if isinstance(err, ssl.SSLCertVerificationError):
+            code = err.verify_code
+            if code == _EXPIRED:
+                return "TLS: the broker's certificate has expired (renew it)"
+            if code == _NOT_YET_VALID:
+                return "TLS: the broker's certificate is not valid yet (check the clocks)"
+            if code in _UNTRUSTED:
+                return "TLS: server certificate not trusted (check ?ca=)"
+            if code in _WRONG_HOST:
+                return f"TLS: server certificate does not name this host ({err.verify_message})"
+            return f"TLS: server certificate rejected: {err.verify_message}"
+        if isinstance(err, ssl.SSLError):
+            return f"TLS handshake failed: {err.reason or err}"
+    rc = getattr(exc, "rc", None)
+    if isinstance(rc, ReasonCode) and rc.packetType == PacketTypes.CONNACK and rc.value in _BAD_LOGIN:
+        return f"broker refused: bad user name or password (broker said: {rc})"
+    return str(exc)
 
 
 def paho_protocol(url: MqttUrl) -> paho.MQTTProtocolVersion:

@@ -45,6 +45,8 @@ def document() -> dict[str, Any]:
                   "JSON, on every change; a `: keepalive` comment every 15 s)", [("gateway", "path", True)])
     stream["responses"]["200"] = {"description": "an open text/event-stream",
                                   "content": {"text/event-stream": {"schema": {"type": "string"}}}}
+    ack = _get("Acknowledge an alarm: records who and when (facility, admin)", [("aid", "path", True)], obj)
+    ack["responses"]["404"] = {"description": "no such alarm"}
     return {
         "openapi": "3.1.0",
         "info": {"title": "campus-iot", "version": campus.__version__},
@@ -65,6 +67,14 @@ def document() -> dict[str, Any]:
             "/api/commands": {"get": _get("Command audit trail, newest first", [("gateway", "query", False)], arr)},
             "/api/commands/{cid}": {"get": _get("One command", [("cid", "path", True)], obj)},
             "/api/panel/{gateway}/stream": {"get": stream},
+            "/api/alarms": {"get": _get("Alarms, newest first: open (not cleared), history (cleared) or all "
+                                        "(facility, admin)", [("state", "query", False), ("limit", "query", False),
+                                                              ("gateway", "query", False)], arr)},
+            "/api/alarms/{aid}/ack": {"post": ack},
+            "/api/board": {"get": _get("Every room: gateway online and last seen, devices with status, problems, "
+                                       "open alarms (facility, admin)", [("school", "query", False),
+                                                                         ("building", "query", False),
+                                                                         ("problem", "query", False)], obj)},
             "/api/audit": {"get": _get("Audit trail: logins, refusals, commands (admin)", schema=arr)},
             "/api/openapi.json": {"get": _get("This document", auth=False)},
         },

@@ -43,4 +43,4 @@ def serve(app: Flask, host: str, port: int) -> RunningServer:
     server = make_server(host, sock.getsockname()[1], app, threaded=True, fd=sock.fileno())
     thread = threading.Thread(target=server.serve_forever, name="web", daemon=True)
     thread.start()
-    return RunningServer(server, thread, host, server.server_port)
+    return RunningServer(server, thread, host, sock.getsockname()[1])

@@ -4,8 +4,18 @@ Tasks, all in one asyncio loop:
 - one poller per device (the scheduler): read, commit to the outbox, note status;
 - one command worker per device (see `commands.py`);
 - the MQTT link: connect with a persistent session and a Last Will, publish
-  the retained `state`, subscribe to this gateway's commands, and drain the
-  outbox at a bounded rate; on any broker error, back off and reconnect.
+  the retained `state`, subscribe to this gateway's commands and its retained
+  `config`, and drain the outbox at a bounded rate; on any broker error, back
+  off and reconnect.
+
+Config push: central publishes `{"version": N, "devices": [...]}` retained on
+`campus/v1/{school}/{gateway}/config`. A version newer than the one running is
+validated exactly like the config file (GatewayConfig/DeviceConfig); if it is
+invalid the agent keeps its devices, logs one error and reports a
+`config_rejected` event; else it swaps only the devices that changed (their
+pollers restart; command workers keep their queues), saves the list next to
+its outbox (`pushed-config.json`, used instead of the file's devices at the
+next start), reports a `config_applied` event and `config_version` in `state`.
 """
 
 from __future__ import annotations
@@ -14,6 +24,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from typing import Any
 
 import aiomqtt
 import paho.mqtt.client as paho
@@ -23,11 +34,12 @@ from paho.mqtt.properties import Properties
 import campus
 from campus import contract
 from campus.contract import Event, State, Telemetry
-from campus.errors import DeviceError
+from campus.errors import CampusError, ConfigError, DeviceError
 from campus.mqtt import tls_context
 from campus.urls import parse_mqtt_url
+from edge_agent import config_push
 from edge_agent.commands import CommandExecutor
-from edge_agent.config import GatewayConfig
+from edge_agent.config import DeviceConfig, GatewayConfig
 from edge_agent.drivers import create_driver
 from edge_agent.drivers.base import DeviceUnreachable, Driver, Reading
 from edge_agent.outbox import Outbox, SequencedMessage
@@ -36,20 +48,21 @@ log = logging.getLogger(__name__)
 
 SESSION_EXPIRY_S = 7 * 24 * 3600  # commands for an offline gateway wait this long at most
 MIN_HEARTBEAT_S = 2.0             # a fast poll must not turn presence into a flood
+AGENT_EVENT_DEVICE = "agent"      # device segment of events about the agent itself (config_*)
 
 
 class Agent:
     def __init__(self, config: GatewayConfig) -> None:
+        self.file_config = config
+        self.config_version: int | None = None  # None: running the config file's device list
+        pushed = config_push.load_pushed(config)
+        if pushed is not None:
+            self.config_version, config = pushed
         self.config = config
         self.mqtt_url = parse_mqtt_url(config.mqtt)
         self.school, self.gateway = config.school, config.gateway
         self.boot = time.time()
-        self.drivers: dict[str, Driver] = {}
-        for dev in config.devices:
-            options = dict(dev.options)
-            if dev.profile_obj.kind == "card_reader":
-                options.setdefault("secret", config.card_secret)
-            self.drivers[dev.id] = create_driver(dev.id, dev.profile_obj, dev.address, options)
+        self.drivers: dict[str, Driver] = {dev.id: self._new_driver(dev) for dev in config.devices}
         self.locks = {d: asyncio.Lock() for d in self.drivers}
         self.status: dict[str, str] = {d: "starting" for d in self.drivers}
         self.outbox = Outbox(config.data_path / "agent.db", max_messages=config.outbox.max_messages,
@@ -63,6 +76,17 @@ class Agent:
         # `state` is republished this often, so central can call a gateway that
         # is silent for 3 heartbeats offline even when its devices send nothing.
         self.heartbeat = max(MIN_HEARTBEAT_S, config.poll_interval)
+        self._tasks: asyncio.TaskGroup | None = None
+        self.pollers: dict[str, asyncio.Task[None]] = {}
+        self.workers: dict[str, asyncio.Task[None]] = {}
+        self._reconfigure = asyncio.Lock()
+        self._refused: bytes | None = None  # the last refused payload, reported once
+
+    def _new_driver(self, dev: DeviceConfig) -> Driver:
+        options = dict(dev.options)
+        if dev.profile_obj.kind == "card_reader":
+            options.setdefault("secret", self.file_config.card_secret)
+        return create_driver(dev.id, dev.profile_obj, dev.address, options)
 
     # ------------------------------------------------------------ scheduler
 
@@ -123,9 +147,9 @@ class Agent:
         return State(online=online, ts=time.time(), agent=campus.__version__, boot=self.boot,
                      room=self.config.room, building=self.config.building,
                      devices={d: {"profile": drv.profile.name, "kind": drv.profile.kind,
-                                  "status": self.status[d] if online else "offline"}
+                                  "status": self.status.get(d, "starting") if online else "offline"}
                               for d, drv in self.drivers.items()},
-                     interval=self.heartbeat,
+                     interval=self.heartbeat, config_version=self.config_version,
                      outbox={"pending": len(self.outbox), "dropped": self.outbox.dropped,
                              "last_seq": self.outbox.last_seq})
 
@@ -162,6 +186,7 @@ class Agent:
                     await client.publish(contract.state_topic(self.school, self.gateway), self.state().encode(),
                                          qos=1, retain=True)
                     await client.subscribe(contract.agent_cmd_filter(self.school, self.gateway), qos=1)
+                    await client.subscribe(contract.config_topic(self.school, self.gateway), qos=1)
                     try:
                         async with asyncio.TaskGroup() as tg:
                             tg.create_task(self._drain(client))
@@ -174,7 +199,10 @@ class Agent:
                                                  self.state(online=False).encode(), qos=1, retain=True, timeout=2)
                         raise
             except* aiomqtt.MqttError as group:
-                log.warning("MQTT link to %s lost: %s; retrying in %.1fs", self.mqtt_url, group.exceptions[0], backoff)
+                # One clear line: a bad certificate or a refused login named as such.
+                log.warning("MQTT link to %s %s: %s; retrying in %.1fs", self.mqtt_url,
+                            "lost" if self.connected.is_set() else "failed",
+                            campus.mqtt.explain_connect_error(group.exceptions[0]), backoff)
             finally:
                 self.client = None
                 self.connected.clear()
@@ -197,6 +225,11 @@ class Agent:
                     payload = message.payload if isinstance(message.payload, bytes) else str(message.payload).encode()
                     self.commands.receive(topic.device, payload)
                     self.pending.set()
+                elif (topic.kind == contract.KIND_CONFIG and topic.gateway == self.gateway
+                      and topic.school == self.school):
+                    payload = message.payload if isinstance(message.payload, bytes) else str(message.payload).encode()
+                    if payload and self._tasks is not None:  # an empty retained message clears the topic
+                        self._tasks.create_task(self.apply_pushed_config(payload))
             except contract.PayloadError as exc:
                 log.warning("ignored message on %s: %s", message.topic.value, exc)
             finally:
@@ -236,15 +269,149 @@ class Agent:
     async def run(self) -> None:
         log.info("agent %s/%s starting with %d devices; outbox holds %d", self.school, self.gateway,
                  len(self.drivers), len(self.outbox))
+        for device in self._journaled_devices() - set(self.drivers):
+            self._forget_commands(device, "the device is no longer in this gateway's config")
         self.commands.recover()
         try:
             async with asyncio.TaskGroup() as tg:
+                self._tasks = tg
                 tg.create_task(self.run_link())
                 for device_id in self.drivers:
-                    tg.create_task(self.poll_device(device_id))
-                    tg.create_task(self.commands.run_device(device_id))
+                    self._start_poller(device_id)
+                    self._start_worker(device_id)
         finally:
+            self._tasks = None
             await self.close()
+
+    def _start_poller(self, device_id: str) -> None:
+        assert self._tasks is not None
+        self.pollers[device_id] = self._tasks.create_task(self.poll_device(device_id))
+
+    def _start_worker(self, device_id: str) -> None:
+        assert self._tasks is not None
+        self.workers[device_id] = self._tasks.create_task(self.commands.run_device(device_id))
+
+    # ------------------------------------------------------------ config push
+
+    def record_agent_event(self, type_: str, data: dict[str, Any]) -> None:
+        """An event about the agent itself, through the outbox like any other."""
+        now = time.time()
+        self.outbox.add(sequenced=[(contract.event_topic(self.school, self.gateway, AGENT_EVENT_DEVICE),
+                                    lambda seq: Event(seq, now, type_, data).encode())])
+        self.pending.set()
+
+    async def apply_pushed_config(self, payload: bytes) -> bool:
+        """Apply a pushed device list if it is newer than the running one; True if applied."""
+        async with self._reconfigure:
+            version = config_push.pushed_version(payload)
+            if version is not None and self.config_version is not None and version <= self.config_version:
+                return False  # the retained message again (reconnect), or an older one
+            if payload == self._refused:
+                return False  # the same refused list again (reconnect): reported once already
+            try:
+                version, new = config_push.validate_pushed_config(self.file_config, payload)
+                await self._swap_devices(version, new, payload)
+            except CampusError as exc:
+                self._refuse(payload, version, str(exc))
+                return False
+            except Exception as exc:  # never let a bad push take the agent down
+                log.exception("applying pushed config v%s failed", version)
+                self._refuse(payload, version, f"internal error: {type(exc).__name__}: {exc}")
+                return False
+            return True
+
+    def _refuse(self, payload: bytes, version: int | None, error: str) -> None:
+        self._refused = payload
+        running = f"v{self.config_version}" if self.config_version is not None else "the config file's list"
+        log.error("pushed config %s refused, still running %s: %s",
+                  f"v{version}" if version is not None else "(no version)", running, error)
+        self.record_agent_event("config_rejected", {"version": version, "error": error[:1000],
+                                                    "running": self.config_version})
+
+    async def _swap_devices(self, version: int, new: GatewayConfig, payload: bytes) -> None:
+        added, changed, removed = config_push.device_changes(self.config, new, set(self.drivers))
+        wanted = {d.id: d for d in new.devices}
+        # Every new driver first: a profile or address a driver refuses rejects the whole push.
+        fresh: dict[str, Driver] = {}
+        try:
+            for dev_id in added + changed:
+                try:
+                    fresh[dev_id] = self._new_driver(wanted[dev_id])
+                except (CampusError, ValueError) as exc:
+                    raise ConfigError(f"device {dev_id}: {exc}") from None
+            try:
+                config_push.save_pushed(self.config, payload)
+            except OSError as exc:
+                raise ConfigError(f"cannot save the pushed config: {exc.strerror or exc}") from None
+        except BaseException:
+            for driver in fresh.values():
+                with contextlib.suppress(Exception):
+                    await driver.close()
+            raise
+        for dev_id in removed:
+            await self._remove_device(dev_id, f"device removed from the gateway config (v{version})")
+        for dev_id in changed:
+            await self._replace_driver(dev_id, fresh[dev_id])
+        self.config, self.config_version = new, version
+        for dev_id in added:
+            self.locks[dev_id] = asyncio.Lock()
+            self.commands.queues[dev_id] = asyncio.Queue()
+            self.status[dev_id] = "starting"
+            self.drivers[dev_id] = fresh[dev_id]
+            self._start_worker(dev_id)
+        for dev_id in changed + added:
+            self._start_poller(dev_id)
+        self._refused = None
+        log.info("applied pushed config v%d: %d devices (added %s, changed %s, removed %s)", version,
+                 len(self.drivers), added or "-", changed or "-", removed or "-")
+        self.record_agent_event("config_applied", {"version": version, "added": added, "changed": changed,
+                                                   "removed": removed})
+        self.state_changed.set()
+
+    async def _stop_poller(self, device_id: str) -> None:
+        task = self.pollers.pop(device_id, None)
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    async def _replace_driver(self, device_id: str, driver: Driver) -> None:
+        """Same device id, new settings: the command worker and its queue stay."""
+        await self._stop_poller(device_id)
+        async with self.locks[device_id]:  # a command running on the old driver finishes first
+            old, self.drivers[device_id] = self.drivers[device_id], driver
+            self.status[device_id] = "starting"
+        with contextlib.suppress(Exception):
+            await old.close()
+
+    async def _remove_device(self, device_id: str, reason: str) -> None:
+        await self._stop_poller(device_id)
+        async with self.locks[device_id]:  # a command running on it finishes first
+            worker = self.workers.pop(device_id, None)
+            if worker is not None:
+                worker.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await worker
+            driver = self.drivers.pop(device_id)
+            self.status.pop(device_id, None)
+        self.locks.pop(device_id, None)
+        self.commands.queues.pop(device_id, None)
+        self._forget_commands(device_id, reason)
+        with contextlib.suppress(Exception):
+            await driver.close()
+
+    def _journaled_devices(self) -> set[str]:
+        rows = self.commands.db.execute("SELECT DISTINCT device FROM commands WHERE state IN ('queued', 'running')")
+        return {r[0] for r in rows}
+
+    def _forget_commands(self, device_id: str, reason: str) -> None:
+        """Answer the journaled commands of a device that is gone, so none waits forever."""
+        rows = self.commands.db.execute("SELECT id, state FROM commands WHERE device=? AND state IN ('queued', 'running')"
+                                        " ORDER BY received", (device_id,)).fetchall()
+        for cid, state in rows:
+            self.commands._finish(cid, device_id, "rejected" if state == "queued" else "failed", reason)
+        if rows:
+            self.pending.set()
 
     async def close(self) -> None:
         for driver in self.drivers.values():

@@ -1,0 +1,526 @@
+"""Provisioning operations IT staff need beyond `Registry`'s own methods.
+
+Built on the registry's session and models (nothing here edits registry.py):
+
+- places: create a school with a display name; list schools, buildings, rooms
+  and the gateways in them;
+- gateways: a fresh MQTT password for a gateway that lost its own; the
+  ready-to-copy gateway YAML (the registry's `gateway_config`, without the
+  `config_version` key the agent's config file does not accept);
+- config push: publish the retained device list on the gateway's `config`
+  topic, remember which version was pushed (table `config_pushes`), and read
+  back from the ledger which version each agent applied (`state.config_version`)
+  or refused (`config_rejected` event);
+- CSV import of rooms, gateways and devices: every line is checked first, each
+  error names its line and column, and nothing is written unless every line is
+  right; the writes happen in one transaction.
+
+CSV format (UTF-8, or GB18030 as saved by a Chinese Excel; header row required,
+columns in any order, `#` starts a comment line):
+
+    school,building,room,gateway,device,profile,address,options
+
+- `school`, `room` (required): the room is created if missing (and the school).
+- `building`: optional; sets the room's building.
+- `gateway`: optional; a new gateway id is registered in that room and gets
+  MQTT credentials (shown once after the import); an existing one must be in
+  that room.
+- `device`, `profile`, `address`, `options`: optional; a device on the gateway,
+  added or replaced, validated exactly as the agent validates its config.
+  `address`/`options` are a JSON object (`{"host": "10.0.0.5", "port": 502}`) or
+  `key=value` pairs separated by `;` (`host=10.0.0.5; port=502`), where values
+  that look like whole numbers become numbers (use JSON for a text that looks
+  like a number, such as a numeric PJLink password).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import secrets
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import yaml
+from sqlalchemy import Float, Integer, String, select
+from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
+
+from campus import contract
+from campus.errors import CampusError, ConfigError
+from central.registry import Building, Device, Gateway, Registry, Room, School, mosquitto_password_hash
+
+IMPORT_COLUMNS = ("school", "building", "room", "gateway", "device", "profile", "address", "options")
+REQUIRED_COLUMNS = ("school", "room")
+MAX_IMPORT_ROWS = 5000
+PUSH_ACK_TIMEOUT_S = 5.0
+
+
+class _Base(DeclarativeBase):
+    pass
+
+
+class ConfigPush(_Base):
+    """The device list version last published (retained) for a gateway."""
+    __tablename__ = "config_pushes"
+    gateway_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    version: Mapped[int] = mapped_column(Integer)
+    pushed_at: Mapped[float] = mapped_column(Float, default=time.time)
+    pushed_by: Mapped[str] = mapped_column(String(64), default="")
+
+
+def ensure_tables(registry: Registry) -> None:
+    _Base.metadata.create_all(registry.engine)
+
+
+# ---------------------------------------------------------------- places
+
+
+def create_school(registry: Registry, school_id: str, name: str = "") -> None:
+    contract.check_segment(school_id, "school id")
+    if len(name) > 200:
+        raise ConfigError("a school name has at most 200 characters")
+    with registry.session() as s:
+        school = s.get(School, school_id)
+        if school is None:
+            s.add(School(id=school_id, name=name or school_id))
+        elif name:
+            school.name = name
+
+
+def places(registry: Registry) -> list[dict[str, Any]]:
+    """Every school with its rooms (building, gateways) in name order."""
+    with registry.session() as s:
+        schools = s.scalars(select(School).order_by(School.id)).all()
+        rooms = s.scalars(select(Room).order_by(Room.school_id, Room.name)).all()
+        buildings = s.scalars(select(Building).order_by(Building.name)).all()
+        gateways = s.execute(select(Gateway.id, Gateway.room_id)).all()
+        by_room: dict[int, list[str]] = {}
+        for gid, room_id in gateways:
+            if room_id is not None:
+                by_room.setdefault(room_id, []).append(gid)
+        out = []
+        for school in schools:
+            out.append({
+                "id": school.id, "name": school.name,
+                "buildings": [b.name for b in buildings if b.school_id == school.id],
+                "rooms": [{"id": r.id, "name": r.name, "building": r.building.name if r.building else "",
+                           "gateways": sorted(by_room.get(r.id, []))}
+                          for r in rooms if r.school_id == school.id],
+            })
+        return out
+
+
+# ---------------------------------------------------------------- gateways
+
+
+def new_gateway_password(registry: Registry, gateway: str) -> str:
+    """Replace a gateway's MQTT password; returns the new plain password (shown once)."""
+    password = secrets.token_urlsafe(18)
+    with registry.session() as s:
+        gw = s.get(Gateway, gateway)
+        if gw is None:
+            raise ConfigError(f"no gateway {gateway!r}")
+        gw.mqtt_password_hash = mosquitto_password_hash(password)
+    return password
+
+
+def gateway_yaml(registry: Registry, gateway: str, mqtt_url: str | None, password: str = "CHANGE-ME") -> str:
+    """The gateway config file to copy onto the gateway, as YAML text with a short header."""
+    config = registry.gateway_config(gateway, mqtt_url or "mqtt://broker-host:1883", password)
+    version = config.pop("config_version", None)
+    where = " / ".join(x for x in (config["school"], config["building"], config["room"]) if x)
+    header = (f"# campus-iot gateway {gateway} ({where}), from the registry (device list v{version}).\n"
+              f"# Run it with: campus agent --config {gateway}.yaml\n"
+              "# Keep this file secret: it holds the gateway's MQTT password.\n")
+    return header + yaml.safe_dump(config, sort_keys=False, allow_unicode=True)
+
+
+def pushed_versions(registry: Registry) -> dict[str, dict[str, Any]]:
+    ensure_tables(registry)
+    with registry.session() as s:
+        return {p.gateway_id: {"version": p.version, "at": p.pushed_at, "by": p.pushed_by}
+                for p in s.scalars(select(ConfigPush)).all()}
+
+
+def push_config(registry: Registry, client: Any, gateway: str, by: str = "") -> int:
+    """Publish the gateway's device list retained on its `config` topic; returns the version pushed.
+
+    `client` is a connected paho client (the web app's). Waits for the broker's PUBACK.
+    """
+    info = registry.gateway_info(gateway)
+    if info is None:
+        raise ConfigError(f"no gateway {gateway!r}")
+    payload = registry.device_list_payload(gateway)
+    if len(payload) > contract.MAX_PAYLOAD_BYTES:
+        raise ConfigError(f"the device list of {gateway} is {len(payload)} bytes, over {contract.MAX_PAYLOAD_BYTES}")
+    try:
+        msg = client.publish(contract.config_topic(info["school"], gateway), payload, qos=1, retain=True)
+        msg.wait_for_publish(timeout=PUSH_ACK_TIMEOUT_S)
+    except (RuntimeError, ValueError) as exc:
+        raise CampusError(f"cannot publish to the broker: {exc}") from None
+    if not msg.is_published():
+        raise CampusError(f"the broker did not acknowledge the config of {gateway} within {PUSH_ACK_TIMEOUT_S:g} s")
+    ensure_tables(registry)
+    with registry.session() as s:
+        row = s.get(ConfigPush, gateway) or ConfigPush(gateway_id=gateway)
+        row.version, row.pushed_at, row.pushed_by = info["config_version"], time.time(), by[:64]
+        s.add(row)
+    return int(info["config_version"])
+
+
+def gateway_states(ledger: Any) -> dict[str, dict[str, Any]]:
+    """What the agents last said (ledger): online, last_seen, applied config version, devices."""
+    out = {g["id"]: dict(g) for g in ledger.gateways()}
+    for gid, state in ledger.db.execute("SELECT id, state FROM gateways"):
+        st = json.loads(state or "{}")
+        if gid in out:
+            out[gid]["config_version"] = st.get("config_version")
+            out[gid]["devices"] = st.get("devices", {})
+    return out
+
+
+def config_events(ledger: Any, gateway: str) -> dict[str, dict[str, Any] | None]:
+    """The newest `config_applied` and `config_rejected` events of a gateway."""
+    return {kind: next(iter(ledger.events(gateway=gateway, type_=f"config_{kind}", limit=1)), None)
+            for kind in ("applied", "rejected")}
+
+
+def sync_status(wanted: int, pushed: int | None, applied: int | None, online: bool,
+                rejected: dict[str, Any] | None) -> tuple[str, str]:
+    """(css class, words) of a gateway's config: in sync, not pushed, waiting, refused."""
+    if applied is not None and applied >= wanted:
+        return "ok", "in sync"
+    if pushed is None or pushed < wanted:
+        return "warning", "changes not pushed" if pushed is not None or applied is not None else "not pushed yet"
+    if rejected and (rejected["data"].get("version") or 0) >= wanted:
+        return "error", f"refused by the gateway: {rejected['data'].get('error', '')}"
+    if not online:
+        return "offline", "pushed; gateway offline, applies when back"
+    return "starting", "pushed; waiting for the gateway"
+
+
+# ---------------------------------------------------------------- CSV import
+
+
+@dataclass
+class ImportProblem:
+    line: int
+    column: str
+    message: str
+
+    def __str__(self) -> str:
+        return f"line {self.line}: {self.column}: {self.message}" if self.column else f"line {self.line}: {self.message}"
+
+
+@dataclass
+class ImportReport:
+    ok: bool = False
+    rows: int = 0
+    errors: list[ImportProblem] = field(default_factory=list)
+    created: dict[str, int] = field(default_factory=lambda: {"schools": 0, "rooms": 0, "gateways": 0,
+                                                             "devices added": 0, "devices replaced": 0})
+    # New gateways: (gateway, mqtt username, plain password), shown once.
+    credentials: list[tuple[str, str, str]] = field(default_factory=list)
+
+
+@dataclass
+class _Row:
+    line: int
+    school: str
+    building: str
+    room: str
+    gateway: str
+    device: str
+    profile: str
+    address: dict[str, Any]
+    options: dict[str, Any]
+
+
+def decode_csv(data: bytes) -> str:
+    for encoding in ("utf-8-sig", "gb18030"):
+        try:
+            return data.decode(encoding)
+        except UnicodeDecodeError:
+            continue
+    raise ConfigError("the file is neither UTF-8 nor GB18030 text")
+
+
+def parse_mapping(text: str, column: str) -> dict[str, Any]:
+    """A JSON object, or `key=value; key=value` (whole numbers become numbers)."""
+    text = text.strip()
+    if not text:
+        return {}
+    if text.startswith("{"):
+        try:
+            value = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise ConfigError(f"not valid JSON ({exc.msg} at character {exc.pos + 1})") from None
+        if not isinstance(value, dict):
+            raise ConfigError("must be a JSON object")
+        return value
+    out: dict[str, Any] = {}
+    for part in text.replace("\n", ";").split(";"):
+        part = part.strip()
+        if not part:
+            continue
+        key, sep, raw = part.partition("=")
+        key, raw = key.strip(), raw.strip()
+        if not sep or not key:
+            raise ConfigError(f"{part!r}: write key=value pairs separated by ';', or a JSON object")
+        if key in out:
+            raise ConfigError(f"{key} is given twice")
+        out[key] = int(raw) if raw.lstrip("-").isdigit() and len(raw) < 12 else raw
+    return out
+
+
+def validate_device(device_id: str, profile: str, address: dict[str, Any], options: dict[str, Any]) -> None:
+    """Validate as the agent will (DeviceConfig); ConfigError names the column/field."""
+    from pydantic import ValidationError
+
+    from edge_agent.config import DeviceConfig
+
+    try:
+        DeviceConfig(id=device_id, profile=profile, address=address, options=options)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        loc = [str(x) for x in err["loc"]]
+        column = {"id": "device"}.get(loc[0], loc[0]) if loc else ""
+        detail = ".".join(loc[1:])
+        msg = err["msg"].removeprefix("Value error, ")
+        raise _FieldError(column, f"{detail + ': ' if detail else ''}{msg}") from None
+
+
+class _FieldError(ConfigError):
+    def __init__(self, column: str, message: str) -> None:
+        super().__init__(message)
+        self.column = column
+
+
+def _parse_rows(text: str, report: ImportReport) -> list[_Row]:
+    reader = csv.reader(io.StringIO(text, newline=""))
+    header: list[str] | None = None
+    rows: list[_Row] = []
+    end = 0
+    try:
+        for cells in reader:
+            start, end = end + 1, reader.line_num
+            if not any(c.strip() for c in cells) or cells[0].lstrip().startswith("#"):
+                continue
+            if header is None:
+                header = [c.strip().lower() for c in cells]
+                unknown = [c for c in header if c not in IMPORT_COLUMNS]
+                for c in unknown:
+                    report.errors.append(ImportProblem(start, c or "(empty)", "unknown column; the columns are "
+                                                      + ",".join(IMPORT_COLUMNS)))
+                for c in REQUIRED_COLUMNS:
+                    if c not in header:
+                        report.errors.append(ImportProblem(start, c, "required column is missing from the header"))
+                dupes = {c for c in header if header.count(c) > 1}
+                for c in sorted(dupes):
+                    report.errors.append(ImportProblem(start, c, "column appears twice in the header"))
+                if report.errors:
+                    return []
+                continue
+            if len(rows) >= MAX_IMPORT_ROWS:
+                report.errors.append(ImportProblem(start, "", f"more than {MAX_IMPORT_ROWS} rows; split the file"))
+                return []
+            if len(cells) > len(header):
+                report.errors.append(ImportProblem(start, "", f"{len(cells)} cells but {len(header)} columns "
+                                                  "(a value with a comma needs \"quotes\")"))
+                continue
+            values = {name: (cells[i].strip() if i < len(cells) else "") for i, name in enumerate(header)}
+            row = _check_row(start, values, report)
+            if row is not None:
+                rows.append(row)
+    except csv.Error as exc:
+        report.errors.append(ImportProblem(end + 1, "", f"not valid CSV: {exc}"))
+    if header is None and not report.errors:
+        report.errors.append(ImportProblem(1, "", "the file is empty; the first line must be the header "
+                                          + ",".join(IMPORT_COLUMNS)))
+    return rows
+
+
+def _check_row(line: int, v: dict[str, str], report: ImportReport) -> _Row | None:
+    errors_before = len(report.errors)
+
+    def bad(column: str, message: str) -> None:
+        report.errors.append(ImportProblem(line, column, message))
+
+    for column in ("school", "gateway"):
+        if v.get(column):
+            try:
+                contract.check_segment(v[column], column)
+            except CampusError as exc:
+                bad(column, str(exc))
+    if not v.get("school"):
+        bad("school", "required")
+    room = v.get("room", "")
+    if not room:
+        bad("room", "required")
+    elif len(room) > 64:
+        bad("room", "a room name has at most 64 characters")
+    if len(v.get("building", "")) > 100:
+        bad("building", "a building name has at most 100 characters")
+    device = v.get("device", "")
+    address: dict[str, Any] = {}
+    options: dict[str, Any] = {}
+    if device:
+        if not v.get("gateway"):
+            bad("gateway", "a device needs the gateway it is connected to")
+        if not v.get("profile"):
+            bad("profile", "required for a device")
+        for column in ("address", "options"):
+            try:
+                parsed = parse_mapping(v.get(column, ""), column)
+            except ConfigError as exc:
+                bad(column, str(exc))
+                continue
+            if column == "address":
+                address = parsed
+            else:
+                options = parsed
+        if len(report.errors) == errors_before:
+            try:
+                validate_device(device, v["profile"], address, options)
+            except _FieldError as exc:
+                bad(exc.column, str(exc))
+    else:
+        for column in ("profile", "address", "options"):
+            if v.get(column):
+                bad(column, "only with a device (the device column is empty)")
+    if len(report.errors) != errors_before:
+        return None
+    return _Row(line, v["school"], v.get("building", ""), room, v.get("gateway", ""), device, v.get("profile", ""),
+                address, options)
+
+
+def import_csv(registry: Registry, data: bytes) -> ImportReport:
+    """Check every line, then write everything in one transaction, or nothing at all."""
+    report = ImportReport()
+    try:
+        text = decode_csv(data)
+    except ConfigError as exc:
+        report.errors.append(ImportProblem(1, "", str(exc)))
+        return report
+    rows = _parse_rows(text, report)
+    report.rows = len(rows)
+    if not rows and not report.errors:
+        report.errors.append(ImportProblem(1, "", "no rows after the header"))
+    try:
+        with registry.session() as s:
+            _cross_check(s, rows, report)  # also on the good lines of a bad file: report everything at once
+            if report.errors:
+                raise _Abort
+            _write(s, rows, report)
+    except _Abort:
+        report.errors.sort(key=lambda e: e.line)
+        return report
+    except Exception as exc:  # a database error: the transaction was rolled back
+        report.errors.append(ImportProblem(0, "", f"database error, nothing imported: {exc}"))
+        report.credentials.clear()
+        return report
+    report.ok = True
+    return report
+
+
+class _Abort(Exception):
+    """Leaves the session's transaction without committing."""
+
+
+def _cross_check(s: Session, rows: list[_Row], report: ImportReport) -> None:
+    """Checks between lines and against the registry: a gateway in one room, a device once."""
+    gateway_home: dict[str, tuple[str, str, int]] = {}
+    room_building: dict[tuple[str, str], tuple[str, int]] = {}
+    devices_seen: dict[tuple[str, str], int] = {}
+    for row in rows:
+        key = (row.school, row.room)
+        if row.building:
+            earlier = room_building.setdefault(key, (row.building, row.line))
+            if earlier[0] != row.building:
+                report.errors.append(ImportProblem(row.line, "building", f"room {row.room} of {row.school} is in "
+                                                  f"building {earlier[0]!r} on line {earlier[1]}"))
+        if not row.gateway:
+            continue
+        home = gateway_home.get(row.gateway)
+        if home is None:
+            existing = s.get(Gateway, row.gateway)
+            if existing is not None:
+                room = existing.room.name if existing.room else ""
+                if existing.school_id != row.school or room != row.room:
+                    report.errors.append(ImportProblem(row.line, "gateway", f"gateway {row.gateway} is registered in "
+                                                      f"{existing.school_id} room {room}, not {row.school} room "
+                                                      f"{row.room}"))
+            gateway_home[row.gateway] = (row.school, row.room, row.line)
+        elif home[:2] != (row.school, row.room):
+            report.errors.append(ImportProblem(row.line, "gateway", f"gateway {row.gateway} is in {home[0]} room "
+                                              f"{home[1]} on line {home[2]}"))
+        if row.device:
+            first = devices_seen.setdefault((row.gateway, row.device), row.line)
+            if first != row.line:
+                report.errors.append(ImportProblem(row.line, "device", f"device {row.device} of gateway "
+                                                  f"{row.gateway} is already on line {first}"))
+
+
+def _write(s: Session, rows: list[_Row], report: ImportReport) -> None:
+    touched: set[str] = set()
+    for row in rows:
+        if s.get(School, row.school) is None:
+            s.add(School(id=row.school, name=row.school))
+            s.flush()
+            report.created["schools"] += 1
+        building = None
+        if row.building:
+            building = s.scalar(select(Building).where(Building.school_id == row.school,
+                                                       Building.name == row.building))
+            if building is None:
+                building = Building(school_id=row.school, name=row.building)
+                s.add(building)
+                s.flush()
+        room = s.scalar(select(Room).where(Room.school_id == row.school, Room.name == row.room))
+        if room is None:
+            room = Room(school_id=row.school, name=row.room, building_id=building.id if building else None)
+            s.add(room)
+            s.flush()
+            report.created["rooms"] += 1
+        elif building is not None:
+            room.building_id = building.id
+        if not row.gateway:
+            continue
+        gw = s.get(Gateway, row.gateway)
+        if gw is None:
+            password = secrets.token_urlsafe(18)
+            username = f"gw-{row.school}-{row.gateway}"[:100]
+            gw = Gateway(id=row.gateway, school_id=row.school, room_id=room.id, mqtt_username=username,
+                         mqtt_password_hash=mosquitto_password_hash(password))
+            s.add(gw)
+            s.flush()
+            report.created["gateways"] += 1
+            report.credentials.append((row.gateway, username, password))
+        if not row.device:
+            continue
+        existing = next((d for d in gw.devices if d.device_id == row.device), None)
+        if existing is None:
+            gw.devices.append(Device(device_id=row.device, profile=row.profile, address=row.address,
+                                     options=row.options))
+            report.created["devices added"] += 1
+        else:
+            existing.profile, existing.address, existing.options = row.profile, row.address, row.options
+            report.created["devices replaced"] += 1
+        if row.gateway not in touched:
+            touched.add(row.gateway)
+            gw.config_version += 1
+    s.flush()
+
+
+EXAMPLE_CSV = """\
+# campus-iot provisioning import: one line per room, gateway or device.
+# address/options: a JSON object, or key=value pairs separated by ';'.
+school,building,room,gateway,device,profile,address,options
+s1,A,A-101,gw-a101,env,env-6in1-modbus,host=10.1.1.21; port=502; unit=1,
+s1,A,A-101,gw-a101,projector,projector-pjlink2,"{""host"": ""10.1.1.22"", ""port"": 4352}",
+s1,A,A-101,gw-a101,display,display-samsung-mdc,serial=/dev/ttyUSB0; display_id=0,
+s1,A,A-101,gw-a101,cards,card-em4100,serial=/dev/ttyUSB1,
+s1,A,A-102,,,,,
+"""

@@ -1,0 +1,448 @@
+"""Provisioning pages for IT staff (role `admin` only): places, gateways, devices, CSV import, broker files.
+
+Routes, all under /provisioning/ (every form carries the CSRF token; every
+change is written to the audit trail, refusals and failures too):
+
+- `GET  /provisioning/gateways`: every gateway with room, online, devices and
+  its config versions (wanted in the registry / pushed / applied by the agent);
+  `POST` registers a gateway and shows its MQTT password once with the YAML
+  config to copy or download.
+- `GET  /provisioning/gateways/G`: devices; `POST .../devices` adds one (profile
+  picker, per-protocol address fields or JSON, validated as the agent does;
+  nothing is saved on error), `POST .../devices/D/remove`, `POST .../push`
+  (retained device list on the gateway's config topic), `POST .../password`
+  (new MQTT password, shown once), `GET .../config.yaml`.
+- `POST /provisioning/push`: push every gateway whose changes are not pushed.
+- `GET|POST /provisioning/places`: schools, buildings and rooms.
+- `GET|POST /provisioning/import`: CSV upload (format: central/provisioning.py).
+- `GET|POST /provisioning/broker`: write the Mosquitto passwd/acl/conf to the
+  configured directory (`WebConfig.broker_config_dir` if the app has one, else
+  $CAMPUS_BROKER_CONFIG_DIR), or download them as a zip.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+
+from flask import (
+    Blueprint,
+    Flask,
+    Response,
+    flash,
+    g,
+    make_response,
+    redirect,
+    render_template,
+    request,
+    url_for,
+)
+
+from campus.errors import CampusError, ConfigError
+from central import broker_config
+from central import provisioning as prov
+from dashboards.auth import add_nav, audit, campus, login_required
+
+bp = Blueprint("provisioning", __name__, url_prefix="/provisioning")
+ADMIN = ("admin",)
+
+# Address fields per driver protocol for the add-device form: (field, type, hint).
+# "int" fields become numbers; "source" is a camera index when it is a number.
+ADDRESS_FORM: dict[str, list[tuple[str, str, str]]] = {
+    "modbus": [("host", "text", "sensor IP for Modbus TCP, e.g. 10.1.2.30"), ("port", "int", "502"),
+               ("unit", "int", "Modbus unit id, usually 1"),
+               ("serial", "text", "or an RS-485 port for Modbus RTU, e.g. /dev/ttyUSB0"),
+               ("baudrate", "int", "RTU only, e.g. 9600")],
+    "pjlink": [("host", "text", "projector IP, e.g. 10.1.2.31"), ("port", "int", "4352"),
+               ("password", "text", "PJLink password, if one is set")],
+    "samsung_mdc": [("serial", "text", "RS-232 port, e.g. /dev/ttyUSB0"), ("display_id", "int", "0")],
+    "lg_serial": [("serial", "text", "RS-232 port, e.g. /dev/ttyUSB0"), ("set_id", "int", "1")],
+    "card_em4100": [("serial", "text", "reader port, e.g. /dev/ttyUSB1"), ("baudrate", "int", "9600")],
+    "card_line": [("serial", "text", "reader port, e.g. /dev/ttyUSB1"), ("baudrate", "int", "9600")],
+    "camera": [("source", "source", "rtsp://user:pass@10.1.2.40/stream1, a video file, or a camera index")],
+}
+
+
+def register(app: Flask) -> None:
+    app.register_blueprint(bp)
+    add_nav(app, "Provisioning", "provisioning.gateways", ADMIN)
+    prov.ensure_tables(app.extensions["campus"]["registry"])
+
+
+# ---------------------------------------------------------------- helpers
+
+
+def _reg() -> Any:
+    return campus()["registry"]
+
+
+def _who() -> str:
+    return g.user["user"]
+
+
+def _mqtt_url() -> str | None:
+    return campus()["config"].mqtt_url
+
+
+def _client() -> Any:
+    service = campus().get("commands")
+    return service.client if service is not None else None
+
+
+def _broker_dir() -> str | None:
+    return getattr(campus()["config"], "broker_config_dir", None) or os.environ.get("CAMPUS_BROKER_CONFIG_DIR")
+
+
+def _profiles() -> list[dict[str, Any]]:
+    from device_profiles import available_profiles, load_profile
+
+    out = []
+    for name in available_profiles():
+        try:
+            p = load_profile(name)
+        except CampusError:
+            continue
+        out.append({"name": name, "kind": p.kind, "protocol": p.protocol, "model": p.model,
+                    "manufacturer": p.manufacturer, "description": p.description})
+    return out
+
+
+def _gateway_rows() -> list[dict[str, Any]]:
+    reg, ledger = _reg(), campus()["ledger"]
+    states = prov.gateway_states(ledger)
+    pushed = prov.pushed_versions(reg)
+    rows = []
+    for info in reg.gateways():
+        st = states.get(info["id"], {})
+        applied = st.get("config_version")
+        push = pushed.get(info["id"])
+        events = prov.config_events(ledger, info["id"])
+        css, words = prov.sync_status(info["config_version"], push["version"] if push else None, applied,
+                                      bool(st.get("online")), events["rejected"])
+        rows.append({**info, "online": bool(st.get("online")), "seen": st.get("last_seen"),
+                     "reported": st.get("devices") or {}, "applied": applied,
+                     "pushed": push["version"] if push else None, "pushed_at": push["at"] if push else None,
+                     "sync_class": css, "sync": words, "rejected": events["rejected"],
+                     "applied_event": events["applied"]})
+    return rows
+
+
+def _no_store(resp: Response) -> Response:
+    """Pages that show a password must not be kept by the browser or a proxy."""
+    resp.headers["Cache-Control"] = "no-store"
+    resp.headers["Pragma"] = "no-cache"
+    return resp
+
+
+def _download(text: str | bytes, filename: str, mimetype: str) -> Response:
+    resp = make_response(text)
+    resp.mimetype = mimetype
+    resp.headers["Content-Disposition"] = f"attachment; filename*=UTF-8''{quote(filename)}"
+    return _no_store(resp)
+
+
+# ---------------------------------------------------------------- gateways
+
+
+@bp.get("/")
+@login_required(roles=ADMIN)
+def home() -> Any:
+    return redirect(url_for("provisioning.gateways"))
+
+
+@bp.get("/gateways")
+@login_required(roles=ADMIN)
+def gateways() -> Any:
+    return _gateways_page()
+
+
+def _gateways_page(error: str | None = None, form: dict[str, str] | None = None, status: int = 200) -> Any:
+    rows = _gateway_rows()
+    schools = [p["id"] for p in prov.places(_reg())]
+    return render_template("prov_gateways.html", tab="gateways", gateways=rows, schools=schools, error=error,
+                           form=form or {}, mqtt_ready=_client() is not None,
+                           unpushed=sum(1 for r in rows if r["pushed"] != r["config_version"]
+                                        and r["applied"] != r["config_version"])), status
+
+
+@bp.post("/gateways")
+@login_required(roles=ADMIN)
+def register_gateway() -> Any:
+    form = {k: request.form.get(k, "").strip() for k in ("school", "building", "room", "gateway")}
+    try:
+        if not form["gateway"]:
+            raise ConfigError("gateway: an id is required, e.g. gw-101")
+        if not form["school"]:
+            raise ConfigError("school: required")
+        if not form["room"]:
+            raise ConfigError("room: required")
+        password = _reg().register_gateway(form["gateway"], form["school"], form["room"], form["building"])
+    except CampusError as exc:
+        audit("provision.gateway", f"register {form['gateway']!r} refused: {exc}", ok=False)
+        return _gateways_page(error=str(exc), form=form, status=400)
+    audit("provision.gateway", f"registered {form['gateway']} in {form['school']}/{form['room']}")
+    return _show_credentials(form["gateway"], password, new=True)
+
+
+def _show_credentials(gateway: str, password: str, *, new: bool) -> Response:
+    info = _reg().gateway_info(gateway)
+    text = prov.gateway_yaml(_reg(), gateway, _mqtt_url(), password)
+    resp = make_response(render_template("prov_registered.html", tab="gateways", gw=info, password=password,
+                                         yaml_text=text, new=new, mqtt_url=_mqtt_url()))
+    return _no_store(resp)
+
+
+@bp.get("/gateways/<gateway>")
+@login_required(roles=ADMIN)
+def gateway(gateway: str) -> Any:
+    return _gateway_page(gateway)
+
+
+def _gateway_page(gateway: str, error: str | None = None, form: dict[str, str] | None = None,
+                  status: int = 200) -> Any:
+    row = next((r for r in _gateway_rows() if r["id"] == gateway), None)
+    if row is None:
+        return render_template("error.html", status=404, message=f"no gateway {gateway!r}"), 404
+    return render_template("prov_gateway.html", tab="gateways", gw=row, profiles=_profiles(), address_form=ADDRESS_FORM,
+                           error=error, form=form or {}, mqtt_ready=_client() is not None), status
+
+
+def _address_from_form(protocol: str) -> dict[str, Any]:
+    raw = request.form.get("address_json", "").strip()
+    if raw:
+        try:
+            return prov.parse_mapping(raw, "address")
+        except ConfigError as exc:
+            raise ConfigError(f"field address (JSON): {exc}") from None
+    address: dict[str, Any] = {}
+    for name, kind, _hint in ADDRESS_FORM.get(protocol, []):
+        value = request.form.get(f"addr.{protocol}.{name}", "").strip()
+        if not value:
+            continue
+        if kind == "int" or (kind == "source" and value.isdigit()):
+            try:
+                address[name] = int(value)
+            except ValueError:
+                raise ConfigError(f"field address.{name}: must be a whole number, got {value!r}") from None
+        else:
+            address[name] = value
+    return address
+
+
+@bp.post("/gateways/<gateway>/devices")
+@login_required(roles=ADMIN)
+def add_device(gateway: str) -> Any:
+    from device_profiles import load_profile
+
+    form = {k: v for k, v in request.form.items() if k != "csrf"}
+    device_id = form.get("device", "").strip()
+    profile = form.get("profile", "").strip()
+    info = _reg().gateway_info(gateway)
+    if info is None:
+        return render_template("error.html", status=404, message=f"no gateway {gateway!r}"), 404
+    try:
+        if not device_id:
+            raise ConfigError("field device id: required, e.g. env or projector")
+        if not profile:
+            raise ConfigError("field profile: pick the device model")
+        try:
+            protocol = load_profile(profile).protocol
+        except CampusError as exc:
+            raise ConfigError(f"field profile: {exc}") from None
+        address = _address_from_form(protocol)
+        try:
+            options = prov.parse_mapping(form.get("options_json", ""), "options")
+        except ConfigError as exc:
+            raise ConfigError(f"field options: {exc}") from None
+        if any(d["id"] == device_id for d in info["devices"]) and not form.get("replace"):
+            raise ConfigError(f"field device id: {device_id!r} is already on {gateway}; tick 'replace' to change it")
+        _reg().add_device(gateway, device_id, profile, address, options)
+    except CampusError as exc:
+        audit("provision.device", f"add {gateway}/{device_id or '?'} refused: {exc}", ok=False)
+        return gateway_page_error(gateway, str(exc), form)
+    audit("provision.device", f"added {gateway}/{device_id} ({profile}) {json.dumps(address)}")
+    flash(f"Device {device_id} saved. Push the config to send it to the gateway.")
+    return redirect(url_for("provisioning.gateway", gateway=gateway))
+
+
+def gateway_page_error(gw: str, message: str, form: dict[str, str]) -> Any:
+    return _gateway_page(gw, error=message, form=form, status=400)
+
+
+@bp.post("/gateways/<gateway>/devices/<device>/remove")
+@login_required(roles=ADMIN)
+def remove_device(gateway: str, device: str) -> Any:
+    try:
+        _reg().remove_device(gateway, device)
+    except CampusError as exc:
+        audit("provision.device", f"remove {gateway}/{device} refused: {exc}", ok=False)
+        return gateway_page_error(gateway, str(exc), {})
+    audit("provision.device", f"removed {gateway}/{device}")
+    flash(f"Device {device} removed. Push the config to send the change to the gateway.")
+    return redirect(url_for("provisioning.gateway", gateway=gateway))
+
+
+def _push(gateway: str) -> int:
+    client = _client()
+    if client is None:
+        raise CampusError("this web app has no MQTT connection (start it with --mqtt) and cannot push")
+    return prov.push_config(_reg(), client, gateway, _who())
+
+
+@bp.post("/gateways/<gateway>/push")
+@login_required(roles=ADMIN)
+def push(gateway: str) -> Any:
+    try:
+        version = _push(gateway)
+    except CampusError as exc:
+        audit("provision.push", f"{gateway}: {exc}", ok=False)
+        return gateway_page_error(gateway, f"Push failed: {exc}", {})
+    audit("provision.push", f"{gateway} device list v{version} published (retained)")
+    flash(f"Device list v{version} pushed to {gateway}; it applies it as soon as it is connected.")
+    return redirect(request.form.get("back") or url_for("provisioning.gateway", gateway=gateway))
+
+
+@bp.post("/push")
+@login_required(roles=ADMIN)
+def push_all() -> Any:
+    done, failed = [], []
+    for row in _gateway_rows():
+        if row["pushed"] == row["config_version"] or row["applied"] == row["config_version"]:
+            continue
+        try:
+            done.append(f"{row['id']} v{_push(row['id'])}")
+        except CampusError as exc:
+            failed.append(f"{row['id']}: {exc}")
+            break  # the broker is likely down: one message is enough
+    audit("provision.push", f"pushed {', '.join(done) or 'nothing'}" + (f"; failed {failed[0]}" if failed else ""),
+          ok=not failed)
+    flash(f"Pushed {', '.join(done) or 'nothing (every gateway is up to date)'}."
+          + (f" Failed: {failed[0]}" if failed else ""))
+    return redirect(url_for("provisioning.gateways"))
+
+
+@bp.post("/gateways/<gateway>/password")
+@login_required(roles=ADMIN)
+def new_password(gateway: str) -> Any:
+    try:
+        password = prov.new_gateway_password(_reg(), gateway)
+    except CampusError as exc:
+        audit("provision.gateway", f"new password for {gateway} refused: {exc}", ok=False)
+        return gateway_page_error(gateway, str(exc), {})
+    audit("provision.gateway", f"new MQTT password for {gateway}")
+    return _show_credentials(gateway, password, new=False)
+
+
+@bp.get("/gateways/<gateway>/config.yaml")
+@login_required(roles=ADMIN)
+def config_yaml(gateway: str) -> Any:
+    try:
+        text = prov.gateway_yaml(_reg(), gateway, _mqtt_url())
+    except CampusError as exc:
+        return render_template("error.html", status=404, message=str(exc)), 404
+    return _download(text, f"{gateway}.yaml", "application/yaml")
+
+
+# ---------------------------------------------------------------- places
+
+
+@bp.route("/places", methods=["GET", "POST"])
+@login_required(roles=ADMIN)
+def places() -> Any:
+    error, status = None, 200
+    form = {k: request.form.get(k, "").strip() for k in ("what", "school", "name", "building", "room")}
+    if request.method == "POST":
+        try:
+            if form["what"] == "school":
+                if not form["school"]:
+                    raise ConfigError("school id: required, e.g. no1-middle")
+                prov.create_school(_reg(), form["school"], form["name"])
+                audit("provision.place", f"school {form['school']} ({form['name']})")
+                flash(f"School {form['school']} saved.")
+            else:
+                if not form["school"]:
+                    raise ConfigError("school: required")
+                _reg().ensure_room(form["school"], form["room"], form["building"])
+                audit("provision.place", f"room {form['school']}/{form['building']}/{form['room']}")
+                flash(f"Room {form['room']} saved.")
+            return redirect(url_for("provisioning.places"))
+        except CampusError as exc:
+            audit("provision.place", f"refused {form}: {exc}", ok=False)
+            error, status = str(exc), 400
+    return render_template("prov_places.html", tab="places", schools=prov.places(_reg()), error=error,
+                           form=form), status
+
+
+# ---------------------------------------------------------------- CSV import
+
+
+@bp.route("/import", methods=["GET", "POST"])
+@login_required(roles=ADMIN)
+def import_csv() -> Any:
+    report, filename = None, ""
+    if request.method == "POST":
+        upload = request.files.get("file")
+        data = upload.read() if upload else b""
+        filename = upload.filename if upload else ""
+        if not data:
+            data = request.form.get("text", "").encode()
+            filename = filename or "pasted text"
+        report = prov.import_csv(_reg(), data)
+        if report.ok:
+            audit("provision.import", f"{filename}: {report.rows} rows; {report.created}")
+        else:
+            audit("provision.import", f"{filename}: refused, {len(report.errors)} errors, first: {report.errors[0]}",
+                  ok=False)
+    columns = [("school", "required", "school id (letters, digits, - _ .), created if new"),
+               ("building", "", "building name; sets the room's building"),
+               ("room", "required", "room name, created if new"),
+               ("gateway", "", "gateway id; a new one is registered in this room and gets MQTT credentials"),
+               ("device", "", "device id on that gateway (added, or replaced if it exists)"),
+               ("profile", "with device", "device model: one of the profiles below"),
+               ("address", "with device", "JSON object or key=value; key=value"),
+               ("options", "", "driver options, same syntax")]
+    resp = make_response(render_template("prov_import.html", tab="import", report=report, filename=filename,
+                                         columns=columns, profiles=_profiles(), example=prov.EXAMPLE_CSV,
+                                         mqtt_url=_mqtt_url()), 200 if report is None or report.ok else 400)
+    return _no_store(resp) if report is not None and report.credentials else resp
+
+
+@bp.get("/import/example.csv")
+@login_required(roles=ADMIN)
+def example_csv() -> Any:
+    return _download(prov.EXAMPLE_CSV, "campus-import-example.csv", "text/csv")
+
+
+# ---------------------------------------------------------------- broker files
+
+
+@bp.route("/broker", methods=["GET", "POST"])
+@login_required(roles=ADMIN)
+def broker() -> Any:
+    target = _broker_dir()
+    written = None
+    error = None
+    if request.method == "POST":
+        try:
+            if request.form.get("action") == "write":
+                if not target:
+                    raise ConfigError("no broker config directory is configured "
+                                      "(set CAMPUS_BROKER_CONFIG_DIR for the web app); download the files instead")
+                files = broker_config.write(_reg(), target)
+                audit("provision.broker_config", f"wrote {target}: {len(files.gateways)} gateways")
+                written = {"dir": str(Path(target).resolve()), "gateways": len(files.gateways),
+                           "new_service": files.new_service_passwords}
+            else:
+                files = broker_config.render(_reg(), out_dir=Path(target or "/etc/mosquitto/campus"))
+                audit("provision.broker_config", f"downloaded: {len(files.gateways)} gateways")
+                return _download(broker_config.zip_bundle(files), "campus-broker.zip", "application/zip")
+        except CampusError as exc:
+            audit("provision.broker_config", str(exc), ok=False)
+            error = str(exc)
+    reg = _reg()
+    return render_template("prov_broker.html", tab="broker", target=target, written=written, error=error,
+                           gateways=len(reg.gateways()), accounts=broker_config.SERVICE_ACCOUNTS), \
+        400 if error else 200

@@ -1,0 +1,154 @@
+"""A school broker bridged to a district broker, with broker_config/bridge.conf.template
+as written: two real Mosquitto processes, both running the production
+broker_config/mosquitto.conf, the bridge over TLS with the generated CA and its own
+account. The agent talks to the school broker; ingest and the command service to the
+district broker. Telemetry arrives at the district once, through a district outage;
+commands go the other way, also while the school's link is down.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from campus.net import free_port
+from campus.urls import parse_mqtt_url
+from central.commands import CommandService
+from central.ledger import Ledger
+from tests.e2e import SimulatorsInThread
+from tests.servers import wait_until
+from tests.test_commands import projector, set_commands
+from tests.test_faults import assert_exactly_once
+from tests.tlsbrokers import (
+    BRIDGE_TEMPLATE,
+    ProductionMosquitto,
+    SplitClassroom,
+    make_ca,
+    password,
+    write_passwd,
+)
+
+pytestmark = pytest.mark.slow
+
+SCHOOL = "s1"
+
+# What the district's ACL must grant (README.md): ingest reads, the web app sends
+# commands, and the school's bridge stays inside campus/v1/s1/.
+DISTRICT_ACL = """user ingest
+topic read campus/v1/#
+
+user web
+topic write campus/v1/+/+/cmd/+
+
+user bridge-s1
+topic write campus/v1/s1/#
+topic read campus/v1/s1/+/cmd/+
+topic read campus/v1/s1/+/config
+"""
+SCHOOL_ACL = """user gw1
+topic readwrite campus/v1/s1/gw1/#
+"""
+
+
+@dataclass
+class Link:
+    pki: Path
+    school: ProductionMosquitto
+    district: ProductionMosquitto
+    passwords: dict[str, str]
+
+    def url(self, user: str) -> str:
+        """mqtts:// to the broker where `user` lives, verified against the generated CA."""
+        broker = self.school if user == "gw1" else self.district
+        return broker.url_for(user, self.passwords[user], self.pki / "ca.crt")
+
+    def bridge_up(self) -> bool:
+        """What the district's audit log last said about the bridge's session."""
+        lines = [ln for ln in self.district.audit().splitlines() if " bridge-s1 " in ln]
+        return bool(lines) and "New bridge connected" in lines[-1]
+
+
+@pytest.fixture
+def link(tmp_path: Path) -> Iterator[Link]:
+    pki = make_ca(tmp_path / "pki")  # one CA; the server certificate names 127.0.0.1
+    passwords = {user: password() for user in ("gw1", "ingest", "web", "bridge-s1")}
+    district_passwd = write_passwd(tmp_path / "district.passwd", {u: passwords[u] for u in ("ingest", "web",
+                                                                                              "bridge-s1")})
+    school_passwd = write_passwd(tmp_path / "school.passwd", {"gw1": passwords["gw1"]})
+    (tmp_path / "district.acl").write_text(DISTRICT_ACL)
+    (tmp_path / "school.acl").write_text(SCHOOL_ACL)
+    certs = {"cert": pki / "server.crt", "key": pki / "server.key", "ca": pki / "ca.crt"}
+    district = ProductionMosquitto(tmp_path / "district", passwd=district_passwd, acl=tmp_path / "district.acl",
+                                   **certs)
+    school = ProductionMosquitto(tmp_path / "school", passwd=school_passwd, acl=tmp_path / "school.acl", **certs)
+    (school.confd / f"bridge-{SCHOOL}.conf").write_text(BRIDGE_TEMPLATE.read_text().format(
+        school=SCHOOL, district_host="127.0.0.1", district_port=district.tls_port, district_ca=pki / "ca.crt",
+        bridge_user="bridge-s1", bridge_password=passwords["bridge-s1"]))
+    district.start()
+    school.start()
+    result = Link(pki, school, district, passwords)
+    try:
+        wait_until(result.bridge_up, 30, message="the bridge to connect")
+        yield result
+    finally:
+        school.stop()
+        district.stop()
+
+
+def test_telemetry_reaches_the_district_once_through_a_district_outage(tmp_path: Path, link: Link) -> None:
+    room = SplitClassroom(tmp_path, link.url("gw1"), link.url("ingest")).start()
+    try:
+        room.wait_stored_at_least(20, timeout=60)
+        link.district.kill()  # SIGKILL mid-stream: the bridge loses its link, the school broker queues
+        stored = room.stored_count()
+        outage_started = room.agent_outbox()["last_seq"]
+        time.sleep(8)  # the outage itself (not synchronisation)
+        during = room.agent_outbox()
+        assert during["last_seq"] > outage_started + 20, "the agent stopped sampling"
+        assert during["pending"] < 10, "the school broker should take the agent's messages while the district is away"
+        assert room.stored_count() == stored
+        link.district.start()
+        figures = room.quiesce_and_account(timeout=120)
+        assert figures["dropped"] == 0
+        assert_exactly_once(room, figures)  # every seq once, all 6 metrics of each sample
+        assert room.view.gateway("gw1")["online"], "the retained state crossed the bridge"
+        assert room.agent.alive() and room.ingest.alive()
+    finally:
+        room.stop()
+
+
+def test_commands_from_the_district_reach_the_school_agent(tmp_path: Path, link: Link) -> None:
+    room = SplitClassroom(tmp_path, link.url("gw1"), link.url("ingest"), poll_interval=0.3,
+                          devices=[projector(free_port())])
+    with SimulatorsInThread(room.config) as sims:
+        room.start(sim=False)
+        ledger = Ledger(str(room.db))
+        service = CommandService(parse_mqtt_url(link.url("web")), ledger)
+        service.start()
+        try:
+            wait_until(lambda: any(d["id"] == "proj" for d in ledger.gateway_devices()), 60,
+                       message="the district knows the projector")
+            done = service.send(SCHOOL, "gw1", "proj", "power_on", {}, by="district-admin", wait=20)
+            assert done["status"] == "done", done
+            assert set_commands(sims) == ["%1POWR 1"]
+
+            # The school's link goes down (its broker restarts): a command sent meanwhile
+            # waits in the bridge's persistent session at the district, then runs.
+            link.school.stop()
+            wait_until(lambda: not link.bridge_up(), 20, message="the district to see the bridge go")
+            queued = service.send(SCHOOL, "gw1", "proj", "mute", {}, by="district-admin", ttl=120, wait=0.5)
+            assert queued["status"] == "pending"
+            link.school.start()
+            wait_until(lambda: ledger.command(queued["id"])["status"] == "done", 90,
+                       message="the queued command to run once the link is back")
+            assert set_commands(sims) == ["%1POWR 1", "%1AVMT 31"]
+            audit = ledger.command(queued["id"])
+            assert audit["by"] == "district-admin" and audit["finished"] >= audit["created"]
+        finally:
+            service.stop()
+            room.stop()
+            ledger.close()

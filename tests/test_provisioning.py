@@ -1,0 +1,425 @@
+"""Provisioning pages through Flask's test client, with a real central database (SQLite).
+
+Admin only; gateways registered with credentials shown once; devices validated
+as the agent validates them (nothing saved on error); CSV import all or
+nothing with per-line errors; broker files written or downloaded; config push
+through a real Mosquitto, and the page's view of what each gateway applied.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import io
+import json
+import re
+import stat
+import threading
+import time
+import zipfile
+from html import unescape as html_unescape
+from pathlib import Path
+
+import paho.mqtt.client as paho
+import pytest
+import yaml
+from paho.mqtt.enums import CallbackAPIVersion
+
+from campus import contract
+from campus.contract import State
+from central import provisioning as prov
+from central.ledger import Ledger, Sequenced
+from dashboards import WebConfig, close_app, create_app
+from edge_agent.config import load_gateway_config
+
+PAGES = ["/provisioning/gateways", "/provisioning/places", "/provisioning/import", "/provisioning/broker",
+         "/provisioning/gateways/gw-101", "/provisioning/gateways/gw-101/config.yaml",
+         "/provisioning/import/example.csv"]
+
+
+def make_app(tmp_path: Path, mqtt_url: str | None = None):
+    db = str(tmp_path / "central.db")
+    app = create_app(WebConfig(store_url=f"sqlite:///{db}", db_path=db, mqtt_url=mqtt_url))
+    app.config["TESTING"] = True
+    reg = app.extensions["campus"]["registry"]
+    reg.register_gateway("gw-101", "s1", "101", "A")
+    reg.add_user("boss", "boss-password", "admin")
+    reg.add_user("fm", "fm-password", "facility")
+    reg.add_user("teach", "teach-password", "teacher", rooms=[("s1", "101")])
+    return app
+
+
+@pytest.fixture
+def app(tmp_path: Path):
+    app = make_app(tmp_path, None)
+    yield app
+    close_app(app)
+
+
+def csrf_of(html: str) -> str:
+    return re.search(r'name="csrf" value="([^"]+)"', html).group(1)
+
+
+def login(app, user: str, password: str):
+    client = app.test_client()
+    token = csrf_of(client.get("/login").get_data(as_text=True))
+    resp = client.post("/login", data={"csrf": token, "username": user, "password": password})
+    assert resp.status_code == 302, resp.get_data(as_text=True)
+    # Logging in starts a new session: its CSRF token is in every page's logout form.
+    client.csrf = csrf_of(client.get("/provisioning/gateways").get_data(as_text=True))
+    return client
+
+
+def post(client, path: str, **data):
+    return client.post(path, data={"csrf": client.csrf, **data})
+
+
+def mosquitto_hash_ok(digest: str, password: str) -> bool:
+    """Verify a `$7$` password_file hash the way Mosquitto does (PBKDF2-SHA512)."""
+    _, seven, iterations, salt, expected = digest.split("$")
+    assert seven == "7"
+    got = hashlib.pbkdf2_hmac("sha512", password.encode(), base64.b64decode(salt), int(iterations))
+    return hmac.compare_digest(base64.b64encode(got).decode(), expected)
+
+
+def stored_hash(app, gateway: str) -> str:
+    from central.registry import Gateway
+
+    with app.extensions["campus"]["registry"].session() as s:
+        return s.get(Gateway, gateway).mqtt_password_hash
+
+
+# ---------------------------------------------------------------- access
+
+
+def test_pages_are_for_admins_only(app) -> None:
+    anonymous = app.test_client()
+    others = [login(app, "fm", "fm-password"), login(app, "teach", "teach-password")]
+    admin = login(app, "boss", "boss-password")
+    for path in PAGES:
+        resp = anonymous.get(path)
+        assert resp.status_code == 302 and "/login" in resp.headers["Location"], path
+        for client in others:
+            assert client.get(path).status_code == 403, path
+        assert admin.get(path).status_code == 200, path
+    # Only admins see the menu entry.
+    assert "Provisioning" in admin.get("/provisioning/places").get_data(as_text=True)
+    assert ">Provisioning<" not in others[0].get("/").get_data(as_text=True)
+
+
+def test_writes_are_refused_to_other_roles_and_without_csrf(app) -> None:
+    reg = app.extensions["campus"]["registry"]
+    for user, password in (("fm", "fm-password"), ("teach", "teach-password")):
+        client = login(app, user, password)
+        assert post(client, "/provisioning/gateways", school="s1", room="102", gateway="gw-x").status_code == 403
+        assert post(client, "/provisioning/gateways/gw-101/devices", device="env",
+                    profile="env-6in1-modbus", **{"addr.modbus.host": "10.0.0.5"}).status_code == 403
+    admin = login(app, "boss", "boss-password")
+    no_csrf = admin.post("/provisioning/gateways", data={"school": "s1", "room": "102", "gateway": "gw-x"})
+    assert no_csrf.status_code == 403
+    assert reg.gateway_info("gw-x") is None
+    assert reg.gateway_info("gw-101")["devices"] == []
+    refusals = [a for a in reg.audit_trail() if a["action"] == "refused"]
+    assert len(refusals) >= 5
+
+
+# ---------------------------------------------------------------- gateways
+
+
+def test_register_gateway_shows_the_password_once(tmp_path: Path, mosquitto) -> None:
+    app = make_app(tmp_path, mosquitto.url)
+    try:
+        admin = login(app, "boss", "boss-password")
+        resp = post(admin, "/provisioning/gateways", school="s1", building="B", room="201", gateway="gw-201")
+        html = resp.get_data(as_text=True)
+        assert resp.status_code == 200, html
+        assert resp.headers["Cache-Control"] == "no-store"
+        password = re.search(r'id="mqtt-password">([^<]+)<', html).group(1)
+        assert mosquitto_hash_ok(stored_hash(app, "gw-201"), password)
+        assert "shown only this once" in html
+
+        # The YAML on the page is a config the agent accepts, with the app's broker and these credentials.
+        text = html_unescape(re.search(r'<textarea id="gw-yaml"[^>]*>(.*?)</textarea>', html, re.S).group(1))
+        path = tmp_path / "gw-201.yaml"
+        path.write_text(text)
+        config = load_gateway_config(path)
+        assert (config.school, config.gateway, config.room, config.building) == ("s1", "gw-201", "201", "B")
+        assert config.mqtt == f"mqtt://gw-s1-gw-201:{password}@127.0.0.1:{mosquitto.port}"
+        assert 'download="gw-201.yaml"' in html
+
+        # Never again: not on the list, the detail page, nor the config download.
+        for page in ("/provisioning/gateways", "/provisioning/gateways/gw-201",
+                     "/provisioning/gateways/gw-201/config.yaml"):
+            body = admin.get(page).get_data(as_text=True)
+            assert password not in body
+            assert "gw-201" in body
+        assert "CHANGE-ME" in admin.get("/provisioning/gateways/gw-201/config.yaml").get_data(as_text=True)
+
+        # A second registration of the same id is refused, and the first password still holds.
+        again = post(admin, "/provisioning/gateways", school="s1", room="201", gateway="gw-201")
+        assert again.status_code == 400 and "already registered" in again.get_data(as_text=True)
+        assert mosquitto_hash_ok(stored_hash(app, "gw-201"), password)
+
+        # A new password replaces the old one and is shown once too.
+        resp = post(admin, "/provisioning/gateways/gw-201/password")
+        new = re.search(r'id="mqtt-password">([^<]+)<', resp.get_data(as_text=True)).group(1)
+        assert new != password and mosquitto_hash_ok(stored_hash(app, "gw-201"), new)
+        actions = [a["action"] + " " + a["detail"] for a in app.extensions["campus"]["registry"].audit_trail()]
+        assert any("registered gw-201" in a for a in actions)
+        assert any("new MQTT password for gw-201" in a for a in actions)
+    finally:
+        close_app(app)
+
+
+def test_add_device_with_a_bad_address_names_the_field_and_saves_nothing(app) -> None:
+    reg = app.extensions["campus"]["registry"]
+    admin = login(app, "boss", "boss-password")
+    version = reg.gateway_info("gw-101")["config_version"]
+
+    bad = post(admin, "/provisioning/gateways/gw-101/devices", device="env", profile="env-6in1-modbus",
+               **{"addr.modbus.host": "10.0.0.5", "addr.modbus.port": "70000"})
+    html = bad.get_data(as_text=True)
+    assert bad.status_code == 400
+    assert "field address: port must be 1-65535, got 70000" in html
+    assert 'value="70000"' in html  # the form keeps what was typed
+    assert reg.gateway_info("gw-101")["devices"] == []
+    assert reg.gateway_info("gw-101")["config_version"] == version
+
+    # JSON address with a field the PJLink driver does not know.
+    bad = post(admin, "/provisioning/gateways/gw-101/devices", device="proj", profile="projector-pjlink",
+               address_json='{"host": "10.0.0.6", "prot": 4352}')
+    assert bad.status_code == 400 and "unknown address field &#39;prot&#39;" in bad.get_data(as_text=True)
+    bad = post(admin, "/provisioning/gateways/gw-101/devices", device="bad id!", profile="env-6in1-modbus",
+               **{"addr.modbus.host": "10.0.0.5"})
+    assert bad.status_code == 400 and "field id" in bad.get_data(as_text=True)
+    bad = post(admin, "/provisioning/gateways/gw-101/devices", device="x", profile="no-such-model")
+    assert bad.status_code == 400 and "field profile" in bad.get_data(as_text=True)
+    assert reg.gateway_info("gw-101")["devices"] == []
+
+    good = post(admin, "/provisioning/gateways/gw-101/devices", device="env", profile="env-6in1-modbus",
+                **{"addr.modbus.host": "10.0.0.5", "addr.modbus.port": "502", "addr.modbus.unit": "3",
+                   "addr.pjlink.host": "ignored: another protocol's field"})
+    assert good.status_code == 302
+    info = reg.gateway_info("gw-101")
+    assert info["devices"] == [{"id": "env", "profile": "env-6in1-modbus",
+                                "address": {"host": "10.0.0.5", "port": 502, "unit": 3}, "options": {}}]
+    assert info["config_version"] == version + 1
+    page = admin.get("/provisioning/gateways/gw-101").get_data(as_text=True)
+    assert "Device env saved" in page and 'data-device="env"' in page
+
+    dup = post(admin, "/provisioning/gateways/gw-101/devices", device="env", profile="env-6in1-modbus",
+               **{"addr.modbus.host": "10.0.0.9"})
+    assert dup.status_code == 400 and "already on gw-101" in dup.get_data(as_text=True)
+
+    assert post(admin, "/provisioning/gateways/gw-101/devices/env/remove").status_code == 302
+    assert reg.gateway_info("gw-101")["devices"] == []
+    trail = [(a["action"], a["ok"]) for a in reg.audit_trail()]
+    assert ("provision.device", False) in trail and ("provision.device", True) in trail
+
+
+def test_push_without_mqtt_is_a_clear_error(app) -> None:
+    admin = login(app, "boss", "boss-password")
+    resp = post(admin, "/provisioning/gateways/gw-101/push")
+    assert resp.status_code == 400
+    assert "no MQTT connection" in resp.get_data(as_text=True)
+
+
+# ---------------------------------------------------------------- CSV import
+
+
+GOOD_CSV = """\
+# rooms and devices of building A
+school,building,room,gateway,device,profile,address,options
+s2,A,A-101,gw-a101,env,env-6in1-modbus,host=10.1.1.21; port=502; unit=1,
+s2,A,A-101,gw-a101,projector,projector-pjlink2,"{""host"": ""10.1.1.22"", ""password"": ""1234""}",
+s2,A,A-101,gw-a101,display,display-samsung-mdc,serial=/dev/ttyUSB0; display_id=1,
+s2,A,A-102,gw-a102,cards,card-em4100,serial=/dev/ttyUSB1,
+s2,B,B-201,,,,,
+s1,,101,gw-101,env,env-6in1-modbus,host=10.0.0.5,{"timeout": 2}
+"""
+
+
+def upload(client, text: str | bytes, name: str = "rooms.csv"):
+    data = text.encode() if isinstance(text, str) else text
+    return client.post("/provisioning/import", data={"csrf": client.csrf, "file": (io.BytesIO(data), name)},
+                       content_type="multipart/form-data")
+
+
+def snapshot(app) -> tuple:
+    reg = app.extensions["campus"]["registry"]
+    return json.dumps(reg.gateways(), sort_keys=True), json.dumps(prov.places(reg), sort_keys=True)
+
+
+def test_csv_import_of_a_good_file_imports_everything(app) -> None:
+    reg = app.extensions["campus"]["registry"]
+    admin = login(app, "boss", "boss-password")
+    resp = upload(admin, GOOD_CSV)
+    html = resp.get_data(as_text=True)
+    assert resp.status_code == 200, html
+    assert "Imported 6 lines" in html
+    assert resp.headers["Cache-Control"] == "no-store"  # new gateways' passwords are on it
+    a101 = reg.gateway_info("gw-a101")
+    assert (a101["school"], a101["building"], a101["room"]) == ("s2", "A", "A-101")
+    assert {d["id"]: d["address"] for d in a101["devices"]} == {
+        "env": {"host": "10.1.1.21", "port": 502, "unit": 1},
+        "projector": {"host": "10.1.1.22", "password": "1234"},
+        "display": {"serial": "/dev/ttyUSB0", "display_id": 1}}
+    assert [d["id"] for d in reg.gateway_info("gw-a102")["devices"]] == ["cards"]
+    existing = reg.gateway_info("gw-101")
+    assert existing["devices"][0]["options"] == {"timeout": 2}
+    rooms = {(s["id"], r["building"], r["name"]) for s in prov.places(reg) for r in s["rooms"]}
+    assert {("s2", "A", "A-101"), ("s2", "A", "A-102"), ("s2", "B", "B-201")} <= rooms
+    # The new gateways' passwords are on the page once, and they match the stored hashes.
+    for gateway in ("gw-a101", "gw-a102"):
+        row = re.search(rf">{gateway}</a></td><td class=\"mono\">[^<]+</td>\s*<td><code class=\"secret\">([^<]+)<",
+                        html)
+        assert row and mosquitto_hash_ok(stored_hash(app, gateway), row.group(1))
+    assert "gw-101" not in re.findall(r">(gw-[^<]+)</a></td><td class=\"mono\">", html)  # existing: no new password
+    assert any(a["action"] == "provision.import" and a["ok"] for a in reg.audit_trail())
+
+
+def test_csv_import_with_one_bad_line_imports_nothing_and_names_it(app) -> None:
+    reg = app.extensions["campus"]["registry"]
+    admin = login(app, "boss", "boss-password")
+    before = snapshot(app)
+    bad = GOOD_CSV.replace("display_id=1", "display_id=999")  # line 5
+    resp = upload(admin, bad)
+    html = resp.get_data(as_text=True)
+    assert resp.status_code == 400
+    assert "Nothing imported: 1 problem" in html
+    rows = re.findall(r"<tr><td>(\d+)</td><td class=\"mono\">([^<]+)</td><td>([^<]+)</td></tr>", html)
+    assert rows == [("5", "address", "display_id must be a whole number 0-254, got 999")]
+    assert snapshot(app) == before
+    assert reg.gateway_info("gw-a101") is None
+    assert any(a["action"] == "provision.import" and not a["ok"] and "line 5" in a["detail"]
+               for a in reg.audit_trail())
+
+
+def test_csv_import_reports_every_problem_line_by_line(app) -> None:
+    admin = login(app, "boss", "boss-password")
+    before = snapshot(app)
+    text = (
+        "school,room,gateway,device,profile,address\n"
+        "s2,A-101,gw-a101,env,env-6in1-modbus,host=10.1.1.21\n"      # 2: fine
+        ",A-102,,,,\n"                                                # 3: school missing
+        "s2,A-103,gw-a101,env2,env-6in1-modbus,host=10.1.1.23\n"      # 4: gateway in another room
+        "s2,A-101,gw-a101,env,env-6in1-modbus,host=10.1.1.24\n"       # 5: device twice
+        "s2,A-104,gw-a104,proj,projector-pjlink,{\"host\": 1\n"       # 6: broken JSON
+        "s1,999,gw-101,env,env-6in1-modbus,host=10.0.0.5\n"           # 7: registered gateway, wrong room
+        "s2,A-105,gw-a105,cam,camera-occupancy,source=ftp://x/y\n"    # 8: camera URL scheme
+    )
+    resp = upload(admin, text)
+    rows = re.findall(r"<tr><td>(\d+)</td><td class=\"mono\">([^<]+)</td>", resp.get_data(as_text=True))
+    assert resp.status_code == 400
+    assert rows == [("3", "school"), ("4", "gateway"), ("5", "device"), ("6", "address"), ("7", "gateway"), ("8", "address")]
+    assert snapshot(app) == before
+
+    bad_header = upload(admin, "school,room,colour\ns2,1,red\n")
+    assert bad_header.status_code == 400 and "unknown column" in bad_header.get_data(as_text=True)
+    gbk = upload(admin, "school,building,room\ns2,教学楼,三年级一班\n".encode("gb18030"))
+    assert gbk.status_code == 200
+    reg = app.extensions["campus"]["registry"]
+    assert ("教学楼", "三年级一班") in {(r["building"], r["name"]) for s in prov.places(reg) for r in s["rooms"]}
+
+
+def test_places_create_school_and_room(app) -> None:
+    admin = login(app, "boss", "boss-password")
+    assert post(admin, "/provisioning/places", what="school", school="no1", name="第一中学").status_code == 302
+    assert post(admin, "/provisioning/places", what="room", school="no1", building="东楼", room="301").status_code == 302
+    bad = post(admin, "/provisioning/places", what="school", school="no 1")
+    assert bad.status_code == 400 and "not a valid id" in bad.get_data(as_text=True)
+    page = admin.get("/provisioning/places").get_data(as_text=True)
+    assert "第一中学" in page and "东楼" in page and "301" in page
+
+
+# ---------------------------------------------------------------- broker files
+
+
+def test_broker_files_written_to_the_configured_dir_or_downloaded(app, tmp_path: Path, monkeypatch) -> None:
+    admin = login(app, "boss", "boss-password")
+    assert 'disabled' in admin.get("/provisioning/broker").get_data(as_text=True)  # no directory configured
+    zipped = post(admin, "/provisioning/broker", action="download")
+    assert zipped.status_code == 200 and zipped.mimetype == "application/zip"
+    names = zipfile.ZipFile(io.BytesIO(zipped.data)).namelist()
+    assert sorted(names) == ["campus-broker/acl", "campus-broker/mosquitto.conf", "campus-broker/passwd",
+                             "campus-broker/service-accounts.txt"]
+
+    target = tmp_path / "broker"
+    monkeypatch.setenv("CAMPUS_BROKER_CONFIG_DIR", str(target))
+    resp = post(admin, "/provisioning/broker", action="write")
+    assert resp.status_code == 200 and 'id="written"' in resp.get_data(as_text=True)
+    assert stat.S_IMODE((target / "passwd").stat().st_mode) == 0o600
+    assert stat.S_IMODE((target / "service-accounts.txt").stat().st_mode) == 0o600
+    assert "user gw-s1-gw-101" in (target / "acl").read_text()
+    assert (target / "passwd").read_text().count("$7$") == 3  # gw-101, ingest, web
+    first = (target / "service-accounts.txt").read_text()
+    post(admin, "/provisioning/broker", action="write")
+    assert (target / "service-accounts.txt").read_text() == first  # service passwords are kept
+    assert any(a["action"] == "provision.broker_config" for a in app.extensions["campus"]["registry"].audit_trail())
+
+
+# ---------------------------------------------------------------- config push, real Mosquitto
+
+
+def test_push_publishes_the_retained_device_list_and_shows_versions(tmp_path: Path, mosquitto) -> None:
+    app = make_app(tmp_path, mosquitto.url)
+    try:
+        reg = app.extensions["campus"]["registry"]
+        service = app.extensions["campus"]["commands"]
+        assert service.connected.wait(10)
+        reg.add_device("gw-101", "env", "env-6in1-modbus", {"host": "10.0.0.5"})
+        wanted = reg.gateway_info("gw-101")["config_version"]
+        admin = login(app, "boss", "boss-password")
+        page = admin.get("/provisioning/gateways").get_data(as_text=True)
+        assert "not pushed yet" in page
+
+        assert post(admin, "/provisioning/gateways/gw-101/push").status_code == 302
+
+        # A new subscriber gets the retained device list from the broker.
+        got: list[bytes] = []
+        arrived = threading.Event()
+        sub = paho.Client(CallbackAPIVersion.VERSION2, client_id="test-reader")
+        sub.on_message = lambda c, u, m: (got.append(m.payload), arrived.set())
+        sub.connect("127.0.0.1", mosquitto.port)
+        sub.subscribe(contract.config_topic("s1", "gw-101"), qos=1)
+        sub.loop_start()
+        try:
+            assert arrived.wait(10)
+        finally:
+            sub.loop_stop()
+            sub.disconnect()
+        assert json.loads(got[0]) == {"version": wanted, "devices": [
+            {"id": "env", "profile": "env-6in1-modbus", "address": {"host": "10.0.0.5"}, "options": {}}]}
+        page = admin.get("/provisioning/gateways").get_data(as_text=True)
+        assert "waiting for the gateway" in page or "gateway offline" in page
+
+        # The agent's answers, as ingest records them in the ledger.
+        ledger = Ledger(str(tmp_path / "central.db"))
+        try:
+            ledger.record([Sequenced("s1", "gw-101", "agent", 1, time.time(), event=(
+                "config_rejected", {"version": wanted, "error": "v2: field devices.0.address: boom"}))],
+                [("s1", "gw-101", State(online=True, ts=time.time(), config_version=None, interval=5))], [])
+            page = admin.get("/provisioning/gateways/gw-101").get_data(as_text=True)
+            assert "refused" in page and "boom" in page
+            ledger.record([], [("s1", "gw-101", State(online=True, ts=time.time(), config_version=wanted,
+                                                      interval=5))], [])
+        finally:
+            ledger.close()
+        row = re.search(r'<tr data-gateway="gw-101">(.*?)</tr>', admin.get("/provisioning/gateways")
+                        .get_data(as_text=True), re.S).group(1)
+        assert "in sync" in row and "online" in row
+        assert any(a["action"] == "provision.push" and a["ok"] for a in reg.audit_trail())
+    finally:
+        close_app(app)
+
+
+def test_gateway_yaml_and_sync_status_helpers(app) -> None:
+    reg = app.extensions["campus"]["registry"]
+    text = prov.gateway_yaml(reg, "gw-101", None)
+    data = yaml.safe_load(text)
+    assert "config_version" not in data and data["mqtt"].startswith("mqtt://gw-s1-gw-101:CHANGE-ME@broker-host")
+    assert prov.sync_status(3, None, None, True, None) == ("warning", "not pushed yet")
+    assert prov.sync_status(3, 2, 2, True, None) == ("warning", "changes not pushed")
+    assert prov.sync_status(3, 3, 2, False, None)[0] == "offline"
+    assert prov.sync_status(3, 3, 3, True, None) == ("ok", "in sync")
