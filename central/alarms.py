@@ -1,0 +1,481 @@
+"""The alarm engine: rules a facility manager can tune, alarms raised and cleared by them.
+
+A rule (`AlarmRule` in the registry) has a kind from `RULE_KINDS` and its
+parameters (a CO2 limit, a temperature range, ...). `evaluate()` looks at
+what the ledger knows now (gateways online/last seen, device status, the
+latest value of every metric) and, per rule, gateway and device:
+
+* raises an `Alarm` when a condition starts: at most one open alarm per
+  (rule, gateway, device), however often evaluation runs;
+* clears it (`cleared_at`) when the condition ends, or when its rule is
+  disabled; values of a gateway or device that is offline are unknown, so
+  their metric alarms are held open (the offline alarm says why) rather
+  than cleared on stale data;
+* never touches acknowledgement: a manager acknowledges (who, when) an
+  alarm whether or not it has cleared, and clearing does not acknowledge.
+
+The rule logic is pure (`conditions()` over a `Snapshot`), so tests drive
+it with plain data; `AlarmMonitor` runs `evaluate()` every few seconds in a
+background thread of the web app.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import threading
+import time
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from sqlalchemy import select
+
+from campus import contract
+from central.registry import Alarm, AlarmRule, Building, Gateway, Registry, Room
+
+log = logging.getLogger(__name__)
+
+Key = tuple[int, str, str]  # (rule id, gateway, device); device "" for a gateway-wide alarm
+
+
+class RuleError(ValueError):
+    """A rule's parameters are not acceptable; the message says which and why, for people."""
+
+
+@dataclass(frozen=True)
+class Param:
+    name: str
+    label: str
+    unit: str
+    low: float
+    high: float
+    step: float = 1.0
+
+
+@dataclass(frozen=True)
+class RuleKind:
+    kind: str
+    label: str
+    description: str
+    params: tuple[Param, ...] = ()
+    # Metric rules judge values; values of an offline device are unknown, so their alarms are held.
+    uses_values: bool = True
+
+
+RULE_KINDS: dict[str, RuleKind] = {k.kind: k for k in (
+    RuleKind("co2_above", "CO2 too high", "Raised when a room's CO2 concentration is above the limit.",
+             (Param("ppm", "CO2 limit", "ppm", 400, 10000),)),
+    RuleKind("temperature_range", "Temperature out of range",
+             "Raised when a room's temperature is below the lowest or above the highest value.",
+             (Param("min", "Lowest", "°C", -30, 60, 0.5), Param("max", "Highest", "°C", -30, 60, 0.5))),
+    RuleKind("lamp_hours_above", "Projector lamp worn",
+             "Raised when a projector lamp has run longer than this: plan a lamp change.",
+             (Param("hours", "Lamp hours limit", "h", 1, 100000),)),
+    RuleKind("projector_error", "Projector error",
+             "Raised when a projector reports any error or warning (fan, lamp, temperature, cover, filter, other).",
+             ()),
+    RuleKind("offline_minutes", "Offline too long",
+             "Raised when a gateway, or a device on an online gateway, has been offline longer than this.",
+             (Param("minutes", "Offline for more than", "min", 1, 10080),), uses_values=False),
+)}
+
+FALLBACK_DEFAULTS: dict[str, dict[str, float]] = {
+    "co2_above": {"ppm": 1500},
+    "temperature_range": {"min": 16, "max": 30},
+    "lamp_hours_above": {"hours": 3000},
+    "projector_error": {},
+    "offline_minutes": {"minutes": 10},
+}
+
+
+def default_params() -> dict[str, dict[str, float]]:
+    """Defaults for new rules: the limits the shipped device profiles give, else sensible constants."""
+    out = {kind: dict(params) for kind, params in FALLBACK_DEFAULTS.items()}
+    try:
+        from device_profiles import load_profile
+
+        env = load_profile("env-6in1-modbus").health
+        out["co2_above"]["ppm"] = env.get("co2_ppm", {}).get("max", out["co2_above"]["ppm"])
+        temp = env.get("temperature_c", {})
+        out["temperature_range"] = {"min": temp.get("min", 16), "max": temp.get("max", 30)}
+        lamp = load_profile("projector-pjlink").health.get("lamp_hours", {})
+        out["lamp_hours_above"]["hours"] = lamp.get("max", out["lamp_hours_above"]["hours"])
+    except Exception:  # noqa: BLE001 - a broken profile must not stop alarms; the constants are fine
+        log.warning("alarm defaults: cannot read device profiles; using built-in values", exc_info=True)
+    return out
+
+
+# ---------------------------------------------------------------- parameters
+
+
+def _number(raw: Any, param: Param) -> float:
+    what = f"{param.label} ({param.unit})"
+    if isinstance(raw, bool) or raw is None or (isinstance(raw, str) and not raw.strip()):
+        raise RuleError(f"{what} must be a number")
+    try:
+        value = float(raw.strip().replace(",", ".")) if isinstance(raw, str) else float(raw)
+    except (TypeError, ValueError):
+        raise RuleError(f"{what} must be a number, got {str(raw)[:30]!r}") from None
+    if not math.isfinite(value):
+        raise RuleError(f"{what} must be a finite number")
+    if not param.low <= value <= param.high:
+        raise RuleError(f"{what} must be between {param.low:g} and {param.high:g}, got {value:g}")
+    return int(value) if value.is_integer() else value
+
+
+def validate_params(kind: str, raw: Mapping[str, Any]) -> dict[str, float]:
+    """Check and normalise a rule's parameters (numbers from a form or JSON); RuleError if wrong."""
+    spec = RULE_KINDS.get(kind)
+    if spec is None:
+        raise RuleError(f"unknown rule kind {kind!r}; kinds: {', '.join(RULE_KINDS)}")
+    params = {p.name: _number(raw.get(p.name), p) for p in spec.params}
+    if kind == "temperature_range" and params["min"] >= params["max"]:
+        raise RuleError(f"the lowest temperature ({params['min']:g} °C) must be below the highest "
+                        f"({params['max']:g} °C)")
+    return params
+
+
+# ---------------------------------------------------------------- rules in the registry
+
+
+@dataclass(frozen=True)
+class Rule:
+    id: int
+    kind: str
+    params: dict[str, Any]
+    enabled: bool
+
+    def as_dict(self) -> dict[str, Any]:
+        spec = RULE_KINDS.get(self.kind)
+        return {"id": self.id, "kind": self.kind, "label": spec.label if spec else self.kind,
+                "description": spec.description if spec else "", "params": dict(self.params),
+                "enabled": self.enabled}
+
+
+_seed_lock = threading.Lock()
+
+
+def ensure_default_rules(registry: Registry) -> list[Rule]:
+    """Every rule, oldest first; seeds one rule per kind that has none (first use, or a new kind)."""
+    with _seed_lock, registry.session() as s:
+        rows = list(s.scalars(select(AlarmRule).order_by(AlarmRule.id)))
+        have = {r.kind for r in rows}
+        missing = [k for k in RULE_KINDS if k not in have]
+        if missing:
+            defaults = default_params()
+            for kind in missing:
+                row = AlarmRule(kind=kind, params=defaults[kind], enabled=True)
+                s.add(row)
+                rows.append(row)
+            s.flush()
+        return [Rule(r.id, r.kind, dict(r.params or {}), bool(r.enabled)) for r in rows]
+
+
+def list_rules(registry: Registry) -> list[dict[str, Any]]:
+    return [r.as_dict() for r in ensure_default_rules(registry)]
+
+
+def update_rule(registry: Registry, rule_id: int, raw_params: Mapping[str, Any],
+                enabled: bool) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Validate and store new parameters; returns (before, after). RuleError/LookupError change nothing."""
+    with registry.session() as s:
+        row = s.get(AlarmRule, rule_id)
+        if row is None:
+            raise LookupError(f"no alarm rule {rule_id}")
+        params = validate_params(row.kind, raw_params)  # raises before anything is written
+        before = Rule(row.id, row.kind, dict(row.params or {}), bool(row.enabled)).as_dict()
+        row.params = params
+        row.enabled = enabled
+        return before, Rule(row.id, row.kind, params, enabled).as_dict()
+
+
+# ---------------------------------------------------------------- what the ledger knows
+
+
+@dataclass
+class Snapshot:
+    """Everything the rules look at, at one moment (plain data: tests build it by hand)."""
+    gateways: list[dict[str, Any]]                       # ledger: id, online, last_seen
+    devices: list[dict[str, Any]]                        # ledger: gateway, id, kind, status
+    latest: dict[tuple[str, str], dict[str, Any]]        # (gateway, device) -> {metric: value}
+    device_seen: dict[tuple[str, str], float] = field(default_factory=dict)  # newest sample per device
+    registered: dict[str, float] = field(default_factory=dict)  # registry gateway -> created
+
+    def offline_gateways(self) -> set[str]:
+        known = {g["id"] for g in self.gateways}
+        return {g["id"] for g in self.gateways if not g["online"]} | (set(self.registered) - known)
+
+    def offline_devices(self) -> set[tuple[str, str]]:
+        return {(d["gateway"], d["id"]) for d in self.devices if d["status"] == "offline"}
+
+
+def device_last_seen(ledger: Any) -> dict[tuple[str, str], float]:
+    """When each device last sent a value (the newest `latest` sample)."""
+    own = getattr(ledger, "device_last_seen", None)
+    if callable(own):
+        return own()
+    rows = ledger.db.execute("SELECT gateway, device, MAX(ts) FROM latest GROUP BY gateway, device")
+    return {(gw, dev): ts for gw, dev, ts in rows}
+
+
+def snapshot(registry: Registry, ledger: Any) -> Snapshot:
+    with registry.session() as s:
+        registered = {gid: created for gid, created in s.execute(select(Gateway.id, Gateway.created))}
+    return Snapshot(gateways=ledger.gateways(), devices=ledger.gateway_devices(), latest=ledger.latest(),
+                    device_seen=device_last_seen(ledger), registered=registered)
+
+
+# ---------------------------------------------------------------- the rules themselves
+
+
+@dataclass(frozen=True)
+class Condition:
+    rule_id: int
+    gateway: str
+    device: str
+    message: str
+    value: str
+
+    @property
+    def key(self) -> Key:
+        return (self.rule_id, self.gateway, self.device)
+
+
+def _num(value: Any) -> float | None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        return None
+    return float(value)
+
+
+def _bad_error_value(metric: str, value: Any) -> str | None:
+    """The error_* value if it is not `ok` (numbers are enum indexes from stores without strings)."""
+    if isinstance(value, str):
+        return None if value == "ok" else value
+    n = _num(value)
+    if n is None:
+        return None
+    enum = contract.metric_enum(metric) or ("ok",)
+    if n.is_integer() and 0 <= int(n) < len(enum):
+        return None if int(n) == 0 else enum[int(n)]
+    return f"{n:g}"
+
+
+def _minutes(seconds: float) -> str:
+    return f"{seconds / 60:.0f} min" if seconds < 5400 else f"{seconds / 3600:.1f} h"
+
+
+def conditions(rules: Iterable[Rule], snap: Snapshot, now: float) -> dict[Key, Condition]:
+    """Every alarm condition that holds now, by (rule, gateway, device). Pure."""
+    out: dict[Key, Condition] = {}
+    offline_gws = snap.offline_gateways()
+    offline_devs = snap.offline_devices()
+
+    def add(rule: Rule, gateway: str, device: str, message: str, value: str) -> None:
+        out[(rule.id, gateway, device)] = Condition(rule.id, gateway, device, message, value)
+
+    for rule in rules:
+        if not rule.enabled or rule.kind not in RULE_KINDS:
+            continue
+        p = rule.params
+        if rule.kind == "offline_minutes":
+            limit = float(p.get("minutes", 10)) * 60
+            ledger_ids = set()
+            for gw in snap.gateways:
+                ledger_ids.add(gw["id"])
+                if gw["online"]:
+                    continue
+                since = gw["last_seen"] or snap.registered.get(gw["id"])
+                if since is None or now - since >= limit:
+                    ago = f"last seen {_minutes(now - since)} ago" if gw["last_seen"] else "never reported"
+                    add(rule, gw["id"], "", f"Gateway offline for more than {p.get('minutes', 10):g} min ({ago})",
+                        _minutes(now - since) if since else "")
+            for gid, created in snap.registered.items():
+                if gid not in ledger_ids and now - created >= limit:
+                    add(rule, gid, "", f"Gateway has never reported (registered {_minutes(now - created)} ago)", "")
+            for dev in snap.devices:
+                key = (dev["gateway"], dev["id"])
+                if dev["status"] != "offline" or dev["gateway"] in offline_gws:
+                    continue  # an offline gateway's devices: the gateway alarm says it all
+                seen = snap.device_seen.get(key)
+                if seen is None or now - seen >= limit:
+                    ago = f"last value {_minutes(now - seen)} ago" if seen else "no value ever received"
+                    add(rule, dev["gateway"], dev["id"],
+                        f"Device offline for more than {p.get('minutes', 10):g} min ({ago})",
+                        _minutes(now - seen) if seen else "")
+            continue
+        for (gateway, device), values in sorted(snap.latest.items()):
+            if gateway in offline_gws or (gateway, device) in offline_devs:
+                continue  # stale values say nothing about now
+            if rule.kind == "co2_above":
+                v = _num(values.get("co2_ppm"))
+                if v is not None and v > float(p.get("ppm", 1500)):
+                    add(rule, gateway, device, f"CO2 {v:.0f} ppm is above the limit of {p.get('ppm', 1500):g} ppm",
+                        f"{v:.0f} ppm")
+            elif rule.kind == "temperature_range":
+                v = _num(values.get("temperature_c"))
+                lo, hi = float(p.get("min", 16)), float(p.get("max", 30))
+                if v is not None and v < lo:
+                    add(rule, gateway, device, f"Temperature {v:.1f} °C is below {lo:g} °C", f"{v:.1f} °C")
+                elif v is not None and v > hi:
+                    add(rule, gateway, device, f"Temperature {v:.1f} °C is above {hi:g} °C", f"{v:.1f} °C")
+            elif rule.kind == "lamp_hours_above":
+                v = _num(values.get("lamp_hours"))
+                if v is not None and v > float(p.get("hours", 3000)):
+                    add(rule, gateway, device, f"Projector lamp has run {v:.0f} h, past the limit of "
+                        f"{p.get('hours', 3000):g} h: plan a lamp change", f"{v:.0f} h")
+            elif rule.kind == "projector_error":
+                bad = {m: b for m, v in sorted(values.items()) if m.startswith("error_")
+                       and (b := _bad_error_value(m, v)) is not None}
+                if bad:
+                    text = ", ".join(f"{m.removeprefix('error_')} {b}" for m, b in bad.items())
+                    add(rule, gateway, device, f"Projector reports: {text}", text[:100])
+    return out
+
+
+def held_keys(rules: Iterable[Rule], snap: Snapshot) -> Callable[[Key], bool]:
+    """Whether an open alarm cannot be judged now (its values are stale: device or gateway offline)."""
+    value_rules = {r.id for r in rules if r.enabled and r.kind in RULE_KINDS and RULE_KINDS[r.kind].uses_values}
+    offline_gws, offline_devs = snap.offline_gateways(), snap.offline_devices()
+    return lambda key: key[0] in value_rules and (key[1] in offline_gws or (key[1], key[2]) in offline_devs)
+
+
+# ---------------------------------------------------------------- raising and clearing
+
+_evaluate_lock = threading.Lock()
+
+
+@dataclass
+class Outcome:
+    raised: list[int] = field(default_factory=list)
+    cleared: list[int] = field(default_factory=list)
+
+
+def evaluate(registry: Registry, ledger: Any, now: float | None = None,
+             snap: Snapshot | None = None) -> Outcome:
+    """Raise alarms whose condition started, clear those whose condition ended; returns the alarm ids."""
+    now = time.time() if now is None else now
+    with _evaluate_lock:
+        rules = ensure_default_rules(registry)
+        snap = snap or snapshot(registry, ledger)
+        active = conditions(rules, snap, now)
+        held = held_keys(rules, snap)
+        outcome = Outcome()
+        new: list[Alarm] = []
+        with registry.session() as s:
+            open_keys: set[Key] = set()
+            for alarm in s.scalars(select(Alarm).where(Alarm.cleared_at.is_(None)).order_by(Alarm.id)):
+                key = (alarm.rule_id, alarm.gateway, alarm.device)
+                if key in open_keys or (key not in active and not held(key)):
+                    alarm.cleared_at = now  # the condition ended (or a twin from a crashed writer)
+                    outcome.cleared.append(alarm.id)
+                else:
+                    open_keys.add(key)
+            for key, cond in active.items():
+                if key not in open_keys:
+                    alarm = Alarm(rule_id=cond.rule_id, gateway=cond.gateway, device=cond.device,
+                                  message=cond.message, value=cond.value, raised_at=now)
+                    s.add(alarm)
+                    new.append(alarm)
+            s.flush()
+            outcome.raised = [a.id for a in new]
+        for a in new:
+            log.info("alarm %s raised: %s/%s %s", a.id, a.gateway, a.device or "-", a.message)
+        return outcome
+
+
+def acknowledge(registry: Registry, alarm_id: int, user: str,
+                now: float | None = None) -> tuple[dict[str, Any], bool] | None:
+    """Record who acknowledged an alarm and when; (alarm, changed), or None if there is no such alarm.
+
+    Acknowledging twice keeps the first acknowledgement; a cleared alarm can still be acknowledged.
+    """
+    with registry.session() as s:
+        alarm = s.get(Alarm, alarm_id)
+        if alarm is None:
+            return None
+        changed = alarm.acked_at is None
+        if changed:
+            alarm.acked_by, alarm.acked_at = user, time.time() if now is None else now
+        s.flush()
+        return _alarm_dict(alarm, gateway_places(registry, s)), changed
+
+
+# ---------------------------------------------------------------- reading alarms
+
+
+def gateway_places(registry: Registry, s: Any = None) -> dict[str, dict[str, Any]]:
+    """Registry gateway -> school, building and room (names and ids)."""
+    def read(sess: Any) -> dict[str, dict[str, Any]]:
+        rows = sess.execute(select(Gateway.id, Gateway.school_id, Room.id, Room.name, Building.id, Building.name)
+                            .outerjoin(Room, Gateway.room_id == Room.id)
+                            .outerjoin(Building, Room.building_id == Building.id))
+        return {gid: {"school": school, "room_id": rid, "room": rname or "", "building_id": bid,
+                      "building": bname or ""} for gid, school, rid, rname, bid, bname in rows}
+    if s is not None:
+        return read(s)
+    with registry.session() as sess:
+        return read(sess)
+
+
+def _alarm_dict(a: Alarm, places: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
+    place = places.get(a.gateway, {})
+    kind = a.rule.kind if a.rule else ""
+    state = "cleared" if a.cleared_at is not None else ("acknowledged" if a.acked_at is not None else "active")
+    return {"id": a.id, "rule_id": a.rule_id, "kind": kind,
+            "label": RULE_KINDS[kind].label if kind in RULE_KINDS else kind,
+            "gateway": a.gateway, "device": a.device, "school": place.get("school", ""),
+            "building": place.get("building", ""), "room": place.get("room", ""),
+            "message": a.message, "value": a.value, "raised_at": a.raised_at, "acked_by": a.acked_by,
+            "acked_at": a.acked_at, "cleared_at": a.cleared_at, "state": state,
+            "active": a.cleared_at is None, "acknowledged": a.acked_at is not None}
+
+
+def list_alarms(registry: Registry, state: str = "open", limit: int = 200,
+                gateway: str | None = None) -> list[dict[str, Any]]:
+    """Alarms newest first: `open` (not cleared), `history` (cleared) or `all`."""
+    q = select(Alarm).order_by(Alarm.raised_at.desc(), Alarm.id.desc()).limit(limit)
+    if state == "open":
+        q = q.where(Alarm.cleared_at.is_(None))
+    elif state == "history":
+        q = q.where(Alarm.cleared_at.is_not(None))
+    elif state != "all":
+        raise ValueError(f"state must be open, history or all, got {state!r}")
+    if gateway:
+        q = q.where(Alarm.gateway == gateway)
+    with registry.session() as s:
+        places = gateway_places(registry, s)
+        return [_alarm_dict(a, places) for a in s.scalars(q)]
+
+
+# ---------------------------------------------------------------- background
+
+
+class AlarmMonitor:
+    """Evaluates the rules every `interval` seconds in a daemon thread until stop()."""
+
+    def __init__(self, registry: Registry, ledger: Any, interval: float = 5.0) -> None:
+        if interval <= 0:
+            raise ValueError("the alarm interval must be positive")
+        self.registry, self.ledger, self.interval = registry, ledger, interval
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="alarm-monitor", daemon=True)
+        self.runs = 0
+
+    def start(self) -> AlarmMonitor:
+        self._thread.start()
+        return self
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                evaluate(self.registry, self.ledger)
+                self.runs += 1
+            except Exception:  # noqa: BLE001 - a bad moment (database busy) must not end monitoring
+                log.exception("alarm evaluation failed; retrying in %.0f s", self.interval)
+            self._stop.wait(self.interval)
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join(timeout=self.interval + 30)

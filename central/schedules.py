@@ -1,0 +1,350 @@
+"""Schedules: e.g. every display and projector in a building off at 22:00 on school days.
+
+A `Schedule` (registry) names a local time `at` ("HH:MM"), the weekdays it
+runs on, an action (`power_off`, ...), the device kinds it applies to and
+its scope (a school, a building, or everywhere). `due()` says whether a
+schedule should run now: at or after its time on one of its days, not yet
+run for that occurrence, and no later than a grace window after it (a
+server that was down at 22:00 and back at 22:10 still runs it, once; one
+back the next morning does not switch anything off at 07:00).
+
+`run()` sends the action to every matching device through the
+`CommandService` (gateways from the registry, their devices from the
+ledger), waits a few seconds for the results and records a `ScheduleRun`
+with one result per device: `done`, `failed`, `rejected`, `expired`, or
+`pending` (no answer yet, e.g. the gateway is offline; the agent runs it if
+it returns before the command's deadline, never after), and `skipped` for a
+provisioned device that has never reported. `Scheduler` checks every few
+seconds in a daemon thread; it claims an occurrence in the database before
+running it, so two web processes never run the same one twice.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import threading
+import time
+from collections.abc import Callable, Mapping
+from datetime import datetime, timedelta
+from datetime import time as dtime
+from typing import Any
+
+from sqlalchemy import or_, select, update
+
+from central.registry import Building, Gateway, Registry, Room, Schedule, ScheduleRun, School
+
+log = logging.getLogger(__name__)
+
+DAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
+SCHOOL_DAYS = "mon,tue,wed,thu,fri"
+# Actions a schedule may send: those that need no parameters (the model has no params field).
+SCHEDULE_ACTIONS = ("power_off", "power_on", "mute", "unmute")
+SCHEDULE_KINDS = ("display", "projector")
+GRACE = timedelta(minutes=30)
+COMMAND_TTL_S = 15 * 60.0
+FINAL = ("done", "failed", "rejected", "expired")
+_HHMM = re.compile(r"^([01]\d|2[0-3]):([0-5]\d)$")
+
+
+class ScheduleError(ValueError):
+    """A schedule field is wrong; the message names the field, for people."""
+
+
+def parse_at(at: str) -> dtime:
+    m = _HHMM.match((at or "").strip())
+    if not m:
+        raise ScheduleError(f"time must be HH:MM (24 h), e.g. 22:00, got {str(at)[:20]!r}")
+    return dtime(int(m.group(1)), int(m.group(2)))
+
+
+def parse_days(days: str | None) -> tuple[int, ...]:
+    """Weekday numbers (Monday 0) of a "mon,tue,..." list."""
+    names = [d.strip().lower()[:3] for d in (days if days is not None else SCHOOL_DAYS).split(",") if d.strip()]
+    bad = [n for n in names if n not in DAYS]
+    if bad or not names:
+        raise ScheduleError(f"days must be some of {', '.join(DAYS)}" + (f"; got {bad[0]!r}" if bad else ""))
+    return tuple(sorted({DAYS.index(n) for n in names}))
+
+
+def occurrence(schedule: Any, now_local: datetime, grace: timedelta = GRACE) -> datetime | None:
+    """The occurrence of `schedule` to run now, if any (see the module docstring).
+
+    `now_local` is the local wall-clock time (naive or aware); `schedule.last_run` a unix time.
+    """
+    if schedule.enabled is False:
+        return None
+    try:
+        at, days = parse_at(schedule.at), parse_days(schedule.days)
+    except ScheduleError:
+        return None
+    # Today's occurrence, or yesterday's when the grace window crosses midnight (23:50 + 30 min).
+    for back in (0, 1):
+        day = (now_local - timedelta(days=back)).date()
+        if day.weekday() not in days:
+            continue
+        when = datetime.combine(day, at, tzinfo=now_local.tzinfo)
+        if when <= now_local <= when + grace:
+            if schedule.last_run is None or schedule.last_run < when.timestamp():
+                return when
+            return None
+    return None
+
+
+def due(schedule: Any, now_local: datetime, grace: timedelta = GRACE) -> bool:
+    return occurrence(schedule, now_local, grace) is not None
+
+
+def next_run(schedule: Any, now_local: datetime) -> datetime | None:
+    """When the schedule runs next (for the page), or None if it never will."""
+    if schedule.enabled is False:
+        return None
+    try:
+        at, days = parse_at(schedule.at), parse_days(schedule.days)
+    except ScheduleError:
+        return None
+    for ahead in range(8):
+        day = (now_local + timedelta(days=ahead)).date()
+        when = datetime.combine(day, at, tzinfo=now_local.tzinfo)
+        if day.weekday() in days and when > now_local:
+            return when
+    return None
+
+
+# ---------------------------------------------------------------- editing
+
+
+def validate(form: Mapping[str, Any], registry: Registry) -> dict[str, Any]:
+    """Check a schedule as typed in a form (or JSON); returns model fields or raises ScheduleError."""
+    name = str(form.get("name", "")).strip()
+    if not 1 <= len(name) <= 100:
+        raise ScheduleError("name needs 1 to 100 characters")
+    at = str(form.get("at", "")).strip()
+    parse_at(at)
+    days_raw = form.get("days", "")
+    days_list = days_raw if isinstance(days_raw, list) else str(days_raw).split(",")
+    days = ",".join(DAYS[i] for i in parse_days(",".join(str(d) for d in days_list)))
+    action = str(form.get("action", ""))
+    if action not in SCHEDULE_ACTIONS:
+        raise ScheduleError(f"action must be one of {', '.join(SCHEDULE_ACTIONS)}")
+    kinds_raw = form.get("kinds", "")
+    kinds_list = [k.strip() for k in (kinds_raw if isinstance(kinds_raw, list) else str(kinds_raw).split(","))
+                  if str(k).strip()]
+    if not kinds_list or any(k not in SCHEDULE_KINDS for k in kinds_list):
+        raise ScheduleError(f"devices must be some of {', '.join(SCHEDULE_KINDS)}")
+    kinds = ",".join(k for k in SCHEDULE_KINDS if k in kinds_list)
+    school = str(form.get("school_id") or "").strip() or None
+    building_raw = str(form.get("building_id") or "").strip()
+    building_id = None
+    with registry.session() as s:
+        if school is not None and s.get(School, school) is None:
+            raise ScheduleError(f"no school {school!r}")
+        if building_raw:
+            if not re.fullmatch(r"[0-9]{1,12}", building_raw):
+                raise ScheduleError("building must be one of the listed buildings")
+            b = s.get(Building, int(building_raw))
+            if b is None:
+                raise ScheduleError(f"no building {building_raw}")
+            if school is not None and b.school_id != school:
+                raise ScheduleError(f"building {b.name!r} is not in school {school!r}")
+            building_id, school = b.id, b.school_id
+    enabled = form.get("enabled", True)
+    if isinstance(enabled, str):
+        enabled = enabled.lower() in ("1", "on", "true", "yes")
+    return {"name": name, "at": at, "days": days, "action": action, "kinds": kinds, "school_id": school,
+            "building_id": building_id, "enabled": bool(enabled)}
+
+
+def schedule_dict(s: Schedule, places: Mapping[int, str] | None = None) -> dict[str, Any]:
+    scope = "every school"
+    if s.building_id is not None:
+        scope = f"building {places.get(s.building_id, s.building_id) if places else s.building_id}"
+        scope += f" ({s.school_id})" if s.school_id else ""
+    elif s.school_id:
+        scope = f"school {s.school_id}"
+    return {"id": s.id, "name": s.name, "school_id": s.school_id, "building_id": s.building_id, "at": s.at,
+            "days": s.days, "action": s.action, "kinds": s.kinds, "enabled": bool(s.enabled),
+            "last_run": s.last_run, "scope": scope}
+
+
+# ---------------------------------------------------------------- running
+
+
+def targets(schedule: Any, registry: Registry, ledger: Any) -> list[dict[str, Any]]:
+    """Every device the schedule applies to: registry gateways in scope, their devices of its kinds."""
+    kinds = {k.strip() for k in (schedule.kinds or "").split(",") if k.strip()}
+    with registry.session() as s:
+        q = select(Gateway.id, Gateway.school_id, Room.name, Room.building_id).outerjoin(
+            Room, Gateway.room_id == Room.id)
+        if schedule.school_id:
+            q = q.where(Gateway.school_id == schedule.school_id)
+        if schedule.building_id is not None:
+            q = q.where(Room.building_id == schedule.building_id)
+        gateways = {gid: {"school": school, "room": room or ""} for gid, school, room, _b in s.execute(q)}
+        provisioned = {(d.gateway_id, d.device_id): d.profile for gw in s.scalars(
+            select(Gateway).where(Gateway.id.in_(list(gateways)))) for d in gw.devices}
+    out: list[dict[str, Any]] = []
+    reported = set()
+    for dev in ledger.gateway_devices():
+        gw = gateways.get(dev["gateway"])
+        if gw is None:
+            continue
+        reported.add((dev["gateway"], dev["id"]))
+        if dev.get("kind") in kinds:
+            out.append({"gateway": dev["gateway"], "school": gw["school"], "room": gw["room"], "device": dev["id"],
+                        "kind": dev["kind"], "status": dev["status"]})
+    for (gid, device), profile in sorted(provisioned.items()):
+        if (gid, device) in reported:
+            continue
+        kind = _profile_kind(profile)
+        if kind in kinds:
+            out.append({"gateway": gid, "school": gateways[gid]["school"], "room": gateways[gid]["room"],
+                        "device": device, "kind": kind, "status": "never reported"})
+    return sorted(out, key=lambda t: (t["gateway"], t["device"]))
+
+
+def _profile_kind(profile: str) -> str:
+    try:
+        from device_profiles import load_profile
+
+        return load_profile(profile).kind
+    except Exception:  # noqa: BLE001 - an unknown profile: not a target
+        return ""
+
+
+def run(schedule: Any, registry: Registry, ledger: Any, service: Any, *, now: float | None = None,
+        wait: float = 5.0, publish_wait: float = 0.5, ttl: float = COMMAND_TTL_S,
+        by: str | None = None) -> dict[str, Any]:
+    """Send the schedule's action to every target, wait up to `wait` s for results, record a ScheduleRun."""
+    now = time.time() if now is None else now
+    who = by or f"schedule:{schedule.name}"
+    results: list[dict[str, Any]] = []
+    for t in targets(schedule, registry, ledger):
+        base = {"gateway": t["gateway"], "room": t["room"], "device": t["device"], "kind": t["kind"],
+                "action": schedule.action}
+        if t["status"] == "never reported":
+            results.append({**base, "status": "skipped", "detail": "provisioned, but the gateway has never "
+                            "reported this device", "command": None})
+            continue
+        if service is None:
+            results.append({**base, "status": "failed", "command": None,
+                            "detail": "this server has no MQTT connection (started without --mqtt)"})
+            continue
+        try:
+            # An offline gateway will not answer now: do not wait for it device after device.
+            record = service.send(t["school"], t["gateway"], t["device"], schedule.action, {}, by=who, ttl=ttl,
+                                  wait=publish_wait if t["status"] != "offline" else min(publish_wait, 0.05))
+        except Exception as exc:  # noqa: BLE001 - one device's failure is that device's result
+            results.append({**base, "status": "failed", "detail": f"not sent: {exc}", "command": None})
+            continue
+        results.append({**base, "status": record["status"], "detail": record.get("detail", ""),
+                        "command": record["id"], "offline": t["status"] == "offline",
+                        "deadline": record.get("deadline")})
+    # Wait for the answers together: a building's worth of devices costs one wait, not one each.
+    deadline = time.monotonic() + wait
+    while any(r["status"] == "pending" for r in results) and time.monotonic() < deadline:
+        _refresh(results, ledger)
+        if any(r["status"] == "pending" for r in results):
+            time.sleep(0.1)
+    _refresh(results, ledger)
+    for r in results:
+        if r["status"] == "pending":
+            r["detail"] = ("gateway offline: " if r.pop("offline", False) else "no answer yet: ") + \
+                f"it runs if the gateway gets it within {ttl / 60:.0f} min"
+        r.pop("offline", None)
+        r.pop("deadline", None)
+    with registry.session() as s:
+        row = s.get(Schedule, schedule.id)
+        if row is not None and (row.last_run is None or row.last_run < now):
+            row.last_run = now
+        run_row = ScheduleRun(schedule_id=schedule.id, ran_at=now, results=results)
+        s.add(run_row)
+        s.flush()
+        run_id = run_row.id
+    if by is None:  # a person's "run now" is audited by the web app, with their address
+        registry.audit("scheduler", "schedule_run",
+                       f"{schedule.name} ({schedule.action}): {summarise(results) or 'no matching devices'}")
+    return {"id": run_id, "schedule_id": schedule.id, "ran_at": now, "results": results}
+
+
+def _refresh(results: list[dict[str, Any]], ledger: Any) -> None:
+    for r in results:
+        if r["status"] == "pending" and r.get("command"):
+            record = ledger.command(r["command"])
+            if record and record["status"] != "pending":
+                r["status"], r["detail"] = record["status"], record["detail"]
+
+
+def summarise(results: list[dict[str, Any]]) -> str:
+    counts: dict[str, int] = {}
+    for r in results:
+        counts[r["status"]] = counts.get(r["status"], 0) + 1
+    return ", ".join(f"{n} {status}" for status, n in sorted(counts.items()))
+
+
+def claim(registry: Registry, schedule_id: int, when: datetime, now: float) -> bool:
+    """Atomically mark an occurrence as taken; False if someone (another process) already ran it."""
+    with registry.session() as s:
+        result = s.execute(update(Schedule).where(Schedule.id == schedule_id, Schedule.enabled.is_(True),
+                                                  or_(Schedule.last_run.is_(None),
+                                                      Schedule.last_run < when.timestamp()))
+                           .values(last_run=now))
+        return result.rowcount == 1
+
+
+def runs(registry: Registry, schedule_id: int | None = None, limit: int = 50) -> list[dict[str, Any]]:
+    q = select(ScheduleRun).order_by(ScheduleRun.ran_at.desc(), ScheduleRun.id.desc()).limit(limit)
+    if schedule_id is not None:
+        q = q.where(ScheduleRun.schedule_id == schedule_id)
+    with registry.session() as s:
+        return [{"id": r.id, "schedule_id": r.schedule_id, "ran_at": r.ran_at, "results": list(r.results or [])}
+                for r in s.scalars(q)]
+
+
+class Scheduler:
+    """Runs due schedules; checks every `interval` seconds in a daemon thread until stop()."""
+
+    def __init__(self, registry: Registry, ledger: Any, service: Any | Callable[[], Any], interval: float = 20.0,
+                 grace: timedelta = GRACE, wait: float = 5.0) -> None:
+        if interval <= 0:
+            raise ValueError("the schedule interval must be positive")
+        self.registry, self.ledger, self.interval, self.grace, self.wait = registry, ledger, interval, grace, wait
+        self._service = service
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="scheduler", daemon=True)
+
+    @property
+    def service(self) -> Any:
+        return self._service() if callable(self._service) and not hasattr(self._service, "send") else self._service
+
+    def tick(self, now_local: datetime | None = None) -> list[dict[str, Any]]:
+        """Run every due schedule once; returns the runs made."""
+        now_local = now_local or datetime.now().astimezone()
+        now = now_local.timestamp()
+        with self.registry.session() as s:
+            schedules = list(s.scalars(select(Schedule).where(Schedule.enabled.is_(True)).order_by(Schedule.id)))
+        done = []
+        for sched in schedules:
+            when = occurrence(sched, now_local, self.grace)
+            if when is None or not claim(self.registry, sched.id, when, now):
+                continue
+            log.info("schedule %r (%s at %s) runs", sched.name, sched.action, sched.at)
+            done.append(run(sched, self.registry, self.ledger, self.service, now=now, wait=self.wait))
+        return done
+
+    def start(self) -> Scheduler:
+        self._thread.start()
+        return self
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self.tick()
+            except Exception:  # noqa: BLE001 - try again next time
+                log.exception("schedule check failed; retrying in %.0f s", self.interval)
+            self._stop.wait(self.interval)
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join(timeout=self.interval + 60)

@@ -1,0 +1,641 @@
+"""Equipment health, for facility managers (and admins): board, alarms, thresholds, history, usage, schedules.
+
+Pages under /health (roles `facility` and `admin`; teachers get 403,
+anonymous users the login page):
+
+* `/health/` the board: every room with its gateway online/offline, each
+  device's status and last value time, its open alarms; filters by school,
+  building and problem (offline, fault, alarm). Polls /api/board.
+* `/health/alarms` open alarms and history; Acknowledge records who and when
+  (POST with the CSRF token). Polls /api/alarms, so new alarms appear by themselves.
+* `/health/thresholds` the alarm rules' limits, validated, every change audited.
+* `/health/rooms/<gateway>` history charts (environment, occupancy, equipment
+  power) over 1 h / 24 h / 7 d, drawn as inline SVG from /api/telemetry.
+* `/health/usage` projector and display on-hours per room per week, and
+  hours on at night (22:00-06:00, local time): displays left on.
+* `/health/schedules` timed actions (e.g. everything off at 22:00 on school
+  days) and the per-device results of each run.
+
+JSON: `GET /api/alarms`, `POST /api/alarms/<id>/ack`, `GET /api/board`.
+`register(app)` also starts the alarm monitor and the scheduler threads
+(intervals: `CAMPUS_ALARM_INTERVAL`, `CAMPUS_SCHEDULE_INTERVAL` seconds in
+the environment; 0 turns one off) and stops them when the app closes.
+"""
+
+from __future__ import annotations
+
+import bisect
+import logging
+import os
+import re
+import time
+from collections.abc import Iterable, Iterator
+from datetime import date, datetime, timedelta
+from typing import Any
+
+from flask import Blueprint, Flask, abort, flash, g, jsonify, redirect, render_template, request, url_for
+from sqlalchemy import select
+
+from campus import contract
+from central import alarms as alarm_engine
+from central import schedules as sched
+from central.registry import Building, Device, Schedule, School
+from dashboards.auth import add_nav, audit, campus, login_required
+
+log = logging.getLogger(__name__)
+
+bp = Blueprint("health", __name__)
+
+STAFF = ("admin", "facility")
+PROBLEMS = ("offline", "fault", "alarm")
+WINDOWS = {"1h": 3600, "24h": 24 * 3600, "7d": 7 * 24 * 3600}
+# Power samples further apart than this do not count as "on" in between (the gateway was silent).
+MAX_SAMPLE_GAP_S = 15 * 60
+NIGHT = (22, 6)  # hours: on between 22:00 and 06:00 counts as "left on"
+POWER_KINDS = ("projector", "display")
+ENV_METRICS = (("temperature_c", "Temperature", "°C"), ("co2_ppm", "CO2", "ppm"),
+               ("humidity_pct", "Humidity", "%RH"), ("pm25_ugm3", "PM2.5", "µg/m³"),
+               ("noise_dba", "Noise", "dB(A)"), ("illuminance_lux", "Light", "lx"))
+
+
+def register(app: Flask) -> None:
+    """Blueprint, top-bar links, and the background alarm monitor and scheduler."""
+    app.register_blueprint(bp)
+    add_nav(app, "Equipment", "health.board", STAFF)
+    add_nav(app, "Alarms", "health.alarms", STAFF)
+    ext = app.extensions["campus"]
+    hooks = ext.setdefault("on_close", [])
+    alarm_s = _interval(ext, "alarm_interval", "CAMPUS_ALARM_INTERVAL", 5.0)
+    if alarm_s > 0:
+        monitor = alarm_engine.AlarmMonitor(ext["registry"], ext["ledger"], alarm_s).start()
+        ext["alarm_monitor"] = monitor
+        hooks.append(monitor.stop)
+    sched_s = _interval(ext, "schedule_interval", "CAMPUS_SCHEDULE_INTERVAL", 20.0)
+    if sched_s > 0:
+        scheduler = sched.Scheduler(ext["registry"], ext["ledger"], lambda: ext["commands"], sched_s).start()
+        ext["scheduler"] = scheduler
+        hooks.append(scheduler.stop)
+
+
+def _interval(ext: dict[str, Any], attr: str, env: str, default: float) -> float:
+    value = getattr(ext.get("config"), attr, None)
+    if value is None:
+        raw = os.environ.get(env, "")
+        try:
+            value = float(raw) if raw.strip() else default
+        except ValueError:
+            log.warning("%s=%r is not a number of seconds; using %s", env, raw, default)
+            value = default
+    return max(0.0, float(value))
+
+
+@bp.app_template_filter("health_time")
+def _fmt_time(ts: float | None, fmt: str = "%a %d %b %H:%M:%S") -> str:
+    return datetime.fromtimestamp(ts).strftime(fmt) if ts else "—"
+
+
+def _id(raw: str | None) -> int | None:
+    """A database id typed in a URL or form: plain ASCII digits, small enough for the database."""
+    return int(raw) if raw and re.fullmatch(r"[0-9]{1,12}", raw) else None
+
+
+def _json_error(status: int, message: str) -> Any:
+    return jsonify({"error": message}), status
+
+
+# ---------------------------------------------------------------- the board
+
+
+def _places_and_filters() -> tuple[dict[str, dict[str, Any]], list[str], list[dict[str, Any]]]:
+    reg = campus()["registry"]
+    places = alarm_engine.gateway_places(reg)
+    with reg.session() as s:
+        schools = list(s.scalars(select(School.id).order_by(School.id)))
+        buildings = [{"id": b.id, "school": b.school_id, "name": b.name}
+                     for b in s.scalars(select(Building).order_by(Building.school_id, Building.name))]
+    return places, schools, buildings
+
+
+def _room_sort_key(room: dict[str, Any]) -> tuple[Any, ...]:
+    name = room["room"] or ""
+    return (room["school"], room["building"], (0, int(name), "") if _id(name) is not None else (1, 0, name),
+            room["gateway"])
+
+
+def board_data(school: str | None = None, building: int | None = None,
+               problem: str | None = None) -> dict[str, Any]:
+    """Every room (gateway) with its devices, status, last seen and open alarms, filtered."""
+    ext = campus()
+    reg, ledger = ext["registry"], ext["ledger"]
+    places, _schools, _buildings = _places_and_filters()
+    gateways = {gw["id"]: gw for gw in ledger.gateways()}
+    latest = ledger.latest()
+    seen = alarm_engine.device_last_seen(ledger)
+    devices: dict[str, list[dict[str, Any]]] = {}
+    for dev in ledger.gateway_devices():
+        key = (dev["gateway"], dev["id"])
+        devices.setdefault(dev["gateway"], []).append(
+            {"id": dev["id"], "kind": dev["kind"], "profile": dev["profile"], "status": dev["status"],
+             "last_seen": seen.get(key), "latest": latest.get(key, {})})
+    with reg.session() as s:
+        for d in s.scalars(select(Device)):
+            mine = devices.setdefault(d.gateway_id, [])
+            if not any(x["id"] == d.device_id for x in mine):
+                mine.append({"id": d.device_id, "kind": sched._profile_kind(d.profile), "profile": d.profile,
+                             "status": "never reported", "last_seen": None, "latest": {}})
+    open_alarms: dict[str, list[dict[str, Any]]] = {}
+    for a in alarm_engine.list_alarms(reg, "open", limit=2000):
+        open_alarms.setdefault(a["gateway"], []).append(
+            {"id": a["id"], "device": a["device"], "message": a["message"], "label": a["label"],
+             "state": a["state"], "acked_by": a["acked_by"], "raised_at": a["raised_at"]})
+    rooms = []
+    for gid in sorted(set(places) | set(gateways)):
+        place, gw = places.get(gid, {}), gateways.get(gid)
+        devs = sorted(devices.get(gid, []), key=lambda d: d["id"])
+        online = bool(gw and gw["online"])
+        problems = []
+        if not online or any(d["status"] in ("offline", "never reported") for d in devs):
+            problems.append("offline")
+        if any(d["status"] == "fault" for d in devs):
+            problems.append("fault")
+        if open_alarms.get(gid):
+            problems.append("alarm")
+        rooms.append({"gateway": gid, "school": place.get("school") or (gw or {}).get("school", ""),
+                      "building": place.get("building", ""), "building_id": place.get("building_id"),
+                      "room": place.get("room") or (gw or {}).get("room", ""), "online": online,
+                      "last_seen": gw["last_seen"] if gw else None, "reported": gw is not None,
+                      "registered": gid in places, "problems": problems, "devices": devs,
+                      "alarms": open_alarms.get(gid, [])})
+    rooms.sort(key=_room_sort_key)
+    counts = {p: sum(1 for r in rooms if p in r["problems"]) for p in PROBLEMS}
+    counts["rooms"] = len(rooms)
+    counts["unacked"] = sum(1 for alist in open_alarms.values() for a in alist if a["state"] == "active")
+    if school:
+        rooms = [r for r in rooms if r["school"] == school]
+    if building is not None:
+        rooms = [r for r in rooms if r["building_id"] == building]
+    if problem == "any":
+        rooms = [r for r in rooms if r["problems"]]
+    elif problem:
+        rooms = [r for r in rooms if problem in r["problems"]]
+    return {"now": time.time(), "rooms": rooms, "counts": counts}
+
+
+def _filters(args: Any) -> tuple[str | None, int | None, str | None]:
+    school = args.get("school") or None
+    raw_building = args.get("building") or ""
+    if raw_building and _id(raw_building) is None:
+        raise ValueError("building must be a building id")
+    problem = args.get("problem") or None
+    if problem not in (None, "any", *PROBLEMS):
+        raise ValueError(f"problem must be one of any, {', '.join(PROBLEMS)}")
+    return school, _id(raw_building), problem
+
+
+@bp.get("/health/")
+@login_required(roles=STAFF)
+def board() -> Any:
+    _places, schools, buildings = _places_and_filters()
+    try:
+        school, building, problem = _filters(request.args)
+    except ValueError as exc:
+        return render_template("error.html", status=400, message=str(exc)), 400
+    return render_template("health_board.html", schools=schools, buildings=buildings, school=school,
+                           building=building, problem=problem, problems=PROBLEMS, tab="board")
+
+
+@bp.get("/api/board")
+@login_required(roles=STAFF)
+def api_board() -> Any:
+    try:
+        school, building, problem = _filters(request.args)
+    except ValueError as exc:
+        return _json_error(400, str(exc))
+    return jsonify(board_data(school, building, problem))
+
+
+# ---------------------------------------------------------------- alarms
+
+
+@bp.get("/health/alarms")
+@login_required(roles=STAFF)
+def alarms() -> Any:
+    return render_template("health_alarms.html", tab="alarms")
+
+
+@bp.get("/api/alarms")
+@login_required(roles=STAFF)
+def api_alarms() -> Any:
+    state = request.args.get("state", "open")
+    if state not in ("open", "history", "all"):
+        return _json_error(400, "state must be open, history or all")
+    raw_limit = request.args.get("limit", "200")
+    limit = _id(raw_limit)
+    if limit is None or not 1 <= limit <= 2000:
+        return _json_error(400, "limit must be a whole number from 1 to 2000")
+    gateway = request.args.get("gateway") or None
+    return jsonify(alarm_engine.list_alarms(campus()["registry"], state, limit, gateway))
+
+
+def _ack(raw_id: str) -> tuple[dict[str, Any] | None, str]:
+    alarm_id = _id(raw_id)
+    if alarm_id is None:
+        return None, "no such alarm"
+    result = alarm_engine.acknowledge(campus()["registry"], alarm_id, g.user["user"])
+    if result is None:
+        return None, f"no alarm {raw_id}"
+    alarm, changed = result
+    if changed:
+        audit("alarm_ack", f"alarm {alarm['id']} {alarm['gateway']}/{alarm['device'] or '-'}: {alarm['message']}")
+    return alarm, ""
+
+
+@bp.post("/api/alarms/<aid>/ack")
+@login_required(roles=STAFF)
+def api_ack(aid: str) -> Any:
+    alarm, problem = _ack(aid)
+    if alarm is None:
+        return _json_error(404, problem)
+    return jsonify(alarm)
+
+
+@bp.post("/health/alarms/<aid>/ack")
+@login_required(roles=STAFF)
+def ack(aid: str) -> Any:
+    """The same for a plain form (no script): acknowledge, then back to the alarms page."""
+    alarm, problem = _ack(aid)
+    if alarm is None:
+        return render_template("error.html", status=404, message=problem), 404
+    flash(f"Alarm acknowledged by {alarm['acked_by']}.")
+    return redirect(url_for("health.alarms"))
+
+
+# ---------------------------------------------------------------- thresholds
+
+
+@bp.route("/health/thresholds", methods=["GET", "POST"])
+@login_required(roles=STAFF)
+def thresholds() -> Any:
+    reg = campus()["registry"]
+    errors: dict[int, str] = {}
+    typed: dict[int, dict[str, Any]] = {}
+    status = 200
+    if request.method == "POST":
+        raw_id = request.form.get("rule_id", "")
+        rule_id = _id(raw_id) or -1
+        spec = next((r for r in alarm_engine.list_rules(reg) if r["id"] == rule_id), None)
+        if spec is None:
+            abort(404, "no such alarm rule")
+        enabled = request.form.get("enabled") == "on"
+        params = {p.name: request.form.get(p.name, "") for p in alarm_engine.RULE_KINDS[spec["kind"]].params}
+        try:
+            before, after = alarm_engine.update_rule(reg, rule_id, params, enabled)
+        except alarm_engine.RuleError as exc:
+            errors[rule_id] = str(exc)
+            typed[rule_id] = {**params, "enabled": enabled}
+            audit("alarm_rule", f"refused {spec['kind']} #{rule_id} {params}: {exc}", ok=False)
+            status = 400
+        else:
+            if before != after:
+                audit("alarm_rule", f"{after['kind']} #{rule_id}: {before['params']} enabled={before['enabled']}"
+                      f" -> {after['params']} enabled={after['enabled']}")
+                flash(f"Saved: {after['label']}.")
+            return redirect(url_for("health.thresholds"))
+    rules = alarm_engine.list_rules(reg)
+    for r in rules:
+        r["specs"] = alarm_engine.RULE_KINDS[r["kind"]].params if r["kind"] in alarm_engine.RULE_KINDS else ()
+    return render_template("health_thresholds.html", rules=rules, errors=errors, typed=typed,
+                           tab="thresholds"), status
+
+
+# ---------------------------------------------------------------- history charts
+
+
+@bp.get("/health/rooms/<gateway>")
+@login_required(roles=STAFF)
+def room(gateway: str) -> Any:
+    window = request.args.get("window", "24h")
+    if window not in WINDOWS:
+        return render_template("error.html", status=400, message="window must be 1h, 24h or 7d"), 400
+    data = board_data()
+    info = next((r for r in data["rooms"] if r["gateway"] == gateway), None)
+    if info is None:
+        return render_template("error.html", status=404, message=f"no gateway {gateway!r}"), 404
+    rules = {r["kind"]: r for r in alarm_engine.list_rules(campus()["registry"]) if r["enabled"]}
+    series: list[dict[str, Any]] = []
+    kinds = {d["id"]: d["kind"] for d in info["devices"]}
+    for dev, kind in sorted(kinds.items()):
+        if kind == "environment":
+            for metric, label, unit in ENV_METRICS:
+                limits: list[dict[str, Any]] = []
+                if metric == "co2_ppm" and "co2_above" in rules:
+                    limits = [{"value": rules["co2_above"]["params"]["ppm"], "label": "alarm limit"}]
+                if metric == "temperature_c" and "temperature_range" in rules:
+                    p = rules["temperature_range"]["params"]
+                    limits = [{"value": p["min"], "label": "lowest"}, {"value": p["max"], "label": "highest"}]
+                series.append({"group": "Environment", "device": dev, "metric": metric, "label": label,
+                               "unit": unit, "type": "line", "limits": limits})
+        elif kind == "camera":
+            series.append({"group": "Occupancy", "device": dev, "metric": "people_count", "label": "People",
+                           "unit": "people", "type": "line", "limits": []})
+        elif kind in POWER_KINDS:
+            series.append({"group": "Equipment power", "device": dev, "metric": "power",
+                           "label": kind.capitalize(), "unit": "", "type": "state", "limits": []})
+    order = ("Environment", "Occupancy", "Equipment power")
+    series.sort(key=lambda s: order.index(s["group"]))  # stable: devices keep their order within a group
+    return render_template("health_room.html", room=info, window=window, windows=list(WINDOWS),
+                           seconds=WINDOWS[window], series=series, max_gap=MAX_SAMPLE_GAP_S, tab="board")
+
+
+# ---------------------------------------------------------------- usage
+
+
+def power_state(value: float | str) -> str:
+    """A power sample as its state name (stores without strings give the enum index)."""
+    if isinstance(value, str):
+        return value
+    enum = contract.metric_enum("power") or ()
+    if float(value).is_integer() and 0 <= int(value) < len(enum):
+        return enum[int(value)]
+    return str(value)
+
+
+def on_intervals(points: Iterable[tuple[float, float | str]], start: float, end: float,
+                 max_gap: float = MAX_SAMPLE_GAP_S, on_states: tuple[str, ...] = ("on",)) -> list[tuple[float, float]]:
+    """Time spans, clipped to [start, end], during which the device was in an `on` state.
+
+    Each sample's state lasts until the next sample, but at most `max_gap` seconds (a silent
+    gateway says nothing about the time in between); overlapping spans are merged.
+    """
+    pts = sorted(points)
+    spans: list[tuple[float, float]] = []
+    for i, (ts, value) in enumerate(pts):
+        if power_state(value) not in on_states:
+            continue
+        nxt = pts[i + 1][0] if i + 1 < len(pts) else None
+        stop = ts + max_gap if nxt is None else min(nxt, ts + max_gap)
+        a, b = max(ts, start), min(stop, end)
+        if b <= a:
+            continue
+        if spans and a <= spans[-1][1]:
+            spans[-1] = (spans[-1][0], max(spans[-1][1], b))
+        else:
+            spans.append((a, b))
+    return spans
+
+
+def overlap(spans: list[tuple[float, float]], a: float, b: float) -> float:
+    """Seconds of the (sorted, disjoint) spans inside [a, b]."""
+    total = 0.0
+    i = max(0, bisect.bisect_right([s[1] for s in spans], a))
+    for s, e in spans[i:]:
+        if s >= b:
+            break
+        total += max(0.0, min(e, b) - max(s, a))
+    return total
+
+
+def week_bounds(week: date) -> list[float]:
+    """Unix times of the local midnights of the week starting on `week` (8 values)."""
+    return [datetime.combine(week + timedelta(days=i), datetime.min.time()).timestamp() for i in range(8)]
+
+
+def night_windows(week: date) -> list[tuple[float, float]]:
+    """Local 22:00-06:00 windows touching the week."""
+    out = []
+    for i in range(-1, 7):
+        d = week + timedelta(days=i)
+        a = datetime.combine(d, datetime.min.time()).replace(hour=NIGHT[0]).timestamp()
+        b = datetime.combine(d + timedelta(days=1), datetime.min.time()).replace(hour=NIGHT[1]).timestamp()
+        out.append((a, b))
+    return out
+
+
+def usage_for(spans: list[tuple[float, float]], week: date) -> dict[str, Any]:
+    bounds = week_bounds(week)
+    days = [overlap(spans, bounds[i], bounds[i + 1]) / 3600 for i in range(7)]
+    lo, hi = bounds[0], bounds[-1]
+    night = sum(overlap(spans, max(a, lo), min(b, hi)) for a, b in night_windows(week) if min(b, hi) > max(a, lo))
+    return {"days": [round(h, 2) for h in days], "total": round(sum(days), 2), "night": round(night / 3600, 2)}
+
+
+def iter_points(store: Any, gateway: str, device: str, metric: str, start: float, end: float,
+                chunk: float = 6 * 3600, limit: int = 10_000) -> Iterator[tuple[float, float | str]]:
+    """Every point of a series in [start, end], in chunks (stores cap one answer at `limit` points)."""
+    a = start
+    while a <= end:
+        b = min(end, a + chunk)
+        last = None
+        while True:
+            page = store.query(gateway, device, metric, a if last is None else last, b, limit)
+            fresh = [(ts, v) for ts, v in page if last is None or ts > last]
+            yield from fresh
+            if len(page) < limit or not fresh:
+                break
+            last = fresh[-1][0]
+        a = b + 1e-6
+        if b >= end:
+            break
+
+
+def parse_week(raw: str | None, today: date | None = None) -> date:
+    """The Monday of an ISO week "YYYY-Www" (default: this week); ValueError with a readable message."""
+    today = today or date.today()
+    if not raw:
+        return today - timedelta(days=today.weekday())
+    try:
+        year, week = raw.split("-W")
+        return date.fromisocalendar(int(year), int(week), 1)
+    except ValueError:
+        raise ValueError(f"week must look like 2025-W07, got {raw[:20]!r}") from None
+
+
+@bp.get("/health/usage")
+@login_required(roles=STAFF)
+def usage() -> Any:
+    try:
+        week = parse_week(request.args.get("week"))
+    except ValueError as exc:
+        return render_template("error.html", status=400, message=str(exc)), 400
+    store = campus()["store"]
+    bounds = week_bounds(week)
+    now = time.time()
+    end = min(bounds[-1], now)
+    rows = []
+    data = board_data()
+    for r in data["rooms"]:
+        for d in r["devices"]:
+            if d["kind"] not in POWER_KINDS:
+                continue
+            if end > bounds[0]:
+                points = list(iter_points(store, r["gateway"], d["id"], "power", bounds[0] - MAX_SAMPLE_GAP_S, end))
+                figures = usage_for(on_intervals(points, bounds[0], end), week)
+            else:
+                figures = {"days": [0.0] * 7, "total": 0.0, "night": 0.0}
+            power = d["latest"].get("power")
+            rows.append({"gateway": r["gateway"], "room": r["room"], "building": r["building"], "school": r["school"],
+                         "device": d["id"], "kind": d["kind"], "now": power_state(power) if power is not None else "",
+                         **figures})
+    iso = week.isocalendar()
+    totals = {k: round(sum(x["total"] for x in rows if x["kind"] == k), 1) for k in POWER_KINDS}
+    left_on = [x for x in rows if x["night"] >= 0.25]
+    peak = max([h for x in rows for h in x["days"]] + [1.0])
+    return render_template("health_usage.html", rows=rows, week=week, week_id=f"{iso[0]}-W{iso[1]:02d}",
+                           prev_week=_week_id(week - timedelta(days=7)), next_week=_week_id(week + timedelta(days=7)),
+                           day_names=[(week + timedelta(days=i)).strftime("%a %d") for i in range(7)],
+                           totals=totals, left_on=left_on, peak=peak, night=NIGHT, tab="usage")
+
+
+def _week_id(d: date) -> str:
+    iso = d.isocalendar()
+    return f"{iso[0]}-W{iso[1]:02d}"
+
+
+# ---------------------------------------------------------------- schedules
+
+
+def _schedule_page(form_values: dict[str, Any] | None = None, error: str = "", status: int = 200) -> Any:
+    reg = campus()["registry"]
+    _places, schools, buildings = _places_and_filters()
+    names = {b["id"]: b["name"] for b in buildings}
+    now_local = datetime.now().astimezone()
+    with reg.session() as s:
+        rows = list(s.scalars(select(Schedule).order_by(Schedule.at, Schedule.id)))
+    last_runs: dict[int, dict[str, Any]] = {}
+    for run_ in sched.runs(reg, limit=500):
+        last_runs.setdefault(run_["schedule_id"], run_)
+    items = []
+    for row in rows:
+        item = sched.schedule_dict(row, names)
+        nxt = sched.next_run(row, now_local)
+        item["next_run"] = nxt.timestamp() if nxt else None
+        last = last_runs.get(row.id)
+        item["last_summary"] = sched.summarise(_live(last["results"])) if last else ""
+        items.append(item)
+    return render_template("health_schedules.html", schedules=items, schools=schools, buildings=buildings,
+                           form=form_values or {"days": sched.SCHOOL_DAYS, "at": "22:00", "action": "power_off",
+                                                "kinds": "display,projector", "enabled": True},
+                           error=error, days=sched.DAYS, actions=sched.SCHEDULE_ACTIONS, kinds=sched.SCHEDULE_KINDS,
+                           tab="schedules"), status
+
+
+def _form_values() -> dict[str, Any]:
+    return {"name": request.form.get("name", ""), "at": request.form.get("at", ""),
+            "days": ",".join(request.form.getlist("days")), "action": request.form.get("action", ""),
+            "kinds": ",".join(request.form.getlist("kinds")), "school_id": request.form.get("school_id", ""),
+            "building_id": request.form.get("building_id", ""), "enabled": request.form.get("enabled") == "on"}
+
+
+def _live(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """A run's results with pending commands looked up again (they may have finished since)."""
+    ledger = campus()["ledger"]
+    out = []
+    for r in results:
+        r = dict(r)
+        if r.get("status") == "pending" and r.get("command"):
+            record = ledger.command(r["command"])
+            if record and record["status"] != "pending":
+                r["status"], r["detail"] = record["status"], record["detail"] or f"later: {record['status']}"
+        out.append(r)
+    return out
+
+
+@bp.get("/health/schedules")
+@login_required(roles=STAFF)
+def schedules() -> Any:
+    return _schedule_page()
+
+
+@bp.post("/health/schedules")
+@login_required(roles=STAFF)
+def create_schedule() -> Any:
+    values = _form_values()
+    try:
+        fields = sched.validate(values, campus()["registry"])
+    except sched.ScheduleError as exc:
+        return _schedule_page(values, str(exc), 400)
+    with campus()["registry"].session() as s:
+        row = Schedule(**fields)
+        s.add(row)
+        s.flush()
+        sid = row.id
+    audit("schedule", f"created #{sid} {fields}")
+    flash(f"Schedule “{fields['name']}” created.")
+    return redirect(url_for("health.schedules"))
+
+
+def _get_schedule(sid: str) -> Schedule:
+    schedule_id = _id(sid)
+    if schedule_id is None:
+        abort(404, "no such schedule")
+    with campus()["registry"].session() as s:
+        row = s.get(Schedule, schedule_id)
+    if row is None:
+        abort(404, "no such schedule")
+    return row
+
+
+@bp.get("/health/schedules/<sid>")
+@login_required(roles=STAFF)
+def schedule(sid: str) -> Any:
+    return _one_schedule(_get_schedule(sid))
+
+
+def _one_schedule(row: Schedule, form_values: dict[str, Any] | None = None, error: str = "",
+                  status: int = 200) -> Any:
+    reg = campus()["registry"]
+    _places, schools, buildings = _places_and_filters()
+    item = sched.schedule_dict(row, {b["id"]: b["name"] for b in buildings})
+    nxt = sched.next_run(row, datetime.now().astimezone())
+    item["next_run"] = nxt.timestamp() if nxt else None
+    history = [{**r, "results": _live(r["results"])} for r in sched.runs(reg, row.id, limit=30)]
+    for r in history:
+        r["summary"] = sched.summarise(r["results"])
+    form = form_values or {**item, "school_id": item["school_id"] or "", "building_id": item["building_id"] or ""}
+    return render_template("health_schedule.html", schedule=item, runs=history, form=form, error=error,
+                           schools=schools, buildings=buildings, days=sched.DAYS, actions=sched.SCHEDULE_ACTIONS,
+                           kinds=sched.SCHEDULE_KINDS, tab="schedules"), status
+
+
+@bp.post("/health/schedules/<sid>")
+@login_required(roles=STAFF)
+def edit_schedule(sid: str) -> Any:
+    row = _get_schedule(sid)
+    values = _form_values()
+    try:
+        fields = sched.validate(values, campus()["registry"])
+    except sched.ScheduleError as exc:
+        return _one_schedule(row, values, str(exc), 400)
+    with campus()["registry"].session() as s:
+        stored = s.get(Schedule, row.id)
+        before = sched.schedule_dict(stored)
+        for k, v in fields.items():
+            setattr(stored, k, v)
+    audit("schedule", f"edited #{row.id}: {before} -> {fields}")
+    flash(f"Schedule “{fields['name']}” saved.")
+    return redirect(url_for("health.schedule", sid=row.id))
+
+
+@bp.post("/health/schedules/<sid>/enabled")
+@login_required(roles=STAFF)
+def toggle_schedule(sid: str) -> Any:
+    row = _get_schedule(sid)
+    enabled = request.form.get("enabled") == "on"
+    with campus()["registry"].session() as s:
+        s.get(Schedule, row.id).enabled = enabled
+    audit("schedule", f"{'enabled' if enabled else 'disabled'} #{row.id} {row.name}")
+    flash(f"Schedule “{row.name}” {'enabled' if enabled else 'disabled'}.")
+    return redirect(request.form.get("back") if request.form.get("back", "").startswith("/health/")
+                    else url_for("health.schedules"))
+
+
+@bp.post("/health/schedules/<sid>/run")
+@login_required(roles=("admin",))
+def run_schedule(sid: str) -> Any:
+    """Run a schedule now (admin: it switches equipment, which facility managers do not do by hand)."""
+    row = _get_schedule(sid)
+    ext = campus()
+    result = sched.run(row, ext["registry"], ext["ledger"], ext["commands"], by=g.user["user"])
+    audit("schedule", f"ran #{row.id} {row.name} now: {sched.summarise(result['results']) or 'no devices'}")
+    flash(f"Ran “{row.name}”: {sched.summarise(result['results']) or 'no matching devices'}.")
+    return redirect(url_for("health.schedule", sid=row.id))

@@ -1,0 +1,358 @@
+// Equipment health pages (dashboards/health.py): board, alarms and history charts.
+// Plain JS, no libraries (the dashboard works offline): pages poll the JSON API
+// and redraw themselves; charts are inline SVG built from /api/telemetry.
+"use strict";
+
+(function () {
+  const root = document.getElementById("health");
+  if (!root) return;
+  const CSRF = root.dataset.csrf;
+  const PAGE = root.dataset.page;
+
+  // ------------------------------------------------------------ helpers
+  const esc = s => String(s ?? "").replace(/[&<>"']/g, c => ({"&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;", "'": "&#39;"}[c]));
+  const UNITS = {temperature_c: "°C", humidity_pct: "%RH", co2_ppm: "ppm", pm25_ugm3: "µg/m³", illuminance_lux: "lx",
+                 noise_dba: "dB(A)", people_count: "people", lamp_hours: "h lamp", filter_hours: "h filter", volume: "vol"};
+  const KEY_METRICS = {environment: ["co2_ppm", "temperature_c", "humidity_pct"], projector: ["power", "lamp_hours"],
+                       display: ["power", "input"], camera: ["people_count"], card_reader: []};
+  const PROBLEM_NAMES = {offline: "offline", fault: "device fault", alarm: "open alarm"};
+
+  function ago(ts, now) {
+    if (!ts) return "never";
+    const s = Math.max(0, (now || Date.now() / 1000) - ts);
+    if (s < 3) return "just now";
+    if (s < 90) return `${Math.round(s)} s ago`;
+    if (s < 5400) return `${Math.round(s / 60)} min ago`;
+    if (s < 48 * 3600) return `${Math.round(s / 3600)} h ago`;
+    return new Date(ts * 1000).toLocaleDateString();
+  }
+  function clock(ts) {
+    if (!ts) return "";
+    const d = new Date(ts * 1000);
+    const today = new Date().toDateString() === d.toDateString();
+    return (today ? "" : d.toLocaleDateString([], {weekday: "short", day: "numeric", month: "short"}) + " ") +
+      d.toLocaleTimeString([], {hour: "2-digit", minute: "2-digit", second: "2-digit"});
+  }
+  function duration(s) {
+    if (s < 90) return `${Math.round(s)} s`;
+    if (s < 5400) return `${Math.round(s / 60)} min`;
+    return `${(s / 3600).toFixed(1)} h`;
+  }
+  function fmt(v) { return typeof v === "number" ? String(Math.round(v * 10) / 10) : String(v); }
+  async function getJSON(url) {
+    const r = await fetch(url, {headers: {Accept: "application/json"}, credentials: "same-origin"});
+    if (r.status === 401) { location.href = "/login?next=" + encodeURIComponent(location.pathname + location.search); throw new Error("login required"); }
+    if (!r.ok) throw new Error((await r.json().catch(() => ({}))).error || `HTTP ${r.status}`);
+    return r.json();
+  }
+  function setUpdated(text, bad) {
+    const el = document.getElementById("updated");
+    if (el) { el.textContent = text; el.classList.toggle("error", !!bad); }
+  }
+  function setAlarmCount(n) {
+    const el = document.getElementById("alarm-count");
+    if (!el) return;
+    el.hidden = !n;
+    el.textContent = n;
+    el.title = `${n} unacknowledged alarm${n === 1 ? "" : "s"}`;
+  }
+  // Redraw only when the data changed: no flicker, and buttons stay put under the pointer.
+  const drawn = {};
+  function render(id, html) {
+    if (drawn[id] === html) return;
+    drawn[id] = html;
+    document.getElementById(id).innerHTML = html;
+  }
+  function poll(fn, ms) {
+    let timer = null;
+    const run = async () => { clearTimeout(timer); try { await fn(); } finally { timer = setTimeout(run, ms); } };
+    run();
+    return run;
+  }
+
+  // ------------------------------------------------------------ board
+  function boardPage() {
+    const form = document.getElementById("filters");
+    const school = form.elements.school, building = form.elements.building;
+    function syncBuildings() {
+      for (const opt of building.options) {
+        opt.hidden = !!(opt.value && school.value && opt.dataset.school !== school.value);
+      }
+      if (building.selectedOptions[0]?.hidden) building.value = "";
+    }
+    function query() {
+      const p = new URLSearchParams();
+      for (const el of form.elements) if (el.name && el.value) p.set(el.name, el.value);
+      return p.toString();
+    }
+    function metric(k, v) {
+      const bad = (k.startsWith("error_") && v !== "ok" && v !== 0);
+      const unit = UNITS[k] ?? (k.startsWith("error_") ? k.slice(6) : k);
+      return `<span class="metric${bad ? " bad" : ""}" data-metric="${esc(k)}"><b>${esc(fmt(v))}</b> ${esc(unit)}</span>`;
+    }
+    function device(d, now) {
+      const keys = (KEY_METRICS[d.kind] || Object.keys(d.latest).slice(0, 3)).filter(k => k in d.latest);
+      const errors = Object.keys(d.latest).filter(k => k.startsWith("error_") && d.latest[k] !== "ok" && d.latest[k] !== 0);
+      const vals = [...keys, ...errors].map(k => metric(k, d.latest[k])).join("");
+      const status = d.status === "never reported" ? "offline" : d.status;
+      const kind = d.kind && d.kind !== d.id ? `<small class="muted">${esc(d.kind.replace("_", " "))}</small>` : "";
+      return `<tr data-device="${esc(d.id)}"><td class="dev">${esc(d.id)}${kind}</td>
+        <td><span class="badge ${esc(status)}">${esc(d.status)}</span></td><td>${vals}</td>
+        <td class="seen muted" title="last value ${esc(clock(d.last_seen))}">${esc(d.last_seen ? ago(d.last_seen, now) : "no value yet")}</td></tr>`;
+    }
+    function room(r, now) {
+      const cls = r.problems.includes("alarm") && r.alarms.every(a => a.state === "acknowledged") ? "p-acked"
+        : r.problems.length ? "p-" + r.problems[r.problems.length - 1] : "";
+      const alarms = r.alarms.map(a => `<li class="${a.state === "acknowledged" ? "acked" : ""}">⚠ ${esc(a.device ? a.device + ": " : "")}${esc(a.message)}${
+        a.state === "acknowledged" ? ` <span class="muted">(acknowledged by ${esc(a.acked_by)})</span>` : ""}</li>`).join("");
+      const gw = r.reported ? `last seen ${ago(r.last_seen, now)}` : "gateway has never reported";
+      return `<section class="card hroom ${cls}" data-gateway="${esc(r.gateway)}">
+        <header><h2><a href="/health/rooms/${encodeURIComponent(r.gateway)}">Room ${esc(r.room || "?")}</a></h2>
+          <span class="badge ${r.online ? "ok" : "offline"}">${r.online ? "online" : "offline"}</span>
+          <a class="hlink" href="/health/rooms/${encodeURIComponent(r.gateway)}">history →</a></header>
+        <p class="muted">${r.building ? "Building " + esc(r.building) + " · " : ""}${esc(r.school)} · gateway ${esc(r.gateway)} · ${esc(gw)}</p>
+        ${alarms ? `<ul class="halarms">${alarms}</ul>` : ""}
+        <table class="hdevs"><thead><tr><th>Device</th><th>Status</th><th>Now</th><th class="seen">Last seen</th></tr></thead><tbody>${r.devices.map(d => device(d, now)).join("") || '<tr><td class="muted">No devices.</td></tr>'}</tbody></table>
+      </section>`;
+    }
+    async function refresh() {
+      try {
+        const data = await getJSON("/api/board?" + query());
+        const c = data.counts;
+        const chip = (p, n, label, cls) => `<a class="hchip ${n ? cls : "good"}" href="?problem=${p}" data-problem="${p}">${label}: <b>${n}</b></a>`;
+        render("summary", `<span class="hchip">Rooms: <b>${c.rooms}</b></span>` +
+          chip("alarm", c.alarm, "Open alarms", "bad") + chip("offline", c.offline, "Offline", "warn") + chip("fault", c.fault, "Device faults", "bad"));
+        render("rooms", data.rooms.map(r => room(r, data.now)).join("") ||
+          `<p class="card">No room matches these filters${form.elements.problem.value ? " — no problems of this kind right now" : ""}.</p>`);
+        setAlarmCount(c.unacked);
+        setUpdated(`Updated ${clock(Date.now() / 1000)} · refreshes every 5 s`);
+      } catch (e) { setUpdated("Cannot reach the server: " + e.message, true); }
+    }
+    const now = poll(refresh, 5000);
+    form.addEventListener("change", () => {
+      syncBuildings();
+      history.replaceState(null, "", "?" + query());
+      now();
+    });
+    document.getElementById("summary").addEventListener("click", ev => {
+      const a = ev.target.closest("a[data-problem]");
+      if (!a) return;
+      ev.preventDefault();
+      form.elements.problem.value = form.elements.problem.value === a.dataset.problem ? "" : a.dataset.problem;
+      form.dispatchEvent(new Event("change"));
+    });
+    syncBuildings();
+  }
+  async function unacked() {
+    const open = await getJSON("/api/alarms?state=open");
+    return open.filter(a => !a.acknowledged).length;
+  }
+
+  // ------------------------------------------------------------ alarms
+  function alarmsPage() {
+    const place = a => `<a href="/health/rooms/${encodeURIComponent(a.gateway)}">Room ${esc(a.room || a.gateway)}</a>` +
+      (a.building ? `<div class="muted">Building ${esc(a.building)}</div>` : "");
+    const what = a => `<b>${esc(a.label)}</b><div>${esc(a.message)}</div>`;
+    function openRow(a) {
+      const state = a.acknowledged
+        ? `<span class="hstate acknowledged">Acknowledged by ${esc(a.acked_by)}</span><div class="muted">${esc(clock(a.acked_at))}</div>`
+        : `<span class="hstate active">New — needs attention</span>`;
+      const button = a.acknowledged ? "" :
+        `<form method="post" action="/health/alarms/${a.id}/ack" data-ack="${a.id}"><input type="hidden" name="csrf" value="${esc(CSRF)}">
+         <button type="submit" class="hack">Acknowledge</button></form>`;
+      return `<tr class="${a.acknowledged ? "is-acked" : "is-new"}" data-alarm="${a.id}" data-kind="${esc(a.kind)}" data-gateway="${esc(a.gateway)}">
+        <td>${esc(clock(a.raised_at))}<div class="muted">${esc(ago(a.raised_at))}</div></td><td>${place(a)}</td>
+        <td>${esc(a.device || "gateway")}</td><td>${what(a)}</td><td>${esc(a.value)}</td><td>${state}</td><td>${button}</td></tr>`;
+    }
+    function historyRow(a) {
+      const acked = a.acknowledged ? `by ${esc(a.acked_by)}<div class="muted">${esc(clock(a.acked_at))}</div>`
+        : `<form method="post" action="/health/alarms/${a.id}/ack" data-ack="${a.id}"><input type="hidden" name="csrf" value="${esc(CSRF)}">
+           <button type="submit">Acknowledge</button></form>`;
+      return `<tr data-alarm="${a.id}"><td>${esc(clock(a.raised_at))}</td><td>${place(a)}</td><td>${esc(a.device || "gateway")}</td>
+        <td>${what(a)}</td><td>${esc(a.value)}</td><td>${acked}</td><td>${esc(clock(a.cleared_at))}</td>
+        <td>${esc(duration(a.cleared_at - a.raised_at))}</td></tr>`;
+    }
+    async function refresh() {
+      try {
+        const [open, past] = await Promise.all([getJSON("/api/alarms?state=open"), getJSON("/api/alarms?state=history&limit=100")]);
+        render("open-alarms-body", open.map(openRow).join("") ||
+          '<tr><td colspan="7" class="hstate cleared">No open alarms: everything is within its limits.</td></tr>');
+        render("history-alarms-body", past.map(historyRow).join("") || '<tr><td colspan="8" class="muted">No cleared alarms yet.</td></tr>');
+        const n = open.filter(a => !a.acknowledged).length;
+        setAlarmCount(n);
+        document.getElementById("open-note").textContent = `(${open.length} open, ${n} not acknowledged)`;
+        setUpdated(`Updated ${clock(Date.now() / 1000)} · refreshes every 3 s`);
+      } catch (e) { setUpdated("Cannot reach the server: " + e.message, true); }
+    }
+    document.querySelector("#open-alarms tbody").id = "open-alarms-body";
+    document.querySelector("#history-alarms tbody").id = "history-alarms-body";
+    const now = poll(refresh, 3000);
+    root.addEventListener("submit", async ev => {
+      const form = ev.target.closest("form[data-ack]");
+      if (!form) return;
+      ev.preventDefault();
+      const button = form.querySelector("button");
+      button.disabled = true;
+      button.textContent = "Acknowledging…";
+      try {
+        const r = await fetch(`/api/alarms/${form.dataset.ack}/ack`, {method: "POST", credentials: "same-origin",
+          headers: {"X-CSRF-Token": CSRF, Accept: "application/json"}});
+        if (!r.ok) throw new Error((await r.json().catch(() => ({}))).error || `HTTP ${r.status}`);
+      } catch (e) {
+        setUpdated("Could not acknowledge: " + e.message, true);
+        button.disabled = false;
+        button.textContent = "Acknowledge";
+        return;
+      }
+      now();
+    });
+  }
+
+  // ------------------------------------------------------------ charts
+  const SLICE = 6 * 3600, LIMIT = 10000;
+
+  async function fetchSeries(gateway, s, start, end) {
+    // /api/telemetry answers at most LIMIT points: ask in slices, page within a slice if needed.
+    const slices = [];
+    for (let a = start; a < end; a += SLICE) slices.push([a, Math.min(end, a + SLICE)]);
+    const parts = await pool(slices.map(([a, b]) => async () => {
+      const out = [];
+      let from = a;
+      for (;;) {
+        const q = new URLSearchParams({gateway, device: s.device, metric: s.metric, start: from, end: b});
+        const raw = (await getJSON("/api/telemetry?" + q)).points;
+        const fresh = from === a ? raw : raw.filter(p => p[0] > from);
+        out.push(...fresh);
+        if (raw.length < LIMIT || !fresh.length) return out;
+        from = fresh[fresh.length - 1][0];
+      }
+    }), 4);
+    return parts.flat();
+  }
+  async function pool(tasks, n) {
+    const results = new Array(tasks.length);
+    let next = 0;
+    await Promise.all(Array.from({length: Math.min(n, tasks.length)}, async () => {
+      while (next < tasks.length) { const i = next++; results[i] = await tasks[i](); }
+    }));
+    return results;
+  }
+  const W = 640, ML = 48, MR = 12, MT = 10;
+  const svgNS = (h, body) => `<svg viewBox="0 0 ${W} ${h}" role="img" preserveAspectRatio="xMidYMid meet">${body}</svg>`;
+  function timeTicks(start, end) {
+    const steps = [300, 600, 900, 1800, 3600, 2 * 3600, 3 * 3600, 6 * 3600, 12 * 3600, 86400];
+    const step = steps.find(s => (end - start) / s <= 8) || 86400;
+    const offset = new Date().getTimezoneOffset() * 60;  // align ticks to local time
+    const out = [];
+    for (let t = Math.ceil((start - offset) / step) * step + offset; t <= end; t += step) out.push(t);
+    return {ticks: out, day: step >= 86400};
+  }
+  function xAxis(start, end, x, y0) {
+    const {ticks, day} = timeTicks(start, end);
+    return ticks.map(t => {
+      const d = new Date(t * 1000);
+      const label = day ? d.toLocaleDateString([], {weekday: "short", day: "numeric"}) :
+        d.toLocaleTimeString([], {hour: "2-digit", minute: "2-digit"});
+      return `<line class="grid" x1="${x(t)}" x2="${x(t)}" y1="${MT}" y2="${y0}"/><text x="${x(t)}" y="${y0 + 14}" text-anchor="middle">${esc(label)}</text>`;
+    }).join("");
+  }
+  function niceTicks(lo, hi) {
+    const span = hi - lo, raw = span / 4, mag = Math.pow(10, Math.floor(Math.log10(raw)));
+    const step = [1, 2, 2.5, 5, 10].map(m => m * mag).find(s => span / s <= 5);
+    const out = [];
+    for (let v = Math.ceil(lo / step) * step; v <= hi + 1e-9; v += step) out.push(Math.round(v * 1e6) / 1e6);
+    return out;
+  }
+  function lineChart(points, s, start, end) {
+    const H = 170, MB = 22, y0 = H - MB;
+    const nums = points.filter(p => typeof p[1] === "number");
+    if (!nums.length) return `<p class="muted">No data in this window.</p>`;
+    let lo = Math.min(...nums.map(p => p[1]), ...s.limits.map(l => l.value));
+    let hi = Math.max(...nums.map(p => p[1]), ...s.limits.map(l => l.value));
+    if (hi - lo < 1e-6) { lo -= 1; hi += 1; }
+    const pad = (hi - lo) * 0.08;
+    lo -= pad; hi += pad;
+    const x = t => (ML + (t - start) / (end - start) * (W - ML - MR)).toFixed(1);
+    const y = v => (MT + (hi - v) / (hi - lo) * (y0 - MT)).toFixed(1);
+    // One min and one max per pixel column; a break where samples are missing.
+    const cols = new Map();
+    for (const [t, v] of nums) {
+      const c = Math.round((t - start) / (end - start) * (W - ML - MR));
+      const e = cols.get(c);
+      if (!e) cols.set(c, {t, min: [t, v], max: [t, v], last: t});
+      else { if (v < e.min[1]) e.min = [t, v]; if (v > e.max[1]) e.max = [t, v]; e.last = t; }
+    }
+    const gapLimit = Math.max(300, (end - start) / 60);
+    let d = "", prev = null;
+    for (const e of [...cols.values()].sort((a, b) => a.t - b.t)) {
+      const pair = e.min[0] <= e.max[0] ? [e.min, e.max] : [e.max, e.min];
+      for (const [t, v] of pair) {
+        d += `${prev === null || t - prev > gapLimit ? "M" : "L"}${x(t)},${y(v)}`;
+        prev = t;
+      }
+      prev = e.last;
+    }
+    const yt = niceTicks(lo, hi).map(v => `<line class="grid" x1="${ML}" x2="${W - MR}" y1="${y(v)}" y2="${y(v)}"/>` +
+      `<text x="${ML - 6}" y="${+y(v) + 4}" text-anchor="end">${v}</text>`).join("");
+    const limits = s.limits.map(l => `<line class="limit" x1="${ML}" x2="${W - MR}" y1="${y(l.value)}" y2="${y(l.value)}"/>` +
+      `<text x="${W - MR - 4}" y="${+y(l.value) - 4}" text-anchor="end" style="fill:#d64545">${esc(l.label)} ${l.value}</text>`).join("");
+    return svgNS(H, `${yt}${xAxis(start, end, x, y0)}${limits}<path class="line" d="${d}"/>`);
+  }
+  function stateChart(points, start, end, maxGap) {
+    const H = 56, y0 = 30;
+    if (!points.length) return `<p class="muted">No data in this window.</p>`;
+    const x = t => ML + (Math.max(start, Math.min(end, t)) - start) / (end - start) * (W - ML - MR);
+    const cls = v => (v === "on" || v === 1) ? "s-on" : (v === "warming" || v === "cooling" || v === 2 || v === 3) ? "s-warm" : "s-off";
+    let body = "", onSeconds = 0;
+    for (let i = 0; i < points.length; i++) {
+      const [t, v] = points[i];
+      const stop = Math.min(i + 1 < points.length ? points[i + 1][0] : Math.min(end, Date.now() / 1000), t + maxGap);
+      if (stop <= start) continue;
+      if (cls(v) === "s-on") onSeconds += Math.max(0, Math.min(stop, end) - Math.max(t, start));
+      const x1 = x(t), x2 = x(stop);
+      if (x2 - x1 > 0.05) body += `<rect class="${cls(v)}" x="${x1.toFixed(1)}" y="${MT}" width="${(x2 - x1 + 0.3).toFixed(1)}" height="${y0 - MT}"/>`;
+    }
+    return {svg: svgNS(H, body + xAxis(start, end, t => x(t).toFixed(1), y0)), onSeconds};
+  }
+  async function roomPage() {
+    const box = document.getElementById("charts");
+    const series = JSON.parse(document.getElementById("series").textContent);
+    const gateway = box.dataset.gateway, seconds = +box.dataset.seconds, maxGap = +box.dataset.maxGap;
+    const groups = [...new Set(series.map(s => s.group))];
+    box.innerHTML = groups.map(g => `<section class="hgroup"><h2>${esc(g)}</h2>${g === "Equipment power" ?
+      '<p class="hlegend">State: <i class="s" style="background:var(--ok)"></i>on <i style="background:var(--warn)"></i>warming / cooling <i style="background:#cfd3d9"></i>off (blank: no data)</p>' : ""}<div class="hcharts">${
+      series.map((s, i) => s.group !== g ? "" : `<div class="card hchart" id="chart-${i}" data-metric="${esc(s.metric)}" data-device="${esc(s.device)}">
+        <h3>${esc(s.label)} <span class="muted">${esc([s.unit, s.device].filter(Boolean).join(" · "))}</span><span class="now"></span></h3>
+        <div class="plot"><p class="muted">Loading…</p></div></div>`).join("")}</div></section>`).join("");
+    const end = Date.now() / 1000, start = end - seconds;
+    await pool(series.map((s, i) => async () => {
+      const el = document.getElementById(`chart-${i}`);
+      try {
+        const pts = await fetchSeries(gateway, s, s.type === "state" ? start - maxGap : start, end);
+        if (s.type === "state") {
+          const res = stateChart(pts, start, end, maxGap);
+          el.querySelector(".plot").innerHTML = typeof res === "string" ? res : res.svg;
+          if (typeof res !== "string") el.querySelector(".now").textContent = `on ${duration(res.onSeconds)}`;
+        } else {
+          el.querySelector(".plot").innerHTML = lineChart(pts, s, start, end);
+          const last = pts.filter(p => typeof p[1] === "number").pop();
+          if (last) el.querySelector(".now").textContent = `${fmt(last[1])} ${s.unit}`;
+        }
+      } catch (e) {
+        el.querySelector(".plot").innerHTML = `<p class="error">Cannot load: ${esc(e.message)}</p>`;
+      }
+    }), 3);
+  }
+
+  // ------------------------------------------------------------ every other page: the alarm count
+  async function countOnly() {
+    try { setAlarmCount(await unacked()); } catch (e) { /* the count is a nicety */ }
+  }
+
+  if (PAGE === "board") boardPage();
+  else if (PAGE === "alarms") alarmsPage();
+  else {
+    if (PAGE === "room") roomPage();
+    poll(countOnly, 10000);
+  }
+})();
