@@ -142,11 +142,13 @@ class Ingest:
 
     def run(self, stop: threading.Event) -> None:
         """Write batches until `stop` is set."""
+        last_silence_check = 0.0
         while not stop.is_set():
             batch = self._take(timeout=0.2)
             if batch:
                 self._write_until_stored(batch, stop)
-            if int(time.time()) % 5 == 0:
+            if time.monotonic() - last_silence_check > 5:
+                last_silence_check = time.monotonic()
                 self.ledger.mark_silent()
 
     def _take(self, timeout: float) -> list[_Incoming]:

@@ -67,8 +67,9 @@ class Agent:
         self.status: dict[str, str] = {d: "starting" for d in self.drivers}
         self.outbox = Outbox(config.data_path / "agent.db", max_messages=config.outbox.max_messages,
                              max_age_s=config.outbox.max_age_s)
-        self.commands = CommandExecutor(self.outbox, self.school, self.gateway, self.drivers, self.locks)
         self.pending = asyncio.Event()        # set when the outbox has something new
+        self.commands = CommandExecutor(self.outbox, self.school, self.gateway, self.drivers, self.locks,
+                                        on_result=self.pending.set)
         self.state_changed = asyncio.Event()
         self.client: aiomqtt.Client | None = None
         self.connected = asyncio.Event()

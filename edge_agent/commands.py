@@ -50,7 +50,8 @@ class _Job:
 
 class CommandExecutor:
     def __init__(self, outbox: Outbox, school: str, gateway: str, drivers: dict[str, Driver],
-                 locks: dict[str, asyncio.Lock], clock: Callable[[], float] = time.time) -> None:
+                 locks: dict[str, asyncio.Lock], clock: Callable[[], float] = time.time,
+                 on_result: Callable[[], None] = lambda: None) -> None:
         self.outbox = outbox
         self.db = outbox.db
         self.db.executescript(SCHEMA)
@@ -58,6 +59,8 @@ class CommandExecutor:
         self.drivers = drivers
         self.locks = locks
         self.clock = clock
+        # Wakes the MQTT link: a result must not wait for the next poll's telemetry.
+        self.on_result = on_result
         self.queues: dict[str, asyncio.Queue[_Job]] = {d: asyncio.Queue() for d in drivers}
         self.executed: dict[str, int] = {}  # action runs per command id, for tests and audits
 
@@ -110,6 +113,7 @@ class CommandExecutor:
 
         self.outbox.add(plain=[(contract.cmd_result_topic(self.school, self.gateway, device), result.encode())],
                         also=record)
+        self.on_result()
         log.info("command %s on %s: %s %s", cid, device, status, detail)
 
     def recover(self) -> None:

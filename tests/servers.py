@@ -58,6 +58,7 @@ class Mosquitto:
             # No silent drops: queue without limit for slow or offline persistent sessions.
             "max_queued_messages 0\n"
             "max_inflight_messages 100\n"
+            "set_tcp_nodelay true\n"
             "log_dest stderr\nlog_type error\nlog_type warning\n"
             + extra_conf)
 
