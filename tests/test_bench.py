@@ -1,0 +1,48 @@
+"""Smoke runs of every benchmark (`--quick`, as a user runs them), so the benchmarks cannot rot.
+
+They start real servers and processes, so they are marked slow. Nothing
+here looks at the figures' values: a benchmark must finish, exit 0 (it exits
+1 only when a message was lost or a process crashed) and print its table
+and machine line. No timing is asserted; the timeouts are only generous
+bounds against a hang.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+BENCHMARKS = {
+    "ingest.py": ["| raw broker (mosquitto_sub)", "| sqlite:///", "| victoriametrics://", "target (one worker"],
+    "command_latency.py": ["| display via API (round trip)", "| projector via API (round trip)",
+                           "| bare MQTT publish -> receive (QoS 1)", "devices report the last state sent"],
+    "agent_footprint.py": ["| devices", "agent CPU %", "RSS MiB max"],
+    "district.py": ["| gateways", "delay p99 ms", "stored pts/s"],
+}
+
+
+def _run(script: str, *args: str, timeout: float) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, str(ROOT / "bench" / script), *args], cwd=ROOT, capture_output=True,
+                          text=True, timeout=timeout)
+
+
+@pytest.mark.parametrize("script", sorted(BENCHMARKS))
+def test_help(script: str) -> None:
+    done = _run(script, "--help", timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert "--quick" in done.stdout
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("script", sorted(BENCHMARKS))
+def test_quick_run(script: str) -> None:
+    done = _run(script, "--quick", timeout=180)
+    out = done.stdout
+    assert done.returncode == 0, f"exit {done.returncode}\n{out[-3000:]}\n{done.stderr[-3000:]}"
+    for expected in BENCHMARKS[script]:
+        assert expected in out, f"{expected!r} missing from the output:\n{out[-3000:]}"
+    assert out.count("machine: ") >= 1 and "cores" in out
