@@ -37,7 +37,30 @@ def wait_until(predicate: Callable[[], object], timeout: float = 30.0, interval:
                          + (f" (last error: {last_exc!r})" if last_exc else ""))
 
 
-class Mosquitto:
+class ServerProcess:
+    """A server binary run by a test: SIGKILL it (no goodbye, no final save) or stop it politely."""
+
+    proc: subprocess.Popen[bytes] | None = None
+    stop_timeout = 10.0
+
+    def kill(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(10)
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(self.stop_timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        if getattr(self, "log", None):
+            self.log.close()
+
+
+class Mosquitto(ServerProcess):
     """A real Mosquitto on 127.0.0.1:port with persistence, so it can be killed and restarted."""
 
     def __init__(self, workdir: Path, extra_conf: str = "") -> None:
@@ -71,25 +94,10 @@ class Mosquitto:
         self.proc = subprocess.Popen([MOSQUITTO, "-c", str(self.conf)], stdout=self.log, stderr=self.log)
         wait_for_port("127.0.0.1", self.port, timeout=10)
 
-    def kill(self) -> None:
-        """SIGKILL: no goodbye to clients, no final save (autosave keeps what it had)."""
-        if self.proc and self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait(10)
 
-    def stop(self) -> None:
-        if self.proc and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        if getattr(self, "log", None):
-            self.log.close()
+class VictoriaMetrics(ServerProcess):
+    stop_timeout = 15.0
 
-
-class VictoriaMetrics:
     def __init__(self, workdir: Path) -> None:
         self.workdir = workdir
         self.port = free_port()
@@ -105,21 +113,6 @@ class VictoriaMetrics:
                                       f"-httpListenAddr=127.0.0.1:{self.port}", "-search.latencyOffset=0s",
                                       "-loggerLevel=ERROR"], stdout=self.log, stderr=self.log)
         wait_for_port("127.0.0.1", self.port, timeout=20)
-
-    def kill(self) -> None:
-        if self.proc and self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait(10)
-
-    def stop(self) -> None:
-        if self.proc and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-        if getattr(self, "log", None):
-            self.log.close()
 
 
 class CampusProcess:
