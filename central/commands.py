@@ -11,6 +11,7 @@ agent returns; past its deadline the agent answers `expired`.
 from __future__ import annotations
 
 import logging
+import ssl
 import threading
 import time
 import uuid
@@ -19,7 +20,7 @@ from typing import Any
 from campus import contract
 from campus.contract import Command
 from campus.errors import CampusError
-from campus.mqtt import paho_client
+from campus.mqtt import explain_connect_error, paho_client
 from campus.urls import MqttUrl
 from central.ledger import Ledger
 
@@ -44,6 +45,8 @@ class CommandService:
     def start(self) -> None:
         try:
             self.client.connect(self.mqtt.host, self.mqtt.port, keepalive=30)
+        except ssl.SSLError as exc:  # reached it, but its certificate is wrong: say which way
+            raise CampusError(f"MQTT broker {self.mqtt}: {explain_connect_error(exc)}") from None
         except OSError as exc:
             raise CampusError(f"cannot reach MQTT broker {self.mqtt}: {exc.strerror or exc}") from None
         self.client.loop_start()
