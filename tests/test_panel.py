@@ -262,7 +262,7 @@ def test_stream_sends_the_room_then_every_change(app: Flask) -> None:
 
         # A command and its result, as the command API and ingest write them.
         ledger = Ledger(app.db_path)  # type: ignore[attr-defined]
-        ledger.add_command("c1", "gw-101", "display", "select_input", {"input": "hdmi2"}, "teach", NOW + 60)
+        ledger.add_command("c1", "gw-101", "display", "select_input", {"input": "hdmi2"}, "teach", time.time() + 60)
         name, room = reader.event()
         assert [(c["id"], c["status"]) for c in room["commands"]] == [("c1", "pending")]
         ledger.record([], [], [CommandResult(id="c1", status="failed", detail="no signal", ts=time.time())])
