@@ -124,7 +124,8 @@ class Ledger(PerThreadConnection):
 
     # ------------------------------------------------------------ read side
 
-    def gateways(self) -> list[dict[str, Any]]:
+    def _gateway_rows(self) -> list[tuple[dict[str, Any], dict[str, Any]]]:
+        """Each gateway as the API shows it, with its last `state` (one query for all)."""
         self.mark_silent()
         cur = self.db.execute("SELECT id, school, room, online, last_seen, received, duplicates, first_seq, max_seq,"
                               " state FROM gateways ORDER BY school, id")
@@ -132,16 +133,18 @@ class Ledger(PerThreadConnection):
         for gid, school, room, online, last_seen, received, dups, first, top, state in cur:
             gaps = (top - first + 1 - received) if first is not None else 0
             st = json.loads(state)
-            out.append({"id": gid, "school": school, "room": room, "online": bool(online), "last_seen": last_seen,
-                        "received": received, "gaps": gaps, "duplicates": dups,
-                        "outbox": st.get("outbox", {}), "agent": st.get("agent", "")})
+            out.append(({"id": gid, "school": school, "room": room, "online": bool(online), "last_seen": last_seen,
+                         "received": received, "gaps": gaps, "duplicates": dups,
+                         "outbox": st.get("outbox", {}), "agent": st.get("agent", "")}, st))
         return out
+
+    def gateways(self) -> list[dict[str, Any]]:
+        return [gw for gw, _ in self._gateway_rows()]
 
     def gateway_devices(self) -> list[dict[str, Any]]:
         """Every device the agents reported, with status (offline when its gateway is)."""
         out = []
-        for gw in self.gateways():
-            state = json.loads(self.db.execute("SELECT state FROM gateways WHERE id=?", (gw["id"],)).fetchone()[0])
+        for gw, state in self._gateway_rows():
             for dev, info in sorted(state.get("devices", {}).items()):
                 out.append({"gateway": gw["id"], "school": gw["school"], "room": gw["room"], "id": dev,
                             "profile": info.get("profile", ""), "kind": info.get("kind", ""),
