@@ -6,8 +6,10 @@ WAL lets readers run while a batch commits.
 
 from __future__ import annotations
 
+import contextlib
 import sqlite3
 import threading
+import time
 from pathlib import Path
 
 from campus.errors import StoreError
@@ -24,15 +26,26 @@ CREATE TABLE IF NOT EXISTS points (
 
 def connect(path: str | Path) -> sqlite3.Connection:
     """A connection tuned for one writer and many readers across processes."""
-    try:
-        Path(path).parent.mkdir(parents=True, exist_ok=True)
-        db = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False, timeout=30)
-        db.execute("PRAGMA journal_mode=WAL")
-        db.execute("PRAGMA synchronous=NORMAL")  # WAL + NORMAL: a crash of the process loses nothing committed
-        db.execute("PRAGMA busy_timeout=30000")
-    except (OSError, sqlite3.Error) as exc:
-        raise StoreError(f"cannot open SQLite database {path}: {exc}") from None
-    return db
+    deadline = time.monotonic() + 30
+    db: sqlite3.Connection | None = None
+    while True:
+        try:
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+            db = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False, timeout=30)
+            db.execute("PRAGMA busy_timeout=30000")
+            # Two processes opening a new file at once: switching to WAL can answer
+            # "locked" without waiting on the busy timeout, so retry it here.
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute("PRAGMA synchronous=NORMAL")  # WAL + NORMAL: a crash of the process loses nothing committed
+            return db
+        except sqlite3.OperationalError as exc:
+            with contextlib.suppress(Exception):
+                db.close()
+            if "locked" not in str(exc) or time.monotonic() > deadline:
+                raise StoreError(f"cannot open SQLite database {path}: {exc}") from None
+            time.sleep(0.05)
+        except (OSError, sqlite3.Error) as exc:
+            raise StoreError(f"cannot open SQLite database {path}: {exc}") from None
 
 
 class PerThreadConnection:
