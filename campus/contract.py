@@ -8,6 +8,7 @@ Decoders validate everything that comes from the network and raise
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import re
@@ -113,6 +114,7 @@ class Topic:
     device: str | None = None
 
 
+@functools.lru_cache(maxsize=65536)  # a district's topics repeat with every message; a Topic is immutable
 def parse_topic(topic: str) -> Topic:
     """Split a contract topic into its parts; PayloadError if it is not one."""
     parts = topic.split("/")
@@ -143,32 +145,46 @@ def _reject_constant(name: str) -> None:
     raise ValueError(f"{name} is not a number JSON allows")
 
 
-def _check_tree(data: Any, what: str) -> None:
+# Built once: json.loads(..., parse_constant=...) would build a decoder per message.
+_DECODER = json.JSONDecoder(parse_constant=_reject_constant)
+
+
+def _bad_string(value: str, what: str) -> None:
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise PayloadError(f"{what}: a string is not valid Unicode (lone surrogate)") from None
+
+
+def _check_tree(data: Any, what: str, depth: int = 0) -> None:
     """Every value is something every store can keep: bounded depth, 64-bit ints,
-    finite floats, strings that are valid UTF-8 (no lone surrogates)."""
-    stack: list[tuple[Any, int]] = [(data, 0)]
-    while stack:
-        value, depth = stack.pop()
-        if depth > MAX_DEPTH:
-            raise PayloadError(f"{what}: nested deeper than {MAX_DEPTH} levels")
-        if isinstance(value, dict):
-            stack.extend((k, depth + 1) for k in value)
-            stack.extend((v, depth + 1) for v in value.values())
-        elif isinstance(value, list):
-            stack.extend((v, depth + 1) for v in value)
-        elif isinstance(value, bool) or value is None:
-            continue
-        elif isinstance(value, int):
-            if not _INT_MIN <= value <= _INT_MAX:
-                raise PayloadError(f"{what}: integer {str(value)[:20]}… does not fit in 64 bits")
-        elif isinstance(value, float):
+    finite floats, strings that are valid UTF-8 (no lone surrogates).
+
+    Scalars are checked inline and only containers recurse: this runs on every
+    message ingest receives. (Recursion is bounded: the depth check comes first.)
+    """
+    if depth > MAX_DEPTH:
+        raise PayloadError(f"{what}: nested deeper than {MAX_DEPTH} levels")
+    if type(data) is dict:
+        for key in data:
+            if not key.isascii():
+                _bad_string(key, what)
+        values = data.values()
+    else:
+        values = data
+    for value in values:
+        t = type(value)
+        if t is float:
             if not math.isfinite(value):
                 raise PayloadError(f"{what}: numbers must be finite")
-        elif isinstance(value, str):
-            try:
-                value.encode("utf-8")
-            except UnicodeEncodeError:
-                raise PayloadError(f"{what}: a string is not valid Unicode (lone surrogate)") from None
+        elif t is str:
+            if not value.isascii():
+                _bad_string(value, what)
+        elif t is int:
+            if not _INT_MIN <= value <= _INT_MAX:
+                raise PayloadError(f"{what}: integer {str(value)[:20]}… does not fit in 64 bits")
+        elif t is dict or t is list:
+            _check_tree(value, what, depth + 1)
 
 
 def _load(payload: bytes | str, what: str) -> dict[str, Any]:
@@ -180,12 +196,12 @@ def _load(payload: bytes | str, what: str) -> dict[str, Any]:
     if len(payload) > MAX_PAYLOAD_BYTES:
         raise PayloadError(f"{what}: payload of {len(payload)} bytes exceeds {MAX_PAYLOAD_BYTES}")
     try:
-        data = json.loads(payload, parse_constant=_reject_constant)
+        data = _DECODER.decode(payload.decode("utf-8"))
     except (UnicodeDecodeError, ValueError) as exc:  # JSONDecodeError, NaN, >4300-digit ints
         raise PayloadError(f"{what}: payload is not JSON ({str(exc)[:200]})") from None
     except RecursionError:
         raise PayloadError(f"{what}: payload is nested too deeply") from None
-    if not isinstance(data, dict):
+    if type(data) is not dict:
         raise PayloadError(f"{what}: payload must be a JSON object, got {type(data).__name__}")
     _check_tree(data, what)
     return data
@@ -234,6 +250,7 @@ def _ts(data: dict[str, Any], what: str, name: str = "ts") -> float:
 
 
 MetricValue = float | int | str
+_METRIC_NAMES_SEEN: set[str] = set()  # names that passed check_segment (a few dozen in practice)
 
 
 @dataclass
@@ -251,7 +268,10 @@ class Telemetry:
         data = _load(payload, what)
         values = _field(data, "values", dict, what)
         for name, value in values.items():
-            check_segment(name, f"{what}: metric name")
+            if name not in _METRIC_NAMES_SEEN:
+                check_segment(name, f"{what}: metric name")
+                if len(_METRIC_NAMES_SEEN) < 10_000:
+                    _METRIC_NAMES_SEEN.add(name)
             if isinstance(value, bool) or not isinstance(value, (int, float, str)):
                 raise PayloadError(f"{what}: metric '{name}' must be a number or a string")
             if isinstance(value, float) and not math.isfinite(value):

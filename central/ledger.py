@@ -19,6 +19,8 @@ from campus.contract import CommandResult, State
 from campus.errors import StoreError
 from central.store.sqlite import PerThreadConnection
 
+_SQL_PARAMS = 900  # seqs per look-up: under SQLite's oldest limit of 999 parameters per statement
+
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS gateways (
     id TEXT PRIMARY KEY, school TEXT NOT NULL, room TEXT NOT NULL DEFAULT '',
@@ -69,32 +71,67 @@ class Ledger(PerThreadConnection):
 
     def record(self, messages: list[Sequenced], states: list[tuple[str, str, State]],
                results: list[CommandResult]) -> list[bool]:
-        """Record a batch in one transaction; returns, per message, whether it was new."""
+        """Record a batch in one transaction; returns, per message, whether it was new.
+
+        Work is per gateway, not per message: one look-up of the batch's seqs in
+        `seen`, one counter update, and one `latest` row per metric (the
+        newest in the batch), so the cost grows with the gateways and metrics
+        in a batch, not with its messages.
+        """
         now = time.time()
         fresh: list[bool] = []
+        by_gateway: dict[str, list[Sequenced]] = {}
+        for m in messages:
+            by_gateway.setdefault(m.gateway, []).append(m)
         try:
             with self.db:
-                self.db.execute("BEGIN IMMEDIATE")
+                self.db.execute("BEGIN IMMEDIATE")  # the write lock: no other worker records between look-up and insert
+                new_seqs: dict[str, set[int]] = {}
+                for gateway, msgs in by_gateway.items():
+                    self._ensure_gateway(msgs[0].school, gateway)
+                    new_seqs[gateway] = {m.seq for m in msgs} - self._seen(gateway, {m.seq for m in msgs})
+                seen_rows: list[tuple[str, int]] = []
+                latest: dict[tuple[str, str, str], tuple[float, str]] = {}
+                events: list[tuple[str, str, int, float, str, str]] = []
+                counts: dict[str, list[int]] = {}  # gateway -> [new, duplicates, lowest new seq, highest new seq]
                 for m in messages:
-                    self._ensure_gateway(m.school, m.gateway)
-                    new = self.db.execute("INSERT OR IGNORE INTO seen VALUES (?, ?)", (m.gateway, m.seq)).rowcount == 1
+                    unseen = new_seqs[m.gateway]
+                    new = m.seq in unseen
                     fresh.append(new)
+                    c = counts.get(m.gateway)
+                    if c is None:
+                        c = counts[m.gateway] = [0, 0, m.seq, m.seq]
+                    if not new:
+                        c[1] += 1
+                        continue
+                    unseen.discard(m.seq)  # the same seq twice in one batch: the second is a duplicate
+                    seen_rows.append((m.gateway, m.seq))
+                    c[0] += 1
+                    c[2], c[3] = min(c[2], m.seq), max(c[3], m.seq)
+                    if m.values:
+                        for metric, value in m.values.items():
+                            key = (m.gateway, m.device, metric)
+                            old = latest.get(key)
+                            if old is None or m.ts >= old[0]:
+                                latest[key] = (m.ts, value)
+                    if m.event is not None:
+                        events.append((m.gateway, m.device, m.seq, m.ts, m.event[0], json.dumps(m.event[1])))
+                seen_rows.sort()
+                self.db.executemany("INSERT INTO seen VALUES (?, ?)", seen_rows)
+                for gateway, (new, dups, low, high) in counts.items():
                     if new:
                         self.db.execute(
-                            "UPDATE gateways SET received = received + 1, last_seen = ?,"
+                            "UPDATE gateways SET received = received + ?, duplicates = duplicates + ?, last_seen = ?,"
                             " first_seq = MIN(COALESCE(first_seq, ?), ?), max_seq = MAX(COALESCE(max_seq, ?), ?)"
-                            " WHERE id = ?", (now, m.seq, m.seq, m.seq, m.seq, m.gateway))
-                        if m.values:
-                            self.db.executemany(
-                                "INSERT INTO latest VALUES (?, ?, ?, ?, ?) ON CONFLICT (gateway, device, metric)"
-                                " DO UPDATE SET ts=excluded.ts, value=excluded.value WHERE excluded.ts >= latest.ts",
-                                [(m.gateway, m.device, k, m.ts, json.dumps(v)) for k, v in m.values.items()])
-                        if m.event is not None:
-                            self.db.execute("INSERT OR IGNORE INTO events VALUES (?, ?, ?, ?, ?, ?)",
-                                            (m.gateway, m.device, m.seq, m.ts, m.event[0], json.dumps(m.event[1])))
+                            " WHERE id = ?", (new, dups, now, low, low, high, high, gateway))
                     else:
-                        self.db.execute("UPDATE gateways SET duplicates = duplicates + 1, last_seen = ? WHERE id = ?",
-                                        (now, m.gateway))
+                        self.db.execute("UPDATE gateways SET duplicates = duplicates + ?, last_seen = ? WHERE id = ?",
+                                        (dups, now, gateway))
+                self.db.executemany(
+                    "INSERT INTO latest VALUES (?, ?, ?, ?, ?) ON CONFLICT (gateway, device, metric)"
+                    " DO UPDATE SET ts=excluded.ts, value=excluded.value WHERE excluded.ts >= latest.ts",
+                    [(gw, dev, metric, ts, json.dumps(value)) for (gw, dev, metric), (ts, value) in latest.items()])
+                self.db.executemany("INSERT OR IGNORE INTO events VALUES (?, ?, ?, ?, ?, ?)", events)
                 for school, gateway, state in states:
                     self._ensure_gateway(school, gateway)
                     # A late Will must not overwrite a newer "online" (ordering by the state's ts).
@@ -110,6 +147,16 @@ class Ledger(PerThreadConnection):
         except sqlite3.Error as exc:
             raise StoreError(f"{self.path}: ledger write failed: {exc}") from None
         return fresh
+
+    def _seen(self, gateway: str, seqs: set[int]) -> set[int]:
+        """Which of `seqs` this gateway's ledger already has."""
+        found: set[int] = set()
+        ordered = sorted(seqs)
+        for i in range(0, len(ordered), _SQL_PARAMS):
+            chunk = ordered[i:i + _SQL_PARAMS]
+            found.update(r[0] for r in self.db.execute(
+                f"SELECT seq FROM seen WHERE gateway = ? AND seq IN ({','.join('?' * len(chunk))})", (gateway, *chunk)))
+        return found
 
     def mark_silent(self, now: float | None = None) -> list[str]:
         """Gateways that said nothing for 3 poll intervals become offline."""
