@@ -1,35 +1,30 @@
 """Central ingest: MQTT in, points and ledger out, ack only after the store has it.
 
-paho-mqtt's network thread hands every message to a queue; the writer
-thread takes batches, decodes them (garbage is counted, logged and acked so
-it is not redelivered forever), writes the points (idempotent), records the
-ledger (dedup by gateway + seq) and only then sends the PUBACKs. If the
-store fails, the batch is retried with backoff and nothing is acked, so the
-broker keeps the messages for our persistent session; a restart of ingest
-loses nothing.
+The subscriber's network thread (central/subscriber.py) hands every chunk
+of received messages to a queue; the writer thread takes batches, decodes
+them (garbage is counted, logged and acked so it is not redelivered
+forever), writes the points (idempotent), records the ledger (dedup by
+gateway + seq) and only then acknowledges the batch with one write of its
+PUBACKs. If the store fails, the batch is retried with backoff and nothing
+is acked, so the broker keeps the messages for our persistent session; a
+restart of ingest loses nothing.
 """
 
 from __future__ import annotations
 
 import logging
 import queue
-import ssl
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Any
-
-import paho.mqtt.client as paho
-from paho.mqtt.packettypes import PacketTypes
-from paho.mqtt.properties import Properties
 
 from campus import contract
 from campus.contract import CommandResult, Event, State, Telemetry
-from campus.errors import CampusError, PayloadError, StoreError
-from campus.mqtt import explain_connect_error, paho_client
+from campus.errors import PayloadError, StoreError
 from campus.urls import MqttUrl
 from central.ledger import Ledger, Sequenced
-from central.store import Point, PointStore
+from central.store import PointStore, Sample
+from central.subscriber import Delivery, Subscriber
 
 log = logging.getLogger(__name__)
 
@@ -49,14 +44,6 @@ class IngestStats:
     kinds: dict[str, int] = field(default_factory=dict)
 
 
-@dataclass
-class _Incoming:
-    mid: int
-    qos: int
-    topic: str
-    payload: bytes
-
-
 class Ingest:
     def __init__(self, mqtt: MqttUrl, store: PointStore, ledger: Ledger, *, name: str = "ingest",
                  share_group: str | None = None, batch_size: int = 500) -> None:
@@ -67,18 +54,19 @@ class Ingest:
         self.share_group = share_group
         self.batch_size = batch_size
         self.stats = IngestStats()
-        self.inbox: queue.Queue[_Incoming] = queue.Queue()
+        # Chunks of deliveries as the network thread read them (one queue operation per chunk).
+        self.inbox: queue.Queue[list[Delivery]] = queue.Queue()
+        self._pending: list[Delivery] = []
         self.kinds: dict[tuple[str, str], str] = {}
         self.rooms: dict[str, str] = {}
         self._maps_loaded = 0.0
         self._load_maps()
-        self.connected = threading.Event()
-        self.client = paho_client(mqtt, f"campus-{name}", manual_ack=True)
-        self.client.on_connect = self._on_connect
-        self.client.on_disconnect = self._on_disconnect
-        self.client.on_message = self._on_message
-        self.client.on_subscribe = self._on_subscribe
-        self.client.reconnect_delay_set(0.2, 5)
+        filters = contract.ingest_filters()
+        if share_group:
+            filters = [contract.share(f, share_group) for f in filters]
+        self.subscriber = Subscriber(mqtt, f"campus-{name}", filters, self.inbox.put,
+                                     session_expiry=SESSION_EXPIRY_S, receive_maximum=RECEIVE_MAXIMUM)
+        self.connected = self.subscriber.ready
         self._bad_logged = 0.0
 
     def _load_maps(self) -> None:
@@ -94,49 +82,9 @@ class Ingest:
             self._load_maps()
         return self.kinds.get((gateway, device), "device"), self.rooms.get(gateway, "")
 
-    # ------------------------------------------------------------ MQTT side
-
     def connect(self) -> None:
-        props = None
-        if self.mqtt.protocol == "5":
-            props = Properties(PacketTypes.CONNECT)
-            props.SessionExpiryInterval = SESSION_EXPIRY_S
-            props.ReceiveMaximum = RECEIVE_MAXIMUM
-        try:
-            if self.mqtt.protocol == "5":
-                self.client.connect(self.mqtt.host, self.mqtt.port, keepalive=15, clean_start=False, properties=props)
-            else:
-                self.client.connect(self.mqtt.host, self.mqtt.port, keepalive=15)
-        except ssl.SSLError as exc:  # reached it, but its certificate is wrong: say which way
-            raise CampusError(f"MQTT broker {self.mqtt}: {explain_connect_error(exc)}") from None
-        except OSError as exc:
-            raise CampusError(f"cannot reach MQTT broker {self.mqtt}: {exc.strerror or exc}") from None
-        self.client.loop_start()
-
-    def _on_connect(self, client: paho.Client, userdata: Any, flags: Any, reason: Any, props: Any) -> None:
-        if reason.is_failure:
-            log.error("broker %s refused ingest: %s", self.mqtt, reason)
-            return
-        filters = contract.ingest_filters()
-        if self.share_group:
-            filters = [contract.share(f, self.share_group) for f in filters]
-        client.subscribe([(f, 1) for f in filters])
-        log.info("%s connected to %s (session present: %s)", self.name, self.mqtt, flags.session_present)
-
-    def _on_subscribe(self, client: paho.Client, userdata: Any, mid: int, reasons: Any, props: Any) -> None:
-        failed = [r for r in reasons if r.is_failure]
-        if failed:
-            log.error("%s: broker refused subscriptions: %s", self.name, failed)
-            return
-        self.connected.set()
-        log.info("%s subscribed: ready", self.name)
-
-    def _on_disconnect(self, client: paho.Client, userdata: Any, flags: Any, reason: Any, props: Any) -> None:
-        self.connected.clear()
-        log.warning("%s disconnected from %s: %s", self.name, self.mqtt, reason)
-
-    def _on_message(self, client: paho.Client, userdata: Any, msg: paho.MQTTMessage) -> None:
-        self.inbox.put(_Incoming(msg.mid, msg.qos, msg.topic, msg.payload))
+        """Connect and subscribe (CampusError naming the broker if it cannot), then keep at it."""
+        self.subscriber.start()
 
     # ------------------------------------------------------------ writer side
 
@@ -151,19 +99,23 @@ class Ingest:
                 last_silence_check = time.monotonic()
                 self.ledger.mark_silent()
 
-    def _take(self, timeout: float) -> list[_Incoming]:
-        try:
-            batch = [self.inbox.get(timeout=timeout)]
-        except queue.Empty:
-            return []
+    def _take(self, timeout: float) -> list[Delivery]:
+        """Up to batch_size deliveries: what is waiting, or what arrives within `timeout`."""
+        batch = self._pending
+        if not batch:
+            try:
+                batch = self.inbox.get(timeout=timeout)
+            except queue.Empty:
+                return []
         while len(batch) < self.batch_size:
             try:
-                batch.append(self.inbox.get_nowait())
+                batch = batch + self.inbox.get_nowait()
             except queue.Empty:
                 break
+        batch, self._pending = batch[:self.batch_size], batch[self.batch_size:]
         return batch
 
-    def _write_until_stored(self, batch: list[_Incoming], stop: threading.Event) -> None:
+    def _write_until_stored(self, batch: list[Delivery], stop: threading.Event) -> None:
         backoff = 0.2
         while True:
             try:
@@ -176,26 +128,24 @@ class Ingest:
                 if stop.wait(backoff):
                     return  # stopping: unacked messages stay with the broker
                 backoff = min(backoff * 2, 10.0)
-        for m in batch:
-            if m.qos > 0:
-                self.client.ack(m.mid, m.qos)
+        self.subscriber.ack(batch)
 
-    def process(self, batch: list[_Incoming]) -> None:
+    def process(self, batch: list[Delivery]) -> None:
         """Decode, store and record one batch. Raises StoreError having acked nothing."""
-        points: list[Point] = []
+        samples: list[Sample] = []
         sequenced: list[Sequenced] = []
         states: list[tuple[str, str, State]] = []
         results: list[CommandResult] = []
+        counted = self.stats.kinds
         for m in batch:
             try:
                 topic = contract.parse_topic(m.topic)
                 if topic.kind == contract.KIND_TELEMETRY:
                     t = Telemetry.decode(m.payload)
-                    kind, room = self._kind_and_room(topic.gateway, topic.device or "")
-                    points.extend(Point(topic.school, topic.gateway, topic.device or "", kind, name, t.ts, value, room)
-                                  for name, value in t.values.items())
-                    sequenced.append(Sequenced(topic.school, topic.gateway, topic.device or "", t.seq, t.ts,
-                                               values=t.values))
+                    device = topic.device or ""
+                    kind, room = self._kind_and_room(topic.gateway, device)
+                    samples.append(Sample(topic.school, topic.gateway, device, kind, t.ts, t.values, room))
+                    sequenced.append(Sequenced(topic.school, topic.gateway, device, t.seq, t.ts, values=t.values))
                 elif topic.kind == contract.KIND_EVENT:
                     e = Event.decode(m.payload)
                     sequenced.append(Sequenced(topic.school, topic.gateway, topic.device or "", e.seq, e.ts,
@@ -212,7 +162,7 @@ class Ingest:
                     results.append(CommandResult.decode(m.payload))
                 else:
                     continue
-                self.stats.kinds[topic.kind] = self.stats.kinds.get(topic.kind, 0) + 1
+                counted[topic.kind] = counted.get(topic.kind, 0) + 1
             except PayloadError as exc:
                 self.stats.rejected += 1
                 now = time.monotonic()
@@ -220,14 +170,13 @@ class Ingest:
                     self._bad_logged = now
                     log.warning("rejected message on %r: %s (%d rejected so far)", m.topic[:200], exc,
                                 self.stats.rejected)
-        if points:
-            self.store.write(points)
+        if samples:
+            self.store.write(samples)
         fresh = self.ledger.record(sequenced, states, results)
         self.stats.messages += len(batch)
         self.stats.stored += sum(fresh)
         self.stats.duplicates += len(fresh) - sum(fresh)
-        self.stats.points += len(points)
+        self.stats.points += sum(len(s.values) for s in samples)
 
     def close(self) -> None:
-        self.client.loop_stop()
-        self.client.disconnect()
+        self.subscriber.close()

@@ -14,7 +14,7 @@ import pytest
 
 from campus.contract import State
 from central.ledger import Ledger, Sequenced
-from central.store.base import Point
+from central.store.base import Sample
 from central.store.sqlite import SqlitePointStore
 from dashboards import WebConfig, close_app, create_app
 
@@ -31,7 +31,7 @@ def app(tmp_path: Path):
         ledger.record([Sequenced("s1", gw, "env", 1, NOW - 5, values={"co2_ppm": 800}),
                        Sequenced("s1", gw, "cards", 2, NOW - 4, event=("card_swipe", {"card": "ab"}))],
                       [("s1", gw, State(online=True, ts=NOW, room=room, devices=devices, interval=5))], [])
-        points.write([Point("s1", gw, "env", "environment", "co2_ppm", NOW - 5, 800.0)])
+        points.write([Sample("s1", gw, "env", "environment", NOW - 5, {"co2_ppm": 800.0})])
     ledger.close()
     points.close()
     app = create_app(WebConfig(store_url=f"sqlite:///{db}", db_path=db))

@@ -30,7 +30,7 @@ def assert_exactly_once(room: Classroom, figures: dict[str, int]) -> None:
     gw = room.view.gateway(room.gateway)
     assert gw["received"] == last - dropped
     assert gw["gaps"] == 0  # the first stored seq is dropped+1: nothing missing after it
-    points = room.view.points.db.execute("SELECT COUNT(*) FROM points WHERE gateway=?", (room.gateway,)).fetchone()[0]
+    points = room.view.points.count(room.gateway)
     assert points == METRICS_PER_SAMPLE * (last - dropped), "a sample was stored twice or lost a metric"
 
 

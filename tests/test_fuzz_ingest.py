@@ -24,9 +24,10 @@ from campus import contract
 from campus.contract import CommandResult, Event, State, Telemetry
 from campus.errors import PayloadError, StoreError
 from campus.urls import MqttUrl
-from central.ingest import Ingest, _Incoming
+from central.ingest import Ingest
 from central.ledger import Ledger
 from central.store.sqlite import SqlitePointStore
+from central.subscriber import Delivery
 from tests.test_fuzz import (
     CONTRACT_BUGS,
     KnownBug,
@@ -126,7 +127,7 @@ def classify(topic: str, payload: bytes) -> Expected:
         return Expected("rejected", parsed, None)
 
 
-def check_recorded(ledger: Ledger, store: SqlitePointStore, batch: list[_Incoming], ingest: Ingest) -> None:
+def check_recorded(ledger: Ledger, store: SqlitePointStore, batch: list[Delivery], ingest: Ingest) -> None:
     expected = [classify(m.topic, m.payload) for m in batch]
     stats = ingest.stats
     assert stats.messages == len(batch)
@@ -189,7 +190,7 @@ def test_ingest_process_records_valid_and_counts_garbage(tmp_path_factory: pytes
             obj = CLASSES[kind].decode(payload)
             obj.seq = next(seqs)  # unique seq per batch, so that each valid message is new
             payload = obj.encode()
-        batch.append(_Incoming(mid, 1, topic, payload))
+        batch.append(Delivery(1, mid, 1, topic, payload))
     db = Path(tmp_path_factory.mktemp(f"ingest{next(_run)}")) / "central.db"
     store, ledger = SqlitePointStore(db), Ledger(db)
     try:
@@ -219,8 +220,8 @@ def ingest(tmp_path: Path) -> Any:
     ledger.close()
 
 
-def _one(topic: str, payload: bytes) -> list[_Incoming]:
-    return [_Incoming(1, 1, topic, payload)]
+def _one(topic: str, payload: bytes) -> list[Delivery]:
+    return [Delivery(1, 1, 1, topic, payload)]
 
 
 @pytest.mark.parametrize("payload", [

@@ -231,7 +231,7 @@ def _get(base: str, path: str, params: list[tuple[str, str]]) -> dict[str, Any]:
 
 def _write_sample_school(url: str) -> float:
     """Ten minutes of every kind of device in one room, through the production store."""
-    from central.store import Point, open_store
+    from central.store import Sample, open_store
 
     store = open_store(url)
     now = time.time()
@@ -245,8 +245,8 @@ def _write_sample_school(url: str) -> float:
                                "error_other": "ok"}),
         "disp": ("display", {"power": "on", "volume": 35.0, "muted": "off"}),
     }
-    points = [Point("s1", "gw-101", dev, kind, metric, round(now - 600 + 30 * i, 3), value, "101")
-              for i in range(21) for dev, (kind, values) in devices.items() for metric, value in values.items()]
+    points = [Sample("s1", "gw-101", dev, kind, round(now - 600 + 30 * i, 3), values, "101")
+              for i in range(21) for dev, (kind, values) in devices.items()]
     try:
         store.write(points)
     finally:

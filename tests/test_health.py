@@ -31,7 +31,7 @@ from campus.net import free_port
 from central import alarms
 from central.ledger import Ledger, Sequenced
 from central.registry import AlarmRule, Building, Schedule, ScheduleRun
-from central.store.base import Point
+from central.store.base import Sample
 from central.store.sqlite import SqlitePointStore
 from dashboards import WebConfig, close_app, create_app, health
 from tests.servers import wait_until
@@ -49,10 +49,10 @@ def local(day: int, hh: int, mm: int = 0) -> float:
     return datetime.combine(WEEK + timedelta(days=day), datetime.min.time()).replace(hour=hh, minute=mm).timestamp()
 
 
-def power_points(gw: str, device: str, kind: str, start: float, stop: float, step: float = 300) -> list[Point]:
+def power_points(gw: str, device: str, kind: str, start: float, stop: float, step: float = 300) -> list[Sample]:
     """`on` every `step` seconds from start, `off` at stop."""
-    pts = [Point("s1", gw, device, kind, "power", start + i * step, "on") for i in range(int((stop - start) // step))]
-    return pts + [Point("s1", gw, device, kind, "power", stop, "off")]
+    pts = [Sample("s1", gw, device, kind, start + i * step, {"power": "on"}) for i in range(int((stop - start) // step))]
+    return pts + [Sample("s1", gw, device, kind, stop, {"power": "off"})]
 
 
 @pytest.fixture
@@ -65,7 +65,7 @@ def app(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
         ledger.record([Sequenced("s1", gw, "env", next(_seq), NOW - 5, values={"co2_ppm": 800, "temperature_c": 21}),
                        Sequenced("s1", gw, "proj", next(_seq), NOW - 4, values={"power": "on", "lamp_hours": 1200})],
                       [("s1", gw, State(online=True, ts=NOW, room=room, devices=DEVICES))], [])
-        points.write([Point("s1", gw, "env", "environment", "co2_ppm", NOW - 60 * i, 800.0 + i) for i in range(30)])
+        points.write([Sample("s1", gw, "env", "environment", NOW - 60 * i, {"co2_ppm": 800.0 + i}) for i in range(30)])
     # gw-201 went offline; its display was last heard long ago.
     ledger.record([], [("s1", "gw-201", State(online=False, ts=NOW + 1, room="201", devices=DEVICES))], [])
     # A week of usage: the projector of 101 on Monday 08:00-10:00; the display of 102 left on Tuesday 21:00-01:00.
@@ -381,7 +381,7 @@ def test_usage_figures_per_day_and_at_night() -> None:
 
 def test_iter_points_pages_past_the_store_limit(tmp_path: Path) -> None:
     store = SqlitePointStore(tmp_path / "p.db")
-    store.write([Point("s", "g", "d", "display", "power", 1000.0 + i, "on") for i in range(250)])
+    store.write([Sample("s", "g", "d", "display", 1000.0 + i, {"power": "on"}) for i in range(250)])
     got = list(health.iter_points(store, "g", "d", "power", 0, 2000, chunk=600, limit=40))
     assert [ts for ts, _ in got] == [1000.0 + i for i in range(250)]
     store.close()

@@ -21,7 +21,7 @@ from campus.contract import State
 from campus.urls import parse_mqtt_url
 from central.commands import CommandService
 from central.ledger import Ledger, Sequenced
-from central.store.base import Point
+from central.store.base import Sample
 from central.store.sqlite import SqlitePointStore
 from dashboards import WebConfig, close_app, create_app
 from dashboards.auth import RateLimiter
@@ -62,7 +62,7 @@ def api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Api]:
         ledger.record([Sequenced("s1", gw, "env", 1, now - 5, values={"co2_ppm": 800}),
                        Sequenced("s1", gw, "cards", 2, now - 4, event=("card_swipe", {"card": "ab"}))],
                       [("s1", gw, State(online=True, ts=now, room=room, devices=devices, interval=5))], [])
-        points.write([Point("s1", gw, "env", "environment", "co2_ppm", now - 5, 800.0)])
+        points.write([Sample("s1", gw, "env", "environment", now - 5, {"co2_ppm": 800.0})])
     ledger.close()
     points.close()
     app = create_app(WebConfig(store_url=f"sqlite:///{db}", db_path=db))

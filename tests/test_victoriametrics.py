@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from central.store import Point, open_store
+from central.store import Sample, open_store
 from tests.e2e import Classroom, read_simulator
 from tests.servers import Mosquitto, VictoriaMetrics, wait_until
 
@@ -17,8 +17,8 @@ pytestmark = pytest.mark.slow
 def test_store_roundtrip_enums_and_long_windows(victoria: VictoriaMetrics) -> None:
     store = open_store(victoria.url)
     now = round(time.time(), 3)
-    points = [Point("s1", "gw1", "env", "environment", "co2_ppm", now - 10 + i, 400.0 + i, "101") for i in range(5)]
-    points.append(Point("s1", "gw1", "proj", "projector", "power", now - 2, "warming", "101"))
+    points = [Sample("s1", "gw1", "env", "environment", now - 10 + i, {"co2_ppm": 400.0 + i}, "101") for i in range(5)]
+    points.append(Sample("s1", "gw1", "proj", "projector", now - 2, {"power": "warming"}, "101"))
     store.write(points)
     store.write(points[:3])  # a redelivered batch
     series = wait_until(lambda: (r := store.query("gw1", "env", "co2_ppm", now - 60, now + 1)) and len(r) == 5 and r,
@@ -36,7 +36,7 @@ def test_victoriametrics_down_is_a_store_error(tmp_path: Path) -> None:
 
     store = open_store(f"victoriametrics://127.0.0.1:{free_port()}")
     with pytest.raises(StoreError, match="unreachable"):
-        store.write([Point("s", "g", "d", "environment", "co2_ppm", 1.0, 1.0)])
+        store.write([Sample("s", "g", "d", "environment", 1.0, {"co2_ppm": 1.0})])
 
 
 def _vm_sample_count(room: Classroom, metric: str = "co2_ppm") -> int:

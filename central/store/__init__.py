@@ -8,7 +8,7 @@ speaks InfluxDB line protocol (VictoriaMetrics, InfluxDB).
 from __future__ import annotations
 
 from campus.urls import parse_store_url
-from central.store.base import Point, PointStore
+from central.store.base import PointStore, Sample
 
 
 def open_store(url: str) -> PointStore:
@@ -22,4 +22,4 @@ def open_store(url: str) -> PointStore:
     return InfluxPointStore(parsed)
 
 
-__all__ = ["Point", "PointStore", "open_store"]
+__all__ = ["PointStore", "Sample", "open_store"]

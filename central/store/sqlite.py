@@ -2,26 +2,45 @@
 
 Ingest writes and the web app reads the same file from separate processes;
 WAL lets readers run while a batch commits.
+
+One row per sample, as the agent sent it: (gateway, device, ts) and the
+metrics as one JSON object, like one line of InfluxDB line protocol. Rows
+per metric cost ingest four times as much (six inserts per message instead
+of one: ~30 against ~8 us a message measured) and took 51 bytes a point
+against 28; a history query pulls its metric out with `json_extract`
+(~10 ms for an hour of 1 Hz samples). A redelivered sample overwrites
+itself; two samples of one device with the same timestamp merge.
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
+import logging
 import sqlite3
 import threading
 import time
 from pathlib import Path
 
+from campus import contract
 from campus.errors import StoreError
-from central.store.base import Point
+from central.store.base import Sample
+
+log = logging.getLogger(__name__)
 
 SCHEMA = """
-CREATE TABLE IF NOT EXISTS points (
-    gateway TEXT NOT NULL, device TEXT NOT NULL, metric TEXT NOT NULL, ts REAL NOT NULL,
-    value REAL, text TEXT,
-    PRIMARY KEY (gateway, device, metric, ts)
+CREATE TABLE IF NOT EXISTS samples (
+    gateway TEXT NOT NULL, device TEXT NOT NULL, ts REAL NOT NULL, metrics TEXT NOT NULL,
+    PRIMARY KEY (gateway, device, ts)
 ) WITHOUT ROWID;
 """
+_UPSERT = ("INSERT INTO samples VALUES (?, ?, ?, ?) ON CONFLICT (gateway, device, ts)"
+           " DO UPDATE SET metrics = json_patch(metrics, excluded.metrics)")
+# Files written before samples became rows kept a row per point in `points`.
+_MIGRATE = ("INSERT INTO samples SELECT gateway, device, ts, json_group_object(metric, COALESCE(text, value))"
+            " FROM points WHERE true GROUP BY gateway, device, ts"
+            " ON CONFLICT (gateway, device, ts) DO UPDATE SET metrics = json_patch(metrics, excluded.metrics)")
+_dump_metrics = json.JSONEncoder(separators=(",", ":"), allow_nan=False).encode
 
 
 def connect(path: str | Path) -> sqlite3.Connection:
@@ -81,22 +100,41 @@ class PerThreadConnection:
 class SqlitePointStore(PerThreadConnection):
     schema = SCHEMA
 
-    def write(self, points: list[Point]) -> None:
-        rows = [(p.gateway, p.device, p.metric, p.ts, None if isinstance(p.value, str) else float(p.value),
-                 p.value if isinstance(p.value, str) else None) for p in points]
+    def __init__(self, path: str | Path) -> None:
+        super().__init__(path)
+        self._migrate_points()
+
+    def _migrate_points(self) -> None:
+        try:
+            with self.db:
+                self.db.execute("BEGIN IMMEDIATE")  # two processes opening an old file: one migrates
+                if self.db.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'points'").fetchone():
+                    moved = self.db.execute("SELECT COUNT(*) FROM points").fetchone()[0]
+                    self.db.execute(_MIGRATE)
+                    self.db.execute("DROP TABLE points")
+                    log.warning("%s: moved %d points from the old per-point table into samples", self.path, moved)
+        except sqlite3.Error as exc:
+            raise StoreError(f"{self.path}: cannot convert the old points table: {exc}") from None
+
+    def write(self, samples: list[Sample]) -> None:
+        rows = [(s.gateway, s.device, s.ts, _dump_metrics(s.values)) for s in samples if s.values]
         try:
             with self.db:
                 self.db.execute("BEGIN IMMEDIATE")
-                self.db.executemany("INSERT OR REPLACE INTO points VALUES (?, ?, ?, ?, ?, ?)", rows)
+                self.db.executemany(_UPSERT, rows)
         except sqlite3.Error as exc:
             raise StoreError(f"{self.path}: write failed: {exc}") from None
 
     def query(self, gateway: str, device: str, metric: str, start: float, end: float,
               limit: int = 10_000) -> list[tuple[float, float | str]]:
+        path = f'$."{contract.check_segment(metric, "metric")}"'
         cur = self.db.execute(
-            "SELECT ts, value, text FROM points WHERE gateway=? AND device=? AND metric=? AND ts BETWEEN ? AND ?"
-            " ORDER BY ts LIMIT ?", (gateway, device, metric, start, end, limit))
-        return [(ts, text if value is None else value) for ts, value, text in cur]
+            "SELECT ts, json_extract(metrics, ?) AS value FROM samples WHERE gateway = ? AND device = ?"
+            " AND ts BETWEEN ? AND ? AND value IS NOT NULL ORDER BY ts LIMIT ?", (path, gateway, device, start, end, limit))
+        return cur.fetchall()
 
-    def count(self) -> int:
-        return self.db.execute("SELECT COUNT(*) FROM points").fetchone()[0]
+    def count(self, gateway: str | None = None) -> int:
+        """Points (metric values) stored, of one gateway or all."""
+        where, args = ("WHERE gateway = ?", (gateway,)) if gateway else ("", ())
+        return self.db.execute("SELECT COALESCE(SUM((SELECT COUNT(*) FROM json_each(metrics))), 0)"
+                               f" FROM samples {where}", args).fetchone()[0]
