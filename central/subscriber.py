@@ -304,8 +304,9 @@ class Subscriber:
         self.connection = 0  # counts connections; a Delivery carries the one it came on
         self.session_present = False
         self._sock: socket.socket | None = None
-        self._wake_r, self._wake_w = socket.socketpair()
-        self._wake_r.setblocking(False)
+        # ack() and close() wake the network thread through this pair (made in start()).
+        self._wake_r: socket.socket | None = None
+        self._wake_w: socket.socket | None = None
         self._lock = threading.Lock()
         self._acks: list[int] = []
         self._stop = threading.Event()
@@ -322,6 +323,9 @@ class Subscriber:
         """Connect and subscribe once (a refusal or an unreachable broker raises
         CampusError naming it), then keep the connection on a thread."""
         self._connect()
+        self._wake_r, self._wake_w = socket.socketpair()
+        self._wake_r.setblocking(False)
+        self._wake_w.setblocking(False)  # a full pair means the thread is awake already: never block ack()
         self._thread = threading.Thread(target=self._run, name=f"mqtt-{self.client_id}", daemon=True)
         self._thread.start()
 
@@ -340,15 +344,18 @@ class Subscriber:
         if self._thread is not None:
             self._thread.join(timeout=10)
         self._drop(send_disconnect=True)
-        self._wake_r.close()
-        self._wake_w.close()
+        for end in (self._wake_r, self._wake_w):
+            if end is not None:
+                end.close()
 
     # ------------------------------------------------------------ connection
 
     def _wake(self) -> None:
+        if self._wake_w is None:
+            return
         try:
             self._wake_w.send(b"\x00")
-        except (BlockingIOError, OSError):
+        except OSError:
             pass  # already awake, or closing
 
     def _connect(self) -> None:
@@ -458,6 +465,8 @@ class Subscriber:
         sock = self._sock
         assert sock is not None
         tls = isinstance(sock, ssl.SSLSocket)
+        wake = self._wake_r
+        assert wake is not None
         self._take_buffered()  # a resumed session's messages may have come in with the CONNACK
         while not self._stop.is_set():
             now = time.monotonic()
@@ -466,10 +475,10 @@ class Subscriber:
             if tls and sock.pending():
                 readable = [sock]
             else:
-                readable, _, _ = select.select([sock, self._wake_r], [], [], timeout)
-            if self._wake_r in readable:
+                readable, _, _ = select.select([sock, wake], [], [], timeout)
+            if wake in readable:
                 try:
-                    self._wake_r.recv(4096)
+                    wake.recv(4096)
                 except BlockingIOError:
                     pass
             self._send_acks(sock)
