@@ -30,6 +30,7 @@ log = logging.getLogger(__name__)
 
 SESSION_EXPIRY_S = 24 * 3600
 RECEIVE_MAXIMUM = 1000  # unacked messages the broker may send us (MQTT 5 flow control)
+LINGER_S = 0.02  # how long a batch that is not full waits for more messages
 
 
 @dataclass
@@ -46,20 +47,21 @@ class IngestStats:
 
 class Ingest:
     def __init__(self, mqtt: MqttUrl, store: PointStore, ledger: Ledger, *, name: str = "ingest",
-                 share_group: str | None = None, batch_size: int = 500) -> None:
+                 share_group: str | None = None, batch_size: int = 500, linger_s: float = LINGER_S) -> None:
         self.mqtt = mqtt
         self.store = store
         self.ledger = ledger
         self.name = name
         self.share_group = share_group
         self.batch_size = batch_size
+        self.linger_s = linger_s
         self.stats = IngestStats()
         # Chunks of deliveries as the network thread read them (one queue operation per chunk).
         self.inbox: queue.Queue[list[Delivery]] = queue.Queue()
         self._pending: list[Delivery] = []
         self.kinds: dict[tuple[str, str], str] = {}
         self.rooms: dict[str, str] = {}
-        self._maps_loaded = 0.0
+        self._looked_up: dict[str, float] = {}  # gateway -> when its devices were last read from the ledger
         self._load_maps()
         filters = contract.ingest_filters()
         if share_group:
@@ -73,13 +75,22 @@ class Ingest:
         """Device kinds and rooms as the ledger knows them (from any worker's `state`)."""
         self.kinds.update({(d["gateway"], d["id"]): d["kind"] for d in self.ledger.gateway_devices() if d["kind"]})
         self.rooms.update({g["id"]: g["room"] for g in self.ledger.gateways() if g["room"]})
-        self._maps_loaded = time.monotonic()
 
     def _kind_and_room(self, gateway: str, device: str) -> tuple[str, str]:
         # With shared subscriptions another worker may have taken this gateway's
-        # `state`: on a miss, look in the ledger (at most once a second).
-        if (gateway, device) not in self.kinds and time.monotonic() - self._maps_loaded > 1.0:
-            self._load_maps()
+        # `state`: on a miss, look that gateway up in the ledger (at most once a
+        # second per gateway; one row, however large the district).
+        if (gateway, device) not in self.kinds:
+            now = time.monotonic()
+            if now - self._looked_up.get(gateway, -2.0) > 1.0:
+                if len(self._looked_up) > 100_000:
+                    self._looked_up.clear()
+                self._looked_up[gateway] = now
+                for d in self.ledger.gateway_devices(gateway):
+                    if d["kind"]:
+                        self.kinds[(gateway, d["id"])] = d["kind"]
+                    if d["room"]:
+                        self.rooms[gateway] = d["room"]
         return self.kinds.get((gateway, device), "device"), self.rooms.get(gateway, "")
 
     def connect(self) -> None:
@@ -100,16 +111,23 @@ class Ingest:
                 self.ledger.mark_silent()
 
     def _take(self, timeout: float) -> list[Delivery]:
-        """Up to batch_size deliveries: what is waiting, or what arrives within `timeout`."""
+        """Up to batch_size deliveries: what is waiting, or what arrives within `timeout`.
+
+        A batch that is not full waits up to `linger_s` for more: live traffic
+        comes a message at a time, and two commits per message cost ingest far
+        more CPU than the few milliseconds of delay (see docs/benchmarks.md).
+        """
         batch = self._pending
         if not batch:
             try:
                 batch = self.inbox.get(timeout=timeout)
             except queue.Empty:
                 return []
+        until = time.monotonic() + self.linger_s
         while len(batch) < self.batch_size:
             try:
-                batch = batch + self.inbox.get_nowait()
+                wait = until - time.monotonic()
+                batch = batch + (self.inbox.get(timeout=wait) if wait > 0 else self.inbox.get_nowait())
             except queue.Empty:
                 break
         batch, self._pending = batch[:self.batch_size], batch[self.batch_size:]

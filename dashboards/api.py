@@ -115,8 +115,7 @@ def send_command(gateway: str, device: str) -> Any:
     ttl = body.get("ttl", 60)
     if isinstance(ttl, bool) or not isinstance(ttl, (int, float)) or not 1 <= ttl <= 86400:
         return error(400, "ttl must be 1 to 86400 seconds")
-    dev = next((d for d in campus()["ledger"].gateway_devices()
-                if d["gateway"] == gateway and d["id"] == device), None)
+    dev = next((d for d in campus()["ledger"].gateway_devices(gateway) if d["id"] == device), None)
     if dev is None:
         return error(404, f"no device {device!r} on gateway {gateway!r}")
     if not campus()["command_limiter"].allow(g.user["user"]):

@@ -1,0 +1,46 @@
+"""How ingest's writer cuts what the subscriber hands it into batches (no broker needed)."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+from campus.urls import MqttUrl
+from central.ingest import Ingest
+from central.ledger import Ledger
+from central.store.sqlite import SqlitePointStore
+from central.subscriber import Delivery
+from tests.servers import wait_until
+
+
+def chunk(start: int, n: int) -> list[Delivery]:
+    return [Delivery(1, i, 1, "campus/v1/s/g/telemetry/d", b"{}") for i in range(start, start + n)]
+
+
+def ingest(tmp_path: Path, **kwargs: float) -> Ingest:
+    db = tmp_path / "c.db"
+    return Ingest(MqttUrl("127.0.0.1", 1883), SqlitePointStore(db), Ledger(db), batch_size=500, **kwargs)
+
+
+def test_chunks_are_joined_and_cut_at_batch_size_in_order(tmp_path: Path) -> None:
+    ing = ingest(tmp_path, linger_s=0.0)
+    for start in (1, 201, 401):
+        ing.inbox.put(chunk(start, 200))
+    first, second = ing._take(timeout=1), ing._take(timeout=1)
+    assert [d.packet_id for d in first] == list(range(1, 501))
+    assert [d.packet_id for d in second] == list(range(501, 601))  # the rest of the cut chunk
+    assert ing._take(timeout=0.01) == []
+
+
+def test_a_batch_that_is_not_full_waits_for_more_within_the_linger(tmp_path: Path) -> None:
+    ing = ingest(tmp_path, linger_s=30.0)  # long, so only a full batch can end the wait early
+    ing.inbox.put(chunk(1, 10))
+
+    def after_the_writer_took_the_first() -> None:
+        wait_until(ing.inbox.empty, 10, message="the writer took the first chunk")
+        ing.inbox.put(chunk(11, 490))
+    later = threading.Thread(target=after_the_writer_took_the_first)
+    later.start()
+    batch = ing._take(timeout=1)
+    later.join()
+    assert [d.packet_id for d in batch] == list(range(1, 501))
