@@ -315,7 +315,6 @@ class Subscriber:
         self._last_sent = 0.0
         self._last_heard = 0.0
         self._ping_sent: float | None = None
-        self._suback_ok = False
 
     # ------------------------------------------------------------ public
 
@@ -386,7 +385,6 @@ class Subscriber:
                 self.connection += 1
                 self._acks.clear()  # ids of the old connection mean nothing on this one
             sock.sendall(subscribe_packet(1, self.filters, self.v5))
-            self._suback_ok = False
             self._sock = sock
             self._last_sent = self._last_heard = time.monotonic()
             self._ping_sent = None
