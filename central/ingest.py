@@ -71,10 +71,11 @@ class Ingest:
         self.connected = self.subscriber.ready
         self._bad_logged = 0.0
 
-    def _load_maps(self) -> None:
-        """Device kinds and rooms as the ledger knows them (from any worker's `state`)."""
-        self.kinds.update({(d["gateway"], d["id"]): d["kind"] for d in self.ledger.gateway_devices() if d["kind"]})
-        self.rooms.update({g["id"]: g["room"] for g in self.ledger.gateways() if g["room"]})
+    def _load_maps(self, gateway: str | None = None) -> None:
+        """Device kinds and rooms as the ledger knows them (from any worker's `state`), of every gateway or one."""
+        self.kinds.update({(d["gateway"], d["id"]): d["kind"] for d in self.ledger.gateway_devices(gateway)
+                           if d["kind"]})
+        self.rooms.update({g["id"]: g["room"] for g in self.ledger.gateways(gateway) if g["room"]})
 
     def _kind_and_room(self, gateway: str, device: str) -> tuple[str, str]:
         # With shared subscriptions another worker may have taken this gateway's
@@ -86,11 +87,7 @@ class Ingest:
                 if len(self._looked_up) > 100_000:
                     self._looked_up.clear()
                 self._looked_up[gateway] = now
-                for d in self.ledger.gateway_devices(gateway):
-                    if d["kind"]:
-                        self.kinds[(gateway, d["id"])] = d["kind"]
-                    if d["room"]:
-                        self.rooms[gateway] = d["room"]
+                self._load_maps(gateway)
         return self.kinds.get((gateway, device), "device"), self.rooms.get(gateway, "")
 
     def connect(self) -> None:

@@ -89,7 +89,8 @@ class Ledger(PerThreadConnection):
                 new_seqs: dict[str, set[int]] = {}
                 for gateway, msgs in by_gateway.items():
                     self._ensure_gateway(msgs[0].school, gateway)
-                    new_seqs[gateway] = {m.seq for m in msgs} - self._seen(gateway, {m.seq for m in msgs})
+                    seqs = {m.seq for m in msgs}
+                    new_seqs[gateway] = seqs - self._seen(gateway, seqs)
                 seen_rows: list[tuple[str, int]] = []
                 latest: dict[tuple[str, str, str], tuple[float, str]] = {}
                 events: list[tuple[str, str, int, float, str, str]] = []
@@ -186,8 +187,9 @@ class Ledger(PerThreadConnection):
                          "outbox": st.get("outbox", {}), "agent": st.get("agent", "")}, st))
         return out
 
-    def gateways(self) -> list[dict[str, Any]]:
-        return [gw for gw, _ in self._gateway_rows()]
+    def gateways(self, gateway: str | None = None) -> list[dict[str, Any]]:
+        """Every gateway (or just `gateway`) as the API shows it."""
+        return [gw for gw, _ in self._gateway_rows(gateway)]
 
     def gateway_devices(self, gateway: str | None = None) -> list[dict[str, Any]]:
         """Every device the agents reported (of one gateway, or all), with status (offline when its gateway is)."""

@@ -65,7 +65,6 @@ REASONS_V5 = {
 }
 RETURN_CODES_V311 = {1: "unacceptable protocol version", 2: "identifier rejected", 3: "server unavailable",
                      4: "bad user name or password", 5: "not authorized"}
-_LOGIN_REFUSED = {0x86, 0x87, 4, 5}
 
 # MQTT 5 property identifiers by how their value is encoded (to walk a property list).
 _PROP_BYTE = {0x01, 0x17, 0x19, 0x24, 0x25, 0x28, 0x29, 0x2A}
@@ -84,11 +83,7 @@ class ProtocolError(Exception):
 
 
 class Refused(CampusError):
-    """The broker answered CONNECT or SUBSCRIBE with a refusal."""
-
-    def __init__(self, message: str, code: int) -> None:
-        super().__init__(message)
-        self.code = code
+    """The broker answered CONNECT with a refusal (a bad login, a banned client id ...)."""
 
 
 class Delivery:
@@ -376,7 +371,7 @@ class Subscriber:
                 raise ProtocolError(f"expected CONNACK, got packet type {ptype}")
             props = read_properties(body, 2)[0] if self.v5 and len(body) > 2 else {}
             if body[1]:
-                raise Refused(f"{where} refused the connection: {reason_text(body[1], self.v5, props)}", body[1])
+                raise Refused(f"{where} refused the connection: {reason_text(body[1], self.v5, props)}")
             keepalive = props.get(PROP_SERVER_KEEP_ALIVE)
             if isinstance(keepalive, int) and keepalive:
                 self.keepalive = keepalive  # MQTT 5: the server's keep-alive wins

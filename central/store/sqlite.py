@@ -34,12 +34,12 @@ CREATE TABLE IF NOT EXISTS samples (
     PRIMARY KEY (gateway, device, ts)
 ) WITHOUT ROWID;
 """
-_UPSERT = ("INSERT INTO samples VALUES (?, ?, ?, ?) ON CONFLICT (gateway, device, ts)"
-           " DO UPDATE SET metrics = json_patch(metrics, excluded.metrics)")
+_MERGE = " ON CONFLICT (gateway, device, ts) DO UPDATE SET metrics = json_patch(metrics, excluded.metrics)"
+_UPSERT = "INSERT INTO samples VALUES (?, ?, ?, ?)" + _MERGE
 # Files written before samples became rows kept a row per point in `points`.
 _MIGRATE = ("INSERT INTO samples SELECT gateway, device, ts, json_group_object(metric, COALESCE(text, value))"
-            " FROM points WHERE true GROUP BY gateway, device, ts"
-            " ON CONFLICT (gateway, device, ts) DO UPDATE SET metrics = json_patch(metrics, excluded.metrics)")
+            " FROM points WHERE true GROUP BY gateway, device, ts" + _MERGE)
+_HAS_POINTS = "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'points'"
 _dump_metrics = json.JSONEncoder(separators=(",", ":"), allow_nan=False).encode
 
 
@@ -106,9 +106,11 @@ class SqlitePointStore(PerThreadConnection):
 
     def _migrate_points(self) -> None:
         try:
+            if not self.db.execute(_HAS_POINTS).fetchone():
+                return  # the usual case: no write lock taken just to look
             with self.db:
                 self.db.execute("BEGIN IMMEDIATE")  # two processes opening an old file: one migrates
-                if self.db.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'points'").fetchone():
+                if self.db.execute(_HAS_POINTS).fetchone():
                     moved = self.db.execute("SELECT COUNT(*) FROM points").fetchone()[0]
                     self.db.execute(_MIGRATE)
                     self.db.execute("DROP TABLE points")
