@@ -43,6 +43,19 @@ def test_redelivery_overwrites_and_same_instant_merges(tmp_path: Path) -> None:
         store.close()
 
 
+@pytest.mark.parametrize("text", ["\x00", "on\x00off", "\u2028", "投影仪 ON", '"quoted" \\ back', "x" * 256])
+def test_a_string_metric_comes_back_exactly(tmp_path: Path, text: str) -> None:
+    # SQLite's json_extract cuts a string at its first NUL (found by tests/test_fuzz_ingest.py).
+    store = SqlitePointStore(tmp_path / "c.db")
+    try:
+        store.write([Sample("s", "gw1", "proj", "projector", 100.0, {"input": text, "lamp_hours": 7})])
+        assert store.query("gw1", "proj", "input", 0, 1e10) == [(100.0, text)]
+        [(_, hours)] = store.query("gw1", "proj", "lamp_hours", 0, 1e10)
+        assert type(hours) is float and hours == 7.0
+    finally:
+        store.close()
+
+
 @pytest.mark.parametrize("metric", ['co2"ppm', "a b", "", "$.x", "x" * 65])
 def test_a_metric_name_that_is_not_one_is_refused(tmp_path: Path, metric: str) -> None:
     store = SqlitePointStore(tmp_path / "c.db")

@@ -7,7 +7,7 @@ One row per sample, as the agent sent it: (gateway, device, ts) and the
 metrics as one JSON object, like one line of InfluxDB line protocol. Rows
 per metric cost ingest four times as much (six inserts per message instead
 of one: ~30 against ~8 us a message measured) and took 51 bytes a point
-against 28; a history query pulls its metric out with `json_extract`
+against 28; a history query pulls its metric out with `->`
 (~10 ms for an hour of 1 Hz samples). A redelivered sample overwrites
 itself; two samples of one device with the same timestamp merge.
 """
@@ -41,6 +41,13 @@ _MIGRATE = ("INSERT INTO samples SELECT gateway, device, ts, json_group_object(m
             " FROM points WHERE true GROUP BY gateway, device, ts" + _MERGE)
 _HAS_POINTS = "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'points'"
 _dump_metrics = json.JSONEncoder(separators=(",", ":"), allow_nan=False).encode
+_load_json = json.JSONDecoder().decode
+
+
+def _metric_value(text: str) -> float | str:
+    """One metric as a query returns it: a string as stored, any number as a float."""
+    value = _load_json(text)
+    return value if isinstance(value, str) else float(value)
 
 
 def connect(path: str | Path) -> sqlite3.Connection:
@@ -130,10 +137,11 @@ class SqlitePointStore(PerThreadConnection):
     def query(self, gateway: str, device: str, metric: str, start: float, end: float,
               limit: int = 10_000) -> list[tuple[float, float | str]]:
         path = f'$."{contract.check_segment(metric, "metric")}"'
+        # `->` hands back the value as JSON text: json_extract would return a string cut at its first NUL.
         cur = self.db.execute(
-            "SELECT ts, json_extract(metrics, ?) AS value FROM samples WHERE gateway = ? AND device = ?"
+            "SELECT ts, metrics -> ? AS value FROM samples WHERE gateway = ? AND device = ?"
             " AND ts BETWEEN ? AND ? AND value IS NOT NULL ORDER BY ts LIMIT ?", (path, gateway, device, start, end, limit))
-        return cur.fetchall()
+        return [(ts, _metric_value(value)) for ts, value in cur]
 
     def count(self, gateway: str | None = None) -> int:
         """Points (metric values) stored, of one gateway or all."""
