@@ -220,9 +220,7 @@ def test_mdc_frames_in_noise_without_headers_survive_any_chunking(parts: list[tu
 @given(mdc_streams, cut_lists)
 def test_mdc_chunking_loses_no_frame(stream: bytes, cuts: list[int]) -> None:
     whole = [i for i in samsung_mdc.split_frames(stream)[0] if not isinstance(i, BadFrame)]
-    pieces = feed_mdc(stream, cuts)
-    if any(f not in pieces for f in whole):
-        event("known bug D1 MDC splitter loses a frame when the stream is cut")  # see test_bug_d1 below
+    assert feed_mdc(stream, cuts) == whole
 
 
 # ------------------------------------------------------------------ LG
@@ -279,9 +277,7 @@ def test_lg_split_commands_never_raises(stream: bytes) -> None:
 # ------------------------------------------------------------------ regressions for the bugs found
 
 
-@pytest.mark.xfail(strict=True, reason="D1: split_frames skips a bad-checksum candidate up to its end when the real "
-                                       "frame inside it is not complete yet, so cut streams lose the real frame")
-def test_bug_d1_mdc_reply_behind_a_stray_header_is_lost_when_cut() -> None:
+def test_d1_mdc_reply_behind_a_stray_header_survives_a_cut() -> None:
     real = samsung_mdc.encode_reply(1, 0x11, b"\x01")
     stream = b"\xaa\x00\x00\x03" + real  # a header whose 3-byte "frame" ends inside the real reply
     whole = [i for i in samsung_mdc.split_frames(stream)[0] if not isinstance(i, BadFrame)]

@@ -141,6 +141,16 @@ def _next_valid(buf: bytes, start: int) -> int | None:
     return None
 
 
+def _incomplete_header(buf: bytes, start: int, stop: int) -> bool:
+    """Is there a header in buf[start:stop] whose frame has not fully arrived yet?"""
+    k = buf.find(HEADER, start, stop)
+    while k >= 0:
+        if k + 4 > len(buf) or k + 5 + buf[k + 3] > len(buf):
+            return True
+        k = buf.find(HEADER, k + 1, stop)
+    return False
+
+
 def _skip(items: list[MDCFrame | BadFrame], raw: bytes, reason: str) -> None:
     """Record skipped bytes; adjacent skipped spans are one bad frame (one burst of noise)."""
     if items and isinstance(items[-1], BadFrame):
@@ -183,9 +193,14 @@ def split_frames(buf: bytes) -> tuple[list[MDCFrame | BadFrame], bytes]:
             continue
         if checksum(buf[j + 1:end - 1]) != buf[end - 1]:
             k = _next_valid(buf, j + 1)
-            stop = k if k is not None and k < end else end  # a frame starting inside cut this one short
-            _skip(items, buf[j:stop], "truncated frame" if stop < end else "checksum error")
-            i = stop
+            if k is not None and k < end:  # a frame starting inside cut this one short
+                _skip(items, buf[j:k], "truncated frame")
+                i = k
+                continue
+            if _incomplete_header(buf, j + 1, end):  # a real frame may start inside: wait for its bytes
+                return items, buf[j:]
+            _skip(items, buf[j:end], "checksum error")
+            i = end
             continue
         items.append(MDCFrame(buf[j + 1], buf[j + 2], buf[j + 4:end - 1]))
         i = end
