@@ -31,6 +31,7 @@ log = logging.getLogger(__name__)
 SESSION_EXPIRY_S = 24 * 3600
 RECEIVE_MAXIMUM = 1000  # unacked messages the broker may send us (MQTT 5 flow control)
 LINGER_S = 0.02  # how long a batch that is not full waits for more messages
+PRUNE_SEEN_EVERY_S = 600  # the ledger forgets old seq numbers (central/ledger.py SEEN_KEEP) this often
 
 
 @dataclass
@@ -47,7 +48,8 @@ class IngestStats:
 
 class Ingest:
     def __init__(self, mqtt: MqttUrl, store: PointStore, ledger: Ledger, *, name: str = "ingest",
-                 share_group: str | None = None, batch_size: int = 500, linger_s: float = LINGER_S) -> None:
+                 share_group: str | None = None, batch_size: int = 500, linger_s: float = LINGER_S,
+                 prune_seen_every_s: float = PRUNE_SEEN_EVERY_S) -> None:
         self.mqtt = mqtt
         self.store = store
         self.ledger = ledger
@@ -55,6 +57,7 @@ class Ingest:
         self.share_group = share_group
         self.batch_size = batch_size
         self.linger_s = linger_s
+        self.prune_seen_every_s = prune_seen_every_s
         self.stats = IngestStats()
         # Chunks of deliveries as the network thread read them (one queue operation per chunk).
         self.inbox: queue.Queue[list[Delivery]] = queue.Queue()
@@ -98,14 +101,24 @@ class Ingest:
 
     def run(self, stop: threading.Event) -> None:
         """Write batches until `stop` is set."""
-        last_silence_check = 0.0
+        last_silence_check = last_prune = 0.0
         while not stop.is_set():
             batch = self._take(timeout=0.2)
             if batch:
                 self._write_until_stored(batch, stop)
-            if time.monotonic() - last_silence_check > 5:
-                last_silence_check = time.monotonic()
+            now = time.monotonic()
+            if now - last_silence_check > 5:
+                last_silence_check = now
                 self.ledger.mark_silent()
+            if now - last_prune > self.prune_seen_every_s:
+                last_prune = now
+                self._prune_seen()
+
+    def _prune_seen(self) -> None:
+        try:
+            self.ledger.prune_seen()
+        except StoreError as exc:  # only the counters' memory: try again next time
+            log.warning("%s", exc)
 
     def _take(self, timeout: float) -> list[Delivery]:
         """Up to batch_size deliveries: what is waiting, or what arrives within `timeout`.

@@ -5,20 +5,36 @@ was last heard from, and the `seq` numbers received, from which it counts
 gaps (numbers never received) and duplicates (redeliveries dropped). Also
 the events and the command audit trail. SQLite; for the embedded store it
 lives in the same file as the points.
+
+The `seen` numbers only feed those counters: a message's points, event and
+latest values are written whether or not it is new (each write is
+idempotent). So `seen` keeps just the newest SEEN_KEEP numbers of each
+gateway; everything at or below the gateway's `seq_floor` counts as seen.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
 import sqlite3
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from campus.contract import CommandResult, State
 from campus.errors import StoreError
 from central.store.sqlite import PerThreadConnection
 
+log = logging.getLogger(__name__)
+
+# Redeliveries come from a window of in-flight messages (the agent's unacked
+# outbox rows, ingest's Receive Maximum of 1000 per worker), not from days
+# back; 10,000 numbers is ~3.5 h of a busy room (4 messages / 5 s) and caps
+# `seen` at ~190 kB a gateway (19.4 bytes a row measured, docs/storage.md).
+# A message older than that counts as a duplicate, and is stored all the same.
+SEEN_KEEP = 10_000
 _SQL_PARAMS = 900  # seqs per look-up: under SQLite's oldest limit of 999 parameters per statement
 
 SCHEMA = """
@@ -26,7 +42,8 @@ CREATE TABLE IF NOT EXISTS gateways (
     id TEXT PRIMARY KEY, school TEXT NOT NULL, room TEXT NOT NULL DEFAULT '',
     online INTEGER NOT NULL DEFAULT 0, state TEXT NOT NULL DEFAULT '{}', interval REAL NOT NULL DEFAULT 0,
     last_seen REAL, first_seq INTEGER, max_seq INTEGER,
-    received INTEGER NOT NULL DEFAULT 0, duplicates INTEGER NOT NULL DEFAULT 0
+    received INTEGER NOT NULL DEFAULT 0, duplicates INTEGER NOT NULL DEFAULT 0,
+    seq_floor INTEGER NOT NULL DEFAULT 0
 );
 CREATE TABLE IF NOT EXISTS seen (
     gateway TEXT NOT NULL, seq INTEGER NOT NULL, PRIMARY KEY (gateway, seq)
@@ -63,6 +80,14 @@ class Sequenced:
 
 class Ledger(PerThreadConnection):
     schema = SCHEMA
+
+    def __init__(self, path: str | Path, seen_keep: int = SEEN_KEEP) -> None:
+        super().__init__(path)
+        self.seen_keep = seen_keep
+        if "seq_floor" not in {row[1] for row in self.db.execute("PRAGMA table_info(gateways)")}:
+            # A file from before pruning; two processes opening it at once: one adds the column.
+            with contextlib.suppress(sqlite3.OperationalError):
+                self.db.execute("ALTER TABLE gateways ADD COLUMN seq_floor INTEGER NOT NULL DEFAULT 0")
 
     def _ensure_gateway(self, school: str, gateway: str) -> None:
         self.db.execute("INSERT OR IGNORE INTO gateways (id, school) VALUES (?, ?)", (gateway, school))
@@ -102,13 +127,14 @@ class Ledger(PerThreadConnection):
                     c = counts.get(m.gateway)
                     if c is None:
                         c = counts[m.gateway] = [0, 0, m.seq, m.seq]
-                    if not new:
+                    if new:
+                        unseen.discard(m.seq)  # the same seq twice in one batch: the second is a duplicate
+                        seen_rows.append((m.gateway, m.seq))
+                        c[0] += 1
+                        c[2], c[3] = min(c[2], m.seq), max(c[3], m.seq)
+                    else:
                         c[1] += 1
-                        continue
-                    unseen.discard(m.seq)  # the same seq twice in one batch: the second is a duplicate
-                    seen_rows.append((m.gateway, m.seq))
-                    c[0] += 1
-                    c[2], c[3] = min(c[2], m.seq), max(c[3], m.seq)
+                    # Written for duplicates too (idempotent): one older than `seen` remembers is not lost.
                     if m.values:
                         for metric, value in m.values.items():
                             key = (m.gateway, m.device, metric)
@@ -150,14 +176,34 @@ class Ledger(PerThreadConnection):
         return fresh
 
     def _seen(self, gateway: str, seqs: set[int]) -> set[int]:
-        """Which of `seqs` this gateway's ledger already has."""
-        found: set[int] = set()
-        ordered = sorted(seqs)
+        """Which of `seqs` this gateway's ledger already has (all at or below its floor)."""
+        floor = self.db.execute("SELECT seq_floor FROM gateways WHERE id = ?", (gateway,)).fetchone()[0]
+        found = {seq for seq in seqs if seq <= floor}
+        ordered = sorted(seqs - found)
         for i in range(0, len(ordered), _SQL_PARAMS):
             chunk = ordered[i:i + _SQL_PARAMS]
             found.update(r[0] for r in self.db.execute(
                 f"SELECT seq FROM seen WHERE gateway = ? AND seq IN ({','.join('?' * len(chunk))})", (gateway, *chunk)))
         return found
+
+    def prune_seen(self) -> int:
+        """Forget each gateway's seen numbers more than `seen_keep` below its highest; returns rows deleted."""
+        deleted = 0
+        try:
+            with self.db:
+                self.db.execute("BEGIN IMMEDIATE")
+                rows = self.db.execute("SELECT id, max_seq - ? FROM gateways WHERE max_seq - ? > seq_floor",
+                                       (self.seen_keep, self.seen_keep)).fetchall()
+                for gateway, floor in rows:
+                    deleted += self.db.execute("DELETE FROM seen WHERE gateway = ? AND seq <= ?",
+                                               (gateway, floor)).rowcount
+                self.db.executemany("UPDATE gateways SET seq_floor = ? WHERE id = ?", [(f, g) for g, f in rows])
+        except sqlite3.Error as exc:
+            raise StoreError(f"{self.path}: pruning seen numbers failed: {exc}") from None
+        if deleted:
+            log.info("ledger: forgot %d seen numbers of %d gateways (each keeps its newest %d)",
+                     deleted, len(rows), self.seen_keep)
+        return deleted
 
     def mark_silent(self, now: float | None = None) -> list[str]:
         """Gateways that said nothing for 3 poll intervals become offline."""

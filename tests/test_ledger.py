@@ -1,0 +1,111 @@
+"""The ledger's memory of seq numbers: bounded, and never the reason a message is lost."""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+from pathlib import Path
+
+from campus import contract
+from campus.urls import MqttUrl
+from central.ingest import Ingest
+from central.ledger import Ledger, Sequenced
+from central.store.sqlite import SqlitePointStore
+from central.subscriber import Delivery
+from tests.servers import wait_until
+
+KEEP = 100
+
+
+def telemetry(seq: int, co2: int | None = None) -> Sequenced:
+    return Sequenced("s1", "gw1", "env", seq, 1000.0 + seq, values={"co2_ppm": seq if co2 is None else co2})
+
+
+def seen_rows(ledger: Ledger) -> list[int]:
+    return [r[0] for r in ledger.db.execute("SELECT seq FROM seen WHERE gateway = 'gw1' ORDER BY seq")]
+
+
+def counters(ledger: Ledger) -> tuple[int, int, int]:
+    [gw] = ledger.gateways("gw1")
+    return gw["received"], gw["gaps"], gw["duplicates"]
+
+
+def test_pruning_keeps_the_newest_numbers_and_the_counters_stay_exact(tmp_path: Path) -> None:
+    ledger = Ledger(tmp_path / "c.db", seen_keep=KEEP)
+    try:
+        for start in range(1, 1001, 50):
+            assert ledger.record([telemetry(s) for s in range(start, start + 50)], [], []) == [True] * 50
+        assert ledger.prune_seen() == 1000 - KEEP
+        assert seen_rows(ledger) == list(range(1001 - KEEP, 1001))
+        assert ledger.prune_seen() == 0  # nothing more until more arrives
+        # A redelivery inside the window, one below the floor, and a new one.
+        assert ledger.record([telemetry(990), telemetry(10), telemetry(1001)], [], []) == [False, False, True]
+        assert counters(ledger) == (1001, 0, 2)
+    finally:
+        ledger.close()
+
+
+def test_a_message_older_than_the_window_is_still_recorded(tmp_path: Path) -> None:
+    # seq 5 arrives after the ledger has forgotten numbers up to 900 (a worker that was down a long
+    # time, or a gateway whose outbox was replaced and starts again at 1): it counts as a duplicate,
+    # but its event and its latest value are kept.
+    ledger = Ledger(tmp_path / "c.db", seen_keep=KEEP)
+    try:
+        ledger.record([telemetry(s) for s in range(1, 1001) if s != 5], [], [])
+        ledger.prune_seen()
+        late = Sequenced("s1", "gw1", "cards", 5, 5000.0, event=("card_swipe", {"card": "04a1"}),
+                         values={"co2_ppm": 4242})
+        assert ledger.record([late, late], [], []) == [False, False]
+        assert [(e["seq"], e["data"]) for e in ledger.events("gw1")] == [(5, {"card": "04a1"})]
+        assert ledger.latest()[("gw1", "cards")]["co2_ppm"] == 4242
+        # An older sample redelivered does not move `latest` back.
+        ledger.record([telemetry(999, co2=1)], [], [])
+        assert ledger.latest()[("gw1", "env")]["co2_ppm"] == 1000
+    finally:
+        ledger.close()
+
+
+def test_a_file_from_before_pruning_gains_the_floor(tmp_path: Path) -> None:
+    db = tmp_path / "c.db"
+    old = sqlite3.connect(db)
+    old.executescript("""
+        CREATE TABLE gateways (id TEXT PRIMARY KEY, school TEXT NOT NULL, room TEXT NOT NULL DEFAULT '',
+            online INTEGER NOT NULL DEFAULT 0, state TEXT NOT NULL DEFAULT '{}', interval REAL NOT NULL DEFAULT 0,
+            last_seen REAL, first_seq INTEGER, max_seq INTEGER,
+            received INTEGER NOT NULL DEFAULT 0, duplicates INTEGER NOT NULL DEFAULT 0);
+        CREATE TABLE seen (gateway TEXT NOT NULL, seq INTEGER NOT NULL, PRIMARY KEY (gateway, seq)) WITHOUT ROWID;
+        INSERT INTO gateways (id, school, first_seq, max_seq, received) VALUES ('gw1', 's1', 1, 300, 300);
+    """)
+    old.executemany("INSERT INTO seen VALUES ('gw1', ?)", [(s,) for s in range(1, 301)])
+    old.commit()
+    old.close()
+    ledger, again = Ledger(db, seen_keep=KEEP), Ledger(db, seen_keep=KEEP)  # the second finds the column there
+    try:
+        assert ledger.record([telemetry(300), telemetry(301)], [], []) == [False, True]
+        assert ledger.prune_seen() == 301 - KEEP
+        assert seen_rows(again) == list(range(302 - KEEP, 302))
+        assert counters(again) == (301, 0, 1)
+    finally:
+        ledger.close()
+        again.close()
+
+
+def test_ingest_prunes_while_it_runs(tmp_path: Path) -> None:
+    db = tmp_path / "c.db"
+    ledger = Ledger(db, seen_keep=KEEP)
+    ingest = Ingest(MqttUrl("127.0.0.1", 1883), SqlitePointStore(db), ledger, prune_seen_every_s=0.0)
+    topic = contract.telemetry_topic("s1", "gw1", "env")
+    ingest.inbox.put([Delivery(1, seq, 1, topic, contract.Telemetry(seq, 1000.0 + seq, {"co2_ppm": seq}).encode())
+                      for seq in range(1, 501)])
+    stop = threading.Event()
+    writer = threading.Thread(target=ingest.run, args=(stop,))
+    writer.start()
+    try:
+        wait_until(lambda: counters(ledger)[0] == 500 and len(seen_rows(ledger)) == KEEP, 30,
+                   message="the batch was recorded and the seen numbers pruned")
+        assert seen_rows(ledger) == list(range(501 - KEEP, 501))
+    finally:
+        stop.set()
+        writer.join()
+        ingest.store.close()
+        ledger.close()
