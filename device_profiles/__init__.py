@@ -110,9 +110,11 @@ def load_profile(name: str) -> Profile:
     """A shipped profile by name, or a profile file by path."""
     if "/" in name or name.endswith((".yaml", ".yml")):
         return load_profile_file(name)
+    shipped = available_profiles()
+    if name not in shipped:  # checked against the list: a name is never handed to the file system
+        shown = name if len(name) <= 64 else name[:64] + "…"
+        raise ProfileError(f"profile {shown!r} not found; shipped profiles: {', '.join(shipped)}")
     path = PROFILE_DIR / f"{name}.yaml"
-    if not path.exists():
-        raise ProfileError(f"profile {name!r} not found; shipped profiles: {', '.join(available_profiles())}")
     profile = load_profile_file(path)
     if profile.name != name:
         raise ProfileError(f"{path}: field name: {profile.name!r} does not match the file name {name!r}")

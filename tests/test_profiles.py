@@ -63,6 +63,14 @@ def test_unknown_profile_lists_the_shipped_ones() -> None:
         load_profile("no-such-profile")
 
 
+@pytest.mark.parametrize("name", ["9" * 5000, "env\x00", "..", "~root"], ids=["too-long", "nul", "dotdot", "tilde"])
+def test_a_profile_name_the_file_system_would_choke_on_is_just_unknown(name: str) -> None:
+    # Found by a fuzz campaign: a 5,000-character name raised OSError (file name too long).
+    with pytest.raises(ProfileError, match="not found") as caught:
+        load_profile(name)
+    assert len(str(caught.value)) < 400
+
+
 @pytest.mark.parametrize("metric, value, raw", [
     (Metric("t", type="int16", scale=0.1), -5.3, [0xFFCB]),
     (Metric("t", type="int16", scale=0.1), 23.1, [231]),
