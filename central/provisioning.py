@@ -133,7 +133,7 @@ def gateway_yaml(registry: Registry, gateway: str, mqtt_url: str | None, passwor
     where = " / ".join(x for x in (config["school"], config["building"], config["room"]) if x)
     header = (f"# campus-iot gateway {gateway} ({where}), from the registry (device list v{version}).\n"
               f"# Run it with: campus agent --config {gateway}.yaml\n"
-              "# Keep this file secret: it holds the gateway's MQTT password.\n")
+              "# Keep this file secret: it holds the gateway's MQTT password and the school's card secret.\n")
     return header + yaml.safe_dump(config, sort_keys=False, allow_unicode=True)
 
 

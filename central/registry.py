@@ -33,6 +33,7 @@ from sqlalchemy import (
     select,
 )
 from sqlalchemy.engine import Engine
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, relationship, sessionmaker
 from werkzeug.security import check_password_hash, generate_password_hash
 
@@ -50,6 +51,14 @@ class School(Base):
     __tablename__ = "schools"
     id: Mapped[str] = mapped_column(String(64), primary_key=True)
     name: Mapped[str] = mapped_column(String(200), default="")
+
+
+class SchoolSecret(Base):
+    """The key card readers pseudonymise UIDs with: one per school, made once, so the same
+    card has the same pseudonym in every room and after a gateway's config is downloaded again."""
+    __tablename__ = "school_secrets"
+    school_id: Mapped[str] = mapped_column(ForeignKey("schools.id"), primary_key=True)
+    card_secret: Mapped[str] = mapped_column(String(64))
 
 
 class Building(Base):
@@ -380,6 +389,23 @@ class Registry:
             ids = s.scalars(select(Gateway.id).order_by(Gateway.school_id, Gateway.id)).all()
         return [info for gid in ids if (info := self.gateway_info(gid))]
 
+    def card_secret(self, school: str) -> str:
+        """The school's card secret (SchoolSecret), made on first use."""
+        with self.session() as s:
+            row = s.get(SchoolSecret, school)
+            if row is not None:
+                return row.card_secret
+        try:
+            with self.session() as s:
+                s.add(SchoolSecret(school_id=school, card_secret=secrets.token_hex(16)))
+        except IntegrityError:
+            pass  # another request or process made it first: use theirs
+        with self.session() as s:
+            row = s.get(SchoolSecret, school)
+            if row is None:
+                raise ConfigError(f"no school {school!r}")
+            return row.card_secret
+
     def gateway_config(self, gateway: str, mqtt_url: str, password: str = "CHANGE-ME") -> dict[str, Any]:
         """A ready-to-copy gateway config (YAML-able) for a registered gateway."""
         info = self.gateway_info(gateway)
@@ -391,7 +417,7 @@ class Registry:
         netloc = f"{quote(info['mqtt_username'])}:{quote(password)}@{parts.hostname}:{parts.port or 1883}"
         return {"school": info["school"], "gateway": gateway, "room": info["room"], "building": info["building"],
                 "mqtt": urlunsplit((parts.scheme, netloc, parts.path, parts.query, "")),
-                "poll_interval": 5, "card_secret": secrets.token_hex(16),
+                "poll_interval": 5, "card_secret": self.card_secret(info["school"]),
                 "config_version": info["config_version"],
                 "devices": [{"id": d["id"], "profile": d["profile"], "address": d["address"],
                              **({"options": d["options"]} if d["options"] else {})} for d in info["devices"]]}

@@ -423,3 +423,25 @@ def test_gateway_yaml_and_sync_status_helpers(app) -> None:
     assert prov.sync_status(3, 2, 2, True, None) == ("warning", "changes not pushed")
     assert prov.sync_status(3, 3, 2, False, None)[0] == "offline"
     assert prov.sync_status(3, 3, 3, True, None) == ("ok", "in sync")
+
+
+def test_card_secret_is_one_per_school_and_stays(app) -> None:
+    # Cards are pseudonymised with it (HMAC of the UID): a new secret per download gave the same
+    # student a different pseudonym in each room, and a new one each time a config was re-downloaded.
+    reg = app.extensions["campus"]["registry"]
+    reg.register_gateway("gw-102", "s1", "102", "A")
+    reg.register_gateway("gw-901", "s9", "901")
+    admin = login(app, "boss", "boss-password")
+
+    def secret(gateway: str) -> str:
+        text = admin.get(f"/provisioning/gateways/{gateway}/config.yaml").get_data(as_text=True)
+        return yaml.safe_load(text)["card_secret"]
+
+    first = secret("gw-101")
+    assert len(first) == 32 and first == secret("gw-101") == secret("gw-102")
+    assert secret("gw-901") not in (first, "")
+    reopened = type(reg)(reg.url)  # another process on the same database sees the same secret
+    try:
+        assert reopened.card_secret("s1") == first
+    finally:
+        reopened.close()
