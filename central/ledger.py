@@ -37,6 +37,15 @@ log = logging.getLogger(__name__)
 SEEN_KEEP = 10_000
 _SQL_PARAMS = 900  # seqs per look-up: under SQLite's oldest limit of 999 parameters per statement
 
+# A redelivered event has its seq and its ts; a replaced outbox (new SD card) starts again at seq 1
+# with new timestamps, and its events must not be taken for redeliveries of the old ones.
+_EVENTS_KEY = "PRIMARY KEY (gateway, seq, ts)"
+_EVENTS_DDL = (
+    "CREATE TABLE IF NOT EXISTS events (gateway TEXT NOT NULL, device TEXT NOT NULL, seq INTEGER NOT NULL,"
+    f" ts REAL NOT NULL, type TEXT NOT NULL, data TEXT NOT NULL, {_EVENTS_KEY})",
+    "CREATE INDEX IF NOT EXISTS events_ts ON events (ts)",
+)
+
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS gateways (
     id TEXT PRIMARY KEY, school TEXT NOT NULL, room TEXT NOT NULL DEFAULT '',
@@ -48,12 +57,7 @@ CREATE TABLE IF NOT EXISTS gateways (
 CREATE TABLE IF NOT EXISTS seen (
     gateway TEXT NOT NULL, seq INTEGER NOT NULL, PRIMARY KEY (gateway, seq)
 ) WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS events (
-    gateway TEXT NOT NULL, device TEXT NOT NULL, seq INTEGER NOT NULL, ts REAL NOT NULL,
-    type TEXT NOT NULL, data TEXT NOT NULL, PRIMARY KEY (gateway, seq)
-);
-CREATE INDEX IF NOT EXISTS events_ts ON events (ts);
-CREATE TABLE IF NOT EXISTS commands (
+""" + "".join(f"{ddl};\n" for ddl in _EVENTS_DDL) + """CREATE TABLE IF NOT EXISTS commands (
     id TEXT PRIMARY KEY, gateway TEXT NOT NULL, device TEXT NOT NULL, action TEXT NOT NULL,
     params TEXT NOT NULL, by TEXT NOT NULL, created REAL NOT NULL, deadline REAL NOT NULL,
     status TEXT NOT NULL, detail TEXT NOT NULL DEFAULT '', finished REAL
@@ -88,6 +92,27 @@ class Ledger(PerThreadConnection):
             # A file from before pruning; two processes opening it at once: one adds the column.
             with contextlib.suppress(sqlite3.OperationalError):
                 self.db.execute("ALTER TABLE gateways ADD COLUMN seq_floor INTEGER NOT NULL DEFAULT 0")
+        if _EVENTS_KEY not in self._events_sql():
+            self._rekey_events()
+
+    def _events_sql(self) -> str:
+        return self.db.execute("SELECT sql FROM sqlite_master WHERE type = 'table' AND name = 'events'").fetchone()[0]
+
+    def _rekey_events(self) -> None:
+        """A file from before events were keyed by ts too: rebuild the table (SQLite cannot change a key)."""
+        try:
+            with self.db:
+                self.db.execute("BEGIN IMMEDIATE")
+                if _EVENTS_KEY in self._events_sql():
+                    return  # another process did it while we waited for the lock
+                self.db.execute("ALTER TABLE events RENAME TO events_before_rekey")
+                self.db.execute("DROP INDEX IF EXISTS events_ts")
+                for ddl in _EVENTS_DDL:
+                    self.db.execute(ddl)
+                self.db.execute("INSERT INTO events SELECT * FROM events_before_rekey")
+                self.db.execute("DROP TABLE events_before_rekey")
+        except sqlite3.Error as exc:
+            raise StoreError(f"{self.path}: cannot re-key the events table: {exc}") from None
 
     def _ensure_gateway(self, school: str, gateway: str) -> None:
         self.db.execute("INSERT OR IGNORE INTO gateways (id, school) VALUES (?, ?)", (gateway, school))

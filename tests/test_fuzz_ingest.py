@@ -136,7 +136,7 @@ def check_recorded(ledger: Ledger, store: SqlitePointStore, batch: list[Delivery
         assert stats.kinds.get(kind, 0) == sum(e.kind == kind for e in expected)
     sequenced = [e for e in expected if e.kind in (contract.KIND_TELEMETRY, contract.KIND_EVENT)]
     assert stats.stored + stats.duplicates == len(sequenced)
-    first_seen: set[tuple[str, int]] = set()
+    first_event: set[tuple[str, int, float]] = set()
     last_value: dict[tuple[str, str, str, float], Any] = {}
     for e in sequenced:
         assert e.topic is not None
@@ -145,11 +145,11 @@ def check_recorded(ledger: Ledger, store: SqlitePointStore, batch: list[Delivery
         if isinstance(obj, Telemetry):
             for name, value in obj.values.items():
                 last_value[(gw, dev, name, obj.ts)] = value
-        elif (gw, obj.seq) not in first_seen:
-            row = ledger.db.execute("SELECT device, type, ts FROM events WHERE gateway=? AND seq=?",
-                                    (gw, obj.seq)).fetchone()
-            assert row == (dev, obj.type, obj.ts)
-        first_seen.add((gw, obj.seq))
+        elif (gw, obj.seq, obj.ts) not in first_event:  # an event is kept once per (gateway, seq, ts)
+            row = ledger.db.execute("SELECT device, type FROM events WHERE gateway=? AND seq=? AND ts=?",
+                                    (gw, obj.seq, obj.ts)).fetchone()
+            assert row == (dev, obj.type)
+            first_event.add((gw, obj.seq, obj.ts))
     for (gw, dev, name, ts), value in last_value.items():
         points = store.query(gw, dev, name, ts, ts)
         assert points == [(ts, value if isinstance(value, str) else float(value))]

@@ -109,3 +109,40 @@ def test_ingest_prunes_while_it_runs(tmp_path: Path) -> None:
         writer.join()
         ingest.store.close()
         ledger.close()
+
+
+def swipe(seq: int, ts: float, card: str) -> Sequenced:
+    return Sequenced("s1", "gw1", "cards", seq, ts, event=("card_swipe", {"card": card}))
+
+
+def test_a_replaced_outbox_starting_again_at_one_keeps_its_events(tmp_path: Path) -> None:
+    ledger = Ledger(tmp_path / "c.db", seen_keep=KEEP)
+    try:
+        ledger.record([swipe(s, 1000.0 + s, f"old{s}") for s in (1, 2, 3)], [], [])
+        # New SD card: seq 1 and 2 again, later timestamps. Counted as duplicates, kept as events.
+        ledger.record([swipe(1, 9001.0, "new1"), swipe(2, 9002.0, "new2"), swipe(2, 9002.0, "new2")], [], [])
+        cards = sorted(e["data"]["card"] for e in ledger.events("gw1"))
+        assert cards == ["new1", "new2", "old1", "old2", "old3"]  # the redelivered new2 once
+    finally:
+        ledger.close()
+
+
+def test_an_events_table_keyed_by_gateway_and_seq_is_rekeyed_with_its_rows(tmp_path: Path) -> None:
+    db = tmp_path / "c.db"
+    old = sqlite3.connect(db)
+    old.executescript("""
+        CREATE TABLE events (gateway TEXT NOT NULL, device TEXT NOT NULL, seq INTEGER NOT NULL, ts REAL NOT NULL,
+            type TEXT NOT NULL, data TEXT NOT NULL, PRIMARY KEY (gateway, seq));
+        CREATE INDEX events_ts ON events (ts);
+        INSERT INTO events VALUES ('gw1', 'cards', 1, 1001.0, 'card_swipe', '{"card": "old1"}');
+    """)
+    old.close()
+    ledger, again = Ledger(db), Ledger(db)
+    try:
+        ledger.record([swipe(1, 9001.0, "new1")], [], [])
+        assert sorted(e["data"]["card"] for e in again.events("gw1")) == ["new1", "old1"]
+        indexes = {r[0] for r in ledger.db.execute("SELECT name FROM sqlite_master WHERE tbl_name = 'events'")}
+        assert "events_ts" in indexes and "events_before_rekey" not in indexes
+    finally:
+        ledger.close()
+        again.close()
