@@ -136,8 +136,11 @@ def cmd_broker_config(args: argparse.Namespace) -> None:
         raise CampusError(f"no central database at {path}; give --db sqlite:///PATH (or set CAMPUS_DB)")
     registry = Registry(f"sqlite:///{path}")
     try:
+        district = broker_config.parse_district(args.district) if args.district else None
         files = broker_config.write(registry, args.out, listen=broker_config.parse_listen(args.listen),
-                                    persistence_dir=args.persistence_dir, owner=args.owner)
+                                    persistence_dir=args.persistence_dir, owner=args.owner,
+                                    district=district,
+                                    district_ca=args.district_ca or broker_config.DEFAULT_DISTRICT_CA)
     finally:
         registry.close()
     out = Path(args.out).resolve()
@@ -145,6 +148,10 @@ def cmd_broker_config(args: argparse.Namespace) -> None:
           f"{', '.join(broker_config.SERVICE_ACCOUNTS)} -> {out}/{{passwd,acl,mosquitto.conf}}")
     print(f"campus broker-config: service account passwords "
           f"{'generated' if files.new_service_passwords else 'kept'} in {out / broker_config.SERVICE_FILE}")
+    if district:
+        print(f"campus broker-config: bridge accounts and confs of {len(files.bridges)} schools -> "
+              f"{out / broker_config.BRIDGES_DIR}/bridge-SCHOOL.conf: copy each to that school broker's "
+              "/etc/mosquitto/campus/conf.d/ (mode 0640, group mosquitto)")
     print("campus broker-config: reload Mosquitto (SIGHUP) to apply")
 
 
@@ -206,6 +213,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--persistence-dir", default="/var/lib/mosquitto", help="Mosquitto's persistence_location")
     p.add_argument("--owner", default=None, help="give passwd and acl to this user (the one Mosquitto runs as, "
                    "e.g. mosquitto; needs root)")
+    p.add_argument("--district", default=None, metavar="HOST:PORT", help="this is the district broker, reached by "
+                   "school brokers at HOST:PORT (its TLS listener): add a bridge account per school and write "
+                   "bridges/bridge-SCHOOL.conf for each school broker")
+    p.add_argument("--district-ca", default=None, metavar="PATH",
+                   help="where school brokers keep the CA of the district's certificate "
+                   "(default /etc/mosquitto/campus/certs/ca.crt)")
     p.set_defaults(func=cmd_broker_config)
 
     p = sub.add_parser("users", help="accounts in the registry: add users, issue API tokens")

@@ -17,6 +17,13 @@
   generated the first time and kept on later runs, so regenerating after a new
   gateway never breaks the running services.
 
+On the district broker (`--district HOST:PORT`, the address school brokers
+reach it at), also one `bridge-{school}` account per school of the registry,
+whose ACL is exactly what broker_config/bridge.conf.template forwards (a
+gateway's rules with `+` for the gateway), its password kept in
+`service-accounts.txt` like the services', and `bridges/bridge-{school}.conf`
+(mode 0600): the template filled in, to copy to that school's broker.
+
 Every file is written atomically (temp file in the same directory, fsync,
 rename), so Mosquitto reloading on SIGHUP never reads half a file. Topic
 filters are derived from `campus.contract`, the one place that spells topics.
@@ -36,14 +43,18 @@ from pathlib import Path
 from sqlalchemy import select
 
 from campus import contract
-from campus.errors import ConfigError
-from central.registry import Gateway, Registry, mosquitto_password_hash
+from campus.errors import ConfigError, PayloadError
+from central.registry import Gateway, Registry, School, mosquitto_password_hash
 
 SERVICE_ACCOUNTS = ("ingest", "web")
 SERVICE_FILE = "service-accounts.txt"
 PASSWD_FILE = "passwd"
 ACL_FILE = "acl"
 CONF_FILE = "mosquitto.conf"
+BRIDGES_DIR = "bridges"
+BRIDGE_TEMPLATE = Path(__file__).resolve().parents[1] / "broker_config" / "bridge.conf.template"
+# Where a school broker keeps the CA that signed the district's certificate (broker_config/README.md layout).
+DEFAULT_DISTRICT_CA = "/etc/mosquitto/campus/certs/ca.crt"
 
 # A valid topic segment that stands for "any" while a topic is built by the
 # contract's own functions; it is then replaced by the MQTT wildcard `+`.
@@ -64,6 +75,28 @@ def gateway_rules(school: str, gateway: str) -> list[tuple[str, str]]:
         ("read", contract.agent_cmd_filter(school, gateway)),
         ("read", contract.config_topic(school, gateway)),
     ]
+
+
+def bridge_account(school: str) -> str:
+    return f"bridge-{school}"
+
+
+def bridge_rules(school: str) -> list[tuple[str, str]]:
+    """A school's bridge on the district broker: what every gateway of the school may do, and no more.
+
+    All of what the bridge forwards must be granted: Mosquitto closes a connection after a
+    refused QoS 1 publish, and the bridge would resend that message forever."""
+    return [(access, _wild(topic)) for access, topic in gateway_rules(school, _ANY)]
+
+
+def _is_account(name: str) -> bool:
+    if name in SERVICE_ACCOUNTS:
+        return True
+    school = name.removeprefix("bridge-")
+    try:
+        return school != name and bool(contract.check_segment(school, "school"))
+    except PayloadError:
+        return False
 
 
 def service_rules(account: str) -> list[tuple[str, str]]:
@@ -87,9 +120,11 @@ class BrokerFiles:
     passwords: dict[str, str]
     gateways: list[str] = field(default_factory=list)
     new_service_passwords: bool = False
+    bridges: dict[str, str] = field(default_factory=dict)  # school -> its bridge-{school}.conf
 
     def as_dict(self) -> dict[str, str]:
-        return {PASSWD_FILE: self.passwd, ACL_FILE: self.acl, CONF_FILE: self.conf, SERVICE_FILE: self.service_accounts}
+        return {PASSWD_FILE: self.passwd, ACL_FILE: self.acl, CONF_FILE: self.conf, SERVICE_FILE: self.service_accounts,
+                **{f"{BRIDGES_DIR}/{bridge_account(school)}.conf": text for school, text in self.bridges.items()}}
 
 
 def read_service_passwords(path: Path) -> dict[str, str]:
@@ -106,9 +141,9 @@ def read_service_passwords(path: Path) -> dict[str, str]:
         if not line or line.startswith("#"):
             continue
         name, _, password = line.partition(" ")
-        if name not in SERVICE_ACCOUNTS or not password.strip():
+        if not _is_account(name) or not password.strip():
             raise ConfigError(f"{path}:{number}: expected 'ACCOUNT PASSWORD' with ACCOUNT one of "
-                              f"{', '.join(SERVICE_ACCOUNTS)}")
+                              f"{', '.join(SERVICE_ACCOUNTS)} or bridge-SCHOOL")
         out[name] = password.strip()
     return out
 
@@ -121,14 +156,23 @@ def _check_password(account: str, password: str) -> str:
 
 
 def render(registry: Registry, *, out_dir: Path, passwords: dict[str, str] | None = None,
-           listen: tuple[str, int] = ("127.0.0.1", 1883), persistence_dir: str = "/var/lib/mosquitto") -> BrokerFiles:
-    """The files' text. Service passwords: `passwords`, else the ones in `out_dir`, else new ones."""
+           listen: tuple[str, int] = ("127.0.0.1", 1883), persistence_dir: str = "/var/lib/mosquitto",
+           district: tuple[str, int] | None = None, district_ca: str = DEFAULT_DISTRICT_CA) -> BrokerFiles:
+    """The files' text. Service passwords: `passwords`, else the ones in `out_dir`, else new ones.
+
+    `district`: this is the district broker, reached by school brokers at (host, TLS port):
+    add a bridge account and a bridge conf per school."""
     out_dir = out_dir.resolve()
     known = read_service_passwords(out_dir / SERVICE_FILE)
     given = dict(passwords or {})
     final: dict[str, str] = {}
     new = False
-    for account in SERVICE_ACCOUNTS:
+    schools: list[str] = []
+    if district is not None:
+        with registry.session() as s:
+            schools = list(s.scalars(select(School.id).order_by(School.id)))
+    accounts = [*SERVICE_ACCOUNTS, *map(bridge_account, schools)]
+    for account in accounts:
         if account in given:
             final[account] = _check_password(account, given[account])
         elif account in known:
@@ -144,7 +188,7 @@ def render(registry: Registry, *, out_dir: Path, passwords: dict[str, str] | Non
     passwd = [header.rstrip("\n")]
     for gw in gateways:
         passwd.append(f"{gw['mqtt_username']}:{hashes[gw['id']]}")
-    for account in SERVICE_ACCOUNTS:
+    for account in accounts:
         passwd.append(f"{account}:{mosquitto_password_hash(final[account])}")
 
     acl = [header.rstrip("\n"),
@@ -153,6 +197,11 @@ def render(registry: Registry, *, out_dir: Path, passwords: dict[str, str] | Non
         acl.append(f"# service account: {account}")
         acl.append(f"user {account}")
         acl += [f"topic {access} {topic}" for access, topic in service_rules(account)]
+        acl.append("")
+    for school in schools:
+        acl.append(f"# the bridge from school {school}'s broker (bridges/{bridge_account(school)}.conf)")
+        acl.append(f"user {bridge_account(school)}")
+        acl += [f"topic {access} {topic}" for access, topic in bridge_rules(school)]
         acl.append("")
     for gw in gateways:
         where = " / ".join(x for x in (gw["school"], gw["building"], gw["room"]) if x)
@@ -164,7 +213,8 @@ def render(registry: Registry, *, out_dir: Path, passwords: dict[str, str] | Non
     host, port = listen
     conf = (
         header
-        + f"# {len(gateways)} gateways, service accounts {', '.join(SERVICE_ACCOUNTS)}.\n"
+        + f"# {len(gateways)} gateways, service accounts {', '.join(SERVICE_ACCOUNTS)}"
+        + (f", bridges of {len(schools)} schools" if district else "") + ".\n"
         "# Apply changes with a reload (SIGHUP: `systemctl reload mosquitto`); clients stay connected.\n"
         "# When Mosquitto starts as root it drops to the `mosquitto` user: give that user read\n"
         "# access to passwd and acl (`campus broker-config --owner mosquitto`).\n"
@@ -194,10 +244,26 @@ def render(registry: Registry, *, out_dir: Path, passwords: dict[str, str] | Non
         "#   campus ingest --mqtt mqtt://ingest:PASSWORD@BROKER:1883 ...\n"
         "#   campus web    --mqtt mqtt://web:PASSWORD@BROKER:1883 ...\n"
         "# Later runs keep these passwords; delete a line to get a new one.\n"
-        + "".join(f"{account} {final[account]}\n" for account in SERVICE_ACCOUNTS)
+        + "".join(f"{account} {final[account]}\n" for account in accounts)
     )
+    bridges = {}
+    if district is not None:
+        template = read_bridge_template()
+        for school in schools:
+            bridges[school] = template.format(school=school, district_host=district[0], district_port=district[1],
+                                              district_ca=district_ca, bridge_user=bridge_account(school),
+                                              bridge_password=final[bridge_account(school)])
     return BrokerFiles(passwd="\n".join(passwd) + "\n", acl="\n".join(acl), conf=conf, service_accounts=service,
-                       passwords=final, gateways=[g["id"] for g in gateways], new_service_passwords=new)
+                       passwords=final, gateways=[g["id"] for g in gateways], new_service_passwords=new,
+                       bridges=bridges)
+
+
+def read_bridge_template() -> str:
+    try:
+        return BRIDGE_TEMPLATE.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"{BRIDGE_TEMPLATE}: cannot read the bridge template ({exc.strerror or exc}); "
+                          "--district needs the source checkout's broker_config/") from None
 
 
 def _gateway_hashes(registry: Registry) -> dict[str, str]:
@@ -237,6 +303,10 @@ def atomic_write(path: Path, data: str | bytes, mode: int = 0o644, owner: tuple[
 FILE_MODES = {PASSWD_FILE: 0o600, ACL_FILE: 0o640, CONF_FILE: 0o644, SERVICE_FILE: 0o600}
 
 
+def file_mode(name: str) -> int:
+    return FILE_MODES.get(name, 0o600)  # bridges/*.conf hold a bridge's password
+
+
 def write(registry: Registry, out_dir: str | Path, *, owner: str | None = None, **options: object) -> BrokerFiles:
     """Render and write every file into `out_dir` (created if missing).
 
@@ -257,8 +327,10 @@ def write(registry: Registry, out_dir: str | Path, *, owner: str | None = None, 
         raise ConfigError(f"--out {out}: cannot create the directory ({exc.strerror or exc})") from None
     files = render(registry, out_dir=out, **options)  # type: ignore[arg-type]
     try:
+        if files.bridges:
+            (out / BRIDGES_DIR).mkdir(mode=0o700, exist_ok=True)
         for name, text in files.as_dict().items():
-            atomic_write(out / name, text, FILE_MODES[name], ids if name in (PASSWD_FILE, ACL_FILE) else None)
+            atomic_write(out / name, text, file_mode(name), ids if name in (PASSWD_FILE, ACL_FILE) else None)
     except OSError as exc:
         raise ConfigError(f"{out}: cannot write the broker files ({exc.strerror or exc})") from None
     return files
@@ -270,20 +342,33 @@ def zip_bundle(files: BrokerFiles) -> bytes:
     with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as z:
         for name, text in files.as_dict().items():
             info = zipfile.ZipInfo(f"campus-broker/{name}", time.localtime()[:6])
-            info.external_attr = (0o100000 | FILE_MODES[name]) << 16
+            info.external_attr = (0o100000 | file_mode(name)) << 16
             z.writestr(info, text)
     return buf.getvalue()
 
 
 def parse_listen(text: str) -> tuple[str, int]:
     """`HOST:PORT` (or just `PORT`) of the generated listener."""
+    return _host_port(text, "--listen", "0.0.0.0:1883", default_host="0.0.0.0")
+
+
+def parse_district(text: str) -> tuple[str, int]:
+    """`HOST:PORT` at which school brokers reach the district broker's TLS listener."""
+    host, port = _host_port(text, "--district", "mqtt.district.example:8883")
+    if not host:
+        raise ConfigError(f"--district {text!r}: name the host school brokers connect to, e.g. "
+                          "mqtt.district.example:8883")
+    return host, port
+
+
+def _host_port(text: str, option: str, example: str, default_host: str = "") -> tuple[str, int]:
     host, sep, port = text.rpartition(":")
     if not sep:
-        host, port = "0.0.0.0", text
+        host, port = default_host, text
     try:
         number = int(port)
     except ValueError:
-        raise ConfigError(f"--listen {text!r}: write HOST:PORT, e.g. 0.0.0.0:1883") from None
+        raise ConfigError(f"{option} {text!r}: write HOST:PORT, e.g. {example}") from None
     if not 0 < number < 65536:
-        raise ConfigError(f"--listen {text!r}: port must be 1-65535")
-    return host.strip("[]") or "0.0.0.0", number
+        raise ConfigError(f"{option} {text!r}: port must be 1-65535")
+    return host.strip("[]") or default_host, number

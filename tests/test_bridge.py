@@ -1,6 +1,7 @@
 """A school broker bridged to a district broker, with broker_config/bridge.conf.template
-as written: two real Mosquitto processes, both running the production
-broker_config/mosquitto.conf, the bridge over TLS with the generated CA and its own
+as `campus broker-config --district` fills it in: two real Mosquitto processes, both
+running the production broker_config/mosquitto.conf, the district's password file and
+ACL generated from the registry, the bridge over TLS with the generated CA and its own
 account. The agent talks to the school broker; ingest and the command service to the
 district broker. Telemetry arrives at the district once, through a district outage;
 commands go the other way, also while the school's link is down.
@@ -8,6 +9,7 @@ commands go the other way, also while the school's link is down.
 
 from __future__ import annotations
 
+import shutil
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -17,14 +19,15 @@ import pytest
 
 from campus.net import free_port
 from campus.urls import parse_mqtt_url
+from central import broker_config
 from central.commands import CommandService
 from central.ledger import Ledger
+from central.registry import Registry
 from tests.e2e import SimulatorsInThread
 from tests.servers import wait_until
 from tests.test_commands import projector, set_commands
 from tests.test_faults import assert_exactly_once
 from tests.tlsbrokers import (
-    BRIDGE_TEMPLATE,
     ProductionMosquitto,
     SplitClassroom,
     make_ca,
@@ -36,19 +39,6 @@ pytestmark = pytest.mark.slow
 
 SCHOOL = "s1"
 
-# What the district's ACL must grant (README.md): ingest reads, the web app sends
-# commands, and the school's bridge stays inside campus/v1/s1/.
-DISTRICT_ACL = """user ingest
-topic read campus/v1/#
-
-user web
-topic write campus/v1/+/+/cmd/+
-
-user bridge-s1
-topic write campus/v1/s1/#
-topic read campus/v1/s1/+/cmd/+
-topic read campus/v1/s1/+/config
-"""
 SCHOOL_ACL = """user gw1
 topic readwrite campus/v1/s1/gw1/#
 """
@@ -75,19 +65,23 @@ class Link:
 @pytest.fixture
 def link(tmp_path: Path) -> Iterator[Link]:
     pki = make_ca(tmp_path / "pki")  # one CA; the server certificate names 127.0.0.1
-    passwords = {user: password() for user in ("gw1", "ingest", "web", "bridge-s1")}
-    district_passwd = write_passwd(tmp_path / "district.passwd", {u: passwords[u] for u in ("ingest", "web",
-                                                                                              "bridge-s1")})
-    school_passwd = write_passwd(tmp_path / "school.passwd", {"gw1": passwords["gw1"]})
-    (tmp_path / "district.acl").write_text(DISTRICT_ACL)
+    passwords = {"gw1": password()}
+    school_passwd = write_passwd(tmp_path / "school.passwd", passwords)
     (tmp_path / "school.acl").write_text(SCHOOL_ACL)
     certs = {"cert": pki / "server.crt", "key": pki / "server.key", "ca": pki / "ca.crt"}
-    district = ProductionMosquitto(tmp_path / "district", passwd=district_passwd, acl=tmp_path / "district.acl",
-                                   **certs)
+    # The district's passwd, ACL and the school's bridge conf as `campus broker-config --district` writes them.
+    generated = tmp_path / "district-files"
+    district = ProductionMosquitto(tmp_path / "district", passwd=generated / "passwd", acl=generated / "acl", **certs)
+    registry = Registry(f"sqlite:///{tmp_path / 'registry.db'}")
+    try:
+        registry.register_gateway("gw1", SCHOOL, "101")
+        files = broker_config.write(registry, generated, district=("127.0.0.1", district.tls_port),
+                                    district_ca=str(pki / "ca.crt"))
+    finally:
+        registry.close()
+    passwords.update(files.passwords)
     school = ProductionMosquitto(tmp_path / "school", passwd=school_passwd, acl=tmp_path / "school.acl", **certs)
-    (school.confd / f"bridge-{SCHOOL}.conf").write_text(BRIDGE_TEMPLATE.read_text().format(
-        school=SCHOOL, district_host="127.0.0.1", district_port=district.tls_port, district_ca=pki / "ca.crt",
-        bridge_user="bridge-s1", bridge_password=passwords["bridge-s1"]))
+    shutil.copy(generated / "bridges" / f"bridge-{SCHOOL}.conf", school.confd)
     district.start()
     school.start()
     result = Link(pki, school, district, passwords)

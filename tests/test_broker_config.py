@@ -163,6 +163,41 @@ def test_cli_writes_passwd_acl_and_conf(tmp_path: Path, registry: Registry) -> N
     assert bad.returncode == 2 and "--listen" in bad.stderr
 
 
+def test_district_mode_adds_a_bridge_account_and_conf_per_school(tmp_path: Path, registry: Registry) -> None:
+    registry.register_gateway("gw-z", "s2", "201")
+    out = generate(tmp_path, 18830, "--district", "mqtt.district.example:8883", "--district-ca", "/etc/x/ca.crt")
+    bridges = out / "bridges"
+    assert sorted(p.name for p in bridges.iterdir()) == ["bridge-s1.conf", "bridge-s2.conf"]
+    assert stat.S_IMODE(bridges.stat().st_mode) == 0o700
+    services = dict(line.split(" ", 1) for line in (out / "service-accounts.txt").read_text().splitlines()
+                    if line and not line.startswith("#"))
+    entries = dict(line.split(":", 1) for line in (out / "passwd").read_text().splitlines()
+                   if not line.startswith("#"))
+    assert {"bridge-s1", "bridge-s2", "ingest", "web"} <= set(entries)
+    conf = (bridges / "bridge-s1.conf").read_text()
+    assert stat.S_IMODE((bridges / "bridge-s1.conf").stat().st_mode) == 0o600
+    assert "{" not in conf and "address mqtt.district.example:8883" in conf and "bridge_cafile /etc/x/ca.crt" in conf
+    assert "remote_username bridge-s1\n" in conf and "topic campus/v1/s1/+/cmd/+ in 1" in conf
+    assert f"remote_password {services['bridge-s1']}\n" in conf
+    assert mosquitto_hash_ok(entries["bridge-s1"], services["bridge-s1"])
+    # What the bridge forwards, and nothing of another school (README.md: grant all of it).
+    block = (out / "acl").read_text().split("user bridge-s1\n", 1)[1].split("\n\n", 1)[0].splitlines()
+    assert block == ["topic write campus/v1/s1/+/state", "topic write campus/v1/s1/+/telemetry/+",
+                     "topic write campus/v1/s1/+/event/+", "topic write campus/v1/s1/+/cmd/+/result",
+                     "topic read campus/v1/s1/+/cmd/+", "topic read campus/v1/s1/+/config"]
+    forwarded = {ln.split()[1] for ln in conf.splitlines() if ln.startswith("topic ")}
+    assert forwarded == {topic for _, topic in broker_config.bridge_rules("s1")}
+
+    # Again: the bridges' passwords are kept (running bridges stay connected).
+    generate(tmp_path, 18830, "--district", "mqtt.district.example:8883")
+    assert f"remote_password {services['bridge-s1']}\n" in (bridges / "bridge-s1.conf").read_text()
+
+    for bad, why in (("8883", "name the host"), ("host:x", "HOST:PORT"), ("host:0", "1-65535")):
+        result = campus("broker-config", "--db", f"sqlite:///{tmp_path / 'central.db'}", "--out", str(out),
+                        "--district", bad)
+        assert result.returncode == 2 and why in result.stderr and "Traceback" not in result.stderr
+
+
 def test_our_hash_has_the_format_of_mosquitto_passwd(tmp_path: Path) -> None:
     if not Path(MOSQUITTO_PASSWD).exists():
         pytest.skip("needs mosquitto_passwd")

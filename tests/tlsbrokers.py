@@ -20,7 +20,6 @@ from tests.servers import CampusProcess, Mosquitto
 REPO = Path(__file__).resolve().parents[1]
 MAKE_CA = REPO / "broker_config" / "make-ca.sh"
 PRODUCTION_CONF = REPO / "broker_config" / "mosquitto.conf"
-BRIDGE_TEMPLATE = REPO / "broker_config" / "bridge.conf.template"
 MOSQUITTO_PASSWD = shutil.which("mosquitto_passwd") or "/usr/bin/mosquitto_passwd"
 
 
