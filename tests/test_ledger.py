@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import sqlite3
 import threading
 from pathlib import Path
 
@@ -13,6 +12,7 @@ from central.ledger import Ledger, Sequenced
 from central.store.sqlite import SqlitePointStore
 from central.subscriber import Delivery
 from tests.servers import wait_until
+from tests.test_sqlite_store import old_file
 
 KEEP = 100
 
@@ -66,19 +66,16 @@ def test_a_message_older_than_the_window_is_still_recorded(tmp_path: Path) -> No
 
 
 def test_a_file_from_before_pruning_gains_the_floor(tmp_path: Path) -> None:
-    db = tmp_path / "c.db"
-    old = sqlite3.connect(db)
-    old.executescript("""
+    db = old_file(tmp_path / "c.db", """
         CREATE TABLE gateways (id TEXT PRIMARY KEY, school TEXT NOT NULL, room TEXT NOT NULL DEFAULT '',
             online INTEGER NOT NULL DEFAULT 0, state TEXT NOT NULL DEFAULT '{}', interval REAL NOT NULL DEFAULT 0,
             last_seen REAL, first_seq INTEGER, max_seq INTEGER,
             received INTEGER NOT NULL DEFAULT 0, duplicates INTEGER NOT NULL DEFAULT 0);
         CREATE TABLE seen (gateway TEXT NOT NULL, seq INTEGER NOT NULL, PRIMARY KEY (gateway, seq)) WITHOUT ROWID;
         INSERT INTO gateways (id, school, first_seq, max_seq, received) VALUES ('gw1', 's1', 1, 300, 300);
+        WITH RECURSIVE n(seq) AS (SELECT 1 UNION ALL SELECT seq + 1 FROM n WHERE seq < 300)
+        INSERT INTO seen SELECT 'gw1', seq FROM n;
     """)
-    old.executemany("INSERT INTO seen VALUES ('gw1', ?)", [(s,) for s in range(1, 301)])
-    old.commit()
-    old.close()
     ledger, again = Ledger(db, seen_keep=KEEP), Ledger(db, seen_keep=KEEP)  # the second finds the column there
     try:
         assert ledger.record([telemetry(300), telemetry(301)], [], []) == [False, True]
@@ -128,15 +125,12 @@ def test_a_replaced_outbox_starting_again_at_one_keeps_its_events(tmp_path: Path
 
 
 def test_an_events_table_keyed_by_gateway_and_seq_is_rekeyed_with_its_rows(tmp_path: Path) -> None:
-    db = tmp_path / "c.db"
-    old = sqlite3.connect(db)
-    old.executescript("""
+    db = old_file(tmp_path / "c.db", """
         CREATE TABLE events (gateway TEXT NOT NULL, device TEXT NOT NULL, seq INTEGER NOT NULL, ts REAL NOT NULL,
             type TEXT NOT NULL, data TEXT NOT NULL, PRIMARY KEY (gateway, seq));
         CREATE INDEX events_ts ON events (ts);
         INSERT INTO events VALUES ('gw1', 'cards', 1, 1001.0, 'card_swipe', '{"card": "old1"}');
     """)
-    old.close()
     ledger, again = Ledger(db), Ledger(db)
     try:
         ledger.record([swipe(1, 9001.0, "new1")], [], [])

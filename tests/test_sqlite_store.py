@@ -66,16 +66,22 @@ def test_a_metric_name_that_is_not_one_is_refused(tmp_path: Path, metric: str) -
         store.close()
 
 
-def test_a_file_with_the_old_per_point_table_is_converted(tmp_path: Path) -> None:
-    path = tmp_path / "old.db"
+def old_file(path: Path, script: str) -> Path:
+    """A database file as an earlier version left it (`script`: its tables and rows)."""
     db = sqlite3.connect(path)
-    db.executescript("""
+    db.executescript(script)
+    db.commit()
+    db.close()
+    return path
+
+
+def test_a_file_with_the_old_per_point_table_is_converted(tmp_path: Path) -> None:
+    path = old_file(tmp_path / "old.db", """
         CREATE TABLE points (gateway TEXT NOT NULL, device TEXT NOT NULL, metric TEXT NOT NULL, ts REAL NOT NULL,
             value REAL, text TEXT, PRIMARY KEY (gateway, device, metric, ts)) WITHOUT ROWID;
         INSERT INTO points VALUES ('gw1', 'env', 'co2_ppm', 100.0, 812.0, NULL), ('gw1', 'env', 'co2_ppm', 160.0, 790.0, NULL),
             ('gw1', 'env', 'temperature_c', 100.0, 22.5, NULL), ('gw1', 'proj', 'power', 100.0, NULL, 'on');
     """)
-    db.close()
     store = SqlitePointStore(path)
     try:
         assert store.count() == 4
