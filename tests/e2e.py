@@ -5,12 +5,17 @@ from __future__ import annotations
 import asyncio
 import sqlite3
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import paho.mqtt.client as paho
 import yaml
+from paho.mqtt.enums import CallbackAPIVersion
 from pymodbus.client import ModbusTcpClient
 
+from campus import contract
 from campus.net import free_port, wait_for_port
 from central.ledger import Ledger
 from central.store.sqlite import SqlitePointStore
@@ -66,6 +71,33 @@ class StoreView:
     def close(self) -> None:
         self.points.close()
         self.ledger.close()
+
+
+@contextmanager
+def ingest_with_publisher(tmp_path: Path, mqtt_port: int, mqtt_url: str, client_id: str, topic: str,
+                          first: bytes) -> Iterator[tuple[CampusProcess, paho.Client, StoreView]]:
+    """`campus ingest` into a new SQLite file and a paho publisher, once `first` (a telemetry message
+    on `topic`) is stored: MQTT keeps nothing published before ingest subscribed, so it is sent until it lands."""
+    db = tmp_path / "central.db"
+    ingest = CampusProcess(["ingest", "--mqtt", mqtt_url, "--store", f"sqlite:///{db}"],
+                           tmp_path / "ingest.log").start()
+    pub = paho.Client(CallbackAPIVersion.VERSION2, client_id=client_id)
+    pub.connect("127.0.0.1", mqtt_port)
+    pub.loop_start()
+    view = None
+    try:
+        wait_until(db.exists, 20, message="ingest created its database")
+        view = StoreView(db)
+        gateway = contract.parse_topic(topic).gateway
+        wait_until(lambda: pub.publish(topic, first, qos=1) and view.gateway(gateway), 20, interval=0.5,
+                   message="ingest subscribed")
+        yield ingest, pub, view
+    finally:
+        if view is not None:
+            view.close()
+        pub.loop_stop()
+        pub.disconnect()
+        ingest.stop()
 
 
 class Classroom:

@@ -6,14 +6,11 @@ import json
 import time
 from pathlib import Path
 
-import paho.mqtt.client as paho
-from paho.mqtt.enums import CallbackAPIVersion
-
 from campus import contract
 from campus.contract import Telemetry
 from campus.net import free_port, wait_for_port
 from dashboards import WebConfig, create_app
-from tests.e2e import StoreView, env_device, read_simulator, write_gateway_config
+from tests.e2e import StoreView, env_device, ingest_with_publisher, read_simulator, write_gateway_config
 from tests.servers import CampusProcess, Mosquitto, wait_until
 
 
@@ -55,24 +52,14 @@ def test_stored_values_equal_what_the_simulator_served(tmp_path: Path, mosquitto
 
 def test_garbage_does_not_stop_ingest_and_every_valid_message_is_stored(tmp_path: Path,
                                                                          mosquitto: Mosquitto) -> None:
-    db = tmp_path / "central.db"
-    ingest = CampusProcess(["ingest", "--mqtt", mosquitto.url, "--store", f"sqlite:///{db}"],
-                           tmp_path / "ingest.log").start()
-    pub = paho.Client(CallbackAPIVersion.VERSION2, client_id="garbage-test")
-    pub.connect("127.0.0.1", mosquitto.port)
-    pub.loop_start()
-    try:
-        wait_until(lambda: db.exists(), 20)
-        topic = contract.telemetry_topic("s1", "gwx", "env")
+    topic = contract.telemetry_topic("s1", "gwx", "env")
+    first = Telemetry(seq=1, ts=time.time(), values={"co2_ppm": 400}).encode()
+    with ingest_with_publisher(tmp_path, mosquitto.port, mosquitto.url, "garbage-test", topic, first) as (
+            ingest, pub, view):
         garbage = [b"", b"not json", b"\xff\x00\xfe", b"[]", b"{}", b'{"seq": "1", "ts": 1, "values": {}}',
                    b'{"seq": 1, "ts": 1, "values": {"x": {"nested": 1}}}', json.dumps({"seq": 5, "ts": 1,
                    "values": {"co2_ppm": 1}, "pad": "x" * 70000}).encode(), b'{"seq": -3, "ts": 1, "values": {}}',
                    b"1e999", b'{"seq": 1e400, "ts": 1, "values": {}}']
-        # Make sure ingest is subscribed before counting: publish a probe until it lands.
-        probe = Telemetry(seq=1, ts=time.time(), values={"co2_ppm": 400}).encode()
-        view = StoreView(db)
-        wait_until(lambda: pub.publish(topic, probe, qos=1) and view.gateway("gwx"), 20, interval=0.5,
-                   message="ingest subscribed")
         sent = 1
         for i in range(2, 202):
             pub.publish(topic, garbage[i % len(garbage)], qos=1)
@@ -87,8 +74,3 @@ def test_garbage_does_not_stop_ingest_and_every_valid_message_is_stored(tmp_path
         stored = view.points.query("gwx", "env", "co2_ppm", 1000, 2000)
         assert [v for _, v in stored] == list(range(2, 202))
         assert "rejected message" in ingest.output()
-        view.close()
-    finally:
-        pub.loop_stop()
-        pub.disconnect()
-        ingest.stop()

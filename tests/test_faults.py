@@ -9,14 +9,12 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-import paho.mqtt.client as paho
 import pytest
-from paho.mqtt.enums import CallbackAPIVersion
 
 from campus import contract
 from campus.contract import Telemetry
-from tests.e2e import Classroom
-from tests.servers import CampusProcess, Mosquitto, wait_until
+from tests.e2e import Classroom, ingest_with_publisher
+from tests.servers import Mosquitto, wait_until
 
 pytestmark = pytest.mark.slow
 METRICS_PER_SAMPLE = 6
@@ -83,20 +81,9 @@ def test_ingest_killed_and_restarted_while_agent_publishes(tmp_path: Path, mosqu
 
 
 def test_redelivered_message_is_stored_once(tmp_path: Path, mosquitto: Mosquitto) -> None:
-    db = tmp_path / "central.db"
-    ingest = CampusProcess(["ingest", "--mqtt", mosquitto.url, "--store", f"sqlite:///{db}"],
-                           tmp_path / "ingest.log").start()
-    pub = paho.Client(CallbackAPIVersion.VERSION2, client_id="redeliver")
-    pub.connect("127.0.0.1", mosquitto.port)
-    pub.loop_start()
-    try:
-        from tests.e2e import StoreView
-
-        wait_until(db.exists, 20)
-        view = StoreView(db)
-        topic = contract.telemetry_topic("s1", "gwd", "env")
-        msg = Telemetry(seq=1, ts=1000.0, values={"co2_ppm": 500, "temperature_c": 21.5}).encode()
-        wait_until(lambda: pub.publish(topic, msg, qos=1) and view.gateway("gwd"), 20, interval=0.5)
+    topic = contract.telemetry_topic("s1", "gwd", "env")
+    msg = Telemetry(seq=1, ts=1000.0, values={"co2_ppm": 500, "temperature_c": 21.5}).encode()
+    with ingest_with_publisher(tmp_path, mosquitto.port, mosquitto.url, "redeliver", topic, msg) as (_, pub, view):
         second = Telemetry(seq=2, ts=1001.0, values={"co2_ppm": 510, "temperature_c": 21.6}).encode()
         for _ in range(3):
             pub.publish(topic, second, qos=1).wait_for_publish(5)
@@ -105,11 +92,6 @@ def test_redelivered_message_is_stored_once(tmp_path: Path, mosquitto: Mosquitto
         gw = view.gateway("gwd")
         assert gw["received"] == 2 and gw["gaps"] == 0
         assert view.points.query("gwd", "env", "co2_ppm", 0, 2000) == [(1000.0, 500.0), (1001.0, 510.0)]
-        view.close()
-    finally:
-        pub.loop_stop()
-        pub.disconnect()
-        ingest.stop()
 
 
 def test_outbox_full_drops_oldest_and_counts_exactly(tmp_path: Path, mosquitto: Mosquitto) -> None:
