@@ -67,17 +67,25 @@ def parse_days(days: str | None) -> tuple[int, ...]:
     return tuple(sorted({DAYS.index(n) for n in names}))
 
 
+def _when(schedule: Any) -> tuple[dtime, tuple[int, ...]] | None:
+    """(time of day, weekdays) of an enabled schedule; None if it is disabled or unreadable (it never runs)."""
+    if schedule.enabled is False:
+        return None
+    try:
+        return parse_at(schedule.at), parse_days(schedule.days)
+    except ScheduleError:
+        return None
+
+
 def occurrence(schedule: Any, now_local: datetime, grace: timedelta = GRACE) -> datetime | None:
     """The occurrence of `schedule` to run now, if any (see the module docstring).
 
     `now_local` is the local wall-clock time (naive or aware); `schedule.last_run` a unix time.
     """
-    if schedule.enabled is False:
+    parsed = _when(schedule)
+    if parsed is None:
         return None
-    try:
-        at, days = parse_at(schedule.at), parse_days(schedule.days)
-    except ScheduleError:
-        return None
+    at, days = parsed
     # Today's occurrence, or yesterday's when the grace window crosses midnight (23:50 + 30 min).
     for back in (0, 1):
         day = (now_local - timedelta(days=back)).date()
@@ -97,12 +105,10 @@ def due(schedule: Any, now_local: datetime, grace: timedelta = GRACE) -> bool:
 
 def next_run(schedule: Any, now_local: datetime) -> datetime | None:
     """When the schedule runs next (for the page), or None if it never will."""
-    if schedule.enabled is False:
+    parsed = _when(schedule)
+    if parsed is None:
         return None
-    try:
-        at, days = parse_at(schedule.at), parse_days(schedule.days)
-    except ScheduleError:
-        return None
+    at, days = parsed
     for ahead in range(8):
         day = (now_local + timedelta(days=ahead)).date()
         when = datetime.combine(day, at, tzinfo=now_local.tzinfo)
