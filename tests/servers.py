@@ -20,6 +20,16 @@ MOSQUITTO = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
 VICTORIA = shutil.which("victoria-metrics") or "/usr/bin/victoria-metrics"
 
 
+def screenshot_path(name: str, tmp_path: Path) -> Path:
+    """Where a browser test saves its screenshot: docs/screenshots/NAME when UPDATE_SCREENSHOTS=1
+    (to refresh the README's pictures), else the test's own directory, so a test run changes no tracked file."""
+    if os.environ.get("UPDATE_SCREENSHOTS") == "1":
+        folder = Path(__file__).resolve().parents[1] / "docs" / "screenshots"
+        folder.mkdir(parents=True, exist_ok=True)
+        return folder / name
+    return tmp_path / name
+
+
 def wait_until(predicate: Callable[[], object], timeout: float = 30.0, interval: float = 0.05,
                message: str = "condition") -> object:
     """Poll `predicate` until it returns something truthy; fail after `timeout` seconds."""

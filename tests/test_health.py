@@ -8,7 +8,7 @@ people). The background alarm monitor and scheduler are switched off
 The last test is the facility manager's story against a running `campus
 demo` in headless Chromium: CO2 pushed over the limit, the alarm appears by
 itself, Acknowledge, "acknowledged by facility"; it saves
-docs/screenshots/health.png.
+docs/screenshots/health.png with UPDATE_SCREENSHOTS=1.
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ from central.registry import AlarmRule, Building, Schedule, ScheduleRun
 from central.store.base import Sample
 from central.store.sqlite import SqlitePointStore
 from dashboards import WebConfig, close_app, create_app, health
-from tests.servers import wait_until
+from tests.servers import screenshot_path, wait_until
 
 ROOT = Path(__file__).resolve().parent.parent
 NOW = time.time()
@@ -557,9 +557,9 @@ def test_facility_sees_and_acknowledges_a_co2_alarm_in_chromium(tmp_path: Path) 
             expect(room.locator(".halarms")).to_contain_text("acknowledged by facility", timeout=15_000)
             page.goto(f"{base}/health/alarms")
             expect(row).to_contain_text("Acknowledged by facility")
-            shots = ROOT / "docs" / "screenshots"
-            shots.mkdir(parents=True, exist_ok=True)
-            page.screenshot(path=str(shots / "health.png"))
+            shot = screenshot_path("health.png", tmp_path)
+            page.screenshot(path=str(shot))
+            assert shot.stat().st_size > 10_000
             browser.close()
         _api(base, token, "/api/demo/simulators/gw-101/env", {"overrides": {"co2_ppm": None}})
     finally:
