@@ -312,7 +312,7 @@ class State:
     building: str = ""
     # Seconds between two `state` messages at most: central calls a gateway silent after 3.
     interval: float = 0.0
-    # Outbox figures: messages waiting and dropped by the outbox bounds.
+    # Outbox figures: messages waiting and dropped by the outbox bounds, the last seq, the outbox's instance.
     outbox: dict[str, int] = field(default_factory=dict)
 
     def encode(self) -> bytes:

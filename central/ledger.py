@@ -46,13 +46,25 @@ _EVENTS_DDL = (
     "CREATE INDEX IF NOT EXISTS events_ts ON events (ts)",
 )
 
+# Columns of `gateways` added after files were in use, with their definitions.
+_ADDED_GATEWAY_COLUMNS = {
+    "seq_floor": "INTEGER NOT NULL DEFAULT 0",
+    # A gateway's seq numbers belong to one outbox instance (edge_agent/outbox.py). When a newer
+    # state names another one, the old one's gaps and received count are set aside and the
+    # new one's numbers, which start again at 1, are counted afresh.
+    "outbox_instance": "INTEGER",
+    "gaps_before": "INTEGER NOT NULL DEFAULT 0",
+    "received_before": "INTEGER NOT NULL DEFAULT 0",
+}
+
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS gateways (
     id TEXT PRIMARY KEY, school TEXT NOT NULL, room TEXT NOT NULL DEFAULT '',
     online INTEGER NOT NULL DEFAULT 0, state TEXT NOT NULL DEFAULT '{}', interval REAL NOT NULL DEFAULT 0,
     last_seen REAL, first_seq INTEGER, max_seq INTEGER,
     received INTEGER NOT NULL DEFAULT 0, duplicates INTEGER NOT NULL DEFAULT 0,
-    seq_floor INTEGER NOT NULL DEFAULT 0
+    seq_floor INTEGER NOT NULL DEFAULT 0,
+    outbox_instance INTEGER, gaps_before INTEGER NOT NULL DEFAULT 0, received_before INTEGER NOT NULL DEFAULT 0
 );
 CREATE TABLE IF NOT EXISTS seen (
     gateway TEXT NOT NULL, seq INTEGER NOT NULL, PRIMARY KEY (gateway, seq)
@@ -88,10 +100,12 @@ class Ledger(PerThreadConnection):
     def __init__(self, path: str | Path, seen_keep: int = SEEN_KEEP) -> None:
         super().__init__(path)
         self.seen_keep = seen_keep
-        if "seq_floor" not in {row[1] for row in self.db.execute("PRAGMA table_info(gateways)")}:
-            # A file from before pruning; two processes opening it at once: one adds the column.
-            with contextlib.suppress(sqlite3.OperationalError):
-                self.db.execute("ALTER TABLE gateways ADD COLUMN seq_floor INTEGER NOT NULL DEFAULT 0")
+        have = {row[1] for row in self.db.execute("PRAGMA table_info(gateways)")}
+        for column, ddl in _ADDED_GATEWAY_COLUMNS.items():
+            if column not in have:
+                # A file from before the column; two processes opening it at once: one adds it.
+                with contextlib.suppress(sqlite3.OperationalError):
+                    self.db.execute(f"ALTER TABLE gateways ADD COLUMN {column} {ddl}")
         if _EVENTS_KEY not in self._events_sql():
             self._rekey_events()
 
@@ -136,6 +150,11 @@ class Ledger(PerThreadConnection):
         try:
             with self.db:
                 self.db.execute("BEGIN IMMEDIATE")  # the write lock: no other worker records between look-up and insert
+                # A new outbox's state comes before its first messages (the agent publishes it on
+                # connect, before draining), so its reset comes first here too.
+                for school, gateway, state in states:
+                    self._ensure_gateway(school, gateway)
+                    self._follow_outbox(gateway, state)
                 new_seqs: dict[str, set[int]] = {}
                 for gateway, msgs in by_gateway.items():
                     self._ensure_gateway(msgs[0].school, gateway)
@@ -184,8 +203,7 @@ class Ledger(PerThreadConnection):
                     " DO UPDATE SET ts=excluded.ts, value=excluded.value WHERE excluded.ts >= latest.ts",
                     [(gw, dev, metric, ts, json.dumps(value)) for (gw, dev, metric), (ts, value) in latest.items()])
                 self.db.executemany("INSERT OR IGNORE INTO events VALUES (?, ?, ?, ?, ?, ?)", events)
-                for school, gateway, state in states:
-                    self._ensure_gateway(school, gateway)
+                for _, gateway, state in states:
                     # A late Will must not overwrite a newer "online" (ordering by the state's ts).
                     self.db.execute(
                         "UPDATE gateways SET online = ?, state = ?, interval = ?, room = COALESCE(NULLIF(?, ''), room),"
@@ -199,6 +217,25 @@ class Ledger(PerThreadConnection):
         except sqlite3.Error as exc:
             raise StoreError(f"{self.path}: ledger write failed: {exc}") from None
         return fresh
+
+    def _follow_outbox(self, gateway: str, state: State) -> None:
+        """Start counting afresh when a state newer than the stored one names another outbox instance."""
+        instance = state.outbox.get("instance")
+        if instance is None:
+            return  # an agent from before instances, or a Will
+        stored, stored_ts = self.db.execute("SELECT outbox_instance, COALESCE(json_extract(state, '$.ts'), 0)"
+                                            " FROM gateways WHERE id = ?", (gateway,)).fetchone()
+        if stored == instance or state.ts < stored_ts:
+            return
+        if stored is not None:
+            log.warning("gateway %s: a new outbox (instance %s, was %s): its seq numbers are counted afresh",
+                        gateway, instance, stored)
+            self.db.execute(
+                "UPDATE gateways SET gaps_before = gaps_before + COALESCE(max_seq - first_seq + 1"
+                " - (received - received_before), 0), received_before = received,"
+                " first_seq = NULL, max_seq = NULL, seq_floor = 0 WHERE id = ?", (gateway,))
+            self.db.execute("DELETE FROM seen WHERE gateway = ?", (gateway,))
+        self.db.execute("UPDATE gateways SET outbox_instance = ? WHERE id = ?", (instance, gateway))
 
     def _seen(self, gateway: str, seqs: set[int]) -> set[int]:
         """Which of `seqs` this gateway's ledger already has (all at or below its floor)."""
@@ -248,10 +285,11 @@ class Ledger(PerThreadConnection):
         self.mark_silent()
         where, args = ("WHERE id = ?", (gateway,)) if gateway is not None else ("", ())
         cur = self.db.execute("SELECT id, school, room, online, last_seen, received, duplicates, first_seq, max_seq,"
-                              f" state FROM gateways {where} ORDER BY school, id", args)
+                              f" state, gaps_before, received_before FROM gateways {where} ORDER BY school, id", args)
         out = []
-        for gid, school, room, online, last_seen, received, dups, first, top, state in cur:
-            gaps = (top - first + 1 - received) if first is not None else 0
+        for gid, school, room, online, last_seen, received, dups, first, top, state, gaps_before, before in cur:
+            # Numbers never received, in the outbox instance now counted and in earlier ones.
+            gaps = gaps_before + ((top - first + 1 - (received - before)) if first is not None else 0)
             st = json.loads(state)
             out.append(({"id": gid, "school": school, "room": room, "online": bool(online), "last_seen": last_seen,
                          "received": received, "gaps": gaps, "duplicates": dups,

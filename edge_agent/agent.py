@@ -152,7 +152,7 @@ class Agent:
                               for d, drv in self.drivers.items()},
                      interval=self.heartbeat, config_version=self.config_version,
                      outbox={"pending": len(self.outbox), "dropped": self.outbox.dropped,
-                             "last_seq": self.outbox.last_seq})
+                             "last_seq": self.outbox.last_seq, "instance": self.outbox.instance})
 
     def _client(self) -> aiomqtt.Client:
         url = self.mqtt_url

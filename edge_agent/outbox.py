@@ -6,6 +6,12 @@ MQTT link sees it, and leaves only when the broker acknowledged it. The
 per-gateway `seq` is allocated here, in the same transaction as the row, so
 it is strictly increasing across restarts and never reused.
 
+A new outbox file draws a random `instance` number, which the agent reports
+in its `state` (`outbox.instance`): a gateway whose outbox was lost (a new SD
+card) starts again at seq 1, and central, seeing another instance, starts
+counting that gateway's gaps and duplicates afresh instead of taking the new
+numbers for redeliveries.
+
 Bounds: at most `max_messages` rows and nothing older than `max_age_s`.
 When a bound is hit the *oldest* rows are dropped and counted in
 `dropped`: after a long outage a facility manager wants the recent days,
@@ -14,6 +20,7 @@ and central sees the dropped `seq` numbers as gaps, which is the truth.
 
 from __future__ import annotations
 
+import secrets
 import sqlite3
 import time
 from collections.abc import Callable, Iterable
@@ -53,6 +60,8 @@ class Outbox:
         self.db.execute("PRAGMA journal_mode=WAL")
         self.db.execute("PRAGMA synchronous=FULL")
         self.db.executescript(SCHEMA)
+        # Drawn once per file (INSERT OR IGNORE); below 2**53 so that every JSON reader keeps it exact.
+        self.db.execute("INSERT OR IGNORE INTO meta VALUES ('instance', ?)", (secrets.randbits(52) + 1,))
         self.max_messages = max_messages
         self.max_age_s = max_age_s
         self.clock = clock
@@ -66,6 +75,10 @@ class Outbox:
     @property
     def dropped(self) -> int:
         return self._meta("dropped")
+
+    @property
+    def instance(self) -> int:
+        return self._meta("instance")
 
     @property
     def last_seq(self) -> int:

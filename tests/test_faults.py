@@ -6,6 +6,7 @@ what central stored, and asserts they are the same messages, one by one.
 
 from __future__ import annotations
 
+import shutil
 import time
 from pathlib import Path
 
@@ -61,6 +62,31 @@ def test_agent_sigkill_mid_stream_and_restart(tmp_path: Path, mosquitto: Mosquit
         assert_exactly_once(room, figures)
         # The Last Will told central the gateway went away at least once, then it came back.
         assert room.view.gateway(room.gateway)["online"]
+    finally:
+        room.stop()
+
+
+def test_a_gateway_with_a_new_outbox_is_counted_exactly(tmp_path: Path, mosquitto: Mosquitto) -> None:
+    # The gateway's SD card is replaced: the agent comes back with an empty outbox whose seq
+    # numbers start again at 1. Central must store and count them, not take them for redeliveries.
+    room = Classroom(tmp_path, mosquitto.url, poll_interval=0.05).start()
+    try:
+        room.wait_stored_at_least(30)
+        old = room.quiesce_and_account()
+        room.agent.stop()
+        shutil.rmtree(tmp_path / f"{room.gateway}-data")
+        room.sim.start()
+        room.agent = room._agent().start()
+        wait_until(lambda: room.agent_outbox()["last_seq"] >= 30, 30, message="the new outbox to sequence 30")
+        room.sim.stop()
+        wait_until(lambda: room.agent_outbox()["pending"] == 0
+                   and room.stored_count() == old["last_seq"] + room.agent_outbox()["last_seq"], 60, interval=0.2,
+                   message="the new outbox drained and everything stored")
+        new = room.agent_outbox()
+        gw = room.view.gateway(room.gateway)
+        assert (gw["received"], gw["gaps"], gw["duplicates"]) == (old["last_seq"] + new["last_seq"], 0, 0)
+        assert room.view.seqs(room.gateway) == list(range(1, new["last_seq"] + 1))
+        assert room.view.points.count(room.gateway) == METRICS_PER_SAMPLE * (old["last_seq"] + new["last_seq"])
     finally:
         room.stop()
 

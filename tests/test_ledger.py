@@ -6,6 +6,7 @@ import threading
 from pathlib import Path
 
 from campus import contract
+from campus.contract import State
 from campus.urls import MqttUrl
 from central.ingest import Ingest
 from central.ledger import Ledger, Sequenced
@@ -140,3 +141,38 @@ def test_an_events_table_keyed_by_gateway_and_seq_is_rekeyed_with_its_rows(tmp_p
     finally:
         ledger.close()
         again.close()
+
+
+def state(ts: float, instance: int | None) -> tuple[str, str, State]:
+    outbox = {"pending": 0, "dropped": 0} if instance is None else {"pending": 0, "dropped": 0, "instance": instance}
+    return ("s1", "gw1", State(online=True, ts=ts, outbox=outbox))
+
+
+def test_a_new_outbox_instance_is_counted_afresh(tmp_path: Path) -> None:
+    ledger = Ledger(tmp_path / "c.db")
+    try:
+        ledger.record([telemetry(s) for s in range(1, 101) if s != 50], [state(10.0, 111)], [])
+        assert counters(ledger) == (99, 1, 0)
+        # New SD card: its state (another instance) and its first numbers in one batch, then more.
+        assert ledger.record([telemetry(s) for s in range(1, 11)], [state(20.0, 222)], []) == [True] * 10
+        ledger.record([telemetry(s) for s in (12, 13)], [], [])
+        assert counters(ledger) == (111, 1 + 1, 0)  # seq 50 of the old outbox, seq 11 of the new one
+        ledger.record([telemetry(11), telemetry(12)], [state(30.0, 222)], [])  # late 11, 12 again; same instance
+        assert counters(ledger) == (112, 1, 1)
+        assert seen_rows(ledger) == list(range(1, 14))
+        # A late state of the old outbox (older ts) changes nothing.
+        ledger.record([], [state(15.0, 111)], [])
+        assert counters(ledger) == (112, 1, 1)
+    finally:
+        ledger.close()
+
+
+def test_states_without_an_instance_never_reset(tmp_path: Path) -> None:
+    ledger = Ledger(tmp_path / "c.db")
+    try:
+        ledger.record([telemetry(s) for s in range(1, 21)], [state(10.0, None)], [])  # an agent from before
+        ledger.record([telemetry(s) for s in range(21, 31)], [state(20.0, 333)], [])  # upgraded: same outbox file
+        ledger.record([telemetry(5)], [state(30.0, None)], [])  # a Will: no outbox instance
+        assert counters(ledger) == (30, 0, 1)
+    finally:
+        ledger.close()

@@ -23,6 +23,15 @@ def test_seq_is_strictly_increasing_across_reopen(tmp_path: Path) -> None:
     assert box.last_seq == 3
 
 
+def test_each_outbox_file_has_its_own_instance_kept_across_reopen(tmp_path: Path) -> None:
+    first = Outbox(tmp_path / "a.db")
+    instance = first.instance
+    first.close()
+    again, other = Outbox(tmp_path / "a.db"), Outbox(tmp_path / "b.db")  # a restart; a new SD card
+    assert again.instance == instance and other.instance != instance
+    assert 0 < instance < 2**53 and 0 < other.instance < 2**53
+
+
 def test_peek_is_in_order_and_remove_is_selective(tmp_path: Path) -> None:
     box = Outbox(tmp_path / "a.db")
     box.add(sequenced=[_msg(i) for i in range(5)], plain=[("r", b"result")])
