@@ -82,8 +82,21 @@ def cmd_topic(school: str, gateway: str, device: str) -> str:
     return f"{gateway_prefix(school, gateway)}/cmd/{check_segment(device, 'device')}"
 
 
+_RESULT = "/result"
+
+
 def cmd_result_topic(school: str, gateway: str, device: str) -> str:
-    return f"{cmd_topic(school, gateway, device)}/result"
+    return f"{cmd_topic(school, gateway, device)}{_RESULT}"
+
+
+def cmd_results_filter(school: str = "+") -> str:
+    """Every command result (of one school or all): what ingest and the web app subscribe to."""
+    return f"{ROOT}/{school}/+/cmd/+{_RESULT}"
+
+
+def is_cmd_result(topic: str) -> bool:
+    """A quick look (no validation) for code that must not wait on a command's result."""
+    return topic.endswith(_RESULT)
 
 
 def config_topic(school: str, gateway: str) -> str:
@@ -98,7 +111,7 @@ def agent_cmd_filter(school: str, gateway: str) -> str:
 def ingest_filters(school: str = "+") -> list[str]:
     """What central ingest subscribes to (one school or all of them)."""
     base = f"{ROOT}/{school}/+"
-    return [f"{base}/state", f"{base}/telemetry/+", f"{base}/event/+", f"{base}/cmd/+/result"]
+    return [f"{base}/state", f"{base}/telemetry/+", f"{base}/event/+", cmd_results_filter(school)]
 
 
 def share(filter_: str, group: str) -> str:

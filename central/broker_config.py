@@ -236,6 +236,8 @@ def render(registry: Registry, *, out_dir: Path, passwords: dict[str, str] | Non
         "persistent_client_expiration 14d\n"
         "# The contract caps a payload at 64 KiB: a much larger packet is not ours.\n"
         "max_packet_size 262144\n"
+        "# Commands and results are small packets: send them at once (no Nagle delay).\n"
+        "set_tcp_nodelay true\n"
         "connection_messages true\n"
     )
     service = (

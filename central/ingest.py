@@ -46,6 +46,10 @@ class IngestStats:
     kinds: dict[str, int] = field(default_factory=dict)
 
 
+def _carries_result(deliveries: list[Delivery]) -> bool:
+    return any(contract.is_cmd_result(d.topic) for d in deliveries)
+
+
 class Ingest:
     def __init__(self, mqtt: MqttUrl, store: PointStore, ledger: Ledger, *, name: str = "ingest",
                  share_group: str | None = None, batch_size: int = 500, linger_s: float = LINGER_S,
@@ -126,6 +130,7 @@ class Ingest:
         A batch that is not full waits up to `linger_s` for more: live traffic
         comes a message at a time, and two commits per message cost ingest far
         more CPU than the few milliseconds of delay (see docs/benchmarks.md).
+        Not a batch with a command result: someone is waiting for it.
         """
         batch = self._pending
         if not batch:
@@ -133,13 +138,17 @@ class Ingest:
                 batch = self.inbox.get(timeout=timeout)
             except queue.Empty:
                 return []
-        until = time.monotonic() + self.linger_s
+        lingers = len(batch) < self.batch_size and not _carries_result(batch)
+        until = time.monotonic() + (self.linger_s if lingers else 0.0)
         while len(batch) < self.batch_size:
             try:
                 wait = until - time.monotonic()
-                batch = batch + (self.inbox.get(timeout=wait) if wait > 0 else self.inbox.get_nowait())
+                chunk = self.inbox.get(timeout=wait) if wait > 0 else self.inbox.get_nowait()
             except queue.Empty:
                 break
+            batch = batch + chunk
+            if _carries_result(chunk):
+                until = 0.0
         batch, self._pending = batch[:self.batch_size], batch[self.batch_size:]
         return batch
 

@@ -40,7 +40,7 @@ import time
 from collections.abc import Callable
 
 from campus.errors import CampusError
-from campus.mqtt import explain_connect_error, tls_context
+from campus.mqtt import explain_connect_error, no_delay, tls_context
 from campus.urls import MqttUrl
 
 log = logging.getLogger(__name__)
@@ -359,7 +359,7 @@ class Subscriber:
         except OSError as exc:
             raise CampusError(f"cannot reach {where}: {exc.strerror or exc}") from None
         try:
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            no_delay(sock)
             ctx = tls_context(self.url)
             if ctx is not None:
                 sock = ctx.wrap_socket(sock, server_hostname=self.url.host)

@@ -180,6 +180,7 @@ class Agent:
                 async with self._client() as client:
                     # Ack commands only after they are journaled (see commands.py).
                     client._client.manual_ack_set(True)  # aiomqtt exposes no manual-ack switch
+                    campus.mqtt.no_delay(client._client.socket())  # a command's ack, then its result: no wait
                     self.client = client
                     self.connected.set()
                     backoff = 0.5

@@ -120,3 +120,15 @@ def test_command_to_offline_gateway_runs_on_return_or_expires(room) -> None:
     expired = ledger.command(late["id"])
     assert expired["status"] == "expired" and "deadline" in expired["detail"]
     assert set_commands(sims) == ["%1POWR 1"]  # the expired mute never reached the projector
+
+
+def test_the_result_passing_by_wakes_the_waiting_send(room, monkeypatch: pytest.MonkeyPatch) -> None:
+    # With the ledger read only every 10 minutes, send() can return within its wait only
+    # because the service saw the result go by on MQTT and then looked at the ledger often.
+    room, sims, service, ledger = room
+    monkeypatch.setattr("central.commands.LEDGER_POLL_S", 600.0)
+    started = time.monotonic()
+    done = service.send("s1", "gw1", "proj", "power_on", {}, by="teacher1", wait=120)
+    assert done["status"] == "done", done
+    assert time.monotonic() - started < 60  # generous: not woken, it would have waited all 120 s
+    assert ledger.command(done["id"])["status"] == "done"  # what it returned is what the ledger holds

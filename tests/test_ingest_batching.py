@@ -44,3 +44,16 @@ def test_a_batch_that_is_not_full_waits_for_more_within_the_linger(tmp_path: Pat
     batch = ing._take(timeout=1)
     later.join()
     assert [d.packet_id for d in batch] == list(range(1, 501))
+
+
+def test_a_batch_with_a_command_result_does_not_wait(tmp_path: Path) -> None:
+    ing = ingest(tmp_path, linger_s=600.0)  # a linger no test would sit out
+    result = Delivery(1, 99, 1, "campus/v1/s/g/cmd/proj/result", b"{}")
+    ing.inbox.put(chunk(1, 3) + [result])
+    assert [d.packet_id for d in ing._take(timeout=1)] == [1, 2, 3, 99]
+    # A result arriving while a batch lingers ends the wait too.
+    ing.inbox.put(chunk(1, 3))
+    later = threading.Thread(target=lambda: (wait_until(ing.inbox.empty, 10), ing.inbox.put([result])))
+    later.start()
+    assert [d.packet_id for d in ing._take(timeout=1)] == [1, 2, 3, 99]
+    later.join()
