@@ -106,6 +106,7 @@ class Ingest:
     def run(self, stop: threading.Event) -> None:
         """Write batches until `stop` is set."""
         last_silence_check = last_prune = 0.0
+        prune_from: str | None = None  # where the pass over the gateways goes on; None: no pass running
         while not stop.is_set():
             batch = self._take(timeout=0.2)
             if batch:
@@ -114,15 +115,17 @@ class Ingest:
             if now - last_silence_check > 5:
                 last_silence_check = now
                 self.ledger.mark_silent()
-            if now - last_prune > self.prune_seen_every_s:
-                last_prune = now
-                self._prune_seen()
+            if prune_from is None and now - last_prune > self.prune_seen_every_s:
+                last_prune, prune_from = now, ""
+            if prune_from is not None:  # a slice of gateways between two batches, not the district at once
+                prune_from = self._prune_seen(prune_from)
 
-    def _prune_seen(self) -> None:
+    def _prune_seen(self, after: str) -> str | None:
         try:
-            self.ledger.prune_seen()
+            return self.ledger.prune_seen_slice(after)[1]
         except StoreError as exc:  # only the counters' memory: try again next time
             log.warning("%s", exc)
+            return None
 
     def _take(self, timeout: float) -> list[Delivery]:
         """Up to batch_size deliveries: what is waiting, or what arrives within `timeout`.

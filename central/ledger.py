@@ -35,6 +35,7 @@ log = logging.getLogger(__name__)
 # `seen` at ~190 kB a gateway (19.4 bytes a row measured, docs/storage.md).
 # A message older than that counts as a duplicate, and is stored all the same.
 SEEN_KEEP = 10_000
+PRUNE_SLICE = 100  # gateways pruned in one transaction (~25 ms at 480 rows each)
 _SQL_PARAMS = 900  # seqs per look-up: under SQLite's oldest limit of 999 parameters per statement
 
 # A redelivered event has its seq and its ts; a replaced outbox (new SD card) starts again at seq 1
@@ -250,12 +251,27 @@ class Ledger(PerThreadConnection):
 
     def prune_seen(self) -> int:
         """Forget each gateway's seen numbers more than `seen_keep` below its highest; returns rows deleted."""
+        deleted, after = 0, ""
+        while after is not None:
+            count, after = self.prune_seen_slice(after)
+            deleted += count
+        return deleted
+
+    def prune_seen_slice(self, after: str = "", gateways: int = PRUNE_SLICE) -> tuple[int, str | None]:
+        """`prune_seen` for the next `gateways` gateways (by id) after `after`, in one short transaction.
+
+        Returns the rows deleted and where the next slice starts (None: the pass is done). Ingest
+        prunes a slice at a time between batches: a whole district at once held the write lock
+        for ~1 s (0.5 us a row, ~480 rows a gateway per 10 minutes, 4,000 gateways).
+        """
         deleted = 0
         try:
             with self.db:
                 self.db.execute("BEGIN IMMEDIATE")
-                rows = self.db.execute("SELECT id, max_seq - ? FROM gateways WHERE max_seq - ? > seq_floor",
-                                       (self.seen_keep, self.seen_keep)).fetchall()
+                page = self.db.execute("SELECT id, max_seq, seq_floor FROM gateways WHERE id > ? ORDER BY id LIMIT ?",
+                                       (after, gateways)).fetchall()
+                rows = [(gateway, top - self.seen_keep) for gateway, top, floor in page
+                        if top is not None and top - self.seen_keep > floor]
                 for gateway, floor in rows:
                     deleted += self.db.execute("DELETE FROM seen WHERE gateway = ? AND seq <= ?",
                                                (gateway, floor)).rowcount
@@ -265,7 +281,7 @@ class Ledger(PerThreadConnection):
         if deleted:
             log.info("ledger: forgot %d seen numbers of %d gateways (each keeps its newest %d)",
                      deleted, len(rows), self.seen_keep)
-        return deleted
+        return deleted, (page[-1][0] if len(page) == gateways else None)
 
     def mark_silent(self, now: float | None = None) -> list[str]:
         """Gateways that said nothing for 3 poll intervals become offline."""

@@ -176,3 +176,17 @@ def test_states_without_an_instance_never_reset(tmp_path: Path) -> None:
         assert counters(ledger) == (30, 0, 1)
     finally:
         ledger.close()
+
+
+def test_pruning_goes_a_slice_of_gateways_at_a_time(tmp_path: Path) -> None:
+    ledger = Ledger(tmp_path / "c.db", seen_keep=10)
+    try:
+        for g in ("gw-a", "gw-b", "gw-c", "gw-d", "gw-e"):
+            ledger.record([Sequenced("s1", g, "env", s, float(s), values={"co2_ppm": s}) for s in range(1, 31)], [], [])
+        assert ledger.prune_seen_slice("", gateways=2) == (40, "gw-b")
+        assert ledger.prune_seen_slice("gw-b", gateways=2) == (40, "gw-d")
+        assert ledger.prune_seen_slice("gw-d", gateways=2) == (20, None)  # the last, short page ends the pass
+        assert ledger.db.execute("SELECT COUNT(*) FROM seen").fetchone()[0] == 5 * 10
+        assert ledger.prune_seen() == 0
+    finally:
+        ledger.close()
