@@ -358,6 +358,16 @@ def test_broker_files_written_to_the_configured_dir_or_downloaded(app, tmp_path:
     assert (target / "service-accounts.txt").read_text() == first  # service passwords are kept
     assert any(a["action"] == "provision.broker_config" for a in app.extensions["campus"]["registry"].audit_trail())
 
+    # On the district's broker: a bridge account and conf per school, in the zip too.
+    resp = post(admin, "/provisioning/broker", action="write", district="mqtt.district.example:8883")
+    assert resp.status_code == 200 and "bridge-s1" in resp.get_data(as_text=True)
+    assert "address mqtt.district.example:8883" in (target / "bridges" / "bridge-s1.conf").read_text()
+    assert "user bridge-s1" in (target / "acl").read_text()
+    zipped = post(admin, "/provisioning/broker", action="download", district="mqtt.district.example:8883")
+    assert "campus-broker/bridges/bridge-s1.conf" in zipfile.ZipFile(io.BytesIO(zipped.data)).namelist()
+    bad = post(admin, "/provisioning/broker", action="write", district="8883")
+    assert bad.status_code == 400 and "name the host" in bad.get_data(as_text=True)
+
 
 # ---------------------------------------------------------------- config push, real Mosquitto
 
