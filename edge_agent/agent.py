@@ -68,8 +68,9 @@ class Agent:
         self.outbox = Outbox(config.data_path / "agent.db", max_messages=config.outbox.max_messages,
                              max_age_s=config.outbox.max_age_s)
         self.pending = asyncio.Event()        # set when the outbox has something new
+        self.poll_soon: dict[str, asyncio.Event] = {}  # device -> set to read it now instead of at its next poll
         self.commands = CommandExecutor(self.outbox, self.school, self.gateway, self.drivers, self.locks,
-                                        on_result=self.pending.set)
+                                        on_result=self._command_finished)
         self.state_changed = asyncio.Event()
         self.client: aiomqtt.Client | None = None
         self.connected = asyncio.Event()
@@ -91,14 +92,23 @@ class Agent:
 
     # ------------------------------------------------------------ scheduler
 
+    def _command_finished(self, device_id: str, status: str) -> None:
+        self.pending.set()  # the result is in the outbox: publish it now
+        if status == "done" and device_id in self.poll_soon:
+            # The device changed: read it now, so the panel shows "warming" in a moment,
+            # not at the next poll (5 s by default).
+            self.poll_soon[device_id].set()
+
     async def poll_device(self, device_id: str) -> None:
         dev = self.config.device(device_id)
         assert dev is not None
         interval = self.config.interval_for(dev)
         driver = self.drivers[device_id]
         loop = asyncio.get_running_loop()
+        soon = self.poll_soon.setdefault(device_id, asyncio.Event())
         next_at = loop.time()
         while True:
+            soon.clear()
             try:
                 async with self.locks[device_id]:
                     reading = await asyncio.wait_for(driver.read(), timeout=max(interval, 5.0))
@@ -115,7 +125,10 @@ class Agent:
             now = loop.time()
             if next_at < now:  # fell behind (slow device): skip, do not burst
                 next_at = now + interval
-            await asyncio.sleep(next_at - now)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(soon.wait(), next_at - now)
+            if soon.is_set():  # a command changed the device: read it now, then every interval from here
+                next_at = loop.time()
 
     def _set_status(self, device_id: str, status: str, exc: BaseException | None = None) -> None:
         if self.status.get(device_id) != status:

@@ -51,7 +51,7 @@ class _Job:
 class CommandExecutor:
     def __init__(self, outbox: Outbox, school: str, gateway: str, drivers: dict[str, Driver],
                  locks: dict[str, asyncio.Lock], clock: Callable[[], float] = time.time,
-                 on_result: Callable[[], None] = lambda: None) -> None:
+                 on_result: Callable[[str, str], None] = lambda device, status: None) -> None:
         self.outbox = outbox
         self.db = outbox.db
         self.db.executescript(SCHEMA)
@@ -113,7 +113,7 @@ class CommandExecutor:
 
         self.outbox.add(plain=[(contract.cmd_result_topic(self.school, self.gateway, device), result.encode())],
                         also=record)
-        self.on_result()
+        self.on_result(device, status)
         log.info("command %s on %s: %s %s", cid, device, status, detail)
 
     def recover(self) -> None:

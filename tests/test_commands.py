@@ -132,3 +132,26 @@ def test_the_result_passing_by_wakes_the_waiting_send(room, monkeypatch: pytest.
     assert done["status"] == "done", done
     assert time.monotonic() - started < 60  # generous: not woken, it would have waited all 120 s
     assert ledger.command(done["id"])["status"] == "done"  # what it returned is what the ledger holds
+
+
+def test_a_done_command_is_followed_by_a_fresh_reading(tmp_path: Path, mosquitto: Mosquitto) -> None:
+    # Polled once a minute, the projector's new state reaches central right after the command,
+    # not at the next poll: the teacher's panel shows "warming" at once.
+    room = Classroom(tmp_path, mosquitto.url, poll_interval=60, devices=[projector(free_port())])
+    with SimulatorsInThread(room.config) as sims:
+        room.start(sim=False)
+        ledger = Ledger(str(room.db))
+        service = CommandService(parse_mqtt_url(mosquitto.url), ledger)
+        service.start()
+        try:
+            wait_until(lambda: ledger.latest().get(("gw1", "proj"), {}).get("power") == "off", 30,
+                       message="the first reading")
+            done = service.send("s1", "gw1", "proj", "power_on", {}, by="teacher1", wait=10)
+            assert done["status"] == "done", done
+            wait_until(lambda: ledger.latest()[("gw1", "proj")]["power"] in ("warming", "on"), 20,
+                       message="a reading after the command (the next poll is a minute away)")
+            assert sims.call(lambda: sims["proj"].power) in ("warming", "on")
+        finally:
+            service.stop()
+            room.stop()
+            ledger.close()
