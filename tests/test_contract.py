@@ -87,3 +87,14 @@ def test_command_and_result_validation() -> None:
         CommandResult.decode(b'{"id": "1", "status": "maybe", "ts": 1}')
     with pytest.raises(PayloadError, match="devices.env.status"):
         State.decode(b'{"online": true, "ts": 1, "devices": {"env": {"status": "on fire"}}}')
+
+
+@pytest.mark.parametrize("number, fits", [(2**63 - 1, True), (-2**63, True), (2**63, False), (-2**63 - 1, False)])
+def test_integers_are_64_bit_signed_everywhere_in_a_payload(number: int, fits: bool) -> None:
+    # A fuzz campaign's "valid" event carried 2**63 in its data: the strategy was off by one, not the contract.
+    payload = json.dumps({"seq": 1, "ts": 1.0, "type": "alarm", "data": {"n": [number]}}).encode()
+    if fits:
+        assert Event.decode(payload).data == {"n": [number]}
+    else:
+        with pytest.raises(PayloadError, match="does not fit in 64 bits"):
+            Event.decode(payload)

@@ -177,7 +177,7 @@ json_scalars = (st.none() | st.booleans() | st.integers() | st.floats()
 json_values = st.recursive(json_scalars, lambda c: st.lists(c, max_size=4) | st.dictionaries(st.text(max_size=8), c,
                                                                                               max_size=4),
                            max_leaves=16)
-finite_json = st.recursive(st.none() | st.booleans() | st.integers(-2**63, 2**63) | st.text(max_size=20)
+finite_json = st.recursive(st.none() | st.booleans() | st.integers(-2**63, 2**63 - 1) | st.text(max_size=20)
                            | st.floats(allow_nan=False, allow_infinity=False),
                            lambda c: st.lists(c, max_size=3) | st.dictionaries(st.text(max_size=8), c, max_size=3),
                            max_leaves=10)
@@ -210,8 +210,8 @@ valid_dicts: dict[type, st.SearchStrategy[dict[str, Any]]] = {
                      {"data": st.dictionaries(st.text(max_size=8), finite_json, max_size=4)}),
     State: _optional({"online": st.booleans(), "ts": timestamps}, {
         "agent": short_text, "boot": timestamps, "room": short_text, "building": short_text, "interval": timestamps,
-        "config_version": st.none() | st.integers(-2**63, 2**63),
-        "outbox": st.dictionaries(st.text(max_size=8), st.integers(-2**63, 2**63), max_size=3),
+        "config_version": st.none() | st.integers(-2**63, 2**63 - 1),
+        "outbox": st.dictionaries(st.text(max_size=8), st.integers(-2**63, 2**63 - 1), max_size=3),
         "devices": st.dictionaries(segments, _optional({}, {"status": st.sampled_from(contract.DEVICE_STATUSES),
                                                             "kind": st.sampled_from(contract.DEVICE_KINDS),
                                                             "profile": short_text}), max_size=3)}),
