@@ -327,6 +327,9 @@ class State:
     interval: float = 0.0
     # Outbox figures: messages waiting and dropped by the outbox bounds, the last seq, the outbox's instance.
     outbox: dict[str, int] = field(default_factory=dict)
+    # When the agent's current MQTT connection began. The Last Will is fixed at connect, so its `ts`
+    # is older than that connection's heartbeats; `since` tells central it is still the current one.
+    since: float = 0.0
 
     def encode(self) -> bytes:
         return _dump(self)
@@ -353,6 +356,7 @@ class State:
                    building=_field(data, "building", str, what, optional=True, default="")[:64],
                    agent=_field(data, "agent", str, what, optional=True, default=""),
                    boot=float(_field(data, "boot", (int, float), what, optional=True, default=0.0)),
+                   since=float(_field(data, "since", (int, float), what, optional=True, default=0.0)),
                    devices=devices, config_version=version)
 
 

@@ -205,13 +205,16 @@ class Ledger(PerThreadConnection):
                     [(gw, dev, metric, ts, json.dumps(value)) for (gw, dev, metric), (ts, value) in latest.items()])
                 self.db.executemany("INSERT OR IGNORE INTO events VALUES (?, ?, ?, ?, ?, ?)", events)
                 for _, gateway, state in states:
-                    # A late Will must not overwrite a newer "online" (ordering by the state's ts).
+                    # Newer states win (by ts), so a late Will of an earlier connection does not
+                    # overwrite "online". The Will of the *current* connection is older than that
+                    # connection's heartbeats (it is fixed at connect), so it wins by `since`.
                     self.db.execute(
                         "UPDATE gateways SET online = ?, state = ?, interval = ?, room = COALESCE(NULLIF(?, ''), room),"
                         " last_seen = CASE WHEN ? THEN ? ELSE last_seen END"
-                        " WHERE id = ? AND COALESCE(json_extract(state, '$.ts'), 0) <= ?",
+                        " WHERE id = ? AND (COALESCE(json_extract(state, '$.ts'), 0) <= ?"
+                        " OR (NOT ? AND ? > 0 AND ? >= COALESCE(json_extract(state, '$.since'), 0)))",
                         (int(state.online), json.dumps(_state_dict(state)), state.interval,
-                         state.room, state.online, now, gateway, state.ts))
+                         state.room, state.online, now, gateway, state.ts, state.online, state.since, state.since))
                 for r in results:
                     self.db.execute("UPDATE commands SET status = ?, detail = ?, finished = ?"
                                     " WHERE id = ? AND status = 'pending'", (r.status, r.detail, r.ts, r.id))

@@ -62,6 +62,7 @@ class Agent:
         self.mqtt_url = parse_mqtt_url(config.mqtt)
         self.school, self.gateway = config.school, config.gateway
         self.boot = time.time()
+        self.since = 0.0  # when the current MQTT connection began (set by _client)
         self.drivers: dict[str, Driver] = {dev.id: self._new_driver(dev) for dev in config.devices}
         self.locks = {d: asyncio.Lock() for d in self.drivers}
         self.status: dict[str, str] = {d: "starting" for d in self.drivers}
@@ -158,7 +159,7 @@ class Agent:
     # ------------------------------------------------------------ MQTT link
 
     def state(self, online: bool = True) -> State:
-        return State(online=online, ts=time.time(), agent=campus.__version__, boot=self.boot,
+        return State(online=online, ts=time.time(), agent=campus.__version__, boot=self.boot, since=self.since,
                      room=self.config.room, building=self.config.building,
                      devices={d: {"profile": drv.profile.name, "kind": drv.profile.kind,
                                   "status": self.status.get(d, "starting") if online else "offline"}
@@ -174,6 +175,7 @@ class Agent:
         if v5:
             props = Properties(PacketTypes.CONNECT)
             props.SessionExpiryInterval = SESSION_EXPIRY_S
+        self.since = time.time()  # this connection's: in the Will and in every state sent on it
         will = aiomqtt.Will(contract.state_topic(self.school, self.gateway), self.state(online=False).encode(),
                             qos=1, retain=True)
         return aiomqtt.Client(

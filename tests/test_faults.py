@@ -60,8 +60,9 @@ def test_agent_sigkill_mid_stream_and_restart(tmp_path: Path, mosquitto: Mosquit
             room.agent = room._agent().start()
         figures = room.quiesce_and_account()
         assert_exactly_once(room, figures)
-        # The Last Will told central the gateway went away at least once, then it came back.
-        assert room.view.gateway(room.gateway)["online"]
+        # The Last Will told central the gateway went away (test_a_killed_agent_is_offline_at_once_by_its_will);
+        # the last agent started comes back online.
+        wait_until(lambda: room.view.gateway(room.gateway)["online"], 30, message="the last agent online")
     finally:
         room.stop()
 
@@ -87,6 +88,20 @@ def test_a_gateway_with_a_new_outbox_is_counted_exactly(tmp_path: Path, mosquitt
         assert (gw["received"], gw["gaps"], gw["duplicates"]) == (old["last_seq"] + new["last_seq"], 0, 0)
         assert room.view.seqs(room.gateway) == list(range(1, new["last_seq"] + 1))
         assert room.view.points.count(room.gateway) == METRICS_PER_SAMPLE * (old["last_seq"] + new["last_seq"])
+    finally:
+        room.stop()
+
+
+def test_a_killed_agent_is_offline_at_once_by_its_will(tmp_path: Path, mosquitto: Mosquitto) -> None:
+    # Heartbeats every 30 s: silence would take 90 s to notice; the Last Will says it at once.
+    room = Classroom(tmp_path, mosquitto.url, poll_interval=30).start()
+    try:
+        room.wait_stored_at_least(1)
+        wait_until(lambda: room.view.gateway(room.gateway)["online"], 30, message="online")
+        room.agent.kill()
+        wait_until(lambda: not room.view.gateway(room.gateway)["online"], 30, message="offline by the Will")
+        room.agent = room._agent().start()
+        wait_until(lambda: room.view.gateway(room.gateway)["online"], 30, message="online again")
     finally:
         room.stop()
 

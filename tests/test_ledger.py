@@ -190,3 +190,25 @@ def test_pruning_goes_a_slice_of_gateways_at_a_time(tmp_path: Path) -> None:
         assert ledger.prune_seen() == 0
     finally:
         ledger.close()
+
+
+def presence(ts: float, since: float, online: bool) -> tuple[str, str, State]:
+    return ("s1", "gw1", State(online=online, ts=ts, since=since))
+
+
+def test_the_will_of_the_current_connection_wins_a_stale_one_does_not(tmp_path: Path) -> None:
+    ledger = Ledger(tmp_path / "c.db")
+
+    def online() -> bool:
+        return ledger.gateways("gw1")[0]["online"]
+    try:
+        ledger.record([], [presence(100.0, 50.0, True)], [])  # a heartbeat of the connection made at 50
+        ledger.record([], [presence(50.0, 50.0, False)], [])  # its Will: fixed at connect, so older than 100
+        assert not online()
+        ledger.record([], [presence(200.0, 150.0, True)], [])  # the agent is back: a new connection
+        ledger.record([], [presence(50.0, 50.0, False)], [])  # the old Will once more (a late copy)
+        assert online()
+        ledger.record([], [presence(90.0, 0.0, False)], [])  # an agent without `since`: by ts alone
+        assert online()
+    finally:
+        ledger.close()
