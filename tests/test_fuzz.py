@@ -209,9 +209,11 @@ valid_dicts: dict[type, st.SearchStrategy[dict[str, Any]]] = {
     Event: _optional({"seq": st.integers(1, 2**62), "ts": timestamps, "type": segments},
                      {"data": st.dictionaries(st.text(max_size=8), finite_json, max_size=4)}),
     State: _optional({"online": st.booleans(), "ts": timestamps}, {
-        "agent": short_text, "boot": timestamps, "room": short_text, "building": short_text, "interval": timestamps,
+        "agent": short_text, "boot": timestamps, "since": timestamps, "room": short_text, "building": short_text,
+        "interval": timestamps,
         "config_version": st.none() | st.integers(-2**63, 2**63 - 1),
-        "outbox": st.dictionaries(st.text(max_size=8), st.integers(-2**63, 2**63 - 1), max_size=3),
+        "outbox": st.dictionaries(st.sampled_from(["pending", "dropped", "last_seq", "instance"]) | st.text(max_size=8),
+                                  st.integers(-2**63, 2**63 - 1), max_size=3),
         "devices": st.dictionaries(segments, _optional({}, {"status": st.sampled_from(contract.DEVICE_STATUSES),
                                                             "kind": st.sampled_from(contract.DEVICE_KINDS),
                                                             "profile": short_text}), max_size=3)}),
