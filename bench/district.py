@@ -68,6 +68,7 @@ from bench.common import (  # noqa: E402
 )
 from campus import contract  # noqa: E402
 from central.ledger import Ledger  # noqa: E402
+from tests.servers import ServerProcess  # noqa: E402
 
 SCHOOL_COUNT = 20  # gateways are spread over this many schools
 METRICS = len(ENV_VALUES)
@@ -153,8 +154,10 @@ def swarm_main(args: argparse.Namespace) -> None:
                        args.seed))
 
 
-class Swarm:
-    """One swarm child process and the lines it prints."""
+class Swarm(ServerProcess):
+    """One swarm child process and the lines it prints (stopped like any test process)."""
+
+    stop_timeout = 15.0
 
     def __init__(self, port: int, first: int, count: int, args: argparse.Namespace, log: Path) -> None:
         self.log = log.open("ab")
@@ -189,15 +192,6 @@ class Swarm:
         self.proc.stdin.write(f"GO {start}\n")
         self.proc.stdin.flush()
 
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        self.log.close()
 
 
 # ---------------------------------------------------------------- the measurement (the parent)

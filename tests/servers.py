@@ -7,12 +7,12 @@ from __future__ import annotations
 import os
 import pwd
 import shutil
-import signal
 import subprocess
 import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from campus.net import free_port, wait_for_port
 
@@ -48,18 +48,23 @@ def wait_until(predicate: Callable[[], object], timeout: float = 30.0, interval:
 
 
 class ServerProcess:
-    """A server binary run by a test: SIGKILL it (no goodbye, no final save) or stop it politely."""
+    """A process run by a test (a server binary or `campus ...`): SIGKILL it (no goodbye, no
+    final save) or stop it politely (SIGTERM, SIGKILL after `stop_timeout`)."""
 
-    proc: subprocess.Popen[bytes] | None = None
+    proc: subprocess.Popen[Any] | None = None
     stop_timeout = 10.0
 
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
     def kill(self) -> None:
-        if self.proc and self.proc.poll() is None:
+        if self.proc and self.alive():
             self.proc.kill()
             self.proc.wait(10)
 
-    def stop(self) -> None:
-        if self.proc and self.proc.poll() is None:
+    def stop(self) -> int | None:
+        """Stop it; its exit status (None if it never ran)."""
+        if self.proc and self.alive():
             self.proc.terminate()
             try:
                 self.proc.wait(self.stop_timeout)
@@ -68,6 +73,7 @@ class ServerProcess:
                 self.proc.wait()
         if getattr(self, "log", None):
             self.log.close()
+        return self.proc.returncode if self.proc else None
 
 
 class Mosquitto(ServerProcess):
@@ -125,8 +131,10 @@ class VictoriaMetrics(ServerProcess):
         wait_for_port("127.0.0.1", self.port, timeout=20)
 
 
-class CampusProcess:
+class CampusProcess(ServerProcess):
     """`campus ARGS...` as a real subprocess, logging to a file."""
+
+    stop_timeout = 15.0
 
     def __init__(self, args: list[str], log_path: Path) -> None:
         self.args = args
@@ -139,28 +147,6 @@ class CampusProcess:
         self.proc = subprocess.Popen([sys.executable, "-m", "campus.cli", *self.args], stdout=self.log,
                                      stderr=subprocess.STDOUT, env=env)
         return self
-
-    def alive(self) -> bool:
-        return self.proc is not None and self.proc.poll() is None
-
-    def kill(self) -> None:
-        if self.alive():
-            assert self.proc is not None
-            self.proc.kill()
-            self.proc.wait(10)
-
-    def stop(self, timeout: float = 15) -> int | None:
-        if self.alive():
-            assert self.proc is not None
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        if getattr(self, "log", None):
-            self.log.close()
-        return self.proc.returncode if self.proc else None
 
     def output(self) -> str:
         return self.log_path.read_text(errors="replace")
