@@ -14,7 +14,6 @@ gateway; everything at or below the gateway's `seq_floor` counts as seen.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import sqlite3
@@ -101,33 +100,29 @@ class Ledger(PerThreadConnection):
     def __init__(self, path: str | Path, seen_keep: int = SEEN_KEEP) -> None:
         super().__init__(path)
         self.seen_keep = seen_keep
+        self.convert_once(lambda: bool(self._missing_columns()), self._add_columns, "add the new gateway columns")
+        self.convert_once(lambda: _EVENTS_KEY not in self._events_sql(), self._rekey_events,
+                          "re-key the events table")
+
+    def _missing_columns(self) -> list[str]:
         have = {row[1] for row in self.db.execute("PRAGMA table_info(gateways)")}
-        for column, ddl in _ADDED_GATEWAY_COLUMNS.items():
-            if column not in have:
-                # A file from before the column; two processes opening it at once: one adds it.
-                with contextlib.suppress(sqlite3.OperationalError):
-                    self.db.execute(f"ALTER TABLE gateways ADD COLUMN {column} {ddl}")
-        if _EVENTS_KEY not in self._events_sql():
-            self._rekey_events()
+        return [column for column in _ADDED_GATEWAY_COLUMNS if column not in have]
+
+    def _add_columns(self) -> None:
+        for column in self._missing_columns():
+            self.db.execute(f"ALTER TABLE gateways ADD COLUMN {column} {_ADDED_GATEWAY_COLUMNS[column]}")
 
     def _events_sql(self) -> str:
         return self.db.execute("SELECT sql FROM sqlite_master WHERE type = 'table' AND name = 'events'").fetchone()[0]
 
     def _rekey_events(self) -> None:
-        """A file from before events were keyed by ts too: rebuild the table (SQLite cannot change a key)."""
-        try:
-            with self.db:
-                self.db.execute("BEGIN IMMEDIATE")
-                if _EVENTS_KEY in self._events_sql():
-                    return  # another process did it while we waited for the lock
-                self.db.execute("ALTER TABLE events RENAME TO events_before_rekey")
-                self.db.execute("DROP INDEX IF EXISTS events_ts")
-                for ddl in _EVENTS_DDL:
-                    self.db.execute(ddl)
-                self.db.execute("INSERT INTO events SELECT * FROM events_before_rekey")
-                self.db.execute("DROP TABLE events_before_rekey")
-        except sqlite3.Error as exc:
-            raise StoreError(f"{self.path}: cannot re-key the events table: {exc}") from None
+        """Events keyed by ts too: rebuild the table (SQLite cannot change a key)."""
+        self.db.execute("ALTER TABLE events RENAME TO events_before_rekey")
+        self.db.execute("DROP INDEX IF EXISTS events_ts")
+        for ddl in _EVENTS_DDL:
+            self.db.execute(ddl)
+        self.db.execute("INSERT INTO events SELECT * FROM events_before_rekey")
+        self.db.execute("DROP TABLE events_before_rekey")
 
     def _ensure_gateway(self, school: str, gateway: str) -> None:
         self.db.execute("INSERT OR IGNORE INTO gateways (id, school) VALUES (?, ?)", (gateway, school))

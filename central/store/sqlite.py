@@ -20,6 +20,7 @@ import logging
 import sqlite3
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from campus import contract
@@ -96,6 +97,19 @@ class PerThreadConnection:
                 self._all.append(conn)
         return conn
 
+    def convert_once(self, needed: Callable[[], bool], convert: Callable[[], None], what: str) -> None:
+        """Convert a file an earlier version wrote: look first without a lock (the usual case, nothing
+        to do), then under the write lock look again (two processes opening it at once: one converts)."""
+        try:
+            if not needed():
+                return
+            with self.db:
+                self.db.execute("BEGIN IMMEDIATE")
+                if needed():
+                    convert()
+        except sqlite3.Error as exc:
+            raise StoreError(f"{self.path}: cannot {what}: {exc}") from None
+
     def close(self) -> None:
         with self._lock:
             for conn in self._all:
@@ -109,21 +123,14 @@ class SqlitePointStore(PerThreadConnection):
 
     def __init__(self, path: str | Path) -> None:
         super().__init__(path)
-        self._migrate_points()
+        self.convert_once(lambda: bool(self.db.execute(_HAS_POINTS).fetchone()), self._migrate_points,
+                          "convert the old points table")
 
     def _migrate_points(self) -> None:
-        try:
-            if not self.db.execute(_HAS_POINTS).fetchone():
-                return  # the usual case: no write lock taken just to look
-            with self.db:
-                self.db.execute("BEGIN IMMEDIATE")  # two processes opening an old file: one migrates
-                if self.db.execute(_HAS_POINTS).fetchone():
-                    moved = self.db.execute("SELECT COUNT(*) FROM points").fetchone()[0]
-                    self.db.execute(_MIGRATE)
-                    self.db.execute("DROP TABLE points")
-                    log.warning("%s: moved %d points from the old per-point table into samples", self.path, moved)
-        except sqlite3.Error as exc:
-            raise StoreError(f"{self.path}: cannot convert the old points table: {exc}") from None
+        moved = self.db.execute("SELECT COUNT(*) FROM points").fetchone()[0]
+        self.db.execute(_MIGRATE)
+        self.db.execute("DROP TABLE points")
+        log.warning("%s: moved %d points from the old per-point table into samples", self.path, moved)
 
     def write(self, samples: list[Sample]) -> None:
         rows = [(s.gateway, s.device, s.ts, _dump_metrics(s.values)) for s in samples if s.values]
