@@ -430,20 +430,20 @@ def broker() -> Any:
         try:
             # The district broker: also a bridge account and a bridge conf per school.
             district = broker_config.parse_district(district_text) if district_text else None
-            what = f"{len(_reg().gateways())} gateways" + (f", bridges to {district_text}" if district else "")
+            bridges = f", bridges to {district_text}" if district else ""
             if request.form.get("action") == "write":
                 if not target:
                     raise ConfigError("no broker config directory is configured "
                                       "(set CAMPUS_BROKER_CONFIG_DIR for the web app); download the files instead")
                 files = broker_config.write(_reg(), target, district=district)
-                audit("provision.broker_config", f"wrote {target}: {what}")
+                audit("provision.broker_config", f"wrote {target}: {len(files.gateways)} gateways{bridges}")
                 written = {"dir": str(Path(target).resolve()), "gateways": len(files.gateways),
                            "new_service": files.new_service_passwords,
                            "bridges": [f"{broker_config.bridge_account(school)}.conf" for school in sorted(files.bridges)]}
             else:
                 files = broker_config.render(_reg(), out_dir=Path(target or "/etc/mosquitto/campus"),
                                              district=district)
-                audit("provision.broker_config", f"downloaded: {what}")
+                audit("provision.broker_config", f"downloaded: {len(files.gateways)} gateways{bridges}")
                 return _download(broker_config.zip_bundle(files), "campus-broker.zip", "application/zip")
         except CampusError as exc:
             audit("provision.broker_config", str(exc), ok=False)
