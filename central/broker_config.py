@@ -194,21 +194,13 @@ def render(registry: Registry, *, out_dir: Path, passwords: dict[str, str] | Non
     acl = [header.rstrip("\n"),
            "# No rule before the first `user` line: anonymous clients (refused anyway) get nothing.", ""]
     for account in SERVICE_ACCOUNTS:
-        acl.append(f"# service account: {account}")
-        acl.append(f"user {account}")
-        acl += [f"topic {access} {topic}" for access, topic in service_rules(account)]
-        acl.append("")
+        acl += _acl_block(f"service account: {account}", account, service_rules(account))
     for school in schools:
-        acl.append(f"# the bridge from school {school}'s broker (bridges/{bridge_account(school)}.conf)")
-        acl.append(f"user {bridge_account(school)}")
-        acl += [f"topic {access} {topic}" for access, topic in bridge_rules(school)]
-        acl.append("")
+        acl += _acl_block(f"the bridge from school {school}'s broker (bridges/{bridge_account(school)}.conf)",
+                          bridge_account(school), bridge_rules(school))
     for gw in gateways:
         where = " / ".join(x for x in (gw["school"], gw["building"], gw["room"]) if x)
-        acl.append(f"# gateway {gw['id']} ({where})")
-        acl.append(f"user {gw['mqtt_username']}")
-        acl += [f"topic {access} {topic}" for access, topic in gateway_rules(gw["school"], gw["id"])]
-        acl.append("")
+        acl += _acl_block(f"gateway {gw['id']} ({where})", gw["mqtt_username"], gateway_rules(gw["school"], gw["id"]))
 
     host, port = listen
     conf = (
@@ -258,6 +250,11 @@ def render(registry: Registry, *, out_dir: Path, passwords: dict[str, str] | Non
     return BrokerFiles(passwd="\n".join(passwd) + "\n", acl="\n".join(acl), conf=conf, service_accounts=service,
                        passwords=final, gateways=[g["id"] for g in gateways], new_service_passwords=new,
                        bridges=bridges)
+
+
+def _acl_block(comment: str, user: str, rules: list[tuple[str, str]]) -> list[str]:
+    """One account's lines in the ACL file, then a blank line."""
+    return [f"# {comment}", f"user {user}", *(f"topic {access} {topic}" for access, topic in rules), ""]
 
 
 def read_bridge_template() -> str:
