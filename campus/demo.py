@@ -10,7 +10,6 @@ a user can copy one for a real gateway.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import secrets
 import threading
@@ -20,6 +19,7 @@ from typing import Any
 
 import yaml
 
+from campus.aio import wait_event
 from campus.cli import run_until_signal
 from campus.errors import CampusError
 from campus.net import free_port
@@ -182,8 +182,7 @@ class Demo:
         agents = [asyncio.create_task(run_agent(c, stop)) for c in configs]
         try:
             if duration is not None:
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(stop.wait(), max(0.0, duration - (time.monotonic() - started)))
+                await wait_event(stop, duration - (time.monotonic() - started))
             else:
                 await stop.wait()
         finally:

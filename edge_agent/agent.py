@@ -33,6 +33,7 @@ from paho.mqtt.properties import Properties
 
 import campus
 from campus import contract
+from campus.aio import raise_if_cancelled, wait_event
 from campus.contract import Event, State, Telemetry
 from campus.errors import CampusError, ConfigError, DeviceError
 from campus.mqtt import tls_context
@@ -109,10 +110,12 @@ class Agent:
         soon = self.poll_soon.setdefault(device_id, asyncio.Event())
         next_at = loop.time()
         while True:
+            raise_if_cancelled()  # a driver's library may have swallowed the stop (see campus.aio)
             soon.clear()
             try:
                 async with self.locks[device_id]:
-                    reading = await asyncio.wait_for(driver.read(), timeout=max(interval, 5.0))
+                    async with asyncio.timeout(max(interval, 5.0)):
+                        reading = await driver.read()
                 self._set_status(device_id, "ok")
                 self.record(device_id, reading)
             except DeviceUnreachable as exc:
@@ -126,9 +129,7 @@ class Agent:
             now = loop.time()
             if next_at < now:  # fell behind (slow device): skip, do not burst
                 next_at = now + interval
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(soon.wait(), next_at - now)
-            if soon.is_set():  # a command changed the device: read it now, then every interval from here
+            if await wait_event(soon, next_at - now):  # a command changed the device: read it now, then every interval from here
                 next_at = loop.time()
 
     def _set_status(self, device_id: str, status: str, exc: BaseException | None = None) -> None:
@@ -229,10 +230,10 @@ class Agent:
     async def _publish_state(self, client: aiomqtt.Client) -> None:
         topic = contract.state_topic(self.school, self.gateway)
         while True:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self.state_changed.wait(), self.heartbeat)
+            await wait_event(self.state_changed, self.heartbeat)
             self.state_changed.clear()
             await client.publish(topic, self.state().encode(), qos=1, retain=True)
+            raise_if_cancelled()
 
     async def _receive(self, client: aiomqtt.Client) -> None:
         async for message in client.messages:
@@ -262,14 +263,14 @@ class Agent:
             rows = self.outbox.peek(batch)
             if not rows:
                 self.pending.clear()
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self.pending.wait(), 5.0)
+                await wait_event(self.pending, 5.0)
                 self.outbox.expire()
                 continue
             started = loop.time()
             results = await asyncio.gather(
                 *(client.publish(r.topic, r.payload, qos=1, retain=r.retain, timeout=30) for r in rows),
                 return_exceptions=True)
+            raise_if_cancelled()
             acked = [r.id for r, res in zip(rows, results, strict=True) if res is None]
             self.outbox.remove(acked)
             self.published += len(acked)

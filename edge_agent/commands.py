@@ -20,6 +20,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from campus import contract
+from campus.aio import raise_if_cancelled
 from campus.contract import Command, CommandResult
 from campus.errors import ActionRejected, DeviceError, PayloadError
 from edge_agent.drivers.base import Driver
@@ -139,6 +140,7 @@ class CommandExecutor:
         while True:
             job = await queue.get()
             await self._run(job)
+            raise_if_cancelled()  # a driver's library may have swallowed the stop (see campus.aio)
 
     async def _run(self, job: _Job) -> None:
         cmd, device = job.command, job.device
@@ -158,7 +160,8 @@ class CommandExecutor:
         self.executed[cmd.id] = self.executed.get(cmd.id, 0) + 1
         try:
             async with self.locks[device]:
-                detail = await asyncio.wait_for(driver.execute(cmd.action, cmd.params), min(remaining, MAX_RUN_S))
+                async with asyncio.timeout(min(remaining, MAX_RUN_S)):
+                    detail = await driver.execute(cmd.action, cmd.params)
             status = "done"
         except ActionRejected as exc:
             status, detail = "rejected", str(exc)

@@ -294,7 +294,8 @@ class PJLinkProjector:
             await writer.drain()
             while True:
                 try:
-                    raw = await asyncio.wait_for(reader.readuntil(b"\r"), self.idle_timeout_s)
+                    async with asyncio.timeout(self.idle_timeout_s):
+                        raw = await reader.readuntil(b"\r")
                 except (TimeoutError, asyncio.IncompleteReadError, asyncio.LimitOverrunError, ConnectionError):
                     return  # idle timeout, client gone, or a runaway line: drop the connection
                 line = raw[:-1].lstrip(b"\n").decode("utf-8", "replace")

@@ -8,6 +8,8 @@ import sys
 import urllib.request
 from pathlib import Path
 
+import pytest
+
 from campus.net import free_port
 from tests.servers import wait_until
 
@@ -37,7 +39,12 @@ def test_demo_runs_every_room_end_to_end_and_exits_0(tmp_path: Path) -> None:
         wait_until(lambda: all({d["kind"] for d in _get(f"{base}/api/devices", token) if d["gateway"] == g
                                 and d["status"] == "ok" and d["latest"]} == kinds for g in ("gw-101", "gw-102")),
                    20, message="every kind of device reporting in both rooms")
-        out, _ = proc.communicate(timeout=60)
+        try:
+            out, _ = proc.communicate(timeout=60)
+        except subprocess.TimeoutExpired as exc:  # show how far the stop got, not pytest's cut-down repr
+            proc.kill()
+            told = exc.output.decode(errors="replace") if isinstance(exc.output, bytes) else exc.output or ""
+            pytest.fail(f"campus demo did not exit 60 s after its --duration; it printed last:\n{told[-4000:]}")
     finally:
         if proc.poll() is None:
             proc.kill()

@@ -76,8 +76,8 @@ class _Connection:
 
     async def open(self) -> None:
         try:
-            self.reader, self.writer = await asyncio.wait_for(
-                asyncio.open_connection(self.host, self.port, limit=1024), self.timeout)
+            async with asyncio.timeout(self.timeout):
+                self.reader, self.writer = await asyncio.open_connection(self.host, self.port, limit=1024)
         except TimeoutError:
             raise DeviceUnreachable(f"{self.name}: no TCP connection to {self.host}:{self.port} "
                                     f"within {self.timeout:g}s") from None
@@ -104,12 +104,14 @@ class _Connection:
         if writer is not None:
             writer.close()
             with contextlib.suppress(Exception):
-                await asyncio.wait_for(writer.wait_closed(), 1.0)
+                async with asyncio.timeout(1.0):
+                    await writer.wait_closed()
 
     async def _line(self, what: str) -> str:
         assert self.reader is not None
         try:
-            raw = await asyncio.wait_for(self.reader.readuntil(b"\r"), self.timeout)
+            async with asyncio.timeout(self.timeout):
+                raw = await self.reader.readuntil(b"\r")
         except TimeoutError:
             raise DeviceError(f"{self.name}: no {what} within {self.timeout:g}s") from None
         except asyncio.IncompleteReadError as exc:

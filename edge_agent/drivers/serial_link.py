@@ -71,18 +71,21 @@ class SerialLink:
     async def read_exactly(self, n: int, timeout: float) -> bytes:
         await self.open()
         assert self.reader is not None
-        return await asyncio.wait_for(self.reader.readexactly(n), timeout)
+        async with asyncio.timeout(timeout):
+            return await self.reader.readexactly(n)
 
     async def read_until(self, separator: bytes, timeout: float) -> bytes:
         await self.open()
         assert self.reader is not None
-        return await asyncio.wait_for(self.reader.readuntil(separator), timeout)
+        async with asyncio.timeout(timeout):
+            return await self.reader.readuntil(separator)
 
     async def read_some(self, timeout: float, limit: int = 4096) -> bytes:
         """Whatever arrives within `timeout` (b"" if nothing)."""
         await self.open()
         assert self.reader is not None
         try:
-            return await asyncio.wait_for(self.reader.read(limit), timeout)
+            async with asyncio.timeout(timeout):
+                return await self.reader.read(limit)
         except TimeoutError:
             return b""
