@@ -42,6 +42,7 @@ from pathlib import Path
 
 from sqlalchemy import select
 
+import broker_config as shipped_broker_config
 from campus import contract
 from campus.errors import ConfigError, PayloadError
 from central.registry import Gateway, Registry, School, mosquitto_password_hash
@@ -52,7 +53,7 @@ PASSWD_FILE = "passwd"
 ACL_FILE = "acl"
 CONF_FILE = "mosquitto.conf"
 BRIDGES_DIR = "bridges"
-BRIDGE_TEMPLATE = Path(__file__).resolve().parents[1] / "broker_config" / "bridge.conf.template"
+BRIDGE_TEMPLATE = shipped_broker_config.FILES / "bridge.conf.template"
 # Where a school broker keeps the CA that signed the district's certificate (broker_config/README.md layout).
 DEFAULT_DISTRICT_CA = "/etc/mosquitto/campus/certs/ca.crt"
 
@@ -262,7 +263,7 @@ def read_bridge_template() -> str:
         return BRIDGE_TEMPLATE.read_text(encoding="utf-8")
     except OSError as exc:
         raise ConfigError(f"{BRIDGE_TEMPLATE}: cannot read the bridge template ({exc.strerror or exc}); "
-                          "--district needs the source checkout's broker_config/") from None
+                          "reinstall campus-iot") from None
 
 
 def _gateway_hashes(registry: Registry) -> dict[str, str]:
