@@ -202,14 +202,19 @@ class Ledger(PerThreadConnection):
                 for _, gateway, state in states:
                     # Newer states win (by ts), so a late Will of an earlier connection does not
                     # overwrite "online". The Will of the *current* connection is older than that
-                    # connection's heartbeats (it is fixed at connect), so it wins by `since`.
+                    # connection's heartbeats (it is fixed at connect), so it wins by `since`; and
+                    # once a connection's Will (or clean-stop state) is in, a heartbeat of that same
+                    # connection recorded after it (another ingest worker was slower) loses.
                     self.db.execute(
                         "UPDATE gateways SET online = ?, state = ?, interval = ?, room = COALESCE(NULLIF(?, ''), room),"
                         " last_seen = CASE WHEN ? THEN ? ELSE last_seen END"
                         " WHERE id = ? AND (COALESCE(json_extract(state, '$.ts'), 0) <= ?"
-                        " OR (NOT ? AND ? > 0 AND ? >= COALESCE(json_extract(state, '$.since'), 0)))",
+                        " OR (NOT ? AND ? > 0 AND ? >= COALESCE(json_extract(state, '$.since'), 0)))"
+                        " AND NOT (? AND ? > 0 AND json_extract(state, '$.online') = 0"
+                        " AND ? <= COALESCE(json_extract(state, '$.since'), 0))",
                         (int(state.online), json.dumps(_state_dict(state)), state.interval,
-                         state.room, state.online, now, gateway, state.ts, state.online, state.since, state.since))
+                         state.room, state.online, now, gateway, state.ts, state.online, state.since, state.since,
+                         state.online, state.since, state.since))
                 for r in results:
                     self.db.execute("UPDATE commands SET status = ?, detail = ?, finished = ?"
                                     " WHERE id = ? AND status = 'pending'", (r.status, r.detail, r.ts, r.id))

@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import itertools
 import threading
 from pathlib import Path
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from campus import contract
 from campus.contract import State
@@ -212,3 +217,67 @@ def test_the_will_of_the_current_connection_wins_a_stale_one_does_not(tmp_path: 
         assert online()
     finally:
         ledger.close()
+
+
+def test_a_heartbeat_recorded_after_its_connections_will_does_not_revive_the_gateway(tmp_path: Path) -> None:
+    """With several ingest workers the last heartbeat and the Will can be recorded in either order."""
+    ledger = Ledger(tmp_path / "c.db")
+
+    def online() -> bool:
+        return ledger.gateways("gw1")[0]["online"]
+    try:
+        ledger.record([], [presence(100.0, 50.0, True)], [])
+        ledger.record([], [presence(50.0, 50.0, False)], [])  # the Will, taken by the faster worker
+        ledger.record([], [presence(105.0, 50.0, True)], [])  # the dead connection's last heartbeat, later
+        assert not online()
+        ledger.record([], [presence(120.0, 50.0, False)], [])  # a clean stop says so itself (newer ts) ...
+        ledger.record([], [presence(119.0, 50.0, True)], [])  # ... and a heartbeat sent before it comes after
+        assert not online()
+        ledger.record([], [presence(200.0, 150.0, True)], [])  # a new connection
+        assert online()
+        ledger.record([], [presence(300.0, 0.0, False)], [])  # agents without `since`: by ts alone
+        ledger.record([], [presence(301.0, 0.0, True)], [])
+        assert online()
+    finally:
+        ledger.close()
+
+
+_examples = itertools.count()
+
+
+@st.composite
+def connections(draw: st.DrawFn) -> list[tuple[float, float, bool]]:
+    """States of 1-4 successive connections (since 100, 200, ...): heartbeats, and maybe an end (the
+    Will, ts = since, or a clean stop's own offline state, newer than its heartbeats); as (ts, since, online)."""
+    states = []
+    for i in range(1, draw(st.integers(1, 4)) + 1):
+        since = 100.0 * i
+        beats = draw(st.sets(st.integers(1, 98), min_size=1, max_size=3))  # the agent says "online" on connect
+        states += [(since + b, since, True) for b in beats]
+        end = draw(st.sampled_from([None, "will", "stop"]))
+        if end is not None:
+            states.append((since if end == "will" else since + 99.5, since, False))
+    return states
+
+
+@given(connections().flatmap(st.permutations))
+def test_presence_is_the_newest_connections_whatever_order_the_states_are_recorded_in(
+        tmp_path_factory: pytest.TempPathFactory, states: list[tuple[float, float, bool]]) -> None:
+    """Several ingest workers record a gateway's states in any order; the outcome may not depend on it:
+    offline exactly when the newest connection has ended."""
+    gateway = f"gw{next(_examples)}"
+    newest = max(since for _, since, _ in states)
+    expected = not any(since == newest and not online for _, since, online in states)
+    ledger = Ledger(_presence_db(tmp_path_factory))
+    try:
+        for ts, since, online in states:
+            ledger.record([], [("s1", gateway, State(online=online, ts=ts, since=since))], [])
+        assert ledger.gateways(gateway)[0]["online"] == expected, states
+    finally:
+        ledger.close()
+
+
+def _presence_db(factory: pytest.TempPathFactory, _made: list[Path] = []) -> Path:  # noqa: B006 (one file for all)
+    if not _made:
+        _made.append(factory.mktemp("presence") / "c.db")
+    return _made[0]
