@@ -76,7 +76,7 @@ class StoreUrl:
 
 
 def parse_store_url(url: str) -> StoreUrl:
-    """`sqlite:///PATH`, `victoriametrics://host:port`, `influxdb://host:port?org=O&bucket=B&token=T`."""
+    """`sqlite:///PATH`, `victoriametrics://host:port`, `influxdb://host:port?bucket=B[&org=O][&token=T]`."""
     parts = _split(url, "store")
     if parts.scheme == "sqlite":
         if parts.netloc or not parts.path or parts.path == "/":
@@ -90,10 +90,15 @@ def parse_store_url(url: str) -> StoreUrl:
         except ValueError:
             raise ConfigError(f"store URL {url!r}: port is not a number from 1 to 65535") from None
         options = {k: v[-1] for k, v in parse_qs(parts.query).items()}
-        if parts.scheme == "influxdb":
-            missing = [k for k in ("org", "bucket", "token") if k not in options]
-            if missing:
-                raise ConfigError(f"store URL {url!r}: missing {', '.join(missing)}")
+        # InfluxDB 2.x needs all three; 3.x a token and the database as `bucket`; 1.x the
+        # database as `bucket` and, with authentication on, `token=USER:PASSWORD`.
+        known = {"org", "bucket", "token"} if parts.scheme == "influxdb" else set()
+        unknown = set(options) - known
+        if unknown:
+            raise ConfigError(f"store URL {url!r}: unknown option(s) {', '.join(sorted(unknown))}"
+                              + (f" (known: {', '.join(sorted(known))})" if known else ""))
+        if parts.scheme == "influxdb" and not options.get("bucket"):
+            raise ConfigError(f"store URL {url!r}: missing bucket (the InfluxDB 2.x bucket, or 1.x/3.x database)")
         return StoreUrl(parts.scheme, host=parts.hostname, port=port, options=options)
     raise ConfigError(f"store URL {url!r}: scheme must be sqlite://, victoriametrics:// or influxdb://")
 

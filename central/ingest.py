@@ -41,6 +41,7 @@ class IngestStats:
     points: int = 0
     duplicates: int = 0
     rejected: int = 0
+    refused_by_store: int = 0  # samples recorded in the ledger that the point store refused to keep
     store_errors: int = 0
     last_error: str = ""
     kinds: dict[str, int] = field(default_factory=dict)
@@ -211,7 +212,7 @@ class Ingest:
                     log.warning("rejected message on %r: %s (%d rejected so far)", m.topic[:200], exc,
                                 self.stats.rejected)
         if samples:
-            self.store.write(samples)
+            self.stats.refused_by_store += self.store.write(samples)
         fresh = self.ledger.record(sequenced, states, results)
         self.stats.messages += len(batch)
         self.stats.stored += sum(fresh)

@@ -64,7 +64,9 @@ def check_store_url(url: str) -> None:
         else:
             assert parsed.scheme in ("victoriametrics", "influxdb") and parsed.host and 1 <= parsed.port <= 65535
         if parsed.scheme == "influxdb":
-            assert {"org", "bucket", "token"} <= set(parsed.options)
+            assert parsed.options.get("bucket") and set(parsed.options) <= {"org", "bucket", "token"}
+        if parsed.scheme == "victoriametrics":
+            assert not parsed.options
 
 
 @fuzz_settings(200)

@@ -26,8 +26,13 @@ class Sample:
 
 
 class PointStore(Protocol):
-    def write(self, samples: list[Sample]) -> None:
-        """Store every metric of every sample durably, or raise StoreError having stored none for sure."""
+    def write(self, samples: list[Sample]) -> int:
+        """Store every metric of every sample durably, or raise StoreError (retryable: the caller
+        acknowledges nothing and writes the batch again). Returns how many samples the server
+        refused for their content and left out; retrying those could never succeed."""
+
+    def check(self) -> None:
+        """Raise StoreError naming the store if it cannot be reached or written (at a program's start)."""
 
     def query(self, gateway: str, device: str, metric: str, start: float, end: float,
               limit: int = 10_000) -> list[tuple[float, float | str]]:
