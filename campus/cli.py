@@ -73,7 +73,9 @@ def cmd_ingest(args: argparse.Namespace) -> None:
     from central.store import open_store
 
     mqtt = parse_mqtt_url(args.mqtt)
-    ingest = Ingest(mqtt, open_store(args.store), Ledger(ledger_path_for(args.store, args.db)), name=args.name,
+    store = open_store(args.store)
+    store.check()  # a wrong address, token or database is said now, not retried silently for ever
+    ingest = Ingest(mqtt, store, Ledger(ledger_path_for(args.store, args.db)), name=args.name,
                     share_group=args.share or None)
     ingest.connect()
     stop = threading.Event()
@@ -86,10 +88,16 @@ def cmd_ingest(args: argparse.Namespace) -> None:
 
 
 def cmd_web(args: argparse.Namespace) -> None:
+    from central.store import open_store
     from dashboards import WebConfig, close_app, create_app
     from dashboards.server import serve
 
     config = WebConfig(store_url=args.store, db_path=ledger_path_for(args.store, args.db), mqtt_url=args.mqtt)
+    probe = open_store(args.store)
+    try:
+        probe.check()  # history comes from the store: a wrong address, token or database is said now
+    finally:
+        probe.close()
     app = create_app(config)
     password = app.extensions["campus"]["registry"].ensure_admin(args.admin_token)
     if password:

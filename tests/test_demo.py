@@ -69,6 +69,17 @@ def test_ingest_unreachable_broker_is_one_line(tmp_path: Path) -> None:
     assert result.stderr.strip().splitlines()[-1].startswith("campus: error: cannot reach MQTT broker")
 
 
+@pytest.mark.parametrize("store", ["victoriametrics://127.0.0.1:{port}", "influxdb://127.0.0.1:{port}?bucket=campus"])
+def test_ingest_unreachable_store_is_one_line(tmp_path: Path, store: str) -> None:
+    store = store.format(port=free_port())
+    result = subprocess.run([sys.executable, "-m", "campus.cli", "ingest", "--mqtt", f"mqtt://127.0.0.1:{free_port()}",
+                             "--store", store, "--db", f"sqlite:///{tmp_path}/x.db"], capture_output=True, text=True,
+                            timeout=30)
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("campus: error: ") and "unreachable" in lines[0], lines
+
+
 def test_agent_invalid_config_is_one_line(tmp_path: Path) -> None:
     cfg = tmp_path / "gw.yaml"
     cfg.write_text("school: s\ngateway: g\nroom: r\npoll_interval: fast\n")
