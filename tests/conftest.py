@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from hypothesis import settings
 
-from tests.servers import Mosquitto, VictoriaMetrics
+from tests.servers import InfluxDB, Mosquitto, VictoriaMetrics
 
 # Property tests draw the same examples on every run, so that a red CI means a
 # change broke something, not that this run happened on a new input (stop 10's
@@ -35,3 +35,11 @@ def victoria(tmp_path: Path) -> Iterator[VictoriaMetrics]:
     vm.start()
     yield vm
     vm.stop()
+
+
+@pytest.fixture
+def influx(tmp_path: Path) -> Iterator[InfluxDB]:
+    server = InfluxDB(tmp_path)
+    server.start()
+    yield server
+    server.stop()

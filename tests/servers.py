@@ -1,15 +1,18 @@
-"""Real servers for tests: Mosquitto and VictoriaMetrics on ephemeral loopback ports,
+"""Real servers for tests: Mosquitto, VictoriaMetrics and InfluxDB on ephemeral loopback ports,
 and the project's own programs as subprocesses (`campus agent`, `campus ingest`, ...).
 """
 
 from __future__ import annotations
 
+import json
 import os
 import pwd
 import shutil
 import subprocess
 import sys
 import time
+import urllib.parse
+import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -18,6 +21,7 @@ from campus.net import free_port, wait_for_port
 
 MOSQUITTO = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
 VICTORIA = shutil.which("victoria-metrics") or "/usr/bin/victoria-metrics"
+INFLUXD = shutil.which("influxd") or "/usr/bin/influxd"
 
 
 def screenshot_path(name: str, tmp_path: Path) -> Path:
@@ -129,6 +133,43 @@ class VictoriaMetrics(ServerProcess):
                                       f"-httpListenAddr=127.0.0.1:{self.port}", "-search.latencyOffset=0s",
                                       "-loggerLevel=ERROR"], stdout=self.log, stderr=self.log)
         wait_for_port("127.0.0.1", self.port, timeout=20)
+
+
+class InfluxDB(ServerProcess):
+    """A real InfluxDB 1.x (Debian's `influxdb`) with its own data directories and database `campus`."""
+
+    stop_timeout = 15.0
+
+    def __init__(self, workdir: Path, database: str = "campus") -> None:
+        self.workdir = workdir
+        self.database = database
+        self.port = free_port()
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.conf = workdir / "influxdb.conf"
+        self.conf.write_text(
+            "reporting-disabled = true\n"
+            f'bind-address = "127.0.0.1:{free_port()}"\n'
+            f'[meta]\n  dir = "{workdir}/influx-meta"\n'
+            f'[data]\n  dir = "{workdir}/influx-data"\n  wal-dir = "{workdir}/influx-wal"\n'
+            "  query-log-enabled = false\n"
+            f'[http]\n  bind-address = "127.0.0.1:{self.port}"\n  log-enabled = false\n'
+            "[monitor]\n  store-enabled = false\n")
+
+    @property
+    def url(self) -> str:
+        return f"influxdb://127.0.0.1:{self.port}?bucket={self.database}"
+
+    def start(self) -> None:
+        self.log = open(self.workdir / "influxd.log", "ab")  # noqa: SIM115
+        self.proc = subprocess.Popen([INFLUXD, "run", "-config", str(self.conf)], stdout=self.log, stderr=self.log)
+        wait_for_port("127.0.0.1", self.port, timeout=20)
+        self.influxql(f'CREATE DATABASE "{self.database}"')  # idempotent
+
+    def influxql(self, statement: str) -> dict[str, Any]:
+        """Run one statement over the server's own HTTP API (set-up and checks, not the code under test)."""
+        body = urllib.parse.urlencode({"q": statement, "db": self.database, "epoch": "ms"}).encode()
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/query", data=body, timeout=10) as resp:
+            return json.loads(resp.read())["results"][0]
 
 
 class CampusProcess(ServerProcess):

@@ -53,6 +53,10 @@ def test_two_workers_one_killed_and_vm_down_for_20s(tmp_path: Path, mosquitto: M
         room.ingests[1].kill()  # one worker dies mid-stream; its supervisor restarts it
         room.wait_stored_at_least(60)
         room.ingests[1] = room._ingest(1).start()
+        # Back before the outage: a worker that starts while the store is down exits with one line
+        # (campus ingest checks its store at start), and its supervisor would start it again.
+        wait_until(lambda: room.ingests[1].output().count("subscribed: ready") == 2, 30,  # its log is appended
+                   message="worker 1 back")
         # Stopped, not SIGKILLed: VictoriaMetrics acknowledges a write before its
         # in-memory buffer reaches disk (about a second), so a SIGKILL of the
         # database itself can lose that second; that is its documented trade-off.
