@@ -28,11 +28,11 @@ if str(ROOT) not in sys.path:  # `python bench/X.py` puts bench/, not the repo, 
 
 import psutil  # noqa: E402
 
-from tests.servers import MOSQUITTO, CampusProcess, Mosquitto, VictoriaMetrics, wait_until  # noqa: E402
+from tests.servers import MOSQUITTO, CampusProcess, InfluxDB, Mosquitto, VictoriaMetrics, wait_until  # noqa: E402
 
 __all__ = ["ROOT", "CampusProcess", "Mosquitto", "VictoriaMetrics", "wait_until", "machine_line", "print_table",
            "percentile", "start_ingests", "stop_all", "LedgerTotals", "ledger_totals", "ENV_VALUES",
-           "broker", "victoria", "cpu_seconds", "MOSQUITTO_SUB", "MOSQUITTO_PUB", "ScriptProcess"]
+           "broker", "store_server", "InfluxDB", "cpu_seconds", "MOSQUITTO_SUB", "MOSQUITTO_PUB", "ScriptProcess"]
 
 MOSQUITTO_SUB = shutil.which("mosquitto_sub") or "/usr/bin/mosquitto_sub"
 MOSQUITTO_PUB = shutil.which("mosquitto_pub") or "/usr/bin/mosquitto_pub"
@@ -117,14 +117,19 @@ def broker(workdir: Path, extra_conf: str = "") -> Iterator[Mosquitto]:
 
 
 @contextmanager
-def victoria(workdir: Path) -> Iterator[VictoriaMetrics]:
+def store_server(kind: str, workdir: Path) -> Iterator[VictoriaMetrics | InfluxDB | None]:
+    """A fresh time-series server for a store kind (`victoriametrics`, `influxdb`); None for `sqlite`."""
+    server_class = {"victoriametrics": VictoriaMetrics, "influxdb": InfluxDB}.get(kind)
+    if server_class is None:
+        yield None
+        return
     workdir.mkdir(parents=True, exist_ok=True)
-    vm = VictoriaMetrics(workdir)
+    server = server_class(workdir)
     try:
-        vm.start()
-        yield vm
+        server.start()
+        yield server
     finally:
-        vm.stop()
+        server.stop()
 
 
 def start_ingests(mqtt: str, store: str, ledger_db: Path, workers: int, logdir: Path,

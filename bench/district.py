@@ -64,7 +64,7 @@ from bench.common import (  # noqa: E402
     print_table,
     start_ingests,
     stop_all,
-    victoria,
+    store_server,
 )
 from campus import contract  # noqa: E402
 from central.ledger import Ledger  # noqa: E402
@@ -267,8 +267,8 @@ def run_district(gateways: int, args: argparse.Namespace, tmp: Path) -> District
     watch = LedgerWatch(db, args.poll)
     with contextlib.ExitStack() as stack:
         mq = stack.enter_context(broker(work / "mq", f"autosave_interval {args.autosave}\n"))
-        vm = stack.enter_context(victoria(work / "vm")) if args.store == "victoriametrics" else None
-        ingests = start_ingests(mq.url, vm.url if vm else f"sqlite:///{db}", db, args.workers, work)
+        server = stack.enter_context(store_server(args.store, work / args.store))
+        ingests = start_ingests(mq.url, server.url if server else f"sqlite:///{db}", db, args.workers, work)
         try:
             per = -(-gateways // args.swarms)
             for k in range(args.swarms):
@@ -365,7 +365,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seconds", type=float, default=60.0, help="publishing time per run (default 60)")
     parser.add_argument("--interval-min", type=float, default=5.0, help="shortest sample interval, s (default 5)")
     parser.add_argument("--interval-max", type=float, default=10.0, help="longest sample interval, s (default 10)")
-    parser.add_argument("--store", choices=["sqlite", "victoriametrics"], default="sqlite",
+    parser.add_argument("--store", choices=["sqlite", "victoriametrics", "influxdb"], default="sqlite",
                         help="point store (default sqlite)")
     parser.add_argument("--workers", type=int, default=1, help="campus ingest workers (default 1)")
     parser.add_argument("--swarms", type=int, default=2, help="processes holding the gateways (default 2)")

@@ -18,7 +18,8 @@ measured). The clock starts just before the first publisher starts and stops
 - ingest: at the ledger's newest `last_seen` once the ledger counts N stored
   messages (ingest sets it after the points are written), with 1, 2, 4 real
   `campus ingest` processes (MQTT 5 shared subscription when more than one)
-  into `sqlite:///` and into `victoriametrics://` (ledger in SQLite).
+  into `sqlite:///`, `victoriametrics://` and `influxdb://` (InfluxDB 1.x)
+  (ledger in SQLite).
 
 Then it checks that every gateway's count equals what was sent, with no gaps,
 and that the store holds 6 points per message. Exit status 1 on any loss.
@@ -52,12 +53,13 @@ from bench.common import (  # noqa: E402
     print_table,
     start_ingests,
     stop_all,
-    victoria,
+    store_server,
     wait_until,
 )
 from campus import contract  # noqa: E402
 from central.ledger import Ledger  # noqa: E402
 from central.store.sqlite import SqlitePointStore  # noqa: E402
+from tests.servers import InfluxDB, VictoriaMetrics  # noqa: E402
 
 SCHOOL = "bench"
 METRICS_PER_MESSAGE = len(ENV_VALUES)
@@ -171,10 +173,14 @@ def run_raw(tmp: Path, feed: Feed, timeout: float) -> Run:
                counted["n"] == feed.total)
 
 
-def _vm_samples(vm_http: str) -> int:
+def _stored_points(server: VictoriaMetrics | InfluxDB) -> int:
+    """Points (metric values) the time-series server holds, asked over its own HTTP API."""
+    if isinstance(server, InfluxDB):
+        series = server.influxql('SELECT count(*) FROM /.*/').get("series", [])
+        return sum(sum(v for v in s["values"][0][1:] if v) for s in series)
     params = urllib.parse.urlencode([("match[]", '{__name__=~"(device|environment)_.+"}'),
                                      ("start", f"{time.time() - 7200:.0f}"), ("end", f"{time.time() + 60:.0f}")])
-    with urllib.request.urlopen(f"{vm_http}/api/v1/export?{params}", timeout=60) as resp:
+    with urllib.request.urlopen(f"http://127.0.0.1:{server.port}/api/v1/export?{params}", timeout=60) as resp:
         return sum(len(json.loads(line)["values"]) for line in resp.read().splitlines() if line.strip())
 
 
@@ -182,11 +188,11 @@ def run_ingest(tmp: Path, feed: Feed, store_kind: str, workers: int, timeout: fl
     work = tmp / f"{store_kind}-{workers}"
     work.mkdir()
     db = work / "central.db"
-    label = {"sqlite": "sqlite:///", "victoriametrics": "victoriametrics://"}[store_kind]
+    label = {"sqlite": "sqlite:///", "victoriametrics": "victoriametrics://", "influxdb": "influxdb://"}[store_kind]
     with contextlib.ExitStack() as stack:
         mq = stack.enter_context(broker(work / "mq"))
-        vm = stack.enter_context(victoria(work / "vm")) if store_kind == "victoriametrics" else None
-        procs = start_ingests(mq.url, vm.url if vm else f"sqlite:///{db}", db, workers, work)
+        server = stack.enter_context(store_server(store_kind, work / store_kind))
+        procs = start_ingests(mq.url, server.url if server else f"sqlite:///{db}", db, workers, work)
         try:
             pids = [p.proc.pid for p in procs if p.proc]
             cpu0 = cpu_seconds(pids)
@@ -209,16 +215,15 @@ def run_ingest(tmp: Path, feed: Feed, store_kind: str, workers: int, timeout: fl
         finally:
             stop_all(procs)
         expected_points = feed.total * METRICS_PER_MESSAGE
-        if vm is not None:
-            http = f"http://127.0.0.1:{vm.port}"
+        if server is not None:
             points = 0
 
-            def vm_has_all() -> bool:
+            def server_has_all() -> bool:
                 nonlocal points
-                points = _vm_samples(http)
+                points = _stored_points(server)
                 return points >= expected_points
             try:
-                wait_until(vm_has_all, 60, interval=0.5, message=f"{expected_points} samples in VictoriaMetrics")
+                wait_until(server_has_all, 60, interval=0.5, message=f"{expected_points} points in {store_kind}")
             except AssertionError:
                 pass  # reported below as missing points
         else:
@@ -241,7 +246,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--gateways", type=int, default=4,
                         help="distinct gateways, one publisher process each (default 4)")
     parser.add_argument("--workers", default="1,2,4", help="ingest worker counts, comma-separated (default 1,2,4)")
-    parser.add_argument("--stores", default="sqlite,victoriametrics", help="stores to measure (default both)")
+    parser.add_argument("--stores", default="sqlite,victoriametrics,influxdb",
+                        help="stores to measure, comma-separated (default sqlite,victoriametrics,influxdb)")
     parser.add_argument("--raw-repeats", type=int, default=3,
                         help="raw broker runs; the median counts (default 3; they take a few seconds each)")
     parser.add_argument("--timeout", type=float, default=300, help="seconds one run may take at most (default 300)")
@@ -251,9 +257,9 @@ def main(argv: list[str] | None = None) -> int:
         args.messages, args.workers, args.raw_repeats = 2000, "1,2", 1
     workers = [int(w) for w in args.workers.split(",")]
     stores = [s.strip() for s in args.stores.split(",")]
-    if any(s not in ("sqlite", "victoriametrics") for s in stores) or any(w < 1 for w in workers) \
+    if any(s not in ("sqlite", "victoriametrics", "influxdb") for s in stores) or any(w < 1 for w in workers) \
             or args.raw_repeats < 1:
-        parser.error("--stores takes sqlite and/or victoriametrics; --workers and --raw-repeats positive numbers")
+        parser.error("--stores takes sqlite, victoriametrics and/or influxdb; --workers and --raw-repeats positive numbers")
 
     print(machine_line(), flush=True)
     runs: list[Run] = []

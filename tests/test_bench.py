@@ -17,7 +17,8 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 BENCHMARKS = {
-    "ingest.py": ["| raw broker (mosquitto_sub)", "| sqlite:///", "| victoriametrics://", "target (one worker"],
+    "ingest.py": ["| raw broker (mosquitto_sub)", "| sqlite:///", "| victoriametrics://", "| influxdb://",
+                  "target (one worker"],
     "command_latency.py": ["| display via API (round trip)", "| projector via API (round trip)",
                            "| bare MQTT publish -> receive (QoS 1)", "devices report the last state sent"],
     "agent_footprint.py": ["| devices", "agent CPU %", "RSS MiB max"],
