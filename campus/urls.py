@@ -39,25 +39,33 @@ def _split(url: str, what: str) -> SplitResult:
     return parts
 
 
+def _port_and_options(url: str, what: str, parts: SplitResult, default_port: int,
+                      known: set[str]) -> tuple[int, dict[str, str]]:
+    """The port and the query options of a server URL, refusing a missing host and options not in `known`."""
+    if not parts.hostname:
+        raise ConfigError(f"{what} URL {url!r}: no host")
+    try:
+        port = parts.port or default_port
+    except ValueError:
+        raise ConfigError(f"{what} URL {url!r}: port is not a number from 1 to 65535") from None
+    options = {k: v[-1] for k, v in parse_qs(parts.query).items()}
+    unknown = set(options) - known
+    if unknown:
+        raise ConfigError(f"{what} URL {url!r}: unknown option(s) {', '.join(sorted(unknown))}"
+                          + (f" (known: {', '.join(sorted(known))})" if known else ""))
+    return port, options
+
+
 def parse_mqtt_url(url: str) -> MqttUrl:
     """`mqtt://[user:pass@]host:port[?protocol=3.1.1]`, or `mqtts://…?ca=FILE`."""
     parts = _split(url, "MQTT")
     if parts.scheme not in ("mqtt", "mqtts"):
         raise ConfigError(f"MQTT URL {url!r}: scheme must be mqtt:// or mqtts://")
-    if not parts.hostname:
-        raise ConfigError(f"MQTT URL {url!r}: no host")
-    try:
-        port = parts.port or (8883 if parts.scheme == "mqtts" else 1883)
-    except ValueError:
-        raise ConfigError(f"MQTT URL {url!r}: port is not a number from 1 to 65535") from None
-    query = {k: v[-1] for k, v in parse_qs(parts.query).items()}
+    port, query = _port_and_options(url, "MQTT", parts, 8883 if parts.scheme == "mqtts" else 1883,
+                                    {"protocol", "ca", "cert", "key"})
     protocol = query.pop("protocol", "5")
     if protocol not in ("5", "3.1.1"):
         raise ConfigError(f"MQTT URL {url!r}: protocol must be 5 or 3.1.1")
-    known = {"ca", "cert", "key"}
-    unknown = set(query) - known
-    if unknown:
-        raise ConfigError(f"MQTT URL {url!r}: unknown option(s) {', '.join(sorted(unknown))}")
     return MqttUrl(
         host=parts.hostname, port=port,
         username=unquote(parts.username) if parts.username else None,
@@ -83,20 +91,10 @@ def parse_store_url(url: str) -> StoreUrl:
             raise ConfigError(f"store URL {url!r}: write sqlite:///relative/path.db or sqlite:////abs/path.db")
         return StoreUrl("sqlite", path=parts.path[1:])
     if parts.scheme in ("victoriametrics", "influxdb"):
-        if not parts.hostname:
-            raise ConfigError(f"store URL {url!r}: no host")
-        try:
-            port = parts.port or (8428 if parts.scheme == "victoriametrics" else 8086)
-        except ValueError:
-            raise ConfigError(f"store URL {url!r}: port is not a number from 1 to 65535") from None
-        options = {k: v[-1] for k, v in parse_qs(parts.query).items()}
         # InfluxDB 2.x needs all three; 3.x a token and the database as `bucket`; 1.x the
         # database as `bucket` and, with authentication on, `token=USER:PASSWORD`.
-        known = {"org", "bucket", "token"} if parts.scheme == "influxdb" else set()
-        unknown = set(options) - known
-        if unknown:
-            raise ConfigError(f"store URL {url!r}: unknown option(s) {', '.join(sorted(unknown))}"
-                              + (f" (known: {', '.join(sorted(known))})" if known else ""))
+        port, options = _port_and_options(url, "store", parts, 8428 if parts.scheme == "victoriametrics" else 8086,
+                                          {"org", "bucket", "token"} if parts.scheme == "influxdb" else set())
         if parts.scheme == "influxdb" and not options.get("bucket"):
             raise ConfigError(f"store URL {url!r}: missing bucket (the InfluxDB 2.x bucket, or 1.x/3.x database)")
         return StoreUrl(parts.scheme, host=parts.hostname, port=port, options=options)

@@ -5,11 +5,12 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from hypothesis import settings
 
-from tests.servers import InfluxDB, Mosquitto, VictoriaMetrics
+from tests.servers import InfluxDB, Mosquitto, ServerProcess, VictoriaMetrics
 
 # Property tests draw the same examples on every run, so that a red CI means a
 # change broke something, not that this run happened on a new input (stop 10's
@@ -21,25 +22,22 @@ settings.register_profile("campaign", derandomize=False)
 settings.load_profile("campaign" if os.environ.get("FUZZ_EXAMPLES") else "repeatable")
 
 
+def _running(server: ServerProcess) -> Iterator[Any]:
+    server.start()
+    yield server
+    server.stop()
+
+
 @pytest.fixture
 def mosquitto(tmp_path: Path) -> Iterator[Mosquitto]:
-    broker = Mosquitto(tmp_path / "mosquitto")
-    broker.start()
-    yield broker
-    broker.stop()
+    yield from _running(Mosquitto(tmp_path / "mosquitto"))
 
 
 @pytest.fixture
 def victoria(tmp_path: Path) -> Iterator[VictoriaMetrics]:
-    vm = VictoriaMetrics(tmp_path)
-    vm.start()
-    yield vm
-    vm.stop()
+    yield from _running(VictoriaMetrics(tmp_path))
 
 
 @pytest.fixture
 def influx(tmp_path: Path) -> Iterator[InfluxDB]:
-    server = InfluxDB(tmp_path)
-    server.start()
-    yield server
-    server.stop()
+    yield from _running(InfluxDB(tmp_path))

@@ -58,6 +58,9 @@ class ServerProcess:
     proc: subprocess.Popen[Any] | None = None
     stop_timeout = 10.0
 
+    def start(self) -> object:
+        raise NotImplementedError  # each server knows its own command line
+
     def alive(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
 
