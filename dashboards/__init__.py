@@ -14,7 +14,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from flask import Flask
+from flask import Flask, render_template
+
+from campus.errors import StoreError
 
 # Blueprints of the people-facing areas, imported when present.
 AREAS = ("dashboards.panel", "dashboards.health", "dashboards.provisioning")
@@ -58,6 +60,7 @@ def create_app(config: WebConfig) -> Flask:
         service = CommandService(parse_mqtt_url(config.mqtt_url), ledger)
         service.start()
         app.extensions["campus"]["commands"] = service
+    app.register_error_handler(StoreError, _store_unavailable)
     app.register_blueprint(auth.bp)
     app.register_blueprint(api.bp)
     app.register_blueprint(board.bp)
@@ -71,6 +74,11 @@ def create_app(config: WebConfig) -> Flask:
             continue
         module.register(app)
     return app
+
+
+def _store_unavailable(exc: StoreError) -> Any:
+    """A page whose history the time-series store cannot give now (the JSON API answers 503 itself)."""
+    return render_template("error.html", status=503, message=f"The history cannot be read now: {exc}"), 503
 
 
 def close_app(app: Flask) -> None:

@@ -13,7 +13,7 @@ from typing import Any
 from flask import Blueprint, g, jsonify, request
 
 from campus import contract
-from campus.errors import CampusError, PayloadError
+from campus.errors import CampusError, PayloadError, StoreError
 from dashboards.auth import audit, campus, login_required, may_command, may_see
 
 bp = Blueprint("api", __name__, url_prefix="/api")
@@ -38,7 +38,8 @@ def float_arg(name: str, default: float) -> float:
 
 @bp.errorhandler(CampusError)
 def _bad_request(exc: CampusError) -> Any:
-    return error(400, str(exc))
+    # A store that cannot answer is the server's trouble, not the caller's: 503, and a retry may work.
+    return error(503 if isinstance(exc, StoreError) else 400, str(exc))
 
 
 @bp.get("/health")

@@ -154,3 +154,37 @@ def test_the_documented_retention_and_downsampling_statements_run(influx: Influx
     assert "error" not in influx.influxql(f"{select} WHERE time >= {hour}s AND time < {hour + 7200}s GROUP BY {group}")
     rows = influx.influxql('SELECT "mean_co2_ppm" FROM "campus"."hourly_5y"."environment"')["series"][0]["values"]
     assert [row[1] for row in rows] == [402.5, 408.5]
+
+
+def test_dashboard_history_from_influxdb_and_503_while_it_is_down(tmp_path: Path, influx: InfluxDB) -> None:
+    from campus.contract import State
+    from central.ledger import Ledger
+    from dashboards import WebConfig, close_app, create_app
+
+    db = str(tmp_path / "central.db")
+    now = time.time()
+    devices = {"env": {"profile": "env-6in1-modbus", "kind": "environment", "status": "ok"},
+               "proj": {"profile": "projector-pjlink", "kind": "projector", "status": "ok"}}
+    ledger = Ledger(db)
+    ledger.record([], [("s1", "gw1", State(online=True, ts=now, room="101", devices=devices, interval=5))], [])
+    ledger.close()
+    open_store(influx.url).write([Sample("s1", "gw1", "env", "environment", now - 60 + i, {"co2_ppm": 700.0 + i})
+                                  for i in range(3)]
+                                 + [Sample("s1", "gw1", "proj", "projector", now - 3600, {"power": "on"})])
+    app = create_app(WebConfig(store_url=influx.url, db_path=db))
+    try:
+        reg = app.extensions["campus"]["registry"]
+        reg.add_user("fm", "fm-password", "facility")
+        client = app.test_client()
+        client.environ_base["HTTP_AUTHORIZATION"] = f"Bearer {reg.issue_token('fm')}"
+        got = client.get(f"/api/telemetry?gateway=gw1&device=env&metric=co2_ppm&start={now - 600}&end={now}")
+        assert got.status_code == 200
+        assert [v for _, v in got.get_json()["points"]] == [700.0, 701.0, 702.0]
+        assert "gw1" in client.get("/health/usage").get_data(as_text=True)
+        influx.stop()
+        down = client.get(f"/api/telemetry?gateway=gw1&device=env&metric=co2_ppm&start={now - 600}&end={now}")
+        assert down.status_code == 503 and "unreachable" in down.get_json()["error"]
+        page = client.get("/health/usage")
+        assert page.status_code == 503 and "The history cannot be read now" in page.get_data(as_text=True)
+    finally:
+        close_app(app)
