@@ -138,6 +138,8 @@ class Demo:
         from dashboards.server import serve
 
         started = time.monotonic()
+        store = open_store(self.store)
+        await asyncio.to_thread(store.check)  # a --store that cannot be reached is one line, before anything starts
         broker = None
         if self.external_mqtt:
             mqtt = self.external_mqtt
@@ -157,7 +159,7 @@ class Demo:
         # With the SQLite store the ledger shares its file; with a server store it gets its own.
         ledger_path = ledger_path_for(self.store, None if self.store.startswith("sqlite:")
                                       else f"sqlite:///{self.data_dir / 'ledger.db'}")
-        ingest = Ingest(parse_mqtt_url(mqtt), open_store(self.store), Ledger(ledger_path), name="demo-ingest")
+        ingest = Ingest(parse_mqtt_url(mqtt), store, Ledger(ledger_path), name="demo-ingest")
         await asyncio.to_thread(ingest.connect)
         ingest_stop = threading.Event()
         ingest_thread = threading.Thread(target=ingest.run, args=(ingest_stop,), name="ingest", daemon=True)

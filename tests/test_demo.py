@@ -70,11 +70,13 @@ def test_ingest_unreachable_broker_is_one_line(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("store", ["victoriametrics://127.0.0.1:{port}", "influxdb://127.0.0.1:{port}?bucket=campus"])
-def test_ingest_unreachable_store_is_one_line(tmp_path: Path, store: str) -> None:
+@pytest.mark.parametrize("command", ["ingest", "demo"])
+def test_unreachable_store_is_one_line(tmp_path: Path, store: str, command: str) -> None:
     store = store.format(port=free_port())
-    result = subprocess.run([sys.executable, "-m", "campus.cli", "ingest", "--mqtt", f"mqtt://127.0.0.1:{free_port()}",
-                             "--store", store, "--db", f"sqlite:///{tmp_path}/x.db"], capture_output=True, text=True,
-                            timeout=30)
+    args = (["--mqtt", f"mqtt://127.0.0.1:{free_port()}", "--db", f"sqlite:///{tmp_path}/x.db"] if command == "ingest"
+            else ["--data-dir", str(tmp_path / "demo"), "--duration", "5"])
+    result = subprocess.run([sys.executable, "-m", "campus.cli", command, "--store", store, *args], capture_output=True,
+                            text=True, timeout=30)
     assert result.returncode == 2
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("campus: error: ") and "unreachable" in lines[0], lines
