@@ -20,7 +20,7 @@ import pytest
 from campus.errors import StoreError
 from campus.net import free_port
 from central.store import Sample, open_store
-from central.store.influx import _version_before_1_8
+from central.store.influx import _refuses_the_data, _version_before_1_8
 from tests.e2e import Classroom, env_device, read_simulator
 from tests.servers import InfluxDB, Mosquitto, wait_until
 
@@ -80,6 +80,19 @@ def test_check_names_what_is_wrong(influx: InfluxDB) -> None:
                                           ("v2.7.4", False), ("2.7.4", False), ("3.0.1", False), ("", False)])
 def test_versions_without_the_v2_write_endpoint(version: str, old: bool) -> None:
     assert _version_before_1_8(version) is old
+
+
+@pytest.mark.parametrize("status, detail, data", [
+    (400, '{"error":"partial write: field type conflict: input field \\"temperature_c\\" ... dropped=1"}', True),
+    (400, "unable to parse 'environment,gateway=g co2_ppm=': missing field value", True),
+    (400, "cannot parse field value for \"co2_ppm\"", True),
+    (400, '{"error":"partial write: points beyond retention policy dropped=3"}', True),
+    (413, "Request Entity Too Large", True),
+    (400, '{"code":"invalid","message":"organization name \\"campsu\\" not found"}', False),
+    (401, "unauthorized access", False), (404, 'database not found: "campus"', False), (503, "", False),
+])
+def test_only_a_refusal_of_the_data_itself_leaves_samples_out(status: int, detail: str, data: bool) -> None:
+    assert _refuses_the_data(status, detail) is data
 
 
 def test_ingest_and_web_refuse_to_start_without_their_database(tmp_path: Path, influx: InfluxDB) -> None:

@@ -14,12 +14,13 @@ and timestamp instead of adding a point (run VictoriaMetrics with
 InfluxDB before 1.8 has no `/api/v2/write`; the store asks the server its
 version (`/ping`) and writes the same lines through the 1.x `/write`.
 
-A write the server refuses for what it carries (HTTP 400/413/422: a field
-type conflict, a line too long) is not retried as a whole, which would hold
-up ingest for ever: the batch is halved until the refused samples stand
+A write the server refuses for what it carries (HTTP 413, or 400/422 with
+a reason such as a field type conflict or a line it cannot parse: see
+`DATA_REFUSALS`) is not retried as a whole, which would hold up ingest for
+ever: the batch is halved until the refused samples stand
 alone; they are logged, counted and left out, everything else is stored
 (writes are idempotent, so the halves already stored cost nothing). Any
-other failure (server down, 5xx, wrong token, no such database) is a
+other failure (server down, 5xx, wrong token, no such database or org) is a
 `StoreError`, and ingest retries the batch without acknowledging it.
 
 Enumerated string metrics (power, error_*, muted) are written as their
@@ -60,7 +61,10 @@ log = logging.getLogger(__name__)
 
 RAW_WINDOW_S = 6 * 3600
 MAX_POINTS_PER_QUERY = 1000
-REFUSED_STATUSES = (400, 413, 422)  # the data, not the server: retrying the same lines cannot help
+# What a server says when it refuses lines for their content, so that retrying them cannot help. Any
+# other 4xx (an organisation, bucket or token the server does not know) is retried: a refusal that is
+# not recognised holds the batch up, loudly, rather than dropping a district's data.
+DATA_REFUSALS = ("partial write", "conflict", "unable to parse", "cannot parse", "parsing failed", "retention")
 _KINDS = (*contract.DEVICE_KINDS, "device")  # measurements; "device" for a kind ingest does not know yet
 
 
@@ -83,6 +87,11 @@ def _decode_value(metric: str, value: float | str) -> float | str:
 
 def _escape_label(value: str) -> str:
     return value.replace("\\", "\\\\").replace('"', '\\"')
+
+
+def _refuses_the_data(status: int, detail: str) -> bool:
+    """A 413 (too large: halves will do) or a 400/422 whose reason is one of `DATA_REFUSALS`."""
+    return status == 413 or (status in (400, 422) and any(r in detail.lower() for r in DATA_REFUSALS))
 
 
 def _influxql_string(value: str) -> str:
@@ -134,7 +143,7 @@ class InfluxPointStore:
                 return resp.read(), resp.headers
         except urllib.error.HTTPError as exc:
             detail = exc.read()[:300].decode(errors="replace").strip()
-            if body is not None and exc.code in REFUSED_STATUSES:
+            if body is not None and _refuses_the_data(exc.code, detail):
                 raise _Refused(detail) from None
             raise StoreError(f"{self.flavour} at {self.http}{path}: HTTP {exc.code} {detail}") from None
         except (urllib.error.URLError, OSError) as exc:
@@ -214,9 +223,10 @@ class InfluxPointStore:
         try:
             self.write_api.write(bucket=self.bucket, org=self.org, record=body, write_precision=WritePrecision.MS)
         except ApiException as exc:
-            if exc.status in REFUSED_STATUSES:
-                raise _Refused(f"HTTP {exc.status} {(exc.body or exc.reason or '')[:300]}") from None
-            raise StoreError(f"{self.flavour} at {self.http} refused the write: HTTP {exc.status} {exc.reason}") from None
+            detail = str(exc.body or exc.reason or "")[:300]
+            if _refuses_the_data(exc.status or 0, detail):
+                raise _Refused(f"HTTP {exc.status} {detail}") from None
+            raise StoreError(f"{self.flavour} at {self.http} refused the write: HTTP {exc.status} {detail}") from None
         except (HTTPError, OSError) as exc:
             raise StoreError(f"{self.flavour} at {self.http} unreachable: {exc}") from None
 
