@@ -33,7 +33,19 @@ from collections.abc import Iterable, Iterator
 from datetime import date, datetime, timedelta
 from typing import Any
 
-from flask import Blueprint, Flask, abort, flash, g, jsonify, redirect, render_template, request, url_for
+from flask import (
+    Blueprint,
+    Flask,
+    abort,
+    flash,
+    g,
+    jsonify,
+    make_response,
+    redirect,
+    render_template,
+    request,
+    url_for,
+)
 from sqlalchemy import select
 
 from campus import contract
@@ -311,16 +323,8 @@ def thresholds() -> Any:
 # ---------------------------------------------------------------- history charts
 
 
-@bp.get("/health/rooms/<gateway>")
-@login_required(roles=STAFF)
-def room(gateway: str) -> Any:
-    window = request.args.get("window", "24h")
-    if window not in WINDOWS:
-        return render_template("error.html", status=400, message="window must be 1h, 24h or 7d"), 400
-    data = board_data()
-    info = next((r for r in data["rooms"] if r["gateway"] == gateway), None)
-    if info is None:
-        return render_template("error.html", status=404, message=f"no gateway {gateway!r}"), 404
+def room_series(info: dict[str, Any]) -> list[dict[str, Any]]:
+    """The series a room's history shows (environment, occupancy, equipment power), with alarm limits."""
     rules = {r["kind"]: r for r in alarm_engine.list_rules(campus()["registry"]) if r["enabled"]}
     series: list[dict[str, Any]] = []
     kinds = {d["id"]: d["kind"] for d in info["devices"]}
@@ -343,6 +347,25 @@ def room(gateway: str) -> Any:
                            "label": kind.capitalize(), "unit": "", "type": "state", "limits": []})
     order = ("Environment", "Occupancy", "Equipment power")
     series.sort(key=lambda s: order.index(s["group"]))  # stable: devices keep their order within a group
+    return series
+
+
+def requested_room(gateway: str) -> tuple[dict[str, Any], str]:
+    """The room (as on the board) and the `window` of a history request; an error page for a bad one."""
+    window = request.args.get("window", "24h")
+    if window not in WINDOWS:
+        abort(make_response(render_template("error.html", status=400, message="window must be 1h, 24h or 7d"), 400))
+    info = next((r for r in board_data()["rooms"] if r["gateway"] == gateway), None)
+    if info is None:
+        abort(make_response(render_template("error.html", status=404, message=f"no gateway {gateway!r}"), 404))
+    return info, window
+
+
+@bp.get("/health/rooms/<gateway>")
+@login_required(roles=STAFF)
+def room(gateway: str) -> Any:
+    info, window = requested_room(gateway)
+    series = room_series(info)
     return render_template("health_room.html", room=info, window=window, windows=list(WINDOWS),
                            seconds=WINDOWS[window], series=series, max_gap=MAX_SAMPLE_GAP_S, tab="board")
 
