@@ -19,7 +19,7 @@ from flask import Flask, render_template
 from campus.errors import StoreError
 
 # Blueprints of the people-facing areas, imported when present.
-AREAS = ("dashboards.panel", "dashboards.health", "dashboards.provisioning")
+AREAS = ("dashboards.panel", "dashboards.health", "dashboards.history_csv", "dashboards.provisioning")
 
 
 @dataclass
