@@ -12,37 +12,17 @@ from pathlib import Path
 
 import pytest
 
-from campus.contract import State
-from central.ledger import Ledger, Sequenced
-from central.store.base import Sample
-from central.store.sqlite import SqlitePointStore
-from dashboards import WebConfig, close_app, create_app
+from dashboards import close_app
+from tests.apps import add_people, central_db, register_rooms, two_rooms, web_app
 
 NOW = time.time()
 
 
 @pytest.fixture
 def app(tmp_path: Path):
-    db = str(tmp_path / "central.db")
-    ledger, points = Ledger(db), SqlitePointStore(db)
-    devices = {"env": {"profile": "env-6in1-modbus", "kind": "environment", "status": "ok"},
-               "proj": {"profile": "projector-pjlink", "kind": "projector", "status": "ok"}}
-    for gw, room in (("gw-101", "101"), ("gw-102", "102")):
-        ledger.record([Sequenced("s1", gw, "env", 1, NOW - 5, values={"co2_ppm": 800}),
-                       Sequenced("s1", gw, "cards", 2, NOW - 4, event=("card_swipe", {"card": "ab"}))],
-                      [("s1", gw, State(online=True, ts=NOW, room=room, devices=devices, interval=5))], [])
-        points.write([Sample("s1", gw, "env", "environment", NOW - 5, {"co2_ppm": 800.0})])
-    ledger.close()
-    points.close()
-    app = create_app(WebConfig(store_url=f"sqlite:///{db}", db_path=db))
-    reg = app.extensions["campus"]["registry"]
-    for gw, room in (("gw-101", "101"), ("gw-102", "102")):
-        reg.register_gateway(gw, "s1", room, "A")
-    reg.add_user("boss", "boss-password", "admin")
-    reg.add_user("fm", "fm-password", "facility")
-    reg.add_user("teach", "teach-password", "teacher", rooms=[("s1", "101")])
-    app.tokens = {role: reg.issue_token(name) for role, name in
-                  (("admin", "boss"), ("facility", "fm"), ("teacher", "teach"))}
+    app = web_app(central_db(tmp_path, lambda ledger, points: two_rooms(ledger, points, NOW)))
+    register_rooms(app)
+    app.tokens = add_people(app)
     yield app
     close_app(app)
 

@@ -34,6 +34,7 @@ from central.registry import AlarmRule, Building, Schedule, ScheduleRun
 from central.store.base import Sample
 from central.store.sqlite import SqlitePointStore
 from dashboards import WebConfig, close_app, create_app, health
+from tests.apps import add_people, central_db, register_rooms, web_app
 from tests.servers import screenshot_path, wait_until
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -55,12 +56,7 @@ def power_points(gw: str, device: str, kind: str, start: float, stop: float, ste
     return pts + [Sample("s1", gw, device, kind, stop, {"power": "off"})]
 
 
-@pytest.fixture
-def app(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
-    monkeypatch.setenv("CAMPUS_ALARM_INTERVAL", "0")
-    monkeypatch.setenv("CAMPUS_SCHEDULE_INTERVAL", "0")
-    db = str(tmp_path / "central.db")
-    ledger, points = Ledger(db), SqlitePointStore(db)
+def _rooms_and_a_week(ledger: Ledger, points: SqlitePointStore) -> None:
     for gw, room in (("gw-101", "101"), ("gw-102", "102"), ("gw-201", "201")):
         ledger.record([Sequenced("s1", gw, "env", next(_seq), NOW - 5, values={"co2_ppm": 800, "temperature_c": 21}),
                        Sequenced("s1", gw, "proj", next(_seq), NOW - 4, values={"power": "on", "lamp_hours": 1200})],
@@ -71,18 +67,15 @@ def app(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     # A week of usage: the projector of 101 on Monday 08:00-10:00; the display of 102 left on Tuesday 21:00-01:00.
     points.write(power_points("gw-101", "proj", "projector", local(0, 8), local(0, 10)))
     points.write(power_points("gw-102", "display", "display", local(1, 21), local(2, 1), step=600))
-    ledger.close()
-    points.close()
-    app = create_app(WebConfig(store_url=f"sqlite:///{db}", db_path=db))
-    reg = app.extensions["campus"]["registry"]
-    for gw, room, building in (("gw-101", "101", "A"), ("gw-102", "102", "A"), ("gw-201", "201", "B")):
-        reg.register_gateway(gw, "s1", room, building)
-    reg.register_gateway("gw-901", "s2", "9", "Annex")
-    reg.add_user("boss", "boss-password", "admin")
-    reg.add_user("fm", "fm-password", "facility")
-    reg.add_user("teach", "teach-password", "teacher", rooms=[("s1", "101")])
-    app.tokens = {role: reg.issue_token(name) for role, name in
-                  (("admin", "boss"), ("facility", "fm"), ("teacher", "teach"))}
+
+
+@pytest.fixture
+def app(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    db = central_db(tmp_path, _rooms_and_a_week)
+    app = web_app(db, monkeypatch)
+    register_rooms(app, (("gw-101", "s1", "101", "A"), ("gw-102", "s1", "102", "A"), ("gw-201", "s1", "201", "B"),
+                         ("gw-901", "s2", "9", "Annex")))
+    app.tokens = add_people(app)
     app.db = db
     yield app
     close_app(app)

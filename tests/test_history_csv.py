@@ -14,7 +14,8 @@ from campus.contract import State
 from central.ledger import Ledger, Sequenced
 from central.store.base import Sample
 from central.store.sqlite import SqlitePointStore
-from dashboards import WebConfig, close_app, create_app
+from dashboards import close_app
+from tests.apps import PEOPLE, add_people, central_db, register_rooms, web_app
 
 NOW = time.time()
 DEVICES = {"env": {"profile": "env-6in1-modbus", "kind": "environment", "status": "ok"},
@@ -22,12 +23,7 @@ DEVICES = {"env": {"profile": "env-6in1-modbus", "kind": "environment", "status"
            "proj": {"profile": "projector-pjlink", "kind": "projector", "status": "ok"}}
 
 
-@pytest.fixture
-def app(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
-    monkeypatch.setenv("CAMPUS_ALARM_INTERVAL", "0")
-    monkeypatch.setenv("CAMPUS_SCHEDULE_INTERVAL", "0")
-    db = str(tmp_path / "central.db")
-    ledger, points = Ledger(db), SqlitePointStore(db)
+def _one_room(ledger: Ledger, points: SqlitePointStore) -> None:
     ledger.record([Sequenced("s1", "gw-101", "env", 1, NOW - 5, values={"co2_ppm": 800})],
                   [("s1", "gw-101", State(online=True, ts=NOW, room="101", devices=DEVICES))], [])
     points.write([Sample("s1", "gw-101", "env", "environment", NOW - 600 + 60 * i,
@@ -36,14 +32,13 @@ def app(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
                   Sample("s1", "gw-101", "proj", "projector", NOW - 540, {"power": "warming"}),
                   Sample("s1", "gw-101", "proj", "projector", NOW - 480, {"power": "on"}),
                   Sample("s1", "gw-101", "env", "environment", NOW - 2 * 86400, {"co2_ppm": 999.0})])  # a day too old
-    ledger.close()
-    points.close()
-    app = create_app(WebConfig(store_url=f"sqlite:///{db}", db_path=db))
-    reg = app.extensions["campus"]["registry"]
-    reg.register_gateway("gw-101", "s1", "101", "教学楼A")
-    reg.add_user("fm", "fm-password", "facility")
-    reg.add_user("teach", "teach-password", "teacher", rooms=[("s1", "101")])
-    app.tokens = {"facility": reg.issue_token("fm"), "teacher": reg.issue_token("teach")}
+
+
+@pytest.fixture
+def app(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    app = web_app(central_db(tmp_path, _one_room), monkeypatch)
+    register_rooms(app, (("gw-101", "s1", "101", "教学楼A"),))
+    app.tokens = add_people(app, {role: PEOPLE[role] for role in ("facility", "teacher")})
     yield app
     close_app(app)
 

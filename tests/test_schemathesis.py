@@ -8,7 +8,6 @@ on a real Mosquitto so that command requests go all the way through.
 from __future__ import annotations
 
 import itertools
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -17,14 +16,11 @@ import pytest
 from flask import Flask
 from hypothesis import HealthCheck, settings
 
-from campus.contract import State
 from campus.urls import parse_mqtt_url
 from central.commands import CommandService
-from central.ledger import Ledger, Sequenced
-from central.store.base import Sample
-from central.store.sqlite import SqlitePointStore
-from dashboards import WebConfig, close_app, create_app
+from dashboards import close_app
 from dashboards.auth import RateLimiter
+from tests.apps import PEOPLE, add_people, central_db, register_rooms, two_rooms, web_app
 from tests.servers import Mosquitto
 
 schemathesis = pytest.importorskip("schemathesis", reason="in the test extra: pip install -e '.[test]'")
@@ -53,29 +49,15 @@ def api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Api]:
     tmp = tmp_path_factory.mktemp("api")
     broker = Mosquitto(tmp / "mosquitto")
     broker.start()
-    db = str(tmp / "central.db")
-    ledger, points = Ledger(db), SqlitePointStore(db)
-    now = time.time()
-    devices = {"env": {"profile": "env-6in1-modbus", "kind": "environment", "status": "ok"},
-               "proj": {"profile": "projector-pjlink", "kind": "projector", "status": "ok"}}
-    for gw, room in (("gw-101", "101"), ("gw-102", "102")):
-        ledger.record([Sequenced("s1", gw, "env", 1, now - 5, values={"co2_ppm": 800}),
-                       Sequenced("s1", gw, "cards", 2, now - 4, event=("card_swipe", {"card": "ab"}))],
-                      [("s1", gw, State(online=True, ts=now, room=room, devices=devices, interval=5))], [])
-        points.write([Sample("s1", gw, "env", "environment", now - 5, {"co2_ppm": 800.0})])
-    ledger.close()
-    points.close()
-    app = create_app(WebConfig(store_url=f"sqlite:///{db}", db_path=db))
+    app = web_app(central_db(tmp, two_rooms))
     ext = app.extensions["campus"]
     ext["commands"] = QuickCommands(parse_mqtt_url(broker.url), ext["ledger"])
     ext["commands"].start()
     ext["command_limiter"] = RateLimiter(10**9)  # fuzz the command path, not the rate limit
-    reg = ext["registry"]
-    for gw, room in (("gw-101", "101"), ("gw-102", "102")):
-        reg.register_gateway(gw, "s1", room, "A")
-    reg.add_user("boss", "boss-password", "admin")
+    register_rooms(app)
+    tokens = add_people(app, {"admin": PEOPLE["admin"]})
     try:
-        yield Api(app, reg.issue_token("boss"))
+        yield Api(app, tokens["admin"])
     finally:
         close_app(app)
         broker.stop()

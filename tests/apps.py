@@ -1,0 +1,75 @@
+"""The web app on a real central database, as the dashboard tests build it.
+
+The database is filled through the calls ingest uses (`Ledger.record`,
+`SqlitePointStore.write`), the registry through its own methods; only the
+background alarm monitor and scheduler are left to each test (off unless
+it asks), so that a test decides when rules are evaluated.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from flask import Flask
+
+from campus.contract import State
+from central.ledger import Ledger, Sequenced
+from central.store.base import Sample
+from central.store.sqlite import SqlitePointStore
+from dashboards import WebConfig, create_app
+
+ENV_AND_PROJECTOR = {"env": {"profile": "env-6in1-modbus", "kind": "environment", "status": "ok"},
+                     "proj": {"profile": "projector-pjlink", "kind": "projector", "status": "ok"}}
+TWO_ROOMS = (("gw-101", "s1", "101", "A"), ("gw-102", "s1", "102", "A"))  # gateway, school, room, building
+PEOPLE = {"admin": ("boss", "boss-password", []), "facility": ("fm", "fm-password", []),
+          "teacher": ("teach", "teach-password", [("s1", "101")])}
+
+
+def central_db(tmp: Path, fill: Callable[[Ledger, SqlitePointStore], None]) -> str:
+    """A central database file in `tmp`, filled by `fill(ledger, points)`; its path."""
+    db = str(tmp / "central.db")
+    ledger, points = Ledger(db), SqlitePointStore(db)
+    try:
+        fill(ledger, points)
+    finally:
+        ledger.close()
+        points.close()
+    return db
+
+
+def two_rooms(ledger: Ledger, points: SqlitePointStore, now: float | None = None) -> None:
+    """gw-101 and gw-102 of school s1 online, each with a CO2 sample and a card swipe."""
+    now = time.time() if now is None else now
+    for gw, room in (("gw-101", "101"), ("gw-102", "102")):
+        ledger.record([Sequenced("s1", gw, "env", 1, now - 5, values={"co2_ppm": 800}),
+                       Sequenced("s1", gw, "cards", 2, now - 4, event=("card_swipe", {"card": "ab"}))],
+                      [("s1", gw, State(online=True, ts=now, room=room, devices=ENV_AND_PROJECTOR, interval=5))], [])
+        points.write([Sample("s1", gw, "env", "environment", now - 5, {"co2_ppm": 800.0})])
+
+
+def web_app(db: str, monkeypatch: pytest.MonkeyPatch | None = None, **config: object) -> Flask:
+    """`create_app` on that database; with `monkeypatch`, the alarm monitor and scheduler stay off."""
+    if monkeypatch is not None:
+        monkeypatch.setenv("CAMPUS_ALARM_INTERVAL", "0")
+        monkeypatch.setenv("CAMPUS_SCHEDULE_INTERVAL", "0")
+    return create_app(WebConfig(store_url=f"sqlite:///{db}", db_path=db, **config))  # type: ignore[arg-type]
+
+
+def add_people(app: Flask, people: dict[str, tuple[str, str, list[tuple[str, str]]]] | None = None) -> dict[str, str]:
+    """Accounts by role (name, password, rooms), default `PEOPLE`; an API token for each role."""
+    reg = app.extensions["campus"]["registry"]
+    tokens = {}
+    for role, (name, password, rooms) in (people or PEOPLE).items():
+        reg.add_user(name, password, role, rooms=rooms)
+        tokens[role] = reg.issue_token(name)
+    return tokens
+
+
+def register_rooms(app: Flask, rooms: tuple[tuple[str, str, str, str], ...] = TWO_ROOMS) -> None:
+    """Gateways in the registry as (gateway, school, room, building)."""
+    reg = app.extensions["campus"]["registry"]
+    for gateway, school, room, building in rooms:
+        reg.register_gateway(gateway, school, room, building)
