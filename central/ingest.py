@@ -13,16 +13,18 @@ restart of ingest loses nothing.
 from __future__ import annotations
 
 import logging
+import os
 import queue
+import socket
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 
 from campus import contract
 from campus.contract import CommandResult, Event, State, Telemetry
 from campus.errors import PayloadError, StoreError
 from campus.urls import MqttUrl
-from central.ledger import Ledger, Sequenced
+from central.ledger import WORKER_REPORT_S, Ledger, Sequenced
 from central.store import PointStore, Sample
 from central.subscriber import Delivery, Subscriber
 
@@ -64,6 +66,7 @@ class Ingest:
         self.linger_s = linger_s
         self.prune_seen_every_s = prune_seen_every_s
         self.stats = IngestStats()
+        self.started = time.time()
         # Chunks of deliveries as the network thread read them (one queue operation per chunk).
         self.inbox: queue.Queue[list[Delivery]] = queue.Queue()
         self._pending: list[Delivery] = []
@@ -113,13 +116,21 @@ class Ingest:
             if batch:
                 self._write_until_stored(batch, stop)
             now = time.monotonic()
-            if now - last_silence_check > 5:
+            if now - last_silence_check > WORKER_REPORT_S:
                 last_silence_check = now
                 self.ledger.mark_silent()
+                self._report()
             if prune_from is None and now - last_prune > self.prune_seen_every_s:
                 last_prune, prune_from = now, ""
             if prune_from is not None:  # a slice of gateways between two batches, not the district at once
                 prune_from = self._prune_seen(prune_from)
+
+    def _report(self) -> None:
+        """This worker's counters into the ledger, for `GET /api/ingest` (IT staff watching ingest)."""
+        try:
+            self.ledger.record_worker(self.name, socket.gethostname(), os.getpid(), self.started, asdict(self.stats))
+        except StoreError as exc:  # only the report: the next one may get through
+            log.warning("%s", exc)
 
     def _prune_seen(self, after: str) -> str | None:
         try:

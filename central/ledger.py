@@ -34,6 +34,7 @@ log = logging.getLogger(__name__)
 # `seen` at ~190 kB a gateway (19.4 bytes a row measured, docs/storage.md).
 # A message older than that counts as a duplicate, and is stored all the same.
 SEEN_KEEP = 10_000
+WORKER_REPORT_S = 5.0  # how often an ingest worker writes its counters; three missed reports: not running
 PRUNE_SLICE = 100  # gateways pruned in one transaction (~25 ms at 480 rows each)
 _SQL_PARAMS = 900  # seqs per look-up: under SQLite's oldest limit of 999 parameters per statement
 
@@ -75,6 +76,10 @@ CREATE TABLE IF NOT EXISTS seen (
     status TEXT NOT NULL, detail TEXT NOT NULL DEFAULT '', finished REAL
 );
 CREATE INDEX IF NOT EXISTS commands_created ON commands (created);
+CREATE TABLE IF NOT EXISTS ingest_workers (
+    name TEXT PRIMARY KEY, host TEXT NOT NULL, pid INTEGER NOT NULL, started REAL NOT NULL, updated REAL NOT NULL,
+    stats TEXT NOT NULL
+);
 CREATE TABLE IF NOT EXISTS latest (
     gateway TEXT NOT NULL, device TEXT NOT NULL, metric TEXT NOT NULL, ts REAL NOT NULL, value TEXT NOT NULL,
     PRIMARY KEY (gateway, device, metric)
@@ -298,6 +303,23 @@ class Ledger(PerThreadConnection):
         return [r[0] for r in rows]
 
     # ------------------------------------------------------------ read side
+
+    def record_worker(self, name: str, host: str, pid: int, started: float, stats: dict[str, Any],
+                      now: float | None = None) -> None:
+        """An ingest worker's counters since it started (one row per worker name, replaced each report)."""
+        try:
+            self.db.execute("INSERT OR REPLACE INTO ingest_workers VALUES (?, ?, ?, ?, ?, ?)",
+                            (name, host, pid, started, time.time() if now is None else now, json.dumps(stats)))
+        except sqlite3.Error as exc:
+            raise StoreError(f"{self.path}: cannot record ingest worker {name!r}: {exc}") from None
+
+    def workers(self, now: float | None = None) -> list[dict[str, Any]]:
+        """Every ingest worker that ever reported, with `running` (reported within three intervals)."""
+        now = time.time() if now is None else now
+        rows = self.db.execute("SELECT name, host, pid, started, updated, stats FROM ingest_workers ORDER BY name")
+        return [{"name": name, "host": host, "pid": pid, "started": started, "updated": updated,
+                 "running": now - updated < 3 * WORKER_REPORT_S, **json.loads(stats)}
+                for name, host, pid, started, updated, stats in rows]
 
     def _gateway_rows(self, gateway: str | None = None) -> list[tuple[dict[str, Any], dict[str, Any]]]:
         """Each gateway (or just `gateway`) as the API shows it, with its last `state`, in one query."""

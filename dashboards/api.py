@@ -147,6 +147,14 @@ def get_command(cid: str) -> Any:
     return jsonify(record)
 
 
+@bp.get("/ingest")
+@login_required(roles=("admin", "facility"))
+def ingest_workers() -> Any:
+    """Every ingest worker's counters (messages, stored, duplicates, rejected, refused by the store, store
+    errors and the last one) and whether it still reports."""
+    return jsonify(campus()["ledger"].workers())
+
+
 @bp.get("/audit")
 @login_required(roles=("admin",))
 def audit_trail() -> Any:

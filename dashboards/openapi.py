@@ -75,6 +75,9 @@ def document() -> dict[str, Any]:
                                        "open alarms (facility, admin)", [("school", "query", False),
                                                                          ("building", "query", False),
                                                                          ("problem", "query", False)], obj)},
+            "/api/ingest": {"get": _get("Ingest workers: counters since each started (messages, stored, duplicates, "
+                                        "rejected, refused_by_store, store_errors, last_error), running (facility, "
+                                        "admin)", schema=arr)},
             "/api/audit": {"get": _get("Audit trail: logins, refusals, commands (admin)", schema=arr)},
             "/api/openapi.json": {"get": _get("This document", auth=False)},
         },

@@ -151,3 +151,14 @@ def test_audit_records_are_json(app) -> None:
     trail = call(app, "GET", "/api/audit", "admin").get_json()
     assert trail and json.dumps(trail)
     assert any(r["action"] == "refused" and "401" in r["detail"] for r in trail)
+
+
+def test_ingest_workers_for_staff_only(app) -> None:
+    app.extensions["campus"]["ledger"].record_worker("ingest-0", "central", 4242, NOW - 60,
+                                                     {"messages": 10, "stored": 9, "rejected": 1})
+    for role in ("admin", "facility"):
+        workers = call(app, "GET", "/api/ingest", role).get_json()
+        assert [(w["name"], w["pid"], w["stored"], w["rejected"], w["running"]) for w in workers] == [
+            ("ingest-0", 4242, 9, 1, True)]
+    assert call(app, "GET", "/api/ingest", "teacher").status_code == 403
+    assert call(app, "GET", "/api/ingest").status_code == 401

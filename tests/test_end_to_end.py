@@ -8,6 +8,7 @@ from pathlib import Path
 
 from campus import contract
 from campus.contract import Telemetry
+from campus.errors import PayloadError
 from campus.net import free_port, wait_for_port
 from dashboards import WebConfig, create_app
 from tests.e2e import StoreView, env_device, ingest_with_publisher, read_simulator, write_gateway_config
@@ -74,3 +75,16 @@ def test_garbage_does_not_stop_ingest_and_every_valid_message_is_stored(tmp_path
         stored = view.points.query("gwx", "env", "co2_ppm", 1000, 2000)
         assert [v for _, v in stored] == list(range(2, 202))
         assert "rejected message" in ingest.output()
+        # The worker's own counters reach the ledger (GET /api/ingest) from its process. The
+        # "nonsense" topic is outside ingest's subscriptions: the broker never hands it over.
+        rejected = 0
+        for i in range(2, 202):
+            try:
+                Telemetry.decode(garbage[i % len(garbage)])
+            except PayloadError:
+                rejected += 1
+        assert rejected > 150
+        worker = wait_until(lambda: next((w for w in view.ledger.workers() if w["stored"] == sent), None), 30,
+                            message=f"the worker's report of {sent} stored")
+        assert worker["running"] and worker["rejected"] == rejected and worker["store_errors"] == 0
+        assert worker["pid"] == ingest.proc.pid

@@ -281,3 +281,20 @@ def _presence_db(factory: pytest.TempPathFactory, _made: list[Path] = []) -> Pat
     if not _made:
         _made.append(factory.mktemp("presence") / "c.db")
     return _made[0]
+
+
+def test_ingest_workers_report_and_go_stale(tmp_path: Path) -> None:
+    from central.ledger import WORKER_REPORT_S
+
+    ledger = Ledger(str(tmp_path / "c.db"))
+    ledger.record_worker("ingest-1", "host-a", 101, 1000.0, {"messages": 5, "stored": 4, "rejected": 1}, now=1010.0)
+    ledger.record_worker("ingest-0", "host-a", 100, 1000.0, {"messages": 1, "stored": 1, "rejected": 0}, now=1010.0)
+    ledger.record_worker("ingest-1", "host-b", 102, 1005.0, {"messages": 9, "stored": 9, "rejected": 0}, now=1012.0)
+    assert ledger.workers(now=1012.0) == [
+        {"name": "ingest-0", "host": "host-a", "pid": 100, "started": 1000.0, "updated": 1010.0, "running": True,
+         "messages": 1, "stored": 1, "rejected": 0},
+        {"name": "ingest-1", "host": "host-b", "pid": 102, "started": 1005.0, "updated": 1012.0, "running": True,
+         "messages": 9, "stored": 9, "rejected": 0}]
+    later = ledger.workers(now=1010.0 + 3 * WORKER_REPORT_S)
+    assert [w["running"] for w in later] == [False, True]
+    ledger.close()
