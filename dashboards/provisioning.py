@@ -15,6 +15,7 @@ change is written to the audit trail, refusals and failures too):
 - `POST /provisioning/push`: push every gateway whose changes are not pushed.
 - `GET|POST /provisioning/places`: schools, buildings and rooms.
 - `GET|POST /provisioning/import`: CSV upload (format: central/provisioning.py).
+- `GET  /provisioning/ingest`: the ingest workers' counters and whether they still report.
 - `GET|POST /provisioning/broker`: write the Mosquitto passwd/acl/conf to the
   configured directory (`WebConfig.broker_config_dir` if the app has one, else
   $CAMPUS_BROKER_CONFIG_DIR), or download them as a zip.
@@ -417,6 +418,13 @@ def example_csv() -> Any:
 
 
 # ---------------------------------------------------------------- broker files
+
+
+@bp.get("/ingest")
+@login_required(roles=ADMIN)
+def ingest() -> Any:
+    """The central ingest workers as they last reported (GET /api/ingest has the same, as JSON)."""
+    return render_template("prov_ingest.html", tab="ingest", workers=campus()["ledger"].workers())
 
 
 @bp.route("/broker", methods=["GET", "POST"])

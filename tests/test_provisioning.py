@@ -34,6 +34,7 @@ from dashboards import WebConfig, close_app, create_app
 from edge_agent.config import load_gateway_config
 
 PAGES = ["/provisioning/gateways", "/provisioning/places", "/provisioning/import", "/provisioning/broker",
+         "/provisioning/ingest",
          "/provisioning/gateways/gw-101", "/provisioning/gateways/gw-101/config.yaml",
          "/provisioning/import/example.csv"]
 
@@ -455,3 +456,24 @@ def test_card_secret_is_one_per_school_and_stays(app) -> None:
         assert reopened.card_secret("s1") == first
     finally:
         reopened.close()
+
+
+def test_ingest_page_shows_each_worker_and_which_stopped_reporting(app) -> None:
+    import time
+
+    admin = login(app, "boss", "boss-password")
+    assert "No ingest worker has reported yet" in admin.get("/provisioning/ingest").get_data(as_text=True)
+    ledger = app.extensions["campus"]["ledger"]
+    now = time.time()
+    ledger.record_worker("ingest-a", "central-1", 111, now - 3600,
+                         {"messages": 12345, "stored": 12000, "duplicates": 340, "rejected": 5, "refused_by_store": 2,
+                          "store_errors": 3, "last_error": "victoriametrics at http://tsdb:8428 unreachable"}, now=now)
+    ledger.record_worker("ingest-b", "central-2", 222, now - 7200,
+                         {"messages": 1, "stored": 1, "duplicates": 0, "rejected": 0, "refused_by_store": 0,
+                          "store_errors": 0, "last_error": ""}, now=now - 600)
+    html = admin.get("/provisioning/ingest").get_data(as_text=True)
+    row_a = html.split('data-worker="ingest-a"')[1].split("</tr>")[0]
+    row_b = html.split('data-worker="ingest-b"')[1].split("</tr>")[0]
+    assert "central-1 / 111" in row_a and ">running<" in row_a and "12345" in row_a and "12000" in row_a
+    assert "unreachable" in row_a
+    assert ">stopped<" in row_b
