@@ -10,7 +10,7 @@ import math
 import time
 from typing import Any
 
-from flask import Blueprint, g, jsonify, request
+from flask import Blueprint, Response, g, jsonify, request
 
 from campus import contract
 from campus.errors import CampusError, PayloadError, StoreError
@@ -153,6 +153,14 @@ def ingest_workers() -> Any:
     """Every ingest worker's counters (messages, stored, duplicates, rejected, refused by the store, store
     errors and the last one) and whether it still reports."""
     return jsonify(campus()["ledger"].workers())
+
+
+@bp.get("/metrics")
+@login_required(roles=("admin", "facility"))
+def metrics() -> Any:
+    from dashboards.prometheus import CONTENT_TYPE, exposition
+
+    return Response(exposition(campus()["ledger"]), content_type=CONTENT_TYPE)
 
 
 @bp.get("/audit")

@@ -45,6 +45,9 @@ def document() -> dict[str, Any]:
                   "JSON, on every change; a `: keepalive` comment every 15 s)", [("gateway", "path", True)])
     stream["responses"]["200"] = {"description": "an open text/event-stream",
                                   "content": {"text/event-stream": {"schema": {"type": "string"}}}}
+    metrics = _get("Gateways, devices and ingest workers in the Prometheus text format 0.0.4, for scraping "
+                   "with a bearer token (facility, admin)")
+    metrics["responses"]["200"] = {"description": "metrics", "content": {"text/plain": {"schema": {"type": "string"}}}}
     ack = _get("Acknowledge an alarm: records who and when (facility, admin)", [("aid", "path", True)], obj)
     ack["responses"]["404"] = {"description": "no such alarm"}
     return {
@@ -78,6 +81,7 @@ def document() -> dict[str, Any]:
             "/api/ingest": {"get": _get("Ingest workers: counters since each started (messages, stored, duplicates, "
                                         "rejected, refused_by_store, store_errors, last_error), running (facility, "
                                         "admin)", schema=arr)},
+            "/api/metrics": {"get": metrics},
             "/api/audit": {"get": _get("Audit trail: logins, refusals, commands (admin)", schema=arr)},
             "/api/openapi.json": {"get": _get("This document", auth=False)},
         },
