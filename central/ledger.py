@@ -302,8 +302,6 @@ class Ledger(PerThreadConnection):
                 self.db.executemany("UPDATE gateways SET online = 0 WHERE id = ?", rows)
         return [r[0] for r in rows]
 
-    # ------------------------------------------------------------ read side
-
     def record_worker(self, name: str, host: str, pid: int, started: float, stats: dict[str, Any],
                       now: float | None = None) -> None:
         """An ingest worker's counters since it started (one row per worker name, replaced each report)."""
@@ -312,6 +310,8 @@ class Ledger(PerThreadConnection):
                             (name, host, pid, started, time.time() if now is None else now, json.dumps(stats)))
         except sqlite3.Error as exc:
             raise StoreError(f"{self.path}: cannot record ingest worker {name!r}: {exc}") from None
+
+    # ------------------------------------------------------------ read side
 
     def workers(self, now: float | None = None) -> list[dict[str, Any]]:
         """Every ingest worker that ever reported, with `running` (reported within three intervals)."""

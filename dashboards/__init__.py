@@ -77,8 +77,8 @@ def create_app(config: WebConfig) -> Flask:
 
 
 def _store_unavailable(exc: StoreError) -> Any:
-    """A page whose history the time-series store cannot give now (the JSON API answers 503 itself)."""
-    return render_template("error.html", status=503, message=f"The history cannot be read now: {exc}"), 503
+    """A page the time-series store or the central database cannot serve now (the JSON API answers 503 itself)."""
+    return render_template("error.html", status=503, message=f"This cannot be read now, try again soon: {exc}"), 503
 
 
 def close_app(app: Flask) -> None:

@@ -198,6 +198,6 @@ def test_dashboard_history_from_influxdb_and_503_while_it_is_down(tmp_path: Path
         down = client.get(f"/api/telemetry?gateway=gw1&device=env&metric=co2_ppm&start={now - 600}&end={now}")
         assert down.status_code == 503 and "unreachable" in down.get_json()["error"]
         page = client.get("/health/usage")
-        assert page.status_code == 503 and "The history cannot be read now" in page.get_data(as_text=True)
+        assert page.status_code == 503 and "This cannot be read now" in page.get_data(as_text=True)
     finally:
         close_app(app)
