@@ -143,9 +143,11 @@ class InfluxDB(ServerProcess):
 
     stop_timeout = 15.0
 
-    def __init__(self, workdir: Path, database: str = "campus") -> None:
+    def __init__(self, workdir: Path, database: str = "campus", admin_password: str | None = None) -> None:
+        """With `admin_password`, authentication is on and the first user, `admin`, has that password."""
         self.workdir = workdir
         self.database = database
+        self.admin_password = admin_password
         self.port = free_port()
         self.proc: subprocess.Popen[bytes] | None = None
         self.conf = workdir / "influxdb.conf"
@@ -156,6 +158,7 @@ class InfluxDB(ServerProcess):
             f'[data]\n  dir = "{workdir}/influx-data"\n  wal-dir = "{workdir}/influx-wal"\n'
             "  query-log-enabled = false\n"
             f'[http]\n  bind-address = "127.0.0.1:{self.port}"\n  log-enabled = false\n'
+            f"  auth-enabled = {'true' if admin_password else 'false'}\n"
             "[monitor]\n  store-enabled = false\n")
 
     @property
@@ -166,12 +169,16 @@ class InfluxDB(ServerProcess):
         self.log = open(self.workdir / "influxd.log", "ab")  # noqa: SIM115
         self.proc = subprocess.Popen([INFLUXD, "run", "-config", str(self.conf)], stdout=self.log, stderr=self.log)
         wait_for_port("127.0.0.1", self.port, timeout=20)
+        if self.admin_password:  # with authentication on, InfluxDB 1.x lets anyone create the first admin only
+            self.influxql(f"CREATE USER admin WITH PASSWORD '{self.admin_password}' WITH ALL PRIVILEGES", auth=False)
         self.influxql(f'CREATE DATABASE "{self.database}"')  # idempotent
 
-    def influxql(self, statement: str) -> dict[str, Any]:
+    def influxql(self, statement: str, auth: bool = True) -> dict[str, Any]:
         """Run one statement over the server's own HTTP API (set-up and checks, not the code under test)."""
         body = urllib.parse.urlencode({"q": statement, "db": self.database, "epoch": "ms"}).encode()
-        with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/query", data=body, timeout=10) as resp:
+        credentials = urllib.parse.urlencode({"u": "admin", "p": self.admin_password or ""})  # read from the URL only
+        url = f"http://127.0.0.1:{self.port}/query" + (f"?{credentials}" if auth and self.admin_password else "")
+        with urllib.request.urlopen(url, data=body, timeout=10) as resp:
             return json.loads(resp.read())["results"][0]
 
 

@@ -201,3 +201,23 @@ def test_dashboard_history_from_influxdb_and_503_while_it_is_down(tmp_path: Path
         assert page.status_code == 503 and "This cannot be read now" in page.get_data(as_text=True)
     finally:
         close_app(app)
+
+
+def test_influxdb_1x_with_authentication(tmp_path: Path) -> None:
+    """`token=USER:PASSWORD` for a 1.x before 1.8 (no tokens there): HTTP Basic on writes and queries."""
+    server = InfluxDB(tmp_path, admin_password="s3cret-pw")
+    server.start()
+    try:
+        store = open_store(f"{server.url}&token=admin:s3cret-pw")
+        store.check()
+        assert store.write([Sample("s1", "gw1", "env", "environment", 1000.0, {"co2_ppm": 612.0})]) == 0
+        assert store.query("gw1", "env", "co2_ppm", 999, 1001) == [(1000.0, 612.0)]
+        for token in ("&token=admin:wrong", ""):
+            with pytest.raises(StoreError, match="HTTP 401"):
+                open_store(f"{server.url}{token}").check()
+            with pytest.raises(StoreError, match="HTTP 401"):
+                open_store(f"{server.url}{token}").write([Sample("s1", "gw1", "env", "environment", 1001.0,
+                                                                  {"co2_ppm": 1.0})])
+        assert store.query("gw1", "env", "co2_ppm", 999, 1002) == [(1000.0, 612.0)]  # nothing written unauthorized
+    finally:
+        server.stop()
