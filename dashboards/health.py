@@ -14,7 +14,7 @@ anonymous users the login page):
 * `/health/usage` projector and display on-hours per room per week, and
   hours on at night (22:00-06:00, local time): displays left on.
 * `/health/schedules` timed actions (e.g. everything off at 22:00 on school
-  days) and the per-device results of each run.
+  days) and the per-device results of each run (dashboards/health_schedules.py).
 
 JSON: `GET /api/alarms`, `POST /api/alarms/<id>/ack`, `GET /api/board`.
 `register(app)` also starts the alarm monitor and the scheduler threads
@@ -51,7 +51,7 @@ from sqlalchemy import select
 from campus import contract
 from central import alarms as alarm_engine
 from central import schedules as sched
-from central.registry import Building, Device, Schedule, School
+from central.registry import Building, Device, School
 from dashboards.auth import add_nav, audit, campus, login_required
 
 log = logging.getLogger(__name__)
@@ -72,6 +72,8 @@ ENV_METRICS = (("temperature_c", "Temperature", "°C"), ("co2_ppm", "CO2", "ppm"
 
 def register(app: Flask) -> None:
     """Blueprint, top-bar links, and the background alarm monitor and scheduler."""
+    from dashboards import health_schedules  # noqa: F401 - its pages are routes of `bp`, added on import
+
     app.register_blueprint(bp)
     add_nav(app, "Equipment", "health.board", STAFF)
     add_nav(app, "Alarms", "health.alarms", STAFF)
@@ -106,7 +108,7 @@ def _fmt_time(ts: float | None, fmt: str = "%a %d %b %H:%M:%S") -> str:
     return datetime.fromtimestamp(ts).strftime(fmt) if ts else "—"
 
 
-def _id(raw: str | None) -> int | None:
+def db_id(raw: str | None) -> int | None:
     """A database id typed in a URL or form: plain ASCII digits, small enough for the database."""
     return int(raw) if raw and re.fullmatch(r"[0-9]{1,12}", raw) else None
 
@@ -118,7 +120,7 @@ def _json_error(status: int, message: str) -> Any:
 # ---------------------------------------------------------------- the board
 
 
-def _places_and_filters() -> tuple[dict[str, dict[str, Any]], list[str], list[dict[str, Any]]]:
+def places_and_filters() -> tuple[dict[str, dict[str, Any]], list[str], list[dict[str, Any]]]:
     reg = campus()["registry"]
     places = alarm_engine.gateway_places(reg)
     with reg.session() as s:
@@ -130,7 +132,7 @@ def _places_and_filters() -> tuple[dict[str, dict[str, Any]], list[str], list[di
 
 def _room_sort_key(room: dict[str, Any]) -> tuple[Any, ...]:
     name = room["room"] or ""
-    return (room["school"], room["building"], (0, int(name), "") if _id(name) is not None else (1, 0, name),
+    return (room["school"], room["building"], (0, int(name), "") if db_id(name) is not None else (1, 0, name),
             room["gateway"])
 
 
@@ -139,7 +141,7 @@ def board_data(school: str | None = None, building: int | None = None,
     """Every room (gateway) with its devices, status, last seen and open alarms, filtered."""
     ext = campus()
     reg, ledger = ext["registry"], ext["ledger"]
-    places, _schools, _buildings = _places_and_filters()
+    places, _schools, _buildings = places_and_filters()
     gateways = {gw["id"]: gw for gw in ledger.gateways()}
     latest = ledger.latest()
     seen = alarm_engine.device_last_seen(ledger)
@@ -196,18 +198,18 @@ def board_data(school: str | None = None, building: int | None = None,
 def _filters(args: Any) -> tuple[str | None, int | None, str | None]:
     school = args.get("school") or None
     raw_building = args.get("building") or ""
-    if raw_building and _id(raw_building) is None:
+    if raw_building and db_id(raw_building) is None:
         raise ValueError("building must be a building id")
     problem = args.get("problem") or None
     if problem not in (None, "any", *PROBLEMS):
         raise ValueError(f"problem must be one of any, {', '.join(PROBLEMS)}")
-    return school, _id(raw_building), problem
+    return school, db_id(raw_building), problem
 
 
 @bp.get("/health/")
 @login_required(roles=STAFF)
 def board() -> Any:
-    _places, schools, buildings = _places_and_filters()
+    _places, schools, buildings = places_and_filters()
     try:
         school, building, problem = _filters(request.args)
     except ValueError as exc:
@@ -242,7 +244,7 @@ def api_alarms() -> Any:
     if state not in ("open", "history", "all"):
         return _json_error(400, "state must be open, history or all")
     raw_limit = request.args.get("limit", "200")
-    limit = _id(raw_limit)
+    limit = db_id(raw_limit)
     if limit is None or not 1 <= limit <= 2000:
         return _json_error(400, "limit must be a whole number from 1 to 2000")
     gateway = request.args.get("gateway") or None
@@ -250,7 +252,7 @@ def api_alarms() -> Any:
 
 
 def _ack(raw_id: str) -> tuple[dict[str, Any] | None, str]:
-    alarm_id = _id(raw_id)
+    alarm_id = db_id(raw_id)
     if alarm_id is None:
         return None, "no such alarm"
     result = alarm_engine.acknowledge(campus()["registry"], alarm_id, g.user["user"])
@@ -294,7 +296,7 @@ def thresholds() -> Any:
     status = 200
     if request.method == "POST":
         raw_id = request.form.get("rule_id", "")
-        rule_id = _id(raw_id) or -1
+        rule_id = db_id(raw_id) or -1
         spec = next((r for r in alarm_engine.list_rules(reg) if r["id"] == rule_id), None)
         if spec is None:
             abort(404, "no such alarm rule")
@@ -512,153 +514,3 @@ def usage() -> Any:
 def _week_id(d: date) -> str:
     iso = d.isocalendar()
     return f"{iso[0]}-W{iso[1]:02d}"
-
-
-# ---------------------------------------------------------------- schedules
-
-
-def _schedule_page(form_values: dict[str, Any] | None = None, error: str = "", status: int = 200) -> Any:
-    reg = campus()["registry"]
-    _places, schools, buildings = _places_and_filters()
-    names = {b["id"]: b["name"] for b in buildings}
-    now_local = datetime.now().astimezone()
-    with reg.session() as s:
-        rows = list(s.scalars(select(Schedule).order_by(Schedule.at, Schedule.id)))
-    last_runs: dict[int, dict[str, Any]] = {}
-    for run_ in sched.runs(reg, limit=500):
-        last_runs.setdefault(run_["schedule_id"], run_)
-    items = []
-    for row in rows:
-        item = sched.schedule_dict(row, names)
-        nxt = sched.next_run(row, now_local)
-        item["next_run"] = nxt.timestamp() if nxt else None
-        last = last_runs.get(row.id)
-        item["last_summary"] = sched.summarise(_live(last["results"])) if last else ""
-        items.append(item)
-    return render_template("health_schedules.html", schedules=items, schools=schools, buildings=buildings,
-                           form=form_values or {"days": sched.SCHOOL_DAYS, "at": "22:00", "action": "power_off",
-                                                "kinds": "display,projector", "enabled": True},
-                           error=error, days=sched.DAYS, actions=sched.SCHEDULE_ACTIONS, kinds=sched.SCHEDULE_KINDS,
-                           tab="schedules"), status
-
-
-def _form_values() -> dict[str, Any]:
-    return {"name": request.form.get("name", ""), "at": request.form.get("at", ""),
-            "days": ",".join(request.form.getlist("days")), "action": request.form.get("action", ""),
-            "kinds": ",".join(request.form.getlist("kinds")), "school_id": request.form.get("school_id", ""),
-            "building_id": request.form.get("building_id", ""), "enabled": request.form.get("enabled") == "on"}
-
-
-def _live(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """A run's results with pending commands looked up again (they may have finished since)."""
-    ledger = campus()["ledger"]
-    out = []
-    for r in results:
-        r = dict(r)
-        if r.get("status") == "pending" and r.get("command"):
-            record = ledger.command(r["command"])
-            if record and record["status"] != "pending":
-                r["status"], r["detail"] = record["status"], record["detail"] or f"later: {record['status']}"
-        out.append(r)
-    return out
-
-
-@bp.get("/health/schedules")
-@login_required(roles=STAFF)
-def schedules() -> Any:
-    return _schedule_page()
-
-
-@bp.post("/health/schedules")
-@login_required(roles=STAFF)
-def create_schedule() -> Any:
-    values = _form_values()
-    try:
-        fields = sched.validate(values, campus()["registry"])
-    except sched.ScheduleError as exc:
-        return _schedule_page(values, str(exc), 400)
-    with campus()["registry"].session() as s:
-        row = Schedule(**fields)
-        s.add(row)
-        s.flush()
-        sid = row.id
-    audit("schedule", f"created #{sid} {fields}")
-    flash(f"Schedule “{fields['name']}” created.")
-    return redirect(url_for("health.schedules"))
-
-
-def _get_schedule(sid: str) -> Schedule:
-    schedule_id = _id(sid)
-    if schedule_id is None:
-        abort(404, "no such schedule")
-    with campus()["registry"].session() as s:
-        row = s.get(Schedule, schedule_id)
-    if row is None:
-        abort(404, "no such schedule")
-    return row
-
-
-@bp.get("/health/schedules/<sid>")
-@login_required(roles=STAFF)
-def schedule(sid: str) -> Any:
-    return _one_schedule(_get_schedule(sid))
-
-
-def _one_schedule(row: Schedule, form_values: dict[str, Any] | None = None, error: str = "",
-                  status: int = 200) -> Any:
-    reg = campus()["registry"]
-    _places, schools, buildings = _places_and_filters()
-    item = sched.schedule_dict(row, {b["id"]: b["name"] for b in buildings})
-    nxt = sched.next_run(row, datetime.now().astimezone())
-    item["next_run"] = nxt.timestamp() if nxt else None
-    history = [{**r, "results": _live(r["results"])} for r in sched.runs(reg, row.id, limit=30)]
-    for r in history:
-        r["summary"] = sched.summarise(r["results"])
-    form = form_values or {**item, "school_id": item["school_id"] or "", "building_id": item["building_id"] or ""}
-    return render_template("health_schedule.html", schedule=item, runs=history, form=form, error=error,
-                           schools=schools, buildings=buildings, days=sched.DAYS, actions=sched.SCHEDULE_ACTIONS,
-                           kinds=sched.SCHEDULE_KINDS, tab="schedules"), status
-
-
-@bp.post("/health/schedules/<sid>")
-@login_required(roles=STAFF)
-def edit_schedule(sid: str) -> Any:
-    row = _get_schedule(sid)
-    values = _form_values()
-    try:
-        fields = sched.validate(values, campus()["registry"])
-    except sched.ScheduleError as exc:
-        return _one_schedule(row, values, str(exc), 400)
-    with campus()["registry"].session() as s:
-        stored = s.get(Schedule, row.id)
-        before = sched.schedule_dict(stored)
-        for k, v in fields.items():
-            setattr(stored, k, v)
-    audit("schedule", f"edited #{row.id}: {before} -> {fields}")
-    flash(f"Schedule “{fields['name']}” saved.")
-    return redirect(url_for("health.schedule", sid=row.id))
-
-
-@bp.post("/health/schedules/<sid>/enabled")
-@login_required(roles=STAFF)
-def toggle_schedule(sid: str) -> Any:
-    row = _get_schedule(sid)
-    enabled = request.form.get("enabled") == "on"
-    with campus()["registry"].session() as s:
-        s.get(Schedule, row.id).enabled = enabled
-    audit("schedule", f"{'enabled' if enabled else 'disabled'} #{row.id} {row.name}")
-    flash(f"Schedule “{row.name}” {'enabled' if enabled else 'disabled'}.")
-    return redirect(request.form.get("back") if request.form.get("back", "").startswith("/health/")
-                    else url_for("health.schedules"))
-
-
-@bp.post("/health/schedules/<sid>/run")
-@login_required(roles=("admin",))
-def run_schedule(sid: str) -> Any:
-    """Run a schedule now (admin: it switches equipment, which facility managers do not do by hand)."""
-    row = _get_schedule(sid)
-    ext = campus()
-    result = sched.run(row, ext["registry"], ext["ledger"], ext["commands"], by=g.user["user"])
-    audit("schedule", f"ran #{row.id} {row.name} now: {sched.summarise(result['results']) or 'no devices'}")
-    flash(f"Ran “{row.name}”: {sched.summarise(result['results']) or 'no matching devices'}.")
-    return redirect(url_for("health.schedule", sid=row.id))

@@ -1,0 +1,171 @@
+"""The schedule pages of the equipment-health area: timed actions and the results of each run.
+
+`/health/schedules` lists the schedules (e.g. every display and projector of
+a building off at 22:00 on school days) with their next and last run,
+creates one; `/health/schedules/<id>` edits one, enables or disables it,
+and shows each run's per-device results (a pending command looked up again,
+it may have finished since); admins may run one now. Routes of the health
+blueprint (roles `facility` and `admin`), so their endpoints are
+`health.schedules`, `health.schedule`, ...; the scheduler thread that runs
+them on time is started by `dashboards.health.register`.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from flask import abort, flash, g, redirect, render_template, request, url_for
+from sqlalchemy import select
+
+from central import schedules as sched
+from central.registry import Schedule
+from dashboards.auth import audit, campus, login_required
+from dashboards.health import STAFF, bp, db_id, places_and_filters
+
+
+def _schedule_page(form_values: dict[str, Any] | None = None, error: str = "", status: int = 200) -> Any:
+    reg = campus()["registry"]
+    _places, schools, buildings = places_and_filters()
+    names = {b["id"]: b["name"] for b in buildings}
+    now_local = datetime.now().astimezone()
+    with reg.session() as s:
+        rows = list(s.scalars(select(Schedule).order_by(Schedule.at, Schedule.id)))
+    last_runs: dict[int, dict[str, Any]] = {}
+    for run_ in sched.runs(reg, limit=500):
+        last_runs.setdefault(run_["schedule_id"], run_)
+    items = []
+    for row in rows:
+        item = sched.schedule_dict(row, names)
+        nxt = sched.next_run(row, now_local)
+        item["next_run"] = nxt.timestamp() if nxt else None
+        last = last_runs.get(row.id)
+        item["last_summary"] = sched.summarise(_live(last["results"])) if last else ""
+        items.append(item)
+    return render_template("health_schedules.html", schedules=items, schools=schools, buildings=buildings,
+                           form=form_values or {"days": sched.SCHOOL_DAYS, "at": "22:00", "action": "power_off",
+                                                "kinds": "display,projector", "enabled": True},
+                           error=error, days=sched.DAYS, actions=sched.SCHEDULE_ACTIONS, kinds=sched.SCHEDULE_KINDS,
+                           tab="schedules"), status
+
+
+def _form_values() -> dict[str, Any]:
+    return {"name": request.form.get("name", ""), "at": request.form.get("at", ""),
+            "days": ",".join(request.form.getlist("days")), "action": request.form.get("action", ""),
+            "kinds": ",".join(request.form.getlist("kinds")), "school_id": request.form.get("school_id", ""),
+            "building_id": request.form.get("building_id", ""), "enabled": request.form.get("enabled") == "on"}
+
+
+def _live(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """A run's results with pending commands looked up again (they may have finished since)."""
+    ledger = campus()["ledger"]
+    out = []
+    for r in results:
+        r = dict(r)
+        if r.get("status") == "pending" and r.get("command"):
+            record = ledger.command(r["command"])
+            if record and record["status"] != "pending":
+                r["status"], r["detail"] = record["status"], record["detail"] or f"later: {record['status']}"
+        out.append(r)
+    return out
+
+
+@bp.get("/health/schedules")
+@login_required(roles=STAFF)
+def schedules() -> Any:
+    return _schedule_page()
+
+
+@bp.post("/health/schedules")
+@login_required(roles=STAFF)
+def create_schedule() -> Any:
+    values = _form_values()
+    try:
+        fields = sched.validate(values, campus()["registry"])
+    except sched.ScheduleError as exc:
+        return _schedule_page(values, str(exc), 400)
+    with campus()["registry"].session() as s:
+        row = Schedule(**fields)
+        s.add(row)
+        s.flush()
+        sid = row.id
+    audit("schedule", f"created #{sid} {fields}")
+    flash(f"Schedule “{fields['name']}” created.")
+    return redirect(url_for("health.schedules"))
+
+
+def _get_schedule(sid: str) -> Schedule:
+    schedule_id = db_id(sid)
+    if schedule_id is None:
+        abort(404, "no such schedule")
+    with campus()["registry"].session() as s:
+        row = s.get(Schedule, schedule_id)
+    if row is None:
+        abort(404, "no such schedule")
+    return row
+
+
+@bp.get("/health/schedules/<sid>")
+@login_required(roles=STAFF)
+def schedule(sid: str) -> Any:
+    return _one_schedule(_get_schedule(sid))
+
+
+def _one_schedule(row: Schedule, form_values: dict[str, Any] | None = None, error: str = "",
+                  status: int = 200) -> Any:
+    reg = campus()["registry"]
+    _places, schools, buildings = places_and_filters()
+    item = sched.schedule_dict(row, {b["id"]: b["name"] for b in buildings})
+    nxt = sched.next_run(row, datetime.now().astimezone())
+    item["next_run"] = nxt.timestamp() if nxt else None
+    history = [{**r, "results": _live(r["results"])} for r in sched.runs(reg, row.id, limit=30)]
+    for r in history:
+        r["summary"] = sched.summarise(r["results"])
+    form = form_values or {**item, "school_id": item["school_id"] or "", "building_id": item["building_id"] or ""}
+    return render_template("health_schedule.html", schedule=item, runs=history, form=form, error=error,
+                           schools=schools, buildings=buildings, days=sched.DAYS, actions=sched.SCHEDULE_ACTIONS,
+                           kinds=sched.SCHEDULE_KINDS, tab="schedules"), status
+
+
+@bp.post("/health/schedules/<sid>")
+@login_required(roles=STAFF)
+def edit_schedule(sid: str) -> Any:
+    row = _get_schedule(sid)
+    values = _form_values()
+    try:
+        fields = sched.validate(values, campus()["registry"])
+    except sched.ScheduleError as exc:
+        return _one_schedule(row, values, str(exc), 400)
+    with campus()["registry"].session() as s:
+        stored = s.get(Schedule, row.id)
+        before = sched.schedule_dict(stored)
+        for k, v in fields.items():
+            setattr(stored, k, v)
+    audit("schedule", f"edited #{row.id}: {before} -> {fields}")
+    flash(f"Schedule “{fields['name']}” saved.")
+    return redirect(url_for("health.schedule", sid=row.id))
+
+
+@bp.post("/health/schedules/<sid>/enabled")
+@login_required(roles=STAFF)
+def toggle_schedule(sid: str) -> Any:
+    row = _get_schedule(sid)
+    enabled = request.form.get("enabled") == "on"
+    with campus()["registry"].session() as s:
+        s.get(Schedule, row.id).enabled = enabled
+    audit("schedule", f"{'enabled' if enabled else 'disabled'} #{row.id} {row.name}")
+    flash(f"Schedule “{row.name}” {'enabled' if enabled else 'disabled'}.")
+    return redirect(request.form.get("back") if request.form.get("back", "").startswith("/health/")
+                    else url_for("health.schedules"))
+
+
+@bp.post("/health/schedules/<sid>/run")
+@login_required(roles=("admin",))
+def run_schedule(sid: str) -> Any:
+    """Run a schedule now (admin: it switches equipment, which facility managers do not do by hand)."""
+    row = _get_schedule(sid)
+    ext = campus()
+    result = sched.run(row, ext["registry"], ext["ledger"], ext["commands"], by=g.user["user"])
+    audit("schedule", f"ran #{row.id} {row.name} now: {sched.summarise(result['results']) or 'no devices'}")
+    flash(f"Ran “{row.name}”: {sched.summarise(result['results']) or 'no matching devices'}.")
+    return redirect(url_for("health.schedule", sid=row.id))
