@@ -50,12 +50,14 @@ def two_rooms(ledger: Ledger, points: SqlitePointStore, now: float | None = None
         points.write([Sample("s1", gw, "env", "environment", now - 5, {"co2_ppm": 800.0})])
 
 
-def web_app(db: str, monkeypatch: pytest.MonkeyPatch | None = None, **config: object) -> Flask:
-    """`create_app` on that database; with `monkeypatch`, the alarm monitor and scheduler stay off."""
+def web_app(db: str, monkeypatch: pytest.MonkeyPatch | None = None, store_url: str | None = None,
+            **config: object) -> Flask:
+    """`create_app` on that database (points in it too, unless `store_url` names another store); with
+    `monkeypatch`, the alarm monitor and scheduler stay off."""
     if monkeypatch is not None:
         monkeypatch.setenv("CAMPUS_ALARM_INTERVAL", "0")
         monkeypatch.setenv("CAMPUS_SCHEDULE_INTERVAL", "0")
-    return create_app(WebConfig(store_url=f"sqlite:///{db}", db_path=db, **config))  # type: ignore[arg-type]
+    return create_app(WebConfig(store_url=store_url or f"sqlite:///{db}", db_path=db, **config))  # type: ignore[arg-type]
 
 
 def add_people(app: Flask, people: dict[str, tuple[str, str, list[tuple[str, str]]]] | None = None) -> dict[str, str]:

@@ -171,25 +171,20 @@ def test_the_documented_retention_and_downsampling_statements_run(influx: Influx
 
 def test_dashboard_history_from_influxdb_and_503_while_it_is_down(tmp_path: Path, influx: InfluxDB) -> None:
     from campus.contract import State
-    from central.ledger import Ledger
-    from dashboards import WebConfig, close_app, create_app
+    from dashboards import close_app
+    from tests.apps import ENV_AND_PROJECTOR, PEOPLE, add_people, central_db, web_app
 
-    db = str(tmp_path / "central.db")
     now = time.time()
-    devices = {"env": {"profile": "env-6in1-modbus", "kind": "environment", "status": "ok"},
-               "proj": {"profile": "projector-pjlink", "kind": "projector", "status": "ok"}}
-    ledger = Ledger(db)
-    ledger.record([], [("s1", "gw1", State(online=True, ts=now, room="101", devices=devices, interval=5))], [])
-    ledger.close()
+    db = central_db(tmp_path, lambda ledger, _points: ledger.record(
+        [], [("s1", "gw1", State(online=True, ts=now, room="101", devices=ENV_AND_PROJECTOR, interval=5))], []))
     open_store(influx.url).write([Sample("s1", "gw1", "env", "environment", now - 60 + i, {"co2_ppm": 700.0 + i})
                                   for i in range(3)]
                                  + [Sample("s1", "gw1", "proj", "projector", now - 3600, {"power": "on"})])
-    app = create_app(WebConfig(store_url=influx.url, db_path=db))
+    app = web_app(db, store_url=influx.url)
     try:
-        reg = app.extensions["campus"]["registry"]
-        reg.add_user("fm", "fm-password", "facility")
+        tokens = add_people(app, {"facility": PEOPLE["facility"]})
         client = app.test_client()
-        client.environ_base["HTTP_AUTHORIZATION"] = f"Bearer {reg.issue_token('fm')}"
+        client.environ_base["HTTP_AUTHORIZATION"] = f"Bearer {tokens['facility']}"
         got = client.get(f"/api/telemetry?gateway=gw1&device=env&metric=co2_ppm&start={now - 600}&end={now}")
         assert got.status_code == 200
         assert [v for _, v in got.get_json()["points"]] == [700.0, 701.0, 702.0]

@@ -98,13 +98,19 @@ def _influxql_string(value: str) -> str:
     return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
 
 
-def _version_before_1_8(version: str) -> bool:
-    """True for an InfluxDB 1.x older than 1.8 (`X-Influxdb-Version: 1.6.7~rc0`), which lacks /api/v2/write."""
+def _major_minor(version: str) -> tuple[int, int] | None:
+    """(1, 6) of `X-Influxdb-Version: 1.6.7~rc0` (2.x may say `v2.7.4`); None if it says nothing readable."""
     parts = version.lstrip("v").split(".")
     try:
-        return int(parts[0]) == 1 and int(parts[1]) < 8
+        return int(parts[0]), int(parts[1])
     except (IndexError, ValueError):
-        return False
+        return None
+
+
+def _version_before_1_8(version: str) -> bool:
+    """True for an InfluxDB 1.x older than 1.8, which lacks /api/v2/write."""
+    known = _major_minor(version)
+    return known is not None and known[0] == 1 and known[1] < 8
 
 
 class InfluxPointStore:
@@ -167,7 +173,7 @@ class InfluxPointStore:
         self._uses_v1_write()
         # A statement that fails for a database that does not exist: 1.x answers SHOW MEASUREMENTS
         # of a missing one with nothing, 2.x and 3.x with an error.
-        one_x = self.server_version.lstrip("v").startswith("1.")
+        one_x = (_major_minor(self.server_version) or (0, 0))[0] == 1
         self._influxql("SHOW RETENTION POLICIES" if one_x else "SHOW MEASUREMENTS LIMIT 1")
 
     # ------------------------------------------------------------ write
