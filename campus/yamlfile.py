@@ -14,24 +14,46 @@ import yaml
 from campus.errors import ConfigError
 
 
+class _Loader(yaml.SafeLoader):
+    """SafeLoader whose constructors fail only with a YAML error that knows the line.
+
+    PyYAML's constructors raise bare Python errors for some values: an empty tagged
+    scalar (`!!float`, `!!int` give IndexError, `!!bool` KeyError, `!!timestamp`
+    AttributeError), `2001-02-30` ValueError. Catching them here, per node, keeps
+    the node's position, so the error still names the line.
+    """
+
+    def construct_object(self, node: yaml.Node, deep: bool = False) -> Any:
+        try:
+            return super().construct_object(node, deep)
+        except (yaml.YAMLError, RecursionError):
+            raise
+        except Exception as exc:  # noqa: BLE001 - any constructor failure is a bad value
+            raise yaml.constructor.ConstructorError(
+                None, None, f"cannot read this {node.tag.rsplit(':', 1)[-1]} value "
+                f"({type(exc).__name__}: {str(exc)[:120]})", node.start_mark) from None
+
+
 class YamlDoc:
     """Parsed YAML data plus the node tree that remembers source lines."""
 
     def __init__(self, text: str, source: str, error: type[ConfigError] = ConfigError) -> None:
         self.source = source
         self.error = error
+        loader: _Loader | None = None
         try:
-            self.node = yaml.compose(text)
-            self.data: Any = yaml.safe_load(text)
+            loader = _Loader(text)  # the reader refuses control characters here already
+            self.node = loader.get_single_node()
+            self.data: Any = loader.construct_document(self.node) if self.node is not None else None
         except yaml.YAMLError as exc:
             mark = getattr(exc, "problem_mark", None)
             where = f"{source}:{mark.line + 1}" if mark else source
             raise error(f"{where}: not valid YAML ({getattr(exc, 'problem', None) or exc})") from None
         except RecursionError:
             raise error(f"{source}: nested too deeply") from None
-        except (ValueError, TypeError, KeyError, AttributeError, OverflowError) as exc:
-            # PyYAML's constructors raise these for values like `2001-02-30` or `!!bool maybe`.
-            raise error(f"{source}: a value cannot be read ({type(exc).__name__}: {str(exc)[:120]})") from None
+        finally:
+            if loader is not None:
+                loader.dispose()
 
     @classmethod
     def read(cls, path: str | Path, error: type[ConfigError] = ConfigError) -> YamlDoc:

@@ -90,3 +90,16 @@ def test_agent_invalid_config_is_one_line(tmp_path: Path) -> None:
     assert result.returncode == 2
     assert result.stderr.strip() == f"campus: error: {cfg}:4: field poll_interval: " \
                                     "Input should be a valid number, unable to parse string as a number"
+
+
+@pytest.mark.parametrize("tag", ["!!float", "!!int", "!!bool", "!!timestamp"])
+@pytest.mark.parametrize("command", ["agent", "sim"])
+def test_empty_tagged_scalar_in_config_is_one_line(tmp_path: Path, tag: str, command: str) -> None:
+    """PyYAML raises IndexError/KeyError/AttributeError for these; the user sees one line naming file and line."""
+    cfg = tmp_path / "gw.yaml"
+    cfg.write_text(f"school: s1\ngateway: {tag} \nroom: r\n")
+    result = subprocess.run([sys.executable, "-m", "campus.cli", command, "--config", str(cfg)], capture_output=True,
+                            text=True, timeout=30)
+    assert result.returncode == 2, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"campus: error: {cfg}:2: "), lines

@@ -67,12 +67,6 @@ devices:
 
 # ------------------------------------------------------------------ known bugs
 
-Y_CONSTRUCTOR = KnownBug("Y1 PyYAML constructor/composer error escapes YamlDoc", Exception,
-                         "campus/yamlfile.py:__init__")
-P_SORT = KnownBug("P1 sorting schema errors with mixed key types", TypeError, "device_profiles/__init__.py:parse_profile",
-                  "not supported between instances")
-G_KWARGS = KnownBug("G1 GatewayConfig(**data) with non-str or 'source' keys", TypeError,
-                    "edge_agent/config.py:parse_gateway_config", "keywords must be strings|multiple values for keyword")
 R_OVERFLOW = KnownBug("R1 int scale/offset overflow in registers.decode", OverflowError,
                       "device_profiles/registers.py:decode", "too large to convert to float")
 
@@ -170,7 +164,7 @@ def text_mutated(draw: st.DrawFn, text: str) -> str:
 @fuzz_settings(250)
 @given(st.text(max_size=200) | st.lists(yaml_fragments | st.text(max_size=5), max_size=8).map("".join))
 def test_yamldoc_only_config_error(text: str) -> None:
-    with only(ConfigError, [Y_CONSTRUCTOR]) as outcome:
+    with only(ConfigError) as outcome:
         doc = YamlDoc(text, "fuzz.yaml")
     if outcome.error is not None:
         assert str(outcome.error).startswith("fuzz.yaml")
@@ -183,7 +177,7 @@ def test_yamldoc_only_config_error(text: str) -> None:
 
 
 def check_profile(text: str) -> None:
-    with only(ProfileError, [Y_CONSTRUCTOR, P_SORT]) as outcome:
+    with only(ProfileError) as outcome:
         profile = parse_profile(text, "fuzz.yaml")
     event("profile parsed" if outcome.ok else "profile rejected")
     if outcome.error is not None:
@@ -223,7 +217,7 @@ def test_every_shipped_profile_still_parses() -> None:
 
 
 def check_gateway(text: str) -> None:
-    with only(ConfigError, [Y_CONSTRUCTOR, G_KWARGS]) as outcome:
+    with only(ConfigError) as outcome:
         config = parse_gateway_config(YamlDoc(text, "gw.yaml"))
     event("config parsed" if outcome.ok else "config rejected")
     if outcome.error is not None:
@@ -313,9 +307,14 @@ ENV = SHIPPED["env-6in1-modbus"]
 @pytest.mark.parametrize("text", [
     "a: 2001-13-45", "a: 2001-02-30", "a: !!float abc", "a: !!int 0b", "a: !!bool maybe", "a: !!timestamp x",
     "a: " + "1" * 4301, "[" * 2000,
-], ids=["month", "day", "float-tag", "int-tag", "bool-tag", "timestamp-tag", "4301-digits", "deep-nesting"])
+    # Empty tagged scalars: PyYAML 6.0.x raises IndexError, KeyError, AttributeError for these.
+    "a: !!float ", "a: !!int ", "a: !!bool ", "a: !!timestamp ", "a: !!float", "a: [!!int ]", "a: {b: !!bool }",
+    "a: !!binary x", "a: !!set ", "a: !!omap x", "a: !!pairs ", "a: !!python/none ",
+], ids=["month", "day", "float-tag", "int-tag", "bool-tag", "timestamp-tag", "4301-digits", "deep-nesting",
+        "empty-float", "empty-int", "empty-bool", "empty-timestamp", "empty-float-eol", "empty-int-in-list",
+        "empty-bool-in-map", "bad-binary", "scalar-set", "scalar-omap", "empty-pairs", "python-tag"])
 def test_bug_y1_yaml_scalars_that_crash_the_constructor(text: str) -> None:
-    with pytest.raises(ConfigError):
+    with pytest.raises(ConfigError, match=r"^bad\.yaml(:1)?: "):
         shallow(lambda: YamlDoc(text, "bad.yaml"))
     with pytest.raises(ProfileError):
         shallow(lambda: parse_profile(ENV.replace("manufacturer: generic", "manufacturer: generic\nextra: " + text[3:]),
