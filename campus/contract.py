@@ -43,6 +43,36 @@ METRIC_ENUMS: dict[str, tuple[str, ...]] = {
 }
 
 
+# Metrics of CONTRACT.md that are numbers: a string ("NaN", "Infinity", "21.5") is refused at decode.
+NUMERIC_METRICS = frozenset({
+    "temperature_c", "humidity_pct", "co2_ppm", "pm25_ugm3", "illuminance_lux", "noise_dba", "people_count",
+    "lamp_hours", "filter_hours", "volume", "energy_kwh", "power_w", "voltage_v", "current_a",
+})
+
+# Clocks are data, not authority. A gateway's `ts` is what its clock said; central compares it with
+# the time it received the message:
+# - outside [received - TS_MAX_AGE_S, received + TS_MAX_AHEAD_S] (or before TS_FLOOR) the message is
+#   refused at decode (counted as rejected): a gateway whose RTC lost power says 1970, a corrupt
+#   field says 1e15. An outbox keeps messages at most `max_age_s` (bounded to a year by the config).
+# - more than CLOCK_AHEAD_S ahead: stored, counted per gateway as `clock_ahead`, and never taken as
+#   the newest value (central/ledger.py orders values by seq, not by ts).
+TS_FLOOR = 1_577_836_800.0  # 2020-01-01T00:00:00Z: older than any campus-iot gateway
+TS_MAX_AGE_S = 400 * 86400.0
+TS_MAX_AHEAD_S = 7 * 86400.0
+CLOCK_AHEAD_S = 300.0
+
+
+def clock_ahead(ts: float, received: float, what: str) -> bool:
+    """Whether `ts` is flagged as ahead of `received`; PayloadError if it is not a plausible time at all."""
+    if ts < TS_FLOOR or ts < received - TS_MAX_AGE_S:
+        raise PayloadError(f"{what}: field 'ts' {ts:.0f} is more than {TS_MAX_AGE_S / 86400:.0f} days before it was "
+                           "received (or before 2020): the gateway's clock is wrong")
+    if ts > received + TS_MAX_AHEAD_S:
+        raise PayloadError(f"{what}: field 'ts' {ts:.0f} is more than {TS_MAX_AHEAD_S / 86400:.0f} days after it was "
+                           "received: the gateway's clock is wrong")
+    return ts > received + CLOCK_AHEAD_S
+
+
 def metric_enum(metric: str) -> tuple[str, ...] | None:
     """The closed set of values of an enumerated metric, or None."""
     if metric in METRIC_ENUMS:
@@ -287,6 +317,8 @@ class Telemetry:
                     _METRIC_NAMES_SEEN.add(name)
             if isinstance(value, bool) or not isinstance(value, (int, float, str)):
                 raise PayloadError(f"{what}: metric '{name}' must be a number or a string")
+            if isinstance(value, str) and name in NUMERIC_METRICS:
+                raise PayloadError(f"{what}: metric '{name}' must be a number, got the string {value[:20]!r}")
             if isinstance(value, float) and not math.isfinite(value):
                 raise PayloadError(f"{what}: metric '{name}' must be finite")
             if isinstance(value, str) and len(value) > 256:

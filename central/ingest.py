@@ -12,6 +12,7 @@ restart of ingest loses nothing.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import queue
@@ -188,22 +189,35 @@ class Ingest:
         sequenced: list[Sequenced] = []
         states: list[tuple[str, str, State]] = []
         results: list[CommandResult] = []
+        clocks: dict[str, tuple[float, float]] = {}  # gateway -> (ts, receipt - ts) of its newest live heartbeat
         counted = self.stats.kinds
+        received = time.time()  # the batch arrived within milliseconds: one clock reading for all of it
         for m in batch:
             try:
                 topic = contract.parse_topic(m.topic)
                 if topic.kind == contract.KIND_TELEMETRY:
                     t = Telemetry.decode(m.payload)
+                    ahead = contract.clock_ahead(t.ts, received, "telemetry")
                     device = topic.device or ""
                     kind, room = self._kind_and_room(topic.gateway, device)
                     samples.append(Sample(topic.school, topic.gateway, device, kind, t.ts, t.values, room))
-                    sequenced.append(Sequenced(topic.school, topic.gateway, device, t.seq, t.ts, values=t.values))
+                    sequenced.append(Sequenced(topic.school, topic.gateway, device, t.seq, t.ts, values=t.values,
+                                               ahead=ahead))
                 elif topic.kind == contract.KIND_EVENT:
                     e = Event.decode(m.payload)
+                    ahead = contract.clock_ahead(e.ts, received, "event")
                     sequenced.append(Sequenced(topic.school, topic.gateway, topic.device or "", e.seq, e.ts,
-                                               event=(e.type, e.data)))
+                                               event=(e.type, e.data), ahead=ahead))
                 elif topic.kind == contract.KIND_STATE:
                     state = State.decode(m.payload)
+                    if state.online and not m.retain:  # a live heartbeat: its age is the clock's offset
+                        newest = clocks.get(topic.gateway)
+                        if newest is None or state.ts > newest[0]:
+                            clocks[topic.gateway] = (state.ts, received - state.ts)
+                    if contract.clock_ahead(state.ts, received, "state"):
+                        # States are ordered by ts; one from a clock far ahead would outrank every
+                        # later one. Its receipt time is the best word on when it was true.
+                        state = dataclasses.replace(state, ts=received)
                     states.append((topic.school, topic.gateway, state))
                     if state.room:
                         self.rooms[topic.gateway] = state.room
@@ -224,7 +238,7 @@ class Ingest:
                                 self.stats.rejected)
         if samples:
             self.stats.refused_by_store += self.store.write(samples)
-        fresh = self.ledger.record(sequenced, states, results)
+        fresh = self.ledger.record(sequenced, states, results, {gw: off for gw, (_, off) in clocks.items()})
         self.stats.messages += len(batch)
         self.stats.stored += sum(fresh)
         self.stats.duplicates += len(fresh) - sum(fresh)

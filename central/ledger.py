@@ -47,16 +47,38 @@ _EVENTS_DDL = (
     "CREATE INDEX IF NOT EXISTS events_ts ON events (ts)",
 )
 
-# Columns of `gateways` added after files were in use, with their definitions.
-_ADDED_GATEWAY_COLUMNS = {
-    "seq_floor": "INTEGER NOT NULL DEFAULT 0",
-    # A gateway's seq numbers belong to one outbox instance (edge_agent/outbox.py). When a newer
-    # state names another one, the old one's gaps and received count are set aside and the
-    # new one's numbers, which start again at 1, are counted afresh.
-    "outbox_instance": "INTEGER",
-    "gaps_before": "INTEGER NOT NULL DEFAULT 0",
-    "received_before": "INTEGER NOT NULL DEFAULT 0",
+# Columns added after files were in use, per table, with their definitions.
+_ADDED_COLUMNS = {
+    "gateways": {
+        "seq_floor": "INTEGER NOT NULL DEFAULT 0",
+        # A gateway's seq numbers belong to one outbox instance (edge_agent/outbox.py). When a newer
+        # state names another one, the old one's gaps and received count are set aside and the
+        # new one's numbers, which start again at 1, are counted afresh.
+        "outbox_instance": "INTEGER",
+        "gaps_before": "INTEGER NOT NULL DEFAULT 0",
+        "received_before": "INTEGER NOT NULL DEFAULT 0",
+        # Numbering epochs: a new outbox instance or a seq jump beyond SEQ_JUMP_MAX starts one.
+        # Values are ordered by (epoch, seq): the gateway's own order, whatever its clock says.
+        "epoch": "INTEGER NOT NULL DEFAULT 0",
+        "seq_jumps": "INTEGER NOT NULL DEFAULT 0",
+        # Messages whose ts was more than contract.CLOCK_AHEAD_S ahead of receipt (stored, never latest),
+        # and the smoothed receipt time - ts of the gateway's live heartbeats.
+        "clock_ahead": "INTEGER NOT NULL DEFAULT 0",
+        "clock_offset": "REAL",
+    },
+    "latest": {"epoch": "INTEGER NOT NULL DEFAULT 0", "seq": "INTEGER NOT NULL DEFAULT 0"},
 }
+
+# A seq more than this beyond the numbers counted so far (or below them) is no gap: a corrupt or
+# hostile number (2**63 - 1 would count 9.2e18 gaps for ever). It starts a new epoch, counted in
+# `seq_jumps`. 100 million is four years of a busy room's messages: an outbox that dropped its
+# oldest rows (counted as gaps, which is the truth) cannot jump that far.
+SEQ_JUMP_MAX = 100_000_000
+_SEQ_MAX = 2**63 - 1
+# Smoothing of the clock offset (exponential, per live heartbeat), and the offset above which the
+# dashboard warns that a gateway's clock is wrong (docs: keep gateways on NTP).
+CLOCK_SMOOTHING = 0.2
+CLOCK_WARN_S = 120.0
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS gateways (
@@ -65,7 +87,9 @@ CREATE TABLE IF NOT EXISTS gateways (
     last_seen REAL, first_seq INTEGER, max_seq INTEGER,
     received INTEGER NOT NULL DEFAULT 0, duplicates INTEGER NOT NULL DEFAULT 0,
     seq_floor INTEGER NOT NULL DEFAULT 0,
-    outbox_instance INTEGER, gaps_before INTEGER NOT NULL DEFAULT 0, received_before INTEGER NOT NULL DEFAULT 0
+    outbox_instance INTEGER, gaps_before INTEGER NOT NULL DEFAULT 0, received_before INTEGER NOT NULL DEFAULT 0,
+    epoch INTEGER NOT NULL DEFAULT 0, seq_jumps INTEGER NOT NULL DEFAULT 0,
+    clock_ahead INTEGER NOT NULL DEFAULT 0, clock_offset REAL
 );
 CREATE TABLE IF NOT EXISTS seen (
     gateway TEXT NOT NULL, seq INTEGER NOT NULL, PRIMARY KEY (gateway, seq)
@@ -82,6 +106,7 @@ CREATE TABLE IF NOT EXISTS ingest_workers (
 );
 CREATE TABLE IF NOT EXISTS latest (
     gateway TEXT NOT NULL, device TEXT NOT NULL, metric TEXT NOT NULL, ts REAL NOT NULL, value TEXT NOT NULL,
+    epoch INTEGER NOT NULL DEFAULT 0, seq INTEGER NOT NULL DEFAULT 0,
     PRIMARY KEY (gateway, device, metric)
 ) WITHOUT ROWID;
 """
@@ -97,6 +122,7 @@ class Sequenced:
     ts: float
     event: tuple[str, dict[str, Any]] | None = None  # (type, data) for events
     values: dict[str, float | int | str] | None = None  # telemetry values, for `latest`
+    ahead: bool = False  # ts far ahead of receipt (contract.clock_ahead): stored, never the latest value
 
 
 class Ledger(PerThreadConnection):
@@ -105,17 +131,20 @@ class Ledger(PerThreadConnection):
     def __init__(self, path: str | Path, seen_keep: int = SEEN_KEEP) -> None:
         super().__init__(path)
         self.seen_keep = seen_keep
-        self.convert_once(lambda: bool(self._missing_columns()), self._add_columns, "add the new gateway columns")
+        self.convert_once(lambda: bool(self._missing_columns()), self._add_columns, "add the new columns")
         self.convert_once(lambda: _EVENTS_KEY not in self._events_sql(), self._rekey_events,
                           "re-key the events table")
 
-    def _missing_columns(self) -> list[str]:
-        have = {row[1] for row in self.db.execute("PRAGMA table_info(gateways)")}
-        return [column for column in _ADDED_GATEWAY_COLUMNS if column not in have]
+    def _missing_columns(self) -> list[tuple[str, str]]:
+        missing = []
+        for table, columns in _ADDED_COLUMNS.items():
+            have = {row[1] for row in self.db.execute(f"PRAGMA table_info({table})")}
+            missing += [(table, column) for column in columns if column not in have]
+        return missing
 
     def _add_columns(self) -> None:
-        for column in self._missing_columns():
-            self.db.execute(f"ALTER TABLE gateways ADD COLUMN {column} {_ADDED_GATEWAY_COLUMNS[column]}")
+        for table, column in self._missing_columns():
+            self.db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {_ADDED_COLUMNS[table][column]}")
 
     def _events_sql(self) -> str:
         return self.db.execute("SELECT sql FROM sqlite_master WHERE type = 'table' AND name = 'events'").fetchone()[0]
@@ -135,13 +164,19 @@ class Ledger(PerThreadConnection):
     # ------------------------------------------------------------ ingest side
 
     def record(self, messages: list[Sequenced], states: list[tuple[str, str, State]],
-               results: list[CommandResult]) -> list[bool]:
+               results: list[CommandResult], clocks: dict[str, float] | None = None) -> list[bool]:
         """Record a batch in one transaction; returns, per message, whether it was new.
 
         Work is per gateway, not per message: one look-up of the batch's seqs in
         `seen`, one counter update, and one `latest` row per metric (the
         newest in the batch), so the cost grows with the gateways and metrics
         in a batch, not with its messages.
+
+        The newest value of a metric is the one with the highest (epoch, seq): the
+        order the gateway allocated them in. A `ts` is the gateway clock's word only,
+        so one sample a day ahead cannot freeze a room's values (a message flagged
+        `ahead` is stored but never becomes the latest). `clocks` maps a gateway to
+        one live sample of its clock offset (receipt time - ts of a heartbeat).
         """
         now = time.time()
         fresh: list[bool] = []
@@ -157,35 +192,44 @@ class Ledger(PerThreadConnection):
                     self._ensure_gateway(school, gateway)
                     self._follow_outbox(gateway, state)
                 new_seqs: dict[str, set[int]] = {}
+                counted: dict[str, set[int]] = {}  # seqs of the gateway's current epoch (the rest: strays)
+                epochs: dict[str, int] = {}
                 for gateway, msgs in by_gateway.items():
                     self._ensure_gateway(msgs[0].school, gateway)
-                    seqs = {m.seq for m in msgs}
+                    seqs = self._current_epoch(gateway, {m.seq for m in msgs})
+                    counted[gateway] = seqs
                     new_seqs[gateway] = seqs - self._seen(gateway, seqs)
+                    epochs[gateway] = self.db.execute("SELECT epoch FROM gateways WHERE id = ?",
+                                                      (gateway,)).fetchone()[0]
                 seen_rows: list[tuple[str, int]] = []
-                latest: dict[tuple[str, str, str], tuple[float, str]] = {}
+                latest: dict[tuple[str, str, str], tuple[int, float, str]] = {}  # key -> (seq, ts, value)
                 events: list[tuple[str, str, int, float, str, str]] = []
                 counts: dict[str, list[int]] = {}  # gateway -> [new, duplicates, lowest new seq, highest new seq]
+                ahead: dict[str, int] = {}
                 for m in messages:
-                    unseen = new_seqs[m.gateway]
-                    new = m.seq in unseen
-                    fresh.append(new)
                     c = counts.get(m.gateway)
                     if c is None:
-                        c = counts[m.gateway] = [0, 0, m.seq, m.seq]
-                    if new:
-                        unseen.discard(m.seq)  # the same seq twice in one batch: the second is a duplicate
+                        c = counts[m.gateway] = [0, 0, _SEQ_MAX, 0]
+                    if m.ahead:
+                        ahead[m.gateway] = ahead.get(m.gateway, 0) + 1
+                    if m.seq not in counted[m.gateway]:
+                        fresh.append(False)  # a stray of a jump (SEQ_JUMP_MAX): stored, not counted
+                    elif m.seq in new_seqs[m.gateway]:
+                        fresh.append(True)
+                        new_seqs[m.gateway].discard(m.seq)  # the same seq twice in one batch: a duplicate
                         seen_rows.append((m.gateway, m.seq))
                         c[0] += 1
                         c[2], c[3] = min(c[2], m.seq), max(c[3], m.seq)
                     else:
+                        fresh.append(False)
                         c[1] += 1
                     # Written for duplicates too (idempotent): one older than `seen` remembers is not lost.
-                    if m.values:
+                    if m.values and not m.ahead and m.seq in counted[m.gateway]:
                         for metric, value in m.values.items():
                             key = (m.gateway, m.device, metric)
                             old = latest.get(key)
-                            if old is None or m.ts >= old[0]:
-                                latest[key] = (m.ts, value)
+                            if old is None or m.seq >= old[0]:
+                                latest[key] = (m.seq, m.ts, value)
                     if m.event is not None:
                         events.append((m.gateway, m.device, m.seq, m.ts, m.event[0], json.dumps(m.event[1])))
                 seen_rows.sort()
@@ -200,9 +244,18 @@ class Ledger(PerThreadConnection):
                         self.db.execute("UPDATE gateways SET duplicates = duplicates + ?, last_seen = ? WHERE id = ?",
                                         (dups, now, gateway))
                 self.db.executemany(
-                    "INSERT INTO latest VALUES (?, ?, ?, ?, ?) ON CONFLICT (gateway, device, metric)"
-                    " DO UPDATE SET ts=excluded.ts, value=excluded.value WHERE excluded.ts >= latest.ts",
-                    [(gw, dev, metric, ts, json.dumps(value)) for (gw, dev, metric), (ts, value) in latest.items()])
+                    "INSERT INTO latest (gateway, device, metric, ts, value, epoch, seq) VALUES (?, ?, ?, ?, ?, ?, ?)"
+                    " ON CONFLICT (gateway, device, metric) DO UPDATE"
+                    " SET ts=excluded.ts, value=excluded.value, epoch=excluded.epoch, seq=excluded.seq"
+                    " WHERE excluded.epoch > latest.epoch OR (excluded.epoch = latest.epoch AND excluded.seq >= latest.seq)",
+                    [(gw, dev, metric, ts, json.dumps(value), epochs[gw], seq)
+                     for (gw, dev, metric), (seq, ts, value) in latest.items()])
+                self.db.executemany("UPDATE gateways SET clock_ahead = clock_ahead + ? WHERE id = ?",
+                                    [(n, gw) for gw, n in ahead.items()])
+                self.db.executemany(
+                    "UPDATE gateways SET clock_offset = CASE WHEN clock_offset IS NULL THEN ?"
+                    " ELSE clock_offset + ? * (? - clock_offset) END WHERE id = ?",
+                    [(offset, CLOCK_SMOOTHING, offset, gw) for gw, offset in (clocks or {}).items()])
                 self.db.executemany("INSERT OR IGNORE INTO events VALUES (?, ?, ?, ?, ?, ?)", events)
                 for _, gateway, state in states:
                     # Newer states win (by ts), so a late Will of an earlier connection does not
@@ -239,12 +292,47 @@ class Ledger(PerThreadConnection):
         if stored is not None:
             log.warning("gateway %s: a new outbox (instance %s, was %s): its seq numbers are counted afresh",
                         gateway, instance, stored)
-            self.db.execute(
-                "UPDATE gateways SET gaps_before = gaps_before + COALESCE(max_seq - first_seq + 1"
-                " - (received - received_before), 0), received_before = received,"
-                " first_seq = NULL, max_seq = NULL, seq_floor = 0 WHERE id = ?", (gateway,))
-            self.db.execute("DELETE FROM seen WHERE gateway = ?", (gateway,))
+            self._new_epoch(gateway)
         self.db.execute("UPDATE gateways SET outbox_instance = ? WHERE id = ?", (instance, gateway))
+
+    def _new_epoch(self, gateway: str) -> None:
+        """Set the current numbers' gaps and count aside; the next numbers are counted afresh and win."""
+        self.db.execute(
+            "UPDATE gateways SET gaps_before = gaps_before + COALESCE(max_seq - first_seq + 1"
+            " - (received - received_before), 0), received_before = received,"
+            " first_seq = NULL, max_seq = NULL, seq_floor = 0, epoch = epoch + 1 WHERE id = ?", (gateway,))
+        self.db.execute("DELETE FROM seen WHERE gateway = ?", (gateway,))
+
+    def _current_epoch(self, gateway: str, seqs: set[int]) -> set[int]:
+        """The batch's seqs that belong to the gateway's numbering after this batch.
+
+        Runs of numbers within SEQ_JUMP_MAX of each other (and of the numbers counted so far)
+        are one numbering; a run beyond that starts a new epoch (`seq_jumps`). The numbers of
+        runs left behind in the same batch are strays: stored, not counted.
+        """
+        first, top = self.db.execute("SELECT first_seq, max_seq FROM gateways WHERE id = ?", (gateway,)).fetchone()
+        runs: list[list[int]] = []
+        for seq in sorted(seqs):
+            if runs and seq - runs[-1][-1] <= SEQ_JUMP_MAX:
+                runs[-1].append(seq)
+            else:
+                runs.append([seq])
+        span = (first, top) if first is not None else None
+        current: list[int] = []
+        jumps = 0
+        for run in runs:
+            if span is None or (run[0] >= span[0] - SEQ_JUMP_MAX and run[-1] <= span[1] + SEQ_JUMP_MAX):
+                current += run
+                span = (run[0], run[-1]) if span is None else (min(span[0], run[0]), max(span[1], run[-1]))
+            else:
+                jumps += 1
+                current, span = list(run), (run[0], run[-1])
+        if jumps:
+            log.warning("gateway %s: seq jumped to %d, more than %d from the numbers before: counted afresh",
+                        gateway, current[0], SEQ_JUMP_MAX)
+            self._new_epoch(gateway)
+            self.db.execute("UPDATE gateways SET seq_jumps = seq_jumps + ? WHERE id = ?", (jumps, gateway))
+        return set(current)
 
     def _seen(self, gateway: str, seqs: set[int]) -> set[int]:
         """Which of `seqs` this gateway's ledger already has (all at or below its floor)."""
@@ -326,15 +414,20 @@ class Ledger(PerThreadConnection):
         self.mark_silent()
         where, args = ("WHERE id = ?", (gateway,)) if gateway is not None else ("", ())
         cur = self.db.execute("SELECT id, school, room, online, last_seen, received, duplicates, first_seq, max_seq,"
-                              f" state, gaps_before, received_before FROM gateways {where} ORDER BY school, id", args)
+                              " state, gaps_before, received_before, seq_jumps, clock_ahead, clock_offset"
+                              f" FROM gateways {where} ORDER BY school, id", args)
         out = []
-        for gid, school, room, online, last_seen, received, dups, first, top, state, gaps_before, before in cur:
-            # Numbers never received, in the outbox instance now counted and in earlier ones.
+        for (gid, school, room, online, last_seen, received, dups, first, top, state, gaps_before, before,
+             jumps, ahead, offset) in cur:
+            # Numbers never received, in the epoch now counted and in earlier ones.
             gaps = gaps_before + ((top - first + 1 - (received - before)) if first is not None else 0)
             st = json.loads(state)
             out.append(({"id": gid, "school": school, "room": room, "online": bool(online), "last_seen": last_seen,
                          "received": received, "gaps": gaps, "duplicates": dups,
-                         "outbox": st.get("outbox", {}), "agent": st.get("agent", "")}, st))
+                         "outbox": st.get("outbox", {}), "agent": st.get("agent", ""),
+                         "seq_jumps": jumps, "clock_ahead": ahead,
+                         "clock_offset": None if offset is None else round(offset, 1),
+                         "clock_wrong": offset is not None and abs(offset) > CLOCK_WARN_S}, st))
         return out
 
     def gateways(self, gateway: str | None = None) -> list[dict[str, Any]]:

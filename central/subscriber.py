@@ -89,14 +89,17 @@ class Refused(CampusError):
 class Delivery:
     """One PUBLISH as received: acknowledge it with `Subscriber.ack` once it is stored."""
 
-    __slots__ = ("connection", "packet_id", "qos", "topic", "payload")
+    __slots__ = ("connection", "packet_id", "qos", "topic", "payload", "retain")
 
-    def __init__(self, connection: int, packet_id: int, qos: int, topic: str, payload: bytes) -> None:
+    def __init__(self, connection: int, packet_id: int, qos: int, topic: str, payload: bytes,
+                 retain: bool = False) -> None:
         self.connection = connection
         self.packet_id = packet_id
         self.qos = qos
         self.topic = topic
         self.payload = payload
+        # A retained message handed over at subscribe time: as old as its publisher made it, not live.
+        self.retain = retain
 
     def __repr__(self) -> str:
         return f"Delivery({self.topic!r}, {len(self.payload)} bytes, qos {self.qos}, id {self.packet_id})"
@@ -269,7 +272,7 @@ def parse_publishes(buf: bytearray, connection: int, v5: bool,
                 j += plen
             if j > end:
                 raise ProtocolError("PUBLISH header longer than the packet")
-            out.append(Delivery(connection, packet_id, qos, topic, bytes(buf[j:end])))
+            out.append(Delivery(connection, packet_id, qos, topic, bytes(buf[j:end]), bool(first & 0x01)))
         else:
             control(first >> 4, first & 0x0F, bytes(buf[i:end]))
         pos = end

@@ -178,6 +178,7 @@ def board_data(school: str | None = None, building: int | None = None,
                       "building": place.get("building", ""), "building_id": place.get("building_id"),
                       "room": place.get("room") or (gw or {}).get("room", ""), "online": online,
                       "last_seen": gw["last_seen"] if gw else None, "reported": gw is not None,
+                      "clock_offset": gw["clock_offset"] if gw else None, "clock_wrong": bool(gw and gw["clock_wrong"]),
                       "registered": gid in places, "problems": problems, "devices": devs,
                       "alarms": open_alarms.get(gid, [])})
     rooms.sort(key=_room_sort_key)

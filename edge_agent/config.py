@@ -44,7 +44,7 @@ class OutboxConfig(_Strict):
     # bound is hit the oldest messages are dropped (and counted): recent data
     # is worth more to a facility manager than week-old data.
     max_messages: int = Field(200_000, ge=10)
-    max_age_s: float = Field(7 * 24 * 3600, gt=0)
+    max_age_s: float = Field(7 * 24 * 3600, gt=0, le=366 * 24 * 3600)  # central refuses ts older than 400 days
     # Drain pace after an outage, messages per second (live rate is a few/s).
     drain_rate: float = Field(500.0, gt=0)
     inflight: int = Field(50, ge=1, le=1000)

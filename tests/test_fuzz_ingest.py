@@ -12,6 +12,7 @@ and `only(...)`: see `tests/test_fuzz.py`.
 from __future__ import annotations
 
 import itertools
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -122,7 +123,10 @@ def classify(topic: str, payload: bytes) -> Expected:
     if parsed.kind not in CLASSES:
         return Expected("", parsed, None)
     try:
-        return Expected(parsed.kind, parsed, CLASSES[parsed.kind].decode(payload))
+        obj = CLASSES[parsed.kind].decode(payload)
+        if parsed.kind in (contract.KIND_TELEMETRY, contract.KIND_EVENT, contract.KIND_STATE):
+            contract.clock_ahead(obj.ts, time.time(), parsed.kind)  # a ts no clock could mean: refused
+        return Expected(parsed.kind, parsed, obj)
     except PayloadError:
         return Expected("rejected", parsed, None)
 

@@ -565,3 +565,19 @@ def test_facility_sees_and_acknowledges_a_co2_alarm_in_chromium(tmp_path: Path) 
         log.close()
     assert demo.returncode == 0, (tmp_path / "demo.log").read_text()
     assert "Traceback" not in (tmp_path / "demo.log").read_text()
+
+
+def test_a_gateway_whose_clock_is_a_day_off_is_warned_about(app) -> None:
+    ledger = Ledger(app.db)
+    try:
+        ledger.record([], [], [], {"gw-102": -86400.0})  # its heartbeats arrive a day before their ts
+    finally:
+        ledger.close()
+    rooms = {r["gateway"]: r for r in call(app, "GET", "/api/board", "facility").get_json()["rooms"]}
+    assert rooms["gw-102"]["clock_wrong"] is True and rooms["gw-102"]["clock_offset"] == -86400.0
+    assert rooms["gw-101"]["clock_wrong"] is False
+    page = call(app, "GET", "/health/rooms/gw-102", "facility").get_data(as_text=True)
+    assert "Gateway clock is 1440 min ahead" in page
+    assert "Gateway clock is" not in call(app, "GET", "/health/rooms/gw-101", "facility").get_data(as_text=True)
+    gateways = {g["id"]: g for g in call(app, "GET", "/api/gateways", "facility").get_json()}
+    assert gateways["gw-102"]["clock_offset"] == -86400.0 and gateways["gw-102"]["clock_wrong"] is True

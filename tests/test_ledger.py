@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -98,7 +99,7 @@ def test_ingest_prunes_while_it_runs(tmp_path: Path) -> None:
     ledger = Ledger(db, seen_keep=KEEP)
     ingest = Ingest(MqttUrl("127.0.0.1", 1883), SqlitePointStore(db), ledger, prune_seen_every_s=0.0)
     topic = contract.telemetry_topic("s1", "gw1", "env")
-    ingest.inbox.put([Delivery(1, seq, 1, topic, contract.Telemetry(seq, 1000.0 + seq, {"co2_ppm": seq}).encode())
+    ingest.inbox.put([Delivery(1, seq, 1, topic, contract.Telemetry(seq, time.time() - 600 + seq, {"co2_ppm": seq}).encode())
                       for seq in range(1, 501)])
     stop = threading.Event()
     writer = threading.Thread(target=ingest.run, args=(stop,))

@@ -100,18 +100,25 @@
         <td><span class="badge ${esc(status)}">${esc(d.status)}</span></td><td>${vals}</td>
         <td class="seen muted" title="last value ${esc(clock(d.last_seen))}">${esc(d.last_seen ? ago(d.last_seen, now) : "no value yet")}</td></tr>`;
     }
+    // receipt - ts of the gateway's heartbeats (central/ledger.py): negative when its clock runs ahead.
+    function clockWarning(offset) {
+      const min = Math.round(Math.abs(offset) / 60);
+      const size = min >= 120 ? `${Math.round(min / 60)} h` : `${min} min`;
+      return `Gateway clock is ${size} ${offset < 0 ? "ahead" : "behind"}: its times are wrong (check NTP on the gateway)`;
+    }
     function room(r, now) {
       const cls = r.problems.includes("alarm") && r.alarms.every(a => a.state === "acknowledged") ? "p-acked"
         : r.problems.length ? "p-" + r.problems[r.problems.length - 1] : "";
       const alarms = r.alarms.map(a => `<li class="${a.state === "acknowledged" ? "acked" : ""}">⚠ ${esc(a.device ? a.device + ": " : "")}${esc(a.message)}${
         a.state === "acknowledged" ? ` <span class="muted">(acknowledged by ${esc(a.acked_by)})</span>` : ""}</li>`).join("");
       const gw = r.reported ? `last seen ${ago(r.last_seen, now)}` : "gateway has never reported";
+      const skew = r.clock_wrong ? `<p class="clockwarn" data-clock-offset="${esc(r.clock_offset)}">⚠ ${esc(clockWarning(r.clock_offset))}</p>` : "";
       return `<section class="card hroom ${cls}" data-gateway="${esc(r.gateway)}">
         <header><h2><a href="/health/rooms/${encodeURIComponent(r.gateway)}">Room ${esc(r.room || "?")}</a></h2>
           <span class="badge ${r.online ? "ok" : "offline"}">${r.online ? "online" : "offline"}</span>
           <a class="hlink" href="/health/rooms/${encodeURIComponent(r.gateway)}">history →</a></header>
         <p class="muted">${r.building ? "Building " + esc(r.building) + " · " : ""}${esc(r.school)} · gateway ${esc(r.gateway)} · ${esc(gw)}</p>
-        ${alarms ? `<ul class="halarms">${alarms}</ul>` : ""}
+        ${skew}${alarms ? `<ul class="halarms">${alarms}</ul>` : ""}
         <table class="hdevs"><thead><tr><th>Device</th><th>Status</th><th>Now</th><th class="seen">Last seen</th></tr></thead><tbody>${r.devices.map(d => device(d, now)).join("") || '<tr><td class="muted">No devices.</td></tr>'}</tbody></table>
       </section>`;
     }
