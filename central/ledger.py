@@ -334,7 +334,10 @@ class Ledger(PerThreadConnection):
             st = json.loads(state)
             out.append(({"id": gid, "school": school, "room": room, "online": bool(online), "last_seen": last_seen,
                          "received": received, "gaps": gaps, "duplicates": dups,
-                         "outbox": st.get("outbox", {}), "agent": st.get("agent", "")}, st))
+                         "outbox": st.get("outbox", {}), "agent": st.get("agent", ""),
+                         # The gateway's own disk, and the last time its outbox was found damaged and replaced.
+                         "storage": st.get("storage") or {"status": "ok"},
+                         "outbox_replaced": st.get("outbox_replaced")}, st))
         return out
 
     def gateways(self, gateway: str | None = None) -> list[dict[str, Any]]:
