@@ -33,6 +33,8 @@ KIND_CONFIG = "config"
 COMMAND_STATUSES = ("pending", "done", "failed", "rejected", "expired")
 FINAL_COMMAND_STATUSES = ("done", "failed", "rejected", "expired")
 DEVICE_STATUSES = ("ok", "fault", "offline", "starting")
+# A gateway's own storage (state.storage.status): `full` no space, `error` writes refused (I/O error, read-only).
+STORAGE_STATUSES = ("ok", "full", "error")
 ACTIONS = ("power_on", "power_off", "select_input", "set_volume", "mute", "unmute")
 DEVICE_KINDS = ("environment", "card_reader", "projector", "display", "camera")
 # String metrics with a closed set of values (stores without strings keep the index).
@@ -362,6 +364,13 @@ class State:
     # When the agent's current MQTT connection began. The Last Will is fixed at connect, so its `ts`
     # is older than that connection's heartbeats; `since` tells central it is still the current one.
     since: float = 0.0
+    # The gateway's own storage: {"status": "ok"}, or "full"/"error" with `since` and `error` (what failed).
+    # Devices keep their own status: a full disk is the gateway's problem, not the projector's.
+    storage: dict[str, Any] = field(default_factory=dict)
+    # Set when the outbox file was found damaged, set aside and replaced by a new one (a new instance):
+    # `at`, `reason`, `kept_as` (the file name kept for forensics), `lost` (unsent messages it held; null
+    # when they cannot be counted), `previous_instance` and `previous_last_seq` (null when unreadable).
+    outbox_replaced: dict[str, Any] | None = None
 
     def encode(self) -> bytes:
         return _dump(self)
@@ -384,12 +393,44 @@ class State:
             raise PayloadError(f"{what}: outbox figures must be whole numbers")
         interval = float(_field(data, "interval", (int, float), what, optional=True, default=0.0))
         return cls(online=_field(data, "online", bool, what), ts=_ts(data, what), interval=interval, outbox=outbox,
+                   storage=_storage(data, what), outbox_replaced=_replacement(data, what),
                    room=_field(data, "room", str, what, optional=True, default="")[:64],
                    building=_field(data, "building", str, what, optional=True, default="")[:64],
                    agent=_field(data, "agent", str, what, optional=True, default=""),
                    boot=float(_field(data, "boot", (int, float), what, optional=True, default=0.0)),
                    since=float(_field(data, "since", (int, float), what, optional=True, default=0.0)),
                    devices=devices, config_version=version)
+
+
+def _storage(data: dict[str, Any], what: str) -> dict[str, Any]:
+    storage = _field(data, "storage", dict, what, optional=True, default={})
+    if not storage:
+        return {}
+    status = storage.get("status")
+    if status not in STORAGE_STATUSES:
+        raise PayloadError(f"{what}: storage.status {status!r} is not one of {STORAGE_STATUSES}")
+    out: dict[str, Any] = {"status": status}
+    if status != "ok":
+        since = _field(storage, "since", (int, float, type(None)), f"{what}: storage", optional=True)
+        out["since"] = None if since is None else float(since)
+        out["error"] = _field(storage, "error", str, f"{what}: storage", optional=True, default="")[:200]
+    return out
+
+
+def _replacement(data: dict[str, Any], what: str) -> dict[str, Any] | None:
+    rep = _field(data, "outbox_replaced", (dict, type(None)), what, optional=True)
+    if rep is None:
+        return None
+    where = f"{what}: outbox_replaced"
+    out: dict[str, Any] = {"at": _ts(rep, where, "at"),
+                           "reason": _field(rep, "reason", str, where, optional=True, default="")[:300],
+                           "kept_as": _field(rep, "kept_as", str, where, optional=True, default="")[:200]}
+    for name in ("lost", "previous_instance", "previous_last_seq"):
+        value = _field(rep, name, (int, type(None)), where, optional=True)
+        if value is not None and value < 0:
+            raise PayloadError(f"{where}: field '{name}' must be >= 0, got {value}")
+        out[name] = value
+    return out
 
 
 @dataclass
@@ -399,6 +440,9 @@ class Command:
     params: dict[str, Any]
     deadline: float
     by: str = ""
+    # When central issued it (central's clock; 0: not said, an older central). An agent whose command
+    # journal was lost refuses an unknown command issued before its new journal began: it may have run.
+    ts: float = 0.0
 
     def encode(self) -> bytes:
         return _dump(self)
@@ -415,7 +459,8 @@ class Command:
             raise PayloadError(f"{what}: field 'action' {action!r} is not an action name")
         return cls(id=cid, action=action, params=_field(data, "params", dict, what, optional=True, default={}),
                    deadline=_ts(data, what, "deadline"),
-                   by=_field(data, "by", str, what, optional=True, default=""))
+                   by=_field(data, "by", str, what, optional=True, default=""),
+                   ts=_ts(data, what) if "ts" in data else 0.0)
 
 
 @dataclass

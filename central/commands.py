@@ -82,7 +82,8 @@ class CommandService:
     def send(self, school: str, gateway: str, device: str, action: str, params: dict[str, Any], by: str,
              ttl: float = DEFAULT_TTL_S, wait: float = 5.0) -> dict[str, Any]:
         """Create, publish and (for up to `wait` seconds) follow one command."""
-        cmd = Command(id=uuid.uuid4().hex, action=action, params=params, deadline=time.time() + ttl, by=by)
+        now = time.time()
+        cmd = Command(id=uuid.uuid4().hex, action=action, params=params, deadline=now + ttl, by=by, ts=now)
         self.ledger.add_command(cmd.id, gateway, device, action, params, by, cmd.deadline)
         passed_by = self._waiting[cmd.id] = threading.Event()
         try:

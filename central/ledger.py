@@ -427,7 +427,10 @@ class Ledger(PerThreadConnection):
                          "outbox": st.get("outbox", {}), "agent": st.get("agent", ""),
                          "seq_jumps": jumps, "clock_ahead": ahead,
                          "clock_offset": None if offset is None else round(offset, 1),
-                         "clock_wrong": offset is not None and abs(offset) > CLOCK_WARN_S}, st))
+                         "clock_wrong": offset is not None and abs(offset) > CLOCK_WARN_S,
+                         # The gateway's own disk, and the last time its outbox was found damaged and replaced.
+                         "storage": st.get("storage") or {"status": "ok"},
+                         "outbox_replaced": st.get("outbox_replaced")}, st))
         return out
 
     def gateways(self, gateway: str | None = None) -> list[dict[str, Any]]:

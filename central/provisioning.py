@@ -41,6 +41,7 @@ import json
 import secrets
 import time
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
 import yaml
@@ -179,6 +180,40 @@ def gateway_states(ledger: Any) -> dict[str, dict[str, Any]]:
             out[gid]["config_version"] = st.get("config_version")
             out[gid]["devices"] = st.get("devices", {})
     return out
+
+
+# A replaced outbox is a past event: the board shows it this long, the gateway page always.
+REPLACED_NOTICE_S = 7 * 24 * 3600
+
+
+def storage_notes(gw: dict[str, Any], now: float | None = None, *,
+                  replaced_within: float | None = REPLACED_NOTICE_S) -> list[dict[str, str]]:
+    """What a gateway's own storage needs people to know, as `{"level", "text"}` notes:
+    its disk full (or failing) now, and an outbox replaced after damage (the messages lost with it).
+
+    `gw` is a ledger gateway row (`Ledger.gateways()`); `replaced_within=None` shows a replacement however old."""
+    def when(ts: Any) -> str:
+        return datetime.fromtimestamp(ts).strftime("%Y-%m-%d %H:%M:%S") if isinstance(ts, (int, float)) else "?"
+
+    now = time.time() if now is None else now
+    notes = []
+    storage = gw.get("storage") or {}
+    not_stored = (gw.get("outbox") or {}).get("not_stored", 0)
+    if storage.get("status") == "full":
+        notes.append({"level": "bad", "text": f"Gateway storage full since {when(storage.get('since'))}: readings "
+                      f"are not being stored ({not_stored} not stored so far); devices are fine"})
+    elif storage.get("status") == "error":
+        notes.append({"level": "bad", "text": f"Gateway storage failing since {when(storage.get('since'))} "
+                      f"({storage.get('error') or 'write refused'}): readings are not being stored "
+                      f"({not_stored} not stored so far)"})
+    rep = gw.get("outbox_replaced")
+    if rep and (replaced_within is None or now - (rep.get("at") or 0) <= replaced_within):
+        lost = rep.get("lost")
+        lost_text = (f"{lost} unsent message{'' if lost == 1 else 's'} lost" if isinstance(lost, int)
+                     else "an unknown number of unsent messages lost")
+        notes.append({"level": "warn", "text": f"Outbox replaced after damage at {when(rep.get('at'))}: "
+                      f"{rep.get('reason') or 'damaged'}; {lost_text} (kept as {rep.get('kept_as') or '?'})"})
+    return notes
 
 
 def config_events(ledger: Any, gateway: str) -> dict[str, dict[str, Any] | None]:

@@ -50,6 +50,7 @@ from sqlalchemy import select
 
 from campus import contract
 from central import alarms as alarm_engine
+from central import provisioning as prov
 from central import schedules as sched
 from central.registry import Building, Device, School
 from dashboards.auth import add_nav, audit, campus, login_required
@@ -167,9 +168,12 @@ def board_data(school: str | None = None, building: int | None = None,
         place, gw = places.get(gid, {}), gateways.get(gid)
         devs = sorted(devices.get(gid, []), key=lambda d: d["id"])
         online = bool(gw and gw["online"])
+        notes = prov.storage_notes(gw) if gw else []
         problems = []
         if not online or any(d["status"] in ("offline", "never reported") for d in devs):
             problems.append("offline")
+        if gw and gw["storage"].get("status", "ok") != "ok":
+            problems.append("storage")  # the gateway's own disk: its devices keep their status
         if any(d["status"] == "fault" for d in devs):
             problems.append("fault")
         if open_alarms.get(gid):
@@ -180,7 +184,7 @@ def board_data(school: str | None = None, building: int | None = None,
                       "last_seen": gw["last_seen"] if gw else None, "reported": gw is not None,
                       "clock_offset": gw["clock_offset"] if gw else None, "clock_wrong": bool(gw and gw["clock_wrong"]),
                       "registered": gid in places, "problems": problems, "devices": devs,
-                      "alarms": open_alarms.get(gid, [])})
+                      "alarms": open_alarms.get(gid, []), "notes": notes})
     rooms.sort(key=_room_sort_key)
     counts = {p: sum(1 for r in rooms if p in r["problems"]) for p in PROBLEMS}
     counts["rooms"] = len(rooms)

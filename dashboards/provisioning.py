@@ -127,7 +127,9 @@ def _gateway_rows() -> list[dict[str, Any]]:
                      "reported": st.get("devices") or {}, "applied": applied,
                      "pushed": push["version"] if push else None, "pushed_at": push["at"] if push else None,
                      "sync_class": css, "sync": words, "rejected": events["rejected"],
-                     "applied_event": events["applied"]})
+                     "applied_event": events["applied"],
+                     # IT staff see a replaced outbox however old it is (the board: a week).
+                     "storage_notes": prov.storage_notes(st, replaced_within=None) if st else []})
     return rows
 
 

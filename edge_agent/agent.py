@@ -16,6 +16,14 @@ invalid the agent keeps its devices, logs one error and reports a
 pollers restart; command workers keep their queues), saves the list next to
 its outbox (`pushed-config.json`, used instead of the file's devices at the
 next start), reports a `config_applied` event and `config_version` in `state`.
+A list that cannot be saved (disk full) is applied all the same: the broker
+delivers the retained list again at the next connect.
+
+Storage (see `storage.py`, `outbox.py`): an unusable `data_dir` stops the agent
+at start with one line (ConfigError); a damaged outbox is replaced by a new
+one, reported in `state.outbox_replaced` and as an `outbox_replaced` event; a
+full disk is `state.storage`, while devices keep their own status and
+commands, presence and config pushes carry on.
 """
 
 from __future__ import annotations
@@ -44,6 +52,7 @@ from edge_agent.config import DeviceConfig, GatewayConfig
 from edge_agent.drivers import create_driver
 from edge_agent.drivers.base import DeviceUnreachable, Driver, Reading
 from edge_agent.outbox import Outbox, SequencedMessage
+from edge_agent.storage import Replacement
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +64,9 @@ AGENT_EVENT_DEVICE = "agent"      # device segment of events about the agent its
 class Agent:
     def __init__(self, config: GatewayConfig) -> None:
         self.file_config = config
+        # First: an unusable data_dir is one error line, before anything else reads or logs about it.
+        self.outbox = Outbox(config.data_path / "agent.db", max_messages=config.outbox.max_messages,
+                             max_age_s=config.outbox.max_age_s)
         self.config_version: int | None = None  # None: running the config file's device list
         pushed = config_push.load_pushed(config)
         if pushed is not None:
@@ -67,13 +79,14 @@ class Agent:
         self.drivers: dict[str, Driver] = {dev.id: self._new_driver(dev) for dev in config.devices}
         self.locks = {d: asyncio.Lock() for d in self.drivers}
         self.status: dict[str, str] = {d: "starting" for d in self.drivers}
-        self.outbox = Outbox(config.data_path / "agent.db", max_messages=config.outbox.max_messages,
-                             max_age_s=config.outbox.max_age_s)
         self.pending = asyncio.Event()        # set when the outbox has something new
         self.poll_soon: dict[str, asyncio.Event] = {}  # device -> set to read it now instead of at its next poll
         self.commands = CommandExecutor(self.outbox, self.school, self.gateway, self.drivers, self.locks,
                                         on_result=self._command_finished)
         self.state_changed = asyncio.Event()
+        self.outbox.on_change = self.state_changed.set  # storage status, or a new outbox instance
+        self.outbox.on_replaced.append(self._outbox_replaced)
+        self._announced_instance: int | None = None  # the outbox instance central was last told of
         self.client: aiomqtt.Client | None = None
         self.connected = asyncio.Event()
         self.published = 0
@@ -160,14 +173,15 @@ class Agent:
     # ------------------------------------------------------------ MQTT link
 
     def state(self, online: bool = True) -> State:
+        replaced = self.outbox.replaced
         return State(online=online, ts=time.time(), agent=campus.__version__, boot=self.boot, since=self.since,
                      room=self.config.room, building=self.config.building,
                      devices={d: {"profile": drv.profile.name, "kind": drv.profile.kind,
                                   "status": self.status.get(d, "starting") if online else "offline"}
                               for d, drv in self.drivers.items()},
                      interval=self.heartbeat, config_version=self.config_version,
-                     outbox={"pending": len(self.outbox), "dropped": self.outbox.dropped,
-                             "last_seq": self.outbox.last_seq, "instance": self.outbox.instance})
+                     outbox=self.outbox.figures(), storage=self.outbox.health.as_dict(),
+                     outbox_replaced=replaced.as_dict() if replaced is not None else None)
 
     def _client(self) -> aiomqtt.Client:
         url = self.mqtt_url
@@ -201,8 +215,7 @@ class Agent:
                     self.connected.set()
                     backoff = 0.5
                     log.info("connected to %s", self.mqtt_url)
-                    await client.publish(contract.state_topic(self.school, self.gateway), self.state().encode(),
-                                         qos=1, retain=True)
+                    await self._send_state(client)
                     await client.subscribe(contract.agent_cmd_filter(self.school, self.gateway), qos=1)
                     await client.subscribe(contract.config_topic(self.school, self.gateway), qos=1)
                     try:
@@ -227,12 +240,16 @@ class Agent:
             await asyncio.sleep(backoff)
             backoff = min(backoff * 2, 30.0)
 
+    async def _send_state(self, client: aiomqtt.Client) -> None:
+        state = self.state()
+        await client.publish(contract.state_topic(self.school, self.gateway), state.encode(), qos=1, retain=True)
+        self._announced_instance = state.outbox.get("instance")
+
     async def _publish_state(self, client: aiomqtt.Client) -> None:
-        topic = contract.state_topic(self.school, self.gateway)
         while True:
             await wait_event(self.state_changed, self.heartbeat)
             self.state_changed.clear()
-            await client.publish(topic, self.state().encode(), qos=1, retain=True)
+            await self._send_state(client)
             raise_if_cancelled()
 
     async def _receive(self, client: aiomqtt.Client) -> None:
@@ -266,6 +283,12 @@ class Agent:
                 await wait_event(self.pending, 5.0)
                 self.outbox.expire()
                 continue
+            if self.outbox.instance != self._announced_instance:
+                # The outbox was replaced while running: central must hear of the new instance before
+                # its first numbers, or it takes them for redeliveries of the old ones.
+                self.state_changed.clear()
+                await self._send_state(client)
+                continue
             started = loop.time()
             results = await asyncio.gather(
                 *(client.publish(r.topic, r.payload, qos=1, retain=r.retain, timeout=30) for r in rows),
@@ -287,6 +310,8 @@ class Agent:
     async def run(self) -> None:
         log.info("agent %s/%s starting with %d devices; outbox holds %d", self.school, self.gateway,
                  len(self.drivers), len(self.outbox))
+        if self.outbox.replaced_now is not None:
+            self._outbox_replaced(self.outbox.replaced_now)
         for device in self._journaled_devices() - set(self.drivers):
             self._forget_commands(device, "the device is no longer in this gateway's config")
         self.commands.recover()
@@ -310,6 +335,11 @@ class Agent:
         self.workers[device_id] = self._tasks.create_task(self.commands.run_device(device_id))
 
     # ------------------------------------------------------------ config push
+
+    def _outbox_replaced(self, replacement: Replacement) -> None:
+        """A damaged outbox was set aside: say so through the new one (its first numbers)."""
+        self.record_agent_event("outbox_replaced", replacement.as_dict())
+        self.state_changed.set()
 
     def record_agent_event(self, type_: str, data: dict[str, Any]) -> None:
         """An event about the agent itself, through the outbox like any other."""
@@ -360,7 +390,10 @@ class Agent:
             try:
                 config_push.save_pushed(self.config, payload)
             except OSError as exc:
-                raise ConfigError(f"cannot save the pushed config: {exc.strerror or exc}") from None
+                # A full disk must not stop a push: the broker keeps the list (retained) and delivers it
+                # again at the next connect; until then a restart runs the list saved before.
+                log.warning("pushed config v%d applied but not saved (%s): a restart runs the previous list "
+                            "until the broker delivers this one again", version, exc.strerror or exc)
         except BaseException:
             for driver in fresh.values():
                 with contextlib.suppress(Exception):
@@ -419,13 +452,15 @@ class Agent:
             await driver.close()
 
     def _journaled_devices(self) -> set[str]:
-        rows = self.commands.db.execute("SELECT DISTINCT device FROM commands WHERE state IN ('queued', 'running')")
+        rows = self.outbox.read(lambda db: db.execute(
+            "SELECT DISTINCT device FROM commands WHERE state IN ('queued', 'running')").fetchall(), [])
         return {r[0] for r in rows}
 
     def _forget_commands(self, device_id: str, reason: str) -> None:
         """Answer the journaled commands of a device that is gone, so none waits forever."""
-        rows = self.commands.db.execute("SELECT id, state FROM commands WHERE device=? AND state IN ('queued', 'running')"
-                                        " ORDER BY received", (device_id,)).fetchall()
+        rows = self.outbox.read(lambda db: db.execute(
+            "SELECT id, state FROM commands WHERE device=? AND state IN ('queued', 'running') ORDER BY received",
+            (device_id,)).fetchall(), [])
         for cid, state in rows:
             self.commands._finish(cid, device_id, "rejected" if state == "queued" else "failed", reason)
         if rows:

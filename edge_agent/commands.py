@@ -7,6 +7,18 @@ wait in a queue per device and run in order (a projector warming up takes
 the next command after it is done); different devices run concurrently.
 The deadline is checked on arrival and again just before running. Results
 go out through the outbox, so they survive a broker outage too.
+
+When the storage refuses a write (disk full, see `outbox.py`) a command is
+journaled in memory instead (`volatile`), which guards against redelivery
+while the agent runs, and its result is held by the outbox. A command
+journaled on disk as queued whose `running` mark cannot be written is not
+run (`failed`): a restart would find it queued and run it a second time.
+
+When the journal itself is lost (a damaged outbox replaced by a new file, a
+new SD card) a redelivered command is unknown to the new journal although it
+may have run. So an unknown command issued (`ts`, central's clock) before
+the journal began (`Outbox.journal_since`) is answered `expired` and not
+run; a command without `ts` (an older central) is not checked.
 """
 
 from __future__ import annotations
@@ -18,6 +30,7 @@ import sqlite3
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 from campus import contract
 from campus.aio import raise_if_cancelled
@@ -43,10 +56,36 @@ CREATE TABLE IF NOT EXISTS commands (
 MAX_RUN_S = 60.0
 
 
+# Answer to a command whose journal entry cannot be read (I/O error): running it could be running it twice.
+_UNREADABLE = ("failed", "not run: the gateway cannot read its command journal", None)
+
+
 @dataclass
 class _Job:
     command: Command
     device: str
+    payload: bytes
+
+
+@dataclass
+class _Entry:
+    """A journal entry the storage refused to write, kept in memory."""
+
+    device: str
+    payload: bytes
+    state: str
+    detail: str
+    received: float
+    finished: float | None = None
+
+
+def _upsert(db: sqlite3.Connection, cid: str, device: str, payload: bytes, state: str, detail: str,
+            received: float, finished: float | None) -> None:
+    """Record a command's state; a command the journal lost (or never had) gets its row back."""
+    db.execute("INSERT INTO commands (id, device, payload, state, detail, received, finished)"
+               " VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (id) DO UPDATE"
+               " SET state=excluded.state, detail=excluded.detail, finished=excluded.finished",
+               (cid, device, payload, state, detail, received, finished))
 
 
 class CommandExecutor:
@@ -54,8 +93,7 @@ class CommandExecutor:
                  locks: dict[str, asyncio.Lock], clock: Callable[[], float] = time.time,
                  on_result: Callable[[str, str], None] = lambda device, status: None) -> None:
         self.outbox = outbox
-        self.db = outbox.db
-        self.db.executescript(SCHEMA)
+        outbox.extend_schema(SCHEMA)
         self.school, self.gateway = school, gateway
         self.drivers = drivers
         self.locks = locks
@@ -64,6 +102,12 @@ class CommandExecutor:
         self.on_result = on_result
         self.queues: dict[str, asyncio.Queue[_Job]] = {d: asyncio.Queue() for d in drivers}
         self.executed: dict[str, int] = {}  # action runs per command id, for tests and audits
+        self.volatile: dict[str, _Entry] = {}  # journal entries the storage refused (disk full)
+
+    @property
+    def db(self) -> sqlite3.Connection:
+        """The journal's database: the outbox's, whichever file that is now (it may have been replaced)."""
+        return self.outbox.db
 
     # ------------------------------------------------------------ arrival
 
@@ -74,44 +118,80 @@ class CommandExecutor:
         except PayloadError as exc:
             cid = _salvage_id(payload)
             log.warning("command for %s rejected: %s", device, exc)
-            if cid is not None and not self._known(cid):
-                self._journal(cid, device, payload, "queued")
+            if cid is not None and self._lookup(cid) is None:
+                self._journal(cid, device, payload)
                 self._finish(cid, device, "rejected", str(exc))
             return
-        row = self.db.execute("SELECT state, detail, finished FROM commands WHERE id=?", (cmd.id,)).fetchone()
-        if row is not None:
-            state, detail, finished = row
+        known = self._lookup(cmd.id)
+        if known is _UNREADABLE:
+            self._answer(cmd.id, device, *known)
+            return
+        if known is not None:
+            state, detail, finished = known
             log.info("command %s delivered again (state %s): not run again", cmd.id, state)
             if state in contract.FINAL_COMMAND_STATUSES:
                 # Answer again with the first result: the sender may have missed it.
-                result = CommandResult(cmd.id, state, detail, finished or self.clock())
-                self.outbox.add(plain=[(contract.cmd_result_topic(self.school, self.gateway, device),
-                                        result.encode())])
+                self._answer(cmd.id, device, state, detail, finished)
             return
-        self._journal(cmd.id, device, payload, "queued")
+        self._journal(cmd.id, device, payload)
         if device not in self.drivers:
             self._finish(cmd.id, device, "rejected", f"no device {device!r} on gateway {self.gateway}")
         elif cmd.deadline <= self.clock():
             self._finish(cmd.id, device, "expired", "arrived after its deadline")
+        elif cmd.ts and cmd.ts < (since := self.outbox.journal_since):
+            began = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(since))
+            self._finish(cmd.id, device, "expired",
+                         f"not run: issued before this gateway's command journal began ({began}, a new outbox); "
+                         "it may have run already. Send it again if it is still wanted")
         else:
-            self.queues[device].put_nowait(_Job(cmd, device))
+            self.queues[device].put_nowait(_Job(cmd, device, payload))
 
-    def _known(self, cid: str) -> bool:
-        return self.db.execute("SELECT 1 FROM commands WHERE id=?", (cid,)).fetchone() is not None
+    def _answer(self, cid: str, device: str, state: str, detail: str, finished: float | None) -> None:
+        result = CommandResult(cid, state, detail, finished or self.clock())
+        self.outbox.add(plain=[(contract.cmd_result_topic(self.school, self.gateway, device), result.encode())])
 
-    def _journal(self, cid: str, device: str, payload: bytes, state: str) -> None:
-        with self.db:
-            self.db.execute("BEGIN IMMEDIATE")
-            self.db.execute("INSERT INTO commands (id, device, payload, state, received) VALUES (?, ?, ?, ?, ?)",
-                            (cid, device, payload, state, self.clock()))
+    def _lookup(self, cid: str) -> tuple[str, str, float | None] | None:
+        """(state, detail, finished) of a journaled command, None if unknown, _UNREADABLE if it cannot be told."""
+        entry = self.volatile.get(cid)
+        if entry is not None:
+            return entry.state, entry.detail, entry.finished
+        missing: Any = object()
+        row = self.outbox.read(
+            lambda db: db.execute("SELECT state, detail, finished FROM commands WHERE id=?", (cid,)).fetchone(),
+            missing)
+        if row is missing:
+            return _UNREADABLE
+        return (row[0], row[1], row[2]) if row is not None else None
+
+    def _journal(self, cid: str, device: str, payload: bytes) -> None:
+        now = self.clock()
+        if not self.outbox.write(lambda db: db.execute(
+                "INSERT OR IGNORE INTO commands (id, device, payload, state, received) VALUES (?, ?, ?, 'queued', ?)",
+                (cid, device, payload, now))):
+            self.volatile[cid] = _Entry(device, payload, "queued", "", now)
+
+    def _mark_running(self, job: _Job) -> bool:
+        """Record that the command starts; False if that cannot be recorded (then it must not run)."""
+        cid, device = job.command.id, job.device
+        entry = self.volatile.get(cid)
+        if entry is not None:
+            entry.state = "running"
+            return True
+        now = self.clock()
+        return self.outbox.write(lambda db: _upsert(db, cid, device, job.payload, "running", "", now, None))
 
     def _finish(self, cid: str, device: str, status: str, detail: str) -> None:
         now = self.clock()
         result = CommandResult(cid, status, detail, now)
+        entry = self.volatile.get(cid)
+        if entry is not None:
+            entry.state, entry.detail, entry.finished = status, detail, now
+        payload, received = (entry.payload, entry.received) if entry is not None else (b"", now)
 
         def record(db: sqlite3.Connection) -> None:
-            db.execute("UPDATE commands SET state=?, detail=?, finished=? WHERE id=?", (status, detail, now, cid))
+            _upsert(db, cid, device, payload, status, detail, received, now)
 
+        # If the storage refuses this write, the outbox holds the result (and `record`) in memory.
         self.outbox.add(plain=[(contract.cmd_result_topic(self.school, self.gateway, device), result.encode())],
                         also=record)
         self.on_result(device, status)
@@ -119,18 +199,23 @@ class CommandExecutor:
 
     def recover(self) -> None:
         """After a restart: requeue commands never started; fail the interrupted ones."""
-        rows = self.db.execute("SELECT id, device, payload, state FROM commands WHERE state IN ('queued', 'running')"
-                               " ORDER BY received").fetchall()
+        rows = self.outbox.read(lambda db: db.execute(
+            "SELECT id, device, payload, state FROM commands WHERE state IN ('queued', 'running')"
+            " ORDER BY received").fetchall(), [])
         for cid, device, payload, state in rows:
             if state == "running":
                 # It may or may not have reached the device: never run it twice.
                 self._finish(cid, device, "failed", "agent restarted while the command was running")
                 continue
-            cmd = Command.decode(payload)
+            try:
+                cmd = Command.decode(payload)
+            except PayloadError as exc:
+                self._finish(cid, device, "failed", f"its journal entry is unreadable: {exc}")
+                continue
             if cmd.deadline <= self.clock():
                 self._finish(cid, device, "expired", "deadline passed while the agent was down")
             else:
-                self.queues[device].put_nowait(_Job(cmd, device))
+                self.queues[device].put_nowait(_Job(cmd, device, bytes(payload)))
 
     # ------------------------------------------------------------ running
 
@@ -154,9 +239,10 @@ class CommandExecutor:
         except ActionRejected as exc:
             self._finish(cmd.id, device, "rejected", str(exc))
             return
-        with self.db:
-            self.db.execute("BEGIN IMMEDIATE")
-            self.db.execute("UPDATE commands SET state='running' WHERE id=?", (cmd.id,))
+        if not self._mark_running(job):
+            self._finish(cmd.id, device, "failed", f"not run: the gateway cannot write its command journal "
+                         f"(storage {self.outbox.health.status}), and running it unrecorded could run it twice")
+            return
         self.executed[cmd.id] = self.executed.get(cmd.id, 0) + 1
         try:
             async with self.locks[device]:

@@ -108,6 +108,7 @@ class ModbusSensorServer:
         self.faults: dict[int, str] = {}
         self.frozen = False
         self.requests = 0
+        self.served = 0  # reads answered with values (tests count them against what the agent kept)
         self._server: ModbusTcpServer | ModbusSerialServer | None = None
         self._cable: NullModem | None = None
         self._ticker: asyncio.Task[None] | None = None
@@ -143,6 +144,7 @@ class ModbusSensorServer:
         for i in range(len(current_registers)):
             a = start_address + i
             current_registers[i] = regs[a] if a < len(regs) else 0
+        self.served += 1
         return None
 
     def _devices(self) -> list[SimDevice]:

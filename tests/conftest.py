@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 from hypothesis import settings
 
-from tests.servers import InfluxDB, Mosquitto, ServerProcess, VictoriaMetrics
+from tests.servers import InfluxDB, Mosquitto, ServerProcess, SmallFilesystem, VictoriaMetrics
 
 # Property tests draw the same examples on every run, so that a red CI means a
 # change broke something, not that this run happened on a new input (stop 10's
@@ -41,3 +41,20 @@ def victoria(tmp_path: Path) -> Iterator[VictoriaMetrics]:
 @pytest.fixture
 def influx(tmp_path: Path) -> Iterator[InfluxDB]:
     yield from _running(InfluxDB(tmp_path))
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path) -> Iterator[SmallFilesystem]:
+    """An 8 MB filesystem of its own at tmp_path/disk (root only: skipped elsewhere), unmounted afterwards."""
+    why = SmallFilesystem.available()
+    if why:
+        pytest.skip(why)
+    disk = SmallFilesystem(tmp_path / "disk")
+    try:
+        disk.mount()
+    except RuntimeError as exc:
+        pytest.skip(str(exc))
+    try:
+        yield disk
+    finally:
+        disk.umount()

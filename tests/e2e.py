@@ -105,14 +105,15 @@ class Classroom:
 
     def __init__(self, tmp: Path, mqtt: str, *, gateway: str = "gw1", poll_interval: float = 0.2,
                  outbox: dict[str, Any] | None = None, devices: list[dict[str, Any]] | None = None,
-                 store: str | None = None, workers: int = 1) -> None:
+                 store: str | None = None, workers: int = 1, data_dir: Path | None = None) -> None:
         self.tmp = tmp
         self.mqtt = mqtt
         self.gateway = gateway
         self.port = free_port()
+        self.data_dir = data_dir or tmp / f"{gateway}-data"
         self.config = write_gateway_config(tmp / f"{gateway}.yaml", mqtt, gateway=gateway, poll_interval=poll_interval,
                                            devices=devices or [env_device(self.port, seed=7)],
-                                           **({"outbox": outbox} if outbox else {}))
+                                           data_dir=str(self.data_dir), **({"outbox": outbox} if outbox else {}))
         self.db = tmp / "central.db"  # the ledger (and the points, with the default SQLite store)
         self.store = store or f"sqlite:///{self.db}"
         self.workers = workers
@@ -171,7 +172,7 @@ class Classroom:
 
     def agent_outbox(self) -> dict[str, int]:
         """The agent's own account: seq numbers allocated, messages waiting, dropped."""
-        path = self.tmp / f"{self.gateway}-data" / "agent.db"
+        path = self.data_dir / "agent.db"
         db = sqlite3.connect(str(path), timeout=10, isolation_level=None)
         try:
             db.execute("BEGIN")  # one snapshot for both reads

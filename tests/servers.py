@@ -201,3 +201,62 @@ class CampusProcess(ServerProcess):
 
     def output(self) -> str:
         return self.log_path.read_text(errors="replace")
+
+
+class SmallFilesystem:
+    """A real filesystem of `size` bytes (tmpfs) mounted at `path`: a disk that fills up, or a read-only one.
+
+    Needs root (mount(8)); `available()` says whether this machine allows it, and the fixtures skip
+    otherwise. `fill()` writes a ballast file until the kernel answers ENOSPC, exactly as a gateway's
+    card fills up; `free()` deletes it. Always unmounted at the end (lazily if a test left a file open)."""
+
+    def __init__(self, path: Path, size: int = 8 * 1024 * 1024, *, read_only: bool = False) -> None:
+        self.path = path
+        self.size = size
+        self.read_only = read_only
+        self.ballast = path / "ballast"
+        self.mounted = False
+
+    @staticmethod
+    def available() -> str | None:
+        """None if tests can mount here, else why not."""
+        if os.geteuid() != 0:
+            return "needs root to mount a small filesystem"
+        if not shutil.which("mount"):
+            return "no mount(8)"
+        return None
+
+    def mount(self) -> SmallFilesystem:
+        self.path.mkdir(parents=True, exist_ok=True)
+        opts = f"size={self.size}" + (",ro" if self.read_only else "")
+        result = subprocess.run(["mount", "-t", "tmpfs", "-o", opts, "tmpfs", str(self.path)], capture_output=True,
+                                text=True)
+        if result.returncode != 0:
+            raise RuntimeError(f"mount tmpfs at {self.path}: {result.stderr.strip()}")
+        self.mounted = True
+        return self
+
+    def fill(self) -> int:
+        """Take every free byte; returns how many were written."""
+        written = 0
+        fd = os.open(self.ballast, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        try:
+            for chunk in (b"\0" * (1 << 16), b"\0" * 512, b"\0"):
+                try:
+                    while True:
+                        written += os.write(fd, chunk)
+                except OSError as exc:
+                    if exc.errno != 28:  # ENOSPC
+                        raise
+        finally:
+            os.close(fd)
+        return written
+
+    def free(self) -> None:
+        self.ballast.unlink(missing_ok=True)
+
+    def umount(self) -> None:
+        if self.mounted:
+            if subprocess.run(["umount", str(self.path)], capture_output=True).returncode != 0:
+                subprocess.run(["umount", "-l", str(self.path)], capture_output=True)
+            self.mounted = False

@@ -202,6 +202,35 @@ def test_board_lists_every_room_with_status_and_last_seen(app) -> None:
     assert data["counts"] == {"offline": 2, "fault": 0, "alarm": 0, "rooms": 4, "unacked": 0}
 
 
+def test_board_shows_a_full_gateway_disk_and_a_replaced_outbox_with_devices_still_ok(app) -> None:
+    # What an agent on a full disk, whose outbox was found damaged an hour ago, says in its state.
+    now = time.time()
+    app.extensions["campus"]["ledger"].record([], [("s1", "gw-102", State(
+        online=True, ts=now, room="102", devices=DEVICES, interval=5,
+        outbox={"pending": 3, "dropped": 41, "not_stored": 41, "last_seq": 10, "instance": 7},
+        storage={"status": "full", "since": now - 60, "error": "database or disk is full"},
+        outbox_replaced={"at": now - 3600, "reason": "the outbox file is damaged (database disk image is malformed)",
+                         "kept_as": "agent.db.corrupt-20250303T080000Z", "lost": None,
+                         "previous_instance": 5, "previous_last_seq": 900}))], [])
+    rooms = {r["gateway"]: r for r in call(app, "GET", "/api/board", "facility").get_json()["rooms"]}
+    r102 = rooms["gw-102"]
+    assert r102["problems"] == ["storage"] and all(d["status"] == "ok" for d in r102["devices"])
+    notes = [n["text"] for n in r102["notes"]]
+    assert len(notes) == 2
+    assert notes[0].startswith("Gateway storage full since ") and "41 not stored" in notes[0]
+    assert "Outbox replaced after damage" in notes[1] and "unknown number of unsent messages lost" in notes[1]
+    assert "agent.db.corrupt-20250303T080000Z" in notes[1]
+    assert rooms["gw-101"]["notes"] == [] and "storage" not in rooms["gw-101"]["problems"]
+    assert [r["gateway"] for r in call(app, "GET", "/api/board?problem=any", "facility").get_json()["rooms"]
+            if "storage" in r["problems"]] == ["gw-102"]
+    gw = next(g for g in call(app, "GET", "/api/gateways", "facility").get_json() if g["id"] == "gw-102")
+    assert gw["storage"]["status"] == "full" and gw["outbox_replaced"]["previous_last_seq"] == 900
+    page = call(app, "GET", "/provisioning/gateways/gw-102", "admin").get_data(as_text=True)
+    assert "Gateway storage full since" in page and "Outbox replaced after damage" in page
+    listing = call(app, "GET", "/provisioning/gateways", "admin").get_data(as_text=True)
+    assert listing.count("storage-note") == 2
+
+
 def test_board_filters(app) -> None:
     raise_co2(app, "gw-102")
     with app.extensions["campus"]["registry"].session() as s:

@@ -113,12 +113,14 @@
         a.state === "acknowledged" ? ` <span class="muted">(acknowledged by ${esc(a.acked_by)})</span>` : ""}</li>`).join("");
       const gw = r.reported ? `last seen ${ago(r.last_seen, now)}` : "gateway has never reported";
       const skew = r.clock_wrong ? `<p class="clockwarn" data-clock-offset="${esc(r.clock_offset)}">⚠ ${esc(clockWarning(r.clock_offset))}</p>` : "";
+      const notes = (r.notes || []).map(n => `<li class="${esc(n.level)}">${esc(n.text)}</li>`).join("");
       return `<section class="card hroom ${cls}" data-gateway="${esc(r.gateway)}">
         <header><h2><a href="/health/rooms/${encodeURIComponent(r.gateway)}">Room ${esc(r.room || "?")}</a></h2>
           <span class="badge ${r.online ? "ok" : "offline"}">${r.online ? "online" : "offline"}</span>
           <a class="hlink" href="/health/rooms/${encodeURIComponent(r.gateway)}">history →</a></header>
         <p class="muted">${r.building ? "Building " + esc(r.building) + " · " : ""}${esc(r.school)} · gateway ${esc(r.gateway)} · ${esc(gw)}</p>
-        ${skew}${alarms ? `<ul class="halarms">${alarms}</ul>` : ""}
+        ${skew}${notes ? `<ul class="hnotes">${notes}</ul>` : ""}
+        ${alarms ? `<ul class="halarms">${alarms}</ul>` : ""}
         <table class="hdevs"><thead><tr><th>Device</th><th>Status</th><th>Now</th><th class="seen">Last seen</th></tr></thead><tbody>${r.devices.map(d => device(d, now)).join("") || '<tr><td class="muted">No devices.</td></tr>'}</tbody></table>
       </section>`;
     }
