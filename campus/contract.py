@@ -15,7 +15,8 @@ import re
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from campus.errors import PayloadError
+from campus import names
+from campus.errors import ConfigError, PayloadError
 
 ROOT = "campus/v1"
 MAX_PAYLOAD_BYTES = 64 * 1024
@@ -384,12 +385,21 @@ class State:
             raise PayloadError(f"{what}: outbox figures must be whole numbers")
         interval = float(_field(data, "interval", (int, float), what, optional=True, default=0.0))
         return cls(online=_field(data, "online", bool, what), ts=_ts(data, what), interval=interval, outbox=outbox,
-                   room=_field(data, "room", str, what, optional=True, default="")[:64],
-                   building=_field(data, "building", str, what, optional=True, default="")[:64],
+                   room=_name(data, "room", names.ROOM_MAX, what),
+                   building=_name(data, "building", names.BUILDING_MAX, what),
                    agent=_field(data, "agent", str, what, optional=True, default=""),
                    boot=float(_field(data, "boot", (int, float), what, optional=True, default=0.0)),
                    since=float(_field(data, "since", (int, float), what, optional=True, default=0.0)),
                    devices=devices, config_version=version)
+
+
+def _name(data: dict[str, Any], key: str, max_chars: int, what: str) -> str:
+    """A room or building name a gateway reports: `campus.names` rules; a longer one is cut, as before."""
+    try:
+        return names.display_name(_field(data, key, str, what, optional=True, default="")[:max_chars],
+                                  f"{what}: {key}", max_chars=max_chars, required=False)
+    except ConfigError as exc:
+        raise PayloadError(str(exc)) from None
 
 
 @dataclass

@@ -340,10 +340,12 @@ def new_password(gateway: str) -> Any:
 @bp.get("/gateways/<gateway>/config.yaml")
 @login_required(roles=ADMIN)
 def config_yaml(gateway: str) -> Any:
+    if _reg().gateway_info(gateway) is None:
+        return render_template("error.html", status=404, message=f"no gateway {gateway!r}"), 404
     try:
         text = prov.gateway_yaml(_reg(), gateway, _mqtt_url())
-    except CampusError as exc:
-        return render_template("error.html", status=404, message=str(exc)), 404
+    except CampusError as exc:  # a record that fails the name checks (prov.check_record)
+        return render_template("error.html", status=400, message=str(exc)), 400
     return _download(text, f"{gateway}.yaml", "application/yaml")
 
 
