@@ -324,8 +324,8 @@ def _check_gateways(gateways: list[dict[str, object]], hashes: dict[str, str], a
         taken.add(user)
         if not _MOSQUITTO_HASH.fullmatch(hashes.get(str(gw["id"]), "")):
             # The hash itself is never shown: it is a secret of its own.
-            raise ConfigError(f"{record} in the registry: the stored password hash is not in Mosquitto's $7$ "
-                              "format; give the gateway a new password (no broker file was written)")
+            raise ConfigError(f"{record} in the registry: the stored password hash is not one Mosquitto reads "
+                              "(PBKDF2-SHA512); give the gateway a new password (no broker file was written)")
 
 
 def read_bridge_template() -> str:
