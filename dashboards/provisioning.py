@@ -400,8 +400,8 @@ def import_csv() -> Any:
             audit("provision.import", f"{filename}: refused, {len(report.errors)} errors, first: {report.errors[0]}",
                   ok=False)
     columns = [("school", "required", "school id (letters, digits, - _ .), created if new"),
-               ("building", "", "building name; sets the room's building"),
-               ("room", "required", "room name, created if new"),
+               ("building", "", "building name (one line, at most 100 characters); sets the room's building"),
+               ("room", "required", "room name (one line, at most 64 characters), created if new"),
                ("gateway", "", "gateway id; a new one is registered in this room and gets MQTT credentials"),
                ("device", "", "device id on that gateway (added, or replaced if it exists)"),
                ("profile", "with device", "device model: one of the profiles below"),
