@@ -571,7 +571,7 @@ def test_a_name_planted_in_the_database_does_not_reach_the_gateway_yaml_or_the_p
     assert admin.get("/provisioning/gateways/gw-nope/config.yaml").status_code == 404
 
 
-def test_colliding_mqtt_user_names_are_refused_without_a_500_or_a_hash_in_the_logs(app, caplog) -> None:
+def test_colliding_mqtt_user_names_are_refused_without_a_500_or_a_hash_in_the_logs(app, caplog, monkeypatch) -> None:
     import logging
 
     from central.registry import Gateway
@@ -603,14 +603,11 @@ def test_colliding_mqtt_user_names_are_refused_without_a_500_or_a_hash_in_the_lo
     # Two registrations at the same moment: the database's UNIQUE constraint answers, as a refusal.
     with reg.session() as s:
         s.delete(s.get(Gateway, "c"))
-    original = type(reg)._check_new_gateway
-    type(reg)._check_new_gateway = staticmethod(lambda *_: None)  # as if the other request had not committed yet
-    try:
-        reg.register_gateway("c", "a-b", "R1")
-        with pytest.raises(prov.ConfigError, match="was just registered by someone else") as refused:
-            reg.register_gateway("b-c", "a", "R2")
-    finally:
-        type(reg)._check_new_gateway = original
+    # As if the other request had not committed yet when this one checked:
+    monkeypatch.setattr(type(reg), "_check_new_gateway", staticmethod(lambda *_: None))
+    reg.register_gateway("c", "a-b", "R1")
+    with pytest.raises(prov.ConfigError, match="was just registered by someone else") as refused:
+        reg.register_gateway("b-c", "a", "R2")
     assert "$7$" not in str(refused.value)
 
     text = caplog.text + page + json.dumps(reg.audit_trail())
