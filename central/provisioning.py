@@ -134,16 +134,18 @@ def new_gateway_password(registry: Registry, gateway: str) -> str:
     return password
 
 
-def check_record(info: dict[str, Any]) -> dict[str, Any]:
+def check_record(info: dict[str, Any], *, display_names: bool = True) -> dict[str, Any]:
     """A gateway's registry record (`Registry.gateway_info`) checked again before it leaves central.
 
     The second wall: a name written straight into the database (not through the forms, the
-    import or the registry's methods) must not reach a gateway's YAML or its config message."""
+    import or the registry's methods) must not reach a gateway's YAML or its config message.
+    `display_names=False`: the ids only, for a message that carries no room or building."""
     try:
         names.identifier(info["id"], "gateway")
         names.identifier(info["school"], "school")
-        names.display_name(info["room"], "room", max_chars=names.ROOM_MAX, required=False)
-        names.display_name(info["building"], "building", max_chars=names.BUILDING_MAX, required=False)
+        if display_names:
+            names.display_name(info["room"], "room", max_chars=names.ROOM_MAX, required=False)
+            names.display_name(info["building"], "building", max_chars=names.BUILDING_MAX, required=False)
         for device in info.get("devices", []):
             names.identifier(device["id"], "device")
     except ConfigError as exc:
@@ -183,7 +185,7 @@ def push_config(registry: Registry, client: Any, gateway: str, by: str = "") -> 
     info = registry.gateway_info(gateway)
     if info is None:
         raise ConfigError(f"no gateway {gateway!r}")
-    check_record(info)
+    check_record(info, display_names=False)  # the device list names no room: a legacy room name does not block it
     payload = registry.device_list_payload(gateway)
     if len(payload) > contract.MAX_PAYLOAD_BYTES:
         raise ConfigError(f"the device list of {gateway} is {len(payload)} bytes, over {contract.MAX_PAYLOAD_BYTES}")

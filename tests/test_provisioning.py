@@ -566,9 +566,13 @@ def test_a_name_planted_in_the_database_does_not_reach_the_gateway_yaml_or_the_p
     page = html_unescape(resp.get_data(as_text=True))
     assert resp.status_code == 400
     assert "gateway 'gw-101' in the registry: room: a line break (U+000A)" in page and "user gw-s1" not in page
-    with pytest.raises(prov.ConfigError, match="gateway 'gw-101' in the registry: room"):
-        prov.push_config(reg, None, "gw-101")  # refused before the (absent) broker is touched
     assert admin.get("/provisioning/gateways/gw-nope/config.yaml").status_code == 404
+    # The pushed device list holds ids only: a planted device id is refused before the (absent) broker.
+    reg.add_device("gw-101", "env", "env-6in1-modbus", {"host": "10.0.0.5"})
+    with reg.engine.begin() as conn:
+        conn.execute(text("UPDATE registered_devices SET device_id = :bad"), {"bad": "env\nx"})
+    with pytest.raises(prov.ConfigError, match=r"gateway 'gw-101' in the registry: device 'env\\nx' is not a valid"):
+        prov.push_config(reg, None, "gw-101")
 
 
 def test_colliding_mqtt_user_names_are_refused_without_a_500_or_a_hash_in_the_logs(app, caplog, monkeypatch) -> None:
