@@ -40,7 +40,7 @@ from __future__ import annotations
 
 import unicodedata
 
-from campus.errors import ConfigError
+from campus.errors import ConfigError, PayloadError
 
 # Length limits of display names, in characters; the registry's columns are this long.
 SCHOOL_NAME_MAX = 200
@@ -112,8 +112,7 @@ def identifier(value: object, field: str) -> str:
     """`value` if it is a valid id (a topic segment: `campus.contract.check_segment`); else `BadName`.
 
     Not trimmed: an id with a space around it is refused, not silently changed."""
-    from campus import contract  # contract imports this module (State.decode checks names)
-    from campus.errors import PayloadError
+    from campus import contract  # here, not at the top: contract imports this module (State.decode)
 
     try:
         return contract.check_segment(value, field)  # type: ignore[arg-type]
