@@ -15,7 +15,8 @@ import re
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from campus.errors import PayloadError
+from campus import names
+from campus.errors import ConfigError, PayloadError
 
 ROOT = "campus/v1"
 MAX_PAYLOAD_BYTES = 64 * 1024
@@ -394,8 +395,8 @@ class State:
         interval = float(_field(data, "interval", (int, float), what, optional=True, default=0.0))
         return cls(online=_field(data, "online", bool, what), ts=_ts(data, what), interval=interval, outbox=outbox,
                    storage=_storage(data, what), outbox_replaced=_replacement(data, what),
-                   room=_field(data, "room", str, what, optional=True, default="")[:64],
-                   building=_field(data, "building", str, what, optional=True, default="")[:64],
+                   room=_name(data, "room", names.ROOM_MAX, what),
+                   building=_name(data, "building", names.BUILDING_MAX, what),
                    agent=_field(data, "agent", str, what, optional=True, default=""),
                    boot=float(_field(data, "boot", (int, float), what, optional=True, default=0.0)),
                    since=float(_field(data, "since", (int, float), what, optional=True, default=0.0)),
@@ -431,6 +432,15 @@ def _replacement(data: dict[str, Any], what: str) -> dict[str, Any] | None:
             raise PayloadError(f"{where}: field '{name}' must be >= 0, got {value}")
         out[name] = value
     return out
+
+
+def _name(data: dict[str, Any], key: str, max_chars: int, what: str) -> str:
+    """A room or building name a gateway reports: `campus.names` rules; a longer one is cut, as before."""
+    try:
+        return names.display_name(_field(data, key, str, what, optional=True, default="")[:max_chars],
+                                  f"{what}: {key}", max_chars=max_chars, required=False)
+    except ConfigError as exc:
+        raise PayloadError(str(exc)) from None
 
 
 @dataclass

@@ -48,9 +48,18 @@ import yaml
 from sqlalchemy import Float, Integer, String, select
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
-from campus import contract
+from campus import contract, names
 from campus.errors import CampusError, ConfigError
-from central.registry import Building, Device, Gateway, Registry, Room, School, mosquitto_password_hash
+from central.registry import (
+    Building,
+    Device,
+    Gateway,
+    Registry,
+    Room,
+    School,
+    gateway_account,
+    mosquitto_password_hash,
+)
 
 IMPORT_COLUMNS = ("school", "building", "room", "gateway", "device", "profile", "address", "options")
 REQUIRED_COLUMNS = ("school", "room")
@@ -79,9 +88,8 @@ def ensure_tables(registry: Registry) -> None:
 
 
 def create_school(registry: Registry, school_id: str, name: str = "") -> None:
-    contract.check_segment(school_id, "school id")
-    if len(name) > 200:
-        raise ConfigError("a school name has at most 200 characters")
+    names.identifier(school_id, "school id")
+    name = names.display_name(name, "school name", max_chars=names.SCHOOL_NAME_MAX, required=False)
     with registry.session() as s:
         school = s.get(School, school_id)
         if school is None:
@@ -127,12 +135,37 @@ def new_gateway_password(registry: Registry, gateway: str) -> str:
     return password
 
 
+def check_record(info: dict[str, Any], *, display_names: bool = True) -> dict[str, Any]:
+    """A gateway's registry record (`Registry.gateway_info`) checked again before it leaves central.
+
+    The second wall: a name written straight into the database (not through the forms, the
+    import or the registry's methods) must not reach a gateway's YAML or its config message.
+    `display_names=False`: the ids only, for a message that carries no room or building."""
+    try:
+        names.identifier(info["id"], "gateway")
+        names.identifier(info["school"], "school")
+        if display_names:
+            names.display_name(info["room"], "room", max_chars=names.ROOM_MAX, required=False)
+            names.display_name(info["building"], "building", max_chars=names.BUILDING_MAX, required=False)
+        for device in info.get("devices", []):
+            names.identifier(device["id"], "device")
+    except ConfigError as exc:
+        raise ConfigError(f"gateway {info['id']!r} in the registry: {exc}; correct the record") from None
+    return info
+
+
 def gateway_yaml(registry: Registry, gateway: str, mqtt_url: str | None, password: str = "CHANGE-ME") -> str:
-    """The gateway config file to copy onto the gateway, as YAML text with a short header."""
+    """The gateway config file to copy onto the gateway, as YAML text with a short header.
+
+    The header names ids only: a comment is a line too, and YAML escapes values, not comments."""
+    info = registry.gateway_info(gateway)
+    if info is None:
+        raise ConfigError(f"no gateway {gateway!r}")
+    check_record(info)
     config = registry.gateway_config(gateway, mqtt_url or "mqtt://broker-host:1883", password)
     version = config.pop("config_version", None)
-    where = " / ".join(x for x in (config["school"], config["building"], config["room"]) if x)
-    header = (f"# campus-iot gateway {gateway} ({where}), from the registry (device list v{version}).\n"
+    header = (f"# campus-iot gateway {gateway} of school {config['school']}, from the registry "
+              f"(device list v{version}).\n"
               f"# Run it with: campus agent --config {gateway}.yaml\n"
               "# Keep this file secret: it holds the gateway's MQTT password and the school's card secret.\n")
     return header + yaml.safe_dump(config, sort_keys=False, allow_unicode=True)
@@ -153,6 +186,7 @@ def push_config(registry: Registry, client: Any, gateway: str, by: str = "") -> 
     info = registry.gateway_info(gateway)
     if info is None:
         raise ConfigError(f"no gateway {gateway!r}")
+    check_record(info, display_names=False)  # the device list names no room: a legacy room name does not block it
     payload = registry.device_list_payload(gateway)
     if len(payload) > contract.MAX_PAYLOAD_BYTES:
         raise ConfigError(f"the device list of {gateway} is {len(payload)} bytes, over {contract.MAX_PAYLOAD_BYTES}")
@@ -386,18 +420,24 @@ def _check_row(line: int, v: dict[str, str], report: ImportReport) -> _Row | Non
     for column in ("school", "gateway"):
         if v.get(column):
             try:
-                contract.check_segment(v[column], column)
-            except CampusError as exc:
-                bad(column, str(exc))
+                names.identifier(v[column], column)
+            except names.BadName as exc:
+                bad(column, exc.reason)
     if not v.get("school"):
         bad("school", "required")
-    room = v.get("room", "")
-    if not room:
+    room = building = ""
+    if not v.get("room"):
         bad("room", "required")
-    elif len(room) > 64:
-        bad("room", "a room name has at most 64 characters")
-    if len(v.get("building", "")) > 100:
-        bad("building", "a building name has at most 100 characters")
+    else:
+        try:
+            room = names.display_name(v["room"], "room", max_chars=names.ROOM_MAX)
+        except names.BadName as exc:
+            bad("room", exc.reason)
+    try:
+        building = names.display_name(v.get("building", ""), "building", max_chars=names.BUILDING_MAX,
+                                      required=False)
+    except names.BadName as exc:
+        bad("building", exc.reason)
     device = v.get("device", "")
     address: dict[str, Any] = {}
     options: dict[str, Any] = {}
@@ -427,7 +467,7 @@ def _check_row(line: int, v: dict[str, str], report: ImportReport) -> _Row | Non
                 bad(column, "only with a device (the device column is empty)")
     if len(report.errors) != errors_before:
         return None
-    return _Row(line, v["school"], v.get("building", ""), room, v.get("gateway", ""), device, v.get("profile", ""),
+    return _Row(line, v["school"], building, room, v.get("gateway", ""), device, v.get("profile", ""),
                 address, options)
 
 
@@ -453,7 +493,10 @@ def import_csv(registry: Registry, data: bytes) -> ImportReport:
         report.errors.sort(key=lambda e: e.line)
         return report
     except Exception as exc:  # a database error: the transaction was rolled back
-        report.errors.append(ImportProblem(0, "", f"database error, nothing imported: {exc}"))
+        # The driver's own message only: SQLAlchemy's would carry the statement (and, without the
+        # registry's hide_parameters, a new gateway's password hash).
+        reason = getattr(exc, "orig", None) or type(exc).__name__
+        report.errors.append(ImportProblem(0, "", f"database error, nothing imported: {reason}"))
         report.credentials.clear()
         return report
     report.ok = True
@@ -469,6 +512,7 @@ def _cross_check(s: Session, rows: list[_Row], report: ImportReport) -> None:
     gateway_home: dict[str, tuple[str, str, int]] = {}
     room_building: dict[tuple[str, str], tuple[str, int]] = {}
     devices_seen: dict[tuple[str, str], int] = {}
+    accounts: dict[str, tuple[str, int]] = {}  # MQTT user name of a new gateway -> (gateway, line)
     for row in rows:
         key = (row.school, row.room)
         if row.building:
@@ -487,6 +531,8 @@ def _cross_check(s: Session, rows: list[_Row], report: ImportReport) -> None:
                     report.errors.append(ImportProblem(row.line, "gateway", f"gateway {row.gateway} is registered in "
                                                       f"{existing.school_id} room {room}, not {row.school} room "
                                                       f"{row.room}"))
+            else:
+                _check_account(s, row, accounts, report)
             gateway_home[row.gateway] = (row.school, row.room, row.line)
         elif home[:2] != (row.school, row.room):
             report.errors.append(ImportProblem(row.line, "gateway", f"gateway {row.gateway} is in {home[0]} room "
@@ -496,6 +542,22 @@ def _cross_check(s: Session, rows: list[_Row], report: ImportReport) -> None:
             if first != row.line:
                 report.errors.append(ImportProblem(row.line, "device", f"device {row.device} of gateway "
                                                   f"{row.gateway} is already on line {first}"))
+
+
+def _check_account(s: Session, row: _Row, accounts: dict[str, tuple[str, int]], report: ImportReport) -> None:
+    """A new gateway's MQTT user name must be free, in the registry and in the file (`gateway_account`)."""
+    username = gateway_account(row.school, row.gateway)
+    other = s.scalar(select(Gateway).where(Gateway.mqtt_username == username))
+    if other is not None:
+        report.errors.append(ImportProblem(row.line, "gateway", f"its MQTT user name {username} is already the "
+                                          f"account of gateway {other.id} of school {other.school_id}; choose "
+                                          "another gateway id"))
+    elif username in accounts:
+        first = accounts[username]
+        report.errors.append(ImportProblem(row.line, "gateway", f"its MQTT user name {username} is also the one "
+                                          f"of gateway {first[0]} on line {first[1]}; choose another gateway id"))
+    else:
+        accounts[username] = (row.gateway, row.line)
 
 
 def _write(s: Session, rows: list[_Row], report: ImportReport) -> None:
@@ -526,7 +588,7 @@ def _write(s: Session, rows: list[_Row], report: ImportReport) -> None:
         gw = s.get(Gateway, row.gateway)
         if gw is None:
             password = secrets.token_urlsafe(18)
-            username = f"gw-{row.school}-{row.gateway}"[:100]
+            username = gateway_account(row.school, row.gateway)
             gw = Gateway(id=row.gateway, school_id=row.school, room_id=room.id, mqtt_username=username,
                          mqtt_password_hash=mosquitto_password_hash(password))
             s.add(gw)

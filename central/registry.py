@@ -37,7 +37,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, relationship, sessionmaker
 from werkzeug.security import check_password_hash, generate_password_hash
 
-from campus import contract
+from campus import names
 from campus.errors import ConfigError, PayloadError
 
 ROLES = ("admin", "facility", "teacher")
@@ -50,7 +50,7 @@ class Base(DeclarativeBase):
 class School(Base):
     __tablename__ = "schools"
     id: Mapped[str] = mapped_column(String(64), primary_key=True)
-    name: Mapped[str] = mapped_column(String(200), default="")
+    name: Mapped[str] = mapped_column(String(names.SCHOOL_NAME_MAX), default="")
 
 
 class SchoolSecret(Base):
@@ -66,7 +66,7 @@ class Building(Base):
     __table_args__ = (UniqueConstraint("school_id", "name"),)
     id: Mapped[int] = mapped_column(primary_key=True)
     school_id: Mapped[str] = mapped_column(ForeignKey("schools.id"))
-    name: Mapped[str] = mapped_column(String(100))
+    name: Mapped[str] = mapped_column(String(names.BUILDING_MAX))
 
 
 class Room(Base):
@@ -75,7 +75,7 @@ class Room(Base):
     id: Mapped[int] = mapped_column(primary_key=True)
     school_id: Mapped[str] = mapped_column(ForeignKey("schools.id"))
     building_id: Mapped[int | None] = mapped_column(ForeignKey("buildings.id"), nullable=True)
-    name: Mapped[str] = mapped_column(String(64))
+    name: Mapped[str] = mapped_column(String(names.ROOM_MAX))
     building: Mapped[Building | None] = relationship()
 
 
@@ -125,7 +125,7 @@ class ApiToken(Base):
     __tablename__ = "api_tokens"
     id: Mapped[int] = mapped_column(primary_key=True)
     user_id: Mapped[int] = mapped_column(ForeignKey("users.id"))
-    name: Mapped[str] = mapped_column(String(100), default="")
+    name: Mapped[str] = mapped_column(String(names.LABEL_MAX), default="")
     # SHA-256 of the token: a token is 32 random bytes, so a fast hash is enough
     # (unlike a password, it cannot be guessed from a dictionary).
     token_sha256: Mapped[str] = mapped_column(String(64), unique=True)
@@ -159,7 +159,7 @@ class Alarm(Base):
 class Schedule(Base):
     __tablename__ = "schedules"
     id: Mapped[int] = mapped_column(primary_key=True)
-    name: Mapped[str] = mapped_column(String(100))
+    name: Mapped[str] = mapped_column(String(names.SCHEDULE_NAME_MAX))
     school_id: Mapped[str | None] = mapped_column(String(64), nullable=True)
     building_id: Mapped[int | None] = mapped_column(ForeignKey("buildings.id"), nullable=True)
     at: Mapped[str] = mapped_column(String(5))            # "22:00" local time
@@ -199,6 +199,12 @@ def mosquitto_password_hash(password: str, iterations: int = 101) -> str:
     return f"$7${iterations}${base64.b64encode(salt).decode()}${base64.b64encode(digest).decode()}"
 
 
+def gateway_account(school: str, gateway: str) -> str:
+    """The MQTT user name of a gateway. Not unique by construction (`a-b`/`c` and `a`/`b-c` both
+    give `gw-a-b-c`): registration refuses a second gateway whose name is taken."""
+    return f"gw-{school}-{gateway}"[:100]
+
+
 def token_digest(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
 
@@ -220,7 +226,9 @@ class Registry:
         if not url.startswith(("sqlite:", "postgresql")):
             raise ConfigError(f"registry URL {url!r}: use sqlite:///PATH or a postgresql:// URL")
         self.url = url
-        self.engine = create_engine(url)
+        # hide_parameters: an error message (a log line, a page) never carries a row's values,
+        # among them password hashes (issue 15: a UNIQUE failure logged a gateway's new hash).
+        self.engine = create_engine(url, hide_parameters=True)
         if url.startswith("sqlite:"):
             _sqlite_pragmas(self.engine)
         Base.metadata.create_all(self.engine)
@@ -240,9 +248,11 @@ class Registry:
         """Create or update a user; `rooms` are (school, room name) pairs (teachers)."""
         if role not in ROLES:
             raise ConfigError(f"role {role!r} is not one of {', '.join(ROLES)}")
-        contract.check_segment(username, "username")
+        names.identifier(username, "username")
         if len(password) < 8:
             raise ConfigError("a password needs at least 8 characters")
+        rooms = [(names.identifier(school, "school"), names.display_name(name, "room", max_chars=names.ROOM_MAX))
+                 for school, name in rooms]
         with self.session() as s:
             user = s.scalar(select(User).where(User.username == username)) or User(username=username)
             user.password_hash = generate_password_hash(password)
@@ -285,6 +295,7 @@ class Registry:
         return token
 
     def add_token(self, username: str, token: str, name: str = "") -> None:
+        name = names.display_name(name, "label", max_chars=names.LABEL_MAX, required=False)
         with self.session() as s:
             user = s.scalar(select(User).where(User.username == username))
             if user is None:
@@ -305,9 +316,11 @@ class Registry:
         return room
 
     def ensure_room(self, school: str, room: str, building: str = "") -> int:
-        contract.check_segment(school, "school")
-        if not room or len(room) > 64:
-            raise ConfigError("a room name needs 1 to 64 characters")
+        """The id of a room, created (with its school and building) if missing. Every name is checked
+        by `campus.names`: this is the path of the forms, the CLI and the demo."""
+        names.identifier(school, "school")
+        room = names.display_name(room, "room", max_chars=names.ROOM_MAX)
+        building = names.display_name(building, "building", max_chars=names.BUILDING_MAX, required=False)
         with self.session() as s:
             if s.get(School, school) is None:
                 s.add(School(id=school, name=school))
@@ -330,15 +343,33 @@ class Registry:
 
     def register_gateway(self, gateway: str, school: str, room: str, building: str = "") -> str:
         """Create a gateway with fresh MQTT credentials; returns the plain password (shown once)."""
-        contract.check_segment(gateway, "gateway")
+        names.identifier(gateway, "gateway")
+        names.identifier(school, "school")
+        username = gateway_account(school, gateway)
+        with self.session() as s:  # refuse before ensure_room creates anything
+            self._check_new_gateway(s, gateway, username)
         room_id = self.ensure_room(school, room, building)
         password = secrets.token_urlsafe(18)
-        with self.session() as s:
-            if s.get(Gateway, gateway) is not None:
-                raise ConfigError(f"gateway {gateway!r} is already registered")
-            s.add(Gateway(id=gateway, school_id=school, room_id=room_id, mqtt_username=f"gw-{school}-{gateway}"[:100],
-                          mqtt_password_hash=mosquitto_password_hash(password)))
+        try:
+            with self.session() as s:
+                self._check_new_gateway(s, gateway, username)
+                s.add(Gateway(id=gateway, school_id=school, room_id=room_id, mqtt_username=username,
+                              mqtt_password_hash=mosquitto_password_hash(password)))
+        except IntegrityError:
+            # Registered at the same moment by another request: the same refusal, and no row values
+            # (the new hash) in any message.
+            raise ConfigError(f"gateway {gateway!r}: the id or its MQTT user name {username!r} was just "
+                              "registered by someone else; reload and choose another id") from None
         return password
+
+    @staticmethod
+    def _check_new_gateway(s: Session, gateway: str, username: str) -> None:
+        if s.get(Gateway, gateway) is not None:
+            raise ConfigError(f"gateway {gateway!r} is already registered")
+        other = s.scalar(select(Gateway).where(Gateway.mqtt_username == username))
+        if other is not None:
+            raise ConfigError(f"gateway {gateway!r}: its MQTT user name {username!r} is already the account of "
+                              f"gateway {other.id!r} of school {other.school_id!r}; choose another gateway id")
 
     def add_device(self, gateway: str, device_id: str, profile: str, address: dict[str, Any],
                    options: dict[str, Any] | None = None) -> None:

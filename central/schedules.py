@@ -32,6 +32,7 @@ from typing import Any
 
 from sqlalchemy import or_, select, update
 
+from campus import names
 from central.registry import Building, Gateway, Registry, Room, Schedule, ScheduleRun, School
 
 log = logging.getLogger(__name__)
@@ -122,9 +123,10 @@ def next_run(schedule: Any, now_local: datetime) -> datetime | None:
 
 def validate(form: Mapping[str, Any], registry: Registry) -> dict[str, Any]:
     """Check a schedule as typed in a form (or JSON); returns model fields or raises ScheduleError."""
-    name = str(form.get("name", "")).strip()
-    if not 1 <= len(name) <= 100:
-        raise ScheduleError("name needs 1 to 100 characters")
+    try:
+        name = names.display_name(str(form.get("name", "")), "name", max_chars=names.SCHEDULE_NAME_MAX)
+    except names.BadName as exc:
+        raise ScheduleError(str(exc)) from None
     at = str(form.get("at", "")).strip()
     parse_at(at)
     days_raw = form.get("days", "")

@@ -342,10 +342,12 @@ def new_password(gateway: str) -> Any:
 @bp.get("/gateways/<gateway>/config.yaml")
 @login_required(roles=ADMIN)
 def config_yaml(gateway: str) -> Any:
+    if _reg().gateway_info(gateway) is None:
+        return render_template("error.html", status=404, message=f"no gateway {gateway!r}"), 404
     try:
         text = prov.gateway_yaml(_reg(), gateway, _mqtt_url())
-    except CampusError as exc:
-        return render_template("error.html", status=404, message=str(exc)), 404
+    except CampusError as exc:  # a record that fails the name checks (prov.check_record)
+        return render_template("error.html", status=400, message=str(exc)), 400
     return _download(text, f"{gateway}.yaml", "application/yaml")
 
 
@@ -400,8 +402,8 @@ def import_csv() -> Any:
             audit("provision.import", f"{filename}: refused, {len(report.errors)} errors, first: {report.errors[0]}",
                   ok=False)
     columns = [("school", "required", "school id (letters, digits, - _ .), created if new"),
-               ("building", "", "building name; sets the room's building"),
-               ("room", "required", "room name, created if new"),
+               ("building", "", "building name (one line, at most 100 characters); sets the room's building"),
+               ("room", "required", "room name (one line, at most 64 characters), created if new"),
                ("gateway", "", "gateway id; a new one is registered in this room and gets MQTT credentials"),
                ("device", "", "device id on that gateway (added, or replaced if it exists)"),
                ("profile", "with device", "device model: one of the profiles below"),

@@ -20,7 +20,7 @@ from pydantic import (
     model_validator,
 )
 
-from campus import contract
+from campus import contract, names
 from campus.errors import CampusError
 from campus.urls import parse_mqtt_url
 from campus.yamlfile import YamlDoc
@@ -104,6 +104,16 @@ class GatewayConfig(_Strict):
     @classmethod
     def _segment(cls, v: str) -> str:
         return _as_value_error(contract.check_segment, v, "id")
+
+    @field_validator("room", "building")
+    @classmethod
+    def _name(cls, v: str, info: ValidationInfo) -> str:
+        # The same rules as the registry's (campus.names): the name goes into every `state` message.
+        limit = names.ROOM_MAX if info.field_name == "room" else names.BUILDING_MAX
+        try:
+            return names.display_name(v, str(info.field_name), max_chars=limit, required=False)
+        except names.BadName as exc:
+            raise ValueError(exc.reason) from None
 
     @field_validator("mqtt")
     @classmethod

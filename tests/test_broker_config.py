@@ -32,6 +32,13 @@ from paho.mqtt.enums import CallbackAPIVersion
 from campus import contract
 from central import broker_config
 from central.registry import Registry
+from tests.brokerfiles import (
+    assert_exact_rules,
+    expected_rules,
+    gateway_rules,
+    mosquitto_acl,
+    mosquitto_passwd,
+)
 from tests.servers import MOSQUITTO, Mosquitto, wait_until
 from tests.test_provisioning import mosquitto_hash_ok
 
@@ -327,4 +334,88 @@ def test_a_new_gateway_gets_in_after_regenerating_and_reload(tmp_path: Path, reg
     finally:
         for c in clients:
             c.close()
+        broker.stop()
+
+
+# ---------------------------------------------------------------- hostile names (issue 15)
+
+ATTACK = "R9\nuser gw-s1-gw-a\ntopic readwrite #"  # gateway A's way to every topic, as a room name
+
+
+def plant(registry: Registry, sql: str, **params: str) -> None:
+    """Write straight into the database, past every check of the registry's methods."""
+    from sqlalchemy import text
+
+    with registry.engine.begin() as conn:
+        conn.execute(text(sql), params)
+
+
+def test_names_planted_in_the_database_stay_out_of_the_broker_files(tmp_path: Path, registry: Registry) -> None:
+    plant(registry, "UPDATE rooms SET name = :name WHERE name = '101'", name=ATTACK)
+    plant(registry, "UPDATE buildings SET name = :name", name="A\u2028pattern readwrite #\rtopic #")
+    plant(registry, "UPDATE schools SET name = :name", name="第一中学\nuser web")
+    out = generate(tmp_path, 18830, "--district", "mqtt.district.example:8883")
+    acl = (out / "acl").read_text()
+    rules = mosquitto_acl(acl)
+    bridge = {("bridge-s1", access, topic.replace("/gw-a/", "/+/")) for _, access, topic in gateway_rules("s1", "gw-a")}
+    assert set(rules) == expected_rules([("s1", "gw-a"), ("s1", "gw-b")]) | bridge
+    assert len(rules) == len(set(rules)) and re.fullmatch(r"[ -~\n]*", acl)
+    assert set(mosquitto_passwd((out / "passwd").read_text())) == {"gw-s1-gw-a", "gw-s1-gw-b", "ingest", "web",
+                                                                  "bridge-s1"}
+    for path in out.rglob("*"):
+        if path.is_file():  # not even in a comment
+            text = path.read_text()
+            assert "R9" not in text and "第一中学" not in text and "pattern" not in text, path.name
+
+
+@pytest.mark.parametrize(("sql", "names"), [
+    ("UPDATE registered_gateways SET mqtt_username = :bad WHERE id = 'gw-a'",
+     ["gateway 'gw-a' in the registry", "MQTT user name"]),
+    ("UPDATE registered_gateways SET mqtt_username = 'web' WHERE id = 'gw-a'",
+     ["gateway 'gw-a' in the registry", "another account's"]),
+    ("UPDATE registered_gateways SET mqtt_password_hash = mqtt_password_hash || :bad WHERE id = 'gw-a'",
+     ["gateway 'gw-a' in the registry", "password hash"]),
+    ("UPDATE registered_gateways SET id = :bad WHERE id = 'gw-b'",
+     ["gateway 'gw-b\\ntopic readwrite #' in the registry", "not a valid id"]),
+    ("INSERT INTO schools (id, name) VALUES (:bad, 'x'); "
+     "UPDATE registered_gateways SET school_id = :bad WHERE id = 'gw-a'",
+     ["gateway 'gw-a' in the registry", "school id"]),
+])
+def test_a_bad_record_planted_in_the_database_is_refused_and_nothing_written(
+        tmp_path: Path, registry: Registry, sql: str, names: list[str]) -> None:
+    out = generate(tmp_path, 18830)
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    for statement in sql.split("; "):
+        plant(registry, statement, bad=registry.gateway_info("gw-b")["id"] + "\ntopic readwrite #")
+    result = campus("broker-config", "--db", f"sqlite:///{tmp_path / 'central.db'}", "--out", str(out))
+    assert result.returncode == 2, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("campus: error: "), result.stderr
+    assert all(n in lines[0] for n in names), lines[0]
+    assert "$7$" not in result.stderr  # a hash is a secret too, even a broken one
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+
+
+def test_mosquitto_runs_a_config_generated_from_chinese_and_planted_names(tmp_path: Path,
+                                                                          registry: Registry) -> None:
+    password = registry.register_gateway("gw-c", "s1", "三年级2班", "教学楼A")
+    plant(registry, "UPDATE rooms SET name = :name WHERE name = '102'", name=ATTACK)
+    broker, services = start_broker(tmp_path, registry)
+    clients: list[Client] = []
+    try:
+        assert_exact_rules((tmp_path / "broker" / "acl").read_text(),
+                           [("s1", "gw-a"), ("s1", "gw-b"), ("s1", "gw-c")])
+        c = Client(broker.port, "gw-s1-gw-c", password, "agent-s1-gw-c")
+        clients.append(c)
+        assert c.accepted
+        assert not c.publish(contract.state_topic("s1", "gw-c"), b'{"online": true}').is_failure
+        # What the planted name was for: gateway A commanding gateway B. Refused.
+        forger = Client(broker.port, "gw-s1-gw-a", registry.passwords["gw-a"], "forger")
+        clients.append(forger)
+        rc = forger.publish(contract.cmd_topic("s1", "gw-b", "proj"), b'{"id": "x"}')
+        assert rc.is_failure and rc.value == 135
+        assert broker.alive()
+    finally:
+        for client in clients:
+            client.close()
         broker.stop()

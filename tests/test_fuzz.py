@@ -31,6 +31,7 @@ import os
 import re
 import time
 import traceback
+import unicodedata
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,7 +42,7 @@ import pytest
 from hypothesis import HealthCheck, currently_in_test_context, event, settings
 from hypothesis import strategies as st
 
-from campus import contract
+from campus import contract, names
 from campus.contract import Command, CommandResult, Event, State, Telemetry
 from campus.errors import PayloadError
 
@@ -202,6 +203,10 @@ timestamps = recent_times | st.floats(min_value=0, max_value=4e9) | recent_times
 metric_values = (st.integers(-2**53, 2**53) | st.floats(allow_nan=False, allow_infinity=False)
                  | st.text(max_size=256))
 short_text = st.text(max_size=64)
+# A room or building name a gateway may report: campus.names rules (one line of visible text, trimmed, NFC).
+display_names = (st.text(st.characters(exclude_categories=("Cc", "Cf", "Cs", "Zl", "Zp")), max_size=64)
+                 .map(lambda s: unicodedata.normalize("NFC", s).strip())
+                 .filter(lambda s: len(s) <= 64 and not names.refused_character(s)))
 
 
 def _optional(required: dict[str, st.SearchStrategy[Any]],
@@ -215,7 +220,7 @@ valid_dicts: dict[type, st.SearchStrategy[dict[str, Any]]] = {
     Event: _optional({"seq": st.integers(1, 2**62), "ts": timestamps, "type": segments},
                      {"data": st.dictionaries(st.text(max_size=8), finite_json, max_size=4)}),
     State: _optional({"online": st.booleans(), "ts": timestamps}, {
-        "agent": short_text, "boot": timestamps, "since": timestamps, "room": short_text, "building": short_text,
+        "agent": short_text, "boot": timestamps, "since": timestamps, "room": display_names, "building": display_names,
         "interval": timestamps,
         "config_version": st.none() | st.integers(-2**63, 2**63 - 1),
         "outbox": st.dictionaries(st.sampled_from(["pending", "dropped", "last_seq", "instance"]) | st.text(max_size=8),

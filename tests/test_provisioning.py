@@ -9,6 +9,7 @@ through a real Mosquitto, and the page's view of what each gateway applied.
 from __future__ import annotations
 
 import base64
+import csv
 import hashlib
 import hmac
 import io
@@ -477,3 +478,142 @@ def test_ingest_page_shows_each_worker_and_which_stopped_reporting(app) -> None:
     assert "central-1 / 111" in row_a and ">running<" in row_a and "12345" in row_a and "12000" in row_a
     assert "unreachable" in row_a
     assert ">stopped<" in row_b
+
+
+# ---------------------------------------------------------------- hostile names (issue 15)
+
+ATTACK = "R9\nuser gw-s1-gw-a\ntopic readwrite #"  # gateway A's way to every topic, as a room name
+
+
+def broker_rules(app, tmp_path: Path) -> list:
+    """The rules of the acl the registry gives now, read as Mosquitto reads them."""
+    from central import broker_config
+    from tests.brokerfiles import mosquitto_acl
+
+    files = broker_config.render(app.extensions["campus"]["registry"], out_dir=tmp_path / "broker")
+    return mosquitto_acl(files.acl)
+
+
+def csv_text(*rows: tuple[str, ...], header: str = "school,building,room,gateway") -> str:
+    out = io.StringIO()
+    out.write(header + "\n")
+    csv.writer(out, lineterminator="\n", quoting=csv.QUOTE_ALL).writerows(rows)  # a bare \r ends a row
+    return out.getvalue()
+
+
+@pytest.mark.parametrize("breaker", ["\n", "\r", "\u2028", "\u2029", "\x85", "\x00", "\u202e"])
+def test_a_name_that_would_end_a_line_is_refused_by_the_forms_and_the_import(app, tmp_path: Path,
+                                                                             breaker: str) -> None:
+    from tests.brokerfiles import expected_rules
+
+    reg = app.extensions["campus"]["registry"]
+    admin = login(app, "boss", "boss-password")
+    rules, before = broker_rules(app, tmp_path), snapshot(app)
+    assert set(rules) == expected_rules([("s1", "gw-101")])
+    name = ATTACK.replace("\n", breaker)
+
+    resp = post(admin, "/provisioning/gateways", school="s1", building="A", room=name, gateway="gw-a")
+    page = html_unescape(resp.get_data(as_text=True))
+    assert resp.status_code == 400
+    assert re.search(rf"room: an? [a-z ]+ \(U\+{ord(breaker):04X}\) at character 3 is not allowed", page)
+    assert "Traceback" not in page
+    resp = post(admin, "/provisioning/gateways", school="s1", building=name, room="R9", gateway="gw-a")
+    assert resp.status_code == 400 and "building: " in html_unescape(resp.get_data(as_text=True))
+    for field in ("room", "building"):
+        resp = post(admin, "/provisioning/places", what="room", school="s1",
+                    **{"room": "R9", "building": "A", field: name})
+        assert resp.status_code == 400 and f"{field}: " in html_unescape(resp.get_data(as_text=True))
+    resp = post(admin, "/provisioning/places", what="school", school="s9", name=f"第一中学{breaker}user web")
+    assert resp.status_code == 400 and "school name: " in html_unescape(resp.get_data(as_text=True))
+
+    # The CSV import: a quoted cell may hold any line break; the error names the line and the column.
+    resp = upload(admin, csv_text(("s1", "A", "R8", "gw-r8"), ("s1", "A", name, "gw-a"), ("s1", name, "R7", "")))
+    rows = re.findall(r"<tr><td>(\d+)</td><td class=\"mono\">([^<]+)</td><td>([^<]+)</td></tr>",
+                      resp.get_data(as_text=True))
+    assert resp.status_code == 400
+    assert [(line, column) for line, column, _ in rows] == [("3", "room"), ("6" if breaker in "\n\r" else "4",
+                                                                           "building")]
+    assert f"U+{ord(breaker):04X}" in rows[0][2]
+
+    assert snapshot(app) == before and reg.gateway_info("gw-a") is None and reg.gateway_info("gw-r8") is None
+    assert broker_rules(app, tmp_path) == rules
+    assert all(not a["ok"] for a in reg.audit_trail()[:6])  # each refusal is in the audit trail
+
+
+def test_chinese_names_pass_the_forms_and_the_import(app, tmp_path: Path) -> None:
+    from tests.brokerfiles import expected_rules
+
+    reg = app.extensions["campus"]["registry"]
+    admin = login(app, "boss", "boss-password")
+    resp = post(admin, "/provisioning/gateways", school="s1", building=" 教学楼A ", room="三年级2班", gateway="gw-a")
+    assert resp.status_code == 200
+    assert (reg.gateway_info("gw-a")["building"], reg.gateway_info("gw-a")["room"]) == ("教学楼A", "三年级2班")
+    assert upload(admin, csv_text(("s1", "实验楼", "化学实验室（一）", "gw-b"))).status_code == 200
+    assert reg.gateway_info("gw-b")["room"] == "化学实验室（一）"
+    assert set(broker_rules(app, tmp_path)) == expected_rules([("s1", "gw-101"), ("s1", "gw-a"), ("s1", "gw-b")])
+    config = yaml.safe_load(admin.get("/provisioning/gateways/gw-a/config.yaml").get_data(as_text=True))
+    assert (config["building"], config["room"]) == ("教学楼A", "三年级2班")
+
+
+def test_a_name_planted_in_the_database_does_not_reach_the_gateway_yaml_or_the_push(app) -> None:
+    from sqlalchemy import text
+
+    reg = app.extensions["campus"]["registry"]
+    with reg.engine.begin() as conn:
+        conn.execute(text("UPDATE rooms SET name = :name WHERE name = '101'"), {"name": ATTACK})
+    admin = login(app, "boss", "boss-password")
+    resp = admin.get("/provisioning/gateways/gw-101/config.yaml")
+    page = html_unescape(resp.get_data(as_text=True))
+    assert resp.status_code == 400
+    assert "gateway 'gw-101' in the registry: room: a line break (U+000A)" in page and "user gw-s1" not in page
+    assert admin.get("/provisioning/gateways/gw-nope/config.yaml").status_code == 404
+    # The pushed device list holds ids only: a planted device id is refused before the (absent) broker.
+    reg.add_device("gw-101", "env", "env-6in1-modbus", {"host": "10.0.0.5"})
+    with reg.engine.begin() as conn:
+        conn.execute(text("UPDATE registered_devices SET device_id = :bad"), {"bad": "env\nx"})
+    with pytest.raises(prov.ConfigError, match=r"gateway 'gw-101' in the registry: device 'env\\nx' is not a valid"):
+        prov.push_config(reg, None, "gw-101")
+
+
+def test_colliding_mqtt_user_names_are_refused_without_a_500_or_a_hash_in_the_logs(app, caplog, monkeypatch) -> None:
+    import logging
+
+    from central.registry import Gateway
+
+    caplog.set_level(logging.DEBUG)
+    reg = app.extensions["campus"]["registry"]
+    admin = login(app, "boss", "boss-password")
+    first = post(admin, "/provisioning/gateways", school="a-b", room="R1", gateway="c")
+    assert first.status_code == 200
+    digest = stored_hash(app, "c")
+    before = snapshot(app)
+
+    # a/b-c would be gw-a-b-c too: the account of gateway c.
+    second = post(admin, "/provisioning/gateways", school="a", room="R2", gateway="b-c")
+    page = html_unescape(second.get_data(as_text=True))
+    assert second.status_code == 400
+    assert "gateway 'b-c': its MQTT user name 'gw-a-b-c' is already the account of gateway 'c'" in page
+    assert snapshot(app) == before and stored_hash(app, "c") == digest  # school a, room R2: not created either
+
+    # The import: against the registry, and between two new gateways of one file.
+    resp = upload(admin, csv_text(("a", "", "R2", "b-c"), ("x-y", "", "R3", "z"), ("x", "", "R4", "y-z")))
+    rows = re.findall(r"<tr><td>(\d+)</td><td class=\"mono\">([^<]+)</td><td>([^<]+)</td></tr>",
+                      html_unescape(resp.get_data(as_text=True)))
+    assert resp.status_code == 400
+    assert [(line, column) for line, column, _ in rows] == [("2", "gateway"), ("4", "gateway")]
+    assert "already the account of gateway c" in rows[0][2] and "gateway z on line 3" in rows[1][2]
+    assert snapshot(app) == before
+
+    # Two registrations at the same moment: the database's UNIQUE constraint answers, as a refusal.
+    with reg.session() as s:
+        s.delete(s.get(Gateway, "c"))
+    # As if the other request had not committed yet when this one checked:
+    monkeypatch.setattr(type(reg), "_check_new_gateway", staticmethod(lambda *_: None))
+    reg.register_gateway("c", "a-b", "R1")
+    with pytest.raises(prov.ConfigError, match="was just registered by someone else") as refused:
+        reg.register_gateway("b-c", "a", "R2")
+    assert "$7$" not in str(refused.value)
+
+    text = caplog.text + page + json.dumps(reg.audit_trail())
+    assert "$7$" not in text and digest not in text and "Traceback" not in text
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
