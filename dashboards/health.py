@@ -52,6 +52,7 @@ from campus import contract
 from central import alarms as alarm_engine
 from central import schedules as sched
 from central.registry import Building, Device, School
+from central.store.base import MAX_POINTS
 from dashboards.auth import add_nav, audit, campus, login_required
 
 log = logging.getLogger(__name__)
@@ -445,23 +446,34 @@ def usage_for(spans: list[tuple[float, float]], week: date) -> dict[str, Any]:
 
 
 def iter_points(store: Any, gateway: str, device: str, metric: str, start: float, end: float,
-                chunk: float = 6 * 3600, limit: int = 10_000) -> Iterator[tuple[float, float | str]]:
-    """Every point of a series in [start, end], in chunks (stores cap one answer at `limit` points)."""
+                chunk: float = 6 * 3600, limit: int = MAX_POINTS) -> Iterator[tuple[float, float | str]]:
+    """Every raw point of a series in [start, end], oldest first, a `chunk` of time at a time.
+
+    A store answers at most `limit` points of a window, the newest: each chunk is paged back from its end
+    (so only one chunk's points are held at once) and handed out oldest first.
+    """
+    limit = max(2, limit)  # a page of one would be the point at its end again and again
     a = start
     while a <= end:
         b = min(end, a + chunk)
-        last = None
+        last = b >= end  # chunks are [a, b), the last one [a, end]
+        pages: list[list[tuple[float, float | str]]] = []
+        top = b
         while True:
-            page = store.query(gateway, device, metric, a if last is None else last, b, limit)
-            fresh = [(ts, v) for ts, v in page if last is None or ts > last]
-            yield from fresh
-            if len(page) < limit or not fresh:
+            page = store.query(gateway, device, metric, a, top, limit)
+            full = len(page) >= limit
+            # The window's end is included: drop the point at `top` a page before already gave, and the
+            # next chunk's first point.
+            page = [p for p in page if p[0] < top or (last and not pages)]
+            pages.append(page)
+            if not full or not page:
                 break
-            last = fresh[-1][0]
-        a = b + 1e-6
-        if b >= end:
+            top = page[0][0]
+        for page in reversed(pages):
+            yield from page
+        if last:
             break
-
+        a = b
 
 def parse_week(raw: str | None, today: date | None = None) -> date:
     """The Monday of an ISO week "YYYY-Www" (default: this week); ValueError with a readable message."""
