@@ -565,3 +565,60 @@ def test_facility_sees_and_acknowledges_a_co2_alarm_in_chromium(tmp_path: Path) 
         log.close()
     assert demo.returncode == 0, (tmp_path / "demo.log").read_text()
     assert "Traceback" not in (tmp_path / "demo.log").read_text()
+
+
+# ---------------------------------------------------------------- the 7-day power chart, in a browser
+
+
+def _a_week_of_projector_power(ledger: Ledger, points: SqlitePointStore) -> None:
+    """One room whose projector reported every 10 s for 7 days: on 8 h a day on 6 days (48 h), off otherwise."""
+    now = time.time()
+    ledger.record([Sequenced("s1", "gw-101", "proj", next(_seq), now - 5, values={"power": "off"})],
+                  [("s1", "gw-101", State(online=True, ts=now, room="101", devices={"proj": DEVICES["proj"]},
+                                          interval=5))], [])
+    start = now - 7 * 86400 + 600
+    on = [(start + day * 86400 + 3600, start + day * 86400 + 9 * 3600) for day in range(6)]
+    samples = [Sample("s1", "gw-101", "proj", "projector", ts,
+                      {"power": "on" if any(a <= ts < b for a, b in on) else "off"})
+               for ts in (start + 10 * i for i in range(int((now - start) // 10)))]
+    points.write(samples)
+
+
+@pytest.mark.slow
+def test_seven_day_power_chart_draws_the_hours_on_in_chromium(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The 7-day projector chart was blank while its label said "48 h on": each 10 s sample was drawn
+    as its own rectangle, 0.01 px wide on a week, and every one under the 0.05 px cut was left out."""
+    from playwright.sync_api import expect, sync_playwright
+
+    from dashboards.server import serve
+
+    app = web_app(central_db(tmp_path, _a_week_of_projector_power), monkeypatch)
+    register_rooms(app, (("gw-101", "s1", "101", "A"),))
+    add_people(app)
+    server = serve(app, "127.0.0.1", 0)
+    base = f"http://127.0.0.1:{server.port}"
+    try:
+        with sync_playwright() as pw:
+            browser = pw.chromium.launch(executable_path="/usr/bin/chromium", args=[
+                "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"])
+            page = browser.new_page(viewport={"width": 1280, "height": 800})
+            page.goto(f"{base}/login")
+            page.fill("input[name=username]", "fm")
+            page.fill("input[name=password]", "fm-password")
+            page.click("button[type=submit]")
+            page.wait_for_url(f"{base}/")
+            page.goto(f"{base}/health/rooms/gw-101?window=7d")
+            chart = page.locator(".hchart[data-device='proj']")
+            expect(chart.locator(".now")).to_contain_text("on ", timeout=30_000)
+            label = chart.locator(".now").inner_text()
+            hours = float(re.search(r"on ([0-9.]+) h", label).group(1))
+            assert 46 <= hours <= 50, label
+            # What is drawn says the same as the label: the "on" bars span 48 of the 168 hours' width.
+            widths = chart.locator("svg rect.s-on").evaluate_all("rs => rs.map(r => +r.getAttribute('width'))")
+            plot = 640 - 48 - 12
+            assert sum(widths) == pytest.approx(plot * 48 / 168, rel=0.06), (len(widths), sum(widths))
+            assert len(widths) <= 20  # one bar per stretch of "on", not one per sample
+            browser.close()
+    finally:
+        server.shutdown()
+        close_app(app)
