@@ -49,7 +49,17 @@ def health() -> Any:
 
 
 def visible_gateways() -> list[dict[str, Any]]:
-    return [gw for gw in campus()["ledger"].gateways() if may_see(g.user, gw["id"])]
+    """Every gateway the ledger knows (it sent something: `installed`), and those only registered so far
+    (`installed: false`, "not installed yet": they raise no alarm until their first message)."""
+    from central.alarms import gateway_places
+
+    rows = [{**gw, "installed": True} for gw in campus()["ledger"].gateways()]
+    known = {gw["id"] for gw in rows}
+    rows += [{"id": gid, "school": place["school"], "room": place["room"], "online": False, "last_seen": None,
+              "received": 0, "gaps": 0, "duplicates": 0, "outbox": {}, "agent": "", "installed": False}
+             for gid, place in gateway_places(campus()["registry"]).items() if gid not in known]
+    rows.sort(key=lambda gw: (gw["school"], gw["id"]))
+    return [gw for gw in rows if may_see(g.user, gw["id"])]
 
 
 def visible_devices() -> list[dict[str, Any]]:

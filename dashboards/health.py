@@ -5,7 +5,9 @@ anonymous users the login page):
 
 * `/health/` the board: every room with its gateway online/offline, each
   device's status and last value time, its open alarms; filters by school,
-  building and problem (offline, fault, alarm). Polls /api/board.
+  building and problem (offline, fault, alarm). A room whose gateway is
+  registered but has never sent a message is "not installed yet": not
+  offline, not alarmed. Polls /api/board.
 * `/health/alarms` open alarms and history; Acknowledge records who and when
   (POST with the CSRF token). Polls /api/alarms, so new alarms appear by themselves.
 * `/health/thresholds` the alarm rules' limits, validated, every change audited.
@@ -61,6 +63,8 @@ bp = Blueprint("health", __name__)
 
 STAFF = ("admin", "facility")
 PROBLEMS = ("offline", "fault", "alarm")
+# A registered gateway that has never sent a message, and its devices: not a problem, no alarms yet.
+NOT_INSTALLED = "not installed yet"
 WINDOWS = {"1h": 3600, "24h": 24 * 3600, "7d": 7 * 24 * 3600}
 # Power samples further apart than this do not count as "on" in between (the gateway was silent).
 MAX_SAMPLE_GAP_S = 15 * 60
@@ -157,7 +161,8 @@ def board_data(school: str | None = None, building: int | None = None,
             mine = devices.setdefault(d.gateway_id, [])
             if not any(x["id"] == d.device_id for x in mine):
                 mine.append({"id": d.device_id, "kind": sched._profile_kind(d.profile), "profile": d.profile,
-                             "status": "never reported", "last_seen": None, "latest": {}})
+                             "status": "never reported" if d.gateway_id in gateways else NOT_INSTALLED,
+                             "last_seen": None, "latest": {}})
     open_alarms: dict[str, list[dict[str, Any]]] = {}
     for a in alarm_engine.list_alarms(reg, "open", limit=2000):
         open_alarms.setdefault(a["gateway"], []).append(
@@ -169,7 +174,8 @@ def board_data(school: str | None = None, building: int | None = None,
         devs = sorted(devices.get(gid, []), key=lambda d: d["id"])
         online = bool(gw and gw["online"])
         problems = []
-        if not online or any(d["status"] in ("offline", "never reported") for d in devs):
+        # A gateway that never sent a message is not installed yet: nothing there is offline (nor alarmed).
+        if gw is not None and (not online or any(d["status"] in ("offline", "never reported") for d in devs)):
             problems.append("offline")
         if any(d["status"] == "fault" for d in devs):
             problems.append("fault")
@@ -179,11 +185,13 @@ def board_data(school: str | None = None, building: int | None = None,
                       "building": place.get("building", ""), "building_id": place.get("building_id"),
                       "room": place.get("room") or (gw or {}).get("room", ""), "online": online,
                       "last_seen": gw["last_seen"] if gw else None, "reported": gw is not None,
+                      "installed": gw is not None,
                       "registered": gid in places, "problems": problems, "devices": devs,
                       "alarms": open_alarms.get(gid, [])})
     rooms.sort(key=_room_sort_key)
     counts = {p: sum(1 for r in rooms if p in r["problems"]) for p in PROBLEMS}
     counts["rooms"] = len(rooms)
+    counts["not_installed"] = sum(1 for r in rooms if not r["installed"])
     counts["unacked"] = sum(1 for alist in open_alarms.values() for a in alist if a["state"] == "active")
     if school:
         rooms = [r for r in rooms if r["school"] == school]

@@ -78,7 +78,9 @@ def document() -> dict[str, Any]:
         "paths": {
             "/api/health": {"get": _get("Liveness", schema={"type": "object", "properties": {
                 "status": {"type": "string"}}}, auth=False)},
-            "/api/gateways": {"get": _get("Gateways with presence and delivery counters", schema=arr)},
+            "/api/gateways": {"get": _get("Gateways with presence and delivery counters; `installed` false for one "
+                                          "registered that has never sent a message (not installed yet, no alarms)",
+                                          schema=arr)},
             "/api/devices": {"get": _get("Devices with status and latest values", schema=arr)},
             "/api/telemetry": {"get": telemetry},
             "/api/events": {"get": _get("Events, newest first", [("gateway", "query", False), ("type", "query", False),

@@ -94,7 +94,7 @@
       const keys = (KEY_METRICS[d.kind] || Object.keys(d.latest).slice(0, 3)).filter(k => k in d.latest);
       const errors = Object.keys(d.latest).filter(k => k.startsWith("error_") && d.latest[k] !== "ok" && d.latest[k] !== 0);
       const vals = [...keys, ...errors].map(k => metric(k, d.latest[k])).join("");
-      const status = d.status === "never reported" ? "offline" : d.status;
+      const status = d.status === "never reported" ? "offline" : d.status === "not installed yet" ? "uninstalled" : d.status;
       const kind = d.kind && d.kind !== d.id ? `<small class="muted">${esc(d.kind.replace("_", " "))}</small>` : "";
       return `<tr data-device="${esc(d.id)}"><td class="dev">${esc(d.id)}${kind}</td>
         <td><span class="badge ${esc(status)}">${esc(d.status)}</span></td><td>${vals}</td>
@@ -105,10 +105,11 @@
         : r.problems.length ? "p-" + r.problems[r.problems.length - 1] : "";
       const alarms = r.alarms.map(a => `<li class="${a.state === "acknowledged" ? "acked" : ""}">⚠ ${esc(a.device ? a.device + ": " : "")}${esc(a.message)}${
         a.state === "acknowledged" ? ` <span class="muted">(acknowledged by ${esc(a.acked_by)})</span>` : ""}</li>`).join("");
-      const gw = r.reported ? `last seen ${ago(r.last_seen, now)}` : "gateway has never reported";
-      return `<section class="card hroom ${cls}" data-gateway="${esc(r.gateway)}">
+      const gw = r.installed ? `last seen ${ago(r.last_seen, now)}` : "registered; the gateway has not sent anything yet";
+      const presence = r.online ? ["ok", "online"] : r.installed ? ["offline", "offline"] : ["uninstalled", "not installed yet"];
+      return `<section class="card hroom ${cls}${r.installed ? "" : " not-installed"}" data-gateway="${esc(r.gateway)}">
         <header><h2><a href="/health/rooms/${encodeURIComponent(r.gateway)}">Room ${esc(r.room || "?")}</a></h2>
-          <span class="badge ${r.online ? "ok" : "offline"}">${r.online ? "online" : "offline"}</span>
+          <span class="badge ${presence[0]}">${presence[1]}</span>
           <a class="hlink" href="/health/rooms/${encodeURIComponent(r.gateway)}">history →</a></header>
         <p class="muted">${r.building ? "Building " + esc(r.building) + " · " : ""}${esc(r.school)} · gateway ${esc(r.gateway)} · ${esc(gw)}</p>
         ${alarms ? `<ul class="halarms">${alarms}</ul>` : ""}
@@ -121,7 +122,8 @@
         const c = data.counts;
         const chip = (p, n, label, cls) => `<a class="hchip ${n ? cls : "good"}" href="?problem=${p}" data-problem="${p}">${label}: <b>${n}</b></a>`;
         render("summary", `<span class="hchip">Rooms: <b>${c.rooms}</b></span>` +
-          chip("alarm", c.alarm, "Open alarms", "bad") + chip("offline", c.offline, "Offline", "warn") + chip("fault", c.fault, "Device faults", "bad"));
+          chip("alarm", c.alarm, "Open alarms", "bad") + chip("offline", c.offline, "Offline", "warn") + chip("fault", c.fault, "Device faults", "bad") +
+          (c.not_installed ? `<span class="hchip" id="not-installed">Not installed yet: <b>${c.not_installed}</b></span>` : ""));
         render("rooms", data.rooms.map(r => room(r, data.now)).join("") ||
           `<p class="card">No room matches these filters${form.elements.problem.value ? " — no problems of this kind right now" : ""}.</p>`);
         setAlarmCount(c.unacked);
