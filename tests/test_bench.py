@@ -23,6 +23,7 @@ BENCHMARKS = {
                            "| bare MQTT publish -> receive (QoS 1)", "devices report the last state sent"],
     "agent_footprint.py": ["| devices", "agent CPU %", "RSS MiB max"],
     "district.py": ["| gateways", "delay p99 ms", "stored pts/s"],
+    "telemetry_window.py": ["| sqlite ", "| victoriametrics ", "| influxdb ", "1,200 pts ms", "raw page ms"],
 }
 
 
