@@ -7,6 +7,10 @@ latest value of every metric) and, per rule, gateway and device:
 
 * raises an `Alarm` when a condition starts: at most one open alarm per
   (rule, gateway, device), however often evaluation runs;
+* says nothing about a gateway that is registered but has never sent a
+  message: it is "not installed yet" (a district registers whole schools
+  before the gateways are mounted), and its alarms start with its first
+  message;
 * clears it (`cleared_at`) when the condition ends, or when its rule is
   disabled; values of a gateway or device that is offline are unknown, so
   their metric alarms are held open (the offline alarm says why) rather
@@ -202,9 +206,12 @@ class Snapshot:
     device_seen: dict[tuple[str, str], float] = field(default_factory=dict)  # newest sample per device
     registered: dict[str, float] = field(default_factory=dict)  # registry gateway -> created
 
+    def not_installed(self) -> set[str]:
+        """Registered gateways that never sent a message: their alarms start with their first one."""
+        return set(self.registered) - {g["id"] for g in self.gateways}
+
     def offline_gateways(self) -> set[str]:
-        known = {g["id"] for g in self.gateways}
-        return {g["id"] for g in self.gateways if not g["online"]} | (set(self.registered) - known)
+        return {g["id"] for g in self.gateways if not g["online"]} | self.not_installed()
 
     def offline_devices(self) -> set[tuple[str, str]]:
         return {(d["gateway"], d["id"]) for d in self.devices if d["status"] == "offline"}
@@ -280,19 +287,16 @@ def conditions(rules: Iterable[Rule], snap: Snapshot, now: float) -> dict[Key, C
         p = rule.params
         if rule.kind == "offline_minutes":
             limit = float(p.get("minutes", 10)) * 60
-            ledger_ids = set()
+            # Only gateways the ledger knows, that is that sent something: one registered but never heard
+            # of is not installed yet (districts register whole schools at once), not offline.
             for gw in snap.gateways:
-                ledger_ids.add(gw["id"])
                 if gw["online"]:
                     continue
                 since = gw["last_seen"] or snap.registered.get(gw["id"])
                 if since is None or now - since >= limit:
-                    ago = f"last seen {_minutes(now - since)} ago" if gw["last_seen"] else "never reported"
+                    ago = f"last seen {_minutes(now - since)} ago" if gw["last_seen"] else "no heartbeat received"
                     add(rule, gw["id"], "", f"Gateway offline for more than {p.get('minutes', 10):g} min ({ago})",
                         _minutes(now - since) if since else "")
-            for gid, created in snap.registered.items():
-                if gid not in ledger_ids and now - created >= limit:
-                    add(rule, gid, "", f"Gateway has never reported (registered {_minutes(now - created)} ago)", "")
             for dev in snap.devices:
                 key = (dev["gateway"], dev["id"])
                 if dev["status"] != "offline" or dev["gateway"] in offline_gws:

@@ -10,7 +10,9 @@ Built on the registry's session and models (nothing here edits registry.py):
 - config push: publish the retained device list on the gateway's `config`
   topic, remember which version was pushed (table `config_pushes`), and read
   back from the ledger which version each agent applied (`state.config_version`)
-  or refused (`config_rejected` event);
+  or refused (`config_rejected` event); a "push all" over a district's
+  gateways records its outcome per gateway in `config_push_runs`, where the
+  page reads it (it outgrew the session cookie it was once kept in);
 - CSV import of rooms, gateways and devices: every line is checked first, each
   error names its line and column, and nothing is written unless every line is
   right; the writes happen in one transaction.
@@ -45,7 +47,7 @@ from datetime import datetime
 from typing import Any
 
 import yaml
-from sqlalchemy import Float, Integer, String, select
+from sqlalchemy import JSON, Float, Integer, String, select
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
 from campus import contract, names
@@ -78,6 +80,19 @@ class ConfigPush(_Base):
     version: Mapped[int] = mapped_column(Integer)
     pushed_at: Mapped[float] = mapped_column(Float, default=time.time)
     pushed_by: Mapped[str] = mapped_column(String(64), default="")
+
+
+class ConfigPushRun(_Base):
+    """One "push all": who started it, when, and what became of each gateway (pushed with its version,
+    or the failure that stopped the run; gateways after a failure are left for the next run)."""
+    __tablename__ = "config_push_runs"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    by: Mapped[str] = mapped_column(String(64), default="")
+    started: Mapped[float] = mapped_column(Float, default=time.time)
+    finished: Mapped[float | None] = mapped_column(Float, nullable=True)
+    wanted: Mapped[int] = mapped_column(Integer, default=0)
+    pushed: Mapped[list[list[Any]]] = mapped_column(JSON, default=list)   # [[gateway, version], ...]
+    failed: Mapped[list[list[Any]]] = mapped_column(JSON, default=list)   # [[gateway, error], ...]
 
 
 def ensure_tables(registry: Registry) -> None:
@@ -203,6 +218,45 @@ def push_config(registry: Registry, client: Any, gateway: str, by: str = "") -> 
         row.version, row.pushed_at, row.pushed_by = info["config_version"], time.time(), by[:64]
         s.add(row)
     return int(info["config_version"])
+
+
+def push_all(registry: Registry, client: Any, gateways: list[str], by: str = "") -> dict[str, Any]:
+    """Push each gateway's device list in turn, recorded as one run in `config_push_runs`; the run.
+
+    Stops at the first failure: the broker is then most likely down, and 2,000 timeouts would help
+    nobody. The run is written before the first push, so a run cut short (the process stopped) still
+    shows as started and not finished.
+    """
+    ensure_tables(registry)
+    with registry.session() as s:
+        run = ConfigPushRun(by=by[:64], started=time.time(), wanted=len(gateways))
+        s.add(run)
+        s.flush()
+        run_id = run.id
+    pushed: list[list[Any]] = []
+    failed: list[list[Any]] = []
+    for gateway in gateways:
+        try:
+            pushed.append([gateway, push_config(registry, client, gateway, by)])
+        except CampusError as exc:
+            failed.append([gateway, str(exc)[:500]])
+            break
+    with registry.session() as s:
+        row = s.get(ConfigPushRun, run_id)
+        row.pushed, row.failed, row.finished = pushed, failed, time.time()
+    return push_runs(registry, run_id=run_id)[0]
+
+
+def push_runs(registry: Registry, limit: int = 10, run_id: int | None = None) -> list[dict[str, Any]]:
+    """The newest "push all" runs (or the one `run_id`), newest first."""
+    ensure_tables(registry)
+    q = select(ConfigPushRun).order_by(ConfigPushRun.id.desc()).limit(limit)
+    if run_id is not None:
+        q = q.where(ConfigPushRun.id == run_id)
+    with registry.session() as s:
+        return [{"id": r.id, "by": r.by, "started": r.started, "finished": r.finished, "wanted": r.wanted,
+                 "pushed": [tuple(p) for p in r.pushed or []], "failed": [tuple(f) for f in r.failed or []],
+                 "left": r.wanted - len(r.pushed or []) - len(r.failed or [])} for r in s.scalars(q)]
 
 
 def gateway_states(ledger: Any) -> dict[str, dict[str, Any]]:

@@ -14,6 +14,7 @@ from flask import Blueprint, Response, g, jsonify, request
 
 from campus import contract
 from campus.errors import CampusError, PayloadError, StoreError
+from central.store.base import MAX_POINTS
 from dashboards.auth import audit, campus, login_required, may_command, may_see
 
 bp = Blueprint("api", __name__, url_prefix="/api")
@@ -48,7 +49,17 @@ def health() -> Any:
 
 
 def visible_gateways() -> list[dict[str, Any]]:
-    return [gw for gw in campus()["ledger"].gateways() if may_see(g.user, gw["id"])]
+    """Every gateway the ledger knows (it sent something: `installed`), and those only registered so far
+    (`installed: false`, "not installed yet": they raise no alarm until their first message)."""
+    from central.alarms import gateway_places
+
+    rows = [{**gw, "installed": True} for gw in campus()["ledger"].gateways()]
+    known = {gw["id"] for gw in rows}
+    rows += [{"id": gid, "school": place["school"], "room": place["room"], "online": False, "last_seen": None,
+              "received": 0, "gaps": 0, "duplicates": 0, "outbox": {}, "agent": "", "installed": False}
+             for gid, place in gateway_places(campus()["registry"]).items() if gid not in known]
+    rows.sort(key=lambda gw: (gw["school"], gw["id"]))
+    return [gw for gw in rows if may_see(g.user, gw["id"])]
 
 
 def visible_devices() -> list[dict[str, Any]]:
@@ -69,9 +80,32 @@ def devices() -> Any:
     return jsonify(visible_devices())
 
 
+def int_arg(name: str, default: int, low: int, high: int) -> int:
+    raw = request.args.get(name)
+    if raw is None or raw == "":
+        return default
+    if not raw.isascii() or not raw.isdigit() or not low <= int(raw) <= high:
+        raise PayloadError(f"query parameter {name!r} must be a whole number from {low} to {high}, got {raw[:40]!r}")
+    return int(raw)
+
+
+def flag_arg(name: str) -> bool:
+    raw = request.args.get(name, "").lower()
+    if raw not in ("", "0", "1", "true", "false"):
+        raise PayloadError(f"query parameter {name!r} must be 1 or 0, got {raw[:40]!r}")
+    return raw in ("1", "true")
+
+
 @bp.get("/telemetry")
 @login_required
 def telemetry() -> Any:
+    """One series in [start, end] (default: the last hour), never silently without its newest points.
+
+    At most `limit` points (default and most: 10,000). By default a window holding more is downsampled
+    (`downsampled`, `step`: the newest sample of each step), and its newest point is the last. With
+    `raw=1` the answer is raw points, the newest `limit` of the window; `truncated` says older ones were
+    left out, and `next` is the `cursor` that asks for the page before (same start, end and limit).
+    """
     missing = [p for p in ("gateway", "device", "metric") if not request.args.get(p)]
     if missing:
         return error(400, f"missing query parameter(s): {', '.join(missing)}")
@@ -80,12 +114,33 @@ def telemetry() -> Any:
         return error(403, f"gateway {gateway!r} is not in your rooms")
     for name in ("gateway", "device", "metric"):
         contract.check_segment(request.args[name], name)
+    device, metric = request.args["device"], request.args["metric"]
     end = float_arg("end", time.time())
     start = float_arg("start", end - 3600)
     if start > end:
         return error(400, "start is after end")
-    points = campus()["store"].query(gateway, request.args["device"], request.args["metric"], start, end)
-    return jsonify({"points": [[ts, v] for ts, v in points]})
+    limit = int_arg("limit", MAX_POINTS, 1, MAX_POINTS)
+    raw = flag_arg("raw")
+    cursor = float_arg("cursor", 0.0) if request.args.get("cursor") else None
+    if cursor is not None and not raw:
+        return error(400, "cursor pages raw points: it goes with raw=1")
+    store = campus()["store"]
+    answer: dict[str, Any] = {"start": start, "end": end, "limit": limit, "downsampled": False, "step": 0,
+                              "truncated": False, "next": None}
+    if not raw:
+        window = store.window(gateway, device, metric, start, end, limit)
+        points = window.points
+        answer.update(downsampled=window.downsampled, step=window.step)
+    else:
+        # Points strictly before the cursor (the oldest point of the page before); one more than asked
+        # for tells whether older ones were left out.
+        points = store.query(gateway, device, metric, start, end if cursor is None else min(end, cursor), limit + 2)
+        if cursor is not None:
+            points = [p for p in points if p[0] < cursor]
+        if len(points) > limit:
+            points = points[-limit:]
+            answer.update(truncated=True, next=repr(points[0][0]))
+    return jsonify({"points": [[ts, v] for ts, v in points], **answer})
 
 
 @bp.get("/events")

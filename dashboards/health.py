@@ -5,7 +5,9 @@ anonymous users the login page):
 
 * `/health/` the board: every room with its gateway online/offline, each
   device's status and last value time, its open alarms; filters by school,
-  building and problem (offline, fault, alarm). Polls /api/board.
+  building and problem (offline, fault, alarm). A room whose gateway is
+  registered but has never sent a message is "not installed yet": not
+  offline, not alarmed. Polls /api/board.
 * `/health/alarms` open alarms and history; Acknowledge records who and when
   (POST with the CSRF token). Polls /api/alarms, so new alarms appear by themselves.
 * `/health/thresholds` the alarm rules' limits, validated, every change audited.
@@ -53,6 +55,7 @@ from central import alarms as alarm_engine
 from central import provisioning as prov
 from central import schedules as sched
 from central.registry import Building, Device, School
+from central.store.base import MAX_POINTS
 from dashboards.auth import add_nav, audit, campus, login_required
 
 log = logging.getLogger(__name__)
@@ -61,6 +64,8 @@ bp = Blueprint("health", __name__)
 
 STAFF = ("admin", "facility")
 PROBLEMS = ("offline", "fault", "alarm")
+# A registered gateway that has never sent a message, and its devices: not a problem, no alarms yet.
+NOT_INSTALLED = "not installed yet"
 WINDOWS = {"1h": 3600, "24h": 24 * 3600, "7d": 7 * 24 * 3600}
 # Power samples further apart than this do not count as "on" in between (the gateway was silent).
 MAX_SAMPLE_GAP_S = 15 * 60
@@ -157,7 +162,8 @@ def board_data(school: str | None = None, building: int | None = None,
             mine = devices.setdefault(d.gateway_id, [])
             if not any(x["id"] == d.device_id for x in mine):
                 mine.append({"id": d.device_id, "kind": sched._profile_kind(d.profile), "profile": d.profile,
-                             "status": "never reported", "last_seen": None, "latest": {}})
+                             "status": "never reported" if d.gateway_id in gateways else NOT_INSTALLED,
+                             "last_seen": None, "latest": {}})
     open_alarms: dict[str, list[dict[str, Any]]] = {}
     for a in alarm_engine.list_alarms(reg, "open", limit=2000):
         open_alarms.setdefault(a["gateway"], []).append(
@@ -170,7 +176,8 @@ def board_data(school: str | None = None, building: int | None = None,
         online = bool(gw and gw["online"])
         notes = prov.storage_notes(gw) if gw else []
         problems = []
-        if not online or any(d["status"] in ("offline", "never reported") for d in devs):
+        # A gateway that never sent a message is not installed yet: nothing there is offline (nor alarmed).
+        if gw is not None and (not online or any(d["status"] in ("offline", "never reported") for d in devs)):
             problems.append("offline")
         if gw and gw["storage"].get("status", "ok") != "ok":
             problems.append("storage")  # the gateway's own disk: its devices keep their status
@@ -183,11 +190,13 @@ def board_data(school: str | None = None, building: int | None = None,
                       "room": place.get("room") or (gw or {}).get("room", ""), "online": online,
                       "last_seen": gw["last_seen"] if gw else None, "reported": gw is not None,
                       "clock_offset": gw["clock_offset"] if gw else None, "clock_wrong": bool(gw and gw["clock_wrong"]),
+                      "installed": gw is not None,
                       "registered": gid in places, "problems": problems, "devices": devs,
                       "alarms": open_alarms.get(gid, []), "notes": notes})
     rooms.sort(key=_room_sort_key)
     counts = {p: sum(1 for r in rooms if p in r["problems"]) for p in PROBLEMS}
     counts["rooms"] = len(rooms)
+    counts["not_installed"] = sum(1 for r in rooms if not r["installed"])
     counts["unacked"] = sum(1 for alist in open_alarms.values() for a in alist if a["state"] == "active")
     if school:
         rooms = [r for r in rooms if r["school"] == school]
@@ -450,23 +459,34 @@ def usage_for(spans: list[tuple[float, float]], week: date) -> dict[str, Any]:
 
 
 def iter_points(store: Any, gateway: str, device: str, metric: str, start: float, end: float,
-                chunk: float = 6 * 3600, limit: int = 10_000) -> Iterator[tuple[float, float | str]]:
-    """Every point of a series in [start, end], in chunks (stores cap one answer at `limit` points)."""
+                chunk: float = 6 * 3600, limit: int = MAX_POINTS) -> Iterator[tuple[float, float | str]]:
+    """Every raw point of a series in [start, end], oldest first, a `chunk` of time at a time.
+
+    A store answers at most `limit` points of a window, the newest: each chunk is paged back from its end
+    (so only one chunk's points are held at once) and handed out oldest first.
+    """
+    limit = max(2, limit)  # a page of one would be the point at its end again and again
     a = start
     while a <= end:
         b = min(end, a + chunk)
-        last = None
+        last = b >= end  # chunks are [a, b), the last one [a, end]
+        pages: list[list[tuple[float, float | str]]] = []
+        top = b
         while True:
-            page = store.query(gateway, device, metric, a if last is None else last, b, limit)
-            fresh = [(ts, v) for ts, v in page if last is None or ts > last]
-            yield from fresh
-            if len(page) < limit or not fresh:
+            page = store.query(gateway, device, metric, a, top, limit)
+            full = len(page) >= limit
+            # The window's end is included: drop the point at `top` a page before already gave, and the
+            # next chunk's first point.
+            page = [p for p in page if p[0] < top or (last and not pages)]
+            pages.append(page)
+            if not full or not page:
                 break
-            last = fresh[-1][0]
-        a = b + 1e-6
-        if b >= end:
+            top = page[0][0]
+        for page in reversed(pages):
+            yield from page
+        if last:
             break
-
+        a = b
 
 def parse_week(raw: str | None, today: date | None = None) -> date:
     """The Monday of an ISO week "YYYY-Www" (default: this week); ValueError with a readable message."""

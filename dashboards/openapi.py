@@ -9,6 +9,7 @@ from typing import Any
 
 import campus
 from campus import contract
+from central.store.base import MAX_POINTS
 
 
 def _get(summary: str, params: list[tuple[str, str, bool]] = (), schema: dict[str, Any] | None = None,
@@ -16,7 +17,7 @@ def _get(summary: str, params: list[tuple[str, str, bool]] = (), schema: dict[st
     op: dict[str, Any] = {
         "summary": summary,
         "parameters": [{"name": n, "in": where, "required": req, "schema": {"type": "number" if n in
-                        ("start", "end", "since") else "string"}} for n, where, req in params],
+                        ("start", "end", "since", "cursor") else "string"}} for n, where, req in params],
         "responses": {"200": {"description": "OK", "content": {"application/json": {"schema": schema or {}}}}},
     }
     if auth:
@@ -48,6 +49,26 @@ def document() -> dict[str, Any]:
     metrics = _get("Gateways, devices and ingest workers in the Prometheus text format 0.0.4, for scraping "
                    "with a bearer token (facility, admin)")
     metrics["responses"]["200"] = {"description": "metrics", "content": {"text/plain": {"schema": {"type": "string"}}}}
+    telemetry = _get(
+        "Points of one series in [start, end] (default: the last hour), oldest first, never without the newest: at "
+        "most `limit` points. A window holding more is downsampled (`downsampled`, `step`: the newest sample of "
+        "each step; each at its own time, on InfluxDB at its step's start), its newest point last; with `raw=1` "
+        "the answer is the newest `limit` raw points, `truncated` says older ones were left out and `next` is the "
+        "`cursor` for the page before (same start, end and limit).",
+        [("gateway", "query", True), ("device", "query", True), ("metric", "query", True),
+         ("start", "query", False), ("end", "query", False), ("cursor", "query", False)],
+        {"type": "object", "required": ["points"], "properties": {
+            "points": {"type": "array", "items": {"type": "array", "prefixItems": [
+                {"type": "number"}, {"type": ["number", "string"]}], "minItems": 2, "maxItems": 2}},
+            "start": {"type": "number"}, "end": {"type": "number"}, "limit": {"type": "integer"},
+            "downsampled": {"type": "boolean"}, "step": {"type": "number", "description": "seconds; 0: raw"},
+            "truncated": {"type": "boolean"}, "next": {"type": ["string", "null"]}}})
+    telemetry["parameters"] += [
+        {"name": "limit", "in": "query", "required": False,
+         "schema": {"type": "integer", "minimum": 1, "maximum": MAX_POINTS, "default": MAX_POINTS}},
+        {"name": "raw", "in": "query", "required": False, "schema": {"type": "string", "enum": ["0", "1"]}}]
+    cursor = next(p for p in telemetry["parameters"] if p["name"] == "cursor")
+    cursor["description"] = "the `next` of a raw page: the page before it (with raw=1)"
     ack = _get("Acknowledge an alarm: records who and when (facility, admin)", [("aid", "path", True)], obj)
     ack["responses"]["404"] = {"description": "no such alarm"}
     return {
@@ -57,13 +78,11 @@ def document() -> dict[str, Any]:
         "paths": {
             "/api/health": {"get": _get("Liveness", schema={"type": "object", "properties": {
                 "status": {"type": "string"}}}, auth=False)},
-            "/api/gateways": {"get": _get("Gateways with presence and delivery counters", schema=arr)},
+            "/api/gateways": {"get": _get("Gateways with presence and delivery counters; `installed` false for one "
+                                          "registered that has never sent a message (not installed yet, no alarms)",
+                                          schema=arr)},
             "/api/devices": {"get": _get("Devices with status and latest values", schema=arr)},
-            "/api/telemetry": {"get": _get("Points of one series", [("gateway", "query", True),
-                                                                    ("device", "query", True),
-                                                                    ("metric", "query", True),
-                                                                    ("start", "query", False),
-                                                                    ("end", "query", False)], obj)},
+            "/api/telemetry": {"get": telemetry},
             "/api/events": {"get": _get("Events, newest first", [("gateway", "query", False), ("type", "query", False),
                                                                  ("since", "query", False)], arr)},
             "/api/gateways/{gateway}/devices/{device}/commands": {"post": send},

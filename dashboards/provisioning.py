@@ -12,7 +12,9 @@ change is written to the audit trail, refusals and failures too):
   nothing is saved on error), `POST .../devices/D/remove`, `POST .../push`
   (retained device list on the gateway's config topic), `POST .../password`
   (new MQTT password, shown once), `GET .../config.yaml`.
-- `POST /provisioning/push`: push every gateway whose changes are not pushed.
+- `POST /provisioning/push`: push every gateway whose changes are not pushed; each
+  gateway's outcome is kept in the registry (`config_push_runs`) and listed on the
+  gateways page, never in the session.
 - `GET|POST /provisioning/places`: schools, buildings and rooms.
 - `GET|POST /provisioning/import`: CSV upload (format: central/provisioning.py).
 - `GET  /provisioning/ingest`: the ingest workers' counters and whether they still report.
@@ -25,6 +27,7 @@ from __future__ import annotations
 
 import json
 import os
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
@@ -74,6 +77,12 @@ def register(app: Flask) -> None:
 
 
 # ---------------------------------------------------------------- helpers
+
+
+@bp.app_template_filter("prov_time")
+def _local_time(ts: float | None) -> str:
+    """A unix time as the server's local date and time (as everywhere on the dashboard)."""
+    return datetime.fromtimestamp(ts).strftime("%Y-%m-%d %H:%M:%S") if ts else "—"
 
 
 def _reg() -> Any:
@@ -166,7 +175,7 @@ def _gateways_page(error: str | None = None, form: dict[str, str] | None = None,
     rows = _gateway_rows()
     schools = [p["id"] for p in prov.places(_reg())]
     return render_template("prov_gateways.html", tab="gateways", gateways=rows, schools=schools, error=error,
-                           form=form or {}, mqtt_ready=_client() is not None,
+                           form=form or {}, mqtt_ready=_client() is not None, push_runs=prov.push_runs(_reg(), 5),
                            unpushed=sum(1 for r in rows if r["pushed"] != r["config_version"]
                                         and r["applied"] != r["config_version"])), status
 
@@ -311,20 +320,27 @@ def push(gateway: str) -> Any:
 @bp.post("/push")
 @login_required(roles=ADMIN)
 def push_all() -> Any:
-    done, failed = [], []
-    for row in _gateway_rows():
-        if row["pushed"] == row["config_version"] or row["applied"] == row["config_version"]:
-            continue
-        try:
-            done.append(f"{row['id']} v{_push(row['id'])}")
-        except CampusError as exc:
-            failed.append(f"{row['id']}: {exc}")
-            break  # the broker is likely down: one message is enough
-    audit("provision.push", f"pushed {', '.join(done) or 'nothing'}" + (f"; failed {failed[0]}" if failed else ""),
-          ok=not failed)
-    flash(f"Pushed {', '.join(done) or 'nothing (every gateway is up to date)'}."
-          + (f" Failed: {failed[0]}" if failed else ""))
-    return redirect(url_for("provisioning.gateways"))
+    """Push every gateway whose changes are not pushed. The outcome of each (a district has thousands) is
+    kept in the registry and shown on the gateways page; the flash message, kept in the session cookie
+    until shown, only counts (a cookie over 4 KB is dropped by the browser)."""
+    client = _client()
+    if client is None:
+        audit("provision.push", "push all: no MQTT connection", ok=False)
+        return _gateways_page(error="this web app has no MQTT connection (start it with --mqtt) and cannot push",
+                              status=400)
+    todo = [row["id"] for row in _gateway_rows()
+            if row["pushed"] != row["config_version"] and row["applied"] != row["config_version"]]
+    if not todo:
+        flash("Nothing to push: every gateway is up to date.")
+        return redirect(url_for("provisioning.gateways"))
+    run = prov.push_all(_reg(), client, todo, _who())
+    summary = f"push all #{run['id']}: {len(run['pushed'])} of {run['wanted']} pushed"
+    if run["failed"]:
+        gateway, problem = run["failed"][0]
+        summary += f"; stopped at {gateway}: {problem[:150]}"
+    audit("provision.push", summary, ok=not run["failed"])
+    flash(f"P{summary[1:]}.")
+    return redirect(url_for("provisioning.gateways") + "#push-runs")
 
 
 @bp.post("/gateways/<gateway>/password")

@@ -177,14 +177,39 @@ def test_gateway_offline_longer_than_the_limit(school: School) -> None:
     assert school.open() == [] and school.all()[0]["cleared_at"] is not None
 
 
-def test_registered_gateway_that_never_reported(school: School) -> None:
+def test_a_gateway_that_never_reported_is_not_installed_yet_and_its_alarms_start_with_its_first_message(
+        school: School) -> None:
+    """Registered before it is mounted (a district imports whole schools): no alarm however long it waits."""
     school.registry.register_gateway("gw-103", "s1", "103", "B")
     now = time.time()
-    school.evaluate(now)
-    assert school.open() == []
-    school.evaluate(now + 11 * 60)
+    for later in (0, 11 * 60, 7 * 86400):
+        school.evaluate(now + later)
+        assert school.open() == []
+    assert alarms.snapshot(school.registry, school.ledger).not_installed() == {"gw-103"}
+    # Installed: its first message. Alarms apply from then on.
+    school.state("gw-103", online=True)
+    school.values("gw-103", "env", co2_ppm=2000)
+    school.evaluate()
+    assert [(a["gateway"], a["kind"]) for a in school.open()] == [("gw-103", "co2_above")]
+    school.values("gw-103", "env", co2_ppm=600)
+    school.evaluate()
+    school.state("gw-103", online=False)
+    school.evaluate(time.time() + 11 * 60)
     [alarm] = school.open()
-    assert alarm["gateway"] == "gw-103" and "never reported" in alarm["message"] and alarm["building"] == "B"
+    assert (alarm["gateway"], alarm["kind"], alarm["building"]) == ("gw-103", "offline_minutes", "B")
+    assert "Gateway offline" in alarm["message"]
+
+
+def test_never_reported_alarms_of_an_earlier_version_are_cleared(school: School) -> None:
+    """The 1,998 "never reported" alarms an import raised before this change close by themselves."""
+    school.registry.register_gateway("gw-103", "s1", "103", "B")
+    rule = school.rule("offline_minutes")
+    with school.registry.session() as s:
+        s.add(Alarm(rule_id=rule["id"], gateway="gw-103", device="", raised_at=time.time() - 3600,
+                    message="Gateway has never reported (registered 1.0 h ago)"))
+    assert len(school.open()) == 1
+    school.evaluate()
+    assert school.open() == [] and school.all()[0]["cleared_at"] is not None
 
 
 def test_device_offline_on_an_online_gateway(school: School) -> None:

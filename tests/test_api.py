@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from central.store.base import Sample
 from dashboards import close_app
 from tests.apps import add_people, central_db, register_rooms, two_rooms, web_app
 
@@ -112,10 +113,60 @@ def test_unknown_device_and_no_broker(app) -> None:
     ("gateway=gw-101&device=env&metric=co2_ppm&start=nan", "finite"),
     ("gateway=gw-101&device=env&metric=co2_ppm&start=10&end=5", "start is after end"),
     ("gateway=gw-101&device=env&metric=a%2Fb", "not a valid id"),
+    ("gateway=gw-101&device=env&metric=co2_ppm&limit=0", "'limit' must be a whole number from 1 to 10000"),
+    ("gateway=gw-101&device=env&metric=co2_ppm&limit=10001", "'limit' must be a whole number from 1 to 10000"),
+    ("gateway=gw-101&device=env&metric=co2_ppm&limit=%EF%BC%95", "'limit' must be a whole number"),  # a wide 5
+    ("gateway=gw-101&device=env&metric=co2_ppm&raw=yes", "'raw' must be 1 or 0"),
+    ("gateway=gw-101&device=env&metric=co2_ppm&cursor=5", "cursor pages raw points"),
+    ("gateway=gw-101&device=env&metric=co2_ppm&raw=1&cursor=inf", "finite"),
 ])
 def test_bad_telemetry_queries(app, query: str, text: str) -> None:
     resp = call(app, "GET", f"/api/telemetry?{query}", "admin")
     assert resp.status_code == 400 and text in resp.get_json()["error"]
+
+
+def test_telemetry_of_a_busy_window_keeps_the_newest_point_and_says_when_it_cuts(tmp_path: Path) -> None:
+    """A device with 50,000 points in the window: the API used to answer the oldest 10,000 and say nothing.
+    Now the answer is downsampled and says so, or (raw=1) is the newest page, with a cursor to the older."""
+    end = round(NOW) - 60
+    start = end - 50_000 + 1
+
+    def fill(ledger, points) -> None:
+        two_rooms(ledger, points, NOW)
+        points.write([Sample("s1", "gw-101", "env", "environment", float(start + i), {"co2_ppm": float(i % 1000)})
+                      for i in range(50_000)])
+
+    app = web_app(central_db(tmp_path, fill))
+    try:
+        register_rooms(app)
+        app.tokens = add_people(app)
+        newest = [float(end), 999.0]
+        series = "gateway=gw-101&device=env&metric=co2_ppm"
+        window = f"{series}&start={start}&end={end}"
+        body = call(app, "GET", f"/api/telemetry?{window}", "facility").get_json()
+        assert body["downsampled"] is True and body["step"] > 0 and body["truncated"] is False
+        assert len(body["points"]) <= 10_000 and body["points"][-1] == newest
+        assert body["points"][0][0] <= start + 2 * body["step"]  # and it spans the whole window
+        small = call(app, "GET", f"/api/telemetry?{window}&limit=500", "facility").get_json()
+        assert len(small["points"]) <= 500 and small["points"][-1] == newest and small["step"] > body["step"]
+
+        # Raw pages, from the newest back, until the cursor runs out: every point exactly once.
+        pages, cursor = [], ""
+        while True:
+            page = call(app, "GET", f"/api/telemetry?{window}&raw=1&limit=10000{cursor}", "facility").get_json()
+            pages.append(page["points"])
+            assert page["downsampled"] is False and len(page["points"]) <= 10_000
+            if not page["truncated"]:
+                assert page["next"] is None
+                break
+            cursor = f"&cursor={page['next']}"
+        assert pages[0][-1] == newest and [len(p) for p in pages] == [10_000] * 5
+        assert [ts for p in reversed(pages) for ts, _ in p] == [float(start + i) for i in range(50_000)]
+        # A window that holds few enough points is answered whole, as before.
+        few = call(app, "GET", f"/api/telemetry?{series}&start={end - 99}&end={end}", "facility").get_json()
+        assert len(few["points"]) == 100 and few["downsampled"] is False and few["truncated"] is False
+    finally:
+        close_app(app)
 
 
 def test_browser_login_session_and_csrf(app) -> None:

@@ -13,6 +13,7 @@ docs/screenshots/health.png with UPDATE_SCREENSHOTS=1.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import json
 import os
@@ -21,6 +22,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+from collections.abc import Iterator
 from datetime import date, datetime, timedelta
 from pathlib import Path
 
@@ -198,8 +200,30 @@ def test_board_lists_every_room_with_status_and_last_seen(app) -> None:
     assert env["status"] == "ok" and env["last_seen"] == pytest.approx(NOW - 5) and env["latest"]["co2_ppm"] == 800
     assert rooms["gw-201"]["online"] is False and "offline" in rooms["gw-201"]["problems"]
     assert all(d["status"] == "offline" for d in rooms["gw-201"]["devices"])
-    assert rooms["gw-901"]["reported"] is False and rooms["gw-901"]["problems"] == ["offline"]
-    assert data["counts"] == {"offline": 2, "fault": 0, "alarm": 0, "rooms": 4, "unacked": 0}
+    assert data["counts"] == {"offline": 1, "fault": 0, "alarm": 0, "rooms": 4, "unacked": 0, "not_installed": 1}
+
+
+def test_a_gateway_that_never_reported_is_not_installed_yet_not_offline(app) -> None:
+    """Registered before it is mounted: the board, the room page and /api/gateways say "not installed yet";
+    it is no problem and raises no alarm however long it waits."""
+    reg = app.extensions["campus"]["registry"]
+    reg.add_device("gw-901", "env", "env-6in1-modbus", {"host": "10.0.0.9"})
+    alarms.evaluate(reg, app.extensions["campus"]["ledger"], now=time.time() + 7 * 86400)
+    assert [a["gateway"] for a in alarms.list_alarms(reg, "open")] == ["gw-201"]  # offline for real, a week on
+    rooms = {r["gateway"]: r for r in call(app, "GET", "/api/board", "facility").get_json()["rooms"]}
+    r901 = rooms["gw-901"]
+    assert (r901["installed"], r901["online"], r901["problems"], r901["alarms"]) == (False, False, [], [])
+    assert [(d["id"], d["status"]) for d in r901["devices"]] == [("env", "not installed yet")]
+    assert rooms["gw-201"]["installed"] is True and rooms["gw-201"]["problems"] == ["offline", "alarm"]
+    assert [r["gateway"] for r in call(app, "GET", "/api/board?problem=any", "facility").get_json()["rooms"]] == \
+        ["gw-201"]
+    client, _ = login(app, "facility")
+    assert '<span class="badge uninstalled">not installed yet</span>' in client.get("/health/rooms/gw-901").get_data(
+        as_text=True)
+    gateways = {gw["id"]: gw for gw in call(app, "GET", "/api/gateways", "facility").get_json()}
+    assert gateways["gw-901"]["installed"] is False and gateways["gw-901"]["last_seen"] is None
+    assert gateways["gw-901"]["school"] == "s2" and gateways["gw-901"]["room"] == "9"
+    assert all(gateways[gw]["installed"] for gw in ("gw-101", "gw-102", "gw-201"))
 
 
 def test_board_shows_a_full_gateway_disk_and_a_replaced_outbox_with_devices_still_ok(app) -> None:
@@ -242,9 +266,9 @@ def test_board_filters(app) -> None:
     assert gateways("school=s2") == ["gw-901"]
     assert gateways(f"building={buildings['A']}") == ["gw-101", "gw-102"]
     assert gateways("problem=alarm") == ["gw-102"]
-    assert gateways("problem=offline") == ["gw-201", "gw-901"]
+    assert gateways("problem=offline") == ["gw-201"]  # gw-901 never reported: not installed yet, not offline
     assert gateways("problem=fault") == []
-    assert gateways("problem=any") == ["gw-102", "gw-201", "gw-901"]
+    assert gateways("problem=any") == ["gw-102", "gw-201"]
     assert gateways(f"school=s1&building={buildings['B']}&problem=offline") == ["gw-201"]
     for bad in ("problem=fire", "building=A"):
         resp = call(app, "GET", f"/api/board?{bad}", "facility")
@@ -610,3 +634,88 @@ def test_a_gateway_whose_clock_is_a_day_off_is_warned_about(app) -> None:
     assert "Gateway clock is" not in call(app, "GET", "/health/rooms/gw-101", "facility").get_data(as_text=True)
     gateways = {g["id"]: g for g in call(app, "GET", "/api/gateways", "facility").get_json()}
     assert gateways["gw-102"]["clock_offset"] == -86400.0 and gateways["gw-102"]["clock_wrong"] is True
+
+
+# ---------------------------------------------------------------- the 7-day power chart, in a browser
+
+
+def _a_week_of_projector_power(ledger: Ledger, points: SqlitePointStore) -> None:
+    """One room whose projector reported every 10 s for 7 days: on 8 h a day on 6 days (48 h), off otherwise."""
+    now = time.time()
+    ledger.record([Sequenced("s1", "gw-101", "proj", next(_seq), now - 5, values={"power": "off"})],
+                  [("s1", "gw-101", State(online=True, ts=now, room="101", devices={"proj": DEVICES["proj"]},
+                                          interval=5))], [])
+    start = now - 7 * 86400 + 600
+    on = [(start + day * 86400 + 3600, start + day * 86400 + 9 * 3600) for day in range(6)]
+    samples = [Sample("s1", "gw-101", "proj", "projector", ts,
+                      {"power": "on" if any(a <= ts < b for a, b in on) else "off"})
+               for ts in (start + 10 * i for i in range(int((now - start) // 10)))]
+    points.write(samples)
+
+
+@contextlib.contextmanager
+def _chromium_as_facility(app) -> Iterator[tuple[object, str]]:
+    """The app served on a loopback port, and a headless Chromium page logged in as facility (fm)."""
+    from playwright.sync_api import sync_playwright
+
+    from dashboards.server import serve
+
+    server = serve(app, "127.0.0.1", 0)
+    base = f"http://127.0.0.1:{server.port}"
+    try:
+        with sync_playwright() as pw:
+            browser = pw.chromium.launch(executable_path="/usr/bin/chromium", args=[
+                "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"])
+            try:
+                page = browser.new_page(viewport={"width": 1280, "height": 800})
+                page.goto(f"{base}/login")
+                page.fill("input[name=username]", "fm")
+                page.fill("input[name=password]", "fm-password")
+                page.click("button[type=submit]")
+                page.wait_for_url(f"{base}/")
+                yield page, base
+            finally:
+                browser.close()
+    finally:
+        server.shutdown()
+
+
+@pytest.mark.slow
+def test_seven_day_power_chart_draws_the_hours_on_in_chromium(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The 7-day projector chart was blank while its label said "48 h on": each 10 s sample was drawn
+    as its own rectangle, 0.01 px wide on a week, and every one under the 0.05 px cut was left out."""
+    from playwright.sync_api import expect
+
+    app = web_app(central_db(tmp_path, _a_week_of_projector_power), monkeypatch)
+    try:
+        register_rooms(app, (("gw-101", "s1", "101", "A"),))
+        add_people(app)
+        with _chromium_as_facility(app) as (page, base):
+            page.goto(f"{base}/health/rooms/gw-101?window=7d")
+            chart = page.locator(".hchart[data-device='proj']")
+            expect(chart.locator(".now")).to_contain_text("on ", timeout=30_000)
+            label = chart.locator(".now").inner_text()
+            hours = float(re.search(r"on ([0-9.]+) h", label).group(1))
+            assert 46 <= hours <= 50, label
+            # What is drawn says the same as the label: the "on" bars span 48 of the 168 hours' width.
+            widths = chart.locator("svg rect.s-on").evaluate_all("rs => rs.map(r => +r.getAttribute('width'))")
+            plot = 640 - 48 - 12
+            assert sum(widths) == pytest.approx(plot * 48 / 168, rel=0.06), (len(widths), sum(widths))
+            assert len(widths) <= 20  # one bar per stretch of "on", not one per sample
+            assert float(chart.get_attribute("data-step")) > 0  # a week of 10 s samples came downsampled
+    finally:
+        close_app(app)
+
+
+@pytest.mark.slow
+def test_the_board_shows_a_gateway_not_installed_yet_in_chromium(app) -> None:
+    with _chromium_as_facility(app) as (page, base):
+        from playwright.sync_api import expect
+
+        page.goto(f"{base}/health/")
+        room = page.locator(".hroom[data-gateway='gw-901']")
+        expect(room.locator("header .badge")).to_have_text("not installed yet", timeout=15_000)
+        expect(room).not_to_have_class(re.compile(r"p-offline"))
+        expect(page.locator(".hroom[data-gateway='gw-201'] header .badge")).to_have_text("offline")
+        expect(page.locator("#not-installed")).to_have_text("Not installed yet: 1")
+        expect(page.locator("#summary [data-problem='offline']")).to_contain_text("Offline: 1")

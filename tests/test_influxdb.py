@@ -23,6 +23,7 @@ from central.store import Sample, open_store
 from central.store.influx import _refuses_the_data, _version_before_1_8
 from tests.e2e import Classroom, env_device, read_simulator
 from tests.servers import InfluxDB, Mosquitto, wait_until
+from tests.stores import assert_newest_is_in_the_answer
 
 pytestmark = pytest.mark.slow
 
@@ -40,15 +41,26 @@ def test_store_roundtrip_numbers_enums_strings_and_long_windows(influx: InfluxDB
     assert series == [(pytest.approx(now - 10 + i), 400.0 + i) for i in range(5)]
     assert [v for _, v in store.query("gw1", "proj", "power", now - 60, now + 1)] == ["warming", "on"]
     assert [v for _, v in store.query("gw1", "proj", "input", now - 60, now + 1)] == ["HDMI 1", "it's \"VGA\""]
-    assert store.query("gw1", "env", "co2_ppm", now - 60, now + 1, limit=2) == series[:2]
+    assert store.query("gw1", "env", "co2_ppm", now - 60, now + 1, limit=2) == series[-2:]  # a cut keeps the newest
     assert store.query("gw1", "env", "co2_ppm", now - 3600, now - 3000) == []
     assert store.query("gw1", "nobody", "co2_ppm", now - 60, now + 1) == []
-    day = store.query("gw1", "env", "co2_ppm", now - 86400, now)  # GROUP BY time(step), last of each step
-    assert day and day[-1][1] == 404.0 and len(day) <= 2
+    day = store.window("gw1", "env", "co2_ppm", now - 86400, now)  # few points: raw
+    assert day.points == series and not day.downsampled
+    day = store.window("gw1", "env", "co2_ppm", now - 86400, now, max_points=3)  # GROUP BY time(step), last of each
+    assert day.downsampled and day.points[-1] == series[-1] and len(day.points) <= 3
+    assert [v for _, v in store.window("gw1", "proj", "power", now - 60, now + 1, max_points=1).points] == ["on"]
     # Exactly one point per sample in the database itself, redelivery included.
     rows = influx.influxql('SELECT count("co2_ppm") FROM "environment"')["series"][0]["values"]
     assert rows[0][1] == 5
     store.close()
+
+
+def test_50000_points_in_a_window_the_newest_is_in_the_answer(influx: InfluxDB) -> None:
+    store = open_store(influx.url)
+    try:
+        assert_newest_is_in_the_answer(store, own_timestamps=False)
+    finally:
+        store.close()
 
 
 def test_a_sample_the_server_refuses_is_left_out_alone(influx: InfluxDB, caplog: pytest.LogCaptureFixture) -> None:

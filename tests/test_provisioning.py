@@ -426,6 +426,60 @@ def test_push_publishes_the_retained_device_list_and_shows_versions(tmp_path: Pa
         close_app(app)
 
 
+def test_push_all_to_hundreds_keeps_the_cookie_small_and_the_result_in_the_registry(tmp_path: Path,
+                                                                                    mosquitto) -> None:
+    """"Push all" used to put every gateway's name in the flash message, in the session cookie: 5,990 bytes
+    for 2,000 gateways, which browsers drop. Its outcome now lives in the registry; the page shows it."""
+    app = make_app(tmp_path, mosquitto.url)
+    try:
+        reg = app.extensions["campus"]["registry"]
+        assert app.extensions["campus"]["commands"].connected.wait(10)
+        rows = "".join(f"s1,A,{1000 + i},gw-{i:04d}\n" for i in range(400))
+        assert prov.import_csv(reg, f"school,building,room,gateway\n{rows}".encode()).ok
+        admin = login(app, "boss", "boss-password")
+        assert "Push all changed (401)" in admin.get("/provisioning/gateways").get_data(as_text=True)
+
+        resp = post(admin, "/provisioning/push")
+        assert resp.status_code == 302
+        cookies = resp.headers.getlist("Set-Cookie")
+        assert cookies and all(len(c) < 1024 for c in cookies), [len(c) for c in cookies]
+        [run] = prov.push_runs(reg)
+        assert (len(run["pushed"]), run["failed"], run["left"], run["by"]) == (401, [], 0, "boss")
+        assert set(prov.pushed_versions(reg)) == {"gw-101", *(f"gw-{i:04d}" for i in range(400))}
+
+        page = admin.get(resp.headers["Location"]).get_data(as_text=True)
+        assert f"Push all #{run['id']}: 401 of 401 pushed." in page  # the flash
+        runs = re.search(r'<section class="card" id="push-runs">(.*?)</section>', page, re.S).group(1)
+        assert "401 of 401 pushed" in runs and "gw-0000 v1" in runs and "gw-0399 v1" in runs
+        assert "Push all changed" not in page  # nothing left to push
+        again = post(admin, "/provisioning/push")
+        assert "Nothing to push" in admin.get(again.headers["Location"]).get_data(as_text=True)
+        assert len(prov.push_runs(reg)) == 1
+        trail = [a for a in reg.audit_trail() if a["action"] == "provision.push"]
+        assert trail[0]["detail"] == f"push all #{run['id']}: 401 of 401 pushed" and trail[0]["ok"]  # newest first
+    finally:
+        close_app(app)
+
+
+def test_push_all_stops_at_the_first_failure_and_records_it(app) -> None:
+    """Without a broker connection the route says so; a run that fails keeps what it did."""
+    admin = login(app, "boss", "boss-password")
+    resp = post(admin, "/provisioning/push")
+    assert resp.status_code == 400 and "no MQTT connection" in resp.get_data(as_text=True)
+
+    class BrokerDown:
+        def publish(self, *args, **kwargs):
+            raise RuntimeError("not connected")
+
+    reg = app.extensions["campus"]["registry"]
+    reg.register_gateway("gw-102", "s1", "102", "A")
+    run = prov.push_all(reg, BrokerDown(), ["gw-101", "gw-102"], "boss")
+    assert run["pushed"] == [] and run["failed"] == [("gw-101", "cannot publish to the broker: not connected")]
+    assert run["left"] == 1 and run["finished"] is not None
+    page = admin.get("/provisioning/gateways").get_data(as_text=True)
+    assert "stopped at gw-101: cannot publish to the broker" in page and "1 left for the next run" in page
+
+
 def test_gateway_yaml_and_sync_status_helpers(app) -> None:
     reg = app.extensions["campus"]["registry"]
     text = prov.gateway_yaml(reg, "gw-101", None)

@@ -8,8 +8,9 @@ from pathlib import Path
 import pytest
 
 from campus.errors import PayloadError
-from central.store.base import Sample
+from central.store.base import Sample, Window
 from central.store.sqlite import SqlitePointStore
+from tests.stores import assert_newest_is_in_the_answer
 
 ENV = {"temperature_c": 22.5, "co2_ppm": 812, "pm25_ugm3": 14.2}
 
@@ -20,7 +21,8 @@ def test_values_come_back_per_metric_with_their_types(tmp_path: Path) -> None:
         store.write([Sample("s", "gw1", "env", "environment", 100.0 + i, {**ENV, "co2_ppm": 800 + i}) for i in range(5)]
                     + [Sample("s", "gw1", "proj", "projector", 103.5, {"power": "warming", "input": "hdmi1"})])
         assert store.query("gw1", "env", "co2_ppm", 101, 103) == [(101.0, 801), (102.0, 802), (103.0, 803)]
-        assert store.query("gw1", "env", "temperature_c", 0, 1e10, limit=2) == [(100.0, 22.5), (101.0, 22.5)]
+        # A cut keeps the newest points: a caller pages back from the oldest it got.
+        assert store.query("gw1", "env", "temperature_c", 0, 1e10, limit=2) == [(103.0, 22.5), (104.0, 22.5)]
         assert store.query("gw1", "proj", "power", 0, 1e10) == [(103.5, "warming")]
         assert store.query("gw1", "env", "power", 0, 1e10) == []  # a metric this device never had
         assert store.query("gw2", "env", "co2_ppm", 0, 1e10) == []
@@ -62,6 +64,54 @@ def test_a_metric_name_that_is_not_one_is_refused(tmp_path: Path, metric: str) -
     try:
         with pytest.raises(PayloadError, match="metric"):
             store.query("gw1", "env", metric, 0, 1e10)
+    finally:
+        store.close()
+
+
+def test_a_long_window_is_downsampled_and_ends_with_the_newest_point(tmp_path: Path) -> None:
+    """50,000 samples in the window: at most the points asked for, the newest sample of each step, and
+    the window's newest point last (the store used to answer the oldest 10,000 and say nothing)."""
+    store = SqlitePointStore(tmp_path / "c.db")
+    try:
+        store.write([Sample("s", "gw1", "env", "environment", 1000.0 + i, {"co2_ppm": 400 + i % 1000})
+                     for i in range(50_000)])
+        store.write([Sample("s", "gw1", "env", "environment", 60_000.0, {"co2_ppm": 9999})])  # after the window
+        newest = (50_999.0, 400.0 + 49_999 % 1000)
+        assert store.query("gw1", "env", "co2_ppm", 0, 51_000, limit=3) == [
+            (50_997.0, 1397.0), (50_998.0, 1398.0), newest]
+        got = store.window("gw1", "env", "co2_ppm", 0, 51_000, max_points=1000)
+        assert got.downsampled and got.step == 51.103  # 51,000 s in 998 buckets, rounded up to whole ms
+        assert len(got.points) <= 1000 and got.points[-1] == newest
+        # Each point is a real sample, the newest of its bucket.
+        assert all(int(ts) == ts and v == 400 + (ts - 1000) % 1000 for ts, v in got.points)
+        buckets = [int(ts / got.step) for ts, _ in got.points]
+        assert buckets == sorted(set(buckets))
+        assert all(int((ts + 1) / got.step) != b for (ts, _), b in zip(got.points[:-1], buckets, strict=False))
+        # A window that holds few enough points comes back whole, raw.
+        assert store.window("gw1", "env", "co2_ppm", 50_000, 51_000) == Window(
+            [(float(t), 400.0 + (t - 1000) % 1000) for t in range(50_000, 51_000)])
+    finally:
+        store.close()
+
+
+def test_50000_points_in_a_window_the_newest_is_in_the_answer(tmp_path: Path) -> None:
+    store = SqlitePointStore(tmp_path / "c.db")
+    try:
+        assert_newest_is_in_the_answer(store)
+    finally:
+        store.close()
+
+
+def test_downsampling_a_metric_only_some_samples_carry(tmp_path: Path) -> None:
+    """Where the newest sample of a bucket lacks the metric, the newest that has it stands for the bucket."""
+    store = SqlitePointStore(tmp_path / "c.db")
+    try:
+        store.write([Sample("s", "gw1", "proj", "projector", float(t), {"lamp_hours": 7, **({"power": "on"} if t % 10 < 3
+                                                                                           else {})})
+                     for t in range(100)])
+        got = store.window("gw1", "proj", "power", 0, 99, max_points=12)
+        assert got.step == 9.9 and got.points[-1] == (92.0, "on")
+        assert [ts for ts, _ in got.points] == [2.0, 12.0, 22.0, 32.0, 42.0, 52.0, 62.0, 72.0, 82.0, 92.0]
     finally:
         store.close()
 

@@ -10,6 +10,7 @@ import pytest
 from central.store import Sample, open_store
 from tests.e2e import Classroom, read_simulator
 from tests.servers import Mosquitto, VictoriaMetrics, wait_until
+from tests.stores import assert_newest_is_in_the_answer
 
 pytestmark = pytest.mark.slow
 
@@ -25,9 +26,22 @@ def test_store_roundtrip_enums_and_long_windows(victoria: VictoriaMetrics) -> No
                         20, message="5 raw samples")
     assert [v for _, v in series] == [400, 401, 402, 403, 404]
     assert [round(ts, 3) for ts, _ in series] == [round(now - 10 + i, 3) for i in range(5)]
-    assert store.query("gw1", "proj", "power", now - 60, now + 1) == [(pytest.approx(now - 2), "warming")]
-    day = store.query("gw1", "env", "co2_ppm", now - 86400, now)  # a range query with a step
-    assert day and day[-1][1] == 404
+    series_power = store.query("gw1", "proj", "power", now - 60, now + 1)
+    assert series_power == [(pytest.approx(now - 2), "warming")]
+    assert store.query("gw1", "env", "co2_ppm", now - 60, now + 1, limit=2) == series[-2:]  # a cut keeps the newest
+    day = store.window("gw1", "env", "co2_ppm", now - 86400, now)  # few points: raw
+    assert day.points == series and not day.downsampled
+    day = store.window("gw1", "env", "co2_ppm", now - 86400, now, max_points=3)  # a range query with a step
+    assert day.downsampled and day.points[-1] == series[-1] and len(day.points) <= 3
+    assert store.window("gw1", "proj", "power", now - 60, now + 1, max_points=1).points == [series_power[0]]
+
+
+def test_50000_points_in_a_window_the_newest_is_in_the_answer(victoria: VictoriaMetrics) -> None:
+    store = open_store(victoria.url)
+    try:
+        assert_newest_is_in_the_answer(store)
+    finally:
+        store.close()
 
 
 def test_victoriametrics_down_is_a_store_error(tmp_path: Path) -> None:

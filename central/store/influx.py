@@ -28,10 +28,16 @@ index in `contract.METRIC_ENUMS`, because VictoriaMetrics keeps numbers
 only; other strings (an input name) are kept by InfluxDB and dropped by
 VictoriaMetrics — their latest value lives in the ledger either way.
 
-Queries: VictoriaMetrics through its Prometheus-compatible HTTP API (raw
-samples from `/api/v1/export` for windows up to `RAW_WINDOW_S`, range
-queries with a step chosen from the window beyond); InfluxDB through
-InfluxQL on `/query`, which InfluxDB 1.x, 2.x (the bucket's DBRP mapping)
+Queries: VictoriaMetrics through its Prometheus-compatible HTTP API;
+InfluxDB through InfluxQL on `/query`, which InfluxDB 1.x, 2.x (the
+bucket's DBRP mapping) and 3.x all serve, where Flux runs on 2.x only.
+A window (`window`) is counted first (`count_over_time`, `count()`): raw
+samples (`/api/v1/export`, a plain SELECT) if it holds few enough, else
+the newest sample of each step (`last_over_time` with `tlast_over_time`
+for its timestamp, `last() ... GROUP BY time(step)`), ending with the
+window's newest sample. A raw page (`query`) is the newest samples:
+InfluxQL's `ORDER BY time DESC LIMIT`, and for VictoriaMetrics, whose
+export has no limit, slices of `RAW_WINDOW_S` exported from the end back.
 and 3.x all serve, where Flux runs on 2.x only.
 """
 
@@ -55,17 +61,17 @@ from urllib3.exceptions import HTTPError
 from campus import contract
 from campus.errors import StoreError
 from campus.urls import StoreUrl
-from central.store.base import Sample
+from central.store.base import MAX_POINTS, Point, Sample, Window, downsample_step
 
 log = logging.getLogger(__name__)
 
-RAW_WINDOW_S = 6 * 3600
-MAX_POINTS_PER_QUERY = 1000
+RAW_WINDOW_S = 6 * 3600  # the longest slice of raw samples VictoriaMetrics exports at once
 # What a server says when it refuses lines for their content, so that retrying them cannot help. Any
 # other 4xx (an organisation, bucket or token the server does not know) is retried: a refusal that is
 # not recognised holds the batch up, loudly, rather than dropping a district's data.
 DATA_REFUSALS = ("partial write", "conflict", "unable to parse", "cannot parse", "parsing failed", "retention")
 _KINDS = (*contract.DEVICE_KINDS, "device")  # measurements; "device" for a kind ingest does not know yet
+_MEASUREMENTS = f"/^({'|'.join(_KINDS)})$/"  # InfluxQL: every measurement a device's samples can be in
 
 
 # Line protocol escaping (what a tag value, a measurement and a string field may not contain raw).
@@ -83,6 +89,13 @@ def _decode_value(metric: str, value: float | str) -> float | str:
     if enum and not isinstance(value, str) and float(value).is_integer() and 0 <= int(value) < len(enum):
         return enum[int(value)]
     return value
+
+
+def _vm_rollup(function: str, selector: str, span: str) -> str:
+    """A MetricsQL rollup over the selector's series that keeps each series' name: a device whose samples
+    are under two measurements (its kind changed) gives two series, which would otherwise be one name-less
+    series twice, which VictoriaMetrics refuses as duplicate output."""
+    return f"{function}({selector}[{span}]) keep_metric_names"
 
 
 def _escape_label(value: str) -> str:
@@ -252,30 +265,101 @@ class InfluxPointStore:
     # ------------------------------------------------------------ query
 
     def query(self, gateway: str, device: str, metric: str, start: float, end: float,
-              limit: int = 10_000) -> list[tuple[float, float | str]]:
+              limit: int = MAX_POINTS) -> list[Point]:
         contract.check_segment(metric, "metric")
         if self.flavour == "influxdb":
-            return self._query_influxql(gateway, device, metric, start, end, limit)
-        selector = (f'{{__name__=~"({"|".join(_KINDS)})_{metric}",gateway="{_escape_label(gateway)}",'
-                    f'device="{_escape_label(device)}"}}')
-        if end - start <= RAW_WINDOW_S:
-            body, _ = self._request("/api/v1/export", [("match[]", selector), ("start", f"{start:.3f}"),
-                                                       ("end", f"{end:.3f}")])
-            samples: dict[float, float] = {}
-            for line in body.splitlines():
-                series = json.loads(line)
-                for ts_ms, value in zip(series["timestamps"], series["values"], strict=True):
-                    samples[ts_ms / 1000] = value  # twins from a redelivery collapse here
-            return [(ts, _decode_value(metric, v)) for ts, v in sorted(samples.items())][:limit]
-        step = max(1, math.ceil((end - start) / MAX_POINTS_PER_QUERY))
-        # VictoriaMetrics aligns the points to multiples of the step; asking one step
-        # past `end` makes the newest samples fall inside the last window.
-        body, _ = self._request("/api/v1/query_range", [("query", f"last_over_time({selector}[{step}s])"),
-                                                         ("start", f"{start:.3f}"), ("end", f"{end + step:.3f}"),
-                                                         ("step", f"{step}s")])
-        result = json.loads(body)["data"]["result"]
-        out = sorted((float(ts), float(v)) for series in result for ts, v in series["values"])
-        return [(ts, _decode_value(metric, v)) for ts, v in out][:limit]
+            statement = (f'SELECT "{metric}" FROM {_MEASUREMENTS} WHERE {self._where(gateway, device, start, end)}'
+                         f" ORDER BY time DESC LIMIT {int(limit)}")
+            return [(ts, _decode_value(metric, v)) for ts, v in self._influx_points(statement)][-limit:]
+        return self._vm_newest(self._selector(gateway, device, metric), metric, start, end, limit)
+
+    def window(self, gateway: str, device: str, metric: str, start: float, end: float,
+               max_points: int = MAX_POINTS) -> Window:
+        contract.check_segment(metric, "metric")
+        if self.flavour == "influxdb":
+            return self._influx_window(gateway, device, metric, start, end, max_points)
+        return self._vm_window(self._selector(gateway, device, metric), metric, start, end, max_points)
+
+    # VictoriaMetrics: raw samples from /api/v1/export, counts and downsampling from its query API.
+
+    @staticmethod
+    def _selector(gateway: str, device: str, metric: str) -> str:
+        return (f'{{__name__=~"({"|".join(_KINDS)})_{metric}",gateway="{_escape_label(gateway)}",'
+                f'device="{_escape_label(device)}"}}')
+
+    def _vm_export(self, selector: str, start: float, end: float) -> dict[float, float]:
+        body, _ = self._request("/api/v1/export", [("match[]", selector), ("start", f"{start:.3f}"),
+                                                   ("end", f"{end:.3f}")])
+        samples: dict[float, float] = {}
+        for line in body.splitlines():
+            series = json.loads(line)
+            for ts_ms, value in zip(series["timestamps"], series["values"], strict=True):
+                samples[ts_ms / 1000] = value  # twins from a redelivery collapse here
+        return samples
+
+    def _vm_newest(self, selector: str, metric: str, start: float, end: float, limit: int) -> list[Point]:
+        """The newest `limit` raw samples in [start, end]: exported a slice at a time from `end` back (the
+        export has no limit of its own), each slice `RAW_WINDOW_S` or as long as the last one needed."""
+        samples: dict[float, float] = {}
+        top, span = end, float(RAW_WINDOW_S)
+        while top >= start and len(samples) < limit:
+            bottom = max(start, top - span)
+            got = self._vm_export(selector, bottom, top)
+            samples.update(got)
+            if not got:
+                span *= 4  # an empty slice: a series sampled rarely; look further back at once
+            top = bottom - 0.001  # the export's bounds are whole milliseconds, both included
+        newest = sorted(samples.items())[-limit:] if limit > 0 else []
+        return [(ts, _decode_value(metric, v)) for ts, v in newest]
+
+    def _vm_instant(self, query: str, at: float) -> list[dict[str, Any]]:
+        body, _ = self._request("/api/v1/query", [("query", query), ("time", f"{at:.3f}")])
+        return json.loads(body)["data"]["result"]
+
+    def _vm_window(self, selector: str, metric: str, start: float, end: float, max_points: int) -> Window:
+        # Look-behind windows are (t - d, t]: one millisecond more than the window takes `start` in.
+        span = f"{max(1, math.ceil((end - start) * 1000)) + 1}ms"
+        count = sum(float(s["value"][1]) for s in self._vm_instant(_vm_rollup("count_over_time", selector, span), end))
+        if count <= max_points:
+            raw = sorted(self._vm_export(selector, start, end).items())
+            return Window([(ts, _decode_value(metric, v)) for ts, v in raw])
+        step = downsample_step(start, end, max_points)
+        # Points at multiples of the step (VictoriaMetrics aligns them), each the newest sample of the
+        # step before it: its value, and its own timestamp. Asking one step past `end` makes the
+        # newest samples fall inside the last window.
+        step_ms = round(step * 1000)
+        params = [("start", f"{start:.3f}"), ("end", f"{end + step:.3f}"), ("step", f"{step_ms}ms")]
+        found: dict[tuple[str, float], list[float]] = {}
+        for which, fn in ((0, "last_over_time"), (1, "tlast_over_time")):
+            body, _ = self._request("/api/v1/query_range", [("query", _vm_rollup(fn, selector, f"{step_ms}ms")),
+                                                             *params])
+            for series in json.loads(body)["data"]["result"]:
+                labels = json.dumps(series["metric"], sort_keys=True)
+                for t, v in series["values"]:
+                    found.setdefault((labels, float(t)), [math.nan, math.nan])[which] = float(v)
+        by_ts: dict[float, float] = {}
+        for value, ts in found.values():
+            if start <= round(ts, 3) <= end and not math.isnan(value):
+                by_ts[round(ts, 3)] = value
+        points = sorted(by_ts.items())
+        # The step that holds `end` may be missing (VictoriaMetrics leaves out grid points it deems too
+        # recent) or hide the window's newest sample behind later ones: ask for that sample itself.
+        newest = self._vm_last(selector, span, end)
+        if newest and (not points or newest[0] > points[-1][0]):
+            points.append(newest)
+        return Window([(ts, _decode_value(metric, v)) for ts, v in points[-max_points:]], step)
+
+    def _vm_last(self, selector: str, span: str, at: float) -> tuple[float, float] | None:
+        """The newest sample of the series in (at - span, at]."""
+        newest: dict[str, list[float]] = {}
+        for which, fn in ((0, "tlast_over_time"), (1, "last_over_time")):
+            for series in self._vm_instant(_vm_rollup(fn, selector, span), at):
+                labels = json.dumps(series["metric"], sort_keys=True)
+                newest.setdefault(labels, [math.nan, math.nan])[which] = float(series["value"][1])
+        pairs = [(round(ts, 3), value) for ts, value in newest.values() if not math.isnan(ts + value)]
+        return max(pairs) if pairs else None
+
+    # InfluxDB: InfluxQL.
 
     def _influxql(self, statement: str) -> list[dict[str, Any]]:
         """Run one InfluxQL statement on the bucket (database); its series."""
@@ -288,19 +372,35 @@ class InfluxPointStore:
             raise StoreError(f"influxdb at {self.http}, database {self.bucket!r}: {result['error']}")
         return result.get("series", [])
 
-    def _query_influxql(self, gateway: str, device: str, metric: str, start: float, end: float,
-                        limit: int) -> list[tuple[float, float | str]]:
-        where = (f'"gateway" = {_influxql_string(gateway)} AND "device" = {_influxql_string(device)}'
-                 f" AND time >= {round(start * 1000)}ms AND time <= {round(end * 1000)}ms")
-        measurements = f"/^({'|'.join(_KINDS)})$/"
-        if end - start <= RAW_WINDOW_S:
-            statement = f'SELECT "{metric}" FROM {measurements} WHERE {where} LIMIT {int(limit)}'
-        else:  # the newest sample of each step, as VictoriaMetrics' last_over_time gives
-            step = max(1, math.ceil((end - start) / MAX_POINTS_PER_QUERY))
-            statement = f'SELECT last("{metric}") FROM {measurements} WHERE {where} GROUP BY time({step}s) fill(none)'
-        points = sorted(((row[0] / 1000, row[1]) for series in self._influxql(statement)
-                         for row in series["values"] if row[1] is not None), key=lambda point: point[0])
-        return [(ts, _decode_value(metric, v)) for ts, v in points][:limit]
+    def _influx_points(self, statement: str) -> list[tuple[float, Any]]:
+        """(ts, first column) of every row of every series (one per measurement) the statement answers,
+        oldest first."""
+        return sorted(((row[0] / 1000, row[1]) for series in self._influxql(statement)
+                       for row in series["values"] if row[1] is not None), key=lambda point: point[0])
+
+    @staticmethod
+    def _where(gateway: str, device: str, start: float, end: float) -> str:
+        return (f'"gateway" = {_influxql_string(gateway)} AND "device" = {_influxql_string(device)}'
+                f" AND time >= {round(start * 1000)}ms AND time <= {round(end * 1000)}ms")
+
+    def _influx_window(self, gateway: str, device: str, metric: str, start: float, end: float,
+                       max_points: int) -> Window:
+        where = self._where(gateway, device, start, end)
+        count = sum(n for _, n in self._influx_points(f'SELECT count("{metric}") FROM {_MEASUREMENTS} WHERE {where}'))
+        if count <= max_points:
+            raw = self._influx_points(f'SELECT "{metric}" FROM {_MEASUREMENTS} WHERE {where}')
+            return Window([(ts, _decode_value(metric, v)) for ts, v in raw])
+        step = downsample_step(start, end, max_points)
+        # The newest sample of each step, as VictoriaMetrics' last_over_time gives, at the step's start
+        # (InfluxQL dates a GROUP BY time() bucket by its start, whatever the selector).
+        buckets = self._influx_points(f'SELECT last("{metric}") FROM {_MEASUREMENTS} WHERE {where}'
+                                      f" GROUP BY time({round(step * 1000)}ms) fill(none)")
+        points = [(max(ts, start), v) for ts, v in buckets][-max_points:]
+        # Without GROUP BY time(), last() dates the newest sample by its own time: the window's last point.
+        newest = self._influx_points(f'SELECT last("{metric}") FROM {_MEASUREMENTS} WHERE {where}')
+        if newest and points:
+            points[-1] = newest[-1]
+        return Window([(ts, _decode_value(metric, v)) for ts, v in points], step)
 
     def close(self) -> None:
         self.client.close()

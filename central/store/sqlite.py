@@ -25,7 +25,7 @@ from pathlib import Path
 
 from campus import contract
 from campus.errors import StoreError
-from central.store.base import Sample
+from central.store.base import MAX_POINTS, Point, Sample, Window, downsample_step
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +43,15 @@ _MIGRATE = ("INSERT INTO samples SELECT gateway, device, ts, json_group_object(m
 _HAS_POINTS = "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'points'"
 _dump_metrics = json.JSONEncoder(separators=(",", ":"), allow_nan=False).encode
 _load_json = json.JSONDecoder().decode
+
+
+# One metric of one device's samples in [start, end]: `->` hands back the value as JSON text
+# (json_extract would return a string cut at its first NUL).
+_SERIES = "SELECT ts, metrics -> ? AS value FROM samples WHERE gateway = ? AND device = ? AND ts BETWEEN ? AND ?"
+
+
+def _json_path(metric: str) -> str:
+    return f'$."{contract.check_segment(metric, "metric")}"'
 
 
 def _metric_value(text: str) -> float | str:
@@ -146,13 +155,34 @@ class SqlitePointStore(PerThreadConnection):
         """Opening the file already created or converted it; nothing more to reach."""
 
     def query(self, gateway: str, device: str, metric: str, start: float, end: float,
-              limit: int = 10_000) -> list[tuple[float, float | str]]:
-        path = f'$."{contract.check_segment(metric, "metric")}"'
-        # `->` hands back the value as JSON text: json_extract would return a string cut at its first NUL.
-        cur = self.db.execute(
-            "SELECT ts, metrics -> ? AS value FROM samples WHERE gateway = ? AND device = ?"
-            " AND ts BETWEEN ? AND ? AND value IS NOT NULL ORDER BY ts LIMIT ?", (path, gateway, device, start, end, limit))
-        return [(ts, _metric_value(value)) for ts, value in cur]
+              limit: int = MAX_POINTS) -> list[Point]:
+        # Newest first along the primary key, so a cut drops the oldest points, never the newest.
+        rows = self.db.execute(
+            f"SELECT ts, value FROM ({_SERIES}) WHERE value IS NOT NULL ORDER BY ts DESC LIMIT ?",
+            (_json_path(metric), gateway, device, start, end, limit)).fetchall()
+        rows.reverse()
+        return [(ts, _metric_value(value)) for ts, value in rows]
+
+    def window(self, gateway: str, device: str, metric: str, start: float, end: float,
+               max_points: int = MAX_POINTS) -> Window:
+        newest = self.query(gateway, device, metric, start, end, max_points + 1)
+        if len(newest) <= max_points:
+            return Window(newest)
+        step = downsample_step(start, end, max_points)
+        bucket = "GROUP BY CAST((ts - ?) / ? AS INTEGER)"
+        path = _json_path(metric)
+        # The newest sample of each bucket, found along the primary key without opening any JSON (a
+        # third of the time on a week of 1 Hz samples); it carries the metric unless the device sent
+        # that metric in some samples only, and then the exact query below takes the newest that has it.
+        rows = self.db.execute(
+            "SELECT ts, metrics -> ? FROM samples WHERE gateway = ? AND device = ? AND ts IN"
+            f" (SELECT MAX(ts) FROM samples WHERE gateway = ? AND device = ? AND ts BETWEEN ? AND ? {bucket})"
+            " ORDER BY ts", (path, gateway, device, gateway, device, start, end, start, step)).fetchall()
+        if any(value is None for _, value in rows):
+            # With one max() in a query, SQLite takes the other columns from the row that holds it.
+            rows = self.db.execute(f"SELECT MAX(ts), value FROM ({_SERIES}) WHERE value IS NOT NULL {bucket}"
+                                   " ORDER BY 1", (path, gateway, device, start, end, start, step)).fetchall()
+        return Window([(ts, _metric_value(value)) for ts, value in rows][-max_points:], step)
 
     def count(self, gateway: str | None = None) -> int:
         """Points (metric values) stored, of one gateway or all."""

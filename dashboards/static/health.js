@@ -94,7 +94,7 @@
       const keys = (KEY_METRICS[d.kind] || Object.keys(d.latest).slice(0, 3)).filter(k => k in d.latest);
       const errors = Object.keys(d.latest).filter(k => k.startsWith("error_") && d.latest[k] !== "ok" && d.latest[k] !== 0);
       const vals = [...keys, ...errors].map(k => metric(k, d.latest[k])).join("");
-      const status = d.status === "never reported" ? "offline" : d.status;
+      const status = d.status === "never reported" ? "offline" : d.status === "not installed yet" ? "uninstalled" : d.status;
       const kind = d.kind && d.kind !== d.id ? `<small class="muted">${esc(d.kind.replace("_", " "))}</small>` : "";
       return `<tr data-device="${esc(d.id)}"><td class="dev">${esc(d.id)}${kind}</td>
         <td><span class="badge ${esc(status)}">${esc(d.status)}</span></td><td>${vals}</td>
@@ -111,12 +111,13 @@
         : r.problems.length ? "p-" + r.problems[r.problems.length - 1] : "";
       const alarms = r.alarms.map(a => `<li class="${a.state === "acknowledged" ? "acked" : ""}">⚠ ${esc(a.device ? a.device + ": " : "")}${esc(a.message)}${
         a.state === "acknowledged" ? ` <span class="muted">(acknowledged by ${esc(a.acked_by)})</span>` : ""}</li>`).join("");
-      const gw = r.reported ? `last seen ${ago(r.last_seen, now)}` : "gateway has never reported";
+      const gw = r.installed ? `last seen ${ago(r.last_seen, now)}` : "registered; the gateway has not sent anything yet";
+      const presence = r.online ? ["ok", "online"] : r.installed ? ["offline", "offline"] : ["uninstalled", "not installed yet"];
       const skew = r.clock_wrong ? `<p class="clockwarn" data-clock-offset="${esc(r.clock_offset)}">⚠ ${esc(clockWarning(r.clock_offset))}</p>` : "";
       const notes = (r.notes || []).map(n => `<li class="${esc(n.level)}">${esc(n.text)}</li>`).join("");
-      return `<section class="card hroom ${cls}" data-gateway="${esc(r.gateway)}">
+      return `<section class="card hroom ${cls}${r.installed ? "" : " not-installed"}" data-gateway="${esc(r.gateway)}">
         <header><h2><a href="/health/rooms/${encodeURIComponent(r.gateway)}">Room ${esc(r.room || "?")}</a></h2>
-          <span class="badge ${r.online ? "ok" : "offline"}">${r.online ? "online" : "offline"}</span>
+          <span class="badge ${presence[0]}">${presence[1]}</span>
           <a class="hlink" href="/health/rooms/${encodeURIComponent(r.gateway)}">history →</a></header>
         <p class="muted">${r.building ? "Building " + esc(r.building) + " · " : ""}${esc(r.school)} · gateway ${esc(r.gateway)} · ${esc(gw)}</p>
         ${skew}${notes ? `<ul class="hnotes">${notes}</ul>` : ""}
@@ -130,7 +131,8 @@
         const c = data.counts;
         const chip = (p, n, label, cls) => `<a class="hchip ${n ? cls : "good"}" href="?problem=${p}" data-problem="${p}">${label}: <b>${n}</b></a>`;
         render("summary", `<span class="hchip">Rooms: <b>${c.rooms}</b></span>` +
-          chip("alarm", c.alarm, "Open alarms", "bad") + chip("offline", c.offline, "Offline", "warn") + chip("fault", c.fault, "Device faults", "bad"));
+          chip("alarm", c.alarm, "Open alarms", "bad") + chip("offline", c.offline, "Offline", "warn") + chip("fault", c.fault, "Device faults", "bad") +
+          (c.not_installed ? `<span class="hchip" id="not-installed">Not installed yet: <b>${c.not_installed}</b></span>` : ""));
         render("rooms", data.rooms.map(r => room(r, data.now)).join("") ||
           `<p class="card">No room matches these filters${form.elements.problem.value ? " — no problems of this kind right now" : ""}.</p>`);
         setAlarmCount(c.unacked);
@@ -218,25 +220,13 @@
   }
 
   // ------------------------------------------------------------ charts
-  const SLICE = 6 * 3600, LIMIT = 10000;
+  // Two points per pixel column at most: /api/telemetry downsamples a longer window to the newest
+  // sample of each step (and says so), and its newest point is always in the answer.
+  const MAX_POINTS = 1200;
 
   async function fetchSeries(gateway, s, start, end) {
-    // /api/telemetry answers at most LIMIT points: ask in slices, page within a slice if needed.
-    const slices = [];
-    for (let a = start; a < end; a += SLICE) slices.push([a, Math.min(end, a + SLICE)]);
-    const parts = await pool(slices.map(([a, b]) => async () => {
-      const out = [];
-      let from = a;
-      for (;;) {
-        const q = new URLSearchParams({gateway, device: s.device, metric: s.metric, start: from, end: b});
-        const raw = (await getJSON("/api/telemetry?" + q)).points;
-        const fresh = from === a ? raw : raw.filter(p => p[0] > from);
-        out.push(...fresh);
-        if (raw.length < LIMIT || !fresh.length) return out;
-        from = fresh[fresh.length - 1][0];
-      }
-    }), 4);
-    return parts.flat();
+    const q = new URLSearchParams({gateway, device: s.device, metric: s.metric, start, end, limit: MAX_POINTS});
+    return getJSON("/api/telemetry?" + q);
   }
   async function pool(tasks, n) {
     const results = new Array(tasks.length);
@@ -312,15 +302,24 @@
     if (!points.length) return `<p class="muted">No data in this window.</p>`;
     const x = t => ML + (Math.max(start, Math.min(end, t)) - start) / (end - start) * (W - ML - MR);
     const cls = v => (v === "on" || v === 1) ? "s-on" : (v === "warming" || v === "cooling" || v === 2 || v === 3) ? "s-warm" : "s-off";
-    let body = "", onSeconds = 0;
+    // Each sample's state lasts until the next one (at most maxGap): runs of one state become one bar.
+    // A bar per sample was 0.01 px wide on a week of 10 s samples, and so many were never drawn.
+    const runs = [];
+    let onSeconds = 0;
     for (let i = 0; i < points.length; i++) {
       const [t, v] = points[i];
       const stop = Math.min(i + 1 < points.length ? points[i + 1][0] : Math.min(end, Date.now() / 1000), t + maxGap);
-      if (stop <= start) continue;
-      if (cls(v) === "s-on") onSeconds += Math.max(0, Math.min(stop, end) - Math.max(t, start));
-      const x1 = x(t), x2 = x(stop);
-      if (x2 - x1 > 0.05) body += `<rect class="${cls(v)}" x="${x1.toFixed(1)}" y="${MT}" width="${(x2 - x1 + 0.3).toFixed(1)}" height="${y0 - MT}"/>`;
+      const a = Math.max(t, start), b = Math.min(stop, end);
+      if (b <= a) continue;
+      const c = cls(v), prev = runs[runs.length - 1];
+      if (c === "s-on") onSeconds += b - a;
+      if (prev && prev.c === c && a <= prev.b) prev.b = Math.max(prev.b, b);
+      else runs.push({c, a, b});
     }
+    const body = runs.map(r => {
+      const x1 = x(r.a), x2 = x(r.b);
+      return `<rect class="${r.c}" x="${x1.toFixed(2)}" y="${MT}" width="${Math.max(0.5, x2 - x1).toFixed(2)}" height="${y0 - MT}"/>`;
+    }).join("");
     return {svg: svgNS(H, body + xAxis(start, end, t => x(t).toFixed(1), y0)), onSeconds};
   }
   async function roomPage() {
@@ -337,9 +336,13 @@
     await pool(series.map((s, i) => async () => {
       const el = document.getElementById(`chart-${i}`);
       try {
-        const pts = await fetchSeries(gateway, s, s.type === "state" ? start - maxGap : start, end);
+        const got = await fetchSeries(gateway, s, s.type === "state" ? start - maxGap : start, end);
+        const pts = got.points;
+        el.dataset.step = got.step || 0;
+        if (got.downsampled) el.title = `One point per ${duration(got.step)}: the newest sample of each`;
         if (s.type === "state") {
-          const res = stateChart(pts, start, end, maxGap);
+          // A downsampled state holds for its whole step: a step longer than maxGap is no silence.
+          const res = stateChart(pts, start, end, Math.max(maxGap, 2 * (got.step || 0)));
           el.querySelector(".plot").innerHTML = typeof res === "string" ? res : res.svg;
           if (typeof res !== "string") el.querySelector(".now").textContent = `on ${duration(res.onSeconds)}`;
         } else {

@@ -70,7 +70,7 @@
     banner.hidden = snap.online;
     if (snap.online) return;
     setText(field(banner, "offline-text"), !snap.reported
-      ? "The classroom gateway has not reported yet, so the equipment cannot be controlled from here."
+      ? "The classroom gateway is not installed yet (it has never reported), so the equipment cannot be controlled from here."
       : `The classroom gateway stopped reporting${snap.offline_since ? " at " + clock(snap.offline_since) : ""},` +
         " so the equipment cannot be controlled from here.");
   }
