@@ -101,7 +101,7 @@ async def _swarm(port: int, first: int, count: int, seconds: float, imin: float,
             props = Properties(PacketTypes.CONNECT)
             props.SessionExpiryInterval = 3600
             offline = contract.State(online=False, ts=time.time(), agent="bench", devices={}).encode()
-            client = aiomqtt.Client("127.0.0.1", port, identifier=f"agent-{school}-{gw}",
+            client = aiomqtt.Client("127.0.0.1", port, identifier=contract.agent_client_id(school, gw),
                                     protocol=aiomqtt.ProtocolVersion.V5, clean_start=False, properties=props,
                                     will=aiomqtt.Will(contract.state_topic(school, gw), offline, qos=1, retain=True),
                                     keepalive=60, timeout=30)

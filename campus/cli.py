@@ -148,19 +148,26 @@ def cmd_broker_config(args: argparse.Namespace) -> None:
         files = broker_config.write(registry, args.out, listen=broker_config.parse_listen(args.listen),
                                     persistence_dir=args.persistence_dir, owner=args.owner,
                                     district=district,
-                                    district_ca=args.district_ca or broker_config.DEFAULT_DISTRICT_CA)
+                                    district_ca=args.district_ca or broker_config.DEFAULT_DISTRICT_CA,
+                                    auth=args.auth, dynsec_plugin=args.dynsec_plugin)
     finally:
         registry.close()
     out = Path(args.out).resolve()
     print(f"campus broker-config: {len(files.gateways)} gateways + service accounts "
-          f"{', '.join(broker_config.SERVICE_ACCOUNTS)} -> {out}/{{passwd,acl,mosquitto.conf}}")
-    print(f"campus broker-config: service account passwords "
-          f"{'generated' if files.new_service_passwords else 'kept'} in {out / broker_config.SERVICE_FILE}")
+          f"{', '.join(broker_config.SERVICE_ACCOUNTS)} -> {out}/{{{broker_config.DYNSEC_FILE},passwd,acl,"
+          "mosquitto.conf} (mosquitto.conf uses "
+          f"{'the dynamic-security plugin' if args.auth == 'dynsec' else 'passwd and acl'})")
+    print(f"campus broker-config: service account passwords in {out / broker_config.SERVICE_FILE}: "
+          + (f"new for {', '.join(files.new_accounts)}" if files.new_accounts else "kept")
+          + (", the others kept" if 0 < len(files.new_accounts) < len(files.passwords) else ""))
     if district:
         print(f"campus broker-config: bridge accounts and confs of {len(files.bridges)} schools -> "
               f"{out / broker_config.BRIDGES_DIR}/bridge-SCHOOL.conf: copy each to that school broker's "
               "/etc/mosquitto/campus/conf.d/ (mode 0640, group mosquitto)")
-    print("campus broker-config: reload Mosquitto (SIGHUP) to apply")
+    if args.auth == "dynsec":
+        print("campus broker-config: restart Mosquitto to apply (its dynamic-security plugin reads the file at start)")
+    else:
+        print("campus broker-config: reload Mosquitto (SIGHUP) to apply")
 
 
 def cmd_demo(args: argparse.Namespace) -> None:
@@ -215,18 +222,25 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("broker-config", help="Mosquitto config, password file and per-gateway ACL from the registry")
     p.add_argument("--db", default=None, help="the central database sqlite:///PATH "
                    "(default: $CAMPUS_DB, else the demo's campus-demo-data/campus.db)")
-    p.add_argument("--out", required=True, help="directory for passwd, acl, mosquitto.conf, service-accounts.txt")
+    p.add_argument("--out", required=True, help="directory for dynamic-security.json, passwd, acl, mosquitto.conf, "
+                   "service-accounts.txt")
     p.add_argument("--listen", default="127.0.0.1:1883", help="listener of the generated mosquitto.conf, "
                    "HOST:PORT (default 127.0.0.1:1883)")
     p.add_argument("--persistence-dir", default="/var/lib/mosquitto", help="Mosquitto's persistence_location")
-    p.add_argument("--owner", default=None, help="give passwd and acl to this user (the one Mosquitto runs as, "
-                   "e.g. mosquitto; needs root)")
+    p.add_argument("--owner", default=None, help="give passwd, acl and dynamic-security.json to this user "
+                   "(the one Mosquitto runs as, e.g. mosquitto; needs root)")
     p.add_argument("--district", default=None, metavar="HOST:PORT", help="this is the district broker, reached by "
                    "school brokers at HOST:PORT (its TLS listener): add a bridge account per school and write "
                    "bridges/bridge-SCHOOL.conf for each school broker")
     p.add_argument("--district-ca", default=None, metavar="PATH",
                    help="where school brokers keep the CA of the district's certificate "
                    "(default /etc/mosquitto/campus/certs/ca.crt)")
+    p.add_argument("--auth", choices=("dynsec", "files"), default="dynsec",
+                   help="what the generated mosquitto.conf uses: dynsec (default), the dynamic-security plugin with "
+                   "dynamic-security.json, every gateway and bridge bound to its own client id; files, passwd and "
+                   "acl as before (no client-id binding). Both are written either way")
+    p.add_argument("--dynsec-plugin", default=None, metavar="PATH", help="the plugin's file on the broker host "
+                   "(default: Debian's, e.g. /usr/lib/x86_64-linux-gnu/mosquitto_dynamic_security.so)")
     p.set_defaults(func=cmd_broker_config)
 
     p = sub.add_parser("users", help="accounts in the registry: add users, issue API tokens")

@@ -152,6 +152,13 @@ def share(filter_: str, group: str) -> str:
     return f"$share/{check_segment(group, 'share group')}/{filter_}"
 
 
+def agent_client_id(school: str, gateway: str) -> str:
+    """The MQTT client id of a gateway's agent. Fixed, so the broker keeps the agent's persistent session
+    (commands queued while it is away); the broker binds the gateway's account to exactly this id
+    (central/broker_dynsec.py), so no other account can connect as the agent."""
+    return f"agent-{school}-{gateway}"
+
+
 @dataclass(frozen=True)
 class Topic:
     kind: str

@@ -25,8 +25,9 @@ _EXPIRED = 10
 _NOT_YET_VALID = 9
 _WRONG_HOST = {62, 64}  # hostname mismatch, IP address mismatch
 # CONNACK reasons for a refused login: 134 bad user name or password, 135 not
-# authorized (what Mosquitto 2 answers for a wrong password); paho maps the
-# MQTT 3.1.1 return codes 4 and 5 to these.
+# authorized (what Mosquitto 2 answers for a wrong password, and with the
+# dynamic-security plugin for a client id the account is not bound to); paho
+# maps the MQTT 3.1.1 return codes 4 and 5 to these.
 _BAD_LOGIN = {134, 135}
 
 
@@ -70,7 +71,8 @@ def explain_connect_error(exc: BaseException) -> str:
             return f"TLS handshake failed: {err.reason or err}"
     rc = getattr(exc, "rc", None)
     if isinstance(rc, ReasonCode) and rc.packetType == PacketTypes.CONNACK and rc.value in _BAD_LOGIN:
-        return f"broker refused: bad user name or password (broker said: {rc})"
+        return (f"broker refused: bad user name or password, or a client id this account may not use "
+                f"(broker said: {rc})")
     return str(exc)
 
 

@@ -11,11 +11,18 @@
   (Mosquitto checks read access on delivery with the real topic, so the MQTT 5
   `$share/GROUP/...` subscriptions of several ingest workers need no extra rule);
   `web` writes commands and configs of every gateway and reads command results.
-- `mosquitto.conf`: the listener, `allow_anonymous false`, both files, and the
-  deliberate queue limits of broker_config/mosquitto.conf.
-- `service-accounts.txt` (mode 0600): the plain passwords of `ingest` and `web`,
-  generated the first time and kept on later runs, so regenerating after a new
-  gateway never breaks the running services.
+- `dynamic-security.json` (mode 0600): the same accounts and rules for Mosquitto's
+  dynamic-security plugin, with every gateway and bridge account bound to its own
+  client id, so no account can connect as another client and take over its session
+  (central/broker_dynsec.py says why, and what Mosquitto offers). Also a `broker-admin`
+  account for the plugin's `$CONTROL` topics.
+- `mosquitto.conf`: the listener, `allow_anonymous false`, the plugin with
+  dynamic-security.json (`auth="dynsec"`, the default) or the password and ACL files
+  (`auth="files"`, the model before client ids were bound), and the deliberate queue
+  limits of broker_config/mosquitto.conf.
+- `service-accounts.txt` (mode 0600): the plain passwords of `ingest`, `web` and
+  `broker-admin`, generated the first time and kept on later runs, so regenerating
+  after a new gateway never breaks the running services.
 
 On the district broker (`--district HOST:PORT`, the address school brokers
 reach it at), also one `bridge-{school}` account per school of the registry,
@@ -54,13 +61,18 @@ from sqlalchemy import select
 import broker_config as shipped_broker_config
 from campus import contract, names
 from campus.errors import ConfigError, PayloadError
+from central import broker_dynsec
 from central.registry import Gateway, Registry, School, mosquitto_password_hash
 
 SERVICE_ACCOUNTS = ("ingest", "web")
+# Administers the dynamic-security plugin over $CONTROL (mosquitto_ctrl); in dynamic-security.json only.
+ADMIN_ACCOUNT = "broker-admin"
+AUTH_MODELS = ("dynsec", "files")
 SERVICE_FILE = "service-accounts.txt"
 PASSWD_FILE = "passwd"
 ACL_FILE = "acl"
 CONF_FILE = "mosquitto.conf"
+DYNSEC_FILE = broker_dynsec.DYNSEC_FILE
 BRIDGES_DIR = "bridges"
 BRIDGE_TEMPLATE = shipped_broker_config.FILES / "bridge.conf.template"
 # Where a school broker keeps the CA that signed the district's certificate (broker_config/README.md layout).
@@ -97,6 +109,11 @@ def bridge_account(school: str) -> str:
     return f"bridge-{school}"
 
 
+def bridge_client_id(school: str) -> str:
+    """The client id of a school's bridge on the district broker (the template's `remote_clientid`)."""
+    return f"bridge-{school}"
+
+
 def bridge_rules(school: str) -> list[tuple[str, str]]:
     """A school's bridge on the district broker: what every gateway of the school may do, and no more.
 
@@ -106,7 +123,7 @@ def bridge_rules(school: str) -> list[tuple[str, str]]:
 
 
 def _is_account(name: str) -> bool:
-    if name in SERVICE_ACCOUNTS:
+    if name in SERVICE_ACCOUNTS or name == ADMIN_ACCOUNT:
         return True
     school = name.removeprefix("bridge-")
     try:
@@ -136,10 +153,14 @@ class BrokerFiles:
     passwords: dict[str, str]
     gateways: list[str] = field(default_factory=list)
     new_service_passwords: bool = False
+    new_accounts: list[str] = field(default_factory=list)  # those whose passwords were made by this run
     bridges: dict[str, str] = field(default_factory=dict)  # school -> its bridge-{school}.conf
+    dynsec: str = ""  # dynamic-security.json
+    auth: str = "dynsec"  # which of the two the conf uses
 
     def as_dict(self) -> dict[str, str]:
-        return {PASSWD_FILE: self.passwd, ACL_FILE: self.acl, CONF_FILE: self.conf, SERVICE_FILE: self.service_accounts,
+        return {PASSWD_FILE: self.passwd, ACL_FILE: self.acl, DYNSEC_FILE: self.dynsec, CONF_FILE: self.conf,
+                SERVICE_FILE: self.service_accounts,
                 **{f"{BRIDGES_DIR}/{bridge_account(school)}.conf": text for school, text in self.bridges.items()}}
 
 
@@ -160,7 +181,7 @@ def read_service_passwords(path: Path) -> dict[str, str]:
         password = password.strip()
         if not _is_account(name) or not password:
             raise ConfigError(f"{path}:{number}: expected 'ACCOUNT PASSWORD' with ACCOUNT one of "
-                              f"{', '.join(SERVICE_ACCOUNTS)} or bridge-SCHOOL")
+                              f"{', '.join(SERVICE_ACCOUNTS)}, {ADMIN_ACCOUNT} or bridge-SCHOOL")
         if any(c.isspace() for c in password) or names.refused_character(password):
             # It goes into a bridge conf's `remote_password` line and into mqtt:// URLs.
             raise ConfigError(f"{path}:{number}: the password of {name} holds a blank or a control character")
@@ -178,16 +199,21 @@ def _check_password(account: str, password: str) -> str:
 
 def render(registry: Registry, *, out_dir: Path, passwords: dict[str, str] | None = None,
            listen: tuple[str, int] = ("127.0.0.1", 1883), persistence_dir: str = "/var/lib/mosquitto",
-           district: tuple[str, int] | None = None, district_ca: str = DEFAULT_DISTRICT_CA) -> BrokerFiles:
+           district: tuple[str, int] | None = None, district_ca: str = DEFAULT_DISTRICT_CA,
+           auth: str = "dynsec", dynsec_plugin: str | None = None) -> BrokerFiles:
     """The files' text. Service passwords: `passwords`, else the ones in `out_dir`, else new ones.
 
     `district`: this is the district broker, reached by school brokers at (host, TLS port):
-    add a bridge account and a bridge conf per school."""
+    add a bridge account and a bridge conf per school. `auth`: what the conf uses, the
+    dynamic-security plugin (`dynsec`, client ids bound) or the password and ACL files (`files`);
+    both are written either way, so a site can switch by changing its conf."""
+    if auth not in AUTH_MODELS:
+        raise ConfigError(f"--auth {auth!r}: expected one of {', '.join(AUTH_MODELS)}")
     out_dir = out_dir.resolve()
     known = read_service_passwords(out_dir / SERVICE_FILE)
     given = dict(passwords or {})
     final: dict[str, str] = {}
-    new = False
+    new: list[str] = []
     schools: list[str] = []
     if district is not None:
         with registry.session() as s:
@@ -201,14 +227,14 @@ def render(registry: Registry, *, out_dir: Path, passwords: dict[str, str] | Non
     if district is not None:
         _checked_host(district[0], "--district")
     accounts = [*SERVICE_ACCOUNTS, *map(bridge_account, schools)]
-    for account in accounts:
+    for account in [*accounts, ADMIN_ACCOUNT]:
         if account in given:
             final[account] = _check_password(account, given[account])
         elif account in known:
             final[account] = known[account]
         else:
             final[account] = secrets.token_urlsafe(18)
-            new = True
+            new.append(account)
     gateways = registry.gateways()
     hashes = _gateway_hashes(registry)
     _check_gateways(gateways, hashes, accounts)
@@ -233,19 +259,28 @@ def render(registry: Registry, *, out_dir: Path, passwords: dict[str, str] | Non
         acl += _acl_block(f"gateway {gw['id']} of school {gw['school']}", gw["mqtt_username"],
                           gateway_rules(gw["school"], gw["id"]))
 
+    dynsec = broker_dynsec.render(dynsec_accounts(gateways, hashes, final, schools))
+    if auth == "dynsec":
+        identity = ("# Accounts, the one client id each gateway and bridge may use, and their rules:\n"
+                    "# Mosquitto's dynamic-security plugin (central/broker_dynsec.py says why).\n"
+                    + broker_dynsec.conf_lines(out_dir / DYNSEC_FILE, dynsec_plugin))
+        apply = ("# Apply changes with a restart (`systemctl restart mosquitto`): the plugin reads its file at\n"
+                 "# start only. Persistent sessions and their queues survive a clean restart.\n")
+    else:
+        identity = f"password_file {out_dir / PASSWD_FILE}\nacl_file {out_dir / ACL_FILE}\n"
+        apply = "# Apply changes with a reload (SIGHUP: `systemctl reload mosquitto`); clients stay connected.\n"
     host, port = listen
     conf = (
         header
         + f"# {len(gateways)} gateways, service accounts {', '.join(SERVICE_ACCOUNTS)}"
         + (f", bridges of {len(schools)} schools" if district else "") + ".\n"
-        "# Apply changes with a reload (SIGHUP: `systemctl reload mosquitto`); clients stay connected.\n"
+        + apply +
         "# When Mosquitto starts as root it drops to the `mosquitto` user: give that user read\n"
-        "# access to passwd and acl (`campus broker-config --owner mosquitto`).\n"
+        "# access to its files (`campus broker-config --owner mosquitto`).\n"
         "per_listener_settings false\n"
         f"listener {port} {host}\n"
         "allow_anonymous false\n"
-        f"password_file {out_dir / PASSWD_FILE}\n"
-        f"acl_file {out_dir / ACL_FILE}\n"
+        + identity +
         "\n"
         "persistence true\n"
         f"persistence_location {persistence_dir.rstrip('/')}/\n"
@@ -268,8 +303,9 @@ def render(registry: Registry, *, out_dir: Path, passwords: dict[str, str] | Non
         "# Use them in the --mqtt URL of the central programs, for example:\n"
         "#   campus ingest --mqtt mqtt://ingest:PASSWORD@BROKER:1883 ...\n"
         "#   campus web    --mqtt mqtt://web:PASSWORD@BROKER:1883 ...\n"
+        f"# {ADMIN_ACCOUNT}: the dynamic-security plugin's $CONTROL topics (mosquitto_ctrl -u {ADMIN_ACCOUNT}).\n"
         "# Later runs keep these passwords; delete a line to get a new one.\n"
-        + "".join(f"{account} {final[account]}\n" for account in accounts)
+        + "".join(f"{account} {final[account]}\n" for account in [*accounts, ADMIN_ACCOUNT])
     )
     bridges = {}
     if district is not None:
@@ -279,8 +315,34 @@ def render(registry: Registry, *, out_dir: Path, passwords: dict[str, str] | Non
                                               district_ca=district_ca, bridge_user=bridge_account(school),
                                               bridge_password=final[bridge_account(school)])
     return BrokerFiles(passwd="\n".join(passwd) + "\n", acl="\n".join(acl), conf=conf, service_accounts=service,
-                       passwords=final, gateways=[g["id"] for g in gateways], new_service_passwords=new,
-                       bridges=bridges)
+                       passwords=final, gateways=[g["id"] for g in gateways], new_service_passwords=bool(new),
+                       new_accounts=new,
+                       bridges=bridges, dynsec=dynsec, auth=auth)
+
+
+def dynsec_accounts(gateways: list[dict[str, str]], hashes: dict[str, str], passwords: dict[str, str],
+                    schools: list[str]) -> list[broker_dynsec.Account]:
+    """Every account of the broker for dynamic-security.json, with the same rules as the ACL file.
+
+    Bound to one client id: each gateway (its agent's `agent-{school}-{gateway}`) and each school's
+    bridge. Not bound: the service accounts, whose several processes use ids of their own
+    (central/broker_dynsec.py: Mosquitto binds an account to one exact id, never to a prefix)."""
+    out = [broker_dynsec.Account(account, mosquitto_password_hash(passwords[account]), None,
+                                 f"service account {account}", service_rules(account),
+                                 shared_reads=account == "ingest")
+           for account in SERVICE_ACCOUNTS]
+    out.append(broker_dynsec.Account(ADMIN_ACCOUNT, mosquitto_password_hash(passwords[ADMIN_ACCOUNT]), None,
+                                     "administers this file over $CONTROL", [],
+                                     extra_acls=broker_dynsec.admin_acls()))
+    out += [broker_dynsec.Account(bridge_account(school), mosquitto_password_hash(passwords[bridge_account(school)]),
+                                  bridge_client_id(school), f"the bridge from school {school}'s broker",
+                                  bridge_rules(school))
+            for school in schools]
+    out += [broker_dynsec.Account(gw["mqtt_username"], hashes[gw["id"]],
+                                  contract.agent_client_id(gw["school"], gw["id"]), f"gateway {gw['id']}",
+                                  gateway_rules(gw["school"], gw["id"]))
+            for gw in gateways]
+    return out
 
 
 def _acl_block(comment: str, user: str, rules: list[tuple[str, str]]) -> list[str]:
@@ -367,7 +429,7 @@ def atomic_write(path: Path, data: str | bytes, mode: int = 0o644, owner: tuple[
         os.close(dir_fd)
 
 
-FILE_MODES = {PASSWD_FILE: 0o600, ACL_FILE: 0o640, CONF_FILE: 0o644, SERVICE_FILE: 0o600}
+FILE_MODES = {PASSWD_FILE: 0o600, ACL_FILE: 0o640, DYNSEC_FILE: 0o600, CONF_FILE: 0o644, SERVICE_FILE: 0o600}
 
 
 def file_mode(name: str) -> int:
@@ -377,8 +439,8 @@ def file_mode(name: str) -> int:
 def write(registry: Registry, out_dir: str | Path, *, owner: str | None = None, **options: object) -> BrokerFiles:
     """Render and write every file into `out_dir` (created if missing).
 
-    `owner`: the user Mosquitto runs as (e.g. `mosquitto`), given the passwd and acl
-    files so it can read them after dropping root (needs root to change owners).
+    `owner`: the user Mosquitto runs as (e.g. `mosquitto`), given the passwd, acl and
+    dynamic-security.json files so it can read them after dropping root (needs root to change owners).
     """
     out = Path(out_dir)
     ids = None
@@ -397,7 +459,8 @@ def write(registry: Registry, out_dir: str | Path, *, owner: str | None = None, 
         if files.bridges:
             (out / BRIDGES_DIR).mkdir(mode=0o700, exist_ok=True)
         for name, text in files.as_dict().items():
-            atomic_write(out / name, text, file_mode(name), ids if name in (PASSWD_FILE, ACL_FILE) else None)
+            owned = name in (PASSWD_FILE, ACL_FILE, DYNSEC_FILE)  # what Mosquitto reads after dropping root
+            atomic_write(out / name, text, file_mode(name), ids if owned else None)
     except OSError as exc:
         raise ConfigError(f"{out}: cannot write the broker files ({exc.strerror or exc})") from None
     return files

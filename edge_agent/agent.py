@@ -195,7 +195,7 @@ class Agent:
                             qos=1, retain=True)
         return aiomqtt.Client(
             url.host, url.port, username=url.username, password=url.password,
-            identifier=f"agent-{self.school}-{self.gateway}",
+            identifier=contract.agent_client_id(self.school, self.gateway),
             protocol=aiomqtt.ProtocolVersion.V5 if v5 else aiomqtt.ProtocolVersion.V311,
             # A persistent session: commands sent while we are offline wait for us.
             clean_session=None if v5 else False,

@@ -1,8 +1,10 @@
 """A school broker bridged to a district broker, with broker_config/bridge.conf.template
 as `campus broker-config --district` fills it in: two real Mosquitto processes, both
-running the production broker_config/mosquitto.conf, the district's password file and
-ACL generated from the registry, the bridge over TLS with the generated CA and its own
-account. The agent talks to the school broker; ingest and the command service to the
+running the production broker_config/mosquitto.conf with the dynamic-security.json
+`campus broker-config` generates from the registry (the district's with `--district`:
+the bridge's account bound to the bridge's client id; the school's: the agent's account
+bound to the agent's client id); the bridge over TLS with the generated CA and its own
+account. (tests/test_tls.py runs the same conf on a password file and ACL, the model before.) The agent talks to the school broker; ingest and the command service to the
 district broker. Telemetry arrives at the district once, through a district outage;
 commands go the other way, also while the school's link is down.
 """
@@ -31,17 +33,12 @@ from tests.tlsbrokers import (
     ProductionMosquitto,
     SplitClassroom,
     make_ca,
-    password,
-    write_passwd,
 )
 
 pytestmark = pytest.mark.slow
 
 SCHOOL = "s1"
-
-SCHOOL_ACL = """user gw1
-topic readwrite campus/v1/s1/gw1/#
-"""
+GATEWAY = "gw-s1-gw1"  # the MQTT account the registry gives gateway gw1 of school s1
 
 
 @dataclass
@@ -53,7 +50,7 @@ class Link:
 
     def url(self, user: str) -> str:
         """mqtts:// to the broker where `user` lives, verified against the generated CA."""
-        broker = self.school if user == "gw1" else self.district
+        broker = self.school if user == GATEWAY else self.district
         return broker.url_for(user, self.passwords[user], self.pki / "ca.crt")
 
     def bridge_up(self) -> bool:
@@ -65,22 +62,21 @@ class Link:
 @pytest.fixture
 def link(tmp_path: Path) -> Iterator[Link]:
     pki = make_ca(tmp_path / "pki")  # one CA; the server certificate names 127.0.0.1
-    passwords = {"gw1": password()}
-    school_passwd = write_passwd(tmp_path / "school.passwd", passwords)
-    (tmp_path / "school.acl").write_text(SCHOOL_ACL)
     certs = {"cert": pki / "server.crt", "key": pki / "server.key", "ca": pki / "ca.crt"}
-    # The district's passwd, ACL and the school's bridge conf as `campus broker-config --district` writes them.
-    generated = tmp_path / "district-files"
-    district = ProductionMosquitto(tmp_path / "district", passwd=generated / "passwd", acl=generated / "acl", **certs)
+    # The district's accounts and the school's bridge conf as `campus broker-config --district` writes them;
+    # the school broker's accounts as `campus broker-config` writes them there.
+    generated, school_files = tmp_path / "district-files", tmp_path / "school-files"
+    district = ProductionMosquitto(tmp_path / "district", dynsec=generated / broker_config.DYNSEC_FILE, **certs)
+    school = ProductionMosquitto(tmp_path / "school", dynsec=school_files / broker_config.DYNSEC_FILE, **certs)
     registry = Registry(f"sqlite:///{tmp_path / 'registry.db'}")
     try:
-        registry.register_gateway("gw1", SCHOOL, "101")
+        passwords = {GATEWAY: registry.register_gateway("gw1", SCHOOL, "101")}
         files = broker_config.write(registry, generated, district=("127.0.0.1", district.tls_port),
                                     district_ca=str(pki / "ca.crt"))
+        broker_config.write(registry, school_files)
     finally:
         registry.close()
     passwords.update(files.passwords)
-    school = ProductionMosquitto(tmp_path / "school", passwd=school_passwd, acl=tmp_path / "school.acl", **certs)
     shutil.copy(generated / "bridges" / f"bridge-{SCHOOL}.conf", school.confd)
     district.start()
     school.start()
@@ -94,7 +90,7 @@ def link(tmp_path: Path) -> Iterator[Link]:
 
 
 def test_telemetry_reaches_the_district_once_through_a_district_outage(tmp_path: Path, link: Link) -> None:
-    room = SplitClassroom(tmp_path, link.url("gw1"), link.url("ingest")).start()
+    room = SplitClassroom(tmp_path, link.url(GATEWAY), link.url("ingest")).start()
     try:
         room.wait_stored_at_least(20, timeout=60)
         link.district.kill()  # SIGKILL mid-stream: the bridge loses its link, the school broker queues
@@ -116,7 +112,7 @@ def test_telemetry_reaches_the_district_once_through_a_district_outage(tmp_path:
 
 
 def test_commands_from_the_district_reach_the_school_agent(tmp_path: Path, link: Link) -> None:
-    room = SplitClassroom(tmp_path, link.url("gw1"), link.url("ingest"), poll_interval=0.3,
+    room = SplitClassroom(tmp_path, link.url(GATEWAY), link.url("ingest"), poll_interval=0.3,
                           devices=[projector(free_port())])
     with SimulatorsInThread(room.config) as sims:
         room.start(sim=False)

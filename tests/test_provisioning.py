@@ -344,8 +344,8 @@ def test_broker_files_written_to_the_configured_dir_or_downloaded(app, tmp_path:
     zipped = post(admin, "/provisioning/broker", action="download")
     assert zipped.status_code == 200 and zipped.mimetype == "application/zip"
     names = zipfile.ZipFile(io.BytesIO(zipped.data)).namelist()
-    assert sorted(names) == ["campus-broker/acl", "campus-broker/mosquitto.conf", "campus-broker/passwd",
-                             "campus-broker/service-accounts.txt"]
+    assert sorted(names) == ["campus-broker/acl", "campus-broker/dynamic-security.json", "campus-broker/mosquitto.conf",
+                             "campus-broker/passwd", "campus-broker/service-accounts.txt"]
 
     target = tmp_path / "broker"
     monkeypatch.setenv("CAMPUS_BROKER_CONFIG_DIR", str(target))

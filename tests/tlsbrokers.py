@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from campus.net import free_port
+from central import broker_dynsec
 from tests.e2e import Classroom
 from tests.servers import CampusProcess, Mosquitto
 
@@ -53,29 +54,41 @@ class ProductionMosquitto(Mosquitto):
     """broker_config/mosquitto.conf, word for word but for paths and ports: the plain
     listener on 127.0.0.1:`port`, the TLS listener on 127.0.0.1:`tls_port`.
 
+    Accounts: the dynamic-security plugin with `dynsec` (a dynamic-security.json), as
+    shipped; or, with `passwd` and `acl`, the password and ACL files the conf's comment
+    names as the model before (what an existing deployment still runs).
+
     `configure()` (re)writes the conf for the next `start()`, so a test can restart
     the broker with another certificate or password file.
     """
 
-    def __init__(self, workdir: Path, *, cert: Path, key: Path, ca: Path, passwd: Path, acl: Path,
-                 extra_conf: str = "") -> None:
+    def __init__(self, workdir: Path, *, cert: Path, key: Path, ca: Path, passwd: Path | None = None,
+                 acl: Path | None = None, dynsec: Path | None = None, extra_conf: str = "") -> None:
         super().__init__(workdir)
         self.tls_port = free_port()
         self.confd = workdir / "conf.d"
         self.confd.mkdir(exist_ok=True)
         self.audit_log = workdir / "audit.log"
-        self.configure(cert=cert, key=key, ca=ca, passwd=passwd, acl=acl, extra_conf=extra_conf)
+        self.configure(cert=cert, key=key, ca=ca, passwd=passwd, acl=acl, dynsec=dynsec, extra_conf=extra_conf)
 
-    def configure(self, *, cert: Path, key: Path, ca: Path, passwd: Path, acl: Path, extra_conf: str = "") -> None:
+    def configure(self, *, cert: Path, key: Path, ca: Path, passwd: Path | None = None, acl: Path | None = None,
+                  dynsec: Path | None = None, extra_conf: str = "") -> None:
+        assert (dynsec is None) != (passwd is None and acl is None), "give dynsec, or passwd and acl"
         text = PRODUCTION_CONF.read_text()
+        plugin = "plugin /usr/lib/x86_64-linux-gnu/mosquitto_dynamic_security.so\n"
+        plugin_file = "plugin_opt_config_file /etc/mosquitto/campus/dynamic-security.json\n"
+        if dynsec is not None:
+            accounts = {plugin: f"plugin {broker_dynsec.plugin_path()}\n",
+                        plugin_file: f"plugin_opt_config_file {dynsec}\n"}
+        else:
+            accounts = {plugin: "", plugin_file: f"password_file {passwd}\nacl_file {acl}\n"}
         changes = {
+            **accounts,
             "listener 1883 127.0.0.1": f"listener {self.port} 127.0.0.1",
             "listener 8883\n": f"listener {self.tls_port} 127.0.0.1\n",  # tests talk to 127.0.0.1 only
             "certfile /etc/mosquitto/campus/certs/server.crt": f"certfile {cert}",
             "keyfile /etc/mosquitto/campus/certs/server.key": f"keyfile {key}",
             "cafile /etc/mosquitto/campus/certs/ca.crt": f"cafile {ca}",
-            "password_file /etc/mosquitto/campus/passwd": f"password_file {passwd}",
-            "acl_file /etc/mosquitto/campus/acl": f"acl_file {acl}",
             "persistence_location /var/lib/mosquitto/": f"persistence_location {self.workdir}/",
             # As in tests/servers.py: a SIGKILLed broker keeps what it had a second ago.
             "autosave_interval 30": "autosave_interval 1",
