@@ -602,7 +602,8 @@ def test_mosquitto_runs_a_config_generated_from_chinese_and_planted_names(tmp_pa
         assert c.accepted
         assert not c.publish(contract.state_topic("s1", "gw-c"), b'{"online": true}').is_failure
         # What the planted name was for: gateway A commanding gateway B. Refused.
-        forger = Client(broker.port, "gw-s1-gw-a", registry.passwords["gw-a"], "forger")
+        # With its own client id: the dynamic-security plugin refuses any other at CONNECT.
+        forger = Client(broker.port, "gw-s1-gw-a", registry.passwords["gw-a"], "agent-s1-gw-a")
         clients.append(forger)
         rc = forger.publish(contract.cmd_topic("s1", "gw-b", "proj"), b'{"id": "x"}')
         assert rc.is_failure and rc.value == 135
