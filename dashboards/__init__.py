@@ -14,7 +14,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from flask import Flask, render_template
+from flask import Flask, jsonify, render_template, request
+from werkzeug.exceptions import HTTPException
 
 from campus.errors import StoreError
 
@@ -39,9 +40,10 @@ def create_app(config: WebConfig) -> Flask:
     from central.ledger import Ledger
     from central.registry import Registry
     from central.store import open_store
-    from dashboards import api, auth, board
+    from dashboards import api, auth, board, strict_json
 
     app = Flask(__name__)
+    strict_json.install(app)
     app.config["SECRET_KEY"] = config.secret_key
     app.config["SESSION_COOKIE_SAMESITE"] = "Lax"
     app.config["SESSION_COOKIE_HTTPONLY"] = True
@@ -61,6 +63,7 @@ def create_app(config: WebConfig) -> Flask:
         service.start()
         app.extensions["campus"]["commands"] = service
     app.register_error_handler(StoreError, _store_unavailable)
+    app.register_error_handler(HTTPException, _http_error)
     app.register_blueprint(auth.bp)
     app.register_blueprint(api.bp)
     app.register_blueprint(board.bp)
@@ -79,6 +82,13 @@ def create_app(config: WebConfig) -> Flask:
 def _store_unavailable(exc: StoreError) -> Any:
     """A page the time-series store or the central database cannot serve now (the JSON API answers 503 itself)."""
     return render_template("error.html", status=503, message=f"This cannot be read now, try again soon: {exc}"), 503
+
+
+def _http_error(exc: HTTPException) -> Any:
+    """Under /api/ a refusal is JSON naming the problem, like every other API answer; pages keep Werkzeug's."""
+    if request.path.startswith("/api/"):
+        return jsonify({"error": exc.description}), exc.code
+    return exc
 
 
 def close_app(app: Flask) -> None:
