@@ -32,6 +32,8 @@ class WebConfig:
     secret_key: str = field(default_factory=lambda: secrets.token_hex(32))
     # Demo only: a function (gateway, device, overrides) that reaches into a simulator.
     sim_control: Callable[[str, str, dict[str, Any]], None] | None = None
+    # Reverse proxies in front whose X-Forwarded-For/-Proto/-Host/-Port are believed (`campus web --proxy`).
+    trusted_proxies: int = 0
 
 
 def create_app(config: WebConfig) -> Flask:
@@ -40,13 +42,12 @@ def create_app(config: WebConfig) -> Flask:
     from central.ledger import Ledger
     from central.registry import Registry
     from central.store import open_store
-    from dashboards import api, auth, board, strict_json
+    from dashboards import api, auth, board, security, sessions, strict_json
 
     app = Flask(__name__)
     strict_json.install(app)
+    security.install(app, config.trusted_proxies)
     app.config["SECRET_KEY"] = config.secret_key
-    app.config["SESSION_COOKIE_SAMESITE"] = "Lax"
-    app.config["SESSION_COOKIE_HTTPONLY"] = True
     app.config["MAX_CONTENT_LENGTH"] = 2 * 1024 * 1024
     ledger = Ledger(config.db_path)
     app.extensions["campus"] = {
@@ -56,8 +57,11 @@ def create_app(config: WebConfig) -> Flask:
         "registry": Registry(f"sqlite:///{config.db_path}"),
         "commands": None,
         "login_limiter": auth.RateLimiter(auth.LOGIN_ATTEMPTS_PER_MIN),
+        "login_address_limiter": auth.RateLimiter(auth.LOGIN_FAILURES_PER_ADDRESS_PER_MIN),
+        "token_limiter": auth.RateLimiter(auth.TOKEN_FAILURES_PER_ADDRESS_PER_MIN),
         "command_limiter": auth.RateLimiter(auth.COMMANDS_PER_MIN),
     }
+    sessions.install(app, app.extensions["campus"]["registry"])
     if config.mqtt_url:
         service = CommandService(parse_mqtt_url(config.mqtt_url), ledger)
         service.start()

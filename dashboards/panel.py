@@ -279,7 +279,7 @@ def stream(gateway: str) -> Any:
                 yield _sse("room", body, seq)
                 quiet_since = time.monotonic()
             elif time.monotonic() - quiet_since >= heartbeat_s:
-                user = auth.current_user()
+                user = auth.current_user(recheck=True)  # logged out meanwhile: the stream ends
                 if user is None or not may_see(user, gateway):
                     yield _sse("denied", json.dumps({"error": "you may no longer see this room"}), seq + 1)
                     return
