@@ -16,7 +16,7 @@ from collections.abc import Callable
 from typing import Any
 
 from campus.errors import CampusError
-from campus.urls import ledger_path_for
+from campus.urls import ledger_path_for, redacted
 
 
 def setup_logging(level: str) -> None:
@@ -81,18 +81,25 @@ def cmd_ingest(args: argparse.Namespace) -> None:
     stop = threading.Event()
     worker = threading.Thread(target=ingest.run, args=(stop,), name="ingest-writer", daemon=True)
     worker.start()
-    logging.getLogger("campus").info("ingest %s: %s -> %s", args.name, mqtt, args.store)
+    logging.getLogger("campus").info("ingest %s: %s -> %s", args.name, mqtt, redacted(args.store))
     wait_for_signal(stop)
     worker.join(timeout=10)
     ingest.close()
 
 
 def cmd_web(args: argparse.Namespace) -> None:
+    from pathlib import Path
+
+    from central.broker_config import atomic_write
+    from central.registry import check_token
     from central.store import open_store
     from dashboards import WebConfig, close_app, create_app
     from dashboards.server import serve
 
-    config = WebConfig(store_url=args.store, db_path=ledger_path_for(args.store, args.db), mqtt_url=args.mqtt)
+    if args.admin_token is not None:
+        check_token(args.admin_token, "--admin-token")
+    config = WebConfig(store_url=args.store, db_path=ledger_path_for(args.store, args.db), mqtt_url=args.mqtt,
+                       trusted_proxies=args.proxy)
     probe = open_store(args.store)
     try:
         probe.check()  # history comes from the store: a wrong address, token or database is said now
@@ -101,7 +108,11 @@ def cmd_web(args: argparse.Namespace) -> None:
     app = create_app(config)
     password = app.extensions["campus"]["registry"].ensure_admin(args.admin_token)
     if password:
-        print(f"campus web: created user admin with password {password} (change it)", flush=True)
+        # Into a file only its owner reads, not onto stdout: under systemd stdout is the journal.
+        where = Path(config.db_path).resolve().parent / "admin-password.txt"
+        atomic_write(where, f"admin {password}\n", mode=0o600)
+        print(f"campus web: created user admin; its password is in {where} (mode 0600). Change it with "
+              "`campus users add admin --role admin`, then delete that file", flush=True)
     stop = threading.Event()
     server = serve(app, "127.0.0.1" if not args.host else args.host, args.http_port)
     print(f"campus web: http://{server.host}:{server.port}/", flush=True)
@@ -190,7 +201,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data-dir", default="campus-demo-data", help="where the demo keeps its files")
     p.add_argument("--mqtt", default=None, help="use this broker instead of the embedded one")
     p.add_argument("--store", default=None, help="store URL (default: SQLite in the data dir)")
-    p.add_argument("--admin-token", default=None, help="admin API token (default: random, printed)")
+    p.add_argument("--admin-token", default=None, help="admin API token, at least 16 characters "
+                   "(default: random, printed)")
     p.set_defaults(func=cmd_demo)
 
     p = sub.add_parser("agent", help="one edge agent (one classroom gateway)")
@@ -216,7 +228,10 @@ def build_parser() -> argparse.ArgumentParser:
                    "default: the SQLite store itself")
     p.add_argument("--http-port", type=_port, default=8080)
     p.add_argument("--host", default=None, help="address to listen on (default 127.0.0.1)")
-    p.add_argument("--admin-token", default=None, help="an admin API token")
+    p.add_argument("--admin-token", default=None, help="an admin API token (at least 16 characters)")
+    p.add_argument("--proxy", type=_proxies, default=0, metavar="N",
+                   help="served behind N reverse proxies: believe their X-Forwarded-For/-Proto/-Host/-Port "
+                   "(client address for rate limits, HTTPS for Secure cookies). Default 0: believe nobody")
     p.set_defaults(func=cmd_web)
 
     p = sub.add_parser("broker-config", help="Mosquitto config, password file and per-gateway ACL from the registry")
@@ -266,6 +281,16 @@ def _positive_int(text: str) -> int:
         raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
     if value < 1:
         raise argparse.ArgumentTypeError("must be at least 1")
+    return value
+
+
+def _proxies(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of proxies") from None
+    if not 0 <= value <= 5:
+        raise argparse.ArgumentTypeError("must be 0-5 (the reverse proxies in front of this server)")
     return value
 
 

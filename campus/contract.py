@@ -37,6 +37,13 @@ DEVICE_STATUSES = ("ok", "fault", "offline", "starting")
 # A gateway's own storage (state.storage.status): `full` no space, `error` writes refused (I/O error, read-only).
 STORAGE_STATUSES = ("ok", "full", "error")
 ACTIONS = ("power_on", "power_off", "select_input", "set_volume", "mute", "unmute")
+# The parameters each action takes (CONTRACT.md), by name: an input name of the device's profile, or a
+# whole-number percentage. device_profiles.check_action checks a command against these and the profile.
+ACTION_PARAMS: dict[str, dict[str, str]] = {
+    "power_on": {}, "power_off": {}, "mute": {}, "unmute": {},
+    "select_input": {"input": "input name"},
+    "set_volume": {"level": "percent"},
+}
 DEVICE_KINDS = ("environment", "card_reader", "projector", "display", "camera")
 # String metrics with a closed set of values (stores without strings keep the index).
 METRIC_ENUMS: dict[str, tuple[str, ...]] = {
@@ -240,6 +247,39 @@ def _check_tree(data: Any, what: str, depth: int = 0) -> None:
             _check_tree(value, what, depth + 1)
 
 
+def _no_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    obj: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in obj:
+            raise ValueError(f"the key {key[:40]!r} appears twice in one object")
+        obj[key] = value
+    return obj
+
+
+# For what people and scripts send over HTTP: also refuses duplicate keys (which parsers resolve
+# differently, so two programs could read two different commands out of one body). Not used on the
+# MQTT payloads: the pairs hook costs ingest time on every object, and agents never write duplicates.
+_STRICT_DECODER = json.JSONDecoder(parse_constant=_reject_constant, object_pairs_hook=_no_duplicate_keys)
+
+
+def loads_strict(text: bytes | str, what: str) -> Any:
+    """JSON as RFC 8259 defines it, for request bodies: PayloadError naming the problem for NaN,
+    Infinity, a duplicate key, and what the MQTT payloads are refused for (integers beyond 64 bits,
+    nesting deeper than MAX_DEPTH, lone surrogates), so nothing a store or a browser cannot read
+    gets past the door."""
+    try:
+        data = _STRICT_DECODER.decode(text.decode("utf-8") if isinstance(text, bytes) else text)
+    except (UnicodeDecodeError, ValueError) as exc:  # JSONDecodeError, NaN, duplicate keys, >4300-digit ints
+        raise PayloadError(f"{what} is not valid JSON: {str(exc)[:200]}") from None
+    except RecursionError:
+        raise PayloadError(f"{what} is nested too deeply") from None
+    if type(data) is dict or type(data) is list:
+        _check_tree(data, what)
+    elif type(data) is float and not math.isfinite(data):  # 1e999 parses to inf without parse_constant
+        raise PayloadError(f"{what}: numbers must be finite")
+    return data
+
+
 def _load(payload: bytes | str, what: str) -> dict[str, Any]:
     if isinstance(payload, str):
         try:
@@ -261,7 +301,10 @@ def _load(payload: bytes | str, what: str) -> dict[str, Any]:
 
 
 def _dump(obj: Any) -> bytes:
-    return json.dumps(asdict(obj), separators=(",", ":"), allow_nan=False).encode()
+    try:
+        return json.dumps(asdict(obj), separators=(",", ":"), allow_nan=False).encode()
+    except ValueError:  # NaN or an infinity: not JSON, and no decoder of ours would take it back
+        raise PayloadError(f"{type(obj).__name__.lower()}: numbers must be finite") from None
 
 
 def _field(data: dict[str, Any], name: str, types: type | tuple[type, ...], what: str, *, optional: bool = False,

@@ -23,7 +23,8 @@ from campus.aio import wait_event
 from campus.cli import run_until_signal
 from campus.errors import CampusError
 from campus.net import free_port
-from campus.urls import ledger_path_for, parse_mqtt_url
+from campus.urls import ledger_path_for, parse_mqtt_url, redacted
+from central.broker_config import atomic_write
 from edge_agent.agent import run_agent
 from edge_agent.config import GatewayConfig, load_gateway_config
 from firmware_stubs.runner import SimulatorSet
@@ -80,6 +81,10 @@ class Demo:
         if mqtt:
             parse_mqtt_url(mqtt)
         self.store = store or f"sqlite:///{self.data_dir / 'campus.db'}"
+        if admin_token is not None:
+            from central.registry import check_token
+
+            check_token(admin_token, "--admin-token")
         self.admin_token = admin_token or secrets.token_urlsafe(18)
         self.passwords = {role: secrets.token_urlsafe(9) for role in ("admin", "facility", "teacher")}
 
@@ -89,7 +94,8 @@ class Demo:
         configs = []
         for i in range(1, self.rooms + 1):
             path = gw_dir / f"room-{100 + i}.yaml"
-            path.write_text(yaml.safe_dump(classroom_config(i, mqtt, self.data_dir), sort_keys=False))
+            # 0600 from creation: a gateway config holds the school's card secret (and a broker password).
+            atomic_write(path, yaml.safe_dump(classroom_config(i, mqtt, self.data_dir), sort_keys=False), mode=0o600)
             configs.append(load_gateway_config(path))
         return configs
 
@@ -171,15 +177,16 @@ class Demo:
         app = create_app(web)
         server = serve(app, "127.0.0.1", self.http_port)
         url = f"http://127.0.0.1:{server.port}/"
-        print(f"campus demo: {self.rooms} classrooms, broker {mqtt.split('?')[0]}"
-              f"{' (embedded amqtt)' if broker else ''}, store {self.store}", flush=True)
+        print(f"campus demo: {self.rooms} classrooms, broker {redacted(mqtt.split('?')[0])}"
+              f"{' (embedded amqtt)' if broker else ''}, store {redacted(self.store)}", flush=True)
         print(f"campus demo: dashboard {url}", flush=True)
         for role, password in self.passwords.items():
             print(f"campus demo: login {role} / {password}", flush=True)
         print(f"campus demo: admin API token {self.admin_token}", flush=True)
         print(f"campus demo: gateway configs in {self.data_dir / 'gateways'}", flush=True)
-        (self.data_dir / "logins.txt").write_text(
-            "".join(f"{r} {p}\n" for r, p in self.passwords.items()) + f"token {self.admin_token}\nurl {url}\n")
+        # Passwords and the token: readable by the user who ran the demo only, from the file's creation on.
+        atomic_write(self.data_dir / "logins.txt", "".join(f"{r} {p}\n" for r, p in self.passwords.items())
+                     + f"token {self.admin_token}\nurl {url}\n", mode=0o600)
 
         agents = [asyncio.create_task(run_agent(c, stop)) for c in configs]
         try:

@@ -29,7 +29,14 @@ class DeviceError(CampusError):
 
 
 class ActionRejected(DeviceError):
-    """The device (or its profile) refuses this action or its parameters."""
+    """The device (or its profile) refuses this action or its parameters.
+
+    `field` names the part of the command that is wrong (`action`, `params.level`, ...) when it is
+    known, so the API can point at it."""
+
+    def __init__(self, message: str, field: str | None = None) -> None:
+        super().__init__(message)
+        self.field = field
 
 
 class StoreError(CampusError):

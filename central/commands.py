@@ -84,11 +84,12 @@ class CommandService:
         """Create, publish and (for up to `wait` seconds) follow one command."""
         now = time.time()
         cmd = Command(id=uuid.uuid4().hex, action=action, params=params, deadline=now + ttl, by=by, ts=now)
+        payload = cmd.encode()  # before the ledger row: a command that cannot be sent is never recorded as sent
         self.ledger.add_command(cmd.id, gateway, device, action, params, by, cmd.deadline)
         passed_by = self._waiting[cmd.id] = threading.Event()
         try:
             with self._lock:
-                info = self.client.publish(contract.cmd_topic(school, gateway, device), cmd.encode(), qos=1)
+                info = self.client.publish(contract.cmd_topic(school, gateway, device), payload, qos=1)
             try:
                 # PUBACK from the broker: from here the broker owns delivery.
                 info.wait_for_publish(timeout=min(wait, 5.0))

@@ -29,8 +29,10 @@ from sqlalchemy import (
     Text,
     UniqueConstraint,
     create_engine,
+    delete,
     event,
     select,
+    update,
 )
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError
@@ -133,6 +135,19 @@ class ApiToken(Base):
     user: Mapped[User] = relationship()
 
 
+class WebSession(Base):
+    """A browser's session with the web app (dashboards/sessions.py). The cookie carries only the session
+    id; the row holds the rest (who is logged in, the CSRF token, messages for the next page), keyed by
+    the id's SHA-256 so that a copy of the database hands out no live session. Deleted at logout and,
+    for all of a user's, when the user's password is set."""
+    __tablename__ = "web_sessions"
+    id_sha256: Mapped[str] = mapped_column(String(64), primary_key=True)
+    username: Mapped[str | None] = mapped_column(String(64), nullable=True, index=True)
+    data: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    created: Mapped[float] = mapped_column(Float)
+    seen: Mapped[float] = mapped_column(Float, index=True)
+
+
 class AlarmRule(Base):
     __tablename__ = "alarm_rules"
     id: Mapped[int] = mapped_column(primary_key=True)
@@ -209,6 +224,19 @@ def token_digest(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
 
 
+# An API token is checked with one fast hash, not a slow one like a password: it must be long enough
+# that guessing is hopeless (the tokens we issue have 43 characters; a chosen one needs at least this).
+MIN_TOKEN_CHARS = 16
+
+
+def check_token(token: str, what: str = "an API token") -> str:
+    """`token` if it is long enough to be a secret; ConfigError (one line at the command line) if not."""
+    if len(token) < MIN_TOKEN_CHARS or not token.isprintable() or token != token.strip():
+        raise ConfigError(f"{what} needs at least {MIN_TOKEN_CHARS} characters, no spaces at either end and no "
+                          f"control characters (got {len(token)} characters)")
+    return token
+
+
 def _sqlite_pragmas(engine: Engine) -> None:
     @event.listens_for(engine, "connect")
     def _on_connect(dbapi_conn: Any, _record: Any) -> None:
@@ -226,8 +254,9 @@ class Registry:
         if not url.startswith(("sqlite:", "postgresql")):
             raise ConfigError(f"registry URL {url!r}: use sqlite:///PATH or a postgresql:// URL")
         self.url = url
-        # hide_parameters: an error message (a log line, a page) never carries a row's values,
-        # among them password hashes (issue 15: a UNIQUE failure logged a gateway's new hash).
+        # hide_parameters: a database error's message (and so any traceback that logs it) never shows the
+        # values of the statement, which here include password hashes, token digests and session ids
+        # (issue 15: a UNIQUE failure logged a gateway's new hash).
         self.engine = create_engine(url, hide_parameters=True)
         if url.startswith("sqlite:"):
             _sqlite_pragmas(self.engine)
@@ -255,6 +284,8 @@ class Registry:
                  for school, name in rooms]
         with self.session() as s:
             user = s.scalar(select(User).where(User.username == username)) or User(username=username)
+            if user.id is not None:  # a new password (or role, or rooms): every open login of the user ends
+                s.execute(delete(WebSession).where(WebSession.username == username))
             user.password_hash = generate_password_hash(password)
             user.role = role
             user.rooms = [self._room(s, school, name) for school, name in rooms]
@@ -296,6 +327,7 @@ class Registry:
 
     def add_token(self, username: str, token: str, name: str = "") -> None:
         name = names.display_name(name, "label", max_chars=names.LABEL_MAX, required=False)
+        check_token(token)
         with self.session() as s:
             user = s.scalar(select(User).where(User.username == username))
             if user is None:
@@ -306,6 +338,52 @@ class Registry:
         with self.session() as s:
             row = s.scalar(select(ApiToken).where(ApiToken.token_sha256 == token_digest(token)))
             return self._principal(s, row.user) if row else None
+
+    # ------------------------------------------------------------ browser sessions (dashboards/sessions.py)
+
+    def web_session(self, sid: str) -> dict[str, Any] | None:
+        """The session with this id: data, username, created, seen; None if there is none."""
+        with self.session() as s:
+            row = s.get(WebSession, token_digest(sid))
+            if row is None:
+                return None
+            return {"data": dict(row.data or {}), "username": row.username, "created": row.created,
+                    "seen": row.seen}
+
+    def create_web_session(self, sid: str, data: dict[str, Any], now: float) -> None:
+        with self.session() as s:
+            s.add(WebSession(id_sha256=token_digest(sid), username=data.get("user"), data=data, created=now,
+                             seen=now))
+
+    def update_web_session(self, sid: str, data: dict[str, Any], seen: float) -> bool:
+        """Store the session's new data; False (and nothing stored) if it ended meanwhile: a request
+        still running when its user logged out must not bring the session back."""
+        with self.session() as s:
+            return s.execute(update(WebSession).where(WebSession.id_sha256 == token_digest(sid)).values(
+                data=data, username=data.get("user"), seen=seen)).rowcount == 1
+
+    def touch_web_session(self, sid: str, seen: float) -> bool:
+        """Record activity; False if the session is gone (logged out, or its user's password changed)."""
+        with self.session() as s:
+            return s.execute(update(WebSession).where(WebSession.id_sha256 == token_digest(sid)).values(
+                seen=seen)).rowcount == 1
+
+    def delete_web_session(self, sid: str) -> None:
+        with self.session() as s:
+            s.execute(delete(WebSession).where(WebSession.id_sha256 == token_digest(sid)))
+
+    def delete_user_sessions(self, username: str) -> int:
+        """End every browser login of `username`; how many there were."""
+        with self.session() as s:
+            return s.execute(delete(WebSession).where(WebSession.username == username)).rowcount
+
+    def purge_web_sessions(self, seen_before: float, anonymous_seen_before: float, created_before: float) -> int:
+        """Delete sessions idle since `seen_before` (without a login: since `anonymous_seen_before`) or
+        begun before `created_before`; how many."""
+        with self.session() as s:
+            return s.execute(delete(WebSession).where(
+                (WebSession.seen < seen_before) | (WebSession.created < created_before)
+                | (WebSession.username.is_(None) & (WebSession.seen < anonymous_seen_before)))).rowcount
 
     # ------------------------------------------------------------ places
 

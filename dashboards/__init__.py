@@ -14,7 +14,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from flask import Flask, render_template
+from flask import Flask, jsonify, render_template, request
+from werkzeug.exceptions import HTTPException
 
 from campus.errors import StoreError
 
@@ -31,6 +32,8 @@ class WebConfig:
     secret_key: str = field(default_factory=lambda: secrets.token_hex(32))
     # Demo only: a function (gateway, device, overrides) that reaches into a simulator.
     sim_control: Callable[[str, str, dict[str, Any]], None] | None = None
+    # Reverse proxies in front whose X-Forwarded-For/-Proto/-Host/-Port are believed (`campus web --proxy`).
+    trusted_proxies: int = 0
 
 
 def create_app(config: WebConfig) -> Flask:
@@ -39,12 +42,12 @@ def create_app(config: WebConfig) -> Flask:
     from central.ledger import Ledger
     from central.registry import Registry
     from central.store import open_store
-    from dashboards import api, auth, board
+    from dashboards import api, auth, board, security, sessions, strict_json
 
     app = Flask(__name__)
+    strict_json.install(app)
+    security.install(app, config.trusted_proxies)
     app.config["SECRET_KEY"] = config.secret_key
-    app.config["SESSION_COOKIE_SAMESITE"] = "Lax"
-    app.config["SESSION_COOKIE_HTTPONLY"] = True
     app.config["MAX_CONTENT_LENGTH"] = 2 * 1024 * 1024
     ledger = Ledger(config.db_path)
     app.extensions["campus"] = {
@@ -54,13 +57,17 @@ def create_app(config: WebConfig) -> Flask:
         "registry": Registry(f"sqlite:///{config.db_path}"),
         "commands": None,
         "login_limiter": auth.RateLimiter(auth.LOGIN_ATTEMPTS_PER_MIN),
+        "login_address_limiter": auth.RateLimiter(auth.LOGIN_FAILURES_PER_ADDRESS_PER_MIN),
+        "token_limiter": auth.RateLimiter(auth.TOKEN_FAILURES_PER_ADDRESS_PER_MIN),
         "command_limiter": auth.RateLimiter(auth.COMMANDS_PER_MIN),
     }
+    sessions.install(app, app.extensions["campus"]["registry"])
     if config.mqtt_url:
         service = CommandService(parse_mqtt_url(config.mqtt_url), ledger)
         service.start()
         app.extensions["campus"]["commands"] = service
     app.register_error_handler(StoreError, _store_unavailable)
+    app.register_error_handler(HTTPException, _http_error)
     app.register_blueprint(auth.bp)
     app.register_blueprint(api.bp)
     app.register_blueprint(board.bp)
@@ -79,6 +86,13 @@ def create_app(config: WebConfig) -> Flask:
 def _store_unavailable(exc: StoreError) -> Any:
     """A page the time-series store or the central database cannot serve now (the JSON API answers 503 itself)."""
     return render_template("error.html", status=503, message=f"This cannot be read now, try again soon: {exc}"), 503
+
+
+def _http_error(exc: HTTPException) -> Any:
+    """Under /api/ a refusal is JSON naming the problem, like every other API answer; pages keep Werkzeug's."""
+    if request.path.startswith("/api/"):
+        return jsonify({"error": exc.description}), exc.code
+    return exc
 
 
 def close_app(app: Flask) -> None:

@@ -13,15 +13,18 @@ from typing import Any
 from flask import Blueprint, Response, g, jsonify, request
 
 from campus import contract
-from campus.errors import CampusError, PayloadError, StoreError
+from campus.errors import ActionRejected, CampusError, PayloadError, StoreError
 from central.store.base import MAX_POINTS
 from dashboards.auth import audit, campus, login_required, may_command, may_see
+from dashboards.strict_json import json_object
+from device_profiles import check_action, shipped_profile
 
 bp = Blueprint("api", __name__, url_prefix="/api")
 
 
-def error(status: int, message: str) -> Any:
-    return jsonify({"error": message}), status
+def error(status: int, message: str, field: str | None = None) -> Any:
+    """A JSON refusal; `field` names the part of the request that is wrong, when there is one."""
+    return jsonify({"error": message, **({"field": field} if field else {})}), status
 
 
 def float_arg(name: str, default: float) -> float:
@@ -160,20 +163,26 @@ def send_command(gateway: str, device: str) -> Any:
     if not may_command(g.user, gateway):
         audit("command", f"refused {gateway}/{device}", ok=False)
         return error(403, f"you may not command gateway {gateway!r}")
-    body = request.get_json(silent=True)
-    if not isinstance(body, dict):
-        return error(400, "body must be a JSON object {action, params}")
+    body = json_object()
+    unknown = sorted(set(body) - {"action", "params", "ttl"})
+    if unknown:
+        return error(400, f"unknown field {unknown[0][:40]!r} (a command has action, params and ttl)",
+                     field=unknown[0][:40])
     action, params = body.get("action"), body.get("params", {})
     if action not in contract.ACTIONS:
-        return error(400, f"action must be one of {', '.join(contract.ACTIONS)}")
-    if not isinstance(params, dict) or len(str(params)) > 1000:
-        return error(400, "params must be a small object")
+        return error(400, f"action must be one of {', '.join(contract.ACTIONS)}", field="action")
     ttl = body.get("ttl", 60)
     if isinstance(ttl, bool) or not isinstance(ttl, (int, float)) or not 1 <= ttl <= 86400:
-        return error(400, "ttl must be 1 to 86400 seconds")
+        return error(400, "ttl must be 1 to 86400 seconds", field="ttl")
     dev = next((d for d in campus()["ledger"].gateway_devices(gateway) if d["id"] == device), None)
     if dev is None:
         return error(404, f"no device {device!r} on gateway {gateway!r}")
+    try:
+        # With the device's profile if central ships it; the agent checks again with its own.
+        check_action(action, params, shipped_profile(dev["profile"]))
+    except ActionRejected as exc:
+        audit("command", f"refused {gateway}/{device} {action}: {exc}", ok=False)
+        return error(400, str(exc), field=exc.field)
     if not campus()["command_limiter"].allow(g.user["user"]):
         audit("command", f"rate limited {gateway}/{device} {action}", ok=False)
         return error(429, "too many commands; wait a minute")
@@ -238,8 +247,7 @@ def demo_simulator(gateway: str, device: str) -> Any:
     control = campus()["config"].sim_control
     if control is None:
         return error(404, "no simulators in this server (only `campus demo` has them)")
-    body = request.get_json(silent=True)
-    overrides = body.get("overrides") if isinstance(body, dict) else None
+    overrides = json_object().get("overrides")
     if not isinstance(overrides, dict) or not all(
             isinstance(k, str) and (v is None or (isinstance(v, (int, float)) and not isinstance(v, bool)))
             for k, v in overrides.items()):

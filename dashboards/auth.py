@@ -8,6 +8,12 @@ command the rooms assigned to them only). Every refusal is 401/403, is
 audited, and changes nothing. Session-authenticated writes need the CSRF
 token (form field `csrf` or header `X-CSRF-Token`); bearer calls do not,
 since a browser never adds that header by itself.
+
+Sessions live in the central database (dashboards/sessions.py): logout and a
+new password end them. Guessing is rate-limited: logins per user name and
+address, failed logins per address whatever the name, wrong bearer tokens
+per address. Behind a reverse proxy, "address" is the client's only when the
+proxy is trusted (`campus web --proxy`); otherwise it is the proxy's.
 """
 
 from __future__ import annotations
@@ -26,6 +32,7 @@ from flask import (
     current_app,
     g,
     jsonify,
+    make_response,
     redirect,
     render_template,
     request,
@@ -33,30 +40,62 @@ from flask import (
     url_for,
 )
 
+from dashboards.security import safe_target
+
 bp = Blueprint("auth", __name__)
 
-LOGIN_ATTEMPTS_PER_MIN = 10
+LOGIN_ATTEMPTS_PER_MIN = 10              # per user name and address, every attempt
+LOGIN_FAILURES_PER_ADDRESS_PER_MIN = 30  # per address, whatever the user name: no spraying of names
+TOKEN_FAILURES_PER_ADDRESS_PER_MIN = 20  # wrong bearer tokens per address
 COMMANDS_PER_MIN = 60
 
 
 class RateLimiter:
-    """A sliding one-minute window per key (user, or user + address)."""
+    """A sliding one-minute window per key (a user, an address, or both).
+
+    `allow` counts every attempt (commands, logins per user and address); `blocked` and `failed` count
+    failures only (wrong tokens, wrong passwords per address), so that a script or a school behind one
+    address is never held up by its own successes. Keys without a recent hit are forgotten once there
+    are more than `MAX_KEYS`, so names or addresses an attacker makes up cannot fill the memory."""
+
+    MAX_KEYS = 10_000
 
     def __init__(self, per_minute: int) -> None:
         self.per_minute = per_minute
         self.hits: dict[str, list[float]] = {}
         self.lock = threading.Lock()
 
+    def _recent(self, key: str, now: float) -> list[float]:
+        recent = [t for t in self.hits.get(key, ()) if now - t < 60]
+        if recent:
+            self.hits[key] = recent
+        else:
+            self.hits.pop(key, None)
+        return recent
+
     def allow(self, key: str) -> bool:
+        """Count an attempt; False if there were `per_minute` already in the last minute."""
         now = time.monotonic()
         with self.lock:
-            recent = [t for t in self.hits.get(key, []) if now - t < 60]
-            if len(recent) >= self.per_minute:
-                self.hits[key] = recent
+            if len(self._recent(key, now)) >= self.per_minute:
                 return False
-            recent.append(now)
-            self.hits[key] = recent
+            self._add(key, now)
             return True
+
+    def blocked(self, key: str) -> bool:
+        """Whether `key` had `per_minute` failures in the last minute (counts nothing)."""
+        with self.lock:
+            return len(self._recent(key, time.monotonic())) >= self.per_minute
+
+    def failed(self, key: str) -> None:
+        with self.lock:
+            self._add(key, time.monotonic())
+
+    def _add(self, key: str, now: float) -> None:
+        if key not in self.hits and len(self.hits) >= self.MAX_KEYS:
+            for stale in [k for k, times in self.hits.items() if now - times[-1] >= 60]:
+                del self.hits[stale]
+        self.hits.setdefault(key, []).append(now)
 
 
 def campus() -> dict[str, Any]:
@@ -68,14 +107,26 @@ def audit(action: str, detail: str = "", ok: bool = True, user: str | None = Non
     campus()["registry"].audit(who, action, detail, ok, request.remote_addr or "")
 
 
-def current_user() -> dict[str, Any] | None:
+def current_user(recheck: bool = False) -> dict[str, Any] | None:
+    """Who is calling: by bearer token, else by browser session. `recheck`: also make sure the session
+    still exists now (a long request, such as the panel's stream, outlives a logout).
+
+    Wrong tokens are counted per address; after `TOKEN_FAILURES_PER_ADDRESS_PER_MIN` in a minute every
+    bearer call from that address is a 429 for the rest of the minute, right token or not."""
     header = request.headers.get("Authorization", "")
     if header.startswith("Bearer "):
+        limiter, address = campus()["token_limiter"], request.remote_addr or ""
+        if limiter.blocked(address):
+            abort(make_response(_refuse(429, "too many wrong API tokens from this address; wait a minute")))
         principal = campus()["registry"].principal_for_token(header[7:].strip())
         if principal:
             principal["via"] = "token"
+        else:
+            limiter.failed(address)
         return principal
     name = session.get("user")
+    if name and recheck and not current_app.session_interface.alive(session):  # type: ignore[attr-defined]
+        return None
     if name:
         principal = campus()["registry"].principal(name)
         if principal:
@@ -158,19 +209,18 @@ def login() -> Any:
     if request.method == "POST":
         if not csrf_ok(request.form.get("csrf", "")):
             abort(400, "bad CSRF token; reload the page")
-        name = request.form.get("username", "")[:64]
-        if not campus()["login_limiter"].allow(f"{name}|{request.remote_addr}"):
+        name, address = request.form.get("username", "")[:64], request.remote_addr or ""
+        by_address = campus()["login_address_limiter"]
+        if by_address.blocked(address) or not campus()["login_limiter"].allow(f"{name}|{address}"):
             audit("login", "rate limited", ok=False, user=name)
             return render_template("login.html", error="Too many attempts; wait a minute."), 429
         principal = campus()["registry"].check_password(name, request.form.get("password", ""))
         if principal:
             session.clear()
-            session["user"] = name
+            session["user"] = name  # a new session id is issued with it (dashboards/sessions.py)
             audit("login", "ok", user=name)
-            target = request.args.get("next", "")
-            if not (target.startswith("/") and not target.startswith("//")):
-                target = home_for(principal)
-            return redirect(target)
+            return redirect(safe_target(request.args.get("next"), home_for(principal)))
+        by_address.failed(address)
         audit("login", "wrong user or password", ok=False, user=name)
         error = "Unknown user or wrong password."
     return render_template("login.html", error=error)
@@ -179,5 +229,5 @@ def login() -> Any:
 @bp.route("/logout", methods=["POST"])
 def logout() -> Any:
     if csrf_ok(request.form.get("csrf", "")):
-        session.clear()
+        session.clear()  # the session's row is deleted: a copy of its cookie is worth nothing now
     return redirect(url_for("auth.login"))

@@ -22,6 +22,7 @@ from central import schedules as sched
 from central.registry import Schedule
 from dashboards.auth import audit, campus, login_required
 from dashboards.health import STAFF, bp, db_id, places_and_filters
+from dashboards.security import safe_target
 
 
 def _schedule_page(form_values: dict[str, Any] | None = None, error: str = "", status: int = 200) -> Any:
@@ -155,8 +156,8 @@ def toggle_schedule(sid: str) -> Any:
         s.get(Schedule, row.id).enabled = enabled
     audit("schedule", f"{'enabled' if enabled else 'disabled'} #{row.id} {row.name}")
     flash(f"Schedule “{row.name}” {'enabled' if enabled else 'disabled'}.")
-    return redirect(request.form.get("back") if request.form.get("back", "").startswith("/health/")
-                    else url_for("health.schedules"))
+    back = safe_target(request.form.get("back"), "")
+    return redirect(back if back.startswith("/health/") else url_for("health.schedules"))
 
 
 @bp.post("/health/schedules/<sid>/run")

@@ -38,9 +38,15 @@ def document() -> dict[str, Any]:
     send["requestBody"] = {"required": True, "content": {"application/json": {"schema": {
         "type": "object", "required": ["action"],
         "properties": {"action": {"type": "string", "enum": list(contract.ACTIONS)},
-                       "params": {"type": "object"}, "ttl": {"type": "number", "minimum": 1, "maximum": 86400}}}}}}
+                       "params": {"type": "object", "description": "select_input {input: one of the profile's "
+                                  "inputs}, set_volume {level: whole number 0-100}, none for the others"},
+                       "ttl": {"type": "number", "minimum": 1, "maximum": 86400}}}}}}
     send["responses"].update({"202": {"description": "sent; no result yet"},
-                              "400": {"description": "bad body"}, "404": {"description": "no such device"},
+                              "400": {"description": "bad body: `error` says why, `field` names what (`action`, "
+                                                     "`params.level`, ...); nothing was stored or sent"},
+                              "415": {"description": "the body is not sent as application/json"},
+                              "429": {"description": "too many commands; wait a minute"},
+                              "404": {"description": "no such device"},
                               "503": {"description": "no MQTT connection configured"}})
     stream = _get("Live state of one room for the classroom panel: server-sent events (`event: room`, the room as "
                   "JSON, on every change; a `: keepalive` comment every 15 s)", [("gateway", "path", True)])

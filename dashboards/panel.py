@@ -49,7 +49,7 @@ from flask import (
 from campus import contract
 from campus.errors import CampusError
 from central.ledger import Ledger
-from dashboards import auth
+from dashboards import auth, strict_json
 from dashboards.api import error
 from dashboards.auth import audit, campus, login_required, may_command, may_see
 from device_profiles import available_profiles, load_profile
@@ -270,7 +270,7 @@ def stream(gateway: str) -> Any:
         yield "retry: 2000\n\n"
         while not states.stop.is_set():
             try:
-                body = json.dumps(states.snapshot(gateway), sort_keys=True, separators=(",", ":"))
+                body = strict_json.dumps(states.snapshot(gateway), sort_keys=True, separators=(",", ":"))
             except Exception:  # a locked or briefly unreadable database: try again next round
                 log.exception("panel stream %s: reading the ledger failed", gateway)
                 body = last
@@ -279,7 +279,7 @@ def stream(gateway: str) -> Any:
                 yield _sse("room", body, seq)
                 quiet_since = time.monotonic()
             elif time.monotonic() - quiet_since >= heartbeat_s:
-                user = auth.current_user()
+                user = auth.current_user(recheck=True)  # logged out meanwhile: the stream ends
                 if user is None or not may_see(user, gateway):
                     yield _sse("denied", json.dumps({"error": "you may no longer see this room"}), seq + 1)
                     return

@@ -49,6 +49,7 @@ from campus.errors import CampusError, ConfigError
 from central import broker_config
 from central import provisioning as prov
 from dashboards.auth import add_nav, audit, campus, login_required
+from dashboards.security import safe_target
 
 bp = Blueprint("provisioning", __name__, url_prefix="/provisioning")
 ADMIN = ("admin",)
@@ -314,7 +315,7 @@ def push(gateway: str) -> Any:
         return gateway_page_error(gateway, f"Push failed: {exc}", {})
     audit("provision.push", f"{gateway} device list v{version} published (retained)")
     flash(f"Device list v{version} pushed to {gateway}; it applies it as soon as it is connected.")
-    return redirect(request.form.get("back") or url_for("provisioning.gateway", gateway=gateway))
+    return redirect(safe_target(request.form.get("back"), url_for("provisioning.gateway", gateway=gateway)))
 
 
 @bp.post("/push")

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from dataclasses import dataclass, field
 from functools import cache
 from importlib import resources
@@ -19,10 +20,13 @@ from typing import Any
 
 import jsonschema
 
-from campus.errors import ProfileError
+from campus import contract
+from campus.errors import ActionRejected, CampusError, ProfileError
 from campus.yamlfile import YamlDoc
 
 PROFILE_DIR = Path(__file__).parent / "profiles"
+# An input name as schema.json allows it, for a device whose profile central does not ship.
+_INPUT_NAME = re.compile(r"^[a-z0-9][a-z0-9_]{0,31}$")
 
 
 @dataclass(frozen=True)
@@ -119,3 +123,56 @@ def load_profile(name: str) -> Profile:
     if profile.name != name:
         raise ProfileError(f"{path}: field name: {profile.name!r} does not match the file name {name!r}")
     return profile
+
+
+def shipped_profile(name: str) -> Profile | None:
+    """A shipped profile by name, or None if `name` is not one (a gateway may run a profile file of its
+    own) or it cannot be loaded. For names that come from gateways: never opens a path."""
+    if name not in available_profiles():
+        return None
+    try:
+        return load_profile(name)
+    except CampusError:
+        return None
+
+
+def check_action(action: str, params: Any, profile: Profile | None) -> None:
+    """Refuse a command a device must not get, before it is stored or sent: the one check of an action
+    and its parameters, made by the API (with the profile, if central ships it) and again by the agent
+    (with the device's own profile) before the device is touched.
+
+    Parameters are those of `contract.ACTION_PARAMS`, each once, with its type and range; anything else
+    is refused. `ActionRejected.field` names what is wrong (`action`, `params`, `params.level`, ...)."""
+    if action not in contract.ACTIONS:
+        raise ActionRejected(f"action {str(action)[:40]!r} is not one of {', '.join(contract.ACTIONS)}",
+                             field="action")
+    if profile is not None and action not in profile.actions:
+        raise ActionRejected(f"action {action!r} is not supported by profile {profile.name}", field="action")
+    if not isinstance(params, dict):
+        raise ActionRejected(f"params must be an object, got {type(params).__name__}", field="params")
+    takes = contract.ACTION_PARAMS[action]
+    for name in params:
+        if name not in takes:
+            raise ActionRejected(f"params.{str(name)[:40]} is not a parameter of {action} (it takes "
+                                 f"{', '.join(takes) or 'none'})", field=f"params.{str(name)[:40]}")
+    for name in takes:
+        if name not in params:
+            raise ActionRejected(f"params.{name} is missing: {action} needs it", field=f"params.{name}")
+    if action == "select_input":
+        name = params["input"]
+        if profile is not None:
+            if not isinstance(name, str) or name not in profile.inputs:
+                raise ActionRejected(f"params.input {_shown(name)} is not one of {', '.join(profile.inputs)}",
+                                     field="params.input")
+        elif not isinstance(name, str) or not _INPUT_NAME.fullmatch(name):
+            raise ActionRejected(f"params.input {_shown(name)} is not an input name", field="params.input")
+    elif action == "set_volume":
+        level = params["level"]
+        if isinstance(level, bool) or not isinstance(level, int) or not 0 <= level <= 100:
+            raise ActionRejected(f"params.level must be a whole number from 0 to 100, got {_shown(level)}",
+                                 field="params.level")
+
+
+def _shown(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 40 else text[:40] + "…"

@@ -14,7 +14,7 @@ import pytest
 
 from central.store.base import Sample
 from dashboards import close_app
-from tests.apps import add_people, central_db, register_rooms, two_rooms, web_app
+from tests.apps import ENV_AND_PROJECTOR, add_people, central_db, register_rooms, two_rooms, web_app
 
 NOW = time.time()
 
@@ -92,10 +92,11 @@ def test_command_refusals_change_nothing(app) -> None:
     ({"action": "explode"}, 400, "action must be one of"),
     ({"action": "power_on", "params": []}, 400, "params"),
     ({"action": "power_on", "ttl": 0}, 400, "ttl"),
-    ("not json", 400, "JSON object"),
+    ("not json", 400, "not valid JSON"),
+    ([1, 2], 400, "must be a JSON object, got an array"),
 ])
 def test_bad_command_bodies(app, body, status: int, text: str) -> None:
-    kw = {"json": body} if isinstance(body, dict) else {"data": body, "content_type": "application/json"}
+    kw = {"json": body} if not isinstance(body, str) else {"data": body, "content_type": "application/json"}
     resp = call(app, "POST", "/api/gateways/gw-101/devices/proj/commands", "admin", **kw)
     assert resp.status_code == status and text in resp.get_json()["error"]
 
@@ -213,3 +214,106 @@ def test_ingest_workers_for_staff_only(app) -> None:
             ("ingest-0", 4242, 9, 1, True)]
     assert call(app, "GET", "/api/ingest", "teacher").status_code == 403
     assert call(app, "GET", "/api/ingest").status_code == 401
+
+
+# ---------------------------------------------------------------- hostile command bodies (issue 15)
+
+TV = {**ENV_AND_PROJECTOR, "tv": {"profile": "display-lg-serial", "kind": "display", "status": "ok"},
+      "own": {"profile": "my-own-projector", "kind": "projector", "status": "ok"}}  # a profile central lacks
+
+
+def _strict(text: str) -> object:
+    """What a browser's JSON.parse accepts: no NaN, no Infinity."""
+    def refuse(name: str) -> None:
+        raise AssertionError(f"{name} in a JSON answer")
+    return json.loads(text, parse_constant=refuse)
+
+
+@pytest.fixture
+def commanding(tmp_path: Path, mosquitto):
+    """The app with a command service on a real Mosquitto (as `campus web --mqtt`), and a display."""
+    from campus.contract import State
+    from central.ledger import Ledger
+
+    db = central_db(tmp_path, lambda ledger, points: two_rooms(ledger, points, NOW))
+    ledger = Ledger(db)
+    ledger.record([], [("s1", "gw-101", State(online=True, ts=NOW + 1, room="101", devices=TV, interval=5))], [])
+    ledger.close()
+    app = web_app(db, mqtt_url=mosquitto.url)
+    register_rooms(app)
+    app.tokens = add_people(app)
+    yield app
+    close_app(app)
+
+
+@pytest.mark.parametrize("raw, problem", [
+    ('{"action":"set_volume","params":{"level":NaN}}', "NaN"),
+    ('{"action":"set_volume","params":{"level":Infinity}}', "Infinity"),
+    ('{"action":"set_volume","params":{"level":-Infinity}}', "-Infinity"),
+    ('{"action":"set_volume","params":{"level":1e999}}', "finite"),
+    ('{"action":"set_volume","params":{"level":5},"params":{"level":100}}', "'params' appears twice"),
+    ('{"action":"set_volume","params":{"level":5,"level":100}}', "'level' appears twice"),
+    ('{"action":"set_volume","params":{"level":123456789012345678901234567890}}', "64 bits"),
+])
+def test_non_json_numbers_and_duplicate_keys_are_refused_before_anything_is_stored(
+        commanding, raw: str, problem: str) -> None:
+    """The attack of issue 15: NaN in a command gave a 500, stored the command anyway, and /api/commands
+    then answered `NaN`, which the teacher's panel cannot parse."""
+    resp = call(commanding, "POST", "/api/gateways/gw-101/devices/tv/commands", "admin", data=raw,
+                content_type="application/json")
+    assert resp.status_code == 400, resp.get_data(as_text=True)
+    assert problem in resp.get_json()["error"]
+    assert commanding.extensions["campus"]["ledger"].commands() == []
+    assert _strict(call(commanding, "GET", "/api/commands", "admin").get_data(as_text=True)) == []
+
+
+@pytest.mark.parametrize("device, body, field", [
+    ("tv", {"action": "set_volume", "params": {"level": 101}}, "params.level"),
+    ("tv", {"action": "set_volume", "params": {"level": 50.5}}, "params.level"),
+    ("tv", {"action": "set_volume", "params": {"level": "50"}}, "params.level"),
+    ("tv", {"action": "set_volume", "params": {}}, "params.level"),
+    ("tv", {"action": "set_volume", "params": {"level": 5, "fade": 2}}, "params.fade"),
+    ("tv", {"action": "select_input", "params": {"input": "hdmi9"}}, "params.input"),
+    ("tv", {"action": "power_on", "params": {"level": 5}}, "params.level"),
+    ("tv", {"action": "mute", "params": "loud"}, "params"),
+    ("tv", {"action": "mute", "when": "now"}, "when"),
+    ("proj", {"action": "set_volume", "params": {"level": 5}}, "action"),  # projector-pjlink has no volume
+    ("own", {"action": "select_input", "params": {"input": "HDMI 1\n"}}, "params.input"),
+])
+def test_bad_parameters_are_a_400_naming_the_field_and_store_nothing(commanding, device: str, body: dict,
+                                                                      field: str) -> None:
+    resp = call(commanding, "POST", f"/api/gateways/gw-101/devices/{device}/commands", "admin", json=body)
+    assert resp.status_code == 400, resp.get_data(as_text=True)
+    assert resp.get_json()["field"] == field and field in resp.get_json()["error"]
+    assert commanding.extensions["campus"]["ledger"].commands() == []
+
+
+def test_a_good_command_still_goes_out(commanding) -> None:
+    resp = call(commanding, "POST", "/api/gateways/gw-101/devices/tv/commands", "admin",
+                json={"action": "set_volume", "params": {"level": 35}, "ttl": 5})
+    assert resp.status_code == 202  # no agent in this test: sent, waiting for the gateway
+    [row] = commanding.extensions["campus"]["ledger"].commands()
+    assert (row["device"], row["action"], row["params"]) == ("tv", "set_volume", {"level": 35})
+
+
+def test_a_non_finite_number_stored_earlier_is_sent_as_null(commanding) -> None:
+    """A ledger written by an older version may hold NaN: the API still answers JSON a browser reads."""
+    commanding.extensions["campus"]["ledger"].add_command("old", "gw-101", "tv", "set_volume",
+                                                          {"level": float("nan")}, "boss", NOW + 60)
+    for path in ("/api/commands", "/api/commands/old"):
+        resp = call(commanding, "GET", path, "admin")
+        assert resp.status_code == 200
+        answer = _strict(resp.get_data(as_text=True))
+        row = answer[0] if isinstance(answer, list) else answer
+        assert row["params"] == {"level": None}
+
+
+def test_other_json_bodies_are_strict_too(app) -> None:
+    pinned = []
+    app.extensions["campus"]["config"].sim_control = lambda gateway, device, overrides: pinned.append(overrides)
+    resp = call(app, "POST", "/api/demo/simulators/gw-101/env", "admin", data='{"overrides":{"co2_ppm":NaN}}',
+                content_type="application/json")
+    assert resp.status_code == 400 and "NaN" in resp.get_json()["error"] and pinned == []
+    wrong_type = call(app, "POST", "/api/gateways/gw-101/devices/proj/commands", "admin", data="{}",
+                      content_type="text/plain")
+    assert wrong_type.status_code == 415 and "application/json" in wrong_type.get_json()["error"]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import stat
 import subprocess
 import sys
 import urllib.request
@@ -22,7 +23,7 @@ def _get(url: str, token: str) -> object:
 
 def test_demo_runs_every_room_end_to_end_and_exits_0(tmp_path: Path) -> None:
     port = free_port()
-    token = "demo-test-token"
+    token = "demo-test-admin-token"
     proc = subprocess.Popen([sys.executable, "-m", "campus.cli", "demo", "--rooms", "2", "--duration", "20",
                              "--http-port", str(port), "--data-dir", str(tmp_path / "demo"), "--admin-token", token],
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
@@ -53,6 +54,10 @@ def test_demo_runs_every_room_end_to_end_and_exits_0(tmp_path: Path) -> None:
     for role in ("admin", "facility", "teacher"):
         assert f"login {role} / " in out
     assert "Traceback" not in out
+    # Its passwords, token and the gateways' card secrets: for the user who ran it only, from creation on.
+    secrets = [tmp_path / "demo" / "logins.txt", *sorted((tmp_path / "demo" / "gateways").glob("*.yaml"))]
+    assert len(secrets) == 3 and token in secrets[0].read_text()
+    assert {f.name: oct(stat.S_IMODE(f.stat().st_mode)) for f in secrets} == {f.name: "0o600" for f in secrets}
 
 
 def test_demo_bad_argument_is_one_line() -> None:

@@ -36,9 +36,9 @@ def test_stored_values_equal_what_the_simulator_served(tmp_path: Path, mosquitto
         assert gw["gaps"] == 0 and gw["duplicates"] == 0
 
         app = create_app(WebConfig(store_url=f"sqlite:///{db}", db_path=str(db)))
-        app.extensions["campus"]["registry"].ensure_admin("t0k")
+        app.extensions["campus"]["registry"].ensure_admin("end-to-end-admin-token")
         client = app.test_client()
-        auth = {"Authorization": "Bearer t0k"}
+        auth = {"Authorization": "Bearer end-to-end-admin-token"}
         devices = client.get("/api/devices", headers=auth).get_json()
         assert devices[0]["latest"] == expected and devices[0]["kind"] == "environment"
         assert devices[0]["status"] == "ok"

@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 
 import device_profiles
-from campus.errors import ProfileError
-from device_profiles import Metric, load_profile, load_profile_file, parse_profile, registers
+from campus.errors import ActionRejected, ProfileError
+from device_profiles import Metric, check_action, load_profile, load_profile_file, parse_profile, registers
 
 
 def test_every_shipped_profile_loads() -> None:
@@ -91,3 +91,58 @@ def test_register_decode_rejects_wrong_count() -> None:
 
     with pytest.raises(DeviceError):
         registers.decode(Metric("l", type="uint32"), [1])
+
+
+# ---------------------------------------------------------------- actions: the one check, API and agent
+
+
+@pytest.mark.parametrize("profile, action, params, field", [
+    ("display-lg-serial", "set_volume", {"level": 101}, "params.level"),
+    ("display-lg-serial", "set_volume", {"level": -1}, "params.level"),
+    ("display-lg-serial", "set_volume", {"level": 50.5}, "params.level"),
+    ("display-lg-serial", "set_volume", {"level": float("nan")}, "params.level"),
+    ("display-lg-serial", "set_volume", {"level": "50"}, "params.level"),
+    ("display-lg-serial", "set_volume", {"level": True}, "params.level"),
+    ("display-lg-serial", "set_volume", {}, "params.level"),
+    ("display-lg-serial", "set_volume", {"level": 5, "ramp": 1}, "params.ramp"),
+    ("display-lg-serial", "select_input", {"input": "hdmi9"}, "params.input"),
+    ("display-lg-serial", "select_input", {"input": ["hdmi1"]}, "params.input"),
+    ("display-lg-serial", "power_on", {"force": True}, "params.force"),
+    ("display-lg-serial", "mute", [], "params"),
+    ("display-lg-serial", "explode", {}, "action"),
+    ("projector-pjlink", "set_volume", {"level": 5}, "action"),  # not in this profile
+    ("env-6in1-modbus", "power_on", {}, "action"),
+    (None, "select_input", {"input": "HDMI 1\n"}, "params.input"),  # a profile central does not ship
+    (None, "set_volume", {"level": 1000}, "params.level"),
+])
+def test_check_action_refuses_and_names_the_field(profile: str | None, action: str, params: object,
+                                                  field: str) -> None:
+    with pytest.raises(ActionRejected) as info:
+        check_action(action, params, load_profile(profile) if profile else None)
+    assert info.value.field == field and field in str(info.value)
+
+
+@pytest.mark.parametrize("profile, action, params", [
+    ("display-lg-serial", "set_volume", {"level": 0}),
+    ("display-lg-serial", "set_volume", {"level": 100}),
+    ("display-lg-serial", "select_input", {"input": "displayport"}),
+    ("projector-pjlink", "power_off", {}),
+    (None, "select_input", {"input": "hdmi_7"}),
+])
+def test_check_action_passes_good_commands(profile: str | None, action: str, params: dict) -> None:
+    check_action(action, params, load_profile(profile) if profile else None)
+
+
+def test_the_agent_uses_the_same_check() -> None:
+    from edge_agent.drivers.base import Driver
+
+    class Quiet(Driver):
+        protocol = "test"
+
+        async def read(self):  # pragma: no cover - never polled here
+            raise NotImplementedError
+
+    driver = Quiet("tv", load_profile("display-lg-serial"), {})
+    with pytest.raises(ActionRejected, match="params.ramp is not a parameter of set_volume"):
+        driver.validate_action("set_volume", {"level": 5, "ramp": 1})
+    assert device_profiles.shipped_profile("../../etc/passwd") is None

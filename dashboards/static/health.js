@@ -294,7 +294,7 @@
     const yt = niceTicks(lo, hi).map(v => `<line class="grid" x1="${ML}" x2="${W - MR}" y1="${y(v)}" y2="${y(v)}"/>` +
       `<text x="${ML - 6}" y="${+y(v) + 4}" text-anchor="end">${v}</text>`).join("");
     const limits = s.limits.map(l => `<line class="limit" x1="${ML}" x2="${W - MR}" y1="${y(l.value)}" y2="${y(l.value)}"/>` +
-      `<text x="${W - MR - 4}" y="${+y(l.value) - 4}" text-anchor="end" style="fill:#d64545">${esc(l.label)} ${l.value}</text>`).join("");
+      `<text x="${W - MR - 4}" y="${+y(l.value) - 4}" text-anchor="end" class="limit-label">${esc(l.label)} ${l.value}</text>`).join("");
     return svgNS(H, `${yt}${xAxis(start, end, x, y0)}${limits}<path class="line" d="${d}"/>`);
   }
   function stateChart(points, start, end, maxGap) {
@@ -328,7 +328,7 @@
     const gateway = box.dataset.gateway, seconds = +box.dataset.seconds, maxGap = +box.dataset.maxGap;
     const groups = [...new Set(series.map(s => s.group))];
     box.innerHTML = groups.map(g => `<section class="hgroup"><h2>${esc(g)}</h2>${g === "Equipment power" ?
-      '<p class="hlegend">State: <i class="s" style="background:var(--ok)"></i>on <i style="background:var(--warn)"></i>warming / cooling <i style="background:#cfd3d9"></i>off (blank: no data)</p>' : ""}<div class="hcharts">${
+      '<p class="hlegend">State: <i class="s lg-on"></i>on <i class="lg-warm"></i>warming / cooling <i class="lg-off"></i>off (blank: no data)</p>' : ""}<div class="hcharts">${
       series.map((s, i) => s.group !== g ? "" : `<div class="card hchart" id="chart-${i}" data-metric="${esc(s.metric)}" data-device="${esc(s.device)}">
         <h3>${esc(s.label)} <span class="muted">${esc([s.unit, s.device].filter(Boolean).join(" · "))}</span><span class="now"></span></h3>
         <div class="plot"><p class="muted">Loading…</p></div></div>`).join("")}</div></section>`).join("");

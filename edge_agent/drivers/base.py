@@ -14,7 +14,7 @@ from typing import Any, ClassVar
 
 from campus.contract import MetricValue
 from campus.errors import ActionRejected, DeviceError
-from device_profiles import Profile
+from device_profiles import Profile, check_action
 
 
 class DeviceUnreachable(DeviceError):
@@ -76,17 +76,9 @@ class Driver(ABC):
         raise ActionRejected(f"{self.profile.name} has no actions")
 
     def validate_action(self, action: str, params: dict[str, Any]) -> None:
-        """Reject an action the profile does not list, or bad parameters."""
-        if action not in self.profile.actions:
-            raise ActionRejected(f"action {action!r} is not supported by profile {self.profile.name}")
-        if action == "select_input":
-            name = params.get("input")
-            if name not in self.profile.inputs:
-                raise ActionRejected(f"input {name!r} is not one of {', '.join(self.profile.inputs)}")
-        elif action == "set_volume":
-            level = params.get("level")
-            if isinstance(level, bool) or not isinstance(level, int) or not 0 <= level <= 100:
-                raise ActionRejected(f"level must be a whole number from 0 to 100, got {level!r}")
+        """Reject an action the profile does not list, or bad parameters (the check the API made
+        before the command was stored, made again here: a command may come from anywhere on MQTT)."""
+        check_action(action, params, self.profile)
 
     async def __aenter__(self) -> Driver:
         await self.open()
