@@ -38,4 +38,8 @@ class PointStore(Protocol):
               limit: int = 10_000) -> list[tuple[float, float | str]]:
         """Points of one series in [start, end], oldest first."""
 
+    def release(self) -> None:
+        """Give back what the calling thread holds (a database connection), at the end of a web request
+        or of a background loop's round; a thread that ends gives it back by itself."""
+
     def close(self) -> None: ...

@@ -302,6 +302,10 @@ class InfluxPointStore:
                          for row in series["values"] if row[1] is not None), key=lambda point: point[0])
         return [(ts, _decode_value(metric, v)) for ts, v in points][:limit]
 
+    def release(self) -> None:
+        """Nothing is held per thread: a query opens and closes its own HTTP connection, writes share
+        the client's bounded connection pool."""
+
     def close(self) -> None:
         self.client.close()
 
