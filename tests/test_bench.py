@@ -23,6 +23,7 @@ BENCHMARKS = {
                            "| bare MQTT publish -> receive (QoS 1)", "devices report the last state sent"],
     "agent_footprint.py": ["| devices", "agent CPU %", "RSS MiB max"],
     "district.py": ["| gateways", "delay p99 ms", "stored pts/s"],
+    "soak.py": ["| minute", "web open files", "ingest threads", "total: "],
 }
 
 
