@@ -9,15 +9,16 @@ here drives a real process through thousands of requests, messages or polls
 and then reads the process from outside (psutil): its open files and threads
 must come back to what they were after the warm-up, its memory stay flat.
 
-The full-size runs (100,000 messages, 10,000 polls, a district's web app for
-30 minutes) are `bench/soak.py`; the counts here are what two loaded cores
-finish in well under a minute each.
+They run the issue's full counts (5,000 requests, 100,000 messages, 10,000
+polls), each in under 30 s on two loaded cores; a district's web app for 30
+minutes is `bench/soak.py`.
 """
 
 from __future__ import annotations
 
 import http.client
 import json
+import re
 import sqlite3
 import threading
 import time
@@ -193,7 +194,8 @@ def test_ingest_stores_every_seq_of_100000_messages_with_flat_files_and_threads(
     try:
         wait_until(lambda: "subscribed: ready" in ingest.output(), 30, message="ingest subscribed")
         assert ingest.proc is not None
-        warm = telemetry_feed(tmp_path, 2, 1_000, "warm")
+        # Warm-up at full speed too: the allocator's and SQLite's caches reach their working size.
+        warm = telemetry_feed(tmp_path, 4, 5_000, "warm")
         publish(mosquitto.port, warm, timeout=60)
         wait_until(lambda: ledger_totals(db).received >= warm.total, 60, message="the warm-up stored")
         start = footprint(ingest.proc.pid, db)
@@ -214,6 +216,9 @@ def test_ingest_stores_every_seq_of_100000_messages_with_flat_files_and_threads(
         finally:
             view.close()
         assert (end.fds, end.threads) == (start.fds, start.threads)
+        # Resident memory moves up and down by 5-17 MiB between runs (anonymous memory in smaps: glibc's
+        # arenas, not Python objects, which tracemalloc finds flat); a leak of 340 bytes or more a message
+        # would break this bound.
         assert end.rss - start.rss < 32 * 2**20, f"RSS grew from {start.rss >> 20} to {end.rss >> 20} MiB"
     finally:
         assert ingest.stop() == 0, ingest.output()[-2000:]
@@ -246,7 +251,8 @@ def test_agent_polls_10000_times_with_flat_files_threads_and_memory(tmp_path: Pa
         end = footprint(agent.proc.pid, outbox)
         print(f"agent: start {start}, end {end}, polls {outbox_seq(outbox) - first}")
         assert agent.alive(), agent.output()[-2000:]
-        assert "offline" not in agent.output() and "fault" not in agent.output(), agent.output()[-2000:]
+        # Every read succeeded: no device ever went offline or faulty (the agent logs each change).
+        assert not re.search(r" is (offline|fault)", agent.output()), agent.output()[-2000:]
         # A poll in flight may hold the projector's socket at either reading: at most one more.
         assert end.threads == start.threads and start.fds - 1 <= end.fds <= start.fds + 1, (start, end)
         assert end.rss - start.rss < 16 * 2**20, f"RSS grew from {start.rss >> 20} to {end.rss >> 20} MiB"
