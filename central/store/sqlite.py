@@ -110,7 +110,9 @@ class ConnectionPool:
                  wait_s: float = CONNECTION_WAIT_S) -> None:
         self.path, self.idle, self.limit, self.wait_s = path, idle, limit, wait_s
         self._local = threading.local()
-        self._cond = threading.Condition(threading.Lock())
+        # Re-entrant: a lease's finalizer could run in a thread that holds the lock (if the cyclic
+        # garbage collector ever freed one there); it must not deadlock.
+        self._cond = threading.Condition(threading.RLock())
         self._idle: list[sqlite3.Connection] = []
         self._leased: set[sqlite3.Connection] = set()
         self._opening = 0
