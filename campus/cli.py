@@ -75,8 +75,8 @@ def cmd_ingest(args: argparse.Namespace) -> None:
     mqtt = parse_mqtt_url(args.mqtt)
     store = open_store(args.store)
     store.check()  # a wrong address, token or database is said now, not retried silently for ever
-    ingest = Ingest(mqtt, store, Ledger(ledger_path_for(args.store, args.db)), name=args.name,
-                    share_group=args.share or None)
+    ledger = Ledger(ledger_path_for(args.store, args.db))
+    ingest = Ingest(mqtt, store, ledger, name=args.name, share_group=args.share or None)
     ingest.connect()
     stop = threading.Event()
     worker = threading.Thread(target=ingest.run, args=(stop,), name="ingest-writer", daemon=True)
@@ -84,7 +84,9 @@ def cmd_ingest(args: argparse.Namespace) -> None:
     logging.getLogger("campus").info("ingest %s: %s -> %s", args.name, mqtt, redacted(args.store))
     wait_for_signal(stop)
     worker.join(timeout=10)
-    ingest.close()
+    ingest.close()  # the last batch's acks, then the broker connection and its thread
+    store.close()
+    ledger.close()
 
 
 def cmd_web(args: argparse.Namespace) -> None:

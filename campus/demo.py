@@ -165,7 +165,8 @@ class Demo:
         # With the SQLite store the ledger shares its file; with a server store it gets its own.
         ledger_path = ledger_path_for(self.store, None if self.store.startswith("sqlite:")
                                       else f"sqlite:///{self.data_dir / 'ledger.db'}")
-        ingest = Ingest(parse_mqtt_url(mqtt), store, Ledger(ledger_path), name="demo-ingest")
+        ingest_ledger = Ledger(ledger_path)
+        ingest = Ingest(parse_mqtt_url(mqtt), store, ingest_ledger, name="demo-ingest")
         await asyncio.to_thread(ingest.connect)
         ingest_stop = threading.Event()
         ingest_thread = threading.Thread(target=ingest.run, args=(ingest_stop,), name="ingest", daemon=True)
@@ -201,6 +202,8 @@ class Demo:
             ingest_stop.set()
             await asyncio.to_thread(ingest_thread.join, 10)
             ingest.close()
+            store.close()
+            ingest_ledger.close()
             server.shutdown()
             close_app(app)
             for s in sims.values():

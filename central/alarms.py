@@ -477,6 +477,8 @@ class AlarmMonitor:
                 self.runs += 1
             except Exception:  # noqa: BLE001 - a bad moment (database busy) must not end monitoring
                 log.exception("alarm evaluation failed; retrying in %.0f s", self.interval)
+            finally:
+                self.ledger.release()  # no connection held while it sleeps
             self._stop.wait(self.interval)
 
     def stop(self) -> None:

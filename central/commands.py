@@ -75,9 +75,14 @@ class CommandService:
         self._started = True
 
     def stop(self) -> None:
+        """Disconnect, end the network thread (joined) and close every socket the client opened."""
         if self._started:
-            self.client.loop_stop()
+            self._started = False
             self.client.disconnect()
+            self.client.loop_stop()
+            # paho 2.x closes its loop's wake-up socket pair only when the client is garbage-collected
+            # (Client.__del__); a stopped service should not keep two sockets open until then.
+            self.client._reset_sockets()
 
     def send(self, school: str, gateway: str, device: str, action: str, params: dict[str, Any], by: str,
              ttl: float = DEFAULT_TTL_S, wait: float = 5.0) -> dict[str, Any]:

@@ -68,6 +68,9 @@ def create_app(config: WebConfig) -> Flask:
         app.extensions["campus"]["commands"] = service
     app.register_error_handler(StoreError, _store_unavailable)
     app.register_error_handler(HTTPException, _http_error)
+    # A request thread gives its database connections back when its request ends (Werkzeug starts a
+    # thread per connection; kept per thread, one leaked per request: issue 14).
+    app.teardown_appcontext(lambda _exc: release_connections(app))
     app.register_blueprint(auth.bp)
     app.register_blueprint(api.bp)
     app.register_blueprint(board.bp)
@@ -80,7 +83,16 @@ def create_app(config: WebConfig) -> Flask:
                 raise
             continue
         module.register(app)
+    release_connections(app)  # the connections the start-up used (schema checks) go back to the pools
     return app
+
+
+def release_connections(app: Flask) -> None:
+    """The calling thread gives back the database connections it holds (ledger and point store); the
+    registry's SQLAlchemy sessions give theirs back as each one closes."""
+    ext = app.extensions["campus"]
+    ext["ledger"].release()
+    ext["store"].release()
 
 
 def _store_unavailable(exc: StoreError) -> Any:

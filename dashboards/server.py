@@ -24,8 +24,10 @@ class RunningServer:
     port: int
 
     def shutdown(self) -> None:
+        """Stop accepting, end the serving thread and close the listening socket; then close the app."""
         self.server.shutdown()
         self.thread.join(timeout=5)
+        self.server.server_close()
 
 
 def serve(app: Flask, host: str, port: int) -> RunningServer:
@@ -40,7 +42,15 @@ def serve(app: Flask, host: str, port: int) -> RunningServer:
     except OSError as exc:
         sock.close()
         raise CampusError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
-    server = make_server(host, sock.getsockname()[1], app, threaded=True, fd=sock.fileno())
+    port = sock.getsockname()[1]
+    try:
+        server = make_server(host, port, app, threaded=True, fd=sock.fileno())
+    finally:
+        sock.close()  # Werkzeug listens on its own duplicate of the descriptor
+    # Closing the server does not wait for request threads: a panel's event stream lasts until the app
+    # closes (close_app ends every stream), any other request ends by itself, each giving its database
+    # connections back (dashboards.release_connections, or the thread's end).
+    server.block_on_close = False
     thread = threading.Thread(target=server.serve_forever, name="web", daemon=True)
     thread.start()
-    return RunningServer(server, thread, host, sock.getsockname()[1])
+    return RunningServer(server, thread, host, port)

@@ -50,6 +50,32 @@ def two_rooms(ledger: Ledger, points: SqlitePointStore, now: float | None = None
         points.write([Sample("s1", gw, "env", "environment", now - 5, {"co2_ppm": 800.0})])
 
 
+def district(count: int, schools: int = 1) -> tuple[tuple[str, str, str, str], ...]:
+    """`count` rooms spread over `schools` schools, as (gateway, school, room, building) for `register_rooms`
+    and `rooms_with_history`: gw-0000, gw-0001, ... in schools s1, s2, ..."""
+    return tuple((f"gw-{i:04d}", f"s{i % schools + 1}", str(100 + i // schools), "A") for i in range(count))
+
+
+def rooms_with_history(places: tuple[tuple[str, str, str, str], ...], samples: int = 60,
+                       every_s: float = 60.0, now: float | None = None) -> Callable[[Ledger, SqlitePointStore], None]:
+    """A filler for `central_db`: each room's gateway online with an environment sensor and a projector,
+    and `samples` environment samples `every_s` apart up to now (the last one the device's latest values)."""
+    def fill(ledger: Ledger, points: SqlitePointStore) -> None:
+        at = time.time() if now is None else now
+        for gateway, school, room, _building in places:
+            values = [{"co2_ppm": 600.0 + (k * 37) % 500, "temperature_c": 20.0 + (k % 40) / 10}
+                      for k in range(samples)]
+            times = [at - every_s * (samples - k) for k in range(samples)]
+            points.write([Sample(school, gateway, "env", "environment", ts, v) for ts, v in zip(times, values,
+                                                                                              strict=True)])
+            ledger.record([Sequenced(school, gateway, "env", k + 1, ts, values=v)
+                           for k, (ts, v) in enumerate(zip(times, values, strict=True))]
+                          + [Sequenced(school, gateway, "proj", samples + 1, at - 1, values={"power": "on"})],
+                          [(school, gateway, State(online=True, ts=at, room=room, devices=ENV_AND_PROJECTOR,
+                                                   interval=5))], [])
+    return fill
+
+
 def web_app(db: str, monkeypatch: pytest.MonkeyPatch | None = None, store_url: str | None = None,
             **config: object) -> Flask:
     """`create_app` on that database (points in it too, unless `store_url` names another store); with

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import pwd
+import resource
 import shutil
 import subprocess
 import sys
@@ -183,20 +184,29 @@ class InfluxDB(ServerProcess):
 
 
 class CampusProcess(ServerProcess):
-    """`campus ARGS...` as a real subprocess, logging to a file."""
+    """`campus ARGS...` as a real subprocess, logging to a file; with `open_files`, under that soft
+    limit of open files (RLIMIT_NOFILE), as a service manager would run it (systemd's default is 1,024)."""
 
     stop_timeout = 15.0
 
-    def __init__(self, args: list[str], log_path: Path) -> None:
+    def __init__(self, args: list[str], log_path: Path, *, open_files: int | None = None) -> None:
         self.args = args
         self.log_path = log_path
+        self.open_files = open_files
         self.proc: subprocess.Popen[bytes] | None = None
+
+    def _limit_open_files(self) -> None:
+        """Runs in the child between fork and exec."""
+        if self.open_files is not None:
+            hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+            resource.setrlimit(resource.RLIMIT_NOFILE, (self.open_files, hard))
 
     def start(self) -> CampusProcess:
         self.log = open(self.log_path, "ab")  # noqa: SIM115
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
         self.proc = subprocess.Popen([sys.executable, "-m", "campus.cli", *self.args], stdout=self.log,
-                                     stderr=subprocess.STDOUT, env=env)
+                                     stderr=subprocess.STDOUT, env=env,
+                                     preexec_fn=self._limit_open_files if self.open_files is not None else None)
         return self
 
     def output(self) -> str:

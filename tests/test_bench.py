@@ -25,6 +25,7 @@ BENCHMARKS = {
     "district.py": ["| gateways", "delay p99 ms", "stored pts/s"],
     "outbox_open.py": ["| unsent messages", "open with damage check ms"],
     "telemetry_window.py": ["| sqlite ", "| victoriametrics ", "| influxdb ", "1,200 pts ms", "raw page ms"],
+    "soak.py": ["| minute", "web open files", "ingest threads", "total: "],
 }
 
 

@@ -1,15 +1,18 @@
-"""The embedded SQLite store: one row per sample, queries per metric, old files converted."""
+"""The embedded SQLite store: one row per sample, queries per metric, old files converted; its connection pool."""
 
 from __future__ import annotations
 
 import sqlite3
+import threading
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
-from campus.errors import PayloadError
+from campus.errors import PayloadError, StoreError
 from central.store.base import Sample, Window
-from central.store.sqlite import SqlitePointStore
+from central.store.sqlite import ConnectionPool, SqlitePointStore
+from tests.servers import wait_until
 from tests.stores import assert_newest_is_in_the_answer
 
 ENV = {"temperature_c": 22.5, "co2_ppm": 812, "pm25_ugm3": 14.2}
@@ -147,3 +150,117 @@ def test_a_file_with_the_old_per_point_table_is_converted(tmp_path: Path) -> Non
         assert again.count() == 4
     finally:
         again.close()
+
+
+# ---------------------------------------------------------------- the connection pool
+
+
+def _in_thread(fn: Callable[[], object]) -> object:
+    """Run `fn` in a new thread that ends right after it (as a Werkzeug request thread does); its result
+    or its exception."""
+    out: list[object] = []
+
+    def run() -> None:
+        try:
+            out.append(fn())
+        except Exception as exc:  # noqa: BLE001 - handed to the caller
+            out.append(exc)
+    worker = threading.Thread(target=run)
+    worker.start()
+    worker.join(10)
+    assert not worker.is_alive()
+    if isinstance(out[0], Exception):
+        raise out[0]
+    return out[0]
+
+
+def test_a_finished_thread_gives_its_connection_back(tmp_path: Path) -> None:
+    store = SqlitePointStore(tmp_path / "c.db")
+    try:
+        store.release()
+        # 200 threads one after another, each using the store and ending without a word:
+        # CPython clears a finished thread's locals, and the lease's finalizer gives the connection back.
+        used = {id(_in_thread(lambda: store.db.execute("SELECT 1") and store.db)) for _ in range(200)}
+        assert store.pool.counts() == (1, 1)
+        assert len(used) == 1  # the same connection every time, not a new one per thread
+    finally:
+        store.close()
+
+
+def test_release_gives_the_connection_back_and_keeps_only_a_few_idle(tmp_path: Path) -> None:
+    pool = ConnectionPool(str(tmp_path / "c.db"), idle=2, limit=10)
+    go, taken = threading.Event(), threading.Barrier(6)
+    held: list[sqlite3.Connection] = []
+
+    def request() -> None:  # six at once, each holding its own connection, then releasing it
+        held.append(pool.connection())
+        taken.wait(10)
+        go.wait(10)
+        pool.release()
+    workers = [threading.Thread(target=request) for _ in range(6)]
+    try:
+        for w in workers:
+            w.start()
+        wait_until(lambda: pool.counts()[0] == 6, 10, message="six connections leased")
+        assert len({id(c) for c in held}) == 6  # no two threads share one
+        go.set()
+        for w in workers:
+            w.join(10)
+        assert pool.counts() == (2, 2)  # two kept for the next threads, four closed
+        closed = [c for c in held if _is_closed(c)]
+        assert len(closed) == 4
+    finally:
+        pool.close()
+    assert all(_is_closed(c) for c in held)
+
+
+def test_a_thread_past_the_limit_waits_for_one_then_is_told(tmp_path: Path) -> None:
+    pool = ConnectionPool(str(tmp_path / "c.db"), idle=1, limit=1, wait_s=0.3)
+    try:
+        first = pool.connection()
+        with pytest.raises(StoreError, match="all 1 database connections stayed busy"):
+            _in_thread(pool.connection)
+        # One that is given back while another thread waits goes to the waiting thread.
+        waiting = threading.Thread(target=lambda: got.append(pool.connection()))
+        got: list[sqlite3.Connection] = []
+        pool.wait_s = 10
+        waiting.start()
+        pool.release()
+        waiting.join(10)
+        assert got == [first]
+    finally:
+        pool.close()
+
+
+def test_a_connection_left_in_a_transaction_is_not_handed_on(tmp_path: Path) -> None:
+    store = SqlitePointStore(tmp_path / "c.db")
+    try:
+        store.release()
+
+        def dies_mid_transaction() -> sqlite3.Connection:
+            store.db.execute("BEGIN IMMEDIATE")
+            return store.db
+        conn = _in_thread(dies_mid_transaction)
+        assert isinstance(conn, sqlite3.Connection) and _is_closed(conn)
+        # Its write lock went with it: another connection can write at once.
+        store.write([Sample("s", "gw1", "env", "environment", 1.0, ENV)])
+        assert store.count() == len(ENV)
+    finally:
+        store.close()
+
+
+def test_close_closes_leased_connections_too_and_later_use_is_a_store_error(tmp_path: Path) -> None:
+    store = SqlitePointStore(tmp_path / "c.db")
+    conn = store.db
+    store.close()
+    assert _is_closed(conn)
+    with pytest.raises(StoreError, match="closed"):
+        store.query("gw1", "env", "co2_ppm", 0, 1)
+
+
+def _is_closed(conn: sqlite3.Connection) -> bool:
+    try:
+        conn.execute("SELECT 1")
+    except sqlite3.ProgrammingError:
+        return True
+    return False

@@ -80,4 +80,8 @@ class PointStore(Protocol):
                max_points: int = MAX_POINTS) -> Window:
         """At most `max_points` points of one series in [start, end], the newest last (see `Window`)."""
 
+    def release(self) -> None:
+        """Give back what the calling thread holds (a database connection), at the end of a web request
+        or of a background loop's round; a thread that ends gives it back by itself."""
+
     def close(self) -> None: ...

@@ -402,6 +402,10 @@ class InfluxPointStore:
             points[-1] = newest[-1]
         return Window([(ts, _decode_value(metric, v)) for ts, v in points], step)
 
+    def release(self) -> None:
+        """Nothing is held per thread: a query opens and closes its own HTTP connection, writes share
+        the client's bounded connection pool."""
+
     def close(self) -> None:
         self.client.close()
 

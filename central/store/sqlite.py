@@ -20,6 +20,7 @@ import logging
 import sqlite3
 import threading
 import time
+import weakref
 from collections.abc import Callable
 from pathlib import Path
 
@@ -84,27 +85,155 @@ def connect(path: str | Path) -> sqlite3.Connection:
             raise StoreError(f"cannot open SQLite database {path}: {exc}") from None
 
 
+# A pool's bounds. Idle connections wait for the next thread (opening one costs a few hundred
+# microseconds and its first statements re-read the schema); a web server's burst of request threads
+# opens more, closed again as they come back. A thread beyond MAX_CONNECTIONS waits up to
+# CONNECTION_WAIT_S for one, then gets a StoreError (a 503), never an open-file limit's EMFILE.
+IDLE_CONNECTIONS = 4
+MAX_CONNECTIONS = 32
+CONNECTION_WAIT_S = 30.0
+
+
+class _Lease:
+    """A thread's hold on one connection; kept in the pool's threading.local, so it dies with the thread."""
+
+    __slots__ = ("conn", "give_back", "__weakref__")
+
+    def __init__(self, conn: sqlite3.Connection) -> None:
+        self.conn = conn
+        self.give_back: weakref.finalize | None = None
+
+
+class ConnectionPool:
+    """Connections to one SQLite file for many threads, each connection used by one thread at a time.
+
+    A thread leases a connection at its first statement and keeps it, so all its statements (and any
+    transaction) run on one connection, until it gives it back: `release()` (the web app at the end of
+    each request, a background loop after each round), or the thread's end: the lease lives in a
+    threading.local, which CPython clears when a thread finishes, and a weakref.finalize on the lease
+    then returns the connection (tests/test_sqlite_store.py checks both). Werkzeug starts a thread per
+    request: a connection kept per thread for ever leaked one per request (issue 14).
+    """
+
+    def __init__(self, path: str, idle: int = IDLE_CONNECTIONS, limit: int = MAX_CONNECTIONS,
+                 wait_s: float = CONNECTION_WAIT_S) -> None:
+        self.path, self.idle, self.limit, self.wait_s = path, idle, limit, wait_s
+        self._local = threading.local()
+        # Re-entrant: a lease's finalizer could run in a thread that holds the lock (if the cyclic
+        # garbage collector ever freed one there); it must not deadlock.
+        self._cond = threading.Condition(threading.RLock())
+        self._idle: list[sqlite3.Connection] = []
+        self._leased: set[sqlite3.Connection] = set()
+        self._opening = 0
+        self._closed = False
+
+    def connection(self) -> sqlite3.Connection:
+        """This thread's connection: the one it holds, else one from the pool (StoreError if none comes)."""
+        lease = getattr(self._local, "lease", None)
+        if lease is not None and not self._closed:
+            return lease.conn
+        if self._closed:
+            raise StoreError(f"{self.path}: the database was closed (the program is stopping)")
+        lease = _Lease(self._take())
+        lease.give_back = weakref.finalize(lease, self._give_back, lease.conn)
+        lease.give_back.atexit = False  # at exit the process closes its files anyway
+        self._local.lease = lease
+        return lease.conn
+
+    def release(self) -> None:
+        """Give this thread's connection back (nothing if it holds none)."""
+        lease = self._local.__dict__.pop("lease", None)
+        if lease is not None and lease.give_back is not None:
+            lease.give_back()  # runs _give_back once; the finalizer will not run again
+
+    def counts(self) -> tuple[int, int]:
+        """(connections open, of which idle)."""
+        with self._cond:
+            return len(self._leased) + len(self._idle), len(self._idle)
+
+    def close(self) -> None:
+        """Close every connection, idle or leased: the program is stopping."""
+        with self._cond:
+            self._closed = True
+            conns = self._idle + list(self._leased)
+            self._idle.clear()
+            self._leased.clear()
+            self._cond.notify_all()
+        for conn in conns:
+            with contextlib.suppress(sqlite3.Error):
+                conn.close()
+
+    def _take(self) -> sqlite3.Connection:
+        deadline = None
+        with self._cond:
+            while True:
+                if self._closed:
+                    raise StoreError(f"{self.path}: the database was closed (the program is stopping)")
+                if self._idle:
+                    conn = self._idle.pop()  # the most recently used: its pages are warm
+                    self._leased.add(conn)
+                    return conn
+                if len(self._leased) + self._opening < self.limit:
+                    self._opening += 1  # counts against the limit while it opens, outside the lock
+                    break
+                now = time.monotonic()
+                deadline = deadline or now + self.wait_s
+                if now >= deadline:
+                    raise StoreError(f"{self.path}: all {self.limit} database connections stayed busy for "
+                                     f"{self.wait_s:g} s")
+                self._cond.wait(deadline - now)
+        try:
+            conn = connect(self.path)
+        except BaseException:
+            with self._cond:
+                self._opening -= 1
+                self._cond.notify()
+            raise
+        with self._cond:
+            self._opening -= 1
+            closed = self._closed
+            if not closed:
+                self._leased.add(conn)
+        if closed:
+            conn.close()
+            raise StoreError(f"{self.path}: the database was closed (the program is stopping)")
+        return conn
+
+    def _give_back(self, conn: sqlite3.Connection) -> None:
+        # Runs in the releasing thread, or while CPython tears down a finished thread: no logging here
+        # (a log record asks threading.current_thread(), which registers a dummy for a dead thread).
+        with self._cond:
+            leased = conn in self._leased
+            self._leased.discard(conn)
+            # A connection left inside a transaction (a thread that died half-way) is not handed on.
+            keep = leased and not self._closed and len(self._idle) < self.idle and not conn.in_transaction
+            if keep:
+                self._idle.append(conn)
+            self._cond.notify()
+        if not keep:
+            with contextlib.suppress(sqlite3.Error):
+                conn.close()
+
+
 class PerThreadConnection:
-    """One SQLite connection per thread: a web server's request threads must not
-    share a connection's transaction state."""
+    """A SQLite file for many threads: `self.db` is this thread's connection, leased from a bounded
+    pool (`ConnectionPool`), so a web server's request threads never share a connection's transaction
+    state, and a thread that finishes or calls `release()` gives its connection back."""
 
     schema = ""
 
     def __init__(self, path: str | Path) -> None:
         self.path = str(path)
-        self._local = threading.local()
-        self._all: list[sqlite3.Connection] = []
-        self._lock = threading.Lock()
+        self.pool = ConnectionPool(self.path)
         self.db.executescript(self.schema)
 
     @property
     def db(self) -> sqlite3.Connection:
-        conn = getattr(self._local, "conn", None)
-        if conn is None:
-            conn = self._local.conn = connect(self.path)
-            with self._lock:
-                self._all.append(conn)
-        return conn
+        return self.pool.connection()
+
+    def release(self) -> None:
+        """Give this thread's connection back to the pool (at the end of a request, or of a loop's round)."""
+        self.pool.release()
 
     def convert_once(self, needed: Callable[[], bool], convert: Callable[[], None], what: str) -> None:
         """Convert a file an earlier version wrote: look first without a lock (the usual case, nothing
@@ -120,13 +249,8 @@ class PerThreadConnection:
             raise StoreError(f"{self.path}: cannot {what}: {exc}") from None
 
     def close(self) -> None:
-        with self._lock:
-            for conn in self._all:
-                conn.close()
-            self._all.clear()
-        self._local = threading.local()
-
-
+        """Close every connection (the program is stopping); using it afterwards raises StoreError."""
+        self.pool.close()
 class SqlitePointStore(PerThreadConnection):
     schema = SCHEMA
 
