@@ -6,7 +6,8 @@ it and answers with the first result instead of running it again. Commands
 wait in a queue per device and run in order (a projector warming up takes
 the next command after it is done); different devices run concurrently.
 The deadline is checked on arrival and again just before running. Results
-go out through the outbox, so they survive a broker outage too.
+go out through the outbox with a seq of their own, so they survive a broker
+outage, and a broker that forgets them, too.
 """
 
 from __future__ import annotations
@@ -84,9 +85,9 @@ class CommandExecutor:
             log.info("command %s delivered again (state %s): not run again", cmd.id, state)
             if state in contract.FINAL_COMMAND_STATUSES:
                 # Answer again with the first result: the sender may have missed it.
-                result = CommandResult(cmd.id, state, detail, finished or self.clock())
-                self.outbox.add(plain=[(contract.cmd_result_topic(self.school, self.gateway, device),
-                                        result.encode())])
+                at = finished or self.clock()
+                self.outbox.add(sequenced=[(contract.cmd_result_topic(self.school, self.gateway, device),
+                                            lambda seq: CommandResult(cmd.id, state, detail, at, seq).encode())])
             return
         self._journal(cmd.id, device, payload, "queued")
         if device not in self.drivers:
@@ -107,12 +108,13 @@ class CommandExecutor:
 
     def _finish(self, cid: str, device: str, status: str, detail: str) -> None:
         now = self.clock()
-        result = CommandResult(cid, status, detail, now)
 
         def record(db: sqlite3.Connection) -> None:
             db.execute("UPDATE commands SET state=?, detail=?, finished=? WHERE id=?", (status, detail, now, cid))
 
-        self.outbox.add(plain=[(contract.cmd_result_topic(self.school, self.gateway, device), result.encode())],
+        # Sequenced like telemetry, so central's acknowledgement covers it: a result the broker lost is sent again.
+        self.outbox.add(sequenced=[(contract.cmd_result_topic(self.school, self.gateway, device),
+                                    lambda seq: CommandResult(cid, status, detail, now, seq).encode())],
                         also=record)
         self.on_result(device, status)
         log.info("command %s on %s: %s %s", cid, device, status, detail)
