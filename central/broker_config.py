@@ -75,6 +75,9 @@ def gateway_rules(school: str, gateway: str) -> list[tuple[str, str]]:
         ("write", _wild(contract.cmd_result_topic(school, gateway, _ANY))),
         ("read", contract.agent_cmd_filter(school, gateway)),
         ("read", contract.config_topic(school, gateway)),
+        # Central's acknowledgement to this gateway, and central's presence (every ingest worker's).
+        ("read", contract.ack_topic(school, gateway)),
+        ("read", contract.ingest_states_filter()),
     ]
 
 
@@ -102,8 +105,11 @@ def _is_account(name: str) -> bool:
 
 def service_rules(account: str) -> list[tuple[str, str]]:
     if account == "ingest":
-        # Exactly what central ingest subscribes to (plain or as $share/GROUP/...).
-        return [("read", f) for f in contract.ingest_filters()]
+        # Exactly what central ingest subscribes to (plain or as $share/GROUP/...); and what it
+        # publishes: each worker's presence and the acknowledgements to the gateways.
+        return [*(("read", f) for f in contract.ingest_filters()),
+                ("write", contract.ingest_states_filter()),
+                ("write", _wild(contract.ack_topic(_ANY, _ANY)))]
     if account == "web":
         return [("write", _wild(contract.cmd_topic(_ANY, _ANY, _ANY))),
                 ("write", _wild(contract.config_topic(_ANY, _ANY))),
