@@ -179,6 +179,9 @@ def board_data(school: str | None = None, building: int | None = None,
                       "room": place.get("room") or (gw or {}).get("room", ""), "online": online,
                       "last_seen": gw["last_seen"] if gw else None, "reported": gw is not None,
                       "clock_offset": gw["clock_offset"] if gw else None, "clock_wrong": bool(gw and gw["clock_wrong"]),
+                      # Messages the gateway holds until central acknowledges them, and the oldest one's age.
+                      "waiting": gw["waiting"] if gw else None, "waiting_age": gw["waiting_age"] if gw else None,
+                      "waiting_long": bool(gw and gw["waiting_long"]),
                       "registered": gid in places, "problems": problems, "devices": devs,
                       "alarms": open_alarms.get(gid, [])})
     rooms.sort(key=_room_sort_key)

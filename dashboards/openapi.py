@@ -57,7 +57,9 @@ def document() -> dict[str, Any]:
         "paths": {
             "/api/health": {"get": _get("Liveness", schema={"type": "object", "properties": {
                 "status": {"type": "string"}}}, auth=False)},
-            "/api/gateways": {"get": _get("Gateways with presence and delivery counters", schema=arr)},
+            "/api/gateways": {"get": _get("Gateways with presence and delivery counters; `waiting` messages the gateway "
+                                          "holds until central acknowledges them, `waiting_age` the oldest's age (s), "
+                                          "`acked_seq` central's acknowledged watermark", schema=arr)},
             "/api/devices": {"get": _get("Devices with status and latest values", schema=arr)},
             "/api/telemetry": {"get": _get("Points of one series", [("gateway", "query", True),
                                                                     ("device", "query", True),

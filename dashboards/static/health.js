@@ -106,6 +106,10 @@
       const size = min >= 120 ? `${Math.round(min / 60)} h` : `${min} min`;
       return `Gateway clock is ${size} ${offset < 0 ? "ahead" : "behind"}: its times are wrong (check NTP on the gateway)`;
     }
+    // Rows the gateway keeps until central acknowledges them (central/acks.py): a few minutes' worth is normal.
+    function waitingText(n, age) {
+      return `${n} message${n === 1 ? "" : "s"} waiting for central` + (age != null ? `, oldest ${duration(age)}` : "");
+    }
     function room(r, now) {
       const cls = r.problems.includes("alarm") && r.alarms.every(a => a.state === "acknowledged") ? "p-acked"
         : r.problems.length ? "p-" + r.problems[r.problems.length - 1] : "";
@@ -113,12 +117,14 @@
         a.state === "acknowledged" ? ` <span class="muted">(acknowledged by ${esc(a.acked_by)})</span>` : ""}</li>`).join("");
       const gw = r.reported ? `last seen ${ago(r.last_seen, now)}` : "gateway has never reported";
       const skew = r.clock_wrong ? `<p class="clockwarn" data-clock-offset="${esc(r.clock_offset)}">⚠ ${esc(clockWarning(r.clock_offset))}</p>` : "";
+      const held = r.waiting ? `<p class="${r.waiting_long ? "clockwarn" : "muted"} waiting" data-waiting="${esc(r.waiting)}">${
+        r.waiting_long ? "⚠ " : ""}${esc(waitingText(r.waiting, r.waiting_age))}${r.waiting_long ? " (is ingest running?)" : ""}</p>` : "";
       return `<section class="card hroom ${cls}" data-gateway="${esc(r.gateway)}">
         <header><h2><a href="/health/rooms/${encodeURIComponent(r.gateway)}">Room ${esc(r.room || "?")}</a></h2>
           <span class="badge ${r.online ? "ok" : "offline"}">${r.online ? "online" : "offline"}</span>
           <a class="hlink" href="/health/rooms/${encodeURIComponent(r.gateway)}">history →</a></header>
         <p class="muted">${r.building ? "Building " + esc(r.building) + " · " : ""}${esc(r.school)} · gateway ${esc(r.gateway)} · ${esc(gw)}</p>
-        ${skew}${alarms ? `<ul class="halarms">${alarms}</ul>` : ""}
+        ${skew}${held}${alarms ? `<ul class="halarms">${alarms}</ul>` : ""}
         <table class="hdevs"><thead><tr><th>Device</th><th>Status</th><th>Now</th><th class="seen">Last seen</th></tr></thead><tbody>${r.devices.map(d => device(d, now)).join("") || '<tr><td class="muted">No devices.</td></tr>'}</tbody></table>
       </section>`;
     }
