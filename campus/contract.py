@@ -139,6 +139,11 @@ def ack_topic(school: str, gateway: str) -> str:
     return f"{gateway_prefix(school, gateway)}/{KIND_ACK}"
 
 
+def acks_filter(school: str = "+") -> str:
+    """Every gateway's acknowledgement (of one school or all): for monitoring and benchmarks."""
+    return f"{ROOT}/{school}/+/{KIND_ACK}"
+
+
 # Central's presence, one retained state per ingest worker (Sparkplug's primary-host STATE): four
 # levels, so no gateway topic (five or more: campus/v1/{school}/{gateway}/...) and no filter of
 # ingest_filters() can ever match one, whatever a worker or a school is called.
