@@ -7,7 +7,9 @@
   stored in the registry, plus the `ingest` and `web` service accounts. Mode 0600.
 - `acl`: one `user` block per account. A gateway may publish only under its own
   prefix (`state`, `telemetry/+`, `event/+`, `cmd/+/result`) and read only its own
-  commands and its retained `config`; `ingest` reads what ingest subscribes to
+  commands, its retained `config` and `ack`, and central's presence
+  (`campus/v1/ingest/+`); `ingest` reads what ingest subscribes to and writes acks
+  and its presence
   (Mosquitto checks read access on delivery with the real topic, so the MQTT 5
   `$share/GROUP/...` subscriptions of several ingest workers need no extra rule);
   `web` writes commands and configs of every gateway and reads command results.
