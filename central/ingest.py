@@ -134,6 +134,7 @@ class Ingest:
             log.warning("%s: the broker had no session for us: anything it held is lost; agents will send it again",
                         self.name)
         self.subscriber.publish(*self._presence(True))
+
     def _load_maps(self, gateway: str | None = None) -> None:
         """Device kinds and rooms as the ledger knows them (from any worker's `state`), of every gateway or one."""
         self.kinds.update({(d["gateway"], d["id"]): d["kind"] for d in self.ledger.gateway_devices(gateway)
