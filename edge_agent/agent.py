@@ -10,14 +10,8 @@ Tasks, all in one asyncio loop:
   reconnect.
 
 Central's acknowledgement: a row leaves the outbox when central's retained
-`ack` (its watermark) passes its seq, not on the broker's PUBACK. Rows the
-broker accepted are sent again on every reconnect, when central comes back
-(a worker's presence goes from offline to online, or names a new instance),
-and when the watermark stalls for `outbox.ack_timeout_s`: a broker restarted
-without its saved state, a queue limit or an expired session may have
-dropped them, and central drops the duplicates. The agent publishes only
-while some ingest worker is online (Sparkplug's primary-host rule), so it
-does not pour its outbox into a broker nobody reads.
+`ack` (its watermark) passes its seq, not on the broker's PUBACK; what is
+sent again when, and whether central is online, is `acks.py`'s job.
 
 Config push: central publishes `{"version": N, "devices": [...]}` retained on
 `campus/v1/{school}/{gateway}/config`. A version newer than the one running is
@@ -45,11 +39,12 @@ from paho.mqtt.properties import Properties
 import campus
 from campus import contract
 from campus.aio import raise_if_cancelled, wait_event
-from campus.contract import Ack, Event, IngestState, State, Telemetry
+from campus.contract import Event, State, Telemetry
 from campus.errors import CampusError, ConfigError, DeviceError
 from campus.mqtt import tls_context
 from campus.urls import parse_mqtt_url
 from edge_agent import config_push
+from edge_agent.acks import Central
 from edge_agent.commands import CommandExecutor
 from edge_agent.config import DeviceConfig, GatewayConfig
 from edge_agent.drivers import create_driver
@@ -88,14 +83,9 @@ class Agent:
         self.client: aiomqtt.Client | None = None
         self.connected = asyncio.Event()
         self.published = 0
-        # Central's presence on the current connection: ingest worker -> its last retained state.
-        self.central: dict[str, IngestState] = {}
-        self.central_online = asyncio.Event()  # some worker is online: the drain may publish
-        self.ack_timeout = config.outbox.ack_timeout_s
-        self.acked_seq = 0                  # central's watermark for this outbox, as last heard
-        self.ack_progress = time.monotonic()  # when the watermark last moved (or everything was sent again)
-        self.resends = 0                    # rows marked for sending again (tests and logs)
-        self._resend_round = 0              # bumped by every resend: PUBACKs of an earlier round mark nothing
+        # Central's presence and acknowledgements: when the drain may publish, what to send again.
+        self.central = Central(self.outbox, config.outbox.ack_timeout_s, wake_drain=self.pending.set,
+                               came_back=self.state_changed.set)
         # `state` is republished this often, so central can call a gateway that
         # is silent for 3 heartbeats offline even when its devices send nothing.
         self.heartbeat = max(MIN_HEARTBEAT_S, config.poll_interval)
@@ -218,12 +208,7 @@ class Agent:
                     self.connected.set()
                     backoff = 0.5
                     log.info("connected to %s", self.mqtt_url)
-                    # What the broker accepted on an earlier connection may be gone with it (a broker
-                    # restarted without its saved state): send everything central has not acknowledged.
-                    self._resend("reconnected to the broker")
-                    # Central is offline until its retained presence says otherwise (on subscribe).
-                    self.central.clear()
-                    self.central_online.clear()
+                    self.central.connected()  # send again what is unacknowledged; wait for central's presence
                     await client.publish(contract.state_topic(self.school, self.gateway), self.state().encode(),
                                          qos=1, retain=True)
                     await client.subscribe(contract.agent_cmd_filter(self.school, self.gateway), qos=1)
@@ -235,7 +220,7 @@ class Agent:
                             tg.create_task(self._drain(client))
                             tg.create_task(self._receive(client))
                             tg.create_task(self._publish_state(client))
-                            tg.create_task(self._watch_acks())
+                            tg.create_task(self.central.watch())
                     except asyncio.CancelledError:
                         # A clean stop sends no Will: say we are going offline ourselves.
                         with contextlib.suppress(Exception):
@@ -266,11 +251,11 @@ class Agent:
             try:
                 worker = contract.parse_ingest_state_topic(message.topic.value)
                 if worker is not None:
-                    self._central_said(worker, _payload(message))
+                    self.central.presence(worker, _payload(message))
                     continue
                 topic = contract.parse_topic(message.topic.value)
                 if topic.kind == contract.KIND_ACK and topic.gateway == self.gateway and topic.school == self.school:
-                    self._acknowledged(_payload(message))
+                    self.central.acknowledged(_payload(message))
                 elif topic.kind == contract.KIND_CMD and topic.gateway == self.gateway and topic.device:
                     payload = message.payload if isinstance(message.payload, bytes) else str(message.payload).encode()
                     self.commands.receive(topic.device, payload)
@@ -286,77 +271,14 @@ class Agent:
                 if message.qos > 0:
                     client._client.ack(message.mid, message.qos)
 
-    # ------------------------------------------------------------ central's acknowledgement
-
-    def _central_said(self, worker: str, payload: bytes) -> None:
-        """An ingest worker's presence: drain while any is online; send everything again when central comes back."""
-        was_online = self.central_online.is_set()
-        before = self.central.get(worker)
-        if not payload:  # the retained presence was cleared: that worker is gone
-            self.central.pop(worker, None)
-        else:
-            try:
-                self.central[worker] = IngestState.decode(payload)
-            except contract.PayloadError as exc:
-                log.warning("ignored central presence of %s: %s", worker, exc)
-                return
-        online = any(s.online for s in self.central.values())
-        now = self.central.get(worker)
-        # A worker that came back without its broker session (its Will, then online with another
-        # instance) may have lost what the broker held for it, even while other workers stayed online.
-        restarted = now is not None and now.online and before is not None and before.instance != now.instance
-        if online and not was_online:
-            log.info("central is online (ingest %s)", worker)
-            self._resend("central came back")
-            self.state_changed.set()  # central may have lost our state too: say it again
-        elif restarted:
-            self._resend(f"ingest {worker} restarted without its session")
-            self.state_changed.set()
-        elif was_online and not online:
-            log.warning("central is offline (no ingest worker online): holding the outbox")
-        if online:
-            self.central_online.set()
-            self.pending.set()
-        else:
-            self.central_online.clear()
-
-    def _acknowledged(self, payload: bytes) -> None:
-        ack = Ack.decode(payload)  # PayloadError: logged by the caller
-        deleted = self.outbox.acknowledge(ack.instance, ack.seq)
-        if ack.instance == self.outbox.instance and (deleted or ack.seq > self.acked_seq):
-            self.acked_seq = max(self.acked_seq, ack.seq)
-            self.ack_progress = time.monotonic()
-
-    def _resend(self, reason: str) -> None:
-        self._resend_round += 1
-        count = self.outbox.resend()
-        self.ack_progress = time.monotonic()
-        if count:
-            self.resends += count
-            log.info("sending %d messages again (%s): central has not acknowledged them", count, reason)
-            self.pending.set()
-
-    async def _watch_acks(self) -> None:
-        """Send again what waits for central's acknowledgement when its watermark stalls (a broker may
-        have dropped it while the agent stayed connected: a queue limit, ingest's expired session)."""
-        while True:
-            await asyncio.sleep(min(5.0, self.ack_timeout / 4))
-            if not self.central_online.is_set():
-                continue  # nothing is sent meanwhile; central's return sends everything again anyway
-            oldest = self.outbox.oldest_sent()
-            stalled = time.monotonic() - self.ack_progress
-            if oldest is not None and time.time() - oldest > self.ack_timeout and stalled > self.ack_timeout:
-                log.warning("central acknowledged nothing for %.0f s", stalled)
-                self._resend(f"no acknowledgement for {self.ack_timeout:g} s")
-
     async def _drain(self, client: aiomqtt.Client) -> None:
         """Publish the outbox oldest first, `inflight` at a time, at most `drain_rate`/s, while central is online."""
         rate = self.config.outbox.drain_rate
         batch = self.config.outbox.inflight
         loop = asyncio.get_running_loop()
         while True:
-            if not self.central_online.is_set():
-                await wait_event(self.central_online, 5.0)
+            if not self.central.online.is_set():
+                await wait_event(self.central.online, 5.0)
                 self.outbox.expire()  # the bounds hold while we wait
                 continue
             rows = self.outbox.peek(batch)
@@ -366,13 +288,13 @@ class Agent:
                 self.outbox.expire()
                 continue
             started = loop.time()
-            round_ = self._resend_round
+            round_ = self.central.round
             results = await asyncio.gather(
                 *(client.publish(r.topic, r.payload, qos=1, retain=r.retain, timeout=30) for r in rows),
                 return_exceptions=True)
             raise_if_cancelled()
             acked = [r.id for r, res in zip(rows, results, strict=True) if res is None]
-            if round_ == self._resend_round:
+            if round_ == self.central.round:
                 self.outbox.published(acked)
             # else: everything was to be sent again meanwhile; these PUBACKs may predate what the broker lost
             self.published += len(acked)

@@ -317,6 +317,8 @@ def test_its_own_publishes_are_acknowledged_and_its_will_says_it_is_gone(mosquit
         for i in range(300):
             sub.publish(f"campus/v1/s1/gw{i}/ack", f"{i}".encode())
         wait_until(lambda: sub.published >= 301, 20, message="300 acks PUBACKed")
+        wait_until(lambda: len([t for t, _, _ in watcher.got if t.endswith("/ack")]) >= 300, 10,
+                   message="300 acks at the watcher")
         for i in (0, 150, 299):
             assert watcher.payloads(f"campus/v1/s1/gw{i}/ack") == [f"{i}".encode()]
         # A newer message to a topic replaces one not sent yet, so a burst keeps only the newest; it is retained.
