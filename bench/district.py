@@ -12,6 +12,12 @@ asyncio loops. Every gateway publishes, at its own fixed interval drawn
 uniformly from [`--interval-min`, `--interval-max`] s and a random phase,
 one 6-metric env telemetry sample (QoS 1, its own `seq` 1, 2, ...) and a
 `state` heartbeat (QoS 1, retained), both built with `campus.contract`.
+Like an agent, each gateway subscribes to its own `ack` topic, reports an
+outbox instance and `oldest` (one above the last ack it received) in its
+state, and counts the acks ingest sends it: central's acknowledgements are
+part of the load, and their number is measured against the samples (the
+budget is 5%; they are batched by count and time, central/acks.py, so a
+run shorter than a few ACK_MAX_DELAY_S says little: use `--seconds 600`).
 The full Agent (devices, outbox) is not run: its cost is what
 `bench/agent_footprint.py` measures.
 
@@ -88,6 +94,8 @@ async def _swarm(port: int, first: int, count: int, seconds: float, imin: float,
 
     rng = random.Random(seed)
     sent: dict[str, list[float]] = {}
+    acked: dict[str, int] = {}  # gateway -> the newest watermark central acknowledged to it
+    ack_count = [0]
     lags: list[float] = []  # how late each sample was built against its schedule (the generator's own lag)
     acks: list[float] = []  # publish -> PUBACK of the telemetry, as a gateway sees it
     errors: list[str] = []
@@ -107,7 +115,15 @@ async def _swarm(port: int, first: int, count: int, seconds: float, imin: float,
                                     keepalive=60, timeout=30)
             async with connect_gate:
                 await stack.enter_async_context(client)
+                await client.subscribe(contract.ack_topic(school, gw), qos=1)
+            acked[gw] = 0
             clients.append((school, gw, client, rng.uniform(imin, imax)))
+
+        async def take_acks(gw: str, client: aiomqtt.Client) -> None:
+            async for message in client.messages:
+                ack = contract.Ack.decode(message.payload if isinstance(message.payload, bytes) else b"")
+                acked[gw] = max(acked[gw], ack.seq)
+                ack_count[0] += 1
 
         await asyncio.gather(*(connect(i) for i in range(first, first + count)))
         print(f"READY {len(clients)}", flush=True)
@@ -119,6 +135,7 @@ async def _swarm(port: int, first: int, count: int, seconds: float, imin: float,
             tele, state_topic = contract.telemetry_topic(school, gw, "env"), contract.state_topic(school, gw)
             stamps = sent.setdefault(gw, [])
             boot = time.time()
+            instance = int(gw.removeprefix("gw-")) + 1
             when = start + rng.uniform(0, interval)
             seq = 0
             while when < end:
@@ -131,19 +148,29 @@ async def _swarm(port: int, first: int, count: int, seconds: float, imin: float,
                     await client.publish(tele, contract.Telemetry(seq, ts, values).encode(), qos=1, timeout=60)
                     acks.append(time.time() - ts)
                     stamps.append(ts)
-                    state = contract.State(online=True, ts=time.time(), agent="bench", boot=boot, interval=interval,
+                    oldest = acked[gw] + 1  # the agent holds every row central has not acknowledged
+                    state = contract.State(online=True, ts=time.time(), agent="bench", boot=boot, since=boot,
+                                           interval=interval,
                                            devices={"env": {"profile": "env-6in1-modbus", "kind": "environment",
-                                                            "status": "ok"}})
+                                                            "status": "ok"}},
+                                           outbox={"pending": seq - acked[gw], "unacked": seq - acked[gw],
+                                                   "dropped": 0, "last_seq": seq, "instance": instance,
+                                                   "oldest": oldest,
+                                                   "oldest_age": int(ts - stamps[oldest - 1]) if oldest <= seq else 0})
                     await client.publish(state_topic, state.encode(), qos=1, retain=True, timeout=60)
                 except aiomqtt.MqttError as exc:
                     errors.append(f"{gw} seq {seq}: {exc}")
                     return
                 when += interval
 
+        readers = [asyncio.create_task(take_acks(gw, client)) for _, gw, client, _ in clients]
         await asyncio.gather(*(gateway(*c) for c in clients))
+        for task in readers:
+            task.cancel()
         lags.sort()
         acks.sort()
         print("RESULT " + json.dumps({"sent": sent, "errors": errors[:20], "error_count": len(errors),
+                                      "acks": ack_count[0],
                                       "lag_p99": lags[int(0.99 * (len(lags) - 1))] if lags else 0.0,
                                       "ack_p99": acks[int(0.99 * (len(acks) - 1))] if acks else 0.0,
                                       "ack_max": acks[-1] if acks else 0.0}), flush=True)
@@ -257,6 +284,8 @@ class DistrictResult:
     mismatched_gateways: int
     publish_errors: int
     ok: bool
+    acks: int = 0        # acknowledgements the gateways received during the run
+    acks_pct: float = 0.0  # ... per 100 samples sent (the budget: 5)
 
 
 def run_district(gateways: int, args: argparse.Namespace, tmp: Path) -> DistrictResult:
@@ -341,20 +370,22 @@ def run_district(gateways: int, args: argparse.Namespace, tmp: Path) -> District
         catch_up_s=max(0.0, last_store - (start + args.seconds)), ingest_cpu_pct=100 * cpu_i / elapsed,
         broker_cpu_pct=100 * cpu_b / elapsed, generator_cpu_pct=100 * cpu_g,
         generator_lag_p99_ms=1000 * max(r["lag_p99"] for r in results), gaps=gaps, duplicates=dups, mismatched_gateways=len(mismatched),
-        publish_errors=errors, ok=ok)
+        publish_errors=errors, ok=ok, acks=sum(r["acks"] for r in results),
+        acks_pct=100 * sum(r["acks"] for r in results) / total if total else 0.0)
 
 
 def print_results(results: list[DistrictResult], args: argparse.Namespace) -> None:
     rows = [[r.gateways, r.sent, r.stored, r.offered_points_s, r.sustained_points_s, r.msgs_s, r.delay_p50_ms,
              r.delay_p99_ms, r.delay_max_ms, r.catch_up_s, r.ingest_cpu_pct, r.broker_cpu_pct,
              r.generator_cpu_pct, r.generator_lag_p99_ms,
-             f"{r.gaps}/{r.duplicates}/{r.mismatched_gateways}", "yes" if r.ok else "NO"] for r in results]
+             f"{r.gaps}/{r.duplicates}/{r.mismatched_gateways}", r.acks, f"{r.acks_pct:.1f}%",
+             "yes" if r.ok else "NO"] for r in results]
     print_table(f"District: {args.seconds:g} s, one sample + one heartbeat per gateway every "
                 f"{args.interval_min:g}-{args.interval_max:g} s, {args.workers} ingest worker(s) into {args.store}",
                 ["gateways", "samples sent", "stored", "offered pts/s", "stored pts/s", "msgs/s (incl. state)",
                  "delay p50 ms", "delay p99 ms", "delay max ms", "catch-up s", "ingest CPU %", "broker CPU %",
                  "gateways' CPU %", "gateways' lag p99 ms",
-                 "gaps/dups/bad gw", "nothing lost"], rows)
+                 "gaps/dups/bad gw", "acks", "acks per sample", "nothing lost"], rows)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -76,7 +76,8 @@ def cmd_ingest(args: argparse.Namespace) -> None:
     store = open_store(args.store)
     store.check()  # a wrong address, token or database is said now, not retried silently for ever
     ledger = Ledger(ledger_path_for(args.store, args.db))
-    ingest = Ingest(mqtt, store, ledger, name=args.name, share_group=args.share or None)
+    ingest = Ingest(mqtt, store, ledger, name=args.name, share_group=args.share or None,
+                    session_expiry=int(args.session_expiry), ack_max_delay=args.ack_max_delay)
     ingest.connect()
     stop = threading.Event()
     worker = threading.Thread(target=ingest.run, args=(stop,), name="ingest-writer", daemon=True)
@@ -221,6 +222,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--db", default=None, help="central database sqlite:///PATH (default: the SQLite store itself)")
     p.add_argument("--name", default="ingest", help="client name; one persistent MQTT session per name")
     p.add_argument("--share", default=None, help="MQTT 5 shared-subscription group, for several workers")
+    p.add_argument("--session-expiry", type=_seconds(1, 2**32 - 1), default=24 * 3600, metavar="S",
+                   help="how long the broker keeps this worker's session and queue while it is away (default 86400)")
+    p.add_argument("--ack-max-delay", type=_seconds(0.1, 3600), default=240.0, metavar="S",
+                   help="the longest a stored message waits for central's acknowledgement to its gateway "
+                        "(default 240; acks are batched, see docs/architecture.md)")
     p.set_defaults(func=cmd_ingest)
 
     p = sub.add_parser("web", help="the dashboard and JSON API")
@@ -294,6 +300,19 @@ def _proxies(text: str) -> int:
     if not 0 <= value <= 5:
         raise argparse.ArgumentTypeError("must be 0-5 (the reverse proxies in front of this server)")
     return value
+
+
+def _seconds(low: float, high: float) -> Callable[[str], float]:
+    """An argparse type: a number of seconds within [low, high] (finite: NaN is no duration)."""
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+        if not low <= value <= high:  # False for NaN too
+            raise argparse.ArgumentTypeError(f"must be {low:g} to {high:g} seconds")
+        return value
+    return parse
 
 
 def _port(text: str) -> int:

@@ -30,6 +30,7 @@ KIND_EVENT = "event"
 KIND_CMD = "cmd"
 KIND_CMD_RESULT = "cmd_result"
 KIND_CONFIG = "config"
+KIND_ACK = "ack"
 
 COMMAND_STATUSES = ("pending", "done", "failed", "rejected", "expired")
 FINAL_COMMAND_STATUSES = ("done", "failed", "rejected", "expired")
@@ -143,6 +144,40 @@ def config_topic(school: str, gateway: str) -> str:
     return f"{gateway_prefix(school, gateway)}/config"
 
 
+def ack_topic(school: str, gateway: str) -> str:
+    """Central's acknowledgement to one gateway (retained): every seq up to `Ack.seq` is stored."""
+    return f"{gateway_prefix(school, gateway)}/{KIND_ACK}"
+
+
+def acks_filter(school: str = "+") -> str:
+    """Every gateway's acknowledgement (of one school or all): for monitoring and benchmarks."""
+    return f"{ROOT}/{school}/+/{KIND_ACK}"
+
+
+# Central's presence, one retained state per ingest worker (Sparkplug's primary-host STATE): four
+# levels, so no gateway topic (five or more: campus/v1/{school}/{gateway}/...) and no filter of
+# ingest_filters() can ever match one, whatever a worker or a school is called.
+_INGEST_STATE = f"{ROOT}/ingest"
+
+
+def ingest_state_topic(worker: str) -> str:
+    """Where ingest worker `worker` says it is online (and its Last Will says it is not)."""
+    return f"{_INGEST_STATE}/{check_segment(worker, 'ingest worker name')}"
+
+
+def ingest_states_filter() -> str:
+    """Every ingest worker's presence: what agents subscribe to (central is online while any worker is)."""
+    return f"{_INGEST_STATE}/+"
+
+
+def parse_ingest_state_topic(topic: str) -> str | None:
+    """The worker name of an ingest presence topic, or None if `topic` is not one."""
+    head, _, worker = topic.rpartition("/")
+    if head != _INGEST_STATE or not _SEGMENT.fullmatch(worker):
+        return None
+    return worker
+
+
 def agent_cmd_filter(school: str, gateway: str) -> str:
     """What one agent subscribes to: commands for its own devices only."""
     return f"{gateway_prefix(school, gateway)}/cmd/+"
@@ -187,6 +222,8 @@ def parse_topic(topic: str) -> Topic:
         return Topic(KIND_STATE, school, gateway)
     if rest == ["config"]:
         return Topic(KIND_CONFIG, school, gateway)
+    if rest == [KIND_ACK]:
+        return Topic(KIND_ACK, school, gateway)
     if len(rest) == 2 and rest[0] in (KIND_TELEMETRY, KIND_EVENT, KIND_CMD):
         return Topic(rest[0], school, gateway, check_segment(rest[1], "device"))
     if len(rest) == 3 and rest[0] == KIND_CMD and rest[2] == "result":
@@ -410,7 +447,10 @@ class State:
     building: str = ""
     # Seconds between two `state` messages at most: central calls a gateway silent after 3.
     interval: float = 0.0
-    # Outbox figures: messages waiting and dropped by the outbox bounds, the last seq, the outbox's instance.
+    # Outbox figures: `pending` messages held (until central acknowledges them), of which `unacked`
+    # were accepted by the broker already; `dropped` by the outbox bounds; `last_seq`; the outbox's
+    # `instance`; `oldest`, the lowest seq still held (last_seq + 1 when none: central's watermark
+    # may pass every seq below it), and `oldest_age`, that row's age in whole seconds.
     outbox: dict[str, int] = field(default_factory=dict)
     # When the agent's current MQTT connection began. The Last Will is fixed at connect, so its `ts`
     # is older than that connection's heartbeats; `since` tells central it is still the current one.
@@ -529,9 +569,15 @@ class CommandResult:
     status: str
     detail: str
     ts: float
+    # Allocated by the agent's outbox like a telemetry or event seq, so central's acknowledgement
+    # (`Ack`) covers every row of the outbox; None from an agent before acknowledgements.
+    seq: int | None = None
 
     def encode(self) -> bytes:
-        return _dump(self)
+        data = asdict(self)
+        if self.seq is None:
+            del data["seq"]  # not `null`: a central from before reads the result as it always did
+        return json.dumps(data, separators=(",", ":"), allow_nan=False).encode()
 
     @classmethod
     def decode(cls, payload: bytes | str) -> CommandResult:
@@ -541,4 +587,59 @@ class CommandResult:
         if status not in FINAL_COMMAND_STATUSES:
             raise PayloadError(f"{what}: status {status!r} is not one of {FINAL_COMMAND_STATUSES}")
         return cls(id=_field(data, "id", str, what), status=status,
-                   detail=_field(data, "detail", str, what, optional=True, default=""), ts=_ts(data, what))
+                   detail=_field(data, "detail", str, what, optional=True, default=""), ts=_ts(data, what),
+                   seq=_seq(data, what) if "seq" in data else None)
+
+
+# Outbox instances are drawn below 2**53 (edge_agent/outbox.py): every JSON reader keeps them exact.
+_INSTANCE_MAX = 2**53
+
+
+def _instance(data: dict[str, Any], what: str) -> int:
+    instance = _field(data, "instance", int, what)
+    if not 0 < instance <= _INSTANCE_MAX:
+        raise PayloadError(f"{what}: field 'instance' must be 1 to 2**53, got {instance}")
+    return instance
+
+
+@dataclass
+class Ack:
+    """Central to one agent (`ack_topic`, QoS 1, retained): every seq of outbox `instance` up to `seq`
+    is stored (or was dropped by the agent's own bounds, which it reports in `state.outbox`), so the
+    agent may delete those rows. An agent ignores an Ack for another instance (an old SD card's)."""
+    instance: int
+    seq: int
+    ts: float
+
+    def encode(self) -> bytes:
+        return _dump(self)
+
+    @classmethod
+    def decode(cls, payload: bytes | str) -> Ack:
+        what = "ack"
+        data = _load(payload, what)
+        seq = _field(data, "seq", int, what)
+        if seq < 0:
+            raise PayloadError(f"{what}: field 'seq' must be >= 0, got {seq}")
+        return cls(instance=_instance(data, what), seq=seq, ts=_ts(data, what))
+
+
+@dataclass
+class IngestState:
+    """An ingest worker's presence (`ingest_state_topic`, QoS 1, retained; its Last Will says
+    `online: false`). Published online only once the worker's subscriptions are acknowledged.
+    `instance` changes whenever the worker starts without its broker session (a new process, or a
+    session the broker lost or expired): what the broker accepted for it before may be gone, so
+    agents send again everything central has not acknowledged."""
+    online: bool
+    instance: int
+    ts: float
+
+    def encode(self) -> bytes:
+        return _dump(self)
+
+    @classmethod
+    def decode(cls, payload: bytes | str) -> IngestState:
+        what = "ingest state"
+        data = _load(payload, what)
+        return cls(online=_field(data, "online", bool, what), instance=_instance(data, what), ts=_ts(data, what))

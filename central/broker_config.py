@@ -7,7 +7,9 @@
   stored in the registry, plus the `ingest` and `web` service accounts. Mode 0600.
 - `acl`: one `user` block per account. A gateway may publish only under its own
   prefix (`state`, `telemetry/+`, `event/+`, `cmd/+/result`) and read only its own
-  commands and its retained `config`; `ingest` reads what ingest subscribes to
+  commands, its retained `config` and `ack`, and central's presence
+  (`campus/v1/ingest/+`); `ingest` reads what ingest subscribes to and writes acks
+  and its presence
   (Mosquitto checks read access on delivery with the real topic, so the MQTT 5
   `$share/GROUP/...` subscriptions of several ingest workers need no extra rule);
   `web` writes commands and configs of every gateway and reads command results.
@@ -102,6 +104,9 @@ def gateway_rules(school: str, gateway: str) -> list[tuple[str, str]]:
         ("write", _wild(contract.cmd_result_topic(school, gateway, _ANY))),
         ("read", contract.agent_cmd_filter(school, gateway)),
         ("read", contract.config_topic(school, gateway)),
+        # Central's acknowledgement to this gateway, and central's presence (every ingest worker's).
+        ("read", contract.ack_topic(school, gateway)),
+        ("read", contract.ingest_states_filter()),
     ]
 
 
@@ -134,8 +139,11 @@ def _is_account(name: str) -> bool:
 
 def service_rules(account: str) -> list[tuple[str, str]]:
     if account == "ingest":
-        # Exactly what central ingest subscribes to (plain or as $share/GROUP/...).
-        return [("read", f) for f in contract.ingest_filters()]
+        # Exactly what central ingest subscribes to (plain or as $share/GROUP/...); and what it
+        # publishes: each worker's presence and the acknowledgements to the gateways.
+        return [*(("read", f) for f in contract.ingest_filters()),
+                ("write", contract.ingest_states_filter()),
+                ("write", _wild(contract.ack_topic(_ANY, _ANY)))]
     if account == "web":
         return [("write", _wild(contract.cmd_topic(_ANY, _ANY, _ANY))),
                 ("write", _wild(contract.config_topic(_ANY, _ANY))),

@@ -9,6 +9,15 @@ when to look: from the moment one passes by, it reads the ledger every 5 ms
 instead of every 50 ms. A command whose gateway is offline
 stays `pending` at the broker (the agent's persistent session) until the
 agent returns; past its deadline the agent answers `expired`.
+
+A broker's PUBACK is not delivery: a broker restarted without its saved
+state loses the commands queued for an offline agent. So while a command is
+pending and before its deadline, the service publishes it again when its
+gateway comes back on a new connection (its state's `since` changed since
+the last publish) and every COMMAND_RETRY_S while the gateway is online and
+has not answered; the agent's journal answers a repeat with the first
+result instead of running it again (edge_agent/commands.py). The ledger
+records each publish, so several web processes share the work.
 """
 
 from __future__ import annotations
@@ -33,6 +42,8 @@ DEFAULT_TTL_S = 60.0
 LEDGER_POLL_S = 0.05     # how often a waiting send() reads the ledger
 RECORDING_POLL_S = 0.005  # ... once its result has passed by on its way to ingest
 MAX_TTL_S = 24 * 3600.0
+COMMAND_RETRY_S = 30.0   # an online gateway that has not answered a pending command gets it again this often
+REPUBLISH_CHECK_S = 1.0  # how often the ledger is read for commands to publish again
 
 
 class CommandService:
@@ -48,6 +59,9 @@ class CommandService:
         self._lock = threading.Lock()
         self._started = False
         self._waiting: dict[str, threading.Event] = {}  # command id -> set when its result passes by
+        self._stop = threading.Event()
+        self._republisher: threading.Thread | None = None
+        self.republished = 0
 
     def _on_connect(self, client: Any, userdata: Any, flags: Any, rc: Any, props: Any) -> None:
         if not rc.is_failure:
@@ -73,9 +87,14 @@ class CommandService:
             raise CampusError(f"cannot reach MQTT broker {self.mqtt}: {exc.strerror or exc}") from None
         self.client.loop_start()
         self._started = True
+        self._republisher = threading.Thread(target=self._republish_loop, name="commands-again", daemon=True)
+        self._republisher.start()
 
     def stop(self) -> None:
         """Disconnect, end the network thread (joined) and close every socket the client opened."""
+        self._stop.set()
+        if self._republisher is not None:
+            self._republisher.join(10)
         if self._started:
             self._started = False
             self.client.disconnect()
@@ -83,6 +102,26 @@ class CommandService:
             # paho 2.x closes its loop's wake-up socket pair only when the client is garbage-collected
             # (Client.__del__); a stopped service should not keep two sockets open until then.
             self.client._reset_sockets()
+
+    def _republish_loop(self) -> None:
+        while not self._stop.wait(REPUBLISH_CHECK_S):
+            if not self.connected.is_set():
+                continue
+            try:
+                self.publish_again()
+            except CampusError as exc:  # the ledger is busy or gone for a moment: next round
+                log.warning("commands: %s", exc)
+
+    def publish_again(self) -> int:
+        """Publish the pending commands the ledger says may have been lost (see the module's docstring)."""
+        commands = self.ledger.commands_to_publish_again(COMMAND_RETRY_S)
+        for c in commands:
+            cmd = Command(id=c["id"], action=c["action"], params=c["params"], deadline=c["deadline"], by=c["by"])
+            log.info("command %s to %s/%s: publishing it again (not answered yet)", cmd.id, c["gateway"], c["device"])
+            with self._lock:
+                self.client.publish(contract.cmd_topic(c["school"], c["gateway"], c["device"]), cmd.encode(), qos=1)
+        self.republished += len(commands)
+        return len(commands)
 
     def send(self, school: str, gateway: str, device: str, action: str, params: dict[str, Any], by: str,
              ttl: float = DEFAULT_TTL_S, wait: float = 5.0) -> dict[str, Any]:

@@ -8,23 +8,33 @@ gateway + seq) and only then acknowledges the batch with one write of its
 PUBACKs. If the store fails, the batch is retried with backoff and nothing
 is acked, so the broker keeps the messages for our persistent session; a
 restart of ingest loses nothing.
+
+Central's side of "nothing lost even when the broker forgets" (docs/architecture.md):
+each worker publishes its presence (`contract.IngestState`, retained, with a
+Last Will) once its subscriptions are acknowledged, and after each commit
+the ledger moves every gateway's watermark; the due acknowledgements
+(`contract.Ack`, central/acks.py says when) go out on the subscriber's own
+connection.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import os
 import queue
+import secrets
 import socket
 import threading
 import time
 from dataclasses import asdict, dataclass, field
 
 from campus import contract
-from campus.contract import CommandResult, Event, State, Telemetry
+from campus.contract import Ack, CommandResult, Event, IngestState, State, Telemetry
 from campus.errors import PayloadError, StoreError
 from campus.urls import MqttUrl
+from central.acks import ACK_MAX_DELAY_S, ACK_MIN_INTERVAL_S
 from central.ledger import WORKER_REPORT_S, Ledger, Sequenced
 from central.store import PointStore, Sample
 from central.subscriber import Delivery, Subscriber
@@ -48,16 +58,39 @@ class IngestStats:
     store_errors: int = 0
     last_error: str = ""
     kinds: dict[str, int] = field(default_factory=dict)
+    acks: int = 0  # acknowledgements published to agents
 
 
 def _carries_result(deliveries: list[Delivery]) -> bool:
     return any(contract.is_cmd_result(d.topic) for d in deliveries)
 
 
+_SEQUENCED_KINDS = (contract.KIND_TELEMETRY, contract.KIND_EVENT, contract.KIND_CMD_RESULT)
+
+
+def _salvage_seq(payload: bytes) -> int | None:
+    """The seq of a message refused at decode, if it has a plain one (central/acks.py record_refused)."""
+    try:
+        data = json.loads(payload)
+    except (ValueError, RecursionError):
+        return None
+    seq = data.get("seq") if isinstance(data, dict) else None
+    return seq if type(seq) is int and 1 <= seq < 2**63 else None
+
+
+def _instance() -> int:
+    return secrets.randbits(52) + 1  # as outbox instances: below 2**53, exact in every JSON reader
+
+
 class Ingest:
     def __init__(self, mqtt: MqttUrl, store: PointStore, ledger: Ledger, *, name: str = "ingest",
                  share_group: str | None = None, batch_size: int = 500, linger_s: float = LINGER_S,
-                 prune_seen_every_s: float = PRUNE_SEEN_EVERY_S) -> None:
+                 prune_seen_every_s: float = PRUNE_SEEN_EVERY_S, session_expiry: int = SESSION_EXPIRY_S,
+                 ack_max_delay: float = ACK_MAX_DELAY_S) -> None:
+        """`session_expiry`: how long the broker keeps our session (and queues for us) while we are away;
+        `ack_max_delay`: the longest a stored message waits for its acknowledgement (central/acks.py)."""
+        self.presence_topic = contract.ingest_state_topic(name)  # PayloadError (a CampusError) for a bad name
+        self.instance = _instance()
         self.mqtt = mqtt
         self.store = store
         self.ledger = ledger
@@ -66,6 +99,7 @@ class Ingest:
         self.batch_size = batch_size
         self.linger_s = linger_s
         self.prune_seen_every_s = prune_seen_every_s
+        self.ack_max_delay = ack_max_delay
         self.stats = IngestStats()
         self.started = time.time()
         # Chunks of deliveries as the network thread read them (one queue operation per chunk).
@@ -79,10 +113,28 @@ class Ingest:
         filters = contract.ingest_filters()
         if share_group:
             filters = [contract.share(f, share_group) for f in filters]
+        self._connections = 0
         self.subscriber = Subscriber(mqtt, f"campus-{name}", filters, self.inbox.put,
-                                     session_expiry=SESSION_EXPIRY_S, receive_maximum=RECEIVE_MAXIMUM)
+                                     session_expiry=session_expiry, receive_maximum=RECEIVE_MAXIMUM,
+                                     will=lambda: self._presence(False), on_subscribed=self._subscribed)
         self.connected = self.subscriber.ready
         self._bad_logged = 0.0
+
+    # ------------------------------------------------------------ presence
+
+    def _presence(self, online: bool) -> tuple[str, bytes]:
+        return self.presence_topic, IngestState(online, self.instance, time.time()).encode()
+
+    def _subscribed(self, session_present: bool) -> None:
+        """Subscribed (network thread): say we are online. Without our session (a broker restarted
+        empty, or a session expired), what it held for us is gone: a new instance tells agents to send
+        again everything central has not acknowledged."""
+        self._connections += 1
+        if self._connections > 1 and not session_present:
+            self.instance = _instance()
+            log.warning("%s: the broker had no session for us: anything it held is lost; agents will send it again",
+                        self.name)
+        self.subscriber.publish(*self._presence(True))
 
     def _load_maps(self, gateway: str | None = None) -> None:
         """Device kinds and rooms as the ledger knows them (from any worker's `state`), of every gateway or one."""
@@ -111,13 +163,16 @@ class Ingest:
 
     def run(self, stop: threading.Event) -> None:
         """Write batches until `stop` is set."""
-        last_silence_check = last_prune = 0.0
+        last_silence_check = last_prune = last_acks = 0.0
         prune_from: str | None = None  # where the pass over the gateways goes on; None: no pass running
         while not stop.is_set():
             batch = self._take(timeout=0.2)
             if batch:
                 self._write_until_stored(batch, stop)
             now = time.monotonic()
+            if now - last_acks >= ACK_MIN_INTERVAL_S:
+                last_acks = now
+                self.publish_acks()
             if now - last_silence_check > WORKER_REPORT_S:
                 last_silence_check = now
                 self.ledger.mark_silent()
@@ -126,6 +181,19 @@ class Ingest:
                 last_prune, prune_from = now, ""
             if prune_from is not None:  # a slice of gateways between two batches, not the district at once
                 prune_from = self._prune_seen(prune_from)
+
+    def publish_acks(self) -> int:
+        """Publish the acknowledgements due now (after the commits that moved the watermarks)."""
+        try:
+            due = self.ledger.take_acks(max_delay=self.ack_max_delay)
+        except StoreError as exc:  # the next round tries again; agents wait meanwhile
+            log.warning("%s", exc)
+            return 0
+        now = time.time()
+        for school, gateway, instance, seq in due:
+            self.subscriber.publish(contract.ack_topic(school, gateway), Ack(instance, seq, now).encode())
+        self.stats.acks += len(due)
+        return len(due)
 
     def _report(self) -> None:
         """This worker's counters into the ledger, for `GET /api/ingest` (IT staff watching ingest)."""
@@ -190,6 +258,7 @@ class Ingest:
         sequenced: list[Sequenced] = []
         states: list[tuple[str, str, State]] = []
         results: list[CommandResult] = []
+        refused: list[tuple[str, str, int]] = []  # (school, gateway, seq) of sequenced messages refused at decode
         clocks: dict[str, tuple[float, float]] = {}  # gateway -> (ts, receipt - ts) of its newest live heartbeat
         counted = self.stats.kinds
         received = time.time()  # the batch arrived within milliseconds: one clock reading for all of it
@@ -226,12 +295,21 @@ class Ingest:
                         if info.get("kind"):
                             self.kinds[(topic.gateway, dev)] = info["kind"]
                 elif topic.kind == contract.KIND_CMD_RESULT:
-                    results.append(CommandResult.decode(m.payload))
+                    r = CommandResult.decode(m.payload)
+                    results.append(r)
+                    if r.seq is not None:  # counted like telemetry, so the watermark covers it
+                        sequenced.append(Sequenced(topic.school, topic.gateway, topic.device or "", r.seq, r.ts))
                 else:
                     continue
                 counted[topic.kind] = counted.get(topic.kind, 0) + 1
             except PayloadError as exc:
                 self.stats.rejected += 1
+                # Sending it again cannot change the verdict: let the watermark pass it (it still counts as a gap).
+                parsed = _parse_quietly(m.topic)
+                if parsed is not None and parsed.kind in _SEQUENCED_KINDS:
+                    seq = _salvage_seq(m.payload)
+                    if seq is not None:
+                        refused.append((parsed.school, parsed.gateway, seq))
                 now = time.monotonic()
                 if now - self._bad_logged > 5:  # a flood of garbage must not flood the log
                     self._bad_logged = now
@@ -239,11 +317,21 @@ class Ingest:
                                 self.stats.rejected)
         if samples:
             self.stats.refused_by_store += self.store.write(samples)
-        fresh = self.ledger.record(sequenced, states, results, {gw: off for gw, (_, off) in clocks.items()})
+        fresh = self.ledger.record(sequenced, states, results, {gw: off for gw, (_, off) in clocks.items()},
+                                   refused)
         self.stats.messages += len(batch)
         self.stats.stored += sum(fresh)
         self.stats.duplicates += len(fresh) - sum(fresh)
         self.stats.points += sum(len(s.values) for s in samples)
 
     def close(self) -> None:
+        # A clean stop sends no Last Will: say we are going offline ourselves (sent before DISCONNECT).
+        self.subscriber.publish(*self._presence(False))
         self.subscriber.close()
+
+
+def _parse_quietly(topic: str) -> contract.Topic | None:
+    try:
+        return contract.parse_topic(topic)
+    except PayloadError:
+        return None

@@ -24,6 +24,7 @@ from typing import Any
 
 from campus.contract import CommandResult, State
 from campus.errors import StoreError
+from central import acks
 from central.store.sqlite import PerThreadConnection
 
 log = logging.getLogger(__name__)
@@ -65,8 +66,18 @@ _ADDED_COLUMNS = {
         # and the smoothed receipt time - ts of the gateway's live heartbeats.
         "clock_ahead": "INTEGER NOT NULL DEFAULT 0",
         "clock_offset": "REAL",
+        # Central's acknowledgement (central/acks.py): the watermark, the agent's lowest seq held (NULL: an
+        # agent without acknowledgements), the watermark last published and when, and a prompt ack due.
+        "acked_seq": "INTEGER NOT NULL DEFAULT 0",
+        "outbox_oldest": "INTEGER",
+        "ack_sent": "INTEGER NOT NULL DEFAULT 0",
+        "ack_sent_at": "REAL NOT NULL DEFAULT 0",
+        "ack_due": "INTEGER NOT NULL DEFAULT 0",
     },
     "latest": {"epoch": "INTEGER NOT NULL DEFAULT 0", "seq": "INTEGER NOT NULL DEFAULT 0"},
+    # When a pending command was last published, and the `since` of its gateway's connection then
+    # (central/commands.py publishes it again when the gateway reconnects, or after COMMAND_RETRY_S).
+    "commands": {"published": "REAL", "published_since": "REAL"},
 }
 
 # A seq more than this beyond the numbers counted so far (or below them) is no gap: a corrupt or
@@ -79,6 +90,9 @@ _SEQ_MAX = 2**63 - 1
 # dashboard warns that a gateway's clock is wrong (docs: keep gateways on NTP).
 CLOCK_SMOOTHING = 0.2
 CLOCK_WARN_S = 120.0
+# Rows wait for central's acknowledgement up to a few minutes normally (central/acks.py ACK_MAX_DELAY_S);
+# the oldest waiting longer than this is worth a warning on the dashboard (ingest down, a broker lost).
+WAITING_WARN_S = 900.0
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS gateways (
@@ -89,7 +103,9 @@ CREATE TABLE IF NOT EXISTS gateways (
     seq_floor INTEGER NOT NULL DEFAULT 0,
     outbox_instance INTEGER, gaps_before INTEGER NOT NULL DEFAULT 0, received_before INTEGER NOT NULL DEFAULT 0,
     epoch INTEGER NOT NULL DEFAULT 0, seq_jumps INTEGER NOT NULL DEFAULT 0,
-    clock_ahead INTEGER NOT NULL DEFAULT 0, clock_offset REAL
+    clock_ahead INTEGER NOT NULL DEFAULT 0, clock_offset REAL,
+    acked_seq INTEGER NOT NULL DEFAULT 0, outbox_oldest INTEGER, ack_sent INTEGER NOT NULL DEFAULT 0,
+    ack_sent_at REAL NOT NULL DEFAULT 0, ack_due INTEGER NOT NULL DEFAULT 0
 );
 CREATE TABLE IF NOT EXISTS seen (
     gateway TEXT NOT NULL, seq INTEGER NOT NULL, PRIMARY KEY (gateway, seq)
@@ -97,9 +113,10 @@ CREATE TABLE IF NOT EXISTS seen (
 """ + "".join(f"{ddl};\n" for ddl in _EVENTS_DDL) + """CREATE TABLE IF NOT EXISTS commands (
     id TEXT PRIMARY KEY, gateway TEXT NOT NULL, device TEXT NOT NULL, action TEXT NOT NULL,
     params TEXT NOT NULL, by TEXT NOT NULL, created REAL NOT NULL, deadline REAL NOT NULL,
-    status TEXT NOT NULL, detail TEXT NOT NULL DEFAULT '', finished REAL
+    status TEXT NOT NULL, detail TEXT NOT NULL DEFAULT '', finished REAL, published REAL, published_since REAL
 );
 CREATE INDEX IF NOT EXISTS commands_created ON commands (created);
+CREATE INDEX IF NOT EXISTS commands_pending ON commands (deadline) WHERE status = 'pending';
 CREATE TABLE IF NOT EXISTS ingest_workers (
     name TEXT PRIMARY KEY, host TEXT NOT NULL, pid INTEGER NOT NULL, started REAL NOT NULL, updated REAL NOT NULL,
     stats TEXT NOT NULL
@@ -164,7 +181,8 @@ class Ledger(PerThreadConnection):
     # ------------------------------------------------------------ ingest side
 
     def record(self, messages: list[Sequenced], states: list[tuple[str, str, State]],
-               results: list[CommandResult], clocks: dict[str, float] | None = None) -> list[bool]:
+               results: list[CommandResult], clocks: dict[str, float] | None = None,
+               refused: list[tuple[str, str, int]] | None = None) -> list[bool]:
         """Record a batch in one transaction; returns, per message, whether it was new.
 
         Work is per gateway, not per message: one look-up of the batch's seqs in
@@ -177,6 +195,9 @@ class Ledger(PerThreadConnection):
         so one sample a day ahead cannot freeze a room's values (a message flagged
         `ahead` is stored but never becomes the latest). `clocks` maps a gateway to
         one live sample of its clock offset (receipt time - ts of a heartbeat).
+
+        Then each gateway's acknowledgement watermark moves (central/acks.py); `refused`
+        are (school, gateway, seq) of messages refused at decode, which it may pass.
         """
         now = time.time()
         fresh: list[bool] = []
@@ -188,9 +209,11 @@ class Ledger(PerThreadConnection):
                 self.db.execute("BEGIN IMMEDIATE")  # the write lock: no other worker records between look-up and insert
                 # A new outbox's state comes before its first messages (the agent publishes it on
                 # connect, before draining), so its reset comes first here too.
+                touched: dict[str, bool] = {}  # gateways whose watermark may move -> a prompt ack (resend seen)
                 for school, gateway, state in states:
                     self._ensure_gateway(school, gateway)
-                    self._follow_outbox(gateway, state)
+                    acks.note_state(self.db, gateway, state, self._follow_outbox(gateway, state, now))
+                    touched[gateway] = False
                 new_seqs: dict[str, set[int]] = {}
                 counted: dict[str, set[int]] = {}  # seqs of the gateway's current epoch (the rest: strays)
                 epochs: dict[str, int] = {}
@@ -243,6 +266,16 @@ class Ledger(PerThreadConnection):
                     else:
                         self.db.execute("UPDATE gateways SET duplicates = duplicates + ?, last_seen = ? WHERE id = ?",
                                         (dups, now, gateway))
+                    touched[gateway] = dups > 0  # duplicates: the agent is sending again; tell it what we have
+                refused_by_gateway: dict[str, set[int]] = {}
+                for school, gateway, seq in refused or ():
+                    self._ensure_gateway(school, gateway)
+                    refused_by_gateway.setdefault(gateway, set()).add(seq)
+                for gateway, seqs in refused_by_gateway.items():
+                    acks.record_refused(self.db, gateway, seqs)
+                    touched.setdefault(gateway, False)
+                for gateway, prompt in touched.items():
+                    acks.advance(self.db, gateway, prompt)
                 self.db.executemany(
                     "INSERT INTO latest (gateway, device, metric, ts, value, epoch, seq) VALUES (?, ?, ?, ?, ?, ?, ?)"
                     " ON CONFLICT (gateway, device, metric) DO UPDATE"
@@ -280,28 +313,31 @@ class Ledger(PerThreadConnection):
             raise StoreError(f"{self.path}: ledger write failed: {exc}") from None
         return fresh
 
-    def _follow_outbox(self, gateway: str, state: State) -> None:
-        """Start counting afresh when a state newer than the stored one names another outbox instance."""
+    def _follow_outbox(self, gateway: str, state: State, now: float) -> float | None:
+        """Start counting afresh when a state newer than the stored one names another outbox instance.
+        Returns the stored state's `since` (before this one is recorded)."""
         instance = state.outbox.get("instance")
-        if instance is None:
-            return  # an agent from before instances, or a Will
-        stored, stored_ts = self.db.execute("SELECT outbox_instance, COALESCE(json_extract(state, '$.ts'), 0)"
-                                            " FROM gateways WHERE id = ?", (gateway,)).fetchone()
-        if stored == instance or state.ts < stored_ts:
-            return
+        stored, stored_ts, since = self.db.execute(
+            "SELECT outbox_instance, COALESCE(json_extract(state, '$.ts'), 0), json_extract(state, '$.since')"
+            " FROM gateways WHERE id = ?", (gateway,)).fetchone()
+        if instance is None or stored == instance or state.ts < stored_ts:
+            return since  # the same outbox; an agent from before instances; a Will; an older state
         if stored is not None:
             log.warning("gateway %s: a new outbox (instance %s, was %s): its seq numbers are counted afresh",
                         gateway, instance, stored)
-            self._new_epoch(gateway)
+            self._new_epoch(gateway, now)
+        acks.reset(self.db, gateway, now, new_instance=True)
         self.db.execute("UPDATE gateways SET outbox_instance = ? WHERE id = ?", (instance, gateway))
+        return since
 
-    def _new_epoch(self, gateway: str) -> None:
+    def _new_epoch(self, gateway: str, now: float | None = None) -> None:
         """Set the current numbers' gaps and count aside; the next numbers are counted afresh and win."""
         self.db.execute(
             "UPDATE gateways SET gaps_before = gaps_before + COALESCE(max_seq - first_seq + 1"
             " - (received - received_before), 0), received_before = received,"
             " first_seq = NULL, max_seq = NULL, seq_floor = 0, epoch = epoch + 1 WHERE id = ?", (gateway,))
         self.db.execute("DELETE FROM seen WHERE gateway = ?", (gateway,))
+        acks.reset(self.db, gateway, time.time() if now is None else now, new_instance=False)
 
     def _current_epoch(self, gateway: str, seqs: set[int]) -> set[int]:
         """The batch's seqs that belong to the gateway's numbering after this batch.
@@ -364,10 +400,11 @@ class Ledger(PerThreadConnection):
         try:
             with self.db:
                 self.db.execute("BEGIN IMMEDIATE")
-                page = self.db.execute("SELECT id, max_seq, seq_floor FROM gateways WHERE id > ? ORDER BY id LIMIT ?",
-                                       (after, gateways)).fetchall()
-                rows = [(gateway, top - self.seen_keep) for gateway, top, floor in page
-                        if top is not None and top - self.seen_keep > floor]
+                page = self.db.execute("SELECT id, max_seq, seq_floor, acked_seq, outbox_oldest FROM gateways"
+                                       " WHERE id > ? ORDER BY id LIMIT ?", (after, gateways)).fetchall()
+                floors = [(gateway, acks.prune_floor(top, self.seen_keep, acked, oldest), floor)
+                          for gateway, top, floor, acked, oldest in page if top is not None]
+                rows = [(gateway, new) for gateway, new, floor in floors if new > floor]
                 for gateway, floor in rows:
                     deleted += self.db.execute("DELETE FROM seen WHERE gateway = ? AND seq <= ?",
                                                (gateway, floor)).rowcount
@@ -378,6 +415,22 @@ class Ledger(PerThreadConnection):
             log.info("ledger: forgot %d seen numbers of %d gateways (each keeps its newest %d)",
                      deleted, len(rows), self.seen_keep)
         return deleted, (page[-1][0] if len(page) == gateways else None)
+
+    def take_acks(self, now: float | None = None,
+                  max_delay: float = acks.ACK_MAX_DELAY_S) -> list[tuple[str, str, int, int]]:
+        """The acknowledgements to publish now, as (school, gateway, outbox instance, watermark), claimed in
+        one transaction so that of several ingest workers only one publishes each (central/acks.py)."""
+        now = time.time() if now is None else now
+        try:
+            if not acks.due(self.db, now, max_delay):  # the usual case: a read, no write lock
+                return []
+            with self.db:
+                self.db.execute("BEGIN IMMEDIATE")
+                rows = acks.due(self.db, now, max_delay)
+                acks.claim(self.db, rows, now)
+        except sqlite3.Error as exc:
+            raise StoreError(f"{self.path}: cannot claim acknowledgements: {exc}") from None
+        return [(school, gateway, instance, seq) for gateway, school, instance, seq in rows]
 
     def mark_silent(self, now: float | None = None) -> list[str]:
         """Gateways that said nothing for 3 poll intervals become offline."""
@@ -414,20 +467,30 @@ class Ledger(PerThreadConnection):
         self.mark_silent()
         where, args = ("WHERE id = ?", (gateway,)) if gateway is not None else ("", ())
         cur = self.db.execute("SELECT id, school, room, online, last_seen, received, duplicates, first_seq, max_seq,"
-                              " state, gaps_before, received_before, seq_jumps, clock_ahead, clock_offset"
+                              " state, gaps_before, received_before, seq_jumps, clock_ahead, clock_offset, acked_seq"
                               f" FROM gateways {where} ORDER BY school, id", args)
         out = []
+        now = time.time()
         for (gid, school, room, online, last_seen, received, dups, first, top, state, gaps_before, before,
-             jumps, ahead, offset) in cur:
+             jumps, ahead, offset, acked) in cur:
             # Numbers never received, in the epoch now counted and in earlier ones.
             gaps = gaps_before + ((top - first + 1 - (received - before)) if first is not None else 0)
             st = json.loads(state)
+            outbox = st.get("outbox", {})
+            # Rows the gateway holds until central acknowledges them, as of its last state, and how old
+            # the oldest of them is now (its age then, plus the time since).
+            waiting = outbox.get("pending")
+            age = outbox.get("oldest_age")
+            waiting_age = (round(age + max(0.0, now - st.get("ts", now))) if waiting and isinstance(age, int)
+                           else None)
             out.append(({"id": gid, "school": school, "room": room, "online": bool(online), "last_seen": last_seen,
                          "received": received, "gaps": gaps, "duplicates": dups,
-                         "outbox": st.get("outbox", {}), "agent": st.get("agent", ""),
+                         "outbox": outbox, "agent": st.get("agent", ""),
                          "seq_jumps": jumps, "clock_ahead": ahead,
                          "clock_offset": None if offset is None else round(offset, 1),
                          "clock_wrong": offset is not None and abs(offset) > CLOCK_WARN_S,
+                         "acked_seq": acked, "waiting": waiting, "waiting_age": waiting_age,
+                         "waiting_long": waiting_age is not None and waiting_age > WAITING_WARN_S,
                          # The gateway's own disk, and the last time its outbox was found damaged and replaced.
                          "storage": st.get("storage") or {"status": "ok"},
                          "outbox_replaced": st.get("outbox_replaced")}, st))
@@ -470,11 +533,40 @@ class Ledger(PerThreadConnection):
 
     def add_command(self, cid: str, gateway: str, device: str, action: str, params: dict[str, Any], by: str,
                     deadline: float) -> None:
+        """The audit record of a command about to be published (`published` now, with its gateway's `since`)."""
+        now = time.time()
         with self.db:
             self.db.execute("BEGIN IMMEDIATE")
-            self.db.execute("INSERT INTO commands (id, gateway, device, action, params, by, created, deadline, status)"
-                            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, 'pending')",
-                            (cid, gateway, device, action, json.dumps(params), by, time.time(), deadline))
+            self.db.execute("INSERT INTO commands (id, gateway, device, action, params, by, created, deadline, status,"
+                            " published, published_since) VALUES (?, ?, ?, ?, ?, ?, ?, ?, 'pending', ?,"
+                            " (SELECT COALESCE(json_extract(state, '$.since'), 0) FROM gateways WHERE id = ?))",
+                            (cid, gateway, device, action, json.dumps(params), by, now, deadline, now, gateway))
+
+    def commands_to_publish_again(self, retry_s: float, now: float | None = None) -> list[dict[str, Any]]:
+        """Pending commands to publish again, claimed (so several web processes do not all send them): of a
+        gateway that is online on another connection than when the command was last published (the broker
+        it reconnected to may have lost it), or online and unanswered for `retry_s`. Never past the deadline;
+        never to an offline gateway (its persistent session holds the command, or its reconnect will say
+        it does not). The agent's journal answers a repeat without running it again."""
+        now = time.time() if now is None else now
+        query = ("SELECT c.id, g.school, c.gateway, c.device, c.action, c.params, c.by, c.deadline,"
+                 " COALESCE(json_extract(g.state, '$.since'), 0) AS since"
+                 " FROM commands c JOIN gateways g ON g.id = c.gateway"
+                 " WHERE c.status = 'pending' AND c.deadline > ? AND g.online = 1"
+                 " AND (c.published IS NULL OR c.published < ? OR COALESCE(c.published_since, -1) != since)")
+        try:
+            if not self.db.execute(query, (now, now - retry_s)).fetchone():
+                return []
+            with self.db:
+                self.db.execute("BEGIN IMMEDIATE")
+                rows = self.db.execute(query, (now, now - retry_s)).fetchall()
+                self.db.executemany("UPDATE commands SET published = ?, published_since = ? WHERE id = ?",
+                                    [(now, r[8], r[0]) for r in rows])
+        except sqlite3.Error as exc:
+            raise StoreError(f"{self.path}: cannot read the pending commands: {exc}") from None
+        return [{"id": cid, "school": school, "gateway": gw, "device": dev, "action": action,
+                 "params": json.loads(params), "by": by, "deadline": deadline}
+                for cid, school, gw, dev, action, params, by, deadline, _ in rows]
 
     def command(self, cid: str) -> dict[str, Any] | None:
         rows = self._commands("WHERE id = ?", (cid,))

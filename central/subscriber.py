@@ -14,12 +14,22 @@ publish and subscribe little.
 
 What it does, and nothing more: CONNECT (persistent session: MQTT 5
 clean_start=0 with a Session Expiry Interval, or MQTT 3.1.1 clean
-session=0; Receive Maximum as flow control; user name/password; TLS),
-SUBSCRIBE with QoS 1, receive QoS 0/1 PUBLISH (no topic aliases: we offer
-none), PUBACK, PINGREQ for keep-alive, reconnect with backoff. All socket
-I/O happens on its own thread (an SSL socket must not be read and written
-from two threads); `ack()` from any thread queues the packet ids and
-wakes it.
+session=0; Receive Maximum as flow control; user name/password; TLS; a
+Last Will), SUBSCRIBE with QoS 1, receive QoS 0/1 PUBLISH (no topic
+aliases: we offer none), PUBACK, PINGREQ for keep-alive, reconnect with
+backoff; and publish a few retained QoS 1 messages of its own (central's
+presence and acknowledgements, central/ingest.py), within the broker's
+Receive Maximum, a newer message to a topic replacing one not sent yet.
+All socket I/O happens on its own thread (an SSL socket must not be read
+and written from two threads); `ack()` and `publish()` from any thread
+queue their packets and wake it.
+
+Why central's own messages go out on this connection and not on a second
+client: the presence's Last Will must say exactly "this worker's
+subscription is gone", which only the subscribing connection's Will does
+(a second client could stay online while this one is cut off, or the
+reverse); and one connection per worker is one client id and one ACL entry
+to manage.
 
 After a reconnect the broker redelivers every unacknowledged message of
 the persistent session. Deliveries from an earlier connection are never
@@ -75,6 +85,7 @@ _PROP_STRING = {0x03, 0x08, 0x12, 0x15, 0x1A, 0x1C, 0x1F}
 _PROP_BINARY = {0x09, 0x16}
 _PROP_PAIR = {0x26}
 PROP_SESSION_EXPIRY, PROP_RECEIVE_MAXIMUM, PROP_MAX_PACKET = 0x11, 0x21, 0x27
+MAX_OWN_INFLIGHT = 100  # our own QoS 1 publishes awaiting PUBACK, at most (and within the broker's Receive Maximum)
 PROP_SERVER_KEEP_ALIVE, PROP_REASON_STRING = 0x13, 0x1F
 
 
@@ -126,13 +137,17 @@ def _packet(first_byte: int, body: bytes) -> bytes:
     return bytes([first_byte]) + varint(len(body)) + body
 
 
-def connect_packet(url: MqttUrl, client_id: str, keepalive: int, session_expiry: int, receive_maximum: int) -> bytes:
+def connect_packet(url: MqttUrl, client_id: str, keepalive: int, session_expiry: int, receive_maximum: int,
+                   will: tuple[str, bytes] | None = None) -> bytes:
+    """CONNECT; `will` is (topic, payload) of a Last Will sent QoS 1, retained."""
     v5 = url.protocol == "5"
     flags = 0  # clean start / clean session off: a persistent session, so nothing unacked is lost
     if url.username is not None:
         flags |= 0x80
         if url.password is not None:
             flags |= 0x40
+    if will is not None:
+        flags |= 0x04 | (1 << 3) | 0x20  # Will flag, Will QoS 1, Will retain
     body = _string("MQTT") + bytes([5 if v5 else 4, flags]) + struct.pack("!H", keepalive)
     if v5:
         props = (bytes([PROP_SESSION_EXPIRY]) + struct.pack("!I", session_expiry)
@@ -140,6 +155,8 @@ def connect_packet(url: MqttUrl, client_id: str, keepalive: int, session_expiry:
                  + bytes([PROP_MAX_PACKET]) + struct.pack("!I", MAX_PACKET_BYTES))
         body += varint(len(props)) + props
     body += _string(client_id)
+    if will is not None:
+        body += (b"\x00" if v5 else b"") + _string(will[0]) + struct.pack("!H", len(will[1])) + will[1]
     if url.username is not None:
         body += _string(url.username)
         if url.password is not None:
@@ -156,6 +173,12 @@ def subscribe_packet(packet_id: int, filters: list[str], v5: bool) -> bytes:
 
 def puback_packets(packet_ids: list[int]) -> bytes:
     return b"".join(b"\x40\x02" + struct.pack("!H", pid) for pid in packet_ids)
+
+
+def publish_packet(topic: str, payload: bytes, packet_id: int, v5: bool, retain: bool) -> bytes:
+    """A QoS 1 PUBLISH (no properties)."""
+    body = _string(topic) + struct.pack("!H", packet_id) + (b"\x00" if v5 else b"") + payload
+    return _packet((PUBLISH << 4) | 0x02 | (0x01 if retain else 0), body)
 
 
 # ---------------------------------------------------------------- decoding
@@ -288,11 +311,18 @@ class Subscriber:
 
     def __init__(self, url: MqttUrl, client_id: str, filters: list[str], on_messages: Callable[[list[Delivery]], None],
                  *, keepalive: int = 15, session_expiry: int = 24 * 3600, receive_maximum: int = 1000,
-                 reconnect_delay: tuple[float, float] = (0.2, 5.0)) -> None:
+                 reconnect_delay: tuple[float, float] = (0.2, 5.0),
+                 will: Callable[[], tuple[str, bytes]] | None = None,
+                 on_subscribed: Callable[[bool], None] | None = None) -> None:
+        """`will()` gives the Last Will (topic, payload; QoS 1, retained) of each new connection;
+        `on_subscribed(session_present)` runs on the network thread once the broker acknowledged the
+        subscriptions of a connection (before `ready` is set), e.g. to `publish` that we are online."""
         self.url = url
         self.client_id = client_id
         self.filters = filters
         self.on_messages = on_messages
+        self.will = will
+        self.on_subscribed = on_subscribed
         self.keepalive = keepalive
         self.session_expiry = session_expiry
         self.receive_maximum = receive_maximum
@@ -307,6 +337,14 @@ class Subscriber:
         self._wake_w: socket.socket | None = None
         self._lock = threading.Lock()
         self._acks: list[int] = []
+        # Our own publishes: waiting by topic (a newer one replaces one not sent yet; under _lock), and
+        # in flight by packet id (network thread only) until the broker's PUBACK.
+        self._outgoing: dict[str, tuple[bytes, bool]] = {}
+        self._inflight: dict[int, tuple[str, bytes, bool]] = {}
+        self._next_id = 0
+        self._send_limit = MAX_OWN_INFLIGHT
+        self.published = 0  # PUBACKed publishes of ours (tests, stats)
+        self.refused: list[tuple[str, str]] = []  # (topic, reason) the broker refused (MQTT 5 PUBACK)
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._buf = bytearray()
@@ -334,6 +372,15 @@ class Subscriber:
         if ids:
             self._wake()
         return len(ids)
+
+    def publish(self, topic: str, payload: bytes, retain: bool = True) -> None:
+        """Publish QoS 1 on this connection (any thread). Only the newest message of a topic not yet
+        sent is kept: what we publish (presence, acknowledgements) is a state, and only its latest counts.
+        One the connection dropped before its PUBACK goes again on the next connection."""
+        with self._lock:
+            self._outgoing.pop(topic, None)
+            self._outgoing[topic] = (payload, retain)
+        self._wake()
 
     def close(self) -> None:
         self._stop.set()
@@ -367,7 +414,7 @@ class Subscriber:
             if ctx is not None:
                 sock = ctx.wrap_socket(sock, server_hostname=self.url.host)
             sock.sendall(connect_packet(self.url, self.client_id, self.keepalive, self.session_expiry,
-                                        self.receive_maximum))
+                                        self.receive_maximum, self.will() if self.will else None))
             self._buf.clear()
             ptype, body = self._read_packet(sock)
             if ptype != CONNACK or len(body) < 2:
@@ -379,9 +426,16 @@ class Subscriber:
             if isinstance(keepalive, int) and keepalive:
                 self.keepalive = keepalive  # MQTT 5: the server's keep-alive wins
             self.session_present = bool(body[0] & 1)
+            most = props.get(PROP_RECEIVE_MAXIMUM)
+            self._send_limit = min(MAX_OWN_INFLIGHT, most if isinstance(most, int) and most else 65535)
             with self._lock:
                 self.connection += 1
                 self._acks.clear()  # ids of the old connection mean nothing on this one
+                # Our publishes the old connection did not see acknowledged go again (unless a newer one waits).
+                for topic, payload, retain in self._inflight.values():
+                    if topic not in self._outgoing:
+                        self._outgoing = {topic: (payload, retain), **self._outgoing}
+                self._inflight.clear()
             sock.sendall(subscribe_packet(1, self.filters, self.v5))
             self._sock = sock
             self._last_sent = self._last_heard = time.monotonic()
@@ -421,6 +475,7 @@ class Subscriber:
         if send_disconnect:  # closing: the last stored batch's acks first, so it is not redelivered
             try:
                 self._send_acks(sock)
+                self._send_publishes(sock, limit=len(self._outgoing) + len(self._inflight))  # e.g. "offline"
                 sock.sendall(b"\xe0\x00")
                 # Closing a socket with unread data in it sends a TCP reset, and the
                 # broker may then discard what it has not read yet: our last acks.
@@ -478,6 +533,7 @@ class Subscriber:
                 except BlockingIOError:
                     pass
             self._send_acks(sock)
+            self._send_publishes(sock)
             if sock in readable:
                 data = sock.recv(RECV_BYTES)
                 if not data:
@@ -508,8 +564,43 @@ class Subscriber:
             sock.sendall(puback_packets(ids))
             self._last_sent = time.monotonic()
 
+    def _send_publishes(self, sock: socket.socket, limit: int | None = None) -> None:
+        room = (self._send_limit if limit is None else limit) - len(self._inflight)
+        if room <= 0:
+            return
+        packets = []
+        with self._lock:
+            while self._outgoing and room > 0:
+                topic = next(iter(self._outgoing))
+                payload, retain = self._outgoing.pop(topic)
+                packet_id = self._new_packet_id()
+                self._inflight[packet_id] = (topic, payload, retain)
+                packets.append(publish_packet(topic, payload, packet_id, self.v5, retain))
+                room -= 1
+        if packets:
+            sock.sendall(b"".join(packets))
+            self._last_sent = time.monotonic()
+
+    def _new_packet_id(self) -> int:
+        while True:
+            self._next_id = self._next_id % 65535 + 1
+            if self._next_id not in self._inflight:
+                return self._next_id
+
     def _control(self, ptype: int, flags: int, body: bytes) -> None:
-        if ptype == SUBACK:
+        if ptype == PUBACK:
+            if len(body) < 2:
+                raise ProtocolError("PUBACK cut short")
+            sent = self._inflight.pop(struct.unpack_from("!H", body)[0], None)
+            reason = body[2] if self.v5 and len(body) > 2 else 0
+            if sent is not None and reason >= 0x80:  # MQTT 5: e.g. not authorized (a missing ACL rule)
+                props = read_properties(body, 3)[0] if len(body) > 3 else {}
+                why = reason_text(reason, self.v5, props)
+                self.refused.append((sent[0], why))
+                log.error("%s: broker refused our message on %s: %s", self.client_id, sent[0], why)
+            elif sent is not None:
+                self.published += 1
+        elif ptype == SUBACK:
             codes = body[2:]
             if self.v5:
                 codes = body[read_properties(body, 2)[1]:]
@@ -519,6 +610,8 @@ class Subscriber:
                 log.error("%s: broker refused subscriptions %s: %s", self.client_id, self.filters,
                           ", ".join(reason_text(c, self.v5) for c in failed))
                 raise ProtocolError("subscription refused")
+            if self.on_subscribed is not None:
+                self.on_subscribed(self.session_present)
             self.ready.set()
             log.info("%s subscribed: ready", self.client_id)
         elif ptype == PINGRESP:

@@ -191,6 +191,9 @@ def board_data(school: str | None = None, building: int | None = None,
                       "last_seen": gw["last_seen"] if gw else None, "reported": gw is not None,
                       "clock_offset": gw["clock_offset"] if gw else None, "clock_wrong": bool(gw and gw["clock_wrong"]),
                       "installed": gw is not None,
+                      # Messages the gateway holds until central acknowledges them, and the oldest one's age.
+                      "waiting": gw["waiting"] if gw else None, "waiting_age": gw["waiting_age"] if gw else None,
+                      "waiting_long": bool(gw and gw["waiting_long"]),
                       "registered": gid in places, "problems": problems, "devices": devs,
                       "alarms": open_alarms.get(gid, []), "notes": notes})
     rooms.sort(key=_room_sort_key)

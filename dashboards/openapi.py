@@ -85,8 +85,10 @@ def document() -> dict[str, Any]:
             "/api/health": {"get": _get("Liveness", schema={"type": "object", "properties": {
                 "status": {"type": "string"}}}, auth=False)},
             "/api/gateways": {"get": _get("Gateways with presence and delivery counters; `installed` false for one "
-                                          "registered that has never sent a message (not installed yet, no alarms)",
-                                          schema=arr)},
+                                          "registered that has never sent a message (not installed yet, no alarms); "
+                                          "`waiting` messages the gateway holds until central acknowledges them, "
+                                          "`waiting_age` the oldest's age (s), `acked_seq` central's acknowledged "
+                                          "watermark", schema=arr)},
             "/api/devices": {"get": _get("Devices with status and latest values", schema=arr)},
             "/api/telemetry": {"get": telemetry},
             "/api/events": {"get": _get("Events, newest first", [("gateway", "query", False), ("type", "query", False),

@@ -22,7 +22,10 @@ _GATEWAY = (("campus_gateway_online", "gauge", "1 if the gateway is online", "on
             ("campus_gateway_last_seen_seconds", "gauge", "unix time the gateway was last heard from", "last_seen"),
             ("campus_gateway_received_total", "counter", "messages stored (new seq numbers)", "received"),
             ("campus_gateway_gaps", "gauge", "seq numbers never received", "gaps"),
-            ("campus_gateway_duplicates_total", "counter", "redeliveries dropped", "duplicates"))
+            ("campus_gateway_duplicates_total", "counter", "redeliveries dropped", "duplicates"),
+            ("campus_gateway_waiting", "gauge", "messages the gateway holds until central acknowledges them", "waiting"),
+            ("campus_gateway_waiting_age_seconds", "gauge", "age of the oldest message waiting for central",
+             "waiting_age"))
 _WORKER = (("campus_ingest_running", "gauge", "1 if the worker reported within three intervals", "running"),
            ("campus_ingest_messages_total", "counter", "messages taken from the broker", "messages"),
            ("campus_ingest_stored_total", "counter", "new messages recorded", "stored"),
@@ -30,7 +33,8 @@ _WORKER = (("campus_ingest_running", "gauge", "1 if the worker reported within t
            ("campus_ingest_rejected_total", "counter", "payloads that break the contract", "rejected"),
            ("campus_ingest_refused_by_store_total", "counter", "samples the store refused for their content",
             "refused_by_store"),
-           ("campus_ingest_store_errors_total", "counter", "failed store writes (retried)", "store_errors"))
+           ("campus_ingest_store_errors_total", "counter", "failed store writes (retried)", "store_errors"),
+           ("campus_ingest_acks_total", "counter", "acknowledgements published to gateways", "acks"))
 
 
 def _label(value: object) -> str:

@@ -4,9 +4,14 @@ Tasks, all in one asyncio loop:
 - one poller per device (the scheduler): read, commit to the outbox, note status;
 - one command worker per device (see `commands.py`);
 - the MQTT link: connect with a persistent session and a Last Will, publish
-  the retained `state`, subscribe to this gateway's commands and its retained
-  `config`, and drain the outbox at a bounded rate; on any broker error, back
-  off and reconnect.
+  the retained `state`, subscribe to this gateway's commands, its retained
+  `config` and `ack`, and to central's presence; drain the outbox at a
+  bounded rate while central is online; on any broker error, back off and
+  reconnect.
+
+Central's acknowledgement: a row leaves the outbox when central's retained
+`ack` (its watermark) passes its seq, not on the broker's PUBACK; what is
+sent again when, and whether central is online, is `acks.py`'s job.
 
 Config push: central publishes `{"version": N, "devices": [...]}` retained on
 `campus/v1/{school}/{gateway}/config`. A version newer than the one running is
@@ -47,6 +52,7 @@ from campus.errors import CampusError, ConfigError, DeviceError
 from campus.mqtt import tls_context
 from campus.urls import parse_mqtt_url
 from edge_agent import config_push
+from edge_agent.acks import Central
 from edge_agent.commands import CommandExecutor
 from edge_agent.config import DeviceConfig, GatewayConfig
 from edge_agent.drivers import create_driver
@@ -90,6 +96,9 @@ class Agent:
         self.client: aiomqtt.Client | None = None
         self.connected = asyncio.Event()
         self.published = 0
+        # Central's presence and acknowledgements: when the drain may publish, what to send again.
+        self.central = Central(self.outbox, config.outbox.ack_timeout_s, wake_drain=self.pending.set,
+                               came_back=self.state_changed.set)
         # `state` is republished this often, so central can call a gateway that
         # is silent for 3 heartbeats offline even when its devices send nothing.
         self.heartbeat = max(MIN_HEARTBEAT_S, config.poll_interval)
@@ -215,14 +224,18 @@ class Agent:
                     self.connected.set()
                     backoff = 0.5
                     log.info("connected to %s", self.mqtt_url)
+                    self.central.connected()  # send again what is unacknowledged; wait for central's presence
                     await self._send_state(client)
                     await client.subscribe(contract.agent_cmd_filter(self.school, self.gateway), qos=1)
                     await client.subscribe(contract.config_topic(self.school, self.gateway), qos=1)
+                    await client.subscribe(contract.ack_topic(self.school, self.gateway), qos=1)
+                    await client.subscribe(contract.ingest_states_filter(), qos=1)
                     try:
                         async with asyncio.TaskGroup() as tg:
                             tg.create_task(self._drain(client))
                             tg.create_task(self._receive(client))
                             tg.create_task(self._publish_state(client))
+                            tg.create_task(self.central.watch())
                     except asyncio.CancelledError:
                         # A clean stop sends no Will: say we are going offline ourselves.
                         with contextlib.suppress(Exception):
@@ -255,8 +268,14 @@ class Agent:
     async def _receive(self, client: aiomqtt.Client) -> None:
         async for message in client.messages:
             try:
+                worker = contract.parse_ingest_state_topic(message.topic.value)
+                if worker is not None:
+                    self.central.presence(worker, _payload(message))
+                    continue
                 topic = contract.parse_topic(message.topic.value)
-                if topic.kind == contract.KIND_CMD and topic.gateway == self.gateway and topic.device:
+                if topic.kind == contract.KIND_ACK and topic.gateway == self.gateway and topic.school == self.school:
+                    self.central.acknowledged(_payload(message))
+                elif topic.kind == contract.KIND_CMD and topic.gateway == self.gateway and topic.device:
                     payload = message.payload if isinstance(message.payload, bytes) else str(message.payload).encode()
                     self.commands.receive(topic.device, payload)
                     self.pending.set()
@@ -272,11 +291,15 @@ class Agent:
                     client._client.ack(message.mid, message.qos)
 
     async def _drain(self, client: aiomqtt.Client) -> None:
-        """Publish the outbox oldest first, `inflight` at a time, at most `drain_rate`/s."""
+        """Publish the outbox oldest first, `inflight` at a time, at most `drain_rate`/s, while central is online."""
         rate = self.config.outbox.drain_rate
         batch = self.config.outbox.inflight
         loop = asyncio.get_running_loop()
         while True:
+            if not self.central.online.is_set():
+                await wait_event(self.central.online, 5.0)
+                self.outbox.expire()  # the bounds hold while we wait
+                continue
             rows = self.outbox.peek(batch)
             if not rows:
                 self.pending.clear()
@@ -290,12 +313,15 @@ class Agent:
                 await self._send_state(client)
                 continue
             started = loop.time()
+            round_ = self.central.round
             results = await asyncio.gather(
                 *(client.publish(r.topic, r.payload, qos=1, retain=r.retain, timeout=30) for r in rows),
                 return_exceptions=True)
             raise_if_cancelled()
             acked = [r.id for r, res in zip(rows, results, strict=True) if res is None]
-            self.outbox.remove(acked)
+            if round_ == self.central.round:
+                self.outbox.published(acked)
+            # else: everything was to be sent again meanwhile; these PUBACKs may predate what the broker lost
             self.published += len(acked)
             failed = next((res for res in results if isinstance(res, BaseException)), None)
             if failed is not None:
@@ -471,6 +497,10 @@ class Agent:
             with contextlib.suppress(Exception):
                 await driver.close()
         self.outbox.close()
+
+
+def _payload(message: aiomqtt.Message) -> bytes:
+    return message.payload if isinstance(message.payload, bytes) else str(message.payload or "").encode()
 
 
 async def run_agent(config: GatewayConfig, stop: asyncio.Event | None = None) -> None:

@@ -6,7 +6,8 @@ it and answers with the first result instead of running it again. Commands
 wait in a queue per device and run in order (a projector warming up takes
 the next command after it is done); different devices run concurrently.
 The deadline is checked on arrival and again just before running. Results
-go out through the outbox, so they survive a broker outage too.
+go out through the outbox with a seq of their own, so they survive a broker
+outage, and a broker that forgets them, too.
 
 When the storage refuses a write (disk full, see `outbox.py`) a command is
 journaled in memory instead (`volatile`), which guards against redelivery
@@ -147,8 +148,10 @@ class CommandExecutor:
             self.queues[device].put_nowait(_Job(cmd, device, payload))
 
     def _answer(self, cid: str, device: str, state: str, detail: str, finished: float | None) -> None:
-        result = CommandResult(cid, state, detail, finished or self.clock())
-        self.outbox.add(plain=[(contract.cmd_result_topic(self.school, self.gateway, device), result.encode())])
+        """Answer a repeated command again with its first result (the sender may have missed it)."""
+        at = finished or self.clock()
+        self.outbox.add(sequenced=[(contract.cmd_result_topic(self.school, self.gateway, device),
+                                    lambda seq: CommandResult(cid, state, detail, at, seq).encode())], hold=True)
 
     def _lookup(self, cid: str) -> tuple[str, str, float | None] | None:
         """(state, detail, finished) of a journaled command, None if unknown, _UNREADABLE if it cannot be told."""
@@ -182,7 +185,6 @@ class CommandExecutor:
 
     def _finish(self, cid: str, device: str, status: str, detail: str) -> None:
         now = self.clock()
-        result = CommandResult(cid, status, detail, now)
         entry = self.volatile.get(cid)
         if entry is not None:
             entry.state, entry.detail, entry.finished = status, detail, now
@@ -191,9 +193,11 @@ class CommandExecutor:
         def record(db: sqlite3.Connection) -> None:
             _upsert(db, cid, device, payload, status, detail, received, now)
 
-        # If the storage refuses this write, the outbox holds the result (and `record`) in memory.
-        self.outbox.add(plain=[(contract.cmd_result_topic(self.school, self.gateway, device), result.encode())],
-                        also=record)
+        # Sequenced like telemetry, so central's acknowledgement covers it: a result the broker lost is sent
+        # again. If the storage refuses this write, the outbox holds the result (and `record`) in memory.
+        self.outbox.add(sequenced=[(contract.cmd_result_topic(self.school, self.gateway, device),
+                                    lambda seq: CommandResult(cid, status, detail, now, seq).encode())],
+                        also=record, hold=True)
         self.on_result(device, status)
         log.info("command %s on %s: %s %s", cid, device, status, detail)
 

@@ -48,6 +48,11 @@ class OutboxConfig(_Strict):
     # Drain pace after an outage, messages per second (live rate is a few/s).
     drain_rate: float = Field(500.0, gt=0)
     inflight: int = Field(50, ge=1, le=1000)
+    # Rows the broker accepted wait for central's acknowledgement (edge_agent/outbox.py). If central's
+    # watermark does not move for this long while some wait, they are sent again (the broker may have
+    # lost them: a queue limit, an expired session). Central acknowledges at least every 4 minutes
+    # (central/ingest.py ACK_MAX_DELAY_S), so this stays well above that.
+    ack_timeout_s: float = Field(600.0, gt=0)
 
 
 class DeviceConfig(_Strict):

@@ -1,10 +1,20 @@
-"""The agent's durable outbox: store first, publish second, delete on PUBACK.
+"""The agent's durable outbox: store first, publish second, delete when central has it.
 
 Every telemetry sample, event and command result is committed to SQLite
 (WAL, synchronous=FULL, so a power cut keeps what was committed) before the
-MQTT link sees it, and leaves only when the broker acknowledged it. The
-per-gateway `seq` is allocated here, in the same transaction as the row, so
-it is strictly increasing across restarts and never reused.
+MQTT link sees it. The per-gateway `seq` is allocated here, in the same
+transaction as the row (and kept in the row's `seq` column), so it is
+strictly increasing across restarts and never reused.
+
+A broker's PUBACK is not delivery (a broker restarted without its saved
+state, a queue limit, an expired session drop what they acknowledged), so a
+row leaves only when central's acknowledgement (`contract.Ack`) says every
+seq up to it is stored: on PUBACK the row is only marked `sent` (the time),
+and `acknowledge` deletes the rows at or below central's watermark.
+`resend` marks every sent row unsent again (the agent calls it on each
+reconnect, when central comes back, and when the watermark stalls); central
+drops the duplicates. A row without a seq (a result held in memory while the
+disk was full, or a file from before) is deleted on PUBACK as before.
 
 A new outbox file draws a random `instance` number, which the agent reports
 in its `state` (`outbox.instance`): a gateway whose outbox was lost (a new SD
@@ -12,10 +22,11 @@ card) starts again at seq 1, and central, seeing another instance, starts
 counting that gateway's gaps and duplicates afresh instead of taking the new
 numbers for redeliveries.
 
-Bounds: at most `max_messages` rows and nothing older than `max_age_s`.
-When a bound is hit the *oldest* rows are dropped and counted in
-`dropped`: after a long outage a facility manager wants the recent days,
-and central sees the dropped `seq` numbers as gaps, which is the truth.
+Bounds: at most `max_messages` rows and nothing older than `max_age_s`,
+sent and unsent alike. When a bound is hit the *oldest* rows are dropped and
+counted in `dropped`: after a long outage a facility manager wants the
+recent days, and central sees the dropped `seq` numbers as gaps, which is
+the truth (`figures()["oldest"]` lets its watermark pass them).
 
 The storage may fail under it (see `storage.py`), and the outbox never takes
 the agent down for that:
@@ -25,10 +36,10 @@ the agent down for that:
   loop: a sequenced message is counted in `dropped` and in `not_stored`
   (it never got a seq, so central sees no gap for it; the counter is
   exact, kept in memory until the next write that works adds it on disk);
-  a plain message (a command result) is held in memory and published from
-  there, and written with the next write that works; a published row whose
-  delete is refused is remembered and not published again. `health` is the
-  gateway-level `storage` status.
+  a command result (`hold=True`) is held in memory, without a seq, and
+  published from there, and written with the next write that works; a
+  published row whose `sent` mark is refused is remembered and not
+  published again. `health` is the gateway-level `storage` status.
 """
 
 from __future__ import annotations
@@ -74,6 +85,14 @@ CREATE TABLE IF NOT EXISTS replaced (
     lost INTEGER, previous_instance INTEGER, previous_last_seq INTEGER
 );
 """
+# Columns added for central's acknowledgement (a file from before gains them, see _add_ack_columns):
+# the row's seq (NULL for a message without one), and when the broker last accepted it (0: not sent).
+ACK_COLUMNS = {"seq": "INTEGER", "sent": "REAL NOT NULL DEFAULT 0"}
+ACK_INDEXES = """
+CREATE INDEX IF NOT EXISTS outbox_seq ON outbox (seq);
+-- What the drain reads: unsent rows in order, without stepping over the sent ones waiting for central.
+CREATE INDEX IF NOT EXISTS outbox_unsent ON outbox (id) WHERE sent = 0;
+"""
 # A file found damaged while running is replaced at once; damaged again so soon, the card is failing:
 # writes are then refused (and counted) rather than setting aside a file a minute.
 REPLACE_AGAIN_AFTER_S = 60.0
@@ -87,6 +106,7 @@ class OutboxRow:
     topic: str
     payload: bytes
     retain: bool
+    seq: int | None = None
 
 
 @dataclass
@@ -121,10 +141,11 @@ class Outbox:
         self._held: dict[int, _Held] = {}  # by negative id, so they never meet a row id
         self._next_held = -1
         self._folded: dict[int, int] = {}  # held id -> the row id it got when written
-        self._gone: set[int] = set()       # published rows whose delete was refused
+        self._gone: set[int] = set()       # published rows whose `sent` mark was refused
         self._max_peeked = 0
         self._replaced_mono = -math.inf
-        self._last: tuple[dict[str, int], int] = ({}, 0)  # the last figures read, for when reads fail
+        # The last figures read, for when reads fail: meta, and (rows, sent, lowest seq, oldest created).
+        self._last: tuple[dict[str, int], tuple[int, int, int | None, float | None]] = ({}, (0, 0, None, None))
         self._full_at_start = not check_data_dir(self.path.parent)
         self.db = self._open()
         self._instance = self._read_instance()
@@ -161,6 +182,7 @@ class Outbox:
     def _init(self, db: sqlite3.Connection, *, fresh: bool) -> None:
         try:
             db.executescript(SCHEMA + "".join(self._schemas))
+            _add_ack_columns(db)
             # Drawn once per file (INSERT OR IGNORE); below 2**53 so that every JSON reader keeps it exact.
             db.execute("INSERT OR IGNORE INTO meta VALUES ('instance', ?)", (secrets.randbits(52) + 1,))
             # From when the command journal is complete (a file from before this key: from the start).
@@ -217,7 +239,7 @@ class Outbox:
             self.health.failed("error", exc, self._unsaved)
         self._gone.clear()
         self._folded.clear()
-        self._last = ({}, 0)
+        self._last = ({}, (0, 0, None, None))
         self._instance = self._read_instance()
         if self.replaced_now is not None and self.replaced_now is not before:
             for callback in self.on_replaced:
@@ -263,19 +285,28 @@ class Outbox:
         return default
 
     def figures(self) -> dict[str, int]:
-        """What `state.outbox` reports: pending, dropped, not_stored, last_seq, instance."""
-        def read(db: sqlite3.Connection) -> tuple[dict[str, int], int]:
-            meta = dict(db.execute("SELECT key, value FROM meta"))
-            return meta, db.execute("SELECT COUNT(*) FROM outbox").fetchone()[0]
+        """What `state.outbox` reports, read in one snapshot (a row added between two reads must not make
+        `oldest` pass it): pending, unacked (sent, not yet acknowledged), dropped, not_stored, last_seq,
+        instance, oldest (lowest seq held; last_seq + 1 when none) and oldest_age (s)."""
+        def read(db: sqlite3.Connection) -> tuple[dict[str, int], tuple[int, int, int | None, float | None]]:
+            with db:
+                db.execute("BEGIN")
+                meta = dict(db.execute("SELECT key, value FROM meta"))
+                rows = db.execute("SELECT COUNT(*), COALESCE(SUM(sent > 0), 0), MIN(seq), MIN(created)"
+                                  " FROM outbox").fetchone()
+            return meta, rows
 
         got = self.read(read, None)
         if got is not None:
             self._last = got
-        meta, rows = self._last
-        return {"pending": rows - len(self._gone) + len(self._held),
+        meta, (rows, sent, oldest, created) = self._last if self._last[0] else ({}, (0, 0, None, None))
+        next_seq = meta.get("next_seq", 1)
+        return {"pending": rows + len(self._held), "unacked": sent + len(self._gone),
                 "dropped": meta.get("dropped", 0) + self._unsaved,
                 "not_stored": meta.get("not_stored", 0) + self._unsaved,
-                "last_seq": meta.get("next_seq", 1) - 1, "instance": meta.get("instance", 0)}
+                "last_seq": next_seq - 1, "instance": meta.get("instance", 0),
+                "oldest": next_seq if oldest is None else oldest,
+                "oldest_age": 0 if created is None else max(0, int(self.clock() - created))}
 
     @property
     def dropped(self) -> int:
@@ -308,16 +339,16 @@ class Outbox:
         return self.figures()["pending"]
 
     def peek(self, limit: int) -> list[OutboxRow]:
-        """The oldest `limit` messages, in the order they were added (held results first).
+        """The oldest `limit` messages not sent yet, in the order they were added (held results first).
 
-        While a delete is refused the stored rows wait: publishing them again and
-        again would only flood central with duplicates."""
+        While a `sent` mark is refused the stored rows wait: publishing them again
+        and again would only flood central with duplicates."""
         out = [OutboxRow(hid, m.topic, m.payload, False) for hid, m in list(self._held.items())[:limit]]
         if self._gone or len(out) >= limit:
             return out
-        cur = self.read(lambda db: db.execute("SELECT id, topic, payload, retain FROM outbox ORDER BY id LIMIT ?",
-                                               (limit - len(out),)).fetchall(), [])
-        rows = [OutboxRow(i, t, bytes(p), bool(r)) for i, t, p, r in cur]
+        cur = self.read(lambda db: db.execute("SELECT id, topic, payload, retain, seq FROM outbox WHERE sent = 0"
+                                               " ORDER BY id LIMIT ?", (limit - len(out),)).fetchall(), [])
+        rows = [OutboxRow(i, t, bytes(p), bool(r), q) for i, t, p, r, q in cur]
         if rows:
             self._max_peeked = max(self._max_peeked, rows[-1].id)
         return out + rows
@@ -342,7 +373,7 @@ class Outbox:
                 with db:
                     db.execute("BEGIN IMMEDIATE")
                     if gone:
-                        db.executemany("DELETE FROM outbox WHERE id=?", [(i,) for i in gone])
+                        _mark_sent(db, gone, self.clock())
                     for hid, msg in held:
                         folded[hid] = db.execute("INSERT INTO outbox (topic, payload, created) VALUES (?, ?, ?)",
                                                  (msg.topic, msg.payload, msg.created)).lastrowid or 0
@@ -379,25 +410,28 @@ class Outbox:
         return self._transaction(body)[0]
 
     def add(self, sequenced: Iterable[SequencedMessage] = (), plain: Iterable[tuple[str, bytes]] = (),
-            also: Callable[[sqlite3.Connection], None] | None = None) -> list[int]:
+            also: Callable[[sqlite3.Connection], None] | None = None, *, hold: bool = False) -> list[int]:
         """Commit messages in one transaction; returns the seq numbers allocated.
 
         `also` runs more SQL in the same transaction (the command journal
         records a result and queues its message atomically). If the storage
         refuses the write, the sequenced messages are counted as dropped
-        (no seq: [] is returned) and the plain ones, with `also`, are held."""
+        (no seq: [] is returned), unless `hold` (a command result: someone
+        waits for it), when they are held in memory without a seq, like the
+        plain ones, with `also`."""
         sequenced, plain = list(sequenced), list(plain)
         now = self.clock()
 
         def body(db: sqlite3.Connection) -> list[int]:
             next_seq = db.execute("SELECT value FROM meta WHERE key='next_seq'").fetchone()[0]
-            rows, seqs = [], []
+            rows: list[tuple[str, bytes, float, int | None]] = []
+            seqs = []
             for topic, build in sequenced:
-                rows.append((topic, build(next_seq), now))
+                rows.append((topic, build(next_seq), now, next_seq))
                 seqs.append(next_seq)
                 next_seq += 1
-            rows.extend((topic, payload, now) for topic, payload in plain)
-            db.executemany("INSERT INTO outbox (topic, payload, created) VALUES (?, ?, ?)", rows)
+            rows.extend((topic, payload, now, None) for topic, payload in plain)
+            db.executemany("INSERT INTO outbox (topic, payload, created, seq) VALUES (?, ?, ?, ?)", rows)
             db.execute("UPDATE meta SET value=? WHERE key='next_seq'", (next_seq,))
             if also is not None:
                 also(db)
@@ -407,7 +441,10 @@ class Outbox:
         ok, seqs = self._transaction(body)
         if ok:
             return seqs or []
-        self._unsaved += len(sequenced)
+        if hold:
+            plain = [(topic, build(None)) for topic, build in sequenced] + plain
+        else:
+            self._unsaved += len(sequenced)
         for i, (topic, payload) in enumerate(plain):
             self._held[self._next_held] = _Held(topic, payload, now, also if i == len(plain) - 1 else None)
             self._next_held -= 1
@@ -426,14 +463,56 @@ class Outbox:
         """Apply the age bound now (called periodically while nothing is added; also a retry of refused writes)."""
         self._transaction(lambda db: self._enforce_bounds(db, self.clock()))
 
-    def remove(self, ids: Iterable[int]) -> None:
-        """Forget published messages (a refused delete is remembered and retried with the next write)."""
+    def published(self, ids: Iterable[int]) -> None:
+        """The broker accepted these rows (PUBACK): they wait for central's acknowledgement, marked sent;
+        a row without a seq, which no acknowledgement can name, is deleted (a held one forgotten). A
+        refused mark is remembered and retried with the next write."""
         disk = []
         for i in ids:
             if i > 0:
                 disk.append(i)
             elif self._held.pop(i, None) is None and i in self._folded:
                 disk.append(self._folded.pop(i))
-        if disk and not self.write(lambda db: db.executemany("DELETE FROM outbox WHERE id=?",
-                                                             [(i,) for i in disk])):
+        if disk and not self.write(lambda db: _mark_sent(db, disk, self.clock())):
             self._gone.update(disk)
+
+    def acknowledge(self, instance: int, seq: int) -> int:
+        """Central holds every seq of `instance` up to `seq`: delete those rows (sent or not). Returns how
+        many went; an acknowledgement for another outbox instance (an old SD card's) deletes nothing, and
+        one the storage refuses is done by the next (they only grow)."""
+        if instance != self.instance:
+            return 0
+        ok, gone = self._transaction(lambda db: db.execute("DELETE FROM outbox WHERE seq <= ?", (seq,)).rowcount)
+        return gone or 0 if ok else 0
+
+    def resend(self) -> int:
+        """Mark every sent row unsent, so the drain publishes it again; returns how many."""
+        ok, count = self._transaction(lambda db: db.execute("UPDATE outbox SET sent = 0 WHERE sent > 0").rowcount)
+        if ok:
+            self._gone.clear()  # their marks are moot: unsent is what they are now
+        return count or 0 if ok else 0
+
+    def oldest_sent(self) -> float | None:
+        """When the longest-waiting sent row was accepted by the broker, or None if no row is sent."""
+        return self.read(lambda db: db.execute("SELECT MIN(sent) FROM outbox WHERE sent > 0").fetchone()[0], None)
+
+
+def _mark_sent(db: sqlite3.Connection, ids: list[int], now: float) -> None:
+    db.executemany("UPDATE outbox SET sent = ? WHERE id = ?", [(now, i) for i in ids])
+    db.executemany("DELETE FROM outbox WHERE id = ? AND seq IS NULL", [(i,) for i in ids])
+
+
+def _add_ack_columns(db: sqlite3.Connection) -> None:
+    """A file from before acknowledgements: add the columns, and read each row's seq from its payload
+    (a result from then has none, and is deleted on PUBACK as it was)."""
+    have = {row[1] for row in db.execute("PRAGMA table_info(outbox)")}
+    missing = [c for c in ACK_COLUMNS if c not in have]
+    if missing:
+        with db:
+            db.execute("BEGIN IMMEDIATE")
+            for column in missing:
+                db.execute(f"ALTER TABLE outbox ADD COLUMN {column} {ACK_COLUMNS[column]}")
+            db.execute("UPDATE outbox SET seq = json_extract(CAST(payload AS TEXT), '$.seq')"
+                       " WHERE json_valid(CAST(payload AS TEXT))"
+                       " AND json_type(CAST(payload AS TEXT), '$.seq') = 'integer'")
+    db.executescript(ACK_INDEXES)

@@ -134,8 +134,10 @@ class Classroom:
         return CampusProcess(["agent", "--config", str(self.config)], self.tmp / f"{self.gateway}-agent.log")
 
     def _ingest(self, index: int = 0) -> CampusProcess:
+        # Acknowledgements within a second (the product batches them for minutes): a test waits for the
+        # agent's outbox to empty.
         args = ["ingest", "--mqtt", self.mqtt, "--store", self.store, "--db", f"sqlite:///{self.db}",
-                "--name", f"ingest-{index}"]
+                "--name", f"ingest-{index}", "--ack-max-delay", "1"]
         if self.workers > 1:
             args += ["--share", "ingest"]
         return CampusProcess(args, self.tmp / f"ingest-{index}.log")
@@ -171,17 +173,18 @@ class Classroom:
         return self._view
 
     def agent_outbox(self) -> dict[str, int]:
-        """The agent's own account: seq numbers allocated, messages waiting, dropped."""
+        """The agent's own account: seq numbers allocated, messages waiting (of which `unacked` the broker
+        accepted and central has not acknowledged yet), dropped."""
         path = self.data_dir / "agent.db"
         db = sqlite3.connect(str(path), timeout=10, isolation_level=None)
         try:
             db.execute("BEGIN")  # one snapshot for both reads
             meta = dict(db.execute("SELECT key, value FROM meta"))
-            pending = db.execute("SELECT COUNT(*) FROM outbox").fetchone()[0]
+            pending, unacked = db.execute("SELECT COUNT(*), COALESCE(SUM(sent > 0), 0) FROM outbox").fetchone()
             db.execute("COMMIT")
         finally:
             db.close()
-        return {"last_seq": meta["next_seq"] - 1, "dropped": meta["dropped"], "pending": pending}
+        return {"last_seq": meta["next_seq"] - 1, "dropped": meta["dropped"], "pending": pending, "unacked": unacked}
 
     def stored_count(self) -> int:
         gw = self.view.gateway(self.gateway)

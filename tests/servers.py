@@ -118,6 +118,16 @@ class Mosquitto(ServerProcess):
         self.proc = subprocess.Popen([MOSQUITTO, "-c", str(self.conf)], stdout=self.log, stderr=self.log)
         wait_for_port("127.0.0.1", self.port, timeout=10)
 
+    def restart_empty(self, down_s: float = 0.0) -> None:
+        """SIGKILL it and start it again, after `down_s`, without its saved state: a crashed broker host
+        replaced by a fresh one, a corrupt persistence file, a kill inside `autosave_interval`. Sessions,
+        queues and retained messages are gone, as with `persistence false`."""
+        self.kill()
+        (self.workdir / "mosquitto.db").unlink(missing_ok=True)
+        if down_s:
+            time.sleep(down_s)  # the outage itself, not synchronisation
+        self.start()
+
 
 class VictoriaMetrics(ServerProcess):
     stop_timeout = 15.0

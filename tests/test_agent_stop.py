@@ -15,9 +15,12 @@ import asyncio
 import time
 from pathlib import Path
 
+import paho.mqtt.client as paho
 import pytest
 
+from campus import contract
 from campus.aio import raise_if_cancelled, wait_event
+from campus.contract import IngestState
 from campus.net import free_port
 from edge_agent.agent import Agent
 from edge_agent.config import load_gateway_config
@@ -32,12 +35,27 @@ def _wake_events(agent: Agent, which: str) -> list[asyncio.Event]:
             "all": [agent.pending, agent.state_changed, *agent.poll_soon.values()]}[which]
 
 
+def central_online(mosquitto) -> None:
+    """Central's retained presence, as an ingest worker publishes it: the agent's drain then waits for work,
+    not for central."""
+    client = paho.Client(paho.CallbackAPIVersion.VERSION2)
+    client.connect("127.0.0.1", mosquitto.port)
+    client.loop_start()
+    try:
+        client.publish(contract.ingest_state_topic("ingest"), IngestState(True, 1, time.time()).encode(), qos=1,
+                       retain=True).wait_for_publish(10)
+    finally:
+        client.loop_stop()
+        client.disconnect()
+
+
 @pytest.mark.parametrize("which", ["outbox", "state", "poll", "all"])
 def test_agent_stops_when_cancelled_in_the_same_turn_as_its_loops_wake(tmp_path: Path, mosquitto, which: str) -> None:
     # Nothing listens on the device's port: its poller runs (offline) and then waits for its next turn.
     path = write_gateway_config(tmp_path / "gw1.yaml", mosquitto.url, poll_interval=60,
                                 devices=[env_device(free_port())])
     config = load_gateway_config(path)
+    central_online(mosquitto)
 
     async def main() -> None:
         agent = Agent(config)

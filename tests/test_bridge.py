@@ -99,7 +99,10 @@ def test_telemetry_reaches_the_district_once_through_a_district_outage(tmp_path:
         time.sleep(8)  # the outage itself (not synchronisation)
         during = room.agent_outbox()
         assert during["last_seq"] > outage_started + 20, "the agent stopped sampling"
-        assert during["pending"] < 10, "the school broker should take the agent's messages while the district is away"
+        # Taken by the school broker (sent), and kept by the agent until central acknowledges them.
+        assert during["pending"] - during["unacked"] < 10, \
+            "the school broker should take the agent's messages while the district is away"
+        assert during["unacked"] > 20, "the agent let go of rows central has not acknowledged"
         assert room.stored_count() == stored
         link.district.start()
         figures = room.quiesce_and_account(timeout=120)
@@ -142,3 +145,23 @@ def test_commands_from_the_district_reach_the_school_agent(tmp_path: Path, link:
             service.stop()
             room.stop()
             ledger.close()
+
+
+def test_the_school_broker_restarted_empty_loses_nothing(tmp_path: Path, link: Link) -> None:
+    # The school broker queues the agent's messages for the bridge while the district is away; killed and
+    # restarted without its saved state, it loses them, PUBACKed long ago. Central never acknowledged them:
+    # the agent sends them again when central's presence comes back across the bridge.
+    room = SplitClassroom(tmp_path, link.url("gw1"), link.url("ingest"), poll_interval=0.1).start()
+    try:
+        room.wait_stored_at_least(20, timeout=60)
+        link.district.kill()
+        before = room.agent_outbox()["last_seq"]
+        wait_until(lambda: room.agent_outbox()["last_seq"] >= before + 20, 30, message="20 more samples")
+        assert room.agent_outbox()["unacked"] >= 10, "the school broker should have taken them for the bridge"
+        link.school.restart_empty()
+        link.district.start()
+        figures = room.quiesce_and_account(timeout=120)
+        assert figures["dropped"] == 0
+        assert_exactly_once(room, figures)
+    finally:
+        room.stop()

@@ -170,7 +170,8 @@ def test_cli_writes_passwd_acl_and_conf(tmp_path: Path, registry: Registry) -> N
     block = acl.split("user gw-s1-gw-a\n", 1)[1].split("\n\n", 1)[0].splitlines()
     assert block == ["topic write campus/v1/s1/gw-a/state", "topic write campus/v1/s1/gw-a/telemetry/+",
                      "topic write campus/v1/s1/gw-a/event/+", "topic write campus/v1/s1/gw-a/cmd/+/result",
-                     "topic read campus/v1/s1/gw-a/cmd/+", "topic read campus/v1/s1/gw-a/config"]
+                     "topic read campus/v1/s1/gw-a/cmd/+", "topic read campus/v1/s1/gw-a/config",
+                     "topic read campus/v1/s1/gw-a/ack", "topic read campus/v1/ingest/+"]
     # Nothing before the first `user` line: such rules would apply to every client.
     assert not [ln for ln in acl.split("\nuser ", 1)[0].splitlines() if ln.startswith("topic")]
     # The conf loads the plugin (by default), never the files beside it: both would admit their accounts.
@@ -220,7 +221,8 @@ def test_district_mode_adds_a_bridge_account_and_conf_per_school(tmp_path: Path,
     block = (out / "acl").read_text().split("user bridge-s1\n", 1)[1].split("\n\n", 1)[0].splitlines()
     assert block == ["topic write campus/v1/s1/+/state", "topic write campus/v1/s1/+/telemetry/+",
                      "topic write campus/v1/s1/+/event/+", "topic write campus/v1/s1/+/cmd/+/result",
-                     "topic read campus/v1/s1/+/cmd/+", "topic read campus/v1/s1/+/config"]
+                     "topic read campus/v1/s1/+/cmd/+", "topic read campus/v1/s1/+/config",
+                     "topic read campus/v1/s1/+/ack", "topic read campus/v1/ingest/+"]
     forwarded = {ln.split()[1] for ln in conf.splitlines() if ln.startswith("topic ")}
     assert forwarded == {topic for _, topic in broker_config.bridge_rules("s1")}
 
@@ -393,6 +395,22 @@ def test_gateways_stay_inside_their_own_prefix(tmp_path: Path, registry: Registr
         assert not a.publish(a_res, b'{"id": "for-a", "status": "done"}').is_failure
         wait_until(lambda: ingest.got(a_res) and web.got(a_res), 10, message="result at ingest and web")
         assert len(ingest.got(a_tel)) == 1  # web's forged telemetry never arrived
+
+        # Central's acknowledgements and presence: ingest writes them, each gateway reads its own ack
+        # and every worker's presence; no gateway can forge either (a forged ack would delete its rows).
+        a.close()
+        a_ack, b_ack = contract.ack_topic("s1", "gw-a"), contract.ack_topic("s1", "gw-b")
+        presence = contract.ingest_state_topic("ingest-0")
+        a3 = client("gw-s1-gw-a", AGENT_A)
+        a3.subscribe(a_ack, b_ack, contract.ingest_states_filter())
+        assert not ingest.publish(presence, b'{"online": true}', retain=True).is_failure
+        assert not ingest.publish(b_ack, b'{"seq": 7}', retain=True).is_failure
+        assert not ingest.publish(a_ack, b'{"seq": 5}', retain=True).is_failure
+        wait_until(lambda: a3.got(a_ack) and a3.got(presence), 10, message="A's ack and central's presence at A")
+        assert a3.got(b_ack) == []
+        assert client("gw-s1-gw-b", AGENT_B).publish(a_ack, b'{"seq": 99}').is_failure
+        assert client("gw-s1-gw-b", AGENT_B).publish(presence, b'{"online": false}', retain=True).is_failure
+        assert client("web", "forger-7").publish(a_ack, b'{"seq": 98}').is_failure
     finally:
         client.close()
         broker.stop()

@@ -98,3 +98,63 @@ def test_integers_are_64_bit_signed_everywhere_in_a_payload(number: int, fits: b
     else:
         with pytest.raises(PayloadError, match="does not fit in 64 bits"):
             Event.decode(payload)
+
+
+# ---------------------------------------------------------------- central's acknowledgement and presence
+
+
+def test_ack_and_ingest_presence_topics_and_payloads() -> None:
+    assert contract.ack_topic("s1", "gw1") == "campus/v1/s1/gw1/ack"
+    parsed = contract.parse_topic(contract.ack_topic("s1", "gw1"))
+    assert (parsed.kind, parsed.school, parsed.gateway) == (contract.KIND_ACK, "s1", "gw1")
+    assert contract.ingest_state_topic("ingest-0") == "campus/v1/ingest/ingest-0"
+    assert contract.parse_ingest_state_topic("campus/v1/ingest/ingest-0") == "ingest-0"
+    for other in ("campus/v1/ingest", "campus/v1/ingest/a/b", "campus/v1/s1/gw1/state", "campus/v1/ingest/+"):
+        assert contract.parse_ingest_state_topic(other) is None
+    with pytest.raises(PayloadError, match="ingest worker name"):
+        contract.ingest_state_topic("a/b")
+    a = contract.Ack(instance=2**53, seq=41, ts=5.0)
+    assert contract.Ack.decode(a.encode()) == a
+    p = contract.IngestState(online=False, instance=7, ts=6.0)
+    assert contract.IngestState.decode(p.encode()) == p
+    for bad, what in ((b'{"instance": 0, "seq": 1, "ts": 1}', "instance"), (b'{"instance": 1, "seq": -1, "ts": 1}',
+                      "'seq' must be >= 0"), (b'{"instance": 1, "ts": 1}', "'seq' is missing"),
+                      (b'{"instance": 2, "seq": true, "ts": 1}', "boolean")):
+        with pytest.raises(PayloadError, match=what):
+            contract.Ack.decode(bad)
+    with pytest.raises(PayloadError, match="'online' is missing"):
+        contract.IngestState.decode(b'{"instance": 1, "ts": 1}')
+
+
+def _matches(filter_: str, topic: str) -> bool:
+    """MQTT topic-filter matching (`+` one level, `#` the rest), as the broker does it."""
+    f, t = filter_.split("/"), topic.split("/")
+    for i, part in enumerate(f):
+        if part == "#":
+            return True
+        if i >= len(t) or (part != "+" and part != t[i]):
+            return False
+    return len(f) == len(t)
+
+
+@pytest.mark.parametrize("worker", ["state", "telemetry", "event", "cmd", "config", "ack", "ingest-0"])
+def test_no_ingest_presence_is_taken_for_a_gateway_message(worker: str) -> None:
+    # Whatever a worker is called (even "state"), its presence matches no filter ingest subscribes to and
+    # no gateway topic; and no gateway topic of any school (even "ingest") matches the agents' presence filter.
+    topic = contract.ingest_state_topic(worker)
+    assert not any(_matches(f, topic) for f in contract.ingest_filters())
+    with pytest.raises(PayloadError):
+        contract.parse_topic(topic)
+    for gateway_topic in (contract.state_topic("ingest", worker), contract.ack_topic("ingest", worker),
+                          contract.config_topic("ingest", worker)):
+        assert not _matches(contract.ingest_states_filter(), gateway_topic)
+
+
+def test_a_command_result_carries_its_seq_and_one_from_before_none() -> None:
+    r = CommandResult(id="c1", status="done", detail="", ts=4.0, seq=12)
+    assert CommandResult.decode(r.encode()) == r
+    old = CommandResult(id="c1", status="done", detail="", ts=4.0)
+    assert b"seq" not in old.encode()  # a central from before reads it as it always did
+    assert CommandResult.decode(old.encode()).seq is None
+    with pytest.raises(PayloadError, match="'seq' must be >= 1"):
+        CommandResult.decode(b'{"id": "c1", "status": "done", "ts": 1, "seq": 0}')

@@ -719,3 +719,23 @@ def test_the_board_shows_a_gateway_not_installed_yet_in_chromium(app) -> None:
         expect(page.locator(".hroom[data-gateway='gw-201'] header .badge")).to_have_text("offline")
         expect(page.locator("#not-installed")).to_have_text("Not installed yet: 1")
         expect(page.locator("#summary [data-problem='offline']")).to_contain_text("Offline: 1")
+
+
+def test_messages_waiting_for_central_are_shown_per_gateway(app) -> None:
+    outbox = {"pending": 40, "unacked": 35, "dropped": 0, "last_seq": 90, "instance": 5, "oldest": 51,
+              "oldest_age": 1200}
+    ledger = Ledger(app.db)
+    try:
+        ledger.record([], [("s1", "gw-102", State(online=True, ts=time.time(), room="102", devices=DEVICES,
+                                                  outbox=outbox))], [])
+    finally:
+        ledger.close()
+    gateways = {g["id"]: g for g in call(app, "GET", "/api/gateways", "facility").get_json()}
+    assert gateways["gw-102"]["waiting"] == 40 and gateways["gw-102"]["waiting_age"] >= 1200
+    assert gateways["gw-102"]["waiting_long"] is True and gateways["gw-102"]["acked_seq"] == 50
+    assert not gateways["gw-101"]["waiting"]
+    rooms = {r["gateway"]: r for r in call(app, "GET", "/api/board", "facility").get_json()["rooms"]}
+    assert rooms["gw-102"]["waiting"] == 40 and rooms["gw-102"]["waiting_long"] is True
+    page = call(app, "GET", "/health/rooms/gw-102", "facility").get_data(as_text=True)
+    assert "⚠ 40 messages waiting for central, oldest 20 min (is ingest running?)" in page
+    assert "waiting for central" not in call(app, "GET", "/health/rooms/gw-101", "facility").get_data(as_text=True)

@@ -262,3 +262,98 @@ def test_a_refused_login_is_one_clear_error(tmp_path: Path) -> None:
 def test_unreachable_broker_is_one_clear_error() -> None:
     with pytest.raises(CampusError, match=r"cannot reach MQTT broker mqtt://127\.0\.0\.1:\d+"):
         Subscriber(MqttUrl("127.0.0.1", free_port()), "x", ["a/#"], Received()).start()
+
+
+# ---------------------------------------------------------------- its own messages: presence and acknowledgements
+
+
+class Watcher:
+    """A paho client (another MQTT implementation) recording what arrives on some filters."""
+
+    def __init__(self, url: str, *filters: str) -> None:
+        mq = parse_mqtt_url(url)
+        self.lock = threading.Lock()
+        self.got: list[tuple[str, bytes, bool]] = []
+        self.c = paho.Client(paho.CallbackAPIVersion.VERSION2, protocol=paho.MQTTv5)
+        self.c.on_message = lambda c, u, m: self._add(m.topic, m.payload, bool(m.retain))
+        subscribed = threading.Event()
+        self.c.on_subscribe = lambda *a: subscribed.set()
+        self.c.connect(mq.host, mq.port)
+        self.c.loop_start()
+        self.c.subscribe([(f, 1) for f in filters])
+        assert subscribed.wait(10)
+
+    def _add(self, topic: str, payload: bytes, retain: bool) -> None:
+        with self.lock:
+            self.got.append((topic, payload, retain))
+
+    def payloads(self, topic: str) -> list[bytes]:
+        with self.lock:
+            return [p for t, p, _ in self.got if t == topic]
+
+    def close(self) -> None:
+        self.c.loop_stop()
+        self.c.disconnect()
+
+
+@pytest.mark.parametrize("protocol", ["5", "3.1.1"])
+def test_its_own_publishes_are_acknowledged_and_its_will_says_it_is_gone(mosquitto: Mosquitto, protocol: str) -> None:
+    presence = "campus/v1/ingest/test"
+    sub_ref: list[Subscriber] = []
+
+    def online(session_present: bool) -> None:
+        sub_ref[0].publish(presence, b"online")
+
+    watcher = Watcher(mosquitto.url, "campus/v1/ingest/+", "campus/v1/s1/+/ack")
+    mq = parse_mqtt_url(mosquitto.url + ("?protocol=3.1.1" if protocol == "3.1.1" else ""))
+    sub = Subscriber(mq, "ingest-own", ["campus/v1/+/+/telemetry/+"], Received(), keepalive=2,
+                     will=lambda: (presence, b"offline"), on_subscribed=online, reconnect_delay=(0.1, 0.3))
+    sub_ref.append(sub)
+    sub.start()
+    try:
+        wait_until(lambda: watcher.payloads(presence) == [b"online"], 10, message="online, after the SUBACK")
+        # More than the broker lets in flight at once (max_inflight_messages 100 in tests/servers.py):
+        # the rest waits for PUBACKs; each topic's newest payload arrives.
+        for i in range(300):
+            sub.publish(f"campus/v1/s1/gw{i}/ack", f"{i}".encode())
+        wait_until(lambda: sub.published >= 301, 20, message="300 acks PUBACKed")
+        wait_until(lambda: len([t for t, _, _ in watcher.got if t.endswith("/ack")]) >= 300, 10,
+                   message="300 acks at the watcher")
+        for i in (0, 150, 299):
+            assert watcher.payloads(f"campus/v1/s1/gw{i}/ack") == [f"{i}".encode()]
+        # A newer message to a topic replaces one not sent yet, so a burst keeps only the newest; it is retained.
+        for n in range(50):
+            sub.publish("campus/v1/s1/gwx/ack", f"x{n}".encode())
+        wait_until(lambda: watcher.payloads("campus/v1/s1/gwx/ack")[-1:] == [b"x49"], 10, message="the newest")
+        late = Watcher(mosquitto.url, "campus/v1/s1/gwx/ack")
+        wait_until(lambda: late.payloads("campus/v1/s1/gwx/ack") == [b"x49"], 10, message="retained newest")
+        late.close()
+        # The connection breaks under it: the broker publishes the Will; reconnected, it says online again.
+        assert sub._sock is not None
+        sub._sock.shutdown(2)
+        wait_until(lambda: watcher.payloads(presence)[1:2] == [b"offline"], 10, message="the Will")
+        wait_until(lambda: watcher.payloads(presence)[2:] == [b"online"], 10, message="online again")
+        assert sub.refused == []
+    finally:
+        sub.close()
+        watcher.close()
+
+
+def test_a_publish_the_broker_refuses_is_named_not_retried(tmp_path: Path) -> None:
+    passwd = write_passwd(tmp_path / "passwd", {"ingest": "pw"})
+    (tmp_path / "acl").write_text("user ingest\ntopic read campus/#\ntopic write campus/v1/ingest/+\n")
+    broker = Mosquitto(tmp_path / "mq", f"allow_anonymous false\npassword_file {passwd}\nacl_file {tmp_path / 'acl'}\n")
+    broker.start()
+    sub = Subscriber(MqttUrl("127.0.0.1", broker.port, username="ingest", password="pw"), "ingest-acl",
+                     ["campus/v1/+/+/telemetry/+"], Received())
+    try:
+        sub.start()
+        wait_until(sub.ready.is_set, 10, message="subscribed")
+        sub.publish("campus/v1/s1/gw1/ack", b"not allowed")
+        sub.publish("campus/v1/ingest/x", b"allowed")
+        wait_until(lambda: sub.refused and sub.published, 10, message="both answered")
+        assert sub.refused == [("campus/v1/s1/gw1/ack", "not authorized")]
+        assert sub.published == 1 and not sub._inflight
+    finally:
+        sub.close()
+        broker.stop()

@@ -20,6 +20,7 @@ import pytest
 from campus.errors import CampusError
 from campus.mqtt import explain_connect_error, tls_context
 from campus.urls import parse_mqtt_url
+from central import broker_config
 from dashboards import WebConfig, close_app, create_app
 from tests.servers import wait_until
 from tests.test_faults import assert_exactly_once
@@ -27,13 +28,11 @@ from tests.tlsbrokers import ProductionMosquitto, SplitClassroom, make_ca, passw
 
 pytestmark = pytest.mark.slow
 
-ACL = """# ingest reads every school; a gateway reads and writes only under its own prefix
-user ingest
-topic read campus/v1/#
-
-user gw1
-topic readwrite campus/v1/s1/gw1/#
-"""
+# The product's own rules (central/broker_config.py): ingest reads every school and writes acknowledgements
+# and its presence; the gateway stays under its own prefix and reads central's presence.
+ACL = "".join(f"user {user}\n" + "".join(f"topic {access} {topic}\n" for access, topic in rules) + "\n"
+              for user, rules in (("ingest", broker_config.service_rules("ingest")),
+                                  ("gw1", broker_config.gateway_rules("s1", "gw1"))))
 
 
 @dataclass

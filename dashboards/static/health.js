@@ -106,6 +106,10 @@
       const size = min >= 120 ? `${Math.round(min / 60)} h` : `${min} min`;
       return `Gateway clock is ${size} ${offset < 0 ? "ahead" : "behind"}: its times are wrong (check NTP on the gateway)`;
     }
+    // Rows the gateway keeps until central acknowledges them (central/acks.py): a few minutes' worth is normal.
+    function waitingText(n, age) {
+      return `${n} message${n === 1 ? "" : "s"} waiting for central` + (age != null ? `, oldest ${duration(age)}` : "");
+    }
     function room(r, now) {
       const cls = r.problems.includes("alarm") && r.alarms.every(a => a.state === "acknowledged") ? "p-acked"
         : r.problems.length ? "p-" + r.problems[r.problems.length - 1] : "";
@@ -115,12 +119,14 @@
       const presence = r.online ? ["ok", "online"] : r.installed ? ["offline", "offline"] : ["uninstalled", "not installed yet"];
       const skew = r.clock_wrong ? `<p class="clockwarn" data-clock-offset="${esc(r.clock_offset)}">⚠ ${esc(clockWarning(r.clock_offset))}</p>` : "";
       const notes = (r.notes || []).map(n => `<li class="${esc(n.level)}">${esc(n.text)}</li>`).join("");
+      const held = r.waiting ? `<p class="${r.waiting_long ? "clockwarn" : "muted"} waiting" data-waiting="${esc(r.waiting)}">${
+        r.waiting_long ? "⚠ " : ""}${esc(waitingText(r.waiting, r.waiting_age))}${r.waiting_long ? " (is ingest running?)" : ""}</p>` : "";
       return `<section class="card hroom ${cls}${r.installed ? "" : " not-installed"}" data-gateway="${esc(r.gateway)}">
         <header><h2><a href="/health/rooms/${encodeURIComponent(r.gateway)}">Room ${esc(r.room || "?")}</a></h2>
           <span class="badge ${presence[0]}">${presence[1]}</span>
           <a class="hlink" href="/health/rooms/${encodeURIComponent(r.gateway)}">history →</a></header>
         <p class="muted">${r.building ? "Building " + esc(r.building) + " · " : ""}${esc(r.school)} · gateway ${esc(r.gateway)} · ${esc(gw)}</p>
-        ${skew}${notes ? `<ul class="hnotes">${notes}</ul>` : ""}
+        ${skew}${held}${notes ? `<ul class="hnotes">${notes}</ul>` : ""}
         ${alarms ? `<ul class="halarms">${alarms}</ul>` : ""}
         <table class="hdevs"><thead><tr><th>Device</th><th>Status</th><th>Now</th><th class="seen">Last seen</th></tr></thead><tbody>${r.devices.map(d => device(d, now)).join("") || '<tr><td class="muted">No devices.</td></tr>'}</tbody></table>
       </section>`;

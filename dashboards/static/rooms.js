@@ -22,7 +22,8 @@
           <h2>Room ${esc(gw.room || "?")} ${gw.online ? '<span class="badge ok">online</span>' : gw.installed === false
             ? '<span class="badge uninstalled">not installed yet</span>' : '<span class="badge offline">offline</span>'}</h2>
           <p class="muted">${esc(gw.school)} · gateway ${esc(gw.id)} · ${gw.installed === false ? "registered, has not sent anything yet"
-            : `${gw.received} msgs · gaps ${gw.gaps} · dups ${gw.duplicates}`}</p>
+            : `${gw.received} msgs · gaps ${gw.gaps} · dups ${gw.duplicates}`}${
+            gw.waiting ? ` · <span class="waiting" data-waiting="${esc(gw.waiting)}">waiting for central ${esc(gw.waiting)}${gw.waiting_age != null ? ` (oldest ${esc(gw.waiting_age)} s)` : ""}</span>` : ""}</p>
           ${gw.clock_wrong ? `<p class="clockwarn" data-clock-offset="${esc(gw.clock_offset)}">⚠ gateway clock off by ${esc(Math.round(Math.abs(gw.clock_offset) / 60))} min (check NTP)</p>` : ""}
           <ul class="devices">${rows}</ul></section>`;
       }).join("");
