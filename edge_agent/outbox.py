@@ -275,14 +275,20 @@ class Outbox:
             try:
                 return fn(self.db)
             except sqlite3.Error as exc:
-                kind = classify(exc)
-                if kind is None:
-                    raise
-                if kind == "corrupt" and attempt == 0 and self._replace_live(str(exc)):
-                    continue
-                self._refused(kind, exc)
-                return default
+                if not self._try_again(exc, attempt):
+                    return default
         return default
+
+    def _try_again(self, exc: sqlite3.Error, attempt: int) -> bool:
+        """After a storage failure: True if the file was found damaged and replaced (try once more), else the
+        failure is recorded in `health` (and one that is not the storage's, a bug, is raised)."""
+        kind = classify(exc)
+        if kind is None:
+            raise exc
+        if kind == "corrupt" and attempt == 0 and self._replace_live(str(exc)):
+            return True
+        self._refused(kind, exc)
+        return False
 
     def figures(self) -> dict[str, int]:
         """What `state.outbox` reports, read in one snapshot (a row added between two reads must not make
@@ -388,12 +394,8 @@ class Outbox:
                 if db.in_transaction:
                     with contextlib.suppress(sqlite3.Error):
                         db.rollback()
-                kind = classify(exc)
-                if kind is None:
-                    raise
-                if kind == "corrupt" and attempt == 0 and self._replace_live(str(exc)):
+                if self._try_again(exc, attempt):
                     continue
-                self._refused(kind, exc)
                 return False, None
             self._unsaved -= unsaved
             for hid in folded:

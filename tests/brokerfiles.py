@@ -70,6 +70,8 @@ def mosquitto_passwd(text: str) -> dict[str, str]:
 SERVICE_RULES: set[Rule] = {
     ("ingest", "read", "campus/v1/+/+/state"), ("ingest", "read", "campus/v1/+/+/telemetry/+"),
     ("ingest", "read", "campus/v1/+/+/event/+"), ("ingest", "read", "campus/v1/+/+/cmd/+/result"),
+    # Central's presence (each ingest worker's) and its acknowledgements to the gateways.
+    ("ingest", "write", "campus/v1/ingest/+"), ("ingest", "write", "campus/v1/+/+/ack"),
     ("web", "write", "campus/v1/+/+/cmd/+"), ("web", "write", "campus/v1/+/+/config"),
     ("web", "read", "campus/v1/+/+/cmd/+/result")}
 
@@ -79,7 +81,8 @@ def gateway_rules(school: str, gateway: str) -> set[Rule]:
     user, prefix = f"gw-{school}-{gateway}", f"campus/v1/{school}/{gateway}"
     return {(user, "write", f"{prefix}/state"), (user, "write", f"{prefix}/telemetry/+"),
             (user, "write", f"{prefix}/event/+"), (user, "write", f"{prefix}/cmd/+/result"),
-            (user, "read", f"{prefix}/cmd/+"), (user, "read", f"{prefix}/config")}
+            (user, "read", f"{prefix}/cmd/+"), (user, "read", f"{prefix}/config"),
+            (user, "read", f"{prefix}/ack"), (user, "read", "campus/v1/ingest/+")}
 
 
 def expected_rules(gateways: list[tuple[str, str]]) -> set[Rule]:

@@ -193,6 +193,23 @@ class Classroom:
     def wait_stored_at_least(self, n: int, timeout: float = 30) -> None:
         wait_until(lambda: self.stored_count() >= n, timeout, message=f"{n} messages stored")
 
+    def restart_with_a_new_outbox(self, old: dict[str, int]) -> dict[str, int]:
+        """Start the agent again (its outbox just lost or damaged), let the new outbox reach seq 30, and wait
+        until it drained and central stored everything: `old` (the first outbox's figures) plus the new
+        numbers. Returns the new outbox's figures; central must count them afresh, not as redeliveries."""
+        self.sim.start()
+        self.agent = self._agent().start()
+        wait_until(lambda: self.agent_outbox()["last_seq"] >= 30, 30, message="the new outbox to sequence 30")
+        self.sim.stop()
+        wait_until(lambda: self.agent_outbox()["pending"] == 0
+                   and self.stored_count() == old["last_seq"] + self.agent_outbox()["last_seq"], 60, interval=0.2,
+                   message="the new outbox drained and everything stored")
+        new = self.agent_outbox()
+        gw = self.view.gateway(self.gateway)
+        assert (gw["received"], gw["gaps"], gw["duplicates"]) == (old["last_seq"] + new["last_seq"], 0, 0)
+        assert self.view.seqs(self.gateway) == list(range(1, new["last_seq"] + 1))
+        return new
+
     def quiesce_and_account(self, timeout: float = 60) -> dict[str, int]:
         """Stop producing (simulator off), let the outbox drain, and return the agent's figures."""
         self.sim.stop()

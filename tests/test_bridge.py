@@ -151,7 +151,7 @@ def test_the_school_broker_restarted_empty_loses_nothing(tmp_path: Path, link: L
     # The school broker queues the agent's messages for the bridge while the district is away; killed and
     # restarted without its saved state, it loses them, PUBACKed long ago. Central never acknowledged them:
     # the agent sends them again when central's presence comes back across the bridge.
-    room = SplitClassroom(tmp_path, link.url("gw1"), link.url("ingest"), poll_interval=0.1).start()
+    room = SplitClassroom(tmp_path, link.url(GATEWAY), link.url("ingest"), poll_interval=0.1).start()
     try:
         room.wait_stored_at_least(20, timeout=60)
         link.district.kill()

@@ -271,7 +271,11 @@ def test_dynsec_file_binds_gateways_and_bridges_to_their_client_ids(tmp_path: Pa
         {"acltype": "subscribePattern", "topic": "campus/v1/s1/gw-a/cmd/+", "allow": True},
         {"acltype": "publishClientReceive", "topic": "campus/v1/s1/gw-a/cmd/+", "allow": True},
         {"acltype": "subscribePattern", "topic": "campus/v1/s1/gw-a/config", "allow": True},
-        {"acltype": "publishClientReceive", "topic": "campus/v1/s1/gw-a/config", "allow": True}]
+        {"acltype": "publishClientReceive", "topic": "campus/v1/s1/gw-a/config", "allow": True},
+        {"acltype": "subscribePattern", "topic": "campus/v1/s1/gw-a/ack", "allow": True},
+        {"acltype": "publishClientReceive", "topic": "campus/v1/s1/gw-a/ack", "allow": True},
+        {"acltype": "subscribePattern", "topic": "campus/v1/ingest/+", "allow": True},
+        {"acltype": "publishClientReceive", "topic": "campus/v1/ingest/+", "allow": True}]
     assert config["roles"]["bridge-s1"] == broker_dynsec.acls(broker_config.bridge_rules("s1"))
     assert {"acltype": "subscribePattern", "topic": "$share/+/campus/v1/+/+/telemetry/+", "allow": True} \
         in config["roles"]["ingest"]

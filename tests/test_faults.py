@@ -76,17 +76,7 @@ def test_a_gateway_with_a_new_outbox_is_counted_exactly(tmp_path: Path, mosquitt
         old = room.quiesce_and_account()
         room.agent.stop()
         shutil.rmtree(tmp_path / f"{room.gateway}-data")
-        room.sim.start()
-        room.agent = room._agent().start()
-        wait_until(lambda: room.agent_outbox()["last_seq"] >= 30, 30, message="the new outbox to sequence 30")
-        room.sim.stop()
-        wait_until(lambda: room.agent_outbox()["pending"] == 0
-                   and room.stored_count() == old["last_seq"] + room.agent_outbox()["last_seq"], 60, interval=0.2,
-                   message="the new outbox drained and everything stored")
-        new = room.agent_outbox()
-        gw = room.view.gateway(room.gateway)
-        assert (gw["received"], gw["gaps"], gw["duplicates"]) == (old["last_seq"] + new["last_seq"], 0, 0)
-        assert room.view.seqs(room.gateway) == list(range(1, new["last_seq"] + 1))
+        new = room.restart_with_a_new_outbox(old)
         assert room.view.points.count(room.gateway) == METRICS_PER_SAMPLE * (old["last_seq"] + new["last_seq"])
     finally:
         room.stop()
