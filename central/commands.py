@@ -116,7 +116,9 @@ class CommandService:
         """Publish the pending commands the ledger says may have been lost (see the module's docstring)."""
         commands = self.ledger.commands_to_publish_again(COMMAND_RETRY_S)
         for c in commands:
-            cmd = Command(id=c["id"], action=c["action"], params=c["params"], deadline=c["deadline"], by=c["by"])
+            # Its first `ts`: an agent whose journal began later (a replaced outbox) must not run it again.
+            cmd = Command(id=c["id"], action=c["action"], params=c["params"], deadline=c["deadline"], by=c["by"],
+                          ts=c["created"])
             log.info("command %s to %s/%s: publishing it again (not answered yet)", cmd.id, c["gateway"], c["device"])
             with self._lock:
                 self.client.publish(contract.cmd_topic(c["school"], c["gateway"], c["device"]), cmd.encode(), qos=1)

@@ -549,7 +549,7 @@ class Ledger(PerThreadConnection):
         never to an offline gateway (its persistent session holds the command, or its reconnect will say
         it does not). The agent's journal answers a repeat without running it again."""
         now = time.time() if now is None else now
-        query = ("SELECT c.id, g.school, c.gateway, c.device, c.action, c.params, c.by, c.deadline,"
+        query = ("SELECT c.id, g.school, c.gateway, c.device, c.action, c.params, c.by, c.deadline, c.created,"
                  " COALESCE(json_extract(g.state, '$.since'), 0) AS since"
                  " FROM commands c JOIN gateways g ON g.id = c.gateway"
                  " WHERE c.status = 'pending' AND c.deadline > ? AND g.online = 1"
@@ -561,12 +561,12 @@ class Ledger(PerThreadConnection):
                 self.db.execute("BEGIN IMMEDIATE")
                 rows = self.db.execute(query, (now, now - retry_s)).fetchall()
                 self.db.executemany("UPDATE commands SET published = ?, published_since = ? WHERE id = ?",
-                                    [(now, r[8], r[0]) for r in rows])
+                                    [(now, r[9], r[0]) for r in rows])
         except sqlite3.Error as exc:
             raise StoreError(f"{self.path}: cannot read the pending commands: {exc}") from None
         return [{"id": cid, "school": school, "gateway": gw, "device": dev, "action": action,
-                 "params": json.loads(params), "by": by, "deadline": deadline}
-                for cid, school, gw, dev, action, params, by, deadline, _ in rows]
+                 "params": json.loads(params), "by": by, "deadline": deadline, "created": created}
+                for cid, school, gw, dev, action, params, by, deadline, created, _ in rows]
 
     def command(self, cid: str) -> dict[str, Any] | None:
         rows = self._commands("WHERE id = ?", (cid,))

@@ -4,13 +4,20 @@ and once whatever the number of ingest workers."""
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
+import paho.mqtt.client as paho
 import pytest
+from paho.mqtt.enums import CallbackAPIVersion
 
-from campus.contract import State
+from campus import contract
+from campus.contract import Command, State
+from campus.urls import parse_mqtt_url
 from central import acks
+from central.commands import CommandService
 from central.ledger import Ledger, Sequenced
+from tests.servers import Mosquitto, wait_until
 
 INSTANCE = 4242
 T0 = 1_000_000.0
@@ -147,3 +154,32 @@ def test_gateways_show_what_waits_for_central(ledger: Ledger) -> None:
     [gw] = ledger.gateways("gw1")
     assert gw["waiting"] == 12 and gw["acked_seq"] == 4
     assert gw["waiting_age"] >= 40 and gw["waiting_long"]  # its state is old (T0): ages since then
+
+
+
+def test_a_command_published_again_keeps_its_first_time(ledger: Ledger, mosquitto: Mosquitto) -> None:
+    """The republished command carries the time central first issued it: an agent whose journal began later
+    (a replaced outbox) answers it `expired` instead of running it a second time (edge_agent/commands.py)."""
+    ledger.record([], [("s1", "gw1", State(online=True, ts=time.time(), since=1.0))], [])
+    ledger.add_command("c1", "gw1", "proj", "power_on", {}, "t", time.time() + 60)
+    created = ledger.command("c1")["created"]
+    seen: list[bytes] = []
+    watcher = paho.Client(CallbackAPIVersion.VERSION2, client_id="watcher")
+    watcher.on_message = lambda _c, _u, message: seen.append(message.payload)
+    watcher.connect("127.0.0.1", mosquitto.port)
+    watcher.subscribe(contract.cmd_topic("s1", "gw1", "proj"), qos=1)
+    watcher.loop_start()
+    service = CommandService(parse_mqtt_url(mosquitto.url), ledger)
+    service.start()
+    try:
+        assert service.connected.wait(10)
+        # The gateway reconnected (another `since`): the broker it is on now may have lost the command.
+        ledger.record([], [("s1", "gw1", State(online=True, ts=time.time() + 1, since=2.0))], [])
+        wait_until(lambda: service.publish_again() or seen, 10, message="the command published again")
+        wait_until(lambda: seen, 10, message="the command at the gateway's topic")
+        again = Command.decode(seen[0])
+        assert (again.id, again.ts) == ("c1", created)
+    finally:
+        service.stop()
+        watcher.loop_stop()
+        watcher.disconnect()
