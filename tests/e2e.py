@@ -176,7 +176,9 @@ class Classroom:
         """The agent's own account: seq numbers allocated, messages waiting (of which `unacked` the broker
         accepted and central has not acknowledged yet), dropped."""
         path = self.data_dir / "agent.db"
-        db = sqlite3.connect(str(path), timeout=10, isolation_level=None)
+        # Never create it: an empty file where the agent is about to open its outbox is, to the agent, a
+        # damaged outbox (a test that looked too early once made the agent replace its new outbox).
+        db = sqlite3.connect(f"{path.as_uri()}?mode=rw", uri=True, timeout=10, isolation_level=None)
         try:
             db.execute("BEGIN")  # one snapshot for both reads
             meta = dict(db.execute("SELECT key, value FROM meta"))
