@@ -280,3 +280,9 @@ class SmallFilesystem:
             if subprocess.run(["umount", str(self.path)], capture_output=True).returncode != 0:
                 subprocess.run(["umount", "-l", str(self.path)], capture_output=True)
             self.mounted = False
+
+
+def launch_chromium(playwright: Any) -> Any:
+    """Debian's Chromium, headless, driven by Playwright (which must never download a browser of its own)."""
+    return playwright.chromium.launch(executable_path="/usr/bin/chromium", args=[
+        "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"])

@@ -37,7 +37,7 @@ from central.store.base import Sample
 from central.store.sqlite import SqlitePointStore
 from dashboards import WebConfig, close_app, create_app, health
 from tests.apps import add_people, central_db, register_rooms, web_app
-from tests.servers import screenshot_path, wait_until
+from tests.servers import launch_chromium, screenshot_path, wait_until
 
 ROOT = Path(__file__).resolve().parent.parent
 NOW = time.time()
@@ -570,8 +570,7 @@ def test_facility_sees_and_acknowledges_a_co2_alarm_in_chromium(tmp_path: Path) 
         _api(base, token, "/api/demo/simulators/gw-101/env", {"overrides": {"co2_ppm": 600}})
         wait_until(lambda: not co2_alarm_open(), 30, message="no CO2 alarm in room 101")
         with sync_playwright() as pw:
-            browser = pw.chromium.launch(executable_path="/usr/bin/chromium", args=[
-                "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"])
+            browser = launch_chromium(pw)
             page = browser.new_page(viewport={"width": 1280, "height": 800})
             page.goto(f"{base}/login")
             page.fill("input[name=username]", "facility")
@@ -664,8 +663,7 @@ def _chromium_as_facility(app) -> Iterator[tuple[object, str]]:
     base = f"http://127.0.0.1:{server.port}"
     try:
         with sync_playwright() as pw:
-            browser = pw.chromium.launch(executable_path="/usr/bin/chromium", args=[
-                "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"])
+            browser = launch_chromium(pw)
             try:
                 page = browser.new_page(viewport={"width": 1280, "height": 800})
                 page.goto(f"{base}/login")

@@ -30,7 +30,7 @@ from central.ledger import Ledger, Sequenced
 from central.registry import Registry
 from dashboards import WebConfig, close_app, create_app
 from dashboards.panel import controls_for, input_label
-from tests.servers import screenshot_path, wait_until
+from tests.servers import launch_chromium, screenshot_path, wait_until
 
 NOW = time.time()
 DEVICES = {"env": {"profile": "env-6in1-modbus", "kind": "environment", "status": "ok"},
@@ -337,8 +337,7 @@ def test_teacher_switches_the_projector_on_in_a_browser(tmp_path: Path) -> None:
     try:
         password = logins["teacher"]
         with sync_playwright() as p:
-            browser = p.chromium.launch(executable_path="/usr/bin/chromium", args=[
-                "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"])
+            browser = launch_chromium(p)
             try:
                 page = browser.new_page(viewport={"width": 1024, "height": 768})
                 page.goto(f"{base}/login")

@@ -32,7 +32,7 @@ from dashboards import close_app, sessions
 from dashboards.auth import LOGIN_FAILURES_PER_ADDRESS_PER_MIN, RateLimiter
 from dashboards.security import safe_target
 from tests.apps import PEOPLE, add_people, central_db, register_rooms, two_rooms, web_app
-from tests.servers import CampusProcess, wait_until
+from tests.servers import CampusProcess, launch_chromium, wait_until
 
 PASSWORD = {role: password for role, (name, password, rooms) in PEOPLE.items()}
 NAME = {role: name for role, (name, password, rooms) in PEOPLE.items()}
@@ -491,8 +491,7 @@ def test_pages_work_under_the_policy_in_chromium(tmp_path: Path) -> None:
     base = f"http://127.0.0.1:{server.port}"
     try:
         with sync_playwright() as pw:
-            browser = pw.chromium.launch(executable_path="/usr/bin/chromium", args=[
-                "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"])
+            browser = launch_chromium(pw)
             try:
                 page = browser.new_page()
                 violations: list[str] = []
