@@ -23,7 +23,7 @@ def setup_logging(level: str) -> None:
     logging.basicConfig(level=getattr(logging, level.upper(), logging.INFO),
                         format="%(asctime)s %(levelname)-7s %(name)s: %(message)s", stream=sys.stderr)
     # Libraries that are chatty at INFO/DEBUG about every frame or connection.
-    for noisy in ("pymodbus", "amqtt", "transitions", "werkzeug", "urllib3"):
+    for noisy in ("pymodbus", "amqtt", "transitions", "werkzeug", "urllib3", "alembic"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     logging.getLogger("amqtt.broker").setLevel(logging.CRITICAL)
 

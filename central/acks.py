@@ -36,10 +36,16 @@ ACK_MAX_DELAY_S)) acks per message: at one message every 5-10 s that is
 
 from __future__ import annotations
 
-import sqlite3
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+from sqlalchemy import Connection, Select, and_, func, or_, select, update
 
 from campus.contract import State
+from central.tables import gateways as gw_t
+from central.tables import seen
+
+if TYPE_CHECKING:
+    from central.db import Database
 
 ACK_EVERY = 25             # messages: w moved this far since the last ack -> publish
 ACK_MAX_DELAY_S = 240.0    # an ack at least this often while w moves (agents resend after 600 s by default)
@@ -47,40 +53,43 @@ ACK_MIN_INTERVAL_S = 0.3   # per gateway, at most one ack this often (a resend o
 REFUSED_WINDOW = 100_000_000  # a refused message's seq counts only this close above w (contract.SEQ_JUMP_MAX)
 
 
-def note_state(db: sqlite3.Connection, gateway: str, state: State, stored_since: float | None) -> None:
+def note_state(conn: Connection, gateway: str, state: State, stored_since: float | None) -> None:
     """A state of the gateway: the agent's oldest seq held (of the current outbox instance), and a
     prompt ack when it has reconnected (a new `since`), so a retained ack an empty broker lost heals."""
     instance, oldest = state.outbox.get("instance"), state.outbox.get("oldest")
     if instance is not None and oldest is not None:
-        db.execute("UPDATE gateways SET outbox_oldest = MAX(COALESCE(outbox_oldest, 0), ?)"
-                   " WHERE id = ? AND outbox_instance = ?", (oldest, gateway, instance))
+        held = func.coalesce(gw_t.c.outbox_oldest, 0)
+        conn.execute(update(gw_t).where(gw_t.c.id == gateway, gw_t.c.outbox_instance == instance, held < oldest)
+                     .values(outbox_oldest=oldest))
     if state.online and state.since > 0 and state.since != stored_since:
-        db.execute("UPDATE gateways SET ack_due = 1 WHERE id = ? AND acked_seq > 0", (gateway,))
+        conn.execute(update(gw_t).where(gw_t.c.id == gateway, gw_t.c.acked_seq > 0).values(ack_due=True))
 
 
-def reset(db: sqlite3.Connection, gateway: str, now: float, new_instance: bool) -> None:
+def reset(conn: Connection, gateway: str, now: float, new_instance: bool) -> None:
     """A new numbering (epoch): nothing acknowledged yet. The first ack comes by count or delay like
     the others, not at once (a district of new gateways would otherwise all be acked in one go)."""
-    db.execute("UPDATE gateways SET acked_seq = 0, ack_sent = 0, ack_sent_at = ?, ack_due = 0,"
-               " outbox_oldest = CASE WHEN ? THEN NULL ELSE outbox_oldest END WHERE id = ?",
-               (now, new_instance, gateway))
+    values: dict[str, Any] = {"acked_seq": 0, "ack_sent": 0, "ack_sent_at": now, "ack_due": False}
+    if new_instance:
+        values["outbox_oldest"] = None
+    conn.execute(update(gw_t).where(gw_t.c.id == gateway).values(**values))
 
 
-def record_refused(db: sqlite3.Connection, gateway: str, seqs: set[int]) -> None:
+def record_refused(db: Database, conn: Connection, gateway: str, seqs: set[int]) -> None:
     """Messages refused at decode whose seq could be read (a clock a year off, say): central has dealt
     with them, and sending them again changes nothing, so they count as seen for the watermark (not as
     received: they still show as gaps). Only numbers just above w: a corrupt seq must not hold `seen`."""
-    acked, top = db.execute("SELECT acked_seq, COALESCE(max_seq, 0) FROM gateways WHERE id = ?",
-                            (gateway,)).fetchone()
+    acked, top = conn.execute(select(gw_t.c.acked_seq, func.coalesce(gw_t.c.max_seq, 0))
+                              .where(gw_t.c.id == gateway)).one()
     ceiling = max(acked, top) + REFUSED_WINDOW
-    db.executemany("INSERT OR IGNORE INTO seen VALUES (?, ?)",
-                   [(gateway, s) for s in sorted(seqs) if acked < s <= ceiling])
+    rows = [{"gateway": gateway, "seq": s} for s in sorted(seqs) if acked < s <= ceiling]
+    if rows:
+        conn.execute(db.insert(seen).on_conflict_do_nothing(), rows)
 
 
-def advance(db: sqlite3.Connection, gateway: str, prompt: bool) -> None:
+def advance(conn: Connection, gateway: str, prompt: bool) -> None:
     """Move the gateway's watermark as far as `seen` allows; mark a prompt ack due."""
-    row = db.execute("SELECT acked_seq, seq_floor, max_seq, outbox_oldest FROM gateways WHERE id = ?",
-                     (gateway,)).fetchone()
+    row = conn.execute(select(gw_t.c.acked_seq, gw_t.c.seq_floor, gw_t.c.max_seq, gw_t.c.outbox_oldest)
+                       .where(gw_t.c.id == gateway)).first()
     if row is None or row[3] is None:
         return  # unknown, or an agent without acknowledgements
     acked, floor, top, oldest = row
@@ -88,13 +97,17 @@ def advance(db: sqlite3.Connection, gateway: str, prompt: bool) -> None:
     if top is not None and top > w:
         # Walks only the run that starts right above w: a hole stops it at its first row.
         expected = w + 1
-        for (seq,) in db.execute("SELECT seq FROM seen WHERE gateway = ? AND seq > ? ORDER BY seq", (gateway, w)):
+        for seq in conn.execute(select(seen.c.seq).where(seen.c.gateway == gateway, seen.c.seq > w)
+                                .order_by(seen.c.seq)).scalars():
             if seq != expected:
                 break
             expected += 1
         w = expected - 1
     if w != acked or prompt:
-        db.execute("UPDATE gateways SET acked_seq = ?, ack_due = ack_due OR ? WHERE id = ?", (w, prompt, gateway))
+        values: dict[str, Any] = {"acked_seq": w}
+        if prompt:
+            values["ack_due"] = True
+        conn.execute(update(gw_t).where(gw_t.c.id == gateway).values(**values))
 
 
 def prune_floor(top: int, keep: int, acked: int, oldest: int | None) -> int:
@@ -104,17 +117,16 @@ def prune_floor(top: int, keep: int, acked: int, oldest: int | None) -> int:
     return floor if oldest is None else min(floor, acked)
 
 
-_DUE = ("outbox_oldest IS NOT NULL AND outbox_instance IS NOT NULL AND acked_seq > 0 AND ack_sent_at <= ?"
-        " AND (ack_due OR (acked_seq > ack_sent AND (acked_seq - ack_sent >= ? OR ack_sent_at <= ?)))")
-
-
-def due(db: sqlite3.Connection, now: float, max_delay: float = ACK_MAX_DELAY_S) -> list[tuple[Any, ...]]:
+def due(now: float, max_delay: float = ACK_MAX_DELAY_S) -> Select[Any]:
     """Gateways whose ack should go out now: (gateway, school, outbox instance, watermark)."""
-    return db.execute(f"SELECT id, school, outbox_instance, acked_seq FROM gateways WHERE {_DUE}",
-                      (now - ACK_MIN_INTERVAL_S, ACK_EVERY, now - max_delay)).fetchall()
+    c = gw_t.c
+    return select(c.id, c.school, c.outbox_instance, c.acked_seq).where(
+        c.outbox_oldest.is_not(None), c.outbox_instance.is_not(None), c.acked_seq > 0,
+        c.ack_sent_at <= now - ACK_MIN_INTERVAL_S,
+        or_(c.ack_due.is_(True), and_(c.acked_seq > c.ack_sent, or_(c.acked_seq - c.ack_sent >= ACK_EVERY,
+                                                                     c.ack_sent_at <= now - max_delay))))
 
 
-def claim(db: sqlite3.Connection, rows: list[tuple[Any, ...]], now: float) -> None:
-    db.executemany("UPDATE gateways SET ack_sent = ?, ack_sent_at = ?, ack_due = 0 WHERE id = ?",
-                   [(seq, now, gateway) for gateway, _, _, seq in rows])
-
+def claim(conn: Connection, rows: list[Any], now: float) -> None:
+    for gateway, _, _, seq in rows:
+        conn.execute(update(gw_t).where(gw_t.c.id == gateway).values(ack_sent=seq, ack_sent_at=now, ack_due=False))

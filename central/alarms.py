@@ -219,11 +219,7 @@ class Snapshot:
 
 def device_last_seen(ledger: Any) -> dict[tuple[str, str], float]:
     """When each device last sent a value (the newest `latest` sample)."""
-    own = getattr(ledger, "device_last_seen", None)
-    if callable(own):
-        return own()
-    rows = ledger.db.execute("SELECT gateway, device, MAX(ts) FROM latest GROUP BY gateway, device")
-    return {(gw, dev): ts for gw, dev, ts in rows}
+    return ledger.device_last_seen()
 
 
 def snapshot(registry: Registry, ledger: Any) -> Snapshot:

@@ -3,29 +3,43 @@
 Per gateway: its latest `state` (online, devices and their status), when it
 was last heard from, and the `seq` numbers received, from which it counts
 gaps (numbers never received) and duplicates (redeliveries dropped). Also
-the events and the command audit trail. SQLite; for the embedded store it
-lives in the same file as the points.
+the events and the command audit trail. Its tables (central/tables.py) are in
+the central database (central/db.py: SQLite, or PostgreSQL for a district),
+and only this module and central/acks.py touch them.
 
 The `seen` numbers only feed those counters: a message's points, event and
 latest values are written whether or not it is new (each write is
 idempotent). So `seen` keeps just the newest SEEN_KEEP numbers of each
 gateway; everything at or below the gateway's `seq_floor` counts as seen.
+
+Several ingest workers, on several hosts, record at once. A seq is new when
+its INSERT into `seen` (primary key gateway, seq) inserts a row: exact
+whoever races. A batch locks its gateways' rows first, in id order (SQLite:
+the one write lock; PostgreSQL: SELECT ... FOR UPDATE, the same order in every
+worker, so no deadlock), and so the counters, epochs and watermark of a
+gateway move under one writer at a time.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import sqlite3
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from sqlalchemy import Connection, and_, case, func, or_, select, update
+from sqlalchemy import delete as sql_delete
+
 from campus.contract import CommandResult, State
-from campus.errors import StoreError
 from central import acks
-from central.store.sqlite import PerThreadConnection
+from central.db import Database, open_database
+from central.tables import commands as commands_t
+from central.tables import events as events_t
+from central.tables import gateways as gw_t
+from central.tables import ingest_workers, seen
+from central.tables import latest as latest_t
 
 log = logging.getLogger(__name__)
 
@@ -37,48 +51,7 @@ log = logging.getLogger(__name__)
 SEEN_KEEP = 10_000
 WORKER_REPORT_S = 5.0  # how often an ingest worker writes its counters; three missed reports: not running
 PRUNE_SLICE = 100  # gateways pruned in one transaction (~25 ms at 480 rows each)
-_SQL_PARAMS = 900  # seqs per look-up: under SQLite's oldest limit of 999 parameters per statement
-
-# A redelivered event has its seq and its ts; a replaced outbox (new SD card) starts again at seq 1
-# with new timestamps, and its events must not be taken for redeliveries of the old ones.
-_EVENTS_KEY = "PRIMARY KEY (gateway, seq, ts)"
-_EVENTS_DDL = (
-    "CREATE TABLE IF NOT EXISTS events (gateway TEXT NOT NULL, device TEXT NOT NULL, seq INTEGER NOT NULL,"
-    f" ts REAL NOT NULL, type TEXT NOT NULL, data TEXT NOT NULL, {_EVENTS_KEY})",
-    "CREATE INDEX IF NOT EXISTS events_ts ON events (ts)",
-)
-
-# Columns added after files were in use, per table, with their definitions.
-_ADDED_COLUMNS = {
-    "gateways": {
-        "seq_floor": "INTEGER NOT NULL DEFAULT 0",
-        # A gateway's seq numbers belong to one outbox instance (edge_agent/outbox.py). When a newer
-        # state names another one, the old one's gaps and received count are set aside and the
-        # new one's numbers, which start again at 1, are counted afresh.
-        "outbox_instance": "INTEGER",
-        "gaps_before": "INTEGER NOT NULL DEFAULT 0",
-        "received_before": "INTEGER NOT NULL DEFAULT 0",
-        # Numbering epochs: a new outbox instance or a seq jump beyond SEQ_JUMP_MAX starts one.
-        # Values are ordered by (epoch, seq): the gateway's own order, whatever its clock says.
-        "epoch": "INTEGER NOT NULL DEFAULT 0",
-        "seq_jumps": "INTEGER NOT NULL DEFAULT 0",
-        # Messages whose ts was more than contract.CLOCK_AHEAD_S ahead of receipt (stored, never latest),
-        # and the smoothed receipt time - ts of the gateway's live heartbeats.
-        "clock_ahead": "INTEGER NOT NULL DEFAULT 0",
-        "clock_offset": "REAL",
-        # Central's acknowledgement (central/acks.py): the watermark, the agent's lowest seq held (NULL: an
-        # agent without acknowledgements), the watermark last published and when, and a prompt ack due.
-        "acked_seq": "INTEGER NOT NULL DEFAULT 0",
-        "outbox_oldest": "INTEGER",
-        "ack_sent": "INTEGER NOT NULL DEFAULT 0",
-        "ack_sent_at": "REAL NOT NULL DEFAULT 0",
-        "ack_due": "INTEGER NOT NULL DEFAULT 0",
-    },
-    "latest": {"epoch": "INTEGER NOT NULL DEFAULT 0", "seq": "INTEGER NOT NULL DEFAULT 0"},
-    # When a pending command was last published, and the `since` of its gateway's connection then
-    # (central/commands.py publishes it again when the gateway reconnects, or after COMMAND_RETRY_S).
-    "commands": {"published": "REAL", "published_since": "REAL"},
-}
+_ROWS_PER_INSERT = 400  # rows of one multi-row INSERT (2-3 parameters each: under every engine's limit)
 
 # A seq more than this beyond the numbers counted so far (or below them) is no gap: a corrupt or
 # hostile number (2**63 - 1 would count 9.2e18 gaps for ever). It starts a new epoch, counted in
@@ -94,40 +67,6 @@ CLOCK_WARN_S = 120.0
 # the oldest waiting longer than this is worth a warning on the dashboard (ingest down, a broker lost).
 WAITING_WARN_S = 900.0
 
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS gateways (
-    id TEXT PRIMARY KEY, school TEXT NOT NULL, room TEXT NOT NULL DEFAULT '',
-    online INTEGER NOT NULL DEFAULT 0, state TEXT NOT NULL DEFAULT '{}', interval REAL NOT NULL DEFAULT 0,
-    last_seen REAL, first_seq INTEGER, max_seq INTEGER,
-    received INTEGER NOT NULL DEFAULT 0, duplicates INTEGER NOT NULL DEFAULT 0,
-    seq_floor INTEGER NOT NULL DEFAULT 0,
-    outbox_instance INTEGER, gaps_before INTEGER NOT NULL DEFAULT 0, received_before INTEGER NOT NULL DEFAULT 0,
-    epoch INTEGER NOT NULL DEFAULT 0, seq_jumps INTEGER NOT NULL DEFAULT 0,
-    clock_ahead INTEGER NOT NULL DEFAULT 0, clock_offset REAL,
-    acked_seq INTEGER NOT NULL DEFAULT 0, outbox_oldest INTEGER, ack_sent INTEGER NOT NULL DEFAULT 0,
-    ack_sent_at REAL NOT NULL DEFAULT 0, ack_due INTEGER NOT NULL DEFAULT 0
-);
-CREATE TABLE IF NOT EXISTS seen (
-    gateway TEXT NOT NULL, seq INTEGER NOT NULL, PRIMARY KEY (gateway, seq)
-) WITHOUT ROWID;
-""" + "".join(f"{ddl};\n" for ddl in _EVENTS_DDL) + """CREATE TABLE IF NOT EXISTS commands (
-    id TEXT PRIMARY KEY, gateway TEXT NOT NULL, device TEXT NOT NULL, action TEXT NOT NULL,
-    params TEXT NOT NULL, by TEXT NOT NULL, created REAL NOT NULL, deadline REAL NOT NULL,
-    status TEXT NOT NULL, detail TEXT NOT NULL DEFAULT '', finished REAL, published REAL, published_since REAL
-);
-CREATE INDEX IF NOT EXISTS commands_created ON commands (created);
-CREATE INDEX IF NOT EXISTS commands_pending ON commands (deadline) WHERE status = 'pending';
-CREATE TABLE IF NOT EXISTS ingest_workers (
-    name TEXT PRIMARY KEY, host TEXT NOT NULL, pid INTEGER NOT NULL, started REAL NOT NULL, updated REAL NOT NULL,
-    stats TEXT NOT NULL
-);
-CREATE TABLE IF NOT EXISTS latest (
-    gateway TEXT NOT NULL, device TEXT NOT NULL, metric TEXT NOT NULL, ts REAL NOT NULL, value TEXT NOT NULL,
-    epoch INTEGER NOT NULL DEFAULT 0, seq INTEGER NOT NULL DEFAULT 0,
-    PRIMARY KEY (gateway, device, metric)
-) WITHOUT ROWID;
-"""
-
 
 @dataclass
 class Sequenced:
@@ -142,41 +81,53 @@ class Sequenced:
     ahead: bool = False  # ts far ahead of receipt (contract.clock_ahead): stored, never the latest value
 
 
-class Ledger(PerThreadConnection):
-    schema = SCHEMA
+def greatest(a: Any, b: Any) -> Any:
+    """The larger of two SQL values, on both engines (SQLite's scalar MAX is PostgreSQL's GREATEST)."""
+    return case((a >= b, a), else_=b)
 
-    def __init__(self, path: str | Path, seen_keep: int = SEEN_KEEP) -> None:
-        super().__init__(path)
+
+def least(a: Any, b: Any) -> Any:
+    return case((a <= b, a), else_=b)
+
+
+def chunks(rows: list[Any], size: int = _ROWS_PER_INSERT) -> list[list[Any]]:
+    return [rows[i:i + size] for i in range(0, len(rows), size)]
+
+
+class Ledger:
+    def __init__(self, db: Database | str | Path, seen_keep: int = SEEN_KEEP) -> None:
+        # A path or URL: a database of its own (tests, tools), closed with the ledger.
+        self._owns_db = not isinstance(db, Database)
+        if isinstance(db, Database):
+            self.db = db
+        else:
+            self.db = open_database(str(db) if "://" in str(db) else f"sqlite:///{db}")
         self.seen_keep = seen_keep
-        self.convert_once(lambda: bool(self._missing_columns()), self._add_columns, "add the new columns")
-        self.convert_once(lambda: _EVENTS_KEY not in self._events_sql(), self._rekey_events,
-                          "re-key the events table")
 
-    def _missing_columns(self) -> list[tuple[str, str]]:
-        missing = []
-        for table, columns in _ADDED_COLUMNS.items():
-            have = {row[1] for row in self.db.execute(f"PRAGMA table_info({table})")}
-            missing += [(table, column) for column in columns if column not in have]
-        return missing
+    @property
+    def path(self) -> str:
+        return self.db.name
 
-    def _add_columns(self) -> None:
-        for table, column in self._missing_columns():
-            self.db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {_ADDED_COLUMNS[table][column]}")
+    def release(self) -> None:
+        """Nothing held per thread (connections go back to the pool after each use)."""
 
-    def _events_sql(self) -> str:
-        return self.db.execute("SELECT sql FROM sqlite_master WHERE type = 'table' AND name = 'events'").fetchone()[0]
+    def close(self) -> None:
+        if self._owns_db:
+            self.db.close()
 
-    def _rekey_events(self) -> None:
-        """Events keyed by ts too: rebuild the table (SQLite cannot change a key)."""
-        self.db.execute("ALTER TABLE events RENAME TO events_before_rekey")
-        self.db.execute("DROP INDEX IF EXISTS events_ts")
-        for ddl in _EVENTS_DDL:
-            self.db.execute(ddl)
-        self.db.execute("INSERT INTO events SELECT * FROM events_before_rekey")
-        self.db.execute("DROP TABLE events_before_rekey")
+    def _lock_gateways(self, conn: Connection, schools: dict[str, str]) -> None:
+        """Make the batch's gateways' rows, then hold them (in id order) until the transaction ends."""
+        ids = sorted(schools)
+        if not ids:
+            return
+        for part in chunks(ids):
+            conn.execute(self.db.insert(gw_t).values([{"id": g, "school": schools[g]} for g in part])
+                         .on_conflict_do_nothing())
+        for part in chunks(ids):
+            conn.execute(select(gw_t.c.id).where(gw_t.c.id.in_(part)).order_by(gw_t.c.id).with_for_update())
 
-    def _ensure_gateway(self, school: str, gateway: str) -> None:
-        self.db.execute("INSERT OR IGNORE INTO gateways (id, school) VALUES (?, ?)", (gateway, school))
+    def _gateway(self, conn: Connection, gateway: str, *columns: str) -> Any:
+        return conn.execute(select(*(gw_t.c[c] for c in columns)).where(gw_t.c.id == gateway)).one()
 
     # ------------------------------------------------------------ ingest side
 
@@ -185,10 +136,10 @@ class Ledger(PerThreadConnection):
                refused: list[tuple[str, str, int]] | None = None) -> list[bool]:
         """Record a batch in one transaction; returns, per message, whether it was new.
 
-        Work is per gateway, not per message: one look-up of the batch's seqs in
-        `seen`, one counter update, and one `latest` row per metric (the
-        newest in the batch), so the cost grows with the gateways and metrics
-        in a batch, not with its messages.
+        Work is per gateway, not per message: one INSERT of the batch's seqs into
+        `seen` (the rows it inserts are the new ones), one counter update, and one
+        `latest` row per metric (the newest in the batch), so the cost grows with the
+        gateways and metrics in a batch, not with its messages.
 
         The newest value of a metric is the one with the highest (epoch, seq): the
         order the gateway allocated them in. A `ts` is the gateway clock's word only,
@@ -204,149 +155,162 @@ class Ledger(PerThreadConnection):
         by_gateway: dict[str, list[Sequenced]] = {}
         for m in messages:
             by_gateway.setdefault(m.gateway, []).append(m)
-        try:
-            with self.db:
-                self.db.execute("BEGIN IMMEDIATE")  # the write lock: no other worker records between look-up and insert
-                # A new outbox's state comes before its first messages (the agent publishes it on
-                # connect, before draining), so its reset comes first here too.
-                touched: dict[str, bool] = {}  # gateways whose watermark may move -> a prompt ack (resend seen)
-                for school, gateway, state in states:
-                    self._ensure_gateway(school, gateway)
-                    acks.note_state(self.db, gateway, state, self._follow_outbox(gateway, state, now))
-                    touched[gateway] = False
-                new_seqs: dict[str, set[int]] = {}
-                counted: dict[str, set[int]] = {}  # seqs of the gateway's current epoch (the rest: strays)
-                epochs: dict[str, int] = {}
-                for gateway, msgs in by_gateway.items():
-                    self._ensure_gateway(msgs[0].school, gateway)
-                    seqs = self._current_epoch(gateway, {m.seq for m in msgs})
-                    counted[gateway] = seqs
-                    new_seqs[gateway] = seqs - self._seen(gateway, seqs)
-                    epochs[gateway] = self.db.execute("SELECT epoch FROM gateways WHERE id = ?",
-                                                      (gateway,)).fetchone()[0]
-                seen_rows: list[tuple[str, int]] = []
-                latest: dict[tuple[str, str, str], tuple[int, float, str]] = {}  # key -> (seq, ts, value)
-                events: list[tuple[str, str, int, float, str, str]] = []
-                counts: dict[str, list[int]] = {}  # gateway -> [new, duplicates, lowest new seq, highest new seq]
-                ahead: dict[str, int] = {}
-                for m in messages:
-                    c = counts.get(m.gateway)
-                    if c is None:
-                        c = counts[m.gateway] = [0, 0, _SEQ_MAX, 0]
-                    if m.ahead:
-                        ahead[m.gateway] = ahead.get(m.gateway, 0) + 1
-                    if m.seq not in counted[m.gateway]:
-                        fresh.append(False)  # a stray of a jump (SEQ_JUMP_MAX): stored, not counted
-                    elif m.seq in new_seqs[m.gateway]:
-                        fresh.append(True)
-                        new_seqs[m.gateway].discard(m.seq)  # the same seq twice in one batch: a duplicate
-                        seen_rows.append((m.gateway, m.seq))
-                        c[0] += 1
-                        c[2], c[3] = min(c[2], m.seq), max(c[3], m.seq)
-                    else:
-                        fresh.append(False)
-                        c[1] += 1
-                    # Written for duplicates too (idempotent): one older than `seen` remembers is not lost.
-                    if m.values and not m.ahead and m.seq in counted[m.gateway]:
-                        for metric, value in m.values.items():
-                            key = (m.gateway, m.device, metric)
-                            old = latest.get(key)
-                            if old is None or m.seq >= old[0]:
-                                latest[key] = (m.seq, m.ts, value)
-                    if m.event is not None:
-                        events.append((m.gateway, m.device, m.seq, m.ts, m.event[0], json.dumps(m.event[1])))
-                seen_rows.sort()
-                self.db.executemany("INSERT INTO seen VALUES (?, ?)", seen_rows)
-                for gateway, (new, dups, low, high) in counts.items():
-                    if new:
-                        self.db.execute(
-                            "UPDATE gateways SET received = received + ?, duplicates = duplicates + ?, last_seen = ?,"
-                            " first_seq = MIN(COALESCE(first_seq, ?), ?), max_seq = MAX(COALESCE(max_seq, ?), ?)"
-                            " WHERE id = ?", (new, dups, now, low, low, high, high, gateway))
-                    else:
-                        self.db.execute("UPDATE gateways SET duplicates = duplicates + ?, last_seen = ? WHERE id = ?",
-                                        (dups, now, gateway))
-                    touched[gateway] = dups > 0  # duplicates: the agent is sending again; tell it what we have
-                refused_by_gateway: dict[str, set[int]] = {}
-                for school, gateway, seq in refused or ():
-                    self._ensure_gateway(school, gateway)
-                    refused_by_gateway.setdefault(gateway, set()).add(seq)
-                for gateway, seqs in refused_by_gateway.items():
-                    acks.record_refused(self.db, gateway, seqs)
-                    touched.setdefault(gateway, False)
-                for gateway, prompt in touched.items():
-                    acks.advance(self.db, gateway, prompt)
-                self.db.executemany(
-                    "INSERT INTO latest (gateway, device, metric, ts, value, epoch, seq) VALUES (?, ?, ?, ?, ?, ?, ?)"
-                    " ON CONFLICT (gateway, device, metric) DO UPDATE"
-                    " SET ts=excluded.ts, value=excluded.value, epoch=excluded.epoch, seq=excluded.seq"
-                    " WHERE excluded.epoch > latest.epoch OR (excluded.epoch = latest.epoch AND excluded.seq >= latest.seq)",
-                    [(gw, dev, metric, ts, json.dumps(value), epochs[gw], seq)
-                     for (gw, dev, metric), (seq, ts, value) in latest.items()])
-                self.db.executemany("UPDATE gateways SET clock_ahead = clock_ahead + ? WHERE id = ?",
-                                    [(n, gw) for gw, n in ahead.items()])
-                self.db.executemany(
-                    "UPDATE gateways SET clock_offset = CASE WHEN clock_offset IS NULL THEN ?"
-                    " ELSE clock_offset + ? * (? - clock_offset) END WHERE id = ?",
-                    [(offset, CLOCK_SMOOTHING, offset, gw) for gw, offset in (clocks or {}).items()])
-                self.db.executemany("INSERT OR IGNORE INTO events VALUES (?, ?, ?, ?, ?, ?)", events)
-                for _, gateway, state in states:
-                    # Newer states win (by ts), so a late Will of an earlier connection does not
-                    # overwrite "online". The Will of the *current* connection is older than that
-                    # connection's heartbeats (it is fixed at connect), so it wins by `since`; and
-                    # once a connection's Will (or clean-stop state) is in, a heartbeat of that same
-                    # connection recorded after it (another ingest worker was slower) loses.
-                    self.db.execute(
-                        "UPDATE gateways SET online = ?, state = ?, interval = ?, room = COALESCE(NULLIF(?, ''), room),"
-                        " last_seen = CASE WHEN ? THEN ? ELSE last_seen END"
-                        " WHERE id = ? AND (COALESCE(json_extract(state, '$.ts'), 0) <= ?"
-                        " OR (NOT ? AND ? > 0 AND ? >= COALESCE(json_extract(state, '$.since'), 0)))"
-                        " AND NOT (? AND ? > 0 AND json_extract(state, '$.online') = 0"
-                        " AND ? <= COALESCE(json_extract(state, '$.since'), 0))",
-                        (int(state.online), json.dumps(_state_dict(state)), state.interval,
-                         state.room, state.online, now, gateway, state.ts, state.online, state.since, state.since,
-                         state.online, state.since, state.since))
-                for r in results:
-                    self.db.execute("UPDATE commands SET status = ?, detail = ?, finished = ?"
-                                    " WHERE id = ? AND status = 'pending'", (r.status, r.detail, r.ts, r.id))
-        except sqlite3.Error as exc:
-            raise StoreError(f"{self.path}: ledger write failed: {exc}") from None
+        schools = {gateway: school for school, gateway, _ in states}
+        schools.update({gateway: msgs[0].school for gateway, msgs in by_gateway.items()})
+        for school, gateway, _ in refused or ():
+            schools.setdefault(gateway, school)
+        with self.db.write("ledger write failed") as conn:
+            self._lock_gateways(conn, schools)
+            # A new outbox's state comes before its first messages (the agent publishes it on
+            # connect, before draining), so its reset comes first here too.
+            touched: dict[str, bool] = {}  # gateways whose watermark may move -> a prompt ack (resend seen)
+            for _school, gateway, state in states:
+                acks.note_state(conn, gateway, state, self._follow_outbox(conn, gateway, state, now))
+                touched[gateway] = False
+            new_seqs: dict[str, set[int]] = {}
+            counted: dict[str, set[int]] = {}  # seqs of the gateway's current epoch (the rest: strays)
+            epochs: dict[str, int] = {}
+            for gateway, msgs in by_gateway.items():
+                seqs = self._current_epoch(conn, gateway, {m.seq for m in msgs})
+                counted[gateway] = seqs
+                floor, epochs[gateway] = self._gateway(conn, gateway, "seq_floor", "epoch")
+                new_seqs[gateway] = self._insert_seen(conn, gateway, {s for s in seqs if s > floor})
+            latest: dict[tuple[str, str, str], tuple[int, float, Any]] = {}  # key -> (seq, ts, value)
+            events: list[dict[str, Any]] = []
+            counts: dict[str, list[int]] = {}  # gateway -> [new, duplicates, lowest new seq, highest new seq]
+            ahead: dict[str, int] = {}
+            for m in messages:
+                c = counts.get(m.gateway)
+                if c is None:
+                    c = counts[m.gateway] = [0, 0, _SEQ_MAX, 0]
+                if m.ahead:
+                    ahead[m.gateway] = ahead.get(m.gateway, 0) + 1
+                if m.seq not in counted[m.gateway]:
+                    fresh.append(False)  # a stray of a jump (SEQ_JUMP_MAX): stored, not counted
+                elif m.seq in new_seqs[m.gateway]:
+                    fresh.append(True)
+                    new_seqs[m.gateway].discard(m.seq)  # the same seq twice in one batch: a duplicate
+                    c[0] += 1
+                    c[2], c[3] = min(c[2], m.seq), max(c[3], m.seq)
+                else:
+                    fresh.append(False)
+                    c[1] += 1
+                # Written for duplicates too (idempotent): one older than `seen` remembers is not lost.
+                if m.values and not m.ahead and m.seq in counted[m.gateway]:
+                    for metric, value in m.values.items():
+                        key = (m.gateway, m.device, metric)
+                        old = latest.get(key)
+                        if old is None or m.seq >= old[0]:
+                            latest[key] = (m.seq, m.ts, value)
+                if m.event is not None:
+                    events.append({"gateway": m.gateway, "device": m.device, "seq": m.seq, "ts": m.ts,
+                                   "type": m.event[0], "data": json.dumps(m.event[1])})
+            for gateway, (new, dups, low, high) in counts.items():
+                values: dict[str, Any] = {"duplicates": gw_t.c.duplicates + dups, "last_seen": now}
+                if new:
+                    values.update(received=gw_t.c.received + new,
+                                  first_seq=least(func.coalesce(gw_t.c.first_seq, low), low),
+                                  max_seq=greatest(func.coalesce(gw_t.c.max_seq, high), high))
+                conn.execute(update(gw_t).where(gw_t.c.id == gateway).values(**values))
+                touched[gateway] = dups > 0  # duplicates: the agent is sending again; tell it what we have
+            refused_by_gateway: dict[str, set[int]] = {}
+            for _school, gateway, seq in refused or ():
+                refused_by_gateway.setdefault(gateway, set()).add(seq)
+            for gateway, seqs in refused_by_gateway.items():
+                acks.record_refused(self.db, conn, gateway, seqs)
+                touched.setdefault(gateway, False)
+            for gateway, prompt in touched.items():
+                acks.advance(conn, gateway, prompt)
+            if latest:
+                upsert = self.db.insert(latest_t)
+                upsert = upsert.on_conflict_do_update(
+                    index_elements=[latest_t.c.gateway, latest_t.c.device, latest_t.c.metric],
+                    set_={"ts": upsert.excluded.ts, "value": upsert.excluded.value,
+                          "epoch": upsert.excluded.epoch, "seq": upsert.excluded.seq},
+                    where=or_(upsert.excluded.epoch > latest_t.c.epoch,
+                              and_(upsert.excluded.epoch == latest_t.c.epoch, upsert.excluded.seq >= latest_t.c.seq)))
+                conn.execute(upsert, [{"gateway": gw, "device": dev, "metric": metric, "ts": ts,
+                                       "value": json.dumps(value), "epoch": epochs[gw], "seq": seq}
+                                      for (gw, dev, metric), (seq, ts, value) in sorted(latest.items())])
+            for gateway, n in ahead.items():
+                conn.execute(update(gw_t).where(gw_t.c.id == gateway).values(clock_ahead=gw_t.c.clock_ahead + n))
+            for gateway, offset in (clocks or {}).items():
+                conn.execute(update(gw_t).where(gw_t.c.id == gateway).values(clock_offset=case(
+                    (gw_t.c.clock_offset.is_(None), offset),
+                    else_=gw_t.c.clock_offset + CLOCK_SMOOTHING * (offset - gw_t.c.clock_offset))))
+            for part in chunks(events):
+                conn.execute(self.db.insert(events_t).values(part).on_conflict_do_nothing())
+            for _school, gateway, state in states:
+                self._store_state(conn, gateway, state, now)
+            for r in results:
+                conn.execute(update(commands_t).where(commands_t.c.id == r.id, commands_t.c.status == "pending")
+                             .values(status=r.status, detail=r.detail, finished=r.ts))
         return fresh
 
-    def _follow_outbox(self, gateway: str, state: State, now: float) -> float | None:
+    @staticmethod
+    def _store_state(conn: Connection, gateway: str, state: State, now: float) -> None:
+        """Newer states win (by ts), so a late Will of an earlier connection does not overwrite "online".
+        The Will of the *current* connection is older than that connection's heartbeats (it is fixed at
+        connect), so it wins by `since`; and once a connection's Will (or clean-stop state) is in, a
+        heartbeat of that same connection recorded after it (another ingest worker was slower) loses."""
+        stored_since = func.coalesce(gw_t.c.state_since, 0)
+        if state.online:
+            newer = and_(gw_t.c.state_ts <= state.ts,
+                         ~and_(state.since > 0, func.coalesce(gw_t.c.state_online, True).is_(False),
+                               state.since <= stored_since) if state.since > 0 else True)
+        else:
+            newer = or_(gw_t.c.state_ts <= state.ts, stored_since <= state.since) if state.since > 0 \
+                else gw_t.c.state_ts <= state.ts
+        values: dict[str, Any] = {"online": state.online, "state": json.dumps(_state_dict(state)),
+                                  "interval": state.interval, "state_ts": state.ts, "state_since": state.since,
+                                  "state_online": state.online}
+        if state.room:
+            values["room"] = state.room
+        if state.online:
+            values["last_seen"] = now
+        conn.execute(update(gw_t).where(gw_t.c.id == gateway, newer).values(**values))
+
+    def _insert_seen(self, conn: Connection, gateway: str, seqs: set[int]) -> set[int]:
+        """Record `seqs` as seen; returns those that were not (the rows the INSERT made)."""
+        new: set[int] = set()
+        for part in chunks(sorted(seqs)):
+            new.update(conn.execute(self.db.insert(seen).values([{"gateway": gateway, "seq": s} for s in part])
+                                    .on_conflict_do_nothing().returning(seen.c.seq)).scalars())
+        return new
+
+    def _follow_outbox(self, conn: Connection, gateway: str, state: State, now: float) -> float | None:
         """Start counting afresh when a state newer than the stored one names another outbox instance.
         Returns the stored state's `since` (before this one is recorded)."""
         instance = state.outbox.get("instance")
-        stored, stored_ts, since = self.db.execute(
-            "SELECT outbox_instance, COALESCE(json_extract(state, '$.ts'), 0), json_extract(state, '$.since')"
-            " FROM gateways WHERE id = ?", (gateway,)).fetchone()
+        stored, stored_ts, since = self._gateway(conn, gateway, "outbox_instance", "state_ts", "state_since")
         if instance is None or stored == instance or state.ts < stored_ts:
             return since  # the same outbox; an agent from before instances; a Will; an older state
         if stored is not None:
             log.warning("gateway %s: a new outbox (instance %s, was %s): its seq numbers are counted afresh",
                         gateway, instance, stored)
-            self._new_epoch(gateway, now)
-        acks.reset(self.db, gateway, now, new_instance=True)
-        self.db.execute("UPDATE gateways SET outbox_instance = ? WHERE id = ?", (instance, gateway))
+            self._new_epoch(conn, gateway, now)
+        acks.reset(conn, gateway, now, new_instance=True)
+        conn.execute(update(gw_t).where(gw_t.c.id == gateway).values(outbox_instance=instance))
         return since
 
-    def _new_epoch(self, gateway: str, now: float | None = None) -> None:
+    @staticmethod
+    def _new_epoch(conn: Connection, gateway: str, now: float | None = None) -> None:
         """Set the current numbers' gaps and count aside; the next numbers are counted afresh and win."""
-        self.db.execute(
-            "UPDATE gateways SET gaps_before = gaps_before + COALESCE(max_seq - first_seq + 1"
-            " - (received - received_before), 0), received_before = received,"
-            " first_seq = NULL, max_seq = NULL, seq_floor = 0, epoch = epoch + 1 WHERE id = ?", (gateway,))
-        self.db.execute("DELETE FROM seen WHERE gateway = ?", (gateway,))
-        acks.reset(self.db, gateway, time.time() if now is None else now, new_instance=False)
+        gaps = func.coalesce(gw_t.c.max_seq - gw_t.c.first_seq + 1 - (gw_t.c.received - gw_t.c.received_before), 0)
+        conn.execute(update(gw_t).where(gw_t.c.id == gateway).values(
+            gaps_before=gw_t.c.gaps_before + gaps, received_before=gw_t.c.received, first_seq=None, max_seq=None,
+            seq_floor=0, epoch=gw_t.c.epoch + 1))
+        conn.execute(sql_delete(seen).where(seen.c.gateway == gateway))
+        acks.reset(conn, gateway, time.time() if now is None else now, new_instance=False)
 
-    def _current_epoch(self, gateway: str, seqs: set[int]) -> set[int]:
+    def _current_epoch(self, conn: Connection, gateway: str, seqs: set[int]) -> set[int]:
         """The batch's seqs that belong to the gateway's numbering after this batch.
 
         Runs of numbers within SEQ_JUMP_MAX of each other (and of the numbers counted so far)
         are one numbering; a run beyond that starts a new epoch (`seq_jumps`). The numbers of
         runs left behind in the same batch are strays: stored, not counted.
         """
-        first, top = self.db.execute("SELECT first_seq, max_seq FROM gateways WHERE id = ?", (gateway,)).fetchone()
+        first, top = self._gateway(conn, gateway, "first_seq", "max_seq")
         runs: list[list[int]] = []
         for seq in sorted(seqs):
             if runs and seq - runs[-1][-1] <= SEQ_JUMP_MAX:
@@ -366,20 +330,9 @@ class Ledger(PerThreadConnection):
         if jumps:
             log.warning("gateway %s: seq jumped to %d, more than %d from the numbers before: counted afresh",
                         gateway, current[0], SEQ_JUMP_MAX)
-            self._new_epoch(gateway)
-            self.db.execute("UPDATE gateways SET seq_jumps = seq_jumps + ? WHERE id = ?", (jumps, gateway))
+            self._new_epoch(conn, gateway)
+            conn.execute(update(gw_t).where(gw_t.c.id == gateway).values(seq_jumps=gw_t.c.seq_jumps + jumps))
         return set(current)
-
-    def _seen(self, gateway: str, seqs: set[int]) -> set[int]:
-        """Which of `seqs` this gateway's ledger already has (all at or below its floor)."""
-        floor = self.db.execute("SELECT seq_floor FROM gateways WHERE id = ?", (gateway,)).fetchone()[0]
-        found = {seq for seq in seqs if seq <= floor}
-        ordered = sorted(seqs - found)
-        for i in range(0, len(ordered), _SQL_PARAMS):
-            chunk = ordered[i:i + _SQL_PARAMS]
-            found.update(r[0] for r in self.db.execute(
-                f"SELECT seq FROM seen WHERE gateway = ? AND seq IN ({','.join('?' * len(chunk))})", (gateway, *chunk)))
-        return found
 
     def prune_seen(self) -> int:
         """Forget each gateway's seen numbers more than `seen_keep` below its highest; returns rows deleted."""
@@ -397,20 +350,16 @@ class Ledger(PerThreadConnection):
         for ~1 s (0.5 us a row, ~480 rows a gateway per 10 minutes, 4,000 gateways).
         """
         deleted = 0
-        try:
-            with self.db:
-                self.db.execute("BEGIN IMMEDIATE")
-                page = self.db.execute("SELECT id, max_seq, seq_floor, acked_seq, outbox_oldest FROM gateways"
-                                       " WHERE id > ? ORDER BY id LIMIT ?", (after, gateways)).fetchall()
-                floors = [(gateway, acks.prune_floor(top, self.seen_keep, acked, oldest), floor)
-                          for gateway, top, floor, acked, oldest in page if top is not None]
-                rows = [(gateway, new) for gateway, new, floor in floors if new > floor]
-                for gateway, floor in rows:
-                    deleted += self.db.execute("DELETE FROM seen WHERE gateway = ? AND seq <= ?",
-                                               (gateway, floor)).rowcount
-                self.db.executemany("UPDATE gateways SET seq_floor = ? WHERE id = ?", [(f, g) for g, f in rows])
-        except sqlite3.Error as exc:
-            raise StoreError(f"{self.path}: pruning seen numbers failed: {exc}") from None
+        with self.db.write("pruning seen numbers failed") as conn:
+            page = conn.execute(select(gw_t.c.id, gw_t.c.max_seq, gw_t.c.seq_floor, gw_t.c.acked_seq,
+                                       gw_t.c.outbox_oldest).where(gw_t.c.id > after).order_by(gw_t.c.id)
+                                .limit(gateways).with_for_update()).all()
+            floors = [(gateway, acks.prune_floor(top, self.seen_keep, acked, oldest), floor)
+                      for gateway, top, floor, acked, oldest in page if top is not None]
+            rows = [(gateway, new) for gateway, new, floor in floors if new > floor]
+            for gateway, floor in rows:
+                deleted += conn.execute(sql_delete(seen).where(seen.c.gateway == gateway, seen.c.seq <= floor)).rowcount
+                conn.execute(update(gw_t).where(gw_t.c.id == gateway).values(seq_floor=floor))
         if deleted:
             log.info("ledger: forgot %d seen numbers of %d gateways (each keeps its newest %d)",
                      deleted, len(rows), self.seen_keep)
@@ -421,43 +370,42 @@ class Ledger(PerThreadConnection):
         """The acknowledgements to publish now, as (school, gateway, outbox instance, watermark), claimed in
         one transaction so that of several ingest workers only one publishes each (central/acks.py)."""
         now = time.time() if now is None else now
-        try:
-            if not acks.due(self.db, now, max_delay):  # the usual case: a read, no write lock
-                return []
-            with self.db:
-                self.db.execute("BEGIN IMMEDIATE")
-                rows = acks.due(self.db, now, max_delay)
-                acks.claim(self.db, rows, now)
-        except sqlite3.Error as exc:
-            raise StoreError(f"{self.path}: cannot claim acknowledgements: {exc}") from None
+        with self.db.read("cannot read the acknowledgements due") as conn:
+            if not conn.execute(acks.due(now, max_delay).limit(1)).first():
+                return []  # the usual case: a read, no write lock
+        with self.db.write("cannot claim acknowledgements") as conn:
+            # SKIP LOCKED: a gateway another worker is recording or claiming now is taken next round.
+            rows = conn.execute(acks.due(now, max_delay).with_for_update(skip_locked=True)).all()
+            acks.claim(conn, rows, now)
         return [(school, gateway, instance, seq) for gateway, school, instance, seq in rows]
 
     def mark_silent(self, now: float | None = None) -> list[str]:
         """Gateways that said nothing for 3 poll intervals become offline."""
         now = now or time.time()
-        rows = self.db.execute("SELECT id FROM gateways WHERE online = 1 AND interval > 0 AND last_seen < ? - 3 * interval",
-                               (now,)).fetchall()
-        if rows:
-            with self.db:
-                self.db.execute("BEGIN IMMEDIATE")
-                self.db.executemany("UPDATE gateways SET online = 0 WHERE id = ?", rows)
-        return [r[0] for r in rows]
+        silent = and_(gw_t.c.online.is_(True), gw_t.c.interval > 0, gw_t.c.last_seen < now - 3 * gw_t.c.interval)
+        with self.db.read("cannot read the gateways") as conn:
+            if not conn.execute(select(gw_t.c.id).where(silent).limit(1)).first():
+                return []
+        with self.db.write("cannot mark silent gateways offline") as conn:
+            return list(conn.execute(update(gw_t).where(silent).values(online=False).returning(gw_t.c.id)).scalars())
 
     def record_worker(self, name: str, host: str, pid: int, started: float, stats: dict[str, Any],
                       now: float | None = None) -> None:
         """An ingest worker's counters since it started (one row per worker name, replaced each report)."""
-        try:
-            self.db.execute("INSERT OR REPLACE INTO ingest_workers VALUES (?, ?, ?, ?, ?, ?)",
-                            (name, host, pid, started, time.time() if now is None else now, json.dumps(stats)))
-        except sqlite3.Error as exc:
-            raise StoreError(f"{self.path}: cannot record ingest worker {name!r}: {exc}") from None
+        row = {"name": name, "host": host, "pid": pid, "started": started,
+               "updated": time.time() if now is None else now, "stats": json.dumps(stats)}
+        with self.db.write(f"cannot record ingest worker {name!r}") as conn:
+            upsert = self.db.insert(ingest_workers).values(row)
+            conn.execute(upsert.on_conflict_do_update(index_elements=[ingest_workers.c.name],
+                                                      set_={k: v for k, v in row.items() if k != "name"}))
 
     # ------------------------------------------------------------ read side
 
     def workers(self, now: float | None = None) -> list[dict[str, Any]]:
         """Every ingest worker that ever reported, with `running` (reported within three intervals)."""
         now = time.time() if now is None else now
-        rows = self.db.execute("SELECT name, host, pid, started, updated, stats FROM ingest_workers ORDER BY name")
+        with self.db.read("cannot read the ingest workers") as conn:
+            rows = conn.execute(select(ingest_workers).order_by(ingest_workers.c.name)).all()
         return [{"name": name, "host": host, "pid": pid, "started": started, "updated": updated,
                  "running": now - updated < 3 * WORKER_REPORT_S, **json.loads(stats)}
                 for name, host, pid, started, updated, stats in rows]
@@ -465,14 +413,18 @@ class Ledger(PerThreadConnection):
     def _gateway_rows(self, gateway: str | None = None) -> list[tuple[dict[str, Any], dict[str, Any]]]:
         """Each gateway (or just `gateway`) as the API shows it, with its last `state`, in one query."""
         self.mark_silent()
-        where, args = ("WHERE id = ?", (gateway,)) if gateway is not None else ("", ())
-        cur = self.db.execute("SELECT id, school, room, online, last_seen, received, duplicates, first_seq, max_seq,"
-                              " state, gaps_before, received_before, seq_jumps, clock_ahead, clock_offset, acked_seq"
-                              f" FROM gateways {where} ORDER BY school, id", args)
+        c = gw_t.c
+        query = select(c.id, c.school, c.room, c.online, c.last_seen, c.received, c.duplicates, c.first_seq,
+                       c.max_seq, c.state, c.gaps_before, c.received_before, c.seq_jumps, c.clock_ahead,
+                       c.clock_offset, c.acked_seq).order_by(c.school, c.id)
+        if gateway is not None:
+            query = query.where(c.id == gateway)
+        with self.db.read("cannot read the gateways") as conn:
+            rows = conn.execute(query).all()
         out = []
         now = time.time()
         for (gid, school, room, online, last_seen, received, dups, first, top, state, gaps_before, before,
-             jumps, ahead, offset, acked) in cur:
+             jumps, ahead, offset, acked) in rows:
             # Numbers never received, in the epoch now counted and in earlier ones.
             gaps = gaps_before + ((top - first + 1 - (received - before)) if first is not None else 0)
             st = json.loads(state)
@@ -513,21 +465,38 @@ class Ledger(PerThreadConnection):
     def latest(self) -> dict[tuple[str, str], dict[str, float | int | str]]:
         """The newest value of every metric, by (gateway, device)."""
         out: dict[tuple[str, str], dict[str, float | int | str]] = {}
-        for gw, dev, metric, value in self.db.execute("SELECT gateway, device, metric, value FROM latest"):
-            out.setdefault((gw, dev), {})[metric] = json.loads(value)
+        with self.db.read("cannot read the latest values") as conn:
+            rows = conn.execute(select(latest_t.c.gateway, latest_t.c.device, latest_t.c.metric, latest_t.c.value))
+            for gw, dev, metric, value in rows:
+                out.setdefault((gw, dev), {})[metric] = json.loads(value)
         return out
+
+    def device_last_seen(self) -> dict[tuple[str, str], float]:
+        """When each device last sent a value (its newest `latest` sample), by (gateway, device)."""
+        with self.db.read("cannot read the latest values") as conn:
+            rows = conn.execute(select(latest_t.c.gateway, latest_t.c.device, func.max(latest_t.c.ts))
+                                .group_by(latest_t.c.gateway, latest_t.c.device)).all()
+        return {(gw, dev): ts for gw, dev, ts in rows}
+
+    def states(self) -> dict[str, dict[str, Any]]:
+        """The last state each gateway sent (its JSON, decoded), by gateway."""
+        with self.db.read("cannot read the gateways") as conn:
+            return {gid: json.loads(state or "{}") for gid, state in conn.execute(select(gw_t.c.id, gw_t.c.state))}
 
     def events(self, gateway: str | None = None, type_: str | None = None, since: float | None = None,
                limit: int = 1000) -> list[dict[str, Any]]:
-        sql, args = "SELECT gateway, device, seq, ts, type, data FROM events WHERE 1=1", []
-        for cond, value in (("gateway = ?", gateway), ("type = ?", type_), ("ts >= ?", since)):
-            if value is not None:
-                sql += f" AND {cond}"
-                args.append(value)
-        sql += " ORDER BY ts DESC LIMIT ?"
-        args.append(limit)
+        e = events_t.c
+        query = select(e.gateway, e.device, e.seq, e.ts, e.type, e.data).order_by(e.ts.desc()).limit(limit)
+        if gateway is not None:
+            query = query.where(e.gateway == gateway)
+        if type_ is not None:
+            query = query.where(e.type == type_)
+        if since is not None:
+            query = query.where(e.ts >= since)
+        with self.db.read("cannot read the events") as conn:
+            rows = conn.execute(query).all()
         return [{"gateway": g, "device": d, "seq": s, "ts": ts, "type": t, "data": json.loads(data)}
-                for g, d, s, ts, t, data in self.db.execute(sql, args)]
+                for g, d, s, ts, t, data in rows]
 
     # ------------------------------------------------------------ commands
 
@@ -535,12 +504,11 @@ class Ledger(PerThreadConnection):
                     deadline: float) -> None:
         """The audit record of a command about to be published (`published` now, with its gateway's `since`)."""
         now = time.time()
-        with self.db:
-            self.db.execute("BEGIN IMMEDIATE")
-            self.db.execute("INSERT INTO commands (id, gateway, device, action, params, by, created, deadline, status,"
-                            " published, published_since) VALUES (?, ?, ?, ?, ?, ?, ?, ?, 'pending', ?,"
-                            " (SELECT COALESCE(json_extract(state, '$.since'), 0) FROM gateways WHERE id = ?))",
-                            (cid, gateway, device, action, json.dumps(params), by, now, deadline, now, gateway))
+        since = select(func.coalesce(gw_t.c.state_since, 0)).where(gw_t.c.id == gateway).scalar_subquery()
+        with self.db.write("cannot record the command") as conn:
+            conn.execute(commands_t.insert().values(
+                id=cid, gateway=gateway, device=device, action=action, params=json.dumps(params), by=by, created=now,
+                deadline=deadline, status="pending", published=now, published_since=since))
 
     def commands_to_publish_again(self, retry_s: float, now: float | None = None) -> list[dict[str, Any]]:
         """Pending commands to publish again, claimed (so several web processes do not all send them): of a
@@ -549,40 +517,45 @@ class Ledger(PerThreadConnection):
         never to an offline gateway (its persistent session holds the command, or its reconnect will say
         it does not). The agent's journal answers a repeat without running it again."""
         now = time.time() if now is None else now
-        query = ("SELECT c.id, g.school, c.gateway, c.device, c.action, c.params, c.by, c.deadline, c.created,"
-                 " COALESCE(json_extract(g.state, '$.since'), 0) AS since"
-                 " FROM commands c JOIN gateways g ON g.id = c.gateway"
-                 " WHERE c.status = 'pending' AND c.deadline > ? AND g.online = 1"
-                 " AND (c.published IS NULL OR c.published < ? OR COALESCE(c.published_since, -1) != since)")
-        try:
-            if not self.db.execute(query, (now, now - retry_s)).fetchone():
+        c = commands_t.c
+        since = func.coalesce(gw_t.c.state_since, 0)
+        query = (select(c.id, gw_t.c.school, c.gateway, c.device, c.action, c.params, c.by, c.deadline, c.created,
+                        since).join(gw_t, gw_t.c.id == c.gateway)
+                 .where(c.status == "pending", c.deadline > now, gw_t.c.online.is_(True),
+                        or_(c.published.is_(None), c.published < now - retry_s,
+                            func.coalesce(c.published_since, -1) != since)))
+        with self.db.read("cannot read the pending commands") as conn:
+            if not conn.execute(query.limit(1)).first():
                 return []
-            with self.db:
-                self.db.execute("BEGIN IMMEDIATE")
-                rows = self.db.execute(query, (now, now - retry_s)).fetchall()
-                self.db.executemany("UPDATE commands SET published = ?, published_since = ? WHERE id = ?",
-                                    [(now, r[9], r[0]) for r in rows])
-        except sqlite3.Error as exc:
-            raise StoreError(f"{self.path}: cannot read the pending commands: {exc}") from None
+        with self.db.write("cannot claim the pending commands") as conn:
+            # Another web instance claiming the same rows now: it has them (SKIP LOCKED), this one not.
+            rows = conn.execute(query.with_for_update(of=commands_t, skip_locked=True)).all()
+            for r in rows:
+                conn.execute(update(commands_t).where(c.id == r[0]).values(published=now, published_since=r[9]))
         return [{"id": cid, "school": school, "gateway": gw, "device": dev, "action": action,
                  "params": json.loads(params), "by": by, "deadline": deadline, "created": created}
                 for cid, school, gw, dev, action, params, by, deadline, created, _ in rows]
 
     def command(self, cid: str) -> dict[str, Any] | None:
-        rows = self._commands("WHERE id = ?", (cid,))
+        rows = self._commands(commands_t.c.id == cid)
         return rows[0] if rows else None
 
     def commands(self, gateway: str | None = None, limit: int = 200) -> list[dict[str, Any]]:
-        if gateway:
-            return self._commands("WHERE gateway = ? ORDER BY created DESC LIMIT ?", (gateway, limit))
-        return self._commands("ORDER BY created DESC LIMIT ?", (limit,))
+        return self._commands(commands_t.c.gateway == gateway if gateway else None, limit)
 
-    def _commands(self, where: str, args: tuple[Any, ...]) -> list[dict[str, Any]]:
-        cur = self.db.execute("SELECT id, gateway, device, action, params, by, created, deadline, status, detail,"
-                              f" finished FROM commands {where}", args)
+    def _commands(self, where: Any, limit: int | None = None) -> list[dict[str, Any]]:
+        c = commands_t.c
+        query = select(c.id, c.gateway, c.device, c.action, c.params, c.by, c.created, c.deadline, c.status, c.detail,
+                       c.finished).order_by(c.created.desc())
+        if where is not None:
+            query = query.where(where)
+        if limit is not None:
+            query = query.limit(limit)
+        with self.db.read("cannot read the commands") as conn:
+            rows = conn.execute(query).all()
         out = []
         now = time.time()
-        for cid, gw, dev, action, params, by, created, deadline, status, detail, finished in cur:
+        for cid, gw, dev, action, params, by, created, deadline, status, detail, finished in rows:
             if status == "pending" and deadline < now - 5:
                 # The agent never answered and never will run it now: say so.
                 status, detail = "expired", "no answer from the gateway before the deadline"

@@ -48,10 +48,11 @@ from typing import Any
 
 import yaml
 from sqlalchemy import JSON, Float, Integer, String, select
-from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
+from sqlalchemy.orm import Mapped, Session, mapped_column
 
 from campus import contract, names
 from campus.errors import CampusError, ConfigError
+from central.db import Base
 from central.registry import (
     Building,
     Device,
@@ -69,11 +70,7 @@ MAX_IMPORT_ROWS = 5000
 PUSH_ACK_TIMEOUT_S = 5.0
 
 
-class _Base(DeclarativeBase):
-    pass
-
-
-class ConfigPush(_Base):
+class ConfigPush(Base):
     """The device list version last published (retained) for a gateway."""
     __tablename__ = "config_pushes"
     gateway_id: Mapped[str] = mapped_column(String(64), primary_key=True)
@@ -82,7 +79,7 @@ class ConfigPush(_Base):
     pushed_by: Mapped[str] = mapped_column(String(64), default="")
 
 
-class ConfigPushRun(_Base):
+class ConfigPushRun(Base):
     """One "push all": who started it, when, and what became of each gateway (pushed with its version,
     or the failure that stopped the run; gateways after a failure are left for the next run)."""
     __tablename__ = "config_push_runs"
@@ -96,7 +93,7 @@ class ConfigPushRun(_Base):
 
 
 def ensure_tables(registry: Registry) -> None:
-    _Base.metadata.create_all(registry.engine)
+    """Nothing to do: the tables are made by the central database's migrations (central/migrations)."""
 
 
 # ---------------------------------------------------------------- places
@@ -262,8 +259,7 @@ def push_runs(registry: Registry, limit: int = 10, run_id: int | None = None) ->
 def gateway_states(ledger: Any) -> dict[str, dict[str, Any]]:
     """What the agents last said (ledger): online, last_seen, applied config version, devices."""
     out = {g["id"]: dict(g) for g in ledger.gateways()}
-    for gid, state in ledger.db.execute("SELECT id, state FROM gateways"):
-        st = json.loads(state or "{}")
+    for gid, st in ledger.states().items():
         if gid in out:
             out[gid]["config_version"] = st.get("config_version")
             out[gid]["devices"] = st.get("devices", {})

@@ -28,25 +28,19 @@ from sqlalchemy import (
     String,
     Text,
     UniqueConstraint,
-    create_engine,
     delete,
-    event,
     select,
     update,
 )
-from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, relationship, sessionmaker
+from sqlalchemy.orm import Mapped, Session, mapped_column, relationship
 from werkzeug.security import check_password_hash, generate_password_hash
 
 from campus import names
 from campus.errors import ConfigError, PayloadError
+from central.db import Base, Database, open_database
 
 ROLES = ("admin", "facility", "teacher")
-
-
-class Base(DeclarativeBase):
-    pass
 
 
 class School(Base):
@@ -237,39 +231,24 @@ def check_token(token: str, what: str = "an API token") -> str:
     return token
 
 
-def _sqlite_pragmas(engine: Engine) -> None:
-    @event.listens_for(engine, "connect")
-    def _on_connect(dbapi_conn: Any, _record: Any) -> None:
-        cur = dbapi_conn.cursor()
-        cur.execute("PRAGMA journal_mode=WAL")
-        cur.execute("PRAGMA busy_timeout=30000")
-        cur.execute("PRAGMA foreign_keys=ON")
-        cur.close()
-
-
 class Registry:
-    """The registry database and the operations the web app and CLI perform on it."""
+    """The registry's operations the web app and CLI perform, on the central database."""
 
-    def __init__(self, url: str) -> None:
-        if not url.startswith(("sqlite:", "postgresql")):
-            raise ConfigError(f"registry URL {url!r}: use sqlite:///PATH or a postgresql:// URL")
-        self.url = url
-        # hide_parameters: a database error's message (and so any traceback that logs it) never shows the
-        # values of the statement, which here include password hashes, token digests and session ids
-        # (issue 15: a UNIQUE failure logged a gateway's new hash).
-        self.engine = create_engine(url, hide_parameters=True)
-        if url.startswith("sqlite:"):
-            _sqlite_pragmas(self.engine)
-        Base.metadata.create_all(self.engine)
-        self.sessions = sessionmaker(self.engine, expire_on_commit=False)
+    def __init__(self, db: Database | str) -> None:
+        # A URL: a database of its own (tests, one-off tools), closed with the registry.
+        self._owns_db = isinstance(db, str)
+        self.db = open_database(db) if isinstance(db, str) else db
+        self.url = self.db.url
+        self.engine = self.db.engine
 
     @contextmanager
     def session(self) -> Iterator[Session]:
-        with self.sessions() as s, s.begin():
+        with self.db.errors("registry"), self.db.session() as s:
             yield s
 
     def close(self) -> None:
-        self.engine.dispose()
+        if self._owns_db:
+            self.db.close()
 
     # ------------------------------------------------------------ people
 

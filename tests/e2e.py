@@ -21,6 +21,7 @@ from central.ledger import Ledger
 from central.store.sqlite import SqlitePointStore
 from device_profiles import load_profile, registers
 from tests.servers import CampusProcess, wait_until
+from tests.stores import sql
 
 
 def write_gateway_config(path: Path, mqtt: str, *, school: str = "s1", gateway: str = "gw1", room: str = "101",
@@ -66,7 +67,7 @@ class StoreView:
         return next((g for g in self.ledger.gateways() if g["id"] == gateway), None)
 
     def seqs(self, gateway: str) -> list[int]:
-        return [r[0] for r in self.ledger.db.execute("SELECT seq FROM seen WHERE gateway=? ORDER BY seq", (gateway,))]
+        return [r[0] for r in sql(self.ledger, "SELECT seq FROM seen WHERE gateway=? ORDER BY seq", (gateway,))]
 
     def close(self) -> None:
         self.points.close()

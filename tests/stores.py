@@ -4,11 +4,24 @@ from __future__ import annotations
 
 import math
 import time
+from typing import Any
+
+from sqlalchemy.engine import Result
 
 from central.store.base import PointStore, Sample
 from tests.servers import wait_until
 
 BUSY = 50_000
+
+
+def sql(owner: Any, query: str, params: tuple[Any, ...] = ()) -> Result[Any]:
+    """A test's own look at the central database of `owner` (a Ledger, Registry or Database), with `?`
+    placeholders on both engines; the rows are read at once (the connection is back in the pool)."""
+    db = getattr(owner, "db", owner)
+    with db.engine.connect() as conn:
+        if db.dialect == "postgresql":
+            query = query.replace("?", "%s")
+        return conn.exec_driver_sql(query, tuple(params)).freeze()()
 
 
 def assert_newest_is_in_the_answer(store: PointStore, own_timestamps: bool = True) -> None:

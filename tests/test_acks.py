@@ -18,6 +18,7 @@ from central import acks
 from central.commands import CommandService
 from central.ledger import Ledger, Sequenced
 from tests.servers import Mosquitto, wait_until
+from tests.stores import sql
 
 INSTANCE = 4242
 T0 = 1_000_000.0
@@ -36,7 +37,7 @@ def state(oldest: int | None, *, instance: int = INSTANCE, ts: float = T0, since
 
 
 def watermark(ledger: Ledger, gateway: str = "gw1") -> int:
-    return ledger.db.execute("SELECT acked_seq FROM gateways WHERE id = ?", (gateway,)).fetchone()[0]
+    return sql(ledger, "SELECT acked_seq FROM gateways WHERE id = ?", (gateway,)).fetchone()[0]
 
 
 @pytest.fixture
@@ -72,24 +73,24 @@ def test_an_agent_without_acknowledgements_gets_none_and_is_pruned_as_before(led
     ledger.record([msg(s) for s in range(1, 101) if s != 50], [state(None)], [])
     assert watermark(ledger) == 0 and ledger.take_acks(now=2e9) == []
     ledger.prune_seen()
-    assert ledger.db.execute("SELECT seq_floor FROM gateways").fetchone()[0] == 90  # newest 10 kept
+    assert sql(ledger, "SELECT seq_floor FROM gateways").fetchone()[0] == 90  # newest 10 kept
 
 
 def test_seen_is_never_pruned_above_the_watermark_so_a_late_hole_stays_one(ledger: Ledger) -> None:
     ledger.record([msg(s) for s in range(1, 101) if s != 50], [state(1)], [])
     assert watermark(ledger) == 49
     ledger.prune_seen()
-    assert ledger.db.execute("SELECT seq_floor FROM gateways").fetchone()[0] == 49  # not 90: 50 is missing
+    assert sql(ledger, "SELECT seq_floor FROM gateways").fetchone()[0] == 49  # not 90: 50 is missing
     assert ledger.record([msg(50)], [], []) == [True]  # a new message, not taken for a duplicate
     assert watermark(ledger) == 100
     ledger.prune_seen()
-    assert ledger.db.execute("SELECT seq_floor FROM gateways").fetchone()[0] == 90
+    assert sql(ledger, "SELECT seq_floor FROM gateways").fetchone()[0] == 90
     assert ledger.gateways("gw1")[0]["gaps"] == 0
 
 
 def test_acks_are_batched_by_count_and_by_delay(ledger: Ledger) -> None:
     ledger.record([], [state(1)], [])  # the agent's first state: counting starts now
-    t = ledger.db.execute("SELECT ack_sent_at FROM gateways").fetchone()[0]
+    t = sql(ledger, "SELECT ack_sent_at FROM gateways").fetchone()[0]
     ledger.record([msg(s) for s in range(1, acks.ACK_EVERY)], [], [])
     assert ledger.take_acks(now=t + 1) == []  # 24 messages, a second: not yet
     ledger.record([msg(acks.ACK_EVERY)], [], [])
@@ -103,7 +104,7 @@ def test_acks_are_batched_by_count_and_by_delay(ledger: Ledger) -> None:
 
 def test_duplicates_and_a_reconnect_bring_a_prompt_ack_but_not_more_often_than_the_minimum(ledger: Ledger) -> None:
     ledger.record([msg(s) for s in range(1, 4)], [state(1)], [])
-    t = ledger.db.execute("SELECT ack_sent_at FROM gateways").fetchone()[0]
+    t = sql(ledger, "SELECT ack_sent_at FROM gateways").fetchone()[0]
     assert ledger.take_acks(now=t + 5) == []
     ledger.record([msg(2)], [], [])  # a duplicate: the agent is sending again; tell it what we have
     assert ledger.take_acks(now=t + 5) == [("s1", "gw1", INSTANCE, 3)]
@@ -122,7 +123,7 @@ def test_two_workers_publish_each_ack_once(tmp_path: Path) -> None:
     try:
         one.record([], [state(1, gateway=g) for g in ("gw1", "gw2")], [])
         two.record([msg(s, g) for g in ("gw1", "gw2") for s in range(1, 31)], [], [])
-        now = one.db.execute("SELECT MAX(ack_sent_at) FROM gateways").fetchone()[0] + 1
+        now = sql(one, "SELECT MAX(ack_sent_at) FROM gateways").fetchone()[0] + 1
         got = one.take_acks(now=now) + two.take_acks(now=now)
         assert sorted(got) == [("s1", "gw1", INSTANCE, 30), ("s1", "gw2", INSTANCE, 30)]
     finally:
@@ -136,7 +137,7 @@ def test_a_new_outbox_instance_starts_its_watermark_afresh(ledger: Ledger) -> No
     ledger.record([msg(s) for s in (1, 2)], [state(1, instance=777, ts=T0 + 5)], [])  # a new SD card
     assert watermark(ledger) == 2
     ledger.record([msg(s) for s in range(3, 40)], [], [])
-    t = ledger.db.execute("SELECT ack_sent_at FROM gateways").fetchone()[0]
+    t = sql(ledger, "SELECT ack_sent_at FROM gateways").fetchone()[0]
     assert ledger.take_acks(now=t + 1) == [("s1", "gw1", 777, 39)]
 
 
@@ -145,7 +146,7 @@ def test_a_refused_message_is_passed_and_still_counted_as_a_gap(ledger: Ledger) 
     assert watermark(ledger) == 3
     assert ledger.gateways("gw1")[0]["gaps"] == 1
     ledger.record([], [], [], refused=[("s1", "gw1", 2**62)])  # a corrupt seq far away: not remembered
-    assert ledger.db.execute("SELECT MAX(seq) FROM seen").fetchone()[0] == 3
+    assert sql(ledger, "SELECT MAX(seq) FROM seen").fetchone()[0] == 3
 
 
 def test_gateways_show_what_waits_for_central(ledger: Ledger) -> None:

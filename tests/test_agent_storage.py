@@ -31,6 +31,7 @@ from edge_agent.drivers import create_driver
 from edge_agent.outbox import Outbox
 from tests.e2e import Classroom, SimulatorsInThread, env_device, write_gateway_config
 from tests.servers import Mosquitto, SmallFilesystem, wait_until
+from tests.stores import sql
 
 METRICS_PER_SAMPLE = 6
 
@@ -260,7 +261,7 @@ def test_a_full_disk_keeps_devices_ok_counts_every_reading_and_recovers(tmp_path
 
             def central_says() -> dict:
                 gw = room.view.gateway(room.gateway) or {}
-                state = room.view.ledger.db.execute("SELECT state FROM gateways WHERE id=?", (room.gateway,)).fetchone()
+                state = sql(room.view.ledger, "SELECT state FROM gateways WHERE id=?", (room.gateway,)).fetchone()
                 return {**gw, "config_version": json.loads(state[0]).get("config_version") if state else None}
 
             wait_until(lambda: central_says().get("storage", {}).get("status") == "full"

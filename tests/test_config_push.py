@@ -32,18 +32,19 @@ from edge_agent.config import GatewayConfig, load_gateway_config
 from edge_agent.config_push import save_pushed, validate_pushed_config
 from tests.e2e import Classroom, env_device, write_gateway_config
 from tests.servers import CampusProcess, wait_until
+from tests.stores import sql
 from tests.test_provisioning import login, post
 
 pytestmark = pytest.mark.slow
 
 
 def gateway_state(room: Classroom) -> dict:
-    row = room.view.ledger.db.execute("SELECT state FROM gateways WHERE id = 'gw1'").fetchone()
+    row = sql(room.view.ledger, "SELECT state FROM gateways WHERE id = 'gw1'").fetchone()
     return json.loads(row[0]) if row else {}
 
 
 def newest(room: Classroom, device: str) -> float:
-    row = room.view.ledger.db.execute("SELECT MAX(ts) FROM latest WHERE gateway = 'gw1' AND device = ?",
+    row = sql(room.view.ledger, "SELECT MAX(ts) FROM latest WHERE gateway = 'gw1' AND device = ?",
                                       (device,)).fetchone()
     return row[0] or 0.0
 

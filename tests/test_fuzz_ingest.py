@@ -29,6 +29,7 @@ from central.ingest import Ingest
 from central.ledger import Ledger
 from central.store.sqlite import SqlitePointStore
 from central.subscriber import Delivery
+from tests.stores import sql
 from tests.test_fuzz import (
     CONTRACT_BUGS,
     KnownBug,
@@ -145,12 +146,12 @@ def check_recorded(ledger: Ledger, store: SqlitePointStore, batch: list[Delivery
     for e in sequenced:
         assert e.topic is not None
         gw, dev, obj = e.topic.gateway, e.topic.device or "", e.obj
-        assert ledger.db.execute("SELECT 1 FROM seen WHERE gateway=? AND seq=?", (gw, obj.seq)).fetchone()
+        assert sql(ledger, "SELECT 1 FROM seen WHERE gateway=? AND seq=?", (gw, obj.seq)).fetchone()
         if isinstance(obj, Telemetry):
             for name, value in obj.values.items():
                 last_value[(gw, dev, name, obj.ts)] = value
         elif (gw, obj.seq, obj.ts) not in first_event:  # an event is kept once per (gateway, seq, ts)
-            row = ledger.db.execute("SELECT device, type FROM events WHERE gateway=? AND seq=? AND ts=?",
+            row = sql(ledger, "SELECT device, type FROM events WHERE gateway=? AND seq=? AND ts=?",
                                     (gw, obj.seq, obj.ts)).fetchone()
             assert row == (dev, obj.type)
             first_event.add((gw, obj.seq, obj.ts))

@@ -19,6 +19,7 @@ from central.ledger import Ledger, Sequenced
 from central.store.sqlite import SqlitePointStore
 from central.subscriber import Delivery
 from tests.servers import wait_until
+from tests.stores import sql
 from tests.test_sqlite_store import old_file
 
 KEEP = 100
@@ -29,7 +30,7 @@ def telemetry(seq: int, co2: int | None = None) -> Sequenced:
 
 
 def seen_rows(ledger: Ledger) -> list[int]:
-    return [r[0] for r in ledger.db.execute("SELECT seq FROM seen WHERE gateway = 'gw1' ORDER BY seq")]
+    return [r[0] for r in sql(ledger, "SELECT seq FROM seen WHERE gateway = 'gw1' ORDER BY seq")]
 
 
 def counters(ledger: Ledger) -> tuple[int, int, int]:
@@ -142,7 +143,7 @@ def test_an_events_table_keyed_by_gateway_and_seq_is_rekeyed_with_its_rows(tmp_p
     try:
         ledger.record([swipe(1, 9001.0, "new1")], [], [])
         assert sorted(e["data"]["card"] for e in again.events("gw1")) == ["new1", "old1"]
-        indexes = {r[0] for r in ledger.db.execute("SELECT name FROM sqlite_master WHERE tbl_name = 'events'")}
+        indexes = {r[0] for r in sql(ledger, "SELECT name FROM sqlite_master WHERE tbl_name = 'events'")}
         assert "events_ts" in indexes and "events_before_rekey" not in indexes
     finally:
         ledger.close()
@@ -192,7 +193,7 @@ def test_pruning_goes_a_slice_of_gateways_at_a_time(tmp_path: Path) -> None:
         assert ledger.prune_seen_slice("", gateways=2) == (40, "gw-b")
         assert ledger.prune_seen_slice("gw-b", gateways=2) == (40, "gw-d")
         assert ledger.prune_seen_slice("gw-d", gateways=2) == (20, None)  # the last, short page ends the pass
-        assert ledger.db.execute("SELECT COUNT(*) FROM seen").fetchone()[0] == 5 * 10
+        assert sql(ledger, "SELECT COUNT(*) FROM seen").fetchone()[0] == 5 * 10
         assert ledger.prune_seen() == 0
     finally:
         ledger.close()
