@@ -76,16 +76,17 @@ def postgres_server() -> Iterator[PostgreSQL]:
     (initdb costs ~0.5 s, a server per test would cost more than the tests). Tests share the server,
     never a database: take `pg_url` for a fresh one. No PostgreSQL installed is a failure, not a skip:
     a green run must have run the PostgreSQL tests."""
+    problem = None
     try:
         server = PostgreSQL()
-    except FileNotFoundError as exc:
-        pytest.fail(str(exc), pytrace=False)
-    try:
         server.start()
-    except Exception as exc:
-        log = server.log_tail()
+    except FileNotFoundError as exc:  # no binaries
+        problem = str(exc)
+    except Exception as exc:  # noqa: BLE001 - reported with the server's log below
+        problem = f"could not start PostgreSQL: {exc}\n{server.log_tail()}\n({POSTGRES_HINT})"
         server.remove()
-        pytest.fail(f"could not start PostgreSQL: {exc}\n{log}\n({POSTGRES_HINT})", pytrace=False)
+    if problem:
+        pytest.fail(problem, pytrace=False)  # outside the except: one message, no chained traceback
     yield server
     server.remove()
 
