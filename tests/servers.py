@@ -306,6 +306,8 @@ class PostgreSQL(ServerProcess):
         if not (self.data / "PG_VERSION").exists():
             self.initdb()
         started = time.monotonic()
+        if getattr(self, "log", None):
+            self.log.close()  # the previous run's, after a `kill`
         self.log = open(self.workdir / "postgres.log", "ab")  # noqa: SIM115
         self.proc = subprocess.Popen([str(self.bindir / "postgres"), "-D", str(self.data)], stdout=self.log,
                                      stderr=self.log, env=self._env(), **self._run_as())
@@ -348,11 +350,16 @@ class PostgreSQL(ServerProcess):
             wait_until(lambda: not self._group_alive(), timeout=10, message="the killed PostgreSQL's backends to go")
 
     def _group_alive(self) -> bool:
-        try:
-            os.killpg(self.proc.pid, 0)  # type: ignore[union-attr]
-        except ProcessLookupError:
-            return False
-        return True
+        """Whether a process of the server's group still runs. Zombies do not count: they hold no shared
+        memory, and who reaps the orphaned backends (PID 1 of a container) may be slow or never do it."""
+        for stat in Path("/proc").glob("[0-9]*/stat"):
+            try:
+                fields = stat.read_text().rsplit(")", 1)[1].split()  # after "(comm)": state, ppid, pgrp, ...
+            except OSError:
+                continue  # gone meanwhile
+            if int(fields[2]) == self.proc.pid and fields[0] != "Z":  # type: ignore[union-attr]
+                return True
+        return False
 
     def restart(self) -> None:
         """Stop it (fast) if it runs, then start it again on the same data directory and port. After `kill`
