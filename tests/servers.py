@@ -1,16 +1,21 @@
-"""Real servers for tests: Mosquitto, VictoriaMetrics and InfluxDB on ephemeral loopback ports,
+"""Real servers for tests: Mosquitto, VictoriaMetrics, InfluxDB and PostgreSQL on ephemeral loopback ports,
 and the project's own programs as subprocesses (`campus agent`, `campus ingest`, ...).
 """
 
 from __future__ import annotations
 
+import glob
 import json
 import os
 import pwd
+import re
 import resource
+import secrets
 import shutil
+import signal
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.parse
 import urllib.request
@@ -23,6 +28,7 @@ from campus.net import free_port, wait_for_port
 MOSQUITTO = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
 VICTORIA = shutil.which("victoria-metrics") or "/usr/bin/victoria-metrics"
 INFLUXD = shutil.which("influxd") or "/usr/bin/influxd"
+POSTGRES_HINT = "run scripts/test once: it installs Debian's postgresql (tests run their own server, never the system one)"
 
 
 def screenshot_path(name: str, tmp_path: Path) -> Path:
@@ -191,6 +197,206 @@ class InfluxDB(ServerProcess):
         url = f"http://127.0.0.1:{self.port}/query" + (f"?{credentials}" if auth and self.admin_password else "")
         with urllib.request.urlopen(url, data=body, timeout=10) as resp:
             return json.loads(resp.read())["results"][0]
+
+
+def postgres_bindir() -> Path:
+    """The newest Debian PostgreSQL's bin directory (/usr/lib/postgresql/N/bin); a clear error without one."""
+    found = [Path(p).parent for p in glob.glob("/usr/lib/postgresql/*/bin/initdb")]
+    if not found:
+        raise FileNotFoundError(f"no PostgreSQL in /usr/lib/postgresql/*/bin: {POSTGRES_HINT}")
+    return max(found, key=lambda d: int(d.parent.name) if d.parent.name.isdigit() else 0)
+
+
+class PostgreSQL(ServerProcess):
+    """A PostgreSQL server of its own in `workdir`, on 127.0.0.1:port only, never the system cluster.
+
+    As root it runs as the `postgres` user (postgres refuses root), so `workdir` must be one that
+    user can reach: by default a fresh directory in /tmp, not pytest's tmp_path (it lies under a
+    root-only 0700 directory).
+    Authentication is scram-sha-256 with the superuser `postgres` and a random password, on TCP and on
+    the unix socket alike (which lives in `workdir`): a test that forgets the password fails as it would
+    in production. fsync and full_page_writes are off: a SIGKILL still keeps every committed row (the
+    WAL reached the OS page cache), only a power cut would not, and tests have none. synchronous_commit
+    stays on: off, a commit returns before its WAL leaves the server's shared memory, and a SIGKILL loses
+    the last ~0.5 s of "committed" transactions (measured: a table created and committed just before the
+    kill was gone after the restart), which would make every kill-and-restart test a lie.
+    """
+
+    stop_timeout = 30.0
+    _NAME = re.compile(r"[a-z_][a-z0-9_]{0,62}")
+
+    def __init__(self, workdir: Path | None = None, *, max_connections: int = 100) -> None:
+        """Without `workdir`, a fresh one in the system's temp directory, which `remove` deletes."""
+        self.bindir = postgres_bindir()
+        self.workdir = workdir or Path(tempfile.mkdtemp(prefix="campus-pg-"))
+        self.data = self.workdir / "data"
+        self.port = free_port()
+        self.user = "postgres"
+        self.password = secrets.token_hex(16)  # hex: nothing to escape in a URL
+        self.max_connections = max_connections
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.initdb_s: float | None = None
+        self.start_s: float | None = None
+        # Root must drop to `postgres` (Debian's package makes that user); anyone else runs it as themselves.
+        try:
+            self._as = pwd.getpwnam("postgres") if os.geteuid() == 0 else None
+        except KeyError:
+            raise FileNotFoundError(f"no `postgres` user to run PostgreSQL as: {POSTGRES_HINT}") from None
+
+    def _run_as(self) -> dict[str, Any]:
+        """Popen arguments that run the child as the postgres user, in its own session (so `kill` takes
+        the postmaster and every backend at once)."""
+        extra: dict[str, Any] = {"start_new_session": True}
+        if self._as:
+            extra.update(user=self._as.pw_uid, group=self._as.pw_gid, extra_groups=[])
+        return extra
+
+    def _own(self, path: Path) -> None:
+        if self._as:
+            os.chown(path, self._as.pw_uid, self._as.pw_gid)
+
+    def initdb(self) -> None:
+        """Make the cluster (a few seconds): UTF-8, C locale, a superuser password, our settings."""
+        started = time.monotonic()
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.workdir.chmod(0o700)
+        self._own(self.workdir)
+        pwfile = self.workdir / "pwfile"
+        pwfile.write_text(self.password + "\n")
+        self._own(pwfile)
+        result = subprocess.run(
+            [str(self.bindir / "initdb"), "-D", str(self.data), "-U", self.user, f"--pwfile={pwfile}",
+             "--auth=scram-sha-256", "--encoding=UTF8", "--no-locale", "--no-sync", "--no-instructions"],
+            capture_output=True, text=True, env=self._env(), **self._run_as())
+        pwfile.unlink()
+        if result.returncode != 0:
+            raise RuntimeError(f"initdb failed ({result.returncode}): {result.stderr.strip()[-2000:]}")
+        # Our own pg_hba.conf: password (SCRAM) everywhere, no `trust`, TCP from 127.0.0.1 only.
+        (self.data / "pg_hba.conf").write_text(
+            "local all all scram-sha-256\n"
+            "host all all 127.0.0.1/32 scram-sha-256\n")
+        with open(self.data / "postgresql.conf", "a") as conf:
+            conf.write(
+                "\n# campus-iot tests\n"
+                f"port = {self.port}\n"
+                "listen_addresses = '127.0.0.1'\n"
+                f"unix_socket_directories = '{self.workdir}'\n"
+                f"max_connections = {self.max_connections}\n"
+                # Small and fast: two cores shared with other tests; durable up to the OS cache, not the disk.
+                "shared_buffers = 16MB\n"
+                "fsync = off\nfull_page_writes = off\n"
+                "wal_level = minimal\nmax_wal_senders = 0\n"
+                "logging_collector = off\n")
+        self.initdb_s = time.monotonic() - started
+
+    def _env(self) -> dict[str, str]:
+        # No PG* variable of the caller's (PGDATA, PGPORT, ...) may steer our server to the system cluster.
+        return {k: v for k, v in os.environ.items() if not k.startswith("PG")} | {"LC_ALL": "C"}
+
+    def dsn(self, dbname: str = "postgres", password: str | None = None) -> str:
+        """A libpq URL, for psycopg itself."""
+        return f"postgresql://{self.user}:{password or self.password}@127.0.0.1:{self.port}/{dbname}"
+
+    def url(self, dbname: str = "postgres") -> str:
+        """A SQLAlchemy URL (`postgresql+psycopg://`), what `--db` and CAMPUS_DB take."""
+        return f"postgresql+psycopg://{self.user}:{self.password}@127.0.0.1:{self.port}/{dbname}"
+
+    def start(self, timeout: float = 60.0) -> None:
+        """Start the postmaster (initdb first if there is no cluster yet) and wait until it accepts a login."""
+        if not (self.data / "PG_VERSION").exists():
+            self.initdb()
+        started = time.monotonic()
+        if getattr(self, "log", None):
+            self.log.close()  # the previous run's, after a `kill`
+        self.log = open(self.workdir / "postgres.log", "ab")  # noqa: SIM115
+        self.proc = subprocess.Popen([str(self.bindir / "postgres"), "-D", str(self.data)], stdout=self.log,
+                                     stderr=self.log, env=self._env(), **self._run_as())
+        wait_until(lambda: not self.alive() or self._accepts(), timeout=timeout,
+                   message=f"PostgreSQL on 127.0.0.1:{self.port} to accept connections")
+        if not self.alive():
+            raise RuntimeError(f"postgres exited with {self.proc.returncode}: {self.log_tail()}")
+        self.start_s = time.monotonic() - started
+
+    def _accepts(self) -> bool:
+        import psycopg  # here, so that a run with no PostgreSQL test never imports it
+
+        with psycopg.connect(self.dsn(), connect_timeout=2):
+            return True
+
+    def log_tail(self, chars: int = 2000) -> str:
+        path = self.workdir / "postgres.log"
+        return path.read_text(errors="replace")[-chars:] if path.exists() else ""
+
+    def stop(self) -> int | None:
+        """Fast shutdown (SIGINT): roll back open transactions, disconnect clients, checkpoint, exit.
+        (SIGTERM, ServerProcess's way, is the *smart* shutdown that waits for every client to leave.)"""
+        if self.proc and self.alive():
+            self.proc.send_signal(signal.SIGINT)
+            try:
+                self.proc.wait(self.stop_timeout)
+            except subprocess.TimeoutExpired:
+                self.kill()
+        if getattr(self, "log", None):
+            self.log.close()
+        return self.proc.returncode if self.proc else None
+
+    def kill(self) -> None:
+        """SIGKILL the postmaster and, at the same instant, its backends (its process group): a crashed
+        host. Killing the postmaster alone leaves orphan backends that may still commit and that hold
+        the shared memory, so a restart would be refused until they noticed and left."""
+        if self.proc and self.alive():
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(10)
+            wait_until(lambda: not self._group_alive(), timeout=10, message="the killed PostgreSQL's backends to go")
+
+    def _group_alive(self) -> bool:
+        """Whether a process of the server's group still runs. Zombies do not count: they hold no shared
+        memory, and who reaps the orphaned backends (PID 1 of a container) may be slow or never do it."""
+        for stat in Path("/proc").glob("[0-9]*/stat"):
+            try:
+                fields = stat.read_text().rsplit(")", 1)[1].split()  # after "(comm)": state, ppid, pgrp, ...
+            except OSError:
+                continue  # gone meanwhile
+            if int(fields[2]) == self.proc.pid and fields[0] != "Z":  # type: ignore[union-attr]
+                return True
+        return False
+
+    def restart(self) -> None:
+        """Stop it (fast) if it runs, then start it again on the same data directory and port. After `kill`
+        the start is a crash recovery (WAL replay)."""
+        self.stop()
+        self.start()
+
+    def remove(self) -> None:
+        """Stop it and delete its directory (data, socket, log)."""
+        self.stop()
+        shutil.rmtree(self.workdir, ignore_errors=True)
+
+    def _admin(self, statement: Any) -> None:
+        import psycopg
+
+        with psycopg.connect(self.dsn(), autocommit=True, connect_timeout=10) as conn:
+            conn.execute(statement)
+
+    def _identifier(self, name: str) -> Any:
+        from psycopg import sql
+
+        if not self._NAME.fullmatch(name):
+            raise ValueError(f"database name {name!r}: use lower-case letters, digits and _, at most 63")
+        return sql.Identifier(name)
+
+    def create_database(self, name: str) -> str:
+        """A fresh, empty database `name`; its SQLAlchemy URL."""
+        from psycopg import sql
+
+        self._admin(sql.SQL("CREATE DATABASE {}").format(self._identifier(name)))
+        return self.url(name)
+
+    def drop_database(self, name: str) -> None:
+        """Drop it, closing any connection a test left open (WITH (FORCE)); nothing if it is not there."""
+        from psycopg import sql
+
+        self._admin(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(self._identifier(name)))
 
 
 class CampusProcess(ServerProcess):
