@@ -127,22 +127,46 @@ def cmd_web(args: argparse.Namespace) -> None:
 def cmd_users(args: argparse.Namespace) -> None:
     import getpass
 
+    from central.db import central_db_url
     from central.registry import Registry
 
-    registry = Registry(f"sqlite:///{ledger_path_for(args.db, None)}")
-    if args.users_command == "add":
-        password = sys.stdin.readline().rstrip("\n") if args.password_stdin else getpass.getpass("password: ")
-        rooms = []
-        for spec in args.room or []:
-            school, sep, room = spec.partition(":")
-            if not sep:
-                raise CampusError(f"--room {spec!r}: write SCHOOL:ROOM")
-            rooms.append((school, room))
-        registry.add_user(args.name, password, args.role, rooms)
-        print(f"user {args.name} ({args.role}) saved")
-    elif args.users_command == "token":
-        print(registry.issue_token(args.name, args.label))
-    registry.close()
+    registry = Registry(central_db_url(args.db))
+    try:
+        if args.users_command == "add":
+            password = sys.stdin.readline().rstrip("\n") if args.password_stdin else getpass.getpass("password: ")
+            rooms = []
+            for spec in args.room or []:
+                school, sep, room = spec.partition(":")
+                if not sep:
+                    raise CampusError(f"--room {spec!r}: write SCHOOL:ROOM")
+                rooms.append((school, room))
+            registry.add_user(args.name, password, args.role, rooms)
+            print(f"user {args.name} ({args.role}) saved")
+        elif args.users_command == "token":
+            print(registry.issue_token(args.name, args.label))
+    finally:
+        registry.close()
+
+
+def cmd_db(args: argparse.Namespace) -> None:
+    from central import migrations
+    from central.db import Database, central_db_url
+
+    db = Database(central_db_url(args.db))
+    try:
+        db.check()
+        want = migrations.head()
+        if args.db_command == "upgrade":
+            before = migrations.ensure_current(db, upgrade=True)
+            print(f"campus db: {db.name} " + (f"already at schema {want}" if before == want
+                                              else f"upgraded from schema {before or 'none'} to {want}"))
+        else:
+            with db.read("cannot read the schema version") as conn:
+                now = migrations.current(conn)
+            print(f"campus db: {db.name} at schema {now or 'none'}; this release needs {want}"
+                  + ("" if now == want else ": run `campus db upgrade`"))
+    finally:
+        db.close()
 
 
 def cmd_broker_config(args: argparse.Namespace) -> None:
@@ -150,13 +174,14 @@ def cmd_broker_config(args: argparse.Namespace) -> None:
     from pathlib import Path
 
     from central import broker_config
+    from central.db import ENV_VAR, central_db_url, sqlite_path
     from central.registry import Registry
 
-    db = args.db or os.environ.get("CAMPUS_DB") or "sqlite:///campus-demo-data/campus.db"
-    path = Path(ledger_path_for(db, None))
-    if not path.is_file():
-        raise CampusError(f"no central database at {path}; give --db sqlite:///PATH (or set CAMPUS_DB)")
-    registry = Registry(f"sqlite:///{path}")
+    url = central_db_url(args.db or os.environ.get(ENV_VAR) or "sqlite:///campus-demo-data/campus.db")
+    path = sqlite_path(url)
+    if path is not None and not path.is_file():
+        raise CampusError(f"no central database at {path}; give --db URL (or set {ENV_VAR})")
+    registry = Registry(url)
     try:
         district = broker_config.parse_district(args.district) if args.district else None
         files = broker_config.write(registry, args.out, listen=broker_config.parse_listen(args.listen),
@@ -190,6 +215,9 @@ def cmd_demo(args: argparse.Namespace) -> None:
     demo = Demo(rooms=args.rooms, http_port=args.http_port, data_dir=args.data_dir, mqtt=args.mqtt,
                 store=args.store, admin_token=args.admin_token)
     demo.run(duration=args.duration)
+
+
+DB_URLS = "sqlite:///PATH or postgresql://USER:PASSWORD@HOST[:PORT]/DATABASE"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -243,7 +271,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_web)
 
     p = sub.add_parser("broker-config", help="Mosquitto config, password file and per-gateway ACL from the registry")
-    p.add_argument("--db", default=None, help="the central database sqlite:///PATH "
+    p.add_argument("--db", default=None, help=f"the central database, {DB_URLS} "
                    "(default: $CAMPUS_DB, else the demo's campus-demo-data/campus.db)")
     p.add_argument("--out", required=True, help="directory for dynamic-security.json, passwd, acl, mosquitto.conf, "
                    "service-accounts.txt")
@@ -277,8 +305,17 @@ def build_parser() -> argparse.ArgumentParser:
     u.add_argument("name")
     u.add_argument("--label", default="", help="what the token is for")
     for sp in users.choices.values():
-        sp.add_argument("--db", required=True, help="the central database, sqlite:///PATH")
+        sp.add_argument("--db", default=None, help=f"the central database, {DB_URLS} (default: $CAMPUS_DB)")
     p.set_defaults(func=cmd_users)
+
+    p = sub.add_parser("db", help="the central database's schema: upgrade it to this release (Alembic)")
+    dbs = p.add_subparsers(dest="db_command", required=True, metavar="ACTION")
+    dbs.add_parser("upgrade", help="bring the database to this release's schema (run once per release, "
+                   "before starting the new programs; SQLite files are upgraded by the programs themselves)")
+    dbs.add_parser("status", help="the database's schema and the one this release needs")
+    for sp in dbs.choices.values():
+        sp.add_argument("--db", default=None, help=f"the central database, {DB_URLS} (default: $CAMPUS_DB)")
+    p.set_defaults(func=cmd_db)
     return parser
 
 

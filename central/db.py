@@ -61,6 +61,21 @@ def database_url(url: str, what: str = "--db") -> str:
                       "postgresql://USER:PASSWORD@HOST[:PORT]/DATABASE")
 
 
+def central_db_url(db: str | None, store: str | None = None, what: str = "--db") -> str:
+    """The central database a program uses: `--db`, else $CAMPUS_DB, else the SQLite point store's file
+    (the embedded default: one file for a school on one machine)."""
+    import os
+
+    if db:
+        return database_url(db, what)
+    if os.environ.get(ENV_VAR, "").strip():
+        return database_url(os.environ[ENV_VAR], ENV_VAR)
+    if store and store.strip().startswith("sqlite:///"):
+        return database_url(store.strip(), "--store")
+    raise ConfigError(f"no central database: give {what} sqlite:///PATH or postgresql://USER:PASSWORD@HOST/DATABASE, "
+                      f"or set {ENV_VAR}")
+
+
 def sqlite_path(url: str) -> Path | None:
     """The file of a sqlite:/// URL (None for a server database)."""
     return Path(url[len("sqlite:///"):]) if url.startswith("sqlite:///") else None

@@ -116,8 +116,13 @@ def pg_url(postgres_server: PostgreSQL, request: pytest.FixtureRequest) -> Itera
 def central_db_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
     """The central database URL, once per engine: `sqlite:///TMP/campus.db`, then a fresh PostgreSQL
     database. A test that takes it runs on both (ids `[sqlite]`, `[postgresql]`; `-k sqlite` runs
-    one); the PostgreSQL server starts only if a `[postgresql]` case runs."""
+    one); the PostgreSQL server starts only if a `[postgresql]` case runs. The PostgreSQL database is at
+    this release's schema, as `campus db upgrade` leaves it (programs on SQLite upgrade their file)."""
     if request.param == "sqlite":
         yield f"sqlite:///{tmp_path}/campus.db"
     else:
-        yield from _fresh_database(request.getfixturevalue("postgres_server"), request)
+        from central.db import open_database
+
+        for url in _fresh_database(request.getfixturevalue("postgres_server"), request):
+            open_database(url, upgrade=True).close()
+            yield url

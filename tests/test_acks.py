@@ -5,7 +5,6 @@ and once whatever the number of ingest workers."""
 from __future__ import annotations
 
 import time
-from pathlib import Path
 
 import paho.mqtt.client as paho
 import pytest
@@ -41,8 +40,8 @@ def watermark(ledger: Ledger, gateway: str = "gw1") -> int:
 
 
 @pytest.fixture
-def ledger(tmp_path: Path) -> Ledger:
-    ledger = Ledger(tmp_path / "c.db", seen_keep=10)
+def ledger(central_db_url: str) -> Ledger:
+    ledger = Ledger(central_db_url, seen_keep=10)
     yield ledger
     ledger.close()
 
@@ -118,8 +117,8 @@ def test_duplicates_and_a_reconnect_bring_a_prompt_ack_but_not_more_often_than_t
     assert ledger.take_acks(now=t + 20) == []
 
 
-def test_two_workers_publish_each_ack_once(tmp_path: Path) -> None:
-    one, two = Ledger(tmp_path / "c.db"), Ledger(tmp_path / "c.db")
+def test_two_workers_publish_each_ack_once(central_db_url: str) -> None:
+    one, two = Ledger(central_db_url), Ledger(central_db_url)
     try:
         one.record([], [state(1, gateway=g) for g in ("gw1", "gw2")], [])
         two.record([msg(s, g) for g in ("gw1", "gw2") for s in range(1, 31)], [], [])

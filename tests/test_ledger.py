@@ -38,8 +38,8 @@ def counters(ledger: Ledger) -> tuple[int, int, int]:
     return gw["received"], gw["gaps"], gw["duplicates"]
 
 
-def test_pruning_keeps_the_newest_numbers_and_the_counters_stay_exact(tmp_path: Path) -> None:
-    ledger = Ledger(tmp_path / "c.db", seen_keep=KEEP)
+def test_pruning_keeps_the_newest_numbers_and_the_counters_stay_exact(central_db_url: str) -> None:
+    ledger = Ledger(central_db_url, seen_keep=KEEP)
     try:
         for start in range(1, 1001, 50):
             assert ledger.record([telemetry(s) for s in range(start, start + 50)], [], []) == [True] * 50
@@ -53,11 +53,11 @@ def test_pruning_keeps_the_newest_numbers_and_the_counters_stay_exact(tmp_path: 
         ledger.close()
 
 
-def test_a_message_older_than_the_window_is_still_recorded(tmp_path: Path) -> None:
+def test_a_message_older_than_the_window_is_still_recorded(central_db_url: str) -> None:
     # seq 5 arrives after the ledger has forgotten numbers up to 900 (a worker that was down a long
     # time, or a gateway whose outbox was replaced and starts again at 1): it counts as a duplicate,
     # but its event and its latest value are kept.
-    ledger = Ledger(tmp_path / "c.db", seen_keep=KEEP)
+    ledger = Ledger(central_db_url, seen_keep=KEEP)
     try:
         ledger.record([telemetry(s) for s in range(1, 1001) if s != 5], [], [])
         ledger.prune_seen()
@@ -120,8 +120,8 @@ def swipe(seq: int, ts: float, card: str) -> Sequenced:
     return Sequenced("s1", "gw1", "cards", seq, ts, event=("card_swipe", {"card": card}))
 
 
-def test_a_replaced_outbox_starting_again_at_one_keeps_its_events(tmp_path: Path) -> None:
-    ledger = Ledger(tmp_path / "c.db", seen_keep=KEEP)
+def test_a_replaced_outbox_starting_again_at_one_keeps_its_events(central_db_url: str) -> None:
+    ledger = Ledger(central_db_url, seen_keep=KEEP)
     try:
         ledger.record([swipe(s, 1000.0 + s, f"old{s}") for s in (1, 2, 3)], [], [])
         # New SD card: seq 1 and 2 again, later timestamps. Counted as duplicates, kept as events.
@@ -155,8 +155,8 @@ def state(ts: float, instance: int | None) -> tuple[str, str, State]:
     return ("s1", "gw1", State(online=True, ts=ts, outbox=outbox))
 
 
-def test_a_new_outbox_instance_is_counted_afresh(tmp_path: Path) -> None:
-    ledger = Ledger(tmp_path / "c.db")
+def test_a_new_outbox_instance_is_counted_afresh(central_db_url: str) -> None:
+    ledger = Ledger(central_db_url)
     try:
         ledger.record([telemetry(s) for s in range(1, 101) if s != 50], [state(10.0, 111)], [])
         assert counters(ledger) == (99, 1, 0)
@@ -174,8 +174,8 @@ def test_a_new_outbox_instance_is_counted_afresh(tmp_path: Path) -> None:
         ledger.close()
 
 
-def test_states_without_an_instance_never_reset(tmp_path: Path) -> None:
-    ledger = Ledger(tmp_path / "c.db")
+def test_states_without_an_instance_never_reset(central_db_url: str) -> None:
+    ledger = Ledger(central_db_url)
     try:
         ledger.record([telemetry(s) for s in range(1, 21)], [state(10.0, None)], [])  # an agent from before
         ledger.record([telemetry(s) for s in range(21, 31)], [state(20.0, 333)], [])  # upgraded: same outbox file
@@ -185,8 +185,8 @@ def test_states_without_an_instance_never_reset(tmp_path: Path) -> None:
         ledger.close()
 
 
-def test_pruning_goes_a_slice_of_gateways_at_a_time(tmp_path: Path) -> None:
-    ledger = Ledger(tmp_path / "c.db", seen_keep=10)
+def test_pruning_goes_a_slice_of_gateways_at_a_time(central_db_url: str) -> None:
+    ledger = Ledger(central_db_url, seen_keep=10)
     try:
         for g in ("gw-a", "gw-b", "gw-c", "gw-d", "gw-e"):
             ledger.record([Sequenced("s1", g, "env", s, float(s), values={"co2_ppm": s}) for s in range(1, 31)], [], [])
@@ -203,8 +203,8 @@ def presence(ts: float, since: float, online: bool) -> tuple[str, str, State]:
     return ("s1", "gw1", State(online=online, ts=ts, since=since))
 
 
-def test_the_will_of_the_current_connection_wins_a_stale_one_does_not(tmp_path: Path) -> None:
-    ledger = Ledger(tmp_path / "c.db")
+def test_the_will_of_the_current_connection_wins_a_stale_one_does_not(central_db_url: str) -> None:
+    ledger = Ledger(central_db_url)
 
     def online() -> bool:
         return ledger.gateways("gw1")[0]["online"]
@@ -221,9 +221,9 @@ def test_the_will_of_the_current_connection_wins_a_stale_one_does_not(tmp_path: 
         ledger.close()
 
 
-def test_a_heartbeat_recorded_after_its_connections_will_does_not_revive_the_gateway(tmp_path: Path) -> None:
+def test_a_heartbeat_recorded_after_its_connections_will_does_not_revive_the_gateway(central_db_url: str) -> None:
     """With several ingest workers the last heartbeat and the Will can be recorded in either order."""
-    ledger = Ledger(tmp_path / "c.db")
+    ledger = Ledger(central_db_url)
 
     def online() -> bool:
         return ledger.gateways("gw1")[0]["online"]

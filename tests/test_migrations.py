@@ -1,0 +1,133 @@
+"""The central database's schema (Alembic, central/migrations): made the same on both engines, an old
+file upgraded without losing a row, a server database upgraded only by `campus db upgrade`, and a
+database that cannot be reached said in one line at start-up."""
+
+from __future__ import annotations
+
+import shutil
+import sqlite3
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+
+from campus.errors import StoreError
+from central import migrations
+from central.db import Base, Database, open_database
+from central.ledger import Ledger
+from central.registry import Registry
+from tests.servers import PostgreSQL
+from tests.stores import sql
+
+DATA = Path(__file__).parent / "data"
+# What the release of stop 23 kept in its file (tests/data/README.md), table by table.
+STOP23_ROWS = {"alarm_rules": 5, "alarms": 1, "api_tokens": 1, "audit": 3, "buildings": 1, "commands": 1, "events": 12,
+               "gateways": 2, "ingest_workers": 1, "latest": 56, "registered_devices": 10, "registered_gateways": 2,
+               "rooms": 2, "samples": 246, "schedule_runs": 1, "schedules": 1, "schools": 1, "seen": 259,
+               "user_rooms": 1, "users": 3}
+
+
+def campus(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "campus.cli", *args], capture_output=True, text=True, timeout=60,
+                          env=env)
+
+
+def counts(path: Path) -> dict[str, int]:
+    db = sqlite3.connect(path)
+    try:
+        tables = [t for (t,) in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")]
+        return {t: db.execute(f"SELECT COUNT(*) FROM {t}").fetchone()[0] for t in tables}
+    finally:
+        db.close()
+
+
+def test_a_file_made_by_the_release_before_migrations_upgrades_without_losing_a_row(tmp_path: Path) -> None:
+    path = tmp_path / "campus.db"
+    shutil.copy(DATA / "central-stop23.db", path)
+    assert {t: n for t, n in counts(path).items() if n} == STOP23_ROWS
+    db = open_database(f"sqlite:///{path}")  # what every program does at start on SQLite
+    try:
+        after = counts(path)
+        assert {t: after[t] for t in STOP23_ROWS} == STOP23_ROWS
+        assert after["alembic_version"] == 1 and after["leases"] == 0
+        ledger, registry = Ledger(db), Registry(db)
+        # The ledger reads and writes the adopted tables: the gateways' stored states were copied into
+        # the columns it decides by, so a heartbeat older than the stored one still loses.
+        gateways = {g["id"]: g for g in ledger.gateways()}
+        assert set(gateways) == {"gw-101", "gw-102"} and gateways["gw-101"]["received"] > 0
+        state_ts = sql(db, "SELECT state_ts FROM gateways WHERE id = 'gw-101'").fetchone()[0]
+        assert state_ts > 1.7e9
+        assert [c["action"] for c in ledger.commands()] == ["power_on"]
+        assert registry.check_password("admin", "wrong password") is None
+        assert registry.gateway_info("gw-101")["school"] == "demo-school"
+        assert migrations.ensure_current(db, upgrade=True) == migrations.head()  # a second start: nothing to do
+    finally:
+        db.close()
+
+
+def _schema(url: str) -> dict[str, list[str]]:
+    engine = sa.create_engine(url)
+    try:
+        inspector = sa.inspect(engine)
+        return {t: sorted(c["name"] for c in inspector.get_columns(t)) for t in inspector.get_table_names()}
+    finally:
+        engine.dispose()
+
+
+def test_a_new_database_gets_every_table_of_the_metadata_on_both_engines(central_db_url: str) -> None:
+    open_database(central_db_url, upgrade=True).close()
+    schema = _schema(central_db_url)
+    expected = {t.name: sorted(c.name for c in t.columns) for t in Base.metadata.sorted_tables}
+    assert {t: schema[t] for t in expected} == expected
+    assert set(schema) - set(expected) == {"alembic_version"}
+
+
+def test_a_server_database_is_upgraded_only_by_campus_db_upgrade(pg_url: str) -> None:
+    with pytest.raises(StoreError, match="campus db upgrade"):
+        open_database(pg_url)  # a program starting on an empty (or older) server database stops
+    result = campus("db", "status", "--db", pg_url)
+    assert result.returncode == 0 and "at schema none" in result.stdout, result.stderr
+    result = campus("db", "upgrade", "--db", pg_url)
+    assert result.returncode == 0, result.stderr
+    assert f"upgraded from schema none to {migrations.head()}" in result.stdout
+    assert "***" in result.stdout and pg_url.split(":")[2].split("@")[0] not in result.stdout  # no password
+    assert "already at schema" in campus("db", "upgrade", "--db", pg_url).stdout
+    open_database(pg_url).close()
+
+
+def test_two_programs_upgrading_a_new_file_at_once_both_start(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'campus.db'}"
+    procs = [subprocess.Popen([sys.executable, "-c", f"from central.db import open_database; open_database({url!r})"],
+                              stderr=subprocess.PIPE, text=True) for _ in range(3)]
+    errors = [p.communicate(timeout=60)[1] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0, 0], errors
+    assert counts(tmp_path / "campus.db")["alembic_version"] == 1
+
+
+@pytest.mark.parametrize("program", [["users", "token", "admin"], ["broker-config", "--out", "OUT"], ["db", "upgrade"]])
+def test_an_unreachable_database_or_a_wrong_password_is_one_line_and_exit_2(
+        program: list[str], postgres_server: PostgreSQL, pg_url: str, tmp_path: Path) -> None:
+    wrong_password = pg_url.replace(f":{postgres_server.password}@", ":not-the-password@")
+    nobody_listens = pg_url.replace(f":{postgres_server.port}/", ":1/")
+    for url, reason in ((wrong_password, "password authentication failed"), (nobody_listens, "connection")):
+        args = [a.replace("OUT", str(tmp_path / "out")) for a in program]
+        env = {"PATH": "/usr/bin:/bin", "CAMPUS_DB": url, "HOME": str(tmp_path)}
+        result = campus(*args, env=env)  # by CAMPUS_DB: every program reads it
+        lines = result.stderr.strip().splitlines()
+        assert result.returncode == 2 and len(lines) == 1, result.stderr
+        assert lines[0].startswith("campus: error: ") and reason in lines[0], lines[0]
+        assert "not-the-password" not in result.stderr and postgres_server.password not in result.stderr
+
+
+def test_a_bad_database_url_is_refused_by_name() -> None:
+    result = campus("users", "token", "admin", "--db", "mysql://root@localhost/campus")
+    assert result.returncode == 2
+    assert "campus: error: --db 'mysql://root@localhost/campus': the central database is sqlite:///PATH or " \
+           "postgresql://" in result.stderr
+
+
+def test_database_urls_are_spelled_for_psycopg_3() -> None:
+    assert Database("postgresql://u:p@127.0.0.1:1/x").url == "postgresql+psycopg://u:p@127.0.0.1:1/x"
+    assert Database("postgres://u:p@127.0.0.1:1/x").name == "postgresql://u:***@127.0.0.1:1/x"
