@@ -175,7 +175,7 @@ class Ingest:
                 self.publish_acks()
             if now - last_silence_check > WORKER_REPORT_S:
                 last_silence_check = now
-                self.ledger.mark_silent()
+                self._mark_silent()
                 self._report()
             if prune_from is None and now - last_prune > self.prune_seen_every_s:
                 last_prune, prune_from = now, ""
@@ -194,6 +194,12 @@ class Ingest:
             self.subscriber.publish(contract.ack_topic(school, gateway), Ack(instance, seq, now).encode())
         self.stats.acks += len(due)
         return len(due)
+
+    def _mark_silent(self) -> None:
+        try:
+            self.ledger.mark_silent()
+        except StoreError as exc:  # the database is away (restarting): the next round marks them
+            log.warning("%s", exc)
 
     def _report(self) -> None:
         """This worker's counters into the ledger, for `GET /api/ingest` (IT staff watching ingest)."""
