@@ -16,7 +16,7 @@ from collections.abc import Callable
 from typing import Any
 
 from campus.errors import CampusError
-from campus.urls import ledger_path_for, redacted
+from campus.urls import redacted
 
 
 def setup_logging(level: str) -> None:
@@ -68,6 +68,7 @@ def cmd_sim(args: argparse.Namespace) -> None:
 
 def cmd_ingest(args: argparse.Namespace) -> None:
     from campus.urls import parse_mqtt_url
+    from central.db import central_db_url, open_database
     from central.ingest import Ingest
     from central.ledger import Ledger
     from central.store import open_store
@@ -75,7 +76,7 @@ def cmd_ingest(args: argparse.Namespace) -> None:
     mqtt = parse_mqtt_url(args.mqtt)
     store = open_store(args.store)
     store.check()  # a wrong address, token or database is said now, not retried silently for ever
-    ledger = Ledger(ledger_path_for(args.store, args.db))
+    ledger = Ledger(open_database(central_db_url(args.db, args.store)))
     ingest = Ingest(mqtt, store, ledger, name=args.name, share_group=args.share or None,
                     session_expiry=int(args.session_expiry), ack_max_delay=args.ack_max_delay)
     ingest.connect()
@@ -94,6 +95,7 @@ def cmd_web(args: argparse.Namespace) -> None:
     from pathlib import Path
 
     from central.broker_config import atomic_write
+    from central.db import central_db_url, sqlite_path
     from central.registry import check_token
     from central.store import open_store
     from dashboards import WebConfig, close_app, create_app
@@ -101,7 +103,7 @@ def cmd_web(args: argparse.Namespace) -> None:
 
     if args.admin_token is not None:
         check_token(args.admin_token, "--admin-token")
-    config = WebConfig(store_url=args.store, db_path=ledger_path_for(args.store, args.db), mqtt_url=args.mqtt,
+    config = WebConfig(store_url=args.store, db_path=central_db_url(args.db, args.store), mqtt_url=args.mqtt,
                        trusted_proxies=args.proxy)
     probe = open_store(args.store)
     try:
@@ -112,7 +114,8 @@ def cmd_web(args: argparse.Namespace) -> None:
     password = app.extensions["campus"]["registry"].ensure_admin(args.admin_token)
     if password:
         # Into a file only its owner reads, not onto stdout: under systemd stdout is the journal.
-        where = Path(config.db_path).resolve().parent / "admin-password.txt"
+        # Beside the SQLite file; with a server database, in the directory it was started in.
+        where = (sqlite_path(config.db_path) or Path("campus.db")).resolve().parent / "admin-password.txt"
         atomic_write(where, f"admin {password}\n", mode=0o600)
         print(f"campus web: created user admin; its password is in {where} (mode 0600). Change it with "
               "`campus users add admin --role admin`, then delete that file", flush=True)
@@ -247,7 +250,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("ingest", help="central ingest from MQTT into the store")
     p.add_argument("--mqtt", required=True, help="mqtt://[user:pass@]host:port")
     p.add_argument("--store", required=True, help="sqlite:///PATH, victoriametrics://host:port, influxdb://…")
-    p.add_argument("--db", default=None, help="central database sqlite:///PATH (default: the SQLite store itself)")
+    p.add_argument("--db", default=None, help=f"the central database, {DB_URLS} "
+                   "(default: $CAMPUS_DB, else the SQLite store itself)")
     p.add_argument("--name", default="ingest", help="client name; one persistent MQTT session per name")
     p.add_argument("--share", default=None, help="MQTT 5 shared-subscription group, for several workers")
     p.add_argument("--session-expiry", type=_seconds(1, 2**32 - 1), default=24 * 3600, metavar="S",
@@ -260,8 +264,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("web", help="the dashboard and JSON API")
     p.add_argument("--mqtt", default=None, help="broker for sending commands")
     p.add_argument("--store", required=True)
-    p.add_argument("--db", default=None, help="central database (registry and ledger), sqlite:///PATH; "
-                   "default: the SQLite store itself")
+    p.add_argument("--db", default=None, help=f"the central database (registry and ledger), {DB_URLS} "
+                   "(default: $CAMPUS_DB, else the SQLite store itself)")
     p.add_argument("--http-port", type=_port, default=8080)
     p.add_argument("--host", default=None, help="address to listen on (default 127.0.0.1)")
     p.add_argument("--admin-token", default=None, help="an admin API token (at least 16 characters)")

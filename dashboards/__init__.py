@@ -49,12 +49,16 @@ def create_app(config: WebConfig) -> Flask:
     security.install(app, config.trusted_proxies)
     app.config["SECRET_KEY"] = config.secret_key
     app.config["MAX_CONTENT_LENGTH"] = 2 * 1024 * 1024
-    ledger = Ledger(config.db_path)
+    from central.db import open_database
+
+    db = open_database(config.db_path if "://" in config.db_path else f"sqlite:///{config.db_path}")
+    ledger = Ledger(db)
     app.extensions["campus"] = {
         "config": config,
         "store": open_store(config.store_url),
         "ledger": ledger,
-        "registry": Registry(f"sqlite:///{config.db_path}"),
+        "registry": Registry(db),
+        "db": db,
         "commands": None,
         "login_limiter": auth.RateLimiter(auth.LOGIN_ATTEMPTS_PER_MIN),
         "login_address_limiter": auth.RateLimiter(auth.LOGIN_FAILURES_PER_ADDRESS_PER_MIN),
@@ -116,3 +120,4 @@ def close_app(app: Flask) -> None:
     ext["store"].close()
     ext["ledger"].close()
     ext["registry"].close()
+    ext["db"].close()
