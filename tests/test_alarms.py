@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import itertools
 import time
-from pathlib import Path
 
 import pytest
 
 from campus.contract import State
 from central import alarms
 from central.alarms import Rule, RuleError, Snapshot
+from central.db import open_database
 from central.ledger import Ledger, Sequenced
 from central.registry import Alarm, AlarmRule, Registry
 from tests.servers import wait_until
@@ -26,12 +26,11 @@ _seq = itertools.count(1)
 
 
 class School:
-    """A registry with two rooms in building A and a ledger, both real, in one SQLite file."""
+    """A registry with two rooms in building A and a ledger, both real, in one central database (each test on SQLite and on PostgreSQL)."""
 
-    def __init__(self, tmp_path: Path) -> None:
-        db = tmp_path / "central.db"
-        self.registry = Registry(f"sqlite:///{db}")
-        self.ledger = Ledger(str(db))
+    def __init__(self, url: str) -> None:
+        self.db = open_database(url)
+        self.registry, self.ledger = Registry(self.db), Ledger(self.db)
         for gw, room in (("gw-101", "101"), ("gw-102", "102")):
             self.registry.register_gateway(gw, "s1", room, "A")
             self.state(gw, True)
@@ -58,11 +57,12 @@ class School:
 
 
 @pytest.fixture
-def school(tmp_path: Path):
-    s = School(tmp_path)
+def school(central_db_url: str):
+    s = School(central_db_url)
     yield s
     s.ledger.close()
     s.registry.close()
+    s.db.close()
 
 
 def test_default_rules_are_seeded_once_from_the_profiles(school: School) -> None:

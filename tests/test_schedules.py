@@ -11,7 +11,6 @@ from __future__ import annotations
 import itertools
 import time
 from datetime import datetime, timedelta
-from pathlib import Path
 from types import SimpleNamespace
 from zoneinfo import ZoneInfo
 
@@ -23,6 +22,7 @@ from campus.contract import Command, CommandResult, State
 from campus.urls import parse_mqtt_url
 from central import schedules
 from central.commands import CommandService
+from central.db import open_database
 from central.ledger import Ledger
 from central.registry import Building, Registry, Schedule, ScheduleRun
 from central.schedules import ScheduleError, Scheduler, due
@@ -109,12 +109,11 @@ def test_next_run() -> None:
 
 
 class Site:
-    """Registry and ledger in one SQLite file: school s1 with building A (rooms 101, 102) and B (201)."""
+    """Registry and ledger in one central database (each test on SQLite and on PostgreSQL): school s1 with building A (rooms 101, 102) and B (201)."""
 
-    def __init__(self, tmp_path: Path) -> None:
-        db = tmp_path / "central.db"
-        self.registry = Registry(f"sqlite:///{db}")
-        self.ledger = Ledger(str(db))
+    def __init__(self, url: str) -> None:
+        self.db = open_database(url)
+        self.registry, self.ledger = Registry(self.db), Ledger(self.db)
         self.rooms = {"gw-101": ("101", "A"), "gw-102": ("102", "A"), "gw-201": ("201", "B")}
         for gw, (room, building) in self.rooms.items():
             self.registry.register_gateway(gw, "s1", room, building)
@@ -146,11 +145,12 @@ class Site:
 
 
 @pytest.fixture
-def site(tmp_path: Path):
-    s = Site(tmp_path)
+def site(central_db_url: str):
+    s = Site(central_db_url)
     yield s
     s.ledger.close()
     s.registry.close()
+    s.db.close()
 
 
 def test_targets_follow_scope_and_kinds(site: Site) -> None:
