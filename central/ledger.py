@@ -591,6 +591,20 @@ class Ledger(PerThreadConnection):
                         "finished": finished})
         return out
 
+    # ------------------------------------------------------------ reads for central/overview.py
+    # (added for issue 17: the modules that joined ledger and registry read these tables themselves)
+
+    def latest_times(self) -> dict[tuple[str, str], float]:
+        """When each device last sent a value: the newest `latest` sample per (gateway, device). The alarm
+        rule "device offline too long" and the board's "last value" read it."""
+        rows = self.db.execute("SELECT gateway, device, MAX(ts) FROM latest GROUP BY gateway, device")
+        return {(gw, dev): ts for gw, dev, ts in rows}
+
+    def states(self) -> dict[str, dict[str, Any]]:
+        """The last `state` each gateway sent, as sent (the config version it applied, its devices), by
+        gateway; the provisioning pages compare it with what the registry wants."""
+        return {gid: json.loads(state or "{}") for gid, state in self.db.execute("SELECT id, state FROM gateways")}
+
 
 def _state_dict(state: State) -> dict[str, Any]:
     # Its fields are plain values and dicts of them: a shallow copy is what

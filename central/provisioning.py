@@ -262,8 +262,7 @@ def push_runs(registry: Registry, limit: int = 10, run_id: int | None = None) ->
 def gateway_states(ledger: Any) -> dict[str, dict[str, Any]]:
     """What the agents last said (ledger): online, last_seen, applied config version, devices."""
     out = {g["id"]: dict(g) for g in ledger.gateways()}
-    for gid, state in ledger.db.execute("SELECT id, state FROM gateways"):
-        st = json.loads(state or "{}")
+    for gid, st in ledger.states().items():
         if gid in out:
             out[gid]["config_version"] = st.get("config_version")
             out[gid]["devices"] = st.get("devices", {})

@@ -48,7 +48,9 @@ from flask import (
 from campus.errors import CampusError, ConfigError
 from central import broker_config
 from central import provisioning as prov
-from dashboards.auth import add_nav, audit, campus, login_required
+from central.registry import Registry
+from dashboards.auth import add_nav, audit, login_required
+from dashboards.context import central, web
 from dashboards.security import safe_target
 
 bp = Blueprint("provisioning", __name__, url_prefix="/provisioning")
@@ -74,7 +76,7 @@ ADDRESS_FORM: dict[str, list[tuple[str, str, str]]] = {
 def register(app: Flask) -> None:
     app.register_blueprint(bp)
     add_nav(app, "Provisioning", "provisioning.gateways", ADMIN)
-    prov.ensure_tables(app.extensions["campus"]["registry"])
+    prov.ensure_tables(central(app).registry)
 
 
 # ---------------------------------------------------------------- helpers
@@ -86,8 +88,8 @@ def _local_time(ts: float | None) -> str:
     return datetime.fromtimestamp(ts).strftime("%Y-%m-%d %H:%M:%S") if ts else "—"
 
 
-def _reg() -> Any:
-    return campus()["registry"]
+def _reg() -> Registry:
+    return central().registry
 
 
 def _who() -> str:
@@ -95,16 +97,16 @@ def _who() -> str:
 
 
 def _mqtt_url() -> str | None:
-    return campus()["config"].mqtt_url
+    return web().config.mqtt_url
 
 
 def _client() -> Any:
-    service = campus().get("commands")
+    service = central().commands
     return service.client if service is not None else None
 
 
 def _broker_dir() -> str | None:
-    return getattr(campus()["config"], "broker_config_dir", None) or os.environ.get("CAMPUS_BROKER_CONFIG_DIR")
+    return web().config.broker_config_dir or os.environ.get("CAMPUS_BROKER_CONFIG_DIR")
 
 
 def _profiles() -> list[dict[str, Any]]:
@@ -122,7 +124,7 @@ def _profiles() -> list[dict[str, Any]]:
 
 
 def _gateway_rows() -> list[dict[str, Any]]:
-    reg, ledger = _reg(), campus()["ledger"]
+    reg, ledger = _reg(), central().ledger
     states = prov.gateway_states(ledger)
     pushed = prov.pushed_versions(reg)
     rows = []
@@ -445,7 +447,7 @@ def example_csv() -> Any:
 @login_required(roles=ADMIN)
 def ingest() -> Any:
     """The central ingest workers as they last reported (GET /api/ingest has the same, as JSON)."""
-    return render_template("prov_ingest.html", tab="ingest", workers=campus()["ledger"].workers())
+    return render_template("prov_ingest.html", tab="ingest", workers=central().ledger.workers())
 
 
 @bp.route("/broker", methods=["GET", "POST"])
