@@ -30,7 +30,8 @@ from datetime import datetime, timedelta
 from datetime import time as dtime
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import or_, select, update
+from sqlalchemy import or_, select
+from sqlalchemy import update as sql_update
 
 from campus import names
 from central.registry import Building, Registry, Schedule, ScheduleRun, School
@@ -178,6 +179,48 @@ def schedule_dict(s: Schedule, places: Mapping[int, str] | None = None) -> dict[
             "last_run": s.last_run, "scope": scope}
 
 
+def all_schedules(registry: Registry) -> list[Schedule]:
+    """Every schedule, by time of day (detached rows: read their fields, change them through `update`)."""
+    with registry.session() as s:
+        return list(s.scalars(select(Schedule).order_by(Schedule.at, Schedule.id)))
+
+
+def get(registry: Registry, schedule_id: int) -> Schedule | None:
+    with registry.session() as s:
+        return s.get(Schedule, schedule_id)
+
+
+def create(registry: Registry, fields: Mapping[str, Any]) -> int:
+    """A new schedule of `validate`d fields; its id."""
+    with registry.session() as s:
+        row = Schedule(**fields)
+        s.add(row)
+        s.flush()
+        return row.id
+
+
+def update(registry: Registry, schedule_id: int, fields: Mapping[str, Any]) -> dict[str, Any] | None:
+    """Change a schedule's `validate`d fields; what it was before (`schedule_dict`), None if there is none."""
+    with registry.session() as s:
+        row = s.get(Schedule, schedule_id)
+        if row is None:
+            return None
+        before = schedule_dict(row)
+        for k, v in fields.items():
+            setattr(row, k, v)
+        return before
+
+
+def set_enabled(registry: Registry, schedule_id: int, enabled: bool) -> bool:
+    """Enable or disable a schedule; False if there is none."""
+    with registry.session() as s:
+        row = s.get(Schedule, schedule_id)
+        if row is None:
+            return False
+        row.enabled = enabled
+        return True
+
+
 # ---------------------------------------------------------------- running
 
 
@@ -262,7 +305,7 @@ def summarise(results: list[dict[str, Any]]) -> str:
 def claim(registry: Registry, schedule_id: int, when: datetime, now: float) -> bool:
     """Atomically mark an occurrence as taken; False if someone (another process) already ran it."""
     with registry.session() as s:
-        result = s.execute(update(Schedule).where(Schedule.id == schedule_id, Schedule.enabled.is_(True),
+        result = s.execute(sql_update(Schedule).where(Schedule.id == schedule_id, Schedule.enabled.is_(True),
                                                   or_(Schedule.last_run.is_(None),
                                                       Schedule.last_run < when.timestamp()))
                            .values(last_run=now))

@@ -16,7 +16,6 @@ from datetime import datetime
 from typing import Any
 
 from flask import abort, flash, g, redirect, render_template, request, url_for
-from sqlalchemy import select
 
 from central import overview
 from central import schedules as sched
@@ -32,8 +31,7 @@ def _schedule_page(form_values: dict[str, Any] | None = None, error: str = "", s
     places = overview.places(reg)
     schools, buildings, names = places.schools, places.buildings, places.building_names()
     now_local = datetime.now().astimezone()
-    with reg.session() as s:
-        rows = list(s.scalars(select(Schedule).order_by(Schedule.at, Schedule.id)))
+    rows = sched.all_schedules(reg)
     last_runs: dict[int, dict[str, Any]] = {}
     for run_ in sched.runs(reg, limit=500):
         last_runs.setdefault(run_["schedule_id"], run_)
@@ -87,11 +85,7 @@ def create_schedule() -> Any:
         fields = sched.validate(values, central().registry)
     except sched.ScheduleError as exc:
         return _schedule_page(values, str(exc), 400)
-    with central().registry.session() as s:
-        row = Schedule(**fields)
-        s.add(row)
-        s.flush()
-        sid = row.id
+    sid = sched.create(central().registry, fields)
     audit("schedule", f"created #{sid} {fields}")
     flash(f"Schedule “{fields['name']}” created.")
     return redirect(url_for("health.schedules"))
@@ -101,8 +95,7 @@ def _get_schedule(sid: str) -> Schedule:
     schedule_id = db_id(sid)
     if schedule_id is None:
         abort(404, "no such schedule")
-    with central().registry.session() as s:
-        row = s.get(Schedule, schedule_id)
+    row = sched.get(central().registry, schedule_id)
     if row is None:
         abort(404, "no such schedule")
     return row
@@ -140,11 +133,9 @@ def edit_schedule(sid: str) -> Any:
         fields = sched.validate(values, central().registry)
     except sched.ScheduleError as exc:
         return _one_schedule(row, values, str(exc), 400)
-    with central().registry.session() as s:
-        stored = s.get(Schedule, row.id)
-        before = sched.schedule_dict(stored)
-        for k, v in fields.items():
-            setattr(stored, k, v)
+    before = sched.update(central().registry, row.id, fields)
+    if before is None:
+        abort(404, "no such schedule")
     audit("schedule", f"edited #{row.id}: {before} -> {fields}")
     flash(f"Schedule “{fields['name']}” saved.")
     return redirect(url_for("health.schedule", sid=row.id))
@@ -155,8 +146,8 @@ def edit_schedule(sid: str) -> Any:
 def toggle_schedule(sid: str) -> Any:
     row = _get_schedule(sid)
     enabled = request.form.get("enabled") == "on"
-    with central().registry.session() as s:
-        s.get(Schedule, row.id).enabled = enabled
+    if not sched.set_enabled(central().registry, row.id, enabled):
+        abort(404, "no such schedule")
     audit("schedule", f"{'enabled' if enabled else 'disabled'} #{row.id} {row.name}")
     flash(f"Schedule “{row.name}” {'enabled' if enabled else 'disabled'}.")
     back = safe_target(request.form.get("back"), "")
