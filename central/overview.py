@@ -286,3 +286,69 @@ def room_presence(registry: Registry, ledger: Ledger) -> list[RoomPresence]:
                                            "school": gw["school"], "building": ""})
         room.update(online=gw["online"], reported=True)
     return sorted((RoomPresence(**r) for r in rooms.values()), key=lambda r: (r.school, r.building, r.room))
+
+
+# ---------------------------------------------------------------- gateways as IT staff provision them
+
+
+@dataclass
+class ProvisionedGateway:
+    """A registered gateway beside what its agent last said: config versions wanted (registry), pushed and
+    applied (ledger), whether they agree (`sync`), and its storage notes."""
+    id: str
+    school: str
+    room: str
+    building: str
+    mqtt_username: str
+    config_version: int
+    devices: list[dict[str, Any]]        # provisioned (registry)
+    online: bool
+    seen: float | None
+    reported: dict[str, Any]             # reported by the agent (ledger), by device id
+    applied: int | None
+    pushed: int | None
+    pushed_at: float | None
+    sync_class: str
+    sync: str
+    rejected: dict[str, Any] | None      # the newest config_rejected event
+    applied_event: dict[str, Any] | None
+    storage_notes: list[dict[str, str]]
+
+
+def provisioned_gateways(registry: Registry, ledger: Ledger) -> list[ProvisionedGateway]:
+    """Every registered gateway, as the provisioning pages list it."""
+    states = prov.gateway_states(ledger)
+    pushed = prov.pushed_versions(registry)
+    rows = []
+    for info in registry.gateways():
+        st = states.get(info["id"], {})
+        applied = st.get("config_version")
+        push = pushed.get(info["id"])
+        events = prov.config_events(ledger, info["id"])
+        css, words = prov.sync_status(info["config_version"], push["version"] if push else None, applied,
+                                      bool(st.get("online")), events["rejected"])
+        rows.append(ProvisionedGateway(
+            id=info["id"], school=info["school"], room=info["room"], building=info["building"],
+            mqtt_username=info["mqtt_username"], config_version=info["config_version"], devices=info["devices"],
+            online=bool(st.get("online")), seen=st.get("last_seen"), reported=st.get("devices") or {},
+            applied=applied, pushed=push["version"] if push else None, pushed_at=push["at"] if push else None,
+            sync_class=css, sync=words, rejected=events["rejected"], applied_event=events["applied"],
+            # IT staff see a replaced outbox however old it is (the board: a week).
+            storage_notes=prov.storage_notes(st, replaced_within=None) if st else []))
+    return rows
+
+
+# ---------------------------------------------------------------- gateways as the API lists them
+
+
+def api_gateways(registry: Registry, ledger: Ledger) -> list[dict[str, Any]]:
+    """Every gateway the ledger knows (it sent something: `installed`), and those only registered so far
+    (`installed: false`, "not installed yet": they raise no alarm until their first message), by school.
+    Plain dicts: their keys are the JSON API's (CONTRACT.md `GET /api/gateways`)."""
+    rows = [{**gw, "installed": True} for gw in ledger.gateways()]
+    known = {gw["id"] for gw in rows}
+    rows += [{"id": gid, "school": place["school"], "room": place["room"], "online": False, "last_seen": None,
+              "received": 0, "gaps": 0, "duplicates": 0, "outbox": {}, "agent": "", "installed": False}
+             for gid, place in alarm_engine.gateway_places(registry).items() if gid not in known]
+    rows.sort(key=lambda gw: (gw["school"], gw["id"]))
+    return rows

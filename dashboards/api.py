@@ -14,6 +14,7 @@ from flask import Blueprint, Response, g, jsonify, request
 
 from campus import contract
 from campus.errors import ActionRejected, CampusError, PayloadError, StoreError
+from central import overview
 from central.store.base import MAX_POINTS
 from dashboards.auth import audit, login_required, may_command, may_see
 from dashboards.context import central, web
@@ -53,17 +54,9 @@ def health() -> Any:
 
 
 def visible_gateways() -> list[dict[str, Any]]:
-    """Every gateway the ledger knows (it sent something: `installed`), and those only registered so far
-    (`installed: false`, "not installed yet": they raise no alarm until their first message)."""
-    from central.alarms import gateway_places
-
-    rows = [{**gw, "installed": True} for gw in central().ledger.gateways()]
-    known = {gw["id"] for gw in rows}
-    rows += [{"id": gid, "school": place["school"], "room": place["room"], "online": False, "last_seen": None,
-              "received": 0, "gaps": 0, "duplicates": 0, "outbox": {}, "agent": "", "installed": False}
-             for gid, place in gateway_places(central().registry).items() if gid not in known]
-    rows.sort(key=lambda gw: (gw["school"], gw["id"]))
-    return [gw for gw in rows if may_see(g.user, gw["id"])]
+    """Every gateway, installed or only registered (central/overview.py), that the caller may see."""
+    c = central()
+    return [gw for gw in overview.api_gateways(c.registry, c.ledger) if may_see(g.user, gw["id"])]
 
 
 def visible_devices() -> list[dict[str, Any]]:
