@@ -56,6 +56,7 @@ from bench.common import (  # noqa: E402
 )
 from campus.net import free_port, wait_for_port  # noqa: E402
 from central.ledger import Ledger  # noqa: E402
+from dashboards.context import central, web  # noqa: E402
 from tests.e2e import write_gateway_config  # noqa: E402
 
 SCHOOL = "bench"
@@ -249,11 +250,9 @@ def web_main(args: argparse.Namespace) -> None:
     from dashboards import WebConfig, close_app, create_app
     from dashboards.server import serve
 
-    app = create_app(WebConfig(store_url=args.store, db_path=args.db, mqtt_url=args.mqtt))
-    app.extensions["campus"]["registry"].ensure_admin(TOKEN)
-    limiter = app.extensions["campus"].get("command_limiter")
-    if limiter is not None:
-        limiter.per_minute = 10**9
+    app = create_app(WebConfig(store_url=args.store, db_url=args.db, mqtt_url=args.mqtt))
+    central(app).registry.ensure_admin(TOKEN)
+    web(app).command_limiter.per_minute = 10**9
     server = serve(app, "127.0.0.1", args.http_port)
     print(f"bench web: http://{server.host}:{server.port}/", flush=True)
     stop = threading.Event()

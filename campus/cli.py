@@ -68,27 +68,26 @@ def cmd_sim(args: argparse.Namespace) -> None:
 
 def cmd_ingest(args: argparse.Namespace) -> None:
     from campus.urls import parse_mqtt_url
-    from central.db import central_db_url, open_database
+    from central.db import central_db_url
     from central.ingest import Ingest
-    from central.ledger import Ledger
-    from central.store import open_store
+    from central.service import Central, CentralConfig
 
     mqtt = parse_mqtt_url(args.mqtt)
-    store = open_store(args.store)
-    store.check()  # a wrong address, token or database is said now, not retried silently for ever
-    ledger = Ledger(open_database(central_db_url(args.db, args.store)))
-    ingest = Ingest(mqtt, store, ledger, name=args.name, share_group=args.share or None,
-                    session_expiry=int(args.session_expiry), ack_max_delay=args.ack_max_delay)
-    ingest.connect()
-    stop = threading.Event()
-    worker = threading.Thread(target=ingest.run, args=(stop,), name="ingest-writer", daemon=True)
-    worker.start()
-    logging.getLogger("campus").info("ingest %s: %s -> %s", args.name, mqtt, redacted(args.store))
-    wait_for_signal(stop)
-    worker.join(timeout=10)
-    ingest.close()  # the last batch's acks, then the broker connection and its thread
-    store.close()
-    ledger.close()
+    # Ingest workers may be many: no command service (ingest has its own connection), no alarm monitor
+    # or scheduler (the web instances run those).
+    config = CentralConfig(store_url=args.store, db_url=central_db_url(args.db, args.store), mqtt_url=args.mqtt,
+                           commands=False, background=False)
+    with Central.open(config, check_store=True) as central:
+        ingest = Ingest(mqtt, central.store, central.ledger, name=args.name, share_group=args.share or None,
+                        session_expiry=int(args.session_expiry), ack_max_delay=args.ack_max_delay)
+        ingest.connect()
+        stop = threading.Event()
+        worker = threading.Thread(target=ingest.run, args=(stop,), name="ingest-writer", daemon=True)
+        worker.start()
+        logging.getLogger("campus").info("ingest %s: %s -> %s", args.name, mqtt, redacted(args.store))
+        wait_for_signal(stop)
+        worker.join(timeout=10)
+        ingest.close()  # the last batch's acks, then the broker connection and its thread
 
 
 def cmd_web(args: argparse.Namespace) -> None:
@@ -97,34 +96,31 @@ def cmd_web(args: argparse.Namespace) -> None:
     from central.broker_config import atomic_write
     from central.db import central_db_url, sqlite_path
     from central.registry import check_token
-    from central.store import open_store
+    from central.service import Central
     from dashboards import WebConfig, close_app, create_app
     from dashboards.server import serve
 
     if args.admin_token is not None:
         check_token(args.admin_token, "--admin-token")
-    config = WebConfig(store_url=args.store, db_path=central_db_url(args.db, args.store), mqtt_url=args.mqtt,
+    config = WebConfig(store_url=args.store, db_url=central_db_url(args.db, args.store), mqtt_url=args.mqtt,
                        trusted_proxies=args.proxy)
-    probe = open_store(args.store)
-    try:
-        probe.check()  # history comes from the store: a wrong address, token or database is said now
-    finally:
-        probe.close()
-    app = create_app(config)
-    password = app.extensions["campus"]["registry"].ensure_admin(args.admin_token)
-    if password:
-        # Into a file only its owner reads, not onto stdout: under systemd stdout is the journal.
-        # Beside the SQLite file; with a server database, in the directory it was started in.
-        where = (sqlite_path(config.db_path) or Path("campus.db")).resolve().parent / "admin-password.txt"
-        atomic_write(where, f"admin {password}\n", mode=0o600)
-        print(f"campus web: created user admin; its password is in {where} (mode 0600). Change it with "
-              "`campus users add admin --role admin`, then delete that file", flush=True)
-    stop = threading.Event()
-    server = serve(app, "127.0.0.1" if not args.host else args.host, args.http_port)
-    print(f"campus web: http://{server.host}:{server.port}/", flush=True)
-    wait_for_signal(stop)
-    server.shutdown()
-    close_app(app)
+    with Central.open(config.central_config(), check_store=True) as central:  # history comes from the store
+        app = create_app(config, central)
+        central.start()
+        password = central.registry.ensure_admin(args.admin_token)
+        if password:
+            # Into a file only its owner reads, not onto stdout: under systemd stdout is the journal.
+            # Beside the SQLite file; with a server database, in the directory it was started in.
+            where = (sqlite_path(config.db_url) or Path("campus.db")).resolve().parent / "admin-password.txt"
+            atomic_write(where, f"admin {password}\n", mode=0o600)
+            print(f"campus web: created user admin; its password is in {where} (mode 0600). Change it with "
+                  "`campus users add admin --role admin`, then delete that file", flush=True)
+        stop = threading.Event()
+        server = serve(app, "127.0.0.1" if not args.host else args.host, args.http_port)
+        print(f"campus web: http://{server.host}:{server.port}/", flush=True)
+        wait_for_signal(stop)
+        server.shutdown()
+        close_app(app)  # open streams end first; `with` then stops central's threads and closes it
 
 
 def cmd_users(args: argparse.Namespace) -> None:
@@ -216,7 +212,7 @@ def cmd_demo(args: argparse.Namespace) -> None:
     from campus.demo import Demo
 
     demo = Demo(rooms=args.rooms, http_port=args.http_port, data_dir=args.data_dir, mqtt=args.mqtt,
-                store=args.store, admin_token=args.admin_token)
+                store=args.store, admin_token=args.admin_token, db=args.db)
     demo.run(duration=args.duration)
 
 
@@ -235,6 +231,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data-dir", default="campus-demo-data", help="where the demo keeps its files")
     p.add_argument("--mqtt", default=None, help="use this broker instead of the embedded one")
     p.add_argument("--store", default=None, help="store URL (default: SQLite in the data dir)")
+    p.add_argument("--db", default=None, help=f"the central database, {DB_URLS} (default: $CAMPUS_DB, else the "
+                   "SQLite store's file, else ledger.db in the data dir)")
     p.add_argument("--admin-token", default=None, help="admin API token, at least 16 characters "
                    "(default: random, printed)")
     p.set_defaults(func=cmd_demo)

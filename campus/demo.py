@@ -23,8 +23,9 @@ from campus.aio import wait_event
 from campus.cli import run_until_signal
 from campus.errors import CampusError
 from campus.net import free_port
-from campus.urls import ledger_path_for, parse_mqtt_url, redacted
+from campus.urls import parse_mqtt_url, redacted
 from central.broker_config import atomic_write
+from central.registry import Registry
 from edge_agent.agent import run_agent
 from edge_agent.config import GatewayConfig, load_gateway_config
 from firmware_stubs.runner import SimulatorSet
@@ -73,7 +74,8 @@ def classroom_config(index: int, mqtt: str, data_dir: Path, poll_interval: float
 
 class Demo:
     def __init__(self, rooms: int = 3, http_port: int = 8080, data_dir: str = "campus-demo-data",
-                 mqtt: str | None = None, store: str | None = None, admin_token: str | None = None) -> None:
+                 mqtt: str | None = None, store: str | None = None, admin_token: str | None = None,
+                 db: str | None = None) -> None:
         self.rooms = rooms
         self.http_port = http_port
         self.data_dir = Path(data_dir).resolve()
@@ -81,6 +83,11 @@ class Demo:
         if mqtt:
             parse_mqtt_url(mqtt)
         self.store = store or f"sqlite:///{self.data_dir / 'campus.db'}"
+        # The central database: --db (or CAMPUS_DB), else the SQLite store's file, else one of its own.
+        from central.db import central_db_url
+
+        fallback = self.store if self.store.startswith("sqlite:") else f"sqlite:///{self.data_dir / 'ledger.db'}"
+        self.db = central_db_url(db, fallback)
         if admin_token is not None:
             from central.registry import check_token
 
@@ -99,24 +106,18 @@ class Demo:
             configs.append(load_gateway_config(path))
         return configs
 
-    def _register(self, db_path: str, configs: list[GatewayConfig]) -> None:
+    def _register(self, registry: Registry, configs: list[GatewayConfig]) -> None:
         """Put the demo school into the registry as IT staff would: rooms, gateways, devices, people."""
-        from central.registry import Registry
-
-        registry = Registry(f"sqlite:///{db_path}")
-        try:
-            for cfg in configs:
-                if registry.gateway_info(cfg.gateway) is None:
-                    registry.register_gateway(cfg.gateway, cfg.school, cfg.room, cfg.building)
-                for dev in cfg.devices:
-                    registry.add_device(cfg.gateway, dev.id, dev.profile, dev.address, dev.options)
-            registry.add_user("admin", self.passwords["admin"], "admin")
-            registry.add_user("facility", self.passwords["facility"], "facility")
-            registry.add_user("teacher", self.passwords["teacher"], "teacher",
-                              rooms=[(configs[0].school, configs[0].room)] if configs else [])
-            registry.ensure_admin(self.admin_token)
-        finally:
-            registry.close()
+        for cfg in configs:
+            if registry.gateway_info(cfg.gateway) is None:
+                registry.register_gateway(cfg.gateway, cfg.school, cfg.room, cfg.building)
+            for dev in cfg.devices:
+                registry.add_device(cfg.gateway, dev.id, dev.profile, dev.address, dev.options)
+        registry.add_user("admin", self.passwords["admin"], "admin")
+        registry.add_user("facility", self.passwords["facility"], "facility")
+        registry.add_user("teacher", self.passwords["teacher"], "teacher",
+                          rooms=[(configs[0].school, configs[0].room)] if configs else [])
+        registry.ensure_admin(self.admin_token)
 
     def _sim_control(self, sims: dict[str, SimulatorSet]) -> Any:
         def control(gateway: str, device: str, overrides: dict[str, Any]) -> None:
@@ -138,48 +139,53 @@ class Demo:
 
     async def _main(self, stop: asyncio.Event, duration: float | None) -> None:
         from central.ingest import Ingest
-        from central.ledger import Ledger
-        from central.store import open_store
+        from central.service import Central
         from dashboards import WebConfig, close_app, create_app
         from dashboards.server import serve
 
         started = time.monotonic()
-        store = open_store(self.store)
-        await asyncio.to_thread(store.check)  # a --store that cannot be reached is one line, before anything starts
-        broker = None
+        broker_port = None
         if self.external_mqtt:
             mqtt = self.external_mqtt
         else:
-            from amqtt.broker import Broker
+            broker_port = free_port()
+            mqtt = f"mqtt://127.0.0.1:{broker_port}?protocol=3.1.1"  # amqtt speaks MQTT 3.1.1 only
+        web = WebConfig(store_url=self.store, db_url=self.db, mqtt_url=mqtt)
+        # One Central for the demo's ingest and its dashboard; a --store that cannot be reached is one line,
+        # before anything starts.
+        central = await asyncio.to_thread(Central.open, web.central_config(), check_store=True)
+        broker = None
+        try:
+            if broker_port is not None:
+                from amqtt.broker import Broker
 
-            port = free_port()
-            broker = Broker({"listeners": {"default": {"type": "tcp", "bind": f"127.0.0.1:{port}"}},
-                             "plugins": {"amqtt.plugins.authentication.AnonymousAuthPlugin": {"allow_anonymous": True}}})
-            await broker.start()
-            mqtt = f"mqtt://127.0.0.1:{port}?protocol=3.1.1"  # amqtt speaks MQTT 3.1.1 only
+                broker = Broker({"listeners": {"default": {"type": "tcp", "bind": f"127.0.0.1:{broker_port}"}},
+                                 "plugins": {"amqtt.plugins.authentication.AnonymousAuthPlugin":
+                                             {"allow_anonymous": True}}})
+                await broker.start()
+        except BaseException:
+            central.close()
+            raise
         configs = self._write_configs(mqtt)
         sims = {c.gateway: SimulatorSet(c) for c in configs}
         for s in sims.values():
             await s.start()
 
-        # With the SQLite store the ledger shares its file; with a server store it gets its own.
-        ledger_path = ledger_path_for(self.store, None if self.store.startswith("sqlite:")
-                                      else f"sqlite:///{self.data_dir / 'ledger.db'}")
-        ingest_ledger = Ledger(ledger_path)
-        ingest = Ingest(parse_mqtt_url(mqtt), store, ingest_ledger, name="demo-ingest")
+        ingest = Ingest(parse_mqtt_url(mqtt), central.store, central.ledger, name="demo-ingest")
         await asyncio.to_thread(ingest.connect)
         ingest_stop = threading.Event()
         ingest_thread = threading.Thread(target=ingest.run, args=(ingest_stop,), name="ingest", daemon=True)
         ingest_thread.start()
 
-        self._register(ledger_path, configs)
-        web = WebConfig(store_url=self.store, db_path=ledger_path, mqtt_url=mqtt,
-                        sim_control=self._sim_control(sims))
-        app = create_app(web)
+        self._register(central.registry, configs)
+        web.sim_control = self._sim_control(sims)
+        app = create_app(web, central)
+        await asyncio.to_thread(central.start)  # commands, alarm monitor, scheduler
         server = serve(app, "127.0.0.1", self.http_port)
         url = f"http://127.0.0.1:{server.port}/"
         print(f"campus demo: {self.rooms} classrooms, broker {redacted(mqtt.split('?')[0])}"
-              f"{' (embedded amqtt)' if broker else ''}, store {redacted(self.store)}", flush=True)
+              f"{' (embedded amqtt)' if broker else ''}, store {redacted(self.store)}, central database "
+              f"{central.db.name}", flush=True)
         print(f"campus demo: dashboard {url}", flush=True)
         for role, password in self.passwords.items():
             print(f"campus demo: login {role} / {password}", flush=True)
@@ -202,10 +208,9 @@ class Demo:
             ingest_stop.set()
             await asyncio.to_thread(ingest_thread.join, 10)
             ingest.close()
-            store.close()
-            ingest_ledger.close()
             server.shutdown()
             close_app(app)
+            await asyncio.to_thread(central.close)  # its threads stop, then the store and the database close
             for s in sims.values():
                 await s.stop()
             if broker is not None:

@@ -112,16 +112,3 @@ def parse_store_url(url: str) -> StoreUrl:
             raise ConfigError(f"store URL {redacted(url)!r}: missing bucket (the InfluxDB 2.x bucket, or 1.x/3.x database)")
         return StoreUrl(parts.scheme, host=parts.hostname, port=port, options=options)
     raise ConfigError(f"store URL {redacted(url)!r}: scheme must be sqlite://, victoriametrics:// or influxdb://")
-
-
-def ledger_path_for(store: str, db: str | None) -> str:
-    """Where the central database (ledger and registry) lives: `--db` if given, else the SQLite store's file."""
-    if db:
-        parsed = parse_store_url(db)
-        if parsed.scheme != "sqlite":
-            raise ConfigError(f"--db {db!r}: the central database needs a sqlite:/// URL")
-        return parsed.path
-    parsed = parse_store_url(store)
-    if parsed.scheme != "sqlite":
-        raise ConfigError("with a non-SQLite --store, give --db sqlite:///PATH for the central database")
-    return parsed.path

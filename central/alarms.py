@@ -20,7 +20,7 @@ latest value of every metric) and, per rule, gateway and device:
 
 The rule logic is pure (`conditions()` over a `Snapshot`), so tests drive
 it with plain data; `AlarmMonitor` runs `evaluate()` every few seconds in a
-background thread of the web app.
+background thread of `Central` (central/service.py).
 """
 
 from __future__ import annotations
@@ -217,16 +217,12 @@ class Snapshot:
         return {(d["gateway"], d["id"]) for d in self.devices if d["status"] == "offline"}
 
 
-def device_last_seen(ledger: Any) -> dict[tuple[str, str], float]:
-    """When each device last sent a value (the newest `latest` sample)."""
-    return ledger.device_last_seen()
-
-
 def snapshot(registry: Registry, ledger: Any) -> Snapshot:
-    with registry.session() as s:
-        registered = {gid: created for gid, created in s.execute(select(Gateway.id, Gateway.created))}
-    return Snapshot(gateways=ledger.gateways(), devices=ledger.gateway_devices(), latest=ledger.latest(),
-                    device_seen=device_last_seen(ledger), registered=registered)
+    """What the rules look at now: ledger and registry joined by central/overview.py (imported here, not at
+    the top, because overview reads the alarms too)."""
+    from central.overview import alarm_snapshot
+
+    return alarm_snapshot(registry, ledger)
 
 
 # ---------------------------------------------------------------- the rules themselves

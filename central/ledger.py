@@ -471,8 +471,9 @@ class Ledger:
                 out.setdefault((gw, dev), {})[metric] = json.loads(value)
         return out
 
-    def device_last_seen(self) -> dict[tuple[str, str], float]:
-        """When each device last sent a value (its newest `latest` sample), by (gateway, device)."""
+    def latest_times(self) -> dict[tuple[str, str], float]:
+        """When each device last sent a value: its newest `latest` sample, by (gateway, device). The alarm
+        rule "device offline too long" and the board's "last value" read it."""
         with self.db.read("cannot read the latest values") as conn:
             rows = conn.execute(select(latest_t.c.gateway, latest_t.c.device, func.max(latest_t.c.ts))
                                 .group_by(latest_t.c.gateway, latest_t.c.device)).all()

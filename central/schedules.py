@@ -28,12 +28,16 @@ import time
 from collections.abc import Callable, Mapping
 from datetime import datetime, timedelta
 from datetime import time as dtime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import or_, select, update
+from sqlalchemy import or_, select
+from sqlalchemy import update as sql_update
 
 from campus import names
-from central.registry import Building, Gateway, Registry, Room, Schedule, ScheduleRun, School
+from central.registry import Building, Registry, Schedule, ScheduleRun, School
+
+if TYPE_CHECKING:
+    from central.overview import Target
 
 log = logging.getLogger(__name__)
 
@@ -175,49 +179,57 @@ def schedule_dict(s: Schedule, places: Mapping[int, str] | None = None) -> dict[
             "last_run": s.last_run, "scope": scope}
 
 
+def all_schedules(registry: Registry) -> list[Schedule]:
+    """Every schedule, by time of day (detached rows: read their fields, change them through `update`)."""
+    with registry.session() as s:
+        return list(s.scalars(select(Schedule).order_by(Schedule.at, Schedule.id)))
+
+
+def get(registry: Registry, schedule_id: int) -> Schedule | None:
+    with registry.session() as s:
+        return s.get(Schedule, schedule_id)
+
+
+def create(registry: Registry, fields: Mapping[str, Any]) -> int:
+    """A new schedule of `validate`d fields; its id."""
+    with registry.session() as s:
+        row = Schedule(**fields)
+        s.add(row)
+        s.flush()
+        return row.id
+
+
+def update(registry: Registry, schedule_id: int, fields: Mapping[str, Any]) -> dict[str, Any] | None:
+    """Change a schedule's `validate`d fields; what it was before (`schedule_dict`), None if there is none."""
+    with registry.session() as s:
+        row = s.get(Schedule, schedule_id)
+        if row is None:
+            return None
+        before = schedule_dict(row)
+        for k, v in fields.items():
+            setattr(row, k, v)
+        return before
+
+
+def set_enabled(registry: Registry, schedule_id: int, enabled: bool) -> bool:
+    """Enable or disable a schedule; False if there is none."""
+    with registry.session() as s:
+        row = s.get(Schedule, schedule_id)
+        if row is None:
+            return False
+        row.enabled = enabled
+        return True
+
+
 # ---------------------------------------------------------------- running
 
 
-def targets(schedule: Any, registry: Registry, ledger: Any) -> list[dict[str, Any]]:
-    """Every device the schedule applies to: registry gateways in scope, their devices of its kinds."""
-    kinds = {k.strip() for k in (schedule.kinds or "").split(",") if k.strip()}
-    with registry.session() as s:
-        q = select(Gateway.id, Gateway.school_id, Room.name, Room.building_id).outerjoin(
-            Room, Gateway.room_id == Room.id)
-        if schedule.school_id:
-            q = q.where(Gateway.school_id == schedule.school_id)
-        if schedule.building_id is not None:
-            q = q.where(Room.building_id == schedule.building_id)
-        gateways = {gid: {"school": school, "room": room or ""} for gid, school, room, _b in s.execute(q)}
-        provisioned = {(d.gateway_id, d.device_id): d.profile for gw in s.scalars(
-            select(Gateway).where(Gateway.id.in_(list(gateways)))) for d in gw.devices}
-    out: list[dict[str, Any]] = []
-    reported = set()
-    for dev in ledger.gateway_devices():
-        gw = gateways.get(dev["gateway"])
-        if gw is None:
-            continue
-        reported.add((dev["gateway"], dev["id"]))
-        if dev.get("kind") in kinds:
-            out.append({"gateway": dev["gateway"], "school": gw["school"], "room": gw["room"], "device": dev["id"],
-                        "kind": dev["kind"], "status": dev["status"]})
-    for (gid, device), profile in sorted(provisioned.items()):
-        if (gid, device) in reported:
-            continue
-        kind = _profile_kind(profile)
-        if kind in kinds:
-            out.append({"gateway": gid, "school": gateways[gid]["school"], "room": gateways[gid]["room"],
-                        "device": device, "kind": kind, "status": "never reported"})
-    return sorted(out, key=lambda t: (t["gateway"], t["device"]))
+def targets(schedule: Any, registry: Registry, ledger: Any) -> list[Target]:
+    """Every device the schedule applies to (central/overview.py joins the registry's gateways in scope
+    with the devices the ledger heard of; imported here, overview being above this module)."""
+    from central.overview import schedule_targets
 
-
-def _profile_kind(profile: str) -> str:
-    try:
-        from device_profiles import load_profile
-
-        return load_profile(profile).kind
-    except Exception:  # noqa: BLE001 - an unknown profile: not a target
-        return ""
+    return schedule_targets(schedule, registry, ledger)
 
 
 def run(schedule: Any, registry: Registry, ledger: Any, service: Any, *, now: float | None = None,
@@ -228,9 +240,9 @@ def run(schedule: Any, registry: Registry, ledger: Any, service: Any, *, now: fl
     who = by or f"schedule:{schedule.name}"
     results: list[dict[str, Any]] = []
     for t in targets(schedule, registry, ledger):
-        base = {"gateway": t["gateway"], "room": t["room"], "device": t["device"], "kind": t["kind"],
+        base = {"gateway": t.gateway, "room": t.room, "device": t.device, "kind": t.kind,
                 "action": schedule.action}
-        if t["status"] == "never reported":
+        if t.status == "never reported":
             results.append({**base, "status": "skipped", "detail": "provisioned, but the gateway has never "
                             "reported this device", "command": None})
             continue
@@ -240,13 +252,13 @@ def run(schedule: Any, registry: Registry, ledger: Any, service: Any, *, now: fl
             continue
         try:
             # An offline gateway will not answer now: do not wait for it device after device.
-            record = service.send(t["school"], t["gateway"], t["device"], schedule.action, {}, by=who, ttl=ttl,
-                                  wait=publish_wait if t["status"] != "offline" else min(publish_wait, 0.05))
+            record = service.send(t.school, t.gateway, t.device, schedule.action, {}, by=who, ttl=ttl,
+                                  wait=publish_wait if t.status != "offline" else min(publish_wait, 0.05))
         except Exception as exc:  # noqa: BLE001 - one device's failure is that device's result
             results.append({**base, "status": "failed", "detail": f"not sent: {exc}", "command": None})
             continue
         results.append({**base, "status": record["status"], "detail": record.get("detail", ""),
-                        "command": record["id"], "offline": t["status"] == "offline",
+                        "command": record["id"], "offline": t.status == "offline",
                         "deadline": record.get("deadline")})
     # Wait for the answers together: a building's worth of devices costs one wait, not one each.
     deadline = time.monotonic() + wait
@@ -293,7 +305,7 @@ def summarise(results: list[dict[str, Any]]) -> str:
 def claim(registry: Registry, schedule_id: int, when: datetime, now: float) -> bool:
     """Atomically mark an occurrence as taken; False if someone (another process) already ran it."""
     with registry.session() as s:
-        result = s.execute(update(Schedule).where(Schedule.id == schedule_id, Schedule.enabled.is_(True),
+        result = s.execute(sql_update(Schedule).where(Schedule.id == schedule_id, Schedule.enabled.is_(True),
                                                   or_(Schedule.last_run.is_(None),
                                                       Schedule.last_run < when.timestamp()))
                            .values(last_run=now))

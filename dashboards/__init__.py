@@ -12,12 +12,15 @@ import importlib
 import secrets
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from flask import Flask, jsonify, render_template, request
 from werkzeug.exceptions import HTTPException
 
 from campus.errors import StoreError
+
+if TYPE_CHECKING:  # imported when an app is made: nothing central is loaded by `import dashboards`
+    from central.service import Central, CentralConfig
 
 # Blueprints of the people-facing areas, imported when present.
 AREAS = ("dashboards.panel", "dashboards.health", "dashboards.history_csv", "dashboards.provisioning")
@@ -26,67 +29,76 @@ AREAS = ("dashboards.panel", "dashboards.health", "dashboards.history_csv", "das
 @dataclass
 class WebConfig:
     store_url: str
-    # The central database: the ledger and the registry (SQLite path).
-    db_path: str
+    # The central database (registry and ledger): sqlite:///PATH or postgresql://...; a bare path is that
+    # SQLite file.
+    db_url: str
     mqtt_url: str | None = None
     secret_key: str = field(default_factory=lambda: secrets.token_hex(32))
     # Demo only: a function (gateway, device, overrides) that reaches into a simulator.
     sim_control: Callable[[str, str, dict[str, Any]], None] | None = None
     # Reverse proxies in front whose X-Forwarded-For/-Proto/-Host/-Port are believed (`campus web --proxy`).
     trusted_proxies: int = 0
+    # Seconds between alarm evaluations / schedule checks of the app's own Central; None: the environment
+    # (CAMPUS_ALARM_INTERVAL, CAMPUS_SCHEDULE_INTERVAL), else the defaults; 0: off.
+    alarm_interval: float | None = None
+    schedule_interval: float | None = None
+    # Where the provisioning pages write the broker's files (else $CAMPUS_BROKER_CONFIG_DIR).
+    broker_config_dir: str | None = None
+
+    def central_config(self) -> CentralConfig:
+        """The config of the Central this app opens when it is given none."""
+        from central.service import CentralConfig
+
+        return CentralConfig(store_url=self.store_url, db_url=self.db_url, mqtt_url=self.mqtt_url,
+                             alarm_interval=self.alarm_interval, schedule_interval=self.schedule_interval)
 
 
-def create_app(config: WebConfig) -> Flask:
-    from campus.urls import parse_mqtt_url
-    from central.commands import CommandService
-    from central.ledger import Ledger
-    from central.registry import Registry
-    from central.store import open_store
+def create_app(config: WebConfig, central: Central | None = None) -> Flask:
+    """The web app on `central`; without one it opens and starts its own (and `close_app` closes it).
+    A Central given is started and closed by whoever built it."""
+    from central.service import Central
     from dashboards import api, auth, board, security, sessions, strict_json
+    from dashboards.context import EXTENSION, WebState
 
     app = Flask(__name__)
     strict_json.install(app)
     security.install(app, config.trusted_proxies)
     app.config["SECRET_KEY"] = config.secret_key
     app.config["MAX_CONTENT_LENGTH"] = 2 * 1024 * 1024
-    from central.db import open_database
-
-    db = open_database(config.db_path if "://" in config.db_path else f"sqlite:///{config.db_path}")
-    ledger = Ledger(db)
-    app.extensions["campus"] = {
-        "config": config,
-        "store": open_store(config.store_url),
-        "ledger": ledger,
-        "registry": Registry(db),
-        "db": db,
-        "commands": None,
-        "login_limiter": auth.RateLimiter(auth.LOGIN_ATTEMPTS_PER_MIN),
-        "login_address_limiter": auth.RateLimiter(auth.LOGIN_FAILURES_PER_ADDRESS_PER_MIN),
-        "token_limiter": auth.RateLimiter(auth.TOKEN_FAILURES_PER_ADDRESS_PER_MIN),
-        "command_limiter": auth.RateLimiter(auth.COMMANDS_PER_MIN),
-    }
-    sessions.install(app, app.extensions["campus"]["registry"])
-    if config.mqtt_url:
-        service = CommandService(parse_mqtt_url(config.mqtt_url), ledger)
-        service.start()
-        app.extensions["campus"]["commands"] = service
-    app.register_error_handler(StoreError, _store_unavailable)
-    app.register_error_handler(HTTPException, _http_error)
-    # A request thread gives its database connections back when its request ends (Werkzeug starts a
-    # thread per connection; kept per thread, one leaked per request: issue 14).
-    app.teardown_appcontext(lambda _exc: release_connections(app))
-    app.register_blueprint(auth.bp)
-    app.register_blueprint(api.bp)
-    app.register_blueprint(board.bp)
-    auth.add_nav(app, "Rooms", "board.rooms", ("admin", "facility"))
-    for name in AREAS:
-        try:
-            module = importlib.import_module(name)
-        except ModuleNotFoundError as exc:
-            if exc.name != name:
-                raise
-            continue
-        module.register(app)
+    owns = central is None
+    if central is None:
+        central = Central.open(config.central_config())
+    try:
+        state = WebState(config=config, central=central, owns_central=owns,
+                         login_limiter=auth.RateLimiter(auth.LOGIN_ATTEMPTS_PER_MIN),
+                         login_address_limiter=auth.RateLimiter(auth.LOGIN_FAILURES_PER_ADDRESS_PER_MIN),
+                         token_limiter=auth.RateLimiter(auth.TOKEN_FAILURES_PER_ADDRESS_PER_MIN),
+                         command_limiter=auth.RateLimiter(auth.COMMANDS_PER_MIN))
+        app.extensions[EXTENSION] = state
+        sessions.install(app, central.registry)
+        app.register_error_handler(StoreError, _store_unavailable)
+        app.register_error_handler(HTTPException, _http_error)
+        # A request thread gives its database connections back when its request ends (Werkzeug starts a
+        # thread per connection; kept per thread, one leaked per request: issue 14).
+        app.teardown_appcontext(lambda _exc: release_connections(app))
+        app.register_blueprint(auth.bp)
+        app.register_blueprint(api.bp)
+        app.register_blueprint(board.bp)
+        auth.add_nav(app, "Rooms", "board.rooms", ("admin", "facility"))
+        for name in AREAS:
+            try:
+                module = importlib.import_module(name)
+            except ModuleNotFoundError as exc:
+                if exc.name != name:
+                    raise
+                continue
+            module.register(app)
+        if owns:
+            central.start()
+    except BaseException:
+        if owns:
+            central.close()
+        raise
     release_connections(app)  # the connections the start-up used (schema checks) go back to the pools
     return app
 
@@ -94,9 +106,9 @@ def create_app(config: WebConfig) -> Flask:
 def release_connections(app: Flask) -> None:
     """The calling thread gives back the database connections it holds (ledger and point store); the
     registry's SQLAlchemy sessions give theirs back as each one closes."""
-    ext = app.extensions["campus"]
-    ext["ledger"].release()
-    ext["store"].release()
+    from dashboards.context import central
+
+    central(app).release()
 
 
 def _store_unavailable(exc: StoreError) -> Any:
@@ -112,12 +124,11 @@ def _http_error(exc: HTTPException) -> Any:
 
 
 def close_app(app: Flask) -> None:
-    ext = app.extensions["campus"]
-    for hook in ext.get("on_close", []):
+    """End what the app runs (open streams first); close its Central if the app opened it."""
+    from dashboards.context import web
+
+    state = web(app)
+    for hook in state.on_close:
         hook()
-    if ext["commands"] is not None:
-        ext["commands"].stop()
-    ext["store"].close()
-    ext["ledger"].close()
-    ext["registry"].close()
-    ext["db"].close()
+    if state.owns_central:
+        state.central.close()

@@ -14,8 +14,10 @@ from flask import Blueprint, Response, g, jsonify, request
 
 from campus import contract
 from campus.errors import ActionRejected, CampusError, PayloadError, StoreError
+from central import overview
 from central.store.base import MAX_POINTS
-from dashboards.auth import audit, campus, login_required, may_command, may_see
+from dashboards.auth import audit, login_required, may_command, may_see
+from dashboards.context import central, web
 from dashboards.strict_json import json_object
 from device_profiles import check_action, shipped_profile
 
@@ -52,23 +54,15 @@ def health() -> Any:
 
 
 def visible_gateways() -> list[dict[str, Any]]:
-    """Every gateway the ledger knows (it sent something: `installed`), and those only registered so far
-    (`installed: false`, "not installed yet": they raise no alarm until their first message)."""
-    from central.alarms import gateway_places
-
-    rows = [{**gw, "installed": True} for gw in campus()["ledger"].gateways()]
-    known = {gw["id"] for gw in rows}
-    rows += [{"id": gid, "school": place["school"], "room": place["room"], "online": False, "last_seen": None,
-              "received": 0, "gaps": 0, "duplicates": 0, "outbox": {}, "agent": "", "installed": False}
-             for gid, place in gateway_places(campus()["registry"]).items() if gid not in known]
-    rows.sort(key=lambda gw: (gw["school"], gw["id"]))
-    return [gw for gw in rows if may_see(g.user, gw["id"])]
+    """Every gateway, installed or only registered (central/overview.py), that the caller may see."""
+    c = central()
+    return [gw for gw in overview.api_gateways(c.registry, c.ledger) if may_see(g.user, gw["id"])]
 
 
 def visible_devices() -> list[dict[str, Any]]:
-    latest = campus()["ledger"].latest()
+    latest = central().ledger.latest()
     return [{**dev, "latest": latest.get((dev["gateway"], dev["id"]), {})}
-            for dev in campus()["ledger"].gateway_devices() if may_see(g.user, dev["gateway"])]
+            for dev in central().ledger.gateway_devices() if may_see(g.user, dev["gateway"])]
 
 
 @bp.get("/gateways")
@@ -127,7 +121,7 @@ def telemetry() -> Any:
     cursor = float_arg("cursor", 0.0) if request.args.get("cursor") else None
     if cursor is not None and not raw:
         return error(400, "cursor pages raw points: it goes with raw=1")
-    store = campus()["store"]
+    store = central().store
     answer: dict[str, Any] = {"start": start, "end": end, "limit": limit, "downsampled": False, "step": 0,
                               "truncated": False, "next": None}
     if not raw:
@@ -153,7 +147,7 @@ def events() -> Any:
     gateway = request.args.get("gateway") or None
     if gateway and not may_see(g.user, gateway):
         return error(403, f"gateway {gateway!r} is not in your rooms")
-    rows = campus()["ledger"].events(gateway, request.args.get("type") or None, since)
+    rows = central().ledger.events(gateway, request.args.get("type") or None, since)
     return jsonify([e for e in rows if may_see(g.user, e["gateway"])])
 
 
@@ -174,7 +168,7 @@ def send_command(gateway: str, device: str) -> Any:
     ttl = body.get("ttl", 60)
     if isinstance(ttl, bool) or not isinstance(ttl, (int, float)) or not 1 <= ttl <= 86400:
         return error(400, "ttl must be 1 to 86400 seconds", field="ttl")
-    dev = next((d for d in campus()["ledger"].gateway_devices(gateway) if d["id"] == device), None)
+    dev = next((d for d in central().ledger.gateway_devices(gateway) if d["id"] == device), None)
     if dev is None:
         return error(404, f"no device {device!r} on gateway {gateway!r}")
     try:
@@ -183,10 +177,10 @@ def send_command(gateway: str, device: str) -> Any:
     except ActionRejected as exc:
         audit("command", f"refused {gateway}/{device} {action}: {exc}", ok=False)
         return error(400, str(exc), field=exc.field)
-    if not campus()["command_limiter"].allow(g.user["user"]):
+    if not web().command_limiter.allow(g.user["user"]):
         audit("command", f"rate limited {gateway}/{device} {action}", ok=False)
         return error(429, "too many commands; wait a minute")
-    service = campus()["commands"]
+    service = central().commands
     if service is None:
         return error(503, "this server was started without --mqtt; it cannot send commands")
     record = service.send(dev["school"], gateway, device, action, params, by=g.user["user"], ttl=float(ttl))
@@ -198,14 +192,14 @@ def send_command(gateway: str, device: str) -> Any:
 @login_required
 def list_commands() -> Any:
     gateway = request.args.get("gateway") or None
-    rows = campus()["ledger"].commands(gateway)
+    rows = central().ledger.commands(gateway)
     return jsonify([c for c in rows if may_see(g.user, c["gateway"])])
 
 
 @bp.get("/commands/<cid>")
 @login_required
 def get_command(cid: str) -> Any:
-    record = campus()["ledger"].command(cid)
+    record = central().ledger.command(cid)
     if record is None or not may_see(g.user, record["gateway"]):
         return error(404, f"no command {cid!r}")
     return jsonify(record)
@@ -216,7 +210,7 @@ def get_command(cid: str) -> Any:
 def ingest_workers() -> Any:
     """Every ingest worker's counters (messages, stored, duplicates, rejected, refused by the store, store
     errors and the last one) and whether it still reports."""
-    return jsonify(campus()["ledger"].workers())
+    return jsonify(central().ledger.workers())
 
 
 @bp.get("/metrics")
@@ -224,13 +218,13 @@ def ingest_workers() -> Any:
 def metrics() -> Any:
     from dashboards.prometheus import CONTENT_TYPE, exposition
 
-    return Response(exposition(campus()["ledger"]), content_type=CONTENT_TYPE)
+    return Response(exposition(central().ledger), content_type=CONTENT_TYPE)
 
 
 @bp.get("/audit")
 @login_required(roles=("admin",))
 def audit_trail() -> Any:
-    return jsonify(campus()["registry"].audit_trail())
+    return jsonify(central().registry.audit_trail())
 
 
 @bp.get("/openapi.json")
@@ -244,7 +238,7 @@ def openapi() -> Any:
 @login_required(roles=("admin",))
 def demo_simulator(gateway: str, device: str) -> Any:
     """Demo only: pin simulator values (e.g. push CO2 over a limit) to show alarms."""
-    control = campus()["config"].sim_control
+    control = web().config.sim_control
     if control is None:
         return error(404, "no simulators in this server (only `campus demo` has them)")
     overrides = json_object().get("overrides")

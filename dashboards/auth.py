@@ -40,6 +40,7 @@ from flask import (
     url_for,
 )
 
+from dashboards.context import central, web
 from dashboards.security import safe_target
 
 bp = Blueprint("auth", __name__)
@@ -98,13 +99,9 @@ class RateLimiter:
         self.hits.setdefault(key, []).append(now)
 
 
-def campus() -> dict[str, Any]:
-    return current_app.extensions["campus"]
-
-
 def audit(action: str, detail: str = "", ok: bool = True, user: str | None = None) -> None:
     who = user if user is not None else (g.get("user") or {}).get("user", "")
-    campus()["registry"].audit(who, action, detail, ok, request.remote_addr or "")
+    central().registry.audit(who, action, detail, ok, request.remote_addr or "")
 
 
 def current_user(recheck: bool = False) -> dict[str, Any] | None:
@@ -115,10 +112,10 @@ def current_user(recheck: bool = False) -> dict[str, Any] | None:
     bearer call from that address is a 429 for the rest of the minute, right token or not."""
     header = request.headers.get("Authorization", "")
     if header.startswith("Bearer "):
-        limiter, address = campus()["token_limiter"], request.remote_addr or ""
+        limiter, address = web().token_limiter, request.remote_addr or ""
         if limiter.blocked(address):
             abort(make_response(_refuse(429, "too many wrong API tokens from this address; wait a minute")))
-        principal = campus()["registry"].principal_for_token(header[7:].strip())
+        principal = central().registry.principal_for_token(header[7:].strip())
         if principal:
             principal["via"] = "token"
         else:
@@ -128,7 +125,7 @@ def current_user(recheck: bool = False) -> dict[str, Any] | None:
     if name and recheck and not current_app.session_interface.alive(session):  # type: ignore[attr-defined]
         return None
     if name:
-        principal = campus()["registry"].principal(name)
+        principal = central().registry.principal(name)
         if principal:
             principal["via"] = "session"
         return principal
@@ -192,13 +189,13 @@ def csrf_token() -> str:
 
 def add_nav(app: Any, label: str, endpoint: str, roles: tuple[str, ...] = ("admin", "facility", "teacher")) -> None:
     """Put a link in the top bar for the given roles (each area registers its own)."""
-    app.extensions["campus"].setdefault("nav", []).append((label, endpoint, roles))
+    web(app).nav.append((label, endpoint, roles))
 
 
 @bp.app_context_processor
 def _inject() -> dict[str, Any]:
     user = g.get("user")
-    nav = [(label, url_for(endpoint)) for label, endpoint, roles in campus().get("nav", [])
+    nav = [(label, url_for(endpoint)) for label, endpoint, roles in web().nav
            if user and user["role"] in roles]
     return {"csrf_token": csrf_token, "user": user, "nav_links": nav}
 
@@ -210,11 +207,11 @@ def login() -> Any:
         if not csrf_ok(request.form.get("csrf", "")):
             abort(400, "bad CSRF token; reload the page")
         name, address = request.form.get("username", "")[:64], request.remote_addr or ""
-        by_address = campus()["login_address_limiter"]
-        if by_address.blocked(address) or not campus()["login_limiter"].allow(f"{name}|{address}"):
+        by_address = web().login_address_limiter
+        if by_address.blocked(address) or not web().login_limiter.allow(f"{name}|{address}"):
             audit("login", "rate limited", ok=False, user=name)
             return render_template("login.html", error="Too many attempts; wait a minute."), 429
-        principal = campus()["registry"].check_password(name, request.form.get("password", ""))
+        principal = central().registry.check_password(name, request.form.get("password", ""))
         if principal:
             session.clear()
             session["user"] = name  # a new session id is issued with it (dashboards/sessions.py)

@@ -19,16 +19,15 @@ anonymous users the login page):
   days) and the per-device results of each run (dashboards/health_schedules.py).
 
 JSON: `GET /api/alarms`, `POST /api/alarms/<id>/ack`, `GET /api/board`.
-`register(app)` also starts the alarm monitor and the scheduler threads
-(intervals: `CAMPUS_ALARM_INTERVAL`, `CAMPUS_SCHEDULE_INTERVAL` seconds in
-the environment; 0 turns one off) and stops them when the app closes.
+The alarm monitor and the scheduler that work behind these pages are
+threads of `Central` (central/service.py; intervals `CAMPUS_ALARM_INTERVAL`,
+`CAMPUS_SCHEDULE_INTERVAL`), not of this blueprint.
 """
 
 from __future__ import annotations
 
 import bisect
 import logging
-import os
 import re
 import time
 from collections.abc import Iterable, Iterator
@@ -48,24 +47,21 @@ from flask import (
     request,
     url_for,
 )
-from sqlalchemy import select
 
 from campus import contract
 from central import alarms as alarm_engine
-from central import provisioning as prov
-from central import schedules as sched
-from central.registry import Building, Device, School
+from central import overview
 from central.store.base import MAX_POINTS
-from dashboards.auth import add_nav, audit, campus, login_required
+from dashboards.auth import add_nav, audit, login_required
+from dashboards.context import central
 
 log = logging.getLogger(__name__)
 
 bp = Blueprint("health", __name__)
 
 STAFF = ("admin", "facility")
-PROBLEMS = ("offline", "fault", "alarm")
-# A registered gateway that has never sent a message, and its devices: not a problem, no alarms yet.
-NOT_INSTALLED = "not installed yet"
+PROBLEMS = overview.PROBLEMS
+NOT_INSTALLED = overview.NOT_INSTALLED
 WINDOWS = {"1h": 3600, "24h": 24 * 3600, "7d": 7 * 24 * 3600}
 # Power samples further apart than this do not count as "on" in between (the gateway was silent).
 MAX_SAMPLE_GAP_S = 15 * 60
@@ -77,36 +73,13 @@ ENV_METRICS = (("temperature_c", "Temperature", "°C"), ("co2_ppm", "CO2", "ppm"
 
 
 def register(app: Flask) -> None:
-    """Blueprint, top-bar links, and the background alarm monitor and scheduler."""
+    """Blueprint and top-bar links. The alarm monitor and the scheduler are central's threads
+    (central/service.py), started with it."""
     from dashboards import health_schedules  # noqa: F401 - its pages are routes of `bp`, added on import
 
     app.register_blueprint(bp)
     add_nav(app, "Equipment", "health.board", STAFF)
     add_nav(app, "Alarms", "health.alarms", STAFF)
-    ext = app.extensions["campus"]
-    hooks = ext.setdefault("on_close", [])
-    alarm_s = _interval(ext, "alarm_interval", "CAMPUS_ALARM_INTERVAL", 5.0)
-    if alarm_s > 0:
-        monitor = alarm_engine.AlarmMonitor(ext["registry"], ext["ledger"], alarm_s).start()
-        ext["alarm_monitor"] = monitor
-        hooks.append(monitor.stop)
-    sched_s = _interval(ext, "schedule_interval", "CAMPUS_SCHEDULE_INTERVAL", 20.0)
-    if sched_s > 0:
-        scheduler = sched.Scheduler(ext["registry"], ext["ledger"], lambda: ext["commands"], sched_s).start()
-        ext["scheduler"] = scheduler
-        hooks.append(scheduler.stop)
-
-
-def _interval(ext: dict[str, Any], attr: str, env: str, default: float) -> float:
-    value = getattr(ext.get("config"), attr, None)
-    if value is None:
-        raw = os.environ.get(env, "")
-        try:
-            value = float(raw) if raw.strip() else default
-        except ValueError:
-            log.warning("%s=%r is not a number of seconds; using %s", env, raw, default)
-            value = default
-    return max(0.0, float(value))
 
 
 @bp.app_template_filter("health_time")
@@ -126,90 +99,11 @@ def _json_error(status: int, message: str) -> Any:
 # ---------------------------------------------------------------- the board
 
 
-def places_and_filters() -> tuple[dict[str, dict[str, Any]], list[str], list[dict[str, Any]]]:
-    reg = campus()["registry"]
-    places = alarm_engine.gateway_places(reg)
-    with reg.session() as s:
-        schools = list(s.scalars(select(School.id).order_by(School.id)))
-        buildings = [{"id": b.id, "school": b.school_id, "name": b.name}
-                     for b in s.scalars(select(Building).order_by(Building.school_id, Building.name))]
-    return places, schools, buildings
-
-
-def _room_sort_key(room: dict[str, Any]) -> tuple[Any, ...]:
-    name = room["room"] or ""
-    return (room["school"], room["building"], (0, int(name), "") if db_id(name) is not None else (1, 0, name),
-            room["gateway"])
-
-
 def board_data(school: str | None = None, building: int | None = None,
-               problem: str | None = None) -> dict[str, Any]:
-    """Every room (gateway) with its devices, status, last seen and open alarms, filtered."""
-    ext = campus()
-    reg, ledger = ext["registry"], ext["ledger"]
-    places, _schools, _buildings = places_and_filters()
-    gateways = {gw["id"]: gw for gw in ledger.gateways()}
-    latest = ledger.latest()
-    seen = alarm_engine.device_last_seen(ledger)
-    devices: dict[str, list[dict[str, Any]]] = {}
-    for dev in ledger.gateway_devices():
-        key = (dev["gateway"], dev["id"])
-        devices.setdefault(dev["gateway"], []).append(
-            {"id": dev["id"], "kind": dev["kind"], "profile": dev["profile"], "status": dev["status"],
-             "last_seen": seen.get(key), "latest": latest.get(key, {})})
-    with reg.session() as s:
-        for d in s.scalars(select(Device)):
-            mine = devices.setdefault(d.gateway_id, [])
-            if not any(x["id"] == d.device_id for x in mine):
-                mine.append({"id": d.device_id, "kind": sched._profile_kind(d.profile), "profile": d.profile,
-                             "status": "never reported" if d.gateway_id in gateways else NOT_INSTALLED,
-                             "last_seen": None, "latest": {}})
-    open_alarms: dict[str, list[dict[str, Any]]] = {}
-    for a in alarm_engine.list_alarms(reg, "open", limit=2000):
-        open_alarms.setdefault(a["gateway"], []).append(
-            {"id": a["id"], "device": a["device"], "message": a["message"], "label": a["label"],
-             "state": a["state"], "acked_by": a["acked_by"], "raised_at": a["raised_at"]})
-    rooms = []
-    for gid in sorted(set(places) | set(gateways)):
-        place, gw = places.get(gid, {}), gateways.get(gid)
-        devs = sorted(devices.get(gid, []), key=lambda d: d["id"])
-        online = bool(gw and gw["online"])
-        notes = prov.storage_notes(gw) if gw else []
-        problems = []
-        # A gateway that never sent a message is not installed yet: nothing there is offline (nor alarmed).
-        if gw is not None and (not online or any(d["status"] in ("offline", "never reported") for d in devs)):
-            problems.append("offline")
-        if gw and gw["storage"].get("status", "ok") != "ok":
-            problems.append("storage")  # the gateway's own disk: its devices keep their status
-        if any(d["status"] == "fault" for d in devs):
-            problems.append("fault")
-        if open_alarms.get(gid):
-            problems.append("alarm")
-        rooms.append({"gateway": gid, "school": place.get("school") or (gw or {}).get("school", ""),
-                      "building": place.get("building", ""), "building_id": place.get("building_id"),
-                      "room": place.get("room") or (gw or {}).get("room", ""), "online": online,
-                      "last_seen": gw["last_seen"] if gw else None, "reported": gw is not None,
-                      "clock_offset": gw["clock_offset"] if gw else None, "clock_wrong": bool(gw and gw["clock_wrong"]),
-                      "installed": gw is not None,
-                      # Messages the gateway holds until central acknowledges them, and the oldest one's age.
-                      "waiting": gw["waiting"] if gw else None, "waiting_age": gw["waiting_age"] if gw else None,
-                      "waiting_long": bool(gw and gw["waiting_long"]),
-                      "registered": gid in places, "problems": problems, "devices": devs,
-                      "alarms": open_alarms.get(gid, []), "notes": notes})
-    rooms.sort(key=_room_sort_key)
-    counts = {p: sum(1 for r in rooms if p in r["problems"]) for p in PROBLEMS}
-    counts["rooms"] = len(rooms)
-    counts["not_installed"] = sum(1 for r in rooms if not r["installed"])
-    counts["unacked"] = sum(1 for alist in open_alarms.values() for a in alist if a["state"] == "active")
-    if school:
-        rooms = [r for r in rooms if r["school"] == school]
-    if building is not None:
-        rooms = [r for r in rooms if r["building_id"] == building]
-    if problem == "any":
-        rooms = [r for r in rooms if r["problems"]]
-    elif problem:
-        rooms = [r for r in rooms if problem in r["problems"]]
-    return {"now": time.time(), "rooms": rooms, "counts": counts}
+               problem: str | None = None) -> overview.Board:
+    """Every room (gateway) with its devices, status, last seen and open alarms, filtered (central/overview.py)."""
+    c = central()
+    return overview.board(c.registry, c.ledger, school, building, problem)
 
 
 def _filters(args: Any) -> tuple[str | None, int | None, str | None]:
@@ -226,12 +120,12 @@ def _filters(args: Any) -> tuple[str | None, int | None, str | None]:
 @bp.get("/health/")
 @login_required(roles=STAFF)
 def board() -> Any:
-    _places, schools, buildings = places_and_filters()
+    places = overview.places(central().registry)
     try:
         school, building, problem = _filters(request.args)
     except ValueError as exc:
         return render_template("error.html", status=400, message=str(exc)), 400
-    return render_template("health_board.html", schools=schools, buildings=buildings, school=school,
+    return render_template("health_board.html", schools=places.schools, buildings=places.buildings, school=school,
                            building=building, problem=problem, problems=PROBLEMS, tab="board")
 
 
@@ -242,7 +136,7 @@ def api_board() -> Any:
         school, building, problem = _filters(request.args)
     except ValueError as exc:
         return _json_error(400, str(exc))
-    return jsonify(board_data(school, building, problem))
+    return jsonify(board_data(school, building, problem).as_dict())
 
 
 # ---------------------------------------------------------------- alarms
@@ -265,14 +159,14 @@ def api_alarms() -> Any:
     if limit is None or not 1 <= limit <= 2000:
         return _json_error(400, "limit must be a whole number from 1 to 2000")
     gateway = request.args.get("gateway") or None
-    return jsonify(alarm_engine.list_alarms(campus()["registry"], state, limit, gateway))
+    return jsonify(alarm_engine.list_alarms(central().registry, state, limit, gateway))
 
 
 def _ack(raw_id: str) -> tuple[dict[str, Any] | None, str]:
     alarm_id = db_id(raw_id)
     if alarm_id is None:
         return None, "no such alarm"
-    result = alarm_engine.acknowledge(campus()["registry"], alarm_id, g.user["user"])
+    result = alarm_engine.acknowledge(central().registry, alarm_id, g.user["user"])
     if result is None:
         return None, f"no alarm {raw_id}"
     alarm, changed = result
@@ -307,7 +201,7 @@ def ack(aid: str) -> Any:
 @bp.route("/health/thresholds", methods=["GET", "POST"])
 @login_required(roles=STAFF)
 def thresholds() -> Any:
-    reg = campus()["registry"]
+    reg = central().registry
     errors: dict[int, str] = {}
     typed: dict[int, dict[str, Any]] = {}
     status = 200
@@ -342,11 +236,11 @@ def thresholds() -> Any:
 # ---------------------------------------------------------------- history charts
 
 
-def room_series(info: dict[str, Any]) -> list[dict[str, Any]]:
+def room_series(info: overview.BoardRoom) -> list[dict[str, Any]]:
     """The series a room's history shows (environment, occupancy, equipment power), with alarm limits."""
-    rules = {r["kind"]: r for r in alarm_engine.list_rules(campus()["registry"]) if r["enabled"]}
+    rules = {r["kind"]: r for r in alarm_engine.list_rules(central().registry) if r["enabled"]}
     series: list[dict[str, Any]] = []
-    kinds = {d["id"]: d["kind"] for d in info["devices"]}
+    kinds = {d.id: d.kind for d in info.devices}
     for dev, kind in sorted(kinds.items()):
         if kind == "environment":
             for metric, label, unit in ENV_METRICS:
@@ -369,12 +263,12 @@ def room_series(info: dict[str, Any]) -> list[dict[str, Any]]:
     return series
 
 
-def requested_room(gateway: str) -> tuple[dict[str, Any], str]:
+def requested_room(gateway: str) -> tuple[overview.BoardRoom, str]:
     """The room (as on the board) and the `window` of a history request; an error page for a bad one."""
     window = request.args.get("window", "24h")
     if window not in WINDOWS:
         abort(make_response(render_template("error.html", status=400, message="window must be 1h, 24h or 7d"), 400))
-    info = next((r for r in board_data()["rooms"] if r["gateway"] == gateway), None)
+    info = board_data().room(gateway)
     if info is None:
         abort(make_response(render_template("error.html", status=404, message=f"no gateway {gateway!r}"), 404))
     return info, window
@@ -510,24 +404,24 @@ def usage() -> Any:
         week = parse_week(request.args.get("week"))
     except ValueError as exc:
         return render_template("error.html", status=400, message=str(exc)), 400
-    store = campus()["store"]
+    store = central().store
     bounds = week_bounds(week)
     now = time.time()
     end = min(bounds[-1], now)
     rows = []
     data = board_data()
-    for r in data["rooms"]:
-        for d in r["devices"]:
-            if d["kind"] not in POWER_KINDS:
+    for r in data.rooms:
+        for d in r.devices:
+            if d.kind not in POWER_KINDS:
                 continue
             if end > bounds[0]:
-                points = list(iter_points(store, r["gateway"], d["id"], "power", bounds[0] - MAX_SAMPLE_GAP_S, end))
+                points = list(iter_points(store, r.gateway, d.id, "power", bounds[0] - MAX_SAMPLE_GAP_S, end))
                 figures = usage_for(on_intervals(points, bounds[0], end), week)
             else:
                 figures = {"days": [0.0] * 7, "total": 0.0, "night": 0.0}
-            power = d["latest"].get("power")
-            rows.append({"gateway": r["gateway"], "room": r["room"], "building": r["building"], "school": r["school"],
-                         "device": d["id"], "kind": d["kind"], "now": power_state(power) if power is not None else "",
+            power = d.latest.get("power")
+            rows.append({"gateway": r.gateway, "room": r.room, "building": r.building, "school": r.school,
+                         "device": d.id, "kind": d.kind, "now": power_state(power) if power is not None else "",
                          **figures})
     iso = week.isocalendar()
     totals = {k: round(sum(x["total"] for x in rows if x["kind"] == k), 1) for k in POWER_KINDS}

@@ -16,22 +16,22 @@ from datetime import datetime
 from typing import Any
 
 from flask import abort, flash, g, redirect, render_template, request, url_for
-from sqlalchemy import select
 
+from central import overview
 from central import schedules as sched
 from central.registry import Schedule
-from dashboards.auth import audit, campus, login_required
-from dashboards.health import STAFF, bp, db_id, places_and_filters
+from dashboards.auth import audit, login_required
+from dashboards.context import central
+from dashboards.health import STAFF, bp, db_id
 from dashboards.security import safe_target
 
 
 def _schedule_page(form_values: dict[str, Any] | None = None, error: str = "", status: int = 200) -> Any:
-    reg = campus()["registry"]
-    _places, schools, buildings = places_and_filters()
-    names = {b["id"]: b["name"] for b in buildings}
+    reg = central().registry
+    places = overview.places(reg)
+    schools, buildings, names = places.schools, places.buildings, places.building_names()
     now_local = datetime.now().astimezone()
-    with reg.session() as s:
-        rows = list(s.scalars(select(Schedule).order_by(Schedule.at, Schedule.id)))
+    rows = sched.all_schedules(reg)
     last_runs: dict[int, dict[str, Any]] = {}
     for run_ in sched.runs(reg, limit=500):
         last_runs.setdefault(run_["schedule_id"], run_)
@@ -59,7 +59,7 @@ def _form_values() -> dict[str, Any]:
 
 def _live(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """A run's results with pending commands looked up again (they may have finished since)."""
-    ledger = campus()["ledger"]
+    ledger = central().ledger
     out = []
     for r in results:
         r = dict(r)
@@ -82,14 +82,10 @@ def schedules() -> Any:
 def create_schedule() -> Any:
     values = _form_values()
     try:
-        fields = sched.validate(values, campus()["registry"])
+        fields = sched.validate(values, central().registry)
     except sched.ScheduleError as exc:
         return _schedule_page(values, str(exc), 400)
-    with campus()["registry"].session() as s:
-        row = Schedule(**fields)
-        s.add(row)
-        s.flush()
-        sid = row.id
+    sid = sched.create(central().registry, fields)
     audit("schedule", f"created #{sid} {fields}")
     flash(f"Schedule “{fields['name']}” created.")
     return redirect(url_for("health.schedules"))
@@ -99,8 +95,7 @@ def _get_schedule(sid: str) -> Schedule:
     schedule_id = db_id(sid)
     if schedule_id is None:
         abort(404, "no such schedule")
-    with campus()["registry"].session() as s:
-        row = s.get(Schedule, schedule_id)
+    row = sched.get(central().registry, schedule_id)
     if row is None:
         abort(404, "no such schedule")
     return row
@@ -114,9 +109,10 @@ def schedule(sid: str) -> Any:
 
 def _one_schedule(row: Schedule, form_values: dict[str, Any] | None = None, error: str = "",
                   status: int = 200) -> Any:
-    reg = campus()["registry"]
-    _places, schools, buildings = places_and_filters()
-    item = sched.schedule_dict(row, {b["id"]: b["name"] for b in buildings})
+    reg = central().registry
+    places = overview.places(reg)
+    schools, buildings = places.schools, places.buildings
+    item = sched.schedule_dict(row, places.building_names())
     nxt = sched.next_run(row, datetime.now().astimezone())
     item["next_run"] = nxt.timestamp() if nxt else None
     history = [{**r, "results": _live(r["results"])} for r in sched.runs(reg, row.id, limit=30)]
@@ -134,14 +130,12 @@ def edit_schedule(sid: str) -> Any:
     row = _get_schedule(sid)
     values = _form_values()
     try:
-        fields = sched.validate(values, campus()["registry"])
+        fields = sched.validate(values, central().registry)
     except sched.ScheduleError as exc:
         return _one_schedule(row, values, str(exc), 400)
-    with campus()["registry"].session() as s:
-        stored = s.get(Schedule, row.id)
-        before = sched.schedule_dict(stored)
-        for k, v in fields.items():
-            setattr(stored, k, v)
+    before = sched.update(central().registry, row.id, fields)
+    if before is None:
+        abort(404, "no such schedule")
     audit("schedule", f"edited #{row.id}: {before} -> {fields}")
     flash(f"Schedule “{fields['name']}” saved.")
     return redirect(url_for("health.schedule", sid=row.id))
@@ -152,8 +146,8 @@ def edit_schedule(sid: str) -> Any:
 def toggle_schedule(sid: str) -> Any:
     row = _get_schedule(sid)
     enabled = request.form.get("enabled") == "on"
-    with campus()["registry"].session() as s:
-        s.get(Schedule, row.id).enabled = enabled
+    if not sched.set_enabled(central().registry, row.id, enabled):
+        abort(404, "no such schedule")
     audit("schedule", f"{'enabled' if enabled else 'disabled'} #{row.id} {row.name}")
     flash(f"Schedule “{row.name}” {'enabled' if enabled else 'disabled'}.")
     back = safe_target(request.form.get("back"), "")
@@ -165,8 +159,8 @@ def toggle_schedule(sid: str) -> Any:
 def run_schedule(sid: str) -> Any:
     """Run a schedule now (admin: it switches equipment, which facility managers do not do by hand)."""
     row = _get_schedule(sid)
-    ext = campus()
-    result = sched.run(row, ext["registry"], ext["ledger"], ext["commands"], by=g.user["user"])
+    c = central()
+    result = sched.run(row, c.registry, c.ledger, c.commands, by=g.user["user"])
     audit("schedule", f"ran #{row.id} {row.name} now: {sched.summarise(result['results']) or 'no devices'}")
     flash(f"Ran “{row.name}”: {sched.summarise(result['results']) or 'no matching devices'}.")
     return redirect(url_for("health.schedule", sid=row.id))

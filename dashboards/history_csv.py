@@ -21,7 +21,8 @@ from typing import Any
 
 from flask import Blueprint, Flask, Response
 
-from dashboards.auth import campus, login_required
+from dashboards.auth import login_required
+from dashboards.context import central
 from dashboards.health import STAFF, WINDOWS, iter_points, power_state, requested_room, room_series
 
 bp = Blueprint("history_csv", __name__)
@@ -57,7 +58,7 @@ def _number(value: float | str) -> float | int | str:
 def room_history_csv(gateway: str) -> Response:
     info, window = requested_room(gateway)
     end = time.time()
-    header, rows = history_rows(campus()["store"], gateway, room_series(info), end - WINDOWS[window], end)
+    header, rows = history_rows(central().store, gateway, room_series(info), end - WINDOWS[window], end)
     out = io.StringIO()
     out.write("\ufeff")
     writer = csv.writer(out, lineterminator="\r\n")  # RFC 4180 line ends, as spreadsheets write them

@@ -48,10 +48,12 @@ from flask import (
 
 from campus import contract
 from campus.errors import CampusError
+from central import overview
 from central.ledger import Ledger
 from dashboards import auth, strict_json
 from dashboards.api import error
-from dashboards.auth import audit, campus, login_required, may_command, may_see
+from dashboards.auth import audit, login_required, may_command, may_see
+from dashboards.context import central, web
 from device_profiles import available_profiles, load_profile
 
 log = logging.getLogger(__name__)
@@ -74,11 +76,11 @@ def register(app: Flask) -> None:
     """Called by `create_app` (AREAS): the blueprint, the nav link and the stream poller."""
     app.register_blueprint(bp)
     auth.add_nav(app, "My classroom", "panel.home", ("teacher", "admin"))
-    ext = app.extensions["campus"]
-    states = RoomStates(ext["ledger"], max_age=app.config.get("PANEL_POLL_S", DEFAULT_POLL_S) * 0.8)
-    ext["panel"] = states
+    state = web(app)
+    states = RoomStates(state.central.ledger, max_age=app.config.get("PANEL_POLL_S", DEFAULT_POLL_S) * 0.8)
+    state.panel = states
     # Open streams end when the app closes, before the ledger does.
-    ext.setdefault("on_close", []).append(states.stop.set)
+    state.on_close.append(states.stop.set)
 
 
 # ---------------------------------------------------------------- state
@@ -167,29 +169,23 @@ class RoomStates:
 
 
 def _states() -> RoomStates:
-    return campus()["panel"]
+    states = web().panel
+    assert states is not None, "set by register()"
+    return states
 
 
 def _room_name(gateway: str, snapshot: dict[str, Any]) -> str | None:
     """The room's name as IT registered it, else as the gateway reported it; None if the gateway is unknown."""
-    info = campus()["registry"].gateway_info(gateway)
+    info = central().registry.gateway_info(gateway)
     if info is not None:
         return info["room"] or gateway
     return (snapshot["room"] or gateway) if snapshot["reported"] else None
 
 
-def _visible_rooms() -> list[dict[str, Any]]:
+def _visible_rooms() -> list[overview.RoomPresence]:
     """Every room the current user may see: registered or reporting, with its presence."""
-    rooms: dict[str, dict[str, Any]] = {}
-    for info in campus()["registry"].gateways():
-        rooms[info["id"]] = {"gateway": info["id"], "room": info["room"] or info["id"], "school": info["school"],
-                             "building": info["building"], "online": False, "reported": False}
-    for gw in campus()["ledger"].gateways():
-        room = rooms.setdefault(gw["id"], {"gateway": gw["id"], "room": gw["room"] or gw["id"],
-                                           "school": gw["school"], "building": ""})
-        room.update(online=gw["online"], reported=True)
-    return sorted((r for r in rooms.values() if may_see(g.user, r["gateway"])),
-                  key=lambda r: (r["school"], r["building"], r["room"]))
+    c = central()
+    return [r for r in overview.room_presence(c.registry, c.ledger) if may_see(g.user, r.gateway)]
 
 
 def _refuse_page(gateway: str) -> Any:
@@ -218,9 +214,9 @@ def _card_context(gateway: str, snapshot: dict[str, Any]) -> dict[str, Any]:
 def home() -> Any:
     rooms = _visible_rooms()
     if g.user["role"] == "teacher":
-        mine = [r for r in rooms if r["gateway"] in g.user.get("gateways", [])]
+        mine = [r for r in rooms if r.gateway in g.user.get("gateways", [])]
         if len(mine) == 1:
-            return redirect(url_for("panel.room", gateway=mine[0]["gateway"]))
+            return redirect(url_for("panel.room", gateway=mine[0].gateway))
         rooms = mine
     return render_template("panel_pick.html", rooms=rooms)
 

@@ -46,9 +46,11 @@ from flask import (
 )
 
 from campus.errors import CampusError, ConfigError
-from central import broker_config
+from central import broker_config, overview
 from central import provisioning as prov
-from dashboards.auth import add_nav, audit, campus, login_required
+from central.registry import Registry
+from dashboards.auth import add_nav, audit, login_required
+from dashboards.context import central, web
 from dashboards.security import safe_target
 
 bp = Blueprint("provisioning", __name__, url_prefix="/provisioning")
@@ -74,7 +76,7 @@ ADDRESS_FORM: dict[str, list[tuple[str, str, str]]] = {
 def register(app: Flask) -> None:
     app.register_blueprint(bp)
     add_nav(app, "Provisioning", "provisioning.gateways", ADMIN)
-    prov.ensure_tables(app.extensions["campus"]["registry"])
+    prov.ensure_tables(central(app).registry)
 
 
 # ---------------------------------------------------------------- helpers
@@ -86,8 +88,8 @@ def _local_time(ts: float | None) -> str:
     return datetime.fromtimestamp(ts).strftime("%Y-%m-%d %H:%M:%S") if ts else "—"
 
 
-def _reg() -> Any:
-    return campus()["registry"]
+def _reg() -> Registry:
+    return central().registry
 
 
 def _who() -> str:
@@ -95,16 +97,16 @@ def _who() -> str:
 
 
 def _mqtt_url() -> str | None:
-    return campus()["config"].mqtt_url
+    return web().config.mqtt_url
 
 
 def _client() -> Any:
-    service = campus().get("commands")
+    service = central().commands
     return service.client if service is not None else None
 
 
 def _broker_dir() -> str | None:
-    return getattr(campus()["config"], "broker_config_dir", None) or os.environ.get("CAMPUS_BROKER_CONFIG_DIR")
+    return web().config.broker_config_dir or os.environ.get("CAMPUS_BROKER_CONFIG_DIR")
 
 
 def _profiles() -> list[dict[str, Any]]:
@@ -121,26 +123,9 @@ def _profiles() -> list[dict[str, Any]]:
     return out
 
 
-def _gateway_rows() -> list[dict[str, Any]]:
-    reg, ledger = _reg(), campus()["ledger"]
-    states = prov.gateway_states(ledger)
-    pushed = prov.pushed_versions(reg)
-    rows = []
-    for info in reg.gateways():
-        st = states.get(info["id"], {})
-        applied = st.get("config_version")
-        push = pushed.get(info["id"])
-        events = prov.config_events(ledger, info["id"])
-        css, words = prov.sync_status(info["config_version"], push["version"] if push else None, applied,
-                                      bool(st.get("online")), events["rejected"])
-        rows.append({**info, "online": bool(st.get("online")), "seen": st.get("last_seen"),
-                     "reported": st.get("devices") or {}, "applied": applied,
-                     "pushed": push["version"] if push else None, "pushed_at": push["at"] if push else None,
-                     "sync_class": css, "sync": words, "rejected": events["rejected"],
-                     "applied_event": events["applied"],
-                     # IT staff see a replaced outbox however old it is (the board: a week).
-                     "storage_notes": prov.storage_notes(st, replaced_within=None) if st else []})
-    return rows
+def _gateway_rows() -> list[overview.ProvisionedGateway]:
+    c = central()
+    return overview.provisioned_gateways(c.registry, c.ledger)
 
 
 def _no_store(resp: Response) -> Response:
@@ -177,8 +162,8 @@ def _gateways_page(error: str | None = None, form: dict[str, str] | None = None,
     schools = [p["id"] for p in prov.places(_reg())]
     return render_template("prov_gateways.html", tab="gateways", gateways=rows, schools=schools, error=error,
                            form=form or {}, mqtt_ready=_client() is not None, push_runs=prov.push_runs(_reg(), 5),
-                           unpushed=sum(1 for r in rows if r["pushed"] != r["config_version"]
-                                        and r["applied"] != r["config_version"])), status
+                           unpushed=sum(1 for r in rows if r.pushed != r.config_version
+                                        and r.applied != r.config_version)), status
 
 
 @bp.post("/gateways")
@@ -216,7 +201,7 @@ def gateway(gateway: str) -> Any:
 
 def _gateway_page(gateway: str, error: str | None = None, form: dict[str, str] | None = None,
                   status: int = 200) -> Any:
-    row = next((r for r in _gateway_rows() if r["id"] == gateway), None)
+    row = next((r for r in _gateway_rows() if r.id == gateway), None)
     if row is None:
         return render_template("error.html", status=404, message=f"no gateway {gateway!r}"), 404
     return render_template("prov_gateway.html", tab="gateways", gw=row, profiles=_profiles(), address_form=ADDRESS_FORM,
@@ -329,8 +314,8 @@ def push_all() -> Any:
         audit("provision.push", "push all: no MQTT connection", ok=False)
         return _gateways_page(error="this web app has no MQTT connection (start it with --mqtt) and cannot push",
                               status=400)
-    todo = [row["id"] for row in _gateway_rows()
-            if row["pushed"] != row["config_version"] and row["applied"] != row["config_version"]]
+    todo = [row.id for row in _gateway_rows()
+            if row.pushed != row.config_version and row.applied != row.config_version]
     if not todo:
         flash("Nothing to push: every gateway is up to date.")
         return redirect(url_for("provisioning.gateways"))
@@ -445,7 +430,7 @@ def example_csv() -> Any:
 @login_required(roles=ADMIN)
 def ingest() -> Any:
     """The central ingest workers as they last reported (GET /api/ingest has the same, as JSON)."""
-    return render_template("prov_ingest.html", tab="ingest", workers=campus()["ledger"].workers())
+    return render_template("prov_ingest.html", tab="ingest", workers=central().ledger.workers())
 
 
 @bp.route("/broker", methods=["GET", "POST"])

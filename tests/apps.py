@@ -20,6 +20,7 @@ from central.ledger import Ledger, Sequenced
 from central.store.base import Sample
 from central.store.sqlite import SqlitePointStore
 from dashboards import WebConfig, create_app
+from dashboards.context import central
 
 ENV_AND_PROJECTOR = {"env": {"profile": "env-6in1-modbus", "kind": "environment", "status": "ok"},
                      "proj": {"profile": "projector-pjlink", "kind": "projector", "status": "ok"}}
@@ -83,12 +84,12 @@ def web_app(db: str, monkeypatch: pytest.MonkeyPatch | None = None, store_url: s
     if monkeypatch is not None:
         monkeypatch.setenv("CAMPUS_ALARM_INTERVAL", "0")
         monkeypatch.setenv("CAMPUS_SCHEDULE_INTERVAL", "0")
-    return create_app(WebConfig(store_url=store_url or f"sqlite:///{db}", db_path=db, **config))  # type: ignore[arg-type]
+    return create_app(WebConfig(store_url=store_url or f"sqlite:///{db}", db_url=db, **config))  # type: ignore[arg-type]
 
 
 def add_people(app: Flask, people: dict[str, tuple[str, str, list[tuple[str, str]]]] | None = None) -> dict[str, str]:
     """Accounts by role (name, password, rooms), default `PEOPLE`; an API token for each role."""
-    reg = app.extensions["campus"]["registry"]
+    reg = central(app).registry
     tokens = {}
     for role, (name, password, rooms) in (people or PEOPLE).items():
         reg.add_user(name, password, role, rooms=rooms)
@@ -98,6 +99,6 @@ def add_people(app: Flask, people: dict[str, tuple[str, str, list[tuple[str, str
 
 def register_rooms(app: Flask, rooms: tuple[tuple[str, str, str, str], ...] = TWO_ROOMS) -> None:
     """Gateways in the registry as (gateway, school, room, building)."""
-    reg = app.extensions["campus"]["registry"]
+    reg = central(app).registry
     for gateway, school, room, building in rooms:
         reg.register_gateway(gateway, school, room, building)

@@ -14,6 +14,7 @@ import pytest
 
 from central.store.base import Sample
 from dashboards import close_app
+from dashboards.context import central, web
 from tests.apps import ENV_AND_PROJECTOR, add_people, central_db, register_rooms, two_rooms, web_app
 
 NOW = time.time()
@@ -206,7 +207,7 @@ def test_audit_records_are_json(app) -> None:
 
 
 def test_ingest_workers_for_staff_only(app) -> None:
-    app.extensions["campus"]["ledger"].record_worker("ingest-0", "central", 4242, NOW - 60,
+    central(app).ledger.record_worker("ingest-0", "central", 4242, NOW - 60,
                                                      {"messages": 10, "stored": 9, "rejected": 1})
     for role in ("admin", "facility"):
         workers = call(app, "GET", "/api/ingest", role).get_json()
@@ -263,7 +264,7 @@ def test_non_json_numbers_and_duplicate_keys_are_refused_before_anything_is_stor
                 content_type="application/json")
     assert resp.status_code == 400, resp.get_data(as_text=True)
     assert problem in resp.get_json()["error"]
-    assert commanding.extensions["campus"]["ledger"].commands() == []
+    assert central(commanding).ledger.commands() == []
     assert _strict(call(commanding, "GET", "/api/commands", "admin").get_data(as_text=True)) == []
 
 
@@ -285,20 +286,20 @@ def test_bad_parameters_are_a_400_naming_the_field_and_store_nothing(commanding,
     resp = call(commanding, "POST", f"/api/gateways/gw-101/devices/{device}/commands", "admin", json=body)
     assert resp.status_code == 400, resp.get_data(as_text=True)
     assert resp.get_json()["field"] == field and field in resp.get_json()["error"]
-    assert commanding.extensions["campus"]["ledger"].commands() == []
+    assert central(commanding).ledger.commands() == []
 
 
 def test_a_good_command_still_goes_out(commanding) -> None:
     resp = call(commanding, "POST", "/api/gateways/gw-101/devices/tv/commands", "admin",
                 json={"action": "set_volume", "params": {"level": 35}, "ttl": 5})
     assert resp.status_code == 202  # no agent in this test: sent, waiting for the gateway
-    [row] = commanding.extensions["campus"]["ledger"].commands()
+    [row] = central(commanding).ledger.commands()
     assert (row["device"], row["action"], row["params"]) == ("tv", "set_volume", {"level": 35})
 
 
 def test_a_non_finite_number_stored_earlier_is_sent_as_null(commanding) -> None:
     """A ledger written by an older version may hold NaN: the API still answers JSON a browser reads."""
-    commanding.extensions["campus"]["ledger"].add_command("old", "gw-101", "tv", "set_volume",
+    central(commanding).ledger.add_command("old", "gw-101", "tv", "set_volume",
                                                           {"level": float("nan")}, "boss", NOW + 60)
     for path in ("/api/commands", "/api/commands/old"):
         resp = call(commanding, "GET", path, "admin")
@@ -310,7 +311,7 @@ def test_a_non_finite_number_stored_earlier_is_sent_as_null(commanding) -> None:
 
 def test_other_json_bodies_are_strict_too(app) -> None:
     pinned = []
-    app.extensions["campus"]["config"].sim_control = lambda gateway, device, overrides: pinned.append(overrides)
+    web(app).config.sim_control = lambda gateway, device, overrides: pinned.append(overrides)
     resp = call(app, "POST", "/api/demo/simulators/gw-101/env", "admin", data='{"overrides":{"co2_ppm":NaN}}',
                 content_type="application/json")
     assert resp.status_code == 400 and "NaN" in resp.get_json()["error"] and pinned == []

@@ -27,6 +27,7 @@ from campus.contract import Command, CommandResult
 from campus.errors import ConfigError
 from campus.net import free_port, wait_for_port
 from dashboards import WebConfig, close_app, create_app
+from dashboards.context import central
 from edge_agent.agent import Agent
 from edge_agent.config import GatewayConfig, load_gateway_config
 from edge_agent.config_push import save_pushed, validate_pushed_config
@@ -87,14 +88,14 @@ def test_push_adds_a_device_refuses_a_bad_list_and_survives_a_restart(tmp_path: 
         assert gateway_state(room)["config_version"] is None  # running its config file's list
 
         # IT staff register the room's gateway and its two devices, then push.
-        app = create_app(WebConfig(store_url=f"sqlite:///{room.db}", db_path=str(room.db), mqtt_url=mosquitto.url))
-        reg = app.extensions["campus"]["registry"]
+        app = create_app(WebConfig(store_url=f"sqlite:///{room.db}", db_url=str(room.db), mqtt_url=mosquitto.url))
+        reg = central(app).registry
         reg.register_gateway("gw1", "s1", "101")
         reg.add_device("gw1", "env", "env-6in1-modbus", {"host": "127.0.0.1", "port": room.port, "unit": 1})
         reg.add_device("gw1", "env2", "env-6in1-modbus", {"host": "127.0.0.1", "port": port2, "unit": 1})
         reg.add_user("boss", "boss-password", "admin")
         wanted = reg.gateway_info("gw1")["config_version"]
-        assert app.extensions["campus"]["commands"].connected.wait(10)
+        assert central(app).commands.connected.wait(10)
         admin = login(app, "boss", "boss-password")
         assert post(admin, "/provisioning/gateways/gw1/push").status_code == 302
 

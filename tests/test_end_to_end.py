@@ -11,6 +11,7 @@ from campus.contract import Telemetry
 from campus.errors import PayloadError
 from campus.net import free_port, wait_for_port
 from dashboards import WebConfig, create_app
+from dashboards.context import central
 from tests.e2e import StoreView, env_device, ingest_with_publisher, read_simulator, write_gateway_config
 from tests.servers import CampusProcess, Mosquitto, wait_until
 
@@ -35,8 +36,8 @@ def test_stored_values_equal_what_the_simulator_served(tmp_path: Path, mosquitto
         assert gw["online"] and gw["room"] == "101" and gw["school"] == "s1"
         assert gw["gaps"] == 0 and gw["duplicates"] == 0
 
-        app = create_app(WebConfig(store_url=f"sqlite:///{db}", db_path=str(db)))
-        app.extensions["campus"]["registry"].ensure_admin("end-to-end-admin-token")
+        app = create_app(WebConfig(store_url=f"sqlite:///{db}", db_url=str(db)))
+        central(app).registry.ensure_admin("end-to-end-admin-token")
         client = app.test_client()
         auth = {"Authorization": "Bearer end-to-end-admin-token"}
         devices = client.get("/api/devices", headers=auth).get_json()

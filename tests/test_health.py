@@ -36,6 +36,7 @@ from central.registry import AlarmRule, Building, Schedule, ScheduleRun
 from central.store.base import Sample
 from central.store.sqlite import SqlitePointStore
 from dashboards import WebConfig, close_app, create_app, health
+from dashboards.context import central
 from tests.apps import add_people, central_db, register_rooms, web_app
 from tests.servers import launch_chromium, screenshot_path, wait_until
 
@@ -105,10 +106,10 @@ def login(app, role: str):
 
 def raise_co2(app, gw: str = "gw-102", ppm: float = 2100) -> dict:
     """Report `ppm` from a room's sensor (as ingest records it) and evaluate the rules; the CO2 alarm, if any."""
-    ext = app.extensions["campus"]
-    ext["ledger"].record([Sequenced("s1", gw, "env", next(_seq), time.time(), values={"co2_ppm": ppm})], [], [])
-    alarms.evaluate(ext["registry"], ext["ledger"])
-    return next((a for a in alarms.list_alarms(ext["registry"], "all")
+    c = central(app)
+    c.ledger.record([Sequenced("s1", gw, "env", next(_seq), time.time(), values={"co2_ppm": ppm})], [], [])
+    alarms.evaluate(c.registry, c.ledger)
+    return next((a for a in alarms.list_alarms(c.registry, "all")
                  if a["gateway"] == gw and a["kind"] == "co2_above"), {})
 
 
@@ -139,7 +140,7 @@ def test_teachers_may_not_see_this_area(app) -> None:
 
 def test_teachers_cannot_acknowledge_or_change_anything(app) -> None:
     alarm = raise_co2(app)
-    rule = next(r for r in alarms.list_rules(app.extensions["campus"]["registry"]) if r["kind"] == "co2_above")
+    rule = next(r for r in alarms.list_rules(central(app).registry) if r["kind"] == "co2_above")
     client, csrf = login(app, "teacher")
     assert client.post(f"/api/alarms/{alarm['id']}/ack", headers={"X-CSRF-Token": csrf}).status_code == 403
     assert call(app, "POST", f"/api/alarms/{alarm['id']}/ack", "teacher").status_code == 403
@@ -147,7 +148,7 @@ def test_teachers_cannot_acknowledge_or_change_anything(app) -> None:
                                                    "enabled": "on"}).status_code == 403
     assert client.post("/health/schedules", data={"csrf": csrf, "name": "x", "at": "22:00", "days": "mon",
                                                   "action": "power_off", "kinds": "display"}).status_code == 403
-    reg = app.extensions["campus"]["registry"]
+    reg = central(app).registry
     assert alarms.list_alarms(reg)[0]["acked_by"] is None
     assert next(r for r in alarms.list_rules(reg) if r["kind"] == "co2_above")["params"] == {"ppm": 1500}
     with reg.session() as s:
@@ -206,9 +207,9 @@ def test_board_lists_every_room_with_status_and_last_seen(app) -> None:
 def test_a_gateway_that_never_reported_is_not_installed_yet_not_offline(app) -> None:
     """Registered before it is mounted: the board, the room page and /api/gateways say "not installed yet";
     it is no problem and raises no alarm however long it waits."""
-    reg = app.extensions["campus"]["registry"]
+    reg = central(app).registry
     reg.add_device("gw-901", "env", "env-6in1-modbus", {"host": "10.0.0.9"})
-    alarms.evaluate(reg, app.extensions["campus"]["ledger"], now=time.time() + 7 * 86400)
+    alarms.evaluate(reg, central(app).ledger, now=time.time() + 7 * 86400)
     assert [a["gateway"] for a in alarms.list_alarms(reg, "open")] == ["gw-201"]  # offline for real, a week on
     rooms = {r["gateway"]: r for r in call(app, "GET", "/api/board", "facility").get_json()["rooms"]}
     r901 = rooms["gw-901"]
@@ -229,7 +230,7 @@ def test_a_gateway_that_never_reported_is_not_installed_yet_not_offline(app) -> 
 def test_board_shows_a_full_gateway_disk_and_a_replaced_outbox_with_devices_still_ok(app) -> None:
     # What an agent on a full disk, whose outbox was found damaged an hour ago, says in its state.
     now = time.time()
-    app.extensions["campus"]["ledger"].record([], [("s1", "gw-102", State(
+    central(app).ledger.record([], [("s1", "gw-102", State(
         online=True, ts=now, room="102", devices=DEVICES, interval=5,
         outbox={"pending": 3, "dropped": 41, "not_stored": 41, "last_seq": 10, "instance": 7},
         storage={"status": "full", "since": now - 60, "error": "database or disk is full"},
@@ -257,7 +258,7 @@ def test_board_shows_a_full_gateway_disk_and_a_replaced_outbox_with_devices_stil
 
 def test_board_filters(app) -> None:
     raise_co2(app, "gw-102")
-    with app.extensions["campus"]["registry"].session() as s:
+    with central(app).registry.session() as s:
         buildings = {b.name: b.id for b in s.query(Building)}
 
     def gateways(query: str) -> list[str]:
@@ -300,13 +301,13 @@ def test_acknowledge_needs_csrf_in_a_browser_session(app) -> None:
     refused = client.post(f"/api/alarms/{alarm['id']}/ack")
     assert refused.status_code == 403 and "CSRF" in refused.get_json()["error"]
     assert client.post(f"/api/alarms/{alarm['id']}/ack", headers={"X-CSRF-Token": "wrong"}).status_code == 403
-    assert alarms.list_alarms(app.extensions["campus"]["registry"])[0]["acked_by"] is None
+    assert alarms.list_alarms(central(app).registry)[0]["acked_by"] is None
     ok = client.post(f"/api/alarms/{alarm['id']}/ack", headers={"X-CSRF-Token": csrf})
     assert ok.status_code == 200
     body = ok.get_json()
     assert body["acked_by"] == "fm" and body["acked_at"] == pytest.approx(time.time(), abs=30)
     assert body["state"] == "acknowledged" and body["cleared_at"] is None
-    trail = app.extensions["campus"]["registry"].audit_trail()
+    trail = central(app).registry.audit_trail()
     assert any(r["action"] == "alarm_ack" and r["user"] == "fm" and f"alarm {alarm['id']}" in r["detail"]
                for r in trail)
 
@@ -331,7 +332,7 @@ def test_acknowledge_with_a_token_form_and_unknown_ids(app) -> None:
 
 
 def _rule(app, kind: str) -> dict:
-    return next(r for r in alarms.list_rules(app.extensions["campus"]["registry"]) if r["kind"] == kind)
+    return next(r for r in alarms.list_rules(central(app).registry) if r["kind"] == kind)
 
 
 def test_thresholds_edit_is_validated_audited_and_needs_csrf(app) -> None:
@@ -344,7 +345,7 @@ def test_thresholds_edit_is_validated_audited_and_needs_csrf(app) -> None:
     assert resp.status_code == 302
     assert _rule(app, "co2_above") == {**co2, "params": {"ppm": 1200}}
     assert "Saved: CO2 too high." in client.get("/health/thresholds").get_data(as_text=True)
-    trail = app.extensions["campus"]["registry"].audit_trail()
+    trail = central(app).registry.audit_trail()
     assert any(r["action"] == "alarm_rule" and r["user"] == "fm" and "{'ppm': 1500}" in r["detail"]
                and "{'ppm': 1200}" in r["detail"] for r in trail)
     # Disabling is a change too.
@@ -373,9 +374,9 @@ def test_bad_threshold_input_is_refused_clearly_and_changes_nothing(app) -> None
         for value in fields.values():
             assert f'value="{value}"' in page
         assert _rule(app, kind) == rule
-    with app.extensions["campus"]["registry"].session() as s:
+    with central(app).registry.session() as s:
         assert s.query(AlarmRule).count() == len(alarms.RULE_KINDS)
-    assert sum(1 for r in app.extensions["campus"]["registry"].audit_trail()
+    assert sum(1 for r in central(app).registry.audit_trail()
                if r["action"] == "alarm_rule" and not r["ok"]) == len(BAD_THRESHOLDS)
 
 
@@ -458,7 +459,7 @@ def _schedule_form(csrf: str, **change: object) -> dict:
 
 
 def _schedules(app) -> list[Schedule]:
-    with app.extensions["campus"]["registry"].session() as s:
+    with central(app).registry.session() as s:
         return list(s.query(Schedule).order_by(Schedule.id))
 
 
@@ -490,10 +491,10 @@ def test_create_edit_disable_and_run_a_schedule(app) -> None:
     page = admin.get(f"/health/schedules/{row.id}").get_data(as_text=True)
     assert "Run now" in page and "without --mqtt" in page and "6 failed" in page
     assert "Run now" not in client.get(f"/health/schedules/{row.id}").get_data(as_text=True)
-    with app.extensions["campus"]["registry"].session() as s:
+    with central(app).registry.session() as s:
         [run] = s.query(ScheduleRun).all()
         assert len(run.results) == 6 and {r["status"] for r in run.results} == {"failed"}
-    trail = [r for r in app.extensions["campus"]["registry"].audit_trail() if r["action"] == "schedule"]
+    trail = [r for r in central(app).registry.audit_trail() if r["action"] == "schedule"]
     assert [r["user"] for r in trail] == ["boss", "fm", "fm", "fm", "fm"]
 
 
@@ -525,11 +526,12 @@ def test_register_starts_and_stops_the_monitor_and_scheduler(tmp_path: Path, mon
     monkeypatch.setenv("CAMPUS_ALARM_INTERVAL", "0.05")
     monkeypatch.setenv("CAMPUS_SCHEDULE_INTERVAL", "0.05")
     db = str(tmp_path / "c.db")
-    app = create_app(WebConfig(store_url=f"sqlite:///{db}", db_path=db))
-    ext = app.extensions["campus"]
-    monitor, scheduler = ext["alarm_monitor"], ext["scheduler"]
+    app = create_app(WebConfig(store_url=f"sqlite:///{db}", db_url=db))
+    c = central(app)
+    monitor, scheduler = c.alarm_monitor, c.scheduler
+    assert monitor is not None and scheduler is not None
     wait_until(lambda: monitor.runs > 0, 10, message="monitor ran")
-    assert len(alarms.list_rules(ext["registry"])) == len(alarms.RULE_KINDS)  # seeded on first use
+    assert len(alarms.list_rules(c.registry)) == len(alarms.RULE_KINDS)  # seeded on first use
     close_app(app)
     assert not monitor._thread.is_alive() and not scheduler._thread.is_alive()
 

@@ -33,6 +33,7 @@ from central import broker_config
 from central import provisioning as prov
 from central.registry import Registry
 from dashboards import close_app
+from dashboards.context import central
 from tests.brokerfiles import assert_exact_rules, mosquitto_passwd
 from tests.test_provisioning import login, make_app, post
 
@@ -206,7 +207,7 @@ def _csv(school: str, building: str, room_name: str, gateway: str) -> bytes:
 @given(room_name=hostile_names, building=hostile_names, via=st.sampled_from(["form", "csv"]))
 def test_any_name_through_the_form_or_the_import_leaves_exactly_the_expected_rules(
         shared_app, room_name: str, building: str, via: str) -> None:
-    app, reg = shared_app, shared_app.extensions["campus"]["registry"]
+    app, reg = shared_app, central(shared_app).registry
     gateway = f"gw-p{next(app.counter)}"
     try:
         wanted = (room(room_name),

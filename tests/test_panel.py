@@ -29,6 +29,7 @@ from campus.net import free_port
 from central.ledger import Ledger, Sequenced
 from central.registry import Registry
 from dashboards import WebConfig, close_app, create_app
+from dashboards.context import central, web
 from dashboards.panel import controls_for, input_label
 from tests.servers import launch_chromium, screenshot_path, wait_until
 
@@ -80,9 +81,9 @@ def app(tmp_path: Path, central_db: Path) -> Iterator[Flask]:
     for suffix in ("", "-wal", "-shm"):
         if Path(f"{central_db}{suffix}").exists():
             shutil.copyfile(f"{central_db}{suffix}", f"{db}{suffix}")
-    app = create_app(WebConfig(store_url=f"sqlite:///{db}", db_path=db))
+    app = create_app(WebConfig(store_url=f"sqlite:///{db}", db_url=db))
     app.config["PANEL_POLL_S"] = 0.02
-    app.extensions["campus"]["panel"].max_age = 0.01
+    web(app).panel.max_age = 0.01
     app.db_path = db  # type: ignore[attr-defined]
     yield app
     close_app(app)
@@ -190,7 +191,7 @@ def test_teacher_is_refused_another_room(app: Flask) -> None:
         assert str(CO2["gw-102"]) not in resp.get_data(as_text=True)
     stream = client.get("/api/panel/gw-102/stream")
     assert stream.status_code == 403 and stream.mimetype == "application/json"
-    trail = app.extensions["campus"]["registry"].audit_trail()
+    trail = central(app).registry.audit_trail()
     assert sum(1 for r in trail if not r["ok"] and "gw-102" in r["detail"]) >= 3
 
 
@@ -220,7 +221,7 @@ def test_admin_picks_any_room_and_commands_it(app: Flask) -> None:
     assert controls(html) and not [c for c in controls(html) if "disabled" in c]
     assert client.get("/panel/gw-999").status_code == 404
     # A room IT registered whose gateway has not reported yet: a page that says so, no cards.
-    app.extensions["campus"]["registry"].register_gateway("gw-103", "s1", "103", "A")
+    central(app).registry.register_gateway("gw-103", "s1", "103", "A")
     html = client.get("/panel/gw-103").get_data(as_text=True)
     assert "<h1>Room 103</h1>" in html and "No projector or display has reported" in html and not controls(html)
     assert '"reported": false' in html
@@ -282,7 +283,7 @@ def test_stream_heartbeat_and_end_when_rights_are_withdrawn(app: Flask) -> None:
         assert reader.event()[0] == "room"
         assert reader.block() == ": keepalive"  # nothing changed: a comment keeps proxies from closing it
         # IT takes room 102 away from this teacher: the open stream stops at its next check.
-        app.extensions["campus"]["registry"].add_user("two", PASSWORDS["two"], "teacher", rooms=[("s1", "101")])
+        central(app).registry.add_user("two", PASSWORDS["two"], "teacher", rooms=[("s1", "101")])
         name, data = reader.event()
         assert name == "denied" and "no longer" in data["error"]
         with pytest.raises(StopIteration):
@@ -296,7 +297,7 @@ def test_closing_the_app_ends_open_streams(app: Flask) -> None:
     resp = client.get("/api/panel/gw-101/stream", buffered=False)
     reader = EventReader(resp)
     assert reader.event()[0] == "room"
-    app.extensions["campus"]["panel"].stop.set()
+    web(app).panel.stop.set()
     with pytest.raises(StopIteration):
         while True:
             reader.block()

@@ -32,6 +32,7 @@ from campus.contract import State
 from central import provisioning as prov
 from central.ledger import Ledger, Sequenced
 from dashboards import WebConfig, close_app, create_app
+from dashboards.context import central
 from edge_agent.config import load_gateway_config
 
 PAGES = ["/provisioning/gateways", "/provisioning/places", "/provisioning/import", "/provisioning/broker",
@@ -42,9 +43,9 @@ PAGES = ["/provisioning/gateways", "/provisioning/places", "/provisioning/import
 
 def make_app(tmp_path: Path, mqtt_url: str | None = None):
     db = str(tmp_path / "central.db")
-    app = create_app(WebConfig(store_url=f"sqlite:///{db}", db_path=db, mqtt_url=mqtt_url))
+    app = create_app(WebConfig(store_url=f"sqlite:///{db}", db_url=db, mqtt_url=mqtt_url))
     app.config["TESTING"] = True
-    reg = app.extensions["campus"]["registry"]
+    reg = central(app).registry
     reg.register_gateway("gw-101", "s1", "101", "A")
     reg.add_user("boss", "boss-password", "admin")
     reg.add_user("fm", "fm-password", "facility")
@@ -88,7 +89,7 @@ def mosquitto_hash_ok(digest: str, password: str) -> bool:
 def stored_hash(app, gateway: str) -> str:
     from central.registry import Gateway
 
-    with app.extensions["campus"]["registry"].session() as s:
+    with central(app).registry.session() as s:
         return s.get(Gateway, gateway).mqtt_password_hash
 
 
@@ -111,7 +112,7 @@ def test_pages_are_for_admins_only(app) -> None:
 
 
 def test_writes_are_refused_to_other_roles_and_without_csrf(app) -> None:
-    reg = app.extensions["campus"]["registry"]
+    reg = central(app).registry
     for user, password in (("fm", "fm-password"), ("teach", "teach-password")):
         client = login(app, user, password)
         assert post(client, "/provisioning/gateways", school="s1", room="102", gateway="gw-x").status_code == 403
@@ -167,7 +168,7 @@ def test_register_gateway_shows_the_password_once(tmp_path: Path, mosquitto) -> 
         resp = post(admin, "/provisioning/gateways/gw-201/password")
         new = re.search(r'id="mqtt-password">([^<]+)<', resp.get_data(as_text=True)).group(1)
         assert new != password and mosquitto_hash_ok(stored_hash(app, "gw-201"), new)
-        actions = [a["action"] + " " + a["detail"] for a in app.extensions["campus"]["registry"].audit_trail()]
+        actions = [a["action"] + " " + a["detail"] for a in central(app).registry.audit_trail()]
         assert any("registered gw-201" in a for a in actions)
         assert any("new MQTT password for gw-201" in a for a in actions)
     finally:
@@ -175,7 +176,7 @@ def test_register_gateway_shows_the_password_once(tmp_path: Path, mosquitto) -> 
 
 
 def test_add_device_with_a_bad_address_names_the_field_and_saves_nothing(app) -> None:
-    reg = app.extensions["campus"]["registry"]
+    reg = central(app).registry
     admin = login(app, "boss", "boss-password")
     version = reg.gateway_info("gw-101")["config_version"]
 
@@ -249,12 +250,12 @@ def upload(client, text: str | bytes, name: str = "rooms.csv"):
 
 
 def snapshot(app) -> tuple:
-    reg = app.extensions["campus"]["registry"]
+    reg = central(app).registry
     return json.dumps(reg.gateways(), sort_keys=True), json.dumps(prov.places(reg), sort_keys=True)
 
 
 def test_csv_import_of_a_good_file_imports_everything(app) -> None:
-    reg = app.extensions["campus"]["registry"]
+    reg = central(app).registry
     admin = login(app, "boss", "boss-password")
     resp = upload(admin, GOOD_CSV)
     html = resp.get_data(as_text=True)
@@ -282,7 +283,7 @@ def test_csv_import_of_a_good_file_imports_everything(app) -> None:
 
 
 def test_csv_import_with_one_bad_line_imports_nothing_and_names_it(app) -> None:
-    reg = app.extensions["campus"]["registry"]
+    reg = central(app).registry
     admin = login(app, "boss", "boss-password")
     before = snapshot(app)
     bad = GOOD_CSV.replace("display_id=1", "display_id=999")  # line 5
@@ -321,7 +322,7 @@ def test_csv_import_reports_every_problem_line_by_line(app) -> None:
     assert bad_header.status_code == 400 and "unknown column" in bad_header.get_data(as_text=True)
     gbk = upload(admin, "school,building,room\ns2,教学楼,三年级一班\n".encode("gb18030"))
     assert gbk.status_code == 200
-    reg = app.extensions["campus"]["registry"]
+    reg = central(app).registry
     assert ("教学楼", "三年级一班") in {(r["building"], r["name"]) for s in prov.places(reg) for r in s["rooms"]}
 
 
@@ -358,7 +359,7 @@ def test_broker_files_written_to_the_configured_dir_or_downloaded(app, tmp_path:
     first = (target / "service-accounts.txt").read_text()
     post(admin, "/provisioning/broker", action="write")
     assert (target / "service-accounts.txt").read_text() == first  # service passwords are kept
-    assert any(a["action"] == "provision.broker_config" for a in app.extensions["campus"]["registry"].audit_trail())
+    assert any(a["action"] == "provision.broker_config" for a in central(app).registry.audit_trail())
 
     # On the district's broker: a bridge account and conf per school, in the zip too.
     resp = post(admin, "/provisioning/broker", action="write", district="mqtt.district.example:8883")
@@ -377,8 +378,8 @@ def test_broker_files_written_to_the_configured_dir_or_downloaded(app, tmp_path:
 def test_push_publishes_the_retained_device_list_and_shows_versions(tmp_path: Path, mosquitto) -> None:
     app = make_app(tmp_path, mosquitto.url)
     try:
-        reg = app.extensions["campus"]["registry"]
-        service = app.extensions["campus"]["commands"]
+        reg = central(app).registry
+        service = central(app).commands
         assert service.connected.wait(10)
         reg.add_device("gw-101", "env", "env-6in1-modbus", {"host": "10.0.0.5"})
         wanted = reg.gateway_info("gw-101")["config_version"]
@@ -432,8 +433,8 @@ def test_push_all_to_hundreds_keeps_the_cookie_small_and_the_result_in_the_regis
     for 2,000 gateways, which browsers drop. Its outcome now lives in the registry; the page shows it."""
     app = make_app(tmp_path, mosquitto.url)
     try:
-        reg = app.extensions["campus"]["registry"]
-        assert app.extensions["campus"]["commands"].connected.wait(10)
+        reg = central(app).registry
+        assert central(app).commands.connected.wait(10)
         rows = "".join(f"s1,A,{1000 + i},gw-{i:04d}\n" for i in range(400))
         assert prov.import_csv(reg, f"school,building,room,gateway\n{rows}".encode()).ok
         admin = login(app, "boss", "boss-password")
@@ -475,7 +476,7 @@ def test_push_all_stops_at_the_first_failure_and_records_it(app) -> None:
         def publish(self, *args, **kwargs):
             raise RuntimeError("not connected")
 
-    reg = app.extensions["campus"]["registry"]
+    reg = central(app).registry
     reg.register_gateway("gw-102", "s1", "102", "A")
     run = prov.push_all(reg, BrokerDown(), ["gw-101", "gw-102"], "boss")
     assert run["pushed"] == [] and run["failed"] == [("gw-101", "cannot publish to the broker: not connected")]
@@ -485,7 +486,7 @@ def test_push_all_stops_at_the_first_failure_and_records_it(app) -> None:
 
 
 def test_gateway_yaml_and_sync_status_helpers(app) -> None:
-    reg = app.extensions["campus"]["registry"]
+    reg = central(app).registry
     text = prov.gateway_yaml(reg, "gw-101", None)
     data = yaml.safe_load(text)
     assert "config_version" not in data and data["mqtt"].startswith("mqtt://gw-s1-gw-101:CHANGE-ME@broker-host")
@@ -498,7 +499,7 @@ def test_gateway_yaml_and_sync_status_helpers(app) -> None:
 def test_card_secret_is_one_per_school_and_stays(app) -> None:
     # Cards are pseudonymised with it (HMAC of the UID): a new secret per download gave the same
     # student a different pseudonym in each room, and a new one each time a config was re-downloaded.
-    reg = app.extensions["campus"]["registry"]
+    reg = central(app).registry
     reg.register_gateway("gw-102", "s1", "102", "A")
     reg.register_gateway("gw-901", "s9", "901")
     admin = login(app, "boss", "boss-password")
@@ -522,7 +523,7 @@ def test_ingest_page_shows_each_worker_and_which_stopped_reporting(app) -> None:
 
     admin = login(app, "boss", "boss-password")
     assert "No ingest worker has reported yet" in admin.get("/provisioning/ingest").get_data(as_text=True)
-    ledger = app.extensions["campus"]["ledger"]
+    ledger = central(app).ledger
     now = time.time()
     ledger.record_worker("ingest-a", "central-1", 111, now - 3600,
                          {"messages": 12345, "stored": 12000, "duplicates": 340, "rejected": 5, "refused_by_store": 2,
@@ -548,7 +549,7 @@ def broker_rules(app, tmp_path: Path) -> list:
     from central import broker_config
     from tests.brokerfiles import mosquitto_acl
 
-    files = broker_config.render(app.extensions["campus"]["registry"], out_dir=tmp_path / "broker")
+    files = broker_config.render(central(app).registry, out_dir=tmp_path / "broker")
     return mosquitto_acl(files.acl)
 
 
@@ -564,7 +565,7 @@ def test_a_name_that_would_end_a_line_is_refused_by_the_forms_and_the_import(app
                                                                              breaker: str) -> None:
     from tests.brokerfiles import expected_rules
 
-    reg = app.extensions["campus"]["registry"]
+    reg = central(app).registry
     admin = login(app, "boss", "boss-password")
     rules, before = broker_rules(app, tmp_path), snapshot(app)
     assert set(rules) == expected_rules([("s1", "gw-101")])
@@ -601,7 +602,7 @@ def test_a_name_that_would_end_a_line_is_refused_by_the_forms_and_the_import(app
 def test_chinese_names_pass_the_forms_and_the_import(app, tmp_path: Path) -> None:
     from tests.brokerfiles import expected_rules
 
-    reg = app.extensions["campus"]["registry"]
+    reg = central(app).registry
     admin = login(app, "boss", "boss-password")
     resp = post(admin, "/provisioning/gateways", school="s1", building=" 教学楼A ", room="三年级2班", gateway="gw-a")
     assert resp.status_code == 200
@@ -616,7 +617,7 @@ def test_chinese_names_pass_the_forms_and_the_import(app, tmp_path: Path) -> Non
 def test_a_name_planted_in_the_database_does_not_reach_the_gateway_yaml_or_the_push(app) -> None:
     from sqlalchemy import text
 
-    reg = app.extensions["campus"]["registry"]
+    reg = central(app).registry
     with reg.engine.begin() as conn:
         conn.execute(text("UPDATE rooms SET name = :name WHERE name = '101'"), {"name": ATTACK})
     admin = login(app, "boss", "boss-password")
@@ -639,7 +640,7 @@ def test_colliding_mqtt_user_names_are_refused_without_a_500_or_a_hash_in_the_lo
     from central.registry import Gateway
 
     caplog.set_level(logging.DEBUG)
-    reg = app.extensions["campus"]["registry"]
+    reg = central(app).registry
     admin = login(app, "boss", "boss-password")
     first = post(admin, "/provisioning/gateways", school="a-b", room="R1", gateway="c")
     assert first.status_code == 200

@@ -154,11 +154,11 @@ def site(central_db_url: str):
 
 
 def test_targets_follow_scope_and_kinds(site: Site) -> None:
-    got = [(t["gateway"], t["device"], t["status"]) for t in schedules.targets(site.add(), site.registry, site.ledger)]
+    got = [(t.gateway, t.device, t.status) for t in schedules.targets(site.add(), site.registry, site.ledger)]
     assert got == [("gw-101", "display", "ok"), ("gw-101", "proj", "ok"), ("gw-102", "display", "ok"),
                    ("gw-102", "display2", "never reported"), ("gw-102", "proj", "ok")]
     only_b = site.add(building_id=site.building["B"], kinds="projector")
-    assert [(t["gateway"], t["device"]) for t in schedules.targets(only_b, site.registry, site.ledger)] == \
+    assert [(t.gateway, t.device) for t in schedules.targets(only_b, site.registry, site.ledger)] == \
         [("gw-201", "proj")]
     everywhere = site.add(school_id=None, building_id=None, kinds="display")
     assert len(schedules.targets(everywhere, site.registry, site.ledger)) == 4

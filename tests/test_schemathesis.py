@@ -27,6 +27,8 @@ from tests.servers import Mosquitto
 schemathesis = pytest.importorskip("schemathesis", reason="in the test extra: pip install -e '.[test]'")
 from schemathesis import GenerationMode  # noqa: E402
 
+from dashboards.context import central, web  # noqa: E402
+
 pytestmark = pytest.mark.slow
 
 # Enough for each operation to meet odd values, few enough for well under a minute in all.
@@ -52,10 +54,10 @@ def api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Api]:
     broker = Mosquitto(tmp / "mosquitto")
     broker.start()
     app = web_app(central_db(tmp, two_rooms))
-    ext = app.extensions["campus"]
-    ext["commands"] = QuickCommands(parse_mqtt_url(broker.url), ext["ledger"])
-    ext["commands"].start()
-    ext["command_limiter"] = RateLimiter(10**9)  # fuzz the command path, not the rate limit
+    c = central(app)
+    c.commands = QuickCommands(parse_mqtt_url(broker.url), c.ledger)
+    c.commands.start()
+    web(app).command_limiter = RateLimiter(10**9)  # fuzz the command path, not the rate limit
     register_rooms(app)
     tokens = add_people(app, {"admin": PEOPLE["admin"]})
     try:

@@ -30,6 +30,7 @@ from campus.urls import parse_mqtt_url, parse_store_url, redacted
 from central.registry import check_token
 from dashboards import close_app, sessions
 from dashboards.auth import LOGIN_FAILURES_PER_ADDRESS_PER_MIN, RateLimiter
+from dashboards.context import central, web
 from dashboards.security import safe_target
 from tests.apps import PEOPLE, add_people, central_db, register_rooms, two_rooms, web_app
 from tests.servers import CampusProcess, launch_chromium, wait_until
@@ -134,7 +135,7 @@ def _shared_app(tmp_path_factory: pytest.TempPathFactory) -> Flask:
     if "app" not in _APPS:
         app = web_app(central_db(tmp_path_factory.mktemp("redirects"), two_rooms))
         add_people(app, {"admin": PEOPLE["admin"]})
-        app.extensions["campus"]["login_limiter"] = RateLimiter(10**9)
+        web(app).login_limiter = RateLimiter(10**9)
         _APPS["app"] = app
     return _APPS["app"]
 
@@ -234,7 +235,7 @@ def test_the_cookie_holds_nothing_but_a_random_id(app: Flask) -> None:
     login(client, "teacher")
     sid = session_cookie(client)
     assert re.fullmatch(r"[A-Za-z0-9_-]{43}", sid), sid
-    db = app.extensions["campus"]["config"].db_path
+    db = web(app).config.db_url
     with sqlite3.connect(db) as conn:
         rows = conn.execute("SELECT id_sha256, username, data FROM web_sessions").fetchall()
         raw = b"".join(Path(db + suffix).read_bytes() for suffix in ("", "-wal") if Path(db + suffix).exists())
@@ -267,7 +268,7 @@ def test_a_new_password_ends_every_session_of_that_user_only(app: Flask) -> None
     login(laptop, "facility")
     login(phone, "facility")
     login(colleague, "teacher")
-    app.extensions["campus"]["registry"].add_user(NAME["facility"], "a-new-password", "facility")
+    central(app).registry.add_user(NAME["facility"], "a-new-password", "facility")
     assert laptop.get("/api/gateways").status_code == 401 and phone.get("/api/gateways").status_code == 401
     assert colleague.get("/api/gateways").status_code == 200
 
@@ -292,7 +293,7 @@ def test_sessions_expire(app: Flask, column: str, age_s: float, logged_in: bool)
         assert client.get("/api/gateways").status_code == 200
     else:
         token = csrf(client)
-    with sqlite3.connect(app.extensions["campus"]["config"].db_path) as conn:
+    with sqlite3.connect(web(app).config.db_url) as conn:
         conn.execute(f"UPDATE web_sessions SET {column} = {column} - ?", (age_s,))
     if logged_in:
         assert client.get("/api/gateways").status_code == 401
@@ -357,14 +358,14 @@ def test_wrong_bearer_tokens_are_limited_per_address(app: Flask) -> None:
     limited = attacker.get("/api/gateways", headers=right)
     assert limited.status_code == 429 and "wait a minute" in limited.get_json()["error"]
     assert attacker.get("/api/gateways", headers=right, environ_base=elsewhere).status_code == 200
-    trail = app.extensions["campus"]["registry"].audit_trail()
+    trail = central(app).registry.audit_trail()
     assert any(r["action"] == "refused" and r["detail"].startswith("429") for r in trail)
 
 
 def test_failed_logins_are_limited_per_address_whatever_the_name(app: Flask) -> None:
     """Spraying one password over many user names: the per-name limit alone never triggers."""
-    assert app.extensions["campus"]["login_address_limiter"].per_minute == LOGIN_FAILURES_PER_ADDRESS_PER_MIN == 30
-    app.extensions["campus"]["login_address_limiter"] = RateLimiter(5)  # the same mechanism, fewer slow hashes
+    assert web(app).login_address_limiter.per_minute == LOGIN_FAILURES_PER_ADDRESS_PER_MIN == 30
+    web(app).login_address_limiter = RateLimiter(5)  # the same mechanism, fewer slow hashes
     attacker = app.test_client()
     token = csrf(attacker)
     codes = [attacker.post("/login", data={"csrf": token, "username": f"user{i}", "password": "Summer2025"}).status_code
@@ -408,7 +409,7 @@ def test_a_database_error_logs_no_password_hash(app: Flask, caplog: pytest.LogCa
         client.post("/provisioning/gateways", data={"csrf": token, "school": school, "room": "1", "gateway": gateway})
     logged = "\n".join(caplog.text.splitlines() + [r.exc_text or "" for r in caplog.records])
     assert "$7$" not in logged
-    with sqlite3.connect(app.extensions["campus"]["config"].db_path) as conn:
+    with sqlite3.connect(web(app).config.db_url) as conn:
         hashes = [h for (h,) in conn.execute("SELECT mqtt_password_hash FROM registered_gateways")]
     assert hashes and not any(h.split("$")[-1] in logged for h in hashes)
 

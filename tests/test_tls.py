@@ -22,6 +22,7 @@ from campus.mqtt import explain_connect_error, tls_context
 from campus.urls import parse_mqtt_url
 from central import broker_config
 from dashboards import WebConfig, close_app, create_app
+from dashboards.context import central
 from tests.servers import wait_until
 from tests.test_faults import assert_exactly_once
 from tests.tlsbrokers import ProductionMosquitto, SplitClassroom, make_ca, password, write_passwd
@@ -160,14 +161,14 @@ def test_web_sends_commands_over_tls_and_refuses_an_untrusted_broker(tmp_path: P
     s.broker.start()
     db = str(tmp_path / "central.db")
     try:
-        app = create_app(WebConfig(store_url=f"sqlite:///{db}", db_path=db,
+        app = create_app(WebConfig(store_url=f"sqlite:///{db}", db_url=db,
                                    mqtt_url=s.broker.url_for("web", "web-secret", pki.good / "ca.crt")))
         try:
-            assert app.extensions["campus"]["commands"].connected.wait(10), "web did not connect over TLS"
+            assert central(app).commands.connected.wait(10), "web did not connect over TLS"
         finally:
             close_app(app)
         with pytest.raises(CampusError, match=r"TLS: server certificate not trusted \(check \?ca=\)"):
-            create_app(WebConfig(store_url=f"sqlite:///{db}", db_path=db,
+            create_app(WebConfig(store_url=f"sqlite:///{db}", db_url=db,
                                  mqtt_url=s.broker.url_for("web", "web-secret", pki.other / "ca.crt")))
     finally:
         s.broker.stop()

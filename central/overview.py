@@ -1,0 +1,354 @@
+"""What central knows, joined: the ledger (what gateways said) with the registry (what IT registered).
+
+The ledger and the registry are two halves of one picture: a room is
+registered before its gateway is mounted ("not installed yet"), a gateway
+reports devices nobody provisioned, a provisioned device may never report.
+Each page and background job used to join them itself (the board, the
+alarm snapshot, a schedule's targets, the provisioning list); here is the
+one place they are joined, each answer a dataclass.
+
+Rules this module keeps (tests/test_service.py checks them): it reads the
+ledger only through `Ledger` methods, never its tables, and no view
+(dashboards/) runs a query of its own; the views call these functions.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from sqlalchemy import select
+
+from central import alarms as alarm_engine
+from central import provisioning as prov
+from central.ledger import Ledger
+from central.registry import Building, Device, Gateway, Registry, Room, School
+
+PROBLEMS = ("offline", "fault", "alarm")
+# A registered gateway that has never sent a message, and its devices: not a problem, no alarms yet.
+NOT_INSTALLED = "not installed yet"
+NEVER_REPORTED = "never reported"
+
+
+def profile_kind(profile: str) -> str:
+    """The device kind of a shipped profile; "" for a profile that cannot be read (not a target, no kind)."""
+    try:
+        from device_profiles import load_profile
+
+        return load_profile(profile).kind
+    except Exception:  # noqa: BLE001 - an unknown profile: no kind
+        return ""
+
+
+# ---------------------------------------------------------------- places (registry)
+
+
+@dataclass(frozen=True)
+class BuildingRef:
+    id: int
+    school: str
+    name: str
+
+
+@dataclass(frozen=True)
+class Places:
+    """The schools and buildings the filters of the board and the schedule forms offer."""
+    schools: list[str]
+    buildings: list[BuildingRef]
+
+    def building_names(self) -> dict[int, str]:
+        return {b.id: b.name for b in self.buildings}
+
+
+def places(registry: Registry) -> Places:
+    with registry.session() as s:
+        schools = list(s.scalars(select(School.id).order_by(School.id)))
+        buildings = [BuildingRef(b.id, b.school_id, b.name)
+                     for b in s.scalars(select(Building).order_by(Building.school_id, Building.name))]
+    return Places(schools, buildings)
+
+
+# ---------------------------------------------------------------- the alarm engine's view
+
+
+def alarm_snapshot(registry: Registry, ledger: Ledger) -> alarm_engine.Snapshot:
+    """Everything the alarm rules look at, now: the ledger's gateways, devices and values, and when each
+    registered gateway was registered (one never heard of is not installed yet, not offline)."""
+    with registry.session() as s:
+        registered = {gid: created for gid, created in s.execute(select(Gateway.id, Gateway.created))}
+    return alarm_engine.Snapshot(gateways=ledger.gateways(), devices=ledger.gateway_devices(),
+                                 latest=ledger.latest(), device_seen=ledger.latest_times(), registered=registered)
+
+
+# ---------------------------------------------------------------- a schedule's targets
+
+
+@dataclass(frozen=True)
+class Target:
+    """A device a schedule sends its action to; `status` "never reported" for one only provisioned."""
+    gateway: str
+    school: str
+    room: str
+    device: str
+    kind: str
+    status: str
+
+
+def schedule_targets(schedule: Any, registry: Registry, ledger: Ledger) -> list[Target]:
+    """Every device the schedule applies to: registry gateways in scope, their devices of its kinds (as
+    reported to the ledger, else as provisioned)."""
+    kinds = {k.strip() for k in (schedule.kinds or "").split(",") if k.strip()}
+    with registry.session() as s:
+        q = select(Gateway.id, Gateway.school_id, Room.name, Room.building_id).outerjoin(
+            Room, Gateway.room_id == Room.id)
+        if schedule.school_id:
+            q = q.where(Gateway.school_id == schedule.school_id)
+        if schedule.building_id is not None:
+            q = q.where(Room.building_id == schedule.building_id)
+        gateways = {gid: (school, room or "") for gid, school, room, _b in s.execute(q)}
+        provisioned = {(d.gateway_id, d.device_id): d.profile for gw in s.scalars(
+            select(Gateway).where(Gateway.id.in_(list(gateways)))) for d in gw.devices}
+    out: list[Target] = []
+    reported = set()
+    for dev in ledger.gateway_devices():
+        place = gateways.get(dev["gateway"])
+        if place is None:
+            continue
+        reported.add((dev["gateway"], dev["id"]))
+        if dev.get("kind") in kinds:
+            out.append(Target(dev["gateway"], place[0], place[1], dev["id"], dev["kind"], dev["status"]))
+    for (gid, device), profile in sorted(provisioned.items()):
+        if (gid, device) in reported:
+            continue
+        kind = profile_kind(profile)
+        if kind in kinds:
+            out.append(Target(gid, gateways[gid][0], gateways[gid][1], device, kind, NEVER_REPORTED))
+    return sorted(out, key=lambda t: (t.gateway, t.device))
+
+
+# ---------------------------------------------------------------- the equipment board
+
+
+@dataclass
+class BoardDevice:
+    id: str
+    kind: str
+    profile: str
+    status: str
+    last_seen: float | None
+    latest: dict[str, Any]
+
+
+@dataclass
+class BoardAlarm:
+    id: int
+    device: str
+    message: str
+    label: str
+    state: str
+    acked_by: str | None
+    raised_at: float
+
+
+@dataclass
+class BoardRoom:
+    """A room (a gateway) as the board shows it."""
+    gateway: str
+    school: str
+    building: str
+    building_id: int | None
+    room: str
+    online: bool
+    last_seen: float | None
+    reported: bool
+    clock_offset: float | None
+    clock_wrong: bool
+    installed: bool
+    # Messages the gateway holds until central acknowledges them, and the oldest one's age.
+    waiting: int | None
+    waiting_age: float | None
+    waiting_long: bool
+    registered: bool
+    problems: list[str] = field(default_factory=list)
+    devices: list[BoardDevice] = field(default_factory=list)
+    alarms: list[BoardAlarm] = field(default_factory=list)
+    notes: list[dict[str, str]] = field(default_factory=list)
+
+
+@dataclass
+class Board:
+    now: float
+    rooms: list[BoardRoom]
+    counts: dict[str, int]
+
+    def as_dict(self) -> dict[str, Any]:
+        """The board as `/api/board` answers it."""
+        return asdict(self)
+
+    def room(self, gateway: str) -> BoardRoom | None:
+        return next((r for r in self.rooms if r.gateway == gateway), None)
+
+
+def _room_sort_key(room: BoardRoom) -> tuple[Any, ...]:
+    name = room.room or ""
+    number = name.isascii() and name.isdigit() and len(name) <= 12
+    return (room.school, room.building, (0, int(name), "") if number else (1, 0, name), room.gateway)
+
+
+def board(registry: Registry, ledger: Ledger, school: str | None = None, building: int | None = None,
+          problem: str | None = None) -> Board:
+    """Every room (gateway) with its devices, status, last seen and open alarms, filtered by school,
+    building and problem ("any" or one of PROBLEMS); `counts` are of every room, before the filters."""
+    gw_places = alarm_engine.gateway_places(registry)
+    gateways = {gw["id"]: gw for gw in ledger.gateways()}
+    latest = ledger.latest()
+    seen = ledger.latest_times()
+    devices: dict[str, list[BoardDevice]] = {}
+    for dev in ledger.gateway_devices():
+        key = (dev["gateway"], dev["id"])
+        devices.setdefault(dev["gateway"], []).append(
+            BoardDevice(dev["id"], dev["kind"], dev["profile"], dev["status"], seen.get(key), latest.get(key, {})))
+    with registry.session() as s:
+        provisioned = [(d.gateway_id, d.device_id, d.profile) for d in s.scalars(select(Device))]
+    for gid, device_id, profile in provisioned:
+        mine = devices.setdefault(gid, [])
+        if not any(x.id == device_id for x in mine):
+            mine.append(BoardDevice(device_id, profile_kind(profile), profile,
+                                    NEVER_REPORTED if gid in gateways else NOT_INSTALLED, None, {}))
+    open_alarms: dict[str, list[BoardAlarm]] = {}
+    for a in alarm_engine.list_alarms(registry, "open", limit=2000):
+        open_alarms.setdefault(a["gateway"], []).append(
+            BoardAlarm(a["id"], a["device"], a["message"], a["label"], a["state"], a["acked_by"], a["raised_at"]))
+    rooms = []
+    for gid in sorted(set(gw_places) | set(gateways)):
+        place, gw = gw_places.get(gid, {}), gateways.get(gid)
+        devs = sorted(devices.get(gid, []), key=lambda d: d.id)
+        online = bool(gw and gw["online"])
+        problems = []
+        # A gateway that never sent a message is not installed yet: nothing there is offline (nor alarmed).
+        if gw is not None and (not online or any(d.status in ("offline", NEVER_REPORTED) for d in devs)):
+            problems.append("offline")
+        if gw and gw["storage"].get("status", "ok") != "ok":
+            problems.append("storage")  # the gateway's own disk: its devices keep their status
+        if any(d.status == "fault" for d in devs):
+            problems.append("fault")
+        if open_alarms.get(gid):
+            problems.append("alarm")
+        rooms.append(BoardRoom(
+            gateway=gid, school=place.get("school") or (gw or {}).get("school", ""),
+            building=place.get("building", ""), building_id=place.get("building_id"),
+            room=place.get("room") or (gw or {}).get("room", ""), online=online,
+            last_seen=gw["last_seen"] if gw else None, reported=gw is not None,
+            clock_offset=gw["clock_offset"] if gw else None, clock_wrong=bool(gw and gw["clock_wrong"]),
+            installed=gw is not None, waiting=gw["waiting"] if gw else None,
+            waiting_age=gw["waiting_age"] if gw else None, waiting_long=bool(gw and gw["waiting_long"]),
+            registered=gid in gw_places, problems=problems, devices=devs, alarms=open_alarms.get(gid, []),
+            notes=prov.storage_notes(gw) if gw else []))
+    rooms.sort(key=_room_sort_key)
+    counts = {p: sum(1 for r in rooms if p in r.problems) for p in PROBLEMS}
+    counts["rooms"] = len(rooms)
+    counts["not_installed"] = sum(1 for r in rooms if not r.installed)
+    counts["unacked"] = sum(1 for alist in open_alarms.values() for a in alist if a.state == "active")
+    if school:
+        rooms = [r for r in rooms if r.school == school]
+    if building is not None:
+        rooms = [r for r in rooms if r.building_id == building]
+    if problem == "any":
+        rooms = [r for r in rooms if r.problems]
+    elif problem:
+        rooms = [r for r in rooms if problem in r.problems]
+    return Board(time.time(), rooms, counts)
+
+
+# ---------------------------------------------------------------- rooms a person may pick (panel)
+
+
+@dataclass(frozen=True)
+class RoomPresence:
+    """A room registered or reporting, and whether its gateway is online (the panel's room picker)."""
+    gateway: str
+    room: str
+    school: str
+    building: str
+    online: bool
+    reported: bool
+
+
+def room_presence(registry: Registry, ledger: Ledger) -> list[RoomPresence]:
+    """Every registered or reporting room, by school, building and room name."""
+    rooms: dict[str, dict[str, Any]] = {}
+    for info in registry.gateways():
+        rooms[info["id"]] = {"gateway": info["id"], "room": info["room"] or info["id"], "school": info["school"],
+                             "building": info["building"], "online": False, "reported": False}
+    for gw in ledger.gateways():
+        room = rooms.setdefault(gw["id"], {"gateway": gw["id"], "room": gw["room"] or gw["id"],
+                                           "school": gw["school"], "building": ""})
+        room.update(online=gw["online"], reported=True)
+    return sorted((RoomPresence(**r) for r in rooms.values()), key=lambda r: (r.school, r.building, r.room))
+
+
+# ---------------------------------------------------------------- gateways as IT staff provision them
+
+
+@dataclass
+class ProvisionedGateway:
+    """A registered gateway beside what its agent last said: config versions wanted (registry), pushed and
+    applied (ledger), whether they agree (`sync`), and its storage notes."""
+    id: str
+    school: str
+    room: str
+    building: str
+    mqtt_username: str
+    config_version: int
+    devices: list[dict[str, Any]]        # provisioned (registry)
+    online: bool
+    seen: float | None
+    reported: dict[str, Any]             # reported by the agent (ledger), by device id
+    applied: int | None
+    pushed: int | None
+    pushed_at: float | None
+    sync_class: str
+    sync: str
+    rejected: dict[str, Any] | None      # the newest config_rejected event
+    applied_event: dict[str, Any] | None
+    storage_notes: list[dict[str, str]]
+
+
+def provisioned_gateways(registry: Registry, ledger: Ledger) -> list[ProvisionedGateway]:
+    """Every registered gateway, as the provisioning pages list it."""
+    states = prov.gateway_states(ledger)
+    pushed = prov.pushed_versions(registry)
+    rows = []
+    for info in registry.gateways():
+        st = states.get(info["id"], {})
+        applied = st.get("config_version")
+        push = pushed.get(info["id"])
+        events = prov.config_events(ledger, info["id"])
+        css, words = prov.sync_status(info["config_version"], push["version"] if push else None, applied,
+                                      bool(st.get("online")), events["rejected"])
+        rows.append(ProvisionedGateway(
+            id=info["id"], school=info["school"], room=info["room"], building=info["building"],
+            mqtt_username=info["mqtt_username"], config_version=info["config_version"], devices=info["devices"],
+            online=bool(st.get("online")), seen=st.get("last_seen"), reported=st.get("devices") or {},
+            applied=applied, pushed=push["version"] if push else None, pushed_at=push["at"] if push else None,
+            sync_class=css, sync=words, rejected=events["rejected"], applied_event=events["applied"],
+            # IT staff see a replaced outbox however old it is (the board: a week).
+            storage_notes=prov.storage_notes(st, replaced_within=None) if st else []))
+    return rows
+
+
+# ---------------------------------------------------------------- gateways as the API lists them
+
+
+def api_gateways(registry: Registry, ledger: Ledger) -> list[dict[str, Any]]:
+    """Every gateway the ledger knows (it sent something: `installed`), and those only registered so far
+    (`installed: false`, "not installed yet": they raise no alarm until their first message), by school.
+    Plain dicts: their keys are the JSON API's (CONTRACT.md `GET /api/gateways`)."""
+    rows = [{**gw, "installed": True} for gw in ledger.gateways()]
+    known = {gw["id"] for gw in rows}
+    rows += [{"id": gid, "school": place["school"], "room": place["room"], "online": False, "last_seen": None,
+              "received": 0, "gaps": 0, "duplicates": 0, "outbox": {}, "agent": "", "installed": False}
+             for gid, place in alarm_engine.gateway_places(registry).items() if gid not in known]
+    rows.sort(key=lambda gw: (gw["school"], gw["id"]))
+    return rows

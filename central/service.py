@@ -1,0 +1,178 @@
+"""`Central`: the campus-side service as one object, which `campus web`, `campus ingest` and `campus demo` build.
+
+Central is a database (the registry and the ledger), a point store, and the
+threads that work on them: the command service (MQTT, answers and
+republishing), the alarm monitor and the scheduler. Before this module each
+program opened its own pieces and a blueprint (`dashboards/health.py`)
+started threads at import of its area; now `Central.open(config)` opens the
+pieces in one place, `start()` starts the threads together and `close()`
+stops them before the database and the store close (a thread still
+evaluating alarms must not find its ledger closed under it).
+
+The web app reaches it through `dashboards.context.central()` (Flask's
+`get_db()` pattern); ingest takes its `store` and `ledger`.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass, field
+
+from central.alarms import AlarmMonitor
+from central.commands import CommandService
+from central.db import Database, open_database
+from central.ledger import Ledger
+from central.registry import Registry
+from central.schedules import Scheduler
+from central.store.base import PointStore
+
+log = logging.getLogger(__name__)
+
+DEFAULT_ALARM_INTERVAL_S = 5.0
+DEFAULT_SCHEDULE_INTERVAL_S = 20.0
+ALARM_INTERVAL_ENV = "CAMPUS_ALARM_INTERVAL"
+SCHEDULE_INTERVAL_ENV = "CAMPUS_SCHEDULE_INTERVAL"
+
+
+@dataclass
+class CentralConfig:
+    """What Central is opened on.
+
+    `alarm_interval` / `schedule_interval`: seconds between alarm evaluations and schedule checks; None takes
+    `CAMPUS_ALARM_INTERVAL` / `CAMPUS_SCHEDULE_INTERVAL` from the environment, else the defaults; 0 turns one
+    off. `commands`: a command service on `mqtt_url` (web, demo), not for ingest, which has its own
+    connection. `background`: the alarm monitor and scheduler (web, demo), off for ingest workers, which
+    may be many (one evaluation per web instance is enough)."""
+    store_url: str
+    # The central database (registry and ledger): sqlite:///PATH or postgresql://...; a bare path is
+    # that SQLite file.
+    db_url: str
+    mqtt_url: str | None = None
+    alarm_interval: float | None = None
+    schedule_interval: float | None = None
+    commands: bool = True
+    background: bool = True
+
+
+def interval(value: float | None, env: str, default: float) -> float:
+    """A background interval in seconds: `value` if given, else `env` from the environment, else `default`;
+    never negative (0: off). A malformed variable is logged and the default used (a typo must not stop
+    the web app)."""
+    if value is None:
+        raw = os.environ.get(env, "")
+        try:
+            value = float(raw) if raw.strip() else default
+        except ValueError:
+            log.warning("%s=%r is not a number of seconds; using %s", env, raw, default)
+            value = default
+    return max(0.0, float(value))
+
+
+def open_central_database(db_url: str) -> Database:
+    """The central database, reachable and at this release's schema (SQLite: upgraded now)."""
+    return open_database(db_url if "://" in db_url else f"sqlite:///{db_url}")
+
+
+@dataclass
+class Central:
+    """The database, the point store and the threads that work on them; see the module docstring.
+
+    `commands` is None without an MQTT URL (commands then fail with a clear message); `alarm_monitor` and
+    `scheduler` are None until `start()` and after `stop()`, or when turned off."""
+    config: CentralConfig
+    db: Database
+    registry: Registry
+    ledger: Ledger
+    store: PointStore
+    commands: CommandService | None = None
+    alarm_monitor: AlarmMonitor | None = None
+    scheduler: Scheduler | None = None
+    _started: bool = field(default=False, repr=False)
+    _closed: bool = field(default=False, repr=False)
+
+    @classmethod
+    def open(cls, config: CentralConfig, *, check_store: bool = False) -> Central:
+        """Open the point store and the database (nothing runs until `start()`). `check_store`: first make
+        sure the store answers (a wrong address, token or database is said now, before the database is
+        touched, not retried silently for ever)."""
+        from campus.urls import parse_mqtt_url
+        from central.store import open_store
+
+        mqtt = parse_mqtt_url(config.mqtt_url) if config.mqtt_url and config.commands else None
+        store = open_store(config.store_url)
+        try:
+            if check_store:
+                store.check()
+            db = open_central_database(config.db_url)
+        except BaseException:
+            store.close()
+            raise
+        registry, ledger = Registry(db), Ledger(db)
+        commands = CommandService(mqtt, ledger) if mqtt is not None else None
+        return cls(config=config, db=db, registry=registry, ledger=ledger, store=store, commands=commands)
+
+    @property
+    def alarm_interval(self) -> float:
+        return interval(self.config.alarm_interval, ALARM_INTERVAL_ENV, DEFAULT_ALARM_INTERVAL_S)
+
+    @property
+    def schedule_interval(self) -> float:
+        return interval(self.config.schedule_interval, SCHEDULE_INTERVAL_ENV, DEFAULT_SCHEDULE_INTERVAL_S)
+
+    def start(self) -> Central:
+        """Start the command service, then the alarm monitor and the scheduler (which sends through it).
+        Raises CampusError if the broker cannot be reached; whatever started is stopped again."""
+        if self._started:
+            return self
+        if self._closed:
+            raise RuntimeError("Central is closed")
+        self._started = True
+        try:
+            if self.commands is not None:
+                self.commands.start()
+            if self.config.background:
+                alarm_s, sched_s = self.alarm_interval, self.schedule_interval
+                if alarm_s > 0:
+                    self.alarm_monitor = AlarmMonitor(self.registry, self.ledger, alarm_s).start()
+                if sched_s > 0:
+                    # Late bound: whatever command service Central has when a schedule runs.
+                    self.scheduler = Scheduler(self.registry, self.ledger, lambda: self.commands, sched_s).start()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def stop(self) -> None:
+        """Stop the threads, each joined: the scheduler first (it sends commands), then the alarm monitor,
+        then the command service. The database and the store stay open."""
+        if self.scheduler is not None:
+            self.scheduler.stop()
+            self.scheduler = None
+        if self.alarm_monitor is not None:
+            self.alarm_monitor.stop()
+            self.alarm_monitor = None
+        if self.commands is not None and self._started:
+            self.commands.stop()
+        self._started = False
+
+    def release(self) -> None:
+        """The calling thread gives back the connections it holds (ledger and point store); the registry's
+        SQLAlchemy sessions give theirs back as each one closes."""
+        self.ledger.release()
+        self.store.release()
+
+    def close(self) -> None:
+        """Stop the threads, then close the store and the database."""
+        if self._closed:
+            return
+        self.stop()
+        self._closed = True
+        self.store.close()
+        self.db.close()
+
+    def __enter__(self) -> Central:
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.close()
