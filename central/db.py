@@ -21,7 +21,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Connection, MetaData, Table, create_engine, event, text, update
+from sqlalchemy import Column, Connection, Float, MetaData, String, Table, create_engine, event, text, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import DBAPIError, IntegrityError, SQLAlchemyError
 from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
@@ -47,6 +47,15 @@ POOL_WAIT_S = 30
 
 class Base(DeclarativeBase):
     metadata = MetaData(naming_convention=NAMING)
+
+
+# One background job of several instances runs in one of them at a time (Database.take_lease).
+leases = Table(
+    "leases", Base.metadata,
+    Column("name", String(64), primary_key=True),
+    Column("holder", String(255), nullable=False),
+    Column("until", Float, nullable=False),
+)
 
 
 def database_url(url: str, what: str = "--db") -> str:
@@ -115,12 +124,15 @@ class Database:
                                         connect_args={"connect_timeout": CONNECT_TIMEOUT_S,
                                                       "application_name": "campus-iot"})
         self.sessions = sessionmaker(self.engine, expire_on_commit=False)
+        self.closed = False
 
     # ------------------------------------------------------------ connections and transactions
 
     @contextmanager
     def errors(self, what: str) -> Iterator[None]:
         """Any database failure inside becomes one StoreError: '<database>: <what>: <reason>'."""
+        if self.closed:  # the program is stopping: a late thread gets a clear error, not a new pool
+            raise StoreError(f"{self.name}: {what}: the database is closed")
         try:
             yield
         except IntegrityError:
@@ -153,6 +165,8 @@ class Database:
     @contextmanager
     def session(self) -> Iterator[Session]:
         """An ORM session in one transaction, committed at the end (the registry's way in)."""
+        if self.closed:
+            raise StoreError(f"{self.name}: the database is closed")
         with self.sessions() as s, s.begin():
             yield s
 
@@ -172,6 +186,7 @@ class Database:
         """Nothing held per thread: every use checks a connection out of the pool and back in."""
 
     def close(self) -> None:
+        self.closed = True
         self.engine.dispose()
 
     # ------------------------------------------------------------ leases
@@ -183,8 +198,6 @@ class Database:
         them at a time: the holder renews each round; when it dies its lease runs out and another
         takes over. A compare-and-set on one row: exact on both engines, no lock held between rounds.
         """
-        from central.tables import leases
-
         now = time.time() if now is None else now
         with self.write(f"cannot take the {name} lease") as conn:
             conn.execute(self.insert(leases).values(name=name, holder="", until=0.0).on_conflict_do_nothing())

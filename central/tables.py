@@ -127,11 +127,3 @@ latest = Table(
     Column("seq", BigInteger, nullable=False, server_default="0"),
     sqlite_with_rowid=False,
 )
-
-# One background job of several instances runs in one of them at a time (Database.take_lease).
-leases = Table(
-    "leases", meta,
-    Column("name", String(64), primary_key=True),
-    Column("holder", String(255), nullable=False),
-    Column("until", Float, nullable=False),
-)
