@@ -27,6 +27,8 @@ from __future__ import annotations
 
 import logging
 import math
+import os
+import socket
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
@@ -36,6 +38,7 @@ from typing import Any
 from sqlalchemy import select
 
 from campus import contract
+from campus.errors import StoreError
 from central.registry import Alarm, AlarmRule, Building, Gateway, Registry, Room
 
 log = logging.getLogger(__name__)
@@ -448,7 +451,15 @@ def list_alarms(registry: Registry, state: str = "open", limit: int = 200,
 
 
 class AlarmMonitor:
-    """Evaluates the rules every `interval` seconds in a daemon thread until stop()."""
+    """Evaluates the rules every `interval` seconds in a daemon thread until stop().
+
+    Several web instances on one database each run a monitor; the one holding the `alarms` lease
+    evaluates (Database.take_lease: renewed each round, taken over LEASE_ROUNDS rounds after its holder
+    stopped renewing), so an alarm is raised, cleared and (issue 20) notified once, not once per instance.
+    """
+
+    LEASE = "alarms"
+    LEASE_ROUNDS = 3
 
     def __init__(self, registry: Registry, ledger: Any, interval: float = 5.0) -> None:
         if interval <= 0:
@@ -457,17 +468,22 @@ class AlarmMonitor:
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="alarm-monitor", daemon=True)
         self.runs = 0
+        self.holder = f"{socket.gethostname()}:{os.getpid()}:{id(self):x}"
 
     def start(self) -> AlarmMonitor:
         self._thread.start()
         return self
 
     def _run(self) -> None:
+        db = self.registry.db
         while not self._stop.is_set():
             try:
-                evaluate(self.registry, self.ledger)
-                self.runs += 1
-            except Exception:  # noqa: BLE001 - a bad moment (database busy) must not end monitoring
+                if db.take_lease(self.LEASE, self.holder, self.LEASE_ROUNDS * self.interval):
+                    evaluate(self.registry, self.ledger)
+                    self.runs += 1
+            except StoreError as exc:  # the database is away (restarting): one line, and the next round
+                log.warning("alarm evaluation: %s; retrying in %.0f s", exc, self.interval)
+            except Exception:  # noqa: BLE001 - a bad moment must not end monitoring
                 log.exception("alarm evaluation failed; retrying in %.0f s", self.interval)
             finally:
                 self.ledger.release()  # no connection held while it sleeps
@@ -477,3 +493,7 @@ class AlarmMonitor:
         self._stop.set()
         if self._thread.is_alive():
             self._thread.join(timeout=self.interval + 30)
+        try:  # another instance takes over at its next round, not a lease later
+            self.registry.db.drop_lease(self.LEASE, self.holder)
+        except StoreError as exc:
+            log.warning("alarm monitor: %s", exc)

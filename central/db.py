@@ -206,6 +206,12 @@ class Database:
         return taken.rowcount == 1
 
 
+    def drop_lease(self, name: str, holder: str) -> None:
+        """Give the lease up (this holder is stopping): the next taker need not wait for it to run out."""
+        with self.write(f"cannot give up the {name} lease") as conn:
+            conn.execute(update(leases).where(leases.c.name == name, leases.c.holder == holder).values(until=0.0))
+
+
 def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
     cur = dbapi_conn.cursor()
     cur.execute("PRAGMA busy_timeout=30000")

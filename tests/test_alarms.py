@@ -314,3 +314,22 @@ def test_monitor_evaluates_in_the_background_and_stops(school: School) -> None:
     assert not monitor._thread.is_alive() and monitor.runs >= 2
     with pytest.raises(ValueError):
         alarms.AlarmMonitor(school.registry, school.ledger, interval=0)
+
+
+def test_of_two_monitors_on_one_database_one_evaluates_and_the_other_takes_over(school: School) -> None:
+    """Two web instances: the `alarms` lease lets one evaluate; when it stops, the other goes on."""
+    first = alarms.AlarmMonitor(school.registry, school.ledger, interval=0.05).start()
+    wait_until(lambda: first.runs >= 3, 10, message="the first monitor holds the lease and evaluates")
+    second = alarms.AlarmMonitor(Registry(school.db), Ledger(school.db), interval=0.05).start()
+    try:
+        runs = first.runs
+        wait_until(lambda: first.runs >= runs + 10, 10, message="the first monitor goes on evaluating")
+        assert second.runs == 0  # it looked at the lease each round and left the work to the holder
+        first.stop()
+        wait_until(lambda: second.runs >= 3, 10, message="the second monitor took the lease over")
+        school.values("gw-101", "env", co2_ppm=2500)
+        wait_until(lambda: school.open(), 10, message="alarm raised by the monitor that holds the lease")
+        assert len(school.open()) == 1
+    finally:
+        first.stop()
+        second.stop()
