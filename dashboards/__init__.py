@@ -112,7 +112,10 @@ def release_connections(app: Flask) -> None:
 
 
 def _store_unavailable(exc: StoreError) -> Any:
-    """A page the time-series store or the central database cannot serve now (the JSON API answers 503 itself)."""
+    """What the time-series store or the central database cannot serve now: 503 with the reason (JSON under
+    /api/, like every other API answer); a retry may work."""
+    if request.path.startswith("/api/"):
+        return jsonify({"error": f"not available now, try again soon: {exc}"}), 503
     return render_template("error.html", status=503, message=f"This cannot be read now, try again soon: {exc}"), 503
 
 

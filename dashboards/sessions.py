@@ -21,14 +21,18 @@ SQLAlchemy 2) and stores no user per row, so it cannot end all of a user's sessi
 
 from __future__ import annotations
 
+import logging
 import secrets
 import time
 from typing import Any
 
-from flask import Flask, Request, Response, request
+from flask import Flask, Request, Response, render_template, request, session
 from flask.sessions import SecureCookieSession, SessionInterface
 
+from campus.errors import StoreError
 from central.registry import Registry
+
+log = logging.getLogger(__name__)
 
 IDLE_S = 12 * 3600          # a school day with the panel open: its stream keeps the session alive
 MAX_AGE_S = 7 * 24 * 3600   # log in again once a week, whatever
@@ -48,6 +52,7 @@ class ServerSession(SecureCookieSession):
         self.created = created
         self.seen = seen
         self.loaded_user = (initial or {}).get("user")
+        self.unavailable: StoreError | None = None  # the database could not be read for it
 
 
 def expired(created: float, seen: float, user: str | None, now: float) -> bool:
@@ -61,15 +66,38 @@ class ServerSessionInterface(SessionInterface):
 
     def open_session(self, app: Flask, request: Request) -> ServerSession:
         sid = request.cookies.get(self.get_cookie_name(app), "")
-        if sid and len(sid) <= MAX_ID_CHARS:
-            row = self.registry.web_session(sid)
-            if row is not None:
-                if not expired(row["created"], row["seen"], row["username"], time.time()):
-                    return ServerSession(row["data"], sid, row["created"], row["seen"])
-                self.registry.delete_web_session(sid)
+        try:
+            if sid and len(sid) <= MAX_ID_CHARS:
+                row = self.registry.web_session(sid)
+                if row is not None:
+                    if not expired(row["created"], row["seen"], row["username"], time.time()):
+                        return ServerSession(row["data"], sid, row["created"], row["seen"])
+                    self.registry.delete_web_session(sid)
+        except StoreError as exc:
+            # Flask opens the session before any error handler can answer: the request's first step
+            # (`refuse_without_database`) raises it again, and the app's StoreError handler says 503.
+            unavailable = ServerSession()
+            unavailable.unavailable = exc
+            return unavailable
         return ServerSession()
 
     def save_session(self, app: Flask, session: ServerSession, response: Response) -> None:  # type: ignore[override]
+        try:
+            self._save(app, session, response)
+        except StoreError as exc:
+            log.warning("session not saved: %s", exc)
+            if session.modified:
+                # The answer relies on the session (the login page's CSRF token, a login): it must not
+                # pass for done. A page that only read it stands.
+                response.status_code = 503
+                response.headers.pop("Location", None)
+                response.set_data(render_template("error.html", status=503,
+                                                  message=f"This cannot be saved now, try again soon: {exc}"))
+                response.mimetype = "text/html"
+
+    def _save(self, app: Flask, session: ServerSession, response: Response) -> None:
+        if session.unavailable is not None:
+            return
         name, domain, path = self.get_cookie_name(app), self.get_cookie_domain(app), self.get_cookie_path(app)
         if session.accessed:
             response.vary.add("Cookie")
@@ -116,5 +144,13 @@ class ServerSessionInterface(SessionInterface):
             self.registry.purge_web_sessions(now - IDLE_S, now - ANONYMOUS_S, now - MAX_AGE_S)
 
 
+def refuse_without_database() -> None:
+    """The first step of every request: a session the database could not read is a 503 with the reason."""
+    exc = getattr(session, "unavailable", None)
+    if exc is not None:
+        raise exc
+
+
 def install(app: Flask, registry: Registry) -> None:
     app.session_interface = ServerSessionInterface(registry)
+    app.before_request_funcs.setdefault(None, []).insert(0, refuse_without_database)
