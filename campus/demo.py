@@ -153,7 +153,9 @@ class Demo:
         web = WebConfig(store_url=self.store, db_url=self.db, mqtt_url=mqtt)
         # One Central for the demo's ingest and its dashboard; a --store that cannot be reached is one line,
         # before anything starts.
-        central = await asyncio.to_thread(Central.open, web.central_config(), check_store=True)
+        config = web.central_config()
+        config.upgrade = True  # the demo's own database, even on a server: made or upgraded now
+        central = await asyncio.to_thread(Central.open, config, check_store=True)
         broker = None
         try:
             if broker_port is not None:

@@ -53,6 +53,9 @@ class CentralConfig:
     schedule_interval: float | None = None
     commands: bool = True
     background: bool = True
+    # Bring the database to this release's schema at open: None, SQLite only (a server database is
+    # upgraded by `campus db upgrade`); True for the demo, which owns its database.
+    upgrade: bool | None = None
 
 
 def interval(value: float | None, env: str, default: float) -> float:
@@ -69,9 +72,9 @@ def interval(value: float | None, env: str, default: float) -> float:
     return max(0.0, float(value))
 
 
-def open_central_database(db_url: str) -> Database:
+def open_central_database(db_url: str, upgrade: bool | None = None) -> Database:
     """The central database, reachable and at this release's schema (SQLite: upgraded now)."""
-    return open_database(db_url if "://" in db_url else f"sqlite:///{db_url}")
+    return open_database(db_url if "://" in db_url else f"sqlite:///{db_url}", upgrade=upgrade)
 
 
 @dataclass
@@ -104,7 +107,7 @@ class Central:
         try:
             if check_store:
                 store.check()
-            db = open_central_database(config.db_url)
+            db = open_central_database(config.db_url, config.upgrade)
         except BaseException:
             store.close()
             raise

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
+import sqlite3
 import stat
 import subprocess
 import sys
@@ -108,3 +111,58 @@ def test_empty_tagged_scalar_in_config_is_one_line(tmp_path: Path, tag: str, com
     assert result.returncode == 2, result.stderr
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith(f"campus: error: {cfg}:2: "), lines
+
+
+def _post(url: str, token: str, body: dict) -> object:
+    req = urllib.request.Request(url, data=json.dumps(body).encode(), method="POST",
+                                 headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json"})
+    with urllib.request.urlopen(req, timeout=15) as resp:
+        return json.loads(resp.read())
+
+
+@pytest.mark.slow
+def test_demo_on_postgresql_keeps_no_central_table_in_sqlite(tmp_path: Path, pg_url: str) -> None:
+    """`campus demo --db postgresql://...`: telemetry, a command round trip and an alarm, with every central
+    table in PostgreSQL (the demo makes its schema) and nothing but points in the SQLite store."""
+    from central.ledger import Ledger
+    from central.tables import gateways as ledger_gateways
+
+    port, token = free_port(), "demo-test-admin-token"
+    env = {**os.environ, "CAMPUS_ALARM_INTERVAL": "0.5"}
+    proc = subprocess.Popen([sys.executable, "-m", "campus.cli", "demo", "--rooms", "1", "--duration", "120",
+                             "--http-port", str(port), "--data-dir", str(tmp_path / "demo"), "--admin-token", token,
+                             "--db", pg_url], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        wait_until(lambda: _get(f"{base}/api/health", token) == {"status": "ok"}, 30, message="dashboard up")
+        wait_until(lambda: _get(f"{base}/api/telemetry?gateway=gw-101&device=env&metric=co2_ppm", token)["points"],
+                   20, message="telemetry from gw-101")
+        wait_until(lambda: any(d["id"] == "projector" and d["status"] == "ok" for d in _get(f"{base}/api/devices",
+                                                                                          token)), 20,
+                   message="the projector reporting")
+        done = _post(f"{base}/api/gateways/gw-101/devices/projector/commands", token, {"action": "power_on"})
+        assert done["status"] == "done", done  # answered by the agent, through PostgreSQL's command ledger
+        _post(f"{base}/api/demo/simulators/gw-101/env", token, {"overrides": {"co2_ppm": 2600}})
+        wait_until(lambda: any(a["gateway"] == "gw-101" for a in _get(f"{base}/api/alarms", token)), 30,
+                   message="a CO2 alarm raised")
+        proc.send_signal(signal.SIGTERM)  # as systemd or Ctrl-C stops it: a clean exit
+        proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode == 0
+    central = {t.name for t in ledger_gateways.metadata.sorted_tables}
+    stores = [p for p in (tmp_path / "demo").rglob("*.db") if "agents" not in p.parts]  # not the gateways' own
+    assert stores, "the demo's SQLite point store"
+    for path in stores:
+        with sqlite3.connect(path) as db:
+            tables = {t for (t,) in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        assert not tables & central, f"{path} holds central tables {sorted(tables & central)}"
+    ledger = Ledger(pg_url)
+    try:
+        [gateway] = ledger.gateways()
+        assert gateway["id"] == "gw-101" and gateway["received"] > 0 and gateway["gaps"] == 0
+        assert [c["status"] for c in ledger.commands()] == ["done"]
+    finally:
+        ledger.close()
