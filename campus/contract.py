@@ -482,6 +482,11 @@ class State:
         outbox = _field(data, "outbox", dict, what, optional=True, default={})
         if not all(isinstance(v, int) and not isinstance(v, bool) for v in outbox.values()):
             raise PayloadError(f"{what}: outbox figures must be whole numbers")
+        # Counts, seqs and ages: never negative, and within what every database column holds (a 2**70
+        # would otherwise fail each write of its batch, and ingest retries a failed batch for ever).
+        for key, value in outbox.items():
+            if not 0 <= value <= (_INSTANCE_MAX if key == "instance" else _INT_MAX):
+                raise PayloadError(f"{what}: outbox.{key} {value} is out of range")
         interval = float(_field(data, "interval", (int, float), what, optional=True, default=0.0))
         return cls(online=_field(data, "online", bool, what), ts=_ts(data, what), interval=interval, outbox=outbox,
                    storage=_storage(data, what), outbox_replaced=_replacement(data, what),

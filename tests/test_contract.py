@@ -158,3 +158,13 @@ def test_a_command_result_carries_its_seq_and_one_from_before_none() -> None:
     assert CommandResult.decode(old.encode()).seq is None
     with pytest.raises(PayloadError, match="'seq' must be >= 1"):
         CommandResult.decode(b'{"id": "c1", "status": "done", "ts": 1, "seq": 0}')
+
+
+@pytest.mark.parametrize("outbox", [{"instance": 2**53 + 1}, {"oldest": -1}, {"pending": -5},
+                                    {"last_seq": -(2**63)}])
+def test_outbox_figures_out_of_range_are_refused_by_name(outbox: dict) -> None:
+    """A figure no database column holds (or no count can be) would fail every write of its batch on
+    PostgreSQL, and ingest retries a failed batch: refused at decode, naming the field."""
+    payload = json.dumps({"online": True, "ts": 1.7e9, "outbox": outbox}).encode()
+    with pytest.raises(PayloadError, match=f"outbox.{next(iter(outbox))} .* out of range"):
+        State.decode(payload)

@@ -224,7 +224,7 @@ valid_dicts: dict[type, st.SearchStrategy[dict[str, Any]]] = {
         "interval": timestamps,
         "config_version": st.none() | st.integers(-2**63, 2**63 - 1),
         "outbox": st.dictionaries(st.sampled_from(["pending", "dropped", "last_seq", "instance"]) | st.text(max_size=8),
-                                  st.integers(-2**63, 2**63 - 1), max_size=3),
+                                  st.integers(0, 2**53), max_size=3),  # counts and seqs: never negative
         "devices": st.dictionaries(segments, _optional({}, {"status": st.sampled_from(contract.DEVICE_STATUSES),
                                                             "kind": st.sampled_from(contract.DEVICE_KINDS),
                                                             "profile": short_text}), max_size=3)}),
