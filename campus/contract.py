@@ -358,6 +358,9 @@ def _field(data: dict[str, Any], name: str, types: type | tuple[type, ...], what
         raise PayloadError(f"{what}: field '{name}' must be {_type_names(types)}, got {type(value).__name__}")
     if isinstance(value, float) and not math.isfinite(value):
         raise PayloadError(f"{what}: field '{name}' must be finite")
+    if isinstance(value, str) and "\x00" in value:
+        # No text column of PostgreSQL holds one: the batch's write would fail each time ingest retried it.
+        raise PayloadError(f"{what}: field '{name}' contains a NUL character")
     return value
 
 

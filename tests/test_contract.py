@@ -168,3 +168,13 @@ def test_outbox_figures_out_of_range_are_refused_by_name(outbox: dict) -> None:
     payload = json.dumps({"online": True, "ts": 1.7e9, "outbox": outbox}).encode()
     with pytest.raises(PayloadError, match=f"outbox.{next(iter(outbox))} .* out of range"):
         State.decode(payload)
+
+
+@pytest.mark.parametrize("payload", [
+    {"id": "c1\u0000", "status": "done", "ts": 1.7e9},
+    {"id": "c1", "status": "failed", "detail": "lamp\u0000error", "ts": 1.7e9},
+])
+def test_a_nul_in_a_text_field_is_refused_by_name(payload: dict) -> None:
+    field = "id" if "\u0000" in payload["id"] else "detail"
+    with pytest.raises(PayloadError, match=f"field '{field}' contains a NUL character"):
+        CommandResult.decode(json.dumps(payload).encode())
