@@ -106,7 +106,11 @@ def test_two_programs_upgrading_a_new_file_at_once_both_start(tmp_path: Path) ->
     assert counts(tmp_path / "campus.db")["alembic_version"] == 1
 
 
-@pytest.mark.parametrize("program", [["users", "token", "admin"], ["broker-config", "--out", "OUT"], ["db", "upgrade"]])
+@pytest.mark.parametrize("program", [
+    ["users", "token", "admin"], ["broker-config", "--out", "OUT"], ["db", "upgrade"],
+    ["web", "--store", "sqlite:///OUT/points.db", "--http-port", "0"],
+    ["ingest", "--mqtt", "mqtt://127.0.0.1:1", "--store", "sqlite:///OUT/points.db"],
+])
 def test_an_unreachable_database_or_a_wrong_password_is_one_line_and_exit_2(
         program: list[str], postgres_server: PostgreSQL, pg_url: str, tmp_path: Path) -> None:
     wrong_password = pg_url.replace(f":{postgres_server.password}@", ":not-the-password@")
