@@ -6,6 +6,12 @@ system exactly the way the end-to-end tests do; this module only adds what
 a benchmark needs on top: a uniform way to print figures, to start N
 `campus ingest` workers and wait until they are subscribed, to read how
 many messages the ledger has stored (and when), and to measure processes.
+
+The central database (the ledger) is a SQLite file by default; with
+`central_databases("postgresql")` the benchmark starts a PostgreSQL server
+of its own (`tests/servers.py`, as the tests do) and gives each run a fresh
+database brought to this release's schema by `campus db upgrade`, as an
+operator does before starting ingest.
 """
 
 from __future__ import annotations
@@ -28,11 +34,20 @@ if str(ROOT) not in sys.path:  # `python bench/X.py` puts bench/, not the repo, 
 
 import psutil  # noqa: E402
 
-from tests.servers import MOSQUITTO, CampusProcess, InfluxDB, Mosquitto, VictoriaMetrics, wait_until  # noqa: E402
+from tests.servers import (  # noqa: E402
+    MOSQUITTO,
+    CampusProcess,
+    InfluxDB,
+    Mosquitto,
+    PostgreSQL,
+    VictoriaMetrics,
+    wait_until,
+)
 
 __all__ = ["ROOT", "CampusProcess", "Mosquitto", "VictoriaMetrics", "wait_until", "machine_line", "print_table",
            "percentile", "start_ingests", "stop_all", "LedgerTotals", "ledger_totals", "ENV_VALUES",
-           "broker", "store_server", "InfluxDB", "cpu_seconds", "MOSQUITTO_SUB", "MOSQUITTO_PUB", "ScriptProcess"]
+           "broker", "store_server", "InfluxDB", "cpu_seconds", "MOSQUITTO_SUB", "MOSQUITTO_PUB", "ScriptProcess",
+           "DB_KINDS", "CentralDatabases", "central_databases", "db_url", "ledger_query"]
 
 MOSQUITTO_SUB = shutil.which("mosquitto_sub") or "/usr/bin/mosquitto_sub"
 MOSQUITTO_PUB = shutil.which("mosquitto_pub") or "/usr/bin/mosquitto_pub"
@@ -132,13 +147,102 @@ def store_server(kind: str, workdir: Path) -> Iterator[VictoriaMetrics | InfluxD
         server.stop()
 
 
-def start_ingests(mqtt: str, store: str, ledger_db: Path, workers: int, logdir: Path,
+DB_KINDS = ("sqlite", "postgresql")
+
+
+def db_url(db: Path | str) -> str:
+    """The central database's URL: a Path is a SQLite file."""
+    return f"sqlite:///{db}" if isinstance(db, Path) else db
+
+
+class CentralDatabases:
+    """Where a benchmark's runs keep the central database: a SQLite file in each run's directory
+    (`sqlite`), or a fresh database per run on one PostgreSQL server of the benchmark's own
+    (`postgresql`), at this release's schema before any ingest starts."""
+
+    def __init__(self, kind: str) -> None:
+        if kind not in DB_KINDS:
+            raise ValueError(f"central database kind {kind!r}: one of {', '.join(DB_KINDS)}")
+        self.kind = kind
+        self.server: PostgreSQL | None = None
+        self.count = 0
+
+    def start(self) -> None:
+        if self.kind == "postgresql":
+            # Its own directory in /tmp (reachable by the `postgres` user when run as root), not the run's.
+            self.server = PostgreSQL()
+            self.server.start()
+
+    def fresh(self, work: Path) -> Path | str:
+        """A new, empty central database for one run: a Path (SQLite file) or a PostgreSQL URL."""
+        if self.server is None:
+            return work / "central.db"
+        self.count += 1
+        url = self.server.create_database(f"bench_{self.count}")
+        upgrade = CampusProcess(["db", "upgrade", "--db", url], work / "db-upgrade.log").start()
+        if upgrade.proc is None or upgrade.proc.wait(120) != 0:
+            raise RuntimeError(f"campus db upgrade failed: {upgrade.output()[-2000:]}")
+        upgrade.stop()
+        return url
+
+    def stop(self) -> None:
+        for engine in _engines.values():
+            engine.dispose()
+        _engines.clear()
+        if self.server is not None:
+            self.server.remove()
+            self.server = None
+
+
+@contextmanager
+def central_databases(kind: str) -> Iterator[CentralDatabases]:
+    dbs = CentralDatabases(kind)
+    try:
+        dbs.start()
+        yield dbs
+    finally:
+        dbs.stop()
+
+
+_engines: dict[str, object] = {}
+
+
+def ledger_query(db: Path | str, query: str) -> list[tuple[object, ...]] | None:
+    """A read-only query of the ledger (SQLite file or PostgreSQL URL); None before its schema exists.
+    The benchmark's own look, beside the processes that write (one pooled engine per PostgreSQL URL)."""
+    if isinstance(db, Path):
+        if not db.exists():
+            return None
+        con = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=30)
+        try:
+            return con.execute(query).fetchall()
+        except sqlite3.OperationalError:  # the schema is not there yet
+            return None
+        finally:
+            con.close()
+    from sqlalchemy import create_engine
+    from sqlalchemy.exc import DBAPIError
+
+    from central.db import database_url
+
+    engine = _engines.get(db)
+    if engine is None:
+        engine = _engines[db] = create_engine(database_url(db), pool_size=2, pool_pre_ping=True)
+    try:
+        with engine.connect() as conn:  # type: ignore[attr-defined]
+            return [tuple(r) for r in conn.exec_driver_sql(query)]
+    except DBAPIError:
+        return None
+
+
+def start_ingests(mqtt: str, store: str, ledger_db: Path | str, workers: int, logdir: Path,
                   timeout: float = 60) -> list[CampusProcess]:
-    """`workers` real `campus ingest` processes (a shared subscription when more than one), subscribed."""
+    """`workers` real `campus ingest` processes (a shared subscription when more than one), subscribed;
+    `ledger_db` is the central database (a SQLite file, or a URL)."""
     procs: list[CampusProcess] = []
     try:
         for i in range(workers):
-            args = ["ingest", "--mqtt", mqtt, "--store", store, "--db", f"sqlite:///{ledger_db}", "--name",
+            args = ["ingest", "--mqtt", mqtt, "--store", store, "--db", db_url(ledger_db), "--name",
                     f"bench-ingest-{i}"]
             if workers > 1:
                 args += ["--share", "bench"]
@@ -182,23 +286,20 @@ class LedgerTotals:
     last_seen: float
 
 
-def ledger_totals(db: Path) -> LedgerTotals:
-    """What the ledger says it stored, read with plain SQL (read-only; the ingest process owns writes).
+def ledger_totals(db: Path | str) -> LedgerTotals:
+    """What the ledger says it stored, read with plain SQL (read-only; the ingest process owns writes);
+    `db` a SQLite file or a PostgreSQL URL.
 
     `last_seen` is the newest time ingest recorded a message (set at the start
     of the ledger transaction, after the points were written to the store)."""
-    if not db.exists():
+    rows = ledger_query(db, "SELECT COUNT(*), COALESCE(SUM(received), 0), COALESCE(SUM(duplicates), 0),"
+                        " COALESCE(SUM(CASE WHEN first_seq IS NULL THEN 0 ELSE max_seq - first_seq + 1 - received"
+                        " END), 0), COALESCE(MAX(last_seen), 0) FROM gateways")
+    if not rows:
         return LedgerTotals(0, 0, 0, 0, 0.0)
-    con = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=30)
-    try:
-        row = con.execute("SELECT COUNT(*), COALESCE(SUM(received), 0), COALESCE(SUM(duplicates), 0),"
-                          " COALESCE(SUM(CASE WHEN first_seq IS NULL THEN 0 ELSE max_seq - first_seq + 1 - received"
-                          " END), 0), COALESCE(MAX(last_seen), 0) FROM gateways").fetchone()
-    except sqlite3.OperationalError:  # the schema is not there yet
-        return LedgerTotals(0, 0, 0, 0, 0.0)
-    finally:
-        con.close()
-    return LedgerTotals(*row)
+    gateways, received, duplicates, gaps, last_seen = rows[0]
+    # PostgreSQL's SUM of a bigint is a numeric (Decimal here).
+    return LedgerTotals(int(gateways), int(received), int(duplicates), int(gaps), float(last_seen))  # type: ignore[arg-type]
 
 
 def cpu_seconds(pids: Sequence[int]) -> float:

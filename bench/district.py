@@ -22,7 +22,9 @@ The full Agent (devices, outbox) is not run: its cost is what
 `bench/agent_footprint.py` measures.
 
 Central: `campus ingest` (`--workers`, shared subscription when more than
-one) into `--store` (SQLite, or VictoriaMetrics with the ledger in SQLite).
+one) into `--store` (SQLite, or VictoriaMetrics), the ledger in SQLite or,
+with `--db postgresql`, in a PostgreSQL server the benchmark starts (a fresh
+database per run, `campus db upgrade` first).
 
 Delay: a sample's own `ts` (set when it is built, just before publishing)
 to the time ingest recorded it. The benchmark polls the ledger's
@@ -62,9 +64,14 @@ if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.common import (  # noqa: E402
+    DB_KINDS,
     ENV_VALUES,
+    CentralDatabases,
     broker,
+    central_databases,
     cpu_seconds,
+    db_url,
+    ledger_query,
     machine_line,
     percentile,
     print_table,
@@ -227,7 +234,7 @@ class Swarm(ServerProcess):
 @dataclass
 class LedgerWatch:
     """Per gateway: (count before, count after, last_seen) each time the ledger's `received` grew."""
-    db: Path
+    db: Path | str  # a SQLite file or a PostgreSQL URL
     interval: float
     steps: dict[str, list[tuple[int, int, float]]] = field(default_factory=dict)
     received: dict[str, int] = field(default_factory=dict)
@@ -235,16 +242,8 @@ class LedgerWatch:
     polls: int = 0
 
     def run(self) -> None:
-        import sqlite3
-
-        con: sqlite3.Connection | None = None
         while not self.stop.is_set():
-            try:
-                if con is None:
-                    con = sqlite3.connect(f"file:{self.db}?mode=ro", uri=True, timeout=30)
-                rows = con.execute("SELECT id, received, last_seen FROM gateways").fetchall()
-            except sqlite3.OperationalError:
-                rows = []  # not created yet
+            rows = ledger_query(self.db, "SELECT id, received, last_seen FROM gateways") or []  # [] before its schema
             self.polls += 1
             for gw, received, last_seen in rows:
                 before = self.received.get(gw, 0)
@@ -252,8 +251,6 @@ class LedgerWatch:
                     self.steps.setdefault(gw, []).append((before, received, last_seen))
                     self.received[gw] = received
             self.stop.wait(self.interval)
-        if con is not None:
-            con.close()
 
     def total(self) -> int:
         return sum(self.received.values())
@@ -288,16 +285,17 @@ class DistrictResult:
     acks_pct: float = 0.0  # ... per 100 samples sent (the budget: 5)
 
 
-def run_district(gateways: int, args: argparse.Namespace, tmp: Path) -> DistrictResult:
+def run_district(gateways: int, args: argparse.Namespace, tmp: Path, dbs: CentralDatabases) -> DistrictResult:
     work = tmp / f"district-{gateways}"
     work.mkdir()
-    db = work / "central.db"
+    points_db = work / "central.db"  # the SQLite point store's file (and the ledger's, by default)
+    db = dbs.fresh(work)
     swarms: list[Swarm] = []
     watch = LedgerWatch(db, args.poll)
     with contextlib.ExitStack() as stack:
         mq = stack.enter_context(broker(work / "mq", f"autosave_interval {args.autosave}\n"))
         server = stack.enter_context(store_server(args.store, work / args.store))
-        ingests = start_ingests(mq.url, server.url if server else f"sqlite:///{db}", db, args.workers, work)
+        ingests = start_ingests(mq.url, server.url if server else f"sqlite:///{points_db}", db, args.workers, work)
         try:
             per = -(-gateways // args.swarms)
             for k in range(args.swarms):
@@ -335,7 +333,7 @@ def run_district(gateways: int, args: argparse.Namespace, tmp: Path) -> District
             cpu_i, cpu_b = cpu_seconds(ing_pids) - cpu_i0, cpu_seconds(mq_pids) - cpu_b0
             watch.stop.set()
             watcher.join(10)
-            ledger = Ledger(str(db))
+            ledger = Ledger(db_url(db))
             final = {g["id"]: g for g in ledger.gateways()}
             ledger.close()
         finally:
@@ -381,7 +379,8 @@ def print_results(results: list[DistrictResult], args: argparse.Namespace) -> No
              f"{r.gaps}/{r.duplicates}/{r.mismatched_gateways}", r.acks, f"{r.acks_pct:.1f}%",
              "yes" if r.ok else "NO"] for r in results]
     print_table(f"District: {args.seconds:g} s, one sample + one heartbeat per gateway every "
-                f"{args.interval_min:g}-{args.interval_max:g} s, {args.workers} ingest worker(s) into {args.store}",
+                f"{args.interval_min:g}-{args.interval_max:g} s, {args.workers} ingest worker(s) into {args.store}, "
+                f"ledger in {'PostgreSQL' if args.db == 'postgresql' else 'SQLite'}",
                 ["gateways", "samples sent", "stored", "offered pts/s", "stored pts/s", "msgs/s (incl. state)",
                  "delay p50 ms", "delay p99 ms", "delay max ms", "catch-up s", "ingest CPU %", "broker CPU %",
                  "gateways' CPU %", "gateways' lag p99 ms",
@@ -398,6 +397,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--interval-max", type=float, default=10.0, help="longest sample interval, s (default 10)")
     parser.add_argument("--store", choices=["sqlite", "victoriametrics", "influxdb"], default="sqlite",
                         help="point store (default sqlite)")
+    parser.add_argument("--db", choices=DB_KINDS, default="sqlite",
+                        help="the central database (the ledger): a SQLite file (default), or a PostgreSQL server "
+                             "the benchmark starts, a fresh database per run")
     parser.add_argument("--workers", type=int, default=1, help="campus ingest workers (default 1)")
     parser.add_argument("--swarms", type=int, default=2, help="processes holding the gateways (default 2)")
     parser.add_argument("--autosave", type=int, default=30,
@@ -430,9 +432,9 @@ def main(argv: list[str] | None = None) -> int:
 
     print(machine_line(), flush=True)
     results: list[DistrictResult] = []
-    with tempfile.TemporaryDirectory(prefix="campus-bench-district-") as tmpdir:
+    with tempfile.TemporaryDirectory(prefix="campus-bench-district-") as tmpdir, central_databases(args.db) as dbs:
         for n in counts:
-            r = run_district(n, args, Path(tmpdir))
+            r = run_district(n, args, Path(tmpdir), dbs)
             results.append(r)
             print(f"{n} gateways: {r.sustained_points_s:,.0f} points/s stored, delay p99 {r.delay_p99_ms:,.0f} ms,"
                   f" {'nothing lost' if r.ok else 'LOST MESSAGES'}", flush=True)

@@ -290,13 +290,23 @@ class Registry:
                 "room_ids": room_ids, "gateways": list(gateways)}
 
     def ensure_admin(self, token: str | None = None) -> str | None:
-        """Make sure an `admin` user exists (returns its new password if created) and owns `token`."""
+        """Make sure an `admin` user exists (returns its new password if created) and owns `token`.
+
+        Web instances of a district start at once on one database: the one that loses the race to create
+        the user (or the token) finds it made by the other, which is what it wanted, not a failed start."""
         password = None
         if self.principal("admin") is None:
             password = secrets.token_urlsafe(12)
-            self.add_user("admin", password, "admin")
+            try:
+                self.add_user("admin", password, "admin")
+            except IntegrityError:  # created a moment ago by another instance, which wrote its password file
+                password = None
         if token and self.principal_for_token(token) is None:
-            self.add_token("admin", token, "command line")
+            try:
+                self.add_token("admin", token, "command line")
+            except IntegrityError:
+                if self.principal_for_token(token) is None:
+                    raise
         return password
 
     def issue_token(self, username: str, name: str = "") -> str:

@@ -401,14 +401,18 @@ class PostgreSQL(ServerProcess):
 
 class CampusProcess(ServerProcess):
     """`campus ARGS...` as a real subprocess, logging to a file; with `open_files`, under that soft
-    limit of open files (RLIMIT_NOFILE), as a service manager would run it (systemd's default is 1,024)."""
+    limit of open files (RLIMIT_NOFILE), as a service manager would run it (systemd's default is 1,024);
+    with `cwd`, in that working directory (a host of its own: `campus web` on a server database writes
+    its first admin password where it was started)."""
 
     stop_timeout = 15.0
 
-    def __init__(self, args: list[str], log_path: Path, *, open_files: int | None = None) -> None:
+    def __init__(self, args: list[str], log_path: Path, *, open_files: int | None = None,
+                 cwd: Path | None = None) -> None:
         self.args = args
         self.log_path = log_path
         self.open_files = open_files
+        self.cwd = cwd
         self.proc: subprocess.Popen[bytes] | None = None
 
     def _limit_open_files(self) -> None:
@@ -421,7 +425,7 @@ class CampusProcess(ServerProcess):
         self.log = open(self.log_path, "ab")  # noqa: SIM115
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
         self.proc = subprocess.Popen([sys.executable, "-m", "campus.cli", *self.args], stdout=self.log,
-                                     stderr=subprocess.STDOUT, env=env,
+                                     stderr=subprocess.STDOUT, env=env, cwd=self.cwd,
                                      preexec_fn=self._limit_open_files if self.open_files is not None else None)
         return self
 

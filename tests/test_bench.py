@@ -50,3 +50,14 @@ def test_quick_run(script: str) -> None:
     for expected in BENCHMARKS[script]:
         assert expected in out, f"{expected!r} missing from the output:\n{out[-3000:]}"
     assert out.count("machine: ") >= 1 and "cores" in out
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("script", ["ingest.py", "district.py"])
+def test_quick_run_with_the_ledger_in_postgresql(script: str) -> None:
+    """`--db postgresql`: the benchmark starts its own PostgreSQL, upgrades a database per run, and its
+    ingest workers record into it; nothing lost."""
+    done = _run(script, "--quick", "--db", "postgresql", *(["--stores", "sqlite"] if script == "ingest.py" else []),
+                timeout=180)
+    assert done.returncode == 0, f"exit {done.returncode}\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
+    assert "ledger in PostgreSQL" in done.stdout, done.stdout[-3000:]
