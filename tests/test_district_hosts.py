@@ -281,8 +281,6 @@ def test_a_due_schedule_runs_once_across_two_web_hosts(web_hosts: WebHosts) -> N
     assert len(ran) == 1, [web.output()[-1000:] for web, _ in web_hosts.webs]
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError,
-                   reason="lease not merged yet: both web instances evaluate alarms")
 def test_an_alarm_condition_raises_one_alarm_across_two_web_hosts(web_hosts: WebHosts) -> None:
     db = web_hosts.db
     # The alarms table is held while the CO2 limit is crossed: every instance that evaluates alarms reads
