@@ -36,6 +36,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
 
 from campus import contract
 from campus.errors import StoreError
@@ -164,19 +165,25 @@ _seed_lock = threading.Lock()
 
 
 def ensure_default_rules(registry: Registry) -> list[Rule]:
-    """Every rule, oldest first; seeds one rule per kind that has none (first use, or a new kind)."""
-    with _seed_lock, registry.session() as s:
-        rows = list(s.scalars(select(AlarmRule).order_by(AlarmRule.id)))
-        have = {r.kind for r in rows}
+    """Every rule, oldest first; seeds one rule per kind that has none (first use, or a new kind).
+
+    One rule per kind is a unique constraint: two web instances seeding an empty database at once
+    make each rule once (the second's insert of a kind is skipped), so no condition is raised twice."""
+    with _seed_lock:
+        with registry.session() as s:
+            have = set(s.scalars(select(AlarmRule.kind)))
         missing = [k for k in RULE_KINDS if k not in have]
         if missing:
             defaults = default_params()
             for kind in missing:
-                row = AlarmRule(kind=kind, params=defaults[kind], enabled=True)
-                s.add(row)
-                rows.append(row)
-            s.flush()
-        return [Rule(r.id, r.kind, dict(r.params or {}), bool(r.enabled)) for r in rows]
+                try:
+                    with registry.session() as s:
+                        s.add(AlarmRule(kind=kind, params=defaults[kind], enabled=True))
+                except IntegrityError:
+                    pass  # another instance made it first: theirs is the one
+        with registry.session() as s:
+            rows = list(s.scalars(select(AlarmRule).order_by(AlarmRule.id)))
+            return [Rule(r.id, r.kind, dict(r.params or {}), bool(r.enabled)) for r in rows]
 
 
 def list_rules(registry: Registry) -> list[dict[str, Any]]:

@@ -24,6 +24,7 @@ from sqlalchemy import (
     Boolean,
     Float,
     ForeignKey,
+    Index,
     Integer,
     String,
     Text,
@@ -146,6 +147,8 @@ class AlarmRule(Base):
     __tablename__ = "alarm_rules"
     id: Mapped[int] = mapped_column(primary_key=True)
     kind: Mapped[str] = mapped_column(String(32))  # see central/alarms.py RULE_KINDS
+    # One rule per kind (migration 0002): an index, which SQLite adds without copying the table.
+    __table_args__ = (Index("uq_alarm_rules_kind", "kind", unique=True),)
     params: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
     enabled: Mapped[bool] = mapped_column(Boolean, default=True)
 

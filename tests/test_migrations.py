@@ -82,6 +82,17 @@ def test_a_new_database_gets_every_table_of_the_metadata_on_both_engines(central
     expected = {t.name: sorted(c.name for c in t.columns) for t in Base.metadata.sorted_tables}
     assert {t: schema[t] for t in expected} == expected
     assert set(schema) - set(expected) == {"alembic_version"}
+    # Nothing the models say is missing from what the migrations made (types, indexes, constraints):
+    # a model changed without a migration fails here.
+    from alembic.autogenerate import compare_metadata
+    from alembic.migration import MigrationContext
+
+    engine = sa.create_engine(central_db_url)
+    try:
+        with engine.connect() as conn:
+            assert compare_metadata(MigrationContext.configure(conn, opts={"compare_type": True}), Base.metadata) == []
+    finally:
+        engine.dispose()
 
 
 def test_a_server_database_is_upgraded_only_by_campus_db_upgrade(pg_url: str) -> None:
@@ -135,3 +146,61 @@ def test_a_bad_database_url_is_refused_by_name() -> None:
 def test_database_urls_are_spelled_for_psycopg_3() -> None:
     assert Database("postgresql://u:p@127.0.0.1:1/x").url == "postgresql+psycopg://u:p@127.0.0.1:1/x"
     assert Database("postgres://u:p@127.0.0.1:1/x").name == "postgresql://u:***@127.0.0.1:1/x"
+
+
+@pytest.mark.parametrize("engine", ["sqlite", "postgresql"])
+def test_duplicate_alarm_rules_fold_into_the_oldest_and_stay_one_per_kind(
+        engine: str, tmp_path: Path, request: pytest.FixtureRequest) -> None:
+    """Migration 0002: two web instances that seeded an empty database at once left two rules per kind
+    (each condition raised twice); the upgrade keeps the oldest, its alarms and the twin's alarms."""
+    from alembic import command
+
+    url = f"sqlite:///{tmp_path / 'campus.db'}" if engine == "sqlite" else request.getfixturevalue("pg_url")
+    db = Database(url)
+    try:
+        with db.engine.connect() as conn:
+            command.upgrade(migrations.config(conn), "0001")
+            conn.commit()
+        with db.write() as conn:
+            for rule_id in (1, 2, 3):
+                kind = "co2_above" if rule_id < 3 else "gateway_offline"
+                conn.exec_driver_sql("INSERT INTO alarm_rules (id, kind, params, enabled) VALUES "
+                                     f"({rule_id}, '{kind}', '{{}}', true)")
+            for alarm_id, rule_id in ((1, 1), (2, 2)):
+                conn.exec_driver_sql("INSERT INTO alarms (id, rule_id, gateway, device, message, value, raised_at) "
+                                     f"VALUES ({alarm_id}, {rule_id}, 'gw-1', 'env', 'CO2', '', 1.7e9)")
+        assert migrations.ensure_current(db, upgrade=True) == "0001"
+        assert sorted(sql(db, "SELECT id, kind FROM alarm_rules").fetchall()) == [(1, "co2_above"),
+                                                                               (3, "gateway_offline")]
+        assert sorted(sql(db, "SELECT id, rule_id FROM alarms").fetchall()) == [(1, 1), (2, 1)]
+        with pytest.raises(sa.exc.IntegrityError), db.write() as conn:
+            conn.exec_driver_sql("INSERT INTO alarm_rules (kind, params, enabled) VALUES ('co2_above', '{}', true)")
+    finally:
+        db.close()
+
+
+def test_two_registries_seeding_an_empty_database_make_each_rule_once(central_db_url: str) -> None:
+    import threading
+
+    from central import alarms
+
+    db = open_database(central_db_url)
+    try:
+        registries = [Registry(db), Registry(Database(central_db_url))]
+        start = threading.Barrier(2)
+        results: list[list] = []
+
+        def seed(registry: Registry) -> None:
+            start.wait()
+            results.append(alarms.ensure_default_rules(registry))
+        threads = [threading.Thread(target=seed, args=(r,)) for r in registries]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(30)
+        kinds = [k for (k,) in sql(db, "SELECT kind FROM alarm_rules").fetchall()]
+        assert sorted(kinds) == sorted(alarms.RULE_KINDS) and len(results) == 2
+        assert [r.id for r in results[0]] == [r.id for r in results[1]]
+        registries[1].db.close()
+    finally:
+        db.close()
