@@ -38,14 +38,13 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import Connection, Select, and_, func, or_, select, update
+from sqlalchemy import Connection, Select, and_, or_, select, update
 
 from campus.contract import State
 from central.tables import gateways as gw_t
-from central.tables import seen
 
 if TYPE_CHECKING:
-    from central.db import Database
+    from central.ledger import GatewayRow
 
 ACK_EVERY = 25             # messages: w moved this far since the last ack -> publish
 ACK_MAX_DELAY_S = 240.0    # an ack at least this often while w moves (agents resend after 600 s by default)
@@ -53,61 +52,54 @@ ACK_MIN_INTERVAL_S = 0.3   # per gateway, at most one ack this often (a resend o
 REFUSED_WINDOW = 100_000_000  # a refused message's seq counts only this close above w (contract.SEQ_JUMP_MAX)
 
 
-def note_state(conn: Connection, gateway: str, state: State, stored_since: float | None) -> None:
+def note_state(row: GatewayRow, state: State, stored_since: float | None) -> None:
     """A state of the gateway: the agent's oldest seq held (of the current outbox instance), and a
     prompt ack when it has reconnected (a new `since`), so a retained ack an empty broker lost heals."""
     instance, oldest = state.outbox.get("instance"), state.outbox.get("oldest")
-    if instance is not None and oldest is not None:
-        held = func.coalesce(gw_t.c.outbox_oldest, 0)
-        conn.execute(update(gw_t).where(gw_t.c.id == gateway, gw_t.c.outbox_instance == instance, held < oldest)
-                     .values(outbox_oldest=oldest))
-    if state.online and state.since > 0 and state.since != stored_since:
-        conn.execute(update(gw_t).where(gw_t.c.id == gateway, gw_t.c.acked_seq > 0).values(ack_due=True))
+    if instance is not None and oldest is not None and row.outbox_instance == instance \
+            and (row.outbox_oldest or 0) < oldest:
+        row.outbox_oldest = oldest
+    if state.online and state.since > 0 and state.since != stored_since and row.acked_seq > 0:
+        row.ack_due = True
 
 
-def reset(conn: Connection, gateway: str, now: float, new_instance: bool) -> None:
+def reset(row: GatewayRow, now: float, new_instance: bool) -> None:
     """A new numbering (epoch): nothing acknowledged yet. The first ack comes by count or delay like
     the others, not at once (a district of new gateways would otherwise all be acked in one go)."""
-    values: dict[str, Any] = {"acked_seq": 0, "ack_sent": 0, "ack_sent_at": now, "ack_due": False}
+    row.acked_seq, row.ack_sent, row.ack_sent_at, row.ack_due = 0, 0, now, False
     if new_instance:
-        values["outbox_oldest"] = None
-    conn.execute(update(gw_t).where(gw_t.c.id == gateway).values(**values))
+        row.outbox_oldest = None
 
 
-def record_refused(db: Database, conn: Connection, gateway: str, seqs: set[int]) -> None:
+def refused_seen(row: GatewayRow, seqs: set[int]) -> list[int]:
     """Messages refused at decode whose seq could be read (a clock a year off, say): central has dealt
     with them, and sending them again changes nothing, so they count as seen for the watermark (not as
-    received: they still show as gaps). Only numbers just above w: a corrupt seq must not hold `seen`."""
-    acked, top = conn.execute(select(gw_t.c.acked_seq, func.coalesce(gw_t.c.max_seq, 0))
-                              .where(gw_t.c.id == gateway)).one()
-    ceiling = max(acked, top) + REFUSED_WINDOW
-    rows = [{"gateway": gateway, "seq": s} for s in sorted(seqs) if acked < s <= ceiling]
-    if rows:
-        conn.execute(db.insert(seen).on_conflict_do_nothing(), rows)
+    received: they still show as gaps). Only numbers just above w: a corrupt seq must not hold `seen`.
+    Returns the seqs to record in `seen`."""
+    ceiling = max(row.acked_seq, row.max_seq or 0) + REFUSED_WINDOW
+    return [s for s in sorted(seqs) if row.acked_seq < s <= ceiling]
 
 
-def advance(conn: Connection, gateway: str, prompt: bool) -> None:
-    """Move the gateway's watermark as far as `seen` allows; mark a prompt ack due."""
-    row = conn.execute(select(gw_t.c.acked_seq, gw_t.c.seq_floor, gw_t.c.max_seq, gw_t.c.outbox_oldest)
-                       .where(gw_t.c.id == gateway)).first()
-    if row is None or row[3] is None:
-        return  # unknown, or an agent without acknowledgements
-    acked, floor, top, oldest = row
-    w = max(acked, floor, oldest - 1)
-    if top is not None and top > w:
-        # Walks only the run that starts right above w: a hole stops it at its first row.
-        expected = w + 1
-        for seq in conn.execute(select(seen.c.seq).where(seen.c.gateway == gateway, seen.c.seq > w)
-                                .order_by(seen.c.seq)).scalars():
-            if seq != expected:
-                break
-            expected += 1
-        w = expected - 1
-    if w != acked or prompt:
-        values: dict[str, Any] = {"acked_seq": w}
+def walk_from(row: GatewayRow) -> int | None:
+    """Where the watermark's walk through `seen` starts (w + 1), or None: no walk (an agent without
+    acknowledgements, or nothing above w)."""
+    if row.outbox_oldest is None:
+        return None
+    w = max(row.acked_seq, row.seq_floor, row.outbox_oldest - 1)
+    return w + 1 if row.max_seq is not None and row.max_seq > w else None
+
+
+def advance(row: GatewayRow, prompt: bool, through: int | None) -> None:
+    """Move the gateway's watermark: to `through` (the end of the run of seen numbers from
+    `walk_from`, which the ledger found), else to where the agent's oldest and the floor put it;
+    mark a prompt ack due."""
+    if row.outbox_oldest is None:
+        return  # an agent without acknowledgements
+    w = max(row.acked_seq, row.seq_floor, row.outbox_oldest - 1) if through is None else through
+    if w != row.acked_seq or prompt:
+        row.acked_seq = w
         if prompt:
-            values["ack_due"] = True
-        conn.execute(update(gw_t).where(gw_t.c.id == gateway).values(**values))
+            row.ack_due = True
 
 
 def prune_floor(top: int, keep: int, acked: int, oldest: int | None) -> int:
