@@ -195,7 +195,7 @@ def test_cli_writes_passwd_acl_and_conf(tmp_path: Path, registry: Registry) -> N
     bad = campus("broker-config", "--db", f"sqlite:///{tmp_path / 'central.db'}", "--out", str(out), "--auth", "acl")
     assert bad.returncode == 2 and "--auth" in bad.stderr and "Traceback" not in bad.stderr
     assert missing.stderr.strip().splitlines() == [
-        f"campus: error: no central database at {tmp_path / 'nope.db'}; give --db sqlite:///PATH (or set CAMPUS_DB)"]
+        f"campus: error: no central database at {tmp_path / 'nope.db'}; give --db URL (or set CAMPUS_DB)"]
     bad = campus("broker-config", "--db", f"sqlite:///{tmp_path / 'central.db'}", "--out", str(out), "--listen", "x:y")
     assert bad.returncode == 2 and "--listen" in bad.stderr
 
