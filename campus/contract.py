@@ -586,8 +586,14 @@ class CommandResult:
         status = _field(data, "status", str, what)
         if status not in FINAL_COMMAND_STATUSES:
             raise PayloadError(f"{what}: status {status!r} is not one of {FINAL_COMMAND_STATUSES}")
-        return cls(id=_field(data, "id", str, what), status=status,
-                   detail=_field(data, "detail", str, what, optional=True, default=""), ts=_ts(data, what),
+        # Central stores both; PostgreSQL text cannot hold a NUL and refuses the whole batch (ingest would
+        # retry it for ever). An id with one names no command central issued: refused. A detail is a
+        # device's own words, and the outcome must be kept: its NULs become U+FFFD.
+        cid = _field(data, "id", str, what)
+        if not cid or len(cid) > 64 or "\x00" in cid:
+            raise PayloadError(f"{what}: field 'id' must be 1 to 64 characters, without NUL")
+        detail = _field(data, "detail", str, what, optional=True, default="").replace("\x00", "\ufffd")
+        return cls(id=cid, status=status, detail=detail, ts=_ts(data, what),
                    seq=_seq(data, what) if "seq" in data else None)
 
 
