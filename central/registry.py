@@ -13,6 +13,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+import re
 import secrets
 import time
 from collections.abc import Iterator
@@ -41,6 +42,9 @@ from campus.errors import ConfigError, PayloadError
 from central.db import Base, Database, open_database
 
 ROLES = ("admin", "facility", "teacher")
+# Row ids are INTEGER: 32 bits on PostgreSQL, 64 on SQLite. A larger number typed in a URL or a form names
+# no row on either engine, and must not reach PostgreSQL ("integer out of range": a 503, not a 404).
+ROW_ID_MAX = 2**31 - 1
 
 
 class School(Base):
@@ -216,6 +220,14 @@ def gateway_account(school: str, gateway: str) -> str:
 
 def token_digest(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
+
+
+def row_id(raw: object) -> int | None:
+    """A row id typed in a URL or a form: plain ASCII digits, at most ROW_ID_MAX; None if it is not one."""
+    if not isinstance(raw, str) or not re.fullmatch(r"[0-9]{1,10}", raw):
+        return None
+    value = int(raw)
+    return value if value <= ROW_ID_MAX else None
 
 
 # An API token is checked with one fast hash, not a slow one like a password: it must be long enough
