@@ -159,6 +159,11 @@ def api_alarms() -> Any:
     if limit is None or not 1 <= limit <= 2000:
         return _json_error(400, "limit must be a whole number from 1 to 2000")
     gateway = request.args.get("gateway") or None
+    if gateway is not None:  # compared in SQL, where PostgreSQL refuses a NUL outright (a 503, not a 400)
+        try:
+            names.identifier(gateway[:100], "gateway")
+        except names.BadName as exc:
+            return _json_error(400, str(exc))
     return jsonify(alarm_engine.list_alarms(central().registry, state, limit, gateway))
 
 
