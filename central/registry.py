@@ -533,8 +533,16 @@ class Registry:
     # ------------------------------------------------------------ audit
 
     def audit(self, user: str, action: str, detail: str = "", ok: bool = True, remote: str = "") -> None:
+        """Record what someone did or was refused. The refusal of a hostile request is recorded with what
+        was sent, which may hold a NUL: SQLite stores it, PostgreSQL refuses the whole INSERT (a 503
+        instead of the 4xx). So a NUL is written as the four characters \\x00, and each value is cut to
+        its column (PostgreSQL enforces VARCHAR lengths, SQLite does not)."""
+        def fit(text: str, chars: int) -> str:
+            return text.replace("\x00", "\\x00")[:chars]
+
         with self.session() as s:
-            s.add(AuditRecord(user=user, action=action, detail=detail[:2000], ok=ok, remote=remote))
+            s.add(AuditRecord(user=fit(user, 64), action=fit(action, 64), detail=fit(detail, 2000), ok=ok,
+                              remote=fit(remote, 64)))
 
     def audit_trail(self, limit: int = 200) -> list[dict[str, Any]]:
         with self.session() as s:
