@@ -111,11 +111,13 @@ def create_school(registry: Registry, school_id: str, name: str = "") -> None:
 
 
 def places(registry: Registry) -> list[dict[str, Any]]:
-    """Every school with its rooms (building, gateways) in name order."""
+    """Every school with its rooms (building, gateways) in name order: code-point order, sorted here, not
+    in SQL, whose string order is the database's collation (PostgreSQL's is the cluster's locale, SQLite's
+    is binary), so that both engines list them alike."""
     with registry.session() as s:
-        schools = s.scalars(select(School).order_by(School.id)).all()
-        rooms = s.scalars(select(Room).order_by(Room.school_id, Room.name)).all()
-        buildings = s.scalars(select(Building).order_by(Building.name)).all()
+        schools = sorted(s.scalars(select(School)).all(), key=lambda x: x.id)
+        rooms = sorted(s.scalars(select(Room)).all(), key=lambda r: (r.school_id, r.name))
+        buildings = sorted(s.scalars(select(Building)).all(), key=lambda b: b.name)
         gateways = s.execute(select(Gateway.id, Gateway.room_id)).all()
         by_room: dict[int, list[str]] = {}
         for gid, room_id in gateways:

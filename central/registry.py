@@ -486,7 +486,10 @@ class Registry:
 
     def gateways(self) -> list[dict[str, Any]]:
         with self.session() as s:
-            ids = s.scalars(select(Gateway.id).order_by(Gateway.school_id, Gateway.id)).all()
+            # In code-point order, sorted here: SQL's string order is the collation (PostgreSQL: the
+            # cluster's locale, where "gw_b" < "gw-a" < "GW-A"; SQLite: binary), and the broker files and
+            # pages made from this list must not change with the engine.
+            ids = [gid for _school, gid in sorted(tuple(r) for r in s.execute(select(Gateway.school_id, Gateway.id)))]
         return [info for gid in ids if (info := self.gateway_info(gid))]
 
     def card_secret(self, school: str) -> str:

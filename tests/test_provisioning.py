@@ -686,3 +686,52 @@ def test_colliding_mqtt_user_names_are_refused_without_a_500_or_a_hash_in_the_lo
     text = caplog.text + page + json.dumps(reg.audit_trail())
     assert "$7$" not in text and digest not in text and "Traceback" not in text
     assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
+
+
+# ---------------------------------------------------------------- a PostgreSQL whose collation is not C
+
+
+@pytest.fixture
+def icu_db_url(postgres_server, request):
+    """A fresh database at this release's schema whose collation is ICU's en-US, as on a district's server
+    made with a locale (the test cluster's is C, which sorts like SQLite and so hides the difference)."""
+    import uuid
+
+    from sqlalchemy import create_engine
+
+    from central.db import open_database
+
+    name = f"t_icu_{uuid.uuid4().hex[:8]}"
+    admin = create_engine(postgres_server.url(), isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.exec_driver_sql(f"CREATE DATABASE {name} TEMPLATE template0 LOCALE_PROVIDER icu ICU_LOCALE 'en-US' "
+                             "LOCALE 'C'")
+    admin.dispose()
+    url = postgres_server.url(name)
+    open_database(url, upgrade=True).close()
+    yield url
+    postgres_server.drop_database(name)
+
+
+def test_the_registry_lists_read_alike_whatever_the_databases_collation(icu_db_url: str) -> None:
+    """In en-US "gw_b" < "gw-a" < "GW-A" < "gw.d" and case is ignored; in C (and SQLite) it is code-point
+    order. The lists the pages, the filters and the broker files are made from are sorted in Python."""
+    from central import overview
+    from central.registry import Registry
+    from tests.stores import sql
+
+    reg = Registry(icu_db_url)
+    try:
+        for gateway, school, room_name, building in (("gw_b", "s_2", "b1", "b楼"), ("gw-a", "s-1", "a1", "A楼"),
+                                                     ("GW-A", "s-1", "B2", "三年级"), ("gw.d", "S-0", "a2", "教学楼")):
+            reg.register_gateway(gateway, school, room_name, building)
+        by_sql = [gid for (gid,) in sql(reg, "SELECT id FROM registered_gateways ORDER BY id")]
+        assert by_sql != sorted(by_sql)  # the database's own order is not code-point order: the test tests
+        assert [g["id"] for g in reg.gateways()] == ["gw.d", "GW-A", "gw-a", "gw_b"]  # (school, id)
+        places = prov.places(reg)
+        assert [p["id"] for p in places] == ["S-0", "s-1", "s_2"]
+        assert [r["name"] for r in places[1]["rooms"]] == ["B2", "a1"]
+        assert [(b.school, b.name) for b in overview.places(reg).buildings] == [
+            ("S-0", "教学楼"), ("s-1", "A楼"), ("s-1", "三年级"), ("s_2", "b楼")]
+    finally:
+        reg.close()
