@@ -39,7 +39,6 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 import secrets
 import time
 from dataclasses import dataclass, field
@@ -51,7 +50,7 @@ from sqlalchemy import JSON, Float, Integer, String, select
 from sqlalchemy.orm import Mapped, Session, mapped_column
 
 from campus import contract, names
-from campus.errors import CampusError, ConfigError
+from campus.errors import CampusError, ConfigError, PayloadError
 from central.db import Base
 from central.registry import (
     Building,
@@ -374,10 +373,13 @@ def parse_mapping(text: str, column: str) -> dict[str, Any]:
     if not text:
         return {}
     if text.startswith("{"):
+        # Strict JSON (contract.loads_strict): NaN, Infinity and 1e999 are refused here. The JSON column
+        # stored them on SQLite, for a gateway whose config parser then refused its whole device list;
+        # PostgreSQL's json type refuses them outright (a 503 instead of this 400).
         try:
-            value = json.loads(text)
-        except json.JSONDecodeError as exc:
-            raise ConfigError(f"not valid JSON ({exc.msg} at character {exc.pos + 1})") from None
+            value = contract.loads_strict(text, "the value")
+        except PayloadError as exc:
+            raise ConfigError(str(exc)) from None
         if not isinstance(value, dict):
             raise ConfigError("must be a JSON object")
         return value

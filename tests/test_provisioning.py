@@ -204,6 +204,14 @@ def test_add_device_with_a_bad_address_names_the_field_and_saves_nothing(app) ->
     bad = post(admin, "/provisioning/gateways/gw-101/devices", device="x", profile="no-such-model")
     assert bad.status_code == 400 and "field profile" in bad.get_data(as_text=True)
     assert reg.gateway_info("gw-101")["devices"] == []
+    # Numbers JSON does not have: refused, not stored (SQLite's JSON column took NaN, which the gateway's
+    # config parser then refused; PostgreSQL's json type refused it itself: a 503).
+    for field, text, problem in (("options_json", '{"gain": NaN}', "NaN"), ("address_json", '{"host": "h", '
+                                 '"port": 1e999}', "finite"), ("options_json", '{"a": 1, "a": 2}', "twice")):
+        bad = post(admin, "/provisioning/gateways/gw-101/devices", device="proj", profile="projector-pjlink",
+                   **{"addr.pjlink.host": "10.0.0.6", field: text})
+        assert bad.status_code == 400 and problem in bad.get_data(as_text=True), (field, text)
+    assert reg.gateway_info("gw-101")["devices"] == []
 
     good = post(admin, "/provisioning/gateways/gw-101/devices", device="env", profile="env-6in1-modbus",
                 **{"addr.modbus.host": "10.0.0.5", "addr.modbus.port": "502", "addr.modbus.unit": "3",
