@@ -345,7 +345,7 @@ def _dump(obj: Any) -> bytes:
 
 
 def _field(data: dict[str, Any], name: str, types: type | tuple[type, ...], what: str, *, optional: bool = False,
-           default: Any = None) -> Any:
+           default: Any = None, nul: bool = False) -> Any:
     if name not in data:
         if optional:
             return default
@@ -358,7 +358,7 @@ def _field(data: dict[str, Any], name: str, types: type | tuple[type, ...], what
         raise PayloadError(f"{what}: field '{name}' must be {_type_names(types)}, got {type(value).__name__}")
     if isinstance(value, float) and not math.isfinite(value):
         raise PayloadError(f"{what}: field '{name}' must be finite")
-    if isinstance(value, str) and "\x00" in value:
+    if isinstance(value, str) and "\x00" in value and not nul:
         # No text column of PostgreSQL holds one: the batch's write would fail each time ingest retried it.
         raise PayloadError(f"{what}: field '{name}' contains a NUL character")
     return value
@@ -594,8 +594,14 @@ class CommandResult:
         status = _field(data, "status", str, what)
         if status not in FINAL_COMMAND_STATUSES:
             raise PayloadError(f"{what}: status {status!r} is not one of {FINAL_COMMAND_STATUSES}")
-        return cls(id=_field(data, "id", str, what), status=status,
-                   detail=_field(data, "detail", str, what, optional=True, default=""), ts=_ts(data, what),
+        # Central stores both; PostgreSQL text cannot hold a NUL and refuses the whole batch (ingest would
+        # retry it for ever). An id with one names no command central issued: refused. A detail is a
+        # device's own words, and the outcome must be kept: its NULs become U+FFFD.
+        cid = _field(data, "id", str, what, nul=True)
+        if not cid or len(cid) > 64 or "\x00" in cid:
+            raise PayloadError(f"{what}: field 'id' must be 1 to 64 characters, without NUL")
+        detail = _field(data, "detail", str, what, optional=True, default="", nul=True).replace("\x00", "\ufffd")
+        return cls(id=cid, status=status, detail=detail, ts=_ts(data, what),
                    seq=_seq(data, what) if "seq" in data else None)
 
 

@@ -270,6 +270,15 @@ def _bad_error_value(metric: str, value: Any) -> str | None:
     return f"{n:g}"
 
 
+# Alarm.value is VARCHAR(100), which PostgreSQL enforces (SQLite stored anything); a valid reading may be
+# 1e308, whose "%.0f" has 309 digits. Past 15 digits a number is written with an exponent.
+VALUE_MAX = 100
+
+
+def _num_text(v: float, decimals: int = 0) -> str:
+    return f"{v:.{decimals}f}" if abs(v) < 1e15 else f"{v:.6g}"
+
+
 def _minutes(seconds: float) -> str:
     return f"{seconds / 60:.0f} min" if seconds < 5400 else f"{seconds / 3600:.1f} h"
 
@@ -281,7 +290,7 @@ def conditions(rules: Iterable[Rule], snap: Snapshot, now: float) -> dict[Key, C
     offline_devs = snap.offline_devices()
 
     def add(rule: Rule, gateway: str, device: str, message: str, value: str) -> None:
-        out[(rule.id, gateway, device)] = Condition(rule.id, gateway, device, message, value)
+        out[(rule.id, gateway, device)] = Condition(rule.id, gateway, device, message, value[:VALUE_MAX])
 
     for rule in rules:
         if not rule.enabled or rule.kind not in RULE_KINDS:
@@ -316,26 +325,29 @@ def conditions(rules: Iterable[Rule], snap: Snapshot, now: float) -> dict[Key, C
             if rule.kind == "co2_above":
                 v = _num(values.get("co2_ppm"))
                 if v is not None and v > float(p.get("ppm", 1500)):
-                    add(rule, gateway, device, f"CO2 {v:.0f} ppm is above the limit of {p.get('ppm', 1500):g} ppm",
-                        f"{v:.0f} ppm")
+                    add(rule, gateway, device,
+                        f"CO2 {_num_text(v)} ppm is above the limit of {p.get('ppm', 1500):g} ppm",
+                        f"{_num_text(v)} ppm")
             elif rule.kind == "temperature_range":
                 v = _num(values.get("temperature_c"))
                 lo, hi = float(p.get("min", 16)), float(p.get("max", 30))
                 if v is not None and v < lo:
-                    add(rule, gateway, device, f"Temperature {v:.1f} °C is below {lo:g} °C", f"{v:.1f} °C")
+                    add(rule, gateway, device, f"Temperature {_num_text(v, 1)} °C is below {lo:g} °C",
+                        f"{_num_text(v, 1)} °C")
                 elif v is not None and v > hi:
-                    add(rule, gateway, device, f"Temperature {v:.1f} °C is above {hi:g} °C", f"{v:.1f} °C")
+                    add(rule, gateway, device, f"Temperature {_num_text(v, 1)} °C is above {hi:g} °C",
+                        f"{_num_text(v, 1)} °C")
             elif rule.kind == "lamp_hours_above":
                 v = _num(values.get("lamp_hours"))
                 if v is not None and v > float(p.get("hours", 3000)):
-                    add(rule, gateway, device, f"Projector lamp has run {v:.0f} h, past the limit of "
-                        f"{p.get('hours', 3000):g} h: plan a lamp change", f"{v:.0f} h")
+                    add(rule, gateway, device, f"Projector lamp has run {_num_text(v)} h, past the limit of "
+                        f"{p.get('hours', 3000):g} h: plan a lamp change", f"{_num_text(v)} h")
             elif rule.kind == "projector_error":
                 bad = {m: b for m, v in sorted(values.items()) if m.startswith("error_")
                        and (b := _bad_error_value(m, v)) is not None}
                 if bad:
                     text = ", ".join(f"{m.removeprefix('error_')} {b}" for m, b in bad.items())
-                    add(rule, gateway, device, f"Projector reports: {text}", text[:100])
+                    add(rule, gateway, device, f"Projector reports: {text}", text)
     return out
 
 

@@ -62,10 +62,12 @@ class Places:
 
 
 def places(registry: Registry) -> Places:
+    # Sorted here, in code-point order: SQL's string order is the database's collation (PostgreSQL's is
+    # the cluster's locale, SQLite's is binary), and the filters must read the same on both engines.
     with registry.session() as s:
-        schools = list(s.scalars(select(School.id).order_by(School.id)))
-        buildings = [BuildingRef(b.id, b.school_id, b.name)
-                     for b in s.scalars(select(Building).order_by(Building.school_id, Building.name))]
+        schools = sorted(s.scalars(select(School.id)))
+        buildings = sorted((BuildingRef(b.id, b.school_id, b.name) for b in s.scalars(select(Building))),
+                           key=lambda b: (b.school, b.name))
     return Places(schools, buildings)
 
 

@@ -39,7 +39,6 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 import secrets
 import time
 from dataclasses import dataclass, field
@@ -51,7 +50,7 @@ from sqlalchemy import JSON, Float, Integer, String, select
 from sqlalchemy.orm import Mapped, Session, mapped_column
 
 from campus import contract, names
-from campus.errors import CampusError, ConfigError
+from campus.errors import CampusError, ConfigError, PayloadError
 from central.db import Base
 from central.registry import (
     Building,
@@ -111,11 +110,13 @@ def create_school(registry: Registry, school_id: str, name: str = "") -> None:
 
 
 def places(registry: Registry) -> list[dict[str, Any]]:
-    """Every school with its rooms (building, gateways) in name order."""
+    """Every school with its rooms (building, gateways) in name order: code-point order, sorted here, not
+    in SQL, whose string order is the database's collation (PostgreSQL's is the cluster's locale, SQLite's
+    is binary), so that both engines list them alike."""
     with registry.session() as s:
-        schools = s.scalars(select(School).order_by(School.id)).all()
-        rooms = s.scalars(select(Room).order_by(Room.school_id, Room.name)).all()
-        buildings = s.scalars(select(Building).order_by(Building.name)).all()
+        schools = sorted(s.scalars(select(School)).all(), key=lambda x: x.id)
+        rooms = sorted(s.scalars(select(Room)).all(), key=lambda r: (r.school_id, r.name))
+        buildings = sorted(s.scalars(select(Building)).all(), key=lambda b: b.name)
         gateways = s.execute(select(Gateway.id, Gateway.room_id)).all()
         by_room: dict[int, list[str]] = {}
         for gid, room_id in gateways:
@@ -372,10 +373,13 @@ def parse_mapping(text: str, column: str) -> dict[str, Any]:
     if not text:
         return {}
     if text.startswith("{"):
+        # Strict JSON (contract.loads_strict): NaN, Infinity and 1e999 are refused here. The JSON column
+        # stored them on SQLite, for a gateway whose config parser then refused its whole device list;
+        # PostgreSQL's json type refuses them outright (a 503 instead of this 400).
         try:
-            value = json.loads(text)
-        except json.JSONDecodeError as exc:
-            raise ConfigError(f"not valid JSON ({exc.msg} at character {exc.pos + 1})") from None
+            value = contract.loads_strict(text, "the value")
+        except PayloadError as exc:
+            raise ConfigError(str(exc)) from None
         if not isinstance(value, dict):
             raise ConfigError("must be a JSON object")
         return value

@@ -13,6 +13,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+import re
 import secrets
 import time
 from collections.abc import Iterator
@@ -42,6 +43,9 @@ from campus.errors import ConfigError, PayloadError
 from central.db import Base, Database, open_database
 
 ROLES = ("admin", "facility", "teacher")
+# Row ids are INTEGER: 32 bits on PostgreSQL, 64 on SQLite. A larger number typed in a URL or a form names
+# no row on either engine, and must not reach PostgreSQL ("integer out of range": a 503, not a 404).
+ROW_ID_MAX = 2**31 - 1
 
 
 class School(Base):
@@ -219,6 +223,14 @@ def gateway_account(school: str, gateway: str) -> str:
 
 def token_digest(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
+
+
+def row_id(raw: object) -> int | None:
+    """A row id typed in a URL or a form: plain ASCII digits, at most ROW_ID_MAX; None if it is not one."""
+    if not isinstance(raw, str) or not re.fullmatch(r"[0-9]{1,10}", raw):
+        return None
+    value = int(raw)
+    return value if value <= ROW_ID_MAX else None
 
 
 # An API token is checked with one fast hash, not a slow one like a password: it must be long enough
@@ -487,7 +499,10 @@ class Registry:
 
     def gateways(self) -> list[dict[str, Any]]:
         with self.session() as s:
-            ids = s.scalars(select(Gateway.id).order_by(Gateway.school_id, Gateway.id)).all()
+            # In code-point order, sorted here: SQL's string order is the collation (PostgreSQL: the
+            # cluster's locale, where "gw_b" < "gw-a" < "GW-A"; SQLite: binary), and the broker files and
+            # pages made from this list must not change with the engine.
+            ids = [gid for _school, gid in sorted(tuple(r) for r in s.execute(select(Gateway.school_id, Gateway.id)))]
         return [info for gid in ids if (info := self.gateway_info(gid))]
 
     def card_secret(self, school: str) -> str:
@@ -534,8 +549,16 @@ class Registry:
     # ------------------------------------------------------------ audit
 
     def audit(self, user: str, action: str, detail: str = "", ok: bool = True, remote: str = "") -> None:
+        """Record what someone did or was refused. The refusal of a hostile request is recorded with what
+        was sent, which may hold a NUL: SQLite stores it, PostgreSQL refuses the whole INSERT (a 503
+        instead of the 4xx). So a NUL is written as the four characters \\x00, and each value is cut to
+        its column (PostgreSQL enforces VARCHAR lengths, SQLite does not)."""
+        def fit(text: str, chars: int) -> str:
+            return text.replace("\x00", "\\x00")[:chars]
+
         with self.session() as s:
-            s.add(AuditRecord(user=user, action=action, detail=detail[:2000], ok=ok, remote=remote))
+            s.add(AuditRecord(user=fit(user, 64), action=fit(action, 64), detail=fit(detail, 2000), ok=ok,
+                              remote=fit(remote, 64)))
 
     def audit_trail(self, limit: int = 200) -> list[dict[str, Any]]:
         with self.session() as s:

@@ -34,7 +34,7 @@ from sqlalchemy import or_, select
 from sqlalchemy import update as sql_update
 
 from campus import names
-from central.registry import Building, Registry, Schedule, ScheduleRun, School
+from central.registry import Building, Registry, Schedule, ScheduleRun, School, row_id
 
 if TYPE_CHECKING:
     from central.overview import Target
@@ -146,15 +146,21 @@ def validate(form: Mapping[str, Any], registry: Registry) -> dict[str, Any]:
         raise ScheduleError(f"devices must be some of {', '.join(SCHEDULE_KINDS)}")
     kinds = ",".join(k for k in SCHEDULE_KINDS if k in kinds_list)
     school = str(form.get("school_id") or "").strip() or None
+    if school is not None:  # looked up below: PostgreSQL refuses a NUL in a query outright (a 503)
+        try:
+            names.identifier(school, "school")
+        except names.BadName:
+            raise ScheduleError("school must be one of the listed schools") from None
     building_raw = str(form.get("building_id") or "").strip()
     building_id = None
     with registry.session() as s:
         if school is not None and s.get(School, school) is None:
             raise ScheduleError(f"no school {school!r}")
         if building_raw:
-            if not re.fullmatch(r"[0-9]{1,12}", building_raw):
+            building_key = row_id(building_raw)
+            if building_key is None:
                 raise ScheduleError("building must be one of the listed buildings")
-            b = s.get(Building, int(building_raw))
+            b = s.get(Building, building_key)
             if b is None:
                 raise ScheduleError(f"no building {building_raw}")
             if school is not None and b.school_id != school:

@@ -14,9 +14,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from flask import Flask, jsonify, render_template, request
+from flask import Flask, abort, jsonify, render_template, request
 from werkzeug.exceptions import HTTPException
 
+from campus import names
 from campus.errors import StoreError
 
 if TYPE_CHECKING:  # imported when an app is made: nothing central is loaded by `import dashboards`
@@ -78,6 +79,7 @@ def create_app(config: WebConfig, central: Central | None = None) -> Flask:
         sessions.install(app, central.registry)
         app.register_error_handler(StoreError, _store_unavailable)
         app.register_error_handler(HTTPException, _http_error)
+        app.url_value_preprocessor(_check_ids)
         # A request thread gives its database connections back when its request ends (Werkzeug starts a
         # thread per connection; kept per thread, one leaked per request: issue 14).
         app.teardown_appcontext(lambda _exc: release_connections(app))
@@ -109,6 +111,24 @@ def release_connections(app: Flask) -> None:
     from dashboards.context import central
 
     central(app).release()
+
+
+# Path parts that name a gateway, a device or a command: ids (campus.names.identifier), never anything else.
+_ID_PARTS = ("gateway", "device", "cid")
+
+
+def _check_ids(_endpoint: str | None, values: dict[str, Any] | None) -> None:
+    """A gateway, device or command id in the URL that no id can be is a 404 naming it, before any view
+    looks it up: on PostgreSQL a NUL in it would fail the query itself ("text fields cannot contain NUL"),
+    a 503 instead of 'no such gateway'; SQLite just finds no row."""
+    for part in _ID_PARTS:
+        value = (values or {}).get(part)
+        if value is not None:
+            try:
+                names.identifier(value, part)
+            except names.BadName:
+                abort(404, f"no {'command' if part == 'cid' else part} {value[:64]!r}: not a valid id "
+                           "(letters, digits, '_', '.', '-'; at most 64)")
 
 
 def _store_unavailable(exc: StoreError) -> Any:

@@ -77,6 +77,13 @@ def devices() -> Any:
     return jsonify(visible_devices())
 
 
+def id_arg(name: str) -> str | None:
+    """An id in the query (a gateway, an event type), None if absent; PayloadError (400) if no id can be it:
+    it is compared in SQL, and PostgreSQL refuses a NUL in a query's text outright."""
+    raw = request.args.get(name) or None
+    return contract.check_segment(raw[:100], f"query parameter {name!r}") if raw is not None else None
+
+
 def int_arg(name: str, default: int, low: int, high: int) -> int:
     raw = request.args.get(name)
     if raw is None or raw == "":
@@ -144,10 +151,10 @@ def telemetry() -> Any:
 @login_required
 def events() -> Any:
     since = float_arg("since", 0.0) if request.args.get("since") else None
-    gateway = request.args.get("gateway") or None
+    gateway = id_arg("gateway")
     if gateway and not may_see(g.user, gateway):
         return error(403, f"gateway {gateway!r} is not in your rooms")
-    rows = central().ledger.events(gateway, request.args.get("type") or None, since)
+    rows = central().ledger.events(gateway, id_arg("type"), since)
     return jsonify([e for e in rows if may_see(g.user, e["gateway"])])
 
 
@@ -191,7 +198,7 @@ def send_command(gateway: str, device: str) -> Any:
 @bp.get("/commands")
 @login_required
 def list_commands() -> Any:
-    gateway = request.args.get("gateway") or None
+    gateway = id_arg("gateway")
     rows = central().ledger.commands(gateway)
     return jsonify([c for c in rows if may_see(g.user, c["gateway"])])
 

@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import bisect
 import logging
-import re
 import time
 from collections.abc import Iterable, Iterator
 from datetime import date, datetime, timedelta
@@ -48,9 +47,10 @@ from flask import (
     url_for,
 )
 
-from campus import contract
+from campus import contract, names
 from central import alarms as alarm_engine
 from central import overview
+from central.registry import row_id
 from central.store.base import MAX_POINTS
 from dashboards.auth import add_nav, audit, login_required
 from dashboards.context import central
@@ -88,8 +88,8 @@ def _fmt_time(ts: float | None, fmt: str = "%a %d %b %H:%M:%S") -> str:
 
 
 def db_id(raw: str | None) -> int | None:
-    """A database id typed in a URL or form: plain ASCII digits, small enough for the database."""
-    return int(raw) if raw and re.fullmatch(r"[0-9]{1,12}", raw) else None
+    """A database id typed in a URL or form (central.registry.row_id: within INTEGER on both engines)."""
+    return row_id(raw)
 
 
 def _json_error(status: int, message: str) -> Any:
@@ -159,6 +159,11 @@ def api_alarms() -> Any:
     if limit is None or not 1 <= limit <= 2000:
         return _json_error(400, "limit must be a whole number from 1 to 2000")
     gateway = request.args.get("gateway") or None
+    if gateway is not None:  # compared in SQL, where PostgreSQL refuses a NUL outright (a 503, not a 400)
+        try:
+            names.identifier(gateway[:100], "gateway")
+        except names.BadName as exc:
+            return _json_error(400, str(exc))
     return jsonify(alarm_engine.list_alarms(central().registry, state, limit, gateway))
 
 

@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
+from typing import overload
 
 import pytest
 from flask import Flask
@@ -22,6 +24,11 @@ from central.store.sqlite import SqlitePointStore
 from dashboards import WebConfig, create_app
 from dashboards.context import central
 
+# For a test of a fixture that takes `central_db_url` (both engines) whose subject is not the central
+# database (a refused request, a page's HTML, the point store): its SQLite case alone, to keep the suite
+# lean. Tests whose subject is data going into or out of the database stay on both engines.
+sqlite_only = pytest.mark.parametrize("central_db_url", ["sqlite"], indirect=True)
+
 ENV_AND_PROJECTOR = {"env": {"profile": "env-6in1-modbus", "kind": "environment", "status": "ok"},
                      "proj": {"profile": "projector-pjlink", "kind": "projector", "status": "ok"}}
 TWO_ROOMS = (("gw-101", "s1", "101", "A"), ("gw-102", "s1", "102", "A"))  # gateway, school, room, building
@@ -29,16 +36,38 @@ PEOPLE = {"admin": ("boss", "boss-password", []), "facility": ("fm", "fm-passwor
           "teacher": ("teach", "teach-password", [("s1", "101")])}
 
 
-def central_db(tmp: Path, fill: Callable[[Ledger, SqlitePointStore], None]) -> str:
-    """A central database file in `tmp`, filled by `fill(ledger, points)`; its path."""
-    db = str(tmp / "central.db")
-    ledger, points = Ledger(db), SqlitePointStore(db)
+@dataclass(frozen=True)
+class CentralDb:
+    """A central database on either engine and the SQLite point store beside it, as `campus web --db URL
+    --store sqlite:///PATH` opens them: what `central_db(..., db_url=...)` fills and `web_app` takes."""
+    url: str        # sqlite:///PATH or postgresql+psycopg://... (the `central_db_url` fixture)
+    store_url: str  # sqlite:///TMP/points.db
+
+
+@overload
+def central_db(tmp: Path, fill: Callable[[Ledger, SqlitePointStore], None]) -> str: ...
+@overload
+def central_db(tmp: Path, fill: Callable[[Ledger, SqlitePointStore], None], db_url: str) -> CentralDb: ...
+def central_db(tmp: Path, fill: Callable[[Ledger, SqlitePointStore], None],
+               db_url: str | None = None) -> str | CentralDb:
+    """A central database filled by `fill(ledger, points)`. Without `db_url`: one SQLite file in `tmp`
+    for ledger and points, its path. With `db_url` (either engine): that database for the ledger and
+    registry, the points in their own SQLite file in `tmp`; both URLs as a `CentralDb`."""
+    path = str(tmp / "central.db")
+    where = CentralDb(db_url, f"sqlite:///{tmp / 'points.db'}") if db_url else None
+    ledger = Ledger(where.url if where else path)
+    points = SqlitePointStore(where.store_url.removeprefix("sqlite:///") if where else path)
     try:
         fill(ledger, points)
     finally:
         ledger.close()
         points.close()
-    return db
+    return where or path
+
+
+def db_url_of(db: str | CentralDb) -> str:
+    """What `Ledger(...)` or `Registry(...)` opens for the database `central_db` returned."""
+    return db.url if isinstance(db, CentralDb) else f"sqlite:///{db}"
 
 
 def two_rooms(ledger: Ledger, points: SqlitePointStore, now: float | None = None) -> None:
@@ -77,13 +106,16 @@ def rooms_with_history(places: tuple[tuple[str, str, str, str], ...], samples: i
     return fill
 
 
-def web_app(db: str, monkeypatch: pytest.MonkeyPatch | None = None, store_url: str | None = None,
+def web_app(db: str | CentralDb, monkeypatch: pytest.MonkeyPatch | None = None, store_url: str | None = None,
             **config: object) -> Flask:
-    """`create_app` on that database (points in it too, unless `store_url` names another store); with
-    `monkeypatch`, the alarm monitor and scheduler stay off."""
+    """`create_app` on the database `central_db` returned (a SQLite path: points in it too, unless
+    `store_url` names another store; a `CentralDb`: its database and its store); with `monkeypatch`,
+    the alarm monitor and scheduler stay off."""
     if monkeypatch is not None:
         monkeypatch.setenv("CAMPUS_ALARM_INTERVAL", "0")
         monkeypatch.setenv("CAMPUS_SCHEDULE_INTERVAL", "0")
+    if isinstance(db, CentralDb):
+        return create_app(WebConfig(store_url=store_url or db.store_url, db_url=db.url, **config))  # type: ignore[arg-type]
     return create_app(WebConfig(store_url=store_url or f"sqlite:///{db}", db_url=db, **config))  # type: ignore[arg-type]
 
 

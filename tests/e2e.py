@@ -106,7 +106,8 @@ class Classroom:
 
     def __init__(self, tmp: Path, mqtt: str, *, gateway: str = "gw1", poll_interval: float = 0.2,
                  outbox: dict[str, Any] | None = None, devices: list[dict[str, Any]] | None = None,
-                 store: str | None = None, workers: int = 1, data_dir: Path | None = None) -> None:
+                 store: str | None = None, workers: int = 1, data_dir: Path | None = None,
+                 db_url: str | None = None) -> None:
         self.tmp = tmp
         self.mqtt = mqtt
         self.gateway = gateway
@@ -117,6 +118,8 @@ class Classroom:
                                            data_dir=str(self.data_dir), **({"outbox": outbox} if outbox else {}))
         self.db = tmp / "central.db"  # the ledger (and the points, with the default SQLite store)
         self.store = store or f"sqlite:///{self.db}"
+        # The central database ingest records in (`--db`): that file unless a URL is given (either engine).
+        self.db_url = db_url or f"sqlite:///{self.db}"
         self.workers = workers
         self.sim = CampusProcess(["sim", "--config", str(self.config)], tmp / f"{gateway}-sim.log")
         self.agent = self._agent()
@@ -137,7 +140,7 @@ class Classroom:
     def _ingest(self, index: int = 0) -> CampusProcess:
         # Acknowledgements within a second (the product batches them for minutes): a test waits for the
         # agent's outbox to empty.
-        args = ["ingest", "--mqtt", self.mqtt, "--store", self.store, "--db", f"sqlite:///{self.db}",
+        args = ["ingest", "--mqtt", self.mqtt, "--store", self.store, "--db", self.db_url,
                 "--name", f"ingest-{index}", "--ack-max-delay", "1"]
         if self.workers > 1:
             args += ["--share", "ingest"]

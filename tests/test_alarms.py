@@ -102,6 +102,17 @@ def test_co2_raises_once_clears_and_raises_again(school: School) -> None:
     assert len(school.all()) == 2 and len(school.open()) == 1
 
 
+def test_a_huge_reading_raises_its_alarm_on_both_engines(school: School) -> None:
+    """1e308 is a valid reading (finite JSON); "{v:.0f} ppm" of it has 313 characters. SQLite stored that in
+    the alarm's VARCHAR(100) value; PostgreSQL refused it, and the monitor failed every round it stayed."""
+    school.values("gw-101", "env", co2_ppm=1e308, temperature_c=-1e308)
+    school.values("gw-101", "proj", lamp_hours=1e308)
+    assert len(school.evaluate().raised) == 3
+    assert {a["kind"]: len(a["value"]) <= 100 for a in school.open()} == {
+        "co2_above": True, "temperature_range": True, "lamp_hours_above": True}
+    assert any("1e+308 ppm" in a["message"] for a in school.open())
+
+
 def test_acknowledge_is_separate_from_clearing(school: School) -> None:
     school.values("gw-101", "env", co2_ppm=2000)
     school.evaluate()

@@ -1,7 +1,8 @@
 """The JSON API through Flask's test client: every route, every role, every refusal.
 
-The central database is real (ledger and registry in SQLite); the ledger is
-filled through the same `record` call ingest uses.
+The central database is real, on both engines (`central_db_url`: SQLite and PostgreSQL) for the tests
+whose subject is what goes into or out of it, SQLite alone (`sqlite_only`) for refusals decided
+before it; the ledger is filled through the same `record` call ingest uses.
 """
 
 from __future__ import annotations
@@ -15,14 +16,23 @@ import pytest
 from central.store.base import Sample
 from dashboards import close_app
 from dashboards.context import central, web
-from tests.apps import ENV_AND_PROJECTOR, add_people, central_db, register_rooms, two_rooms, web_app
+from tests.apps import (
+    ENV_AND_PROJECTOR,
+    add_people,
+    central_db,
+    db_url_of,
+    register_rooms,
+    sqlite_only,
+    two_rooms,
+    web_app,
+)
 
 NOW = time.time()
 
 
 @pytest.fixture
-def app(tmp_path: Path):
-    app = web_app(central_db(tmp_path, lambda ledger, points: two_rooms(ledger, points, NOW)))
+def app(tmp_path: Path, central_db_url: str):
+    app = web_app(central_db(tmp_path, lambda ledger, points: two_rooms(ledger, points, NOW), central_db_url))
     register_rooms(app)
     app.tokens = add_people(app)
     yield app
@@ -38,6 +48,7 @@ READS = ["/api/gateways", "/api/devices", "/api/events", "/api/commands",
          "/api/telemetry?gateway=gw-101&device=env&metric=co2_ppm"]
 
 
+@sqlite_only
 def test_health_and_openapi_need_no_login(app) -> None:
     assert call(app, "GET", "/api/health").get_json() == {"status": "ok"}
     doc = call(app, "GET", "/api/openapi.json").get_json()
@@ -47,6 +58,7 @@ def test_health_and_openapi_need_no_login(app) -> None:
     assert routes <= documented, f"undocumented routes: {routes - documented}"
 
 
+@sqlite_only
 @pytest.mark.parametrize("path", READS + ["/api/commands/x", "/api/audit"])
 def test_every_route_refuses_without_login(app, path: str) -> None:
     assert call(app, "GET", path).status_code == 401
@@ -89,6 +101,7 @@ def test_command_refusals_change_nothing(app) -> None:
     assert sum(1 for r in trail if not r["ok"] and "gw-102" in r["detail"]) >= 1
 
 
+@sqlite_only
 @pytest.mark.parametrize("body, status, text", [
     ({"action": "explode"}, 400, "action must be one of"),
     ({"action": "power_on", "params": []}, 400, "params"),
@@ -102,6 +115,7 @@ def test_bad_command_bodies(app, body, status: int, text: str) -> None:
     assert resp.status_code == status and text in resp.get_json()["error"]
 
 
+@sqlite_only
 def test_unknown_device_and_no_broker(app) -> None:
     body = {"json": {"action": "power_on"}}
     assert call(app, "POST", "/api/gateways/gw-101/devices/nope/commands", "admin", **body).status_code == 404
@@ -109,6 +123,7 @@ def test_unknown_device_and_no_broker(app) -> None:
     assert resp.status_code == 503 and "--mqtt" in resp.get_json()["error"]
 
 
+@sqlite_only
 @pytest.mark.parametrize("query, text", [
     ("gateway=gw-101&device=env", "metric"),
     ("gateway=gw-101&device=env&metric=co2_ppm&start=abc", "unix time"),
@@ -187,6 +202,7 @@ def test_browser_login_session_and_csrf(app) -> None:
     assert [r["detail"] for r in trail if r["action"] == "login"][:2] == ["ok", "wrong user or password"]
 
 
+@sqlite_only
 def test_login_rate_limit(app) -> None:
     client = app.test_client()
     page = client.get("/login")
@@ -231,13 +247,13 @@ def _strict(text: str) -> object:
 
 
 @pytest.fixture
-def commanding(tmp_path: Path, mosquitto):
+def commanding(tmp_path: Path, mosquitto, central_db_url: str):
     """The app with a command service on a real Mosquitto (as `campus web --mqtt`), and a display."""
     from campus.contract import State
     from central.ledger import Ledger
 
-    db = central_db(tmp_path, lambda ledger, points: two_rooms(ledger, points, NOW))
-    ledger = Ledger(db)
+    db = central_db(tmp_path, lambda ledger, points: two_rooms(ledger, points, NOW), central_db_url)
+    ledger = Ledger(db_url_of(db))
     ledger.record([], [("s1", "gw-101", State(online=True, ts=NOW + 1, room="101", devices=TV, interval=5))], [])
     ledger.close()
     app = web_app(db, mqtt_url=mosquitto.url)
@@ -247,6 +263,7 @@ def commanding(tmp_path: Path, mosquitto):
     close_app(app)
 
 
+@sqlite_only
 @pytest.mark.parametrize("raw, problem", [
     ('{"action":"set_volume","params":{"level":NaN}}', "NaN"),
     ('{"action":"set_volume","params":{"level":Infinity}}', "Infinity"),
@@ -268,6 +285,7 @@ def test_non_json_numbers_and_duplicate_keys_are_refused_before_anything_is_stor
     assert _strict(call(commanding, "GET", "/api/commands", "admin").get_data(as_text=True)) == []
 
 
+@sqlite_only
 @pytest.mark.parametrize("device, body, field", [
     ("tv", {"action": "set_volume", "params": {"level": 101}}, "params.level"),
     ("tv", {"action": "set_volume", "params": {"level": 50.5}}, "params.level"),
@@ -309,6 +327,7 @@ def test_a_non_finite_number_stored_earlier_is_sent_as_null(commanding) -> None:
         assert row["params"] == {"level": None}
 
 
+@sqlite_only
 def test_other_json_bodies_are_strict_too(app) -> None:
     pinned = []
     web(app).config.sim_control = lambda gateway, device, overrides: pinned.append(overrides)

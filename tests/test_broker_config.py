@@ -38,6 +38,7 @@ from paho.mqtt.properties import Properties
 from campus import contract
 from central import broker_config, broker_dynsec
 from central.registry import Registry
+from tests.apps import sqlite_only
 from tests.brokerfiles import (
     assert_exact_rules,
     expected_rules,
@@ -121,16 +122,17 @@ class Client:
 
 
 @pytest.fixture
-def registry(tmp_path: Path):
-    reg = Registry(f"sqlite:///{tmp_path / 'central.db'}")
+def registry(central_db_url: str):
+    """The registry on each engine (`central_db_url`), with two gateways; `generate` reads it by its URL."""
+    reg = Registry(central_db_url)
     reg.passwords = {gw: reg.register_gateway(gw, "s1", room, "A") for gw, room in (("gw-a", "101"), ("gw-b", "102"))}
     yield reg
     reg.close()
 
 
-def generate(tmp_path: Path, port: int, *extra: str) -> Path:
+def generate(tmp_path: Path, db_url: str, port: int, *extra: str) -> Path:
     out = tmp_path / "broker"
-    result = campus("broker-config", "--db", f"sqlite:///{tmp_path / 'central.db'}", "--out", str(out),
+    result = campus("broker-config", "--db", db_url, "--out", str(out),
                     "--listen", f"127.0.0.1:{port}", "--persistence-dir", str(tmp_path / "mosquitto"), *extra)
     assert result.returncode == 0, result.stderr
     return out
@@ -138,7 +140,7 @@ def generate(tmp_path: Path, port: int, *extra: str) -> Path:
 
 def start_broker(tmp_path: Path, registry: Registry, auth: str = "dynsec") -> tuple[Mosquitto, dict[str, str]]:
     broker = Mosquitto(tmp_path / "mosquitto")  # only for its port and process handling
-    out = generate(tmp_path, broker.port, "--auth", auth)
+    out = generate(tmp_path, registry.url, broker.port, "--auth", auth)
     # The generated conf as it is, plus: run as the test's user (the default drops
     # root to `mosquitto`, which cannot read our tmp dir) and log to the test's file.
     broker.conf.write_text((out / "mosquitto.conf").read_text()
@@ -153,7 +155,7 @@ def start_broker(tmp_path: Path, registry: Registry, auth: str = "dynsec") -> tu
 
 
 def test_cli_writes_passwd_acl_and_conf(tmp_path: Path, registry: Registry) -> None:
-    out = generate(tmp_path, 18830)
+    out = generate(tmp_path, registry.url, 18830)
     assert {p.name for p in out.iterdir()} == {"passwd", "acl", "dynamic-security.json", "mosquitto.conf",
                                                "service-accounts.txt"}
     for secret in ("passwd", "dynamic-security.json", "service-accounts.txt"):
@@ -180,29 +182,31 @@ def test_cli_writes_passwd_acl_and_conf(tmp_path: Path, registry: Registry) -> N
     assert f"plugin_opt_config_file {out}/dynamic-security.json\n" in conf
     assert f"plugin {broker_dynsec.plugin_path()}\n" in conf and Path(broker_dynsec.plugin_path()).exists()
     assert "password_file" not in conf and "acl_file" not in conf
-    files_conf = (generate(tmp_path, 18830, "--auth", "files") / "mosquitto.conf").read_text()
+    files_conf = (generate(tmp_path, registry.url, 18830, "--auth", "files") / "mosquitto.conf").read_text()
     assert f"password_file {out}/passwd\n" in files_conf and f"acl_file {out}/acl\n" in files_conf
     assert "plugin" not in files_conf
 
     # Again: the service passwords are kept (running services keep working); no temp files left.
-    again = generate(tmp_path, 18830)
+    again = generate(tmp_path, registry.url, 18830)
     assert dict(line.split(" ", 1) for line in (again / "service-accounts.txt").read_text().splitlines()
                 if line and not line.startswith("#")) == services
     assert not [p for p in out.iterdir() if p.name.startswith(".")]
 
     missing = campus("broker-config", "--db", f"sqlite:///{tmp_path / 'nope.db'}", "--out", str(out))
     assert missing.returncode == 2
-    bad = campus("broker-config", "--db", f"sqlite:///{tmp_path / 'central.db'}", "--out", str(out), "--auth", "acl")
+    bad = campus("broker-config", "--db", registry.url, "--out", str(out), "--auth", "acl")
     assert bad.returncode == 2 and "--auth" in bad.stderr and "Traceback" not in bad.stderr
     assert missing.stderr.strip().splitlines() == [
         f"campus: error: no central database at {tmp_path / 'nope.db'}; give --db URL (or set CAMPUS_DB)"]
-    bad = campus("broker-config", "--db", f"sqlite:///{tmp_path / 'central.db'}", "--out", str(out), "--listen", "x:y")
+    bad = campus("broker-config", "--db", registry.url, "--out", str(out), "--listen", "x:y")
     assert bad.returncode == 2 and "--listen" in bad.stderr
 
 
+@sqlite_only
 def test_district_mode_adds_a_bridge_account_and_conf_per_school(tmp_path: Path, registry: Registry) -> None:
     registry.register_gateway("gw-z", "s2", "201")
-    out = generate(tmp_path, 18830, "--district", "mqtt.district.example:8883", "--district-ca", "/etc/x/ca.crt")
+    out = generate(tmp_path, registry.url, 18830, "--district", "mqtt.district.example:8883",
+                   "--district-ca", "/etc/x/ca.crt")
     bridges = out / "bridges"
     assert sorted(p.name for p in bridges.iterdir()) == ["bridge-s1.conf", "bridge-s2.conf"]
     assert stat.S_IMODE(bridges.stat().st_mode) == 0o700
@@ -227,11 +231,11 @@ def test_district_mode_adds_a_bridge_account_and_conf_per_school(tmp_path: Path,
     assert forwarded == {topic for _, topic in broker_config.bridge_rules("s1")}
 
     # Again: the bridges' passwords are kept (running bridges stay connected).
-    generate(tmp_path, 18830, "--district", "mqtt.district.example:8883")
+    generate(tmp_path, registry.url, 18830, "--district", "mqtt.district.example:8883")
     assert f"remote_password {services['bridge-s1']}\n" in (bridges / "bridge-s1.conf").read_text()
 
     for bad, why in (("8883", "name the host"), ("host:x", "HOST:PORT"), ("host:0", "1-65535")):
-        result = campus("broker-config", "--db", f"sqlite:///{tmp_path / 'central.db'}", "--out", str(out),
+        result = campus("broker-config", "--db", registry.url, "--out", str(out),
                         "--district", bad)
         assert result.returncode == 2 and why in result.stderr and "Traceback" not in result.stderr
 
@@ -244,7 +248,7 @@ def dynsec_file(out: Path) -> dict[str, Any]:
 
 
 def test_dynsec_file_binds_gateways_and_bridges_to_their_client_ids(tmp_path: Path, registry: Registry) -> None:
-    out = generate(tmp_path, 18830, "--district", "mqtt.district.example:8883")
+    out = generate(tmp_path, registry.url, 18830, "--district", "mqtt.district.example:8883")
     config = dynsec_file(out)
     services = dict(line.split(" ", 1) for line in (out / "service-accounts.txt").read_text().splitlines()
                     if line and not line.startswith("#"))
@@ -327,6 +331,7 @@ class Clients:
             c.close()
 
 
+@sqlite_only
 @pytest.mark.parametrize("auth", ["dynsec", "files"])
 def test_gateways_stay_inside_their_own_prefix(tmp_path: Path, registry: Registry, auth: str) -> None:
     """The same rules under both models (the plugin's, and the files existing deployments still run)."""
@@ -420,6 +425,7 @@ def test_gateways_stay_inside_their_own_prefix(tmp_path: Path, registry: Registr
         broker.stop()
 
 
+@sqlite_only
 def test_no_account_can_take_over_another_clients_id(tmp_path: Path, registry: Registry) -> None:
     """Issue 15: a gateway's account connecting with ingest's or another gateway's client id is refused
     at CONNECT, and the holder of the id keeps its connection and its queued messages."""
@@ -482,6 +488,7 @@ def test_no_account_can_take_over_another_clients_id(tmp_path: Path, registry: R
         broker.stop()
 
 
+@sqlite_only
 def test_the_running_broker_answers_the_admin_over_control(tmp_path: Path, registry: Registry) -> None:
     """The plugin is the one loaded from the generated file: the admin account reads a gateway's binding over
     $CONTROL and can lock a gateway out at once (`disableClient` also closes its connection)."""
@@ -511,6 +518,7 @@ def test_the_running_broker_answers_the_admin_over_control(tmp_path: Path, regis
         broker.stop()
 
 
+@sqlite_only
 @pytest.mark.parametrize("auth", ["dynsec", "files"])
 def test_a_new_gateway_gets_in_after_regenerating(tmp_path: Path, registry: Registry, auth: str) -> None:
     """Files: regenerate and SIGHUP, clients stay connected. The plugin reads its file at start only:
@@ -524,7 +532,7 @@ def test_a_new_gateway_gets_in_after_regenerating(tmp_path: Path, registry: Regi
         client.passwords["gw-s1-gw-c"] = password
         agent_c = contract.agent_client_id("s1", "gw-c")
         assert not client("gw-s1-gw-c", agent_c).accepted
-        generate(tmp_path, broker.port, "--auth", auth)
+        generate(tmp_path, registry.url, broker.port, "--auth", auth)
         if auth == "files":
             assert broker.proc is not None
             broker.proc.send_signal(signal.SIGHUP)  # Mosquitto rereads passwd and acl
@@ -568,7 +576,7 @@ def test_names_planted_in_the_database_stay_out_of_the_broker_files(tmp_path: Pa
     plant(registry, "UPDATE rooms SET name = :name WHERE name = '101'", name=ATTACK)
     plant(registry, "UPDATE buildings SET name = :name", name="A\u2028pattern readwrite #\rtopic #")
     plant(registry, "UPDATE schools SET name = :name", name="第一中学\nuser web")
-    out = generate(tmp_path, 18830, "--district", "mqtt.district.example:8883")
+    out = generate(tmp_path, registry.url, 18830, "--district", "mqtt.district.example:8883")
     acl = (out / "acl").read_text()
     rules = mosquitto_acl(acl)
     bridge = {("bridge-s1", access, topic.replace("/gw-a/", "/+/")) for _, access, topic in gateway_rules("s1", "gw-a")}
@@ -584,6 +592,7 @@ def test_names_planted_in_the_database_stay_out_of_the_broker_files(tmp_path: Pa
             assert "第一中学" not in text and "pattern" not in text, path.name
 
 
+@sqlite_only
 @pytest.mark.parametrize(("sql", "names"), [
     ("UPDATE registered_gateways SET mqtt_username = :bad WHERE id = 'gw-a'",
      ["gateway 'gw-a' in the registry", "MQTT user name"]),
@@ -599,11 +608,11 @@ def test_names_planted_in_the_database_stay_out_of_the_broker_files(tmp_path: Pa
 ])
 def test_a_bad_record_planted_in_the_database_is_refused_and_nothing_written(
         tmp_path: Path, registry: Registry, sql: str, names: list[str]) -> None:
-    out = generate(tmp_path, 18830)
+    out = generate(tmp_path, registry.url, 18830)
     before = {p.name: p.read_bytes() for p in out.iterdir()}
     for statement in sql.split("; "):
         plant(registry, statement, bad=registry.gateway_info("gw-b")["id"] + "\ntopic readwrite #")
-    result = campus("broker-config", "--db", f"sqlite:///{tmp_path / 'central.db'}", "--out", str(out))
+    result = campus("broker-config", "--db", registry.url, "--out", str(out))
     assert result.returncode == 2, result.stderr
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("campus: error: "), result.stderr
@@ -612,6 +621,7 @@ def test_a_bad_record_planted_in_the_database_is_refused_and_nothing_written(
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before
 
 
+@sqlite_only
 def test_mosquitto_runs_a_config_generated_from_chinese_and_planted_names(tmp_path: Path,
                                                                           registry: Registry) -> None:
     password = registry.register_gateway("gw-c", "s1", "三年级2班", "教学楼A")

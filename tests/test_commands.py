@@ -1,7 +1,9 @@
 """The command lifecycle end to end: dashboard service -> Mosquitto -> agent -> projector and back.
 
 Real processes for the agent and ingest, the projector simulator (PJLink
-over TCP) in this process so the test can count what reached the device.
+over TCP) in this process so the test can count what reached the device. The
+commands table's semantics (a command runs once, a late one expires) are
+checked on SQLite and PostgreSQL (`central_db_url`), the rest on SQLite.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from campus.net import free_port
 from campus.urls import parse_mqtt_url
 from central.commands import CommandService
 from central.ledger import Ledger
+from tests.apps import sqlite_only
 from tests.e2e import Classroom, SimulatorsInThread
 from tests.servers import Mosquitto, wait_until
 
@@ -37,12 +40,13 @@ def set_commands(sims: SimulatorsInThread) -> list[str]:
 
 
 @pytest.fixture
-def room(tmp_path: Path, mosquitto: Mosquitto):
+def room(tmp_path: Path, mosquitto: Mosquitto, central_db_url: str):
     port = free_port()
-    room = Classroom(tmp_path, mosquitto.url, poll_interval=0.3, devices=[projector(port)])
+    room = Classroom(tmp_path, mosquitto.url, poll_interval=0.3, devices=[projector(port)], db_url=central_db_url,
+                     store=f"sqlite:///{tmp_path / 'points.db'}")
     with SimulatorsInThread(room.config) as sims:
         room.start(sim=False)
-        ledger = Ledger(str(room.db))
+        ledger = Ledger(room.db_url)
         service = CommandService(parse_mqtt_url(mosquitto.url), ledger)
         service.start()
         wait_until(lambda: any(d["id"] == "proj" for d in ledger.gateway_devices()), 30, message="projector known")
@@ -54,6 +58,7 @@ def room(tmp_path: Path, mosquitto: Mosquitto):
             ledger.close()
 
 
+@sqlite_only
 def test_power_on_then_input_while_warming_run_in_order(room) -> None:
     room, sims, service, ledger = room
     first = service.send("s1", "gw1", "proj", "power_on", {}, by="teacher1", wait=10)
@@ -70,6 +75,7 @@ def test_power_on_then_input_while_warming_run_in_order(room) -> None:
     assert audit["by"] == "teacher1" and audit["action"] == "power_on" and audit["finished"] >= audit["created"]
 
 
+@sqlite_only
 def test_rejected_and_failed_results(room) -> None:
     room, sims, service, ledger = room
     bad_input = service.send("s1", "gw1", "proj", "select_input", {"input": "hdmi9"}, by="t", wait=10)
@@ -125,6 +131,7 @@ def test_command_to_offline_gateway_runs_on_return_or_expires(room) -> None:
     assert set_commands(sims) == ["%1POWR 1"]  # the expired mute never reached the projector
 
 
+@sqlite_only
 def test_the_result_passing_by_wakes_the_waiting_send(room, monkeypatch: pytest.MonkeyPatch) -> None:
     # With the ledger read only every 10 minutes, send() can return within its wait only
     # because the service saw the result go by on MQTT and then looked at the ledger often.

@@ -89,6 +89,16 @@ def test_command_and_result_validation() -> None:
         State.decode(b'{"online": true, "ts": 1, "devices": {"env": {"status": "on fire"}}}')
 
 
+def test_a_result_id_that_names_no_command_is_refused_and_a_nul_in_its_detail_is_replaced() -> None:
+    """Central stores both, and PostgreSQL text cannot hold a NUL: one in a result used to fail the whole
+    ingest batch there, for ever (a database error is retried), while SQLite stored it."""
+    for bad in ('"c\\u0000"', '""', f'"{"c" * 65}"'):
+        with pytest.raises(PayloadError, match="'id' must be 1 to 64 characters, without NUL"):
+            CommandResult.decode(f'{{"id": {bad}, "status": "done", "ts": 1}}')
+    got = CommandResult.decode(b'{"id": "c1", "status": "failed", "detail": "lamp\\u0000 error", "ts": 1}')
+    assert got.detail == "lamp\ufffd error"
+
+
 @pytest.mark.parametrize("number, fits", [(2**63 - 1, True), (-2**63, True), (2**63, False), (-2**63 - 1, False)])
 def test_integers_are_64_bit_signed_everywhere_in_a_payload(number: int, fits: bool) -> None:
     # A fuzz campaign's "valid" event carried 2**63 in its data: the strategy was off by one, not the contract.
@@ -168,13 +178,3 @@ def test_outbox_figures_out_of_range_are_refused_by_name(outbox: dict) -> None:
     payload = json.dumps({"online": True, "ts": 1.7e9, "outbox": outbox}).encode()
     with pytest.raises(PayloadError, match=f"outbox.{next(iter(outbox))} .* out of range"):
         State.decode(payload)
-
-
-@pytest.mark.parametrize("payload", [
-    {"id": "c1\u0000", "status": "done", "ts": 1.7e9},
-    {"id": "c1", "status": "failed", "detail": "lamp\u0000error", "ts": 1.7e9},
-])
-def test_a_nul_in_a_text_field_is_refused_by_name(payload: dict) -> None:
-    field = "id" if "\u0000" in payload["id"] else "detail"
-    with pytest.raises(PayloadError, match=f"field '{field}' contains a NUL character"):
-        CommandResult.decode(json.dumps(payload).encode())

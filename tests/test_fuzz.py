@@ -202,7 +202,8 @@ recent_times = st.floats(min_value=TODAY - 2 * 86400, max_value=TODAY + 86400)
 timestamps = recent_times | st.floats(min_value=0, max_value=4e9) | recent_times | st.integers(0, 2**40)
 metric_values = (st.integers(-2**53, 2**53) | st.floats(allow_nan=False, allow_infinity=False)
                  | st.text(max_size=256))
-short_text = st.text(max_size=64)
+# Text of a payload's fields: any character but NUL, which no field may hold (PostgreSQL's text cannot).
+short_text = st.text(st.characters(exclude_characters="\x00"), max_size=64)
 # A room or building name a gateway may report: campus.names rules (one line of visible text, trimmed, NFC).
 display_names = (st.text(st.characters(exclude_categories=("Cc", "Cf", "Cs", "Zl", "Zp")), max_size=64)
                  .map(lambda s: unicodedata.normalize("NFC", s).strip())
@@ -228,10 +229,10 @@ valid_dicts: dict[type, st.SearchStrategy[dict[str, Any]]] = {
         "devices": st.dictionaries(segments, _optional({}, {"status": st.sampled_from(contract.DEVICE_STATUSES),
                                                             "kind": st.sampled_from(contract.DEVICE_KINDS),
                                                             "profile": short_text}), max_size=3)}),
-    Command: _optional({"id": st.text(min_size=1, max_size=64), "action": st.from_regex(r"\A[a-z][a-z0-9_]{0,31}\Z"),
+    Command: _optional({"id": short_text.filter(bool), "action": st.from_regex(r"\A[a-z][a-z0-9_]{0,31}\Z"),
                         "deadline": timestamps},
                        {"params": st.dictionaries(st.text(max_size=8), finite_json, max_size=4), "by": short_text}),
-    CommandResult: _optional({"id": short_text, "status": st.sampled_from(contract.FINAL_COMMAND_STATUSES),
+    CommandResult: _optional({"id": short_text.filter(bool), "status": st.sampled_from(contract.FINAL_COMMAND_STATUSES),
                               "ts": timestamps}, {"detail": short_text}),
 }
 DECODERS: list[type] = list(valid_dicts)

@@ -2,7 +2,8 @@
 
 Flask's test client against a real central database (ledger filled through
 `Ledger.record`, points through the SQLite store, registry with rooms and
-people). The background alarm monitor and scheduler are switched off
+people): SQLite and PostgreSQL (`central_db_url`) for the board, alarms,
+thresholds and schedules, SQLite alone (`sqlite_only`) for who may see what. The background alarm monitor and scheduler are switched off
 (`CAMPUS_*_INTERVAL=0`) so each test decides when rules are evaluated.
 
 The last test is the facility manager's story against a running `campus
@@ -37,7 +38,7 @@ from central.store.base import Sample
 from central.store.sqlite import SqlitePointStore
 from dashboards import WebConfig, close_app, create_app, health
 from dashboards.context import central
-from tests.apps import add_people, central_db, register_rooms, web_app
+from tests.apps import add_people, central_db, db_url_of, register_rooms, sqlite_only, web_app
 from tests.servers import launch_chromium, screenshot_path, wait_until
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -73,8 +74,8 @@ def _rooms_and_a_week(ledger: Ledger, points: SqlitePointStore) -> None:
 
 
 @pytest.fixture
-def app(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
-    db = central_db(tmp_path, _rooms_and_a_week)
+def app(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, central_db_url: str):
+    db = central_db(tmp_path, _rooms_and_a_week, central_db_url)
     app = web_app(db, monkeypatch)
     register_rooms(app, (("gw-101", "s1", "101", "A"), ("gw-102", "s1", "102", "A"), ("gw-201", "s1", "201", "B"),
                          ("gw-901", "s2", "9", "Annex")))
@@ -121,6 +122,7 @@ APIS = ["/api/alarms", "/api/board"]
 # ---------------------------------------------------------------- who may do what
 
 
+@sqlite_only
 def test_anonymous_users_go_to_the_login_or_get_401(app) -> None:
     for path in PAGES:
         resp = call(app, "GET", path)
@@ -131,6 +133,7 @@ def test_anonymous_users_go_to_the_login_or_get_401(app) -> None:
     assert call(app, "POST", "/api/alarms/1/ack").status_code == 401
 
 
+@sqlite_only
 def test_teachers_may_not_see_this_area(app) -> None:
     client, _csrf = login(app, "teacher")
     for path in PAGES + APIS:
@@ -138,6 +141,7 @@ def test_teachers_may_not_see_this_area(app) -> None:
         assert client.get(path).status_code == 403, path
 
 
+@sqlite_only
 def test_teachers_cannot_acknowledge_or_change_anything(app) -> None:
     alarm = raise_co2(app)
     rule = next(r for r in alarms.list_rules(central(app).registry) if r["kind"] == "co2_above")
@@ -156,6 +160,7 @@ def test_teachers_cannot_acknowledge_or_change_anything(app) -> None:
     assert sum(1 for r in reg.audit_trail() if r["action"] == "refused" and r["user"] == "teach") >= 3
 
 
+@sqlite_only
 def test_top_bar_links_for_staff_only(app) -> None:
     for role in ("admin", "facility"):
         client, _ = login(app, role)
@@ -165,6 +170,7 @@ def test_top_bar_links_for_staff_only(app) -> None:
     assert "/health/" not in client.get("/", follow_redirects=True).get_data(as_text=True)
 
 
+@sqlite_only
 @pytest.mark.parametrize("role", ["admin", "facility"])
 def test_staff_see_every_page(app, role: str) -> None:
     client, _ = login(app, role)
@@ -180,6 +186,7 @@ def test_staff_see_every_page(app, role: str) -> None:
         assert call(app, "GET", path, role).status_code == 200
 
 
+@sqlite_only
 def test_static_files_are_served(app) -> None:
     for name in ("health.js", "health.css"):
         resp = app.test_client().get(f"/static/{name}")
@@ -295,6 +302,7 @@ def test_alarms_list_open_and_history(app) -> None:
         assert call(app, "GET", f"/api/alarms?{bad}", "facility").status_code == 400
 
 
+@sqlite_only
 def test_acknowledge_needs_csrf_in_a_browser_session(app) -> None:
     alarm = raise_co2(app)
     client, csrf = login(app, "facility")
@@ -319,6 +327,9 @@ def test_acknowledge_with_a_token_form_and_unknown_ids(app) -> None:
     assert call(app, "POST", f"/api/alarms/{alarm['id']}/ack", "facility").get_json()["acked_by"] == "boss"
     assert call(app, "POST", "/api/alarms/999/ack", "facility").status_code == 404
     assert call(app, "POST", "/api/alarms/abc/ack", "facility").status_code == 404
+    # Past PostgreSQL's 32-bit INTEGER (SQLite's is 64): no alarm, not "integer out of range" (a 503).
+    for big in (2**31, 2**63, 10**12):
+        assert call(app, "POST", f"/api/alarms/{big}/ack", "facility").status_code == 404
     other = raise_co2(app, "gw-101")
     client, csrf = login(app, "facility")
     assert client.post(f"/health/alarms/{other['id']}/ack").status_code == 403  # form without the token
@@ -362,6 +373,7 @@ BAD_THRESHOLDS = [
 ]
 
 
+@sqlite_only
 def test_bad_threshold_input_is_refused_clearly_and_changes_nothing(app) -> None:
     client, csrf = login(app, "admin")
     for kind, fields, message in BAD_THRESHOLDS:
@@ -380,6 +392,7 @@ def test_bad_threshold_input_is_refused_clearly_and_changes_nothing(app) -> None
                if r["action"] == "alarm_rule" and not r["ok"]) == len(BAD_THRESHOLDS)
 
 
+@sqlite_only
 def test_unknown_rule_is_404(app) -> None:
     client, csrf = login(app, "facility")
     assert client.post("/health/thresholds", data={"csrf": csrf, "rule_id": "999"}).status_code == 404
@@ -388,6 +401,7 @@ def test_unknown_rule_is_404(app) -> None:
 # ---------------------------------------------------------------- history and usage
 
 
+@sqlite_only
 def test_room_history_page(app) -> None:
     client, _ = login(app, "facility")
     page = client.get("/health/rooms/gw-101?window=1h").get_data(as_text=True)
@@ -434,6 +448,7 @@ def test_iter_points_pages_past_the_store_limit(tmp_path: Path) -> None:
     store.close()
 
 
+@sqlite_only
 def test_usage_page(app) -> None:
     client, _ = login(app, "facility")
     page = client.get("/health/usage?week=2025-W10").get_data(as_text=True)
@@ -516,6 +531,7 @@ def test_bad_schedules_are_refused_clearly(app) -> None:
 def test_unknown_schedule_is_404(app) -> None:
     client, csrf = login(app, "facility")
     assert client.get("/health/schedules/999").status_code == 404
+    assert client.get(f"/health/schedules/{2**31}").status_code == 404  # past PostgreSQL's INTEGER
     assert client.post("/health/schedules/x/enabled", data={"csrf": csrf}).status_code == 404
 
 
@@ -622,7 +638,7 @@ def test_facility_sees_and_acknowledges_a_co2_alarm_in_chromium(tmp_path: Path) 
 
 
 def test_a_gateway_whose_clock_is_a_day_off_is_warned_about(app) -> None:
-    ledger = Ledger(app.db)
+    ledger = Ledger(db_url_of(app.db))
     try:
         ledger.record([], [], [], {"gw-102": -86400.0})  # its heartbeats arrive a day before their ts
     finally:
@@ -707,6 +723,7 @@ def test_seven_day_power_chart_draws_the_hours_on_in_chromium(tmp_path: Path, mo
         close_app(app)
 
 
+@sqlite_only
 @pytest.mark.slow
 def test_the_board_shows_a_gateway_not_installed_yet_in_chromium(app) -> None:
     with _chromium_as_facility(app) as (page, base):
@@ -724,7 +741,7 @@ def test_the_board_shows_a_gateway_not_installed_yet_in_chromium(app) -> None:
 def test_messages_waiting_for_central_are_shown_per_gateway(app) -> None:
     outbox = {"pending": 40, "unacked": 35, "dropped": 0, "last_seq": 90, "instance": 5, "oldest": 51,
               "oldest_age": 1200}
-    ledger = Ledger(app.db)
+    ledger = Ledger(db_url_of(app.db))
     try:
         ledger.record([], [("s1", "gw-102", State(online=True, ts=time.time(), room="102", devices=DEVICES,
                                                   outbox=outbox))], [])

@@ -137,10 +137,10 @@ def test_the_agent_config_and_the_state_decoder_refuse_such_names(tmp_path: Path
             State.decode(json.dumps({"online": True, "ts": 1.0, field: "A\u2028B"}))
 
 
-def test_schedule_names_follow_the_same_rules(tmp_path: Path) -> None:
+def test_schedule_names_follow_the_same_rules(central_db_url: str) -> None:
     from central import schedules
 
-    reg = Registry(f"sqlite:///{tmp_path / 'central.db'}")
+    reg = Registry(central_db_url)
     try:
         form = {"name": "晚间关机", "at": "22:00", "days": "mon", "action": "power_off", "kinds": "display"}
         assert schedules.validate(form, reg)["name"] == "晚间关机"
@@ -150,14 +150,13 @@ def test_schedule_names_follow_the_same_rules(tmp_path: Path) -> None:
         reg.close()
 
 
-def test_cli_users_add_refuses_a_bad_room_in_one_line(tmp_path: Path) -> None:
-    db = tmp_path / "central.db"
-    reg = Registry(f"sqlite:///{db}")
+def test_cli_users_add_refuses_a_bad_room_in_one_line(central_db_url: str) -> None:
+    reg = Registry(central_db_url)
     reg.ensure_room("s1", "三年级2班")
     reg.close()
 
     def users_add(*args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run([sys.executable, "-m", "campus.cli", "users", "add", *args, "--db", f"sqlite:///{db}",
+        return subprocess.run([sys.executable, "-m", "campus.cli", "users", "add", *args, "--db", central_db_url,
                                "--password-stdin"], input="teacher-password\n", capture_output=True, text=True,
                               timeout=60)
 
@@ -167,7 +166,7 @@ def test_cli_users_add_refuses_a_bad_room_in_one_line(tmp_path: Path) -> None:
         "campus: error: room: a line break (U+2028) at character 6 is not allowed: a name is one line of visible text"]
     good = users_add("t1", "--role", "teacher", "--room", "s1:三年级2班")
     assert good.returncode == 0, good.stderr
-    reg = Registry(f"sqlite:///{db}")
+    reg = Registry(central_db_url)
     try:
         assert reg.principal("t1")["rooms"] == ["三年级2班"]
     finally:
@@ -187,7 +186,7 @@ hostile_names = (st.text(max_size=70)
 def shared_app():
     """One web app for every example: the registry grows, and so does the set of expected rules."""
     with tempfile.TemporaryDirectory() as tmp:
-        app = make_app(Path(tmp), None)
+        app = make_app(Path(tmp), f"sqlite:///{tmp}/central.db")
         app.counter = itertools.count()
         app.registered = [("s1", "gw-101")]
         app.admin = login(app, "boss", "boss-password")

@@ -1,4 +1,6 @@
-"""Provisioning pages through Flask's test client, with a real central database (SQLite).
+"""Provisioning pages through Flask's test client, with a real central database: SQLite and PostgreSQL
+(`central_db_url`) for what is written to the registry and read back, SQLite alone (`sqlite_only`)
+for refusals decided before it.
 
 Admin only; gateways registered with credentials shown once; devices validated
 as the agent validates them (nothing saved on error); CSV import all or
@@ -34,6 +36,7 @@ from central.ledger import Ledger, Sequenced
 from dashboards import WebConfig, close_app, create_app
 from dashboards.context import central
 from edge_agent.config import load_gateway_config
+from tests.apps import sqlite_only
 
 PAGES = ["/provisioning/gateways", "/provisioning/places", "/provisioning/import", "/provisioning/broker",
          "/provisioning/ingest",
@@ -41,9 +44,9 @@ PAGES = ["/provisioning/gateways", "/provisioning/places", "/provisioning/import
          "/provisioning/import/example.csv"]
 
 
-def make_app(tmp_path: Path, mqtt_url: str | None = None):
-    db = str(tmp_path / "central.db")
-    app = create_app(WebConfig(store_url=f"sqlite:///{db}", db_url=db, mqtt_url=mqtt_url))
+def make_app(tmp_path: Path, db_url: str, mqtt_url: str | None = None):
+    """The web app on the central database `db_url`, its points in their own SQLite file."""
+    app = create_app(WebConfig(store_url=f"sqlite:///{tmp_path / 'points.db'}", db_url=db_url, mqtt_url=mqtt_url))
     app.config["TESTING"] = True
     reg = central(app).registry
     reg.register_gateway("gw-101", "s1", "101", "A")
@@ -54,8 +57,8 @@ def make_app(tmp_path: Path, mqtt_url: str | None = None):
 
 
 @pytest.fixture
-def app(tmp_path: Path):
-    app = make_app(tmp_path, None)
+def app(tmp_path: Path, central_db_url: str):
+    app = make_app(tmp_path, central_db_url)
     yield app
     close_app(app)
 
@@ -96,6 +99,7 @@ def stored_hash(app, gateway: str) -> str:
 # ---------------------------------------------------------------- access
 
 
+@sqlite_only
 def test_pages_are_for_admins_only(app) -> None:
     anonymous = app.test_client()
     others = [login(app, "fm", "fm-password"), login(app, "teach", "teach-password")]
@@ -111,6 +115,7 @@ def test_pages_are_for_admins_only(app) -> None:
     assert ">Provisioning<" not in others[0].get("/").get_data(as_text=True)
 
 
+@sqlite_only
 def test_writes_are_refused_to_other_roles_and_without_csrf(app) -> None:
     reg = central(app).registry
     for user, password in (("fm", "fm-password"), ("teach", "teach-password")):
@@ -130,8 +135,8 @@ def test_writes_are_refused_to_other_roles_and_without_csrf(app) -> None:
 # ---------------------------------------------------------------- gateways
 
 
-def test_register_gateway_shows_the_password_once(tmp_path: Path, mosquitto) -> None:
-    app = make_app(tmp_path, mosquitto.url)
+def test_register_gateway_shows_the_password_once(tmp_path: Path, mosquitto, central_db_url: str) -> None:
+    app = make_app(tmp_path, central_db_url, mosquitto.url)
     try:
         admin = login(app, "boss", "boss-password")
         resp = post(admin, "/provisioning/gateways", school="s1", building="B", room="201", gateway="gw-201")
@@ -199,6 +204,14 @@ def test_add_device_with_a_bad_address_names_the_field_and_saves_nothing(app) ->
     bad = post(admin, "/provisioning/gateways/gw-101/devices", device="x", profile="no-such-model")
     assert bad.status_code == 400 and "field profile" in bad.get_data(as_text=True)
     assert reg.gateway_info("gw-101")["devices"] == []
+    # Numbers JSON does not have: refused, not stored (SQLite's JSON column took NaN, which the gateway's
+    # config parser then refused; PostgreSQL's json type refused it itself: a 503).
+    for field, text, problem in (("options_json", '{"gain": NaN}', "NaN"), ("address_json", '{"host": "h", '
+                                 '"port": 1e999}', "finite"), ("options_json", '{"a": 1, "a": 2}', "twice")):
+        bad = post(admin, "/provisioning/gateways/gw-101/devices", device="proj", profile="projector-pjlink",
+                   **{"addr.pjlink.host": "10.0.0.6", field: text})
+        assert bad.status_code == 400 and problem in bad.get_data(as_text=True), (field, text)
+    assert reg.gateway_info("gw-101")["devices"] == []
 
     good = post(admin, "/provisioning/gateways/gw-101/devices", device="env", profile="env-6in1-modbus",
                 **{"addr.modbus.host": "10.0.0.5", "addr.modbus.port": "502", "addr.modbus.unit": "3",
@@ -221,6 +234,7 @@ def test_add_device_with_a_bad_address_names_the_field_and_saves_nothing(app) ->
     assert ("provision.device", False) in trail and ("provision.device", True) in trail
 
 
+@sqlite_only
 def test_push_without_mqtt_is_a_clear_error(app) -> None:
     admin = login(app, "boss", "boss-password")
     resp = post(admin, "/provisioning/gateways/gw-101/push")
@@ -339,6 +353,7 @@ def test_places_create_school_and_room(app) -> None:
 # ---------------------------------------------------------------- broker files
 
 
+@sqlite_only
 def test_broker_files_written_to_the_configured_dir_or_downloaded(app, tmp_path: Path, monkeypatch) -> None:
     admin = login(app, "boss", "boss-password")
     assert 'disabled' in admin.get("/provisioning/broker").get_data(as_text=True)  # no directory configured
@@ -375,8 +390,9 @@ def test_broker_files_written_to_the_configured_dir_or_downloaded(app, tmp_path:
 # ---------------------------------------------------------------- config push, real Mosquitto
 
 
-def test_push_publishes_the_retained_device_list_and_shows_versions(tmp_path: Path, mosquitto) -> None:
-    app = make_app(tmp_path, mosquitto.url)
+def test_push_publishes_the_retained_device_list_and_shows_versions(tmp_path: Path, mosquitto,
+                                                                   central_db_url: str) -> None:
+    app = make_app(tmp_path, central_db_url, mosquitto.url)
     try:
         reg = central(app).registry
         service = central(app).commands
@@ -408,7 +424,7 @@ def test_push_publishes_the_retained_device_list_and_shows_versions(tmp_path: Pa
         assert "waiting for the gateway" in page or "gateway offline" in page
 
         # The agent's answers, as ingest records them in the ledger.
-        ledger = Ledger(str(tmp_path / "central.db"))
+        ledger = Ledger(central_db_url)
         try:
             ledger.record([Sequenced("s1", "gw-101", "agent", 1, time.time(), event=(
                 "config_rejected", {"version": wanted, "error": "v2: field devices.0.address: boom"}))],
@@ -427,11 +443,12 @@ def test_push_publishes_the_retained_device_list_and_shows_versions(tmp_path: Pa
         close_app(app)
 
 
-def test_push_all_to_hundreds_keeps_the_cookie_small_and_the_result_in_the_registry(tmp_path: Path,
-                                                                                    mosquitto) -> None:
+@sqlite_only
+def test_push_all_to_hundreds_keeps_the_cookie_small_and_the_result_in_the_registry(tmp_path: Path, mosquitto,
+                                                                                    central_db_url: str) -> None:
     """"Push all" used to put every gateway's name in the flash message, in the session cookie: 5,990 bytes
     for 2,000 gateways, which browsers drop. Its outcome now lives in the registry; the page shows it."""
-    app = make_app(tmp_path, mosquitto.url)
+    app = make_app(tmp_path, central_db_url, mosquitto.url)
     try:
         reg = central(app).registry
         assert central(app).commands.connected.wait(10)
@@ -560,6 +577,7 @@ def csv_text(*rows: tuple[str, ...], header: str = "school,building,room,gateway
     return out.getvalue()
 
 
+@sqlite_only
 @pytest.mark.parametrize("breaker", ["\n", "\r", "\u2028", "\u2029", "\x85", "\x00", "\u202e"])
 def test_a_name_that_would_end_a_line_is_refused_by_the_forms_and_the_import(app, tmp_path: Path,
                                                                              breaker: str) -> None:
@@ -676,3 +694,52 @@ def test_colliding_mqtt_user_names_are_refused_without_a_500_or_a_hash_in_the_lo
     text = caplog.text + page + json.dumps(reg.audit_trail())
     assert "$7$" not in text and digest not in text and "Traceback" not in text
     assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
+
+
+# ---------------------------------------------------------------- a PostgreSQL whose collation is not C
+
+
+@pytest.fixture
+def icu_db_url(postgres_server, request):
+    """A fresh database at this release's schema whose collation is ICU's en-US, as on a district's server
+    made with a locale (the test cluster's is C, which sorts like SQLite and so hides the difference)."""
+    import uuid
+
+    from sqlalchemy import create_engine
+
+    from central.db import open_database
+
+    name = f"t_icu_{uuid.uuid4().hex[:8]}"
+    admin = create_engine(postgres_server.url(), isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.exec_driver_sql(f"CREATE DATABASE {name} TEMPLATE template0 LOCALE_PROVIDER icu ICU_LOCALE 'en-US' "
+                             "LOCALE 'C'")
+    admin.dispose()
+    url = postgres_server.url(name)
+    open_database(url, upgrade=True).close()
+    yield url
+    postgres_server.drop_database(name)
+
+
+def test_the_registry_lists_read_alike_whatever_the_databases_collation(icu_db_url: str) -> None:
+    """In en-US "gw_b" < "gw-a" < "GW-A" < "gw.d" and case is ignored; in C (and SQLite) it is code-point
+    order. The lists the pages, the filters and the broker files are made from are sorted in Python."""
+    from central import overview
+    from central.registry import Registry
+    from tests.stores import sql
+
+    reg = Registry(icu_db_url)
+    try:
+        for gateway, school, room_name, building in (("gw_b", "s_2", "b1", "b楼"), ("gw-a", "s-1", "a1", "A楼"),
+                                                     ("GW-A", "s-1", "B2", "三年级"), ("gw.d", "S-0", "a2", "教学楼")):
+            reg.register_gateway(gateway, school, room_name, building)
+        by_sql = [gid for (gid,) in sql(reg, "SELECT id FROM registered_gateways ORDER BY id")]
+        assert by_sql != sorted(by_sql)  # the database's own order is not code-point order: the test tests
+        assert [g["id"] for g in reg.gateways()] == ["gw.d", "GW-A", "gw-a", "gw_b"]  # (school, id)
+        places = prov.places(reg)
+        assert [p["id"] for p in places] == ["S-0", "s-1", "s_2"]
+        assert [r["name"] for r in places[1]["rooms"]] == ["B2", "a1"]
+        assert [(b.school, b.name) for b in overview.places(reg).buildings] == [
+            ("S-0", "教学楼"), ("s-1", "A楼"), ("s-1", "三年级"), ("s_2", "b楼")]
+    finally:
+        reg.close()
