@@ -25,6 +25,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -151,13 +152,17 @@ class Ledger:
         if self._owns_db:
             self.db.close()
 
-    def _lock_gateways(self, conn: Connection, schools: dict[str, str]) -> dict[str, GatewayRow]:
-        """Make the batch's gateways' rows, then hold them (in id order) until the transaction ends, and
-        read what the batch works on: two statements, whatever the number of gateways."""
-        ids = sorted(schools)
+    def _lock_gateways(self, conn: Connection, schools: dict[str, str],
+                       others: Iterable[str] = ()) -> dict[str, GatewayRow]:
+        """Make the batch's gateways' rows, then hold them (and those of `others` that exist), in id order,
+        until the transaction ends, and read what the batch works on: two statements, whatever the number
+        of gateways."""
+        ids = sorted(set(schools) | set(others))
         if not ids:
             return {}
-        conn.execute(self.db.insert(gw_t).on_conflict_do_nothing(), [{"id": g, "school": schools[g]} for g in ids])
+        if schools:
+            conn.execute(self.db.insert(gw_t).on_conflict_do_nothing(),
+                         [{"id": g, "school": schools[g]} for g in sorted(schools)])
         rows: dict[str, GatewayRow] = {}
         for part in chunks(ids):
             for r in conn.execute(select(*(gw_t.c[c] for c in _ROW_COLUMNS)).where(gw_t.c.id.in_(part))
@@ -198,7 +203,7 @@ class Ledger:
         for school, gateway, _ in refused or ():
             schools.setdefault(gateway, school)
         with self.db.write("ledger write failed") as conn:
-            rows = self._lock_gateways(conn, schools)
+            rows = self._lock_gateways(conn, schools, clocks or ())
             # A new outbox's state comes before its first messages (the agent publishes it on
             # connect, before draining), so its reset comes first here too.
             touched: dict[str, bool] = {}  # gateways whose watermark may move -> a prompt ack (resend seen)

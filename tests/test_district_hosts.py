@@ -142,8 +142,14 @@ def test_two_ingest_hosts_store_every_seq_once_through_a_worker_kill_and_a_postg
                 out = room.agent_outbox()
                 return out if out["pending"] == 0 and ledger_row(db, room.gateway)["received"] == out["last_seq"] \
                     else None
-            figures[room.gateway] = wait_until(drained, 90, interval=0.2,
-                                               message=f"{room.gateway}: outbox drained, everything stored")
+            try:
+                figures[room.gateway] = wait_until(drained, 90, interval=0.2,
+                                                   message=f"{room.gateway}: outbox drained, everything stored")
+            except AssertionError as exc:  # what each side held then: which of them stopped short
+                ack = rows(db, "SELECT acked_seq, ack_sent, ack_sent_at, ack_due, max_seq, seq_floor, outbox_oldest,"
+                               " outbox_instance FROM gateways WHERE id = ?", (room.gateway,))
+                raise AssertionError(f"{exc}\noutbox {room.agent_outbox()}\nledger {ledger_row(db, room.gateway)}"
+                                     f" acks {ack}\ningest A:\n{a.output()[-3000:]}") from None
 
         for gw, out in figures.items():
             assert out["dropped"] == 0

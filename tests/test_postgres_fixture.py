@@ -84,14 +84,17 @@ def test_a_wrong_password_is_refused(postgres_server: PostgreSQL) -> None:
 
 
 def test_central_db_url_gives_each_engine_a_fresh_database(central_db_url: str, request: pytest.FixtureRequest) -> None:
+    """SQLite: a file not made yet (programs make and upgrade it); PostgreSQL: a database of this test at
+    the release's schema (what `campus db upgrade` leaves), holding no row yet."""
     engine = sa.create_engine(central_db_url)
     try:
         assert engine.dialect.name == request.node.callspec.params["central_db_url"]
-        assert sa.inspect(engine).get_table_names() == []
-        with engine.begin() as conn:
-            conn.execute(sa.text("CREATE TABLE gateways (id text PRIMARY KEY)"))
-            conn.execute(sa.text("INSERT INTO gateways VALUES ('gw-1')"))
-        with engine.connect() as conn:
-            assert conn.execute(sa.text("SELECT id FROM gateways")).scalars().all() == ["gw-1"]
+        tables = sa.inspect(engine).get_table_names()
+        if engine.dialect.name == "sqlite":
+            assert tables == []
+        else:
+            assert "alembic_version" in tables and "gateways" in tables
+            with engine.connect() as conn:
+                assert conn.execute(sa.text("SELECT COUNT(*) FROM gateways")).scalar() == 0
     finally:
         engine.dispose()

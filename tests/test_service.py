@@ -22,8 +22,18 @@ ROOT = Path(__file__).resolve().parent.parent
 THREADS = {"alarm-monitor", "scheduler", "commands-again"}
 
 
+_EARLIER: set[threading.Thread] = set()
+
+
+@pytest.fixture(autouse=True)
+def _threads_of_this_test() -> None:
+    """Threads of those names another test left running are not this test's Central's."""
+    _EARLIER.clear()
+    _EARLIER.update(threading.enumerate())
+
+
 def running() -> set[str]:
-    return {t.name for t in threading.enumerate() if t.is_alive()} & THREADS
+    return {t.name for t in threading.enumerate() if t.is_alive() and t not in _EARLIER} & THREADS
 
 
 @pytest.fixture(scope="module")
