@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Connection, and_, bindparam, func, or_, select, tuple_, update
+from sqlalchemy import Connection, and_, bindparam, func, or_, select, text, tuple_, update
 from sqlalchemy import delete as sql_delete
 
 from campus.contract import CommandResult, State
@@ -85,6 +85,9 @@ class Sequenced:
 def chunks(rows: list[Any], size: int = _ROWS_PER_INSERT) -> list[list[Any]]:
     return [rows[i:i + size] for i in range(0, len(rows), size)]
 
+
+_SEEN_FROM_ARRAYS = text("INSERT INTO seen (gateway, seq) SELECT * FROM unnest(CAST(:gateways AS varchar[]),"
+                         " CAST(:seqs AS bigint[])) ON CONFLICT DO NOTHING RETURNING gateway, seq")
 
 # What a batch reads of its gateways' rows (under their lock), works on, and writes back.
 _ROW_COLUMNS = ("id", "online", "room", "interval", "last_seen", "first_seq", "max_seq", "received", "duplicates",
@@ -302,6 +305,11 @@ class Ledger:
         """Record (gateway, seq) rows as seen; returns those that were not (the rows the INSERT made)."""
         if not rows:
             return []
+        if self.db.dialect == "postgresql":
+            # Two arrays, one statement text whatever the rows: psycopg and the server parse it once (a
+            # multi-row VALUES of a new length each batch was a third of record()'s time).
+            return [(g, s) for g, s in conn.execute(_SEEN_FROM_ARRAYS, {
+                "gateways": [r["gateway"] for r in rows], "seqs": [r["seq"] for r in rows]})]
         return [(g, s) for g, s in conn.execute(
             self.db.insert(seen).on_conflict_do_nothing().returning(seen.c.gateway, seen.c.seq), rows)]
 
