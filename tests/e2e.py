@@ -164,7 +164,9 @@ class Classroom:
             # Messages published before anyone subscribed are not kept by MQTT:
             # start the agent only once every worker's subscription is in place.
             for proc in self.ingests:
-                wait_until(lambda proc=proc: "subscribed: ready" in proc.output(), 30, message="ingest subscribed")
+                wait_until(lambda proc=proc: "subscribed: ready" in proc.output() or not proc.alive(), 30,
+                           message="ingest subscribed")
+                assert proc.alive(), f"campus ingest exited at start:\n{proc.output()[-3000:]}"
         if agent:
             self.agent.start()
         return self
