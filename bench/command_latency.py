@@ -246,9 +246,9 @@ def web_main(args: argparse.Namespace) -> None:
     """The dashboard as `campus web` builds and serves it (create_app + dashboards.server.serve), with the
     per-user command rate limit lifted: that limit (60 a minute) is a policy against abuse, not a cost of
     the path measured, and 1000 commands would otherwise take 17 minutes."""
-    from campus.cli import wait_for_signal
     from dashboards import WebConfig, close_app, create_app
     from dashboards.server import serve
+    from programs.cli import wait_for_signal
 
     app = create_app(WebConfig(store_url=args.store, db_url=args.db, mqtt_url=args.mqtt))
     central(app).registry.ensure_admin(TOKEN)

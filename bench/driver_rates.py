@@ -30,11 +30,11 @@ import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from campus.demo import classroom_config  # noqa: E402
 from campus.net import free_port, wait_for_port  # noqa: E402
 from edge_agent.config import load_gateway_config  # noqa: E402
 from edge_agent.drivers import create_driver  # noqa: E402
 from firmware_stubs.runner import SimulatorSet  # noqa: E402
+from programs.demo import classroom_config  # noqa: E402
 from tests.servers import CampusProcess, Mosquitto, wait_until  # noqa: E402
 
 

@@ -40,7 +40,7 @@ def main() -> None:
         data = Path(tmp) / "demo"
         port = free_port()
         log = open(Path(tmp) / "demo.log", "wb")  # noqa: SIM115
-        demo = subprocess.Popen([sys.executable, "-m", "campus.cli", "demo", "--rooms", "4", "--http-port", str(port),
+        demo = subprocess.Popen([sys.executable, "-m", "programs.cli", "demo", "--rooms", "4", "--http-port", str(port),
                                  "--data-dir", str(data), "--duration", "300"], stdout=log, stderr=subprocess.STDOUT,
                                 cwd=ROOT)
         try:

@@ -424,7 +424,7 @@ class CampusProcess(ServerProcess):
     def start(self) -> CampusProcess:
         self.log = open(self.log_path, "ab")  # noqa: SIM115
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-        self.proc = subprocess.Popen([sys.executable, "-m", "campus.cli", *self.args], stdout=self.log,
+        self.proc = subprocess.Popen([sys.executable, "-m", "programs.cli", *self.args], stdout=self.log,
                                      stderr=subprocess.STDOUT, env=env, cwd=self.cwd,
                                      preexec_fn=self._limit_open_files if self.open_files is not None else None)
         return self

@@ -180,7 +180,7 @@ def test_commands_run_on_a_full_disk_once_and_never_unrecorded(tmp_path: Path, s
 
 
 def _agent_once(config: Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "campus.cli", "agent", "--config", str(config)],
+    return subprocess.run([sys.executable, "-m", "programs.cli", "agent", "--config", str(config)],
                           capture_output=True, text=True, timeout=60)
 
 

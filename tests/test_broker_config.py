@@ -55,7 +55,7 @@ MOSQUITTO_PASSWD = "/usr/bin/mosquitto_passwd"
 
 
 def campus(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "campus.cli", *args], capture_output=True, text=True, timeout=60)
+    return subprocess.run([sys.executable, "-m", "programs.cli", *args], capture_output=True, text=True, timeout=60)
 
 
 class Client:

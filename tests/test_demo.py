@@ -27,7 +27,7 @@ def _get(url: str, token: str) -> object:
 def test_demo_runs_every_room_end_to_end_and_exits_0(tmp_path: Path) -> None:
     port = free_port()
     token = "demo-test-admin-token"
-    proc = subprocess.Popen([sys.executable, "-m", "campus.cli", "demo", "--rooms", "2", "--duration", "20",
+    proc = subprocess.Popen([sys.executable, "-m", "programs.cli", "demo", "--rooms", "2", "--duration", "20",
                              "--http-port", str(port), "--data-dir", str(tmp_path / "demo"), "--admin-token", token],
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     base = f"http://127.0.0.1:{port}"
@@ -64,14 +64,14 @@ def test_demo_runs_every_room_end_to_end_and_exits_0(tmp_path: Path) -> None:
 
 
 def test_demo_bad_argument_is_one_line() -> None:
-    result = subprocess.run([sys.executable, "-m", "campus.cli", "demo", "--rooms", "0"], capture_output=True,
+    result = subprocess.run([sys.executable, "-m", "programs.cli", "demo", "--rooms", "0"], capture_output=True,
                             text=True, timeout=30)
     assert result.returncode == 2
     assert "--rooms: must be at least 1" in result.stderr and "Traceback" not in result.stderr
 
 
 def test_ingest_unreachable_broker_is_one_line(tmp_path: Path) -> None:
-    result = subprocess.run([sys.executable, "-m", "campus.cli", "ingest", "--mqtt", f"mqtt://127.0.0.1:{free_port()}",
+    result = subprocess.run([sys.executable, "-m", "programs.cli", "ingest", "--mqtt", f"mqtt://127.0.0.1:{free_port()}",
                              "--store", f"sqlite:///{tmp_path}/x.db"], capture_output=True, text=True, timeout=30)
     assert result.returncode == 2
     assert result.stderr.strip().splitlines()[-1].startswith("campus: error: cannot reach MQTT broker")
@@ -83,7 +83,7 @@ def test_unreachable_store_is_one_line(tmp_path: Path, store: str, command: str)
     store = store.format(port=free_port())
     args = (["--mqtt", f"mqtt://127.0.0.1:{free_port()}", "--db", f"sqlite:///{tmp_path}/x.db"] if command == "ingest"
             else ["--data-dir", str(tmp_path / "demo"), "--duration", "5"])
-    result = subprocess.run([sys.executable, "-m", "campus.cli", command, "--store", store, *args], capture_output=True,
+    result = subprocess.run([sys.executable, "-m", "programs.cli", command, "--store", store, *args], capture_output=True,
                             text=True, timeout=30)
     assert result.returncode == 2
     lines = result.stderr.strip().splitlines()
@@ -93,7 +93,7 @@ def test_unreachable_store_is_one_line(tmp_path: Path, store: str, command: str)
 def test_agent_invalid_config_is_one_line(tmp_path: Path) -> None:
     cfg = tmp_path / "gw.yaml"
     cfg.write_text("school: s\ngateway: g\nroom: r\npoll_interval: fast\n")
-    result = subprocess.run([sys.executable, "-m", "campus.cli", "agent", "--config", str(cfg)], capture_output=True,
+    result = subprocess.run([sys.executable, "-m", "programs.cli", "agent", "--config", str(cfg)], capture_output=True,
                             text=True, timeout=30)
     assert result.returncode == 2
     assert result.stderr.strip() == f"campus: error: {cfg}:4: field poll_interval: " \
@@ -106,7 +106,7 @@ def test_empty_tagged_scalar_in_config_is_one_line(tmp_path: Path, tag: str, com
     """PyYAML raises IndexError/KeyError/AttributeError for these; the user sees one line naming file and line."""
     cfg = tmp_path / "gw.yaml"
     cfg.write_text(f"school: s1\ngateway: {tag} \nroom: r\n")
-    result = subprocess.run([sys.executable, "-m", "campus.cli", command, "--config", str(cfg)], capture_output=True,
+    result = subprocess.run([sys.executable, "-m", "programs.cli", command, "--config", str(cfg)], capture_output=True,
                             text=True, timeout=30)
     assert result.returncode == 2, result.stderr
     lines = result.stderr.strip().splitlines()
@@ -129,7 +129,7 @@ def test_demo_on_postgresql_keeps_no_central_table_in_sqlite(tmp_path: Path, pg_
 
     port, token = free_port(), "demo-test-admin-token"
     env = {**os.environ, "CAMPUS_ALARM_INTERVAL": "0.5"}
-    proc = subprocess.Popen([sys.executable, "-m", "campus.cli", "demo", "--rooms", "1", "--duration", "120",
+    proc = subprocess.Popen([sys.executable, "-m", "programs.cli", "demo", "--rooms", "1", "--duration", "120",
                              "--http-port", str(port), "--data-dir", str(tmp_path / "demo"), "--admin-token", token,
                              "--db", pg_url], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
     base = f"http://127.0.0.1:{port}"

@@ -570,7 +570,7 @@ def test_facility_sees_and_acknowledges_a_co2_alarm_in_chromium(tmp_path: Path) 
     port, data = free_port(), tmp_path / "demo"
     log = open(tmp_path / "demo.log", "wb")  # noqa: SIM115
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "CAMPUS_ALARM_INTERVAL": "1"}
-    demo = subprocess.Popen([sys.executable, "-m", "campus.cli", "demo", "--rooms", "2", "--http-port", str(port),
+    demo = subprocess.Popen([sys.executable, "-m", "programs.cli", "demo", "--rooms", "2", "--http-port", str(port),
                              "--data-dir", str(data)], stdout=log, stderr=subprocess.STDOUT, env=env, cwd=ROOT)
     base = f"http://127.0.0.1:{port}"
     try:

@@ -110,7 +110,7 @@ def test_only_a_refusal_of_the_data_itself_leaves_samples_out(status: int, detai
 def test_ingest_and_web_refuse_to_start_without_their_database(tmp_path: Path, influx: InfluxDB) -> None:
     url = influx.url.replace("bucket=campus", "bucket=nope")
     for command in (["ingest"], ["web", "--http-port", str(free_port())]):
-        proc = subprocess.run([sys.executable, "-m", "campus.cli", *command, "--mqtt", "mqtt://127.0.0.1:1",
+        proc = subprocess.run([sys.executable, "-m", "programs.cli", *command, "--mqtt", "mqtt://127.0.0.1:1",
                                "--store", url, "--db", f"sqlite:///{tmp_path / 'central.db'}"],
                               capture_output=True, text=True, timeout=60)
         assert proc.returncode == 2, proc.stderr

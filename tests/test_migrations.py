@@ -30,7 +30,7 @@ STOP23_ROWS = {"alarm_rules": 5, "alarms": 1, "api_tokens": 1, "audit": 3, "buil
 
 
 def campus(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "campus.cli", *args], capture_output=True, text=True, timeout=60,
+    return subprocess.run([sys.executable, "-m", "programs.cli", *args], capture_output=True, text=True, timeout=60,
                           env=env)
 
 

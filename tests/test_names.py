@@ -156,7 +156,7 @@ def test_cli_users_add_refuses_a_bad_room_in_one_line(central_db_url: str) -> No
     reg.close()
 
     def users_add(*args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run([sys.executable, "-m", "campus.cli", "users", "add", *args, "--db", central_db_url,
+        return subprocess.run([sys.executable, "-m", "programs.cli", "users", "add", *args, "--db", central_db_url,
                                "--password-stdin"], input="teacher-password\n", capture_output=True, text=True,
                               timeout=60)
 

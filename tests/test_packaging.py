@@ -57,7 +57,7 @@ def test_installed_broker_config_writes_district_bridges_away_from_the_checkout(
     # The unpacked wheel first on the path, run from a directory that has no checkout in it.
     run = (f"import sys; sys.path.insert(0, {str(site)!r}); import central.broker_config as b; "
            f"assert b.__file__.startswith({str(site)!r}), b.__file__; "
-           "from campus.cli import main; sys.exit(main())")
+           "from programs.cli import main; sys.exit(main())")
     result = subprocess.run([sys.executable, "-c", run, "broker-config", "--db", f"sqlite:///{tmp_path / 'central.db'}",
                              "--out", str(tmp_path / "out"), "--district", "mqtt.district.example:8883"],
                             cwd=tmp_path, capture_output=True, text=True, timeout=60)

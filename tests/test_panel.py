@@ -317,7 +317,7 @@ def start_demo(tmp_path: Path, attempts: int = 3) -> tuple[subprocess.Popen[byte
         port = free_port()
         data, log_path = tmp_path / f"demo{attempt}", tmp_path / f"demo{attempt}.log"
         with log_path.open("wb") as log:
-            proc = subprocess.Popen([sys.executable, "-m", "campus.cli", "demo", "--rooms", "2", "--duration", "120",
+            proc = subprocess.Popen([sys.executable, "-m", "programs.cli", "demo", "--rooms", "2", "--duration", "120",
                                      "--http-port", str(port), "--data-dir", str(data)],
                                     stdout=log, stderr=subprocess.STDOUT)
         logins = data / "logins.txt"

@@ -443,7 +443,7 @@ def test_url_errors_never_show_a_password_or_token(parse, url: str, secret: str)
 @pytest.mark.parametrize("command", ["web", "demo"])
 def test_a_short_admin_token_is_one_line_and_exit_2(tmp_path: Path, command: str) -> None:
     args = ["--store", f"sqlite:///{tmp_path}/c.db"] if command == "web" else ["--data-dir", str(tmp_path / "d")]
-    result = subprocess.run([sys.executable, "-m", "campus.cli", command, *args, "--admin-token", "x",
+    result = subprocess.run([sys.executable, "-m", "programs.cli", command, *args, "--admin-token", "x",
                              "--http-port", str(free_port())], capture_output=True, text=True, timeout=60)
     assert result.returncode == 2
     assert result.stderr.strip().splitlines() == [

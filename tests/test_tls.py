@@ -231,7 +231,7 @@ def test_ingest_with_a_bad_certificate_exits_with_one_line(tmp_path: Path, pki: 
     s.broker.start()
     try:
         url = s.broker.url_for("ingest", s.passwords["ingest"], pki.good / "ca.crt")
-        result = subprocess.run([sys.executable, "-m", "campus.cli", "ingest", "--mqtt", url, "--store",
+        result = subprocess.run([sys.executable, "-m", "programs.cli", "ingest", "--mqtt", url, "--store",
                                  f"sqlite:///{tmp_path}/central.db"], capture_output=True, text=True, timeout=60)
     finally:
         s.broker.stop()

@@ -20,9 +20,9 @@ from typing import Any
 import yaml
 
 from campus.aio import wait_event
-from campus.cli import run_until_signal
 from campus.errors import CampusError
 from campus.net import free_port
+from campus.signals import run_until_signal
 from campus.urls import parse_mqtt_url, redacted
 from central.broker_config import atomic_write
 from central.registry import Registry

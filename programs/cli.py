@@ -1,4 +1,5 @@
-"""The `campus` command line: one console script for every program of the system.
+"""The `campus` command line: one console script for every program of the system (the top floor:
+it may import every package; nothing imports it).
 
 A user mistake (bad argument, invalid config, unreachable server) ends with
 one line `campus: error: ...` and exit status 2, never a traceback.
@@ -7,15 +8,13 @@ one line `campus: error: ...` and exit status 2, never a traceback.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import logging
-import signal
 import sys
 import threading
 from collections.abc import Callable
-from typing import Any
 
 from campus.errors import CampusError
+from campus.signals import run_until_signal, wait_for_signal
 from campus.urls import redacted
 
 
@@ -26,25 +25,6 @@ def setup_logging(level: str) -> None:
     for noisy in ("pymodbus", "amqtt", "transitions", "werkzeug", "urllib3", "alembic"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     logging.getLogger("amqtt.broker").setLevel(logging.CRITICAL)
-
-
-def run_until_signal(main: Callable[[asyncio.Event], Any]) -> None:
-    """Run an async main(stop) until SIGINT/SIGTERM sets `stop`."""
-    async def runner() -> None:
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, stop.set)
-        await main(stop)
-    asyncio.run(runner())
-
-
-def wait_for_signal(stop: threading.Event) -> None:
-    """Block the main thread until SIGINT/SIGTERM (threaded programs)."""
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, lambda *_: stop.set())
-    while not stop.wait(0.5):
-        pass
 
 
 # ---------------------------------------------------------------- commands
@@ -209,7 +189,7 @@ def cmd_broker_config(args: argparse.Namespace) -> None:
 
 
 def cmd_demo(args: argparse.Namespace) -> None:
-    from campus.demo import Demo
+    from programs.demo import Demo
 
     demo = Demo(rooms=args.rooms, http_port=args.http_port, data_dir=args.data_dir, mqtt=args.mqtt,
                 store=args.store, admin_token=args.admin_token, db=args.db)
