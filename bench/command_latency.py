@@ -54,7 +54,7 @@ from bench.common import (  # noqa: E402
     stop_all,
     wait_until,
 )
-from campus.net import free_port, wait_for_port  # noqa: E402
+from campus.net import free_port  # noqa: E402
 from central.ledger import Ledger  # noqa: E402
 from dashboards.context import central, web  # noqa: E402
 from tests.e2e import write_gateway_config  # noqa: E402
@@ -192,14 +192,14 @@ def run(n: int, poll_interval: float, tmp: Path) -> tuple[list[Series], list[flo
         procs: list[CampusProcess] = []
         try:
             procs.append(CampusProcess(["sim", "--config", str(cfg)], tmp / "sim.log").start())
-            wait_for_port("127.0.0.1", pj_port, 20)
+            procs[0].wait_listening(pj_port, 20)
             wait_until(display_link.exists, 20, message="the display's pty")
             procs += start_ingests(mq.url, f"sqlite:///{db}", db, 1, tmp)
             procs.append(CampusProcess(["agent", "--config", str(cfg)], tmp / "agent.log").start())
             procs.append(ScriptProcess([str(Path(__file__).resolve()), "--_web", "--mqtt", mq.url, "--store",
                                         f"sqlite:///{db}", "--db", str(db), "--http-port", str(web_port)],
                                        tmp / "web.log").start())
-            wait_for_port("127.0.0.1", web_port, 30)
+            procs[-1].wait_listening(web_port, 30)
             api = Api(web_port)
 
             def devices_ok_or_dead() -> bool:

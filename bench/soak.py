@@ -52,7 +52,7 @@ from bench.common import (  # noqa: E402
     wait_until,
 )
 from bench.district import SCHOOL_COUNT, Swarm, gateway_id  # noqa: E402
-from campus.net import free_port, wait_for_port  # noqa: E402
+from campus.net import free_port  # noqa: E402
 from central.registry import Registry  # noqa: E402
 
 BOARD_EVERY_S = 5.0  # dashboards/static/health.js
@@ -240,7 +240,7 @@ def run(args: argparse.Namespace, work: Path) -> tuple[list[Sample], Counters, b
         browsers = Browsers(port, token, args.boards, [gateway_id(i)[1] for i in range(min(args.panels, args.rooms))])
         try:
             web.start()
-            wait_for_port("127.0.0.1", port, timeout=60)
+            web.wait_listening(port, timeout=60)
             # The gateways publish for the whole run plus the start-up of the browsers.
             swarm_args = argparse.Namespace(seconds=seconds + 30, interval_min=args.interval_min,
                                             interval_max=args.interval_max)

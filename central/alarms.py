@@ -504,8 +504,6 @@ class AlarmMonitor:
                 log.warning("alarm evaluation: %s; retrying in %.0f s", exc, self.interval)
             except Exception:  # noqa: BLE001 - a bad moment must not end monitoring
                 log.exception("alarm evaluation failed; retrying in %.0f s", self.interval)
-            finally:
-                self.ledger.release()  # no connection held while it sleeps
             self._stop.wait(self.interval)
 
     def stop(self) -> None:

@@ -15,7 +15,6 @@ a disk full, the server restarting) becomes a `StoreError` naming the database, 
 from __future__ import annotations
 
 import logging
-import sqlite3
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -30,6 +29,7 @@ from sqlalchemy.sql.dml import Insert
 
 from campus.errors import ConfigError, StoreError
 from campus.urls import redacted
+from central.store.sqlite import enable_wal
 
 log = logging.getLogger(__name__)
 
@@ -84,6 +84,11 @@ def central_db_url(db: str | None, store: str | None = None, what: str = "--db")
         return database_url(store.strip(), "--store")
     raise ConfigError(f"no central database: give {what} sqlite:///PATH or postgresql://USER:PASSWORD@HOST/DATABASE, "
                       f"or set {ENV_VAR}")
+
+
+def url_of(path_or_url: str | Path) -> str:
+    """A database named either way: a URL as it is, a bare path as its SQLite file (tests and tools)."""
+    return str(path_or_url) if "://" in str(path_or_url) else f"sqlite:///{path_or_url}"
 
 
 def sqlite_path(url: str) -> Path | None:
@@ -183,9 +188,6 @@ class Database:
         except SQLAlchemyError as exc:
             raise StoreError(f"cannot reach the central database {self.name}: {reason(exc)}") from None
 
-    def release(self) -> None:
-        """Nothing held per thread: every use checks a connection out of the pool and back in."""
-
     def close(self) -> None:
         self.closed = True
         self.engine.dispose()
@@ -214,22 +216,8 @@ class Database:
 
 
 def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
-    cur = dbapi_conn.cursor()
-    cur.execute("PRAGMA busy_timeout=30000")
-    # Two processes opening a new file at once: switching to WAL can answer "locked" at once, without
-    # the busy timeout (central/store/sqlite.py connect() meets the same), so it is tried again.
-    deadline = time.monotonic() + 30
-    while True:
-        try:
-            cur.execute("PRAGMA journal_mode=WAL")
-            break
-        except sqlite3.OperationalError as exc:
-            if "locked" not in str(exc) or time.monotonic() > deadline:
-                raise
-            time.sleep(0.05)
-    cur.execute("PRAGMA synchronous=NORMAL")  # WAL + NORMAL: a crash of the process loses nothing committed
-    cur.execute("PRAGMA foreign_keys=ON")
-    cur.close()
+    enable_wal(dbapi_conn)
+    dbapi_conn.execute("PRAGMA foreign_keys=ON")
 
 
 def open_database(url: str, *, upgrade: bool | None = None) -> Database:

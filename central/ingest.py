@@ -109,7 +109,6 @@ class Ingest:
         self.rooms: dict[str, str] = {}
         self._looked_up: dict[str, float] = {}  # gateway -> when its devices were last read from the ledger
         self._load_maps()
-        self.ledger.release()  # read by the constructing thread; the writer thread takes its own connection
         filters = contract.ingest_filters()
         if share_group:
             filters = [contract.share(f, share_group) for f in filters]

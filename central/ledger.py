@@ -35,7 +35,7 @@ from sqlalchemy import delete as sql_delete
 
 from campus.contract import CommandResult, State
 from central import acks
-from central.db import Database, open_database
+from central.db import Database, open_database, url_of
 from central.tables import commands as commands_t
 from central.tables import events as events_t
 from central.tables import gateways as gw_t
@@ -141,15 +141,8 @@ class Ledger:
         if isinstance(db, Database):
             self.db = db
         else:
-            self.db = open_database(str(db) if "://" in str(db) else f"sqlite:///{db}")
+            self.db = open_database(url_of(db))
         self.seen_keep = seen_keep
-
-    @property
-    def path(self) -> str:
-        return self.db.name
-
-    def release(self) -> None:
-        """Nothing held per thread (connections go back to the pool after each use)."""
 
     def close(self) -> None:
         if self._owns_db:

@@ -368,8 +368,6 @@ class Scheduler:
                 self.tick()
             except Exception:  # noqa: BLE001 - try again next time
                 log.exception("schedule check failed; retrying in %.0f s", self.interval)
-            finally:
-                self.ledger.release()  # no connection held while it sleeps
             self._stop.wait(self.interval)
 
     def stop(self) -> None:

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 
 from central.alarms import AlarmMonitor
 from central.commands import CommandService
-from central.db import Database, open_database
+from central.db import Database, open_database, url_of
 from central.ledger import Ledger
 from central.registry import Registry
 from central.schedules import Scheduler
@@ -74,7 +74,7 @@ def interval(value: float | None, env: str, default: float) -> float:
 
 def open_central_database(db_url: str, upgrade: bool | None = None) -> Database:
     """The central database, reachable and at this release's schema (SQLite: upgraded now)."""
-    return open_database(db_url if "://" in db_url else f"sqlite:///{db_url}", upgrade=upgrade)
+    return open_database(url_of(db_url), upgrade=upgrade)
 
 
 @dataclass
@@ -160,9 +160,8 @@ class Central:
         self._started = False
 
     def release(self) -> None:
-        """The calling thread gives back the connections it holds (ledger and point store); the registry's
-        SQLAlchemy sessions give theirs back as each one closes."""
-        self.ledger.release()
+        """The calling thread gives back the point store's connection it holds; the central database's
+        connections go back to their pool after each use."""
         self.store.release()
 
     def close(self) -> None:

@@ -270,9 +270,6 @@ def stream(gateway: str) -> Any:
             except Exception:  # a locked or briefly unreadable database: try again next round
                 log.exception("panel stream %s: reading the ledger failed", gateway)
                 body = last
-            finally:
-                # A stream lasts for hours: it holds a database connection only while it reads.
-                states.ledger.release()
             if body is not None and body != last:
                 last, seq = body, seq + 1
                 yield _sse("room", body, seq)

@@ -8,7 +8,9 @@ one line `campus: error: ...` and exit status 2, never a traceback.
 from __future__ import annotations
 
 import argparse
+import faulthandler
 import logging
+import signal
 import sys
 import threading
 from collections.abc import Callable
@@ -348,6 +350,9 @@ def main(argv: list[str] | None = None) -> None:
     parser = build_parser()
     args = parser.parse_args(argv)
     setup_logging(args.log_level)
+    # `kill -USR1 PID` prints every thread's stack to stderr (the journal under systemd): where a program
+    # that seems stuck waits, without stopping it.
+    faulthandler.register(signal.SIGUSR1, all_threads=True)
     try:
         args.func(args)
     except CampusError as exc:

@@ -16,7 +16,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 from pymodbus.client import ModbusTcpClient
 
 from campus import contract
-from campus.net import free_port, wait_for_port
+from campus.net import free_port
 from central.ledger import Ledger
 from central.store.sqlite import SqlitePointStore
 from device_profiles import load_profile, registers
@@ -157,7 +157,7 @@ class Classroom:
     def start(self, *, sim: bool = True, agent: bool = True, ingest: bool = True) -> Classroom:
         if sim:
             self.sim.start()
-            wait_for_port("127.0.0.1", self.port)
+            self.sim.wait_listening(self.port)
         if ingest:
             for proc in self.ingests:
                 proc.start()

@@ -4,6 +4,7 @@ and the project's own programs as subprocesses (`campus agent`, `campus ingest`,
 
 from __future__ import annotations
 
+import contextlib
 import glob
 import json
 import os
@@ -431,6 +432,28 @@ class CampusProcess(ServerProcess):
 
     def output(self) -> str:
         return self.log_path.read_text(errors="replace")
+
+    def wait_listening(self, port: int, timeout: float = 30.0) -> None:
+        """Until it accepts connections on 127.0.0.1:port. If it exits first, or is still not listening at
+        the deadline, raise with the end of its log; a process that hangs is first asked for its threads'
+        stacks (SIGUSR1: `campus` registers faulthandler for it), so the log says where it waits."""
+        deadline = time.monotonic() + timeout
+        while self.alive():
+            try:
+                wait_for_port("127.0.0.1", port, timeout=min(1.0, max(0.0, deadline - time.monotonic())))
+                return
+            except TimeoutError:
+                if time.monotonic() >= deadline:
+                    break
+        if self.alive():
+            size = self.log_path.stat().st_size
+            self.proc.send_signal(signal.SIGUSR1)  # type: ignore[union-attr]
+            with contextlib.suppress(TimeoutError):
+                wait_until(lambda: self.log_path.stat().st_size > size, timeout=5, message="the stack dump")
+            why = f"still not listening on 127.0.0.1:{port} after {timeout:.0f} s"
+        else:
+            why = f"exited with {self.proc.returncode if self.proc else None} before listening on {port}"
+        raise RuntimeError(f"campus {' '.join(self.args[:1])}: {why}; its log ends:\n{self.output()[-6000:]}")
 
 
 class SmallFilesystem:

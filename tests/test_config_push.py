@@ -25,7 +25,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 from campus import contract
 from campus.contract import Command, CommandResult
 from campus.errors import ConfigError
-from campus.net import free_port, wait_for_port
+from campus.net import free_port
 from dashboards import WebConfig, close_app, create_app
 from dashboards.context import central
 from edge_agent.agent import Agent
@@ -82,7 +82,7 @@ def test_push_adds_a_device_refuses_a_bad_list_and_survives_a_restart(tmp_path: 
     try:
         room.start()
         extra_sim.start()
-        wait_for_port("127.0.0.1", port2)
+        extra_sim.wait_listening(port2)
         wait_until(lambda: room.view.latest("gw1", "env"), 30, message="first telemetry from env")
         wait_until(lambda: gateway_state(room).get("online"), 30, message="gw1 online")
         assert gateway_state(room)["config_version"] is None  # running its config file's list

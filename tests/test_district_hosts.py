@@ -29,7 +29,7 @@ import pytest
 from sqlalchemy import text
 
 from campus.contract import State
-from campus.net import free_port, wait_for_port
+from campus.net import free_port
 from central.alarms import ensure_default_rules
 from central.db import Database
 from central.ledger import Ledger, Sequenced
@@ -207,7 +207,7 @@ class WebHosts:
         for web, _port in self.webs:
             web.start()
         for web, port in self.webs:
-            wait_for_port("127.0.0.1", port, timeout=30)
+            web.wait_listening(port, timeout=30)
             assert web.alive(), web.output()[-2000:]
         return self
 

@@ -9,7 +9,7 @@ from pathlib import Path
 from campus import contract
 from campus.contract import Telemetry
 from campus.errors import PayloadError
-from campus.net import free_port, wait_for_port
+from campus.net import free_port
 from dashboards import WebConfig, create_app
 from dashboards.context import central
 from tests.e2e import StoreView, env_device, ingest_with_publisher, read_simulator, write_gateway_config
@@ -23,7 +23,7 @@ def test_stored_values_equal_what_the_simulator_served(tmp_path: Path, mosquitto
     db = tmp_path / "central.db"
     procs = [CampusProcess(["sim", "--config", str(cfg)], tmp_path / "sim.log").start()]
     try:
-        wait_for_port("127.0.0.1", port)
+        procs[0].wait_listening(port)
         procs.append(CampusProcess(["ingest", "--mqtt", mosquitto.url, "--store", f"sqlite:///{db}"],
                                    tmp_path / "ingest.log").start())
         procs.append(CampusProcess(["agent", "--config", str(cfg)], tmp_path / "agent.log").start())

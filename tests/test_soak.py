@@ -34,7 +34,7 @@ from bench.common import ENV_VALUES, ledger_totals
 from bench.ingest import Feed, publish
 from campus import contract
 from campus.contract import Telemetry
-from campus.net import free_port, wait_for_port
+from campus.net import free_port
 from central.store.sqlite import IDLE_CONNECTIONS
 from dashboards import close_app
 from tests.apps import add_people, central_db, district, register_rooms, rooms_with_history, web_app
@@ -91,7 +91,7 @@ def web_server(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[tupl
     web = CampusProcess(["web", "--store", f"sqlite:///{db}", "--http-port", str(port)], tmp_path / "web.log",
                         open_files=OPEN_FILES_LIMIT).start()
     try:
-        wait_for_port("127.0.0.1", port, timeout=30)
+        web.wait_listening(port, timeout=30)
         yield web, port, token, db
     finally:
         web.stop()
@@ -238,7 +238,7 @@ def test_agent_polls_10000_times_with_flat_files_threads_and_memory(tmp_path: Pa
     agent = None
     try:
         for dev in devices:
-            wait_for_port("127.0.0.1", dev["address"]["port"], timeout=30)
+            sim.wait_listening(dev["address"]["port"], timeout=30)
         agent = CampusProcess(["agent", "--config", str(config)], tmp_path / "agent.log",
                               open_files=OPEN_FILES_LIMIT).start()
         assert agent.proc is not None

@@ -61,28 +61,36 @@ def _metric_value(text: str) -> float | str:
     return value if isinstance(value, str) else float(value)
 
 
-def connect(path: str | Path) -> sqlite3.Connection:
-    """A connection tuned for one writer and many readers across processes."""
-    deadline = time.monotonic() + 30
-    db: sqlite3.Connection | None = None
+def enable_wal(db: sqlite3.Connection, wait_s: float = 30.0) -> None:
+    """Write-ahead logging (many readers beside one writer, across processes) and NORMAL sync (with WAL, a
+    crash of the process loses nothing committed). Two processes opening a new file at once: switching to
+    WAL can answer "locked" at once, without the busy timeout, so it is tried again for `wait_s`."""
+    db.execute(f"PRAGMA busy_timeout={int(wait_s * 1000)}")
+    deadline = time.monotonic() + wait_s
     while True:
         try:
-            Path(path).parent.mkdir(parents=True, exist_ok=True)
-            db = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False, timeout=30)
-            db.execute("PRAGMA busy_timeout=30000")
-            # Two processes opening a new file at once: switching to WAL can answer
-            # "locked" without waiting on the busy timeout, so retry it here.
             db.execute("PRAGMA journal_mode=WAL")
-            db.execute("PRAGMA synchronous=NORMAL")  # WAL + NORMAL: a crash of the process loses nothing committed
-            return db
+            break
         except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.05)
+    db.execute("PRAGMA synchronous=NORMAL")
+
+
+def connect(path: str | Path) -> sqlite3.Connection:
+    """A connection tuned for one writer and many readers across processes."""
+    db: sqlite3.Connection | None = None
+    try:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        db = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False, timeout=30)
+        enable_wal(db)
+        return db
+    except (OSError, sqlite3.Error) as exc:
+        if db is not None:
             with contextlib.suppress(Exception):
                 db.close()
-            if "locked" not in str(exc) or time.monotonic() > deadline:
-                raise StoreError(f"cannot open SQLite database {path}: {exc}") from None
-            time.sleep(0.05)
-        except (OSError, sqlite3.Error) as exc:
-            raise StoreError(f"cannot open SQLite database {path}: {exc}") from None
+        raise StoreError(f"cannot open SQLite database {path}: {exc}") from None
 
 
 # A pool's bounds. Idle connections wait for the next thread (opening one costs a few hundred
