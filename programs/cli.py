@@ -17,7 +17,6 @@ from collections.abc import Callable
 
 from campus.errors import CampusError
 from campus.signals import run_until_signal, wait_for_signal
-from campus.urls import redacted
 
 
 def setup_logging(level: str) -> None:
@@ -49,60 +48,42 @@ def cmd_sim(args: argparse.Namespace) -> None:
 
 
 def cmd_ingest(args: argparse.Namespace) -> None:
-    from campus.urls import parse_mqtt_url
     from central.db import central_db_url
-    from central.ingest import Ingest
     from central.service import Central, CentralConfig
+    from programs.services import start_ingest
 
-    mqtt = parse_mqtt_url(args.mqtt)
     # Ingest workers may be many: no command service (ingest has its own connection), no alarm monitor
     # or scheduler (the web instances run those).
     config = CentralConfig(store_url=args.store, db_url=central_db_url(args.db, args.store), mqtt_url=args.mqtt,
                            commands=False, background=False)
     with Central.open(config, check_store=True) as central:
-        ingest = Ingest(mqtt, central.store, central.ledger, name=args.name, share_group=args.share or None,
-                        session_expiry=int(args.session_expiry), ack_max_delay=args.ack_max_delay)
-        ingest.connect()
-        stop = threading.Event()
-        worker = threading.Thread(target=ingest.run, args=(stop,), name="ingest-writer", daemon=True)
-        worker.start()
-        logging.getLogger("campus").info("ingest %s: %s -> %s", args.name, mqtt, redacted(args.store))
-        wait_for_signal(stop)
-        worker.join(timeout=10)
-        ingest.close()  # the last batch's acks, then the broker connection and its thread
+        ingest = start_ingest(central, args.mqtt, name=args.name, share_group=args.share or None,
+                              session_expiry=args.session_expiry, ack_max_delay=args.ack_max_delay)
+        wait_for_signal(ingest.stop_event)
+        ingest.stop()
 
 
 def cmd_web(args: argparse.Namespace) -> None:
     from pathlib import Path
 
-    from central.broker_config import atomic_write
     from central.db import central_db_url, sqlite_path
     from central.registry import check_token
     from central.service import Central
-    from dashboards import WebConfig, close_app, create_app
-    from dashboards.server import serve
+    from dashboards import WebConfig
+    from programs.services import start_web
 
     if args.admin_token is not None:
         check_token(args.admin_token, "--admin-token")
     config = WebConfig(store_url=args.store, db_url=central_db_url(args.db, args.store), mqtt_url=args.mqtt,
                        trusted_proxies=args.proxy)
     with Central.open(config.central_config(), check_store=True) as central:  # history comes from the store
-        app = create_app(config, central)
-        central.start()
-        password = central.registry.ensure_admin(args.admin_token)
-        if password:
-            # Into a file only its owner reads, not onto stdout: under systemd stdout is the journal.
-            # Beside the SQLite file; with a server database, in the directory it was started in.
-            where = (sqlite_path(config.db_url) or Path("campus.db")).resolve().parent / "admin-password.txt"
-            atomic_write(where, f"admin {password}\n", mode=0o600)
-            print(f"campus web: created user admin; its password is in {where} (mode 0600). Change it with "
-                  "`campus users add admin --role admin`, then delete that file", flush=True)
-        stop = threading.Event()
-        server = serve(app, "127.0.0.1" if not args.host else args.host, args.http_port)
-        print(f"campus web: http://{server.host}:{server.port}/", flush=True)
-        wait_for_signal(stop)
-        server.shutdown()
-        close_app(app)  # open streams end first; `with` then stops central's threads and closes it
+        # The first admin's password: beside the SQLite file; with a server database, where it was started.
+        password_dir = (sqlite_path(config.db_url) or Path("campus.db")).resolve().parent
+        web = start_web(central, config, args.host or "127.0.0.1", args.http_port,
+                        password_dir=password_dir, admin_token=args.admin_token)
+        print(f"campus web: {web.url}", flush=True)
+        wait_for_signal(threading.Event())
+        web.stop()  # open streams end first; `with` then stops central's threads and closes it
 
 
 def cmd_users(args: argparse.Namespace) -> None:

@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import secrets
-import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -138,10 +137,9 @@ class Demo:
         run_until_signal(lambda stop: self._main(stop, duration))
 
     async def _main(self, stop: asyncio.Event, duration: float | None) -> None:
-        from central.ingest import Ingest
         from central.service import Central
-        from dashboards import WebConfig, close_app, create_app
-        from dashboards.server import serve
+        from dashboards import WebConfig
+        from programs.services import start_ingest, start_web
 
         started = time.monotonic()
         broker_port = None
@@ -173,18 +171,12 @@ class Demo:
         for s in sims.values():
             await s.start()
 
-        ingest = Ingest(parse_mqtt_url(mqtt), central.store, central.ledger, name="demo-ingest")
-        await asyncio.to_thread(ingest.connect)
-        ingest_stop = threading.Event()
-        ingest_thread = threading.Thread(target=ingest.run, args=(ingest_stop,), name="ingest", daemon=True)
-        ingest_thread.start()
-
+        ingest = await asyncio.to_thread(start_ingest, central, mqtt, name="demo-ingest")
         self._register(central.registry, configs)
         web.sim_control = self._sim_control(sims)
-        app = create_app(web, central)
-        await asyncio.to_thread(central.start)  # commands, alarm monitor, scheduler
-        server = serve(app, "127.0.0.1", self.http_port)
-        url = f"http://127.0.0.1:{server.port}/"
+        # The dashboard, with central's commands, alarm monitor and scheduler.
+        served = await asyncio.to_thread(start_web, central, web, "127.0.0.1", self.http_port)
+        url = served.url
         print(f"campus demo: {self.rooms} classrooms, broker {redacted(mqtt.split('?')[0])}"
               f"{' (embedded amqtt)' if broker else ''}, store {redacted(self.store)}, central database "
               f"{central.db.name}", flush=True)
@@ -207,11 +199,8 @@ class Demo:
             print("campus demo: stopping", flush=True)
             stop.set()
             await asyncio.gather(*agents, return_exceptions=True)
-            ingest_stop.set()
-            await asyncio.to_thread(ingest_thread.join, 10)
-            ingest.close()
-            server.shutdown()
-            close_app(app)
+            await asyncio.to_thread(ingest.stop)
+            served.stop()
             await asyncio.to_thread(central.close)  # its threads stop, then the store and the database close
             for s in sims.values():
                 await s.stop()
