@@ -37,3 +37,14 @@ def test_nothing_imports_the_top_floor() -> None:
 def test_the_rules_see_imports_inside_functions() -> None:
     """Most of our cross-package imports are inside functions (start-up cost): the scan must see them."""
     assert ("programs/cli.py", "programs.demo") in imports("programs")
+
+
+def test_the_programs_import_downward_only() -> None:
+    """The command line starts the demo and the services; the demo starts the services; the services
+    start nothing of the floor they are on (no cycle: `campus demo` and `campus web` wire one way)."""
+    order = ["programs.cli", "programs.demo", "programs.services"]
+    bad = [(f, m) for f, m in imports("programs")
+           if m in order and f"programs.{Path(f).stem}" in order
+           and order.index(m) <= order.index(f"programs.{Path(f).stem}")]
+    assert bad == []
+    assert ("programs/demo.py", "programs.services") in imports("programs")
