@@ -174,7 +174,7 @@ def cmd_broker_config(args: argparse.Namespace) -> None:
 def cmd_demo(args: argparse.Namespace) -> None:
     from programs.demo import Demo
 
-    demo = Demo(rooms=args.rooms, http_port=args.http_port, data_dir=args.data_dir, mqtt=args.mqtt,
+    demo = Demo(rooms=args.rooms, schools=args.schools, http_port=args.http_port, data_dir=args.data_dir, mqtt=args.mqtt,
                 store=args.store, admin_token=args.admin_token, db=args.db)
     demo.run(duration=args.duration)
 
@@ -188,7 +188,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser("demo", help="a whole simulated school on this machine")
-    p.add_argument("--rooms", type=_positive_int, default=3, help="classrooms to simulate (default 3)")
+    p.add_argument("--rooms", type=_positive_int, default=3, help="classrooms to simulate per school (default 3)")
+    p.add_argument("--schools", type=_positive_int, default=1,
+                   help="schools to simulate, each of --rooms classrooms: a district (default 1)")
     p.add_argument("--duration", type=float, default=None, help="stop after S seconds (default: run until Ctrl-C)")
     p.add_argument("--http-port", type=_port, default=8080, help="dashboard port on 127.0.0.1 (default 8080)")
     p.add_argument("--data-dir", default="campus-demo-data", help="where the demo keeps its files")

@@ -34,20 +34,30 @@ log = logging.getLogger(__name__)
 SCHOOL = "demo-school"
 
 
-def classroom_config(index: int, mqtt: str, data_dir: Path, poll_interval: float = 2.0) -> dict[str, Any]:
-    """The gateway config of demo classroom `index` (1-based): one device of every kind.
+def school_id(school: int, schools: int) -> str:
+    """The demo's school `school` (1-based) of `schools`: one school keeps the plain name."""
+    return SCHOOL if schools == 1 else f"{SCHOOL}-{school}"
+
+
+def classroom_config(index: int, mqtt: str, data_dir: Path, poll_interval: float = 2.0, *,
+                     school: int = 1, schools: int = 1) -> dict[str, Any]:
+    """The gateway config of demo classroom `index` (1-based) of school `school` of `schools`: one device
+    of every kind. Rooms are numbered 101, 102, ... in every school; gateways are gw-101 for one school,
+    gw-2-101 (school 2, room 101) for several.
 
     Network devices listen on free loopback ports; serial devices are ptys
     symlinked under DIR/dev/ (the agent opens them as it would /dev/ttyUSB0);
     the camera reads a generated classroom video under DIR/video/.
     """
     room = f"{100 + index}"
+    gateway = f"gw-{room}" if schools == 1 else f"gw-{school}-{room}"
+    place = gateway.removeprefix("gw-")  # names a room's files: ptys, video
     dev_dir = (data_dir / "dev").resolve()
-    video = (data_dir / "video" / f"room-{room}.avi").resolve()
+    video = (data_dir / "video" / f"room-{place}.avi").resolve()
     return {
-        "school": SCHOOL, "gateway": f"gw-{room}", "room": room, "building": "A",
+        "school": school_id(school, schools), "gateway": gateway, "room": room, "building": "A",
         "mqtt": mqtt, "poll_interval": poll_interval,
-        "data_dir": str((data_dir / "agents" / f"gw-{room}").resolve()),
+        "data_dir": str((data_dir / "agents" / gateway).resolve()),
         "card_secret": secrets.token_hex(16),
         "devices": [
             {"id": "env", "profile": "env-6in1-modbus",
@@ -59,10 +69,10 @@ def classroom_config(index: int, mqtt: str, data_dir: Path, poll_interval: float
              "simulator": {"seed": index, "warmup_s": 8, "cooldown_s": 6, "lamp_hours": 1200 + 350 * index,
                            "time_scale": 60}},
             {"id": "display", "profile": "display-samsung-mdc",
-             "address": {"serial": str(dev_dir / f"room-{room}-display"), "display_id": 0},
+             "address": {"serial": str(dev_dir / f"room-{place}-display"), "display_id": 0},
              "simulator": {"seed": index}},
             {"id": "cards", "profile": "card-em4100",
-             "address": {"serial": str(dev_dir / f"room-{room}-cards")},
+             "address": {"serial": str(dev_dir / f"room-{place}-cards")},
              "simulator": {"seed": index, "swipe_every_s": 15}},
             {"id": "camera", "profile": "camera-occupancy",
              "address": {"source": str(video)}, "options": {"loop": True},
@@ -74,8 +84,9 @@ def classroom_config(index: int, mqtt: str, data_dir: Path, poll_interval: float
 class Demo:
     def __init__(self, rooms: int = 3, http_port: int = 8080, data_dir: str = "campus-demo-data",
                  mqtt: str | None = None, store: str | None = None, admin_token: str | None = None,
-                 db: str | None = None) -> None:
-        self.rooms = rooms
+                 db: str | None = None, schools: int = 1) -> None:
+        self.rooms = rooms  # per school
+        self.schools = schools
         self.http_port = http_port
         self.data_dir = Path(data_dir).resolve()
         self.external_mqtt = mqtt
@@ -98,12 +109,18 @@ class Demo:
         gw_dir = self.data_dir / "gateways"
         gw_dir.mkdir(parents=True, exist_ok=True)
         configs = []
-        for i in range(1, self.rooms + 1):
-            path = gw_dir / f"room-{100 + i}.yaml"
-            # 0600 from creation: a gateway config holds the school's card secret (and a broker password).
-            atomic_write(path, yaml.safe_dump(classroom_config(i, mqtt, self.data_dir), sort_keys=False), mode=0o600)
-            configs.append(load_gateway_config(path))
+        for k in range(1, self.schools + 1):
+            for i in range(1, self.rooms + 1):
+                config = classroom_config(i, mqtt, self.data_dir, school=k, schools=self.schools)
+                path = gw_dir / f"room-{config['gateway'].removeprefix('gw-')}.yaml"
+                # 0600 from creation: a gateway config holds the school's card secret (and a broker password).
+                atomic_write(path, yaml.safe_dump(config, sort_keys=False), mode=0o600)
+                configs.append(load_gateway_config(path))
         return configs
+
+    def _size(self) -> str:
+        rooms = f"{self.rooms} classroom{'s' if self.rooms != 1 else ''}"
+        return rooms if self.schools == 1 else f"{self.schools} schools of {rooms} each"
 
     def _register(self, registry: Registry, configs: list[GatewayConfig]) -> None:
         """Put the demo school into the registry as IT staff would: rooms, gateways, devices, people."""
@@ -177,7 +194,7 @@ class Demo:
         # The dashboard, with central's commands, alarm monitor and scheduler.
         served = await asyncio.to_thread(start_web, central, web, "127.0.0.1", self.http_port)
         url = served.url
-        print(f"campus demo: {self.rooms} classrooms, broker {redacted(mqtt.split('?')[0])}"
+        print(f"campus demo: {self._size()}, broker {redacted(mqtt.split('?')[0])}"
               f"{' (embedded amqtt)' if broker else ''}, store {redacted(self.store)}, central database "
               f"{central.db.name}", flush=True)
         print(f"campus demo: dashboard {url}", flush=True)

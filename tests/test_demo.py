@@ -25,23 +25,29 @@ def _get(url: str, token: str) -> object:
 
 
 def test_demo_runs_every_room_end_to_end_and_exits_0(tmp_path: Path) -> None:
+    """Two schools of one classroom each (`--schools 2`: a district's demo); the one-school demo's names
+    (gw-101 in demo-school) are the PostgreSQL demo test's."""
     port = free_port()
     token = "demo-test-admin-token"
-    proc = subprocess.Popen([sys.executable, "-m", "programs.cli", "demo", "--rooms", "2", "--duration", "20",
+    rooms = ("gw-1-101", "gw-2-101")
+    proc = subprocess.Popen([sys.executable, "-m", "programs.cli", "demo", "--rooms", "1", "--schools", "2",
+                             "--duration", "20",
                              "--http-port", str(port), "--data-dir", str(tmp_path / "demo"), "--admin-token", token],
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     base = f"http://127.0.0.1:{port}"
     try:
         wait_until(lambda: _get(f"{base}/api/health", token) == {"status": "ok"}, 20, message="dashboard up")
-        for room in ("gw-101", "gw-102"):
+        for room in rooms:
             wait_until(lambda room=room: _get(f"{base}/api/telemetry?gateway={room}&device=env&metric=co2_ppm",
                                               token)["points"], 15, message=f"telemetry from {room}")
         gateways = _get(f"{base}/api/gateways", token)
-        assert {g["id"] for g in gateways} == {"gw-101", "gw-102"} and all(g["online"] for g in gateways)
+        assert {(g["id"], g["school"], g["room"]) for g in gateways} == {
+            ("gw-1-101", "demo-school-1", "101"), ("gw-2-101", "demo-school-2", "101")}
+        assert all(g["online"] for g in gateways)
         # Every classroom has one device of every kind, each reporting over its own protocol.
         kinds = {"environment", "card_reader", "projector", "display", "camera"}
         wait_until(lambda: all({d["kind"] for d in _get(f"{base}/api/devices", token) if d["gateway"] == g
-                                and d["status"] == "ok" and d["latest"]} == kinds for g in ("gw-101", "gw-102")),
+                                and d["status"] == "ok" and d["latest"]} == kinds for g in rooms),
                    20, message="every kind of device reporting in both rooms")
         try:
             out, _ = proc.communicate(timeout=60)
@@ -53,7 +59,7 @@ def test_demo_runs_every_room_end_to_end_and_exits_0(tmp_path: Path) -> None:
         if proc.poll() is None:
             proc.kill()
     assert proc.returncode == 0, out
-    assert f"dashboard http://127.0.0.1:{port}/" in out
+    assert f"dashboard http://127.0.0.1:{port}/" in out and "2 schools of 1 classroom each" in out
     for role in ("admin", "facility", "teacher"):
         assert f"login {role} / " in out
     assert "Traceback" not in out
