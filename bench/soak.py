@@ -97,6 +97,10 @@ class Browsers:
             self._tasks.append(asyncio.create_task(self._panel(gateway)))
 
     def stop(self) -> None:
+        if not self.thread.is_alive():  # never started (the run failed before): nothing to cancel
+            self.loop.close()
+            return
+
         async def cancel() -> None:
             for task in self._tasks:
                 task.cancel()
