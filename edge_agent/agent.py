@@ -217,9 +217,9 @@ class Agent:
         while True:
             try:
                 async with self._client() as client:
-                    # Ack commands only after they are journaled (see commands.py).
-                    client._client.manual_ack_set(True)  # aiomqtt exposes no manual-ack switch
-                    campus.mqtt.no_delay(client._client.socket())  # a command's ack, then its result: no wait
+                    # Ack commands only after they are journaled (see commands.py); a command's ack, then
+                    # its result, without waiting (no_delay).
+                    campus.mqtt.manual_acks(client)
                     self.client = client
                     self.connected.set()
                     backoff = 0.5
@@ -287,8 +287,7 @@ class Agent:
             except contract.PayloadError as exc:
                 log.warning("ignored message on %s: %s", message.topic.value, exc)
             finally:
-                if message.qos > 0:
-                    client._client.ack(message.mid, message.qos)
+                campus.mqtt.ack(client, message)
 
     async def _drain(self, client: aiomqtt.Client) -> None:
         """Publish the outbox oldest first, `inflight` at a time, at most `drain_rate`/s, while central is online."""
