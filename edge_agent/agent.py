@@ -37,6 +37,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections.abc import Coroutine
 from typing import Any
 
 import aiomqtt
@@ -104,7 +105,6 @@ class Agent:
         self.heartbeat = max(MIN_HEARTBEAT_S, config.poll_interval)
         self._tasks: asyncio.TaskGroup | None = None
         self.pollers: dict[str, asyncio.Task[None]] = {}
-        self.workers: dict[str, asyncio.Task[None]] = {}
         self._reconfigure = asyncio.Lock()
         self._refused: bytes | None = None  # the last refused payload, reported once
 
@@ -337,8 +337,8 @@ class Agent:
                  len(self.drivers), len(self.outbox))
         if self.outbox.replaced_now is not None:
             self._outbox_replaced(self.outbox.replaced_now)
-        for device in self._journaled_devices() - set(self.drivers):
-            self._forget_commands(device, "the device is no longer in this gateway's config")
+        for device in self.commands.open_devices() - set(self.drivers):
+            self.commands.forget_device(device, "the device is no longer in this gateway's config")
         self.commands.recover()
         try:
             async with asyncio.TaskGroup() as tg:
@@ -356,8 +356,11 @@ class Agent:
         self.pollers[device_id] = self._tasks.create_task(self.poll_device(device_id))
 
     def _start_worker(self, device_id: str) -> None:
+        self.commands.start(device_id, self._spawn)
+
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
         assert self._tasks is not None
-        self.workers[device_id] = self._tasks.create_task(self.commands.run_device(device_id))
+        return self._tasks.create_task(coro)
 
     # ------------------------------------------------------------ config push
 
@@ -431,7 +434,6 @@ class Agent:
         self.config, self.config_version = new, version
         for dev_id in added:
             self.locks[dev_id] = asyncio.Lock()
-            self.commands.queues[dev_id] = asyncio.Queue()
             self.status[dev_id] = "starting"
             self.drivers[dev_id] = fresh[dev_id]
             self._start_worker(dev_id)
@@ -463,33 +465,13 @@ class Agent:
     async def _remove_device(self, device_id: str, reason: str) -> None:
         await self._stop_poller(device_id)
         async with self.locks[device_id]:  # a command running on it finishes first
-            worker = self.workers.pop(device_id, None)
-            if worker is not None:
-                worker.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await worker
+            await self.commands.stop(device_id)
             driver = self.drivers.pop(device_id)
             self.status.pop(device_id, None)
         self.locks.pop(device_id, None)
-        self.commands.queues.pop(device_id, None)
-        self._forget_commands(device_id, reason)
+        self.commands.remove(device_id, reason)
         with contextlib.suppress(Exception):
             await driver.close()
-
-    def _journaled_devices(self) -> set[str]:
-        rows = self.outbox.read(lambda db: db.execute(
-            "SELECT DISTINCT device FROM commands WHERE state IN ('queued', 'running')").fetchall(), [])
-        return {r[0] for r in rows}
-
-    def _forget_commands(self, device_id: str, reason: str) -> None:
-        """Answer the journaled commands of a device that is gone, so none waits forever."""
-        rows = self.outbox.read(lambda db: db.execute(
-            "SELECT id, state FROM commands WHERE device=? AND state IN ('queued', 'running') ORDER BY received",
-            (device_id,)).fetchall(), [])
-        for cid, state in rows:
-            self.commands._finish(cid, device_id, "rejected" if state == "queued" else "failed", reason)
-        if rows:
-            self.pending.set()
 
     async def close(self) -> None:
         for driver in self.drivers.values():
