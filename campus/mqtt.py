@@ -2,7 +2,8 @@
 
 The agent uses aiomqtt (asyncio); the web app paho-mqtt's threaded client;
 ingest its own subscriber (central/subscriber.py). All get TLS, credentials,
-protocol version and `no_delay` here.
+protocol version and `no_delay` here. It is also the one adapter that touches the libraries'
+private attributes (at the end, marked), so an upgrade of aiomqtt or paho-mqtt has one place to check.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import socket
 import ssl
+from typing import TYPE_CHECKING
 
 import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion
@@ -18,6 +20,9 @@ from paho.mqtt.reasoncodes import ReasonCode
 
 from campus.errors import ConfigError
 from campus.urls import MqttUrl
+
+if TYPE_CHECKING:  # the agent's library; the threaded programs need not import it
+    import aiomqtt
 
 # X.509 verify codes (OpenSSL's X509_V_ERR_*) that mean "not signed by a CA we trust".
 _UNTRUSTED = {2, 18, 19, 20, 21}
@@ -99,3 +104,35 @@ def paho_client(url: MqttUrl, client_id: str, *, manual_ack: bool = False) -> pa
     if ctx is not None:
         client.tls_set_context(ctx)
     return client
+
+
+# ---------------------------------------------------------------- the one adapter to private parts
+# Everything below reaches into attributes the MQTT libraries keep private, because they offer no public
+# way to do it; nothing else in the project may (tests/test_layers.py checks). Checked against aiomqtt
+# 2.5.1 and paho-mqtt 2.2.0 (constraints.txt); an upgrade of either re-reads these four functions first.
+# aiomqtt keeps the paho client it drives as `Client._client` and exposes neither paho's manual-ack switch,
+# its `ack()`, nor its socket.
+
+
+def _paho_of(client: aiomqtt.Client) -> paho.Client:
+    return client._client  # aiomqtt 2.x: the paho client it wraps
+
+
+def manual_acks(client: aiomqtt.Client) -> None:
+    """Acknowledge received messages only when `ack` is called (the agent acks a command once it is
+    journaled), and send small packets at once (`no_delay`). Call right after connecting."""
+    paho_client = _paho_of(client)
+    paho_client.manual_ack_set(True)
+    no_delay(paho_client.socket())
+
+
+def ack(client: aiomqtt.Client, message: aiomqtt.Message) -> None:
+    """Acknowledge one received QoS 1/2 message (after `manual_acks`); nothing for QoS 0."""
+    if message.qos > 0:
+        _paho_of(client).ack(message.mid, message.qos)
+
+
+def close_wakeup_sockets(client: paho.Client) -> None:
+    """Close the socket pair paho 2.x opens to wake its loop thread: it closes them only when the
+    client is garbage-collected (Client.__del__), so a stopped service would keep two sockets open."""
+    client._reset_sockets()

@@ -32,7 +32,7 @@ from typing import Any
 from campus import contract
 from campus.contract import Command, CommandResult
 from campus.errors import CampusError, PayloadError
-from campus.mqtt import explain_connect_error, no_delay, paho_client
+from campus.mqtt import close_wakeup_sockets, explain_connect_error, no_delay, paho_client
 from campus.urls import MqttUrl
 from central.ledger import Ledger
 
@@ -99,9 +99,7 @@ class CommandService:
             self._started = False
             self.client.disconnect()
             self.client.loop_stop()
-            # paho 2.x closes its loop's wake-up socket pair only when the client is garbage-collected
-            # (Client.__del__); a stopped service should not keep two sockets open until then.
-            self.client._reset_sockets()
+            close_wakeup_sockets(self.client)  # paho keeps them open until garbage collection
 
     def _republish_loop(self) -> None:
         while not self._stop.wait(REPUBLISH_CHECK_S):

@@ -25,11 +25,12 @@ run; a command without `ts` (an older central) is not checked.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import sqlite3
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from typing import Any
 
@@ -55,6 +56,9 @@ CREATE TABLE IF NOT EXISTS commands (
 """
 # How long a command may take on the device at most, whatever its deadline.
 MAX_RUN_S = 60.0
+
+# Starts a task in the caller's task group (the agent's), so a worker stops with everything else.
+Spawn = Callable[[Coroutine[Any, Any, None]], "asyncio.Task[None]"]
 
 
 # Answer to a command whose journal entry cannot be read (I/O error): running it could be running it twice.
@@ -102,6 +106,7 @@ class CommandExecutor:
         # Wakes the MQTT link: a result must not wait for the next poll's telemetry.
         self.on_result = on_result
         self.queues: dict[str, asyncio.Queue[_Job]] = {d: asyncio.Queue() for d in drivers}
+        self.workers: dict[str, asyncio.Task[None]] = {}  # device -> its worker, when started by `start`
         self.executed: dict[str, int] = {}  # action runs per command id, for tests and audits
         self.volatile: dict[str, _Entry] = {}  # journal entries the storage refused (disk full)
 
@@ -220,6 +225,49 @@ class CommandExecutor:
                 self._finish(cid, device, "expired", "deadline passed while the agent was down")
             else:
                 self.queues[device].put_nowait(_Job(cmd, device, bytes(payload)))
+
+    # ------------------------------------------------------------ the journal, for the agent
+
+    def open_devices(self) -> set[str]:
+        """The devices that have a journaled command not finished (queued or running)."""
+        rows = self.outbox.read(lambda db: db.execute(
+            "SELECT DISTINCT device FROM commands WHERE state IN ('queued', 'running')").fetchall(), [])
+        return {r[0] for r in rows}
+
+    def forget_device(self, device: str, reason: str) -> int:
+        """Answer the journaled commands of a device that is gone (queued: `rejected`, running: `failed`),
+        so none waits forever; how many were answered."""
+        rows = self.outbox.read(lambda db: db.execute(
+            "SELECT id, state FROM commands WHERE device=? AND state IN ('queued', 'running') ORDER BY received",
+            (device,)).fetchall(), [])
+        for cid, state in rows:
+            self._finish(cid, device, "rejected" if state == "queued" else "failed", reason)
+        return len(rows)
+
+    def state_of(self, cid: str) -> tuple[str, str] | None:
+        """(state, detail) of a journaled command, None if the journal does not know it."""
+        known = self._lookup(cid)
+        return None if known is None else (known[0], known[1])
+
+    # ------------------------------------------------------------ devices coming and going
+
+    def start(self, device: str, spawn: Spawn) -> None:
+        """Run `device`'s commands: its worker, a task made by `spawn`; its queue is kept if it has one."""
+        self.queues.setdefault(device, asyncio.Queue())
+        self.workers[device] = spawn(self.run_device(device))
+
+    async def stop(self, device: str) -> None:
+        """Stop `device`'s worker (hold the device's lock: a command running finishes first)."""
+        worker = self.workers.pop(device, None)
+        if worker is not None:
+            worker.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await worker
+
+    def remove(self, device: str, reason: str) -> None:
+        """The device is gone (its worker stopped): drop its queue, answer its journaled commands."""
+        self.queues.pop(device, None)
+        self.forget_device(device, reason)
 
     # ------------------------------------------------------------ running
 

@@ -11,22 +11,35 @@ running agent, so they are tested on their own:
 - `load_pushed` / `save_pushed`: `pushed-config.json` next to the outbox, so a
   restarted agent runs the last applied list instead of the file's devices.
 - `device_changes`: which device ids were added, changed or removed.
+
+`ConfigPush` applies a newer list to the running agent (its drivers, pollers
+and command workers); the agent hands it the retained payloads it receives.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import logging
 import os
+from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from pydantic import ValidationError
 
 from campus.errors import CampusError, ConfigError
-from edge_agent.config import GatewayConfig
+from edge_agent.config import DeviceConfig, GatewayConfig
+
+if TYPE_CHECKING:  # the running agent's parts, for ConfigPush only: the functions above stand alone
+    from edge_agent.commands import CommandExecutor, Spawn
+    from edge_agent.drivers.base import Driver
+    from edge_agent.polling import Polling
 
 log = logging.getLogger(__name__)
+# Pushes applied to a running agent log as the agent did before it was split: log filters name it.
+agent_log = logging.getLogger("edge_agent.agent")
 
 PUSHED_CONFIG_FILE = "pushed-config.json"  # in the data dir, next to the outbox
 
@@ -111,3 +124,119 @@ def device_changes(old: GatewayConfig, new: GatewayConfig, running: set[str]) ->
               or old.interval_for(before) != new.interval_for(dev)):
             changed.append(dev_id)
     return added, changed, removed
+
+
+class ConfigPush:
+    """Applies pushed device lists to a running agent: the newest version only, all or nothing.
+
+    Every new driver is built first (a profile or an address a driver refuses rejects the whole push);
+    then removed devices stop (a running command finishes first, their journaled commands are
+    answered), changed ones get their new driver (pollers restart; command workers keep their queues),
+    added ones start. A refused list is logged and reported once (`config_rejected`), an applied one
+    reported as `config_applied`, both through `agent_event`.
+    """
+
+    def __init__(self, file_config: GatewayConfig, config: GatewayConfig, version: int | None, *,
+                 drivers: dict[str, Driver], locks: dict[str, asyncio.Lock], polling: Polling,
+                 commands: CommandExecutor, new_driver: Callable[[DeviceConfig], Driver], spawn: Spawn,
+                 agent_event: Callable[[str, dict[str, Any]], None], changed: Callable[[], None]) -> None:
+        """`spawn` starts a task in the agent's task group; `changed()` republishes the gateway's state."""
+        self.file_config = file_config
+        self.config = config    # the running config: the file's, or the last pushed list applied
+        self.version = version  # None: running the config file's device list
+        self.drivers, self.locks = drivers, locks
+        self.polling, self.commands = polling, commands
+        self.new_driver, self.spawn = new_driver, spawn
+        self.agent_event, self.changed = agent_event, changed
+        self._lock = asyncio.Lock()  # one push at a time
+        self._refused: bytes | None = None  # the last refused payload, reported once
+
+    async def apply(self, payload: bytes) -> bool:
+        """Apply a pushed device list if it is newer than the running one; True if applied."""
+        async with self._lock:
+            version = pushed_version(payload)
+            if version is not None and self.version is not None and version <= self.version:
+                return False  # the retained message again (reconnect), or an older one
+            if payload == self._refused:
+                return False  # the same refused list again (reconnect): reported once already
+            try:
+                version, new = validate_pushed_config(self.file_config, payload)
+                await self._swap_devices(version, new, payload)
+            except CampusError as exc:
+                self._refuse(payload, version, str(exc))
+                return False
+            except Exception as exc:  # never let a bad push take the agent down
+                agent_log.exception("applying pushed config v%s failed", version)
+                self._refuse(payload, version, f"internal error: {type(exc).__name__}: {exc}")
+                return False
+            return True
+
+    def _refuse(self, payload: bytes, version: int | None, error: str) -> None:
+        self._refused = payload
+        running = f"v{self.version}" if self.version is not None else "the config file's list"
+        agent_log.error("pushed config %s refused, still running %s: %s",
+                        f"v{version}" if version is not None else "(no version)", running, error)
+        self.agent_event("config_rejected", {"version": version, "error": error[:1000], "running": self.version})
+
+    async def _swap_devices(self, version: int, new: GatewayConfig, payload: bytes) -> None:
+        added, changed, removed = device_changes(self.config, new, set(self.drivers))
+        wanted = {d.id: d for d in new.devices}
+        # Every new driver first: a profile or address a driver refuses rejects the whole push.
+        fresh: dict[str, Driver] = {}
+        try:
+            for dev_id in added + changed:
+                try:
+                    fresh[dev_id] = self.new_driver(wanted[dev_id])
+                except (CampusError, ValueError) as exc:
+                    raise ConfigError(f"device {dev_id}: {exc}") from None
+            try:
+                save_pushed(self.config, payload)
+            except OSError as exc:
+                # A full disk must not stop a push: the broker keeps the list (retained) and delivers it
+                # again at the next connect; until then a restart runs the list saved before.
+                agent_log.warning("pushed config v%d applied but not saved (%s): a restart runs the previous "
+                                  "list until the broker delivers this one again", version, exc.strerror or exc)
+        except BaseException:
+            for driver in fresh.values():
+                with contextlib.suppress(Exception):
+                    await driver.close()
+            raise
+        for dev_id in removed:
+            await self._remove_device(dev_id, f"device removed from the gateway config (v{version})")
+        for dev_id in changed:
+            await self._replace_driver(dev_id, fresh[dev_id])
+        self.config, self.version = new, version
+        self.polling.config = new
+        for dev_id in added:
+            self.locks[dev_id] = asyncio.Lock()
+            self.polling.starting(dev_id)
+            self.drivers[dev_id] = fresh[dev_id]
+            self.commands.start(dev_id, self.spawn)
+        for dev_id in changed + added:
+            self.polling.start(dev_id, self.spawn)
+        self._refused = None
+        agent_log.info("applied pushed config v%d: %d devices (added %s, changed %s, removed %s)", version,
+                       len(self.drivers), added or "-", changed or "-", removed or "-")
+        self.agent_event("config_applied", {"version": version, "added": added, "changed": changed,
+                                            "removed": removed})
+        self.changed()
+
+    async def _replace_driver(self, device_id: str, driver: Driver) -> None:
+        """Same device id, new settings: the command worker and its queue stay."""
+        await self.polling.stop(device_id)
+        async with self.locks[device_id]:  # a command running on the old driver finishes first
+            old, self.drivers[device_id] = self.drivers[device_id], driver
+            self.polling.starting(device_id)
+        with contextlib.suppress(Exception):
+            await old.close()
+
+    async def _remove_device(self, device_id: str, reason: str) -> None:
+        await self.polling.stop(device_id)
+        async with self.locks[device_id]:  # a command running on it finishes first
+            await self.commands.stop(device_id)
+            driver = self.drivers.pop(device_id)
+            self.polling.forget(device_id)
+        self.locks.pop(device_id, None)
+        self.commands.remove(device_id, reason)
+        with contextlib.suppress(Exception):
+            await driver.close()

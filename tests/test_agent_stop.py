@@ -30,9 +30,9 @@ STOP_TIMEOUT_S = 20  # generous: a clean stop takes milliseconds
 
 
 def _wake_events(agent: Agent, which: str) -> list[asyncio.Event]:
-    return {"outbox": [agent.pending], "state": [agent.state_changed],
-            "poll": list(agent.poll_soon.values()),
-            "all": [agent.pending, agent.state_changed, *agent.poll_soon.values()]}[which]
+    return {"outbox": [agent.drain.pending], "state": [agent.presence.changed],
+            "poll": list(agent.polling.poll_soon.values()),
+            "all": [agent.drain.pending, agent.presence.changed, *agent.polling.poll_soon.values()]}[which]
 
 
 def central_online(mosquitto) -> None:
@@ -63,7 +63,7 @@ def test_agent_stops_when_cancelled_in_the_same_turn_as_its_loops_wake(tmp_path:
         deadline = time.monotonic() + 20
         # Idle: connected, device read once, and every loop waiting on its event (`_waiters`, asyncio's
         # own list of who waits, is the only way to see that from outside).
-        while not (agent.connected.is_set() and agent.status.get("env") == "offline"
+        while not (agent.connected.is_set() and agent.polling.status.get("env") == "offline"
                    and (events := _wake_events(agent, which)) and all(e._waiters for e in events)):
             assert time.monotonic() < deadline, "agent never became idle"
             assert not task.done(), task

@@ -207,8 +207,8 @@ def test_a_restart_answers_commands_of_devices_no_longer_configured(tmp_path: Pa
         try:
             deadline = time.monotonic() + 10
             while time.monotonic() < deadline:
-                row = second.commands.db.execute("SELECT state, detail FROM commands WHERE id='c1'").fetchone()
-                if row[0] != "queued":
+                row = second.commands.state_of("c1")
+                if row is None or row[0] != "queued":
                     break
                 await asyncio.sleep(0.01)
             assert row == ("rejected", "the device is no longer in this gateway's config")

@@ -1,0 +1,138 @@
+"""Device polling: one poller per device reads it every interval and commits the reading to the outbox.
+
+A reading becomes telemetry (its values) and events, committed to the outbox
+in one transaction with their seqs (`Outbox.add`) before anything is
+published; the drain (`drain.py`) is woken to send them. Each device's
+`status` (`starting`, `ok`, `offline`, `fault`) is kept here for the
+gateway's `state` (`presence.py`). A poller that falls behind (a slow
+device) skips a turn instead of bursting, and a command that changed a
+device asks for a read now (`read_soon`), so the panel shows "warming" in a
+moment, not at the next poll.
+
+The drivers and their locks are shared with the command executor (a read and
+a command never run on one device at once) and changed by a config push
+(`config_push.ConfigPush`), which stops and starts pollers here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable
+
+from campus import contract
+from campus.aio import raise_if_cancelled, wait_event
+from campus.contract import Event, Telemetry
+from campus.errors import DeviceError
+from edge_agent.commands import Spawn
+from edge_agent.config import GatewayConfig
+from edge_agent.drivers.base import DeviceUnreachable, Driver, Reading
+from edge_agent.outbox import Outbox, SequencedMessage
+
+# The logger these lines had before the agent was split: log filters and alerts name it.
+log = logging.getLogger("edge_agent.agent")
+
+
+class Polling:
+    def __init__(self, config: GatewayConfig, outbox: Outbox, drivers: dict[str, Driver],
+                 locks: dict[str, asyncio.Lock], *, wake_drain: Callable[[], None],
+                 status_changed: Callable[[], None]) -> None:
+        """`wake_drain()` when a reading is in the outbox; `status_changed()` when a device's status changed."""
+        self.config = config  # the running config: a config push replaces it
+        self.school, self.gateway = config.school, config.gateway
+        self.outbox = outbox
+        self.drivers, self.locks = drivers, locks
+        self.wake_drain, self.status_changed = wake_drain, status_changed
+        self.status: dict[str, str] = {d: "starting" for d in drivers}
+        self.poll_soon: dict[str, asyncio.Event] = {}  # device -> set to read it now instead of at its next poll
+        self.pollers: dict[str, asyncio.Task[None]] = {}
+
+    # ------------------------------------------------------------ pollers coming and going
+
+    def start(self, device_id: str, spawn: Spawn) -> None:
+        self.pollers[device_id] = spawn(self.poll_device(device_id))
+
+    async def stop(self, device_id: str) -> None:
+        task = self.pollers.pop(device_id, None)
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    def starting(self, device_id: str) -> None:
+        """A new or replaced driver: not read yet."""
+        self.status[device_id] = "starting"
+
+    def forget(self, device_id: str) -> None:
+        self.status.pop(device_id, None)
+
+    def read_soon(self, device_id: str) -> None:
+        """Read the device now (a command changed it), then every interval from there."""
+        if device_id in self.poll_soon:
+            self.poll_soon[device_id].set()
+
+    def describe(self, online: bool) -> dict[str, dict[str, str]]:
+        """The `devices` of the gateway's state: every device is `offline` when the gateway is."""
+        return {d: {"profile": drv.profile.name, "kind": drv.profile.kind,
+                    "status": self.status.get(d, "starting") if online else "offline"}
+                for d, drv in self.drivers.items()}
+
+    # ------------------------------------------------------------ one device
+
+    async def poll_device(self, device_id: str) -> None:
+        dev = self.config.device(device_id)
+        assert dev is not None
+        interval = self.config.interval_for(dev)
+        driver = self.drivers[device_id]
+        loop = asyncio.get_running_loop()
+        soon = self.poll_soon.setdefault(device_id, asyncio.Event())
+        next_at = loop.time()
+        while True:
+            raise_if_cancelled()  # a driver's library may have swallowed the stop (see campus.aio)
+            soon.clear()
+            try:
+                async with self.locks[device_id]:
+                    async with asyncio.timeout(max(interval, 5.0)):
+                        reading = await driver.read()
+                self._set_status(device_id, "ok")
+                self.record(device_id, reading)
+            except DeviceUnreachable as exc:
+                self._set_status(device_id, "offline", exc)
+            except (DeviceError, TimeoutError) as exc:
+                self._set_status(device_id, "fault", exc)
+            except Exception as exc:  # a driver bug must not stop the other devices
+                log.exception("driver %s crashed", device_id)
+                self._set_status(device_id, "fault", exc)
+            next_at += interval
+            now = loop.time()
+            if next_at < now:  # fell behind (slow device): skip, do not burst
+                next_at = now + interval
+            if await wait_event(soon, next_at - now):  # a command changed the device: read it now, then every interval from here
+                next_at = loop.time()
+
+    def _set_status(self, device_id: str, status: str, exc: BaseException | None = None) -> None:
+        if self.status.get(device_id) != status:
+            if exc is not None:
+                log.warning("%s is %s: %s", device_id, status, exc or type(exc).__name__)
+            else:
+                log.info("%s is %s", device_id, status)
+            self.status[device_id] = status
+            self.status_changed()
+
+    def record(self, device_id: str, reading: Reading) -> list[int]:
+        """Commit one reading (telemetry and events) to the outbox."""
+        now = time.time()
+        msgs: list[SequencedMessage] = []
+        if reading.values:
+            values = dict(reading.values)
+            msgs.append((contract.telemetry_topic(self.school, self.gateway, device_id),
+                         lambda seq, v=values: Telemetry(seq, now, v).encode()))
+        for ev in reading.events:
+            msgs.append((contract.event_topic(self.school, self.gateway, device_id),
+                         lambda seq, e=ev: Event(seq, e.ts or now, e.type, e.data).encode()))
+        seqs = self.outbox.add(sequenced=msgs) if msgs else []
+        if seqs:
+            self.wake_drain()
+        return seqs
