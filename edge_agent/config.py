@@ -1,165 +1,17 @@
-"""The gateway config file: which school and room, which broker, which devices.
+"""The gateway config, as the agent loads it: the models live in the shared layer (device_profiles/config.py).
 
-Validated with pydantic at load time; an error names the file, line and
-field (`gw.yaml:12: field devices.0.address.port: ...`), and the agent does
-not start on an invalid config.
+Kept so that `from edge_agent.config import load_gateway_config` (the agent, its tests, the
+command line) goes on working; new code imports device_profiles.config.
 """
 
 from __future__ import annotations
 
-from pathlib import Path
-from typing import Any
-
-from pydantic import (
-    BaseModel,
-    ConfigDict,
-    Field,
-    ValidationError,
-    ValidationInfo,
-    field_validator,
-    model_validator,
+from device_profiles.config import (
+    DeviceConfig,
+    GatewayConfig,
+    OutboxConfig,
+    load_gateway_config,
+    parse_gateway_config,
 )
 
-from campus import contract, names
-from campus.errors import CampusError
-from campus.urls import parse_mqtt_url
-from campus.yamlfile import YamlDoc
-from device_profiles import Profile, load_profile
-
-
-def _as_value_error(check: Any, *args: Any) -> Any:
-    """Run a project check inside a pydantic validator, so the error keeps its field path."""
-    try:
-        return check(*args)
-    except CampusError as exc:
-        raise ValueError(str(exc)) from None
-
-
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-
-class OutboxConfig(_Strict):
-    # Bounds: what a gateway keeps while the broker is unreachable. When a
-    # bound is hit the oldest messages are dropped (and counted): recent data
-    # is worth more to a facility manager than week-old data.
-    max_messages: int = Field(200_000, ge=10)
-    max_age_s: float = Field(7 * 24 * 3600, gt=0, le=366 * 24 * 3600)  # central refuses ts older than 400 days
-    # Drain pace after an outage, messages per second (live rate is a few/s).
-    drain_rate: float = Field(500.0, gt=0)
-    inflight: int = Field(50, ge=1, le=1000)
-    # Rows the broker accepted wait for central's acknowledgement (edge_agent/outbox.py). If central's
-    # watermark does not move for this long while some wait, they are sent again (the broker may have
-    # lost them: a queue limit, an expired session). Central acknowledges at least every 4 minutes
-    # (central/ingest.py ACK_MAX_DELAY_S), so this stays well above that.
-    ack_timeout_s: float = Field(600.0, gt=0)
-
-
-class DeviceConfig(_Strict):
-    id: str
-    profile: str
-    address: dict[str, Any] = Field(default_factory=dict)
-    poll_interval: float | None = Field(None, gt=0)
-    options: dict[str, Any] = Field(default_factory=dict)
-    # Settings for `campus sim` (seed, time scale, faults); the agent ignores them.
-    simulator: dict[str, Any] = Field(default_factory=dict)
-
-    @field_validator("id")
-    @classmethod
-    def _id(cls, v: str) -> str:
-        return _as_value_error(contract.check_segment, v, "device id")
-
-    @field_validator("profile")
-    @classmethod
-    def _profile(cls, v: str) -> str:
-        _as_value_error(load_profile, v)  # the message names the profile's own file and line
-        return v
-
-    @field_validator("address")
-    @classmethod
-    def _address(cls, v: dict[str, Any], info: ValidationInfo) -> dict[str, Any]:
-        from edge_agent.drivers import driver_class  # drivers import this module's types
-
-        if "profile" in info.data:  # else the profile error is reported instead
-            _as_value_error(lambda: driver_class(load_profile(info.data["profile"]).protocol).check_address(v))
-        return v
-
-    @property
-    def profile_obj(self) -> Profile:
-        return load_profile(self.profile)
-
-
-class GatewayConfig(_Strict):
-    school: str
-    gateway: str
-    room: str
-    building: str = ""
-    mqtt: str = "mqtt://127.0.0.1:1883"
-    poll_interval: float = Field(5.0, gt=0)
-    data_dir: str = ""
-    card_secret: str = ""
-    outbox: OutboxConfig = Field(default_factory=OutboxConfig)
-    devices: list[DeviceConfig] = Field(default_factory=list)
-    # The registry's version of this device list, when the file came from it.
-    config_version: int | None = Field(None, ge=0)
-    # Where the file was read from; relative data_dir is resolved against it.
-    source: str = Field("", exclude=True)
-
-    @field_validator("school", "gateway")
-    @classmethod
-    def _segment(cls, v: str) -> str:
-        return _as_value_error(contract.check_segment, v, "id")
-
-    @field_validator("room", "building")
-    @classmethod
-    def _name(cls, v: str, info: ValidationInfo) -> str:
-        # The same rules as the registry's (campus.names): the name goes into every `state` message.
-        limit = names.ROOM_MAX if info.field_name == "room" else names.BUILDING_MAX
-        try:
-            return names.display_name(v, str(info.field_name), max_chars=limit, required=False)
-        except names.BadName as exc:
-            raise ValueError(exc.reason) from None
-
-    @field_validator("mqtt")
-    @classmethod
-    def _mqtt(cls, v: str) -> str:
-        _as_value_error(parse_mqtt_url, v)
-        return v
-
-    @model_validator(mode="after")
-    def _unique_devices(self) -> GatewayConfig:
-        seen: set[str] = set()
-        for dev in self.devices:
-            if dev.id in seen:
-                raise ValueError(f"device id {dev.id!r} appears twice")
-            seen.add(dev.id)
-        return self
-
-    def device(self, device_id: str) -> DeviceConfig | None:
-        return next((d for d in self.devices if d.id == device_id), None)
-
-    def interval_for(self, dev: DeviceConfig) -> float:
-        return dev.poll_interval or self.poll_interval
-
-    @property
-    def data_path(self) -> Path:
-        base = Path(self.source).parent if self.source else Path.cwd()
-        return (base / (self.data_dir or f"{self.gateway}-data")).resolve()
-
-
-def parse_gateway_config(doc: YamlDoc) -> GatewayConfig:
-    if not isinstance(doc.data, dict):
-        raise doc.error(f"{doc.source}: a gateway config must be a YAML mapping")
-    bad = [k for k in doc.data if not isinstance(k, str) or k == "source"]
-    if bad:
-        raise doc.fail([str(bad[0])], "not a field of a gateway config")
-    try:
-        return GatewayConfig(**doc.data, source=doc.source)
-    except ValidationError as exc:
-        err = exc.errors()[0]
-        msg = err["msg"].removeprefix("Value error, ")
-        raise doc.fail(list(err["loc"]), msg) from None
-
-
-def load_gateway_config(path: str | Path) -> GatewayConfig:
-    return parse_gateway_config(YamlDoc.read(path))
+__all__ = ["DeviceConfig", "GatewayConfig", "OutboxConfig", "load_gateway_config", "parse_gateway_config"]

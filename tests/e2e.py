@@ -19,7 +19,8 @@ from campus import contract
 from campus.net import free_port
 from central.ledger import Ledger
 from central.store.sqlite import SqlitePointStore
-from device_profiles import load_profile, registers
+from device_profiles import load_profile
+from protocols import modbus
 from tests.servers import CampusProcess, wait_until
 from tests.stores import sql
 
@@ -49,7 +50,7 @@ def read_simulator(port: int, unit: int = 1) -> dict[str, float]:
         regs = result.registers
     finally:
         client.close()
-    return {m.name: registers.decode(m, regs[m.register:m.register + m.register_count])
+    return {m.name: modbus.decode(m, regs[m.register:m.register + m.register_count])
             for m in profile.metrics.values()}
 
 
