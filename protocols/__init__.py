@@ -16,19 +16,30 @@ a protocol", lists what a new protocol touches.
 
 from __future__ import annotations
 
+import importlib
+import pkgutil
 from typing import Any
 
 from campus.errors import ConfigError
-from protocols import camera, card_em4100, card_line, lg_serial, modbus, pjlink, samsung_mdc
 from protocols.spec import Address, Field, Protocol, load
 
 __all__ = ["PROTOCOLS", "Address", "Field", "Protocol", "check_address", "load", "protocol"]
 
-PROTOCOLS: dict[str, Protocol] = {
-    entry.name: entry
-    for entry in (modbus.PROTOCOL, pjlink.PROTOCOL, samsung_mdc.PROTOCOL, lg_serial.PROTOCOL,
-                  card_em4100.PROTOCOL, card_line.PROTOCOL, camera.PROTOCOL)
-}
+
+def _discover() -> dict[str, Protocol]:
+    """Every module of this package that makes a table entry (`PROTOCOL`), by module name: adding a
+    protocol module is adding the protocol, with no list to keep in step."""
+    table: dict[str, Protocol] = {}
+    for info in sorted(pkgutil.iter_modules(__path__), key=lambda i: i.name):
+        entry = getattr(importlib.import_module(f"{__name__}.{info.name}"), "PROTOCOL", None)
+        if isinstance(entry, Protocol):
+            if entry.name in table:
+                raise ImportError(f"protocols/{info.name}.py: protocol {entry.name!r} is defined twice")
+            table[entry.name] = entry
+    return table
+
+
+PROTOCOLS: dict[str, Protocol] = _discover()
 
 
 def protocol(name: str) -> Protocol:
