@@ -9,7 +9,7 @@ without importing the agent. Generated from the table: the profile schema's prot
 address shapes (`device_profiles.profile_schema`), the provisioning form (dashboards/provisioning.py),
 the simulator runner (firmware_stubs/runner.py) and the driver lookup (edge_agent/drivers/).
 
-This package imports only the kernel (campus/): a protocol module is cheap to import, whatever
+At run time this package imports only the kernel (campus/): a protocol module is cheap to import, whatever
 its driver needs (pymodbus, OpenCV) is imported by the driver. docs/architecture.md, "How to add
 a protocol", lists what a new protocol touches.
 """
