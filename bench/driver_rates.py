@@ -31,7 +31,7 @@ import yaml
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from campus.net import free_port, wait_for_port  # noqa: E402
-from edge_agent.config import load_gateway_config  # noqa: E402
+from device_profiles.config import load_gateway_config  # noqa: E402
 from edge_agent.drivers import create_driver  # noqa: E402
 from firmware_stubs.runner import SimulatorSet  # noqa: E402
 from programs.demo import classroom_config  # noqa: E402

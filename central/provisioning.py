@@ -402,7 +402,7 @@ def validate_device(device_id: str, profile: str, address: dict[str, Any], optio
     """Validate as the agent will (DeviceConfig); ConfigError names the column/field."""
     from pydantic import ValidationError
 
-    from edge_agent.config import DeviceConfig
+    from device_profiles.config import DeviceConfig
 
     try:
         DeviceConfig(id=device_id, profile=profile, address=address, options=options)

@@ -458,7 +458,7 @@ class Registry:
         """Add (or replace) a device after validating it exactly as the agent will."""
         from pydantic import ValidationError
 
-        from edge_agent.config import DeviceConfig  # one validator for the agent and the registry
+        from device_profiles.config import DeviceConfig  # one validator for the agent and the registry
 
         try:
             DeviceConfig(id=device_id, profile=profile, address=address, options=options or {})

@@ -52,25 +52,14 @@ from central.registry import Registry
 from dashboards.auth import add_nav, audit, login_required
 from dashboards.context import central, web
 from dashboards.security import safe_target
+from protocols import PROTOCOLS
 
 bp = Blueprint("provisioning", __name__, url_prefix="/provisioning")
 ADMIN = ("admin",)
 
-# Address fields per driver protocol for the add-device form: (field, type, hint).
-# "int" fields become numbers; "source" is a camera index when it is a number.
-ADDRESS_FORM: dict[str, list[tuple[str, str, str]]] = {
-    "modbus": [("host", "text", "sensor IP for Modbus TCP, e.g. 10.1.2.30"), ("port", "int", "502"),
-               ("unit", "int", "Modbus unit id, usually 1"),
-               ("serial", "text", "or an RS-485 port for Modbus RTU, e.g. /dev/ttyUSB0"),
-               ("baudrate", "int", "RTU only, e.g. 9600")],
-    "pjlink": [("host", "text", "projector IP, e.g. 10.1.2.31"), ("port", "int", "4352"),
-               ("password", "text", "PJLink password, if one is set")],
-    "samsung_mdc": [("serial", "text", "RS-232 port, e.g. /dev/ttyUSB0"), ("display_id", "int", "0")],
-    "lg_serial": [("serial", "text", "RS-232 port, e.g. /dev/ttyUSB0"), ("set_id", "int", "1")],
-    "card_em4100": [("serial", "text", "reader port, e.g. /dev/ttyUSB1"), ("baudrate", "int", "9600")],
-    "card_line": [("serial", "text", "reader port, e.g. /dev/ttyUSB1"), ("baudrate", "int", "9600")],
-    "camera": [("source", "source", "rtsp://user:pass@10.1.2.40/stream1, a video file, or a camera index")],
-}
+# Address fields per protocol for the add-device form, (field, kind, placeholder), from the protocol
+# table's address declarations: "int" fields become numbers; "source" is a camera index when it is a number.
+ADDRESS_FORM: dict[str, list[tuple[str, str, str]]] = {name: entry.address.form() for name, entry in PROTOCOLS.items()}
 
 
 def register(app: Flask) -> None:

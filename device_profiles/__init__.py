@@ -9,6 +9,7 @@ the line and the field.
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 import re
@@ -23,6 +24,7 @@ import jsonschema
 from campus import contract
 from campus.errors import ActionRejected, CampusError, ProfileError
 from campus.yamlfile import YamlDoc
+from protocols import PROTOCOLS
 
 PROFILE_DIR = Path(__file__).parent / "profiles"
 # An input name as schema.json allows it, for a device whose profile central does not ship.
@@ -65,8 +67,20 @@ class Profile:
 
 @cache
 def _schema() -> dict[str, Any]:
-    text = resources.files(__package__).joinpath("schema.json").read_text()
-    return json.loads(text)
+    """schema.json completed from the protocol table: the protocol names, each protocol's rules for its
+    profiles (Modbus metrics need a register), and each protocol's address shape (for tools and docs;
+    the gateway config checks addresses with the same declaration, protocols.spec.Address.check)."""
+    schema = json.loads(resources.files(__package__).joinpath("schema.json").read_text())
+    schema["properties"]["protocol"]["enum"] = list(PROTOCOLS)
+    schema["allOf"] = [{"if": {"properties": {"protocol": {"const": name}}}, "then": entry.profile_schema}
+                       for name, entry in PROTOCOLS.items() if entry.profile_schema]
+    schema["$defs"]["address"] = {name: entry.address.json_schema() for name, entry in PROTOCOLS.items()}
+    return schema
+
+
+def profile_schema() -> dict[str, Any]:
+    """The complete JSON Schema of a device profile (a copy: callers may change it)."""
+    return copy.deepcopy(_schema())
 
 
 def parse_profile(text: str, source: str) -> Profile:

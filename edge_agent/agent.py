@@ -39,9 +39,9 @@ from typing import Any
 
 from campus import contract
 from campus.contract import Event, State
+from device_profiles.config import DeviceConfig, GatewayConfig
 from edge_agent import config_push
 from edge_agent.commands import CommandExecutor
-from edge_agent.config import DeviceConfig, GatewayConfig
 from edge_agent.config_push import ConfigPush
 from edge_agent.drain import Drain
 from edge_agent.drivers import create_driver

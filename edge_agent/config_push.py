@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Any
 from pydantic import ValidationError
 
 from campus.errors import CampusError, ConfigError
-from edge_agent.config import DeviceConfig, GatewayConfig
+from device_profiles.config import DeviceConfig, GatewayConfig
 
 if TYPE_CHECKING:  # the running agent's parts, for ConfigPush only: the functions above stand alone
     from edge_agent.commands import CommandExecutor, Spawn

@@ -20,8 +20,8 @@ import asyncio
 import aiomqtt
 
 from campus.aio import raise_if_cancelled, wait_event
+from device_profiles.config import GatewayConfig
 from edge_agent.acks import Central
-from edge_agent.config import GatewayConfig
 from edge_agent.outbox import Outbox
 from edge_agent.presence import Presence
 

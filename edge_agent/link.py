@@ -26,7 +26,7 @@ import campus.mqtt
 from campus import contract
 from campus.mqtt import tls_context
 from campus.urls import parse_mqtt_url
-from edge_agent.config import GatewayConfig
+from device_profiles.config import GatewayConfig
 from edge_agent.drain import Drain
 from edge_agent.presence import Presence
 

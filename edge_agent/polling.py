@@ -26,8 +26,8 @@ from campus import contract
 from campus.aio import raise_if_cancelled, wait_event
 from campus.contract import Event, Telemetry
 from campus.errors import DeviceError
+from device_profiles.config import GatewayConfig
 from edge_agent.commands import Spawn
-from edge_agent.config import GatewayConfig
 from edge_agent.drivers.base import DeviceUnreachable, Driver, Reading
 from edge_agent.outbox import Outbox, SequencedMessage
 

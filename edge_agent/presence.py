@@ -26,7 +26,7 @@ import campus
 from campus import contract
 from campus.aio import raise_if_cancelled, wait_event
 from campus.contract import State
-from edge_agent.config import GatewayConfig
+from device_profiles.config import GatewayConfig
 from edge_agent.outbox import Outbox
 
 # The logger these lines had before the agent was split: log filters and alerts name it.

@@ -264,7 +264,7 @@ class CameraSimulator:
 
 
 def simulator_for(dev: Any, index: int) -> CameraSimulator:
-    """The simulator for one camera in a gateway config (an `edge_agent.config.DeviceConfig`).
+    """The simulator for one camera in a gateway config (a `device_profiles.config.DeviceConfig`).
 
     `address.source` must be a file path: it is where the video is written and
     what the agent opens. `simulator:` options: people (4), qr_text (none),

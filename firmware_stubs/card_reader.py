@@ -27,8 +27,8 @@ from pathlib import Path
 from typing import Any, Self
 
 from firmware_stubs.pty import PtyPort
+from protocols import card_em4100, card_line
 
-STX, ETX = b"\x02", b"\x03"
 _PTY_QUEUE_LIMIT = 2048  # flush the unread input beyond this (a pty's raw queue holds ~4 KiB)
 
 
@@ -189,13 +189,7 @@ class EM4100Reader(_CardReaderSim):
         return [f"{version:02X}{rng.randrange(1, 2**32):08X}" for _ in range(n)]
 
     def _frame(self, uid: str) -> bytes:
-        data = bytes.fromhex(uid)
-        if len(data) != 5:
-            raise ValueError(f"an EM4100 ID is 5 bytes (10 hex digits), got {uid!r}")
-        checksum = 0
-        for b in data:
-            checksum ^= b
-        return STX + f"{data.hex().upper()}{checksum:02X}".encode() + (b"\r\n" if self.crlf else b"") + ETX
+        return card_em4100.encode_frame(uid, self.crlf)
 
     def _corrupt(self, frame: bytes) -> bytes:
         good = int(frame[11:13], 16)
@@ -258,7 +252,7 @@ class LineReader(_CardReaderSim):
 def simulator_for(dev: Any, index: int) -> EM4100Reader | LineReader:
     """The simulator for one card-reader device of a gateway config (not started).
 
-    `dev` is an `edge_agent.config.DeviceConfig`; the pty is symlinked at
+    `dev` is a `device_profiles.config.DeviceConfig`; the pty is symlinked at
     `dev.address["serial"]`, the path the agent opens. `dev.simulator` options:
     `seed` (default index + 1), `swipe_every_s` (background swipes; default
     off), `deck_size` (40), `hold_repeats` (3), `repeat_interval_s` (0.1),
@@ -275,8 +269,8 @@ def simulator_for(dev: Any, index: int) -> EM4100Reader | LineReader:
         "error_rate": float(opts.get("error_rate", 0.0)),
     }
     link, seed = dev.address["serial"], int(opts.get("seed", index + 1))
-    if protocol == "card_em4100":
+    if protocol == card_em4100.NAME:
         return EM4100Reader(link, seed, crlf=bool(opts.get("crlf", False)), **common)
-    if protocol == "card_line":
+    if protocol == card_line.NAME:
         return LineReader(link, seed, uid_format=str(opts.get("uid_format", "hex")), **common)
     raise ValueError(f"device {dev.id}: protocol {protocol!r} is not a card reader")

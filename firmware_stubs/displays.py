@@ -44,12 +44,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Self
 
 from campus.errors import ConfigError
-from edge_agent.drivers import lg_serial, samsung_mdc
-from edge_agent.drivers.serial_display import BadFrame
 from firmware_stubs.pty import PtyPort
+from protocols import lg_serial, samsung_mdc
+from protocols.serial_line import BadFrame
 
 if TYPE_CHECKING:
-    from edge_agent.config import DeviceConfig
+    from device_profiles.config import DeviceConfig
 
 NAK_NOT_SUPPORTED = 0x01
 NAK_IN_STANDBY = 0x02
@@ -322,13 +322,13 @@ def simulator_for(dev: DeviceConfig, index: int) -> SamsungMDCDisplay | LGDispla
                               "muted": _flag(opts.get("muted", "off"), "muted"),
                               "seed": int(opts.get("seed", index + 1))}
     sim: SamsungMDCDisplay | LGDisplay
-    if profile.protocol == "samsung_mdc":
+    if profile.protocol == samsung_mdc.NAME:
         codes = [samsung_mdc.input_code(n, c) for n, c in profile.inputs.items()]
-        sim = SamsungMDCDisplay(link, display_id=int(dev.address.get("display_id", 0)), inputs=codes or None,
+        sim = SamsungMDCDisplay(link, display_id=int(samsung_mdc.ADDRESS.value(dev.address, samsung_mdc.ID_FIELD)), inputs=codes or None,
                                 **common, **({"input": codes[names.index(input_name)]} if input_name else {}))
-    elif profile.protocol == "lg_serial":
+    elif profile.protocol == lg_serial.NAME:
         lg_codes = [lg_serial.input_code(n, c) for n, c in profile.inputs.items()]
-        sim = LGDisplay(link, set_id=int(dev.address.get("set_id", 1)), inputs=lg_codes or None,
+        sim = LGDisplay(link, set_id=int(lg_serial.ADDRESS.value(dev.address, lg_serial.ID_FIELD)), inputs=lg_codes or None,
                         standby_silent=bool(opts.get("standby_silent", False)),
                         **common, **({"input": lg_codes[names.index(input_name)]} if input_name else {}))
     else:

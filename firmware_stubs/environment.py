@@ -15,14 +15,18 @@ import asyncio
 import math
 import random
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pymodbus.constants import ExcCodes
 from pymodbus.server import ModbusSerialServer, ModbusTcpServer
 from pymodbus.simulator import DataType, SimData, SimDevice
 
-from device_profiles import Profile, load_profile, registers
+from device_profiles import Profile, load_profile
 from firmware_stubs.pty import NullModem
+from protocols import modbus
+
+if TYPE_CHECKING:
+    from device_profiles.config import DeviceConfig
 
 # Periods of a Chinese primary/middle school day (minutes after midnight).
 PERIODS = [(8 * 60, 8 * 60 + 45), (8 * 60 + 55, 9 * 60 + 40), (10 * 60, 10 * 60 + 45),
@@ -121,13 +125,13 @@ class ModbusSensorServer:
         values = self.units[unit].values()
         for m in self.profile.metrics.values():
             if m.register is not None and m.name in values:
-                regs[m.register:m.register + m.register_count] = registers.encode(m, values[m.name])
+                regs[m.register:m.register + m.register_count] = modbus.encode(m, values[m.name])
         return regs
 
     def served_values(self, unit: int = 1) -> dict[str, float]:
         """What a correct driver decodes from this unit's registers right now."""
         regs = self.registers_of(unit)
-        return {m.name: registers.decode(m, regs[m.register:m.register + m.register_count])
+        return {m.name: modbus.decode(m, regs[m.register:m.register + m.register_count])
                 for m in self.profile.metrics.values() if m.register is not None}
 
     async def _action(self, unit: int, function_code: int, start_address: int, address: int, count: int,
@@ -165,7 +169,7 @@ class ModbusSensorServer:
             self._server = ModbusSerialServer(devices, port=self._cable.device_path,
                                               baudrate=int(self.profile.serial.get("baudrate", 9600)))
         else:
-            self._server = ModbusTcpServer(devices, address=(self.host, self.port or 502))
+            self._server = ModbusTcpServer(devices, address=(self.host, self.port or modbus.DEFAULT_PORT))
         await self._server.serve_forever(background=True)
         self._ticker = asyncio.create_task(self._run_clock())
 
@@ -190,3 +194,39 @@ class ModbusSensorServer:
 
     async def __aexit__(self, *exc: object) -> None:
         await self.stop()
+
+
+def _air(dev: DeviceConfig, index: int) -> ClassroomAir:
+    opts = dev.simulator
+    start = opts.get("start")
+    kwargs: dict[str, Any] = {"seed": int(opts.get("seed", index + 1)), "class_size": int(opts.get("class_size", 40))}
+    if start:
+        h, m = (int(x) for x in str(start).split(":"))
+        kwargs["start_minute"] = h * 60 + m
+    return ClassroomAir(**kwargs)
+
+
+def simulators_for(devices: list[tuple[int, DeviceConfig]]) -> list[tuple[ModbusSensorServer, dict[str, Any]]]:
+    """The simulated Modbus links of a gateway config (not started): one server per TCP endpoint or
+    serial port, answering for every unit on it, as a bus or a Modbus TCP gateway would.
+
+    Returns each server with its devices' handles (device id -> (server, unit)). `simulator:` options
+    per device: `seed` (default index + 1), `class_size`, `start` (HH:MM of the simulated day); the
+    first device of a link sets `time_scale` and `frozen` for the whole link.
+    """
+    links: dict[tuple[str, ...], list[tuple[int, DeviceConfig]]] = {}
+    for index, dev in devices:
+        links.setdefault(modbus.link_key(dev.address), []).append((index, dev))
+    out = []
+    for key, devs in links.items():
+        unit_of = {dev.id: int(modbus.ADDRESS.value(dev.address, "unit")) for _, dev in devs}
+        units = {unit_of[dev.id]: _air(dev, index) for index, dev in devs}
+        opts = devs[0][1].simulator
+        server = ModbusSensorServer(devs[0][1].profile, units=units,
+                                    host=key[1] if key[0] == "tcp" else "127.0.0.1",
+                                    port=int(key[2]) if key[0] == "tcp" else None,
+                                    serial=key[1] if key[0] == "rtu" else None,
+                                    time_scale=float(opts.get("time_scale", 1.0)))
+        server.frozen = bool(opts.get("frozen", False))
+        out.append((server, {dev.id: (server, unit_of[dev.id]) for _, dev in devs}))
+    return out

@@ -29,14 +29,13 @@ from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from campus.errors import ConfigError
-from edge_agent.drivers.pjlink import CLASS1_INPUT, CLASS2_INPUT, MAX_LINE, PJLINK_PORT, auth_digest
+from protocols.pjlink import CLASS1_INPUT, CLASS2_INPUT, MAX_LINE, PJLINK_PORT, POWER, auth_digest
 
 if TYPE_CHECKING:
-    from edge_agent.config import DeviceConfig
+    from device_profiles.config import DeviceConfig
 
 log = logging.getLogger(__name__)
 
-POWER_NAMES = {"0": "off", "1": "on", "2": "cooling", "3": "warming"}
 LIT = ("1", "3")  # the lamp burns while on and while warming up
 CLASS2_ONLY = {"FILT", "SNUM", "SVER", "RLMP", "RFIL", "FREZ"}
 QUERIES = {"ERST", "LAMP", "INST", "NAME", "INF1", "INF2", "INFO", "CLSS", "FILT", "SNUM", "SVER", "RLMP", "RFIL"}
@@ -105,7 +104,7 @@ class PJLinkProjector:
     def power(self) -> str:
         """`off`, `on`, `warming` or `cooling` (the contract's names)."""
         self._advance()
-        return POWER_NAMES[self._power]
+        return POWER[self._power]
 
     @property
     def muted(self) -> bool:

@@ -32,15 +32,15 @@ def setup_logging(level: str) -> None:
 
 
 def cmd_agent(args: argparse.Namespace) -> None:
+    from device_profiles.config import load_gateway_config
     from edge_agent.agent import run_agent
-    from edge_agent.config import load_gateway_config
 
     config = load_gateway_config(args.config)
     run_until_signal(lambda stop: run_agent(config, stop))
 
 
 def cmd_sim(args: argparse.Namespace) -> None:
-    from edge_agent.config import load_gateway_config
+    from device_profiles.config import load_gateway_config
     from firmware_stubs.runner import run_simulators
 
     config = load_gateway_config(args.config)

@@ -25,8 +25,8 @@ from campus.signals import run_until_signal
 from campus.urls import parse_mqtt_url, redacted
 from central.broker_config import atomic_write
 from central.registry import Registry
+from device_profiles.config import GatewayConfig, load_gateway_config
 from edge_agent.agent import run_agent
-from edge_agent.config import GatewayConfig, load_gateway_config
 from firmware_stubs.runner import SimulatorSet
 
 log = logging.getLogger(__name__)

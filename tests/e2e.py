@@ -19,7 +19,8 @@ from campus import contract
 from campus.net import free_port
 from central.ledger import Ledger
 from central.store.sqlite import SqlitePointStore
-from device_profiles import load_profile, registers
+from device_profiles import load_profile
+from protocols import modbus
 from tests.servers import CampusProcess, wait_until
 from tests.stores import sql
 
@@ -49,7 +50,7 @@ def read_simulator(port: int, unit: int = 1) -> dict[str, float]:
         regs = result.registers
     finally:
         client.close()
-    return {m.name: registers.decode(m, regs[m.register:m.register + m.register_count])
+    return {m.name: modbus.decode(m, regs[m.register:m.register + m.register_count])
             for m in profile.metrics.values()}
 
 
@@ -238,7 +239,7 @@ class SimulatorsInThread:
     so a test can look inside them (the projector's command log, a display's state)."""
 
     def __init__(self, config_path: Path) -> None:
-        from edge_agent.config import load_gateway_config
+        from device_profiles.config import load_gateway_config
         from firmware_stubs.runner import SimulatorSet
 
         self.sims = SimulatorSet(load_gateway_config(config_path))

@@ -22,8 +22,8 @@ from campus import contract
 from campus.aio import raise_if_cancelled, wait_event
 from campus.contract import IngestState
 from campus.net import free_port
+from device_profiles.config import load_gateway_config
 from edge_agent.agent import Agent
-from edge_agent.config import load_gateway_config
 from tests.e2e import env_device, write_gateway_config
 
 STOP_TIMEOUT_S = 20  # generous: a clean stop takes milliseconds

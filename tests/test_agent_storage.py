@@ -25,8 +25,8 @@ from paho.mqtt.enums import CallbackAPIVersion
 from campus import contract
 from campus.contract import Command, CommandResult
 from campus.net import free_port
+from device_profiles.config import GatewayConfig, load_gateway_config
 from edge_agent.commands import CommandExecutor
-from edge_agent.config import GatewayConfig, load_gateway_config
 from edge_agent.drivers import create_driver
 from edge_agent.outbox import Outbox
 from tests.e2e import Classroom, SimulatorsInThread, env_device, write_gateway_config

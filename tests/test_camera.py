@@ -19,10 +19,11 @@ import pytest
 
 from campus.errors import ConfigError, DeviceError
 from device_profiles import load_profile
-from edge_agent.config import DeviceConfig
+from device_profiles.config import DeviceConfig
 from edge_agent.drivers.base import DeviceEvent, DeviceUnreachable, Reading
-from edge_agent.drivers.camera import CameraDriver, describe_source
+from edge_agent.drivers.camera import CameraDriver
 from firmware_stubs.camera import CameraSimulator, VideoInfo, make_classroom_video, simulator_for
+from protocols.camera import describe_source
 
 PROFILE = load_profile("camera-occupancy")
 FAST = {"loop": True, "realtime": False}
@@ -239,15 +240,12 @@ def test_simulator_writes_the_configured_source(tmp_path: Path) -> None:
         simulator_for(bad, 1)
 
 
-def test_gateway_config_sim_and_agent_driver_agree(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """What `campus sim` and `campus agent` do with a camera in a gateway config, once both registries
-    name the camera (registered here for the test: edge_agent.drivers.DRIVERS, firmware_stubs.runner.SIMULATORS)."""
+def test_gateway_config_sim_and_agent_driver_agree(tmp_path: Path) -> None:
+    """What `campus sim` and `campus agent` do with a camera in a gateway config: both find it in the protocol table."""
+    from device_profiles.config import load_gateway_config
     from edge_agent import drivers
-    from edge_agent.config import load_gateway_config
     from firmware_stubs import runner
 
-    monkeypatch.setitem(drivers.DRIVERS, "camera", "edge_agent.drivers.camera:CameraDriver")
-    monkeypatch.setitem(runner.SIMULATORS, "camera", "firmware_stubs.camera:simulator_for")
     video = tmp_path / "cam1.avi"
     path = tmp_path / "gw.yaml"
     path.write_text(f"""\

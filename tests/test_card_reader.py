@@ -18,18 +18,17 @@ from hypothesis import strategies as st
 
 from campus.errors import ConfigError, DeviceError
 from device_profiles import load_profile
-from edge_agent.config import DeviceConfig
+from device_profiles.config import DeviceConfig
 from edge_agent.drivers.base import DeviceEvent, DeviceUnreachable, Reading
 from edge_agent.drivers.card_reader import (
     CardSecretMissing,
-    EM4100Parser,
     EM4100ReaderDriver,
-    LineParser,
     LineReaderDriver,
     RepeatFilter,
-    parse_uid_line,
 )
 from firmware_stubs.card_reader import EM4100Reader, LineReader, simulator_for
+from protocols.card_em4100 import EM4100Parser
+from protocols.card_line import LineParser, parse_uid_line
 
 SECRET = "school-42-card-secret"
 EM = load_profile("card-em4100")

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from campus.errors import ConfigError
-from edge_agent.config import load_gateway_config
+from device_profiles.config import load_gateway_config
 
 GOOD = """\
 school: sch1

@@ -28,8 +28,8 @@ from campus.errors import ConfigError
 from campus.net import free_port
 from dashboards import WebConfig, close_app, create_app
 from dashboards.context import central
+from device_profiles.config import GatewayConfig, load_gateway_config
 from edge_agent.agent import Agent
-from edge_agent.config import GatewayConfig, load_gateway_config
 from edge_agent.config_push import save_pushed, validate_pushed_config
 from tests.e2e import Classroom, env_device, write_gateway_config
 from tests.servers import CampusProcess, wait_until

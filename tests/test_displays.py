@@ -14,13 +14,14 @@ import pytest
 
 from campus.errors import ActionRejected, ConfigError, DeviceError
 from device_profiles import load_profile
-from edge_agent.config import DeviceConfig
-from edge_agent.drivers import lg_serial, samsung_mdc
+from device_profiles.config import DeviceConfig
 from edge_agent.drivers.base import DeviceUnreachable
 from edge_agent.drivers.lg_serial import LGSerialDriver
 from edge_agent.drivers.samsung_mdc import SamsungMDCDriver
-from edge_agent.drivers.serial_display import BadFrame, SerialDisplayDriver
+from edge_agent.drivers.serial_display import SerialDisplayDriver
 from firmware_stubs.displays import LGDisplay, SamsungMDCDisplay, simulator_for
+from protocols import lg_serial, samsung_mdc
+from protocols.serial_line import BadFrame
 
 SAMSUNG = load_profile("display-samsung-mdc")
 LG = load_profile("display-lg-serial")

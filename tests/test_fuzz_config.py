@@ -3,7 +3,7 @@
 Property: whatever text an admin (or an attacker with write access to a
 config directory) puts in a profile or gateway config, loading it raises
 `ProfileError` / `ConfigError` or returns a valid object, never another
-exception. `registers.decode` raises only `DeviceError`, and returns a finite
+exception. `modbus.decode` raises only `DeviceError`, and returns a finite
 number; for integer registers `encode(decode(x)) == x`. Known bugs and the
 `only(...)` helper: see `tests/test_fuzz.py`.
 """
@@ -22,8 +22,9 @@ from hypothesis import strategies as st
 
 from campus.errors import ConfigError, DeviceError, ProfileError
 from campus.yamlfile import YamlDoc
-from device_profiles import PROFILE_DIR, Metric, Profile, parse_profile, registers
-from edge_agent.config import GatewayConfig, parse_gateway_config
+from device_profiles import PROFILE_DIR, Metric, Profile, parse_profile
+from device_profiles.config import GatewayConfig, parse_gateway_config
+from protocols import modbus
 from tests.test_fuzz import KnownBug, fuzz_settings, only, shallow
 
 SHIPPED = {p.stem: p.read_text(encoding="utf-8") for p in sorted(PROFILE_DIR.glob("*.yaml"))}
@@ -67,8 +68,8 @@ devices:
 
 # ------------------------------------------------------------------ known bugs
 
-R_OVERFLOW = KnownBug("R1 int scale/offset overflow in registers.decode", OverflowError,
-                      "device_profiles/registers.py:decode", "too large to convert to float")
+R_OVERFLOW = KnownBug("R1 int scale/offset overflow in modbus.decode", OverflowError,
+                      "protocols/modbus.py:decode", "too large to convert to float")
 
 # ------------------------------------------------------------------ strategies
 
@@ -264,7 +265,7 @@ def _extreme(metric: Metric) -> bool:
 @given(schema_metrics, register_lists | st.lists(st.integers(0, 0xFFFF), min_size=1, max_size=2))
 def test_register_decode_only_device_error(metric: Metric, regs: list[int]) -> None:
     with only(DeviceError, [R_OVERFLOW]) as outcome:
-        value = registers.decode(metric, regs)
+        value = modbus.decode(metric, regs)
     if outcome.ok:
         assert len(regs) == metric.register_count and all(0 <= r <= 0xFFFF for r in regs)
         if not _finite(value):
@@ -284,7 +285,7 @@ def test_integer_registers_round_trip(typ: str, order: str, scale: float, k: int
     digits = max(0, -math.floor(math.log10(scale))) if scale < 1 else 0
     metric = Metric("m", register=0, type=typ, word_order=order, scale=scale, offset=round(k * 10.0 ** -digits, digits))
     regs = data.draw(st.lists(st.integers(0, 0xFFFF), min_size=metric.register_count, max_size=metric.register_count))
-    assert registers.encode(metric, registers.decode(metric, regs)) == regs
+    assert modbus.encode(metric, modbus.decode(metric, regs)) == regs
 
 
 @fuzz_settings(200)
@@ -293,10 +294,10 @@ def test_float_registers_decode_is_stable(order: str, regs: list[int]) -> None:
     """float32 is rounded on decode, so no exact round trip: decoding what encode wrote gives the same value."""
     metric = Metric("m", register=0, type="float32", word_order=order)
     with only(DeviceError) as outcome:
-        value = registers.decode(metric, regs)
+        value = modbus.decode(metric, regs)
     if outcome.ok:
         assert math.isfinite(value)
-        assert registers.decode(metric, registers.encode(metric, value)) == value
+        assert modbus.decode(metric, modbus.encode(metric, value)) == value
 
 
 # ------------------------------------------------------------------ regressions for the bugs found
@@ -352,7 +353,7 @@ def test_bug_r2_non_finite_scale_or_offset(spec: str) -> None:
     except ProfileError:
         return  # the fix may reject the profile: fine
     try:
-        value = registers.decode(metric, [65535])
+        value = modbus.decode(metric, [65535])
     except DeviceError:
         return
     assert math.isfinite(value)

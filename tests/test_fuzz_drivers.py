@@ -21,9 +21,10 @@ import pytest
 from hypothesis import event, given
 from hypothesis import strategies as st
 
-from edge_agent.drivers import lg_serial, samsung_mdc
-from edge_agent.drivers.card_reader import EM4100Parser, LineParser, parse_uid_line, xor_checksum
-from edge_agent.drivers.serial_display import BadFrame
+from protocols import lg_serial, samsung_mdc
+from protocols.card_em4100 import EM4100Parser, xor_checksum
+from protocols.card_line import LineParser, parse_uid_line
+from protocols.serial_line import BadFrame
 from tests.test_fuzz import fuzz_settings, only
 
 # ------------------------------------------------------------------ helpers

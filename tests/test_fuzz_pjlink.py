@@ -24,7 +24,8 @@ from hypothesis import strategies as st
 from campus.errors import DeviceError
 from device_profiles import load_profile
 from edge_agent.drivers.base import Reading
-from edge_agent.drivers.pjlink import ERST_LEVELS, ERST_METRICS, POWER, PJLinkDriver
+from edge_agent.drivers.pjlink import PJLinkDriver
+from protocols.pjlink import ERST_LEVELS, ERST_METRICS, POWER
 from tests.test_fuzz import KnownBug, fuzz_settings, only
 
 PROFILES = [load_profile("projector-pjlink"), load_profile("projector-pjlink2")]

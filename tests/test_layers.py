@@ -1,17 +1,22 @@
 """Which package may import which: the kernel (`campus/`) stands on nothing of ours above it, and the
-top floor (`programs/`: the command line, the demo) is imported by nobody; and the MQTT libraries'
-private attributes are touched in one adapter only (`campus/mqtt.py`). Read from the source, so a
-broken rule fails here and not in a review."""
+top floor (`programs/`: the command line, the demo) is imported by nobody. The shared layer
+(`protocols/`, `device_profiles/`) stands on the kernel only; the agent (`edge_agent/`), the
+simulators (`firmware_stubs/`) and central (`central/`, `dashboards/`) stand on it and not on each
+other. The MQTT libraries' private attributes are touched in one adapter only (`campus/mqtt.py`).
+Read from the source, so a broken rule fails here and not in a review."""
 
 from __future__ import annotations
 
 import ast
 import asyncio
+import importlib
 from pathlib import Path
 
 import aiomqtt
 import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion
+
+from protocols import PROTOCOLS
 
 ROOT = Path(__file__).resolve().parents[1]
 ABOVE_THE_KERNEL = ("edge_agent", "central", "dashboards", "firmware_stubs", "programs")
@@ -95,3 +100,74 @@ def test_private_attributes_of_the_mqtt_libraries_are_touched_in_one_adapter_onl
 
 def test_the_private_names_include_the_ones_we_once_touched() -> None:
     assert {"_client", "_reset_sockets", "_sock", "_out_packet", "_in_packet"} <= private_mqtt_names()
+
+
+def test_central_and_the_simulators_do_not_import_the_agent() -> None:
+    """Central validates devices with the shared config models, simulators use the shared codecs."""
+    bad = [(f, m) for package in ("central", "dashboards", "firmware_stubs")
+           for f, m in imports(package) if m.split(".")[0] == "edge_agent"]
+    assert bad == []
+
+
+def test_the_agent_does_not_import_the_simulators() -> None:
+    bad = [(f, m) for f, m in imports("edge_agent") if m.split(".")[0] == "firmware_stubs"]
+    assert bad == []
+
+
+def test_the_shared_layer_imports_nothing_above_it() -> None:
+    """protocols/ and device_profiles/ stand on the kernel (protocols/modbus.py names a device_profiles
+    type for type checking only); drivers and simulators are named in the table as strings, not imported."""
+    above = ("edge_agent", "central", "dashboards", "firmware_stubs", "programs")
+    bad = [(f, m) for package in ("protocols", "device_profiles")
+           for f, m in imports(package) if m.split(".")[0] in above]
+    assert bad == []
+    assert {m.split(".")[0] for _, m in imports("protocols")} & {"cv2", "pymodbus", "serial", "numpy"} == set()
+
+
+# The same word as a protocol name, meaning something else: (word, module) -> what it is there.
+SAME_WORD = {
+    ("camera", "campus/contract.py"): "the device kind (CONTRACT.md, kinds)",
+    ("camera", "dashboards/health.py"): "the device kind",
+    ("camera", "dashboards/security.py"): "the browser feature in Permissions-Policy",
+    ("camera", "edge_agent/drivers/camera.py"): "the field of an attendance event naming the camera",
+    ("camera", "programs/demo.py"): "the demo's device id",
+}
+
+
+def protocol_names_spelled(root: Path = ROOT) -> dict[str, set[str]]:
+    """protocol name -> modules (outside tests/ and bench/) with a string that is exactly that name.
+    bench/ builds gateway configs for particular devices (their ids), so it is left out."""
+    found: dict[str, set[str]] = {name: set() for name in PROTOCOLS}
+    for path in sorted(root.rglob("*.py")):
+        rel = path.relative_to(root)
+        if rel.parts[0] in ("tests", "bench") or any(p.startswith(".") for p in rel.parts):
+            continue
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.Constant) and isinstance(node.value, str) and node.value in found:
+                if (node.value, rel.as_posix()) not in SAME_WORD:
+                    found[node.value].add(rel.as_posix())
+    return found
+
+
+def test_a_protocol_name_is_spelled_in_its_own_module_only() -> None:
+    """Adding a protocol touches its own module and the table; nothing else compares against its name."""
+    own: dict[str, set[str]] = {}
+    for path in sorted((ROOT / "protocols").glob("*.py")):
+        if path.stem == "__init__":
+            continue
+        module = importlib.import_module(f"protocols.{path.stem}")
+        entry = getattr(module, "PROTOCOL", None)
+        if entry is not None:
+            own[entry.name] = {f"protocols/{path.name}"}
+    assert set(own) == set(PROTOCOLS)  # one module per protocol
+    assert protocol_names_spelled() == own
+
+
+def test_the_name_scan_finds_a_stray_name(tmp_path: Path) -> None:
+    """The scan is not vacuous: a comparison with a protocol's name in another module is found."""
+    (tmp_path / "firmware_stubs").mkdir()
+    (tmp_path / "firmware_stubs" / "x.py").write_text('def f(p):\n    return p == "samsung_mdc"\n')
+    (tmp_path / "bench").mkdir()
+    (tmp_path / "bench" / "y.py").write_text('DEVICE = {"id": "pjlink"}\n')
+    found = protocol_names_spelled(tmp_path)
+    assert found["samsung_mdc"] == {"firmware_stubs/x.py"} and found["pjlink"] == set()

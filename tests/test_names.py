@@ -120,7 +120,7 @@ def test_any_unicode_text_is_refused_or_becomes_one_line_of_visible_text(value: 
 
 
 def test_the_agent_config_and_the_state_decoder_refuse_such_names(tmp_path: Path) -> None:
-    from edge_agent.config import load_gateway_config
+    from device_profiles.config import load_gateway_config
 
     path = tmp_path / "gw.yaml"
     path.write_text(yaml.safe_dump({"school": "s1", "gateway": "gw-a", "room": ATTACK}))

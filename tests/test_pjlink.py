@@ -12,10 +12,11 @@ import pytest
 from campus.errors import ActionRejected, DeviceError
 from campus.net import free_port
 from device_profiles import Profile, load_profile, parse_profile
-from edge_agent.config import DeviceConfig
+from device_profiles.config import DeviceConfig
 from edge_agent.drivers.base import DeviceUnreachable
-from edge_agent.drivers.pjlink import ERST_METRICS, PJLinkDriver, auth_digest
+from edge_agent.drivers.pjlink import PJLinkDriver
 from firmware_stubs.pjlink import PJLinkProjector, simulator_for
+from protocols.pjlink import ERST_METRICS, auth_digest
 
 PROFILE = load_profile("projector-pjlink")
 PROFILE2 = load_profile("projector-pjlink2")

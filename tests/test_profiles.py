@@ -8,7 +8,8 @@ import pytest
 
 import device_profiles
 from campus.errors import ActionRejected, ProfileError
-from device_profiles import Metric, check_action, load_profile, load_profile_file, parse_profile, registers
+from device_profiles import Metric, check_action, load_profile, load_profile_file, parse_profile
+from protocols import modbus
 
 
 def test_every_shipped_profile_loads() -> None:
@@ -82,15 +83,15 @@ def test_a_profile_name_the_file_system_would_choke_on_is_just_unknown(name: str
     (Metric("o", type="uint16", scale=0.5, offset=-40), 10.0, [100]),
 ])
 def test_register_scaling(metric: Metric, value: float, raw: list[int]) -> None:
-    assert registers.encode(metric, value) == raw
-    assert registers.decode(metric, raw) == pytest.approx(value)
+    assert modbus.encode(metric, value) == raw
+    assert modbus.decode(metric, raw) == pytest.approx(value)
 
 
 def test_register_decode_rejects_wrong_count() -> None:
     from campus.errors import DeviceError
 
     with pytest.raises(DeviceError):
-        registers.decode(Metric("l", type="uint32"), [1])
+        modbus.decode(Metric("l", type="uint32"), [1])
 
 
 # ---------------------------------------------------------------- actions: the one check, API and agent

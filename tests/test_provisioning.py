@@ -35,7 +35,7 @@ from central import provisioning as prov
 from central.ledger import Ledger, Sequenced
 from dashboards import WebConfig, close_app, create_app
 from dashboards.context import central
-from edge_agent.config import load_gateway_config
+from device_profiles.config import load_gateway_config
 from tests.apps import sqlite_only
 
 PAGES = ["/provisioning/gateways", "/provisioning/places", "/provisioning/import", "/provisioning/broker",

@@ -15,6 +15,7 @@ from typing import Any, ClassVar
 from campus.contract import MetricValue
 from campus.errors import ActionRejected, DeviceError
 from device_profiles import Profile, check_action
+from protocols import protocol
 
 
 class DeviceUnreachable(DeviceError):
@@ -49,9 +50,9 @@ class Driver(ABC):
 
     @classmethod
     def check_address(cls, address: dict[str, Any]) -> None:
-        """Raise ValueError naming the address field that is wrong."""
-        if not isinstance(address, dict):
-            raise ValueError("address must be a mapping")
+        """Raise ValueError naming the address field that is wrong: the protocol's declared address
+        (protocols/), the same check the gateway config makes when it is loaded."""
+        protocol(cls.protocol).address.check(address)
 
     def count(self, name: str, n: int = 1) -> None:
         """Count a thing worth reporting (dropped frames, retries)."""

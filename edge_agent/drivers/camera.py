@@ -62,17 +62,17 @@ import threading
 import time
 from collections import deque
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 import cv2
 import numpy as np
 
 from campus.errors import ConfigError, DeviceError
 from edge_agent.drivers.base import DeviceEvent, DeviceUnreachable, Driver, Reading
+from protocols import camera
+from protocols.camera import describe_source
 
 log = logging.getLogger(__name__)
 
-URL_SCHEMES = ("rtsp", "rtsps", "http", "https")
 MAX_PENDING_EVENTS = 1000
 MAX_CODE_CHARS = 512
 # Numeric settings: device options override the profile's `timings`, which override these.
@@ -97,43 +97,10 @@ DEFAULTS: dict[str, float] = {
 INTEGER_SETTINGS = {"width", "smooth", "qr_every", "qr_width"}
 
 
-def describe_source(source: str | int) -> str:
-    """The source for messages and logs, without credentials (rtsp://user:pass@host)."""
-    if isinstance(source, int):
-        return f"camera index {source}"
-    if "://" in source:
-        parts = urlsplit(source)
-        host = parts.netloc.rsplit("@", 1)[-1]
-        return urlunsplit((parts.scheme, host, parts.path, "", ""))
-    return source
-
-
 class CameraDriver(Driver):
     """One camera: `people_count` and `attendance` events, from a background capture thread."""
 
-    protocol = "camera"
-
-    @classmethod
-    def check_address(cls, address: dict[str, Any]) -> None:
-        super().check_address(address)
-        if "source" not in address:
-            raise ValueError("source is required: an rtsp:// URL, a video file path or a camera index")
-        source = address["source"]
-        if isinstance(source, bool) or not isinstance(source, str | int):
-            raise ValueError(f"source must be a URL, a file path or a camera index, got {source!r}")
-        if isinstance(source, int):
-            if source < 0:
-                raise ValueError(f"source: a camera index is 0 or more, got {source}")
-            return
-        if not source.strip():
-            raise ValueError("source must not be empty")
-        if "://" in source:
-            scheme = source.split("://", 1)[0].lower()
-            if scheme not in URL_SCHEMES:
-                raise ValueError(f"source: URL scheme {scheme!r} is not supported; use "
-                                 f"{', '.join(s + '://' for s in URL_SCHEMES)} or a file path")
-            if not urlsplit(source).hostname:
-                raise ValueError(f"source: {describe_source(source)!r} has no host")
+    protocol = camera.NAME
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)

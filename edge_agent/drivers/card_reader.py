@@ -13,18 +13,8 @@ HMAC-SHA256(per-school secret, UID); events, logs and the repeat filter only
 ever see that hash. Without a secret the driver refuses to start, rather than
 hash with an empty key.
 
-Protocols (checked against the ID-Innovations ID-12LA/ID-20LA datasheet and
-Tasmota's RDM6300 driver; their examples are test vectors in the tests):
-- EM4100 (RDM6300 / ID-12LA style), 9600 8N1: STX 0x02, 10 ASCII-hex digits
-  (version/customer byte + 32-bit ID), 2 ASCII-hex digits of the XOR of those
-  5 bytes, ETX 0x03. ID-12LA/ID-20LA put CR LF between the checksum and ETX;
-  other readers send CR LF after ETX: both are accepted.
-- Line readers: one UID per line (CR, LF or CR LF; silence also ends a line),
-  4- or 7-byte UIDs as 8 or 14 hex digits (optionally with `:`, `-` or space
-  between bytes), or a 4-byte UID as 10 decimal digits (USB keyboard style).
-
-The frame parsers are pure, incremental and never raise, so they can be
-fuzzed: feed them any byte chunks, read the UIDs they return and their counts.
+The frames (EM4100 STX...ETX, one UID per line) and their pure, incremental
+parsers are protocols/card_em4100.py and protocols/card_line.py.
 """
 
 from __future__ import annotations
@@ -35,7 +25,6 @@ import contextlib
 import hashlib
 import hmac
 import logging
-import re
 import time
 from typing import Any, ClassVar
 
@@ -45,21 +34,15 @@ from campus.contract import MetricValue
 from campus.errors import ConfigError, DeviceError
 from edge_agent.drivers.base import DeviceEvent, DeviceUnreachable, Driver, Reading
 from edge_agent.drivers.serial_link import SerialLink, serial_settings
+from protocols import card_em4100, card_line
+from protocols.card_em4100 import EM4100Parser
+from protocols.card_line import BYTE_ORDERS, UID_FORMATS, LineParser
 
 log = logging.getLogger(__name__)
 
-STX, ETX, CR, LF = 0x02, 0x03, 0x0D, 0x0A
-EM4100_BODY_LEN = 12          # 10 data + 2 checksum ASCII-hex characters
 DEFAULT_REPEAT_WINDOW_S = 2.0
 DEFAULT_FRAME_TIMEOUT_S = 0.2  # a 14-byte frame takes 15 ms at 9600 baud
 MAX_PENDING_EVENTS = 10_000    # swipes kept while nobody polls; oldest dropped beyond
-MAX_LINE = 64                  # longer than any UID line: the rest of it is discarded
-
-_HEX_DIGITS = frozenset(b"0123456789ABCDEFabcdef")
-_ADDRESS_KEYS = ("serial", "baudrate", "bytesize", "parity", "stopbits")
-_BAUDRATES = (1200, 2400, 4800, 9600, 19200, 38400, 57600, 115200)
-UID_FORMATS = ("auto", "hex", "decimal")
-BYTE_ORDERS = ("big", "little")
 
 
 class CardSecretMissing(DeviceError, ConfigError):
@@ -70,203 +53,6 @@ def card_hash(secret: str | bytes, uid: str) -> str:
     """The pseudonym of a card: HMAC-SHA256 of its normalised UID, keyed with the school's secret (hex)."""
     key = secret.encode("utf-8") if isinstance(secret, str) else secret
     return hmac.new(key, uid.encode("ascii"), hashlib.sha256).hexdigest()
-
-
-def xor_checksum(data: bytes) -> int:
-    """XOR of all bytes: the EM4100 ASCII-frame checksum over the 5 ID bytes."""
-    acc = 0
-    for b in data:
-        acc ^= b
-    return acc
-
-
-# ------------------------------------------------------------------ parsers
-
-
-class EM4100Parser:
-    """Incremental EM4100 ASCII-frame parser.
-
-    `feed(chunk)` takes any bytes (frames split across chunks, several frames
-    in one, noise between them) and returns the normalised UIDs (10 upper-case
-    hex digits) of the valid frames completed in it. Counts, never raises:
-    `frames_ok`; `bad_checksum`; `truncated` (a new STX before ETX, a frame of
-    the wrong length, or one cut off by silence, see `expire`); `malformed`
-    (right length, not hex, or the all-zero ID some readers emit as a false
-    read); `noise_bytes` (bytes outside any frame other than CR/LF).
-    """
-
-    COUNTERS: ClassVar[tuple[str, ...]] = ("frames_ok", "bad_checksum", "truncated", "malformed", "noise_bytes")
-
-    def __init__(self) -> None:
-        self.counts: dict[str, int] = dict.fromkeys(self.COUNTERS, 0)
-        self._body = bytearray()
-        self._in_frame = False
-        self._overlong = False
-
-    @property
-    def pending(self) -> bool:
-        """A frame has started and not ended yet."""
-        return self._in_frame
-
-    def reset(self) -> None:
-        """Forget a partial frame without counting it (the line was reopened)."""
-        self._body.clear()
-        self._in_frame = self._overlong = False
-
-    def expire(self) -> None:
-        """The line went quiet in the middle of a frame: count it truncated and drop it."""
-        if self._in_frame:
-            self.counts["truncated"] += 1
-        self.reset()
-
-    def feed(self, data: bytes) -> list[str]:
-        uids: list[str] = []
-        for b in data:
-            if b == STX:
-                if self._in_frame:
-                    self.counts["truncated"] += 1
-                self.reset()
-                self._in_frame = True
-            elif not self._in_frame:
-                if b not in (CR, LF):
-                    self.counts["noise_bytes"] += 1
-            elif b == ETX:
-                uid = self._finish()
-                if uid is not None:
-                    uids.append(uid)
-            elif not self._overlong:
-                self._body.append(b)
-                if len(self._body) > EM4100_BODY_LEN + 2:  # longer than body + CR LF: keep no more
-                    self._overlong = True
-        return uids
-
-    def _finish(self) -> str | None:
-        body = bytes(self._body)
-        overlong = self._overlong
-        self.reset()
-        for tail in (b"\r\n", b"\n", b"\r"):
-            if body.endswith(tail):
-                body = body[:-len(tail)]
-                break
-        if overlong or len(body) != EM4100_BODY_LEN:
-            self.counts["truncated"] += 1
-            return None
-        if not all(c in _HEX_DIGITS for c in body):
-            self.counts["malformed"] += 1
-            return None
-        raw = bytes.fromhex(body.decode("ascii"))
-        if xor_checksum(raw[:5]) != raw[5]:
-            self.counts["bad_checksum"] += 1
-            return None
-        if not any(raw[:5]):
-            self.counts["malformed"] += 1
-            return None
-        self.counts["frames_ok"] += 1
-        return raw[:5].hex().upper()
-
-
-_SEPARATED_HEX = re.compile(r"^[0-9A-Fa-f]{2}(?:([:\- ])[0-9A-Fa-f]{2})+$")
-
-
-def parse_uid_line(text: str, uid_format: str = "auto", decimal_byte_order: str = "big") -> tuple[str | None, str]:
-    """Normalise one line of a line reader: `(uid, "ok")` or `(None, "truncated" | "malformed")`.
-
-    Hex: 8 or 14 digits (4- or 7-byte UID), bytes optionally separated by one
-    of `:`, `-`, space. Decimal: 10 digits, a 4-byte UID as an unsigned 32-bit
-    number, most significant byte first unless `decimal_byte_order` is
-    "little" (readers differ). The result is upper-case hex of the UID bytes,
-    so a card hashes the same whether a reader types it in hex or decimal.
-    A run of digits of another length is `truncated`; anything else is
-    `malformed`.
-    """
-    s = text.strip()
-    m = _SEPARATED_HEX.match(s)
-    if m and s.count(m.group(1)) == len(s) // 3:
-        s = s.replace(m.group(1), "")
-    if not s.isascii() or not s.isalnum():
-        return None, "malformed"
-    is_decimal = s.isdigit()
-    is_hex = all(c in "0123456789ABCDEFabcdef" for c in s)
-    if uid_format in ("auto", "decimal") and is_decimal and len(s) == 10:
-        value = int(s)
-        if value > 0xFFFFFFFF or value == 0:
-            return None, "malformed"
-        order = "little" if decimal_byte_order == "little" else "big"
-        return value.to_bytes(4, order).hex().upper(), "ok"
-    if uid_format in ("auto", "hex") and is_hex and len(s) in (8, 14):
-        if not any(bytes.fromhex(s)):
-            return None, "malformed"
-        return s.upper(), "ok"
-    if (uid_format == "decimal" and is_decimal) or (uid_format != "decimal" and is_hex):
-        return None, "truncated"
-    return None, "malformed"
-
-
-class LineParser:
-    """Incremental parser for readers that send one UID per line.
-
-    Printable ASCII builds the line; CR or LF ends it (empty lines are
-    ignored); other bytes are `noise_bytes` and make the line they fall in
-    `malformed` (a line reader has no checksum, so a line hit by noise is not
-    trusted). A line longer than `MAX_LINE` is dropped as `malformed`.
-    `expire()` (the line went quiet) ends a pending line, for readers that
-    send no line end. Never raises.
-    """
-
-    COUNTERS: ClassVar[tuple[str, ...]] = ("frames_ok", "truncated", "malformed", "noise_bytes")
-
-    def __init__(self, uid_format: str = "auto", decimal_byte_order: str = "big") -> None:
-        self.uid_format = uid_format
-        self.decimal_byte_order = decimal_byte_order
-        self.counts: dict[str, int] = dict.fromkeys(self.COUNTERS, 0)
-        self._line = bytearray()
-        self._tainted = False
-        self._overlong = False
-
-    @property
-    def pending(self) -> bool:
-        return bool(self._line) or self._tainted or self._overlong
-
-    def reset(self) -> None:
-        self._line.clear()
-        self._tainted = self._overlong = False
-
-    def expire(self) -> None:
-        if self.pending:
-            self._end_line()
-
-    def feed(self, data: bytes) -> list[str]:
-        uids: list[str] = []
-        for b in data:
-            if b in (CR, LF):
-                uid = self._end_line()
-                if uid is not None:
-                    uids.append(uid)
-            elif 0x20 <= b < 0x7F or b == 0x09:
-                if len(self._line) < MAX_LINE:
-                    self._line.append(b)
-                else:
-                    self._overlong = True
-            else:
-                self.counts["noise_bytes"] += 1
-                self._tainted = True
-        return uids
-
-    def _end_line(self) -> str | None:
-        text = self._line.decode("ascii").strip()
-        tainted, overlong = self._tainted, self._overlong
-        self.reset()
-        if not text:
-            return None  # CR LF's second half, or a burst of noise alone
-        if tainted or overlong:
-            self.counts["malformed"] += 1
-            return None
-        uid, verdict = parse_uid_line(text, self.uid_format, self.decimal_byte_order)
-        if uid is None:
-            self.counts[verdict] += 1
-            return None
-        self.counts["frames_ok"] += 1
-        return uid
 
 
 class RepeatFilter:
@@ -305,27 +91,6 @@ class _CardReaderDriver(Driver):
     """What both card readers share: the serial pump, hashing, repeat filter, counters."""
 
     COUNTERS: ClassVar[tuple[str, ...]] = ()
-
-    @classmethod
-    def check_address(cls, address: dict[str, Any]) -> None:
-        super().check_address(address)
-        for key in address:
-            if key not in _ADDRESS_KEYS:
-                raise ValueError(f"{key}: not a card reader address field (use {', '.join(_ADDRESS_KEYS)})")
-        port = address.get("serial")
-        if not isinstance(port, str) or not port.strip():
-            raise ValueError(f"serial: the reader's serial port path is required, got {port!r}")
-        baud = address.get("baudrate", 9600)
-        if isinstance(baud, bool) or baud not in _BAUDRATES:
-            raise ValueError(f"baudrate must be one of {', '.join(map(str, _BAUDRATES))}, got {baud!r}")
-        bytesize = address.get("bytesize", 8)
-        if isinstance(bytesize, bool) or bytesize not in (5, 6, 7, 8):
-            raise ValueError(f"bytesize must be 5, 6, 7 or 8, got {bytesize!r}")
-        if address.get("parity", "N") not in ("N", "E", "O"):
-            raise ValueError(f"parity must be N, E or O, got {address.get('parity')!r}")
-        stopbits = address.get("stopbits", 1)
-        if isinstance(stopbits, bool) or stopbits not in (1, 1.5, 2):
-            raise ValueError(f"stopbits must be 1, 1.5 or 2, got {stopbits!r}")
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -459,7 +224,7 @@ class _CardReaderDriver(Driver):
 class EM4100ReaderDriver(_CardReaderDriver):
     """125 kHz EM4100 readers (RDM6300, ID-12LA/ID-20LA ASCII mode) sending STX…ETX frames."""
 
-    protocol = "card_em4100"
+    protocol = card_em4100.NAME
     COUNTERS = ("swipes", "frames_ok", "bad_checksum", "truncated", "malformed", "noise_bytes")
 
     def _new_parser(self) -> EM4100Parser:
@@ -474,7 +239,7 @@ class LineReaderDriver(_CardReaderDriver):
     "little" for readers that print the UID bytes least significant first).
     """
 
-    protocol = "card_line"
+    protocol = card_line.NAME
     COUNTERS = ("swipes", "frames_ok", "truncated", "malformed", "noise_bytes")
 
     def _new_parser(self) -> LineParser:

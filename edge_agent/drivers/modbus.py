@@ -17,13 +17,8 @@ from pymodbus.client import AsyncModbusSerialClient, AsyncModbusTcpClient
 from pymodbus.exceptions import ModbusException
 
 from campus.errors import DeviceError
-from device_profiles import Metric, registers
 from edge_agent.drivers.base import DeviceUnreachable, Driver, Reading
-
-EXCEPTION_NAMES = {1: "illegal function", 2: "illegal data address", 3: "illegal data value",
-                   4: "device failure", 6: "device busy", 10: "gateway path unavailable",
-                   11: "gateway target failed to respond"}
-MAX_REGISTERS_PER_READ = 125  # Modbus limit for function 0x03/0x04
+from protocols import modbus
 
 
 @dataclass
@@ -37,52 +32,23 @@ class _Bus:
 _buses: dict[tuple[str, ...], _Bus] = {}
 
 
-def _blocks(metrics: list[Metric]) -> list[tuple[str, int, int, list[Metric]]]:
-    """Group metrics into (function, start, count, metrics) contiguous reads."""
-    out: list[tuple[str, int, int, list[Metric]]] = []
-    for m in sorted(metrics, key=lambda m: (m.function, m.register)):
-        assert m.register is not None
-        end = m.register + m.register_count
-        if out and out[-1][0] == m.function and m.register <= out[-1][1] + out[-1][2] \
-                and end - out[-1][1] <= MAX_REGISTERS_PER_READ:
-            fn, start, count, ms = out[-1]
-            out[-1] = (fn, start, max(count, end - start), ms + [m])
-        else:
-            out.append((m.function, m.register, m.register_count, [m]))
-    return out
-
-
 class ModbusDriver(Driver):
-    protocol = "modbus"
-
-    @classmethod
-    def check_address(cls, address: dict[str, Any]) -> None:
-        if ("host" in address) == ("serial" in address):
-            raise ValueError("give either host (Modbus TCP) or serial (Modbus RTU port)")
-        if "host" in address:
-            port = address.get("port", 502)
-            if isinstance(port, bool) or not isinstance(port, int) or not 0 < port < 65536:
-                raise ValueError(f"port must be 1-65535, got {port!r}")
-        unit = address.get("unit", 1)
-        if isinstance(unit, bool) or not isinstance(unit, int) or not 0 <= unit <= 247:
-            raise ValueError(f"unit must be a Modbus address 0-247, got {unit!r}")
+    protocol = modbus.NAME
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.check_address(self.address)
-        self.unit = int(self.address.get("unit", 1))
+        self.unit = int(modbus.ADDRESS.value(self.address, "unit"))
         self.timeout = float(self.options.get("timeout", 1.0))
-        self.blocks = _blocks([m for m in self.profile.metrics.values() if m.register is not None])
+        self.blocks = modbus.read_plan([m for m in self.profile.metrics.values() if m.register is not None])
         self._key: tuple[str, ...] | None = None
 
     def _bus_key(self) -> tuple[str, ...]:
-        if "host" in self.address:
-            return ("tcp", str(self.address["host"]), str(self.address.get("port", 502)))
-        return ("rtu", str(self.address["serial"]))
+        return modbus.link_key(self.address)
 
     def _new_client(self) -> AsyncModbusTcpClient | AsyncModbusSerialClient:
         if "host" in self.address:
-            return AsyncModbusTcpClient(self.address["host"], port=int(self.address.get("port", 502)),
+            return AsyncModbusTcpClient(self.address["host"], port=int(modbus.ADDRESS.value(self.address, "port")),
                                         timeout=self.timeout, retries=0, reconnect_delay=0)
         serial = {**self.profile.serial, **{k: v for k, v in self.address.items()
                                             if k in ("baudrate", "bytesize", "parity", "stopbits")}}
@@ -131,12 +97,12 @@ class ModbusDriver(Driver):
                 if result.isError():
                     code = getattr(result, "exception_code", 0)
                     raise DeviceError(f"{self.device_id}: Modbus exception {code} "
-                                      f"({EXCEPTION_NAMES.get(code, 'unknown')}) reading {start}+{count}")
+                                      f"({modbus.EXCEPTION_NAMES.get(code, 'unknown')}) reading {start}+{count}")
                 regs = list(result.registers)
                 if len(regs) < count:
                     raise DeviceError(f"{self.device_id}: short answer, {len(regs)} of {count} registers")
                 for m in metrics:
                     assert m.register is not None
                     off = m.register - start
-                    values[m.name] = registers.decode(m, regs[off:off + m.register_count])
+                    values[m.name] = modbus.decode(m, regs[off:off + m.register_count])
         return Reading(values=values)

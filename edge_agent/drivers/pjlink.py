@@ -26,30 +26,24 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
-import re
 from collections.abc import AsyncIterator
 from typing import Any
 
 from campus.errors import ActionRejected, DeviceError
 from edge_agent.drivers.base import DeviceUnreachable, Driver, Reading
-
-PJLINK_PORT = 4352
-MAX_LINE = 136  # bytes per line, terminator included (PJLink class 1 and 2)
-POWER = {"0": "off", "1": "on", "2": "cooling", "3": "warming"}
-ERST_METRICS = ("error_fan", "error_lamp", "error_temperature", "error_cover", "error_filter", "error_other")
-ERST_LEVELS = {"0": "ok", "1": "warning", "2": "error"}
-ERRORS = {"ERR1": "undefined command", "ERR2": "parameter out of range",
-          "ERR3": "unavailable at this time", "ERR4": "projector failure"}
-AV_MUTE = {"10", "11", "20", "21", "30", "31"}
-CLASS1_INPUT = re.compile(r"[1-5][1-9]")
-CLASS2_INPUT = re.compile(r"[1-6][1-9A-Z]")
-ADDRESS_FIELDS = ("host", "port", "password")
-
-
-def auth_digest(token: str, password: str) -> str:
-    """The PJLink authentication prefix: lowercase hex MD5 of the greeting's random token + password."""
-    return hashlib.md5((token + password).encode("utf-8")).hexdigest()
+from protocols import pjlink
+from protocols.pjlink import (
+    AV_MUTE,
+    CLASS1_INPUT,
+    CLASS2_INPUT,
+    ERRORS,
+    ERST_LEVELS,
+    ERST_METRICS,
+    MAX_LINE,
+    PJLINK_PORT,
+    POWER,
+    auth_digest,
+)
 
 
 class PJLinkError(DeviceError):
@@ -161,24 +155,7 @@ class _Connection:
 
 
 class PJLinkDriver(Driver):
-    protocol = "pjlink"
-
-    @classmethod
-    def check_address(cls, address: dict[str, Any]) -> None:
-        super().check_address(address)
-        unknown = sorted(set(address) - set(ADDRESS_FIELDS))
-        if unknown:
-            raise ValueError(f"unknown address field {unknown[0]!r}; a PJLink address has {', '.join(ADDRESS_FIELDS)}")
-        host = address.get("host")
-        if not isinstance(host, str) or not host.strip():
-            raise ValueError(f"host must be the projector's host name or IP address, got {host!r}")
-        port = address.get("port", PJLINK_PORT)
-        if isinstance(port, bool) or not isinstance(port, int) or not 0 < port < 65536:
-            raise ValueError(f"port must be 1-65535, got {port!r}")
-        password = address.get("password")
-        if password is not None and (not isinstance(password, str) or not 0 < len(password) <= 32
-                                     or not password.isprintable()):
-            raise ValueError("password must be text of 1-32 printable characters (PJLink limit)")
+    protocol = pjlink.NAME
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)

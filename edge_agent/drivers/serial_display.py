@@ -3,8 +3,8 @@
 Both display protocols are half-duplex request/response over a serial line
 that can carry line noise, a reply cut short, a corrupted byte or a reply
 from the wrong display. This module holds what the two drivers have in
-common so that it exists once: the address check, the serial link's life
-cycle, and `transact`, which
+common so that it exists once: the serial link's life cycle, and
+`transact`, which
 
 - drops stale bytes and writes the request,
 - feeds whatever arrives to the protocol's pure frame splitter, which
@@ -23,7 +23,6 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any, ClassVar, TypeVar
 
 import serial
@@ -31,37 +30,20 @@ import serial
 from campus.errors import DeviceError
 from device_profiles import Profile
 from edge_agent.drivers.base import DeviceUnreachable, Driver
-from edge_agent.drivers.serial_link import SERIAL_KEYS, SerialLink, serial_settings
+from edge_agent.drivers.serial_link import SerialLink, serial_settings
+from protocols.serial_line import BadFrame, Scanner
 
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
 
-@dataclass(frozen=True)
-class BadFrame:
-    """Bytes a frame splitter skipped, and why (noise, checksum, truncated, ...)."""
-
-    raw: bytes
-    reason: str
-
-
-# A pure splitter: (buffer) -> (frames and BadFrames found, bytes kept for later).
-Scanner = Callable[[bytes], tuple[list[Any], bytes]]
-
-_LINE_CHECKS: dict[str, tuple[Callable[[Any], bool], str]] = {
-    "baudrate": (lambda v: isinstance(v, int) and not isinstance(v, bool) and v > 0, "a positive whole number"),
-    "bytesize": (lambda v: v in (5, 6, 7, 8) and not isinstance(v, bool), "5, 6, 7 or 8"),
-    "parity": (lambda v: v in ("N", "E", "O", "M", "S"), "N, E, O, M or S"),
-    "stopbits": (lambda v: v in (1, 1.5, 2) and not isinstance(v, bool), "1, 1.5 or 2"),
-}
-
-
 class SerialDisplayDriver(Driver):
     """Base of the serial display drivers: address, link, and `transact`.
 
-    Subclasses name their address id field (`display_id`, `set_id`), its
-    range and default, and the id that addresses every display on the line.
+    Subclasses name their address id field (`display_id`, `set_id`) and its
+    default, and the id that addresses every display on the line (the
+    address itself is checked by the protocol's schema, protocols/).
     Options (else the profile's `timings`, else the default): `timeout`
     (`reply_timeout`, 1 s), `power_timeout` (for power on/off, which some
     sets acknowledge only when done), `frame_gap` (0.1 s of quiet that ends
@@ -69,26 +51,8 @@ class SerialDisplayDriver(Driver):
     """
 
     id_field: ClassVar[str]
-    id_max: ClassVar[int]
     default_id: ClassVar[int]
     broadcast_id: ClassVar[int]
-
-    @classmethod
-    def check_address(cls, address: dict[str, Any]) -> None:
-        super().check_address(address)
-        path = address.get("serial")
-        if not isinstance(path, str) or not path.strip():
-            raise ValueError(f"serial must be the path of the serial port (e.g. /dev/ttyUSB0), got {path!r}")
-        known = ("serial", cls.id_field, *SERIAL_KEYS)
-        for key in address:
-            if key not in known:
-                raise ValueError(f"unknown address field {key!r}; known: {', '.join(known)}")
-        ident = address.get(cls.id_field, cls.default_id)
-        if isinstance(ident, bool) or not isinstance(ident, int) or not 0 <= ident <= cls.id_max:
-            raise ValueError(f"{cls.id_field} must be a whole number 0-{cls.id_max}, got {ident!r}")
-        for key, (ok, want) in _LINE_CHECKS.items():
-            if key in address and not ok(address[key]):
-                raise ValueError(f"{key} must be {want}, got {address[key]!r}")
 
     def __init__(self, device_id: str, profile: Profile, address: dict[str, Any],
                  options: dict[str, Any] | None = None) -> None:

@@ -1,8 +1,11 @@
 """The gateway config file: which school and room, which broker, which devices.
 
 Validated with pydantic at load time; an error names the file, line and
-field (`gw.yaml:12: field devices.0.address.port: ...`), and the agent does
-not start on an invalid config.
+field (`gw.yaml:12: field devices.0.address: port must be 1-65535, got 0`), and the agent does
+not start on an invalid config. It lives in the shared layer, not in the agent, because central
+checks every device it registers or pushes with these same models (central/registry.py,
+central/provisioning.py) and `campus sim` starts simulators from them: a device address is checked
+through the protocol table (protocols/), which names the drivers without importing them.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ from pydantic import (
     model_validator,
 )
 
+import protocols
 from campus import contract, names
 from campus.errors import CampusError
 from campus.urls import parse_mqtt_url
@@ -78,10 +82,8 @@ class DeviceConfig(_Strict):
     @field_validator("address")
     @classmethod
     def _address(cls, v: dict[str, Any], info: ValidationInfo) -> dict[str, Any]:
-        from edge_agent.drivers import driver_class  # drivers import this module's types
-
         if "profile" in info.data:  # else the profile error is reported instead
-            _as_value_error(lambda: driver_class(load_profile(info.data["profile"]).protocol).check_address(v))
+            _as_value_error(lambda: protocols.check_address(load_profile(info.data["profile"]).protocol, v))
         return v
 
     @property
