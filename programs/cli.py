@@ -73,22 +73,25 @@ def cmd_ingest(args: argparse.Namespace) -> None:
 
 
 def cmd_web(args: argparse.Namespace) -> None:
+    import dataclasses
     from pathlib import Path
 
     from central.broker_config import atomic_write
     from central.db import central_db_url, sqlite_path
     from central.registry import check_token
     from central.service import Central
-    from dashboards import WebConfig, close_app, create_app
-    from dashboards.server import serve
+    from dashboards import WebConfig, create_app
+    from dashboards.server import DEFAULT_THREADS, listen, serve_workers
 
     if args.admin_token is not None:
         check_token(args.admin_token, "--admin-token")
     config = WebConfig(store_url=args.store, db_url=central_db_url(args.db, args.store), mqtt_url=args.mqtt,
                        trusted_proxies=args.proxy)
-    with Central.open(config.central_config(), check_store=True) as central:  # history comes from the store
-        app = create_app(config, central)
-        central.start()
+    # Here, before any worker starts, so that a wrong store, database or broker is one line: reach them all
+    # (history comes from the store), bring SQLite to this release's schema, make the first admin. Closed
+    # again before the fork: each worker opens its own Central.
+    with Central.open(dataclasses.replace(config.central_config(), background=False), check_store=True) as central:
+        central.start()  # the broker answers (commands)
         password = central.registry.ensure_admin(args.admin_token)
         if password:
             # Into a file only its owner reads, not onto stdout: under systemd stdout is the journal.
@@ -97,12 +100,13 @@ def cmd_web(args: argparse.Namespace) -> None:
             atomic_write(where, f"admin {password}\n", mode=0o600)
             print(f"campus web: created user admin; its password is in {where} (mode 0600). Change it with "
                   "`campus users add admin --role admin`, then delete that file", flush=True)
-        stop = threading.Event()
-        server = serve(app, "127.0.0.1" if not args.host else args.host, args.http_port)
-        print(f"campus web: http://{server.host}:{server.port}/", flush=True)
-        wait_for_signal(stop)
-        server.shutdown()
-        close_app(app)  # open streams end first; `with` then stops central's threads and closes it
+    host = args.host or "127.0.0.1"
+    sock = listen(host, args.http_port)
+    threads = args.threads or DEFAULT_THREADS
+    print(f"campus web: http://{host}:{sock.getsockname()[1]}/ ({args.workers} worker(s) of {threads} threads)",
+          flush=True)
+    # Each worker: its own app and Central (started: commands, alarm monitor, scheduler), closed when it stops.
+    serve_workers(lambda: create_app(config), sock, workers=args.workers, threads=threads)
 
 
 def cmd_users(args: argparse.Namespace) -> None:
@@ -252,6 +256,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--proxy", type=_proxies, default=0, metavar="N",
                    help="served behind N reverse proxies: believe their X-Forwarded-For/-Proto/-Host/-Port "
                    "(client address for rate limits, HTTPS for Secure cookies). Default 0: believe nobody")
+    p.add_argument("--workers", type=_count(1, 64), default=1, metavar="N",
+                   help="server processes, each with its own database connections and panel poller (default 1)")
+    p.add_argument("--threads", type=_count(1, 10000), default=None, metavar="T",
+                   help="threads per process; every open classroom panel holds one (default 1000, started "
+                   "as needed)")
     p.set_defaults(func=cmd_web)
 
     p = sub.add_parser("broker-config", help="Mosquitto config, password file and per-gateway ACL from the registry")
@@ -311,6 +320,19 @@ def _positive_int(text: str) -> int:
     if value < 1:
         raise argparse.ArgumentTypeError("must be at least 1")
     return value
+
+
+def _count(low: int, high: int) -> Callable[[str], int]:
+    """An argparse type: a whole number within [low, high]."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+        if not low <= value <= high:
+            raise argparse.ArgumentTypeError(f"must be {low} to {high}")
+        return value
+    return parse
 
 
 def _proxies(text: str) -> int:
