@@ -100,6 +100,9 @@ class _Gunicorn(BaseApplication):  # type: ignore[misc]  # gunicorn has no type 
             "worker_connections": threads + 1000, "backlog": BACKLOG, "keepalive": 5,
             "graceful_timeout": GRACEFUL_S, "timeout": 60, "proc_name": "campus-web",
             "control_socket_disable": True,  # no control socket file: signals are the interface
+            # gunicorn believes X-Forwarded-Proto from 127.0.0.1 by default: here only `campus web --proxy N`
+            # decides whom to believe (dashboards/security.py), so gunicorn believes nobody.
+            "forwarded_allow_ips": "",
             "accesslog": None, "errorlog": "-", "loglevel": "info",
         }
         super().__init__()

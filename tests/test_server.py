@@ -61,9 +61,12 @@ def test_two_workers_serve_pages_and_streams_and_stop_cleanly_on_sigterm(tmp_pat
         assert status == 200 and sorted(g["id"] for g in json.loads(body)) == ROOMS
         status, page = _get(port, "/panel/gw-3")
         assert status == 200 and b"103" in page
-        # Security headers come through gunicorn as through any server.
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/login", timeout=30) as resp:
+        # Security headers come through gunicorn as through any server; without --proxy, nobody's
+        # X-Forwarded-Proto is believed (gunicorn's own default believes 127.0.0.1's).
+        with urllib.request.urlopen(urllib.request.Request(f"http://127.0.0.1:{port}/login", headers={
+                "X-Forwarded-Proto": "https"}), timeout=30) as resp:
             assert "frame-ancestors 'none'" in resp.headers["Content-Security-Policy"]
+            assert "Secure" not in resp.headers["Set-Cookie"]
         # Both workers booted (each with its own Central) and every stream, whichever worker took it,
         # gets its own room.
         wait_until(lambda: web.output().count("Booting worker") == 2, message="two workers")
