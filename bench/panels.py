@@ -30,6 +30,7 @@ import sys
 import tempfile
 import threading
 import time
+import urllib.request
 from pathlib import Path
 
 if __package__ in (None, ""):
@@ -37,7 +38,7 @@ if __package__ in (None, ""):
 
 import psutil  # noqa: E402
 
-from bench.common import CampusProcess, machine_line, percentile, print_table  # noqa: E402
+from bench.common import CampusProcess, machine_line, percentile, print_table, wait_until  # noqa: E402
 from campus.contract import State  # noqa: E402
 from campus.net import free_port  # noqa: E402
 from central.ledger import Ledger, Sequenced  # noqa: E402
@@ -155,25 +156,41 @@ async def measure(port: int, token: str, args: argparse.Namespace, web_pid: int)
     stop = asyncio.Event()
     panels = [Panel() for _ in range(args.panels)]
     gws = [gateway(i * max(1, args.rooms // args.panels) % args.rooms) for i in range(args.panels)]
+    cpu0 = cpu_s(web_pid)
     tasks = [asyncio.create_task(open_panel(port, gw, token, p, stop)) for gw, p in zip(gws, panels, strict=True)]
     deadline = time.monotonic() + args.connect_timeout
     while time.monotonic() < deadline and not all(p.first is not None or p.error for p in panels):
         await asyncio.sleep(0.05)
     connected = time.monotonic()
+    ramp_cpu = cpu_s(web_pid) - cpu0
     events_before = sum(p.events for p in panels)
-    cpu0, rss_peak = cpu_s(web_pid), 0.0
+    cpu1, rss_peak = cpu_s(web_pid), 0.0
     while time.monotonic() - connected < args.hold:
         rss_peak = max(rss_peak, await asyncio.to_thread(rss_mb, web_pid))
         await asyncio.sleep(1.0)
-    cpu = (cpu_s(web_pid) - cpu0) / args.hold
+    cpu = (cpu_s(web_pid) - cpu1) / args.hold
     events = sum(p.events for p in panels) - events_before
+    # One more panel at a time while the others stay open: a teacher opening hers at 8:05.
+    probes = []
+    for i in range(args.probes):
+        probe, probe_stop = Panel(), asyncio.Event()
+        task = asyncio.create_task(open_panel(port, gateway((i * 7 + 3) % args.rooms), token, probe, probe_stop))
+        while probe.first is None and not probe.error and not task.done():
+            await asyncio.sleep(0.005)
+        probe_stop.set()
+        await task
+        if probe.first is not None:
+            probes.append(probe.first)
+        await asyncio.sleep(0.1)
     stop.set()
     await asyncio.gather(*tasks, return_exceptions=True)
     firsts = [p.first for p in panels if p.first is not None]
     errors = sorted({p.error for p in panels if p.error and p.first is None})
     return {"opened": len(firsts), "p50": percentile(firsts, 50) if firsts else None,
             "p95": percentile(firsts, 95) if firsts else None, "max": max(firsts) if firsts else None,
-            "rss": rss_peak, "cpu": cpu * 100, "events": events, "errors": errors}
+            "rss": rss_peak, "cpu": cpu * 100, "events": events, "errors": errors, "ramp_cpu": ramp_cpu,
+            "probe_p50": percentile(probes, 50) if probes else None,
+            "probe_p95": percentile(probes, 95) if probes else None}
 
 
 def run(args: argparse.Namespace, tmp: Path) -> dict[str, object]:
@@ -190,6 +207,9 @@ def run(args: argparse.Namespace, tmp: Path) -> dict[str, object]:
     writer = multiprocessing.Process(target=live_writer, args=(str(db), args.rooms, args.live, stop), daemon=True)
     try:
         web.wait_listening(port, timeout=60)
+        # Up when it answers (gunicorn's workers boot after the socket listens).
+        wait_until(lambda: urllib.request.urlopen(f"http://127.0.0.1:{port}/api/health", timeout=5).status == 200,
+                   timeout=60, message="campus web answering")
         rss_idle = rss_mb(web.proc.pid)  # type: ignore[union-attr]
         if args.live:
             writer.start()
@@ -212,24 +232,32 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--panels", type=int, default=500, help="panel streams opened at once (default 500)")
     parser.add_argument("--hold", type=float, default=20.0, help="seconds the streams stay open (default 20)")
     parser.add_argument("--live", type=int, default=200, help="rooms with a new CO2 value a second (default 200)")
+    parser.add_argument("--probes", type=int, default=30, help="panels then opened one at a time (default 30)")
     parser.add_argument("--workers", type=int, default=None, help="campus web --workers (default: its own)")
     parser.add_argument("--threads", type=int, default=None, help="campus web --threads (default: its own)")
     parser.add_argument("--connect-timeout", type=float, default=60.0, help="give up on first events after S")
     parser.add_argument("--code", type=Path, default=None, help="the checkout whose `campus web` runs (default: this)")
     parser.add_argument("--verbose", action="store_true", help="print the end of the web log")
+    parser.add_argument("--quick", action="store_true", help="a smoke run: 20 panels on 50 rooms for 2 s")
     args = parser.parse_args(argv)
+    if args.quick:
+        args.rooms, args.panels, args.hold, args.probes, args.live = 50, 20, 2.0, 3, 20
     print(machine_line(), flush=True)
     with tempfile.TemporaryDirectory(prefix="bench-panels-") as tmp:
         r = run(args, Path(tmp))
     load = psutil.getloadavg()[0]
     print_table(f"Panels: {args.panels} streams on {args.rooms} rooms, {args.live} rooms changing a second, held "
                 f"{args.hold:g} s ({args.code or 'this checkout'}; load average after {load:.1f})",
-                ["opened", "first event p50 ms", "p95 ms", "max ms", "web RSS idle MB", "web RSS peak MB",
-                 "web CPU %", "room events / s"],
-                [[f"{r['opened']}/{args.panels}", _ms(r["p50"]), _ms(r["p95"]), _ms(r["max"]), round(r["rss_idle"]),
-                  round(r["rss"]), round(r["cpu"]), round(r["events"] / args.hold)]])  # type: ignore[operator]
+                ["opened at once", "first event p50 ms", "p95 ms", "max ms", "web CPU s to open them",
+                 f"one more while open: p50 ms ({args.probes})", "p95 ms", "web RSS idle MB", "web RSS peak MB",
+                 "web CPU % while open", "room events / s"],
+                [[f"{r['opened']}/{args.panels}", _ms(r["p50"]), _ms(r["p95"]), _ms(r["max"]),
+                  round(r["ramp_cpu"], 1), _ms(r["probe_p50"]), _ms(r["probe_p95"]),  # type: ignore[arg-type]
+                  round(r["rss_idle"]), round(r["rss"]), round(r["cpu"]),  # type: ignore[arg-type]
+                  round(r["events"] / args.hold)]])  # type: ignore[operator]
     if r["errors"]:
         print(f"streams that failed: {r['errors'][:5]}")
+    print(machine_line())
     return 0 if r["opened"] == args.panels else 1
 
 
