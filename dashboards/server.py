@@ -1,19 +1,157 @@
-"""Serving the Flask app from a background thread (for `campus web` and the demo).
+"""Serving the Flask app: gunicorn for `campus web`, a thread in the program for the demo and the tests.
 
-Werkzeug's threaded server is enough for a school's dashboards; behind a
-district deployment put the app under any WSGI server instead.
+`campus web` runs `serve_workers`: gunicorn, embedded (`gunicorn.app.base.BaseApplication`, so it stays one
+command), with `--workers` processes of gthread workers, `--threads` threads each. Why gunicorn: it is the
+maintained WSGI server that runs several processes (waitress and cheroot are one process with a thread
+pool, so `--workers` would have to be home-made), it restarts a worker that dies, and it stops gracefully
+on SIGTERM. Why gthread: a panel's event stream holds a thread for as long as it is open, in every
+WSGI server; gthread parks idle keep-alive connections in its poller instead, and starts its pool's
+threads only as requests need them, so a pool sized for hundreds of streams costs nothing until they
+come (DEFAULT_THREADS; bench/panels.py measured 500 streams).
+
+Each worker process builds its own app and `Central` after the fork (nothing threaded crosses a fork):
+its own database pool, broker connection and panel poller. Several are safe together: the alarm monitor
+and the command republisher take database leases or claim rows, and schedules claim each run (central/);
+sessions are rows of the database. The login and command rate limits are per process: N workers allow
+N times the rate.
+
+Stopping (SIGTERM, or SIGINT/Ctrl-C, the same): gunicorn stops accepting; each worker ends its open
+event streams at once (the panel's EventSource reconnects to whichever server answers next) and
+finishes its other requests (GRACEFUL_S at most); then it closes its app, whose Central stops its
+threads and closes the database. Nothing is lost: a command is recorded before it is published.
+
+`serve` runs Werkzeug's threaded server in a thread of the calling program: the demo (one process holding
+its broker, simulators, agents and ingest, which a forking server cannot run beside) and tests that need
+the app and a real socket in one process. It is not what a school's server runs.
 """
 
 from __future__ import annotations
 
+import logging
+import signal
 import socket
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 from flask import Flask
+from gunicorn.app.base import BaseApplication
+from gunicorn.arbiter import Arbiter
+from gunicorn.sock import TCP6Socket, TCPSocket
+from gunicorn.workers.gthread import ThreadWorker
 from werkzeug.serving import BaseWSGIServer, make_server
 
 from campus.errors import CampusError
+
+log = logging.getLogger(__name__)
+
+DEFAULT_THREADS = 1000  # per worker: 500 panels and the pages beside them (threads start as needed)
+GRACEFUL_S = 20         # a stopping worker's in-flight requests get this long (a command waits 5 s)
+BACKLOG = 2048          # connections waiting to be accepted: every panel of a school opening at 8:00
+
+
+def listen(host: str, port: int) -> socket.socket:
+    """A listening socket on host:port, or CampusError in one line (never a server's own traceback or exit)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host, port))
+        sock.listen(BACKLOG)
+    except OSError as exc:
+        sock.close()
+        raise CampusError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
+    return sock
+
+
+# ---------------------------------------------------------------- gunicorn (`campus web`)
+
+
+def serve_workers(build: Callable[[], Flask], sock: socket.socket, *, workers: int = 1,
+                  threads: int = DEFAULT_THREADS) -> None:
+    """Serve the apps `build()` makes (once in each worker process) on the listening `sock` until SIGTERM or
+    SIGINT, then stop gracefully (see the module docstring) and return. CampusError if the workers cannot
+    start (their log says why)."""
+    if workers < 1 or threads < 1:
+        raise CampusError("--workers and --threads must be at least 1")
+    server = _Gunicorn(build, sock, workers, threads)
+    arbiter = _Arbiter(server)
+    # gunicorn would bind the address itself (retrying, then exiting with its own message): it gets the
+    # socket we bound instead, as it gets one from systemd.
+    kind = TCP6Socket if sock.family == socket.AF_INET6 else TCPSocket
+    host, port = sock.getsockname()[:2]
+    arbiter.LISTENERS = [kind((host, port), server.cfg, arbiter.log, fd=sock.detach())]
+    try:
+        arbiter.run()
+    except SystemExit as exc:
+        if exc.code not in (0, None):
+            raise CampusError(f"the web workers stopped (status {exc.code}); the log above says why") from None
+
+
+class _Gunicorn(BaseApplication):  # type: ignore[misc]  # gunicorn has no type hints
+    def __init__(self, build: Callable[[], Flask], sock: socket.socket, workers: int, threads: int) -> None:
+        self.build = build
+        host, port = sock.getsockname()[:2]
+        self.options = {
+            "bind": [f"[{host}]:{port}" if sock.family == socket.AF_INET6 else f"{host}:{port}"],
+            "workers": workers, "threads": threads, "worker_class": _Worker,
+            # Idle keep-alive connections wait in the poller, not in a thread: room for them beside the streams.
+            "worker_connections": threads + 1000, "backlog": BACKLOG, "keepalive": 5,
+            "graceful_timeout": GRACEFUL_S, "timeout": 60, "proc_name": "campus-web",
+            "control_socket_disable": True,  # no control socket file: signals are the interface
+            # gunicorn believes X-Forwarded-Proto from 127.0.0.1 by default: here only `campus web --proxy N`
+            # decides whom to believe (dashboards/security.py), so gunicorn believes nobody.
+            "forwarded_allow_ips": "",
+            "accesslog": None, "errorlog": "-", "loglevel": "info",
+        }
+        super().__init__()
+
+    def load_config(self) -> None:
+        for key, value in self.options.items():
+            self.cfg.set(key, value)
+
+    def load(self) -> Flask:
+        return self.build()
+
+
+class _Arbiter(Arbiter):  # type: ignore[misc]
+    # Ctrl-C stops as gracefully as SIGTERM (gunicorn's SIGINT would kill the workers' requests mid-way).
+    def handle_int(self) -> None:
+        self.handle_term()
+
+
+class _Worker(ThreadWorker):  # type: ignore[misc]
+    """gunicorn's gthread worker that ends the app's event streams when told to stop, and closes the app
+    when its last request is done."""
+
+    def init_signals(self) -> None:
+        super().init_signals()
+        signal.signal(signal.SIGINT, self.handle_exit)  # graceful, as the arbiter's
+
+    def handle_exit(self, sig: int, frame: Any) -> None:
+        super().handle_exit(sig, frame)
+        # Not in the signal handler itself: ending the streams takes their lock and joins the poller.
+        threading.Thread(target=_end_streams, args=(self.wsgi,), name="streams-end", daemon=True).start()
+
+    def run(self) -> None:
+        try:
+            super().run()
+        finally:
+            from dashboards import close_app
+
+            close_app(self.wsgi)
+
+
+def _end_streams(app: Flask) -> None:
+    """Run the app's closing hooks that end open streams (the panel's), before its requests are done."""
+    from dashboards.context import web
+
+    for hook in web(app).on_close:
+        hook()
+
+
+# ---------------------------------------------------------------- in a thread (the demo, tests)
 
 
 @dataclass
@@ -31,17 +169,10 @@ class RunningServer:
 
 
 def serve(app: Flask, host: str, port: int) -> RunningServer:
+    """Serve `app` from a thread of this process (Werkzeug's threaded server): for the demo and tests."""
     # Bind the socket ourselves: Werkzeug prints to stderr and exits the whole
     # process when its own bind fails; we want one clear line instead.
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    try:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind((host, port))
-        sock.listen(128)
-    except OSError as exc:
-        sock.close()
-        raise CampusError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
+    sock = listen(host, port)
     port = sock.getsockname()[1]
     try:
         server = make_server(host, port, app, threaded=True, fd=sock.fileno())

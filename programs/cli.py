@@ -12,7 +12,6 @@ import faulthandler
 import logging
 import signal
 import sys
-import threading
 from collections.abc import Callable
 
 from campus.errors import CampusError
@@ -68,22 +67,17 @@ def cmd_web(args: argparse.Namespace) -> None:
 
     from central.db import central_db_url, sqlite_path
     from central.registry import check_token
-    from central.service import Central
     from dashboards import WebConfig
-    from programs.services import start_web
+    from programs.services import serve_web
 
     if args.admin_token is not None:
         check_token(args.admin_token, "--admin-token")
     config = WebConfig(store_url=args.store, db_url=central_db_url(args.db, args.store), mqtt_url=args.mqtt,
                        trusted_proxies=args.proxy)
-    with Central.open(config.central_config(), check_store=True) as central:  # history comes from the store
-        # The first admin's password: beside the SQLite file; with a server database, where it was started.
-        password_dir = (sqlite_path(config.db_url) or Path("campus.db")).resolve().parent
-        web = start_web(central, config, args.host or "127.0.0.1", args.http_port,
-                        password_dir=password_dir, admin_token=args.admin_token)
-        print(f"campus web: {web.url}", flush=True)
-        wait_for_signal(threading.Event())
-        web.stop()  # open streams end first; `with` then stops central's threads and closes it
+    # The first admin's password: beside the SQLite file; with a server database, where it was started.
+    password_dir = (sqlite_path(config.db_url) or Path("campus.db")).resolve().parent
+    serve_web(config, args.host or "127.0.0.1", args.http_port, workers=args.workers, threads=args.threads,
+              password_dir=password_dir, admin_token=args.admin_token)
 
 
 def cmd_users(args: argparse.Namespace) -> None:
@@ -235,6 +229,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--proxy", type=_proxies, default=0, metavar="N",
                    help="served behind N reverse proxies: believe their X-Forwarded-For/-Proto/-Host/-Port "
                    "(client address for rate limits, HTTPS for Secure cookies). Default 0: believe nobody")
+    p.add_argument("--workers", type=_count(1, 64), default=1, metavar="N",
+                   help="server processes, each with its own database connections and panel poller (default 1)")
+    p.add_argument("--threads", type=_count(1, 10000), default=None, metavar="T",
+                   help="threads per process; every open classroom panel holds one (default 1000, started "
+                   "as needed)")
     p.set_defaults(func=cmd_web)
 
     p = sub.add_parser("broker-config", help="Mosquitto config, password file and per-gateway ACL from the registry")
@@ -294,6 +293,19 @@ def _positive_int(text: str) -> int:
     if value < 1:
         raise argparse.ArgumentTypeError("must be at least 1")
     return value
+
+
+def _count(low: int, high: int) -> Callable[[str], int]:
+    """An argparse type: a whole number within [low, high]."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+        if not low <= value <= high:
+            raise argparse.ArgumentTypeError(f"must be {low} to {high}")
+        return value
+    return parse
 
 
 def _proxies(text: str) -> int:

@@ -1,5 +1,7 @@
 """The start-up of each central service, written once: `campus ingest`, `campus web` and `campus demo`
-all start their ingest and their dashboard here, on a `Central` their caller opened (and closes).
+start their ingest and their dashboard here. `start_ingest` and `start_web` (the demo's in-process
+server) run on a `Central` their caller opened (and closes); `serve_web` is `campus web` under gunicorn,
+whose workers each build their own Central with the same `create_app`.
 
 Each `start_*` returns a running service whose `stop()` ends it in the order that loses nothing: the
 ingest writes its last batch and sends its acknowledgements before it leaves the broker; the web server
@@ -74,23 +76,46 @@ class RunningWeb:
         close_app(self.app)  # type: ignore[arg-type]  # open streams end; the caller then closes central
 
 
-def start_web(central: Central, config: WebConfig, host: str, port: int, *,
-              password_dir: Path | None = None, admin_token: str | None = None) -> RunningWeb:
-    """Serve the dashboard on host:port over `central` and start its background work. With
-    `password_dir` (`campus web`), there is an `admin` user owning `admin_token`: made now on a first start,
-    its password written into that directory, in a file only its owner reads (under systemd stdout is the
-    journal)."""
+def ensure_first_admin(central: Central, password_dir: Path, admin_token: str | None = None) -> None:
+    """There is an `admin` user owning `admin_token`: made now on a first start, its password written into
+    `password_dir`, in a file only its owner reads (not onto stdout: under systemd stdout is the journal)."""
     from central.broker_config import atomic_write
+
+    password = central.registry.ensure_admin(admin_token)
+    if password:
+        where = password_dir.resolve() / "admin-password.txt"
+        atomic_write(where, f"admin {password}\n", mode=0o600)
+        print(f"campus web: created user admin; its password is in {where} (mode 0600). Change it with "
+              "`campus users add admin --role admin`, then delete that file", flush=True)
+
+
+def start_web(central: Central, config: WebConfig, host: str, port: int) -> RunningWeb:
+    """Serve the dashboard on host:port over `central` from a thread of this process (Werkzeug: the demo,
+    one process holding its broker, simulators and agents beside it) and start central's background work."""
     from dashboards import create_app
     from dashboards.server import serve
 
     app = create_app(config, central)
     central.start()
-    if password_dir is not None:
-        password = central.registry.ensure_admin(admin_token)
-        if password and password_dir is not None:
-            where = password_dir.resolve() / "admin-password.txt"
-            atomic_write(where, f"admin {password}\n", mode=0o600)
-            print(f"campus web: created user admin; its password is in {where} (mode 0600). Change it with "
-                  "`campus users add admin --role admin`, then delete that file", flush=True)
     return RunningWeb(app, serve(app, host, port))
+
+
+def serve_web(config: WebConfig, host: str, port: int, *, workers: int = 1, threads: int | None = None,
+              password_dir: Path, admin_token: str | None = None) -> None:
+    """`campus web`: serve the dashboard with gunicorn until SIGINT/SIGTERM. First, before any worker
+    starts, so that a wrong store, database or broker is one line: reach them all (history comes from the
+    store), bring SQLite to this release's schema, make the first admin; closed again before the fork,
+    since each worker opens its own Central (started: commands, alarm monitor, scheduler)."""
+    import dataclasses
+
+    from dashboards import create_app
+    from dashboards.server import DEFAULT_THREADS, listen, serve_workers
+
+    with Central.open(dataclasses.replace(config.central_config(), background=False), check_store=True) as central:
+        central.start()  # the broker answers (commands)
+        ensure_first_admin(central, password_dir, admin_token)
+    sock = listen(host, port)
+    threads = threads or DEFAULT_THREADS
+    print(f"campus web: http://{host}:{sock.getsockname()[1]}/ ({workers} worker(s) of {threads} threads)",
+          flush=True)
+    serve_workers(lambda: create_app(config), sock, workers=workers, threads=threads)

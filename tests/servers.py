@@ -456,6 +456,74 @@ class CampusProcess(ServerProcess):
         raise RuntimeError(f"campus {' '.join(self.args[:1])}: {why}; its log ends:\n{self.output()[-6000:]}")
 
 
+class EventStream:
+    """A server-sent event stream read over a plain socket (the panel's `/api/panel/<gateway>/stream`), as
+    a browser's EventSource reads it: many can be open at once in one thread, each read has a deadline."""
+
+    def __init__(self, port: int, path: str, token: str, host: str = "127.0.0.1", timeout: float = 30.0) -> None:
+        import socket
+
+        self.sock = socket.create_connection((host, port), timeout=timeout)
+        self.sock.sendall(f"GET {path} HTTP/1.1\r\nHost: {host}:{port}\r\nAuthorization: Bearer {token}\r\n"
+                          "Accept: text/event-stream\r\n\r\n".encode())
+        self.buf = b""
+        head = self._until(b"\r\n\r\n", timeout).decode("latin-1")
+        self.status = int(head.split(" ", 2)[1])
+        self.headers = {k.strip().lower(): v.strip() for k, _, v in
+                        (line.partition(":") for line in head.splitlines()[1:])}
+        # Chunked transfer (HTTP/1.1) or the body until the end (HTTP/1.0): read the payload out of the chunks.
+        self.chunked = self.headers.get("transfer-encoding", "").lower() == "chunked"
+        self.body = b""
+
+    def _recv(self, timeout: float) -> bytes:
+        self.sock.settimeout(max(0.001, timeout))
+        data = self.sock.recv(65536)
+        if not data:
+            raise EOFError("the server ended the stream")
+        return data
+
+    def _until(self, mark: bytes, timeout: float) -> bytes:
+        deadline = time.monotonic() + timeout
+        while mark not in self.buf:
+            self.buf += self._recv(deadline - time.monotonic())
+        out, self.buf = self.buf.split(mark, 1)
+        return out
+
+    def _more_body(self, timeout: float) -> None:
+        if not self.chunked:
+            self.body += self.buf or self._recv(timeout)
+            self.buf = b""
+            return
+        size = int(self._until(b"\r\n", timeout).split(b";")[0], 16)
+        if size == 0:
+            raise EOFError("the server ended the stream")
+        deadline = time.monotonic() + timeout
+        while len(self.buf) < size + 2:
+            self.buf += self._recv(deadline - time.monotonic())
+        self.body += self.buf[:size]
+        self.buf = self.buf[size + 2:]
+
+    def block(self, timeout: float = 30.0) -> str:
+        """The next block of the stream (an event, a comment, a `retry:`), without its blank line."""
+        deadline = time.monotonic() + timeout
+        while b"\n\n" not in self.body:
+            self._more_body(deadline - time.monotonic())
+        block, self.body = self.body.split(b"\n\n", 1)
+        return block.decode()
+
+    def event(self, timeout: float = 30.0) -> tuple[str, dict[str, Any]]:
+        """The next event (skipping `retry:` and comments): its name and JSON data."""
+        deadline = time.monotonic() + timeout
+        while True:
+            fields = dict(line.split(": ", 1) for line in self.block(deadline - time.monotonic()).splitlines()
+                          if ": " in line and not line.startswith(":"))
+            if "data" in fields:
+                return fields.get("event", "message"), json.loads(fields["data"])
+
+    def close(self) -> None:
+        self.sock.close()
+
+
 class SmallFilesystem:
     """A real filesystem of `size` bytes (tmpfs) mounted at `path`: a disk that fills up, or a read-only one.
 

@@ -26,6 +26,7 @@ BENCHMARKS = {
     "outbox_open.py": ["| unsent messages", "open with damage check ms"],
     "telemetry_window.py": ["| sqlite ", "| victoriametrics ", "| influxdb ", "1,200 pts ms", "raw page ms"],
     "soak.py": ["| minute", "web open files", "ingest threads", "total: "],
+    "panels.py": ["| 20/20 ", "first event p50 ms", "web RSS peak MB"],
 }
 
 

@@ -15,6 +15,7 @@ import re
 import shutil
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -23,6 +24,7 @@ from typing import Any
 import pytest
 from flask import Flask
 from flask.testing import FlaskClient
+from sqlalchemy import event
 
 from campus.contract import CommandResult, State
 from campus.net import free_port
@@ -31,7 +33,9 @@ from central.registry import Registry
 from dashboards import WebConfig, close_app, create_app
 from dashboards.context import central, web
 from dashboards.panel import controls_for, input_label
-from tests.servers import launch_chromium, screenshot_path, wait_until
+from tests.apps import add_people, district, register_rooms, rooms_with_history, web_app
+from tests.apps import central_db as central_db_of
+from tests.servers import EventStream, launch_chromium, screenshot_path, wait_until
 
 NOW = time.time()
 DEVICES = {"env": {"profile": "env-6in1-modbus", "kind": "environment", "status": "ok"},
@@ -82,8 +86,7 @@ def app(tmp_path: Path, central_db: Path) -> Iterator[Flask]:
         if Path(f"{central_db}{suffix}").exists():
             shutil.copyfile(f"{central_db}{suffix}", f"{db}{suffix}")
     app = create_app(WebConfig(store_url=f"sqlite:///{db}", db_url=db))
-    app.config["PANEL_POLL_S"] = 0.02
-    web(app).panel.max_age = 0.01
+    web(app).panel.poll_s = 0.02
     app.db_path = db  # type: ignore[attr-defined]
     yield app
     close_app(app)
@@ -297,11 +300,60 @@ def test_closing_the_app_ends_open_streams(app: Flask) -> None:
     resp = client.get("/api/panel/gw-101/stream", buffered=False)
     reader = EventReader(resp)
     assert reader.event()[0] == "room"
-    web(app).panel.stop.set()
+    web(app).panel.close()
     with pytest.raises(StopIteration):
         while True:
             reader.block()
     resp.close()
+
+
+def test_one_poller_reads_every_open_room_at_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """50 streams on 50 rooms, served over HTTP: the poller's statements per tick stay those of one
+    `Ledger.rooms` read (3), where a poll per stream made 50 reads or more; no stream reads the database
+    itself; and a stream still gets its room's change, the others nothing."""
+    from dashboards.server import serve
+
+    rooms = district(50)
+    db = central_db_of(tmp_path, rooms_with_history(rooms, samples=1))
+    app = web_app(db, monkeypatch)
+    server = serve(app, "127.0.0.1", 0)
+    streams: list[EventStream] = []
+    try:
+        register_rooms(app, rooms)
+        token = add_people(app)["admin"]
+        states = web(app).panel
+        states.poll_s = 0.05
+        by_thread: dict[str, int] = {}
+
+        def count(*_args: object) -> None:
+            name = threading.current_thread().name
+            by_thread[name] = by_thread.get(name, 0) + 1
+
+        event.listen(central(app).db.engine, "before_cursor_execute", count)
+        streams = [EventStream(server.port, f"/api/panel/{gw}/stream", token) for gw, *_ in rooms]
+        for (gw, *_), stream in zip(rooms, streams, strict=True):
+            name, room = stream.event()
+            assert name == "room" and room["gateway"] == gw and room["environment"]["co2_ppm"] == 600.0
+        ticks, before = states.ticks, dict(by_thread)
+        wait_until(lambda: states.ticks >= ticks + 10, timeout=30, message="ten ticks")
+        ticked = states.ticks - ticks
+        made = {name: n - before.get(name, 0) for name, n in by_thread.items() if n != before.get(name, 0)}
+        # A tick under way at either end of the window: within one tick's statements of 3 per tick; and
+        # nothing but the poller read anything (the streams wait on it).
+        assert set(made) == {"panel-poller"}, made
+        assert 3 * (ticked - 1) <= made["panel-poller"] <= 3 * (ticked + 1), (made, ticked)
+
+        gw = rooms[17][0]
+        _record(db, gw, 99, "env", {"co2_ppm": 1234.0}, time.time())
+        name, room = streams[17].event(timeout=10)
+        assert name == "room" and room["gateway"] == gw and room["environment"]["co2_ppm"] == 1234.0
+        # The other rooms did not change: their streams have nothing to send.
+        assert states.next(rooms[16][0], 1, 0) is None
+    finally:
+        for stream in streams:
+            stream.close()
+        server.shutdown()
+        close_app(app)
 
 
 # ---------------------------------------------------------------- in a browser, against `campus demo`

@@ -1,0 +1,270 @@
+"""Teacher panels at district size: N live panel streams on one `campus web`, time to first event and RSS.
+
+Why: at 8:00 every classroom's panel opens. Issue 19 measured 200 panels on
+the old server at 3.4 s to the first event and 1.1 GB of web RSS; the target
+is 500 panels with the first event in <= 500 ms at the median and the web
+process(es) under 300 MB.
+
+How: a central SQLite database with `--rooms` rooms, each online with an
+environment sensor, a projector and a display (through `Ledger.record`, the
+call ingest makes), and an admin API token; a real `campus web` on it
+(`--workers`, `--threads`); then `--panels` streams
+(`/api/panel/<gateway>/stream`, one room each) opened all at once by an
+asyncio client, each timed from its connect to its first `event: room`.
+They are then held for `--hold` seconds while a writer process records a
+new CO2 value in `--live` rooms a second (as ingest would); the web process
+tree's RSS (arbiter and workers together) and CPU are sampled meanwhile,
+and the room events the streams received are counted.
+
+`--code DIR` measures the `campus web` of another checkout (e.g. a worktree
+of the previous commit: `git worktree add /tmp/old HEAD~N`), so the old
+per-stream polling can be measured on the same machine and load.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import multiprocessing
+import sys
+import tempfile
+import threading
+import time
+import urllib.request
+from pathlib import Path
+
+if __package__ in (None, ""):
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import psutil  # noqa: E402
+
+from bench.common import CampusProcess, machine_line, percentile, print_table, wait_until  # noqa: E402
+from campus.contract import State  # noqa: E402
+from campus.net import free_port  # noqa: E402
+from central.ledger import Ledger, Sequenced  # noqa: E402
+from central.registry import Registry  # noqa: E402
+
+DEVICES = {"env": {"profile": "env-6in1-modbus", "kind": "environment", "status": "ok"},
+           "projector": {"profile": "projector-pjlink", "kind": "projector", "status": "ok"},
+           "display": {"profile": "display-samsung-mdc", "kind": "display", "status": "ok"}}
+
+
+def gateway(i: int) -> str:
+    return f"gw-{i:05d}"
+
+
+def populate(db: Path, rooms: int) -> str:
+    """The database of `rooms` live rooms and an admin; returns the admin's API token."""
+    ledger = Ledger(str(db))
+    now = time.time()
+    try:
+        for first in range(0, rooms, 200):
+            batch = range(first, min(rooms, first + 200))
+            ledger.record(
+                [m for i in batch for m in (
+                    Sequenced(f"s{i // 40}", gateway(i), "env", 1, now - 5,
+                              values={"co2_ppm": 600 + i % 400, "temperature_c": 21.5, "humidity_pct": 45.0}),
+                    Sequenced(f"s{i // 40}", gateway(i), "projector", 2, now - 4,
+                              values={"power": "off", "lamp_hours": 100 + i}),
+                    Sequenced(f"s{i // 40}", gateway(i), "display", 3, now - 4,
+                              values={"power": "on", "input": "hdmi1", "volume": 20, "muted": "off"}))],
+                # A long heartbeat interval: nothing marks a room offline during the run.
+                [(f"s{i // 40}", gateway(i), State(online=True, ts=now, room=str(100 + i % 40), devices=DEVICES,
+                                                   interval=3600)) for i in batch], [])
+    finally:
+        ledger.close()
+    registry = Registry(f"sqlite:///{db}")
+    try:
+        registry.add_user("bench", "bench-password-1", "admin")
+        return registry.issue_token("bench")
+    finally:
+        registry.close()
+
+
+def live_writer(db: str, rooms: int, per_second: int, stop: multiprocessing.synchronize.Event) -> None:
+    """New CO2 values in `per_second` rooms a second, in batches of a tick (0.5 s), as ingest records them."""
+    ledger = Ledger(db)
+    seq, k = 10, 0
+    try:
+        while not stop.wait(0.5):
+            now, seq = time.time(), seq + 1
+            n = max(1, per_second // 2)
+            batch = [(k + j) % rooms for j in range(n)]
+            k += n
+            ledger.record([Sequenced(f"s{i // 40}", gateway(i), "env", seq, now, values={"co2_ppm": 600 + seq % 400})
+                           for i in batch], [], [])
+    finally:
+        ledger.close()
+
+
+class Panel:
+    def __init__(self) -> None:
+        self.first: float | None = None  # seconds from connect to the first room event
+        self.events = 0
+        self.error = ""
+
+
+async def open_panel(port: int, gw: str, token: str, panel: Panel, stop: asyncio.Event) -> None:
+    started = time.monotonic()
+    try:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port, limit=2**20)
+    except OSError as exc:
+        panel.error = f"connect: {exc}"
+        return
+    try:
+        writer.write(f"GET /api/panel/{gw}/stream HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n"
+                     f"Authorization: Bearer {token}\r\nAccept: text/event-stream\r\n\r\n".encode())
+        head = await reader.readuntil(b"\r\n\r\n")
+        if b" 200 " not in head.split(b"\r\n", 1)[0]:
+            panel.error = head.split(b"\r\n", 1)[0].decode()
+            return
+        stopping = asyncio.create_task(stop.wait())
+        while True:
+            line = asyncio.create_task(reader.readline())
+            done, _ = await asyncio.wait({line, stopping}, return_when=asyncio.FIRST_COMPLETED)
+            if stopping in done:
+                line.cancel()
+                return
+            data = line.result()
+            if not data:
+                panel.error = panel.error or "the server ended the stream"
+                return
+            if data.startswith(b"event: room"):
+                panel.events += 1
+                if panel.first is None:
+                    panel.first = time.monotonic() - started
+    except (OSError, asyncio.IncompleteReadError) as exc:
+        panel.error = f"{type(exc).__name__}: {exc}"
+    finally:
+        writer.close()
+
+
+def tree(pid: int) -> list[psutil.Process]:
+    root = psutil.Process(pid)
+    return [root, *root.children(recursive=True)]
+
+
+def rss_mb(pid: int) -> float:
+    return sum(p.memory_info().rss for p in tree(pid)) / 2**20
+
+
+def cpu_s(pid: int) -> float:
+    return sum(sum(p.cpu_times()[:2]) for p in tree(pid))
+
+
+async def measure(port: int, token: str, args: argparse.Namespace, web_pid: int) -> dict[str, object]:
+    stop = asyncio.Event()
+    panels = [Panel() for _ in range(args.panels)]
+    gws = [gateway(i * max(1, args.rooms // args.panels) % args.rooms) for i in range(args.panels)]
+    cpu0 = cpu_s(web_pid)
+    tasks = [asyncio.create_task(open_panel(port, gw, token, p, stop)) for gw, p in zip(gws, panels, strict=True)]
+    deadline = time.monotonic() + args.connect_timeout
+    while time.monotonic() < deadline and not all(p.first is not None or p.error for p in panels):
+        await asyncio.sleep(0.05)
+    connected = time.monotonic()
+    ramp_cpu = cpu_s(web_pid) - cpu0
+    events_before = sum(p.events for p in panels)
+    cpu1, rss_peak = cpu_s(web_pid), 0.0
+    while time.monotonic() - connected < args.hold:
+        rss_peak = max(rss_peak, await asyncio.to_thread(rss_mb, web_pid))
+        await asyncio.sleep(1.0)
+    cpu = (cpu_s(web_pid) - cpu1) / args.hold
+    events = sum(p.events for p in panels) - events_before
+    # One more panel at a time while the others stay open: a teacher opening hers at 8:05.
+    probes = []
+    for i in range(args.probes):
+        probe, probe_stop = Panel(), asyncio.Event()
+        task = asyncio.create_task(open_panel(port, gateway((i * 7 + 3) % args.rooms), token, probe, probe_stop))
+        while probe.first is None and not probe.error and not task.done():
+            await asyncio.sleep(0.005)
+        probe_stop.set()
+        await task
+        if probe.first is not None:
+            probes.append(probe.first)
+        await asyncio.sleep(0.1)
+    stop.set()
+    await asyncio.gather(*tasks, return_exceptions=True)
+    firsts = [p.first for p in panels if p.first is not None]
+    errors = sorted({p.error for p in panels if p.error and p.first is None})
+    return {"opened": len(firsts), "p50": percentile(firsts, 50) if firsts else None,
+            "p95": percentile(firsts, 95) if firsts else None, "max": max(firsts) if firsts else None,
+            "rss": rss_peak, "cpu": cpu * 100, "events": events, "errors": errors, "ramp_cpu": ramp_cpu,
+            "probe_p50": percentile(probes, 50) if probes else None,
+            "probe_p95": percentile(probes, 95) if probes else None}
+
+
+def run(args: argparse.Namespace, tmp: Path) -> dict[str, object]:
+    db = tmp / "central.db"
+    t0 = time.monotonic()
+    token = populate(db, args.rooms)
+    print(f"populated {args.rooms} rooms in {time.monotonic() - t0:.1f} s", flush=True)
+    port = free_port()
+    extra = ["--workers", str(args.workers)] if args.workers else []
+    extra += ["--threads", str(args.threads)] if args.threads else []
+    web = CampusProcess(["web", "--store", f"sqlite:///{db}", "--db", f"sqlite:///{db}", "--http-port", str(port),
+                         *extra], tmp / "web.log", cwd=args.code).start()
+    stop = multiprocessing.Event()
+    writer = multiprocessing.Process(target=live_writer, args=(str(db), args.rooms, args.live, stop), daemon=True)
+    try:
+        web.wait_listening(port, timeout=60)
+        # Up when it answers (gunicorn's workers boot after the socket listens).
+        wait_until(lambda: urllib.request.urlopen(f"http://127.0.0.1:{port}/api/health", timeout=5).status == 200,
+                   timeout=60, message="campus web answering")
+        rss_idle = rss_mb(web.proc.pid)  # type: ignore[union-attr]
+        if args.live:
+            writer.start()
+        result = asyncio.run(measure(port, token, args, web.proc.pid))  # type: ignore[union-attr]
+        result["rss_idle"] = rss_idle
+        return result
+    finally:
+        stop.set()
+        if writer.is_alive():
+            writer.join(5)
+        web.stop()
+        if args.verbose:
+            print(web.output()[-3000:])
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
+    parser.add_argument("--rooms", type=int, default=2000, help="rooms in the database (default 2000)")
+    parser.add_argument("--panels", type=int, default=500, help="panel streams opened at once (default 500)")
+    parser.add_argument("--hold", type=float, default=20.0, help="seconds the streams stay open (default 20)")
+    parser.add_argument("--live", type=int, default=200, help="rooms with a new CO2 value a second (default 200)")
+    parser.add_argument("--probes", type=int, default=30, help="panels then opened one at a time (default 30)")
+    parser.add_argument("--workers", type=int, default=None, help="campus web --workers (default: its own)")
+    parser.add_argument("--threads", type=int, default=None, help="campus web --threads (default: its own)")
+    parser.add_argument("--connect-timeout", type=float, default=60.0, help="give up on first events after S")
+    parser.add_argument("--code", type=Path, default=None, help="the checkout whose `campus web` runs (default: this)")
+    parser.add_argument("--verbose", action="store_true", help="print the end of the web log")
+    parser.add_argument("--quick", action="store_true", help="a smoke run: 20 panels on 50 rooms for 2 s")
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.rooms, args.panels, args.hold, args.probes, args.live = 50, 20, 2.0, 3, 20
+    print(machine_line(), flush=True)
+    with tempfile.TemporaryDirectory(prefix="bench-panels-") as tmp:
+        r = run(args, Path(tmp))
+    load = psutil.getloadavg()[0]
+    print_table(f"Panels: {args.panels} streams on {args.rooms} rooms, {args.live} rooms changing a second, held "
+                f"{args.hold:g} s ({args.code or 'this checkout'}; load average after {load:.1f})",
+                ["opened at once", "first event p50 ms", "p95 ms", "max ms", "web CPU s to open them",
+                 f"one more while open: p50 ms ({args.probes})", "p95 ms", "web RSS idle MB", "web RSS peak MB",
+                 "web CPU % while open", "room events / s"],
+                [[f"{r['opened']}/{args.panels}", _ms(r["p50"]), _ms(r["p95"]), _ms(r["max"]),
+                  round(r["ramp_cpu"], 1), _ms(r["probe_p50"]), _ms(r["probe_p95"]),  # type: ignore[arg-type]
+                  round(r["rss_idle"]), round(r["rss"]), round(r["cpu"]),  # type: ignore[arg-type]
+                  round(r["events"] / args.hold)]])  # type: ignore[operator]
+    if r["errors"]:
+        print(f"streams that failed: {r['errors'][:5]}")
+    print(machine_line())
+    return 0 if r["opened"] == args.panels else 1
+
+
+def _ms(value: object) -> object:
+    return round(value * 1000) if isinstance(value, float) else "-"
+
+
+if __name__ == "__main__":
+    threading.current_thread().name = "bench"
+    sys.exit(main())
