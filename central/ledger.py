@@ -632,6 +632,10 @@ class Ledger:
         rows = self._commands(commands_t.c.id == cid)
         return rows[0] if rows else None
 
+    def commands_of(self, ids: list[str]) -> list[dict[str, Any]]:
+        """The commands of these ids (a page of central/lists.py `command_ids`), newest first."""
+        return self._commands(commands_t.c.id.in_(ids))
+
     def commands(self, gateway: str | None = None, limit: int = 200) -> list[dict[str, Any]]:
         return self._commands(commands_t.c.gateway == gateway if gateway else None, limit)
 

@@ -342,14 +342,45 @@ def provisioned_gateways(registry: Registry, ledger: Ledger) -> list[Provisioned
 # ---------------------------------------------------------------- gateways as the API lists them
 
 
-def api_gateways(registry: Registry, ledger: Ledger) -> list[dict[str, Any]]:
-    """Every gateway the ledger knows (it sent something: `installed`), and those only registered so far
-    (`installed: false`, "not installed yet": they raise no alarm until their first message), by school.
-    Plain dicts: their keys are the JSON API's (CONTRACT.md `GET /api/gateways`)."""
-    rows = [{**gw, "installed": True} for gw in ledger.gateways()]
-    known = {gw["id"] for gw in rows}
-    rows += [{"id": gid, "school": place["school"], "room": place["room"], "online": False, "last_seen": None,
-              "received": 0, "gaps": 0, "duplicates": 0, "outbox": {}, "agent": "", "installed": False}
-             for gid, place in alarm_engine.gateway_places(registry).items() if gid not in known]
-    rows.sort(key=lambda gw: (gw["school"], gw["id"]))
-    return rows
+def api_gateways(registry: Registry, ledger: Ledger, paging: lists.Paging | None = None,
+                 gateways: tuple[str, ...] | None = None) -> lists.Page[dict[str, Any]]:
+    """A page of the gateways the ledger knows (it sent something: `installed`) and those only registered so
+    far (`installed: false`, "not installed yet": they raise no alarm until their first message), by school,
+    among `gateways` (None: all). Plain dicts: their keys are the JSON API's (CONTRACT.md `GET /api/gateways`)."""
+    page = lists.gateway_ids(registry.db, paging or lists.Paging(), lists.Scope(gateways))
+    if not page.items:
+        return lists.Page([], page.total)
+    reported = {gw["id"]: {**gw, "installed": True} for gw in ledger.gateways(ids=page.items)}
+    places = alarm_engine.gateway_places(registry, ids=[gid for gid in page.items if gid not in reported])
+    rows = [reported.get(gid) or {
+        "id": gid, "school": places.get(gid, {}).get("school", ""), "room": places.get(gid, {}).get("room", ""),
+        "online": False, "last_seen": None, "received": 0, "gaps": 0, "duplicates": 0, "outbox": {}, "agent": "",
+        "installed": False} for gid in page.items]
+    return lists.Page(rows, page.total)
+
+
+def api_devices(ledger: Ledger, paging: lists.Paging | None = None,
+                gateways: tuple[str, ...] | None = None) -> lists.Page[dict[str, Any]]:
+    """A page of the devices the agents reported, with their latest values (CONTRACT.md `GET /api/devices`)."""
+    page = lists.reported_device_keys(ledger.db, paging or lists.Paging(), gateways)
+    ids = sorted({gw for gw, _ in page.items})
+    if not ids:
+        return lists.Page([], page.total)
+    latest = ledger.latest(ids)
+    devices = {(d["gateway"], d["id"]): d for d in ledger.gateway_devices(ids=ids)}
+    return lists.Page([{**devices[key], "latest": latest.get(key, {})} for key in page.items if key in devices],
+                      page.total)
+
+
+def api_commands(ledger: Ledger, paging: lists.Paging | None = None, gateway: str | None = None,
+                 gateways: tuple[str, ...] | None = None) -> lists.Page[dict[str, Any]]:
+    """A page of the command audit trail, newest first (CONTRACT.md `GET /api/commands`)."""
+    page = lists.command_ids(ledger.db, paging or lists.Paging(), gateway, gateways)
+    found = {c["id"]: c for c in ledger.commands_of(page.items)} if page.items else {}
+    return lists.Page([found[cid] for cid in page.items if cid in found], page.total)
+
+
+def school_rollup(registry: Registry, paging: lists.Paging | None = None, sort: str = "school",
+                  descending: bool = False, problems_only: bool = False) -> lists.Page[lists.SchoolRow]:
+    """The district: one row per school (central/lists.py `schools`)."""
+    return lists.schools(registry.db, paging or lists.Paging(), sort, descending, problems_only)
