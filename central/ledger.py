@@ -570,10 +570,13 @@ class Ledger:
             rows = conn.execute(query.group_by(latest_t.c.gateway, latest_t.c.device)).all()
         return {(gw, dev): ts for gw, dev, ts in rows}
 
-    def states(self) -> dict[str, dict[str, Any]]:
-        """The last state each gateway sent (its JSON, decoded), by gateway."""
+    def states(self, ids: Iterable[str] | None = None) -> dict[str, dict[str, Any]]:
+        """The last state each gateway (of `ids`, if given) sent (its JSON, decoded), by gateway."""
+        query = select(gw_t.c.id, gw_t.c.state)
+        if ids is not None:
+            query = query.where(gw_t.c.id.in_(list(ids)))
         with self.db.read("cannot read the gateways") as conn:
-            return {gid: json.loads(state or "{}") for gid, state in conn.execute(select(gw_t.c.id, gw_t.c.state))}
+            return {gid: json.loads(state or "{}") for gid, state in conn.execute(query)}
 
     def events(self, gateway: str | None = None, type_: str | None = None, since: float | None = None,
                limit: int = 1000) -> list[dict[str, Any]]:

@@ -26,6 +26,7 @@ from sqlalchemy import (
     ColumnElement,
     Integer,
     Select,
+    String,
     and_,
     case,
     cast,
@@ -214,6 +215,34 @@ def gateway_ids(db: Database, paging: Paging, scope: Scope = Scope()) -> Page[st
         *_scoped(p, scope), matches(paging.q, p.c.id, p.c.school, p.c.room, p.c.building))
     rows, total = page_of(db, query, [ordered(db, p.c.school), ordered(db, p.c.id)], paging, "gateways")
     return Page([r.id for r in rows], total)
+
+
+def registered_ids(db: Database, paging: Paging) -> Page[str]:
+    """The ids of a page of registered gateways, by school then id, matching `q` in the id, school, room,
+    building or MQTT user name."""
+    query = (select(Gateway.id, Gateway.school_id).outerjoin(Room, Gateway.room_id == Room.id)
+             .outerjoin(Building, Room.building_id == Building.id)
+             .where(matches(paging.q, Gateway.id, Gateway.school_id, Room.name, Building.name, Gateway.mqtt_username)))
+    rows, total = page_of(db, query, [ordered(db, Gateway.school_id), ordered(db, Gateway.id)], paging, "gateways")
+    return Page([r.id for r in rows], total)
+
+
+def unpushed_count(db: Database) -> int:
+    """Registered gateways whose device list version is neither pushed nor applied (what "Push all
+    changed" would push): one statement."""
+    from central.provisioning import ConfigPush
+
+    if db.dialect == "sqlite":
+        applied = func.json_extract(gw_t.c.state, "$.config_version") == Gateway.config_version
+    else:
+        applied = cast(gw_t.c.state, JSON).op("->>")(literal("config_version")) == cast(Gateway.config_version,
+                                                                                           String)
+    query = (select(func.count()).select_from(Gateway)
+             .outerjoin(ConfigPush, ConfigPush.gateway_id == Gateway.id).outerjoin(gw_t, gw_t.c.id == Gateway.id)
+             .where(or_(ConfigPush.version.is_(None), ConfigPush.version != Gateway.config_version),
+                    not_(func.coalesce(applied, False))))
+    with db.read("cannot count the gateways to push") as conn:
+        return conn.execute(query).scalar_one()
 
 
 # ---------------------------------------------------------------- the board: problems first

@@ -276,17 +276,22 @@ class RoomPresence:
     reported: bool
 
 
-def room_presence(registry: Registry, ledger: Ledger) -> list[RoomPresence]:
-    """Every registered or reporting room, by school, building and room name."""
-    rooms: dict[str, dict[str, Any]] = {}
-    for info in registry.gateways():
-        rooms[info["id"]] = {"gateway": info["id"], "room": info["room"] or info["id"], "school": info["school"],
-                             "building": info["building"], "online": False, "reported": False}
-    for gw in ledger.gateways():
-        room = rooms.setdefault(gw["id"], {"gateway": gw["id"], "room": gw["room"] or gw["id"],
-                                           "school": gw["school"], "building": ""})
-        room.update(online=gw["online"], reported=True)
-    return sorted((RoomPresence(**r) for r in rooms.values()), key=lambda r: (r.school, r.building, r.room))
+def room_presence(registry: Registry, ledger: Ledger, paging: lists.Paging | None = None,
+                  gateways: tuple[str, ...] | None = None) -> lists.Page[RoomPresence]:
+    """A page of the registered or reporting rooms (among `gateways`; None: all), by school and gateway."""
+    page = lists.gateway_ids(registry.db, paging or lists.Paging(), lists.Scope(gateways))
+    if not page.items:
+        return lists.Page([], page.total)
+    places = alarm_engine.gateway_places(registry, ids=page.items)
+    reported = {gw["id"]: gw for gw in ledger.gateways(ids=page.items)}
+    rows = []
+    for gid in page.items:
+        place, gw = places.get(gid), reported.get(gid)
+        room = (place or {}).get("room") or (gw or {}).get("room") or gid
+        rows.append(RoomPresence(gateway=gid, room=room, school=(place or gw or {}).get("school", ""),
+                                 building=(place or {}).get("building", ""), online=bool(gw and gw["online"]),
+                                 reported=gw is not None))
+    return lists.Page(rows, page.total)
 
 
 # ---------------------------------------------------------------- gateways as IT staff provision them
@@ -316,12 +321,19 @@ class ProvisionedGateway:
     storage_notes: list[dict[str, str]]
 
 
-def provisioned_gateways(registry: Registry, ledger: Ledger) -> list[ProvisionedGateway]:
-    """Every registered gateway, as the provisioning pages list it."""
-    states = prov.gateway_states(ledger)
-    pushed = prov.pushed_versions(registry)
+def provisioned_gateways(registry: Registry, ledger: Ledger, paging: lists.Paging | None = None,
+                         only: str | None = None) -> lists.Page[ProvisionedGateway]:
+    """A page of the registered gateways (or just `only`), as the provisioning pages list them: a few
+    statements per gateway of the page, none per gateway of the district."""
+    if only is not None:
+        page: lists.Page[str] = lists.Page([only] if registry.gateway_info(only) else [], 1)
+    else:
+        page = lists.registered_ids(registry.db, paging or lists.Paging())
+    ids = page.items
+    states = prov.gateway_states(ledger, ids) if ids else {}
+    pushed = prov.pushed_versions(registry, ids) if ids else {}
     rows = []
-    for info in registry.gateways():
+    for info in (i for gid in ids if (i := registry.gateway_info(gid))):
         st = states.get(info["id"], {})
         applied = st.get("config_version")
         push = pushed.get(info["id"])
@@ -336,7 +348,7 @@ def provisioned_gateways(registry: Registry, ledger: Ledger) -> list[Provisioned
             sync_class=css, sync=words, rejected=events["rejected"], applied_event=events["applied"],
             # IT staff see a replaced outbox however old it is (the board: a week).
             storage_notes=prov.storage_notes(st, replaced_within=None) if st else []))
-    return rows
+    return lists.Page(rows, page.total)
 
 
 # ---------------------------------------------------------------- gateways as the API lists them
