@@ -80,6 +80,7 @@ def register(app: Flask) -> None:
     from dashboards import health_schedules  # noqa: F401 - its pages are routes of `bp`, added on import
 
     app.register_blueprint(bp)
+    add_nav(app, "District", "health.district", STAFF)
     add_nav(app, "Equipment", "health.board", STAFF)
     add_nav(app, "Alarms", "health.alarms", STAFF)
 
@@ -152,6 +153,24 @@ def api_board() -> Any:
         return _json_error(400, str(exc))
     data = board_data(school, building, problem, paging)
     return paged(data.as_dict(), data.total)
+
+
+# ---------------------------------------------------------------- the district
+
+
+@bp.get("/district")
+@login_required(roles=STAFF)
+def district() -> Any:
+    """One row per school (central/lists.py `schools`), sortable and filterable, each drilling into its board."""
+    sort = request.args.get("sort") or "school"
+    try:
+        paging = lists.Paging.parse(request.args)
+        page = overview.school_rollup(central().registry, paging, sort.removeprefix("-")[:40],
+                                      sort.startswith("-"), request.args.get("problems") == "1")
+    except PayloadError as exc:
+        return render_template("error.html", status=400, message=str(exc)), 400
+    return render_template("health_district.html", schools=page.items, total=page.total, paging=paging, sort=sort,
+                           problems=request.args.get("problems") == "1", tab="district")
 
 
 # ---------------------------------------------------------------- alarms
