@@ -84,7 +84,14 @@ def gateways() -> Any:
 @bp.get("/devices")
 @login_required
 def devices() -> Any:
-    page = overview.api_devices(central().ledger, paging(), in_sight())
+    """`gateway`: only the devices of these gateways (comma-separated; a page of /api/gateways)."""
+    sight = in_sight()
+    raw = request.args.get("gateway")
+    if raw:
+        wanted = tuple(contract.check_segment(gw[:100], "query parameter 'gateway'")
+                       for gw in raw.split(",")[:lists.MAX_LIMIT] if gw)
+        sight = wanted if sight is None else tuple(gw for gw in wanted if gw in sight)
+    page = overview.api_devices(central().ledger, paging(), sight)
     return paged(page.items, page.total)
 
 

@@ -106,7 +106,9 @@ def document() -> dict[str, Any]:
                                           "`waiting` messages the gateway holds until central acknowledges them, "
                                           "`waiting_age` the oldest's age (s), `acked_seq` central's acknowledged "
                                           "watermark", schema=arr))},
-            "/api/devices": {"get": _paged(_get("Devices with status and latest values", schema=arr))},
+            "/api/devices": {"get": _paged(_get("Devices with status and latest values; `gateway`: only those of "
+                                                "these gateways (comma-separated)", [("gateway", "query", False)],
+                                                arr))},
             "/api/schools": {"get": _paged(_get(
                 "The district, one row per school: rooms, gateways online / offline, open alarms (active: not "
                 "acknowledged; by rule kind), devices in fault, projector lamps and filters due (facility, admin); "

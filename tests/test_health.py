@@ -690,7 +690,7 @@ def _chromium_as_facility(app) -> Iterator[tuple[object, str]]:
                 page.fill("input[name=username]", "fm")
                 page.fill("input[name=password]", "fm-password")
                 page.click("button[type=submit]")
-                page.wait_for_url(f"{base}/")
+                page.wait_for_url(re.compile(r"/(district)?$"))  # more than one school: the district first
                 yield page, base
             finally:
                 browser.close()
