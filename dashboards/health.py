@@ -139,8 +139,12 @@ def board() -> Any:
         school, building, problem = _filters(request.args)
     except ValueError as exc:
         return render_template("error.html", status=400, message=str(exc)), 400
+    try:
+        paging = lists.Paging.parse(request.args)
+    except PayloadError:
+        paging = lists.Paging()
     return render_template("health_board.html", schools=places.schools, buildings=places.buildings, school=school,
-                           building=building, problem=problem, problems=PROBLEMS, tab="board")
+                           building=building, problem=problem, problems=PROBLEMS, paging=paging, tab="board")
 
 
 @bp.get("/api/board")
