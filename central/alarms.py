@@ -37,6 +37,7 @@ from typing import Any
 
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import joinedload
 
 from campus import contract
 from campus.errors import StoreError
@@ -422,12 +423,12 @@ def acknowledge(registry: Registry, alarm_id: int, user: str,
 # ---------------------------------------------------------------- reading alarms
 
 
-def gateway_places(registry: Registry, s: Any = None) -> dict[str, dict[str, Any]]:
-    """Registry gateway -> school, building and room (names and ids)."""
+def gateway_places(registry: Registry, s: Any = None, ids: Iterable[str] | None = None) -> dict[str, dict[str, Any]]:
+    """Registry gateway -> school, building and room (names and ids); of the gateways of `ids` only if given."""
     def read(sess: Any) -> dict[str, dict[str, Any]]:
-        rows = sess.execute(select(Gateway.id, Gateway.school_id, Room.id, Room.name, Building.id, Building.name)
-                            .outerjoin(Room, Gateway.room_id == Room.id)
-                            .outerjoin(Building, Room.building_id == Building.id))
+        query = (select(Gateway.id, Gateway.school_id, Room.id, Room.name, Building.id, Building.name)
+                 .outerjoin(Room, Gateway.room_id == Room.id).outerjoin(Building, Room.building_id == Building.id))
+        rows = sess.execute(query if ids is None else query.where(Gateway.id.in_(list(ids))))
         return {gid: {"school": school, "room_id": rid, "room": rname or "", "building_id": bid,
                       "building": bname or ""} for gid, school, rid, rname, bid, bname in rows}
     if s is not None:
@@ -450,9 +451,15 @@ def _alarm_dict(a: Alarm, places: Mapping[str, Mapping[str, Any]]) -> dict[str, 
 
 
 def list_alarms(registry: Registry, state: str = "open", limit: int = 200,
-                gateway: str | None = None) -> list[dict[str, Any]]:
-    """Alarms newest first: `open` (not cleared), `history` (cleared) or `all`."""
+                gateway: str | None = None, gateways: Iterable[str] | None = None,
+                ids: Iterable[int] | None = None) -> list[dict[str, Any]]:
+    """Alarms newest first: `open` (not cleared), `history` (cleared) or `all`; of one gateway, of the
+    gateways of `gateways` (a page of the board) or the alarms of `ids` (a page of central/lists.py)."""
     q = select(Alarm).order_by(Alarm.raised_at.desc(), Alarm.id.desc()).limit(limit)
+    if gateways is not None:
+        q = q.where(Alarm.gateway.in_(list(gateways)))
+    if ids is not None:
+        q = q.where(Alarm.id.in_(list(ids)))
     if state == "open":
         q = q.where(Alarm.cleared_at.is_(None))
     elif state == "history":
@@ -462,8 +469,9 @@ def list_alarms(registry: Registry, state: str = "open", limit: int = 200,
     if gateway:
         q = q.where(Alarm.gateway == gateway)
     with registry.session() as s:
-        places = gateway_places(registry, s)
-        return [_alarm_dict(a, places) for a in s.scalars(q)]
+        found = s.scalars(q.options(joinedload(Alarm.rule))).all()
+        places = gateway_places(registry, s, ids={a.gateway for a in found})
+        return [_alarm_dict(a, places) for a in found]
 
 
 # ---------------------------------------------------------------- background

@@ -490,8 +490,10 @@ class Ledger:
                  "running": now - updated < 3 * WORKER_REPORT_S, **json.loads(stats)}
                 for name, host, pid, started, updated, stats in rows]
 
-    def _gateway_rows(self, gateway: str | None = None) -> list[tuple[dict[str, Any], dict[str, Any]]]:
-        """Each gateway (or just `gateway`) as the API shows it, with its last `state`, in one query."""
+    def _gateway_rows(self, gateway: str | None = None, ids: Iterable[str] | None = None
+                      ) -> list[tuple[dict[str, Any], dict[str, Any]]]:
+        """Each gateway (or just `gateway`, or those of `ids`: a page of a list) as the API shows it, with
+        its last `state`, in one query."""
         self.mark_silent()
         c = gw_t.c
         query = select(c.id, c.school, c.room, c.online, c.last_seen, c.received, c.duplicates, c.first_seq,
@@ -499,6 +501,8 @@ class Ledger:
                        c.clock_offset, c.acked_seq).order_by(c.school, c.id)
         if gateway is not None:
             query = query.where(c.id == gateway)
+        if ids is not None:
+            query = query.where(c.id.in_(list(ids)))
         with self.db.read("cannot read the gateways") as conn:
             rows = conn.execute(query).all()
         out = []
@@ -528,41 +532,51 @@ class Ledger:
                          "outbox_replaced": st.get("outbox_replaced")}, st))
         return out
 
-    def gateways(self, gateway: str | None = None) -> list[dict[str, Any]]:
-        """Every gateway (or just `gateway`) as the API shows it."""
-        return [gw for gw, _ in self._gateway_rows(gateway)]
+    def gateways(self, gateway: str | None = None, ids: Iterable[str] | None = None) -> list[dict[str, Any]]:
+        """Every gateway (or just `gateway`, or those of `ids`) as the API shows it."""
+        return [gw for gw, _ in self._gateway_rows(gateway, ids)]
 
-    def gateway_devices(self, gateway: str | None = None) -> list[dict[str, Any]]:
-        """Every device the agents reported (of one gateway, or all), with status (offline when its gateway is)."""
+    def gateway_devices(self, gateway: str | None = None, ids: Iterable[str] | None = None) -> list[dict[str, Any]]:
+        """Every device the agents reported (of one gateway, those of `ids`, or all), with status (offline when
+        its gateway is)."""
         out = []
-        for gw, state in self._gateway_rows(gateway):
+        for gw, state in self._gateway_rows(gateway, ids):
             for dev, info in sorted(state.get("devices", {}).items()):
                 out.append({"gateway": gw["id"], "school": gw["school"], "room": gw["room"], "id": dev,
                             "profile": info.get("profile", ""), "kind": info.get("kind", ""),
                             "status": info.get("status", "ok") if gw["online"] else "offline"})
         return out
 
-    def latest(self) -> dict[tuple[str, str], dict[str, float | int | str]]:
-        """The newest value of every metric, by (gateway, device)."""
+    def latest(self, ids: Iterable[str] | None = None) -> dict[tuple[str, str], dict[str, float | int | str]]:
+        """The newest value of every metric, by (gateway, device); of the gateways of `ids` only if given."""
         out: dict[tuple[str, str], dict[str, float | int | str]] = {}
+        query = select(latest_t.c.gateway, latest_t.c.device, latest_t.c.metric, latest_t.c.value)
+        if ids is not None:
+            query = query.where(latest_t.c.gateway.in_(list(ids)))
         with self.db.read("cannot read the latest values") as conn:
-            rows = conn.execute(select(latest_t.c.gateway, latest_t.c.device, latest_t.c.metric, latest_t.c.value))
+            rows = conn.execute(query)
             for gw, dev, metric, value in rows:
                 out.setdefault((gw, dev), {})[metric] = json.loads(value)
         return out
 
-    def latest_times(self) -> dict[tuple[str, str], float]:
-        """When each device last sent a value: its newest `latest` sample, by (gateway, device). The alarm
-        rule "device offline too long" and the board's "last value" read it."""
+    def latest_times(self, ids: Iterable[str] | None = None) -> dict[tuple[str, str], float]:
+        """When each device last sent a value: its newest `latest` sample, by (gateway, device), of the
+        gateways of `ids` only if given. The alarm rule "device offline too long" and the board's "last
+        value" read it."""
+        query = select(latest_t.c.gateway, latest_t.c.device, func.max(latest_t.c.ts))
+        if ids is not None:
+            query = query.where(latest_t.c.gateway.in_(list(ids)))
         with self.db.read("cannot read the latest values") as conn:
-            rows = conn.execute(select(latest_t.c.gateway, latest_t.c.device, func.max(latest_t.c.ts))
-                                .group_by(latest_t.c.gateway, latest_t.c.device)).all()
+            rows = conn.execute(query.group_by(latest_t.c.gateway, latest_t.c.device)).all()
         return {(gw, dev): ts for gw, dev, ts in rows}
 
-    def states(self) -> dict[str, dict[str, Any]]:
-        """The last state each gateway sent (its JSON, decoded), by gateway."""
+    def states(self, ids: Iterable[str] | None = None) -> dict[str, dict[str, Any]]:
+        """The last state each gateway (of `ids`, if given) sent (its JSON, decoded), by gateway."""
+        query = select(gw_t.c.id, gw_t.c.state)
+        if ids is not None:
+            query = query.where(gw_t.c.id.in_(list(ids)))
         with self.db.read("cannot read the gateways") as conn:
-            return {gid: json.loads(state or "{}") for gid, state in conn.execute(select(gw_t.c.id, gw_t.c.state))}
+            return {gid: json.loads(state or "{}") for gid, state in conn.execute(query)}
 
     def rooms(self, gateways: Collection[str], commands: int = 8,
               commands_since: float | None = None) -> dict[str, dict[str, Any]]:
@@ -656,6 +670,10 @@ class Ledger:
     def command(self, cid: str) -> dict[str, Any] | None:
         rows = self._commands(commands_t.c.id == cid)
         return rows[0] if rows else None
+
+    def commands_of(self, ids: list[str]) -> list[dict[str, Any]]:
+        """The commands of these ids (a page of central/lists.py `command_ids`), newest first."""
+        return self._commands(commands_t.c.id.in_(ids))
 
     def commands(self, gateway: str | None = None, limit: int = 200) -> list[dict[str, Any]]:
         return self._commands(commands_t.c.gateway == gateway if gateway else None, limit)

@@ -21,6 +21,7 @@ from typing import Any
 from sqlalchemy import select
 
 from central import alarms as alarm_engine
+from central import lists
 from central import provisioning as prov
 from central.ledger import Ledger
 from central.registry import Building, Device, Gateway, Registry, Room, School
@@ -183,6 +184,10 @@ class Board:
     now: float
     rooms: list[BoardRoom]
     counts: dict[str, int]
+    # Rooms matching the filters (all pages), and the page's slice: problems first (central/lists.py).
+    total: int = 0
+    limit: int = lists.DEFAULT_LIMIT
+    offset: int = 0
 
     def as_dict(self) -> dict[str, Any]:
         """The board as `/api/board` answers it."""
@@ -192,39 +197,41 @@ class Board:
         return next((r for r in self.rooms if r.gateway == gateway), None)
 
 
-def _room_sort_key(room: BoardRoom) -> tuple[Any, ...]:
-    name = room.room or ""
-    number = name.isascii() and name.isdigit() and len(name) <= 12
-    return (room.school, room.building, (0, int(name), "") if number else (1, 0, name), room.gateway)
-
-
 def board(registry: Registry, ledger: Ledger, school: str | None = None, building: int | None = None,
-          problem: str | None = None) -> Board:
-    """Every room (gateway) with its devices, status, last seen and open alarms, filtered by school,
-    building and problem ("any" or one of PROBLEMS); `counts` are of every room, before the filters."""
-    gw_places = alarm_engine.gateway_places(registry)
-    gateways = {gw["id"]: gw for gw in ledger.gateways()}
-    latest = ledger.latest()
-    seen = ledger.latest_times()
+          problem: str | None = None, paging: lists.Paging | None = None,
+          gateways: tuple[str, ...] | None = None) -> Board:
+    """A page of the rooms (gateways) with their devices, status, last seen and open alarms, those with a
+    problem first, filtered by school, building and problem ("any" or one of PROBLEMS) and `paging.q`,
+    among `gateways` (those a person may see; None: all); `counts` are of every room in sight, before
+    the filters. The page is chosen and counted in SQL; only its rooms' details are read: a dozen
+    statements, whatever the number of rooms."""
+    paging = paging or lists.Paging()
+    page, counts = lists.board_ids(registry.db, paging, lists.Scope(gateways, school, building), problem)
+    ids = page.items
+    gw_places = alarm_engine.gateway_places(registry, ids=ids) if ids else {}
+    reported = {gw["id"]: gw for gw in ledger.gateways(ids=ids)} if ids else {}
+    latest = ledger.latest(ids) if ids else {}
+    seen = ledger.latest_times(ids) if ids else {}
     devices: dict[str, list[BoardDevice]] = {}
-    for dev in ledger.gateway_devices():
+    for dev in ledger.gateway_devices(ids=ids) if ids else []:
         key = (dev["gateway"], dev["id"])
         devices.setdefault(dev["gateway"], []).append(
             BoardDevice(dev["id"], dev["kind"], dev["profile"], dev["status"], seen.get(key), latest.get(key, {})))
     with registry.session() as s:
-        provisioned = [(d.gateway_id, d.device_id, d.profile) for d in s.scalars(select(Device))]
+        provisioned = [(d.gateway_id, d.device_id, d.profile)
+                       for d in s.scalars(select(Device).where(Device.gateway_id.in_(ids)))] if ids else []
     for gid, device_id, profile in provisioned:
         mine = devices.setdefault(gid, [])
         if not any(x.id == device_id for x in mine):
             mine.append(BoardDevice(device_id, profile_kind(profile), profile,
-                                    NEVER_REPORTED if gid in gateways else NOT_INSTALLED, None, {}))
+                                    NEVER_REPORTED if gid in reported else NOT_INSTALLED, None, {}))
     open_alarms: dict[str, list[BoardAlarm]] = {}
-    for a in alarm_engine.list_alarms(registry, "open", limit=2000):
+    for a in alarm_engine.list_alarms(registry, "open", limit=20 * len(ids), gateways=ids) if ids else []:
         open_alarms.setdefault(a["gateway"], []).append(
             BoardAlarm(a["id"], a["device"], a["message"], a["label"], a["state"], a["acked_by"], a["raised_at"]))
     rooms = []
-    for gid in sorted(set(gw_places) | set(gateways)):
-        place, gw = gw_places.get(gid, {}), gateways.get(gid)
+    for gid in ids:  # in the page's order: problems first
+        place, gw = gw_places.get(gid, {}), reported.get(gid)
         devs = sorted(devices.get(gid, []), key=lambda d: d.id)
         online = bool(gw and gw["online"])
         problems = []
@@ -247,20 +254,12 @@ def board(registry: Registry, ledger: Ledger, school: str | None = None, buildin
             waiting_age=gw["waiting_age"] if gw else None, waiting_long=bool(gw and gw["waiting_long"]),
             registered=gid in gw_places, problems=problems, devices=devs, alarms=open_alarms.get(gid, []),
             notes=prov.storage_notes(gw) if gw else []))
-    rooms.sort(key=_room_sort_key)
-    counts = {p: sum(1 for r in rooms if p in r.problems) for p in PROBLEMS}
-    counts["rooms"] = len(rooms)
-    counts["not_installed"] = sum(1 for r in rooms if not r.installed)
-    counts["unacked"] = sum(1 for alist in open_alarms.values() for a in alist if a.state == "active")
-    if school:
-        rooms = [r for r in rooms if r.school == school]
-    if building is not None:
-        rooms = [r for r in rooms if r.building_id == building]
-    if problem == "any":
-        rooms = [r for r in rooms if r.problems]
-    elif problem:
-        rooms = [r for r in rooms if problem in r.problems]
-    return Board(time.time(), rooms, counts)
+    return Board(time.time(), rooms, counts, page.total, paging.limit, paging.offset)
+
+
+def board_room(registry: Registry, ledger: Ledger, gateway: str) -> BoardRoom | None:
+    """One room as the board shows it (its history page), without reading the others."""
+    return board(registry, ledger, paging=lists.Paging(limit=1), gateways=(gateway,)).room(gateway)
 
 
 # ---------------------------------------------------------------- rooms a person may pick (panel)
@@ -277,17 +276,22 @@ class RoomPresence:
     reported: bool
 
 
-def room_presence(registry: Registry, ledger: Ledger) -> list[RoomPresence]:
-    """Every registered or reporting room, by school, building and room name."""
-    rooms: dict[str, dict[str, Any]] = {}
-    for info in registry.gateways():
-        rooms[info["id"]] = {"gateway": info["id"], "room": info["room"] or info["id"], "school": info["school"],
-                             "building": info["building"], "online": False, "reported": False}
-    for gw in ledger.gateways():
-        room = rooms.setdefault(gw["id"], {"gateway": gw["id"], "room": gw["room"] or gw["id"],
-                                           "school": gw["school"], "building": ""})
-        room.update(online=gw["online"], reported=True)
-    return sorted((RoomPresence(**r) for r in rooms.values()), key=lambda r: (r.school, r.building, r.room))
+def room_presence(registry: Registry, ledger: Ledger, paging: lists.Paging | None = None,
+                  gateways: tuple[str, ...] | None = None) -> lists.Page[RoomPresence]:
+    """A page of the registered or reporting rooms (among `gateways`; None: all), by school and gateway."""
+    page = lists.gateway_ids(registry.db, paging or lists.Paging(), lists.Scope(gateways))
+    if not page.items:
+        return lists.Page([], page.total)
+    places = alarm_engine.gateway_places(registry, ids=page.items)
+    reported = {gw["id"]: gw for gw in ledger.gateways(ids=page.items)}
+    rows = []
+    for gid in page.items:
+        place, gw = places.get(gid), reported.get(gid)
+        room = (place or {}).get("room") or (gw or {}).get("room") or gid
+        rows.append(RoomPresence(gateway=gid, room=room, school=(place or gw or {}).get("school", ""),
+                                 building=(place or {}).get("building", ""), online=bool(gw and gw["online"]),
+                                 reported=gw is not None))
+    return lists.Page(rows, page.total)
 
 
 # ---------------------------------------------------------------- gateways as IT staff provision them
@@ -317,12 +321,19 @@ class ProvisionedGateway:
     storage_notes: list[dict[str, str]]
 
 
-def provisioned_gateways(registry: Registry, ledger: Ledger) -> list[ProvisionedGateway]:
-    """Every registered gateway, as the provisioning pages list it."""
-    states = prov.gateway_states(ledger)
-    pushed = prov.pushed_versions(registry)
+def provisioned_gateways(registry: Registry, ledger: Ledger, paging: lists.Paging | None = None,
+                         only: str | None = None) -> lists.Page[ProvisionedGateway]:
+    """A page of the registered gateways (or just `only`), as the provisioning pages list them: a few
+    statements per gateway of the page, none per gateway of the district."""
+    if only is not None:
+        page: lists.Page[str] = lists.Page([only] if registry.gateway_info(only) else [], 1)
+    else:
+        page = lists.registered_ids(registry.db, paging or lists.Paging())
+    ids = page.items
+    states = prov.gateway_states(ledger, ids) if ids else {}
+    pushed = prov.pushed_versions(registry, ids) if ids else {}
     rows = []
-    for info in registry.gateways():
+    for info in (i for gid in ids if (i := registry.gateway_info(gid))):
         st = states.get(info["id"], {})
         applied = st.get("config_version")
         push = pushed.get(info["id"])
@@ -337,20 +348,51 @@ def provisioned_gateways(registry: Registry, ledger: Ledger) -> list[Provisioned
             sync_class=css, sync=words, rejected=events["rejected"], applied_event=events["applied"],
             # IT staff see a replaced outbox however old it is (the board: a week).
             storage_notes=prov.storage_notes(st, replaced_within=None) if st else []))
-    return rows
+    return lists.Page(rows, page.total)
 
 
 # ---------------------------------------------------------------- gateways as the API lists them
 
 
-def api_gateways(registry: Registry, ledger: Ledger) -> list[dict[str, Any]]:
-    """Every gateway the ledger knows (it sent something: `installed`), and those only registered so far
-    (`installed: false`, "not installed yet": they raise no alarm until their first message), by school.
-    Plain dicts: their keys are the JSON API's (CONTRACT.md `GET /api/gateways`)."""
-    rows = [{**gw, "installed": True} for gw in ledger.gateways()]
-    known = {gw["id"] for gw in rows}
-    rows += [{"id": gid, "school": place["school"], "room": place["room"], "online": False, "last_seen": None,
-              "received": 0, "gaps": 0, "duplicates": 0, "outbox": {}, "agent": "", "installed": False}
-             for gid, place in alarm_engine.gateway_places(registry).items() if gid not in known]
-    rows.sort(key=lambda gw: (gw["school"], gw["id"]))
-    return rows
+def api_gateways(registry: Registry, ledger: Ledger, paging: lists.Paging | None = None,
+                 gateways: tuple[str, ...] | None = None) -> lists.Page[dict[str, Any]]:
+    """A page of the gateways the ledger knows (it sent something: `installed`) and those only registered so
+    far (`installed: false`, "not installed yet": they raise no alarm until their first message), by school,
+    among `gateways` (None: all). Plain dicts: their keys are the JSON API's (CONTRACT.md `GET /api/gateways`)."""
+    page = lists.gateway_ids(registry.db, paging or lists.Paging(), lists.Scope(gateways))
+    if not page.items:
+        return lists.Page([], page.total)
+    reported = {gw["id"]: {**gw, "installed": True} for gw in ledger.gateways(ids=page.items)}
+    places = alarm_engine.gateway_places(registry, ids=[gid for gid in page.items if gid not in reported])
+    rows = [reported.get(gid) or {
+        "id": gid, "school": places.get(gid, {}).get("school", ""), "room": places.get(gid, {}).get("room", ""),
+        "online": False, "last_seen": None, "received": 0, "gaps": 0, "duplicates": 0, "outbox": {}, "agent": "",
+        "installed": False} for gid in page.items]
+    return lists.Page(rows, page.total)
+
+
+def api_devices(ledger: Ledger, paging: lists.Paging | None = None,
+                gateways: tuple[str, ...] | None = None) -> lists.Page[dict[str, Any]]:
+    """A page of the devices the agents reported, with their latest values (CONTRACT.md `GET /api/devices`)."""
+    page = lists.reported_device_keys(ledger.db, paging or lists.Paging(), gateways)
+    ids = sorted({gw for gw, _ in page.items})
+    if not ids:
+        return lists.Page([], page.total)
+    latest = ledger.latest(ids)
+    devices = {(d["gateway"], d["id"]): d for d in ledger.gateway_devices(ids=ids)}
+    return lists.Page([{**devices[key], "latest": latest.get(key, {})} for key in page.items if key in devices],
+                      page.total)
+
+
+def api_commands(ledger: Ledger, paging: lists.Paging | None = None, gateway: str | None = None,
+                 gateways: tuple[str, ...] | None = None) -> lists.Page[dict[str, Any]]:
+    """A page of the command audit trail, newest first (CONTRACT.md `GET /api/commands`)."""
+    page = lists.command_ids(ledger.db, paging or lists.Paging(), gateway, gateways)
+    found = {c["id"]: c for c in ledger.commands_of(page.items)} if page.items else {}
+    return lists.Page([found[cid] for cid in page.items if cid in found], page.total)
+
+
+def school_rollup(registry: Registry, paging: lists.Paging | None = None, sort: str = "school",
+                  descending: bool = False, problems_only: bool = False) -> lists.Page[lists.SchoolRow]:
+    """The district: one row per school (central/lists.py `schools`)."""
+    return lists.schools(registry.db, paging or lists.Paging(), sort, descending, problems_only)

@@ -184,11 +184,13 @@ def gateway_yaml(registry: Registry, gateway: str, mqtt_url: str | None, passwor
     return header + yaml.safe_dump(config, sort_keys=False, allow_unicode=True)
 
 
-def pushed_versions(registry: Registry) -> dict[str, dict[str, Any]]:
+def pushed_versions(registry: Registry, ids: list[str] | None = None) -> dict[str, dict[str, Any]]:
+    """The device list version last pushed to each gateway (of `ids`, a page, if given)."""
     ensure_tables(registry)
+    query = select(ConfigPush) if ids is None else select(ConfigPush).where(ConfigPush.gateway_id.in_(ids))
     with registry.session() as s:
         return {p.gateway_id: {"version": p.version, "at": p.pushed_at, "by": p.pushed_by}
-                for p in s.scalars(select(ConfigPush)).all()}
+                for p in s.scalars(query).all()}
 
 
 def push_config(registry: Registry, client: Any, gateway: str, by: str = "") -> int:
@@ -257,10 +259,11 @@ def push_runs(registry: Registry, limit: int = 10, run_id: int | None = None) ->
                  "left": r.wanted - len(r.pushed or []) - len(r.failed or [])} for r in s.scalars(q)]
 
 
-def gateway_states(ledger: Any) -> dict[str, dict[str, Any]]:
-    """What the agents last said (ledger): online, last_seen, applied config version, devices."""
-    out = {g["id"]: dict(g) for g in ledger.gateways()}
-    for gid, st in ledger.states().items():
+def gateway_states(ledger: Any, ids: list[str] | None = None) -> dict[str, dict[str, Any]]:
+    """What the agents last said (ledger): online, last_seen, applied config version, devices; of the
+    gateways of `ids` (a page) if given."""
+    out = {g["id"]: dict(g) for g in ledger.gateways(ids=ids)}
+    for gid, st in ledger.states(ids).items():
         if gid in out:
             out[gid]["config_version"] = st.get("config_version")
             out[gid]["devices"] = st.get("devices", {})

@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import math
 import time
+from dataclasses import asdict
 from typing import Any
 
 from flask import Blueprint, Response, g, jsonify, request
 
 from campus import contract
 from campus.errors import ActionRejected, CampusError, PayloadError, StoreError
-from central import overview
+from central import lists, overview
 from central.store.base import MAX_POINTS
 from dashboards.auth import audit, login_required, may_command, may_see
 from dashboards.context import central, web
@@ -53,28 +54,56 @@ def health() -> Any:
     return jsonify({"status": "ok"})
 
 
-def visible_gateways() -> list[dict[str, Any]]:
-    """Every gateway, installed or only registered (central/overview.py), that the caller may see."""
-    c = central()
-    return [gw for gw in overview.api_gateways(c.registry, c.ledger) if may_see(g.user, gw["id"])]
+def in_sight() -> tuple[str, ...] | None:
+    """The gateways the caller may see, for a list's SQL: None (every one) for staff, a teacher's own."""
+    return None if g.user["role"] in ("admin", "facility") else tuple(g.user.get("gateways", []))
 
 
-def visible_devices() -> list[dict[str, Any]]:
-    latest = central().ledger.latest()
-    return [{**dev, "latest": latest.get((dev["gateway"], dev["id"]), {})}
-            for dev in central().ledger.gateway_devices() if may_see(g.user, dev["gateway"])]
+def paging(default_limit: int = lists.DEFAULT_LIMIT) -> lists.Paging:
+    """`limit`, `offset` and `q` of the request (central/lists.py): defaults when absent, a 400 naming the
+    parameter when wrong."""
+    return lists.Paging.parse(request.args, default_limit=default_limit)
+
+
+def paged(rows: list[Any], total: int) -> Response:
+    """A list answer: the page's rows as before (clients keep working), the total of all pages in
+    `X-Total-Count`."""
+    resp = jsonify(rows)
+    resp.headers["X-Total-Count"] = str(total)
+    return resp
 
 
 @bp.get("/gateways")
 @login_required
 def gateways() -> Any:
-    return jsonify(visible_gateways())
+    c = central()
+    page = overview.api_gateways(c.registry, c.ledger, paging(), in_sight())
+    return paged(page.items, page.total)
 
 
 @bp.get("/devices")
 @login_required
 def devices() -> Any:
-    return jsonify(visible_devices())
+    """`gateway`: only the devices of these gateways (comma-separated; a page of /api/gateways)."""
+    sight = in_sight()
+    raw = request.args.get("gateway")
+    if raw:
+        wanted = tuple(contract.check_segment(gw[:100], "query parameter 'gateway'")
+                       for gw in raw.split(",")[:lists.MAX_LIMIT] if gw)
+        sight = wanted if sight is None else tuple(gw for gw in wanted if gw in sight)
+    page = overview.api_devices(central().ledger, paging(), sight)
+    return paged(page.items, page.total)
+
+
+@bp.get("/schools")
+@login_required(roles=("admin", "facility"))
+def schools() -> Any:
+    """The district: one row per school (rooms, gateways online / total, open alarms, faults, lamps and
+    filters due), sorted by `sort` (`-` before it: descending), `problems=1` only schools with one."""
+    sort = request.args.get("sort") or "school"
+    page = overview.school_rollup(central().registry, paging(), sort.removeprefix("-")[:40], sort.startswith("-"),
+                                  flag_arg("problems"))
+    return paged([asdict(r) for r in page.items], page.total)
 
 
 def id_arg(name: str) -> str | None:
@@ -154,8 +183,8 @@ def events() -> Any:
     gateway = id_arg("gateway")
     if gateway and not may_see(g.user, gateway):
         return error(403, f"gateway {gateway!r} is not in your rooms")
-    rows = central().ledger.events(gateway, id_arg("type"), since)
-    return jsonify([e for e in rows if may_see(g.user, e["gateway"])])
+    page = lists.events(central().ledger.db, paging(1000), gateway, id_arg("type"), since, in_sight())
+    return paged(page.items, page.total)
 
 
 @bp.post("/gateways/<gateway>/devices/<device>/commands")
@@ -198,9 +227,8 @@ def send_command(gateway: str, device: str) -> Any:
 @bp.get("/commands")
 @login_required
 def list_commands() -> Any:
-    gateway = id_arg("gateway")
-    rows = central().ledger.commands(gateway)
-    return jsonify([c for c in rows if may_see(g.user, c["gateway"])])
+    page = overview.api_commands(central().ledger, paging(200), id_arg("gateway"), in_sight())
+    return paged(page.items, page.total)
 
 
 @bp.get("/commands/<cid>")
@@ -231,7 +259,8 @@ def metrics() -> Any:
 @bp.get("/audit")
 @login_required(roles=("admin",))
 def audit_trail() -> Any:
-    return jsonify(central().registry.audit_trail())
+    page = lists.audit(central().registry.db, paging(200))
+    return paged(page.items, page.total)
 
 
 @bp.get("/openapi.json")

@@ -169,9 +169,16 @@ def may_command(user: dict[str, Any], gateway: str) -> bool:
 
 
 def home_for(user: dict[str, Any]) -> str:
-    """Where a user lands: teachers on their classroom panel, the others on the rooms board."""
+    """Where a user lands: teachers on their classroom panel; facility and admin on the district overview
+    when there is more than one school, else on the rooms board."""
     if user["role"] == "teacher" and "panel.home" in current_app.view_functions:
         return url_for("panel.home")
+    if user["role"] in ("admin", "facility") and "health.district" in current_app.view_functions:
+        from central import lists
+        from dashboards.context import central
+
+        if len(lists.school_ids(central().registry.db)) > 1:
+            return url_for("health.district")
     return "/"
 
 

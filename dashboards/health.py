@@ -48,8 +48,9 @@ from flask import (
 )
 
 from campus import contract, names
+from campus.errors import PayloadError
 from central import alarms as alarm_engine
-from central import overview
+from central import lists, overview
 from central.registry import row_id
 from central.store.base import MAX_POINTS
 from dashboards.auth import add_nav, audit, login_required
@@ -65,6 +66,7 @@ NOT_INSTALLED = overview.NOT_INSTALLED
 WINDOWS = {"1h": 3600, "24h": 24 * 3600, "7d": 7 * 24 * 3600}
 # Power samples further apart than this do not count as "on" in between (the gateway was silent).
 MAX_SAMPLE_GAP_S = 15 * 60
+USAGE_PAGE = 50  # rooms per page of /health/usage: each is read from the point store
 NIGHT = (22, 6)  # hours: on between 22:00 and 06:00 counts as "left on"
 POWER_KINDS = ("projector", "display")
 ENV_METRICS = (("temperature_c", "Temperature", "°C"), ("co2_ppm", "CO2", "ppm"),
@@ -78,6 +80,7 @@ def register(app: Flask) -> None:
     from dashboards import health_schedules  # noqa: F401 - its pages are routes of `bp`, added on import
 
     app.register_blueprint(bp)
+    add_nav(app, "District", "health.district", STAFF)
     add_nav(app, "Equipment", "health.board", STAFF)
     add_nav(app, "Alarms", "health.alarms", STAFF)
 
@@ -100,14 +103,25 @@ def _json_error(status: int, message: str) -> Any:
 
 
 def board_data(school: str | None = None, building: int | None = None,
-               problem: str | None = None) -> overview.Board:
-    """Every room (gateway) with its devices, status, last seen and open alarms, filtered (central/overview.py)."""
+               problem: str | None = None, paging: lists.Paging | None = None) -> overview.Board:
+    """A page of the rooms (gateways) with their devices, status, last seen and open alarms, problems first,
+    filtered (central/overview.py)."""
     c = central()
-    return overview.board(c.registry, c.ledger, school, building, problem)
+    return overview.board(c.registry, c.ledger, school, building, problem, paging)
+
+
+def paged(body: Any, total: int) -> Any:
+    """A JSON answer with the list's total (all pages) in `X-Total-Count`."""
+    resp = jsonify(body)
+    resp.headers["X-Total-Count"] = str(total)
+    return resp
 
 
 def _filters(args: Any) -> tuple[str | None, int | None, str | None]:
-    school = args.get("school") or None
+    try:
+        school = lists.name_arg(args, "school")
+    except PayloadError as exc:
+        raise ValueError(str(exc)) from None
     raw_building = args.get("building") or ""
     if raw_building and db_id(raw_building) is None:
         raise ValueError("building must be a building id")
@@ -125,8 +139,12 @@ def board() -> Any:
         school, building, problem = _filters(request.args)
     except ValueError as exc:
         return render_template("error.html", status=400, message=str(exc)), 400
+    try:
+        paging = lists.Paging.parse(request.args)
+    except PayloadError:
+        paging = lists.Paging()
     return render_template("health_board.html", schools=places.schools, buildings=places.buildings, school=school,
-                           building=building, problem=problem, problems=PROBLEMS, tab="board")
+                           building=building, problem=problem, problems=PROBLEMS, paging=paging, tab="board")
 
 
 @bp.get("/api/board")
@@ -134,9 +152,29 @@ def board() -> Any:
 def api_board() -> Any:
     try:
         school, building, problem = _filters(request.args)
-    except ValueError as exc:
+        paging = lists.Paging.parse(request.args)
+    except (ValueError, PayloadError) as exc:
         return _json_error(400, str(exc))
-    return jsonify(board_data(school, building, problem).as_dict())
+    data = board_data(school, building, problem, paging)
+    return paged(data.as_dict(), data.total)
+
+
+# ---------------------------------------------------------------- the district
+
+
+@bp.get("/district")
+@login_required(roles=STAFF)
+def district() -> Any:
+    """One row per school (central/lists.py `schools`), sortable and filterable, each drilling into its board."""
+    sort = request.args.get("sort") or "school"
+    try:
+        paging = lists.Paging.parse(request.args)
+        page = overview.school_rollup(central().registry, paging, sort.removeprefix("-")[:40],
+                                      sort.startswith("-"), request.args.get("problems") == "1")
+    except PayloadError as exc:
+        return render_template("error.html", status=400, message=str(exc)), 400
+    return render_template("health_district.html", schools=page.items, total=page.total, paging=paging, sort=sort,
+                           problems=request.args.get("problems") == "1", tab="district")
 
 
 # ---------------------------------------------------------------- alarms
@@ -154,17 +192,20 @@ def api_alarms() -> Any:
     state = request.args.get("state", "open")
     if state not in ("open", "history", "all"):
         return _json_error(400, "state must be open, history or all")
-    raw_limit = request.args.get("limit", "200")
-    limit = db_id(raw_limit)
-    if limit is None or not 1 <= limit <= 2000:
-        return _json_error(400, "limit must be a whole number from 1 to 2000")
+    try:
+        paging = lists.Paging.parse(request.args, default_limit=200, max_limit=2000)
+    except PayloadError as exc:
+        return _json_error(400, str(exc))
     gateway = request.args.get("gateway") or None
     if gateway is not None:  # compared in SQL, where PostgreSQL refuses a NUL outright (a 503, not a 400)
         try:
             names.identifier(gateway[:100], "gateway")
         except names.BadName as exc:
             return _json_error(400, str(exc))
-    return jsonify(alarm_engine.list_alarms(central().registry, state, limit, gateway))
+    reg = central().registry
+    page = lists.alarm_ids(reg.db, paging, state, gateway)
+    rows = alarm_engine.list_alarms(reg, state, paging.limit, ids=page.items) if page.items else []
+    return paged(rows, page.total)
 
 
 def _ack(raw_id: str) -> tuple[dict[str, Any] | None, str]:
@@ -273,7 +314,8 @@ def requested_room(gateway: str) -> tuple[overview.BoardRoom, str]:
     window = request.args.get("window", "24h")
     if window not in WINDOWS:
         abort(make_response(render_template("error.html", status=400, message="window must be 1h, 24h or 7d"), 400))
-    info = board_data().room(gateway)
+    c = central()
+    info = overview.board_room(c.registry, c.ledger, gateway)
     if info is None:
         abort(make_response(render_template("error.html", status=404, message=f"no gateway {gateway!r}"), 404))
     return info, window
@@ -409,13 +451,26 @@ def usage() -> Any:
         week = parse_week(request.args.get("week"))
     except ValueError as exc:
         return render_template("error.html", status=400, message=str(exc)), 400
-    store = central().store
+    try:
+        paging = lists.Paging.parse(request.args, default_limit=USAGE_PAGE)
+    except PayloadError as exc:
+        return render_template("error.html", status=400, message=str(exc)), 400
+    try:
+        school = lists.name_arg(request.args, "school")
+    except PayloadError as exc:
+        return render_template("error.html", status=400, message=str(exc)), 400
+    c = central()
+    store = c.store
     bounds = week_bounds(week)
     now = time.time()
     end = min(bounds[-1], now)
     rows = []
-    data = board_data()
-    for r in data.rooms:
+    # A page of rooms (by school and id), each read from the store: the page's cost, not the district's.
+    page = lists.gateway_ids(c.registry.db, paging, lists.Scope(school=school))
+    data = overview.board(c.registry, c.ledger, paging=lists.Paging(limit=max(1, len(page.items))),
+                          gateways=tuple(page.items))
+    by_id = {r.gateway: r for r in data.rooms}
+    for r in (by_id[gid] for gid in page.items if gid in by_id):
         for d in r.devices:
             if d.kind not in POWER_KINDS:
                 continue
@@ -435,7 +490,8 @@ def usage() -> Any:
     return render_template("health_usage.html", rows=rows, week=week, week_id=f"{iso[0]}-W{iso[1]:02d}",
                            prev_week=_week_id(week - timedelta(days=7)), next_week=_week_id(week + timedelta(days=7)),
                            day_names=[(week + timedelta(days=i)).strftime("%a %d") for i in range(7)],
-                           totals=totals, left_on=left_on, peak=peak, night=NIGHT, tab="usage")
+                           totals=totals, left_on=left_on, peak=peak, night=NIGHT, tab="usage",
+                           total=page.total, paging=paging, school=school)
 
 
 def _week_id(d: date) -> str:

@@ -9,6 +9,7 @@ from typing import Any
 
 import campus
 from campus import contract
+from central import lists
 from central.store.base import MAX_POINTS
 
 
@@ -27,6 +28,22 @@ def _get(summary: str, params: list[tuple[str, str, bool]] = (), schema: dict[st
         op["security"] = []
     if any(p[1] == "query" for p in params):
         op["responses"]["400"] = {"description": "bad query parameter"}
+    return op
+
+
+def _paged(op: dict[str, Any], default: int = lists.DEFAULT_LIMIT, most: int = lists.MAX_LIMIT) -> dict[str, Any]:
+    """A list (central/lists.py): `limit`, `offset`, `q`, and the total of all pages in `X-Total-Count`."""
+    op["parameters"] += [
+        {"name": "limit", "in": "query", "required": False, "description": "rows of this page",
+         "schema": {"type": "integer", "minimum": 1, "maximum": most, "default": default}},
+        {"name": "offset", "in": "query", "required": False, "description": "rows skipped before this page",
+         "schema": {"type": "integer", "minimum": 0, "maximum": lists.MAX_OFFSET, "default": 0}},
+        {"name": "q", "in": "query", "required": False,
+         "description": "only rows holding this text in their names or ids (case-insensitive)",
+         "schema": {"type": "string", "maxLength": lists.Q_MAX}}]
+    op["responses"]["200"]["headers"] = {"X-Total-Count": {
+        "description": "rows of the whole list (every page) matching the query", "schema": {"type": "integer"}}}
+    op["responses"]["400"] = {"description": "bad query parameter (`error` names it)"}
     return op
 
 
@@ -84,32 +101,45 @@ def document() -> dict[str, Any]:
         "paths": {
             "/api/health": {"get": _get("Liveness", schema={"type": "object", "properties": {
                 "status": {"type": "string"}}}, auth=False)},
-            "/api/gateways": {"get": _get("Gateways with presence and delivery counters; `installed` false for one "
+            "/api/gateways": {"get": _paged(_get("Gateways with presence and delivery counters; `installed` false for one "
                                           "registered that has never sent a message (not installed yet, no alarms); "
                                           "`waiting` messages the gateway holds until central acknowledges them, "
                                           "`waiting_age` the oldest's age (s), `acked_seq` central's acknowledged "
-                                          "watermark", schema=arr)},
-            "/api/devices": {"get": _get("Devices with status and latest values", schema=arr)},
+                                          "watermark", schema=arr))},
+            "/api/devices": {"get": _paged(_get("Devices with status and latest values; `gateway`: only those of "
+                                                "these gateways (comma-separated)", [("gateway", "query", False)],
+                                                arr))},
+            "/api/schools": {"get": _paged(_get(
+                "The district, one row per school: rooms, gateways online / offline, open alarms (active: not "
+                "acknowledged; by rule kind), devices in fault, projector lamps and filters due (facility, admin); "
+                "`sort` one of " + ", ".join(lists.SCHOOL_SORTS) + " (`-` before it: descending), `problems=1` "
+                "only schools with an offline gateway, an alarm or a fault",
+                [("sort", "query", False), ("problems", "query", False)], arr))},
             "/api/telemetry": {"get": telemetry},
-            "/api/events": {"get": _get("Events, newest first", [("gateway", "query", False), ("type", "query", False),
-                                                                 ("since", "query", False)], arr)},
+            "/api/events": {"get": _paged(_get("Events, newest first", [("gateway", "query", False),
+                                                                        ("type", "query", False),
+                                                                        ("since", "query", False)], arr), 1000)},
             "/api/gateways/{gateway}/devices/{device}/commands": {"post": send},
-            "/api/commands": {"get": _get("Command audit trail, newest first", [("gateway", "query", False)], arr)},
+            "/api/commands": {"get": _paged(_get("Command audit trail, newest first", [("gateway", "query", False)],
+                                                 arr), 200)},
             "/api/commands/{cid}": {"get": _get("One command", [("cid", "path", True)], obj)},
             "/api/panel/{gateway}/stream": {"get": stream},
-            "/api/alarms": {"get": _get("Alarms, newest first: open (not cleared), history (cleared) or all "
-                                        "(facility, admin)", [("state", "query", False), ("limit", "query", False),
-                                                              ("gateway", "query", False)], arr)},
+            "/api/alarms": {"get": _paged(_get("Alarms, newest first: open (not cleared), history (cleared) or all "
+                                        "(facility, admin)", [("state", "query", False),
+                                                              ("gateway", "query", False)], arr), 200, 2000)},
             "/api/alarms/{aid}/ack": {"post": ack},
-            "/api/board": {"get": _get("Every room: gateway online and last seen, devices with status, problems, "
-                                       "open alarms (facility, admin)", [("school", "query", False),
-                                                                         ("building", "query", False),
-                                                                         ("problem", "query", False)], obj)},
+            "/api/board": {"get": _paged(_get(
+                "A page of the rooms, those with a problem first: gateway online and last seen, devices with "
+                "status, problems, open alarms (facility, admin); `counts` of every room before the filters, "
+                "`total` (also `X-Total-Count`) of the rooms matching them", [("school", "query", False),
+                                                                              ("building", "query", False),
+                                                                              ("problem", "query", False)], obj))},
             "/api/ingest": {"get": _get("Ingest workers: counters since each started (messages, stored, duplicates, "
                                         "rejected, refused_by_store, store_errors, last_error), running (facility, "
                                         "admin)", schema=arr)},
             "/api/metrics": {"get": metrics},
-            "/api/audit": {"get": _get("Audit trail: logins, refusals, commands (admin)", schema=arr)},
+            "/api/audit": {"get": _paged(_get("Audit trail, newest first: logins, refusals, commands (admin)",
+                                              schema=arr), 200)},
             "/api/openapi.json": {"get": _get("This document", auth=False)},
         },
     }

@@ -44,13 +44,14 @@ from flask import (
     g,
     redirect,
     render_template,
+    request,
     stream_with_context,
     url_for,
 )
 
 from campus import contract
-from campus.errors import CampusError
-from central import overview
+from campus.errors import CampusError, PayloadError
+from central import lists, overview
 from central.ledger import Ledger
 from dashboards import auth, strict_json
 from dashboards.api import error
@@ -67,6 +68,7 @@ SHOWN_METRICS = ("power", "input", "volume", "muted")
 ENVIRONMENT_METRICS = ("co2_ppm", "temperature_c", "humidity_pct")
 RECENT_COMMANDS = 8
 RECENT_COMMANDS_S = 24 * 3600.0  # a panel shows the room's commands of the last day, the newest 8
+PICK_PAGE = 60  # rooms per page of the room picker
 DEFAULT_POLL_S = 0.5
 DEFAULT_HEARTBEAT_S = 15.0
 
@@ -286,10 +288,11 @@ def _room_name(gateway: str, snapshot: dict[str, Any]) -> str | None:
     return (snapshot["room"] or gateway) if snapshot["reported"] else None
 
 
-def _visible_rooms() -> list[overview.RoomPresence]:
-    """Every room the current user may see: registered or reporting, with its presence."""
+def _visible_rooms(paging: lists.Paging) -> lists.Page[overview.RoomPresence]:
+    """A page of the rooms the current user may see: registered or reporting, with its presence."""
     c = central()
-    return [r for r in overview.room_presence(c.registry, c.ledger) if may_see(g.user, r.gateway)]
+    sight = None if g.user["role"] in ("admin", "facility") else tuple(g.user.get("gateways", []))
+    return overview.room_presence(c.registry, c.ledger, paging, sight)
 
 
 def _refuse_page(gateway: str) -> Any:
@@ -316,13 +319,14 @@ def _card_context(gateway: str, snapshot: dict[str, Any]) -> dict[str, Any]:
 @bp.get("/panel")
 @login_required
 def home() -> Any:
-    rooms = _visible_rooms()
-    if g.user["role"] == "teacher":
-        mine = [r for r in rooms if r.gateway in g.user.get("gateways", [])]
-        if len(mine) == 1:
-            return redirect(url_for("panel.room", gateway=mine[0].gateway))
-        rooms = mine
-    return render_template("panel_pick.html", rooms=rooms)
+    try:
+        paging = lists.Paging.parse(request.args, default_limit=PICK_PAGE)
+    except PayloadError:
+        paging = lists.Paging(limit=PICK_PAGE)
+    page = _visible_rooms(paging)
+    if g.user["role"] == "teacher" and page.total == 1 and not paging.q and page.items:
+        return redirect(url_for("panel.room", gateway=page.items[0].gateway))
+    return render_template("panel_pick.html", rooms=page.items, total=page.total, paging=paging)
 
 
 @bp.get("/panel/<gateway>")

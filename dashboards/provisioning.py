@@ -45,8 +45,8 @@ from flask import (
     url_for,
 )
 
-from campus.errors import CampusError, ConfigError
-from central import broker_config, overview
+from campus.errors import CampusError, ConfigError, PayloadError
+from central import broker_config, lists, overview
 from central import provisioning as prov
 from central.registry import Registry
 from dashboards.auth import add_nav, audit, login_required
@@ -56,6 +56,7 @@ from protocols import PROTOCOLS
 
 bp = Blueprint("provisioning", __name__, url_prefix="/provisioning")
 ADMIN = ("admin",)
+GATEWAYS_PAGE = 50  # gateways per page of the gateways list
 
 # Address fields per protocol for the add-device form, (field, kind, placeholder), from the protocol
 # table's address declarations: "int" fields become numbers; "source" is a camera index when it is a number.
@@ -112,9 +113,18 @@ def _profiles() -> list[dict[str, Any]]:
     return out
 
 
-def _gateway_rows() -> list[overview.ProvisionedGateway]:
+def _gateway_rows(paging: lists.Paging | None = None, only: str | None = None
+                  ) -> lists.Page[overview.ProvisionedGateway]:
     c = central()
-    return overview.provisioned_gateways(c.registry, c.ledger)
+    return overview.provisioned_gateways(c.registry, c.ledger, paging, only)
+
+
+def _paging() -> lists.Paging:
+    """The list's page and search (central/lists.py); a wrong value shows the first page."""
+    try:
+        return lists.Paging.parse(request.args, default_limit=GATEWAYS_PAGE)
+    except PayloadError:
+        return lists.Paging(limit=GATEWAYS_PAGE)
 
 
 def _no_store(resp: Response) -> Response:
@@ -147,12 +157,13 @@ def gateways() -> Any:
 
 
 def _gateways_page(error: str | None = None, form: dict[str, str] | None = None, status: int = 200) -> Any:
-    rows = _gateway_rows()
-    schools = [p["id"] for p in prov.places(_reg())]
+    paging = _paging()
+    page = _gateway_rows(paging)
+    rows = page.items
+    schools = lists.school_ids(_reg().db)
     return render_template("prov_gateways.html", tab="gateways", gateways=rows, schools=schools, error=error,
                            form=form or {}, mqtt_ready=_client() is not None, push_runs=prov.push_runs(_reg(), 5),
-                           unpushed=sum(1 for r in rows if r.pushed != r.config_version
-                                        and r.applied != r.config_version)), status
+                           total=page.total, paging=paging, unpushed=lists.unpushed_count(_reg().db)), status
 
 
 @bp.post("/gateways")
@@ -190,7 +201,7 @@ def gateway(gateway: str) -> Any:
 
 def _gateway_page(gateway: str, error: str | None = None, form: dict[str, str] | None = None,
                   status: int = 200) -> Any:
-    row = next((r for r in _gateway_rows() if r.id == gateway), None)
+    row = next(iter(_gateway_rows(only=gateway).items), None)
     if row is None:
         return render_template("error.html", status=404, message=f"no gateway {gateway!r}"), 404
     return render_template("prov_gateway.html", tab="gateways", gw=row, profiles=_profiles(), address_form=ADDRESS_FORM,
@@ -303,8 +314,11 @@ def push_all() -> Any:
         audit("provision.push", "push all: no MQTT connection", ok=False)
         return _gateways_page(error="this web app has no MQTT connection (start it with --mqtt) and cannot push",
                               status=400)
-    todo = [row.id for row in _gateway_rows()
-            if row.pushed != row.config_version and row.applied != row.config_version]
+    todo, offset, total = [], 0, 1
+    while offset < total:  # every registered gateway, a page at a time
+        page = _gateway_rows(lists.Paging(limit=lists.MAX_LIMIT, offset=offset))
+        todo += [row.id for row in page.items if row.pushed != row.config_version and row.applied != row.config_version]
+        offset, total = offset + lists.MAX_LIMIT, page.total
     if not todo:
         flash("Nothing to push: every gateway is up to date.")
         return redirect(url_for("provisioning.gateways"))
@@ -453,6 +467,6 @@ def broker() -> Any:
             error = str(exc)
     reg = _reg()
     return render_template("prov_broker.html", tab="broker", target=target, written=written, error=error,
-                           gateways=len(reg.gateways()), accounts=broker_config.SERVICE_ACCOUNTS,
+                           gateways=lists.gateway_count(reg.db), accounts=broker_config.SERVICE_ACCOUNTS,
                            district=district_text), \
         400 if error else 200

@@ -134,9 +134,9 @@ def test_the_accessor_refuses_an_app_not_made_by_create_app() -> None:
 
 LEDGER_TABLES = ("gateways", "seen", "events", "commands", "latest", "ingest_workers")
 LEDGER_SQL = re.compile(r"\b(?:FROM|JOIN|INTO|UPDATE|TABLE)\s+(?:" + "|".join(LEDGER_TABLES) + r")\b")
-# The modules that own the ledger's tables: the ledger, its acknowledgements, the tables' definitions
-# and the migrations that make and change them.
-LEDGER_OWNERS = ("central/ledger.py", "central/acks.py", "central/tables.py")
+# The modules that own the ledger's tables: the ledger, its acknowledgements, the tables' definitions,
+# the paged lists that join them with the registry's in SQL, and the migrations that make and change them.
+LEDGER_OWNERS = ("central/ledger.py", "central/acks.py", "central/tables.py", "central/lists.py")
 LEDGER_TABLES_IMPORT = re.compile(r"^\s*(?:from\s+central\.tables\s+import|from\s+central\s+import\s+tables|"
                                   r"import\s+central\.tables)", re.MULTILINE)
 

@@ -141,12 +141,26 @@
           (c.not_installed ? `<span class="hchip" id="not-installed">Not installed yet: <b>${c.not_installed}</b></span>` : ""));
         render("rooms", data.rooms.map(r => room(r, data.now)).join("") ||
           `<p class="card">No room matches these filters${form.elements.problem.value ? " — no problems of this kind right now" : ""}.</p>`);
+        // A page of the rooms, problems first (central/lists.py); the others a click away.
+        const last = Math.min(data.offset + data.limit, data.total);
+        render("pager", data.total > data.limit || data.offset ? `<span class="muted" data-total="${data.total}">${
+          data.total ? `${data.offset + 1}–${last} of ${data.total} rooms` : ""}</span>` +
+          (data.offset > 0 ? ` <button type="button" data-offset="${Math.max(0, data.offset - data.limit)}">← Previous</button>` : "") +
+          (last < data.total ? ` <button type="button" data-offset="${last}">Next →</button>` : "") : "");
         setAlarmCount(c.unacked);
         setUpdated(`Updated ${clock(Date.now() / 1000)} · refreshes every 5 s`);
       } catch (e) { setUpdated("Cannot reach the server: " + e.message, true); }
     }
     const now = poll(refresh, 5000);
-    form.addEventListener("change", () => {
+    document.getElementById("pager").addEventListener("click", ev => {
+      const b = ev.target.closest("button[data-offset]");
+      if (!b) return;
+      form.elements.offset.value = b.dataset.offset === "0" ? "" : b.dataset.offset;
+      history.replaceState(null, "", "?" + query());
+      now();
+    });
+    form.addEventListener("change", ev => {
+      if (ev.target !== form.elements.offset) form.elements.offset.value = "";  // a new filter: its first page
       syncBuildings();
       history.replaceState(null, "", "?" + query());
       now();

@@ -1,4 +1,5 @@
-/* The rooms board (rooms.html): polls /api/gateways and /api/devices every 3 s and redraws the cards.
+/* The rooms board (rooms.html): polls a page of /api/gateways (PAGE rooms from ?offset=, matching ?q=) and
+ * those rooms' /api/devices every 3 s and redraws the cards; X-Total-Count tells whether there is a next page.
  * A file, not an inline script, so the Content-Security-Policy can forbid inline scripts (dashboards/security.py).
  */
 (() => {
@@ -6,10 +7,28 @@
   const UNITS = {temperature_c: "°C", humidity_pct: "%RH", co2_ppm: "ppm", pm25_ugm3: "µg/m³",
                  illuminance_lux: "lx", noise_dba: "dB(A)", people_count: "people", lamp_hours: "h", volume: ""};
   function esc(s) { return String(s).replace(/[&<>"']/g, c => ({"&":"&amp;","<":"&lt;",">":"&gt;",'"':"&quot;","'":"&#39;"}[c])); }
+  const PAGE = 24;
+  const params = new URLSearchParams(location.search);
+  const offset = Math.max(0, parseInt(params.get("offset") || "0", 10) || 0);
+  const q = params.get("q") || "";
+  function link(to) {
+    const p = new URLSearchParams({offset: String(Math.max(0, to))});
+    if (q) p.set("q", q);
+    return "?" + p.toString();
+  }
   async function refresh() {
     try {
-      const [gws, devs] = await Promise.all([fetch("/api/gateways").then(r => r.json()),
-                                             fetch("/api/devices").then(r => r.json())]);
+      const list = await fetch(`/api/gateways?${new URLSearchParams({limit: String(PAGE), offset: String(offset), q})}`);
+      const gws = await list.json();
+      const total = parseInt(list.headers.get("X-Total-Count") || "0", 10);
+      const devs = gws.length ? await fetch(`/api/devices?${new URLSearchParams(
+        {gateway: gws.map(gw => gw.id).join(","), limit: "1000"})}`).then(r => r.json()) : [];
+      const pager = document.getElementById("pager");
+      if (pager) {
+        pager.innerHTML = `<span class="muted" data-total="${total}">${total ? `${offset + 1}–${Math.min(offset + PAGE, total)} of ${total} rooms` : ""}</span>
+          ${offset > 0 ? `<a rel="prev" href="${link(offset - PAGE)}">← Previous</a>` : ""}
+          ${offset + PAGE < total ? `<a rel="next" href="${link(offset + PAGE)}">Next →</a>` : ""}`;
+      }
       const html = gws.map(gw => {
         const mine = devs.filter(d => d.gateway === gw.id);
         const rows = mine.map(d => {

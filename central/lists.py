@@ -1,0 +1,506 @@
+"""Paged lists: the reads that join the ledger's tables with the registry's, in SQL, a page at a time.
+
+A district has thousands of rooms. Every list a page or an API call shows (gateways, devices, the board,
+schools) used to load all of them and filter in Python: seconds per request and megabytes per answer
+(issue 19). Here each list is one counted, ordered, LIMIT/OFFSET query over the central database, where
+the ledger (what gateways said) and the registry (what IT registered) live side by side; the caller then
+reads the details of the page's rows only. The number of statements a request runs does not grow with
+the number of rooms (tests/test_paging.py counts them).
+
+This module owns SQL over the ledger's tables besides central/ledger.py (tests/test_service.py names its
+owners): the joins are here so that neither the ledger nor the registry knows the other's tables.
+
+Strings sort in code-point order on both engines (PostgreSQL's own order is the cluster's locale: the
+`C` collation is asked for), so a page holds the same rows on SQLite and PostgreSQL.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, Generic, TypeVar
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    ColumnElement,
+    Integer,
+    Select,
+    String,
+    and_,
+    case,
+    cast,
+    collate,
+    exists,
+    false,
+    func,
+    literal,
+    not_,
+    null,
+    or_,
+    select,
+    true,
+    union_all,
+)
+
+from campus.errors import PayloadError
+from central.db import Database
+from central.registry import Alarm, AuditRecord, Building, Device, Gateway, Room, School
+from central.registry import AlarmRule as AlarmKind
+from central.tables import commands as commands_t
+from central.tables import events as events_t
+from central.tables import gateways as gw_t
+from central.tables import latest as latest_t
+
+T = TypeVar("T")
+
+DEFAULT_LIMIT = 100
+MAX_LIMIT = 1000
+# Far beyond any list (and within a 32-bit integer): a larger offset is a typo or a probe.
+MAX_OFFSET = 1_000_000_000
+Q_MAX = 100
+
+
+@dataclass(frozen=True)
+class Paging:
+    """Which slice of a list to answer: `limit` rows from `offset`, those matching `q` (a substring of
+    the names and ids, case-insensitive for ASCII; None: all)."""
+    limit: int = DEFAULT_LIMIT
+    offset: int = 0
+    q: str | None = None
+
+    @classmethod
+    def parse(cls, args: Mapping[str, str], default_limit: int = DEFAULT_LIMIT,
+              max_limit: int = MAX_LIMIT) -> Paging:
+        """From query parameters: a missing or empty value takes its default; anything else that is not
+        one raises PayloadError naming the parameter (a 400), never reaching SQL."""
+        def whole(name: str, default: int, low: int, high: int) -> int:
+            raw = args.get(name)
+            if raw is None or raw == "":
+                return default
+            if not raw.isascii() or not raw.isdigit() or len(raw) > 12 or not low <= int(raw) <= high:
+                raise PayloadError(f"query parameter {name!r} must be a whole number from {low} to {high}, "
+                                   f"got {raw[:40]!r}")
+            return int(raw)
+
+        q = args.get("q") or None
+        if q is not None:
+            if len(q) > Q_MAX:
+                raise PayloadError(f"query parameter 'q' is at most {Q_MAX} characters, got {len(q)}")
+            # PostgreSQL refuses a NUL in a statement outright; no name holds a control character.
+            if not q.isprintable():
+                raise PayloadError("query parameter 'q' must not hold control characters")
+            q = q.strip() or None
+        return cls(whole("limit", default_limit, 1, max_limit), whole("offset", 0, 0, MAX_OFFSET), q)
+
+
+def name_arg(args: Mapping[str, str], name: str) -> str | None:
+    """A name compared in SQL (a school, a gateway), None if absent; PayloadError naming the parameter if
+    no name can be it (PostgreSQL refuses a NUL in a statement: a 503 instead of a 400)."""
+    raw = args.get(name) or None
+    if raw is not None and (len(raw) > Q_MAX or not raw.isprintable()):
+        raise PayloadError(f"query parameter {name!r} must be a name of at most {Q_MAX} printable characters")
+    return raw
+
+
+@dataclass
+class Page(Generic[T]):
+    """One page of a list and how many rows the whole (filtered) list has: the `X-Total-Count`."""
+    items: list[T]
+    total: int
+
+
+def like(q: str) -> str:
+    """`q` as a LIKE pattern matching it anywhere, its `%`, `_` and `\\` taken literally (ESCAPE '\\')."""
+    return "%" + q.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
+
+
+def matches(q: str | None, *columns: Any) -> ColumnElement[bool]:
+    """Any of `columns` holds `q` (case-insensitive); true when there is no `q`."""
+    if not q:
+        return true()
+    pattern = like(q)
+    return or_(*(func.lower(c).like(func.lower(literal(pattern)), escape="\\") for c in columns))
+
+
+def ordered(db: Database, column: Any) -> Any:
+    """`column` to sort by in code-point order on either engine."""
+    return collate(column, "C") if db.dialect == "postgresql" else column
+
+
+def page_of(db: Database, query: Select[Any], order: list[Any], paging: Paging, what: str) -> tuple[list[Any], int]:
+    """The rows of `query` in `order` for `paging`, and the count of all of them: two statements."""
+    sub = query.subquery()
+    with db.read(f"cannot read the {what}") as conn:
+        total = conn.execute(select(func.count()).select_from(sub)).scalar_one()
+        rows = conn.execute(query.order_by(*order).limit(paging.limit).offset(paging.offset)).all()
+    return list(rows), total
+
+
+# ---------------------------------------------------------------- reported devices (the ledger's state JSON)
+
+
+def reported_devices(db: Database) -> Any:
+    """The devices of a gateway's last state (`{"devices": {id: {profile, kind, status}}}` in gateways.state),
+    as a table-valued function with columns `key` (the device id) and `value`; correlated to `gateways`."""
+    if db.dialect == "sqlite":
+        return func.json_each(gw_t.c.state, "$.devices").table_valued("key", "value").alias("dev")
+    return func.json_each(cast(gw_t.c.state, JSON)["devices"]).table_valued("key", "value").alias("dev")
+
+
+def device_field(db: Database, dev: Any, name: str) -> Any:
+    if db.dialect == "sqlite":
+        return func.json_extract(dev.c.value, f"$.{name}")
+    return dev.c.value.op("->>")(literal(name))
+
+
+def _reported_status(db: Database, status: str) -> ColumnElement[bool]:
+    """The gateway's last state has a device with this status (correlated to `gateways`)."""
+    dev = reported_devices(db)
+    return exists(select(literal(1)).select_from(dev).where(device_field(db, dev, "status") == status)
+                  .correlate(gw_t))
+
+
+def _never_reported(db: Database, gateway_id: Any) -> ColumnElement[bool]:
+    """A device provisioned on the gateway that its last state does not list."""
+    dev = reported_devices(db)
+    return exists(select(literal(1)).select_from(Device).where(
+        Device.gateway_id == gateway_id,
+        not_(exists(select(literal(1)).select_from(dev).where(dev.c.key == Device.device_id).correlate(gw_t)))))
+
+
+# ---------------------------------------------------------------- every gateway, registered or reporting
+
+
+def places(db: Database) -> Any:
+    """Every gateway the registry has or the ledger heard of, with its school, room and building: the
+    registry's place where there is one, else what the gateway said."""
+    registered = (select(Gateway.id.label("id"), Gateway.school_id.label("school"),
+                         func.coalesce(Room.name, gw_t.c.room, "").label("room"),
+                         func.coalesce(Building.name, "").label("building"),
+                         Building.id.label("building_id"), literal(True).label("registered"))
+                  .select_from(Gateway).outerjoin(Room, Gateway.room_id == Room.id)
+                  .outerjoin(Building, Room.building_id == Building.id)
+                  .outerjoin(gw_t, gw_t.c.id == Gateway.id))
+    reporting = (select(gw_t.c.id, gw_t.c.school, gw_t.c.room, literal(""), cast(null(), Integer),
+                        literal(False))
+                 .where(not_(exists(select(Gateway.id).where(Gateway.id == gw_t.c.id)))))
+    return union_all(registered, reporting).subquery("places")
+
+
+@dataclass(frozen=True)
+class Scope:
+    """What a list is narrowed to: the gateways a person may see (None: every one), a school, a building."""
+    gateways: tuple[str, ...] | None = None
+    school: str | None = None
+    building: int | None = None
+
+
+def _scoped(p: Any, scope: Scope) -> list[ColumnElement[bool]]:
+    where: list[ColumnElement[bool]] = []
+    if scope.gateways is not None:
+        where.append(p.c.id.in_(scope.gateways) if scope.gateways else false())
+    if scope.school:
+        where.append(p.c.school == scope.school)
+    if scope.building is not None:
+        where.append(p.c.building_id == scope.building)
+    return where
+
+
+def gateway_ids(db: Database, paging: Paging, scope: Scope = Scope()) -> Page[str]:
+    """The ids of a page of gateways (registered or reporting), by school then id, matching `q` in the id,
+    school, room or building."""
+    p = places(db)
+    query = select(p.c.id, p.c.school).where(
+        *_scoped(p, scope), matches(paging.q, p.c.id, p.c.school, p.c.room, p.c.building))
+    rows, total = page_of(db, query, [ordered(db, p.c.school), ordered(db, p.c.id)], paging, "gateways")
+    return Page([r.id for r in rows], total)
+
+
+def registered_ids(db: Database, paging: Paging) -> Page[str]:
+    """The ids of a page of registered gateways, by school then id, matching `q` in the id, school, room,
+    building or MQTT user name."""
+    query = (select(Gateway.id, Gateway.school_id).outerjoin(Room, Gateway.room_id == Room.id)
+             .outerjoin(Building, Room.building_id == Building.id)
+             .where(matches(paging.q, Gateway.id, Gateway.school_id, Room.name, Building.name, Gateway.mqtt_username)))
+    rows, total = page_of(db, query, [ordered(db, Gateway.school_id), ordered(db, Gateway.id)], paging, "gateways")
+    return Page([r.id for r in rows], total)
+
+
+def unpushed_count(db: Database) -> int:
+    """Registered gateways whose device list version is neither pushed nor applied (what "Push all
+    changed" would push): one statement."""
+    from central.provisioning import ConfigPush
+
+    if db.dialect == "sqlite":
+        applied = func.json_extract(gw_t.c.state, "$.config_version") == Gateway.config_version
+    else:
+        applied = cast(gw_t.c.state, JSON).op("->>")(literal("config_version")) == cast(Gateway.config_version,
+                                                                                           String)
+    query = (select(func.count()).select_from(Gateway)
+             .outerjoin(ConfigPush, ConfigPush.gateway_id == Gateway.id).outerjoin(gw_t, gw_t.c.id == Gateway.id)
+             .where(or_(ConfigPush.version.is_(None), ConfigPush.version != Gateway.config_version),
+                    not_(func.coalesce(applied, False))))
+    with db.read("cannot count the gateways to push") as conn:
+        return conn.execute(query).scalar_one()
+
+
+# ---------------------------------------------------------------- the board: problems first
+
+
+BOARD_PROBLEMS = ("offline", "fault", "alarm")
+
+
+def _problem_columns(db: Database, p: Any) -> dict[str, Any]:
+    """Per gateway of `places`: whether it is offline, has a faulty device, has open alarms (the rules
+    of central/overview.py `board`, in SQL)."""
+    installed = gw_t.c.id.is_not(None)
+    offline = and_(installed, or_(gw_t.c.online.is_(False), _reported_status(db, "offline"),
+                                  _never_reported(db, p.c.id)))
+    fault = and_(installed, gw_t.c.online.is_(True), _reported_status(db, "fault"))
+    alarm = exists(select(Alarm.id).where(Alarm.gateway == p.c.id, Alarm.cleared_at.is_(None)))
+    return {"offline": offline, "fault": fault, "alarm": alarm}
+
+
+def _state_field(db: Database, *path: str) -> Any:
+    """A field of the gateway's last state (gateways.state, JSON text)."""
+    if db.dialect == "sqlite":
+        return func.json_extract(gw_t.c.state, "$." + ".".join(path))
+    doc: Any = cast(gw_t.c.state, JSON)
+    for part in path[:-1]:
+        doc = doc.op("->")(literal(part))
+    return doc.op("->>")(literal(path[-1]))
+
+
+def board_ids(db: Database, paging: Paging, scope: Scope = Scope(),
+              problem: str | None = None) -> tuple[Page[str], dict[str, int]]:
+    """A page of the board's rooms, those with a problem first (then by school, building and room), and
+    the counts of every room in sight (`scope.gateways`) before the filters: rooms, not installed, per
+    problem, and unacknowledged open alarms. Three statements."""
+    p = places(db)
+    cols = _problem_columns(db, p)
+    flags = {name: case((expr, 1), else_=0) for name, expr in cols.items()}
+    # The gateway's own disk full or failing: a problem to show first, not one the board counts.
+    storage = func.coalesce(_state_field(db, "storage", "status"), "ok") != "ok"
+    base = (select(p.c.id, p.c.school, p.c.building, p.c.room, *(v.label(k) for k, v in flags.items()),
+                   case((gw_t.c.id.is_(None), 1), else_=0).label("uninstalled"))
+            .select_from(p).outerjoin(gw_t, gw_t.c.id == p.c.id))
+    counted = base.where(*_scoped(p, Scope(scope.gateways))).subquery("counted")
+    unacked = select(func.count()).select_from(Alarm).where(Alarm.cleared_at.is_(None), Alarm.acked_at.is_(None))
+    if scope.gateways is not None:
+        unacked = unacked.where(Alarm.gateway.in_(scope.gateways) if scope.gateways else false())
+    with db.read("cannot count the board's rooms") as conn:
+        row = conn.execute(select(func.count(), *(func.coalesce(func.sum(counted.c[k]), 0) for k in flags),
+                                  func.coalesce(func.sum(counted.c.uninstalled), 0),
+                                  unacked.scalar_subquery()).select_from(counted)).one()
+    counts = {**{k: int(v) for k, v in zip(flags, row[1:-2], strict=True)}, "rooms": row[0],
+              "unacked": int(row[-1]), "not_installed": int(row[-2])}
+    base = base.where(*_scoped(p, scope))
+    query = base.where(matches(paging.q, p.c.id, p.c.school, p.c.room, p.c.building))
+    if problem == "any":
+        query = query.where(or_(storage, *cols.values()))
+    elif problem:
+        query = query.where(cols[problem])
+    any_problem = case((or_(storage, *cols.values()), 0), else_=1)
+    # Rooms whose name is a number sort by its value ("9" before "10"), as the board always did.
+    if db.dialect == "postgresql":
+        numeric = p.c.room.regexp_match("^[0-9]{1,12}$")
+    else:
+        numeric = and_(p.c.room != "", not_(p.c.room.op("GLOB", is_comparison=True)("*[^0-9]*")),
+                       func.length(p.c.room) <= 12)
+    number = case((numeric, cast(p.c.room, BigInteger)), else_=0)
+    numeric = case((numeric, 0), else_=1)
+    order = [any_problem, ordered(db, p.c.school), ordered(db, p.c.building), numeric, number,
+             ordered(db, p.c.room), ordered(db, p.c.id)]
+    rows, total = page_of(db, query, order, paging, "board")
+    return Page([r.id for r in rows], total), counts
+
+
+# ---------------------------------------------------------------- devices (reported, as /api/devices lists them)
+
+
+def reported_device_keys(db: Database, paging: Paging, gateways: tuple[str, ...] | None = None
+                         ) -> Page[tuple[str, str]]:
+    """A page of (gateway, device) of the devices the agents reported, by gateway then device, matching `q`
+    in the gateway, device, profile, kind or school."""
+    dev = reported_devices(db)
+    profile, kind = device_field(db, dev, "profile"), device_field(db, dev, "kind")
+    query = select(gw_t.c.id, dev.c.key).select_from(gw_t.join(dev, true()))
+    if gateways is not None:
+        query = query.where(gw_t.c.id.in_(gateways) if gateways else false())
+    query = query.where(matches(paging.q, gw_t.c.id, dev.c.key, profile, kind, gw_t.c.school))
+    rows, total = page_of(db, query, [ordered(db, gw_t.c.school), ordered(db, gw_t.c.id),
+                                      ordered(db, dev.c.key)], paging, "devices")
+    return Page([(r[0], r[1]) for r in rows], total)
+
+
+# ---------------------------------------------------------------- events, commands, audit, alarms
+
+
+def events(db: Database, paging: Paging, gateway: str | None = None, type_: str | None = None,
+           since: float | None = None, gateways: tuple[str, ...] | None = None) -> Page[dict[str, Any]]:
+    """Events newest first, matching `q` in the gateway, device or type."""
+    import json
+
+    e = events_t.c
+    query = select(e.gateway, e.device, e.seq, e.ts, e.type, e.data)
+    if gateway is not None:
+        query = query.where(e.gateway == gateway)
+    if gateways is not None:
+        query = query.where(e.gateway.in_(gateways) if gateways else false())
+    if type_ is not None:
+        query = query.where(e.type == type_)
+    if since is not None:
+        query = query.where(e.ts >= since)
+    query = query.where(matches(paging.q, e.gateway, e.device, e.type))
+    rows, total = page_of(db, query, [e.ts.desc(), e.gateway, e.seq.desc()], paging, "events")
+    return Page([{"gateway": g, "device": d, "seq": s, "ts": ts, "type": t, "data": json.loads(data)}
+                 for g, d, s, ts, t, data in rows], total)
+
+
+def command_ids(db: Database, paging: Paging, gateway: str | None = None,
+                gateways: tuple[str, ...] | None = None) -> Page[str]:
+    """Command ids newest first, matching `q` in the id, gateway, device, action, status or who sent it."""
+    c = commands_t.c
+    query = select(c.id, c.created)
+    if gateway:
+        query = query.where(c.gateway == gateway)
+    if gateways is not None:
+        query = query.where(c.gateway.in_(gateways) if gateways else false())
+    query = query.where(matches(paging.q, c.id, c.gateway, c.device, c.action, c.status, c.by))
+    rows, total = page_of(db, query, [c.created.desc(), c.id], paging, "commands")
+    return Page([r.id for r in rows], total)
+
+
+def audit(db: Database, paging: Paging) -> Page[dict[str, Any]]:
+    """The audit trail newest first, matching `q` in the user, action, detail or address."""
+    a = AuditRecord
+    query = select(a.ts, a.user, a.action, a.detail, a.ok, a.remote).where(
+        matches(paging.q, a.user, a.action, a.detail, a.remote))
+    rows, total = page_of(db, query, [a.id.desc()], paging, "audit trail")
+    return Page([{"ts": ts, "user": user, "action": action, "detail": detail, "ok": ok, "remote": remote}
+                 for ts, user, action, detail, ok, remote in rows], total)
+
+
+def alarm_ids(db: Database, paging: Paging, state: str = "open", gateway: str | None = None,
+              gateways: tuple[str, ...] | None = None) -> Page[int]:
+    """Alarm ids newest first, `open` (not cleared), `history` (cleared) or `all`, matching `q` in the
+    gateway, device or message."""
+    query = select(Alarm.id, Alarm.raised_at)
+    if state == "open":
+        query = query.where(Alarm.cleared_at.is_(None))
+    elif state == "history":
+        query = query.where(Alarm.cleared_at.is_not(None))
+    elif state != "all":
+        raise PayloadError(f"state must be open, history or all, got {state[:20]!r}")
+    if gateway:
+        query = query.where(Alarm.gateway == gateway)
+    if gateways is not None:
+        query = query.where(Alarm.gateway.in_(gateways) if gateways else false())
+    query = query.where(matches(paging.q, Alarm.gateway, Alarm.device, Alarm.message))
+    rows, total = page_of(db, query, [Alarm.raised_at.desc(), Alarm.id.desc()], paging, "alarms")
+    return Page([r.id for r in rows], total)
+
+
+def gateway_count(db: Database) -> int:
+    """How many gateways are registered."""
+    with db.read("cannot count the gateways") as conn:
+        return conn.execute(select(func.count()).select_from(Gateway)).scalar_one()
+
+
+def school_ids(db: Database) -> list[str]:
+    with db.read("cannot read the schools") as conn:
+        return sorted(conn.execute(select(School.id)).scalars())
+
+
+# ---------------------------------------------------------------- the district: one row per school
+
+
+SCHOOL_SORTS = ("school", "rooms", "online", "offline", "alarms", "faults", "lamps_due", "filters_due")
+
+
+@dataclass(frozen=True)
+class SchoolRow:
+    """A school rolled up: its rooms (gateways registered or reporting), how many gateways are online,
+    open alarms (active: not yet acknowledged; by rule kind), devices in fault, projector lamps past the
+    limit (open lamp alarms) and filters reported due (`error_filter` warning or error)."""
+    school: str
+    name: str
+    rooms: int
+    gateways: int
+    online: int
+    offline: int
+    alarms: int
+    alarms_active: int
+    alarms_acknowledged: int
+    alarms_by_kind: dict[str, int]
+    faults: int
+    lamps_due: int
+    filters_due: int
+
+
+def schools(db: Database, paging: Paging, sort: str = "school", descending: bool = False,
+            problems_only: bool = False, schools_in: tuple[str, ...] | None = None) -> Page[SchoolRow]:
+    """One row per school (those matching `q` in the id or name), sorted by `sort` (one of SCHOOL_SORTS),
+    paged; four statements whatever the number of schools and rooms."""
+    if sort not in SCHOOL_SORTS:
+        raise PayloadError(f"query parameter 'sort' must be one of {', '.join(SCHOOL_SORTS)}, got {sort[:40]!r}")
+    p = places(db)
+    dev = reported_devices(db)
+    faults = (select(func.count()).select_from(dev).where(device_field(db, dev, "status") == "fault")
+              .correlate(gw_t).scalar_subquery())
+    per_gateway = (select(p.c.id, p.c.school,
+                          case((gw_t.c.online.is_(True), 1), else_=0).label("online"),
+                          case((and_(gw_t.c.id.is_not(None), gw_t.c.online.is_(False)), 1), else_=0).label("offline"),
+                          case((gw_t.c.online.is_(True), faults), else_=0).label("faults"))
+                   .select_from(p).outerjoin(gw_t, gw_t.c.id == p.c.id).subquery("per_gateway"))
+    open_alarms = (select(p.c.school, func.count().label("alarms"),
+                          func.sum(case((Alarm.acked_at.is_(None), 1), else_=0)).label("active"),
+                          func.sum(case((AlarmKind.kind == "lamp_hours_above", 1), else_=0)).label("lamps"))
+                   .select_from(Alarm).join(p, p.c.id == Alarm.gateway).join(AlarmKind, AlarmKind.id == Alarm.rule_id)
+                   .where(Alarm.cleared_at.is_(None)).group_by(p.c.school).subquery("open_alarms"))
+    filters = (select(p.c.school, func.count(func.distinct(latest_t.c.gateway + "/" + latest_t.c.device))
+                      .label("filters"))
+               .select_from(latest_t).join(p, p.c.id == latest_t.c.gateway)
+               .where(latest_t.c.metric == "error_filter", latest_t.c.value.in_(['"warning"', '"error"']))
+               .group_by(p.c.school).subquery("filters"))
+    rooms = (select(per_gateway.c.school, func.count().label("rooms"), func.sum(per_gateway.c.online).label("online"),
+                    func.sum(per_gateway.c.offline).label("offline"), func.sum(per_gateway.c.faults).label("faults"))
+             .group_by(per_gateway.c.school).subquery("rooms"))
+    names = select(School.id.label("school"), School.name.label("name"))
+    unknown = select(rooms.c.school, rooms.c.school).where(not_(exists(select(School.id).where(
+        School.id == rooms.c.school))))
+    every = union_all(names, unknown).subquery("every")
+    columns = {
+        "school": every.c.school, "name": every.c.name,
+        "rooms": func.coalesce(rooms.c.rooms, 0), "online": func.coalesce(rooms.c.online, 0),
+        "offline": func.coalesce(rooms.c.offline, 0), "faults": func.coalesce(rooms.c.faults, 0),
+        "alarms": func.coalesce(open_alarms.c.alarms, 0), "active": func.coalesce(open_alarms.c.active, 0),
+        "lamps_due": func.coalesce(open_alarms.c.lamps, 0), "filters_due": func.coalesce(filters.c.filters, 0)}
+    query = (select(*(v.label(k) for k, v in columns.items()))
+             .select_from(every).outerjoin(rooms, rooms.c.school == every.c.school)
+             .outerjoin(open_alarms, open_alarms.c.school == every.c.school)
+             .outerjoin(filters, filters.c.school == every.c.school)
+             .where(matches(paging.q, every.c.school, every.c.name)))
+    if schools_in is not None:
+        query = query.where(every.c.school.in_(schools_in) if schools_in else false())
+    if problems_only:
+        query = query.where(or_(columns["offline"] > 0, columns["alarms"] > 0, columns["faults"] > 0))
+    key = ordered(db, every.c.school) if sort == "school" else columns[sort]
+    order = [key.desc() if descending else key.asc(), ordered(db, every.c.school)]
+    rows, total = page_of(db, query, order, paging, "schools")
+    ids = [r.school for r in rows]
+    by_kind: dict[str, dict[str, int]] = {s: {} for s in ids}
+    if ids:
+        with db.read("cannot read the schools' alarms") as conn:
+            for school, kind, count in conn.execute(
+                    select(p.c.school, AlarmKind.kind, func.count()).select_from(Alarm)
+                    .join(p, p.c.id == Alarm.gateway).join(AlarmKind, AlarmKind.id == Alarm.rule_id)
+                    .where(Alarm.cleared_at.is_(None), p.c.school.in_(ids)).group_by(p.c.school, AlarmKind.kind)):
+                by_kind[school][kind] = count
+    return Page([SchoolRow(school=r.school, name=r.name or r.school, rooms=r.rooms, gateways=r.rooms,
+                           online=int(r.online), offline=int(r.offline), alarms=int(r.alarms),
+                           alarms_active=int(r.active), alarms_acknowledged=int(r.alarms) - int(r.active),
+                           alarms_by_kind=by_kind[r.school], faults=int(r.faults), lamps_due=int(r.lamps_due),
+                           filters_due=int(r.filters_due)) for r in rows], total)
+
