@@ -147,6 +147,11 @@ class Timetable:
     updated: float | None = None
     updated_by: str = ""
 
+    def __post_init__(self) -> None:
+        # In a canonical order: two timetables with the same periods and dates are equal, however given.
+        object.__setattr__(self, "periods", tuple(sorted(self.periods, key=lambda p: (p.weekday, p.start, p.number))))
+        object.__setattr__(self, "ranges", tuple(sorted(self.ranges, key=lambda r: (r.kind, r.first, r.last, r.name))))
+
     @property
     def zone(self) -> ZoneInfo:
         return ZoneInfo(self.timezone)
