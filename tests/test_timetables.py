@@ -227,6 +227,8 @@ def test_the_page_imports_csv_all_or_nothing_for_admins_only(app) -> None:
     saved = tts.load(central(app).registry, "s1")
     assert saved.periods == tts.from_document("s1", DOC).periods
     assert "08:00–08:45" in client.get("/health/timetables/s1").get_data(as_text=True)
+    listed = client.get("/health/timetables").get_data(as_text=True)
+    assert re.search(r">s1</a></td>\s*<td class=\"num\">16</td>", listed), listed
     assert client.post("/health/timetables/s1", data={"text": CSV_ZH}).status_code == 403  # no CSRF token
     resp = client.post("/health/timetables/s1", data={"csrf": csrf, "timezone": "Asia/Urumqi"})
     assert resp.status_code == 200 and tts.load(central(app).registry, "s1").timezone == "Asia/Urumqi"
