@@ -257,8 +257,10 @@ def usage_rate_xlsx() -> Any:
     sheet = book.active
     sheet.title = "usage rate"
     for row in report_table(report):
-        # A name a person typed that starts with = is text, not a formula a spreadsheet would run.
-        sheet.append([f"'{v}" if isinstance(v, str) and v.startswith(("=", "+", "-", "@")) else v for v in row])
+        sheet.append(row)
+        for cell in sheet[sheet.max_row]:
+            if isinstance(cell.value, str) and cell.value.startswith("="):
+                cell.data_type = "s"  # a name a person typed is text, never a formula the spreadsheet runs
     for cell in sheet["I"][1:]:
         cell.number_format = "0.0%"
     sheet.append([])
