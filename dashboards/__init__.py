@@ -24,7 +24,8 @@ if TYPE_CHECKING:  # imported when an app is made: nothing central is loaded by 
     from central.service import Central, CentralConfig
 
 # Blueprints of the people-facing areas, imported when present.
-AREAS = ("dashboards.panel", "dashboards.health", "dashboards.history_csv", "dashboards.provisioning")
+AREAS = ("dashboards.panel", "dashboards.health", "dashboards.history_csv", "dashboards.provisioning",
+         "dashboards.timetables")
 
 
 @dataclass

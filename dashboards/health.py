@@ -26,10 +26,8 @@ threads of `Central` (central/service.py; intervals `CAMPUS_ALARM_INTERVAL`,
 
 from __future__ import annotations
 
-import bisect
 import logging
 import time
-from collections.abc import Iterable, Iterator
 from datetime import date, datetime, timedelta
 from typing import Any
 
@@ -47,12 +45,12 @@ from flask import (
     url_for,
 )
 
-from campus import contract, names
+from campus import names
 from campus.errors import PayloadError
 from central import alarms as alarm_engine
 from central import lists, overview
 from central.registry import row_id
-from central.store.base import MAX_POINTS
+from central.usage import MAX_SAMPLE_GAP_S, POWER_KINDS, iter_points, on_intervals, overlap, power_state  # noqa: F401
 from dashboards.auth import add_nav, audit, login_required
 from dashboards.context import central
 
@@ -64,11 +62,8 @@ STAFF = ("admin", "facility")
 PROBLEMS = overview.PROBLEMS
 NOT_INSTALLED = overview.NOT_INSTALLED
 WINDOWS = {"1h": 3600, "24h": 24 * 3600, "7d": 7 * 24 * 3600}
-# Power samples further apart than this do not count as "on" in between (the gateway was silent).
-MAX_SAMPLE_GAP_S = 15 * 60
 USAGE_PAGE = 50  # rooms per page of /health/usage: each is read from the point store
 NIGHT = (22, 6)  # hours: on between 22:00 and 06:00 counts as "left on"
-POWER_KINDS = ("projector", "display")
 ENV_METRICS = (("temperature_c", "Temperature", "°C"), ("co2_ppm", "CO2", "ppm"),
                ("humidity_pct", "Humidity", "%RH"), ("pm25_ugm3", "PM2.5", "µg/m³"),
                ("noise_dba", "Noise", "dB(A)"), ("illuminance_lux", "Light", "lx"))
@@ -333,51 +328,6 @@ def room(gateway: str) -> Any:
 # ---------------------------------------------------------------- usage
 
 
-def power_state(value: float | str) -> str:
-    """A power sample as its state name (stores without strings give the enum index)."""
-    if isinstance(value, str):
-        return value
-    enum = contract.metric_enum("power") or ()
-    if float(value).is_integer() and 0 <= int(value) < len(enum):
-        return enum[int(value)]
-    return str(value)
-
-
-def on_intervals(points: Iterable[tuple[float, float | str]], start: float, end: float,
-                 max_gap: float = MAX_SAMPLE_GAP_S, on_states: tuple[str, ...] = ("on",)) -> list[tuple[float, float]]:
-    """Time spans, clipped to [start, end], during which the device was in an `on` state.
-
-    Each sample's state lasts until the next sample, but at most `max_gap` seconds (a silent
-    gateway says nothing about the time in between); overlapping spans are merged.
-    """
-    pts = sorted(points)
-    spans: list[tuple[float, float]] = []
-    for i, (ts, value) in enumerate(pts):
-        if power_state(value) not in on_states:
-            continue
-        nxt = pts[i + 1][0] if i + 1 < len(pts) else None
-        stop = ts + max_gap if nxt is None else min(nxt, ts + max_gap)
-        a, b = max(ts, start), min(stop, end)
-        if b <= a:
-            continue
-        if spans and a <= spans[-1][1]:
-            spans[-1] = (spans[-1][0], max(spans[-1][1], b))
-        else:
-            spans.append((a, b))
-    return spans
-
-
-def overlap(spans: list[tuple[float, float]], a: float, b: float) -> float:
-    """Seconds of the (sorted, disjoint) spans inside [a, b]."""
-    total = 0.0
-    i = max(0, bisect.bisect_right([s[1] for s in spans], a))
-    for s, e in spans[i:]:
-        if s >= b:
-            break
-        total += max(0.0, min(e, b) - max(s, a))
-    return total
-
-
 def week_bounds(week: date) -> list[float]:
     """Unix times of the local midnights of the week starting on `week` (8 values)."""
     return [datetime.combine(week + timedelta(days=i), datetime.min.time()).timestamp() for i in range(8)]
@@ -401,36 +351,6 @@ def usage_for(spans: list[tuple[float, float]], week: date) -> dict[str, Any]:
     night = sum(overlap(spans, max(a, lo), min(b, hi)) for a, b in night_windows(week) if min(b, hi) > max(a, lo))
     return {"days": [round(h, 2) for h in days], "total": round(sum(days), 2), "night": round(night / 3600, 2)}
 
-
-def iter_points(store: Any, gateway: str, device: str, metric: str, start: float, end: float,
-                chunk: float = 6 * 3600, limit: int = MAX_POINTS) -> Iterator[tuple[float, float | str]]:
-    """Every raw point of a series in [start, end], oldest first, a `chunk` of time at a time.
-
-    A store answers at most `limit` points of a window, the newest: each chunk is paged back from its end
-    (so only one chunk's points are held at once) and handed out oldest first.
-    """
-    limit = max(2, limit)  # a page of one would be the point at its end again and again
-    a = start
-    while a <= end:
-        b = min(end, a + chunk)
-        last = b >= end  # chunks are [a, b), the last one [a, end]
-        pages: list[list[tuple[float, float | str]]] = []
-        top = b
-        while True:
-            page = store.query(gateway, device, metric, a, top, limit)
-            full = len(page) >= limit
-            # The window's end is included: drop the point at `top` a page before already gave, and the
-            # next chunk's first point.
-            page = [p for p in page if p[0] < top or (last and not pages)]
-            pages.append(page)
-            if not full or not page:
-                break
-            top = page[0][0]
-        for page in reversed(pages):
-            yield from page
-        if last:
-            break
-        a = b
 
 def parse_week(raw: str | None, today: date | None = None) -> date:
     """The Monday of an ISO week "YYYY-Www" (default: this week); ValueError with a readable message."""

@@ -141,5 +141,46 @@ def document() -> dict[str, Any]:
             "/api/audit": {"get": _paged(_get("Audit trail, newest first: logins, refusals, commands (admin)",
                                               schema=arr), 200)},
             "/api/openapi.json": {"get": _get("This document", auth=False)},
+            **_timetables(),
         },
     }
+
+
+def _timetables() -> dict[str, Any]:
+    """School timetables and the usage rate (dashboards/timetables.py)."""
+    hhmm = {"type": "string", "pattern": "^([01]?[0-9]|2[0-3]):[0-5][0-9]$", "description": "local time HH:MM"}
+    day = {"type": "string", "format": "date", "description": "YYYY-MM-DD"}
+    weekday = {"type": "integer", "minimum": 1, "maximum": 7, "description": "Monday 1 .. Sunday 7"}
+    span = {"type": "object", "required": ["start"], "additionalProperties": False,
+            "properties": {"name": {"type": "string"}, "start": day, "end": day}}
+    timetable = {"type": "object", "additionalProperties": False, "properties": {
+        "school": {"type": "string"}, "timezone": {"type": "string", "description": "IANA name; Asia/Shanghai"},
+        "periods": {"type": "array", "maxItems": 140, "items": {
+            "type": "object", "required": ["weekday", "number", "start", "end"], "additionalProperties": False,
+            "properties": {"weekday": weekday, "number": {"type": "integer", "minimum": 1, "maximum": 20},
+                           "name": {"type": "string"}, "start": hhmm, "end": hhmm}}},
+        "terms": {"type": "array", "items": span}, "holidays": {"type": "array", "items": span},
+        "workdays": {"type": "array", "items": {**span, "required": ["start", "follows"], "properties": {
+            **span["properties"], "follows": weekday}}},
+        "updated": {"type": ["number", "null"]}, "updated_by": {"type": "string"}}}
+    school = [("school", "path", True)]
+    get = _get("A school's timetable (作息时间表): class periods per weekday, terms, holidays, make-up working days "
+               "(facility, admin)", school, timetable)
+    get["responses"]["404"] = {"description": "no such school"}
+    put = _get("Replace a school's whole timetable (admin); the answer is the timetable saved", school, timetable)
+    put["requestBody"] = {"required": True, "content": {"application/json": {"schema": timetable}}}
+    put["responses"].update({"400": {"description": "bad body: `error` says why, `field` names what "
+                                                    "(`periods[3].end`, ...); nothing was changed"},
+                             "404": {"description": "no such school"}, "413": {"description": "body too large"},
+                             "415": {"description": "the body is not sent as application/json"}})
+    periods = _get("The class periods of a school from `start` to `end` (dates, both included; default today), with "
+                   "their unix times (facility, admin)", school, {"type": "object"})
+    periods["parameters"] += [{"name": n, "in": "query", "required": False, "schema": day} for n in ("start", "end")]
+    periods["responses"].update({"400": {"description": "bad date or span (at most 400 days)"},
+                                 "404": {"description": "no such school"}})
+    usage = _get("The usage rate (应用率) of each room, school and the district over an ISO week (default this one) "
+                 "or a month: the share of class periods in which a display or projector was on (facility, admin)",
+                 [("week", "query", False), ("month", "query", False), ("school", "query", False)], {"type": "object"})
+    return {"/api/schools/{school}/timetable": {"get": get, "put": put},
+            "/api/schools/{school}/timetable/periods": {"get": periods},
+            "/api/usage": {"get": usage}}

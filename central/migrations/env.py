@@ -11,6 +11,7 @@ from sqlalchemy import create_engine
 import central.provisioning  # noqa: F401 - its models are on the metadata too
 import central.registry  # noqa: F401
 import central.tables  # noqa: F401
+import central.timetables  # noqa: F401
 from central.db import Base, database_url
 
 target_metadata = Base.metadata

@@ -1,0 +1,349 @@
+"""School timetables and the usage rate (应用率), as pages, JSON and report files.
+
+Pages (facility and admin read, admin changes; in the equipment-health area):
+
+* `/health/timetables` every school and whether it has a timetable;
+* `/health/timetables/<school>` its periods per weekday, terms, holidays and make-up working days;
+  an admin edits it as CSV text (prefilled with the current timetable) or uploads a CSV file (UTF-8
+  or GB18030, Chinese or English headers: central/timetable_csv.py), and sets its time zone. The
+  whole file is checked first; if any line is wrong, nothing changes and every problem is listed
+  with its line and column;
+* `/health/usage-rate?week=2025-W37|month=2025-09[&school=S]` the usage rate per school (or per room
+  of one school), drawn as bars, with the days below; `.csv` and `.xlsx` of the same report.
+
+JSON (CONTRACT.md's school sub-paths; the `/api/schools` list is the district overview's):
+
+* `GET|PUT /api/schools/<school>/timetable` the whole timetable (`central.timetables.Timetable.as_dict`);
+  a PUT replaces it, or answers 400 `{error, field}` naming the first bad field and changes nothing;
+* `GET /api/schools/<school>/timetable/periods?start=D&end=D` the class periods between two dates;
+* `GET /api/usage?week=|month=[&school=]` the usage-rate report.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import time
+from datetime import date, datetime, timedelta
+from typing import Any
+from urllib.parse import quote
+
+from flask import (
+    Blueprint,
+    Flask,
+    Response,
+    abort,
+    g,
+    jsonify,
+    make_response,
+    render_template,
+    request,
+    url_for,
+)
+
+from campus import names
+from central import timetable_csv, usage
+from central import timetables as tts
+from central.overview import places
+from dashboards.auth import audit, login_required
+from dashboards.context import central
+from dashboards.health import STAFF, parse_week
+from dashboards.strict_json import json_object
+
+bp = Blueprint("timetables", __name__)
+ADMIN = ("admin",)
+
+
+def register(app: Flask) -> None:
+    app.register_blueprint(bp)
+
+
+def _school(school: str) -> str:
+    """The school of the URL, or a 404 naming it (an id no school can have included)."""
+    try:
+        names.identifier(school, "school")
+    except names.BadName:
+        abort(404, f"no school {school[:64]!r}: not a valid id")
+    if not tts.school_exists(central().registry, school):
+        abort(404, f"no school {school!r}")
+    return school
+
+
+def _bad(message: str, field: str, status: int = 400) -> Any:
+    return jsonify({"error": message, "field": field}), status
+
+
+# ---------------------------------------------------------------- JSON
+
+
+@bp.get("/api/schools/<school>/timetable")
+@login_required(roles=STAFF)
+def api_timetable(school: str) -> Any:
+    tt = tts.load(central().registry, _school(school))
+    return jsonify((tt or tts.Timetable(school)).as_dict())
+
+
+@bp.put("/api/schools/<school>/timetable")
+@login_required(roles=ADMIN)
+def api_put_timetable(school: str) -> Any:
+    _school(school)
+    body = json_object()
+    try:
+        tt = tts.save(central().registry, tts.from_document(school, body), g.user["user"])
+    except tts.TimetableError as exc:
+        audit("timetable.save", f"{school}: refused, {exc.path}: {exc.message}", ok=False)
+        return _bad(f"{exc.path}: {exc.message}", exc.path)
+    audit("timetable.save", f"{school}: {len(tt.periods)} periods, {len(tt.ranges)} dates")
+    return jsonify(tt.as_dict())
+
+
+@bp.get("/api/schools/<school>/timetable/periods")
+@login_required(roles=STAFF)
+def api_periods(school: str) -> Any:
+    tt = tts.load(central().registry, _school(school)) or tts.Timetable(school)
+    try:
+        today = datetime.now(tt.zone).date()
+        first = tts.parse_date(request.args.get("start") or today.isoformat(), "", "start")
+        last = tts.parse_date(request.args.get("end") or first.isoformat(), "", "end")
+        slots = tts.class_periods(tt, first, last)
+    except tts.TimetableError as exc:
+        return _bad(f"{exc.field}: {exc.message}", exc.field)
+    except ValueError as exc:
+        return _bad(f"end: {exc}", "end")
+    return jsonify({"school": school, "timezone": tt.timezone, "start": first.isoformat(), "end": last.isoformat(),
+                    "periods": [{"date": s.day.isoformat(), **s.period.as_dict(), "start_ts": s.start,
+                                 "end_ts": s.end} for s in slots]})
+
+
+@bp.get("/api/usage")
+@login_required(roles=STAFF)
+def api_usage() -> Any:
+    try:
+        report = _report()
+    except _Refused as exc:
+        return _bad(exc.message, exc.field)
+    return jsonify(report.as_dict())
+
+
+# ---------------------------------------------------------------- the usage-rate report
+
+
+class _Refused(ValueError):
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(message)
+        self.field, self.message = field, f"{field}: {message}"
+
+
+def span(week: str | None, month: str | None, today: date | None = None) -> tuple[date, date, str]:
+    """The report's first and last day and its label: an ISO week (default: this one) or a month."""
+    if month:
+        try:
+            first = datetime.strptime(month.strip(), "%Y-%m").date()
+        except ValueError:
+            raise _Refused("month", f"must look like 2025-09, got {month[:20]!r}") from None
+        if not tts.FIRST_DATE <= first <= tts.LAST_DATE:
+            raise _Refused("month", f"{month} is not a school month")
+        after = (first.replace(day=28) + timedelta(days=4)).replace(day=1)
+        return first, after - timedelta(days=1), first.strftime("%Y-%m")
+    try:
+        monday = parse_week(week, today)
+    except ValueError as exc:
+        raise _Refused("week", str(exc)) from None
+    if not tts.FIRST_DATE <= monday <= tts.LAST_DATE:
+        raise _Refused("week", f"{week} is not a school week")
+    iso = monday.isocalendar()
+    return monday, monday + timedelta(days=6), f"{iso[0]}-W{iso[1]:02d}"
+
+
+def _report() -> usage.UsageReport:
+    first, last, _label = span(request.args.get("week"), request.args.get("month"))
+    school = request.args.get("school") or None
+    if school is not None:
+        try:
+            names.identifier(school, "school")
+        except names.BadName as exc:
+            raise _Refused("school", exc.reason) from None
+        if not tts.school_exists(central().registry, school):
+            raise _Refused("school", f"no school {school!r}")
+    c = central()
+    return usage.usage_rate(c.registry, c.ledger, c.store, first, last, school)
+
+
+def _pct(rate: float | None) -> str:
+    return "" if rate is None else f"{100 * rate:.1f}%"
+
+
+def report_table(report: usage.UsageReport) -> list[list[Any]]:
+    """The report as rows for a spreadsheet: the district, each school, each room (a level column)."""
+    rows: list[list[Any]] = [["level", "school", "building", "room", "gateway", "devices", "class periods",
+                              "periods used", "usage rate"]]
+    rows.append(["district", "", "", "", "", "", report.periods, report.used, report.rate])
+    rows += [["school", s.school, "", "", "", "", s.periods, s.used, s.rate] for s in report.schools]
+    rows += [["room", r.school, r.building, r.room, r.gateway, " ".join(r.devices), r.periods, r.used, r.rate]
+             for r in report.rooms]
+    return rows
+
+
+def _filename(ext: str) -> str:
+    _first, _last, label = span(request.args.get("week"), request.args.get("month"))
+    school = request.args.get("school")
+    return f"usage-rate-{label}{'-' + school if school else ''}.{ext}"
+
+
+def _download(body: bytes | str, filename: str, mimetype: str) -> Response:
+    resp = make_response(body)
+    resp.mimetype = mimetype
+    resp.headers["Content-Disposition"] = f"attachment; filename*=UTF-8''{quote(filename)}"
+    return resp
+
+
+@bp.get("/health/usage-rate")
+@login_required(roles=STAFF)
+def usage_rate_page() -> Any:
+    try:
+        first, last, label = span(request.args.get("week"), request.args.get("month"))
+        report = _report()
+    except _Refused as exc:
+        return render_template("error.html", status=400, message=exc.message), 400
+    school = request.args.get("school") or ""
+    by_month = bool(request.args.get("month"))
+    if by_month:
+        before = (first - timedelta(days=1)).strftime("%Y-%m")
+        after = (last + timedelta(days=1)).strftime("%Y-%m")
+    else:
+        before, after = (_week_id(first - timedelta(days=7)), _week_id(first + timedelta(days=7)))
+    key = "month" if by_month else "week"
+    bars = ([(r.room or r.gateway, r.rate, r.periods, r.used) for r in report.rooms if r.devices] if school else
+            [(s.school, s.rate, s.periods, s.used) for s in report.schools])
+    query = {key: label, **({"school": school} if school else {})}
+    return render_template("timetable_usage.html", tab="usage-rate", report=report, label=label, key=key,
+                           first=first, last=last, school=school, schools=places(central().registry).schools,
+                           prev_url=url_for(".usage_rate_page", **{**query, key: before}),
+                           next_url=url_for(".usage_rate_page", **{**query, key: after}),
+                           csv_url=url_for(".usage_rate_csv", **query), xlsx_url=url_for(".usage_rate_xlsx", **query),
+                           bars=bars, pct=_pct, used_min=usage.USED_MIN_S // 60)
+
+
+def _week_id(d: date) -> str:
+    iso = d.isocalendar()
+    return f"{iso[0]}-W{iso[1]:02d}"
+
+
+@bp.get("/health/usage-rate.csv")
+@login_required(roles=STAFF)
+def usage_rate_csv() -> Any:
+    try:
+        report = _report()
+    except _Refused as exc:
+        return render_template("error.html", status=400, message=exc.message), 400
+    out = io.StringIO()
+    out.write("\ufeff")  # Excel reads UTF-8 as GBK on a Chinese Windows without it (dashboards/history_csv.py)
+    writer = csv.writer(out, lineterminator="\r\n")
+    for row in report_table(report):
+        writer.writerow([f"{v:.4f}" if isinstance(v, float) else ("" if v is None else v) for v in row])
+    return _download(out.getvalue(), _filename("csv"), "text/csv")
+
+
+@bp.get("/health/usage-rate.xlsx")
+@login_required(roles=STAFF)
+def usage_rate_xlsx() -> Any:
+    from openpyxl import Workbook  # here: only this download needs it
+
+    try:
+        report = _report()
+    except _Refused as exc:
+        return render_template("error.html", status=400, message=exc.message), 400
+    book = Workbook()
+    sheet = book.active
+    sheet.title = "usage rate"
+    for row in report_table(report):
+        sheet.append(row)
+        for cell in sheet[sheet.max_row]:
+            if isinstance(cell.value, str) and cell.value.startswith("="):
+                cell.data_type = "s"  # a name a person typed is text, never a formula the spreadsheet runs
+    for cell in sheet["I"][1:]:
+        cell.number_format = "0.0%"
+    sheet.append([])
+    sheet.append([f"{report.first} to {report.last}; a class period counts as used when a display or projector "
+                  f"was on for {usage.USED_MIN_S // 60} minutes of it; made {time.strftime('%Y-%m-%d %H:%M')}"])
+    days = book.create_sheet("days")
+    days.append(["date", "class periods", "periods used", "usage rate"])
+    for d in report.days:
+        days.append([d.day, d.periods, d.used, d.rate])
+    out = io.BytesIO()
+    book.save(out)
+    return _download(out.getvalue(), _filename("xlsx"),
+                     "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet")
+
+
+# ---------------------------------------------------------------- timetable pages
+
+
+@bp.get("/health/timetables")
+@login_required(roles=STAFF)
+def timetables_page() -> Any:
+    reg = central().registry
+    saved = tts.load_all(reg)
+    rows = [{"school": s, "timetable": saved.get(s)} for s in places(reg).schools]
+    return render_template("timetables.html", tab="timetables", rows=rows)
+
+
+@bp.get("/health/timetables/<school>")
+@login_required(roles=STAFF)
+def timetable_page(school: str) -> Any:
+    return _timetable_page(_school(school))
+
+
+@bp.post("/health/timetables/<school>")
+@login_required(roles=ADMIN)
+def timetable_save(school: str) -> Any:
+    """The time zone form, or a CSV file or text replacing the whole timetable (all or nothing)."""
+    reg = central().registry
+    _school(school)
+    if "timezone" in request.form:
+        try:
+            zone = tts.check_timezone(request.form["timezone"])
+        except tts.TimetableError as exc:
+            return _timetable_page(school, error=f"{exc.path}: {exc.message}")
+        current = tts.load(reg, school) or tts.Timetable(school)
+        tts.save(reg, tts.Timetable(school, zone, current.periods, current.ranges), g.user["user"])
+        audit("timetable.timezone", f"{school}: {zone}")
+        return _timetable_page(school)
+    upload = request.files.get("file")
+    data = upload.read() if upload else b""
+    text = None
+    if not data:
+        text = request.form.get("text", "")
+        data = text.encode()
+    report = timetable_csv.import_csv(reg, school, data, g.user["user"])
+    if report.ok:
+        audit("timetable.import", f"{school}: {report.rows} lines")
+        return _timetable_page(school, report=report)
+    audit("timetable.import", f"{school}: refused, {len(report.errors)} errors, first: {report.errors[0]}", ok=False)
+    return _timetable_page(school, report=report, text=text)
+
+
+def _timetable_page(school: str, report: timetable_csv.TimetableImport | None = None, error: str | None = None,
+                    text: str | None = None) -> Any:
+    tt = tts.load(central().registry, school)
+    grid: dict[int, dict[int, tts.Period]] = {}
+    for p in (tt.periods if tt else ()):
+        grid.setdefault(p.number, {})[p.weekday] = p
+    if text is None:
+        text = timetable_csv.to_csv(tt, chinese=True) if tt else timetable_csv.EXAMPLE_CSV
+    status = 400 if error or (report is not None and not report.ok) else 200
+    return render_template("timetable.html", tab="timetables", school=school, tt=tt, grid=sorted(grid.items()),
+                           weekdays=tts.WEEKDAY_NAMES, report=report, error=error, text=text), status
+
+
+@bp.get("/health/timetables/<school>/timetable.csv")
+@login_required(roles=STAFF)
+def timetable_csv_file(school: str) -> Any:
+    tt = tts.load(central().registry, _school(school))
+    return _download("\ufeff" + timetable_csv.to_csv(tt, chinese=True), f"timetable-{school}.csv", "text/csv")
+
+
+@bp.get("/health/timetables/example.csv")
+@login_required(roles=STAFF)
+def timetable_example() -> Any:
+    return _download("\ufeff" + timetable_csv.EXAMPLE_CSV, "timetable-example.csv", "text/csv")

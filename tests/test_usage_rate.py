@@ -1,0 +1,165 @@
+"""The usage rate (应用率, central/usage.py and its page, API and files in dashboards/timetables.py) against
+a week worked out by hand: class periods from the school's timetable (a holiday, a make-up Saturday
+following Monday), a projector and a display on in some periods and off in others, a silent gateway,
+a moment's switch-on that does not count, a projector on during the holiday and on Sunday that
+counts nowhere; in the school's time zone, on both engines."""
+
+from __future__ import annotations
+
+import csv
+import io
+import itertools
+from datetime import date, datetime
+from pathlib import Path
+from zoneinfo import ZoneInfo
+
+import pytest
+
+from campus.contract import State
+from central import timetables as tts
+from central import usage
+from central.ledger import Ledger
+from central.store.base import Sample
+from central.store.sqlite import SqlitePointStore
+from dashboards import close_app
+from dashboards.context import central
+from tests.apps import add_people, central_db, register_rooms, sqlite_only, web_app
+from tests.test_timetables import DOC
+
+SHANGHAI = ZoneInfo("Asia/Shanghai")
+_seq = itertools.count(1)
+ENV = {"profile": "env-6in1-modbus", "kind": "environment", "status": "ok"}
+PROJ = {"profile": "projector-pjlink", "kind": "projector", "status": "ok"}
+DISP = {"profile": "display-samsung-mdc", "kind": "display", "status": "ok"}
+ROOMS = {  # gateway: (school, room, devices)
+    "gw-101": ("s1", "101", {"env": ENV, "proj": PROJ, "disp": DISP}),
+    "gw-102": ("s1", "102", {"proj": PROJ}),
+    "gw-103": ("s1", "103", {"env": ENV}),   # nothing to measure: left out
+    "gw-201": ("s2", "201", {"proj": PROJ}),  # s2 has no timetable: no periods
+}
+
+
+def t(day: str, hhmm: str) -> float:
+    return datetime.fromisoformat(f"2025-09-{day}T{hhmm}").replace(tzinfo=SHANGHAI).timestamp()
+
+
+def on(gw: str, device: str, day: str, start: str, stop: str) -> list[Sample]:
+    """`on` every minute from start, `off` at stop (what an agent polling the device reports)."""
+    school, _room, devices = ROOMS[gw]
+    a, b = t(day, start), t(day, stop)
+    kind = devices[device]["kind"]
+    return ([Sample(school, gw, device, kind, a + 60 * i, {"power": "on"}) for i in range(int((b - a) // 60))]
+            + [Sample(school, gw, device, kind, b, {"power": "off"})])
+
+
+# The week 2025-09-08 (Monday) .. 14 (Sunday). Periods (DOC): Monday 1-4, Tuesday 1-3, Wednesday the
+# holiday, Thursday and Friday 1-3, Saturday a make-up day following Monday (1-4), Sunday none: 17.
+# Period times: 1 08:00-08:45, 2 09:00-09:45, 3 10:00-10:45, 4 (Monday's) 14:00-14:45.
+def the_week(ledger: Ledger, points: SqlitePointStore) -> None:
+    for gw, (school, room, devices) in ROOMS.items():
+        ledger.record([], [(school, gw, State(online=True, ts=t("08", "07:00"), room=room, devices=devices))], [])
+    samples = (
+        # gw-101, the projector. Monday: 1 on throughout (used); 2 one "on" and then silence until an "off" at
+        # 10:30: on for the 15 minutes a sample lasts (used), 3 not; 4 on for 3 minutes (not used).
+        on("gw-101", "proj", "08", "07:55", "08:50")
+        + [Sample("s1", "gw-101", "proj", "projector", t("08", "09:00"), {"power": "on"}),
+           Sample("s1", "gw-101", "proj", "projector", t("08", "10:30"), {"power": "off"})]
+        + on("gw-101", "proj", "08", "14:00", "14:03")
+        # Wednesday is the holiday, Sunday has no periods: neither counts anywhere.
+        + on("gw-101", "proj", "10", "08:00", "12:00") + on("gw-101", "proj", "14", "08:00", "11:00")
+        # Friday: on 09:40-09:50, exactly 5 minutes of period 2 (used); 3 not.
+        + on("gw-101", "proj", "12", "09:40", "09:50")
+        # gw-101, the display. Monday 08:30-08:40 inside period 1 (already used: counted once). Tuesday
+        # 08:10-10:50: periods 1, 2, 3 used. Saturday 13:50-14:50: Monday's period 4 (used), 1-3 not.
+        + on("gw-101", "disp", "08", "08:30", "08:40") + on("gw-101", "disp", "09", "08:10", "10:50")
+        + on("gw-101", "disp", "13", "13:50", "14:50")
+        # gw-102: on every morning 07:30-12:00, Monday to Saturday: every morning period, no afternoon one.
+        + [s for d in ("08", "09", "10", "11", "12", "13") for s in on("gw-102", "proj", d, "07:30", "12:00")]
+        + on("gw-201", "proj", "08", "07:30", "12:00"))
+    points.write(samples)
+
+
+# gw-101: Monday 2 of 4, Tuesday 3/3, Thursday 0/3, Friday 1/3, Saturday 1/4 = 7 of 17.
+# gw-102: Monday 3/4, Tuesday 3/3, Thursday 3/3, Friday 3/3, Saturday 3/4 = 15 of 17.
+# s1: 22 of 34; s2: no timetable; the district: 22 of 34.
+HAND_CHECKED = {"gw-101": (17, 7), "gw-102": (17, 15), "gw-103": (0, 0), "gw-201": (0, 0)}
+DAYS = {"2025-09-08": (8, 5), "2025-09-09": (6, 6), "2025-09-11": (6, 3), "2025-09-12": (6, 4),
+        "2025-09-13": (8, 4)}
+
+
+@pytest.fixture
+def app(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, central_db_url: str):
+    app = web_app(central_db(tmp_path, the_week, central_db_url), monkeypatch)
+    register_rooms(app, tuple((gw, school, room, "A") for gw, (school, room, _d) in ROOMS.items()))
+    tts.save(central(app).registry, tts.from_document("s1", DOC), "test")
+    app.tokens = add_people(app)
+    yield app
+    close_app(app)
+
+
+def test_the_usage_rate_of_a_hand_checked_week(app) -> None:
+    c = central(app)
+    report = usage.usage_rate(c.registry, c.ledger, c.store, date(2025, 9, 8), date(2025, 9, 14))
+    assert {r.gateway: (r.periods, r.used) for r in report.rooms} == HAND_CHECKED
+    rooms = {r.gateway: r for r in report.rooms}
+    assert rooms["gw-101"].devices == ["disp", "proj"] and rooms["gw-103"].devices == []
+    assert rooms["gw-101"].rate == round(7 / 17, 4) and rooms["gw-103"].rate is None
+    schools = {s.school: s for s in report.schools}
+    assert (schools["s1"].periods, schools["s1"].used, schools["s1"].rooms, schools["s1"].timetable) == (34, 22, 2, True)
+    assert (schools["s2"].periods, schools["s2"].rate, schools["s2"].timetable) == (0, None, False)
+    assert (report.periods, report.used, report.rate) == (34, 22, round(22 / 34, 4))
+    assert {d.day.isoformat(): (d.periods, d.used) for d in report.days} == DAYS
+    # Tuesday 09:50: Monday's four periods and Tuesday's first two are over, the rest not yet counted.
+    early = usage.usage_rate(c.registry, c.ledger, c.store, date(2025, 9, 8), date(2025, 9, 14),
+                             now=t("09", "09:50"))
+    assert {r.gateway: (r.periods, r.used) for r in early.rooms if r.periods} == {"gw-101": (6, 4), "gw-102": (6, 5)}
+    only_s2 = usage.usage_rate(c.registry, c.ledger, c.store, date(2025, 9, 8), date(2025, 9, 14), "s2")
+    assert [r.gateway for r in only_s2.rooms] == ["gw-201"] and only_s2.periods == 0
+    # A stricter threshold: Friday's five minutes (gw-101) no longer count.
+    strict = usage.usage_rate(c.registry, c.ledger, c.store, date(2025, 9, 8), date(2025, 9, 14), min_on_s=301)
+    assert {r.gateway: r.used for r in strict.rooms if r.periods} == {"gw-101": 6, "gw-102": 15}
+
+
+def call(app, path: str, role: str = "facility"):
+    return app.test_client().get(path, headers={"Authorization": f"Bearer {app.tokens[role]}"})
+
+
+def test_the_api_and_the_files_say_the_same(app) -> None:
+    body = call(app, "/api/usage?week=2025-W37").get_json()
+    assert (body["periods"], body["used"], body["rate"]) == (34, 22, round(22 / 34, 4))
+    assert {r["gateway"]: (r["periods"], r["used"]) for r in body["rooms"]} == HAND_CHECKED
+    assert body["first"] == "2025-09-08" and body["last"] == "2025-09-14"
+    month = call(app, "/api/usage?month=2025-09&school=s1").get_json()
+    assert month["first"] == "2025-09-01" and month["last"] == "2025-09-30"
+    assert month["used"] >= 22 and month["periods"] > 34  # the rest of September's periods, unused
+    text = call(app, "/health/usage-rate.csv?week=2025-W37").data.decode("utf-8")
+    assert text.startswith("\ufeff")
+    rows = list(csv.reader(io.StringIO(text.lstrip("\ufeff"))))
+    assert rows[1] == ["district", "", "", "", "", "", "34", "22", f"{22 / 34:.4f}"]
+    assert ["room", "s1", "A", "101", "gw-101", "disp proj", "17", "7", f"{7 / 17:.4f}"] in rows
+    from openpyxl import load_workbook
+
+    xlsx = call(app, "/health/usage-rate.xlsx?week=2025-W37")
+    assert xlsx.status_code == 200 and xlsx.mimetype.endswith("spreadsheetml.sheet")
+    sheet = load_workbook(io.BytesIO(xlsx.data))["usage rate"]
+    values = [[cell.value for cell in row] for row in sheet.iter_rows()]
+    assert values[1][:9] == ["district", None, None, None, None, None, 34, 22, round(22 / 34, 4)]
+    assert sheet["I2"].number_format == "0.0%"
+    page = call(app, "/health/usage-rate?week=2025-W37&school=s1")
+    html = page.get_data(as_text=True)
+    assert page.status_code == 200 and 'id="rate-chart"' in html and "64.7%" in html and "41.2%" in html
+
+
+@sqlite_only
+def test_bad_report_requests_are_one_400_naming_the_field(app) -> None:
+    for query, field in (("week=2025-W99", "week"), ("month=2025-13", "month"), ("month=1850-01", "month"),
+                         ("school=nowhere", "school"), ("school=a%20b", "school")):
+        resp = call(app, f"/api/usage?{query}")
+        assert resp.status_code == 400 and resp.get_json()["field"] == field, (query, resp.get_json())
+        assert call(app, f"/health/usage-rate?{query}").status_code == 400
+        assert call(app, f"/health/usage-rate.xlsx?{query}").status_code == 400
+    assert call(app, "/api/usage", role="teacher").status_code == 403
+    assert app.test_client().get("/health/usage-rate.csv").status_code == 302  # to the login page
+    with pytest.raises(ValueError, match="at most"):
+        c = central(app)
+        usage.usage_rate(c.registry, c.ledger, c.store, date(2025, 1, 1), date(2025, 6, 1))
