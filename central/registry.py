@@ -114,12 +114,21 @@ class User(Base):
     password_hash: Mapped[str] = mapped_column(String(300))
     role: Mapped[str] = mapped_column(String(16))
     rooms: Mapped[list[Room]] = relationship(secondary="user_rooms")
+    # An admin or facility account limited to these schools (a school's own IT person or facility
+    # manager); none: district-wide. Migration 0004.
+    schools: Mapped[list[School]] = relationship(secondary="user_schools", order_by="School.id")
 
 
 class UserRoom(Base):
     __tablename__ = "user_rooms"
     user_id: Mapped[int] = mapped_column(ForeignKey("users.id"), primary_key=True)
     room_id: Mapped[int] = mapped_column(ForeignKey("rooms.id"), primary_key=True)
+
+
+class UserSchool(Base):
+    __tablename__ = "user_schools"
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id"), primary_key=True)
+    school_id: Mapped[str] = mapped_column(ForeignKey("schools.id"), primary_key=True)
 
 
 class ApiToken(Base):
@@ -267,8 +276,11 @@ class Registry:
 
     # ------------------------------------------------------------ people
 
-    def add_user(self, username: str, password: str, role: str, rooms: list[tuple[str, str]] = ()) -> None:
-        """Create or update a user; `rooms` are (school, room name) pairs (teachers)."""
+    def add_user(self, username: str, password: str, role: str, rooms: list[tuple[str, str]] = (),
+                 schools: list[str] = ()) -> None:
+        """Create or update a user; `rooms` are (school, room name) pairs (teachers); `schools` limit an
+        admin or facility account to those schools (none: district-wide). Every one must exist: a typo
+        would otherwise make an account that sees nothing, or (worse, if dropped) everything."""
         if role not in ROLES:
             raise ConfigError(f"role {role!r} is not one of {', '.join(ROLES)}")
         names.identifier(username, "username")
@@ -276,6 +288,9 @@ class Registry:
             raise ConfigError("a password needs at least 8 characters")
         rooms = [(names.identifier(school, "school"), names.display_name(name, "room", max_chars=names.ROOM_MAX))
                  for school, name in rooms]
+        schools = list(dict.fromkeys(names.identifier(school, "school") for school in schools))
+        if schools and role == "teacher":
+            raise ConfigError("--school limits an admin or facility account; a teacher has rooms (--room)")
         with self.session() as s:
             user = s.scalar(select(User).where(User.username == username)) or User(username=username)
             if user.id is not None:  # a new password (or role, or rooms): every open login of the user ends
@@ -283,6 +298,7 @@ class Registry:
             user.password_hash = generate_password_hash(password)
             user.role = role
             user.rooms = [self._room(s, school, name) for school, name in rooms]
+            user.schools = [self._school(s, school) for school in schools]
             s.add(user)
 
     def check_password(self, username: str, password: str) -> dict[str, Any] | None:
@@ -301,8 +317,9 @@ class Registry:
     def _principal(self, s: Session, user: User) -> dict[str, Any]:
         room_ids = [r.id for r in user.rooms]
         gateways = s.scalars(select(Gateway.id).where(Gateway.room_id.in_(room_ids))).all() if room_ids else []
+        # `schools`: the schools an admin or facility account is limited to; empty: the whole district.
         return {"user": user.username, "role": user.role, "rooms": [r.name for r in user.rooms],
-                "room_ids": room_ids, "gateways": list(gateways)}
+                "room_ids": room_ids, "gateways": list(gateways), "schools": [x.id for x in user.schools]}
 
     def ensure_admin(self, token: str | None = None) -> str | None:
         """Make sure an `admin` user exists (returns its new password if created) and owns `token`.
@@ -390,6 +407,13 @@ class Registry:
                 | (WebSession.username.is_(None) & (WebSession.seen < anonymous_seen_before)))).rowcount
 
     # ------------------------------------------------------------ places
+
+    @staticmethod
+    def _school(s: Session, school: str) -> School:
+        row = s.get(School, school)
+        if row is None:
+            raise ConfigError(f"no school {school!r} (create it first: the provisioning pages or a CSV import)")
+        return row
 
     def _room(self, s: Session, school: str, name: str) -> Room:
         room = s.scalar(select(Room).where(Room.school_id == school, Room.name == name))

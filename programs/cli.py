@@ -96,7 +96,7 @@ def cmd_users(args: argparse.Namespace) -> None:
                 if not sep:
                     raise CampusError(f"--room {spec!r}: write SCHOOL:ROOM")
                 rooms.append((school, room))
-            registry.add_user(args.name, password, args.role, rooms)
+            registry.add_user(args.name, password, args.role, rooms, args.school or [])
             print(f"user {args.name} ({args.role}) saved")
         elif args.users_command == "token":
             print(registry.issue_token(args.name, args.label))
@@ -266,6 +266,8 @@ def build_parser() -> argparse.ArgumentParser:
     u.add_argument("name")
     u.add_argument("--role", required=True, choices=["admin", "facility", "teacher"])
     u.add_argument("--room", action="append", help="SCHOOL:ROOM a teacher may command (repeatable)")
+    u.add_argument("--school", action="append",
+                   help="limit an admin or facility account to this school (repeatable; none: district-wide)")
     u.add_argument("--password-stdin", action="store_true", help="read the password from standard input")
     u = users.add_parser("token", help="issue an API token for a user (printed once)")
     u.add_argument("name")
