@@ -17,7 +17,7 @@ Strings sort in code-point order on both engines (PostgreSQL's own order is the 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Generic, TypeVar
 
 from sqlalchemy import (
@@ -190,21 +190,65 @@ def places(db: Database) -> Any:
 
 @dataclass(frozen=True)
 class Scope:
-    """What a list is narrowed to: the gateways a person may see (None: every one), a school, a building."""
+    """What a list is narrowed to. The caller's rights: the gateways of a teacher's rooms (`gateways`) or
+    the schools of a school-scoped admin or facility account (`schools`); None: no such limit, so
+    `Scope()` is the whole district. Then the filters a page asks for: a school, a building.
+
+    Every list of this module takes one and makes it part of its WHERE: the rows outside it are never
+    read, counted or paged (dashboards/auth.py `sight` builds it from the caller)."""
     gateways: tuple[str, ...] | None = None
     school: str | None = None
     building: int | None = None
+    schools: tuple[str, ...] | None = None
+
+    def rights(self) -> Scope:
+        """The caller's limits alone, without the page's filters."""
+        return Scope(gateways=self.gateways, schools=self.schools)
+
+    def narrowed(self, school: str | None = None, building: int | None = None) -> Scope:
+        """The same rights, filtered to a school and a building."""
+        return replace(self, school=school, building=building)
+
+    def allows_school(self, school: str) -> bool:
+        """Whether a school-scoped caller may see `school` (a teacher's limit is rooms, checked per gateway)."""
+        return self.schools is None or school in self.schools
+
+
+EVERYTHING = Scope()  # the whole district: a district-wide account's rights, and every list's default
 
 
 def _scoped(p: Any, scope: Scope) -> list[ColumnElement[bool]]:
     where: list[ColumnElement[bool]] = []
     if scope.gateways is not None:
         where.append(p.c.id.in_(scope.gateways) if scope.gateways else false())
+    if scope.schools is not None:
+        where.append(p.c.school.in_(scope.schools) if scope.schools else false())
     if scope.school:
         where.append(p.c.school == scope.school)
     if scope.building is not None:
         where.append(p.c.building_id == scope.building)
     return where
+
+
+def gateway_in(db: Database, column: Any, scope: Scope) -> list[ColumnElement[bool]]:
+    """Conditions keeping `column` (a gateway id: of an event, a command, an alarm) within the caller's
+    rights: a teacher's gateways, or the gateways whose place (`places`) is in the caller's schools."""
+    where: list[ColumnElement[bool]] = []
+    if scope.gateways is not None:
+        where.append(column.in_(scope.gateways) if scope.gateways else false())
+    if scope.schools is not None:
+        p = places(db)
+        where.append(column.in_(select(p.c.id).where(p.c.school.in_(scope.schools))) if scope.schools else false())
+    return where
+
+
+def in_scope(db: Database, gateway: str, scope: Scope) -> bool:
+    """Whether `gateway` is a gateway (registered or reporting) within `scope`: one statement."""
+    if len(gateway) > Q_MAX or not gateway.isprintable():  # no gateway's name; PostgreSQL refuses a NUL (503)
+        return False
+    p = places(db)
+    with db.read("cannot read the gateway's place") as conn:
+        return conn.execute(select(exists(select(p.c.id).where(p.c.id == gateway, *_scoped(p, scope))))).scalar_one()
 
 
 def gateway_ids(db: Database, paging: Paging, scope: Scope = Scope()) -> Page[str]:
@@ -217,19 +261,35 @@ def gateway_ids(db: Database, paging: Paging, scope: Scope = Scope()) -> Page[st
     return Page([r.id for r in rows], total)
 
 
-def registered_ids(db: Database, paging: Paging) -> Page[str]:
-    """The ids of a page of registered gateways, by school then id, matching `q` in the id, school, room,
-    building or MQTT user name."""
+def all_gateway_ids(db: Database, scope: Scope) -> list[str]:
+    """Every gateway (registered or reporting) within `scope`, unpaged: for the reports that read every
+    room of what the caller may see (the usage rate)."""
+    p = places(db)
+    with db.read("cannot read the gateways") as conn:
+        return sorted(conn.execute(select(p.c.id).where(*_scoped(p, scope))).scalars())
+
+
+def registered_ids(db: Database, paging: Paging, scope: Scope = Scope()) -> Page[str]:
+    """The ids of a page of registered gateways (of `scope.schools`, if given), by school then id, matching
+    `q` in the id, school, room, building or MQTT user name."""
     query = (select(Gateway.id, Gateway.school_id).outerjoin(Room, Gateway.room_id == Room.id)
              .outerjoin(Building, Room.building_id == Building.id)
-             .where(matches(paging.q, Gateway.id, Gateway.school_id, Room.name, Building.name, Gateway.mqtt_username)))
+             .where(matches(paging.q, Gateway.id, Gateway.school_id, Room.name, Building.name, Gateway.mqtt_username),
+                    *_registered_in(scope)))
     rows, total = page_of(db, query, [ordered(db, Gateway.school_id), ordered(db, Gateway.id)], paging, "gateways")
     return Page([r.id for r in rows], total)
 
 
-def unpushed_count(db: Database) -> int:
-    """Registered gateways whose device list version is neither pushed nor applied (what "Push all
-    changed" would push): one statement."""
+def _registered_in(scope: Scope) -> list[ColumnElement[bool]]:
+    """Registered gateways within the caller's schools (provisioning is for admins, never teachers)."""
+    if scope.schools is None:
+        return []
+    return [Gateway.school_id.in_(scope.schools) if scope.schools else false()]
+
+
+def unpushed_count(db: Database, scope: Scope = Scope()) -> int:
+    """Registered gateways (of `scope.schools`) whose device list version is neither pushed nor applied
+    (what "Push all changed" would push): one statement."""
     from central.provisioning import ConfigPush
 
     if db.dialect == "sqlite":
@@ -240,7 +300,7 @@ def unpushed_count(db: Database) -> int:
     query = (select(func.count()).select_from(Gateway)
              .outerjoin(ConfigPush, ConfigPush.gateway_id == Gateway.id).outerjoin(gw_t, gw_t.c.id == Gateway.id)
              .where(or_(ConfigPush.version.is_(None), ConfigPush.version != Gateway.config_version),
-                    not_(func.coalesce(applied, False))))
+                    not_(func.coalesce(applied, False)), *_registered_in(scope)))
     with db.read("cannot count the gateways to push") as conn:
         return conn.execute(query).scalar_one()
 
@@ -275,7 +335,7 @@ def _state_field(db: Database, *path: str) -> Any:
 def board_ids(db: Database, paging: Paging, scope: Scope = Scope(),
               problem: str | None = None) -> tuple[Page[str], dict[str, int]]:
     """A page of the board's rooms, those with a problem first (then by school, building and room), and
-    the counts of every room in sight (`scope.gateways`) before the filters: rooms, not installed, per
+    the counts of every room in sight (`scope.rights()`) before the filters: rooms, not installed, per
     problem, and unacknowledged open alarms. Three statements."""
     p = places(db)
     cols = _problem_columns(db, p)
@@ -285,10 +345,9 @@ def board_ids(db: Database, paging: Paging, scope: Scope = Scope(),
     base = (select(p.c.id, p.c.school, p.c.building, p.c.room, *(v.label(k) for k, v in flags.items()),
                    case((gw_t.c.id.is_(None), 1), else_=0).label("uninstalled"))
             .select_from(p).outerjoin(gw_t, gw_t.c.id == p.c.id))
-    counted = base.where(*_scoped(p, Scope(scope.gateways))).subquery("counted")
-    unacked = select(func.count()).select_from(Alarm).where(Alarm.cleared_at.is_(None), Alarm.acked_at.is_(None))
-    if scope.gateways is not None:
-        unacked = unacked.where(Alarm.gateway.in_(scope.gateways) if scope.gateways else false())
+    counted = base.where(*_scoped(p, scope.rights())).subquery("counted")
+    unacked = select(func.count()).select_from(Alarm).where(Alarm.cleared_at.is_(None), Alarm.acked_at.is_(None),
+                                                            *gateway_in(db, Alarm.gateway, scope.rights()))
     with db.read("cannot count the board's rooms") as conn:
         row = conn.execute(select(func.count(), *(func.coalesce(func.sum(counted.c[k]), 0) for k in flags),
                                   func.coalesce(func.sum(counted.c.uninstalled), 0),
@@ -319,15 +378,12 @@ def board_ids(db: Database, paging: Paging, scope: Scope = Scope(),
 # ---------------------------------------------------------------- devices (reported, as /api/devices lists them)
 
 
-def reported_device_keys(db: Database, paging: Paging, gateways: tuple[str, ...] | None = None
-                         ) -> Page[tuple[str, str]]:
+def reported_device_keys(db: Database, paging: Paging, scope: Scope = Scope()) -> Page[tuple[str, str]]:
     """A page of (gateway, device) of the devices the agents reported, by gateway then device, matching `q`
     in the gateway, device, profile, kind or school."""
     dev = reported_devices(db)
     profile, kind = device_field(db, dev, "profile"), device_field(db, dev, "kind")
-    query = select(gw_t.c.id, dev.c.key).select_from(gw_t.join(dev, true()))
-    if gateways is not None:
-        query = query.where(gw_t.c.id.in_(gateways) if gateways else false())
+    query = select(gw_t.c.id, dev.c.key).select_from(gw_t.join(dev, true())).where(*gateway_in(db, gw_t.c.id, scope))
     query = query.where(matches(paging.q, gw_t.c.id, dev.c.key, profile, kind, gw_t.c.school))
     rows, total = page_of(db, query, [ordered(db, gw_t.c.school), ordered(db, gw_t.c.id),
                                       ordered(db, dev.c.key)], paging, "devices")
@@ -338,7 +394,7 @@ def reported_device_keys(db: Database, paging: Paging, gateways: tuple[str, ...]
 
 
 def events(db: Database, paging: Paging, gateway: str | None = None, type_: str | None = None,
-           since: float | None = None, gateways: tuple[str, ...] | None = None) -> Page[dict[str, Any]]:
+           since: float | None = None, scope: Scope = Scope()) -> Page[dict[str, Any]]:
     """Events newest first, matching `q` in the gateway, device or type."""
     import json
 
@@ -346,8 +402,7 @@ def events(db: Database, paging: Paging, gateway: str | None = None, type_: str 
     query = select(e.gateway, e.device, e.seq, e.ts, e.type, e.data)
     if gateway is not None:
         query = query.where(e.gateway == gateway)
-    if gateways is not None:
-        query = query.where(e.gateway.in_(gateways) if gateways else false())
+    query = query.where(*gateway_in(db, e.gateway, scope))
     if type_ is not None:
         query = query.where(e.type == type_)
     if since is not None:
@@ -359,14 +414,13 @@ def events(db: Database, paging: Paging, gateway: str | None = None, type_: str 
 
 
 def command_ids(db: Database, paging: Paging, gateway: str | None = None,
-                gateways: tuple[str, ...] | None = None) -> Page[str]:
+                scope: Scope = Scope()) -> Page[str]:
     """Command ids newest first, matching `q` in the id, gateway, device, action, status or who sent it."""
     c = commands_t.c
     query = select(c.id, c.created)
     if gateway:
         query = query.where(c.gateway == gateway)
-    if gateways is not None:
-        query = query.where(c.gateway.in_(gateways) if gateways else false())
+    query = query.where(*gateway_in(db, c.gateway, scope))
     query = query.where(matches(paging.q, c.id, c.gateway, c.device, c.action, c.status, c.by))
     rows, total = page_of(db, query, [c.created.desc(), c.id], paging, "commands")
     return Page([r.id for r in rows], total)
@@ -383,7 +437,7 @@ def audit(db: Database, paging: Paging) -> Page[dict[str, Any]]:
 
 
 def alarm_ids(db: Database, paging: Paging, state: str = "open", gateway: str | None = None,
-              gateways: tuple[str, ...] | None = None) -> Page[int]:
+              scope: Scope = Scope()) -> Page[int]:
     """Alarm ids newest first, `open` (not cleared), `history` (cleared) or `all`, matching `q` in the
     gateway, device or message."""
     query = select(Alarm.id, Alarm.raised_at)
@@ -395,22 +449,25 @@ def alarm_ids(db: Database, paging: Paging, state: str = "open", gateway: str | 
         raise PayloadError(f"state must be open, history or all, got {state[:20]!r}")
     if gateway:
         query = query.where(Alarm.gateway == gateway)
-    if gateways is not None:
-        query = query.where(Alarm.gateway.in_(gateways) if gateways else false())
+    query = query.where(*gateway_in(db, Alarm.gateway, scope))
     query = query.where(matches(paging.q, Alarm.gateway, Alarm.device, Alarm.message))
     rows, total = page_of(db, query, [Alarm.raised_at.desc(), Alarm.id.desc()], paging, "alarms")
     return Page([r.id for r in rows], total)
 
 
-def gateway_count(db: Database) -> int:
-    """How many gateways are registered."""
+def gateway_count(db: Database, scope: Scope = Scope()) -> int:
+    """How many gateways are registered (in `scope.schools`)."""
     with db.read("cannot count the gateways") as conn:
-        return conn.execute(select(func.count()).select_from(Gateway)).scalar_one()
+        return conn.execute(select(func.count()).select_from(Gateway).where(*_registered_in(scope))).scalar_one()
 
 
-def school_ids(db: Database) -> list[str]:
+def school_ids(db: Database, scope: Scope = Scope()) -> list[str]:
+    """The schools (those of `scope.schools`), in code-point order."""
+    query = select(School.id)
+    if scope.schools is not None:
+        query = query.where(School.id.in_(scope.schools) if scope.schools else false())
     with db.read("cannot read the schools") as conn:
-        return sorted(conn.execute(select(School.id)).scalars())
+        return sorted(conn.execute(query).scalars())
 
 
 # ---------------------------------------------------------------- the district: one row per school

@@ -62,12 +62,17 @@ class Places:
         return {b.id: b.name for b in self.buildings}
 
 
-def places(registry: Registry) -> Places:
+def places(registry: Registry, scope: lists.Scope = lists.EVERYTHING) -> Places:
+    """The schools and buildings (of `scope.schools`, for a school-scoped account)."""
     # Sorted here, in code-point order: SQL's string order is the database's collation (PostgreSQL's is
     # the cluster's locale, SQLite's is binary), and the filters must read the same on both engines.
+    schools_q, buildings_q = select(School.id), select(Building)
+    if scope.schools is not None:
+        schools_q = schools_q.where(School.id.in_(scope.schools))
+        buildings_q = buildings_q.where(Building.school_id.in_(scope.schools))
     with registry.session() as s:
-        schools = sorted(s.scalars(select(School.id)))
-        buildings = sorted((BuildingRef(b.id, b.school_id, b.name) for b in s.scalars(select(Building))),
+        schools = sorted(s.scalars(schools_q))
+        buildings = sorted((BuildingRef(b.id, b.school_id, b.name) for b in s.scalars(buildings_q)),
                            key=lambda b: (b.school, b.name))
     return Places(schools, buildings)
 
@@ -199,14 +204,14 @@ class Board:
 
 def board(registry: Registry, ledger: Ledger, school: str | None = None, building: int | None = None,
           problem: str | None = None, paging: lists.Paging | None = None,
-          gateways: tuple[str, ...] | None = None) -> Board:
+          scope: lists.Scope = lists.EVERYTHING) -> Board:
     """A page of the rooms (gateways) with their devices, status, last seen and open alarms, those with a
     problem first, filtered by school, building and problem ("any" or one of PROBLEMS) and `paging.q`,
-    among `gateways` (those a person may see; None: all); `counts` are of every room in sight, before
-    the filters. The page is chosen and counted in SQL; only its rooms' details are read: a dozen
+    within `scope`'s rights (what the caller may see; `Scope()`: all); `counts` are of every room in
+    sight, before the filters. The page is chosen and counted in SQL; only its rooms' details are read: a dozen
     statements, whatever the number of rooms."""
     paging = paging or lists.Paging()
-    page, counts = lists.board_ids(registry.db, paging, lists.Scope(gateways, school, building), problem)
+    page, counts = lists.board_ids(registry.db, paging, scope.narrowed(school, building), problem)
     ids = page.items
     gw_places = alarm_engine.gateway_places(registry, ids=ids) if ids else {}
     reported = {gw["id"]: gw for gw in ledger.gateways(ids=ids)} if ids else {}
@@ -259,7 +264,7 @@ def board(registry: Registry, ledger: Ledger, school: str | None = None, buildin
 
 def board_room(registry: Registry, ledger: Ledger, gateway: str) -> BoardRoom | None:
     """One room as the board shows it (its history page), without reading the others."""
-    return board(registry, ledger, paging=lists.Paging(limit=1), gateways=(gateway,)).room(gateway)
+    return board(registry, ledger, paging=lists.Paging(limit=1), scope=lists.Scope((gateway,))).room(gateway)
 
 
 # ---------------------------------------------------------------- rooms a person may pick (panel)
@@ -277,9 +282,9 @@ class RoomPresence:
 
 
 def room_presence(registry: Registry, ledger: Ledger, paging: lists.Paging | None = None,
-                  gateways: tuple[str, ...] | None = None) -> lists.Page[RoomPresence]:
-    """A page of the registered or reporting rooms (among `gateways`; None: all), by school and gateway."""
-    page = lists.gateway_ids(registry.db, paging or lists.Paging(), lists.Scope(gateways))
+                  scope: lists.Scope = lists.EVERYTHING) -> lists.Page[RoomPresence]:
+    """A page of the registered or reporting rooms (within `scope`), by school and gateway."""
+    page = lists.gateway_ids(registry.db, paging or lists.Paging(), scope)
     if not page.items:
         return lists.Page([], page.total)
     places = alarm_engine.gateway_places(registry, ids=page.items)
@@ -322,13 +327,16 @@ class ProvisionedGateway:
 
 
 def provisioned_gateways(registry: Registry, ledger: Ledger, paging: lists.Paging | None = None,
-                         only: str | None = None) -> lists.Page[ProvisionedGateway]:
-    """A page of the registered gateways (or just `only`), as the provisioning pages list them: a few
-    statements per gateway of the page, none per gateway of the district."""
+                         only: str | None = None, scope: lists.Scope = lists.EVERYTHING) -> lists.Page[ProvisionedGateway]:
+    """A page of the registered gateways of `scope.schools` (or just `only`, if it is one of them), as the
+    provisioning pages list them: a few statements per gateway of the page, none per gateway of the
+    district."""
     if only is not None:
-        page: lists.Page[str] = lists.Page([only] if registry.gateway_info(only) else [], 1)
+        info = registry.gateway_info(only)
+        found = info is not None and scope.allows_school(info["school"])
+        page: lists.Page[str] = lists.Page([only] if found else [], 1 if found else 0)
     else:
-        page = lists.registered_ids(registry.db, paging or lists.Paging())
+        page = lists.registered_ids(registry.db, paging or lists.Paging(), scope)
     ids = page.items
     states = prov.gateway_states(ledger, ids) if ids else {}
     pushed = prov.pushed_versions(registry, ids) if ids else {}
@@ -355,11 +363,11 @@ def provisioned_gateways(registry: Registry, ledger: Ledger, paging: lists.Pagin
 
 
 def api_gateways(registry: Registry, ledger: Ledger, paging: lists.Paging | None = None,
-                 gateways: tuple[str, ...] | None = None) -> lists.Page[dict[str, Any]]:
+                 scope: lists.Scope = lists.EVERYTHING) -> lists.Page[dict[str, Any]]:
     """A page of the gateways the ledger knows (it sent something: `installed`) and those only registered so
     far (`installed: false`, "not installed yet": they raise no alarm until their first message), by school,
-    among `gateways` (None: all). Plain dicts: their keys are the JSON API's (CONTRACT.md `GET /api/gateways`)."""
-    page = lists.gateway_ids(registry.db, paging or lists.Paging(), lists.Scope(gateways))
+    within `scope`. Plain dicts: their keys are the JSON API's (CONTRACT.md `GET /api/gateways`)."""
+    page = lists.gateway_ids(registry.db, paging or lists.Paging(), scope)
     if not page.items:
         return lists.Page([], page.total)
     reported = {gw["id"]: {**gw, "installed": True} for gw in ledger.gateways(ids=page.items)}
@@ -372,9 +380,10 @@ def api_gateways(registry: Registry, ledger: Ledger, paging: lists.Paging | None
 
 
 def api_devices(ledger: Ledger, paging: lists.Paging | None = None,
-                gateways: tuple[str, ...] | None = None) -> lists.Page[dict[str, Any]]:
-    """A page of the devices the agents reported, with their latest values (CONTRACT.md `GET /api/devices`)."""
-    page = lists.reported_device_keys(ledger.db, paging or lists.Paging(), gateways)
+                scope: lists.Scope = lists.EVERYTHING) -> lists.Page[dict[str, Any]]:
+    """A page of the devices the agents reported (within `scope`), with their latest values (CONTRACT.md
+    `GET /api/devices`)."""
+    page = lists.reported_device_keys(ledger.db, paging or lists.Paging(), scope)
     ids = sorted({gw for gw, _ in page.items})
     if not ids:
         return lists.Page([], page.total)
@@ -385,14 +394,15 @@ def api_devices(ledger: Ledger, paging: lists.Paging | None = None,
 
 
 def api_commands(ledger: Ledger, paging: lists.Paging | None = None, gateway: str | None = None,
-                 gateways: tuple[str, ...] | None = None) -> lists.Page[dict[str, Any]]:
-    """A page of the command audit trail, newest first (CONTRACT.md `GET /api/commands`)."""
-    page = lists.command_ids(ledger.db, paging or lists.Paging(), gateway, gateways)
+                 scope: lists.Scope = lists.EVERYTHING) -> lists.Page[dict[str, Any]]:
+    """A page of the command audit trail (within `scope`), newest first (CONTRACT.md `GET /api/commands`)."""
+    page = lists.command_ids(ledger.db, paging or lists.Paging(), gateway, scope)
     found = {c["id"]: c for c in ledger.commands_of(page.items)} if page.items else {}
     return lists.Page([found[cid] for cid in page.items if cid in found], page.total)
 
 
 def school_rollup(registry: Registry, paging: lists.Paging | None = None, sort: str = "school",
-                  descending: bool = False, problems_only: bool = False) -> lists.Page[lists.SchoolRow]:
-    """The district: one row per school (central/lists.py `schools`)."""
-    return lists.schools(registry.db, paging or lists.Paging(), sort, descending, problems_only)
+                  descending: bool = False, problems_only: bool = False,
+                  scope: lists.Scope = lists.EVERYTHING) -> lists.Page[lists.SchoolRow]:
+    """The district: one row per school (of `scope.schools`; central/lists.py `schools`)."""
+    return lists.schools(registry.db, paging or lists.Paging(), sort, descending, problems_only, scope.schools)

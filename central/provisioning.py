@@ -109,15 +109,22 @@ def create_school(registry: Registry, school_id: str, name: str = "") -> None:
             school.name = name
 
 
-def places(registry: Registry) -> list[dict[str, Any]]:
-    """Every school with its rooms (building, gateways) in name order: code-point order, sorted here, not
-    in SQL, whose string order is the database's collation (PostgreSQL's is the cluster's locale, SQLite's
-    is binary), so that both engines list them alike."""
+def places(registry: Registry, schools_in: tuple[str, ...] | None = None) -> list[dict[str, Any]]:
+    """Every school (of `schools_in`, if given) with its rooms (building, gateways) in name order:
+    code-point order, sorted here, not in SQL, whose string order is the database's collation
+    (PostgreSQL's is the cluster's locale, SQLite's is binary), so that both engines list them alike."""
+    school_q, room_q, building_q = select(School), select(Room), select(Building)
+    gateway_q = select(Gateway.id, Gateway.room_id)
+    if schools_in is not None:
+        school_q = school_q.where(School.id.in_(schools_in))
+        room_q = room_q.where(Room.school_id.in_(schools_in))
+        building_q = building_q.where(Building.school_id.in_(schools_in))
+        gateway_q = gateway_q.where(Gateway.school_id.in_(schools_in))
     with registry.session() as s:
-        schools = sorted(s.scalars(select(School)).all(), key=lambda x: x.id)
-        rooms = sorted(s.scalars(select(Room)).all(), key=lambda r: (r.school_id, r.name))
-        buildings = sorted(s.scalars(select(Building)).all(), key=lambda b: b.name)
-        gateways = s.execute(select(Gateway.id, Gateway.room_id)).all()
+        schools = sorted(s.scalars(school_q).all(), key=lambda x: x.id)
+        rooms = sorted(s.scalars(room_q).all(), key=lambda r: (r.school_id, r.name))
+        buildings = sorted(s.scalars(building_q).all(), key=lambda b: b.name)
+        gateways = s.execute(gateway_q).all()
         by_room: dict[int, list[str]] = {}
         for gid, room_id in gateways:
             if room_id is not None:
@@ -346,6 +353,8 @@ class ImportReport:
                                                              "devices added": 0, "devices replaced": 0})
     # New gateways: (gateway, mqtt username, plain password), shown once.
     credentials: list[tuple[str, str, str]] = field(default_factory=list)
+    # Some line names a school outside the importing account's schools (a refusal: 403, not a typo).
+    outside: bool = False
 
 
 @dataclass
@@ -528,8 +537,9 @@ def _check_row(line: int, v: dict[str, str], report: ImportReport) -> _Row | Non
                 address, options)
 
 
-def import_csv(registry: Registry, data: bytes) -> ImportReport:
-    """Check every line, then write everything in one transaction, or nothing at all."""
+def import_csv(registry: Registry, data: bytes, schools: tuple[str, ...] | None = None) -> ImportReport:
+    """Check every line, then write everything in one transaction, or nothing at all. With `schools` (a
+    school-scoped account's), a line of any other school is an error of its own (`outside`)."""
     report = ImportReport()
     try:
         text = decode_csv(data)
@@ -538,6 +548,11 @@ def import_csv(registry: Registry, data: bytes) -> ImportReport:
         return report
     rows = _parse_rows(text, report)
     report.rows = len(rows)
+    for row in rows if schools is not None else ():
+        if row.school not in schools:
+            report.outside = True
+            report.errors.append(ImportProblem(row.line, "school", "not one of your schools (your account is "
+                                                                   f"limited to {', '.join(schools)})"))
     if not rows and not report.errors:
         report.errors.append(ImportProblem(1, "", "no rows after the header"))
     try:

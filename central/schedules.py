@@ -185,10 +185,14 @@ def schedule_dict(s: Schedule, places: Mapping[int, str] | None = None) -> dict[
             "last_run": s.last_run, "scope": scope}
 
 
-def all_schedules(registry: Registry) -> list[Schedule]:
-    """Every schedule, by time of day (detached rows: read their fields, change them through `update`)."""
+def all_schedules(registry: Registry, schools: tuple[str, ...] | None = None) -> list[Schedule]:
+    """Every schedule (of `schools` only, if given: a school-scoped account's, never one for every school),
+    by time of day (detached rows: read their fields, change them through `update`)."""
+    query = select(Schedule).order_by(Schedule.at, Schedule.id)
+    if schools is not None:
+        query = query.where(Schedule.school_id.in_(schools))
     with registry.session() as s:
-        return list(s.scalars(select(Schedule).order_by(Schedule.at, Schedule.id)))
+        return list(s.scalars(query))
 
 
 def get(registry: Registry, schedule_id: int) -> Schedule | None:

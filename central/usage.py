@@ -180,9 +180,11 @@ class UsageReport(Count):
 
 def usage_rate(registry: Registry, ledger: Ledger, store: PointStore, first: date, last: date,
                school: str | None = None, *, now: float | None = None,
-               timetables: dict[str, tts.Timetable] | None = None, min_on_s: float = USED_MIN_S) -> UsageReport:
-    """The usage rate of every room with a display or projector (of one school, or all) from `first` to
-    `last` (both included), its schools' and the district's. ValueError for a span that ends before it
+               timetables: dict[str, tts.Timetable] | None = None, min_on_s: float = USED_MIN_S,
+               schools: tuple[str, ...] | None = None) -> UsageReport:
+    """The usage rate of every room with a display or projector (of one school, or all; of `schools` only,
+    if given: a school-scoped account's) from `first` to `last` (both included), its schools' and the
+    district's (of what is in sight). ValueError for a span that ends before it
     starts or is longer than MAX_REPORT_DAYS."""
     if last < first:
         raise ValueError(f"the end {last} is before the start {first}")
@@ -194,7 +196,7 @@ def usage_rate(registry: Registry, ledger: Ledger, store: PointStore, first: dat
     schools: dict[str, SchoolUsage] = {}
     days: dict[date, DayUsage] = {}
     slots_of: dict[str, list[tts.Slot]] = {}
-    for room in _rooms(registry, ledger):
+    for room in _rooms(registry, ledger, schools):
         if school is not None and room.school != school:
             continue
         sch = schools.setdefault(room.school, SchoolUsage(school=room.school, timetable=room.school in timetables))
@@ -240,19 +242,25 @@ def room_periods_used(store: PointStore, gateway: str, devices: list[str], slots
     return [overlap(merged, s.start, s.end) >= min(min_on_s, s.end - s.start) for s in slots]
 
 
-def _rooms(registry: Registry, ledger: Ledger) -> list[RoomUsage]:
-    """Every room (a gateway, registered or reporting) with its displays and projectors: those its agent
-    reports, and those provisioned that never reported (they count as off: nothing says they were on)."""
+def _rooms(registry: Registry, ledger: Ledger, schools: tuple[str, ...] | None = None) -> list[RoomUsage]:
+    """Every room (a gateway, registered or reporting; of `schools`, if given) with its displays and
+    projectors: those its agent reports, and those provisioned that never reported (they count as off:
+    nothing says they were on)."""
+    from central import lists
     from central.overview import profile_kind  # the overview imports much; only this is wanted here
 
-    places = alarm_engine.gateway_places(registry)
-    gateways = {gw["id"]: gw for gw in ledger.gateways()}
+    ids = None if schools is None else lists.all_gateway_ids(registry.db, lists.Scope(schools=schools))
+    if ids == []:
+        return []
+    places = alarm_engine.gateway_places(registry, ids=ids)
+    gateways = {gw["id"]: gw for gw in ledger.gateways(ids=ids)}
     devices: dict[str, set[str]] = {}
-    for dev in ledger.gateway_devices():
+    for dev in ledger.gateway_devices(ids=ids):
         if dev.get("kind") in POWER_KINDS:
             devices.setdefault(dev["gateway"], set()).add(dev["id"])
+    query = select(Device.gateway_id, Device.device_id, Device.profile)
     with registry.session() as s:
-        provisioned = list(s.execute(select(Device.gateway_id, Device.device_id, Device.profile)))
+        provisioned = list(s.execute(query if ids is None else query.where(Device.gateway_id.in_(ids))))
     kinds: dict[str, str] = {}
     for gid, device_id, profile in provisioned:
         if kinds.setdefault(profile, profile_kind(profile)) in POWER_KINDS:

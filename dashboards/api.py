@@ -2,13 +2,15 @@
 
 Teachers see only the gateways of their rooms and may command only those;
 facility managers see everything and command nothing; admins do anything.
+An admin or facility account limited to some schools sees and commands only
+theirs (dashboards/auth.py: every list is filtered in its SQL by `sight`).
 """
 
 from __future__ import annotations
 
 import math
 import time
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from typing import Any
 
 from flask import Blueprint, Response, g, jsonify, request
@@ -17,7 +19,16 @@ from campus import contract
 from campus.errors import ActionRejected, CampusError, PayloadError, StoreError
 from central import lists, overview
 from central.store.base import MAX_POINTS
-from dashboards.auth import audit, login_required, may_command, may_see
+from dashboards.auth import (
+    audit,
+    login_required,
+    may_command,
+    may_see,
+    not_found,
+    refuse_gateway,
+    school_scoped,
+    sight,
+)
 from dashboards.context import central, web
 from dashboards.strict_json import json_object
 from device_profiles import check_action, shipped_profile
@@ -54,9 +65,9 @@ def health() -> Any:
     return jsonify({"status": "ok"})
 
 
-def in_sight() -> tuple[str, ...] | None:
-    """The gateways the caller may see, for a list's SQL: None (every one) for staff, a teacher's own."""
-    return None if g.user["role"] in ("admin", "facility") else tuple(g.user.get("gateways", []))
+def in_sight() -> lists.Scope:
+    """What the caller may see, for a list's SQL (dashboards/auth.py `sight`)."""
+    return sight(g.user)
 
 
 def paging(default_limit: int = lists.DEFAULT_LIMIT) -> lists.Paging:
@@ -90,7 +101,8 @@ def devices() -> Any:
     if raw:
         wanted = tuple(contract.check_segment(gw[:100], "query parameter 'gateway'")
                        for gw in raw.split(",")[:lists.MAX_LIMIT] if gw)
-        sight = wanted if sight is None else tuple(gw for gw in wanted if gw in sight)
+        sight = replace(sight, gateways=wanted if sight.gateways is None
+                        else tuple(gw for gw in wanted if gw in sight.gateways))
     page = overview.api_devices(central().ledger, paging(), sight)
     return paged(page.items, page.total)
 
@@ -102,7 +114,7 @@ def schools() -> Any:
     filters due), sorted by `sort` (`-` before it: descending), `problems=1` only schools with one."""
     sort = request.args.get("sort") or "school"
     page = overview.school_rollup(central().registry, paging(), sort.removeprefix("-")[:40], sort.startswith("-"),
-                                  flag_arg("problems"))
+                                  flag_arg("problems"), in_sight())
     return paged([asdict(r) for r in page.items], page.total)
 
 
@@ -143,10 +155,10 @@ def telemetry() -> Any:
     if missing:
         return error(400, f"missing query parameter(s): {', '.join(missing)}")
     gateway = request.args["gateway"]
-    if not may_see(g.user, gateway):
-        return error(403, f"gateway {gateway!r} is not in your rooms")
     for name in ("gateway", "device", "metric"):
         contract.check_segment(request.args[name], name)
+    if not may_see(g.user, gateway):
+        return refuse_gateway(g.user, f"gateway {gateway!r} is not in your rooms")
     device, metric = request.args["device"], request.args["metric"]
     end = float_arg("end", time.time())
     start = float_arg("start", end - 3600)
@@ -182,7 +194,7 @@ def events() -> Any:
     since = float_arg("since", 0.0) if request.args.get("since") else None
     gateway = id_arg("gateway")
     if gateway and not may_see(g.user, gateway):
-        return error(403, f"gateway {gateway!r} is not in your rooms")
+        return refuse_gateway(g.user, f"gateway {gateway!r} is not in your rooms")
     page = lists.events(central().ledger.db, paging(1000), gateway, id_arg("type"), since, in_sight())
     return paged(page.items, page.total)
 
@@ -191,6 +203,8 @@ def events() -> Any:
 @login_required
 def send_command(gateway: str, device: str) -> Any:
     if not may_command(g.user, gateway):
+        if school_scoped(g.user) and not may_see(g.user, gateway):
+            return not_found("gateway")
         audit("command", f"refused {gateway}/{device}", ok=False)
         return error(403, f"you may not command gateway {gateway!r}")
     body = json_object()
@@ -241,7 +255,7 @@ def get_command(cid: str) -> Any:
 
 
 @bp.get("/ingest")
-@login_required(roles=("admin", "facility"))
+@login_required(roles=("admin", "facility"), district=True)
 def ingest_workers() -> Any:
     """Every ingest worker's counters (messages, stored, duplicates, rejected, refused by the store, store
     errors and the last one) and whether it still reports."""
@@ -249,7 +263,7 @@ def ingest_workers() -> Any:
 
 
 @bp.get("/metrics")
-@login_required(roles=("admin", "facility"))
+@login_required(roles=("admin", "facility"), district=True)
 def metrics() -> Any:
     from dashboards.prometheus import CONTENT_TYPE, exposition
 
@@ -257,7 +271,7 @@ def metrics() -> Any:
 
 
 @bp.get("/audit")
-@login_required(roles=("admin",))
+@login_required(roles=("admin",), district=True)
 def audit_trail() -> Any:
     page = lists.audit(central().registry.db, paging(200))
     return paged(page.items, page.total)
@@ -274,6 +288,8 @@ def openapi() -> Any:
 @login_required(roles=("admin",))
 def demo_simulator(gateway: str, device: str) -> Any:
     """Demo only: pin simulator values (e.g. push CO2 over a limit) to show alarms."""
+    if not may_see(g.user, gateway):
+        return refuse_gateway(g.user, f"gateway {gateway!r} is not in your rooms")
     control = web().config.sim_control
     if control is None:
         return error(404, "no simulators in this server (only `campus demo` has them)")

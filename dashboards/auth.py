@@ -5,7 +5,16 @@ against the registry; passwords hashed with Werkzeug (scrypt), tokens
 stored as SHA-256. Roles as in CONTRACT.md: `admin` (everything),
 `facility` (read everything, acknowledge alarms), `teacher` (read and
 command the rooms assigned to them only). Every refusal is 401/403, is
-audited, and changes nothing. Session-authenticated writes need the CSRF
+audited, and changes nothing.
+
+An admin or facility account may be limited to some schools (`campus users add --school`): a
+school's own IT person or facility manager. `sight(user)` is what the caller may see as a
+`central.lists.Scope`, which every list puts in its WHERE; `may_see` and `may_command` check one
+gateway. The rule for a school-scoped account: a named thing outside its schools (a gateway, a device,
+a command, an alarm, a schedule, a school's timetable) is a 404 that does not repeat the name, the
+same answer whether it exists or not, so the names of other schools do not leak; what is district-wide
+by nature (alarm rules, the broker files, ingest workers, metrics, the audit trail, new schools) is a
+403 (`login_required(district=True)`). Both are audited. Teachers keep their 403 for another room. Session-authenticated writes need the CSRF
 token (form field `csrf` or header `X-CSRF-Token`); bearer calls do not,
 since a browser never adds that header by itself.
 
@@ -40,6 +49,7 @@ from flask import (
     url_for,
 )
 
+from central import lists
 from dashboards.context import central, web
 from dashboards.security import safe_target
 
@@ -132,6 +142,11 @@ def current_user(recheck: bool = False) -> dict[str, Any] | None:
     return None
 
 
+def refuse(status: int, message: str) -> Any:
+    """A refusal (401 or 403), audited: JSON under /api/, else the login or the error page."""
+    return _refuse(status, message)
+
+
 def _refuse(status: int, message: str) -> Any:
     audit("refused", f"{status} {request.method} {request.path}: {message}", ok=False)
     if request.path.startswith("/api/"):
@@ -141,8 +156,11 @@ def _refuse(status: int, message: str) -> Any:
     return render_template("error.html", status=status, message=message), status
 
 
-def login_required(view: Callable[..., Any] | None = None, *, roles: tuple[str, ...] = ()) -> Any:
-    """Require a login (and, if given, one of `roles`); checks CSRF on session writes."""
+def login_required(view: Callable[..., Any] | None = None, *, roles: tuple[str, ...] = (),
+                   district: bool = False) -> Any:
+    """Require a login (and, if given, one of `roles`; with `district`, an account not limited to some
+    schools: the route shows or changes what belongs to the whole district); checks CSRF on session
+    writes."""
     def decorate(fn: Callable[..., Any]) -> Callable[..., Any]:
         @functools.wraps(fn)
         def wrapped(*args: Any, **kwargs: Any) -> Any:
@@ -152,6 +170,8 @@ def login_required(view: Callable[..., Any] | None = None, *, roles: tuple[str, 
             g.user = user
             if roles and user["role"] not in roles:
                 return _refuse(403, f"this needs the role {' or '.join(roles)}")
+            if district and school_scoped(user):
+                return _refuse(403, "this belongs to the whole district; your account is limited to some schools")
             if request.method not in ("GET", "HEAD", "OPTIONS") and user.get("via") == "session":
                 if not csrf_ok(request.headers.get("X-CSRF-Token") or request.form.get("csrf", "")):
                     return _refuse(403, "missing or wrong CSRF token; reload the page")
@@ -160,12 +180,53 @@ def login_required(view: Callable[..., Any] | None = None, *, roles: tuple[str, 
     return decorate(view) if view is not None else decorate
 
 
+STAFF = ("admin", "facility")
+
+
+def school_scoped(user: dict[str, Any]) -> bool:
+    """An admin or facility account limited to some schools."""
+    return user["role"] in STAFF and bool(user.get("schools"))
+
+
+def sight(user: dict[str, Any]) -> lists.Scope:
+    """What `user` may see, for a list's WHERE: everything (district-wide staff), the schools of a
+    school-scoped account, a teacher's gateways."""
+    if user["role"] in STAFF:
+        return lists.Scope(schools=tuple(user["schools"])) if school_scoped(user) else lists.EVERYTHING
+    return lists.Scope(gateways=tuple(user.get("gateways", [])))
+
+
 def may_see(user: dict[str, Any], gateway: str) -> bool:
-    return user["role"] in ("admin", "facility") or gateway in user.get("gateways", [])
+    if school_scoped(user):
+        return lists.in_scope(central().registry.db, gateway, sight(user))
+    return user["role"] in STAFF or gateway in user.get("gateways", [])
 
 
 def may_command(user: dict[str, Any], gateway: str) -> bool:
-    return user["role"] == "admin" or (user["role"] == "teacher" and gateway in user.get("gateways", []))
+    if user["role"] == "admin":
+        return may_see(user, gateway)
+    return user["role"] == "teacher" and gateway in user.get("gateways", [])
+
+
+def may_see_school(user: dict[str, Any], school: str) -> bool:
+    """Whether `user` may see a school's own pages (its timetable, its usage report)."""
+    return user["role"] in STAFF and sight(user).allows_school(school)
+
+
+def not_found(what: str) -> Any:
+    """The answer to a school-scoped account naming something outside its schools: a 404 without the
+    name, as for one that does not exist; audited as a refusal."""
+    audit("refused", f"404 {request.method} {request.path}: outside the account's schools", ok=False)
+    message = f"no such {what} in your schools"
+    if request.path.startswith("/api/"):
+        return jsonify({"error": message}), 404
+    return render_template("error.html", status=404, message=message), 404
+
+
+def refuse_gateway(user: dict[str, Any], message: str) -> Any:
+    """The refusal of a gateway `user` may not see or command: 404 for a school-scoped account
+    (`not_found`), else a 403 with `message`."""
+    return not_found("gateway") if school_scoped(user) else _refuse(403, message)
 
 
 def home_for(user: dict[str, Any]) -> str:
@@ -173,11 +234,8 @@ def home_for(user: dict[str, Any]) -> str:
     when there is more than one school, else on the rooms board."""
     if user["role"] == "teacher" and "panel.home" in current_app.view_functions:
         return url_for("panel.home")
-    if user["role"] in ("admin", "facility") and "health.district" in current_app.view_functions:
-        from central import lists
-        from dashboards.context import central
-
-        if len(lists.school_ids(central().registry.db)) > 1:
+    if user["role"] in STAFF and "health.district" in current_app.view_functions:
+        if len(lists.school_ids(central().registry.db, sight(user))) > 1:
             return url_for("health.district")
     return "/"
 

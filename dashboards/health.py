@@ -51,7 +51,16 @@ from central import alarms as alarm_engine
 from central import lists, overview
 from central.registry import row_id
 from central.usage import MAX_SAMPLE_GAP_S, POWER_KINDS, iter_points, on_intervals, overlap, power_state  # noqa: F401
-from dashboards.auth import add_nav, audit, login_required
+from dashboards.auth import (
+    add_nav,
+    audit,
+    login_required,
+    may_see,
+    refuse,
+    refuse_gateway,
+    school_scoped,
+    sight,
+)
 from dashboards.context import central
 
 log = logging.getLogger(__name__)
@@ -98,11 +107,12 @@ def _json_error(status: int, message: str) -> Any:
 
 
 def board_data(school: str | None = None, building: int | None = None,
-               problem: str | None = None, paging: lists.Paging | None = None) -> overview.Board:
-    """A page of the rooms (gateways) with their devices, status, last seen and open alarms, problems first,
-    filtered (central/overview.py)."""
+               problem: str | None = None, paging: lists.Paging | None = None,
+               scope: lists.Scope = lists.EVERYTHING) -> overview.Board:
+    """A page of the rooms (gateways) within `scope` with their devices, status, last seen and open alarms,
+    problems first, filtered (central/overview.py)."""
     c = central()
-    return overview.board(c.registry, c.ledger, school, building, problem, paging)
+    return overview.board(c.registry, c.ledger, school, building, problem, paging, scope)
 
 
 def paged(body: Any, total: int) -> Any:
@@ -129,7 +139,7 @@ def _filters(args: Any) -> tuple[str | None, int | None, str | None]:
 @bp.get("/health/")
 @login_required(roles=STAFF)
 def board() -> Any:
-    places = overview.places(central().registry)
+    places = overview.places(central().registry, sight(g.user))
     try:
         school, building, problem = _filters(request.args)
     except ValueError as exc:
@@ -150,7 +160,7 @@ def api_board() -> Any:
         paging = lists.Paging.parse(request.args)
     except (ValueError, PayloadError) as exc:
         return _json_error(400, str(exc))
-    data = board_data(school, building, problem, paging)
+    data = board_data(school, building, problem, paging, sight(g.user))
     return paged(data.as_dict(), data.total)
 
 
@@ -165,7 +175,7 @@ def district() -> Any:
     try:
         paging = lists.Paging.parse(request.args)
         page = overview.school_rollup(central().registry, paging, sort.removeprefix("-")[:40],
-                                      sort.startswith("-"), request.args.get("problems") == "1")
+                                      sort.startswith("-"), request.args.get("problems") == "1", sight(g.user))
     except PayloadError as exc:
         return render_template("error.html", status=400, message=str(exc)), 400
     return render_template("health_district.html", schools=page.items, total=page.total, paging=paging, sort=sort,
@@ -198,7 +208,7 @@ def api_alarms() -> Any:
         except names.BadName as exc:
             return _json_error(400, str(exc))
     reg = central().registry
-    page = lists.alarm_ids(reg.db, paging, state, gateway)
+    page = lists.alarm_ids(reg.db, paging, state, gateway, sight(g.user))
     rows = alarm_engine.list_alarms(reg, state, paging.limit, ids=page.items) if page.items else []
     return paged(rows, page.total)
 
@@ -207,6 +217,11 @@ def _ack(raw_id: str) -> tuple[dict[str, Any] | None, str]:
     alarm_id = db_id(raw_id)
     if alarm_id is None:
         return None, "no such alarm"
+    if school_scoped(g.user):  # an alarm of another school is one that does not exist
+        found = alarm_engine.list_alarms(central().registry, "all", 1, ids=[alarm_id])
+        if not found or not may_see(g.user, found[0]["gateway"]):
+            audit("refused", f"404 {request.method} {request.path}: outside the account's schools", ok=False)
+            return None, f"no alarm {raw_id}"
     result = alarm_engine.acknowledge(central().registry, alarm_id, g.user["user"])
     if result is None:
         return None, f"no alarm {raw_id}"
@@ -247,6 +262,9 @@ def thresholds() -> Any:
     typed: dict[int, dict[str, Any]] = {}
     status = 200
     if request.method == "POST":
+        if school_scoped(g.user):
+            return refuse(403, "alarm rules are the district's, for every school; your account is limited to some "
+                               "schools")
         raw_id = request.form.get("rule_id", "")
         rule_id = db_id(raw_id) or -1
         spec = next((r for r in alarm_engine.list_rules(reg) if r["id"] == rule_id), None)
@@ -309,6 +327,8 @@ def requested_room(gateway: str) -> tuple[overview.BoardRoom, str]:
     window = request.args.get("window", "24h")
     if window not in WINDOWS:
         abort(make_response(render_template("error.html", status=400, message="window must be 1h, 24h or 7d"), 400))
+    if not may_see(g.user, gateway):
+        abort(make_response(refuse_gateway(g.user, f"gateway {gateway!r} is not yours")))
     c = central()
     info = overview.board_room(c.registry, c.ledger, gateway)
     if info is None:
@@ -386,9 +406,9 @@ def usage() -> Any:
     end = min(bounds[-1], now)
     rows = []
     # A page of rooms (by school and id), each read from the store: the page's cost, not the district's.
-    page = lists.gateway_ids(c.registry.db, paging, lists.Scope(school=school))
+    page = lists.gateway_ids(c.registry.db, paging, sight(g.user).narrowed(school=school))
     data = overview.board(c.registry, c.ledger, paging=lists.Paging(limit=max(1, len(page.items))),
-                          gateways=tuple(page.items))
+                          scope=lists.Scope(gateways=tuple(page.items)))
     by_id = {r.gateway: r for r in data.rooms}
     for r in (by_id[gid] for gid in page.items if gid in by_id):
         for d in r.devices:

@@ -15,12 +15,12 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from flask import abort, flash, g, redirect, render_template, request, url_for
+from flask import abort, flash, g, make_response, redirect, render_template, request, url_for
 
 from central import overview
 from central import schedules as sched
 from central.registry import Schedule
-from dashboards.auth import audit, login_required
+from dashboards.auth import audit, login_required, not_found, school_scoped, sight
 from dashboards.context import central
 from dashboards.health import STAFF, bp, db_id
 from dashboards.security import safe_target
@@ -28,10 +28,11 @@ from dashboards.security import safe_target
 
 def _schedule_page(form_values: dict[str, Any] | None = None, error: str = "", status: int = 200) -> Any:
     reg = central().registry
-    places = overview.places(reg)
+    scope = sight(g.user)
+    places = overview.places(reg, scope)
     schools, buildings, names = places.schools, places.buildings, places.building_names()
     now_local = datetime.now().astimezone()
-    rows = sched.all_schedules(reg)
+    rows = sched.all_schedules(reg, scope.schools)
     last_runs: dict[int, dict[str, Any]] = {}
     for run_ in sched.runs(reg, limit=500):
         last_runs.setdefault(run_["schedule_id"], run_)
@@ -55,6 +56,15 @@ def _form_values() -> dict[str, Any]:
             "days": ",".join(request.form.getlist("days")), "action": request.form.get("action", ""),
             "kinds": ",".join(request.form.getlist("kinds")), "school_id": request.form.get("school_id", ""),
             "building_id": request.form.get("building_id", ""), "enabled": request.form.get("enabled") == "on"}
+
+
+def _outside(fields: dict[str, Any]) -> str:
+    """Why a school-scoped account may not save a schedule of these fields ("" if it may): it acts on
+    its schools only, so a schedule for every school is not its to make."""
+    if not school_scoped(g.user) or sight(g.user).allows_school(fields.get("school_id") or ""):
+        return ""
+    audit("schedule", f"refused {fields}: outside the account's schools", ok=False)
+    return "school: your account is limited to some schools; pick one of them"
 
 
 def _live(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -85,6 +95,8 @@ def create_schedule() -> Any:
         fields = sched.validate(values, central().registry)
     except sched.ScheduleError as exc:
         return _schedule_page(values, str(exc), 400)
+    if problem := _outside(fields):
+        return _schedule_page(values, problem, 403)
     sid = sched.create(central().registry, fields)
     audit("schedule", f"created #{sid} {fields}")
     flash(f"Schedule “{fields['name']}” created.")
@@ -98,6 +110,8 @@ def _get_schedule(sid: str) -> Schedule:
     row = sched.get(central().registry, schedule_id)
     if row is None:
         abort(404, "no such schedule")
+    if school_scoped(g.user) and not sight(g.user).allows_school(row.school_id or ""):
+        abort(make_response(not_found("schedule")))
     return row
 
 
@@ -110,7 +124,7 @@ def schedule(sid: str) -> Any:
 def _one_schedule(row: Schedule, form_values: dict[str, Any] | None = None, error: str = "",
                   status: int = 200) -> Any:
     reg = central().registry
-    places = overview.places(reg)
+    places = overview.places(reg, sight(g.user))
     schools, buildings = places.schools, places.buildings
     item = sched.schedule_dict(row, places.building_names())
     nxt = sched.next_run(row, datetime.now().astimezone())
@@ -133,6 +147,8 @@ def edit_schedule(sid: str) -> Any:
         fields = sched.validate(values, central().registry)
     except sched.ScheduleError as exc:
         return _one_schedule(row, values, str(exc), 400)
+    if problem := _outside(fields):
+        return _one_schedule(row, values, problem, 403)
     before = sched.update(central().registry, row.id, fields)
     if before is None:
         abort(404, "no such schedule")

@@ -55,7 +55,7 @@ from central import lists, overview
 from central.ledger import Ledger
 from dashboards import auth, strict_json
 from dashboards.api import error
-from dashboards.auth import audit, login_required, may_command, may_see
+from dashboards.auth import audit, login_required, may_command, may_see, not_found, school_scoped, sight
 from dashboards.context import central, web
 from device_profiles import available_profiles, load_profile
 
@@ -291,11 +291,12 @@ def _room_name(gateway: str, snapshot: dict[str, Any]) -> str | None:
 def _visible_rooms(paging: lists.Paging) -> lists.Page[overview.RoomPresence]:
     """A page of the rooms the current user may see: registered or reporting, with its presence."""
     c = central()
-    sight = None if g.user["role"] in ("admin", "facility") else tuple(g.user.get("gateways", []))
-    return overview.room_presence(c.registry, c.ledger, paging, sight)
+    return overview.room_presence(c.registry, c.ledger, paging, sight(g.user))
 
 
 def _refuse_page(gateway: str) -> Any:
+    if school_scoped(g.user):
+        return not_found("room")
     audit("refused", f"403 panel {gateway}: not in the user's rooms", ok=False)
     return render_template("error.html", status=403,
                            message=f"The room of gateway {gateway} is not one of your rooms."), 403
@@ -383,6 +384,8 @@ def _room_events(states: RoomStates, gateway: str, heartbeat_s: float) -> Iterat
 @login_required
 def stream(gateway: str) -> Any:
     if not may_see(g.user, gateway):
+        if school_scoped(g.user):
+            return not_found("room")
         audit("refused", f"403 panel stream {gateway}: not in the user's rooms", ok=False)
         return error(403, f"gateway {gateway!r} is not in your rooms")
     states = _states()

@@ -1,7 +1,10 @@
 """Provisioning pages for IT staff (role `admin` only): places, gateways, devices, CSV import, broker files.
 
 Routes, all under /provisioning/ (every form carries the CSRF token; every
-change is written to the audit trail, refusals and failures too):
+change is written to the audit trail, refusals and failures too). An admin limited to some schools
+(dashboards/auth.py) sees and changes only their gateways, rooms and imports; another school's gateway
+is a 404, a form or CSV line naming another school a 403; new schools, the ingest page and the broker
+files are the district's (403):
 
 - `GET  /provisioning/gateways`: every gateway with room, online, devices and
   its config versions (wanted in the registry / pushed / applied by the agent);
@@ -49,7 +52,7 @@ from campus.errors import CampusError, ConfigError, PayloadError
 from central import broker_config, lists, overview
 from central import provisioning as prov
 from central.registry import Registry
-from dashboards.auth import add_nav, audit, login_required
+from dashboards.auth import add_nav, audit, login_required, may_see, not_found, refuse, school_scoped, sight
 from dashboards.context import central, web
 from dashboards.security import safe_target
 from protocols import PROTOCOLS
@@ -116,7 +119,21 @@ def _profiles() -> list[dict[str, Any]]:
 def _gateway_rows(paging: lists.Paging | None = None, only: str | None = None
                   ) -> lists.Page[overview.ProvisionedGateway]:
     c = central()
-    return overview.provisioned_gateways(c.registry, c.ledger, paging, only)
+    return overview.provisioned_gateways(c.registry, c.ledger, paging, only, sight(g.user))
+
+
+def _outside(gateway: str) -> Any:
+    """The 404 for a gateway outside a school-scoped admin's schools (None: it is theirs, or the admin is
+    district-wide)."""
+    return not_found("gateway") if school_scoped(g.user) and not may_see(g.user, gateway) else None
+
+
+def _not_my_school(school: str, what: str) -> Any:
+    """The 403 for a form naming a school outside a school-scoped admin's schools (None: it is theirs)."""
+    if not school or sight(g.user).allows_school(school):  # no school: the form's own "required" error
+        return None
+    audit(what, f"refused {school!r}: outside the account's schools", ok=False)
+    return refuse(403, f"school {school!r} is not one of your schools")
 
 
 def _paging() -> lists.Paging:
@@ -160,10 +177,13 @@ def _gateways_page(error: str | None = None, form: dict[str, str] | None = None,
     paging = _paging()
     page = _gateway_rows(paging)
     rows = page.items
-    schools = lists.school_ids(_reg().db)
+    schools = lists.school_ids(_reg().db, sight(g.user))
+    # The push runs of every school name gateways: a school-scoped admin sees none (they are the district's).
+    runs = [] if school_scoped(g.user) else prov.push_runs(_reg(), 5)
     return render_template("prov_gateways.html", tab="gateways", gateways=rows, schools=schools, error=error,
-                           form=form or {}, mqtt_ready=_client() is not None, push_runs=prov.push_runs(_reg(), 5),
-                           total=page.total, paging=paging, unpushed=lists.unpushed_count(_reg().db)), status
+                           form=form or {}, mqtt_ready=_client() is not None, push_runs=runs,
+                           total=page.total, paging=paging, unpushed=lists.unpushed_count(_reg().db, sight(g.user))), \
+        status
 
 
 @bp.post("/gateways")
@@ -177,6 +197,8 @@ def register_gateway() -> Any:
             raise ConfigError("school: required")
         if not form["room"]:
             raise ConfigError("room: required")
+        if (refused := _not_my_school(form["school"], "provision.gateway")) is not None:
+            return refused
         password = _reg().register_gateway(form["gateway"], form["school"], form["room"], form["building"])
     except CampusError as exc:
         audit("provision.gateway", f"register {form['gateway']!r} refused: {exc}", ok=False)
@@ -196,7 +218,7 @@ def _show_credentials(gateway: str, password: str, *, new: bool) -> Response:
 @bp.get("/gateways/<gateway>")
 @login_required(roles=ADMIN)
 def gateway(gateway: str) -> Any:
-    return _gateway_page(gateway)
+    return _outside(gateway) or _gateway_page(gateway)
 
 
 def _gateway_page(gateway: str, error: str | None = None, form: dict[str, str] | None = None,
@@ -235,6 +257,8 @@ def _address_from_form(protocol: str) -> dict[str, Any]:
 def add_device(gateway: str) -> Any:
     from device_profiles import load_profile
 
+    if (refused := _outside(gateway)) is not None:
+        return refused
     form = {k: v for k, v in request.form.items() if k != "csrf"}
     device_id = form.get("device", "").strip()
     profile = form.get("profile", "").strip()
@@ -273,6 +297,8 @@ def gateway_page_error(gw: str, message: str, form: dict[str, str]) -> Any:
 @bp.post("/gateways/<gateway>/devices/<device>/remove")
 @login_required(roles=ADMIN)
 def remove_device(gateway: str, device: str) -> Any:
+    if (refused := _outside(gateway)) is not None:
+        return refused
     try:
         _reg().remove_device(gateway, device)
     except CampusError as exc:
@@ -293,6 +319,8 @@ def _push(gateway: str) -> int:
 @bp.post("/gateways/<gateway>/push")
 @login_required(roles=ADMIN)
 def push(gateway: str) -> Any:
+    if (refused := _outside(gateway)) is not None:
+        return refused
     try:
         version = _push(gateway)
     except CampusError as exc:
@@ -335,6 +363,8 @@ def push_all() -> Any:
 @bp.post("/gateways/<gateway>/password")
 @login_required(roles=ADMIN)
 def new_password(gateway: str) -> Any:
+    if (refused := _outside(gateway)) is not None:
+        return refused
     try:
         password = prov.new_gateway_password(_reg(), gateway)
     except CampusError as exc:
@@ -347,6 +377,8 @@ def new_password(gateway: str) -> Any:
 @bp.get("/gateways/<gateway>/config.yaml")
 @login_required(roles=ADMIN)
 def config_yaml(gateway: str) -> Any:
+    if (refused := _outside(gateway)) is not None:
+        return refused
     if _reg().gateway_info(gateway) is None:
         return render_template("error.html", status=404, message=f"no gateway {gateway!r}"), 404
     try:
@@ -365,6 +397,12 @@ def places() -> Any:
     error, status = None, 200
     form = {k: request.form.get(k, "").strip() for k in ("what", "school", "name", "building", "room")}
     if request.method == "POST":
+        if form["what"] == "school" and school_scoped(g.user) and not sight(g.user).allows_school(form["school"]):
+            audit("provision.place", f"refused new school {form['school']!r}: the account is limited to schools",
+                  ok=False)
+            return refuse(403, "new schools are the district's; your account is limited to some schools")
+        if (refused := _not_my_school(form["school"], "provision.place")) is not None:
+            return refused
         try:
             if form["what"] == "school":
                 if not form["school"]:
@@ -382,7 +420,8 @@ def places() -> Any:
         except CampusError as exc:
             audit("provision.place", f"refused {form}: {exc}", ok=False)
             error, status = str(exc), 400
-    return render_template("prov_places.html", tab="places", schools=prov.places(_reg()), error=error,
+    return render_template("prov_places.html", tab="places", schools=prov.places(_reg(), sight(g.user).schools),
+                           error=error,
                            form=form), status
 
 
@@ -400,7 +439,7 @@ def import_csv() -> Any:
         if not data:
             data = request.form.get("text", "").encode()
             filename = filename or "pasted text"
-        report = prov.import_csv(_reg(), data)
+        report = prov.import_csv(_reg(), data, sight(g.user).schools)
         if report.ok:
             audit("provision.import", f"{filename}: {report.rows} rows; {report.created}")
         else:
@@ -416,7 +455,8 @@ def import_csv() -> Any:
                ("options", "", "driver options, same syntax")]
     resp = make_response(render_template("prov_import.html", tab="import", report=report, filename=filename,
                                          columns=columns, profiles=_profiles(), example=prov.EXAMPLE_CSV,
-                                         mqtt_url=_mqtt_url()), 200 if report is None or report.ok else 400)
+                                         mqtt_url=_mqtt_url()),
+                         200 if report is None or report.ok else 403 if report.outside else 400)
     return _no_store(resp) if report is not None and report.credentials else resp
 
 
@@ -430,14 +470,14 @@ def example_csv() -> Any:
 
 
 @bp.get("/ingest")
-@login_required(roles=ADMIN)
+@login_required(roles=ADMIN, district=True)
 def ingest() -> Any:
     """The central ingest workers as they last reported (GET /api/ingest has the same, as JSON)."""
     return render_template("prov_ingest.html", tab="ingest", workers=central().ledger.workers())
 
 
 @bp.route("/broker", methods=["GET", "POST"])
-@login_required(roles=ADMIN)
+@login_required(roles=ADMIN, district=True)
 def broker() -> Any:
     target = _broker_dir()
     written = None

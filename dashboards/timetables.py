@@ -45,7 +45,7 @@ from campus import names
 from central import timetable_csv, usage
 from central import timetables as tts
 from central.overview import places
-from dashboards.auth import audit, login_required
+from dashboards.auth import audit, login_required, may_see_school, not_found, sight
 from dashboards.context import central
 from dashboards.health import STAFF, parse_week
 from dashboards.strict_json import json_object
@@ -64,6 +64,8 @@ def _school(school: str) -> str:
         names.identifier(school, "school")
     except names.BadName:
         abort(404, f"no school {school[:64]!r}: not a valid id")
+    if not may_see_school(g.user, school):  # another school of a school-scoped account: as if there were none
+        abort(make_response(not_found("school")))
     if not tts.school_exists(central().registry, school):
         abort(404, f"no school {school!r}")
     return school
@@ -163,10 +165,13 @@ def _report() -> usage.UsageReport:
             names.identifier(school, "school")
         except names.BadName as exc:
             raise _Refused("school", exc.reason) from None
+        if not may_see_school(g.user, school):
+            audit("refused", f"usage report of {school}: outside the account's schools", ok=False)
+            raise _Refused("school", "no such school in your schools")
         if not tts.school_exists(central().registry, school):
             raise _Refused("school", f"no school {school!r}")
     c = central()
-    return usage.usage_rate(c.registry, c.ledger, c.store, first, last, school)
+    return usage.usage_rate(c.registry, c.ledger, c.store, first, last, school, schools=sight(g.user).schools)
 
 
 def _pct(rate: float | None) -> str:
@@ -217,7 +222,8 @@ def usage_rate_page() -> Any:
             [(s.school, s.rate, s.periods, s.used) for s in report.schools])
     query = {key: label, **({"school": school} if school else {})}
     return render_template("timetable_usage.html", tab="usage-rate", report=report, label=label, key=key,
-                           first=first, last=last, school=school, schools=places(central().registry).schools,
+                           first=first, last=last, school=school,
+                           schools=places(central().registry, sight(g.user)).schools,
                            prev_url=url_for(".usage_rate_page", **{**query, key: before}),
                            next_url=url_for(".usage_rate_page", **{**query, key: after}),
                            csv_url=url_for(".usage_rate_csv", **query), xlsx_url=url_for(".usage_rate_xlsx", **query),
@@ -284,7 +290,7 @@ def usage_rate_xlsx() -> Any:
 def timetables_page() -> Any:
     reg = central().registry
     saved = tts.load_all(reg)
-    rows = [{"school": s, "timetable": saved.get(s)} for s in places(reg).schools]
+    rows = [{"school": s, "timetable": saved.get(s)} for s in places(reg, sight(g.user)).schools]
     return render_template("timetables.html", tab="timetables", rows=rows)
 
 
