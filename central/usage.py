@@ -181,8 +181,8 @@ class UsageReport(Count):
 def usage_rate(registry: Registry, ledger: Ledger, store: PointStore, first: date, last: date,
                school: str | None = None, *, now: float | None = None,
                timetables: dict[str, tts.Timetable] | None = None, min_on_s: float = USED_MIN_S,
-               schools: tuple[str, ...] | None = None) -> UsageReport:
-    """The usage rate of every room with a display or projector (of one school, or all; of `schools` only,
+               schools_in: tuple[str, ...] | None = None) -> UsageReport:
+    """The usage rate of every room with a display or projector (of one school, or all; of `schools_in` only,
     if given: a school-scoped account's) from `first` to `last` (both included), its schools' and the
     district's (of what is in sight). ValueError for a span that ends before it
     starts or is longer than MAX_REPORT_DAYS."""
@@ -196,7 +196,7 @@ def usage_rate(registry: Registry, ledger: Ledger, store: PointStore, first: dat
     schools: dict[str, SchoolUsage] = {}
     days: dict[date, DayUsage] = {}
     slots_of: dict[str, list[tts.Slot]] = {}
-    for room in _rooms(registry, ledger, schools):
+    for room in _rooms(registry, ledger, schools_in):
         if school is not None and room.school != school:
             continue
         sch = schools.setdefault(room.school, SchoolUsage(school=room.school, timetable=room.school in timetables))

@@ -250,7 +250,7 @@ def list_commands() -> Any:
 def get_command(cid: str) -> Any:
     record = central().ledger.command(cid)
     if record is None or not may_see(g.user, record["gateway"]):
-        return error(404, f"no command {cid!r}")
+        return not_found("command") if school_scoped(g.user) else error(404, f"no command {cid!r}")
     return jsonify(record)
 
 

@@ -123,7 +123,7 @@ def api_usage() -> Any:
     try:
         report = _report()
     except _Refused as exc:
-        return _bad(exc.message, exc.field)
+        return _bad(exc.message, exc.field, exc.status)
     return jsonify(report.as_dict())
 
 
@@ -131,9 +131,9 @@ def api_usage() -> Any:
 
 
 class _Refused(ValueError):
-    def __init__(self, field: str, message: str) -> None:
+    def __init__(self, field: str, message: str, status: int = 400) -> None:
         super().__init__(message)
-        self.field, self.message = field, f"{field}: {message}"
+        self.field, self.message, self.status = field, f"{field}: {message}", status
 
 
 def span(week: str | None, month: str | None, today: date | None = None) -> tuple[date, date, str]:
@@ -167,11 +167,11 @@ def _report() -> usage.UsageReport:
             raise _Refused("school", exc.reason) from None
         if not may_see_school(g.user, school):
             audit("refused", f"usage report of {school}: outside the account's schools", ok=False)
-            raise _Refused("school", "no such school in your schools")
+            raise _Refused("school", "no such school in your schools", 404)
         if not tts.school_exists(central().registry, school):
             raise _Refused("school", f"no school {school!r}")
     c = central()
-    return usage.usage_rate(c.registry, c.ledger, c.store, first, last, school, schools=sight(g.user).schools)
+    return usage.usage_rate(c.registry, c.ledger, c.store, first, last, school, schools_in=sight(g.user).schools)
 
 
 def _pct(rate: float | None) -> str:
@@ -209,7 +209,7 @@ def usage_rate_page() -> Any:
         first, last, label = span(request.args.get("week"), request.args.get("month"))
         report = _report()
     except _Refused as exc:
-        return render_template("error.html", status=400, message=exc.message), 400
+        return render_template("error.html", status=exc.status, message=exc.message), exc.status
     school = request.args.get("school") or ""
     by_month = bool(request.args.get("month"))
     if by_month:
@@ -241,7 +241,7 @@ def usage_rate_csv() -> Any:
     try:
         report = _report()
     except _Refused as exc:
-        return render_template("error.html", status=400, message=exc.message), 400
+        return render_template("error.html", status=exc.status, message=exc.message), exc.status
     out = io.StringIO()
     out.write("\ufeff")  # Excel reads UTF-8 as GBK on a Chinese Windows without it (dashboards/history_csv.py)
     writer = csv.writer(out, lineterminator="\r\n")
@@ -258,7 +258,7 @@ def usage_rate_xlsx() -> Any:
     try:
         report = _report()
     except _Refused as exc:
-        return render_template("error.html", status=400, message=exc.message), 400
+        return render_template("error.html", status=exc.status, message=exc.message), exc.status
     book = Workbook()
     sheet = book.active
     sheet.title = "usage rate"
