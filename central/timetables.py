@@ -420,10 +420,14 @@ def load(registry: Registry, school: str) -> Timetable | None:
         return Timetable(school, head.timezone, periods, ranges, head.updated, head.updated_by)
 
 
-def load_all(registry: Registry) -> dict[str, Timetable]:
-    """Every school's timetable, by school (a district report reads them once)."""
+def load_all(registry: Registry, schools_in: tuple[str, ...] | None = None) -> dict[str, Timetable]:
+    """Every school's timetable (of `schools_in`, if given: a school-scoped account's), by school (a
+    district report reads them once)."""
+    query = select(TimetableRow.school_id)
+    if schools_in is not None:
+        query = query.where(TimetableRow.school_id.in_(schools_in))
     with registry.session() as s:
-        schools = list(s.scalars(select(TimetableRow.school_id)))
+        schools = list(s.scalars(query))
     return {school: tt for school in schools if (tt := load(registry, school)) is not None}
 
 

@@ -191,7 +191,7 @@ def usage_rate(registry: Registry, ledger: Ledger, store: PointStore, first: dat
     if (last - first).days >= MAX_REPORT_DAYS:
         raise ValueError(f"at most {MAX_REPORT_DAYS} days in one report")
     now = time.time() if now is None else now
-    timetables = tts.load_all(registry) if timetables is None else timetables
+    timetables = tts.load_all(registry, schools_in) if timetables is None else timetables
     report = UsageReport(first=first, last=last, asof=now)
     schools: dict[str, SchoolUsage] = {}
     days: dict[date, DayUsage] = {}

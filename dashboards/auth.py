@@ -192,7 +192,7 @@ def sight(user: dict[str, Any]) -> lists.Scope:
     """What `user` may see, for a list's WHERE: everything (district-wide staff), the schools of a
     school-scoped account, a teacher's gateways."""
     if user["role"] in STAFF:
-        return lists.Scope(schools=tuple(user["schools"])) if school_scoped(user) else lists.EVERYTHING
+        return lists.Scope(schools=tuple(user.get("schools", ()))) if school_scoped(user) else lists.EVERYTHING
     return lists.Scope(gateways=tuple(user.get("gateways", [])))
 
 

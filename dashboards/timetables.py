@@ -289,8 +289,9 @@ def usage_rate_xlsx() -> Any:
 @login_required(roles=STAFF)
 def timetables_page() -> Any:
     reg = central().registry
-    saved = tts.load_all(reg)
-    rows = [{"school": s, "timetable": saved.get(s)} for s in places(reg, sight(g.user)).schools]
+    scope = sight(g.user)
+    saved = tts.load_all(reg, scope.schools)
+    rows = [{"school": s, "timetable": saved.get(s)} for s in places(reg, scope).schools]
     return render_template("timetables.html", tab="timetables", rows=rows)
 
 
