@@ -273,9 +273,9 @@ def _rate(periods: int | None, used: int | None) -> float | None:
     return round(used / periods, 4) if periods and used is not None else None
 
 
-def districts(db: Database, paging: lists.Paging) -> lists.Page[dict[str, Any]]:
-    """A page of the districts by name, each with its newest push and its schools' totals: two
-    statements whatever the number of districts and schools."""
+def districts(db: Database, paging: lists.Paging, only: str | None = None) -> lists.Page[dict[str, Any]]:
+    """A page of the districts by name (or just `only`), each with its newest push and its schools'
+    totals: two statements whatever the number of districts and schools."""
     d, s = CityDistrict.__table__, CitySchool.__table__
     sums = [func.coalesce(func.sum(s.c[k]), 0).label(k) for k in COUNTS]
     totals = (select(s.c.district, func.count().label("schools"), *sums,
@@ -286,6 +286,8 @@ def districts(db: Database, paging: lists.Paging) -> lists.Page[dict[str, Any]]:
                     *(func.coalesce(totals.c[k], 0).label(k) for k in COUNTS),
                     totals.c.usage_periods, totals.c.usage_used)
              .select_from(d).outerjoin(totals, totals.c.district == d.c.name).where(lists.matches(paging.q, d.c.name)))
+    if only is not None:
+        query = query.where(d.c.name == only)
     rows, total = lists.page_of(db, query, [lists.ordered(db, d.c.name)], paging, "districts")
     return lists.Page([{"district": r.name, "seq": r.seq, "generated_at": r.generated_at,
                         "received_at": r.received_at, "schools": int(r.schools),
