@@ -190,7 +190,7 @@ class CityPusher:
         return max(self.interval, min(BACKOFF_MAX_S, 20 * self.interval))
 
     def start(self) -> CityPusher:
-        log.info("city push: district %s -> %s every %.0f s", self.link.district, self.link.endpoint, self.interval)
+        log.info("city push: district %s -> %s every %g s", self.link.district, self.link.endpoint, self.interval)
         self._thread.start()
         return self
 

@@ -208,6 +208,42 @@ def test_a_district_link_needs_all_three_and_checks_them(monkeypatch: pytest.Mon
     assert link is not None and link.endpoint == "https://city:8443/campus/api/city/rollups"
 
 
+def test_one_pusher_of_a_district_sends_and_another_takes_over_counting_on(city_app: Flask, tmp_path: Path) -> None:
+    """Two pushers on one district database (two web workers): the one holding the `city-push` lease
+    sends; when it stops, the other takes over and its seq numbers go on from the district's count."""
+    from central.city_push import CityPusher
+    from central.store.sqlite import SqlitePointStore
+    from dashboards.server import serve
+
+    server = serve(city_app, "127.0.0.1", 0)
+    db_url = f"sqlite:///{tmp_path / 'district.db'}"
+    fill_district(db_url, [("gw-n1a", "n1", True)])
+    link = CityLink(f"http://127.0.0.1:{server.port}/", city_app.districts["north"], "north")  # type: ignore[attr-defined]
+    parts = [(Registry(db_url), SqlitePointStore(str(tmp_path / "points.db"))) for _ in range(2)]
+    pushers = [CityPusher(link, reg, None, store, interval=0.05, usage_interval=0) for reg, store in parts]
+
+    def city_seq() -> int:
+        return next(d["seq"] for d in read(city_app, "/api/districts").get_json() if d["district"] == "north")
+    try:
+        for p in pushers:
+            p.start()
+        wait_until(lambda: city_seq() >= 5, 20, message="five pushes")
+        assert sorted(p.pushes > 0 for p in pushers) == [False, True]  # one sends, the other waits
+        holder, other = sorted(pushers, key=lambda p: p.pushes, reverse=True)
+        holder.stop()
+        seq = city_seq()
+        wait_until(lambda: other.pushes >= 2, 20, message="the other pusher taking over")
+        assert city_seq() > seq
+        assert [s["school"] for s in read(city_app, "/api/districts/north/schools").get_json()] == ["n1"]
+    finally:
+        for p in pushers:
+            p.stop()
+        for reg, store in parts:
+            reg.close()
+            store.close()
+        server.shutdown()
+
+
 # ---------------------------------------------------------------- two districts and a city, real processes
 
 
