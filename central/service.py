@@ -19,7 +19,9 @@ import logging
 import os
 from dataclasses import dataclass, field
 
+from central import city_push
 from central.alarms import AlarmMonitor
+from central.city_push import CityLink, CityPusher
 from central.commands import CommandService
 from central.db import Database, open_database, url_of
 from central.ledger import Ledger
@@ -53,6 +55,8 @@ class CentralConfig:
     schedule_interval: float | None = None
     commands: bool = True
     background: bool = True
+    # A district of a city: where its rollups go (central/city_push.py); pushed by the background work.
+    city: CityLink | None = None
     # Bring the database to this release's schema at open: None, SQLite only (a server database is
     # upgraded by `campus db upgrade`); True for the demo, which owns its database.
     upgrade: bool | None = None
@@ -91,6 +95,7 @@ class Central:
     commands: CommandService | None = None
     alarm_monitor: AlarmMonitor | None = None
     scheduler: Scheduler | None = None
+    city_pusher: CityPusher | None = None
     _started: bool = field(default=False, repr=False)
     _closed: bool = field(default=False, repr=False)
 
@@ -123,8 +128,15 @@ class Central:
     def schedule_interval(self) -> float:
         return interval(self.config.schedule_interval, SCHEDULE_INTERVAL_ENV, DEFAULT_SCHEDULE_INTERVAL_S)
 
+    @property
+    def city_intervals(self) -> tuple[float, float]:
+        """Seconds between pushes to the city and between computations of the week's usage rate."""
+        return (interval(None, city_push.INTERVAL_ENV, city_push.DEFAULT_INTERVAL_S),
+                interval(None, city_push.USAGE_INTERVAL_ENV, city_push.DEFAULT_USAGE_INTERVAL_S))
+
     def start(self) -> Central:
-        """Start the command service, then the alarm monitor and the scheduler (which sends through it).
+        """Start the command service, then the alarm monitor and the scheduler (which sends through it),
+        and the push to the city of a district that has one.
         Raises CampusError if the broker cannot be reached; whatever started is stopped again."""
         if self._started:
             return self
@@ -141,14 +153,21 @@ class Central:
                 if sched_s > 0:
                     # Late bound: whatever command service Central has when a schedule runs.
                     self.scheduler = Scheduler(self.registry, self.ledger, lambda: self.commands, sched_s).start()
+                push_s, usage_s = self.city_intervals
+                if self.config.city is not None and push_s > 0:
+                    self.city_pusher = CityPusher(self.config.city, self.registry, self.ledger, self.store, push_s,
+                                                  usage_s).start()
         except BaseException:
             self.stop()
             raise
         return self
 
     def stop(self) -> None:
-        """Stop the threads, each joined: the scheduler first (it sends commands), then the alarm monitor,
-        then the command service. The database and the store stay open."""
+        """Stop the threads, each joined: the city push, the scheduler (it sends commands), then the alarm
+        monitor, then the command service. The database and the store stay open."""
+        if self.city_pusher is not None:
+            self.city_pusher.stop()
+            self.city_pusher = None
         if self.scheduler is not None:
             self.scheduler.stop()
             self.scheduler = None

@@ -21,11 +21,12 @@ from campus import names
 from campus.errors import StoreError
 
 if TYPE_CHECKING:  # imported when an app is made: nothing central is loaded by `import dashboards`
+    from central.city_push import CityLink
     from central.service import Central, CentralConfig
 
 # Blueprints of the people-facing areas, imported when present.
 AREAS = ("dashboards.panel", "dashboards.health", "dashboards.history_csv", "dashboards.provisioning",
-         "dashboards.timetables")
+         "dashboards.timetables", "dashboards.city")
 
 
 @dataclass
@@ -46,13 +47,18 @@ class WebConfig:
     schedule_interval: float | None = None
     # Where the provisioning pages write the broker's files (else $CAMPUS_BROKER_CONFIG_DIR).
     broker_config_dir: str | None = None
+    # `campus web --city`: this instance is a city's; its home page is the districts (dashboards/city.py).
+    city: bool = False
+    # A district's instance: where it pushes its schools' rollups (`--city-url`, `--city-token`, `--district`).
+    city_link: CityLink | None = None
 
     def central_config(self) -> CentralConfig:
         """The config of the Central this app opens when it is given none."""
         from central.service import CentralConfig
 
         return CentralConfig(store_url=self.store_url, db_url=self.db_url, mqtt_url=self.mqtt_url,
-                             alarm_interval=self.alarm_interval, schedule_interval=self.schedule_interval)
+                             alarm_interval=self.alarm_interval, schedule_interval=self.schedule_interval,
+                             city=self.city_link)
 
 
 def create_app(config: WebConfig, central: Central | None = None) -> Flask:

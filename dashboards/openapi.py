@@ -142,6 +142,7 @@ def document() -> dict[str, Any]:
                                               schema=arr), 200)},
             "/api/openapi.json": {"get": _get("This document", auth=False)},
             **_timetables(),
+            **_city(),
         },
     }
 
@@ -184,3 +185,41 @@ def _timetables() -> dict[str, Any]:
     return {"/api/schools/{school}/timetable": {"get": get, "put": put},
             "/api/schools/{school}/timetable/periods": {"get": periods},
             "/api/usage": {"get": usage}}
+
+
+def _city() -> dict[str, Any]:
+    """The city above the districts (dashboards/city.py, central/city.py)."""
+    from central import city
+
+    count = {"type": "integer", "minimum": 0, "maximum": city.MAX_COUNT}
+    school = {"type": "object", "additionalProperties": False, "required": list(city.SCHOOL_FIELDS), "properties": {
+        "school": {"type": "string", "description": "the school's id in its district"},
+        "name": {"type": "string", "maxLength": 200}, **{k: count for k in city.COUNTS},
+        "alarms_by_kind": {"type": "object", "maxProperties": city.MAX_KINDS, "additionalProperties": count},
+        "usage_periods": {"type": ["integer", "null"], "minimum": 0, "maximum": city.MAX_COUNT,
+                          "description": "class periods this ISO week so far (null: not measured)"},
+        "usage_used": {"type": ["integer", "null"], "minimum": 0, "maximum": city.MAX_COUNT,
+                       "description": "of those, the periods a display or projector was on"}}}
+    rollup = {"type": "object", "additionalProperties": False, "required": list(city.FIELDS), "properties": {
+        "district": {"type": "string"}, "seq": {"type": "integer", "minimum": 1, "maximum": city.MAX_SEQ},
+        "generated_at": {"type": "number", "description": "unix time the district made it"},
+        "schools": {"type": "array", "maxItems": city.MAX_SCHOOLS, "items": school}}}
+    push = _get("A district's rollup of its schools (a district's push token from `campus city add-district`, not a "
+                "person's): the city keeps the newest seq per district; the same seq again changes nothing",
+                schema={"type": "object", "properties": {"stored": {"type": "boolean"}, "seq": {"type": "integer"}}})
+    push["requestBody"] = {"required": True, "content": {"application/json": {"schema": rollup}}}
+    push["responses"].update({"400": {"description": "bad body: `error` says why, `field` names what "
+                                                    "(`schools[3].online`, ...); nothing was changed"},
+                              "401": {"description": "not a district's push token"},
+                              "403": {"description": "the body names another district than the token's"},
+                              "409": {"description": "the city holds a newer seq of this district (`seq`)"},
+                              "413": {"description": "body too large"},
+                              "415": {"description": "the body is not sent as application/json"},
+                              "429": {"description": "too many wrong tokens from this address"}})
+    districts = _paged(_get("The city: every district with its newest push (seq, generated_at, received_at) and its "
+                            "schools' totals (facility, admin)", schema={"type": "array", "items": {"type": "object"}}))
+    schools = _paged(_get("One district's schools as its newest push said (facility, admin)",
+                          [("district", "path", True)], {"type": "array", "items": {"type": "object"}}))
+    schools["responses"]["404"] = {"description": "no such district"}
+    return {"/api/city/rollups": {"post": push}, "/api/districts": {"get": districts},
+            "/api/districts/{district}/schools": {"get": schools}}

@@ -65,6 +65,7 @@ def cmd_ingest(args: argparse.Namespace) -> None:
 def cmd_web(args: argparse.Namespace) -> None:
     from pathlib import Path
 
+    from central.city_push import CityLink
     from central.db import central_db_url, sqlite_path
     from central.registry import check_token
     from dashboards import WebConfig
@@ -72,8 +73,11 @@ def cmd_web(args: argparse.Namespace) -> None:
 
     if args.admin_token is not None:
         check_token(args.admin_token, "--admin-token")
+    link = CityLink.from_options(args.city_url, args.city_token, args.district)
+    if link is not None and args.city:
+        raise CampusError("--city is the city's instance; --city-url, --city-token and --district a district's")
     config = WebConfig(store_url=args.store, db_url=central_db_url(args.db, args.store), mqtt_url=args.mqtt,
-                       trusted_proxies=args.proxy)
+                       trusted_proxies=args.proxy, city=args.city, city_link=link)
     # The first admin's password: beside the SQLite file; with a server database, where it was started.
     password_dir = (sqlite_path(config.db_url) or Path("campus.db")).resolve().parent
     serve_web(config, args.host or "127.0.0.1", args.http_port, workers=args.workers, threads=args.threads,
@@ -102,6 +106,21 @@ def cmd_users(args: argparse.Namespace) -> None:
             print(registry.issue_token(args.name, args.label))
     finally:
         registry.close()
+
+
+def cmd_city(args: argparse.Namespace) -> None:
+    from central import city
+    from central.db import central_db_url, open_database
+
+    db = open_database(central_db_url(args.db))
+    try:
+        token = city.add_district(db, args.name)
+    finally:
+        db.close()
+    print(token)
+    print(f"campus city: district {args.name} admitted; give it this token (shown once): campus web ... "
+          f"--city-url URL-OF-THIS-CITY --district {args.name} --city-token TOKEN, or CAMPUS_CITY_TOKEN",
+          file=sys.stderr)
 
 
 def cmd_db(args: argparse.Namespace) -> None:
@@ -234,6 +253,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=_count(1, 10000), default=None, metavar="T",
                    help="threads per process; every open classroom panel holds one (default 1000, started "
                    "as needed)")
+    p.add_argument("--city", action="store_true", help="this is a city's instance: its home page shows the "
+                   "districts that push to it (campus city add-district) and their schools")
+    p.add_argument("--city-url", default=None, metavar="URL", help="this district pushes its schools' rollups to "
+                   "the city at URL, e.g. https://city.example:8443/ (default: $CAMPUS_CITY_URL)")
+    p.add_argument("--city-token", default=None, metavar="TOKEN", help="the token `campus city add-district` printed "
+                   "on the city (default: $CAMPUS_CITY_TOKEN, which keeps it out of the process list)")
+    p.add_argument("--district", default=None, metavar="NAME", help="this district's name at the city "
+                   "(default: $CAMPUS_DISTRICT)")
     p.set_defaults(func=cmd_web)
 
     p = sub.add_parser("broker-config", help="Mosquitto config, password file and per-gateway ACL from the registry")
@@ -275,6 +302,14 @@ def build_parser() -> argparse.ArgumentParser:
     for sp in users.choices.values():
         sp.add_argument("--db", default=None, help=f"the central database, {DB_URLS} (default: $CAMPUS_DB)")
     p.set_defaults(func=cmd_users)
+
+    p = sub.add_parser("city", help="a city above districts: admit a district and print its push token")
+    cities = p.add_subparsers(dest="city_command", required=True, metavar="ACTION")
+    c = cities.add_parser("add-district", help="admit district NAME (again: a new token, the old one stops working); "
+                          "prints its token once")
+    c.add_argument("name")
+    c.add_argument("--db", default=None, help=f"the city's central database, {DB_URLS} (default: $CAMPUS_DB)")
+    p.set_defaults(func=cmd_city)
 
     p = sub.add_parser("db", help="the central database's schema: upgrade it to this release (Alembic)")
     dbs = p.add_subparsers(dest="db_command", required=True, metavar="ACTION")

@@ -1,0 +1,269 @@
+"""District side of the city link: a thread of `Central` that sends the district's rollup to its city.
+
+`campus web --city-url URL --city-token TOKEN --district NAME` (or CAMPUS_CITY_URL, CAMPUS_CITY_TOKEN,
+CAMPUS_DISTRICT) makes a district web instance push, every CAMPUS_CITY_INTERVAL seconds (default 60),
+`POST URL/api/city/rollups` with its schools' rollup (central/city.py says what crosses and why HTTP).
+
+- One pusher per district: every web worker and instance runs the thread, the one holding the
+  `city-push` lease (Database.take_lease, as the alarm monitor) sends.
+- Never in the district's way: its own thread, a bounded request (HTTP_TIMEOUT_S), and when the city
+  is away or refuses, a retry after a growing delay (twice the last, from the interval up to
+  20 intervals or BACKOFF_MAX_S, with jitter so that districts do not come back in step).
+- Nothing lost, nothing twice: each attempt takes the next seq from the district's database
+  (`city_push`), so a restart or another instance goes on counting; the city keeps the newest. A city
+  holding a higher seq (the district's database started over) answers 409 with it, and the district
+  counts on from there at once.
+- The week's usage rate reads the point store for every room (central/usage.py: a query per display
+  or projector per school day), far more than the rest of the rollup, so it is computed at most every
+  CAMPUS_CITY_USAGE_INTERVAL seconds (default 3600; 0: never sent) and the pushes in between resend it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import random
+import socket
+import threading
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+from datetime import date, timedelta
+from typing import Any
+from urllib.parse import urlsplit
+
+from sqlalchemy import func, select, update
+
+from campus import names
+from campus.errors import ConfigError, StoreError
+from central import lists
+from central.city import MAX_SCHOOLS, CityPush
+from central.db import Database
+from central.registry import Registry, check_token
+
+log = logging.getLogger(__name__)
+
+URL_ENV, TOKEN_ENV, DISTRICT_ENV = "CAMPUS_CITY_URL", "CAMPUS_CITY_TOKEN", "CAMPUS_DISTRICT"
+INTERVAL_ENV, USAGE_INTERVAL_ENV = "CAMPUS_CITY_INTERVAL", "CAMPUS_CITY_USAGE_INTERVAL"
+DEFAULT_INTERVAL_S = 60.0
+DEFAULT_USAGE_INTERVAL_S = 3600.0
+HTTP_TIMEOUT_S = 10.0
+BACKOFF_MAX_S = 600.0
+PATH = "api/city/rollups"
+
+
+@dataclass(frozen=True)
+class CityLink:
+    """Where a district sends its rollup and as whom."""
+    url: str       # the city's base URL: http(s)://HOST[:PORT][/PREFIX]
+    token: str     # what `campus city add-district NAME` printed on the city
+    district: str  # NAME: the city refuses a push naming another district
+
+    @classmethod
+    def from_options(cls, url: str | None, token: str | None, district: str | None) -> CityLink | None:
+        """The link from options, else the environment; None when none is given (not a district of a
+        city); ConfigError naming what is missing or wrong when only some are."""
+        given = {"--city-url": url or os.environ.get(URL_ENV, ""), "--city-token": token or os.environ.get(TOKEN_ENV, ""),
+                 "--district": district or os.environ.get(DISTRICT_ENV, "")}
+        if not any(given.values()):
+            return None
+        missing = [k for k, v in given.items() if not v]
+        if missing:
+            raise ConfigError(f"{', '.join(missing)} missing: a district pushing to its city needs --city-url, "
+                              f"--city-token and --district (or {URL_ENV}, {TOKEN_ENV}, {DISTRICT_ENV})")
+        parts = urlsplit(given["--city-url"])
+        if parts.scheme not in ("http", "https") or not parts.hostname or parts.query or parts.fragment:
+            raise ConfigError(f"--city-url {given['--city-url'][:100]!r}: write http(s)://HOST[:PORT][/PATH]")
+        check_token(given["--city-token"], "--city-token")
+        try:
+            names.identifier(given["--district"], "--district")
+        except names.BadName as exc:
+            raise ConfigError(str(exc)) from None
+        return cls(given["--city-url"], given["--city-token"], given["--district"])
+
+    @property
+    def endpoint(self) -> str:
+        return self.url.rstrip("/") + "/" + PATH
+
+
+# ---------------------------------------------------------------- what is sent
+
+
+def week_usage(registry: Registry, ledger: Any, store: Any, today: date) -> dict[str, tuple[int, int]]:
+    """Each school's class periods this ISO week (Monday to `today`) and those a display or projector was
+    on: (periods, used); a school without a timetable has (0, 0)."""
+    from central import usage
+
+    report = usage.usage_rate(registry, ledger, store, today - timedelta(days=today.weekday()), today)
+    return {s.school: (s.periods, s.used) for s in report.schools}
+
+
+def rollup(db: Database, district: str, seq: int, now: float,
+           usage: dict[str, tuple[int, int]] | None) -> dict[str, Any]:
+    """The body of a push: the district's schools as `GET /api/schools` rolls them up (central/lists.py),
+    the week's usage where known, and nothing else."""
+    page = lists.schools(db, lists.Paging(limit=MAX_SCHOOLS))
+    if page.total > MAX_SCHOOLS:
+        log.warning("city push: %d schools, the city takes the first %d", page.total, MAX_SCHOOLS)
+    schools = []
+    for r in page.items:
+        periods, used = (usage or {}).get(r.school, (None, None))
+        schools.append({"school": r.school, "name": r.name, "rooms": r.rooms, "gateways": r.gateways,
+                        "online": r.online, "offline": r.offline, "alarms": r.alarms,
+                        "alarms_active": r.alarms_active, "alarms_by_kind": r.alarms_by_kind, "faults": r.faults,
+                        "lamps_due": r.lamps_due, "filters_due": r.filters_due, "usage_periods": periods,
+                        "usage_used": used})
+    return {"district": district, "seq": seq, "generated_at": now, "schools": schools}
+
+
+def next_seq(db: Database, district: str, at_least: int = 0) -> int:
+    """The next sequence number of this district's pushes, counted in its database (a restart, another
+    instance, go on from it); `at_least`: count on from there (what the city already holds)."""
+    t = CityPush.__table__
+    with db.write("cannot count the city pushes") as conn:
+        conn.execute(db.insert(t).values(district=district, seq=0).on_conflict_do_nothing())
+        conn.execute(update(t).where(t.c.district == district).values(
+            seq=func.max(t.c.seq, at_least) + 1 if db.dialect == "sqlite" else func.greatest(t.c.seq, at_least) + 1))
+        return int(conn.execute(select(t.c.seq).where(t.c.district == district)).scalar_one())
+
+
+def pushed(db: Database, district: str, at: float) -> None:
+    t = CityPush.__table__
+    with db.write("cannot note the city push") as conn:
+        conn.execute(update(t).where(t.c.district == district).values(pushed_at=at))
+
+
+class Refused(Exception):
+    """The city answered 4xx: `status`, its `error`, and the seq it holds (a 409)."""
+
+    def __init__(self, status: int, error: str, held: int | None = None) -> None:
+        super().__init__(f"the city refused the push: {status} {error}")
+        self.status, self.error, self.held = status, error, held
+
+
+def send(link: CityLink, body: dict[str, Any], timeout: float = HTTP_TIMEOUT_S) -> dict[str, Any]:
+    """POST the body; the city's JSON answer. Refused for a 4xx, OSError (URLError) when it cannot be
+    reached or answers 5xx."""
+    request = urllib.request.Request(link.endpoint, data=json.dumps(body, allow_nan=False).encode(), method="POST",
+                                     headers={"Content-Type": "application/json",
+                                              "Authorization": f"Bearer {link.token}"})
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as resp:  # noqa: S310 - http(s) only (CityLink)
+            return json.loads(resp.read() or b"{}")
+    except urllib.error.HTTPError as exc:
+        if exc.code >= 500:
+            raise OSError(f"the city answered {exc.code}") from None
+        try:
+            answer = json.loads(exc.read() or b"{}")
+        except ValueError:
+            answer = {}
+        held = answer.get("seq") if isinstance(answer, dict) and isinstance(answer.get("seq"), int) else None
+        raise Refused(exc.code, str(answer.get("error", exc.reason) if isinstance(answer, dict) else exc.reason)[:300],
+                      held) from None
+
+
+# ---------------------------------------------------------------- the thread
+
+
+class CityPusher:
+    """Sends the rollup every `interval` seconds from a daemon thread until stop(); see the module."""
+
+    LEASE = "city-push"
+
+    def __init__(self, link: CityLink, registry: Registry, ledger: Any, store: Any, interval: float,
+                 usage_interval: float = DEFAULT_USAGE_INTERVAL_S) -> None:
+        if interval <= 0:
+            raise ValueError("the city push interval must be positive")
+        self.link, self.registry, self.ledger, self.store = link, registry, ledger, store
+        self.interval, self.usage_interval = interval, usage_interval
+        self.holder = f"{socket.gethostname()}:{os.getpid()}:{id(self):x}"
+        self.pushes = 0      # accepted by the city (stored or a replay)
+        self.failures = 0    # in a row: the backoff's exponent
+        self._usage: tuple[float, date, dict[str, tuple[int, int]]] | None = None
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="city-push", daemon=True)
+
+    @property
+    def backoff_max(self) -> float:
+        return max(self.interval, min(BACKOFF_MAX_S, 20 * self.interval))
+
+    def start(self) -> CityPusher:
+        log.info("city push: district %s -> %s every %g s", self.link.district, self.link.endpoint, self.interval)
+        self._thread.start()
+        return self
+
+    def _run(self) -> None:
+        db = self.registry.db
+        due = 0.0  # monotonic time of the next attempt
+        # Renewed at least every interval; outlasts one request, so a slow city does not hand the lease over.
+        ttl = 3 * self.interval + HTTP_TIMEOUT_S
+        while not self._stop.is_set():
+            try:
+                if db.take_lease(self.LEASE, self.holder, ttl) and time.monotonic() >= due:
+                    due = time.monotonic() + self._attempt()
+            except StoreError as exc:
+                log.warning("city push: %s; retrying in %.0f s", exc, self.interval)
+            except Exception:  # noqa: BLE001 - a bad moment must not end the pushes
+                log.exception("city push failed; retrying in %.0f s", self.interval)
+            finally:
+                self.store.release()
+            self._stop.wait(max(0.0, min(self.interval, due - time.monotonic())))
+
+    def _attempt(self) -> float:
+        """One push (two when the city holds a higher seq); the seconds until the next one."""
+        db, district = self.registry.db, self.link.district
+        at_least = 0
+        for _ in range(2):
+            now = time.time()
+            body = rollup(db, district, next_seq(db, district, at_least), now, self._week_usage(now))
+            try:
+                answer = send(self.link, body)
+            except Refused as exc:
+                if exc.status == 409 and exc.held is not None:
+                    log.info("city push: the city holds seq %d of %s; counting on from it", exc.held, district)
+                    at_least = exc.held
+                    continue
+                return self._failed(str(exc))
+            except OSError as exc:
+                return self._failed(f"{self.link.endpoint}: {getattr(exc, 'reason', exc)}")
+            pushed(db, district, now)
+            if self.failures:
+                log.info("city push: %s reached again after %d failed attempt(s)", self.link.endpoint, self.failures)
+            self.failures = 0
+            self.pushes += 1
+            log.debug("city push: seq %s %s", body["seq"], "stored" if answer.get("stored") else "already held")
+            return self.interval
+        return self._failed("the city refused the seq twice")
+
+    def _failed(self, why: str) -> float:
+        self.failures += 1
+        delay = min(self.backoff_max, self.interval * 2 ** (self.failures - 1)) * random.uniform(0.8, 1.0)
+        log.warning("city push: %s; attempt %d, next in %.1f s", why, self.failures, delay)
+        return delay
+
+    def _week_usage(self, now: float) -> dict[str, tuple[int, int]] | None:
+        """This week's usage per school, recomputed at most every `usage_interval` (and at a new week)."""
+        if self.usage_interval <= 0:
+            return None
+        today = date.fromtimestamp(now)
+        monday = today - timedelta(days=today.weekday())
+        cached = self._usage
+        if cached is None or cached[1] != monday or time.monotonic() - cached[0] >= self.usage_interval:
+            try:
+                self._usage = cached = (time.monotonic(), monday,
+                                        week_usage(self.registry, self.ledger, self.store, today))
+            except Exception as exc:  # noqa: BLE001 - the rest of the rollup goes without it
+                log.warning("city push: this week's usage rate cannot be computed now: %s", exc)
+                return cached[2] if cached is not None and cached[1] == monday else None
+        return cached[2]
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join(timeout=HTTP_TIMEOUT_S + 5)
+        try:  # another instance takes over at its next round, not a lease later
+            self.registry.db.drop_lease(self.LEASE, self.holder)
+        except StoreError as exc:
+            log.warning("city push: %s", exc)
