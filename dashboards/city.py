@@ -107,7 +107,7 @@ def receive() -> Any:
 
 
 @bp.get("/api/districts")
-@login_required(roles=STAFF)
+@login_required(roles=STAFF, district=True)  # other districts: not for an account of some schools
 def api_districts() -> Any:
     """Every district: its newest push (seq, generated_at, received_at) and its schools' totals."""
     page = city.districts(central().db, paging())
@@ -115,14 +115,14 @@ def api_districts() -> Any:
 
 
 @bp.get("/api/districts/<district>/schools")
-@login_required(roles=STAFF)
+@login_required(roles=STAFF, district=True)  # other districts: not for an account of some schools
 def api_district_schools(district: str) -> Any:
     page = city.district_schools(central().db, _district(district), paging())
     return paged(page.items, page.total)
 
 
 @bp.get("/city")
-@login_required(roles=STAFF)
+@login_required(roles=STAFF, district=True)  # other districts: not for an account of some schools
 def page() -> Any:
     p = paging()
     found = city.districts(central().db, p)
@@ -130,7 +130,7 @@ def page() -> Any:
 
 
 @bp.get("/city/<district>")
-@login_required(roles=STAFF)
+@login_required(roles=STAFF, district=True)  # other districts: not for an account of some schools
 def district_page(district: str) -> Any:
     p = paging()
     name = _district(district)

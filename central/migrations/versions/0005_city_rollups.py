@@ -1,7 +1,7 @@
 """The city above the districts (issue 19, part 6): the rollups a city keeps, the seq a district sends.
 
 Revision ID: 0005
-Revises: 0004 (user_schools; on the branch that made this, 0003: re-pointed when the two were merged)
+Revises: 0004 (user_schools)
 Create Date: 2026-12-06
 
 Three new tables, nothing existing changed (central/city.py owns them). City side: `city_districts`
@@ -15,7 +15,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision = "0005"
-down_revision = "0003"
+down_revision = "0004"
 branch_labels = None
 depends_on = None
 
