@@ -228,7 +228,7 @@ def test_a_scoped_admin_changes_only_its_schools(district: Flask) -> None:
 
 
 FILL = {"gateway": (A_GW, Z_GW), "device": ("proj", "proj"), "school": ("alpha", "zeta"),
-        "cid": ("cmd-alpha", "cmd-zeta")}
+        "cid": ("cmd-alpha", "cmd-zeta"), "district": ("north", "north")}
 
 
 def _text(resp: Any) -> str:
