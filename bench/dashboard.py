@@ -576,6 +576,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--idle", type=float, default=5.0, help="seconds to measure the web's idle CPU (default 5)")
     parser.add_argument("--browser-repeats", type=int, default=5, help="visits of /district (default 5)")
     parser.add_argument("--no-browser", action="store_true", help="skip the Chromium part")
+    parser.add_argument("--keep", type=Path, default=None, metavar="DIR",
+                        help="work in DIR (new or empty) and keep it: the database, for profiling a page after")
     parser.add_argument("--quick", action="store_true",
                         help="a smoke run: 60 rooms in 3 schools, 1-2 s intervals, 3 requests each")
     parser.add_argument("--_publish", action="store_true", help=argparse.SUPPRESS)
@@ -596,8 +598,14 @@ def main(argv: list[str] | None = None) -> int:
             or not 0 < args.interval_min <= args.interval_max:
         parser.error("--rooms, --repeat positive, 1 <= --schools <= --rooms, 0 < interval-min <= interval-max")
     print(machine_line(), flush=True)
-    with tempfile.TemporaryDirectory(prefix="campus-bench-dashboard-") as tmp:
-        results, browser, info = run(args, Path(tmp))
+    if args.keep:
+        args.keep.mkdir(parents=True, exist_ok=True)
+        if any(args.keep.iterdir()):
+            parser.error(f"--keep {args.keep}: not empty")
+        results, browser, info = run(args, args.keep)
+    else:
+        with tempfile.TemporaryDirectory(prefix="campus-bench-dashboard-") as tmp:
+            results, browser, info = run(args, Path(tmp))
     ok = report(results, browser, info, args)
     print(machine_line())
     return 0 if ok else 1
