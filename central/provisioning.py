@@ -41,6 +41,7 @@ import csv
 import io
 import secrets
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -344,6 +345,34 @@ class ImportProblem:
         return f"line {self.line}: {self.column}: {self.message}" if self.column else f"line {self.line}: {self.message}"
 
 
+class CsvRecords:
+    """The records of a CSV text, each with the line it starts on (a quoted value may span lines),
+    skipping blank lines and `#` comments: the one reading of an imported file (devices, timetables)."""
+
+    def __init__(self, text: str) -> None:
+        self._reader = csv.reader(io.StringIO(text, newline=""))
+        self.end = 0  # the last line read
+
+    def __iter__(self) -> Iterator[tuple[int, list[str]]]:
+        for cells in self._reader:
+            start, self.end = self.end + 1, self._reader.line_num
+            if not any(c.strip() for c in cells) or cells[0].lstrip().startswith("#"):
+                continue
+            yield start, cells
+
+    def invalid(self, exc: csv.Error) -> ImportProblem:
+        """Where and why the text stopped being CSV."""
+        return ImportProblem(self.end + 1, "", f"not valid CSV: {exc}")
+
+    @staticmethod
+    def values(line: int, cells: list[str], header: list[str]) -> dict[str, str] | ImportProblem:
+        """A record's cells by column (missing ones empty), or the problem of a record wider than the header."""
+        if len(cells) > len(header):
+            return ImportProblem(line, "", f"{len(cells)} cells but {len(header)} columns "
+                                 "(a value with a comma needs \"quotes\")")
+        return {name: (cells[i].strip() if i < len(cells) else "") for i, name in enumerate(header)}
+
+
 @dataclass
 class ImportReport:
     ok: bool = False
@@ -434,15 +463,11 @@ class _FieldError(ConfigError):
 
 
 def _parse_rows(text: str, report: ImportReport) -> list[_Row]:
-    reader = csv.reader(io.StringIO(text, newline=""))
+    records = CsvRecords(text)
     header: list[str] | None = None
     rows: list[_Row] = []
-    end = 0
     try:
-        for cells in reader:
-            start, end = end + 1, reader.line_num
-            if not any(c.strip() for c in cells) or cells[0].lstrip().startswith("#"):
-                continue
+        for start, cells in records:
             if header is None:
                 header = [c.strip().lower() for c in cells]
                 unknown = [c for c in header if c not in IMPORT_COLUMNS]
@@ -461,16 +486,15 @@ def _parse_rows(text: str, report: ImportReport) -> list[_Row]:
             if len(rows) >= MAX_IMPORT_ROWS:
                 report.errors.append(ImportProblem(start, "", f"more than {MAX_IMPORT_ROWS} rows; split the file"))
                 return []
-            if len(cells) > len(header):
-                report.errors.append(ImportProblem(start, "", f"{len(cells)} cells but {len(header)} columns "
-                                                  "(a value with a comma needs \"quotes\")"))
+            values = CsvRecords.values(start, cells, header)
+            if isinstance(values, ImportProblem):
+                report.errors.append(values)
                 continue
-            values = {name: (cells[i].strip() if i < len(cells) else "") for i, name in enumerate(header)}
             row = _check_row(start, values, report)
             if row is not None:
                 rows.append(row)
     except csv.Error as exc:
-        report.errors.append(ImportProblem(end + 1, "", f"not valid CSV: {exc}"))
+        report.errors.append(records.invalid(exc))
     if header is None and not report.errors:
         report.errors.append(ImportProblem(1, "", "the file is empty; the first line must be the header "
                                           + ",".join(IMPORT_COLUMNS)))

@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 
 from campus.errors import ConfigError
 from central import timetables as tts
-from central.provisioning import ImportProblem, decode_csv
+from central.provisioning import CsvRecords, ImportProblem, decode_csv
 from central.registry import Registry
 
 COLUMNS = ("type", "name", "weekday", "number", "start", "end", "follows")
@@ -88,14 +88,10 @@ def parse(text: str, school: str, timezone: str = tts.DEFAULT_TIMEZONE) -> Timet
     labels: dict[str, str] = {}  # column -> the header cell as the file spells it
     periods: list[tts.Period] = []
     ranges: list[tts.DateRange] = []
-    reader = csv.reader(io.StringIO(text, newline=""))
+    records = CsvRecords(text)
     header: list[str] | None = None
-    end = 0
     try:
-        for cells in reader:
-            start, end = end + 1, reader.line_num
-            if not any(c.strip() for c in cells) or cells[0].lstrip().startswith("#"):
-                continue
+        for start, cells in records:
             if header is None:
                 header = _header(cells, start, labels, report)
                 if report.errors:
@@ -105,17 +101,16 @@ def parse(text: str, school: str, timezone: str = tts.DEFAULT_TIMEZONE) -> Timet
                 report.errors.append(ImportProblem(start, "", f"more than {MAX_ROWS} lines; is this a timetable?"))
                 return report
             report.rows += 1
-            if len(cells) > len(header):
-                report.errors.append(ImportProblem(start, "", f"{len(cells)} cells but {len(header)} columns "
-                                                  "(a value with a comma needs \"quotes\")"))
+            v = CsvRecords.values(start, cells, header)
+            if isinstance(v, ImportProblem):
+                report.errors.append(v)
                 continue
-            v = {name: (cells[i].strip() if i < len(cells) else "") for i, name in enumerate(header)}
             try:
                 _row(start, v, periods, ranges)
             except tts.TimetableError as exc:
                 report.errors.append(ImportProblem(start, labels.get(exc.field, exc.field), exc.message))
     except csv.Error as exc:
-        report.errors.append(ImportProblem(end + 1, "", f"not valid CSV: {exc}"))
+        report.errors.append(records.invalid(exc))
         return report
     if header is None:
         report.errors.append(ImportProblem(1, "", "the file is empty; the first line must be the header "
