@@ -42,6 +42,12 @@ from central.subscriber import Delivery, Subscriber
 log = logging.getLogger(__name__)
 
 SESSION_EXPIRY_S = 24 * 3600
+# A worker of a shared subscription keeps its session a minute only. While its session lives, Mosquitto
+# goes on handing the away worker its share of the group's messages (queued for it, not given to the
+# others: eclipse-mosquitto/mosquitto#1747), so a dead worker with a day's session would hold back half of
+# every gateway's stream for a day (the agents' resends land on it again half the time). Its queue lost at
+# expiry costs nothing: the agents send again what central has not acknowledged.
+SHARED_SESSION_EXPIRY_S = 60
 RECEIVE_MAXIMUM = 1000  # unacked messages the broker may send us (MQTT 5 flow control)
 LINGER_S = 0.02  # how long a batch that is not full waits for more messages
 PRUNE_SEEN_EVERY_S = 600  # the ledger forgets old seq numbers (central/ledger.py SEEN_KEEP) this often
@@ -85,9 +91,10 @@ def _instance() -> int:
 class Ingest:
     def __init__(self, mqtt: MqttUrl, store: PointStore, ledger: Ledger, *, name: str = "ingest",
                  share_group: str | None = None, batch_size: int = 500, linger_s: float = LINGER_S,
-                 prune_seen_every_s: float = PRUNE_SEEN_EVERY_S, session_expiry: int = SESSION_EXPIRY_S,
+                 prune_seen_every_s: float = PRUNE_SEEN_EVERY_S, session_expiry: int | None = None,
                  ack_max_delay: float = ACK_MAX_DELAY_S) -> None:
-        """`session_expiry`: how long the broker keeps our session (and queues for us) while we are away;
+        """`session_expiry`: how long the broker keeps our session (and queues for us) while we are away
+        (default: a day alone, a minute in a shared group: SHARED_SESSION_EXPIRY_S says why);
         `ack_max_delay`: the longest a stored message waits for its acknowledgement (central/acks.py)."""
         self.presence_topic = contract.ingest_state_topic(name)  # PayloadError (a CampusError) for a bad name
         self.instance = _instance()
@@ -100,6 +107,9 @@ class Ingest:
         self.linger_s = linger_s
         self.prune_seen_every_s = prune_seen_every_s
         self.ack_max_delay = ack_max_delay
+        if session_expiry is None:
+            session_expiry = SHARED_SESSION_EXPIRY_S if share_group else SESSION_EXPIRY_S
+        self.session_expiry = session_expiry
         self.stats = IngestStats()
         self.started = time.time()
         # Chunks of deliveries as the network thread read them (one queue operation per chunk).

@@ -230,8 +230,9 @@ def build_parser() -> argparse.ArgumentParser:
                    "(default: $CAMPUS_DB, else the SQLite store itself)")
     p.add_argument("--name", default="ingest", help="client name; one persistent MQTT session per name")
     p.add_argument("--share", default=None, help="MQTT 5 shared-subscription group, for several workers")
-    p.add_argument("--session-expiry", type=_seconds(1, 2**32 - 1), default=24 * 3600, metavar="S",
-                   help="how long the broker keeps this worker's session and queue while it is away (default 86400)")
+    p.add_argument("--session-expiry", type=_seconds(1, 2**32 - 1), default=None, metavar="S",
+                   help="how long the broker keeps this worker's session and queue while it is away "
+                        "(default 86400; 60 with --share: the broker keeps handing an away worker its share)")
     p.add_argument("--ack-max-delay", type=_seconds(0.1, 3600), default=240.0, metavar="S",
                    help="the longest a stored message waits for central's acknowledgement to its gateway "
                         "(default 240; acks are batched, see docs/architecture.md)")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 from pathlib import Path
+from typing import Any
 
 from campus.urls import MqttUrl
 from central.ingest import Ingest
@@ -17,7 +18,7 @@ def chunk(start: int, n: int) -> list[Delivery]:
     return [Delivery(1, i, 1, "campus/v1/s/g/telemetry/d", b"{}") for i in range(start, start + n)]
 
 
-def ingest(tmp_path: Path, **kwargs: float) -> Ingest:
+def ingest(tmp_path: Path, **kwargs: Any) -> Ingest:
     db = tmp_path / "c.db"
     return Ingest(MqttUrl("127.0.0.1", 1883), SqlitePointStore(db), Ledger(db), batch_size=500, **kwargs)
 
@@ -57,3 +58,14 @@ def test_a_batch_with_a_command_result_does_not_wait(tmp_path: Path) -> None:
     later.start()
     assert [d.packet_id for d in ing._take(timeout=1)] == [1, 2, 3, 99]
     later.join()
+
+
+def test_a_shared_worker_keeps_its_session_a_minute_a_lone_one_a_day(tmp_path: Path) -> None:
+    """While an away worker's session lives, Mosquitto queues the group's messages for it: a shared worker
+    must not hold half the district's stream for a day (central/ingest.py SHARED_SESSION_EXPIRY_S)."""
+    from central.ingest import SESSION_EXPIRY_S, SHARED_SESSION_EXPIRY_S
+
+    assert SHARED_SESSION_EXPIRY_S <= 120 < SESSION_EXPIRY_S
+    assert ingest(tmp_path).subscriber.session_expiry == SESSION_EXPIRY_S
+    assert ingest(tmp_path, share_group="district").subscriber.session_expiry == SHARED_SESSION_EXPIRY_S
+    assert ingest(tmp_path, share_group="district", session_expiry=600).subscriber.session_expiry == 600
