@@ -39,17 +39,15 @@ class RunningIngest:
 def start_ingest(central: Central, mqtt_url: str, *, name: str = "ingest", share_group: str | None = None,
                  session_expiry: int | None = None, ack_max_delay: float | None = None) -> RunningIngest:
     """Connect an ingest worker to the broker (CampusError naming it if it cannot) and start writing what
-    arrives into `central`'s point store and ledger."""
+    arrives into `central`'s point store and ledger. None: Ingest's defaults (the session's depends on
+    `share_group`)."""
     from campus.urls import parse_mqtt_url, redacted
+    from central.acks import ACK_MAX_DELAY_S
     from central.ingest import Ingest
 
-    tuning: dict[str, float | int] = {}
-    if session_expiry is not None:
-        tuning["session_expiry"] = int(session_expiry)
-    if ack_max_delay is not None:
-        tuning["ack_max_delay"] = ack_max_delay
     ingest = Ingest(parse_mqtt_url(mqtt_url), central.store, central.ledger, name=name, share_group=share_group,
-                    **tuning)  # type: ignore[arg-type]
+                    session_expiry=None if session_expiry is None else int(session_expiry),
+                    ack_max_delay=ACK_MAX_DELAY_S if ack_max_delay is None else ack_max_delay)
     ingest.connect()
     running = RunningIngest(ingest, threading.Thread(target=lambda: ingest.run(running.stop_event),
                                                      name="ingest-writer", daemon=True))
