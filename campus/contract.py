@@ -45,7 +45,7 @@ ACTION_PARAMS: dict[str, dict[str, str]] = {
     "select_input": {"input": "input name"},
     "set_volume": {"level": "percent"},
 }
-DEVICE_KINDS = ("environment", "card_reader", "projector", "display", "camera")
+DEVICE_KINDS = ("environment", "card_reader", "projector", "display", "camera", "meter")
 # String metrics with a closed set of values (stores without strings keep the index).
 METRIC_ENUMS: dict[str, tuple[str, ...]] = {
     "power": ("off", "on", "warming", "cooling"),
