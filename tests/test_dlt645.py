@@ -28,7 +28,8 @@ from firmware_stubs.meter import ClassroomLoad, DLT645Meter
 from protocols import check_address, dlt645
 from protocols.dlt645 import DATA_ITEMS, DLT645FrameError, Frame, decode_frame, decode_value, encode_value
 from protocols.serial_line import BadFrame
-from tests.e2e import write_gateway_config
+from tests.e2e import Classroom, SimulatorsInThread, env_device, write_gateway_config
+from tests.servers import Mosquitto, wait_until
 
 PROFILE = load_profile("meter-dlt645")
 SDM120 = load_profile("meter-sdm120-modbus")
@@ -344,3 +345,43 @@ def test_the_agent_reports_a_meter_reset_once(tmp_path: Path) -> None:
         assert time.time() - events[0].ts < 60
     finally:
         box.close()
+
+
+# ------------------------------------------------------------ end to end: simulators, agent, broker, ingest, store
+
+
+@pytest.mark.slow
+def test_meters_reach_the_store_a_replaced_meter_is_an_event_and_a_silent_one_a_fault(
+        tmp_path: Path, mosquitto: Mosquitto) -> None:
+    port = free_port()
+    devices = [env_device(port, frozen=True, seed=7),
+               {"id": "pm", "profile": "meter-sdm120-modbus", "address": {"host": "127.0.0.1", "port": port, "unit": 2},
+                "simulator": {"energy_kwh": 321.5}},
+               {"id": "meter", "profile": "meter-dlt645", "simulator": {"frozen": True, "energy_kwh": 1234.5, "seed": 4},
+                "address": {"serial": str(tmp_path / "ttyMETER"), "meter_address": METER, **PTY_LINE}}]
+    room = Classroom(tmp_path, mosquitto.url, devices=devices)
+    with SimulatorsInThread(room.config) as sims:
+        room.start(sim=False)
+        try:
+            meter, (server, _) = sims["meter"], sims["pm"]
+            shown, served = sims.call(meter.load.values), sims.call(lambda: server.served_values(2))
+            wait_until(lambda: room.view.latest("gw1", "meter") == shown, 30, message=f"the meter's {shown} stored")
+            wait_until(lambda: room.view.latest("gw1", "pm") == served, 30, message=f"the SDM120's {served} stored")
+            assert served["energy_kwh"] == 321.5
+
+            sims.call(lambda: meter.load.replace(0.5))  # a new meter, its register near zero
+            wait_until(lambda: room.view.latest("gw1", "meter")["energy_kwh"] == 0.5, 30, message="the new meter")
+            resets = wait_until(lambda: room.view.ledger.events("gw1", type_=contract.COUNTER_RESET), 30,
+                                message="the reset event")
+            assert [(e["device"], e["data"]) for e in resets] == [  # type: ignore[union-attr]
+                ("meter", {"metric": "energy_kwh", "before": 1234.5, "after": 0.5})]
+            stored = [v for _, v in room.view.points.query("gw1", "meter", "energy_kwh", 0, time.time() + 60)]
+            assert stored[0] == 1234.5 and stored[-1] == 0.5  # last minus first: -1234 kWh
+            assert increase(stored) == 0.5  # nothing drawn while frozen; the new meter's 0.5 kWh counts
+
+            sims.call(lambda: setattr(meter, "silent", True))
+            wait_until(lambda: {d["id"]: d["status"] for d in room.view.ledger.gateway_devices("gw1")}.get("meter")
+                       == "fault", 30, message="the silent meter shown as a fault")
+            assert {d["id"]: d["status"] for d in room.view.ledger.gateway_devices("gw1")}["pm"] == "ok"
+        finally:
+            room.stop()
