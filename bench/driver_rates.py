@@ -2,7 +2,8 @@
 
 Part 1: each driver polls its simulator back to back over the real
 transport (Modbus TCP and RTU-on-pty, PJLink TCP, Samsung MDC and LG on
-ptys, EM4100 on a pty, the camera on a generated video) for a fixed time;
+ptys, a DL/T 645 meter on a pty (four items a read), an SDM120 meter on Modbus TCP, EM4100 on a pty,
+the camera on a generated video) for a fixed time;
 reads/s is what one gateway sustains for that device alone.
 
 Part 2: `campus sim` and `campus agent` for a full classroom (one device of
@@ -46,6 +47,10 @@ def device_set(tmp: Path) -> list[dict[str, Any]]:
         {"id": "pjlink", "profile": "projector-pjlink2", "address": {"host": "127.0.0.1", "port": free_port()}},
         {"id": "mdc", "profile": "display-samsung-mdc", "address": {"serial": str(tmp / "ttyMDC"), "display_id": 0}},
         {"id": "lg", "profile": "display-lg-serial", "address": {"serial": str(tmp / "ttyLG"), "set_id": 1}},
+        {"id": "dlt645", "profile": "meter-dlt645",
+         "address": {"serial": str(tmp / "ttyMETER"), "meter_address": "000012345678", "parity": "N"}},
+        {"id": "sdm120-tcp", "profile": "meter-sdm120-modbus",
+         "address": {"host": "127.0.0.1", "port": free_port(), "unit": 1}},
         {"id": "em4100", "profile": "card-em4100", "address": {"serial": str(tmp / "ttyCARD")},
          "simulator": {"swipe_every_s": 0.5}},
         {"id": "camera", "profile": "camera-occupancy", "address": {"source": str(tmp / "cam.avi")},
@@ -124,12 +129,13 @@ def main() -> None:
         note = ""
         if name in ("em4100", "camera"):
             note = "  (event-driven: read() drains what a background reader collected)"
-        elif name in ("modbus-rtu", "mdc", "lg", "em4100"):
+        elif name in ("modbus-rtu", "mdc", "lg", "em4100", "dlt645"):
             note = "  (a pty has no baud rate: a 9600-baud line allows far fewer)"
         print(f"{name:<12} {n:>7} {rate:>9.1f}{note}")
     with tempfile.TemporaryDirectory() as tmp:
         cpu, rss = measure_agent(Path(tmp), window)
-    print(f"agent, full classroom (5 devices) polled every 1 s: CPU {cpu:.1f}% of one core, RSS {rss:.0f} MiB")
+    devices = len(classroom_config(1, "mqtt://127.0.0.1:1", Path("."))["devices"])
+    print(f"agent, full classroom ({devices} devices) polled every 1 s: CPU {cpu:.1f}% of one core, RSS {rss:.0f} MiB")
 
 
 if __name__ == "__main__":

@@ -45,7 +45,7 @@ ACTION_PARAMS: dict[str, dict[str, str]] = {
     "select_input": {"input": "input name"},
     "set_volume": {"level": "percent"},
 }
-DEVICE_KINDS = ("environment", "card_reader", "projector", "display", "camera")
+DEVICE_KINDS = ("environment", "card_reader", "projector", "display", "camera", "meter")
 # String metrics with a closed set of values (stores without strings keep the index).
 METRIC_ENUMS: dict[str, tuple[str, ...]] = {
     "power": ("off", "on", "warming", "cooling"),
@@ -59,6 +59,11 @@ NUMERIC_METRICS = frozenset({
     "temperature_c", "humidity_pct", "co2_ppm", "pm25_ugm3", "illuminance_lux", "noise_dba", "people_count",
     "lamp_hours", "filter_hours", "volume", "energy_kwh", "power_w", "voltage_v", "current_a",
 })
+# Metrics that are counters: they only grow, except when the device's register is reset or the device
+# is replaced. Over an interval a counter's increase is `campus.counters.increase`, never a difference
+# of two readings (which a reset makes negative); the agent reports each drop as a COUNTER_RESET event.
+COUNTER_METRICS = frozenset({"energy_kwh"})
+COUNTER_RESET = "counter_reset"  # event type; data: metric, before, after
 
 # Clocks are data, not authority. A gateway's `ts` is what its clock said; central compares it with
 # the time it received the message:

@@ -22,13 +22,13 @@ import logging
 import time
 from collections.abc import Callable
 
-from campus import contract
+from campus import contract, counters
 from campus.aio import raise_if_cancelled, wait_event
 from campus.contract import Event, Telemetry
 from campus.errors import DeviceError
 from device_profiles.config import GatewayConfig
 from edge_agent.commands import Spawn
-from edge_agent.drivers.base import DeviceUnreachable, Driver, Reading
+from edge_agent.drivers.base import DeviceEvent, DeviceUnreachable, Driver, Reading
 from edge_agent.outbox import Outbox, SequencedMessage
 
 # The logger these lines had before the agent was split: log filters and alerts name it.
@@ -48,6 +48,7 @@ class Polling:
         self.status: dict[str, str] = {d: "starting" for d in drivers}
         self.poll_soon: dict[str, asyncio.Event] = {}  # device -> set to read it now instead of at its next poll
         self.pollers: dict[str, asyncio.Task[None]] = {}
+        self.counter_last: dict[tuple[str, str], float] = {}  # (device, counter metric) -> its last reading
 
     # ------------------------------------------------------------ pollers coming and going
 
@@ -121,15 +122,32 @@ class Polling:
             self.status[device_id] = status
             self.status_changed()
 
+    def _counter_resets(self, device_id: str, reading: Reading) -> list[DeviceEvent]:
+        """An event for each counter (a meter's kWh) lower than at the last poll: the register was cleared or
+        the meter replaced. The telemetry still carries the reading as it is; whoever sums the counter
+        counts the step as a restart from 0 (campus/counters.py), and this event says why it happened."""
+        out: list[DeviceEvent] = []
+        for metric in contract.COUNTER_METRICS & reading.values.keys():
+            value = reading.values[metric]
+            if not isinstance(value, int | float):
+                continue
+            before = self.counter_last.get((device_id, metric))
+            if before is not None and counters.is_reset(before, value):
+                log.warning("%s: %s went down from %s to %s (reset or replaced)", device_id, metric, before, value)
+                out.append(DeviceEvent(contract.COUNTER_RESET, {"metric": metric, "before": before, "after": value}))
+            self.counter_last[(device_id, metric)] = value
+        return out
+
     def record(self, device_id: str, reading: Reading) -> list[int]:
         """Commit one reading (telemetry and events) to the outbox."""
         now = time.time()
         msgs: list[SequencedMessage] = []
+        events = reading.events + self._counter_resets(device_id, reading)
         if reading.values:
             values = dict(reading.values)
             msgs.append((contract.telemetry_topic(self.school, self.gateway, device_id),
                          lambda seq, v=values: Telemetry(seq, now, v).encode()))
-        for ev in reading.events:
+        for ev in events:
             msgs.append((contract.event_topic(self.school, self.gateway, device_id),
                          lambda seq, e=ev: Event(seq, e.ts or now, e.type, e.data).encode()))
         seqs = self.outbox.add(sequenced=msgs) if msgs else []

@@ -37,16 +37,12 @@ real sets differ):
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-import random
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Self
+from typing import TYPE_CHECKING, Any
 
 from campus.errors import ConfigError
-from firmware_stubs.pty import PtyPort
+from firmware_stubs.pty import SerialDeviceSim
 from protocols import lg_serial, samsung_mdc
-from protocols.serial_line import BadFrame
 
 if TYPE_CHECKING:
     from device_profiles.config import DeviceConfig
@@ -59,96 +55,16 @@ SAMSUNG_INPUTS = (0x14, 0x18, 0x21, 0x22, 0x23, 0x24, 0x25, 0x31, 0x33)  # PC, D
 LG_INPUTS = ("60", "70", "80", "90", "91", "a0", "a1", "c0", "d0")  # RGB, DVI, HDMI1/2 (+PC), DisplayPort
 
 
-class _SerialDisplay:
-    """What both simulators share: the pty, the serving task, switches and counters."""
+class _SerialDisplay(SerialDeviceSim):
+    """What both display simulators share beyond the pty: the state a display keeps, `nak_all`, `reply_id`."""
 
     def __init__(self, link: str | Path | None, *, power: bool, volume: int, muted: bool, seed: int) -> None:
-        self.port = PtyPort(link)
-        self.path = ""
+        super().__init__(link, seed=seed)
         self.power = power
         self.volume = volume
         self.muted = muted
-        self.rng = random.Random(seed)
-        self.corrupt_checksum: bool | int = False
-        self.noise: bool | int = False
-        self.truncate: bool | int = False
-        self.silent: bool | int = False
         self.nak_all: bool | int = False
         self.reply_id: int | None = None
-        self.frames_received = 0
-        self.bad_frames = 0
-        self.replies_sent = 0
-        self._buffer = b""
-        self._task: asyncio.Task[None] | None = None
-
-    # -- life cycle
-
-    async def start(self) -> None:
-        """Open the pty; afterwards `path` is what a driver opens."""
-        if self._task is None:
-            self.path = self.port.open()
-            self._task = asyncio.create_task(self._serve())
-
-    async def stop(self) -> None:
-        task, self._task = self._task, None
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-        self.port.close()
-
-    async def __aenter__(self) -> Self:
-        await self.start()
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.stop()
-
-    # -- serving
-
-    async def _serve(self) -> None:
-        while True:
-            chunk = await self.port.read()
-            items, self._buffer = self._split(self._buffer + chunk)
-            for item in items:
-                if isinstance(item, BadFrame):
-                    self.bad_frames += 1
-                    continue
-                self.frames_received += 1
-                reply = self._handle(item)
-                if reply is not None:
-                    self._send(reply)
-
-    def _take(self, switch: str) -> bool:
-        """Is a misbehaviour switch on for this reply? (Counts down numeric switches.)"""
-        value = getattr(self, switch)
-        if value is True:
-            return True
-        if isinstance(value, int) and value > 0:
-            setattr(self, switch, value - 1)
-            return True
-        return False
-
-    def _send(self, reply: bytes) -> None:
-        if self._take("silent"):
-            return
-        if self._take("corrupt_checksum"):
-            reply = self._corrupt(reply)
-        if self._take("truncate"):
-            reply = reply[:max(1, len(reply) // 2)]
-        if self._take("noise"):
-            reply = self.rng.randbytes(self.rng.randint(3, 12)) + reply
-        self.port.write(reply)
-        self.replies_sent += 1
-
-    def _split(self, buf: bytes) -> tuple[list[Any], bytes]:
-        raise NotImplementedError
-
-    def _handle(self, frame: Any) -> bytes | None:
-        raise NotImplementedError
-
-    def _corrupt(self, reply: bytes) -> bytes:
-        raise NotImplementedError
 
 
 class SamsungMDCDisplay(_SerialDisplay):

@@ -6,7 +6,10 @@ ventilation, temperature and noise follow the people, daylight follows the
 clock. It is deterministic: the same seed and the same sequence of steps
 give the same values. `ModbusSensorServer` serves those values from the
 profile's register map over Modbus TCP, or Modbus RTU on a serial port or
-pty, through pymodbus' server, and can be told to misbehave.
+pty, through pymodbus' server, and can be told to misbehave. The same server is the Modbus power
+meter: a unit whose profile is of kind `meter` serves a `firmware_stubs.meter.ClassroomLoad`
+(voltage, current, power, the kWh counter) from that profile's register map, so an RS-485 bus
+with a sensor and a meter on it is one simulated link, as it is one cable.
 """
 
 from __future__ import annotations
@@ -15,7 +18,7 @@ import asyncio
 import math
 import random
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from pymodbus.constants import ExcCodes
 from pymodbus.server import ModbusSerialServer, ModbusTcpServer
@@ -35,6 +38,16 @@ PERIODS = [(8 * 60, 8 * 60 + 45), (8 * 60 + 55, 9 * 60 + 40), (10 * 60, 10 * 60 
 ROOM_VOLUME_M3 = 200.0
 OUTDOOR_CO2 = 420.0
 CO2_PER_PERSON_PPM_S = 0.0052e-3 / ROOM_VOLUME_M3 * 1e6  # 5.2 mL/s exhaled CO2 per pupil
+
+
+class Model(Protocol):
+    """What a simulated Modbus unit serves: values that a simulated clock moves."""
+
+    overrides: dict[str, float]
+
+    def step(self, seconds: float) -> None: ...
+
+    def values(self) -> dict[str, float]: ...
 
 
 @dataclass
@@ -96,17 +109,20 @@ class ClassroomAir:
 
 
 class ModbusSensorServer:
-    """Serve one or more `ClassroomAir` sensors (by unit id) over Modbus.
+    """Serve one or more simulated units (`ClassroomAir` sensors, `ClassroomLoad` meters) over Modbus.
 
+    Each unit serves its profile's registers (`profiles` by unit, else `profile`): holding registers
+    to function 3, input registers to function 4, as the device's register map says.
     `faults` per unit: `exception` answers Modbus exception 0x04 (device
     failure); `silent` never answers, as a dead sensor on RS-485.
     """
 
-    def __init__(self, profile: Profile | str = "env-6in1-modbus", *, units: dict[int, ClassroomAir] | None = None,
+    def __init__(self, profile: Profile | str = "env-6in1-modbus", *, units: dict[int, Model] | None = None,
                  host: str = "127.0.0.1", port: int | None = None, serial: str | None = None,
-                 time_scale: float = 1.0, tick: float = 1.0) -> None:
+                 time_scale: float = 1.0, tick: float = 1.0, profiles: dict[int, Profile] | None = None) -> None:
         self.profile = load_profile(profile) if isinstance(profile, str) else profile
-        self.units = units or {1: ClassroomAir()}
+        self.units: dict[int, Model] = units or {1: ClassroomAir()}
+        self.profiles = {unit: (profiles or {}).get(unit, self.profile) for unit in self.units}
         self.host, self.port, self.serial = host, port, serial
         self.time_scale, self.tick = time_scale, tick
         self.faults: dict[int, str] = {}
@@ -116,15 +132,15 @@ class ModbusSensorServer:
         self._server: ModbusTcpServer | ModbusSerialServer | None = None
         self._cable: NullModem | None = None
         self._ticker: asyncio.Task[None] | None = None
-        top = max(m.register + m.register_count for m in self.profile.metrics.values() if m.register is not None)
-        self._size = top
+        self._size = max(m.register + m.register_count for p in self.profiles.values()
+                         for m in p.metrics.values() if m.register is not None)
 
-    def registers_of(self, unit: int) -> list[int]:
-        """The raw registers unit `unit` serves right now."""
+    def registers_of(self, unit: int, function: str | None = None) -> list[int]:
+        """The raw registers unit `unit` serves right now (of one table, "holding" or "input", if given)."""
         regs = [0] * self._size
         values = self.units[unit].values()
-        for m in self.profile.metrics.values():
-            if m.register is not None and m.name in values:
+        for m in self.profiles[unit].metrics.values():
+            if m.register is not None and m.name in values and function in (None, m.function):
                 regs[m.register:m.register + m.register_count] = modbus.encode(m, values[m.name])
         return regs
 
@@ -132,7 +148,7 @@ class ModbusSensorServer:
         """What a correct driver decodes from this unit's registers right now."""
         regs = self.registers_of(unit)
         return {m.name: modbus.decode(m, regs[m.register:m.register + m.register_count])
-                for m in self.profile.metrics.values() if m.register is not None}
+                for m in self.profiles[unit].metrics.values() if m.register is not None}
 
     async def _action(self, unit: int, function_code: int, start_address: int, address: int, count: int,
                       current_registers: list[int], set_values: Any) -> ExcCodes | None:
@@ -144,7 +160,7 @@ class ModbusSensorServer:
             return ExcCodes.DEVICE_FAILURE
         if set_values is not None:
             return ExcCodes.ILLEGAL_FUNCTION  # a read-only sensor
-        regs = self.registers_of(unit)
+        regs = self.registers_of(unit, {3: "holding", 4: "input"}.get(function_code))
         for i in range(len(current_registers)):
             a = start_address + i
             current_registers[i] = regs[a] if a < len(regs) else 0
@@ -177,8 +193,8 @@ class ModbusSensorServer:
         while True:
             await asyncio.sleep(self.tick)
             if not self.frozen:
-                for air in self.units.values():
-                    air.step(self.tick * self.time_scale)
+                for model in self.units.values():
+                    model.step(self.tick * self.time_scale)
 
     async def stop(self) -> None:
         if self._ticker:
@@ -196,7 +212,12 @@ class ModbusSensorServer:
         await self.stop()
 
 
-def _air(dev: DeviceConfig, index: int) -> ClassroomAir:
+def _model(dev: DeviceConfig, index: int) -> Model:
+    """The simulated unit of a device: a meter's load (firmware_stubs/meter.py) or a room's air."""
+    if dev.profile_obj.kind == "meter":
+        from firmware_stubs.meter import load_for  # meter.py stands on this module's school day
+
+        return load_for(dev, index)
     opts = dev.simulator
     start = opts.get("start")
     kwargs: dict[str, Any] = {"seed": int(opts.get("seed", index + 1)), "class_size": int(opts.get("class_size", 40))}
@@ -211,7 +232,8 @@ def simulators_for(devices: list[tuple[int, DeviceConfig]]) -> list[tuple[Modbus
     serial port, answering for every unit on it, as a bus or a Modbus TCP gateway would.
 
     Returns each server with its devices' handles (device id -> (server, unit)). `simulator:` options
-    per device: `seed` (default index + 1), `class_size`, `start` (HH:MM of the simulated day); the
+    per device: `seed` (default index + 1), `class_size`, `start` (HH:MM of the simulated day), for a meter
+    `energy_kwh` (firmware_stubs/meter.py `load_for`); the
     first device of a link sets `time_scale` and `frozen` for the whole link.
     """
     links: dict[tuple[str, ...], list[tuple[int, DeviceConfig]]] = {}
@@ -220,9 +242,10 @@ def simulators_for(devices: list[tuple[int, DeviceConfig]]) -> list[tuple[Modbus
     out = []
     for key, devs in links.items():
         unit_of = {dev.id: int(modbus.ADDRESS.value(dev.address, "unit")) for _, dev in devs}
-        units = {unit_of[dev.id]: _air(dev, index) for index, dev in devs}
+        units = {unit_of[dev.id]: _model(dev, index) for index, dev in devs}
         opts = devs[0][1].simulator
         server = ModbusSensorServer(devs[0][1].profile, units=units,
+                                    profiles={unit_of[dev.id]: dev.profile_obj for _, dev in devs},
                                     host=key[1] if key[0] == "tcp" else "127.0.0.1",
                                     port=int(key[2]) if key[0] == "tcp" else None,
                                     serial=key[1] if key[0] == "rtu" else None,

@@ -1,5 +1,7 @@
 """The device end of a pseudo-terminal: how serial simulators stand in for hardware.
 
+`SerialDeviceSim` is what every request/response serial simulator shares on top of it.
+
 `PtyPort` opens a pty pair, keeps the slave open (so the master never sees
 EIO while no client is attached), optionally symlinks the slave's path to a
 stable name (`/tmp/room101/ttyCARD`) that a gateway config can name, and
@@ -12,8 +14,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import random
 import tty
 from pathlib import Path
+from typing import Any, Self
+
+from protocols.serial_line import BadFrame
 
 
 class PtyPort:
@@ -128,3 +134,98 @@ class NullModem:
             task.cancel()
         self.device_side.close()
         self.host_side.close()
+
+
+class SerialDeviceSim:
+    """A simulated serial device on a pty: the serving task, the misbehaviour switches and counters.
+
+    Subclasses (the displays, the DL/T 645 meter) give the protocol: `_split` (the protocol's pure
+    frame splitter), `_handle` (a frame in, the reply or None out) and `_corrupt` (a reply damaged as
+    a noisy line damages it). Switches: `corrupt_checksum`, `noise` (random bytes before the reply),
+    `truncate` (half a reply), `silent` (no reply); True stays on until set back to False, a number n
+    affects only the next n replies. Counters: `frames_received` (well-formed frames, whoever they
+    were for), `bad_frames` (bytes it could not parse), `replies_sent`.
+    """
+
+    def __init__(self, link: str | Path | None, *, seed: int) -> None:
+        self.port = PtyPort(link)
+        self.path = ""
+        self.rng = random.Random(seed)
+        self.corrupt_checksum: bool | int = False
+        self.noise: bool | int = False
+        self.truncate: bool | int = False
+        self.silent: bool | int = False
+        self.frames_received = 0
+        self.bad_frames = 0
+        self.replies_sent = 0
+        self._buffer = b""
+        self._task: asyncio.Task[None] | None = None
+
+    # -- life cycle
+
+    async def start(self) -> None:
+        """Open the pty; afterwards `path` is what a driver opens."""
+        if self._task is None:
+            self.path = self.port.open()
+            self._task = asyncio.create_task(self._serve())
+
+    async def stop(self) -> None:
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self.port.close()
+
+    async def __aenter__(self) -> Self:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
+
+    # -- serving
+
+    async def _serve(self) -> None:
+        while True:
+            chunk = await self.port.read()
+            items, self._buffer = self._split(self._buffer + chunk)
+            for item in items:
+                if isinstance(item, BadFrame):
+                    self.bad_frames += 1
+                    continue
+                self.frames_received += 1
+                reply = self._handle(item)
+                if reply is not None:
+                    self._send(reply)
+
+    def _take(self, switch: str) -> bool:
+        """Is a misbehaviour switch on for this reply? (Counts down numeric switches.)"""
+        value = getattr(self, switch)
+        if value is True:
+            return True
+        if isinstance(value, int) and value > 0:
+            setattr(self, switch, value - 1)
+            return True
+        return False
+
+    def _send(self, reply: bytes) -> None:
+        if self._take("silent"):
+            return
+        if self._take("corrupt_checksum"):
+            reply = self._corrupt(reply)
+        if self._take("truncate"):
+            reply = reply[:max(1, len(reply) // 2)]
+        if self._take("noise"):
+            reply = self.rng.randbytes(self.rng.randint(3, 12)) + reply
+        self.port.write(reply)
+        self.replies_sent += 1
+
+    def _split(self, buf: bytes) -> tuple[list[Any], bytes]:
+        raise NotImplementedError
+
+    def _handle(self, frame: Any) -> bytes | None:
+        raise NotImplementedError
+
+    def _corrupt(self, reply: bytes) -> bytes:
+        raise NotImplementedError

@@ -5,7 +5,7 @@ load time (`Address.check`, one error naming the field), the fields of the provi
 (`Address.form`) and the address's JSON Schema shape (`Address.json_schema`), so the three can
 never disagree. Field types are few on purpose:
 
-- `text`: a non-blank string (`max_chars`, `printable` restrict it further),
+- `text`: a non-blank string (`max_chars`, `printable`, `pattern` restrict it further),
 - `int`: a whole number (never a bool) within `minimum`..`maximum`,
 - `choice`: one of `choices`,
 - `source`: a camera source, i.e. a camera index (0 or more), a file path, or a URL whose scheme is
@@ -18,6 +18,7 @@ use, so a gateway without a camera never imports OpenCV and a protocol module im
 from __future__ import annotations
 
 import importlib
+import re
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
@@ -56,6 +57,7 @@ class Field:
     maximum: int | None = None
     max_chars: int | None = None
     printable: bool = False
+    pattern: str = ""          # text: a regular expression the whole value must match (a meter's 12 digits)
     choices: tuple[Any, ...] = ()
     schemes: tuple[str, ...] = ()
     must: str = ""             # the "must be ..." phrase, when the generated one would be less clear
@@ -88,7 +90,8 @@ class Field:
         if self.type == "text":
             ok = isinstance(value, str) and bool(value.strip()) \
                 and (self.max_chars is None or len(value) <= self.max_chars) \
-                and (not self.printable or value.isprintable())
+                and (not self.printable or value.isprintable()) \
+                and (not self.pattern or re.fullmatch(self.pattern, value) is not None)
         elif self.type == "int":
             ok = isinstance(value, int) and not isinstance(value, bool) \
                 and (self.minimum is None or value >= self.minimum) \
@@ -121,6 +124,8 @@ class Field:
             out = {"type": "string", "minLength": 1, "pattern": r"\S"}
             if self.max_chars is not None:
                 out["maxLength"] = self.max_chars
+            if self.pattern:
+                out["pattern"] = f"^(?:{self.pattern})$"
         elif self.type == "int":
             out = {"type": "integer"}
             if self.minimum is not None:

@@ -45,7 +45,7 @@ def test_demo_runs_every_room_end_to_end_and_exits_0(tmp_path: Path) -> None:
             ("gw-1-101", "demo-school-1", "101"), ("gw-2-101", "demo-school-2", "101")}
         assert all(g["online"] for g in gateways)
         # Every classroom has one device of every kind, each reporting over its own protocol.
-        kinds = {"environment", "card_reader", "projector", "display", "camera"}
+        kinds = {"environment", "card_reader", "projector", "display", "camera", "meter"}
         wait_until(lambda: all({d["kind"] for d in _get(f"{base}/api/devices", token) if d["gateway"] == g
                                 and d["status"] == "ok" and d["latest"]} == kinds for g in rooms),
                    20, message="every kind of device reporting in both rooms")

@@ -6,7 +6,7 @@ here, *chunking invariance* on arbitrary streams (the same bytes cut
 differently give the same UIDs and the same counters), valid UID lines in
 noise for the line parser, and `parse_uid_line` on arbitrary text.
 
-Displays: `decode_frame`/`parse_reply`/`parse_command` raise only their
+Displays and DL/T 645 meters: `decode_frame`/`parse_reply`/`parse_command` raise only their
 declared `MDCFrameError`/`LGFrameError`; a single corrupted byte in an MDC
 frame is always detected; the splitters never raise, account for every byte
 and give the same frames however the stream is cut.
@@ -21,7 +21,7 @@ import pytest
 from hypothesis import event, given
 from hypothesis import strategies as st
 
-from protocols import lg_serial, samsung_mdc
+from protocols import dlt645, lg_serial, samsung_mdc
 from protocols.card_em4100 import EM4100Parser, xor_checksum
 from protocols.card_line import LineParser, parse_uid_line
 from protocols.serial_line import BadFrame
@@ -284,3 +284,71 @@ def test_d1_mdc_reply_behind_a_stray_header_survives_a_cut() -> None:
     whole = [i for i in samsung_mdc.split_frames(stream)[0] if not isinstance(i, BadFrame)]
     assert whole == [samsung_mdc.decode_frame(real)]
     assert feed_mdc(stream, [8]) == whole  # the first read ends 4 bytes into the real reply
+
+
+# ------------------------------------------------------------------ DL/T 645 meters
+
+dlt_addresses = st.sampled_from(["123456789012", "000000000001", dlt645.BROADCAST]) \
+    | st.integers(0, 10**12 - 1).map(lambda n: f"{n:012d}")
+dlt_frames = st.builds(dlt645.encode_frame, dlt_addresses, st.integers(0, 255), st.binary(max_size=16), st.booleans())
+dlt_streams = st.lists(dlt_frames | st.binary(max_size=8) | st.sampled_from([b"\x68", b"\xfe" * 4, b"\x16"]),
+                       max_size=8).map(b"".join)
+
+
+def feed_dlt(stream: bytes, cuts: list[int]) -> list[Any]:
+    buf, frames = b"", []
+    for chunk in chunked(stream, cuts):
+        items, buf = dlt645.split_frames(buf + chunk)
+        frames += [i for i in items if not isinstance(i, BadFrame)]
+    return frames
+
+
+@fuzz_settings(300)
+@given(st.binary(max_size=300) | dlt_streams)
+def test_dlt645_decode_raises_only_its_frame_error_and_the_splitter_never_raises(raw: bytes) -> None:
+    with only(dlt645.DLT645FrameError) as outcome:
+        frame = dlt645.decode_frame(raw)
+    if outcome.ok:
+        assert dlt645.encode_frame(frame.address, frame.control, frame.data, preamble=False) == raw.lstrip(b"\xfe")
+    items, rest = dlt645.split_frames(raw)
+    assert len(rest) < dlt645.MIN_FRAME + 255
+    assert not any(isinstance(a, BadFrame) and isinstance(b, BadFrame) for a, b in itertools.pairwise(items))
+    for item in items:
+        assert isinstance(item, dlt645.Frame) or item.raw in raw
+
+
+@fuzz_settings(200)
+@given(dlt_frames.map(lambda f: f.lstrip(b"\xfe")), st.data())
+def test_dlt645_single_byte_corruption_is_always_detected(raw: bytes, data: st.DataObject) -> None:
+    i = data.draw(st.integers(0, len(raw) - 1))
+    byte = data.draw(st.integers(0, 255).filter(lambda b: b != raw[i]))
+    with pytest.raises(dlt645.DLT645FrameError):
+        dlt645.decode_frame(raw[:i] + bytes([byte]) + raw[i + 1:])
+
+
+@fuzz_settings(300)
+@given(st.lists(st.tuples(dlt_frames.filter(lambda f: b"\x68" not in f.lstrip(b"\xfe")[1:7]
+                                           and b"\x68" not in f.lstrip(b"\xfe")[8:]),
+                          st.binary(max_size=6).map(lambda b: b.replace(b"\x68", b""))), max_size=6), cut_lists)
+def test_dlt645_frames_in_noise_survive_any_chunking(parts: list[tuple[bytes, bytes]], cuts: list[int]) -> None:
+    stream = b"".join(noise + frame for frame, noise in parts)
+    assert feed_dlt(stream, cuts) == [dlt645.decode_frame(frame) for frame, _ in parts]
+
+
+@fuzz_settings(200)
+@given(dlt_streams, cut_lists)
+def test_dlt645_chunking_loses_no_frame(stream: bytes, cuts: list[int]) -> None:
+    whole = [i for i in dlt645.split_frames(stream)[0] if not isinstance(i, BadFrame)]
+    assert feed_dlt(stream, cuts) == whole
+
+
+@fuzz_settings(300)
+@given(st.sampled_from(list(dlt645.DATA_ITEMS.values())), st.data())
+def test_dlt645_values_round_trip_and_any_bytes_decode_or_raise_its_error(item: dlt645.DataItem,
+                                                                        data: st.DataObject) -> None:
+    raw = data.draw(st.binary(min_size=item.size, max_size=item.size))
+    with only(dlt645.DLT645FrameError) as outcome:
+        value = dlt645.decode_value(item, raw)
+    if outcome.ok:
+        assert abs(value) <= item.largest
+        assert dlt645.decode_value(item, dlt645.encode_value(item, value)) == value

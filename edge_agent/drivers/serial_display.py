@@ -1,4 +1,6 @@
-"""What the RS-232 display drivers (Samsung MDC, LG) share: one request/response loop.
+"""What the serial request/response drivers share: one request/response loop.
+
+The RS-232 display drivers (Samsung MDC, LG) and the DL/T 645 meter driver on RS-485 stand on it.
 
 Both display protocols are half-duplex request/response over a serial line
 that can carry line noise, a reply cut short, a corrupted byte or a reply
@@ -53,6 +55,7 @@ class SerialDisplayDriver(Driver):
     id_field: ClassVar[str]
     default_id: ClassVar[int]
     broadcast_id: ClassVar[int]
+    device_word: ClassVar[str] = "display"  # what the device is, as the no-reply message says it
 
     def __init__(self, device_id: str, profile: Profile, address: dict[str, Any],
                  options: dict[str, Any] | None = None) -> None:
@@ -158,4 +161,5 @@ class SerialDisplayDriver(Driver):
             raise DeviceError(f"{self.device_id}: no valid reply to {what} within {limit:g}s "
                               f"({attempts} attempt(s); bad frames: {', '.join(dict.fromkeys(reasons))})")
         raise DeviceError(f"{self.device_id}: no reply to {what} within {limit:g}s "
-                          f"(is the display connected, and is its {self.id_field} {self.unit_id}?)")
+                          f"(is the {self.device_word} connected, and is its {self.id_field} "
+                          f"{self.address.get(self.id_field, self.default_id)}?)")
