@@ -171,3 +171,32 @@ def test_the_name_scan_finds_a_stray_name(tmp_path: Path) -> None:
     (tmp_path / "bench" / "y.py").write_text('DEVICE = {"id": "pjlink"}\n')
     found = protocol_names_spelled(tmp_path)
     assert found["samsung_mdc"] == {"firmware_stubs/x.py"} and found["pjlink"] == set()
+
+
+# The opening and closing markers only: a bare "=======" is also a Markdown heading underline.
+CONFLICT_MARKERS = ("<<<<<<< ", ">>>>>>> ")
+
+
+def conflict_markers(text: str) -> list[int]:
+    """The lines (1-based) where a merge left its markers: a line that *starts* with one."""
+    return [n for n, line in enumerate(text.splitlines(), 1) if line.startswith(CONFLICT_MARKERS)]
+
+
+def test_no_file_keeps_a_merge_conflict() -> None:
+    # A merge once left README's layout table with both sides and the markers, unseen for a stop:
+    # nothing else reads the Markdown, so this is the check.
+    import subprocess
+    tracked = subprocess.run(["git", "ls-files"], cwd=ROOT, capture_output=True, text=True, check=True).stdout.split()
+    found = {}
+    for name in tracked:
+        if not name.endswith((".md", ".py", ".html", ".js", ".css", ".yaml", ".toml", ".cfg", ".txt", ".po")):
+            continue
+        lines = conflict_markers((ROOT / name).read_text(encoding="utf-8", errors="replace"))
+        if lines:
+            found[name] = lines
+    assert not found, f"merge-conflict markers left in {found}"
+
+
+def test_the_conflict_scan_finds_markers() -> None:
+    assert conflict_markers("a\n<<<<<<< HEAD\nb\n=======\nc\n>>>>>>> x\n") == [2, 6]
+    assert conflict_markers("A heading\n=======\n") == []
