@@ -6,6 +6,7 @@ and the dashboard served for real on another loopback port."""
 from __future__ import annotations
 
 import html
+import logging
 from collections.abc import Iterator
 from dataclasses import dataclass
 from urllib.parse import parse_qs, urlencode, urlsplit, urlunsplit
@@ -101,7 +102,9 @@ def test_the_login_page_offers_the_platform_beside_the_local_form(site: Site) ->
     assert f"{site.url}/login/oidc?next=/rooms" in links(page)
 
 
-def test_a_teacher_signed_in_by_the_platform_has_the_mapped_role_and_sees_only_their_rooms(site: Site) -> None:
+def test_a_teacher_signed_in_by_the_platform_has_the_mapped_role_and_sees_only_their_rooms(
+        site: Site, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.DEBUG)  # every logger of this process, the server's thread and Authlib's too
     browser = site.browser()
     start = browser.get(f"{site.url}/login/oidc", timeout=30, allow_redirects=False)
     query = parse_qs(urlsplit(start.headers["Location"]).query)
@@ -119,6 +122,8 @@ def test_a_teacher_signed_in_by_the_platform_has_the_mapped_role_and_sees_only_t
     answer = gateways(site, browser)
     assert answer.status_code == 200 and [g["id"] for g in answer.json()] == ["gw-101"]
     assert browser.get(f"{site.url}/api/gateways/gw-102/devices/proj/commands", timeout=30).status_code in (403, 405)
+
+    assert "code_verifier" in caplog.text and SECRET not in caplog.text  # Authlib logged; the secret never
 
     # Again in another browser: the same account (matched by issuer and subject), not a second one.
     assert sign_in(site, site.browser(), "T-1001").status_code == 200

@@ -104,3 +104,12 @@ def test_an_admin_gives_a_platform_account_a_role_without_a_password(registry: R
         assert result.returncode == 0, result.stderr
     assert registry.principal("n.new")["rooms"] == ["102"]
     assert registry.check_password("f.local", "local-password")["role"] == "teacher"  # its password kept
+
+
+def test_campus_web_with_a_wrong_platform_config_stops_with_one_line(tmp_path: Path) -> None:
+    env = {"PATH": "/usr/bin:/bin", "CAMPUS_OIDC_CLIENT_SECRET": SECRET}
+    result = subprocess.run([sys.executable, "-m", "programs.cli", "web", "--store", f"sqlite:///{tmp_path}/p.db",
+                             "--oidc-issuer", "http://idp.edu.example", "--oidc-client-id", "campus"],
+                            capture_output=True, text=True, timeout=60, env=env)
+    assert result.returncode != 0 and "https://" in result.stderr and len(result.stderr.splitlines()) == 1
+    assert SECRET not in result.stderr + result.stdout
