@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
 
 from campus.errors import CampusError
 from central.registry import ROLES, Registry, Room, School, User
@@ -59,6 +60,17 @@ def sign_in(registry: Registry, who: Identity) -> dict[str, Any]:
     teacher their other rooms. IdentityRefused: see the module's rules."""
     if who.role is not None and who.role not in ROLES:
         raise ValueError(f"role {who.role!r}")  # the claim mapping only yields ROLES
+    try:
+        username = _apply(registry, who)
+    except IntegrityError:  # the same person's first sign-in in two tabs at once: the other made the account
+        username = _apply(registry, who)
+    principal = registry.principal(username)
+    assert principal is not None  # committed just now; accounts are never deleted
+    return principal
+
+
+def _apply(registry: Registry, who: Identity) -> str:
+    """One transaction of `sign_in`; the account's name."""
     with registry.session() as s:
         user = s.scalar(select(User).where(User.oidc_issuer == who.issuer, User.oidc_subject == who.subject))
         if user is None:
@@ -82,10 +94,7 @@ def sign_in(registry: Registry, who: Identity) -> dict[str, Any]:
             # A teacher is scoped by rooms; schools limit staff accounts only (as Registry.add_user says).
             user.schools = sorted(known, key=lambda x: x.id) if user.role != "teacher" else []
         s.add(user)
-        username = user.username
-    principal = registry.principal(username)
-    assert principal is not None  # committed just now; accounts are never deleted
-    return principal
+        return user.username
 
 
 def _known_rooms(s: Any, who: Identity) -> list[Room]:
