@@ -13,7 +13,10 @@ import pytest
 from campus.errors import ConfigError
 from central.oidc_users import NO_ROLE, Identity, IdentityRefused, sign_in
 from central.registry import Registry
+from dashboards import close_app
+from dashboards.context import central
 from dashboards.oidc import ClaimsRefused, OidcConfig, identity, parse_role_map
+from tests.apps import central_db, register_rooms, two_rooms, web_app
 
 ISSUER = "https://idp.edu.example"
 SECRET = "a-client-secret-nobody-may-see"
@@ -113,3 +116,19 @@ def test_campus_web_with_a_wrong_platform_config_stops_with_one_line(tmp_path: P
                             capture_output=True, text=True, timeout=60, env=env)
     assert result.returncode != 0 and "https://" in result.stderr and len(result.stderr.splitlines()) == 1
     assert SECRET not in result.stderr + result.stdout
+
+
+def test_an_account_without_a_role_is_refused_everywhere_even_with_an_api_token(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    app = web_app(central_db(tmp_path, two_rooms), monkeypatch)
+    try:
+        register_rooms(app)
+        reg = central(app).registry
+        sign_in(reg, Identity(ISSUER, "sub-9", "n.none"))
+        token = reg.issue_token("n.none")  # an admin's slip: the account still has no rights
+        client = app.test_client()
+        for path in ("/api/gateways", "/api/devices", "/api/schools"):
+            answer = client.get(path, headers={"Authorization": f"Bearer {token}"})
+            assert answer.status_code == 403 and "no role" in answer.get_json()["error"], path
+    finally:
+        close_app(app)
