@@ -9,7 +9,7 @@ import html
 import logging
 from collections.abc import Iterator
 from dataclasses import dataclass
-from urllib.parse import parse_qs, urlencode, urlsplit, urlunsplit
+from urllib.parse import parse_qs, unquote_plus, urlencode, urlsplit, urlunsplit
 
 import pytest
 import requests
@@ -111,6 +111,11 @@ def test_a_teacher_signed_in_by_the_platform_has_the_mapped_role_and_sees_only_t
     assert query["code_challenge_method"] == ["S256"] and len(query["code_challenge"][0]) == 43
     assert query["state"] and query["nonce"] and query["client_id"] == ["campus-web"]
     assert "code_verifier" not in query  # the verifier stays on the server
+    # The provider is set to require PKCE: the same request without the challenge is refused there.
+    parts = urlsplit(start.headers["Location"])
+    bare = {k: v[0] for k, v in query.items() if not k.startswith("code_challenge")}
+    refused = browser.get(urlunsplit(parts._replace(query=urlencode(bare))), timeout=30, allow_redirects=False)
+    assert "error=invalid_request" in refused.headers["Location"] and "PKCE" in unquote_plus(refused.headers["Location"])
     landed = interact(browser, browser.get(start.headers["Location"], timeout=30), "T-1001")
     assert landed.status_code == 200 and landed.url.startswith(f"{site.url}/"), landed.text[:500]
     user = site.user("t.wang")
