@@ -76,10 +76,11 @@ def _apply(registry: Registry, who: Identity) -> str:
         if user is None:
             user = s.scalar(select(User).where(User.username == who.username))
             if who.username == BREAK_GLASS:  # made or not yet: the name is the local break-glass account's
-                raise IdentityRefused(f"the account {BREAK_GLASS!r} is the local break-glass account; it cannot "
-                                      "be signed in to with the platform")
+                raise IdentityRefused(f"the account {BREAK_GLASS!r} is the local break-glass account; it "
+                                      "cannot be signed in to with the platform")
             if user is not None and user.oidc_subject is not None:
-                raise IdentityRefused(f"the account {who.username!r} belongs to another person of the platform")
+                raise IdentityRefused(f"the account {who.username!r} belongs to another person of the "
+                                      "platform")
             if user is None:
                 user = User(username=who.username, password_hash="", role=NO_ROLE)
                 log.info("sign-in: new account %s for %s at %s", who.username, who.subject, who.issuer)

@@ -77,16 +77,19 @@ class OidcConfig:
     def __post_init__(self) -> None:
         parts = urlsplit(self.issuer)
         if parts.scheme != "https" and not (parts.scheme == "http" and _loopback(parts.hostname or "")):
-            raise ConfigError(f"--oidc-issuer {self.issuer!r}: an https:// URL (http:// only on this machine)")
+            raise ConfigError(f"--oidc-issuer {self.issuer!r}: an https:// URL "
+                              "(http:// only on this machine)")
         if not self.client_id:
             raise ConfigError("--oidc-client-id: required with --oidc-issuer")
         if not self.client_secret:
-            raise ConfigError(f"{ENV}CLIENT_SECRET (or --oidc-client-secret-file): required with --oidc-issuer")
+            raise ConfigError(f"{ENV}CLIENT_SECRET (or --oidc-client-secret-file): required with "
+                              "--oidc-issuer")
         if "openid" not in self.scope.split():
             raise ConfigError(f"--oidc-scope {self.scope!r}: must include openid")
         for value, role in self.role_map.items():
             if role not in ROLES:
-                raise ConfigError(f"--oidc-role-map {value}={role}: the role is not one of {', '.join(ROLES)}")
+                raise ConfigError(f"--oidc-role-map {value}={role}: the role is not one of "
+                                  f"{', '.join(ROLES)}")
 
     @classmethod
     def from_options(cls, options: Mapping[str, str | None], environ: Mapping[str, str] = os.environ,
@@ -122,7 +125,8 @@ def _loopback(host: str) -> bool:
 
 
 def parse_role_map(text: str) -> dict[str, str]:
-    """`VALUE=ROLE,VALUE=ROLE` (e.g. `教师=teacher,信息中心=admin`) as a dict; ConfigError naming a bad pair."""
+    """`VALUE=ROLE,VALUE=ROLE` (e.g. `教师=teacher,信息中心=admin`) as a dict; ConfigError naming a bad
+    pair."""
     pairs = {}
     for item in filter(None, (part.strip() for part in text.split(","))):
         value, sep, role = item.rpartition("=")
@@ -149,7 +153,8 @@ def identity(config: OidcConfig, claims: Mapping[str, Any]) -> Identity:
         raise ClaimsRefused(f"the {config.user_claim!r} claim cannot be a user name here: {exc}") from None
     role = None
     if config.role_claim in claims:
-        mapped = {config.role_map.get(v, v if not config.role_map else "") for v in _strings(claims[config.role_claim])}
+        values = _strings(claims[config.role_claim])
+        mapped = {config.role_map.get(v, v if not config.role_map else "") for v in values}
         role = next((r for r in ROLES if r in mapped), None)  # ROLES is ordered from most to least
     rooms = None
     if config.rooms_claim in claims:
@@ -234,31 +239,33 @@ def callback() -> Any:
         metadata = _metadata(config, client)
         iss = request.args.get("iss")
         if iss is not None and iss.rstrip("/") != config.issuer.rstrip("/"):
-            return _refused(400, gettext("Sign-in refused: the answer names another issuer (%(iss)s).", iss=iss[:200]))
+            return _refused(400, gettext("Sign-in refused: the answer names another issuer (%(iss)s).",
+                                         iss=iss[:200]))
         # State, PKCE verifier and nonce come back out of the session; the ID token is checked here.
-        token = client.authorize_access_token(claims_options={"iss": {"essential": True, "values": [metadata["issuer"]]}})
+        token = client.authorize_access_token(
+            claims_options={"iss": {"essential": True, "values": [metadata["issuer"]]}})
         claims = dict(token.get("userinfo") or {})
         if not claims or "id_token" not in token:
             return _refused(400, gettext("Sign-in refused: the platform sent no ID token."))
         if metadata.get("userinfo_endpoint"):
             more = client.userinfo(token=token)
             if more.get("sub") != claims["sub"]:
-                return _refused(400, gettext("Sign-in refused: the platform's user information is for another "
-                                             "person than its ID token."))
+                return _refused(400, gettext("Sign-in refused: the platform's user information is for "
+                                             "another person than its ID token."))
             claims = {**more, **claims}
     except (requests.RequestException, ProviderMismatch) as exc:
         return _unreachable(exc)
     except (AuthlibBaseError, JoseError, ValueError, KeyError) as exc:
-        return _refused(400, gettext("Sign-in with %(name)s failed: %(why)s. Nothing was changed; start again "
-                                     "from the login page.", name=config.name, why=_why(exc)))
+        return _refused(400, gettext("Sign-in with %(name)s failed: %(why)s. Nothing was changed; start "
+                                     "again from the login page.", name=config.name, why=_why(exc)))
     try:
         who = identity(config, claims)
         principal = sign_in(central().registry, who)
     except (ClaimsRefused, IdentityRefused) as exc:
         return _refused(403, gettext("Sign-in refused: %(why)s.", why=str(exc)), str(claims.get("sub", "")))
     if principal["role"] == NO_ROLE:
-        return _refused(403, gettext("Your account %(user)s has no role in campus-iot yet, so it has no access. "
-                                     "Ask your IT staff to assign you one; then sign in again.",
+        return _refused(403, gettext("Your account %(user)s has no role in campus-iot yet, so it has no "
+                                     "access. Ask your IT staff to assign you one; then sign in again.",
                                      user=principal["user"]), principal["user"])
     target = safe_target(session.get("oidc_next"), home_for(principal))
     session.clear()
@@ -288,7 +295,8 @@ def end_session_url() -> str | None:
         if not _metadata(config, client).get("end_session_endpoint"):
             return None
         return client.create_logout_url(post_logout_redirect_uri=url_for("auth.login", _external=True),
-                                        id_token_hint=session[ID_TOKEN_KEY], client_id=config.client_id)["url"]
+                                        id_token_hint=session[ID_TOKEN_KEY],
+                                        client_id=config.client_id)["url"]
     except (requests.RequestException, ValueError, ProviderMismatch) as exc:
         log.warning("logout: the platform's session is not ended (%s)", exc)
         return None

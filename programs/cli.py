@@ -277,15 +277,16 @@ def build_parser() -> argparse.ArgumentParser:
     oidc.add_argument("--oidc-issuer", metavar="URL", help="the platform's issuer URL (https://; its "
                       "/.well-known/openid-configuration is read); none: local passwords only")
     oidc.add_argument("--oidc-client-id", metavar="ID", help="this site's client id at the platform")
-    oidc.add_argument("--oidc-client-secret-file", metavar="PATH", help="a file whose first line is the client "
-                      "secret (default: $CAMPUS_OIDC_CLIENT_SECRET; never on the command line)")
+    oidc.add_argument("--oidc-client-secret-file", metavar="PATH", help="a file whose first line is the "
+                      "client secret (default: $CAMPUS_OIDC_CLIENT_SECRET; never on the command line)")
     oidc.add_argument("--oidc-name", metavar="NAME", help="the platform's name on the login page's button")
     oidc.add_argument("--oidc-scope", metavar="SCOPES", help="scopes asked for (default 'openid profile')")
-    oidc.add_argument("--oidc-user-claim", metavar="CLAIM", help="the claim that names the campus-iot account "
-                      "(default sub; e.g. preferred_username or a staff number's claim)")
-    oidc.add_argument("--oidc-role-claim", metavar="CLAIM", help="the claim with the role (default campus_role)")
-    oidc.add_argument("--oidc-role-map", metavar="VALUE=ROLE,...", help="the role claim's values as roles, e.g. "
-                      "教师=teacher,信息中心=admin (default: the values admin, facility, teacher themselves)")
+    oidc.add_argument("--oidc-user-claim", metavar="CLAIM", help="the claim that names the campus-iot "
+                      "account (default sub; e.g. preferred_username or a staff number's claim)")
+    oidc.add_argument("--oidc-role-claim", metavar="CLAIM", help="the claim with the role "
+                      "(default campus_role)")
+    oidc.add_argument("--oidc-role-map", metavar="VALUE=ROLE,...", help="the role claim's values as roles, "
+                      "e.g. 教师=teacher,信息中心=admin (default: admin, facility, teacher mean themselves)")
     oidc.add_argument("--oidc-rooms-claim", metavar="CLAIM", help="the claim listing a teacher's rooms as "
                       "SCHOOL:ROOM (default campus_rooms)")
     oidc.add_argument("--oidc-schools-claim", metavar="CLAIM", help="the claim listing the schools a staff "
@@ -325,9 +326,9 @@ def build_parser() -> argparse.ArgumentParser:
     u.add_argument("--school", action="append",
                    help="limit an admin or facility account to this school (repeatable; none: district-wide)")
     u.add_argument("--password-stdin", action="store_true", help="read the password from standard input")
-    u.add_argument("--no-password", action="store_true", help="ask for no password: a new account signs in "
-                   "with the education platform only (docs/oidc.md); an existing one keeps its password (how an "
-                   "admin gives a role to a person the platform signed in without one)")
+    u.add_argument("--no-password", action="store_true", help="ask for no password: a new account signs "
+                   "in with the education platform only (docs/oidc.md); an existing one keeps its password "
+                   "(how an admin gives a role to a person the platform signed in without one)")
     u = users.add_parser("token", help="issue an API token for a user (printed once)")
     u.add_argument("name")
     u.add_argument("--label", default="", help="what the token is for")

@@ -39,7 +39,8 @@ def config(**kw: object) -> OidcConfig:
 
 def test_the_claims_give_the_account_name_the_highest_mapped_role_rooms_and_schools() -> None:
     c = config(user_claim="staff_no", role_map={"教师": "teacher", "信息中心": "admin", "后勤": "facility"})
-    who = identity(c, {"iss": ISSUER, "sub": "u1", "staff_no": "T1001", "campus_role": ["后勤", "教师", "学生"],
+    who = identity(c, {"iss": ISSUER, "sub": "u1", "staff_no": "T1001",
+                       "campus_role": ["后勤", "教师", "学生"],
                        "campus_rooms": ["s1:101", "bad", "s1:"], "campus_schools": "s1"})
     assert (who.username, who.subject, who.role) == ("T1001", "u1", "facility")
     assert who.rooms == (("s1", "101"),) and who.schools == ("s1",)
@@ -56,7 +57,8 @@ def test_the_claims_give_the_account_name_the_highest_mapped_role_rooms_and_scho
 
 def test_the_config_refuses_what_would_be_unsafe_and_never_shows_the_secret(tmp_path: Path) -> None:
     assert SECRET not in repr(config()) and "client_secret" not in repr(config())
-    for bad, says in (({"issuer": "http://idp.edu.example"}, "https://"), ({"client_secret": ""}, "CLIENT_SECRET"),
+    for bad, says in (({"issuer": "http://idp.edu.example"}, "https://"),
+                      ({"client_secret": ""}, "CLIENT_SECRET"),
                       ({"scope": "profile"}, "openid"), ({"role_map": {"x": "root"}}, "x=root")):
         with pytest.raises(ConfigError, match=says):
             config(**bad)
@@ -65,7 +67,8 @@ def test_the_config_refuses_what_would_be_unsafe_and_never_shows_the_secret(tmp_
         parse_role_map("teacher")
     assert parse_role_map("教师=teacher, a=b=admin") == {"教师": "teacher", "a=b": "admin"}
 
-    env = {"CAMPUS_OIDC_ISSUER": ISSUER, "CAMPUS_OIDC_CLIENT_ID": "from-env", "CAMPUS_OIDC_CLIENT_SECRET": SECRET,
+    env = {"CAMPUS_OIDC_ISSUER": ISSUER, "CAMPUS_OIDC_CLIENT_ID": "from-env",
+           "CAMPUS_OIDC_CLIENT_SECRET": SECRET,
            "CAMPUS_OIDC_ROLE_MAP": "教师=teacher"}
     made = OidcConfig.from_options({"client_id": "from-option"}, env)
     assert made is not None and (made.client_id, made.client_secret, dict(made.role_map)) == (
@@ -80,7 +83,8 @@ def test_accounts_are_matched_bound_or_made_and_never_taken_over(registry: Regis
     teacher = Identity(ISSUER, "sub-1", "t.wang", role="teacher", rooms=(("s1", "101"), ("s1", "999")),
                        schools=("s1",))
     first = sign_in(registry, teacher)
-    assert (first["role"], first["rooms"], first["schools"]) == ("teacher", ["101"], [])  # a teacher has rooms
+    # A teacher has rooms, not schools; the unknown room is left out.
+    assert (first["role"], first["rooms"], first["schools"]) == ("teacher", ["101"], [])
     # The platform renamed the person: still the same account (issuer and subject decide).
     assert sign_in(registry, Identity(ISSUER, "sub-1", "wang.t"))["user"] == "t.wang"
     # Claims without a role or rooms leave what is there (an admin's assignment).
@@ -97,13 +101,13 @@ def test_accounts_are_matched_bound_or_made_and_never_taken_over(registry: Regis
     assert newcomer["role"] == NO_ROLE and registry.check_password("n.new", "") is None
 
 
-def test_an_admin_gives_a_platform_account_a_role_without_a_password(registry: Registry, tmp_path: Path) -> None:
+def test_an_admin_gives_a_platform_account_a_role_without_a_password(registry: Registry) -> None:
     sign_in(registry, Identity(ISSUER, "sub-4", "n.new"))
     registry.add_user("f.local", "local-password", "facility")
     for name in ("n.new", "f.local"):
-        result = subprocess.run([sys.executable, "-m", "programs.cli", "users", "add", name, "--role", "teacher",
-                                 "--room", "s1:102", "--no-password", "--db", registry.url], capture_output=True,
-                                text=True, timeout=60)
+        result = subprocess.run([sys.executable, "-m", "programs.cli", "users", "add", name, "--role",
+                                 "teacher", "--room", "s1:102", "--no-password", "--db", registry.url],
+                                capture_output=True, text=True, timeout=60)
         assert result.returncode == 0, result.stderr
     assert registry.principal("n.new")["rooms"] == ["102"]
     assert registry.check_password("f.local", "local-password")["role"] == "teacher"  # its password kept
