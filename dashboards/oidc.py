@@ -228,8 +228,8 @@ def login() -> Any:
         _metadata(config, client)
         session["oidc_next"] = safe_target(request.args.get("next"), "")
         return client.authorize_redirect(url_for("oidc.callback", _external=True))
-    except (requests.RequestException, ValueError, ProviderMismatch) as exc:
-        return _unreachable(exc)
+    except (requests.RequestException, ValueError, ProviderMismatch, RuntimeError) as exc:
+        return _unreachable(exc)  # RuntimeError: Authlib's word for metadata without an endpoint it needs
 
 
 @bp.route("/login/oidc/callback")
@@ -253,7 +253,7 @@ def callback() -> Any:
                 return _refused(400, gettext("Sign-in refused: the platform's user information is for "
                                              "another person than its ID token."))
             claims = {**more, **claims}
-    except (requests.RequestException, ProviderMismatch) as exc:
+    except (requests.RequestException, ProviderMismatch, RuntimeError) as exc:
         return _unreachable(exc)
     except (AuthlibBaseError, JoseError, ValueError, KeyError) as exc:
         return _refused(400, gettext("Sign-in with %(name)s failed: %(why)s. Nothing was changed; start "
@@ -297,6 +297,6 @@ def end_session_url() -> str | None:
         return client.create_logout_url(post_logout_redirect_uri=url_for("auth.login", _external=True),
                                         id_token_hint=session[ID_TOKEN_KEY],
                                         client_id=config.client_id)["url"]
-    except (requests.RequestException, ValueError, ProviderMismatch) as exc:
+    except (requests.RequestException, ValueError, ProviderMismatch, RuntimeError) as exc:
         log.warning("logout: the platform's session is not ended (%s)", exc)
         return None

