@@ -109,10 +109,17 @@ class Device(Base):
 
 class User(Base):
     __tablename__ = "users"
+    # One account per person of an OpenID provider (central/oidc_users.py); migration 0009.
+    __table_args__ = (Index("uq_users_oidc_identity", "oidc_issuer", "oidc_subject", unique=True),)
     id: Mapped[int] = mapped_column(primary_key=True)
     username: Mapped[str] = mapped_column(String(64), unique=True)
+    # "" for an account without a local password (it signs in with the education platform only).
     password_hash: Mapped[str] = mapped_column(String(300))
+    # "" (NO_ROLE): signed in with the platform, which named no role; no access until an admin gives one.
     role: Mapped[str] = mapped_column(String(16))
+    # The OpenID provider's issuer and subject (`sub`) of the person, once signed in with it; else NULL.
+    oidc_issuer: Mapped[str | None] = mapped_column(String(255), nullable=True)
+    oidc_subject: Mapped[str | None] = mapped_column(String(255), nullable=True)
     rooms: Mapped[list[Room]] = relationship(secondary="user_rooms")
     # An admin or facility account limited to these schools (a school's own IT person or facility
     # manager); none: district-wide. Migration 0004.
@@ -276,15 +283,19 @@ class Registry:
 
     # ------------------------------------------------------------ people
 
-    def add_user(self, username: str, password: str, role: str, rooms: list[tuple[str, str]] = (),
+    def add_user(self, username: str, password: str | None, role: str, rooms: list[tuple[str, str]] = (),
                  schools: list[str] = ()) -> None:
         """Create or update a user; `rooms` are (school, room name) pairs (teachers); `schools` limit an
         admin or facility account to those schools (none: district-wide). Every one must exist: a typo
-        would otherwise make an account that sees nothing, or (worse, if dropped) everything."""
+        would otherwise make an account that sees nothing, or (worse, if dropped) everything.
+
+        `password` None: the account's password stays as it is, and a new account gets none: it signs in
+        with the education platform only (docs/oidc.md), which is also how an admin gives a role to a
+        person the platform signed in without one."""
         if role not in ROLES:
             raise ConfigError(f"role {role!r} is not one of {', '.join(ROLES)}")
         names.identifier(username, "username")
-        if len(password) < 8:
+        if password is not None and len(password) < 8:
             raise ConfigError("a password needs at least 8 characters")
         rooms = [(names.identifier(school, "school"), names.display_name(name, "room", max_chars=names.ROOM_MAX))
                  for school, name in rooms]
@@ -295,7 +306,10 @@ class Registry:
             user = s.scalar(select(User).where(User.username == username)) or User(username=username)
             if user.id is not None:  # a new password (or role, or rooms): every open login of the user ends
                 s.execute(delete(WebSession).where(WebSession.username == username))
-            user.password_hash = generate_password_hash(password)
+            if password is not None:
+                user.password_hash = generate_password_hash(password)
+            elif user.id is None:
+                user.password_hash = ""  # no local password: check_password_hash never matches it
             user.role = role
             user.rooms = [self._room(s, school, name) for school, name in rooms]
             user.schools = [self._school(s, school) for school in schools]

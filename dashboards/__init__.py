@@ -23,6 +23,7 @@ from campus.errors import StoreError
 if TYPE_CHECKING:  # imported when an app is made: nothing central is loaded by `import dashboards`
     from central.city_push import CityLink
     from central.service import Central, CentralConfig
+    from dashboards.oidc import OidcConfig
 
 # Blueprints of the people-facing areas, imported when present.
 AREAS = ("dashboards.panel", "dashboards.health", "dashboards.history_csv", "dashboards.provisioning",
@@ -51,6 +52,8 @@ class WebConfig:
     city: bool = False
     # A district's instance: where it pushes its schools' rollups (`--city-url`, `--city-token`, `--district`).
     city_link: CityLink | None = None
+    # Sign-in with the education platform (OpenID Connect, docs/oidc.md); None: local passwords only.
+    oidc: OidcConfig | None = None
 
     def central_config(self) -> CentralConfig:
         """The config of the Central this app opens when it is given none."""
@@ -73,6 +76,10 @@ def create_app(config: WebConfig, central: Central | None = None) -> Flask:
     security.install(app, config.trusted_proxies)
     app.config["SECRET_KEY"] = config.secret_key
     app.config["MAX_CONTENT_LENGTH"] = 2 * 1024 * 1024
+    # `_()` in templates and gettext in Python (issue 20); the language selection is the i18n work's.
+    from flask_babel import Babel
+
+    Babel(app)
     owns = central is None
     if central is None:
         central = Central.open(config.central_config())
@@ -93,6 +100,10 @@ def create_app(config: WebConfig, central: Central | None = None) -> Flask:
         app.register_blueprint(auth.bp)
         app.register_blueprint(api.bp)
         app.register_blueprint(board.bp)
+        if config.oidc is not None:
+            from dashboards import oidc
+
+            oidc.install(app, config.oidc)
         auth.add_nav(app, "Rooms", "board.rooms", ("admin", "facility"))
         for name in AREAS:
             try:

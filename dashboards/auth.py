@@ -168,6 +168,8 @@ def login_required(view: Callable[..., Any] | None = None, *, roles: tuple[str, 
             if user is None:
                 return _refuse(401, "login required")
             g.user = user
+            if not user["role"]:  # signed in with the platform, no role given yet (central/oidc_users.py)
+                return _refuse(403, "your account has no role yet; ask your IT staff to assign one")
             if roles and user["role"] not in roles:
                 return _refuse(403, f"this needs the role {' or '.join(roles)}")
             if district and school_scoped(user):
@@ -290,6 +292,10 @@ def login() -> Any:
 
 @bp.route("/logout", methods=["POST"])
 def logout() -> Any:
-    if csrf_ok(request.form.get("csrf", "")):
-        session.clear()  # the session's row is deleted: a copy of its cookie is worth nothing now
-    return redirect(url_for("auth.login"))
+    from dashboards import oidc
+
+    if not csrf_ok(request.form.get("csrf", "")):
+        return redirect(url_for("auth.login"))
+    platform = oidc.end_session_url()  # signed in with the education platform: end its session too
+    session.clear()  # the session's row is deleted: a copy of its cookie is worth nothing now
+    return redirect(platform or url_for("auth.login"))

@@ -69,6 +69,7 @@ def cmd_web(args: argparse.Namespace) -> None:
     from central.db import central_db_url, sqlite_path
     from central.registry import check_token
     from dashboards import WebConfig
+    from dashboards.oidc import OidcConfig
     from programs.services import serve_web
 
     if args.admin_token is not None:
@@ -76,8 +77,10 @@ def cmd_web(args: argparse.Namespace) -> None:
     link = CityLink.from_options(args.city_url, args.city_token, args.district)
     if link is not None and args.city:
         raise CampusError("--city is the city's instance; --city-url, --city-token and --district a district's")
+    oidc = OidcConfig.from_options({name: getattr(args, f"oidc_{name}") for name in OIDC_OPTIONS},
+                                   secret_file=args.oidc_client_secret_file)
     config = WebConfig(store_url=args.store, db_url=central_db_url(args.db, args.store), mqtt_url=args.mqtt,
-                       trusted_proxies=args.proxy, city=args.city, city_link=link)
+                       trusted_proxies=args.proxy, city=args.city, city_link=link, oidc=oidc)
     # The first admin's password: beside the SQLite file; with a server database, where it was started.
     password_dir = (sqlite_path(config.db_url) or Path("campus.db")).resolve().parent
     serve_web(config, args.host or "127.0.0.1", args.http_port, workers=args.workers, threads=args.threads,
@@ -93,7 +96,12 @@ def cmd_users(args: argparse.Namespace) -> None:
     registry = Registry(central_db_url(args.db))
     try:
         if args.users_command == "add":
-            password = sys.stdin.readline().rstrip("\n") if args.password_stdin else getpass.getpass("password: ")
+            if args.no_password:
+                password = None  # signs in with the education platform; an existing password is kept
+            elif args.password_stdin:
+                password = sys.stdin.readline().rstrip("\n")
+            else:
+                password = getpass.getpass("password: ")
             rooms = []
             for spec in args.room or []:
                 school, sep, room = spec.partition(":")
@@ -193,6 +201,8 @@ def cmd_demo(args: argparse.Namespace) -> None:
 
 
 DB_URLS = "sqlite:///PATH or postgresql://USER:PASSWORD@HOST[:PORT]/DATABASE"
+OIDC_OPTIONS = ("issuer", "client_id", "name", "scope", "user_claim", "role_claim", "role_map", "rooms_claim",
+                "schools_claim")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -262,6 +272,25 @@ def build_parser() -> argparse.ArgumentParser:
                    "on the city (default: $CAMPUS_CITY_TOKEN, which keeps it out of the process list)")
     p.add_argument("--district", default=None, metavar="NAME", help="this district's name at the city "
                    "(default: $CAMPUS_DISTRICT)")
+    oidc = p.add_argument_group("sign-in with the education platform (OpenID Connect; docs/oidc.md); each "
+                                "option defaults to CAMPUS_OIDC_<OPTION>, e.g. CAMPUS_OIDC_ISSUER")
+    oidc.add_argument("--oidc-issuer", metavar="URL", help="the platform's issuer URL (https://; its "
+                      "/.well-known/openid-configuration is read); none: local passwords only")
+    oidc.add_argument("--oidc-client-id", metavar="ID", help="this site's client id at the platform")
+    oidc.add_argument("--oidc-client-secret-file", metavar="PATH", help="a file whose first line is the "
+                      "client secret (default: $CAMPUS_OIDC_CLIENT_SECRET; never on the command line)")
+    oidc.add_argument("--oidc-name", metavar="NAME", help="the platform's name on the login page's button")
+    oidc.add_argument("--oidc-scope", metavar="SCOPES", help="scopes asked for (default 'openid profile')")
+    oidc.add_argument("--oidc-user-claim", metavar="CLAIM", help="the claim that names the campus-iot "
+                      "account (default sub; e.g. preferred_username or a staff number's claim)")
+    oidc.add_argument("--oidc-role-claim", metavar="CLAIM", help="the claim with the role "
+                      "(default campus_role)")
+    oidc.add_argument("--oidc-role-map", metavar="VALUE=ROLE,...", help="the role claim's values as roles, "
+                      "e.g. 教师=teacher,信息中心=admin (default: admin, facility, teacher mean themselves)")
+    oidc.add_argument("--oidc-rooms-claim", metavar="CLAIM", help="the claim listing a teacher's rooms as "
+                      "SCHOOL:ROOM (default campus_rooms)")
+    oidc.add_argument("--oidc-schools-claim", metavar="CLAIM", help="the claim listing the schools a staff "
+                      "account is limited to (default campus_schools)")
     p.set_defaults(func=cmd_web)
 
     p = sub.add_parser("broker-config", help="Mosquitto config, password file and per-gateway ACL from the registry")
@@ -297,6 +326,9 @@ def build_parser() -> argparse.ArgumentParser:
     u.add_argument("--school", action="append",
                    help="limit an admin or facility account to this school (repeatable; none: district-wide)")
     u.add_argument("--password-stdin", action="store_true", help="read the password from standard input")
+    u.add_argument("--no-password", action="store_true", help="ask for no password: a new account signs "
+                   "in with the education platform only (docs/oidc.md); an existing one keeps its password "
+                   "(how an admin gives a role to a person the platform signed in without one)")
     u = users.add_parser("token", help="issue an API token for a user (printed once)")
     u.add_argument("name")
     u.add_argument("--label", default="", help="what the token is for")
