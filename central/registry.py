@@ -109,7 +109,7 @@ class Device(Base):
 
 class User(Base):
     __tablename__ = "users"
-    # One account per person of an OpenID provider (central/oidc_users.py); migration 0009.
+    # One account per person of an OpenID provider (central/oidc_users.py); migration 0006.
     __table_args__ = (Index("uq_users_oidc_identity", "oidc_issuer", "oidc_subject", unique=True),)
     id: Mapped[int] = mapped_column(primary_key=True)
     username: Mapped[str] = mapped_column(String(64), unique=True)

@@ -1,7 +1,7 @@
 """Sign-in with the education platform (issue 20, part 5): the OpenID identity a user is bound to.
 
-Revision ID: 0009
-Revises: 0008
+Revision ID: 0006
+Revises: 0005
 Create Date: 2026-12-05
 
 Two nullable columns on `users`, nothing existing changed: `oidc_issuer` and `oidc_subject`, the
@@ -15,8 +15,8 @@ from __future__ import annotations
 import sqlalchemy as sa
 from alembic import op
 
-revision = "0009"
-down_revision = "0005"  # TEMPORARY for testing on this branch: "0008" on merge
+revision = "0006"
+down_revision = "0005"
 branch_labels = None
 depends_on = None
 
