@@ -6,7 +6,7 @@ alike: a wrong value is one `ChannelError` naming the field (a 400), and nothing
 
 Secrets (an SMTP password, DingTalk's signing secret, the generic webhook's HMAC key) and the
 access tokens inside robot URLs (WeCom's `key=`, DingTalk's `access_token=`) stay on the server:
-`as_dict` shows only their last four characters. An update that leaves the secret empty keeps the
+`as_dict` shows that a secret is set, and a token's last four characters. An update that leaves the secret empty keeps the
 stored one, so editing a channel never needs the secret again.
 """
 
@@ -18,7 +18,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+from urllib.parse import parse_qsl, quote_plus, urlsplit, urlunsplit
 from zoneinfo import ZoneInfo
 
 from sqlalchemy import select
@@ -202,17 +202,20 @@ def school_exists(registry: Registry, school: str) -> bool:
 
 
 def mask(secret: str) -> str:
-    """What is shown of a secret: its last four characters, if it is long enough to keep the rest hidden."""
-    if not secret:
-        return ""
-    return "…" + secret[-4:] if len(secret) >= 12 else "••••"
+    """What is shown of a stored secret: that there is one (a password shows nothing of itself)."""
+    return "••••" if secret else ""
+
+
+def _tail(token: str) -> str:
+    """A robot's access token: its last four characters, to tell two robots apart, if it is long enough."""
+    return "…" + token[-4:] if len(token) >= 12 else "••••"
 
 
 def masked_url(url: str) -> str:
     """A robot URL with its query values (WeCom's key, DingTalk's access_token) masked."""
     parts = urlsplit(url)
-    query = [(k, mask(v)) for k, v in parse_qsl(parts.query, keep_blank_values=True)]
-    return urlunsplit((parts.scheme, parts.netloc, parts.path, urlencode(query, safe="…•"), ""))
+    query = "&".join(f"{quote_plus(k)}={_tail(v)}" for k, v in parse_qsl(parts.query, keep_blank_values=True))
+    return urlunsplit((parts.scheme, parts.netloc, parts.path, query, ""))
 
 
 def as_dict(ch: NotifyChannel) -> dict[str, Any]:

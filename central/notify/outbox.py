@@ -201,9 +201,9 @@ class Notifier:
             due = s.execute(select(NotifyDelivery.id, NotifyDelivery.attempts).where(
                 NotifyDelivery.status == PENDING, NotifyDelivery.next_at <= now)
                 .order_by(NotifyDelivery.id).limit(DELIVERIES_PER_ROUND)).all()
-        for delivery_id, attempts in due:
-            if time.monotonic() - started > self.budget_s:
-                break
+        for n, (delivery_id, attempts) in enumerate(due):
+            if n and time.monotonic() - started > self.budget_s:
+                break  # at least one a round; the rest wait for the next round (the lease is renewed between)
             with self.registry.session() as s:
                 claimed = s.execute(update(NotifyDelivery).where(
                     NotifyDelivery.id == delivery_id, NotifyDelivery.status == PENDING,
