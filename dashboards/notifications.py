@@ -304,8 +304,8 @@ def api_test_channel(chid: str) -> Any:
     found = _channel(chid)
     if found is None:
         return not_found("channel")
-    problem = _send_test(found)
-    return _error(502, problem) if problem else jsonify({"sent": True, "channel": found["id"]})
+    problem = _send_test(found)  # the receiver's refusal is the answer's content, not this server's failure
+    return jsonify({"sent": not problem, "channel": found["id"], **({"error": problem} if problem else {})})
 
 
 @bp.get("/api/notifications/deliveries")
