@@ -96,6 +96,7 @@ class Notifier:
         self.ssl_context, self.budget_s = ssl_context, budget_s
         self.locale = Locale()
         self._pruned = 0.0
+        self._zones: tuple[float, dict[str, ZoneInfo]] | None = None
 
     # ------------------------------------------------------------ the round
 
@@ -110,10 +111,13 @@ class Notifier:
         return result
 
     def zones(self) -> dict[str, ZoneInfo]:
-        """Each school's time zone: its timetable's, where it has one."""
+        """Each school's time zone: its timetable's, where it has one (read again at most once a minute)."""
         from central.timetables import load_all
 
-        return {school: tt.zone for school, tt in load_all(self.registry).items()}
+        now = time.monotonic()
+        if self._zones is None or now - self._zones[0] > 60:
+            self._zones = (now, {school: tt.zone for school, tt in load_all(self.registry).items()})
+        return self._zones[1]
 
     def batch(self, now: float, result: RoundResult | None = None) -> RoundResult:
         """Make the deliveries of every group of new events whose oldest has waited `window` seconds."""
