@@ -589,3 +589,30 @@ def test_messages_render_in_chinese_for_a_zh_cn_channel(tmp_path: Path, monkeypa
         assert not any(word in msg.text for word in ("raised", "since", "Severity", "Sent by"))
     finally:
         close_app(app)
+
+
+def test_the_pages_add_a_channel_refuse_a_bad_one_by_field_and_mute_a_room(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, receiver: Receiver) -> None:
+    app = _web(tmp_path, monkeypatch)
+    try:
+        client, boss, fm = app.test_client(), app.tokens["boss"], app.tokens["fm"]  # type: ignore[attr-defined]
+        form = {"name": "IT mail", "kind": "email", "smtp_host": "mail.school.example", "smtp_port": "587",
+                "security": "starttls", "sender": "campus@school.example", "recipients": "a@b.example\nc@d.example",
+                "lang": "en", "min_severity": "warning", "enabled": "on", "school": "s1"}
+        bad = client.post("/health/notifications/channels", data={**form, "sender": "nobody"}, headers=boss)
+        assert bad.status_code == 400 and "sender" in bad.get_data(as_text=True)
+        assert chan.list_channels(central(app).registry) == []
+        good = client.post("/health/notifications/channels", data=form, headers=boss)
+        assert good.status_code == 302
+        assert [c["settings"]["recipients"] for c in chan.list_channels(central(app).registry)] == [
+            ["a@b.example", "c@d.example"]]
+        assert client.get("/health/notifications", headers=fm).status_code == 403
+        muted = client.post("/health/mutes", data={"school": "s1", "room": "101", "until": "2099-01-01T08:00"},
+                            headers=fm)
+        assert muted.status_code == 400 and "until" in muted.get_data(as_text=True)  # more than 90 days ahead
+        soon = time.strftime("%Y-%m-%dT%H:%M", time.gmtime(time.time() + 8 * 3600 + 7200))
+        assert client.post("/health/mutes", data={"school": "s1", "room": "101", "until": soon},
+                           headers=fm).status_code == 302
+        assert [(m["school"], m["room"]) for m in chan.list_mutes(central(app).registry)] == [("s1", "101")]
+    finally:
+        close_app(app)
