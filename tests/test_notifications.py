@@ -265,6 +265,12 @@ def test_wecom_dingtalk_and_webhook_payloads_and_signatures(reg: Registry, recei
     Notifier(reg, window=0.0).round(t0 + 6)
     ding_rows = [d for d in list_deliveries(reg)[0] if d["channel"] == "ding" and d["transition"] == "cleared"]
     assert ding_rows[0]["status"] == "pending" and "errcode 310000" in ding_rows[0]["last_error"]
+    # A robot that cannot be reached: the error says so without its token (errors are shown to admins).
+    channel(reg, name="gone", kind="wecom", url=f"http://127.0.0.1:{free_port()}/send?key=secret-robot-key")
+    alarms.evaluate(reg, None, now=t0 + 10, snap=offline(gws, t0 + 10))
+    Notifier(reg, window=0.0).round(t0 + 11)
+    gone = next(d for d in list_deliveries(reg)[0] if d["channel"] == "gone")
+    assert "ConnectionError" in gone["last_error"] and "secret-robot-key" not in gone["last_error"]
 
 
 # ---------------------------------------------------------------- once, batched, retried, muted

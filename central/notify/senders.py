@@ -32,7 +32,7 @@ import time
 from email.message import EmailMessage
 from email.utils import formatdate, make_msgid
 from typing import Any
-from urllib.parse import quote_plus
+from urllib.parse import quote_plus, urlsplit
 
 import requests
 
@@ -66,13 +66,23 @@ def webhook_signature(secret: str, timestamp: str, body: bytes) -> str:
     return "sha256=" + hmac.new(secret.encode(), timestamp.encode() + b"." + body, hashlib.sha256).hexdigest()
 
 
+def _scrub(text: str, url: str) -> str:
+    """An error's text without the URL's path and query, which hold a robot's token (WeCom's key,
+    DingTalk's access_token and sign): the last error is shown to admins, the token never is."""
+    parts = urlsplit(url)
+    for secret in sorted(filter(None, (parts.path + ("?" + parts.query if parts.query else ""), parts.query,
+                                       parts.path if len(parts.path) > 1 else "")), key=len, reverse=True):
+        text = text.replace(secret, "/…")
+    return text
+
+
 def _post(url: str, body: bytes, headers: dict[str, str], what: str) -> requests.Response:
     try:
         resp = requests.post(url, data=body, headers={"Content-Type": "application/json; charset=utf-8",
                                                       "User-Agent": USER_AGENT, **headers},
                              timeout=TIMEOUT_S, allow_redirects=False)
     except requests.RequestException as exc:
-        raise SendError(f"{what}: {type(exc).__name__}: {str(exc)[:200]}") from None
+        raise SendError(f"{what}: {type(exc).__name__}: {_scrub(str(exc), url)[:200]}") from None
     if not 200 <= resp.status_code < 300:
         raise SendError(f"{what}: HTTP {resp.status_code} {resp.text[:200]!r}")
     return resp
