@@ -25,7 +25,7 @@ from central.city_push import CityLink, CityPusher
 from central.commands import CommandService
 from central.db import Database, open_database, url_of
 from central.ledger import Ledger
-from central.notify.outbox import Notifier
+from central.notify.outbox import DEFAULT_WINDOW_S, Notifier
 from central.registry import Registry
 from central.schedules import Scheduler
 from central.store.base import PointStore
@@ -36,6 +36,8 @@ DEFAULT_ALARM_INTERVAL_S = 5.0
 DEFAULT_SCHEDULE_INTERVAL_S = 20.0
 ALARM_INTERVAL_ENV = "CAMPUS_ALARM_INTERVAL"
 SCHEDULE_INTERVAL_ENV = "CAMPUS_SCHEDULE_INTERVAL"
+# Seconds the first alarm transition of a group waits for others (docs/notifications.md); default 30.
+NOTIFY_WINDOW_ENV = "CAMPUS_NOTIFY_WINDOW"
 
 
 @dataclass
@@ -123,7 +125,7 @@ class Central:
         registry, ledger = Registry(db), Ledger(db)
         commands = CommandService(mqtt, ledger) if mqtt is not None else None
         return cls(config=config, db=db, registry=registry, ledger=ledger, store=store, commands=commands,
-                   notifier=Notifier(registry))
+                   notifier=Notifier(registry, window=interval(None, NOTIFY_WINDOW_ENV, DEFAULT_WINDOW_S)))
 
     @property
     def alarm_interval(self) -> float:

@@ -626,3 +626,25 @@ def test_the_pages_add_a_channel_refuse_a_bad_one_by_field_and_mute_a_room(
         assert [(m["school"], m["room"]) for m in chan.list_mutes(central(app).registry)] == [("s1", "101")]
     finally:
         close_app(app)
+
+
+def test_the_web_apps_alarm_monitor_sends_through_central_with_the_window_from_the_environment(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, receiver: Receiver) -> None:
+    """The wiring a site runs: `create_app` starts Central's alarm monitor, whose notifier (window from
+    CAMPUS_NOTIFY_WINDOW) tells what the monitor and people do."""
+    monkeypatch.setenv("CAMPUS_NOTIFY_WINDOW", "0")
+    monkeypatch.setenv("CAMPUS_SCHEDULE_INTERVAL", "0")
+    app = web_app(central_db(tmp_path, lambda ledger, points: None), alarm_interval=0.1)
+    try:
+        reg = central(app).registry
+        assert central(app).notifier.window == 0  # type: ignore[union-attr]
+        gws = school(reg, 2)
+        channel(reg, kind="webhook", lang="en", url=receiver.url("/hook"), secret="webhook-secret-0123456789")
+        t0 = time.time()
+        alarms.evaluate(reg, None, now=t0, snap=offline(gws, t0))
+        # The monitor clears them (the ledger never heard of these gateways: not installed yet).
+        wait_until(lambda: len(receiver.taken()) >= 2, timeout=30, message="raised and cleared told")
+        docs = [json.loads(r["body"]) for r in receiver.taken()]
+        assert [d["transition"] for d in docs] == ["raised", "cleared"] and docs[0]["title"].startswith("2 alarms")
+    finally:
+        close_app(app)
