@@ -49,6 +49,7 @@ def register(app: Flask) -> None:
         Babel(app)
     app.register_blueprint(bp)
     add_nav(app, "Notifications", "notifications.page", ADMIN)
+    add_nav(app, "Mutes", "notifications.mutes", STAFF)  # facility managers find maintenance mutes here
     notifier = central(app).notifier
     if notifier is not None:
         notifier.locale.attach(app)
