@@ -648,3 +648,14 @@ def test_the_web_apps_alarm_monitor_sends_through_central_with_the_window_from_t
         assert [d["transition"] for d in docs] == ["raised", "cleared"] and docs[0]["title"].startswith("2 alarms")
     finally:
         close_app(app)
+
+
+@sqlite_only
+def test_a_raise_and_its_clearing_in_one_window_are_told_in_that_order(reg: Registry, receiver: Receiver) -> None:
+    gws = school(reg, 2)
+    channel(reg, kind="webhook", url=receiver.url("/hook"), secret="webhook-secret-0123456789")
+    t0 = time.time()
+    alarms.evaluate(reg, None, now=t0, snap=offline(gws, t0))
+    alarms.evaluate(reg, None, now=t0 + 1, snap=offline(gws, t0 + 1, online=True))
+    Notifier(reg, window=5.0).round(t0 + 6)  # both groups ready in one round
+    assert [json.loads(r["body"])["transition"] for r in receiver.taken()] == ["raised", "cleared"]

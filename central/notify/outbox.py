@@ -147,7 +147,9 @@ class Notifier:
             zones = self.zones()
             done: list[int] = []
             muted: list[int] = []
-            for (school, building, kind, transition), items in sorted(ready.items()):
+            # In the order the transitions happened: a raise and its clearing in one window go out in that order.
+            for (school, building, kind, transition), items in sorted(ready.items(),
+                                                                      key=lambda kv: min(ev.id for ev, _a in kv[1])):
                 told: list[tuple[NotifyEvent, Alarm]] = []
                 for ev, alarm in items:
                     place = places.get(alarm.gateway, {})
