@@ -41,6 +41,7 @@ from sqlalchemy.orm import joinedload
 
 from campus import contract
 from campus.errors import StoreError
+from central.notify import outbox as notify_outbox
 from central.registry import Alarm, AlarmRule, Building, Gateway, Registry, Room
 
 log = logging.getLogger(__name__)
@@ -388,6 +389,7 @@ def evaluate(registry: Registry, ledger: Any, now: float | None = None,
                 if key in open_keys or (key not in active and not held(key)):
                     alarm.cleared_at = now  # the condition ended (or a twin from a crashed writer)
                     outcome.cleared.append(alarm.id)
+                    notify_outbox.record(s, alarm.id, "cleared", now)
                 else:
                     open_keys.add(key)
             for key, cond in active.items():
@@ -398,6 +400,8 @@ def evaluate(registry: Registry, ledger: Any, now: float | None = None,
                     new.append(alarm)
             s.flush()
             outcome.raised = [a.id for a in new]
+            for a in new:  # told by the notifier (central/notify), recorded with the alarm itself
+                notify_outbox.record(s, a.id, "raised", now)
         for a in new:
             log.info("alarm %s raised: %s/%s %s", a.id, a.gateway, a.device or "-", a.message)
         return outcome
@@ -416,6 +420,7 @@ def acknowledge(registry: Registry, alarm_id: int, user: str,
         changed = alarm.acked_at is None
         if changed:
             alarm.acked_by, alarm.acked_at = user, time.time() if now is None else now
+            notify_outbox.record(s, alarm.id, "acknowledged", alarm.acked_at, user)
         s.flush()
         return _alarm_dict(alarm, gateway_places(registry, s)), changed
 
@@ -482,16 +487,18 @@ class AlarmMonitor:
 
     Several web instances on one database each run a monitor; the one holding the `alarms` lease
     evaluates (Database.take_lease: renewed each round, taken over LEASE_ROUNDS rounds after its holder
-    stopped renewing), so an alarm is raised, cleared and (issue 20) notified once, not once per instance.
+    stopped renewing), so an alarm is raised, cleared and (issue 20) notified once, not once per instance:
+    the `notifier` (central/notify/outbox.py) runs its round after each evaluation, in this thread.
     """
 
     LEASE = "alarms"
     LEASE_ROUNDS = 3
 
-    def __init__(self, registry: Registry, ledger: Any, interval: float = 5.0) -> None:
+    def __init__(self, registry: Registry, ledger: Any, interval: float = 5.0,
+                 notifier: notify_outbox.Notifier | None = None) -> None:
         if interval <= 0:
             raise ValueError("the alarm interval must be positive")
-        self.registry, self.ledger, self.interval = registry, ledger, interval
+        self.registry, self.ledger, self.interval, self.notifier = registry, ledger, interval, notifier
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="alarm-monitor", daemon=True)
         self.runs = 0
@@ -508,6 +515,8 @@ class AlarmMonitor:
                 if db.take_lease(self.LEASE, self.holder, self.LEASE_ROUNDS * self.interval):
                     evaluate(self.registry, self.ledger)
                     self.runs += 1
+                    if self.notifier is not None:
+                        self.notifier.round()
             except StoreError as exc:  # the database is away (restarting): one line, and the next round
                 log.warning("alarm evaluation: %s; retrying in %.0f s", exc, self.interval)
             except Exception:  # noqa: BLE001 - a bad moment must not end monitoring

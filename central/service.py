@@ -25,6 +25,7 @@ from central.city_push import CityLink, CityPusher
 from central.commands import CommandService
 from central.db import Database, open_database, url_of
 from central.ledger import Ledger
+from central.notify.outbox import DEFAULT_WINDOW_S, Notifier
 from central.registry import Registry
 from central.schedules import Scheduler
 from central.store.base import PointStore
@@ -35,6 +36,8 @@ DEFAULT_ALARM_INTERVAL_S = 5.0
 DEFAULT_SCHEDULE_INTERVAL_S = 20.0
 ALARM_INTERVAL_ENV = "CAMPUS_ALARM_INTERVAL"
 SCHEDULE_INTERVAL_ENV = "CAMPUS_SCHEDULE_INTERVAL"
+# Seconds the first alarm transition of a group waits for others (docs/notifications.md); default 30.
+NOTIFY_WINDOW_ENV = "CAMPUS_NOTIFY_WINDOW"
 
 
 @dataclass
@@ -96,6 +99,9 @@ class Central:
     alarm_monitor: AlarmMonitor | None = None
     scheduler: Scheduler | None = None
     city_pusher: CityPusher | None = None
+    # Alarms to people (central/notify): run by the alarm monitor after each evaluation; the web app attaches
+    # its Babel (messages in each channel's language) and sends test messages through it.
+    notifier: Notifier | None = None
     _started: bool = field(default=False, repr=False)
     _closed: bool = field(default=False, repr=False)
 
@@ -118,7 +124,8 @@ class Central:
             raise
         registry, ledger = Registry(db), Ledger(db)
         commands = CommandService(mqtt, ledger) if mqtt is not None else None
-        return cls(config=config, db=db, registry=registry, ledger=ledger, store=store, commands=commands)
+        return cls(config=config, db=db, registry=registry, ledger=ledger, store=store, commands=commands,
+                   notifier=Notifier(registry, window=interval(None, NOTIFY_WINDOW_ENV, DEFAULT_WINDOW_S)))
 
     @property
     def alarm_interval(self) -> float:
@@ -149,7 +156,7 @@ class Central:
             if self.config.background:
                 alarm_s, sched_s = self.alarm_interval, self.schedule_interval
                 if alarm_s > 0:
-                    self.alarm_monitor = AlarmMonitor(self.registry, self.ledger, alarm_s).start()
+                    self.alarm_monitor = AlarmMonitor(self.registry, self.ledger, alarm_s, self.notifier).start()
                 if sched_s > 0:
                     # Late bound: whatever command service Central has when a schedule runs.
                     self.scheduler = Scheduler(self.registry, self.ledger, lambda: self.commands, sched_s).start()

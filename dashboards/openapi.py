@@ -143,6 +143,7 @@ def document() -> dict[str, Any]:
             "/api/openapi.json": {"get": _get("This document", auth=False)},
             **_timetables(),
             **_city(),
+            **_notifications(),
         },
     }
 
@@ -223,3 +224,66 @@ def _city() -> dict[str, Any]:
     schools["responses"]["404"] = {"description": "no such district"}
     return {"/api/city/rollups": {"post": push}, "/api/districts": {"get": districts},
             "/api/districts/{district}/schools": {"get": schools}}
+
+
+def _notifications() -> dict[str, Any]:
+    """Alarms to people: channels, deliveries, mutes (dashboards/notifications.py, central/notify)."""
+    from central.notify import channels as chan
+
+    refused = {"400": {"description": "bad body: `error` says why, `field` names what; nothing was changed"},
+               "404": {"description": "no such channel (in your schools)"},
+               "415": {"description": "the body is not sent as application/json"}}
+    text = {"type": "string"}
+    channel = {"type": "object", "required": ["name", "kind"], "properties": {
+        "name": {"type": "string", "maxLength": chan.NAME_MAX},
+        "kind": {"type": "string", "enum": list(chan.KINDS)},
+        "school": {"type": "string", "description": "empty: every school (district-wide admins only)"},
+        "min_severity": {"type": "string", "enum": list(chan.SEVERITIES)},
+        "lang": {"type": "string", "enum": list(chan.LANGS)}, "enabled": {"type": "boolean"},
+        "url": {"type": "string", "maxLength": chan.URL_MAX, "description": "http(s): WeCom, DingTalk, webhook"},
+        "msgtype": {"type": "string", "enum": list(chan.MSGTYPES)},
+        "smtp_host": text, "smtp_port": {"type": "integer", "minimum": 1, "maximum": 65535},
+        "security": {"type": "string", "enum": list(chan.SMTP_SECURITY)}, "username": text, "sender": text,
+        "recipients": {"type": "array", "items": text, "maxItems": chan.RECIPIENTS_MAX},
+        "secret": {"type": "string", "maxLength": chan.SECRET_MAX,
+                   "description": "SMTP password, DingTalk signing secret or webhook key; empty on update: keep it"}}}
+    body = {"required": True, "content": {"application/json": {"schema": channel}}}
+    one = [("chid", "path", True)]
+    create = _get("Add a notification channel (admin); secrets are never shown back", schema=channel)
+    create.update(requestBody=body)
+    create["responses"].update(refused)
+    get = _get("One notification channel, secrets masked (admin)", one, channel)
+    get["responses"]["404"] = refused["404"]
+    put = _get("Change a notification channel (admin); its kind stays", one, channel)
+    put.update(requestBody=body)
+    put["responses"].update(refused)
+    delete = _get("Remove a notification channel and its deliveries (admin)", one)
+    delete["responses"]["404"] = refused["404"]
+    test = _get("Send a test message through a channel now (admin): `sent`, or `error` from the receiver", one,
+                {"type": "object", "properties": {"sent": {"type": "boolean"}, "error": text}})
+    test["responses"]["404"] = refused["404"]
+    deliveries = _paged(_get("Notification deliveries, newest first: status (pending, sent, failed), attempts, "
+                             "next attempt, last error (admin)", [("status", "query", False)],
+                             {"type": "array", "items": {"type": "object"}}), 100, 1000)
+    retry = _get("Send a failed delivery again (admin)", [("did", "path", True)])
+    retry["responses"]["404"] = {"description": "no such delivery"}
+    mute = {"type": "object", "required": ["school", "until"], "properties": {
+        "school": text, "room": {"type": "string", "description": "a room's name; empty: the whole school"},
+        "until": {"type": ["number", "string"], "description": "unix time, or a local date and time 2026-12-05 18:00"},
+        "reason": {"type": "string", "maxLength": chan.REASON_MAX}}}
+    add_mute = _get("Mute a room or a school for maintenance until a time (facility, admin): its alarms are still "
+                    "raised, not notified", schema=mute)
+    add_mute.update(requestBody={"required": True, "content": {"application/json": {"schema": mute}}})
+    add_mute["responses"].update({"400": refused["400"], "415": refused["415"]})
+    end_mute = _get("End a mute now (facility, admin)", [("mid", "path", True)])
+    end_mute["responses"]["404"] = {"description": "no such mute"}
+    return {"/api/notifications/channels": {"get": _get("Notification channels, secrets masked (admin)",
+                                                        schema={"type": "array", "items": channel}),
+                                            "post": create},
+            "/api/notifications/channels/{chid}": {"get": get, "put": put, "delete": delete},
+            "/api/notifications/channels/{chid}/test": {"post": test},
+            "/api/notifications/deliveries": {"get": deliveries},
+            "/api/notifications/deliveries/{did}/retry": {"post": retry},
+            "/api/notifications/mutes": {"get": _get("Mutes in force (facility, admin)",
+                                                     schema={"type": "array", "items": mute}), "post": add_mute},
+            "/api/notifications/mutes/{mid}": {"delete": end_mute}}

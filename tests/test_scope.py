@@ -19,6 +19,7 @@ import zipfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import pytest
 from flask import Flask
@@ -29,6 +30,8 @@ from central import alarms
 from central import provisioning as prov
 from central import schedules as sched
 from central.ledger import Sequenced
+from central.notify import channels as chan
+from central.notify.outbox import Notifier, list_deliveries
 from central.registry import Registry
 from dashboards import close_app
 from dashboards.context import central
@@ -79,7 +82,20 @@ def two_schools(tmp: Path, db_url: str, monkeypatch: pytest.MonkeyPatch) -> Flas
     app.tokens = tokens  # type: ignore[attr-defined]
     zeta_alarm = next(a for a in alarms.list_alarms(c.registry, "open") if a["gateway"] == Z_GW)
     zeta_schedule = next(s for s in sched.all_schedules(c.registry) if s.name == "off-zeta")
-    app.ids = {"alarm": zeta_alarm["id"], "schedule": zeta_schedule.id}  # type: ignore[attr-defined]
+    # A notification channel, a mute and a delivery of each school (issue 20): alpha's first, so each has id 1.
+    notify = {}
+    for school in ROOMS:
+        ch = chan.save_channel(c.registry, chan.parse_channel(c.registry, {
+            "name": f"duty-{school}", "kind": "webhook", "school": school, "url": f"http://127.0.0.1:9/{school}",
+            "secret": f"secret-of-{school}-0123456789"}))
+        mute = chan.add_mute(c.registry, {"school": school, "room": "101", "until": now + 3600}, "boss",
+                             ZoneInfo("Asia/Shanghai"), now=now)
+        notify[school] = (ch["id"], mute["id"])
+    Notifier(c.registry, window=0.0).batch(now + 1)  # the open alarms' deliveries, not sent
+    deliveries = {d["school"]: d["id"] for d in list_deliveries(c.registry)[0]}
+    app.ids = {"alarm": zeta_alarm["id"], "schedule": zeta_schedule.id,  # type: ignore[attr-defined]
+               "chid": (notify["alpha"][0], notify["zeta"][0]), "mid": (notify["alpha"][1], notify["zeta"][1]),
+               "did": (deliveries["alpha"], deliveries["zeta"])}
     return app
 
 
@@ -247,6 +263,8 @@ def _paths(rule: Rule, ids: dict[str, Any], zeta: bool) -> str | None:
             values[arg] = str(ids["alarm"]) if zeta else "1"
         elif arg == "sid":
             values[arg] = str(ids["schedule"]) if zeta else "1"
+        elif arg in ("chid", "mid", "did"):  # notification channels, mutes, deliveries: (alpha's, zeta's)
+            values[arg] = str(ids[arg][zeta])
         elif arg in FILL:
             values[arg] = FILL[arg][zeta]
         else:
@@ -274,7 +292,8 @@ def test_no_route_shows_a_scoped_account_the_other_school(district: Flask) -> No
                 assert resp.status_code < 500, (who, own, text[:300])
                 assert "zeta" not in text, (who, own, re.findall(r".{0,60}zeta.{0,60}", text)[:3])
                 walked += 1
-            if rule.arguments and any(a in ("gateway", "school", "cid", "aid", "sid") for a in rule.arguments):
+            if rule.arguments and any(a in ("gateway", "school", "cid", "aid", "sid", "chid", "mid", "did")
+                                      for a in rule.arguments):
                 other = _paths(rule, ids, zeta=True)
                 for method in methods:
                     resp = call(app, who, other, method, data={})

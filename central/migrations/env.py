@@ -9,6 +9,7 @@ from alembic import context
 from sqlalchemy import create_engine
 
 import central.city  # noqa: F401
+import central.notify.tables  # noqa: F401
 import central.provisioning  # noqa: F401 - its models are on the metadata too
 import central.registry  # noqa: F401
 import central.tables  # noqa: F401
