@@ -1,4 +1,4 @@
-"""The notification tables (migration 0008): channels, mutes, the transitions to tell, the deliveries.
+"""The notification tables (migration 0007): channels, mutes, the transitions to tell, the deliveries.
 
 * `notify_channels`: where alarms go (e-mail, WeCom, DingTalk, a generic webhook), for one school or
   every school, from a severity up, in one language. `settings` holds what may be shown (host, port,

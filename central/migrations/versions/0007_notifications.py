@@ -1,7 +1,7 @@
 """Alarms reach people (issue 20, part 4): notification channels, mutes, the outbox of transitions, deliveries.
 
-Revision ID: 0008
-Revises: 0007
+Revision ID: 0007
+Revises: 0006
 Create Date: 2026-12-05
 
 Four new tables, nothing existing changed (central/notify/tables.py owns them): `notify_channels`
@@ -15,8 +15,8 @@ from __future__ import annotations
 import sqlalchemy as sa
 from alembic import op
 
-revision = "0008"
-down_revision = "0005"  # TEMPORARY for testing on this branch; "0007" once 0006 and 0007 are merged
+revision = "0007"
+down_revision = "0006"
 branch_labels = None
 depends_on = None
 
