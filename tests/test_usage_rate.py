@@ -2,7 +2,8 @@
 a week worked out by hand: class periods from the school's timetable (a holiday, a make-up Saturday
 following Monday), a projector and a display on in some periods and off in others, a silent gateway,
 a moment's switch-on that does not count, a projector on during the holiday and on Sunday that
-counts nowhere; in the school's time zone, on both engines."""
+counts nowhere; in the school's time zone, on both engines. The figures go through the daily rollup
+(central/usage_rollup.py) computed from the real store, with the CO2-over-limit seconds beside them."""
 
 from __future__ import annotations
 
@@ -14,10 +15,12 @@ from pathlib import Path
 from zoneinfo import ZoneInfo
 
 import pytest
+from sqlalchemy import select
 
 from campus.contract import State
 from central import timetables as tts
 from central import usage
+from central import usage_rollup as rollup
 from central.ledger import Ledger
 from central.store.base import Sample
 from central.store.sqlite import SqlitePointStore
@@ -75,7 +78,12 @@ def the_week(ledger: Ledger, points: SqlitePointStore) -> None:
         + on("gw-101", "disp", "13", "13:50", "14:50")
         # gw-102: on every morning 07:30-12:00, Monday to Saturday: every morning period, no afternoon one.
         + [s for d in ("08", "09", "10", "11", "12", "13") for s in on("gw-102", "proj", d, "07:30", "12:00")]
-        + on("gw-201", "proj", "08", "07:30", "12:00"))
+        + on("gw-201", "proj", "08", "07:30", "12:00")
+        # CO2 (the limit: 1500 ppm, the profile's). gw-101 Monday: over 09:00-09:20 (1200 s; a value at the
+        # limit is not over it). gw-103 Monday: one sample over, then silence: over for MAX_SAMPLE_GAP_S.
+        + [Sample("s1", "gw-101", "env", "environment", t("08", hhmm), {"co2_ppm": ppm})
+           for hhmm, ppm in (("08:00", 800), ("09:00", 1600), ("09:10", 1700), ("09:20", 1500), ("09:40", 900))]
+        + [Sample("s1", "gw-103", "env", "environment", t("08", "10:00"), {"co2_ppm": 2000})])
     points.write(samples)
 
 
@@ -97,10 +105,43 @@ def app(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, central_db_url: str):
     close_app(app)
 
 
+CO2_OVER = {("gw-101", "2025-09-08"): 1200.0, ("gw-103", "2025-09-08"): float(usage.MAX_SAMPLE_GAP_S)}
+
+
+def week_report(app, school: str | None = None) -> usage.UsageReport:
+    c = central(app)
+    return usage.usage_rate(c.registry, c.ledger, date(2025, 9, 8), date(2025, 9, 14), school)
+
+
+def rows(app) -> dict[tuple[str, str], dict]:
+    c = central(app)
+    with c.db.read() as conn:
+        return {(r.gateway, r.day.isoformat()): r._asdict() for r in conn.execute(select(usage.UsageDay.__table__))}
+
+
 def test_the_usage_rate_of_a_hand_checked_week(app) -> None:
     c = central(app)
-    report = usage.usage_rate(c.registry, c.ledger, c.store, date(2025, 9, 8), date(2025, 9, 14))
+    # Tuesday 09:50: Monday's four periods and Tuesday's first two are over, the rest not yet counted; the
+    # days after are not rolled up yet: pending, not counted as unused.
+    rollup.fill(c.registry, c.ledger, c.store, now=t("09", "09:50"), days=2)
+    early = week_report(app)
+    assert {r.gateway: (r.periods, r.used) for r in early.rooms if r.periods} == {"gw-101": (6, 4), "gw-102": (6, 5)}
+    assert early.pending == 3 * 5 and early.asof == t("09", "09:50")  # gw-101, 102, 201: Wednesday to Sunday
+    monday = rows(app)[("gw-101", "2025-09-08")]
+    # The Monday after: Tuesday (partial) is computed again, the finished Monday is not.
+    done = rollup.fill(c.registry, c.ledger, c.store, now=t("15", "12:00"), days=8, refresh_today=False)
+    assert done.written == 6 * len(ROOMS) and not done.more
+    assert rows(app)[("gw-101", "2025-09-08")]["computed_at"] == monday["computed_at"]
+    report = week_report(app)
     assert {r.gateway: (r.periods, r.used) for r in report.rooms} == HAND_CHECKED
+    assert report.pending == 0
+    assert {k: r["co2_over_s"] for k, r in rows(app).items() if r["co2_over_s"]} == CO2_OVER
+    assert rows(app)[("gw-102", "2025-09-08")]["co2_devices"] == 0  # no sensor: CO2 not measured
+    # Nothing left to do; a saved timetable makes its school's finished days stale, and only those.
+    assert rollup.fill(c.registry, c.ledger, c.store, now=t("15", "12:00"), days=8, refresh_today=False).written == 0
+    tts.save(c.registry, tts.from_document("s1", DOC), "test")
+    assert rollup.fill(c.registry, c.ledger, c.store, now=t("15", "12:00"), days=8,
+                       refresh_today=False).written == 7 * 3  # s1's three rooms, Monday 8 to Sunday 14
     rooms = {r.gateway: r for r in report.rooms}
     assert rooms["gw-101"].devices == ["disp", "proj"] and rooms["gw-103"].devices == []
     assert rooms["gw-101"].rate == round(7 / 17, 4) and rooms["gw-103"].rate is None
@@ -109,18 +150,19 @@ def test_the_usage_rate_of_a_hand_checked_week(app) -> None:
     assert (schools["s2"].periods, schools["s2"].rate, schools["s2"].timetable) == (0, None, False)
     assert (report.periods, report.used, report.rate) == (34, 22, round(22 / 34, 4))
     assert {d.day.isoformat(): (d.periods, d.used) for d in report.days} == DAYS
-    # Tuesday 09:50: Monday's four periods and Tuesday's first two are over, the rest not yet counted.
-    early = usage.usage_rate(c.registry, c.ledger, c.store, date(2025, 9, 8), date(2025, 9, 14),
-                             now=t("09", "09:50"))
-    assert {r.gateway: (r.periods, r.used) for r in early.rooms if r.periods} == {"gw-101": (6, 4), "gw-102": (6, 5)}
-    only_s2 = usage.usage_rate(c.registry, c.ledger, c.store, date(2025, 9, 8), date(2025, 9, 14), "s2")
+    only_s2 = week_report(app, "s2")
     assert [r.gateway for r in only_s2.rooms] == ["gw-201"] and only_s2.periods == 0
     # A stricter threshold: Friday's five minutes (gw-101) no longer count.
-    strict = usage.usage_rate(c.registry, c.ledger, c.store, date(2025, 9, 8), date(2025, 9, 14), min_on_s=301)
-    assert {r.gateway: r.used for r in strict.rooms if r.periods} == {"gw-101": 6, "gw-102": 15}
+    friday = rollup.Room("gw-101", "s1", ("disp", "proj"), ("env",))
+    tt = tts.load(c.registry, "s1")
+    assert rollup.compute_day(c.store, friday, date(2025, 9, 12), tt, 1500, t("15", "12:00"))["used"] == 1
+    assert rollup.compute_day(c.store, friday, date(2025, 9, 12), tt, 1500, t("15", "12:00"), min_on_s=301)["used"] == 0
 
 
 def call(app, path: str, role: str = "facility"):
+    if not rows(app):
+        c = central(app)
+        rollup.fill(c.registry, c.ledger, c.store, now=t("30", "23:00"), days=30)
     return app.test_client().get(path, headers={"Authorization": f"Bearer {app.tokens[role]}"})
 
 
@@ -162,4 +204,4 @@ def test_bad_report_requests_are_one_400_naming_the_field(app) -> None:
     assert app.test_client().get("/health/usage-rate.csv").status_code == 302  # to the login page
     with pytest.raises(ValueError, match="at most"):
         c = central(app)
-        usage.usage_rate(c.registry, c.ledger, c.store, date(2025, 1, 1), date(2025, 6, 1))
+        usage.usage_rate(c.registry, c.ledger, date(2025, 1, 1), date(2025, 6, 1))
