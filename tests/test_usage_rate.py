@@ -10,7 +10,8 @@ from __future__ import annotations
 import csv
 import io
 import itertools
-from datetime import date, datetime
+import time
+from datetime import date, datetime, timedelta
 from pathlib import Path
 from zoneinfo import ZoneInfo
 
@@ -27,6 +28,9 @@ from central.store.sqlite import SqlitePointStore
 from dashboards import close_app
 from dashboards.context import central
 from tests.apps import add_people, central_db, register_rooms, sqlite_only, web_app
+from tests.servers import wait_until
+from tests.test_paging import SCHOOLS, small_and_large, statements  # noqa: F401 - a fixture
+from tests.test_paging import get as paging_get
 from tests.test_timetables import DOC
 
 SHANGHAI = ZoneInfo("Asia/Shanghai")
@@ -205,3 +209,71 @@ def test_bad_report_requests_are_one_400_naming_the_field(app) -> None:
     with pytest.raises(ValueError, match="at most"):
         c = central(app)
         usage.usage_rate(c.registry, c.ledger, date(2025, 1, 1), date(2025, 6, 1))
+
+
+def test_the_background_job_fills_the_week_once_under_its_lease(app) -> None:
+    """Two instances' jobs on one database: the one holding the lease fills the missing days (the report
+    then says what fill() says), the other computes nothing."""
+    c = central(app)
+    jobs = [rollup.UsageRollup(c.registry, c.ledger, c.store, refresh=60, days=8, tick=0.1,
+                               clock=lambda: t("15", "12:00")) for _ in range(2)]
+    try:
+        for job in jobs:
+            job.start()
+        wait_until(lambda: any(j.caught_up for j in jobs), 30, message="the rollup caught up")
+        assert sorted(j.rounds > 0 for j in jobs) == [False, True]
+    finally:
+        for job in jobs:
+            job.stop()
+    assert {r.gateway: (r.periods, r.used) for r in week_report(app).rooms} == HAND_CHECKED
+
+
+def test_the_district_overview_and_api_show_this_weeks_usage_and_co2(app) -> None:
+    """`/api/schools`, `/district` and the city push body carry this week's rollup, sortable by both."""
+    c = central(app)
+    monday = date.today() - timedelta(days=date.today().weekday())
+    row = {"school": "s1", "power_devices": 1, "co2_devices": 1, "co2_limit": 1500.0, "complete": True,
+           "counted_to": 0.0, "computed_at": 0.0, "co2_over_s": 0.0}
+    rollup._write(c.db, [  # two rooms of s1 on two days; s2's room measured no CO2; last week's row not counted
+        {**row, "gateway": "gw-101", "day": monday, "periods": 8, "used": 6, "co2_over_s": 5400.0},
+        {**row, "gateway": "gw-102", "day": monday, "periods": 8, "used": 1, "co2_over_s": 1800.0},
+        {**row, "gateway": "gw-103", "day": monday, "periods": 8, "used": 0, "power_devices": 0},
+        {**row, "gateway": "gw-201", "day": monday, "school": "s2", "periods": 10, "used": 9, "co2_devices": 0},
+        {**row, "gateway": "gw-101", "day": monday - timedelta(days=1), "periods": 8, "used": 8, "co2_over_s": 1e5}])
+    body = call(app, "/api/schools").get_json()
+    figures = {s["school"]: (s["usage_periods"], s["usage_used"], s["usage_rate"], s["co2_over_s"], s["co2_hours"])
+               for s in body}
+    assert figures == {"s1": (16, 7, round(7 / 16, 4), 7200, 2.0), "s2": (10, 9, 0.9, None, None)}
+    assert [s["school"] for s in call(app, "/api/schools?sort=-usage_rate").get_json()] == ["s2", "s1"]
+    assert [s["school"] for s in call(app, "/api/schools?sort=-co2_hours").get_json()] == ["s1", "s2"]
+    assert [s["school"] for s in call(app, "/api/schools?sort=co2_hours").get_json()] == ["s2", "s1"]
+    page = call(app, "/district?sort=-usage_rate").get_data(as_text=True)
+    assert "sort=co2_hours" in page and page.index('data-school="s2"') < page.index('data-school="s1"')
+    s1 = page[page.index('data-school="s1"'):]
+    assert '<td class="num usage-rate">44%</td>' in s1 and '<td class="num co2-hours">2.0 h</td>' in s1
+    from central import city_push
+
+    pushed = {s["school"]: s for s in city_push.rollup(c.db, "north", 1, time.time())["schools"]}
+    assert (pushed["s1"]["usage_periods"], pushed["s1"]["usage_used"], pushed["s1"]["co2_over_s"]) == (16, 7, 7200)
+    assert all(s["co2_over_s"] is None for s in city_push.rollup(c.db, "north", 2, time.time(), usage=False)["schools"])
+
+
+def test_usage_reports_run_as_many_statements_for_300_rooms_as_for_30(small_and_large) -> None:  # noqa: F811
+    """With every school's timetable and today rolled up, a report (JSON, page, file) and the overview run a
+    fixed number of statements, and none reads the point store per room."""
+    week = date.today().strftime("%G-W%V")
+    for district, rooms in zip(small_and_large, (30, 300), strict=True):
+        c = central(district)
+        for school in (f"s{i:02d}" for i in range(SCHOOLS)):
+            tts.save(c.registry, tts.from_document(school, DOC), "test")
+        assert rollup.fill(c.registry, c.ledger, c.store, days=1).written == rooms
+    for path in (f"/api/usage?week={week}", f"/api/usage?week={week}&school=s03", f"/health/usage-rate?week={week}",
+                 f"/health/usage-rate.csv?week={week}", "/api/schools?sort=-usage_rate", "/district?sort=co2_hours"):
+        few, resp_few = statements(small_and_large[0], path)
+        many, resp_many = statements(small_and_large[1], path)
+        assert resp_few.status_code == resp_many.status_code == 200, (path, resp_many.get_data(as_text=True)[:300])
+        assert many == few, f"{path}: {few} statements with 30 rooms, {many} with 300"
+    body = paging_get(small_and_large[1], f"/api/usage?week={week}").get_json()
+    measured = [r for r in body["rooms"] if r["devices"]]
+    assert len(body["rooms"]) == 300 and len(measured) == 270  # the 30 never installed have no devices
+    assert body["pending"] == date.today().weekday() * 270  # only today is rolled up: the days before are pending
