@@ -55,6 +55,8 @@ class CentralConfig:
     mqtt_url: str | None = None
     alarm_interval: float | None = None
     schedule_interval: float | None = None
+    # Seconds between refreshes of today's usage rollup (central/usage_rollup.py); None: CAMPUS_USAGE_INTERVAL.
+    usage_interval: float | None = None
     commands: bool = True
     background: bool = True
     # A district of a city: where its rollups go (central/city_push.py); pushed by the background work.
@@ -156,7 +158,7 @@ class Central:
                 if sched_s > 0:
                     # Late bound: whatever command service Central has when a schedule runs.
                     self.scheduler = Scheduler(self.registry, self.ledger, lambda: self.commands, sched_s).start()
-                refresh_s = interval(None, rollup.REFRESH_ENV, rollup.DEFAULT_REFRESH_S)
+                refresh_s = interval(self.config.usage_interval, rollup.REFRESH_ENV, rollup.DEFAULT_REFRESH_S)
                 if refresh_s > 0:
                     days = int(rollup.setting(rollup.DAYS_ENV, rollup.DEFAULT_DAYS))
                     self.usage_rollup = UsageRollup(self.registry, self.ledger, self.store, refresh_s, days).start()

@@ -147,7 +147,8 @@ def fill(registry: Registry, ledger: Ledger, store: PointStore, *, now: float | 
     for offset in range(max(1, days)):
         for room in rooms:
             day = today[room.school] - timedelta(days=offset)
-            if offset == 0 and refresh_today or offset > 0 and stale(room, day):
+            # Today: at each refresh, and at once for a room that has no row yet (just registered).
+            if offset == 0 and (refresh_today or (room.gateway, day) not in have) or offset > 0 and stale(room, day):
                 work.append((day, room))
     progress = Progress()
     batch: list[dict[str, Any]] = []
