@@ -113,10 +113,10 @@ class Progress:
 
 def fill(registry: Registry, ledger: Ledger, store: PointStore, *, now: float | None = None,
          days: int = DEFAULT_DAYS, refresh_today: bool = True, budget_s: float | None = None,
-         min_on_s: float = usage.USED_MIN_S) -> Progress:
+         min_on_s: float = usage.USED_MIN_S, stopping: Callable[[], bool] = lambda: False) -> Progress:
     """Bring `usage_days` up to date as of `now`: today's row of every room (if `refresh_today`), then every
     finished day of the last `days` that is missing or stale, newest first, for at most `budget_s` seconds
-    of work (None: all). The rows of a day are written together, in batches."""
+    of work (None: all), or until `stopping()` (the program is stopping: what is done is written)."""
     now = time.time() if now is None else now
     started = time.monotonic()
     db = registry.db
@@ -153,7 +153,7 @@ def fill(registry: Registry, ledger: Ledger, store: PointStore, *, now: float | 
     progress = Progress()
     batch: list[dict[str, Any]] = []
     for i, (day, room) in enumerate(work):
-        if budget_s is not None and time.monotonic() - started > budget_s:
+        if budget_s is not None and time.monotonic() - started > budget_s or stopping():
             progress.more = True
             break
         batch.append(compute_day(store, room, day, timetables.get(room.school), limit, now, min_on_s))
@@ -228,7 +228,7 @@ class UsageRollup:
                 if db.take_lease(self.LEASE, self.holder, ttl):
                     refresh = time.monotonic() - self._refreshed >= self.refresh
                     progress = fill(self.registry, self.ledger, self.store, now=self.clock(), days=self.days,
-                                    refresh_today=refresh, budget_s=self.budget)
+                                    refresh_today=refresh, budget_s=self.budget, stopping=self._stop.is_set)
                     if refresh:
                         self._refreshed = time.monotonic()
                     self.caught_up, busy = not progress.more, progress.more
