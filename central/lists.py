@@ -398,6 +398,25 @@ def reported_device_keys(db: Database, paging: Paging, scope: Scope = Scope()) -
     return Page([(r[0], r[1]) for r in rows], total)
 
 
+def reported_kinds(db: Database, kinds: tuple[str, ...]) -> list[tuple[str, str, str]]:
+    """(gateway, device, kind) of every device of these kinds the agents reported in their last state:
+    one statement, the JSON read by the database (the usage rollup and reports, central/usage.py)."""
+    dev = reported_devices(db)
+    kind = device_field(db, dev, "kind")
+    query = select(gw_t.c.id, dev.c.key, kind).select_from(gw_t.join(dev, true())).where(kind.in_(kinds))
+    with db.read("cannot read the reported devices") as conn:
+        return [(g, d, k) for g, d, k in conn.execute(query)]
+
+
+def place_rows(db: Database, scope: Scope = Scope()) -> list[tuple[str, str, str, str]]:
+    """(gateway, school, building, room) of every gateway (registered or reporting) in `scope`, unpaged:
+    one statement (the reports that list every room in sight: the usage rate)."""
+    p = places(db)
+    with db.read("cannot read the gateways' places") as conn:
+        return [(i, s or "", b or "", r or "") for i, s, b, r in conn.execute(
+            select(p.c.id, p.c.school, p.c.building, p.c.room).where(*_scoped(p, scope)))]
+
+
 # ---------------------------------------------------------------- events, commands, audit, alarms
 
 
