@@ -15,7 +15,9 @@ room's local day is worked out once, from the store, into one row, and requests 
   `budget` seconds of work per round so the lease is renewed in between; a request never computes one
   (its report says how many room-days are `pending`).
 - Several web instances on one database each run the thread; the one holding the `usage-rollup` lease
-  (Database.take_lease, as the alarm monitor) computes.
+  (Database.take_lease, as the alarm monitor) computes. A round with nothing to do still reads every
+  room and the rows of `days` (0.5 s of CPU at 2,000 rooms and 62 days), so a caught-up job looks
+  every TICK_S (a minute): a new room's today, or a new day, waits at most that.
 
 CO2 is read as at most CO2_POINTS samples per sensor and day (`PointStore.window`): exact for a sensor
 sending every 30 s or less often, otherwise the newest sample of each 30-second bucket (an error of at
@@ -50,7 +52,7 @@ log = logging.getLogger(__name__)
 REFRESH_ENV, DAYS_ENV = "CAMPUS_USAGE_INTERVAL", "CAMPUS_USAGE_DAYS"
 DEFAULT_REFRESH_S = 300.0
 DEFAULT_DAYS = 62
-TICK_S = 10.0          # between rounds: how soon a missing day is noticed
+TICK_S = 60.0          # between rounds when caught up: how soon a new room or a new day is noticed
 BUDGET_S = 20.0        # work per round before the lease is renewed
 CO2_POINTS = 2880      # per sensor and day: one per 30 s
 WRITE_BATCH = 200      # rows per transaction
