@@ -554,8 +554,8 @@ def schools(db: Database, paging: Paging, sort: str = "school", descending: bool
             week_of: date | None = None) -> Page[SchoolRow]:
     """One row per school (those matching `q` in the id or name), sorted by `sort` (one of SCHOOL_SORTS),
     paged, with the usage of the ISO week of `week_of` (default: today). The rollup is aggregated once:
-    the total rides on the page's rows (a window count), so two statements whatever the number of
-    schools and rooms (three for a page past the end)."""
+    the total rides on the page's rows (a window count): two statements whatever the number of schools
+    and rooms (the page and its schools' alarms by kind; past the end: the page, then a count)."""
     from central.usage import UsageDay
     if sort not in SCHOOL_SORTS:
         raise PayloadError(f"query parameter 'sort' must be one of {', '.join(SCHOOL_SORTS)}, got {sort[:40]!r}")
