@@ -263,17 +263,23 @@ def test_usage_reports_run_as_many_statements_for_300_rooms_as_for_30(small_and_
     """With every school's timetable and today rolled up, a report (JSON, page, file) and the overview run a
     fixed number of statements, and none reads the point store per room."""
     week = date.today().strftime("%G-W%V")
+    every_week = {"timezone": DOC["timezone"], "periods": DOC["periods"]}  # no terms: classes every weekday
+    store_reads: list[str] = []
     for district, rooms in zip(small_and_large, (30, 300), strict=True):
         c = central(district)
         for school in (f"s{i:02d}" for i in range(SCHOOLS)):
-            tts.save(c.registry, tts.from_document(school, DOC), "test")
+            tts.save(c.registry, tts.from_document(school, every_week), "test")
         assert rollup.fill(c.registry, c.ledger, c.store, days=1).written == rooms
+        for name in ("query", "window"):  # from now on: a request that reads the point store is counted
+            read = getattr(c.store, name)
+            setattr(c.store, name, lambda *a, _read=read, _name=name, **k: store_reads.append(_name) or _read(*a, **k))
     for path in (f"/api/usage?week={week}", f"/api/usage?week={week}&school=s03", f"/health/usage-rate?week={week}",
                  f"/health/usage-rate.csv?week={week}", "/api/schools?sort=-usage_rate", "/district?sort=co2_hours"):
         few, resp_few = statements(small_and_large[0], path)
         many, resp_many = statements(small_and_large[1], path)
         assert resp_few.status_code == resp_many.status_code == 200, (path, resp_many.get_data(as_text=True)[:300])
         assert many == few, f"{path}: {few} statements with 30 rooms, {many} with 300"
+    assert store_reads == []
     body = paging_get(small_and_large[1], f"/api/usage?week={week}").get_json()
     measured = [r for r in body["rooms"] if r["devices"]]
     assert len(body["rooms"]) == 300 and len(measured) == 270  # the 30 never installed have no devices
