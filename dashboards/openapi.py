@@ -182,7 +182,8 @@ def _timetables() -> dict[str, Any]:
     periods["responses"].update({"400": {"description": "bad date or span (at most 400 days)"},
                                  "404": {"description": "no such school"}})
     usage = _get("The usage rate (应用率) of each room, school and the district over an ISO week (default this one) "
-                 "or a month: the share of class periods in which a display or projector was on (facility, admin)",
+                 "or a month: the share of class periods in which a display or projector was on (facility, admin), "
+                 "from the daily usage rollup; `pending`: room-days of the span not rolled up yet (not counted)",
                  [("week", "query", False), ("month", "query", False), ("school", "query", False)], {"type": "object"})
     return {"/api/schools/{school}/timetable": {"get": get, "put": put},
             "/api/schools/{school}/timetable/periods": {"get": periods},
