@@ -3,7 +3,7 @@
 A city (or a prefecture's) education bureau watches its districts the way a district watches its
 schools: one row per school, rolled up, never the rooms' own data. Each district's central sends its
 per-school rollup (`GET /api/schools`: rooms, gateways online, open alarms, faults, lamps and filters
-due, this week's usage periods) to the city on a schedule (central/city_push.py); the city runs the
+due, this week's usage periods and CO2-over-limit seconds) to the city on a schedule (central/city_push.py); the city runs the
 same `campus web --city` and shows districts, then a district's schools, read-only.
 
 Why an authenticated HTTP push and not a Mosquitto bridge, as schools reach their district: a
@@ -62,7 +62,11 @@ MAX_SEQ = 2**62
 OLDEST_TS = 1.5e9          # 2017: a generated-at time before it is a clock that was never set
 COUNTS = ("rooms", "gateways", "online", "offline", "alarms", "alarms_active", "faults", "lamps_due",
           "filters_due")
-SCHOOL_FIELDS = ("school", "name", *COUNTS, "alarms_by_kind", "usage_periods", "usage_used")
+# CO2 seconds over the limit this week: up to every second of a week in each room.
+MAX_CO2_S = MAX_COUNT * 7 * 86400
+SCHOOL_FIELDS = ("school", "name", *COUNTS, "alarms_by_kind", "usage_periods", "usage_used", "co2_over_s")
+# Fields a district of an older release does not send (taken as null): a city upgraded first still takes them.
+OPTIONAL_FIELDS = ("co2_over_s",)
 FIELDS = ("district", "seq", "generated_at", "schools")
 
 
@@ -99,6 +103,8 @@ class CitySchool(Base):
     # This week's class periods and those a display or projector was on (None: not measured).
     usage_periods: Mapped[int | None] = mapped_column(Integer, nullable=True)
     usage_used: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    # This week's seconds of CO2 over the alarm limit in the school's rooms (None: not measured; 0008).
+    co2_over_s: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
 
 
 class CityPush(Base):
@@ -128,22 +134,22 @@ class Rollup:
     schools: tuple[dict[str, Any], ...]  # each with SCHOOL_FIELDS, checked
 
 
-def _count(value: object, where: str) -> int:
+def _count(value: object, where: str, most: int = MAX_COUNT) -> int:
     # bool is an int to Python, not a count to anyone; 3.0 is a count JSON may carry.
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise RollupError(where, "must be a whole number")
     if isinstance(value, float) and not (math.isfinite(value) and value.is_integer()):
         raise RollupError(where, "must be a whole number")
-    if not 0 <= value <= MAX_COUNT:
-        raise RollupError(where, f"must be 0 to {MAX_COUNT}")
+    if not 0 <= value <= most:
+        raise RollupError(where, f"must be 0 to {most}")
     return int(value)
 
 
-def _only(obj: dict[str, Any], allowed: tuple[str, ...], where: str) -> None:
+def _only(obj: dict[str, Any], allowed: tuple[str, ...], where: str, optional: tuple[str, ...] = ()) -> None:
     extra = sorted(set(obj) - set(allowed))
     if extra:
         raise RollupError(f"{where}{extra[0][:64]}", "unknown field (a rollup holds only: " + ", ".join(allowed) + ")")
-    missing = [k for k in allowed if k not in obj]
+    missing = [k for k in allowed if k not in obj and k not in optional]
     if missing:
         raise RollupError(f"{where}{missing[0]}", "missing")
 
@@ -151,7 +157,7 @@ def _only(obj: dict[str, Any], allowed: tuple[str, ...], where: str) -> None:
 def _school(raw: object, where: str) -> dict[str, Any]:
     if not isinstance(raw, dict):
         raise RollupError(where, "must be an object")
-    _only(raw, SCHOOL_FIELDS, f"{where}.")
+    _only(raw, SCHOOL_FIELDS, f"{where}.", OPTIONAL_FIELDS)
     try:
         school = names.identifier(raw["school"], f"{where}.school")
         name = names.display_name(raw["name"], f"{where}.name", max_chars=names.SCHOOL_NAME_MAX)
@@ -175,6 +181,10 @@ def _school(raw: object, where: str) -> dict[str, Any]:
         raise RollupError(f"{where}.usage_used", "usage_periods and usage_used are both null or both numbers")
     row["usage_periods"] = None if periods is None else _count(periods, f"{where}.usage_periods")
     row["usage_used"] = None if used is None else _count(used, f"{where}.usage_used")
+    co2 = raw.get("co2_over_s")
+    row["co2_over_s"] = None if co2 is None else _count(co2, f"{where}.co2_over_s", MAX_CO2_S)
+    if row["co2_over_s"] is not None and row["co2_over_s"] > row["rooms"] * 7 * 86400:
+        raise RollupError(f"{where}.co2_over_s", f"is more than a week in each of its {row['rooms']} rooms")
     # Figures that contradict each other are a broken sender: refused, not stored as nonsense.
     for part, whole in (("online", "gateways"), ("offline", "gateways"), ("alarms_active", "alarms"),
                         ("usage_used", "usage_periods")):
@@ -279,12 +289,13 @@ def districts(db: Database, paging: lists.Paging, only: str | None = None) -> li
     d, s = CityDistrict.__table__, CitySchool.__table__
     sums = [func.coalesce(func.sum(s.c[k]), 0).label(k) for k in COUNTS]
     totals = (select(s.c.district, func.count().label("schools"), *sums,
-                     func.sum(s.c.usage_periods).label("usage_periods"), func.sum(s.c.usage_used).label("usage_used"))
+                     func.sum(s.c.usage_periods).label("usage_periods"), func.sum(s.c.usage_used).label("usage_used"),
+                     func.sum(s.c.co2_over_s).label("co2_over_s"))
               .group_by(s.c.district).subquery("totals"))
     query = (select(d.c.name, d.c.seq, d.c.generated_at, d.c.received_at,
                     func.coalesce(totals.c.schools, 0).label("schools"),
                     *(func.coalesce(totals.c[k], 0).label(k) for k in COUNTS),
-                    totals.c.usage_periods, totals.c.usage_used)
+                    totals.c.usage_periods, totals.c.usage_used, totals.c.co2_over_s)
              .select_from(d).outerjoin(totals, totals.c.district == d.c.name).where(lists.matches(paging.q, d.c.name)))
     if only is not None:
         query = query.where(d.c.name == only)
@@ -294,7 +305,13 @@ def districts(db: Database, paging: lists.Paging, only: str | None = None) -> li
                         **{k: int(getattr(r, k)) for k in COUNTS},
                         "usage_periods": None if r.usage_periods is None else int(r.usage_periods),
                         "usage_used": None if r.usage_used is None else int(r.usage_used),
-                        "usage_rate": _rate(r.usage_periods, r.usage_used)} for r in rows], total)
+                        "usage_rate": _rate(r.usage_periods, r.usage_used),
+                        "co2_over_s": None if r.co2_over_s is None else int(r.co2_over_s),
+                        "co2_hours": _hours(r.co2_over_s)} for r in rows], total)
+
+
+def _hours(seconds: float | None) -> float | None:
+    return None if seconds is None else round(float(seconds) / 3600, 2)
 
 
 def district_exists(db: Database, name: str) -> bool:
@@ -309,4 +326,5 @@ def district_schools(db: Database, district: str, paging: lists.Paging) -> lists
     query = select(s).where(s.c.district == district, lists.matches(paging.q, s.c.school, s.c.name))
     rows, total = lists.page_of(db, query, [lists.ordered(db, s.c.school)], paging, "schools")
     return lists.Page([{**{k: getattr(r, k) for k in ("district", *SCHOOL_FIELDS)},
-                        "usage_rate": _rate(r.usage_periods, r.usage_used)} for r in rows], total)
+                        "usage_rate": _rate(r.usage_periods, r.usage_used), "co2_hours": _hours(r.co2_over_s)}
+                       for r in rows], total)

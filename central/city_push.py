@@ -13,9 +13,10 @@ CAMPUS_DISTRICT) makes a district web instance push, every CAMPUS_CITY_INTERVAL 
   (`city_push`), so a restart or another instance goes on counting; the city keeps the newest. A city
   holding a higher seq (the district's database started over) answers 409 with it, and the district
   counts on from there at once.
-- The week's usage rate reads the point store for every room (central/usage.py: a query per display
-  or projector per school day), far more than the rest of the rollup, so it is computed at most every
-  CAMPUS_CITY_USAGE_INTERVAL seconds (default 3600; 0: never sent) and the pushes in between resend it.
+- This week's usage rate and CO2-over-limit seconds are the same `lists.schools` rows carry, read from
+  the daily usage rollup (central/usage_rollup.py keeps it), so each push sends them as of now at no
+  extra cost. CAMPUS_CITY_USAGE_INTERVAL=0 still leaves them out (sent as null); any other value is
+  accepted and no longer matters (it spaced the point-store reads the rollup replaced).
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ import time
 import urllib.error
 import urllib.request
 from dataclasses import dataclass
-from datetime import date, timedelta
+from datetime import date
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -91,30 +92,21 @@ class CityLink:
 # ---------------------------------------------------------------- what is sent
 
 
-def week_usage(registry: Registry, ledger: Any, store: Any, today: date) -> dict[str, tuple[int, int]]:
-    """Each school's class periods this ISO week (Monday to `today`) and those a display or projector was
-    on: (periods, used); a school without a timetable has (0, 0)."""
-    from central import usage
-
-    report = usage.usage_rate(registry, ledger, store, today - timedelta(days=today.weekday()), today)
-    return {s.school: (s.periods, s.used) for s in report.schools}
-
-
-def rollup(db: Database, district: str, seq: int, now: float,
-           usage: dict[str, tuple[int, int]] | None) -> dict[str, Any]:
+def rollup(db: Database, district: str, seq: int, now: float, usage: bool = True) -> dict[str, Any]:
     """The body of a push: the district's schools as `GET /api/schools` rolls them up (central/lists.py),
-    the week's usage where known, and nothing else."""
-    page = lists.schools(db, lists.Paging(limit=MAX_SCHOOLS))
+    with this week's usage and CO2 figures unless `usage` is false (sent as null), and nothing else."""
+    page = lists.schools(db, lists.Paging(limit=MAX_SCHOOLS), week_of=date.fromtimestamp(now))
     if page.total > MAX_SCHOOLS:
         log.warning("city push: %d schools, the city takes the first %d", page.total, MAX_SCHOOLS)
     schools = []
     for r in page.items:
-        periods, used = (usage or {}).get(r.school, (None, None))
         schools.append({"school": r.school, "name": r.name, "rooms": r.rooms, "gateways": r.gateways,
                         "online": r.online, "offline": r.offline, "alarms": r.alarms,
                         "alarms_active": r.alarms_active, "alarms_by_kind": r.alarms_by_kind, "faults": r.faults,
-                        "lamps_due": r.lamps_due, "filters_due": r.filters_due, "usage_periods": periods,
-                        "usage_used": used})
+                        "lamps_due": r.lamps_due, "filters_due": r.filters_due,
+                        "usage_periods": r.usage_periods if usage else None,
+                        "usage_used": r.usage_used if usage else None,
+                        "co2_over_s": r.co2_over_s if usage else None})
     return {"district": district, "seq": seq, "generated_at": now, "schools": schools}
 
 
@@ -181,7 +173,6 @@ class CityPusher:
         self.holder = f"{socket.gethostname()}:{os.getpid()}:{id(self):x}"
         self.pushes = 0      # accepted by the city (stored or a replay)
         self.failures = 0    # in a row: the backoff's exponent
-        self._usage: tuple[float, date, dict[str, tuple[int, int]]] | None = None
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="city-push", daemon=True)
 
@@ -217,7 +208,7 @@ class CityPusher:
         at_least = 0
         for _ in range(2):
             now = time.time()
-            body = rollup(db, district, next_seq(db, district, at_least), now, self._week_usage(now))
+            body = rollup(db, district, next_seq(db, district, at_least), now, self.usage_interval > 0)
             try:
                 answer = send(self.link, body)
             except Refused as exc:
@@ -242,22 +233,6 @@ class CityPusher:
         delay = min(self.backoff_max, self.interval * 2 ** (self.failures - 1)) * random.uniform(0.8, 1.0)
         log.warning("city push: %s; attempt %d, next in %.1f s", why, self.failures, delay)
         return delay
-
-    def _week_usage(self, now: float) -> dict[str, tuple[int, int]] | None:
-        """This week's usage per school, recomputed at most every `usage_interval` (and at a new week)."""
-        if self.usage_interval <= 0:
-            return None
-        today = date.fromtimestamp(now)
-        monday = today - timedelta(days=today.weekday())
-        cached = self._usage
-        if cached is None or cached[1] != monday or time.monotonic() - cached[0] >= self.usage_interval:
-            try:
-                self._usage = cached = (time.monotonic(), monday,
-                                        week_usage(self.registry, self.ledger, self.store, today))
-            except Exception as exc:  # noqa: BLE001 - the rest of the rollup goes without it
-                log.warning("city push: this week's usage rate cannot be computed now: %s", exc)
-                return cached[2] if cached is not None and cached[1] == monday else None
-        return cached[2]
 
     def stop(self) -> None:
         self._stop.set()

@@ -17,13 +17,15 @@ Strings sort in code-point order on both engines (PostgreSQL's own order is the 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, replace
+from dataclasses import asdict, dataclass, replace
+from datetime import date, timedelta
 from typing import Any, Generic, TypeVar
 
 from sqlalchemy import (
     JSON,
     BigInteger,
     ColumnElement,
+    Float,
     Integer,
     Select,
     String,
@@ -230,6 +232,12 @@ def _scoped(p: Any, scope: Scope) -> list[ColumnElement[bool]]:
     return where
 
 
+def place_filter(p: Any, scope: Scope) -> list[ColumnElement[bool]]:
+    """Conditions keeping the rows of `places` (`p`) within `scope`: for a read that joins them (the usage
+    rollup, central/usage.py)."""
+    return _scoped(p, scope)
+
+
 def gateway_in(db: Database, column: Any, scope: Scope) -> list[ColumnElement[bool]]:
     """Conditions keeping `column` (a gateway id: of an event, a command, an alarm) within the caller's
     rights: a teacher's gateways, or the gateways whose place (`places`) is in the caller's schools."""
@@ -390,6 +398,25 @@ def reported_device_keys(db: Database, paging: Paging, scope: Scope = Scope()) -
     return Page([(r[0], r[1]) for r in rows], total)
 
 
+def reported_kinds(db: Database, kinds: tuple[str, ...]) -> list[tuple[str, str, str]]:
+    """(gateway, device, kind) of every device of these kinds the agents reported in their last state:
+    one statement, the JSON read by the database (the usage rollup and reports, central/usage.py)."""
+    dev = reported_devices(db)
+    kind = device_field(db, dev, "kind")
+    query = select(gw_t.c.id, dev.c.key, kind).select_from(gw_t.join(dev, true())).where(kind.in_(kinds))
+    with db.read("cannot read the reported devices") as conn:
+        return [(g, d, k) for g, d, k in conn.execute(query)]
+
+
+def place_rows(db: Database, scope: Scope = Scope()) -> list[tuple[str, str, str, str]]:
+    """(gateway, school, building, room) of every gateway (registered or reporting) in `scope`, unpaged:
+    one statement (the reports that list every room in sight: the usage rate)."""
+    p = places(db)
+    with db.read("cannot read the gateways' places") as conn:
+        return [(i, s or "", b or "", r or "") for i, s, b, r in conn.execute(
+            select(p.c.id, p.c.school, p.c.building, p.c.room).where(*_scoped(p, scope)))]
+
+
 # ---------------------------------------------------------------- events, commands, audit, alarms
 
 
@@ -473,14 +500,18 @@ def school_ids(db: Database, scope: Scope = Scope()) -> list[str]:
 # ---------------------------------------------------------------- the district: one row per school
 
 
-SCHOOL_SORTS = ("school", "rooms", "online", "offline", "alarms", "faults", "lamps_due", "filters_due")
+SCHOOL_SORTS = ("school", "rooms", "online", "offline", "alarms", "faults", "lamps_due", "filters_due", "usage_rate",
+                "co2_hours")
 
 
 @dataclass(frozen=True)
 class SchoolRow:
     """A school rolled up: its rooms (gateways registered or reporting), how many gateways are online,
     open alarms (active: not yet acknowledged; by rule kind), devices in fault, projector lamps past the
-    limit (open lamp alarms) and filters reported due (`error_filter` warning or error)."""
+    limit (open lamp alarms) and filters reported due (`error_filter` warning or error); this week's class
+    periods and those a display or projector was on (the usage rate; None: nothing measured), and the
+    seconds its rooms' CO2 was over the alarm limit (None: no sensor measured), from the daily usage
+    rollup (central/usage.py `UsageDay`)."""
     school: str
     name: str
     rooms: int
@@ -494,12 +525,38 @@ class SchoolRow:
     faults: int
     lamps_due: int
     filters_due: int
+    usage_periods: int | None = None
+    usage_used: int | None = None
+    co2_over_s: int | None = None
+
+    @property
+    def usage_rate(self) -> float | None:
+        return round(self.usage_used / self.usage_periods, 4) if self.usage_periods and self.usage_used is not None \
+            else None
+
+    @property
+    def co2_hours(self) -> float | None:
+        return None if self.co2_over_s is None else round(self.co2_over_s / 3600, 2)
+
+    def as_dict(self) -> dict[str, Any]:
+        """As `GET /api/schools` answers it: the fields, the usage rate (0-1) and the CO2 hours."""
+        return {**asdict(self), "usage_rate": self.usage_rate, "co2_hours": self.co2_hours}
+
+
+def week_monday(today: date | None = None) -> date:
+    """The Monday of this ISO week (the server's local date): the overview's "this week"."""
+    today = date.today() if today is None else today
+    return today - timedelta(days=today.weekday())
 
 
 def schools(db: Database, paging: Paging, sort: str = "school", descending: bool = False,
-            problems_only: bool = False, schools_in: tuple[str, ...] | None = None) -> Page[SchoolRow]:
+            problems_only: bool = False, schools_in: tuple[str, ...] | None = None,
+            week_of: date | None = None) -> Page[SchoolRow]:
     """One row per school (those matching `q` in the id or name), sorted by `sort` (one of SCHOOL_SORTS),
-    paged; four statements whatever the number of schools and rooms."""
+    paged, with the usage of the ISO week of `week_of` (default: today). The rollup is aggregated once:
+    the total rides on the page's rows (a window count): two statements whatever the number of schools
+    and rooms (the page and its schools' alarms by kind; past the end: the page, then a count)."""
+    from central.usage import UsageDay
     if sort not in SCHOOL_SORTS:
         raise PayloadError(f"query parameter 'sort' must be one of {', '.join(SCHOOL_SORTS)}, got {sort[:40]!r}")
     p = places(db)
@@ -521,6 +578,17 @@ def schools(db: Database, paging: Paging, sort: str = "school", descending: bool
                .select_from(latest_t).join(p, p.c.id == latest_t.c.gateway)
                .where(latest_t.c.metric == "error_filter", latest_t.c.value.in_(['"warning"', '"error"']))
                .group_by(p.c.school).subquery("filters"))
+    monday = week_monday(week_of)
+    u = UsageDay.__table__.c
+    measured = u.power_devices > 0
+    week = (select(p.c.school,
+                   func.sum(case((measured, u.periods), else_=0)).label("periods"),
+                   func.sum(case((measured, u.used), else_=0)).label("used"),
+                   func.sum(case((measured, 1), else_=0)).label("measured"),
+                   func.sum(case((u.co2_devices > 0, u.co2_over_s), else_=0)).label("co2"),
+                   func.sum(case((u.co2_devices > 0, 1), else_=0)).label("sensed"))
+            .select_from(UsageDay.__table__).join(p, p.c.id == u.gateway)
+            .where(u.day >= monday, u.day <= monday + timedelta(days=6)).group_by(p.c.school).subquery("week"))
     rooms = (select(per_gateway.c.school, func.count().label("rooms"), func.sum(per_gateway.c.online).label("online"),
                     func.sum(per_gateway.c.offline).label("offline"), func.sum(per_gateway.c.faults).label("faults"))
              .group_by(per_gateway.c.school).subquery("rooms"))
@@ -533,19 +601,32 @@ def schools(db: Database, paging: Paging, sort: str = "school", descending: bool
         "rooms": func.coalesce(rooms.c.rooms, 0), "online": func.coalesce(rooms.c.online, 0),
         "offline": func.coalesce(rooms.c.offline, 0), "faults": func.coalesce(rooms.c.faults, 0),
         "alarms": func.coalesce(open_alarms.c.alarms, 0), "active": func.coalesce(open_alarms.c.active, 0),
-        "lamps_due": func.coalesce(open_alarms.c.lamps, 0), "filters_due": func.coalesce(filters.c.filters, 0)}
-    query = (select(*(v.label(k) for k, v in columns.items()))
+        "lamps_due": func.coalesce(open_alarms.c.lamps, 0), "filters_due": func.coalesce(filters.c.filters, 0),
+        "usage_periods": case((week.c.measured > 0, week.c.periods), else_=None),
+        "usage_used": case((week.c.measured > 0, week.c.used), else_=None),
+        "co2_over_s": case((week.c.sensed > 0, week.c.co2), else_=None)}
+    # Sorted with nothing measured below every figure (-1), the same on both engines (they order NULL apart).
+    sorts = {"usage_rate": case((and_(week.c.measured > 0, week.c.periods > 0),
+                                 cast(week.c.used, Float) / week.c.periods), else_=-1.0),
+             "co2_hours": case((week.c.sensed > 0, week.c.co2), else_=-1.0)}
+    query = (select(*(v.label(k) for k, v in columns.items()), func.count().over().label("total"))
              .select_from(every).outerjoin(rooms, rooms.c.school == every.c.school)
              .outerjoin(open_alarms, open_alarms.c.school == every.c.school)
              .outerjoin(filters, filters.c.school == every.c.school)
+             .outerjoin(week, week.c.school == every.c.school)
              .where(matches(paging.q, every.c.school, every.c.name)))
     if schools_in is not None:
         query = query.where(every.c.school.in_(schools_in) if schools_in else false())
     if problems_only:
         query = query.where(or_(columns["offline"] > 0, columns["alarms"] > 0, columns["faults"] > 0))
-    key = ordered(db, every.c.school) if sort == "school" else columns[sort]
+    key = ordered(db, every.c.school) if sort == "school" else sorts.get(sort, columns.get(sort))
     order = [key.desc() if descending else key.asc(), ordered(db, every.c.school)]
-    rows, total = page_of(db, query, order, paging, "schools")
+    with db.read("cannot read the schools") as conn:
+        rows = conn.execute(query.order_by(*order).limit(paging.limit).offset(paging.offset)).all()
+        if rows:
+            total = int(rows[0].total)
+        else:  # a page past the end (or nothing matches): count alone
+            total = conn.execute(select(func.count()).select_from(query.subquery())).scalar_one()
     ids = [r.school for r in rows]
     by_kind: dict[str, dict[str, int]] = {s: {} for s in ids}
     if ids:
@@ -559,5 +640,10 @@ def schools(db: Database, paging: Paging, sort: str = "school", descending: bool
                            online=int(r.online), offline=int(r.offline), alarms=int(r.alarms),
                            alarms_active=int(r.active), alarms_acknowledged=int(r.alarms) - int(r.active),
                            alarms_by_kind=by_kind[r.school], faults=int(r.faults), lamps_due=int(r.lamps_due),
-                           filters_due=int(r.filters_due)) for r in rows], total)
+                           filters_due=int(r.filters_due), usage_periods=_whole(r.usage_periods),
+                           usage_used=_whole(r.usage_used), co2_over_s=_whole(r.co2_over_s)) for r in rows], total)
+
+
+def _whole(value: Any) -> int | None:
+    return None if value is None else int(round(float(value)))
 

@@ -2,7 +2,7 @@
 
 Central is a database (the registry and the ledger), a point store, and the
 threads that work on them: the command service (MQTT, answers and
-republishing), the alarm monitor and the scheduler. Before this module each
+republishing), the alarm monitor, the scheduler and the usage rollup. Before this module each
 program opened its own pieces and a blueprint (`dashboards/health.py`)
 started threads at import of its area; now `Central.open(config)` opens the
 pieces in one place, `start()` starts the threads together and `close()`
@@ -20,6 +20,7 @@ import os
 from dataclasses import dataclass, field
 
 from central import city_push
+from central import usage_rollup as rollup
 from central.alarms import AlarmMonitor
 from central.city_push import CityLink, CityPusher
 from central.commands import CommandService
@@ -29,6 +30,7 @@ from central.notify.outbox import DEFAULT_WINDOW_S, Notifier
 from central.registry import Registry
 from central.schedules import Scheduler
 from central.store.base import PointStore
+from central.usage_rollup import UsageRollup
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +58,8 @@ class CentralConfig:
     mqtt_url: str | None = None
     alarm_interval: float | None = None
     schedule_interval: float | None = None
+    # Seconds between refreshes of today's usage rollup (central/usage_rollup.py); None: CAMPUS_USAGE_INTERVAL.
+    usage_interval: float | None = None
     commands: bool = True
     background: bool = True
     # A district of a city: where its rollups go (central/city_push.py); pushed by the background work.
@@ -102,6 +106,7 @@ class Central:
     # Alarms to people (central/notify): run by the alarm monitor after each evaluation; the web app attaches
     # its Babel (messages in each channel's language) and sends test messages through it.
     notifier: Notifier | None = None
+    usage_rollup: UsageRollup | None = None
     _started: bool = field(default=False, repr=False)
     _closed: bool = field(default=False, repr=False)
 
@@ -160,6 +165,10 @@ class Central:
                 if sched_s > 0:
                     # Late bound: whatever command service Central has when a schedule runs.
                     self.scheduler = Scheduler(self.registry, self.ledger, lambda: self.commands, sched_s).start()
+                refresh_s = interval(self.config.usage_interval, rollup.REFRESH_ENV, rollup.DEFAULT_REFRESH_S)
+                if refresh_s > 0:
+                    days = int(rollup.setting(rollup.DAYS_ENV, rollup.DEFAULT_DAYS))
+                    self.usage_rollup = UsageRollup(self.registry, self.ledger, self.store, refresh_s, days).start()
                 push_s, usage_s = self.city_intervals
                 if self.config.city is not None and push_s > 0:
                     self.city_pusher = CityPusher(self.config.city, self.registry, self.ledger, self.store, push_s,
@@ -175,6 +184,9 @@ class Central:
         if self.city_pusher is not None:
             self.city_pusher.stop()
             self.city_pusher = None
+        if self.usage_rollup is not None:
+            self.usage_rollup.stop()
+            self.usage_rollup = None
         if self.scheduler is not None:
             self.scheduler.stop()
             self.scheduler = None

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import asdict, replace
+from dataclasses import replace
 from typing import Any
 
 from flask import Blueprint, Response, g, jsonify, request
@@ -115,7 +115,7 @@ def schools() -> Any:
     sort = request.args.get("sort") or "school"
     page = overview.school_rollup(central().registry, paging(), sort.removeprefix("-")[:40], sort.startswith("-"),
                                   flag_arg("problems"), in_sight())
-    return paged([asdict(r) for r in page.items], page.total)
+    return paged([r.as_dict() for r in page.items], page.total)
 
 
 def id_arg(name: str) -> str | None:

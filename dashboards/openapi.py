@@ -111,7 +111,9 @@ def document() -> dict[str, Any]:
                                                 arr))},
             "/api/schools": {"get": _paged(_get(
                 "The district, one row per school: rooms, gateways online / offline, open alarms (active: not "
-                "acknowledged; by rule kind), devices in fault, projector lamps and filters due (facility, admin); "
+                "acknowledged; by rule kind), devices in fault, projector lamps and filters due, this ISO week's "
+                "usage rate (`usage_periods`, `usage_used`, `usage_rate`) and CO2-over-limit time (`co2_over_s`, "
+                "`co2_hours`, added up over its rooms) (facility, admin); "
                 "`sort` one of " + ", ".join(lists.SCHOOL_SORTS) + " (`-` before it: descending), `problems=1` "
                 "only schools with an offline gateway, an alarm or a fault",
                 [("sort", "query", False), ("problems", "query", False)], arr))},
@@ -181,7 +183,8 @@ def _timetables() -> dict[str, Any]:
     periods["responses"].update({"400": {"description": "bad date or span (at most 400 days)"},
                                  "404": {"description": "no such school"}})
     usage = _get("The usage rate (应用率) of each room, school and the district over an ISO week (default this one) "
-                 "or a month: the share of class periods in which a display or projector was on (facility, admin)",
+                 "or a month: the share of class periods in which a display or projector was on (facility, admin), "
+                 "from the daily usage rollup; `pending`: room-days of the span not rolled up yet (not counted)",
                  [("week", "query", False), ("month", "query", False), ("school", "query", False)], {"type": "object"})
     return {"/api/schools/{school}/timetable": {"get": get, "put": put},
             "/api/schools/{school}/timetable/periods": {"get": periods},
@@ -193,14 +196,18 @@ def _city() -> dict[str, Any]:
     from central import city
 
     count = {"type": "integer", "minimum": 0, "maximum": city.MAX_COUNT}
-    school = {"type": "object", "additionalProperties": False, "required": list(city.SCHOOL_FIELDS), "properties": {
+    required = [k for k in city.SCHOOL_FIELDS if k not in city.OPTIONAL_FIELDS]
+    school = {"type": "object", "additionalProperties": False, "required": required, "properties": {
         "school": {"type": "string", "description": "the school's id in its district"},
         "name": {"type": "string", "maxLength": 200}, **{k: count for k in city.COUNTS},
         "alarms_by_kind": {"type": "object", "maxProperties": city.MAX_KINDS, "additionalProperties": count},
         "usage_periods": {"type": ["integer", "null"], "minimum": 0, "maximum": city.MAX_COUNT,
                           "description": "class periods this ISO week so far (null: not measured)"},
         "usage_used": {"type": ["integer", "null"], "minimum": 0, "maximum": city.MAX_COUNT,
-                       "description": "of those, the periods a display or projector was on"}}}
+                       "description": "of those, the periods a display or projector was on"},
+        "co2_over_s": {"type": ["integer", "null"], "minimum": 0, "maximum": city.MAX_CO2_S,
+                       "description": "seconds this ISO week the rooms' CO2 was over the alarm limit, added up over "
+                                      "the rooms (null: no sensor measured)"}}}
     rollup = {"type": "object", "additionalProperties": False, "required": list(city.FIELDS), "properties": {
         "district": {"type": "string"}, "seq": {"type": "integer", "minimum": 1, "maximum": city.MAX_SEQ},
         "generated_at": {"type": "number", "description": "unix time the district made it"},

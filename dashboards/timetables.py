@@ -171,7 +171,7 @@ def _report() -> usage.UsageReport:
         if not tts.school_exists(central().registry, school):
             raise _Refused("school", f"no school {school!r}")
     c = central()
-    return usage.usage_rate(c.registry, c.ledger, c.store, first, last, school, schools_in=sight(g.user).schools)
+    return usage.usage_rate(c.registry, c.ledger, first, last, school, schools_in=sight(g.user).schools)
 
 
 def _pct(rate: float | None) -> str:

@@ -32,6 +32,8 @@ from firmware_stubs.runner import SimulatorSet
 log = logging.getLogger(__name__)
 
 SCHOOL = "demo-school"
+DEMO_PERIOD_MIN = 10  # a demo's class periods: short, so the usage rate counts some within minutes
+DEMO_USAGE_REFRESH_S = 60.0
 
 
 def school_id(school: int, schools: int) -> str:
@@ -67,7 +69,9 @@ def classroom_config(index: int, mqtt: str, data_dir: Path, poll_interval: float
              "address": {"host": "127.0.0.1", "port": free_port()},
              # A real lamp projector warms up for ~30 s; the demo is impatient.
              "simulator": {"seed": index, "warmup_s": 8, "cooldown_s": 6, "lamp_hours": 1200 + 350 * index,
-                           "time_scale": 60}},
+                           "time_scale": 60,
+                           # Every other room's lesson uses its projector: the usage rate has both kinds.
+                           **({"power": "on"} if index % 2 == 0 else {})}},
             {"id": "display", "profile": "display-samsung-mdc",
              "address": {"serial": str(dev_dir / f"room-{place}-display"), "display_id": 0},
              "simulator": {"seed": index}},
@@ -93,6 +97,32 @@ def meter_device(index: int, pty: Path) -> dict[str, Any]:
                 "address": {"serial": str(pty), "meter_address": f"{202600000000 + index:012d}", "parity": "N"}}
     return {"id": "meter", "profile": "meter-sdm120-modbus", "simulator": simulator,
             "address": {"host": "127.0.0.1", "port": free_port(), "unit": 1}}
+
+
+def demo_timetable(school: str, now: float | None = None, minutes: int = DEMO_PERIOD_MIN) -> Any:
+    """A timetable for the demo: every day of the week, periods of `minutes` with `minutes // 2` between them,
+    from the five minutes before `now` (the school's local time) to midnight, at most MAX_PERIODS_PER_DAY.
+    A real school's starts at 08:00; a demo started in the evening would show no period for hours."""
+    from datetime import datetime
+    from datetime import time as dtime
+    from zoneinfo import ZoneInfo
+
+    from central import timetables as tts
+
+    local = datetime.fromtimestamp(time.time() if now is None else now, ZoneInfo(tts.DEFAULT_TIMEZONE))
+    start = max(0, (local.hour * 60 + local.minute) // 5 * 5 - 5)
+    if start + minutes >= 24 * 60:
+        start = 0  # started just before midnight: the periods are tomorrow's
+    periods = []
+    for number in range(1, tts.MAX_PERIODS_PER_DAY + 1):
+        end = start + minutes
+        if end >= 24 * 60:
+            break
+        for weekday in range(1, 8):
+            periods.append(tts.Period(weekday, number, dtime(start // 60, start % 60), dtime(end // 60, end % 60),
+                                      f"demo {number}"))
+        start = end + minutes // 2
+    return tts.Timetable(school, tts.DEFAULT_TIMEZONE, tuple(periods))
 
 
 class Demo:
@@ -149,6 +179,15 @@ class Demo:
                           rooms=[(configs[0].school, configs[0].room)] if configs else [])
         registry.ensure_admin(self.admin_token)
 
+    def _timetables(self, registry: Registry, configs: list[GatewayConfig]) -> None:
+        """Give each demo school without one a timetable (作息时间表) whose periods start now, so that the usage
+        rate has periods over within minutes (see `demo_timetable`)."""
+        from central import timetables as tts
+
+        for school in sorted({c.school for c in configs}):
+            if tts.load(registry, school) is None:
+                tts.save(registry, demo_timetable(school), "campus demo")
+
     def _sim_control(self, sims: dict[str, SimulatorSet]) -> Any:
         def control(gateway: str, device: str, overrides: dict[str, Any]) -> None:
             sim = sims[gateway].by_device[device]
@@ -184,6 +223,7 @@ class Demo:
         # before anything starts.
         config = web.central_config()
         config.upgrade = True  # the demo's own database, even on a server: made or upgraded now
+        config.usage_interval = DEMO_USAGE_REFRESH_S  # today's usage rollup: a demo's periods are minutes long
         central = await asyncio.to_thread(Central.open, config, check_store=True)
         broker = None
         try:
@@ -204,6 +244,7 @@ class Demo:
 
         ingest = await asyncio.to_thread(start_ingest, central, mqtt, name="demo-ingest")
         self._register(central.registry, configs)
+        self._timetables(central.registry, configs)
         web.sim_control = self._sim_control(sims)
         # The dashboard, with central's commands, alarm monitor and scheduler.
         served = await asyncio.to_thread(start_web, central, web, "127.0.0.1", self.http_port)

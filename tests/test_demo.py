@@ -44,6 +44,9 @@ def test_demo_runs_every_room_end_to_end_and_exits_0(tmp_path: Path) -> None:
         assert {(g["id"], g["school"], g["room"]) for g in gateways} == {
             ("gw-1-101", "demo-school-1", "101"), ("gw-2-101", "demo-school-2", "101")}
         assert all(g["online"] for g in gateways)
+        # Each school got a timetable whose periods start now: the usage pages have periods within minutes.
+        for school in ("demo-school-1", "demo-school-2"):
+            assert len(_get(f"{base}/api/schools/{school}/timetable", token)["periods"]) >= 7
         # Every classroom has one device of every kind, each reporting over its own protocol.
         kinds = {"environment", "card_reader", "projector", "display", "camera", "meter"}
         wait_until(lambda: all({d["kind"] for d in _get(f"{base}/api/devices", token) if d["gateway"] == g

@@ -2,28 +2,35 @@
 a week worked out by hand: class periods from the school's timetable (a holiday, a make-up Saturday
 following Monday), a projector and a display on in some periods and off in others, a silent gateway,
 a moment's switch-on that does not count, a projector on during the holiday and on Sunday that
-counts nowhere; in the school's time zone, on both engines."""
+counts nowhere; in the school's time zone, on both engines. The figures go through the daily rollup
+(central/usage_rollup.py) computed from the real store, with the CO2-over-limit seconds beside them."""
 
 from __future__ import annotations
 
 import csv
 import io
 import itertools
-from datetime import date, datetime
+import time
+from datetime import date, datetime, timedelta
 from pathlib import Path
 from zoneinfo import ZoneInfo
 
 import pytest
+from sqlalchemy import select
 
 from campus.contract import State
 from central import timetables as tts
 from central import usage
+from central import usage_rollup as rollup
 from central.ledger import Ledger
 from central.store.base import Sample
 from central.store.sqlite import SqlitePointStore
 from dashboards import close_app
 from dashboards.context import central
 from tests.apps import add_people, central_db, register_rooms, sqlite_only, web_app
+from tests.servers import wait_until
+from tests.test_paging import SCHOOLS, small_and_large, statements  # noqa: F401 - a fixture
+from tests.test_paging import get as paging_get
 from tests.test_timetables import DOC
 
 SHANGHAI = ZoneInfo("Asia/Shanghai")
@@ -75,7 +82,12 @@ def the_week(ledger: Ledger, points: SqlitePointStore) -> None:
         + on("gw-101", "disp", "13", "13:50", "14:50")
         # gw-102: on every morning 07:30-12:00, Monday to Saturday: every morning period, no afternoon one.
         + [s for d in ("08", "09", "10", "11", "12", "13") for s in on("gw-102", "proj", d, "07:30", "12:00")]
-        + on("gw-201", "proj", "08", "07:30", "12:00"))
+        + on("gw-201", "proj", "08", "07:30", "12:00")
+        # CO2 (the limit: 1500 ppm, the profile's). gw-101 Monday: over 09:00-09:20 (1200 s; a value at the
+        # limit is not over it). gw-103 Monday: one sample over, then silence: over for MAX_SAMPLE_GAP_S.
+        + [Sample("s1", "gw-101", "env", "environment", t("08", hhmm), {"co2_ppm": ppm})
+           for hhmm, ppm in (("08:00", 800), ("09:00", 1600), ("09:10", 1700), ("09:20", 1500), ("09:40", 900))]
+        + [Sample("s1", "gw-103", "env", "environment", t("08", "10:00"), {"co2_ppm": 2000})])
     points.write(samples)
 
 
@@ -97,10 +109,44 @@ def app(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, central_db_url: str):
     close_app(app)
 
 
+CO2_OVER = {("gw-101", "2025-09-08"): 1200.0, ("gw-103", "2025-09-08"): float(usage.MAX_SAMPLE_GAP_S)}
+
+
+def week_report(app, school: str | None = None) -> usage.UsageReport:
+    c = central(app)
+    return usage.usage_rate(c.registry, c.ledger, date(2025, 9, 8), date(2025, 9, 14), school)
+
+
+def rows(app) -> dict[tuple[str, str], dict]:
+    c = central(app)
+    with c.db.read() as conn:
+        return {(r.gateway, r.day.isoformat()): r._asdict() for r in conn.execute(select(usage.UsageDay.__table__))}
+
+
 def test_the_usage_rate_of_a_hand_checked_week(app) -> None:
     c = central(app)
-    report = usage.usage_rate(c.registry, c.ledger, c.store, date(2025, 9, 8), date(2025, 9, 14))
+    # Tuesday 09:50: Monday's four periods and Tuesday's first two are over, the rest not yet counted; the
+    # days after are not rolled up yet: pending, not counted as unused.
+    rollup.fill(c.registry, c.ledger, c.store, now=t("09", "09:50"), days=2)
+    early = week_report(app)
+    assert {r.gateway: (r.periods, r.used) for r in early.rooms if r.periods} == {"gw-101": (6, 4), "gw-102": (6, 5)}
+    assert early.pending == 3 * 5 and early.asof == t("09", "09:50")  # gw-101, 102, 201: Wednesday to Sunday
+    monday = rows(app)[("gw-101", "2025-09-08")]
+    # The Monday after: Tuesday (partial) is computed again, the finished Monday is not; today has no row
+    # yet, so it gets one even without a refresh.
+    done = rollup.fill(c.registry, c.ledger, c.store, now=t("15", "12:00"), days=8, refresh_today=False)
+    assert done.written == 7 * len(ROOMS) and not done.more
+    assert rows(app)[("gw-101", "2025-09-08")]["computed_at"] == monday["computed_at"]
+    report = week_report(app)
     assert {r.gateway: (r.periods, r.used) for r in report.rooms} == HAND_CHECKED
+    assert report.pending == 0
+    assert {k: r["co2_over_s"] for k, r in rows(app).items() if r["co2_over_s"]} == CO2_OVER
+    assert rows(app)[("gw-102", "2025-09-08")]["co2_devices"] == 0  # no sensor: CO2 not measured
+    # Nothing left to do; a saved timetable makes its school's finished days stale, and only those.
+    assert rollup.fill(c.registry, c.ledger, c.store, now=t("15", "12:00"), days=8, refresh_today=False).written == 0
+    tts.save(c.registry, tts.from_document("s1", DOC), "test")
+    assert rollup.fill(c.registry, c.ledger, c.store, now=t("15", "12:00"), days=8,
+                       refresh_today=False).written == 7 * 3  # s1's three rooms, Monday 8 to Sunday 14
     rooms = {r.gateway: r for r in report.rooms}
     assert rooms["gw-101"].devices == ["disp", "proj"] and rooms["gw-103"].devices == []
     assert rooms["gw-101"].rate == round(7 / 17, 4) and rooms["gw-103"].rate is None
@@ -109,18 +155,19 @@ def test_the_usage_rate_of_a_hand_checked_week(app) -> None:
     assert (schools["s2"].periods, schools["s2"].rate, schools["s2"].timetable) == (0, None, False)
     assert (report.periods, report.used, report.rate) == (34, 22, round(22 / 34, 4))
     assert {d.day.isoformat(): (d.periods, d.used) for d in report.days} == DAYS
-    # Tuesday 09:50: Monday's four periods and Tuesday's first two are over, the rest not yet counted.
-    early = usage.usage_rate(c.registry, c.ledger, c.store, date(2025, 9, 8), date(2025, 9, 14),
-                             now=t("09", "09:50"))
-    assert {r.gateway: (r.periods, r.used) for r in early.rooms if r.periods} == {"gw-101": (6, 4), "gw-102": (6, 5)}
-    only_s2 = usage.usage_rate(c.registry, c.ledger, c.store, date(2025, 9, 8), date(2025, 9, 14), "s2")
+    only_s2 = week_report(app, "s2")
     assert [r.gateway for r in only_s2.rooms] == ["gw-201"] and only_s2.periods == 0
     # A stricter threshold: Friday's five minutes (gw-101) no longer count.
-    strict = usage.usage_rate(c.registry, c.ledger, c.store, date(2025, 9, 8), date(2025, 9, 14), min_on_s=301)
-    assert {r.gateway: r.used for r in strict.rooms if r.periods} == {"gw-101": 6, "gw-102": 15}
+    friday = rollup.Room("gw-101", "s1", ("disp", "proj"), ("env",))
+    tt = tts.load(c.registry, "s1")
+    assert rollup.compute_day(c.store, friday, date(2025, 9, 12), tt, 1500, t("15", "12:00"))["used"] == 1
+    assert rollup.compute_day(c.store, friday, date(2025, 9, 12), tt, 1500, t("15", "12:00"), min_on_s=301)["used"] == 0
 
 
 def call(app, path: str, role: str = "facility"):
+    if not rows(app):
+        c = central(app)
+        rollup.fill(c.registry, c.ledger, c.store, now=t("30", "23:00"), days=30)
     return app.test_client().get(path, headers={"Authorization": f"Bearer {app.tokens[role]}"})
 
 
@@ -162,4 +209,78 @@ def test_bad_report_requests_are_one_400_naming_the_field(app) -> None:
     assert app.test_client().get("/health/usage-rate.csv").status_code == 302  # to the login page
     with pytest.raises(ValueError, match="at most"):
         c = central(app)
-        usage.usage_rate(c.registry, c.ledger, c.store, date(2025, 1, 1), date(2025, 6, 1))
+        usage.usage_rate(c.registry, c.ledger, date(2025, 1, 1), date(2025, 6, 1))
+
+
+def test_the_background_job_fills_the_week_once_under_its_lease(app) -> None:
+    """Two instances' jobs on one database: the one holding the lease fills the missing days (the report
+    then says what fill() says), the other computes nothing."""
+    c = central(app)
+    jobs = [rollup.UsageRollup(c.registry, c.ledger, c.store, refresh=60, days=8, tick=0.1,
+                               clock=lambda: t("15", "12:00")) for _ in range(2)]
+    try:
+        for job in jobs:
+            job.start()
+        wait_until(lambda: any(j.caught_up for j in jobs), 30, message="the rollup caught up")
+        assert sorted(j.rounds > 0 for j in jobs) == [False, True]
+    finally:
+        for job in jobs:
+            job.stop()
+    assert {r.gateway: (r.periods, r.used) for r in week_report(app).rooms} == HAND_CHECKED
+
+
+def test_the_district_overview_and_api_show_this_weeks_usage_and_co2(app) -> None:
+    """`/api/schools`, `/district` and the city push body carry this week's rollup, sortable by both."""
+    c = central(app)
+    monday = date.today() - timedelta(days=date.today().weekday())
+    row = {"school": "s1", "power_devices": 1, "co2_devices": 1, "co2_limit": 1500.0, "complete": True,
+           "counted_to": 0.0, "computed_at": 0.0, "co2_over_s": 0.0}
+    rollup._write(c.db, [  # two rooms of s1 on two days; s2's room measured no CO2; last week's row not counted
+        {**row, "gateway": "gw-101", "day": monday, "periods": 8, "used": 6, "co2_over_s": 5400.0},
+        {**row, "gateway": "gw-102", "day": monday, "periods": 8, "used": 1, "co2_over_s": 1800.0},
+        {**row, "gateway": "gw-103", "day": monday, "periods": 8, "used": 0, "power_devices": 0},
+        {**row, "gateway": "gw-201", "day": monday, "school": "s2", "periods": 10, "used": 9, "co2_devices": 0},
+        {**row, "gateway": "gw-101", "day": monday - timedelta(days=1), "periods": 8, "used": 8, "co2_over_s": 1e5}])
+    body = call(app, "/api/schools").get_json()
+    figures = {s["school"]: (s["usage_periods"], s["usage_used"], s["usage_rate"], s["co2_over_s"], s["co2_hours"])
+               for s in body}
+    assert figures == {"s1": (16, 7, round(7 / 16, 4), 7200, 2.0), "s2": (10, 9, 0.9, None, None)}
+    assert [s["school"] for s in call(app, "/api/schools?sort=-usage_rate").get_json()] == ["s2", "s1"]
+    assert [s["school"] for s in call(app, "/api/schools?sort=-co2_hours").get_json()] == ["s1", "s2"]
+    assert [s["school"] for s in call(app, "/api/schools?sort=co2_hours").get_json()] == ["s2", "s1"]
+    page = call(app, "/district?sort=-usage_rate").get_data(as_text=True)
+    assert "sort=co2_hours" in page and page.index('data-school="s2"') < page.index('data-school="s1"')
+    s1 = page[page.index('data-school="s1"'):]
+    assert '<td class="num usage-rate">44%</td>' in s1 and '<td class="num co2-hours">2.0 h</td>' in s1
+    from central import city_push
+
+    pushed = {s["school"]: s for s in city_push.rollup(c.db, "north", 1, time.time())["schools"]}
+    assert (pushed["s1"]["usage_periods"], pushed["s1"]["usage_used"], pushed["s1"]["co2_over_s"]) == (16, 7, 7200)
+    assert all(s["co2_over_s"] is None for s in city_push.rollup(c.db, "north", 2, time.time(), usage=False)["schools"])
+
+
+def test_usage_reports_run_as_many_statements_for_300_rooms_as_for_30(small_and_large) -> None:  # noqa: F811
+    """With every school's timetable and today rolled up, a report (JSON, page, file) and the overview run a
+    fixed number of statements, and none reads the point store per room."""
+    week = date.today().strftime("%G-W%V")
+    every_week = {"timezone": DOC["timezone"], "periods": DOC["periods"]}  # no terms: classes every weekday
+    store_reads: list[str] = []
+    for district, rooms in zip(small_and_large, (30, 300), strict=True):
+        c = central(district)
+        for school in (f"s{i:02d}" for i in range(SCHOOLS)):
+            tts.save(c.registry, tts.from_document(school, every_week), "test")
+        assert rollup.fill(c.registry, c.ledger, c.store, days=1).written == rooms
+        for name in ("query", "window"):  # from now on: a request that reads the point store is counted
+            read = getattr(c.store, name)
+            setattr(c.store, name, lambda *a, _read=read, _name=name, **k: store_reads.append(_name) or _read(*a, **k))
+    for path in (f"/api/usage?week={week}", f"/api/usage?week={week}&school=s03", f"/health/usage-rate?week={week}",
+                 f"/health/usage-rate.csv?week={week}", "/api/schools?sort=-usage_rate", "/district?sort=co2_hours"):
+        few, resp_few = statements(small_and_large[0], path)
+        many, resp_many = statements(small_and_large[1], path)
+        assert resp_few.status_code == resp_many.status_code == 200, (path, resp_many.get_data(as_text=True)[:300])
+        assert many == few, f"{path}: {few} statements with 30 rooms, {many} with 300"
+    assert store_reads == []
+    body = paging_get(small_and_large[1], f"/api/usage?week={week}").get_json()
+    measured = [r for r in body["rooms"] if r["devices"]]
+    assert len(body["rooms"]) == 300 and len(measured) == 270  # the 30 never installed have no devices
+    assert body["pending"] == date.today().weekday() * 270  # only today is rolled up: the days before are pending

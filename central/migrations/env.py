@@ -14,6 +14,7 @@ import central.provisioning  # noqa: F401 - its models are on the metadata too
 import central.registry  # noqa: F401
 import central.tables  # noqa: F401
 import central.timetables  # noqa: F401
+import central.usage  # noqa: F401 - the usage rollup (usage_days)
 from central.db import Base, database_url
 
 target_metadata = Base.metadata

@@ -1,0 +1,253 @@
+"""The daily usage rollup (`usage_days`, central/usage.py `UsageDay`), kept up to date in the background.
+
+The usage rate and the CO2-over-limit hours are sums over rooms and days of what the point store holds:
+every power sample of every display and projector, every CO2 sample. Reading them per request cost
+0.6 s of CPU for a week of 2,000 rooms (docs/benchmarks.md) and grew with the weeks asked for. Here each
+room's local day is worked out once, from the store, into one row, and requests add rows up in SQL.
+
+- A finished day is computed once. It is computed again only when what it was counted against changed
+  after it: its school's timetable was saved, or the CO2 alarm limit is another (the `co2_above` rule's
+  ppm: the same limit the alarms and the history charts draw).
+- Today's row (each school's local today) is a partial one, refreshed every `refresh` seconds
+  (CAMPUS_USAGE_INTERVAL, default 300): it counts the periods over when it was computed.
+- A day not rolled up yet (a first start, a store that caught up with an outage) is filled here, newest
+  first, back to `days` days (CAMPUS_USAGE_DAYS, default 62: this month and the last whole one), at most
+  `budget` seconds of work per round so the lease is renewed in between; a request never computes one
+  (its report says how many room-days are `pending`).
+- Several web instances on one database each run the thread; the one holding the `usage-rollup` lease
+  (Database.take_lease, as the alarm monitor) computes. A round with nothing to do still reads every
+  room and the rows of `days` (0.5 s of CPU at 2,000 rooms and 62 days), so a caught-up job looks
+  every TICK_S (a minute): a new room's today, or a new day, waits at most that.
+
+CO2 is read as at most CO2_POINTS samples per sensor and day (`PointStore.window`): exact for a sensor
+sending every 30 s or less often, otherwise the newest sample of each 30-second bucket (an error of at
+most a bucket per crossing of the limit), which bounds the work per room at any sampling rate.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import date, datetime, timedelta
+from typing import Any
+from zoneinfo import ZoneInfo
+
+from sqlalchemy import select
+
+from campus.errors import StoreError
+from central import alarms as alarm_engine
+from central import timetables as tts
+from central import usage
+from central.ledger import Ledger
+from central.registry import Registry
+from central.store.base import PointStore
+
+log = logging.getLogger(__name__)
+
+REFRESH_ENV, DAYS_ENV = "CAMPUS_USAGE_INTERVAL", "CAMPUS_USAGE_DAYS"
+DEFAULT_REFRESH_S = 300.0
+DEFAULT_DAYS = 62
+TICK_S = 60.0          # between rounds when caught up: how soon a new room or a new day is noticed
+BUDGET_S = 20.0        # work per round before the lease is renewed
+CO2_POINTS = 2880      # per sensor and day: one per 30 s
+WRITE_BATCH = 200      # rows per transaction
+
+
+@dataclass(frozen=True)
+class Room:
+    gateway: str
+    school: str
+    power: tuple[str, ...]    # displays and projectors
+    sensors: tuple[str, ...]  # environment sensors (CO2)
+
+
+def co2_limit(registry: Registry) -> float:
+    """The CO2 limit the product alarms at: the `co2_above` rule's ppm (seeded from the profiles)."""
+    for rule in alarm_engine.ensure_default_rules(registry):
+        if rule.kind == "co2_above":
+            return float(rule.params.get("ppm", alarm_engine.FALLBACK_DEFAULTS["co2_above"]["ppm"]))
+    return float(alarm_engine.FALLBACK_DEFAULTS["co2_above"]["ppm"])
+
+
+def day_bounds(day: date, zone: ZoneInfo) -> tuple[float, float]:
+    """The local day as unix times [start, end) (23 or 25 hours across a daylight-saving change)."""
+    return (datetime.combine(day, datetime.min.time(), zone).timestamp(),
+            datetime.combine(day + timedelta(days=1), datetime.min.time(), zone).timestamp())
+
+
+def compute_day(store: PointStore, room: Room, day: date, tt: tts.Timetable | None, limit: float, now: float,
+                min_on_s: float = usage.USED_MIN_S) -> dict[str, Any]:
+    """One room's day as a `usage_days` row, as of `now` (a day not over yet counts the periods over)."""
+    zone = tt.zone if tt else ZoneInfo(tts.DEFAULT_TIMEZONE)
+    start, end = day_bounds(day, zone)
+    slots = [s for s in tts.class_periods(tt, day, day) if s.end <= now] if tt else []
+    used = usage.room_periods_used(store, room.gateway, list(room.power), slots, min_on_s) if room.power else []
+    stop = min(end, now)
+    over: list[tuple[float, float]] = []
+    if stop > start:
+        for sensor in room.sensors:
+            window = store.window(room.gateway, sensor, "co2_ppm", start - usage.MAX_SAMPLE_GAP_S, stop, CO2_POINTS)
+            over += usage.spans_where(window.points, start, stop, lambda v: _number(v) > limit)
+    return {"gateway": room.gateway, "day": day, "school": room.school, "periods": len(slots), "used": sum(used),
+            "power_devices": len(room.power), "co2_over_s": round(sum(b - a for a, b in usage.merged(over)), 3),
+            "co2_devices": len(room.sensors), "co2_limit": limit if room.sensors else None,
+            "complete": now >= end, "counted_to": now, "computed_at": time.time()}
+
+
+def _number(value: float | str) -> float:
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return float("-inf")  # not a reading: never over a limit
+
+
+@dataclass
+class Progress:
+    """What one `fill` did: rows written, and whether days are still missing (the budget ran out)."""
+    written: int = 0
+    more: bool = False
+
+
+def fill(registry: Registry, ledger: Ledger, store: PointStore, *, now: float | None = None,
+         days: int = DEFAULT_DAYS, refresh_today: bool = True, budget_s: float | None = None,
+         min_on_s: float = usage.USED_MIN_S, stopping: Callable[[], bool] = lambda: False) -> Progress:
+    """Bring `usage_days` up to date as of `now`: today's row of every room (if `refresh_today`), then every
+    finished day of the last `days` that is missing or stale, newest first, for at most `budget_s` seconds
+    of work (None: all), or until `stopping()` (the program is stopping: what is done is written)."""
+    now = time.time() if now is None else now
+    started = time.monotonic()
+    db = registry.db
+    timetables = tts.load_all(registry)
+    limit = co2_limit(registry)
+    rooms = [Room(r.gateway, r.school, tuple(r.devices), tuple(sensors))
+             for r, sensors in usage.rooms_with_sensors(registry, ledger)]
+    zones = {r.school: timetables[r.school].zone if r.school in timetables else ZoneInfo(tts.DEFAULT_TIMEZONE)
+             for r in rooms}
+    today = {school: datetime.fromtimestamp(now, zone).date() for school, zone in zones.items()}
+    oldest = min(today.values(), default=date.today()) - timedelta(days=max(1, days) - 1)
+    t = usage.UsageDay.__table__
+    with db.read("cannot read the usage rollup") as conn:
+        have = {(gw, d): (complete, computed_at, lim, school) for gw, d, complete, computed_at, lim, school in conn.execute(
+            select(t.c.gateway, t.c.day, t.c.complete, t.c.computed_at, t.c.co2_limit, t.c.school)
+            .where(t.c.day >= oldest))}
+
+    def stale(room: Room, day: date) -> bool:
+        row = have.get((room.gateway, day))
+        if row is None or not row[0] or row[3] != room.school:
+            return True
+        tt = timetables.get(room.school)
+        if tt is not None and tt.updated is not None and tt.updated > row[1]:
+            return True
+        return bool(room.sensors) and row[2] != limit
+
+    work: list[tuple[date, Room]] = []
+    for offset in range(max(1, days)):
+        for room in rooms:
+            day = today[room.school] - timedelta(days=offset)
+            # Today: at each refresh, and at once for a room that has no row yet (just registered).
+            if offset == 0 and (refresh_today or (room.gateway, day) not in have) or offset > 0 and stale(room, day):
+                work.append((day, room))
+    progress = Progress()
+    batch: list[dict[str, Any]] = []
+    for i, (day, room) in enumerate(work):
+        if budget_s is not None and time.monotonic() - started > budget_s or stopping():
+            progress.more = True
+            break
+        batch.append(compute_day(store, room, day, timetables.get(room.school), limit, now, min_on_s))
+        if len(batch) >= WRITE_BATCH or i == len(work) - 1:
+            progress.written += _write(db, batch)
+            batch = []
+    if batch:
+        progress.written += _write(db, batch)
+    return progress
+
+
+def _write(db: Any, rows: list[dict[str, Any]]) -> int:
+    """Replace these rows (one transaction): a day computed again is the newer word."""
+    if not rows:
+        return 0
+    t = usage.UsageDay.__table__
+    stmt = db.insert(t)
+    keep = [c.name for c in t.columns if c.name not in ("gateway", "day")]
+    with db.write("cannot write the usage rollup") as conn:
+        conn.execute(stmt.on_conflict_do_update(index_elements=["gateway", "day"],
+                                                set_={k: stmt.excluded[k] for k in keep}), rows)
+    return len(rows)
+
+
+# ---------------------------------------------------------------- the thread
+
+
+def setting(env: str, default: float) -> float:
+    """A positive number from the environment, else `default` (a malformed value is logged)."""
+    raw = os.environ.get(env, "").strip()
+    if not raw:
+        return default
+    try:
+        return max(0.0, float(raw))
+    except ValueError:
+        log.warning("%s=%r is not a number; using %s", env, raw, default)
+        return default
+
+
+class UsageRollup:
+    """Keeps `usage_days` up to date from a daemon thread until stop(); see the module.
+
+    `clock` gives the time the rollup is computed as of (tests run it in a week of their own)."""
+
+    LEASE = "usage-rollup"
+
+    def __init__(self, registry: Registry, ledger: Ledger, store: PointStore, refresh: float = DEFAULT_REFRESH_S,
+                 days: int = DEFAULT_DAYS, tick: float = TICK_S, budget: float = BUDGET_S,
+                 clock: Callable[[], float] = time.time) -> None:
+        if refresh <= 0 or tick <= 0:
+            raise ValueError("the usage rollup's intervals must be positive")
+        self.registry, self.ledger, self.store = registry, ledger, store
+        self.refresh, self.days, self.tick, self.budget, self.clock = refresh, days, tick, budget, clock
+        self.holder = f"{socket.gethostname()}:{os.getpid()}:{id(self):x}"
+        self.rounds = 0          # rounds that computed (held the lease)
+        self.caught_up = False   # the last round left no day missing
+        self._refreshed = float("-inf")  # monotonic time of the last refresh of today's rows
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="usage-rollup", daemon=True)
+
+    def start(self) -> UsageRollup:
+        self._thread.start()
+        return self
+
+    def _run(self) -> None:
+        db = self.registry.db
+        # Outlasts a round's work, so that a long backfill does not hand the lease over mid-round.
+        ttl = 3 * self.tick + self.budget + 60
+        while not self._stop.is_set():
+            busy = False  # days still missing: the next round at once (a breath, not a tick, later)
+            try:
+                if db.take_lease(self.LEASE, self.holder, ttl):
+                    refresh = time.monotonic() - self._refreshed >= self.refresh
+                    progress = fill(self.registry, self.ledger, self.store, now=self.clock(), days=self.days,
+                                    refresh_today=refresh, budget_s=self.budget, stopping=self._stop.is_set)
+                    if refresh:
+                        self._refreshed = time.monotonic()
+                    self.caught_up, busy = not progress.more, progress.more
+                    self.rounds += 1
+            except StoreError as exc:
+                log.warning("usage rollup: %s; retrying in %.0f s", exc, self.tick)
+            except Exception:  # noqa: BLE001 - a bad moment must not end the rollup
+                log.exception("usage rollup failed; retrying in %.0f s", self.tick)
+            finally:
+                self.store.release()
+            self._stop.wait(min(1.0, self.tick) if busy else self.tick)
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join(timeout=self.budget + 30)
+        try:  # another instance takes over at its next round, not a lease later
+            self.registry.db.drop_lease(self.LEASE, self.holder)
+        except StoreError as exc:
+            log.warning("usage rollup: %s", exc)
