@@ -117,6 +117,9 @@ class User(Base):
     # An admin or facility account limited to these schools (a school's own IT person or facility
     # manager); none: district-wide. Migration 0004.
     schools: Mapped[list[School]] = relationship(secondary="user_schools", order_by="School.id")
+    # The language the user chose with the pages' switch (a BCP 47 tag, dashboards/i18n.py); none: the
+    # browser's and the site's. Migration 0007.
+    language: Mapped[str | None] = mapped_column(String(16), nullable=True)
 
 
 class UserRoom(Base):
@@ -319,7 +322,13 @@ class Registry:
         gateways = s.scalars(select(Gateway.id).where(Gateway.room_id.in_(room_ids))).all() if room_ids else []
         # `schools`: the schools an admin or facility account is limited to; empty: the whole district.
         return {"user": user.username, "role": user.role, "rooms": [r.name for r in user.rooms],
-                "room_ids": room_ids, "gateways": list(gateways), "schools": [x.id for x in user.schools]}
+                "room_ids": room_ids, "gateways": list(gateways), "schools": [x.id for x in user.schools],
+                "language": user.language}
+
+    def set_language(self, username: str, language: str | None) -> None:
+        """Keep the language `username` chose (a tag the web app checked), or forget it (None)."""
+        with self.session() as s:
+            s.execute(update(User).where(User.username == username).values(language=language))
 
     def ensure_admin(self, token: str | None = None) -> str | None:
         """Make sure an `admin` user exists (returns its new password if created) and owns `token`.

@@ -51,6 +51,10 @@ class WebConfig:
     city: bool = False
     # A district's instance: where it pushes its schools' rollups (`--city-url`, `--city-token`, `--district`).
     city_link: CityLink | None = None
+    # The site's language where neither the request nor the account names one (`campus web --lang`:
+    # zh-CN; a WebConfig made in code, as `campus demo` does: English), and its time zone (dashboards/i18n.py).
+    lang: str = "en"
+    timezone: str = "Asia/Shanghai"
 
     def central_config(self) -> CentralConfig:
         """The config of the Central this app opens when it is given none."""
@@ -65,7 +69,7 @@ def create_app(config: WebConfig, central: Central | None = None) -> Flask:
     """The web app on `central`; without one it opens and starts its own (and `close_app` closes it).
     A Central given is started and closed by whoever built it."""
     from central.service import Central
-    from dashboards import api, auth, board, security, sessions, strict_json
+    from dashboards import api, auth, board, i18n, security, sessions, strict_json
     from dashboards.context import EXTENSION, WebState
 
     app = Flask(__name__)
@@ -73,6 +77,7 @@ def create_app(config: WebConfig, central: Central | None = None) -> Flask:
     security.install(app, config.trusted_proxies)
     app.config["SECRET_KEY"] = config.secret_key
     app.config["MAX_CONTENT_LENGTH"] = 2 * 1024 * 1024
+    i18n.install(app, config.lang, config.timezone)
     owns = central is None
     if central is None:
         central = Central.open(config.central_config())
