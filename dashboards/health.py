@@ -62,6 +62,7 @@ from dashboards.auth import (
     sight,
 )
 from dashboards.context import central
+from dashboards.i18n import format_date, format_time
 
 log = logging.getLogger(__name__)
 
@@ -90,8 +91,9 @@ def register(app: Flask) -> None:
 
 
 @bp.app_template_filter("health_time")
-def _fmt_time(ts: float | None, fmt: str = "%a %d %b %H:%M:%S") -> str:
-    return datetime.fromtimestamp(ts).strftime(fmt) if ts else "—"
+def _fmt_time(ts: float | None, fmt: str = "%S") -> str:
+    """The site's date and 24-hour time (dashboards/i18n.py); a `fmt` without seconds drops them."""
+    return format_time(ts or None, seconds="%S" in fmt)
 
 
 def db_id(raw: str | None) -> int | None:
@@ -429,7 +431,7 @@ def usage() -> Any:
     peak = max([h for x in rows for h in x["days"]] + [1.0])
     return render_template("health_usage.html", rows=rows, week=week, week_id=f"{iso[0]}-W{iso[1]:02d}",
                            prev_week=_week_id(week - timedelta(days=7)), next_week=_week_id(week + timedelta(days=7)),
-                           day_names=[(week + timedelta(days=i)).strftime("%a %d") for i in range(7)],
+                           day_names=[format_date(week + timedelta(days=i))[5:] for i in range(7)],
                            totals=totals, left_on=left_on, peak=peak, night=NIGHT, tab="usage",
                            total=page.total, paging=paging, school=school)
 

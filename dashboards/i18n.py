@@ -174,6 +174,11 @@ def format_clock(value: float | datetime | None, seconds: bool = True, empty: st
                            locale=get_locale())
 
 
+def site_stamp(ts: float) -> str:
+    """`20261204-1403`: a time in a file name, in the site's zone."""
+    return datetime.fromtimestamp(ts, get_timezone()).strftime("%Y%m%d-%H%M")
+
+
 # ---------------------------------------------------------------- page JavaScript
 
 

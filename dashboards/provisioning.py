@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import json
 import os
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
@@ -54,6 +53,7 @@ from central import provisioning as prov
 from central.registry import Registry
 from dashboards.auth import add_nav, audit, login_required, may_see, not_found, refuse, school_scoped, sight
 from dashboards.context import central, web
+from dashboards.i18n import format_time
 from dashboards.security import safe_target
 from protocols import PROTOCOLS
 
@@ -77,8 +77,8 @@ def register(app: Flask) -> None:
 
 @bp.app_template_filter("prov_time")
 def _local_time(ts: float | None) -> str:
-    """A unix time as the server's local date and time (as everywhere on the dashboard)."""
-    return datetime.fromtimestamp(ts).strftime("%Y-%m-%d %H:%M:%S") if ts else "—"
+    """A unix time as the site's date and 24-hour time (dashboards/i18n.py, as everywhere on the dashboard)."""
+    return format_time(ts or None, seconds=True)
 
 
 def _reg() -> Registry:

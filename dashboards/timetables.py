@@ -48,6 +48,7 @@ from central.overview import places
 from dashboards.auth import audit, login_required, may_see_school, not_found, sight
 from dashboards.context import central
 from dashboards.health import STAFF, parse_week
+from dashboards.i18n import format_time
 from dashboards.strict_json import json_object
 
 bp = Blueprint("timetables", __name__)
@@ -271,7 +272,7 @@ def usage_rate_xlsx() -> Any:
         cell.number_format = "0.0%"
     sheet.append([])
     sheet.append([f"{report.first} to {report.last}; a class period counts as used when a display or projector "
-                  f"was on for {usage.USED_MIN_S // 60} minutes of it; made {time.strftime('%Y-%m-%d %H:%M')}"])
+                  f"was on for {usage.USED_MIN_S // 60} minutes of it; made {format_time(time.time())}"])
     days = book.create_sheet("days")
     days.append(["date", "class periods", "periods used", "usage rate"])
     for d in report.days:

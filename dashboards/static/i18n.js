@@ -39,5 +39,11 @@
     clock: (ts, seconds = true) => hm(parts(ts, "clock"), seconds),
     // The calendar day (YYYY-MM-DD) of `ts` in the site's zone: "today?" is asked of the site, not the browser.
     dayKey: (ts) => { const p = parts(ts, "date"); return `${p.year}-${p.month}-${p.day}`; },
+    // Seconds the site's zone is ahead of UTC at `ts` (negative west of Greenwich).
+    utcOffset: (ts) => {
+      const p = parts(ts, "full");
+      const local = Date.UTC(+p.year, +p.month - 1, +p.day, +p.hour, +p.minute, +p.second);
+      return Math.round((local - Math.floor(ts) * 1000) / 1000);
+    },
   };
 })();
