@@ -44,10 +44,13 @@ class LazyText:
         text = gettext(self.msgid) if gettext else self.msgid
         if not self.params:
             return text
+        # A parameter may itself be a LazyText (an error wrapped in another: "line 3: %(error)s"), shown in
+        # the same language.
+        params = {k: v.render(gettext) if isinstance(v, LazyText) else v for k, v in self.params.items()}
         try:
-            return text % self.params
+            return text % params
         except (KeyError, ValueError, TypeError):  # a broken translation: English rather than nothing
-            return self.msgid % self.params
+            return self.msgid % params
 
     def __str__(self) -> str:
         return self.render()
@@ -63,15 +66,30 @@ class LazyText:
     def __hash__(self) -> int:
         return hash(str(self))
 
+    def __contains__(self, part: str) -> bool:
+        """`"overlaps" in text`: a substring of the English, as for the str an error's message once was."""
+        return part in str(self)
+
     def as_dict(self) -> dict[str, Any]:
-        """What to store (JSON) to show it translated later."""
-        return {"msgid": self.msgid, "params": self.params}
+        """What to store (JSON) to show it translated later (a LazyText parameter stored as its own dict)."""
+        return {"msgid": self.msgid,
+                "params": {k: v.as_dict() if isinstance(v, LazyText) else v for k, v in self.params.items()}}
 
     @classmethod
     def from_dict(cls, stored: Mapping[str, Any]) -> LazyText:
-        return cls(str(stored["msgid"]), stored.get("params") or {})
+        params = {k: cls.from_dict(v) if isinstance(v, Mapping) and "msgid" in v else v
+                  for k, v in (stored.get("params") or {}).items()}
+        return cls(str(stored["msgid"]), params)
 
 
 def lazy_gettext(msgid: str, **params: Any) -> LazyText:
     """Mark `msgid` (with its `%(name)s` parameters) to be translated where it is shown."""
     return LazyText(msgid, params)
+
+
+def message_of(exc: BaseException) -> str | LazyText:
+    """What an error says, kept translatable: the LazyText it was raised with (`ConfigError(lazy_gettext(…))`,
+    whose str() is English), else its English text."""
+    if len(exc.args) == 1 and isinstance(exc.args[0], LazyText):
+        return exc.args[0]
+    return str(exc)

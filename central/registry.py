@@ -40,7 +40,8 @@ from werkzeug.security import check_password_hash, generate_password_hash
 
 from campus import names
 from campus.errors import ConfigError, PayloadError
-from central.db import Base, Database, open_database
+from campus.i18n import LazyText
+from central.db import Base, Database, TranslatableText, open_database
 
 ROLES = ("admin", "facility", "teacher")
 # Row ids are INTEGER: 32 bits on PostgreSQL, 64 on SQLite. A larger number typed in a URL or a form names
@@ -175,7 +176,7 @@ class Alarm(Base):
     rule_id: Mapped[int] = mapped_column(ForeignKey("alarm_rules.id"))
     gateway: Mapped[str] = mapped_column(String(64))
     device: Mapped[str] = mapped_column(String(64), default="")
-    message: Mapped[str] = mapped_column(Text)
+    message: Mapped[str | LazyText] = mapped_column(TranslatableText)  # a LazyText since issue 20, see db.py
     value: Mapped[str] = mapped_column(String(100), default="")
     raised_at: Mapped[float] = mapped_column(Float, default=time.time)
     acked_by: Mapped[str | None] = mapped_column(String(64), nullable=True)

@@ -19,6 +19,7 @@ from werkzeug.exceptions import HTTPException
 
 from campus import names
 from campus.errors import StoreError
+from campus.i18n import N_, LazyText, lazy_gettext
 
 if TYPE_CHECKING:  # imported when an app is made: nothing central is loaded by `import dashboards`
     from central.city_push import CityLink
@@ -127,6 +128,7 @@ def release_connections(app: Flask) -> None:
 
 # Path parts that name a gateway, a device or a command: ids (campus.names.identifier), never anything else.
 _ID_PARTS = ("gateway", "device", "cid")
+_ID_NAMES = {"gateway": N_("gateway"), "device": N_("device"), "cid": N_("command")}
 
 
 def _check_ids(_endpoint: str | None, values: dict[str, Any] | None) -> None:
@@ -139,22 +141,32 @@ def _check_ids(_endpoint: str | None, values: dict[str, Any] | None) -> None:
             try:
                 names.identifier(value, part)
             except names.BadName:
-                abort(404, f"no {'command' if part == 'cid' else part} {value[:64]!r}: not a valid id "
-                           "(letters, digits, '_', '.', '-'; at most 64)")
+                abort(404, lazy_gettext("no %(what)s %(value)s: not a valid id (letters, digits, '_', '.', '-'; "
+                                        "at most 64)", what=LazyText(_ID_NAMES[part]), value=repr(value[:64])))
 
 
 def _store_unavailable(exc: StoreError) -> Any:
     """What the time-series store or the central database cannot serve now: 503 with the reason (JSON under
     /api/, like every other API answer); a retry may work."""
+    from flask_babel import gettext
+
+    from dashboards.i18n import error_text
+
     if request.path.startswith("/api/"):
-        return jsonify({"error": f"not available now, try again soon: {exc}"}), 503
-    return render_template("error.html", status=503, message=f"This cannot be read now, try again soon: {exc}"), 503
+        return jsonify({"error": gettext("not available now, try again soon: %(error)s", error=error_text(exc))}), 503
+    return render_template("error.html", status=503,
+                           message=gettext("This cannot be read now, try again soon: %(error)s",
+                                           error=error_text(exc))), 503
 
 
 def _http_error(exc: HTTPException) -> Any:
     """Under /api/ a refusal is JSON naming the problem, like every other API answer; pages keep Werkzeug's."""
+    from dashboards.i18n import error_text
+
     if request.path.startswith("/api/"):
-        return jsonify({"error": exc.description}), exc.code
+        return jsonify({"error": error_text(exc)}), exc.code
+    if isinstance(exc.description, LazyText):  # Werkzeug's page shows str(): English
+        exc.description = error_text(exc)
     return exc
 
 

@@ -20,6 +20,7 @@ import time
 from typing import Any
 
 from flask import Blueprint, Flask, Response
+from flask_babel import gettext
 
 from dashboards.auth import login_required
 from dashboards.context import central
@@ -35,14 +36,15 @@ def register(app: Flask) -> None:
 
 def history_rows(store: Any, gateway: str, series: list[dict[str, Any]], start: float,
                  end: float) -> tuple[list[str], list[list[Any]]]:
-    """Header and rows (oldest first) of the `series` of one gateway in [start, end]."""
+    """Header and rows (oldest first) of the `series` of one gateway in [start, end]; the header's own
+    columns in the request's language, the metrics by their names (CONTRACT.md), which carry their unit."""
     metrics = list(dict.fromkeys(s["metric"] for s in series))
     samples: dict[tuple[float, str], dict[str, Any]] = {}
     for s in series:
         for ts, value in iter_points(store, gateway, s["device"], s["metric"], start, end):
             samples.setdefault((ts, s["device"]), {})[s["metric"]] = (
                 power_state(value) if s["type"] == "state" else _number(value))
-    header = ["time", "unix_ts", "device", *metrics]
+    header = [gettext("time"), gettext("unix_ts"), gettext("device"), *metrics]
     rows = [[format_time(ts, seconds=True), f"{ts:.3f}", device,
              *(values.get(m, "") for m in metrics)]
             for (ts, device), values in sorted(samples.items())]

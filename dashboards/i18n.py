@@ -34,7 +34,7 @@ from flask import Blueprint, Flask, abort, current_app, g, redirect, request, se
 from flask_babel import Babel, get_locale, get_timezone, gettext
 
 from campus.errors import ConfigError
-from campus.i18n import LazyText
+from campus.i18n import LazyText, message_of
 
 # BCP 47 tag (URLs, the cookie, the account, <html lang>) -> Babel's locale name (the catalog's folder).
 LANGUAGES = {"zh-CN": "zh_CN", "en": "en"}
@@ -237,3 +237,13 @@ def choose() -> Any:
     resp.set_cookie(COOKIE, tag, max_age=COOKIE_MAX_AGE, samesite="Lax", httponly=True, secure=request.is_secure)
     return resp
 
+
+
+# ---------------------------------------------------------------- errors shown to a person
+
+
+def error_text(exc: BaseException) -> str:
+    """What `exc` says, in this request's language: the LazyText it was raised with translated (central's
+    and campus's errors mark theirs, campus/i18n.py), an HTTP error's description, else its English text."""
+    description = getattr(exc, "description", None)  # werkzeug's HTTPException: abort(400, text)
+    return str(translate(description if description is not None else message_of(exc)))

@@ -48,9 +48,11 @@ from flask import (
     stream_with_context,
     url_for,
 )
+from flask_babel import gettext
 
 from campus import contract
 from campus.errors import CampusError, PayloadError
+from campus.i18n import lazy_gettext
 from central import lists, overview
 from central.ledger import Ledger
 from dashboards import auth, strict_json
@@ -299,7 +301,8 @@ def _refuse_page(gateway: str) -> Any:
         return not_found("room")
     audit("refused", f"403 panel {gateway}: not in the user's rooms", ok=False)
     return render_template("error.html", status=403,
-                           message=f"The room of gateway {gateway} is not one of your rooms."), 403
+                           message=gettext("The room of gateway %(gateway)s is not one of your rooms.",
+                                           gateway=gateway)), 403
 
 
 def _card_context(gateway: str, snapshot: dict[str, Any]) -> dict[str, Any]:
@@ -338,7 +341,8 @@ def room(gateway: str) -> Any:
     snapshot = _states().snapshot(gateway)
     name = _room_name(gateway, snapshot)
     if name is None:
-        return render_template("error.html", status=404, message=f"There is no gateway {gateway}."), 404
+        return render_template("error.html", status=404,
+                               message=gettext("There is no gateway %(gateway)s.", gateway=gateway)), 404
     return render_template("panel.html", room=name, snapshot=snapshot, **_card_context(gateway, snapshot))
 
 
@@ -387,10 +391,10 @@ def stream(gateway: str) -> Any:
         if school_scoped(g.user):
             return not_found("room")
         audit("refused", f"403 panel stream {gateway}: not in the user's rooms", ok=False)
-        return error(403, f"gateway {gateway!r} is not in your rooms")
+        return error(403, lazy_gettext("gateway %(gateway)s is not in your rooms", gateway=repr(gateway)))
     states = _states()
     if states.closed:
-        return error(503, "the server is stopping; try again soon")
+        return error(503, lazy_gettext("the server is stopping; try again soon"))
     heartbeat_s = float(current_app.config.get("PANEL_HEARTBEAT_S", DEFAULT_HEARTBEAT_S))
 
     def events() -> Iterator[str]:
