@@ -41,6 +41,7 @@ from sqlalchemy.orm import joinedload
 
 from campus import contract
 from campus.errors import StoreError
+from campus.i18n import N_
 from central.registry import Alarm, AlarmRule, Building, Gateway, Registry, Room
 
 log = logging.getLogger(__name__)
@@ -73,20 +74,20 @@ class RuleKind:
 
 
 RULE_KINDS: dict[str, RuleKind] = {k.kind: k for k in (
-    RuleKind("co2_above", "CO2 too high", "Raised when a room's CO2 concentration is above the limit.",
-             (Param("ppm", "CO2 limit", "ppm", 400, 10000),)),
-    RuleKind("temperature_range", "Temperature out of range",
-             "Raised when a room's temperature is below the lowest or above the highest value.",
-             (Param("min", "Lowest", "°C", -30, 60, 0.5), Param("max", "Highest", "°C", -30, 60, 0.5))),
-    RuleKind("lamp_hours_above", "Projector lamp worn",
-             "Raised when a projector lamp has run longer than this: plan a lamp change.",
-             (Param("hours", "Lamp hours limit", "h", 1, 100000),)),
-    RuleKind("projector_error", "Projector error",
-             "Raised when a projector reports any error or warning (fan, lamp, temperature, cover, filter, other).",
+    RuleKind("co2_above", N_("CO2 too high"), N_("Raised when a room's CO2 concentration is above the limit."),
+             (Param("ppm", N_("CO2 limit"), "ppm", 400, 10000),)),
+    RuleKind("temperature_range", N_("Temperature out of range"),
+             N_("Raised when a room's temperature is below the lowest or above the highest value."),
+             (Param("min", N_("Lowest"), "°C", -30, 60, 0.5), Param("max", N_("Highest"), "°C", -30, 60, 0.5))),
+    RuleKind("lamp_hours_above", N_("Projector lamp worn"),
+             N_("Raised when a projector lamp has run longer than this: plan a lamp change."),
+             (Param("hours", N_("Lamp hours limit"), "h", 1, 100000),)),
+    RuleKind("projector_error", N_("Projector error"),
+             N_("Raised when a projector reports any error or warning (fan, lamp, temperature, cover, filter, other)."),
              ()),
-    RuleKind("offline_minutes", "Offline too long",
-             "Raised when a gateway, or a device on an online gateway, has been offline longer than this.",
-             (Param("minutes", "Offline for more than", "min", 1, 10080),), uses_values=False),
+    RuleKind("offline_minutes", N_("Offline too long"),
+             N_("Raised when a gateway, or a device on an online gateway, has been offline longer than this."),
+             (Param("minutes", N_("Offline for more than"), "min", 1, 10080),), uses_values=False),
 )}
 
 FALLBACK_DEFAULTS: dict[str, dict[str, float]] = {

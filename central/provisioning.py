@@ -52,6 +52,7 @@ from sqlalchemy.orm import Mapped, Session, mapped_column
 
 from campus import contract, names
 from campus.errors import CampusError, ConfigError, PayloadError
+from campus.i18n import N_
 from central.db import Base
 from central.registry import (
     Building,
@@ -321,15 +322,16 @@ def config_events(ledger: Any, gateway: str) -> dict[str, dict[str, Any] | None]
 def sync_status(wanted: int, pushed: int | None, applied: int | None, online: bool,
                 rejected: dict[str, Any] | None) -> tuple[str, str]:
     """(css class, words) of a gateway's config: in sync, not pushed, waiting, refused."""
+    # The words are English, marked (campus.i18n.N_): the pages show the part before a ':' translated.
     if applied is not None and applied >= wanted:
-        return "ok", "in sync"
+        return "ok", N_("in sync")
     if pushed is None or pushed < wanted:
-        return "warning", "changes not pushed" if pushed is not None or applied is not None else "not pushed yet"
+        return "warning", N_("changes not pushed") if pushed is not None or applied is not None else N_("not pushed yet")
     if rejected and (rejected["data"].get("version") or 0) >= wanted:
-        return "error", f"refused by the gateway: {rejected['data'].get('error', '')}"
+        return "error", N_("refused by the gateway") + f": {rejected['data'].get('error', '')}"
     if not online:
-        return "offline", "pushed; gateway offline, applies when back"
-    return "starting", "pushed; waiting for the gateway"
+        return "offline", N_("pushed; gateway offline, applies when back")
+    return "starting", N_("pushed; waiting for the gateway")
 
 
 # ---------------------------------------------------------------- CSV import

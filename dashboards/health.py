@@ -47,6 +47,7 @@ from flask import (
 
 from campus import names
 from campus.errors import PayloadError
+from campus.i18n import N_
 from central import alarms as alarm_engine
 from central import lists, overview
 from central.registry import row_id
@@ -85,9 +86,9 @@ def register(app: Flask) -> None:
     from dashboards import health_schedules  # noqa: F401 - its pages are routes of `bp`, added on import
 
     app.register_blueprint(bp)
-    add_nav(app, "District", "health.district", STAFF)
-    add_nav(app, "Equipment", "health.board", STAFF)
-    add_nav(app, "Alarms", "health.alarms", STAFF)
+    add_nav(app, N_("District"), "health.district", STAFF)
+    add_nav(app, N_("Equipment"), "health.board", STAFF)
+    add_nav(app, N_("Alarms"), "health.alarms", STAFF)
 
 
 @bp.app_template_filter("health_time")
