@@ -322,15 +322,16 @@ def config_events(ledger: Any, gateway: str) -> dict[str, dict[str, Any] | None]
 def sync_status(wanted: int, pushed: int | None, applied: int | None, online: bool,
                 rejected: dict[str, Any] | None) -> tuple[str, str]:
     """(css class, words) of a gateway's config: in sync, not pushed, waiting, refused."""
+    # The words are English, marked (campus.i18n.N_): the pages show the part before a ':' translated.
     if applied is not None and applied >= wanted:
-        return "ok", "in sync"
+        return "ok", N_("in sync")
     if pushed is None or pushed < wanted:
-        return "warning", "changes not pushed" if pushed is not None or applied is not None else "not pushed yet"
+        return "warning", N_("changes not pushed") if pushed is not None or applied is not None else N_("not pushed yet")
     if rejected and (rejected["data"].get("version") or 0) >= wanted:
-        return "error", f"refused by the gateway: {rejected['data'].get('error', '')}"
+        return "error", N_("refused by the gateway") + f": {rejected['data'].get('error', '')}"
     if not online:
-        return "offline", "pushed; gateway offline, applies when back"
-    return "starting", "pushed; waiting for the gateway"
+        return "offline", N_("pushed; gateway offline, applies when back")
+    return "starting", N_("pushed; waiting for the gateway")
 
 
 # ---------------------------------------------------------------- CSV import
@@ -453,6 +454,15 @@ class ImportReport:
     credentials: list[tuple[str, str, str]] = field(default_factory=list)
     # Some line names a school outside the importing account's schools (a refusal: 403, not a typo).
     outside: bool = False
+    # Each column's header cell as the file spells it (学校 or school): a problem names the column so.
+    labels: dict[str, str] = field(default_factory=dict)
+
+    def problem(self, line: int, column: str, message: str | LazyText) -> None:
+        """Record a problem of `column` (its English name), named as the file's header spells it; a column the
+        file lacks, in the language of its header."""
+        chinese = any(not label.isascii() for label in self.labels.values())
+        named = self.labels.get(column) or (IMPORT_HEADER.chinese.get(column, column) if chinese else column)
+        self.errors.append(ImportProblem(line, named, message))
 
 
 @dataclass
@@ -532,8 +542,8 @@ class _FieldError(ConfigError):
         self.column = column
 
 
-def _parse_rows(text: str, report: ImportReport, labels: dict[str, str]) -> list[_Row]:
-    """The file's rows, checked one by one; `labels` gets each column's header cell as the file spells it."""
+def _parse_rows(text: str, report: ImportReport) -> list[_Row]:
+    """The file's rows, checked one by one; `report.labels` gets each column's header cell as spelled."""
     records = CsvRecords(text)
     header: list[str] | None = None
     rows: list[_Row] = []
@@ -541,7 +551,7 @@ def _parse_rows(text: str, report: ImportReport, labels: dict[str, str]) -> list
         for start, cells in records:
             if header is None:
                 header, found, problems = IMPORT_HEADER.read(cells, start)
-                labels.update(found)
+                report.labels.update(found)
                 if problems:
                     report.errors.extend(problems)
                     return []
@@ -570,7 +580,7 @@ def _check_row(line: int, v: dict[str, str], report: ImportReport) -> _Row | Non
     errors_before = len(report.errors)
 
     def bad(column: str, message: str | LazyText) -> None:
-        report.errors.append(ImportProblem(line, column, message))
+        report.problem(line, column, message)
 
     for column in ("school", "gateway"):
         if v.get(column):
@@ -635,14 +645,13 @@ def import_csv(registry: Registry, data: bytes, schools: tuple[str, ...] | None 
     except ConfigError as exc:
         report.errors.append(ImportProblem(1, "", message_of(exc)))
         return report
-    labels: dict[str, str] = {}
-    rows = _parse_rows(text, report, labels)
+    rows = _parse_rows(text, report)
     report.rows = len(rows)
     for row in rows if schools is not None else ():
         if row.school not in schools:
             report.outside = True
-            report.errors.append(ImportProblem(row.line, "school", lazy_gettext(
-                "not one of your schools (your account is limited to %(schools)s)", schools=", ".join(schools))))
+            report.problem(row.line, "school", lazy_gettext(
+                "not one of your schools (your account is limited to %(schools)s)", schools=", ".join(schools)))
     if not rows and not report.errors:
         report.errors.append(ImportProblem(1, "", lazy_gettext("no rows after the header")))
     try:
@@ -652,8 +661,6 @@ def import_csv(registry: Registry, data: bytes, schools: tuple[str, ...] | None 
                 raise _Abort
             _write(s, rows, report)
     except _Abort:
-        for problem in report.errors:  # each column named as the file's header spells it (学校 or school)
-            problem.column = labels.get(problem.column, problem.column)
         report.errors.sort(key=lambda e: e.line)
         return report
     except Exception as exc:  # a database error: the transaction was rolled back
@@ -683,9 +690,9 @@ def _cross_check(s: Session, rows: list[_Row], report: ImportReport) -> None:
         if row.building:
             earlier = room_building.setdefault(key, (row.building, row.line))
             if earlier[0] != row.building:
-                report.errors.append(ImportProblem(row.line, "building", lazy_gettext(
+                report.problem(row.line, "building", lazy_gettext(
                     "room %(room)s of %(school)s is in building %(building)s on line %(line)s", room=row.room,
-                    school=row.school, building=repr(earlier[0]), line=earlier[1])))
+                    school=row.school, building=repr(earlier[0]), line=earlier[1]))
         if not row.gateway:
             continue
         home = gateway_home.get(row.gateway)
@@ -694,23 +701,23 @@ def _cross_check(s: Session, rows: list[_Row], report: ImportReport) -> None:
             if existing is not None:
                 room = existing.room.name if existing.room else ""
                 if existing.school_id != row.school or room != row.room:
-                    report.errors.append(ImportProblem(row.line, "gateway", lazy_gettext(
+                    report.problem(row.line, "gateway", lazy_gettext(
                         "gateway %(gateway)s is registered in %(school)s room %(room)s, not %(new_school)s room "
                         "%(new_room)s", gateway=row.gateway, school=existing.school_id, room=room,
-                        new_school=row.school, new_room=row.room)))
+                        new_school=row.school, new_room=row.room))
             else:
                 _check_account(s, row, accounts, report)
             gateway_home[row.gateway] = (row.school, row.room, row.line)
         elif home[:2] != (row.school, row.room):
-            report.errors.append(ImportProblem(row.line, "gateway", lazy_gettext(
+            report.problem(row.line, "gateway", lazy_gettext(
                 "gateway %(gateway)s is in %(school)s room %(room)s on line %(line)s", gateway=row.gateway,
-                school=home[0], room=home[1], line=home[2])))
+                school=home[0], room=home[1], line=home[2]))
         if row.device:
             first = devices_seen.setdefault((row.gateway, row.device), row.line)
             if first != row.line:
-                report.errors.append(ImportProblem(row.line, "device", lazy_gettext(
+                report.problem(row.line, "device", lazy_gettext(
                     "device %(device)s of gateway %(gateway)s is already on line %(line)s", device=row.device,
-                    gateway=row.gateway, line=first)))
+                    gateway=row.gateway, line=first))
 
 
 def _check_account(s: Session, row: _Row, accounts: dict[str, tuple[str, int]], report: ImportReport) -> None:
@@ -718,14 +725,14 @@ def _check_account(s: Session, row: _Row, accounts: dict[str, tuple[str, int]], 
     username = gateway_account(row.school, row.gateway)
     other = s.scalar(select(Gateway).where(Gateway.mqtt_username == username))
     if other is not None:
-        report.errors.append(ImportProblem(row.line, "gateway", lazy_gettext(
+        report.problem(row.line, "gateway", lazy_gettext(
             "its MQTT user name %(username)s is already the account of gateway %(gateway)s of school %(school)s; "
-            "choose another gateway id", username=username, gateway=other.id, school=other.school_id)))
+            "choose another gateway id", username=username, gateway=other.id, school=other.school_id))
     elif username in accounts:
         first = accounts[username]
-        report.errors.append(ImportProblem(row.line, "gateway", lazy_gettext(
+        report.problem(row.line, "gateway", lazy_gettext(
             "its MQTT user name %(username)s is also the one of gateway %(gateway)s on line %(line)s; choose "
-            "another gateway id", username=username, gateway=first[0], line=first[1])))
+            "another gateway id", username=username, gateway=first[0], line=first[1]))
     else:
         accounts[username] = (row.gateway, row.line)
 

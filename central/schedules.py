@@ -180,12 +180,14 @@ def validate(form: Mapping[str, Any], registry: Registry) -> dict[str, Any]:
 
 
 def schedule_dict(s: Schedule, places: Mapping[int, str] | None = None) -> dict[str, Any]:
-    scope = "every school"
+    # Shown on pages and in the API: English text the web app translates where it is shown (campus.i18n).
+    scope: LazyText = lazy_gettext("every school")
     if s.building_id is not None:
-        scope = f"building {places.get(s.building_id, s.building_id) if places else s.building_id}"
-        scope += f" ({s.school_id})" if s.school_id else ""
+        building = places.get(s.building_id, s.building_id) if places else s.building_id
+        scope = (lazy_gettext("building %(building)s (%(school)s)", building=building, school=s.school_id)
+                 if s.school_id else lazy_gettext("building %(building)s", building=building))
     elif s.school_id:
-        scope = f"school {s.school_id}"
+        scope = lazy_gettext("school %(school)s", school=s.school_id)
     return {"id": s.id, "name": s.name, "school_id": s.school_id, "building_id": s.building_id, "at": s.at,
             "days": s.days, "action": s.action, "kinds": s.kinds, "enabled": bool(s.enabled),
             "last_run": s.last_run, "scope": scope}

@@ -99,7 +99,7 @@ def create_app(config: WebConfig, central: Central | None = None) -> Flask:
         app.register_blueprint(auth.bp)
         app.register_blueprint(api.bp)
         app.register_blueprint(board.bp)
-        auth.add_nav(app, "Rooms", "board.rooms", ("admin", "facility"))
+        auth.add_nav(app, N_("Rooms"), "board.rooms", ("admin", "facility"))
         for name in AREAS:
             try:
                 module = importlib.import_module(name)
@@ -160,14 +160,15 @@ def _store_unavailable(exc: StoreError) -> Any:
 
 
 def _http_error(exc: HTTPException) -> Any:
-    """Under /api/ a refusal is JSON naming the problem, like every other API answer; pages keep Werkzeug's."""
-    from dashboards.i18n import error_text
-
+    """Under /api/ a refusal is JSON naming the problem, like every other API answer; a page gets the error
+    page in the reader's language (Werkzeug's own would be English): its heading says what happened, and a
+    description of ours (not Werkzeug's stock one) follows."""
     if request.path.startswith("/api/"):
-        return jsonify({"error": error_text(exc)}), exc.code
-    if isinstance(exc.description, LazyText):  # Werkzeug's page shows str(): English
-        exc.description = error_text(exc)
-    return exc
+        return jsonify({"error": exc.description}), exc.code
+    if exc.code is None or exc.code < 400:  # a redirect Werkzeug raises (a missing slash)
+        return exc
+    stock = exc.description == type(exc).description
+    return render_template("error.html", status=exc.code, message=None if stock else exc.description), exc.code
 
 
 def close_app(app: Flask) -> None:

@@ -261,7 +261,8 @@ def csrf_token() -> str:
 
 
 def add_nav(app: Any, label: str, endpoint: str, roles: tuple[str, ...] = ("admin", "facility", "teacher")) -> None:
-    """Put a link in the top bar for the given roles (each area registers its own)."""
+    """Put a link in the top bar for the given roles (each area registers its own); `label` is English, marked
+    with `campus.i18n.N_`, and base.html shows it translated."""
     web(app).nav.append((label, endpoint, roles))
 
 

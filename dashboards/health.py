@@ -48,7 +48,7 @@ from flask_babel import gettext
 
 from campus import names
 from campus.errors import PayloadError
-from campus.i18n import LazyText, lazy_gettext, message_of
+from campus.i18n import N_, LazyText, lazy_gettext, message_of
 from central import alarms as alarm_engine
 from central import lists, overview
 from central.registry import row_id
@@ -87,9 +87,9 @@ def register(app: Flask) -> None:
     from dashboards import health_schedules  # noqa: F401 - its pages are routes of `bp`, added on import
 
     app.register_blueprint(bp)
-    add_nav(app, "District", "health.district", STAFF)
-    add_nav(app, "Equipment", "health.board", STAFF)
-    add_nav(app, "Alarms", "health.alarms", STAFF)
+    add_nav(app, N_("District"), "health.district", STAFF)
+    add_nav(app, N_("Equipment"), "health.board", STAFF)
+    add_nav(app, N_("Alarms"), "health.alarms", STAFF)
 
 
 @bp.app_template_filter("health_time")

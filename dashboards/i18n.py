@@ -29,14 +29,14 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from babel.dates import format_datetime
-from babel.messages.extract import extract_from_file
 from flask import Blueprint, Flask, abort, current_app, g, redirect, request, session
 from flask_babel import Babel, get_locale, get_timezone, gettext
 
 from campus.errors import ConfigError
-from campus.i18n import LazyText, message_of
+from campus.i18n import N_, LazyText, message_of
 
-# BCP 47 tag (URLs, the cookie, the account, <html lang>) -> Babel's locale name (the catalog's folder).
+# BCP 47 tag (URLs, the cookie, the account, <html lang>) -> the locale Flask-Babel is given (Babel makes
+# zh_CN zh_Hans_CN, the name of its catalog folder).
 LANGUAGES = {"zh-CN": "zh_CN", "en": "en"}
 # How the switch names each language: in itself, so a reader finds their own.
 LANGUAGE_NAMES = {"zh-CN": "中文", "en": "English"}
@@ -90,6 +90,8 @@ def install(app: Flask, default_language: str = "en", timezone: str = DEFAULT_TI
     app.jinja_env.policies["ext.i18n.trimmed"] = True
     app.jinja_env.finalize = _finalize
     app.jinja_env.filters.update(datetime=format_time, date_only=format_date, clock=format_clock)
+    # Globals, not context: macros imported without context (school_figures.html) use them too.
+    app.jinja_env.globals.update(translate=translate, term=term, terms=terms)
     app.context_processor(_template_helpers)
     previous = app.json.default  # type: ignore[attr-defined]
     app.json.default = lambda o: translate(o) if isinstance(o, LazyText) else previous(o)  # type: ignore[attr-defined]
@@ -122,6 +124,47 @@ def _accepted() -> str | None:
         if tag:
             return tag
     return None
+
+
+# Words the code keeps as identifiers (CONTRACT.md names, central's statuses) and pages show: one table, so a
+# page says `term("action", a)` and never spells a translation itself.
+TERMS: dict[str, dict[str, str]] = {
+    "action": {"power_on": N_("power on"), "power_off": N_("power off"), "select_input": N_("select input"),
+               "set_volume": N_("set volume"), "mute": N_("mute"), "unmute": N_("unmute")},
+    "kind": {"environment": N_("environment sensor"), "card_reader": N_("card reader"), "projector": N_("projector"),
+             "display": N_("display"), "camera": N_("camera"), "meter": N_("electricity meter")},
+    "kinds": {"environment": N_("environment sensors"), "card_reader": N_("card readers"),
+              "projector": N_("projectors"), "display": N_("displays"), "camera": N_("cameras"),
+              "meter": N_("electricity meters")},
+    "day": {"mon": N_("Mon"), "tue": N_("Tue"), "wed": N_("Wed"), "thu": N_("Thu"), "fri": N_("Fri"),
+            "sat": N_("Sat"), "sun": N_("Sun")},
+    "status": {"done": N_("done"), "failed": N_("failed"), "rejected": N_("refused"), "expired": N_("expired"),
+               "pending": N_("waiting"), "skipped": N_("skipped"), "ok": N_("ok"), "offline": N_("offline"),
+               "fault": N_("fault"), "unknown": N_("unknown"), "online": N_("online"), "on": N_("on"),
+               "off": N_("off"), "warming": N_("warming up"), "cooling": N_("cooling down"),
+               "never reported": N_("never reported"), "not installed yet": N_("not installed yet")},
+    "role": {"admin": N_("admin"), "facility": N_("facility"), "teacher": N_("teacher")},
+    "unit": {"min": N_("min")},
+    "created": {"schools": N_("schools"), "rooms": N_("rooms"), "gateways": N_("gateways"),
+                "devices added": N_("devices added"), "devices replaced": N_("devices replaced")},
+}
+
+
+def term(group: str, value: Any) -> str:
+    """`value` (an identifier of `group` in TERMS) as a person reads it in this request's language; an
+    identifier the table does not know is shown as it is."""
+    if group == "alarm":  # a rule kind (central/alarms.py): its label
+        from central.alarms import RULE_KINDS
+
+        kind = RULE_KINDS.get(str(value))
+        return gettext(kind.label) if kind else str(value)
+    text = TERMS.get(group, {}).get(str(value))
+    return gettext(text) if text else str(value)
+
+
+def terms(group: str, values: str, sep: str = ", ") -> str:
+    """A comma-separated list of identifiers (a schedule's `mon,tue`), each as `term` shows it."""
+    return sep.join(term(group, v.strip()) for v in str(values).split(",") if v.strip())
 
 
 def translate(value: Any) -> Any:
@@ -186,12 +229,12 @@ def site_stamp(ts: float) -> str:
 def js_messages(files: tuple[str, ...] | None = None) -> tuple[str, ...]:
     """The messages the page scripts mark (`_("…")`), read from the scripts themselves, so the catalog a
     page carries is exactly theirs."""
-    found: list[str] = []
+    from dashboards.i18n_build import extract_js
+
+    found: dict[str, None] = {}
     for path in sorted(STATIC.glob("*.js")) if files is None else map(Path, files):
-        for _line, _func, message, _comments in extract_from_file("javascript", str(path),
-                                                                  keywords={"_": None}):
-            if isinstance(message, str) and message not in found:
-                found.append(message)
+        with open(path, "rb") as f:
+            found.update((message, None) for _line, _func, message, _comments in extract_js(f, None, None, None))
     return tuple(found)
 
 
@@ -202,8 +245,7 @@ def js_i18n() -> dict[str, Any]:
 
 
 def _template_helpers() -> dict[str, Any]:
-    return {"page_lang": request_language(), "languages": list(LANGUAGE_NAMES.items()), "js_i18n": js_i18n,
-            "translate": translate}
+    return {"page_lang": request_language(), "languages": list(LANGUAGE_NAMES.items()), "js_i18n": js_i18n}
 
 
 # ---------------------------------------------------------------- the switch

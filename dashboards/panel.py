@@ -52,7 +52,7 @@ from flask_babel import gettext
 
 from campus import contract
 from campus.errors import CampusError, PayloadError
-from campus.i18n import lazy_gettext
+from campus.i18n import N_, lazy_gettext
 from central import lists, overview
 from central.ledger import Ledger
 from dashboards import auth, strict_json
@@ -75,14 +75,14 @@ DEFAULT_POLL_S = 0.5
 DEFAULT_HEARTBEAT_S = 15.0
 
 INPUT_LABELS = {"hdmi": "HDMI", "vga": "VGA", "pc": "PC", "usb": "USB", "dvi": "DVI", "displayport": "DisplayPort",
-                "dp": "DisplayPort", "video": "Video", "network": "Network", "component": "Component",
+                "dp": "DisplayPort", "video": N_("Video"), "network": N_("Network"), "component": N_("Component"),
                 "svideo": "S-Video"}
 
 
 def register(app: Flask) -> None:
     """Called by `create_app` (AREAS): the blueprint, the nav link and the stream poller."""
     app.register_blueprint(bp)
-    auth.add_nav(app, "My classroom", "panel.home", ("teacher", "admin"))
+    auth.add_nav(app, N_("My classroom"), "panel.home", ("teacher", "admin"))
     state = web(app)
     states = RoomStates(state.central.ledger, float(app.config.get("PANEL_POLL_S", DEFAULT_POLL_S)))
     state.panel = states
@@ -98,7 +98,7 @@ def input_label(name: str) -> str:
     m = re.fullmatch(r"([A-Za-z_-]*?)[_-]?(\d*)", name)
     stem, number = (m.group(1), m.group(2)) if m else (name, "")
     label = INPUT_LABELS.get(stem.lower(), stem.replace("_", " ").capitalize() or name)
-    return f"{label} {number}".strip()
+    return f"{gettext(label)} {number}".strip()  # in the request's language (English outside a request)
 
 
 def controls_for(profile_name: str) -> dict[str, Any]:

@@ -49,7 +49,7 @@ from flask import (
 from flask_babel import gettext
 
 from campus.errors import CampusError, ConfigError, PayloadError
-from campus.i18n import lazy_gettext, message_of
+from campus.i18n import N_, lazy_gettext, message_of
 from central import broker_config, lists, overview
 from central import provisioning as prov
 from central.registry import Registry
@@ -70,7 +70,7 @@ ADDRESS_FORM: dict[str, list[tuple[str, str, str]]] = {name: entry.address.form(
 
 def register(app: Flask) -> None:
     app.register_blueprint(bp)
-    add_nav(app, "Provisioning", "provisioning.gateways", ADMIN)
+    add_nav(app, N_("Provisioning"), "provisioning.gateways", ADMIN)
     prov.ensure_tables(central(app).registry)
 
 
@@ -465,16 +465,17 @@ def import_csv() -> Any:
         else:
             audit("provision.import", f"{filename}: refused, {len(report.errors)} errors, first: {report.errors[0]}",
                   ok=False)
-    columns = [("school", "required", "school id (letters, digits, - _ .), created if new"),
-               ("building", "", "building name (one line, at most 100 characters); sets the room's building"),
-               ("room", "required", "room name (one line, at most 64 characters), created if new"),
-               ("gateway", "", "gateway id; a new one is registered in this room and gets MQTT credentials"),
-               ("device", "", "device id on that gateway (added, or replaced if it exists)"),
-               ("profile", "with device", "device model: one of the profiles below"),
-               ("address", "with device", "JSON object or key=value; key=value"),
-               ("options", "", "driver options, same syntax")]
+    columns = [("school", N_("required"), N_("school id (letters, digits, - _ .), created if new")),
+               ("building", "", N_("building name (one line, at most 100 characters); sets the room's building")),
+               ("room", N_("required"), N_("room name (one line, at most 64 characters), created if new")),
+               ("gateway", "", N_("gateway id; a new one is registered in this room and gets MQTT credentials")),
+               ("device", "", N_("device id on that gateway (added, or replaced if it exists)")),
+               ("profile", N_("with device"), N_("device model: one of the profiles below")),
+               ("address", N_("with device"), N_("JSON object or key=value; key=value")),
+               ("options", "", N_("driver options, same syntax"))]
     resp = make_response(render_template("prov_import.html", tab="import", report=report, filename=filename,
-                                         columns=columns, profiles=_profiles(), example=prov.EXAMPLE_CSV,
+                                         columns=columns, profiles=_profiles(),
+                                         example=prov.EXAMPLE_CSV_ZH if request_language() == "zh-CN" else prov.EXAMPLE_CSV,
                                          mqtt_url=_mqtt_url()),
                          200 if report is None or report.ok else 403 if report.outside else 400)
     return _no_store(resp) if report is not None and report.credentials else resp

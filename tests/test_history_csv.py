@@ -6,8 +6,8 @@ import csv
 import io
 import time
 from datetime import datetime
-from zoneinfo import ZoneInfo
 from pathlib import Path
+from zoneinfo import ZoneInfo
 
 import pytest
 

@@ -2,8 +2,8 @@
  * site's time zone and the scripts' messages translated (<script id="i18n" type="application/json">);
  * nothing here asks the browser for its own language or zone.
  *
- *   _("Power on")                          -> "开机" in zh-CN
- *   _("%(n)s rooms", {n: 3})               -> parameters as in the catalog (Python's %(name)s)
+ *   _('Power on')                          -> '开机' in zh-CN (the scripts use double quotes: extracted)
+ *   _('%(n)s rooms', {n: 3})               -> parameters as in the catalog (Python's %(name)s)
  *   campusTime.dateTime(ts), .date(ts), .clock(ts)  -> "2026-12-04 周五 14:03", "2026-12-04 周五", "14:03:05"
  */
 (() => {
