@@ -40,7 +40,7 @@ from werkzeug.security import check_password_hash, generate_password_hash
 
 from campus import names
 from campus.errors import ConfigError, PayloadError
-from campus.i18n import LazyText
+from campus.i18n import LazyText, lazy_gettext
 from central.db import Base, Database, TranslatableText, open_database
 
 ROLES = ("admin", "facility", "teacher")
@@ -422,13 +422,14 @@ class Registry:
     def _school(s: Session, school: str) -> School:
         row = s.get(School, school)
         if row is None:
-            raise ConfigError(f"no school {school!r} (create it first: the provisioning pages or a CSV import)")
+            raise ConfigError(lazy_gettext("no school %(school)s (create it first: the provisioning pages or a CSV "
+                                           "import)", school=repr(school)))
         return row
 
     def _room(self, s: Session, school: str, name: str) -> Room:
         room = s.scalar(select(Room).where(Room.school_id == school, Room.name == name))
         if room is None:
-            raise ConfigError(f"no room {name!r} in school {school!r}")
+            raise ConfigError(lazy_gettext("no room %(room)s in school %(school)s", room=repr(name), school=repr(school)))
         return room
 
     def ensure_room(self, school: str, room: str, building: str = "") -> int:
@@ -474,18 +475,21 @@ class Registry:
         except IntegrityError:
             # Registered at the same moment by another request: the same refusal, and no row values
             # (the new hash) in any message.
-            raise ConfigError(f"gateway {gateway!r}: the id or its MQTT user name {username!r} was just "
-                              "registered by someone else; reload and choose another id") from None
+            raise ConfigError(lazy_gettext("gateway %(gateway)s: the id or its MQTT user name %(username)s was just "
+                                           "registered by someone else; reload and choose another id",
+                                           gateway=repr(gateway), username=repr(username))) from None
         return password
 
     @staticmethod
     def _check_new_gateway(s: Session, gateway: str, username: str) -> None:
         if s.get(Gateway, gateway) is not None:
-            raise ConfigError(f"gateway {gateway!r} is already registered")
+            raise ConfigError(lazy_gettext("gateway %(gateway)s is already registered", gateway=repr(gateway)))
         other = s.scalar(select(Gateway).where(Gateway.mqtt_username == username))
         if other is not None:
-            raise ConfigError(f"gateway {gateway!r}: its MQTT user name {username!r} is already the account of "
-                              f"gateway {other.id!r} of school {other.school_id!r}; choose another gateway id")
+            raise ConfigError(lazy_gettext("gateway %(gateway)s: its MQTT user name %(username)s is already the account "
+                                           "of gateway %(other)s of school %(school)s; choose another gateway id",
+                                           gateway=repr(gateway), username=repr(username), other=repr(other.id),
+                                           school=repr(other.school_id)))
 
     def add_device(self, gateway: str, device_id: str, profile: str, address: dict[str, Any],
                    options: dict[str, Any] | None = None) -> None:
@@ -498,12 +502,13 @@ class Registry:
             DeviceConfig(id=device_id, profile=profile, address=address, options=options or {})
         except ValidationError as exc:
             err = exc.errors()[0]
-            raise ConfigError(f"device {device_id!r}: field {'.'.join(map(str, err['loc']))}: "
-                              f"{err['msg'].removeprefix('Value error, ')}") from None
+            raise ConfigError(lazy_gettext("device %(device)s: field %(field)s: %(reason)s", device=repr(device_id),
+                                           field=".".join(map(str, err["loc"])),
+                                           reason=err["msg"].removeprefix("Value error, "))) from None
         with self.session() as s:
             gw = s.get(Gateway, gateway)
             if gw is None:
-                raise ConfigError(f"no gateway {gateway!r}")
+                raise ConfigError(lazy_gettext("no gateway %(gateway)s", gateway=repr(gateway)))
             existing = next((d for d in gw.devices if d.device_id == device_id), None)
             if existing is None:
                 gw.devices.append(Device(device_id=device_id, profile=profile, address=address, options=options or {}))
@@ -516,7 +521,8 @@ class Registry:
             gw = s.get(Gateway, gateway)
             dev = next((d for d in gw.devices if d.device_id == device_id), None) if gw else None
             if dev is None:
-                raise ConfigError(f"no device {device_id!r} on gateway {gateway!r}")
+                raise ConfigError(lazy_gettext("no device %(device)s on gateway %(gateway)s", device=repr(device_id),
+                                               gateway=repr(gateway)))
             gw.devices.remove(dev)
             gw.config_version += 1
 
@@ -560,7 +566,7 @@ class Registry:
         """A ready-to-copy gateway config (YAML-able) for a registered gateway."""
         info = self.gateway_info(gateway)
         if info is None:
-            raise ConfigError(f"no gateway {gateway!r}")
+            raise ConfigError(lazy_gettext("no gateway %(gateway)s", gateway=repr(gateway)))
         from urllib.parse import quote, urlsplit, urlunsplit
 
         parts = urlsplit(mqtt_url)

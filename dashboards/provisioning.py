@@ -369,12 +369,12 @@ def push_all() -> Any:
         gateway, problem = run["failed"][0]
         summary += f"; stopped at {gateway}: {problem[:150]}"
     audit("provision.push", summary, ok=not run["failed"])
-    shown = gettext("Push all #%(id)s: %(pushed)s of %(wanted)s pushed", id=run["id"], pushed=len(run["pushed"]),
-                    wanted=run["wanted"])
+    counts = {"id": run["id"], "pushed": len(run["pushed"]), "wanted": run["wanted"]}
     if run["failed"]:
-        shown = gettext("%(summary)s; stopped at %(gateway)s: %(problem)s", summary=shown, gateway=run["failed"][0][0],
-                        problem=run["failed"][0][1][:150])
-    flash(shown)
+        flash(gettext("Push all #%(id)s: %(pushed)s of %(wanted)s pushed; stopped at %(gateway)s: %(problem)s.",
+                      gateway=run["failed"][0][0], problem=run["failed"][0][1][:150], **counts))
+    else:
+        flash(gettext("Push all #%(id)s: %(pushed)s of %(wanted)s pushed.", **counts))
     return redirect(url_for("provisioning.gateways") + "#push-runs")
 
 
