@@ -42,6 +42,7 @@ from sqlalchemy.orm import joinedload
 from campus import contract
 from campus.errors import StoreError
 from campus.i18n import N_, LazyText, lazy_gettext
+from central.db import translatable
 from central.registry import Alarm, AlarmRule, Building, Gateway, Registry, Room
 
 log = logging.getLogger(__name__)
@@ -134,8 +135,8 @@ def _number(raw: Any, param: Param) -> float:
         raise RuleError(lazy_gettext("%(what)s (%(unit)s) must be a finite number", what=label, unit=unit))
     if not param.low <= value <= param.high:
         raise RuleError(lazy_gettext("%(what)s (%(unit)s) must be between %(low)s and %(high)s, got %(value)s",
-                                     what=label, unit=unit, low=f"{param.low:g}", high=f"{param.high:g}",
-                                     value=f"{value:g}"))
+                                     what=label, unit=unit, low=format(param.low, "g"), high=format(param.high, "g"),
+                                     value=format(value, "g")))
     return int(value) if value.is_integer() else value
 
 
@@ -148,7 +149,7 @@ def validate_params(kind: str, raw: Mapping[str, Any]) -> dict[str, float]:
     params = {p.name: _number(raw.get(p.name), p) for p in spec.params}
     if kind == "temperature_range" and params["min"] >= params["max"]:
         raise RuleError(lazy_gettext("the lowest temperature (%(min)s °C) must be below the highest (%(max)s °C)",
-                                     min=f"{params['min']:g}", max=f"{params['max']:g}"))
+                                     min=format(params['min'], "g"), max=format(params['max'], "g")))
     return params
 
 
@@ -317,7 +318,7 @@ def conditions(rules: Iterable[Rule], snap: Snapshot, now: float) -> dict[Key, C
                     ago = (lazy_gettext("last seen %(ago)s ago", ago=_minutes(now - since)) if gw["last_seen"]
                            else lazy_gettext("no heartbeat received"))
                     add(rule, gw["id"], "", lazy_gettext("Gateway offline for more than %(minutes)s min (%(ago)s)",
-                                                         minutes=f"{p.get('minutes', 10):g}", ago=ago),
+                                                         minutes=format(p.get('minutes', 10), "g"), ago=ago),
                         _minutes(now - since) if since else "")
             for dev in snap.devices:
                 key = (dev["gateway"], dev["id"])
@@ -329,7 +330,7 @@ def conditions(rules: Iterable[Rule], snap: Snapshot, now: float) -> dict[Key, C
                            else lazy_gettext("no value ever received"))
                     add(rule, dev["gateway"], dev["id"],
                         lazy_gettext("Device offline for more than %(minutes)s min (%(ago)s)",
-                                     minutes=f"{p.get('minutes', 10):g}", ago=ago),
+                                     minutes=format(p.get('minutes', 10), "g"), ago=ago),
                         _minutes(now - seen) if seen else "")
             continue
         for (gateway, device), values in sorted(snap.latest.items()):
@@ -340,25 +341,25 @@ def conditions(rules: Iterable[Rule], snap: Snapshot, now: float) -> dict[Key, C
                 if v is not None and v > float(p.get("ppm", 1500)):
                     add(rule, gateway, device,
                         lazy_gettext("CO2 %(value)s ppm is above the limit of %(limit)s ppm", value=_num_text(v),
-                                     limit=f"{p.get('ppm', 1500):g}"),
+                                     limit=format(p.get('ppm', 1500), "g")),
                         f"{_num_text(v)} ppm")
             elif rule.kind == "temperature_range":
                 v = _num(values.get("temperature_c"))
                 lo, hi = float(p.get("min", 16)), float(p.get("max", 30))
                 if v is not None and v < lo:
                     add(rule, gateway, device, lazy_gettext("Temperature %(value)s °C is below %(limit)s °C",
-                                                            value=_num_text(v, 1), limit=f"{lo:g}"),
+                                                            value=_num_text(v, 1), limit=format(lo, "g")),
                         f"{_num_text(v, 1)} °C")
                 elif v is not None and v > hi:
                     add(rule, gateway, device, lazy_gettext("Temperature %(value)s °C is above %(limit)s °C",
-                                                            value=_num_text(v, 1), limit=f"{hi:g}"),
+                                                            value=_num_text(v, 1), limit=format(hi, "g")),
                         f"{_num_text(v, 1)} °C")
             elif rule.kind == "lamp_hours_above":
                 v = _num(values.get("lamp_hours"))
                 if v is not None and v > float(p.get("hours", 3000)):
                     add(rule, gateway, device, lazy_gettext(
                         "Projector lamp has run %(value)s h, past the limit of %(limit)s h: plan a lamp change",
-                        value=_num_text(v), limit=f"{p.get('hours', 3000):g}"), f"{_num_text(v)} h")
+                        value=_num_text(v), limit=format(p.get('hours', 3000), "g")), f"{_num_text(v)} h")
             elif rule.kind == "projector_error":
                 bad = {m: b for m, v in sorted(values.items()) if m.startswith("error_")
                        and (b := _bad_error_value(m, v)) is not None}
@@ -461,7 +462,7 @@ def _alarm_dict(a: Alarm, places: Mapping[str, Mapping[str, Any]]) -> dict[str, 
             "label": LazyText(RULE_KINDS[kind].label) if kind in RULE_KINDS else kind,
             "gateway": a.gateway, "device": a.device, "school": place.get("school", ""),
             "building": place.get("building", ""), "room": place.get("room", ""),
-            "message": a.message, "value": a.value, "raised_at": a.raised_at, "acked_by": a.acked_by,
+            "message": translatable(a.message), "value": a.value, "raised_at": a.raised_at, "acked_by": a.acked_by,
             "acked_at": a.acked_at, "cleared_at": a.cleared_at, "state": state,
             "active": a.cleared_at is None, "acknowledged": a.acked_at is not None}
 

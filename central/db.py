@@ -65,17 +65,36 @@ class Base(DeclarativeBase):
     metadata = MetaData(naming_convention=NAMING)
 
 
+class StoredText(str):
+    """What a `TranslatableText` column reads: the English text, a str for every reader that wants one (a log
+    line, a notification's JSON, an f-string), which also keeps its LazyText (`lazy`) for the reader who shows
+    it in a person's language (`translatable`)."""
+
+    lazy: LazyText
+
+    def __new__(cls, lazy: LazyText) -> StoredText:
+        text = super().__new__(cls, str(lazy))
+        text.lazy = lazy
+        return text
+
+
+def translatable(value: Any) -> Any:
+    """The LazyText of a value read from a `TranslatableText` column (a plain old row: the value as it is)."""
+    return value.lazy if isinstance(value, StoredText) else value
+
+
 class TranslatableText(TypeDecorator[Any]):
     """A text column whose value may be a `campus.i18n.LazyText` (an alarm's message): stored as its JSON
-    (`{"msgid": ..., "params": ...}`), read back as a LazyText, so each reader sees it in its own language
-    (the web app translates it, str() is English). A plain string is stored and read as it is: the rows
-    written before messages were marked still read as their English text."""
+    (`{"msgid": ..., "params": ...}`), read back as a `StoredText` (English, keeping the LazyText), so each
+    reader can show it in its own language. A plain string is stored and read as it is: the rows written
+    before messages were marked still read as their English text. Still TEXT in the schema: no migration."""
 
     impl = Text
     cache_ok = True
     _MARK = '{"msgid"'
 
     def process_bind_param(self, value: Any, dialect: Any) -> Any:
+        value = translatable(value)
         if isinstance(value, LazyText):
             return json.dumps(value.as_dict(), ensure_ascii=False)
         return value
@@ -83,7 +102,7 @@ class TranslatableText(TypeDecorator[Any]):
     def process_result_value(self, value: Any, dialect: Any) -> Any:
         if isinstance(value, str) and value.startswith(self._MARK):
             try:
-                return LazyText.from_dict(json.loads(value))
+                return StoredText(LazyText.from_dict(json.loads(value)))
             except (ValueError, KeyError, TypeError, AttributeError):
                 return value
         return value

@@ -176,7 +176,8 @@ class Alarm(Base):
     rule_id: Mapped[int] = mapped_column(ForeignKey("alarm_rules.id"))
     gateway: Mapped[str] = mapped_column(String(64))
     device: Mapped[str] = mapped_column(String(64), default="")
-    message: Mapped[str | LazyText] = mapped_column(TranslatableText)  # a LazyText since issue 20, see db.py
+    # Written as a LazyText since issue 20, read as a StoredText (English str, keeping it): central/db.py.
+    message: Mapped[str | LazyText] = mapped_column(TranslatableText)
     value: Mapped[str] = mapped_column(String(100), default="")
     raised_at: Mapped[float] = mapped_column(Float, default=time.time)
     acked_by: Mapped[str | None] = mapped_column(String(64), nullable=True)

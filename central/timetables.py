@@ -316,8 +316,8 @@ def problems(tt: Timetable) -> Iterable[TimetableError]:
             if after.start < before.end:
                 yield TimetableError(after.where, "start", lazy_gettext(
                     "%(span)s overlaps period %(number)s (%(other)s, %(where)s) on %(weekday)s",
-                    span=f"{after.start:%H:%M}-{after.end:%H:%M}", number=before.number,
-                    other=f"{before.start:%H:%M}-{before.end:%H:%M}", where=_at(before.where),
+                    span=after.start.strftime("%H:%M") + "-" + after.end.strftime("%H:%M"), number=before.number,
+                    other=before.start.strftime("%H:%M") + "-" + before.end.strftime("%H:%M"), where=_at(before.where),
                     weekday=LazyText(WEEKDAY_NAMES[weekday - 1])))
     if len(tt.ranges) > MAX_RANGES:
         yield TimetableError(tt.ranges[MAX_RANGES].where, "", lazy_gettext(
@@ -407,7 +407,7 @@ def period_of(where: str | int, weekday: object, number: object, start: object, 
     a, b = parse_time(start, where, "start"), parse_time(end, where, "end")
     if b <= a:
         raise TimetableError(where, "end", lazy_gettext("%(end)s is not after the start %(start)s",
-                                                        end=f"{b:%H:%M}", start=f"{a:%H:%M}"))
+                                                        end=b.strftime("%H:%M"), start=a.strftime("%H:%M")))
     return Period(day, number, a, b, check_name(name, where), where)
 
 

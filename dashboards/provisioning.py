@@ -250,7 +250,7 @@ def _address_from_form(protocol: str) -> dict[str, Any]:
             try:
                 address[name] = int(value)
             except ValueError:
-                raise ConfigError(lazy_gettext("field %(field)s: %(reason)s", field=f"address.{name}", reason=lazy_gettext(
+                raise ConfigError(lazy_gettext("field %(field)s: %(reason)s", field="address." + name, reason=lazy_gettext(
                     "must be a whole number, got %(value)s", value=repr(value)))) from None
         else:
             address[name] = value

@@ -174,12 +174,12 @@ def check_action(action: str, params: Any, profile: Profile | None) -> None:
     for name in params:
         if name not in takes:
             raise ActionRejected(lazy_gettext("%(field)s is not a parameter of %(action)s (it takes %(takes)s)",
-                                              field=f"params.{str(name)[:40]}", action=action,
+                                              field="params." + str(name)[:40], action=action,
                                               takes=", ".join(takes) or LazyText(_NONE)),
                                  field=f"params.{str(name)[:40]}")
     for name in takes:
         if name not in params:
-            raise ActionRejected(lazy_gettext("%(field)s is missing: %(action)s needs it", field=f"params.{name}",
+            raise ActionRejected(lazy_gettext("%(field)s is missing: %(action)s needs it", field="params." + name,
                                               action=action), field=f"params.{name}")
     if action == "select_input":
         name = params["input"]

@@ -241,6 +241,10 @@ def test_an_alarm_message_is_stored_translatable_and_old_rows_still_read(app) ->
         raw = s.execute(text("SELECT message FROM alarms WHERE id = :id"), {"id": outcome.raised[0]}).scalar_one()
         assert json.loads(raw) == {"msgid": "CO2 %(value)s ppm is above the limit of %(limit)s ppm",
                                    "params": {"value": "1800", "limit": "1500"}}
+        # Read through the model it is the English text, a str any reader can log or send as JSON.
+        row = s.get(Alarm, outcome.raised[0])
+        assert isinstance(row.message, str) and json.dumps({"m": row.message}) == \
+            '{"m": "CO2 1800 ppm is above the limit of 1500 ppm"}'
         rule = s.scalars(text("SELECT id FROM alarm_rules WHERE kind = 'co2_above'")).one()
         s.add(Alarm(rule_id=rule, gateway="gw-102", device="env", value="1600 ppm", raised_at=NOW - 60,
                     message="CO2 1600 ppm is above the limit of 1500 ppm"))  # as written before issue 20
