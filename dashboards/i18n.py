@@ -239,9 +239,11 @@ def js_messages(files: tuple[str, ...] | None = None) -> tuple[str, ...]:
 
 
 def js_i18n() -> dict[str, Any]:
-    """What static/i18n.js reads from the page: language, zone, and the scripts' messages translated."""
-    return {"lang": request_language(), "timeZone": str(get_timezone()),
-            "messages": {m: gettext(m) for m in js_messages()}}
+    """What static/i18n.js reads from the page: language, zone, and the scripts' messages translated (none
+    in English, the source language: `_` shows the message itself)."""
+    lang = request_language()
+    return {"lang": lang, "timeZone": str(get_timezone()),
+            "messages": {} if lang == "en" else {m: gettext(m) for m in js_messages()}}
 
 
 def _template_helpers() -> dict[str, Any]:

@@ -262,3 +262,78 @@ def test_times_are_the_sites_zone_24_hour_with_a_chinese_weekday(app: Flask) -> 
     page = login(app, "boss").get("/health/schedules?lang=zh-CN").get_data(as_text=True)
     assert re.search(r"\d{4}-\d\d-\d\d 周[一二三四五六日] \d\d:\d\d", page)  # the next run
     assert '"timeZone": "Asia/Shanghai"' in page and '"lang": "zh-CN"' in page  # what the page scripts format with
+
+
+# ---------------------------------------------------------------- in a browser, against `campus demo`
+
+
+@pytest.mark.slow
+def test_a_chinese_teacher_powers_the_projector_on_and_the_choice_of_english_outlives_the_login(
+        tmp_path: Path) -> None:
+    """A browser asking for zh-CN in New York: the panel speaks Chinese and shows 24-hour times of the site
+    (Asia/Shanghai), never the browser's zone or 12-hour clock; English chosen with the switch is the
+    account's, so a new browser asking for Chinese gets English after logging in."""
+    from datetime import datetime, timedelta
+    from zoneinfo import ZoneInfo
+
+    from playwright.sync_api import expect, sync_playwright
+
+    from tests.servers import launch_chromium, screenshot_path
+    from tests.test_panel import start_demo
+
+    proc, base, logins, log_path = start_demo(tmp_path)
+    try:
+        with sync_playwright() as p:
+            browser = launch_chromium(p)
+            try:
+                chinese = browser.new_context(locale="zh-CN", timezone_id="America/New_York",
+                                              viewport={"width": 1024, "height": 768})
+                page = chinese.new_page()
+                page.goto(f"{base}/login")
+                expect(page.locator("html")).to_have_attribute("lang", "zh-CN")
+                page.fill("input[name=username]", "teacher")
+                page.fill("input[name=password]", logins["teacher"])
+                page.get_by_role("button", name="登录").click()
+                page.wait_for_url(re.compile(r"/panel/gw-101$"))
+                expect(page.locator("h1")).to_have_text("101 教室")
+                expect(page.locator("#live")).to_have_text("实时", timeout=10_000)
+
+                projector = page.locator('.pcard[data-device="projector"]')
+                expect(projector.locator('[data-field="power"]')).to_have_attribute("data-power", "off", timeout=30_000)
+                projector.get_by_role("button", name="开机").click()
+                expect(projector.locator('[data-field="result"]')).to_contain_text("开机：已完成", timeout=15_000)
+                expect(projector.locator('[data-field="power"]')).to_have_text("已开机", timeout=45_000)
+                recent = page.locator("#recent li").first
+                expect(recent).to_contain_text("开机")
+                shown = recent.locator("time").inner_text()
+                assert re.fullmatch(r"\d\d:\d\d:\d\d", shown), shown  # 24-hour, no 上午/下午 or AM/PM
+                site = datetime.now(ZoneInfo("Asia/Shanghai"))
+                near = {(site - timedelta(minutes=m)).strftime("%H:%M") for m in range(3)}
+                assert shown[:5] in near, (shown, near)  # the site's zone, not New York's
+                page.screenshot(path=str(screenshot_path("panel-zh.png", tmp_path)), animations="disabled")
+
+                page.locator("form.lang").get_by_role("button", name="English").click()
+                expect(page.locator("h1")).to_have_text("Room 101")
+                expect(page.locator("html")).to_have_attribute("lang", "en")
+                page.get_by_role("button", name="Log out").click()
+                page.wait_for_url(re.compile(r"/login"))
+                chinese.close()
+
+                fresh = browser.new_context(locale="zh-CN")  # a new browser: no cookie, asks for Chinese
+                page = fresh.new_page()
+                page.goto(f"{base}/login")
+                expect(page.locator("html")).to_have_attribute("lang", "zh-CN")  # nobody has logged in yet
+                page.fill("input[name=username]", "teacher")
+                page.fill("input[name=password]", logins["teacher"])
+                page.get_by_role("button", name="登录").click()
+                page.wait_for_url(re.compile(r"/panel/gw-101$"))
+                expect(page.locator("h1")).to_have_text("Room 101")  # the account's choice, over the browser's
+                expect(page.locator("#live")).to_have_text("Live", timeout=10_000)
+                fresh.close()
+            finally:
+                browser.close()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait(15)
+    assert "Traceback" not in log_path.read_text(errors="replace")
