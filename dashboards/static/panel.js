@@ -99,7 +99,7 @@
     // Input and picture/sound mute mean something only while on (a projector does not even report them).
     setText(field(card, "input"), isOn && v.input !== undefined ? inputLabel(card, v.input) : "—");
     setText(field(card, "muted"), isOn && v.muted !== undefined
-      ? (v.muted === "on" ? _("Muted") : (dev.kind === "projector" ? _("Shown") : _("On"))) : "—");
+      ? (v.muted === "on" ? _("Muted") : (dev.kind === "projector" ? _("Shown") : _("Sound on"))) : "—");
     setText(field(card, "volume"), v.volume !== undefined ? String(v.volume) : "—");
     const slider = card.querySelector('input[data-action="set_volume"]');
     if (slider && v.volume !== undefined && !(holdVolume[dev.id] > Date.now())) {
