@@ -89,10 +89,17 @@
       for (const el of form.elements) if (el.name && el.value) p.set(el.name, el.value);
       return p.toString();
     }
+    // What a metric's value is called beside it (a name, not a unit, for states), and state values.
+    const NAMES = {power: _("power"), input: _("input"), muted: _("muted"), error_fan: _("fan"), error_lamp: _("lamp"),
+                   error_temperature: _("temperature"), error_cover: _("cover"), error_filter: _("filter"),
+                   error_other: _("other")};
+    const VALUES = {on: _("on"), off: _("off"), warming: _("warming up"), cooling: _("cooling down"), ok: _("ok"),
+                    warning: _("warning"), error: _("error")};
     function metric(k, v) {
       const bad = (k.startsWith("error_") && v !== "ok" && v !== 0);
-      const unit = UNITS[k] ?? (k.startsWith("error_") ? k.slice(6) : k);
-      return `<span class="metric${bad ? " bad" : ""}" data-metric="${esc(k)}"><b>${esc(fmt(v))}</b> ${esc(unit)}</span>`;
+      const unit = UNITS[k] ?? NAMES[k] ?? (k.startsWith("error_") ? k.slice(6) : k);
+      const shown = typeof v === "string" && k !== "input" ? (VALUES[v] || v) : fmt(v);
+      return `<span class="metric${bad ? " bad" : ""}" data-metric="${esc(k)}"><b>${esc(shown)}</b> ${esc(unit)}</span>`;
     }
     function device(d, now) {
       const keys = (KEY_METRICS[d.kind] || Object.keys(d.latest).slice(0, 3)).filter(k => k in d.latest);
