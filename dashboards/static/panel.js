@@ -19,10 +19,7 @@
   const POWER = {on: _("On"), off: _("Off"), warming: _("Warming up…"), cooling: _("Cooling down…")};
   const STATUS = {done: _("done"), failed: _("failed"), rejected: _("refused"), expired: _("expired"),
                   pending: _("waiting…")};
-  const KINDS = {projector: _("projector"), display: _("display"), environment: _("environment sensor"),
-                 card_reader: _("card reader"), camera: _("camera"), meter: _("electricity meter"),
-                 device: _("device")};
-  const kindName = (kind) => KINDS[kind] || kind;
+  const kindName = (kind) => campusTerms.kind[kind] || kind;  // static/i18n.js
   const FOLLOW_MS = 1000;
 
   let state = null;               // the last snapshot of the room
