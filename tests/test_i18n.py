@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import html
 import re
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -342,3 +344,16 @@ def test_a_chinese_teacher_powers_the_projector_on_and_the_choice_of_english_out
             proc.kill()
         proc.wait(15)
     assert "Traceback" not in log_path.read_text(errors="replace")
+
+
+def test_campus_web_takes_a_site_language_and_zone_and_refuses_others_in_one_line() -> None:
+    from programs.cli import build_parser
+
+    args = build_parser().parse_args(["web", "--store", "sqlite:///x.db"])
+    assert (args.lang, args.timezone) == ("zh-CN", "Asia/Shanghai")  # a school's site: Chinese, Beijing time
+    args = build_parser().parse_args(["web", "--store", "sqlite:///x.db", "--lang", "en", "--timezone", "Asia/Urumqi"])
+    assert (args.lang, args.timezone) == ("en", "Asia/Urumqi")
+    for bad in (["--lang", "fr"], ["--timezone", "Mars/Base"]):
+        result = subprocess.run([sys.executable, "-m", "programs.cli", "web", "--store", "sqlite:///x.db", *bad],
+                                capture_output=True, text=True, timeout=60)
+        assert result.returncode == 2 and bad[0] in result.stderr and "Traceback" not in result.stderr
