@@ -64,7 +64,7 @@ from dashboards.auth import (
     sight,
 )
 from dashboards.context import central
-from dashboards.i18n import error_text, format_date, format_time, translate
+from dashboards.i18n import TERMS, error_text, format_date, format_time, translate
 
 log = logging.getLogger(__name__)
 
@@ -76,9 +76,10 @@ NOT_INSTALLED = overview.NOT_INSTALLED
 WINDOWS = {"1h": 3600, "24h": 24 * 3600, "7d": 7 * 24 * 3600}
 USAGE_PAGE = 50  # rooms per page of /health/usage: each is read from the point store
 NIGHT = (22, 6)  # hours: on between 22:00 and 06:00 counts as "left on"
-ENV_METRICS = (("temperature_c", "Temperature", "°C"), ("co2_ppm", "CO2", "ppm"),
-               ("humidity_pct", "Humidity", "%RH"), ("pm25_ugm3", "PM2.5", "µg/m³"),
-               ("noise_dba", "Noise", "dB(A)"), ("illuminance_lux", "Light", "lx"))
+# Labels are English, marked: the room page shows them translated (`room`), the CSV keeps the metric names.
+ENV_METRICS = (("temperature_c", N_("Temperature"), "°C"), ("co2_ppm", "CO2", "ppm"),
+               ("humidity_pct", N_("Humidity"), "%RH"), ("pm25_ugm3", "PM2.5", "µg/m³"),
+               ("noise_dba", N_("Noise"), "dB(A)"), ("illuminance_lux", N_("Light"), "lx"))
 
 
 def register(app: Flask) -> None:
@@ -309,18 +310,18 @@ def room_series(info: overview.BoardRoom) -> list[dict[str, Any]]:
             for metric, label, unit in ENV_METRICS:
                 limits: list[dict[str, Any]] = []
                 if metric == "co2_ppm" and "co2_above" in rules:
-                    limits = [{"value": rules["co2_above"]["params"]["ppm"], "label": "alarm limit"}]
+                    limits = [{"value": rules["co2_above"]["params"]["ppm"], "label": N_("alarm limit")}]
                 if metric == "temperature_c" and "temperature_range" in rules:
                     p = rules["temperature_range"]["params"]
-                    limits = [{"value": p["min"], "label": "lowest"}, {"value": p["max"], "label": "highest"}]
-                series.append({"group": "Environment", "device": dev, "metric": metric, "label": label,
+                    limits = [{"value": p["min"], "label": N_("lowest")}, {"value": p["max"], "label": N_("highest")}]
+                series.append({"group": N_("Environment"), "device": dev, "metric": metric, "label": label,
                                "unit": unit, "type": "line", "limits": limits})
         elif kind == "camera":
-            series.append({"group": "Occupancy", "device": dev, "metric": "people_count", "label": "People",
-                           "unit": "people", "type": "line", "limits": []})
+            series.append({"group": N_("Occupancy"), "device": dev, "metric": "people_count", "label": N_("People"),
+                           "unit": N_("people"), "type": "line", "limits": []})
         elif kind in POWER_KINDS:
-            series.append({"group": "Equipment power", "device": dev, "metric": "power",
-                           "label": kind.capitalize(), "unit": "", "type": "state", "limits": []})
+            series.append({"group": N_("Equipment power"), "device": dev, "metric": "power",
+                           "label": TERMS["kind"].get(kind, kind), "unit": "", "type": "state", "limits": []})
     order = ("Environment", "Occupancy", "Equipment power")
     series.sort(key=lambda s: order.index(s["group"]))  # stable: devices keep their order within a group
     return series
@@ -347,9 +348,17 @@ def requested_room(gateway: str) -> tuple[overview.BoardRoom, str]:
 @login_required(roles=STAFF)
 def room(gateway: str) -> Any:
     info, window = requested_room(gateway)
-    series = room_series(info)
+    # In the reader's language: the page's script draws these words as they are.
+    series = [{**s, "group": gettext(s["group"]), "label": _capital(gettext(s["label"])),
+               "unit": gettext(s["unit"]) if s["unit"] else "",
+               "limits": [{**limit, "label": gettext(limit["label"])} for limit in s["limits"]]}
+              for s in room_series(info)]
     return render_template("health_room.html", room=info, window=window, windows=list(WINDOWS),
                            seconds=WINDOWS[window], series=series, max_gap=MAX_SAMPLE_GAP_S, tab="board")
+
+
+def _capital(text: str) -> str:
+    return text[:1].upper() + text[1:]
 
 
 # ---------------------------------------------------------------- usage

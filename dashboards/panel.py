@@ -59,6 +59,7 @@ from dashboards import auth, strict_json
 from dashboards.api import error
 from dashboards.auth import audit, login_required, may_command, may_see, not_found, school_scoped, sight
 from dashboards.context import central, web
+from dashboards.i18n import term
 from device_profiles import available_profiles, load_profile
 
 log = logging.getLogger(__name__)
@@ -311,7 +312,8 @@ def _card_context(gateway: str, snapshot: dict[str, Any]) -> dict[str, Any]:
     for dev in devices:
         counts[dev["kind"]] = counts.get(dev["kind"], 0) + 1
     for dev in devices:
-        kind = dev["kind"].capitalize()
+        name = term("kind", dev["kind"])  # in the reader's language: "Projector", "投影机"
+        kind = name[:1].upper() + name[1:]
         dev["title"] = kind if counts[dev["kind"]] == 1 else f"{kind} {dev['id']}"
     can = may_command(g.user, gateway)
     return {"devices": devices, "can_command": can, "enabled": can and snapshot["online"], "gateway": gateway}

@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import html
 import re
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -34,6 +36,7 @@ from central.ledger import Sequenced
 from dashboards import close_app, i18n_build
 from dashboards.context import central
 from device_profiles import available_profiles, load_profile
+from protocols import PROTOCOLS
 from tests.apps import ENV_AND_PROJECTOR, central_db, web_app
 
 PO = i18n_build.TRANSLATIONS / "zh_Hans_CN" / "LC_MESSAGES" / "messages.po"
@@ -147,13 +150,15 @@ ATTRS = re.compile(r'\b(?:title|placeholder|aria-label|data-confirm)="([^"]*)"')
 
 
 def data_words(app: Flask) -> set[str]:
-    """The fixture's and the shipped profiles' own names: data, which no catalog translates."""
-    words = {"alpha", "zeta", "gw", "env", "proj", "boss", "fm", "teach", "cmd", "asia", "shanghai", "north",
-             "sqlite", "path", "mqtt", "localhost"}
+    """The fixture's own names and the shipped profiles' names and models, whole: data, which no catalog
+    translates (taken out as phrases, so "projector" in a model's name does not excuse a "Projector")."""
+    phrases = {"alpha", "zeta", "gw", "env", "proj", "boss", "fm", "teach", "cmd", "Asia/Shanghai", "north",
+               "sqlite", "PATH", "localhost", "env、projector"}  # the last: device ids a placeholder suggests
     for name in available_profiles():
         profile = load_profile(name)
-        words |= {w.lower() for w in re.findall(r"[A-Za-z]+", f"{name} {profile.manufacturer} {profile.model}")}
-    return words
+        phrases |= {name, profile.manufacturer, profile.model}
+    phrases |= set(PROTOCOLS)  # protocol ids, as the add-device form names them
+    return {p for p in phrases if p}
 
 
 def english_words(page: str, data: set[str]) -> list[str]:
@@ -163,10 +168,12 @@ def english_words(page: str, data: set[str]) -> list[str]:
     shown = CODE.sub(" ", body)
     text = " ".join([re.sub(r"<[^>]+>", " ", shown), *ATTRS.findall(shown)])
     text = html.unescape(text)
+    for phrase in sorted(data, key=len, reverse=True):
+        text = re.sub(rf"(?<![\w-]){re.escape(phrase)}(?![\w-])", " ", text)
     text = re.sub(r"\b[\w.-]*\d[\w.-]*\b", " ", text)  # ids with digits (gw-101, v3, 10.1.2.30, 2026-12-04)
     text = re.sub(r"[\w-]+(?:\.[\w-]+)+", " ", text)  # host and file names (mqtt.district.example, a.json)
     text = re.sub(r"\S*[/=]\S*", " ", text)  # paths, URLs and key=value syntax (/dev/ttyUSB0, rtsp://…)
-    return sorted({w for w in re.findall(r"[A-Za-z]{2,}", text) if w.lower() not in ALLOWED | data})
+    return sorted({w for w in re.findall(r"[A-Za-z]{2,}", text) if w.lower() not in ALLOWED})
 
 
 FILL = {"gateway": "gw-alpha-1", "device": "proj", "school": "alpha", "cid": "cmd-1", "district": "north"}
@@ -337,3 +344,16 @@ def test_a_chinese_teacher_powers_the_projector_on_and_the_choice_of_english_out
             proc.kill()
         proc.wait(15)
     assert "Traceback" not in log_path.read_text(errors="replace")
+
+
+def test_campus_web_takes_a_site_language_and_zone_and_refuses_others_in_one_line() -> None:
+    from programs.cli import build_parser
+
+    args = build_parser().parse_args(["web", "--store", "sqlite:///x.db"])
+    assert (args.lang, args.timezone) == ("zh-CN", "Asia/Shanghai")  # a school's site: Chinese, Beijing time
+    args = build_parser().parse_args(["web", "--store", "sqlite:///x.db", "--lang", "en", "--timezone", "Asia/Urumqi"])
+    assert (args.lang, args.timezone) == ("en", "Asia/Urumqi")
+    for bad in (["--lang", "fr"], ["--timezone", "Mars/Base"]):
+        result = subprocess.run([sys.executable, "-m", "programs.cli", "web", "--store", "sqlite:///x.db", *bad],
+                                capture_output=True, text=True, timeout=60)
+        assert result.returncode == 2 and bad[0] in result.stderr and "Traceback" not in result.stderr

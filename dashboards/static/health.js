@@ -11,14 +11,8 @@
 
   // ------------------------------------------------------------ helpers
   const esc = s => String(s ?? "").replace(/[&<>"']/g, c => ({"&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;", "'": "&#39;"}[c]));
-  const UNITS = {temperature_c: "°C", humidity_pct: "%RH", co2_ppm: "ppm", pm25_ugm3: "µg/m³", illuminance_lux: "lx",
-                 noise_dba: "dB(A)", people_count: _("people"), lamp_hours: _("h lamp"), filter_hours: _("h filter"),
-                 volume: _("vol")};
-  // Device statuses (central/overview.py) and kinds (CONTRACT.md) as a person reads them.
-  const STATUS = {ok: _("ok"), offline: _("offline"), fault: _("fault"), unknown: _("unknown"),
-                  "never reported": _("never reported"), "not installed yet": _("not installed yet")};
-  const KINDS = {environment: _("environment sensor"), card_reader: _("card reader"), projector: _("projector"),
-                 display: _("display"), camera: _("camera"), meter: _("electricity meter")};
+  // Units and names beside a value, device statuses and kinds: static/i18n.js.
+  const {metric: UNITS, status: STATUS, kind: KINDS} = campusTerms;
   const KEY_METRICS = {environment: ["co2_ppm", "temperature_c", "humidity_pct"], projector: ["power", "lamp_hours"],
                        display: ["power", "input"], camera: ["people_count"], card_reader: []};
 
@@ -92,7 +86,8 @@
     function metric(k, v) {
       const bad = (k.startsWith("error_") && v !== "ok" && v !== 0);
       const unit = UNITS[k] ?? (k.startsWith("error_") ? k.slice(6) : k);
-      return `<span class="metric${bad ? " bad" : ""}" data-metric="${esc(k)}"><b>${esc(fmt(v))}</b> ${esc(unit)}</span>`;
+      const shown = fmt(campusTerms.shown(k, v));
+      return `<span class="metric${bad ? " bad" : ""}" data-metric="${esc(k)}"><b>${esc(shown)}</b> ${esc(unit)}</span>`;
     }
     function device(d, now) {
       const keys = (KEY_METRICS[d.kind] || Object.keys(d.latest).slice(0, 3)).filter(k => k in d.latest);

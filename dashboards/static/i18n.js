@@ -16,6 +16,29 @@
     return params ? text.replace(/%\((\w+)\)s/g, (all, key) => (key in params ? String(params[key]) : all)) : text;
   };
 
+  // The contract's identifiers as a person reads them, for every page script (one place): device kinds,
+  // device statuses (central/overview.py), metric names beside a value, and state values.
+  window.campusTerms = {
+    kind: {environment: _("environment sensor"), card_reader: _("card reader"), projector: _("projector"),
+           display: _("display"), camera: _("camera"), meter: _("electricity meter"), device: _("device")},
+    status: {ok: _("ok"), offline: _("offline"), fault: _("fault"), unknown: _("unknown"),
+             "never reported": _("never reported"), "not installed yet": _("not installed yet")},
+    metric: {temperature_c: "°C", humidity_pct: "%RH", co2_ppm: "ppm", pm25_ugm3: "µg/m³", illuminance_lux: "lx",
+             noise_dba: "dB(A)", people_count: _("people"), lamp_hours: _("h lamp"), filter_hours: _("h filter"),
+             volume: _("vol"), power: _("power"), input: _("input"), muted: _("muted"), error_fan: _("fan"),
+             error_lamp: _("lamp"), error_temperature: _("temperature"), error_cover: _("cover"),
+             error_filter: _("filter"), error_other: _("other"),
+             // A card reader's line counters (edge_agent/drivers: serial readers).
+             swipes: _("swipes"), frames_ok: _("good frames"), frames_bad: _("bad frames"),
+             bad_checksum: _("bad checksums"), malformed: _("malformed"), truncated: _("truncated"),
+             noise_bytes: _("noise bytes")},
+    value: {on: _("on"), off: _("off"), warming: _("warming up"), cooling: _("cooling down"), ok: _("ok"),
+            warning: _("warning"), error: _("error")},
+  };
+  // A metric's value as shown: a state word translated (not an input's name), a number as it is.
+  window.campusTerms.shown = (metric, v) =>
+    typeof v === "string" && metric !== "input" ? (window.campusTerms.value[v] || v) : v;
+
   const formats = {};
   const parts = (ts, kind) => {
     if (!formats[kind]) {

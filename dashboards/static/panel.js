@@ -19,10 +19,7 @@
   const POWER = {on: _("On"), off: _("Off"), warming: _("Warming up…"), cooling: _("Cooling down…")};
   const STATUS = {done: _("done"), failed: _("failed"), rejected: _("refused"), expired: _("expired"),
                   pending: _("waiting…")};
-  const KINDS = {projector: _("projector"), display: _("display"), environment: _("environment sensor"),
-                 card_reader: _("card reader"), camera: _("camera"), meter: _("electricity meter"),
-                 device: _("device")};
-  const kindName = (kind) => KINDS[kind] || kind;
+  const kindName = (kind) => campusTerms.kind[kind] || kind;  // static/i18n.js
   const FOLLOW_MS = 1000;
 
   let state = null;               // the last snapshot of the room
@@ -99,7 +96,7 @@
     // Input and picture/sound mute mean something only while on (a projector does not even report them).
     setText(field(card, "input"), isOn && v.input !== undefined ? inputLabel(card, v.input) : "—");
     setText(field(card, "muted"), isOn && v.muted !== undefined
-      ? (v.muted === "on" ? _("Muted") : (dev.kind === "projector" ? _("Shown") : _("On"))) : "—");
+      ? (v.muted === "on" ? _("Muted") : (dev.kind === "projector" ? _("Shown") : _("Sound on"))) : "—");
     setText(field(card, "volume"), v.volume !== undefined ? String(v.volume) : "—");
     const slider = card.querySelector('input[data-action="set_volume"]');
     if (slider && v.volume !== undefined && !(holdVolume[dev.id] > Date.now())) {

@@ -4,9 +4,7 @@
  */
 (() => {
   "use strict";
-  const UNITS = {temperature_c: "°C", humidity_pct: "%RH", co2_ppm: "ppm", pm25_ugm3: "µg/m³",
-                 illuminance_lux: "lx", noise_dba: "dB(A)", people_count: _("people"), lamp_hours: "h", volume: ""};
-  const STATUS = {ok: _("ok"), offline: _("offline"), fault: _("fault"), unknown: _("unknown")};
+  const {metric: UNITS, status: STATUS} = campusTerms;  // static/i18n.js
   function esc(s) { return String(s).replace(/[&<>"']/g, c => ({"&":"&amp;","<":"&lt;",">":"&gt;",'"':"&quot;","'":"&#39;"}[c])); }
   const PAGE = 24;
   const params = new URLSearchParams(location.search);
@@ -34,7 +32,7 @@
         const mine = devs.filter(d => d.gateway === gw.id);
         const rows = mine.map(d => {
           const vals = Object.entries(d.latest).sort().map(([k, v]) =>
-            `<span class="metric" data-metric="${esc(k)}"><b>${esc(typeof v === "number" ? Math.round(v * 10) / 10 : v)}</b> ${esc(UNITS[k] ?? k)}</span>`).join(" ");
+            `<span class="metric" data-metric="${esc(k)}"><b>${esc(typeof v === "number" ? Math.round(v * 10) / 10 : campusTerms.shown(k, v))}</b> ${esc(UNITS[k] ?? k)}</span>`).join(" ");
           return `<li class="device" data-device="${esc(d.id)}"><span class="badge ${esc(d.status)}">${esc(STATUS[d.status] || d.status)}</span>
                   <span class="dev">${esc(d.id)}</span> <span class="muted">${esc(d.profile)}</span><div>${vals}</div></li>`;
         }).join("");
