@@ -41,9 +41,9 @@ from sqlalchemy.orm import joinedload
 
 from campus import contract
 from campus.errors import StoreError
-from central.notify import outbox as notify_outbox
 from campus.i18n import N_, LazyText, lazy_gettext
 from central.db import translatable
+from central.notify import outbox as notify_outbox
 from central.registry import Alarm, AlarmRule, Building, Gateway, Registry, Room
 
 log = logging.getLogger(__name__)

@@ -1,7 +1,7 @@
 """The language each user chose (issue 20): `users.language`, a BCP 47 tag (zh-CN, en) or NULL.
 
-Revision ID: 0007
-Revises: 0006
+Revision ID: 0009
+Revises: 0008
 Create Date: 2026-12-05
 
 One nullable column: NULL is "not chosen", and the page follows the browser and the site
@@ -12,9 +12,8 @@ from __future__ import annotations
 import sqlalchemy as sa
 from alembic import op
 
-revision = "0007"
-# MERGE: "0006" once the branch adding 0006 is in; "0005" until then, so this branch's tests run.
-down_revision = "0005"
+revision = "0009"
+down_revision = "0008"
 branch_labels = None
 depends_on = None
 
