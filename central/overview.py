@@ -330,8 +330,7 @@ class ProvisionedGateway:
 def provisioned_gateways(registry: Registry, ledger: Ledger, paging: lists.Paging | None = None,
                          only: str | None = None, scope: lists.Scope = lists.EVERYTHING) -> lists.Page[ProvisionedGateway]:
     """A page of the registered gateways of `scope.schools` (or just `only`, if it is one of them), as the
-    provisioning pages list them: a few statements per gateway of the page, none per gateway of the
-    district."""
+    provisioning pages list them: a few statements for the page, whatever its length or the district's."""
     if only is not None:
         info = registry.gateway_info(only)
         found = info is not None and scope.allows_school(info["school"])
@@ -342,12 +341,13 @@ def provisioned_gateways(registry: Registry, ledger: Ledger, paging: lists.Pagin
     states = prov.gateway_states(ledger, ids) if ids else {}
     pushed = prov.pushed_versions(registry, ids) if ids else {}
     infos = _gateway_infos(registry, ids)
+    config_events = prov.config_events(ledger, ids) if ids else {}
     rows = []
     for info in (infos[gid] for gid in ids if gid in infos):
         st = states.get(info["id"], {})
         applied = st.get("config_version")
         push = pushed.get(info["id"])
-        events = prov.config_events(ledger, info["id"])
+        events = config_events[info["id"]]
         css, words = prov.sync_status(info["config_version"], push["version"] if push else None, applied,
                                       bool(st.get("online")), events["rejected"])
         rows.append(ProvisionedGateway(

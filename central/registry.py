@@ -307,19 +307,44 @@ class Registry:
             if user is None:
                 check_password_hash(generate_password_hash("x"), password)  # same time either way
                 return None
-            return self._principal(s, user) if check_password_hash(user.password_hash, password) else None
+            ok = check_password_hash(user.password_hash, password)
+        return self.principal(username) if ok else None
 
     def principal(self, username: str) -> dict[str, Any] | None:
-        with self.session() as s:
-            user = s.scalar(select(User).where(User.username == username))
-            return self._principal(s, user) if user else None
+        """Who `username` is and what they may reach (`_principal`), or None: one statement."""
+        return self._principal(User.username == username)
 
-    def _principal(self, s: Session, user: User) -> dict[str, Any]:
-        room_ids = [r.id for r in user.rooms]
-        gateways = s.scalars(select(Gateway.id).where(Gateway.room_id.in_(room_ids))).all() if room_ids else []
-        # `schools`: the schools an admin or facility account is limited to; empty: the whole district.
-        return {"user": user.username, "role": user.role, "rooms": [r.name for r in user.rooms],
-                "room_ids": room_ids, "gateways": list(gateways), "schools": [x.id for x in user.schools]}
+    def _principal(self, *where: Any) -> dict[str, Any] | None:
+        """The account matching `where` as the web app checks rights with it: user, role, rooms (names and
+        ids, in id order), the gateways of those rooms, and `schools` (those an admin or facility account is
+        limited to, in code-point order; empty: the whole district). None if there is no such account.
+
+        One statement (the user, its rooms, their gateways and its schools outer-joined), because every
+        request resolves its caller: the lazy loads of the ORM took five, a third of what the 500 panels of
+        8:00 cost the web process (docs/benchmarks.md section 10). A teacher has rooms and no schools, a
+        scoped account schools and no rooms, so the join's rows stay few."""
+        query = (select(User.username, User.role, Room.id, Room.name, Gateway.id, UserSchool.school_id)
+                 .select_from(User)
+                 .outerjoin(UserRoom, UserRoom.user_id == User.id).outerjoin(Room, Room.id == UserRoom.room_id)
+                 .outerjoin(Gateway, Gateway.room_id == Room.id)
+                 .outerjoin(UserSchool, UserSchool.user_id == User.id)
+                 .where(*where).order_by(Room.id, Gateway.id))
+        with self.session() as s:
+            rows = s.execute(query).all()
+        if not rows:
+            return None
+        rooms: dict[int, str] = {}
+        gateways: dict[str, None] = {}
+        schools: set[str] = set()
+        for _user, _role, room_id, room_name, gateway, school in rows:
+            if room_id is not None:
+                rooms[room_id] = room_name
+            if gateway is not None:
+                gateways[gateway] = None
+            if school is not None:
+                schools.add(school)
+        return {"user": rows[0][0], "role": rows[0][1], "rooms": list(rooms.values()), "room_ids": list(rooms),
+                "gateways": list(gateways), "schools": sorted(schools)}
 
     def ensure_admin(self, token: str | None = None) -> str | None:
         """Make sure an `admin` user exists (returns its new password if created) and owns `token`.
@@ -356,9 +381,9 @@ class Registry:
             s.add(ApiToken(user_id=user.id, name=name, token_sha256=token_digest(token)))
 
     def principal_for_token(self, token: str) -> dict[str, Any] | None:
-        with self.session() as s:
-            row = s.scalar(select(ApiToken).where(ApiToken.token_sha256 == token_digest(token)))
-            return self._principal(s, row.user) if row else None
+        """The account an API token belongs to (`_principal`), or None: one statement."""
+        return self._principal(User.id == select(ApiToken.user_id).where(
+            ApiToken.token_sha256 == token_digest(token)).scalar_subquery())
 
     # ------------------------------------------------------------ browser sessions (dashboards/sessions.py)
 

@@ -39,12 +39,19 @@
     return `${(s / 3600).toFixed(1)} h`;
   }
   function fmt(v) { return typeof v === "number" ? String(Math.round(v * 10) / 10) : String(v); }
-  async function getJSON(url) {
+  async function fetchOk(url) {
     const r = await fetch(url, {headers: {Accept: "application/json"}, credentials: "same-origin"});
     if (r.status === 401) { location.href = "/login?next=" + encodeURIComponent(location.pathname + location.search); throw new Error("login required"); }
     if (!r.ok) throw new Error((await r.json().catch(() => ({}))).error || `HTTP ${r.status}`);
-    return r.json();
+    return r;
   }
+  async function getJSON(url) { return (await fetchOk(url)).json(); }
+  // A page of a server-side list (central/lists.py) and the whole list's length (X-Total-Count).
+  async function getPage(url) {
+    const r = await fetchOk(url);
+    return {rows: await r.json(), total: +(r.headers.get("X-Total-Count") || 0)};
+  }
+  const ALARM_PAGE = 100;
   function setUpdated(text, bad) {
     const el = document.getElementById("updated");
     if (el) { el.textContent = text; el.classList.toggle("error", !!bad); }
@@ -174,9 +181,9 @@
     });
     syncBuildings();
   }
+  // Open alarms nobody acknowledged: counted by the server, one row fetched (not every open alarm).
   async function unacked() {
-    const open = await getJSON("/api/alarms?state=open");
-    return open.filter(a => !a.acknowledged).length;
+    return (await getPage("/api/alarms?state=active&limit=1")).total;
   }
 
   // ------------------------------------------------------------ alarms
@@ -203,21 +210,33 @@
         <td>${what(a)}</td><td>${esc(a.value)}</td><td>${acked}</td><td>${esc(clock(a.cleared_at))}</td>
         <td>${esc(duration(a.cleared_at - a.raised_at))}</td></tr>`;
     }
+    let offset = 0;  // of the open alarms' page shown
     async function refresh() {
       try {
-        const [open, past] = await Promise.all([getJSON("/api/alarms?state=open"), getJSON("/api/alarms?state=history&limit=100")]);
-        render("open-alarms-body", open.map(openRow).join("") ||
+        const [open, past, n] = await Promise.all([getPage(`/api/alarms?state=open&limit=${ALARM_PAGE}&offset=${offset}`),
+          getJSON("/api/alarms?state=history&limit=100"), unacked()]);
+        if (offset && !open.rows.length && open.total) { offset = 0; return refresh(); }  // the page emptied
+        render("open-alarms-body", open.rows.map(openRow).join("") ||
           '<tr><td colspan="7" class="hstate cleared">No open alarms: everything is within its limits.</td></tr>');
         render("history-alarms-body", past.map(historyRow).join("") || '<tr><td colspan="8" class="muted">No cleared alarms yet.</td></tr>');
-        const n = open.filter(a => !a.acknowledged).length;
+        const last = Math.min(offset + ALARM_PAGE, open.total);
+        render("open-pager", open.total > ALARM_PAGE || offset ? `<span class="muted" data-total="${open.total}">${offset + 1}–${last} of ${open.total}</span>` +
+          (offset > 0 ? ` <button type="button" data-offset="${Math.max(0, offset - ALARM_PAGE)}">← Previous</button>` : "") +
+          (last < open.total ? ` <button type="button" data-offset="${last}">Next →</button>` : "") : "");
         setAlarmCount(n);
-        document.getElementById("open-note").textContent = `(${open.length} open, ${n} not acknowledged)`;
+        document.getElementById("open-note").textContent = `(${open.total} open, ${n} not acknowledged)`;
         setUpdated(`Updated ${clock(Date.now() / 1000)} · refreshes every 3 s`);
       } catch (e) { setUpdated("Cannot reach the server: " + e.message, true); }
     }
     document.querySelector("#open-alarms tbody").id = "open-alarms-body";
     document.querySelector("#history-alarms tbody").id = "history-alarms-body";
     const now = poll(refresh, 3000);
+    document.getElementById("open-pager").addEventListener("click", ev => {
+      const b = ev.target.closest("button[data-offset]");
+      if (!b) return;
+      offset = +b.dataset.offset;
+      now();
+    });
     root.addEventListener("submit", async ev => {
       const form = ev.target.closest("form[data-ack]");
       if (!form) return;
