@@ -30,6 +30,7 @@ from sqlalchemy import (
     String,
     Text,
     UniqueConstraint,
+    bindparam,
     delete,
     select,
     update,
@@ -255,6 +256,23 @@ def check_token(token: str, what: str = "an API token") -> str:
     return token
 
 
+# Who is calling, for every request (`Registry.principal`, `principal_for_token`): the user, its rooms, their
+# gateways and its schools, outer-joined in one statement (a teacher has rooms and no schools, a scoped
+# account schools and no rooms, so the rows stay few). The ORM's lazy loads took four or five statements;
+# and the statements are built once, here: building the select per request cost ten times its execution
+# (0.5 ms against 0.05 ms of CPU), on the path of every one of the 500 panel streams opened at 8:00
+# (docs/benchmarks.md section 10).
+_PRINCIPAL = (select(User.username, User.role, Room.id, Room.name, Gateway.id, UserSchool.school_id)
+              .select_from(User)
+              .outerjoin(UserRoom, UserRoom.user_id == User.id).outerjoin(Room, Room.id == UserRoom.room_id)
+              .outerjoin(Gateway, Gateway.room_id == Room.id)
+              .outerjoin(UserSchool, UserSchool.user_id == User.id)
+              .order_by(Room.id, Gateway.id))
+_PRINCIPAL_BY_NAME = _PRINCIPAL.where(User.username == bindparam("username"))
+_PRINCIPAL_BY_TOKEN = _PRINCIPAL.where(User.id == select(ApiToken.user_id).where(
+    ApiToken.token_sha256 == bindparam("digest")).scalar_subquery())
+
+
 class Registry:
     """The registry's operations the web app and CLI perform, on the central database."""
 
@@ -312,25 +330,15 @@ class Registry:
 
     def principal(self, username: str) -> dict[str, Any] | None:
         """Who `username` is and what they may reach (`_principal`), or None: one statement."""
-        return self._principal(User.username == username)
+        return self._principal(_PRINCIPAL_BY_NAME, {"username": username})
 
-    def _principal(self, *where: Any) -> dict[str, Any] | None:
-        """The account matching `where` as the web app checks rights with it: user, role, rooms (names and
-        ids, in id order), the gateways of those rooms, and `schools` (those an admin or facility account is
-        limited to, in code-point order; empty: the whole district). None if there is no such account.
-
-        One statement (the user, its rooms, their gateways and its schools outer-joined), because every
-        request resolves its caller: the lazy loads of the ORM took five, a third of what the 500 panels of
-        8:00 cost the web process (docs/benchmarks.md section 10). A teacher has rooms and no schools, a
-        scoped account schools and no rooms, so the join's rows stay few."""
-        query = (select(User.username, User.role, Room.id, Room.name, Gateway.id, UserSchool.school_id)
-                 .select_from(User)
-                 .outerjoin(UserRoom, UserRoom.user_id == User.id).outerjoin(Room, Room.id == UserRoom.room_id)
-                 .outerjoin(Gateway, Gateway.room_id == Room.id)
-                 .outerjoin(UserSchool, UserSchool.user_id == User.id)
-                 .where(*where).order_by(Room.id, Gateway.id))
-        with self.session() as s:
-            rows = s.execute(query).all()
+    def _principal(self, query: Any, params: dict[str, str]) -> dict[str, Any] | None:
+        """The account `query` (`_PRINCIPAL_BY_NAME` or `_BY_TOKEN`) finds, as the web app checks rights
+        with it: user, role, rooms (names and ids, in id order), the gateways of those rooms, and `schools`
+        (those an admin or facility account is limited to, in code-point order; empty: the whole district).
+        None if there is no such account."""
+        with self.db.read("cannot read the account") as conn:
+            rows = conn.execute(query, params).all()
         if not rows:
             return None
         rooms: dict[int, str] = {}
@@ -382,8 +390,7 @@ class Registry:
 
     def principal_for_token(self, token: str) -> dict[str, Any] | None:
         """The account an API token belongs to (`_principal`), or None: one statement."""
-        return self._principal(User.id == select(ApiToken.user_id).where(
-            ApiToken.token_sha256 == token_digest(token)).scalar_subquery())
+        return self._principal(_PRINCIPAL_BY_TOKEN, {"digest": token_digest(token)})
 
     # ------------------------------------------------------------ browser sessions (dashboards/sessions.py)
 
