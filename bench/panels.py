@@ -216,7 +216,8 @@ print((time.process_time() - cpu) / n * 1000, count[0] / n)
 
 def token_lookup(db: Path, token: str, code: Path | None, n: int) -> tuple[float, float]:
     """CPU ms and SQL statements of one `Registry.principal_for_token`, what every panel stream's request does
-    first, in the checkout under test (one process, nothing else running in it: a figure the load barely moves)."""
+    first, in the checkout under test (one process, nothing else running in it: a figure the load barely
+    moves)."""
     done = subprocess.run([sys.executable, "-c", _LOOKUP, f"sqlite:///{db}", token, str(n)], cwd=code or ROOT,
                           capture_output=True, text=True, timeout=300, check=True)
     ms, statements = done.stdout.split()
@@ -287,7 +288,8 @@ def main(argv: list[str] | None = None) -> int:
                   round(r["ramp_cpu"], 1), _ms(r["probe_p50"]), _ms(r["probe_p95"]),  # type: ignore[arg-type]
                   round(r["rss_idle"]), round(r["rss"]), round(r["cpu"]),  # type: ignore[arg-type]
                   round(r["events"] / args.hold),  # type: ignore[operator]
-                  round(r["lookup_ms"], 2), round(r["lookup_statements"], 1)]])  # type: ignore[arg-type,call-overload]
+                  round(r["lookup_ms"], 2),  # type: ignore[call-overload]
+                  round(r["lookup_statements"], 1)]])  # type: ignore[call-overload]
     if r["errors"]:
         print(f"streams that failed: {r['errors'][:5]}")
     print(machine_line())

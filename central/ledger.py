@@ -530,9 +530,9 @@ class Ledger:
         """Each gateway (or just `gateway`, or those of `ids`: a page of a list) as the API shows it, with
         its last `state`, in one query; a read only ("online" is `online_at` now)."""
         c = gw_t.c
-        query = select(c.id, c.school, c.room, online_at(time.time()), c.last_seen, c.received, c.duplicates, c.first_seq,
-                       c.max_seq, c.state, c.gaps_before, c.received_before, c.seq_jumps, c.clock_ahead,
-                       c.clock_offset, c.acked_seq).order_by(c.school, c.id)
+        query = select(c.id, c.school, c.room, online_at(time.time()), c.last_seen, c.received, c.duplicates,
+                       c.first_seq, c.max_seq, c.state, c.gaps_before, c.received_before, c.seq_jumps,
+                       c.clock_ahead, c.clock_offset, c.acked_seq).order_by(c.school, c.id)
         if gateway is not None:
             query = query.where(c.id == gateway)
         if ids is not None:
@@ -664,7 +664,8 @@ class Ledger:
         return [{"gateway": g, "device": d, "seq": s, "ts": ts, "type": t, "data": json.loads(data)}
                 for g, d, s, ts, t, data in rows]
 
-    def newest_events(self, gateways: Collection[str], types: Collection[str]) -> dict[tuple[str, str], dict[str, Any]]:
+    def newest_events(self, gateways: Collection[str],
+                      types: Collection[str]) -> dict[tuple[str, str], dict[str, Any]]:
         """The newest event of each of `types` of each of `gateways`, by (gateway, type): one statement for a
         page of gateways (a window function), where `events(gateway=, type_=, limit=1)` per gateway and type
         cost two statements per row of the provisioning list."""
@@ -677,7 +678,8 @@ class Ledger:
                   .where(e.gateway.in_(ids), e.type.in_(kinds)).subquery())
         r = ranked.c
         with self.db.read("cannot read the events") as conn:
-            rows = conn.execute(select(r.gateway, r.device, r.seq, r.ts, r.type, r.data).where(r.rank == 1)).all()
+            rows = conn.execute(select(r.gateway, r.device, r.seq, r.ts, r.type, r.data)
+                                .where(r.rank == 1)).all()
         return {(g, t): {"gateway": g, "device": d, "seq": seq, "ts": ts, "type": t, "data": json.loads(data)}
                 for g, d, seq, ts, t, data in rows}
 

@@ -351,8 +351,8 @@ class Registry:
                 gateways[gateway] = None
             if school is not None:
                 schools.add(school)
-        return {"user": rows[0][0], "role": rows[0][1], "rooms": list(rooms.values()), "room_ids": list(rooms),
-                "gateways": list(gateways), "schools": sorted(schools)}
+        return {"user": rows[0][0], "role": rows[0][1], "rooms": list(rooms.values()),
+                "room_ids": list(rooms), "gateways": list(gateways), "schools": sorted(schools)}
 
     def ensure_admin(self, token: str | None = None) -> str | None:
         """Make sure an `admin` user exists (returns its new password if created) and owns `token`.

@@ -70,8 +70,8 @@ def document() -> dict[str, Any]:
     stream["responses"]["200"] = {"description": "an open text/event-stream",
                                   "content": {"text/event-stream": {"schema": {"type": "string"}}}}
     metrics = _get("Gateways, devices and ingest workers in the Prometheus text format 0.0.4, for scraping "
-                   "with a bearer token (facility, admin; an account limited to some schools: their gateways and "
-                   "devices, no ingest worker)")
+                   "with a bearer token (facility, admin; an account limited to some schools: their "
+                   "gateways and devices, no ingest worker)")
     metrics["responses"]["200"] = {"description": "metrics", "content": {"text/plain": {"schema": {"type": "string"}}}}
     telemetry = _get(
         "Points of one series in [start, end] (default: the last hour), oldest first, never without the newest: at "
@@ -125,8 +125,9 @@ def document() -> dict[str, Any]:
                                                  arr), 200)},
             "/api/commands/{cid}": {"get": _get("One command", [("cid", "path", True)], obj)},
             "/api/panel/{gateway}/stream": {"get": stream},
-            "/api/alarms": {"get": _paged(_get("Alarms, newest first: open (not cleared), active (open and not "
-                                        "acknowledged), history (cleared) or all (facility, admin)", [("state", "query", False),
+            "/api/alarms": {"get": _paged(_get("Alarms, newest first: open (not cleared), active (open, "
+                                               "not acknowledged), history (cleared) or all (facility, admin)",
+                                               [("state", "query", False),
                                                               ("gateway", "query", False)], arr), 200, 2000)},
             "/api/alarms/{aid}/ack": {"post": ack},
             "/api/board": {"get": _paged(_get(

@@ -69,7 +69,8 @@ def test_statements_do_not_grow_with_the_page(district: Flask) -> None:
                  "/api/devices?limit={}", "/panel?limit={}", "/api/alarms?state=open&limit={}"):
         few, resp_few = statements(district, path.format(5))
         many, resp_many = statements(district, path.format(50))
-        assert resp_few.status_code == resp_many.status_code == 200, (path, resp_many.get_data(as_text=True)[:300])
+        assert resp_few.status_code == resp_many.status_code == 200, (path,
+                                                                      resp_many.get_data(as_text=True)[:300])
         assert many == few, f"{path}: {few} statements for 5 rows, {many} for 50"
     page = get(district, "/provisioning/gateways?limit=50").get_data(as_text=True)
     assert page.count('<tr data-gateway="') == 50
@@ -79,13 +80,16 @@ def test_the_provisioning_list_shows_each_gateways_newest_config_events(district
     """The events of the page, read together, are still each gateway's newest of each kind."""
     c = central(district)
     now = time.time()
+    def ev(gateway: str, seq: int, ago: float, kind: str, data: dict[str, object]) -> Sequenced:
+        return Sequenced("s00", gateway, "agent", seq, now - ago, event=(kind, data))
+
     c.ledger.record([
-        Sequenced("s00", "gw-0000", "agent", 10, now - 30, event=("config_applied", {"version": 1})),
-        Sequenced("s00", "gw-0000", "agent", 11, now - 20, event=("config_rejected", {"version": 2, "error": "x"})),
-        Sequenced("s00", "gw-0000", "agent", 12, now - 10, event=("config_rejected", {"version": 3, "error": "y"})),
-        Sequenced("s00", "gw-0000", "agent", 13, now - 5, event=("card_swipe", {"card": "ab"})),
-        Sequenced("s00", "gw-0010", "agent", 10, now - 10, event=("config_applied", {"version": 4})),
-        Sequenced("s00", "gw-0010", "agent", 11, now - 40, event=("config_applied", {"version": 3})),
+        ev("gw-0000", 10, 30, "config_applied", {"version": 1}),
+        ev("gw-0000", 11, 20, "config_rejected", {"version": 2, "error": "x"}),
+        ev("gw-0000", 12, 10, "config_rejected", {"version": 3, "error": "y"}),
+        ev("gw-0000", 13, 5, "card_swipe", {"card": "ab"}),
+        ev("gw-0010", 10, 10, "config_applied", {"version": 4}),
+        ev("gw-0010", 11, 40, "config_applied", {"version": 3}),
     ], [], [])
     rows = {r.id: r for r in overview.provisioned_gateways(c.registry, c.ledger).items}
     assert rows["gw-0000"].applied_event["data"] == {"version": 1}
@@ -128,8 +132,8 @@ def login(app: Flask) -> FlaskClient:
     """A browser logged in as the admin, its session holding its CSRF token already (pages render it)."""
     client = app.test_client()
     token = re.search(r'name="csrf" value="([^"]+)"', client.get("/login").get_data(as_text=True)).group(1)
-    assert client.post("/login", data={"csrf": token, "username": "boss", "password": "boss-password"}).status_code \
-        == 302
+    resp = client.post("/login", data={"csrf": token, "username": "boss", "password": "boss-password"})
+    assert resp.status_code == 302
     client.get("/login")  # the new session's CSRF token, stored now rather than by the first page below
     return client
 

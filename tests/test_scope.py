@@ -172,7 +172,8 @@ def test_the_other_schools_things_are_not_found_and_district_things_forbidden(di
     for path in ("/api/audit", "/api/ingest"):
         for who in SCOPED:
             assert call(app, who, path).status_code == 403, path
-    # Metrics: a school's own monitoring scrapes its schools' gateways and devices, not the district's workers.
+    # Metrics: a school's own monitoring scrapes its schools' gateways and devices, not the district's
+    # ingest workers.
     central(app).ledger.record_worker("ingest-1", "central-host", 1, time.time(), {"messages": 1})
     for who in SCOPED:
         resp = call(app, who, "/api/metrics")
