@@ -238,6 +238,12 @@ def format_clock(value: float | datetime | None, seconds: bool = True, empty: st
                            locale=get_locale())
 
 
+def site_zone() -> ZoneInfo:
+    """The site's zone as a ZoneInfo, to compute with local times (a week's midnights): Flask-Babel's own
+    is a pytz zone, which gives a datetime built with it the zone's first offset (Shanghai's +08:06)."""
+    return ZoneInfo(current_app.config.get("CAMPUS_TIMEZONE", DEFAULT_TIMEZONE))
+
+
 def site_stamp(ts: float) -> str:
     """`20261204-1403`: a time in a file name, in the site's zone."""
     return datetime.fromtimestamp(ts, get_timezone()).strftime("%Y%m%d-%H%M")
