@@ -238,10 +238,11 @@ def format_clock(value: float | datetime | None, seconds: bool = True, empty: st
                            locale=get_locale())
 
 
-def site_zone() -> ZoneInfo:
-    """The site's zone as a ZoneInfo, to compute with local times (a week's midnights): Flask-Babel's own
-    is a pytz zone, which gives a datetime built with it the zone's first offset (Shanghai's +08:06)."""
-    return ZoneInfo(current_app.config.get("CAMPUS_TIMEZONE", DEFAULT_TIMEZONE))
+def site_zone(app: Flask | None = None) -> ZoneInfo:
+    """The site's zone (of `app`, else of this request's) as a ZoneInfo, to compute with local times (a
+    week's midnights): Flask-Babel's own is a pytz zone, which gives a datetime built with it the zone's
+    first offset (Shanghai's +08:06)."""
+    return ZoneInfo((app or current_app).config.get("CAMPUS_TIMEZONE", DEFAULT_TIMEZONE))
 
 
 def site_stamp(ts: float) -> str:

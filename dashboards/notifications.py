@@ -22,7 +22,6 @@ from __future__ import annotations
 
 from datetime import datetime
 from typing import Any
-from zoneinfo import ZoneInfo
 
 from flask import Blueprint, Flask, flash, g, jsonify, redirect, render_template, request, url_for
 from flask_babel import Babel, gettext
@@ -32,12 +31,11 @@ from campus.i18n import N_, lazy_gettext
 from central import lists, overview
 from central.notify import channels as chan
 from central.notify import outbox
-from central.notify.messages import local_time
 from central.notify.senders import SendError
 from central.registry import row_id
 from dashboards.auth import add_nav, audit, login_required, not_found, refuse, school_scoped, sight
 from dashboards.context import central
-from dashboards.i18n import LANGUAGE_NAMES, catalog, error_text
+from dashboards.i18n import LANGUAGE_NAMES, catalog, error_text, format_time, site_zone
 
 bp = Blueprint("notifications", __name__)
 
@@ -55,12 +53,7 @@ def register(app: Flask) -> None:
     notifier = central(app).notifier
     if notifier is not None:
         notifier.translations = catalog
-
-
-@bp.app_template_filter("notify_time")
-def _notify_time(ts: float | None) -> str:
-    notifier = central().notifier
-    return local_time(ts, notifier.zone if notifier else ZoneInfo("Asia/Shanghai")) or "—"
+        notifier.zone = site_zone(app)  # for schools without a timetable zone of their own
 
 
 def _schools() -> tuple[str, ...] | None:
@@ -201,13 +194,13 @@ def mutes() -> Any:
     error, status = "", 200
     if request.method == "POST":
         try:
-            mute = chan.add_mute(reg, request.form.to_dict(), g.user["user"], _zone(), schools)
+            mute = chan.add_mute(reg, request.form.to_dict(), g.user["user"], site_zone(), schools)
         except chan.ChannelError as exc:
             error, status = error_text(exc), 400
         else:
             audit("notify_mute", f"muted {mute['school']}{'/' + mute['room'] if mute['room'] else ''} until "
                                  f"{mute['until']:.0f}: {mute['reason']}")
-            flash(gettext("Muted until %(time)s.", time=_notify_time(mute["until"])))
+            flash(gettext("Muted until %(time)s.", time=format_time(mute["until"])))
             return redirect(url_for("notifications.mutes"))
     places = overview.places(reg, sight(g.user))
     return render_template("health_mutes.html", mutes=chan.list_mutes(reg, schools), schools=places.schools,
@@ -230,11 +223,6 @@ def end_mute_form(mid: str) -> Any:
 def _channel(raw: str) -> dict[str, Any] | None:
     channel_id = row_id(raw)
     return None if channel_id is None else chan.get_channel(central().registry, channel_id, _schools())
-
-
-def _zone() -> ZoneInfo:
-    notifier = central().notifier
-    return notifier.zone if notifier is not None else ZoneInfo("Asia/Shanghai")
 
 
 def _send_test(found: dict[str, Any]) -> str:
@@ -352,7 +340,7 @@ def api_mutes() -> Any:
 @login_required(roles=STAFF)
 def api_add_mute() -> Any:
     try:
-        mute = chan.add_mute(central().registry, _body(), g.user["user"], _zone(), _schools())
+        mute = chan.add_mute(central().registry, _body(), g.user["user"], site_zone(), _schools())
     except chan.ChannelError as exc:
         return _refused(exc)
     audit("notify_mute", f"muted {mute['school']}{'/' + mute['room'] if mute['room'] else ''} until "
