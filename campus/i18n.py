@@ -17,12 +17,30 @@ it then.
 
 The parameters are formatted with Python's `%(name)s`, which is what Babel marks `python-format`
 and checks in the catalog.
+
+Text rendered below the web app in a language known without a request (a notification in its channel's
+language, central/notify) is rendered with a `Translations` it is handed: stdlib gettext's interface,
+which the web app's catalogs (Babel's `support.Translations`) have; `ENGLISH` when none was handed.
 """
 
 from __future__ import annotations
 
+import gettext as _stdlib_gettext
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import Any, Protocol
+
+
+class Translations(Protocol):
+    """One language's catalog as stdlib gettext has it (`gettext.NullTranslations`, Babel's
+    `support.Translations`): what code that must not import Flask is handed to render text in a language."""
+
+    def gettext(self, message: str) -> str: ...
+
+    def ngettext(self, msgid1: str, msgid2: str, n: int) -> str: ...
+
+
+# The source language: every message is its own English.
+ENGLISH: Translations = _stdlib_gettext.NullTranslations()
 
 
 def N_(message: str) -> str:

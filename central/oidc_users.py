@@ -28,6 +28,7 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 
 from campus.errors import CampusError
+from campus.i18n import lazy_gettext
 from central.registry import ROLES, Registry, Room, School, User
 
 log = logging.getLogger(__name__)
@@ -76,11 +77,11 @@ def _apply(registry: Registry, who: Identity) -> str:
         if user is None:
             user = s.scalar(select(User).where(User.username == who.username))
             if who.username == BREAK_GLASS:  # made or not yet: the name is the local break-glass account's
-                raise IdentityRefused(f"the account {BREAK_GLASS!r} is the local break-glass account; it "
-                                      "cannot be signed in to with the platform")
+                raise IdentityRefused(lazy_gettext("the account %(user)r is the local break-glass account; it "
+                                                   "cannot be signed in to with the platform", user=BREAK_GLASS))
             if user is not None and user.oidc_subject is not None:
-                raise IdentityRefused(f"the account {who.username!r} belongs to another person of the "
-                                      "platform")
+                raise IdentityRefused(lazy_gettext("the account %(user)r belongs to another person of the platform",
+                                                   user=who.username))
             if user is None:
                 user = User(username=who.username, password_hash="", role=NO_ROLE)
                 log.info("sign-in: new account %s for %s at %s", who.username, who.subject, who.issuer)

@@ -220,7 +220,8 @@ def may_see_school(user: dict[str, Any], school: str) -> bool:
 
 # What `not_found` may name, marked for the catalog.
 _THINGS = {"gateway": N_("gateway"), "command": N_("command"), "school": N_("school"), "room": N_("room"),
-           "device": N_("device"), "schedule": N_("schedule")}
+           "device": N_("device"), "schedule": N_("schedule"), "channel": N_("notification channel"),
+           "delivery": N_("notification delivery"), "mute": N_("maintenance mute")}
 
 
 def not_found(what: str) -> Any:

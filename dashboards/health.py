@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import logging
 import time
-from datetime import date, datetime, timedelta
+from datetime import date, datetime, timedelta, tzinfo
 from typing import Any
 
 from flask import (
@@ -65,7 +65,7 @@ from dashboards.auth import (
     sight,
 )
 from dashboards.context import central
-from dashboards.i18n import TERMS, error_text, format_date, format_time, translate
+from dashboards.i18n import TERMS, error_text, format_date, format_time, site_zone, translate
 
 log = logging.getLogger(__name__)
 
@@ -367,34 +367,38 @@ def _capital(text: str) -> str:
 # ---------------------------------------------------------------- usage
 
 
-def week_bounds(week: date) -> list[float]:
-    """Unix times of the local midnights of the week starting on `week` (8 values)."""
-    return [datetime.combine(week + timedelta(days=i), datetime.min.time()).timestamp() for i in range(8)]
+def week_bounds(week: date, zone: tzinfo) -> list[float]:
+    """Unix times of the midnights in `zone` (the site's) of the week starting on `week` (8 values): the
+    server's own zone (often UTC) would start a Shanghai Monday at 08:00."""
+    return [datetime.combine(week + timedelta(days=i), datetime.min.time(), tzinfo=zone).timestamp()
+            for i in range(8)]
 
 
-def night_windows(week: date) -> list[tuple[float, float]]:
-    """Local 22:00-06:00 windows touching the week."""
+def night_windows(week: date, zone: tzinfo) -> list[tuple[float, float]]:
+    """22:00-06:00 windows in `zone` touching the week."""
     out = []
     for i in range(-1, 7):
         d = week + timedelta(days=i)
-        a = datetime.combine(d, datetime.min.time()).replace(hour=NIGHT[0]).timestamp()
-        b = datetime.combine(d + timedelta(days=1), datetime.min.time()).replace(hour=NIGHT[1]).timestamp()
+        a = datetime.combine(d, datetime.min.time(), tzinfo=zone).replace(hour=NIGHT[0]).timestamp()
+        b = datetime.combine(d + timedelta(days=1), datetime.min.time(), tzinfo=zone).replace(hour=NIGHT[1]).timestamp()
         out.append((a, b))
     return out
 
 
-def usage_for(spans: list[tuple[float, float]], week: date) -> dict[str, Any]:
-    bounds = week_bounds(week)
+def usage_for(spans: list[tuple[float, float]], week: date, zone: tzinfo) -> dict[str, Any]:
+    bounds = week_bounds(week, zone)
     days = [overlap(spans, bounds[i], bounds[i + 1]) / 3600 for i in range(7)]
     lo, hi = bounds[0], bounds[-1]
-    night = sum(overlap(spans, max(a, lo), min(b, hi)) for a, b in night_windows(week) if min(b, hi) > max(a, lo))
+    night = sum(overlap(spans, max(a, lo), min(b, hi)) for a, b in night_windows(week, zone)
+                if min(b, hi) > max(a, lo))
     return {"days": [round(h, 2) for h in days], "total": round(sum(days), 2), "night": round(night / 3600, 2)}
 
 
 def parse_week(raw: str | None, today: date | None = None) -> date:
-    """The Monday of an ISO week "YYYY-Www" (default: this week); ValueError with a readable message."""
-    today = today or date.today()
+    """The Monday of an ISO week "YYYY-Www" (default: this week, in the site's zone); ValueError with a
+    readable message."""
     if not raw:
+        today = today or datetime.now(site_zone()).date()
         return today - timedelta(days=today.weekday())
     try:
         year, week = raw.split("-W")
@@ -420,7 +424,8 @@ def usage() -> Any:
         return render_template("error.html", status=400, message=error_text(exc)), 400
     c = central()
     store = c.store
-    bounds = week_bounds(week)
+    zone = site_zone()
+    bounds = week_bounds(week, zone)
     now = time.time()
     end = min(bounds[-1], now)
     rows = []
@@ -435,7 +440,7 @@ def usage() -> Any:
                 continue
             if end > bounds[0]:
                 points = list(iter_points(store, r.gateway, d.id, "power", bounds[0] - MAX_SAMPLE_GAP_S, end))
-                figures = usage_for(on_intervals(points, bounds[0], end), week)
+                figures = usage_for(on_intervals(points, bounds[0], end), week, zone)
             else:
                 figures = {"days": [0.0] * 7, "total": 0.0, "night": 0.0}
             power = d.latest.get("power")

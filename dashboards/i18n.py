@@ -33,7 +33,7 @@ from flask import Blueprint, Flask, abort, current_app, g, redirect, request, se
 from flask_babel import Babel, get_locale, get_timezone, gettext
 
 from campus.errors import ConfigError
-from campus.i18n import N_, LazyText, message_of
+from campus.i18n import ENGLISH, N_, LazyText, Translations, message_of
 
 # BCP 47 tag (URLs, the cookie, the account, <html lang>) -> the locale Flask-Babel is given (Babel makes
 # zh_CN zh_Hans_CN, the name of its catalog folder).
@@ -98,6 +98,21 @@ def install(app: Flask, default_language: str = "en", timezone: str = DEFAULT_TI
     app.register_blueprint(bp)
 
 
+@functools.cache
+def catalog(tag: str) -> Translations:
+    """The catalog of a language tag outside any request: what the notifier (central/notify, which must not
+    import Flask) says a channel's messages with. English, the source language, has none."""
+    from babel import Locale
+    from babel.support import Translations as Catalog
+
+    from dashboards.i18n_build import DOMAIN, TRANSLATIONS
+
+    locale = LANGUAGES[language_tag(tag) or "en"]
+    if locale == "en":
+        return ENGLISH
+    return Catalog.load(str(TRANSLATIONS), [Locale.parse(locale)], domain=DOMAIN)
+
+
 def request_language() -> str:
     """The language tag of this request (the module docstring's order); once per request."""
     if "campus_lang" in g:
@@ -143,6 +158,12 @@ TERMS: dict[str, dict[str, str]] = {
                "fault": N_("fault"), "unknown": N_("unknown"), "online": N_("online"), "on": N_("on"),
                "off": N_("off"), "warming": N_("warming up"), "cooling": N_("cooling down"),
                "never reported": N_("never reported"), "not installed yet": N_("not installed yet")},
+    # Notifications (central/notify): a channel's kind, an alarm's severity, a robot's message type, a
+    # delivery's status.
+    "channel": {"email": N_("e-mail"), "wecom": N_("WeCom"), "dingtalk": N_("DingTalk"), "webhook": N_("webhook")},
+    "severity": {"info": N_("info"), "warning": N_("warning"), "critical": N_("critical")},
+    "msgtype": {"markdown": N_("Markdown"), "text": N_("plain text")},
+    "delivery": {"pending": N_("pending"), "sent": N_("sent"), "failed": N_("failed")},
     "role": {"admin": N_("admin"), "facility": N_("facility"), "teacher": N_("teacher")},
     "unit": {"min": N_("min")},
     "created": {"schools": N_("schools"), "rooms": N_("rooms"), "gateways": N_("gateways"),
@@ -215,6 +236,13 @@ def format_clock(value: float | datetime | None, seconds: bool = True, empty: st
         return empty
     return format_datetime(_when(value), "HH:mm:ss" if seconds else "HH:mm", tzinfo=get_timezone(),
                            locale=get_locale())
+
+
+def site_zone(app: Flask | None = None) -> ZoneInfo:
+    """The site's zone (of `app`, else of this request's) as a ZoneInfo, to compute with local times (a
+    week's midnights): Flask-Babel's own is a pytz zone, which gives a datetime built with it the zone's
+    first offset (Shanghai's +08:06)."""
+    return ZoneInfo((app or current_app).config.get("CAMPUS_TIMEZONE", DEFAULT_TIMEZONE))
 
 
 def site_stamp(ts: float) -> str:

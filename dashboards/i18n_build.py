@@ -72,6 +72,10 @@ def update(root: Path = ROOT) -> list[Path]:
     for po in po_files():
         with open(po, "rb") as f:
             catalog = read_po(f, locale=po.parent.parent.name)
+        for message in catalog:
+            # Babel reads a fuzzy entry's previous msgid (`#| msgid`, written below) back as a translator's
+            # comment and would keep it for good as `# | msgid`: the update writes the current ones afresh.
+            message.user_comments = [c for c in message.user_comments if not c.startswith("|")]
         catalog.update(template, no_fuzzy_matching=False)
         catalog.obsolete.clear()  # git keeps the history; an obsolete entry would only be a stale line
         with open(po, "wb") as f:

@@ -22,20 +22,20 @@ from __future__ import annotations
 
 from datetime import datetime
 from typing import Any
-from zoneinfo import ZoneInfo
 
 from flask import Blueprint, Flask, flash, g, jsonify, redirect, render_template, request, url_for
 from flask_babel import Babel, gettext
 
 from campus.errors import PayloadError
+from campus.i18n import N_, lazy_gettext
 from central import lists, overview
 from central.notify import channels as chan
 from central.notify import outbox
-from central.notify.messages import local_time
 from central.notify.senders import SendError
 from central.registry import row_id
 from dashboards.auth import add_nav, audit, login_required, not_found, refuse, school_scoped, sight
 from dashboards.context import central
+from dashboards.i18n import LANGUAGE_NAMES, catalog, error_text, format_time, site_zone
 
 bp = Blueprint("notifications", __name__)
 
@@ -44,21 +44,16 @@ ADMIN = ("admin",)
 
 
 def register(app: Flask) -> None:
-    """Blueprint, top-bar link, and the notifier's messages rendered with this app's Babel and catalogs."""
+    """Blueprint, top-bar link, and the notifier's messages said with this app's catalogs (central has none)."""
     if "babel" not in app.extensions:  # the app's own Babel set-up (language selection) wins when it has one
         Babel(app)
     app.register_blueprint(bp)
-    add_nav(app, "Notifications", "notifications.page", ADMIN)
-    add_nav(app, "Mutes", "notifications.mutes", STAFF)  # facility managers find maintenance mutes here
+    add_nav(app, N_("Notifications"), "notifications.page", ADMIN)
+    add_nav(app, N_("Mutes"), "notifications.mutes", STAFF)  # facility managers find maintenance mutes here
     notifier = central(app).notifier
     if notifier is not None:
-        notifier.locale.attach(app)
-
-
-@bp.app_template_filter("notify_time")
-def _notify_time(ts: float | None) -> str:
-    notifier = central().notifier
-    return local_time(ts, notifier.zone if notifier else ZoneInfo("Asia/Shanghai")) or "—"
+        notifier.translations = catalog
+        notifier.zone = site_zone(app)  # for schools without a timetable zone of their own
 
 
 def _schools() -> tuple[str, ...] | None:
@@ -71,12 +66,17 @@ def _error(status: int, message: str, field: str = "") -> Any:
     return jsonify(body), status
 
 
+def _refused(exc: chan.ChannelError) -> Any:
+    """A refused value: 400 naming the field, said in the request's language."""
+    return _error(400, error_text(exc), exc.field)
+
+
 def _body() -> dict[str, Any]:
     """The JSON object of a request (strict_json has refused malformed JSON already); a form as a dict."""
     if request.is_json:
         body = request.get_json(silent=True)
         if not isinstance(body, dict):
-            raise chan.ChannelError("body", "must be a JSON object")
+            raise chan.ChannelError("body", lazy_gettext("must be a JSON object"))
         return body
     form = request.form.to_dict()
     form["enabled"] = form.get("enabled", "") == "on"
@@ -89,10 +89,11 @@ def _check_school(data: chan.ChannelInput) -> Any | None:
     if schools is None:
         return None
     if data.school is None:
-        return refuse(403, "a channel for every school belongs to the whole district; your account is limited to "
-                           "some schools")
+        return refuse(403, lazy_gettext("a channel for every school belongs to the whole district; your account is "
+                                        "limited to some schools"))
     if data.school not in schools:
-        return _error(400, f"school: no school {data.school!r} in your schools", "school")
+        return _refused(chan.ChannelError("school", lazy_gettext("no school %(school)r in your schools",
+                                                                 school=data.school)))
     return None
 
 
@@ -110,6 +111,7 @@ def _page(error: str = "", form: dict[str, Any] | None = None, status: int = 200
     return render_template("health_notifications.html", channels=chan.list_channels(reg, schools),
                            deliveries=deliveries, total=total, mutes=chan.list_mutes(reg, schools),
                            schools=places.schools, kinds=chan.KINDS, severities=chan.SEVERITIES, langs=chan.LANGS,
+                           msgtypes=chan.MSGTYPES, language_names=LANGUAGE_NAMES,
                            error=error, form=form or {}, tab="notifications", district_wide=schools is None), status
 
 
@@ -139,14 +141,14 @@ def _save_form(found: dict[str, Any] | None) -> Any:
     try:
         data = chan.parse_channel(central().registry, _body(), kind=found["kind"] if found else None)
     except chan.ChannelError as exc:
-        return _page(str(exc), form, 400)
+        return _page(error_text(exc), form, 400)
     refused = _check_school(data)
     if refused is not None:
         return refused
     try:
         saved = chan.save_channel(central().registry, data, found["id"] if found else None)
     except chan.ChannelError as exc:
-        return _page(str(exc), form, 400)
+        return _page(error_text(exc), form, 400)
     audit("notify_channel", f"{'changed' if found else 'added'} {saved['kind']} channel #{saved['id']} {saved['name']}")
     flash(gettext("Saved: %(name)s.", name=saved["name"]))
     return redirect(url_for("notifications.page"))
@@ -192,13 +194,13 @@ def mutes() -> Any:
     error, status = "", 200
     if request.method == "POST":
         try:
-            mute = chan.add_mute(reg, request.form.to_dict(), g.user["user"], _zone(), schools)
+            mute = chan.add_mute(reg, request.form.to_dict(), g.user["user"], site_zone(), schools)
         except chan.ChannelError as exc:
-            error, status = str(exc), 400
+            error, status = error_text(exc), 400
         else:
             audit("notify_mute", f"muted {mute['school']}{'/' + mute['room'] if mute['room'] else ''} until "
                                  f"{mute['until']:.0f}: {mute['reason']}")
-            flash(gettext("Muted until %(time)s.", time=_notify_time(mute["until"])))
+            flash(gettext("Muted until %(time)s.", time=format_time(mute["until"])))
             return redirect(url_for("notifications.mutes"))
     places = overview.places(reg, sight(g.user))
     return render_template("health_mutes.html", mutes=chan.list_mutes(reg, schools), schools=places.schools,
@@ -221,11 +223,6 @@ def end_mute_form(mid: str) -> Any:
 def _channel(raw: str) -> dict[str, Any] | None:
     channel_id = row_id(raw)
     return None if channel_id is None else chan.get_channel(central().registry, channel_id, _schools())
-
-
-def _zone() -> ZoneInfo:
-    notifier = central().notifier
-    return notifier.zone if notifier is not None else ZoneInfo("Asia/Shanghai")
 
 
 def _send_test(found: dict[str, Any]) -> str:
@@ -258,7 +255,7 @@ def api_create_channel() -> Any:
             return refused
         saved = chan.save_channel(central().registry, data)
     except chan.ChannelError as exc:
-        return _error(400, str(exc), exc.field)
+        return _refused(exc)
     audit("notify_channel", f"added {saved['kind']} channel #{saved['id']} {saved['name']}")
     return jsonify(saved), 201
 
@@ -283,7 +280,7 @@ def api_update_channel(chid: str) -> Any:
             return refused
         saved = chan.save_channel(central().registry, data, found["id"])
     except chan.ChannelError as exc:
-        return _error(400, str(exc), exc.field)
+        return _refused(exc)
     audit("notify_channel", f"changed {saved['kind']} channel #{saved['id']} {saved['name']}")
     return jsonify(saved)
 
@@ -317,7 +314,7 @@ def api_deliveries() -> Any:
         rows, total = outbox.list_deliveries(central().registry, paging.limit, paging.offset,
                                              request.args.get("status") or None, _schools())
     except (PayloadError, ValueError) as exc:
-        return _error(400, str(exc), "status" if isinstance(exc, ValueError) else "")
+        return _error(400, error_text(exc), "status" if isinstance(exc, ValueError) else "")
     resp = jsonify(rows)
     resp.headers["X-Total-Count"] = str(total)
     return resp
@@ -343,9 +340,9 @@ def api_mutes() -> Any:
 @login_required(roles=STAFF)
 def api_add_mute() -> Any:
     try:
-        mute = chan.add_mute(central().registry, _body(), g.user["user"], _zone(), _schools())
+        mute = chan.add_mute(central().registry, _body(), g.user["user"], site_zone(), _schools())
     except chan.ChannelError as exc:
-        return _error(400, str(exc), exc.field)
+        return _refused(exc)
     audit("notify_mute", f"muted {mute['school']}{'/' + mute['room'] if mute['room'] else ''} until "
                          f"{datetime.fromtimestamp(mute['until']).isoformat(timespec='minutes')}: {mute['reason']}")
     return jsonify(mute), 201

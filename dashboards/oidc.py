@@ -42,10 +42,12 @@ from joserfc.errors import JoseError
 
 from campus import names
 from campus.errors import ConfigError
+from campus.i18n import lazy_gettext, message_of
 from central.oidc_users import NO_ROLE, Identity, IdentityRefused, sign_in
 from central.registry import ROLES
 from dashboards.auth import audit, home_for
 from dashboards.context import central
+from dashboards.i18n import error_text
 from dashboards.security import safe_target
 
 log = logging.getLogger(__name__)
@@ -146,11 +148,13 @@ def identity(config: OidcConfig, claims: Mapping[str, Any]) -> Identity:
     admin), the rooms and the schools."""
     raw = claims.get(config.user_claim)
     if not isinstance(raw, str) or not raw:
-        raise ClaimsRefused(f"the platform sent no {config.user_claim!r} claim to name your account by")
+        raise ClaimsRefused(lazy_gettext("the platform sent no %(claim)r claim to name your account by",
+                                         claim=config.user_claim))
     try:
         username = names.identifier(raw, config.user_claim)
     except names.BadName as exc:
-        raise ClaimsRefused(f"the {config.user_claim!r} claim cannot be a user name here: {exc}") from None
+        raise ClaimsRefused(lazy_gettext("the %(claim)r claim cannot be a user name here: %(why)s",
+                                         claim=config.user_claim, why=message_of(exc))) from None
     role = None
     if config.role_claim in claims:
         values = _strings(claims[config.role_claim])
@@ -262,7 +266,7 @@ def callback() -> Any:
         who = identity(config, claims)
         principal = sign_in(central().registry, who)
     except (ClaimsRefused, IdentityRefused) as exc:
-        return _refused(403, gettext("Sign-in refused: %(why)s.", why=str(exc)), str(claims.get("sub", "")))
+        return _refused(403, gettext("Sign-in refused: %(why)s.", why=error_text(exc)), str(claims.get("sub", "")))
     if principal["role"] == NO_ROLE:
         return _refused(403, gettext("Your account %(user)s has no role in campus-iot yet, so it has no "
                                      "access. Ask your IT staff to assign you one; then sign in again.",

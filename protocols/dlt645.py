@@ -46,6 +46,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+from campus.i18n import N_
 from protocols import serial_line
 from protocols.serial_line import BadFrame
 from protocols.spec import Address, Field, Protocol
@@ -75,11 +76,11 @@ ERROR_BITS = {0: "other error", 1: "no such data (unknown data identifier)", 2: 
 ERR_OTHER, ERR_NO_DATA = 0x01, 0x02
 
 ADDRESS = Address(fields=(
-    serial_line.serial_port("RS-485 port, e.g. /dev/ttyUSB0"),
+    serial_line.serial_port(N_("RS-485 port, e.g. /dev/ttyUSB0")),
     Field(ADDRESS_FIELD, "text", required=True, pattern=r"[0-9]{12}",
           label="the meter's address, the 12 digits on its nameplate",
           must='the 12 digits of the meter\'s nameplate address, quoted in YAML (e.g. "000012345678")',
-          hint="nameplate address, 12 digits, e.g. 000012345678"),
+          hint=N_("nameplate address, 12 digits, e.g. 000012345678")),
     *serial_line.LINE,
 ))
 

@@ -26,6 +26,7 @@ import urllib.request
 from collections.abc import Iterator
 from datetime import date, datetime, timedelta
 from pathlib import Path
+from zoneinfo import ZoneInfo
 
 import pytest
 
@@ -50,8 +51,12 @@ DEVICES = {"env": {"profile": "env-6in1-modbus", "kind": "environment", "status"
            "display": {"profile": "display-samsung-mdc", "kind": "display", "status": "ok"}}
 
 
+ZONE = ZoneInfo("Asia/Shanghai")  # the site's (WebConfig's default): a week's days are its days
+
+
 def local(day: int, hh: int, mm: int = 0) -> float:
-    return datetime.combine(WEEK + timedelta(days=day), datetime.min.time()).replace(hour=hh, minute=mm).timestamp()
+    return datetime.combine(WEEK + timedelta(days=day), datetime.min.time(), tzinfo=ZONE).replace(
+        hour=hh, minute=mm).timestamp()
 
 
 def power_points(gw: str, device: str, kind: str, start: float, stop: float, step: float = 300) -> list[Sample]:
@@ -433,9 +438,13 @@ def test_on_intervals_count_on_time_capped_at_a_gap() -> None:
 
 def test_usage_figures_per_day_and_at_night() -> None:
     spans = [(local(0, 8), local(0, 10)), (local(1, 21), local(2, 1))]
-    figures = health.usage_for(spans, WEEK)
+    figures = health.usage_for(spans, WEEK, ZONE)
     assert figures["days"] == [2.0, 3.0, 1.0, 0.0, 0.0, 0.0, 0.0]
     assert figures["total"] == 6.0 and figures["night"] == 3.0
+    # The site's days, whatever the server's zone: Monday 00:30-01:30 in Shanghai (Sunday evening in UTC)
+    # is Monday's, and at night.
+    early = health.usage_for([(local(0, 0, 30), local(0, 1, 30))], WEEK, ZONE)
+    assert early["days"][0] == 1.0 and early["night"] == 1.0
     assert health.parse_week("2025-W10") == WEEK
     assert health.parse_week(None, today=date(2025, 3, 6)) == WEEK
     with pytest.raises(ValueError, match="2025-W07"):

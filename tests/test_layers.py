@@ -46,6 +46,18 @@ def test_nothing_imports_the_top_floor() -> None:
     assert bad == []
 
 
+def test_only_the_web_app_imports_flask() -> None:
+    """Code below the web app has no request and no language (docs/architecture.md, "Languages and local
+    time"): it marks its text with campus/i18n.py and is handed a catalog when it must speak a language
+    (central/notify). Flask and Flask-Babel are the web app's, dashboards/, alone."""
+    web = ("flask", "flask_babel")
+    bad = [(f, m) for package in ("campus", "central", "programs", "protocols", "device_profiles", "edge_agent",
+                                  "firmware_stubs")
+           for f, m in imports(package) if m.split(".")[0] in web]
+    assert bad == []
+    assert any(m.split(".")[0] == "flask_babel" for _f, m in imports("dashboards"))  # the scan sees them
+
+
 def test_the_rules_see_imports_inside_functions() -> None:
     """Most of our cross-package imports are inside functions (start-up cost): the scan must see them."""
     assert ("programs/cli.py", "programs.demo") in imports("programs")

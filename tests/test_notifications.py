@@ -451,6 +451,14 @@ def test_the_api_configures_channels_refuses_bad_input_by_field_and_never_shows_
             assert resp.get_json()["field"] == field and field in resp.get_json()["error"]
         assert client.post("/api/notifications/channels", data="[1]", content_type="application/json",
                            headers=boss).status_code == 400
+        # Said in the request's language, the field named as the API spells it (central/notify marks, the web
+        # app translates).
+        zh = client.post("/api/notifications/channels", json={**good, "url": "ftp://x/y"},
+                         headers={**boss, "Accept-Language": "zh-CN"})
+        assert zh.get_json() == {"error": "url：必须是带主机名的 http:// 或 https:// 网址", "field": "url"}
+        scoped = client.post("/api/notifications/channels", json={**good, "school": "s2"},
+                             headers={**app.tokens["it-s1"], "Accept-Language": "zh-CN"})  # type: ignore[attr-defined]
+        assert scoped.status_code == 400 and scoped.get_json()["error"] == "school：您的学校中没有学校 's2'"
         assert client.get("/api/notifications/channels", headers=boss).get_json() == []  # nothing stored
         made = client.post("/api/notifications/channels", json=good, headers=boss)
         assert made.status_code == 201
@@ -518,7 +526,9 @@ def test_facility_mutes_and_admin_sees_deliveries_in_the_api(tmp_path: Path, mon
         assert client.get("/api/notifications/deliveries?status=bogus", headers=boss).status_code == 400
         assert client.get("/api/notifications/deliveries", headers=fm).status_code == 403
         page = client.get("/health/notifications", headers=boss).get_data(as_text=True)
-        assert "HTTP 500" in page and "2 alarms raised" in page
+        assert "HTTP 500" in page and "新增 2 条告警" in page  # the summary: the channel's language, zh-CN by default
+        zh = client.get("/health/notifications", headers={**boss, "Accept-Language": "zh-CN"}).get_data(as_text=True)
+        assert all(f"<td>{word}</td>" in zh for word in ("Webhook", "警告", "中文", "待发送")), zh  # kind, severity…
         assert "维修" in client.get("/health/mutes", headers=fm).get_data(as_text=True)
         mute_id = made.get_json()["id"]
         assert client.delete(f"/api/notifications/mutes/{mute_id}", headers=fm).status_code == 200
@@ -565,38 +575,47 @@ def test_two_web_instances_running_their_alarm_monitors_send_each_message_once(
 def test_messages_render_in_english_with_a_24_hour_local_clock() -> None:
     from zoneinfo import ZoneInfo
 
-    from central.notify.messages import AlarmLine, Batch, Locale, render
+    from central.notify.messages import AlarmLine, Batch, render
 
     batch = Batch("acknowledged", "s1", "第一中学", BUILDING, "co2_above", "CO2 too high", "warning",
                   ZoneInfo("Asia/Shanghai"), [AlarmLine(i, f"gw-{i}", "env", str(100 + i), "CO2 2500 ppm is above",
                                                         "2500 ppm", 1_796_031_200.0, 1_796_071_200.0, "fm")
                                               for i in range(40)])
-    msg = render(batch, "en", Locale())
+    msg = render(batch, "en")  # English until the web app hands its catalogs over
     assert msg.title == f"40 alarms acknowledged: CO2 too high — {BUILDING}, 第一中学"
     assert "acknowledged by fm at 2026-12-01 04:40" in msg.text  # 20:40 UTC is 04:40 the next day in Shanghai
     assert "and 10 more" in msg.text and msg.text.count("\n- ") == 31
 
 
 def test_messages_render_in_chinese_for_a_zh_cn_channel(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Needs the zh_CN catalog (issue 20, part 1, built by another branch): skipped until it holds these
-    messages; once merged, it must pass."""
-    from flask_babel import force_locale, gettext
+    """The web app hands the notifier its catalogs: a zh-CN channel's message is Chinese throughout, the
+    alarm's own message (a LazyText, as central/alarms.py stores it) included; an English one stays English."""
+    from zoneinfo import ZoneInfo
 
-    from central.notify.messages import AlarmLine, Batch, render
+    from campus.i18n import lazy_gettext
+    from central.notify.messages import AlarmLine, Batch, render, render_test
 
     app = _web(tmp_path, monkeypatch)
     try:
-        with app.app_context(), force_locale("zh_CN"):
-            if gettext("Test message from campus-iot") == "Test message from campus-iot":
-                pytest.skip("the zh_CN catalog does not translate the notification messages yet")
-        from zoneinfo import ZoneInfo
-
+        translations = central(app).notifier.translations  # type: ignore[union-attr]
+        why = lazy_gettext("Gateway offline for more than %(minutes)s min (%(ago)s)", minutes="10",
+                           ago=lazy_gettext("last seen %(ago)s ago", ago="45 min"))
         batch = Batch("raised", "s1", "第一中学", BUILDING, "offline_minutes", "Offline too long", "critical",
-                      ZoneInfo("Asia/Shanghai"), [AlarmLine(1, "gw-1", "", "101", "", "45 min", 1_796_031_200.0)])
-        msg = render(batch, "zh-CN", central(app).notifier.locale)  # type: ignore[union-attr]
-        assert "Offline too long" not in msg.title and "Alarm raised" not in msg.title
-        assert BUILDING in msg.title and "2026-11-30 17:33" in msg.text
-        assert not any(word in msg.text for word in ("raised", "since", "Severity", "Sent by"))
+                      ZoneInfo("Asia/Shanghai"), [AlarmLine(i, f"gw-{i}", "", str(100 + i), why, "45 min",
+                                                            1_796_031_200.0) for i in range(1, 3)])
+        msg = render(batch, "zh-CN", translations)
+        assert msg.title == f"新增 2 条告警：离线时间过长 — {BUILDING}，第一中学", msg.title
+        assert "2026-11-30 17:33" in msg.text and "严重" in msg.text and "网关离线超过 10 分钟" in msg.text
+        assert not any(word in msg.text for word in ("raised", "since", "Severity", "Sent by", "Gateway", "last seen"))
+        one = render(Batch(**{**batch.__dict__, "alarms": batch.alarms[:1]}), "zh-CN", translations)
+        assert one.title == f"新增 1 条告警：离线时间过长 — {BUILDING}，第一中学", one.title
+        en = render(batch, "en", translations)
+        assert en.title == f"2 alarms raised: Offline too long — {BUILDING}, 第一中学"
+        assert render(Batch(**{**batch.__dict__, "alarms": batch.alarms[:1]}), "en").title.startswith(
+            "1 alarm raised: Offline too long")
+        assert "Gateway offline for more than 10 min (last seen 45 min ago)" in en.text
+        test = render_test("zh-CN", "钉钉值班群", translations)
+        assert "钉钉值班群" in test.text and "campus-iot" in test.title and "Test message" not in test.title
     finally:
         close_app(app)
 

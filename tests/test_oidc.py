@@ -163,6 +163,10 @@ def test_a_person_the_platform_gives_no_role_gets_a_clear_page_and_no_access_unt
 def test_the_break_glass_admin_cannot_be_taken_by_a_platform_account(site: Site) -> None:
     page = sign_in(site, site.browser(), "X-4001")
     assert page.status_code == 403 and "break-glass" in page.text
+    chinese = site.browser()
+    chinese.headers["Accept-Language"] = "zh-CN"  # the refusal, its reason from central included, in Chinese
+    page = sign_in(site, chinese, "X-4001")
+    assert page.status_code == 403 and "登录被拒绝：账号 'admin' 是本地应急账号" in html.unescape(page.text)
     assert site.user("admin") is None or site.user("admin").oidc_subject is None
 
 

@@ -21,9 +21,9 @@ from typing import Any
 from urllib.parse import parse_qsl, quote_plus, urlsplit, urlunsplit
 from zoneinfo import ZoneInfo
 
-from flask_babel import gettext as _
 from sqlalchemy import select
 
+from campus.i18n import LazyText, lazy_gettext
 from central.notify.tables import NotifyChannel, NotifyDelivery, NotifyMute
 from central.registry import Registry, Room, School
 
@@ -54,10 +54,10 @@ def severity_at_least(kind: str, floor: str) -> bool:
 
 class ChannelError(ValueError):
     """A refused value: `field` names it (as the API spells it), the message says what is wanted (shown to
-    people, one line, in their language: marked for Flask-Babel)."""
+    people, one line, in their language: a LazyText, campus/i18n.py; str() of the error is English)."""
 
-    def __init__(self, field: str, message: str) -> None:
-        super().__init__(f"{field}: {message}")
+    def __init__(self, field: str, message: LazyText) -> None:
+        super().__init__(lazy_gettext("%(field)s: %(reason)s", field=field, reason=message))
         self.field = field
 
 
@@ -69,21 +69,21 @@ def _text(raw: Mapping[str, Any], field: str, most: int, required: bool = True, 
     if value is None:
         value = default
     if not isinstance(value, str):
-        raise ChannelError(field, _("must be text"))
+        raise ChannelError(field, lazy_gettext("must be text"))
     value = value.strip()
     if len(value) > most:
-        raise ChannelError(field, _("at most %(most)d characters (got %(got)d)", most=most, got=len(value)))
+        raise ChannelError(field, lazy_gettext("at most %(most)d characters (got %(got)d)", most=most, got=len(value)))
     if _CONTROL.search(value):
-        raise ChannelError(field, _("must not contain control characters"))
+        raise ChannelError(field, lazy_gettext("must not contain control characters"))
     if required and not value:
-        raise ChannelError(field, _("is required"))
+        raise ChannelError(field, lazy_gettext("is required"))
     return value
 
 
 def _choice(raw: Mapping[str, Any], field: str, choices: tuple[str, ...], default: str) -> str:
     value = raw.get(field) or default
     if value not in choices:
-        raise ChannelError(field, _("must be one of %(choices)s", choices=", ".join(choices)))
+        raise ChannelError(field, lazy_gettext("must be one of %(choices)s", choices=", ".join(choices)))
     return str(value)
 
 
@@ -95,21 +95,21 @@ def _flag(raw: Mapping[str, Any], field: str, default: bool) -> bool:
         return True
     if value in ("", "off", "false", "0", "no", None):
         return False
-    raise ChannelError(field, _("must be true or false"))
+    raise ChannelError(field, lazy_gettext("must be true or false"))
 
 
 def check_url(raw: Mapping[str, Any], field: str = "url") -> str:
     """An http(s) URL with a host, at most URL_MAX characters, no spaces or control characters."""
     url = _text(raw, field, URL_MAX)
     if re.search(r"\s", url):
-        raise ChannelError(field, _("must not contain spaces"))
+        raise ChannelError(field, lazy_gettext("must not contain spaces"))
     try:
         parts = urlsplit(url)
         parts.port  # noqa: B018 - raises ValueError for a port that is not a number in range
     except ValueError:
-        raise ChannelError(field, _("is not a valid URL")) from None
+        raise ChannelError(field, lazy_gettext("is not a valid URL")) from None
     if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise ChannelError(field, _("must be an http:// or https:// URL with a host"))
+        raise ChannelError(field, lazy_gettext("must be an http:// or https:// URL with a host"))
     return url
 
 
@@ -118,13 +118,13 @@ def _port(raw: Mapping[str, Any], field: str, default: int) -> int:
     if value in ("", None):
         value = default
     if isinstance(value, bool):
-        raise ChannelError(field, _("must be a port number (1-65535)"))
+        raise ChannelError(field, lazy_gettext("must be a port number (1-65535)"))
     try:
         port = int(str(value).strip())
     except ValueError:
-        raise ChannelError(field, _("must be a port number (1-65535)")) from None
+        raise ChannelError(field, lazy_gettext("must be a port number (1-65535)")) from None
     if not 1 <= port <= 65535:
-        raise ChannelError(field, _("must be a port number (1-65535)"))
+        raise ChannelError(field, lazy_gettext("must be a port number (1-65535)"))
     return port
 
 
@@ -135,21 +135,21 @@ def _recipients(raw: Mapping[str, Any]) -> list[str]:
     elif isinstance(value, list) and all(isinstance(x, str) for x in value):
         items = [x.strip() for x in value if x.strip()]
     else:
-        raise ChannelError("recipients", _("must be a list of e-mail addresses"))
+        raise ChannelError("recipients", lazy_gettext("must be a list of e-mail addresses"))
     if not items:
-        raise ChannelError("recipients", _("at least one e-mail address is required"))
+        raise ChannelError("recipients", lazy_gettext("at least one e-mail address is required"))
     if len(items) > RECIPIENTS_MAX:
-        raise ChannelError("recipients", _("at most %(num)d addresses", num=RECIPIENTS_MAX))
+        raise ChannelError("recipients", lazy_gettext("at most %(num)d addresses", num=RECIPIENTS_MAX))
     for item in items:
         if len(item) > ADDRESS_MAX or not _ADDRESS.fullmatch(item):
-            raise ChannelError("recipients", _("%(value)r is not an e-mail address", value=item[:60]))
+            raise ChannelError("recipients", lazy_gettext("%(value)r is not an e-mail address", value=item[:60]))
     return list(dict.fromkeys(items))
 
 
 def _address(raw: Mapping[str, Any], field: str) -> str:
     value = _text(raw, field, ADDRESS_MAX)
     if not _ADDRESS.fullmatch(value):
-        raise ChannelError(field, _("%(value)r is not an e-mail address", value=value[:60]))
+        raise ChannelError(field, lazy_gettext("%(value)r is not an e-mail address", value=value[:60]))
     return value
 
 
@@ -168,12 +168,12 @@ class ChannelInput:
 def parse_channel(registry: Registry, raw: Mapping[str, Any], *, kind: str | None = None) -> ChannelInput:
     """Check a channel as typed (a form or JSON object); `kind` fixed for an update. ChannelError if wrong."""
     if not isinstance(raw, Mapping):
-        raise ChannelError("body", _("must be a JSON object"))
+        raise ChannelError("body", lazy_gettext("must be a JSON object"))
     name = _text(raw, "name", NAME_MAX)
     kind = kind or _choice(raw, "kind", KINDS, "")
     school = _text(raw, "school", 64, required=False) or None
     if school is not None and not school_exists(registry, school):
-        raise ChannelError("school", _("no school %(school)r", school=school[:64]))
+        raise ChannelError("school", lazy_gettext("no school %(school)r", school=school[:64]))
     severity = _choice(raw, "min_severity", SEVERITIES, "warning")
     lang = _choice(raw, "lang", LANGS, "zh-CN")
     enabled = _flag(raw, "enabled", True)
@@ -181,7 +181,7 @@ def parse_channel(registry: Registry, raw: Mapping[str, Any], *, kind: str | Non
     if kind == "email":
         host = _text(raw, "smtp_host", HOST_MAX)
         if not _HOST.fullmatch(host):
-            raise ChannelError("smtp_host", _("must be a host name or an IP address"))
+            raise ChannelError("smtp_host", lazy_gettext("must be a host name or an IP address"))
         security = _choice(raw, "security", SMTP_SECURITY, "starttls")
         settings = {"smtp_host": host, "smtp_port": _port(raw, "smtp_port", 465 if security == "tls" else 587),
                     "security": security, "username": _text(raw, "username", ADDRESS_MAX, required=False),
@@ -191,7 +191,7 @@ def parse_channel(registry: Registry, raw: Mapping[str, Any], *, kind: str | Non
     else:
         settings = {"url": check_url(raw)}
         if secret is not None and len(secret) < MIN_WEBHOOK_SECRET:
-            raise ChannelError("secret", _("at least %(num)d characters", num=MIN_WEBHOOK_SECRET))
+            raise ChannelError("secret", lazy_gettext("at least %(num)d characters", num=MIN_WEBHOOK_SECRET))
     return ChannelInput(name, kind, school, severity, lang, enabled, settings, secret)
 
 
@@ -259,7 +259,7 @@ def save_channel(registry: Registry, data: ChannelInput, channel_id: int | None 
             raise LookupError(f"no channel {channel_id}")
         if row is None:
             if data.kind == "webhook" and not data.secret:
-                raise ChannelError("secret", _("a webhook is signed: give a secret of at least %(num)d characters",
+                raise ChannelError("secret", lazy_gettext("a webhook is signed: give a secret of at least %(num)d characters",
                                                num=MIN_WEBHOOK_SECRET))
             row = NotifyChannel(kind=data.kind, created=now, secret="")
             s.add(row)
@@ -299,18 +299,18 @@ def delete_channel(registry: Registry, channel_id: int) -> bool:
 def parse_until(raw: object, zone: ZoneInfo, now: float) -> float:
     """When a mute ends: unix seconds, or a local date and time (`2026-12-05T18:00`, `2026-12-05 18:00`)."""
     if isinstance(raw, bool) or raw in (None, ""):
-        raise ChannelError("until", _("is required: when the maintenance ends"))
+        raise ChannelError("until", lazy_gettext("is required: when the maintenance ends"))
     if isinstance(raw, (int, float)):
         until = float(raw)
     elif isinstance(raw, str) and len(raw) <= 40:
         try:
             until = datetime.fromisoformat(raw.strip()).replace(tzinfo=zone).timestamp()
         except ValueError:
-            raise ChannelError("until", _("must be a date and time such as 2026-12-05 18:00")) from None
+            raise ChannelError("until", lazy_gettext("must be a date and time such as 2026-12-05 18:00")) from None
     else:
-        raise ChannelError("until", _("must be a date and time such as 2026-12-05 18:00"))
+        raise ChannelError("until", lazy_gettext("must be a date and time such as 2026-12-05 18:00"))
     if not now < until <= now + MUTE_MAX_S:
-        raise ChannelError("until", _("must be in the future, at most 90 days ahead"))
+        raise ChannelError("until", lazy_gettext("must be in the future, at most 90 days ahead"))
     return until
 
 
@@ -320,19 +320,19 @@ def add_mute(registry: Registry, raw: Mapping[str, Any], by: str, zone: ZoneInfo
     a school outside `schools` is one that does not exist."""
     now = time.time() if now is None else now
     if not isinstance(raw, Mapping):
-        raise ChannelError("body", _("must be a JSON object"))
+        raise ChannelError("body", lazy_gettext("must be a JSON object"))
     school = _text(raw, "school", 64)
     room_name = _text(raw, "room", 64, required=False)
     until = parse_until(raw.get("until"), zone, now)
     reason = _text(raw, "reason", REASON_MAX, required=False)
     if (schools is not None and school not in schools) or not school_exists(registry, school):
-        raise ChannelError("school", _("no school %(school)r", school=school[:64]))
+        raise ChannelError("school", lazy_gettext("no school %(school)r", school=school[:64]))
     with registry.session() as s:
         room_id = None
         if room_name:
             room_id = s.scalar(select(Room.id).where(Room.school_id == school, Room.name == room_name))
             if room_id is None:
-                raise ChannelError("room", _("no room %(room)r in %(school)s", room=room_name, school=school))
+                raise ChannelError("room", lazy_gettext("no room %(room)r in %(school)s", room=room_name, school=school))
         row = NotifyMute(school_id=school, room_id=room_id, until=until, reason=reason, created_by=by, created=now)
         s.add(row)
         s.flush()

@@ -2,35 +2,37 @@
 
 One `Batch` (transitions of one kind, in one building of one school) becomes one `Message`: a title
 ("30 alarms raised: Offline too long — 教学楼A, s1"), a plain text for e-mail and robots' text type,
-and Markdown for the robots' markdown type. Every string is marked for Flask-Babel and rendered under
-`force_locale(lang)` in an app context: the web app's once it is attached (`Locale.attach`: its
-catalogs and Babel settings), else a small app of our own (English until a catalog is configured).
-Times are 24-hour `YYYY-MM-DD HH:MM` in the school's time zone (Asia/Shanghai by default).
+and Markdown for the robots' markdown type. Every string is marked for the catalog and rendered with the
+`Translations` of the channel's language (campus/i18n.py): central has no catalogs and must not import
+Flask, so the web app hands the notifier its own (`Notifier.translations`, set by
+dashboards/notifications.py); until it does, messages are English. An alarm's own message (a LazyText,
+central/db.py `translatable`) is rendered in that language too. Times are 24-hour `YYYY-MM-DD HH:MM` in the
+school's time zone (Asia/Shanghai by default).
 """
 
 from __future__ import annotations
 
-import threading
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
+from typing import Any
 from zoneinfo import ZoneInfo
 
-from flask import Flask
-from flask_babel import Babel, force_locale, gettext, lazy_gettext, ngettext
+from campus.i18n import ENGLISH, N_, LazyText, Translations
 
-# Rule labels as they appear in messages (the same words as central/alarms.py RULE_KINDS, marked here
-# for the catalog; a kind not listed shows its label from there).
+# A language tag (zh-CN, en) -> its translations: what the web app hands the notifier.
+TranslationsFor = Callable[[str], Translations]
+
+# Rule labels as they appear in messages (the same words as central/alarms.py RULE_KINDS, marked there too;
+# a kind not listed shows its label from there).
 KIND_LABELS = {
-    "offline_minutes": lazy_gettext("Offline too long"),
-    "co2_above": lazy_gettext("CO2 too high"),
-    "temperature_range": lazy_gettext("Temperature out of range"),
-    "lamp_hours_above": lazy_gettext("Projector lamp worn"),
-    "projector_error": lazy_gettext("Projector error"),
+    "offline_minutes": N_("Offline too long"),
+    "co2_above": N_("CO2 too high"),
+    "temperature_range": N_("Temperature out of range"),
+    "lamp_hours_above": N_("Projector lamp worn"),
+    "projector_error": N_("Projector error"),
 }
-SEVERITY_LABELS = {"info": lazy_gettext("info"), "warning": lazy_gettext("warning"),
-                   "critical": lazy_gettext("critical")}
+SEVERITY_LABELS = {"info": N_("info"), "warning": N_("warning"), "critical": N_("critical")}
 LINES_MAX = 30  # alarms listed in one message; the rest are counted ("and 170 more")
 
 
@@ -41,7 +43,7 @@ class AlarmLine:
     gateway: str
     device: str
     room: str
-    message: str
+    message: str | LazyText  # a LazyText (central/db.py `translatable`): shown in the channel's language
     value: str
     raised_at: float
     acked_at: float | None = None
@@ -74,88 +76,99 @@ def local_time(ts: float | None, zone: ZoneInfo) -> str:
     return datetime.fromtimestamp(ts, zone).strftime("%Y-%m-%d %H:%M") if ts else ""
 
 
-class Locale:
-    """The app context and locale messages are rendered in (see the module docstring)."""
-
-    def __init__(self) -> None:
-        self.app: Flask | None = None
-        self._own: Flask | None = None
-        self._lock = threading.Lock()
-
-    def attach(self, app: Flask) -> None:
-        """Render in `app` (the web app, with its Babel and catalogs) from now on."""
-        self.app = app
-
-    def _fallback(self) -> Flask:
-        with self._lock:
-            if self._own is None:
-                own = Flask("central.notify")
-                Babel(own)
-                self._own = own
-            return self._own
-
-    @contextmanager
-    def __call__(self, lang: str) -> Iterator[None]:
-        app = self.app if self.app is not None and "babel" in self.app.extensions else self._fallback()
-        with app.app_context(), force_locale(lang.replace("-", "_")):
-            yield
+def english(_lang: str) -> Translations:
+    """The notifier's translations until the web app hands it its catalogs: English for every channel."""
+    return ENGLISH
 
 
-def _place(batch: Batch) -> str:
+class _Say:
+    """One language's gettext and ngettext, with Flask-Babel's `%(name)s` parameters (`num` for a plural):
+    the catalog's keywords, so the extraction finds the calls below. A broken translation shows English
+    rather than nothing."""
+
+    def __init__(self, translations: Translations) -> None:
+        self.translations = translations
+
+    def gettext(self, msgid: str, **params: Any) -> str:
+        return self._fill(self.translations.gettext(msgid), msgid, params)
+
+    def ngettext(self, singular: str, plural: str, num: int, **params: Any) -> str:
+        text = self.translations.ngettext(singular, plural, num)
+        return self._fill(text, singular if num == 1 else plural, {"num": num, **params})
+
+    def text(self, value: str | LazyText) -> str:
+        """An alarm's message: a LazyText rendered in this language, a plain (older) one as it is."""
+        return value.render(self.translations.gettext) if isinstance(value, LazyText) else str(value)
+
+    @staticmethod
+    def _fill(text: str, msgid: str, params: dict[str, Any]) -> str:
+        if not params:
+            return text
+        try:
+            return text % params
+        except (KeyError, ValueError, TypeError):
+            return msgid % params
+
+
+def _place(say: _Say, batch: Batch) -> str:
     school = batch.school_name or batch.school
     if batch.building:
-        return gettext("%(building)s, %(school)s", building=batch.building, school=school)
+        return say.gettext("%(building)s, %(school)s", building=batch.building, school=school)
     return school
 
 
-def _title(batch: Batch, label: str) -> str:
-    n, place = len(batch.alarms), _place(batch)
+def _title(say: _Say, batch: Batch, label: str) -> str:
+    # The count in both English forms: a language of one plural form (Chinese) says it in that one form,
+    # and Babel's check wants the singular's parameters to hold every one the translation uses.
+    n, place = len(batch.alarms), _place(say, batch)
     if batch.transition == "raised":
-        return ngettext("Alarm raised: %(label)s — %(place)s", "%(num)d alarms raised: %(label)s — %(place)s", n,
-                        label=label, place=place)
+        return say.ngettext("%(num)d alarm raised: %(label)s — %(place)s", "%(num)d alarms raised: %(label)s — %(place)s",
+                            n, label=label, place=place)
     if batch.transition == "acknowledged":
-        return ngettext("Alarm acknowledged: %(label)s — %(place)s",
-                        "%(num)d alarms acknowledged: %(label)s — %(place)s", n, label=label, place=place)
-    return ngettext("Alarm cleared: %(label)s — %(place)s", "%(num)d alarms cleared: %(label)s — %(place)s", n,
-                    label=label, place=place)
+        return say.ngettext("%(num)d alarm acknowledged: %(label)s — %(place)s",
+                            "%(num)d alarms acknowledged: %(label)s — %(place)s", n, label=label, place=place)
+    return say.ngettext("%(num)d alarm cleared: %(label)s — %(place)s", "%(num)d alarms cleared: %(label)s — %(place)s",
+                        n, label=label, place=place)
 
 
-def _line(batch: Batch, a: AlarmLine) -> str:
+def _line(say: _Say, batch: Batch, a: AlarmLine) -> str:
     where = f"{a.room or a.gateway}" + (f" / {a.device}" if a.device else "")
-    what = a.value or a.message
+    # The alarm's own sentence where it can be said in the channel's language; an older, English-only one
+    # gives way to its value (a number and a unit read the same in both).
+    what = say.text(a.message) if isinstance(a.message, LazyText) else (a.value or a.message)
     if batch.transition == "acknowledged":
-        return gettext("%(where)s: %(what)s, acknowledged by %(who)s at %(time)s", where=where, what=what,
-                       who=a.acked_by or "?", time=local_time(a.acked_at, batch.zone))
+        return say.gettext("%(where)s: %(what)s, acknowledged by %(who)s at %(time)s", where=where, what=what,
+                           who=a.acked_by or "?", time=local_time(a.acked_at, batch.zone))
     if batch.transition == "cleared":
-        return gettext("%(where)s: %(what)s, cleared at %(time)s", where=where, what=what,
-                       time=local_time(a.cleared_at, batch.zone))
-    return gettext("%(where)s: %(what)s, since %(time)s", where=where, what=what,
-                   time=local_time(a.raised_at, batch.zone))
+        return say.gettext("%(where)s: %(what)s, cleared at %(time)s", where=where, what=what,
+                           time=local_time(a.cleared_at, batch.zone))
+    return say.gettext("%(where)s: %(what)s, since %(time)s", where=where, what=what,
+                       time=local_time(a.raised_at, batch.zone))
 
 
-def render(batch: Batch, lang: str, locale: Locale) -> Message:
-    """The message of `batch` in `lang` (zh-CN or en)."""
-    with locale(lang):
-        label = str(KIND_LABELS[batch.kind]) if batch.kind in KIND_LABELS else gettext(batch.label)
-        title = _title(batch, label)
-        shown = sorted(batch.alarms, key=lambda a: (a.room or a.gateway, a.device))[:LINES_MAX]
-        lines = [_line(batch, a) for a in shown]
-        more = len(batch.alarms) - len(shown)
-        if more > 0:
-            lines.append(ngettext("and %(num)d more", "and %(num)d more", more))
-        severity = gettext("Severity: %(severity)s", severity=str(SEVERITY_LABELS.get(batch.severity,
-                                                                                       batch.severity)))
-        footer = gettext("Sent by campus-iot; see the alarms page for details.")
+def render(batch: Batch, lang: str, translations: TranslationsFor = english) -> Message:
+    """The message of `batch` in `lang` (zh-CN or en), with `translations` of that language."""
+    say = _Say(translations(lang))
+    label = say.gettext(KIND_LABELS.get(batch.kind, batch.label))
+    title = _title(say, batch, label)
+    shown = sorted(batch.alarms, key=lambda a: (a.room or a.gateway, a.device))[:LINES_MAX]
+    lines = [_line(say, batch, a) for a in shown]
+    more = len(batch.alarms) - len(shown)
+    if more > 0:
+        lines.append(say.ngettext("and %(num)d more", "and %(num)d more", more))
+    severity = say.gettext("Severity: %(severity)s",
+                           severity=say.gettext(SEVERITY_LABELS.get(batch.severity, batch.severity)))
+    footer = say.gettext("Sent by campus-iot; see the alarms page for details.")
     text = "\n".join([title, severity, "", *(f"- {line}" for line in lines), "", footer])
     markdown = "\n".join([f"### {title}", f"**{severity}**", "", *(f"- {line}" for line in lines), "",
                           f"> {footer}"])
     return Message(lang, title, text, markdown)
 
 
-def render_test(lang: str, channel_name: str, locale: Locale) -> Message:
+def render_test(lang: str, channel_name: str, translations: TranslationsFor = english) -> Message:
     """The "send a test message" text: says which channel it came through."""
-    with locale(lang):
-        title = gettext("Test message from campus-iot")
-        text = gettext("This is a test of the notification channel %(name)s. If you can read it, alarms will "
+    say = _Say(translations(lang))
+    title = say.gettext("Test message from campus-iot")
+    text = say.gettext("This is a test of the notification channel %(name)s. If you can read it, alarms will "
                        "reach you here.", name=channel_name)
     return Message(lang, title, f"{title}\n\n{text}", f"### {title}\n\n{text}")

@@ -30,8 +30,10 @@ from zoneinfo import ZoneInfo
 from sqlalchemy import delete, func, select, update
 from sqlalchemy.orm import Session
 
+from campus.i18n import lazy_gettext
+from central.db import translatable
 from central.notify import channels as chan
-from central.notify.messages import AlarmLine, Batch, Locale, Message, render, render_test
+from central.notify.messages import AlarmLine, Batch, Message, TranslationsFor, english, render, render_test
 from central.notify.senders import SendError, send
 from central.notify.tables import (
     EVENT_DONE,
@@ -94,7 +96,8 @@ class Notifier:
         self.registry, self.window, self.backoff, self.max_attempts = registry, window, backoff, max_attempts
         self.zone = ZoneInfo(timezone or DEFAULT_TIMEZONE)
         self.ssl_context, self.budget_s = ssl_context, budget_s
-        self.locale = Locale()
+        # The catalogs the messages are said in: the web app's, handed over by dashboards/notifications.py.
+        self.translations: TranslationsFor = english
         self._pruned = 0.0
         self._zones: tuple[float, dict[str, ZoneInfo]] | None = None
 
@@ -167,7 +170,7 @@ class Notifier:
                 batch = self._batch(school, names.get(school, ""), building, kind, transition,
                                     [a for _e, a in told], places, zones.get(school, self.zone))
                 for c in wanted:
-                    title = render(batch, c.lang, self.locale).title
+                    title = render(batch, c.lang, self.translations).title
                     s.add(NotifyDelivery(channel_id=c.id, school_id=school, transition=transition, summary=title[:300],
                                          alarm_ids=[a.id for a in batch.alarms], status=PENDING, attempts=0,
                                          next_at=now, last_error="", created=now))
@@ -189,7 +192,8 @@ class Notifier:
         from central.alarms import RULE_KINDS
 
         label = RULE_KINDS[kind].label if kind in RULE_KINDS else kind
-        lines = [AlarmLine(a.id, a.gateway, a.device, places.get(a.gateway, {}).get("room") or "", a.message, a.value,
+        lines = [AlarmLine(a.id, a.gateway, a.device, places.get(a.gateway, {}).get("room") or "",
+                           translatable(a.message), a.value,
                            a.raised_at, a.acked_at, a.acked_by or "", a.cleared_at) for a in alarms]
         return Batch(transition, school, school_name, building, kind, str(label), chan.severity_of(kind), zone, lines)
 
@@ -260,11 +264,11 @@ class Notifier:
             batch = self._batch(d.school_id, school.name if school else "", building, kind, d.transition,
                                 [a for a, _k in rows], places, self.zones().get(d.school_id, self.zone))
             s.expunge(ch)
-        message = render(batch, ch.lang, self.locale)
+        message = render(batch, ch.lang, self.translations)
         document = {"type": "alarms", "delivery": delivery_id, "transition": batch.transition, "school": batch.school,
                     "building": batch.building, "kind": batch.kind, "severity": batch.severity,
                     "alarms": [{"id": a.id, "gateway": a.gateway, "device": a.device, "room": a.room,
-                                "message": a.message, "value": a.value, "raised_at": a.raised_at,
+                                "message": str(a.message), "value": a.value, "raised_at": a.raised_at,
                                 "acked_at": a.acked_at, "acked_by": a.acked_by, "cleared_at": a.cleared_at}
                                for a in batch.alarms]}
         return ch, message, document
@@ -274,7 +278,7 @@ class Notifier:
         ch = chan.channel_row(self.registry, channel_id)
         if ch is None:
             raise LookupError(f"no channel {channel_id}")
-        message = render_test(ch.lang, ch.name, self.locale)
+        message = render_test(ch.lang, ch.name, self.translations)
         send(ch, message, {"type": "test", "channel": ch.id}, self.ssl_context)
 
     # ------------------------------------------------------------ housekeeping
@@ -302,7 +306,7 @@ def list_deliveries(registry: Registry, limit: int = 100, offset: int = 0, statu
                     schools: tuple[str, ...] | None = None) -> tuple[list[dict[str, Any]], int]:
     """Deliveries newest first (of `schools` only, for an account limited to them), and their total."""
     if status is not None and status not in (PENDING, SENT, FAILED):
-        raise ValueError("status must be pending, sent or failed")
+        raise ValueError(lazy_gettext("status must be pending, sent or failed"))
     q = select(NotifyDelivery, NotifyChannel).outerjoin(NotifyChannel, NotifyDelivery.channel_id == NotifyChannel.id)
     count = select(func.count(NotifyDelivery.id))
     if status is not None:

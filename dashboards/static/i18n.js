@@ -24,7 +24,7 @@
     status: {ok: _("ok"), offline: _("offline"), fault: _("fault"), unknown: _("unknown"),
              "never reported": _("never reported"), "not installed yet": _("not installed yet")},
     metric: {temperature_c: "°C", humidity_pct: "%RH", co2_ppm: "ppm", pm25_ugm3: "µg/m³", illuminance_lux: "lx",
-             noise_dba: "dB(A)", people_count: _("people"), lamp_hours: _("h lamp"), filter_hours: _("h filter"),
+             noise_dba: "dB(A)", energy_kwh: "kWh", power_w: "W", voltage_v: "V", current_a: "A", people_count: _("people"), lamp_hours: _("h lamp"), filter_hours: _("h filter"),
              volume: _("vol"), power: _("power"), input: _("input"), muted: _("muted"), error_fan: _("fan"),
              error_lamp: _("lamp"), error_temperature: _("temperature"), error_cover: _("cover"),
              error_filter: _("filter"), error_other: _("other"),
