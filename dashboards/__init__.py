@@ -27,7 +27,7 @@ if TYPE_CHECKING:  # imported when an app is made: nothing central is loaded by 
 
 # Blueprints of the people-facing areas, imported when present.
 AREAS = ("dashboards.panel", "dashboards.health", "dashboards.history_csv", "dashboards.provisioning",
-         "dashboards.timetables", "dashboards.city", "dashboards.notifications")
+         "dashboards.timetables", "dashboards.city", "dashboards.notifications", "dashboards.energy")
 
 
 @dataclass
@@ -54,6 +54,8 @@ class WebConfig:
     city_link: CityLink | None = None
     # Sign-in with the education platform (OpenID Connect, docs/oidc.md); None: local passwords only.
     oidc: OidcConfig | None = None
+    # Yuan per kWh on the energy pages (`campus web --tariff`); None: $CAMPUS_TARIFF, else central/energy.py's.
+    tariff: float | None = None
 
     def central_config(self) -> CentralConfig:
         """The config of the Central this app opens when it is given none."""
