@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import csv
 import io
+import re
 import time
 from collections.abc import Iterable
 from datetime import timedelta
@@ -94,6 +95,15 @@ def _query(label: str) -> dict[str, str]:
 # ---------------------------------------------------------------- JSON
 
 
+def _named(exc: PayloadError) -> _Refused:
+    """A paging parameter's PayloadError (central/lists.py `Paging.parse`: "query parameter 'limit' ...") as a
+    refusal naming its field, as the report's own refusals do."""
+    found = re.search(r"'([a-z_]+)'", str(exc))
+    refused = _Refused(found.group(1) if found else "query", "")
+    refused.message = str(exc)
+    return refused
+
+
 def _bad(exc: _Refused) -> Any:
     return jsonify({"error": exc.message, "field": exc.field}), exc.status
 
@@ -118,7 +128,7 @@ def api_left_on() -> Any:
     except _Refused as exc:
         return _bad(exc)
     except PayloadError as exc:
-        return jsonify({"error": str(exc), "field": str(exc).split("'")[1]}), 400
+        return _bad(_named(exc))
     page = energy.left_on(central().registry.db, first, last, paging, scope, building)
     rate = tariff()
     resp = jsonify([{"gateway": r.gateway, "school": r.school, "building": r.building, "room": r.room,
@@ -276,7 +286,7 @@ def _maintenance_page(default_limit: int = lists.DEFAULT_LIMIT,
     try:
         paging = lists.Paging.parse(request.args, default_limit=default_limit)
     except PayloadError as exc:
-        raise _Refused(str(exc).split("'")[1], str(exc)) from None
+        raise _named(exc) from None
     if whole:
         paging = lists.Paging(limit=maintenance.MAX_ROWS, offset=0, q=paging.q)
     c = central()
