@@ -231,6 +231,19 @@ def test_bad_requests_are_one_400_naming_the_field(app) -> None:
     assert energy.tariff_from("0.62") == 0.62
 
 
+def test_campus_web_refuses_a_bad_tariff_naming_it(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                   capfd: pytest.CaptureFixture[str]) -> None:
+    from programs.cli import main
+
+    for args, env, named in ((["--tariff", "abc"], "", "--tariff"), ([], "-2", "$CAMPUS_TARIFF")):
+        monkeypatch.setenv("CAMPUS_TARIFF", env)
+        with pytest.raises(SystemExit) as stop:
+            main(["web", "--store", f"sqlite:///{tmp_path}/s.db", *args])
+        err = capfd.readouterr().err
+        assert stop.value.code == 2 and named in err and "yuan per kWh" in err, err
+    assert not (tmp_path / "s.db").exists()  # refused before anything was opened
+
+
 def test_energy_requests_run_as_many_statements_for_300_rooms_as_for_30(small_and_large) -> None:  # noqa: F811
     monday = date.today().toordinal() - date.today().weekday()
     week = date.today().strftime("%G-W%V")
