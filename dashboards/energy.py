@@ -214,21 +214,27 @@ def _csv(rows: Iterable[list[Any]]) -> str:
 
 
 def _xlsx(sheets: list[tuple[str, list[list[Any]]]], note: str) -> bytes:
+    """A workbook of these sheets, `note` below the first. Written in openpyxl's streaming mode: a month's
+    room-days of a district are tens of thousands of rows, which the ordinary mode holds as cell objects."""
     from openpyxl import Workbook  # here: only these downloads need it
+    from openpyxl.cell import WriteOnlyCell
 
-    book = Workbook()
-    first = True
-    for title, rows in sheets:
-        sheet = book.active if first else book.create_sheet()
-        first = False
-        sheet.title = title
+    book = Workbook(write_only=True)
+    for n, (title, rows) in enumerate(sheets):
+        sheet = book.create_sheet(title)
+
+        def cell(value: Any, sheet: Any = sheet) -> Any:
+            if isinstance(value, str) and value.startswith("="):
+                text = WriteOnlyCell(sheet, value=value)
+                text.data_type = "s"  # a name a person typed is text, never a formula the spreadsheet runs
+                return text
+            return value
+
         for row in rows:
-            sheet.append(row)
-            for cell in sheet[sheet.max_row]:
-                if isinstance(cell.value, str) and cell.value.startswith("="):
-                    cell.data_type = "s"  # a name a person typed is text, never a formula the spreadsheet runs
-    book.worksheets[0].append([])
-    book.worksheets[0].append([note])
+            sheet.append([cell(v) for v in row])
+        if n == 0:
+            sheet.append([])
+            sheet.append([note])
     out = io.BytesIO()
     book.save(out)
     return out.getvalue()
