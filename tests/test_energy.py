@@ -262,3 +262,13 @@ def test_energy_requests_run_as_many_statements_for_300_rooms_as_for_30(small_an
         many, resp_many = statements(small_and_large[1], path)
         assert resp_few.status_code == resp_many.status_code == 200, (path, resp_many.get_data(as_text=True)[:300])
         assert many == few, f"{path}: {few} statements with 30 rooms, {many} with 300"
+
+
+def test_a_name_that_looks_like_a_formula_stays_text_in_the_xlsx() -> None:
+    from openpyxl import load_workbook
+
+    from dashboards.energy import _xlsx
+
+    sheet = load_workbook(io.BytesIO(_xlsx([("energy", [["=HYPERLINK(\"http://x\")", 1.5]])], "note")))["energy"]
+    assert (sheet["A1"].value, sheet["A1"].data_type, sheet["B1"].value, sheet["A3"].value) == (
+        '=HYPERLINK("http://x")', "s", 1.5, "note")
