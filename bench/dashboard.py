@@ -43,6 +43,9 @@ opens `/district` until its table holds the schools of its first page,
 `--browser-repeats` times, then the rooms page and the board until their
 cards are drawn.
 
+Each room also reports a meter (`energy_kwh`, `power_w`: its state lists it, the import does not), so
+the energy pages and the maintenance list (issue 21) are measured with kWh and lamp hours to read.
+
 The teacher panels (the issue's SSE row) are bench/panels.py's.
 Nothing here asserts a figure; exit status 1 when a request failed or a
 page never filled.
@@ -190,7 +193,8 @@ async def _publish(args: argparse.Namespace) -> None:
     per_client = 500
     devices = {"env": {"profile": "env-6in1-modbus", "kind": "environment", "status": "ok"},
                "projector": {"profile": "projector-pjlink", "kind": "projector", "status": "ok"},
-               "display": {"profile": "display-samsung-mdc", "kind": "display", "status": "ok"}}
+               "display": {"profile": "display-samsung-mdc", "kind": "display", "status": "ok"},
+               "meter": {"profile": "meter-sdm120-modbus", "kind": "meter", "status": "ok"}}
     faulty = {**devices, "display": {**devices["display"], "status": "fault"}}
     boot = time.time()
     async with contextlib.AsyncExitStack() as stack:
@@ -216,7 +220,10 @@ async def _publish(args: argparse.Namespace) -> None:
                                   "pm25_ugm3": 12.0, "illuminance_lux": 420, "noise_dba": 40.5})]
                 if tick % 4 == 0:
                     sends += [("projector", {"power": "on" if i % 5 == 0 else "off", "lamp_hours": 200 + i % 2000}),
-                              ("display", {"power": "on" if i % 3 == 0 else "off", "input": "hdmi1", "volume": 20})]
+                              ("display", {"power": "on" if i % 3 == 0 else "off", "input": "hdmi1", "volume": 20}),
+                              # A classroom's 0.5-2 kW: the energy pages (issue 21) have kWh to add up.
+                              ("meter", {"energy_kwh": round(1000 + i + (now - boot) * (0.5 + i % 4 / 2) / 3600, 3),
+                                         "power_w": 500 + i % 4 * 500})]
                 for device, values in sends:
                     seq += 1
                     await client.publish(contract.telemetry_topic(school, gw, device),
@@ -329,6 +336,13 @@ def targets(plan: Plan, gateway: str) -> list[Target]:
         Target("`/health/usage-rate`", "/health/usage-rate", "new",
                [*HEALTH_STATIC, "/static/timetables.css"], [ALARM_COUNT]),
         Target("`/api/usage`", "/api/usage", "new", page=False),
+        Target("`/health/energy` (issue 21)", "/health/energy", "new", [*HEALTH_STATIC, "/static/timetables.css"],
+               [ALARM_COUNT]),
+        Target("`/api/energy`", "/api/energy", "new", page=False),
+        Target("`/api/energy/left-on?limit=20`", "/api/energy/left-on?limit=20", "new", page=False),
+        Target("`/health/energy.xlsx`", "/health/energy.xlsx", "new", page=False),
+        Target("`/health/maintenance` (issue 21)", "/health/maintenance", "new", HEALTH_STATIC, [ALARM_COUNT]),
+        Target("`/api/maintenance?limit=100`", "/api/maintenance?limit=100", "new", page=False),
         Target("`/provisioning/gateways`", "/provisioning/gateways", "prov", PROV_STATIC),
         Target("a gateway's page `/provisioning/gateways/GW`", f"/provisioning/gateways/{gateway}", "prov",
                PROV_STATIC),

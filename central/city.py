@@ -64,9 +64,12 @@ COUNTS = ("rooms", "gateways", "online", "offline", "alarms", "alarms_active", "
           "filters_due")
 # CO2 seconds over the limit this week: up to every second of a week in each room.
 MAX_CO2_S = MAX_COUNT * 7 * 86400
-SCHOOL_FIELDS = ("school", "name", *COUNTS, "alarms_by_kind", "usage_periods", "usage_used", "co2_over_s")
+# kWh this week of a school's metered rooms (0010): a classroom draws a few kW at most.
+MAX_KWH_PER_ROOM_WEEK = 100.0 * 7 * 24
+SCHOOL_FIELDS = ("school", "name", *COUNTS, "alarms_by_kind", "usage_periods", "usage_used", "co2_over_s",
+                 "energy_kwh")
 # Fields a district of an older release does not send (taken as null): a city upgraded first still takes them.
-OPTIONAL_FIELDS = ("co2_over_s",)
+OPTIONAL_FIELDS = ("co2_over_s", "energy_kwh")
 FIELDS = ("district", "seq", "generated_at", "schools")
 
 
@@ -105,6 +108,8 @@ class CitySchool(Base):
     usage_used: Mapped[int | None] = mapped_column(Integer, nullable=True)
     # This week's seconds of CO2 over the alarm limit in the school's rooms (None: not measured; 0008).
     co2_over_s: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    # This week's kWh of the school's metered rooms (None: no meter; 0010).
+    energy_kwh: Mapped[float | None] = mapped_column(Float, nullable=True)
 
 
 class CityPush(Base):
@@ -185,6 +190,12 @@ def _school(raw: object, where: str) -> dict[str, Any]:
     row["co2_over_s"] = None if co2 is None else _count(co2, f"{where}.co2_over_s", MAX_CO2_S)
     if row["co2_over_s"] is not None and row["co2_over_s"] > row["rooms"] * 7 * 86400:
         raise RollupError(f"{where}.co2_over_s", f"is more than a week in each of its {row['rooms']} rooms")
+    kwh = raw.get("energy_kwh")
+    if kwh is not None and (isinstance(kwh, bool) or not isinstance(kwh, (int, float)) or not math.isfinite(kwh)
+                            or not 0 <= kwh <= max(1, row["rooms"]) * MAX_KWH_PER_ROOM_WEEK):
+        raise RollupError(f"{where}.energy_kwh", f"must be a number of kWh from 0 to {MAX_KWH_PER_ROOM_WEEK:g} "
+                                                 "per room")
+    row["energy_kwh"] = None if kwh is None else round(float(kwh), 3)
     # Figures that contradict each other are a broken sender: refused, not stored as nonsense.
     for part, whole in (("online", "gateways"), ("offline", "gateways"), ("alarms_active", "alarms"),
                         ("usage_used", "usage_periods")):
@@ -290,12 +301,12 @@ def districts(db: Database, paging: lists.Paging, only: str | None = None) -> li
     sums = [func.coalesce(func.sum(s.c[k]), 0).label(k) for k in COUNTS]
     totals = (select(s.c.district, func.count().label("schools"), *sums,
                      func.sum(s.c.usage_periods).label("usage_periods"), func.sum(s.c.usage_used).label("usage_used"),
-                     func.sum(s.c.co2_over_s).label("co2_over_s"))
+                     func.sum(s.c.co2_over_s).label("co2_over_s"), func.sum(s.c.energy_kwh).label("energy_kwh"))
               .group_by(s.c.district).subquery("totals"))
     query = (select(d.c.name, d.c.seq, d.c.generated_at, d.c.received_at,
                     func.coalesce(totals.c.schools, 0).label("schools"),
                     *(func.coalesce(totals.c[k], 0).label(k) for k in COUNTS),
-                    totals.c.usage_periods, totals.c.usage_used, totals.c.co2_over_s)
+                    totals.c.usage_periods, totals.c.usage_used, totals.c.co2_over_s, totals.c.energy_kwh)
              .select_from(d).outerjoin(totals, totals.c.district == d.c.name).where(lists.matches(paging.q, d.c.name)))
     if only is not None:
         query = query.where(d.c.name == only)
@@ -307,7 +318,9 @@ def districts(db: Database, paging: lists.Paging, only: str | None = None) -> li
                         "usage_used": None if r.usage_used is None else int(r.usage_used),
                         "usage_rate": _rate(r.usage_periods, r.usage_used),
                         "co2_over_s": None if r.co2_over_s is None else int(r.co2_over_s),
-                        "co2_hours": _hours(r.co2_over_s)} for r in rows], total)
+                        "co2_hours": _hours(r.co2_over_s),
+                        "energy_kwh": None if r.energy_kwh is None else round(float(r.energy_kwh), 3)}
+                       for r in rows], total)
 
 
 def _hours(seconds: float | None) -> float | None:

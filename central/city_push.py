@@ -106,7 +106,8 @@ def rollup(db: Database, district: str, seq: int, now: float, usage: bool = True
                         "lamps_due": r.lamps_due, "filters_due": r.filters_due,
                         "usage_periods": r.usage_periods if usage else None,
                         "usage_used": r.usage_used if usage else None,
-                        "co2_over_s": r.co2_over_s if usage else None})
+                        "co2_over_s": r.co2_over_s if usage else None,
+                        "energy_kwh": r.energy_kwh if usage else None})
     return {"district": district, "seq": seq, "generated_at": now, "schools": schools}
 
 

@@ -511,7 +511,7 @@ def school_ids(db: Database, scope: Scope = Scope()) -> list[str]:
 
 
 SCHOOL_SORTS = ("school", "rooms", "online", "offline", "alarms", "faults", "lamps_due", "filters_due", "usage_rate",
-                "co2_hours")
+                "co2_hours", "energy_kwh")
 
 
 @dataclass(frozen=True)
@@ -521,7 +521,8 @@ class SchoolRow:
     limit (open lamp alarms) and filters reported due (`error_filter` warning or error); this week's class
     periods and those a display or projector was on (the usage rate; None: nothing measured), and the
     seconds its rooms' CO2 was over the alarm limit (None: no sensor measured), from the daily usage
-    rollup (central/usage.py `UsageDay`)."""
+    rollup (central/usage.py `UsageDay`); and this week's kWh of its metered rooms (None: no meter;
+    central/energy.py)."""
     school: str
     name: str
     rooms: int
@@ -538,6 +539,7 @@ class SchoolRow:
     usage_periods: int | None = None
     usage_used: int | None = None
     co2_over_s: int | None = None
+    energy_kwh: float | None = None
 
     @property
     def usage_rate(self) -> float | None:
@@ -598,7 +600,9 @@ def schools(db: Database, paging: Paging, sort: str = "school", descending: bool
                    func.sum(case((measured, u.used), else_=0)).label("used"),
                    func.sum(case((measured, 1), else_=0)).label("measured"),
                    func.sum(case((u.co2_devices > 0, u.co2_over_s), else_=0)).label("co2"),
-                   func.sum(case((u.co2_devices > 0, 1), else_=0)).label("sensed"))
+                   func.sum(case((u.co2_devices > 0, 1), else_=0)).label("sensed"),
+                   func.sum(case((u.meter_devices > 0, u.energy_kwh), else_=0.0)).label("kwh"),
+                   func.sum(case((u.meter_devices > 0, 1), else_=0)).label("metered"))
             .select_from(UsageDay.__table__).join(p, p.c.id == u.gateway)
             .where(u.day >= monday, u.day <= monday + timedelta(days=6)).group_by(p.c.school).subquery("week"))
     rooms = (select(per_gateway.c.school, func.count().label("rooms"), func.sum(per_gateway.c.online).label("online"),
@@ -616,11 +620,13 @@ def schools(db: Database, paging: Paging, sort: str = "school", descending: bool
         "lamps_due": func.coalesce(open_alarms.c.lamps, 0), "filters_due": func.coalesce(filters.c.filters, 0),
         "usage_periods": case((week.c.measured > 0, week.c.periods), else_=None),
         "usage_used": case((week.c.measured > 0, week.c.used), else_=None),
-        "co2_over_s": case((week.c.sensed > 0, week.c.co2), else_=None)}
+        "co2_over_s": case((week.c.sensed > 0, week.c.co2), else_=None),
+        "energy_kwh": case((week.c.metered > 0, week.c.kwh), else_=None)}
     # Sorted with nothing measured below every figure (-1), the same on both engines (they order NULL apart).
     sorts = {"usage_rate": case((and_(week.c.measured > 0, week.c.periods > 0),
                                  cast(week.c.used, Float) / week.c.periods), else_=-1.0),
-             "co2_hours": case((week.c.sensed > 0, week.c.co2), else_=-1.0)}
+             "co2_hours": case((week.c.sensed > 0, week.c.co2), else_=-1.0),
+             "energy_kwh": case((week.c.metered > 0, week.c.kwh), else_=-1.0)}
     query = (select(*(v.label(k) for k, v in columns.items()), func.count().over().label("total"))
              .select_from(every).outerjoin(rooms, rooms.c.school == every.c.school)
              .outerjoin(open_alarms, open_alarms.c.school == every.c.school)
@@ -653,7 +659,9 @@ def schools(db: Database, paging: Paging, sort: str = "school", descending: bool
                            alarms_active=int(r.active), alarms_acknowledged=int(r.alarms) - int(r.active),
                            alarms_by_kind=by_kind[r.school], faults=int(r.faults), lamps_due=int(r.lamps_due),
                            filters_due=int(r.filters_due), usage_periods=_whole(r.usage_periods),
-                           usage_used=_whole(r.usage_used), co2_over_s=_whole(r.co2_over_s)) for r in rows], total)
+                           usage_used=_whole(r.usage_used), co2_over_s=_whole(r.co2_over_s),
+                           energy_kwh=None if r.energy_kwh is None else round(float(r.energy_kwh), 3))
+                 for r in rows], total)
 
 
 def _whole(value: Any) -> int | None:

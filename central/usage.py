@@ -19,6 +19,7 @@ Reports never read the store: a room's day is worked out once into `usage_days` 
 class periods, those used, and the seconds its CO2 was over the alarm limit) by a background job of
 the web process (central/usage_rollup.py), and a report, the district overview and the city push add
 those rows up in SQL. Reading weeks of every room's points per request cost 0.6 s of CPU at 2,000 rooms.
+The same rows carry each room's electricity of the day (central/energy.py), for the same reason.
 """
 
 from __future__ import annotations
@@ -46,6 +47,7 @@ POWER_KINDS = ("projector", "display")
 USED_MIN_S = 5 * 60
 MAX_REPORT_DAYS = 62  # a month and a bit
 ENVIRONMENT_KIND = "environment"  # the devices whose `co2_ppm` the CO2-over-limit time is read from
+METER_KIND = "meter"  # the electricity meters whose `energy_kwh` the energy figures are read from (central/energy.py)
 
 
 class UsageDay(Base):
@@ -57,7 +59,11 @@ class UsageDay(Base):
     measured (0: nothing to measure, the day is left out of rates). `co2_over_s`: seconds the room's CO2
     was above `co2_limit` (the `co2_above` alarm rule's ppm when computed), `co2_devices` the sensors
     read (0: not measured). `complete`: the day was over at `counted_to` (never computed again unless its
-    timetable or the CO2 limit changes after `computed_at`); today's row is refreshed every few minutes."""
+    timetable or the CO2 limit changes after `computed_at`); today's row is refreshed every few minutes.
+
+    Energy (migration 0010, central/energy.py): `energy_kwh` the kWh the room's meters counted in the day,
+    `energy_off_kwh` those outside its school's timetable (None: the school has none), `meter_devices`
+    the meters read (0: no meter; None: a row rolled up before 0009, computed again)."""
     __tablename__ = "usage_days"
     gateway: Mapped[str] = mapped_column(String(64), primary_key=True)
     day: Mapped[date] = mapped_column(Date, primary_key=True, index=True)
@@ -71,6 +77,9 @@ class UsageDay(Base):
     complete: Mapped[bool] = mapped_column(Boolean)
     counted_to: Mapped[float] = mapped_column(Float)   # periods ending after it are not counted (the as-of time)
     computed_at: Mapped[float] = mapped_column(Float)  # when (this clock): against a timetable saved after it
+    energy_kwh: Mapped[float | None] = mapped_column(Float, nullable=True)
+    energy_off_kwh: Mapped[float | None] = mapped_column(Float, nullable=True)
+    meter_devices: Mapped[int | None] = mapped_column(Integer, nullable=True)
 
 
 def power_state(value: float | str) -> str:
@@ -193,6 +202,7 @@ class RoomUsage(Count):
     building: str = ""
     room: str = ""
     devices: list[str] = field(default_factory=list)  # the displays and projectors measured
+    meters: list[str] = field(default_factory=list)   # the electricity meters (central/energy.py)
 
 
 @dataclass
@@ -316,7 +326,8 @@ def _rooms(registry: Registry, ledger: Ledger, schools: tuple[str, ...] | None =
 
 def rooms_with_sensors(registry: Registry, ledger: Ledger,
                        schools: tuple[str, ...] | None = None) -> list[tuple[RoomUsage, list[str]]]:
-    """`_rooms`, each with its environment sensors (reported or provisioned) whose CO2 is measured.
+    """`_rooms` (with their meters), each with its environment sensors (reported or provisioned) whose CO2
+    is measured.
     Four statements however many rooms, the agents' reported devices read from their state in SQL."""
     from central import lists
     from central.overview import profile_kind  # the overview imports much; only this is wanted here
@@ -327,8 +338,10 @@ def rooms_with_sensors(registry: Registry, ledger: Ledger,
     ids = None if schools is None else [gid for gid, *_ in places]
     devices: dict[str, set[str]] = {}
     sensors: dict[str, set[str]] = {}
-    for gid, device_id, kind in lists.reported_kinds(registry.db, (*POWER_KINDS, ENVIRONMENT_KIND)):
-        (sensors if kind == ENVIRONMENT_KIND else devices).setdefault(gid, set()).add(device_id)
+    meters: dict[str, set[str]] = {}
+    for gid, device_id, kind in lists.reported_kinds(registry.db, (*POWER_KINDS, ENVIRONMENT_KIND, METER_KIND)):
+        by_kind = sensors if kind == ENVIRONMENT_KIND else meters if kind == METER_KIND else devices
+        by_kind.setdefault(gid, set()).add(device_id)
     query = select(Device.gateway_id, Device.device_id, Device.profile)
     with registry.db.read("cannot read the provisioned devices") as conn:
         provisioned = list(conn.execute(query if ids is None else query.where(Device.gateway_id.in_(ids))))
@@ -339,7 +352,10 @@ def rooms_with_sensors(registry: Registry, ledger: Ledger,
             devices.setdefault(gid, set()).add(device_id)
         elif kind == ENVIRONMENT_KIND:
             sensors.setdefault(gid, set()).add(device_id)
+        elif kind == METER_KIND:
+            meters.setdefault(gid, set()).add(device_id)
     rooms = [(RoomUsage(gateway=gid, school=school, building=building, room=room,
-                        devices=sorted(devices.get(gid, ()))), sorted(sensors.get(gid, ())))
+                        devices=sorted(devices.get(gid, ())), meters=sorted(meters.get(gid, ()))),
+              sorted(sensors.get(gid, ())))
              for gid, school, building, room in places]
     return sorted(rooms, key=lambda r: (r[0].school, r[0].building, r[0].room, r[0].gateway))

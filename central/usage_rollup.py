@@ -5,9 +5,12 @@ every power sample of every display and projector, every CO2 sample. Reading the
 0.6 s of CPU for a week of 2,000 rooms (docs/benchmarks.md) and grew with the weeks asked for. Here each
 room's local day is worked out once, from the store, into one row, and requests add rows up in SQL.
 
+- The same row carries the room's electricity of the day (central/energy.py: kWh from its meters'
+  `energy_kwh` counters, and those outside the timetable): one job, one table, one read of the places.
 - A finished day is computed once. It is computed again only when what it was counted against changed
   after it: its school's timetable was saved, or the CO2 alarm limit is another (the `co2_above` rule's
-  ppm: the same limit the alarms and the history charts draw).
+  ppm: the same limit the alarms and the history charts draw), or the room's number of meters is another
+  (a row from before migration 0010 has none recorded: it is computed again once, energy included).
 - Today's row (each school's local today) is a partial one, refreshed every `refresh` seconds
   (CAMPUS_USAGE_INTERVAL, default 300): it counts the periods over when it was computed.
 - A day not rolled up yet (a first start, a store that caught up with an outage) is filled here, newest
@@ -41,8 +44,8 @@ from sqlalchemy import select
 
 from campus.errors import StoreError
 from central import alarms as alarm_engine
+from central import energy, usage
 from central import timetables as tts
-from central import usage
 from central.ledger import Ledger
 from central.registry import Registry
 from central.store.base import PointStore
@@ -64,6 +67,7 @@ class Room:
     school: str
     power: tuple[str, ...]    # displays and projectors
     sensors: tuple[str, ...]  # environment sensors (CO2)
+    meters: tuple[str, ...] = ()  # electricity meters (energy_kwh: central/energy.py)
 
 
 def co2_limit(registry: Registry) -> float:
@@ -93,7 +97,10 @@ def compute_day(store: PointStore, room: Room, day: date, tt: tts.Timetable | No
         for sensor in room.sensors:
             window = store.window(room.gateway, sensor, "co2_ppm", start - usage.MAX_SAMPLE_GAP_S, stop, CO2_POINTS)
             over += usage.spans_where(window.points, start, stop, lambda v: _number(v) > limit)
+    kwh, off = energy.day_energy(store, room.gateway, room.meters, start, end, now, tt, day) if room.meters \
+        else (None, None)
     return {"gateway": room.gateway, "day": day, "school": room.school, "periods": len(slots), "used": sum(used),
+            "energy_kwh": kwh, "energy_off_kwh": off, "meter_devices": len(room.meters),
             "power_devices": len(room.power), "co2_over_s": round(sum(b - a for a, b in usage.merged(over)), 3),
             "co2_devices": len(room.sensors), "co2_limit": limit if room.sensors else None,
             "complete": now >= end, "counted_to": now, "computed_at": time.time()}
@@ -124,7 +131,7 @@ def fill(registry: Registry, ledger: Ledger, store: PointStore, *, now: float | 
     db = registry.db
     timetables = tts.load_all(registry)
     limit = co2_limit(registry)
-    rooms = [Room(r.gateway, r.school, tuple(r.devices), tuple(sensors))
+    rooms = [Room(r.gateway, r.school, tuple(r.devices), tuple(sensors), tuple(r.meters))
              for r, sensors in usage.rooms_with_sensors(registry, ledger)]
     zones = {r.school: timetables[r.school].zone if r.school in timetables else ZoneInfo(tts.DEFAULT_TIMEZONE)
              for r in rooms}
@@ -132,13 +139,16 @@ def fill(registry: Registry, ledger: Ledger, store: PointStore, *, now: float | 
     oldest = min(today.values(), default=date.today()) - timedelta(days=max(1, days) - 1)
     t = usage.UsageDay.__table__
     with db.read("cannot read the usage rollup") as conn:
-        have = {(gw, d): (complete, computed_at, lim, school) for gw, d, complete, computed_at, lim, school in conn.execute(
-            select(t.c.gateway, t.c.day, t.c.complete, t.c.computed_at, t.c.co2_limit, t.c.school)
-            .where(t.c.day >= oldest))}
+        have = {(gw, d): (complete, computed_at, lim, school, meters)
+                for gw, d, complete, computed_at, lim, school, meters in conn.execute(
+                    select(t.c.gateway, t.c.day, t.c.complete, t.c.computed_at, t.c.co2_limit, t.c.school,
+                           t.c.meter_devices).where(t.c.day >= oldest))}
 
     def stale(room: Room, day: date) -> bool:
         row = have.get((room.gateway, day))
         if row is None or not row[0] or row[3] != room.school:
+            return True
+        if row[4] is None or row[4] != len(room.meters):  # rolled up before energy was (0010), or a meter came
             return True
         tt = timetables.get(room.school)
         if tt is not None and tt.updated is not None and tt.updated > row[1]:

@@ -28,7 +28,7 @@ if TYPE_CHECKING:  # imported when an app is made: nothing central is loaded by 
 
 # Blueprints of the people-facing areas, imported when present.
 AREAS = ("dashboards.panel", "dashboards.health", "dashboards.history_csv", "dashboards.provisioning",
-         "dashboards.timetables", "dashboards.city", "dashboards.notifications")
+         "dashboards.timetables", "dashboards.city", "dashboards.notifications", "dashboards.energy")
 
 
 @dataclass
@@ -59,6 +59,8 @@ class WebConfig:
     # zh-CN; a WebConfig made in code, as `campus demo` does: English), and its time zone (dashboards/i18n.py).
     lang: str = "en"
     timezone: str = "Asia/Shanghai"
+    # Yuan per kWh on the energy pages (`campus web --tariff`); None: $CAMPUS_TARIFF, else central/energy.py's.
+    tariff: float | None = None
 
     def central_config(self) -> CentralConfig:
         """The config of the Central this app opens when it is given none."""

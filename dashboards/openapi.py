@@ -148,6 +148,7 @@ def document() -> dict[str, Any]:
                                               schema=arr), 200)},
             "/api/openapi.json": {"get": _get(N_("This document"), auth=False)},
             **_timetables(),
+            **_energy(),
             **_city(),
             **_notifications(),
         },
@@ -195,6 +196,25 @@ def _timetables() -> dict[str, Any]:
             "/api/usage": {"get": usage}}
 
 
+def _energy() -> dict[str, Any]:
+    """Electricity and projector maintenance (dashboards/energy.py, central/energy.py, central/maintenance.py)."""
+    where = [("week", "query", False), ("month", "query", False), ("school", "query", False),
+             ("building", "query", False)]
+    report = _get(N_("kWh of each metered room, building, school, day and in all over an ISO week (default this one) or "
+                  "a month, and of them outside the timetable (`off_kwh`; null: the school has no timetable), with "
+                  "`yuan` at the site's tariff; from the daily rollup (facility, admin)"), where, {"type": "object"})
+    left = _paged(_get(N_("Rooms by kWh used outside the timetable, worst first (facility, admin)"), list(where),
+                       {"type": "array", "items": {"type": "object"}}))
+    due = _paged(_get(N_("Projector lamps and filters against their rated hours, soonest due first: `weeks_left` at the "
+                      "rate of the last weeks; `within` (weeks, default 4) marks `due`, `due=1` lists only those "
+                      "(facility, admin)"), [("within", "query", False), ("due", "query", False),
+                                            ("school", "query", False)], {"type": "array", "items": {"type": "object"}}))
+    for op in (report, left, due):
+        op["responses"].setdefault("400", {"description": N_("bad query parameter: `error` says why, `field` names it")})
+        op["responses"]["404"] = {"description": N_("a school outside the account's schools")}
+    return {"/api/energy": {"get": report}, "/api/energy/left-on": {"get": left}, "/api/maintenance": {"get": due}}
+
+
 def _city() -> dict[str, Any]:
     """The city above the districts (dashboards/city.py, central/city.py)."""
     from central import city
@@ -211,7 +231,9 @@ def _city() -> dict[str, Any]:
                        "description": N_("of those, the periods a display or projector was on")},
         "co2_over_s": {"type": ["integer", "null"], "minimum": 0, "maximum": city.MAX_CO2_S,
                        "description": N_("seconds this ISO week the rooms' CO2 was over the alarm limit, added up "
-                                         "over the rooms (null: no sensor measured)")}}}
+                                         "over the rooms (null: no sensor measured)")},
+        "energy_kwh": {"type": ["number", "null"], "minimum": 0,
+                       "description": N_("kWh this ISO week of the school's metered rooms (null: no meter)")}}}
     rollup = {"type": "object", "additionalProperties": False, "required": list(city.FIELDS), "properties": {
         "district": {"type": "string"}, "seq": {"type": "integer", "minimum": 1, "maximum": city.MAX_SEQ},
         "generated_at": {"type": "number", "description": N_("unix time the district made it")},

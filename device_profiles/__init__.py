@@ -60,6 +60,9 @@ class Profile:
     timings: dict[str, float] = field(default_factory=dict)
     serial: dict[str, Any] = field(default_factory=dict)
     health: dict[str, dict[str, Any]] = field(default_factory=dict)
+    # A projector's lamp life and filter interval as its maker rates them (central/maintenance.py).
+    rated_lamp_hours: float | None = None
+    rated_filter_hours: float | None = None
     manufacturer: str = ""
     model: str = ""
     description: str = ""
@@ -108,7 +111,8 @@ def parse_profile(text: str, source: str) -> Profile:
     return Profile(name=data["name"], kind=data["kind"], protocol=data["protocol"], metrics=metrics,
                    actions=tuple(data.get("actions", ())), inputs=dict(data.get("inputs", {})),
                    timings=dict(data.get("timings", {})), serial=dict(data.get("serial", {})),
-                   health=dict(data.get("health", {})), manufacturer=data.get("manufacturer", ""),
+                   health=dict(data.get("health", {})), rated_lamp_hours=data.get("rated_lamp_hours"),
+                   rated_filter_hours=data.get("rated_filter_hours"), manufacturer=data.get("manufacturer", ""),
                    model=data.get("model", ""), description=data.get("description", ""), source=source)
 
 

@@ -79,9 +79,15 @@ def cmd_web(args: argparse.Namespace) -> None:
         raise CampusError("--city is the city's instance; --city-url, --city-token and --district a district's")
     oidc = OidcConfig.from_options({name: getattr(args, f"oidc_{name}") for name in OIDC_OPTIONS},
                                    secret_file=args.oidc_client_secret_file)
+    from central.energy import tariff_from
+
+    try:  # the option, else CAMPUS_TARIFF: a malformed one stops the start, naming it
+        tariff = tariff_from(args.tariff)
+    except ValueError as exc:
+        raise CampusError(f"{'--tariff' if args.tariff else '$CAMPUS_TARIFF'}: {exc}") from None
     config = WebConfig(store_url=args.store, db_url=central_db_url(args.db, args.store), mqtt_url=args.mqtt,
                        trusted_proxies=args.proxy, city=args.city, city_link=link, oidc=oidc, lang=args.lang,
-                       timezone=args.timezone)
+                       timezone=args.timezone, tariff=tariff)
     # The first admin's password: beside the SQLite file; with a server database, where it was started.
     password_dir = (sqlite_path(config.db_url) or Path("campus.db")).resolve().parent
     serve_web(config, args.host or "127.0.0.1", args.http_port, workers=args.workers, threads=args.threads,
@@ -283,6 +289,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=_count(1, 10000), default=None, metavar="T",
                    help="threads per process; every open classroom panel holds one (default 1000, started "
                    "as needed)")
+    p.add_argument("--tariff", default=None, metavar="YUAN", help="electricity price in yuan per kWh for the "
+                   "energy pages (default: $CAMPUS_TARIFF, else 0.6)")
     p.add_argument("--city", action="store_true", help="this is a city's instance: its home page shows the "
                    "districts that push to it (campus city add-district) and their schools")
     p.add_argument("--city-url", default=None, metavar="URL", help="this district pushes its schools' rollups to "

@@ -1,0 +1,145 @@
+"""Which projector lamps and filters are due, and when the rest will be (issue 21, part 4).
+
+A projector reports `lamp_hours` and (PJLink class 2) `filter_hours`; its profile rates the lamp's life
+and the filter's interval (`rated_lamp_hours`, `rated_filter_hours`; without them the profile's health
+limit, the hours the alarm fires at). What is left of a part's life, divided by how many hours a week the
+projector has been running lately, is how many weeks until it is due: a facility manager orders lamps
+and plans the filter round from that, before a lesson goes dark.
+
+The hours a week are the increase of the hour counter over the last `RATE_WEEKS` weeks (campus/counters.py:
+a new lamp resets its counter, which is a restart, not negative hours), over the time those readings span.
+They are read from the point store as at most one point a day per part (`PointStore.window`), two reads
+per projector: the list has to know every projector's date to sort them, so it is computed whole and
+paged here. The registry and ledger are read in two statements whatever the number of projectors.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from sqlalchemy import select, true
+
+from campus import counters
+from central import lists
+from central.db import Database
+from central.store.base import PointStore
+from central.tables import gateways as gw_t
+from central.tables import latest as latest_t
+
+PARTS = {"lamp": "lamp_hours", "filter": "filter_hours"}
+RATE_WEEKS = 4
+MIN_SPAN_S = 86400.0   # readings spanning less than a day give no rate (a projector just installed)
+DEFAULT_WITHIN_WEEKS = 4
+MAX_WITHIN_WEEKS = 104
+MAX_ROWS = 1_000_000  # a file of the whole list: every projector part there is
+
+
+@dataclass(frozen=True)
+class PartDue:
+    """One part of one projector: its hours now, its rated hours (None: the profile rates none), hours a
+    week lately (None: not enough readings), and the weeks until it is due (0: due now; None: never at this
+    rate, or unknown); `due`: within the weeks asked for."""
+    gateway: str
+    device: str
+    school: str
+    building: str
+    room: str
+    profile: str
+    part: str
+    hours: float
+    rated: float | None
+    per_week: float | None
+    weeks_left: float | None
+    due: bool
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def rated_hours(profile: str, part: str) -> float | None:
+    """The profile's rated hours of a part (`rated_<part>_hours`), else its health limit of the metric."""
+    from device_profiles import shipped_profile
+
+    prof = shipped_profile(profile)
+    if prof is None:
+        return None
+    rated = prof.rated_lamp_hours if part == "lamp" else prof.rated_filter_hours
+    if rated is None:
+        rated = prof.health.get(PARTS[part], {}).get("max")
+    return float(rated) if rated is not None else None
+
+
+def hours_per_week(store: PointStore, gateway: str, device: str, metric: str, now: float,
+                   weeks: int = RATE_WEEKS) -> float | None:
+    """How many hours a week the counter grew over the last `weeks` (None: readings spanning under a day)."""
+    start = now - weeks * 7 * 86400
+    pts = [(ts, float(v)) for ts, v in store.window(gateway, device, metric, start, now, weeks * 7 + 1).points
+           if _finite(v)]
+    if len(pts) < 2 or pts[-1][0] - pts[0][0] < MIN_SPAN_S:
+        return None
+    return round(counters.increase(v for _ts, v in pts) / ((pts[-1][0] - pts[0][0]) / (7 * 86400)), 3)
+
+
+def _finite(value: Any) -> bool:
+    try:
+        return math.isfinite(float(value))
+    except (TypeError, ValueError):
+        return False
+
+
+def parts(db: Database, store: PointStore, scope: lists.Scope = lists.EVERYTHING, within_weeks: float = 4,
+          q: str | None = None, now: float | None = None) -> list[PartDue]:
+    """Every projector part in `scope` (matching `q` in the school, building, room, gateway, device or
+    profile) that reports its hours, soonest due first: those due now, then by weeks left, the ones with
+    no date last."""
+    now = time.time() if now is None else now
+    p = lists.places(db)
+    dev = lists.reported_devices(db)
+    profile = lists.device_field(db, dev, "profile")
+    kind = lists.device_field(db, dev, "kind")
+    hours = (select(latest_t.c.gateway, latest_t.c.device, latest_t.c.metric, latest_t.c.value, p.c.school,
+                    p.c.building, p.c.room)
+             .select_from(latest_t).join(p, p.c.id == latest_t.c.gateway)
+             .where(latest_t.c.metric.in_(PARTS.values()), *lists.place_filter(p, scope)))
+    profiles = (select(gw_t.c.id, dev.c.key, profile).select_from(gw_t.join(dev, true()))
+                .where(kind == "projector"))
+    with db.read("cannot read the projectors' hours") as conn:
+        rows = list(conn.execute(hours))
+        projectors = {(gw, d): prof for gw, d, prof in conn.execute(profiles)}
+    metric_part = {m: part for part, m in PARTS.items()}
+    out: list[PartDue] = []
+    needle = (q or "").lower()
+    for gw, device, metric, raw, school, building, room in rows:
+        prof = projectors.get((gw, device))
+        if prof is None:  # not a projector's hours (or not reported as one now)
+            continue
+        if needle and not any(needle in (v or "").lower() for v in (school, building, room, gw, device, prof)):
+            continue
+        value = json.loads(raw)
+        if not _finite(value):
+            continue
+        part = metric_part[metric]
+        rated = rated_hours(prof, part)
+        per_week = hours_per_week(store, gw, device, metric, now)
+        left = None
+        if rated is not None:
+            remaining = rated - float(value)
+            left = 0.0 if remaining <= 0 else round(remaining / per_week, 1) if per_week else None
+        out.append(PartDue(gw, device, school or "", building or "", room or "", prof, part, float(value), rated,
+                           per_week, left, left is not None and left <= within_weeks))
+    out.sort(key=lambda r: (r.weeks_left is None, r.weeks_left or 0.0, r.school, r.gateway, r.device, r.part))
+    return out
+
+
+def page(db: Database, store: PointStore, paging: lists.Paging, scope: lists.Scope = lists.EVERYTHING,
+         within_weeks: float = DEFAULT_WITHIN_WEEKS, due_only: bool = False,
+         now: float | None = None) -> lists.Page[PartDue]:
+    """A page of `parts` (only those due within `within_weeks`, if `due_only`) and their total."""
+    every = parts(db, store, scope, within_weeks, paging.q, now)
+    if due_only:
+        every = [r for r in every if r.due]
+    return lists.Page(every[paging.offset:paging.offset + paging.limit], len(every))

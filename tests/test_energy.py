@@ -1,0 +1,274 @@
+"""Electricity in the daily rollup and its page, API and files (central/energy.py, dashboards/energy.py), and the
+projector maintenance list (central/maintenance.py), against figures worked out by hand.
+
+The week 2025-09-08 (Monday) .. 14 of tests/test_timetables.py's DOC (Asia/Shanghai): Monday's school day
+08:00-14:45, Tuesday's 08:00-10:45, Wednesday a holiday, Saturday a make-up day following Monday. Meter
+readings go through the real store and the real rollup; a meter reset on Monday evening counts as a restart,
+never as -98.5 kWh (what last-minus-first would say)."""
+
+from __future__ import annotations
+
+import csv
+import io
+import itertools
+import time
+from datetime import date, datetime
+from pathlib import Path
+from zoneinfo import ZoneInfo
+
+import pytest
+
+from campus.contract import State
+from central import energy, maintenance
+from central import timetables as tts
+from central import usage_rollup as rollup
+from central.ledger import Ledger, Sequenced
+from central.store.base import Sample
+from central.store.sqlite import SqlitePointStore
+from dashboards import close_app
+from dashboards.context import central
+from tests.apps import add_people, central_db, register_rooms, sqlite_only, web_app
+from tests.test_paging import small_and_large, statements  # noqa: F401 - a fixture
+from tests.test_timetables import DOC
+
+SHANGHAI = ZoneInfo("Asia/Shanghai")
+NOW = time.time()
+_seq = itertools.count(1)
+METER = {"profile": "meter-sdm120-modbus", "kind": "meter", "status": "ok"}
+PROJ2 = {"profile": "projector-pjlink2", "kind": "projector", "status": "ok"}
+PROJ1 = {"profile": "projector-pjlink", "kind": "projector", "status": "ok"}
+ROOMS = {  # gateway: (school, building, room, devices)
+    "gw-101": ("s1", "A", "101", {"meter": METER, "proj": PROJ2}),
+    "gw-102": ("s1", "B", "102", {"meter": METER, "proj": PROJ1}),
+    "gw-201": ("s2", "A", "201", {"meter": METER}),  # s2 has no timetable: outside kWh unknown
+}
+
+
+def t(day: str, hhmm: str) -> float:
+    return datetime.fromisoformat(f"2025-09-{day}T{hhmm}").replace(tzinfo=SHANGHAI).timestamp()
+
+
+READINGS = {  # gateway: [(day, time, kWh)]
+    "gw-101": [("07", "23:50", 100.0),  # Sunday: the reading before Monday
+               ("08", "07:00", 101.0),  # 1.0 before the first period: outside
+               ("08", "08:30", 103.0),  # 2.0 in the school day
+               ("08", "14:45", 104.0),  # 1.0 ending as the last period ends: outside
+               ("08", "22:00", 0.5),    # the meter reset: 0.5 since, outside
+               ("08", "23:00", 1.5),    # 1.0 outside
+               ("09", "00:10", 2.0),    # 0.5 across midnight: Tuesday's, outside
+               ("09", "09:00", 4.0),    # 2.0 in the school day
+               ("10", "10:00", 7.0)],   # 3.0 on the holiday: outside
+    "gw-102": [("13", "07:00", 10.0),   # Saturday (a make-up school day): nothing before it
+               ("13", "12:00", 12.0),   # 2.0 in the school day
+               ("14", "10:00", 15.0)],  # 3.0 on Sunday: outside
+    "gw-201": [("08", "09:00", 50.0), ("08", "10:00", 51.5)],
+}
+# (kWh, outside) per room and day, and in the week.
+DAYS = {("gw-101", "08"): (5.5, 3.5), ("gw-101", "09"): (2.5, 0.5), ("gw-101", "10"): (3.0, 3.0),
+        ("gw-102", "13"): (2.0, 0.0), ("gw-102", "14"): (3.0, 3.0), ("gw-201", "08"): (1.5, None)}
+WEEK = {"gw-101": (11.0, 7.0), "gw-102": (5.0, 3.0), "gw-201": (1.5, None)}
+TARIFF = 0.5
+WEEKS = 7 * 86400
+# Projector hours relative to now: gw-101's lamp 3000 -> 3200 over three weeks (66.7 h a week, 300 h of its
+# 3500 left: 4.5 weeks); its filter replaced in between (1900, then 50: a reset, then 170): 170 h in three
+# weeks, 1830 of 2000 left; gw-102's class 1 lamp past its rating (due now), one reading (no rate).
+HOURS = [("gw-101", "lamp_hours", [(-3 * WEEKS, 3000.0), (-WEEKS, 3140.0), (0, 3200.0)]),
+         ("gw-101", "filter_hours", [(-3 * WEEKS, 1900.0), (-2 * WEEKS, 50.0), (0, 170.0)]),
+         ("gw-102", "lamp_hours", [(0, 3600.0)])]
+
+
+def the_week(ledger: Ledger, points: SqlitePointStore) -> None:
+    for gw, (school, _b, room, devices) in ROOMS.items():
+        ledger.record([], [(school, gw, State(online=True, ts=NOW, room=room, devices=devices))], [])
+    points.write([Sample(ROOMS[gw][0], gw, "meter", "meter", t(d, hhmm), {"energy_kwh": v})
+                  for gw, readings in READINGS.items() for d, hhmm, v in readings])
+    for gw, metric, readings in HOURS:
+        points.write([Sample("s1", gw, "proj", "projector", NOW - 60 + dt, {metric: v}) for dt, v in readings])
+        ledger.record([Sequenced("s1", gw, "proj", next(_seq), NOW - 60 + readings[-1][0],
+                                 values={metric: readings[-1][1]})], [], [])
+
+
+@pytest.fixture
+def app(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, central_db_url: str):
+    app = web_app(central_db(tmp_path, the_week, central_db_url), monkeypatch, tariff=TARIFF)
+    register_rooms(app, tuple((gw, school, room, building) for gw, (school, building, room, _d) in ROOMS.items()))
+    tts.save(central(app).registry, tts.from_document("s1", DOC), "test")
+    app.tokens = add_people(app)
+    c = central(app)
+    rollup.fill(c.registry, c.ledger, c.store, now=t("15", "12:00"), days=9)
+    yield app
+    close_app(app)
+
+
+def get(app, path: str, role: str = "facility"):
+    return app.test_client().get(path, headers={"Authorization": f"Bearer {app.tokens[role]}"})
+
+
+def test_the_rollup_counts_each_rooms_kwh_and_those_outside_the_timetable(app) -> None:
+    c = central(app)
+    from central.usage import UsageDay
+
+    with c.db.read() as conn:
+        rows = {(r.gateway, r.day.strftime("%d")): r for r in conn.execute(UsageDay.__table__.select())}
+    got = {k: (round(r.energy_kwh, 6), None if r.energy_off_kwh is None else round(r.energy_off_kwh, 6))
+           for k, r in rows.items() if r.energy_kwh}
+    assert got == DAYS
+    assert all(r.meter_devices == 1 for r in rows.values())
+    # A row rolled up before 0009 (no meters recorded) is computed again, energy included.
+    with c.db.write() as conn:
+        conn.execute(UsageDay.__table__.update().where(UsageDay.__table__.c.gateway == "gw-201")
+                     .values(meter_devices=None, energy_kwh=None))
+    again = rollup.fill(c.registry, c.ledger, c.store, now=t("15", "12:00"), days=9, refresh_today=False)
+    assert again.written == 8  # its finished days; today (the 15th) has its row and is not refreshed
+    assert energy.report(c.db, date(2025, 9, 8), date(2025, 9, 14)).kwh == 17.5
+
+
+def test_the_report_adds_up_rooms_buildings_schools_days_in_kwh_and_yuan(app) -> None:
+    body = get(app, "/api/energy?week=2025-W37").get_json()
+    assert {r["gateway"]: (r["kwh"], r["off_kwh"]) for r in body["rooms"]} == WEEK
+    assert (body["kwh"], body["off_kwh"], body["yuan"], body["off_yuan"], body["tariff"]) == (17.5, 10.0, 8.75, 5.0, 0.5)
+    assert {(s["school"], s["kwh"], s["off_kwh"], s["rooms"]) for s in body["schools"]} == {
+        ("s1", 16.0, 10.0, 2), ("s2", 1.5, None, 1)}
+    assert {(b["school"], b["building"], b["kwh"]) for b in body["buildings"]} == {
+        ("s1", "A", 11.0), ("s1", "B", 5.0), ("s2", "A", 1.5)}
+    assert {d["day"]: (d["kwh"], d["off_kwh"]) for d in body["days"]} == {
+        "2025-09-08": (7.0, 3.5), "2025-09-09": (2.5, 0.5), "2025-09-10": (3.0, 3.0), "2025-09-11": (0.0, 0.0),
+        "2025-09-12": (0.0, 0.0), "2025-09-13": (2.0, 0.0), "2025-09-14": (3.0, 3.0)}
+    one = get(app, "/api/energy?week=2025-W37&school=s1&building=B").get_json()
+    assert [r["gateway"] for r in one["rooms"]] == ["gw-102"] and one["kwh"] == 5.0
+    # Worst first, paged on the server; a school without a timetable has no "outside".
+    left = get(app, "/api/energy/left-on?week=2025-W37")
+    assert left.headers["X-Total-Count"] == "2"
+    assert [(r["gateway"], r["off_kwh"], r["off_yuan"]) for r in left.get_json()] == [("gw-101", 7.0, 3.5),
+                                                                                   ("gw-102", 3.0, 1.5)]
+    second = get(app, "/api/energy/left-on?week=2025-W37&limit=1&offset=1")
+    assert [r["gateway"] for r in second.get_json()] == ["gw-102"] and second.headers["X-Total-Count"] == "2"
+    assert get(app, "/api/energy/left-on?week=2025-W37&q=102").headers["X-Total-Count"] == "1"
+
+
+def test_the_page_and_files_say_the_same(app) -> None:
+    page = get(app, "/health/energy?week=2025-W37")
+    html = page.get_data(as_text=True)
+    assert page.status_code == 200 and 'id="energy-chart"' in html and "17.5 kWh" in html
+    assert html.index('data-gateway="gw-101"') < html.index('data-gateway="gw-102"')
+    assert 'data-gateway="gw-201"' not in html
+    assert get(app, "/health/energy?week=2025-W37&limit=1").get_data(as_text=True).count("data-gateway=") == 1
+    text = get(app, "/health/energy.csv?week=2025-W37").data.decode("utf-8")
+    rows = list(csv.reader(io.StringIO(text.lstrip("\ufeff"))))
+    assert rows[1] == ["district", "", "", "", "", "17.5", "10", "8.75", "5"]
+    assert ["room", "s1", "A", "101", "gw-101", "11", "7", "5.5", "3.5"] in rows
+    assert ["room", "s2", "A", "201", "gw-201", "1.5", "", "0.75", ""] in rows
+    from openpyxl import load_workbook
+
+    xlsx = get(app, "/health/energy.xlsx?week=2025-W37")
+    assert xlsx.status_code == 200 and xlsx.mimetype.endswith("spreadsheetml.sheet")
+    book = load_workbook(io.BytesIO(xlsx.data))
+    assert [c.value for c in book["energy"][2]][:9] == ["district", None, None, None, None, 17.5, 10, 8.75, 5]
+    room_days = [[c.value for c in row] for row in book["room days"].iter_rows(min_row=2)]
+    assert len(room_days) == 3 * 7 and room_days[0][4:] == ["gw-101", 5.5, 3.5]  # every metered room-day
+    assert len([r for r in room_days if r[5]]) == len(DAYS)
+
+
+def test_the_district_overview_and_the_city_push_carry_this_weeks_kwh(app) -> None:
+    c = central(app)
+    monday = date.today().toordinal() - date.today().weekday()
+    row = {"school": "s1", "periods": 0, "used": 0, "power_devices": 0, "co2_over_s": 0.0, "co2_devices": 0,
+           "co2_limit": None, "complete": True, "counted_to": 0.0, "computed_at": 0.0, "meter_devices": 1,
+           "energy_off_kwh": 0.0}
+    rollup._write(c.db, [{**row, "gateway": "gw-101", "day": date.fromordinal(monday), "energy_kwh": 12.25},
+                         {**row, "gateway": "gw-102", "day": date.fromordinal(monday), "energy_kwh": 2.0},
+                         {**row, "gateway": "gw-101", "day": date.fromordinal(monday - 1), "energy_kwh": 99.0}])
+    body = {s["school"]: s["energy_kwh"] for s in get(app, "/api/schools").get_json()}
+    assert body == {"s1": 14.25, "s2": None}
+    assert [s["school"] for s in get(app, "/api/schools?sort=-energy_kwh").get_json()] == ["s1", "s2"]
+    page = get(app, "/district").get_data(as_text=True)
+    assert '<td class="num energy-kwh">14 kWh</td>' in page
+    from central import city, city_push
+
+    pushed = city_push.rollup(c.db, "north", 1, time.time())
+    assert {s["school"]: s["energy_kwh"] for s in pushed["schools"]} == {"s1": 14.25, "s2": None}
+    assert city.parse_rollup(pushed).schools[0]["energy_kwh"] == 14.25  # the city takes it
+    bad = {**pushed, "schools": [{**pushed["schools"][0], "energy_kwh": -1}]}
+    with pytest.raises(city.RollupError, match=r"schools\[0\].energy_kwh"):
+        city.parse_rollup(bad)
+
+
+def test_the_maintenance_list_dates_lamps_and_filters_from_their_hours_and_rate(app) -> None:
+    c = central(app)
+    parts = maintenance.parts(c.db, c.store, within_weeks=4)
+    got = [(p.gateway, p.part, p.hours, p.rated, p.per_week, p.weeks_left, p.due) for p in parts]
+    assert got == [("gw-102", "lamp", 3600.0, 3500.0, None, 0.0, True),
+                   ("gw-101", "lamp", 3200.0, 3500.0, round(200 / 3, 3), 4.5, False),
+                   ("gw-101", "filter", 170.0, 2000.0, round(170 / 3, 3), round(1830 / (170 / 3), 1), False)]
+    resp = get(app, "/api/maintenance?within=5&due=1")
+    assert resp.headers["X-Total-Count"] == "2"
+    assert [(r["gateway"], r["part"]) for r in resp.get_json()] == [("gw-102", "lamp"), ("gw-101", "lamp")]
+    assert [r["part"] for r in get(app, "/api/maintenance?q=gw-101&limit=1&offset=1").get_json()] == ["filter"]
+    page = get(app, "/health/maintenance?within=5").get_data(as_text=True)
+    assert page.index('data-part="gw-102/proj/lamp"') < page.index('data-part="gw-101/proj/filter"')
+    text = get(app, "/health/maintenance.csv?within=5").data.decode("utf-8")
+    rows = list(csv.reader(io.StringIO(text.lstrip("\ufeff"))))
+    assert rows[1][:8] == ["s1", "B", "102", "gw-102", "proj", "projector-pjlink", "lamp", "3600"]
+    assert rows[1][-2:] == ["0", "yes"] and len(rows) == 4
+    assert get(app, "/health/maintenance.xlsx?within=5").mimetype.endswith("spreadsheetml.sheet")
+
+
+@sqlite_only
+def test_bad_requests_are_one_400_naming_the_field(app) -> None:
+    for path, field in (("/api/energy?week=2025-W99", "week"), ("/api/energy?school=nowhere", "school"),
+                        ("/api/energy?school=a%20b", "school"), ("/api/energy/left-on?limit=0", "limit"),
+                        ("/api/maintenance?within=0", "within"), ("/api/maintenance?due=2", "due"),
+                        ("/api/maintenance?offset=-1", "offset")):
+        resp = get(app, path)
+        assert resp.status_code == 400 and resp.get_json()["field"] == field, (path, resp.get_json())
+    assert get(app, "/health/energy?month=2025-13").status_code == 400
+    assert get(app, "/health/maintenance.csv?within=x").status_code == 400
+    assert get(app, "/api/energy", role="teacher").status_code == 403
+    assert app.test_client().get("/health/energy.csv").status_code == 302  # to the login page
+    for raw in ("x", "-1", "nan", "1000"):
+        with pytest.raises(ValueError, match="tariff"):
+            energy.tariff_from(raw)
+    assert energy.tariff_from("0.62") == 0.62
+
+
+def test_campus_web_refuses_a_bad_tariff_naming_it(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                   capfd: pytest.CaptureFixture[str]) -> None:
+    from programs.cli import main
+
+    for args, env, named in ((["--tariff", "abc"], "", "--tariff"), ([], "-2", "$CAMPUS_TARIFF")):
+        monkeypatch.setenv("CAMPUS_TARIFF", env)
+        with pytest.raises(SystemExit) as stop:
+            main(["web", "--store", f"sqlite:///{tmp_path}/s.db", *args])
+        err = capfd.readouterr().err
+        assert stop.value.code == 2 and named in err and "yuan per kWh" in err, err
+    assert not (tmp_path / "s.db").exists()  # refused before anything was opened
+
+
+def test_energy_requests_run_as_many_statements_for_300_rooms_as_for_30(small_and_large) -> None:  # noqa: F811
+    monday = date.today().toordinal() - date.today().weekday()
+    week = date.today().strftime("%G-W%V")
+    for district in small_and_large:
+        c = central(district)
+        row = {"periods": 0, "used": 0, "power_devices": 0, "co2_over_s": 0.0, "co2_devices": 0, "co2_limit": None,
+               "complete": True, "counted_to": 0.0, "computed_at": 0.0, "meter_devices": 1}
+        rollup._write(c.db, [{**row, "gateway": gw, "school": school, "day": date.fromordinal(monday),
+                              "energy_kwh": 3.0, "energy_off_kwh": 1.0}
+                             for gw, school, _b, _r in energy.lists.place_rows(c.db)])
+    for path in (f"/api/energy?week={week}", f"/api/energy?week={week}&school=s03", f"/health/energy?week={week}",
+                 f"/health/energy.csv?week={week}", f"/health/energy.xlsx?week={week}",
+                 f"/api/energy/left-on?week={week}&limit=20", "/api/schools?sort=-energy_kwh",
+                 "/api/maintenance?within=4", "/health/maintenance"):
+        few, resp_few = statements(small_and_large[0], path)
+        many, resp_many = statements(small_and_large[1], path)
+        assert resp_few.status_code == resp_many.status_code == 200, (path, resp_many.get_data(as_text=True)[:300])
+        assert many == few, f"{path}: {few} statements with 30 rooms, {many} with 300"
+
+
+def test_a_name_that_looks_like_a_formula_stays_text_in_the_xlsx() -> None:
+    from openpyxl import load_workbook
+
+    from dashboards.energy import _xlsx
+
+    sheet = load_workbook(io.BytesIO(_xlsx([("energy", [["=HYPERLINK(\"http://x\")", 1.5]])], "note")))["energy"]
+    assert (sheet["A1"].value, sheet["A1"].data_type, sheet["B1"].value, sheet["A3"].value) == (
+        '=HYPERLINK("http://x")', "s", 1.5, "note")
