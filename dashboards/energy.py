@@ -28,9 +28,11 @@ from datetime import timedelta
 from typing import Any
 
 from flask import Blueprint, Flask, g, jsonify, render_template, request, url_for
+from flask_babel import gettext
 
 from campus import names
 from campus.errors import PayloadError
+from campus.i18n import LazyText, lazy_gettext
 from central import energy, lists, maintenance
 from central import timetables as tts
 from central.overview import places
@@ -71,9 +73,9 @@ def _scope() -> tuple[lists.Scope, str | None]:
             raise _Refused("school", exc.reason) from None
         if not may_see_school(g.user, school):
             audit("refused", f"energy of {school}: outside the account's schools", ok=False)
-            raise _Refused("school", "no such school in your schools", 404)
+            raise _Refused("school", lazy_gettext("no such %(what)s in your schools", what=LazyText("school")), 404)
         if not tts.school_exists(central().registry, school):
-            raise _Refused("school", f"no school {school!r}")
+            raise _Refused("school", lazy_gettext("no school %(school)s", school=repr(school)))
     try:
         building = lists.name_arg(request.args, "building")
     except PayloadError as exc:
@@ -193,11 +195,13 @@ def report_table(report: energy.EnergyReport) -> list[list[Any]]:
     """The report as spreadsheet rows: the district, each school, building and room (a level column)."""
     def line(level: str, e: energy.Energy, school: str = "", building: str = "", room: str = "",
              gateway: str = "") -> list[Any]:
-        return [level, school, building, room, gateway, round(e.kwh, 3),
+        return [gettext(level), school, building, room, gateway, round(e.kwh, 3),
                 None if e.off_kwh is None else round(e.off_kwh, 3), report.yuan(e.kwh), report.yuan(e.off_kwh)]
 
-    rows: list[list[Any]] = [["level", "school", "building", "room", "gateway", "kWh", "kWh outside timetable",
-                              "yuan", "yuan outside timetable"], line("district", report)]
+    # The level words are the same msgids as the usage export's (dashboards/timetables.py).
+    rows: list[list[Any]] = [[gettext("level"), gettext("school"), gettext("building"), gettext("room"),
+                              gettext("gateway"), "kWh", gettext("kWh outside timetable"), gettext("yuan"),
+                              gettext("yuan outside timetable")], line("district", report)]
     rows += [line("school", s, s.school) for s in report.schools]
     rows += [line("building", b, b.school, b.building) for b in report.buildings]
     rows += [line("room", r, r.school, r.building, r.room, r.gateway) for r in report.rooms]
@@ -263,16 +267,19 @@ def energy_xlsx() -> Any:
         scope, building = _scope()
     except _Refused as exc:
         return render_template("error.html", status=exc.status, message=exc.message), exc.status
-    days = [["date", "kWh", "kWh outside timetable", "yuan"]]
+    days = [[gettext("date"), "kWh", gettext("kWh outside timetable"), gettext("yuan")]]
     days += [[d.day, round(d.kwh, 3), None if d.off_kwh is None else round(d.off_kwh, 3), report.yuan(d.kwh)]
              for d in report.days]
-    room_days = [["date", "school", "building", "room", "gateway", "kWh", "kWh outside timetable"]]
+    room_days = [[gettext("date"), gettext("school"), gettext("building"), gettext("room"), gettext("gateway"), "kWh",
+                  gettext("kWh outside timetable")]]
     room_days += [[d, s, b, r, gw, round(k, 3), None if o is None else round(o, 3)]
                   for d, s, b, r, gw, k, o in energy.room_days(central().registry.db, report.first, report.last,
                                                               scope, building)]
-    note = (f"{report.first} to {report.last}; {report.tariff:g} yuan per kWh; outside the timetable: before the "
-            f"first class period, after the last, and days without classes; made {time.strftime('%Y-%m-%d %H:%M')}")
-    return _download(_xlsx([("energy", report_table(report)), ("days", days), ("room days", room_days)], note),
+    note = gettext("%(first)s to %(last)s; %(tariff)s yuan per kWh; outside the timetable: before the first class "
+                   "period, after the last, and days without classes; made %(made)s", first=report.first,
+                   last=report.last, tariff=format(report.tariff, "g"), made=time.strftime("%Y-%m-%d %H:%M"))
+    return _download(_xlsx([(gettext("energy"), report_table(report)), (gettext("days"), days),
+                            (gettext("room days"), room_days)], note),
                      _filename(label, "xlsx"), XLSX)
 
 
@@ -283,11 +290,11 @@ def _maintenance_page(default_limit: int = lists.DEFAULT_LIMIT,
                       whole: bool = False) -> tuple[lists.Page[maintenance.PartDue], float]:
     raw = request.args.get("within") or str(maintenance.DEFAULT_WITHIN_WEEKS)
     if not raw.isascii() or not raw.isdigit() or not 1 <= int(raw) <= maintenance.MAX_WITHIN_WEEKS:
-        raise _Refused("within", f"must be a whole number of weeks from 1 to {maintenance.MAX_WITHIN_WEEKS}, "
-                                 f"got {raw[:20]!r}")
+        raise _Refused("within", lazy_gettext("must be a whole number of weeks from 1 to %(most)s, got %(value)s",
+                                              most=maintenance.MAX_WITHIN_WEEKS, value=repr(raw[:20])))
     due = request.args.get("due") or "0"
     if due not in ("0", "1"):
-        raise _Refused("due", f"must be 1 or 0, got {due[:20]!r}")
+        raise _Refused("due", lazy_gettext("must be 1 or 0, got %(value)s", value=repr(due[:20])))
     scope, _building = _scope()
     try:
         paging = lists.Paging.parse(request.args, default_limit=default_limit)
@@ -317,10 +324,12 @@ def maintenance_page() -> Any:
 
 
 def maintenance_table(rows: list[maintenance.PartDue]) -> list[list[Any]]:
-    out: list[list[Any]] = [["school", "building", "room", "gateway", "device", "profile", "part", "hours",
-                             "rated hours", "hours per week", "weeks left", "due"]]
-    out += [[r.school, r.building, r.room, r.gateway, r.device, r.profile, r.part, r.hours, r.rated, r.per_week,
-             r.weeks_left, "yes" if r.due else "no"] for r in rows]
+    out: list[list[Any]] = [[gettext("school"), gettext("building"), gettext("room"), gettext("gateway"),
+                             gettext("device"), gettext("profile"), gettext("part"), gettext("hours"),
+                             gettext("rated hours"), gettext("hours per week"), gettext("weeks left"), gettext("due")]]
+    yes, no = gettext("yes"), gettext("no")
+    out += [[r.school, r.building, r.room, r.gateway, r.device, r.profile, gettext("lamp") if r.part == "lamp" else gettext("filter"), r.hours, r.rated,
+             r.per_week, r.weeks_left, yes if r.due else no] for r in rows]
     return out
 
 
@@ -341,8 +350,8 @@ def maintenance_xlsx() -> Any:
         page, within = _maintenance_page(whole=True)
     except _Refused as exc:
         return render_template("error.html", status=exc.status, message=exc.message), exc.status
-    note = (f"due: within {within} weeks at the rate of the last {maintenance.RATE_WEEKS} weeks; "
-            f"made {time.strftime('%Y-%m-%d %H:%M')}")
-    return _download(_xlsx([("maintenance", maintenance_table(page.items))], note),
+    note = gettext("due: within %(within)s weeks at the rate of the last %(weeks)s weeks; made %(made)s",
+                   within=within, weeks=maintenance.RATE_WEEKS, made=time.strftime("%Y-%m-%d %H:%M"))
+    return _download(_xlsx([(gettext("maintenance"), maintenance_table(page.items))], note),
                      _filename(f"{within}w", "xlsx", "maintenance"), XLSX)
 
