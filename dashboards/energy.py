@@ -30,16 +30,14 @@ from typing import Any
 from flask import Blueprint, Flask, g, jsonify, render_template, request, url_for
 from flask_babel import gettext
 
-from campus import names
 from campus.errors import PayloadError
-from campus.i18n import LazyText, lazy_gettext
+from campus.i18n import lazy_gettext
 from central import energy, lists, maintenance
-from central import timetables as tts
 from central.overview import places
-from dashboards.auth import audit, login_required, may_see_school, sight
+from dashboards.auth import login_required, sight
 from dashboards.context import central, web
 from dashboards.health import STAFF
-from dashboards.timetables import _download, _Refused, _week_id, span
+from dashboards.timetables import _download, _Refused, _week_id, school_arg, span
 
 bp = Blueprint("energy", __name__)
 LEFT_ON_PAGE = 20   # rooms per page of the page's "left on" list
@@ -65,17 +63,7 @@ def tariff() -> float:
 def _scope() -> tuple[lists.Scope, str | None]:
     """The caller's sight narrowed to the `school` asked for, and the `building` (a name); _Refused naming
     the parameter for a school that is not one, or not the caller's (404, as if there were none)."""
-    school = request.args.get("school") or None
-    if school is not None:
-        try:
-            names.identifier(school, "school")
-        except names.BadName as exc:
-            raise _Refused("school", exc.reason) from None
-        if not may_see_school(g.user, school):
-            audit("refused", f"energy of {school}: outside the account's schools", ok=False)
-            raise _Refused("school", lazy_gettext("no such %(what)s in your schools", what=LazyText("school")), 404)
-        if not tts.school_exists(central().registry, school):
-            raise _Refused("school", lazy_gettext("no school %(school)s", school=repr(school)))
+    school = school_arg("energy")
     try:
         building = lists.name_arg(request.args, "building")
     except PayloadError as exc:

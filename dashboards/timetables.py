@@ -166,8 +166,10 @@ def span(week: str | None, month: str | None, today: date | None = None) -> tupl
     return monday, monday + timedelta(days=6), f"{iso[0]}-W{iso[1]:02d}"
 
 
-def _report() -> usage.UsageReport:
-    first, last, _label = span(request.args.get("week"), request.args.get("month"))
+def school_arg(report: str) -> str | None:
+    """A report's `school` query parameter: None (every school in sight), or a school that exists and the caller
+    may see; _Refused naming `school` if not (404 outside the caller's schools, as if there were none, audited
+    with the `report`'s name). The usage and energy reports both ask it."""
     school = request.args.get("school") or None
     if school is not None:
         try:
@@ -175,10 +177,16 @@ def _report() -> usage.UsageReport:
         except names.BadName as exc:
             raise _Refused("school", exc.reason) from None
         if not may_see_school(g.user, school):
-            audit("refused", f"usage report of {school}: outside the account's schools", ok=False)
+            audit("refused", f"{report} of {school}: outside the account's schools", ok=False)
             raise _Refused("school", lazy_gettext("no such %(what)s in your schools", what=LazyText("school")), 404)
         if not tts.school_exists(central().registry, school):
             raise _Refused("school", lazy_gettext("no school %(school)s", school=repr(school)))
+    return school
+
+
+def _report() -> usage.UsageReport:
+    first, last, _label = span(request.args.get("week"), request.args.get("month"))
+    school = school_arg("usage report")
     c = central()
     return usage.usage_rate(c.registry, c.ledger, first, last, school, schools_in=sight(g.user).schools)
 
