@@ -30,7 +30,7 @@ from typing import Any, ClassVar
 
 import serial
 
-from campus.contract import MetricValue
+from campus.contract import CARD_SWIPE_EVENT, MetricValue
 from campus.errors import ConfigError, DeviceError
 from edge_agent.drivers.base import DeviceEvent, DeviceUnreachable, Driver, Reading
 from edge_agent.drivers.serial_link import SerialLink, serial_settings
@@ -191,7 +191,7 @@ class _CardReaderDriver(Driver):
             if len(self._events) >= MAX_PENDING_EVENTS:
                 self._events.popleft()
                 self.count("events_dropped")
-            self._events.append(DeviceEvent("card_swipe", {"card": card, "reader": self.device_id}, now))
+            self._events.append(DeviceEvent(CARD_SWIPE_EVENT, {"card": card, "reader": self.device_id}, now))
             self.count("swipes")
             log.debug("card reader %s: swipe %s…", self.device_id, card[:8])
 

@@ -1,0 +1,152 @@
+"""The card-authorised podium on the gateway (edge_agent/podium.py), with real simulators.
+
+An agent runs in this process with an EM4100 reader simulator on a pty and a PJLink projector
+simulator on a TCP port, and no broker at all (its URL names a closed port): the decisions are the
+gateway's own. The end-to-end run through a stopped and restarted Mosquitto to central is
+tests/test_podium_e2e.py.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from campus import contract
+from campus.contract import Event
+from campus.errors import ConfigError
+from campus.net import free_port
+from device_profiles.config import GatewayConfig, load_gateway_config
+from edge_agent.agent import Agent
+from edge_agent.config_push import validate_pushed_config
+from edge_agent.drivers.card_reader import card_hash
+from firmware_stubs.runner import SimulatorSet
+from tests.e2e import write_gateway_config
+
+SECRET = "school-secret-1"
+TEACHER, CLEANER, STRANGER = "14008EC793", "0C000621A5", "0AFFFFFFFF"
+
+
+def podium_devices(tmp_path: Path, pjlink_port: int) -> list[dict[str, Any]]:
+    return [{"id": "proj", "profile": "projector-pjlink", "address": {"host": "127.0.0.1", "port": pjlink_port},
+             "simulator": {"warmup_s": 0.2, "cooldown_s": 0.2}},
+            {"id": "cards", "profile": "card-em4100", "address": {"serial": str(tmp_path / "cards.tty")},
+             "options": {"repeat_window_s": 0.2}}]
+
+
+def podium_config(**extra: Any) -> dict[str, Any]:
+    return {"inputs": {"proj": "hdmi1"},
+            "cards": {card_hash(SECRET, TEACHER): {"role": "teacher", "label": "Ms Li"},
+                      card_hash(SECRET, CLEANER): {"role": "cleaner"}}, **extra}
+
+
+def podium_events(agent: Agent) -> list[dict[str, Any]]:
+    """The podium events in the outbox (nothing is published: there is no broker)."""
+    return [Event.decode(r.payload).data for r in agent.outbox.peek(10_000)
+            if r.topic.endswith(f"/event/{contract.PODIUM_DEVICE}")]
+
+
+async def until(predicate: Callable[[], object], timeout: float = 20, what: str = "condition") -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        await asyncio.sleep(0.02)
+
+
+def run_room(config: GatewayConfig, body: Callable[[Agent, SimulatorSet], Awaitable[None]]) -> None:
+    async def main() -> None:
+        sims = SimulatorSet(config)
+        await sims.start()
+        agent = Agent(config)
+        task = asyncio.create_task(agent.run())
+        try:
+            await until(lambda: agent.polling.status.get("cards") == "ok", what="the reader open")
+            await body(agent, sims)
+        finally:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+            await sims.stop()
+
+    asyncio.run(main())
+
+
+def power_commands(sims: SimulatorSet) -> list[str]:
+    return [c for c in sims.by_device["proj"].commands if c.startswith("%1POWR ") and not c.endswith("?")]
+
+
+def test_swipes_start_and_end_the_class_refuse_strangers_and_log_cleaners(tmp_path: Path) -> None:
+    path = write_gateway_config(tmp_path / "gw1.yaml", f"mqtt://127.0.0.1:{free_port()}",
+                                devices=podium_devices(tmp_path, free_port()), card_secret=SECRET,
+                                podium=podium_config())
+    config = load_gateway_config(path)
+
+    async def body(agent: Agent, sims: SimulatorSet) -> None:
+        reader, proj = sims.by_device["cards"], sims.by_device["proj"]
+        await reader.swipe(STRANGER)
+        await reader.swipe(CLEANER)
+        await until(lambda: len(podium_events(agent)) == 2, what="two swipes decided")
+        assert [e["outcome"] for e in podium_events(agent)] == ["refused", "logged"]
+        assert power_commands(sims) == [] and proj.power == "off"  # neither changed anything
+
+        await reader.swipe(TEACHER)
+        await until(lambda: len(podium_events(agent)) == 3, what="the class started")
+        started = podium_events(agent)[2]
+        assert started["outcome"] == "started" and started["role"] == "teacher"
+        assert started["card"] == card_hash(SECRET, TEACHER) and TEACHER not in json.dumps(started)
+        assert [(s["action"], s["status"]) for s in started["steps"]] == \
+            [("power_on", "done"), ("select_input", "done"), ("unmute", "done")]
+        await until(lambda: proj.power == "on", what="the projector on")
+        assert "%1INPT 32" in proj.commands  # hdmi1, the podium input
+
+        await reader.swipe(TEACHER)
+        await until(lambda: len(podium_events(agent)) == 4, what="the class ended")
+        assert podium_events(agent)[3]["outcome"] == "ended"
+        assert power_commands(sims) == ["%1POWR 1", "%1POWR 0"]
+
+    run_room(config, body)
+
+
+def test_a_class_nobody_ends_ends_at_its_timeout_even_after_a_restart(tmp_path: Path) -> None:
+    path = write_gateway_config(tmp_path / "gw1.yaml", f"mqtt://127.0.0.1:{free_port()}",
+                                devices=podium_devices(tmp_path, free_port()), card_secret=SECRET,
+                                podium=podium_config(timeout_s=3))
+    config = load_gateway_config(path)
+
+    async def start_class(agent: Agent, sims: SimulatorSet) -> None:
+        await sims.by_device["cards"].swipe(TEACHER)
+        await until(lambda: len(podium_events(agent)) == 1, what="the class started")
+
+    run_room(config, start_class)  # the agent stops mid-class ...
+
+    async def after_restart(agent: Agent, sims: SimulatorSet) -> None:
+        assert agent.podium.class_started is not None  # ... and knows it at the next start
+        await until(lambda: any(e["outcome"] == "ended" for e in podium_events(agent)), 20, what="the timeout")
+        ended = podium_events(agent)[-1]
+        assert ended["reason"] == "timeout" and ended["card"] == "" and ended["steps"][0]["action"] == "power_off"
+
+    run_room(config, after_restart)
+
+
+def test_a_pushed_allow_list_and_secret_are_validated_like_the_file(tmp_path: Path) -> None:
+    path = write_gateway_config(tmp_path / "gw1.yaml", "mqtt://127.0.0.1:1",
+                                devices=podium_devices(tmp_path, 4352), card_secret=SECRET)
+    base = load_gateway_config(path)
+    devices = [d.model_dump() for d in base.devices]
+    version, pushed = validate_pushed_config(base, json.dumps(
+        {"version": 2, "devices": devices, "card_secret": "new", "podium": podium_config()}))
+    assert version == 2 and pushed.card_secret == "new" and pushed.podium is not None
+    assert pushed.podium.cards[card_hash(SECRET, TEACHER)].role == "teacher"
+    bad = [({"cards": {TEACHER: {"role": "teacher"}}}, "64 lower-case hex"),  # a raw UID is not a card here
+           ({"cards": {card_hash(SECRET, TEACHER): {"role": "janitor"}}}, "teacher, facility, cleaner"),
+           ({"start": [{"device": "nope", "action": "power_on"}]}, "no device 'nope'"),
+           ({"start": [{"device": "proj", "action": "explode"}]}, "must be one of")]
+    for podium, message in bad:
+        with pytest.raises(ConfigError, match=message):
+            validate_pushed_config(base, json.dumps({"version": 3, "devices": devices, "podium": podium}))
+    with pytest.raises(ConfigError, match="field card_secret"):
+        validate_pushed_config(base, json.dumps({"version": 3, "devices": devices, "card_secret": ""}))
