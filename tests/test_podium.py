@@ -150,3 +150,57 @@ def test_a_pushed_allow_list_and_secret_are_validated_like_the_file(tmp_path: Pa
             validate_pushed_config(base, json.dumps({"version": 3, "devices": devices, "podium": podium}))
     with pytest.raises(ConfigError, match="field card_secret"):
         validate_pushed_config(base, json.dumps({"version": 3, "devices": devices, "card_secret": ""}))
+
+
+# ---------------------------------------------------------------- end to end: broker stopped, then back
+
+
+@pytest.mark.slow
+def test_a_swipe_with_the_broker_stopped_powers_the_projector_and_reaches_central_once(tmp_path: Path) -> None:
+    from tests.e2e import Classroom, SimulatorsInThread
+    from tests.servers import Mosquitto, wait_until
+
+    broker = Mosquitto(tmp_path / "mq")
+    broker.start()
+    room = Classroom(tmp_path, broker.url, poll_interval=0.3, devices=podium_devices(tmp_path, free_port()))
+    write_gateway_config(room.config, broker.url, poll_interval=0.3, devices=podium_devices(tmp_path, room.port),
+                         data_dir=str(room.data_dir), card_secret=SECRET, podium=podium_config())
+
+    def podium_stored() -> list[dict[str, Any]]:
+        return sorted(room.view.ledger.events(gateway="gw1", type_=contract.PODIUM_EVENT), key=lambda e: e["seq"])
+
+    def powers(sims: SimulatorsInThread) -> list[str]:
+        return [c for c in sims.call(lambda: sims["proj"].commands) if c.startswith("%1POWR ") and c[-1] != "?"]
+
+    def swipe(sims: SimulatorsInThread, uid: str) -> None:
+        asyncio.run_coroutine_threadsafe(sims["cards"].swipe(uid), sims.loop).result(10)
+
+    with SimulatorsInThread(room.config) as sims:
+        room.start(sim=False)
+        try:
+            wait_until(lambda: (room.view.gateway("gw1") or {}).get("online"), 30, message="the gateway online")
+            broker.stop()  # central unreachable from here on
+            wait_until(lambda: "MQTT link to" in room.agent.output(), 20, message="the agent saw the broker go")
+            swipe(sims, STRANGER)
+            wait_until(lambda: room.agent_outbox()["pending"] > 0, 20, message="the refusal in the outbox")
+            swipe(sims, TEACHER)
+            wait_until(lambda: sims.call(lambda: sims["proj"].power) == "on", 30, message="the projector on")
+            assert powers(sims) == ["%1POWR 1"]  # the stranger changed nothing, the teacher powered it on
+            assert podium_stored() == []          # central has heard nothing yet
+
+            broker.start()  # back on the same port, with its saved sessions
+            wait_until(lambda: len(podium_stored()) == 2, 60, message="both outcomes at central")
+            swipe(sims, TEACHER)  # the second swipe ends the class
+            wait_until(lambda: len(podium_stored()) == 3, 60, message="the end at central")
+            wait_until(lambda: room.agent_outbox()["pending"] == 0, 30, message="the outbox drained")
+            stored = podium_stored()
+            assert [e["data"]["outcome"] for e in stored] == ["refused", "started", "ended"]
+            assert stored[0]["data"]["card"] == card_hash(SECRET, STRANGER) and stored[0]["data"]["steps"] == []
+            assert stored[1]["data"]["role"] == "teacher"
+            assert powers(sims) == ["%1POWR 1", "%1POWR 0"]
+            gw = room.view.gateway("gw1")
+            # Each outcome stored once: redeliveries after the outage (counted as duplicates) were dropped.
+            assert gw is not None and gw["gaps"] == 0 and len({e["seq"] for e in stored}) == 3
+        finally:
+            room.stop()
+            broker.stop()
