@@ -24,8 +24,8 @@ from campus.net import free_port
 from device_profiles.config import GatewayConfig, load_gateway_config
 from edge_agent.agent import Agent
 from edge_agent.config_push import validate_pushed_config
-from edge_agent.drivers.card_reader import card_hash
 from firmware_stubs.runner import SimulatorSet
+from protocols.card_ids import card_hash
 from tests.e2e import write_gateway_config
 
 SECRET = "school-secret-1"

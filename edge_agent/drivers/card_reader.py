@@ -22,8 +22,6 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
-import hashlib
-import hmac
 import logging
 import time
 from typing import Any, ClassVar
@@ -36,6 +34,7 @@ from edge_agent.drivers.base import DeviceEvent, DeviceUnreachable, Driver, Read
 from edge_agent.drivers.serial_link import SerialLink, serial_settings
 from protocols import card_em4100, card_line
 from protocols.card_em4100 import EM4100Parser
+from protocols.card_ids import card_hash
 from protocols.card_line import BYTE_ORDERS, UID_FORMATS, LineParser
 
 log = logging.getLogger(__name__)
@@ -47,12 +46,6 @@ MAX_PENDING_EVENTS = 10_000    # swipes kept while nobody polls; oldest dropped 
 
 class CardSecretMissing(DeviceError, ConfigError):
     """A card reader cannot run without the gateway's card_secret (a config error, reported as a device fault)."""
-
-
-def card_hash(secret: str | bytes, uid: str) -> str:
-    """The pseudonym of a card: HMAC-SHA256 of its normalised UID, keyed with the school's secret (hex)."""
-    key = secret.encode("utf-8") if isinstance(secret, str) else secret
-    return hmac.new(key, uid.encode("ascii"), hashlib.sha256).hexdigest()
 
 
 class RepeatFilter:
