@@ -204,3 +204,28 @@ def test_a_swipe_with_the_broker_stopped_powers_the_projector_and_reaches_centra
         finally:
             room.stop()
             broker.stop()
+
+
+def test_a_pushed_secret_and_allow_list_take_effect_without_a_restart(tmp_path: Path) -> None:
+    """What central's push sends (central/podium.py config_payload): the school's secret and the room's
+    cards. The reader is rebuilt with the new secret, so a card enrolled under it starts the class."""
+    path = write_gateway_config(tmp_path / "gw1.yaml", f"mqtt://127.0.0.1:{free_port()}",
+                                devices=podium_devices(tmp_path, free_port()), card_secret="old-secret")
+    config = load_gateway_config(path)
+    new = "the-school-secret"
+
+    async def body(agent: Agent, sims: SimulatorSet) -> None:
+        reader = sims.by_device["cards"]
+        await reader.swipe(TEACHER)  # no podium yet: the swipe is only a swipe
+        await until(lambda: any(r.topic.endswith("/event/cards") for r in agent.outbox.peek(1000)), what="a swipe")
+        assert podium_events(agent) == []
+        payload = json.dumps({"version": 5, "devices": [d.model_dump() for d in config.devices], "card_secret": new,
+                              "podium": {"cards": {card_hash(new, TEACHER): {"role": "teacher"}}}})
+        assert await agent.apply_pushed_config(payload.encode())
+        await until(lambda: agent.polling.status.get("cards") == "ok", what="the reader back")
+        await reader.swipe(TEACHER)
+        await until(lambda: len(podium_events(agent)) == 1, what="the class started")
+        assert podium_events(agent)[0]["outcome"] == "started"
+        assert podium_events(agent)[0]["card"] == card_hash(new, TEACHER)
+
+    run_room(config, body)

@@ -179,3 +179,16 @@ def test_enrol_mode_takes_the_first_swipe_of_the_room_within_its_window(app: Fla
     assert versions(app)["gw-101"] == before["gw-101"] + 1
     assert call(app, "POST", "/api/schools/s1/rooms/102/enrolment", "teacher", json={"role": "teacher"}
                 ).status_code == 403
+
+
+def test_the_room_page_enrols_imports_and_lists_problems(app: Flask) -> None:
+    page = call(app, "POST", "/podium/s1/101/enrol", "teacher", data={"role": "cleaner", "seconds": "30"})
+    assert page.status_code == 200 and 'data-status="waiting"' in page.get_data(as_text=True)
+    bad = call(app, "POST", "/podium/s1/101/import", "teacher", data={"text": "card,role\nnot-a-card,teacher\n"})
+    text = bad.get_data(as_text=True)
+    assert bad.status_code == 400 and 'id="import-errors"' in text and "not-a-card" not in text
+    good = call(app, "POST", "/podium/s1/101/import", "teacher", data={"text": "card,role,label\nA1B2C3D4,teacher,Li\n"})
+    assert good.status_code == 200 and "Li" in good.get_data(as_text=True)
+    rooms = call(app, "GET", "/podium", "teacher").get_data(as_text=True)
+    assert "101" in rooms and "102" not in rooms  # a teacher's rooms only
+    assert call(app, "POST", "/podium/s1/102/enrol", "teacher", data={"role": "teacher"}).status_code == 403
