@@ -101,7 +101,10 @@ class Agent:
         options = dict(dev.options)
         if dev.profile_obj.kind == "card_reader":  # the school's secret: the file's, or the one central pushed
             options.setdefault("secret", config.card_secret)
-        return create_driver(dev.id, dev.profile_obj, dev.address, options)
+        driver = create_driver(dev.id, dev.profile_obj, dev.address, options)
+        if hasattr(driver, "on_swipe"):  # a swipe is read at once (the podium), not at the next poll
+            driver.on_swipe = lambda device=dev.id: self.polling.read_soon(device)
+        return driver
 
     def _command_received(self, device_id: str, payload: bytes) -> None:
         self.commands.receive(device_id, payload)

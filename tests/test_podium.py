@@ -80,7 +80,9 @@ def power_commands(sims: SimulatorSet) -> list[str]:
 
 
 def test_swipes_start_and_end_the_class_refuse_strangers_and_log_cleaners(tmp_path: Path) -> None:
-    path = write_gateway_config(tmp_path / "gw1.yaml", f"mqtt://127.0.0.1:{free_port()}",
+    # Polled every 30 s: each swipe below is decided within the 20 s `until` allows only because a swipe
+    # wakes its reader's poller (card_reader.on_swipe), as a teacher at the podium needs.
+    path = write_gateway_config(tmp_path / "gw1.yaml", f"mqtt://127.0.0.1:{free_port()}", poll_interval=30,
                                 devices=podium_devices(tmp_path, free_port()), card_secret=SECRET,
                                 podium=podium_config())
     config = load_gateway_config(path)
