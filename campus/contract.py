@@ -17,6 +17,7 @@ from typing import Any
 
 from campus import names
 from campus.errors import ConfigError, PayloadError
+from campus.i18n import LazyText, lazy_gettext, message_of
 
 ROOT = "campus/v1"
 MAX_PAYLOAD_BYTES = 64 * 1024
@@ -109,7 +110,8 @@ def metric_enum(metric: str) -> tuple[str, ...] | None:
 def check_segment(value: str, what: str) -> str:
     """Return `value` if it is a valid topic segment, else raise PayloadError."""
     if not isinstance(value, str) or not _SEGMENT.fullmatch(value):
-        raise PayloadError(f"{what} {value!r} is not a valid id (letters, digits, '_', '.', '-'; at most 64)")
+        raise PayloadError(lazy_gettext("%(field)s %(value)s is not a valid id (letters, digits, '_', '.', '-'; "
+                                        "at most 64)", field=what, value=repr(value)))
     return value
 
 
@@ -252,7 +254,7 @@ _INT_MIN, _INT_MAX = -(2**63), 2**63 - 1  # what every store (SQLite INTEGER) ca
 
 
 def _reject_constant(name: str) -> None:
-    raise ValueError(f"{name} is not a number JSON allows")
+    raise ValueError(lazy_gettext("%(name)s is not a number JSON allows", name=name))
 
 
 # Built once: json.loads(..., parse_constant=...) would build a decoder per message.
@@ -263,7 +265,8 @@ def _bad_string(value: str, what: str) -> None:
     try:
         value.encode("utf-8")
     except UnicodeEncodeError:
-        raise PayloadError(f"{what}: a string is not valid Unicode (lone surrogate)") from None
+        raise PayloadError(lazy_gettext("%(what)s: a string is not valid Unicode (lone surrogate)",
+                                        what=LazyText(what))) from None
 
 
 def _check_tree(data: Any, what: str, depth: int = 0) -> None:
@@ -274,7 +277,8 @@ def _check_tree(data: Any, what: str, depth: int = 0) -> None:
     message ingest receives. (Recursion is bounded: the depth check comes first.)
     """
     if depth > MAX_DEPTH:
-        raise PayloadError(f"{what}: nested deeper than {MAX_DEPTH} levels")
+        raise PayloadError(lazy_gettext("%(what)s: nested deeper than %(max)s levels", what=LazyText(what),
+                                        max=MAX_DEPTH))
     if type(data) is dict:
         for key in data:
             if not key.isascii():
@@ -286,13 +290,14 @@ def _check_tree(data: Any, what: str, depth: int = 0) -> None:
         t = type(value)
         if t is float:
             if not math.isfinite(value):
-                raise PayloadError(f"{what}: numbers must be finite")
+                raise PayloadError(lazy_gettext("%(what)s: numbers must be finite", what=LazyText(what)))
         elif t is str:
             if not value.isascii():
                 _bad_string(value, what)
         elif t is int:
             if not _INT_MIN <= value <= _INT_MAX:
-                raise PayloadError(f"{what}: integer {str(value)[:20]}… does not fit in 64 bits")
+                raise PayloadError(lazy_gettext("%(what)s: integer %(value)s… does not fit in 64 bits",
+                                                what=LazyText(what), value=str(value)[:20]))
         elif t is dict or t is list:
             _check_tree(value, what, depth + 1)
 
@@ -301,7 +306,7 @@ def _no_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     obj: dict[str, Any] = {}
     for key, value in pairs:
         if key in obj:
-            raise ValueError(f"the key {key[:40]!r} appears twice in one object")
+            raise ValueError(lazy_gettext("the key %(key)s appears twice in one object", key=repr(key[:40])))
         obj[key] = value
     return obj
 
@@ -313,20 +318,23 @@ _STRICT_DECODER = json.JSONDecoder(parse_constant=_reject_constant, object_pairs
 
 
 def loads_strict(text: bytes | str, what: str) -> Any:
-    """JSON as RFC 8259 defines it, for request bodies: PayloadError naming the problem for NaN,
+    """JSON as RFC 8259 defines it, for request bodies: PayloadError naming the problem (and `what`, an
+    English phrase looked up in the catalog when shown: `N_("the body")`) for NaN,
     Infinity, a duplicate key, and what the MQTT payloads are refused for (integers beyond 64 bits,
     nesting deeper than MAX_DEPTH, lone surrogates), so nothing a store or a browser cannot read
     gets past the door."""
     try:
         data = _STRICT_DECODER.decode(text.decode("utf-8") if isinstance(text, bytes) else text)
     except (UnicodeDecodeError, ValueError) as exc:  # JSONDecodeError, NaN, duplicate keys, >4300-digit ints
-        raise PayloadError(f"{what} is not valid JSON: {str(exc)[:200]}") from None
+        reason = message_of(exc)  # ours (a duplicate key, NaN) translatable; the json module's English
+        raise PayloadError(lazy_gettext("%(what)s is not valid JSON: %(error)s", what=LazyText(what),
+                                        error=reason if isinstance(reason, LazyText) else reason[:200])) from None
     except RecursionError:
-        raise PayloadError(f"{what} is nested too deeply") from None
+        raise PayloadError(lazy_gettext("%(what)s is nested too deeply", what=LazyText(what))) from None
     if type(data) is dict or type(data) is list:
         _check_tree(data, what)
     elif type(data) is float and not math.isfinite(data):  # 1e999 parses to inf without parse_constant
-        raise PayloadError(f"{what}: numbers must be finite")
+        raise PayloadError(lazy_gettext("%(what)s: numbers must be finite", what=LazyText(what)))
     return data
 
 

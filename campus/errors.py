@@ -7,9 +7,17 @@ the command line can print one line for it instead of a traceback.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from campus.i18n import LazyText
+
 
 class CampusError(Exception):
-    """Base of every error this project raises on purpose."""
+    """Base of every error this project raises on purpose.
+
+    Raised with one argument, a `campus.i18n.lazy_gettext` LazyText where people see the message: str() of
+    the error is English (logs, the CLI), and the web app shows it translated (`campus.i18n.message_of`)."""
 
 
 class ConfigError(CampusError):
@@ -34,7 +42,7 @@ class ActionRejected(DeviceError):
     `field` names the part of the command that is wrong (`action`, `params.level`, ...) when it is
     known, so the API can point at it."""
 
-    def __init__(self, message: str, field: str | None = None) -> None:
+    def __init__(self, message: str | LazyText, field: str | None = None) -> None:
         super().__init__(message)
         self.field = field
 

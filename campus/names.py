@@ -41,6 +41,7 @@ from __future__ import annotations
 import unicodedata
 
 from campus.errors import ConfigError, PayloadError
+from campus.i18n import N_, LazyText, lazy_gettext, message_of
 
 # Length limits of display names, in characters; the registry's columns are this long.
 SCHOOL_NAME_MAX = 200
@@ -50,20 +51,21 @@ SCHEDULE_NAME_MAX = 100
 LABEL_MAX = 100
 
 _REFUSED = {
-    "Cc": "a control character",
-    "Cf": "an invisible format character",
-    "Cs": "a lone surrogate",
-    "Zl": "a line separator",
-    "Zp": "a paragraph separator",
+    "Cc": N_("a control character"),
+    "Cf": N_("an invisible format character"),
+    "Cs": N_("a lone surrogate"),
+    "Zl": N_("a line separator"),
+    "Zp": N_("a paragraph separator"),
 }
 _LINE_ENDS = "\n\r\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029"  # what str.splitlines() splits on
 
 
 class BadName(ConfigError):
-    """A name was refused. `field` names the field (or CSV column); `reason` is the message without it."""
+    """A name was refused. `field` names the field (or CSV column); `reason` is the message without it
+    (both may be a LazyText, campus/i18n.py: str() is English, the web app shows it translated)."""
 
-    def __init__(self, field: str, reason: str, message: str | None = None) -> None:
-        super().__init__(message or f"{field}: {reason}")
+    def __init__(self, field: str, reason: str | LazyText, message: str | LazyText | None = None) -> None:
+        super().__init__(message or lazy_gettext("%(field)s: %(reason)s", field=field, reason=reason))
         self.field = field
         self.reason = reason
 
@@ -77,18 +79,22 @@ def refused_character(text: str) -> tuple[int, str, str] | None:
     for index, char in enumerate(text):
         what = _REFUSED.get(unicodedata.category(char))
         if what is None and _is_noncharacter(ord(char)):
-            what = "a noncharacter"
+            what = N_("a noncharacter")
         if what is not None:
             if char in _LINE_ENDS:
-                what = "a line break"
+                what = N_("a line break")
             return index, char, what
     return None
 
 
-def _describe(found: tuple[int, str, str]) -> str:
+def _describe(found: tuple[int, str, str], value: bool = False) -> LazyText:
     index, char, what = found
-    return (f"{what} (U+{ord(char):04X}) at character {index + 1} is not allowed: a name is one line "
-            "of visible text")
+    params = {"what": LazyText(what), "code": f"U+{ord(char):04X}", "index": index + 1}
+    if value:
+        return lazy_gettext("%(what)s (%(code)s) at character %(index)s is not allowed: a value is one line of "
+                            "visible text", **params)
+    return lazy_gettext("%(what)s (%(code)s) at character %(index)s is not allowed: a name is one line of "
+                        "visible text", **params)
 
 
 def display_name(value: object, field: str, *, max_chars: int, required: bool = True) -> str:
@@ -97,14 +103,15 @@ def display_name(value: object, field: str, *, max_chars: int, required: bool = 
     Use the returned text, not `value`: that is what is stored and compared ("R9 " and "R9"
     are one room, and so are a composed and a decomposed "é")."""
     if not isinstance(value, str):
-        raise BadName(field, "must be text")
+        raise BadName(field, lazy_gettext("must be text"))
     text = unicodedata.normalize("NFC", value).strip()
     found = refused_character(text)
     if found is not None:
         raise BadName(field, _describe(found))
     if len(text) > max_chars or (required and not text):
-        reason = f"needs 1 to {max_chars} characters" if required else f"has at most {max_chars} characters"
-        raise BadName(field, reason, f"{field} {reason}")
+        reason = (lazy_gettext("needs 1 to %(max)s characters", max=max_chars) if required
+                  else lazy_gettext("has at most %(max)s characters", max=max_chars))
+        raise BadName(field, reason, lazy_gettext("%(field)s %(reason)s", field=field, reason=reason))
     return text
 
 
@@ -117,7 +124,7 @@ def identifier(value: object, field: str) -> str:
     try:
         return contract.check_segment(value, field)  # type: ignore[arg-type]
     except PayloadError as exc:
-        raise BadName(field, str(exc), str(exc)) from None
+        raise BadName(field, message_of(exc), message_of(exc)) from None
 
 
 def check_one_line(value: str, what: str) -> str:
@@ -126,10 +133,12 @@ def check_one_line(value: str, what: str) -> str:
     For generators of Mosquitto's files, which have no escaping: a value holding a line end
     would add a directive, a leading or trailing blank would be cut by the parser."""
     if not isinstance(value, str):
-        raise ConfigError(f"{what}: must be text")
+        raise ConfigError(lazy_gettext("%(field)s: %(reason)s", field=what, reason=lazy_gettext("must be text")))
     found = refused_character(value)
     if found is not None:
-        raise ConfigError(f"{what} {value!r}: {_describe(found).replace('a name is', 'a value is')}")
+        raise ConfigError(lazy_gettext("%(field)s %(value)s: %(reason)s", field=what, value=repr(value),
+                                       reason=_describe(found, value=True)))
     if value != value.strip():
-        raise ConfigError(f"{what} {value!r}: starts or ends with a blank")
+        raise ConfigError(lazy_gettext("%(field)s %(value)s: %(reason)s", field=what, value=repr(value),
+                                       reason=lazy_gettext("starts or ends with a blank")))
     return value

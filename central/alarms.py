@@ -41,6 +41,8 @@ from sqlalchemy.orm import joinedload
 
 from campus import contract
 from campus.errors import StoreError
+from campus.i18n import N_, LazyText, lazy_gettext
+from central.db import translatable
 from central.notify import outbox as notify_outbox
 from central.registry import Alarm, AlarmRule, Building, Gateway, Registry, Room
 
@@ -50,7 +52,7 @@ Key = tuple[int, str, str]  # (rule id, gateway, device); device "" for a gatewa
 
 
 class RuleError(ValueError):
-    """A rule's parameters are not acceptable; the message says which and why, for people."""
+    """A rule's parameters are not acceptable; the message (a LazyText) says which and why, for people."""
 
 
 @dataclass(frozen=True)
@@ -74,20 +76,22 @@ class RuleKind:
 
 
 RULE_KINDS: dict[str, RuleKind] = {k.kind: k for k in (
-    RuleKind("co2_above", "CO2 too high", "Raised when a room's CO2 concentration is above the limit.",
-             (Param("ppm", "CO2 limit", "ppm", 400, 10000),)),
-    RuleKind("temperature_range", "Temperature out of range",
-             "Raised when a room's temperature is below the lowest or above the highest value.",
-             (Param("min", "Lowest", "°C", -30, 60, 0.5), Param("max", "Highest", "°C", -30, 60, 0.5))),
-    RuleKind("lamp_hours_above", "Projector lamp worn",
-             "Raised when a projector lamp has run longer than this: plan a lamp change.",
-             (Param("hours", "Lamp hours limit", "h", 1, 100000),)),
-    RuleKind("projector_error", "Projector error",
-             "Raised when a projector reports any error or warning (fan, lamp, temperature, cover, filter, other).",
+    # Labels and descriptions are English, marked (campus/i18n.py N_): the pages and the API show them translated.
+    RuleKind("co2_above", N_("CO2 too high"), N_("Raised when a room's CO2 concentration is above the limit."),
+             (Param("ppm", N_("CO2 limit"), "ppm", 400, 10000),)),
+    RuleKind("temperature_range", N_("Temperature out of range"),
+             N_("Raised when a room's temperature is below the lowest or above the highest value."),
+             (Param("min", N_("Lowest"), "°C", -30, 60, 0.5), Param("max", N_("Highest"), "°C", -30, 60, 0.5))),
+    RuleKind("lamp_hours_above", N_("Projector lamp worn"),
+             N_("Raised when a projector lamp has run longer than this: plan a lamp change."),
+             (Param("hours", N_("Lamp hours limit"), "h", 1, 100000),)),
+    RuleKind("projector_error", N_("Projector error"),
+             N_("Raised when a projector reports any error or warning (fan, lamp, temperature, cover, filter, "
+                "other)."),
              ()),
-    RuleKind("offline_minutes", "Offline too long",
-             "Raised when a gateway, or a device on an online gateway, has been offline longer than this.",
-             (Param("minutes", "Offline for more than", "min", 1, 10080),), uses_values=False),
+    RuleKind("offline_minutes", N_("Offline too long"),
+             N_("Raised when a gateway, or a device on an online gateway, has been offline longer than this."),
+             (Param("minutes", N_("Offline for more than"), "min", 1, 10080),), uses_values=False),
 )}
 
 FALLBACK_DEFAULTS: dict[str, dict[str, float]] = {
@@ -120,17 +124,20 @@ def default_params() -> dict[str, dict[str, float]]:
 
 
 def _number(raw: Any, param: Param) -> float:
-    what = f"{param.label} ({param.unit})"
+    label, unit = LazyText(param.label), param.unit
     if isinstance(raw, bool) or raw is None or (isinstance(raw, str) and not raw.strip()):
-        raise RuleError(f"{what} must be a number")
+        raise RuleError(lazy_gettext("%(what)s (%(unit)s) must be a number", what=label, unit=unit))
     try:
         value = float(raw.strip().replace(",", ".")) if isinstance(raw, str) else float(raw)
     except (TypeError, ValueError):
-        raise RuleError(f"{what} must be a number, got {str(raw)[:30]!r}") from None
+        raise RuleError(lazy_gettext("%(what)s (%(unit)s) must be a number, got %(value)s", what=label, unit=unit,
+                                     value=repr(str(raw)[:30]))) from None
     if not math.isfinite(value):
-        raise RuleError(f"{what} must be a finite number")
+        raise RuleError(lazy_gettext("%(what)s (%(unit)s) must be a finite number", what=label, unit=unit))
     if not param.low <= value <= param.high:
-        raise RuleError(f"{what} must be between {param.low:g} and {param.high:g}, got {value:g}")
+        raise RuleError(lazy_gettext("%(what)s (%(unit)s) must be between %(low)s and %(high)s, got %(value)s",
+                                     what=label, unit=unit, low=format(param.low, "g"), high=format(param.high, "g"),
+                                     value=format(value, "g")))
     return int(value) if value.is_integer() else value
 
 
@@ -138,11 +145,12 @@ def validate_params(kind: str, raw: Mapping[str, Any]) -> dict[str, float]:
     """Check and normalise a rule's parameters (numbers from a form or JSON); RuleError if wrong."""
     spec = RULE_KINDS.get(kind)
     if spec is None:
-        raise RuleError(f"unknown rule kind {kind!r}; kinds: {', '.join(RULE_KINDS)}")
+        raise RuleError(lazy_gettext("unknown rule kind %(kind)s; kinds: %(kinds)s", kind=repr(kind),
+                                     kinds=", ".join(RULE_KINDS)))
     params = {p.name: _number(raw.get(p.name), p) for p in spec.params}
     if kind == "temperature_range" and params["min"] >= params["max"]:
-        raise RuleError(f"the lowest temperature ({params['min']:g} °C) must be below the highest "
-                        f"({params['max']:g} °C)")
+        raise RuleError(lazy_gettext("the lowest temperature (%(min)s °C) must be below the highest (%(max)s °C)",
+                                     min=format(params['min'], "g"), max=format(params['max'], "g")))
     return params
 
 
@@ -158,8 +166,9 @@ class Rule:
 
     def as_dict(self) -> dict[str, Any]:
         spec = RULE_KINDS.get(self.kind)
-        return {"id": self.id, "kind": self.kind, "label": spec.label if spec else self.kind,
-                "description": spec.description if spec else "", "params": dict(self.params),
+        # Label and description: LazyText, shown in the reader's language (str() is English).
+        return {"id": self.id, "kind": self.kind, "label": LazyText(spec.label) if spec else self.kind,
+                "description": LazyText(spec.description) if spec else "", "params": dict(self.params),
                 "enabled": self.enabled}
 
 
@@ -245,7 +254,7 @@ class Condition:
     rule_id: int
     gateway: str
     device: str
-    message: str
+    message: str | LazyText  # stored as it is (central/db.py TranslatableText): shown in each reader's language
     value: str
 
     @property
@@ -291,7 +300,7 @@ def conditions(rules: Iterable[Rule], snap: Snapshot, now: float) -> dict[Key, C
     offline_gws = snap.offline_gateways()
     offline_devs = snap.offline_devices()
 
-    def add(rule: Rule, gateway: str, device: str, message: str, value: str) -> None:
+    def add(rule: Rule, gateway: str, device: str, message: LazyText, value: str) -> None:
         out[(rule.id, gateway, device)] = Condition(rule.id, gateway, device, message, value[:VALUE_MAX])
 
     for rule in rules:
@@ -307,8 +316,10 @@ def conditions(rules: Iterable[Rule], snap: Snapshot, now: float) -> dict[Key, C
                     continue
                 since = gw["last_seen"] or snap.registered.get(gw["id"])
                 if since is None or now - since >= limit:
-                    ago = f"last seen {_minutes(now - since)} ago" if gw["last_seen"] else "no heartbeat received"
-                    add(rule, gw["id"], "", f"Gateway offline for more than {p.get('minutes', 10):g} min ({ago})",
+                    ago = (lazy_gettext("last seen %(ago)s ago", ago=_minutes(now - since)) if gw["last_seen"]
+                           else lazy_gettext("no heartbeat received"))
+                    add(rule, gw["id"], "", lazy_gettext("Gateway offline for more than %(minutes)s min (%(ago)s)",
+                                                         minutes=format(p.get('minutes', 10), "g"), ago=ago),
                         _minutes(now - since) if since else "")
             for dev in snap.devices:
                 key = (dev["gateway"], dev["id"])
@@ -316,9 +327,11 @@ def conditions(rules: Iterable[Rule], snap: Snapshot, now: float) -> dict[Key, C
                     continue  # an offline gateway's devices: the gateway alarm says it all
                 seen = snap.device_seen.get(key)
                 if seen is None or now - seen >= limit:
-                    ago = f"last value {_minutes(now - seen)} ago" if seen else "no value ever received"
+                    ago = (lazy_gettext("last value %(ago)s ago", ago=_minutes(now - seen)) if seen
+                           else lazy_gettext("no value ever received"))
                     add(rule, dev["gateway"], dev["id"],
-                        f"Device offline for more than {p.get('minutes', 10):g} min ({ago})",
+                        lazy_gettext("Device offline for more than %(minutes)s min (%(ago)s)",
+                                     minutes=format(p.get('minutes', 10), "g"), ago=ago),
                         _minutes(now - seen) if seen else "")
             continue
         for (gateway, device), values in sorted(snap.latest.items()):
@@ -328,28 +341,32 @@ def conditions(rules: Iterable[Rule], snap: Snapshot, now: float) -> dict[Key, C
                 v = _num(values.get("co2_ppm"))
                 if v is not None and v > float(p.get("ppm", 1500)):
                     add(rule, gateway, device,
-                        f"CO2 {_num_text(v)} ppm is above the limit of {p.get('ppm', 1500):g} ppm",
+                        lazy_gettext("CO2 %(value)s ppm is above the limit of %(limit)s ppm", value=_num_text(v),
+                                     limit=format(p.get('ppm', 1500), "g")),
                         f"{_num_text(v)} ppm")
             elif rule.kind == "temperature_range":
                 v = _num(values.get("temperature_c"))
                 lo, hi = float(p.get("min", 16)), float(p.get("max", 30))
                 if v is not None and v < lo:
-                    add(rule, gateway, device, f"Temperature {_num_text(v, 1)} °C is below {lo:g} °C",
+                    add(rule, gateway, device, lazy_gettext("Temperature %(value)s °C is below %(limit)s °C",
+                                                            value=_num_text(v, 1), limit=format(lo, "g")),
                         f"{_num_text(v, 1)} °C")
                 elif v is not None and v > hi:
-                    add(rule, gateway, device, f"Temperature {_num_text(v, 1)} °C is above {hi:g} °C",
+                    add(rule, gateway, device, lazy_gettext("Temperature %(value)s °C is above %(limit)s °C",
+                                                            value=_num_text(v, 1), limit=format(hi, "g")),
                         f"{_num_text(v, 1)} °C")
             elif rule.kind == "lamp_hours_above":
                 v = _num(values.get("lamp_hours"))
                 if v is not None and v > float(p.get("hours", 3000)):
-                    add(rule, gateway, device, f"Projector lamp has run {_num_text(v)} h, past the limit of "
-                        f"{p.get('hours', 3000):g} h: plan a lamp change", f"{_num_text(v)} h")
+                    add(rule, gateway, device, lazy_gettext(
+                        "Projector lamp has run %(value)s h, past the limit of %(limit)s h: plan a lamp change",
+                        value=_num_text(v), limit=format(p.get('hours', 3000), "g")), f"{_num_text(v)} h")
             elif rule.kind == "projector_error":
                 bad = {m: b for m, v in sorted(values.items()) if m.startswith("error_")
                        and (b := _bad_error_value(m, v)) is not None}
                 if bad:
                     text = ", ".join(f"{m.removeprefix('error_')} {b}" for m, b in bad.items())
-                    add(rule, gateway, device, f"Projector reports: {text}", text)
+                    add(rule, gateway, device, lazy_gettext("Projector reports: %(errors)s", errors=text), text)
     return out
 
 
@@ -403,7 +420,7 @@ def evaluate(registry: Registry, ledger: Any, now: float | None = None,
             for a in new:  # told by the notifier (central/notify), recorded with the alarm itself
                 notify_outbox.record(s, a.id, "raised", now)
         for a in new:
-            log.info("alarm %s raised: %s/%s %s", a.id, a.gateway, a.device or "-", a.message)
+            log.info("alarm %s raised: %s/%s %s", a.id, a.gateway, a.device or "-", str(a.message))
         return outcome
 
 
@@ -447,10 +464,10 @@ def _alarm_dict(a: Alarm, places: Mapping[str, Mapping[str, Any]]) -> dict[str, 
     kind = a.rule.kind if a.rule else ""
     state = "cleared" if a.cleared_at is not None else ("acknowledged" if a.acked_at is not None else "active")
     return {"id": a.id, "rule_id": a.rule_id, "kind": kind,
-            "label": RULE_KINDS[kind].label if kind in RULE_KINDS else kind,
+            "label": LazyText(RULE_KINDS[kind].label) if kind in RULE_KINDS else kind,
             "gateway": a.gateway, "device": a.device, "school": place.get("school", ""),
             "building": place.get("building", ""), "room": place.get("room", ""),
-            "message": a.message, "value": a.value, "raised_at": a.raised_at, "acked_by": a.acked_by,
+            "message": translatable(a.message), "value": a.value, "raised_at": a.raised_at, "acked_by": a.acked_by,
             "acked_at": a.acked_at, "cleared_at": a.cleared_at, "state": state,
             "active": a.cleared_at is None, "acknowledged": a.acked_at is not None}
 

@@ -14,6 +14,7 @@ a disk full, the server restarting) becomes a `StoreError` naming the database, 
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from collections.abc import Iterator
@@ -21,13 +22,27 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Column, Connection, Float, MetaData, String, Table, create_engine, event, text, update
+from sqlalchemy import (
+    Column,
+    Connection,
+    Float,
+    MetaData,
+    String,
+    Table,
+    Text,
+    TypeDecorator,
+    create_engine,
+    event,
+    text,
+    update,
+)
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import DBAPIError, IntegrityError, SQLAlchemyError
 from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
 from sqlalchemy.sql.dml import Insert
 
 from campus.errors import ConfigError, StoreError
+from campus.i18n import LazyText
 from campus.urls import redacted
 from central.store.sqlite import enable_wal
 
@@ -48,6 +63,49 @@ POOL_WAIT_S = 30
 
 class Base(DeclarativeBase):
     metadata = MetaData(naming_convention=NAMING)
+
+
+class StoredText(str):
+    """What a `TranslatableText` column reads: the English text, a str for every reader that wants one (a log
+    line, a notification's JSON, an f-string), which also keeps its LazyText (`lazy`) for the reader who shows
+    it in a person's language (`translatable`)."""
+
+    lazy: LazyText
+
+    def __new__(cls, lazy: LazyText) -> StoredText:
+        text = super().__new__(cls, str(lazy))
+        text.lazy = lazy
+        return text
+
+
+def translatable(value: Any) -> Any:
+    """The LazyText of a value read from a `TranslatableText` column (a plain old row: the value as it is)."""
+    return value.lazy if isinstance(value, StoredText) else value
+
+
+class TranslatableText(TypeDecorator[Any]):
+    """A text column whose value may be a `campus.i18n.LazyText` (an alarm's message): stored as its JSON
+    (`{"msgid": ..., "params": ...}`), read back as a `StoredText` (English, keeping the LazyText), so each
+    reader can show it in its own language. A plain string is stored and read as it is: the rows written
+    before messages were marked still read as their English text. Still TEXT in the schema: no migration."""
+
+    impl = Text
+    cache_ok = True
+    _MARK = '{"msgid"'
+
+    def process_bind_param(self, value: Any, dialect: Any) -> Any:
+        value = translatable(value)
+        if isinstance(value, LazyText):
+            return json.dumps(value.as_dict(), ensure_ascii=False)
+        return value
+
+    def process_result_value(self, value: Any, dialect: Any) -> Any:
+        if isinstance(value, str) and value.startswith(self._MARK):
+            try:
+                return StoredText(LazyText.from_dict(json.loads(value)))
+            except (ValueError, KeyError, TypeError, AttributeError):
+                return value
+        return value
 
 
 # One background job of several instances runs in one of them at a time (Database.take_lease).

@@ -46,6 +46,7 @@ from sqlalchemy import (
 )
 
 from campus.errors import PayloadError
+from campus.i18n import lazy_gettext
 from central.db import Database
 from central.registry import Alarm, AuditRecord, Building, Device, Gateway, Room, School
 from central.registry import AlarmRule as AlarmKind
@@ -81,17 +82,19 @@ class Paging:
             if raw is None or raw == "":
                 return default
             if not raw.isascii() or not raw.isdigit() or len(raw) > 12 or not low <= int(raw) <= high:
-                raise PayloadError(f"query parameter {name!r} must be a whole number from {low} to {high}, "
-                                   f"got {raw[:40]!r}")
+                raise PayloadError(lazy_gettext("query parameter %(name)s must be a whole number from %(low)s to "
+                                                "%(high)s, got %(value)s", name=repr(name), low=low, high=high,
+                                                value=repr(raw[:40])))
             return int(raw)
 
         q = args.get("q") or None
         if q is not None:
             if len(q) > Q_MAX:
-                raise PayloadError(f"query parameter 'q' is at most {Q_MAX} characters, got {len(q)}")
+                raise PayloadError(lazy_gettext("query parameter 'q' is at most %(max)s characters, got %(count)s",
+                                                max=Q_MAX, count=len(q)))
             # PostgreSQL refuses a NUL in a statement outright; no name holds a control character.
             if not q.isprintable():
-                raise PayloadError("query parameter 'q' must not hold control characters")
+                raise PayloadError(lazy_gettext("query parameter 'q' must not hold control characters"))
             q = q.strip() or None
         return cls(whole("limit", default_limit, 1, max_limit), whole("offset", 0, 0, MAX_OFFSET), q)
 
@@ -101,7 +104,8 @@ def name_arg(args: Mapping[str, str], name: str) -> str | None:
     no name can be it (PostgreSQL refuses a NUL in a statement: a 503 instead of a 400)."""
     raw = args.get(name) or None
     if raw is not None and (len(raw) > Q_MAX or not raw.isprintable()):
-        raise PayloadError(f"query parameter {name!r} must be a name of at most {Q_MAX} printable characters")
+        raise PayloadError(lazy_gettext("query parameter %(name)s must be a name of at most %(max)s printable "
+                                        "characters", name=repr(name), max=Q_MAX))
     return raw
 
 
@@ -473,7 +477,7 @@ def alarm_ids(db: Database, paging: Paging, state: str = "open", gateway: str | 
     elif state == "history":
         query = query.where(Alarm.cleared_at.is_not(None))
     elif state != "all":
-        raise PayloadError(f"state must be open, history or all, got {state[:20]!r}")
+        raise PayloadError(lazy_gettext("state must be open, history or all, got %(value)s", value=repr(state[:20])))
     if gateway:
         query = query.where(Alarm.gateway == gateway)
     query = query.where(*gateway_in(db, Alarm.gateway, scope))
@@ -558,7 +562,8 @@ def schools(db: Database, paging: Paging, sort: str = "school", descending: bool
     and rooms (the page and its schools' alarms by kind; past the end: the page, then a count)."""
     from central.usage import UsageDay
     if sort not in SCHOOL_SORTS:
-        raise PayloadError(f"query parameter 'sort' must be one of {', '.join(SCHOOL_SORTS)}, got {sort[:40]!r}")
+        raise PayloadError(lazy_gettext("query parameter 'sort' must be one of %(sorts)s, got %(value)s",
+                                        sorts=", ".join(SCHOOL_SORTS), value=repr(sort[:40])))
     p = places(db)
     dev = reported_devices(db)
     faults = (select(func.count()).select_from(dev).where(device_field(db, dev, "status") == "fault")

@@ -41,7 +41,7 @@ import csv
 import io
 import secrets
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -52,6 +52,7 @@ from sqlalchemy.orm import Mapped, Session, mapped_column
 
 from campus import contract, names
 from campus.errors import CampusError, ConfigError, PayloadError
+from campus.i18n import N_, LazyText, lazy_gettext, message_of
 from central.db import Base
 from central.registry import (
     Building,
@@ -323,15 +324,16 @@ def config_events(ledger: Any, gateway: str) -> dict[str, dict[str, Any] | None]
 def sync_status(wanted: int, pushed: int | None, applied: int | None, online: bool,
                 rejected: dict[str, Any] | None) -> tuple[str, str]:
     """(css class, words) of a gateway's config: in sync, not pushed, waiting, refused."""
+    # The words are English, marked (campus.i18n.N_): the pages show the part before a ':' translated.
     if applied is not None and applied >= wanted:
-        return "ok", "in sync"
+        return "ok", N_("in sync")
     if pushed is None or pushed < wanted:
-        return "warning", "changes not pushed" if pushed is not None or applied is not None else "not pushed yet"
+        return "warning", N_("changes not pushed") if pushed is not None or applied is not None else N_("not pushed yet")
     if rejected and (rejected["data"].get("version") or 0) >= wanted:
-        return "error", f"refused by the gateway: {rejected['data'].get('error', '')}"
+        return "error", N_("refused by the gateway") + f": {rejected['data'].get('error', '')}"
     if not online:
-        return "offline", "pushed; gateway offline, applies when back"
-    return "starting", "pushed; waiting for the gateway"
+        return "offline", N_("pushed; gateway offline, applies when back")
+    return "starting", N_("pushed; waiting for the gateway")
 
 
 # ---------------------------------------------------------------- CSV import
@@ -339,12 +341,79 @@ def sync_status(wanted: int, pushed: int | None, applied: int | None, online: bo
 
 @dataclass
 class ImportProblem:
+    """One problem of an imported file: its line, the column as the file's header spells it, and the message
+    (a LazyText where marked: English in str(), translated where the import's page shows it)."""
     line: int
     column: str
-    message: str
+    message: str | LazyText
 
     def __str__(self) -> str:
         return f"line {self.line}: {self.column}: {self.message}" if self.column else f"line {self.line}: {self.message}"
+
+
+@dataclass(frozen=True)
+class Header:
+    """The header of one import: its columns (the English names the code and the English file use), their
+    Chinese names (the Chinese file, and an export in Chinese), and every other spelling accepted. Each
+    import has one (IMPORT_HEADER below, central/timetable_csv.py's TIMETABLE_HEADER); a file may spell each
+    column in either language, case and a byte-order mark aside."""
+    columns: tuple[str, ...]
+    chinese: Mapping[str, str]
+    required: tuple[str, ...]
+    more: Mapping[str, str] = field(default_factory=dict)  # another spelling -> column
+
+    def column(self, cell: str) -> str | None:
+        """The column a header cell names, or None."""
+        text = cell.strip().lstrip("\ufeff").strip().lower()
+        if text in self.columns:
+            return text
+        return self._chinese_names.get(text) or self.more.get(text)
+
+    @property
+    def _chinese_names(self) -> dict[str, str]:
+        return {v: k for k, v in self.chinese.items()}
+
+    def names(self, chinese: bool) -> list[str]:
+        """The header row of a file in that language."""
+        return [self.chinese[c] for c in self.columns] if chinese else list(self.columns)
+
+    def read(self, cells: list[str], line: int) -> tuple[list[str], dict[str, str], list[ImportProblem]]:
+        """The file's header row: the column of each cell ("" for an unknown one), each column's label as
+        the file spells it (problems name it so), and the problems: an unknown cell, a column named twice
+        (in one language or two), a required column missing."""
+        header: list[str] = []
+        labels: dict[str, str] = {}
+        problems: list[ImportProblem] = []
+        for cell in cells:
+            label = cell.strip().lstrip("\ufeff").strip()
+            name = self.column(cell)
+            if name is None:
+                problems.append(ImportProblem(line, label or "(empty)", lazy_gettext(
+                    "unknown column; the columns are %(columns)s or %(chinese)s",
+                    columns=",".join(self.columns), chinese=",".join(self.names(chinese=True)))))
+            elif name in labels:
+                problems.append(ImportProblem(line, label, lazy_gettext(
+                    "column appears twice in the header (also as %(other)s)", other=labels[name])))
+            else:
+                labels[name] = label
+            header.append(name or "")
+        for name in self.required:
+            if name not in labels:
+                problems.append(ImportProblem(line, name, lazy_gettext(
+                    "required column is missing from the header (%(column)s or %(chinese)s)",
+                    column=name, chinese=self.chinese[name])))
+        return header, labels, problems
+
+
+# The provisioning import's columns, in English and in Chinese (docs/glossary.md), and other spellings
+# a school's spreadsheet may have.
+IMPORT_HEADER = Header(
+    IMPORT_COLUMNS,
+    dict(zip(IMPORT_COLUMNS, ("学校", "教学楼", "教室", "网关", "设备", "设备型号", "地址", "选项"), strict=True)),
+    REQUIRED_COLUMNS,
+    {"学校编号": "school", "楼栋": "building", "楼宇": "building", "房间": "room", "网关编号": "gateway",
+     "设备编号": "device", "型号": "profile", "设备配置": "profile", "通信地址": "address", "参数": "options",
+     "设置": "options"})
 
 
 class CsvRecords:
@@ -364,14 +433,15 @@ class CsvRecords:
 
     def invalid(self, exc: csv.Error) -> ImportProblem:
         """Where and why the text stopped being CSV."""
-        return ImportProblem(self.end + 1, "", f"not valid CSV: {exc}")
+        return ImportProblem(self.end + 1, "", lazy_gettext("not valid CSV: %(error)s", error=str(exc)))
 
     @staticmethod
     def values(line: int, cells: list[str], header: list[str]) -> dict[str, str] | ImportProblem:
         """A record's cells by column (missing ones empty), or the problem of a record wider than the header."""
         if len(cells) > len(header):
-            return ImportProblem(line, "", f"{len(cells)} cells but {len(header)} columns "
-                                 "(a value with a comma needs \"quotes\")")
+            return ImportProblem(line, "", lazy_gettext('%(cells)s cells but %(columns)s columns (a value with a '
+                                                        'comma needs "quotes")', cells=len(cells),
+                                                        columns=len(header)))
         return {name: (cells[i].strip() if i < len(cells) else "") for i, name in enumerate(header)}
 
 
@@ -386,6 +456,15 @@ class ImportReport:
     credentials: list[tuple[str, str, str]] = field(default_factory=list)
     # Some line names a school outside the importing account's schools (a refusal: 403, not a typo).
     outside: bool = False
+    # Each column's header cell as the file spells it (学校 or school): a problem names the column so.
+    labels: dict[str, str] = field(default_factory=dict)
+
+    def problem(self, line: int, column: str, message: str | LazyText) -> None:
+        """Record a problem of `column` (its English name), named as the file's header spells it; a column the
+        file lacks, in the language of its header."""
+        chinese = any(not label.isascii() for label in self.labels.values())
+        named = self.labels.get(column) or (IMPORT_HEADER.chinese.get(column, column) if chinese else column)
+        self.errors.append(ImportProblem(line, named, message))
 
 
 @dataclass
@@ -407,7 +486,7 @@ def decode_csv(data: bytes) -> str:
             return data.decode(encoding)
         except UnicodeDecodeError:
             continue
-    raise ConfigError("the file is neither UTF-8 nor GB18030 text")
+    raise ConfigError(lazy_gettext("the file is neither UTF-8 nor GB18030 text"))
 
 
 def parse_mapping(text: str, column: str) -> dict[str, Any]:
@@ -420,11 +499,11 @@ def parse_mapping(text: str, column: str) -> dict[str, Any]:
         # stored them on SQLite, for a gateway whose config parser then refused its whole device list;
         # PostgreSQL's json type refuses them outright (a 503 instead of this 400).
         try:
-            value = contract.loads_strict(text, "the value")
+            value = contract.loads_strict(text, N_("the value"))
         except PayloadError as exc:
-            raise ConfigError(str(exc)) from None
+            raise ConfigError(message_of(exc)) from None
         if not isinstance(value, dict):
-            raise ConfigError("must be a JSON object")
+            raise ConfigError(lazy_gettext("must be a JSON object"))
         return value
     out: dict[str, Any] = {}
     for part in text.replace("\n", ";").split(";"):
@@ -434,9 +513,10 @@ def parse_mapping(text: str, column: str) -> dict[str, Any]:
         key, sep, raw = part.partition("=")
         key, raw = key.strip(), raw.strip()
         if not sep or not key:
-            raise ConfigError(f"{part!r}: write key=value pairs separated by ';', or a JSON object")
+            raise ConfigError(lazy_gettext("%(part)s: write key=value pairs separated by ';', or a JSON object",
+                                           part=repr(part)))
         if key in out:
-            raise ConfigError(f"{key} is given twice")
+            raise ConfigError(lazy_gettext("%(key)s is given twice", key=key))
         out[key] = int(raw) if raw.lstrip("-").isdigit() and len(raw) < 12 else raw
     return out
 
@@ -465,28 +545,22 @@ class _FieldError(ConfigError):
 
 
 def _parse_rows(text: str, report: ImportReport) -> list[_Row]:
+    """The file's rows, checked one by one; `report.labels` gets each column's header cell as spelled."""
     records = CsvRecords(text)
     header: list[str] | None = None
     rows: list[_Row] = []
     try:
         for start, cells in records:
             if header is None:
-                header = [c.strip().lower() for c in cells]
-                unknown = [c for c in header if c not in IMPORT_COLUMNS]
-                for c in unknown:
-                    report.errors.append(ImportProblem(start, c or "(empty)", "unknown column; the columns are "
-                                                      + ",".join(IMPORT_COLUMNS)))
-                for c in REQUIRED_COLUMNS:
-                    if c not in header:
-                        report.errors.append(ImportProblem(start, c, "required column is missing from the header"))
-                dupes = {c for c in header if header.count(c) > 1}
-                for c in sorted(dupes):
-                    report.errors.append(ImportProblem(start, c, "column appears twice in the header"))
-                if report.errors:
+                header, found, problems = IMPORT_HEADER.read(cells, start)
+                report.labels.update(found)
+                if problems:
+                    report.errors.extend(problems)
                     return []
                 continue
             if len(rows) >= MAX_IMPORT_ROWS:
-                report.errors.append(ImportProblem(start, "", f"more than {MAX_IMPORT_ROWS} rows; split the file"))
+                report.errors.append(ImportProblem(start, "", lazy_gettext("more than %(max)s rows; split the file",
+                                                                           max=MAX_IMPORT_ROWS)))
                 return []
             values = CsvRecords.values(start, cells, header)
             if isinstance(values, ImportProblem):
@@ -498,16 +572,17 @@ def _parse_rows(text: str, report: ImportReport) -> list[_Row]:
     except csv.Error as exc:
         report.errors.append(records.invalid(exc))
     if header is None and not report.errors:
-        report.errors.append(ImportProblem(1, "", "the file is empty; the first line must be the header "
-                                          + ",".join(IMPORT_COLUMNS)))
+        report.errors.append(ImportProblem(1, "", lazy_gettext(
+            "the file is empty; the first line must be the header %(columns)s or %(chinese)s",
+            columns=",".join(IMPORT_COLUMNS), chinese=",".join(IMPORT_HEADER.names(chinese=True)))))
     return rows
 
 
 def _check_row(line: int, v: dict[str, str], report: ImportReport) -> _Row | None:
     errors_before = len(report.errors)
 
-    def bad(column: str, message: str) -> None:
-        report.errors.append(ImportProblem(line, column, message))
+    def bad(column: str, message: str | LazyText) -> None:
+        report.problem(line, column, message)
 
     for column in ("school", "gateway"):
         if v.get(column):
@@ -516,10 +591,10 @@ def _check_row(line: int, v: dict[str, str], report: ImportReport) -> _Row | Non
             except names.BadName as exc:
                 bad(column, exc.reason)
     if not v.get("school"):
-        bad("school", "required")
+        bad("school", lazy_gettext("required"))
     room = building = ""
     if not v.get("room"):
-        bad("room", "required")
+        bad("room", lazy_gettext("required"))
     else:
         try:
             room = names.display_name(v["room"], "room", max_chars=names.ROOM_MAX)
@@ -535,14 +610,14 @@ def _check_row(line: int, v: dict[str, str], report: ImportReport) -> _Row | Non
     options: dict[str, Any] = {}
     if device:
         if not v.get("gateway"):
-            bad("gateway", "a device needs the gateway it is connected to")
+            bad("gateway", lazy_gettext("a device needs the gateway it is connected to"))
         if not v.get("profile"):
-            bad("profile", "required for a device")
+            bad("profile", lazy_gettext("required for a device"))
         for column in ("address", "options"):
             try:
                 parsed = parse_mapping(v.get(column, ""), column)
             except ConfigError as exc:
-                bad(column, str(exc))
+                bad(column, message_of(exc))
                 continue
             if column == "address":
                 address = parsed
@@ -552,11 +627,11 @@ def _check_row(line: int, v: dict[str, str], report: ImportReport) -> _Row | Non
             try:
                 validate_device(device, v["profile"], address, options)
             except _FieldError as exc:
-                bad(exc.column, str(exc))
+                bad(exc.column, message_of(exc))
     else:
         for column in ("profile", "address", "options"):
             if v.get(column):
-                bad(column, "only with a device (the device column is empty)")
+                bad(column, lazy_gettext("only with a device (the device column is empty)"))
     if len(report.errors) != errors_before:
         return None
     return _Row(line, v["school"], building, room, v.get("gateway", ""), device, v.get("profile", ""),
@@ -570,17 +645,17 @@ def import_csv(registry: Registry, data: bytes, schools: tuple[str, ...] | None 
     try:
         text = decode_csv(data)
     except ConfigError as exc:
-        report.errors.append(ImportProblem(1, "", str(exc)))
+        report.errors.append(ImportProblem(1, "", message_of(exc)))
         return report
     rows = _parse_rows(text, report)
     report.rows = len(rows)
     for row in rows if schools is not None else ():
         if row.school not in schools:
             report.outside = True
-            report.errors.append(ImportProblem(row.line, "school", "not one of your schools (your account is "
-                                                                   f"limited to {', '.join(schools)})"))
+            report.problem(row.line, "school", lazy_gettext(
+                "not one of your schools (your account is limited to %(schools)s)", schools=", ".join(schools)))
     if not rows and not report.errors:
-        report.errors.append(ImportProblem(1, "", "no rows after the header"))
+        report.errors.append(ImportProblem(1, "", lazy_gettext("no rows after the header")))
     try:
         with registry.session() as s:
             _cross_check(s, rows, report)  # also on the good lines of a bad file: report everything at once
@@ -594,7 +669,8 @@ def import_csv(registry: Registry, data: bytes, schools: tuple[str, ...] | None 
         # The driver's own message only: SQLAlchemy's would carry the statement (and, without the
         # registry's hide_parameters, a new gateway's password hash).
         reason = getattr(exc, "orig", None) or type(exc).__name__
-        report.errors.append(ImportProblem(0, "", f"database error, nothing imported: {reason}"))
+        report.errors.append(ImportProblem(0, "", lazy_gettext("database error, nothing imported: %(reason)s",
+                                                               reason=str(reason))))
         report.credentials.clear()
         return report
     report.ok = True
@@ -616,8 +692,9 @@ def _cross_check(s: Session, rows: list[_Row], report: ImportReport) -> None:
         if row.building:
             earlier = room_building.setdefault(key, (row.building, row.line))
             if earlier[0] != row.building:
-                report.errors.append(ImportProblem(row.line, "building", f"room {row.room} of {row.school} is in "
-                                                  f"building {earlier[0]!r} on line {earlier[1]}"))
+                report.problem(row.line, "building", lazy_gettext(
+                    "room %(room)s of %(school)s is in building %(building)s on line %(line)s", room=row.room,
+                    school=row.school, building=repr(earlier[0]), line=earlier[1]))
         if not row.gateway:
             continue
         home = gateway_home.get(row.gateway)
@@ -626,20 +703,23 @@ def _cross_check(s: Session, rows: list[_Row], report: ImportReport) -> None:
             if existing is not None:
                 room = existing.room.name if existing.room else ""
                 if existing.school_id != row.school or room != row.room:
-                    report.errors.append(ImportProblem(row.line, "gateway", f"gateway {row.gateway} is registered in "
-                                                      f"{existing.school_id} room {room}, not {row.school} room "
-                                                      f"{row.room}"))
+                    report.problem(row.line, "gateway", lazy_gettext(
+                        "gateway %(gateway)s is registered in %(school)s room %(room)s, not %(new_school)s room "
+                        "%(new_room)s", gateway=row.gateway, school=existing.school_id, room=room,
+                        new_school=row.school, new_room=row.room))
             else:
                 _check_account(s, row, accounts, report)
             gateway_home[row.gateway] = (row.school, row.room, row.line)
         elif home[:2] != (row.school, row.room):
-            report.errors.append(ImportProblem(row.line, "gateway", f"gateway {row.gateway} is in {home[0]} room "
-                                              f"{home[1]} on line {home[2]}"))
+            report.problem(row.line, "gateway", lazy_gettext(
+                "gateway %(gateway)s is in %(school)s room %(room)s on line %(line)s", gateway=row.gateway,
+                school=home[0], room=home[1], line=home[2]))
         if row.device:
             first = devices_seen.setdefault((row.gateway, row.device), row.line)
             if first != row.line:
-                report.errors.append(ImportProblem(row.line, "device", f"device {row.device} of gateway "
-                                                  f"{row.gateway} is already on line {first}"))
+                report.problem(row.line, "device", lazy_gettext(
+                    "device %(device)s of gateway %(gateway)s is already on line %(line)s", device=row.device,
+                    gateway=row.gateway, line=first))
 
 
 def _check_account(s: Session, row: _Row, accounts: dict[str, tuple[str, int]], report: ImportReport) -> None:
@@ -647,13 +727,14 @@ def _check_account(s: Session, row: _Row, accounts: dict[str, tuple[str, int]], 
     username = gateway_account(row.school, row.gateway)
     other = s.scalar(select(Gateway).where(Gateway.mqtt_username == username))
     if other is not None:
-        report.errors.append(ImportProblem(row.line, "gateway", f"its MQTT user name {username} is already the "
-                                          f"account of gateway {other.id} of school {other.school_id}; choose "
-                                          "another gateway id"))
+        report.problem(row.line, "gateway", lazy_gettext(
+            "its MQTT user name %(username)s is already the account of gateway %(gateway)s of school %(school)s; "
+            "choose another gateway id", username=username, gateway=other.id, school=other.school_id))
     elif username in accounts:
         first = accounts[username]
-        report.errors.append(ImportProblem(row.line, "gateway", f"its MQTT user name {username} is also the one "
-                                          f"of gateway {first[0]} on line {first[1]}; choose another gateway id"))
+        report.problem(row.line, "gateway", lazy_gettext(
+            "its MQTT user name %(username)s is also the one of gateway %(gateway)s on line %(line)s; choose "
+            "another gateway id", username=username, gateway=first[0], line=first[1]))
     else:
         accounts[username] = (row.gateway, row.line)
 
@@ -719,3 +800,9 @@ s1,A,A-101,gw-a101,display,display-samsung-mdc,serial=/dev/ttyUSB0; display_id=0
 s1,A,A-101,gw-a101,cards,card-em4100,serial=/dev/ttyUSB1,
 s1,A,A-102,,,,,
 """
+
+# The same example for a Chinese page: the header in Chinese (IMPORT_HEADER), which the import reads as well.
+EXAMPLE_CSV_ZH = """\
+# campus-iot 批量导入：每行一个教室、网关或设备。
+# 地址/选项：JSON 对象，或用 ';' 分隔的 key=value。
+""" + ",".join(IMPORT_HEADER.names(chinese=True)) + "\n" + EXAMPLE_CSV.split("options\n", 1)[1]

@@ -40,7 +40,8 @@ from werkzeug.security import check_password_hash, generate_password_hash
 
 from campus import names
 from campus.errors import ConfigError, PayloadError
-from central.db import Base, Database, open_database
+from campus.i18n import LazyText, lazy_gettext
+from central.db import Base, Database, TranslatableText, open_database
 
 ROLES = ("admin", "facility", "teacher")
 # Row ids are INTEGER: 32 bits on PostgreSQL, 64 on SQLite. A larger number typed in a URL or a form names
@@ -124,6 +125,9 @@ class User(Base):
     # An admin or facility account limited to these schools (a school's own IT person or facility
     # manager); none: district-wide. Migration 0004.
     schools: Mapped[list[School]] = relationship(secondary="user_schools", order_by="School.id")
+    # The language the user chose with the pages' switch (a BCP 47 tag, dashboards/i18n.py); none: the
+    # browser's and the site's. Migration 0007.
+    language: Mapped[str | None] = mapped_column(String(16), nullable=True)
 
 
 class UserRoom(Base):
@@ -179,7 +183,8 @@ class Alarm(Base):
     rule_id: Mapped[int] = mapped_column(ForeignKey("alarm_rules.id"))
     gateway: Mapped[str] = mapped_column(String(64))
     device: Mapped[str] = mapped_column(String(64), default="")
-    message: Mapped[str] = mapped_column(Text)
+    # Written as a LazyText since issue 20, read as a StoredText (English str, keeping it): central/db.py.
+    message: Mapped[str | LazyText] = mapped_column(TranslatableText)
     value: Mapped[str] = mapped_column(String(100), default="")
     raised_at: Mapped[float] = mapped_column(Float, default=time.time)
     acked_by: Mapped[str | None] = mapped_column(String(64), nullable=True)
@@ -333,7 +338,13 @@ class Registry:
         gateways = s.scalars(select(Gateway.id).where(Gateway.room_id.in_(room_ids))).all() if room_ids else []
         # `schools`: the schools an admin or facility account is limited to; empty: the whole district.
         return {"user": user.username, "role": user.role, "rooms": [r.name for r in user.rooms],
-                "room_ids": room_ids, "gateways": list(gateways), "schools": [x.id for x in user.schools]}
+                "room_ids": room_ids, "gateways": list(gateways), "schools": [x.id for x in user.schools],
+                "language": user.language}
+
+    def set_language(self, username: str, language: str | None) -> None:
+        """Keep the language `username` chose (a tag the web app checked), or forget it (None)."""
+        with self.session() as s:
+            s.execute(update(User).where(User.username == username).values(language=language))
 
     def ensure_admin(self, token: str | None = None) -> str | None:
         """Make sure an `admin` user exists (returns its new password if created) and owns `token`.
@@ -426,13 +437,14 @@ class Registry:
     def _school(s: Session, school: str) -> School:
         row = s.get(School, school)
         if row is None:
-            raise ConfigError(f"no school {school!r} (create it first: the provisioning pages or a CSV import)")
+            raise ConfigError(lazy_gettext("no school %(school)s (create it first: the provisioning pages or a CSV "
+                                           "import)", school=repr(school)))
         return row
 
     def _room(self, s: Session, school: str, name: str) -> Room:
         room = s.scalar(select(Room).where(Room.school_id == school, Room.name == name))
         if room is None:
-            raise ConfigError(f"no room {name!r} in school {school!r}")
+            raise ConfigError(lazy_gettext("no room %(room)s in school %(school)s", room=repr(name), school=repr(school)))
         return room
 
     def ensure_room(self, school: str, room: str, building: str = "") -> int:
@@ -478,18 +490,21 @@ class Registry:
         except IntegrityError:
             # Registered at the same moment by another request: the same refusal, and no row values
             # (the new hash) in any message.
-            raise ConfigError(f"gateway {gateway!r}: the id or its MQTT user name {username!r} was just "
-                              "registered by someone else; reload and choose another id") from None
+            raise ConfigError(lazy_gettext("gateway %(gateway)s: the id or its MQTT user name %(username)s was just "
+                                           "registered by someone else; reload and choose another id",
+                                           gateway=repr(gateway), username=repr(username))) from None
         return password
 
     @staticmethod
     def _check_new_gateway(s: Session, gateway: str, username: str) -> None:
         if s.get(Gateway, gateway) is not None:
-            raise ConfigError(f"gateway {gateway!r} is already registered")
+            raise ConfigError(lazy_gettext("gateway %(gateway)s is already registered", gateway=repr(gateway)))
         other = s.scalar(select(Gateway).where(Gateway.mqtt_username == username))
         if other is not None:
-            raise ConfigError(f"gateway {gateway!r}: its MQTT user name {username!r} is already the account of "
-                              f"gateway {other.id!r} of school {other.school_id!r}; choose another gateway id")
+            raise ConfigError(lazy_gettext("gateway %(gateway)s: its MQTT user name %(username)s is already the account "
+                                           "of gateway %(other)s of school %(school)s; choose another gateway id",
+                                           gateway=repr(gateway), username=repr(username), other=repr(other.id),
+                                           school=repr(other.school_id)))
 
     def add_device(self, gateway: str, device_id: str, profile: str, address: dict[str, Any],
                    options: dict[str, Any] | None = None) -> None:
@@ -502,12 +517,13 @@ class Registry:
             DeviceConfig(id=device_id, profile=profile, address=address, options=options or {})
         except ValidationError as exc:
             err = exc.errors()[0]
-            raise ConfigError(f"device {device_id!r}: field {'.'.join(map(str, err['loc']))}: "
-                              f"{err['msg'].removeprefix('Value error, ')}") from None
+            raise ConfigError(lazy_gettext("device %(device)s: field %(field)s: %(reason)s", device=repr(device_id),
+                                           field=".".join(map(str, err["loc"])),
+                                           reason=err["msg"].removeprefix("Value error, "))) from None
         with self.session() as s:
             gw = s.get(Gateway, gateway)
             if gw is None:
-                raise ConfigError(f"no gateway {gateway!r}")
+                raise ConfigError(lazy_gettext("no gateway %(gateway)s", gateway=repr(gateway)))
             existing = next((d for d in gw.devices if d.device_id == device_id), None)
             if existing is None:
                 gw.devices.append(Device(device_id=device_id, profile=profile, address=address, options=options or {}))
@@ -520,7 +536,8 @@ class Registry:
             gw = s.get(Gateway, gateway)
             dev = next((d for d in gw.devices if d.device_id == device_id), None) if gw else None
             if dev is None:
-                raise ConfigError(f"no device {device_id!r} on gateway {gateway!r}")
+                raise ConfigError(lazy_gettext("no device %(device)s on gateway %(gateway)s", device=repr(device_id),
+                                               gateway=repr(gateway)))
             gw.devices.remove(dev)
             gw.config_version += 1
 
@@ -564,7 +581,7 @@ class Registry:
         """A ready-to-copy gateway config (YAML-able) for a registered gateway."""
         info = self.gateway_info(gateway)
         if info is None:
-            raise ConfigError(f"no gateway {gateway!r}")
+            raise ConfigError(lazy_gettext("no gateway %(gateway)s", gateway=repr(gateway)))
         from urllib.parse import quote, urlsplit, urlunsplit
 
         parts = urlsplit(mqtt_url)

@@ -34,6 +34,7 @@ from sqlalchemy import or_, select
 from sqlalchemy import update as sql_update
 
 from campus import names
+from campus.i18n import N_, LazyText, lazy_gettext, message_of
 from central.registry import Building, Registry, Schedule, ScheduleRun, School, row_id
 
 if TYPE_CHECKING:
@@ -59,7 +60,8 @@ class ScheduleError(ValueError):
 def parse_at(at: str) -> dtime:
     m = _HHMM.match((at or "").strip())
     if not m:
-        raise ScheduleError(f"time must be HH:MM (24 h), e.g. 22:00, got {str(at)[:20]!r}")
+        raise ScheduleError(lazy_gettext("time must be HH:MM (24 h), e.g. 22:00, got %(value)s",
+                                         value=repr(str(at)[:20])))
     return dtime(int(m.group(1)), int(m.group(2)))
 
 
@@ -68,7 +70,10 @@ def parse_days(days: str | None) -> tuple[int, ...]:
     names = [d.strip().lower()[:3] for d in (days if days is not None else SCHOOL_DAYS).split(",") if d.strip()]
     bad = [n for n in names if n not in DAYS]
     if bad or not names:
-        raise ScheduleError(f"days must be some of {', '.join(DAYS)}" + (f"; got {bad[0]!r}" if bad else ""))
+        if bad:
+            raise ScheduleError(lazy_gettext("days must be some of %(days)s; got %(value)s", days=", ".join(DAYS),
+                                             value=repr(bad[0])))
+        raise ScheduleError(lazy_gettext("days must be some of %(days)s", days=", ".join(DAYS)))
     return tuple(sorted({DAYS.index(n) for n in names}))
 
 
@@ -130,7 +135,7 @@ def validate(form: Mapping[str, Any], registry: Registry) -> dict[str, Any]:
     try:
         name = names.display_name(str(form.get("name", "")), "name", max_chars=names.SCHEDULE_NAME_MAX)
     except names.BadName as exc:
-        raise ScheduleError(str(exc)) from None
+        raise ScheduleError(message_of(exc)) from None
     at = str(form.get("at", "")).strip()
     parse_at(at)
     days_raw = form.get("days", "")
@@ -138,33 +143,34 @@ def validate(form: Mapping[str, Any], registry: Registry) -> dict[str, Any]:
     days = ",".join(DAYS[i] for i in parse_days(",".join(str(d) for d in days_list)))
     action = str(form.get("action", ""))
     if action not in SCHEDULE_ACTIONS:
-        raise ScheduleError(f"action must be one of {', '.join(SCHEDULE_ACTIONS)}")
+        raise ScheduleError(lazy_gettext("action must be one of %(actions)s", actions=", ".join(SCHEDULE_ACTIONS)))
     kinds_raw = form.get("kinds", "")
     kinds_list = [k.strip() for k in (kinds_raw if isinstance(kinds_raw, list) else str(kinds_raw).split(","))
                   if str(k).strip()]
     if not kinds_list or any(k not in SCHEDULE_KINDS for k in kinds_list):
-        raise ScheduleError(f"devices must be some of {', '.join(SCHEDULE_KINDS)}")
+        raise ScheduleError(lazy_gettext("devices must be some of %(kinds)s", kinds=", ".join(SCHEDULE_KINDS)))
     kinds = ",".join(k for k in SCHEDULE_KINDS if k in kinds_list)
     school = str(form.get("school_id") or "").strip() or None
     if school is not None:  # looked up below: PostgreSQL refuses a NUL in a query outright (a 503)
         try:
             names.identifier(school, "school")
         except names.BadName:
-            raise ScheduleError("school must be one of the listed schools") from None
+            raise ScheduleError(lazy_gettext("school must be one of the listed schools")) from None
     building_raw = str(form.get("building_id") or "").strip()
     building_id = None
     with registry.session() as s:
         if school is not None and s.get(School, school) is None:
-            raise ScheduleError(f"no school {school!r}")
+            raise ScheduleError(lazy_gettext("no school %(school)s", school=repr(school)))
         if building_raw:
             building_key = row_id(building_raw)
             if building_key is None:
-                raise ScheduleError("building must be one of the listed buildings")
+                raise ScheduleError(lazy_gettext("building must be one of the listed buildings"))
             b = s.get(Building, building_key)
             if b is None:
-                raise ScheduleError(f"no building {building_raw}")
+                raise ScheduleError(lazy_gettext("no building %(building)s", building=building_raw))
             if school is not None and b.school_id != school:
-                raise ScheduleError(f"building {b.name!r} is not in school {school!r}")
+                raise ScheduleError(lazy_gettext("building %(building)s is not in school %(school)s",
+                                                 building=repr(b.name), school=repr(school)))
             building_id, school = b.id, b.school_id
     enabled = form.get("enabled", True)
     if isinstance(enabled, str):
@@ -174,12 +180,14 @@ def validate(form: Mapping[str, Any], registry: Registry) -> dict[str, Any]:
 
 
 def schedule_dict(s: Schedule, places: Mapping[int, str] | None = None) -> dict[str, Any]:
-    scope = "every school"
+    # Shown on pages and in the API: English text the web app translates where it is shown (campus.i18n).
+    scope: LazyText = lazy_gettext("every school")
     if s.building_id is not None:
-        scope = f"building {places.get(s.building_id, s.building_id) if places else s.building_id}"
-        scope += f" ({s.school_id})" if s.school_id else ""
+        building = places.get(s.building_id, s.building_id) if places else s.building_id
+        scope = (lazy_gettext("building %(building)s (%(school)s)", building=building, school=s.school_id)
+                 if s.school_id else lazy_gettext("building %(building)s", building=building))
     elif s.school_id:
-        scope = f"school {s.school_id}"
+        scope = lazy_gettext("school %(school)s", school=s.school_id)
     return {"id": s.id, "name": s.name, "school_id": s.school_id, "building_id": s.building_id, "at": s.at,
             "days": s.days, "action": s.action, "kinds": s.kinds, "enabled": bool(s.enabled),
             "last_run": s.last_run, "scope": scope}
@@ -310,6 +318,20 @@ def summarise(results: list[dict[str, Any]]) -> str:
     for r in results:
         counts[r["status"]] = counts.get(r["status"], 0) + 1
     return ", ".join(f"{n} {status}" for status, n in sorted(counts.items()))
+
+
+# A run's statuses as a person reads them (the words the pages use for a command's status).
+STATUS_WORDS = {"done": N_("done"), "failed": N_("failed"), "rejected": N_("refused"), "expired": N_("expired"),
+                "pending": N_("waiting"), "skipped": N_("skipped")}
+
+
+def summary_parts(results: list[dict[str, Any]]) -> list[LazyText]:
+    """`summarise` translatable: one `3 done` per status, in the same order (join them with a comma)."""
+    counts: dict[str, int] = {}
+    for r in results:
+        counts[r["status"]] = counts.get(r["status"], 0) + 1
+    return [lazy_gettext("%(count)s %(status)s", count=n, status=LazyText(STATUS_WORDS.get(status, status)))
+            for status, n in sorted(counts.items())]
 
 
 def claim(registry: Registry, schedule_id: int, when: datetime, now: float) -> bool:

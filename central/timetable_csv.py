@@ -30,16 +30,18 @@ import io
 from dataclasses import dataclass, field
 
 from campus.errors import ConfigError
+from campus.i18n import lazy_gettext, message_of
 from central import timetables as tts
-from central.provisioning import CsvRecords, ImportProblem, decode_csv
+from central.provisioning import CsvRecords, Header, ImportProblem, decode_csv
 from central.registry import Registry
 
 COLUMNS = ("type", "name", "weekday", "number", "start", "end", "follows")
 CHINESE = dict(zip(COLUMNS, ("类型", "名称", "星期", "节次", "开始", "结束", "按星期"), strict=True))
-_ALIASES = {**{c: c for c in COLUMNS}, **{v: k for k, v in CHINESE.items()},
-            "kind": "type", "类别": "type", "名字": "name", "day": "weekday", "周几": "weekday",
-            "period": "number", "第几节": "number", "开始时间": "start", "开始日期": "start", "结束时间": "end",
-            "结束日期": "end", "调休按": "follows", "按": "follows", "按周几": "follows"}
+# The timetable import's one header table (central/provisioning.py `Header`).
+TIMETABLE_HEADER = Header(COLUMNS, CHINESE, ("type", "start"), {
+    "kind": "type", "类别": "type", "名字": "name", "day": "weekday", "周几": "weekday",
+    "period": "number", "第几节": "number", "开始时间": "start", "开始日期": "start", "结束时间": "end",
+    "结束日期": "end", "调休按": "follows", "按": "follows", "按周几": "follows"})
 _TYPES = {"period": "periods", "节次": "periods", "课节": "periods", "课": "periods", "上课": "periods",
           "term": "terms", "学期": "terms",
           "holiday": "holidays", "假期": "holidays", "放假": "holidays", "节假日": "holidays",
@@ -71,14 +73,17 @@ def parse_weekdays(value: str, line: int) -> list[int]:
             a, _, b = part.partition("-")
             lo, hi = tts.parse_weekday(a, line, "weekday"), tts.parse_weekday(b, line, "weekday")
             if hi < lo:
-                raise tts.TimetableError(line, "weekday", f"{value.strip()!r}: the range runs backwards")
+                raise tts.TimetableError(line, "weekday", lazy_gettext("%(value)s: the range runs backwards",
+                                                                       value=repr(value.strip())))
             days += range(lo, hi + 1)
         else:
             days.append(tts.parse_weekday(part, line, "weekday"))
     if not days:
-        raise tts.TimetableError(line, "weekday", "required for a period: 1-7, a range 1-5 or a list 1;3;5")
+        raise tts.TimetableError(line, "weekday", lazy_gettext("required for a period: 1-7, a range 1-5 or a "
+                                                               "list 1;3;5"))
     if len(set(days)) != len(days):
-        raise tts.TimetableError(line, "weekday", f"{value.strip()!r} names a weekday twice")
+        raise tts.TimetableError(line, "weekday", lazy_gettext("%(value)s names a weekday twice",
+                                                               value=repr(value.strip())))
     return days
 
 
@@ -93,12 +98,15 @@ def parse(text: str, school: str, timezone: str = tts.DEFAULT_TIMEZONE) -> Timet
     try:
         for start, cells in records:
             if header is None:
-                header = _header(cells, start, labels, report)
-                if report.errors:
+                header, found, problems = TIMETABLE_HEADER.read(cells, start)
+                labels.update(found)
+                if problems:
+                    report.errors.extend(problems)
                     return report
                 continue
             if report.rows >= MAX_ROWS:
-                report.errors.append(ImportProblem(start, "", f"more than {MAX_ROWS} lines; is this a timetable?"))
+                report.errors.append(ImportProblem(start, "", lazy_gettext("more than %(max)s lines; is this a "
+                                                                           "timetable?", max=MAX_ROWS)))
                 return report
             report.rows += 1
             v = CsvRecords.values(start, cells, header)
@@ -108,13 +116,14 @@ def parse(text: str, school: str, timezone: str = tts.DEFAULT_TIMEZONE) -> Timet
             try:
                 _row(start, v, periods, ranges)
             except tts.TimetableError as exc:
-                report.errors.append(ImportProblem(start, labels.get(exc.field, exc.field), exc.message))
+                report.errors.append(ImportProblem(start, labels.get(exc.field, exc.field), message_of(exc)))
     except csv.Error as exc:
         report.errors.append(records.invalid(exc))
         return report
     if header is None:
-        report.errors.append(ImportProblem(1, "", "the file is empty; the first line must be the header "
-                                           + ",".join(COLUMNS)))
+        report.errors.append(ImportProblem(1, "", lazy_gettext(
+            "the file is empty; the first line must be the header %(columns)s or %(chinese)s",
+            columns=",".join(COLUMNS), chinese=",".join(CHINESE.values()))))
         return report
     # Between lines too, on the good lines of a bad file: everything is reported at once.
     tt = tts.Timetable(school, timezone, tuple(periods), tuple(ranges))
@@ -126,41 +135,25 @@ def parse(text: str, school: str, timezone: str = tts.DEFAULT_TIMEZONE) -> Timet
     return report
 
 
-def _header(cells: list[str], line: int, labels: dict[str, str], report: TimetableImport) -> list[str]:
-    header = []
-    for cell in cells:
-        name = _ALIASES.get(cell.strip().lower().lstrip("\ufeff"), "")
-        if not name:
-            report.errors.append(ImportProblem(line, cell.strip() or "(empty)", "unknown column; the columns are "
-                                               + ",".join(COLUMNS) + " or " + ",".join(CHINESE.values())))
-        elif name in labels:
-            report.errors.append(ImportProblem(line, cell.strip(), "column appears twice in the header"))
-        labels.setdefault(name, cell.strip())
-        header.append(name)
-    for column in ("type", "start"):
-        if column not in labels:
-            report.errors.append(ImportProblem(line, column, "required column is missing from the header"))
-    return header
-
-
 def _row(line: int, v: dict[str, str], periods: list[tts.Period], ranges: list[tts.DateRange]) -> None:
     kind = _TYPES.get(v.get("type", "").lower())
     if kind is None:
-        raise tts.TimetableError(line, "type", f"{v.get('type', '')[:20]!r}: must be period (节次), term (学期), "
-                                 "holiday (假期) or workday (调休)")
+        raise tts.TimetableError(line, "type", lazy_gettext(
+            "%(value)s: must be period (节次), term (学期), holiday (假期) or workday (调休)",
+            value=repr(v.get("type", "")[:20])))
     if kind == "periods":
         for key in ("follows",):
             if v.get(key):
-                raise tts.TimetableError(line, key, "only for a workday (调休)")
+                raise tts.TimetableError(line, key, lazy_gettext("only for a workday (调休)"))
         for key in ("number", "end"):
             if not v.get(key):
-                raise tts.TimetableError(line, key, "required for a period")
+                raise tts.TimetableError(line, key, lazy_gettext("required for a period"))
         for day in parse_weekdays(v.get("weekday", ""), line):
             periods.append(tts.period_of(line, day, v["number"], v["start"], v["end"], v.get("name", "")))
         return
     for key in ("weekday", "number"):
         if v.get(key):
-            raise tts.TimetableError(line, key, "only for a period (节次)")
+            raise tts.TimetableError(line, key, lazy_gettext("only for a period (节次)"))
     ranges.append(tts.range_of(line, kind, v.get("name", ""), v.get("start", ""), v.get("end") or v.get("start", ""),
                              v.get("follows") or None))
 
@@ -170,12 +163,12 @@ def import_csv(registry: Registry, school: str, data: bytes, by: str = "") -> Ti
     try:
         text = decode_csv(data)
     except ConfigError as exc:
-        return TimetableImport(errors=[ImportProblem(1, "", str(exc))])
+        return TimetableImport(errors=[ImportProblem(1, "", message_of(exc))])
     current = tts.load(registry, school)
     report = parse(text, school, current.timezone if current else tts.DEFAULT_TIMEZONE)
     if report.timetable is not None:
         if not report.rows:
-            report.errors.append(ImportProblem(1, "", "no lines after the header"))
+            report.errors.append(ImportProblem(1, "", lazy_gettext("no lines after the header")))
             report.timetable = None
             return report
         report.timetable = tts.save(registry, report.timetable, by)
@@ -187,7 +180,7 @@ def to_csv(tt: tts.Timetable | None, chinese: bool = False) -> str:
     """The timetable as a file `parse` reads back (periods the same on several weekdays on one line)."""
     out = io.StringIO()
     writer = csv.writer(out, lineterminator="\r\n")
-    writer.writerow([CHINESE[c] for c in COLUMNS] if chinese else COLUMNS)
+    writer.writerow(TIMETABLE_HEADER.names(chinese))
     if tt is None:
         return out.getvalue()
     words = {"periods": "节次", "terms": "学期", "holidays": "假期", "workdays": "调休"} if chinese else \

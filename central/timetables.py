@@ -36,6 +36,7 @@ from sqlalchemy.orm import Mapped, mapped_column
 
 from campus import names
 from campus.errors import ConfigError
+from campus.i18n import N_, LazyText, lazy_gettext
 from central.db import Base
 from central.registry import Registry, School
 
@@ -47,7 +48,8 @@ MAX_RANGES = 500
 MAX_RANGE_DAYS = 366       # a term, a holiday, a make-up span
 MAX_QUERY_DAYS = 400       # `class_periods` in one call: a school year and a bit
 NAME_MAX = 100
-WEEKDAY_NAMES = ("Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday", "Sunday")
+WEEKDAY_NAMES = (N_("Monday"), N_("Tuesday"), N_("Wednesday"), N_("Thursday"), N_("Friday"), N_("Saturday"),
+                 N_("Sunday"))
 RANGE_KINDS = ("terms", "holidays", "workdays")
 _HHMM = re.compile(r"^([01]?\d|2[0-3]):([0-5]\d)$")
 
@@ -95,7 +97,7 @@ class TimetableError(ConfigError):
     """One thing wrong with a timetable: `where` is the item (``periods[3]``, or a CSV line number),
     `field` the field in it (``end``); the message says what is wrong, for people."""
 
-    def __init__(self, where: str | int, field: str, message: str) -> None:
+    def __init__(self, where: str | int, field: str, message: str | LazyText) -> None:
         super().__init__(message)
         self.where, self.field, self.message = where, field, message
 
@@ -211,9 +213,9 @@ def class_periods(tt: Timetable, first: date, last: date) -> list[Slot]:
     """Every class period of the school from `first` to `last` (both included), in time order.
     ValueError for a span beyond MAX_QUERY_DAYS or one that ends before it starts."""
     if last < first:
-        raise ValueError(f"the end {last} is before the start {first}")
+        raise ValueError(lazy_gettext("the end %(end)s is before the start %(start)s", end=str(last), start=str(first)))
     if (last - first).days >= MAX_QUERY_DAYS:
-        raise ValueError(f"at most {MAX_QUERY_DAYS} days at once")
+        raise ValueError(lazy_gettext("at most %(max)s days at once", max=MAX_QUERY_DAYS))
     zone, out = tt.zone, []
     day = first
     while day <= last:
@@ -231,7 +233,8 @@ def parse_time(value: object, where: str | int, name: str) -> dtime:
     text = value.strip() if isinstance(value, str) else ""
     m = _HHMM.match(text.replace("：", ":"))  # a full-width colon, as Chinese input methods type it
     if not m:
-        raise TimetableError(where, name, f"must be a time HH:MM (24 h), e.g. 08:00, got {str(value)[:20]!r}")
+        raise TimetableError(where, name, lazy_gettext("must be a time HH:MM (24 h), e.g. 08:00, got %(value)s",
+                                                         value=repr(str(value)[:20])))
     return dtime(int(m.group(1)), int(m.group(2)))
 
 
@@ -241,15 +244,19 @@ def parse_date(value: object, where: str | int, name: str) -> date:
         y, m, d = (int(x) for x in text.split("-"))
         day = date(y, m, d)
     except ValueError:
-        raise TimetableError(where, name, f"must be a date YYYY-MM-DD, e.g. 2025-09-01, got {str(value)[:20]!r}") from None
+        raise TimetableError(where, name, lazy_gettext(
+            "must be a date YYYY-MM-DD, e.g. 2025-09-01, got %(value)s", value=repr(str(value)[:20]))) from None
     if not FIRST_DATE <= day <= LAST_DATE:
-        raise TimetableError(where, name, f"{day} is not a school date (between {FIRST_DATE} and {LAST_DATE})")
+        raise TimetableError(where, name, lazy_gettext(
+            "%(day)s is not a school date (between %(first)s and %(last)s)", day=str(day), first=str(FIRST_DATE),
+            last=str(LAST_DATE)))
     return day
 
 
 def parse_weekday(value: object, where: str | int, name: str) -> int:
     if isinstance(value, bool) or not isinstance(value, (int, str)) or str(value).strip() not in _WEEKDAYS:
-        raise TimetableError(where, name, f"must be a weekday 1-7 (Monday 1) or its name, got {str(value)[:20]!r}")
+        raise TimetableError(where, name, lazy_gettext(
+            "must be a weekday 1-7 (Monday 1) or its name, got %(value)s", value=repr(str(value)[:20])))
     return _WEEKDAYS[str(value).strip()]
 
 
@@ -263,11 +270,12 @@ for _key in ("天", "周天", "星期天"):
 
 def check_timezone(value: object) -> str:
     if not isinstance(value, str) or not value.strip() or len(value) > 64:
-        raise TimetableError("", "timezone", "must be an IANA time zone name, e.g. Asia/Shanghai")
+        raise TimetableError("", "timezone", lazy_gettext("must be an IANA time zone name, e.g. Asia/Shanghai"))
     try:
         ZoneInfo(value.strip())
     except (ZoneInfoNotFoundError, ValueError):
-        raise TimetableError("", "timezone", f"unknown time zone {value[:64]!r} (e.g. Asia/Shanghai)") from None
+        raise TimetableError("", "timezone", lazy_gettext("unknown time zone %(value)s (e.g. Asia/Shanghai)",
+                                                           value=repr(value[:64]))) from None
     return value.strip()
 
 
@@ -294,39 +302,49 @@ def problems(tt: Timetable) -> Iterable[TimetableError]:
     for weekday, periods in sorted(by_day.items()):
         if len(periods) > MAX_PERIODS_PER_DAY:
             yield TimetableError(periods[MAX_PERIODS_PER_DAY].where, "weekday",
-                                 f"more than {MAX_PERIODS_PER_DAY} periods on {WEEKDAY_NAMES[weekday - 1]}")
+                                 lazy_gettext("more than %(max)s periods on %(weekday)s", max=MAX_PERIODS_PER_DAY,
+                                              weekday=LazyText(WEEKDAY_NAMES[weekday - 1])))
         numbers: dict[int, Period] = {}
         for p in periods:
             if p.number in numbers:
-                yield TimetableError(p.where, "number", f"period {p.number} of {WEEKDAY_NAMES[weekday - 1]} is "
-                                     f"given twice (also {_at(numbers[p.number].where)})")
+                yield TimetableError(p.where, "number", lazy_gettext(
+                    "period %(number)s of %(weekday)s is given twice (also %(where)s)", number=p.number,
+                    weekday=LazyText(WEEKDAY_NAMES[weekday - 1]), where=_at(numbers[p.number].where)))
             numbers.setdefault(p.number, p)
         ordered = sorted(periods, key=lambda p: (p.start, p.end))
         for before, after in zip(ordered, ordered[1:], strict=False):
             if after.start < before.end:
-                yield TimetableError(after.where, "start", f"{after.start:%H:%M}-{after.end:%H:%M} overlaps period "
-                                     f"{before.number} ({before.start:%H:%M}-{before.end:%H:%M}, {_at(before.where)}) "
-                                     f"on {WEEKDAY_NAMES[weekday - 1]}")
+                yield TimetableError(after.where, "start", lazy_gettext(
+                    "%(span)s overlaps period %(number)s (%(other)s, %(where)s) on %(weekday)s",
+                    span=after.start.strftime("%H:%M") + "-" + after.end.strftime("%H:%M"), number=before.number,
+                    other=before.start.strftime("%H:%M") + "-" + before.end.strftime("%H:%M"), where=_at(before.where),
+                    weekday=LazyText(WEEKDAY_NAMES[weekday - 1])))
     if len(tt.ranges) > MAX_RANGES:
-        yield TimetableError(tt.ranges[MAX_RANGES].where, "", f"more than {MAX_RANGES} terms, holidays and workdays")
+        yield TimetableError(tt.ranges[MAX_RANGES].where, "", lazy_gettext(
+            "more than %(max)s terms, holidays and workdays", max=MAX_RANGES))
     for r in tt.ranges:
         if (r.last - r.first).days >= MAX_RANGE_DAYS:
-            yield TimetableError(r.where, "end", f"{r.first} to {r.last} is longer than {MAX_RANGE_DAYS} days")
+            yield TimetableError(r.where, "end", lazy_gettext(
+                "%(first)s to %(last)s is longer than %(max)s days", first=str(r.first), last=str(r.last),
+                max=MAX_RANGE_DAYS))
     terms = sorted(tt.of("terms"), key=lambda r: r.first)
     for before, after in zip(terms, terms[1:], strict=False):
         if after.first <= before.last:
-            yield TimetableError(after.where, "start", f"term {after.name or after.first} overlaps term "
-                                 f"{before.name or before.first} ({before.first} to {before.last}, {_at(before.where)})")
+            yield TimetableError(after.where, "start", lazy_gettext(
+                "term %(term)s overlaps term %(other)s (%(first)s to %(last)s, %(where)s)",
+                term=str(after.name or after.first), other=str(before.name or before.first), first=str(before.first),
+                last=str(before.last), where=_at(before.where)))
     for w in tt.of("workdays"):
         for h in tt.of("holidays"):
             if w.first <= h.last and h.first <= w.last:
-                yield TimetableError(w.where, "start", f"make-up day {w.first} is inside the holiday "
-                                     f"{h.name or h.first} ({h.first} to {h.last}, {_at(h.where)}): a holiday has "
-                                     "no classes; remove one of them")
+                yield TimetableError(w.where, "start", lazy_gettext(
+                    "make-up day %(day)s is inside the holiday %(holiday)s (%(first)s to %(last)s, %(where)s): a "
+                    "holiday has no classes; remove one of them", day=str(w.first), holiday=str(h.name or h.first),
+                    first=str(h.first), last=str(h.last), where=_at(h.where)))
 
 
-def _at(where: str | int) -> str:
-    return f"line {where}" if isinstance(where, int) else str(where)
+def _at(where: str | int) -> str | LazyText:
+    return lazy_gettext("line %(line)s", line=where) if isinstance(where, int) else str(where)
 
 
 def from_document(school: str, doc: Mapping[str, Any]) -> Timetable:
@@ -335,9 +353,11 @@ def from_document(school: str, doc: Mapping[str, Any]) -> Timetable:
     known = {"school", "timezone", "periods", *RANGE_KINDS, "updated", "updated_by"}
     for key in doc:
         if key not in known:
-            raise TimetableError("", str(key)[:64], f"unknown field; the fields are {', '.join(sorted(known))}")
+            raise TimetableError("", str(key)[:64], lazy_gettext("unknown field; the fields are %(fields)s",
+                                                                 fields=", ".join(sorted(known))))
     if doc.get("school", school) != school:
-        raise TimetableError("", "school", f"the body is for school {str(doc['school'])[:64]!r}, the URL for {school!r}")
+        raise TimetableError("", "school", lazy_gettext("the body is for school %(body)s, the URL for %(url)s",
+                                                        body=repr(str(doc["school"])[:64]), url=repr(school)))
     timezone = check_timezone(doc.get("timezone", DEFAULT_TIMEZONE))
     periods: list[Period] = []
     for i, item in enumerate(_list(doc, "periods", 7 * MAX_PERIODS_PER_DAY)):
@@ -357,21 +377,22 @@ def from_document(school: str, doc: Mapping[str, Any]) -> Timetable:
 def _list(doc: Mapping[str, Any], key: str, most: int) -> list[Any]:
     value = doc.get(key, [])
     if not isinstance(value, list):
-        raise TimetableError("", key, "must be a list")
+        raise TimetableError("", key, lazy_gettext("must be a list"))
     if len(value) > most:
-        raise TimetableError("", key, f"at most {most} items")
+        raise TimetableError("", key, lazy_gettext("at most %(max)s items", max=most))
     return value
 
 
 def _object(item: Any, where: str, allowed: tuple[str, ...], required: tuple[str, ...]) -> dict[str, Any]:
     if not isinstance(item, dict):
-        raise TimetableError(where, "", "must be an object")
+        raise TimetableError(where, "", lazy_gettext("must be an object"))
     for key in item:
         if key not in allowed:
-            raise TimetableError(where, str(key)[:64], f"unknown field; the fields are {', '.join(allowed)}")
+            raise TimetableError(where, str(key)[:64], lazy_gettext("unknown field; the fields are %(fields)s",
+                                                                    fields=", ".join(allowed)))
     for key in required:
         if key not in item:
-            raise TimetableError(where, key, "required")
+            raise TimetableError(where, key, lazy_gettext("required"))
     return item
 
 
@@ -381,23 +402,28 @@ def period_of(where: str | int, weekday: object, number: object, start: object, 
     if isinstance(number, str) and number.strip().isdigit() and len(number.strip()) <= 3:
         number = int(number.strip())
     if isinstance(number, bool) or not isinstance(number, int) or not 1 <= number <= MAX_PERIODS_PER_DAY:
-        raise TimetableError(where, "number", f"must be a whole number 1-{MAX_PERIODS_PER_DAY} (第N节)")
+        raise TimetableError(where, "number", lazy_gettext("must be a whole number 1-%(max)s (第N节)",
+                                                           max=MAX_PERIODS_PER_DAY))
     a, b = parse_time(start, where, "start"), parse_time(end, where, "end")
     if b <= a:
-        raise TimetableError(where, "end", f"{b:%H:%M} is not after the start {a:%H:%M}")
+        raise TimetableError(where, "end", lazy_gettext("%(end)s is not after the start %(start)s",
+                                                        end=b.strftime("%H:%M"), start=a.strftime("%H:%M")))
     return Period(day, number, a, b, check_name(name, where), where)
 
 
 def range_of(where: str | int, kind: str, name: object, start: object, end: object, follows: object) -> DateRange:
     first, last = parse_date(start, where, "start"), parse_date(end, where, "end")
     if last < first:
-        raise TimetableError(where, "end", f"{last} is before the start {first}")
+        raise TimetableError(where, "end", lazy_gettext("%(end)s is before the start %(start)s", end=str(last),
+                                                        start=str(first)))
     if kind == "workdays":
         if follows is None or follows == "":
-            raise TimetableError(where, "follows", "a make-up working day follows a weekday's periods: give it (1-7)")
+            raise TimetableError(where, "follows", lazy_gettext(
+                "a make-up working day follows a weekday's periods: give it (1-7)"))
         day: int | None = parse_weekday(follows, where, "follows")
     elif follows not in (None, ""):
-        raise TimetableError(where, "follows", "only a make-up working day follows another weekday")
+        raise TimetableError(where, "follows", lazy_gettext(
+            "only a make-up working day follows another weekday"))
     else:
         day = None
     return DateRange(kind, first, last, check_name(name, where), day, where)

@@ -19,6 +19,7 @@ from werkzeug.exceptions import HTTPException
 
 from campus import names
 from campus.errors import StoreError
+from campus.i18n import N_, LazyText, lazy_gettext
 
 if TYPE_CHECKING:  # imported when an app is made: nothing central is loaded by `import dashboards`
     from central.city_push import CityLink
@@ -54,6 +55,10 @@ class WebConfig:
     city_link: CityLink | None = None
     # Sign-in with the education platform (OpenID Connect, docs/oidc.md); None: local passwords only.
     oidc: OidcConfig | None = None
+    # The site's language where neither the request nor the account names one (`campus web --lang`:
+    # zh-CN; a WebConfig made in code, as `campus demo` does: English), and its time zone (dashboards/i18n.py).
+    lang: str = "en"
+    timezone: str = "Asia/Shanghai"
 
     def central_config(self) -> CentralConfig:
         """The config of the Central this app opens when it is given none."""
@@ -68,7 +73,7 @@ def create_app(config: WebConfig, central: Central | None = None) -> Flask:
     """The web app on `central`; without one it opens and starts its own (and `close_app` closes it).
     A Central given is started and closed by whoever built it."""
     from central.service import Central
-    from dashboards import api, auth, board, security, sessions, strict_json
+    from dashboards import api, auth, board, i18n, security, sessions, strict_json
     from dashboards.context import EXTENSION, WebState
 
     app = Flask(__name__)
@@ -76,10 +81,7 @@ def create_app(config: WebConfig, central: Central | None = None) -> Flask:
     security.install(app, config.trusted_proxies)
     app.config["SECRET_KEY"] = config.secret_key
     app.config["MAX_CONTENT_LENGTH"] = 2 * 1024 * 1024
-    # `_()` in templates and gettext in Python (issue 20); the language selection is the i18n work's.
-    from flask_babel import Babel
-
-    Babel(app)
+    i18n.install(app, config.lang, config.timezone)
     owns = central is None
     if central is None:
         central = Central.open(config.central_config())
@@ -104,7 +106,7 @@ def create_app(config: WebConfig, central: Central | None = None) -> Flask:
             from dashboards import oidc
 
             oidc.install(app, config.oidc)
-        auth.add_nav(app, "Rooms", "board.rooms", ("admin", "facility"))
+        auth.add_nav(app, N_("Rooms"), "board.rooms", ("admin", "facility"))
         for name in AREAS:
             try:
                 module = importlib.import_module(name)
@@ -133,6 +135,7 @@ def release_connections(app: Flask) -> None:
 
 # Path parts that name a gateway, a device or a command: ids (campus.names.identifier), never anything else.
 _ID_PARTS = ("gateway", "device", "cid")
+_ID_NAMES = {"gateway": N_("gateway"), "device": N_("device"), "cid": N_("command")}
 
 
 def _check_ids(_endpoint: str | None, values: dict[str, Any] | None) -> None:
@@ -145,23 +148,34 @@ def _check_ids(_endpoint: str | None, values: dict[str, Any] | None) -> None:
             try:
                 names.identifier(value, part)
             except names.BadName:
-                abort(404, f"no {'command' if part == 'cid' else part} {value[:64]!r}: not a valid id "
-                           "(letters, digits, '_', '.', '-'; at most 64)")
+                abort(404, lazy_gettext("no %(what)s %(value)s: not a valid id (letters, digits, '_', '.', '-'; "
+                                        "at most 64)", what=LazyText(_ID_NAMES[part]), value=repr(value[:64])))
 
 
 def _store_unavailable(exc: StoreError) -> Any:
     """What the time-series store or the central database cannot serve now: 503 with the reason (JSON under
     /api/, like every other API answer); a retry may work."""
+    from flask_babel import gettext
+
+    from dashboards.i18n import error_text
+
     if request.path.startswith("/api/"):
-        return jsonify({"error": f"not available now, try again soon: {exc}"}), 503
-    return render_template("error.html", status=503, message=f"This cannot be read now, try again soon: {exc}"), 503
+        return jsonify({"error": gettext("not available now, try again soon: %(error)s", error=error_text(exc))}), 503
+    return render_template("error.html", status=503,
+                           message=gettext("This cannot be read now, try again soon: %(error)s",
+                                           error=error_text(exc))), 503
 
 
 def _http_error(exc: HTTPException) -> Any:
-    """Under /api/ a refusal is JSON naming the problem, like every other API answer; pages keep Werkzeug's."""
+    """Under /api/ a refusal is JSON naming the problem, like every other API answer; a page gets the error
+    page in the reader's language (Werkzeug's own would be English): its heading says what happened, and a
+    description of ours (not Werkzeug's stock one) follows."""
     if request.path.startswith("/api/"):
         return jsonify({"error": exc.description}), exc.code
-    return exc
+    if exc.code is None or exc.code < 400:  # a redirect Werkzeug raises (a missing slash)
+        return exc
+    stock = exc.description == type(exc).description
+    return render_template("error.html", status=exc.code, message=None if stock else exc.description), exc.code
 
 
 def close_app(app: Flask) -> None:

@@ -17,6 +17,7 @@ from flask import Blueprint, Response, g, jsonify, request
 
 from campus import contract
 from campus.errors import ActionRejected, CampusError, PayloadError, StoreError
+from campus.i18n import LazyText, lazy_gettext, message_of
 from central import lists, overview
 from central.store.base import MAX_POINTS
 from dashboards.auth import (
@@ -36,8 +37,9 @@ from device_profiles import check_action, shipped_profile
 bp = Blueprint("api", __name__, url_prefix="/api")
 
 
-def error(status: int, message: str, field: str | None = None) -> Any:
-    """A JSON refusal; `field` names the part of the request that is wrong, when there is one."""
+def error(status: int, message: str | LazyText, field: str | None = None) -> Any:
+    """A JSON refusal; `field` names the part of the request that is wrong, when there is one. A LazyText
+    `message` is sent in the request's language (the app's JSON provider, dashboards/i18n.py)."""
     return jsonify({"error": message, **({"field": field} if field else {})}), status
 
 
@@ -48,16 +50,17 @@ def float_arg(name: str, default: float) -> float:
     try:
         value = float(raw)
     except ValueError:
-        raise PayloadError(f"query parameter {name!r} must be a unix time, got {raw[:40]!r}") from None
+        raise PayloadError(lazy_gettext("query parameter %(name)s must be a unix time, got %(value)s",
+                                        name=repr(name), value=repr(raw[:40]))) from None
     if not math.isfinite(value):
-        raise PayloadError(f"query parameter {name!r} must be finite")
+        raise PayloadError(lazy_gettext("query parameter %(name)s must be finite", name=repr(name)))
     return value
 
 
 @bp.errorhandler(CampusError)
 def _bad_request(exc: CampusError) -> Any:
     # A store that cannot answer is the server's trouble, not the caller's: 503, and a retry may work.
-    return error(503 if isinstance(exc, StoreError) else 400, str(exc))
+    return error(503 if isinstance(exc, StoreError) else 400, message_of(exc))
 
 
 @bp.get("/health")
@@ -130,14 +133,16 @@ def int_arg(name: str, default: int, low: int, high: int) -> int:
     if raw is None or raw == "":
         return default
     if not raw.isascii() or not raw.isdigit() or not low <= int(raw) <= high:
-        raise PayloadError(f"query parameter {name!r} must be a whole number from {low} to {high}, got {raw[:40]!r}")
+        raise PayloadError(lazy_gettext("query parameter %(name)s must be a whole number from %(low)s to %(high)s, "
+                                        "got %(value)s", name=repr(name), low=low, high=high, value=repr(raw[:40])))
     return int(raw)
 
 
 def flag_arg(name: str) -> bool:
     raw = request.args.get(name, "").lower()
     if raw not in ("", "0", "1", "true", "false"):
-        raise PayloadError(f"query parameter {name!r} must be 1 or 0, got {raw[:40]!r}")
+        raise PayloadError(lazy_gettext("query parameter %(name)s must be 1 or 0, got %(value)s", name=repr(name),
+                                        value=repr(raw[:40])))
     return raw in ("1", "true")
 
 
@@ -153,22 +158,22 @@ def telemetry() -> Any:
     """
     missing = [p for p in ("gateway", "device", "metric") if not request.args.get(p)]
     if missing:
-        return error(400, f"missing query parameter(s): {', '.join(missing)}")
+        return error(400, lazy_gettext("missing query parameter(s): %(names)s", names=", ".join(missing)))
     gateway = request.args["gateway"]
     for name in ("gateway", "device", "metric"):
         contract.check_segment(request.args[name], name)
     if not may_see(g.user, gateway):
-        return refuse_gateway(g.user, f"gateway {gateway!r} is not in your rooms")
+        return refuse_gateway(g.user, lazy_gettext("gateway %(gateway)s is not in your rooms", gateway=repr(gateway)))
     device, metric = request.args["device"], request.args["metric"]
     end = float_arg("end", time.time())
     start = float_arg("start", end - 3600)
     if start > end:
-        return error(400, "start is after end")
+        return error(400, lazy_gettext("start is after end"))
     limit = int_arg("limit", MAX_POINTS, 1, MAX_POINTS)
     raw = flag_arg("raw")
     cursor = float_arg("cursor", 0.0) if request.args.get("cursor") else None
     if cursor is not None and not raw:
-        return error(400, "cursor pages raw points: it goes with raw=1")
+        return error(400, lazy_gettext("cursor pages raw points: it goes with raw=1"))
     store = central().store
     answer: dict[str, Any] = {"start": start, "end": end, "limit": limit, "downsampled": False, "step": 0,
                               "truncated": False, "next": None}
@@ -194,7 +199,7 @@ def events() -> Any:
     since = float_arg("since", 0.0) if request.args.get("since") else None
     gateway = id_arg("gateway")
     if gateway and not may_see(g.user, gateway):
-        return refuse_gateway(g.user, f"gateway {gateway!r} is not in your rooms")
+        return refuse_gateway(g.user, lazy_gettext("gateway %(gateway)s is not in your rooms", gateway=repr(gateway)))
     page = lists.events(central().ledger.db, paging(1000), gateway, id_arg("type"), since, in_sight())
     return paged(page.items, page.total)
 
@@ -206,33 +211,35 @@ def send_command(gateway: str, device: str) -> Any:
         if school_scoped(g.user) and not may_see(g.user, gateway):
             return not_found("gateway")
         audit("command", f"refused {gateway}/{device}", ok=False)
-        return error(403, f"you may not command gateway {gateway!r}")
+        return error(403, lazy_gettext("you may not command gateway %(gateway)s", gateway=repr(gateway)))
     body = json_object()
     unknown = sorted(set(body) - {"action", "params", "ttl"})
     if unknown:
-        return error(400, f"unknown field {unknown[0][:40]!r} (a command has action, params and ttl)",
-                     field=unknown[0][:40])
+        return error(400, lazy_gettext("unknown field %(field)s (a command has action, params and ttl)",
+                                       field=repr(unknown[0][:40])), field=unknown[0][:40])
     action, params = body.get("action"), body.get("params", {})
     if action not in contract.ACTIONS:
-        return error(400, f"action must be one of {', '.join(contract.ACTIONS)}", field="action")
+        return error(400, lazy_gettext("action must be one of %(actions)s", actions=", ".join(contract.ACTIONS)),
+                     field="action")
     ttl = body.get("ttl", 60)
     if isinstance(ttl, bool) or not isinstance(ttl, (int, float)) or not 1 <= ttl <= 86400:
-        return error(400, "ttl must be 1 to 86400 seconds", field="ttl")
+        return error(400, lazy_gettext("ttl must be 1 to 86400 seconds"), field="ttl")
     dev = next((d for d in central().ledger.gateway_devices(gateway) if d["id"] == device), None)
     if dev is None:
-        return error(404, f"no device {device!r} on gateway {gateway!r}")
+        return error(404, lazy_gettext("no device %(device)s on gateway %(gateway)s", device=repr(device),
+                                       gateway=repr(gateway)))
     try:
         # With the device's profile if central ships it; the agent checks again with its own.
         check_action(action, params, shipped_profile(dev["profile"]))
     except ActionRejected as exc:
         audit("command", f"refused {gateway}/{device} {action}: {exc}", ok=False)
-        return error(400, str(exc), field=exc.field)
+        return error(400, message_of(exc), field=exc.field)
     if not web().command_limiter.allow(g.user["user"]):
         audit("command", f"rate limited {gateway}/{device} {action}", ok=False)
-        return error(429, "too many commands; wait a minute")
+        return error(429, lazy_gettext("too many commands; wait a minute"))
     service = central().commands
     if service is None:
-        return error(503, "this server was started without --mqtt; it cannot send commands")
+        return error(503, lazy_gettext("this server was started without --mqtt; it cannot send commands"))
     record = service.send(dev["school"], gateway, device, action, params, by=g.user["user"], ttl=float(ttl))
     audit("command", f"{gateway}/{device} {action} {params} -> {record['status']} ({record['id']})")
     return jsonify(record), (200 if record["status"] != "pending" else 202)
@@ -250,7 +257,7 @@ def list_commands() -> Any:
 def get_command(cid: str) -> Any:
     record = central().ledger.command(cid)
     if record is None or not may_see(g.user, record["gateway"]):
-        return not_found("command") if school_scoped(g.user) else error(404, f"no command {cid!r}")
+        return not_found("command") if school_scoped(g.user) else error(404, lazy_gettext("no command %(id)s", id=repr(cid)))
     return jsonify(record)
 
 
@@ -279,9 +286,10 @@ def audit_trail() -> Any:
 
 @bp.get("/openapi.json")
 def openapi() -> Any:
-    from dashboards.openapi import document
+    from dashboards.i18n import translate
+    from dashboards.openapi import document, localized
 
-    return jsonify(document())
+    return jsonify(localized(document(), translate))
 
 
 @bp.post("/demo/simulators/<gateway>/<device>")
@@ -289,18 +297,18 @@ def openapi() -> Any:
 def demo_simulator(gateway: str, device: str) -> Any:
     """Demo only: pin simulator values (e.g. push CO2 over a limit) to show alarms."""
     if not may_see(g.user, gateway):
-        return refuse_gateway(g.user, f"gateway {gateway!r} is not in your rooms")
+        return refuse_gateway(g.user, lazy_gettext("gateway %(gateway)s is not in your rooms", gateway=repr(gateway)))
     control = web().config.sim_control
     if control is None:
-        return error(404, "no simulators in this server (only `campus demo` has them)")
+        return error(404, lazy_gettext("no simulators in this server (only `campus demo` has them)"))
     overrides = json_object().get("overrides")
     if not isinstance(overrides, dict) or not all(
             isinstance(k, str) and (v is None or (isinstance(v, (int, float)) and not isinstance(v, bool)))
             for k, v in overrides.items()):
-        return error(400, "body must be {\"overrides\": {metric: number or null}}")
+        return error(400, lazy_gettext('body must be {"overrides": {metric: number or null}}'))
     try:
         control(gateway, device, overrides)
     except KeyError as exc:
-        return error(404, f"no simulator {exc}")
+        return error(404, lazy_gettext("no simulator %(name)s", name=str(exc)))
     audit("demo_simulator", f"{gateway}/{device} {overrides}")
     return jsonify({"ok": True, "overrides": overrides})

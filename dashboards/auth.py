@@ -48,7 +48,9 @@ from flask import (
     session,
     url_for,
 )
+from flask_babel import gettext
 
+from campus.i18n import N_, LazyText, lazy_gettext
 from central import lists
 from dashboards.context import central, web
 from dashboards.security import safe_target
@@ -124,7 +126,7 @@ def current_user(recheck: bool = False) -> dict[str, Any] | None:
     if header.startswith("Bearer "):
         limiter, address = web().token_limiter, request.remote_addr or ""
         if limiter.blocked(address):
-            abort(make_response(_refuse(429, "too many wrong API tokens from this address; wait a minute")))
+            abort(make_response(_refuse(429, lazy_gettext("too many wrong API tokens from this address; wait a minute"))))
         principal = central().registry.principal_for_token(header[7:].strip())
         if principal:
             principal["via"] = "token"
@@ -142,15 +144,15 @@ def current_user(recheck: bool = False) -> dict[str, Any] | None:
     return None
 
 
-def refuse(status: int, message: str) -> Any:
+def refuse(status: int, message: str | LazyText) -> Any:
     """A refusal (401 or 403), audited: JSON under /api/, else the login or the error page."""
     return _refuse(status, message)
 
 
-def _refuse(status: int, message: str) -> Any:
+def _refuse(status: int, message: str | LazyText) -> Any:
     audit("refused", f"{status} {request.method} {request.path}: {message}", ok=False)
     if request.path.startswith("/api/"):
-        return jsonify({"error": message}), status
+        return jsonify({"error": message}), status  # a LazyText: translated by the app's JSON provider
     if status == 401:
         return redirect(url_for("auth.login", next=request.path))
     return render_template("error.html", status=status, message=message), status
@@ -166,17 +168,18 @@ def login_required(view: Callable[..., Any] | None = None, *, roles: tuple[str, 
         def wrapped(*args: Any, **kwargs: Any) -> Any:
             user = current_user()
             if user is None:
-                return _refuse(401, "login required")
+                return _refuse(401, lazy_gettext("login required"))
             g.user = user
             if not user["role"]:  # signed in with the platform, no role given yet (central/oidc_users.py)
                 return _refuse(403, "your account has no role yet; ask your IT staff to assign one")
             if roles and user["role"] not in roles:
-                return _refuse(403, f"this needs the role {' or '.join(roles)}")
+                return _refuse(403, lazy_gettext("this needs the role %(roles)s", roles=" or ".join(roles)))
             if district and school_scoped(user):
-                return _refuse(403, "this belongs to the whole district; your account is limited to some schools")
+                return _refuse(403, lazy_gettext("this belongs to the whole district; your account is limited to "
+                                                  "some schools"))
             if request.method not in ("GET", "HEAD", "OPTIONS") and user.get("via") == "session":
                 if not csrf_ok(request.headers.get("X-CSRF-Token") or request.form.get("csrf", "")):
-                    return _refuse(403, "missing or wrong CSRF token; reload the page")
+                    return _refuse(403, lazy_gettext("missing or wrong CSRF token; reload the page"))
             return fn(*args, **kwargs)
         return wrapped
     return decorate(view) if view is not None else decorate
@@ -215,17 +218,22 @@ def may_see_school(user: dict[str, Any], school: str) -> bool:
     return user["role"] in STAFF and sight(user).allows_school(school)
 
 
+# What `not_found` may name, marked for the catalog.
+_THINGS = {"gateway": N_("gateway"), "command": N_("command"), "school": N_("school"), "room": N_("room"),
+           "device": N_("device"), "schedule": N_("schedule")}
+
+
 def not_found(what: str) -> Any:
     """The answer to a school-scoped account naming something outside its schools: a 404 without the
     name, as for one that does not exist; audited as a refusal."""
     audit("refused", f"404 {request.method} {request.path}: outside the account's schools", ok=False)
-    message = f"no such {what} in your schools"
+    message = lazy_gettext("no such %(what)s in your schools", what=LazyText(_THINGS.get(what, what)))
     if request.path.startswith("/api/"):
         return jsonify({"error": message}), 404
     return render_template("error.html", status=404, message=message), 404
 
 
-def refuse_gateway(user: dict[str, Any], message: str) -> Any:
+def refuse_gateway(user: dict[str, Any], message: str | LazyText) -> Any:
     """The refusal of a gateway `user` may not see or command: 404 for a school-scoped account
     (`not_found`), else a 403 with `message`."""
     return not_found("gateway") if school_scoped(user) else _refuse(403, message)
@@ -255,7 +263,8 @@ def csrf_token() -> str:
 
 
 def add_nav(app: Any, label: str, endpoint: str, roles: tuple[str, ...] = ("admin", "facility", "teacher")) -> None:
-    """Put a link in the top bar for the given roles (each area registers its own)."""
+    """Put a link in the top bar for the given roles (each area registers its own); `label` is English, marked
+    with `campus.i18n.N_`, and base.html shows it translated."""
     web(app).nav.append((label, endpoint, roles))
 
 
@@ -272,12 +281,12 @@ def login() -> Any:
     error = None
     if request.method == "POST":
         if not csrf_ok(request.form.get("csrf", "")):
-            abort(400, "bad CSRF token; reload the page")
+            abort(400, lazy_gettext("bad CSRF token; reload the page"))
         name, address = request.form.get("username", "")[:64], request.remote_addr or ""
         by_address = web().login_address_limiter
         if by_address.blocked(address) or not web().login_limiter.allow(f"{name}|{address}"):
             audit("login", "rate limited", ok=False, user=name)
-            return render_template("login.html", error="Too many attempts; wait a minute."), 429
+            return render_template("login.html", error=gettext("Too many attempts; wait a minute.")), 429
         principal = central().registry.check_password(name, request.form.get("password", ""))
         if principal:
             session.clear()
@@ -286,7 +295,7 @@ def login() -> Any:
             return redirect(safe_target(request.args.get("next"), home_for(principal)))
         by_address.failed(address)
         audit("login", "wrong user or password", ok=False, user=name)
-        error = "Unknown user or wrong password."
+        error = gettext("Unknown user or wrong password.")
     return render_template("login.html", error=error)
 
 

@@ -21,6 +21,7 @@ from flask import Blueprint, Flask, abort, jsonify, redirect, render_template, r
 
 from campus import names
 from campus.errors import CampusError, StoreError
+from campus.i18n import N_, lazy_gettext, message_of
 from central import city, lists
 from dashboards.api import paged, paging
 from dashboards.auth import add_nav, audit, login_required
@@ -34,7 +35,7 @@ STAFF = ("admin", "facility")
 def register(app: Flask) -> None:
     app.register_blueprint(bp)
     if web(app).config.city:
-        add_nav(app, "City", "city.page", STAFF)
+        add_nav(app, N_("City"), "city.page", STAFF)
         app.before_request(_home_is_the_city)
 
 
@@ -49,8 +50,8 @@ def _bad_request(exc: CampusError) -> Any:
     """A bad query parameter is a 400 naming it; a database that cannot answer now a 503."""
     status = 503 if isinstance(exc, StoreError) else 400
     if request.path.startswith("/api/"):
-        return jsonify({"error": str(exc)}), status
-    return render_template("error.html", status=status, message=str(exc)), status
+        return jsonify({"error": message_of(exc)}), status
+    return render_template("error.html", status=status, message=message_of(exc)), status
 
 
 def _district(name: str) -> str:
@@ -58,9 +59,9 @@ def _district(name: str) -> str:
     try:
         names.identifier(name, "district")
     except names.BadName:
-        abort(404, f"no district {name[:64]!r}: not a valid id")
+        abort(404, lazy_gettext("no district %(name)s: not a valid id", name=repr(name[:64])))
     if not city.district_exists(central().db, name):
-        abort(404, f"no district {name!r}")
+        abort(404, lazy_gettext("no district %(name)s", name=repr(name)))
     return name
 
 

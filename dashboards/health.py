@@ -44,9 +44,11 @@ from flask import (
     request,
     url_for,
 )
+from flask_babel import gettext
 
 from campus import names
 from campus.errors import PayloadError
+from campus.i18n import N_, LazyText, lazy_gettext, message_of
 from central import alarms as alarm_engine
 from central import lists, overview
 from central.registry import row_id
@@ -62,6 +64,7 @@ from dashboards.auth import (
     sight,
 )
 from dashboards.context import central
+from dashboards.i18n import TERMS, error_text, format_date, format_time, translate
 
 log = logging.getLogger(__name__)
 
@@ -73,9 +76,10 @@ NOT_INSTALLED = overview.NOT_INSTALLED
 WINDOWS = {"1h": 3600, "24h": 24 * 3600, "7d": 7 * 24 * 3600}
 USAGE_PAGE = 50  # rooms per page of /health/usage: each is read from the point store
 NIGHT = (22, 6)  # hours: on between 22:00 and 06:00 counts as "left on"
-ENV_METRICS = (("temperature_c", "Temperature", "°C"), ("co2_ppm", "CO2", "ppm"),
-               ("humidity_pct", "Humidity", "%RH"), ("pm25_ugm3", "PM2.5", "µg/m³"),
-               ("noise_dba", "Noise", "dB(A)"), ("illuminance_lux", "Light", "lx"))
+# Labels are English, marked: the room page shows them translated (`room`), the CSV keeps the metric names.
+ENV_METRICS = (("temperature_c", N_("Temperature"), "°C"), ("co2_ppm", "CO2", "ppm"),
+               ("humidity_pct", N_("Humidity"), "%RH"), ("pm25_ugm3", "PM2.5", "µg/m³"),
+               ("noise_dba", N_("Noise"), "dB(A)"), ("illuminance_lux", N_("Light"), "lx"))
 
 
 def register(app: Flask) -> None:
@@ -84,14 +88,15 @@ def register(app: Flask) -> None:
     from dashboards import health_schedules  # noqa: F401 - its pages are routes of `bp`, added on import
 
     app.register_blueprint(bp)
-    add_nav(app, "District", "health.district", STAFF)
-    add_nav(app, "Equipment", "health.board", STAFF)
-    add_nav(app, "Alarms", "health.alarms", STAFF)
+    add_nav(app, N_("District"), "health.district", STAFF)
+    add_nav(app, N_("Equipment"), "health.board", STAFF)
+    add_nav(app, N_("Alarms"), "health.alarms", STAFF)
 
 
 @bp.app_template_filter("health_time")
-def _fmt_time(ts: float | None, fmt: str = "%a %d %b %H:%M:%S") -> str:
-    return datetime.fromtimestamp(ts).strftime(fmt) if ts else "—"
+def _fmt_time(ts: float | None, fmt: str = "%S") -> str:
+    """The site's date and 24-hour time (dashboards/i18n.py); a `fmt` without seconds drops them."""
+    return format_time(ts or None, seconds="%S" in fmt)
 
 
 def db_id(raw: str | None) -> int | None:
@@ -99,7 +104,7 @@ def db_id(raw: str | None) -> int | None:
     return row_id(raw)
 
 
-def _json_error(status: int, message: str) -> Any:
+def _json_error(status: int, message: str | LazyText) -> Any:
     return jsonify({"error": message}), status
 
 
@@ -126,13 +131,13 @@ def _filters(args: Any) -> tuple[str | None, int | None, str | None]:
     try:
         school = lists.name_arg(args, "school")
     except PayloadError as exc:
-        raise ValueError(str(exc)) from None
+        raise ValueError(message_of(exc)) from None
     raw_building = args.get("building") or ""
     if raw_building and db_id(raw_building) is None:
-        raise ValueError("building must be a building id")
+        raise ValueError(lazy_gettext("building must be a building id"))
     problem = args.get("problem") or None
     if problem not in (None, "any", *PROBLEMS):
-        raise ValueError(f"problem must be one of any, {', '.join(PROBLEMS)}")
+        raise ValueError(lazy_gettext("problem must be one of any, %(problems)s", problems=", ".join(PROBLEMS)))
     return school, db_id(raw_building), problem
 
 
@@ -143,7 +148,7 @@ def board() -> Any:
     try:
         school, building, problem = _filters(request.args)
     except ValueError as exc:
-        return render_template("error.html", status=400, message=str(exc)), 400
+        return render_template("error.html", status=400, message=error_text(exc)), 400
     try:
         paging = lists.Paging.parse(request.args)
     except PayloadError:
@@ -159,7 +164,7 @@ def api_board() -> Any:
         school, building, problem = _filters(request.args)
         paging = lists.Paging.parse(request.args)
     except (ValueError, PayloadError) as exc:
-        return _json_error(400, str(exc))
+        return _json_error(400, error_text(exc))
     data = board_data(school, building, problem, paging, sight(g.user))
     return paged(data.as_dict(), data.total)
 
@@ -177,7 +182,7 @@ def district() -> Any:
         page = overview.school_rollup(central().registry, paging, sort.removeprefix("-")[:40],
                                       sort.startswith("-"), request.args.get("problems") == "1", sight(g.user))
     except PayloadError as exc:
-        return render_template("error.html", status=400, message=str(exc)), 400
+        return render_template("error.html", status=400, message=error_text(exc)), 400
     return render_template("health_district.html", schools=page.items, total=page.total, paging=paging, sort=sort,
                            problems=request.args.get("problems") == "1", tab="district")
 
@@ -196,17 +201,17 @@ def alarms() -> Any:
 def api_alarms() -> Any:
     state = request.args.get("state", "open")
     if state not in ("open", "history", "all"):
-        return _json_error(400, "state must be open, history or all")
+        return _json_error(400, lazy_gettext("state must be open, history or all"))
     try:
         paging = lists.Paging.parse(request.args, default_limit=200, max_limit=2000)
     except PayloadError as exc:
-        return _json_error(400, str(exc))
+        return _json_error(400, error_text(exc))
     gateway = request.args.get("gateway") or None
     if gateway is not None:  # compared in SQL, where PostgreSQL refuses a NUL outright (a 503, not a 400)
         try:
             names.identifier(gateway[:100], "gateway")
         except names.BadName as exc:
-            return _json_error(400, str(exc))
+            return _json_error(400, error_text(exc))
     reg = central().registry
     page = lists.alarm_ids(reg.db, paging, state, gateway, sight(g.user))
     rows = alarm_engine.list_alarms(reg, state, paging.limit, ids=page.items) if page.items else []
@@ -216,15 +221,15 @@ def api_alarms() -> Any:
 def _ack(raw_id: str) -> tuple[dict[str, Any] | None, str]:
     alarm_id = db_id(raw_id)
     if alarm_id is None:
-        return None, "no such alarm"
+        return None, gettext("no such alarm")
     if school_scoped(g.user):  # an alarm of another school is one that does not exist
         found = alarm_engine.list_alarms(central().registry, "all", 1, ids=[alarm_id])
         if not found or not may_see(g.user, found[0]["gateway"]):
             audit("refused", f"404 {request.method} {request.path}: outside the account's schools", ok=False)
-            return None, f"no alarm {raw_id}"
+            return None, gettext("no alarm %(id)s", id=raw_id)
     result = alarm_engine.acknowledge(central().registry, alarm_id, g.user["user"])
     if result is None:
-        return None, f"no alarm {raw_id}"
+        return None, gettext("no alarm %(id)s", id=raw_id)
     alarm, changed = result
     if changed:
         audit("alarm_ack", f"alarm {alarm['id']} {alarm['gateway']}/{alarm['device'] or '-'}: {alarm['message']}")
@@ -247,7 +252,7 @@ def ack(aid: str) -> Any:
     alarm, problem = _ack(aid)
     if alarm is None:
         return render_template("error.html", status=404, message=problem), 404
-    flash(f"Alarm acknowledged by {alarm['acked_by']}.")
+    flash(gettext("Alarm acknowledged by %(user)s.", user=alarm["acked_by"]))
     return redirect(url_for("health.alarms"))
 
 
@@ -263,19 +268,19 @@ def thresholds() -> Any:
     status = 200
     if request.method == "POST":
         if school_scoped(g.user):
-            return refuse(403, "alarm rules are the district's, for every school; your account is limited to some "
-                               "schools")
+            return refuse(403, lazy_gettext("alarm rules are the district's, for every school; your account is "
+                                            "limited to some schools"))
         raw_id = request.form.get("rule_id", "")
         rule_id = db_id(raw_id) or -1
         spec = next((r for r in alarm_engine.list_rules(reg) if r["id"] == rule_id), None)
         if spec is None:
-            abort(404, "no such alarm rule")
+            abort(404, lazy_gettext("no such alarm rule"))
         enabled = request.form.get("enabled") == "on"
         params = {p.name: request.form.get(p.name, "") for p in alarm_engine.RULE_KINDS[spec["kind"]].params}
         try:
             before, after = alarm_engine.update_rule(reg, rule_id, params, enabled)
         except alarm_engine.RuleError as exc:
-            errors[rule_id] = str(exc)
+            errors[rule_id] = error_text(exc)
             typed[rule_id] = {**params, "enabled": enabled}
             audit("alarm_rule", f"refused {spec['kind']} #{rule_id} {params}: {exc}", ok=False)
             status = 400
@@ -283,7 +288,7 @@ def thresholds() -> Any:
             if before != after:
                 audit("alarm_rule", f"{after['kind']} #{rule_id}: {before['params']} enabled={before['enabled']}"
                       f" -> {after['params']} enabled={after['enabled']}")
-                flash(f"Saved: {after['label']}.")
+                flash(gettext("Saved: %(rule)s.", rule=translate(after["label"])))
             return redirect(url_for("health.thresholds"))
     rules = alarm_engine.list_rules(reg)
     for r in rules:
@@ -305,18 +310,18 @@ def room_series(info: overview.BoardRoom) -> list[dict[str, Any]]:
             for metric, label, unit in ENV_METRICS:
                 limits: list[dict[str, Any]] = []
                 if metric == "co2_ppm" and "co2_above" in rules:
-                    limits = [{"value": rules["co2_above"]["params"]["ppm"], "label": "alarm limit"}]
+                    limits = [{"value": rules["co2_above"]["params"]["ppm"], "label": N_("alarm limit")}]
                 if metric == "temperature_c" and "temperature_range" in rules:
                     p = rules["temperature_range"]["params"]
-                    limits = [{"value": p["min"], "label": "lowest"}, {"value": p["max"], "label": "highest"}]
-                series.append({"group": "Environment", "device": dev, "metric": metric, "label": label,
+                    limits = [{"value": p["min"], "label": N_("lowest")}, {"value": p["max"], "label": N_("highest")}]
+                series.append({"group": N_("Environment"), "device": dev, "metric": metric, "label": label,
                                "unit": unit, "type": "line", "limits": limits})
         elif kind == "camera":
-            series.append({"group": "Occupancy", "device": dev, "metric": "people_count", "label": "People",
-                           "unit": "people", "type": "line", "limits": []})
+            series.append({"group": N_("Occupancy"), "device": dev, "metric": "people_count", "label": N_("People"),
+                           "unit": N_("people"), "type": "line", "limits": []})
         elif kind in POWER_KINDS:
-            series.append({"group": "Equipment power", "device": dev, "metric": "power",
-                           "label": kind.capitalize(), "unit": "", "type": "state", "limits": []})
+            series.append({"group": N_("Equipment power"), "device": dev, "metric": "power",
+                           "label": TERMS["kind"].get(kind, kind), "unit": "", "type": "state", "limits": []})
     order = ("Environment", "Occupancy", "Equipment power")
     series.sort(key=lambda s: order.index(s["group"]))  # stable: devices keep their order within a group
     return series
@@ -326,13 +331,16 @@ def requested_room(gateway: str) -> tuple[overview.BoardRoom, str]:
     """The room (as on the board) and the `window` of a history request; an error page for a bad one."""
     window = request.args.get("window", "24h")
     if window not in WINDOWS:
-        abort(make_response(render_template("error.html", status=400, message="window must be 1h, 24h or 7d"), 400))
+        abort(make_response(render_template("error.html", status=400, message=gettext("window must be 1h, 24h or 7d")),
+                                  400))
     if not may_see(g.user, gateway):
-        abort(make_response(refuse_gateway(g.user, f"gateway {gateway!r} is not yours")))
+        abort(make_response(refuse_gateway(g.user, lazy_gettext("gateway %(gateway)s is not yours",
+                                                                gateway=repr(gateway)))))
     c = central()
     info = overview.board_room(c.registry, c.ledger, gateway)
     if info is None:
-        abort(make_response(render_template("error.html", status=404, message=f"no gateway {gateway!r}"), 404))
+        abort(make_response(render_template("error.html", status=404,
+                                            message=gettext("no gateway %(gateway)s", gateway=repr(gateway))), 404))
     return info, window
 
 
@@ -340,9 +348,17 @@ def requested_room(gateway: str) -> tuple[overview.BoardRoom, str]:
 @login_required(roles=STAFF)
 def room(gateway: str) -> Any:
     info, window = requested_room(gateway)
-    series = room_series(info)
+    # In the reader's language: the page's script draws these words as they are.
+    series = [{**s, "group": gettext(s["group"]), "label": _capital(gettext(s["label"])),
+               "unit": gettext(s["unit"]) if s["unit"] else "",
+               "limits": [{**limit, "label": gettext(limit["label"])} for limit in s["limits"]]}
+              for s in room_series(info)]
     return render_template("health_room.html", room=info, window=window, windows=list(WINDOWS),
                            seconds=WINDOWS[window], series=series, max_gap=MAX_SAMPLE_GAP_S, tab="board")
+
+
+def _capital(text: str) -> str:
+    return text[:1].upper() + text[1:]
 
 
 # ---------------------------------------------------------------- usage
@@ -381,7 +397,7 @@ def parse_week(raw: str | None, today: date | None = None) -> date:
         year, week = raw.split("-W")
         return date.fromisocalendar(int(year), int(week), 1)
     except ValueError:
-        raise ValueError(f"week must look like 2025-W07, got {raw[:20]!r}") from None
+        raise ValueError(lazy_gettext("week must look like 2025-W07, got %(value)s", value=repr(raw[:20]))) from None
 
 
 @bp.get("/health/usage")
@@ -390,15 +406,15 @@ def usage() -> Any:
     try:
         week = parse_week(request.args.get("week"))
     except ValueError as exc:
-        return render_template("error.html", status=400, message=str(exc)), 400
+        return render_template("error.html", status=400, message=error_text(exc)), 400
     try:
         paging = lists.Paging.parse(request.args, default_limit=USAGE_PAGE)
     except PayloadError as exc:
-        return render_template("error.html", status=400, message=str(exc)), 400
+        return render_template("error.html", status=400, message=error_text(exc)), 400
     try:
         school = lists.name_arg(request.args, "school")
     except PayloadError as exc:
-        return render_template("error.html", status=400, message=str(exc)), 400
+        return render_template("error.html", status=400, message=error_text(exc)), 400
     c = central()
     store = c.store
     bounds = week_bounds(week)
@@ -429,7 +445,7 @@ def usage() -> Any:
     peak = max([h for x in rows for h in x["days"]] + [1.0])
     return render_template("health_usage.html", rows=rows, week=week, week_id=f"{iso[0]}-W{iso[1]:02d}",
                            prev_week=_week_id(week - timedelta(days=7)), next_week=_week_id(week + timedelta(days=7)),
-                           day_names=[(week + timedelta(days=i)).strftime("%a %d") for i in range(7)],
+                           day_names=[format_date(week + timedelta(days=i))[5:] for i in range(7)],
                            totals=totals, left_on=left_on, peak=peak, night=NIGHT, tab="usage",
                            total=page.total, paging=paging, school=school)
 

@@ -16,17 +16,20 @@ from datetime import datetime
 from typing import Any
 
 from flask import abort, flash, g, make_response, redirect, render_template, request, url_for
+from flask_babel import gettext
 
+from campus.i18n import LazyText, lazy_gettext
 from central import overview
 from central import schedules as sched
 from central.registry import Schedule
 from dashboards.auth import audit, login_required, not_found, school_scoped, sight
 from dashboards.context import central
 from dashboards.health import STAFF, bp, db_id
+from dashboards.i18n import error_text, translate
 from dashboards.security import safe_target
 
 
-def _schedule_page(form_values: dict[str, Any] | None = None, error: str = "", status: int = 200) -> Any:
+def _schedule_page(form_values: dict[str, Any] | None = None, error: str | LazyText = "", status: int = 200) -> Any:
     reg = central().registry
     scope = sight(g.user)
     places = overview.places(reg, scope)
@@ -42,7 +45,7 @@ def _schedule_page(form_values: dict[str, Any] | None = None, error: str = "", s
         nxt = sched.next_run(row, now_local)
         item["next_run"] = nxt.timestamp() if nxt else None
         last = last_runs.get(row.id)
-        item["last_summary"] = sched.summarise(_live(last["results"])) if last else ""
+        item["last_summary"] = _summary(_live(last["results"])) if last else ""
         items.append(item)
     return render_template("health_schedules.html", schedules=items, schools=schools, buildings=buildings,
                            form=form_values or {"days": sched.SCHOOL_DAYS, "at": "22:00", "action": "power_off",
@@ -64,7 +67,12 @@ def _outside(fields: dict[str, Any]) -> str:
     if not school_scoped(g.user) or sight(g.user).allows_school(fields.get("school_id") or ""):
         return ""
     audit("schedule", f"refused {fields}: outside the account's schools", ok=False)
-    return "school: your account is limited to some schools; pick one of them"
+    return gettext("school: your account is limited to some schools; pick one of them")
+
+
+def _summary(results: list[dict[str, Any]]) -> str:
+    """`3 done, 1 failed` in the request's language (central/schedules.py `summarise` is the English one)."""
+    return gettext(", ").join(translate(part) for part in sched.summary_parts(results))
 
 
 def _live(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -76,7 +84,8 @@ def _live(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
         if r.get("status") == "pending" and r.get("command"):
             record = ledger.command(r["command"])
             if record and record["status"] != "pending":
-                r["status"], r["detail"] = record["status"], record["detail"] or f"later: {record['status']}"
+                r["status"], r["detail"] = record["status"], record["detail"] or lazy_gettext(
+                    "later: %(status)s", status=LazyText(sched.STATUS_WORDS.get(record["status"], record["status"])))
         out.append(r)
     return out
 
@@ -94,22 +103,22 @@ def create_schedule() -> Any:
     try:
         fields = sched.validate(values, central().registry)
     except sched.ScheduleError as exc:
-        return _schedule_page(values, str(exc), 400)
+        return _schedule_page(values, error_text(exc), 400)
     if problem := _outside(fields):
         return _schedule_page(values, problem, 403)
     sid = sched.create(central().registry, fields)
     audit("schedule", f"created #{sid} {fields}")
-    flash(f"Schedule “{fields['name']}” created.")
+    flash(gettext("Schedule “%(name)s” created.", name=fields["name"]))
     return redirect(url_for("health.schedules"))
 
 
 def _get_schedule(sid: str) -> Schedule:
     schedule_id = db_id(sid)
     if schedule_id is None:
-        abort(404, "no such schedule")
+        abort(404, lazy_gettext("no such schedule"))
     row = sched.get(central().registry, schedule_id)
     if row is None:
-        abort(404, "no such schedule")
+        abort(404, lazy_gettext("no such schedule"))
     if school_scoped(g.user) and not sight(g.user).allows_school(row.school_id or ""):
         abort(make_response(not_found("schedule")))
     return row
@@ -121,7 +130,7 @@ def schedule(sid: str) -> Any:
     return _one_schedule(_get_schedule(sid))
 
 
-def _one_schedule(row: Schedule, form_values: dict[str, Any] | None = None, error: str = "",
+def _one_schedule(row: Schedule, form_values: dict[str, Any] | None = None, error: str | LazyText = "",
                   status: int = 200) -> Any:
     reg = central().registry
     places = overview.places(reg, sight(g.user))
@@ -131,7 +140,7 @@ def _one_schedule(row: Schedule, form_values: dict[str, Any] | None = None, erro
     item["next_run"] = nxt.timestamp() if nxt else None
     history = [{**r, "results": _live(r["results"])} for r in sched.runs(reg, row.id, limit=30)]
     for r in history:
-        r["summary"] = sched.summarise(r["results"])
+        r["summary"] = _summary(r["results"])
     form = form_values or {**item, "school_id": item["school_id"] or "", "building_id": item["building_id"] or ""}
     return render_template("health_schedule.html", schedule=item, runs=history, form=form, error=error,
                            schools=schools, buildings=buildings, days=sched.DAYS, actions=sched.SCHEDULE_ACTIONS,
@@ -146,14 +155,14 @@ def edit_schedule(sid: str) -> Any:
     try:
         fields = sched.validate(values, central().registry)
     except sched.ScheduleError as exc:
-        return _one_schedule(row, values, str(exc), 400)
+        return _one_schedule(row, values, error_text(exc), 400)
     if problem := _outside(fields):
         return _one_schedule(row, values, problem, 403)
     before = sched.update(central().registry, row.id, fields)
     if before is None:
-        abort(404, "no such schedule")
+        abort(404, lazy_gettext("no such schedule"))
     audit("schedule", f"edited #{row.id}: {before} -> {fields}")
-    flash(f"Schedule “{fields['name']}” saved.")
+    flash(gettext("Schedule “%(name)s” saved.", name=fields["name"]))
     return redirect(url_for("health.schedule", sid=row.id))
 
 
@@ -163,9 +172,10 @@ def toggle_schedule(sid: str) -> Any:
     row = _get_schedule(sid)
     enabled = request.form.get("enabled") == "on"
     if not sched.set_enabled(central().registry, row.id, enabled):
-        abort(404, "no such schedule")
+        abort(404, lazy_gettext("no such schedule"))
     audit("schedule", f"{'enabled' if enabled else 'disabled'} #{row.id} {row.name}")
-    flash(f"Schedule “{row.name}” {'enabled' if enabled else 'disabled'}.")
+    flash(gettext("Schedule “%(name)s” enabled.", name=row.name) if enabled
+          else gettext("Schedule “%(name)s” disabled.", name=row.name))
     back = safe_target(request.form.get("back"), "")
     return redirect(back if back.startswith("/health/") else url_for("health.schedules"))
 
@@ -178,5 +188,6 @@ def run_schedule(sid: str) -> Any:
     c = central()
     result = sched.run(row, c.registry, c.ledger, c.commands, by=g.user["user"])
     audit("schedule", f"ran #{row.id} {row.name} now: {sched.summarise(result['results']) or 'no devices'}")
-    flash(f"Ran “{row.name}”: {sched.summarise(result['results']) or 'no matching devices'}.")
+    flash(gettext("Ran “%(name)s”: %(summary)s.", name=row.name,
+                  summary=_summary(result["results"]) or gettext("no matching devices")))
     return redirect(url_for("health.schedule", sid=row.id))

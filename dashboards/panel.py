@@ -48,15 +48,18 @@ from flask import (
     stream_with_context,
     url_for,
 )
+from flask_babel import gettext
 
 from campus import contract
 from campus.errors import CampusError, PayloadError
+from campus.i18n import N_, lazy_gettext
 from central import lists, overview
 from central.ledger import Ledger
 from dashboards import auth, strict_json
 from dashboards.api import error
 from dashboards.auth import audit, login_required, may_command, may_see, not_found, school_scoped, sight
 from dashboards.context import central, web
+from dashboards.i18n import term
 from device_profiles import available_profiles, load_profile
 
 log = logging.getLogger(__name__)
@@ -73,14 +76,14 @@ DEFAULT_POLL_S = 0.5
 DEFAULT_HEARTBEAT_S = 15.0
 
 INPUT_LABELS = {"hdmi": "HDMI", "vga": "VGA", "pc": "PC", "usb": "USB", "dvi": "DVI", "displayport": "DisplayPort",
-                "dp": "DisplayPort", "video": "Video", "network": "Network", "component": "Component",
+                "dp": "DisplayPort", "video": N_("Video"), "network": N_("Network"), "component": N_("Component"),
                 "svideo": "S-Video"}
 
 
 def register(app: Flask) -> None:
     """Called by `create_app` (AREAS): the blueprint, the nav link and the stream poller."""
     app.register_blueprint(bp)
-    auth.add_nav(app, "My classroom", "panel.home", ("teacher", "admin"))
+    auth.add_nav(app, N_("My classroom"), "panel.home", ("teacher", "admin"))
     state = web(app)
     states = RoomStates(state.central.ledger, float(app.config.get("PANEL_POLL_S", DEFAULT_POLL_S)))
     state.panel = states
@@ -96,7 +99,7 @@ def input_label(name: str) -> str:
     m = re.fullmatch(r"([A-Za-z_-]*?)[_-]?(\d*)", name)
     stem, number = (m.group(1), m.group(2)) if m else (name, "")
     label = INPUT_LABELS.get(stem.lower(), stem.replace("_", " ").capitalize() or name)
-    return f"{label} {number}".strip()
+    return f"{gettext(label)} {number}".strip()  # in the request's language (English outside a request)
 
 
 def controls_for(profile_name: str) -> dict[str, Any]:
@@ -299,7 +302,8 @@ def _refuse_page(gateway: str) -> Any:
         return not_found("room")
     audit("refused", f"403 panel {gateway}: not in the user's rooms", ok=False)
     return render_template("error.html", status=403,
-                           message=f"The room of gateway {gateway} is not one of your rooms."), 403
+                           message=gettext("The room of gateway %(gateway)s is not one of your rooms.",
+                                           gateway=gateway)), 403
 
 
 def _card_context(gateway: str, snapshot: dict[str, Any]) -> dict[str, Any]:
@@ -308,7 +312,8 @@ def _card_context(gateway: str, snapshot: dict[str, Any]) -> dict[str, Any]:
     for dev in devices:
         counts[dev["kind"]] = counts.get(dev["kind"], 0) + 1
     for dev in devices:
-        kind = dev["kind"].capitalize()
+        name = term("kind", dev["kind"])  # in the reader's language: "Projector", "投影机"
+        kind = name[:1].upper() + name[1:]
         dev["title"] = kind if counts[dev["kind"]] == 1 else f"{kind} {dev['id']}"
     can = may_command(g.user, gateway)
     return {"devices": devices, "can_command": can, "enabled": can and snapshot["online"], "gateway": gateway}
@@ -338,7 +343,8 @@ def room(gateway: str) -> Any:
     snapshot = _states().snapshot(gateway)
     name = _room_name(gateway, snapshot)
     if name is None:
-        return render_template("error.html", status=404, message=f"There is no gateway {gateway}."), 404
+        return render_template("error.html", status=404,
+                               message=gettext("There is no gateway %(gateway)s.", gateway=gateway)), 404
     return render_template("panel.html", room=name, snapshot=snapshot, **_card_context(gateway, snapshot))
 
 
@@ -387,10 +393,10 @@ def stream(gateway: str) -> Any:
         if school_scoped(g.user):
             return not_found("room")
         audit("refused", f"403 panel stream {gateway}: not in the user's rooms", ok=False)
-        return error(403, f"gateway {gateway!r} is not in your rooms")
+        return error(403, lazy_gettext("gateway %(gateway)s is not in your rooms", gateway=repr(gateway)))
     states = _states()
     if states.closed:
-        return error(503, "the server is stopping; try again soon")
+        return error(503, lazy_gettext("the server is stopping; try again soon"))
     heartbeat_s = float(current_app.config.get("PANEL_HEARTBEAT_S", DEFAULT_HEARTBEAT_S))
 
     def events() -> Iterator[str]:

@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import json
 import os
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
@@ -47,13 +46,16 @@ from flask import (
     request,
     url_for,
 )
+from flask_babel import gettext
 
 from campus.errors import CampusError, ConfigError, PayloadError
+from campus.i18n import N_, lazy_gettext, message_of
 from central import broker_config, lists, overview
 from central import provisioning as prov
 from central.registry import Registry
 from dashboards.auth import add_nav, audit, login_required, may_see, not_found, refuse, school_scoped, sight
 from dashboards.context import central, web
+from dashboards.i18n import error_text, format_time, request_language
 from dashboards.security import safe_target
 from protocols import PROTOCOLS
 
@@ -68,7 +70,7 @@ ADDRESS_FORM: dict[str, list[tuple[str, str, str]]] = {name: entry.address.form(
 
 def register(app: Flask) -> None:
     app.register_blueprint(bp)
-    add_nav(app, "Provisioning", "provisioning.gateways", ADMIN)
+    add_nav(app, N_("Provisioning"), "provisioning.gateways", ADMIN)
     prov.ensure_tables(central(app).registry)
 
 
@@ -77,8 +79,8 @@ def register(app: Flask) -> None:
 
 @bp.app_template_filter("prov_time")
 def _local_time(ts: float | None) -> str:
-    """A unix time as the server's local date and time (as everywhere on the dashboard)."""
-    return datetime.fromtimestamp(ts).strftime("%Y-%m-%d %H:%M:%S") if ts else "—"
+    """A unix time as the site's date and 24-hour time (dashboards/i18n.py, as everywhere on the dashboard)."""
+    return format_time(ts or None, seconds=True)
 
 
 def _reg() -> Registry:
@@ -133,7 +135,7 @@ def _not_my_school(school: str, what: str) -> Any:
     if not school or sight(g.user).allows_school(school):  # no school: the form's own "required" error
         return None
     audit(what, f"refused {school!r}: outside the account's schools", ok=False)
-    return refuse(403, f"school {school!r} is not one of your schools")
+    return refuse(403, lazy_gettext("school %(school)s is not one of your schools", school=repr(school)))
 
 
 def _paging() -> lists.Paging:
@@ -192,17 +194,17 @@ def register_gateway() -> Any:
     form = {k: request.form.get(k, "").strip() for k in ("school", "building", "room", "gateway")}
     try:
         if not form["gateway"]:
-            raise ConfigError("gateway: an id is required, e.g. gw-101")
+            raise ConfigError(lazy_gettext("gateway: an id is required, e.g. gw-101"))
         if not form["school"]:
-            raise ConfigError("school: required")
+            raise ConfigError(lazy_gettext("%(field)s: %(reason)s", field="school", reason=lazy_gettext("required")))
         if not form["room"]:
-            raise ConfigError("room: required")
+            raise ConfigError(lazy_gettext("%(field)s: %(reason)s", field="room", reason=lazy_gettext("required")))
         if (refused := _not_my_school(form["school"], "provision.gateway")) is not None:
             return refused
         password = _reg().register_gateway(form["gateway"], form["school"], form["room"], form["building"])
     except CampusError as exc:
         audit("provision.gateway", f"register {form['gateway']!r} refused: {exc}", ok=False)
-        return _gateways_page(error=str(exc), form=form, status=400)
+        return _gateways_page(error=error_text(exc), form=form, status=400)
     audit("provision.gateway", f"registered {form['gateway']} in {form['school']}/{form['room']}")
     return _show_credentials(form["gateway"], password, new=True)
 
@@ -225,7 +227,8 @@ def _gateway_page(gateway: str, error: str | None = None, form: dict[str, str] |
                   status: int = 200) -> Any:
     row = next(iter(_gateway_rows(only=gateway).items), None)
     if row is None:
-        return render_template("error.html", status=404, message=f"no gateway {gateway!r}"), 404
+        return render_template("error.html", status=404, message=gettext("no gateway %(gateway)s",
+                                                                         gateway=repr(gateway))), 404
     return render_template("prov_gateway.html", tab="gateways", gw=row, profiles=_profiles(), address_form=ADDRESS_FORM,
                            error=error, form=form or {}, mqtt_ready=_client() is not None), status
 
@@ -236,7 +239,8 @@ def _address_from_form(protocol: str) -> dict[str, Any]:
         try:
             return prov.parse_mapping(raw, "address")
         except ConfigError as exc:
-            raise ConfigError(f"field address (JSON): {exc}") from None
+            raise ConfigError(lazy_gettext("field %(field)s: %(reason)s", field="address (JSON)",
+                                           reason=message_of(exc))) from None
     address: dict[str, Any] = {}
     for name, kind, _hint in ADDRESS_FORM.get(protocol, []):
         value = request.form.get(f"addr.{protocol}.{name}", "").strip()
@@ -246,7 +250,8 @@ def _address_from_form(protocol: str) -> dict[str, Any]:
             try:
                 address[name] = int(value)
             except ValueError:
-                raise ConfigError(f"field address.{name}: must be a whole number, got {value!r}") from None
+                raise ConfigError(lazy_gettext("field %(field)s: %(reason)s", field="address." + name, reason=lazy_gettext(
+                    "must be a whole number, got %(value)s", value=repr(value)))) from None
         else:
             address[name] = value
     return address
@@ -264,29 +269,36 @@ def add_device(gateway: str) -> Any:
     profile = form.get("profile", "").strip()
     info = _reg().gateway_info(gateway)
     if info is None:
-        return render_template("error.html", status=404, message=f"no gateway {gateway!r}"), 404
+        return render_template("error.html", status=404, message=gettext("no gateway %(gateway)s",
+                                                                         gateway=repr(gateway))), 404
     try:
         if not device_id:
-            raise ConfigError("field device id: required, e.g. env or projector")
+            raise ConfigError(lazy_gettext("field %(field)s: %(reason)s", field="device id",
+                                           reason=lazy_gettext("required, e.g. env or projector")))
         if not profile:
-            raise ConfigError("field profile: pick the device model")
+            raise ConfigError(lazy_gettext("field %(field)s: %(reason)s", field="profile",
+                                           reason=lazy_gettext("pick the device model")))
         try:
             protocol = load_profile(profile).protocol
         except CampusError as exc:
-            raise ConfigError(f"field profile: {exc}") from None
+            raise ConfigError(lazy_gettext("field %(field)s: %(reason)s", field="profile",
+                                           reason=message_of(exc))) from None
         address = _address_from_form(protocol)
         try:
             options = prov.parse_mapping(form.get("options_json", ""), "options")
         except ConfigError as exc:
-            raise ConfigError(f"field options: {exc}") from None
+            raise ConfigError(lazy_gettext("field %(field)s: %(reason)s", field="options",
+                                           reason=message_of(exc))) from None
         if any(d["id"] == device_id for d in info["devices"]) and not form.get("replace"):
-            raise ConfigError(f"field device id: {device_id!r} is already on {gateway}; tick 'replace' to change it")
+            raise ConfigError(lazy_gettext("field %(field)s: %(reason)s", field="device id", reason=lazy_gettext(
+                "%(device)s is already on %(gateway)s; tick 'replace' to change it", device=repr(device_id),
+                gateway=gateway)))
         _reg().add_device(gateway, device_id, profile, address, options)
     except CampusError as exc:
         audit("provision.device", f"add {gateway}/{device_id or '?'} refused: {exc}", ok=False)
-        return gateway_page_error(gateway, str(exc), form)
+        return gateway_page_error(gateway, error_text(exc), form)
     audit("provision.device", f"added {gateway}/{device_id} ({profile}) {json.dumps(address)}")
-    flash(f"Device {device_id} saved. Push the config to send it to the gateway.")
+    flash(gettext("Device %(device)s saved. Push the config to send it to the gateway.", device=device_id))
     return redirect(url_for("provisioning.gateway", gateway=gateway))
 
 
@@ -303,16 +315,16 @@ def remove_device(gateway: str, device: str) -> Any:
         _reg().remove_device(gateway, device)
     except CampusError as exc:
         audit("provision.device", f"remove {gateway}/{device} refused: {exc}", ok=False)
-        return gateway_page_error(gateway, str(exc), {})
+        return gateway_page_error(gateway, error_text(exc), {})
     audit("provision.device", f"removed {gateway}/{device}")
-    flash(f"Device {device} removed. Push the config to send the change to the gateway.")
+    flash(gettext("Device %(device)s removed. Push the config to send the change to the gateway.", device=device))
     return redirect(url_for("provisioning.gateway", gateway=gateway))
 
 
 def _push(gateway: str) -> int:
     client = _client()
     if client is None:
-        raise CampusError("this web app has no MQTT connection (start it with --mqtt) and cannot push")
+        raise CampusError(lazy_gettext("this web app has no MQTT connection (start it with --mqtt) and cannot push"))
     return prov.push_config(_reg(), client, gateway, _who())
 
 
@@ -325,9 +337,10 @@ def push(gateway: str) -> Any:
         version = _push(gateway)
     except CampusError as exc:
         audit("provision.push", f"{gateway}: {exc}", ok=False)
-        return gateway_page_error(gateway, f"Push failed: {exc}", {})
+        return gateway_page_error(gateway, gettext("Push failed: %(error)s", error=error_text(exc)), {})
     audit("provision.push", f"{gateway} device list v{version} published (retained)")
-    flash(f"Device list v{version} pushed to {gateway}; it applies it as soon as it is connected.")
+    flash(gettext("Device list v%(version)s pushed to %(gateway)s; it applies it as soon as it is connected.",
+                  version=version, gateway=gateway))
     return redirect(safe_target(request.form.get("back"), url_for("provisioning.gateway", gateway=gateway)))
 
 
@@ -340,15 +353,15 @@ def push_all() -> Any:
     client = _client()
     if client is None:
         audit("provision.push", "push all: no MQTT connection", ok=False)
-        return _gateways_page(error="this web app has no MQTT connection (start it with --mqtt) and cannot push",
-                              status=400)
+        return _gateways_page(error=gettext("this web app has no MQTT connection (start it with --mqtt) and cannot "
+                                            "push"), status=400)
     todo, offset, total = [], 0, 1
     while offset < total:  # every registered gateway, a page at a time
         page = _gateway_rows(lists.Paging(limit=lists.MAX_LIMIT, offset=offset))
         todo += [row.id for row in page.items if row.pushed != row.config_version and row.applied != row.config_version]
         offset, total = offset + lists.MAX_LIMIT, page.total
     if not todo:
-        flash("Nothing to push: every gateway is up to date.")
+        flash(gettext("Nothing to push: every gateway is up to date."))
         return redirect(url_for("provisioning.gateways"))
     run = prov.push_all(_reg(), client, todo, _who())
     summary = f"push all #{run['id']}: {len(run['pushed'])} of {run['wanted']} pushed"
@@ -356,7 +369,12 @@ def push_all() -> Any:
         gateway, problem = run["failed"][0]
         summary += f"; stopped at {gateway}: {problem[:150]}"
     audit("provision.push", summary, ok=not run["failed"])
-    flash(f"P{summary[1:]}.")
+    counts = {"id": run["id"], "pushed": len(run["pushed"]), "wanted": run["wanted"]}
+    if run["failed"]:
+        flash(gettext("Push all #%(id)s: %(pushed)s of %(wanted)s pushed; stopped at %(gateway)s: %(problem)s.",
+                      gateway=run["failed"][0][0], problem=run["failed"][0][1][:150], **counts))
+    else:
+        flash(gettext("Push all #%(id)s: %(pushed)s of %(wanted)s pushed.", **counts))
     return redirect(url_for("provisioning.gateways") + "#push-runs")
 
 
@@ -369,7 +387,7 @@ def new_password(gateway: str) -> Any:
         password = prov.new_gateway_password(_reg(), gateway)
     except CampusError as exc:
         audit("provision.gateway", f"new password for {gateway} refused: {exc}", ok=False)
-        return gateway_page_error(gateway, str(exc), {})
+        return gateway_page_error(gateway, error_text(exc), {})
     audit("provision.gateway", f"new MQTT password for {gateway}")
     return _show_credentials(gateway, password, new=False)
 
@@ -380,11 +398,12 @@ def config_yaml(gateway: str) -> Any:
     if (refused := _outside(gateway)) is not None:
         return refused
     if _reg().gateway_info(gateway) is None:
-        return render_template("error.html", status=404, message=f"no gateway {gateway!r}"), 404
+        return render_template("error.html", status=404, message=gettext("no gateway %(gateway)s",
+                                                                         gateway=repr(gateway))), 404
     try:
         text = prov.gateway_yaml(_reg(), gateway, _mqtt_url())
     except CampusError as exc:  # a record that fails the name checks (prov.check_record)
-        return render_template("error.html", status=400, message=str(exc)), 400
+        return render_template("error.html", status=400, message=error_text(exc)), 400
     return _download(text, f"{gateway}.yaml", "application/yaml")
 
 
@@ -400,26 +419,27 @@ def places() -> Any:
         if form["what"] == "school" and school_scoped(g.user) and not sight(g.user).allows_school(form["school"]):
             audit("provision.place", f"refused new school {form['school']!r}: the account is limited to schools",
                   ok=False)
-            return refuse(403, "new schools are the district's; your account is limited to some schools")
+            return refuse(403, lazy_gettext("new schools are the district's; your account is limited to some schools"))
         if (refused := _not_my_school(form["school"], "provision.place")) is not None:
             return refused
         try:
             if form["what"] == "school":
                 if not form["school"]:
-                    raise ConfigError("school id: required, e.g. no1-middle")
+                    raise ConfigError(lazy_gettext("school id: required, e.g. no1-middle"))
                 prov.create_school(_reg(), form["school"], form["name"])
                 audit("provision.place", f"school {form['school']} ({form['name']})")
-                flash(f"School {form['school']} saved.")
+                flash(gettext("School %(school)s saved.", school=form["school"]))
             else:
                 if not form["school"]:
-                    raise ConfigError("school: required")
+                    raise ConfigError(lazy_gettext("%(field)s: %(reason)s", field="school",
+                                                   reason=lazy_gettext("required")))
                 _reg().ensure_room(form["school"], form["room"], form["building"])
                 audit("provision.place", f"room {form['school']}/{form['building']}/{form['room']}")
-                flash(f"Room {form['room']} saved.")
+                flash(gettext("Room %(room)s saved.", room=form["room"]))
             return redirect(url_for("provisioning.places"))
         except CampusError as exc:
             audit("provision.place", f"refused {form}: {exc}", ok=False)
-            error, status = str(exc), 400
+            error, status = error_text(exc), 400
     return render_template("prov_places.html", tab="places", schools=prov.places(_reg(), sight(g.user).schools),
                            error=error,
                            form=form), status
@@ -445,16 +465,17 @@ def import_csv() -> Any:
         else:
             audit("provision.import", f"{filename}: refused, {len(report.errors)} errors, first: {report.errors[0]}",
                   ok=False)
-    columns = [("school", "required", "school id (letters, digits, - _ .), created if new"),
-               ("building", "", "building name (one line, at most 100 characters); sets the room's building"),
-               ("room", "required", "room name (one line, at most 64 characters), created if new"),
-               ("gateway", "", "gateway id; a new one is registered in this room and gets MQTT credentials"),
-               ("device", "", "device id on that gateway (added, or replaced if it exists)"),
-               ("profile", "with device", "device model: one of the profiles below"),
-               ("address", "with device", "JSON object or key=value; key=value"),
-               ("options", "", "driver options, same syntax")]
+    columns = [("school", N_("required"), N_("school id (letters, digits, - _ .), created if new")),
+               ("building", "", N_("building name (one line, at most 100 characters); sets the room's building")),
+               ("room", N_("required"), N_("room name (one line, at most 64 characters), created if new")),
+               ("gateway", "", N_("gateway id; a new one is registered in this room and gets MQTT credentials")),
+               ("device", "", N_("device id on that gateway (added, or replaced if it exists)")),
+               ("profile", N_("with device"), N_("device model: one of the profiles below")),
+               ("address", N_("with device"), N_("JSON object or key=value; key=value")),
+               ("options", "", N_("driver options, same syntax"))]
     resp = make_response(render_template("prov_import.html", tab="import", report=report, filename=filename,
-                                         columns=columns, profiles=_profiles(), example=prov.EXAMPLE_CSV,
+                                         columns=columns, profiles=_profiles(),
+                                         example=prov.EXAMPLE_CSV_ZH if request_language() == "zh-CN" else prov.EXAMPLE_CSV,
                                          mqtt_url=_mqtt_url()),
                          200 if report is None or report.ok else 403 if report.outside else 400)
     return _no_store(resp) if report is not None and report.credentials else resp
@@ -463,7 +484,10 @@ def import_csv() -> Any:
 @bp.get("/import/example.csv")
 @login_required(roles=ADMIN)
 def example_csv() -> Any:
-    return _download(prov.EXAMPLE_CSV, "campus-import-example.csv", "text/csv")
+    # In the request's language: the import reads a Chinese or an English header alike.
+    # The Chinese one starts with a byte-order mark: without it Excel reads UTF-8 as GBK (history_csv.py).
+    text = "\ufeff" + prov.EXAMPLE_CSV_ZH if request_language() == "zh-CN" else prov.EXAMPLE_CSV
+    return _download(text, "campus-import-example.csv", "text/csv")
 
 
 # ---------------------------------------------------------------- broker files
@@ -490,8 +514,9 @@ def broker() -> Any:
             bridges = f", bridges to {district_text}" if district else ""
             if request.form.get("action") == "write":
                 if not target:
-                    raise ConfigError("no broker config directory is configured "
-                                      "(set CAMPUS_BROKER_CONFIG_DIR for the web app); download the files instead")
+                    raise ConfigError(lazy_gettext("no broker config directory is configured (set "
+                                                   "CAMPUS_BROKER_CONFIG_DIR for the web app); download the files "
+                                                   "instead"))
                 files = broker_config.write(_reg(), target, district=district)
                 audit("provision.broker_config", f"wrote {target}: {len(files.gateways)} gateways{bridges}")
                 written = {"dir": str(Path(target).resolve()), "gateways": len(files.gateways),
@@ -504,7 +529,7 @@ def broker() -> Any:
                 return _download(broker_config.zip_bundle(files), "campus-broker.zip", "application/zip")
         except CampusError as exc:
             audit("provision.broker_config", str(exc), ok=False)
-            error = str(exc)
+            error = error_text(exc)
     reg = _reg()
     return render_template("prov_broker.html", tab="broker", target=target, written=written, error=error,
                            gateways=lists.gateway_count(reg.db), accounts=broker_config.SERVICE_ACCOUNTS,

@@ -86,13 +86,18 @@ class ServerSessionInterface(SessionInterface):
             self._save(app, session, response)
         except StoreError as exc:
             log.warning("session not saved: %s", exc)
+            from flask_babel import gettext
+
+            from dashboards.i18n import error_text
+
             if session.modified:
                 # The answer relies on the session (the login page's CSRF token, a login): it must not
                 # pass for done. A page that only read it stands.
                 response.status_code = 503
                 response.headers.pop("Location", None)
                 response.set_data(render_template("error.html", status=503,
-                                                  message=f"This cannot be saved now, try again soon: {exc}"))
+                                                  message=gettext("This cannot be saved now, try again soon: "
+                                                                  "%(error)s", error=error_text(exc))))
                 response.mimetype = "text/html"
 
     def _save(self, app: Flask, session: ServerSession, response: Response) -> None:

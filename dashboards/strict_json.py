@@ -23,6 +23,7 @@ from werkzeug.exceptions import BadRequest, UnsupportedMediaType
 
 from campus import contract
 from campus.errors import PayloadError
+from campus.i18n import N_, LazyText, lazy_gettext, message_of
 
 log = logging.getLogger(__name__)
 
@@ -59,17 +60,17 @@ class StrictJSONProvider(DefaultJSONProvider):
 
     def loads(self, s: str | bytes, **kwargs: Any) -> Any:
         try:
-            return contract.loads_strict(s, "the body")
+            return contract.loads_strict(s, N_("the body"))
         except PayloadError as exc:
-            raise ValueError(str(exc)) from None  # what Request.get_json expects of a bad body
+            raise ValueError(message_of(exc)) from None  # what Request.get_json expects of a bad body
 
 
 class StrictRequest(Request):
     def on_json_loading_failed(self, e: ValueError | None) -> Any:
         # Flask hides the reason outside debug mode; the caller needs it to mend the request.
         if e is None:
-            raise UnsupportedMediaType("the body must be JSON, sent with Content-Type: application/json")
-        raise BadRequest(str(e))
+            raise UnsupportedMediaType(lazy_gettext("the body must be JSON, sent with Content-Type: application/json"))
+        raise BadRequest(message_of(e))
 
 
 def install(app: Flask) -> None:
@@ -81,9 +82,11 @@ def json_object() -> dict[str, Any]:
     """The request's JSON object; a 400 (415 for another content type) naming the problem if it is not one."""
     body = request.get_json()
     if not isinstance(body, dict):
-        raise BadRequest(f"the body must be a JSON object, got {_JSON_TYPES.get(type(body), 'something else')}")
+        raise BadRequest(lazy_gettext("the body must be a JSON object, got %(what)s",
+                                      what=LazyText(_JSON_TYPES.get(type(body), _OTHER))))
     return body
 
 
-_JSON_TYPES = {list: "an array", str: "a string", int: "a number", float: "a number", bool: "a boolean",
-               type(None): "null"}
+_OTHER = N_("something else")
+_JSON_TYPES = {list: N_("an array"), str: N_("a string"), int: N_("a number"), float: N_("a number"),
+               bool: N_("a boolean"), type(None): "null"}

@@ -40,14 +40,17 @@ from flask import (
     request,
     url_for,
 )
+from flask_babel import gettext
 
 from campus import names
+from campus.i18n import LazyText, lazy_gettext, message_of
 from central import timetable_csv, usage
 from central import timetables as tts
 from central.overview import places
 from dashboards.auth import audit, login_required, may_see_school, not_found, sight
 from dashboards.context import central
 from dashboards.health import STAFF, parse_week
+from dashboards.i18n import format_time, request_language
 from dashboards.strict_json import json_object
 
 bp = Blueprint("timetables", __name__)
@@ -63,15 +66,20 @@ def _school(school: str) -> str:
     try:
         names.identifier(school, "school")
     except names.BadName:
-        abort(404, f"no school {school[:64]!r}: not a valid id")
+        abort(404, lazy_gettext("no school %(school)s: not a valid id", school=repr(school[:64])))
     if not may_see_school(g.user, school):  # another school of a school-scoped account: as if there were none
         abort(make_response(not_found("school")))
     if not tts.school_exists(central().registry, school):
-        abort(404, f"no school {school!r}")
+        abort(404, lazy_gettext("no school %(school)s", school=repr(school)))
     return school
 
 
-def _bad(message: str, field: str, status: int = 400) -> Any:
+def _field_error(field: str, message: str | LazyText) -> LazyText:
+    """`field: message`, translatable as a whole (the field name stays as the API spells it)."""
+    return lazy_gettext("%(field)s: %(reason)s", field=field, reason=message)
+
+
+def _bad(message: str | LazyText, field: str, status: int = 400) -> Any:
     return jsonify({"error": message, "field": field}), status
 
 
@@ -94,7 +102,7 @@ def api_put_timetable(school: str) -> Any:
         tt = tts.save(central().registry, tts.from_document(school, body), g.user["user"])
     except tts.TimetableError as exc:
         audit("timetable.save", f"{school}: refused, {exc.path}: {exc.message}", ok=False)
-        return _bad(f"{exc.path}: {exc.message}", exc.path)
+        return _bad(_field_error(exc.path, exc.message), exc.path)
     audit("timetable.save", f"{school}: {len(tt.periods)} periods, {len(tt.ranges)} dates")
     return jsonify(tt.as_dict())
 
@@ -109,9 +117,9 @@ def api_periods(school: str) -> Any:
         last = tts.parse_date(request.args.get("end") or first.isoformat(), "", "end")
         slots = tts.class_periods(tt, first, last)
     except tts.TimetableError as exc:
-        return _bad(f"{exc.field}: {exc.message}", exc.field)
+        return _bad(_field_error(exc.field, exc.message), exc.field)
     except ValueError as exc:
-        return _bad(f"end: {exc}", "end")
+        return _bad(_field_error("end", message_of(exc)), "end")
     return jsonify({"school": school, "timezone": tt.timezone, "start": first.isoformat(), "end": last.isoformat(),
                     "periods": [{"date": s.day.isoformat(), **s.period.as_dict(), "start_ts": s.start,
                                  "end_ts": s.end} for s in slots]})
@@ -131,9 +139,9 @@ def api_usage() -> Any:
 
 
 class _Refused(ValueError):
-    def __init__(self, field: str, message: str, status: int = 400) -> None:
+    def __init__(self, field: str, message: str | LazyText, status: int = 400) -> None:
         super().__init__(message)
-        self.field, self.message, self.status = field, f"{field}: {message}", status
+        self.field, self.message, self.status = field, _field_error(field, message), status
 
 
 def span(week: str | None, month: str | None, today: date | None = None) -> tuple[date, date, str]:
@@ -142,17 +150,18 @@ def span(week: str | None, month: str | None, today: date | None = None) -> tupl
         try:
             first = datetime.strptime(month.strip(), "%Y-%m").date()
         except ValueError:
-            raise _Refused("month", f"must look like 2025-09, got {month[:20]!r}") from None
+            raise _Refused("month", lazy_gettext("must look like 2025-09, got %(value)s",
+                                                 value=repr(month[:20]))) from None
         if not tts.FIRST_DATE <= first <= tts.LAST_DATE:
-            raise _Refused("month", f"{month} is not a school month")
+            raise _Refused("month", lazy_gettext("%(month)s is not a school month", month=month))
         after = (first.replace(day=28) + timedelta(days=4)).replace(day=1)
         return first, after - timedelta(days=1), first.strftime("%Y-%m")
     try:
         monday = parse_week(week, today)
     except ValueError as exc:
-        raise _Refused("week", str(exc)) from None
+        raise _Refused("week", message_of(exc)) from None
     if not tts.FIRST_DATE <= monday <= tts.LAST_DATE:
-        raise _Refused("week", f"{week} is not a school week")
+        raise _Refused("week", lazy_gettext("%(week)s is not a school week", week=week))
     iso = monday.isocalendar()
     return monday, monday + timedelta(days=6), f"{iso[0]}-W{iso[1]:02d}"
 
@@ -167,9 +176,9 @@ def _report() -> usage.UsageReport:
             raise _Refused("school", exc.reason) from None
         if not may_see_school(g.user, school):
             audit("refused", f"usage report of {school}: outside the account's schools", ok=False)
-            raise _Refused("school", "no such school in your schools", 404)
+            raise _Refused("school", lazy_gettext("no such %(what)s in your schools", what=LazyText("school")), 404)
         if not tts.school_exists(central().registry, school):
-            raise _Refused("school", f"no school {school!r}")
+            raise _Refused("school", lazy_gettext("no school %(school)s", school=repr(school)))
     c = central()
     return usage.usage_rate(c.registry, c.ledger, first, last, school, schools_in=sight(g.user).schools)
 
@@ -179,12 +188,15 @@ def _pct(rate: float | None) -> str:
 
 
 def report_table(report: usage.UsageReport) -> list[list[Any]]:
-    """The report as rows for a spreadsheet: the district, each school, each room (a level column)."""
-    rows: list[list[Any]] = [["level", "school", "building", "room", "gateway", "devices", "class periods",
-                              "periods used", "usage rate"]]
-    rows.append(["district", "", "", "", "", "", report.periods, report.used, report.rate])
-    rows += [["school", s.school, "", "", "", "", s.periods, s.used, s.rate] for s in report.schools]
-    rows += [["room", r.school, r.building, r.room, r.gateway, " ".join(r.devices), r.periods, r.used, r.rate]
+    """The report as rows for a spreadsheet: the district, each school, each room (a level column); the
+    header and the levels in the request's language."""
+    rows: list[list[Any]] = [[gettext("level"), gettext("school"), gettext("building"), gettext("room"),
+                              gettext("gateway"), gettext("devices"), gettext("class periods"),
+                              gettext("periods used"), gettext("usage rate")]]
+    rows.append([gettext("district"), "", "", "", "", "", report.periods, report.used, report.rate])
+    level_school, level_room = gettext("school"), gettext("room")
+    rows += [[level_school, s.school, "", "", "", "", s.periods, s.used, s.rate] for s in report.schools]
+    rows += [[level_room, r.school, r.building, r.room, r.gateway, " ".join(r.devices), r.periods, r.used, r.rate]
              for r in report.rooms]
     return rows
 
@@ -261,7 +273,7 @@ def usage_rate_xlsx() -> Any:
         return render_template("error.html", status=exc.status, message=exc.message), exc.status
     book = Workbook()
     sheet = book.active
-    sheet.title = "usage rate"
+    sheet.title = gettext("usage rate")
     for row in report_table(report):
         sheet.append(row)
         for cell in sheet[sheet.max_row]:
@@ -270,10 +282,11 @@ def usage_rate_xlsx() -> Any:
     for cell in sheet["I"][1:]:
         cell.number_format = "0.0%"
     sheet.append([])
-    sheet.append([f"{report.first} to {report.last}; a class period counts as used when a display or projector "
-                  f"was on for {usage.USED_MIN_S // 60} minutes of it; made {time.strftime('%Y-%m-%d %H:%M')}"])
-    days = book.create_sheet("days")
-    days.append(["date", "class periods", "periods used", "usage rate"])
+    sheet.append([gettext("%(first)s to %(last)s; a class period counts as used when a display or projector was on "
+                          "for %(minutes)s minutes of it; made %(made)s", first=str(report.first),
+                          last=str(report.last), minutes=usage.USED_MIN_S // 60, made=format_time(time.time()))])
+    days = book.create_sheet(gettext("days"))
+    days.append([gettext("date"), gettext("class periods"), gettext("periods used"), gettext("usage rate")])
     for d in report.days:
         days.append([d.day, d.periods, d.used, d.rate])
     out = io.BytesIO()
@@ -311,7 +324,7 @@ def timetable_save(school: str) -> Any:
         try:
             zone = tts.check_timezone(request.form["timezone"])
         except tts.TimetableError as exc:
-            return _timetable_page(school, error=f"{exc.path}: {exc.message}")
+            return _timetable_page(school, error=_field_error(exc.path, exc.message))
         current = tts.load(reg, school) or tts.Timetable(school)
         tts.save(reg, tts.Timetable(school, zone, current.periods, current.ranges), g.user["user"])
         audit("timetable.timezone", f"{school}: {zone}")
@@ -330,14 +343,15 @@ def timetable_save(school: str) -> Any:
     return _timetable_page(school, report=report, text=text)
 
 
-def _timetable_page(school: str, report: timetable_csv.TimetableImport | None = None, error: str | None = None,
+def _timetable_page(school: str, report: timetable_csv.TimetableImport | None = None,
+                    error: str | LazyText | None = None,
                     text: str | None = None) -> Any:
     tt = tts.load(central().registry, school)
     grid: dict[int, dict[int, tts.Period]] = {}
     for p in (tt.periods if tt else ()):
         grid.setdefault(p.number, {})[p.weekday] = p
     if text is None:
-        text = timetable_csv.to_csv(tt, chinese=True) if tt else timetable_csv.EXAMPLE_CSV
+        text = timetable_csv.to_csv(tt, chinese=_chinese()) if tt else timetable_csv.EXAMPLE_CSV
     status = 400 if error or (report is not None and not report.ok) else 200
     return render_template("timetable.html", tab="timetables", school=school, tt=tt, grid=sorted(grid.items()),
                            weekdays=tts.WEEKDAY_NAMES, report=report, error=error, text=text), status
@@ -347,7 +361,12 @@ def _timetable_page(school: str, report: timetable_csv.TimetableImport | None = 
 @login_required(roles=STAFF)
 def timetable_csv_file(school: str) -> Any:
     tt = tts.load(central().registry, _school(school))
-    return _download("\ufeff" + timetable_csv.to_csv(tt, chinese=True), f"timetable-{school}.csv", "text/csv")
+    return _download("\ufeff" + timetable_csv.to_csv(tt, chinese=_chinese()), f"timetable-{school}.csv", "text/csv")
+
+
+def _chinese() -> bool:
+    """A timetable file in the request's language (its header and type words); the import reads either."""
+    return request_language() == "zh-CN"
 
 
 @bp.get("/health/timetables/example.csv")

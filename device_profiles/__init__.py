@@ -23,6 +23,7 @@ import jsonschema
 
 from campus import contract
 from campus.errors import ActionRejected, CampusError, ProfileError
+from campus.i18n import N_, LazyText, lazy_gettext
 from campus.yamlfile import YamlDoc
 from protocols import PROTOCOLS
 
@@ -150,6 +151,9 @@ def shipped_profile(name: str) -> Profile | None:
         return None
 
 
+_NONE = N_("none")  # what an action without parameters takes
+
+
 def check_action(action: str, params: Any, profile: Profile | None) -> None:
     """Refuse a command a device must not get, before it is stored or sent: the one check of an action
     and its parameters, made by the API (with the profile, if central ships it) and again by the agent
@@ -158,33 +162,39 @@ def check_action(action: str, params: Any, profile: Profile | None) -> None:
     Parameters are those of `contract.ACTION_PARAMS`, each once, with its type and range; anything else
     is refused. `ActionRejected.field` names what is wrong (`action`, `params`, `params.level`, ...)."""
     if action not in contract.ACTIONS:
-        raise ActionRejected(f"action {str(action)[:40]!r} is not one of {', '.join(contract.ACTIONS)}",
-                             field="action")
+        raise ActionRejected(lazy_gettext("action %(action)s is not one of %(actions)s", action=repr(str(action)[:40]),
+                                          actions=", ".join(contract.ACTIONS)), field="action")
     if profile is not None and action not in profile.actions:
-        raise ActionRejected(f"action {action!r} is not supported by profile {profile.name}", field="action")
+        raise ActionRejected(lazy_gettext("action %(action)s is not supported by profile %(profile)s",
+                                          action=repr(action), profile=profile.name), field="action")
     if not isinstance(params, dict):
-        raise ActionRejected(f"params must be an object, got {type(params).__name__}", field="params")
+        raise ActionRejected(lazy_gettext("params must be an object, got %(type)s", type=type(params).__name__),
+                             field="params")
     takes = contract.ACTION_PARAMS[action]
     for name in params:
         if name not in takes:
-            raise ActionRejected(f"params.{str(name)[:40]} is not a parameter of {action} (it takes "
-                                 f"{', '.join(takes) or 'none'})", field=f"params.{str(name)[:40]}")
+            raise ActionRejected(lazy_gettext("%(field)s is not a parameter of %(action)s (it takes %(takes)s)",
+                                              field="params." + str(name)[:40], action=action,
+                                              takes=", ".join(takes) or LazyText(_NONE)),
+                                 field=f"params.{str(name)[:40]}")
     for name in takes:
         if name not in params:
-            raise ActionRejected(f"params.{name} is missing: {action} needs it", field=f"params.{name}")
+            raise ActionRejected(lazy_gettext("%(field)s is missing: %(action)s needs it", field="params." + name,
+                                              action=action), field=f"params.{name}")
     if action == "select_input":
         name = params["input"]
         if profile is not None:
             if not isinstance(name, str) or name not in profile.inputs:
-                raise ActionRejected(f"params.input {_shown(name)} is not one of {', '.join(profile.inputs)}",
-                                     field="params.input")
+                raise ActionRejected(lazy_gettext("params.input %(value)s is not one of %(inputs)s", value=_shown(name),
+                                                  inputs=", ".join(profile.inputs)), field="params.input")
         elif not isinstance(name, str) or not _INPUT_NAME.fullmatch(name):
-            raise ActionRejected(f"params.input {_shown(name)} is not an input name", field="params.input")
+            raise ActionRejected(lazy_gettext("params.input %(value)s is not an input name", value=_shown(name)),
+                                 field="params.input")
     elif action == "set_volume":
         level = params["level"]
         if isinstance(level, bool) or not isinstance(level, int) or not 0 <= level <= 100:
-            raise ActionRejected(f"params.level must be a whole number from 0 to 100, got {_shown(level)}",
-                                 field="params.level")
+            raise ActionRejected(lazy_gettext("params.level must be a whole number from 0 to 100, got %(value)s",
+                                              value=_shown(level)), field="params.level")
 
 
 def _shown(value: Any) -> str:

@@ -80,7 +80,8 @@ def cmd_web(args: argparse.Namespace) -> None:
     oidc = OidcConfig.from_options({name: getattr(args, f"oidc_{name}") for name in OIDC_OPTIONS},
                                    secret_file=args.oidc_client_secret_file)
     config = WebConfig(store_url=args.store, db_url=central_db_url(args.db, args.store), mqtt_url=args.mqtt,
-                       trusted_proxies=args.proxy, city=args.city, city_link=link, oidc=oidc)
+                       trusted_proxies=args.proxy, city=args.city, city_link=link, oidc=oidc, lang=args.lang,
+                       timezone=args.timezone)
     # The first admin's password: beside the SQLite file; with a server database, where it was started.
     password_dir = (sqlite_path(config.db_url) or Path("campus.db")).resolve().parent
     serve_web(config, args.host or "127.0.0.1", args.http_port, workers=args.workers, threads=args.threads,
@@ -205,6 +206,24 @@ OIDC_OPTIONS = ("issuer", "client_id", "name", "scope", "user_claim", "role_clai
                 "schools_claim")
 
 
+def _language(value: str) -> str:
+    from dashboards.i18n import language_tag
+
+    tag = language_tag(value)
+    if tag is None:
+        raise argparse.ArgumentTypeError(f"{value!r} is not zh-CN or en")
+    return tag
+
+
+def _timezone(value: str) -> str:
+    from dashboards.i18n import check_timezone
+
+    try:
+        return check_timezone(value)
+    except CampusError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="campus", description="campus-iot: classroom gateways, ingest and dashboards")
     parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
@@ -291,6 +310,12 @@ def build_parser() -> argparse.ArgumentParser:
                       "SCHOOL:ROOM (default campus_rooms)")
     oidc.add_argument("--oidc-schools-claim", metavar="CLAIM", help="the claim listing the schools a staff "
                       "account is limited to (default campus_schools)")
+    p.add_argument("--lang", type=_language, default="zh-CN", metavar="LANG",
+                   help="the pages' language where neither the account nor the browser names one: zh-CN "
+                   "(default) or en")
+    p.add_argument("--timezone", type=_timezone, default="Asia/Shanghai", metavar="ZONE",
+                   help="the site's time zone for every time shown and exported, an IANA name "
+                   "(default Asia/Shanghai)")
     p.set_defaults(func=cmd_web)
 
     p = sub.add_parser("broker-config", help="Mosquitto config, password file and per-gateway ACL from the registry")

@@ -7,6 +7,7 @@ named in messages without its credentials.
 
 from __future__ import annotations
 
+from campus.i18n import N_
 from protocols.spec import Address, Field, Protocol, describe_source
 
 __all__ = ["ADDRESS", "NAME", "PROTOCOL", "URL_SCHEMES", "describe_source"]
@@ -17,7 +18,7 @@ URL_SCHEMES = ("rtsp", "rtsps", "http", "https")
 ADDRESS = Address(fields=(
     Field("source", "source", required=True, schemes=URL_SCHEMES,
           label="an rtsp:// URL, a video file path or a camera index",
-          hint="rtsp://user:pass@10.1.2.40/stream1, a video file, or a camera index"),
+          hint=N_("rtsp://user:pass@10.1.2.40/stream1, a video file, or a camera index")),
 ))
 
 PROTOCOL = Protocol(name=NAME, label="Camera (RTSP, video file)", address=ADDRESS,

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from typing import ClassVar
 
+from campus.i18n import N_
 from protocols import serial_line
 from protocols.spec import Address, Protocol
 
@@ -21,7 +22,7 @@ STX, ETX, CR, LF = 0x02, 0x03, 0x0D, 0x0A
 EM4100_BODY_LEN = 12          # 10 data + 2 checksum ASCII-hex characters
 _HEX_DIGITS = frozenset(b"0123456789ABCDEFabcdef")
 
-ADDRESS = Address(fields=(serial_line.serial_port("reader port, e.g. /dev/ttyUSB1"), *serial_line.READER_LINE))
+ADDRESS = Address(fields=(serial_line.serial_port(N_("reader port, e.g. /dev/ttyUSB1")), *serial_line.READER_LINE))
 
 PROTOCOL = Protocol(name=NAME, label="EM4100 card reader (serial)", address=ADDRESS,
                     driver="edge_agent.drivers.card_reader:EM4100ReaderDriver",

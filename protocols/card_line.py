@@ -10,6 +10,7 @@ from __future__ import annotations
 import re
 from typing import ClassVar
 
+from campus.i18n import N_
 from protocols import serial_line
 from protocols.spec import Address, Protocol
 
@@ -19,7 +20,7 @@ MAX_LINE = 64                  # longer than any UID line: the rest of it is dis
 UID_FORMATS = ("auto", "hex", "decimal")
 BYTE_ORDERS = ("big", "little")
 
-ADDRESS = Address(fields=(serial_line.serial_port("reader port, e.g. /dev/ttyUSB1"), *serial_line.READER_LINE))
+ADDRESS = Address(fields=(serial_line.serial_port(N_("reader port, e.g. /dev/ttyUSB1")), *serial_line.READER_LINE))
 
 PROTOCOL = Protocol(name=NAME, label="UID-per-line card reader (serial)", address=ADDRESS,
                     driver="edge_agent.drivers.card_reader:LineReaderDriver",

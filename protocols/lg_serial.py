@@ -40,6 +40,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from campus.errors import ConfigError
+from campus.i18n import N_
 from protocols import serial_line
 from protocols.serial_line import BadFrame
 from protocols.spec import Address, Field, Protocol
@@ -49,7 +50,7 @@ ID_FIELD = "set_id"
 DEFAULT_ID = 1
 
 ADDRESS = Address(fields=(
-    serial_line.serial_port("RS-232 port, e.g. /dev/ttyUSB0"),
+    serial_line.serial_port(N_("RS-232 port, e.g. /dev/ttyUSB0")),
     Field(ID_FIELD, "int", minimum=0, maximum=255, default=DEFAULT_ID),
     *serial_line.LINE,
 ))

@@ -14,6 +14,7 @@ import struct
 from typing import TYPE_CHECKING
 
 from campus.errors import DeviceError
+from campus.i18n import N_
 from protocols import serial_line
 from protocols.spec import Address, Field, Protocol
 
@@ -31,13 +32,13 @@ MAX_REGISTERS_PER_READ = 125  # Modbus limit for function 0x03/0x04
 ADDRESS = Address(
     fields=(
         Field("host", "text", label="the sensor's (or Modbus TCP gateway's) host name or IP address",
-              hint="sensor IP for Modbus TCP, e.g. 10.1.2.30"),
+              hint=N_("sensor IP for Modbus TCP, e.g. 10.1.2.30")),
         Field("port", "int", minimum=1, maximum=65535, must="1-65535", default=DEFAULT_PORT),
         Field("unit", "int", minimum=0, maximum=247, must="a Modbus address 0-247", default=DEFAULT_UNIT,
-              hint="Modbus unit id, usually 1"),
+              hint=N_("Modbus unit id, usually 1")),
         Field("serial", "text", label="the path of the RS-485 port (e.g. /dev/ttyUSB0)",
-              hint="or an RS-485 port for Modbus RTU, e.g. /dev/ttyUSB0"),
-        *(Field(f.name, f.type, minimum=f.minimum, choices=f.choices, hint="RTU only, e.g. 9600",
+              hint=N_("or an RS-485 port for Modbus RTU, e.g. /dev/ttyUSB0")),
+        *(Field(f.name, f.type, minimum=f.minimum, choices=f.choices, hint=N_("RTU only, e.g. 9600"),
                 form=f.name == "baudrate") for f in serial_line.LINE),
     ),
     choose=(("host", "Modbus TCP"), ("serial", "Modbus RTU port")),

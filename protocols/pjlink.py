@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import re
 
+from campus.i18n import N_
 from protocols.spec import Address, Field, Protocol
 
 NAME = "pjlink"
@@ -27,10 +28,10 @@ CLASS2_INPUT = re.compile(r"[1-6][1-9A-Z]")
 
 ADDRESS = Address(fields=(
     Field("host", "text", required=True, label="the projector's host name or IP address",
-          hint="projector IP, e.g. 10.1.2.31"),
+          hint=N_("projector IP, e.g. 10.1.2.31")),
     Field("port", "int", minimum=1, maximum=65535, must="1-65535", default=PJLINK_PORT),
     Field("password", "text", max_chars=32, printable=True, secret=True,
-          must="text of 1-32 printable characters (PJLink limit)", hint="PJLink password, if one is set"),
+          must="text of 1-32 printable characters (PJLink limit)", hint=N_("PJLink password, if one is set")),
 ))
 
 PROTOCOL = Protocol(name=NAME, label="PJLink projector (TCP)", address=ADDRESS,

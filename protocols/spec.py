@@ -209,7 +209,8 @@ class Address:
         return out
 
     def form(self) -> list[tuple[str, str, str]]:
-        """(field, kind, placeholder) for each field the provisioning form offers."""
+        """(field, kind, placeholder) for each field the provisioning form offers; a hint is English, marked with
+    campus.i18n.N_, and the page shows it translated."""
         return [(f.name, f.form_kind, f.hint or ("" if f.default is None else str(f.default)))
                 for f in self.fields if f.form]
 

@@ -7,6 +7,7 @@ import io
 import time
 from datetime import datetime
 from pathlib import Path
+from zoneinfo import ZoneInfo
 
 import pytest
 
@@ -49,7 +50,8 @@ def get(app, path: str, role: str | None = "facility"):
 
 
 def local(ts: float) -> str:
-    return datetime.fromtimestamp(ts).strftime("%Y-%m-%d %H:%M:%S")
+    """The site's time (Asia/Shanghai, the default), 24-hour, with the English weekday: no Accept-Language."""
+    return datetime.fromtimestamp(ts, ZoneInfo("Asia/Shanghai")).strftime("%Y-%m-%d %a %H:%M:%S")
 
 
 def test_rows_are_the_stored_samples_one_per_device_and_time(app) -> None:

@@ -44,6 +44,9 @@ def test_the_wheel_carries_every_file_the_code_reads(wheel: Path) -> None:
     wanted = {"broker_config/bridge.conf.template", "broker_config/mosquitto.conf", "broker_config/make-ca.sh"}
     wanted |= {str(p.relative_to(REPO)) for p in (REPO / "device_profiles" / "profiles").glob("*.yaml")}
     wanted |= {str(p.relative_to(REPO)) for d in ("templates", "static") for p in (REPO / "dashboards" / d).iterdir()}
+    # The message catalogs, compiled by the build (setup.py): git keeps only their .po sources.
+    wanted |= {str(p.relative_to(REPO).with_suffix(".mo")) for p in (REPO / "dashboards" / "translations").rglob("*.po")}
+    assert any(n.endswith("LC_MESSAGES/messages.mo") for n in wanted)
     assert wanted <= names, sorted(wanted - names)
     assert not any(n.startswith(("tests/", "bench/")) for n in names)  # the wheel is the product, not the repo
 

@@ -11,37 +11,35 @@
 
   // ------------------------------------------------------------ helpers
   const esc = s => String(s ?? "").replace(/[&<>"']/g, c => ({"&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;", "'": "&#39;"}[c]));
-  const UNITS = {temperature_c: "°C", humidity_pct: "%RH", co2_ppm: "ppm", pm25_ugm3: "µg/m³", illuminance_lux: "lx",
-                 noise_dba: "dB(A)", people_count: "people", lamp_hours: "h lamp", filter_hours: "h filter", volume: "vol"};
+  // Units and names beside a value, device statuses and kinds: static/i18n.js.
+  const {metric: UNITS, status: STATUS, kind: KINDS} = campusTerms;
   const KEY_METRICS = {environment: ["co2_ppm", "temperature_c", "humidity_pct"], projector: ["power", "lamp_hours"],
                        display: ["power", "input"], camera: ["people_count"], card_reader: []};
-  const PROBLEM_NAMES = {offline: "offline", fault: "device fault", alarm: "open alarm"};
 
   function ago(ts, now) {
-    if (!ts) return "never";
+    if (!ts) return _("never");
     const s = Math.max(0, (now || Date.now() / 1000) - ts);
-    if (s < 3) return "just now";
-    if (s < 90) return `${Math.round(s)} s ago`;
-    if (s < 5400) return `${Math.round(s / 60)} min ago`;
-    if (s < 48 * 3600) return `${Math.round(s / 3600)} h ago`;
-    return new Date(ts * 1000).toLocaleDateString();
+    if (s < 3) return _("just now");
+    if (s < 90) return _("%(n)s s ago", {n: Math.round(s)});
+    if (s < 5400) return _("%(n)s min ago", {n: Math.round(s / 60)});
+    if (s < 48 * 3600) return _("%(n)s h ago", {n: Math.round(s / 3600)});
+    return campusTime.date(ts);
   }
+  // The site's zone and a 24-hour clock (static/i18n.js); the date only when it is not today there.
   function clock(ts) {
     if (!ts) return "";
-    const d = new Date(ts * 1000);
-    const today = new Date().toDateString() === d.toDateString();
-    return (today ? "" : d.toLocaleDateString([], {weekday: "short", day: "numeric", month: "short"}) + " ") +
-      d.toLocaleTimeString([], {hour: "2-digit", minute: "2-digit", second: "2-digit"});
+    const today = campusTime.dayKey(ts) === campusTime.dayKey(Date.now() / 1000);
+    return today ? campusTime.clock(ts) : campusTime.dateTime(ts, true);
   }
   function duration(s) {
-    if (s < 90) return `${Math.round(s)} s`;
-    if (s < 5400) return `${Math.round(s / 60)} min`;
-    return `${(s / 3600).toFixed(1)} h`;
+    if (s < 90) return _("%(n)s s", {n: Math.round(s)});
+    if (s < 5400) return _("%(n)s min", {n: Math.round(s / 60)});
+    return _("%(n)s h", {n: (s / 3600).toFixed(1)});
   }
   function fmt(v) { return typeof v === "number" ? String(Math.round(v * 10) / 10) : String(v); }
   async function getJSON(url) {
     const r = await fetch(url, {headers: {Accept: "application/json"}, credentials: "same-origin"});
-    if (r.status === 401) { location.href = "/login?next=" + encodeURIComponent(location.pathname + location.search); throw new Error("login required"); }
+    if (r.status === 401) { location.href = "/login?next=" + encodeURIComponent(location.pathname + location.search); throw new Error(_("login required")); }
     if (!r.ok) throw new Error((await r.json().catch(() => ({}))).error || `HTTP ${r.status}`);
     return r.json();
   }
@@ -54,7 +52,7 @@
     if (!el) return;
     el.hidden = !n;
     el.textContent = n;
-    el.title = `${n} unacknowledged alarm${n === 1 ? "" : "s"}`;
+    el.title = _("Unacknowledged alarms: %(n)s", {n});
   }
   // Redraw only when the data changed: no flicker, and buttons stay put under the pointer.
   const drawn = {};
@@ -88,68 +86,72 @@
     function metric(k, v) {
       const bad = (k.startsWith("error_") && v !== "ok" && v !== 0);
       const unit = UNITS[k] ?? (k.startsWith("error_") ? k.slice(6) : k);
-      return `<span class="metric${bad ? " bad" : ""}" data-metric="${esc(k)}"><b>${esc(fmt(v))}</b> ${esc(unit)}</span>`;
+      const shown = fmt(campusTerms.shown(k, v));
+      return `<span class="metric${bad ? " bad" : ""}" data-metric="${esc(k)}"><b>${esc(shown)}</b> ${esc(unit)}</span>`;
     }
     function device(d, now) {
       const keys = (KEY_METRICS[d.kind] || Object.keys(d.latest).slice(0, 3)).filter(k => k in d.latest);
       const errors = Object.keys(d.latest).filter(k => k.startsWith("error_") && d.latest[k] !== "ok" && d.latest[k] !== 0);
       const vals = [...keys, ...errors].map(k => metric(k, d.latest[k])).join("");
       const status = d.status === "never reported" ? "offline" : d.status === "not installed yet" ? "uninstalled" : d.status;
-      const kind = d.kind && d.kind !== d.id ? `<small class="muted">${esc(d.kind.replace("_", " "))}</small>` : "";
+      const kind = d.kind && d.kind !== d.id ? `<small class="muted">${esc(KINDS[d.kind] || d.kind.replace("_", " "))}</small>` : "";
       return `<tr data-device="${esc(d.id)}"><td class="dev">${esc(d.id)}${kind}</td>
-        <td><span class="badge ${esc(status)}">${esc(d.status)}</span></td><td>${vals}</td>
-        <td class="seen muted" title="last value ${esc(clock(d.last_seen))}">${esc(d.last_seen ? ago(d.last_seen, now) : "no value yet")}</td></tr>`;
+        <td><span class="badge ${esc(status)}">${esc(STATUS[d.status] || d.status)}</span></td><td>${vals}</td>
+        <td class="seen muted" title="${esc(_("last value %(time)s", {time: clock(d.last_seen)}))}">${esc(d.last_seen ? ago(d.last_seen, now) : _("no value yet"))}</td></tr>`;
     }
     // receipt - ts of the gateway's heartbeats (central/ledger.py): negative when its clock runs ahead.
     function clockWarning(offset) {
       const min = Math.round(Math.abs(offset) / 60);
-      const size = min >= 120 ? `${Math.round(min / 60)} h` : `${min} min`;
-      return `Gateway clock is ${size} ${offset < 0 ? "ahead" : "behind"}: its times are wrong (check NTP on the gateway)`;
+      const size = min >= 120 ? _("%(n)s h", {n: Math.round(min / 60)}) : _("%(n)s min", {n: min});
+      return offset < 0 ? _("Gateway clock is %(size)s ahead: its times are wrong (check NTP on the gateway)", {size})
+        : _("Gateway clock is %(size)s behind: its times are wrong (check NTP on the gateway)", {size});
     }
     // Rows the gateway keeps until central acknowledges them (central/acks.py): a few minutes' worth is normal.
     function waitingText(n, age) {
-      return `${n} message${n === 1 ? "" : "s"} waiting for central` + (age != null ? `, oldest ${duration(age)}` : "");
+      return age != null ? _("%(n)s messages waiting for central, oldest %(age)s", {n, age: duration(age)})
+        : _("%(n)s messages waiting for central", {n});
     }
     function room(r, now) {
       const cls = r.problems.includes("alarm") && r.alarms.every(a => a.state === "acknowledged") ? "p-acked"
         : r.problems.length ? "p-" + r.problems[r.problems.length - 1] : "";
       const alarms = r.alarms.map(a => `<li class="${a.state === "acknowledged" ? "acked" : ""}">⚠ ${esc(a.device ? a.device + ": " : "")}${esc(a.message)}${
-        a.state === "acknowledged" ? ` <span class="muted">(acknowledged by ${esc(a.acked_by)})</span>` : ""}</li>`).join("");
-      const gw = r.installed ? `last seen ${ago(r.last_seen, now)}` : "registered; the gateway has not sent anything yet";
-      const presence = r.online ? ["ok", "online"] : r.installed ? ["offline", "offline"] : ["uninstalled", "not installed yet"];
+        a.state === "acknowledged" ? ` <span class="muted">${esc(_("(acknowledged by %(user)s)", {user: a.acked_by}))}</span>` : ""}</li>`).join("");
+      const gw = r.installed ? _("last seen %(ago)s", {ago: ago(r.last_seen, now)}) : _("registered; the gateway has not sent anything yet");
+      const presence = r.online ? ["ok", _("online")] : r.installed ? ["offline", _("offline")] : ["uninstalled", _("not installed yet")];
       const skew = r.clock_wrong ? `<p class="clockwarn" data-clock-offset="${esc(r.clock_offset)}">⚠ ${esc(clockWarning(r.clock_offset))}</p>` : "";
       const notes = (r.notes || []).map(n => `<li class="${esc(n.level)}">${esc(n.text)}</li>`).join("");
       const held = r.waiting ? `<p class="${r.waiting_long ? "clockwarn" : "muted"} waiting" data-waiting="${esc(r.waiting)}">${
-        r.waiting_long ? "⚠ " : ""}${esc(waitingText(r.waiting, r.waiting_age))}${r.waiting_long ? " (is ingest running?)" : ""}</p>` : "";
+        r.waiting_long ? "⚠ " : ""}${esc(waitingText(r.waiting, r.waiting_age))}${r.waiting_long ? " " + esc(_("(is ingest running?)")) : ""}</p>` : "";
       return `<section class="card hroom ${cls}${r.installed ? "" : " not-installed"}" data-gateway="${esc(r.gateway)}">
-        <header><h2><a href="/health/rooms/${encodeURIComponent(r.gateway)}">Room ${esc(r.room || "?")}</a></h2>
-          <span class="badge ${presence[0]}">${presence[1]}</span>
-          <a class="hlink" href="/health/rooms/${encodeURIComponent(r.gateway)}">history →</a></header>
-        <p class="muted">${r.building ? "Building " + esc(r.building) + " · " : ""}${esc(r.school)} · gateway ${esc(r.gateway)} · ${esc(gw)}</p>
+        <header><h2><a href="/health/rooms/${encodeURIComponent(r.gateway)}">${esc(_("Room %(room)s", {room: r.room || "?"}))}</a></h2>
+          <span class="badge ${presence[0]}">${esc(presence[1])}</span>
+          <a class="hlink" href="/health/rooms/${encodeURIComponent(r.gateway)}">${esc(_("history →"))}</a></header>
+        <p class="muted">${r.building ? esc(_("Building %(building)s", {building: r.building})) + " · " : ""}${esc(r.school)} · ${esc(_("gateway %(id)s", {id: r.gateway}))} · ${esc(gw)}</p>
         ${skew}${held}${notes ? `<ul class="hnotes">${notes}</ul>` : ""}
         ${alarms ? `<ul class="halarms">${alarms}</ul>` : ""}
-        <table class="hdevs"><thead><tr><th>Device</th><th>Status</th><th>Now</th><th class="seen">Last seen</th></tr></thead><tbody>${r.devices.map(d => device(d, now)).join("") || '<tr><td class="muted">No devices.</td></tr>'}</tbody></table>
+        <table class="hdevs"><thead><tr><th>${esc(_("Device"))}</th><th>${esc(_("Status"))}</th><th>${esc(_("Now"))}</th><th class="seen">${esc(_("Last seen"))}</th></tr></thead><tbody>${r.devices.map(d => device(d, now)).join("") || `<tr><td class="muted">${esc(_("No devices."))}</td></tr>`}</tbody></table>
       </section>`;
     }
     async function refresh() {
       try {
         const data = await getJSON("/api/board?" + query());
         const c = data.counts;
-        const chip = (p, n, label, cls) => `<a class="hchip ${n ? cls : "good"}" href="?problem=${p}" data-problem="${p}">${label}: <b>${n}</b></a>`;
-        render("summary", `<span class="hchip">Rooms: <b>${c.rooms}</b></span>` +
-          chip("alarm", c.alarm, "Open alarms", "bad") + chip("offline", c.offline, "Offline", "warn") + chip("fault", c.fault, "Device faults", "bad") +
-          (c.not_installed ? `<span class="hchip" id="not-installed">Not installed yet: <b>${c.not_installed}</b></span>` : ""));
+        const chip = (p, n, label, cls) => `<a class="hchip ${n ? cls : "good"}" href="?problem=${p}" data-problem="${p}">${esc(label)}: <b>${n}</b></a>`;
+        render("summary", `<span class="hchip">${esc(_("Rooms"))}: <b>${c.rooms}</b></span>` +
+          chip("alarm", c.alarm, _("Open alarms"), "bad") + chip("offline", c.offline, _("Offline"), "warn") + chip("fault", c.fault, _("Device faults"), "bad") +
+          (c.not_installed ? `<span class="hchip" id="not-installed">${esc(_("Not installed yet"))}: <b>${c.not_installed}</b></span>` : ""));
         render("rooms", data.rooms.map(r => room(r, data.now)).join("") ||
-          `<p class="card">No room matches these filters${form.elements.problem.value ? " — no problems of this kind right now" : ""}.</p>`);
+          `<p class="card">${esc(form.elements.problem.value ? _("No room matches these filters — no problems of this kind right now.")
+                                                                : _("No room matches these filters."))}</p>`);
         // A page of the rooms, problems first (central/lists.py); the others a click away.
         const last = Math.min(data.offset + data.limit, data.total);
         render("pager", data.total > data.limit || data.offset ? `<span class="muted" data-total="${data.total}">${
-          data.total ? `${data.offset + 1}–${last} of ${data.total} rooms` : ""}</span>` +
-          (data.offset > 0 ? ` <button type="button" data-offset="${Math.max(0, data.offset - data.limit)}">← Previous</button>` : "") +
-          (last < data.total ? ` <button type="button" data-offset="${last}">Next →</button>` : "") : "");
+          data.total ? esc(_("%(first)s–%(last)s of %(total)s rooms", {first: data.offset + 1, last, total: data.total})) : ""}</span>` +
+          (data.offset > 0 ? ` <button type="button" data-offset="${Math.max(0, data.offset - data.limit)}">${esc(_("← Previous"))}</button>` : "") +
+          (last < data.total ? ` <button type="button" data-offset="${last}">${esc(_("Next →"))}</button>` : "") : "");
         setAlarmCount(c.unacked);
-        setUpdated(`Updated ${clock(Date.now() / 1000)} · refreshes every 5 s`);
-      } catch (e) { setUpdated("Cannot reach the server: " + e.message, true); }
+        setUpdated(_("Updated %(time)s · refreshes every %(n)s s", {time: clock(Date.now() / 1000), n: 5}));
+      } catch (e) { setUpdated(_("Cannot reach the server: %(error)s", {error: e.message}), true); }
     }
     const now = poll(refresh, 5000);
     document.getElementById("pager").addEventListener("click", ev => {
@@ -181,25 +183,25 @@
 
   // ------------------------------------------------------------ alarms
   function alarmsPage() {
-    const place = a => `<a href="/health/rooms/${encodeURIComponent(a.gateway)}">Room ${esc(a.room || a.gateway)}</a>` +
-      (a.building ? `<div class="muted">Building ${esc(a.building)}</div>` : "");
+    const place = a => `<a href="/health/rooms/${encodeURIComponent(a.gateway)}">${esc(_("Room %(room)s", {room: a.room || a.gateway}))}</a>` +
+      (a.building ? `<div class="muted">${esc(_("Building %(building)s", {building: a.building}))}</div>` : "");
     const what = a => `<b>${esc(a.label)}</b><div>${esc(a.message)}</div>`;
     function openRow(a) {
       const state = a.acknowledged
-        ? `<span class="hstate acknowledged">Acknowledged by ${esc(a.acked_by)}</span><div class="muted">${esc(clock(a.acked_at))}</div>`
-        : `<span class="hstate active">New — needs attention</span>`;
+        ? `<span class="hstate acknowledged">${esc(_("Acknowledged by %(user)s", {user: a.acked_by}))}</span><div class="muted">${esc(clock(a.acked_at))}</div>`
+        : `<span class="hstate active">${esc(_("New — needs attention"))}</span>`;
       const button = a.acknowledged ? "" :
         `<form method="post" action="/health/alarms/${a.id}/ack" data-ack="${a.id}"><input type="hidden" name="csrf" value="${esc(CSRF)}">
-         <button type="submit" class="hack">Acknowledge</button></form>`;
+         <button type="submit" class="hack">${esc(_("Acknowledge"))}</button></form>`;
       return `<tr class="${a.acknowledged ? "is-acked" : "is-new"}" data-alarm="${a.id}" data-kind="${esc(a.kind)}" data-gateway="${esc(a.gateway)}">
         <td>${esc(clock(a.raised_at))}<div class="muted">${esc(ago(a.raised_at))}</div></td><td>${place(a)}</td>
-        <td>${esc(a.device || "gateway")}</td><td>${what(a)}</td><td>${esc(a.value)}</td><td>${state}</td><td>${button}</td></tr>`;
+        <td>${esc(a.device || _("gateway"))}</td><td>${what(a)}</td><td>${esc(a.value)}</td><td>${state}</td><td>${button}</td></tr>`;
     }
     function historyRow(a) {
-      const acked = a.acknowledged ? `by ${esc(a.acked_by)}<div class="muted">${esc(clock(a.acked_at))}</div>`
+      const acked = a.acknowledged ? `${esc(_("by %(user)s", {user: a.acked_by}))}<div class="muted">${esc(clock(a.acked_at))}</div>`
         : `<form method="post" action="/health/alarms/${a.id}/ack" data-ack="${a.id}"><input type="hidden" name="csrf" value="${esc(CSRF)}">
-           <button type="submit">Acknowledge</button></form>`;
-      return `<tr data-alarm="${a.id}"><td>${esc(clock(a.raised_at))}</td><td>${place(a)}</td><td>${esc(a.device || "gateway")}</td>
+           <button type="submit">${esc(_("Acknowledge"))}</button></form>`;
+      return `<tr data-alarm="${a.id}"><td>${esc(clock(a.raised_at))}</td><td>${place(a)}</td><td>${esc(a.device || _("gateway"))}</td>
         <td>${what(a)}</td><td>${esc(a.value)}</td><td>${acked}</td><td>${esc(clock(a.cleared_at))}</td>
         <td>${esc(duration(a.cleared_at - a.raised_at))}</td></tr>`;
     }
@@ -207,13 +209,13 @@
       try {
         const [open, past] = await Promise.all([getJSON("/api/alarms?state=open"), getJSON("/api/alarms?state=history&limit=100")]);
         render("open-alarms-body", open.map(openRow).join("") ||
-          '<tr><td colspan="7" class="hstate cleared">No open alarms: everything is within its limits.</td></tr>');
-        render("history-alarms-body", past.map(historyRow).join("") || '<tr><td colspan="8" class="muted">No cleared alarms yet.</td></tr>');
+          `<tr><td colspan="7" class="hstate cleared">${esc(_("No open alarms: everything is within its limits."))}</td></tr>`);
+        render("history-alarms-body", past.map(historyRow).join("") || `<tr><td colspan="8" class="muted">${esc(_("No cleared alarms yet."))}</td></tr>`);
         const n = open.filter(a => !a.acknowledged).length;
         setAlarmCount(n);
-        document.getElementById("open-note").textContent = `(${open.length} open, ${n} not acknowledged)`;
-        setUpdated(`Updated ${clock(Date.now() / 1000)} · refreshes every 3 s`);
-      } catch (e) { setUpdated("Cannot reach the server: " + e.message, true); }
+        document.getElementById("open-note").textContent = _("(%(open)s open, %(n)s not acknowledged)", {open: open.length, n});
+        setUpdated(_("Updated %(time)s · refreshes every %(n)s s", {time: clock(Date.now() / 1000), n: 3}));
+      } catch (e) { setUpdated(_("Cannot reach the server: %(error)s", {error: e.message}), true); }
     }
     document.querySelector("#open-alarms tbody").id = "open-alarms-body";
     document.querySelector("#history-alarms tbody").id = "history-alarms-body";
@@ -224,15 +226,15 @@
       ev.preventDefault();
       const button = form.querySelector("button");
       button.disabled = true;
-      button.textContent = "Acknowledging…";
+      button.textContent = _("Acknowledging…");
       try {
         const r = await fetch(`/api/alarms/${form.dataset.ack}/ack`, {method: "POST", credentials: "same-origin",
           headers: {"X-CSRF-Token": CSRF, Accept: "application/json"}});
         if (!r.ok) throw new Error((await r.json().catch(() => ({}))).error || `HTTP ${r.status}`);
       } catch (e) {
-        setUpdated("Could not acknowledge: " + e.message, true);
+        setUpdated(_("Could not acknowledge: %(error)s", {error: e.message}), true);
         button.disabled = false;
-        button.textContent = "Acknowledge";
+        button.textContent = _("Acknowledge");
         return;
       }
       now();
@@ -261,7 +263,8 @@
   function timeTicks(start, end) {
     const steps = [300, 600, 900, 1800, 3600, 2 * 3600, 3 * 3600, 6 * 3600, 12 * 3600, 86400];
     const step = steps.find(s => (end - start) / s <= 8) || 86400;
-    const offset = new Date().getTimezoneOffset() * 60;  // align ticks to local time
+    // Ticks on the site's whole hours and days: its UTC offset at the window's start (static/i18n.js).
+    const offset = -campusTime.utcOffset(start);
     const out = [];
     for (let t = Math.ceil((start - offset) / step) * step + offset; t <= end; t += step) out.push(t);
     return {ticks: out, day: step >= 86400};
@@ -269,9 +272,7 @@
   function xAxis(start, end, x, y0) {
     const {ticks, day} = timeTicks(start, end);
     return ticks.map(t => {
-      const d = new Date(t * 1000);
-      const label = day ? d.toLocaleDateString([], {weekday: "short", day: "numeric"}) :
-        d.toLocaleTimeString([], {hour: "2-digit", minute: "2-digit"});
+      const label = day ? campusTime.date(t).slice(5) : campusTime.clock(t, false);
       return `<line class="grid" x1="${x(t)}" x2="${x(t)}" y1="${MT}" y2="${y0}"/><text x="${x(t)}" y="${y0 + 14}" text-anchor="middle">${esc(label)}</text>`;
     }).join("");
   }
@@ -285,7 +286,7 @@
   function lineChart(points, s, start, end) {
     const H = 170, MB = 22, y0 = H - MB;
     const nums = points.filter(p => typeof p[1] === "number");
-    if (!nums.length) return `<p class="muted">No data in this window.</p>`;
+    if (!nums.length) return `<p class="muted">${esc(_("No data in this window."))}</p>`;
     let lo = Math.min(...nums.map(p => p[1]), ...s.limits.map(l => l.value));
     let hi = Math.max(...nums.map(p => p[1]), ...s.limits.map(l => l.value));
     if (hi - lo < 1e-6) { lo -= 1; hi += 1; }
@@ -319,7 +320,7 @@
   }
   function stateChart(points, start, end, maxGap) {
     const H = 56, y0 = 30;
-    if (!points.length) return `<p class="muted">No data in this window.</p>`;
+    if (!points.length) return `<p class="muted">${esc(_("No data in this window."))}</p>`;
     const x = t => ML + (Math.max(start, Math.min(end, t)) - start) / (end - start) * (W - ML - MR);
     const cls = v => (v === "on" || v === 1) ? "s-on" : (v === "warming" || v === "cooling" || v === 2 || v === 3) ? "s-warm" : "s-off";
     // Each sample's state lasts until the next one (at most maxGap): runs of one state become one bar.
@@ -347,11 +348,13 @@
     const series = JSON.parse(document.getElementById("series").textContent);
     const gateway = box.dataset.gateway, seconds = +box.dataset.seconds, maxGap = +box.dataset.maxGap;
     const groups = [...new Set(series.map(s => s.group))];
-    box.innerHTML = groups.map(g => `<section class="hgroup"><h2>${esc(g)}</h2>${g === "Equipment power" ?
-      '<p class="hlegend">State: <i class="s lg-on"></i>on <i class="lg-warm"></i>warming / cooling <i class="lg-off"></i>off (blank: no data)</p>' : ""}<div class="hcharts">${
+    const legend = `<p class="hlegend">${esc(_("State:"))} <i class="s lg-on"></i>${esc(_("on"))} <i class="lg-warm"></i>${
+      esc(_("warming / cooling"))} <i class="lg-off"></i>${esc(_("off"))} ${esc(_("(blank: no data)"))}</p>`;
+    box.innerHTML = groups.map(g => `<section class="hgroup"><h2>${esc(g)}</h2>${
+      series.some(s => s.group === g && s.type === "state") ? legend : ""}<div class="hcharts">${
       series.map((s, i) => s.group !== g ? "" : `<div class="card hchart" id="chart-${i}" data-metric="${esc(s.metric)}" data-device="${esc(s.device)}">
         <h3>${esc(s.label)} <span class="muted">${esc([s.unit, s.device].filter(Boolean).join(" · "))}</span><span class="now"></span></h3>
-        <div class="plot"><p class="muted">Loading…</p></div></div>`).join("")}</div></section>`).join("");
+        <div class="plot"><p class="muted">${esc(_("Loading…"))}</p></div></div>`).join("")}</div></section>`).join("");
     const end = Date.now() / 1000, start = end - seconds;
     await pool(series.map((s, i) => async () => {
       const el = document.getElementById(`chart-${i}`);
@@ -359,19 +362,19 @@
         const got = await fetchSeries(gateway, s, s.type === "state" ? start - maxGap : start, end);
         const pts = got.points;
         el.dataset.step = got.step || 0;
-        if (got.downsampled) el.title = `One point per ${duration(got.step)}: the newest sample of each`;
+        if (got.downsampled) el.title = _("One point per %(step)s: the newest sample of each", {step: duration(got.step)});
         if (s.type === "state") {
           // A downsampled state holds for its whole step: a step longer than maxGap is no silence.
           const res = stateChart(pts, start, end, Math.max(maxGap, 2 * (got.step || 0)));
           el.querySelector(".plot").innerHTML = typeof res === "string" ? res : res.svg;
-          if (typeof res !== "string") el.querySelector(".now").textContent = `on ${duration(res.onSeconds)}`;
+          if (typeof res !== "string") el.querySelector(".now").textContent = _("on %(time)s", {time: duration(res.onSeconds)});
         } else {
           el.querySelector(".plot").innerHTML = lineChart(pts, s, start, end);
           const last = pts.filter(p => typeof p[1] === "number").pop();
           if (last) el.querySelector(".now").textContent = `${fmt(last[1])} ${s.unit}`;
         }
       } catch (e) {
-        el.querySelector(".plot").innerHTML = `<p class="error">Cannot load: ${esc(e.message)}</p>`;
+        el.querySelector(".plot").innerHTML = `<p class="error">${esc(_("Cannot load: %(error)s", {error: e.message}))}</p>`;
       }
     }), 3);
   }

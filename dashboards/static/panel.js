@@ -14,10 +14,12 @@
   const canCommand = root.dataset.canCommand === "true";
   const csrf = (document.querySelector('meta[name="csrf-token"]') || {}).content || "";
   const FINAL = new Set(["done", "failed", "rejected", "expired"]);
-  const ACTIONS = {power_on: "Power on", power_off: "Power off", select_input: "Input", set_volume: "Volume",
-                   mute: "Mute", unmute: "Unmute"};
-  const POWER = {on: "On", off: "Off", warming: "Warming up…", cooling: "Cooling down…"};
-  const STATUS = {done: "done", failed: "failed", rejected: "refused", expired: "expired", pending: "waiting…"};
+  const ACTIONS = {power_on: _("Power on"), power_off: _("Power off"), select_input: _("Input"),
+                   set_volume: _("Volume"), mute: _("Mute"), unmute: _("Unmute")};
+  const POWER = {on: _("On"), off: _("Off"), warming: _("Warming up…"), cooling: _("Cooling down…")};
+  const STATUS = {done: _("done"), failed: _("failed"), rejected: _("refused"), expired: _("expired"),
+                  pending: _("waiting…")};
+  const kindName = (kind) => campusTerms.kind[kind] || kind;  // static/i18n.js
   const FOLLOW_MS = 1000;
 
   let state = null;               // the last snapshot of the room
@@ -30,7 +32,8 @@
   const $$ = (sel, el = root) => Array.from(el.querySelectorAll(sel));
   const cardOf = (device) => $$(".pcard").find((c) => c.dataset.device === device) || null;
   const field = (card, name) => card.querySelector(`[data-field="${name}"]`);
-  const clock = (ts) => new Date(ts * 1000).toLocaleTimeString([], {hour: "2-digit", minute: "2-digit", second: "2-digit"});
+  // The site's zone and a 24-hour clock, never the browser's own (static/i18n.js).
+  const clock = (ts) => campusTime.clock(ts);
 
   function inputLabel(card, name) {
     const btn = card && $$('[data-action="select_input"]', card).find((b) => b.dataset.input === name);
@@ -41,8 +44,8 @@
     const card = cardOf(device);
     const title = card ? card.getAttribute("aria-label") : device;
     let what = ACTIONS[action] || action;
-    if (action === "select_input") what = `Input ${inputLabel(card, params && params.input)}`;
-    if (action === "set_volume") what = `Volume ${params && params.level}`;
+    if (action === "select_input") what = _("Input %(input)s", {input: inputLabel(card, params && params.input)});
+    if (action === "set_volume") what = _("Volume %(level)s", {level: params && params.level});
     return {title, what};
   }
 
@@ -70,9 +73,11 @@
     banner.hidden = snap.online;
     if (snap.online) return;
     setText(field(banner, "offline-text"), !snap.reported
-      ? "The classroom gateway is not installed yet (it has never reported), so the equipment cannot be controlled from here."
-      : `The classroom gateway stopped reporting${snap.offline_since ? " at " + clock(snap.offline_since) : ""},` +
-        " so the equipment cannot be controlled from here.");
+      ? _("The classroom gateway is not installed yet (it has never reported), so the equipment cannot be controlled from here.")
+      : snap.offline_since
+        ? _("The classroom gateway stopped reporting at %(time)s, so the equipment cannot be controlled from here.",
+            {time: clock(snap.offline_since)})
+        : _("The classroom gateway stopped reporting, so the equipment cannot be controlled from here."));
   }
 
   function showDevice(dev, online) {
@@ -84,14 +89,14 @@
     // While the room is offline what we have is the last thing the gateway said: show it as such.
     card.classList.toggle("stale", !online);
     badge.dataset.power = online ? power : "unknown";
-    setText(badge, !online ? (POWER[power] ? `Last known: ${POWER[power]}` : "Unknown")
-      : POWER[power] || (dev.status === "ok" ? "Unknown" : "No answer"));
+    setText(badge, !online ? (POWER[power] ? _("Last known: %(power)s", {power: POWER[power]}) : _("Unknown"))
+      : POWER[power] || (dev.status === "ok" ? _("Unknown") : _("No answer")));
     const isOn = v.power === "on";
 
     // Input and picture/sound mute mean something only while on (a projector does not even report them).
     setText(field(card, "input"), isOn && v.input !== undefined ? inputLabel(card, v.input) : "—");
     setText(field(card, "muted"), isOn && v.muted !== undefined
-      ? (v.muted === "on" ? "Muted" : (dev.kind === "projector" ? "Shown" : "On")) : "—");
+      ? (v.muted === "on" ? _("Muted") : (dev.kind === "projector" ? _("Shown") : _("Sound on"))) : "—");
     setText(field(card, "volume"), v.volume !== undefined ? String(v.volume) : "—");
     const slider = card.querySelector('input[data-action="set_volume"]');
     if (slider && v.volume !== undefined && !(holdVolume[dev.id] > Date.now())) {
@@ -114,16 +119,19 @@
     let text = "", cls = "";
     const errors = Object.entries(dev.errors || {});
     if (online && dev.status === "offline") {
-      text = `The ${dev.kind} does not answer: is it plugged in and switched on at the wall?`; cls = "bad";
+      text = _("The %(kind)s does not answer: is it plugged in and switched on at the wall?", {kind: kindName(dev.kind)});
+      cls = "bad";
     } else if (online && dev.status === "fault") {
-      text = `The ${dev.kind} answers with errors; commands may fail. If it persists, call IT.`; cls = "bad";
+      text = _("The %(kind)s answers with errors; commands may fail. If it persists, call IT.", {kind: kindName(dev.kind)});
+      cls = "bad";
     } else if (v.power === "warming") {
-      text = "Warming up: the picture appears in about a minute. Input and mute changes wait until it is ready.";
+      text = _("Warming up: the picture appears in about a minute. Input and mute changes wait until it is ready.");
       cls = "info";
     } else if (v.power === "cooling") {
-      text = "Cooling down: it can be switched on again when this is done."; cls = "info";
+      text = _("Cooling down: it can be switched on again when this is done."); cls = "info";
     } else if (errors.length) {
-      text = `The ${dev.kind} reports: ` + errors.map(([k, val]) => `${k} ${val}`).join(", ") + ". Tell IT.";
+      text = _("The %(kind)s reports: %(errors)s. Tell IT.", {
+        kind: kindName(dev.kind), errors: errors.map(([k, val]) => `${k} ${val}`).join(", ")});
     }
     note.hidden = !text;
     setText(note, text);
@@ -138,16 +146,17 @@
       const time = document.createElement("time");
       time.textContent = clock(c.created);
       const text = document.createElement("span");
-      text.textContent = `${title}: ${what}`;
+      text.textContent = _("%(device)s: %(action)s", {device: title, action: what});
       const st = document.createElement("span");
       st.className = `st st-${c.status}`;
       st.textContent = STATUS[c.status] || c.status;
       const by = document.createElement("span");
       by.className = "muted";
-      by.textContent = (c.status !== "done" && c.status !== "pending" && c.detail ? c.detail + " · " : "") + `by ${c.by}`;
+      by.textContent = (c.status !== "done" && c.status !== "pending" && c.detail ? c.detail + " · " : "") +
+        _("by %(user)s", {user: c.by});
       li.append(time, text, st, by);
       return li;
-    }) : [Object.assign(document.createElement("li"), {className: "muted", textContent: "None yet."})]));
+    }) : [Object.assign(document.createElement("li"), {className: "muted", textContent: _("None yet.")})]));
   }
 
   function setEnabled(enabled) {
@@ -210,14 +219,14 @@
     if (cmd.action === "set_volume") holdVolume[cmd.device] = Date.now() + 3000;
     if (lastCommand[cmd.device] !== cmd.id) return; // a newer tap owns the message line
     const heads = {
-      done: `✓ ${info.what}: done`,
-      failed: `✗ ${info.what} failed`,
-      rejected: `✗ ${info.what} was refused by the ${cmd.device}`,
-      expired: `✗ ${info.what} expired: nothing was changed`,
+      done: _("✓ %(action)s: done", {action: info.what}),
+      failed: _("✗ %(action)s failed", {action: info.what}),
+      rejected: _("✗ %(action)s was refused by the %(device)s", {action: info.what, device: cmd.device}),
+      expired: _("✗ %(action)s expired: nothing was changed", {action: info.what}),
     };
-    const detail = cmd.detail || (cmd.status === "expired" ? "The classroom gateway did not answer in time." : "");
-    showResult(cmd.device, cmd.status === "done" ? "done" : "failed", heads[cmd.status] || `${info.what}: ${cmd.status}`,
-               detail);
+    const detail = cmd.detail || (cmd.status === "expired" ? _("The classroom gateway did not answer in time.") : "");
+    showResult(cmd.device, cmd.status === "done" ? "done" : "failed",
+               heads[cmd.status] || `${info.what}: ${STATUS[cmd.status] || cmd.status}`, detail);
   }
 
   async function follow(id) {
@@ -240,7 +249,7 @@
     const card = cardOf(device);
     const kind = card ? card.dataset.kind : "device";
     lastCommand[device] = null;
-    showResult(device, "sending", `${what}: sending…`);
+    showResult(device, "sending", _("%(action)s: sending…", {action: what}));
     if (button) button.classList.add("busy");
     const done = () => { if (button) button.classList.remove("busy"); };
     let resp, body;
@@ -253,14 +262,15 @@
       body = await resp.json().catch(() => ({}));
     } catch (e) {
       done();
-      showResult(device, "failed", `✗ ${what} was not sent`, "The server cannot be reached. Check the network and try again.");
+      showResult(device, "failed", _("✗ %(action)s was not sent", {action: what}),
+                 _("The server cannot be reached. Check the network and try again."));
       return;
     }
     if (resp.status !== 200 && resp.status !== 202) {
       done();
-      const reason = resp.status === 401 ? "Your session has ended; log in again."
-        : (body.error || `the server answered ${resp.status}`);
-      showResult(device, "failed", `✗ ${what} was not sent`, reason);
+      const reason = resp.status === 401 ? _("Your session has ended; log in again.")
+        : (body.error || _("the server answered %(status)s", {status: resp.status}));
+      showResult(device, "failed", _("✗ %(action)s was not sent", {action: what}), reason);
       return;
     }
     lastCommand[device] = body.id;
@@ -268,9 +278,13 @@
     watching.set(body.id, {device, what});
     if (FINAL.has(body.status)) { finish(body); return; }
     const dev = state && state.devices.find((d) => d.id === device);
-    const busy = dev && {warming: "warming up", cooling: "cooling down"}[dev.values.power];
-    showResult(device, "sending", busy ? `${what}: sent; the ${kind} will do it when it has finished ${busy}…`
-                                       : `${what}: sent, waiting for the ${kind} to confirm…`);
+    const power = dev && dev.values.power;
+    showResult(device, "sending",
+      power === "warming" ? _("%(action)s: sent; the %(kind)s will do it when it has finished warming up…",
+                              {action: what, kind: kindName(kind)})
+      : power === "cooling" ? _("%(action)s: sent; the %(kind)s will do it when it has finished cooling down…",
+                                {action: what, kind: kindName(kind)})
+      : _("%(action)s: sent, waiting for the %(kind)s to confirm…", {action: what, kind: kindName(kind)}));
     const seen = state && (state.commands || []).find((c) => c.id === body.id && FINAL.has(c.status));
     if (seen) finish(seen); else follow(body.id);
   }
@@ -305,7 +319,8 @@
 
   function setLive(how) {
     live.dataset.live = how;
-    setText(live, {ok: "Live", connecting: "Connecting…", reconnecting: "Reconnecting…", lost: "Not connected"}[how]);
+    setText(live, {ok: _("Live"), connecting: _("Connecting…"), reconnecting: _("Reconnecting…"),
+                   lost: _("Not connected")}[how]);
     if (how === "ok") {
       clearTimeout(lostTimer);
       lostTimer = null;
@@ -314,7 +329,7 @@
       // A blip is normal; say something only when the live view has been gone for a while.
       lostTimer = setTimeout(() => {
         conn.hidden = false;
-        setText(conn, "Lost the live connection to the server; trying again. What you see may be out of date.");
+        setText(conn, _("Lost the live connection to the server; trying again. What you see may be out of date."));
       }, 6000);
     }
   }
@@ -334,7 +349,7 @@
     source.addEventListener("denied", () => {
       source.close();
       conn.hidden = false;
-      setText(conn, "You may no longer see this room. Reload the page.");
+      setText(conn, _("You may no longer see this room. Reload the page."));
     });
     source.addEventListener("error", async () => {
       if (source.readyState !== EventSource.CLOSED) { setLive("reconnecting"); return; }
@@ -343,8 +358,8 @@
       if (await sessionEnded()) {
         clearTimeout(lostTimer);
         conn.hidden = false;
-        conn.innerHTML = "Your session has ended. <a></a>";
-        Object.assign(conn.querySelector("a"), {href: root.dataset.login, textContent: "Log in again"});
+        conn.textContent = _("Your session has ended.") + " ";
+        conn.append(Object.assign(document.createElement("a"), {href: root.dataset.login, textContent: _("Log in again")}));
         setEnabled(false);
         return;
       }

@@ -3,7 +3,7 @@
   document.querySelectorAll("[data-copy]").forEach(btn => btn.addEventListener("click", () => {
     const el = document.querySelector(btn.dataset.copy);
     const text = el.value !== undefined ? el.value : el.textContent;
-    navigator.clipboard.writeText(text).then(() => { btn.textContent = "Copied"; });
+    navigator.clipboard.writeText(text).then(() => { btn.textContent = _("Copied"); });
   }));
   document.querySelectorAll("form[data-confirm]").forEach(f => f.addEventListener("submit", e => {
     if (!window.confirm(f.dataset.confirm)) e.preventDefault();
@@ -24,7 +24,8 @@
   }
   document.querySelectorAll("[data-ts]").forEach(el => {
     const s = Math.max(0, Date.now() / 1000 - Number(el.dataset.ts));
-    el.textContent = "seen " + (s < 90 ? Math.round(s) + " s" : s < 5400 ? Math.round(s / 60) + " min" :
-                                 s < 172800 ? Math.round(s / 3600) + " h" : Math.round(s / 86400) + " days") + " ago";
+    el.textContent = s < 90 ? _("seen %(n)s s ago", {n: Math.round(s)})
+      : s < 5400 ? _("seen %(n)s min ago", {n: Math.round(s / 60)})
+      : s < 172800 ? _("seen %(n)s h ago", {n: Math.round(s / 3600)}) : _("seen %(n)s days ago", {n: Math.round(s / 86400)});
   });
 })();

@@ -1,7 +1,7 @@
 """The card-authorised podium (issue 21): the cards allowed at each room's podium, and enrol modes.
 
 Revision ID: 0010
-Revises: 0009 (0008 on the podium branch until the merge)
+Revises: 0009 (user language)
 Create Date: 2026-12-05
 
 `podium_cards` (central/podium.py `PodiumCard`): per room, card pseudonyms (HMAC-SHA256 of the UID with
@@ -14,7 +14,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision = "0010"
-down_revision = "0008"  # "0009" at merge: another branch adds 0009 (see the report)
+down_revision = "0009"
 branch_labels = None
 depends_on = None
 
