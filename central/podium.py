@@ -31,10 +31,11 @@ from sqlalchemy.orm import Mapped, Session, mapped_column
 
 from campus import contract, names
 from campus.errors import ConfigError, PayloadError
+from campus.i18n import LazyText, lazy_gettext, message_of
 from central.db import Base
-from central.provisioning import CsvRecords, ImportProblem, decode_csv
+from central.provisioning import CsvRecords, Header, ImportProblem, decode_csv
 from central.registry import Gateway, Registry, Room
-from protocols.card_ids import card_hash, card_uid
+from protocols.card_ids import CARD_NUMBER_FORMS, card_hash, card_uid
 
 PREFIX_CHARS = 12           # how much of a pseudonym lists show, and how a card is named to remove it
 LABEL_MAX = 100
@@ -42,9 +43,11 @@ ENROL_WINDOW_S = (10.0, 600.0)   # the shortest and longest enrol mode
 ENROL_DEFAULT_S = 60.0
 MAX_CARDS_PER_ROOM = 300    # the room's list rides in one config message (contract.MAX_PAYLOAD_BYTES)
 CARD_COLUMNS = ("room", "card", "role", "label")
-# What a school office's spreadsheet may call the columns and the roles.
-COLUMN_ALIASES = {"教室": "room", "房间": "room", "卡号": "card", "一卡通": "card", "一卡通号": "card",
-                  "角色": "role", "姓名": "label", "备注": "label", "name": "label"}
+# The import's columns in English and Chinese, and what else a school office's spreadsheet may call them
+# (`room` is required only where the page or URL names no room).
+CARD_HEADER = Header(CARD_COLUMNS, {"room": "教室", "card": "卡号", "role": "角色", "label": "姓名"}, ("card", "role"),
+                     {"房间": "room", "一卡通": "card", "一卡通号": "card", "卡片号": "card", "备注": "label",
+                      "name": "label"})
 ROLE_ALIASES = {"教师": "teacher", "老师": "teacher", "后勤": "facility", "设备": "facility",
                 "保洁": "cleaner", "清洁": "cleaner"}
 
@@ -82,7 +85,7 @@ class CardEnrolment(Base):
 def check_role(role: str) -> str:
     role = ROLE_ALIASES.get(role.strip(), role.strip().lower())
     if role not in contract.PODIUM_ROLES:
-        raise ConfigError(f"role must be one of {', '.join(contract.PODIUM_ROLES)}")
+        raise ConfigError(lazy_gettext("role must be one of %(roles)s", roles=", ".join(contract.PODIUM_ROLES)))
     return role
 
 
@@ -141,14 +144,16 @@ def remove_card(registry: Registry, room_id: int, prefix: str) -> tuple[dict[str
     """Remove the one card of the room whose pseudonym starts with `prefix`: (the card, gateways to push)."""
     prefix = prefix.strip().lower()
     if not (4 <= len(prefix) <= 64) or any(c not in "0123456789abcdef" for c in prefix):
-        raise ConfigError("a card is named by the start of its pseudonym (hex digits, as the list shows)")
+        raise ConfigError(lazy_gettext("a card is named by the start of its pseudonym (hex digits, as the list "
+                                       "shows)"))
     with registry.session() as s:
         rows = [r for r in s.scalars(select(PodiumCard).where(PodiumCard.room_id == room_id)).all()
                 if r.card.startswith(prefix)]
         if not rows:
-            raise LookupError(f"no enrolled card {prefix} in this room")
+            raise LookupError(lazy_gettext("no enrolled card %(card)s in this room", card=prefix))
         if len(rows) > 1:
-            raise ConfigError(f"{len(rows)} cards start with {prefix}: give more of it")
+            raise ConfigError(lazy_gettext("%(n)s cards start with %(card)s: give more of it", n=len(rows),
+                                           card=prefix))
         gone = {"card": rows[0].card[:PREFIX_CHARS], "role": rows[0].role, "label": rows[0].label}
         s.execute(delete(PodiumCard).where(PodiumCard.id == rows[0].id))
         return gone, _changed(s, {room_id})
@@ -190,11 +195,12 @@ def start_enrolment(registry: Registry, room_id: int, role: str, label: str, by:
     role, label = check_role(role), check_label(label)
     low, high = ENROL_WINDOW_S
     if not low <= within_s <= high:
-        raise ConfigError(f"seconds must be between {low:g} and {high:g}")
+        raise ConfigError(lazy_gettext("seconds must be between %(low)s and %(high)s", low=f"{low:g}",
+                                       high=f"{high:g}"))
     now = time.time() if now is None else now
     with registry.session() as s:
         if not room_gateways(s, room_id):
-            raise ConfigError("this room has no gateway: no reader can see the card")
+            raise ConfigError(lazy_gettext("this room has no gateway: no reader can see the card"))
         s.execute(update(CardEnrolment).where(CardEnrolment.room_id == room_id, CardEnrolment.finished.is_(None))
                   .values(finished=now))
         s.add(CardEnrolment(room_id=room_id, role=role, label=label, by=by[:64], started=now, until=now + within_s))
@@ -216,7 +222,8 @@ def enrolment(registry: Registry, ledger: Any, room_id: int, by: str = "",
             swipe = _first_swipe(ledger, room_gateways(s, room_id), row.started, row.until)
             if swipe is not None:
                 if _room_full(s, room_id, 1):
-                    raise ConfigError(f"this room has {MAX_CARDS_PER_ROOM} cards already; remove some first")
+                    raise ConfigError(lazy_gettext("this room has %(n)s cards already; remove some first",
+                                                   n=MAX_CARDS_PER_ROOM))
                 _put(s, room_id, swipe, row.role, row.label, row.by or by)
                 row.card, row.finished = swipe, now
                 changed = _changed(s, {room_id})
@@ -273,15 +280,12 @@ def import_cards(registry: Registry, school: str, data: bytes, by: str, *, room:
     try:
         for line, cells in records:
             if header is None:
-                header = [COLUMN_ALIASES.get(c.strip(), c.strip().lower()) for c in cells]
-                for c in header:
-                    if c not in CARD_COLUMNS:
-                        report.errors.append(ImportProblem(line, c or "(empty)", "unknown column; the columns are "
-                                                           + ",".join(CARD_COLUMNS)))
-                needed = ("card", "role") if room else ("room", "card", "role")
-                for c in needed:
-                    if c not in header:
-                        report.errors.append(ImportProblem(line, c, "required column is missing from the header"))
+                header, labels, problems = CARD_HEADER.read(cells, line)
+                report.errors += problems
+                if room is None and "room" not in labels:
+                    report.errors.append(ImportProblem(line, "room", lazy_gettext(
+                        "required column is missing from the header (%(column)s or %(chinese)s)",
+                        column="room", chinese=CARD_HEADER.chinese["room"])))
                 if report.errors:
                     return report
                 continue
@@ -294,23 +298,25 @@ def import_cards(registry: Registry, school: str, data: bytes, by: str, *, room:
                 continue
             first = seen.setdefault((row[1], row[2]), line)
             if first != line:
-                report.errors.append(ImportProblem(line, "card", f"the same card is on line {first}"))
+                report.errors.append(ImportProblem(line, "card", lazy_gettext("the same card is on line %(line)s",
+                                                                              line=first)))
                 continue
             wanted.append(row)
     except csv.Error as exc:
         report.errors.append(records.invalid(exc))
     if header is None and not report.errors:
-        report.errors.append(ImportProblem(1, "", "the file is empty; the first line must be the header "
-                                           + ",".join(CARD_COLUMNS)))
+        report.errors.append(ImportProblem(1, "", lazy_gettext(
+            "the file is empty; the first line must be the header %(columns)s", columns=",".join(CARD_COLUMNS))))
     elif not wanted and not report.errors:
-        report.errors.append(ImportProblem(1, "", "no cards after the header"))
+        report.errors.append(ImportProblem(1, "", lazy_gettext("no cards after the header")))
     if report.errors:
         return report
     with registry.session() as s:
         for rid in {r[1] for r in wanted}:
             if _room_full(s, rid, sum(1 for r in wanted if r[1] == rid)):
-                report.errors.append(ImportProblem(0, "", f"a room can hold {MAX_CARDS_PER_ROOM} cards; this file "
-                                                   "would take one over: nothing imported"))
+                report.errors.append(ImportProblem(0, "", lazy_gettext(
+                    "a room can hold %(n)s cards; this file would take one over: nothing imported",
+                    n=MAX_CARDS_PER_ROOM)))
                 return report
         for _line, rid, card, role, label in wanted:
             if _put(s, rid, card, role, label, by):
@@ -327,34 +333,34 @@ def _card_row(line: int, v: dict[str, str], default_room: str | None, room_ids: 
               report: CardImport) -> tuple[int, int, str, str, str] | None:
     before = len(report.errors)
 
-    def bad(column: str, message: str) -> None:
+    def bad(column: str, message: str | LazyText) -> None:
         report.errors.append(ImportProblem(line, column, message))
 
     room = v.get("room") or default_room or ""
     rid = room_ids.get(room)
     if not room:
-        bad("room", "required")
+        bad("room", lazy_gettext("required"))
     elif default_room is not None and room != default_room:
-        bad("room", f"this import is for room {default_room} only")
+        bad("room", lazy_gettext("this import is for room %(room)s only", room=default_room))
     elif rid is None:
-        bad("room", "no such room in this school")
+        bad("room", lazy_gettext("no such room in this school"))
     elif allowed is not None and room not in allowed:
         report.outside = True
-        bad("room", "not one of your rooms")
+        bad("room", lazy_gettext("not one of your rooms"))
     card = ""
     try:
         card = card_hash(secret, card_uid(v.get("card", "")))  # the number goes no further than this line
-    except ValueError as exc:
-        bad("card", str(exc))
+    except ValueError:  # its message names no number; the one marked here is the page's
+        bad("card", lazy_gettext("not a card number: write %(forms)s", forms=CARD_NUMBER_FORMS))
     role = label = ""
     try:
         role = check_role(v.get("role", ""))
     except ConfigError as exc:
-        bad("role", str(exc))
+        bad("role", message_of(exc))
     try:
         label = check_label(v.get("label", ""))
     except ConfigError as exc:
-        bad("label", str(exc))
+        bad("label", message_of(exc))
     if len(report.errors) != before or rid is None:
         return None
     return line, rid, card, role, label

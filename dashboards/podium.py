@@ -18,11 +18,13 @@ from flask import Blueprint, Flask, Response, abort, g, jsonify, make_response, 
 
 from campus import contract, names
 from campus.errors import CampusError, ConfigError
+from campus.i18n import N_
 from central import podium
 from central import provisioning as prov
 from dashboards import auth
 from dashboards.auth import audit, login_required, not_found, refuse, school_scoped, sight
 from dashboards.context import central
+from dashboards.i18n import error_text, translate
 from dashboards.strict_json import json_object
 
 bp = Blueprint("podium", __name__)
@@ -31,7 +33,7 @@ MANAGERS = ("admin", "teacher")
 
 def register(app: Flask) -> None:
     app.register_blueprint(bp)
-    auth.add_nav(app, "Podium cards", "podium.rooms_page", ("admin", "facility", "teacher"))
+    auth.add_nav(app, N_("Podium cards"), "podium.rooms_page", ("admin", "facility", "teacher"))
 
 
 def _room(school: str, room: str, manage: bool) -> int:
@@ -115,8 +117,10 @@ def api_import(school: str, room: str) -> Any:
     rid = _room(school, room, manage=True)
     report, push = _import(school, room, request.get_data(), rid)
     if not report.ok:
-        return jsonify({"error": str(report.errors[0]), "field": report.errors[0].column or None,
-                        "errors": [{"line": e.line, "column": e.column, "message": e.message}
+        first = report.errors[0]
+        return jsonify({"error": f"line {first.line}: {first.column + ': ' if first.column else ''}{translate(first.message)}",
+                        "field": first.column or None,
+                        "errors": [{"line": e.line, "column": e.column, "message": translate(e.message)}
                                    for e in report.errors]}), 400
     return jsonify({"added": report.added, "changed": report.changed, **push})
 
@@ -128,9 +132,9 @@ def api_remove(school: str, room: str, card: str) -> Any:
     try:
         gone, changed = podium.remove_card(central().registry, rid, card)
     except LookupError as exc:
-        return jsonify({"error": str(exc)}), 404
+        return jsonify({"error": str(translate(exc.args[0]))}), 404
     except ConfigError as exc:
-        return jsonify({"error": str(exc), "field": "card"}), 400
+        return jsonify({"error": error_text(exc), "field": "card"}), 400
     audit("podium.remove", f"{school}/{room}: card {gone['card']} ({gone['role']}) removed")
     return jsonify({"removed": gone, **_push(changed)})
 
@@ -161,7 +165,7 @@ def api_start_enrolment(school: str, room: str) -> Any:
                                        float(fields["seconds"]))
     except ConfigError as exc:
         field = next((f for f in fields if str(exc).startswith(f)), None)
-        return jsonify({"error": str(exc), **({"field": field} if field else {})}), 400
+        return jsonify({"error": error_text(exc), **({"field": field} if field else {})}), 400
     audit("podium.enrol", f"{school}/{room}: enrol mode for {fields['seconds']:g} s as {state['role']}")
     return jsonify(state), 201
 
@@ -205,7 +209,8 @@ def enrol(school: str, room: str) -> Any:
         state = podium.start_enrolment(central().registry, rid, request.form.get("role", ""),
                                        request.form.get("label", ""), g.user["user"], seconds)
     except (ConfigError, ValueError) as exc:
-        return _page(school, room, rid, error=str(exc) if isinstance(exc, ConfigError) else "seconds: not a number")
+        return _page(school, room, rid, error=error_text(exc) if isinstance(exc, ConfigError)
+                     else translate(N_("seconds: not a number")))
     audit("podium.enrol", f"{school}/{room}: enrol mode for {seconds:g} s as {state['role']}")
     return _page(school, room, rid, enrolment=state)
 
@@ -228,8 +233,10 @@ def remove(school: str, room: str, card: str) -> Any:
     rid = _room(school, room, manage=True)
     try:
         gone, changed = podium.remove_card(central().registry, rid, card)
-    except (LookupError, ConfigError) as exc:
-        return _page(school, room, rid, error=str(exc))
+    except LookupError as exc:
+        return _page(school, room, rid, error=str(translate(exc.args[0])))
+    except ConfigError as exc:
+        return _page(school, room, rid, error=error_text(exc))
     audit("podium.remove", f"{school}/{room}: card {gone['card']} ({gone['role']}) removed")
     return _page(school, room, rid, removed=gone, push=_push(changed))
 
