@@ -195,8 +195,7 @@ def start_enrolment(registry: Registry, room_id: int, role: str, label: str, by:
     role, label = check_role(role), check_label(label)
     low, high = ENROL_WINDOW_S
     if not low <= within_s <= high:
-        raise ConfigError(lazy_gettext("seconds must be between %(low)s and %(high)s", low=f"{low:g}",
-                                       high=f"{high:g}"))
+        raise ConfigError(lazy_gettext("seconds must be between %(low)s and %(high)s", low=int(low), high=int(high)))
     now = time.time() if now is None else now
     with registry.session() as s:
         if not room_gateways(s, room_id):
@@ -268,7 +267,7 @@ def import_cards(registry: Registry, school: str, data: bytes, by: str, *, room:
     try:
         text = decode_csv(data)
     except ConfigError as exc:
-        report.errors.append(ImportProblem(1, "", str(exc)))
+        report.errors.append(ImportProblem(1, "", message_of(exc)))
         return report
     secret = registry.card_secret(school)
     with registry.session() as s:
