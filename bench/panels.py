@@ -14,7 +14,11 @@ asyncio client, each timed from its connect to its first `event: room`.
 They are then held for `--hold` seconds while a writer process records a
 new CO2 value in `--live` rooms a second (as ingest would); the web process
 tree's RSS (arbiter and workers together) and CPU are sampled meanwhile,
-and the room events the streams received are counted.
+and the room events the streams received are counted. Beside them, the
+CPU time and SQL statements of one API token's lookup
+(`Registry.principal_for_token`, the first thing each stream's request
+does), timed alone in a process of the checkout under test: a figure the
+machine's load hardly moves.
 
 `--code DIR` measures the `campus web` of another checkout (e.g. a worktree
 of the previous commit: `git worktree add /tmp/old HEAD~N`), so the old
@@ -26,6 +30,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import multiprocessing
+import subprocess
 import sys
 import tempfile
 import threading
@@ -38,7 +43,7 @@ if __package__ in (None, ""):
 
 import psutil  # noqa: E402
 
-from bench.common import CampusProcess, machine_line, percentile, print_table, wait_until  # noqa: E402
+from bench.common import ROOT, CampusProcess, machine_line, percentile, print_table, wait_until  # noqa: E402
 from campus.contract import State  # noqa: E402
 from campus.net import free_port  # noqa: E402
 from central.ledger import Ledger, Sequenced  # noqa: E402
@@ -193,11 +198,38 @@ async def measure(port: int, token: str, args: argparse.Namespace, web_pid: int)
             "probe_p95": percentile(probes, 95) if probes else None}
 
 
+# Run by the checkout under test (its own `central`), so `--code` measures the old lookup too.
+_LOOKUP = """
+import sys, time
+from sqlalchemy import event
+from central.registry import Registry
+reg = Registry(sys.argv[1])
+token, n, count = sys.argv[2], int(sys.argv[3]), [0]
+assert reg.principal_for_token(token) is not None
+event.listen(reg.engine, "before_cursor_execute", lambda *a: count.__setitem__(0, count[0] + 1))
+cpu = time.process_time()
+for _ in range(n):
+    reg.principal_for_token(token)
+print((time.process_time() - cpu) / n * 1000, count[0] / n)
+"""
+
+
+def token_lookup(db: Path, token: str, code: Path | None, n: int) -> tuple[float, float]:
+    """CPU ms and SQL statements of one `Registry.principal_for_token`, what every panel stream's request does
+    first, in the checkout under test (one process, nothing else running in it: a figure the load barely
+    moves)."""
+    done = subprocess.run([sys.executable, "-c", _LOOKUP, f"sqlite:///{db}", token, str(n)], cwd=code or ROOT,
+                          capture_output=True, text=True, timeout=300, check=True)
+    ms, statements = done.stdout.split()
+    return float(ms), float(statements)
+
+
 def run(args: argparse.Namespace, tmp: Path) -> dict[str, object]:
     db = tmp / "central.db"
     t0 = time.monotonic()
     token = populate(db, args.rooms)
     print(f"populated {args.rooms} rooms in {time.monotonic() - t0:.1f} s", flush=True)
+    lookup = token_lookup(db, token, args.code, 50 if args.quick else 1000)
     port = free_port()
     extra = ["--workers", str(args.workers)] if args.workers else []
     extra += ["--threads", str(args.threads)] if args.threads else []
@@ -215,6 +247,7 @@ def run(args: argparse.Namespace, tmp: Path) -> dict[str, object]:
             writer.start()
         result = asyncio.run(measure(port, token, args, web.proc.pid))  # type: ignore[union-attr]
         result["rss_idle"] = rss_idle
+        result["lookup_ms"], result["lookup_statements"] = lookup
         return result
     finally:
         stop.set()
@@ -250,11 +283,13 @@ def main(argv: list[str] | None = None) -> int:
                 f"{args.hold:g} s ({args.code or 'this checkout'}; load average after {load:.1f})",
                 ["opened at once", "first event p50 ms", "p95 ms", "max ms", "web CPU s to open them",
                  f"one more while open: p50 ms ({args.probes})", "p95 ms", "web RSS idle MB", "web RSS peak MB",
-                 "web CPU % while open", "room events / s"],
+                 "web CPU % while open", "room events / s", "token lookup: CPU ms", "statements"],
                 [[f"{r['opened']}/{args.panels}", _ms(r["p50"]), _ms(r["p95"]), _ms(r["max"]),
                   round(r["ramp_cpu"], 1), _ms(r["probe_p50"]), _ms(r["probe_p95"]),  # type: ignore[arg-type]
                   round(r["rss_idle"]), round(r["rss"]), round(r["cpu"]),  # type: ignore[arg-type]
-                  round(r["events"] / args.hold)]])  # type: ignore[operator]
+                  round(r["events"] / args.hold),  # type: ignore[operator]
+                  round(r["lookup_ms"], 2),  # type: ignore[call-overload]
+                  round(r["lookup_statements"], 1)]])  # type: ignore[call-overload]
     if r["errors"]:
         print(f"streams that failed: {r['errors'][:5]}")
     print(machine_line())

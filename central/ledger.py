@@ -30,7 +30,19 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Connection, and_, bindparam, func, or_, select, text, tuple_, update
+from sqlalchemy import (
+    ColumnElement,
+    Connection,
+    and_,
+    bindparam,
+    func,
+    not_,
+    or_,
+    select,
+    text,
+    tuple_,
+    update,
+)
 from sqlalchemy import delete as sql_delete
 
 from campus.contract import CommandResult, State
@@ -67,6 +79,26 @@ CLOCK_WARN_S = 120.0
 # Rows wait for central's acknowledgement up to a few minutes normally (central/acks.py ACK_MAX_DELAY_S);
 # the oldest waiting longer than this is worth a warning on the dashboard (ingest down, a broker lost).
 WAITING_WARN_S = 900.0
+
+
+# A gateway that said nothing for this many of its heartbeat intervals is offline, whatever its last
+# state said (`online_at`).
+SILENT_INTERVALS = 3
+
+
+def online_at(now: float) -> ColumnElement[bool]:
+    """A gateway is online at `now`: its newest state said so, and it was heard from within
+    SILENT_INTERVALS of its heartbeat interval (a gateway without an interval: its state alone).
+
+    Every reader of "online" (the API, the board and its counts, the district's rollup, the panel, the
+    alarm rules, commands sent again) asks this at read time. It used to be a stored flag that each read
+    first brought up to date (`mark_silent`): a GET that took SQLite's write lock and waited behind
+    ingest's batches (1 s and more at 10,000 rooms, docs/benchmarks.md section 11). The stored `online`
+    column is now what the newest state said, turned off by ingest's `mark_silent` for direct readers of
+    the table; nothing here depends on that having run."""
+    c = gw_t.c
+    return and_(c.online.is_(True), or_(c.interval <= 0, c.last_seen.is_(None),
+                                        c.last_seen >= now - SILENT_INTERVALS * c.interval))
 
 
 @dataclass
@@ -460,9 +492,12 @@ class Ledger:
         return [(school, gateway, instance, seq) for gateway, school, instance, seq in rows]
 
     def mark_silent(self, now: float | None = None) -> list[str]:
-        """Gateways that said nothing for 3 poll intervals become offline."""
+        """Store "offline" for gateways that said nothing for SILENT_INTERVALS intervals; returns them.
+
+        Ingest's housekeeping, for readers of the table itself: the ledger's own reads derive "online" at
+        read time (`online_at`) and never call this, so that no GET writes."""
         now = now or time.time()
-        silent = and_(gw_t.c.online.is_(True), gw_t.c.interval > 0, gw_t.c.last_seen < now - 3 * gw_t.c.interval)
+        silent = and_(gw_t.c.online.is_(True), not_(online_at(now)))
         with self.db.read("cannot read the gateways") as conn:
             if not conn.execute(select(gw_t.c.id).where(silent).limit(1)).first():
                 return []
@@ -493,12 +528,11 @@ class Ledger:
     def _gateway_rows(self, gateway: str | None = None, ids: Iterable[str] | None = None
                       ) -> list[tuple[dict[str, Any], dict[str, Any]]]:
         """Each gateway (or just `gateway`, or those of `ids`: a page of a list) as the API shows it, with
-        its last `state`, in one query."""
-        self.mark_silent()
+        its last `state`, in one query; a read only ("online" is `online_at` now)."""
         c = gw_t.c
-        query = select(c.id, c.school, c.room, c.online, c.last_seen, c.received, c.duplicates, c.first_seq,
-                       c.max_seq, c.state, c.gaps_before, c.received_before, c.seq_jumps, c.clock_ahead,
-                       c.clock_offset, c.acked_seq).order_by(c.school, c.id)
+        query = select(c.id, c.school, c.room, online_at(time.time()), c.last_seen, c.received, c.duplicates,
+                       c.first_seq, c.max_seq, c.state, c.gaps_before, c.received_before, c.seq_jumps,
+                       c.clock_ahead, c.clock_offset, c.acked_seq).order_by(c.school, c.id)
         if gateway is not None:
             query = query.where(c.id == gateway)
         if ids is not None:
@@ -599,7 +633,8 @@ class Ledger:
         newest = (select(*(recent_q.c[col.name] for col in _COMMAND_COLUMNS))
                   .where(recent_q.c.rank <= commands).order_by(recent_q.c.created.desc()))
         with self.db.read("cannot read the rooms") as conn:
-            rows = conn.execute(select(g.id, g.room, g.online, g.last_seen, g.state).where(g.id.in_(ids))).all()
+            rows = conn.execute(select(g.id, g.room, online_at(time.time()), g.last_seen, g.state)
+                                .where(g.id.in_(ids))).all()
             values = conn.execute(select(lt.gateway, lt.device, lt.metric, lt.value).where(lt.gateway.in_(ids))).all()
             cmds = conn.execute(newest).all()
         out = {gid: {"id": gid, "room": room, "online": bool(online), "last_seen": last_seen,
@@ -629,6 +664,25 @@ class Ledger:
         return [{"gateway": g, "device": d, "seq": s, "ts": ts, "type": t, "data": json.loads(data)}
                 for g, d, s, ts, t, data in rows]
 
+    def newest_events(self, gateways: Collection[str],
+                      types: Collection[str]) -> dict[tuple[str, str], dict[str, Any]]:
+        """The newest event of each of `types` of each of `gateways`, by (gateway, type): one statement for a
+        page of gateways (a window function), where `events(gateway=, type_=, limit=1)` per gateway and type
+        cost two statements per row of the provisioning list."""
+        ids, kinds = sorted(set(gateways)), sorted(set(types))
+        if not ids or not kinds:
+            return {}
+        e = events_t.c
+        rank = func.row_number().over(partition_by=(e.gateway, e.type), order_by=(e.ts.desc(), e.seq.desc()))
+        ranked = (select(e.gateway, e.device, e.seq, e.ts, e.type, e.data, rank.label("rank"))
+                  .where(e.gateway.in_(ids), e.type.in_(kinds)).subquery())
+        r = ranked.c
+        with self.db.read("cannot read the events") as conn:
+            rows = conn.execute(select(r.gateway, r.device, r.seq, r.ts, r.type, r.data)
+                                .where(r.rank == 1)).all()
+        return {(g, t): {"gateway": g, "device": d, "seq": seq, "ts": ts, "type": t, "data": json.loads(data)}
+                for g, d, seq, ts, t, data in rows}
+
     # ------------------------------------------------------------ commands
 
     def add_command(self, cid: str, gateway: str, device: str, action: str, params: dict[str, Any], by: str,
@@ -652,7 +706,7 @@ class Ledger:
         since = func.coalesce(gw_t.c.state_since, 0)
         query = (select(c.id, gw_t.c.school, c.gateway, c.device, c.action, c.params, c.by, c.deadline, c.created,
                         since).join(gw_t, gw_t.c.id == c.gateway)
-                 .where(c.status == "pending", c.deadline > now, gw_t.c.online.is_(True),
+                 .where(c.status == "pending", c.deadline > now, online_at(now),
                         or_(c.published.is_(None), c.published < now - retry_s,
                             func.coalesce(c.published_since, -1) != since)))
         with self.db.read("cannot read the pending commands") as conn:

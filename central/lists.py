@@ -16,6 +16,7 @@ Strings sort in code-point order on both engines (PostgreSQL's own order is the 
 
 from __future__ import annotations
 
+import time
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, replace
 from datetime import date, timedelta
@@ -48,6 +49,7 @@ from sqlalchemy import (
 from campus.errors import PayloadError
 from campus.i18n import lazy_gettext
 from central.db import Database
+from central.ledger import online_at
 from central.registry import Alarm, AuditRecord, Building, Device, Gateway, Room, School
 from central.registry import AlarmRule as AlarmKind
 from central.tables import commands as commands_t
@@ -327,9 +329,10 @@ def _problem_columns(db: Database, p: Any) -> dict[str, Any]:
     """Per gateway of `places`: whether it is offline, has a faulty device, has open alarms (the rules
     of central/overview.py `board`, in SQL)."""
     installed = gw_t.c.id.is_not(None)
-    offline = and_(installed, or_(gw_t.c.online.is_(False), _reported_status(db, "offline"),
+    online = online_at(time.time())  # derived at read time: a GET never writes (central/ledger.py)
+    offline = and_(installed, or_(not_(online), _reported_status(db, "offline"),
                                   _never_reported(db, p.c.id)))
-    fault = and_(installed, gw_t.c.online.is_(True), _reported_status(db, "fault"))
+    fault = and_(installed, online, _reported_status(db, "fault"))
     alarm = exists(select(Alarm.id).where(Alarm.gateway == p.c.id, Alarm.cleared_at.is_(None)))
     return {"offline": offline, "fault": fault, "alarm": alarm}
 
@@ -469,15 +472,18 @@ def audit(db: Database, paging: Paging) -> Page[dict[str, Any]]:
 
 def alarm_ids(db: Database, paging: Paging, state: str = "open", gateway: str | None = None,
               scope: Scope = Scope()) -> Page[int]:
-    """Alarm ids newest first, `open` (not cleared), `history` (cleared) or `all`, matching `q` in the
+    """Alarm ids newest first, `open` (not cleared), `active` (open, not acknowledged: what needs someone;
+    the pages count them with `limit=1` and the total), `history` (cleared) or `all`, matching `q` in the
     gateway, device or message."""
     query = select(Alarm.id, Alarm.raised_at)
-    if state == "open":
+    if state in ("open", "active"):
         query = query.where(Alarm.cleared_at.is_(None))
+        if state == "active":
+            query = query.where(Alarm.acked_at.is_(None))
     elif state == "history":
         query = query.where(Alarm.cleared_at.is_not(None))
     elif state != "all":
-        raise PayloadError(lazy_gettext("state must be open, history or all, got %(value)s", value=repr(state[:20])))
+        raise PayloadError(lazy_gettext("state must be open, active, history or all, got %(value)s", value=repr(state[:20])))
     if gateway:
         query = query.where(Alarm.gateway == gateway)
     query = query.where(*gateway_in(db, Alarm.gateway, scope))
@@ -568,10 +574,11 @@ def schools(db: Database, paging: Paging, sort: str = "school", descending: bool
     dev = reported_devices(db)
     faults = (select(func.count()).select_from(dev).where(device_field(db, dev, "status") == "fault")
               .correlate(gw_t).scalar_subquery())
+    online = online_at(time.time())
     per_gateway = (select(p.c.id, p.c.school,
-                          case((gw_t.c.online.is_(True), 1), else_=0).label("online"),
-                          case((and_(gw_t.c.id.is_not(None), gw_t.c.online.is_(False)), 1), else_=0).label("offline"),
-                          case((gw_t.c.online.is_(True), faults), else_=0).label("faults"))
+                          case((online, 1), else_=0).label("online"),
+                          case((and_(gw_t.c.id.is_not(None), not_(online)), 1), else_=0).label("offline"),
+                          case((online, faults), else_=0).label("faults"))
                    .select_from(p).outerjoin(gw_t, gw_t.c.id == p.c.id).subquery("per_gateway"))
     open_alarms = (select(p.c.school, func.count().label("alarms"),
                           func.sum(case((Alarm.acked_at.is_(None), 1), else_=0)).label("active"),

@@ -19,7 +19,6 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from sqlalchemy import select
-from sqlalchemy.orm import joinedload, selectinload
 
 from central import alarms as alarm_engine
 from central import lists
@@ -330,8 +329,7 @@ class ProvisionedGateway:
 def provisioned_gateways(registry: Registry, ledger: Ledger, paging: lists.Paging | None = None,
                          only: str | None = None, scope: lists.Scope = lists.EVERYTHING) -> lists.Page[ProvisionedGateway]:
     """A page of the registered gateways of `scope.schools` (or just `only`, if it is one of them), as the
-    provisioning pages list them: a few statements per gateway of the page, none per gateway of the
-    district."""
+    provisioning pages list them: a few statements for the page, whatever its length or the district's."""
     if only is not None:
         info = registry.gateway_info(only)
         found = info is not None and scope.allows_school(info["school"])
@@ -341,13 +339,14 @@ def provisioned_gateways(registry: Registry, ledger: Ledger, paging: lists.Pagin
     ids = page.items
     states = prov.gateway_states(ledger, ids) if ids else {}
     pushed = prov.pushed_versions(registry, ids) if ids else {}
-    infos = _gateway_infos(registry, ids)
+    infos = registry.gateway_infos(ids) if ids else {}
+    config_events = prov.config_events(ledger, ids) if ids else {}
     rows = []
     for info in (infos[gid] for gid in ids if gid in infos):
         st = states.get(info["id"], {})
         applied = st.get("config_version")
         push = pushed.get(info["id"])
-        events = prov.config_events(ledger, info["id"])
+        events = config_events[info["id"]]
         css, words = prov.sync_status(info["config_version"], push["version"] if push else None, applied,
                                       bool(st.get("online")), events["rejected"])
         rows.append(ProvisionedGateway(
@@ -359,22 +358,6 @@ def provisioned_gateways(registry: Registry, ledger: Ledger, paging: lists.Pagin
             # IT staff see a replaced outbox however old it is (the board: a week).
             storage_notes=prov.storage_notes(st, replaced_within=None) if st else []))
     return lists.Page(rows, page.total)
-
-
-def _gateway_infos(registry: Registry, ids: list[str]) -> dict[str, dict[str, Any]]:
-    """`Registry.gateway_info` of each gateway of a page, in three statements instead of four lazy loads per
-    gateway (200 statements for a page of 50: bench/dashboard.py)."""
-    if not ids:
-        return {}
-    with registry.session() as s:
-        gws = s.scalars(select(Gateway).where(Gateway.id.in_(ids))
-                        .options(selectinload(Gateway.devices), joinedload(Gateway.room).joinedload(Room.building)))
-        return {gw.id: {"id": gw.id, "school": gw.school_id, "room": gw.room.name if gw.room else "",
-                        "building": gw.room.building.name if gw.room and gw.room.building else "",
-                        "mqtt_username": gw.mqtt_username, "config_version": gw.config_version,
-                        "devices": [{"id": d.device_id, "profile": d.profile, "address": d.address,
-                                     "options": d.options} for d in gw.devices]}
-                for gw in gws.unique()}
 
 
 # ---------------------------------------------------------------- gateways as the API lists them

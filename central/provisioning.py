@@ -315,10 +315,12 @@ def storage_notes(gw: dict[str, Any], now: float | None = None, *,
     return notes
 
 
-def config_events(ledger: Any, gateway: str) -> dict[str, dict[str, Any] | None]:
-    """The newest `config_applied` and `config_rejected` events of a gateway."""
-    return {kind: next(iter(ledger.events(gateway=gateway, type_=f"config_{kind}", limit=1)), None)
-            for kind in ("applied", "rejected")}
+def config_events(ledger: Any, gateways: list[str]) -> dict[str, dict[str, dict[str, Any] | None]]:
+    """The newest `config_applied` and `config_rejected` events of each of `gateways` (a page), by gateway
+    then "applied" / "rejected": one ledger read for the page."""
+    newest = ledger.newest_events(gateways, [f"config_{kind}" for kind in ("applied", "rejected")])
+    return {gateway: {kind: newest.get((gateway, f"config_{kind}")) for kind in ("applied", "rejected")}
+            for gateway in gateways}
 
 
 def sync_status(wanted: int, pushed: int | None, applied: int | None, online: bool,

@@ -16,7 +16,7 @@ import json
 import re
 import secrets
 import time
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from contextlib import contextmanager
 from typing import Any
 
@@ -30,12 +30,13 @@ from sqlalchemy import (
     String,
     Text,
     UniqueConstraint,
+    bindparam,
     delete,
     select,
     update,
 )
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.orm import Mapped, Session, mapped_column, relationship
+from sqlalchemy.orm import Mapped, Session, joinedload, mapped_column, relationship, selectinload
 from werkzeug.security import check_password_hash, generate_password_hash
 
 from campus import names
@@ -267,6 +268,23 @@ def check_token(token: str, what: str = "an API token") -> str:
     return token
 
 
+# Who is calling, for every request (`Registry.principal`, `principal_for_token`): the user, its rooms, their
+# gateways and its schools, outer-joined in one statement (a teacher has rooms and no schools, a scoped
+# account schools and no rooms, so the rows stay few). The ORM's lazy loads took four or five statements;
+# and the statements are built once, here: building the select per request cost ten times its execution
+# (0.5 ms against 0.05 ms of CPU), on the path of every one of the 500 panel streams opened at 8:00
+# (docs/benchmarks.md section 10).
+_PRINCIPAL = (select(User.username, User.role, User.language, Room.id, Room.name, Gateway.id, UserSchool.school_id)
+              .select_from(User)
+              .outerjoin(UserRoom, UserRoom.user_id == User.id).outerjoin(Room, Room.id == UserRoom.room_id)
+              .outerjoin(Gateway, Gateway.room_id == Room.id)
+              .outerjoin(UserSchool, UserSchool.user_id == User.id)
+              .order_by(Room.id, Gateway.id))
+_PRINCIPAL_BY_NAME = _PRINCIPAL.where(User.username == bindparam("username"))
+_PRINCIPAL_BY_TOKEN = _PRINCIPAL.where(User.id == select(ApiToken.user_id).where(
+    ApiToken.token_sha256 == bindparam("digest")).scalar_subquery())
+
+
 class Registry:
     """The registry's operations the web app and CLI perform, on the central database."""
 
@@ -326,20 +344,35 @@ class Registry:
             if user is None:
                 check_password_hash(generate_password_hash("x"), password)  # same time either way
                 return None
-            return self._principal(s, user) if check_password_hash(user.password_hash, password) else None
+            ok = check_password_hash(user.password_hash, password)
+        return self.principal(username) if ok else None
 
     def principal(self, username: str) -> dict[str, Any] | None:
-        with self.session() as s:
-            user = s.scalar(select(User).where(User.username == username))
-            return self._principal(s, user) if user else None
+        """Who `username` is and what they may reach (`_principal`), or None: one statement."""
+        return self._principal(_PRINCIPAL_BY_NAME, {"username": username})
 
-    def _principal(self, s: Session, user: User) -> dict[str, Any]:
-        room_ids = [r.id for r in user.rooms]
-        gateways = s.scalars(select(Gateway.id).where(Gateway.room_id.in_(room_ids))).all() if room_ids else []
-        # `schools`: the schools an admin or facility account is limited to; empty: the whole district.
-        return {"user": user.username, "role": user.role, "rooms": [r.name for r in user.rooms],
-                "room_ids": room_ids, "gateways": list(gateways), "schools": [x.id for x in user.schools],
-                "language": user.language}
+    def _principal(self, query: Any, params: dict[str, str]) -> dict[str, Any] | None:
+        """The account `query` (`_PRINCIPAL_BY_NAME` or `_BY_TOKEN`) finds, as the web app checks rights
+        with it: user, role, rooms (names and ids, in id order), the gateways of those rooms, and `schools`
+        (those an admin or facility account is limited to, in code-point order; empty: the whole district).
+        None if there is no such account."""
+        with self.db.read("cannot read the account") as conn:
+            rows = conn.execute(query, params).all()
+        if not rows:
+            return None
+        rooms: dict[int, str] = {}
+        gateways: dict[str, None] = {}
+        schools: set[str] = set()
+        for _user, _role, _language, room_id, room_name, gateway, school in rows:
+            if room_id is not None:
+                rooms[room_id] = room_name
+            if gateway is not None:
+                gateways[gateway] = None
+            if school is not None:
+                schools.add(school)
+        return {"user": rows[0][0], "role": rows[0][1], "rooms": list(rooms.values()),
+                "room_ids": list(rooms), "gateways": list(gateways), "schools": sorted(schools),
+                "language": rows[0][2]}
 
     def set_language(self, username: str, language: str | None) -> None:
         """Keep the language `username` chose (a tag the web app checked), or forget it (None)."""
@@ -381,9 +414,8 @@ class Registry:
             s.add(ApiToken(user_id=user.id, name=name, token_sha256=token_digest(token)))
 
     def principal_for_token(self, token: str) -> dict[str, Any] | None:
-        with self.session() as s:
-            row = s.scalar(select(ApiToken).where(ApiToken.token_sha256 == token_digest(token)))
-            return self._principal(s, row.user) if row else None
+        """The account an API token belongs to (`_principal`), or None: one statement."""
+        return self._principal(_PRINCIPAL_BY_TOKEN, {"digest": token_digest(token)})
 
     # ------------------------------------------------------------ browser sessions (dashboards/sessions.py)
 
@@ -542,23 +574,32 @@ class Registry:
             gw.config_version += 1
 
     def gateway_info(self, gateway: str) -> dict[str, Any] | None:
+        """A registered gateway: place, MQTT user name, config version, devices; None if there is none."""
+        return self.gateway_infos([gateway]).get(gateway)
+
+    def gateway_infos(self, ids: Collection[str] | None = None) -> dict[str, dict[str, Any]]:
+        """`gateway_info` of each of `ids` (a page; None: every gateway), by id: two statements (the gateways
+        with their rooms and buildings joined, then their devices), where lazy loads took four per gateway
+        (a page of 50 gateways ran 200, a panel page four: bench/dashboard.py)."""
+        query = select(Gateway).options(selectinload(Gateway.devices),
+                                        joinedload(Gateway.room).joinedload(Room.building))
+        if ids is not None:
+            query = query.where(Gateway.id.in_(list(ids)))
         with self.session() as s:
-            gw = s.get(Gateway, gateway)
-            if gw is None:
-                return None
-            return {"id": gw.id, "school": gw.school_id, "room": gw.room.name if gw.room else "",
-                    "building": gw.room.building.name if gw.room and gw.room.building else "",
-                    "mqtt_username": gw.mqtt_username, "config_version": gw.config_version,
-                    "devices": [{"id": d.device_id, "profile": d.profile, "address": d.address, "options": d.options}
-                                for d in gw.devices]}
+            return {gw.id: {"id": gw.id, "school": gw.school_id, "room": gw.room.name if gw.room else "",
+                            "building": gw.room.building.name if gw.room and gw.room.building else "",
+                            "mqtt_username": gw.mqtt_username, "config_version": gw.config_version,
+                            "devices": [{"id": d.device_id, "profile": d.profile, "address": d.address,
+                                         "options": d.options} for d in gw.devices]}
+                    for gw in s.scalars(query).unique()}
 
     def gateways(self) -> list[dict[str, Any]]:
-        with self.session() as s:
-            # In code-point order, sorted here: SQL's string order is the collation (PostgreSQL: the
-            # cluster's locale, where "gw_b" < "gw-a" < "GW-A"; SQLite: binary), and the broker files and
-            # pages made from this list must not change with the engine.
-            ids = [gid for _school, gid in sorted(tuple(r) for r in s.execute(select(Gateway.school_id, Gateway.id)))]
-        return [info for gid in ids if (info := self.gateway_info(gid))]
+        """Every registered gateway (`gateway_info`), by school then id in code-point order: sorted here, as
+        SQL's string order is the collation (PostgreSQL: the cluster's locale, where "gw_b" < "gw-a" <
+        "GW-A"; SQLite: binary), and the broker files and pages made from this list must not change with
+        the engine."""
+        infos = self.gateway_infos()
+        return [infos[gid] for _school, gid in sorted((info["school"], gid) for gid, info in infos.items())]
 
     def card_secret(self, school: str) -> str:
         """The school's card secret (SchoolSecret), made on first use."""

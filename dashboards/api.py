@@ -270,11 +270,15 @@ def ingest_workers() -> Any:
 
 
 @bp.get("/metrics")
-@login_required(roles=("admin", "facility"), district=True)
+@login_required(roles=("admin", "facility"))
 def metrics() -> Any:
+    """The ledger for a monitoring system to scrape; a school-scoped account's schools only (a school's own
+    monitoring), without the district's ingest workers."""
     from dashboards.prometheus import CONTENT_TYPE, exposition
 
-    return Response(exposition(central().ledger), content_type=CONTENT_TYPE)
+    scope = in_sight()
+    ids = None if scope.schools is None else lists.all_gateway_ids(central().registry.db, scope)
+    return Response(exposition(central().ledger, ids), content_type=CONTENT_TYPE)
 
 
 @bp.get("/audit")

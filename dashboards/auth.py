@@ -13,7 +13,7 @@ school's own IT person or facility manager. `sight(user)` is what the caller may
 gateway. The rule for a school-scoped account: a named thing outside its schools (a gateway, a device,
 a command, an alarm, a schedule, a school's timetable) is a 404 that does not repeat the name, the
 same answer whether it exists or not, so the names of other schools do not leak; what is district-wide
-by nature (alarm rules, the broker files, ingest workers, metrics, the audit trail, new schools) is a
+by nature (alarm rules, the broker files, ingest workers, the audit trail, new schools) is a
 403 (`login_required(district=True)`). Both are audited. Teachers keep their 403 for another room. Session-authenticated writes need the CSRF
 token (form field `csrf` or header `X-CSRF-Token`); bearer calls do not,
 since a browser never adds that header by itself.

@@ -8,8 +8,9 @@ anonymous users the login page):
   building and problem (offline, fault, alarm). A room whose gateway is
   registered but has never sent a message is "not installed yet": not
   offline, not alarmed. Polls /api/board.
-* `/health/alarms` open alarms and history; Acknowledge records who and when
-  (POST with the CSRF token). Polls /api/alarms, so new alarms appear by themselves.
+* `/health/alarms` open alarms (a page at a time) and history; Acknowledge records who and when
+  (POST with the CSRF token). Polls /api/alarms, so new alarms appear by themselves; the other
+  pages ask it for the count of active alarms alone (`state=active&limit=1`, X-Total-Count).
 * `/health/thresholds` the alarm rules' limits, validated, every change audited.
 * `/health/rooms/<gateway>` history charts (environment, occupancy, equipment
   power) over 1 h / 24 h / 7 d, drawn as inline SVG from /api/telemetry.
@@ -200,8 +201,8 @@ def alarms() -> Any:
 @login_required(roles=STAFF)
 def api_alarms() -> Any:
     state = request.args.get("state", "open")
-    if state not in ("open", "history", "all"):
-        return _json_error(400, lazy_gettext("state must be open, history or all"))
+    if state not in ("open", "active", "history", "all"):
+        return _json_error(400, lazy_gettext("state must be open, active, history or all"))
     try:
         paging = lists.Paging.parse(request.args, default_limit=200, max_limit=2000)
     except PayloadError as exc:
@@ -214,7 +215,9 @@ def api_alarms() -> Any:
             return _json_error(400, error_text(exc))
     reg = central().registry
     page = lists.alarm_ids(reg.db, paging, state, gateway, sight(g.user))
-    rows = alarm_engine.list_alarms(reg, state, paging.limit, ids=page.items) if page.items else []
+    # The page's ids are already the state's: `active` ones are open ones.
+    rows = alarm_engine.list_alarms(reg, "open" if state == "active" else state, paging.limit,
+                                    ids=page.items) if page.items else []
     return paged(rows, page.total)
 
 

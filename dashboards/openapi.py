@@ -72,7 +72,8 @@ def document() -> dict[str, Any]:
     stream["responses"]["200"] = {"description": N_("an open text/event-stream"),
                                   "content": {"text/event-stream": {"schema": {"type": "string"}}}}
     metrics = _get(N_("Gateways, devices and ingest workers in the Prometheus text format 0.0.4, for scraping "
-                   "with a bearer token (facility, admin)"))
+                      "with a bearer token (facility, admin; an account limited to some schools: their "
+                      "gateways and devices, no ingest worker)"))
     metrics["responses"]["200"] = {"description": N_("metrics"), "content": {"text/plain": {"schema": {"type": "string"}}}}
     telemetry = _get(
         N_("Points of one series in [start, end] (default: the last hour), oldest first, never without the newest: at "
@@ -128,8 +129,9 @@ def document() -> dict[str, Any]:
                                                  arr), 200)},
             "/api/commands/{cid}": {"get": _get(N_("One command"), [("cid", "path", True)], obj)},
             "/api/panel/{gateway}/stream": {"get": stream},
-            "/api/alarms": {"get": _paged(_get(N_("Alarms, newest first: open (not cleared), history (cleared) or all "
-                                        "(facility, admin)"), [("state", "query", False),
+            "/api/alarms": {"get": _paged(_get(N_("Alarms, newest first: open (not cleared), active (open, "
+                                                  "not acknowledged), history (cleared) or all (facility, admin)"),
+                                               [("state", "query", False),
                                                               ("gateway", "query", False)], arr), 200, 2000)},
             "/api/alarms/{aid}/ack": {"post": ack},
             "/api/board": {"get": _paged(_get(

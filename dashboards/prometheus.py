@@ -2,7 +2,8 @@
 
 `GET /api/metrics` (admin, facility; a bearer token, as vmagent and
 Prometheus send with `bearer_token`) answers the text exposition format
-0.0.4: per gateway whether it is online, when it was last heard from and
+0.0.4 (an account limited to some schools: their gateways and devices, no
+ingest worker): per gateway whether it is online, when it was last heard from and
 its delivery counters; per device whether it is `ok`; per ingest worker
 whether it still reports and its counters. Alerting on these (a worker not
 running, gaps growing, a school's gateways offline) is the monitoring
@@ -11,7 +12,7 @@ system's job, not ours.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable
 from typing import Any
 
 from central.ledger import Ledger
@@ -49,10 +50,13 @@ def _family(name: str, kind: str, help_text: str, samples: Iterable[tuple[dict[s
     return lines
 
 
-def exposition(ledger: Ledger) -> str:
-    """Every metric family, in the text format (a family without samples keeps its HELP and TYPE)."""
-    gateways = ledger.gateways()
-    workers = ledger.workers()
+def exposition(ledger: Ledger, ids: Collection[str] | None = None) -> str:
+    """Every metric family, in the text format (a family without samples keeps its HELP and TYPE).
+
+    `ids`: only these gateways and their devices, and no ingest worker (a school-scoped account sees its
+    schools' gateways; the workers serve the whole district)."""
+    gateways = ledger.gateways(ids=ids)
+    workers = ledger.workers() if ids is None else []
     lines: list[str] = []
     for name, kind, help_text, key in _GATEWAY:
         lines += _family(name, kind, help_text, (
@@ -60,7 +64,7 @@ def exposition(ledger: Ledger) -> str:
             for gw in gateways if gw[key] is not None))
     lines += _family("campus_device_ok", "gauge", "1 if the device reports status ok", (
         ({"gateway": d["gateway"], "device": d["id"], "kind": d["kind"], "status": d["status"]},
-         d["status"] == "ok") for d in ledger.gateway_devices()))
+         d["status"] == "ok") for d in ledger.gateway_devices(ids=ids)))
     for name, kind, help_text, key in _WORKER:
         lines += _family(name, kind, help_text, (
             ({"worker": w["name"], "host": w["host"]}, w.get(key, 0)) for w in workers))

@@ -185,9 +185,20 @@ def test_the_other_schools_things_are_not_found_and_district_things_forbidden(di
     assert call(app, "admin_a", f"/api/gateways/{A_GW}/devices/proj/commands", "POST", json=body).status_code == 503
     assert call(app, "admin", f"/api/gateways/{Z_GW}/devices/proj/commands", "POST", json=body).status_code == 503
     # What belongs to the whole district.
-    for path in ("/api/audit", "/api/ingest", "/api/metrics"):
+    for path in ("/api/audit", "/api/ingest"):
         for who in SCOPED:
             assert call(app, who, path).status_code == 403, path
+    # Metrics: a school's own monitoring scrapes its schools' gateways and devices, not the district's
+    # ingest workers.
+    central(app).ledger.record_worker("ingest-1", "central-host", 1, time.time(), {"messages": 1})
+    for who in SCOPED:
+        resp = call(app, who, "/api/metrics")
+        text = resp.get_data(as_text=True)
+        assert resp.status_code == 200 and "zeta" not in text and "central-host" not in text
+        assert text.count("campus_gateway_online{") == ROOMS["alpha"]
+        assert text.count("campus_device_ok{") == 2 * ROOMS["alpha"]
+    text = call(app, "fm", "/api/metrics").get_data(as_text=True)
+    assert text.count("campus_gateway_online{") == sum(ROOMS.values()) and "central-host" in text
     for path in ("/provisioning/broker", "/provisioning/ingest"):
         assert call(app, "admin_a", path).status_code == 403, path
         assert call(app, "admin", path).status_code == 200, path

@@ -37,12 +37,19 @@
     return _("%(n)s h", {n: (s / 3600).toFixed(1)});
   }
   function fmt(v) { return typeof v === "number" ? String(Math.round(v * 10) / 10) : String(v); }
-  async function getJSON(url) {
+  async function fetchOk(url) {
     const r = await fetch(url, {headers: {Accept: "application/json"}, credentials: "same-origin"});
     if (r.status === 401) { location.href = "/login?next=" + encodeURIComponent(location.pathname + location.search); throw new Error(_("login required")); }
     if (!r.ok) throw new Error((await r.json().catch(() => ({}))).error || `HTTP ${r.status}`);
-    return r.json();
+    return r;
   }
+  async function getJSON(url) { return (await fetchOk(url)).json(); }
+  // A page of a server-side list (central/lists.py) and the whole list's length (X-Total-Count).
+  async function getPage(url) {
+    const r = await fetchOk(url);
+    return {rows: await r.json(), total: +(r.headers.get("X-Total-Count") || 0)};
+  }
+  const ALARM_PAGE = 100;
   function setUpdated(text, bad) {
     const el = document.getElementById("updated");
     if (el) { el.textContent = text; el.classList.toggle("error", !!bad); }
@@ -176,9 +183,9 @@
     });
     syncBuildings();
   }
+  // Open alarms nobody acknowledged: counted by the server, one row fetched (not every open alarm).
   async function unacked() {
-    const open = await getJSON("/api/alarms?state=open");
-    return open.filter(a => !a.acknowledged).length;
+    return (await getPage("/api/alarms?state=active&limit=1")).total;
   }
 
   // ------------------------------------------------------------ alarms
@@ -205,21 +212,33 @@
         <td>${what(a)}</td><td>${esc(a.value)}</td><td>${acked}</td><td>${esc(clock(a.cleared_at))}</td>
         <td>${esc(duration(a.cleared_at - a.raised_at))}</td></tr>`;
     }
+    let offset = 0;  // of the open alarms' page shown
     async function refresh() {
       try {
-        const [open, past] = await Promise.all([getJSON("/api/alarms?state=open"), getJSON("/api/alarms?state=history&limit=100")]);
-        render("open-alarms-body", open.map(openRow).join("") ||
+        const [open, past, n] = await Promise.all([getPage(`/api/alarms?state=open&limit=${ALARM_PAGE}&offset=${offset}`),
+          getJSON("/api/alarms?state=history&limit=100"), unacked()]);
+        if (offset && !open.rows.length && open.total) { offset = 0; return refresh(); }  // the page emptied
+        render("open-alarms-body", open.rows.map(openRow).join("") ||
           `<tr><td colspan="7" class="hstate cleared">${esc(_("No open alarms: everything is within its limits."))}</td></tr>`);
         render("history-alarms-body", past.map(historyRow).join("") || `<tr><td colspan="8" class="muted">${esc(_("No cleared alarms yet."))}</td></tr>`);
-        const n = open.filter(a => !a.acknowledged).length;
+        const last = Math.min(offset + ALARM_PAGE, open.total);
+        render("open-pager", open.total > ALARM_PAGE || offset ? `<span class="muted" data-total="${open.total}">${esc(_("%(first)s–%(last)s of %(total)s", {first: offset + 1, last, total: open.total}))}</span>` +
+          (offset > 0 ? ` <button type="button" data-offset="${Math.max(0, offset - ALARM_PAGE)}">${esc(_("← Previous"))}</button>` : "") +
+          (last < open.total ? ` <button type="button" data-offset="${last}">${esc(_("Next →"))}</button>` : "") : "");
         setAlarmCount(n);
-        document.getElementById("open-note").textContent = _("(%(open)s open, %(n)s not acknowledged)", {open: open.length, n});
+        document.getElementById("open-note").textContent = _("(%(open)s open, %(n)s not acknowledged)", {open: open.total, n});
         setUpdated(_("Updated %(time)s · refreshes every %(n)s s", {time: clock(Date.now() / 1000), n: 3}));
       } catch (e) { setUpdated(_("Cannot reach the server: %(error)s", {error: e.message}), true); }
     }
     document.querySelector("#open-alarms tbody").id = "open-alarms-body";
     document.querySelector("#history-alarms tbody").id = "history-alarms-body";
     const now = poll(refresh, 3000);
+    document.getElementById("open-pager").addEventListener("click", ev => {
+      const b = ev.target.closest("button[data-offset]");
+      if (!b) return;
+      offset = +b.dataset.offset;
+      now();
+    });
     root.addEventListener("submit", async ev => {
       const form = ev.target.closest("form[data-ack]");
       if (!form) return;
