@@ -46,6 +46,14 @@ ACTION_PARAMS: dict[str, dict[str, str]] = {
     "select_input": {"input": "input name"},
     "set_volume": {"level": "percent"},
 }
+# The card-authorised podium (edge_agent/podium.py): what a swipe did, reported as an event of type
+# PODIUM_EVENT on the event topic of device PODIUM_DEVICE; data: card (pseudonym, or "" for a timeout),
+# role, outcome, reader, steps [{device, action, status, detail}]. Card roles: who a card belongs to.
+PODIUM_EVENT = "podium"
+PODIUM_DEVICE = "podium"
+PODIUM_ROLES = ("teacher", "facility", "cleaner")
+PODIUM_OUTCOMES = ("started", "ended", "refused", "logged")
+CARD_SWIPE_EVENT = "card_swipe"  # a card reader's event; data: card (pseudonym), reader
 DEVICE_KINDS = ("environment", "card_reader", "projector", "display", "camera", "meter")
 # String metrics with a closed set of values (stores without strings keep the index).
 METRIC_ENUMS: dict[str, tuple[str, ...]] = {

@@ -211,7 +211,9 @@ def push_config(registry: Registry, client: Any, gateway: str, by: str = "") -> 
     if info is None:
         raise ConfigError(f"no gateway {gateway!r}")
     check_record(info, display_names=False)  # the device list names no room: a legacy room name does not block it
-    payload = registry.device_list_payload(gateway)
+    from central import podium  # the device list with the school's card secret and the room's podium
+
+    payload = podium.config_payload(registry, gateway)
     if len(payload) > contract.MAX_PAYLOAD_BYTES:
         raise ConfigError(f"the device list of {gateway} is {len(payload)} bytes, over {contract.MAX_PAYLOAD_BYTES}")
     try:

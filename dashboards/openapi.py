@@ -151,6 +151,7 @@ def document() -> dict[str, Any]:
             **_energy(),
             **_city(),
             **_notifications(),
+            **_podium(),
         },
     }
 
@@ -213,6 +214,46 @@ def _energy() -> dict[str, Any]:
         op["responses"].setdefault("400", {"description": N_("bad query parameter: `error` says why, `field` names it")})
         op["responses"]["404"] = {"description": N_("a school outside the account's schools")}
     return {"/api/energy": {"get": report}, "/api/energy/left-on": {"get": left}, "/api/maintenance": {"get": due}}
+
+
+def _podium() -> dict[str, Any]:
+    """Podium cards (dashboards/podium.py, central/podium.py): a room's allow-list, by pseudonym prefix."""
+    room = [("school", "path", True), ("room", "path", True)]
+    card = {"type": "object", "properties": {
+        "card": {"type": "string", "description": N_("the start of the card's pseudonym (never its number)")},
+        "role": {"type": "string", "enum": list(contract.PODIUM_ROLES)}, "label": {"type": "string"},
+        "added": {"type": "number"}, "by": {"type": "string"}}}
+    pushed = {"pushed": {"type": "array", "items": {"type": "string"}}, "not_pushed": {"type": ["string", "null"]}}
+    listing = _get(N_("The cards enrolled at a room's podium (the room's teacher, facility, admin)"), room,
+                   {"type": "array", "items": card})
+    imported = _get(N_("Enrol cards from a CSV body (`card,role,label`; 一卡通 numbers, UTF-8 or GB18030), "
+                       "pseudonymised with the school's secret as read, never stored; all or nothing (the room's "
+                       "teacher, admin)"), room, {"type": "object", "properties": {
+                        "added": {"type": "integer"}, "changed": {"type": "integer"}, **pushed}})
+    imported["requestBody"] = {"required": True, "content": {"text/csv": {"schema": {"type": "string"}}}}
+    imported["responses"]["400"] = {"description": N_("`errors`: every problem with its line and column; nothing changed")}
+    removed = _get(N_("Remove one enrolled card, named by the start of its pseudonym (the room's teacher, admin)"),
+                   [*room, ("card", "path", True)], {"type": "object"})
+    removed["responses"].update({"400": {"description": N_("not a pseudonym prefix, or more than one card has it")},
+                                 "404": {"description": N_("no such card in this room")}})
+    state = {"type": "object", "properties": {
+        "status": {"type": "string", "enum": ["waiting", "enrolled", "expired"]}, "role": {"type": "string"},
+        "label": {"type": "string"}, "until": {"type": "number"}, "card": {"type": ["string", "null"]}, **pushed}}
+    status = _get(N_("The room's latest enrol mode; a swipe reported within it is enrolled now"), room, state)
+    status["responses"]["404"] = {"description": N_("no enrol mode was started in this room")}
+    start = _get(N_("Enrol the next card swiped at the room's readers within `seconds` (10-600, default 60) "
+                    "(the room's teacher, admin)"), room, state)
+    start["requestBody"] = {"required": True, "content": {"application/json": {"schema": {
+        "type": "object", "required": ["role"], "properties": {
+            "role": {"type": "string", "enum": list(contract.PODIUM_ROLES)}, "label": {"type": "string"},
+            "seconds": {"type": "number", "minimum": 10, "maximum": 600}}}}}}
+    start["responses"]["201"] = start["responses"].pop("200")
+    start["responses"]["400"] = {"description": N_("`field` names the bad part; nothing changed")}
+    for op in (listing, imported, removed, status, start):
+        op["responses"].setdefault("404", {"description": N_("no such room (or not in your schools)")})
+    return {"/api/schools/{school}/rooms/{room}/cards": {"get": listing, "post": imported},
+            "/api/schools/{school}/rooms/{room}/cards/{card}": {"delete": removed},
+            "/api/schools/{school}/rooms/{room}/enrolment": {"get": status, "post": start}}
 
 
 def _city() -> dict[str, Any]:

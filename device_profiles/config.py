@@ -10,6 +10,7 @@ through the protocol table (protocols/), which names the drivers without importi
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
@@ -91,6 +92,69 @@ class DeviceConfig(_Strict):
         return load_profile(self.profile)
 
 
+PSEUDONYM_RE = r"^[0-9a-f]{64}$"  # HMAC-SHA256 hex: what the card reader driver makes of a UID
+
+
+class SceneStep(_Strict):
+    """One action of a podium scene, on one device of this gateway (checked against its profile at start)."""
+    device: str
+    action: str
+    params: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("action")
+    @classmethod
+    def _action(cls, v: str) -> str:
+        if v not in contract.ACTIONS:
+            raise ValueError(f"must be one of {', '.join(contract.ACTIONS)}, got {v!r}")
+        return v
+
+
+class PodiumCard(_Strict):
+    role: str
+    label: str = Field("", max_length=100)
+
+    @field_validator("role")
+    @classmethod
+    def _role(cls, v: str) -> str:
+        if v not in contract.PODIUM_ROLES:
+            raise ValueError(f"must be one of {', '.join(contract.PODIUM_ROLES)}, got {v!r}")
+        return v
+
+
+class PodiumConfig(_Strict):
+    """The card-authorised podium (edge_agent/podium.py): which cards may start and end a class here.
+
+    `cards` maps a card's pseudonym (never its UID) to its role; central pushes it (central/podium.py).
+    `start`/`end` left out: the default scenes of every projector and display of the gateway (power on,
+    `inputs[device]` selected if given, unmuted; power off). `readers` empty: every card reader counts.
+    """
+    readers: list[str] = Field(default_factory=list)
+    inputs: dict[str, str] = Field(default_factory=dict)
+    start: list[SceneStep] | None = None
+    end: list[SceneStep] | None = None
+    # A class nobody ends by a swipe ends by itself this long after it started (0: never).
+    timeout_s: float = Field(3 * 3600.0, ge=0, le=24 * 3600.0)
+    # Roles whose swipe is only logged (outcome `logged`): a cleaner opens the room, the podium stays off.
+    log_only: list[str] = Field(default_factory=lambda: ["cleaner"])
+    cards: dict[str, PodiumCard] = Field(default_factory=dict)
+
+    @field_validator("cards")
+    @classmethod
+    def _cards(cls, v: dict[str, PodiumCard]) -> dict[str, PodiumCard]:
+        bad = next((k for k in v if not re.match(PSEUDONYM_RE, k)), None)
+        if bad is not None:
+            raise ValueError(f"card {bad[:16]!r}: a card is its pseudonym, 64 lower-case hex digits")
+        return v
+
+    @field_validator("log_only")
+    @classmethod
+    def _log_only(cls, v: list[str]) -> list[str]:
+        bad = [r for r in v if r not in contract.PODIUM_ROLES]
+        if bad:
+            raise ValueError(f"{bad[0]!r} is not a role ({', '.join(contract.PODIUM_ROLES)})")
+        return v
+
+
 class GatewayConfig(_Strict):
     school: str
     gateway: str
@@ -100,6 +164,7 @@ class GatewayConfig(_Strict):
     poll_interval: float = Field(5.0, gt=0)
     data_dir: str = ""
     card_secret: str = ""
+    podium: PodiumConfig | None = None
     outbox: OutboxConfig = Field(default_factory=OutboxConfig)
     devices: list[DeviceConfig] = Field(default_factory=list)
     # The registry's version of this device list, when the file came from it.
@@ -135,6 +200,13 @@ class GatewayConfig(_Strict):
             if dev.id in seen:
                 raise ValueError(f"device id {dev.id!r} appears twice")
             seen.add(dev.id)
+        if self.podium is not None:
+            steps = [*(self.podium.start or []), *(self.podium.end or [])]
+            for where, dev_id in ([("podium.readers", r) for r in self.podium.readers]
+                                  + [("podium.inputs", d) for d in self.podium.inputs]
+                                  + [("podium scene", s.device) for s in steps]):
+                if dev_id not in seen:
+                    raise ValueError(f"{where}: no device {dev_id!r} on this gateway")
         return self
 
     def device(self, device_id: str) -> DeviceConfig | None:

@@ -17,6 +17,8 @@ class of its own, all tasks in one asyncio loop (the agent's task group):
   that changed, is saved next to the outbox (`pushed-config.json`, used
   instead of the file's devices at the next start), and is reported as a
   `config_applied` or `config_rejected` event and `config_version` in `state`;
+- the podium (`podium.Podium`): a swipe of an enrolled card starts or ends the class (the room's
+  scenes through the command executor), decided here, reported as a `podium` event;
 - the MQTT link (`link.Link`): one connection at a time with a persistent
   session, routing what arrives to the parts above; on any broker error it
   backs off and connects again.
@@ -48,6 +50,7 @@ from edge_agent.drivers import create_driver
 from edge_agent.drivers.base import Driver
 from edge_agent.link import Link
 from edge_agent.outbox import Outbox
+from edge_agent.podium import Podium
 from edge_agent.polling import Polling
 from edge_agent.presence import Presence
 from edge_agent.storage import Replacement
@@ -70,7 +73,7 @@ class Agent:
         self.school, self.gateway = config.school, config.gateway
         # Shared by the pollers, the command workers and config pushes: a read and a command never
         # run on one device at once (its lock).
-        self.drivers: dict[str, Driver] = {dev.id: self._new_driver(dev) for dev in config.devices}
+        self.drivers: dict[str, Driver] = {dev.id: self._new_driver(dev, config) for dev in config.devices}
         self.locks = {d: asyncio.Lock() for d in self.drivers}
         self._tasks: asyncio.TaskGroup | None = None
 
@@ -78,9 +81,11 @@ class Agent:
                                  config_version=lambda: self.push.version)
         self.drain = Drain(config, self.outbox, self.presence)
         self.polling = Polling(config, self.outbox, self.drivers, self.locks, wake_drain=self.drain.wake,
-                               status_changed=self.presence.changed.set)
+                               status_changed=self.presence.changed.set,
+                               on_events=lambda device, events: self.podium.observe(device, events))
         self.commands = CommandExecutor(self.outbox, self.school, self.gateway, self.drivers, self.locks,
                                         on_result=self._command_finished)
+        self.podium = Podium(self.outbox, self.commands, lambda: self.push.config, wake_drain=self.drain.wake)
         self.push = ConfigPush(self.file_config, config, version, drivers=self.drivers, locks=self.locks,
                                polling=self.polling, commands=self.commands, new_driver=self._new_driver,
                                spawn=self._spawn, agent_event=self.record_agent_event,
@@ -92,11 +97,14 @@ class Agent:
 
     # ------------------------------------------------------------ what the parts tell each other
 
-    def _new_driver(self, dev: DeviceConfig) -> Driver:
+    def _new_driver(self, dev: DeviceConfig, config: GatewayConfig) -> Driver:
         options = dict(dev.options)
-        if dev.profile_obj.kind == "card_reader":
-            options.setdefault("secret", self.file_config.card_secret)
-        return create_driver(dev.id, dev.profile_obj, dev.address, options)
+        if dev.profile_obj.kind == "card_reader":  # the school's secret: the file's, or the one central pushed
+            options.setdefault("secret", config.card_secret)
+        driver = create_driver(dev.id, dev.profile_obj, dev.address, options)
+        if hasattr(driver, "on_swipe"):  # a swipe is read at once (the podium), not at the next poll
+            driver.on_swipe = lambda device=dev.id: self.polling.read_soon(device)
+        return driver
 
     def _command_received(self, device_id: str, payload: bytes) -> None:
         self.commands.receive(device_id, payload)
@@ -165,6 +173,7 @@ class Agent:
             async with asyncio.TaskGroup() as tg:
                 self._tasks = tg
                 tg.create_task(self.link.run())
+                tg.create_task(self.podium.run())
                 for device_id in self.drivers:
                     self.polling.start(device_id, self._spawn)
                     self.commands.start(device_id, self._spawn)

@@ -30,6 +30,7 @@ import json
 import logging
 import sqlite3
 import time
+import uuid
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from typing import Any
@@ -109,6 +110,7 @@ class CommandExecutor:
         self.workers: dict[str, asyncio.Task[None]] = {}  # device -> its worker, when started by `start`
         self.executed: dict[str, int] = {}  # action runs per command id, for tests and audits
         self.volatile: dict[str, _Entry] = {}  # journal entries the storage refused (disk full)
+        self._waiters: dict[str, asyncio.Future[tuple[str, str]]] = {}  # local commands: id -> (status, detail)
 
     @property
     def db(self) -> sqlite3.Connection:
@@ -205,6 +207,31 @@ class CommandExecutor:
                         also=record, hold=True)
         self.on_result(device, status)
         log.info("command %s on %s: %s %s", cid, device, status, detail)
+        waiter = self._waiters.get(cid)
+        if waiter is not None and not waiter.done():
+            waiter.set_result((status, detail))
+
+    async def run_local(self, device: str, action: str, params: dict[str, Any], by: str,
+                        within_s: float = MAX_RUN_S) -> tuple[str, str]:
+        """(status, detail) of an action the gateway decided itself (the podium's scenes).
+
+        It goes the way a command from central goes: journaled, queued behind the device's other
+        commands, run at most once, its result in the outbox. So a swipe and a teacher's panel
+        command never run on one device at once, and central's command history sees both.
+        """
+        now = self.clock()
+        cid = f"local-{uuid.uuid4().hex[:24]}"
+        waiter: asyncio.Future[tuple[str, str]] = asyncio.get_running_loop().create_future()
+        self._waiters[cid] = waiter
+        try:
+            self.receive(device, Command(id=cid, action=action, params=params, deadline=now + within_s,
+                                         by=by, ts=now).encode())
+            async with asyncio.timeout(within_s + 5):
+                return await waiter
+        except TimeoutError:
+            return "failed", "no result in time"
+        finally:
+            self._waiters.pop(cid, None)
 
     def recover(self) -> None:
         """After a restart: requeue commands never started; fail the interrupted ones."""

@@ -57,9 +57,14 @@ def validate_pushed_config(base: GatewayConfig, payload: bytes | str) -> tuple[i
         raise ConfigError(f"field version: must be a whole number >= 1, got {version!r}")
     if not isinstance(devices, list):
         raise ConfigError("field devices: must be a list")
+    # The school's card secret and the room's podium (allow-list, scenes) come with the device list
+    # when central sends them (central/podium.py); a payload without them keeps the file's.
+    extra = {k: data[k] for k in ("podium", "card_secret") if k in data}
+    if "card_secret" in extra and not (isinstance(extra["card_secret"], str) and extra["card_secret"].strip()):
+        raise ConfigError("field card_secret: must be a non-empty text")
     try:
         config = GatewayConfig.model_validate({**base.model_dump(exclude={"devices"}), "devices": devices,
-                                               "source": base.source})
+                                               **extra, "source": base.source})
     except ValidationError as exc:
         err = exc.errors()[0]
         where = ".".join(map(str, err["loc"]))
@@ -112,8 +117,10 @@ def save_pushed(config: GatewayConfig, payload: bytes) -> None:
 
 
 def device_changes(old: GatewayConfig, new: GatewayConfig, running: set[str]) -> tuple[list[str], list[str], list[str]]:
-    """(added, changed, removed) device ids; `simulator` settings do not count (the agent ignores them)."""
+    """(added, changed, removed) device ids; `simulator` settings do not count (the agent ignores them).
+    A new card secret changes every card reader (its driver hashes with it)."""
     wanted = {d.id: d for d in new.devices}
+    secret_changed = old.card_secret != new.card_secret
     removed = sorted(running - set(wanted))
     added, changed = [], []
     for dev_id, dev in wanted.items():
@@ -121,7 +128,8 @@ def device_changes(old: GatewayConfig, new: GatewayConfig, running: set[str]) ->
         if before is None or dev_id not in running:
             added.append(dev_id)
         elif (before.model_dump(exclude={"simulator"}) != dev.model_dump(exclude={"simulator"})
-              or old.interval_for(before) != new.interval_for(dev)):
+              or old.interval_for(before) != new.interval_for(dev)
+              or (secret_changed and dev.profile_obj.kind == "card_reader")):
             changed.append(dev_id)
     return added, changed, removed
 
@@ -138,7 +146,8 @@ class ConfigPush:
 
     def __init__(self, file_config: GatewayConfig, config: GatewayConfig, version: int | None, *,
                  drivers: dict[str, Driver], locks: dict[str, asyncio.Lock], polling: Polling,
-                 commands: CommandExecutor, new_driver: Callable[[DeviceConfig], Driver], spawn: Spawn,
+                 commands: CommandExecutor, new_driver: Callable[[DeviceConfig, GatewayConfig], Driver],
+                 spawn: Spawn,
                  agent_event: Callable[[str, dict[str, Any]], None], changed: Callable[[], None]) -> None:
         """`spawn` starts a task in the agent's task group; `changed()` republishes the gateway's state."""
         self.file_config = file_config
@@ -186,7 +195,7 @@ class ConfigPush:
         try:
             for dev_id in added + changed:
                 try:
-                    fresh[dev_id] = self.new_driver(wanted[dev_id])
+                    fresh[dev_id] = self.new_driver(wanted[dev_id], new)
                 except (CampusError, ValueError) as exc:
                     raise ConfigError(f"device {dev_id}: {exc}") from None
             try:

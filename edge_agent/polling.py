@@ -38,13 +38,16 @@ log = logging.getLogger("edge_agent.agent")
 class Polling:
     def __init__(self, config: GatewayConfig, outbox: Outbox, drivers: dict[str, Driver],
                  locks: dict[str, asyncio.Lock], *, wake_drain: Callable[[], None],
-                 status_changed: Callable[[], None]) -> None:
-        """`wake_drain()` when a reading is in the outbox; `status_changed()` when a device's status changed."""
+                 status_changed: Callable[[], None],
+                 on_events: Callable[[str, list[DeviceEvent]], None] | None = None) -> None:
+        """`wake_drain()` when a reading is in the outbox; `status_changed()` when a device's status changed;
+        `on_events(device, events)` once a reading's events are in the outbox (the podium acts on swipes)."""
         self.config = config  # the running config: a config push replaces it
         self.school, self.gateway = config.school, config.gateway
         self.outbox = outbox
         self.drivers, self.locks = drivers, locks
         self.wake_drain, self.status_changed = wake_drain, status_changed
+        self.on_events = on_events
         self.status: dict[str, str] = {d: "starting" for d in drivers}
         self.poll_soon: dict[str, asyncio.Event] = {}  # device -> set to read it now instead of at its next poll
         self.pollers: dict[str, asyncio.Task[None]] = {}
@@ -153,4 +156,6 @@ class Polling:
         seqs = self.outbox.add(sequenced=msgs) if msgs else []
         if seqs:
             self.wake_drain()
+        if events and self.on_events is not None:
+            self.on_events(device_id, events)
         return seqs

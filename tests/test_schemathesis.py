@@ -103,7 +103,9 @@ def test_api_never_answers_5xx(api: Api, api_schema: schemathesis.BaseSchema, su
                 # through the command service and the ledger, not just up to the 404.
                 case.path_parameters = {"gateway": "gw-101", "device": "proj"}
             if "{school}" in case.path and next(_alternate) % 2:
-                case.path_parameters = {"school": "s1"}  # a school that exists: the timetable body is fuzzed
+                # A school that exists (the timetable body is fuzzed), and a room of it (podium cards).
+                case.path_parameters = {**case.path_parameters, "school": "s1",
+                                        **({"room": "101"} if "{room}" in case.path else {})}
             response = case.call(headers={"Authorization": f"Bearer {api.token}"})
             assert response.status_code < 500, (
                 f"{case.method} {case.formatted_path} query={case.query!r} body={case.body!r} -> "

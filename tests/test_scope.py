@@ -255,7 +255,8 @@ def test_a_scoped_admin_changes_only_its_schools(district: Flask) -> None:
 
 
 FILL = {"gateway": (A_GW, Z_GW), "device": ("proj", "proj"), "school": ("alpha", "zeta"),
-        "cid": ("cmd-alpha", "cmd-zeta"), "district": ("north", "north")}
+        "cid": ("cmd-alpha", "cmd-zeta"), "district": ("north", "north"),
+        "room": ("100", "100"), "card": ("0123abcd", "0123abcd")}  # podium cards: a room of each school
 
 
 def _text(resp: Any) -> str:

@@ -10,6 +10,7 @@ from sqlalchemy import create_engine
 
 import central.city  # noqa: F401
 import central.notify.tables  # noqa: F401
+import central.podium  # noqa: F401 - podium cards and enrol modes
 import central.provisioning  # noqa: F401 - its models are on the metadata too
 import central.registry  # noqa: F401
 import central.tables  # noqa: F401

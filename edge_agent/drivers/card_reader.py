@@ -22,20 +22,20 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
-import hashlib
-import hmac
 import logging
 import time
+from collections.abc import Callable
 from typing import Any, ClassVar
 
 import serial
 
-from campus.contract import MetricValue
+from campus.contract import CARD_SWIPE_EVENT, MetricValue
 from campus.errors import ConfigError, DeviceError
 from edge_agent.drivers.base import DeviceEvent, DeviceUnreachable, Driver, Reading
 from edge_agent.drivers.serial_link import SerialLink, serial_settings
 from protocols import card_em4100, card_line
 from protocols.card_em4100 import EM4100Parser
+from protocols.card_ids import card_hash
 from protocols.card_line import BYTE_ORDERS, UID_FORMATS, LineParser
 
 log = logging.getLogger(__name__)
@@ -47,12 +47,6 @@ MAX_PENDING_EVENTS = 10_000    # swipes kept while nobody polls; oldest dropped 
 
 class CardSecretMissing(DeviceError, ConfigError):
     """A card reader cannot run without the gateway's card_secret (a config error, reported as a device fault)."""
-
-
-def card_hash(secret: str | bytes, uid: str) -> str:
-    """The pseudonym of a card: HMAC-SHA256 of its normalised UID, keyed with the school's secret (hex)."""
-    key = secret.encode("utf-8") if isinstance(secret, str) else secret
-    return hmac.new(key, uid.encode("ascii"), hashlib.sha256).hexdigest()
 
 
 class RepeatFilter:
@@ -110,6 +104,9 @@ class _CardReaderDriver(Driver):
         self._link: SerialLink | None = None
         self._pump_task: asyncio.Task[None] | None = None
         self._lost: DeviceError | None = None
+        # Called when a swipe is collected: the agent reads the reader at once instead of at its next poll,
+        # so the podium acts in milliseconds, not up to a poll interval (5 s by default) later.
+        self.on_swipe: Callable[[], None] | None = None
 
     def _timing(self, name: str, default: float) -> float:
         if name in self.options:
@@ -191,9 +188,11 @@ class _CardReaderDriver(Driver):
             if len(self._events) >= MAX_PENDING_EVENTS:
                 self._events.popleft()
                 self.count("events_dropped")
-            self._events.append(DeviceEvent("card_swipe", {"card": card, "reader": self.device_id}, now))
+            self._events.append(DeviceEvent(CARD_SWIPE_EVENT, {"card": card, "reader": self.device_id}, now))
             self.count("swipes")
             log.debug("card reader %s: swipe %s…", self.device_id, card[:8])
+            if self.on_swipe is not None:
+                self.on_swipe()
 
     def _sync_counts(self) -> None:
         for name, total in self.parser.counts.items():
