@@ -220,6 +220,30 @@ def test_an_alarm_mail_arrives_over_starttls_with_login_in_the_school_time_zone(
 
 
 @sqlite_only
+def test_a_zh_cn_channel_mail_arrives_in_chinese(reg: Registry, smtp: tuple[Controller, Mailbox, ssl.SSLContext]) -> None:
+    """The recipient's language over the real wire: the web app's catalogs (dashboards.i18n.catalog, as
+    dashboards/notifications.py hands them to the notifier) make a zh-CN channel's mail Chinese, subject (an
+    encoded header) and body, with the time in 24 hours and no English word of ours left."""
+    from dashboards.i18n import catalog
+
+    controller, mailbox, client_ctx = smtp
+    gws = school(reg, 2)
+    channel(reg, kind="email", lang="zh-CN", smtp_host="127.0.0.1", smtp_port=controller.port, username="alarms",
+            secret="smtp-password", sender="campus@school.example", recipients="duty@school.example")
+    notifier = Notifier(reg, window=0.0, backoff=1.0, ssl_context=client_ctx)
+    notifier.translations = catalog
+    t0 = 1_796_031_200.0  # 2026-11-30 17:33 in Asia/Shanghai
+    alarms.evaluate(reg, None, now=t0, snap=offline(gws, t0))
+    assert notifier.round(t0 + 1).sent == 1 and len(mailbox.mails) == 1
+    parsed = message_from_bytes(mailbox.mails[0]["data"])
+    subject = str(make_header(decode_header(parsed["Subject"])))
+    assert subject == f"新增 2 条告警：离线时间过长 — {BUILDING}，s1", subject
+    body = parsed.get_payload(decode=True).decode("utf-8")
+    assert body.count("2026-11-30 17:33") == 2 and "严重" in body, body
+    assert not any(word in body for word in ("raised", "since", "Severity", "Sent by", "Offline", "PM")), body
+
+
+@sqlite_only
 def test_wecom_dingtalk_and_webhook_payloads_and_signatures(reg: Registry, receiver: Receiver) -> None:
     gws = school(reg, 2)
     channel(reg, name="wecom", kind="wecom", lang="en", url=receiver.url("/cgi-bin/webhook/send?key=wecom-key-123456"))
