@@ -33,12 +33,9 @@ POSTGRES_HINT = "run scripts/test once: it installs Debian's postgresql (tests r
 
 
 def screenshot_path(name: str, tmp_path: Path) -> Path:
-    """Where a browser test saves its screenshot: docs/screenshots/NAME when UPDATE_SCREENSHOTS=1
-    (to refresh the README's pictures), else the test's own directory, so a test run changes no tracked file."""
-    if os.environ.get("UPDATE_SCREENSHOTS") == "1":
-        folder = Path(__file__).resolve().parents[1] / "docs" / "screenshots"
-        folder.mkdir(parents=True, exist_ok=True)
-        return folder / name
+    """Where a browser test saves its screenshot: the test's own directory, so a test run changes no tracked
+    file. The README's pictures (docs/screenshots/) are made by scripts/screenshots.py, in Chinese, and
+    nowhere else."""
     return tmp_path / name
 
 

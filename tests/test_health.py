@@ -8,8 +8,8 @@ thresholds and schedules, SQLite alone (`sqlite_only`) for who may see what. The
 
 The last test is the facility manager's story against a running `campus
 demo` in headless Chromium: CO2 pushed over the limit, the alarm appears by
-itself, Acknowledge, "acknowledged by facility"; it saves
-docs/screenshots/health.png with UPDATE_SCREENSHOTS=1.
+itself, Acknowledge, "acknowledged by facility" (the README's picture of it
+is made by scripts/screenshots.py).
 """
 
 from __future__ import annotations

@@ -359,8 +359,10 @@ def test_one_poller_reads_every_open_room_at_once(tmp_path: Path, monkeypatch: p
 # ---------------------------------------------------------------- in a browser, against `campus demo`
 
 
-def start_demo(tmp_path: Path, attempts: int = 3) -> tuple[subprocess.Popen[bytes], str, dict[str, str], Path]:
-    """`campus demo` on free ports: (process, base URL, logins.txt as a dict, log file).
+def start_demo(tmp_path: Path, attempts: int = 3, rooms: int = 2,
+               duration: int = 120) -> tuple[subprocess.Popen[bytes], str, dict[str, str], Path]:
+    """`campus demo` on free ports: (process, base URL, logins.txt as a dict, log file). It inherits this
+    process's environment (CAMPUS_ALARM_INTERVAL, …); scripts/screenshots.py starts it too.
 
     A free port is only free until someone else takes it; on a busy machine the
     demo can lose that race at start (and exit), so a fresh start is tried then.
@@ -369,7 +371,7 @@ def start_demo(tmp_path: Path, attempts: int = 3) -> tuple[subprocess.Popen[byte
         port = free_port()
         data, log_path = tmp_path / f"demo{attempt}", tmp_path / f"demo{attempt}.log"
         with log_path.open("wb") as log:
-            proc = subprocess.Popen([sys.executable, "-m", "programs.cli", "demo", "--rooms", "2", "--duration", "120",
+            proc = subprocess.Popen([sys.executable, "-m", "programs.cli", "demo", "--rooms", str(rooms), "--duration", str(duration),
                                      "--http-port", str(port), "--data-dir", str(data)],
                                     stdout=log, stderr=subprocess.STDOUT)
         logins = data / "logins.txt"
