@@ -349,9 +349,9 @@ def _at(where: str | int) -> str | LazyText:
     return lazy_gettext("line %(line)s", line=where) if isinstance(where, int) else str(where)
 
 
-def from_document(school: str, doc: Mapping[str, Any]) -> Timetable:
-    """A timetable from the JSON API's document (`Timetable.as_dict`'s keys); TimetableError naming the
-    first bad field (``periods[2].end``) otherwise."""
+def from_document(school: str, doc: Mapping[str, Any], timezone: str = DEFAULT_TIMEZONE) -> Timetable:
+    """A timetable from the JSON API's document (`Timetable.as_dict`'s keys; without a `timezone`: `timezone`,
+    the site's); TimetableError naming the first bad field (``periods[2].end``) otherwise."""
     known = {"school", "timezone", "periods", *RANGE_KINDS, "updated", "updated_by"}
     for key in doc:
         if key not in known:
@@ -360,7 +360,7 @@ def from_document(school: str, doc: Mapping[str, Any]) -> Timetable:
     if doc.get("school", school) != school:
         raise TimetableError("", "school", lazy_gettext("the body is for school %(body)s, the URL for %(url)s",
                                                         body=repr(str(doc["school"])[:64]), url=repr(school)))
-    timezone = check_timezone(doc.get("timezone", DEFAULT_TIMEZONE))
+    timezone = check_timezone(doc.get("timezone", timezone))
     periods: list[Period] = []
     for i, item in enumerate(_list(doc, "periods", 7 * MAX_PERIODS_PER_DAY)):
         where = f"periods[{i}]"
