@@ -158,14 +158,17 @@ def _row(line: int, v: dict[str, str], periods: list[tts.Period], ranges: list[t
                              v.get("follows") or None))
 
 
-def import_csv(registry: Registry, school: str, data: bytes, by: str = "") -> TimetableImport:
-    """Check the whole file, then replace the school's timetable with it, or change nothing."""
+def import_csv(registry: Registry, school: str, data: bytes, by: str = "",
+               timezone: str = tts.DEFAULT_TIMEZONE) -> TimetableImport:
+    """Check the whole file, then replace the school's timetable with it, or change nothing. The file has no
+    zone: the school keeps its own, and a school without a timetable gets `timezone` (the site's: a first
+    import must not move its pages to another clock)."""
     try:
         text = decode_csv(data)
     except ConfigError as exc:
         return TimetableImport(errors=[ImportProblem(1, "", message_of(exc))])
     current = tts.load(registry, school)
-    report = parse(text, school, current.timezone if current else tts.DEFAULT_TIMEZONE)
+    report = parse(text, school, current.timezone if current else timezone)
     if report.timetable is not None:
         if not report.rows:
             report.errors.append(ImportProblem(1, "", lazy_gettext("no lines after the header")))

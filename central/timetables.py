@@ -14,7 +14,9 @@ one whole document per school, replaced whole (the page, the CSV import and `PUT
   worked "按周五课表"). One inside a holiday is refused: it would silently never count.
 
 Times are the school's local time (`timezone`, an IANA name, Asia/Shanghai by default), so a
-district spread over time zones, or a server kept in UTC, counts the same 08:00.
+district spread over time zones, or a server kept in UTC, counts the same 08:00. The same zone is the
+school's for everything shown of it (`zones`, `school_zone`: its pages, exports and notifications); a
+school without a timetable has the site's.
 
 The two questions (`period_at`, `class_periods`) take a `Timetable` value, not the database: a
 report over 2,000 rooms loads each school's timetable once.
@@ -38,7 +40,7 @@ from campus import names
 from campus.errors import ConfigError
 from campus.i18n import N_, LazyText, lazy_gettext
 from central.db import Base
-from central.registry import Registry, School
+from central.registry import Gateway, Registry, School
 
 DEFAULT_TIMEZONE = "Asia/Shanghai"
 # Bounds that keep a typo from becoming a report over a millennium, and a body from becoming a DoS.
@@ -347,9 +349,9 @@ def _at(where: str | int) -> str | LazyText:
     return lazy_gettext("line %(line)s", line=where) if isinstance(where, int) else str(where)
 
 
-def from_document(school: str, doc: Mapping[str, Any]) -> Timetable:
-    """A timetable from the JSON API's document (`Timetable.as_dict`'s keys); TimetableError naming the
-    first bad field (``periods[2].end``) otherwise."""
+def from_document(school: str, doc: Mapping[str, Any], timezone: str = DEFAULT_TIMEZONE) -> Timetable:
+    """A timetable from the JSON API's document (`Timetable.as_dict`'s keys; without a `timezone`: `timezone`,
+    the site's); TimetableError naming the first bad field (``periods[2].end``) otherwise."""
     known = {"school", "timezone", "periods", *RANGE_KINDS, "updated", "updated_by"}
     for key in doc:
         if key not in known:
@@ -358,7 +360,7 @@ def from_document(school: str, doc: Mapping[str, Any]) -> Timetable:
     if doc.get("school", school) != school:
         raise TimetableError("", "school", lazy_gettext("the body is for school %(body)s, the URL for %(url)s",
                                                         body=repr(str(doc["school"])[:64]), url=repr(school)))
-    timezone = check_timezone(doc.get("timezone", DEFAULT_TIMEZONE))
+    timezone = check_timezone(doc.get("timezone", timezone))
     periods: list[Period] = []
     for i, item in enumerate(_list(doc, "periods", 7 * MAX_PERIODS_PER_DAY)):
         where = f"periods[{i}]"
@@ -480,6 +482,40 @@ def save(registry: Registry, tt: Timetable, by: str = "") -> Timetable:
     saved = load(registry, tt.school)
     assert saved is not None
     return saved
+
+
+def zones(registry: Registry, schools: Iterable[str] | None = None,
+          gateways: Iterable[str] | None = None) -> dict[str, ZoneInfo]:
+    """The zone of each school that has a timetable (of `schools`, and of the schools of `gateways`, if
+    given: a caller's sight), by school; the one place a school's zone is read (a school without a
+    timetable is absent: the caller's site zone is its zone). One small query: the page footer and the
+    notifier ask it often."""
+    query = select(TimetableRow.school_id, TimetableRow.timezone)
+    if schools is not None:
+        query = query.where(TimetableRow.school_id.in_(list(schools)))
+    if gateways is not None:
+        query = query.where(TimetableRow.school_id.in_(select(Gateway.school_id)
+                                                       .where(Gateway.id.in_(list(gateways)))))
+    with registry.session() as s:
+        rows = s.execute(query).all()
+    out: dict[str, ZoneInfo] = {}
+    for school, name in rows:
+        try:
+            out[school] = ZoneInfo(name)
+        except (ZoneInfoNotFoundError, ValueError):  # saved before check_timezone, or tzdata lost it: the site's
+            continue
+    return out
+
+
+def school_zone(registry: Registry, default: str | ZoneInfo, school: str | None = None,
+                gateway: str | None = None) -> ZoneInfo:
+    """The zone of `school` (or of the school `gateway` is placed in): its timetable's, else `default` (the
+    site's zone). An unknown school or gateway has `default`: the caller refuses it on its own terms."""
+    if gateway is not None:
+        with registry.session() as s:
+            school = s.scalar(select(Gateway.school_id).where(Gateway.id == gateway))
+    found = zones(registry, [school]).get(school) if school else None
+    return found or (default if isinstance(default, ZoneInfo) else ZoneInfo(default))
 
 
 def school_exists(registry: Registry, school: str) -> bool:

@@ -65,7 +65,7 @@ from dashboards.auth import (
     sight,
 )
 from dashboards.context import central
-from dashboards.i18n import TERMS, error_text, format_date, format_time, site_zone, translate
+from dashboards.i18n import TERMS, error_text, format_date, format_time, page_zone, translate
 
 log = logging.getLogger(__name__)
 
@@ -395,10 +395,10 @@ def usage_for(spans: list[tuple[float, float]], week: date, zone: tzinfo) -> dic
 
 
 def parse_week(raw: str | None, today: date | None = None) -> date:
-    """The Monday of an ISO week "YYYY-Www" (default: this week, in the site's zone); ValueError with a
+    """The Monday of an ISO week "YYYY-Www" (default: this week, in the page's zone); ValueError with a
     readable message."""
     if not raw:
-        today = today or datetime.now(site_zone()).date()
+        today = today or datetime.now(page_zone()).date()
         return today - timedelta(days=today.weekday())
     try:
         year, week = raw.split("-W")
@@ -424,7 +424,7 @@ def usage() -> Any:
         return render_template("error.html", status=400, message=error_text(exc)), 400
     c = central()
     store = c.store
-    zone = site_zone()
+    zone = page_zone()  # the school's, when the report is one school's
     bounds = week_bounds(week, zone)
     now = time.time()
     end = min(bounds[-1], now)

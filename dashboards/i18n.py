@@ -11,18 +11,20 @@ where it is shown: `translate()` in Python; in templates `{{ value }}` of a Lazy
 itself (Jinja's finalize), and `{{ _(constant) }}` translates an `N_` constant; JSON answers translate
 a LazyText anywhere in them (the app's JSON provider).
 
-Time: one site time zone (`campus web --timezone`, default Asia/Shanghai; a school's timetable keeps
-its own zone for its periods, central/timetables.py), a 24-hour clock, dates as `2026-12-04 周五`
-(English `2026-12-04 Fri`). Pages format on the server (`datetime`, `date_only`, `clock` filters);
-page JavaScript gets the zone, the language and its messages in the page (`js_i18n`, read by
-static/i18n.js, which formats with Intl in that zone with hourCycle h23): the browser's own zone and
-language are never used.
+Time: a 24-hour clock, dates as `2026-12-04 周五` (English `2026-12-04 Fri`), in the page's zone
+(`page_zone`): a page of one school (a URL naming a `<gateway>` or a `<school>`, or a report asked
+`?school=`) is in that school's zone (its timetable's, else the site's: central/timetables.py
+`school_zone`); every other page, mixing schools, is in the site's zone (`campus web --timezone`,
+default Asia/Shanghai), and its footer names the schools in sight whose zone differs (`zone_note`).
+Pages format on the server (`datetime`, `date_only`, `clock` filters); page JavaScript gets the zone, the
+language and its messages in the page (`js_i18n`, read by static/i18n.js, which formats with Intl in
+that zone with hourCycle h23): the browser's own zone and language are never used.
 """
 
 from __future__ import annotations
 
 import functools
-from datetime import date, datetime
+from datetime import date, datetime, timedelta
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
@@ -85,7 +87,7 @@ def install(app: Flask, default_language: str = "en", timezone: str = DEFAULT_TI
     except OSError:
         pass
     Babel(app, locale_selector=lambda: LANGUAGES[request_language()],
-          timezone_selector=lambda: current_app.config["CAMPUS_TIMEZONE"],
+          timezone_selector=lambda: page_zone().key,
           default_locale=LANGUAGES[app.config["CAMPUS_LANGUAGE"]], default_timezone=app.config["CAMPUS_TIMEZONE"])
     app.jinja_env.policies["ext.i18n.trimmed"] = True
     app.jinja_env.finalize = _finalize
@@ -214,7 +216,7 @@ def _when(value: float | datetime | date) -> datetime:
 
 
 def format_time(value: float | datetime | None, seconds: bool = False, empty: str = "—") -> str:
-    """`2026-12-04 周五 14:03` (English `2026-12-04 Fri 14:03`) in the site's zone; None: `empty`."""
+    """`2026-12-04 周五 14:03` (English `2026-12-04 Fri 14:03`) in the page's zone; None: `empty`."""
     if value is None or value == "":
         return empty
     pattern = "yyyy-MM-dd EEE HH:mm:ss" if seconds else "yyyy-MM-dd EEE HH:mm"
@@ -222,7 +224,7 @@ def format_time(value: float | datetime | None, seconds: bool = False, empty: st
 
 
 def format_date(value: float | datetime | date | None, empty: str = "—") -> str:
-    """`2026-12-04 周五`: a day, in the site's zone."""
+    """`2026-12-04 周五`: a day, in the page's zone."""
     if value is None or value == "":
         return empty
     if isinstance(value, date) and not isinstance(value, datetime):
@@ -231,7 +233,7 @@ def format_date(value: float | datetime | date | None, empty: str = "—") -> st
 
 
 def format_clock(value: float | datetime | None, seconds: bool = True, empty: str = "—") -> str:
-    """`14:03:05`: the time of day alone, 24-hour, in the site's zone."""
+    """`14:03:05`: the time of day alone, 24-hour, in the page's zone."""
     if value is None or value == "":
         return empty
     return format_datetime(_when(value), "HH:mm:ss" if seconds else "HH:mm", tzinfo=get_timezone(),
@@ -245,8 +247,62 @@ def site_zone(app: Flask | None = None) -> ZoneInfo:
     return ZoneInfo((app or current_app).config.get("CAMPUS_TIMEZONE", DEFAULT_TIMEZONE))
 
 
+def page_zone() -> ZoneInfo:
+    """This request's zone, once per request: the school's, when the page is one school's (the URL names a
+    `<gateway>` or a `<school>`, else the query a `school=`, in the caller's sight; an unknown one has the
+    site's), else the site's. Pages mixing schools keep
+    the site's: one clock per page, said in its footer (`zone_note`)."""
+    if "campus_zone" in g:
+        return g.campus_zone
+    zone = site_zone()
+    args = request.view_args or {}
+    gateway, school = args.get("gateway"), args.get("school") or request.args.get("school")
+    if not isinstance(gateway, str) or not 0 < len(gateway) <= 64:
+        gateway = None
+    if not isinstance(school, str) or not 0 < len(school) <= 64:
+        school = None
+    user = g.get("user")
+    if user and (gateway or school):
+        from central.timetables import school_zone
+        from dashboards.auth import may_see, may_see_school
+        from dashboards.context import central
+
+        # Only a school in the caller's sight: its zone in the footer must not tell that it exists.
+        if gateway and may_see(user, gateway):
+            zone = school_zone(central().registry, zone, gateway=gateway)
+        elif not gateway and school and may_see_school(user, school):
+            zone = school_zone(central().registry, zone, school=school)
+    g.campus_zone = zone
+    return zone
+
+
+def _offset(zone: ZoneInfo) -> str:
+    """`UTC+06:00`: how far the zone is from UTC now (what a reader compares)."""
+    minutes = round((datetime.now(zone).utcoffset() or timedelta()).total_seconds() / 60)
+    return f"UTC{'+' if minutes >= 0 else '-'}{abs(minutes) // 60:02d}:{abs(minutes) % 60:02d}"
+
+
+def zone_note() -> dict[str, Any]:
+    """What the page footer says of time: the page's zone and, on a page mixing schools, the schools in the
+    caller's sight whose own zone differs (their times here are the site's; their own pages use theirs)."""
+    zone = page_zone()
+    note: dict[str, Any] = {"zone": zone.key, "offset": _offset(zone), "others": []}
+    user = g.get("user")
+    if zone != site_zone() or not user:
+        return note
+    from central.timetables import zones
+    from dashboards.auth import sight
+    from dashboards.context import central
+
+    scope = sight(user)
+    found = zones(central().registry, scope.schools, scope.gateways)
+    note["others"] = sorted(f"{school} {z.key} ({_offset(z)})" for school, z in found.items()
+                            if _offset(z) != note["offset"])
+    return note
+
+
 def site_stamp(ts: float) -> str:
-    """`20261204-1403`: a time in a file name, in the site's zone."""
+    """`20261204-1403`: a time in a file name, in the page's zone."""
     return datetime.fromtimestamp(ts, get_timezone()).strftime("%Y%m%d-%H%M")
 
 
@@ -275,7 +331,8 @@ def js_i18n() -> dict[str, Any]:
 
 
 def _template_helpers() -> dict[str, Any]:
-    return {"page_lang": request_language(), "languages": list(LANGUAGE_NAMES.items()), "js_i18n": js_i18n}
+    return {"page_lang": request_language(), "languages": list(LANGUAGE_NAMES.items()), "js_i18n": js_i18n,
+            "zone_note": zone_note}
 
 
 # ---------------------------------------------------------------- the switch

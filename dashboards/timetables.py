@@ -50,7 +50,7 @@ from central.overview import places
 from dashboards.auth import audit, login_required, may_see_school, not_found, sight
 from dashboards.context import central
 from dashboards.health import STAFF, parse_week
-from dashboards.i18n import format_time, request_language
+from dashboards.i18n import format_time, request_language, site_zone
 from dashboards.strict_json import json_object
 
 bp = Blueprint("timetables", __name__)
@@ -90,7 +90,7 @@ def _bad(message: str | LazyText, field: str, status: int = 400) -> Any:
 @login_required(roles=STAFF)
 def api_timetable(school: str) -> Any:
     tt = tts.load(central().registry, _school(school))
-    return jsonify((tt or tts.Timetable(school)).as_dict())
+    return jsonify((tt or tts.Timetable(school, site_zone().key)).as_dict())  # without one: the site's zone
 
 
 @bp.put("/api/schools/<school>/timetable")
@@ -99,7 +99,7 @@ def api_put_timetable(school: str) -> Any:
     _school(school)
     body = json_object()
     try:
-        tt = tts.save(central().registry, tts.from_document(school, body), g.user["user"])
+        tt = tts.save(central().registry, tts.from_document(school, body, site_zone().key), g.user["user"])
     except tts.TimetableError as exc:
         audit("timetable.save", f"{school}: refused, {exc.path}: {exc.message}", ok=False)
         return _bad(_field_error(exc.path, exc.message), exc.path)
@@ -110,7 +110,7 @@ def api_put_timetable(school: str) -> Any:
 @bp.get("/api/schools/<school>/timetable/periods")
 @login_required(roles=STAFF)
 def api_periods(school: str) -> Any:
-    tt = tts.load(central().registry, _school(school)) or tts.Timetable(school)
+    tt = tts.load(central().registry, _school(school)) or tts.Timetable(school, site_zone().key)
     try:
         today = datetime.now(tt.zone).date()
         first = tts.parse_date(request.args.get("start") or today.isoformat(), "", "start")
@@ -343,7 +343,7 @@ def timetable_save(school: str) -> Any:
     if not data:
         text = request.form.get("text", "")
         data = text.encode()
-    report = timetable_csv.import_csv(reg, school, data, g.user["user"])
+    report = timetable_csv.import_csv(reg, school, data, g.user["user"], site_zone().key)
     if report.ok:
         audit("timetable.import", f"{school}: {report.rows} lines")
         return _timetable_page(school, report=report)

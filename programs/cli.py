@@ -322,8 +322,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="the pages' language where neither the account nor the browser names one: zh-CN "
                    "(default) or en")
     p.add_argument("--timezone", type=_timezone, default="Asia/Shanghai", metavar="ZONE",
-                   help="the site's time zone for every time shown and exported, an IANA name "
-                   "(default Asia/Shanghai)")
+                   help="the site's time zone, an IANA name (default Asia/Shanghai): of pages mixing schools, and "
+                   "of one school's pages and exports unless its timetable names its own")
     p.set_defaults(func=cmd_web)
 
     p = sub.add_parser("broker-config", help="Mosquitto config, password file and per-gateway ACL from the registry")

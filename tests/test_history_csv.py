@@ -96,3 +96,54 @@ def test_refusals_and_bad_requests(app) -> None:
 def test_the_room_page_links_to_its_csv(app) -> None:
     page = get(app, "/health/rooms/gw-101?window=7d").get_data(as_text=True)
     assert 'href="/health/rooms/gw-101/history.csv?window=7d"' in page and "Download CSV" in page
+
+
+# ---------------------------------------------------------------- a school with a zone of its own (issue 20)
+
+
+def _two_schools(ledger: Ledger, points: SqlitePointStore) -> None:
+    for school, gw, room in (("s1", "gw-101", "101"), ("s2", "gw-201", "201")):
+        ledger.record([], [(school, gw, State(online=True, ts=NOW, room=room, devices=DEVICES))], [])
+        points.write([Sample(school, gw, "cam", "camera", FRIDAY, {"people_count": 31})])
+
+
+FRIDAY = 1796396400.0  # 2026-12-04 15:00 UTC, a Friday: 23:00 in Shanghai (the site), 21:00 in Urumqi
+
+
+def test_a_school_with_its_own_zone_has_its_pages_and_csv_in_it_and_mixed_pages_say_so(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from central import timetables as tts
+    from dashboards.context import central
+
+    app = web_app(central_db(tmp_path, _two_schools), monkeypatch)
+    try:
+        register_rooms(app, (("gw-101", "s1", "101", "A"), ("gw-201", "s2", "201", "B")))
+        tts.save(central(app).registry, tts.Timetable("s2", "Asia/Urumqi"))
+        app.tokens = add_people(app, {"facility": PEOPLE["facility"],
+                                      "teacher": ("teach", "teach-password", [("s1", "101"), ("s2", "201")])})
+        zh = {"Accept-Language": "zh-CN"}
+
+        def page(path: str, role: str = "facility") -> str:
+            resp = app.test_client().get(path, headers={**zh, "Authorization": f"Bearer {app.tokens[role]}"})
+            assert resp.status_code == 200, (path, resp.status_code)
+            return resp.get_data(as_text=True)
+
+        def csv_time(gw: str) -> str:
+            rows = list(csv.reader(io.StringIO(page(f"/health/rooms/{gw}/history.csv?window=7d").lstrip("\ufeff"))))
+            return rows[1][0]
+
+        assert csv_time("gw-201") == "2026-12-04 周五 21:00:00"  # the school's zone, 24-hour, 周五
+        assert csv_time("gw-101") == "2026-12-04 周五 23:00:00"  # a site-zone school's: unchanged
+        # One school's pages: the zone the page scripts format with, and the footer, are the school's.
+        for path, role in (("/health/rooms/gw-201", "facility"), ("/panel/gw-201", "teacher"),
+                           ("/health/?school=s2", "facility"), ("/health/energy?school=s2", "facility")):
+            body = page(path, role)
+            assert '"timeZone": "Asia/Urumqi"' in body and "时间为 Asia/Urumqi（UTC+06:00）" in body, path
+        for path, role in (("/health/rooms/gw-101", "facility"), ("/panel/gw-101", "teacher")):
+            assert '"timeZone": "Asia/Shanghai"' in page(path, role), path
+        # A page mixing schools: the site's zone, and the school that keeps another named beside it.
+        board = page("/health/")
+        assert '"timeZone": "Asia/Shanghai"' in board and "时间为 Asia/Shanghai（UTC+08:00）" in board
+        assert "s2 Asia/Urumqi (UTC+06:00)" in board and "s1 Asia" not in board
+    finally:
+        close_app(app)

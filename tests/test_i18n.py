@@ -139,10 +139,11 @@ def login(app: Flask, user: str, **headers: str) -> FlaskClient:
 # ---------------------------------------------------------------- every page in zh-CN
 
 # Words a Chinese page may show in Latin letters: the brand, units, protocols, formats and products,
-# the language switch's own "English", and the contract's ids a person types (device ids in examples).
+# the language switch's own "English", UTC (the footer's "UTC+08:00", written so in Chinese too), and the
+# contract's ids a person types (device ids in examples).
 ALLOWED = set("""
 campus iot ppm rh lx db µg kwh mqtt mqtts csv xlsx json yaml tls ntp acl iana pid http https hdmi vga usb
-pjlink modbus rs rtsp tcp rtu ip mosquitto english excel gb utf zip co ok id ids v vs smtp starttls webhook markdown
+pjlink modbus rs rtsp tcp rtu ip mosquitto english excel gb utf zip co ok id ids v vs smtp starttls webhook markdown utc
 """.split())
 # Text inside these is code, a command or a file's contents, not prose: left out of the check.
 CODE = re.compile(r"<(code|pre|textarea|script|style|datalist)\b.*?</\1>", re.S | re.I)

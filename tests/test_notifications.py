@@ -702,3 +702,27 @@ def test_a_raise_and_its_clearing_in_one_window_are_told_in_that_order(reg: Regi
     alarms.evaluate(reg, None, now=t0 + 1, snap=offline(gws, t0 + 1, online=True))
     Notifier(reg, window=5.0).round(t0 + 6)  # both groups ready in one round
     assert [json.loads(r["body"])["transition"] for r in receiver.taken()] == ["raised", "cleared"]
+
+
+def test_a_school_with_its_own_zone_is_told_and_muted_in_it(reg: Registry, receiver: Receiver) -> None:
+    """s2's timetable is in Asia/Urumqi (UTC+6): its message says its own clock, its mute's `until` is read on
+    it; s1 (no timetable) keeps the site's Asia/Shanghai (UTC+8)."""
+    from datetime import datetime
+    from zoneinfo import ZoneInfo
+
+    from central import timetables as tts
+
+    s1, s2 = school(reg, 1, school_id="s1"), school(reg, 1, school_id="s2")
+    tts.save(reg, tts.Timetable("s2", "Asia/Urumqi"))
+    channel(reg, kind="dingtalk", lang="en", msgtype="text", url=receiver.url("/robot/text"))
+    t0 = 1_796_031_200.0  # 2026-11-30 09:33:20 UTC: 17:33 in Shanghai, 15:33 in Urumqi
+    alarms.evaluate(reg, None, now=t0, snap=offline(s1 + s2, t0))
+    Notifier(reg, window=0.0).round(t0 + 1)
+    texts = {("s2" if ", s2" in t.split("\n")[0] else "s1"): t
+             for t in (json.loads(r["body"])["text"]["content"] for r in receiver.taken())}
+    assert "since 2026-11-30 17:33" in texts["s1"] and "since 2026-11-30 15:33" in texts["s2"], texts
+    shanghai = ZoneInfo("Asia/Shanghai")
+    mute = chan.add_mute(reg, {"school": "s2", "until": "2026-11-30 18:00"}, "fm", shanghai, now=t0)
+    assert mute["until"] == datetime(2026, 11, 30, 18, tzinfo=ZoneInfo("Asia/Urumqi")).timestamp()
+    mute = chan.add_mute(reg, {"school": "s1", "until": "2026-11-30 18:00"}, "fm", shanghai, now=t0)
+    assert mute["until"] == datetime(2026, 11, 30, 18, tzinfo=shanghai).timestamp()

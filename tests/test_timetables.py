@@ -241,3 +241,22 @@ def test_the_page_imports_csv_all_or_nothing_for_admins_only(app) -> None:
     assert facility.post("/health/timetables/s1", data={"csrf": fcsrf, "text": "类型,开始\n"}).status_code == 403
     assert tts.load(central(app).registry, "s1").periods == saved.periods
     assert client.get("/health/timetables/nowhere").status_code == 404
+
+
+def test_a_school_without_a_timetable_is_in_the_sites_zone_and_a_first_one_keeps_it(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """On a site in Asia/Urumqi, a first timetable without a zone (a CSV has none; a PUT may leave it out)
+    is in the site's zone, not Asia/Shanghai: it would move the school's pages to another clock."""
+    app = web_app(central_db(tmp_path, two_rooms), monkeypatch, timezone="Asia/Urumqi")
+    try:
+        register_rooms(app, (("gw-101", "s1", "101", "A"), ("gw-201", "s2", "201", "B")))
+        app.tokens = add_people(app)
+        assert call(app, "GET", "/api/schools/s1/timetable").get_json()["timezone"] == "Asia/Urumqi"
+        doc = {k: v for k, v in DOC.items() if k != "timezone"}
+        assert call(app, "PUT", "/api/schools/s1/timetable", json=doc).status_code == 200
+        report = tcsv.import_csv(central(app).registry, "s2", CSV_ZH.encode(), "boss", "Asia/Urumqi")
+        assert report.ok, report.errors
+        assert {s: tts.load(central(app).registry, s).timezone for s in ("s1", "s2")} == {
+            "s1": "Asia/Urumqi", "s2": "Asia/Urumqi"}
+    finally:
+        close_app(app)

@@ -26,6 +26,7 @@ from sqlalchemy import select
 from campus.i18n import LazyText, lazy_gettext
 from central.notify.tables import NotifyChannel, NotifyDelivery, NotifyMute
 from central.registry import Registry, Room, School
+from central.timetables import school_zone
 
 KINDS = ("email", "wecom", "dingtalk", "webhook")
 SEVERITIES = ("info", "warning", "critical")
@@ -316,14 +317,16 @@ def parse_until(raw: object, zone: ZoneInfo, now: float) -> float:
 
 def add_mute(registry: Registry, raw: Mapping[str, Any], by: str, zone: ZoneInfo,
              schools: tuple[str, ...] | None = None, now: float | None = None) -> dict[str, Any]:
-    """Mute a school, or one room of it (`room`: its name), until a time. ChannelError names a bad field;
-    a school outside `schools` is one that does not exist."""
+    """Mute a school, or one room of it (`room`: its name), until a time (a local one in the school's zone:
+    `zone`, the site's, for a school without its own). ChannelError names a bad field; a school outside
+    `schools` is one that does not exist."""
     now = time.time() if now is None else now
     if not isinstance(raw, Mapping):
         raise ChannelError("body", lazy_gettext("must be a JSON object"))
     school = _text(raw, "school", 64)
     room_name = _text(raw, "room", 64, required=False)
-    until = parse_until(raw.get("until"), zone, now)
+    known = schools is None or school in schools  # another's zone would tell that school exists
+    until = parse_until(raw.get("until"), school_zone(registry, zone, school=school) if known else zone, now)
     reason = _text(raw, "reason", REASON_MAX, required=False)
     if (schools is not None and school not in schools) or not school_exists(registry, school):
         raise ChannelError("school", lazy_gettext("no school %(school)r", school=school[:64]))

@@ -115,11 +115,11 @@ class Notifier:
 
     def zones(self) -> dict[str, ZoneInfo]:
         """Each school's time zone: its timetable's, where it has one (read again at most once a minute)."""
-        from central.timetables import load_all
+        from central.timetables import zones
 
         now = time.monotonic()
         if self._zones is None or now - self._zones[0] > 60:
-            self._zones = (now, {school: tt.zone for school, tt in load_all(self.registry).items()})
+            self._zones = (now, zones(self.registry))
         return self._zones[1]
 
     def batch(self, now: float, result: RoundResult | None = None) -> RoundResult:

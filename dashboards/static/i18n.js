@@ -1,5 +1,6 @@
-/* Languages and local time for the page scripts (dashboards/i18n.py). The page carries its language, the
- * site's time zone and the scripts' messages translated (<script id="i18n" type="application/json">);
+/* Languages and local time for the page scripts (dashboards/i18n.py). The page carries its language, its
+ * time zone (the site's, or its school's: dashboards/i18n.py page_zone) and the scripts' messages
+ * translated (<script id="i18n" type="application/json">);
  * nothing here asks the browser for its own language or zone.
  *
  *   _('Power on')                          -> '开机' in zh-CN (the scripts use double quotes: extracted)
@@ -60,9 +61,9 @@
     dateTime: (ts, seconds = false) => { const p = parts(ts, "full"); return `${day(p)} ${hm(p, seconds)}`; },
     date: (ts) => day(parts(ts, "date")),
     clock: (ts, seconds = true) => hm(parts(ts, "clock"), seconds),
-    // The calendar day (YYYY-MM-DD) of `ts` in the site's zone: "today?" is asked of the site, not the browser.
+    // The calendar day (YYYY-MM-DD) of `ts` in the page's zone: "today?" is asked of the page, not the browser.
     dayKey: (ts) => { const p = parts(ts, "date"); return `${p.year}-${p.month}-${p.day}`; },
-    // Seconds the site's zone is ahead of UTC at `ts` (negative west of Greenwich).
+    // Seconds the page's zone is ahead of UTC at `ts` (negative west of Greenwich).
     utcOffset: (ts) => {
       const p = parts(ts, "full");
       const local = Date.UTC(+p.year, +p.month - 1, +p.day, +p.hour, +p.minute, +p.second);
