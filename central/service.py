@@ -18,6 +18,7 @@ from __future__ import annotations
 import logging
 import os
 from dataclasses import dataclass, field
+from zoneinfo import ZoneInfo
 
 from central import city_push
 from central import usage_rollup as rollup
@@ -67,6 +68,9 @@ class CentralConfig:
     # Bring the database to this release's schema at open: None, SQLite only (a server database is
     # upgraded by `campus db upgrade`); True for the demo, which owns its database.
     upgrade: bool | None = None
+    # The site's time zone (`campus web --timezone`): the local day of a school without a timetable of its own
+    # in the usage rollup; None: Asia/Shanghai.
+    timezone: str | None = None
 
 
 def interval(value: float | None, env: str, default: float) -> float:
@@ -168,7 +172,9 @@ class Central:
                 refresh_s = interval(self.config.usage_interval, rollup.REFRESH_ENV, rollup.DEFAULT_REFRESH_S)
                 if refresh_s > 0:
                     days = int(rollup.setting(rollup.DAYS_ENV, rollup.DEFAULT_DAYS))
-                    self.usage_rollup = UsageRollup(self.registry, self.ledger, self.store, refresh_s, days).start()
+                    self.usage_rollup = UsageRollup(
+                        self.registry, self.ledger, self.store, refresh_s, days,
+                        site_zone=ZoneInfo(self.config.timezone) if self.config.timezone else None).start()
                 push_s, usage_s = self.city_intervals
                 if self.config.city is not None and push_s > 0:
                     self.city_pusher = CityPusher(self.config.city, self.registry, self.ledger, self.store, push_s,

@@ -85,9 +85,10 @@ def day_bounds(day: date, zone: ZoneInfo) -> tuple[float, float]:
 
 
 def compute_day(store: PointStore, room: Room, day: date, tt: tts.Timetable | None, limit: float, now: float,
-                min_on_s: float = usage.USED_MIN_S) -> dict[str, Any]:
-    """One room's day as a `usage_days` row, as of `now` (a day not over yet counts the periods over)."""
-    zone = tt.zone if tt else ZoneInfo(tts.DEFAULT_TIMEZONE)
+                min_on_s: float = usage.USED_MIN_S, site_zone: ZoneInfo | None = None) -> dict[str, Any]:
+    """One room's day as a `usage_days` row, as of `now` (a day not over yet counts the periods over); a
+    school without a timetable has the site's zone (`site_zone`; None: the default, Asia/Shanghai)."""
+    zone = tt.zone if tt else (site_zone or ZoneInfo(tts.DEFAULT_TIMEZONE))
     start, end = day_bounds(day, zone)
     slots = [s for s in tts.class_periods(tt, day, day) if s.end <= now] if tt else []
     used = usage.room_periods_used(store, room.gateway, list(room.power), slots, min_on_s) if room.power else []
@@ -122,7 +123,8 @@ class Progress:
 
 def fill(registry: Registry, ledger: Ledger, store: PointStore, *, now: float | None = None,
          days: int = DEFAULT_DAYS, refresh_today: bool = True, budget_s: float | None = None,
-         min_on_s: float = usage.USED_MIN_S, stopping: Callable[[], bool] = lambda: False) -> Progress:
+         min_on_s: float = usage.USED_MIN_S, stopping: Callable[[], bool] = lambda: False,
+         site_zone: ZoneInfo | None = None) -> Progress:
     """Bring `usage_days` up to date as of `now`: today's row of every room (if `refresh_today`), then every
     finished day of the last `days` that is missing or stale, newest first, for at most `budget_s` seconds
     of work (None: all), or until `stopping()` (the program is stopping: what is done is written)."""
@@ -133,8 +135,8 @@ def fill(registry: Registry, ledger: Ledger, store: PointStore, *, now: float | 
     limit = co2_limit(registry)
     rooms = [Room(r.gateway, r.school, tuple(r.devices), tuple(sensors), tuple(r.meters))
              for r, sensors in usage.rooms_with_sensors(registry, ledger)]
-    zones = {r.school: timetables[r.school].zone if r.school in timetables else ZoneInfo(tts.DEFAULT_TIMEZONE)
-             for r in rooms}
+    site = site_zone or ZoneInfo(tts.DEFAULT_TIMEZONE)
+    zones = {r.school: timetables[r.school].zone if r.school in timetables else site for r in rooms}
     today = {school: datetime.fromtimestamp(now, zone).date() for school, zone in zones.items()}
     oldest = min(today.values(), default=date.today()) - timedelta(days=max(1, days) - 1)
     t = usage.UsageDay.__table__
@@ -168,7 +170,7 @@ def fill(registry: Registry, ledger: Ledger, store: PointStore, *, now: float | 
         if budget_s is not None and time.monotonic() - started > budget_s or stopping():
             progress.more = True
             break
-        batch.append(compute_day(store, room, day, timetables.get(room.school), limit, now, min_on_s))
+        batch.append(compute_day(store, room, day, timetables.get(room.school), limit, now, min_on_s, site))
         if len(batch) >= WRITE_BATCH or i == len(work) - 1:
             progress.written += _write(db, batch)
             batch = []
@@ -214,9 +216,10 @@ class UsageRollup:
 
     def __init__(self, registry: Registry, ledger: Ledger, store: PointStore, refresh: float = DEFAULT_REFRESH_S,
                  days: int = DEFAULT_DAYS, tick: float = TICK_S, budget: float = BUDGET_S,
-                 clock: Callable[[], float] = time.time) -> None:
+                 clock: Callable[[], float] = time.time, site_zone: ZoneInfo | None = None) -> None:
         if refresh <= 0 or tick <= 0:
             raise ValueError("the usage rollup's intervals must be positive")
+        self.site_zone = site_zone  # the day of a school without a timetable (`campus web --timezone`)
         self.registry, self.ledger, self.store = registry, ledger, store
         self.refresh, self.days, self.tick, self.budget, self.clock = refresh, days, tick, budget, clock
         self.holder = f"{socket.gethostname()}:{os.getpid()}:{id(self):x}"
@@ -240,7 +243,8 @@ class UsageRollup:
                 if db.take_lease(self.LEASE, self.holder, ttl):
                     refresh = time.monotonic() - self._refreshed >= self.refresh
                     progress = fill(self.registry, self.ledger, self.store, now=self.clock(), days=self.days,
-                                    refresh_today=refresh, budget_s=self.budget, stopping=self._stop.is_set)
+                                    refresh_today=refresh, budget_s=self.budget, stopping=self._stop.is_set,
+                                    site_zone=self.site_zone)
                     if refresh:
                         self._refreshed = time.monotonic()
                     self.caught_up, busy = not progress.more, progress.more

@@ -69,7 +69,7 @@ class WebConfig:
 
         return CentralConfig(store_url=self.store_url, db_url=self.db_url, mqtt_url=self.mqtt_url,
                              alarm_interval=self.alarm_interval, schedule_interval=self.schedule_interval,
-                             city=self.city_link)
+                             city=self.city_link, timezone=self.timezone)
 
 
 def create_app(config: WebConfig, central: Central | None = None) -> Flask:

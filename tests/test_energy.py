@@ -272,3 +272,23 @@ def test_a_name_that_looks_like_a_formula_stays_text_in_the_xlsx() -> None:
     sheet = load_workbook(io.BytesIO(_xlsx([("energy", [["=HYPERLINK(\"http://x\")", 1.5]])], "note")))["energy"]
     assert (sheet["A1"].value, sheet["A1"].data_type, sheet["B1"].value, sheet["A3"].value) == (
         '=HYPERLINK("http://x")', "s", 1.5, "note")
+
+
+def test_a_school_without_a_timetable_is_rolled_up_in_the_sites_zone(app) -> None:
+    """The rollup's day of a school without a timetable of its own is the site's (`campus web --timezone`,
+    CentralConfig.timezone), not Asia/Shanghai's: gw-201's 09:00-10:00 Shanghai readings of the 8th are the
+    evening of the 7th in Los Angeles."""
+    from zoneinfo import ZoneInfo
+
+    from central.usage import UsageDay
+
+    c = central(app)
+    days = UsageDay.__table__
+    with c.db.write() as conn:
+        conn.execute(days.delete().where(days.c.gateway == "gw-201"))
+    rollup.fill(c.registry, c.ledger, c.store, now=t("15", "12:00"), days=9,
+                site_zone=ZoneInfo("America/Los_Angeles"))
+    with c.db.read() as conn:
+        kwh = {r.day.strftime("%d"): r.energy_kwh for r in conn.execute(days.select().where(days.c.gateway == "gw-201"))
+               if r.energy_kwh}
+    assert kwh == {"07": 1.5}
