@@ -667,3 +667,25 @@ def schools(db: Database, paging: Paging, sort: str = "school", descending: bool
 def _whole(value: Any) -> int | None:
     return None if value is None else int(round(float(value)))
 
+
+
+def projector_hours(db: Database, metrics: tuple[str, ...], scope: Scope = EVERYTHING
+                    ) -> tuple[list[tuple[Any, ...]], dict[tuple[str, str], str]]:
+    """The newest value of each of `metrics` (a projector part's hour counter) per gateway and device in
+    `scope`, with its place: (gateway, device, metric, value JSON, school, building, room); and the profile of
+    every device the gateways report as a projector, by (gateway, device). Two statements whatever the
+    district's size; central/maintenance.py turns them into the due list."""
+    p = places(db)
+    dev = reported_devices(db)
+    profile = device_field(db, dev, "profile")
+    kind = device_field(db, dev, "kind")
+    hours = (select(latest_t.c.gateway, latest_t.c.device, latest_t.c.metric, latest_t.c.value, p.c.school,
+                    p.c.building, p.c.room)
+             .select_from(latest_t).join(p, p.c.id == latest_t.c.gateway)
+             .where(latest_t.c.metric.in_(metrics), *place_filter(p, scope)))
+    profiles = (select(gw_t.c.id, dev.c.key, profile).select_from(gw_t.join(dev, true()))
+                .where(kind == "projector"))
+    with db.read("cannot read the projectors' hours") as conn:
+        rows = [tuple(r) for r in conn.execute(hours)]
+        projectors = {(gw, d): prof for gw, d, prof in conn.execute(profiles)}
+    return rows, projectors

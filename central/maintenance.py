@@ -21,14 +21,10 @@ import time
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from sqlalchemy import select, true
-
 from campus import counters
 from central import lists
 from central.db import Database
 from central.store.base import PointStore
-from central.tables import gateways as gw_t
-from central.tables import latest as latest_t
 
 PARTS = {"lamp": "lamp_hours", "filter": "filter_hours"}
 RATE_WEEKS = 4
@@ -97,19 +93,7 @@ def parts(db: Database, store: PointStore, scope: lists.Scope = lists.EVERYTHING
     profile) that reports its hours, soonest due first: those due now, then by weeks left, the ones with
     no date last."""
     now = time.time() if now is None else now
-    p = lists.places(db)
-    dev = lists.reported_devices(db)
-    profile = lists.device_field(db, dev, "profile")
-    kind = lists.device_field(db, dev, "kind")
-    hours = (select(latest_t.c.gateway, latest_t.c.device, latest_t.c.metric, latest_t.c.value, p.c.school,
-                    p.c.building, p.c.room)
-             .select_from(latest_t).join(p, p.c.id == latest_t.c.gateway)
-             .where(latest_t.c.metric.in_(PARTS.values()), *lists.place_filter(p, scope)))
-    profiles = (select(gw_t.c.id, dev.c.key, profile).select_from(gw_t.join(dev, true()))
-                .where(kind == "projector"))
-    with db.read("cannot read the projectors' hours") as conn:
-        rows = list(conn.execute(hours))
-        projectors = {(gw, d): prof for gw, d, prof in conn.execute(profiles)}
+    rows, projectors = lists.projector_hours(db, tuple(PARTS.values()), scope)
     metric_part = {m: part for part, m in PARTS.items()}
     out: list[PartDue] = []
     needle = (q or "").lower()
