@@ -33,6 +33,7 @@ from campus import contract, names
 from campus.errors import ConfigError, PayloadError
 from campus.i18n import LazyText, lazy_gettext, message_of
 from central.db import Base
+from central.edge_schedules import compile_runs
 from central.provisioning import CsvRecords, Header, ImportProblem, decode_csv
 from central.registry import Gateway, Registry, Room
 from protocols.card_ids import CARD_NUMBER_FORMS, card_hash, card_uid
@@ -183,7 +184,9 @@ def config_payload(registry: Registry, gateway: str) -> bytes:
         room_id = s.scalar(select(Gateway.room_id).where(Gateway.id == gateway))
     return json.dumps({"version": info["config_version"], "devices": info["devices"],
                        "card_secret": registry.card_secret(info["school"]),
-                       "podium": podium_config(registry, room_id)}, separators=(",", ":")).encode()
+                       "podium": podium_config(registry, room_id),
+                       # The runs of its schedules, planned by central: the gateway keeps time (offline too).
+                       "schedules": compile_runs(registry, gateway)}, separators=(",", ":")).encode()
 
 
 # ---------------------------------------------------------------- enrol mode

@@ -214,7 +214,9 @@ def create(registry: Registry, fields: Mapping[str, Any]) -> int:
         row = Schedule(**fields)
         s.add(row)
         s.flush()
-        return row.id
+        sid = row.id
+    _replan(registry, fields)
+    return sid
 
 
 def update(registry: Registry, schedule_id: int, fields: Mapping[str, Any]) -> dict[str, Any] | None:
@@ -226,7 +228,9 @@ def update(registry: Registry, schedule_id: int, fields: Mapping[str, Any]) -> d
         before = schedule_dict(row)
         for k, v in fields.items():
             setattr(row, k, v)
-        return before
+    _replan(registry, before)
+    _replan(registry, fields)
+    return before
 
 
 def set_enabled(registry: Registry, schedule_id: int, enabled: bool) -> bool:
@@ -236,7 +240,16 @@ def set_enabled(registry: Registry, schedule_id: int, enabled: bool) -> bool:
         if row is None:
             return False
         row.enabled = enabled
-        return True
+        scope = {"school_id": row.school_id, "building_id": row.building_id}
+    _replan(registry, scope)
+    return True
+
+
+def _replan(registry: Registry, scope: Mapping[str, Any]) -> None:
+    """A schedule changed: the gateways in its scope need a new plan (central/edge_schedules.py)."""
+    from central.edge_schedules import bump_gateways
+
+    bump_gateways(registry, scope.get("school_id"), scope.get("building_id"))
 
 
 # ---------------------------------------------------------------- running
@@ -257,7 +270,17 @@ def run(schedule: Any, registry: Registry, ledger: Any, service: Any, *, now: fl
     now = time.time() if now is None else now
     who = by or f"schedule:{schedule.name}"
     results: list[dict[str, Any]] = []
-    for t in targets(schedule, registry, ledger):
+    found = targets(schedule, registry, ledger)
+    if by is None and found:
+        # The scheduler leaves alone the gateways that run this schedule themselves (central/edge_schedules.py);
+        # a person's "run now" still goes to every device.
+        from central.edge_schedules import edge_gateways
+
+        edge = edge_gateways(ledger, {t.gateway for t in found}, schedule.id, now)
+        found = [t for t in found if t.gateway not in edge]
+        if not found and edge:
+            return {"id": None, "schedule_id": schedule.id, "ran_at": now, "results": [], "edge": sorted(edge)}
+    for t in found:
         base = {"gateway": t.gateway, "room": t.room, "device": t.device, "kind": t.kind,
                 "action": schedule.action}
         if t.status == "never reported":
@@ -322,7 +345,7 @@ def summarise(results: list[dict[str, Any]]) -> str:
 
 # A run's statuses as a person reads them (the words the pages use for a command's status).
 STATUS_WORDS = {"done": N_("done"), "failed": N_("failed"), "rejected": N_("refused"), "expired": N_("expired"),
-                "pending": N_("waiting"), "skipped": N_("skipped")}
+                "pending": N_("waiting"), "skipped": N_("skipped"), "missed": N_("missed")}
 
 
 def summary_parts(results: list[dict[str, Any]]) -> list[LazyText]:
@@ -376,13 +399,28 @@ class Scheduler:
         with self.registry.session() as s:
             schedules = list(s.scalars(select(Schedule).where(Schedule.enabled.is_(True)).order_by(Schedule.id)))
         done = []
+        self._edge(now)
         for sched in schedules:
             when = occurrence(sched, now_local, self.grace)
             if when is None or not claim(self.registry, sched.id, when, now):
                 continue
             log.info("schedule %r (%s at %s) runs", sched.name, sched.action, sched.at)
-            done.append(run(sched, self.registry, self.ledger, self.service, now=now, wait=self.wait))
+            result = run(sched, self.registry, self.ledger, self.service, now=now, wait=self.wait)
+            if result["id"] is not None:  # None: every gateway in scope ran it itself
+                done.append(result)
         return done
+
+    def _edge(self, now: float) -> None:
+        """The edge's part: record the runs gateways reported, and give every gateway a fresh plan daily."""
+        from central import edge_schedules
+
+        try:
+            edge_schedules.collect(self.registry, self.ledger, now)
+            client = getattr(self.service, "client", None)
+            if client is not None:
+                edge_schedules.refresh_due(self.registry, client, now)
+        except Exception:  # noqa: BLE001 - central's own runs go on
+            log.exception("recording or planning the schedules run at the edge failed")
 
     def start(self) -> Scheduler:
         self._thread.start()
