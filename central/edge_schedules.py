@@ -37,6 +37,7 @@ log = logging.getLogger(__name__)
 
 HORIZON_DAYS = 14
 REFRESH_AFTER_S = 86400.0   # re-planned and pushed daily, long before the horizon runs out
+REFRESH_PER_CALL = 50
 COLLECT_WINDOW_S = 7 * 86400.0  # how far back `collect` looks for reports (a gateway away for a week)
 EDGE = "edge"  # `by` of an edge run's results in the history
 
@@ -121,12 +122,15 @@ def refresh_due(registry: Registry, client: Any, now: float | None = None) -> li
     now = time.time() if now is None else now
     provisioning.ensure_tables(registry)
     with registry.session() as s:
-        pushed = dict(s.execute(select(provisioning.ConfigPush.gateway_id, provisioning.ConfigPush.pushed_at)))
-        stale = [gid for gid in s.scalars(select(Gateway.id)) if (pushed.get(gid) or 0) < now - REFRESH_AFTER_S]
+        pushed = {gid: at for gid, at in s.execute(select(provisioning.ConfigPush.gateway_id,
+                                                          provisioning.ConfigPush.pushed_at))}
+        # Only gateways central pushes to already (one run from its config file alone stays so), a few per
+        # call: the scheduler's tick must not stall on a district's 2,000 pushes.
+        stale = sorted(gid for gid in s.scalars(select(Gateway.id))
+                       if pushed.get(gid) is not None and pushed[gid] < now - REFRESH_AFTER_S)[:REFRESH_PER_CALL]
     done = []
     for gateway in stale:
-        bump = registry.session()
-        with bump as s:
+        with registry.session() as s:
             gw = s.get(Gateway, gateway)
             if gw is None:
                 continue
@@ -148,20 +152,30 @@ def collect(registry: Registry, ledger: Any, now: float | None = None) -> int:
     processes collecting at once cannot both add them."""
     now = time.time() if now is None else now
     events = ledger.events(type_=contract.SCHEDULE_RUN_EVENT, since=now - COLLECT_WINDOW_S, limit=20000)
-    places = {gid: info for gid, info in registry.gateway_infos({e["gateway"] for e in events}).items()}
-    added = 0
+    reports = []
     for ev in sorted(events, key=lambda e: (e["ts"], e["seq"])):
+        sid, planned = ev["data"].get("schedule"), ev["data"].get("planned")
+        if (not isinstance(sid, bool) and isinstance(sid, int) and not isinstance(planned, bool)
+                and isinstance(planned, (int, float))):
+            reports.append((ev, sid, float(planned)))
+    if not reports:
+        return 0
+    # What is recorded already, in one read: the next 20 s tick must not cost a transaction per report.
+    with registry.session() as s:
+        recorded = {(sid, ran_at, r.get("gateway")) for sid, ran_at, results in s.execute(
+            select(ScheduleRun.schedule_id, ScheduleRun.ran_at, ScheduleRun.results)
+            .where(ScheduleRun.ran_at >= min(p for _, _, p in reports)))
+            for r in results or [] if isinstance(r, dict) and r.get("by") == EDGE}
+    reports = [(ev, sid, p) for ev, sid, p in reports if (sid, p, ev["gateway"]) not in recorded]
+    places = registry.gateway_infos({ev["gateway"] for ev, _, _ in reports}) if reports else {}
+    added = 0
+    for ev, sid, planned in reports:
         data, gateway = ev["data"], ev["gateway"]
-        sid, planned = data.get("schedule"), data.get("planned")
-        if (isinstance(sid, bool) or not isinstance(sid, int) or isinstance(planned, bool)
-                or not isinstance(planned, (int, float))):
-            continue
         room = (places.get(gateway) or {}).get("room", "")
         with registry.session() as s:
             if s.scalar(select(Schedule.id).where(Schedule.id == sid).with_for_update()) is None:
                 continue  # the schedule was deleted since
-            row = s.scalar(select(ScheduleRun).where(ScheduleRun.schedule_id == sid,
-                                                     ScheduleRun.ran_at == float(planned)))
+            row = s.scalar(select(ScheduleRun).where(ScheduleRun.schedule_id == sid, ScheduleRun.ran_at == planned))
             if row is not None and any(r.get("gateway") == gateway for r in row.results or []):
                 continue
             results = [{"gateway": gateway, "room": room, "device": step.get("device"), "kind": "",
@@ -172,7 +186,7 @@ def collect(registry: Registry, ledger: Any, now: float | None = None) -> int:
                 results = [{"gateway": gateway, "room": room, "device": "", "kind": "", "action": "",
                             "status": data.get("outcome", ""), "detail": "", "command": None, "by": EDGE}]
             if row is None:
-                s.add(ScheduleRun(schedule_id=sid, ran_at=float(planned), results=results))
+                s.add(ScheduleRun(schedule_id=sid, ran_at=planned, results=results))
             else:
                 row.results = [*(row.results or []), *results]  # a new list: the JSON column sees the change
             # Not `last_run`: that is central's claim of an occurrence for the gateways it runs itself.

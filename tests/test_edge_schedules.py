@@ -287,3 +287,38 @@ def test_a_schedule_fires_on_a_gateway_cut_off_from_central_and_its_record_reach
             room.stop()
             broker.stop()
 
+
+
+def test_gateways_pushed_over_a_day_ago_get_a_new_plan(site: Site, mosquitto: Any) -> None:
+    """The daily re-plan (central's scheduler calls it): only gateways central already pushes to, through a
+    real broker, with a new config version the agent will apply."""
+    import paho.mqtt.client as paho
+    from paho.mqtt.enums import CallbackAPIVersion
+
+    from central import provisioning
+    from tests.servers import wait_until
+
+    site.registry.add_device("gw-101", "proj", "projector-pjlink", {"host": "127.0.0.1", "port": 4352})
+    sched = site.add(days="mon,tue,wed,thu,fri,sat,sun")
+    now = time.time()
+    provisioning.ensure_tables(site.registry)
+    with site.registry.session() as s:
+        s.add(provisioning.ConfigPush(gateway_id="gw-101", version=1, pushed_at=now - 2 * 86400, pushed_by="x"))
+        s.add(provisioning.ConfigPush(gateway_id="gw-102", version=1, pushed_at=now - 3600, pushed_by="x"))
+    client = paho.Client(CallbackAPIVersion.VERSION2, protocol=paho.MQTTv5)
+    client.connect("127.0.0.1", mosquitto.port)
+    client.loop_start()
+    try:
+        before = site.registry.gateway_info("gw-101")["config_version"]
+        assert edge_schedules.refresh_due(site.registry, client, now) == ["gw-101"]  # not 102 (fresh), not 201
+        assert edge_schedules.refresh_due(site.registry, client, now) == []  # pushed now: not again today
+        got: list[bytes] = []
+        client.on_message = lambda c, u, msg: got.append(msg.payload)
+        client.subscribe(contract.config_topic("s1", "gw-101"), qos=1)
+        wait_until(lambda: got, 10, message="the retained plan")
+    finally:
+        client.loop_stop()
+        client.disconnect()
+    payload = json.loads(got[0])
+    assert payload["version"] == before + 1
+    assert {r["schedule"] for r in payload["schedules"]["runs"]} == {sched.id}
