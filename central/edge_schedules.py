@@ -5,7 +5,9 @@ compiles the schedules that apply to a gateway into concrete planned runs for th
 (schedule id, planned unix time, the action on each of its devices of the schedule's kinds) and sends
 them in the gateway's pushed config (`schedules`, central/podium.py config_payload). Times are
 resolved here, as central's own scheduler resolves them (central/schedules.py: the server's local
-time, the schedule's weekdays), so the gateway needs no calendar and both sides agree on a run's time.
+time, the schedule's weekdays), so the gateway needs no calendar and both sides agree on a run's time. The school's timetable is applied
+here too: a run that switches equipment on, on a day without classes (a holiday, out of term), is not
+planned (central/schedules.py no_classes, which central's own runs follow).
 
 Who runs a schedule for a gateway, without a double run: the gateway's own word. An agent that applied
 a plan says so in its `config_applied` event (the schedule ids and the end of the plan,
@@ -31,7 +33,8 @@ from sqlalchemy import or_, select
 
 from campus import contract
 from central.registry import Gateway, Registry, Room, Schedule, ScheduleRun
-from central.schedules import GRACE, _when
+from central.schedules import GRACE, _when, no_classes
+from central.timetables import load
 
 log = logging.getLogger(__name__)
 
@@ -63,6 +66,7 @@ def compile_runs(registry: Registry, gateway: str, now: float | None = None,
                             if building is not None else Schedule.building_id.is_(None))
         schedules = list(s.scalars(query.order_by(Schedule.id)))
     info = registry.gateway_info(gateway) or {"devices": []}
+    timetable = load(registry, school)
     kinds = {d["id"]: profile_kind(d["profile"]) for d in info["devices"]}
     runs: list[dict[str, Any]] = []
     start = datetime.fromtimestamp(now).astimezone()
@@ -79,7 +83,7 @@ def compile_runs(registry: Registry, gateway: str, now: float | None = None,
                 continue
             # The server's local time (DST included), as central's scheduler reads `at`.
             when = datetime.combine(day, at).astimezone().timestamp()
-            if now < when <= until:
+            if now < when <= until and not no_classes(sched.action, timetable, when):
                 runs.append({"schedule": sched.id, "at": when, "name": sched.name,
                              "steps": [{"device": d, "action": sched.action} for d in devices]})
     runs.sort(key=lambda r: (r["at"], r["schedule"]))

@@ -36,6 +36,7 @@ from sqlalchemy import update as sql_update
 from campus import names
 from campus.i18n import N_, LazyText, lazy_gettext, message_of
 from central.registry import Building, Registry, Schedule, ScheduleRun, School, row_id
+from central.timetables import Timetable, day_periods
 
 if TYPE_CHECKING:
     from central.overview import Target
@@ -51,6 +52,21 @@ GRACE = timedelta(minutes=30)
 COMMAND_TTL_S = 15 * 60.0
 FINAL = ("done", "failed", "rejected", "expired")
 _HHMM = re.compile(r"^([01]\d|2[0-3]):([0-5]\d)$")
+
+
+# Actions that switch equipment on: on a day without classes in the school's timetable (a holiday, out
+# of term, a weekend without periods) a schedule never sends them, here or at the edge (issue 21: "never
+# on during holidays"); switching off runs every listed day. A school without a timetable (or one with
+# no periods) has classes every day, as before timetables.
+SWITCH_ON_ACTIONS = ("power_on", "unmute")
+NO_CLASSES = "no classes on this day in the school timetable: a schedule never switches equipment on then"
+
+
+def no_classes(action: str, timetable: Timetable | None, when: float) -> bool:
+    """True if a run of `action` at `when` (unix time) is skipped: it switches on, on a day without classes."""
+    if action not in SWITCH_ON_ACTIONS or timetable is None or not timetable.periods:
+        return False
+    return not day_periods(timetable, datetime.fromtimestamp(when, timetable.zone).date())
 
 
 class ScheduleError(ValueError):
@@ -280,9 +296,17 @@ def run(schedule: Any, registry: Registry, ledger: Any, service: Any, *, now: fl
         found = [t for t in found if t.gateway not in edge]
         if not found and edge:
             return {"id": None, "schedule_id": schedule.id, "ran_at": now, "results": [], "edge": sorted(edge)}
+    timetables: dict[str, Timetable] = {}
+    if by is None and schedule.action in SWITCH_ON_ACTIONS and found:
+        from central.timetables import load_all
+
+        timetables = load_all(registry, tuple(sorted({t.school for t in found})))
     for t in found:
         base = {"gateway": t.gateway, "room": t.room, "device": t.device, "kind": t.kind,
                 "action": schedule.action}
+        if no_classes(schedule.action, timetables.get(t.school), now):
+            results.append({**base, "status": "skipped", "detail": NO_CLASSES, "command": None})
+            continue
         if t.status == "never reported":
             results.append({**base, "status": "skipped", "detail": "provisioned, but the gateway has never "
                             "reported this device", "command": None})

@@ -322,3 +322,39 @@ def test_gateways_pushed_over_a_day_ago_get_a_new_plan(site: Site, mosquitto: An
     payload = json.loads(got[0])
     assert payload["version"] == before + 1
     assert {r["schedule"] for r in payload["schedules"]["runs"]} == {sched.id}
+
+
+def test_switching_on_follows_the_school_timetable_at_the_edge_and_in_central(site: Site) -> None:
+    """A power-on is not planned (nor sent by central) on a day without classes; a power-off runs every day."""
+    from central import timetables
+
+    site.registry.add_device("gw-101", "proj", "projector-pjlink", {"host": "127.0.0.1", "port": 4352})
+    every_day = "mon,tue,wed,thu,fri,sat,sun"
+    on = site.add(name="on", at="07:50", days=every_day, action="power_on")
+    off = site.add(name="off", at="22:00", days=every_day, action="power_off")
+    before = site.registry.gateway_info("gw-101")["config_version"]
+    timetables.save(site.registry, timetables.from_document("s1", {
+        "timezone": "UTC", "periods": [{"weekday": d, "number": 1, "start": "08:00", "end": "08:45"} for d in range(1, 6)],
+        "holidays": [{"name": "sports day", "start": "2025-03-11"}]}))
+    assert site.registry.gateway_info("gw-101")["config_version"] == before + 1  # a new plan is due
+    monday = datetime(2025, 3, 10, 0, 30).astimezone().timestamp()
+    runs = edge_schedules.compile_runs(site.registry, "gw-101", monday, days=7)["runs"]
+
+    def days(sid: int) -> list[int]:
+        return [datetime.fromtimestamp(r["at"]).astimezone().day for r in runs if r["schedule"] == sid]
+
+    assert days(on.id) == [10, 12, 13, 14]                    # not the holiday (11th), nor the weekend
+    assert days(off.id) == [10, 11, 12, 13, 14, 15, 16]       # switching off: every day
+
+    sent: list[str] = []
+
+    class Service:
+        def send(self, school: str, gateway: str, device: str, action: str, params: dict[str, Any],
+                 **_: Any) -> dict[str, Any]:
+            sent.append(gateway)
+            return {"id": f"c{len(sent)}", "status": "done", "detail": ""}
+
+    holiday = datetime(2025, 3, 11, 7, 50, 5).astimezone()
+    result = Scheduler(site.registry, site.ledger, Service(), wait=0).tick(holiday)
+    assert sent == [] and result and {r["status"] for r in result[0]["results"]} == {"skipped"}
+    assert "no classes" in result[0]["results"][0]["detail"]
