@@ -55,11 +55,11 @@ class EdgeScheduler:
         self._report_interrupted()
         self.prune(self.clock() - KEEP_S)
         while True:
+            self.changed.clear()  # before looking: a push landing while runs run wakes the next wait
             try:
                 await self.run_due()
             except Exception:  # a bug here must not take the agent (its task group) down
                 log.exception("schedules: a planned run could not be handled")
-            self.changed.clear()
             wait = self._next_in()
             try:
                 async with asyncio.timeout(min(RECHECK_S, wait) if wait is not None else RECHECK_S):
@@ -83,8 +83,11 @@ class EdgeScheduler:
             settled = self._settled()
         except RuntimeError:
             return RECHECK_S
-        future = [r.at for r in runs if (r.schedule, r.at) not in settled]
-        return max(0.0, min(future) - self.clock()) if future else None
+        # Only runs ahead: one past and unsettled (its claim refused by a failing disk) is tried again at
+        # the next recheck, not in a busy loop.
+        now = self.clock()
+        future = [r.at for r in runs if r.at > now and (r.schedule, r.at) not in settled]
+        return min(future) - now if future else None
 
     async def run_due(self) -> list[tuple[int, float, str]]:
         """Run (or report missed) every planned run whose time has come; (schedule, planned, outcome) of each."""
