@@ -53,6 +53,13 @@ PODIUM_EVENT = "podium"
 PODIUM_DEVICE = "podium"
 PODIUM_ROLES = ("teacher", "facility", "cleaner")
 PODIUM_OUTCOMES = ("started", "ended", "refused", "logged")
+# Schedules run at the edge (edge_agent/schedules.py): each planned run, reported once as an event of type
+# SCHEDULE_RUN_EVENT on the event topic of device SCHEDULE_DEVICE; data: schedule (id), planned (unix time),
+# name, outcome (one of SCHEDULE_OUTCOMES), steps [{device, action, status, detail}]. Central records it
+# in the schedule's history (central/edge_schedules.py), once per (schedule, planned, gateway).
+SCHEDULE_RUN_EVENT = "schedule_run"
+SCHEDULE_DEVICE = "schedules"
+SCHEDULE_OUTCOMES = ("ran", "missed", "interrupted")
 CARD_SWIPE_EVENT = "card_swipe"  # a card reader's event; data: card (pseudonym), reader
 DEVICE_KINDS = ("environment", "card_reader", "projector", "display", "camera", "meter")
 # String metrics with a closed set of values (stores without strings keep the index).

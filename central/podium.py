@@ -33,6 +33,7 @@ from campus import contract, names
 from campus.errors import ConfigError, PayloadError
 from campus.i18n import LazyText, lazy_gettext, message_of
 from central.db import Base
+from central.edge_schedules import compile_runs
 from central.provisioning import CsvRecords, Header, ImportProblem, decode_csv
 from central.registry import Gateway, Registry, Room
 from protocols.card_ids import CARD_NUMBER_FORMS, card_hash, card_uid
@@ -41,6 +42,7 @@ PREFIX_CHARS = 12           # how much of a pseudonym lists show, and how a card
 LABEL_MAX = 100
 ENROL_WINDOW_S = (10.0, 600.0)   # the shortest and longest enrol mode
 ENROL_DEFAULT_S = 60.0
+PLAN_DAYS = (14, 7, 4, 2)   # how far ahead a gateway's schedules are planned, the longest that fits
 MAX_CARDS_PER_ROOM = 300    # the room's list rides in one config message (contract.MAX_PAYLOAD_BYTES)
 CARD_COLUMNS = ("room", "card", "role", "label")
 # The import's columns in English and Chinese, and what else a school office's spreadsheet may call them
@@ -181,9 +183,17 @@ def config_payload(registry: Registry, gateway: str) -> bytes:
         raise PayloadError(f"no gateway {gateway!r}")
     with registry.session() as s:
         room_id = s.scalar(select(Gateway.room_id).where(Gateway.id == gateway))
-    return json.dumps({"version": info["config_version"], "devices": info["devices"],
-                       "card_secret": registry.card_secret(info["school"]),
-                       "podium": podium_config(registry, room_id)}, separators=(",", ":")).encode()
+    doc = {"version": info["config_version"], "devices": info["devices"],
+           "card_secret": registry.card_secret(info["school"]), "podium": podium_config(registry, room_id)}
+    # The runs of its schedules, planned by central: the gateway keeps time (offline too). A room with many
+    # schedules gets a shorter plan rather than no push at all (the message has a size limit); the daily
+    # re-plan keeps even a 2-day plan from running out.
+    for days in PLAN_DAYS:
+        payload = json.dumps({**doc, "schedules": compile_runs(registry, gateway, days=days)},
+                             separators=(",", ":")).encode()
+        if len(payload) <= contract.MAX_PAYLOAD_BYTES:
+            break
+    return payload
 
 
 # ---------------------------------------------------------------- enrol mode

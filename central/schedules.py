@@ -36,6 +36,7 @@ from sqlalchemy import update as sql_update
 from campus import names
 from campus.i18n import N_, LazyText, lazy_gettext, message_of
 from central.registry import Building, Registry, Schedule, ScheduleRun, School, row_id
+from central.timetables import Timetable, day_periods
 
 if TYPE_CHECKING:
     from central.overview import Target
@@ -51,6 +52,21 @@ GRACE = timedelta(minutes=30)
 COMMAND_TTL_S = 15 * 60.0
 FINAL = ("done", "failed", "rejected", "expired")
 _HHMM = re.compile(r"^([01]\d|2[0-3]):([0-5]\d)$")
+
+
+# Actions that switch equipment on: on a day without classes in the school's timetable (a holiday, out
+# of term, a weekend without periods) a schedule never sends them, here or at the edge (issue 21: "never
+# on during holidays"); switching off runs every listed day. A school without a timetable (or one with
+# no periods) has classes every day, as before timetables.
+SWITCH_ON_ACTIONS = ("power_on", "unmute")
+NO_CLASSES = "no classes on this day in the school timetable: a schedule never switches equipment on then"
+
+
+def no_classes(action: str, timetable: Timetable | None, when: float) -> bool:
+    """True if a run of `action` at `when` (unix time) is skipped: it switches on, on a day without classes."""
+    if action not in SWITCH_ON_ACTIONS or timetable is None or not timetable.periods:
+        return False
+    return not day_periods(timetable, datetime.fromtimestamp(when, timetable.zone).date())
 
 
 class ScheduleError(ValueError):
@@ -214,7 +230,9 @@ def create(registry: Registry, fields: Mapping[str, Any]) -> int:
         row = Schedule(**fields)
         s.add(row)
         s.flush()
-        return row.id
+        sid = row.id
+    _replan(registry, fields)
+    return sid
 
 
 def update(registry: Registry, schedule_id: int, fields: Mapping[str, Any]) -> dict[str, Any] | None:
@@ -226,7 +244,9 @@ def update(registry: Registry, schedule_id: int, fields: Mapping[str, Any]) -> d
         before = schedule_dict(row)
         for k, v in fields.items():
             setattr(row, k, v)
-        return before
+    _replan(registry, before)
+    _replan(registry, fields)
+    return before
 
 
 def set_enabled(registry: Registry, schedule_id: int, enabled: bool) -> bool:
@@ -236,7 +256,16 @@ def set_enabled(registry: Registry, schedule_id: int, enabled: bool) -> bool:
         if row is None:
             return False
         row.enabled = enabled
-        return True
+        scope = {"school_id": row.school_id, "building_id": row.building_id}
+    _replan(registry, scope)
+    return True
+
+
+def _replan(registry: Registry, scope: Mapping[str, Any]) -> None:
+    """A schedule changed: the gateways in its scope need a new plan (central/edge_schedules.py)."""
+    from central.edge_schedules import bump_gateways
+
+    bump_gateways(registry, scope.get("school_id"), scope.get("building_id"))
 
 
 # ---------------------------------------------------------------- running
@@ -257,9 +286,27 @@ def run(schedule: Any, registry: Registry, ledger: Any, service: Any, *, now: fl
     now = time.time() if now is None else now
     who = by or f"schedule:{schedule.name}"
     results: list[dict[str, Any]] = []
-    for t in targets(schedule, registry, ledger):
+    found = targets(schedule, registry, ledger)
+    if by is None and found:
+        # The scheduler leaves alone the gateways that run this schedule themselves (central/edge_schedules.py);
+        # a person's "run now" still goes to every device.
+        from central.edge_schedules import edge_gateways
+
+        edge = edge_gateways(ledger, {t.gateway for t in found}, schedule.id, now)
+        found = [t for t in found if t.gateway not in edge]
+        if not found and edge:
+            return {"id": None, "schedule_id": schedule.id, "ran_at": now, "results": [], "edge": sorted(edge)}
+    timetables: dict[str, Timetable] = {}
+    if by is None and schedule.action in SWITCH_ON_ACTIONS and found:
+        from central.timetables import load_all
+
+        timetables = load_all(registry, tuple(sorted({t.school for t in found})))
+    for t in found:
         base = {"gateway": t.gateway, "room": t.room, "device": t.device, "kind": t.kind,
                 "action": schedule.action}
+        if no_classes(schedule.action, timetables.get(t.school), now):
+            results.append({**base, "status": "skipped", "detail": NO_CLASSES, "command": None})
+            continue
         if t.status == "never reported":
             results.append({**base, "status": "skipped", "detail": "provisioned, but the gateway has never "
                             "reported this device", "command": None})
@@ -322,7 +369,7 @@ def summarise(results: list[dict[str, Any]]) -> str:
 
 # A run's statuses as a person reads them (the words the pages use for a command's status).
 STATUS_WORDS = {"done": N_("done"), "failed": N_("failed"), "rejected": N_("refused"), "expired": N_("expired"),
-                "pending": N_("waiting"), "skipped": N_("skipped")}
+                "pending": N_("waiting"), "skipped": N_("skipped"), "missed": N_("missed")}
 
 
 def summary_parts(results: list[dict[str, Any]]) -> list[LazyText]:
@@ -376,13 +423,28 @@ class Scheduler:
         with self.registry.session() as s:
             schedules = list(s.scalars(select(Schedule).where(Schedule.enabled.is_(True)).order_by(Schedule.id)))
         done = []
+        self._edge(now)
         for sched in schedules:
             when = occurrence(sched, now_local, self.grace)
             if when is None or not claim(self.registry, sched.id, when, now):
                 continue
             log.info("schedule %r (%s at %s) runs", sched.name, sched.action, sched.at)
-            done.append(run(sched, self.registry, self.ledger, self.service, now=now, wait=self.wait))
+            result = run(sched, self.registry, self.ledger, self.service, now=now, wait=self.wait)
+            if result["id"] is not None:  # None: every gateway in scope ran it itself
+                done.append(result)
         return done
+
+    def _edge(self, now: float) -> None:
+        """The edge's part: record the runs gateways reported, and give every gateway a fresh plan daily."""
+        from central import edge_schedules
+
+        try:
+            edge_schedules.collect(self.registry, self.ledger, now)
+            client = getattr(self.service, "client", None)
+            if client is not None:
+                edge_schedules.refresh_due(self.registry, client, now)
+        except Exception:  # noqa: BLE001 - central's own runs go on
+            log.exception("recording or planning the schedules run at the edge failed")
 
     def start(self) -> Scheduler:
         self._thread.start()

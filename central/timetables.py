@@ -481,6 +481,10 @@ def save(registry: Registry, tt: Timetable, by: str = "") -> Timetable:
                                follows=r.follows) for r in tt.ranges)
     saved = load(registry, tt.school)
     assert saved is not None
+    # The school's gateways plan their schedules' runs by it (central/edge_schedules.py): a new plan is due.
+    from central.edge_schedules import bump_gateways
+
+    bump_gateways(registry, tt.school)
     return saved
 
 

@@ -155,6 +155,26 @@ class PodiumConfig(_Strict):
         return v
 
 
+class PlannedRun(_Strict):
+    """One run of a central schedule, compiled by central (central/edge_schedules.py) for this gateway:
+    the schedule's id, the planned unix time and the actions on this gateway's devices. Central resolved
+    the timetable already, so the gateway needs none: it only keeps time."""
+    schedule: int = Field(ge=1)
+    at: float = Field(gt=0)
+    name: str = Field("", max_length=200)
+    steps: list[SceneStep] = Field(min_length=1, max_length=100)
+
+
+class EdgeSchedules(_Strict):
+    """The planned runs this gateway executes on its own clock (edge_agent/schedules.py) until `until`.
+
+    A run found late (the agent was down) still runs within `grace_s` of its time, else it is reported
+    as missed: the 22:00 power-off runs at 22:10, not at 07:00 the next morning."""
+    until: float = Field(gt=0)
+    grace_s: float = Field(30 * 60.0, ge=0, le=24 * 3600.0)
+    runs: list[PlannedRun] = Field(default_factory=list, max_length=5000)
+
+
 class GatewayConfig(_Strict):
     school: str
     gateway: str
@@ -165,6 +185,7 @@ class GatewayConfig(_Strict):
     data_dir: str = ""
     card_secret: str = ""
     podium: PodiumConfig | None = None
+    schedules: EdgeSchedules | None = None
     outbox: OutboxConfig = Field(default_factory=OutboxConfig)
     devices: list[DeviceConfig] = Field(default_factory=list)
     # The registry's version of this device list, when the file came from it.
@@ -207,6 +228,10 @@ class GatewayConfig(_Strict):
                                   + [("podium scene", s.device) for s in steps]):
                 if dev_id not in seen:
                     raise ValueError(f"{where}: no device {dev_id!r} on this gateway")
+        for i, run in enumerate(self.schedules.runs if self.schedules is not None else []):
+            for j, step in enumerate(run.steps):
+                if step.device not in seen:
+                    raise ValueError(f"schedules.runs.{i}.steps.{j}.device: no device {step.device!r} on this gateway")
         return self
 
     def device(self, device_id: str) -> DeviceConfig | None:

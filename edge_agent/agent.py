@@ -19,6 +19,8 @@ class of its own, all tasks in one asyncio loop (the agent's task group):
   `config_applied` or `config_rejected` event and `config_version` in `state`;
 - the podium (`podium.Podium`): a swipe of an enrolled card starts or ends the class (the room's
   scenes through the command executor), decided here, reported as a `podium` event;
+- schedules (`schedules.EdgeScheduler`): the runs central planned for this gateway, on its own
+  clock, through the command executor, each reported once as a `schedule_run` event;
 - the MQTT link (`link.Link`): one connection at a time with a persistent
   session, routing what arrives to the parts above; on any broker error it
   backs off and connects again.
@@ -53,6 +55,7 @@ from edge_agent.outbox import Outbox
 from edge_agent.podium import Podium
 from edge_agent.polling import Polling
 from edge_agent.presence import Presence
+from edge_agent.schedules import EdgeScheduler
 from edge_agent.storage import Replacement
 
 log = logging.getLogger(__name__)
@@ -86,10 +89,12 @@ class Agent:
         self.commands = CommandExecutor(self.outbox, self.school, self.gateway, self.drivers, self.locks,
                                         on_result=self._command_finished)
         self.podium = Podium(self.outbox, self.commands, lambda: self.push.config, wake_drain=self.drain.wake)
+        self.schedules = EdgeScheduler(self.outbox, self.commands, lambda: self.push.config,
+                                       wake_drain=self.drain.wake)
         self.push = ConfigPush(self.file_config, config, version, drivers=self.drivers, locks=self.locks,
                                polling=self.polling, commands=self.commands, new_driver=self._new_driver,
                                spawn=self._spawn, agent_event=self.record_agent_event,
-                               changed=self.presence.changed.set)
+                               changed=self._config_changed)
         self.link = Link(config, self.presence, self.drain, on_command=self._command_received,
                          on_config=self._config_received)
         self.outbox.on_change = self.presence.changed.set  # storage status, or a new outbox instance
@@ -120,6 +125,10 @@ class Agent:
     def _config_received(self, payload: bytes) -> None:
         if payload and self._tasks is not None:  # an empty retained message clears the topic
             self._tasks.create_task(self.push.apply(payload))
+
+    def _config_changed(self) -> None:
+        self.presence.changed.set()
+        self.schedules.changed.set()  # a new plan may have a run sooner than the one waited for
 
     def _outbox_replaced(self, replacement: Replacement) -> None:
         """A damaged outbox was set aside: say so through the new one (its first numbers)."""
@@ -174,6 +183,7 @@ class Agent:
                 self._tasks = tg
                 tg.create_task(self.link.run())
                 tg.create_task(self.podium.run())
+                tg.create_task(self.schedules.run())
                 for device_id in self.drivers:
                     self.polling.start(device_id, self._spawn)
                     self.commands.start(device_id, self._spawn)

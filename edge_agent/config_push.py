@@ -58,8 +58,9 @@ def validate_pushed_config(base: GatewayConfig, payload: bytes | str) -> tuple[i
     if not isinstance(devices, list):
         raise ConfigError("field devices: must be a list")
     # The school's card secret and the room's podium (allow-list, scenes) come with the device list
-    # when central sends them (central/podium.py); a payload without them keeps the file's.
-    extra = {k: data[k] for k in ("podium", "card_secret") if k in data}
+    # when central sends them (central/podium.py); a payload without them keeps the file's. So do the
+    # schedules central compiled for this gateway (central/edge_schedules.py, edge_agent/schedules.py).
+    extra = {k: data[k] for k in ("podium", "card_secret", "schedules") if k in data}
     if "card_secret" in extra and not (isinstance(extra["card_secret"], str) and extra["card_secret"].strip()):
         raise ConfigError("field card_secret: must be a non-empty text")
     try:
@@ -70,6 +71,16 @@ def validate_pushed_config(base: GatewayConfig, payload: bytes | str) -> tuple[i
         where = ".".join(map(str, err["loc"]))
         raise ConfigError(f"field {where}: {err['msg'].removeprefix('Value error, ')}") from None
     return version, config
+
+
+def schedules_taken(config: GatewayConfig) -> dict[str, Any]:
+    """What `config_applied` says of the schedules this gateway now runs itself: their ids and the end of
+    the plan. Central stops running those schedules for this gateway until then (central/edge_schedules.py):
+    the gateway's own word, so a push it refused or never got leaves them with central."""
+    plan = config.schedules
+    if plan is None:
+        return {}
+    return {"schedules": sorted({r.schedule for r in plan.runs}), "schedules_until": plan.until}
 
 
 def pushed_version(payload: bytes | str) -> int | None:
@@ -227,7 +238,7 @@ class ConfigPush:
         agent_log.info("applied pushed config v%d: %d devices (added %s, changed %s, removed %s)", version,
                        len(self.drivers), added or "-", changed or "-", removed or "-")
         self.agent_event("config_applied", {"version": version, "added": added, "changed": changed,
-                                            "removed": removed})
+                                            "removed": removed, **schedules_taken(new)})
         self.changed()
 
     async def _replace_driver(self, device_id: str, driver: Driver) -> None:

@@ -1,0 +1,198 @@
+"""Schedules run at the edge: central plans each gateway's runs, the gateway keeps time.
+
+A gateway cut off from central at 22:00 must still switch its projector off at 22:00, so central
+compiles the schedules that apply to a gateway into concrete planned runs for the next HORIZON_DAYS
+(schedule id, planned unix time, the action on each of its devices of the schedule's kinds) and sends
+them in the gateway's pushed config (`schedules`, central/podium.py config_payload). Times are
+resolved here, as central's own scheduler resolves them (central/schedules.py: the server's local
+time, the schedule's weekdays), so the gateway needs no calendar and both sides agree on a run's time. The school's timetable is applied
+here too: a run that switches equipment on, on a day without classes (a holiday, out of term), is not
+planned (central/schedules.py no_classes, which central's own runs follow).
+
+Who runs a schedule for a gateway, without a double run: the gateway's own word. An agent that applied
+a plan says so in its `config_applied` event (the schedule ids and the end of the plan,
+edge_agent/config_push.py schedules_taken); central's scheduler leaves those schedules' devices on
+that gateway alone until the plan's end (`edge_gateways`). Not the push: a push refused, not yet
+delivered (the gateway offline) or read by an older agent leaves the schedule with central, so nothing
+is left unrun; and a plan that ran out (a gateway away for weeks) gives the schedule back to central.
+
+Each edge run comes back through the outbox as a `schedule_run` event; `collect` writes it into the
+same history central's runs go to (`schedule_runs`), one row per occurrence (the schedule and its
+planned time) with each gateway's results in it, each gateway's once whatever is delivered again.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Collection
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import or_, select
+
+from campus import contract
+from central.registry import Gateway, Registry, Room, Schedule, ScheduleRun
+from central.schedules import GRACE, _when, no_classes
+from central.timetables import load
+
+log = logging.getLogger(__name__)
+
+HORIZON_DAYS = 14
+REFRESH_AFTER_S = 86400.0   # re-planned and pushed daily, long before the horizon runs out
+REFRESH_PER_CALL = 50
+COLLECT_WINDOW_S = 7 * 86400.0  # how far back `collect` looks for reports (a gateway away for a week)
+EDGE = "edge"  # `by` of an edge run's results in the history
+
+
+def compile_runs(registry: Registry, gateway: str, now: float | None = None,
+                 days: int = HORIZON_DAYS) -> dict[str, Any]:
+    """The `schedules` of a gateway's pushed config: every run of an enabled schedule in scope of the
+    gateway (its school, its room's building, or every school) from `now` to `now + days`, on its
+    devices of the schedule's kinds, in time order (edge_agent/schedules.py runs them)."""
+    from central.overview import profile_kind
+
+    now = time.time() if now is None else now
+    until = now + days * 86400.0
+    with registry.session() as s:
+        row = s.execute(select(Gateway.school_id, Room.building_id).outerjoin(Room, Gateway.room_id == Room.id)
+                        .where(Gateway.id == gateway)).first()
+        if row is None:
+            return {"until": until, "grace_s": GRACE.total_seconds(), "runs": []}
+        school, building = row
+        query = select(Schedule).where(Schedule.enabled.is_(True),
+                                       or_(Schedule.school_id.is_(None), Schedule.school_id == school))
+        query = query.where(or_(Schedule.building_id.is_(None), Schedule.building_id == building)
+                            if building is not None else Schedule.building_id.is_(None))
+        schedules = list(s.scalars(query.order_by(Schedule.id)))
+    info = registry.gateway_info(gateway) or {"devices": []}
+    timetable = load(registry, school)
+    kinds = {d["id"]: profile_kind(d["profile"]) for d in info["devices"]}
+    runs: list[dict[str, Any]] = []
+    start = datetime.fromtimestamp(now).astimezone()
+    for sched in schedules:
+        parsed = _when(sched)
+        wanted = {k.strip() for k in (sched.kinds or "").split(",") if k.strip()}
+        devices = sorted(d for d, kind in kinds.items() if kind in wanted)
+        if parsed is None or not devices:
+            continue
+        at, weekdays = parsed
+        for ahead in range(days + 1):
+            day = (start + timedelta(days=ahead)).date()
+            if day.weekday() not in weekdays:
+                continue
+            # The server's local time (DST included), as central's scheduler reads `at`.
+            when = datetime.combine(day, at).astimezone().timestamp()
+            if now < when <= until and not no_classes(sched.action, timetable, when):
+                runs.append({"schedule": sched.id, "at": when, "name": sched.name,
+                             "steps": [{"device": d, "action": sched.action} for d in devices]})
+    runs.sort(key=lambda r: (r["at"], r["schedule"]))
+    return {"until": until, "grace_s": GRACE.total_seconds(), "runs": runs}
+
+
+def edge_gateways(ledger: Any, gateways: Collection[str], schedule_id: int, now: float) -> set[str]:
+    """Which of `gateways` run `schedule_id` themselves now (their newest `config_applied` says so)."""
+    newest = ledger.newest_events(list(gateways), ["config_applied"])
+    out = set()
+    for (gateway, _type), event in newest.items():
+        data = event.get("data") or {}
+        until = data.get("schedules_until")
+        if isinstance(until, (int, float)) and until > now and schedule_id in (data.get("schedules") or []):
+            out.add(gateway)
+    return out
+
+
+def bump_gateways(registry: Registry, school: str | None = None, building: int | None = None) -> int:
+    """Raise the config version of every gateway a schedule (or a school's timetable) applies to, so the
+    next push sends them a new plan (provisioning shows them as "changes not pushed"); how many."""
+    with registry.session() as s:
+        query = select(Gateway).outerjoin(Room, Gateway.room_id == Room.id)
+        if school is not None:
+            query = query.where(Gateway.school_id == school)
+        if building is not None:
+            query = query.where(Room.building_id == building)
+        rows = list(s.scalars(query))
+        for gw in rows:
+            gw.config_version += 1
+        return len(rows)
+
+
+def refresh_due(registry: Registry, client: Any, now: float | None = None) -> list[str]:
+    """Push a new plan to every gateway whose last push is older than REFRESH_AFTER_S (daily), so its plan
+    never runs out while central is up; the gateways pushed. Stops at the first failure (the broker)."""
+    from campus.errors import CampusError
+    from central import provisioning
+
+    now = time.time() if now is None else now
+    provisioning.ensure_tables(registry)
+    with registry.session() as s:
+        pushed = {gid: at for gid, at in s.execute(select(provisioning.ConfigPush.gateway_id,
+                                                          provisioning.ConfigPush.pushed_at))}
+        # Only gateways central pushes to already (one run from its config file alone stays so), a few per
+        # call: the scheduler's tick must not stall on a district's 2,000 pushes.
+        stale = sorted(gid for gid in s.scalars(select(Gateway.id))
+                       if pushed.get(gid) is not None and pushed[gid] < now - REFRESH_AFTER_S)[:REFRESH_PER_CALL]
+    done = []
+    for gateway in stale:
+        with registry.session() as s:
+            gw = s.get(Gateway, gateway)
+            if gw is None:
+                continue
+            gw.config_version += 1
+        try:
+            provisioning.push_config(registry, client, gateway, "scheduler")
+        except CampusError as exc:
+            log.warning("daily schedule push to %s failed: %s", gateway, exc)
+            break
+        done.append(gateway)
+    return done
+
+
+def collect(registry: Registry, ledger: Any, now: float | None = None) -> int:
+    """Record the `schedule_run` events gateways reported in the schedules' history; how many were new.
+
+    One row per occurrence (schedule, planned time: `ran_at`), each gateway's results added once: the
+    schedule's row is locked first (PostgreSQL: FOR UPDATE; SQLite: the one writer), so two web
+    processes collecting at once cannot both add them."""
+    now = time.time() if now is None else now
+    events = ledger.events(type_=contract.SCHEDULE_RUN_EVENT, since=now - COLLECT_WINDOW_S, limit=20000)
+    reports = []
+    for ev in sorted(events, key=lambda e: (e["ts"], e["seq"])):
+        sid, planned = ev["data"].get("schedule"), ev["data"].get("planned")
+        if (not isinstance(sid, bool) and isinstance(sid, int) and not isinstance(planned, bool)
+                and isinstance(planned, (int, float))):
+            reports.append((ev, sid, float(planned)))
+    if not reports:
+        return 0
+    # What is recorded already, in one read: the next 20 s tick must not cost a transaction per report.
+    with registry.session() as s:
+        recorded = {(sid, ran_at, r.get("gateway")) for sid, ran_at, results in s.execute(
+            select(ScheduleRun.schedule_id, ScheduleRun.ran_at, ScheduleRun.results)
+            .where(ScheduleRun.ran_at >= min(p for _, _, p in reports)))
+            for r in results or [] if isinstance(r, dict) and r.get("by") == EDGE}
+    reports = [(ev, sid, p) for ev, sid, p in reports if (sid, p, ev["gateway"]) not in recorded]
+    places = registry.gateway_infos({ev["gateway"] for ev, _, _ in reports}) if reports else {}
+    added = 0
+    for ev, sid, planned in reports:
+        data, gateway = ev["data"], ev["gateway"]
+        room = (places.get(gateway) or {}).get("room", "")
+        with registry.session() as s:
+            if s.scalar(select(Schedule.id).where(Schedule.id == sid).with_for_update()) is None:
+                continue  # the schedule was deleted since
+            row = s.scalar(select(ScheduleRun).where(ScheduleRun.schedule_id == sid, ScheduleRun.ran_at == planned))
+            if row is not None and any(r.get("gateway") == gateway for r in row.results or []):
+                continue
+            results = [{"gateway": gateway, "room": room, "device": step.get("device"), "kind": "",
+                        "action": step.get("action"), "status": step.get("status"),
+                        "detail": step.get("detail", ""), "command": None, "by": EDGE}
+                       for step in data.get("steps") or [] if isinstance(step, dict)]
+            if not results:  # a run with no step still shows which gateway ran it
+                results = [{"gateway": gateway, "room": room, "device": "", "kind": "", "action": "",
+                            "status": data.get("outcome", ""), "detail": "", "command": None, "by": EDGE}]
+            if row is None:
+                s.add(ScheduleRun(schedule_id=sid, ran_at=planned, results=results))
+            else:
+                row.results = [*(row.results or []), *results]  # a new list: the JSON column sees the change
+            # Not `last_run`: that is central's claim of an occurrence for the gateways it runs itself.
+            added += 1
+    return added
