@@ -97,14 +97,17 @@ def main(argv: list[str] | None = None) -> int:
             statements += 1
 
         cpu, wall = [], []
-        event.listen(registry.db.engine, "before_cursor_execute", count)
+        engines = {id(e): e for e in (registry.db.engine, ledger.db.engine)}.values()
+        for engine in engines:
+            event.listen(engine, "before_cursor_execute", count)
         for _ in range(args.rounds):
             t0, c0 = time.perf_counter(), time.process_time()
             out = alarms.evaluate(registry, ledger)
             cpu.append(time.process_time() - c0)
             wall.append(time.perf_counter() - t0)
             assert not out.raised and not out.cleared, out
-        event.remove(registry.db.engine, "before_cursor_execute", count)
+        for engine in engines:
+            event.remove(engine, "before_cursor_execute", count)
         cpu.sort()
         wall.sort()
         print(f"quiet round ({args.rounds}): CPU median {cpu[len(cpu) // 2] * 1000:.0f} ms "
