@@ -192,6 +192,9 @@ def _timetables() -> dict[str, Any]:
                     "or a month: the share of class periods in which a display or projector was on (facility, admin), "
                     "from the daily usage rollup; `pending`: room-days of the span not rolled up yet (not counted)"),
                  [("week", "query", False), ("month", "query", False), ("school", "query", False)], {"type": "object"})
+    _paged(usage)
+    usage["parameters"][-3]["description"] = N_("rooms of this page; without `limit`, `offset` or `q` every room is "
+                                                "answered. The schools, days and district are always whole")
     return {"/api/schools/{school}/timetable": {"get": get, "put": put},
             "/api/schools/{school}/timetable/periods": {"get": periods},
             "/api/usage": {"get": usage}}
