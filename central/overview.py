@@ -14,21 +14,18 @@ ledger only through `Ledger` methods, never its tables, and no view
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Collection, Iterable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from sqlalchemy import Float, and_, case, cast, func, literal, not_, or_, select
+from sqlalchemy import select
 
 from central import alarms as alarm_engine
 from central import lists
 from central import provisioning as prov
-from central.ledger import Ledger, online_at
+from central.ledger import Ledger
 from central.registry import Building, Device, Gateway, Registry, Room, School
-from central.tables import gateways as gw_t
-from central.tables import latest as latest_t
 
 PROBLEMS = ("offline", "fault", "alarm")
 # A registered gateway that has never sent a message, and its devices: not a problem, no alarms yet.
@@ -97,17 +94,6 @@ def alarm_snapshot(registry: Registry, ledger: Ledger) -> alarm_engine.Snapshot:
 _CREATED_BY_ID = 2000
 
 
-def _json_number(db: Any, value: Any) -> Any:
-    """A `latest.value` (JSON text) as a number in SQL, for filtering only: a superset of what
-    central/alarms.py `_num` accepts passes the same comparison (SQLite reads text that is not a number
-    as 0; PostgreSQL casts only what looks like a number, NULL otherwise). The rules decide on the decoded
-    value afterwards."""
-    if db.dialect == "sqlite":
-        return cast(value, Float)
-    number = and_(value.op("~")(literal(r"^-?[0-9][0-9.eE+-]*$")), func.length(value) <= 308)
-    return case((number, cast(value, Float)), else_=None)
-
-
 def alarm_candidates(registry: Registry, ledger: Ledger, rules: Iterable[alarm_engine.Rule],
                      also: Collection[str] = ()) -> alarm_engine.Snapshot:
     """What the alarm rules need to reach the verdicts of `alarm_snapshot`, read with the rules' limits in
@@ -120,31 +106,8 @@ def alarm_candidates(registry: Registry, ledger: Ledger, rules: Iterable[alarm_e
     exactly as they judge the whole one."""
     db = ledger.db
     now = time.time()  # "online" now, as the ledger's readers decide it (central/ledger.py `online_at`)
-    online = online_at(now)
     value_kinds: dict[str, dict[str, Any]] = {r.kind: r.params for r in rules if r.enabled}
-    over: list[Any] = []
-    num = _json_number(db, latest_t.c.value)
-    metric = latest_t.c.metric
-    if "co2_above" in value_kinds:
-        over.append(and_(metric == "co2_ppm", num > float(value_kinds["co2_above"].get("ppm", 1500))))
-    if "temperature_range" in value_kinds:
-        p = value_kinds["temperature_range"]
-        over.append(and_(metric == "temperature_c", or_(num < float(p.get("min", 16)), num > float(p.get("max", 30)))))
-    if "lamp_hours_above" in value_kinds:
-        over.append(and_(metric == "lamp_hours", num > float(value_kinds["lamp_hours_above"].get("hours", 3000))))
-    if "projector_error" in value_kinds:
-        # Index 0 of an error enum is "ok" (campus/contract.py metric_enum), as is the text "ok".
-        over.append(and_(metric.like("error\\_%", escape="\\"),
-                         latest_t.c.value.not_in(['"ok"', "0", "0.0", "-0.0"])))
-    with db.read("cannot read the gateways") as conn:
-        offline = set(conn.scalars(select(gw_t.c.id).where(not_(online))))
-        devices_off = set(conn.scalars(select(gw_t.c.id).where(online, lists._reported_status(db, "offline"))))
-        latest: dict[tuple[str, str], dict[str, Any]] = {}
-        if over:
-            rows = conn.execute(select(latest_t.c.gateway, latest_t.c.device, metric, latest_t.c.value)
-                                .where(or_(*over)))
-            for gw, dev, name, value in rows:
-                latest.setdefault((gw, dev), {})[name] = json.loads(value)
+    offline, devices_off, latest = lists.alarm_reads(db, value_kinds, now)
     wanted = offline | devices_off | set(also)
     gateways = ledger.gateways(ids=wanted) if wanted else []
     devices = ([d for d in ledger.gateway_devices(ids=devices_off) if d["status"] == "offline"]
