@@ -5,7 +5,8 @@ from __future__ import annotations
 import asyncio
 import sqlite3
 import threading
-from collections.abc import Iterator
+import time
+from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -264,3 +265,47 @@ class SimulatorsInThread:
         asyncio.run_coroutine_threadsafe(self.sims.stop(), self.loop).result(20)
         self.loop.call_soon_threadsafe(self.loop.stop)
         self.thread.join(10)
+
+
+# ---------------------------------------------------------------- an agent in-process with its room's simulators
+
+
+async def until(predicate: Callable[[], object], timeout: float = 20, what: str = "condition") -> None:
+    """Wait in an event loop for `predicate()` with a deadline: the async twin of `wait_until`."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        await asyncio.sleep(0.02)
+
+
+def run_room(config: Any, body: Callable[[Any, Any], Awaitable[None]], ready: str, what: str) -> None:
+    """An Agent on `config` with its devices' simulators (no broker needed), once device `ready` reads ok:
+    `body(agent, sims)`, then both stopped."""
+    from edge_agent.agent import Agent
+    from firmware_stubs.runner import SimulatorSet
+
+    async def main() -> None:
+        sims = SimulatorSet(config)
+        await sims.start()
+        agent = Agent(config)
+        task = asyncio.create_task(agent.run())
+        try:
+            await until(lambda: agent.polling.status.get(ready) == "ok", what=what)
+            await body(agent, sims)
+        finally:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+            await sims.stop()
+
+    asyncio.run(main())
+
+
+def outbox_events(agent: Any, device: str) -> list[dict[str, Any]]:
+    """The events of `device` (a contract device such as the podium's) in the agent's outbox, oldest first."""
+    return [contract.Event.decode(r.payload).data for r in agent.outbox.peek(10_000)
+            if r.topic.endswith(f"/event/{device}")]
+
+
+def power_commands(sims: Any, device: str = "proj") -> list[str]:
+    """The PJLink power commands (not queries) the projector simulator `device` received."""
+    return [c for c in sims.by_device[device].commands if c.startswith("%1POWR ") and not c.endswith("?")]

@@ -29,7 +29,7 @@ from device_profiles.config import GatewayConfig, load_gateway_config
 from edge_agent.commands import CommandExecutor
 from edge_agent.drivers import create_driver
 from edge_agent.outbox import Outbox
-from tests.e2e import Classroom, SimulatorsInThread, env_device, write_gateway_config
+from tests.e2e import Classroom, SimulatorsInThread, env_device, until, write_gateway_config
 from tests.servers import Mosquitto, SmallFilesystem, wait_until
 from tests.stores import sql
 
@@ -85,12 +85,6 @@ def run_executor(config: GatewayConfig, box: Outbox, body: Callable[[CommandExec
 
     asyncio.run(main())
 
-
-async def until(predicate: Callable[[], object], timeout: float = 20, what: str = "condition") -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        await asyncio.sleep(0.02)
 
 
 def command(cid: str, action: str = "power_on", *, ts: float | None = None) -> bytes:

@@ -8,7 +8,6 @@ gateway (an agent process, as `campus agent`) and gives it back.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import time
 from collections.abc import Awaitable, Callable
@@ -29,7 +28,8 @@ from device_profiles.config import GatewayConfig, load_gateway_config
 from edge_agent.agent import Agent
 from edge_agent.config_push import validate_pushed_config
 from firmware_stubs.runner import SimulatorSet
-from tests.e2e import write_gateway_config
+from tests.e2e import outbox_events, power_commands, until, write_gateway_config
+from tests.e2e import run_room as e2e_run_room
 from tests.test_schedules import Site
 
 
@@ -44,38 +44,8 @@ def plan(*runs: tuple[int, float, str], grace_s: float = 1800.0) -> dict[str, An
                      for sid, at, a in runs]}
 
 
-def schedule_events(agent: Agent) -> list[dict[str, Any]]:
-    """The schedule_run events in the outbox (nothing is published: there is no broker)."""
-    return [Event.decode(r.payload).data for r in agent.outbox.peek(10_000)
-            if r.topic.endswith(f"/event/{contract.SCHEDULE_DEVICE}")]
 
 
-async def until(predicate: Callable[[], object], timeout: float = 20, what: str = "condition") -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        await asyncio.sleep(0.02)
-
-
-def run_room(config: GatewayConfig, body: Callable[[Agent, SimulatorSet], Awaitable[None]]) -> None:
-    async def main() -> None:
-        sims = SimulatorSet(config)
-        await sims.start()
-        agent = Agent(config)
-        task = asyncio.create_task(agent.run())
-        try:
-            await until(lambda: agent.polling.status.get("proj") == "ok", what="the projector read")
-            await body(agent, sims)
-        finally:
-            task.cancel()
-            await asyncio.gather(task, return_exceptions=True)
-            await sims.stop()
-
-    asyncio.run(main())
-
-
-def power_commands(sims: SimulatorSet) -> list[str]:
-    return [c for c in sims.by_device["proj"].commands if c.startswith("%1POWR ") and not c.endswith("?")]
 
 
 # ---------------------------------------------------------------- the agent
@@ -358,3 +328,12 @@ def test_switching_on_follows_the_school_timetable_at_the_edge_and_in_central(si
     result = Scheduler(site.registry, site.ledger, Service(), wait=0).tick(holiday)
     assert sent == [] and result and {r["status"] for r in result[0]["results"]} == {"skipped"}
     assert "no classes" in result[0]["results"][0]["detail"]
+
+
+def schedule_events(agent: Agent) -> list[dict[str, Any]]:
+    """The schedule events in the outbox (nothing is published: there is no broker)."""
+    return outbox_events(agent, contract.SCHEDULE_DEVICE)
+
+
+def run_room(config: GatewayConfig, body: Callable[[Agent, SimulatorSet], Awaitable[None]]) -> None:
+    e2e_run_room(config, body, ready="proj", what="the projector read")

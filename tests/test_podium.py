@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -18,7 +17,6 @@ from typing import Any
 import pytest
 
 from campus import contract
-from campus.contract import Event
 from campus.errors import ConfigError
 from campus.net import free_port
 from device_profiles.config import GatewayConfig, load_gateway_config
@@ -26,7 +24,8 @@ from edge_agent.agent import Agent
 from edge_agent.config_push import validate_pushed_config
 from firmware_stubs.runner import SimulatorSet
 from protocols.card_ids import card_hash
-from tests.e2e import write_gateway_config
+from tests.e2e import outbox_events, power_commands, until, write_gateway_config
+from tests.e2e import run_room as e2e_run_room
 
 SECRET = "school-secret-1"
 TEACHER, CLEANER, STRANGER = "14008EC793", "0C000621A5", "0AFFFFFFFF"
@@ -45,38 +44,8 @@ def podium_config(**extra: Any) -> dict[str, Any]:
                       card_hash(SECRET, CLEANER): {"role": "cleaner"}}, **extra}
 
 
-def podium_events(agent: Agent) -> list[dict[str, Any]]:
-    """The podium events in the outbox (nothing is published: there is no broker)."""
-    return [Event.decode(r.payload).data for r in agent.outbox.peek(10_000)
-            if r.topic.endswith(f"/event/{contract.PODIUM_DEVICE}")]
 
 
-async def until(predicate: Callable[[], object], timeout: float = 20, what: str = "condition") -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        await asyncio.sleep(0.02)
-
-
-def run_room(config: GatewayConfig, body: Callable[[Agent, SimulatorSet], Awaitable[None]]) -> None:
-    async def main() -> None:
-        sims = SimulatorSet(config)
-        await sims.start()
-        agent = Agent(config)
-        task = asyncio.create_task(agent.run())
-        try:
-            await until(lambda: agent.polling.status.get("cards") == "ok", what="the reader open")
-            await body(agent, sims)
-        finally:
-            task.cancel()
-            await asyncio.gather(task, return_exceptions=True)
-            await sims.stop()
-
-    asyncio.run(main())
-
-
-def power_commands(sims: SimulatorSet) -> list[str]:
-    return [c for c in sims.by_device["proj"].commands if c.startswith("%1POWR ") and not c.endswith("?")]
 
 
 def test_swipes_start_and_end_the_class_refuse_strangers_and_log_cleaners(tmp_path: Path) -> None:
@@ -231,3 +200,12 @@ def test_a_pushed_secret_and_allow_list_take_effect_without_a_restart(tmp_path: 
         assert podium_events(agent)[0]["card"] == card_hash(new, TEACHER)
 
     run_room(config, body)
+
+
+def podium_events(agent: Agent) -> list[dict[str, Any]]:
+    """The podium events in the outbox (nothing is published: there is no broker)."""
+    return outbox_events(agent, contract.PODIUM_DEVICE)
+
+
+def run_room(config: GatewayConfig, body: Callable[[Agent, SimulatorSet], Awaitable[None]]) -> None:
+    e2e_run_room(config, body, ready="cards", what="the reader open")
