@@ -34,7 +34,8 @@ from babel.dates import format_datetime
 from flask import Blueprint, Flask, abort, current_app, g, redirect, request, session
 from flask_babel import Babel, get_locale, get_timezone, gettext
 
-from campus.errors import ConfigError
+from campus import names
+from campus.errors import CampusError, ConfigError
 from campus.i18n import ENGLISH, N_, LazyText, Translations, message_of
 
 # BCP 47 tag (URLs, the cookie, the account, <html lang>) -> the locale Flask-Babel is given (Babel makes
@@ -247,6 +248,17 @@ def site_zone(app: Flask | None = None) -> ZoneInfo:
     return ZoneInfo((app or current_app).config.get("CAMPUS_TIMEZONE", DEFAULT_TIMEZONE))
 
 
+def _an_id(value: Any, field: str) -> str | None:
+    """`value` if it is a valid id (campus/names.py, the one validator), else None: the zone lookup is asked
+    with whatever a URL holds, NUL bytes included, before (or instead of) the view that refuses it."""
+    if not isinstance(value, str):
+        return None
+    try:
+        return names.identifier(value, field)
+    except names.BadName:
+        return None
+
+
 def page_zone() -> ZoneInfo:
     """This request's zone, once per request: the school's, when the page is one school's (the URL names a
     `<gateway>` or a `<school>`, else the query a `school=`, in the caller's sight; an unknown one has the
@@ -256,11 +268,8 @@ def page_zone() -> ZoneInfo:
         return g.campus_zone
     zone = site_zone()
     args = request.view_args or {}
-    gateway, school = args.get("gateway"), args.get("school") or request.args.get("school")
-    if not isinstance(gateway, str) or not 0 < len(gateway) <= 64:
-        gateway = None
-    if not isinstance(school, str) or not 0 < len(school) <= 64:
-        school = None
+    gateway = _an_id(args.get("gateway"), "gateway")
+    school = _an_id(args.get("school") or request.args.get("school"), "school")
     user = g.get("user")
     if user and (gateway or school):
         from central.timetables import school_zone
@@ -268,10 +277,13 @@ def page_zone() -> ZoneInfo:
         from dashboards.context import central
 
         # Only a school in the caller's sight: its zone in the footer must not tell that it exists.
-        if gateway and may_see(user, gateway):
-            zone = school_zone(central().registry, zone, gateway=gateway)
-        elif not gateway and school and may_see_school(user, school):
-            zone = school_zone(central().registry, zone, school=school)
+        try:
+            if gateway and may_see(user, gateway):
+                zone = school_zone(central().registry, zone, gateway=gateway)
+            elif not gateway and school and may_see_school(user, school):
+                zone = school_zone(central().registry, zone, school=school)
+        except CampusError:  # the database away: the page (an error page, perhaps) still renders, in the site's
+            pass
     g.campus_zone = zone
     return zone
 

@@ -103,3 +103,16 @@ def test_hostile_ids_names_and_numbers_are_a_4xx_on_postgresql(app) -> None:
     assert central(app).ledger.commands() == []  # not one of the commands above was valid
     # Refusals are audited with what was sent, a NUL written as \x00 (PostgreSQL cannot store the byte).
     assert any("a\\x00b" in r["detail"] and not r["ok"] for r in reg.audit_trail(limit=2000))
+
+
+def test_a_nul_in_a_school_or_gateway_of_the_url_is_no_500(app) -> None:
+    """The page's time zone is looked up from the URL's school or gateway before any view refuses it (the
+    footer of every page, error pages included): a NUL byte, which PostgreSQL refuses in a text parameter,
+    once made the error page itself a 500 (the fuzzer above, in CI). It is not an id: the site's zone."""
+    client = app.test_client()
+    token = _csrf(client.get("/login").get_data(as_text=True))
+    assert client.post("/login", data={"csrf": token, "username": "boss", "password": "boss-password"}).status_code == 302
+    for url in ("/?school=a%00b", "/health/?school=%00", "/health/rooms/gw%00x", "/health/usage-rate?school=s%001"):
+        answer = client.get(url)
+        assert 200 <= answer.status_code < 500, (url, answer.status_code)
+        assert '"timeZone": "Asia/Shanghai"' in answer.get_data(as_text=True), url
