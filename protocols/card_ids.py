@@ -44,3 +44,15 @@ def card_uid(number: str) -> str:
 def card_pseudonym(secret: str | bytes, number: str) -> str:
     """The pseudonym of a printed card number (`card_uid`, then `card_hash`)."""
     return card_hash(secret, card_uid(number))
+
+
+def qr_pseudonym(secret: str | bytes, code: str) -> str:
+    """The pseudonym of a printed QR check-in code (a student card's code id, e.g. "STU-101-0001").
+
+    HMAC-SHA256 keyed with the school's card secret like `card_hash`, over "qr:" and the code with its
+    surrounding blanks removed: the prefix keeps a QR code and a card UID that happen to share their text
+    from ever making the same pseudonym. The camera driver on the gateway and central's roster import both
+    call this, so a code never leaves the gateway and is never stored by central.
+    """
+    key = secret.encode("utf-8") if isinstance(secret, str) else secret
+    return hmac.new(key, b"qr:" + code.strip().encode("utf-8"), hashlib.sha256).hexdigest()
