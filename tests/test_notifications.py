@@ -611,6 +611,24 @@ def test_messages_render_in_english_with_a_24_hour_local_clock() -> None:
     assert "and 10 more" in msg.text and msg.text.count("\n- ") == 31
 
 
+
+
+def test_names_are_literal_text_in_the_robots_markdown_and_as_typed_in_plain_text() -> None:
+    from zoneinfo import ZoneInfo
+
+    from central.notify.messages import AlarmLine, Batch, render, render_test
+
+    school, room = "[点此领奖](http://evil.example)", '<font color="warning">*101*</font>'
+    batch = Batch("raised", "s1", school, "A_楼", "co2_above", "CO2 too high", "warning", ZoneInfo("Asia/Shanghai"),
+                  [AlarmLine(1, "gw-1", "env`x`", room, "CO2 2500 ppm is above", "2500 ppm", 1_796_031_200.0)])
+    msg = render(batch, "en")
+    assert school in msg.title and room in msg.text  # mail and text robots: the names as typed
+    assert "[点此领奖](" not in msg.markdown and "<font" not in msg.markdown and " *101*" not in msg.markdown
+    assert r"\[点此领奖\](http://evil.example)" in msg.markdown and r"A\_楼" in msg.markdown
+    assert r'&lt;font color="warning">\*101\*&lt;/font>' in msg.markdown and r"env\`x\`" in msg.markdown
+    assert msg.markdown.startswith("### 1 alarm raised")  # the markup of our own is left alone
+    test = render_test("en", "*组*[x](y)")
+    assert "*组*[x](y)" in test.text and r"\*组\*\[x\](y)" in test.markdown
 def test_messages_render_in_chinese_for_a_zh_cn_channel(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """The web app hands the notifier its catalogs: a zh-CN channel's message is Chinese throughout, the
     alarm's own message (a LazyText, as central/alarms.py stores it) included; an English one stays English."""

@@ -12,6 +12,7 @@ school's time zone (Asia/Shanghai by default).
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -34,6 +35,21 @@ KIND_LABELS = {
 }
 SEVERITY_LABELS = {"info": N_("info"), "warning": N_("warning"), "critical": N_("critical")}
 LINES_MAX = 30  # alarms listed in one message; the rest are counted ("and 170 more")
+
+# Characters a robot's Markdown (WeCom, DingTalk: CommonMark subsets plus WeCom's <font> tag) reads as
+# markup. A school, building, room or device name is typed by people; "[点此](http://…)" or "<font …>" in
+# one must show as those characters, not become a link or a colour in every alarm sent to the group.
+# Only the inline markup is escaped: a name never starts a line here (lines start "- ", "### ", "> "), so
+# "#", "-", "+", "." and ">" do nothing inside one, and escaping them would show as "3\\-1" on a robot
+# that does not read escapes.
+_MARKDOWN_SPECIAL = re.compile(r"([\\`*_\[\]~])")
+
+
+def markdown_escape(value: str) -> str:
+    """`value` as literal text in Markdown: its markup characters backslash-escaped and `<`, `&` as
+    entities (the robots render HTML entities; a backslash before `<` is not standard)."""
+    value = value.replace("&", "&amp;").replace("<", "&lt;")
+    return _MARKDOWN_SPECIAL.sub(r"\\\1", value)
 
 
 @dataclass(frozen=True)
@@ -86,8 +102,13 @@ class _Say:
     the catalog's keywords, so the extraction finds the calls below. A broken translation shows English
     rather than nothing."""
 
-    def __init__(self, translations: Translations) -> None:
+    def __init__(self, translations: Translations, escape: Callable[[str], str] | None = None) -> None:
         self.translations = translations
+        self.escape = escape  # the Markdown rendering's: applied to what people typed (`literal`)
+
+    def literal(self, value: str) -> str:
+        """A name or other text from outside, as it must stand in this rendering."""
+        return self.escape(value) if self.escape else value
 
     def gettext(self, msgid: str, **params: Any) -> str:
         return self._fill(self.translations.gettext(msgid), msgid, params)
@@ -100,8 +121,7 @@ class _Say:
         """An alarm's message: a LazyText rendered in this language, a plain (older) one as it is."""
         return value.render(self.translations.gettext) if isinstance(value, LazyText) else str(value)
 
-    @staticmethod
-    def _fill(text: str, msgid: str, params: dict[str, Any]) -> str:
+    def _fill(self, text: str, msgid: str, params: dict[str, Any]) -> str:
         if not params:
             return text
         try:
@@ -111,9 +131,9 @@ class _Say:
 
 
 def _place(say: _Say, batch: Batch) -> str:
-    school = batch.school_name or batch.school
+    school = say.literal(batch.school_name or batch.school)
     if batch.building:
-        return say.gettext("%(building)s, %(school)s", building=batch.building, school=school)
+        return say.gettext("%(building)s, %(school)s", building=say.literal(batch.building), school=school)
     return school
 
 
@@ -132,13 +152,13 @@ def _title(say: _Say, batch: Batch, label: str) -> str:
 
 
 def _line(say: _Say, batch: Batch, a: AlarmLine) -> str:
-    where = f"{a.room or a.gateway}" + (f" / {a.device}" if a.device else "")
+    where = say.literal(f"{a.room or a.gateway}" + (f" / {a.device}" if a.device else ""))
     # The alarm's own sentence where it can be said in the channel's language; an older, English-only one
     # gives way to its value (a number and a unit read the same in both).
-    what = say.text(a.message) if isinstance(a.message, LazyText) else (a.value or a.message)
+    what = say.literal(say.text(a.message) if isinstance(a.message, LazyText) else (a.value or a.message))
     if batch.transition == "acknowledged":
         return say.gettext("%(where)s: %(what)s, acknowledged by %(who)s at %(time)s", where=where, what=what,
-                           who=a.acked_by or "?", time=local_time(a.acked_at, batch.zone))
+                           who=say.literal(a.acked_by or "?"), time=local_time(a.acked_at, batch.zone))
     if batch.transition == "cleared":
         return say.gettext("%(where)s: %(what)s, cleared at %(time)s", where=where, what=what,
                            time=local_time(a.cleared_at, batch.zone))
@@ -148,7 +168,13 @@ def _line(say: _Say, batch: Batch, a: AlarmLine) -> str:
 
 def render(batch: Batch, lang: str, translations: TranslationsFor = english) -> Message:
     """The message of `batch` in `lang` (zh-CN or en), with `translations` of that language."""
-    say = _Say(translations(lang))
+    title, text = _compose(batch, _Say(translations(lang)), markdown=False)
+    md_title, markdown = _compose(batch, _Say(translations(lang), escape=markdown_escape), markdown=True)
+    return Message(lang, title, text, markdown)
+
+
+def _compose(batch: Batch, say: _Say, markdown: bool) -> tuple[str, str]:
+    """The title and body of `batch`: plain text, or Markdown with every name escaped by `say`."""
     label = say.gettext(KIND_LABELS.get(batch.kind, batch.label))
     title = _title(say, batch, label)
     shown = sorted(batch.alarms, key=lambda a: (a.room or a.gateway, a.device))[:LINES_MAX]
@@ -159,16 +185,18 @@ def render(batch: Batch, lang: str, translations: TranslationsFor = english) -> 
     severity = say.gettext("Severity: %(severity)s",
                            severity=say.gettext(SEVERITY_LABELS.get(batch.severity, batch.severity)))
     footer = say.gettext("Sent by campus-iot; see the alarms page for details.")
-    text = "\n".join([title, severity, "", *(f"- {line}" for line in lines), "", footer])
-    markdown = "\n".join([f"### {title}", f"**{severity}**", "", *(f"- {line}" for line in lines), "",
-                          f"> {footer}"])
-    return Message(lang, title, text, markdown)
+    if not markdown:
+        return title, "\n".join([title, severity, "", *(f"- {line}" for line in lines), "", footer])
+    return title, "\n".join([f"### {title}", f"**{severity}**", "", *(f"- {line}" for line in lines), "",
+                             f"> {footer}"])
 
 
 def render_test(lang: str, channel_name: str, translations: TranslationsFor = english) -> Message:
     """The "send a test message" text: says which channel it came through."""
     say = _Say(translations(lang))
     title = say.gettext("Test message from campus-iot")
-    text = say.gettext("This is a test of the notification channel %(name)s. If you can read it, alarms will "
-                       "reach you here.", name=channel_name)
-    return Message(lang, title, f"{title}\n\n{text}", f"### {title}\n\n{text}")
+    message = ("This is a test of the notification channel %(name)s. If you can read it, alarms will "
+               "reach you here.")
+    text = say.gettext(message, name=channel_name)
+    md_text = say.gettext(message, name=markdown_escape(channel_name))
+    return Message(lang, title, f"{title}\n\n{text}", f"### {title}\n\n{md_text}")
