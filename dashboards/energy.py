@@ -19,11 +19,8 @@ the templates; the catalog holds their translations.
 
 from __future__ import annotations
 
-import csv
-import io
 import re
 import time
-from collections.abc import Iterable
 from datetime import timedelta
 from typing import Any
 
@@ -36,12 +33,13 @@ from central import energy, lists, maintenance
 from central.overview import places
 from dashboards.auth import login_required, sight
 from dashboards.context import central, web
+from dashboards.exports import CSV, XLSX, Sheet, csv_text, download, xlsx_bytes
 from dashboards.health import STAFF
-from dashboards.timetables import _download, _Refused, _week_id, school_arg, span
+from dashboards.i18n import format_time
+from dashboards.timetables import _Refused, _week_id, school_arg, span
 
 bp = Blueprint("energy", __name__)
 LEFT_ON_PAGE = 20   # rooms per page of the page's "left on" list
-XLSX = "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet"
 
 
 def register(app: Flask) -> None:
@@ -196,42 +194,6 @@ def report_table(report: energy.EnergyReport) -> list[list[Any]]:
     return rows
 
 
-def _csv(rows: Iterable[list[Any]]) -> str:
-    out = io.StringIO()
-    out.write("\ufeff")  # Excel reads UTF-8 as GBK on a Chinese Windows without it (dashboards/history_csv.py)
-    writer = csv.writer(out, lineterminator="\r\n")
-    for row in rows:
-        writer.writerow(["" if v is None else f"{v:g}" if isinstance(v, float) else v for v in row])
-    return out.getvalue()
-
-
-def _xlsx(sheets: list[tuple[str, list[list[Any]]]], note: str) -> bytes:
-    """A workbook of these sheets, `note` below the first. Written in openpyxl's streaming mode: a month's
-    room-days of a district are tens of thousands of rows, which the ordinary mode holds as cell objects."""
-    from openpyxl import Workbook  # here: only these downloads need it
-    from openpyxl.cell import WriteOnlyCell
-
-    book = Workbook(write_only=True)
-    for n, (title, rows) in enumerate(sheets):
-        sheet = book.create_sheet(title)
-
-        def cell(value: Any, sheet: Any = sheet) -> Any:
-            if isinstance(value, str) and value.startswith("="):
-                text = WriteOnlyCell(sheet, value=value)
-                text.data_type = "s"  # a name a person typed is text, never a formula the spreadsheet runs
-                return text
-            return value
-
-        for row in rows:
-            sheet.append([cell(v) for v in row])
-        if n == 0:
-            sheet.append([])
-            sheet.append([note])
-    out = io.BytesIO()
-    book.save(out)
-    return out.getvalue()
-
-
 def _filename(label: str, ext: str, what: str = "energy") -> str:
     school, building = request.args.get("school"), request.args.get("building")
     return f"{what}-{label}{'-' + school if school else ''}{'-' + building if building else ''}.{ext}"
@@ -244,7 +206,7 @@ def energy_csv() -> Any:
         report, label = _report()
     except _Refused as exc:
         return render_template("error.html", status=exc.status, message=exc.message), exc.status
-    return _download(_csv(report_table(report)), _filename(label, "csv"), "text/csv")
+    return download(csv_text(report_table(report)), _filename(label, "csv"), CSV)
 
 
 @bp.get("/health/energy.xlsx")
@@ -265,10 +227,10 @@ def energy_xlsx() -> Any:
                                                               scope, building)]
     note = gettext("%(first)s to %(last)s; %(tariff)s yuan per kWh; outside the timetable: before the first class "
                    "period, after the last, and days without classes; made %(made)s", first=report.first,
-                   last=report.last, tariff=format(report.tariff, "g"), made=time.strftime("%Y-%m-%d %H:%M"))
-    return _download(_xlsx([(gettext("energy"), report_table(report)), (gettext("days"), days),
-                            (gettext("room days"), room_days)], note),
-                     _filename(label, "xlsx"), XLSX)
+                   last=report.last, tariff=format(report.tariff, "g"), made=format_time(time.time()))
+    return download(xlsx_bytes([Sheet(gettext("energy"), report_table(report), note=note),
+                                Sheet(gettext("days"), days), Sheet(gettext("room days"), room_days)]),
+                    _filename(label, "xlsx"), XLSX)
 
 
 # ---------------------------------------------------------------- the maintenance list and files
@@ -328,7 +290,7 @@ def maintenance_csv() -> Any:
         page, within = _maintenance_page(whole=True)
     except _Refused as exc:
         return render_template("error.html", status=exc.status, message=exc.message), exc.status
-    return _download(_csv(maintenance_table(page.items)), _filename(f"{within}w", "csv", "maintenance"), "text/csv")
+    return download(csv_text(maintenance_table(page.items)), _filename(f"{within}w", "csv", "maintenance"), CSV)
 
 
 @bp.get("/health/maintenance.xlsx")
@@ -339,7 +301,7 @@ def maintenance_xlsx() -> Any:
     except _Refused as exc:
         return render_template("error.html", status=exc.status, message=exc.message), exc.status
     note = gettext("due: within %(within)s weeks at the rate of the last %(weeks)s weeks; made %(made)s",
-                   within=within, weeks=maintenance.RATE_WEEKS, made=time.strftime("%Y-%m-%d %H:%M"))
-    return _download(_xlsx([(gettext("maintenance"), maintenance_table(page.items))], note),
-                     _filename(f"{within}w", "xlsx", "maintenance"), XLSX)
+                   within=within, weeks=maintenance.RATE_WEEKS, made=format_time(time.time()))
+    return download(xlsx_bytes([Sheet(gettext("maintenance"), maintenance_table(page.items), note=note)]),
+                    _filename(f"{within}w", "xlsx", "maintenance"), XLSX)
 

@@ -14,8 +14,6 @@ building names.
 
 from __future__ import annotations
 
-import csv
-import io
 import time
 from typing import Any
 
@@ -24,6 +22,7 @@ from flask_babel import gettext
 
 from dashboards.auth import login_required
 from dashboards.context import central
+from dashboards.exports import CSV, csv_text, download
 from dashboards.health import STAFF, WINDOWS, iter_points, power_state, requested_room, room_series
 from dashboards.i18n import format_time, site_stamp
 
@@ -62,11 +61,4 @@ def room_history_csv(gateway: str) -> Response:
     info, window = requested_room(gateway)
     end = time.time()
     header, rows = history_rows(central().store, gateway, room_series(info), end - WINDOWS[window], end)
-    out = io.StringIO()
-    out.write("\ufeff")
-    writer = csv.writer(out, lineterminator="\r\n")  # RFC 4180 line ends, as spreadsheets write them
-    writer.writerow(header)
-    writer.writerows(rows)
-    name = f"campus-{gateway}-{window}-{site_stamp(end)}.csv"
-    return Response(out.getvalue(), mimetype="text/csv",
-                    headers={"Content-Disposition": f'attachment; filename="{name}"'})
+    return download(csv_text([header, *rows], cell=lambda v: v), f"campus-{gateway}-{window}-{site_stamp(end)}.csv", CSV)

@@ -32,7 +32,6 @@ import json
 import os
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote
 
 from flask import (
     Blueprint,
@@ -55,6 +54,7 @@ from central import provisioning as prov
 from central.registry import Registry
 from dashboards.auth import add_nav, audit, login_required, may_see, not_found, refuse, school_scoped, sight
 from dashboards.context import central, web
+from dashboards.exports import CSV, download
 from dashboards.i18n import error_text, format_time, request_language
 from dashboards.security import safe_target
 from protocols import PROTOCOLS
@@ -154,10 +154,7 @@ def _no_store(resp: Response) -> Response:
 
 
 def _download(text: str | bytes, filename: str, mimetype: str) -> Response:
-    resp = make_response(text)
-    resp.mimetype = mimetype
-    resp.headers["Content-Disposition"] = f"attachment; filename*=UTF-8''{quote(filename)}"
-    return _no_store(resp)
+    return _no_store(download(text, filename, mimetype))  # gateway files hold credentials
 
 
 # ---------------------------------------------------------------- gateways
@@ -487,7 +484,7 @@ def example_csv() -> Any:
     # In the request's language: the import reads a Chinese or an English header alike.
     # The Chinese one starts with a byte-order mark: without it Excel reads UTF-8 as GBK (history_csv.py).
     text = "\ufeff" + prov.EXAMPLE_CSV_ZH if request_language() == "zh-CN" else prov.EXAMPLE_CSV
-    return _download(text, "campus-import-example.csv", "text/csv")
+    return _download(text, "campus-import-example.csv", CSV)
 
 
 # ---------------------------------------------------------------- broker files

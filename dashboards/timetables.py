@@ -21,19 +21,15 @@ JSON (CONTRACT.md's school sub-paths; the `/api/schools` list is the district ov
 
 from __future__ import annotations
 
-import csv
 import dataclasses
-import io
 import re
 import time
 from datetime import date, datetime, timedelta
 from typing import Any
-from urllib.parse import quote
 
 from flask import (
     Blueprint,
     Flask,
-    Response,
     abort,
     g,
     jsonify,
@@ -52,6 +48,7 @@ from central import timetables as tts
 from central.overview import places
 from dashboards.auth import audit, login_required, may_see_school, not_found, sight
 from dashboards.context import central
+from dashboards.exports import CSV, XLSX, Sheet, csv_text, download, xlsx_bytes
 from dashboards.health import STAFF, parse_week
 from dashboards.i18n import format_time, request_language, site_zone
 from dashboards.strict_json import json_object
@@ -235,13 +232,6 @@ def _filename(ext: str) -> str:
     return f"usage-rate-{label}{'-' + school if school else ''}.{ext}"
 
 
-def _download(body: bytes | str, filename: str, mimetype: str) -> Response:
-    resp = make_response(body)
-    resp.mimetype = mimetype
-    resp.headers["Content-Disposition"] = f"attachment; filename*=UTF-8''{quote(filename)}"
-    return resp
-
-
 @bp.get("/health/usage-rate")
 @login_required(roles=STAFF)
 def usage_rate_page() -> Any:
@@ -282,45 +272,24 @@ def usage_rate_csv() -> Any:
         report = _report()
     except _Refused as exc:
         return render_template("error.html", status=exc.status, message=exc.message), exc.status
-    out = io.StringIO()
-    out.write("\ufeff")  # Excel reads UTF-8 as GBK on a Chinese Windows without it (dashboards/history_csv.py)
-    writer = csv.writer(out, lineterminator="\r\n")
-    for row in report_table(report):
-        writer.writerow([f"{v:.4f}" if isinstance(v, float) else ("" if v is None else v) for v in row])
-    return _download(out.getvalue(), _filename("csv"), "text/csv")
+    return download(csv_text(report_table(report), cell=lambda v: f"{v:.4f}" if isinstance(v, float) else
+                             ("" if v is None else v)), _filename("csv"), CSV)
 
 
 @bp.get("/health/usage-rate.xlsx")
 @login_required(roles=STAFF)
 def usage_rate_xlsx() -> Any:
-    from openpyxl import Workbook  # here: only this download needs it
-
     try:
         report = _report()
     except _Refused as exc:
         return render_template("error.html", status=exc.status, message=exc.message), exc.status
-    book = Workbook()
-    sheet = book.active
-    sheet.title = gettext("usage rate")
-    for row in report_table(report):
-        sheet.append(row)
-        for cell in sheet[sheet.max_row]:
-            if isinstance(cell.value, str) and cell.value.startswith("="):
-                cell.data_type = "s"  # a name a person typed is text, never a formula the spreadsheet runs
-    for cell in sheet["I"][1:]:
-        cell.number_format = "0.0%"
-    sheet.append([])
-    sheet.append([gettext("%(first)s to %(last)s; a class period counts as used when a display or projector was on "
-                          "for %(minutes)s minutes of it; made %(made)s", first=str(report.first),
-                          last=str(report.last), minutes=usage.USED_MIN_S // 60, made=format_time(time.time()))])
-    days = book.create_sheet(gettext("days"))
-    days.append([gettext("date"), gettext("class periods"), gettext("periods used"), gettext("usage rate")])
-    for d in report.days:
-        days.append([d.day, d.periods, d.used, d.rate])
-    out = io.BytesIO()
-    book.save(out)
-    return _download(out.getvalue(), _filename("xlsx"),
-                     "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet")
+    note = gettext("%(first)s to %(last)s; a class period counts as used when a display or projector was on "
+                   "for %(minutes)s minutes of it; made %(made)s", first=str(report.first),
+                   last=str(report.last), minutes=usage.USED_MIN_S // 60, made=format_time(time.time()))
+    days = [[gettext("date"), gettext("class periods"), gettext("periods used"), gettext("usage rate")]]
+    days += [[d.day, d.periods, d.used, d.rate] for d in report.days]
+    return download(xlsx_bytes([Sheet(gettext("usage rate"), report_table(report), formats={8: "0.0%"}, note=note),
+                                Sheet(gettext("days"), days)]), _filename("xlsx"), XLSX)
 
 
 # ---------------------------------------------------------------- timetable pages
@@ -389,7 +358,7 @@ def _timetable_page(school: str, report: timetable_csv.TimetableImport | None = 
 @login_required(roles=STAFF)
 def timetable_csv_file(school: str) -> Any:
     tt = tts.load(central().registry, _school(school))
-    return _download("\ufeff" + timetable_csv.to_csv(tt, chinese=_chinese()), f"timetable-{school}.csv", "text/csv")
+    return download("\ufeff" + timetable_csv.to_csv(tt, chinese=_chinese()), f"timetable-{school}.csv", CSV)
 
 
 def _chinese() -> bool:
@@ -400,4 +369,4 @@ def _chinese() -> bool:
 @bp.get("/health/timetables/example.csv")
 @login_required(roles=STAFF)
 def timetable_example() -> Any:
-    return _download("\ufeff" + timetable_csv.EXAMPLE_CSV, "timetable-example.csv", "text/csv")
+    return download("\ufeff" + timetable_csv.EXAMPLE_CSV, "timetable-example.csv", CSV)

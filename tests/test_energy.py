@@ -264,14 +264,20 @@ def test_energy_requests_run_as_many_statements_for_300_rooms_as_for_30(small_an
         assert many == few, f"{path}: {few} statements with 30 rooms, {many} with 300"
 
 
-def test_a_name_that_looks_like_a_formula_stays_text_in_the_xlsx() -> None:
+def test_a_name_that_looks_like_a_formula_stays_text_in_the_xlsx_and_the_csv() -> None:
     from openpyxl import load_workbook
 
-    from dashboards.energy import _xlsx
+    from dashboards.exports import Sheet, csv_text, xlsx_bytes
 
-    sheet = load_workbook(io.BytesIO(_xlsx([("energy", [["=HYPERLINK(\"http://x\")", 1.5]])], "note")))["energy"]
-    assert (sheet["A1"].value, sheet["A1"].data_type, sheet["B1"].value, sheet["A3"].value) == (
+    rows = [["room", "kWh", "share"], ["=HYPERLINK(\"http://x\")", 1.5, 0.25], ["@SUM(A1)", -2.0, None]]
+    sheet = load_workbook(io.BytesIO(xlsx_bytes([Sheet("energy", rows, formats={2: "0.0%"}, note="note")])))["energy"]
+    assert (sheet["A2"].value, sheet["A2"].data_type, sheet["B2"].value, sheet["A5"].value) == (
         '=HYPERLINK("http://x")', "s", 1.5, "note")
+    assert (sheet["A3"].data_type, sheet["B3"].value, sheet["C2"].number_format, sheet["C1"].value) == (
+        "s", -2.0, "0.0%", "share")
+    text = csv_text(rows)
+    assert text.startswith("\ufeffroom,kWh,share\r\n")
+    assert "\'=HYPERLINK" in text and "\'@SUM(A1),-2," in text  # text made inert; a negative number stays one
 
 
 def test_a_school_without_a_timetable_is_rolled_up_in_the_sites_zone(app) -> None:
