@@ -31,6 +31,7 @@ import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from campus import contract  # noqa: E402
 from campus.net import free_port, wait_for_port  # noqa: E402
 from device_profiles.config import load_gateway_config  # noqa: E402
 from edge_agent.drivers import create_driver  # noqa: E402
@@ -67,7 +68,7 @@ async def measure_drivers(tmp: Path, seconds: float) -> list[tuple[str, int, flo
     async with SimulatorSet(config):
         for dev in config.devices:
             options = dict(dev.options)
-            if dev.profile_obj.kind == "card_reader":
+            if dev.profile_obj.kind in contract.CARD_SECRET_KINDS:  # as the agent does (agent.py)
                 options["secret"] = config.card_secret
             driver = create_driver(dev.id, dev.profile_obj, dev.address, options)
             await driver.open()

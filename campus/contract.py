@@ -61,6 +61,18 @@ SCHEDULE_RUN_EVENT = "schedule_run"
 SCHEDULE_DEVICE = "schedules"
 SCHEDULE_OUTCOMES = ("ran", "missed", "interrupted")
 CARD_SWIPE_EVENT = "card_swipe"  # a card reader's event; data: card (pseudonym), reader
+# A QR check-in at a classroom camera (edge_agent/drivers/camera.py): an event of type ATTENDANCE_EVENT;
+# data (`attendance_data`): person (the pseudonym of the code shown: protocols.card_ids.qr_pseudonym keyed with
+# the school's card secret), camera (the device id). The printed code identifies a minor: it never leaves the
+# gateway, and `Event.decode` refuses an attendance event with any other field (an older agent's raw `code`).
+ATTENDANCE_EVENT = "attendance"
+ATTENDANCE_FIELDS = ("person", "camera")
+# What HMAC-SHA256 in hex looks like: every pseudonym of a card or a QR code (protocols/card_ids.py).
+PSEUDONYM_RE = r"^[0-9a-f]{64}$"
+_PSEUDONYM = re.compile(PSEUDONYM_RE)
+# Device kinds whose drivers pseudonymise with the school's card secret (the agent hands it to them, and a
+# pushed new secret rebuilds them): card readers (UIDs) and cameras (QR check-in codes).
+CARD_SECRET_KINDS = ("card_reader", "camera")
 DEVICE_KINDS = ("environment", "card_reader", "projector", "display", "camera", "meter")
 # String metrics with a closed set of values (stores without strings keep the index).
 METRIC_ENUMS: dict[str, tuple[str, ...]] = {
@@ -462,8 +474,28 @@ class Event:
         what = "event"
         data = _load(payload, what)
         etype = check_segment(_field(data, "type", str, what), f"{what}: type")
-        return cls(seq=_seq(data, what), ts=_ts(data, what), type=etype,
-                   data=_field(data, "data", dict, what, optional=True, default={}))
+        body = _field(data, "data", dict, what, optional=True, default={})
+        if etype == ATTENDANCE_EVENT:
+            _check_attendance(body, what)
+        return cls(seq=_seq(data, what), ts=_ts(data, what), type=etype, data=body)
+
+
+def attendance_data(person: str, camera: str) -> dict[str, str]:
+    """The data of an ATTENDANCE_EVENT: the check-in's pseudonym and the camera that saw it."""
+    return {"person": person, "camera": camera}
+
+
+def _check_attendance(data: dict[str, Any], what: str) -> None:
+    """An attendance event carries a pseudonym, never the code itself. Messages name the field and never
+    repeat its value: a malformed `person` may be a raw code, and a refusal is logged."""
+    extra = sorted(set(data) - set(ATTENDANCE_FIELDS))
+    if extra:
+        raise PayloadError(f"{what}: field 'data.{extra[0][:40]}' is not allowed in an attendance event (only "
+                           "'person', the code's pseudonym, and 'camera': a QR code never leaves the gateway)")
+    person = _field(data, "person", str, f"{what} data")
+    if not _PSEUDONYM.match(person):
+        raise PayloadError(f"{what} data: field 'person' must be a pseudonym (64 lower-case hex digits)")
+    check_segment(_field(data, "camera", str, f"{what} data"), f"{what} data: camera")
 
 
 @dataclass

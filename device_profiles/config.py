@@ -92,7 +92,7 @@ class DeviceConfig(_Strict):
         return load_profile(self.profile)
 
 
-PSEUDONYM_RE = r"^[0-9a-f]{64}$"  # HMAC-SHA256 hex: what the card reader driver makes of a UID
+PSEUDONYM_RE = contract.PSEUDONYM_RE  # HMAC-SHA256 hex: what the card reader driver makes of a UID
 
 
 class SceneStep(_Strict):

@@ -104,7 +104,8 @@ class Agent:
 
     def _new_driver(self, dev: DeviceConfig, config: GatewayConfig) -> Driver:
         options = dict(dev.options)
-        if dev.profile_obj.kind == "card_reader":  # the school's secret: the file's, or the one central pushed
+        # The school's secret, for card readers (UIDs) and cameras (QR codes): the file's, or the one central pushed.
+        if dev.profile_obj.kind in contract.CARD_SECRET_KINDS:
             options.setdefault("secret", config.card_secret)
         driver = create_driver(dev.id, dev.profile_obj, dev.address, options)
         if hasattr(driver, "on_swipe"):  # a swipe is read at once (the podium), not at the next poll

@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import ValidationError
 
+from campus import contract
 from campus.errors import CampusError, ConfigError
 from device_profiles.config import DeviceConfig, GatewayConfig
 
@@ -129,7 +130,7 @@ def save_pushed(config: GatewayConfig, payload: bytes) -> None:
 
 def device_changes(old: GatewayConfig, new: GatewayConfig, running: set[str]) -> tuple[list[str], list[str], list[str]]:
     """(added, changed, removed) device ids; `simulator` settings do not count (the agent ignores them).
-    A new card secret changes every card reader (its driver hashes with it)."""
+    A new card secret changes every card reader and camera (their drivers hash UIDs and QR codes with it)."""
     wanted = {d.id: d for d in new.devices}
     secret_changed = old.card_secret != new.card_secret
     removed = sorted(running - set(wanted))
@@ -140,7 +141,7 @@ def device_changes(old: GatewayConfig, new: GatewayConfig, running: set[str]) ->
             added.append(dev_id)
         elif (before.model_dump(exclude={"simulator"}) != dev.model_dump(exclude={"simulator"})
               or old.interval_for(before) != new.interval_for(dev)
-              or (secret_changed and dev.profile_obj.kind == "card_reader")):
+              or (secret_changed and dev.profile_obj.kind in contract.CARD_SECRET_KINDS)):
             changed.append(dev_id)
     return added, changed, removed
 

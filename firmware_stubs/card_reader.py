@@ -11,8 +11,12 @@ bad checksum, a truncated frame, line noise or raw bytes. Frames are built
 here independently of the driver's parser, so the two check each other.
 
 For the demo, `swipe_every_s` makes the reader swipe cards from a
-deterministic, seeded deck by itself. Bytes nobody reads are discarded when
-the pty's input queue fills, as a UART would lose them.
+deterministic, seeded deck by itself; or, given a class `roster` (the card
+UIDs of the room's class) and the school's `class_periods`, it swipes those
+cards as a class arrives (`plan_period`: most on time, some late, a few
+absent, the odd card swiped twice, and now and then an unknown card from the
+deck), so the demo's class register fills. Bytes nobody reads are discarded
+when the pty's input queue fills, as a UART would lose them.
 """
 
 from __future__ import annotations
@@ -23,13 +27,78 @@ import fcntl
 import random
 import struct
 import termios
+import time
+from collections.abc import Iterator, Sequence
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any, Self
+from zoneinfo import ZoneInfo
 
 from firmware_stubs.pty import PtyPort
 from protocols import card_em4100, card_line
 
 _PTY_QUEUE_LIMIT = 2048  # flush the unread input beyond this (a pty's raw queue holds ~4 KiB)
+DEFAULT_TIMEZONE = "Asia/Shanghai"
+
+# A class arriving, in fractions of the period's length from its start (a 10-minute demo period: on time
+# within a minute either side of the bell, late from 5.5 to 8.5 minutes in, which a 5-minute grace calls late).
+ON_TIME = (-0.1, 0.08)
+LATE = (0.55, 0.85)
+P_ABSENT, P_LATE, P_TWICE, P_UNKNOWN = 0.08, 0.12, 0.15, 0.6
+DEFAULT_CATCH_UP_S = 30.0  # swipes planned before now (a period under way at start) are spread over this
+
+
+def plan_period(cards: Sequence[str], unknown: Sequence[str], start: float, end: float,
+                rng: random.Random) -> list[tuple[float, str]]:
+    """When each card of a class is swiped for the period from `start` to `end` (unix times): (time, UID)
+    pairs in time order. Each card is on time, late or absent (never swiped); some on-time cards are
+    swiped again later (a register folds the repeat); with `unknown` cards, one of them now and then."""
+    length = end - start
+    plan: list[tuple[float, str]] = []
+    for card in cards:
+        r = rng.random()
+        if r < P_ABSENT:
+            continue
+        late = r < P_ABSENT + P_LATE
+        at = start + length * rng.uniform(*(LATE if late else ON_TIME))
+        plan.append((at, card))
+        if not late and rng.random() < P_TWICE:
+            plan.append((at + length * rng.uniform(0.1, 0.4), card))
+    if unknown and rng.random() < P_UNKNOWN:
+        plan.append((start + length * rng.uniform(-0.1, 0.9), rng.choice(list(unknown))))
+    return sorted(plan)
+
+
+def parse_class_periods(periods: Sequence[Sequence[Any]]) -> list[tuple[int, int, int]]:
+    """`[[weekday, "HH:MM", "HH:MM"], ...]` (ISO weekday, Monday 1; local times) as (weekday, start minute,
+    end minute); ValueError naming the entry that is wrong."""
+    out = []
+    for i, entry in enumerate(periods):
+        try:
+            weekday, start, end = entry
+            minutes = [int(h) * 60 + int(m) for h, m in (str(t).split(":") for t in (start, end))]
+            if not (1 <= int(weekday) <= 7 and 0 <= minutes[0] < minutes[1] <= 24 * 60):
+                raise ValueError
+        except (TypeError, ValueError):
+            raise ValueError(f"class_periods[{i}] must be [weekday 1-7, \"HH:MM\", \"HH:MM\"] with the start "
+                             f"before the end, got {entry!r}") from None
+        out.append((int(weekday), minutes[0], minutes[1]))
+    return out
+
+
+def period_windows(periods: Sequence[tuple[int, int, int]], timezone: str, after: float) -> Iterator[tuple[float, float]]:
+    """The occurrences (start, end as unix times) of weekly `periods` in `timezone` that end after `after`,
+    in time order, day after day."""
+    if not periods:
+        return
+    zone = ZoneInfo(timezone)
+    day = datetime.fromtimestamp(after, zone).replace(hour=0, minute=0, second=0, microsecond=0, tzinfo=None)
+    while True:
+        for _weekday, start, end in sorted((p for p in periods if p[0] == day.isoweekday()), key=lambda p: p[1]):
+            begins, ends = ((day + timedelta(minutes=m)).replace(tzinfo=zone).timestamp() for m in (start, end))
+            if ends > after:
+                yield begins, ends
+        day += timedelta(days=1)
 
 
 class _CardReaderSim:
@@ -37,7 +106,9 @@ class _CardReaderSim:
 
     def __init__(self, link: str | Path | None = None, seed: int = 1, *, swipe_every_s: float | None = None,
                  deck_size: int = 40, hold_repeats: int = 3, repeat_interval_s: float = 0.1,
-                 error_rate: float = 0.0) -> None:
+                 error_rate: float = 0.0, roster: Sequence[str] = (),
+                 class_periods: Sequence[tuple[int, int, int]] = (), timezone: str = DEFAULT_TIMEZONE,
+                 catch_up_s: float = DEFAULT_CATCH_UP_S) -> None:
         self.port = PtyPort(link)
         self.seed = seed
         self.swipe_every_s = swipe_every_s
@@ -46,6 +117,11 @@ class _CardReaderSim:
         self.error_rate = error_rate
         self.rng = random.Random(f"{seed}-line")
         self.deck: list[str] = self._make_deck(random.Random(f"{seed}-deck"), deck_size)
+        self.roster = list(roster)  # the room's class: swiped in its periods instead of the deck
+        self.class_periods = list(class_periods)
+        self.timezone = timezone
+        self.catch_up_s = catch_up_s
+        ZoneInfo(timezone)  # a wrong name fails here, not in the background task
         self.counters: dict[str, int] = {"frames": 0, "corrupt": 0, "truncated": 0, "noise_bytes": 0,
                                          "swipes": 0, "overrun_bytes": 0}
         self._corrupt_next = False
@@ -84,7 +160,9 @@ class _CardReaderSim:
 
     async def start(self) -> None:
         self._path = self.port.open()
-        if self.swipe_every_s:
+        if self.roster and self.class_periods:
+            self._task = asyncio.create_task(self._swipe_roster_forever(), name=f"card-sim-{self._path}")
+        elif self.swipe_every_s:
             self._task = asyncio.create_task(self._swipe_forever(), name=f"card-sim-{self._path}")
 
     async def stop(self) -> None:
@@ -174,6 +252,22 @@ class _CardReaderSim:
             await self.swipe(uid, repeats=self.rng.randint(1, self.hold_repeats), interval=self.repeat_interval_s)
 
 
+    async def _swipe_roster_forever(self) -> None:
+        """The class arrives for each period (`plan_period`). Swipes planned before now (the period under
+        way when the demo began) are spread over the next `catch_up_s` seconds rather than sent at once: the
+        agent may not have opened the port yet, and opening a serial port flushes what waited in it."""
+        on_roster = set(self.roster)
+        unknown = [card for card in self.deck if card not in on_roster]
+        for start, end in period_windows(self.class_periods, self.timezone, time.time()):
+            plan = plan_period(self.roster, unknown, start, end, self.rng)
+            gap = self.catch_up_s / max(1, sum(1 for at, _ in plan if at <= time.time()))
+            for at, uid in plan:
+                wait = at - time.time()
+                await asyncio.sleep(wait if wait > 0 else gap * self.rng.uniform(0.5, 1.5))
+                await self.swipe(uid, repeats=self.rng.randint(1, self.hold_repeats), interval=self.repeat_interval_s)
+            await asyncio.sleep(max(0.0, end - time.time()))
+
+
 class EM4100Reader(_CardReaderSim):
     """A 125 kHz EM4100 reader: `swipe("14008EC793")` sends `02 "14008EC793" "CE" 03`.
 
@@ -257,7 +351,11 @@ def simulator_for(dev: Any, index: int) -> EM4100Reader | LineReader:
     `seed` (default index + 1), `swipe_every_s` (background swipes; default
     off), `deck_size` (40), `hold_repeats` (3), `repeat_interval_s` (0.1),
     `error_rate` (0: share of background swipes preceded by a bad frame or
-    noise), EM4100 `crlf` (false), line reader `uid_format` (hex | decimal).
+    noise), EM4100 `crlf` (false), line reader `uid_format` (hex | decimal);
+    `roster` (card UIDs as the reader sends them), `class_periods`
+    ([[weekday, "HH:MM", "HH:MM"], ...]) and `timezone` (Asia/Shanghai) make it
+    swipe the roster's cards as a class arrives in those periods instead
+    (`catch_up_s`, 30: over how long the arrivals already due at start go out).
     """
     opts = dict(dev.simulator)
     protocol = dev.profile_obj.protocol
@@ -267,6 +365,10 @@ def simulator_for(dev: Any, index: int) -> EM4100Reader | LineReader:
         "hold_repeats": int(opts.get("hold_repeats", 3)),
         "repeat_interval_s": float(opts.get("repeat_interval_s", 0.1)),
         "error_rate": float(opts.get("error_rate", 0.0)),
+        "roster": [str(card) for card in opts.get("roster") or ()],
+        "class_periods": parse_class_periods(opts.get("class_periods") or ()),
+        "timezone": str(opts.get("timezone", DEFAULT_TIMEZONE)),
+        "catch_up_s": float(opts.get("catch_up_s", DEFAULT_CATCH_UP_S)),
     }
     link, seed = dev.address["serial"], int(opts.get("seed", index + 1))
     if protocol == card_em4100.NAME:

@@ -10,9 +10,11 @@ a user can copy one for a real gateway.
 from __future__ import annotations
 
 import asyncio
+import importlib.util
 import logging
 import secrets
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +30,8 @@ from central.registry import Registry
 from device_profiles.config import GatewayConfig, load_gateway_config
 from edge_agent.agent import run_agent
 from firmware_stubs.runner import SimulatorSet
+from programs.demo_roster import DemoRoster, RoomRoster, demo_roster
+from protocols.card_ids import card_uid
 
 log = logging.getLogger(__name__)
 
@@ -41,26 +45,53 @@ def school_id(school: int, schools: int) -> str:
     return SCHOOL if schools == 1 else f"{SCHOOL}-{school}"
 
 
+@dataclass(frozen=True)
+class SchoolPeople:
+    """What a demo school's gateways need for its class register: the school's card secret (central's, so a
+    roster card's pseudonym on the gateway is the one central made at import), its roster, and its class
+    periods (`[[weekday, "HH:MM", "HH:MM"], ...]` in `timezone`) during which the card readers swipe."""
+
+    card_secret: str
+    roster: DemoRoster
+    class_periods: list[list[Any]]
+    timezone: str
+
+
+def place_prefix(school: int, schools: int) -> str:
+    """What goes before a room's number in the names of its gateway and files: "" for one school, "2-" for
+    school 2 of several."""
+    return "" if schools == 1 else f"{school}-"
+
+
 def classroom_config(index: int, mqtt: str, data_dir: Path, poll_interval: float = 2.0, *,
-                     school: int = 1, schools: int = 1) -> dict[str, Any]:
+                     school: int = 1, schools: int = 1, people: SchoolPeople | None = None) -> dict[str, Any]:
     """The gateway config of demo classroom `index` (1-based) of school `school` of `schools`: one device
     of every kind (the meter: `meter_device`). Rooms are numbered 101, 102, ... in every school; gateways are gw-101 for one school,
     gw-2-101 (school 2, room 101) for several.
 
     Network devices listen on free loopback ports; serial devices are ptys
     symlinked under DIR/dev/ (the agent opens them as it would /dev/ttyUSB0);
-    the camera reads a generated classroom video under DIR/video/.
+    the camera reads a generated classroom video under DIR/video/. With the
+    school's `people`, the gateway has the school's card secret, the card
+    reader swipes the room's class in its periods and the camera shows a
+    pupil's roster QR code; without, a secret of its own and cards and a
+    code from nowhere.
     """
     room = f"{100 + index}"
-    gateway = f"gw-{room}" if schools == 1 else f"gw-{school}-{room}"
-    place = gateway.removeprefix("gw-")  # names a room's files: ptys, video
+    place = f"{place_prefix(school, schools)}{room}"  # names a room's gateway and files: ptys, video
+    gateway = f"gw-{place}"
     dev_dir = (data_dir / "dev").resolve()
     video = (data_dir / "video" / f"room-{place}.avi").resolve()
+    cls = people.roster.rooms.get(room) if people else None
+    cards: dict[str, Any] = {"seed": index, "swipe_every_s": 15}
+    if people and cls:
+        cards.update(roster=[card_uid(number) for number in cls.cards], class_periods=people.class_periods,
+                     timezone=people.timezone)
     return {
         "school": school_id(school, schools), "gateway": gateway, "room": room, "building": "A",
         "mqtt": mqtt, "poll_interval": poll_interval,
         "data_dir": str((data_dir / "agents" / gateway).resolve()),
-        "card_secret": secrets.token_hex(16),
+        "card_secret": people.card_secret if people else secrets.token_hex(16),
         "devices": [
             {"id": "env", "profile": "env-6in1-modbus",
              "address": {"host": "127.0.0.1", "port": free_port(), "unit": 1},
@@ -77,13 +108,19 @@ def classroom_config(index: int, mqtt: str, data_dir: Path, poll_interval: float
              "simulator": {"seed": index}},
             {"id": "cards", "profile": "card-em4100",
              "address": {"serial": str(dev_dir / f"room-{place}-cards")},
-             "simulator": {"seed": index, "swipe_every_s": 15}},
+             "simulator": cards},
             {"id": "camera", "profile": "camera-occupancy",
              "address": {"source": str(video)}, "options": {"loop": True},
-             "simulator": {"people": 2 + index % 5, "qr_text": f"STU-{room}-0001", "seed": index}},
+             "simulator": {"people": 2 + index % 5, "qr_text": _shown_code(cls, index) or f"STU-{room}-0001",
+                           "seed": index}},
             meter_device(index, dev_dir / f"room-{place}-meter"),
         ],
     }
+
+
+def _shown_code(cls: RoomRoster | None, index: int) -> str | None:
+    """The roster QR code a pupil of the room's class holds up to its camera (one per room: the video loops)."""
+    return cls.qr_codes[index % len(cls.qr_codes)] if cls and cls.qr_codes else None
 
 
 def meter_device(index: int, pty: Path) -> dict[str, Any]:
@@ -149,13 +186,14 @@ class Demo:
         self.admin_token = admin_token or secrets.token_urlsafe(18)
         self.passwords = {role: secrets.token_urlsafe(9) for role in ("admin", "facility", "teacher")}
 
-    def _write_configs(self, mqtt: str) -> list[GatewayConfig]:
+    def _write_configs(self, mqtt: str, people: dict[str, SchoolPeople]) -> list[GatewayConfig]:
         gw_dir = self.data_dir / "gateways"
         gw_dir.mkdir(parents=True, exist_ok=True)
         configs = []
         for k in range(1, self.schools + 1):
             for i in range(1, self.rooms + 1):
-                config = classroom_config(i, mqtt, self.data_dir, school=k, schools=self.schools)
+                config = classroom_config(i, mqtt, self.data_dir, school=k, schools=self.schools,
+                                          people=people.get(school_id(k, self.schools)))
                 path = gw_dir / f"room-{config['gateway'].removeprefix('gw-')}.yaml"
                 # 0600 from creation: a gateway config holds the school's card secret (and a broker password).
                 atomic_write(path, yaml.safe_dump(config, sort_keys=False), mode=0o600)
@@ -179,14 +217,52 @@ class Demo:
                           rooms=[(configs[0].school, configs[0].room)] if configs else [])
         registry.ensure_admin(self.admin_token)
 
-    def _timetables(self, registry: Registry, configs: list[GatewayConfig]) -> None:
+    def _timetables(self, registry: Registry, schools: list[str]) -> None:
         """Give each demo school without one a timetable (作息时间表) whose periods start now, so that the usage
         rate has periods over within minutes (see `demo_timetable`)."""
         from central import timetables as tts
 
-        for school in sorted({c.school for c in configs}):
+        for school in schools:
             if tts.load(registry, school) is None:
                 tts.save(registry, demo_timetable(school), "campus demo")
+
+    def _people(self, registry: Registry) -> dict[str, SchoolPeople]:
+        """Each demo school in the registry (its rooms made now: the secret and the timetable hang off the
+        school) with its timetable, card secret and synthetic roster, written to DIR/rosters/ as the CSV
+        a school would import."""
+        from central import timetables as tts
+
+        people: dict[str, SchoolPeople] = {}
+        for k in range(1, self.schools + 1):
+            school = school_id(k, self.schools)
+            for i in range(1, self.rooms + 1):
+                registry.ensure_room(school, f"{100 + i}", "A")
+        self._timetables(registry, [school_id(k, self.schools) for k in range(1, self.schools + 1)])
+        for k in range(1, self.schools + 1):
+            school = school_id(k, self.schools)
+            roster = demo_roster(school, self.rooms, place_prefix=place_prefix(k, self.schools))
+            # 0600 from creation like the gateway configs: card numbers, even made-up ones, open podiums.
+            (self.data_dir / "rosters").mkdir(parents=True, exist_ok=True)
+            atomic_write(self.data_dir / "rosters" / f"roster-{school}.csv", roster.csv, mode=0o600)
+            timetable = tts.load(registry, school)
+            periods = [[p.weekday, p.start.strftime("%H:%M"), p.end.strftime("%H:%M")]
+                       for p in (timetable.periods if timetable else ())]
+            people[school] = SchoolPeople(registry.card_secret(school), roster, periods,
+                                          timetable.timezone if timetable else tts.DEFAULT_TIMEZONE)
+        return people
+
+    def _import_rosters(self, registry: Registry, people: dict[str, SchoolPeople]) -> None:
+        """Import each school's roster into central, as a school's office would (its cards and codes become
+        pseudonyms there). central.attendance (rosters and the class register) is built on another branch of
+        issue 22: until both are merged it is absent and the roster is only written to DIR/rosters/."""
+        if importlib.util.find_spec("central.attendance") is None:
+            return
+        from central import attendance
+
+        for school, who in people.items():
+            result = attendance.import_roster(registry, school, who.roster.csv.encode("utf-8"), by="campus demo")
+            if getattr(result, "errors", None):
+                log.warning("the demo roster of %s was refused: %s", school, result.errors[:3])
 
     def _sim_control(self, sims: dict[str, SimulatorSet]) -> Any:
         def control(gateway: str, device: str, overrides: dict[str, Any]) -> None:
@@ -237,14 +313,15 @@ class Demo:
         except BaseException:
             central.close()
             raise
-        configs = self._write_configs(mqtt)
+        people = await asyncio.to_thread(self._people, central.registry)
+        configs = self._write_configs(mqtt, people)
         sims = {c.gateway: SimulatorSet(c) for c in configs}
         for s in sims.values():
             await s.start()
 
         ingest = await asyncio.to_thread(start_ingest, central, mqtt, name="demo-ingest")
         self._register(central.registry, configs)
-        self._timetables(central.registry, configs)
+        await asyncio.to_thread(self._import_rosters, central.registry, people)
         web.sim_control = self._sim_control(sims)
         # The dashboard, with central's commands, alarm monitor and scheduler.
         served = await asyncio.to_thread(start_web, central, web, "127.0.0.1", self.http_port)
@@ -256,7 +333,8 @@ class Demo:
         for role, password in self.passwords.items():
             print(f"campus demo: login {role} / {password}", flush=True)
         print(f"campus demo: admin API token {self.admin_token}", flush=True)
-        print(f"campus demo: gateway configs in {self.data_dir / 'gateways'}", flush=True)
+        print(f"campus demo: gateway configs in {self.data_dir / 'gateways'}, synthetic class rosters in "
+              f"{self.data_dir / 'rosters'}", flush=True)
         # Passwords and the token: readable by the user who ran the demo only, from the file's creation on.
         atomic_write(self.data_dir / "logins.txt", "".join(f"{r} {p}\n" for r, p in self.passwords.items())
                      + f"token {self.admin_token}\nurl {url}\n", mode=0o600)

@@ -20,13 +20,15 @@ import pytest
 from campus.errors import ConfigError, DeviceError
 from device_profiles import load_profile
 from device_profiles.config import DeviceConfig
-from edge_agent.drivers.base import DeviceEvent, DeviceUnreachable, Reading
+from edge_agent.drivers.base import CardSecretMissing, DeviceEvent, DeviceUnreachable, Reading
 from edge_agent.drivers.camera import CameraDriver
 from firmware_stubs.camera import CameraSimulator, VideoInfo, make_classroom_video, simulator_for
 from protocols.camera import describe_source
+from protocols.card_ids import qr_pseudonym
 
 PROFILE = load_profile("camera-occupancy")
-FAST = {"loop": True, "realtime": False}
+SECRET = "school-secret-1"  # the school's card secret, which the agent gives every camera (agent.py)
+FAST = {"loop": True, "realtime": False, "secret": SECRET}
 DEADLINE_S = 10.0
 
 
@@ -65,7 +67,7 @@ def test_counts_people_and_reports_one_check_in(tmp_path: Path, people: int, cod
         assert set(counted) == {people}  # every count after the warm-up is right, not just the last
         assert reading.values == {"people_count": people}
         assert [e.type for e in events] == ["attendance"]
-        assert events[0].data == {"code": code, "camera": "cam1"}
+        assert events[0].data == {"person": qr_pseudonym(SECRET, code), "camera": "cam1"}
         assert isinstance(events[0].ts, float)
     asyncio.run(main())
 
@@ -94,7 +96,29 @@ def test_a_code_shown_again_after_the_dedup_window_is_a_new_check_in(tmp_path: P
             passes = drv.counters["loops"] + 1
         # The card is up for 2 s of every 6 s pass: one check-in per pass, never two in one pass.
         assert 2 <= len(events) <= passes
-        assert {e.data["code"] for e in events} == {"STU-7"}
+        assert {e.data["person"] for e in events} == {qr_pseudonym(SECRET, "STU-7")}
+    asyncio.run(main())
+
+
+def test_qr_checkin_without_the_card_secret_is_a_device_fault_not_a_raw_send(tmp_path: Path) -> None:
+    """As a card reader: no secret, no start (each poll says why); `qr_checkin: false` counts people only."""
+    info = _video(tmp_path, 3, "STU-101-0001", seed=3)
+    no_secret = {"loop": True, "realtime": False}
+
+    async def main() -> None:
+        drv = CameraDriver("cam1", PROFILE, {"source": str(info.path)}, no_secret)
+        for _ in range(2):
+            with pytest.raises(CardSecretMissing, match="card_secret") as err:
+                await drv.read()
+            assert isinstance(err.value, DeviceError) and isinstance(err.value, ConfigError)
+        assert drv.counters == {} and drv._thread is None  # nothing was read, so nothing could be sent
+        await drv.close()
+        events: list[DeviceEvent] = []
+        counts: list[int | None] = []
+        async with CameraDriver("cam1", PROFILE, {"source": str(info.path)}, {**no_secret, "qr_checkin": False}) as drv:
+            await _poll(drv, lambda: drv.media_s > info.frames / info.fps + 1 and counts[-1:] == [3], counts, events)
+            assert "qr_scans" not in drv.counters  # the code is never even decoded
+        assert events == []
     asyncio.run(main())
 
 
@@ -134,7 +158,7 @@ async def _read_until(drv: CameraDriver, check: Callable[[Reading | DeviceError]
 def test_stream_end_is_a_fault_then_reopened(tmp_path: Path) -> None:
     info = _video(tmp_path, 3, None, seed=4, seconds=20.0)
     moved = info.path.with_suffix(".away")
-    opts = {"realtime": False, "reopen_backoff_s": 1.0, "reopen_backoff_max_s": 1.0}
+    opts = {"realtime": False, "reopen_backoff_s": 1.0, "reopen_backoff_max_s": 1.0, "secret": SECRET}
 
     async def main() -> None:
         async with CameraDriver("cam1", PROFILE, {"source": str(info.path)}, opts) as drv:
@@ -157,14 +181,14 @@ def test_realtime_playback_counts_too(tmp_path: Path) -> None:
 
     async def main() -> None:
         counts: list[int | None] = []
-        options = {"loop": True, "warmup_s": 2.0}
+        options = {"loop": True, "warmup_s": 2.0, "secret": SECRET}
         async with CameraDriver("cam1", PROFILE, {"source": str(info.path)}, options) as drv:
             await _poll(drv, lambda: counts[-3:] == [3, 3, 3], counts)
             assert drv.media_s < DEADLINE_S  # paced: far from the instant playback of the other tests
     asyncio.run(main())
 
 
-def test_readings_carry_numbers_and_codes_only(tmp_path: Path) -> None:
+def test_readings_carry_numbers_and_pseudonyms_only(tmp_path: Path) -> None:
     info = _video(tmp_path, 2, "STU-1", seed=6)
 
     async def main() -> None:
@@ -203,6 +227,8 @@ def test_good_addresses_and_options() -> None:
         CameraDriver("cam1", PROFILE, {"source": "x.avi"}, {"fps": 0})
     with pytest.raises(ConfigError, match="option loop"):
         CameraDriver("cam1", PROFILE, {"source": "x.avi"}, {"loop": "yes"})
+    with pytest.raises(ConfigError, match="option qr_checkin"):
+        CameraDriver("cam1", PROFILE, {"source": "x.avi"}, {"qr_checkin": "no"})
 
 
 def test_generator_is_deterministic_and_reads_back(tmp_path: Path) -> None:
@@ -265,11 +291,12 @@ devices:
     async def main() -> None:
         events: list[DeviceEvent] = []
         async with runner.SimulatorSet(config):
-            async with drivers.create_driver(dev.id, dev.profile_obj, dev.address, dev.options) as drv:
+            options = {**dev.options, "secret": SECRET}  # what the agent adds (agent.py)
+            async with drivers.create_driver(dev.id, dev.profile_obj, dev.address, options) as drv:
                 assert isinstance(drv, CameraDriver)
                 counts: list[int | None] = []
                 await _poll(drv, lambda: drv.media_s > 7 and counts[-1:] == [3], counts, events)
-        assert [e.data for e in events] == [{"code": "STU-9", "camera": "cam1"}]
+        assert [e.data for e in events] == [{"person": qr_pseudonym(SECRET, "STU-9"), "camera": "cam1"}]
     asyncio.run(main())
 
     path.write_text(path.read_text().replace(f'"{video}"', "-2"))

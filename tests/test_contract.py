@@ -178,3 +178,30 @@ def test_outbox_figures_out_of_range_are_refused_by_name(outbox: dict) -> None:
     payload = json.dumps({"online": True, "ts": 1.7e9, "outbox": outbox}).encode()
     with pytest.raises(PayloadError, match=f"outbox.{next(iter(outbox))} .* out of range"):
         State.decode(payload)
+
+
+PERSON = "5f" * 32  # what qr_pseudonym makes: 64 lower-case hex digits
+RAW_CODE = "STU-101-0001"
+
+
+def test_an_attendance_event_carries_a_pseudonym() -> None:
+    e = Event(seq=9, ts=1.0, type=contract.ATTENDANCE_EVENT, data=contract.attendance_data(PERSON, "cam1"))
+    assert Event.decode(e.encode()) == e and e.data == {"person": PERSON, "camera": "cam1"}
+
+
+@pytest.mark.parametrize("data, field", [
+    ({"code": RAW_CODE, "camera": "cam1"}, "field 'data.code' is not allowed"),  # an older agent's raw code
+    ({"person": PERSON, "camera": "cam1", "code": RAW_CODE}, "field 'data.code' is not allowed"),
+    ({"person": RAW_CODE, "camera": "cam1"}, "field 'person' must be a pseudonym"),
+    ({"person": PERSON.upper(), "camera": "cam1"}, "field 'person' must be a pseudonym"),
+    ({"person": 5, "camera": "cam1"}, "field 'person' must be a string"),
+    ({"camera": "cam1"}, "field 'person' is missing"),
+    ({"person": PERSON}, "field 'camera' is missing"),
+    ({"person": PERSON, "camera": "a/b"}, "camera"),
+])
+def test_an_attendance_event_with_a_raw_code_or_no_pseudonym_is_refused_naming_the_field(
+        data: dict, field: str) -> None:
+    payload = json.dumps({"seq": 1, "ts": 1.0, "type": "attendance", "data": data}).encode()
+    with pytest.raises(PayloadError, match=field) as err:
+        Event.decode(payload)
+    assert RAW_CODE not in str(err.value)  # a refusal is logged: it never repeats the code

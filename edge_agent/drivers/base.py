@@ -13,13 +13,26 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 from campus.contract import MetricValue
-from campus.errors import ActionRejected, DeviceError
+from campus.errors import ActionRejected, ConfigError, DeviceError
 from device_profiles import Profile, check_action
 from protocols import protocol
 
 
 class DeviceUnreachable(DeviceError):
     """The device could not be reached at all (status `offline`, not `fault`)."""
+
+
+class CardSecretMissing(DeviceError, ConfigError):
+    """A card reader, or a camera reading QR check-ins, cannot run without the gateway's card_secret (a config
+    error, reported as a device fault): it would have to send what it reads raw, or hash with an empty key."""
+
+
+def card_secret_option(options: dict[str, Any]) -> bytes | None:
+    """The school's card secret the agent put in a driver's `secret` option (agent.py), or None if unset."""
+    secret = options.get("secret")
+    if isinstance(secret, str | bytes) and secret.strip():
+        return secret.encode("utf-8") if isinstance(secret, str) else secret
+    return None
 
 
 @dataclass

@@ -1,9 +1,19 @@
-"""Camera driver: people counting and QR check-in on the gateway; only numbers and codes leave it.
+"""Camera driver: people counting and QR check-in on the gateway; only numbers and pseudonyms leave it.
 
 A classroom camera is useful to the campus for two things: how many people
 are in the room (`people_count`) and who checked in at the door (an
 `attendance` event per QR code shown). Frames are personal data and stay on
 the gateway: they are never put in a reading, an event or a log line.
+
+Privacy of a check-in: the code printed on a student's card identifies a
+minor, so it is replaced by its pseudonym where it is decoded
+(`protocols.card_ids.qr_pseudonym`, HMAC-SHA256 keyed with the school's card
+secret, the key card readers use; central's roster import makes the same
+pseudonym of the code it is given). Events, the repeat filter, counters and
+logs only ever see the pseudonym. With QR check-in on (`qr_checkin`, the
+default) and no secret the driver refuses to start, as a card reader does: a
+device fault, never a raw code sent. `qr_checkin: false` counts people only
+and needs no secret.
 
 OpenCV's capture is blocking, so each camera gets one background thread,
 started by `open()`, that reads the source continuously (an RTSP/HTTP URL,
@@ -66,10 +76,19 @@ from typing import Any
 import cv2
 import numpy as np
 
+from campus.contract import ATTENDANCE_EVENT, attendance_data
 from campus.errors import ConfigError, DeviceError
-from edge_agent.drivers.base import DeviceEvent, DeviceUnreachable, Driver, Reading
+from edge_agent.drivers.base import (
+    CardSecretMissing,
+    DeviceEvent,
+    DeviceUnreachable,
+    Driver,
+    Reading,
+    card_secret_option,
+)
 from protocols import camera
 from protocols.camera import describe_source
+from protocols.card_ids import qr_pseudonym
 
 log = logging.getLogger(__name__)
 
@@ -116,13 +135,15 @@ class CameraDriver(Driver):
             raise ConfigError(f"{self.device_id}: option reopen_backoff_max_s must be at least reopen_backoff_s")
         self.loop = self._flag("loop", False)
         self.realtime = self._flag("realtime", True)
+        self.qr_checkin = self._flag("qr_checkin", True)
+        self._secret = card_secret_option(self.options)  # the school's card secret (agent.py puts it here)
         # Shared between the capture thread and read(), under _lock.
         self._lock = threading.Lock()
         self._counts: deque[int] = deque(maxlen=int(s["smooth"]))
         self._events: list[DeviceEvent] = []
         self._fault: DeviceError | None = None
         self._last_frame = 0.0
-        self._seen: dict[str, float] = {}  # QR code -> media time last seen (capture thread only)
+        self._seen: dict[str, float] = {}  # QR pseudonym -> media time last seen (capture thread only)
         self.media_s = 0.0  # position on the stream's own clock (video time for files), for tests and stats
         self._thread: threading.Thread | None = None
         self._stop = threading.Event()
@@ -149,7 +170,12 @@ class CameraDriver(Driver):
     # ------------------------------------------------------------ driver interface
 
     async def open(self) -> None:
-        """Start the capture thread (once) and wait until the source is open."""
+        """Start the capture thread (once) and wait until the source is open; CardSecretMissing if QR
+        check-in is on without the gateway's card secret (each poll says so: a device fault)."""
+        if self.qr_checkin and self._secret is None:
+            raise CardSecretMissing(f"{self.device_id}: camera refused to start: QR check-in needs the gateway "
+                                    "config's card_secret (codes are pseudonymised with it, never sent raw); "
+                                    "set option qr_checkin: false to count people only")
         started = self._started
         thread = self._thread
         if started is None or thread is None or (started.done() and (
@@ -278,14 +304,16 @@ class CameraDriver(Driver):
                 self._counts.append(n)
 
     def _saw_code(self, code: str, media: float) -> None:
-        last = self._seen.get(code)
-        self._seen[code] = media
+        assert self._secret is not None  # open() refuses to start QR check-in without it
+        person = qr_pseudonym(self._secret, code)  # the raw code goes no further than this line
+        last = self._seen.get(person)
+        self._seen[person] = media
         if last is not None and media - last <= self.settings["dedup_s"]:
             return
         if len(self._seen) > 256:  # forget codes not seen for a while
             horizon = media - self.settings["dedup_s"]
             self._seen = {c: t for c, t in self._seen.items() if t >= horizon}
-        event = DeviceEvent("attendance", {"code": code, "camera": self.device_id}, time.time())
+        event = DeviceEvent(ATTENDANCE_EVENT, attendance_data(person, self.device_id), time.time())
         with self._lock:
             if len(self._events) >= MAX_PENDING_EVENTS:
                 del self._events[0]
@@ -385,7 +413,7 @@ class _Counter:
                 self.warm = []
         else:
             self.count_people(small)
-        if self.processed % int(d.settings["qr_every"]) == 0:
+        if d.qr_checkin and self.processed % int(d.settings["qr_every"]) == 0:
             self.scan(frame, media)
 
     def count_people(self, small: np.ndarray) -> None:

@@ -31,7 +31,14 @@ import serial
 
 from campus.contract import CARD_SWIPE_EVENT, MetricValue
 from campus.errors import ConfigError, DeviceError
-from edge_agent.drivers.base import DeviceEvent, DeviceUnreachable, Driver, Reading
+from edge_agent.drivers.base import (  # CardSecretMissing: imported from here too
+    CardSecretMissing,
+    DeviceEvent,
+    DeviceUnreachable,
+    Driver,
+    Reading,
+    card_secret_option,
+)
 from edge_agent.drivers.serial_link import SerialLink, serial_settings
 from protocols import card_em4100, card_line
 from protocols.card_em4100 import EM4100Parser
@@ -43,10 +50,6 @@ log = logging.getLogger(__name__)
 DEFAULT_REPEAT_WINDOW_S = 2.0
 DEFAULT_FRAME_TIMEOUT_S = 0.2  # a 14-byte frame takes 15 ms at 9600 baud
 MAX_PENDING_EVENTS = 10_000    # swipes kept while nobody polls; oldest dropped beyond
-
-
-class CardSecretMissing(DeviceError, ConfigError):
-    """A card reader cannot run without the gateway's card_secret (a config error, reported as a device fault)."""
 
 
 class RepeatFilter:
@@ -93,10 +96,7 @@ class _CardReaderDriver(Driver):
         self.settings = serial_settings(self.profile.serial, self.address)
         self.repeat_window_s = self._timing("repeat_window_s", DEFAULT_REPEAT_WINDOW_S)
         self.frame_timeout_s = max(0.01, self._timing("frame_timeout_s", DEFAULT_FRAME_TIMEOUT_S))
-        secret = self.options.get("secret")
-        self._secret: bytes | None = None
-        if isinstance(secret, str | bytes) and secret.strip():
-            self._secret = secret.encode("utf-8") if isinstance(secret, str) else secret
+        self._secret = card_secret_option(self.options)
         self.parser = self._new_parser()
         self.filter = RepeatFilter(self.repeat_window_s)
         self.counters.update(dict.fromkeys(self.COUNTERS, 0))
