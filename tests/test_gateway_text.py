@@ -247,3 +247,15 @@ def test_an_older_agents_result_and_hostile_ones_show_their_english(app: Flask) 
     assert got["c-format"] == "已选择信号源 {0.__globals__}（%(name)s）"
     page = client.get("/panel/gw1?lang=zh-CN", headers=auth)
     assert page.status_code == 200
+
+
+def test_a_schedule_runs_step_keeps_a_valid_marked_text_and_only_the_english_of_a_hostile_one() -> None:
+    from central.edge_schedules import _step_detail
+
+    good = {"device": "proj", "action": "power_on", "status": "done",
+            **contract.text_fields(lazy_gettext("power on accepted (warming up)"), contract.STEP_DETAIL_CHARS)}
+    kept = _step_detail(good)
+    assert kept["detail"] == "power on accepted (warming up)"
+    assert ReportedText.from_dict(kept["detail_text"]).render(ZH) == "已接受开机（预热中）"
+    hostile = {**good, "detail_params": {"x": {"y": 1}}}
+    assert _step_detail(hostile) == {"detail": "power on accepted (warming up)"}
