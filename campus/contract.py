@@ -17,7 +17,7 @@ from typing import Any
 
 from campus import names
 from campus.errors import ConfigError, PayloadError
-from campus.i18n import LazyText, lazy_gettext, message_of
+from campus.i18n import LazyText, ReportedText, lazy_gettext, message_of
 
 ROOT = "campus/v1"
 MAX_PAYLOAD_BYTES = 64 * 1024
@@ -48,14 +48,16 @@ ACTION_PARAMS: dict[str, dict[str, str]] = {
 }
 # The card-authorised podium (edge_agent/podium.py): what a swipe did, reported as an event of type
 # PODIUM_EVENT on the event topic of device PODIUM_DEVICE; data: card (pseudonym, or "" for a timeout),
-# role, outcome, reader, steps [{device, action, status, detail}]. Card roles: who a card belongs to.
+# role, outcome, reader, steps [{device, action, status, detail[, detail_msgid, detail_params]}] (the step's
+# text as `text_fields` writes it). Card roles: who a card belongs to.
 PODIUM_EVENT = "podium"
 PODIUM_DEVICE = "podium"
 PODIUM_ROLES = ("teacher", "facility", "cleaner")
 PODIUM_OUTCOMES = ("started", "ended", "refused", "logged")
 # Schedules run at the edge (edge_agent/schedules.py): each planned run, reported once as an event of type
 # SCHEDULE_RUN_EVENT on the event topic of device SCHEDULE_DEVICE; data: schedule (id), planned (unix time),
-# name, outcome (one of SCHEDULE_OUTCOMES), steps [{device, action, status, detail}]. Central records it
+# name, outcome (one of SCHEDULE_OUTCOMES), steps [{device, action, status, detail[, detail_msgid,
+# detail_params]}] (`text_fields`). Central records it
 # in the schedule's history (central/edge_schedules.py), once per (schedule, planned, gateway).
 SCHEDULE_RUN_EVENT = "schedule_run"
 SCHEDULE_DEVICE = "schedules"
@@ -631,6 +633,70 @@ class Command:
                    ts=_ts(data, what) if "ts" in data else 0.0)
 
 
+# Text the gateway writes for people (issue 20): a command result's `detail`, and a podium or edge-schedule
+# step's. `detail` stays the English, for every reader before this addition; beside it the agent sends the
+# message it marked for translation (campus/i18n.py), `detail_msgid`, and its named parameters,
+# `detail_params` ({name: string or number}), so central shows it in the reader's language
+# (campus.i18n.ReportedText). Both are optional (an older agent sends neither), and both come from a gateway:
+# the msgid is at most TEXT_MSGID_MAX characters, the parameters at most TEXT_PARAMS_MAX scalars named like
+# identifiers, a string at most TEXT_PARAM_CHARS; anything else is refused naming the field. Central
+# translates only a msgid its catalog has, and only when the parameters fit it exactly; else the English.
+TEXT_MSGID_MAX = 300
+STEP_DETAIL_CHARS = 200  # a podium or schedule step's English detail is cut to this
+TEXT_PARAMS_MAX = 8
+TEXT_PARAM_CHARS = 200
+_PARAM_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,31}$")
+_PARAM_INT_MAX = 2**53  # every JSON reader keeps it exact
+
+
+def _param(value: Any) -> str | int | float:
+    """A parameter as the contract carries it: a scalar within the bounds (the agent's side: never refused)."""
+    if isinstance(value, LazyText):
+        value = str(value)
+    if isinstance(value, bool) or not isinstance(value, (str, int, float)) \
+            or (isinstance(value, float) and not math.isfinite(value)) \
+            or (isinstance(value, int) and abs(value) > _PARAM_INT_MAX):
+        value = str(value)
+    return value[:TEXT_PARAM_CHARS].replace("\x00", "\ufffd") if isinstance(value, str) else value
+
+
+def text_fields(text: str | LazyText, max_chars: int | None = None) -> dict[str, Any]:
+    """The payload fields of a text the agent writes: `detail` (English, cut to `max_chars`) and, for a text
+    marked for translation (a LazyText), `detail_msgid` and `detail_params` (the agent's side of
+    `reported_text`)."""
+    english = str(text)[:max_chars]
+    if not isinstance(text, LazyText) or not text.msgid or len(text.msgid) > TEXT_MSGID_MAX:
+        return {"detail": english}
+    params = {str(k): _param(v) for k, v in list(text.params.items())[:TEXT_PARAMS_MAX]}
+    return {"detail": english, "detail_msgid": text.msgid, "detail_params": params}
+
+
+def reported_text(data: dict[str, Any], what: str) -> str | ReportedText:
+    """The text of a payload part (`detail`, `detail_msgid`, `detail_params`) as central keeps it: the English
+    alone (an older agent), or a ReportedText. PayloadError naming the field for a msgid or params out of bounds."""
+    # A detail is a device's own words, and the outcome must be kept: its NULs (which no PostgreSQL text
+    # holds) become U+FFFD.
+    detail = _field(data, "detail", str, what, optional=True, default="", nul=True).replace("\x00", "\ufffd")
+    if "detail_msgid" not in data and "detail_params" not in data:
+        return detail
+    msgid = _field(data, "detail_msgid", str, what)
+    if not 0 < len(msgid) <= TEXT_MSGID_MAX:
+        raise PayloadError(f"{what}: field 'detail_msgid' must be 1 to {TEXT_MSGID_MAX} characters")
+    params = _field(data, "detail_params", dict, what, optional=True, default={})
+    if len(params) > TEXT_PARAMS_MAX:
+        raise PayloadError(f"{what}: field 'detail_params' has {len(params)} entries, at most {TEXT_PARAMS_MAX}")
+    for name, value in params.items():
+        if not _PARAM_NAME.fullmatch(name):
+            raise PayloadError(f"{what}: field 'detail_params' has the key {name[:40]!r}, not a parameter name")
+        where = f"detail_params.{name}"
+        _field({where: value}, where, (str, int, float), what)  # a string or a number, finite, without NUL
+        if isinstance(value, str) and len(value) > TEXT_PARAM_CHARS:
+            raise PayloadError(f"{what}: field '{where}' is longer than {TEXT_PARAM_CHARS} characters")
+        if isinstance(value, int) and abs(value) > _PARAM_INT_MAX:
+            raise PayloadError(f"{what}: field '{where}' is out of range")
+    return ReportedText(detail, msgid, params)
+
+
 @dataclass
 class CommandResult:
     id: str
@@ -640,11 +706,28 @@ class CommandResult:
     # Allocated by the agent's outbox like a telemetry or event seq, so central's acknowledgement
     # (`Ack`) covers every row of the outbox; None from an agent before acknowledgements.
     seq: int | None = None
+    # The detail marked for translation (see TEXT_MSGID_MAX above); "" and {}: not marked (an older agent).
+    detail_msgid: str = ""
+    detail_params: dict[str, str | int | float] = field(default_factory=dict)
+
+    @classmethod
+    def of(cls, id: str, status: str, text: str | LazyText, ts: float, seq: int | None = None) -> CommandResult:
+        """The result of a command whose detail is `text` (marked for translation or not)."""
+        fields = text_fields(text)
+        return cls(id=id, status=status, ts=ts, seq=seq, detail=fields["detail"],
+                   detail_msgid=fields.get("detail_msgid", ""), detail_params=fields.get("detail_params", {}))
+
+    @property
+    def text(self) -> str | ReportedText:
+        """The detail as central keeps it: a ReportedText when the agent marked it, else its English."""
+        return ReportedText(self.detail, self.detail_msgid, self.detail_params) if self.detail_msgid else self.detail
 
     def encode(self) -> bytes:
         data = asdict(self)
         if self.seq is None:
             del data["seq"]  # not `null`: a central from before reads the result as it always did
+        if not self.detail_msgid:
+            del data["detail_msgid"], data["detail_params"]
         return json.dumps(data, separators=(",", ":"), allow_nan=False).encode()
 
     @classmethod
@@ -655,14 +738,13 @@ class CommandResult:
         if status not in FINAL_COMMAND_STATUSES:
             raise PayloadError(f"{what}: status {status!r} is not one of {FINAL_COMMAND_STATUSES}")
         # Central stores both; PostgreSQL text cannot hold a NUL and refuses the whole batch (ingest would
-        # retry it for ever). An id with one names no command central issued: refused. A detail is a
-        # device's own words, and the outcome must be kept: its NULs become U+FFFD.
+        # retry it for ever). An id with one names no command central issued: refused. The detail's NULs
+        # become U+FFFD (`reported_text`).
         cid = _field(data, "id", str, what, nul=True)
         if not cid or len(cid) > 64 or "\x00" in cid:
             raise PayloadError(f"{what}: field 'id' must be 1 to 64 characters, without NUL")
-        detail = _field(data, "detail", str, what, optional=True, default="", nul=True).replace("\x00", "\ufffd")
-        return cls(id=cid, status=status, detail=detail, ts=_ts(data, what),
-                   seq=_seq(data, what) if "seq" in data else None)
+        text = reported_text(data, what)
+        return cls.of(cid, status, text, _ts(data, what), _seq(data, what) if "seq" in data else None)
 
 
 # Outbox instances are drawn below 2**53 (edge_agent/outbox.py): every JSON reader keeps them exact.

@@ -26,6 +26,7 @@ which the web app's catalogs (Babel's `support.Translations`) have; `ENGLISH` wh
 from __future__ import annotations
 
 import gettext as _stdlib_gettext
+import re
 from collections.abc import Callable, Mapping
 from typing import Any, Protocol
 
@@ -98,6 +99,67 @@ class LazyText:
         params = {k: cls.from_dict(v) if isinstance(v, Mapping) and "msgid" in v else v
                   for k, v in (stored.get("params") or {}).items()}
         return cls(str(stored["msgid"]), params)
+
+
+# A message's placeholders as `fill` accepts them: `%(name)s`, and `%%` for a percent sign; nothing else.
+_PLACEHOLDER = re.compile(r"%(?:\((?P<name>[A-Za-z_][A-Za-z0-9_]{0,31})\)s|(?P<percent>%))")
+
+
+def fill(template: str, params: Mapping[str, Any]) -> str | None:
+    """`template % params` for a template and params that may come from anywhere (a gateway), or None.
+
+    Only `%(name)s` and `%%`: a template with any other `%`, a placeholder without its parameter or a
+    parameter without its placeholder gives None (the caller shows its fallback), never an exception.
+    Substituted by hand: no `%` formatting of an object's own methods, no str.format attribute lookups."""
+    names: set[str] = set()
+    for match in _PLACEHOLDER.finditer(template):
+        if match.group("name"):
+            names.add(match.group("name"))
+    if template.count("%") != sum(1 if m.group("name") else 2 for m in _PLACEHOLDER.finditer(template)):
+        return None  # a `%` that is no placeholder of ours (`%d`, `%(x)r`, a lone `%`)
+    if names != set(params):
+        return None
+    return _PLACEHOLDER.sub(lambda m: str(params[m.group("name")]) if m.group("name") else "%", template)
+
+
+class ReportedText(LazyText):
+    """A text a gateway reported (a command's result detail): its English as the gateway wrote it (`english`),
+    and the msgid and parameters it marked it with, for a reader of another language.
+
+    The gateway is not trusted: the text is shown translated only when the catalog has the msgid and its
+    parameters fit both the msgid and the translation exactly (`fill`); otherwise, and for an English reader,
+    the English as sent. An older agent sends no msgid: its English is all there is."""
+
+    __slots__ = ("english",)
+
+    def __init__(self, english: str, msgid: str = "", params: Mapping[str, Any] | None = None) -> None:
+        super().__init__(msgid, params)
+        self.english = english
+
+    def render(self, gettext: Callable[[str], str] | None = None) -> str:
+        if not self.msgid or gettext is None:
+            return self.english
+        translated = gettext(self.msgid)
+        if translated == self.msgid or fill(self.msgid, self.params) is None:
+            return self.english  # not in the catalog (or the reader's language is English), or params that do not fit
+        return fill(translated, self.params) or self.english
+
+    def __repr__(self) -> str:
+        return f"ReportedText({self.english!r}, {self.msgid!r}, {self.params!r})"
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"msgid": self.msgid, "params": dict(self.params), "english": self.english}
+
+    @classmethod
+    def from_dict(cls, stored: Mapping[str, Any]) -> ReportedText:
+        params = stored.get("params")
+        return cls(str(stored.get("english", "")), str(stored.get("msgid") or ""),
+                   params if isinstance(params, Mapping) else None)
+
+
+def text_from_dict(stored: Mapping[str, Any]) -> LazyText:
+    """A stored LazyText (`as_dict`) back: a ReportedText when it keeps the gateway's English."""
+    return ReportedText.from_dict(stored) if "english" in stored else LazyText.from_dict(stored)
 
 
 def lazy_gettext(msgid: str, **params: Any) -> LazyText:

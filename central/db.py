@@ -42,7 +42,7 @@ from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
 from sqlalchemy.sql.dml import Insert
 
 from campus.errors import ConfigError, StoreError
-from campus.i18n import LazyText
+from campus.i18n import LazyText, ReportedText, text_from_dict
 from campus.urls import redacted
 from central.store.sqlite import enable_wal
 
@@ -87,7 +87,9 @@ class TranslatableText(TypeDecorator[Any]):
     """A text column whose value may be a `campus.i18n.LazyText` (an alarm's message): stored as its JSON
     (`{"msgid": ..., "params": ...}`), read back as a `StoredText` (English, keeping the LazyText), so each
     reader can show it in its own language. A plain string is stored and read as it is: the rows written
-    before messages were marked still read as their English text. Still TEXT in the schema: no migration."""
+    before messages were marked still read as their English text. Still TEXT in the schema: no migration.
+    A gateway's text (a command's result detail, `campus.i18n.ReportedText`) keeps its English beside the
+    msgid and params (`"english"` in the JSON)."""
 
     impl = Text
     cache_ok = True
@@ -95,6 +97,10 @@ class TranslatableText(TypeDecorator[Any]):
 
     def process_bind_param(self, value: Any, dialect: Any) -> Any:
         value = translatable(value)
+        if isinstance(value, str) and value.startswith(self._MARK):
+            # Plain text that looks like a stored message (a gateway's detail may say anything): kept as the
+            # English it is, so it is never read back as a message of the gateway's choosing.
+            value = ReportedText(value)
         if isinstance(value, LazyText):
             return json.dumps(value.as_dict(), ensure_ascii=False)
         return value
@@ -102,7 +108,7 @@ class TranslatableText(TypeDecorator[Any]):
     def process_result_value(self, value: Any, dialect: Any) -> Any:
         if isinstance(value, str) and value.startswith(self._MARK):
             try:
-                return StoredText(LazyText.from_dict(json.loads(value)))
+                return StoredText(text_from_dict(json.loads(value)))
             except (ValueError, KeyError, TypeError, AttributeError):
                 return value
         return value

@@ -32,8 +32,9 @@ from typing import Any
 from sqlalchemy import or_, select
 
 from campus import contract
+from campus.errors import PayloadError
 from central.registry import Gateway, Registry, Room, Schedule, ScheduleRun
-from central.schedules import GRACE, _when, no_classes
+from central.schedules import GRACE, _when, no_classes, result_detail
 from central.timetables import load
 
 log = logging.getLogger(__name__)
@@ -184,7 +185,7 @@ def collect(registry: Registry, ledger: Any, now: float | None = None) -> int:
                 continue
             results = [{"gateway": gateway, "room": room, "device": step.get("device"), "kind": "",
                         "action": step.get("action"), "status": step.get("status"),
-                        "detail": step.get("detail", ""), "command": None, "by": EDGE}
+                        **_step_detail(step), "command": None, "by": EDGE}
                        for step in data.get("steps") or [] if isinstance(step, dict)]
             if not results:  # a run with no step still shows which gateway ran it
                 results = [{"gateway": gateway, "room": room, "device": "", "kind": "", "action": "",
@@ -196,3 +197,13 @@ def collect(registry: Registry, ledger: Any, now: float | None = None) -> int:
             # Not `last_run`: that is central's claim of an occurrence for the gateways it runs itself.
             added += 1
     return added
+
+
+def _step_detail(step: dict[str, Any]) -> dict[str, Any]:
+    """A step's detail as the run keeps it: with the msgid and params the agent marked it with, when they are
+    within the contract's bounds (campus/contract.py `reported_text`); else its English as it was sent."""
+    try:
+        return result_detail(contract.reported_text(step, "schedule_run step"))
+    except PayloadError as exc:
+        log.warning("schedule_run step: %s: its detail is kept in English", exc)
+        return {"detail": step.get("detail", "")}

@@ -46,8 +46,9 @@ from sqlalchemy import (
 from sqlalchemy import delete as sql_delete
 
 from campus.contract import CommandResult, State
+from campus.i18n import lazy_gettext
 from central import acks
-from central.db import Database, open_database, url_of
+from central.db import Database, StoredText, open_database, url_of
 from central.tables import commands as commands_t
 from central.tables import events as events_t
 from central.tables import gateways as gw_t
@@ -312,7 +313,7 @@ class Ledger:
                 conn.execute(self.db.insert(events_t).on_conflict_do_nothing(), events)
             for r in results:
                 conn.execute(update(commands_t).where(commands_t.c.id == r.id, commands_t.c.status == "pending")
-                             .values(status=r.status, detail=r.detail, finished=r.ts))
+                             .values(status=r.status, detail=r.text, finished=r.ts))
         return fresh
 
     def _write_rows(self, conn: Connection, rows: dict[str, GatewayRow], states_json: dict[str, str]) -> None:
@@ -751,9 +752,12 @@ _COMMAND_COLUMNS = tuple(commands_t.c[name] for name in ("id", "gateway", "devic
 def _command(row: Any, now: float) -> dict[str, Any]:
     """A row of `_COMMAND_COLUMNS` as the API shows it."""
     cid, gw, dev, action, params, by, created, deadline, status, detail, finished = row
+    # `detail` is a str, English, for every reader (a schedule run's JSON, the audit); one the gateway marked
+    # for translation is a StoredText that keeps it (central/db.py): the web app shows it in the reader's
+    # language (dashboards/i18n.py `translate`, `shown_command`).
     if status == "pending" and deadline < now - 5:
         # The agent never answered and never will run it now: say so.
-        status, detail = "expired", "no answer from the gateway before the deadline"
+        status, detail = "expired", StoredText(lazy_gettext("no answer from the gateway before the deadline"))
     return {"id": cid, "gateway": gw, "device": dev, "action": action, "params": json.loads(params), "by": by,
             "created": created, "deadline": deadline, "status": status, "detail": detail, "finished": finished}
 

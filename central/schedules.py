@@ -34,7 +34,8 @@ from sqlalchemy import or_, select
 from sqlalchemy import update as sql_update
 
 from campus import names
-from campus.i18n import N_, LazyText, lazy_gettext, message_of
+from campus.i18n import N_, LazyText, ReportedText, lazy_gettext, message_of
+from central.db import translatable
 from central.registry import Building, Registry, Schedule, ScheduleRun, School, row_id
 from central.timetables import Timetable, day_periods
 
@@ -322,7 +323,7 @@ def run(schedule: Any, registry: Registry, ledger: Any, service: Any, *, now: fl
         except Exception as exc:  # noqa: BLE001 - one device's failure is that device's result
             results.append({**base, "status": "failed", "detail": f"not sent: {exc}", "command": None})
             continue
-        results.append({**base, "status": record["status"], "detail": record.get("detail", ""),
+        results.append({**base, "status": record["status"], **result_detail(record.get("detail", "")),
                         "command": record["id"], "offline": t.status == "offline",
                         "deadline": record.get("deadline")})
     # Wait for the answers together: a building's worth of devices costs one wait, not one each.
@@ -357,7 +358,18 @@ def _refresh(results: list[dict[str, Any]], ledger: Any) -> None:
         if r["status"] == "pending" and r.get("command"):
             record = ledger.command(r["command"])
             if record and record["status"] != "pending":
-                r["status"], r["detail"] = record["status"], record["detail"]
+                r["status"] = record["status"]
+                r.update(result_detail(record["detail"]))
+
+
+def result_detail(value: Any) -> dict[str, Any]:
+    """A device's result detail as a run keeps it (JSON): `detail`, the English, and for a text the gateway
+    marked for translation `detail_text` (campus.i18n.ReportedText.as_dict), which the history page shows in
+    the reader's language (dashboards/health_schedules.py)."""
+    text = translatable(value)
+    if isinstance(text, ReportedText) and text.msgid:
+        return {"detail": str(value), "detail_text": text.as_dict()}
+    return {"detail": value if isinstance(value, str) else str(value)}
 
 
 def summarise(results: list[dict[str, Any]]) -> str:

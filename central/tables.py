@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from sqlalchemy import BigInteger, Boolean, Column, Float, Index, Integer, String, Table, Text, false, text
 
-from central.db import Base
+from central.db import Base, TranslatableText
 
 meta = Base.metadata
 _ID = 200  # gateway, device and metric names are far shorter (campus/names.py); a bound, not a format
@@ -95,7 +95,9 @@ commands = Table(
     Column("created", Float, nullable=False),
     Column("deadline", Float, nullable=False),
     Column("status", String(32), nullable=False),
-    Column("detail", Text, nullable=False, server_default=""),
+    # The result's detail: English text (an older agent's), or the JSON of a campus.i18n.ReportedText
+    # (central/db.py TranslatableText: still TEXT, no migration), shown in each reader's language.
+    Column("detail", TranslatableText, nullable=False, server_default=""),
     Column("finished", Float),
     # When a pending command was last published, and the `since` of its gateway's connection then
     # (central/commands.py publishes it again when the gateway reconnects, or after COMMAND_RETRY_S).

@@ -31,6 +31,7 @@ from dashboards.auth import (
     sight,
 )
 from dashboards.context import central, web
+from dashboards.i18n import shown_command
 from dashboards.strict_json import json_object
 from device_profiles import check_action, shipped_profile
 
@@ -242,14 +243,14 @@ def send_command(gateway: str, device: str) -> Any:
         return error(503, lazy_gettext("this server was started without --mqtt; it cannot send commands"))
     record = service.send(dev["school"], gateway, device, action, params, by=g.user["user"], ttl=float(ttl))
     audit("command", f"{gateway}/{device} {action} {params} -> {record['status']} ({record['id']})")
-    return jsonify(record), (200 if record["status"] != "pending" else 202)
+    return jsonify(shown_command(record)), (200 if record["status"] != "pending" else 202)
 
 
 @bp.get("/commands")
 @login_required
 def list_commands() -> Any:
     page = overview.api_commands(central().ledger, paging(200), id_arg("gateway"), in_sight())
-    return paged(page.items, page.total)
+    return paged([shown_command(c) for c in page.items], page.total)
 
 
 @bp.get("/commands/<cid>")
@@ -258,7 +259,7 @@ def get_command(cid: str) -> Any:
     record = central().ledger.command(cid)
     if record is None or not may_see(g.user, record["gateway"]):
         return not_found("command") if school_scoped(g.user) else error(404, lazy_gettext("no command %(id)s", id=repr(cid)))
-    return jsonify(record)
+    return jsonify(shown_command(record))
 
 
 @bp.get("/ingest")

@@ -18,7 +18,7 @@ from typing import Any
 from flask import abort, flash, g, make_response, redirect, render_template, request, url_for
 from flask_babel import gettext
 
-from campus.i18n import LazyText, lazy_gettext
+from campus.i18n import LazyText, ReportedText, lazy_gettext
 from central import overview
 from central import schedules as sched
 from central.registry import Schedule
@@ -81,6 +81,8 @@ def _live(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
     out = []
     for r in results:
         r = dict(r)
+        if isinstance(r.get("detail_text"), dict):  # a gateway's marked text: shown in the reader's language
+            r["detail"] = ReportedText.from_dict(r["detail_text"])
         if r.get("status") == "pending" and r.get("command"):
             record = ledger.command(r["command"])
             if record and record["status"] != "pending":

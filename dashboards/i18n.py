@@ -24,6 +24,7 @@ that zone with hourCycle h23): the browser's own zone and language are never use
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable
 from datetime import date, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -37,6 +38,7 @@ from flask_babel import Babel, get_locale, get_timezone, gettext
 from campus import names
 from campus.errors import CampusError, ConfigError
 from campus.i18n import ENGLISH, N_, LazyText, Translations, message_of
+from central.db import translatable
 
 # BCP 47 tag (URLs, the cookie, the account, <html lang>) -> the locale Flask-Babel is given (Babel makes
 # zh_CN zh_Hans_CN, the name of its catalog folder).
@@ -192,13 +194,33 @@ def terms(group: str, values: str, sep: str = ", ") -> str:
 
 
 def translate(value: Any) -> Any:
-    """`value` in the request's language: a LazyText rendered, a str looked up in the catalog (an `N_`
-    constant), anything else as it is."""
+    """`value` in the request's language: a LazyText rendered (also one a database column keeps:
+    central/db.py StoredText), a str looked up in the catalog (an `N_` constant), anything else as it is."""
+    value = translatable(value)
     if isinstance(value, LazyText):
         return value.render(gettext)
     if isinstance(value, str) and value:
         return gettext(value)
     return value
+
+
+def gateway_text(value: Any, gettext_: Callable[[str], str] | None = None) -> Any:
+    """A text a gateway wrote (a command's result detail, as the ledger reads it) in this request's language
+    (or `gettext_`'s), when the gateway marked it for translation (campus.i18n.ReportedText: only a msgid of the
+    catalog, only with parameters that fit); an older agent's English as it is, never looked up."""
+    value = translatable(value)
+    return value.render(gettext_ or gettext) if isinstance(value, LazyText) else value
+
+
+def gateway_texts(value: Any) -> dict[str, Any]:
+    """`gateway_text` in every language of the site, by tag: for what is built once for readers of any language
+    (the panel's room stream, dashboards/panel.py), from which each page picks its own."""
+    return {tag: gateway_text(value, catalog(tag).gettext) for tag in LANGUAGES}
+
+
+def shown_command(record: dict[str, Any]) -> dict[str, Any]:
+    """A command as the API answers it (ledger.command): its detail in the request's language."""
+    return {**record, "detail": gateway_text(record.get("detail", ""))}
 
 
 def _finalize(value: Any) -> Any:

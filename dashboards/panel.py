@@ -59,7 +59,7 @@ from dashboards import auth, strict_json
 from dashboards.api import error
 from dashboards.auth import audit, login_required, may_command, may_see, not_found, school_scoped, sight
 from dashboards.context import central, web
-from dashboards.i18n import term
+from dashboards.i18n import gateway_texts, term
 from device_profiles import available_profiles, load_profile
 
 log = logging.getLogger(__name__)
@@ -272,8 +272,11 @@ def room_snapshot(gateway: str, room: dict[str, Any] | None) -> dict[str, Any]:
                      "errors": {m[6:]: v for m, v in latest.get(d["id"], {}).items()
                                 if m.startswith("error_") and v != "ok"}}
                     for d in controlled],
-        "commands": [{k: c[k] for k in ("id", "device", "action", "params", "status", "detail", "by",
-                                         "created", "finished")} for c in room.get("commands", [])],
+        # `detail` is the gateway's English; `details` the same in each language of the site (the snapshot is
+        # built once for readers of every language, and each page shows its own: static/panel.js).
+        "commands": [{**{k: c[k] for k in ("id", "device", "action", "params", "status", "detail", "by",
+                                            "created", "finished")}, "details": gateway_texts(c["detail"])}
+                     for c in room.get("commands", [])],
     }
 
 

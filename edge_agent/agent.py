@@ -43,6 +43,7 @@ from typing import Any
 
 from campus import contract
 from campus.contract import Event, State
+from campus.i18n import lazy_gettext
 from device_profiles.config import DeviceConfig, GatewayConfig
 from edge_agent import config_push
 from edge_agent.commands import CommandExecutor
@@ -177,7 +178,7 @@ class Agent:
         if self.outbox.replaced_now is not None:
             self._outbox_replaced(self.outbox.replaced_now)
         for device in self.commands.open_devices() - set(self.drivers):
-            self.commands.forget_device(device, "the device is no longer in this gateway's config")
+            self.commands.forget_device(device, lazy_gettext("the device is no longer in this gateway's config"))
         self.commands.recover()
         try:
             async with asyncio.TaskGroup() as tg:

@@ -39,6 +39,7 @@ from campus import contract
 from campus.aio import raise_if_cancelled
 from campus.contract import Command, CommandResult
 from campus.errors import ActionRejected, DeviceError, PayloadError
+from campus.i18n import LazyText, lazy_gettext, message_of, text_from_dict
 from edge_agent.drivers.base import Driver
 from edge_agent.outbox import Outbox
 
@@ -62,8 +63,27 @@ MAX_RUN_S = 60.0
 Spawn = Callable[[Coroutine[Any, Any, None]], "asyncio.Task[None]"]
 
 
+# A result's detail: marked for translation where a person reads it (campus/contract.py `text_fields`: the
+# result carries its msgid and params beside the English), or a plain text.
+Detail = str | LazyText
+
 # Answer to a command whose journal entry cannot be read (I/O error): running it could be running it twice.
-_UNREADABLE = ("failed", "not run: the gateway cannot read its command journal", None)
+_UNREADABLE = ("failed", lazy_gettext("not run: the gateway cannot read its command journal"), None)
+# The journal keeps a marked detail as its JSON (so a redelivered command is answered in the same words).
+_MARK = '{"msgid"'
+
+
+def _stored(detail: Detail) -> str:
+    return json.dumps(detail.as_dict(), ensure_ascii=False) if isinstance(detail, LazyText) else detail
+
+
+def _loaded(detail: str) -> Detail:
+    if detail.startswith(_MARK):
+        try:
+            return text_from_dict(json.loads(detail))
+        except (ValueError, KeyError, TypeError, AttributeError):
+            pass
+    return detail
 
 
 @dataclass
@@ -80,18 +100,18 @@ class _Entry:
     device: str
     payload: bytes
     state: str
-    detail: str
+    detail: Detail
     received: float
     finished: float | None = None
 
 
-def _upsert(db: sqlite3.Connection, cid: str, device: str, payload: bytes, state: str, detail: str,
+def _upsert(db: sqlite3.Connection, cid: str, device: str, payload: bytes, state: str, detail: Detail,
             received: float, finished: float | None) -> None:
     """Record a command's state; a command the journal lost (or never had) gets its row back."""
     db.execute("INSERT INTO commands (id, device, payload, state, detail, received, finished)"
                " VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (id) DO UPDATE"
                " SET state=excluded.state, detail=excluded.detail, finished=excluded.finished",
-               (cid, device, payload, state, detail, received, finished))
+               (cid, device, payload, state, _stored(detail), received, finished))
 
 
 class CommandExecutor:
@@ -110,7 +130,7 @@ class CommandExecutor:
         self.workers: dict[str, asyncio.Task[None]] = {}  # device -> its worker, when started by `start`
         self.executed: dict[str, int] = {}  # action runs per command id, for tests and audits
         self.volatile: dict[str, _Entry] = {}  # journal entries the storage refused (disk full)
-        self._waiters: dict[str, asyncio.Future[tuple[str, str]]] = {}  # local commands: id -> (status, detail)
+        self._waiters: dict[str, asyncio.Future[tuple[str, Detail]]] = {}  # local commands: id -> (status, detail)
 
     @property
     def db(self) -> sqlite3.Connection:
@@ -128,7 +148,7 @@ class CommandExecutor:
             log.warning("command for %s rejected: %s", device, exc)
             if cid is not None and self._lookup(cid) is None:
                 self._journal(cid, device, payload)
-                self._finish(cid, device, "rejected", str(exc))
+                self._finish(cid, device, "rejected", message_of(exc))
             return
         known = self._lookup(cmd.id)
         if known is _UNREADABLE:
@@ -143,24 +163,25 @@ class CommandExecutor:
             return
         self._journal(cmd.id, device, payload)
         if device not in self.drivers:
-            self._finish(cmd.id, device, "rejected", f"no device {device!r} on gateway {self.gateway}")
+            self._finish(cmd.id, device, "rejected", lazy_gettext("no device %(device)s on gateway %(gateway)s",
+                                                                  device=repr(device), gateway=self.gateway))
         elif cmd.deadline <= self.clock():
-            self._finish(cmd.id, device, "expired", "arrived after its deadline")
+            self._finish(cmd.id, device, "expired", lazy_gettext("arrived after its deadline"))
         elif cmd.ts and cmd.ts < (since := self.outbox.journal_since):
             began = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(since))
-            self._finish(cmd.id, device, "expired",
-                         f"not run: issued before this gateway's command journal began ({began}, a new outbox); "
-                         "it may have run already. Send it again if it is still wanted")
+            self._finish(cmd.id, device, "expired", lazy_gettext(
+                "not run: issued before this gateway's command journal began (%(began)s, a new outbox); "
+                "it may have run already. Send it again if it is still wanted", began=began))
         else:
             self.queues[device].put_nowait(_Job(cmd, device, payload))
 
-    def _answer(self, cid: str, device: str, state: str, detail: str, finished: float | None) -> None:
+    def _answer(self, cid: str, device: str, state: str, detail: Detail, finished: float | None) -> None:
         """Answer a repeated command again with its first result (the sender may have missed it)."""
         at = finished or self.clock()
         self.outbox.add(sequenced=[(contract.cmd_result_topic(self.school, self.gateway, device),
-                                    lambda seq: CommandResult(cid, state, detail, at, seq).encode())], hold=True)
+                                    lambda seq: CommandResult.of(cid, state, detail, at, seq).encode())], hold=True)
 
-    def _lookup(self, cid: str) -> tuple[str, str, float | None] | None:
+    def _lookup(self, cid: str) -> tuple[str, Detail, float | None] | None:
         """(state, detail, finished) of a journaled command, None if unknown, _UNREADABLE if it cannot be told."""
         entry = self.volatile.get(cid)
         if entry is not None:
@@ -171,7 +192,7 @@ class CommandExecutor:
             missing)
         if row is missing:
             return _UNREADABLE
-        return (row[0], row[1], row[2]) if row is not None else None
+        return (row[0], _loaded(row[1]), row[2]) if row is not None else None
 
     def _journal(self, cid: str, device: str, payload: bytes) -> None:
         now = self.clock()
@@ -190,7 +211,7 @@ class CommandExecutor:
         now = self.clock()
         return self.outbox.write(lambda db: _upsert(db, cid, device, job.payload, "running", "", now, None))
 
-    def _finish(self, cid: str, device: str, status: str, detail: str) -> None:
+    def _finish(self, cid: str, device: str, status: str, detail: Detail) -> None:
         now = self.clock()
         entry = self.volatile.get(cid)
         if entry is not None:
@@ -203,7 +224,7 @@ class CommandExecutor:
         # Sequenced like telemetry, so central's acknowledgement covers it: a result the broker lost is sent
         # again. If the storage refuses this write, the outbox holds the result (and `record`) in memory.
         self.outbox.add(sequenced=[(contract.cmd_result_topic(self.school, self.gateway, device),
-                                    lambda seq: CommandResult(cid, status, detail, now, seq).encode())],
+                                    lambda seq: CommandResult.of(cid, status, detail, now, seq).encode())],
                         also=record, hold=True)
         self.on_result(device, status)
         log.info("command %s on %s: %s %s", cid, device, status, detail)
@@ -212,7 +233,7 @@ class CommandExecutor:
             waiter.set_result((status, detail))
 
     async def run_local(self, device: str, action: str, params: dict[str, Any], by: str,
-                        within_s: float = MAX_RUN_S) -> tuple[str, str]:
+                        within_s: float = MAX_RUN_S) -> tuple[str, Detail]:
         """(status, detail) of an action the gateway decided itself (the podium's scenes).
 
         It goes the way a command from central goes: journaled, queued behind the device's other
@@ -221,7 +242,7 @@ class CommandExecutor:
         """
         now = self.clock()
         cid = f"local-{uuid.uuid4().hex[:24]}"
-        waiter: asyncio.Future[tuple[str, str]] = asyncio.get_running_loop().create_future()
+        waiter: asyncio.Future[tuple[str, Detail]] = asyncio.get_running_loop().create_future()
         self._waiters[cid] = waiter
         try:
             self.receive(device, Command(id=cid, action=action, params=params, deadline=now + within_s,
@@ -229,7 +250,7 @@ class CommandExecutor:
             async with asyncio.timeout(within_s + 5):
                 return await waiter
         except TimeoutError:
-            return "failed", "no result in time"
+            return "failed", lazy_gettext("no result in time")
         finally:
             self._waiters.pop(cid, None)
 
@@ -241,15 +262,16 @@ class CommandExecutor:
         for cid, device, payload, state in rows:
             if state == "running":
                 # It may or may not have reached the device: never run it twice.
-                self._finish(cid, device, "failed", "agent restarted while the command was running")
+                self._finish(cid, device, "failed", lazy_gettext("agent restarted while the command was running"))
                 continue
             try:
                 cmd = Command.decode(payload)
             except PayloadError as exc:
-                self._finish(cid, device, "failed", f"its journal entry is unreadable: {exc}")
+                self._finish(cid, device, "failed", lazy_gettext("its journal entry is unreadable: %(error)s",
+                                                                 error=str(exc)))
                 continue
             if cmd.deadline <= self.clock():
-                self._finish(cid, device, "expired", "deadline passed while the agent was down")
+                self._finish(cid, device, "expired", lazy_gettext("deadline passed while the agent was down"))
             else:
                 self.queues[device].put_nowait(_Job(cmd, device, bytes(payload)))
 
@@ -261,7 +283,7 @@ class CommandExecutor:
             "SELECT DISTINCT device FROM commands WHERE state IN ('queued', 'running')").fetchall(), [])
         return {r[0] for r in rows}
 
-    def forget_device(self, device: str, reason: str) -> int:
+    def forget_device(self, device: str, reason: Detail) -> int:
         """Answer the journaled commands of a device that is gone (queued: `rejected`, running: `failed`),
         so none waits forever; how many were answered."""
         rows = self.outbox.read(lambda db: db.execute(
@@ -271,7 +293,7 @@ class CommandExecutor:
             self._finish(cid, device, "rejected" if state == "queued" else "failed", reason)
         return len(rows)
 
-    def state_of(self, cid: str) -> tuple[str, str] | None:
+    def state_of(self, cid: str) -> tuple[str, Detail] | None:
         """(state, detail) of a journaled command, None if the journal does not know it."""
         known = self._lookup(cid)
         return None if known is None else (known[0], known[1])
@@ -291,7 +313,7 @@ class CommandExecutor:
             with contextlib.suppress(asyncio.CancelledError):
                 await worker
 
-    def remove(self, device: str, reason: str) -> None:
+    def remove(self, device: str, reason: Detail) -> None:
         """The device is gone (its worker stopped): drop its queue, answer its journaled commands."""
         self.queues.pop(device, None)
         self.forget_device(device, reason)
@@ -310,33 +332,35 @@ class CommandExecutor:
         cmd, device = job.command, job.device
         remaining = cmd.deadline - self.clock()
         if remaining <= 0:
-            self._finish(cmd.id, device, "expired", "deadline passed while waiting for the device")
+            self._finish(cmd.id, device, "expired", lazy_gettext("deadline passed while waiting for the device"))
             return
         driver = self.drivers[device]
         try:
             driver.validate_action(cmd.action, cmd.params)
         except ActionRejected as exc:
-            self._finish(cmd.id, device, "rejected", str(exc))
+            self._finish(cmd.id, device, "rejected", message_of(exc))
             return
         if not self._mark_running(job):
-            self._finish(cmd.id, device, "failed", f"not run: the gateway cannot write its command journal "
-                         f"(storage {self.outbox.health.status}), and running it unrecorded could run it twice")
+            self._finish(cmd.id, device, "failed", lazy_gettext(
+                "not run: the gateway cannot write its command journal (storage %(status)s), and running it "
+                "unrecorded could run it twice", status=self.outbox.health.status))
             return
         self.executed[cmd.id] = self.executed.get(cmd.id, 0) + 1
+        detail: Detail
         try:
             async with self.locks[device]:
                 async with asyncio.timeout(min(remaining, MAX_RUN_S)):
                     detail = await driver.execute(cmd.action, cmd.params)
             status = "done"
         except ActionRejected as exc:
-            status, detail = "rejected", str(exc)
+            status, detail = "rejected", message_of(exc)
         except DeviceError as exc:
-            status, detail = "failed", str(exc)
+            status, detail = "failed", message_of(exc)
         except TimeoutError:
-            status, detail = "failed", "the device did not confirm before the deadline"
+            status, detail = "failed", lazy_gettext("the device did not confirm before the deadline")
         except Exception as exc:  # a driver bug must not kill the worker
             log.exception("driver %s failed on %s", device, cmd.action)
-            status, detail = "failed", f"internal error: {type(exc).__name__}"
+            status, detail = "failed", lazy_gettext("internal error: %(error)s", error=type(exc).__name__)
         self._finish(cmd.id, device, status, detail or "")
 
 

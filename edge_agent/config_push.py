@@ -31,6 +31,7 @@ from pydantic import ValidationError
 
 from campus import contract
 from campus.errors import CampusError, ConfigError
+from campus.i18n import LazyText, lazy_gettext
 from device_profiles.config import DeviceConfig, GatewayConfig
 
 if TYPE_CHECKING:  # the running agent's parts, for ConfigPush only: the functions above stand alone
@@ -223,7 +224,8 @@ class ConfigPush:
                     await driver.close()
             raise
         for dev_id in removed:
-            await self._remove_device(dev_id, f"device removed from the gateway config (v{version})")
+            await self._remove_device(dev_id, lazy_gettext("device removed from the gateway config (v%(version)s)",
+                                                           version=version))
         for dev_id in changed:
             await self._replace_driver(dev_id, fresh[dev_id])
         self.config, self.version = new, version
@@ -251,7 +253,7 @@ class ConfigPush:
         with contextlib.suppress(Exception):
             await old.close()
 
-    async def _remove_device(self, device_id: str, reason: str) -> None:
+    async def _remove_device(self, device_id: str, reason: str | LazyText) -> None:
         await self.polling.stop(device_id)
         async with self.locks[device_id]:  # a command running on it finishes first
             await self.commands.stop(device_id)

@@ -140,7 +140,7 @@ class Podium:
                 status, detail = await self.commands.run_local(step.device, step.action, dict(step.params),
                                                                by=f"podium:{card[:8]}", within_s=STEP_WITHIN_S)
                 results[id(step)] = {"device": step.device, "action": step.action, "status": status,
-                                     "detail": detail[:200]}
+                                     **contract.text_fields(detail, contract.STEP_DETAIL_CHARS)}
 
         await asyncio.gather(*(one_device(s) for s in by_device.values()))
         return [results[id(step)] for step in steps]

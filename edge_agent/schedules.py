@@ -28,6 +28,7 @@ from typing import Any
 
 from campus import contract
 from campus.contract import Event
+from campus.i18n import lazy_gettext
 from device_profiles.config import GatewayConfig, PlannedRun
 from edge_agent.commands import CommandExecutor
 from edge_agent.outbox import Outbox
@@ -101,9 +102,11 @@ class EdgeScheduler:
                 if self._claim(run, "missed"):
                     log.warning("schedules: %r planned at %.0f missed (%.0f s late, grace %.0f s)", run.name,
                                 run.at, now - run.at, grace)
-                    self._report(run, "missed", [{"device": s.device, "action": s.action, "status": "missed",
-                                                  "detail": f"the gateway was not running at the planned time "
-                                                            f"({now - run.at:.0f} s late)"} for s in run.steps])
+                    seconds = f"{now - run.at:.0f}"
+                    late = contract.text_fields(lazy_gettext(
+                        "the gateway was not running at the planned time (%(seconds)s s late)", seconds=seconds))
+                    self._report(run, "missed", [{"device": s.device, "action": s.action, "status": "missed", **late}
+                                                 for s in run.steps])
                     done.append((run.schedule, run.at, "missed"))
                 continue
             if not self._claim(run, "running"):
@@ -127,7 +130,7 @@ class EdgeScheduler:
                 status, detail = await self.commands.run_local(step.device, step.action, dict(step.params),
                                                                by=f"schedule:{run.schedule}", within_s=STEP_WITHIN_S)
                 results[i] = {"device": step.device, "action": step.action, "status": status,
-                              "detail": detail[:200]}
+                              **contract.text_fields(detail, contract.STEP_DETAIL_CHARS)}
 
         await asyncio.gather(*(one_device(ix) for ix in by_device.values()))
         return [results[i] for i in range(len(run.steps))]
@@ -165,8 +168,9 @@ class EdgeScheduler:
             run = runs.get((int(schedule), float(planned)))
             if run is None:  # no longer in the plan: reported without its steps
                 run = PlannedRun.model_construct(schedule=int(schedule), at=float(planned), name="", steps=[])
-            self._report(run, "interrupted", [{"device": s.device, "action": s.action, "status": "failed",
-                                               "detail": "the gateway stopped during the run"} for s in run.steps])
+            stopped = contract.text_fields(lazy_gettext("the gateway stopped during the run"))
+            self._report(run, "interrupted", [{"device": s.device, "action": s.action, "status": "failed", **stopped}
+                                              for s in run.steps])
 
     def prune(self, before: float) -> None:
         """Forget runs planned before `before` (the journal only has to outlive the plan that names them)."""

@@ -20,6 +20,9 @@
   const STATUS = {done: _("done"), failed: _("failed"), rejected: _("refused"), expired: _("expired"),
                   pending: _("waiting…")};
   const kindName = (kind) => campusTerms.kind[kind] || kind;  // static/i18n.js
+  // A command's detail (the gateway's words) in this page's language: the room stream carries it in each
+  // language (`details`), an API answer in the request's (`detail`).
+  const detailOf = (c) => (c.details && c.details[campusTime.lang]) || c.detail;
   const FOLLOW_MS = 1000;
 
   let state = null;               // the last snapshot of the room
@@ -152,7 +155,7 @@
       st.textContent = STATUS[c.status] || c.status;
       const by = document.createElement("span");
       by.className = "muted";
-      by.textContent = (c.status !== "done" && c.status !== "pending" && c.detail ? c.detail + " · " : "") +
+      by.textContent = (c.status !== "done" && c.status !== "pending" && c.detail ? detailOf(c) + " · " : "") +
         _("by %(user)s", {user: c.by});
       li.append(time, text, st, by);
       return li;
@@ -224,7 +227,7 @@
       rejected: _("✗ %(action)s was refused by the %(device)s", {action: info.what, device: cmd.device}),
       expired: _("✗ %(action)s expired: nothing was changed", {action: info.what}),
     };
-    const detail = cmd.detail || (cmd.status === "expired" ? _("The classroom gateway did not answer in time.") : "");
+    const detail = detailOf(cmd) || (cmd.status === "expired" ? _("The classroom gateway did not answer in time.") : "");
     showResult(cmd.device, cmd.status === "done" ? "done" : "failed",
                heads[cmd.status] || `${info.what}: ${STATUS[cmd.status] || cmd.status}`, detail);
   }

@@ -14,6 +14,7 @@ from typing import Any, ClassVar
 
 from campus.contract import MetricValue
 from campus.errors import ActionRejected, ConfigError, DeviceError
+from campus.i18n import LazyText, lazy_gettext
 from device_profiles import Profile, check_action
 from protocols import protocol
 
@@ -81,13 +82,18 @@ class Driver(ABC):
     async def read(self) -> Reading:
         """One poll: current values and any events since the last poll."""
 
-    async def execute(self, action: str, params: dict[str, Any]) -> str:
-        """Carry out an action the profile lists; returns a short detail."""
+    async def execute(self, action: str, params: dict[str, Any]) -> str | LazyText:
+        """Carry out an action the profile lists; returns a short detail.
+
+        The detail, and the message of an ActionRejected or DeviceError raised, are what a teacher reads on the
+        panel: marked for translation (`lazy_gettext` with named parameters), so the result carries the msgid
+        and params beside the English (campus/contract.py `text_fields`) and central shows it in the reader's
+        language."""
         self.validate_action(action, params)
         return await self._execute(action, params)
 
-    async def _execute(self, action: str, params: dict[str, Any]) -> str:
-        raise ActionRejected(f"{self.profile.name} has no actions")
+    async def _execute(self, action: str, params: dict[str, Any]) -> str | LazyText:
+        raise ActionRejected(lazy_gettext("%(profile)s has no actions", profile=self.profile.name))
 
     def validate_action(self, action: str, params: dict[str, Any]) -> None:
         """Reject an action the profile does not list, or bad parameters (the check the API made

@@ -19,6 +19,7 @@ from __future__ import annotations
 from typing import Any
 
 from campus.errors import ActionRejected, DeviceError
+from campus.i18n import LazyText, lazy_gettext
 from edge_agent.drivers.base import Reading
 from edge_agent.drivers.serial_display import SerialDisplayDriver
 from protocols import lg_serial as lg
@@ -53,8 +54,10 @@ class LGSerialDriver(SerialDisplayDriver):
             return reply
         return await self.transact(lg.encode_command(command, self.unit_id, data), lg.split_replies, match, what, timeout)
 
-    def _ng(self, reply: lg.LGReply, what: str) -> str:
-        return f"{self.device_id}: set {reply.set_id} refused {what} (NG {reply.data}: {lg.ng_meaning(reply.data)})"
+    def _ng(self, reply: lg.LGReply, what: str) -> LazyText:
+        return lazy_gettext("%(device)s: set %(set)s refused %(what)s (NG %(code)s: %(meaning)s)",
+                            device=self.device_id, set=str(reply.set_id), what=what, code=reply.data,
+                            meaning=lg.ng_meaning(reply.data))
 
     async def _query(self, command: str, what: str) -> int | str:
         reply = await self.command(command, "ff", what)
@@ -80,19 +83,25 @@ class LGSerialDriver(SerialDisplayDriver):
                 values["input"] = self.input_name(str(await self._query("xb", "input query")))
         return Reading(values={k: v for k, v in values.items() if k in self.profile.metrics})
 
-    async def _execute(self, action: str, params: dict[str, Any]) -> str:
+    async def _execute(self, action: str, params: dict[str, Any]) -> str | LazyText:
         timeout = None
+        detail: LazyText
         if action in ("power_on", "power_off"):
-            cmd, data, detail = "ka", "01" if action == "power_on" else "00", action.replace("_", " ")
+            cmd, data = "ka", "01" if action == "power_on" else "00"
+            detail = lazy_gettext("power on") if action == "power_on" else lazy_gettext("power off")
             timeout = self.power_timeout
         elif action == "set_volume":
-            cmd, data, detail = "kf", f"{int(params['level']):02x}", f"volume {params['level']}"
+            cmd, data, detail = "kf", f"{int(params['level']):02x}", lazy_gettext("volume %(level)s",
+                                                                                  level=params["level"])
         elif action in ("mute", "unmute"):
-            cmd, data, detail = "ke", "00" if action == "mute" else "01", f"{action}d"
+            cmd, data = "ke", "00" if action == "mute" else "01"
+            detail = lazy_gettext("muted") if action == "mute" else lazy_gettext("unmuted")
         elif action == "select_input":
-            cmd, data, detail = "xb", self.input_codes[params["input"]], f"input {params['input']}"
+            cmd, data, detail = "xb", self.input_codes[params["input"]], lazy_gettext("input %(name)s",
+                                                                                      name=params["input"])
         else:  # validate_action lets only profile actions through; a profile lists only these six
-            raise ActionRejected(f"{self.device_id}: {action!r} is not an LG display action")
+            raise ActionRejected(lazy_gettext("%(device)s: %(action)s is not an LG display action",
+                                              device=self.device_id, action=repr(action)))
         reply = await self.command(cmd, data, action, timeout)
         if not reply.ok:
             if reply.data == lg.NG_BUSY:

@@ -30,6 +30,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from campus.errors import ActionRejected, DeviceError
+from campus.i18n import N_, LazyText, lazy_gettext, message_of
 from edge_agent.drivers.base import DeviceUnreachable, Driver, Reading
 from protocols import pjlink
 from protocols.pjlink import (
@@ -45,13 +46,22 @@ from protocols.pjlink import (
     auth_digest,
 )
 
+# What an ERRn answer says, per code (protocols/pjlink.py ERRORS), as a person reads it: one message each, so
+# the meaning is translated with the rest of the sentence.
+ERROR_MESSAGES = {
+    "ERR1": N_("%(device)s: %(command)s %(param)s: ERR1 (undefined command)"),
+    "ERR2": N_("%(device)s: %(command)s %(param)s: ERR2 (parameter out of range)"),
+    "ERR3": N_("%(device)s: %(command)s %(param)s: ERR3 (unavailable at this time)"),
+    "ERR4": N_("%(device)s: %(command)s %(param)s: ERR4 (projector failure)"),
+}
+
 
 class PJLinkError(DeviceError):
     """The projector answered a command with ERR1-ERR4."""
 
-    def __init__(self, message: str, code: str) -> None:
+    def __init__(self, message: str | LazyText, code: str, command: str = "", param: str = "") -> None:
         super().__init__(message)
-        self.code = code
+        self.code, self.command, self.param = code, command, param
 
 
 class _Closed(DeviceError):
@@ -69,26 +79,28 @@ class _Connection:
         self.exchanges = 0
 
     async def open(self) -> None:
+        address, seconds = f"{self.host}:{self.port}", f"{self.timeout:g}"
         try:
             async with asyncio.timeout(self.timeout):
                 self.reader, self.writer = await asyncio.open_connection(self.host, self.port, limit=1024)
         except TimeoutError:
-            raise DeviceUnreachable(f"{self.name}: no TCP connection to {self.host}:{self.port} "
-                                    f"within {self.timeout:g}s") from None
+            raise DeviceUnreachable(lazy_gettext("%(device)s: no TCP connection to %(address)s within %(seconds)ss",
+                                                 device=self.name, address=address, seconds=seconds)) from None
         except OSError as exc:
-            raise DeviceUnreachable(f"{self.name}: cannot connect to PJLink {self.host}:{self.port} "
-                                    f"({exc.strerror or exc})") from None
+            raise DeviceUnreachable(lazy_gettext("%(device)s: cannot connect to PJLink %(address)s (%(error)s)",
+                                                 device=self.name, address=address,
+                                                 error=str(exc.strerror or exc))) from None
         greeting = await self._line("greeting")
         if greeting == "PJLINK 0":
             return
         if greeting.startswith("PJLINK 1 ") and 0 < len(greeting[9:]) <= 32:
             if not self.password:
-                raise DeviceError(f"{self.name}: the projector requires a PJLink password; "
-                                  "set address.password")
+                raise DeviceError(lazy_gettext("%(device)s: the projector requires a PJLink password; "
+                                               "set address.password", device=self.name))
             self.prefix = auth_digest(greeting[9:], self.password)
             return
         if greeting.upper() == "PJLINK ERRA":
-            raise DeviceError(f"{self.name}: PJLink authentication failed")
+            raise DeviceError(lazy_gettext("%(device)s: PJLink authentication failed", device=self.name))
         if greeting.upper().startswith("PJLINK ERR"):
             raise DeviceError(f"{self.name}: projector refused the connection ({greeting})")
         raise DeviceError(f"{self.name}: not a PJLink greeting: {greeting[:40]!r}")
@@ -107,7 +119,9 @@ class _Connection:
             async with asyncio.timeout(self.timeout):
                 raw = await self.reader.readuntil(b"\r")
         except TimeoutError:
-            raise DeviceError(f"{self.name}: no {what} within {self.timeout:g}s") from None
+            seconds = f"{self.timeout:g}"
+            raise DeviceError(lazy_gettext("%(device)s: no %(what)s within %(seconds)ss", device=self.name,
+                                           what=what, seconds=seconds)) from None
         except asyncio.IncompleteReadError as exc:
             if exc.partial:
                 raise DeviceError(f"{self.name}: {what} cut off after {len(exc.partial)} bytes "
@@ -141,7 +155,8 @@ class _Connection:
         authenticating, self.prefix = bool(self.prefix), ""
         reply = await self._line(f"reply to {cmd}")
         if reply.upper() == "PJLINK ERRA" or (authenticating and reply.upper().endswith("=ERRA")):
-            raise DeviceError(f"{self.name}: PJLink authentication failed (wrong password)")
+            raise DeviceError(lazy_gettext("%(device)s: PJLink authentication failed (wrong password)",
+                                           device=self.name))
         if len(reply) < 7 or reply[0] != "%" or reply[1] not in "12" or reply[6] != "=":
             raise DeviceError(f"{self.name}: malformed reply to {cmd}: {reply[:40]!r}")
         if reply[2:6].upper() != cmd:
@@ -150,7 +165,9 @@ class _Connection:
         value = reply[7:]
         if value.upper() in ERRORS:
             code = value.upper()
-            raise PJLinkError(f"{self.name}: {cmd} {param}: {code} ({ERRORS[code]})", code)
+            raise PJLinkError(lazy_gettext(ERROR_MESSAGES[code], device=self.name, command=cmd, param=param)
+                              if code in ERROR_MESSAGES else f"{self.name}: {cmd} {param}: {code} ({ERRORS[code]})",
+                              code, cmd, param)
         return value
 
 
@@ -270,16 +287,17 @@ class PJLinkDriver(Driver):
 
     # --------------------------------------------------------------- execute
 
-    async def _execute(self, action: str, params: dict[str, Any]) -> str:
+    async def _execute(self, action: str, params: dict[str, Any]) -> str | LazyText:
         async with self._session():
             if action == "power_on":
                 state = await self._settle({"cooling"})
                 await self._set("1", "POWR", "1", state)
-                return "already on" if state == "on" else "power on accepted (warming up)"
+                return lazy_gettext("already on") if state == "on" else lazy_gettext("power on accepted (warming up)")
             if action == "power_off":
                 state = await self._settle({"warming"})
                 await self._set("1", "POWR", "0", state)
-                return "already off" if state == "off" else "power off accepted (cooling down)"
+                return lazy_gettext("already off") if state == "off" \
+                    else lazy_gettext("power off accepted (cooling down)")
             if action == "select_input":
                 name = params["input"]
                 code = str(self.profile.inputs[name]).upper()
@@ -288,16 +306,18 @@ class PJLinkDriver(Driver):
                 elif CLASS2_INPUT.fullmatch(code) and self.pjlink_class == 2:
                     cls = "2"
                 else:
-                    raise ActionRejected(f"input {name!r} has code {code!r}, which this PJLink class "
-                                         f"{self.pjlink_class} projector cannot select")
+                    raise ActionRejected(lazy_gettext(
+                        "input %(name)s has code %(code)s, which this PJLink class %(pjlink_class)s projector "
+                        "cannot select", name=repr(name), code=repr(code), pjlink_class=str(self.pjlink_class)))
                 state = await self._settle({"warming", "cooling"})
                 await self._set(cls, "INPT", code, state)
-                return f"input {name} ({code}) selected"
+                return lazy_gettext("input %(name)s (%(code)s) selected", name=name, code=code)
             if action in ("mute", "unmute"):
                 state = await self._settle({"warming", "cooling"})
                 await self._set("1", "AVMT", "31" if action == "mute" else "30", state)
-                return "picture and sound muted" if action == "mute" else "picture and sound unmuted"
-        raise ActionRejected(f"{action!r} is not a projector action")
+                return lazy_gettext("picture and sound muted") if action == "mute" \
+                    else lazy_gettext("picture and sound unmuted")
+        raise ActionRejected(lazy_gettext("%(action)s is not a projector action", action=repr(action)))
 
     async def _settle(self, busy: set[str]) -> str:
         """Wait while the power state is one of `busy` (a warm-up or cool-down); return the state."""
@@ -308,7 +328,12 @@ class PJLinkDriver(Driver):
             if state not in busy:
                 return state
             if loop.time() >= deadline:
-                raise DeviceError(f"{self.device_id}: projector still {state} after {self.busy_max_s:g}s")
+                seconds = f"{self.busy_max_s:g}"
+                raise DeviceError(
+                    lazy_gettext("%(device)s: projector still warming after %(seconds)ss",
+                                 device=self.device_id, seconds=seconds) if state == "warming" else
+                    lazy_gettext("%(device)s: projector still cooling after %(seconds)ss",
+                                 device=self.device_id, seconds=seconds))
             self.count("busy_waits")
             await asyncio.sleep(self.busy_poll_s)
 
@@ -317,9 +342,12 @@ class PJLinkDriver(Driver):
             value = await self._call(cls, cmd, param)
         except PJLinkError as exc:
             if exc.code in ("ERR1", "ERR2"):
-                raise ActionRejected(str(exc)) from None
+                raise ActionRejected(message_of(exc)) from None
             if exc.code == "ERR3" and state == "off":
-                raise DeviceError(f"{exc} - the projector is in standby; power it on first") from None
+                raise DeviceError(lazy_gettext(
+                    "%(device)s: %(command)s %(param)s: ERR3 (unavailable at this time) - the projector is in "
+                    "standby; power it on first", device=self.device_id, command=cmd, param=param)) from None
             raise
         if value.upper() != "OK":
-            raise DeviceError(f"{self.device_id}: {cmd} {param}: expected OK, got {value[:40]!r}")
+            raise DeviceError(lazy_gettext("%(device)s: %(command)s %(param)s: expected OK, got %(reply)s",
+                                           device=self.device_id, command=cmd, param=param, reply=repr(value[:40])))

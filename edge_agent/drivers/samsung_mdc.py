@@ -16,6 +16,7 @@ from __future__ import annotations
 from typing import Any
 
 from campus.errors import ActionRejected, DeviceError
+from campus.i18n import LazyText, lazy_gettext
 from edge_agent.drivers.base import Reading
 from edge_agent.drivers.serial_display import SerialDisplayDriver
 from protocols import samsung_mdc as mdc
@@ -51,12 +52,16 @@ class SamsungMDCDriver(SerialDisplayDriver):
             return reply
         return await self.transact(mdc.encode_frame(command, self.unit_id, data), mdc.split_replies, match, what, timeout)
 
-    def _nak(self, reply: mdc.MDCReply, what: str) -> str:
-        hint = "a value or input this model does not support, or a command it does not take in standby"
+    def _nak(self, reply: mdc.MDCReply, what: str) -> LazyText:
+        params = {"device": self.device_id, "display": str(reply.display_id), "what": what,
+                  "code": f"0x{reply.error_code or 0:02x}"}
         if self.last_power == "off":
-            hint += " (the display was off at the last poll)"
-        return (f"{self.device_id}: display {reply.display_id} refused {what} "
-                f"(NAK, error code 0x{reply.error_code or 0:02x}; usually {hint})")
+            return lazy_gettext("%(device)s: display %(display)s refused %(what)s (NAK, error code %(code)s; usually "
+                                "a value or input this model does not support, or a command it does not take in "
+                                "standby (the display was off at the last poll))", **params)
+        return lazy_gettext("%(device)s: display %(display)s refused %(what)s (NAK, error code %(code)s; usually a "
+                            "value or input this model does not support, or a command it does not take in standby)",
+                            **params)
 
     async def read(self) -> Reading:
         reply = await self.command(mdc.CMD_STATUS, b"", "status query")
@@ -71,19 +76,25 @@ class SamsungMDCDriver(SerialDisplayDriver):
         values = {"power": self.last_power, "volume": volume, "muted": _on_off(mute), "input": self.input_name(source)}
         return Reading(values={k: v for k, v in values.items() if k in self.profile.metrics})
 
-    async def _execute(self, action: str, params: dict[str, Any]) -> str:
+    async def _execute(self, action: str, params: dict[str, Any]) -> str | LazyText:
         timeout = None
+        detail: LazyText
         if action in ("power_on", "power_off"):
-            cmd, value, detail = mdc.CMD_POWER, int(action == "power_on"), action.replace("_", " ")
+            cmd, value = mdc.CMD_POWER, int(action == "power_on")
+            detail = lazy_gettext("power on") if action == "power_on" else lazy_gettext("power off")
             timeout = self.power_timeout
         elif action == "set_volume":
-            cmd, value, detail = mdc.CMD_VOLUME, int(params["level"]), f"volume {params['level']}"
+            cmd, value, detail = mdc.CMD_VOLUME, int(params["level"]), lazy_gettext("volume %(level)s",
+                                                                                    level=params["level"])
         elif action in ("mute", "unmute"):
-            cmd, value, detail = mdc.CMD_MUTE, int(action == "mute"), f"{action}d"
+            cmd, value = mdc.CMD_MUTE, int(action == "mute")
+            detail = lazy_gettext("muted") if action == "mute" else lazy_gettext("unmuted")
         elif action == "select_input":
-            cmd, value, detail = mdc.CMD_INPUT, self.input_codes[params["input"]], f"input {params['input']}"
+            cmd, value = mdc.CMD_INPUT, self.input_codes[params["input"]]
+            detail = lazy_gettext("input %(name)s", name=params["input"])
         else:  # validate_action lets only profile actions through; a profile lists only these six
-            raise ActionRejected(f"{self.device_id}: {action!r} is not an MDC display action")
+            raise ActionRejected(lazy_gettext("%(device)s: %(action)s is not an MDC display action",
+                                              device=self.device_id, action=repr(action)))
         reply = await self.command(cmd, bytes((value,)), action, timeout)
         if not reply.ack:
             raise ActionRejected(self._nak(reply, action))

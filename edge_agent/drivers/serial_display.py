@@ -30,6 +30,7 @@ from typing import Any, ClassVar, TypeVar
 import serial
 
 from campus.errors import DeviceError
+from campus.i18n import lazy_gettext
 from device_profiles import Profile
 from edge_agent.drivers.base import DeviceUnreachable, Driver
 from edge_agent.drivers.serial_link import SerialLink, serial_settings
@@ -55,7 +56,7 @@ class SerialDisplayDriver(Driver):
     id_field: ClassVar[str]
     default_id: ClassVar[int]
     broadcast_id: ClassVar[int]
-    device_word: ClassVar[str] = "display"  # what the device is, as the no-reply message says it
+    device_word: ClassVar[str] = "display"  # what the device is, as the no-reply message says it: display or meter
 
     def __init__(self, device_id: str, profile: Profile, address: dict[str, Any],
                  options: dict[str, Any] | None = None) -> None:
@@ -97,7 +98,8 @@ class SerialDisplayDriver(Driver):
     async def _gone(self, exc: object) -> DeviceUnreachable:
         port = self.address["serial"]
         await self.close()
-        return DeviceUnreachable(f"{self.device_id}: serial port {port} failed: {exc}")
+        return DeviceUnreachable(lazy_gettext("%(device)s: serial port %(port)s failed: %(error)s",
+                                              device=self.device_id, port=str(port), error=str(exc)))
 
     async def transact(self, request: bytes, scan: Scanner, match: Callable[[Any], T | BadFrame],
                        what: str, timeout: float | None = None) -> T:
@@ -160,6 +162,10 @@ class SerialDisplayDriver(Driver):
         if reasons:
             raise DeviceError(f"{self.device_id}: no valid reply to {what} within {limit:g}s "
                               f"({attempts} attempt(s); bad frames: {', '.join(dict.fromkeys(reasons))})")
-        raise DeviceError(f"{self.device_id}: no reply to {what} within {limit:g}s "
-                          f"(is the {self.device_word} connected, and is its {self.id_field} "
-                          f"{self.address.get(self.id_field, self.default_id)}?)")
+        params = {"device": self.device_id, "what": what, "seconds": f"{limit:g}", "id_field": self.id_field,
+                  "id": str(self.address.get(self.id_field, self.default_id))}
+        if self.device_word == "meter":
+            raise DeviceError(lazy_gettext("%(device)s: no reply to %(what)s within %(seconds)ss (is the meter "
+                                           "connected, and is its %(id_field)s %(id)s?)", **params))
+        raise DeviceError(lazy_gettext("%(device)s: no reply to %(what)s within %(seconds)ss (is the display "
+                                       "connected, and is its %(id_field)s %(id)s?)", **params))

@@ -1,0 +1,261 @@
+"""Text written on the gateway, shown in the reader's language (issue 20).
+
+A driver's result detail and its refusals are marked for translation on the gateway; the command result
+carries the msgid and params beside the English `detail` (campus/contract.py `text_fields`); central keeps
+them (central/db.py TranslatableText) and the API and the panel show them in the reader's language
+(campus.i18n.ReportedText). A gateway is not trusted: only a msgid of the catalog is translated, only with
+params that fit it exactly (`campus.i18n.fill`), else its English as sent; params out of the contract's
+bounds are refused at decode, naming the field.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+from flask import Flask
+
+from campus import contract
+from campus.contract import Command, CommandResult
+from campus.errors import PayloadError
+from campus.i18n import LazyText, ReportedText, fill, lazy_gettext
+from campus.net import free_port
+from central.ledger import Ledger
+from central.schedules import result_detail
+from dashboards import close_app
+from dashboards.i18n import catalog
+from device_profiles.config import load_gateway_config
+from tests.apps import ENV_AND_PROJECTOR, add_people, central_db, register_rooms, web_app
+from tests.e2e import run_room, until, write_gateway_config
+
+ZH = catalog("zh-CN").gettext
+
+
+# ---------------------------------------------------------------- substitution that cannot be abused
+
+
+def test_fill_substitutes_named_params_only_and_gives_up_on_any_mismatch() -> None:
+    assert fill("input %(name)s (%(code)s) selected", {"name": "hdmi1", "code": "32"}) == "input hdmi1 (32) selected"
+    assert fill("100%% %(x)s", {"x": 5}) == "100% 5"
+    assert fill("no params", {}) == "no params"
+    # A value is put in as text, never formatted again: a `%(code)s` or `{0.__class__}` in it stays as it is.
+    assert fill("input %(name)s", {"name": "%(code)s {0.__class__.__mro__}"}) == "input %(code)s {0.__class__.__mro__}"
+    assert fill("input %(name)s (%(code)s)", {"name": "a"}) is None            # a placeholder without its param
+    assert fill("input %(name)s", {"name": "a", "extra": "b"}) is None          # a param without its placeholder
+    assert fill("%(name)d", {"name": 1}) is None                               # only %(name)s
+    assert fill("%(name)r", {"name": 1}) is None
+    assert fill("50% off", {}) is None                                         # a lone %
+    assert fill("%s", {}) is None
+
+
+def test_a_reported_text_is_translated_only_from_the_catalog_with_params_that_fit() -> None:
+    good = ReportedText("input hdmi1 (32) selected", "input %(name)s (%(code)s) selected", {"name": "hdmi1", "code": "32"})
+    assert good.render(ZH) == "已选择信号源 hdmi1（32）"
+    assert good.render() == str(good) == "input hdmi1 (32) selected"   # English (a log, an English reader)
+    # Not in the catalog: the English as sent, whatever the msgid says.
+    assert ReportedText("as sent", "pwned %(x)s", {"x": "1"}).render(ZH) == "as sent"
+    # In the catalog, params that do not fit the msgid (missing, extra): the English as sent, no exception.
+    assert ReportedText("as sent", "input %(name)s (%(code)s) selected", {"name": "a"}).render(ZH) == "as sent"
+    assert ReportedText("as sent", "already on", {"x": "1"}).render(ZH) == "as sent"
+    # The catalog's header (msgid "") is no message: an empty msgid is the English.
+    assert ReportedText("as sent", "", {}).render(ZH) == "as sent"
+    # A stored one comes back whole.
+    assert ReportedText.from_dict(json.loads(json.dumps(good.as_dict()))).render(ZH) == "已选择信号源 hdmi1（32）"
+
+
+# ---------------------------------------------------------------- the contract
+
+
+def test_a_result_carries_the_msgid_and_params_beside_the_english_and_an_older_one_reads_as_before() -> None:
+    text = lazy_gettext("input %(name)s (%(code)s) selected", name="hdmi1", code="32")
+    payload = json.loads(CommandResult.of("c1", "done", text, time.time(), 3).encode())
+    assert payload["detail"] == "input hdmi1 (32) selected"
+    assert (payload["detail_msgid"], payload["detail_params"]) == (text.msgid, {"name": "hdmi1", "code": "32"})
+    back = CommandResult.decode(json.dumps(payload))
+    assert isinstance(back.text, ReportedText) and back.text.render(ZH) == "已选择信号源 hdmi1（32）"
+    # Not marked (an older agent): no new fields, the detail a plain str.
+    old = CommandResult("c2", "done", "already on", time.time(), 4)
+    assert set(json.loads(old.encode())) == {"id", "status", "detail", "ts", "seq"}
+    assert CommandResult.decode(old.encode()).text == "already on"
+    assert type(CommandResult.decode(old.encode()).text) is str
+    # The agent's side never sends what central refuses: a long parameter is cut, an object becomes text.
+    long = CommandResult.of("c3", "failed", LazyText("%(error)s", {"error": "x" * 5000}), time.time())
+    assert len(CommandResult.decode(long.encode()).detail_params["error"]) == contract.TEXT_PARAM_CHARS
+
+
+@pytest.mark.parametrize(("extra", "field"), [
+    ({"detail_msgid": "already on", "detail_params": {"p": {"nested": 1}}}, "detail_params.p"),
+    ({"detail_msgid": "already on", "detail_params": {"p": [1]}}, "detail_params.p"),
+    ({"detail_msgid": "already on", "detail_params": {"p": None}}, "detail_params.p"),
+    ({"detail_msgid": "already on", "detail_params": {"p": True}}, "detail_params.p"),
+    ({"detail_msgid": "already on", "detail_params": {"p": "x" * 201}}, "detail_params.p"),
+    ({"detail_msgid": "already on", "detail_params": {"p": "a\x00b"}}, "detail_params.p"),
+    ({"detail_msgid": "already on", "detail_params": {"p": 2**60}}, "detail_params.p"),
+    ({"detail_msgid": "already on", "detail_params": {f"p{i}": i for i in range(9)}}, "detail_params"),
+    ({"detail_msgid": "already on", "detail_params": {"not a name": 1}}, "detail_params"),
+    ({"detail_msgid": "already on", "detail_params": ["x"]}, "detail_params"),
+    ({"detail_msgid": "x" * 301}, "detail_msgid"),
+    ({"detail_msgid": ""}, "detail_msgid"),
+    ({"detail_msgid": 5}, "detail_msgid"),
+    ({"detail_params": {"p": 1}}, "detail_msgid"),   # params without their msgid
+])
+def test_hostile_msgid_or_params_are_refused_at_decode_naming_the_field(extra: dict[str, Any], field: str) -> None:
+    payload = {"id": "c1", "status": "done", "detail": "ok", "ts": time.time(), "seq": 1, **extra}
+    with pytest.raises(PayloadError, match=f"field '{field}'"):
+        CommandResult.decode(json.dumps(payload))
+
+
+# ---------------------------------------------------------------- central keeps it, on both engines
+
+
+def test_central_keeps_the_text_and_never_reads_a_plain_detail_as_a_message(central_db_url: str) -> None:
+    ledger = Ledger(central_db_url)
+    try:
+        now = time.time()
+        for cid in ("c-new", "c-old", "c-fake"):
+            ledger.add_command(cid, "gw1", "proj", "power_on", {}, "teach", now + 60)
+        marked = lazy_gettext("input %(name)s (%(code)s) selected", name="hdmi1", code="32")
+        fake = '{"msgid": "input %(name)s (%(code)s) selected", "params": {"name": "x"}}'  # a device's own words
+        ledger.record([], [], [CommandResult.of("c-new", "done", marked, now, 1),
+                               CommandResult("c-old", "done", "already on", now, 2),
+                               CommandResult("c-fake", "failed", fake, now, 3)])
+        new, old, faked = (ledger.command(c)["detail"] for c in ("c-new", "c-old", "c-fake"))
+        assert new == "input hdmi1 (32) selected" and isinstance(new, str)  # English for every str reader
+        assert result_detail(new)["detail_text"]["msgid"] == marked.msgid
+        assert old == "already on" and "detail_text" not in result_detail(old)
+        assert faked == fake and "detail_text" not in result_detail(faked)  # kept as the text it is
+    finally:
+        ledger.close()
+
+
+# ---------------------------------------------------------------- a projector's result, through to the pages
+
+
+def _results(agent: Any) -> dict[str, bytes]:
+    return {CommandResult.decode(r.payload).id: r.payload for r in agent.outbox.peek(10_000)
+            if contract.is_cmd_result(r.topic)}
+
+
+@pytest.fixture(scope="module")
+def projector_results(tmp_path_factory: pytest.TempPathFactory) -> dict[str, bytes]:
+    """The results a real agent sends for commands to a PJLink projector simulator: power on (done), an input
+    (done), an input the profile does not list (refused by the agent), as the MQTT payloads."""
+    tmp = tmp_path_factory.mktemp("gwtext")
+    path = write_gateway_config(tmp / "gw1.yaml", f"mqtt://127.0.0.1:{free_port()}", poll_interval=0.3,
+                                devices=[{"id": "proj", "profile": "projector-pjlink",
+                                          "address": {"host": "127.0.0.1", "port": free_port()},
+                                          "simulator": {"warmup_s": 0.2, "cooldown_s": 0.2, "power": "off"}}])
+    out: dict[str, bytes] = {}
+
+    async def body(agent: Any, sims: Any) -> None:
+        deadline = time.time() + 30
+        for cid, action, params in (("c-on", "power_on", {}), ("c-in", "select_input", {"input": "hdmi1"}),
+                                    ("c-bad", "select_input", {"input": "dvd"})):
+            agent.commands.receive("proj", Command(cid, action, params, deadline, "teach", time.time()).encode())
+        await until(lambda: len(_results(agent)) == 3, what="three results")
+        out.update(_results(agent))
+
+    run_room(load_gateway_config(path), body, ready="proj", what="the projector read")
+    return out
+
+
+@pytest.fixture
+def app(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Any:
+    app = web_app(central_db(tmp_path, lambda ledger, points: None), monkeypatch)
+    register_rooms(app, (("gw1", "s1", "101", "A"),))
+    app.tokens = add_people(app)  # type: ignore[attr-defined]
+    yield app
+    close_app(app)
+
+
+def _ingest(app: Flask, results: dict[str, bytes]) -> None:
+    """What ingest does with the payloads: decode (the contract), record in the ledger."""
+    from campus.contract import State
+    from dashboards.context import central
+
+    ledger = central(app).ledger
+    now = time.time()
+    ledger.record([], [("s1", "gw1", State(online=True, ts=now, room="101", devices=dict(ENV_AND_PROJECTOR),
+                                           interval=60))], [])
+    for cid in results:
+        ledger.add_command(cid, "gw1", "proj", "power_on", {}, "teach", now + 60)
+    ledger.record([], [], [CommandResult.decode(p) for p in results.values()])
+
+
+@pytest.mark.slow
+def test_a_projector_result_reads_in_chinese_for_a_chinese_teacher_and_in_english_for_an_english_one(
+        app: Flask, projector_results: dict[str, bytes]) -> None:
+    sent = {cid: json.loads(p) for cid, p in projector_results.items()}
+    assert (sent["c-on"]["status"], sent["c-on"]["detail"]) == ("done", "power on accepted (warming up)")
+    assert sent["c-on"]["detail_msgid"] == "power on accepted (warming up)"
+    assert (sent["c-in"]["detail_msgid"], sent["c-in"]["detail_params"]) == (
+        "input %(name)s (%(code)s) selected", {"name": "hdmi1", "code": "32"})
+    assert sent["c-bad"]["status"] == "rejected" and "detail_msgid" in sent["c-bad"]
+    _ingest(app, projector_results)
+    client = app.test_client()
+    auth = {"Authorization": f"Bearer {app.tokens['teacher']}"}  # type: ignore[attr-defined]
+
+    def detail(cid: str, lang: str) -> str:
+        resp = client.get(f"/api/commands/{cid}?lang={lang}", headers=auth)
+        assert resp.status_code == 200, resp.get_data(as_text=True)
+        return resp.get_json()["detail"]
+
+    assert detail("c-on", "zh-CN") == "已接受开机（预热中）"
+    assert detail("c-on", "en") == "power on accepted (warming up)"
+    assert detail("c-in", "zh-CN") == "已选择信号源 hdmi1（32）"
+    assert detail("c-in", "en") == "input hdmi1 (32) selected"
+    refused_zh, refused_en = detail("c-bad", "zh-CN"), detail("c-bad", "en")
+    assert refused_en == sent["c-bad"]["detail"] and "is not one of" in refused_en
+    assert "is not one of" not in refused_zh and "params.input" in refused_zh  # the field's name stays as the API spells it
+    # The list, in the reader's language too.
+    listed = client.get("/api/commands?gateway=gw1&lang=zh-CN", headers=auth).get_json()
+    assert {c["id"]: c["detail"] for c in listed}["c-on"] == "已接受开机（预热中）"
+    # The teacher's panel: the room's JSON carries the detail in each language; the page picks its own.
+    page = client.get("/panel/gw1?lang=zh-CN", headers=auth).get_data(as_text=True)
+    room = json.loads(page.split('id="panel-initial">')[1].split("</script>")[0])
+    shown = {c["id"]: c for c in room["commands"]}
+    assert shown["c-on"]["details"] == {"zh-CN": "已接受开机（预热中）", "en": "power on accepted (warming up)"}
+    assert shown["c-on"]["detail"] == "power on accepted (warming up)"   # for a page from before
+    assert shown["c-bad"]["details"]["zh-CN"] == refused_zh
+
+
+def test_an_older_agents_result_and_hostile_ones_show_their_english(app: Flask) -> None:
+    now = time.time()
+    payloads = {
+        "c-old": CommandResult("c-old", "done", "power on accepted (warming up)", now, 1).encode(),
+        "c-unknown": json.dumps({"id": "c-unknown", "status": "done", "detail": "as sent 1", "ts": now,
+                                 "detail_msgid": "you have been pwned %(x)s", "detail_params": {"x": "1"}}).encode(),
+        "c-missing": json.dumps({"id": "c-missing", "status": "done", "detail": "as sent 2", "ts": now,
+                                 "detail_msgid": "input %(name)s (%(code)s) selected",
+                                 "detail_params": {"name": "a"}}).encode(),
+        "c-extra": json.dumps({"id": "c-extra", "status": "done", "detail": "as sent 3", "ts": now,
+                               "detail_msgid": "already on", "detail_params": {"x": "{0.__class__}"}}).encode(),
+        "c-format": json.dumps({"id": "c-format", "status": "done", "detail": "as sent 4", "ts": now,
+                                "detail_msgid": "input %(name)s (%(code)s) selected",
+                                "detail_params": {"name": "{0.__globals__}", "code": "%(name)s"}}).encode(),
+    }
+    _ingest(app, payloads)
+    client = app.test_client()
+    auth = {"Authorization": f"Bearer {app.tokens['teacher']}"}  # type: ignore[attr-defined]
+    got = {c["id"]: c["detail"] for c in client.get("/api/commands?gateway=gw1&lang=zh-CN", headers=auth).get_json()}
+    assert got["c-old"] == "power on accepted (warming up)"  # no msgid: its English, as before
+    assert (got["c-unknown"], got["c-missing"], got["c-extra"]) == ("as sent 1", "as sent 2", "as sent 3")
+    # Params that fit: translated, the values put in as text and nothing more.
+    assert got["c-format"] == "已选择信号源 {0.__globals__}（%(name)s）"
+    page = client.get("/panel/gw1?lang=zh-CN", headers=auth)
+    assert page.status_code == 200
+
+
+def test_a_schedule_runs_step_keeps_a_valid_marked_text_and_only_the_english_of_a_hostile_one() -> None:
+    from central.edge_schedules import _step_detail
+
+    good = {"device": "proj", "action": "power_on", "status": "done",
+            **contract.text_fields(lazy_gettext("power on accepted (warming up)"), contract.STEP_DETAIL_CHARS)}
+    kept = _step_detail(good)
+    assert kept["detail"] == "power on accepted (warming up)"
+    assert ReportedText.from_dict(kept["detail_text"]).render(ZH) == "已接受开机（预热中）"
+    hostile = {**good, "detail_params": {"x": {"y": 1}}}
+    assert _step_detail(hostile) == {"detail": "power on accepted (warming up)"}
