@@ -27,8 +27,10 @@ from tests.servers import (
 # CI failed on an input no earlier run had drawn). New inputs are a campaign's
 # job: FUZZ_EXAMPLES=10 scripts/test tests/test_fuzz*.py draws fresh random
 # examples, ten times as many; what it finds becomes a regression test.
-settings.register_profile("repeatable", derandomize=True, database=None)
-settings.register_profile("campaign", derandomize=False)
+# No deadline: hypothesis's 200 ms per example is a timing assertion, and on a loaded 2-core machine a
+# correct test failed on it (test_ledger's presence property); speed is the benchmarks' business.
+settings.register_profile("repeatable", derandomize=True, database=None, deadline=None)
+settings.register_profile("campaign", derandomize=False, deadline=None)
 settings.load_profile("campaign" if os.environ.get("FUZZ_EXAMPLES") else "repeatable")
 
 
