@@ -49,6 +49,7 @@ CREATE TABLE IF NOT EXISTS rule_runs (rule TEXT NOT NULL, planned REAL NOT NULL,
 CREATE TABLE IF NOT EXISTS rule_state (key TEXT PRIMARY KEY, value REAL NOT NULL);
 """
 SWITCHED_KINDS = ("projector", "display")  # what idle-off switches off
+PEOPLE_METRIC = "people_count"
 ON_STATES = ("on", "warming")              # a `power` reading that counts as on
 STALE_POLLS = 3        # a camera silent for this many of its poll intervals has no data (not "nobody")
 STEP_WITHIN_S = 120.0  # a projector may be warming up before it takes power_off
@@ -130,7 +131,8 @@ class EdgeRules:
         """The watch for the running config: a new one when the rule, the scale or the cameras change."""
         config = self.config()
         minutes = config.rules.idle_off_minutes if config.rules is not None else None
-        cameras = tuple(d.id for d in config.devices if d.profile_obj.kind == "camera")
+        # The room's people counters: every device whose profile reads people_count (the cameras).
+        cameras = tuple(d.id for d in config.devices if PEOPLE_METRIC in d.profile_obj.metrics)
         stale = max((config.interval_for(d) for d in config.devices if d.id in cameras), default=0.0)
         key = (minutes, config.rules_minute_s, cameras, stale)
         if key != self._watch_key:
@@ -145,7 +147,7 @@ class EdgeRules:
             self.power[device] = values["power"]
         watch = self._watch()
         if watch is not None and device in watch.cameras:
-            people = values.get("people_count")
+            people = values.get(PEOPLE_METRIC)
             watch.count(self.clock(), device, people if isinstance(people, int | float) else None)
             self.changed.set()
 
