@@ -10,7 +10,7 @@ import asyncio
 import json
 import threading
 import time
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -103,18 +103,31 @@ def test_an_override_holds_until_the_end_of_the_current_period(app: Flask) -> No
     assert edge_rules.override_until(reg, "s9", in_class) == (in_class + edge_rules.OVERRIDE_OUTSIDE_S, False)
 
 
-def test_the_panels_override_reaches_the_gateway_and_is_kept(tmp_path: Path, mosquitto: Any) -> None:
-    """Through the real broker to an in-process agent: acknowledged like any command; a teacher of another
-    room may not; the panel offers the button."""
+def test_on_a_holiday_the_teachers_command_and_override_reach_the_gateway(tmp_path: Path, mosquitto: Any) -> None:
+    """Through the real broker to an in-process agent and its projector simulator, on a day the timetable
+    says is a holiday ("never on during holidays unless a teacher overrides": the teacher's own command
+    and the override still work); a teacher of another room may not; the panel offers the button."""
+    from campus.net import free_port
     from edge_agent.agent import Agent
+    from firmware_stubs.runner import SimulatorSet
+    from tests.e2e import power_commands
 
     db = central_db(tmp_path, lambda ledger, points: two_rooms(ledger, points))
     app = web_app(db, mqtt_url=mosquitto.url)
     register_rooms(app)
     app.tokens = add_people(app)  # type: ignore[attr-defined]
+    today = datetime.now(UTC).date()
+    timetables.save(central(app).registry, timetables.from_document("s1", {
+        "timezone": "UTC", "periods": [{"weekday": d, "number": 1, "start": "00:00", "end": "23:59"} for d in range(1, 8)],
+        "holidays": [{"name": "holiday", "start": (today - timedelta(days=1)).isoformat(),
+                      "end": (today + timedelta(days=1)).isoformat()}]}))
+    proj = {"id": "proj", "profile": "projector-pjlink", "address": {"host": "127.0.0.1", "port": free_port()},
+            "simulator": {"power": "off", "warmup_s": 0.2, "cooldown_s": 0.2}}
     config = load_gateway_config(write_gateway_config(tmp_path / "gw.yaml", mosquitto.url, school="s1",
-                                                      gateway="gw-101", room="101"))
+                                                      gateway="gw-101", room="101", devices=[proj]))
     loop = asyncio.new_event_loop()
+    sims = SimulatorSet(config)
+    loop.run_until_complete(sims.start())
     agent = Agent(config)
     task = loop.create_task(agent.run())
     thread = threading.Thread(target=loop.run_forever, daemon=True)
@@ -126,7 +139,8 @@ def test_the_panels_override_reaches_the_gateway_and_is_kept(tmp_path: Path, mos
         assert resp.status_code == 400 and resp.get_json()["field"] == "until"  # central says when, not the caller
         resp = call(app, "POST", "/api/gateways/gw-101/override", "teacher")
         body = resp.get_json()
-        assert resp.status_code in (200, 202) and body["until"] > time.time()
+        assert resp.status_code in (200, 202) and body["period_end"] is False  # a holiday: one period's worth
+        assert body["until"] == pytest.approx(time.time() + edge_rules.OVERRIDE_OUTSIDE_S, abs=30)
         sent = central(app).ledger.command(body["id"])
         assert (sent["device"], sent["action"], sent["params"]) == ("rules", "override", {"until": body["until"]})
         # The gateway ran it (its result goes back through the outbox, to central's ingest, like any result).
@@ -134,11 +148,16 @@ def test_the_panels_override_reaches_the_gateway_and_is_kept(tmp_path: Path, mos
                    message="the override done on the gateway")
         assert agent.rules.override_until() == pytest.approx(body["until"], abs=0.01)
         assert any(r["action"] == "override" and r["ok"] for r in central(app).registry.audit_trail())
+        # The teacher's own command on the holiday: sent and run.
+        resp = call(app, "POST", "/api/gateways/gw-101/devices/proj/commands", "teacher", json={"action": "power_on"})
+        assert resp.status_code in (200, 202), resp.get_json()
+        wait_until(lambda: power_commands(sims) == ["%1POWR 1"], 20, message="the projector switched on")
         page = call(app, "GET", "/panel/gw-101", "teacher").get_data(as_text=True)
         assert 'id="override-btn"' in page
     finally:
         loop.call_soon_threadsafe(task.cancel)
         wait_until(task.done, 20, message="the agent stopped")
+        asyncio.run_coroutine_threadsafe(sims.stop(), loop).result(20)
         loop.call_soon_threadsafe(loop.stop)
         thread.join(10)
         close_app(app)
