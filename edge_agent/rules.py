@@ -36,7 +36,7 @@ from typing import Any
 
 from campus import contract
 from campus.contract import Event
-from campus.errors import ActionRejected
+from campus.errors import ActionRejected, DeviceError
 from device_profiles.config import GatewayConfig, PlannedRun
 from edge_agent.commands import CommandExecutor
 from edge_agent.outbox import Outbox
@@ -176,7 +176,6 @@ class EdgeRules:
         if not self.outbox.write(lambda db: db.execute(
                 "INSERT INTO rule_state (key, value) VALUES ('override_until', ?)"
                 " ON CONFLICT (key) DO UPDATE SET value=excluded.value", (until,))):
-            from campus.errors import DeviceError
             raise DeviceError("the gateway cannot write its storage: the override is not kept")
         self.changed.set()
         if until <= self.clock():
@@ -236,8 +235,7 @@ class EdgeRules:
         if not self._claim(contract.RULE_IDLE_OFF, planned):
             watch.command(now)  # taken before (or the storage refused it): not again for this stretch
             return None
-        minutes = self.config().rules.idle_off_minutes  # type: ignore[union-attr]  # watch exists: rules set
-        reason = f"nobody in the room for {minutes:g} minutes and no command"
+        reason = f"nobody in the room for {watch.minutes:g} minutes and no command"
         log.info("rules: idle-off planned at %.0f: switching off %s (%s)", planned, ", ".join(on), reason)
         steps = await asyncio.gather(*(self._off(device) for device in on))
         watch.command(self.clock())
