@@ -22,7 +22,7 @@ from flask import Blueprint, Flask, Response, abort, g, jsonify, make_response, 
 
 from campus import contract, names
 from campus.errors import CampusError, ConfigError
-from campus.i18n import N_
+from campus.i18n import N_, lazy_gettext
 from central import edge_rules, podium
 from central import provisioning as prov
 from dashboards import auth
@@ -188,10 +188,12 @@ def api_set_rules(school: str, room: str) -> Any:
     body = json_object()
     unknown = sorted(set(body) - {"idle_off_minutes"})
     if unknown:
-        return jsonify({"error": f"unknown field {unknown[0][:40]!r} (the rules have idle_off_minutes)",
+        return jsonify({"error": str(translate(lazy_gettext("unknown field %(field)s (the rules have "
+                                                            "idle_off_minutes)", field=repr(unknown[0][:40])))),
                         "field": unknown[0][:40]}), 400
     if "idle_off_minutes" not in body:
-        return jsonify({"error": "idle_off_minutes: missing", "field": "idle_off_minutes"}), 400
+        return jsonify({"error": str(translate(lazy_gettext("idle_off_minutes: missing"))),
+                        "field": "idle_off_minutes"}), 400
     return _set_rules(school, room, rid, body["idle_off_minutes"], json=True)
 
 
