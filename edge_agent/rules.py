@@ -123,6 +123,7 @@ class EdgeRules:
         self.power: dict[str, str] = {}  # device -> its last `power` reading
         self.watch: IdleWatch | None = None
         self._watch_key: tuple[Any, ...] = ()
+        self._watch_config: GatewayConfig | None = None
         self.changed = asyncio.Event()  # a reading or a command: look at the room now
 
     # ------------------------------------------------------------ what the agent tells it
@@ -130,6 +131,9 @@ class EdgeRules:
     def _watch(self) -> IdleWatch | None:
         """The watch for the running config: a new one when the rule, the scale or the cameras change."""
         config = self.config()
+        if config is self._watch_config:  # the same running config (a push replaces the object): no change
+            return self.watch
+        self._watch_config = config
         minutes = config.rules.idle_off_minutes if config.rules is not None else None
         # The room's people counters: every device whose profile reads people_count (the cameras).
         cameras = tuple(d.id for d in config.devices if PEOPLE_METRIC in d.profile_obj.metrics)
