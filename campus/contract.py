@@ -61,7 +61,23 @@ PODIUM_OUTCOMES = ("started", "ended", "refused", "logged")
 # in the schedule's history (central/edge_schedules.py), once per (schedule, planned, gateway).
 SCHEDULE_RUN_EVENT = "schedule_run"
 SCHEDULE_DEVICE = "schedules"
-SCHEDULE_OUTCOMES = ("ran", "missed", "interrupted")
+SCHEDULE_SKIPPED = "skipped"  # not run: a teacher's override holds (data also has `reason`)
+SCHEDULE_OUTCOMES = ("ran", "missed", "interrupted", SCHEDULE_SKIPPED)
+# The room's own rules at the edge (edge_agent/rules.py), decided on the gateway (offline too): each rule
+# run reported once as an event of type RULE_RUN_EVENT on the event topic of device RULES_DEVICE; data:
+# rule (one of RULES), at (the planned unix time: when the rule's condition was met), steps
+# [{device, action, status, detail}], reason (why, in words). A teacher's period override is a
+# gateway-level command to device RULES_DEVICE: action OVERRIDE_ACTION, params {"until": unix time}
+# (central computes it from the school timetable's current period end; an `until` in the past clears
+# it); while it holds, idle-off and power-off schedule runs skip the room (SCHEDULE_SKIPPED, reason
+# OVERRIDE_REASON). Acknowledged like any command (cmd_result on RULES_DEVICE).
+RULE_RUN_EVENT = "rule_run"
+RULES_DEVICE = "rules"
+RULE_IDLE_OFF = "idle_off"
+RULES = (RULE_IDLE_OFF,)
+OVERRIDE_ACTION = "override"
+OVERRIDE_REASON = "override"
+GATEWAY_ACTIONS = (OVERRIDE_ACTION,)
 CARD_SWIPE_EVENT = "card_swipe"  # a card reader's event; data: card (pseudonym), reader
 # A QR check-in at a classroom camera (edge_agent/drivers/camera.py): an event of type ATTENDANCE_EVENT;
 # data (`attendance_data`): person (the pseudonym of the code shown: protocols.card_ids.qr_pseudonym keyed with

@@ -33,6 +33,7 @@ from campus import contract, names
 from campus.errors import ConfigError, PayloadError
 from campus.i18n import LazyText, lazy_gettext, message_of
 from central.db import Base
+from central.edge_rules import room_rules
 from central.edge_schedules import compile_runs
 from central.provisioning import CsvRecords, Header, ImportProblem, decode_csv
 from central.registry import Gateway, Registry, Room
@@ -176,15 +177,17 @@ def podium_config(registry: Registry, room_id: int | None) -> dict[str, Any] | N
 
 
 def config_payload(registry: Registry, gateway: str) -> bytes:
-    """The retained `config` message of a gateway: its device list, its school's card secret and its
-    room's podium (null when the room has no card: a card removed last must stop working too)."""
+    """The retained `config` message of a gateway: its device list, its school's card secret, its
+    room's podium (null when the room has no card: a card removed last must stop working too) and its
+    room's rules (idle-off, central/edge_rules.py)."""
     info = registry.gateway_info(gateway)
     if info is None:
         raise PayloadError(f"no gateway {gateway!r}")
     with registry.session() as s:
         room_id = s.scalar(select(Gateway.room_id).where(Gateway.id == gateway))
     doc = {"version": info["config_version"], "devices": info["devices"],
-           "card_secret": registry.card_secret(info["school"]), "podium": podium_config(registry, room_id)}
+           "card_secret": registry.card_secret(info["school"]), "podium": podium_config(registry, room_id),
+           "rules": room_rules(registry, room_id)}  # null clears the gateway's: a setting removed stops too
     # The runs of its schedules, planned by central: the gateway keeps time (offline too). A room with many
     # schedules gets a shorter plan rather than no push at all (the message has a size limit); the daily
     # re-plan keeps even a 2-day plan from running out.

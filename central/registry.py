@@ -79,6 +79,9 @@ class Room(Base):
     school_id: Mapped[str] = mapped_column(ForeignKey("schools.id"))
     building_id: Mapped[int | None] = mapped_column(ForeignKey("buildings.id"), nullable=True)
     name: Mapped[str] = mapped_column(String(names.ROOM_MAX))
+    # Idle-off (central/edge_rules.py): minutes with nobody counted and no command before the room's gateway
+    # switches its equipment off; None: never.
+    idle_off_minutes: Mapped[int | None] = mapped_column(Integer, nullable=True, default=None)
     building: Mapped[Building | None] = relationship()
 
 

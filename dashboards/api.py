@@ -18,7 +18,7 @@ from flask import Blueprint, Response, g, jsonify, request
 from campus import contract
 from campus.errors import ActionRejected, CampusError, PayloadError, StoreError
 from campus.i18n import LazyText, lazy_gettext, message_of
-from central import lists, overview
+from central import edge_rules, lists, overview
 from central.store.base import MAX_POINTS
 from dashboards.auth import (
     audit,
@@ -244,6 +244,39 @@ def send_command(gateway: str, device: str) -> Any:
     record = service.send(dev["school"], gateway, device, action, params, by=g.user["user"], ttl=float(ttl))
     audit("command", f"{gateway}/{device} {action} {params} -> {record['status']} ({record['id']})")
     return jsonify(shown_command(record)), (200 if record["status"] != "pending" else 202)
+
+
+@bp.post("/gateways/<gateway>/override")
+@login_required
+def send_override(gateway: str) -> Any:
+    """The teacher's "keep on for this period": a gateway-level command (central/edge_rules.py) whose `until` is
+    the end of the school's current period; idle-off and power-off schedules leave the room alone until then."""
+    if not may_command(g.user, gateway):
+        if school_scoped(g.user) and not may_see(g.user, gateway):
+            return not_found("gateway")
+        audit("override", f"refused {gateway}", ok=False)
+        return error(403, lazy_gettext("you may not command gateway %(gateway)s", gateway=repr(gateway)))
+    body = json_object() if request.get_data() else {}
+    if body:
+        field = sorted(body)[0][:40]
+        return error(400, lazy_gettext("unknown field %(field)s (an override takes none)", field=repr(field)),
+                     field=field)
+    info = central().registry.gateway_info(gateway)
+    if info is None:
+        return not_found("gateway")
+    if not web().command_limiter.allow(g.user["user"]):
+        audit("override", f"rate limited {gateway}", ok=False)
+        return error(429, lazy_gettext("too many commands; wait a minute"))
+    service = central().commands
+    if service is None:
+        return error(503, lazy_gettext("this server was started without --mqtt; it cannot send commands"))
+    until, period_end = edge_rules.override_until(central().registry, info["school"])
+    device, action, params = edge_rules.override_command(until)
+    record = service.send(info["school"], gateway, device, action, params, by=g.user["user"],
+                          ttl=edge_rules.OVERRIDE_TTL_S)
+    audit("override", f"{gateway} until {until:.0f}{' (period end)' if period_end else ''} -> {record['status']} "
+                      f"({record['id']})")
+    return jsonify({**record, "until": params["until"], "period_end": period_end}), (200 if record["status"] != "pending" else 202)
 
 
 @bp.get("/commands")

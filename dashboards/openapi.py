@@ -95,6 +95,10 @@ def document() -> dict[str, Any]:
         {"name": "raw", "in": "query", "required": False, "schema": {"type": "string", "enum": ["0", "1"]}}]
     cursor = next(p for p in telemetry["parameters"] if p["name"] == "cursor")
     cursor["description"] = N_("the `next` of a raw page: the page before it (with raw=1)")
+    override = _get(N_("Keep the room on for this period: a command to the gateway, whose idle-off and power-off "
+                       "schedules leave the room alone until the end of the school's current period (`until`; "
+                       "outside a period 45 minutes)"), [("gateway", "path", True)], obj)
+    override["responses"]["202"] = {"description": N_("sent; the gateway has not answered yet")}
     ack = _get(N_("Acknowledge an alarm: records who and when (facility, admin)"), [("aid", "path", True)], obj)
     ack["responses"]["404"] = {"description": N_("no such alarm")}
     return {
@@ -125,6 +129,7 @@ def document() -> dict[str, Any]:
                                                                         ("type", "query", False),
                                                                         ("since", "query", False)], arr), 1000)},
             "/api/gateways/{gateway}/devices/{device}/commands": {"post": send},
+            "/api/gateways/{gateway}/override": {"post": override},
             "/api/commands": {"get": _paged(_get(N_("Command audit trail, newest first"), [("gateway", "query", False)],
                                                  arr), 200)},
             "/api/commands/{cid}": {"get": _get(N_("One command"), [("cid", "path", True)], obj)},
@@ -252,9 +257,20 @@ def _podium() -> dict[str, Any]:
             "seconds": {"type": "number", "minimum": 10, "maximum": 600}}}}}}
     start["responses"]["201"] = start["responses"].pop("200")
     start["responses"]["400"] = {"description": N_("`field` names the bad part; nothing changed")}
-    for op in (listing, imported, removed, status, start):
+    rules_obj = {"type": "object", "properties": {"idle_off_minutes": {"type": ["integer", "null"], "minimum": 1,
+                                                                      "maximum": 480}}}
+    rules = _get(N_("The room's rules run by its gateway: `idle_off_minutes`, switch off after this many minutes "
+                    "with nobody counted and no command (null: never)"), room, rules_obj)
+    set_rules = _get(N_("Set the room's idle-off minutes (1-480, null: never); pushed to its gateways (the room's "
+                        "teacher, admin)"), room, {"type": "object", "properties": {
+                            **rules_obj["properties"], **pushed}})
+    set_rules["requestBody"] = {"required": True, "content": {"application/json": {"schema": {
+        **rules_obj, "required": ["idle_off_minutes"]}}}}
+    set_rules["responses"]["400"] = {"description": N_("`field` names the bad part; nothing changed")}
+    for op in (listing, imported, removed, status, start, rules, set_rules):
         op["responses"].setdefault("404", {"description": N_("no such room (or not in your schools)")})
-    return {"/api/schools/{school}/rooms/{room}/cards": {"get": listing, "post": imported},
+    return {"/api/schools/{school}/rooms/{room}/rules": {"get": rules, "put": set_rules},
+            "/api/schools/{school}/rooms/{room}/cards": {"get": listing, "post": imported},
             "/api/schools/{school}/rooms/{room}/cards/{card}": {"delete": removed},
             "/api/schools/{school}/rooms/{room}/enrolment": {"get": status, "post": start}}
 

@@ -8,6 +8,10 @@ app has an MQTT connection (else the provisioning page's push sends it later).
 Pages: `/podium` the rooms; `/podium/<school>/<room>` its cards, "enrol the next swipe" and the CSV import.
 JSON: `GET|POST /api/schools/<school>/rooms/<room>/cards` (POST: a CSV body, all or nothing),
 `DELETE /api/schools/<school>/rooms/<room>/cards/<card>`, `GET|POST /api/schools/<school>/rooms/<room>/enrolment`.
+
+The room's rules live on the same page (they are the room's, pushed to its gateways the same way):
+idle-off minutes (central/edge_rules.py), `GET|PUT /api/schools/<school>/rooms/<room>/rules`, and the
+page's form `POST /podium/<school>/<room>/rules`.
 """
 
 from __future__ import annotations
@@ -18,8 +22,8 @@ from flask import Blueprint, Flask, Response, abort, g, jsonify, make_response, 
 
 from campus import contract, names
 from campus.errors import CampusError, ConfigError
-from campus.i18n import N_
-from central import podium
+from campus.i18n import N_, lazy_gettext
+from central import edge_rules, podium
 from central import provisioning as prov
 from dashboards import auth
 from dashboards.auth import audit, login_required, not_found, refuse, school_scoped, sight
@@ -170,6 +174,45 @@ def api_start_enrolment(school: str, room: str) -> Any:
     return jsonify(state), 201
 
 
+@bp.get("/api/schools/<school>/rooms/<room>/rules")
+@login_required
+def api_rules(school: str, room: str) -> Any:
+    return jsonify(edge_rules.settings(central().registry, _room(school, room, manage=False)))
+
+
+@bp.put("/api/schools/<school>/rooms/<room>/rules")
+@login_required(roles=MANAGERS)
+def api_set_rules(school: str, room: str) -> Any:
+    """Body {idle_off_minutes: 1..480 or null}: the room's idle-off, pushed to its gateways."""
+    rid = _room(school, room, manage=True)
+    body = json_object()
+    unknown = sorted(set(body) - {"idle_off_minutes"})
+    if unknown:
+        return jsonify({"error": str(translate(lazy_gettext("unknown field %(field)s (the rules have "
+                                                            "idle_off_minutes)", field=repr(unknown[0][:40])))),
+                        "field": unknown[0][:40]}), 400
+    if "idle_off_minutes" not in body:
+        return jsonify({"error": str(translate(lazy_gettext("idle_off_minutes: missing"))),
+                        "field": "idle_off_minutes"}), 400
+    return _set_rules(school, room, rid, body["idle_off_minutes"], json=True)
+
+
+def _set_rules(school: str, room: str, rid: int, value: Any, *, json: bool) -> Any:
+    try:
+        minutes, changed = edge_rules.set_idle_off(central().registry, rid, value)
+    except ConfigError as exc:
+        audit("rules.idle_off", f"{school}/{room}: refused {str(value)[:40]!r}", ok=False)
+        if json:
+            return jsonify({"error": error_text(exc), "field": "idle_off_minutes"}), 400
+        return _page(school, room, rid, error=error_text(exc))
+    audit("rules.idle_off", f"{school}/{room}: idle-off {minutes if minutes is not None else 'never'}"
+                            f"{' (unchanged)' if not changed else ''}")
+    push = _push(changed)
+    if json:
+        return jsonify({"idle_off_minutes": minutes, **push})
+    return _page(school, room, rid, push=push)
+
+
 # ---------------------------------------------------------------- pages
 
 
@@ -227,6 +270,13 @@ def import_page(school: str, room: str) -> Any:
     return _page(school, room, rid, report=report, push=push)
 
 
+@bp.post("/podium/<school>/<room>/rules")
+@login_required(roles=MANAGERS)
+def rules_form(school: str, room: str) -> Any:
+    rid = _room(school, room, manage=True)
+    return _set_rules(school, room, rid, request.form.get("idle_off_minutes", ""), json=False)
+
+
 @bp.post("/podium/<school>/<room>/cards/<card>/remove")
 @login_required(roles=MANAGERS)
 def remove(school: str, room: str, card: str) -> Any:
@@ -249,4 +299,5 @@ def _page(school: str, room: str, rid: int, *, error: str | None = None, report:
     return render_template("podium_room.html", school=school, room=room, cards=podium.cards(central().registry, rid),
                            error=error, report=report, enrolment=enrolment, removed=removed, push=push or {},
                            may_manage=may_manage, roles=contract.PODIUM_ROLES,
+                           rules=edge_rules.settings(central().registry, rid), idle_range=edge_rules.IDLE_OFF_RANGE,
                            default_seconds=int(podium.ENROL_DEFAULT_S)), status

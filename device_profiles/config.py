@@ -175,6 +175,15 @@ class EdgeSchedules(_Strict):
     runs: list[PlannedRun] = Field(default_factory=list, max_length=5000)
 
 
+class RulesConfig(_Strict):
+    """The room's own rules, decided on the gateway (edge_agent/rules.py); central pushes them (`rules`).
+
+    `idle_off_minutes`: switch the room's projectors and displays off once its cameras have counted
+    nobody (people_count 0) for this many minutes running and no command ran in the room meanwhile;
+    None: never. A camera in fault, or silent, is not "nobody there": it never switches anything off."""
+    idle_off_minutes: float | None = Field(None, gt=0, le=24 * 60)
+
+
 class GatewayConfig(_Strict):
     school: str
     gateway: str
@@ -186,6 +195,10 @@ class GatewayConfig(_Strict):
     card_secret: str = ""
     podium: PodiumConfig | None = None
     schedules: EdgeSchedules | None = None
+    rules: RulesConfig | None = None
+    # How many seconds a minute of the edge rules (`rules`) lasts: 60. Tests and the demo shorten it; it
+    # is the file's own setting (a push never changes it).
+    rules_minute_s: float = Field(60.0, gt=0, le=60.0)
     outbox: OutboxConfig = Field(default_factory=OutboxConfig)
     devices: list[DeviceConfig] = Field(default_factory=list)
     # The registry's version of this device list, when the file came from it.

@@ -21,6 +21,8 @@ class of its own, all tasks in one asyncio loop (the agent's task group):
   scenes through the command executor), decided here, reported as a `podium` event;
 - schedules (`schedules.EdgeScheduler`): the runs central planned for this gateway, on its own
   clock, through the command executor, each reported once as a `schedule_run` event;
+- the room's rules (`rules.EdgeRules`): idle-off (nobody counted, no command, something on: off) and
+  the teacher's period override (a gateway-level command), decided here, reported as `rule_run`;
 - the MQTT link (`link.Link`): one connection at a time with a persistent
   session, routing what arrives to the parts above; on any broker error it
   backs off and connects again.
@@ -56,6 +58,7 @@ from edge_agent.outbox import Outbox
 from edge_agent.podium import Podium
 from edge_agent.polling import Polling
 from edge_agent.presence import Presence
+from edge_agent.rules import EdgeRules
 from edge_agent.schedules import EdgeScheduler
 from edge_agent.storage import Replacement
 
@@ -86,12 +89,15 @@ class Agent:
         self.drain = Drain(config, self.outbox, self.presence)
         self.polling = Polling(config, self.outbox, self.drivers, self.locks, wake_drain=self.drain.wake,
                                status_changed=self.presence.changed.set,
-                               on_events=lambda device, events: self.podium.observe(device, events))
+                               on_events=lambda device, events: self.podium.observe(device, events),
+                               on_values=lambda device, values: self.rules.observe(device, values))
         self.commands = CommandExecutor(self.outbox, self.school, self.gateway, self.drivers, self.locks,
                                         on_result=self._command_finished)
         self.podium = Podium(self.outbox, self.commands, lambda: self.push.config, wake_drain=self.drain.wake)
+        self.rules = EdgeRules(self.outbox, self.commands, lambda: self.push.config, wake_drain=self.drain.wake)
+        self.commands.add_handler(contract.RULES_DEVICE, self.rules)  # the teacher's override comes as a command
         self.schedules = EdgeScheduler(self.outbox, self.commands, lambda: self.push.config,
-                                       wake_drain=self.drain.wake)
+                                       wake_drain=self.drain.wake, skip=self.rules.skip_reason)
         self.push = ConfigPush(self.file_config, config, version, drivers=self.drivers, locks=self.locks,
                                polling=self.polling, commands=self.commands, new_driver=self._new_driver,
                                spawn=self._spawn, agent_event=self.record_agent_event,
@@ -119,6 +125,7 @@ class Agent:
 
     def _command_finished(self, device_id: str, status: str) -> None:
         self.drain.wake()  # the result is in the outbox: publish it now
+        self.rules.command_finished(device_id)  # someone acted in the room: idle-off waits afresh
         if status == "done":
             # The device changed: read it now, so the panel shows "warming" in a moment,
             # not at the next poll (5 s by default).
@@ -177,7 +184,7 @@ class Agent:
                  len(self.drivers), len(self.outbox))
         if self.outbox.replaced_now is not None:
             self._outbox_replaced(self.outbox.replaced_now)
-        for device in self.commands.open_devices() - set(self.drivers):
+        for device in self.commands.open_devices() - set(self.drivers) - set(self.commands.handlers):
             self.commands.forget_device(device, lazy_gettext("the device is no longer in this gateway's config"))
         self.commands.recover()
         try:
@@ -186,6 +193,8 @@ class Agent:
                 tg.create_task(self.link.run())
                 tg.create_task(self.podium.run())
                 tg.create_task(self.schedules.run())
+                tg.create_task(self.rules.run())
+                self.commands.start(contract.RULES_DEVICE, self._spawn)
                 for device_id in self.drivers:
                     self.polling.start(device_id, self._spawn)
                     self.commands.start(device_id, self._spawn)

@@ -33,7 +33,7 @@ import time
 import uuid
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from campus import contract
 from campus.aio import raise_if_cancelled
@@ -86,6 +86,15 @@ def _loaded(detail: str) -> Detail:
     return detail
 
 
+class GatewayHandler(Protocol):
+    """A gateway-level command target (not a device: the room's rules, contract.RULES_DEVICE): it takes
+    commands the way a driver does, so they are journaled, run at most once and answered like the rest."""
+
+    def validate_action(self, action: str, params: dict[str, Any]) -> None: ...
+
+    async def execute(self, action: str, params: dict[str, Any]) -> str: ...
+
+
 @dataclass
 class _Job:
     command: Command
@@ -131,6 +140,23 @@ class CommandExecutor:
         self.executed: dict[str, int] = {}  # action runs per command id, for tests and audits
         self.volatile: dict[str, _Entry] = {}  # journal entries the storage refused (disk full)
         self._waiters: dict[str, asyncio.Future[tuple[str, Detail]]] = {}  # local commands: id -> (status, detail)
+        self.handlers: dict[str, GatewayHandler] = {}  # gateway-level targets (add_handler), not devices
+        self._handler_locks: dict[str, asyncio.Lock] = {}
+
+    def add_handler(self, name: str, handler: GatewayHandler) -> None:
+        """Take commands for `name` (a contract device segment that is no device) with `handler`; its worker
+        starts with `start(name, spawn)` like a device's."""
+        self.handlers[name] = handler
+        self._handler_locks[name] = asyncio.Lock()
+        self.queues.setdefault(name, asyncio.Queue())
+
+    def _target(self, device: str) -> tuple[Any, asyncio.Lock] | None:
+        """The driver (or gateway-level handler) a command for `device` runs on, and its lock."""
+        if device in self.handlers:
+            return self.handlers[device], self._handler_locks[device]
+        if device in self.drivers:
+            return self.drivers[device], self.locks[device]
+        return None
 
     @property
     def db(self) -> sqlite3.Connection:
@@ -162,7 +188,7 @@ class CommandExecutor:
                 self._answer(cmd.id, device, state, detail, finished)
             return
         self._journal(cmd.id, device, payload)
-        if device not in self.drivers:
+        if self._target(device) is None:
             self._finish(cmd.id, device, "rejected", lazy_gettext("no device %(device)s on gateway %(gateway)s",
                                                                   device=repr(device), gateway=self.gateway))
         elif cmd.deadline <= self.clock():
@@ -334,7 +360,12 @@ class CommandExecutor:
         if remaining <= 0:
             self._finish(cmd.id, device, "expired", lazy_gettext("deadline passed while waiting for the device"))
             return
-        driver = self.drivers[device]
+        target = self._target(device)
+        if target is None:  # removed while the command waited (config push answers those; a guard all the same)
+            self._finish(cmd.id, device, "rejected", lazy_gettext("no device %(device)s on gateway %(gateway)s",
+                                                                  device=repr(device), gateway=self.gateway))
+            return
+        driver, lock = target
         try:
             driver.validate_action(cmd.action, cmd.params)
         except ActionRejected as exc:
@@ -348,7 +379,7 @@ class CommandExecutor:
         self.executed[cmd.id] = self.executed.get(cmd.id, 0) + 1
         detail: Detail
         try:
-            async with self.locks[device]:
+            async with lock:
                 async with asyncio.timeout(min(remaining, MAX_RUN_S)):
                     detail = await driver.execute(cmd.action, cmd.params)
             status = "done"

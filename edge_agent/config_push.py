@@ -61,8 +61,9 @@ def validate_pushed_config(base: GatewayConfig, payload: bytes | str) -> tuple[i
         raise ConfigError("field devices: must be a list")
     # The school's card secret and the room's podium (allow-list, scenes) come with the device list
     # when central sends them (central/podium.py); a payload without them keeps the file's. So do the
-    # schedules central compiled for this gateway (central/edge_schedules.py, edge_agent/schedules.py).
-    extra = {k: data[k] for k in ("podium", "card_secret", "schedules") if k in data}
+    # schedules central compiled for this gateway (central/edge_schedules.py, edge_agent/schedules.py), and
+    # the room's rules (idle-off: central/edge_rules.py, edge_agent/rules.py).
+    extra = {k: data[k] for k in ("podium", "card_secret", "schedules", "rules") if k in data}
     if "card_secret" in extra and not (isinstance(extra["card_secret"], str) and extra["card_secret"].strip()):
         raise ConfigError("field card_secret: must be a non-empty text")
     try:

@@ -21,6 +21,7 @@ import contextlib
 import logging
 import time
 from collections.abc import Callable
+from typing import Any
 
 from campus import contract, counters
 from campus.aio import raise_if_cancelled, wait_event
@@ -39,15 +40,17 @@ class Polling:
     def __init__(self, config: GatewayConfig, outbox: Outbox, drivers: dict[str, Driver],
                  locks: dict[str, asyncio.Lock], *, wake_drain: Callable[[], None],
                  status_changed: Callable[[], None],
-                 on_events: Callable[[str, list[DeviceEvent]], None] | None = None) -> None:
+                 on_events: Callable[[str, list[DeviceEvent]], None] | None = None,
+                 on_values: Callable[[str, dict[str, Any]], None] | None = None) -> None:
         """`wake_drain()` when a reading is in the outbox; `status_changed()` when a device's status changed;
-        `on_events(device, events)` once a reading's events are in the outbox (the podium acts on swipes)."""
+        `on_events(device, events)` once a reading's events are in the outbox (the podium acts on swipes);
+        `on_values(device, values)` with every reading's values, empty ones too (the room's rules)."""
         self.config = config  # the running config: a config push replaces it
         self.school, self.gateway = config.school, config.gateway
         self.outbox = outbox
         self.drivers, self.locks = drivers, locks
         self.wake_drain, self.status_changed = wake_drain, status_changed
-        self.on_events = on_events
+        self.on_events, self.on_values = on_events, on_values
         self.status: dict[str, str] = {d: "starting" for d in drivers}
         self.poll_soon: dict[str, asyncio.Event] = {}  # device -> set to read it now instead of at its next poll
         self.pollers: dict[str, asyncio.Task[None]] = {}
@@ -158,4 +161,6 @@ class Polling:
             self.wake_drain()
         if events and self.on_events is not None:
             self.on_events(device_id, events)
+        if self.on_values is not None:
+            self.on_values(device_id, reading.values)
         return seqs

@@ -14,7 +14,8 @@ run is claimed there before its first step, and its report is queued in the same
 marks it reported. A run found late (the agent was down at its time) still runs once if within the
 grace window, else it is reported `missed`; a run claimed but never reported (the agent stopped
 mid-run) is reported `interrupted` at the next start (its commands were answered by the executor's
-own recovery), never run again.
+own recovery), never run again. While a teacher's override holds (edge_agent/rules.py) a power-off run
+is reported `skipped` with reason `override` instead of run.
 """
 
 from __future__ import annotations
@@ -44,9 +45,12 @@ RECHECK_S = 30.0        # the longest sleep: a wall clock set by NTP, or a new p
 
 class EdgeScheduler:
     def __init__(self, outbox: Outbox, commands: CommandExecutor, config: Callable[[], GatewayConfig], *,
-                 wake_drain: Callable[[], None], clock: Callable[[], float] = time.time) -> None:
-        """`config()`: the running gateway config (a push replaces the planned runs at any time)."""
+                 wake_drain: Callable[[], None], clock: Callable[[], float] = time.time,
+                 skip: Callable[[PlannedRun], str | None] = lambda run: None) -> None:
+        """`config()`: the running gateway config (a push replaces the planned runs at any time); `skip(run)`:
+        why a due run must not run (a teacher's override holds: edge_agent/rules.py), None to run it."""
         self.outbox, self.commands, self.config = outbox, commands, config
+        self.skip = skip
         self.wake_drain, self.clock = wake_drain, clock
         outbox.extend_schema(SCHEMA)
         self.changed = asyncio.Event()  # set by a config push: look at the new plan now
@@ -109,6 +113,15 @@ class EdgeScheduler:
                                                  for s in run.steps])
                     done.append((run.schedule, run.at, "missed"))
                 continue
+            reason = self.skip(run)
+            if reason is not None:
+                if self._claim(run, "running"):
+                    log.info("schedules: %r planned at %.0f skipped (%s)", run.name, run.at, reason)
+                    self._report(run, contract.SCHEDULE_SKIPPED, [
+                        {"device": s.device, "action": s.action, "status": "skipped", "detail": reason}
+                        for s in run.steps], reason=reason)
+                    done.append((run.schedule, run.at, contract.SCHEDULE_SKIPPED))
+                continue
             if not self._claim(run, "running"):
                 continue
             log.info("schedules: %r planned at %.0f runs", run.name, run.at)
@@ -148,10 +161,11 @@ class EdgeScheduler:
 
         return self.outbox.write(body) and claimed == [True]
 
-    def _report(self, run: PlannedRun, outcome: str, steps: list[dict[str, Any]]) -> None:
+    def _report(self, run: PlannedRun, outcome: str, steps: list[dict[str, Any]], reason: str = "") -> None:
         now = self.clock()
         config = self.config()
-        data = {"schedule": run.schedule, "planned": run.at, "name": run.name, "outcome": outcome, "steps": steps}
+        data = {"schedule": run.schedule, "planned": run.at, "name": run.name, "outcome": outcome, "steps": steps,
+                **({"reason": reason} if reason else {})}
         self.outbox.add(
             sequenced=[(contract.event_topic(config.school, config.gateway, contract.SCHEDULE_DEVICE),
                         lambda seq: Event(seq, now, contract.SCHEDULE_RUN_EVENT, data).encode())],

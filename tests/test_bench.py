@@ -28,6 +28,7 @@ BENCHMARKS = {
     "soak.py": ["| minute", "web open files", "ingest threads", "total: "],
     "panels.py": ["| 20/20 ", "first event p50 ms", "web RSS peak MB"],
     "podium_latency.py": ["| projector POWR received", "| unknown card refused", "p95 ms"],
+    "school_week.py": ["| rules off ", "| idle-off 15 min ", "runs during a class"],
     "dashboard.py": ["| district overview `/district` ", "| `GET /api/schools`", "wall median ms",
                      "per page view", "(table filled)"],
 }

@@ -299,6 +299,29 @@
     const params = button.dataset.action === "select_input" ? {input: button.dataset.input} : {};
     send(card.dataset.device, button.dataset.action, params, button);
   });
+  // "Keep on for this period": central computes the period's end (central/edge_rules.py) and the gateway keeps
+  // the room on until then, offline too.
+  const overrideBtn = $("#override-btn");
+  if (overrideBtn) overrideBtn.addEventListener("click", async () => {
+    const out = $("#override-out");
+    overrideBtn.classList.add("busy");
+    try {
+      const resp = await fetch(overrideBtn.dataset.url, {method: "POST", credentials: "same-origin",
+                                                         headers: {"X-CSRF-Token": csrf}});
+      const body = await resp.json().catch(() => ({}));
+      if (resp.status !== 200 && resp.status !== 202) {
+        setText(out, body.error || _("the server answered %(status)s", {status: resp.status}));
+      } else if (body.status === "done" || body.status === "pending") {
+        setText(out, _("Kept on until %(time)s.", {time: clock(body.until)}));
+      } else {
+        setText(out, _("✗ not kept on: %(detail)s", {detail: body.detail || STATUS[body.status] || body.status}));
+      }
+    } catch (e) {
+      setText(out, _("The server cannot be reached. Check the network and try again."));
+    } finally {
+      overrideBtn.classList.remove("busy");
+    }
+  });
   root.addEventListener("input", (ev) => {
     const slider = ev.target.closest('input[data-action="set_volume"]');
     if (!slider) return;

@@ -1,0 +1,96 @@
+"""The room's rules run at the edge: central keeps the settings and sends them, the gateway decides.
+
+Idle-off ("off after M minutes with people_count 0 and no command") is a room setting
+(`rooms.idle_off_minutes`), pushed to the room's gateways in their config (`rules`, central/podium.py
+config_payload); the gateway watches its cameras and switches off by itself, offline too
+(edge_agent/rules.py), and reports each run as a `rule_run` event.
+
+The teacher's "keep on for this period" (保持开启至本节课结束) is a gateway-level command
+(contract.RULES_DEVICE, action `override`, params `until`): `until` is the end of the school's current
+period by its timetable (central/timetables.py), so the gateway needs no calendar. Outside a period (a
+break, a holiday, a school without a timetable) the override holds OVERRIDE_OUTSIDE_S: a teacher who
+asks on a holiday gets what they asked for, one period's worth.
+"""
+
+from __future__ import annotations
+
+import time
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import select, update
+
+from campus import contract
+from campus.errors import ConfigError
+from campus.i18n import lazy_gettext
+from central import timetables
+from central.registry import Gateway, Registry, Room
+
+IDLE_OFF_RANGE = (1, 480)          # minutes: a whole school day at most
+OVERRIDE_OUTSIDE_S = 45 * 60.0     # an override asked for outside a period: one period's length
+OVERRIDE_TTL_S = 60.0              # the override command's own deadline (like a panel command)
+
+
+def check_idle_off(value: Any) -> int | None:
+    """A room's idle-off minutes as given (a form's text, JSON): a whole number in range, or None (never)."""
+    if value is None or (isinstance(value, str) and not value.strip()):
+        return None
+    low, high = IDLE_OFF_RANGE
+    try:
+        if isinstance(value, bool) or isinstance(value, float) and not value.is_integer():
+            raise ValueError
+        minutes = int(value.strip()) if isinstance(value, str) else int(value)
+    except (TypeError, ValueError):
+        minutes = None
+    if minutes is None or not low <= minutes <= high:
+        raise ConfigError(lazy_gettext("idle_off_minutes must be a whole number of minutes from %(low)d to "
+                                       "%(high)d, or empty for never", low=low, high=high))
+    return minutes
+
+
+def room_rules(registry: Registry, room_id: int | None) -> dict[str, Any] | None:
+    """What the room's gateways get as `rules` in their config (None: no rule, the gateway's own none)."""
+    if room_id is None:
+        return None
+    with registry.session() as s:
+        minutes = s.scalar(select(Room.idle_off_minutes).where(Room.id == room_id))
+    return {"idle_off_minutes": minutes} if minutes is not None else None
+
+
+def settings(registry: Registry, room_id: int) -> dict[str, Any]:
+    """The room's rule settings, as the API answers them."""
+    with registry.session() as s:
+        minutes = s.scalar(select(Room.idle_off_minutes).where(Room.id == room_id))
+    return {"idle_off_minutes": minutes}
+
+
+def set_idle_off(registry: Registry, room_id: int, value: Any) -> tuple[int | None, list[str]]:
+    """Set the room's idle-off minutes (validated: ConfigError naming the field, nothing changed); the
+    minutes and the room's gateways, whose config version went up (to push) if the setting changed."""
+    minutes = check_idle_off(value)
+    with registry.session() as s:
+        room = s.get(Room, room_id)
+        if room is None:
+            raise LookupError(room_id)
+        if room.idle_off_minutes == minutes:
+            return minutes, []
+        room.idle_off_minutes = minutes
+        s.execute(update(Gateway).where(Gateway.room_id == room_id)
+                  .values(config_version=Gateway.config_version + 1))
+        return minutes, sorted(s.scalars(select(Gateway.id).where(Gateway.room_id == room_id)))
+
+
+def override_until(registry: Registry, school: str, now: float | None = None) -> tuple[float, bool]:
+    """Until when a teacher's override asked now holds: (unix time, whether it is the end of a period)."""
+    now = time.time() if now is None else now
+    tt = timetables.load(registry, school)
+    found = timetables.period_at(tt, now) if tt is not None else None
+    if found is None:
+        return now + OVERRIDE_OUTSIDE_S, False
+    day, period = found
+    return datetime.combine(day, period.end, tt.zone).timestamp(), True  # type: ignore[union-attr]
+
+
+def override_command(until: float) -> tuple[str, str, dict[str, Any]]:
+    """(device, action, params) of the override command for a gateway (contract.RULES_DEVICE)."""
+    return contract.RULES_DEVICE, contract.OVERRIDE_ACTION, {"until": round(until, 3)}
