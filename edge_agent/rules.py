@@ -37,6 +37,7 @@ from typing import Any
 from campus import contract
 from campus.contract import Event
 from campus.errors import ActionRejected, DeviceError
+from campus.i18n import LazyText, lazy_gettext
 from device_profiles.config import GatewayConfig, PlannedRun
 from edge_agent.commands import CommandExecutor
 from edge_agent.outbox import Outbox
@@ -167,24 +168,26 @@ class EdgeRules:
 
     def validate_action(self, action: str, params: dict[str, Any]) -> None:
         if action != contract.OVERRIDE_ACTION:
-            raise ActionRejected(f"the room's rules take only {contract.OVERRIDE_ACTION!r}, not {action!r}")
+            raise ActionRejected(lazy_gettext("the room's rules take only %(override)s, not %(action)s",
+                                              override=repr(contract.OVERRIDE_ACTION), action=repr(action)))
         until = params.get("until")
         if set(params) != {"until"} or isinstance(until, bool) or not isinstance(until, int | float) \
                 or not math.isfinite(until):
-            raise ActionRejected("params.until: must be a unix time (a number)")
+            raise ActionRejected(lazy_gettext("params.until: must be a unix time (a number)"))
         if until > self.clock() + OVERRIDE_MAX_S:
-            raise ActionRejected("params.until: an override holds for a period, at most a day ahead")
+            raise ActionRejected(lazy_gettext("params.until: an override holds for a period, at most a day ahead"))
 
-    async def execute(self, action: str, params: dict[str, Any]) -> str:
+    async def execute(self, action: str, params: dict[str, Any]) -> str | LazyText:
         until = float(params["until"])
         if not self.outbox.write(lambda db: db.execute(
                 "INSERT INTO rule_state (key, value) VALUES ('override_until', ?)"
                 " ON CONFLICT (key) DO UPDATE SET value=excluded.value", (until,))):
-            raise DeviceError("the gateway cannot write its storage: the override is not kept")
+            raise DeviceError(lazy_gettext("the gateway cannot write its storage: the override is not kept"))
         self.changed.set()
         if until <= self.clock():
-            return "override cleared"
-        return f"kept on until {time.strftime('%Y-%m-%d %H:%M:%S UTC', time.gmtime(until))}"
+            return lazy_gettext("override cleared")
+        return lazy_gettext("kept on until %(time)s",
+                            time=time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(until)))
 
     def override_until(self) -> float:
         """Until when a teacher's override holds (0: none was ever given)."""
@@ -249,7 +252,8 @@ class EdgeRules:
     async def _off(self, device: str) -> dict[str, Any]:
         status, detail = await self.commands.run_local(device, "power_off", {}, by=f"rule:{contract.RULE_IDLE_OFF}",
                                                        within_s=STEP_WITHIN_S)
-        return {"device": device, "action": "power_off", "status": status, "detail": detail[:200]}
+        return {"device": device, "action": "power_off", "status": status,
+                **contract.text_fields(detail, contract.STEP_DETAIL_CHARS)}
 
     # ------------------------------------------------------------ what is kept and reported
 

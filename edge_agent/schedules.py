@@ -117,8 +117,11 @@ class EdgeScheduler:
             if reason is not None:
                 if self._claim(run, "running"):
                     log.info("schedules: %r planned at %.0f skipped (%s)", run.name, run.at, reason)
+                    skipped = contract.text_fields(
+                        lazy_gettext("not run: a teacher kept the room on for this period")
+                        if reason == contract.OVERRIDE_REASON else reason)
                     self._report(run, contract.SCHEDULE_SKIPPED, [
-                        {"device": s.device, "action": s.action, "status": "skipped", "detail": reason}
+                        {"device": s.device, "action": s.action, "status": "skipped", **skipped}
                         for s in run.steps], reason=reason)
                     done.append((run.schedule, run.at, contract.SCHEDULE_SKIPPED))
                 continue

@@ -215,7 +215,7 @@ def test_a_teachers_override_keeps_the_room_on_through_idle_off_and_a_power_off_
         await until(lambda: outbox_events(agent, contract.SCHEDULE_DEVICE), 20, "the schedule's report")
         [run] = outbox_events(agent, contract.SCHEDULE_DEVICE)
         assert (run["schedule"], run["outcome"], run["reason"]) == (5, "skipped", "override")
-        assert [(s["status"], s["detail"]) for s in run["steps"]] == [("skipped", "override")]
+        assert [(s["status"], s["detail"]) for s in run["steps"]] == [("skipped", "not run: a teacher kept the room on for this period")]
         watch = agent.rules.watch
         await until(lambda: (watch.since(time.time()) or math.inf) + 3 < time.time(), 20, "three idle minutes")
         assert rule_events(agent) == [] and power_commands(sims) == []
