@@ -60,6 +60,13 @@ PODIUM_OUTCOMES = ("started", "ended", "refused", "logged")
 SCHEDULE_RUN_EVENT = "schedule_run"
 SCHEDULE_DEVICE = "schedules"
 SCHEDULE_OUTCOMES = ("ran", "missed", "interrupted")
+# Rules run at the edge (issue 21: "off after M minutes with nobody there"): each time a rule acted, an event
+# of type RULE_RUN_EVENT; data: rule (one of RULES, e.g. "idle_off"), at (unix time it acted; or planned),
+# steps [{device, action, status, detail}], reason (why: "idle" for idle_off). The classroom panel shows it
+# as the reason the room did something by itself (central/room_actions.py).
+RULE_RUN_EVENT = "rule_run"
+RULE_IDLE_OFF = "idle_off"
+RULES = (RULE_IDLE_OFF,)
 CARD_SWIPE_EVENT = "card_swipe"  # a card reader's event; data: card (pseudonym), reader
 DEVICE_KINDS = ("environment", "card_reader", "projector", "display", "camera", "meter")
 # String metrics with a closed set of values (stores without strings keep the index).

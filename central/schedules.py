@@ -328,6 +328,23 @@ def all_schedules(registry: Registry, schools: tuple[str, ...] | None = None) ->
         return list(s.scalars(query))
 
 
+def schedule_page(registry: Registry, limit: int, offset: int, q: str | None = None,
+                  schools: tuple[str, ...] | None = None) -> tuple[list[Schedule], int]:
+    """A page of `all_schedules` (`q`: a substring of the name) and how many there are in all, in SQL."""
+    from sqlalchemy import func
+
+    from central.lists import like
+
+    where = [Schedule.school_id.in_(schools)] if schools is not None else []
+    if q:
+        where.append(Schedule.name.ilike(like(q), escape="\\"))
+    with registry.session() as s:
+        total = s.scalar(select(func.count(Schedule.id)).where(*where)) or 0
+        rows = list(s.scalars(select(Schedule).where(*where).order_by(Schedule.at, Schedule.id)
+                              .limit(limit).offset(offset)))
+    return rows, total
+
+
 def get(registry: Registry, schedule_id: int) -> Schedule | None:
     with registry.session() as s:
         return s.get(Schedule, schedule_id)
