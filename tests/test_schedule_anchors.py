@@ -246,6 +246,10 @@ def test_the_schedule_form_takes_the_anchor_and_names_a_bad_offset(app: Flask) -
     assert client.post("/health/schedules", data={**form, "offset_min": "15"}).status_code == 302
     listing = client.get("/health/schedules?lang=en").get_data(as_text=True)
     assert "15 min after the last period" in listing
+    [sid] = [s["id"] for s in call(app, "GET", "/api/schedules").get_json()]
+    one = client.get(f"/health/schedules/{sid}?lang=zh-CN").get_data(as_text=True)
+    assert "最后一节课后 15 分钟" in one, one[one.find("hhead"):][:600]
+    assert '<option value="last_period" selected>' in one
 
 
 def _events(app: Flask, gateway: str, events: list[tuple[str, str, dict[str, Any], float]]) -> None:
