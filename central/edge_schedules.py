@@ -7,7 +7,11 @@ them in the gateway's pushed config (`schedules`, central/podium.py config_paylo
 resolved here, as central's own scheduler resolves them (central/schedules.py: the server's local
 time, the schedule's weekdays), so the gateway needs no calendar and both sides agree on a run's time. The school's timetable is applied
 here too: a run that switches equipment on, on a day without classes (a holiday, out of term), is not
-planned (central/schedules.py no_classes, which central's own runs follow).
+planned (central/schedules.py no_classes, which central's own runs follow). A schedule anchored to the
+last period (central/schedules.py `anchored_time`) is resolved with the gateway's school's timetable, in
+the school's zone: each day's last period end plus the offset, so one schedule for several schools plans
+each gateway at its own school's time, and a day without periods (or a school without a timetable) plans
+no anchored run.
 
 Who runs a schedule for a gateway, without a double run: the gateway's own word. An agent that applied
 a plan says so in its `config_applied` event (the schedule ids and the end of the plan,
@@ -34,7 +38,7 @@ from sqlalchemy import or_, select
 from campus import contract
 from campus.errors import PayloadError
 from central.registry import Gateway, Registry, Room, Schedule, ScheduleRun
-from central.schedules import GRACE, _when, no_classes, result_detail
+from central.schedules import GRACE, _when, anchored, anchored_time, no_classes, result_detail
 from central.timetables import load
 
 log = logging.getLogger(__name__)
@@ -75,6 +79,15 @@ def compile_runs(registry: Registry, gateway: str, now: float | None = None,
         parsed = _when(sched)
         wanted = {k.strip() for k in (sched.kinds or "").split(",") if k.strip()}
         devices = sorted(d for d, kind in kinds.items() if kind in wanted)
+        if anchored(sched) and devices and timetable is not None:
+            first = datetime.fromtimestamp(now, timetable.zone).date()
+            for ahead in range(days + 1):
+                at_time = anchored_time(sched, timetable, first + timedelta(days=ahead))
+                when = at_time.timestamp() if at_time is not None else None
+                if when is not None and now < when <= until and not no_classes(sched.action, timetable, when):
+                    runs.append({"schedule": sched.id, "at": when, "name": sched.name,
+                                 "steps": [{"device": d, "action": sched.action} for d in devices]})
+            continue
         if parsed is None or not devices:
             continue
         at, weekdays = parsed

@@ -734,3 +734,33 @@ def alarm_reads(db: Database, value_kinds: dict[str, dict[str, Any]], now: float
             for gw, dev, name, value in rows:
                 latest.setdefault((gw, dev), {})[name] = json.loads(value)
     return offline, devices_off, latest
+
+
+# ---------------------------------------------------------------- the panel's "why"
+
+
+def room_events(db: Database, gateways: list[str], types: tuple[str, ...], per_room: int,
+                since: float) -> dict[str, list[dict[str, Any]]]:
+    """The newest `per_room` events of `types` of each of `gateways` since `since`, newest first, in one
+    statement whatever the number of gateways (a window function over the events' gateway-first key): what
+    the classroom panel's poller reads each tick for every room with an open stream (central/room_actions.py)."""
+    ids = sorted(set(gateways))
+    if not ids or not types or per_room <= 0:
+        return {}
+    e = events_t.c
+    rank = func.row_number().over(partition_by=e.gateway, order_by=(e.ts.desc(), e.seq.desc())).label("rank")
+    ranked = (select(e.gateway, e.device, e.seq, e.ts, e.type, e.data, rank)
+              .where(e.gateway.in_(ids), e.type.in_(types), e.ts >= since).subquery())
+    r = ranked.c
+    with db.read("cannot read the rooms' events") as conn:
+        rows = conn.execute(select(r.gateway, r.device, r.seq, r.ts, r.type, r.data).where(r.rank <= per_room)
+                            .order_by(r.ts.desc(), r.seq.desc())).all()
+    out: dict[str, list[dict[str, Any]]] = {}
+    for g, d, seq, ts, t, data in rows:
+        try:
+            body = json.loads(data)
+        except ValueError:
+            continue
+        out.setdefault(g, []).append({"gateway": g, "device": d, "seq": seq, "ts": ts, "type": t,
+                                      "data": body if isinstance(body, dict) else {}})
+    return out

@@ -209,6 +209,19 @@ class Schedule(Base):
     kinds: Mapped[str] = mapped_column(String(64), default="display,projector")
     enabled: Mapped[bool] = mapped_column(Boolean, default=True)
     last_run: Mapped[float | None] = mapped_column(Float, nullable=True)
+    # Migration 0012: a schedule anchored to the school's day instead of `at` (central/schedules.py
+    # ANCHORS: "last_period", the end of the day's last class period), `offset_min` minutes after it.
+    anchor: Mapped[str | None] = mapped_column(String(16), nullable=True)
+    offset_min: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+
+
+class ScheduleClaim(Base):
+    """The occurrence of an anchored schedule central last ran for one school (migration 0012): its time
+    differs per school (each its own last period), so one `last_run` per schedule cannot claim it."""
+    __tablename__ = "schedule_claims"
+    schedule_id: Mapped[int] = mapped_column(ForeignKey("schedules.id"), primary_key=True)
+    school_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    last_run: Mapped[float] = mapped_column(Float)
 
 
 class ScheduleRun(Base):

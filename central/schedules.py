@@ -8,6 +8,15 @@ run for that occurrence, and no later than a grace window after it (a
 server that was down at 22:00 and back at 22:10 still runs it, once; one
 back the next morning does not switch anything off at 07:00).
 
+Instead of `at`, a schedule may be anchored (`anchor`, one of ANCHORS) to the school's day:
+"last_period" runs `offset_min` minutes (0 to OFFSET_MAX) after the end of that day's last class
+period in the school's timetable (central/timetables.py), in the school's time zone. Its time differs
+per school (a schedule for every school runs at each school's own time), so central claims each
+school's occurrence apart (`ScheduleClaim`) and runs it on that school's devices only. A day without
+periods (a weekend, a holiday, out of term) and a school without a timetable have no anchored run: there
+is no "last period" to follow, and switching off at a guessed time would surprise a school working late
+(the fixed-time schedule is the tool for "every day at 22:00").
+
 `run()` sends the action to every matching device through the
 `CommandService` (gateways from the registry, their devices from the
 ledger), waits a few seconds for the results and records a `ScheduleRun`
@@ -26,17 +35,18 @@ import re
 import threading
 import time
 from collections.abc import Callable, Mapping
-from datetime import datetime, timedelta
+from datetime import date, datetime, timedelta
 from datetime import time as dtime
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import or_, select
 from sqlalchemy import update as sql_update
+from sqlalchemy.exc import IntegrityError
 
 from campus import names
 from campus.i18n import N_, LazyText, ReportedText, lazy_gettext, message_of
 from central.db import translatable
-from central.registry import Building, Registry, Schedule, ScheduleRun, School, row_id
+from central.registry import Building, Registry, Schedule, ScheduleClaim, ScheduleRun, School, row_id
 from central.timetables import Timetable, day_periods
 
 if TYPE_CHECKING:
@@ -53,6 +63,10 @@ GRACE = timedelta(minutes=30)
 COMMAND_TTL_S = 15 * 60.0
 FINAL = ("done", "failed", "rejected", "expired")
 _HHMM = re.compile(r"^([01]\d|2[0-3]):([0-5]\d)$")
+# What a schedule may be anchored to instead of its fixed time `at` (see the module docstring).
+LAST_PERIOD = "last_period"
+ANCHORS = (LAST_PERIOD,)
+OFFSET_MAX = 240  # minutes after the anchor: up to four hours (a school's evening self-study ends late)
 
 
 # Actions that switch equipment on: on a day without classes in the school's timetable (a holiday, out
@@ -71,14 +85,19 @@ def no_classes(action: str, timetable: Timetable | None, when: float) -> bool:
 
 
 class ScheduleError(ValueError):
-    """A schedule field is wrong; the message names the field, for people."""
+    """A schedule field is wrong; the message names the field, for people; `field` names it for programs
+    (the API's 400 `field`)."""
+
+    def __init__(self, message: Any, field: str | None = None) -> None:
+        super().__init__(message)
+        self.field = field
 
 
 def parse_at(at: str) -> dtime:
     m = _HHMM.match((at or "").strip())
     if not m:
         raise ScheduleError(lazy_gettext("time must be HH:MM (24 h), e.g. 22:00, got %(value)s",
-                                         value=repr(str(at)[:20])))
+                                         value=repr(str(at)[:20])), "at")
     return dtime(int(m.group(1)), int(m.group(2)))
 
 
@@ -89,14 +108,20 @@ def parse_days(days: str | None) -> tuple[int, ...]:
     if bad or not names:
         if bad:
             raise ScheduleError(lazy_gettext("days must be some of %(days)s; got %(value)s", days=", ".join(DAYS),
-                                             value=repr(bad[0])))
-        raise ScheduleError(lazy_gettext("days must be some of %(days)s", days=", ".join(DAYS)))
+                                             value=repr(bad[0])), "days")
+        raise ScheduleError(lazy_gettext("days must be some of %(days)s", days=", ".join(DAYS)), "days")
     return tuple(sorted({DAYS.index(n) for n in names}))
 
 
+def anchored(schedule: Any) -> bool:
+    """True if the schedule runs relative to the school's day (`anchor`), not at its fixed time `at`."""
+    return getattr(schedule, "anchor", None) in ANCHORS
+
+
 def _when(schedule: Any) -> tuple[dtime, tuple[int, ...]] | None:
-    """(time of day, weekdays) of an enabled schedule; None if it is disabled or unreadable (it never runs)."""
-    if schedule.enabled is False:
+    """(time of day, weekdays) of an enabled fixed-time schedule; None if it is disabled, anchored (see
+    `anchored_time`) or unreadable (it never runs at a fixed time)."""
+    if schedule.enabled is False or anchored(schedule):
         return None
     try:
         return parse_at(schedule.at), parse_days(schedule.days)
@@ -126,12 +151,63 @@ def occurrence(schedule: Any, now_local: datetime, grace: timedelta = GRACE) -> 
     return None
 
 
+def anchored_time(schedule: Any, timetable: Timetable | None, day: date) -> datetime | None:
+    """When an anchored schedule runs on `day` (a date in the school's zone) for the school of
+    `timetable`: the end of the day's last period plus `offset_min`, an aware time in the school's zone;
+    None if the schedule is not anchored, disabled, not for this weekday, or the day has no periods (or
+    the school no timetable): then it does not run (the module docstring says why)."""
+    if schedule.enabled is False or not anchored(schedule) or timetable is None:
+        return None
+    try:
+        weekdays = parse_days(schedule.days)
+    except ScheduleError:
+        return None
+    periods = day_periods(timetable, day) if day.weekday() in weekdays else []
+    if not periods:
+        return None
+    last = max(p.end for p in periods)
+    offset = max(0, min(OFFSET_MAX, int(schedule.offset_min or 0)))
+    # The wall-clock end in the school's zone, then the offset in real minutes (a DST change in between
+    # moves the wall clock, not the wait).
+    end = datetime.combine(day, last, tzinfo=timetable.zone)
+    return datetime.fromtimestamp(end.timestamp() + offset * 60.0, timetable.zone)
+
+
+def anchored_occurrence(schedule: Any, timetable: Timetable | None, now: float, last_run: float | None,
+                        grace: timedelta = GRACE) -> datetime | None:
+    """The occurrence of an anchored schedule to run now for one school (`last_run`: that school's claim),
+    today's or, when the grace window crosses midnight, yesterday's; None if there is none."""
+    if timetable is None:
+        return None
+    today = datetime.fromtimestamp(now, timetable.zone).date()
+    for back in (0, 1):
+        when = anchored_time(schedule, timetable, today - timedelta(days=back))
+        if when is not None and when.timestamp() <= now <= when.timestamp() + grace.total_seconds():
+            return when if last_run is None or last_run < when.timestamp() else None
+    return None
+
+
 def due(schedule: Any, now_local: datetime, grace: timedelta = GRACE) -> bool:
     return occurrence(schedule, now_local, grace) is not None
 
 
-def next_run(schedule: Any, now_local: datetime) -> datetime | None:
-    """When the schedule runs next (for the page), or None if it never will."""
+def next_run(schedule: Any, now_local: datetime,
+             timetables: Mapping[str, Timetable] | None = None) -> datetime | None:
+    """When the schedule runs next (for the page), or None if it never will. An anchored one: its earliest
+    next run over the `timetables` of the schools it applies to (its school's, or every one given)."""
+    if anchored(schedule):
+        found = [tt for school, tt in (timetables or {}).items()
+                 if schedule.school_id is None or school == schedule.school_id]
+        now = now_local.timestamp()
+        times = []
+        for tt in found:
+            today = datetime.fromtimestamp(now, tt.zone).date()
+            for ahead in range(15):
+                when = anchored_time(schedule, tt, today + timedelta(days=ahead))
+                if when is not None and when.timestamp() > now:
+                    times.append(when)
+                    break
+        return min(times, key=lambda w: w.timestamp()).astimezone(now_local.tzinfo) if times else None
     parsed = _when(schedule)
     if parsed is None:
         return None
@@ -152,48 +228,77 @@ def validate(form: Mapping[str, Any], registry: Registry) -> dict[str, Any]:
     try:
         name = names.display_name(str(form.get("name", "")), "name", max_chars=names.SCHEDULE_NAME_MAX)
     except names.BadName as exc:
-        raise ScheduleError(message_of(exc)) from None
-    at = str(form.get("at", "")).strip()
-    parse_at(at)
+        raise ScheduleError(message_of(exc), "name") from None
+    anchor_raw = form.get("anchor")
+    anchor = None if anchor_raw is None or anchor_raw == "" or anchor_raw == "time" else anchor_raw
+    if anchor is not None and anchor not in ANCHORS:
+        raise ScheduleError(lazy_gettext("anchor must be empty (the time above) or %(anchors)s",
+                                         anchors=", ".join(ANCHORS)), "anchor")
+    offset = _offset(form.get("offset_min"), anchor is not None)
+    at = str(form.get("at") or "").strip()
+    if anchor is None or at:
+        parse_at(at)  # an anchored one keeps a time typed for when the anchor is taken off: a time, too
     days_raw = form.get("days", "")
     days_list = days_raw if isinstance(days_raw, list) else str(days_raw).split(",")
     days = ",".join(DAYS[i] for i in parse_days(",".join(str(d) for d in days_list)))
     action = str(form.get("action", ""))
     if action not in SCHEDULE_ACTIONS:
-        raise ScheduleError(lazy_gettext("action must be one of %(actions)s", actions=", ".join(SCHEDULE_ACTIONS)))
+        raise ScheduleError(lazy_gettext("action must be one of %(actions)s", actions=", ".join(SCHEDULE_ACTIONS)),
+                            "action")
     kinds_raw = form.get("kinds", "")
     kinds_list = [k.strip() for k in (kinds_raw if isinstance(kinds_raw, list) else str(kinds_raw).split(","))
                   if str(k).strip()]
     if not kinds_list or any(k not in SCHEDULE_KINDS for k in kinds_list):
-        raise ScheduleError(lazy_gettext("devices must be some of %(kinds)s", kinds=", ".join(SCHEDULE_KINDS)))
+        raise ScheduleError(lazy_gettext("devices must be some of %(kinds)s", kinds=", ".join(SCHEDULE_KINDS)),
+                            "kinds")
     kinds = ",".join(k for k in SCHEDULE_KINDS if k in kinds_list)
     school = str(form.get("school_id") or "").strip() or None
     if school is not None:  # looked up below: PostgreSQL refuses a NUL in a query outright (a 503)
         try:
             names.identifier(school, "school")
         except names.BadName:
-            raise ScheduleError(lazy_gettext("school must be one of the listed schools")) from None
+            raise ScheduleError(lazy_gettext("school must be one of the listed schools"), "school_id") from None
     building_raw = str(form.get("building_id") or "").strip()
     building_id = None
     with registry.session() as s:
         if school is not None and s.get(School, school) is None:
-            raise ScheduleError(lazy_gettext("no school %(school)s", school=repr(school)))
+            raise ScheduleError(lazy_gettext("no school %(school)s", school=repr(school)), "school_id")
         if building_raw:
             building_key = row_id(building_raw)
             if building_key is None:
-                raise ScheduleError(lazy_gettext("building must be one of the listed buildings"))
+                raise ScheduleError(lazy_gettext("building must be one of the listed buildings"), "building_id")
             b = s.get(Building, building_key)
             if b is None:
-                raise ScheduleError(lazy_gettext("no building %(building)s", building=building_raw))
+                raise ScheduleError(lazy_gettext("no building %(building)s", building=building_raw), "building_id")
             if school is not None and b.school_id != school:
                 raise ScheduleError(lazy_gettext("building %(building)s is not in school %(school)s",
-                                                 building=repr(b.name), school=repr(school)))
+                                                 building=repr(b.name), school=repr(school)), "building_id")
             building_id, school = b.id, b.school_id
     enabled = form.get("enabled", True)
     if isinstance(enabled, str):
         enabled = enabled.lower() in ("1", "on", "true", "yes")
     return {"name": name, "at": at, "days": days, "action": action, "kinds": kinds, "school_id": school,
-            "building_id": building_id, "enabled": bool(enabled)}
+            "building_id": building_id, "enabled": bool(enabled), "anchor": anchor, "offset_min": offset}
+
+
+def _offset(raw: Any, wanted: bool) -> int:
+    """`offset_min` of a form or a JSON body: whole minutes 0 to OFFSET_MAX (0 when absent; only an
+    anchored schedule uses it, but a wrong one is refused either way rather than dropped unseen)."""
+    if raw is None or raw == "":
+        return 0
+    value: int | None = None
+    if isinstance(raw, bool) or isinstance(raw, float) and not raw.is_integer():
+        value = None
+    elif isinstance(raw, (int, float)):
+        value = int(raw)
+    else:
+        text = str(raw).strip()
+        value = int(text) if re.fullmatch(r"[+-]?\d{1,6}", text) else None
+    if value is None or not 0 <= value <= OFFSET_MAX:
+        raise ScheduleError(lazy_gettext("minutes after the last period must be a whole number from 0 to "
+                                         "%(most)s, got %(value)s", most=OFFSET_MAX, value=repr(str(raw)[:20])),
+                            "offset_min")
+    return value if wanted else 0
 
 
 def schedule_dict(s: Schedule, places: Mapping[int, str] | None = None) -> dict[str, Any]:
@@ -205,9 +310,13 @@ def schedule_dict(s: Schedule, places: Mapping[int, str] | None = None) -> dict[
                  if s.school_id else lazy_gettext("building %(building)s", building=building))
     elif s.school_id:
         scope = lazy_gettext("school %(school)s", school=s.school_id)
+    when: LazyText | str = s.at
+    if anchored(s):
+        when = lazy_gettext("%(minutes)s min after the last period", minutes=s.offset_min or 0)
     return {"id": s.id, "name": s.name, "school_id": s.school_id, "building_id": s.building_id, "at": s.at,
             "days": s.days, "action": s.action, "kinds": s.kinds, "enabled": bool(s.enabled),
-            "last_run": s.last_run, "scope": scope}
+            "anchor": s.anchor if anchored(s) else None, "offset_min": s.offset_min or 0,
+            "last_run": s.last_run, "scope": scope, "when": when}
 
 
 def all_schedules(registry: Registry, schools: tuple[str, ...] | None = None) -> list[Schedule]:
@@ -218,6 +327,23 @@ def all_schedules(registry: Registry, schools: tuple[str, ...] | None = None) ->
         query = query.where(Schedule.school_id.in_(schools))
     with registry.session() as s:
         return list(s.scalars(query))
+
+
+def schedule_page(registry: Registry, limit: int, offset: int, q: str | None = None,
+                  schools: tuple[str, ...] | None = None) -> tuple[list[Schedule], int]:
+    """A page of `all_schedules` (`q`: a substring of the name) and how many there are in all, in SQL."""
+    from sqlalchemy import func
+
+    from central.lists import like
+
+    where = [Schedule.school_id.in_(schools)] if schools is not None else []
+    if q:
+        where.append(Schedule.name.ilike(like(q), escape="\\"))
+    with registry.session() as s:
+        total = s.scalar(select(func.count(Schedule.id)).where(*where)) or 0
+        rows = list(s.scalars(select(Schedule).where(*where).order_by(Schedule.at, Schedule.id)
+                              .limit(limit).offset(offset)))
+    return rows, total
 
 
 def get(registry: Registry, schedule_id: int) -> Schedule | None:
@@ -282,12 +408,15 @@ def targets(schedule: Any, registry: Registry, ledger: Any) -> list[Target]:
 
 def run(schedule: Any, registry: Registry, ledger: Any, service: Any, *, now: float | None = None,
         wait: float = 5.0, publish_wait: float = 0.5, ttl: float = COMMAND_TTL_S,
-        by: str | None = None) -> dict[str, Any]:
-    """Send the schedule's action to every target, wait up to `wait` s for results, record a ScheduleRun."""
+        by: str | None = None, school: str | None = None) -> dict[str, Any]:
+    """Send the schedule's action to every target (of `school` only, if given: an anchored schedule's
+    occurrence is one school's), wait up to `wait` s for results, record a ScheduleRun."""
     now = time.time() if now is None else now
     who = by or f"schedule:{schedule.name}"
     results: list[dict[str, Any]] = []
     found = targets(schedule, registry, ledger)
+    if school is not None:
+        found = [t for t in found if t.school == school]
     if by is None and found:
         # The scheduler leaves alone the gateways that run this schedule themselves (central/edge_schedules.py);
         # a person's "run now" still goes to every device.
@@ -403,6 +532,46 @@ def claim(registry: Registry, schedule_id: int, when: datetime, now: float) -> b
         return result.rowcount == 1
 
 
+def claim_school(registry: Registry, schedule_id: int, school: str, when: datetime, now: float) -> bool:
+    """`claim` for one school's occurrence of an anchored schedule: atomically, so two web processes never
+    both run it (the row's primary key refuses the second first claim; the update the second later one)."""
+    with registry.session() as s:
+        if s.scalar(select(Schedule.id).where(Schedule.id == schedule_id, Schedule.enabled.is_(True))) is None:
+            return False
+        result = s.execute(sql_update(ScheduleClaim).where(ScheduleClaim.schedule_id == schedule_id,
+                                                           ScheduleClaim.school_id == school,
+                                                           ScheduleClaim.last_run < when.timestamp())
+                           .values(last_run=now))
+        if result.rowcount == 1:
+            return True
+        if s.get(ScheduleClaim, (schedule_id, school)) is not None:
+            return False
+        try:
+            with s.begin_nested():
+                s.add(ScheduleClaim(schedule_id=schedule_id, school_id=school, last_run=now))
+        except IntegrityError:
+            return False
+        return True
+
+
+def school_claims(registry: Registry, schedule_ids: list[int]) -> dict[tuple[int, str], float]:
+    """Each school's last claim of these anchored schedules, by (schedule, school), in one read."""
+    if not schedule_ids:
+        return {}
+    with registry.session() as s:
+        return {(sid, school): at for sid, school, at in s.execute(
+            select(ScheduleClaim.schedule_id, ScheduleClaim.school_id, ScheduleClaim.last_run)
+            .where(ScheduleClaim.schedule_id.in_(schedule_ids)))}
+
+
+def schools_of(registry: Registry, schedules: list[Any]) -> tuple[str, ...]:
+    """The schools the anchored `schedules` apply to: each one's school, every school for one without."""
+    if any(sched.school_id is None for sched in schedules):
+        with registry.session() as s:
+            return tuple(s.scalars(select(School.id).order_by(School.id)))
+    return tuple(sorted({sched.school_id for sched in schedules}))
+
+
 def runs(registry: Registry, schedule_id: int | None = None, limit: int = 50) -> list[dict[str, Any]]:
     q = select(ScheduleRun).order_by(ScheduleRun.ran_at.desc(), ScheduleRun.id.desc()).limit(limit)
     if schedule_id is not None:
@@ -436,7 +605,10 @@ class Scheduler:
             schedules = list(s.scalars(select(Schedule).where(Schedule.enabled.is_(True)).order_by(Schedule.id)))
         done = []
         self._edge(now)
+        done += self._anchored([sched for sched in schedules if anchored(sched)], now)
         for sched in schedules:
+            if anchored(sched):
+                continue
             when = occurrence(sched, now_local, self.grace)
             if when is None or not claim(self.registry, sched.id, when, now):
                 continue
@@ -444,6 +616,31 @@ class Scheduler:
             result = run(sched, self.registry, self.ledger, self.service, now=now, wait=self.wait)
             if result["id"] is not None:  # None: every gateway in scope ran it itself
                 done.append(result)
+        return done
+
+    def _anchored(self, schedules: list[Any], now: float) -> list[dict[str, Any]]:
+        """Run the anchored schedules due now, each school's occurrence apart: its own last period (its
+        timetable, its zone), its own claim, its own devices. Reads every school's timetable once a tick."""
+        if not schedules:
+            return []
+        from central.timetables import load_all
+
+        timetables = load_all(self.registry, schools_of(self.registry, schedules))
+        claims = school_claims(self.registry, [sched.id for sched in schedules])
+        done = []
+        for sched in schedules:
+            for school, tt in sorted(timetables.items()):
+                if sched.school_id is not None and school != sched.school_id:
+                    continue
+                when = anchored_occurrence(sched, tt, now, claims.get((sched.id, school)), self.grace)
+                if when is None or not claim_school(self.registry, sched.id, school, when, now):
+                    continue
+                log.info("schedule %r (%s, %s min after the last period) runs for %s at %s", sched.name,
+                         sched.action, sched.offset_min, school, when.isoformat())
+                result = run(sched, self.registry, self.ledger, self.service, now=now, wait=self.wait,
+                             school=school)
+                if result["id"] is not None:
+                    done.append({**result, "school": school, "planned": when.timestamp()})
         return done
 
     def _edge(self, now: float) -> None:

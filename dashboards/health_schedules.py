@@ -4,7 +4,8 @@
 a building off at 22:00 on school days) with their next and last run,
 creates one; `/health/schedules/<id>` edits one, enables or disables it,
 and shows each run's per-device results (a pending command looked up again,
-it may have finished since); admins may run one now. Routes of the health
+it may have finished since); admins may run one now. `GET/POST /api/schedules` and `GET/PUT
+/api/schedules/<id>` are the same for programs (a 400 names the `field`). Routes of the health
 blueprint (roles `facility` and `admin`), so their endpoints are
 `health.schedules`, `health.schedule`, ...; the scheduler thread that runs
 them on time is started by `dashboards.health.register`.
@@ -12,21 +13,26 @@ them on time is started by `dashboards.health.register`.
 
 from __future__ import annotations
 
+import re
 from datetime import datetime
 from typing import Any
 
-from flask import abort, flash, g, make_response, redirect, render_template, request, url_for
+from flask import abort, flash, g, jsonify, make_response, redirect, render_template, request, url_for
 from flask_babel import gettext
 
-from campus.i18n import LazyText, ReportedText, lazy_gettext
+from campus.errors import PayloadError
+from campus.i18n import LazyText, ReportedText, lazy_gettext, message_of
 from central import overview
 from central import schedules as sched
+from central.lists import Paging
 from central.registry import Schedule
+from dashboards.api import error, paged
 from dashboards.auth import audit, login_required, not_found, school_scoped, sight
 from dashboards.context import central
 from dashboards.health import STAFF, bp, db_id
 from dashboards.i18n import error_text, translate
 from dashboards.security import safe_target
+from dashboards.strict_json import json_object
 
 
 def _schedule_page(form_values: dict[str, Any] | None = None, error: str | LazyText = "", status: int = 200) -> Any:
@@ -36,29 +42,44 @@ def _schedule_page(form_values: dict[str, Any] | None = None, error: str | LazyT
     schools, buildings, names = places.schools, places.buildings, places.building_names()
     now_local = datetime.now().astimezone()
     rows = sched.all_schedules(reg, scope.schools)
+    timetables = _timetables(rows)
     last_runs: dict[int, dict[str, Any]] = {}
     for run_ in sched.runs(reg, limit=500):
         last_runs.setdefault(run_["schedule_id"], run_)
     items = []
     for row in rows:
         item = sched.schedule_dict(row, names)
-        nxt = sched.next_run(row, now_local)
+        nxt = sched.next_run(row, now_local, timetables)
         item["next_run"] = nxt.timestamp() if nxt else None
         last = last_runs.get(row.id)
         item["last_summary"] = _summary(_live(last["results"])) if last else ""
         items.append(item)
     return render_template("health_schedules.html", schedules=items, schools=schools, buildings=buildings,
                            form=form_values or {"days": sched.SCHOOL_DAYS, "at": "22:00", "action": "power_off",
-                                                "kinds": "display,projector", "enabled": True},
-                           error=error, days=sched.DAYS, actions=sched.SCHEDULE_ACTIONS, kinds=sched.SCHEDULE_KINDS,
-                           tab="schedules"), status
+                                                "kinds": "display,projector", "enabled": True, "offset_min": 0},
+                           error=error, tab="schedules", **_choices()), status
+
+
+def _choices() -> dict[str, Any]:
+    """The form's choices (health_schedule_form.html)."""
+    return {"days": sched.DAYS, "actions": sched.SCHEDULE_ACTIONS, "kinds": sched.SCHEDULE_KINDS,
+            "anchors": sched.ANCHORS, "offset_max": sched.OFFSET_MAX}
+
+
+def _timetables(rows: list[Schedule]) -> dict[str, Any]:
+    """The timetables an anchored schedule's next run is read from (none read without one)."""
+    from central.timetables import load_all
+
+    anchored = [row for row in rows if sched.anchored(row)]
+    return load_all(central().registry, sched.schools_of(central().registry, anchored)) if anchored else {}
 
 
 def _form_values() -> dict[str, Any]:
     return {"name": request.form.get("name", ""), "at": request.form.get("at", ""),
             "days": ",".join(request.form.getlist("days")), "action": request.form.get("action", ""),
             "kinds": ",".join(request.form.getlist("kinds")), "school_id": request.form.get("school_id", ""),
-            "building_id": request.form.get("building_id", ""), "enabled": request.form.get("enabled") == "on"}
+            "building_id": request.form.get("building_id", ""), "enabled": request.form.get("enabled") == "on",
+            "anchor": request.form.get("anchor", ""), "offset_min": request.form.get("offset_min", "")}
 
 
 def _outside(fields: dict[str, Any]) -> str:
@@ -138,15 +159,14 @@ def _one_schedule(row: Schedule, form_values: dict[str, Any] | None = None, erro
     places = overview.places(reg, sight(g.user))
     schools, buildings = places.schools, places.buildings
     item = sched.schedule_dict(row, places.building_names())
-    nxt = sched.next_run(row, datetime.now().astimezone())
+    nxt = sched.next_run(row, datetime.now().astimezone(), _timetables([row]))
     item["next_run"] = nxt.timestamp() if nxt else None
     history = [{**r, "results": _live(r["results"])} for r in sched.runs(reg, row.id, limit=30)]
     for r in history:
         r["summary"] = _summary(r["results"])
     form = form_values or {**item, "school_id": item["school_id"] or "", "building_id": item["building_id"] or ""}
     return render_template("health_schedule.html", schedule=item, runs=history, form=form, error=error,
-                           schools=schools, buildings=buildings, days=sched.DAYS, actions=sched.SCHEDULE_ACTIONS,
-                           kinds=sched.SCHEDULE_KINDS, tab="schedules"), status
+                           schools=schools, buildings=buildings, tab="schedules", **_choices()), status
 
 
 @bp.post("/health/schedules/<sid>")
@@ -193,3 +213,88 @@ def run_schedule(sid: str) -> Any:
     flash(gettext("Ran “%(name)s”: %(summary)s.", name=row.name,
                   summary=_summary(result["results"]) or gettext("no matching devices")))
     return redirect(url_for("health.schedule", sid=row.id))
+
+
+# ---------------------------------------------------------------- JSON API
+
+
+def _api_item(row: Schedule, timetables: dict[str, Any]) -> dict[str, Any]:
+    item = sched.schedule_dict(row)
+    nxt = sched.next_run(row, datetime.now().astimezone(), timetables)
+    return {**item, "next_run": nxt.timestamp() if nxt else None}
+
+
+# Fields a body may hold: the form's, as JSON (days and kinds as lists or comma-separated).
+API_FIELDS = ("name", "at", "days", "action", "kinds", "school_id", "building_id", "enabled", "anchor", "offset_min")
+
+
+def _api_fields(before: dict[str, Any] | None = None) -> tuple[dict[str, Any] | None, Any]:
+    """The checked fields of the request's body (a PUT: over the schedule's own), or the 400/403 to answer."""
+    body = json_object()
+    unknown = sorted(k for k in body if k not in API_FIELDS)
+    if unknown:
+        return None, error(400, lazy_gettext("unknown field %(field)s", field=repr(unknown[0][:40])), unknown[0][:40])
+    values = {**(before or {}), **body}
+    for key in ("school_id", "building_id"):
+        if values.get(key) is None:
+            values[key] = ""
+    try:
+        fields = sched.validate(values, central().registry)
+    except sched.ScheduleError as exc:
+        return None, error(400, exc.args[0] if exc.args else str(exc), exc.field)
+    if problem := _outside(fields):
+        return None, error(403, problem, "school_id")
+    return fields, None
+
+
+@bp.get("/api/schedules")
+@login_required(roles=STAFF)
+def api_schedules() -> Any:
+    """The schedules (of the account's schools, for one limited to some), by time of day, paged."""
+    try:
+        paging = Paging.parse(request.args)
+    except PayloadError as exc:  # "query parameter 'limit' ...": the parameter is the field
+        found = re.search(r"'([a-z_]+)'", str(exc))
+        return error(400, message_of(exc), found.group(1) if found else "query")
+    rows, total = sched.schedule_page(central().registry, paging.limit, paging.offset, paging.q,
+                                      sight(g.user).schools)
+    timetables = _timetables(rows)
+    return paged([_api_item(row, timetables) for row in rows], total)
+
+
+@bp.post("/api/schedules")
+@login_required(roles=STAFF)
+def api_create_schedule() -> Any:
+    fields, refusal = _api_fields()
+    if fields is None:
+        return refusal
+    sid = sched.create(central().registry, fields)
+    audit("schedule", f"created #{sid} {fields}")
+    row = sched.get(central().registry, sid)
+    assert row is not None
+    return jsonify(_api_item(row, _timetables([row]))), 201
+
+
+@bp.get("/api/schedules/<sid>")
+@login_required(roles=STAFF)
+def api_schedule(sid: str) -> Any:
+    row = _get_schedule(sid)
+    return jsonify(_api_item(row, _timetables([row])))
+
+
+@bp.put("/api/schedules/<sid>")
+@login_required(roles=STAFF)
+def api_edit_schedule(sid: str) -> Any:
+    """Change a schedule: the fields given replace its own, the others stay."""
+    row = _get_schedule(sid)
+    own = {k: v for k, v in sched.schedule_dict(row).items() if k in API_FIELDS}
+    fields, refusal = _api_fields(own)
+    if fields is None:
+        return refusal
+    before = sched.update(central().registry, row.id, fields)
+    if before is None:
+        abort(404, lazy_gettext("no such schedule"))
+    audit("schedule", f"edited #{row.id}: {before} -> {fields}")
+    new = sched.get(central().registry, row.id)
+    assert new is not None
+    return jsonify(_api_item(new, _timetables([new])))

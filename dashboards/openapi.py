@@ -157,6 +157,7 @@ def document() -> dict[str, Any]:
             **_city(),
             **_notifications(),
             **_podium(),
+            **_schedules(),
         },
     }
 
@@ -203,6 +204,48 @@ def _timetables() -> dict[str, Any]:
     return {"/api/schools/{school}/timetable": {"get": get, "put": put},
             "/api/schools/{school}/timetable/periods": {"get": periods},
             "/api/usage": {"get": usage}}
+
+
+def _schedules() -> dict[str, Any]:
+    """Schedules (dashboards/health_schedules.py, central/schedules.py)."""
+    from central.schedules import ANCHORS, DAYS, OFFSET_MAX, SCHEDULE_ACTIONS, SCHEDULE_KINDS
+
+    body = {"type": "object", "additionalProperties": False, "properties": {
+        "name": {"type": "string", "maxLength": 100},
+        "at": {"type": "string", "description": N_("local time HH:MM (24 h) of a fixed-time schedule")},
+        "days": {"type": "array", "items": {"type": "string", "enum": list(DAYS)},
+                 "description": N_("weekdays it runs on (or one comma-separated string)")},
+        "action": {"type": "string", "enum": list(SCHEDULE_ACTIONS)},
+        "kinds": {"type": "array", "items": {"type": "string", "enum": list(SCHEDULE_KINDS)},
+                  "description": N_("the kinds of devices it switches (or one comma-separated string)")},
+        "school_id": {"type": ["string", "null"], "description": N_("its school; null: every school")},
+        "building_id": {"type": ["integer", "string", "null"], "description": N_("its building; null: every one")},
+        "enabled": {"type": "boolean"},
+        "anchor": {"type": ["string", "null"], "enum": [*ANCHORS, None],
+                   "description": N_("null: at the time `at`; last_period: `offset_min` minutes after the end of the "
+                                     "day's last class period in each school's timetable, in the school's time zone; "
+                                     "a day without periods (or a school without a timetable) has no such run")},
+        "offset_min": {"type": "integer", "minimum": 0, "maximum": OFFSET_MAX,
+                       "description": N_("minutes after the last period (anchored schedules)")}}}
+    one = {"type": "object", "description": N_("a schedule: the fields above, and id, scope, when (its time as a "
+                                               "person reads it), last_run and next_run (unix times)")}
+    bad = {"description": N_("bad body: `error` says why, `field` names what (`offset_min`, `at`, ...); nothing "
+                             "was changed")}
+    listed = _paged(_get(N_("The schedules, by time of day (facility, admin; an account limited to some schools: "
+                            "theirs)"), schema={"type": "array", "items": one}))
+    create = _get(N_("Create a schedule (facility, admin); the answer is the schedule saved"), schema=one)
+    create["requestBody"] = {"required": True, "content": {"application/json": {"schema": {
+        **body, "required": ["name", "action", "kinds"]}}}}
+    create["responses"]["201"] = create["responses"].pop("200")
+    create["responses"].update({"400": bad, "415": {"description": N_("the body is not sent as application/json")}})
+    sid = [("sid", "path", True)]
+    get = _get(N_("One schedule (facility, admin)"), sid, one)
+    get["responses"]["404"] = {"description": N_("no such schedule")}
+    put = _get(N_("Change a schedule: the fields given replace its own (facility, admin)"), sid, one)
+    put["requestBody"] = {"required": True, "content": {"application/json": {"schema": body}}}
+    put["responses"].update({"400": bad, "404": {"description": N_("no such schedule")},
+                             "415": {"description": N_("the body is not sent as application/json")}})
+    return {"/api/schedules": {"get": listed, "post": create}, "/api/schedules/{sid}": {"get": get, "put": put}}
 
 
 def _energy() -> dict[str, Any]:

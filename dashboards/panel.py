@@ -11,7 +11,9 @@ this module sends no command itself.
 Live state: `GET /api/panel/<gateway>/stream` is a server-sent event stream.
 It sends an `event: room` whenever the room's state changed: the gateway online or offline, each
 display's and projector's status and latest values, the room's recent
-commands and their statuses. A `: keepalive` comment goes out every
+commands and their statuses, and what the room did by itself lately (`automatic`: schedule runs, a class
+started or ended at the podium, an edge rule such as idle-off; central/room_actions.py), shown as "why"
+lines in the school's time zone. A `: keepalive` comment goes out every
 `PANEL_HEARTBEAT_S` (15 s) of silence, and then the caller's rights are
 checked again (a teacher moved to another room stops receiving it). Since
 it reads the shared database, it works whether ingest runs in this process
@@ -53,7 +55,7 @@ from flask_babel import gettext
 from campus import contract
 from campus.errors import CampusError, PayloadError
 from campus.i18n import N_, lazy_gettext
-from central import lists, overview
+from central import lists, overview, room_actions
 from central.ledger import Ledger
 from dashboards import auth, strict_json
 from dashboards.api import error
@@ -148,8 +150,10 @@ class RoomStates:
 
     def snapshot(self, gateway: str) -> dict[str, Any]:
         """The room now, as sent to the page (no volatile fields, so equal means unchanged)."""
-        rooms = self.ledger.rooms([gateway], RECENT_COMMANDS, time.time() - RECENT_COMMANDS_S)
-        return room_snapshot(gateway, rooms.get(gateway))
+        since = time.time() - RECENT_COMMANDS_S
+        rooms = self.ledger.rooms([gateway], RECENT_COMMANDS, since)
+        events = room_actions.recent(self.ledger.db, [gateway], since)
+        return room_snapshot(gateway, rooms.get(gateway), events.get(gateway, []))
 
     # ------------------------------------------------------------ for streams
 
@@ -222,9 +226,12 @@ class RoomStates:
             if full:
                 due = time.monotonic() + self.poll_s
             try:
-                rooms = self.ledger.rooms(gateways, RECENT_COMMANDS, time.time() - RECENT_COMMANDS_S)
-                bodies = {gw: strict_json.dumps(room_snapshot(gw, rooms.get(gw)), sort_keys=True,
-                                                separators=(",", ":")) for gw in gateways}
+                since = time.time() - RECENT_COMMANDS_S
+                rooms = self.ledger.rooms(gateways, RECENT_COMMANDS, since)
+                # One more statement a tick, whatever the number of rooms: what each did by itself.
+                events = room_actions.recent(self.ledger.db, gateways, since)
+                bodies = {gw: strict_json.dumps(room_snapshot(gw, rooms.get(gw), events.get(gw, [])),
+                                                sort_keys=True, separators=(",", ":")) for gw in gateways}
             except Exception:  # a locked or briefly unreadable database: the streams wait for the next tick
                 log.exception("panel: reading the rooms failed")
                 self.stop.wait(self.poll_s)
@@ -244,8 +251,10 @@ class StreamsClosed(Exception):
     """The app is closing: no new stream."""
 
 
-def room_snapshot(gateway: str, room: dict[str, Any] | None) -> dict[str, Any]:
-    """One room as the panel shows it, from `Ledger.rooms` (None: a gateway the ledger never heard of)."""
+def room_snapshot(gateway: str, room: dict[str, Any] | None,
+                  events: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+    """One room as the panel shows it, from `Ledger.rooms` (None: a gateway the ledger never heard of) and
+    its automatic-action `events` (central/room_actions.py `recent`)."""
     room = room or {}
     devices = [{"id": dev, "kind": info.get("kind", ""), "profile": info.get("profile", ""),
                 "status": info.get("status", "ok") if room.get("online") else "offline"}
@@ -277,7 +286,57 @@ def room_snapshot(gateway: str, room: dict[str, Any] | None) -> dict[str, Any]:
         "commands": [{**{k: c[k] for k in ("id", "device", "action", "params", "status", "detail", "by",
                                             "created", "finished")}, "details": gateway_texts(c["detail"])}
                      for c in room.get("commands", [])],
+        "automatic": room_actions.actions(events or [], room.get("commands", [])),
     }
+
+
+# What the room did by itself (central/room_actions.py), in words: one message per source and action, so each
+# language can say it in its own order. static/panel.js says the same with the same messages.
+SCHEDULE_WORDS = {"power_off": N_("%(devices)s switched off by schedule “%(name)s”"),
+                  "power_on": N_("%(devices)s switched on by schedule “%(name)s”"),
+                  "mute": N_("%(devices)s muted by schedule “%(name)s”"),
+                  "unmute": N_("%(devices)s unmuted by schedule “%(name)s”")}
+SCHEDULE_OTHER = N_("Schedule “%(name)s” ran on %(devices)s")
+SCHEDULE_MISSED = N_("Schedule “%(name)s” was missed: the gateway was not running then")
+SCHEDULE_INTERRUPTED = N_("Schedule “%(name)s” was interrupted")
+PODIUM_WORDS = {("started", "swipe"): N_("Class started with a card at the podium"),
+                ("ended", "swipe"): N_("Class ended with a card at the podium"),
+                ("ended", "timeout"): N_("Class ended by itself: nobody swiped a card before the timeout")}
+IDLE_OFF = N_("%(devices)s switched off: nobody was in the room")
+RULE_OTHER = N_("%(devices)s switched by rule “%(rule)s” (%(reason)s)")
+STATUS_AFTER = N_("(%(status)s)")
+THE_EQUIPMENT = N_("the equipment")
+STATUS_WORDS = {"failed": N_("failed"), "rejected": N_("refused"), "expired": N_("expired"), "pending": N_("waiting…"),
+                "skipped": N_("skipped")}
+
+
+def why_text(item: dict[str, Any], kinds: dict[str, str]) -> str:
+    """One automatic action (central/room_actions.py `actions`) as the panel says it, in the request's
+    language; `kinds`: the room's devices' kinds, to name them ("Projector", "投影机")."""
+    names = []
+    for dev in item["devices"]:
+        name = term("kind", kinds[dev]) if dev in kinds else dev
+        if name not in names:
+            names.append(name)
+    devices = gettext(", ").join(names) if names else gettext(THE_EQUIPMENT)
+    if item["source"] == "schedule":
+        if item["outcome"] == "missed":
+            text = gettext(SCHEDULE_MISSED, name=item["name"])
+        elif item["outcome"] == "interrupted":
+            text = gettext(SCHEDULE_INTERRUPTED, name=item["name"])
+        else:
+            text = gettext(SCHEDULE_WORDS.get(item["action"], SCHEDULE_OTHER), devices=devices, name=item["name"])
+    elif item["source"] == "podium":
+        text = gettext(PODIUM_WORDS.get((item["outcome"], item["reason"]), PODIUM_WORDS[(item["outcome"], "swipe")]
+                                        if item["outcome"] in ("started", "ended") else THE_EQUIPMENT))
+    elif item["rule"] == contract.RULE_IDLE_OFF:
+        text = gettext(IDLE_OFF, devices=devices)
+    else:
+        text = gettext(RULE_OTHER, devices=devices, rule=item["rule"], reason=item["reason"])
+    if item["status"] != "done" and item["outcome"] not in ("missed", "interrupted"):
+        status = STATUS_WORDS.get(item["status"])
+        text += " " + gettext(STATUS_AFTER, status=gettext(status) if status else item["status"])
+    return text[:1].upper() + text[1:]
 
 
 def _states() -> RoomStates:
@@ -322,6 +381,12 @@ def _card_context(gateway: str, snapshot: dict[str, Any]) -> dict[str, Any]:
     return {"devices": devices, "can_command": can, "enabled": can and snapshot["online"], "gateway": gateway}
 
 
+def _why(snapshot: dict[str, Any]) -> list[dict[str, Any]]:
+    """The room's automatic actions with their words, for the page's first render (the script redraws them)."""
+    kinds = {d["id"]: d["kind"] for d in snapshot["devices"]}
+    return [{**item, "text": why_text(item, kinds)} for item in snapshot.get("automatic", [])]
+
+
 # ---------------------------------------------------------------- pages
 
 
@@ -348,7 +413,8 @@ def room(gateway: str) -> Any:
     if name is None:
         return render_template("error.html", status=404,
                                message=gettext("There is no gateway %(gateway)s.", gateway=gateway)), 404
-    return render_template("panel.html", room=name, snapshot=snapshot, **_card_context(gateway, snapshot))
+    return render_template("panel.html", room=name, snapshot=snapshot, why=_why(snapshot),
+                           **_card_context(gateway, snapshot))
 
 
 @bp.get("/panel/<gateway>/cards")

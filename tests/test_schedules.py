@@ -281,7 +281,7 @@ def test_validate_normalises_a_form(site: Site) -> None:
                                  "enabled": "on"}, site.registry)
     assert fields == {"name": "Night", "at": "22:00", "days": "mon,fri", "action": "power_off",
                       "kinds": "display,projector", "school_id": "s1", "building_id": site.building["A"],
-                      "enabled": True}
+                      "enabled": True, "anchor": None, "offset_min": 0}
 
 
 @pytest.mark.parametrize("change, text", [

@@ -162,6 +162,66 @@
     }) : [Object.assign(document.createElement("li"), {className: "muted", textContent: _("None yet.")})]));
   }
 
+  // What the room did by itself (central/room_actions.py), in the words of dashboards/panel.py why_text.
+  const WHY_STATUS = {failed: _("failed"), rejected: _("refused"), expired: _("expired"), pending: _("waiting…"),
+                      skipped: _("skipped")};
+
+  function whyText(item, kinds) {
+    const names = [];
+    for (const dev of item.devices) {
+      const name = kinds[dev] ? kindName(kinds[dev]) : dev;
+      if (!names.includes(name)) names.push(name);
+    }
+    const devices = names.length ? names.join(_(", ")) : _("the equipment");
+    let text;
+    if (item.source === "schedule") {
+      if (item.outcome === "missed") {
+        text = _("Schedule “%(name)s” was missed: the gateway was not running then", {name: item.name});
+      } else if (item.outcome === "interrupted") {
+        text = _("Schedule “%(name)s” was interrupted", {name: item.name});
+      } else if (item.action === "power_off") {
+        text = _("%(devices)s switched off by schedule “%(name)s”", {devices, name: item.name});
+      } else if (item.action === "power_on") {
+        text = _("%(devices)s switched on by schedule “%(name)s”", {devices, name: item.name});
+      } else if (item.action === "mute") {
+        text = _("%(devices)s muted by schedule “%(name)s”", {devices, name: item.name});
+      } else if (item.action === "unmute") {
+        text = _("%(devices)s unmuted by schedule “%(name)s”", {devices, name: item.name});
+      } else {
+        text = _("Schedule “%(name)s” ran on %(devices)s", {devices, name: item.name});
+      }
+    } else if (item.source === "podium") {
+      text = item.outcome === "started" ? _("Class started with a card at the podium")
+        : item.reason === "timeout" ? _("Class ended by itself: nobody swiped a card before the timeout")
+        : _("Class ended with a card at the podium");
+    } else if (item.rule === "idle_off") {
+      text = _("%(devices)s switched off: nobody was in the room", {devices});
+    } else {
+      text = _("%(devices)s switched by rule “%(rule)s” (%(reason)s)", {devices, rule: item.rule, reason: item.reason});
+    }
+    if (item.status !== "done" && item.outcome !== "missed" && item.outcome !== "interrupted") {
+      text += " " + _("(%(status)s)", {status: WHY_STATUS[item.status] || item.status});
+    }
+    return text.charAt(0).toUpperCase() + text.slice(1);
+  }
+
+  function showWhy(snap) {
+    const list = $("#why");
+    if (!list) return;
+    const kinds = Object.fromEntries(snap.devices.map((d) => [d.id, d.kind]));
+    const items = snap.automatic || [];
+    list.replaceChildren(...(items.length ? items.map((item) => {
+      const li = document.createElement("li");
+      li.dataset.source = item.source;
+      const time = document.createElement("time");
+      time.textContent = campusTime.clock(item.ts, false);
+      const text = document.createElement("span");
+      text.textContent = whyText(item, kinds);
+      li.append(time, " ", text);
+      return li;
+    }) : [Object.assign(document.createElement("li"), {className: "muted", textContent: _("None yet.")})]));
+  }
+
   function setEnabled(enabled) {
     for (const el of $$(".ctl")) el.disabled = !enabled;
   }
@@ -196,6 +256,7 @@
     setEnabled(canCommand && snap.online);
     for (const dev of snap.devices) showDevice(dev, snap.online);
     showRecent(snap.commands || []);
+    showWhy(snap);
     for (const c of snap.commands || []) {
       if (watching.has(c.id) && FINAL.has(c.status)) finish(c);
     }
