@@ -101,12 +101,13 @@ def test_a_code_shown_again_after_the_dedup_window_is_a_new_check_in(tmp_path: P
 
 
 def test_qr_checkin_without_the_card_secret_is_a_device_fault_not_a_raw_send(tmp_path: Path) -> None:
-    """As a card reader: no secret, no start (each poll says why); `qr_checkin: false` counts people only."""
+    """As a card reader: QR check-in asked for without the secret, no start (each poll says why); without
+    the secret and not asked for, or `qr_checkin: false`, the camera counts people and decodes no code."""
     info = _video(tmp_path, 3, "STU-101-0001", seed=3)
     no_secret = {"loop": True, "realtime": False}
 
     async def main() -> None:
-        drv = CameraDriver("cam1", PROFILE, {"source": str(info.path)}, no_secret)
+        drv = CameraDriver("cam1", PROFILE, {"source": str(info.path)}, {**no_secret, "qr_checkin": True})
         for _ in range(2):
             with pytest.raises(CardSecretMissing, match="card_secret") as err:
                 await drv.read()
@@ -115,9 +116,12 @@ def test_qr_checkin_without_the_card_secret_is_a_device_fault_not_a_raw_send(tmp
         await drv.close()
         events: list[DeviceEvent] = []
         counts: list[int | None] = []
-        async with CameraDriver("cam1", PROFILE, {"source": str(info.path)}, {**no_secret, "qr_checkin": False}) as drv:
-            await _poll(drv, lambda: drv.media_s > info.frames / info.fps + 1 and counts[-1:] == [3], counts, events)
-            assert "qr_scans" not in drv.counters  # the code is never even decoded
+        for options in (no_secret, {**no_secret, "qr_checkin": False}):
+            counts.clear()
+            async with CameraDriver("cam1", PROFILE, {"source": str(info.path)}, options) as drv:
+                await _poll(drv, lambda: drv.media_s > info.frames / info.fps + 1 and counts[-1:] == [3], counts,
+                            events)
+                assert "qr_scans" not in drv.counters, options  # the code is never even decoded
         assert events == []
     asyncio.run(main())
 

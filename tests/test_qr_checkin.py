@@ -34,10 +34,10 @@ CODE = "STU-101-0007"  # what is printed on the pupil's card
 OLD, NEW = "school-secret-old", "school-secret-new"
 
 
-def camera_room(tmp_path: Path, **extra: Any) -> Any:
+def camera_room(tmp_path: Path, qr_checkin: bool | None = None, **extra: Any) -> Any:
     """A gateway with one camera on a 4 s looping video; the card is held up from 0.8 s to 2.2 s of each pass."""
     camera = {"id": "cam", "profile": "camera-occupancy", "address": {"source": str(tmp_path / "cam.avi")},
-              "options": {"loop": True}, "simulator": {"people": 2, "qr_text": CODE, "seconds": 4, "fps": 10}}
+              "options": {"loop": True, **({} if qr_checkin is None else {"qr_checkin": qr_checkin})}, "simulator": {"people": 2, "qr_text": CODE, "seconds": 4, "fps": 10}}
     path = write_gateway_config(tmp_path / "gw1.yaml", f"mqtt://127.0.0.1:{free_port()}", poll_interval=0.2,
                                 devices=[camera], **extra)
     return load_gateway_config(path)
@@ -75,8 +75,8 @@ def test_the_camera_sends_the_pseudonym_only_and_a_new_secret_rekeys(tmp_path: P
     run_room(config, body, ready="cam", what="the camera reading")
 
 
-def test_a_camera_without_the_card_secret_is_a_fault_and_sends_nothing(tmp_path: Path) -> None:
-    config = camera_room(tmp_path)  # no card_secret in the gateway config
+def test_a_camera_asked_for_qr_check_in_without_the_card_secret_is_a_fault_and_sends_nothing(tmp_path: Path) -> None:
+    config = camera_room(tmp_path, qr_checkin=True)  # no card_secret in the gateway config
 
     async def body(agent: Agent, sims: SimulatorSet) -> None:
         await until(lambda: agent.polling.status.get("cam") == "fault", what="the camera's fault")

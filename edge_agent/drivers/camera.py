@@ -10,10 +10,10 @@ minor, so it is replaced by its pseudonym where it is decoded
 (`protocols.card_ids.qr_pseudonym`, HMAC-SHA256 keyed with the school's card
 secret, the key card readers use; central's roster import makes the same
 pseudonym of the code it is given). Events, the repeat filter, counters and
-logs only ever see the pseudonym. With QR check-in on (`qr_checkin`, the
-default) and no secret the driver refuses to start, as a card reader does: a
-device fault, never a raw code sent. `qr_checkin: false` counts people only
-and needs no secret.
+logs only ever see the pseudonym. Without the secret a camera counts people
+and decodes no code; `qr_checkin: true` without it refuses to start, as a
+card reader does (a device fault, never a raw code sent); `qr_checkin: false`
+counts people only, secret or not.
 
 OpenCV's capture is blocking, so each camera gets one background thread,
 started by `open()`, that reads the source continuously (an RTSP/HTTP URL,
@@ -135,8 +135,11 @@ class CameraDriver(Driver):
             raise ConfigError(f"{self.device_id}: option reopen_backoff_max_s must be at least reopen_backoff_s")
         self.loop = self._flag("loop", False)
         self.realtime = self._flag("realtime", True)
-        self.qr_checkin = self._flag("qr_checkin", True)
         self._secret = card_secret_option(self.options)  # the school's card secret (agent.py puts it here)
+        # QR check-in is on where the gateway has its school's secret, unless the config says off: a camera
+        # counting people (occupancy, idle-off) must not stop for want of a secret it does not need. Asked
+        # for explicitly without one, it is a config error: the driver refuses to start (open).
+        self.qr_checkin = self._flag("qr_checkin", self._secret is not None)
         # Shared between the capture thread and read(), under _lock.
         self._lock = threading.Lock()
         self._counts: deque[int] = deque(maxlen=int(s["smooth"]))
