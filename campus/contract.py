@@ -61,6 +61,9 @@ SCHEDULE_RUN_EVENT = "schedule_run"
 SCHEDULE_DEVICE = "schedules"
 SCHEDULE_OUTCOMES = ("ran", "missed", "interrupted")
 CARD_SWIPE_EVENT = "card_swipe"  # a card reader's event; data: card (pseudonym), reader
+# A QR check-in on a classroom camera; data: the code's pseudonym (protocols/card_ids.py qr_pseudonym), camera.
+# Central's attendance registers read both (central/attendance.py).
+ATTENDANCE_EVENT = "attendance"
 DEVICE_KINDS = ("environment", "card_reader", "projector", "display", "camera", "meter")
 # String metrics with a closed set of values (stores without strings keep the index).
 METRIC_ENUMS: dict[str, tuple[str, ...]] = {

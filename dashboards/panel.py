@@ -54,6 +54,7 @@ from campus import contract
 from campus.errors import CampusError, PayloadError
 from campus.i18n import N_, lazy_gettext
 from central import lists, overview
+from central.attendance import EVENT_TYPES as ATTENDANCE_EVENTS
 from central.ledger import Ledger
 from dashboards import auth, strict_json
 from dashboards.api import error
@@ -149,7 +150,16 @@ class RoomStates:
     def snapshot(self, gateway: str) -> dict[str, Any]:
         """The room now, as sent to the page (no volatile fields, so equal means unchanged)."""
         rooms = self.ledger.rooms([gateway], RECENT_COMMANDS, time.time() - RECENT_COMMANDS_S)
-        return room_snapshot(gateway, rooms.get(gateway))
+        return room_snapshot(gateway, rooms.get(gateway), self._swiped([gateway]).get(gateway))
+
+    def _swiped(self, gateways: list[str]) -> dict[str, float]:
+        """The time of each room's newest swipe or check-in (one statement for every watched room): a new one
+        changes the snapshot, so the page reloads its attendance (dashboards/attendance.py)."""
+        newest = self.ledger.newest_events(gateways, ATTENDANCE_EVENTS)
+        out: dict[str, float] = {}
+        for (gw, _type), ev in newest.items():
+            out[gw] = max(out.get(gw, 0.0), ev["ts"])
+        return out
 
     # ------------------------------------------------------------ for streams
 
@@ -223,7 +233,8 @@ class RoomStates:
                 due = time.monotonic() + self.poll_s
             try:
                 rooms = self.ledger.rooms(gateways, RECENT_COMMANDS, time.time() - RECENT_COMMANDS_S)
-                bodies = {gw: strict_json.dumps(room_snapshot(gw, rooms.get(gw)), sort_keys=True,
+                swiped = self._swiped(gateways)
+                bodies = {gw: strict_json.dumps(room_snapshot(gw, rooms.get(gw), swiped.get(gw)), sort_keys=True,
                                                 separators=(",", ":")) for gw in gateways}
             except Exception:  # a locked or briefly unreadable database: the streams wait for the next tick
                 log.exception("panel: reading the rooms failed")
@@ -244,8 +255,9 @@ class StreamsClosed(Exception):
     """The app is closing: no new stream."""
 
 
-def room_snapshot(gateway: str, room: dict[str, Any] | None) -> dict[str, Any]:
-    """One room as the panel shows it, from `Ledger.rooms` (None: a gateway the ledger never heard of)."""
+def room_snapshot(gateway: str, room: dict[str, Any] | None, swiped: float | None = None) -> dict[str, Any]:
+    """One room as the panel shows it, from `Ledger.rooms` (None: a gateway the ledger never heard of), with
+    the time of its newest swipe or check-in (`swiped`)."""
     room = room or {}
     devices = [{"id": dev, "kind": info.get("kind", ""), "profile": info.get("profile", ""),
                 "status": info.get("status", "ok") if room.get("online") else "offline"}
@@ -274,6 +286,7 @@ def room_snapshot(gateway: str, room: dict[str, Any] | None) -> dict[str, Any]:
                     for d in controlled],
         "commands": [{k: c[k] for k in ("id", "device", "action", "params", "status", "detail", "by",
                                          "created", "finished")} for c in room.get("commands", [])],
+        "swiped": swiped,
     }
 
 
