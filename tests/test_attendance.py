@@ -304,3 +304,58 @@ def test_the_panel_shows_the_current_period(app: Flask) -> None:
     assert call(app, "GET", "/attendance/panel/gw-102", "teacher").status_code == 403
     panel = call(app, "GET", "/panel/gw-101", "teacher").get_data(as_text=True)
     assert "/attendance/panel/gw-101" in panel
+
+
+# ---------------------------------------------------------------- end to end
+
+
+@pytest.mark.slow
+def test_swipes_at_a_simulated_em4100_reader_fill_the_register(tmp_path: Path) -> None:
+    """A real agent reads the EM4100 simulator's frames on a pty, pseudonymises them with the school's secret
+    and sends them through Mosquitto to a real ingest; the register of the room then shows who swiped."""
+    import asyncio
+    import time
+
+    from central.registry import Registry, SchoolSecret
+    from tests.e2e import Classroom, SimulatorsInThread, write_gateway_config
+    from tests.servers import Mosquitto, wait_until
+
+    secret, pupil, stranger = "school-secret-1", "14008EC793", "0AFFFFFFFF"
+    devices = [{"id": "cards", "profile": "card-em4100", "address": {"serial": str(tmp_path / "cards.tty")},
+                "options": {"repeat_window_s": 0.2}}]
+    broker = Mosquitto(tmp_path / "mq")
+    broker.start()
+    room = Classroom(tmp_path, broker.url, poll_interval=0.3, devices=devices)
+    write_gateway_config(room.config, broker.url, poll_interval=0.3, devices=devices, data_dir=str(room.data_dir),
+                         card_secret=secret)
+    reg = Registry(room.db_url)
+    try:
+        reg.register_gateway("gw1", "s1", "101", "A")
+        with reg.session() as s:  # the gateway's config came with this school's secret
+            s.merge(SchoolSecret(school_id="s1", card_secret=secret))
+        local = datetime.now(ZONE) - timedelta(minutes=1)  # a period that started a minute ago: swipes on time
+        if local.time() >= dtime(23, 50):
+            pytest.skip("too close to midnight for a period of today")
+        tts.save(reg, tts.Timetable("s1", "Asia/Shanghai", tuple(
+            tts.Period(w, 1, dtime(local.hour, local.minute), dtime(23, 59)) for w in range(1, 8))))
+        roster = f"姓名,班级,一卡通,教室\n张三,一班,0x{pupil},101\n李四,一班,A1B2C3D4,101\n"
+        assert att.import_roster(reg, "s1", roster.encode("gb18030"), "test").ok
+        today = datetime.now(ZONE).date()
+        with SimulatorsInThread(room.config) as sims:
+            room.start(sim=False)
+            try:
+                wait_until(lambda: (room.view.gateway("gw1") or {}).get("online"), 30, message="the gateway online")
+                for uid in (pupil, pupil, stranger):  # the second swipe of the pupil folds into the first
+                    asyncio.run_coroutine_threadsafe(sims["cards"].swipe(uid), sims.loop).result(10)
+
+                def register() -> dict[str, str]:
+                    return {e.person: e.status for e in att.register(reg, "s1", "101", today, now=time.time())}
+
+                wait_until(lambda: len(register()) == 3, 60, message="the swipes in the register")
+                assert register() == {"张三": "present", "李四": "absent",
+                                      card_hash(secret, stranger)[:att.PREFIX_CHARS]: "unknown"}
+            finally:
+                room.stop()
+                broker.stop()
+    finally:
+        reg.close()
