@@ -37,6 +37,8 @@ from dashboards.i18n import error_text, format_clock, page_zone, site_zone, tran
 from dashboards.timetables import _download
 
 bp = Blueprint("attendance", __name__)
+PANEL_AUDIT_KEYS = 10_000
+_PANEL_AUDITED: set[tuple[str, str, date, int]] = set()  # (account, gateway, day, period) whose panel view is audited
 MAX_SUMMARY_WEEKS = 26
 XLSX = "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet"
 
@@ -135,6 +137,10 @@ def api_attendance() -> Any:
         day, klass = _day(request.args.get("date")), _class_arg()
         gateway = request.args.get("gateway")
         if gateway:
+            try:
+                names.identifier(gateway, "gateway")
+            except names.BadName as exc:
+                raise _Refused(400, exc.reason, "gateway") from None
             if not may_see(g.user, gateway):
                 return auth.refuse_gateway(g.user, lazy_gettext("not one of your rooms"))
             place = att.room_of_gateway(central().registry, gateway)
@@ -255,6 +261,9 @@ def correct(school: str, room: str) -> Any:
         except ValueError:
             raise _Refused(400, lazy_gettext("period: not a number"), "period") from None
         person, klass, status = (request.form.get(k, "")[:att.NAME_MAX] for k in ("person", "class", "status"))
+        for name, value in (("person", person), ("class", klass)):
+            if not value.isprintable():  # no name holds a control character (and PostgreSQL refuses a NUL)
+                raise _Refused(400, lazy_gettext("%(field)s: not a name", field=name), name)
         try:
             att.correct(central().registry, school, room, day, period, person, klass, status, g.user["user"])
         except ConfigError as exc:
@@ -430,8 +439,14 @@ def panel_fragment(gateway: str) -> Any:
         entries = [e for e in att.register(central().registry, place[0], place[1], period[0],
                                            site_zone=site_zone()) if e.period == period[1]]
     named = may_see_names(g.user)
-    if named and entries:
-        audit("attendance.view", f"{place[0]}/{place[1]} {period[0]} period {period[1]}: panel")  # type: ignore[index]
+    if named and entries and period is not None and place is not None:
+        # Audited once per account, room and period: the panel reloads this on every swipe and each minute.
+        key = (g.user["user"], gateway, period[0], period[1])
+        if key not in _PANEL_AUDITED:
+            if len(_PANEL_AUDITED) >= PANEL_AUDIT_KEYS:
+                _PANEL_AUDITED.clear()
+            _PANEL_AUDITED.add(key)
+            audit("attendance.view", f"{place[0]}/{place[1]} {period[0]} period {period[1]}: panel")
     return render_template("attendance_panel.html", place=place, period=period, counts=att.counts(entries),
                            entries=entries if named else None, status_name=_status_name,
                            statuses=att.STATUSES)

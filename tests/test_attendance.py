@@ -23,7 +23,7 @@ from central import attendance as att
 from central import timetables as tts
 from central.ledger import Sequenced
 from dashboards import close_app
-from dashboards.context import central
+from dashboards.context import central, web
 from protocols.card_ids import card_hash, card_uid, qr_pseudonym
 from tests.apps import add_people, central_db, register_rooms, sqlite_only, two_rooms, web_app
 from tests.test_podium_cards import call, text_values
@@ -188,6 +188,7 @@ def test_a_teacher_corrects_an_entry_and_it_is_audited(app: Flask) -> None:
     assert call(app, "POST", page, "facility", data=form).status_code == 403
     assert call(app, "POST", page, "teacher", data={**form, "status": "unknown"}).status_code == 400
     assert call(app, "POST", page, "teacher", data={**form, "person": "nobody"}).status_code == 404
+    assert call(app, "POST", page, "teacher", data={**form, "person": "王\x00五"}).status_code == 400
     assert call(app, "POST", "/attendance/s1/rooms/102/correct", "teacher", data=form).status_code == 403
     resp = call(app, "POST", page, "teacher", data=form)
     assert resp.status_code == 200
@@ -225,6 +226,7 @@ def test_the_api_is_scoped_and_a_district_account_sees_counts_only(app: Flask) -
     assert "counts-only" in page and "张三" not in page
     assert "张三" in call(app, "GET", f"/attendance/s1/rooms/101?date={DAY}", "school").get_data(as_text=True)
     for bad, field in (("/api/attendance?gateway=gw-101&date=yesterday", "date"), ("/api/attendance", "gateway"),
+                       ("/api/attendance?gateway=gw%00x", "gateway"), ("/api/attendance?school=s1&class=a%00b", "class"),
                        ("/api/attendance?school=s1&class=九班", "class")):
         resp = call(app, "GET", bad, "school")
         assert 400 <= resp.status_code < 500 and resp.get_json()["field"] == field, (bad, resp.get_json())
@@ -297,7 +299,10 @@ def test_the_panel_shows_the_current_period(app: Flask) -> None:
     tts.save(reg, tts.Timetable("s1", "Asia/Shanghai", everyday))
     import time
 
-    swipes(app, "gw-101", [(time.time() - 5, CARD_SWIPE_EVENT, {"card": card(app, "A1B2C3D4"), "reader": "r"})], 50)
+    swiped = time.time() - 5
+    swipes(app, "gw-101", [(swiped, CARD_SWIPE_EVENT, {"card": card(app, "A1B2C3D4"), "reader": "r"})], 50)
+    # The panel's live stream carries the room's newest swipe: a new one changes the room, the page reloads.
+    assert web(app).panel.snapshot("gw-101")["swiped"] == pytest.approx(swiped)
     page = call(app, "GET", "/attendance/panel/gw-101", "teacher").get_data(as_text=True)
     if datetime.now(ZONE).time() < dtime(23, 59):
         assert "李四" in page and 'data-status="absent"' in page
