@@ -457,14 +457,15 @@ def _load(registry: Registry, school: str, site_zone: ZoneInfo) -> _School:
                    {rid: sorted(c) for rid, c in classes.items()}, rooms, gateways)
 
 
-def pseudonym_of(data: Any) -> tuple[str, str] | None:
-    """The pseudonym an event carries and its source (card or qr), or None (a raw code is not one)."""
+def pseudonym_of(data: Any, type_: str = contract.CARD_SWIPE_EVENT) -> tuple[str, str] | None:
+    """The pseudonym an event carries and its source (card: a reader's swipe; qr: a camera's check-in), or
+    None (a raw code is not one)."""
     if not isinstance(data, dict):
         return None
     for key in PSEUDONYM_FIELDS:
         value = data.get(key)
         if isinstance(value, str) and len(value) == 64 and all(c in "0123456789abcdef" for c in value):
-            return value, "card" if key == "card" else "qr"
+            return value, "card" if type_ == contract.CARD_SWIPE_EVENT else "qr"
     return None
 
 
@@ -477,8 +478,8 @@ def _entries(sc: _School, room_id: int, slots: list[timetables.Slot], events: li
     classes = [c for c in sc.classes_of_room.get(room_id, []) if klass is None or c == klass]
     expected = sorted((p for p in sc.people.values() if p.class_name in classes and p.role == "student"),
                       key=lambda p: (p.class_name, p.name))
-    seen_events = sorted((ts, found) for gw, ts, _type, data in events
-                         if gw in gateways and (found := pseudonym_of(data)) is not None)
+    seen_events = sorted((ts, found) for gw, ts, type_, data in events
+                         if gw in gateways and (found := pseudonym_of(data, type_)) is not None)
     out: list[Entry] = []
     for slot in slots:
         if slot.start > now:
