@@ -35,9 +35,11 @@ from __future__ import annotations
 import csv
 import logging
 import os
+import re
 import socket
 import threading
 import time
+from bisect import bisect_left
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
@@ -80,6 +82,7 @@ EVENT_TYPES = (contract.CARD_SWIPE_EVENT, contract.ATTENDANCE_EVENT)
 # gateway's camera driver names it `code`, or `qr`). Only 64 hex digits count: a raw code is never matched.
 PSEUDONYM_FIELDS = ("card", "code", "qr", "pseudonym")
 
+_HEX64 = re.compile(r"[0-9a-f]{64}\Z")
 ROSTER_COLUMNS = ("name", "class", "role", "card", "qr", "room")
 ROSTER_HEADER = Header(ROSTER_COLUMNS, {"name": "姓名", "class": "班级", "role": "角色", "card": "一卡通",
                                         "qr": "二维码", "room": "教室"}, ("name",),
@@ -420,6 +423,17 @@ class Entry:
                 "corrected": bool(self.corrected_by)}
 
 
+@dataclass(frozen=True, slots=True)
+class _Person:
+    """A roster row as a plain value: a summary reads hundreds of thousands of its fields."""
+    id: int
+    name: str
+    class_name: str
+    role: str
+    card: str | None
+    qr: str | None
+
+
 @dataclass
 class _School:
     """What a school's registers are computed from, read once for a page or a report."""
@@ -427,8 +441,8 @@ class _School:
     zone: ZoneInfo
     tt: timetables.Timetable | None
     grace_s: float
-    people: dict[int, RosterPerson]
-    by_pseudonym: dict[str, RosterPerson]
+    people: dict[int, _Person]
+    by_pseudonym: dict[str, _Person]
     classes_of_room: dict[int, list[str]]
     room_names: dict[int, str]
     gateways_of_room: dict[int, list[str]]
@@ -438,8 +452,9 @@ def _load(registry: Registry, school: str, site_zone: ZoneInfo) -> _School:
     tt = timetables.load(registry, school)
     grace = settings(registry, school).grace_min * 60.0
     with registry.session() as s:
-        people = {p.id: p for p in s.scalars(select(RosterPerson).where(RosterPerson.school_id == school))}
-        s.expunge_all()
+        r = RosterPerson
+        people = {row[0]: _Person(*row) for row in s.execute(
+            select(r.id, r.name, r.class_name, r.role, r.card, r.qr).where(r.school_id == school))}
         classes: dict[int, list[str]] = {}
         for klass, rid in s.execute(select(ClassRoom.class_name, ClassRoom.room_id).where(ClassRoom.school_id == school)):
             classes.setdefault(rid, []).append(klass)
@@ -448,7 +463,7 @@ def _load(registry: Registry, school: str, site_zone: ZoneInfo) -> _School:
         for gid, rid in s.execute(select(Gateway.id, Gateway.room_id).where(Gateway.school_id == school,
                                                                             Gateway.room_id.is_not(None))):
             gateways.setdefault(rid, []).append(gid)
-    by_pseudonym: dict[str, RosterPerson] = {}
+    by_pseudonym: dict[str, _Person] = {}
     for p in people.values():
         for value in (p.card, p.qr):
             if value:
@@ -464,7 +479,7 @@ def pseudonym_of(data: Any, type_: str = contract.CARD_SWIPE_EVENT) -> tuple[str
         return None
     for key in PSEUDONYM_FIELDS:
         value = data.get(key)
-        if isinstance(value, str) and len(value) == 64 and all(c in "0123456789abcdef" for c in value):
+        if isinstance(value, str) and _HEX64.match(value):
             return value, "card" if type_ == contract.CARD_SWIPE_EVENT else "qr"
     return None
 
@@ -480,13 +495,16 @@ def _entries(sc: _School, room_id: int, slots: list[timetables.Slot], events: li
                       key=lambda p: (p.class_name, p.name))
     seen_events = sorted((ts, found) for gw, ts, type_, data in events
                          if gw in gateways and (found := pseudonym_of(data, type_)) is not None)
+    times = [ts for ts, _found in seen_events]
     out: list[Entry] = []
     for slot in slots:
         if slot.start > now:
             continue
         first: dict[str, tuple[float, str]] = {}
-        for ts, (pseudonym, source) in seen_events:
-            if slot.start - EARLY_S <= ts < slot.end and pseudonym not in first:
+        # The period's window by bisection: a summary runs this for every period of weeks of swipes.
+        for ts, (pseudonym, source) in seen_events[bisect_left(times, slot.start - EARLY_S):
+                                                   bisect_left(times, slot.end)]:
+            if pseudonym not in first:
                 first[pseudonym] = (ts, source)  # duplicates fold into the first
         seen_people: dict[int, tuple[float, str]] = {}
         unknown: list[tuple[str, float, str]] = []
@@ -497,7 +515,7 @@ def _entries(sc: _School, room_id: int, slots: list[timetables.Slot], events: li
             elif person.id not in seen_people or ts < seen_people[person.id][0]:
                 seen_people[person.id] = (ts, source)  # card and QR of one person: the first
 
-        def line(person: RosterPerson, seen: tuple[float, str] | None,
+        def line(person: _Person, seen: tuple[float, str] | None,
                  slot: timetables.Slot = slot) -> Entry:
             status = "absent" if seen is None else ("late" if seen[0] > slot.start + sc.grace_s else "present")
             mark = marks.get((slot.day, slot.period.number, person.id))
@@ -640,10 +658,14 @@ def _class_day_counts(sc: _School, first: date, last: date, registry: Registry,
     rooms = [rid for rid in sc.classes_of_room if rid in sc.room_names]
     gateways = [gw for rid in rooms for gw in sc.gateways_of_room.get(rid, [])]
     events = lists.attendance_events(registry.db, gateways, start, end, EVENT_TYPES) if gateways else []
+    by_gateway: dict[str, list[tuple[str, float, str, Any]]] = {}
+    for ev in events:
+        by_gateway.setdefault(ev[0], []).append(ev)
     marks = _marks(registry, rooms, first, last)
     out: dict[tuple[str, date], list[int]] = {}
     for rid in rooms:
-        for e in _entries(sc, rid, slots, events, marks.get(rid, {}), now):
+        mine = [ev for gw in sc.gateways_of_room.get(rid, []) for ev in by_gateway.get(gw, [])]
+        for e in _entries(sc, rid, slots, mine, marks.get(rid, {}), now):
             if e.role != "student" or e.klass not in sc.classes_of_room[rid]:
                 continue
             row = out.setdefault((e.klass, e.day), [0, 0, 0, 0, 0])
