@@ -749,6 +749,17 @@ _COMMAND_COLUMNS = tuple(commands_t.c[name] for name in ("id", "gateway", "devic
                                                          "created", "deadline", "status", "detail", "finished"))
 
 
+def delete_events(db: Database, gateways: Collection[str], types: Collection[str], before: float) -> int:
+    """Delete the events of `types` of `gateways` older than `before`: the attendance retention's end of
+    named swipes and check-ins (central/attendance.py); the number deleted."""
+    if not gateways or not types:
+        return 0
+    e = events_t.c
+    with db.write("cannot delete old events") as conn:
+        return conn.execute(sql_delete(events_t).where(e.gateway.in_(list(gateways)), e.type.in_(list(types)),
+                                                       e.ts < before)).rowcount
+
+
 def _command(row: Any, now: float) -> dict[str, Any]:
     """A row of `_COMMAND_COLUMNS` as the API shows it."""
     cid, gw, dev, action, params, by, created, deadline, status, detail, finished = row

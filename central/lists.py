@@ -764,3 +764,33 @@ def room_events(db: Database, gateways: list[str], types: tuple[str, ...], per_r
         out.setdefault(g, []).append({"gateway": g, "device": d, "seq": seq, "ts": ts, "type": t,
                                       "data": body if isinstance(body, dict) else {}})
     return out
+
+
+# ---------------------------------------------------------------- attendance (central/attendance.py)
+
+
+def attendance_events(db: Database, gateways: list[str], start: float, end: float,
+                      types: tuple[str, ...]) -> list[tuple[str, float, str, Any]]:
+    """The swipes and check-ins (`types`) of `gateways` from `start` to `end` (excluded), oldest first, as
+    (gateway, ts, type, data): one statement for a room's day, or a school's week."""
+    if not gateways:
+        return []
+    e = events_t.c
+    query = (select(e.gateway, e.ts, e.type, e.data)
+             .where(e.gateway.in_(gateways), e.type.in_(types), e.ts >= start, e.ts < end).order_by(e.ts))
+    with db.read("cannot read the attendance events") as conn:
+        rows = conn.execute(query).all()
+    out = []
+    for gateway, ts, type_, data in rows:
+        try:
+            out.append((gateway, ts, type_, json.loads(data)))
+        except ValueError:  # a row the ledger wrote is JSON; one that is not is no swipe
+            continue
+    return out
+
+
+def oldest_attendance_event(db: Database, gateways: list[str], types: tuple[str, ...]) -> float | None:
+    """The time of the oldest swipe or check-in of `gateways` (the retention's first day to reduce)."""
+    e = events_t.c
+    with db.read("cannot read the attendance events") as conn:
+        return conn.execute(select(func.min(e.ts)).where(e.gateway.in_(gateways), e.type.in_(types))).scalar()

@@ -23,6 +23,7 @@ from zoneinfo import ZoneInfo
 from central import city_push
 from central import usage_rollup as rollup
 from central.alarms import AlarmMonitor
+from central.attendance import AttendanceRetention
 from central.city_push import CityLink, CityPusher
 from central.commands import CommandService
 from central.db import Database, open_database, url_of
@@ -41,6 +42,9 @@ ALARM_INTERVAL_ENV = "CAMPUS_ALARM_INTERVAL"
 SCHEDULE_INTERVAL_ENV = "CAMPUS_SCHEDULE_INTERVAL"
 # Seconds the first alarm transition of a group waits for others (docs/notifications.md); default 30.
 NOTIFY_WINDOW_ENV = "CAMPUS_NOTIFY_WINDOW"
+# Seconds between runs of the attendance retention (central/attendance.py); 0 turns it off.
+ATTENDANCE_INTERVAL_ENV = "CAMPUS_ATTENDANCE_INTERVAL"
+DEFAULT_ATTENDANCE_INTERVAL_S = 3600.0
 
 
 @dataclass
@@ -111,6 +115,7 @@ class Central:
     # its Babel (messages in each channel's language) and sends test messages through it.
     notifier: Notifier | None = None
     usage_rollup: UsageRollup | None = None
+    attendance_retention: AttendanceRetention | None = None
     _started: bool = field(default=False, repr=False)
     _closed: bool = field(default=False, repr=False)
 
@@ -175,6 +180,11 @@ class Central:
                     self.usage_rollup = UsageRollup(
                         self.registry, self.ledger, self.store, refresh_s, days,
                         site_zone=ZoneInfo(self.config.timezone) if self.config.timezone else None).start()
+                retention_s = interval(None, ATTENDANCE_INTERVAL_ENV, DEFAULT_ATTENDANCE_INTERVAL_S)
+                if retention_s > 0:
+                    self.attendance_retention = AttendanceRetention(
+                        self.registry, retention_s,
+                        site_zone=ZoneInfo(self.config.timezone) if self.config.timezone else None).start()
                 push_s, usage_s = self.city_intervals
                 if self.config.city is not None and push_s > 0:
                     self.city_pusher = CityPusher(self.config.city, self.registry, self.ledger, self.store, push_s,
@@ -190,6 +200,9 @@ class Central:
         if self.city_pusher is not None:
             self.city_pusher.stop()
             self.city_pusher = None
+        if self.attendance_retention is not None:
+            self.attendance_retention.stop()
+            self.attendance_retention = None
         if self.usage_rollup is not None:
             self.usage_rollup.stop()
             self.usage_rollup = None

@@ -29,7 +29,7 @@ if TYPE_CHECKING:  # imported when an app is made: nothing central is loaded by 
 # Blueprints of the people-facing areas, imported when present.
 AREAS = ("dashboards.panel", "dashboards.health", "dashboards.history_csv", "dashboards.provisioning",
          "dashboards.timetables", "dashboards.city", "dashboards.notifications", "dashboards.energy",
-         "dashboards.podium")
+         "dashboards.podium", "dashboards.attendance")
 
 
 @dataclass

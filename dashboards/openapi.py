@@ -158,6 +158,7 @@ def document() -> dict[str, Any]:
             **_notifications(),
             **_podium(),
             **_schedules(),
+            **_attendance(),
         },
     }
 
@@ -316,6 +317,35 @@ def _podium() -> dict[str, Any]:
             "/api/schools/{school}/rooms/{room}/cards": {"get": listing, "post": imported},
             "/api/schools/{school}/rooms/{room}/cards/{card}": {"delete": removed},
             "/api/schools/{school}/rooms/{room}/enrolment": {"get": status, "post": start}}
+
+
+def _attendance() -> dict[str, Any]:
+    """Attendance (dashboards/attendance.py, central/attendance.py): registers and the roster import."""
+    entry = {"type": "object", "properties": {
+        "date": {"type": "string"}, "period": {"type": "integer"}, "room": {"type": "string"},
+        "person": {"type": "string", "description": N_("the name on the roster; an unknown card: the start of its "
+                                                       "pseudonym")},
+        "class": {"type": "string"}, "status": {"type": "string", "enum": ["present", "late", "absent", "excused",
+                                                                            "unknown"]},
+        "first_seen": {"type": ["number", "null"]}, "source": {"type": ["string", "null"], "enum": ["card", "qr", None]},
+        "corrected": {"type": "boolean"}}}
+    register = _paged(_get(
+        N_("The register of a room's day (`gateway`) or of a class's (`school` and `class`): one entry per person "
+           "and class period that has started; an account that may not see names (district-wide) gets counts per "
+           "period and class instead"),
+        [("gateway", "query", False), ("date", "query", False), ("school", "query", False),
+         ("class", "query", False)], {"type": "array", "items": entry}))
+    register["responses"]["400"] = {"description": N_("bad query parameter: `error` says why, `field` names it")}
+    register["responses"]["404"] = {"description": N_("no such room or class (or not in your schools)")}
+    roster = _get(N_("Replace the school's roster from a CSV body (`name,class,role,card,qr,room` or 姓名,班级,角色,"
+                     "一卡通,二维码,教室; UTF-8 or GB18030); card numbers and QR codes pseudonymised as read, never "
+                     "stored; all or nothing (admin)"), [("school", "path", True)], {"type": "object", "properties": {
+                         "added": {"type": "integer"}, "changed": {"type": "integer"}, "removed": {"type": "integer"},
+                         "classes": {"type": "integer"}}})
+    roster["requestBody"] = {"required": True, "content": {"text/csv": {"schema": {"type": "string"}}}}
+    roster["responses"]["400"] = {"description": N_("`errors`: every problem with its line and column; nothing changed")}
+    roster["responses"]["404"] = {"description": N_("no such school (or not in your schools)")}
+    return {"/api/attendance": {"get": register}, "/api/schools/{school}/roster": {"post": roster}}
 
 
 def _city() -> dict[str, Any]:

@@ -56,6 +56,7 @@ from campus import contract
 from campus.errors import CampusError, PayloadError
 from campus.i18n import N_, lazy_gettext
 from central import lists, overview, room_actions
+from central.attendance import EVENT_TYPES as ATTENDANCE_EVENTS
 from central.ledger import Ledger
 from dashboards import auth, strict_json
 from dashboards.api import error
@@ -153,7 +154,16 @@ class RoomStates:
         since = time.time() - RECENT_COMMANDS_S
         rooms = self.ledger.rooms([gateway], RECENT_COMMANDS, since)
         events = room_actions.recent(self.ledger.db, [gateway], since)
-        return room_snapshot(gateway, rooms.get(gateway), events.get(gateway, []))
+        return room_snapshot(gateway, rooms.get(gateway), events.get(gateway, []), self._swiped([gateway]).get(gateway))
+
+    def _swiped(self, gateways: list[str]) -> dict[str, float]:
+        """The time of each room's newest swipe or check-in (one statement for every watched room): a new one
+        changes the snapshot, so the page reloads its attendance (dashboards/attendance.py)."""
+        newest = self.ledger.newest_events(gateways, ATTENDANCE_EVENTS)
+        out: dict[str, float] = {}
+        for (gw, _type), ev in newest.items():
+            out[gw] = max(out.get(gw, 0.0), ev["ts"])
+        return out
 
     # ------------------------------------------------------------ for streams
 
@@ -228,9 +238,11 @@ class RoomStates:
             try:
                 since = time.time() - RECENT_COMMANDS_S
                 rooms = self.ledger.rooms(gateways, RECENT_COMMANDS, since)
-                # One more statement a tick, whatever the number of rooms: what each did by itself.
+                # One more statement a tick each, whatever the number of rooms: what each did by itself, and
+                # its newest swipe (the attendance box).
                 events = room_actions.recent(self.ledger.db, gateways, since)
-                bodies = {gw: strict_json.dumps(room_snapshot(gw, rooms.get(gw), events.get(gw, [])),
+                swiped = self._swiped(gateways)
+                bodies = {gw: strict_json.dumps(room_snapshot(gw, rooms.get(gw), events.get(gw, []), swiped.get(gw)),
                                                 sort_keys=True, separators=(",", ":")) for gw in gateways}
             except Exception:  # a locked or briefly unreadable database: the streams wait for the next tick
                 log.exception("panel: reading the rooms failed")
@@ -251,10 +263,11 @@ class StreamsClosed(Exception):
     """The app is closing: no new stream."""
 
 
-def room_snapshot(gateway: str, room: dict[str, Any] | None,
-                  events: list[dict[str, Any]] | None = None) -> dict[str, Any]:
-    """One room as the panel shows it, from `Ledger.rooms` (None: a gateway the ledger never heard of) and
-    its automatic-action `events` (central/room_actions.py `recent`)."""
+def room_snapshot(gateway: str, room: dict[str, Any] | None, events: list[dict[str, Any]] | None = None,
+                  swiped: float | None = None) -> dict[str, Any]:
+    """One room as the panel shows it, from `Ledger.rooms` (None: a gateway the ledger never heard of), its
+    automatic-action `events` (central/room_actions.py `recent`) and the time of its newest swipe or
+    check-in (`swiped`)."""
     room = room or {}
     devices = [{"id": dev, "kind": info.get("kind", ""), "profile": info.get("profile", ""),
                 "status": info.get("status", "ok") if room.get("online") else "offline"}
@@ -287,6 +300,7 @@ def room_snapshot(gateway: str, room: dict[str, Any] | None,
                                             "created", "finished")}, "details": gateway_texts(c["detail"])}
                      for c in room.get("commands", [])],
         "automatic": room_actions.actions(events or [], room.get("commands", [])),
+        "swiped": swiped,
     }
 
 

@@ -114,6 +114,7 @@ def web_app(db: str | CentralDb, monkeypatch: pytest.MonkeyPatch | None = None, 
     if monkeypatch is not None:
         monkeypatch.setenv("CAMPUS_ALARM_INTERVAL", "0")
         monkeypatch.setenv("CAMPUS_SCHEDULE_INTERVAL", "0")
+        monkeypatch.setenv("CAMPUS_ATTENDANCE_INTERVAL", "0")  # the attendance retention (tests run it themselves)
         monkeypatch.setenv("CAMPUS_USAGE_INTERVAL", "0")  # the usage rollup (tests run it as of their own week)
     if isinstance(db, CentralDb):
         return create_app(WebConfig(store_url=store_url or db.store_url, db_url=db.url, **config))  # type: ignore[arg-type]

@@ -204,3 +204,33 @@ def test_two_registries_seeding_an_empty_database_make_each_rule_once(central_db
         registries[1].db.close()
     finally:
         db.close()
+
+
+@pytest.mark.parametrize("engine", ["sqlite", "postgresql"])
+def test_older_agents_raw_qr_codes_are_deleted_and_pseudonymised_check_ins_kept(
+        engine: str, tmp_path: Path, request: pytest.FixtureRequest) -> None:
+    """Migration 0014: a QR check-in an older agent sent with the printed code in clear (an identifier of a
+    minor) is deleted; a pseudonymised one, and any other event with a "code" in it, stays."""
+    import json
+
+    from alembic import command
+
+    url = f"sqlite:///{tmp_path / 'campus.db'}" if engine == "sqlite" else request.getfixturevalue("pg_url")
+    db = Database(url)
+    try:
+        with db.engine.connect() as conn:
+            command.upgrade(migrations.config(conn), "0013")
+            conn.commit()
+        rows = [(1, "attendance", {"code": "STU-101-0001", "camera": "cam"}),
+                (2, "attendance", {"person": "ab" * 32, "camera": "cam"}),
+                (3, "projector_error", {"code": "ERR2", "detail": "lamp"})]
+        with db.write() as conn:
+            for seq, type_, data in rows:
+                conn.execute(sa.text("INSERT INTO events (gateway, device, seq, ts, type, data) VALUES "
+                                     "('gw-1', 'cam', :seq, 1.7e9, :type, :data)"),
+                             {"seq": seq, "type": type_, "data": json.dumps(data)})
+        migrations.ensure_current(db, upgrade=True)
+        assert sorted(sql(db, "SELECT seq FROM events").fetchall()) == [(2,), (3,)]
+        assert "STU-101" not in str(sql(db, "SELECT data FROM events").fetchall())
+    finally:
+        db.close()

@@ -8,6 +8,7 @@ import os
 from alembic import context
 from sqlalchemy import create_engine
 
+import central.attendance  # noqa: F401 - rosters, corrections, attendance settings and counts
 import central.city  # noqa: F401
 import central.notify.tables  # noqa: F401
 import central.podium  # noqa: F401 - podium cards and enrol modes

@@ -248,7 +248,23 @@
     }
   }
 
+  // The current period's register (dashboards/attendance.py): fetched at first, then whenever the stream says
+  // a swipe or check-in came (`swiped` changed), and each minute (a period starts or ends without a swipe).
+  let swiped;
+  async function reloadAttendance() {
+    const box = $("#attendance");
+    if (!box || !root.dataset.attendance) return;
+    try {
+      const resp = await fetch(root.dataset.attendance, {credentials: "same-origin"});
+      if (resp.ok) box.innerHTML = await resp.text();
+    } catch (e) {
+      /* the next swipe or minute tries again */
+    }
+  }
+  setInterval(reloadAttendance, 60000);
+
   function apply(snap, afterReload = false) {
+    if (snap.swiped !== swiped) { swiped = snap.swiped; reloadAttendance(); }
     state = snap;
     if (!afterReload && !sameCards(snap)) reloadCards();
     showOffline(snap);
