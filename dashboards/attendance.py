@@ -32,15 +32,13 @@ from central import lists
 from dashboards import auth
 from dashboards.auth import STAFF, audit, login_required, may_see, not_found, refuse, school_scoped, sight
 from dashboards.context import central
-from dashboards.energy import _csv, _xlsx
+from dashboards.exports import CSV, XLSX, Sheet, csv_text, download, xlsx_bytes
 from dashboards.i18n import error_text, format_clock, page_zone, site_zone, translate
-from dashboards.timetables import _download
 
 bp = Blueprint("attendance", __name__)
 PANEL_AUDIT_KEYS = 10_000
 _PANEL_AUDITED: set[tuple[str, str, date, int]] = set()  # (account, gateway, day, period) whose panel view is audited
 MAX_SUMMARY_WEEKS = 26
-XLSX = "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet"
 
 
 def register(app: Flask) -> None:
@@ -299,7 +297,7 @@ def register_csv(school: str, room: str) -> Any:
         rows = _register_rows(school, room, day, klass, _register(school, room, day, klass))
     except _Refused as exc:
         return _answer(exc)
-    return _download(_csv(rows), f"attendance-{school}-{room}-{day}.csv", "text/csv")
+    return download(csv_text(rows), f"attendance-{school}-{room}-{day}.csv", CSV)
 
 
 @bp.get("/attendance/<school>/rooms/<room>/register.xlsx")
@@ -313,7 +311,8 @@ def register_xlsx(school: str, room: str) -> Any:
         return _answer(exc)
     note = gettext("Attendance of room %(room)s on %(day)s; made %(made)s", room=room, day=str(day),
                    made=format_clock(time.time()))
-    return _download(_xlsx([(gettext("attendance"), rows)], note), f"attendance-{school}-{room}-{day}.xlsx", XLSX)
+    return download(xlsx_bytes([Sheet(gettext("attendance"), rows, note=note)]),
+                    f"attendance-{school}-{room}-{day}.xlsx", XLSX)
 
 
 def _weeks() -> tuple[date, date]:
@@ -362,7 +361,7 @@ def summary_csv(school: str) -> Any:
     except _Refused as exc:
         return _answer(exc)
     rows = att.summary(central().registry, school, first, last, site_zone=site_zone())
-    return _download(_csv(_summary_rows(rows)), f"attendance-{school}-{first}.csv", "text/csv")
+    return download(csv_text(_summary_rows(rows)), f"attendance-{school}-{first}.csv", CSV)
 
 
 @bp.get("/attendance/<school>/summary.xlsx")
@@ -375,7 +374,7 @@ def summary_xlsx(school: str) -> Any:
         return _answer(exc)
     rows = att.summary(central().registry, school, first, last, site_zone=site_zone())
     note = gettext("Attendance rate of each class per week, %(first)s to %(last)s", first=str(first), last=str(last))
-    return _download(_xlsx([(gettext("attendance"), _summary_rows(rows))], note),
+    return download(xlsx_bytes([Sheet(gettext("attendance"), _summary_rows(rows), note=note)]),
                      f"attendance-{school}-{first}.xlsx", XLSX)
 
 
