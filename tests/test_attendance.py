@@ -316,8 +316,9 @@ def test_the_panel_shows_the_current_period(app: Flask) -> None:
 
 @pytest.mark.slow
 def test_swipes_at_a_simulated_em4100_reader_fill_the_register(tmp_path: Path) -> None:
-    """A real agent reads the EM4100 simulator's frames on a pty, pseudonymises them with the school's secret
-    and sends them through Mosquitto to a real ingest; the register of the room then shows who swiped."""
+    """A real agent reads the EM4100 simulator's frames on a pty and a roster QR code from the camera's video,
+    pseudonymises both with the school's secret and sends them through Mosquitto to a real ingest; the register
+    of the room then shows who swiped or checked in, and no card number or code is in the database or a log."""
     import asyncio
     import time
 
@@ -325,9 +326,11 @@ def test_swipes_at_a_simulated_em4100_reader_fill_the_register(tmp_path: Path) -
     from tests.e2e import Classroom, SimulatorsInThread, write_gateway_config
     from tests.servers import Mosquitto, wait_until
 
-    secret, pupil, stranger = "school-secret-1", "14008EC793", "0AFFFFFFFF"
+    secret, pupil, stranger, code = "school-secret-1", "14008EC793", "0AFFFFFFFF", "STU-101-0002"
     devices = [{"id": "cards", "profile": "card-em4100", "address": {"serial": str(tmp_path / "cards.tty")},
-                "options": {"repeat_window_s": 0.2}}]
+                "options": {"repeat_window_s": 0.2}},
+               {"id": "cam", "profile": "camera-occupancy", "address": {"source": str(tmp_path / "cam.avi")},
+                "options": {"loop": True}, "simulator": {"people": 1, "qr_text": code, "seconds": 4, "fps": 10}}]
     broker = Mosquitto(tmp_path / "mq")
     broker.start()
     room = Classroom(tmp_path, broker.url, poll_interval=0.3, devices=devices)
@@ -343,7 +346,8 @@ def test_swipes_at_a_simulated_em4100_reader_fill_the_register(tmp_path: Path) -
             pytest.skip("too close to midnight for a period of today")
         tts.save(reg, tts.Timetable("s1", "Asia/Shanghai", tuple(
             tts.Period(w, 1, dtime(local.hour, local.minute), dtime(23, 59)) for w in range(1, 8))))
-        roster = f"姓名,班级,一卡通,教室\n张三,一班,0x{pupil},101\n李四,一班,A1B2C3D4,101\n"
+        roster = (f"姓名,班级,一卡通,二维码,教室\n张三,一班,0x{pupil},,101\n李四,一班,A1B2C3D4,{code},101\n"
+                  "王五,一班,3735928559,,101\n")
         assert att.import_roster(reg, "s1", roster.encode("gb18030"), "test").ok
         today = datetime.now(ZONE).date()
         with SimulatorsInThread(room.config) as sims:
@@ -356,11 +360,22 @@ def test_swipes_at_a_simulated_em4100_reader_fill_the_register(tmp_path: Path) -
                 def register() -> dict[str, str]:
                     return {e.person: e.status for e in att.register(reg, "s1", "101", today, now=time.time())}
 
-                wait_until(lambda: len(register()) == 3, 60, message="the swipes in the register")
-                assert register() == {"张三": "present", "李四": "absent",
+                wait_until(lambda: len(register()) == 4 and register()["李四"] == "present", 60,
+                           message="the swipes and the check-in in the register")
+                assert register() == {"张三": "present", "李四": "present", "王五": "absent",
                                       card_hash(secret, stranger)[:att.PREFIX_CHARS]: "unknown"}
+                sources = {e.person: e.source for e in att.register(reg, "s1", "101", today, now=time.time())}
+                assert (sources["张三"], sources["李四"]) == ("card", "qr")
             finally:
                 room.stop()
                 broker.stop()
+        # Nothing but pseudonyms left the gateway: no card number (as printed or as the reader's UID) and no
+        # printed code in central's database files, the gateway's outbox or in any process's log.
+        raw = [pupil, pupil.lower(), stranger, code, "A1B2C3D4", "3735928559"]
+        files = [p for p in tmp_path.rglob("*") if p.is_file() and (p.suffix == ".log" or ".db" in p.name)]
+        assert any(".db" in p.name for p in files) and any(p.suffix == ".log" for p in files), files
+        for path in files:
+            data = path.read_bytes()
+            assert not [r for r in raw if r.encode() in data], path
     finally:
         reg.close()
