@@ -51,7 +51,7 @@ CARD_COLUMNS = ("room", "card", "role", "label")
 CARD_HEADER = Header(CARD_COLUMNS, {"room": "教室", "card": "卡号", "role": "角色", "label": "姓名"}, ("card", "role"),
                      {"房间": "room", "一卡通": "card", "一卡通号": "card", "卡片号": "card", "备注": "label",
                       "name": "label"})
-ROLE_ALIASES = {"教师": "teacher", "老师": "teacher", "后勤": "facility", "设备": "facility",
+ROLE_ALIASES = {"教师": "teacher", "老师": "teacher", "后勤": "facility", "设备": "facility", "设施管理员": "facility",
                 "保洁": "cleaner", "清洁": "cleaner"}
 
 

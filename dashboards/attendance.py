@@ -33,7 +33,7 @@ from dashboards import auth
 from dashboards.auth import STAFF, audit, login_required, may_see, not_found, refuse, school_scoped, sight
 from dashboards.context import central
 from dashboards.exports import CSV, XLSX, Sheet, csv_text, download, xlsx_bytes
-from dashboards.i18n import error_text, format_clock, page_zone, site_zone, translate
+from dashboards.i18n import either, error_text, format_clock, page_zone, site_zone, translate
 
 bp = Blueprint("attendance", __name__)
 PANEL_AUDIT_KEYS = 10_000
@@ -74,7 +74,7 @@ def _school(school: str, staff_only: bool = False) -> str:
     if school_scoped(user) and not sight(user).allows_school(school):
         abort(make_response(not_found("school")))
     if staff_only and user["role"] not in STAFF:
-        abort(make_response(refuse(403, lazy_gettext("this needs the role %(roles)s", roles=" or ".join(STAFF)))))
+        abort(make_response(refuse(403, lazy_gettext("this needs the role %(roles)s", roles=either("role", STAFF)))))
     from central import timetables
 
     if not timetables.school_exists(central().registry, school):
@@ -410,7 +410,7 @@ def roster_page(school: str) -> Any:
     report = None
     if request.method == "POST":
         if g.user["role"] != "admin":
-            return refuse(403, lazy_gettext("this needs the role %(roles)s", roles="admin"))
+            return refuse(403, lazy_gettext("this needs the role %(roles)s", roles=either("role", ["admin"])))
         upload = request.files.get("file")
         data = upload.read() if upload else b""
         report = _import(school, data or request.form.get("text", "").encode())

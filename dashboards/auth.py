@@ -53,6 +53,7 @@ from flask_babel import gettext
 from campus.i18n import N_, LazyText, lazy_gettext
 from central import lists
 from dashboards.context import central, web
+from dashboards.i18n import either
 from dashboards.security import safe_target
 
 bp = Blueprint("auth", __name__)
@@ -171,9 +172,9 @@ def login_required(view: Callable[..., Any] | None = None, *, roles: tuple[str, 
                 return _refuse(401, lazy_gettext("login required"))
             g.user = user
             if not user["role"]:  # signed in with the platform, no role given yet (central/oidc_users.py)
-                return _refuse(403, "your account has no role yet; ask your IT staff to assign one")
+                return _refuse(403, lazy_gettext("your account has no role yet; ask your IT staff to assign one"))
             if roles and user["role"] not in roles:
-                return _refuse(403, lazy_gettext("this needs the role %(roles)s", roles=" or ".join(roles)))
+                return _refuse(403, lazy_gettext("this needs the role %(roles)s", roles=either("role", roles)))
             if district and school_scoped(user):
                 return _refuse(403, lazy_gettext("this belongs to the whole district; your account is limited to "
                                                   "some schools"))

@@ -24,7 +24,7 @@ that zone with hourCycle h23): the browser's own zone and language are never use
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from datetime import date, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -37,7 +37,7 @@ from flask_babel import Babel, get_locale, get_timezone, gettext
 
 from campus import names
 from campus.errors import CampusError, ConfigError
-from campus.i18n import ENGLISH, N_, LazyText, Translations, message_of
+from campus.i18n import ENGLISH, N_, LazyText, Translations, lazy_gettext, message_of
 from central.db import translatable
 
 # BCP 47 tag (URLs, the cookie, the account, <html lang>) -> the locale Flask-Babel is given (Babel makes
@@ -169,7 +169,8 @@ TERMS: dict[str, dict[str, str]] = {
     "severity": {"info": N_("info"), "warning": N_("warning"), "critical": N_("critical")},
     "msgtype": {"markdown": N_("Markdown"), "text": N_("plain text")},
     "delivery": {"pending": N_("pending"), "sent": N_("sent"), "failed": N_("failed")},
-    "role": {"admin": N_("admin"), "facility": N_("facility"), "teacher": N_("teacher")},
+    # Accounts' roles, and the podium cards' (contract.PODIUM_ROLES: a cleaner's card opens nothing).
+    "role": {"admin": N_("admin"), "facility": N_("facility"), "teacher": N_("teacher"), "cleaner": N_("cleaner")},
     "unit": {"min": N_("min")},
     "created": {"schools": N_("schools"), "rooms": N_("rooms"), "gateways": N_("gateways"),
                 "devices added": N_("devices added"), "devices replaced": N_("devices replaced")},
@@ -186,6 +187,19 @@ def term(group: str, value: Any) -> str:
         return gettext(kind.label) if kind else str(value)
     text = TERMS.get(group, {}).get(str(value))
     return gettext(text) if text else str(value)
+
+
+def either(group: str, values: Iterable[str]) -> LazyText | str:
+    """"admin or facility": identifiers of `group` (TERMS) joined by a translated "or", rendered in the
+    language of whatever shows it (an error's LazyText renders its parameters in its reader's)."""
+    names: list[LazyText | str] = [lazy_gettext(TERMS[group][v]) if v in TERMS.get(group, {}) else v
+                                   for v in values]
+    if not names:
+        return ""
+    text = names[0]
+    for name in names[1:]:
+        text = lazy_gettext("%(one)s or %(other)s", one=text, other=name)
+    return text
 
 
 def terms(group: str, values: str, sep: str = ", ") -> str:

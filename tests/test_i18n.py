@@ -196,8 +196,8 @@ def english_words(page: str, data: set[str]) -> list[str]:
 
 
 FILL = {"gateway": "gw-alpha-1", "device": "proj", "school": "alpha", "cid": "cmd-1", "district": "north"}
-# A room, for the attendance pages (the podium's room page still shows its roles in English: not walked yet).
-ROOM_AREAS = ("attendance.",)
+# A room, for the attendance and podium pages of a room.
+ROOM_AREAS = ("attendance.", "podium.")
 
 
 def _path(rule: Rule, ids: dict[str, Any]) -> str | None:

@@ -105,6 +105,15 @@ def test_a_refusal_is_in_the_language_asked_for_and_english_without(app, method,
 
 
 @sqlite_only
+def test_a_role_refusal_names_the_roles_in_the_readers_language(app) -> None:
+    zh = call(app, "GET", "/api/board", role="teacher", headers=ZH)
+    plain = call(app, "GET", "/api/board", role="teacher")
+    assert zh.status_code == plain.status_code == 403
+    assert zh.get_json()["error"] == "需要角色 管理员或设施管理员", zh.get_json()
+    assert plain.get_json()["error"] == "this needs the role admin or facility"
+
+
+@sqlite_only
 def test_a_login_refusal_and_a_page_error_speak_chinese(app) -> None:
     client = app.test_client()
     assert client.get("/api/gateways", headers=ZH).get_json() == {"error": "需要登录"}
