@@ -8,9 +8,14 @@ and plans the filter round from that, before a lesson goes dark.
 
 The hours a week are the increase of the hour counter over the last `RATE_WEEKS` weeks (campus/counters.py:
 a new lamp resets its counter, which is a restart, not negative hours), over the time those readings span.
-They are read from the point store as at most one point a day per part (`PointStore.window`), two reads
-per projector: the list has to know every projector's date to sort them, so it is computed whole and
-paged here. The registry and ledger are read in two statements whatever the number of projectors.
+They are read from the point store as at most one point a day per part (`PointStore.window`) by the usage
+rollup's round (central/usage_rollup.py, every CAMPUS_USAGE_INTERVAL) into `part_rates` (`rate_parts`), and
+the list reads them from there with the parts' hours: a request reads no point store (it used to read it
+twice per projector: 175 ms of CPU at 2,000 rooms, docs/benchmarks.md 11d and 11f). A part the rollup has
+not rated within RATE_MAX_AGE_S of the list's `now` (just installed, a rollup not running, a list asked
+as of another time) is read from the store as before, so the figures are those of `hours_per_week` either
+way, at most a refresh old. The list has to know every projector's date to sort them, so it is computed
+whole and paged here. The database is read in two statements whatever the number of projectors.
 """
 
 from __future__ import annotations
@@ -32,6 +37,8 @@ MIN_SPAN_S = 86400.0   # readings spanning less than a day give no rate (a proje
 DEFAULT_WITHIN_WEEKS = 4
 MAX_WITHIN_WEEKS = 104
 MAX_ROWS = 1_000_000  # a file of the whole list: every projector part there is
+RATE_MAX_AGE_S = 86400.0  # a rollup's rate older (or newer) than this, against the list's `now`, is not used
+WRITE_BATCH = 500
 
 
 @dataclass(frozen=True)
@@ -97,7 +104,7 @@ def parts(db: Database, store: PointStore, scope: lists.Scope = lists.EVERYTHING
     metric_part = {m: part for part, m in PARTS.items()}
     out: list[PartDue] = []
     needle = (q or "").lower()
-    for gw, device, metric, raw, school, building, room in rows:
+    for gw, device, metric, raw, school, building, room, rate, as_of in rows:
         prof = projectors.get((gw, device))
         if prof is None:  # not a projector's hours (or not reported as one now)
             continue
@@ -108,7 +115,8 @@ def parts(db: Database, store: PointStore, scope: lists.Scope = lists.EVERYTHING
             continue
         part = metric_part[metric]
         rated = rated_hours(prof, part)
-        per_week = hours_per_week(store, gw, device, metric, now)
+        rolled_up = as_of is not None and abs(now - as_of) <= RATE_MAX_AGE_S
+        per_week = rate if rolled_up else hours_per_week(store, gw, device, metric, now)
         left = None
         if rated is not None:
             remaining = rated - float(value)
@@ -127,3 +135,24 @@ def page(db: Database, store: PointStore, paging: lists.Paging, scope: lists.Sco
     if due_only:
         every = [r for r in every if r.due]
     return lists.Page(every[paging.offset:paging.offset + paging.limit], len(every))
+
+
+def rate_parts(db: Database, store: PointStore, now: float | None = None) -> int:
+    """Work out every projector part's `hours_per_week` as of `now` into `part_rates` (the usage rollup's
+    round): two reads of the store per projector, here once per round instead of in every request.
+    Returns the parts rated."""
+    from central.usage import PartRate
+
+    now = time.time() if now is None else now
+    rows, projectors = lists.projector_hours(db, tuple(PARTS.values()))
+    rates = [{"gateway": gw, "device": device, "metric": metric, "as_of": now,
+              "per_week": hours_per_week(store, gw, device, metric, now)}
+             for gw, device, metric, *_rest in rows if (gw, device) in projectors]
+    t = PartRate.__table__
+    for i in range(0, len(rates), WRITE_BATCH):
+        stmt = db.insert(t)
+        with db.write("cannot write the projector parts' rates") as conn:
+            conn.execute(stmt.on_conflict_do_update(index_elements=["gateway", "device", "metric"],
+                                                    set_={"per_week": stmt.excluded.per_week,
+                                                          "as_of": stmt.excluded.as_of}), rates[i:i + WRITE_BATCH])
+    return len(rates)
