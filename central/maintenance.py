@@ -104,6 +104,7 @@ def parts(db: Database, store: PointStore, scope: lists.Scope = lists.EVERYTHING
     metric_part = {m: part for part, m in PARTS.items()}
     out: list[PartDue] = []
     needle = (q or "").lower()
+    ratings: dict[tuple[str, str], float | None] = {}
     for gw, device, metric, raw, school, building, room, rate, as_of in rows:
         prof = projectors.get((gw, device))
         if prof is None:  # not a projector's hours (or not reported as one now)
@@ -114,7 +115,9 @@ def parts(db: Database, store: PointStore, scope: lists.Scope = lists.EVERYTHING
         if not _finite(value):
             continue
         part = metric_part[metric]
-        rated = rated_hours(prof, part)
+        if (prof, part) not in ratings:  # a profile's rating once per list (it globs the profiles each time)
+            ratings[prof, part] = rated_hours(prof, part)
+        rated = ratings[prof, part]
         rolled_up = as_of is not None and abs(now - as_of) <= RATE_MAX_AGE_S
         per_week = rate if rolled_up else hours_per_week(store, gw, device, metric, now)
         left = None
@@ -137,17 +140,18 @@ def page(db: Database, store: PointStore, paging: lists.Paging, scope: lists.Sco
     return lists.Page(every[paging.offset:paging.offset + paging.limit], len(every))
 
 
-def rate_parts(db: Database, store: PointStore, now: float | None = None) -> int:
+def rate_parts(db: Database, store: PointStore, now: float | None = None, only_new: bool = False) -> int:
     """Work out every projector part's `hours_per_week` as of `now` into `part_rates` (the usage rollup's
-    round): two reads of the store per projector, here once per round instead of in every request.
-    Returns the parts rated."""
+    round): a read of the store per part, here once per refresh instead of in every request; `only_new`:
+    only the parts without a rate yet (a projector that just reported). Returns the parts rated."""
     from central.usage import PartRate
 
     now = time.time() if now is None else now
     rows, projectors = lists.projector_hours(db, tuple(PARTS.values()))
     rates = [{"gateway": gw, "device": device, "metric": metric, "as_of": now,
               "per_week": hours_per_week(store, gw, device, metric, now)}
-             for gw, device, metric, *_rest in rows if (gw, device) in projectors]
+             for gw, device, metric, *_rest, as_of in rows
+             if (gw, device) in projectors and not (only_new and as_of is not None)]
     t = PartRate.__table__
     for i in range(0, len(rates), WRITE_BATCH):
         stmt = db.insert(t)
