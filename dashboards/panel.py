@@ -73,7 +73,6 @@ RECENT_COMMANDS = 8
 RECENT_COMMANDS_S = 24 * 3600.0  # a panel shows the room's commands of the last day, the newest 8
 PICK_PAGE = 60  # rooms per page of the room picker
 DEFAULT_POLL_S = 0.5
-FIRST_READ_GATHER_S = 0.01  # a new room waits this long for others to read with it (RoomStates._run)
 DEFAULT_HEARTBEAT_S = 15.0
 
 INPUT_LABELS = {"hdmi": "HDMI", "vga": "VGA", "pc": "PC", "usb": "USB", "dvi": "DVI", "displayport": "DisplayPort",
@@ -218,11 +217,6 @@ class RoomStates:
                     self._wake.wait_for(lambda: self.stop.is_set() or self._watchers)
                     continue
                 full = time.monotonic() >= due
-                if not full and self._unread:
-                    # Let the rooms of a burst of new streams gather (500 panels at 8:00): one read of many
-                    # rooms costs about what one of one room does (~1.5 ms: three statements), and reading
-                    # them one by one made the last stream of a burst wait for hundreds of reads before it.
-                    self._wake.wait_for(self.stop.is_set, FIRST_READ_GATHER_S)
                 gateways = list(self._watchers) if full else list(self._unread)
                 self._unread.clear()
             if full:
