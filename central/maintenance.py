@@ -8,9 +8,14 @@ and plans the filter round from that, before a lesson goes dark.
 
 The hours a week are the increase of the hour counter over the last `RATE_WEEKS` weeks (campus/counters.py:
 a new lamp resets its counter, which is a restart, not negative hours), over the time those readings span.
-They are read from the point store as at most one point a day per part (`PointStore.window`), two reads
-per projector: the list has to know every projector's date to sort them, so it is computed whole and
-paged here. The registry and ledger are read in two statements whatever the number of projectors.
+They are read from the point store as at most one point a day per part (`PointStore.window`) by the usage
+rollup's round (central/usage_rollup.py, every CAMPUS_USAGE_INTERVAL) into `part_rates` (`rate_parts`), and
+the list reads them from there with the parts' hours: a request reads no point store (it used to read it
+twice per projector: 175 ms of CPU at 2,000 rooms, docs/benchmarks.md 11d and 11f). A part the rollup has
+not rated within RATE_MAX_AGE_S of the list's `now` (just installed, a rollup not running, a list asked
+as of another time) is read from the store as before, so the figures are those of `hours_per_week` either
+way, at most a refresh old. The list has to know every projector's date to sort them, so it is computed
+whole and paged here. The database is read in two statements whatever the number of projectors.
 """
 
 from __future__ import annotations
@@ -32,6 +37,8 @@ MIN_SPAN_S = 86400.0   # readings spanning less than a day give no rate (a proje
 DEFAULT_WITHIN_WEEKS = 4
 MAX_WITHIN_WEEKS = 104
 MAX_ROWS = 1_000_000  # a file of the whole list: every projector part there is
+RATE_MAX_AGE_S = 86400.0  # a rollup's rate older (or newer) than this, against the list's `now`, is not used
+WRITE_BATCH = 500
 
 
 @dataclass(frozen=True)
@@ -97,7 +104,8 @@ def parts(db: Database, store: PointStore, scope: lists.Scope = lists.EVERYTHING
     metric_part = {m: part for part, m in PARTS.items()}
     out: list[PartDue] = []
     needle = (q or "").lower()
-    for gw, device, metric, raw, school, building, room in rows:
+    ratings: dict[tuple[str, str], float | None] = {}
+    for gw, device, metric, raw, school, building, room, rate, as_of in rows:
         prof = projectors.get((gw, device))
         if prof is None:  # not a projector's hours (or not reported as one now)
             continue
@@ -107,8 +115,11 @@ def parts(db: Database, store: PointStore, scope: lists.Scope = lists.EVERYTHING
         if not _finite(value):
             continue
         part = metric_part[metric]
-        rated = rated_hours(prof, part)
-        per_week = hours_per_week(store, gw, device, metric, now)
+        if (prof, part) not in ratings:  # a profile's rating once per list (it globs the profiles each time)
+            ratings[prof, part] = rated_hours(prof, part)
+        rated = ratings[prof, part]
+        rolled_up = as_of is not None and abs(now - as_of) <= RATE_MAX_AGE_S
+        per_week = rate if rolled_up else hours_per_week(store, gw, device, metric, now)
         left = None
         if rated is not None:
             remaining = rated - float(value)
@@ -127,3 +138,25 @@ def page(db: Database, store: PointStore, paging: lists.Paging, scope: lists.Sco
     if due_only:
         every = [r for r in every if r.due]
     return lists.Page(every[paging.offset:paging.offset + paging.limit], len(every))
+
+
+def rate_parts(db: Database, store: PointStore, now: float | None = None, only_new: bool = False) -> int:
+    """Work out every projector part's `hours_per_week` as of `now` into `part_rates` (the usage rollup's
+    round): a read of the store per part, here once per refresh instead of in every request; `only_new`:
+    only the parts without a rate yet (a projector that just reported). Returns the parts rated."""
+    from central.usage import PartRate
+
+    now = time.time() if now is None else now
+    rows, projectors = lists.projector_hours(db, tuple(PARTS.values()))
+    rates = [{"gateway": gw, "device": device, "metric": metric, "as_of": now,
+              "per_week": hours_per_week(store, gw, device, metric, now)}
+             for gw, device, metric, *_rest, as_of in rows
+             if (gw, device) in projectors and not (only_new and as_of is not None)]
+    t = PartRate.__table__
+    for i in range(0, len(rates), WRITE_BATCH):
+        stmt = db.insert(t)
+        with db.write("cannot write the projector parts' rates") as conn:
+            conn.execute(stmt.on_conflict_do_update(index_elements=["gateway", "device", "metric"],
+                                                    set_={"per_week": stmt.excluded.per_week,
+                                                          "as_of": stmt.excluded.as_of}), rates[i:i + WRITE_BATCH])
+    return len(rates)

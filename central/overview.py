@@ -238,14 +238,19 @@ class Board:
 
 def board(registry: Registry, ledger: Ledger, school: str | None = None, building: int | None = None,
           problem: str | None = None, paging: lists.Paging | None = None,
-          scope: lists.Scope = lists.EVERYTHING) -> Board:
+          scope: lists.Scope = lists.EVERYTHING, snapshots: lists.BoardSnapshots | None = None) -> Board:
     """A page of the rooms (gateways) with their devices, status, last seen and open alarms, those with a
     problem first, filtered by school, building and problem ("any" or one of PROBLEMS) and `paging.q`,
     within `scope`'s rights (what the caller may see; `Scope()`: all); `counts` are of every room in
     sight, before the filters. The page is chosen and counted in SQL; only its rooms' details are read: a dozen
-    statements, whatever the number of rooms."""
+    statements, whatever the number of rooms. With `snapshots` (the web process's), the ranking and counts
+    come from its snapshot of the district (at most its `ttl` old): the request reads only its page."""
     paging = paging or lists.Paging()
-    page, counts = lists.board_ids(registry.db, paging, scope.narrowed(school, building), problem)
+    if snapshots is not None:
+        page, counts = lists.board_ids_cached(snapshots, registry.db, paging, scope.narrowed(school, building),
+                                              problem)
+    else:
+        page, counts = lists.board_ids(registry.db, paging, scope.narrowed(school, building), problem)
     ids = page.items
     gw_places = alarm_engine.gateway_places(registry, ids=ids) if ids else {}
     reported = {gw["id"]: gw for gw in ledger.gateways(ids=ids)} if ids else {}

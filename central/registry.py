@@ -183,6 +183,8 @@ class AlarmRule(Base):
 
 class Alarm(Base):
     __tablename__ = "alarms"
+    # A room's open alarms, found per room by the board and the district's rollup (migration 0012).
+    __table_args__ = (Index("ix_alarms_gateway_cleared", "gateway", "cleared_at"),)
     id: Mapped[int] = mapped_column(primary_key=True)
     rule_id: Mapped[int] = mapped_column(ForeignKey("alarm_rules.id"))
     gateway: Mapped[str] = mapped_column(String(64))

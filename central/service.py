@@ -20,7 +20,7 @@ import os
 from dataclasses import dataclass, field
 from zoneinfo import ZoneInfo
 
-from central import city_push
+from central import city_push, lists
 from central import usage_rollup as rollup
 from central.alarms import AlarmMonitor
 from central.attendance import AttendanceRetention
@@ -116,6 +116,8 @@ class Central:
     notifier: Notifier | None = None
     usage_rollup: UsageRollup | None = None
     attendance_retention: AttendanceRetention | None = None
+    # The board's ranking and counts of the district, read at most once per CAMPUS_BOARD_CACHE_S (central/lists.py).
+    board_snapshots: lists.BoardSnapshots = field(default_factory=lists.BoardSnapshots)
     _started: bool = field(default=False, repr=False)
     _closed: bool = field(default=False, repr=False)
 

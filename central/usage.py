@@ -82,6 +82,19 @@ class UsageDay(Base):
     meter_devices: Mapped[int | None] = mapped_column(Integer, nullable=True)
 
 
+class PartRate(Base):
+    """How many hours a week a projector part's counter grew lately (central/maintenance.py
+    `hours_per_week`: `lamp_hours` or `filter_hours` over its last RATE_WEEKS), worked out by the usage
+    rollup's round as of `as_of` (migration 0012), so that the maintenance list reads no point store.
+    `per_week` None: too few readings for a rate."""
+    __tablename__ = "part_rates"
+    gateway: Mapped[str] = mapped_column(String(64), primary_key=True)
+    device: Mapped[str] = mapped_column(String(64), primary_key=True)
+    metric: Mapped[str] = mapped_column(String(64), primary_key=True)
+    per_week: Mapped[float | None] = mapped_column(Float, nullable=True)
+    as_of: Mapped[float] = mapped_column(Float)
+
+
 def power_state(value: float | str) -> str:
     """A power sample as its state name (stores without strings give the enum index)."""
     if isinstance(value, str):

@@ -5,6 +5,9 @@ every power sample of every display and projector, every CO2 sample. Reading the
 0.6 s of CPU for a week of 2,000 rooms (docs/benchmarks.md) and grew with the weeks asked for. Here each
 room's local day is worked out once, from the store, into one row, and requests add rows up in SQL.
 
+- Each round that refreshes today also rates every projector part's hours a week (`part_rates`,
+  central/maintenance.py `rate_parts`; the other rounds only the parts not rated yet): the maintenance
+  list's store reads, once per refresh instead of in every request.
 - The same row carries the room's electricity of the day (central/energy.py: kWh from its meters'
   `energy_kwh` counters, and those outside the timetable): one job, one table, one read of the places.
 - A finished day is computed once. It is computed again only when what it was counted against changed
@@ -44,7 +47,7 @@ from sqlalchemy import select
 
 from campus.errors import StoreError
 from central import alarms as alarm_engine
-from central import energy, usage
+from central import energy, maintenance, usage
 from central import timetables as tts
 from central.ledger import Ledger
 from central.registry import Registry
@@ -165,6 +168,9 @@ def fill(registry: Registry, ledger: Ledger, store: PointStore, *, now: float | 
             if offset == 0 and (refresh_today or (room.gateway, day) not in have) or offset > 0 and stale(room, day):
                 work.append((day, room))
     progress = Progress()
+    # The projector parts' hours a week (central/maintenance.py): all of them with today's rows, and those
+    # not rated yet in every round (a projector that reported since).
+    maintenance.rate_parts(db, store, now, only_new=not refresh_today)
     batch: list[dict[str, Any]] = []
     for i, (day, room) in enumerate(work):
         if budget_s is not None and time.monotonic() - started > budget_s or stopping():

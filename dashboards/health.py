@@ -118,7 +118,7 @@ def board_data(school: str | None = None, building: int | None = None,
     """A page of the rooms (gateways) within `scope` with their devices, status, last seen and open alarms,
     problems first, filtered (central/overview.py)."""
     c = central()
-    return overview.board(c.registry, c.ledger, school, building, problem, paging, scope)
+    return overview.board(c.registry, c.ledger, school, building, problem, paging, scope, c.board_snapshots)
 
 
 def paged(body: Any, total: int) -> Any:

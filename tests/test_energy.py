@@ -213,6 +213,29 @@ def test_the_maintenance_list_dates_lamps_and_filters_from_their_hours_and_rate(
     assert get(app, "/health/maintenance.xlsx?within=5").mimetype.endswith("spreadsheetml.sheet")
 
 
+def test_the_maintenance_list_reads_the_rollups_rates_not_the_store(app) -> None:
+    """The usage rollup's round rates every projector part (`part_rates`); the list then answers the same
+    parts, rates and dates without reading the point store, and reads it again for a rate older than a day."""
+    c = central(app)
+    now = time.time()
+    before = maintenance.parts(c.db, c.store, within_weeks=4, now=now)
+    rollup.fill(c.registry, c.ledger, c.store, now=now, days=1)
+    with c.db.read() as conn:
+        from central.usage import PartRate
+
+        rated = {(r.gateway, r.metric): r.per_week for r in conn.execute(PartRate.__table__.select())}
+    assert rated == {("gw-101", "lamp_hours"): round(200 / 3, 3), ("gw-101", "filter_hours"): round(170 / 3, 3),
+                     ("gw-102", "lamp_hours"): None}
+
+    class NoStore:
+        def window(self, *_args: object, **_kw: object) -> None:
+            raise AssertionError("the point store was read")
+
+    assert maintenance.parts(c.db, NoStore(), within_weeks=4, now=now + 60) == before  # type: ignore[arg-type]
+    with pytest.raises(AssertionError, match="point store"):
+        maintenance.parts(c.db, NoStore(), within_weeks=4, now=now + 2 * 86400)  # type: ignore[arg-type]
+
+
 @sqlite_only
 def test_bad_requests_are_one_400_naming_the_field(app) -> None:
     for path, field in (("/api/energy?week=2025-W99", "week"), ("/api/energy?school=nowhere", "school"),

@@ -16,7 +16,7 @@ from flask import Flask
 from sqlalchemy import event
 
 from campus.contract import State
-from central import alarms
+from central import alarms, lists, overview
 from central import provisioning as prov
 from central.ledger import Sequenced
 from dashboards import close_app
@@ -158,6 +158,39 @@ def test_the_board_shows_problems_first_and_counts_every_room(small_and_large: t
     assert resp.headers["X-Total-Count"] == str(offline)
     assert all("offline" in r["problems"] for r in resp.get_json()["rooms"])
     assert {r["school"] for r in get(app, "/api/board?school=s04&limit=100").get_json()["rooms"]} == {"s04"}
+
+
+def test_the_boards_snapshot_answers_what_the_database_does(small_and_large: tuple[Flask, Flask]) -> None:
+    """The web process ranks and counts the board from one snapshot of the district per CAMPUS_BOARD_CACHE_S
+    (central/lists.py `BoardSnapshots`): every page, filter and caller's scope answers the same rooms, order,
+    total and counts as the database asked afresh, and the snapshot is read once for all of them."""
+    _, app = small_and_large
+    c = central(app)
+    snaps = lists.BoardSnapshots(ttl=3600)
+    gateways = tuple(f"gw-{i:04d}" for i in (0, 7, 11, 13, 21, 299)) + ("gw-none",)
+    scopes = [lists.EVERYTHING, lists.Scope(schools=("s01", "s02")), lists.Scope(gateways=gateways),
+              lists.Scope(schools=())]
+    cases = 0
+    for scope in scopes:
+        for school in (None, "s04", "s02"):
+            for problem in (None, "any", "offline", "fault", "alarm"):
+                for offset, limit in ((0, 20), (20, 20), (290, 50)):
+                    paging = lists.Paging(limit=limit, offset=offset)
+                    args = (c.registry, c.ledger, school, None, problem, paging, scope)
+                    fresh, cached = overview.board(*args), overview.board(*args, snapshots=snaps)
+                    assert ([r.gateway for r in cached.rooms], cached.total, cached.counts) == \
+                        ([r.gateway for r in fresh.rooms], fresh.total, fresh.counts), (scope, school, problem, offset)
+                    cases += bool(fresh.rooms)
+    assert cases > 30 and snaps.reads == 1
+    # A search asks the database (its case-folding is the engine's), and a snapshot older than `ttl` is read again.
+    searched = overview.board(c.registry, c.ledger, paging=lists.Paging(q="GW-002"), snapshots=snaps)
+    assert searched.total == 10 and snaps.reads == 1
+    now = lists.BoardSnapshots(ttl=0)
+    c.ledger.record([], [("s00", "gw-0010", State(online=False, ts=time.time(), room="101", devices={}, interval=5))],
+                    [])
+    for expected in (1, 2):
+        board = overview.board(c.registry, c.ledger, "s00", None, "offline", lists.Paging(limit=300), snapshots=now)
+        assert "gw-0010" in [r.gateway for r in board.rooms] and now.reads == expected
 
 
 def test_the_district_rolls_up_each_school(small_and_large: tuple[Flask, Flask]) -> None:
