@@ -27,8 +27,6 @@ from __future__ import annotations
 
 import logging
 import math
-import os
-import socket
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
@@ -40,11 +38,11 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import joinedload
 
 from campus import contract
-from campus.errors import StoreError
 from campus.i18n import N_, LazyText, lazy_gettext
 from central.db import translatable
 from central.notify import outbox as notify_outbox
 from central.registry import Alarm, AlarmRule, Building, Gateway, Registry, Room
+from central.workers import LeasedWorker
 
 log = logging.getLogger(__name__)
 
@@ -515,11 +513,11 @@ def list_alarms(registry: Registry, state: str = "open", limit: int = 200,
 # ---------------------------------------------------------------- background
 
 
-class AlarmMonitor:
+class AlarmMonitor(LeasedWorker):
     """Evaluates the rules every `interval` seconds in a daemon thread until stop().
 
     Several web instances on one database each run a monitor; the one holding the `alarms` lease
-    evaluates (Database.take_lease: renewed each round, taken over LEASE_ROUNDS rounds after its holder
+    evaluates (central/workers.py: renewed each round, taken over LEASE_ROUNDS rounds after its holder
     stopped renewing), so an alarm is raised, cleared and (issue 20) notified once, not once per instance:
     the `notifier` (central/notify/outbox.py) runs its round after each evaluation, in this thread.
     """
@@ -529,38 +527,16 @@ class AlarmMonitor:
 
     def __init__(self, registry: Registry, ledger: Any, interval: float = 5.0,
                  notifier: notify_outbox.Notifier | None = None) -> None:
-        if interval <= 0:
-            raise ValueError("the alarm interval must be positive")
-        self.registry, self.ledger, self.interval, self.notifier = registry, ledger, interval, notifier
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="alarm-monitor", daemon=True)
-        self.runs = 0
-        self.holder = f"{socket.gethostname()}:{os.getpid()}:{id(self):x}"
+        super().__init__(registry.db, self.LEASE, interval=interval, ttl=self.LEASE_ROUNDS * interval,
+                         name="alarm-monitor", what="alarm evaluation", join_s=interval + 30)
+        self.registry, self.ledger, self.notifier = registry, ledger, notifier
 
-    def start(self) -> AlarmMonitor:
-        self._thread.start()
-        return self
+    @property
+    def runs(self) -> int:
+        """Evaluations made (rounds under the lease)."""
+        return self.rounds
 
-    def _run(self) -> None:
-        db = self.registry.db
-        while not self._stop.is_set():
-            try:
-                if db.take_lease(self.LEASE, self.holder, self.LEASE_ROUNDS * self.interval):
-                    evaluate(self.registry, self.ledger)
-                    self.runs += 1
-                    if self.notifier is not None:
-                        self.notifier.round()
-            except StoreError as exc:  # the database is away (restarting): one line, and the next round
-                log.warning("alarm evaluation: %s; retrying in %.0f s", exc, self.interval)
-            except Exception:  # noqa: BLE001 - a bad moment must not end monitoring
-                log.exception("alarm evaluation failed; retrying in %.0f s", self.interval)
-            self._stop.wait(self.interval)
-
-    def stop(self) -> None:
-        self._stop.set()
-        if self._thread.is_alive():
-            self._thread.join(timeout=self.interval + 30)
-        try:  # another instance takes over at its next round, not a lease later
-            self.registry.db.drop_lease(self.LEASE, self.holder)
-        except StoreError as exc:
-            log.warning("alarm monitor: %s", exc)
+    def round(self) -> None:
+        evaluate(self.registry, self.ledger)
+        if self.notifier is not None:
+            self.notifier.round()

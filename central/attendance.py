@@ -34,10 +34,7 @@ from __future__ import annotations
 
 import csv
 import logging
-import os
 import re
-import socket
-import threading
 import time
 from bisect import bisect_left
 from collections.abc import Callable, Iterable
@@ -50,12 +47,13 @@ from sqlalchemy import Date, Float, ForeignKey, Integer, String, UniqueConstrain
 from sqlalchemy.orm import Mapped, mapped_column
 
 from campus import contract, names
-from campus.errors import ConfigError, StoreError
+from campus.errors import ConfigError
 from campus.i18n import N_, LazyText, lazy_gettext, message_of
 from central import ledger, lists, timetables
 from central.db import Base
 from central.provisioning import CsvRecords, Header, ImportProblem, decode_csv
 from central.registry import Gateway, Registry, Room, School
+from central.workers import LeasedWorker
 from protocols.card_ids import CARD_NUMBER_FORMS, card_hash, card_uid, qr_pseudonym
 
 log = logging.getLogger(__name__)
@@ -744,51 +742,22 @@ def apply_retention(registry: Registry, *, now: float | None = None,
     return done
 
 
-class AttendanceRetention:
+class AttendanceRetention(LeasedWorker):
     """Runs `apply_retention` every `interval` seconds in one instance at a time (the lease), from a daemon
-    thread until stop(): the pattern of the usage rollup (central/usage_rollup.py)."""
+    thread until stop() (central/workers.py)."""
 
     LEASE = "attendance-retention"
 
     def __init__(self, registry: Registry, interval: float, site_zone: ZoneInfo | None = None,
                  clock: Callable[[], float] = time.time) -> None:
-        if interval <= 0:
-            raise ValueError("the retention's interval must be positive")
-        self.registry, self.interval, self.clock = registry, interval, clock
-        self.site_zone = site_zone or ZoneInfo(timetables.DEFAULT_TIMEZONE)
-        self.holder = f"{socket.gethostname()}:{os.getpid()}:{id(self):x}"
-        self.rounds = 0
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="attendance-retention", daemon=True)
-
-    def start(self) -> AttendanceRetention:
-        self._thread.start()
-        return self
-
-    def _run(self) -> None:
-        db = self.registry.db
         # The first round a minute after start, not at it: a program starting (or a test's app) is not slowed.
-        wait = min(60.0, self.interval)
-        while not self._stop.wait(wait):
-            busy = False
-            try:
-                if db.take_lease(self.LEASE, self.holder, 3 * self.interval + 60):
-                    busy = apply_retention(self.registry, now=self.clock(), site_zone=self.site_zone) > 0
-                    self.rounds += 1
-            except StoreError as exc:
-                log.warning("attendance retention: %s; retrying in %.0f s", exc, self.interval)
-            except Exception:  # noqa: BLE001 - a bad moment must not end the retention
-                log.exception("attendance retention failed; retrying in %.0f s", self.interval)
-            wait = 1.0 if busy else self.interval
+        super().__init__(registry.db, self.LEASE, interval=interval, ttl=3 * interval + 60,
+                         name="attendance-retention", what="attendance retention", first_wait=min(60.0, interval))
+        self.registry, self.clock = registry, clock
+        self.site_zone = site_zone or ZoneInfo(timetables.DEFAULT_TIMEZONE)
 
-    def stop(self) -> None:
-        self._stop.set()
-        if self._thread.is_alive():
-            self._thread.join(timeout=30)
-        try:
-            self.registry.db.drop_lease(self.LEASE, self.holder)
-        except StoreError as exc:
-            log.warning("attendance retention: %s", exc)
+    def round(self) -> float | None:
+        return 1.0 if apply_retention(self.registry, now=self.clock(), site_zone=self.site_zone) > 0 else None
 
 
 EXAMPLE_CSV = """\

@@ -25,24 +25,23 @@ import json
 import logging
 import os
 import random
-import socket
-import threading
 import time
 import urllib.error
 import urllib.request
 from dataclasses import dataclass
 from datetime import date
-from typing import Any
+from typing import Any, Self
 from urllib.parse import urlsplit
 
 from sqlalchemy import func, select, update
 
 from campus import names
-from campus.errors import ConfigError, StoreError
+from campus.errors import ConfigError
 from central import lists
 from central.city import MAX_SCHOOLS, CityPush
 from central.db import Database
 from central.registry import Registry, check_token
+from central.workers import LeasedWorker
 
 log = logging.getLogger(__name__)
 
@@ -160,48 +159,35 @@ def send(link: CityLink, body: dict[str, Any], timeout: float = HTTP_TIMEOUT_S) 
 # ---------------------------------------------------------------- the thread
 
 
-class CityPusher:
+class CityPusher(LeasedWorker):
     """Sends the rollup every `interval` seconds from a daemon thread until stop(); see the module."""
 
     LEASE = "city-push"
 
     def __init__(self, link: CityLink, registry: Registry, ledger: Any, store: Any, interval: float,
                  usage_interval: float = DEFAULT_USAGE_INTERVAL_S) -> None:
-        if interval <= 0:
-            raise ValueError("the city push interval must be positive")
+        # Renewed at least every interval; outlasts one request, so a slow city does not hand the lease over.
+        super().__init__(registry.db, self.LEASE, interval=interval, ttl=3 * interval + HTTP_TIMEOUT_S,
+                         name="city-push", what="city push", join_s=HTTP_TIMEOUT_S + 5, release=store.release)
         self.link, self.registry, self.ledger, self.store = link, registry, ledger, store
-        self.interval, self.usage_interval = interval, usage_interval
-        self.holder = f"{socket.gethostname()}:{os.getpid()}:{id(self):x}"
+        self.usage_interval = usage_interval
         self.pushes = 0      # accepted by the city (stored or a replay)
         self.failures = 0    # in a row: the backoff's exponent
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="city-push", daemon=True)
+        self._due = 0.0      # monotonic time of the next attempt
 
     @property
     def backoff_max(self) -> float:
         return max(self.interval, min(BACKOFF_MAX_S, 20 * self.interval))
 
-    def start(self) -> CityPusher:
+    def start(self) -> Self:
         log.info("city push: district %s -> %s every %g s", self.link.district, self.link.endpoint, self.interval)
-        self._thread.start()
-        return self
+        return super().start()
 
-    def _run(self) -> None:
-        db = self.registry.db
-        due = 0.0  # monotonic time of the next attempt
-        # Renewed at least every interval; outlasts one request, so a slow city does not hand the lease over.
-        ttl = 3 * self.interval + HTTP_TIMEOUT_S
-        while not self._stop.is_set():
-            try:
-                if db.take_lease(self.LEASE, self.holder, ttl) and time.monotonic() >= due:
-                    due = time.monotonic() + self._attempt()
-            except StoreError as exc:
-                log.warning("city push: %s; retrying in %.0f s", exc, self.interval)
-            except Exception:  # noqa: BLE001 - a bad moment must not end the pushes
-                log.exception("city push failed; retrying in %.0f s", self.interval)
-            finally:
-                self.store.release()
-            self._stop.wait(max(0.0, min(self.interval, due - time.monotonic())))
+    def round(self) -> float:
+        """The lease is renewed every interval; a push is made when due (the backoff may put it later)."""
+        if time.monotonic() >= self._due:
+            self._due = time.monotonic() + self._attempt()
+        return min(self.interval, self._due - time.monotonic())
 
     def _attempt(self) -> float:
         """One push (two when the city holds a higher seq); the seconds until the next one."""
@@ -234,12 +220,3 @@ class CityPusher:
         delay = min(self.backoff_max, self.interval * 2 ** (self.failures - 1)) * random.uniform(0.8, 1.0)
         log.warning("city push: %s; attempt %d, next in %.1f s", why, self.failures, delay)
         return delay
-
-    def stop(self) -> None:
-        self._stop.set()
-        if self._thread.is_alive():
-            self._thread.join(timeout=HTTP_TIMEOUT_S + 5)
-        try:  # another instance takes over at its next round, not a lease later
-            self.registry.db.drop_lease(self.LEASE, self.holder)
-        except StoreError as exc:
-            log.warning("city push: %s", exc)

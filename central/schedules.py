@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import logging
 import re
-import threading
 import time
 from collections.abc import Callable, Mapping
 from datetime import date, datetime, timedelta
@@ -48,6 +47,7 @@ from campus.i18n import N_, LazyText, ReportedText, lazy_gettext, message_of
 from central.db import translatable
 from central.registry import Building, Registry, Schedule, ScheduleClaim, ScheduleRun, School, row_id
 from central.timetables import Timetable, day_periods
+from central.workers import LeasedWorker
 
 if TYPE_CHECKING:
     from central.overview import Target
@@ -581,17 +581,18 @@ def runs(registry: Registry, schedule_id: int | None = None, limit: int = 50) ->
                 for r in s.scalars(q)]
 
 
-class Scheduler:
-    """Runs due schedules; checks every `interval` seconds in a daemon thread until stop()."""
+class Scheduler(LeasedWorker):
+    """Runs due schedules; checks every `interval` seconds in a daemon thread until stop().
+
+    Every instance checks (no lease, central/workers.py): each run is claimed in the database first
+    (`claim`, `claim_school`), so of several instances one runs it."""
 
     def __init__(self, registry: Registry, ledger: Any, service: Any | Callable[[], Any], interval: float = 20.0,
                  grace: timedelta = GRACE, wait: float = 5.0) -> None:
-        if interval <= 0:
-            raise ValueError("the schedule interval must be positive")
-        self.registry, self.ledger, self.interval, self.grace, self.wait = registry, ledger, interval, grace, wait
+        super().__init__(registry.db, None, interval=interval, name="scheduler", what="schedule check",
+                         join_s=interval + 60)
+        self.registry, self.ledger, self.grace, self.wait = registry, ledger, grace, wait
         self._service = service
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="scheduler", daemon=True)
 
     @property
     def service(self) -> Any:
@@ -655,19 +656,5 @@ class Scheduler:
         except Exception:  # noqa: BLE001 - central's own runs go on
             log.exception("recording or planning the schedules run at the edge failed")
 
-    def start(self) -> Scheduler:
-        self._thread.start()
-        return self
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            try:
-                self.tick()
-            except Exception:  # noqa: BLE001 - try again next time
-                log.exception("schedule check failed; retrying in %.0f s", self.interval)
-            self._stop.wait(self.interval)
-
-    def stop(self) -> None:
-        self._stop.set()
-        if self._thread.is_alive():
-            self._thread.join(timeout=self.interval + 60)
+    def round(self) -> None:
+        self.tick()

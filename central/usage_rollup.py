@@ -34,8 +34,6 @@ from __future__ import annotations
 
 import logging
 import os
-import socket
-import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -45,13 +43,13 @@ from zoneinfo import ZoneInfo
 
 from sqlalchemy import select
 
-from campus.errors import StoreError
 from central import alarms as alarm_engine
 from central import energy, maintenance, usage
 from central import timetables as tts
 from central.ledger import Ledger
 from central.registry import Registry
 from central.store.base import PointStore
+from central.workers import LeasedWorker
 
 log = logging.getLogger(__name__)
 
@@ -213,7 +211,7 @@ def setting(env: str, default: float) -> float:
         return default
 
 
-class UsageRollup:
+class UsageRollup(LeasedWorker):
     """Keeps `usage_days` up to date from a daemon thread until stop(); see the module.
 
     `clock` gives the time the rollup is computed as of (tests run it in a week of their own)."""
@@ -223,51 +221,24 @@ class UsageRollup:
     def __init__(self, registry: Registry, ledger: Ledger, store: PointStore, refresh: float = DEFAULT_REFRESH_S,
                  days: int = DEFAULT_DAYS, tick: float = TICK_S, budget: float = BUDGET_S,
                  clock: Callable[[], float] = time.time, site_zone: ZoneInfo | None = None) -> None:
-        if refresh <= 0 or tick <= 0:
+        if refresh <= 0:
             raise ValueError("the usage rollup's intervals must be positive")
+        # The lease outlasts a round's work, so that a long backfill does not hand it over mid-round.
+        super().__init__(registry.db, self.LEASE, interval=tick, ttl=3 * tick + budget + 60, name="usage-rollup",
+                         what="usage rollup", join_s=budget + 30, release=store.release)
         self.site_zone = site_zone  # the day of a school without a timetable (`campus web --timezone`)
         self.registry, self.ledger, self.store = registry, ledger, store
         self.refresh, self.days, self.tick, self.budget, self.clock = refresh, days, tick, budget, clock
-        self.holder = f"{socket.gethostname()}:{os.getpid()}:{id(self):x}"
-        self.rounds = 0          # rounds that computed (held the lease)
         self.caught_up = False   # the last round left no day missing
         self._refreshed = float("-inf")  # monotonic time of the last refresh of today's rows
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="usage-rollup", daemon=True)
 
-    def start(self) -> UsageRollup:
-        self._thread.start()
-        return self
-
-    def _run(self) -> None:
-        db = self.registry.db
-        # Outlasts a round's work, so that a long backfill does not hand the lease over mid-round.
-        ttl = 3 * self.tick + self.budget + 60
-        while not self._stop.is_set():
-            busy = False  # days still missing: the next round at once (a breath, not a tick, later)
-            try:
-                if db.take_lease(self.LEASE, self.holder, ttl):
-                    refresh = time.monotonic() - self._refreshed >= self.refresh
-                    progress = fill(self.registry, self.ledger, self.store, now=self.clock(), days=self.days,
-                                    refresh_today=refresh, budget_s=self.budget, stopping=self._stop.is_set,
-                                    site_zone=self.site_zone)
-                    if refresh:
-                        self._refreshed = time.monotonic()
-                    self.caught_up, busy = not progress.more, progress.more
-                    self.rounds += 1
-            except StoreError as exc:
-                log.warning("usage rollup: %s; retrying in %.0f s", exc, self.tick)
-            except Exception:  # noqa: BLE001 - a bad moment must not end the rollup
-                log.exception("usage rollup failed; retrying in %.0f s", self.tick)
-            finally:
-                self.store.release()
-            self._stop.wait(min(1.0, self.tick) if busy else self.tick)
-
-    def stop(self) -> None:
-        self._stop.set()
-        if self._thread.is_alive():
-            self._thread.join(timeout=self.budget + 30)
-        try:  # another instance takes over at its next round, not a lease later
-            self.registry.db.drop_lease(self.LEASE, self.holder)
-        except StoreError as exc:
-            log.warning("usage rollup: %s", exc)
+    def round(self) -> float | None:
+        refresh = time.monotonic() - self._refreshed >= self.refresh
+        progress = fill(self.registry, self.ledger, self.store, now=self.clock(), days=self.days,
+                        refresh_today=refresh, budget_s=self.budget, stopping=self.stopping,
+                        site_zone=self.site_zone)
+        if refresh:
+            self._refreshed = time.monotonic()
+        self.caught_up = not progress.more
+        # Days still missing: the next round at once (a breath, not a tick, later).
+        return min(1.0, self.tick) if progress.more else None
