@@ -268,8 +268,10 @@ def fill_district(db_url: str, gateways: list[tuple[str, str, bool | None]]) -> 
         for gw, school_id, online in gateways:
             registry.register_gateway(gw, school_id, f"R-{gw}")
             if online is not None:
+                # A long reporting interval: an online gateway must not go stale (offline) while a loaded
+                # machine runs the rest of the test (it did, at interval=5, under a full CI beside helpers).
                 ledger.record([], [(school_id, gw, State(online=online, ts=time.time(), room=f"R-{gw}", devices={},
-                                                         interval=5))], [])
+                                                         interval=600))], [])
     finally:
         registry.close()
         ledger.close()
