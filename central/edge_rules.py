@@ -1,8 +1,9 @@
 """The room's rules run at the edge: central keeps the settings and sends them, the gateway decides.
 
 Idle-off ("off after M minutes with people_count 0 and no command") is a room setting
-(`rooms.idle_off_minutes`), pushed to the room's gateways in their config (`rules`, central/podium.py
-config_payload); the gateway watches its cameras and switches off by itself, offline too
+(`rooms.idle_off_minutes`) with a school's default (`schools.idle_off_minutes`) for every room that sets none:
+an admin sets a school's rooms at once and a teacher still tunes one room. The minutes in force are pushed to
+the room's gateways in their config (`rules`, central/podium.py config_payload); the gateway watches its cameras and switches off by itself, offline too
 (edge_agent/rules.py), and reports each run as a `rule_run` event.
 
 The teacher's "keep on for this period" (保持开启至本节课结束) is a gateway-level command
@@ -24,7 +25,7 @@ from campus import contract
 from campus.errors import ConfigError
 from campus.i18n import lazy_gettext
 from central import timetables
-from central.registry import Gateway, Registry, Room
+from central.registry import Gateway, Registry, Room, School
 
 IDLE_OFF_RANGE = (1, 480)          # minutes: a whole school day at most
 OVERRIDE_OUTSIDE_S = 45 * 60.0     # an override asked for outside a period: one period's length
@@ -48,25 +49,35 @@ def check_idle_off(value: Any) -> int | None:
     return minutes
 
 
+def _minutes(registry: Registry, room_id: int) -> tuple[int | None, int | None]:
+    """(the room's own idle-off minutes, its school's default), in one statement."""
+    with registry.session() as s:
+        row = s.execute(select(Room.idle_off_minutes, School.idle_off_minutes)
+                        .join(School, School.id == Room.school_id).where(Room.id == room_id)).first()
+    return (row[0], row[1]) if row is not None else (None, None)
+
+
 def room_rules(registry: Registry, room_id: int | None) -> dict[str, Any] | None:
-    """What the room's gateways get as `rules` in their config (None: no rule, the gateway's own none)."""
+    """What the room's gateways get as `rules` in their config (None: no rule, the gateway's own none): the
+    room's minutes, else its school's default."""
     if room_id is None:
         return None
-    with registry.session() as s:
-        minutes = s.scalar(select(Room.idle_off_minutes).where(Room.id == room_id))
+    own, school = _minutes(registry, room_id)
+    minutes = own if own is not None else school
     return {"idle_off_minutes": minutes} if minutes is not None else None
 
 
 def settings(registry: Registry, room_id: int) -> dict[str, Any]:
-    """The room's rule settings, as the API answers them."""
-    with registry.session() as s:
-        minutes = s.scalar(select(Room.idle_off_minutes).where(Room.id == room_id))
-    return {"idle_off_minutes": minutes}
+    """The room's rule settings, as the API answers them: its own, its school's default, the one in force."""
+    own, school = _minutes(registry, room_id)
+    return {"idle_off_minutes": own, "school_idle_off_minutes": school,
+            "effective_idle_off_minutes": own if own is not None else school}
 
 
 def set_idle_off(registry: Registry, room_id: int, value: Any) -> tuple[int | None, list[str]]:
-    """Set the room's idle-off minutes (validated: ConfigError naming the field, nothing changed); the
-    minutes and the room's gateways, whose config version went up (to push) if the setting changed."""
+    """Set the room's idle-off minutes (validated: ConfigError naming the field, nothing changed; None: the
+    school's default); the minutes and the room's gateways, whose config version went up (to push) if the
+    setting changed."""
     minutes = check_idle_off(value)
     with registry.session() as s:
         room = s.get(Room, room_id)
@@ -78,6 +89,33 @@ def set_idle_off(registry: Registry, room_id: int, value: Any) -> tuple[int | No
         s.execute(update(Gateway).where(Gateway.room_id == room_id)
                   .values(config_version=Gateway.config_version + 1))
         return minutes, sorted(s.scalars(select(Gateway.id).where(Gateway.room_id == room_id)))
+
+
+def school_settings(registry: Registry, school: str) -> dict[str, Any]:
+    """The school's default idle-off, as the API answers it (LookupError: no such school)."""
+    with registry.session() as s:
+        row = s.get(School, school)
+        if row is None:
+            raise LookupError(school)
+        return {"idle_off_minutes": row.idle_off_minutes}
+
+
+def set_school_idle_off(registry: Registry, school: str, value: Any) -> tuple[int | None, list[str]]:
+    """Set the school's default idle-off minutes (validated like a room's: ConfigError, nothing changed; None:
+    no default); the minutes and the gateways whose rules changed with it (those of the school's rooms
+    without their own setting), whose config version went up (to push)."""
+    minutes = check_idle_off(value)
+    with registry.session() as s:
+        row = s.get(School, school)
+        if row is None:
+            raise LookupError(school)
+        if row.idle_off_minutes == minutes:
+            return minutes, []
+        row.idle_off_minutes = minutes
+        inheriting = select(Room.id).where(Room.school_id == school, Room.idle_off_minutes.is_(None))
+        s.execute(update(Gateway).where(Gateway.room_id.in_(inheriting))
+                  .values(config_version=Gateway.config_version + 1))
+        return minutes, sorted(s.scalars(select(Gateway.id).where(Gateway.room_id.in_(inheriting))))
 
 
 def override_until(registry: Registry, school: str, now: float | None = None) -> tuple[float, bool]:

@@ -54,6 +54,8 @@ class School(Base):
     __tablename__ = "schools"
     id: Mapped[str] = mapped_column(String(64), primary_key=True)
     name: Mapped[str] = mapped_column(String(names.SCHOOL_NAME_MAX), default="")
+    # The school's default idle-off minutes (central/edge_rules.py), taken by every room without its own; None: none.
+    idle_off_minutes: Mapped[int | None] = mapped_column(Integer, nullable=True, default=None)
 
 
 class SchoolSecret(Base):
@@ -80,7 +82,7 @@ class Room(Base):
     building_id: Mapped[int | None] = mapped_column(ForeignKey("buildings.id"), nullable=True)
     name: Mapped[str] = mapped_column(String(names.ROOM_MAX))
     # Idle-off (central/edge_rules.py): minutes with nobody counted and no command before the room's gateway
-    # switches its equipment off; None: never.
+    # switches its equipment off; None: the school's default (School.idle_off_minutes), never if it has none.
     idle_off_minutes: Mapped[int | None] = mapped_column(Integer, nullable=True, default=None)
     building: Mapped[Building | None] = relationship()
 

@@ -69,8 +69,11 @@ def actions(events: list[dict[str, Any]], commands: list[dict[str, Any]], limit:
     for ev in events:
         data, ts = ev.get("data") or {}, float(ev["ts"])
         if ev["type"] == contract.SCHEDULE_RUN_EVENT:
+            # A run not run (contract.SCHEDULE_SKIPPED: a teacher's override held) keeps its reason, so the
+            # panel says why the room stayed on rather than what the schedule would have done.
             items.append(_item(_number(data.get("planned")) or ts, "schedule", _steps(data),
-                               name=data.get("name") or "", outcome=data.get("outcome") or "ran"))
+                               name=data.get("name") or "", outcome=data.get("outcome") or "ran",
+                               reason=data.get("reason") or ""))
         elif ev["type"] == contract.PODIUM_EVENT and data.get("outcome") in ("started", "ended"):
             items.append(_item(ts, "podium", _steps(data), outcome=data["outcome"],
                                reason=data.get("reason") or ("swipe" if data.get("card") else "timeout")))

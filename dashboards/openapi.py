@@ -202,7 +202,21 @@ def _timetables() -> dict[str, Any]:
     _paged(usage)
     usage["parameters"][-3]["description"] = N_("rooms of this page; without `limit`, `offset` or `q` every room is "
                                                 "answered. The schools, days and district are always whole")
+    rules_obj = {"type": "object", "properties": {"idle_off_minutes": {"type": ["integer", "null"], "minimum": 1,
+                                                                      "maximum": 480}}}
+    rules = _get(N_("A school's default idle-off minutes for its rooms without their own (null: none) (facility, "
+                    "admin)"), school, rules_obj)
+    rules["responses"]["404"] = {"description": N_("no such school")}
+    set_rules = _get(N_("Set a school's default idle-off minutes (1-480, null: none) (admin); pushed to the gateways "
+                        "of its rooms without their own"), school, {"type": "object", "properties": {
+                            **rules_obj["properties"], "pushed": {"type": "array", "items": {"type": "string"}},
+                            "not_pushed": {"type": ["string", "null"]}}})
+    set_rules["requestBody"] = {"required": True, "content": {"application/json": {"schema": {
+        **rules_obj, "required": ["idle_off_minutes"]}}}}
+    set_rules["responses"].update({"400": {"description": N_("`field` names the bad part; nothing changed")},
+                                   "404": {"description": N_("no such school")}})
     return {"/api/schools/{school}/timetable": {"get": get, "put": put},
+            "/api/schools/{school}/rules": {"get": rules, "put": set_rules},
             "/api/schools/{school}/timetable/periods": {"get": periods},
             "/api/usage": {"get": usage}}
 
@@ -304,8 +318,12 @@ def _podium() -> dict[str, Any]:
     rules_obj = {"type": "object", "properties": {"idle_off_minutes": {"type": ["integer", "null"], "minimum": 1,
                                                                       "maximum": 480}}}
     rules = _get(N_("The room's rules run by its gateway: `idle_off_minutes`, switch off after this many minutes "
-                    "with nobody counted and no command (null: never)"), room, rules_obj)
-    set_rules = _get(N_("Set the room's idle-off minutes (1-480, null: never); pushed to its gateways (the room's "
+                    "with nobody counted and no command (null: the school's default, `school_idle_off_minutes`; "
+                    "`effective_idle_off_minutes`: the one in force)"), room, rules_obj)
+    rules["responses"]["200"]["content"]["application/json"]["schema"] = {"type": "object", "properties": {
+        **rules_obj["properties"], "school_idle_off_minutes": rules_obj["properties"]["idle_off_minutes"],
+        "effective_idle_off_minutes": rules_obj["properties"]["idle_off_minutes"]}}
+    set_rules = _get(N_("Set the room's idle-off minutes (1-480, null: the school's default); pushed to its gateways (the room's "
                         "teacher, admin)"), room, {"type": "object", "properties": {
                             **rules_obj["properties"], **pushed}})
     set_rules["requestBody"] = {"required": True, "content": {"application/json": {"schema": {

@@ -313,6 +313,10 @@ SCHEDULE_WORDS = {"power_off": N_("%(devices)s switched off by schedule “%(nam
 SCHEDULE_OTHER = N_("Schedule “%(name)s” ran on %(devices)s")
 SCHEDULE_MISSED = N_("Schedule “%(name)s” was missed: the gateway was not running then")
 SCHEDULE_INTERRUPTED = N_("Schedule “%(name)s” was interrupted")
+# Not run at all (contract.SCHEDULE_SKIPPED): said as such, never "switched off … (skipped)", which reads as done.
+SCHEDULE_SKIPPED_WORDS = {contract.OVERRIDE_REASON:
+                          N_("Schedule “%(name)s” was not run: a teacher kept the room on for this period")}
+SCHEDULE_SKIPPED = N_("Schedule “%(name)s” was not run (%(reason)s)")
 PODIUM_WORDS = {("started", "swipe"): N_("Class started with a card at the podium"),
                 ("ended", "swipe"): N_("Class ended with a card at the podium"),
                 ("ended", "timeout"): N_("Class ended by itself: nobody swiped a card before the timeout")}
@@ -322,6 +326,9 @@ STATUS_AFTER = N_("(%(status)s)")
 THE_EQUIPMENT = N_("the equipment")
 STATUS_WORDS = {"failed": N_("failed"), "rejected": N_("refused"), "expired": N_("expired"), "pending": N_("waiting…"),
                 "skipped": N_("skipped")}
+
+
+SAID_IN_FULL = ("missed", "interrupted", contract.SCHEDULE_SKIPPED)  # outcomes whose words say how it went
 
 
 def why_text(item: dict[str, Any], kinds: dict[str, str]) -> str:
@@ -338,6 +345,10 @@ def why_text(item: dict[str, Any], kinds: dict[str, str]) -> str:
             text = gettext(SCHEDULE_MISSED, name=item["name"])
         elif item["outcome"] == "interrupted":
             text = gettext(SCHEDULE_INTERRUPTED, name=item["name"])
+        elif item["outcome"] == contract.SCHEDULE_SKIPPED:
+            words = SCHEDULE_SKIPPED_WORDS.get(item["reason"])
+            text = gettext(words, name=item["name"]) if words else gettext(SCHEDULE_SKIPPED, name=item["name"],
+                                                                           reason=item["reason"])
         else:
             text = gettext(SCHEDULE_WORDS.get(item["action"], SCHEDULE_OTHER), devices=devices, name=item["name"])
     elif item["source"] == "podium":
@@ -347,7 +358,7 @@ def why_text(item: dict[str, Any], kinds: dict[str, str]) -> str:
         text = gettext(IDLE_OFF, devices=devices)
     else:
         text = gettext(RULE_OTHER, devices=devices, rule=item["rule"], reason=item["reason"])
-    if item["status"] != "done" and item["outcome"] not in ("missed", "interrupted"):
+    if item["status"] != "done" and item["outcome"] not in SAID_IN_FULL:
         status = STATUS_WORDS.get(item["status"])
         text += " " + gettext(STATUS_AFTER, status=gettext(status) if status else item["status"])
     return text[:1].upper() + text[1:]

@@ -61,8 +61,9 @@ def _room(school: str, room: str, manage: bool) -> int:
     return rid
 
 
-def _push(gateways: list[str]) -> dict[str, Any]:
-    """Send the changed allow-list to the room's gateways now, if this app can publish."""
+def push_gateways(gateways: list[str]) -> dict[str, Any]:
+    """Send the changed config (allow-list, rules) to `gateways` now, if this app can publish (the school's
+    idle-off default, dashboards/timetables.py, pushes through here too)."""
     service = central().commands
     client = service.client if service is not None else None
     if not gateways:
@@ -83,7 +84,7 @@ def _push(gateways: list[str]) -> dict[str, Any]:
 def _enrolment(rid: int) -> tuple[dict[str, Any] | None, dict[str, Any]]:
     """The room's enrol mode (completed now if its swipe came) and what was pushed if it just enrolled."""
     state, changed = podium.enrolment(central().registry, central().ledger, rid, g.user["user"])
-    push = _push(changed)
+    push = push_gateways(changed)
     if changed and state is not None:
         audit("podium.enrol", f"card {state['card']} enrolled by a swipe as {state['role']}"
                               f"{' ' + repr(state['label']) if state['label'] else ''}")
@@ -99,7 +100,7 @@ def _import(school: str, room: str | None, data: bytes, rid: int | None) -> tupl
     where = f"{school}/{room}" if room else school
     if report.ok:
         audit("podium.import", f"{where}: {report.added} cards added, {report.changed} changed")
-        return report, _push(report.gateways)
+        return report, push_gateways(report.gateways)
     # The problems name lines and columns, never a card number: they may go into the audit trail.
     audit("podium.import", f"{where}: refused, {len(report.errors)} problems, first: {report.errors[0]}", ok=False)
     return report, {}
@@ -140,7 +141,7 @@ def api_remove(school: str, room: str, card: str) -> Any:
     except ConfigError as exc:
         return jsonify({"error": error_text(exc), "field": "card"}), 400
     audit("podium.remove", f"{school}/{room}: card {gone['card']} ({gone['role']}) removed")
-    return jsonify({"removed": gone, **_push(changed)})
+    return jsonify({"removed": gone, **push_gateways(changed)})
 
 
 @bp.get("/api/schools/<school>/rooms/<room>/enrolment")
@@ -183,7 +184,7 @@ def api_rules(school: str, room: str) -> Any:
 @bp.put("/api/schools/<school>/rooms/<room>/rules")
 @login_required(roles=MANAGERS)
 def api_set_rules(school: str, room: str) -> Any:
-    """Body {idle_off_minutes: 1..480 or null}: the room's idle-off, pushed to its gateways."""
+    """Body {idle_off_minutes: 1..480 or null (the school's default)}: the room's idle-off, pushed to its gateways."""
     rid = _room(school, room, manage=True)
     body = json_object()
     unknown = sorted(set(body) - {"idle_off_minutes"})
@@ -207,7 +208,7 @@ def _set_rules(school: str, room: str, rid: int, value: Any, *, json: bool) -> A
         return _page(school, room, rid, error=error_text(exc))
     audit("rules.idle_off", f"{school}/{room}: idle-off {minutes if minutes is not None else 'never'}"
                             f"{' (unchanged)' if not changed else ''}")
-    push = _push(changed)
+    push = push_gateways(changed)
     if json:
         return jsonify({"idle_off_minutes": minutes, **push})
     return _page(school, room, rid, push=push)
@@ -288,7 +289,7 @@ def remove(school: str, room: str, card: str) -> Any:
     except ConfigError as exc:
         return _page(school, room, rid, error=error_text(exc))
     audit("podium.remove", f"{school}/{room}: card {gone['card']} ({gone['role']}) removed")
-    return _page(school, room, rid, removed=gone, push=_push(changed))
+    return _page(school, room, rid, removed=gone, push=push_gateways(changed))
 
 
 def _page(school: str, room: str, rid: int, *, error: str | None = None, report: podium.CardImport | None = None,

@@ -5,7 +5,8 @@ Pages (facility and admin read, admin changes; in the equipment-health area):
 * `/health/timetables` every school and whether it has a timetable;
 * `/health/timetables/<school>` its periods per weekday, terms, holidays and make-up working days;
   an admin edits it as CSV text (prefilled with the current timetable) or uploads a CSV file (UTF-8
-  or GB18030, Chinese or English headers: central/timetable_csv.py), and sets its time zone. The
+  or GB18030, Chinese or English headers: central/timetable_csv.py), sets its time zone and the default
+  idle-off minutes of its rooms (central/edge_rules.py; a room's own setting wins). The
   whole file is checked first; if any line is wrong, nothing changes and every problem is listed
   with its line and column;
 * `/health/usage-rate?week=2025-W37|month=2025-09[&school=S]` the usage rate per school (or per room
@@ -16,6 +17,8 @@ JSON (CONTRACT.md's school sub-paths; the `/api/schools` list is the district ov
 * `GET|PUT /api/schools/<school>/timetable` the whole timetable (`central.timetables.Timetable.as_dict`);
   a PUT replaces it, or answers 400 `{error, field}` naming the first bad field and changes nothing;
 * `GET /api/schools/<school>/timetable/periods?start=D&end=D` the class periods between two dates;
+* `GET|PUT /api/schools/<school>/rules` the rooms' default idle-off minutes (PUT: admin; audited, pushed to
+  the gateways of the rooms without their own);
 * `GET /api/usage?week=|month=[&school=]` the usage-rate report.
 """
 
@@ -41,16 +44,17 @@ from flask import (
 from flask_babel import gettext
 
 from campus import names
-from campus.errors import PayloadError
+from campus.errors import ConfigError, PayloadError
 from campus.i18n import LazyText, lazy_gettext, message_of
-from central import lists, timetable_csv, usage
+from central import edge_rules, lists, timetable_csv, usage
 from central import timetables as tts
 from central.overview import places
 from dashboards.auth import audit, login_required, may_see_school, not_found, sight
 from dashboards.context import central
 from dashboards.exports import CSV, XLSX, Sheet, csv_text, download, xlsx_bytes
 from dashboards.health import STAFF, parse_week
-from dashboards.i18n import format_time, request_language, site_zone
+from dashboards.i18n import error_text, format_time, request_language, site_zone
+from dashboards.podium import push_gateways
 from dashboards.strict_json import json_object
 
 bp = Blueprint("timetables", __name__)
@@ -105,6 +109,43 @@ def api_put_timetable(school: str) -> Any:
         return _bad(_field_error(exc.path, exc.message), exc.path)
     audit("timetable.save", f"{school}: {len(tt.periods)} periods, {len(tt.ranges)} dates")
     return jsonify(tt.as_dict())
+
+
+@bp.get("/api/schools/<school>/rules")
+@login_required(roles=STAFF)
+def api_school_rules(school: str) -> Any:
+    return jsonify(edge_rules.school_settings(central().registry, _school(school)))
+
+
+@bp.put("/api/schools/<school>/rules")
+@login_required(roles=ADMIN)
+def api_set_school_rules(school: str) -> Any:
+    """Body {idle_off_minutes: 1..480 or null}: the default of the school's rooms without their own, pushed."""
+    _school(school)
+    body = json_object()
+    unknown = sorted(set(body) - {"idle_off_minutes"})
+    if unknown:
+        return _bad(lazy_gettext("unknown field %(field)s (the rules have idle_off_minutes)",
+                                 field=repr(unknown[0][:40])), unknown[0][:40])
+    if "idle_off_minutes" not in body:
+        return _bad(lazy_gettext("idle_off_minutes: missing"), "idle_off_minutes")
+    try:
+        minutes, push = _set_school_idle_off(school, body["idle_off_minutes"])
+    except ConfigError as exc:
+        return _bad(error_text(exc), "idle_off_minutes")
+    return jsonify({"idle_off_minutes": minutes, **push})
+
+
+def _set_school_idle_off(school: str, value: Any) -> tuple[int | None, dict[str, Any]]:
+    """Set, audit and push the school's default idle-off (ConfigError, audited, if the value is bad)."""
+    try:
+        minutes, changed = edge_rules.set_school_idle_off(central().registry, school, value)
+    except ConfigError:
+        audit("rules.school_idle_off", f"{school}: refused {str(value)[:40]!r}", ok=False)
+        raise
+    audit("rules.school_idle_off", f"{school}: default idle-off {minutes if minutes is not None else 'none'}"
+                                   f"{' (unchanged)' if not changed else f', {len(changed)} gateways'}")
+    return minutes, push_gateways(changed)
 
 
 @bp.get("/api/schools/<school>/timetable/periods")
@@ -314,9 +355,16 @@ def timetable_page(school: str) -> Any:
 @bp.post("/health/timetables/<school>")
 @login_required(roles=ADMIN)
 def timetable_save(school: str) -> Any:
-    """The time zone form, or a CSV file or text replacing the whole timetable (all or nothing)."""
+    """The time zone form, the rooms' idle-off default, or a CSV file or text replacing the whole timetable (all
+    or nothing)."""
     reg = central().registry
     _school(school)
+    if "idle_off_minutes" in request.form:
+        try:
+            _, push = _set_school_idle_off(school, request.form["idle_off_minutes"])
+        except ConfigError as exc:
+            return _timetable_page(school, error=error_text(exc))
+        return _timetable_page(school, push=push)
     if "timezone" in request.form:
         try:
             zone = tts.check_timezone(request.form["timezone"])
@@ -342,7 +390,7 @@ def timetable_save(school: str) -> Any:
 
 def _timetable_page(school: str, report: timetable_csv.TimetableImport | None = None,
                     error: str | LazyText | None = None,
-                    text: str | None = None) -> Any:
+                    text: str | None = None, push: dict[str, Any] | None = None) -> Any:
     tt = tts.load(central().registry, school)
     grid: dict[int, dict[int, tts.Period]] = {}
     for p in (tt.periods if tt else ()):
@@ -351,7 +399,9 @@ def _timetable_page(school: str, report: timetable_csv.TimetableImport | None = 
         text = timetable_csv.to_csv(tt, chinese=_chinese()) if tt else timetable_csv.EXAMPLE_CSV
     status = 400 if error or (report is not None and not report.ok) else 200
     return render_template("timetable.html", tab="timetables", school=school, tt=tt, grid=sorted(grid.items()),
-                           weekdays=tts.WEEKDAY_NAMES, report=report, error=error, text=text), status
+                           weekdays=tts.WEEKDAY_NAMES, report=report, error=error, text=text, push=push,
+                           rules=edge_rules.school_settings(central().registry, school),
+                           idle_range=edge_rules.IDLE_OFF_RANGE), status
 
 
 @bp.get("/health/timetables/<school>/timetable.csv")

@@ -52,7 +52,8 @@ def pushed_rules(app: Flask, gateway: str = "gw-101") -> Any:
 
 
 def test_idle_off_is_a_room_setting_validated_audited_and_pushed(app: Flask, tmp_path: Path) -> None:
-    assert call(app, "GET", RULES, "teacher").get_json() == {"idle_off_minutes": None}
+    assert call(app, "GET", RULES, "teacher").get_json() == {"idle_off_minutes": None, "school_idle_off_minutes": None,
+                                                             "effective_idle_off_minutes": None}
     assert pushed_rules(app) is None
     before = versions(app)
     for bad in (0, 481, 12.5, "ten", True, [], {"m": 1}):
@@ -87,6 +88,53 @@ def test_idle_off_is_a_room_setting_validated_audited_and_pushed(app: Flask, tmp
     assert "rules" in payload and payload["rules"] is None  # said, not left out: the gateway drops its rule
     _, config = validate_pushed_config(base, json.dumps(payload))
     assert config.rules is None
+
+
+def test_a_schools_idle_off_default_is_taken_by_its_rooms_without_their_own(app: Flask) -> None:
+    """An admin sets the school's default (API or the school's page); the rooms without their own setting take
+    it and only their gateways get a new config; a room's own minutes win; audited; bad input changes nothing."""
+    school = "/api/schools/s1/rules"
+    assert call(app, "GET", school, "facility").get_json() == {"idle_off_minutes": None}
+    assert call(app, "PUT", RULES, "teacher", json={"idle_off_minutes": 20}).status_code == 200  # 101's own
+    before = versions(app)
+    for bad in (0, 481, 12.5, "ten", True, [], {"m": 1}):
+        resp = call(app, "PUT", school, "admin", json={"idle_off_minutes": bad})
+        assert resp.status_code == 400 and resp.get_json()["field"] == "idle_off_minutes", bad
+    resp = call(app, "PUT", school, "admin", json={"idle_minutes": 5})
+    assert resp.status_code == 400 and resp.get_json()["field"] == "idle_minutes"
+    assert call(app, "PUT", school, "admin", json={}).get_json()["field"] == "idle_off_minutes"
+    assert call(app, "PUT", school, "teacher", json={"idle_off_minutes": 5}).status_code == 403
+    assert call(app, "PUT", school, "facility", json={"idle_off_minutes": 5}).status_code == 403
+    assert call(app, "PUT", "/api/schools/s9/rules", "admin", json={"idle_off_minutes": 5}).status_code == 404
+    assert versions(app) == before and call(app, "GET", school, "admin").get_json() == {"idle_off_minutes": None}
+
+    resp = call(app, "PUT", school, "admin", json={"idle_off_minutes": 30})
+    assert resp.status_code == 200 and resp.get_json()["idle_off_minutes"] == 30
+    assert versions(app) == {**before, "gw-102": before["gw-102"] + 1}  # 101 keeps its own: no new plan
+    assert pushed_rules(app, "gw-102") == {"idle_off_minutes": 30} and pushed_rules(app) == {"idle_off_minutes": 20}
+    assert call(app, "GET", "/api/schools/s1/rooms/102/rules", "admin").get_json() == {
+        "idle_off_minutes": None, "school_idle_off_minutes": 30, "effective_idle_off_minutes": 30}
+    trail = [r for r in central(app).registry.audit_trail() if r["action"] == "rules.school_idle_off"]
+    assert any(r["ok"] and "s1: default idle-off 30" in r["detail"] for r in trail) and any(not r["ok"] for r in trail)
+    # The same again: nothing to push.
+    assert call(app, "PUT", school, "admin", json={"idle_off_minutes": 30}).get_json()["pushed"] == []
+    assert versions(app)["gw-102"] == before["gw-102"] + 1
+    # Room 101 drops its own: it takes the school's.
+    assert call(app, "PUT", RULES, "teacher", json={"idle_off_minutes": None}).status_code == 200
+    assert pushed_rules(app) == {"idle_off_minutes": 30}
+    page = call(app, "GET", "/podium/s1/101?lang=zh-CN", "teacher").get_data(as_text=True)
+    assert "学校默认：无人 30 分钟后关机。" in page
+
+    # The school's page: the admin's form, a bad value refused naming the rule, empty is "no default".
+    page = call(app, "GET", "/health/timetables/s1", "admin").get_data(as_text=True)
+    assert 'name="idle_off_minutes"' in page and 'value="30"' in page
+    assert 'name="idle_off_minutes"' not in call(app, "GET", "/health/timetables/s1", "facility").get_data(as_text=True)
+    bad = call(app, "POST", "/health/timetables/s1?lang=en", "admin", data={"idle_off_minutes": "-3"})
+    assert bad.status_code == 400 and "idle_off_minutes must be a whole number" in bad.get_data(as_text=True)
+    assert call(app, "POST", "/health/timetables/s1", "facility", data={"idle_off_minutes": "5"}).status_code == 403
+    assert pushed_rules(app) == {"idle_off_minutes": 30}
+    assert call(app, "POST", "/health/timetables/s1", "admin", data={"idle_off_minutes": ""}).status_code == 200
+    assert pushed_rules(app) is None and pushed_rules(app, "gw-102") is None  # said (null), so the gateways drop it
 
 
 def test_an_override_holds_until_the_end_of_the_current_period(app: Flask) -> None:

@@ -292,3 +292,40 @@ def test_the_panel_says_why_the_room_did_something_by_itself(app: Flask) -> None
     assert items[1]["rule"] == "idle_off" and items[1]["reason"] == "idle"
     # Another room's actions are not this room's.
     assert states.snapshot("gw-102")["automatic"] == []
+
+
+def test_the_panel_says_a_schedule_was_not_run_because_a_teacher_kept_the_room_on(app: Flask) -> None:
+    """A power-off run the gateway skipped (a teacher's override held) is said as not run, with the reason, never
+    as "switched off … (skipped)"; beside it an idle-off run; in zh-CN and English."""
+    planned = datetime.fromtimestamp(time.time() - 600, SHANGHAI).replace(second=0, microsecond=0)
+    skipped = [{"device": "proj", "action": "power_off", "status": "skipped",
+                "detail": "not run: a teacher kept the room on for this period"}]
+    _events(app, "gw-101", [
+        ("schedules", contract.SCHEDULE_RUN_EVENT, {"schedule": 1, "planned": planned.timestamp(), "name": "放学关机",
+                                                    "outcome": contract.SCHEDULE_SKIPPED,
+                                                    "reason": contract.OVERRIDE_REASON, "steps": skipped},
+         planned.timestamp() + 1),
+        ("schedules", contract.SCHEDULE_RUN_EVENT, {"schedule": 2, "planned": planned.timestamp() - 30,
+                                                    "name": "午休", "outcome": contract.SCHEDULE_SKIPPED,
+                                                    "reason": "maintenance", "steps": skipped},
+         planned.timestamp() - 29),
+        ("rules", contract.RULE_RUN_EVENT, {"rule": "idle_off", "at": planned.timestamp() - 60, "reason": "idle",
+                                            "outcome": "ran", "steps": [{**skipped[0], "status": "done"}]},
+         planned.timestamp() - 59),
+    ])
+    hhmm = planned.strftime("%H:%M")
+    zh = call(app, "GET", "/panel/gw-101?lang=zh-CN", role="teacher").get_data(as_text=True)
+    why = zh.split('id="why"', 1)[1].split("</ol>", 1)[0]
+    assert f"<time>{hhmm}</time> <span>计划「放学关机」未执行：教师已设置本节课保持开启</span>" in why, why
+    assert "计划「午休」未执行（maintenance）" in why and "投影机已关闭：教室无人" in why
+    assert "已按计划「放学关机」关闭" not in why and "跳过" not in why
+    en = call(app, "GET", "/panel/gw-101?lang=en", role="teacher").get_data(as_text=True)
+    why = en.split('id="why"', 1)[1].split("</ol>", 1)[0]
+    assert (f"<time>{hhmm}</time> <span>Schedule “放学关机” was not run: a teacher kept the room on for this period"
+            "</span>") in why, why
+    assert "Schedule “午休” was not run (maintenance)" in why and "Projector switched off: nobody was in the room" in why
+    assert "switched off by schedule" not in why and "skipped" not in why
+    states = web(app).panel
+    assert states is not None
+    first = states.snapshot("gw-101")["automatic"][0]
+    assert (first["outcome"], first["reason"], first["status"]) == ("skipped", "override", "skipped")

@@ -179,6 +179,10 @@
         text = _("Schedule “%(name)s” was missed: the gateway was not running then", {name: item.name});
       } else if (item.outcome === "interrupted") {
         text = _("Schedule “%(name)s” was interrupted", {name: item.name});
+      } else if (item.outcome === "skipped") {
+        text = item.reason === "override"
+          ? _("Schedule “%(name)s” was not run: a teacher kept the room on for this period", {name: item.name})
+          : _("Schedule “%(name)s” was not run (%(reason)s)", {name: item.name, reason: item.reason});
       } else if (item.action === "power_off") {
         text = _("%(devices)s switched off by schedule “%(name)s”", {devices, name: item.name});
       } else if (item.action === "power_on") {
@@ -199,7 +203,7 @@
     } else {
       text = _("%(devices)s switched by rule “%(rule)s” (%(reason)s)", {devices, rule: item.rule, reason: item.reason});
     }
-    if (item.status !== "done" && item.outcome !== "missed" && item.outcome !== "interrupted") {
+    if (item.status !== "done" && !["missed", "interrupted", "skipped"].includes(item.outcome)) {
       text += " " + _("(%(status)s)", {status: WHY_STATUS[item.status] || item.status});
     }
     return text.charAt(0).toUpperCase() + text.slice(1);
