@@ -33,6 +33,8 @@ check-ins are deleted from the ledger and their corrections from here.
 from __future__ import annotations
 
 import csv
+import hashlib
+import json
 import logging
 import os
 import re
@@ -46,7 +48,7 @@ from datetime import date, datetime, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from sqlalchemy import Date, Float, ForeignKey, Integer, String, UniqueConstraint, delete, select
+from sqlalchemy import Date, Float, ForeignKey, Integer, String, Text, UniqueConstraint, delete, select
 from sqlalchemy.orm import Mapped, mapped_column
 
 from campus import contract, names
@@ -68,8 +70,12 @@ MAX_PEOPLE = 20_000          # a school's roster in one file
 EARLY_S = 10 * 60            # a swipe this long before a period's start counts for it
 DEFAULT_GRACE_MIN = 5
 GRACE_RANGE = (0, 60)
-DEFAULT_RETENTION_DAYS = 150  # about one term (学期)
+DEFAULT_RETENTION_DAYS = 150  # about one term (学期): the default of a school whose timetable has no terms
 RETENTION_RANGE = (7, 400)
+# A day is *finished* this long after its end: its counts are kept (`attendance_day_counts`) and a summary reads
+# them instead of its registers. Longer than ledger.LATE_EVENT_S (a swipe recorded later than that after its time
+# is flagged, and its day's counts redone) with room for the slowest write.
+SETTLE_S = 6 * ledger.LATE_EVENT_S
 ROLES = ("student", "staff")
 ROLE_ALIASES = {"学生": "student", "教师": "staff", "老师": "staff", "教职工": "staff", "员工": "staff",
                 "teacher": "staff"}
@@ -135,7 +141,8 @@ class AttendanceSettings(Base):
     __tablename__ = "attendance_settings"
     school_id: Mapped[str] = mapped_column(ForeignKey("schools.id"), primary_key=True)
     grace_min: Mapped[int] = mapped_column(Integer, default=DEFAULT_GRACE_MIN)
-    retention_days: Mapped[int] = mapped_column(Integer, default=DEFAULT_RETENTION_DAYS)
+    # None: the default, by the timetable's terms (`first_kept`); a number of days is the school's own choice.
+    retention_days: Mapped[int | None] = mapped_column(Integer, nullable=True, default=None)
     updated: Mapped[float] = mapped_column(Float, default=time.time)
     updated_by: Mapped[str] = mapped_column(String(64), default="")
 
@@ -153,13 +160,32 @@ class AttendanceCount(Base):
     excused: Mapped[int] = mapped_column(Integer, default=0)
 
 
+class DayCounts(Base):
+    """A finished day's counts per class (a summary's cache, migration 0016): what `_class_day_counts` gives
+    for that day, as JSON {class: [expected, present, late, absent, excused]}. Read only while `stamp` (a hash
+    of the roster, class rooms, gateways, timetable and grace: `_stamp`) is the school's; deleted for a
+    correction of the day and for swipes that arrive late (ledger `late_events`)."""
+    __tablename__ = "attendance_day_counts"
+    school_id: Mapped[str] = mapped_column(ForeignKey("schools.id"), primary_key=True)
+    day: Mapped[date] = mapped_column(Date, primary_key=True)
+    stamp: Mapped[str] = mapped_column(String(64))
+    counts: Mapped[str] = mapped_column(Text)
+
+
+class CacheGeneration(Base):
+    """Bumped by every deletion of a school's day counts: counts computed before it are not stored."""
+    __tablename__ = "attendance_cache_gens"
+    school_id: Mapped[str] = mapped_column(ForeignKey("schools.id"), primary_key=True)
+    generation: Mapped[int] = mapped_column(Integer, default=0)
+
+
 # ---------------------------------------------------------------- settings
 
 
 @dataclass(frozen=True)
 class Settings:
     grace_min: int = DEFAULT_GRACE_MIN
-    retention_days: int = DEFAULT_RETENTION_DAYS
+    retention_days: int | None = None  # None: until the end of the next term (`first_kept`)
 
 
 def settings(registry: Registry, school: str) -> Settings:
@@ -169,10 +195,14 @@ def settings(registry: Registry, school: str) -> Settings:
 
 
 def save_settings(registry: Registry, school: str, grace_min: object, retention_days: object, by: str) -> Settings:
-    """Change the school's grace (minutes) and retention (days); ConfigError naming the field out of range."""
-    checked = []
+    """Change the school's grace (minutes) and retention (days; empty or None: the default, by term);
+    ConfigError naming the field out of range."""
+    checked: list[int | None] = []
     for name, value, (low, high) in (("grace_min", grace_min, GRACE_RANGE),
                                      ("retention_days", retention_days, RETENTION_RANGE)):
+        if name == "retention_days" and (value is None or not str(value).strip()):
+            checked.append(None)
+            continue
         try:
             number = int(str(value).strip())
         except ValueError:
@@ -187,7 +217,7 @@ def save_settings(registry: Registry, school: str, grace_min: object, retention_
         row = s.get(AttendanceSettings, school) or AttendanceSettings(school_id=school)
         row.grace_min, row.retention_days, row.updated, row.updated_by = checked[0], checked[1], time.time(), by[:64]
         s.add(row)
-    return Settings(checked[0], checked[1])
+    return Settings(int(checked[0] or 0), checked[1])
 
 
 # ---------------------------------------------------------------- the roster import
@@ -628,6 +658,7 @@ def correct(registry: Registry, school: str, room: str, day: date, period: int, 
                                  ts=time.time()))
         else:
             row.status, row.by, row.ts = status, by[:64], time.time()
+        _forget_days(registry, s, school, day, day)  # in the correction's transaction
 
 
 # ---------------------------------------------------------------- the school's summary
@@ -674,15 +705,118 @@ def _class_day_counts(sc: _School, first: date, last: date, registry: Registry,
     return out
 
 
+# ---------------------------------------------------------------- finished days' counts (the summary's cache)
+
+
+def _stamp(sc: _School) -> str:
+    """A hash of everything a day's counts are computed from besides its events and corrections: a roster import,
+    a class's room, a gateway placed or moved, a timetable or a grace saved changes it (and so every day's counts
+    of the school are computed again), without each of those places having to know about this cache."""
+    tt = None if sc.tt is None else (sc.tt.timezone, [p.as_dict() for p in sc.tt.periods],
+                                     [(r.kind, r.as_dict()) for r in sc.tt.ranges])
+    parts = (str(sc.zone), tt, sc.grace_s,
+             sorted((p.id, p.class_name, p.role, p.card or "", p.qr or "") for p in sc.people.values()),
+             sorted(sc.classes_of_room.items()), sorted((rid, sorted(g)) for rid, g in sc.gateways_of_room.items()))
+    return hashlib.sha256(json.dumps(parts, default=str).encode()).hexdigest()
+
+
+def _forget_days(registry: Registry, s: Any, school: str, first: date, last: date | None = None) -> None:
+    """Delete the school's kept counts of `first` to `last` (or on) and bump its generation, in session `s`:
+    counts being computed meanwhile by another request are then not stored (`_keep_days`)."""
+    t = CacheGeneration.__table__
+    upsert = registry.db.insert(t).values(school_id=school, generation=1)
+    s.execute(upsert.on_conflict_do_update(index_elements=[t.c.school_id], set_={"generation": t.c.generation + 1}))
+    query = delete(DayCounts).where(DayCounts.school_id == school, DayCounts.day >= first)
+    s.execute(query if last is None else query.where(DayCounts.day <= last))
+
+
+def _keep_days(registry: Registry, school: str, generation: int, stamp: str,
+               days: dict[date, dict[str, list[int]]]) -> bool:
+    """Store finished days' counts, unless the school's generation moved since `generation` was read (a correction
+    or a late swipe: these counts may lack it). In one transaction holding the write lock (SQLite) or the
+    generation's row (PostgreSQL), so a deletion cannot slip between the check and the write."""
+    if not days:
+        return True
+    gens, rows = CacheGeneration.__table__, DayCounts.__table__
+    with registry.db.write("cannot keep the attendance day counts") as conn:
+        conn.execute(registry.db.insert(gens).values(school_id=school, generation=0).on_conflict_do_nothing())
+        now_gen = conn.execute(select(gens.c.generation).where(gens.c.school_id == school).with_for_update()).scalar()
+        if now_gen != generation:
+            return False
+        upsert = registry.db.insert(rows)
+        conn.execute(upsert.on_conflict_do_update(
+            index_elements=[rows.c.school_id, rows.c.day],
+            set_={"stamp": upsert.excluded.stamp, "counts": upsert.excluded.counts}),
+            [{"school_id": school, "day": day, "stamp": stamp, "counts": json.dumps(counts, sort_keys=True)}
+             for day, counts in sorted(days.items())])
+    return True
+
+
+def _days_counts(registry: Registry, sc: _School, first: date, last: date,
+                 now: float) -> dict[tuple[str, date], list[int]]:
+    """`_class_day_counts` of `first` to `last`, reading the kept counts of finished days and computing (then
+    keeping) the others: a month's summary reads a row a day instead of every swipe. Identical results: a kept
+    day is one computed from the same roster, rooms, timetable and grace (`_stamp`), deleted when a correction
+    of it is made or a swipe of it arrives late (the ledger's `late_events`, taken here first)."""
+    gateways = sorted(gw for gws in sc.gateways_of_room.values() for gw in gws)
+    late = ledger.late_events(registry.db, gateways)
+    if late:
+        since = datetime.fromtimestamp(min(row[1] for row in late), sc.zone).date()
+        with registry.session() as s:
+            _forget_days(registry, s, sc.school, since)
+        ledger.forget_late_events(registry.db, late)
+    stamp = _stamp(sc)
+    with registry.session() as s:
+        generation = s.scalar(select(CacheGeneration.generation).where(CacheGeneration.school_id == sc.school)) or 0
+        kept = {row.day: json.loads(row.counts) for row in s.scalars(
+            select(DayCounts).where(DayCounts.school_id == sc.school, DayCounts.day >= first, DayCounts.day <= last,
+                                    DayCounts.stamp == stamp))}
+    # Finished by the caller's clock and the real one: a report "as of" a later time must not keep a day whose
+    # swipes are still coming in.
+    settled = min(now, time.time()) - SETTLE_S
+    out: dict[tuple[str, date], list[int]] = {}
+    for day, counts in kept.items():
+        for klass, values in counts.items():
+            out[(klass, day)] = values
+    day, runs = first, []
+    while day <= last:  # the days not kept, in runs of consecutive days: one read of the events a run
+        if day not in kept:
+            if runs and runs[-1][1] == day - timedelta(days=1):
+                runs[-1][1] = day
+            else:
+                runs.append([day, day])
+        day += timedelta(days=1)
+    fresh: dict[date, dict[str, list[int]]] = {}
+    for run_first, run_last in runs:
+        computed = _class_day_counts(sc, run_first, run_last, registry, now)
+        out.update(computed)
+        day = run_first
+        while day <= run_last:
+            end = datetime.combine(day + timedelta(days=1), datetime.min.time(), sc.zone).timestamp()
+            if end <= settled:
+                fresh[day] = {}
+            day += timedelta(days=1)
+        for (klass, day), values in computed.items():
+            if day in fresh:
+                fresh[day][klass] = values
+    _keep_days(registry, sc.school, generation, stamp, fresh)
+    return out
+
+
 def summary(registry: Registry, school: str, first: date, last: date, *,
-            site_zone: ZoneInfo | str = timetables.DEFAULT_TIMEZONE, now: float | None = None) -> list[WeekRow]:
-    """The attendance rate of each class per week from `first` to `last`: live registers for the days still
-    kept, the reduced counts for older ones. By class, then week."""
+            site_zone: ZoneInfo | str = timetables.DEFAULT_TIMEZONE, now: float | None = None,
+            cache: bool = True) -> list[WeekRow]:
+    """The attendance rate of each class per week from `first` to `last`: for the days still kept, the kept
+    counts of finished days and the registers of the others (`cache` False: every day's registers, computed:
+    the reference the tests and the benchmark compare with); the reduced counts for older ones. By class,
+    then week."""
     zone = site_zone if isinstance(site_zone, ZoneInfo) else ZoneInfo(site_zone)
     sc = _load(registry, school, zone)
     now = time.time() if now is None else now
     kept = max(first, _first_kept(registry, sc, now))
-    days = _class_day_counts(sc, kept, last, registry, now) if kept <= last else {}
+    count = _days_counts if cache else (lambda registry, sc, first, last, now:
+                                         _class_day_counts(sc, first, last, registry, now))
+    days = count(registry, sc, kept, last, now) if kept <= last else {}
     with registry.session() as s:
         for c in s.scalars(select(AttendanceCount).where(AttendanceCount.school_id == school,
                                                          AttendanceCount.day >= first, AttendanceCount.day <= last)):
@@ -700,8 +834,27 @@ def summary(registry: Registry, school: str, first: date, last: date, *,
 
 def _first_kept(registry: Registry, sc: _School, now: float) -> date:
     """The school's first day whose named entries are still kept."""
-    keep = settings(registry, sc.school).retention_days
-    return datetime.fromtimestamp(now, sc.zone).date() - timedelta(days=keep)
+    return first_kept(sc.tt, settings(registry, sc.school).retention_days,
+                      datetime.fromtimestamp(now, sc.zone).date())
+
+
+def first_kept(tt: timetables.Timetable | None, retention_days: int | None, today: date) -> date:
+    """The first day whose named attendance is still kept on `today`. A school's own number of days wins.
+    By default (None) it is one term, read as: **a day's named entries are kept until the end of the term after
+    its own** (a day between terms belongs to the term that follows), so a term's registers can be looked at
+    and corrected all through the next one, then only counts remain. Never more than RETENTION_RANGE's
+    longest (a timetable whose last terms were never entered keeps no more than that), and DEFAULT_RETENTION_DAYS
+    for a school whose timetable has no terms."""
+    if retention_days is not None:
+        return today - timedelta(days=retention_days)
+    terms = sorted(tt.of("terms"), key=lambda t: t.last) if tt is not None else []
+    if not terms:
+        return today - timedelta(days=DEFAULT_RETENTION_DAYS)
+    longest = today - timedelta(days=RETENTION_RANGE[1])
+    ended = [t for t in terms if t.last < today]
+    if len(ended) < 2:  # no day's next term has ended yet
+        return longest
+    return max(longest, ended[-2].last + timedelta(days=1))
 
 
 def apply_retention(registry: Registry, *, now: float | None = None,
@@ -729,15 +882,21 @@ def apply_retention(registry: Registry, *, now: float | None = None,
             continue
         first = min(starts)
         last = min(cutoff_day - timedelta(days=1), first + timedelta(days=max_days - 1))
-        reduced = _class_day_counts(sc, first, last, registry, now)
+        reduced = _days_counts(registry, sc, first, last, now)
         until = datetime.combine(last + timedelta(days=1), datetime.min.time(), sc.zone).timestamp()
         with registry.session() as s:
+            # A day reduced before keeps its counts: what is left of it in the ledger is a swipe that came after
+            # (a gateway offline for weeks), alone it would make everyone else absent.
+            done_days = set(s.scalars(select(AttendanceCount.day).distinct().where(
+                AttendanceCount.school_id == school, AttendanceCount.day >= first, AttendanceCount.day <= last)))
             for (klass, day), v in reduced.items():
-                s.merge(AttendanceCount(school_id=school, class_name=klass, day=day, expected=v[0], present=v[1],
-                                        late=v[2], absent=v[3], excused=v[4]))
+                if day not in done_days:
+                    s.merge(AttendanceCount(school_id=school, class_name=klass, day=day, expected=v[0],
+                                            present=v[1], late=v[2], absent=v[3], excused=v[4]))
             room_ids = list(sc.room_names)
             s.execute(delete(AttendanceMark).where(AttendanceMark.room_id.in_(room_ids),
                                                    AttendanceMark.day <= last))
+            s.execute(delete(DayCounts).where(DayCounts.school_id == school, DayCounts.day <= last))
         if gateways:
             ledger.delete_events(registry.db, gateways, EVENT_TYPES, min(until, cutoff))
         done += (last - first).days + 1
