@@ -24,6 +24,7 @@ from campus.contract import ATTENDANCE_EVENT, CARD_SWIPE_EVENT
 from central import attendance as att
 from central import ledger as ledger_mod
 from central import timetables as tts
+from central.attendance_summary import _keep_days as keep_days
 from central.ledger import Sequenced
 from dashboards import close_app
 from dashboards.context import central, web
@@ -350,9 +351,9 @@ def test_counts_computed_before_a_correction_are_not_kept(app: Flask) -> None:
     imported(app)
     reg = central(app).registry
     past = datetime.now(ZONE).date() - timedelta(days=3)
-    assert att._keep_days(reg, "s1", 0, "stamp", {past - timedelta(days=1): {"一班": [1, 1, 0, 0, 0]}})
+    assert keep_days(reg, "s1", 0, "stamp", {past - timedelta(days=1): {"一班": [1, 1, 0, 0, 0]}})
     att.correct(reg, "s1", "101", past, 1, "王五", "一班", "excused", "teach")  # meanwhile, in another request
-    assert not att._keep_days(reg, "s1", 0, "stamp", {past: {"一班": [6, 0, 0, 6, 0]}})
+    assert not keep_days(reg, "s1", 0, "stamp", {past: {"一班": [6, 0, 0, 6, 0]}})
     with reg.session() as s:
         assert [row.day for row in s.scalars(select(att.DayCounts))] == [past - timedelta(days=1)]
 
