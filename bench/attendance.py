@@ -5,7 +5,9 @@ Builds one school straight into a central SQLite database in a temp dir: `--clas
 `--days` school days of swipes (each student once a period, 5% absent, 10% late, 10% swiping twice) by
 one `Ledger.record` per day. Then times: one room's register of a day, the school summary over `--weeks`
 weeks (every room's registers, computed), and the retention round that reduces every day to counts and
-deletes its swipes. CPU (process time) and wall, median of `--rounds`.
+deletes its swipes. The summary three ways: every register computed (what it cost before finished days
+were kept as counts), the first call (which computes and keeps them) and the next ones. CPU (process time)
+and wall, median of `--rounds`.
 
     python bench/attendance.py
     python bench/attendance.py --classes 40 --students 45 --days 60 --weeks 12
@@ -107,8 +109,14 @@ def main() -> int:
         first = last - timedelta(weeks=args.weeks) + timedelta(days=1)
         rows = [("one room's register of a day", timed(
                     lambda: att.register(registry, "s1", "100", last, now=now), args.rounds)),
-                (f"school summary, {args.weeks} weeks", timed(
+                (f"school summary, {args.weeks} weeks, every register computed (cache=False)", timed(
+                    lambda: att.summary(registry, "s1", first, last, now=now, cache=False), args.rounds)),
+                (f"school summary, {args.weeks} weeks, first (computes, keeps finished days' counts)", timed(
+                    lambda: att.summary(registry, "s1", first, last, now=now), 1)),
+                (f"school summary, {args.weeks} weeks, from kept counts", timed(
                     lambda: att.summary(registry, "s1", first, last, now=now), args.rounds))]
+        assert att.summary(registry, "s1", first, last, now=now) == att.summary(registry, "s1", first, last, now=now,
+                                                                                cache=False)
         att.save_settings(registry, "s1", "5", "7", "bench")
         later = now + 400 * 86400  # every day past its retention
         c0, w0 = time.process_time(), time.perf_counter()

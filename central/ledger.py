@@ -35,6 +35,7 @@ from sqlalchemy import (
     Connection,
     and_,
     bindparam,
+    case,
     func,
     not_,
     or_,
@@ -53,6 +54,7 @@ from central.tables import commands as commands_t
 from central.tables import events as events_t
 from central.tables import gateways as gw_t
 from central.tables import ingest_workers, seen
+from central.tables import late_events as late_t
 from central.tables import latest as latest_t
 
 log = logging.getLogger(__name__)
@@ -73,6 +75,10 @@ _ROWS_PER_INSERT = 400  # rows of one multi-row INSERT (2-3 parameters each: und
 # oldest rows (counted as gaps, which is the truth) cannot jump that far.
 SEQ_JUMP_MAX = 100_000_000
 _SEQ_MAX = 2**63 - 1
+# An event recorded this long after its own time arrived late (`late_events`): what was worked out of its
+# day may lack it. Ten minutes: a live swipe takes seconds; a readers' "finished day" waits longer
+# (central/attendance.py SETTLE_S).
+LATE_EVENT_S = 600.0
 # Smoothing of the clock offset (exponential, per live heartbeat), and the offset above which the
 # dashboard warns that a gateway's clock is wrong (docs: keep gateways on NTP).
 CLOCK_SMOOTHING = 0.2
@@ -311,10 +317,29 @@ class Ledger:
                                       for (gw, dev, metric), (seq, ts, value) in sorted(latest.items())])
             if events:
                 conn.execute(self.db.insert(events_t).on_conflict_do_nothing(), events)
+                self._note_late(conn, events, now)
             for r in results:
                 conn.execute(update(commands_t).where(commands_t.c.id == r.id, commands_t.c.status == "pending")
                              .values(status=r.status, detail=r.text, finished=r.ts))
         return fresh
+
+    def _note_late(self, conn: Connection, events: list[dict[str, Any]], now: float) -> None:
+        """Remember, per gateway, the oldest event of the batch that came LATE_EVENT_S or more after its
+        time (`late_events`): one statement, only for a batch that has one (a redelivery counts too: it
+        costs a reader a recount, never a loss)."""
+        late: dict[str, float] = {}
+        for ev in events:
+            if now - ev["ts"] >= LATE_EVENT_S:
+                late[ev["gateway"]] = min(ev["ts"], late.get(ev["gateway"], ev["ts"]))
+        if not late:
+            return
+        upsert = self.db.insert(late_t)
+        conn.execute(upsert.on_conflict_do_update(
+            index_elements=[late_t.c.gateway],
+            set_={"since": case((upsert.excluded.since < late_t.c.since, upsert.excluded.since),
+                                else_=late_t.c.since),
+                  "arrivals": late_t.c.arrivals + 1}),
+            [{"gateway": gw, "since": ts, "arrivals": 1} for gw, ts in sorted(late.items())])
 
     def _write_rows(self, conn: Connection, rows: dict[str, GatewayRow], states_json: dict[str, str]) -> None:
         """The batch's gateways' rows back, one UPDATE (two: with and without a new state) for them all."""
@@ -758,6 +783,25 @@ def delete_events(db: Database, gateways: Collection[str], types: Collection[str
     with db.write("cannot delete old events") as conn:
         return conn.execute(sql_delete(events_t).where(e.gateway.in_(list(gateways)), e.type.in_(list(types)),
                                                        e.ts < before)).rowcount
+
+
+def late_events(db: Database, gateways: Collection[str]) -> list[tuple[str, float, int]]:
+    """(gateway, since, arrivals) of `gateways` that had events arrive late (`late_events`), not yet forgotten."""
+    if not gateways:
+        return []
+    c = late_t.c
+    with db.read("cannot read the late events") as conn:
+        return [tuple(row) for row in conn.execute(select(c.gateway, c.since, c.arrivals)
+                                                   .where(c.gateway.in_(list(gateways))))]
+
+
+def forget_late_events(db: Database, taken: Iterable[tuple[str, float, int]]) -> None:
+    """Delete the rows `late_events` returned once their reader has redone its days, each only if no late
+    event came since it was read (`since` and `arrivals` unchanged): one that came stays for the next reader."""
+    c = late_t.c
+    with db.write("cannot forget the late events") as conn:
+        for gateway, since, arrivals in taken:
+            conn.execute(sql_delete(late_t).where(c.gateway == gateway, c.since == since, c.arrivals == arrivals))
 
 
 def _command(row: Any, now: float) -> dict[str, Any]:

@@ -390,7 +390,8 @@ def settings(school: str) -> Any:
     try:
         saved = att.save_settings(central().registry, school, request.form.get("grace_min", ""),
                                   request.form.get("retention_days", ""), g.user["user"])
-        audit("attendance.settings", f"{school}: grace {saved.grace_min} min, kept {saved.retention_days} days")
+        kept = "by term" if saved.retention_days is None else f"{saved.retention_days} days"
+        audit("attendance.settings", f"{school}: grace {saved.grace_min} min, kept {kept}")
     except ConfigError as exc:
         error = error_text(exc)
     rows = att.summary(central().registry, school, first, last, site_zone=site_zone())

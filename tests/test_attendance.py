@@ -9,6 +9,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import time
 from datetime import date, datetime, timedelta
 from datetime import time as dtime
 from pathlib import Path
@@ -17,10 +18,13 @@ from zoneinfo import ZoneInfo
 
 import pytest
 from flask import Flask
+from sqlalchemy import select
 
 from campus.contract import ATTENDANCE_EVENT, CARD_SWIPE_EVENT
 from central import attendance as att
+from central import ledger as ledger_mod
 from central import timetables as tts
+from central.attendance_summary import _keep_days as keep_days
 from central.ledger import Sequenced
 from dashboards import close_app
 from dashboards.context import central, web
@@ -253,6 +257,146 @@ def test_retention_reduces_old_days_to_counts_and_deletes_their_swipes(app: Flas
     assert att.summary(reg, "s1", DAY, DAY, now=later) == before  # the rate survives as counts
     assert att.register(reg, "s1", "101", DAY, now=later) == []  # no named entry left
     assert att.apply_retention(reg, now=later) == 0
+
+
+def test_a_swipe_that_comes_after_its_day_was_reduced_leaves_the_counts_alone(app: Flask) -> None:
+    imported(app)
+    a_day_of_swipes(app)
+    reg = central(app).registry
+    att.save_settings(reg, "s1", "5", "7", "boss")
+    later = NOW + 9 * 86400
+    assert att.apply_retention(reg, now=later) == 2
+    reduced = att.summary(reg, "s1", DAY, DAY, now=later)
+    # A gateway offline since: 王五's swipe of that morning comes now. Alone it must not make the others absent.
+    swipes(app, "gw-101", [(at(8, 1), ATTENDANCE_EVENT, {"person": qr_pseudonym(reg.card_secret("s1"), "STU-101-0003"),
+                                                          "camera": "cam"})], first_seq=500)
+    assert att.apply_retention(reg, now=later) > 0
+    assert att.summary(reg, "s1", DAY, DAY, now=later) == reduced
+    assert not [e for e in central(app).ledger.events(gateway="gw-101", since=at(0, 0))
+                if e["ts"] < at(0, 0, DAY + timedelta(days=1))]
+
+
+# ---------------------------------------------------------------- finished days kept as counts
+
+
+def test_the_ledger_flags_events_that_arrive_late(app: Flask) -> None:
+    db = central(app).registry.db
+    hour_ago, week_ago = time.time() - 3600, time.time() - 7 * 86400
+    swipes(app, "gw-101", [(time.time(), CARD_SWIPE_EVENT, {"card": "0" * 64})], first_seq=1)
+    assert ledger_mod.late_events(db, ["gw-101", "gw-102"]) == []
+    swipes(app, "gw-101", [(hour_ago, CARD_SWIPE_EVENT, {"card": "0" * 64})], first_seq=2)
+    swipes(app, "gw-101", [(week_ago, CARD_SWIPE_EVENT, {"card": "0" * 64})], first_seq=3)
+    (row,) = ledger_mod.late_events(db, ["gw-101", "gw-102"])
+    assert row[0] == "gw-101" and row[1] == pytest.approx(week_ago) and row[2] == 2  # the oldest, two batches
+    ledger_mod.forget_late_events(db, [(row[0], row[1], 1)])  # read before the second batch: not forgotten
+    assert ledger_mod.late_events(db, ["gw-101"]) == [row]
+    ledger_mod.forget_late_events(db, [row])
+    assert ledger_mod.late_events(db, ["gw-101"]) == []
+
+
+def test_finished_days_are_kept_as_counts_and_stay_identical_to_the_registers(app: Flask) -> None:
+    """The summary reads kept counts for finished days; a late swipe, a correction, a roster import, a timetable
+    and a grace change each give what every register computed gives."""
+    imported(app)
+    reg = central(app).registry
+    today = datetime.now(ZONE).date()
+    past = today - timedelta(days=10)
+    first = past - timedelta(days=past.weekday())  # its week, over before today
+    last, now = first + timedelta(days=6), time.time()
+    secret = reg.card_secret("s1")
+    swipes(app, "gw-101", [(at(7, 58, past), CARD_SWIPE_EVENT, {"card": card(app, "0x0009356179")}),
+                           (at(8, 9, past), CARD_SWIPE_EVENT, {"card": card(app, "A1B2C3D4")}),
+                           (at(9, 2, past), CARD_SWIPE_EVENT, {"card": card(app, "A1B2C3D4")})])
+    swipes(app, "gw-102", [(at(8, 1, past), CARD_SWIPE_EVENT, {"card": card(app, "3735928559")})])
+
+    def both() -> list[att.WeekRow]:
+        kept = att.summary(reg, "s1", first, last, now=now)
+        assert kept == att.summary(reg, "s1", first, last, now=now, cache=False)
+        return kept
+
+    def of(klass: str, rows: list[att.WeekRow] | None = None) -> tuple[int, int, int, int, int]:
+        (r,) = [r for r in (both() if rows is None else rows) if r.klass == klass]
+        return r.expected, r.present, r.late, r.absent, r.excused
+
+    # 一班: 3 students x 2 periods x 7 days; 张三 present at 1, 李四 late at 1 and present at 2.
+    assert of("一班") == (42, 2, 1, 39, 0) and of("二班") == (14, 1, 0, 13, 0)
+    att.summary(reg, "s1", today, today, now=now)
+    with reg.session() as s:
+        kept = {row.day: json.loads(row.counts) for row in s.scalars(select(att.DayCounts))}
+        assert today not in kept and set(kept) == {first + timedelta(days=n) for n in range(7)}
+        assert kept[past]["一班"] == [6, 2, 1, 3, 0]
+        s.get(att.DayCounts, ("s1", past)).counts = json.dumps({**kept[past], "一班": [6, 6, 0, 0, 0]})
+    assert of("一班", att.summary(reg, "s1", first, last, now=now)) == (42, 6, 0, 36, 0)  # read, not computed
+    with reg.session() as s:
+        s.get(att.DayCounts, ("s1", past)).counts = json.dumps(kept[past])
+    # 王五's QR check-in of that morning arrives days late (its gateway was offline): counted, once.
+    swipes(app, "gw-101", [(at(8, 3, past), ATTENDANCE_EVENT, {"person": qr_pseudonym(secret, "STU-101-0003")})],
+           first_seq=100)
+    assert of("一班") == (42, 3, 1, 38, 0)
+    assert of("一班") == (42, 3, 1, 38, 0)
+    att.correct(reg, "s1", "101", past, 2, "王五", "一班", "excused", "teach")
+    assert of("一班") == (42, 3, 1, 37, 1)
+    att.save_settings(reg, "s1", "15", "", "boss")  # 李四 at 8:09 is no longer late
+    assert of("一班") == (42, 4, 0, 37, 1)
+    tt = tts.load(reg, "s1")
+    tts.save(reg, tts.Timetable("s1", "Asia/Shanghai", tt.periods + tuple(
+        tts.Period(w, 3, dtime(10), dtime(10, 45)) for w in range(1, 8))))
+    assert of("一班") == (63, 4, 0, 58, 1) and of("二班") == (21, 1, 0, 20, 0)
+    english = "name,class,role,card,qr,room\n" + "\n".join(ROSTER.splitlines()[1:3]).replace("学生", "student")
+    assert att.import_roster(reg, "s1", english.encode(), "boss").ok  # 张三 and 李四 of 一班 only
+    assert {r.klass for r in both()} == {"一班"} and of("一班") == (42, 3, 0, 39, 0)
+
+
+def test_counts_computed_before_a_correction_are_not_kept(app: Flask) -> None:
+    imported(app)
+    reg = central(app).registry
+    past = datetime.now(ZONE).date() - timedelta(days=3)
+    assert keep_days(reg, "s1", 0, "stamp", {past - timedelta(days=1): {"一班": [1, 1, 0, 0, 0]}})
+    att.correct(reg, "s1", "101", past, 1, "王五", "一班", "excused", "teach")  # meanwhile, in another request
+    assert not keep_days(reg, "s1", 0, "stamp", {past: {"一班": [6, 0, 0, 6, 0]}})
+    with reg.session() as s:
+        assert [row.day for row in s.scalars(select(att.DayCounts))] == [past - timedelta(days=1)]
+
+
+# ---------------------------------------------------------------- retention by term
+
+
+def test_the_default_retention_is_until_the_end_of_the_next_term() -> None:
+    terms = (tts.DateRange("terms", date(2026, 2, 23), date(2026, 7, 10), "spring"),
+             tts.DateRange("terms", date(2026, 9, 1), date(2027, 1, 20), "autumn"),
+             tts.DateRange("terms", date(2027, 2, 22), date(2027, 7, 9), "spring 2027"))
+    tt = tts.Timetable("s1", "Asia/Shanghai", (tts.Period(1, 1, dtime(8), dtime(8, 45)),), terms)
+    # During the autumn term the spring term's registers are kept (the next term, autumn, is not over).
+    assert att.first_kept(tt, None, date(2026, 12, 5)) == date(2026, 12, 5) - timedelta(days=400)
+    # After autumn ends, spring's days (and the summer between) go; autumn's stay through the spring of 2027.
+    assert att.first_kept(tt, None, date(2027, 1, 21)) == date(2026, 7, 11)
+    assert att.first_kept(tt, None, date(2027, 7, 9)) == date(2026, 7, 11)
+    assert att.first_kept(tt, None, date(2027, 7, 10)) == date(2027, 1, 21)
+    # A timetable whose later terms were never entered keeps no more than 400 days.
+    assert att.first_kept(tt, None, date(2029, 1, 1)) == date(2029, 1, 1) - timedelta(days=400)
+    # Without terms: 150 days; a school's own number wins either way.
+    assert att.first_kept(tts.Timetable("s1"), None, date(2027, 1, 21)) == date(2027, 1, 21) - timedelta(days=150)
+    assert att.first_kept(None, None, date(2027, 1, 21)) == date(2027, 1, 21) - timedelta(days=150)
+    assert att.first_kept(tt, 30, date(2027, 1, 21)) == date(2026, 12, 22)
+
+
+def test_retention_by_term_reduces_the_term_before_last(app: Flask) -> None:
+    imported(app)
+    a_day_of_swipes(app)
+    reg = central(app).registry
+    tt = tts.load(reg, "s1")
+    tts.save(reg, tts.Timetable("s1", "Asia/Shanghai", tt.periods, (
+        tts.DateRange("terms", date(2026, 9, 1), date(2027, 1, 20), "autumn"),
+        tts.DateRange("terms", date(2027, 2, 22), date(2027, 7, 9), "spring"))))
+    assert att.settings(reg, "s1").retention_days is None
+    in_spring = datetime.combine(date(2027, 7, 9), dtime(20), ZONE).timestamp()
+    assert att.apply_retention(reg, now=in_spring) == 0  # 30 November is kept all through the next term
+    assert att.register(reg, "s1", "101", DAY, now=in_spring)
+    assert att.apply_retention(reg, now=in_spring + 86400) > 0  # spring is over: autumn's names go
+    assert att.register(reg, "s1", "101", DAY, now=in_spring + 86400) == []
+    att.save_settings(reg, "s1", "5", "200", "boss")
+    assert att.settings(reg, "s1").retention_days == 200
+    assert att.save_settings(reg, "s1", "5", " ", "boss").retention_days is None
 
 
 # ---------------------------------------------------------------- pages and exports
