@@ -28,6 +28,8 @@ from central.schedules import result_detail
 from dashboards import close_app
 from dashboards.i18n import catalog
 from device_profiles.config import load_gateway_config
+from edge_agent.drivers.base import action_word
+from protocols import lg_serial
 from tests.apps import ENV_AND_PROJECTOR, add_people, central_db, register_rooms, web_app
 from tests.e2e import run_room, until, write_gateway_config
 
@@ -86,6 +88,53 @@ def test_a_result_carries_the_msgid_and_params_beside_the_english_and_an_older_o
     assert len(CommandResult.decode(long.encode()).detail_params["error"]) == contract.TEXT_PARAM_CHARS
 
 
+def test_a_marked_parameter_goes_as_its_own_msgid_and_the_whole_sentence_reads_in_chinese() -> None:
+    """An LG NG: the action and the NG code's meaning are marked texts inside the refusal (one level deep)."""
+    refusal = lazy_gettext("%(device)s: set %(set)s refused %(what)s (NG %(code)s: %(meaning)s)", device="tv",
+                           set="1", what=action_word("set_volume"), code="02", meaning=lg_serial.ng_meaning("02"))
+    payload = json.loads(CommandResult.of("c1", "rejected", refusal, time.time(), 3).encode())
+    assert payload["detail"] == "tv: set 1 refused set volume (NG 02: function not supported)"
+    assert payload["detail_params"]["what"] == {"msgid": "set volume", "params": {}}
+    assert payload["detail_params"]["meaning"] == {"msgid": "function not supported", "params": {}}
+    text = CommandResult.decode(json.dumps(payload)).text
+    assert isinstance(text, ReportedText)
+    assert text.render(ZH) == "tv：编号 1 的一体机拒绝了 调节音量（NG 02：不支持该功能）"
+    assert str(text) == payload["detail"]
+    assert ReportedText.from_dict(json.loads(json.dumps(text.as_dict()))).render(ZH) == text.render(ZH)  # stored
+    # A marked parameter with parameters of its own (a serial port that cannot be opened); a third level goes as
+    # its English.
+    port = lazy_gettext("%(device)s: %(error)s", device="tv", error=lazy_gettext(
+        "cannot open serial port %(port)s: %(error)s", port="/dev/ttyX", error=lazy_gettext("illegal code")))
+    sent = json.loads(CommandResult.of("c2", "failed", port, time.time(), 4).encode())["detail_params"]["error"]
+    assert sent == {"msgid": "cannot open serial port %(port)s: %(error)s",
+                    "params": {"port": "/dev/ttyX", "error": "illegal code"}}
+    back = CommandResult.decode(CommandResult.of("c2", "failed", port, time.time(), 4).encode()).text
+    assert back.render(ZH) == "tv：无法打开串口 /dev/ttyX：illegal code"
+
+
+def test_a_marked_parameter_from_a_gateway_is_translated_only_when_it_fits() -> None:
+    outer = "%(device)s: set %(set)s refused %(what)s (NG %(code)s: %(meaning)s)"
+
+    def shown(what: Any, meaning: Any) -> str:
+        params = {"device": "tv", "set": "1", "what": what, "code": "02", "meaning": meaning}
+        return ReportedText("as sent", outer, params).render(ZH)
+
+    ok = {"msgid": "function not supported", "params": {}}
+    assert shown({"msgid": "set volume", "params": {}}, ok) == "tv：编号 1 的一体机拒绝了 调节音量（NG 02：不支持该功能）"
+    # A parameter's msgid the catalog lacks: its own English, the sentence still translated.
+    assert shown({"msgid": "frobnicate %(x)s", "params": {"x": 1}}, ok) == \
+        "tv：编号 1 的一体机拒绝了 frobnicate 1（NG 02：不支持该功能）"
+    # Its params do not fit its msgid (missing, extra, a `%d`): the whole text as the gateway sent it.
+    assert shown({"msgid": "volume %(level)s", "params": {}}, ok) == "as sent"
+    assert shown({"msgid": "set volume", "params": {"x": 1}}, ok) == "as sent"
+    assert shown({"msgid": "%d", "params": {}}, ok) == "as sent"
+    # A value is put in as text, never formatted again.
+    assert shown({"msgid": "volume %(level)s", "params": {"level": "%(device)s {0.__class__}"}}, ok) == \
+        "tv：编号 1 的一体机拒绝了 音量 %(device)s {0.__class__}（NG 02：不支持该功能）"
+    assert ReportedText("as sent", outer, {"device": "tv", "set": "1", "what": "set volume", "code": "02",
+                                           "meaning": ok}).render() == "as sent"  # English reader
+
+
 @pytest.mark.parametrize(("extra", "field"), [
     ({"detail_msgid": "already on", "detail_params": {"p": {"nested": 1}}}, "detail_params.p"),
     ({"detail_msgid": "already on", "detail_params": {"p": [1]}}, "detail_params.p"),
@@ -101,6 +150,24 @@ def test_a_result_carries_the_msgid_and_params_beside_the_english_and_an_older_o
     ({"detail_msgid": ""}, "detail_msgid"),
     ({"detail_msgid": 5}, "detail_msgid"),
     ({"detail_params": {"p": 1}}, "detail_msgid"),   # params without their msgid
+    # A parameter that is a marked text of its own: one level deep, with the same bounds, nothing else.
+    ({"detail_msgid": "already on", "detail_params": {"p": {"msgid": "x", "params": {"q": {"msgid": "y"}}}}},
+     "detail_params.p.params.q"),
+    ({"detail_msgid": "already on", "detail_params": {"p": {"msgid": "x", "english": "y"}}}, "detail_params.p"),
+    ({"detail_msgid": "already on", "detail_params": {"p": {"params": {}}}}, "detail_params.p.msgid"),
+    ({"detail_msgid": "already on", "detail_params": {"p": {"msgid": ""}}}, "detail_params.p.msgid"),
+    ({"detail_msgid": "already on", "detail_params": {"p": {"msgid": 5}}}, "detail_params.p.msgid"),
+    ({"detail_msgid": "already on", "detail_params": {"p": {"msgid": "a\x00"}}}, "detail_params.p.msgid"),
+    ({"detail_msgid": "already on", "detail_params": {"p": {"msgid": "x" * 301}}}, "detail_params.p.msgid"),
+    ({"detail_msgid": "already on", "detail_params": {"p": {"msgid": "x", "params": [1]}}}, "detail_params.p.params"),
+    ({"detail_msgid": "already on", "detail_params": {"p": {"msgid": "x", "params": {f"q{i}": i for i in range(9)}}}},
+     "detail_params.p.params"),
+    ({"detail_msgid": "already on", "detail_params": {"p": {"msgid": "x", "params": {"q": "x" * 201}}}},
+     "detail_params.p.params.q"),
+    ({"detail_msgid": "already on", "detail_params": {"p": {"msgid": "x", "params": {"q": None}}}},
+     "detail_params.p.params.q"),
+    ({"detail_msgid": "already on", "detail_params": {"p": {"msgid": "x", "params": {"bad name": 1}}}},
+     "detail_params.p.params"),
 ])
 def test_hostile_msgid_or_params_are_refused_at_decode_naming_the_field(extra: dict[str, Any], field: str) -> None:
     payload = {"id": "c1", "status": "done", "detail": "ok", "ts": time.time(), "seq": 1, **extra}
