@@ -547,9 +547,17 @@ class State:
     # `at`, `reason`, `kept_as` (the file name kept for forensics), `lost` (unsent messages it held; null
     # when they cannot be counted), `previous_instance` and `previous_last_seq` (null when unreadable).
     outbox_replaced: dict[str, Any] | None = None
+    # Why a device is in fault or offline, as the gateway wrote it (issue 20): {device: {"detail"[, "detail_msgid",
+    # "detail_params"]}} (`text_fields`: English, cut to DEVICE_DETAIL_CHARS, and its marked text). Beside
+    # `devices`, whose values stay strings (every central before this reads them so); left out when empty.
+    device_details: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def encode(self) -> bytes:
-        return _dump(self)
+        if self.device_details:
+            return _dump(self)
+        data = asdict(self)
+        del data["device_details"]  # a state from before reads the same
+        return json.dumps(data, separators=(",", ":"), allow_nan=False).encode()
 
     @classmethod
     def decode(cls, payload: bytes | str) -> State:
@@ -580,7 +588,35 @@ class State:
                    agent=_field(data, "agent", str, what, optional=True, default=""),
                    boot=float(_field(data, "boot", (int, float), what, optional=True, default=0.0)),
                    since=float(_field(data, "since", (int, float), what, optional=True, default=0.0)),
-                   devices=devices, config_version=version)
+                   devices=devices, config_version=version, device_details=_device_details(data, devices, what))
+
+
+DEVICE_DETAIL_CHARS = 200  # a device's fault or offline reason (`State.device_details`) is cut to this
+
+
+def _device_details(data: dict[str, Any], devices: dict[str, Any], what: str) -> dict[str, dict[str, Any]]:
+    """A state's `device_details`, from a gateway: each a device of its `devices`, each a text as `reported_text`
+    takes it (bounded, refused naming the field); kept as `text_fields` writes it (JSON, in the gateway's row)."""
+    details = _field(data, "device_details", dict, what, optional=True, default={})
+    out: dict[str, dict[str, Any]] = {}
+    for dev, part in details.items():
+        if dev not in devices:
+            raise PayloadError(f"{what}: field 'device_details.{dev[:40]}' names no device of 'devices'")
+        if not isinstance(part, dict):
+            raise PayloadError(f"{what}: field 'device_details.{dev}' must be an object, got {type(part).__name__}")
+        out[dev] = text_fields(reported_text(part, f"{what}: device_details.{dev}"), DEVICE_DETAIL_CHARS)
+    return out
+
+
+def device_detail(part: dict[str, Any] | None) -> str | ReportedText | None:
+    """A device's reason as central shows it (from `State.device_details`, stored as decoded): a ReportedText
+    when the gateway marked it, its English when not, None without one."""
+    if not part or not isinstance(part.get("detail"), str):
+        return None
+    msgid, params = part.get("detail_msgid"), part.get("detail_params")
+    if isinstance(msgid, str) and msgid:
+        return ReportedText(part["detail"], msgid, params if isinstance(params, dict) else {})
+    return part["detail"]
 
 
 def _storage(data: dict[str, Any], what: str) -> dict[str, Any]:

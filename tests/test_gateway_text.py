@@ -209,20 +209,27 @@ def _results(agent: Any) -> dict[str, bytes]:
 @pytest.fixture(scope="module")
 def projector_results(tmp_path_factory: pytest.TempPathFactory) -> dict[str, bytes]:
     """The results a real agent sends for commands to a PJLink projector simulator: power on (done), an input
-    (done), an input the profile does not list (refused by the agent), as the MQTT payloads."""
+    (done), an input the profile does not list (refused by the agent); and to an LG display simulator in standby:
+    a volume, which the set refuses (NG 02); as the MQTT payloads."""
     tmp = tmp_path_factory.mktemp("gwtext")
     path = write_gateway_config(tmp / "gw1.yaml", f"mqtt://127.0.0.1:{free_port()}", poll_interval=0.3,
                                 devices=[{"id": "proj", "profile": "projector-pjlink",
                                           "address": {"host": "127.0.0.1", "port": free_port()},
-                                          "simulator": {"warmup_s": 0.2, "cooldown_s": 0.2, "power": "off"}}])
+                                          "simulator": {"warmup_s": 0.2, "cooldown_s": 0.2, "power": "off"}},
+                                         {"id": "tv", "profile": "display-lg-serial",
+                                          "address": {"serial": str(tmp / "tv-pty"), "set_id": 1},
+                                          "simulator": {"power": "off"}}])
     out: dict[str, bytes] = {}
 
     async def body(agent: Any, sims: Any) -> None:
         deadline = time.time() + 30
-        for cid, action, params in (("c-on", "power_on", {}), ("c-in", "select_input", {"input": "hdmi1"}),
-                                    ("c-bad", "select_input", {"input": "dvd"})):
-            agent.commands.receive("proj", Command(cid, action, params, deadline, "teach", time.time()).encode())
-        await until(lambda: len(_results(agent)) == 3, what="three results")
+        await until(lambda: agent.polling.status.get("tv") == "ok", what="the display read")
+        for device, cid, action, params in (("proj", "c-on", "power_on", {}),
+                                            ("proj", "c-in", "select_input", {"input": "hdmi1"}),
+                                            ("proj", "c-bad", "select_input", {"input": "dvd"}),
+                                            ("tv", "c-ng", "set_volume", {"level": 30})):
+            agent.commands.receive(device, Command(cid, action, params, deadline, "teach", time.time()).encode())
+        await until(lambda: len(_results(agent)) == 4, what="four results")
         out.update(_results(agent))
 
     run_room(load_gateway_config(path), body, ready="proj", what="the projector read")
@@ -287,6 +294,15 @@ def test_a_projector_result_reads_in_chinese_for_a_chinese_teacher_and_in_englis
     assert shown["c-on"]["details"] == {"zh-CN": "已接受开机（预热中）", "en": "power on accepted (warming up)"}
     assert shown["c-on"]["detail"] == "power on accepted (warming up)"   # for a page from before
     assert shown["c-bad"]["details"]["zh-CN"] == refused_zh
+    # The LG set's NG: the action and the NG code's meaning were marked on the gateway inside the refusal, and
+    # the whole sentence reads in Chinese; in English as the gateway wrote it.
+    assert sent["c-ng"]["status"] == "rejected"
+    assert sent["c-ng"]["detail"] == "tv: set 1 refused set volume (NG 02: function not supported)"
+    assert sent["c-ng"]["detail_params"]["meaning"] == {"msgid": "function not supported", "params": {}}
+    assert detail("c-ng", "zh-CN") == "tv：编号 1 的一体机拒绝了 调节音量（NG 02：不支持该功能）"
+    assert detail("c-ng", "en") == sent["c-ng"]["detail"]
+    assert shown["c-ng"]["details"] == {"zh-CN": "tv：编号 1 的一体机拒绝了 调节音量（NG 02：不支持该功能）",
+                                        "en": sent["c-ng"]["detail"]}
 
 
 def test_an_older_agents_result_and_hostile_ones_show_their_english(app: Flask) -> None:

@@ -91,7 +91,7 @@ class SerialDisplayDriver(Driver):
         if link is not None:
             await link.close()
 
-    def _bad(self, frame: BadFrame, reasons: list[str]) -> None:
+    def _bad(self, frame: BadFrame, reasons: list[str | LazyText]) -> None:
         self.count("bad_frames")
         reasons.append(frame.reason)
         log.debug("%s: bad frame (%s): %s", self.device_id, frame.reason, frame.raw[:64].hex(" "))
@@ -113,7 +113,7 @@ class SerialDisplayDriver(Driver):
         await self.open()
         limit = timeout or self.timeout
         loop = asyncio.get_running_loop()
-        reasons: list[str] = []
+        reasons: list[str | LazyText] = []
         attempts = 0
         async with self._lock:
             for _ in range(1 + self.retries):
@@ -162,10 +162,12 @@ class SerialDisplayDriver(Driver):
                     break  # silence: do not ask again
         seconds = f"{limit:g}"
         if reasons:
-            # The frames' reasons are the wire's own words (checksums, ids): kept as they are, in English.
+            # One reason (a checksum, every attempt): its own marked text, translated; several: their English.
+            distinct = list(dict.fromkeys(reasons))
             raise DeviceError(lazy_gettext("%(device)s: no valid reply to %(what)s within %(seconds)ss (%(attempts)s "
                                            "attempt(s); bad frames: %(reasons)s)", device=self.device_id, what=what,
-                                           seconds=seconds, attempts=attempts, reasons=", ".join(dict.fromkeys(reasons))))
+                                           seconds=seconds, attempts=attempts,
+                                           reasons=distinct[0] if len(distinct) == 1 else ", ".join(map(str, distinct))))
         params = {"device": self.device_id, "what": what, "seconds": seconds, "id_field": self.id_field,
                   "id": str(self.address.get(self.id_field, self.default_id))}
         if self.device_word == "meter":
