@@ -207,10 +207,12 @@ def _results(agent: Any) -> dict[str, bytes]:
 
 
 @pytest.fixture(scope="module")
-def projector_results(tmp_path_factory: pytest.TempPathFactory) -> dict[str, bytes]:
+def gateway_run(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     """The results a real agent sends for commands to a PJLink projector simulator: power on (done), an input
     (done), an input the profile does not list (refused by the agent); and to an LG display simulator in standby:
-    a volume, which the set refuses (NG 02); as the MQTT payloads."""
+    a volume, which the set refuses (NG 02); as the MQTT payloads (`results`). And the gateway's state (`state`)
+    once an LG set refusing every command (NG 01) and a DL/T 645 meter whose every reply has a bad checksum are in
+    fault."""
     tmp = tmp_path_factory.mktemp("gwtext")
     path = write_gateway_config(tmp / "gw1.yaml", f"mqtt://127.0.0.1:{free_port()}", poll_interval=0.3,
                                 devices=[{"id": "proj", "profile": "projector-pjlink",
@@ -218,8 +220,17 @@ def projector_results(tmp_path_factory: pytest.TempPathFactory) -> dict[str, byt
                                           "simulator": {"warmup_s": 0.2, "cooldown_s": 0.2, "power": "off"}},
                                          {"id": "tv", "profile": "display-lg-serial",
                                           "address": {"serial": str(tmp / "tv-pty"), "set_id": 1},
-                                          "simulator": {"power": "off"}}])
+                                          "simulator": {"power": "off"}},
+                                         {"id": "tv2", "profile": "display-lg-serial",
+                                          "address": {"serial": str(tmp / "tv2-pty"), "set_id": 1},
+                                          "options": {"timeout": 0.4, "retries": 0}, "simulator": {"nak_all": True}},
+                                         {"id": "meter", "profile": "meter-dlt645",
+                                          "address": {"serial": str(tmp / "meter-pty"), "meter_address": "123456789012",
+                                                      "parity": "N"},
+                                          "options": {"timeout": 0.4, "frame_gap": 0.05, "retries": 2},
+                                          "simulator": {"frozen": True, "corrupt_checksum": True}}])
     out: dict[str, bytes] = {}
+    state: dict[str, bytes] = {}
 
     async def body(agent: Any, sims: Any) -> None:
         deadline = time.time() + 30
@@ -231,9 +242,12 @@ def projector_results(tmp_path_factory: pytest.TempPathFactory) -> dict[str, byt
             agent.commands.receive(device, Command(cid, action, params, deadline, "teach", time.time()).encode())
         await until(lambda: len(_results(agent)) == 4, what="four results")
         out.update(_results(agent))
+        await until(lambda: agent.polling.status.get("tv2") == agent.polling.status.get("meter") == "fault",
+                    what="the refusing set and the meter with bad checksums in fault")
+        state["payload"] = agent.presence.state().encode()
 
     run_room(load_gateway_config(path), body, ready="proj", what="the projector read")
-    return out
+    return {"results": out, "state": state["payload"]}
 
 
 @pytest.fixture
@@ -261,7 +275,8 @@ def _ingest(app: Flask, results: dict[str, bytes]) -> None:
 
 @pytest.mark.slow
 def test_a_projector_result_reads_in_chinese_for_a_chinese_teacher_and_in_english_for_an_english_one(
-        app: Flask, projector_results: dict[str, bytes]) -> None:
+        app: Flask, gateway_run: dict[str, Any]) -> None:
+    projector_results = gateway_run["results"]
     sent = {cid: json.loads(p) for cid, p in projector_results.items()}
     assert (sent["c-on"]["status"], sent["c-on"]["detail"]) == ("done", "power on accepted (warming up)")
     assert sent["c-on"]["detail_msgid"] == "power on accepted (warming up)"
@@ -342,3 +357,78 @@ def test_a_schedule_runs_step_keeps_a_valid_marked_text_and_only_the_english_of_
     assert ReportedText.from_dict(kept["detail_text"]).render(ZH) == "已接受开机（预热中）"
     hostile = {**good, "detail_params": {"x": {"y": 1}}}
     assert _step_detail(hostile) == {"detail": "power on accepted (warming up)"}
+
+
+# ---------------------------------------------------------------- a device's fault reason, on the board
+
+
+@pytest.mark.slow
+def test_a_devices_fault_reason_reads_in_the_readers_language_on_the_board_and_the_provisioning_page(
+        app: Flask, gateway_run: dict[str, Any]) -> None:
+    from campus.contract import State
+    from dashboards.context import central
+
+    sent = json.loads(gateway_run["state"])
+    details = sent["device_details"]
+    assert set(details) == {"tv2", "meter"}  # only the devices in fault; an ok one says nothing
+    assert details["tv2"]["detail"] == "tv2: set 1 refused power query (NG 01: illegal code)"
+    assert details["tv2"]["detail_params"]["meaning"] == {"msgid": "illegal code", "params": {}}
+    meter_en = details["meter"]["detail"]
+    assert "no valid reply to the read of" in meter_en and "checksum" in meter_en
+    # The checksum fault, every attempt the same: its own marked text, translated.
+    assert details["meter"]["detail_params"]["reasons"]["msgid"] == \
+        "checksum %(got)s, expected %(expected)s in frame %(frame)s"
+    state = State.decode(gateway_run["state"])
+    ledger = central(app).ledger
+    ledger.record([], [("s1", "gw1", state)], [])
+    client = app.test_client()
+    auth = {"Authorization": f"Bearer {app.tokens['facility']}"}  # type: ignore[attr-defined]
+
+    def board(lang: str) -> dict[str, Any]:
+        resp = client.get(f"/api/board?lang={lang}", headers=auth)
+        assert resp.status_code == 200, resp.get_data(as_text=True)
+        (room,) = resp.get_json()["rooms"]
+        return {d["id"]: d for d in room["devices"]}
+
+    zh, en = board("zh-CN"), board("en")
+    assert zh["tv2"]["status"] == "fault" and zh["tv2"]["detail"] == "tv2：编号 1 的一体机拒绝了 电源状态查询（NG 01：非法代码）"
+    assert en["tv2"]["detail"] == details["tv2"]["detail"]
+    assert zh["meter"]["detail"].startswith("meter：") and "没有有效应答" in zh["meter"]["detail"]
+    assert "校验和为 0x" in zh["meter"]["detail"] and "checksum" not in zh["meter"]["detail"]
+    assert "读取" in zh["meter"]["detail"] and "the read of" not in zh["meter"]["detail"]
+    assert en["meter"]["detail"] == meter_en
+    assert zh["proj"]["detail"] is None  # ok: no reason
+    # The provisioning page of the gateway (IT staff), in Chinese.
+    admin = app.test_client()
+    page = admin.get("/login").get_data(as_text=True)
+    csrf = page.split('name="csrf" value="')[1].split('"')[0]
+    assert admin.post("/login", data={"csrf": csrf, "username": "boss", "password": "boss-password"}).status_code == 302
+    shown = admin.get("/provisioning/gateways/gw1?lang=zh-CN").get_data(as_text=True)
+    assert "tv2：编号 1 的一体机拒绝了 电源状态查询（NG 01：非法代码）" in shown
+    assert "refused power query" not in shown
+    # The gateway offline: its devices are offline for its sake, with no reason of their own.
+    ledger.record([], [("s1", "gw1", State(**{**vars(state), "online": False, "ts": time.time()}))], [])
+    assert board("zh-CN")["tv2"]["detail"] is None
+
+
+def test_device_details_are_bounded_and_refused_naming_the_field() -> None:
+    base = {"online": True, "ts": time.time(), "devices": {"tv": {"status": "fault", "kind": "display"}}}
+    good = {**base, "device_details": {"tv": contract.text_fields(lazy_gettext(
+        "%(device)s: set %(set)s refused %(what)s (NG %(code)s: %(meaning)s)", device="tv", set="1",
+        what=action_word("power_on"), code="01", meaning=lg_serial.ng_meaning("01")))}}
+    state = contract.State.decode(json.dumps(good))
+    assert contract.device_detail(state.device_details["tv"]).render(ZH) == "tv：编号 1 的一体机拒绝了 开机（NG 01：非法代码）"
+    # A state without reasons (an agent from before, or nothing in fault) is what it was: no new key on the wire.
+    assert "device_details" not in json.loads(contract.State.decode(json.dumps(base)).encode())
+    # The English alone (an agent that does not mark it) is kept; a long one is cut.
+    plain = contract.State.decode(json.dumps({**base, "device_details": {"tv": {"detail": "x" * 5000}}}))
+    assert contract.device_detail(plain.device_details["tv"]) == "x" * contract.DEVICE_DETAIL_CHARS
+    for details, field in (({"ghost": {"detail": "x"}}, "device_details.ghost"),
+                           ({"tv": "down"}, "device_details.tv"),
+                           ({"tv": {"detail": 5}}, "'detail'"),
+                           ({"tv": {"detail": "x", "detail_msgid": ""}}, "'detail_msgid'"),
+                           ({"tv": {"detail": "x", "detail_msgid": "a", "detail_params": {"p": {"q": 1}}}},
+                            "'detail_params.p'"),
+                           ([], "'device_details'")):
+        with pytest.raises(PayloadError, match=field):
+            contract.State.decode(json.dumps({**base, "device_details": details}))
