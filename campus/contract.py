@@ -592,6 +592,7 @@ class State:
 
 
 DEVICE_DETAIL_CHARS = 200  # a device's fault or offline reason (`State.device_details`) is cut to this
+DEVICE_DETAILS_BYTES = 16 * 1024  # the agent sends reasons within this (JSON), far below MAX_PAYLOAD_BYTES
 
 
 def _device_details(data: dict[str, Any], devices: dict[str, Any], what: str) -> dict[str, dict[str, Any]]:

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import time
 from collections.abc import Callable
@@ -95,8 +96,20 @@ class Polling:
         its driver (a gateway offline says nothing of its devices)."""
         if not online:
             return {}
-        return {d: contract.text_fields(reason, contract.DEVICE_DETAIL_CHARS) for d, reason in self.reasons.items()
-                if d in self.drivers and self.status.get(d) in ("fault", "offline")}
+        # Within a budget, so that a gateway with many devices in fault still sends a state central takes
+        # (contract.MAX_PAYLOAD_BYTES): a reason's marked text first goes, then the reason.
+        out: dict[str, dict[str, Any]] = {}
+        budget = contract.DEVICE_DETAILS_BYTES
+        for d, reason in sorted(self.reasons.items()):
+            if d not in self.drivers or self.status.get(d) not in ("fault", "offline"):
+                continue
+            fields = contract.text_fields(reason, contract.DEVICE_DETAIL_CHARS)
+            for part in (fields, {"detail": fields["detail"]}):
+                size = len(json.dumps(part, ensure_ascii=False).encode()) + len(d) + 8
+                if size <= budget:
+                    out[d], budget = part, budget - size
+                    break
+        return out
 
     # ------------------------------------------------------------ one device
 

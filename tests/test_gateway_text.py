@@ -20,7 +20,7 @@ from flask import Flask
 
 from campus import contract
 from campus.contract import Command, CommandResult
-from campus.errors import PayloadError
+from campus.errors import DeviceError, PayloadError
 from campus.i18n import LazyText, ReportedText, fill, lazy_gettext
 from campus.net import free_port
 from central.ledger import Ledger
@@ -432,3 +432,29 @@ def test_device_details_are_bounded_and_refused_naming_the_field() -> None:
                            ([], "'device_details'")):
         with pytest.raises(PayloadError, match=field):
             contract.State.decode(json.dumps({**base, "device_details": details}))
+
+
+def test_the_agent_sends_fault_reasons_within_a_budget_central_always_takes() -> None:
+    """Many devices in fault with long reasons: the state stays far below the payload limit, the marked text
+    going before the English and the English before the device; offline, the gateway sends none."""
+    from types import SimpleNamespace
+
+    from edge_agent.polling import Polling
+
+    devices = [f"d{i:02d}" for i in range(60)]
+    polling = Polling(SimpleNamespace(school="s1", gateway="gw1"), None, {d: object() for d in devices}, {},  # type: ignore[arg-type]
+                      wake_drain=lambda: None, status_changed=lambda: None)
+    long = lazy_gettext("%(device)s: %(error)s", device="x" * 300, error=lazy_gettext(
+        "cannot open serial port %(port)s: %(error)s", port="p" * 300, error="e" * 300))
+    for d in devices:
+        polling._set_status(d, "fault", DeviceError(long))
+    polling._set_status("d00", "ok")  # back: no reason
+    details = polling.details(True)
+    assert "d00" not in details and "d01" in details
+    assert details["d01"]["detail_params"]["error"]["msgid"] == "cannot open serial port %(port)s: %(error)s"
+    assert len(json.dumps(details, ensure_ascii=False).encode()) <= contract.DEVICE_DETAILS_BYTES
+    assert any("detail_msgid" not in part for part in details.values())  # the budget cut some to their English
+    state = contract.State(online=True, ts=time.time(), devices={d: {"status": "fault"} for d in devices},
+                           device_details=details)
+    assert len(state.encode()) < contract.MAX_PAYLOAD_BYTES and contract.State.decode(state.encode()).device_details
+    assert polling.details(False) == {}
