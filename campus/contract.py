@@ -17,7 +17,7 @@ from typing import Any
 
 from campus import names
 from campus.errors import ConfigError, PayloadError
-from campus.i18n import LazyText, ReportedText, lazy_gettext, message_of
+from campus.i18n import N_, LazyText, ReportedText, lazy_gettext, message_of
 
 ROOT = "campus/v1"
 MAX_PAYLOAD_BYTES = 64 * 1024
@@ -39,6 +39,10 @@ DEVICE_STATUSES = ("ok", "fault", "offline", "starting")
 # A gateway's own storage (state.storage.status): `full` no space, `error` writes refused (I/O error, read-only).
 STORAGE_STATUSES = ("ok", "full", "error")
 ACTIONS = ("power_on", "power_off", "select_input", "set_volume", "mute", "unmute")
+# How a person reads each action (marked for translation): the pages' term (dashboards/i18n.py TERMS), and the
+# gateway's words when a device refuses one ("set 1 refused power on").
+ACTION_WORDS = {"power_on": N_("power on"), "power_off": N_("power off"), "select_input": N_("select input"),
+                "set_volume": N_("set volume"), "mute": N_("mute"), "unmute": N_("unmute")}
 # The parameters each action takes (CONTRACT.md), by name: an input name of the device's profile, or a
 # whole-number percentage. device_profiles.check_action checks a command against these and the profile.
 ACTION_PARAMS: dict[str, dict[str, str]] = {
@@ -543,9 +547,17 @@ class State:
     # `at`, `reason`, `kept_as` (the file name kept for forensics), `lost` (unsent messages it held; null
     # when they cannot be counted), `previous_instance` and `previous_last_seq` (null when unreadable).
     outbox_replaced: dict[str, Any] | None = None
+    # Why a device is in fault or offline, as the gateway wrote it (issue 20): {device: {"detail"[, "detail_msgid",
+    # "detail_params"]}} (`text_fields`: English, cut to DEVICE_DETAIL_CHARS, and its marked text). Beside
+    # `devices`, whose values stay strings (every central before this reads them so); left out when empty.
+    device_details: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def encode(self) -> bytes:
-        return _dump(self)
+        if self.device_details:
+            return _dump(self)
+        data = asdict(self)
+        del data["device_details"]  # a state from before reads the same
+        return json.dumps(data, separators=(",", ":"), allow_nan=False).encode()
 
     @classmethod
     def decode(cls, payload: bytes | str) -> State:
@@ -576,7 +588,36 @@ class State:
                    agent=_field(data, "agent", str, what, optional=True, default=""),
                    boot=float(_field(data, "boot", (int, float), what, optional=True, default=0.0)),
                    since=float(_field(data, "since", (int, float), what, optional=True, default=0.0)),
-                   devices=devices, config_version=version)
+                   devices=devices, config_version=version, device_details=_device_details(data, devices, what))
+
+
+DEVICE_DETAIL_CHARS = 200  # a device's fault or offline reason (`State.device_details`) is cut to this
+DEVICE_DETAILS_BYTES = 16 * 1024  # the agent sends reasons within this (JSON), far below MAX_PAYLOAD_BYTES
+
+
+def _device_details(data: dict[str, Any], devices: dict[str, Any], what: str) -> dict[str, dict[str, Any]]:
+    """A state's `device_details`, from a gateway: each a device of its `devices`, each a text as `reported_text`
+    takes it (bounded, refused naming the field); kept as `text_fields` writes it (JSON, in the gateway's row)."""
+    details = _field(data, "device_details", dict, what, optional=True, default={})
+    out: dict[str, dict[str, Any]] = {}
+    for dev, part in details.items():
+        if dev not in devices:
+            raise PayloadError(f"{what}: field 'device_details.{dev[:40]}' names no device of 'devices'")
+        if not isinstance(part, dict):
+            raise PayloadError(f"{what}: field 'device_details.{dev}' must be an object, got {type(part).__name__}")
+        out[dev] = text_fields(reported_text(part, f"{what}: device_details.{dev}"), DEVICE_DETAIL_CHARS)
+    return out
+
+
+def device_detail(part: dict[str, Any] | None) -> str | ReportedText | None:
+    """A device's reason as central shows it (from `State.device_details`, stored as decoded): a ReportedText
+    when the gateway marked it, its English when not, None without one."""
+    if not part or not isinstance(part.get("detail"), str):
+        return None
+    msgid, params = part.get("detail_msgid"), part.get("detail_params")
+    if isinstance(msgid, str) and msgid:
+        return ReportedText(part["detail"], msgid, params if isinstance(params, dict) else {})
+    return part["detail"]
 
 
 def _storage(data: dict[str, Any], what: str) -> dict[str, Any]:
@@ -653,8 +694,10 @@ class Command:
 # step's. `detail` stays the English, for every reader before this addition; beside it the agent sends the
 # message it marked for translation (campus/i18n.py), `detail_msgid`, and its named parameters,
 # `detail_params` ({name: string or number}), so central shows it in the reader's language
-# (campus.i18n.ReportedText). Both are optional (an older agent sends neither), and both come from a gateway:
-# the msgid is at most TEXT_MSGID_MAX characters, the parameters at most TEXT_PARAMS_MAX scalars named like
+# (campus.i18n.ReportedText). A parameter may itself be a marked text (a device's words inside a refusal: the
+# LG NG meaning, "the power query"), sent as {"msgid", "params"} whose params are scalars: one level deep, a
+# deeper one goes as its English. Both are optional (an older agent sends neither), and both come from a
+# gateway: the msgid is at most TEXT_MSGID_MAX characters, the parameters at most TEXT_PARAMS_MAX named like
 # identifiers, a string at most TEXT_PARAM_CHARS; anything else is refused naming the field. Central
 # translates only a msgid its catalog has, and only when the parameters fit it exactly; else the English.
 TEXT_MSGID_MAX = 300
@@ -665,10 +708,19 @@ _PARAM_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,31}$")
 _PARAM_INT_MAX = 2**53  # every JSON reader keeps it exact
 
 
-def _param(value: Any) -> str | int | float:
-    """A parameter as the contract carries it: a scalar within the bounds (the agent's side: never refused)."""
+def _param(value: Any, nested: bool = True) -> str | int | float | dict[str, Any]:
+    """A parameter as the contract carries it: a scalar within the bounds, or (`nested`) a marked text as its
+    own {"msgid", "params"} whose params are scalars (one level: deeper ones go as their English). The agent's
+    side: never refused."""
     if isinstance(value, LazyText):
+        if nested and value.msgid and len(value.msgid) <= TEXT_MSGID_MAX and not isinstance(value, ReportedText):
+            return {"msgid": value.msgid,
+                    "params": {str(k): _param(v, nested=False) for k, v in list(value.params.items())[:TEXT_PARAMS_MAX]}}
         value = str(value)
+    if nested and isinstance(value, dict) and isinstance(value.get("msgid"), str):  # one decoded (CommandResult.of)
+        inner = value.get("params") if isinstance(value.get("params"), dict) else {}
+        return {"msgid": value["msgid"][:TEXT_MSGID_MAX],
+                "params": {str(k): _param(v, nested=False) for k, v in list(inner.items())[:TEXT_PARAMS_MAX]}}
     if isinstance(value, bool) or not isinstance(value, (str, int, float)) \
             or (isinstance(value, float) and not math.isfinite(value)) \
             or (isinstance(value, int) and abs(value) > _PARAM_INT_MAX):
@@ -698,19 +750,39 @@ def reported_text(data: dict[str, Any], what: str) -> str | ReportedText:
     msgid = _field(data, "detail_msgid", str, what)
     if not 0 < len(msgid) <= TEXT_MSGID_MAX:
         raise PayloadError(f"{what}: field 'detail_msgid' must be 1 to {TEXT_MSGID_MAX} characters")
-    params = _field(data, "detail_params", dict, what, optional=True, default={})
+    params = _text_params(data, "detail_params", what, nested=True)
+    return ReportedText(detail, msgid, params)
+
+
+def _text_params(data: dict[str, Any], where: str, what: str, *, nested: bool) -> dict[str, Any]:
+    """A marked text's parameters from a gateway: at most TEXT_PARAMS_MAX, named like identifiers, each a string
+    (at most TEXT_PARAM_CHARS, no NUL) or a finite number; with `nested`, also a marked text of its own
+    ({"msgid", "params"}, whose params are scalars: one level deep, no more). PayloadError naming the field."""
+    params = data.get(where.rpartition(".")[2], {})
+    if not isinstance(params, dict):
+        raise PayloadError(f"{what}: field '{where}' must be an object, got {type(params).__name__}")
     if len(params) > TEXT_PARAMS_MAX:
-        raise PayloadError(f"{what}: field 'detail_params' has {len(params)} entries, at most {TEXT_PARAMS_MAX}")
+        raise PayloadError(f"{what}: field '{where}' has {len(params)} entries, at most {TEXT_PARAMS_MAX}")
     for name, value in params.items():
         if not _PARAM_NAME.fullmatch(name):
-            raise PayloadError(f"{what}: field 'detail_params' has the key {name[:40]!r}, not a parameter name")
-        where = f"detail_params.{name}"
-        _field({where: value}, where, (str, int, float), what)  # a string or a number, finite, without NUL
+            raise PayloadError(f"{what}: field '{where}' has the key {name[:40]!r}, not a parameter name")
+        field_name = f"{where}.{name}"
+        if nested and isinstance(value, dict):
+            if set(value) - {"msgid", "params"}:
+                raise PayloadError(f"{what}: field '{field_name}' has keys other than 'msgid' and 'params'")
+            msgid = value.get("msgid")
+            if not isinstance(msgid, str) or not 0 < len(msgid) <= TEXT_MSGID_MAX or "\x00" in msgid:
+                raise PayloadError(f"{what}: field '{field_name}.msgid' must be a string of 1 to {TEXT_MSGID_MAX} "
+                                   "characters, without NUL")
+            _text_params(value, f"{field_name}.params", what, nested=False)
+            continue
+        # a string or a number, finite, without NUL
+        _field({field_name: value}, field_name, (str, int, float), what)
         if isinstance(value, str) and len(value) > TEXT_PARAM_CHARS:
-            raise PayloadError(f"{what}: field '{where}' is longer than {TEXT_PARAM_CHARS} characters")
+            raise PayloadError(f"{what}: field '{field_name}' is longer than {TEXT_PARAM_CHARS} characters")
         if isinstance(value, int) and abs(value) > _PARAM_INT_MAX:
-            raise PayloadError(f"{what}: field '{where}' is out of range")
-    return ReportedText(detail, msgid, params)
+            raise PayloadError(f"{what}: field '{field_name}' is out of range")
+    return params
 
 
 @dataclass
@@ -724,7 +796,7 @@ class CommandResult:
     seq: int | None = None
     # The detail marked for translation (see TEXT_MSGID_MAX above); "" and {}: not marked (an older agent).
     detail_msgid: str = ""
-    detail_params: dict[str, str | int | float] = field(default_factory=dict)
+    detail_params: dict[str, Any] = field(default_factory=dict)  # scalars, or a nested {msgid, params}
 
     @classmethod
     def of(cls, id: str, status: str, text: str | LazyText, ts: float, seq: int | None = None) -> CommandResult:

@@ -140,14 +140,32 @@ class ReportedText(LazyText):
         if not self.msgid or gettext is None:
             return self.english
         translated = gettext(self.msgid)
-        if translated == self.msgid or fill(self.msgid, self.params) is None:
-            return self.english  # not in the catalog (or the reader's language is English), or params that do not fit
-        return fill(translated, self.params) or self.english
+        if translated == self.msgid:
+            return self.english  # not in the catalog (or the reader's language is English)
+        # A parameter that is a marked text of its own ({"msgid", "params"}, one level: campus/contract.py) is
+        # shown translated when it can be, else in its English; one whose English does not fit: all as sent.
+        english: dict[str, Any] = {}
+        shown: dict[str, Any] = {}
+        for name, value in self.params.items():
+            if isinstance(value, Mapping):
+                inner = value.get("params")
+                inner = inner if isinstance(inner, Mapping) else {}
+                msgid = str(value.get("msgid") or "")
+                english[name] = fill(msgid, inner)
+                if english[name] is None:
+                    return self.english
+                shown[name] = fill(gettext(msgid), inner) or english[name]
+            else:
+                english[name] = shown[name] = value
+        if fill(self.msgid, english) is None:
+            return self.english  # params that do not fit the msgid
+        return fill(translated, shown) or self.english
 
     def __repr__(self) -> str:
         return f"ReportedText({self.english!r}, {self.msgid!r}, {self.params!r})"
 
     def as_dict(self) -> dict[str, Any]:
+        # Nested marked texts stay the {"msgid", "params"} dicts they came as.
         return {"msgid": self.msgid, "params": dict(self.params), "english": self.english}
 
     @classmethod

@@ -46,6 +46,7 @@ from sqlalchemy import (
 )
 from sqlalchemy import delete as sql_delete
 
+from campus import contract
 from campus.contract import CommandResult, State
 from campus.i18n import lazy_gettext
 from central import acks
@@ -598,13 +599,16 @@ class Ledger:
 
     def gateway_devices(self, gateway: str | None = None, ids: Iterable[str] | None = None) -> list[dict[str, Any]]:
         """Every device the agents reported (of one gateway, those of `ids`, or all), with status (offline when
-        its gateway is)."""
+        its gateway is) and `detail`, the reason its gateway gave for a fault (a ReportedText, or None)."""
         out = []
         for gw, state in self._gateway_rows(gateway, ids):
+            details = state.get("device_details") or {} if gw["online"] else {}
             for dev, info in sorted(state.get("devices", {}).items()):
                 out.append({"gateway": gw["id"], "school": gw["school"], "room": gw["room"], "id": dev,
                             "profile": info.get("profile", ""), "kind": info.get("kind", ""),
-                            "status": info.get("status", "ok") if gw["online"] else "offline"})
+                            "status": info.get("status", "ok") if gw["online"] else "offline",
+                            # why it is in fault or offline, as its gateway wrote it (None: no reason given)
+                            "detail": contract.device_detail(details.get(dev))})
         return out
 
     def latest(self, ids: Iterable[str] | None = None) -> dict[tuple[str, str], dict[str, float | int | str]]:

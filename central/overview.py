@@ -21,6 +21,8 @@ from typing import Any
 
 from sqlalchemy import select
 
+from campus import contract
+from campus.i18n import LazyText
 from central import alarms as alarm_engine
 from central import lists
 from central import provisioning as prov
@@ -180,6 +182,8 @@ class BoardDevice:
     status: str
     last_seen: float | None
     latest: dict[str, Any]
+    # Why it is in fault or offline, as its gateway wrote it (a ReportedText: shown in the reader's language).
+    detail: str | LazyText | None = None
 
 
 @dataclass
@@ -260,7 +264,8 @@ def board(registry: Registry, ledger: Ledger, school: str | None = None, buildin
     for dev in ledger.gateway_devices(ids=ids) if ids else []:
         key = (dev["gateway"], dev["id"])
         devices.setdefault(dev["gateway"], []).append(
-            BoardDevice(dev["id"], dev["kind"], dev["profile"], dev["status"], seen.get(key), latest.get(key, {})))
+            BoardDevice(dev["id"], dev["kind"], dev["profile"], dev["status"], seen.get(key), latest.get(key, {}),
+                        dev["detail"]))
     with registry.session() as s:
         provisioned = [(d.gateway_id, d.device_id, d.profile)
                        for d in s.scalars(select(Device).where(Device.gateway_id.in_(ids)))] if ids else []
@@ -391,7 +396,7 @@ def provisioned_gateways(registry: Registry, ledger: Ledger, paging: lists.Pagin
         rows.append(ProvisionedGateway(
             id=info["id"], school=info["school"], room=info["room"], building=info["building"],
             mqtt_username=info["mqtt_username"], config_version=info["config_version"], devices=info["devices"],
-            online=bool(st.get("online")), seen=st.get("last_seen"), reported=st.get("devices") or {},
+            online=bool(st.get("online")), seen=st.get("last_seen"), reported=_with_details(st),
             applied=applied, pushed=push["version"] if push else None, pushed_at=push["at"] if push else None,
             sync_class=css, sync=words, rejected=events["rejected"], applied_event=events["applied"],
             # IT staff see a replaced outbox however old it is (the board: a week).
@@ -446,3 +451,11 @@ def school_rollup(registry: Registry, paging: lists.Paging | None = None, sort: 
                   scope: lists.Scope = lists.EVERYTHING) -> lists.Page[lists.SchoolRow]:
     """The district: one row per school (of `scope.schools`; central/lists.py `schools`)."""
     return lists.schools(registry.db, paging or lists.Paging(), sort, descending, problems_only, scope.schools)
+
+
+def _with_details(state: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """The devices a gateway's last state reported, each with its `detail` (why it is in fault or offline, as the
+    gateway wrote it: `contract.device_detail`), none while the gateway is offline."""
+    details = state.get("device_details") or {} if state.get("online") else {}
+    return {dev: {**info, "detail": contract.device_detail(details.get(dev))}
+            for dev, info in (state.get("devices") or {}).items()}

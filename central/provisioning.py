@@ -278,6 +278,7 @@ def gateway_states(ledger: Any, ids: list[str] | None = None) -> dict[str, dict[
         if gid in out:
             out[gid]["config_version"] = st.get("config_version")
             out[gid]["devices"] = st.get("devices", {})
+            out[gid]["device_details"] = st.get("device_details", {})  # why a device is in fault (overview)
     return out
 
 

@@ -35,7 +35,7 @@ from babel.dates import format_datetime
 from flask import Blueprint, Flask, abort, current_app, g, redirect, request, session
 from flask_babel import Babel, get_locale, get_timezone, gettext
 
-from campus import names
+from campus import contract, names
 from campus.errors import CampusError, ConfigError
 from campus.i18n import ENGLISH, N_, LazyText, Translations, lazy_gettext, message_of
 from central.db import translatable
@@ -149,8 +149,7 @@ def _accepted() -> str | None:
 # Words the code keeps as identifiers (CONTRACT.md names, central's statuses) and pages show: one table, so a
 # page says `term("action", a)` and never spells a translation itself.
 TERMS: dict[str, dict[str, str]] = {
-    "action": {"power_on": N_("power on"), "power_off": N_("power off"), "select_input": N_("select input"),
-               "set_volume": N_("set volume"), "mute": N_("mute"), "unmute": N_("unmute")},
+    "action": dict(contract.ACTION_WORDS),
     "kind": {"environment": N_("environment sensor"), "card_reader": N_("card reader"), "projector": N_("projector"),
              "display": N_("display"), "camera": N_("camera"), "meter": N_("electricity meter")},
     "kinds": {"environment": N_("environment sensors"), "card_reader": N_("card readers"),

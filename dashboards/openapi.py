@@ -141,7 +141,8 @@ def document() -> dict[str, Any]:
             "/api/alarms/{aid}/ack": {"post": ack},
             "/api/board": {"get": _paged(_get(
                 N_("A page of the rooms, those with a problem first: gateway online and last seen, devices with "
-                "status, problems, open alarms (facility, admin); `counts` of every room before the filters, "
+                "status (and `detail`: why one is in fault or offline, as its gateway wrote it, in the reader's "
+                "language), problems, open alarms (facility, admin); `counts` of every room before the filters, "
                 "`total` (also `X-Total-Count`) of the rooms matching them"), [("school", "query", False),
                                                                               ("building", "query", False),
                                                                               ("problem", "query", False)], obj))},

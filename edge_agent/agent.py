@@ -85,7 +85,8 @@ class Agent:
         self._tasks: asyncio.TaskGroup | None = None
 
         self.presence = Presence(config, self.outbox, devices=lambda online: self.polling.describe(online),
-                                 config_version=lambda: self.push.version)
+                                 config_version=lambda: self.push.version,
+                                 device_details=lambda online: self.polling.details(online))
         self.drain = Drain(config, self.outbox, self.presence)
         self.polling = Polling(config, self.outbox, self.drivers, self.locks, wake_drain=self.drain.wake,
                                status_changed=self.presence.changed.set,

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import time
 from collections.abc import Callable
@@ -27,6 +28,7 @@ from campus import contract, counters
 from campus.aio import raise_if_cancelled, wait_event
 from campus.contract import Event, Telemetry
 from campus.errors import DeviceError
+from campus.i18n import LazyText, lazy_gettext, message_of
 from device_profiles.config import GatewayConfig
 from edge_agent.commands import Spawn
 from edge_agent.drivers.base import DeviceEvent, DeviceUnreachable, Driver, Reading
@@ -52,6 +54,8 @@ class Polling:
         self.wake_drain, self.status_changed = wake_drain, status_changed
         self.on_events, self.on_values = on_events, on_values
         self.status: dict[str, str] = {d: "starting" for d in drivers}
+        # Why a device is in fault or offline: its driver's error, marked for translation (`State.device_details`).
+        self.reasons: dict[str, str | LazyText] = {}
         self.poll_soon: dict[str, asyncio.Event] = {}  # device -> set to read it now instead of at its next poll
         self.pollers: dict[str, asyncio.Task[None]] = {}
         self.counter_last: dict[tuple[str, str], float] = {}  # (device, counter metric) -> its last reading
@@ -74,6 +78,7 @@ class Polling:
 
     def forget(self, device_id: str) -> None:
         self.status.pop(device_id, None)
+        self.reasons.pop(device_id, None)
 
     def read_soon(self, device_id: str) -> None:
         """Read the device now (a command changed it), then every interval from there."""
@@ -85,6 +90,26 @@ class Polling:
         return {d: {"profile": drv.profile.name, "kind": drv.profile.kind,
                     "status": self.status.get(d, "starting") if online else "offline"}
                 for d, drv in self.drivers.items()}
+
+    def details(self, online: bool) -> dict[str, dict[str, Any]]:
+        """The `device_details` of the gateway's state: why each device in fault or offline is, in the words of
+        its driver (a gateway offline says nothing of its devices)."""
+        if not online:
+            return {}
+        # Within a budget, so that a gateway with many devices in fault still sends a state central takes
+        # (contract.MAX_PAYLOAD_BYTES): a reason's marked text first goes, then the reason.
+        out: dict[str, dict[str, Any]] = {}
+        budget = contract.DEVICE_DETAILS_BYTES
+        for d, reason in sorted(self.reasons.items()):
+            if d not in self.drivers or self.status.get(d) not in ("fault", "offline"):
+                continue
+            fields = contract.text_fields(reason, contract.DEVICE_DETAIL_CHARS)
+            for part in (fields, {"detail": fields["detail"]}):
+                size = len(json.dumps(part, ensure_ascii=False).encode()) + len(d) + 8
+                if size <= budget:
+                    out[d], budget = part, budget - size
+                    break
+        return out
 
     # ------------------------------------------------------------ one device
 
@@ -107,11 +132,16 @@ class Polling:
                 self.record(device_id, reading)
             except DeviceUnreachable as exc:
                 self._set_status(device_id, "offline", exc)
-            except (DeviceError, TimeoutError) as exc:
+            except DeviceError as exc:
                 self._set_status(device_id, "fault", exc)
+            except TimeoutError as exc:
+                self._set_status(device_id, "fault", exc, lazy_gettext(
+                    "%(device)s: no reading within %(seconds)ss", device=device_id, seconds=format(max(interval, 5.0), "g")))
             except Exception as exc:  # a driver bug must not stop the other devices
                 log.exception("driver %s crashed", device_id)
-                self._set_status(device_id, "fault", exc)
+                # Its type only: a bug's own words are for the log, not for a page.
+                self._set_status(device_id, "fault", exc, lazy_gettext("internal error: %(error)s",
+                                                                       error=type(exc).__name__))
             next_at += interval
             now = loop.time()
             if next_at < now:  # fell behind (slow device): skip, do not burst
@@ -119,7 +149,13 @@ class Polling:
             if await wait_event(soon, next_at - now):  # a command changed the device: read it now, then every interval from here
                 next_at = loop.time()
 
-    def _set_status(self, device_id: str, status: str, exc: BaseException | None = None) -> None:
+    def _set_status(self, device_id: str, status: str, exc: BaseException | None = None,
+                    reason: str | LazyText | None = None) -> None:
+        """`reason`: what the state says of it (`details`); by default the message `exc` was raised with."""
+        if exc is not None:
+            self.reasons[device_id] = reason or message_of(exc) or type(exc).__name__
+        else:
+            self.reasons.pop(device_id, None)
         if self.status.get(device_id) != status:
             if exc is not None:
                 log.warning("%s is %s: %s", device_id, status, exc or type(exc).__name__)

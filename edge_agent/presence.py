@@ -19,6 +19,7 @@ import contextlib
 import logging
 import time
 from collections.abc import Callable
+from typing import Any
 
 import aiomqtt
 
@@ -38,12 +39,14 @@ MIN_HEARTBEAT_S = 2.0  # a fast poll must not turn presence into a flood
 class Presence:
     def __init__(self, config: GatewayConfig, outbox: Outbox, *,
                  devices: Callable[[bool], dict[str, dict[str, str]]],
-                 config_version: Callable[[], int | None]) -> None:
-        """`devices(online)`: the devices part of the state; `config_version()`: the pushed list running."""
+                 config_version: Callable[[], int | None],
+                 device_details: Callable[[bool], dict[str, dict[str, Any]]] = lambda online: {}) -> None:
+        """`devices(online)`: the devices part of the state; `config_version()`: the pushed list running;
+        `device_details(online)`: why devices are in fault or offline (`State.device_details`)."""
         self.school, self.gateway = config.school, config.gateway
         self.room, self.building = config.room, config.building
         self.outbox = outbox
-        self.devices, self.config_version = devices, config_version
+        self.devices, self.config_version, self.device_details = devices, config_version, device_details
         self.boot = time.time()
         self.since = 0.0  # when the current MQTT connection began (set by `will`)
         # `state` is republished this often, so central can call a gateway that
@@ -58,7 +61,8 @@ class Presence:
                      room=self.room, building=self.building, devices=self.devices(online),
                      interval=self.heartbeat, config_version=self.config_version(),
                      outbox=self.outbox.figures(), storage=self.outbox.health.as_dict(),
-                     outbox_replaced=replaced.as_dict() if replaced is not None else None)
+                     outbox_replaced=replaced.as_dict() if replaced is not None else None,
+                     device_details=self.device_details(online))
 
     def will(self) -> aiomqtt.Will:
         """The Last Will of a new connection (which begins now: `since`, in every state sent on it)."""

@@ -46,7 +46,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from campus.i18n import N_
+from campus.i18n import N_, LazyText, lazy_gettext
 from protocols import serial_line
 from protocols.serial_line import BadFrame
 from protocols.spec import Address, Field, Protocol
@@ -70,9 +70,10 @@ FUNCTION = 0x1F
 BROADCAST = "AAAAAAAAAAAA"  # read-address broadcast (A0..A5 = AAH)
 
 # The error word of a D1H reply (DL/T 645-2007, 7.1.3): bit -> meaning.
-ERROR_BITS = {0: "other error", 1: "no such data (unknown data identifier)", 2: "password wrong or not authorised",
-              3: "baud rate cannot be changed", 4: "too many annual time zones", 5: "too many daily time slots",
-              6: "too many tariffs"}
+# Marked for translation: a meter's refusal names them (a device's fault reason on the board).
+ERROR_BITS = {0: N_("other error"), 1: N_("no such data (unknown data identifier)"),
+              2: N_("password wrong or not authorised"), 3: N_("baud rate cannot be changed"),
+              4: N_("too many annual time zones"), 5: N_("too many daily time slots"), 6: N_("too many tariffs")}
 ERR_OTHER, ERR_NO_DATA = 0x01, 0x02
 
 ADDRESS = Address(fields=(
@@ -192,13 +193,19 @@ def encode_frame(address: str, control: int, data: bytes = b"", preamble: bool =
     return (PREAMBLE if preamble else b"") + body + bytes((checksum(body), END))
 
 
-def _problem(raw: bytes) -> str | None:
-    """Why raw (68 to 16, its length right) is not a good frame, or None."""
+def _problem(raw: bytes, frame: str | None = None) -> LazyText | None:
+    """Why raw (68 to 16, its length right) is not a good frame, or None; naming the frame (`frame`, its bytes
+    as `show` writes them) when given. Marked for translation: a meter's fault reason says it (a bad frame is the
+    only reason of a "no valid reply", which the gateway's state carries to the board)."""
     if raw[-1] != END:
-        return f"end byte 0x{raw[-1]:02x}, not 0x16"
+        got = f"0x{raw[-1]:02x}"
+        return lazy_gettext("end byte %(got)s, not 0x16", got=got) if frame is None else \
+            lazy_gettext("end byte %(got)s, not 0x16 in frame %(frame)s", got=got, frame=frame)
     expected = checksum(raw[:-2])
     if raw[-2] != expected:
-        return f"checksum 0x{raw[-2]:02x}, expected 0x{expected:02x}"
+        params = {"got": f"0x{raw[-2]:02x}", "expected": f"0x{expected:02x}"}
+        return lazy_gettext("checksum %(got)s, expected %(expected)s", **params) if frame is None else \
+            lazy_gettext("checksum %(got)s, expected %(expected)s in frame %(frame)s", frame=frame, **params)
     return None
 
 
@@ -253,11 +260,12 @@ def _pending(buf: bytes, start: int, stop: int) -> bool:
     return False
 
 
-def _skip(items: list[Frame | BadFrame], raw: bytes, reason: str) -> None:
+def _skip(items: list[Frame | BadFrame], raw: bytes, reason: str | LazyText) -> None:
     """Record skipped bytes; adjacent skipped spans are one bad frame (one burst of noise)."""
     if items and isinstance(items[-1], BadFrame):
         last = items[-1]
-        items[-1] = BadFrame(last.raw + raw, last.reason if reason in last.reason else f"{last.reason} + {reason}")
+        items[-1] = BadFrame(last.raw + raw,
+                             last.reason if str(reason) in str(last.reason) else f"{last.reason} + {reason}")
     else:
         items.append(BadFrame(raw, reason))
 
@@ -309,7 +317,7 @@ def split_frames(buf: bytes) -> tuple[list[Frame | BadFrame], bytes]:
                 continue
             if _pending(buf, j + 1, end):  # a real frame may start inside: wait for its bytes
                 return items, buf[j:]
-            _skip(items, buf[j:end], f"{problem} in frame {show(buf[j:end])}")
+            _skip(items, buf[j:end], _problem(buf[j:end], show(buf[j:end])) or problem)
             i = end
             continue
         try:
@@ -337,24 +345,29 @@ def encode_value(item: DataItem, value: float) -> bytes:
 def decode_value(item: DataItem, data: bytes) -> float:
     """The value (in the metric's unit) of the BCD bytes of `item`; DLT645FrameError if they are not BCD."""
     if len(data) != item.size:
-        raise DLT645FrameError(f"{item.metric}: {len(data)} value bytes, expected {item.size} ({show(data)})")
+        raise DLT645FrameError(lazy_gettext("%(metric)s: %(n)s value bytes, expected %(size)s (%(data)s)",
+                                            metric=item.metric, n=len(data), size=item.size, data=show(data)))
     msb_first = bytearray(data[::-1])
     negative = item.signed and bool(msb_first[0] & 0x80)
     if item.signed:
         msb_first[0] &= 0x7F
     digits = msb_first.hex()
     if not digits.isdigit():
-        raise DLT645FrameError(f"{item.metric}: value {show(data)} is not BCD")
+        raise DLT645FrameError(lazy_gettext("%(metric)s: value %(data)s is not BCD", metric=item.metric,
+                                            data=show(data)))
     value = int(digits) * item.scale / 10 ** item.decimals
     # Round away float noise to the format's resolution in the metric's unit (XX.XXXX kW: 0.1 W).
     value = round(-value if negative else value, max(0, item.decimals - round(math.log10(item.scale))))
     return value + 0.0  # -0.0 (a sign bit on zero) is 0
 
 
-def errors_of(word: int) -> str:
-    """The error word of a D1H reply in words."""
+def errors_of(word: int) -> LazyText | str:
+    """The error word of a D1H reply in words: one bit (the usual case) marked for translation, several in
+    English (a marked text carries one level of marked parameters: campus/contract.py)."""
     named = [text for bit, text in ERROR_BITS.items() if word & (1 << bit)]
-    return ", ".join(named) or "no error bit set"
+    if len(named) > 1:
+        return ", ".join(named)
+    return LazyText(named[0] if named else N_("no error bit set"))
 
 
 # -- the requests and replies this product uses

@@ -40,7 +40,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from campus.errors import ConfigError
-from campus.i18n import N_
+from campus.i18n import N_, LazyText
 from protocols import serial_line
 from protocols.serial_line import BadFrame
 from protocols.spec import Address, Field, Protocol
@@ -60,8 +60,9 @@ PROTOCOL = Protocol(name=NAME, label="LG display (RS-232)", address=ADDRESS,
                     simulator="firmware_stubs.displays:simulator_for")
 
 BROADCAST_ID = 0
-NG_MEANINGS = {"00": "illegal code", "01": "illegal code", "02": "function not supported",
-               "03": "wait more time (the set is busy)"}
+# Marked for translation: the meaning is shown inside a refusal's sentence (a command result's detail).
+NG_MEANINGS = {"00": N_("illegal code"), "01": N_("illegal code"), "02": N_("function not supported"),
+               "03": N_("wait more time (the set is busy)")}
 NG_BUSY = "03"
 
 _REPLY = re.compile(rb"([a-z]) ([0-9A-Fa-f]{2}) (OK|NG)([0-9A-Fa-f]*)x")
@@ -168,7 +169,8 @@ def input_code(name: str, value: Any) -> str:
     return value.lower()
 
 
-def ng_meaning(code: str) -> str:
-    return NG_MEANINGS.get(code, "unknown error code")
+def ng_meaning(code: str) -> LazyText:
+    """What an NG code means, marked for translation (a parameter of the driver's refusal)."""
+    return LazyText(NG_MEANINGS.get(code, N_("unknown error code")))
 
 

@@ -14,7 +14,7 @@ import struct
 from typing import TYPE_CHECKING
 
 from campus.errors import DeviceError
-from campus.i18n import N_
+from campus.i18n import N_, LazyText, lazy_gettext
 from protocols import serial_line
 from protocols.spec import Address, Field, Protocol
 
@@ -24,9 +24,15 @@ if TYPE_CHECKING:
 NAME = "modbus"
 DEFAULT_PORT = 502
 DEFAULT_UNIT = 1
-EXCEPTION_NAMES = {1: "illegal function", 2: "illegal data address", 3: "illegal data value",
-                   4: "device failure", 6: "device busy", 10: "gateway path unavailable",
-                   11: "gateway target failed to respond"}
+# Marked for translation: a device's fault reason names them (exception_meaning).
+EXCEPTION_NAMES = {1: N_("illegal function"), 2: N_("illegal data address"), 3: N_("illegal data value"),
+                   4: N_("device failure"), 6: N_("device busy"), 10: N_("gateway path unavailable"),
+                   11: N_("gateway target failed to respond")}
+
+
+def exception_meaning(code: int) -> LazyText:
+    """What a Modbus exception code means, marked for translation."""
+    return LazyText(EXCEPTION_NAMES.get(code, N_("unknown")))
 MAX_REGISTERS_PER_READ = 125  # Modbus limit for function 0x03/0x04
 
 ADDRESS = Address(
@@ -79,15 +85,17 @@ def read_plan(metrics: list[Metric]) -> list[tuple[str, int, int, list[Metric]]]
 def decode(metric: Metric, registers: list[int]) -> float:
     """Engineering value of `metric` from its raw registers."""
     if len(registers) != metric.register_count:
-        raise DeviceError(f"{metric.name}: expected {metric.register_count} registers, got {len(registers)}")
+        raise DeviceError(lazy_gettext("%(metric)s: expected %(n)s registers, got %(got)s", metric=metric.name,
+                                       n=metric.register_count, got=len(registers)))
     if any(not 0 <= r <= 0xFFFF for r in registers):
-        raise DeviceError(f"{metric.name}: register value out of 16-bit range: {registers}")
+        raise DeviceError(lazy_gettext("%(metric)s: register value out of 16-bit range: %(registers)s",
+                                       metric=metric.name, registers=str(registers)[:100]))
     words = registers if metric.word_order == "big" else list(reversed(registers))
     raw_bytes = b"".join(w.to_bytes(2, "big") for w in words)
     fmt = {"int16": ">h", "uint16": ">H", "int32": ">i", "uint32": ">I", "float32": ">f"}[metric.type]
     raw = struct.unpack(fmt, raw_bytes)[0]
     if isinstance(raw, float) and not math.isfinite(raw):
-        raise DeviceError(f"{metric.name}: register holds a non-finite float")
+        raise DeviceError(lazy_gettext("%(metric)s: register holds a non-finite float", metric=metric.name))
     value = raw * metric.scale + metric.offset
     # Round away float noise from scaling (e.g. 231 * 0.1) to the register's resolution.
     digits = max(0, -math.floor(math.log10(metric.scale))) if metric.scale < 1 else 0

@@ -165,7 +165,7 @@ def _skip(items: list[MDCFrame | BadFrame], raw: bytes, reason: str) -> None:
     """Record skipped bytes; adjacent skipped spans are one bad frame (one burst of noise)."""
     if items and isinstance(items[-1], BadFrame):
         last = items[-1]
-        reasons = last.reason if reason in last.reason.split(" + ") else f"{last.reason} + {reason}"
+        reasons = last.reason if reason in str(last.reason).split(" + ") else f"{last.reason} + {reason}"
         items[-1] = BadFrame(last.raw + raw, reasons)
     else:
         items.append(BadFrame(raw, reason))

@@ -12,6 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any
 
+from campus.i18n import LazyText
 from protocols.spec import Field
 
 
@@ -20,7 +21,7 @@ class BadFrame:
     """Bytes a frame splitter skipped, and why (noise, checksum, truncated, ...)."""
 
     raw: bytes
-    reason: str
+    reason: str | LazyText  # marked for translation where a page may show it (a meter's checksum)
 
 
 # A pure splitter: (buffer) -> (frames and BadFrames found, bytes kept for later).

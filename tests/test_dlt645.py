@@ -253,8 +253,8 @@ def test_a_silent_meter_and_an_unknown_identifier() -> None:
     async def main() -> None:
         async with rig() as (sim, drv):
             unknown = dlt645.DataItem("phase_b_voltage", 0x02010200, 2, 1, False)
-            with pytest.raises(DeviceError, match=r"refused read of phase_b_voltage \(DI 02 01 02 00\) from meter "
-                                                  r"123456789012: no such data .* \(error word 0x02\)"):
+            with pytest.raises(DeviceError, match=r"meter 123456789012 refused the read of phase_b_voltage "
+                                                  r"\(DI 02 01 02 00\): no such data .* \(error word 0x02\)"):
                 await drv.read_item(unknown)
             assert sim.errors_sent == 1
             sim.silent = True

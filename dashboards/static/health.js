@@ -101,9 +101,11 @@
       const errors = Object.keys(d.latest).filter(k => k.startsWith("error_") && d.latest[k] !== "ok" && d.latest[k] !== 0);
       const vals = [...keys, ...errors].map(k => metric(k, d.latest[k])).join("");
       const status = d.status === "never reported" ? "offline" : d.status === "not installed yet" ? "uninstalled" : d.status;
+      // Why it is in fault or offline, as its gateway wrote it, already in the page's language (/api/board).
+      const why = d.detail ? `<div class="small muted device-detail">${esc(d.detail)}</div>` : "";
       const kind = d.kind && d.kind !== d.id ? `<small class="muted">${esc(KINDS[d.kind] || d.kind.replace("_", " "))}</small>` : "";
       return `<tr data-device="${esc(d.id)}"><td class="dev">${esc(d.id)}${kind}</td>
-        <td><span class="badge ${esc(status)}">${esc(STATUS[d.status] || d.status)}</span></td><td>${vals}</td>
+        <td><span class="badge ${esc(status)}">${esc(STATUS[d.status] || d.status)}</span>${why}</td><td>${vals}</td>
         <td class="seen muted" title="${esc(_("last value %(time)s", {time: clock(d.last_seen)}))}">${esc(d.last_seen ? ago(d.last_seen, now) : _("no value yet"))}</td></tr>`;
     }
     // receipt - ts of the gateway's heartbeats (central/ledger.py): negative when its clock runs ahead.

@@ -12,11 +12,17 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
+from campus import contract
 from campus.contract import MetricValue
 from campus.errors import ActionRejected, ConfigError, DeviceError
 from campus.i18n import LazyText, lazy_gettext
 from device_profiles import Profile, check_action
 from protocols import protocol
+
+
+def action_word(action: str) -> LazyText:
+    """An action as a person reads it ("power on"), marked for translation: a device's refusal names it."""
+    return LazyText(contract.ACTION_WORDS.get(action, action))
 
 
 class DeviceUnreachable(DeviceError):

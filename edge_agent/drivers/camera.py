@@ -78,6 +78,7 @@ import numpy as np
 
 from campus.contract import ATTENDANCE_EVENT, attendance_data
 from campus.errors import ConfigError, DeviceError
+from campus.i18n import N_, LazyText, lazy_gettext, message_of
 from edge_agent.drivers.base import (
     CardSecretMissing,
     DeviceEvent,
@@ -176,9 +177,10 @@ class CameraDriver(Driver):
         """Start the capture thread (once) and wait until the source is open; CardSecretMissing if QR
         check-in is on without the gateway's card secret (each poll says so: a device fault)."""
         if self.qr_checkin and self._secret is None:
-            raise CardSecretMissing(f"{self.device_id}: camera refused to start: QR check-in needs the gateway "
-                                    "config's card_secret (codes are pseudonymised with it, never sent raw); "
-                                    "set option qr_checkin: false to count people only")
+            raise CardSecretMissing(lazy_gettext(
+                "%(device)s: camera refused to start: QR check-in needs the gateway config's card_secret (codes are "
+                "pseudonymised with it, never sent raw); set option qr_checkin: false to count people only",
+                device=self.device_id))
         started = self._started
         thread = self._thread
         if started is None or thread is None or (started.done() and (
@@ -210,10 +212,11 @@ class CameraDriver(Driver):
         stall = self.settings["stall_s"]
         with self._lock:
             if self._fault is not None:  # events stay queued for the next good poll
-                raise type(self._fault)(str(self._fault))
+                raise type(self._fault)(message_of(self._fault))
             if stall and time.monotonic() - self._last_frame > stall:
-                raise DeviceError(f"{self.device_id}: no frame from {self.where} for "
-                                  f"{time.monotonic() - self._last_frame:.0f} s")
+                raise DeviceError(lazy_gettext("%(device)s: no frame from %(where)s for %(seconds)s s",
+                                               device=self.device_id, where=self.where,
+                                               seconds=format(time.monotonic() - self._last_frame, ".0f")))
             events, self._events = self._events, []
             values: dict[str, int] = {}
             if self._counts:
@@ -243,7 +246,8 @@ class CameraDriver(Driver):
     def _run(self, started: concurrent.futures.Future[None], stop: threading.Event) -> None:
         cap = self._capture()
         if cap is None:
-            started.set_exception(DeviceUnreachable(f"{self.device_id}: cannot open {self.where}"))
+            started.set_exception(DeviceUnreachable(lazy_gettext("%(device)s: cannot open %(where)s",
+                                                                 device=self.device_id, where=self.where)))
             return
         with self._lock:
             self._last_frame = time.monotonic()
@@ -263,10 +267,12 @@ class CameraDriver(Driver):
                     if cap is not None:
                         self.count("loops")
                         continue
-                    reason = f"cannot reopen {self.where}"
+                    reason = lazy_gettext("cannot reopen %(where)s", where=self.where)
                 if time.monotonic() - began > self.settings["reopen_backoff_max_s"]:
                     backoff = self.settings["reopen_backoff_s"]  # it ran well: start the backoff over
-                self._set_fault(DeviceError(f"{self.device_id}: {reason}; reopening in {backoff:.1f} s"))
+                self._set_fault(DeviceError(lazy_gettext(
+                    "%(device)s: %(reason)s; reopening in %(seconds)s s", device=self.device_id,
+                    reason=reason if isinstance(reason, LazyText) else LazyText(reason), seconds=format(backoff, ".1f"))))
                 self.count("stream_breaks")
                 log.warning("%s: %s; reopening in %.1f s", self.device_id, reason, backoff)
                 while not stop.wait(backoff):
@@ -274,8 +280,9 @@ class CameraDriver(Driver):
                     if cap is not None:
                         break
                     backoff = min(backoff * 2, self.settings["reopen_backoff_max_s"])
-                    self._set_fault(DeviceUnreachable(f"{self.device_id}: cannot reopen {self.where}; "
-                                                      f"next try in {backoff:.1f} s"))
+                    self._set_fault(DeviceUnreachable(lazy_gettext(
+                        "%(device)s: cannot reopen %(where)s; next try in %(seconds)s s", device=self.device_id,
+                        where=self.where, seconds=format(backoff, ".1f"))))
                 if cap is not None:
                     # Should it break again soon (a server that accepts and drops), wait longer next time.
                     backoff = min(backoff * 2, self.settings["reopen_backoff_max_s"])
@@ -284,7 +291,8 @@ class CameraDriver(Driver):
                     counter.reset()  # the scene may have changed while the stream was down
         except Exception as exc:  # a bug here must not kill the gateway; the next poll restarts the thread
             log.exception("%s: capture thread failed", self.device_id)
-            self._set_fault(DeviceError(f"{self.device_id}: capture failed ({type(exc).__name__})"))
+            self._set_fault(DeviceError(lazy_gettext("%(device)s: capture failed (%(error)s)", device=self.device_id,
+                                                     error=type(exc).__name__)))
         finally:
             if cap is not None:
                 cap.release()
@@ -369,8 +377,8 @@ class _Counter:
         while not stop.is_set():
             if not cap.grab():
                 if d.is_file:
-                    return "loop" if d.loop and frame_no else "the video file ended"
-                return "the stream ended" if frame_no else "no frame from the camera"
+                    return "loop" if d.loop and frame_no else N_("the video file ended")
+                return N_("the stream ended") if frame_no else N_("no frame from the camera")
             if d.is_file:
                 media = media0 + frame_no / fps
                 if d.realtime:

@@ -31,6 +31,7 @@ import serial
 
 from campus.contract import CARD_SWIPE_EVENT, MetricValue
 from campus.errors import ConfigError, DeviceError
+from campus.i18n import lazy_gettext
 from edge_agent.drivers.base import (  # CardSecretMissing: imported from here too
     CardSecretMissing,
     DeviceEvent,
@@ -125,8 +126,9 @@ class _CardReaderDriver(Driver):
     async def open(self) -> None:
         """Open the port and start reading it; raises CardSecretMissing or DeviceUnreachable."""
         if self._secret is None:
-            raise CardSecretMissing(f"{self.device_id}: card reader refused to start: the gateway config "
-                                    "needs card_secret (cards are pseudonymised with it, never sent raw)")
+            raise CardSecretMissing(lazy_gettext("%(device)s: card reader refused to start: the gateway config needs "
+                                                 "card_secret (cards are pseudonymised with it, never sent raw)",
+                                                 device=self.device_id))
         if self.running:
             return
         link = SerialLink(self.port, **self.settings)

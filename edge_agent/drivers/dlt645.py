@@ -19,6 +19,7 @@ from __future__ import annotations
 from typing import Any
 
 from campus.errors import DeviceError
+from campus.i18n import lazy_gettext, message_of
 from edge_agent.drivers.base import Reading
 from edge_agent.drivers.serial_display import SerialDisplayDriver
 from protocols import dlt645
@@ -59,30 +60,36 @@ class DLT645Driver(SerialDisplayDriver):
     async def read_item(self, item: dlt645.DataItem) -> float:
         """One read (11H) of one data item, its value in the metric's unit."""
         di = item.di_bytes[::-1].hex(" ")
-        what = f"the read of {item.metric} (DI {di}) from meter {self.meter}"
+        what = lazy_gettext("the read of %(metric)s (DI %(di)s) from meter %(meter)s", metric=item.metric, di=di,
+                            meter=self.meter)
         frame = await self.transact(dlt645.read_request(self.meter, item), dlt645.split_frames,
                                     self._match(item), what)
         if frame.is_error:
             word = frame.data[0] if frame.data else 0
-            raise DeviceError(f"{self.device_id}: meter {self.meter} refused {what.removeprefix('the ')}: "
-                              f"{dlt645.errors_of(word)} (error word 0x{word:02x})")
+            raise DeviceError(lazy_gettext("%(device)s: meter %(meter)s refused the read of %(metric)s (DI %(di)s): "
+                                           "%(errors)s (error word %(word)s)", device=self.device_id,
+                                           meter=self.meter, metric=item.metric, di=di,
+                                           errors=dlt645.errors_of(word), word=format(word, "#04x")))
         try:
             return dlt645.decode_value(item, frame.data[4:])
         except dlt645.DLT645FrameError as exc:
-            raise DeviceError(f"{self.device_id}: {exc} in the reply of meter {self.meter} to the read of "
-                              f"DI {di}") from None
+            raise DeviceError(lazy_gettext("%(device)s: %(error)s in the reply of meter %(meter)s to the read of DI "
+                                           "%(di)s", device=self.device_id, error=message_of(exc), meter=self.meter,
+                                           di=di)) from None
 
     async def read_address(self) -> str:
         """The address of the only meter on the line (13H to the broadcast address), as commissioning
         tools ask it; with several meters on a line their replies collide."""
         frame = await self.transact(dlt645.read_address_request(), dlt645.split_frames, self._match(None),
-                                    "the read of the meter address (broadcast)")
+                                    lazy_gettext("the read of the meter address (broadcast)"))
         if len(frame.data) != 6:
-            raise DeviceError(f"{self.device_id}: address reply has {len(frame.data)} data bytes, expected 6")
+            raise DeviceError(lazy_gettext("%(device)s: address reply has %(n)s data bytes, expected 6",
+                                           device=self.device_id, n=len(frame.data)))
         try:
             return dlt645.address_text(frame.data)
         except dlt645.DLT645FrameError as exc:
-            raise DeviceError(f"{self.device_id}: {exc} in the address reply") from None
+            raise DeviceError(lazy_gettext("%(device)s: %(error)s in the address reply", device=self.device_id,
+                                           error=message_of(exc))) from None
 
     async def read(self) -> Reading:
         return Reading(values={item.metric: await self.read_item(item) for item in self.items})

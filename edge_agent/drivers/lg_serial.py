@@ -20,7 +20,7 @@ from typing import Any
 
 from campus.errors import ActionRejected, DeviceError
 from campus.i18n import LazyText, lazy_gettext
-from edge_agent.drivers.base import Reading
+from edge_agent.drivers.base import Reading, action_word
 from edge_agent.drivers.serial_display import SerialDisplayDriver
 from protocols import lg_serial as lg
 from protocols.serial_line import BadFrame
@@ -44,7 +44,7 @@ class LGSerialDriver(SerialDisplayDriver):
     def input_name(self, code: str) -> str:
         return self.input_names.get(code, f"0x{code}")
 
-    async def command(self, command: str, data: str, what: str, timeout: float | None = None) -> lg.LGReply:
+    async def command(self, command: str, data: str, what: str | LazyText, timeout: float | None = None) -> lg.LGReply:
         """One exchange: the set's OK or NG reply to `command`."""
         def match(reply: lg.LGReply) -> lg.LGReply | BadFrame:
             if not self.accepts_id(reply.set_id):
@@ -54,33 +54,35 @@ class LGSerialDriver(SerialDisplayDriver):
             return reply
         return await self.transact(lg.encode_command(command, self.unit_id, data), lg.split_replies, match, what, timeout)
 
-    def _ng(self, reply: lg.LGReply, what: str) -> LazyText:
+    def _ng(self, reply: lg.LGReply, what: str | LazyText) -> LazyText:
         return lazy_gettext("%(device)s: set %(set)s refused %(what)s (NG %(code)s: %(meaning)s)",
                             device=self.device_id, set=str(reply.set_id), what=what, code=reply.data,
                             meaning=lg.ng_meaning(reply.data))
 
-    async def _query(self, command: str, what: str) -> int | str:
+    async def _query(self, command: str, what: LazyText) -> int | str:
         reply = await self.command(command, "ff", what)
         if not reply.ok:
             raise DeviceError(self._ng(reply, what))
         if not lg.HEX2.fullmatch(reply.data):
-            raise DeviceError(f"{self.device_id}: {what} answered {reply.data!r}, expected two hex digits")
+            raise DeviceError(lazy_gettext("%(device)s: %(what)s answered %(reply)s, expected two hex digits",
+                                           device=self.device_id, what=what, reply=repr(reply.data[:40])))
         return reply.data if command == "xb" else int(reply.data, 16)
 
     async def read(self) -> Reading:
-        power = await self._query("ka", "power query")
+        power = await self._query("ka", lazy_gettext("power query"))
         values: dict[str, str | int] = {"power": _on_off(power != 0)}
         if power:
             metrics = self.profile.metrics
             if "volume" in metrics:
-                volume = await self._query("kf", "volume query")
+                volume = await self._query("kf", lazy_gettext("volume query"))
                 if not isinstance(volume, int) or volume > 100:
-                    raise DeviceError(f"{self.device_id}: volume query answered {volume}, outside 0-100")
+                    raise DeviceError(lazy_gettext("%(device)s: volume query answered %(volume)s, outside 0-100",
+                                                   device=self.device_id, volume=volume))
                 values["volume"] = volume
             if "muted" in metrics:
-                values["muted"] = _on_off(await self._query("ke", "mute query") == 0)  # 00 = mute on
+                values["muted"] = _on_off(await self._query("ke", lazy_gettext("mute query")) == 0)  # 00 = mute on
             if "input" in metrics:
-                values["input"] = self.input_name(str(await self._query("xb", "input query")))
+                values["input"] = self.input_name(str(await self._query("xb", lazy_gettext("input query"))))
         return Reading(values={k: v for k, v in values.items() if k in self.profile.metrics})
 
     async def _execute(self, action: str, params: dict[str, Any]) -> str | LazyText:
@@ -102,9 +104,10 @@ class LGSerialDriver(SerialDisplayDriver):
         else:  # validate_action lets only profile actions through; a profile lists only these six
             raise ActionRejected(lazy_gettext("%(device)s: %(action)s is not an LG display action",
                                               device=self.device_id, action=repr(action)))
-        reply = await self.command(cmd, data, action, timeout)
+        what = action_word(action)  # named in a refusal or a timeout, translated with it
+        reply = await self.command(cmd, data, what, timeout)
         if not reply.ok:
             if reply.data == lg.NG_BUSY:
-                raise DeviceError(self._ng(reply, action))
-            raise ActionRejected(self._ng(reply, action))
+                raise DeviceError(self._ng(reply, what))
+            raise ActionRejected(self._ng(reply, what))
         return detail

@@ -17,6 +17,7 @@ from pymodbus.client import AsyncModbusSerialClient, AsyncModbusTcpClient
 from pymodbus.exceptions import ModbusException
 
 from campus.errors import DeviceError
+from campus.i18n import lazy_gettext
 from edge_agent.drivers.base import DeviceUnreachable, Driver, Reading
 from protocols import modbus
 
@@ -66,7 +67,8 @@ class ModbusDriver(Driver):
         if not bus.client.connected:
             async with bus.lock:
                 if not bus.client.connected and not await bus.client.connect():
-                    raise DeviceUnreachable(f"{self.device_id}: cannot connect to Modbus {'/'.join(self._key[1:])}")
+                    raise DeviceUnreachable(lazy_gettext("%(device)s: cannot connect to Modbus %(address)s",
+                                                         device=self.device_id, address="/".join(self._key[1:])))
 
     async def close(self) -> None:
         if self._key is None:
@@ -93,14 +95,17 @@ class ModbusDriver(Driver):
                     # A timeout leaves the transaction state unknown: drop the
                     # connection so the next poll starts clean.
                     bus.client.close()
-                    raise DeviceError(f"{self.device_id}: no valid answer from unit {self.unit} ({exc})") from None
+                    raise DeviceError(lazy_gettext("%(device)s: no valid answer from unit %(unit)s (%(error)s)",
+                                                   device=self.device_id, unit=self.unit, error=str(exc))) from None
                 if result.isError():
                     code = getattr(result, "exception_code", 0)
-                    raise DeviceError(f"{self.device_id}: Modbus exception {code} "
-                                      f"({modbus.EXCEPTION_NAMES.get(code, 'unknown')}) reading {start}+{count}")
+                    raise DeviceError(lazy_gettext("%(device)s: Modbus exception %(code)s (%(meaning)s) reading "
+                                                   "%(start)s+%(count)s", device=self.device_id, code=code,
+                                                   meaning=modbus.exception_meaning(code), start=start, count=count))
                 regs = list(result.registers)
                 if len(regs) < count:
-                    raise DeviceError(f"{self.device_id}: short answer, {len(regs)} of {count} registers")
+                    raise DeviceError(lazy_gettext("%(device)s: short answer, %(n)s of %(count)s registers",
+                                                   device=self.device_id, n=len(regs), count=count))
                 for m in metrics:
                     assert m.register is not None
                     off = m.register - start

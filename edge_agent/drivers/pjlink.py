@@ -90,7 +90,7 @@ class _Connection:
             raise DeviceUnreachable(lazy_gettext("%(device)s: cannot connect to PJLink %(address)s (%(error)s)",
                                                  device=self.name, address=address,
                                                  error=str(exc.strerror or exc))) from None
-        greeting = await self._line("greeting")
+        greeting = await self._line(lazy_gettext("greeting"))
         if greeting == "PJLINK 0":
             return
         if greeting.startswith("PJLINK 1 ") and 0 < len(greeting[9:]) <= 32:
@@ -102,8 +102,10 @@ class _Connection:
         if greeting.upper() == "PJLINK ERRA":
             raise DeviceError(lazy_gettext("%(device)s: PJLink authentication failed", device=self.name))
         if greeting.upper().startswith("PJLINK ERR"):
-            raise DeviceError(f"{self.name}: projector refused the connection ({greeting})")
-        raise DeviceError(f"{self.name}: not a PJLink greeting: {greeting[:40]!r}")
+            raise DeviceError(lazy_gettext("%(device)s: projector refused the connection (%(greeting)s)",
+                                           device=self.name, greeting=greeting[:40]))
+        raise DeviceError(lazy_gettext("%(device)s: not a PJLink greeting: %(greeting)s", device=self.name,
+                                       greeting=repr(greeting[:40])))
 
     async def close(self) -> None:
         writer, self.writer, self.reader = self.writer, None, None
@@ -113,7 +115,8 @@ class _Connection:
                 async with asyncio.timeout(1.0):
                     await writer.wait_closed()
 
-    async def _line(self, what: str) -> str:
+    async def _line(self, what: LazyText) -> str:
+        """One CR-terminated line; `what` names it in an error (marked: "greeting", "reply to POWR")."""
         assert self.reader is not None
         try:
             async with asyncio.timeout(self.timeout):
@@ -124,23 +127,28 @@ class _Connection:
                                            what=what, seconds=seconds)) from None
         except asyncio.IncompleteReadError as exc:
             if exc.partial:
-                raise DeviceError(f"{self.name}: {what} cut off after {len(exc.partial)} bytes "
-                                  "(no CR terminator)") from None
-            raise _Closed(f"{self.name}: the projector closed the connection before the {what}") from None
+                raise DeviceError(lazy_gettext("%(device)s: %(what)s cut off after %(n)s bytes (no CR terminator)",
+                                               device=self.name, what=what, n=len(exc.partial))) from None
+            raise _Closed(lazy_gettext("%(device)s: the projector closed the connection before the %(what)s",
+                                       device=self.name, what=what)) from None
         except asyncio.LimitOverrunError:
-            raise DeviceError(f"{self.name}: overlong {what}: no CR terminator within 1024 bytes "
-                              f"(PJLink allows {MAX_LINE})") from None
+            raise DeviceError(lazy_gettext("%(device)s: overlong %(what)s: no CR terminator within 1024 bytes "
+                                           "(PJLink allows %(max)s)", device=self.name, what=what, max=MAX_LINE)) from None
         except ConnectionError:
-            raise _Closed(f"{self.name}: connection reset while waiting for the {what}") from None
+            raise _Closed(lazy_gettext("%(device)s: connection reset while waiting for the %(what)s",
+                                       device=self.name, what=what)) from None
         raw = raw.lstrip(b"\n")  # tolerate CR LF from the previous line
         if len(raw) > MAX_LINE:
-            raise DeviceError(f"{self.name}: overlong {what}: {len(raw)} bytes, PJLink allows {MAX_LINE}")
+            raise DeviceError(lazy_gettext("%(device)s: overlong %(what)s: %(n)s bytes, PJLink allows %(max)s",
+                                           device=self.name, what=what, n=len(raw), max=MAX_LINE))
         try:
             text = raw[:-1].decode("utf-8")
         except UnicodeDecodeError:
-            raise DeviceError(f"{self.name}: garbage {what}: {raw[:40]!r} is not text") from None
+            raise DeviceError(lazy_gettext("%(device)s: garbage %(what)s: %(raw)s is not text", device=self.name,
+                                           what=what, raw=repr(raw[:40]))) from None
         if not text.isprintable():
-            raise DeviceError(f"{self.name}: garbage {what}: control characters in {text[:40]!r}")
+            raise DeviceError(lazy_gettext("%(device)s: garbage %(what)s: control characters in %(text)s",
+                                           device=self.name, what=what, text=repr(text[:40])))
         return text
 
     async def exchange(self, cls: str, cmd: str, param: str) -> str:
@@ -151,16 +159,19 @@ class _Connection:
             self.writer.write((self.prefix + line).encode("utf-8"))
             await self.writer.drain()
         except ConnectionError:
-            raise _Closed(f"{self.name}: connection lost sending {cmd}") from None
+            raise _Closed(lazy_gettext("%(device)s: connection lost sending %(command)s", device=self.name,
+                                       command=cmd)) from None
         authenticating, self.prefix = bool(self.prefix), ""
-        reply = await self._line(f"reply to {cmd}")
+        reply = await self._line(lazy_gettext("reply to %(command)s", command=cmd))
         if reply.upper() == "PJLINK ERRA" or (authenticating and reply.upper().endswith("=ERRA")):
             raise DeviceError(lazy_gettext("%(device)s: PJLink authentication failed (wrong password)",
                                            device=self.name))
         if len(reply) < 7 or reply[0] != "%" or reply[1] not in "12" or reply[6] != "=":
-            raise DeviceError(f"{self.name}: malformed reply to {cmd}: {reply[:40]!r}")
+            raise DeviceError(lazy_gettext("%(device)s: malformed reply to %(command)s: %(reply)s", device=self.name,
+                                           command=cmd, reply=repr(reply[:40])))
         if reply[2:6].upper() != cmd:
-            raise DeviceError(f"{self.name}: reply to {cmd} is for {reply[2:6]!r}")
+            raise DeviceError(lazy_gettext("%(device)s: reply to %(command)s is for %(other)s", device=self.name,
+                                           command=cmd, other=repr(reply[2:6])))
         self.exchanges += 1
         value = reply[7:]
         if value.upper() in ERRORS:
@@ -230,13 +241,15 @@ class PJLinkDriver(Driver):
         except PJLinkError:
             return 1
         if not (value.isascii() and value.isdigit()):
-            raise DeviceError(f"{self.device_id}: CLSS reply {value!r} is not a class number")
+            raise DeviceError(lazy_gettext("%(device)s: CLSS reply %(reply)s is not a class number",
+                                           device=self.device_id, reply=repr(value[:40])))
         return 2 if int(value) >= 2 else 1
 
     async def _power(self) -> str:
         value = await self._call("1", "POWR")
         if value not in POWER:
-            raise DeviceError(f"{self.device_id}: POWR reply {value!r} is not 0-3")
+            raise DeviceError(lazy_gettext("%(device)s: POWR reply %(reply)s is not 0-3", device=self.device_id,
+                                           reply=repr(value[:40])))
         return POWER[value]
 
     async def _optional(self, cls: str, cmd: str) -> str | None:
@@ -264,25 +277,30 @@ class PJLinkDriver(Driver):
                 values["input"] = self._codes.get(code.upper(), code)
             if "muted" in wanted and (mute := await self._optional("1", "AVMT")) is not None:
                 if mute not in AV_MUTE:
-                    raise DeviceError(f"{self.device_id}: AVMT reply {mute!r} is not one of {sorted(AV_MUTE)}")
+                    raise DeviceError(lazy_gettext("%(device)s: AVMT reply %(reply)s is not one of %(allowed)s",
+                                                   device=self.device_id, reply=repr(mute[:40]),
+                                                   allowed=", ".join(sorted(AV_MUTE))))
                 values["muted"] = "on" if mute[1] == "1" else "off"
             if "lamp_hours" in wanted and (lamp := await self._optional("1", "LAMP")) is not None:
                 values["lamp_hours"] = self._lamp_hours(lamp)
             if any(m in wanted for m in ERST_METRICS) and (erst := await self._optional("1", "ERST")) is not None:
                 if len(erst) != 6 or any(c not in ERST_LEVELS for c in erst):
-                    raise DeviceError(f"{self.device_id}: ERST reply {erst!r} is not six digits 0-2")
+                    raise DeviceError(lazy_gettext("%(device)s: ERST reply %(reply)s is not six digits 0-2",
+                                                   device=self.device_id, reply=repr(erst[:40])))
                 values.update(zip(ERST_METRICS, (ERST_LEVELS[c] for c in erst), strict=True))
             if self.pjlink_class == 2 and "filter_hours" in wanted \
                     and (filt := await self._optional("2", "FILT")) is not None:
                 if not (filt.isascii() and filt.isdigit()):
-                    raise DeviceError(f"{self.device_id}: FILT reply {filt!r} is not a number of hours")
+                    raise DeviceError(lazy_gettext("%(device)s: FILT reply %(reply)s is not a number of hours",
+                                                   device=self.device_id, reply=repr(filt[:40])))
                 values["filter_hours"] = int(filt)
         return Reading(values={k: v for k, v in values.items() if k in wanted or k == "power"})
 
     def _lamp_hours(self, lamp: str) -> int:
         parts = lamp.split()
         if not parts or len(parts) % 2 or not all(p.isascii() and p.isdigit() for p in parts) or parts[1] not in "01":
-            raise DeviceError(f"{self.device_id}: LAMP reply {lamp!r} is not '<hours> <0|1>' pairs")
+            raise DeviceError(lazy_gettext("%(device)s: LAMP reply %(reply)s is not '<hours> <0|1>' pairs",
+                                           device=self.device_id, reply=repr(lamp[:40])))
         return int(parts[0])
 
     # --------------------------------------------------------------- execute

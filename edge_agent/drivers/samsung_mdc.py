@@ -17,7 +17,7 @@ from typing import Any
 
 from campus.errors import ActionRejected, DeviceError
 from campus.i18n import LazyText, lazy_gettext
-from edge_agent.drivers.base import Reading
+from edge_agent.drivers.base import Reading, action_word
 from edge_agent.drivers.serial_display import SerialDisplayDriver
 from protocols import samsung_mdc as mdc
 from protocols.serial_line import BadFrame
@@ -42,7 +42,7 @@ class SamsungMDCDriver(SerialDisplayDriver):
     def input_name(self, code: int) -> str:
         return self.input_names.get(code, f"0x{code:02x}")
 
-    async def command(self, command: int, data: bytes, what: str, timeout: float | None = None) -> mdc.MDCReply:
+    async def command(self, command: int, data: bytes, what: str | LazyText, timeout: float | None = None) -> mdc.MDCReply:
         """One MDC transaction: the reply (ACK or NAK) to `command`."""
         def match(reply: mdc.MDCReply) -> mdc.MDCReply | BadFrame:
             if not self.accepts_id(reply.display_id):
@@ -52,7 +52,7 @@ class SamsungMDCDriver(SerialDisplayDriver):
             return reply
         return await self.transact(mdc.encode_frame(command, self.unit_id, data), mdc.split_replies, match, what, timeout)
 
-    def _nak(self, reply: mdc.MDCReply, what: str) -> LazyText:
+    def _nak(self, reply: mdc.MDCReply, what: str | LazyText) -> LazyText:
         params = {"device": self.device_id, "display": str(reply.display_id), "what": what,
                   "code": f"0x{reply.error_code or 0:02x}"}
         if self.last_power == "off":
@@ -64,14 +64,16 @@ class SamsungMDCDriver(SerialDisplayDriver):
                             **params)
 
     async def read(self) -> Reading:
-        reply = await self.command(mdc.CMD_STATUS, b"", "status query")
+        reply = await self.command(mdc.CMD_STATUS, b"", lazy_gettext("status query"))
         if not reply.ack:
-            raise DeviceError(self._nak(reply, "the status query"))
+            raise DeviceError(self._nak(reply, lazy_gettext("the status query")))
         if len(reply.values) < 4:
-            raise DeviceError(f"{self.device_id}: status reply has {len(reply.values)} values, expected at least 4")
+            raise DeviceError(lazy_gettext("%(device)s: status reply has %(n)s values, expected at least 4",
+                                           device=self.device_id, n=len(reply.values)))
         power, volume, mute, source = reply.values[:4]
         if volume > 100:
-            raise DeviceError(f"{self.device_id}: status reply has volume {volume}, outside 0-100")
+            raise DeviceError(lazy_gettext("%(device)s: status reply has volume %(volume)s, outside 0-100",
+                                           device=self.device_id, volume=volume))
         self.last_power = _on_off(power)
         values = {"power": self.last_power, "volume": volume, "muted": _on_off(mute), "input": self.input_name(source)}
         return Reading(values={k: v for k, v in values.items() if k in self.profile.metrics})
@@ -95,9 +97,10 @@ class SamsungMDCDriver(SerialDisplayDriver):
         else:  # validate_action lets only profile actions through; a profile lists only these six
             raise ActionRejected(lazy_gettext("%(device)s: %(action)s is not an MDC display action",
                                               device=self.device_id, action=repr(action)))
-        reply = await self.command(cmd, bytes((value,)), action, timeout)
+        what = action_word(action)  # named in a refusal or a timeout, translated with it
+        reply = await self.command(cmd, bytes((value,)), what, timeout)
         if not reply.ack:
-            raise ActionRejected(self._nak(reply, action))
+            raise ActionRejected(self._nak(reply, what))
         if cmd == mdc.CMD_POWER:
             self.last_power = _on_off(value)
         return detail

@@ -30,7 +30,7 @@ from typing import Any, ClassVar, TypeVar
 import serial
 
 from campus.errors import DeviceError
-from campus.i18n import lazy_gettext
+from campus.i18n import LazyText, lazy_gettext, message_of
 from device_profiles import Profile
 from edge_agent.drivers.base import DeviceUnreachable, Driver
 from edge_agent.drivers.serial_link import SerialLink, serial_settings
@@ -83,14 +83,15 @@ class SerialDisplayDriver(Driver):
             await self.link.open()
         except DeviceUnreachable as exc:
             self.link = None
-            raise DeviceUnreachable(f"{self.device_id}: {exc}") from None
+            raise DeviceUnreachable(lazy_gettext("%(device)s: %(error)s", device=self.device_id,
+                                                 error=message_of(exc))) from None
 
     async def close(self) -> None:
         link, self.link = self.link, None
         if link is not None:
             await link.close()
 
-    def _bad(self, frame: BadFrame, reasons: list[str]) -> None:
+    def _bad(self, frame: BadFrame, reasons: list[str | LazyText]) -> None:
         self.count("bad_frames")
         reasons.append(frame.reason)
         log.debug("%s: bad frame (%s): %s", self.device_id, frame.reason, frame.raw[:64].hex(" "))
@@ -102,7 +103,7 @@ class SerialDisplayDriver(Driver):
                                               device=self.device_id, port=str(port), error=str(exc)))
 
     async def transact(self, request: bytes, scan: Scanner, match: Callable[[Any], T | BadFrame],
-                       what: str, timeout: float | None = None) -> T:
+                       what: str | LazyText, timeout: float | None = None) -> T:
         """Send `request`; return the first frame `match` accepts.
 
         `match` gets every good frame `scan` yields and returns either the
@@ -112,7 +113,7 @@ class SerialDisplayDriver(Driver):
         await self.open()
         limit = timeout or self.timeout
         loop = asyncio.get_running_loop()
-        reasons: list[str] = []
+        reasons: list[str | LazyText] = []
         attempts = 0
         async with self._lock:
             for _ in range(1 + self.retries):
@@ -159,10 +160,15 @@ class SerialDisplayDriver(Driver):
                         bad_now = True
                 if not bad_now:
                     break  # silence: do not ask again
+        seconds = f"{limit:g}"
         if reasons:
-            raise DeviceError(f"{self.device_id}: no valid reply to {what} within {limit:g}s "
-                              f"({attempts} attempt(s); bad frames: {', '.join(dict.fromkeys(reasons))})")
-        params = {"device": self.device_id, "what": what, "seconds": f"{limit:g}", "id_field": self.id_field,
+            # One reason (a checksum, every attempt): its own marked text, translated; several: their English.
+            distinct = list(dict.fromkeys(reasons))
+            raise DeviceError(lazy_gettext("%(device)s: no valid reply to %(what)s within %(seconds)ss (%(attempts)s "
+                                           "attempt(s); bad frames: %(reasons)s)", device=self.device_id, what=what,
+                                           seconds=seconds, attempts=attempts,
+                                           reasons=distinct[0] if len(distinct) == 1 else ", ".join(map(str, distinct))))
+        params = {"device": self.device_id, "what": what, "seconds": seconds, "id_field": self.id_field,
                   "id": str(self.address.get(self.id_field, self.default_id))}
         if self.device_word == "meter":
             raise DeviceError(lazy_gettext("%(device)s: no reply to %(what)s within %(seconds)ss (is the meter "

@@ -15,6 +15,7 @@ from typing import Any
 import serial
 import serial_asyncio_fast
 
+from campus.i18n import lazy_gettext
 from edge_agent.drivers.base import DeviceUnreachable
 
 SERIAL_KEYS = ("baudrate", "bytesize", "parity", "stopbits")
@@ -45,7 +46,8 @@ class SerialLink:
         try:
             self.reader, self.writer = await serial_asyncio_fast.open_serial_connection(url=self.port, **self.settings)
         except (serial.SerialException, OSError) as exc:
-            raise DeviceUnreachable(f"cannot open serial port {self.port}: {exc}") from None
+            raise DeviceUnreachable(lazy_gettext("cannot open serial port %(port)s: %(error)s", port=self.port,
+                                                 error=str(exc))) from None
 
     async def close(self) -> None:
         if self.writer is not None:
