@@ -418,13 +418,13 @@ def test_push_publishes_the_retained_device_list_and_shows_versions(tmp_path: Pa
         finally:
             sub.loop_stop()
             sub.disconnect()
-        # With the school's card secret and the room's podium (none: no card enrolled), central/podium.py,
+        # With the school's card secret, the room's podium (none: no card enrolled) and rules (none: no idle-off set),
         # and the runs of its schedules (none here), central/edge_schedules.py.
         pushed = json.loads(got[0])
         assert pushed.pop("schedules")["runs"] == []
         assert pushed == {"version": wanted, "devices": [
             {"id": "env", "profile": "env-6in1-modbus", "address": {"host": "10.0.0.5"}, "options": {}}],
-            "card_secret": reg.card_secret("s1"), "podium": None}
+            "card_secret": reg.card_secret("s1"), "podium": None, "rules": None}
         page = admin.get("/provisioning/gateways").get_data(as_text=True)
         assert "waiting for the gateway" in page or "gateway offline" in page
 
