@@ -44,7 +44,10 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rooms", type=int, default=2000)
     parser.add_argument("--calls", type=int, default=7)
+    parser.add_argument("--quick", action="store_true", help="a smoke run: 100 rooms, 3 calls each")
     args = parser.parse_args(argv)
+    if args.quick:
+        args.rooms, args.calls = 100, 3
     schools = max(1, args.rooms // ROOMS_PER_SCHOOL)
     plan = Plan.make(args.rooms, schools, args.rooms // 100, args.rooms // 50, args.rooms // 100)
     print(machine_line())
