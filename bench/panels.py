@@ -86,6 +86,34 @@ def populate(db: Path, rooms: int) -> str:
         registry.close()
 
 
+def fill_rollup(db: Path) -> None:
+    """The usage rollup's backfill of every day (central/usage_rollup.py `fill`), done before `campus web`
+    starts: a site that has run for a while, whose web process only refreshes today's rows."""
+    from central import usage_rollup
+    from central.store import open_store
+
+    registry, ledger, store = Registry(f"sqlite:///{db}"), Ledger(str(db)), open_store(f"sqlite:///{db}")
+    try:
+        usage_rollup.fill(registry, ledger, store)
+    finally:
+        store.close()
+        ledger.close()
+        registry.close()
+
+
+def settle(pid: int, timeout: float) -> None:
+    """Wait until the web process tree is idle (under 10% of a core over 2 s: its start-up and the usage
+    rollup's first round done), at most `timeout` seconds: the burst then meets a running site."""
+    deadline, t0 = time.monotonic() + timeout, time.monotonic()
+    while time.monotonic() < deadline:
+        before = cpu_s(pid)
+        time.sleep(2.0)
+        if cpu_s(pid) - before < 0.2:
+            print(f"web idle after {time.monotonic() - t0:.0f} s", flush=True)
+            return
+    print(f"web still busy after {timeout:.0f} s; measuring anyway", flush=True)
+
+
 def live_writer(db: str, rooms: int, per_second: int, stop: multiprocessing.synchronize.Event) -> None:
     """New CO2 values in `per_second` rooms a second, in batches of a tick (0.5 s), as ingest records them."""
     ledger = Ledger(db)
@@ -229,6 +257,10 @@ def run(args: argparse.Namespace, tmp: Path) -> dict[str, object]:
     t0 = time.monotonic()
     token = populate(db, args.rooms)
     print(f"populated {args.rooms} rooms in {time.monotonic() - t0:.1f} s", flush=True)
+    if args.settle:
+        t0 = time.monotonic()
+        fill_rollup(db)
+        print(f"usage rollup filled in {time.monotonic() - t0:.1f} s", flush=True)
     lookup = token_lookup(db, token, args.code, 50 if args.quick else 1000)
     port = free_port()
     extra = ["--workers", str(args.workers)] if args.workers else []
@@ -242,6 +274,8 @@ def run(args: argparse.Namespace, tmp: Path) -> dict[str, object]:
         # Up when it answers (gunicorn's workers boot after the socket listens).
         wait_until(lambda: urllib.request.urlopen(f"http://127.0.0.1:{port}/api/health", timeout=5).status == 200,
                    timeout=60, message="campus web answering")
+        if args.settle:
+            settle(web.proc.pid, args.settle)  # type: ignore[union-attr]
         rss_idle = rss_mb(web.proc.pid)  # type: ignore[union-attr]
         if args.live:
             writer.start()
@@ -270,6 +304,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=None, help="campus web --threads (default: its own)")
     parser.add_argument("--connect-timeout", type=float, default=60.0, help="give up on first events after S")
     parser.add_argument("--code", type=Path, default=None, help="the checkout whose `campus web` runs (default: this)")
+    parser.add_argument("--settle", type=float, default=0.0,
+                        help="fill the usage rollup first and wait up to S seconds for the web to be idle "
+                             "before the burst (a running site's steady state; default 0: open at once)")
     parser.add_argument("--verbose", action="store_true", help="print the end of the web log")
     parser.add_argument("--quick", action="store_true", help="a smoke run: 20 panels on 50 rooms for 2 s")
     args = parser.parse_args(argv)

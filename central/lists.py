@@ -19,9 +19,10 @@ from __future__ import annotations
 import json
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, replace
 from datetime import date, timedelta
+from operator import attrgetter
 from typing import Any, Generic, TypeVar
 
 from sqlalchemy import (
@@ -463,7 +464,8 @@ def board_snapshot(db: Database) -> BoardSnapshot:
 
 
 class BoardSnapshots:
-    """The board's snapshot of the district, read at most once per `ttl` seconds per process.
+    """The board's snapshot of the district, read at most once per `ttl` seconds per process (and the
+    district's rollup of its schools, `schools`, the same way).
 
     Every open equipment board asks `/api/board` every 5 s, and ranking the rooms (problems first) and
     counting them means judging every room of the district: three passes over 10,000 rooms' state JSON
@@ -482,8 +484,11 @@ class BoardSnapshots:
                 ttl = DEFAULT_BOARD_CACHE_S
         self.ttl = ttl
         self.reads = 0  # snapshots read so far (the tests and the benchmark count them)
+        self.school_reads = 0  # the same, of the district's rollup (`schools`)
         self._lock = threading.Lock()
         self._snap: dict[int, BoardSnapshot] = {}
+        self._school_lock = threading.Lock()
+        self._schools: dict[int, SchoolSnapshot] = {}
 
     def get(self, db: Database) -> BoardSnapshot:
         """The snapshot of `db`, read again once older than `ttl` (one reader at a time: the others wait
@@ -494,6 +499,19 @@ class BoardSnapshots:
                 snap = board_snapshot(db)
                 self.reads += 1
                 self._snap[id(db)] = snap
+            return snap
+
+    def schools(self, db: Database, week_of: date | None = None) -> SchoolSnapshot:
+        """The district's rollup of `db` (`school_snapshot`, the `/district` page and `GET /api/schools`),
+        read again once older than `ttl` or of another week; its own lock, so that a board waits for
+        none of its reads."""
+        monday = week_monday(week_of)
+        with self._school_lock:
+            snap = self._schools.get(id(db))
+            if snap is None or snap.monday != monday or time.monotonic() - snap.taken >= self.ttl:
+                snap = school_snapshot(db, week_of)
+                self.school_reads += 1
+                self._schools[id(db)] = snap
             return snap
 
 
@@ -698,17 +716,11 @@ def week_monday(today: date | None = None) -> date:
     return today - timedelta(days=today.weekday())
 
 
-def schools(db: Database, paging: Paging, sort: str = "school", descending: bool = False,
-            problems_only: bool = False, schools_in: tuple[str, ...] | None = None,
-            week_of: date | None = None) -> Page[SchoolRow]:
-    """One row per school (those matching `q` in the id or name), sorted by `sort` (one of SCHOOL_SORTS),
-    paged, with the usage of the ISO week of `week_of` (default: today). The rollup is aggregated once:
-    the total rides on the page's rows (a window count): two statements whatever the number of schools
-    and rooms (the page and its schools' alarms by kind; past the end: the page, then a count)."""
+def _school_query(db: Database, week_of: date | None) -> tuple[Select[Any], Any, dict[str, Any], dict[str, Any]]:
+    """The rollup's query, one row per school with `total` (a window count), unfiltered and unordered;
+    the `every` subquery (`.c.school`, `.c.name`), the named columns and the sort keys of the figures
+    that may be unmeasured (nothing measured below every figure: -1)."""
     from central.usage import UsageDay
-    if sort not in SCHOOL_SORTS:
-        raise PayloadError(lazy_gettext("query parameter 'sort' must be one of %(sorts)s, got %(value)s",
-                                        sorts=", ".join(SCHOOL_SORTS), value=repr(sort[:40])))
     p = places(db)
     dev = reported_devices(db)
     faults = (select(func.count()).select_from(dev).where(device_field(db, dev, "status") == "fault")
@@ -768,8 +780,53 @@ def schools(db: Database, paging: Paging, sort: str = "school", descending: bool
              .select_from(every).outerjoin(rooms, rooms.c.school == every.c.school)
              .outerjoin(open_alarms, open_alarms.c.school == every.c.school)
              .outerjoin(filters, filters.c.school == every.c.school)
-             .outerjoin(week, week.c.school == every.c.school)
-             .where(matches(paging.q, every.c.school, every.c.name)))
+             .outerjoin(week, week.c.school == every.c.school))
+    return query, every, columns, sorts
+
+
+def _school_rows(rows: list[Any], by_kind: dict[str, dict[str, int]]) -> list[SchoolRow]:
+    return [SchoolRow(school=r.school, name=r.name or r.school, rooms=r.rooms, gateways=r.rooms,
+                      online=int(r.online), offline=int(r.offline), alarms=int(r.alarms),
+                      alarms_active=int(r.active), alarms_acknowledged=int(r.alarms) - int(r.active),
+                      alarms_by_kind=by_kind.get(r.school, {}), faults=int(r.faults), lamps_due=int(r.lamps_due),
+                      filters_due=int(r.filters_due), usage_periods=_whole(r.usage_periods),
+                      usage_used=_whole(r.usage_used), co2_over_s=_whole(r.co2_over_s),
+                      energy_kwh=None if r.energy_kwh is None else round(float(r.energy_kwh), 3))
+            for r in rows]
+
+
+def _alarms_by_kind(db: Database, ids: list[str] | None) -> dict[str, dict[str, int]]:
+    """Open alarms per school and rule kind (of the schools `ids`; None: every school's): one statement."""
+    p = places(db)
+    query = (select(p.c.school, AlarmKind.kind, func.count()).select_from(Alarm)
+             .join(p, p.c.id == Alarm.gateway).join(AlarmKind, AlarmKind.id == Alarm.rule_id)
+             .where(Alarm.cleared_at.is_(None)).group_by(p.c.school, AlarmKind.kind))
+    if ids is not None:
+        query = query.where(p.c.school.in_(ids))
+    by_kind: dict[str, dict[str, int]] = {s: {} for s in ids or ()}
+    with db.read("cannot read the schools' alarms") as conn:
+        for school, kind, count in conn.execute(query):
+            by_kind.setdefault(school, {})[kind] = count
+    return by_kind
+
+
+def _check_sort(sort: str) -> None:
+    if sort not in SCHOOL_SORTS:
+        raise PayloadError(lazy_gettext("query parameter 'sort' must be one of %(sorts)s, got %(value)s",
+                                        sorts=", ".join(SCHOOL_SORTS), value=repr(sort[:40])))
+
+
+def schools(db: Database, paging: Paging, sort: str = "school", descending: bool = False,
+            problems_only: bool = False, schools_in: tuple[str, ...] | None = None,
+            week_of: date | None = None) -> Page[SchoolRow]:
+    """One row per school (those matching `q` in the id or name), sorted by `sort` (one of SCHOOL_SORTS),
+    paged, with the usage of the ISO week of `week_of` (default: today). The rollup is aggregated once:
+    the total rides on the page's rows (a window count): two statements whatever the number of schools
+    and rooms (the page and its schools' alarms by kind; past the end: the page, then a count). Each
+    judges every room, though: the web process answers from `SchoolSnapshots` (`schools_cached`)."""
+    _check_sort(sort)
+    query, every, columns, sorts = _school_query(db, week_of)
+    query = query.where(matches(paging.q, every.c.school, every.c.name))
     if schools_in is not None:
         query = query.where(every.c.school.in_(schools_in) if schools_in else false())
     if problems_only:
@@ -783,22 +840,65 @@ def schools(db: Database, paging: Paging, sort: str = "school", descending: bool
         else:  # a page past the end (or nothing matches): count alone
             total = conn.execute(select(func.count()).select_from(query.subquery())).scalar_one()
     ids = [r.school for r in rows]
-    by_kind: dict[str, dict[str, int]] = {s: {} for s in ids}
-    if ids:
-        with db.read("cannot read the schools' alarms") as conn:
-            for school, kind, count in conn.execute(
-                    select(p.c.school, AlarmKind.kind, func.count()).select_from(Alarm)
-                    .join(p, p.c.id == Alarm.gateway).join(AlarmKind, AlarmKind.id == Alarm.rule_id)
-                    .where(Alarm.cleared_at.is_(None), p.c.school.in_(ids)).group_by(p.c.school, AlarmKind.kind)):
-                by_kind[school][kind] = count
-    return Page([SchoolRow(school=r.school, name=r.name or r.school, rooms=r.rooms, gateways=r.rooms,
-                           online=int(r.online), offline=int(r.offline), alarms=int(r.alarms),
-                           alarms_active=int(r.active), alarms_acknowledged=int(r.alarms) - int(r.active),
-                           alarms_by_kind=by_kind[r.school], faults=int(r.faults), lamps_due=int(r.lamps_due),
-                           filters_due=int(r.filters_due), usage_periods=_whole(r.usage_periods),
-                           usage_used=_whole(r.usage_used), co2_over_s=_whole(r.co2_over_s),
-                           energy_kwh=None if r.energy_kwh is None else round(float(r.energy_kwh), 3))
-                 for r in rows], total)
+    by_kind = _alarms_by_kind(db, ids) if ids else {}
+    return Page(_school_rows(rows, by_kind), total)
+
+
+# ---------------------------------------------------------------- the district's snapshot (a short-lived cache)
+
+
+_FIGURE_SORTS = ("usage_rate", "co2_hours", "energy_kwh")  # sorted by `SchoolSnapshot.keys`, the rest by a field
+
+
+@dataclass(frozen=True)
+class SchoolSnapshot:
+    """Every school's row of the rollup (`schools`) in code-point order of its id, read at `taken`
+    (monotonic) for the ISO week of `monday`, with the unrounded keys the figures sort by (`keys`: the
+    usage rate, the CO2 seconds and the kWh, -1 where nothing was measured, as the SQL sorts them)."""
+    taken: float
+    monday: date
+    rows: tuple[SchoolRow, ...]
+    keys: dict[str, dict[str, float]]
+
+
+def school_snapshot(db: Database, week_of: date | None = None) -> SchoolSnapshot:
+    """The whole district's rollup, every school: two statements, each one pass over the rooms."""
+    query, every, _columns, sorts = _school_query(db, week_of)
+    query = query.add_columns(*(v.label(f"key_{k}") for k, v in sorts.items())).order_by(
+        ordered(db, every.c.school))
+    taken = time.monotonic()
+    with db.read("cannot read the schools") as conn:
+        rows = conn.execute(query).all()
+    by_kind = _alarms_by_kind(db, None)
+    keys = {r.school: {k: float(getattr(r, f"key_{k}")) for k in sorts} for r in rows}
+    return SchoolSnapshot(taken, week_monday(week_of), tuple(_school_rows(rows, by_kind)), keys)
+
+
+def schools_cached(snapshots: BoardSnapshots, db: Database, paging: Paging, sort: str = "school",
+                   descending: bool = False, problems_only: bool = False,
+                   schools_in: tuple[str, ...] | None = None, week_of: date | None = None) -> Page[SchoolRow]:
+    """`schools` from the process's snapshot of the district (`BoardSnapshots.schools`): the same rows,
+    order and total, as of the snapshot, without judging a room per request. A search (`paging.q`) asks
+    the database (`schools`): its case-folding is the engine's."""
+    _check_sort(sort)
+    if paging.q:
+        return schools(db, paging, sort, descending, problems_only, schools_in, week_of)
+    snap = snapshots.schools(db, week_of)
+    rows: list[SchoolRow] = list(snap.rows)  # in code-point order: the tie-break of every sort
+    if schools_in is not None:
+        wanted = set(schools_in)
+        rows = [r for r in rows if r.school in wanted]
+    if problems_only:
+        rows = [r for r in rows if r.offline > 0 or r.alarms > 0 or r.faults > 0]
+    if sort == "school":
+        if descending:
+            rows.reverse()
+    else:
+        # A stable sort keeps the schools' order among equal keys, descending too (as SQL's second key).
+        key: Callable[[SchoolRow], Any] = ((lambda r: snap.keys[r.school][sort]) if sort in _FIGURE_SORTS
+                                           else attrgetter(sort))
+        rows.sort(key=key, reverse=descending)
+    return Page(rows[paging.offset:paging.offset + paging.limit], len(rows))
 
 
 def _whole(value: Any) -> int | None:

@@ -87,6 +87,16 @@ def hours_per_week(store: PointStore, gateway: str, device: str, metric: str, no
     return round(counters.increase(v for _ts, v in pts) / ((pts[-1][0] - pts[0][0]) / (7 * 86400)), 3)
 
 
+def _number(raw: str) -> Any:
+    """A stored value (JSON text) as `json.loads` reads it, as far as the list looks at it (its float):
+    a number's text straight through `float`, which is what `json.loads` gives for it, at a fraction of
+    the cost (json.loads was half the list's CPU at 10,000 projectors); anything else through JSON."""
+    try:
+        return float(raw)
+    except ValueError:
+        return json.loads(raw)
+
+
 def _finite(value: Any) -> bool:
     try:
         return math.isfinite(float(value))
@@ -111,7 +121,7 @@ def parts(db: Database, store: PointStore, scope: lists.Scope = lists.EVERYTHING
             continue
         if needle and not any(needle in (v or "").lower() for v in (school, building, room, gw, device, prof)):
             continue
-        value = json.loads(raw)
+        value = _number(raw)
         if not _finite(value):
             continue
         part = metric_part[metric]

@@ -117,8 +117,9 @@ def schools() -> Any:
     """The district: one row per school (rooms, gateways online / total, open alarms, faults, lamps and
     filters due), sorted by `sort` (`-` before it: descending), `problems=1` only schools with one."""
     sort = request.args.get("sort") or "school"
-    page = overview.school_rollup(central().registry, paging(), sort.removeprefix("-")[:40], sort.startswith("-"),
-                                  flag_arg("problems"), in_sight())
+    c = central()
+    page = overview.school_rollup(c.registry, paging(), sort.removeprefix("-")[:40], sort.startswith("-"),
+                                  flag_arg("problems"), in_sight(), c.board_snapshots)
     return paged([r.as_dict() for r in page.items], page.total)
 
 

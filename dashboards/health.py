@@ -180,8 +180,9 @@ def district() -> Any:
     sort = request.args.get("sort") or "school"
     try:
         paging = lists.Paging.parse(request.args)
-        page = overview.school_rollup(central().registry, paging, sort.removeprefix("-")[:40],
-                                      sort.startswith("-"), request.args.get("problems") == "1", sight(g.user))
+        c = central()
+        page = overview.school_rollup(c.registry, paging, sort.removeprefix("-")[:40], sort.startswith("-"),
+                                      request.args.get("problems") == "1", sight(g.user), c.board_snapshots)
     except PayloadError as exc:
         return render_template("error.html", status=400, message=error_text(exc)), 400
     return render_template("health_district.html", schools=page.items, total=page.total, paging=paging, sort=sort,

@@ -27,6 +27,7 @@ BENCHMARKS = {
     "telemetry_window.py": ["| sqlite ", "| victoriametrics ", "| influxdb ", "1,200 pts ms", "raw page ms"],
     "soak.py": ["| minute", "web open files", "ingest threads", "total: "],
     "panels.py": ["| 20/20 ", "first event p50 ms", "web RSS peak MB"],
+    "district_lists.py": ["school rollup in SQL, first page: CPU median", "GET /district (snapshot): CPU median"],
     "attendance.py": ["| one room's register of a day", "| school summary", "| retention"],
     "podium_latency.py": ["| projector POWR received", "| unknown card refused", "p95 ms"],
     "school_week.py": ["| rules off ", "| idle-off 15 min ", "runs during a class"],

@@ -10,15 +10,18 @@ from __future__ import annotations
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from flask import Flask
-from sqlalchemy import event
+from sqlalchemy import event, update
 
 from campus.contract import State
+from campus.errors import PayloadError
 from central import alarms, lists, overview
 from central import provisioning as prov
 from central.ledger import Sequenced
+from central.tables import gateways as gw_t
 from dashboards import close_app
 from dashboards.context import central
 from tests.apps import ENV_AND_PROJECTOR, PEOPLE, add_people, central_db, sqlite_only, web_app
@@ -103,6 +106,10 @@ PAGES = ["/health/?x=1", "/provisioning/gateways?limit=20", "/provisioning/gatew
 
 def test_statements_per_request_do_not_grow_with_rooms(small_and_large: tuple[Flask, Flask]) -> None:
     small, large = small_and_large
+    # The board's and the district's snapshots read afresh by every request: their statements are counted
+    # too (not growing with rooms either), and none is read again between the warm request and the counted one.
+    for app in small_and_large:
+        central(app).board_snapshots.ttl = 0
     for path in LISTS + PAGES:
         few, resp_few = statements(small, path)
         many, resp_many = statements(large, path)
@@ -160,12 +167,20 @@ def test_the_board_shows_problems_first_and_counts_every_room(small_and_large: t
     assert {r["school"] for r in get(app, "/api/board?school=s04&limit=100").get_json()["rooms"]} == {"s04"}
 
 
+def heard_for_the_hour(c: Any) -> None:
+    """Every gateway heard from just now, for the next hour: on a loaded machine the district's 5 s heartbeats
+    go silent (SILENT_INTERVALS) while a test compares a snapshot with the database asked afresh."""
+    with c.registry.db.write() as conn:
+        conn.execute(update(gw_t).values(last_seen=time.time() + 3600))
+
+
 def test_the_boards_snapshot_answers_what_the_database_does(small_and_large: tuple[Flask, Flask]) -> None:
     """The web process ranks and counts the board from one snapshot of the district per CAMPUS_BOARD_CACHE_S
     (central/lists.py `BoardSnapshots`): every page, filter and caller's scope answers the same rooms, order,
     total and counts as the database asked afresh, and the snapshot is read once for all of them."""
     _, app = small_and_large
     c = central(app)
+    heard_for_the_hour(c)
     snaps = lists.BoardSnapshots(ttl=3600)
     gateways = tuple(f"gw-{i:04d}" for i in (0, 7, 11, 13, 21, 299)) + ("gw-none",)
     scopes = [lists.EVERYTHING, lists.Scope(schools=("s01", "s02")), lists.Scope(gateways=gateways),
@@ -191,6 +206,57 @@ def test_the_boards_snapshot_answers_what_the_database_does(small_and_large: tup
     for expected in (1, 2):
         board = overview.board(c.registry, c.ledger, "s00", None, "offline", lists.Paging(limit=300), snapshots=now)
         assert "gw-0010" in [r.gateway for r in board.rooms] and now.reads == expected
+
+
+def test_the_districts_snapshot_answers_what_the_database_does(small_and_large: tuple[Flask, Flask]) -> None:
+    """`/district` and `GET /api/schools` roll the schools up from one snapshot per CAMPUS_BOARD_CACHE_S
+    (central/lists.py `BoardSnapshots.schools`): every sort, direction, filter, caller's schools and page
+    answers the same rows, order and total as the database asked afresh (ties by school, nothing measured
+    last), the snapshot read once for all of them; a search asks the database; an older one is read again."""
+    from central.usage import UsageDay
+
+    _, app = small_and_large
+    c = central(app)
+    monday = lists.week_monday()
+    # This week's usage for some schools, with ties (s02 = s03) and a school measured but never used (s05).
+    usage = {"s01": (10, 7, 3600.0, 12.5), "s02": (10, 5, 0.0, 3.25), "s03": (20, 10, 7200.0, 3.25),
+             "s05": (8, 0, 100.0, 0.0), "s08": (6, 6, 0.0, 40.0)}
+    with c.registry.db.write() as conn:
+        conn.execute(UsageDay.__table__.insert(), [
+            {"gateway": f"gw-{int(school[1:]):04d}", "day": monday, "school": school, "periods": periods,
+             "used": used, "power_devices": 1, "co2_over_s": co2, "co2_devices": 1, "co2_limit": 1500.0,
+             "complete": True, "counted_to": 0.0, "computed_at": 0.0, "energy_kwh": kwh, "energy_off_kwh": 0.0,
+             "meter_devices": 1} for school, (periods, used, co2, kwh) in usage.items()])
+    heard_for_the_hour(c)
+    snaps = lists.BoardSnapshots(ttl=3600)
+    cases = 0
+    for scope in (lists.EVERYTHING, lists.Scope(schools=("s01", "s02", "s07")), lists.Scope(schools=())):
+        for sort in lists.SCHOOL_SORTS:
+            for descending in (False, True):
+                for problems in (False, True):
+                    for offset, limit in ((0, 100), (2, 3), (9, 5)):
+                        args = (c.registry, lists.Paging(limit=limit, offset=offset), sort, descending, problems, scope)
+                        fresh, cached = overview.school_rollup(*args), overview.school_rollup(*args, snapshots=snaps)
+                        assert cached == fresh, (scope, sort, descending, problems, offset)
+                        cases += len(fresh.items) > 1
+    assert cases > 100 and snaps.school_reads == 1
+    ranked = overview.school_rollup(c.registry, sort="usage_rate", descending=True, snapshots=snaps).items
+    assert [r.school for r in ranked[:5]] == ["s08", "s01", "s02", "s03", "s05"]  # 1, 0.7, 0.5 = 0.5 by id, 0
+    with pytest.raises(PayloadError):
+        overview.school_rollup(c.registry, sort="bogus", snapshots=snaps)
+    searched = overview.school_rollup(c.registry, lists.Paging(q="S07"), snapshots=snaps)
+    assert [r.school for r in searched.items] == ["s07"] and snaps.school_reads == 1
+    now = lists.BoardSnapshots(ttl=0)
+    c.ledger.record([], [("s00", "gw-0010", State(online=False, ts=time.time(), room="101", devices={}, interval=5))],
+                    [])
+    for expected in (1, 2):
+        [s00] = overview.school_rollup(c.registry, lists.Paging(limit=1), snapshots=now).items
+        assert s00.offline == fresh_offline(c, "s00") and now.school_reads == expected
+
+
+def fresh_offline(c: Any, school: str) -> int:
+    """A school's offline gateways as the database counts them now."""
+    return next(r.offline for r in overview.school_rollup(c.registry).items if r.school == school)
 
 
 def test_the_district_rolls_up_each_school(small_and_large: tuple[Flask, Flask]) -> None:
