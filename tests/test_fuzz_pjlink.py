@@ -22,6 +22,7 @@ from hypothesis import event, given
 from hypothesis import strategies as st
 
 from campus.errors import DeviceError
+from campus.i18n import LazyText
 from device_profiles import load_profile
 from edge_agent.drivers.base import Reading
 from edge_agent.drivers.pjlink import PJLinkDriver
@@ -149,7 +150,8 @@ async def run_against(projector: ScriptedProjector, profile_i: int, password: st
                 if op is None:
                     check_reading(reading)
                 else:
-                    assert isinstance(detail, str)
+                    # What the gateway says of it: a plain text, or one marked for translation (campus/i18n.py).
+                    assert isinstance(detail, str | LazyText) and str(detail)
     finally:
         await driver.close()
         server.close()
