@@ -510,6 +510,11 @@ def test_swipes_at_a_simulated_em4100_reader_fill_the_register(tmp_path: Path) -
                                       card_hash(secret, stranger)[:att.PREFIX_CHARS]: "unknown"}
                 sources = {e.person: e.source for e in att.register(reg, "s1", "101", today, now=time.time())}
                 assert (sources["张三"], sources["李四"]) == ("card", "qr")
+                # Late by time: the same arrivals came one to two minutes after the period began; with no grace
+                # they are late, the absent and the unknown as they were.
+                att.save_settings(reg, "s1", 0, "", "test")
+                assert register() == {"张三": "late", "李四": "late", "王五": "absent",
+                                      card_hash(secret, stranger)[:att.PREFIX_CHARS]: "unknown"}
             finally:
                 room.stop()
                 broker.stop()
