@@ -288,13 +288,18 @@ def _register_rows(school: str, room: str, day: date, klass: str | None, entries
     return rows
 
 
+def _register_file(school: str, room: str) -> tuple[list[list[Any]], date]:
+    """The rows of a room's register download and its day (_Refused: a bad room, date or class)."""
+    _room(school, room)
+    day, klass = _day(request.args.get("date")), _class_arg()
+    return _register_rows(school, room, day, klass, _register(school, room, day, klass)), day
+
+
 @bp.get("/attendance/<school>/rooms/<room>/register.csv")
 @login_required
 def register_csv(school: str, room: str) -> Any:
     try:
-        _room(school, room)
-        day, klass = _day(request.args.get("date")), _class_arg()
-        rows = _register_rows(school, room, day, klass, _register(school, room, day, klass))
+        rows, day = _register_file(school, room)
     except _Refused as exc:
         return _answer(exc)
     return download(csv_text(rows), f"attendance-{school}-{room}-{day}.csv", CSV)
@@ -304,9 +309,7 @@ def register_csv(school: str, room: str) -> Any:
 @login_required
 def register_xlsx(school: str, room: str) -> Any:
     try:
-        _room(school, room)
-        day, klass = _day(request.args.get("date")), _class_arg()
-        rows = _register_rows(school, room, day, klass, _register(school, room, day, klass))
+        rows, day = _register_file(school, room)
     except _Refused as exc:
         return _answer(exc)
     note = gettext("Attendance of room %(room)s on %(day)s; made %(made)s", room=room, day=str(day),
