@@ -181,6 +181,15 @@ def rss_mb(pid: int) -> float:
     return sum(p.memory_info().rss for p in tree(pid)) / 2**20
 
 
+def memory_mb(pid: int) -> tuple[float, float, list[float]]:
+    """The web tree's RSS summed (a page the arbiter shares with the workers it forked counts in each), its
+    PSS summed (each shared page divided among its sharers: the memory the tree takes), and each process's
+    RSS, arbiter first."""
+    procs = tree(pid)
+    rss = [p.memory_info().rss / 2**20 for p in procs]
+    return sum(rss), sum(p.memory_full_info().pss for p in procs) / 2**20, rss
+
+
 def cpu_s(pid: int) -> float:
     return sum(sum(p.cpu_times()[:2]) for p in tree(pid))
 
@@ -197,9 +206,12 @@ async def measure(port: int, token: str, args: argparse.Namespace, web_pid: int)
     connected = time.monotonic()
     ramp_cpu = cpu_s(web_pid) - cpu0
     events_before = sum(p.events for p in panels)
-    cpu1, rss_peak = cpu_s(web_pid), 0.0
+    cpu1, rss_peak, pss_peak, by_process = cpu_s(web_pid), 0.0, 0.0, []
     while time.monotonic() - connected < args.hold:
-        rss_peak = max(rss_peak, await asyncio.to_thread(rss_mb, web_pid))
+        rss, pss, each = await asyncio.to_thread(memory_mb, web_pid)
+        if rss > rss_peak:
+            rss_peak, by_process = rss, each
+        pss_peak = max(pss_peak, pss)
         await asyncio.sleep(1.0)
     cpu = (cpu_s(web_pid) - cpu1) / args.hold
     events = sum(p.events for p in panels) - events_before
@@ -221,7 +233,7 @@ async def measure(port: int, token: str, args: argparse.Namespace, web_pid: int)
     errors = sorted({p.error for p in panels if p.error and p.first is None})
     return {"opened": len(firsts), "p50": percentile(firsts, 50) if firsts else None,
             "p95": percentile(firsts, 95) if firsts else None, "max": max(firsts) if firsts else None,
-            "rss": rss_peak, "cpu": cpu * 100, "events": events, "errors": errors, "ramp_cpu": ramp_cpu,
+            "rss": rss_peak, "pss": pss_peak, "by_process": by_process, "cpu": cpu * 100, "events": events, "errors": errors, "ramp_cpu": ramp_cpu,
             "probe_p50": percentile(probes, 50) if probes else None,
             "probe_p95": percentile(probes, 95) if probes else None}
 
@@ -320,10 +332,13 @@ def main(argv: list[str] | None = None) -> int:
                 f"{args.hold:g} s ({args.code or 'this checkout'}; load average after {load:.1f})",
                 ["opened at once", "first event p50 ms", "p95 ms", "max ms", "web CPU s to open them",
                  f"one more while open: p50 ms ({args.probes})", "p95 ms", "web RSS idle MB", "web RSS peak MB",
+                 "web PSS peak MB", "RSS at peak: arbiter + workers",
                  "web CPU % while open", "room events / s", "token lookup: CPU ms", "statements"],
                 [[f"{r['opened']}/{args.panels}", _ms(r["p50"]), _ms(r["p95"]), _ms(r["max"]),
                   round(r["ramp_cpu"], 1), _ms(r["probe_p50"]), _ms(r["probe_p95"]),  # type: ignore[arg-type]
-                  round(r["rss_idle"]), round(r["rss"]), round(r["cpu"]),  # type: ignore[arg-type]
+                  round(r["rss_idle"]), round(r["rss"]), round(r["pss"]),  # type: ignore[arg-type]
+                  " + ".join(str(round(mb)) for mb in r["by_process"]),  # type: ignore[attr-defined]
+                  round(r["cpu"]),  # type: ignore[arg-type]
                   round(r["events"] / args.hold),  # type: ignore[operator]
                   round(r["lookup_ms"], 2),  # type: ignore[call-overload]
                   round(r["lookup_statements"], 1)]])  # type: ignore[call-overload]

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import re
 import threading
 import time
@@ -76,6 +77,10 @@ RECENT_COMMANDS = 8
 RECENT_COMMANDS_S = 24 * 3600.0  # a panel shows the room's commands of the last day, the newest 8
 PICK_PAGE = 60  # rooms per page of the room picker
 DEFAULT_POLL_S = 0.5
+# A room nobody watched yet is read at once, unless the poller read others less than this ago: then they
+# are read together a moment later. A read costs ~2 ms whatever its rooms (five statements); 500 panels
+# opened at 8:00 were read in ~180 reads of 1-3 rooms, now in batches (bench/panels.py).
+GATHER_S = 0.025
 DEFAULT_HEARTBEAT_S = 15.0
 
 INPUT_LABELS = {"hdmi": "HDMI", "vga": "VGA", "pc": "PC", "usb": "USB", "dvi": "DVI", "displayport": "DisplayPort",
@@ -123,6 +128,23 @@ def controls_for(profile_name: str) -> dict[str, Any]:
     return {"known": True, "actions": actions, "inputs": inputs, "volume": "set_volume" in actions, "model": model}
 
 
+class _Watched:
+    """One room with open streams: how many, its (version, JSON) as last read, and the condition its streams
+    wait on, with a lock of its own. Not the poller's lock: a stream woken for its room takes its own lock at
+    once instead of queueing behind the poller, which goes on waking the other rooms of its read (with one
+    shared lock, each of 500 streams opened at once woke, found the lock held and slept again: a fifth of
+    the web's CPU during the burst, bench/panels.py)."""
+
+    __slots__ = ("streams", "version", "body", "changed", "read_at")
+
+    def __init__(self) -> None:
+        self.streams = 0
+        self.version = 0  # 0: not read yet
+        self.body = ""
+        self.changed = threading.Condition()
+        self.read_at = -math.inf  # when the poller's last read of it began (monotonic; the poller's alone)
+
+
 class RoomStates:
     """The rooms with open streams, read by one poller thread for the whole process.
 
@@ -139,11 +161,9 @@ class RoomStates:
         self.poll_s = poll_s
         self.stop = threading.Event()
         self.ticks = 0  # full reads of every watched room so far (tests and the benchmark count them)
-        self._lock = threading.Lock()
-        self._wake = threading.Condition(self._lock)  # the poller's: a new room, a stream gone, closing
-        self._changed: dict[str, threading.Condition] = {}  # per watched room, on the same lock
-        self._watchers: dict[str, int] = {}
-        self._rooms: dict[str, tuple[int, str]] = {}  # gateway -> (version, JSON) as last read
+        self._lock = threading.Lock()  # the poller's: which rooms are watched, which are unread
+        self._wake = threading.Condition(self._lock)  # a new room, closing
+        self._watched: dict[str, _Watched] = {}
         self._unread: set[str] = set()
         self._thread: threading.Thread | None = None
 
@@ -173,12 +193,12 @@ class RoomStates:
         with self._lock:
             if self.stop.is_set():
                 raise StreamsClosed
-            if gateway not in self._watchers:
-                self._watchers[gateway] = 0
-                self._changed[gateway] = threading.Condition(self._lock)
+            room = self._watched.get(gateway)
+            if room is None:
+                room = self._watched[gateway] = _Watched()
                 self._unread.add(gateway)
                 self._wake.notify()
-            self._watchers[gateway] += 1
+            room.streams += 1
             if self._thread is None:
                 # Started by the first stream, in the process that serves it (a gunicorn worker, after the fork).
                 self._thread = threading.Thread(target=self._run, name="panel-poller", daemon=True)
@@ -187,21 +207,20 @@ class RoomStates:
             yield
         finally:
             with self._lock:
-                self._watchers[gateway] -= 1
-                if not self._watchers[gateway]:
-                    del self._watchers[gateway], self._changed[gateway]
-                    self._rooms.pop(gateway, None)
+                room.streams -= 1
+                if not room.streams and self._watched.get(gateway) is room:
+                    del self._watched[gateway]
                     self._unread.discard(gateway)
 
     def next(self, gateway: str, version: int, timeout: float) -> tuple[int, str] | None:
         """The room's (version, JSON) once it is newer than `version`; None after `timeout` seconds without
         a change, or when closing (see `closed`). Only while `watching(gateway)`."""
-        with self._lock:
-            changed = self._changed[gateway]
-            changed.wait_for(lambda: self.stop.is_set() or self._rooms.get(gateway, (version,))[0] != version,
-                             max(0.0, timeout))
-            room = self._rooms.get(gateway)
-            return room if room is not None and room[0] != version and not self.stop.is_set() else None
+        room = self._watched[gateway]
+        with room.changed:
+            room.changed.wait_for(lambda: self.stop.is_set() or room.version != version, max(0.0, timeout))
+            if room.version in (0, version) or self.stop.is_set():
+                return None
+            return room.version, room.body
 
     @property
     def closed(self) -> bool:
@@ -212,8 +231,10 @@ class RoomStates:
         with self._lock:
             self.stop.set()
             self._wake.notify_all()
-            for changed in self._changed.values():
-                changed.notify_all()
+            rooms = list(self._watched.values())
+        for room in rooms:
+            with room.changed:
+                room.changed.notify_all()
         if self._thread is not None and self._thread is not threading.current_thread():
             self._thread.join(5)
 
@@ -221,20 +242,39 @@ class RoomStates:
 
     def _run(self) -> None:
         due = 0.0  # when the next full read of every watched room is due (monotonic)
+        last = -math.inf  # when the last read began
         while True:
             with self._lock:
-                # Sleep until the tick, unless a room nobody has read yet needs its first event now.
-                self._wake.wait_for(lambda: self.stop.is_set() or self._unread, max(0.0, due - time.monotonic()))
+                # Sleep until the tick, unless a room nobody has read yet needs its first event now (or as
+                # soon as GATHER_S has passed since the last read).
+                while not self.stop.is_set():
+                    now = time.monotonic()
+                    if not self._watched:
+                        self._wake.wait()
+                    elif now >= due or (self._unread and now >= last + GATHER_S):
+                        break
+                    else:
+                        self._wake.wait(min(due, last + GATHER_S) - now if self._unread else due - now)
                 if self.stop.is_set():
                     return
-                if not self._watchers:
-                    self._wake.wait_for(lambda: self.stop.is_set() or self._watchers)
-                    continue
-                full = time.monotonic() >= due
-                gateways = list(self._watchers) if full else list(self._unread)
+                began = last = time.monotonic()
+                full = began >= due
+                if full:
+                    # Every room not read in the last half tick: a room whose first read was a moment ago
+                    # (hundreds of panels opening at 8:00, each read as it comes) is not read again at once.
+                    # So a room is read every poll_s to 1.5 poll_s.
+                    fresh = began - self.poll_s / 2
+                    gateways = [gw for gw, room in self._watched.items() if room.read_at <= fresh]
+                else:
+                    gateways = list(self._unread)
                 self._unread.clear()
+                reading = [self._watched[gw] for gw in gateways]
             if full:
-                due = time.monotonic() + self.poll_s
+                due = began + self.poll_s
+            if not gateways:
+                continue
+            for room in reading:
+                room.read_at = began
             try:
                 since = time.time() - RECENT_COMMANDS_S
                 rooms = self.ledger.rooms(gateways, RECENT_COMMANDS, since)
@@ -248,15 +288,13 @@ class RoomStates:
                 log.exception("panel: reading the rooms failed")
                 self.stop.wait(self.poll_s)
                 continue
-            with self._lock:
-                for gw, body in bodies.items():
-                    changed = self._changed.get(gw)
-                    old = self._rooms.get(gw)
-                    if changed is not None and (old is None or old[1] != body):
-                        self._rooms[gw] = ((old[0] if old else 0) + 1, body)
-                        changed.notify_all()
-                if full:
-                    self.ticks += 1
+            if full:
+                self.ticks += 1
+            for room, body in zip(reading, bodies.values(), strict=True):
+                with room.changed:
+                    if room.version == 0 or room.body != body:
+                        room.version, room.body = room.version + 1, body
+                        room.changed.notify_all()
 
 
 class StreamsClosed(Exception):
