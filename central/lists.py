@@ -34,6 +34,7 @@ from sqlalchemy import (
     Select,
     String,
     and_,
+    bindparam,
     case,
     cast,
     collate,
@@ -981,6 +982,23 @@ def alarm_reads(db: Database, value_kinds: dict[str, dict[str, Any]], now: float
 # ---------------------------------------------------------------- the panel's "why"
 
 
+def _room_events() -> Select[Any]:
+    """`room_events`' statement, built once with bind parameters (`ids`, `types`, `since`, `per_room`): the
+    panel's poller runs it several times a second, often for a few rooms, where building it cost more than
+    running it (central/ledger.py `_room_reads`)."""
+    e = events_t.c
+    rank = func.row_number().over(partition_by=e.gateway, order_by=(e.ts.desc(), e.seq.desc())).label("rank")
+    ranked = (select(e.gateway, e.device, e.seq, e.ts, e.type, e.data, rank)
+              .where(e.gateway.in_(bindparam("ids", expanding=True)), e.type.in_(bindparam("types", expanding=True)),
+                     e.ts >= bindparam("since")).subquery())
+    r = ranked.c
+    return (select(r.gateway, r.device, r.seq, r.ts, r.type, r.data).where(r.rank <= bindparam("per_room"))
+            .order_by(r.ts.desc(), r.seq.desc()))
+
+
+_ROOM_EVENTS = _room_events()
+
+
 def room_events(db: Database, gateways: list[str], types: tuple[str, ...], per_room: int,
                 since: float) -> dict[str, list[dict[str, Any]]]:
     """The newest `per_room` events of `types` of each of `gateways` since `since`, newest first, in one
@@ -989,14 +1007,9 @@ def room_events(db: Database, gateways: list[str], types: tuple[str, ...], per_r
     ids = sorted(set(gateways))
     if not ids or not types or per_room <= 0:
         return {}
-    e = events_t.c
-    rank = func.row_number().over(partition_by=e.gateway, order_by=(e.ts.desc(), e.seq.desc())).label("rank")
-    ranked = (select(e.gateway, e.device, e.seq, e.ts, e.type, e.data, rank)
-              .where(e.gateway.in_(ids), e.type.in_(types), e.ts >= since).subquery())
-    r = ranked.c
     with db.read("cannot read the rooms' events") as conn:
-        rows = conn.execute(select(r.gateway, r.device, r.seq, r.ts, r.type, r.data).where(r.rank <= per_room)
-                            .order_by(r.ts.desc(), r.seq.desc())).all()
+        rows = conn.execute(_ROOM_EVENTS, {"ids": ids, "types": sorted(set(types)), "since": since,
+                                           "per_room": per_room}).all()
     out: dict[str, list[dict[str, Any]]] = {}
     for g, d, seq, ts, t, data in rows:
         try:

@@ -358,6 +358,47 @@ def test_one_poller_reads_every_open_room_at_once(tmp_path: Path, monkeypatch: p
         close_app(app)
 
 
+def test_the_pollers_reads_on_both_engines(central_db_url: str) -> None:
+    """The poller's three reads, built once with bind parameters (central/ledger.py `_room_reads`,
+    `_newest_events`; central/lists.py `_room_events`), answer as asked on SQLite and PostgreSQL: the rooms
+    asked and no other, each room's newest values, its newest `commands` commands since the bound (all of them
+    without one), online from the heartbeat, the newest event of each type, and a room's newest events since
+    a time, at most `per_room`."""
+    from central import lists
+
+    now = time.time()
+    ledger = Ledger(central_db_url)
+    try:
+        ledger.record([Sequenced("s1", gw, "env", seq, now - 100 + seq, values={"co2_ppm": 500 + seq})
+                       for gw in ("gw-a", "gw-b", "gw-c") for seq in (1, 2)]
+                      + [Sequenced("s1", "gw-a", "podium", 10 + k, now - 50 + k,
+                                   event=("podium_session", {"n": k})) for k in range(4)]
+                      + [Sequenced("s1", "gw-a", "reader", 20, now - 40, event=("card_swipe", {"k": 1})),
+                         Sequenced("s1", "gw-a", "reader", 21, now - 30, event=("card_swipe", {"k": 2}))],
+                      [("s1", gw, State(online=True, ts=now, room="101", devices={}, interval=interval))
+                       for gw, interval in (("gw-a", 60), ("gw-b", 60), ("gw-c", 0.001))], [])
+        for k in range(5):
+            ledger.add_command(f"c{k}", "gw-a", "projector", "power_on", {}, "t", now + 60)
+        rooms = ledger.rooms(["gw-a", "gw-b", "gw-c", "gw-nobody"], commands=3)
+        assert sorted(rooms) == ["gw-a", "gw-b", "gw-c"]
+        assert rooms["gw-a"]["latest"] == {"env": {"co2_ppm": 502}} and rooms["gw-b"]["latest"] == {"env": {"co2_ppm": 502}}
+        assert [c["id"] for c in rooms["gw-a"]["commands"]] == ["c4", "c3", "c2"] and rooms["gw-b"]["commands"] == []
+        assert rooms["gw-a"]["online"] and not rooms["gw-c"]["online"]  # gw-c's heartbeat is long overdue
+        assert ledger.rooms(["gw-a"], commands=8, commands_since=now + 3600)["gw-a"]["commands"] == []
+        assert ledger.rooms(["gw-b"]).keys() == {"gw-b"}
+
+        newest = ledger.newest_events(["gw-a", "gw-b"], ["card_swipe", "podium_session"])
+        assert sorted(newest) == [("gw-a", "card_swipe"), ("gw-a", "podium_session")]
+        assert newest[("gw-a", "card_swipe")]["data"] == {"k": 2} and newest[("gw-a", "podium_session")]["seq"] == 13
+
+        events = lists.room_events(ledger.db, ["gw-a", "gw-b"], ("podium_session",), 2, now - 49)
+        assert list(events) == ["gw-a"] and [e["data"]["n"] for e in events["gw-a"]] == [3, 2]
+        assert [e["data"]["n"] for e in lists.room_events(ledger.db, ["gw-a"], ("podium_session",), 9, now - 48.5)
+                ["gw-a"]] == [3, 2]
+    finally:
+        ledger.close()
+
+
 def test_panels_opening_together_are_read_together(tmp_path: Path) -> None:
     """Rooms whose streams open one after another within a moment (every panel of a school at 8:00) are read
     in a few reads, not one read each: a read costs five statements whatever its rooms. And a room's first
