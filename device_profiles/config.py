@@ -299,8 +299,9 @@ class GatewayConfig(_Strict):
         for i, run in enumerate(self.schedules.runs if self.schedules is not None else []):
             for j, step in enumerate(run.steps):
                 if step.device not in seen:
+                    where = f"schedules.runs.{i}.steps.{j}.device"
                     raise ValueError(lazy_gettext("%(field)s: no device %(device)s on this gateway",
-                                                      field=f"schedules.runs.{i}.steps.{j}.device",
+                                                      field=where,
                                                       device=repr(step.device)))
         return self
 

@@ -191,8 +191,8 @@ class ConfigPush:
                 return False
             except Exception as exc:  # never let a bad push take the agent down
                 agent_log.exception("applying pushed config v%s failed", version)
-                self._refuse(payload, version, lazy_gettext("internal error: %(error)s",
-                                                            error=f"{type(exc).__name__}: {exc}"))
+                error = f"{type(exc).__name__}: {exc}"
+                self._refuse(payload, version, lazy_gettext("internal error: %(error)s", error=error))
                 return False
             return True
 

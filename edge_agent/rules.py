@@ -242,7 +242,8 @@ class EdgeRules:
         if not self._claim(contract.RULE_IDLE_OFF, planned):
             watch.command(now)  # taken before (or the storage refused it): not again for this stretch
             return None
-        reason = lazy_gettext("nobody in the room for %(minutes)s minutes and no command", minutes=f"{watch.minutes:g}")
+        minutes = f"{watch.minutes:g}"
+        reason = lazy_gettext("nobody in the room for %(minutes)s minutes and no command", minutes=minutes)
         log.info("rules: idle-off planned at %.0f: switching off %s (%s)", planned, ", ".join(on), reason)
         steps = await asyncio.gather(*(self._off(device) for device in on))
         watch.command(self.clock())
