@@ -74,7 +74,7 @@ def validation_text(err: Any) -> LazyText:
     """One pydantic error (an item of `ValidationError.errors()`) as a marked message naming the field: ours
     for the common types (`_VALIDATION_WORDS`), a validator's own (marked where it raised a LazyText), else
     pydantic's English inside "field %(field)s: %(error)s". str() of it is English."""
-    where = ".".join(map(str, err.get("loc") or ())) or "?"
+    where = ".".join(map(str, err.get("loc") or ()))
     ctx = err.get("ctx") or {}
     kind = err.get("type")
     if kind in _VALIDATION_WORDS:
@@ -82,11 +82,15 @@ def validation_text(err: Any) -> LazyText:
         if bound is None:
             return LazyText(msgid, {"field": where})
         if bound in ctx:
-            return LazyText(msgid, {"field": where, "limit": ctx[bound]})
+            limit = ctx[bound]  # 0, not 0.0, as pydantic's own message says it
+            limit = int(limit) if isinstance(limit, float) and limit.is_integer() else limit
+            return LazyText(msgid, {"field": where, "limit": limit})
     if kind == "value_error" and isinstance(ctx.get("error"), BaseException):
         error: str | LazyText = message_of(ctx["error"])
     else:
         error = str(err.get("msg", "")).removeprefix("Value error, ")
+    if not where:  # a check of the whole config (a model validator): its message names what is wrong
+        return error if isinstance(error, LazyText) else LazyText(error)
     return lazy_gettext("field %(field)s: %(error)s", field=where, error=error)
 
 
