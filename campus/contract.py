@@ -82,6 +82,18 @@ RULES = (RULE_IDLE_OFF,)
 OVERRIDE_ACTION = "override"
 OVERRIDE_REASON = "override"
 GATEWAY_ACTIONS = (OVERRIDE_ACTION,)
+# Events about the agent itself (on the event topic of device AGENT_DEVICE): a pushed config applied or refused
+# (data of CONFIG_REJECTED_EVENT: version, error, running), a damaged outbox replaced (data: State.outbox_replaced's).
+AGENT_DEVICE = "agent"
+CONFIG_APPLIED_EVENT = "config_applied"
+CONFIG_REJECTED_EVENT = "config_rejected"
+OUTBOX_REPLACED_EVENT = "outbox_replaced"
+# Words for people inside an event's data, written on the gateway: the field of each event type that holds them.
+# Each goes as `text_fields` writes it under that name (`error`, `error_msgid`, `error_params`), so central shows
+# it in the reader's language (`marked_text`); `Event.decode` holds the marked fields to `reported_text`'s bounds.
+EVENT_TEXTS = {CONFIG_REJECTED_EVENT: "error", OUTBOX_REPLACED_EVENT: "reason", RULE_RUN_EVENT: "reason"}
+CONFIG_ERROR_CHARS = 1000   # a refused config's `error` (English) is cut to this
+REPLACED_REASON_CHARS = 300  # an outbox replacement's `reason`
 CARD_SWIPE_EVENT = "card_swipe"  # a card reader's event; data: card (pseudonym), reader
 # A QR check-in at a classroom camera (edge_agent/drivers/camera.py): an event of type ATTENDANCE_EVENT;
 # data (`attendance_data`): person (the pseudonym of the code shown: protocols.card_ids.qr_pseudonym keyed with
@@ -499,6 +511,8 @@ class Event:
         body = _field(data, "data", dict, what, optional=True, default={})
         if etype == ATTENDANCE_EVENT:
             _check_attendance(body, what)
+        if etype in EVENT_TEXTS:
+            reported_text(body, f"{what} data", EVENT_TEXTS[etype])  # a msgid or params out of bounds: refused
         return cls(seq=_seq(data, what), ts=_ts(data, what), type=etype, data=body)
 
 
@@ -612,12 +626,7 @@ def _device_details(data: dict[str, Any], devices: dict[str, Any], what: str) ->
 def device_detail(part: dict[str, Any] | None) -> str | ReportedText | None:
     """A device's reason as central shows it (from `State.device_details`, stored as decoded): a ReportedText
     when the gateway marked it, its English when not, None without one."""
-    if not part or not isinstance(part.get("detail"), str):
-        return None
-    msgid, params = part.get("detail_msgid"), part.get("detail_params")
-    if isinstance(msgid, str) and msgid:
-        return ReportedText(part["detail"], msgid, params if isinstance(params, dict) else {})
-    return part["detail"]
+    return marked_text(part)
 
 
 def _storage(data: dict[str, Any], what: str) -> dict[str, Any]:
@@ -641,7 +650,7 @@ def _replacement(data: dict[str, Any], what: str) -> dict[str, Any] | None:
         return None
     where = f"{what}: outbox_replaced"
     out: dict[str, Any] = {"at": _ts(rep, where, "at"),
-                           "reason": _field(rep, "reason", str, where, optional=True, default="")[:300],
+                           **text_fields(reported_text(rep, where, "reason"), REPLACED_REASON_CHARS, "reason"),
                            "kept_as": _field(rep, "kept_as", str, where, optional=True, default="")[:200]}
     for name in ("lost", "previous_instance", "previous_last_seq"):
         value = _field(rep, name, (int, type(None)), where, optional=True)
@@ -728,30 +737,43 @@ def _param(value: Any, nested: bool = True) -> str | int | float | dict[str, Any
     return value[:TEXT_PARAM_CHARS].replace("\x00", "\ufffd") if isinstance(value, str) else value
 
 
-def text_fields(text: str | LazyText, max_chars: int | None = None) -> dict[str, Any]:
+def text_fields(text: str | LazyText, max_chars: int | None = None, key: str = "detail") -> dict[str, Any]:
     """The payload fields of a text the agent writes: `detail` (English, cut to `max_chars`) and, for a text
     marked for translation (a LazyText), `detail_msgid` and `detail_params` (the agent's side of
-    `reported_text`)."""
+    `reported_text`). `key` names them otherwise (`error`, `error_msgid`, `error_params`: EVENT_TEXTS)."""
     english = str(text)[:max_chars]
     if not isinstance(text, LazyText) or not text.msgid or len(text.msgid) > TEXT_MSGID_MAX:
-        return {"detail": english}
+        return {key: english}
     params = {str(k): _param(v) for k, v in list(text.params.items())[:TEXT_PARAMS_MAX]}
-    return {"detail": english, "detail_msgid": text.msgid, "detail_params": params}
+    return {key: english, f"{key}_msgid": text.msgid, f"{key}_params": params}
 
 
-def reported_text(data: dict[str, Any], what: str) -> str | ReportedText:
-    """The text of a payload part (`detail`, `detail_msgid`, `detail_params`) as central keeps it: the English
-    alone (an older agent), or a ReportedText. PayloadError naming the field for a msgid or params out of bounds."""
+def reported_text(data: dict[str, Any], what: str, key: str = "detail") -> str | ReportedText:
+    """The text of a payload part (`detail`, `detail_msgid`, `detail_params`; or those of another `key`) as
+    central keeps it: the English alone (an older agent), or a ReportedText. PayloadError naming the field for a
+    msgid or params out of bounds."""
     # A detail is a device's own words, and the outcome must be kept: its NULs (which no PostgreSQL text
     # holds) become U+FFFD.
-    detail = _field(data, "detail", str, what, optional=True, default="", nul=True).replace("\x00", "\ufffd")
-    if "detail_msgid" not in data and "detail_params" not in data:
+    detail = _field(data, key, str, what, optional=True, default="", nul=True).replace("\x00", "\ufffd")
+    if f"{key}_msgid" not in data and f"{key}_params" not in data:
         return detail
-    msgid = _field(data, "detail_msgid", str, what)
+    msgid = _field(data, f"{key}_msgid", str, what)
     if not 0 < len(msgid) <= TEXT_MSGID_MAX:
-        raise PayloadError(f"{what}: field 'detail_msgid' must be 1 to {TEXT_MSGID_MAX} characters")
-    params = _text_params(data, "detail_params", what, nested=True)
+        raise PayloadError(f"{what}: field '{key}_msgid' must be 1 to {TEXT_MSGID_MAX} characters")
+    params = _text_params(data, f"{key}_params", what, nested=True)
     return ReportedText(detail, msgid, params)
+
+
+def marked_text(part: dict[str, Any] | None, key: str = "detail") -> str | ReportedText | None:
+    """A text as central stored it from a decoded payload (`text_fields`' fields under `key`: a state's
+    `device_details`, an event's `error` or `reason`): a ReportedText when the gateway marked it, its English
+    when not, None without one. Shown with dashboards.i18n.gateway_text."""
+    if not isinstance(part, dict) or not isinstance(part.get(key), str):
+        return None
+    msgid, params = part.get(f"{key}_msgid"), part.get(f"{key}_params")
+    if isinstance(msgid, str) and msgid:
+        return ReportedText(part[key], msgid, params if isinstance(params, dict) else {})
+    return part[key]
 
 
 def _text_params(data: dict[str, Any], where: str, what: str, *, nested: bool) -> dict[str, Any]:

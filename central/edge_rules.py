@@ -2,7 +2,8 @@
 
 Idle-off ("off after M minutes with people_count 0 and no command") is a room setting
 (`rooms.idle_off_minutes`) with a school's default (`schools.idle_off_minutes`) for every room that sets none:
-an admin sets a school's rooms at once and a teacher still tunes one room. The minutes in force are pushed to
+an admin sets a school's rooms at once and a teacher still tunes one room, or opts it out (0: never, whatever
+the school's default: a lab's long experiment, an exam room with the projector on and nobody moving). The minutes in force are pushed to
 the room's gateways in their config (`rules`, central/podium.py config_payload); the gateway watches its cameras and switches off by itself, offline too
 (edge_agent/rules.py), and reports each run as a `rule_run` event.
 
@@ -28,12 +29,18 @@ from central import timetables
 from central.registry import Gateway, Registry, Room, School
 
 IDLE_OFF_RANGE = (1, 480)          # minutes: a whole school day at most
+# A room's `idle_off_minutes` of 0: never, whatever the school's default (a lab's long experiment, an exam with
+# the projector on and nobody moving). NULL stays "the school's default". The column says it as it is: 0 was never
+# a valid setting (IDLE_OFF_RANGE starts at 1), so no row holds it and no migration is needed. A school's default
+# has no "never" of its own: its NULL is "no default" already.
+IDLE_OFF_NEVER = 0
 OVERRIDE_OUTSIDE_S = 45 * 60.0     # an override asked for outside a period: one period's length
 OVERRIDE_TTL_S = 60.0              # the override command's own deadline (like a panel command)
 
 
-def check_idle_off(value: Any) -> int | None:
-    """A room's idle-off minutes as given (a form's text, JSON): a whole number in range, or None (never)."""
+def check_idle_off(value: Any, *, never: bool = False) -> int | None:
+    """Idle-off minutes as given (a form's text, JSON): a whole number in range, or None (empty: a room's
+    school default, a school's none); with `never` (a room's setting), also IDLE_OFF_NEVER (0)."""
     if value is None or (isinstance(value, str) and not value.strip()):
         return None
     low, high = IDLE_OFF_RANGE
@@ -43,7 +50,13 @@ def check_idle_off(value: Any) -> int | None:
         minutes = int(value.strip()) if isinstance(value, str) else int(value)
     except (TypeError, ValueError):
         minutes = None
+    if never and minutes == IDLE_OFF_NEVER:
+        return IDLE_OFF_NEVER
     if minutes is None or not low <= minutes <= high:
+        if never:
+            raise ConfigError(lazy_gettext(
+                "idle_off_minutes must be a whole number of minutes from %(low)d to %(high)d, 0 for never, or "
+                "empty for the school's default", low=low, high=high))
         raise ConfigError(lazy_gettext("idle_off_minutes must be a whole number of minutes from %(low)d to "
                                        "%(high)d, or empty for never", low=low, high=high))
     return minutes
@@ -64,21 +77,24 @@ def room_rules(registry: Registry, room_id: int | None) -> dict[str, Any] | None
         return None
     own, school = _minutes(registry, room_id)
     minutes = own if own is not None else school
-    return {"idle_off_minutes": minutes} if minutes is not None else None
+    # Never (IDLE_OFF_NEVER) goes as null like "no rule": the gateway drops its rule, the school's default too.
+    return {"idle_off_minutes": minutes} if minutes else None
 
 
 def settings(registry: Registry, room_id: int) -> dict[str, Any]:
-    """The room's rule settings, as the API answers them: its own, its school's default, the one in force."""
+    """The room's rule settings, as the API answers them: its own (0: never), its school's default, the one in
+    force (null: the room is never switched off by itself)."""
     own, school = _minutes(registry, room_id)
+    effective = own if own is not None else school
     return {"idle_off_minutes": own, "school_idle_off_minutes": school,
-            "effective_idle_off_minutes": own if own is not None else school}
+            "effective_idle_off_minutes": effective or None}
 
 
 def set_idle_off(registry: Registry, room_id: int, value: Any) -> tuple[int | None, list[str]]:
     """Set the room's idle-off minutes (validated: ConfigError naming the field, nothing changed; None: the
-    school's default); the minutes and the room's gateways, whose config version went up (to push) if the
-    setting changed."""
-    minutes = check_idle_off(value)
+    school's default; IDLE_OFF_NEVER: never, whatever the school's); the minutes and the room's gateways,
+    whose config version went up (to push) if the setting changed."""
+    minutes = check_idle_off(value, never=True)
     with registry.session() as s:
         room = s.get(Room, room_id)
         if room is None:

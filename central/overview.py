@@ -22,7 +22,7 @@ from typing import Any
 from sqlalchemy import select
 
 from campus import contract
-from campus.i18n import LazyText
+from campus.i18n import LazyText, ReportedText
 from central import alarms as alarm_engine
 from central import lists
 from central import provisioning as prov
@@ -366,6 +366,8 @@ class ProvisionedGateway:
     sync_class: str
     sync: str
     rejected: dict[str, Any] | None      # the newest config_rejected event
+    # Its error as the gateway marked it (campus/contract.py EVENT_TEXTS): shown in the reader's language.
+    rejected_text: str | ReportedText | None
     applied_event: dict[str, Any] | None
     storage_notes: list[dict[str, str]]
 
@@ -399,6 +401,7 @@ def provisioned_gateways(registry: Registry, ledger: Ledger, paging: lists.Pagin
             online=bool(st.get("online")), seen=st.get("last_seen"), reported=_with_details(st),
             applied=applied, pushed=push["version"] if push else None, pushed_at=push["at"] if push else None,
             sync_class=css, sync=words, rejected=events["rejected"], applied_event=events["applied"],
+            rejected_text=contract.marked_text((events["rejected"] or {}).get("data"), "error"),
             # IT staff see a replaced outbox however old it is (the board: a week).
             storage_notes=prov.storage_notes(st, replaced_within=None) if st else []))
     return lists.Page(rows, page.total)

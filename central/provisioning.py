@@ -296,23 +296,36 @@ def storage_notes(gw: dict[str, Any], now: float | None = None, *,
         return datetime.fromtimestamp(ts).strftime("%Y-%m-%d %H:%M:%S") if isinstance(ts, (int, float)) else "?"
 
     now = time.time() if now is None else now
-    notes = []
+    notes: list[dict[str, Any]] = []
     storage = gw.get("storage") or {}
     not_stored = (gw.get("outbox") or {}).get("not_stored", 0)
+    # Marked (campus.i18n): the pages translate `text` where they show it. SQLite's own words (`error`) stay
+    # its English; the reason a gateway gave for replacing its outbox is its marked text (`marked_text`).
     if storage.get("status") == "full":
-        notes.append({"level": "bad", "text": f"Gateway storage full since {when(storage.get('since'))}: readings "
-                      f"are not being stored ({not_stored} not stored so far); devices are fine"})
+        notes.append({"level": "bad", "text": lazy_gettext(
+            "Gateway storage full since %(since)s: readings are not being stored (%(count)s not stored so far); "
+            "devices are fine", since=when(storage.get("since")), count=not_stored)})
     elif storage.get("status") == "error":
-        notes.append({"level": "bad", "text": f"Gateway storage failing since {when(storage.get('since'))} "
-                      f"({storage.get('error') or 'write refused'}): readings are not being stored "
-                      f"({not_stored} not stored so far)"})
+        notes.append({"level": "bad", "text": lazy_gettext(
+            "Gateway storage failing since %(since)s (%(error)s): readings are not being stored (%(count)s not "
+            "stored so far)", since=when(storage.get("since")), error=storage.get("error") or lazy_gettext("write refused"),
+            count=not_stored)})
     rep = gw.get("outbox_replaced")
     if rep and (replaced_within is None or now - (rep.get("at") or 0) <= replaced_within):
         lost = rep.get("lost")
-        lost_text = (f"{lost} unsent message{'' if lost == 1 else 's'} lost" if isinstance(lost, int)
-                     else "an unknown number of unsent messages lost")
-        notes.append({"level": "warn", "text": f"Outbox replaced after damage at {when(rep.get('at'))}: "
-                      f"{rep.get('reason') or 'damaged'}; {lost_text} (kept as {rep.get('kept_as') or '?'})"})
+        reason = contract.marked_text(rep, "reason") or lazy_gettext("damaged")
+        kept_as = rep.get("kept_as") or "?"
+        if lost == 1:
+            text = lazy_gettext("Outbox replaced after damage at %(at)s: %(reason)s; 1 unsent message lost (kept as "
+                                "%(file)s)", at=when(rep.get("at")), reason=reason, file=kept_as)
+        elif isinstance(lost, int):
+            text = lazy_gettext("Outbox replaced after damage at %(at)s: %(reason)s; %(count)s unsent messages lost "
+                                "(kept as %(file)s)", at=when(rep.get("at")), reason=reason, count=lost, file=kept_as)
+        else:
+            text = lazy_gettext("Outbox replaced after damage at %(at)s: %(reason)s; an unknown number of unsent "
+                                "messages lost (kept as %(file)s)", at=when(rep.get("at")), reason=reason,
+                                file=kept_as)
+        notes.append({"level": "warn", "text": text})
     return notes
 
 

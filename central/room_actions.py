@@ -3,7 +3,8 @@
 A room switches itself: a schedule runs (at the edge, reported as a `schedule_run` event; or sent by
 central's own scheduler as commands `by` "schedule:NAME"), a card at the podium starts or ends a class (a
 `podium` event; a class nobody ended ends at its timeout), an edge rule acts (a `rule_run` event: data
-`rule`, e.g. "idle_off", `at` or `planned`, `steps`, `reason`, e.g. "idle"; campus/contract.py). A
+`rule`, e.g. "idle_off", `at` or `planned`, `steps`, `reason` in words, marked: `reason_marked`;
+campus/contract.py). A
 teacher who finds the projector off wants to know which. `recent` reads each room's newest such events
 in one statement for any number of rooms (central/lists.py `room_events`), and `actions` turns them,
 with the room's recent commands read already, into the panel's items, newest first: plain data (a time,
@@ -78,9 +79,11 @@ def actions(events: list[dict[str, Any]], commands: list[dict[str, Any]], limit:
             items.append(_item(ts, "podium", _steps(data), outcome=data["outcome"],
                                reason=data.get("reason") or ("swipe" if data.get("card") else "timeout")))
         elif ev["type"] == contract.RULE_RUN_EVENT:
+            # The reason as the gateway marked it (contract.EVENT_TEXTS), for the panel to say in its language.
+            marked = {k: data[k] for k in ("reason_msgid", "reason_params") if k in data}
             items.append(_item(_number(data.get("at")) or _number(data.get("planned")) or ts, "rule", _steps(data),
                                rule=data.get("rule") or "", reason=data.get("reason") or "",
-                               outcome=data.get("outcome") or "ran"))
+                               outcome=data.get("outcome") or "ran", **({"reason_marked": marked} if marked else {})))
     runs: dict[tuple[str, float], list[dict[str, Any]]] = {}
     for c in sorted(commands, key=lambda c: c["created"]):
         by = str(c.get("by") or "")

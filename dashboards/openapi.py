@@ -316,16 +316,19 @@ def _podium() -> dict[str, Any]:
             "seconds": {"type": "number", "minimum": 10, "maximum": 600}}}}}}
     start["responses"]["201"] = start["responses"].pop("200")
     start["responses"]["400"] = {"description": N_("`field` names the bad part; nothing changed")}
-    rules_obj = {"type": "object", "properties": {"idle_off_minutes": {"type": ["integer", "null"], "minimum": 1,
+    minutes = {"type": ["integer", "null"], "minimum": 1, "maximum": 480}
+    # A room's own setting also says "never" (0), whatever the school's default (central/edge_rules.py).
+    rules_obj = {"type": "object", "properties": {"idle_off_minutes": {"type": ["integer", "null"], "minimum": 0,
                                                                       "maximum": 480}}}
     rules = _get(N_("The room's rules run by its gateway: `idle_off_minutes`, switch off after this many minutes "
-                    "with nobody counted and no command (null: the school's default, `school_idle_off_minutes`; "
-                    "`effective_idle_off_minutes`: the one in force)"), room, rules_obj)
+                    "with nobody counted and no command (0: never, whatever the school's default; null: the "
+                    "school's default, `school_idle_off_minutes`; `effective_idle_off_minutes`: the one in force, "
+                    "null: never)"), room, rules_obj)
     rules["responses"]["200"]["content"]["application/json"]["schema"] = {"type": "object", "properties": {
-        **rules_obj["properties"], "school_idle_off_minutes": rules_obj["properties"]["idle_off_minutes"],
-        "effective_idle_off_minutes": rules_obj["properties"]["idle_off_minutes"]}}
-    set_rules = _get(N_("Set the room's idle-off minutes (1-480, null: the school's default); pushed to its gateways (the room's "
-                        "teacher, admin)"), room, {"type": "object", "properties": {
+        **rules_obj["properties"], "school_idle_off_minutes": minutes, "effective_idle_off_minutes": minutes}}
+    set_rules = _get(N_("Set the room's idle-off minutes (1-480; 0: never, whatever the school's default; null: the "
+                        "school's default); pushed to its gateways (the room's teacher, admin)"), room,
+                     {"type": "object", "properties": {
                             **rules_obj["properties"], **pushed}})
     set_rules["requestBody"] = {"required": True, "content": {"application/json": {"schema": {
         **rules_obj, "required": ["idle_off_minutes"]}}}}

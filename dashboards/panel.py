@@ -63,7 +63,7 @@ from dashboards import auth, strict_json
 from dashboards.api import error
 from dashboards.auth import audit, login_required, may_command, may_see, not_found, school_scoped, sight
 from dashboards.context import central, web
-from dashboards.i18n import gateway_texts, term
+from dashboards.i18n import gateway_text, gateway_texts, term
 from device_profiles import available_profiles, load_profile
 
 log = logging.getLogger(__name__)
@@ -395,7 +395,10 @@ def why_text(item: dict[str, Any], kinds: dict[str, str]) -> str:
     elif item["rule"] == contract.RULE_IDLE_OFF:
         text = gettext(IDLE_OFF, devices=devices)
     else:
-        text = gettext(RULE_OTHER, devices=devices, rule=item["rule"], reason=item["reason"])
+        # The gateway's words, in the reader's language where it marked them (campus/contract.py EVENT_TEXTS).
+        reason = gateway_text(contract.marked_text({**(item.get("reason_marked") or {}), "reason": item["reason"]},
+                                                   "reason"))
+        text = gettext(RULE_OTHER, devices=devices, rule=item["rule"], reason=reason)
     if item["status"] != "done" and item["outcome"] not in SAID_IN_FULL:
         status = STATUS_WORDS.get(item["status"])
         text += " " + gettext(STATUS_AFTER, status=gettext(status) if status else item["status"])

@@ -184,7 +184,8 @@ def api_rules(school: str, room: str) -> Any:
 @bp.put("/api/schools/<school>/rooms/<room>/rules")
 @login_required(roles=MANAGERS)
 def api_set_rules(school: str, room: str) -> Any:
-    """Body {idle_off_minutes: 1..480 or null (the school's default)}: the room's idle-off, pushed to its gateways."""
+    """Body {idle_off_minutes: 1..480, 0 (never, whatever the school's default) or null (the school's default)}:
+    the room's idle-off, pushed to its gateways."""
     rid = _room(school, room, manage=True)
     body = json_object()
     unknown = sorted(set(body) - {"idle_off_minutes"})
@@ -206,7 +207,9 @@ def _set_rules(school: str, room: str, rid: int, value: Any, *, json: bool) -> A
         if json:
             return jsonify({"error": error_text(exc), "field": "idle_off_minutes"}), 400
         return _page(school, room, rid, error=error_text(exc))
-    audit("rules.idle_off", f"{school}/{room}: idle-off {minutes if minutes is not None else 'never'}"
+    said = ("the school's default" if minutes is None else "never" if minutes == edge_rules.IDLE_OFF_NEVER
+            else minutes)
+    audit("rules.idle_off", f"{school}/{room}: idle-off {said}"
                             f"{' (unchanged)' if not changed else ''}")
     push = push_gateways(changed)
     if json:

@@ -27,6 +27,7 @@ from pydantic import (
 import protocols
 from campus import contract, names
 from campus.errors import CampusError
+from campus.i18n import N_, LazyText, lazy_gettext, message_of
 from campus.urls import parse_mqtt_url
 from campus.yamlfile import YamlDoc
 from device_profiles import Profile, load_profile
@@ -37,7 +38,60 @@ def _as_value_error(check: Any, *args: Any) -> Any:
     try:
         return check(*args)
     except CampusError as exc:
-        raise ValueError(str(exc)) from None
+        raise ValueError(message_of(exc)) from None  # a marked message stays marked (`validation_text`)
+
+
+# Pydantic's own messages are the library's English ("Input should be a valid integer"). The common ones, by
+# their error `type`, in our words (marked: a refused pushed config is shown in the reader's language,
+# edge_agent/config_push.py); `limit` is the bound the type names in its `ctx`. Any other type keeps pydantic's
+# English inside "field %(field)s: %(error)s".
+_VALIDATION_WORDS: dict[str, tuple[str, str | None]] = {
+    "missing": (N_("field %(field)s: missing"), None),
+    "extra_forbidden": (N_("field %(field)s: not a field here"), None),
+    "int_type": (N_("field %(field)s: must be a whole number"), None),
+    "int_parsing": (N_("field %(field)s: must be a whole number"), None),
+    "int_from_float": (N_("field %(field)s: must be a whole number"), None),
+    "float_type": (N_("field %(field)s: must be a number"), None),
+    "float_parsing": (N_("field %(field)s: must be a number"), None),
+    "string_type": (N_("field %(field)s: must be a text"), None),
+    "bool_type": (N_("field %(field)s: must be true or false"), None),
+    "bool_parsing": (N_("field %(field)s: must be true or false"), None),
+    "dict_type": (N_("field %(field)s: must be an object"), None),
+    "model_type": (N_("field %(field)s: must be an object"), None),
+    "list_type": (N_("field %(field)s: must be a list"), None),
+    "greater_than": (N_("field %(field)s: must be greater than %(limit)s"), "gt"),
+    "greater_than_equal": (N_("field %(field)s: must be at least %(limit)s"), "ge"),
+    "less_than": (N_("field %(field)s: must be less than %(limit)s"), "lt"),
+    "less_than_equal": (N_("field %(field)s: must be at most %(limit)s"), "le"),
+    "string_too_short": (N_("field %(field)s: must have at least %(limit)s characters"), "min_length"),
+    "string_too_long": (N_("field %(field)s: must have at most %(limit)s characters"), "max_length"),
+    "too_short": (N_("field %(field)s: must have at least %(limit)s items"), "min_length"),
+    "too_long": (N_("field %(field)s: must have at most %(limit)s items"), "max_length"),
+}
+
+
+def validation_text(err: Any) -> LazyText:
+    """One pydantic error (an item of `ValidationError.errors()`) as a marked message naming the field: ours
+    for the common types (`_VALIDATION_WORDS`), a validator's own (marked where it raised a LazyText), else
+    pydantic's English inside "field %(field)s: %(error)s". str() of it is English."""
+    where = ".".join(map(str, err.get("loc") or ()))
+    ctx = err.get("ctx") or {}
+    kind = err.get("type")
+    if kind in _VALIDATION_WORDS:
+        msgid, bound = _VALIDATION_WORDS[kind]
+        if bound is None:
+            return LazyText(msgid, {"field": where})
+        if bound in ctx:
+            limit = ctx[bound]  # 0, not 0.0, as pydantic's own message says it
+            limit = int(limit) if isinstance(limit, float) and limit.is_integer() else limit
+            return LazyText(msgid, {"field": where, "limit": limit})
+    if kind == "value_error" and isinstance(ctx.get("error"), BaseException):
+        error: str | LazyText = message_of(ctx["error"])
+    else:
+        error = str(err.get("msg", "")).removeprefix("Value error, ")
+    if not where:  # a check of the whole config (a model validator): its message names what is wrong
+        return error if isinstance(error, LazyText) else LazyText(error)
+    return lazy_gettext("field %(field)s: %(error)s", field=where, error=error)
 
 
 class _Strict(BaseModel):
@@ -105,7 +159,8 @@ class SceneStep(_Strict):
     @classmethod
     def _action(cls, v: str) -> str:
         if v not in contract.ACTIONS:
-            raise ValueError(f"must be one of {', '.join(contract.ACTIONS)}, got {v!r}")
+            raise ValueError(lazy_gettext("must be one of %(allowed)s, got %(value)s",
+                                          allowed=", ".join(contract.ACTIONS), value=repr(v)))
         return v
 
 
@@ -117,7 +172,8 @@ class PodiumCard(_Strict):
     @classmethod
     def _role(cls, v: str) -> str:
         if v not in contract.PODIUM_ROLES:
-            raise ValueError(f"must be one of {', '.join(contract.PODIUM_ROLES)}, got {v!r}")
+            raise ValueError(lazy_gettext("must be one of %(allowed)s, got %(value)s",
+                                          allowed=", ".join(contract.PODIUM_ROLES), value=repr(v)))
         return v
 
 
@@ -143,7 +199,8 @@ class PodiumConfig(_Strict):
     def _cards(cls, v: dict[str, PodiumCard]) -> dict[str, PodiumCard]:
         bad = next((k for k in v if not re.match(PSEUDONYM_RE, k)), None)
         if bad is not None:
-            raise ValueError(f"card {bad[:16]!r}: a card is its pseudonym, 64 lower-case hex digits")
+            raise ValueError(lazy_gettext("card %(card)s: a card is its pseudonym, 64 lower-case hex digits",
+                                          card=repr(bad[:16])))
         return v
 
     @field_validator("log_only")
@@ -151,7 +208,8 @@ class PodiumConfig(_Strict):
     def _log_only(cls, v: list[str]) -> list[str]:
         bad = [r for r in v if r not in contract.PODIUM_ROLES]
         if bad:
-            raise ValueError(f"{bad[0]!r} is not a role ({', '.join(contract.PODIUM_ROLES)})")
+            raise ValueError(lazy_gettext("%(value)s is not a role (%(allowed)s)", value=repr(bad[0]),
+                                          allowed=", ".join(contract.PODIUM_ROLES)))
         return v
 
 
@@ -232,7 +290,7 @@ class GatewayConfig(_Strict):
         seen: set[str] = set()
         for dev in self.devices:
             if dev.id in seen:
-                raise ValueError(f"device id {dev.id!r} appears twice")
+                raise ValueError(lazy_gettext("device id %(device)s appears twice", device=repr(dev.id)))
             seen.add(dev.id)
         if self.podium is not None:
             steps = [*(self.podium.start or []), *(self.podium.end or [])]
@@ -240,11 +298,15 @@ class GatewayConfig(_Strict):
                                   + [("podium.inputs", d) for d in self.podium.inputs]
                                   + [("podium scene", s.device) for s in steps]):
                 if dev_id not in seen:
-                    raise ValueError(f"{where}: no device {dev_id!r} on this gateway")
+                    raise ValueError(lazy_gettext("%(field)s: no device %(device)s on this gateway", field=where,
+                                                      device=repr(dev_id)))
         for i, run in enumerate(self.schedules.runs if self.schedules is not None else []):
             for j, step in enumerate(run.steps):
                 if step.device not in seen:
-                    raise ValueError(f"schedules.runs.{i}.steps.{j}.device: no device {step.device!r} on this gateway")
+                    where = f"schedules.runs.{i}.steps.{j}.device"
+                    raise ValueError(lazy_gettext("%(field)s: no device %(device)s on this gateway",
+                                                      field=where,
+                                                      device=repr(step.device)))
         return self
 
     def device(self, device_id: str) -> DeviceConfig | None:

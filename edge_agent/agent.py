@@ -64,7 +64,7 @@ from edge_agent.storage import Replacement
 
 log = logging.getLogger(__name__)
 
-AGENT_EVENT_DEVICE = "agent"      # device segment of events about the agent itself (config_*)
+AGENT_EVENT_DEVICE = contract.AGENT_DEVICE  # device segment of events about the agent itself (config_*)
 
 
 class Agent:
@@ -142,7 +142,7 @@ class Agent:
 
     def _outbox_replaced(self, replacement: Replacement) -> None:
         """A damaged outbox was set aside: say so through the new one (its first numbers)."""
-        self.record_agent_event("outbox_replaced", replacement.as_dict())
+        self.record_agent_event(contract.OUTBOX_REPLACED_EVENT, replacement.as_dict())
         self.presence.changed.set()
 
     def record_agent_event(self, type_: str, data: dict[str, Any]) -> None:

@@ -31,8 +31,8 @@ from pydantic import ValidationError
 
 from campus import contract
 from campus.errors import CampusError, ConfigError
-from campus.i18n import LazyText, lazy_gettext
-from device_profiles.config import DeviceConfig, GatewayConfig
+from campus.i18n import LazyText, lazy_gettext, message_of
+from device_profiles.config import DeviceConfig, GatewayConfig, validation_text
 
 if TYPE_CHECKING:  # the running agent's parts, for ConfigPush only: the functions above stand alone
     from edge_agent.commands import CommandExecutor, Spawn
@@ -51,28 +51,29 @@ def validate_pushed_config(base: GatewayConfig, payload: bytes | str) -> tuple[i
     try:
         data = json.loads(payload)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ConfigError(f"payload is not JSON ({exc})") from None
+        raise ConfigError(lazy_gettext("payload is not JSON (%(error)s)", error=str(exc))) from None
     if not isinstance(data, dict):
-        raise ConfigError("payload must be a JSON object with 'version' and 'devices'")
+        raise ConfigError(lazy_gettext("payload must be a JSON object with 'version' and 'devices'"))
     version, devices = data.get("version"), data.get("devices")
     if isinstance(version, bool) or not isinstance(version, int) or version < 1:
-        raise ConfigError(f"field version: must be a whole number >= 1, got {version!r}")
+        raise ConfigError(lazy_gettext("field version: must be a whole number >= 1, got %(value)s",
+                                       value=repr(version)[:40]))
     if not isinstance(devices, list):
-        raise ConfigError("field devices: must be a list")
+        raise ConfigError(lazy_gettext("field devices: must be a list"))
     # The school's card secret and the room's podium (allow-list, scenes) come with the device list
     # when central sends them (central/podium.py); a payload without them keeps the file's. So do the
     # schedules central compiled for this gateway (central/edge_schedules.py, edge_agent/schedules.py), and
     # the room's rules (idle-off: central/edge_rules.py, edge_agent/rules.py).
     extra = {k: data[k] for k in ("podium", "card_secret", "schedules", "rules") if k in data}
     if "card_secret" in extra and not (isinstance(extra["card_secret"], str) and extra["card_secret"].strip()):
-        raise ConfigError("field card_secret: must be a non-empty text")
+        raise ConfigError(lazy_gettext("field card_secret: must be a non-empty text"))
     try:
         config = GatewayConfig.model_validate({**base.model_dump(exclude={"devices"}), "devices": devices,
                                                **extra, "source": base.source})
     except ValidationError as exc:
-        err = exc.errors()[0]
-        where = ".".join(map(str, err["loc"]))
-        raise ConfigError(f"field {where}: {err['msg'].removeprefix('Value error, ')}") from None
+        # Marked (pydantic's common error types in our words, device_profiles/config.py): the refusal goes
+        # back to central in the `config_rejected` event, read by IT staff in their language.
+        raise ConfigError(validation_text(exc.errors()[0])) from None
     return version, config
 
 
@@ -186,20 +187,24 @@ class ConfigPush:
                 version, new = validate_pushed_config(self.file_config, payload)
                 await self._swap_devices(version, new, payload)
             except CampusError as exc:
-                self._refuse(payload, version, str(exc))
+                self._refuse(payload, version, message_of(exc))
                 return False
             except Exception as exc:  # never let a bad push take the agent down
                 agent_log.exception("applying pushed config v%s failed", version)
-                self._refuse(payload, version, f"internal error: {type(exc).__name__}: {exc}")
+                error = f"{type(exc).__name__}: {exc}"
+                self._refuse(payload, version, lazy_gettext("internal error: %(error)s", error=error))
                 return False
             return True
 
-    def _refuse(self, payload: bytes, version: int | None, error: str) -> None:
+    def _refuse(self, payload: bytes, version: int | None, error: str | LazyText) -> None:
         self._refused = payload
         running = f"v{self.version}" if self.version is not None else "the config file's list"
         agent_log.error("pushed config %s refused, still running %s: %s",
                         f"v{version}" if version is not None else "(no version)", running, error)
-        self.agent_event("config_rejected", {"version": version, "error": error[:1000], "running": self.version})
+        # The error in English (every central before) and marked (campus/contract.py EVENT_TEXTS).
+        self.agent_event(contract.CONFIG_REJECTED_EVENT, {
+            "version": version, **contract.text_fields(error, contract.CONFIG_ERROR_CHARS, "error"),
+            "running": self.version})
 
     async def _swap_devices(self, version: int, new: GatewayConfig, payload: bytes) -> None:
         added, changed, removed = device_changes(self.config, new, set(self.drivers))
@@ -211,7 +216,8 @@ class ConfigPush:
                 try:
                     fresh[dev_id] = self.new_driver(wanted[dev_id], new)
                 except (CampusError, ValueError) as exc:
-                    raise ConfigError(f"device {dev_id}: {exc}") from None
+                    raise ConfigError(lazy_gettext("device %(device)s: %(error)s", device=dev_id,
+                                                   error=message_of(exc))) from None
             try:
                 save_pushed(self.config, payload)
             except OSError as exc:
@@ -241,7 +247,7 @@ class ConfigPush:
         self._refused = None
         agent_log.info("applied pushed config v%d: %d devices (added %s, changed %s, removed %s)", version,
                        len(self.drivers), added or "-", changed or "-", removed or "-")
-        self.agent_event("config_applied", {"version": version, "added": added, "changed": changed,
+        self.agent_event(contract.CONFIG_APPLIED_EVENT, {"version": version, "added": added, "changed": changed,
                                             "removed": removed, **schedules_taken(new)})
         self.changed()
 

@@ -57,13 +57,16 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from campus.errors import ConfigError
+from campus.i18n import LazyText, lazy_gettext
 from edge_agent.storage import (
     Replacement,
     StorageHealth,
     check_data_dir,
     classify,
     connect,
+    damaged,
     precheck,
+    reason_from_column,
     set_aside,
     verify,
 )
@@ -174,7 +177,7 @@ class Outbox:
             except sqlite3.Error as exc:
                 if classify(exc) != "corrupt":
                     raise self._refuse_dir("cannot open the outbox", exc) from None
-                problem = f"the outbox file is damaged ({exc})"
+                problem = damaged(str(exc))
             if db is not None:
                 db.close()
         return self._start_over(problem)
@@ -197,9 +200,12 @@ class Outbox:
     def _load_replaced(self, db: sqlite3.Connection) -> Replacement | None:
         row = db.execute("SELECT at, reason, kept_as, lost, previous_instance, previous_last_seq FROM replaced"
                          " ORDER BY at DESC LIMIT 1").fetchone()
-        return Replacement(*row) if row else None
+        if not row:
+            return None
+        at, reason, *rest = row
+        return Replacement(at, reason_from_column(reason), *rest)
 
-    def _start_over(self, problem: str) -> sqlite3.Connection:
+    def _start_over(self, problem: str | LazyText) -> sqlite3.Connection:
         """Set the damaged file aside and start a new one (a new instance)."""
         try:
             replacement = set_aside(self.path, problem, self.clock())
@@ -214,7 +220,7 @@ class Outbox:
             if self._max_peeked:  # row ids go on from the old file's: a late PUBACK must not delete a new row
                 db.execute("INSERT INTO sqlite_sequence (name, seq) VALUES ('outbox', ?)", (self._max_peeked,))
             db.execute("INSERT INTO replaced VALUES (?, ?, ?, ?, ?, ?)",
-                       (replacement.at, replacement.reason, replacement.kept_as, replacement.lost,
+                       (replacement.at, replacement.stored_reason(), replacement.kept_as, replacement.lost,
                         replacement.previous_instance, replacement.previous_last_seq))
         except sqlite3.Error as exc:
             raise self._refuse_dir("cannot create a new outbox", exc) from None
@@ -231,7 +237,8 @@ class Outbox:
             self.db.close()
         before = self.replaced_now
         try:
-            self.db = self._start_over(f"the outbox file is damaged ({reason}), found while running")
+            self.db = self._start_over(lazy_gettext("the outbox file is damaged (%(error)s), found while running",
+                                                    error=reason))
         except ConfigError as exc:
             log.error("%s; keeping the outbox in memory until the agent restarts", exc)
             self.db = sqlite3.connect(":memory:", isolation_level=None, check_same_thread=False)

@@ -242,7 +242,8 @@ class EdgeRules:
         if not self._claim(contract.RULE_IDLE_OFF, planned):
             watch.command(now)  # taken before (or the storage refused it): not again for this stretch
             return None
-        reason = f"nobody in the room for {watch.minutes:g} minutes and no command"
+        minutes = f"{watch.minutes:g}"
+        reason = lazy_gettext("nobody in the room for %(minutes)s minutes and no command", minutes=minutes)
         log.info("rules: idle-off planned at %.0f: switching off %s (%s)", planned, ", ".join(on), reason)
         steps = await asyncio.gather(*(self._off(device) for device in on))
         watch.command(self.clock())
@@ -267,10 +268,13 @@ class EdgeRules:
 
         return self.outbox.write(body) and claimed == [True]
 
-    def _report(self, rule: str, planned: float, steps: list[dict[str, Any]], reason: str, outcome: str) -> None:
+    def _report(self, rule: str, planned: float, steps: list[dict[str, Any]], reason: LazyText, outcome: str
+                ) -> None:
         now = self.clock()
         config = self.config()
-        data = {"rule": rule, "at": planned, "steps": steps, "reason": reason, "outcome": outcome}
+        # The reason in English (every central before) and marked (campus/contract.py EVENT_TEXTS).
+        data = {"rule": rule, "at": planned, "steps": steps, **contract.text_fields(reason, key="reason"),
+                "outcome": outcome}
         self.outbox.add(
             sequenced=[(contract.event_topic(config.school, config.gateway, contract.RULES_DEVICE),
                         lambda seq: Event(seq, now, contract.RULE_RUN_EVENT, data).encode())],
@@ -282,4 +286,4 @@ class EdgeRules:
         rows = self.outbox.read(lambda db: db.execute(
             "SELECT rule, planned FROM rule_runs WHERE state='running'").fetchall(), [])
         for rule, planned in rows:
-            self._report(rule, float(planned), [], "the gateway stopped during the run", "interrupted")
+            self._report(rule, float(planned), [], lazy_gettext("the gateway stopped during the run"), "interrupted")

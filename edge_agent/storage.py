@@ -29,6 +29,7 @@ first frame of every generation.
 from __future__ import annotations
 
 import errno
+import json
 import logging
 import os
 import shutil
@@ -40,7 +41,9 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from campus import contract
 from campus.errors import ConfigError
+from campus.i18n import LazyText, lazy_gettext
 
 log = logging.getLogger(__name__)
 
@@ -113,7 +116,7 @@ def check_data_dir(path: Path) -> bool:
 # ---------------------------------------------------------------- damaged outbox files
 
 
-def wal_header_problem(db_path: Path) -> str | None:
+def wal_header_problem(db_path: Path) -> LazyText | None:
     """Why the `-wal` next to `db_path` is not a write-ahead log SQLite would use, or None if it is fine."""
     wal = Path(f"{db_path}-wal")
     try:
@@ -124,12 +127,13 @@ def wal_header_problem(db_path: Path) -> str | None:
     if not header:
         return None  # an empty log holds nothing
     if len(header) < 32:
-        return f"its write-ahead log ({wal.name}) is cut short ({len(header)} bytes)"
+        return lazy_gettext("its write-ahead log (%(file)s) is cut short (%(bytes)s bytes)", file=wal.name,
+                            bytes=len(header))
     magic, version = struct.unpack(">II", header[:8])
     if magic not in WAL_MAGIC or version != WAL_VERSION:
-        return f"its write-ahead log ({wal.name}) has no valid header"
+        return lazy_gettext("its write-ahead log (%(file)s) has no valid header", file=wal.name)
     if _wal_checksum(header[:24], big_endian=bool(magic & 1)) != struct.unpack(">II", header[24:32]):
-        return f"its write-ahead log ({wal.name}) has a damaged header"
+        return lazy_gettext("its write-ahead log (%(file)s) has a damaged header", file=wal.name)
     return None
 
 
@@ -143,19 +147,19 @@ def _wal_checksum(data: bytes, *, big_endian: bool) -> tuple[int, int]:
     return s0, s1
 
 
-def precheck(db_path: Path) -> str | None:
+def precheck(db_path: Path) -> LazyText | None:
     """What is wrong with the files at `db_path` before SQLite opens them, or None."""
     if db_path.is_dir():
-        return "a directory is where the outbox file should be"
+        return lazy_gettext("a directory is where the outbox file should be")
     if db_path.exists() or db_path.is_symlink():
         if not db_path.is_file():
-            return "the outbox path is not a regular file"
+            return lazy_gettext("the outbox path is not a regular file")
         if db_path.stat().st_size == 0:
-            return "the outbox file is empty (cut short)"
+            return lazy_gettext("the outbox file is empty (cut short)")
     else:
         wal = Path(f"{db_path}-wal")
         if wal.is_file() and wal.stat().st_size:
-            return "the outbox file is missing but its write-ahead log is not"
+            return lazy_gettext("the outbox file is missing but its write-ahead log is not")
         return None
     return wal_header_problem(db_path)
 
@@ -179,20 +183,20 @@ def connect(path: Path, *, exclusive: bool = False) -> sqlite3.Connection:
     return db
 
 
-def verify(db: sqlite3.Connection) -> str | None:
+def verify(db: sqlite3.Connection) -> LazyText | None:
     """Why an existing file is not a sound outbox, or None. Reads every page: at open only."""
     rows = db.execute("PRAGMA quick_check").fetchall()
     if rows != [("ok",)]:
-        return f"the outbox file is damaged ({str(rows[0][0])[:160]})"
+        return damaged(str(rows[0][0])[:160])
     try:
         db.execute("SELECT 1 FROM outbox LIMIT 1").fetchall()
         next_seq = db.execute("SELECT value FROM meta WHERE key='next_seq'").fetchone()
     except sqlite3.OperationalError as exc:
         if classify(exc) is not None:
             raise
-        return "the file holds no outbox (its tables are missing)"
+        return lazy_gettext("the file holds no outbox (its tables are missing)")
     if next_seq is None or not isinstance(next_seq[0], int):
-        return "the outbox's sequence counter is missing"
+        return lazy_gettext("the outbox's sequence counter is missing")
     return None
 
 
@@ -201,17 +205,46 @@ class Replacement:
     """A damaged outbox set aside and a new one started: what the agent reports in `state.outbox_replaced`."""
 
     at: float                      # when (the gateway's clock)
-    reason: str                    # what was wrong, in words
+    reason: str | LazyText         # what was wrong, in words (marked for translation: `as_dict`)
     kept_as: str                   # the file name it was moved to, next to the new one
     lost: int | None               # unsent messages it held, when that can be read exactly; None: unknown
     previous_instance: int | None  # the old outbox instance, when readable
     previous_last_seq: int | None  # its last seq number, when readable: central can tell what never arrived
 
     def as_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        """What `state.outbox_replaced` and the `outbox_replaced` event carry: `reason` in English and marked
+        (`reason_msgid`, `reason_params`: campus/contract.py `text_fields`)."""
+        out = asdict(self)
+        del out["reason"]
+        return {"at": self.at, **contract.text_fields(self.reason, contract.REPLACED_REASON_CHARS, "reason"),
+                **{k: v for k, v in out.items() if k != "at"}}
+
+    def stored_reason(self) -> str:
+        """The reason as the outbox file's `replaced` table keeps it: the marked text as JSON, so an agent
+        restarted after the replacement reports it in the same words (`reason_from_column`)."""
+        if isinstance(self.reason, LazyText) and self.reason.msgid:
+            return json.dumps({"english": str(self.reason), **self.reason.as_dict()}, ensure_ascii=False)
+        return str(self.reason)
 
 
-def set_aside(db_path: Path, reason: str, now: float) -> Replacement:
+def reason_from_column(value: str) -> str | LazyText:
+    """A `replaced.reason` read back (`Replacement.stored_reason`): the marked text, or plain English (a file
+    written by an agent before marking, or a reason that merely is not JSON)."""
+    if value.startswith('{"english"'):
+        try:
+            stored = json.loads(value)
+            return LazyText.from_dict(stored) if isinstance(stored, dict) and "msgid" in stored else value
+        except (ValueError, TypeError, KeyError):
+            return value
+    return value
+
+
+def damaged(error: str) -> LazyText:
+    """The reason of an outbox file found damaged, with what SQLite (or the check) said, in its English."""
+    return lazy_gettext("the outbox file is damaged (%(error)s)", error=error)
+
+
+def set_aside(db_path: Path, reason: str | LazyText, now: float) -> Replacement:
     """Move the outbox file (and its side files) out of the way and read what can be read of it."""
     stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(now))
     target = db_path.with_name(f"{db_path.name}.corrupt-{stamp}")

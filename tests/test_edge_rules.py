@@ -56,7 +56,7 @@ def test_idle_off_is_a_room_setting_validated_audited_and_pushed(app: Flask, tmp
                                                              "effective_idle_off_minutes": None}
     assert pushed_rules(app) is None
     before = versions(app)
-    for bad in (0, 481, 12.5, "ten", True, [], {"m": 1}):
+    for bad in (-1, 481, 12.5, "ten", True, [], {"m": 1}):
         resp = call(app, "PUT", RULES, "teacher", json={"idle_off_minutes": bad})
         assert resp.status_code == 400 and resp.get_json()["field"] == "idle_off_minutes", bad
     resp = call(app, "PUT", RULES, "teacher", json={"idle_of_minutes": 5})
@@ -135,6 +135,73 @@ def test_a_schools_idle_off_default_is_taken_by_its_rooms_without_their_own(app:
     assert pushed_rules(app) == {"idle_off_minutes": 30}
     assert call(app, "POST", "/health/timetables/s1", "admin", data={"idle_off_minutes": ""}).status_code == 200
     assert pushed_rules(app) is None and pushed_rules(app, "gw-102") is None  # said (null), so the gateways drop it
+
+
+def test_a_room_can_opt_out_of_its_schools_idle_off_default(app: Flask, tmp_path: Path) -> None:
+    """0 is "never" for a room, distinct from null (the school's default): pushed as no rule (so the gateway
+    switches nothing off however short the school's default), kept through a change of the school's default,
+    audited, said on the room's page in both languages; the gateway's decision follows it."""
+    from edge_agent.agent import Agent
+    from tests.test_rules import room_config
+
+    school = "/api/schools/s1/rules"
+    assert call(app, "PUT", school, "admin", json={"idle_off_minutes": 1}).status_code == 200
+    assert pushed_rules(app) == {"idle_off_minutes": 1}
+    before = versions(app)
+    resp = call(app, "PUT", RULES, "teacher", json={"idle_off_minutes": 0})
+    assert resp.status_code == 200 and resp.get_json()["idle_off_minutes"] == 0
+    assert call(app, "GET", RULES, "teacher").get_json() == {
+        "idle_off_minutes": 0, "school_idle_off_minutes": 1, "effective_idle_off_minutes": None}
+    assert versions(app)["gw-101"] == before["gw-101"] + 1
+    payload = json.loads(podium.config_payload(central(app).registry, "gw-101"))
+    assert "rules" in payload and payload["rules"] is None  # said (null): the gateway drops even the file's rule
+    trail = [r for r in central(app).registry.audit_trail() if r["action"] == "rules.idle_off"]
+    assert any(r["ok"] and r["detail"] == "s1/101: idle-off never" for r in trail)
+    # The school's default changes: a room that opted out is not among the gateways to push, nor changed.
+    before = versions(app)
+    assert call(app, "PUT", school, "admin", json={"idle_off_minutes": 45}).status_code == 200
+    assert versions(app) == {**before, "gw-102": before["gw-102"] + 1} and pushed_rules(app) is None
+    assert pushed_rules(app, "gw-102") == {"idle_off_minutes": 45}
+    # The page, in both languages; its form takes 0 too.
+    en = call(app, "GET", "/podium/s1/101?lang=en", "teacher").get_data(as_text=True)
+    assert "Never: this room is not switched off by itself, whatever the school’s default." in en
+    assert 'name="idle_off_minutes" type="number" min="0"' in en and 'value="0"' in en
+    zh = call(app, "GET", "/podium/s1/101?lang=zh-CN", "teacher").get_data(as_text=True)
+    assert "从不：无论学校默认如何，本教室都不会自动关机。" in zh and "学校默认：无人 45 分钟后关机。" in zh
+    bad = call(app, "PUT", RULES, "teacher", json={"idle_off_minutes": -1})
+    assert bad.status_code == 400 and "0 for never" in bad.get_json()["error"]
+    assert call(app, "PUT", RULES + "?lang=zh-CN", "teacher", json={"idle_off_minutes": 481}).get_json()["error"] \
+        .endswith("0 表示从不，留空表示采用学校默认值")
+    assert call(app, "GET", RULES, "teacher").get_json()["idle_off_minutes"] == 0  # refused: nothing changed
+
+    # The gateway's decision: a file that says 1 minute, the school's default 1 minute, the room "never".
+    base = room_config(tmp_path, minutes=1)
+    devices = [d.model_dump(exclude={"simulator"}) for d in base.devices]
+    assert call(app, "PUT", school, "admin", json={"idle_off_minutes": 1}).status_code == 200
+
+    def decision(payload: bytes) -> tuple[Any, Any]:
+        doc = {**json.loads(payload), "devices": devices}  # central's rules, the test room's camera and projector
+        _, config = validate_pushed_config(base, json.dumps(doc))
+        agent = Agent(config)
+        try:
+            now = [1000.0]
+            agent.rules.clock = lambda: now[0]
+            agent.rules.observe("proj", {"power": "on"})
+            for t in range(0, 121, 5):  # two rule minutes (1 s each here) of nobody, fresh counts
+                now[0] = 1000.0 + t / 10
+                agent.rules.observe("cam", {"people_count": 0})
+            watch = agent.rules._watch()
+            return config.rules, watch.due(now[0], True) if watch is not None else None
+        finally:
+            agent.outbox.close()
+
+    rules, due = decision(podium.config_payload(central(app).registry, "gw-101"))
+    assert rules is None and due is None  # never: no watch at all, nothing due
+    assert call(app, "PUT", RULES, "teacher", json={"idle_off_minutes": None}).status_code == 200
+    rules, due = decision(podium.config_payload(central(app).registry, "gw-101"))
+    assert rules is not None and rules.idle_off_minutes == 1 and due is not None  # the school's default acts
+    assert call(app, "POST", "/podium/s1/101/rules", "teacher", data={"idle_off_minutes": "0"}).status_code == 200
+    assert call(app, "GET", RULES, "teacher").get_json()["idle_off_minutes"] == 0 and pushed_rules(app) is None
 
 
 def test_an_override_holds_until_the_end_of_the_current_period(app: Flask) -> None:

@@ -114,6 +114,9 @@ def test_an_empty_room_is_switched_off_once_and_reported_once(tmp_path: Path) ->
         assert event["rule"] == contract.RULE_IDLE_OFF and event["outcome"] == "ran"
         assert [(s["device"], s["action"], s["status"]) for s in event["steps"]] == [("proj", "power_off", "done")]
         assert "2 minutes" in event["reason"]
+        # Marked beside the English (campus/contract.py EVENT_TEXTS), for central to say in the reader's language.
+        assert (event["reason_msgid"], event["reason_params"]) == (
+            "nobody in the room for %(minutes)s minutes and no command", {"minutes": "2"})
         since = agent.rules.watch.idle_since["cam"]
         assert since is not None and event["at"] >= since + 2.0  # two rule minutes of zeros, at least
         assert power_commands(sims) == ["%1POWR 0"]
