@@ -84,8 +84,9 @@ events = Table(
     Index("events_ts", "ts"),
 )
 
-# Events that arrived late (recorded `ledger.LATE_EVENT_S` or more after their time: a gateway offline for
-# days delivering its outbox), per gateway: the oldest such time not yet taken, and how many late batches
+# Events that arrived late (recorded `attendance_model.LATE_EVENT_S` or more after their time: a gateway
+# offline for days delivering its outbox; noted by central/attendance_summary.py's `ledger.after_record`
+# observer), per gateway: the oldest such time not yet taken, and how many late batches
 # came. A reader that keeps something worked out per day from events (the attendance day counts,
 # central/attendance.py) redoes the days from `since` on, then deletes the row only if `arrivals` did not
 # change meanwhile. One row a gateway at most; written only by a batch with a late event.
