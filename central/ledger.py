@@ -330,7 +330,13 @@ class Ledger:
                                        "value": json.dumps(value), "epoch": rows[gw].epoch, "seq": seq}
                                       for (gw, dev, metric), (seq, ts, value) in sorted(latest.items())])
             if events:
-                conn.execute(self.db.insert(events_t).on_conflict_do_nothing(), events)
+                # `recorded`: taken as the rows are written, just before the commit, not at the batch's start (a
+                # batch may wait for its locks first), so that a reader of what is new by it (events_recorded)
+                # compares times of one clock in about commit order: SQLite's one writer's, PostgreSQL's
+                # server's own (not each ingest host's: several hosts' clocks may disagree).
+                recorded = func.extract("epoch", func.clock_timestamp()) if self.db.dialect == "postgresql" \
+                    else time.time()
+                conn.execute(self.db.insert(events_t).values(recorded=recorded).on_conflict_do_nothing(), events)
                 for observer in _observers:
                     observer(self.db, conn, events, now)
             for r in results:
@@ -689,6 +695,33 @@ class Ledger:
             rows = conn.execute(query).all()
         return [{"gateway": g, "device": d, "seq": s, "ts": ts, "type": t, "data": json.loads(data)}
                 for g, d, s, ts, t, data in rows]
+
+    def events_recorded(self, type_: str, after: float | None, limit: int = 20000) -> list[dict[str, Any]]:
+        """The events of `type_` recorded after `after` (None: all of them since migration 0018), by the time
+        the ledger wrote them (`recorded`, `clock`; not the gateway's `ts`: an event may come days after it),
+        oldest recorded first, each with its `recorded`: what is new since a reader's last look, however
+        late it came. One statement on the (type, recorded) index."""
+        e = events_t.c
+        query = (select(e.gateway, e.device, e.seq, e.ts, e.type, e.data, e.recorded)
+                 .where(e.type == type_, e.recorded > after if after is not None else e.recorded.is_not(None))
+                 .order_by(e.recorded, e.gateway, e.seq).limit(limit))
+        with self.db.read("cannot read the events") as conn:
+            rows = conn.execute(query).all()
+        return [{"gateway": g, "device": d, "seq": s, "ts": ts, "type": t, "data": json.loads(data), "recorded": r}
+                for g, d, s, ts, t, data, r in rows]
+
+    def clock(self) -> float:
+        """Now, by the clock events are `recorded` with: PostgreSQL's server's (one statement), SQLite's host's."""
+        if self.db.dialect != "postgresql":
+            return time.time()
+        with self.db.read("cannot read the database's clock") as conn:
+            return float(conn.execute(select(func.extract("epoch", func.clock_timestamp()))).scalar_one())
+
+    def newest_recorded(self, type_: str) -> float | None:
+        """When the newest event of `type_` was recorded (None: none since migration 0018): where a reader of
+        `events_recorded` starts, in the ledger's clock."""
+        with self.db.read("cannot read the events") as conn:
+            return conn.execute(select(func.max(events_t.c.recorded)).where(events_t.c.type == type_)).scalar()
 
     def newest_events(self, gateways: Collection[str],
                       types: Collection[str]) -> dict[tuple[str, str], dict[str, Any]]:
