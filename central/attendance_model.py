@@ -18,7 +18,7 @@ from sqlalchemy.orm import Mapped, mapped_column
 from campus import contract
 from campus.errors import ConfigError
 from campus.i18n import N_, lazy_gettext
-from central import ledger, timetables
+from central import timetables
 from central.db import Base
 from central.registry import Registry, School
 
@@ -32,10 +32,14 @@ DEFAULT_GRACE_MIN = 5
 GRACE_RANGE = (0, 60)
 DEFAULT_RETENTION_DAYS = 150  # about one term (学期): the default of a school whose timetable has no terms
 RETENTION_RANGE = (7, 400)
+# An event recorded this long after its own time arrived late (the ledger's `late_events`, noted by
+# central/attendance_summary.py's observer of each batch): what was worked out of its day may lack it. Ten
+# minutes: a live swipe takes seconds.
+LATE_EVENT_S = 600.0
 # A day is *finished* this long after its end: its counts are kept (`attendance_day_counts`) and a summary reads
-# them instead of its registers. Longer than ledger.LATE_EVENT_S (a swipe recorded later than that after its time
+# them instead of its registers. Longer than LATE_EVENT_S (a swipe recorded later than that after its time
 # is flagged, and its day's counts redone) with room for the slowest write.
-SETTLE_S = 6 * ledger.LATE_EVENT_S
+SETTLE_S = 6 * LATE_EVENT_S
 ROLES = ("student", "staff")
 ROLE_ALIASES = {"学生": "student", "教师": "staff", "老师": "staff", "教职工": "staff", "员工": "staff",
                 "teacher": "staff"}

@@ -123,11 +123,8 @@ def import_roster(registry: Registry, school: str, data: bytes, by: str = "") ->
             wanted.append(row)
     except csv.Error as exc:
         report.errors.append(records.invalid(exc))
-    if header is None and not report.errors:
-        report.errors.append(ImportProblem(1, "", lazy_gettext(
-            "the file is empty; the first line must be the header %(columns)s", columns=",".join(ROSTER_COLUMNS))))
-    elif not wanted and not report.errors:
-        report.errors.append(ImportProblem(1, "", lazy_gettext("no people after the header")))
+    if not report.errors and (end := records.ending(ROSTER_HEADER, lazy_gettext("no people after the header"))):
+        report.errors.append(end)
     if report.errors:
         return report
     _store_roster(registry, school, wanted, homes, by, report)

@@ -13,11 +13,12 @@ from datetime import date, datetime, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from sqlalchemy import select
+from sqlalchemy import Connection, select
 
 from central import ledger, lists, timetables
 from central.attendance_model import (
     EVENT_TYPES,
+    LATE_EVENT_S,
     SETTLE_S,
     AttendanceCount,
     CacheGeneration,
@@ -25,7 +26,24 @@ from central.attendance_model import (
     _forget_days,
 )
 from central.attendance_register import _day_span, _entries, _first_kept, _load, _marks, _School
+from central.db import Database
 from central.registry import Registry
+
+# ---------------------------------------------------------------- late swipes
+
+
+@ledger.after_record
+def note_late(db: Database, conn: Connection, events: list[dict[str, Any]], now: float) -> None:
+    """Of each batch the ledger records: the oldest event per gateway that came LATE_EVENT_S or more after its
+    time, remembered in the ledger's `late_events` in the batch's transaction, so that the kept counts of
+    its day and after are redone (`_days_counts`) before a summary reads them. Any late event counts, a
+    redelivery too: it costs a reader a recount, never a loss."""
+    late: dict[str, float] = {}
+    for ev in events:
+        if now - ev["ts"] >= LATE_EVENT_S:
+            late[ev["gateway"]] = min(ev["ts"], late.get(ev["gateway"], ev["ts"]))
+    ledger.note_late_events(db, conn, late)
+
 
 # ---------------------------------------------------------------- the school's summary
 

@@ -20,7 +20,7 @@ import time
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import select, update
+from sqlalchemy import ColumnElement, select, update
 
 from campus import contract
 from campus.errors import ConfigError
@@ -94,17 +94,7 @@ def set_idle_off(registry: Registry, room_id: int, value: Any) -> tuple[int | No
     """Set the room's idle-off minutes (validated: ConfigError naming the field, nothing changed; None: the
     school's default; IDLE_OFF_NEVER: never, whatever the school's); the minutes and the room's gateways,
     whose config version went up (to push) if the setting changed."""
-    minutes = check_idle_off(value, never=True)
-    with registry.session() as s:
-        room = s.get(Room, room_id)
-        if room is None:
-            raise LookupError(room_id)
-        if room.idle_off_minutes == minutes:
-            return minutes, []
-        room.idle_off_minutes = minutes
-        s.execute(update(Gateway).where(Gateway.room_id == room_id)
-                  .values(config_version=Gateway.config_version + 1))
-        return minutes, sorted(s.scalars(select(Gateway.id).where(Gateway.room_id == room_id)))
+    return _set_minutes(registry, Room, room_id, check_idle_off(value, never=True), Gateway.room_id == room_id)
 
 
 def school_settings(registry: Registry, school: str) -> dict[str, Any]:
@@ -120,18 +110,25 @@ def set_school_idle_off(registry: Registry, school: str, value: Any) -> tuple[in
     """Set the school's default idle-off minutes (validated like a room's: ConfigError, nothing changed; None:
     no default); the minutes and the gateways whose rules changed with it (those of the school's rooms
     without their own setting), whose config version went up (to push)."""
-    minutes = check_idle_off(value)
+    inheriting = select(Room.id).where(Room.school_id == school, Room.idle_off_minutes.is_(None))
+    return _set_minutes(registry, School, school, check_idle_off(value), Gateway.room_id.in_(inheriting))
+
+
+def _set_minutes(registry: Registry, holder: type[Room] | type[School], key: int | str, minutes: int | None,
+                 following: ColumnElement[bool]) -> tuple[int | None, list[str]]:
+    """The one way idle-off minutes are set, a room's or a school's default (`holder` `key`; LookupError if
+    there is none): `minutes` as `check_idle_off` gave them, written with the config version of the gateways
+    `following` it (those whose rules change with it) raised in the same transaction, so that no push sends a
+    version without the minutes. The minutes, and those gateways (none when the value was already so)."""
     with registry.session() as s:
-        row = s.get(School, school)
+        row = s.get(holder, key)
         if row is None:
-            raise LookupError(school)
+            raise LookupError(key)
         if row.idle_off_minutes == minutes:
             return minutes, []
         row.idle_off_minutes = minutes
-        inheriting = select(Room.id).where(Room.school_id == school, Room.idle_off_minutes.is_(None))
-        s.execute(update(Gateway).where(Gateway.room_id.in_(inheriting))
-                  .values(config_version=Gateway.config_version + 1))
-        return minutes, sorted(s.scalars(select(Gateway.id).where(Gateway.room_id.in_(inheriting))))
+        s.execute(update(Gateway).where(following).values(config_version=Gateway.config_version + 1))
+        return minutes, sorted(s.scalars(select(Gateway.id).where(following)))
 
 
 def override_until(registry: Registry, school: str, now: float | None = None) -> tuple[float, bool]:

@@ -20,9 +20,10 @@ that gateway alone until the plan's end (`edge_gateways`). Not the push: a push 
 delivered (the gateway offline) or read by an older agent leaves the schedule with central, so nothing
 is left unrun; and a plan that ran out (a gateway away for weeks) gives the schedule back to central.
 
-Each edge run comes back through the outbox as a `schedule_run` event; `collect` writes it into the
-same history central's runs go to (`schedule_runs`), one row per occurrence (the schedule and its
-planned time) with each gateway's results in it, each gateway's once whatever is delivered again.
+Each edge run comes back through the outbox as a `schedule_run` event; `collect` (`EdgeRunCollector` each
+tick of central's scheduler) writes it into the same history central's runs go to (`schedule_runs`), one
+row per occurrence (the schedule and its planned time) with each gateway's results in it, each gateway's
+once whatever is delivered again.
 """
 
 from __future__ import annotations
@@ -47,6 +48,12 @@ HORIZON_DAYS = 14
 REFRESH_AFTER_S = 86400.0   # re-planned and pushed daily, long before the horizon runs out
 REFRESH_PER_CALL = 50
 COLLECT_WINDOW_S = 7 * 86400.0  # how far back `collect` looks for reports (a gateway away for a week)
+COLLECT_LIMIT = 20000           # reports read in one round
+# A round after the first reads what was recorded after the newest report it has read, and also what was
+# recorded in this long before the round before began: a batch still committing then (PostgreSQL, several
+# ingest workers: one recorded earlier may commit after one recorded later), or a clock stepped back. Such
+# a report is read for this long at most, and recorded once all the same (`_record`).
+RECORDED_OVERLAP_S = 60.0
 EDGE = "edge"  # `by` of an edge run's results in the history
 
 
@@ -163,13 +170,59 @@ def refresh_due(registry: Registry, client: Any, now: float | None = None) -> li
 
 
 def collect(registry: Registry, ledger: Any, now: float | None = None) -> int:
-    """Record the `schedule_run` events gateways reported in the schedules' history; how many were new.
+    """Record the `schedule_run` events gateways reported in the last COLLECT_WINDOW_S (by their `ts`) in the
+    schedules' history; how many were new. A one-off look: `EdgeRunCollector` is the one that runs each
+    tick, reading after its first round only what was recorded since."""
+    now = time.time() if now is None else now
+    return _record(registry, ledger.events(type_=contract.SCHEDULE_RUN_EVENT, since=now - COLLECT_WINDOW_S,
+                                           limit=COLLECT_LIMIT))
+
+
+class EdgeRunCollector:
+    """`collect`, round after round (central's scheduler, every tick): the first round reads the reports of
+    the last COLLECT_WINDOW_S by their time, as `collect` does; each next one only those recorded since
+    (`Ledger.events_recorded`: a run reported days late by a gateway that was away is new when it comes),
+    where every round used to read the seven days again. Its marks are times of the ledger's clock
+    (`Ledger.clock`, `recorded`), never this process's: ingest may run on other hosts."""
+
+    def __init__(self, registry: Registry, ledger: Any) -> None:
+        self.registry, self.ledger = registry, ledger
+        self._began: float | None = None  # when the last round's read began (None: no round yet)
+        self._mark: float | None = None   # the newest `recorded` read (None: none recorded yet)
+
+    def collect(self, now: float | None = None) -> int:
+        """One round; how many reports were new. The marks move only once the round's reports are recorded:
+        a round that failed is read again by the next."""
+        began = self.ledger.clock()
+        if self._began is None:
+            mark = self.ledger.newest_recorded(contract.SCHEDULE_RUN_EVENT)  # first: what comes after is new
+            events = self.ledger.events(type_=contract.SCHEDULE_RUN_EVENT,
+                                        since=(time.time() if now is None else now) - COLLECT_WINDOW_S,
+                                        limit=COLLECT_LIMIT)
+        else:
+            mark = self._mark
+            after = self._began - RECORDED_OVERLAP_S
+            events = self.ledger.events_recorded(contract.SCHEDULE_RUN_EVENT,
+                                                 after if mark is None else min(mark, after), limit=COLLECT_LIMIT)
+        added = _record(self.registry, events)
+        if self._began is not None and len(events) == COLLECT_LIMIT:
+            # More than a round takes: the next one goes on from the last read (a second before it: the
+            # rest of its batch, written within it), as if this one had begun then.
+            last = events[-1]["recorded"]
+            self._began, self._mark = last + RECORDED_OVERLAP_S, last - 1.0
+        else:
+            self._began = began
+            self._mark = max((r for r in (mark, *(ev.get("recorded") for ev in events)) if r is not None),
+                             default=None)
+        return added
+
+
+def _record(registry: Registry, events: list[dict[str, Any]]) -> int:
+    """Record these `schedule_run` events in the schedules' history; how many were new.
 
     One row per occurrence (schedule, planned time: `ran_at`), each gateway's results added once: the
     schedule's row is locked first (PostgreSQL: FOR UPDATE; SQLite: the one writer), so two web
     processes collecting at once cannot both add them."""
-    now = time.time() if now is None else now
-    events = ledger.events(type_=contract.SCHEDULE_RUN_EVENT, since=now - COLLECT_WINDOW_S, limit=20000)
     reports = []
     for ev in sorted(events, key=lambda e: (e["ts"], e["seq"])):
         sid, planned = ev["data"].get("schedule"), ev["data"].get("planned")

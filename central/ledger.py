@@ -25,7 +25,7 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import Collection, Iterable
+from collections.abc import Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -78,10 +78,6 @@ _ROWS_PER_INSERT = 400  # rows of one multi-row INSERT (2-3 parameters each: und
 # oldest rows (counted as gaps, which is the truth) cannot jump that far.
 SEQ_JUMP_MAX = 100_000_000
 _SEQ_MAX = 2**63 - 1
-# An event recorded this long after its own time arrived late (`late_events`): what was worked out of its
-# day may lack it. Ten minutes: a live swipe takes seconds; a readers' "finished day" waits longer
-# (central/attendance.py SETTLE_S).
-LATE_EVENT_S = 600.0
 # Smoothing of the clock offset (exponential, per live heartbeat), and the offset above which the
 # dashboard warns that a gateway's clock is wrong (docs: keep gateways on NTP).
 CLOCK_SMOOTHING = 0.2
@@ -94,6 +90,23 @@ WAITING_WARN_S = 900.0
 # A gateway that said nothing for this many of its heartbeat intervals is offline, whatever its last
 # state said (`online_at`).
 SILENT_INTERVALS = 3
+
+
+# What else a recorded batch's events mean is not the ledger's to know: a module that keeps something worked
+# out of events registers an observer (`after_record`; central/attendance_summary.py: a swipe that arrives
+# late makes its day's kept counts stale), run in the batch's own transaction so that what it writes stands
+# or falls with the events.
+EventsObserver = Callable[[Database, Connection, list[dict[str, Any]], float], None]
+_observers: list[EventsObserver] = []
+
+
+def after_record(observer: EventsObserver) -> EventsObserver:
+    """Run `observer(db, conn, events, now)` in every `Ledger.record` transaction that wrote events, after
+    they are written: `events` the rows ({gateway, device, seq, ts, type, data as JSON}), `now` the batch's
+    time of receipt. Once however often it is registered; returned, to be used as a decorator."""
+    if observer not in _observers:
+        _observers.append(observer)
+    return observer
 
 
 def online_at(now: float) -> ColumnElement[bool]:
@@ -319,30 +332,19 @@ class Ledger:
                                        "value": json.dumps(value), "epoch": rows[gw].epoch, "seq": seq}
                                       for (gw, dev, metric), (seq, ts, value) in sorted(latest.items())])
             if events:
-                conn.execute(self.db.insert(events_t).on_conflict_do_nothing(), events)
-                self._note_late(conn, events, now)
+                # `recorded`: taken as the rows are written, just before the commit, not at the batch's start (a
+                # batch may wait for its locks first), so that a reader of what is new by it (events_recorded)
+                # compares times of one clock in about commit order: SQLite's one writer's, PostgreSQL's
+                # server's own (not each ingest host's: several hosts' clocks may disagree).
+                recorded = func.extract("epoch", func.clock_timestamp()) if self.db.dialect == "postgresql" \
+                    else time.time()
+                conn.execute(self.db.insert(events_t).values(recorded=recorded).on_conflict_do_nothing(), events)
+                for observer in _observers:
+                    observer(self.db, conn, events, now)
             for r in results:
                 conn.execute(update(commands_t).where(commands_t.c.id == r.id, commands_t.c.status == "pending")
                              .values(status=r.status, detail=r.text, finished=r.ts))
         return fresh
-
-    def _note_late(self, conn: Connection, events: list[dict[str, Any]], now: float) -> None:
-        """Remember, per gateway, the oldest event of the batch that came LATE_EVENT_S or more after its
-        time (`late_events`): one statement, only for a batch that has one (a redelivery counts too: it
-        costs a reader a recount, never a loss)."""
-        late: dict[str, float] = {}
-        for ev in events:
-            if now - ev["ts"] >= LATE_EVENT_S:
-                late[ev["gateway"]] = min(ev["ts"], late.get(ev["gateway"], ev["ts"]))
-        if not late:
-            return
-        upsert = self.db.insert(late_t)
-        conn.execute(upsert.on_conflict_do_update(
-            index_elements=[late_t.c.gateway],
-            set_={"since": case((upsert.excluded.since < late_t.c.since, upsert.excluded.since),
-                                else_=late_t.c.since),
-                  "arrivals": late_t.c.arrivals + 1}),
-            [{"gateway": gw, "since": ts, "arrivals": 1} for gw, ts in sorted(late.items())])
 
     def _write_rows(self, conn: Connection, rows: dict[str, GatewayRow], states_json: dict[str, str]) -> None:
         """The batch's gateways' rows back, one UPDATE (two: with and without a new state) for them all."""
@@ -686,6 +688,33 @@ class Ledger:
         return [{"gateway": g, "device": d, "seq": s, "ts": ts, "type": t, "data": json.loads(data)}
                 for g, d, s, ts, t, data in rows]
 
+    def events_recorded(self, type_: str, after: float | None, limit: int = 20000) -> list[dict[str, Any]]:
+        """The events of `type_` recorded after `after` (None: all of them since migration 0018), by the time
+        the ledger wrote them (`recorded`, `clock`; not the gateway's `ts`: an event may come days after it),
+        oldest recorded first, each with its `recorded`: what is new since a reader's last look, however
+        late it came. One statement on the (type, recorded) index."""
+        e = events_t.c
+        query = (select(e.gateway, e.device, e.seq, e.ts, e.type, e.data, e.recorded)
+                 .where(e.type == type_, e.recorded > after if after is not None else e.recorded.is_not(None))
+                 .order_by(e.recorded, e.gateway, e.seq).limit(limit))
+        with self.db.read("cannot read the events") as conn:
+            rows = conn.execute(query).all()
+        return [{"gateway": g, "device": d, "seq": s, "ts": ts, "type": t, "data": json.loads(data), "recorded": r}
+                for g, d, s, ts, t, data, r in rows]
+
+    def clock(self) -> float:
+        """Now, by the clock events are `recorded` with: PostgreSQL's server's (one statement), SQLite's host's."""
+        if self.db.dialect != "postgresql":
+            return time.time()
+        with self.db.read("cannot read the database's clock") as conn:
+            return float(conn.execute(select(func.extract("epoch", func.clock_timestamp()))).scalar_one())
+
+    def newest_recorded(self, type_: str) -> float | None:
+        """When the newest event of `type_` was recorded (None: none since migration 0018): where a reader of
+        `events_recorded` starts, in the ledger's clock."""
+        with self.db.read("cannot read the events") as conn:
+            return conn.execute(select(func.max(events_t.c.recorded)).where(events_t.c.type == type_)).scalar()
+
     def newest_events(self, gateways: Collection[str],
                       types: Collection[str]) -> dict[tuple[str, str], dict[str, Any]]:
         """The newest event of each of `types` of each of `gateways`, by (gateway, type): one statement for a
@@ -806,6 +835,21 @@ def delete_events(db: Database, gateways: Collection[str], types: Collection[str
     with db.write("cannot delete old events") as conn:
         return conn.execute(sql_delete(events_t).where(e.gateway.in_(list(gateways)), e.type.in_(list(types)),
                                                        e.ts < before)).rowcount
+
+
+def note_late_events(db: Database, conn: Connection, late: Mapping[str, float]) -> None:
+    """Remember, per gateway, the oldest time of an event of this batch that its observer (`after_record`)
+    found came late, `late[gateway]`: in the batch's own transaction `conn`, one statement, only for a batch
+    that has one."""
+    if not late:
+        return
+    upsert = db.insert(late_t)
+    conn.execute(upsert.on_conflict_do_update(
+        index_elements=[late_t.c.gateway],
+        set_={"since": case((upsert.excluded.since < late_t.c.since, upsert.excluded.since),
+                            else_=late_t.c.since),
+              "arrivals": late_t.c.arrivals + 1}),
+        [{"gateway": gw, "since": ts, "arrivals": 1} for gw, ts in sorted(late.items())])
 
 
 def late_events(db: Database, gateways: Collection[str]) -> list[tuple[str, float, int]]:

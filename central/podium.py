@@ -316,11 +316,8 @@ def import_cards(registry: Registry, school: str, data: bytes, by: str, *, room:
             wanted.append(row)
     except csv.Error as exc:
         report.errors.append(records.invalid(exc))
-    if header is None and not report.errors:
-        report.errors.append(ImportProblem(1, "", lazy_gettext(
-            "the file is empty; the first line must be the header %(columns)s", columns=",".join(CARD_COLUMNS))))
-    elif not wanted and not report.errors:
-        report.errors.append(ImportProblem(1, "", lazy_gettext("no cards after the header")))
+    if not report.errors and (end := records.ending(CARD_HEADER, lazy_gettext("no cards after the header"))):
+        report.errors.append(end)
     if report.errors:
         return report
     with registry.session() as s:

@@ -434,18 +434,34 @@ IMPORT_HEADER = Header(
 
 class CsvRecords:
     """The records of a CSV text, each with the line it starts on (a quoted value may span lines),
-    skipping blank lines and `#` comments: the one reading of an imported file (devices, timetables)."""
+    skipping blank lines and `#` comments: the one reading of an imported file (devices, timetables,
+    rosters, podium cards), and the one refusal of a file that holds nothing to import (`ending`)."""
 
     def __init__(self, text: str) -> None:
         self._reader = csv.reader(io.StringIO(text, newline=""))
         self.end = 0  # the last line read
+        self.records = 0  # records given out, the header among them
 
     def __iter__(self) -> Iterator[tuple[int, list[str]]]:
         for cells in self._reader:
             start, self.end = self.end + 1, self._reader.line_num
             if not any(c.strip() for c in cells) or cells[0].lstrip().startswith("#"):
                 continue
+            self.records += 1
             yield start, cells
+
+    def ending(self, expected: Header, nothing: LazyText) -> ImportProblem | None:
+        """The refusal of a file read to its end that holds nothing to import, or None: no header at all
+        (the problem spells the header `expected` in both languages, as either is accepted), or no record
+        after it (`nothing`: the import's own words, "no people after the header"). Asked only of a file
+        read without another problem, so that an empty file is refused alike by every import."""
+        if self.records == 0:
+            return ImportProblem(1, "", lazy_gettext(
+                "the file is empty; the first line must be the header %(columns)s or %(chinese)s",
+                columns=",".join(expected.columns), chinese=",".join(expected.names(chinese=True))))
+        if self.records == 1:
+            return ImportProblem(1, "", nothing)
+        return None
 
     def invalid(self, exc: csv.Error) -> ImportProblem:
         """Where and why the text stopped being CSV."""
@@ -587,10 +603,8 @@ def _parse_rows(text: str, report: ImportReport) -> list[_Row]:
                 rows.append(row)
     except csv.Error as exc:
         report.errors.append(records.invalid(exc))
-    if header is None and not report.errors:
-        report.errors.append(ImportProblem(1, "", lazy_gettext(
-            "the file is empty; the first line must be the header %(columns)s or %(chinese)s",
-            columns=",".join(IMPORT_COLUMNS), chinese=",".join(IMPORT_HEADER.names(chinese=True)))))
+    if not report.errors and (end := records.ending(IMPORT_HEADER, lazy_gettext("no rows after the header"))):
+        report.errors.append(end)
     return rows
 
 
@@ -670,8 +684,6 @@ def import_csv(registry: Registry, data: bytes, schools: tuple[str, ...] | None 
             report.outside = True
             report.problem(row.line, "school", lazy_gettext(
                 "not one of your schools (your account is limited to %(schools)s)", schools=", ".join(schools)))
-    if not rows and not report.errors:
-        report.errors.append(ImportProblem(1, "", lazy_gettext("no rows after the header")))
     try:
         with registry.session() as s:
             _cross_check(s, rows, report)  # also on the good lines of a bad file: report everything at once

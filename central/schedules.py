@@ -593,6 +593,9 @@ class Scheduler(LeasedWorker):
                          join_s=interval + 60)
         self.registry, self.ledger, self.grace, self.wait = registry, ledger, grace, wait
         self._service = service
+        from central.edge_schedules import EdgeRunCollector
+
+        self._edge_runs = EdgeRunCollector(registry, ledger)
 
     @property
     def service(self) -> Any:
@@ -649,7 +652,7 @@ class Scheduler(LeasedWorker):
         from central import edge_schedules
 
         try:
-            edge_schedules.collect(self.registry, self.ledger, now)
+            self._edge_runs.collect(now)
             client = getattr(self.service, "client", None)
             if client is not None:
                 edge_schedules.refresh_due(self.registry, client, now)

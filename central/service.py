@@ -23,7 +23,7 @@ from zoneinfo import ZoneInfo
 from central import city_push, lists
 from central import usage_rollup as rollup
 from central.alarms import AlarmMonitor
-from central.attendance import AttendanceRetention
+from central.attendance import AttendanceRetention  # also registers its ledger observer (late swipes)
 from central.city_push import CityLink, CityPusher
 from central.commands import CommandService
 from central.db import Database, open_database, url_of

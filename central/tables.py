@@ -73,6 +73,9 @@ seen = Table(
 
 # A redelivered event has its seq and its ts; a replaced outbox (new SD card) starts again at seq 1
 # with new timestamps, and its events must not be taken for redeliveries of the old ones.
+# `recorded`: central's clock when the row was written (NULL: before migration 0018). `ts` is the gateway's
+# word and an event may come days after it (a gateway offline): a reader that wants what is new since its
+# last look asks `recorded` (central/edge_schedules.py `EdgeRunCollector`).
 events = Table(
     "events", meta,
     Column("gateway", String(_ID), primary_key=True),
@@ -81,11 +84,14 @@ events = Table(
     Column("ts", Float, primary_key=True),
     Column("type", String(_ID), nullable=False),
     Column("data", Text, nullable=False),
+    Column("recorded", Float),
     Index("events_ts", "ts"),
+    Index("events_type_recorded", "type", "recorded"),
 )
 
-# Events that arrived late (recorded `ledger.LATE_EVENT_S` or more after their time: a gateway offline for
-# days delivering its outbox), per gateway: the oldest such time not yet taken, and how many late batches
+# Events that arrived late (recorded `attendance_model.LATE_EVENT_S` or more after their time: a gateway
+# offline for days delivering its outbox; noted by central/attendance_summary.py's `ledger.after_record`
+# observer), per gateway: the oldest such time not yet taken, and how many late batches
 # came. A reader that keeps something worked out per day from events (the attendance day counts,
 # central/attendance.py) redoes the days from `since` on, then deletes the row only if `arrivals` did not
 # change meanwhile. One row a gateway at most; written only by a batch with a late event.

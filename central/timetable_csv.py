@@ -120,10 +120,8 @@ def parse(text: str, school: str, timezone: str = tts.DEFAULT_TIMEZONE) -> Timet
     except csv.Error as exc:
         report.errors.append(records.invalid(exc))
         return report
-    if header is None:
-        report.errors.append(ImportProblem(1, "", lazy_gettext(
-            "the file is empty; the first line must be the header %(columns)s or %(chinese)s",
-            columns=",".join(COLUMNS), chinese=",".join(CHINESE.values()))))
+    if not report.errors and (end := records.ending(TIMETABLE_HEADER, lazy_gettext("no lines after the header"))):
+        report.errors.append(end)
         return report
     # Between lines too, on the good lines of a bad file: everything is reported at once.
     tt = tts.Timetable(school, timezone, tuple(periods), tuple(ranges))
@@ -170,10 +168,6 @@ def import_csv(registry: Registry, school: str, data: bytes, by: str = "",
     current = tts.load(registry, school)
     report = parse(text, school, current.timezone if current else timezone)
     if report.timetable is not None:
-        if not report.rows:
-            report.errors.append(ImportProblem(1, "", lazy_gettext("no lines after the header")))
-            report.timetable = None
-            return report
         report.timetable = tts.save(registry, report.timetable, by)
         report.ok = True
     return report

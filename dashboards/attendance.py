@@ -340,15 +340,21 @@ def _summary_rows(rows: list[att.WeekRow]) -> list[list[Any]]:
     return out
 
 
+def _summary(school: str) -> tuple[list[att.WeekRow], date, date]:
+    """The school's summary for the weeks asked, with its first and last day: what the page and both of its
+    downloads show (_Refused: a school out of scope or not for this role, bad weeks)."""
+    _school(school, staff_only=True)
+    first, last = _weeks()
+    return att.summary(central().registry, school, first, last, site_zone=site_zone()), first, last
+
+
 @bp.get("/attendance/<school>")
 @login_required(roles=STAFF)
 def summary_page(school: str) -> Any:
     try:
-        _school(school, staff_only=True)
-        first, last = _weeks()
+        rows, first, last = _summary(school)
     except _Refused as exc:
         return _answer(exc)
-    rows = att.summary(central().registry, school, first, last, site_zone=site_zone())
     return render_template("attendance_summary.html", school=school, rows=rows, first=first, last=last,
                            weeks=request.args.get("weeks", "4"), settings=att.settings(central().registry, school),
                            may_change=g.user["role"] == "admin", named=may_see_names(g.user),
@@ -359,11 +365,9 @@ def summary_page(school: str) -> Any:
 @login_required(roles=STAFF)
 def summary_csv(school: str) -> Any:
     try:
-        _school(school, staff_only=True)
-        first, last = _weeks()
+        rows, first, last = _summary(school)
     except _Refused as exc:
         return _answer(exc)
-    rows = att.summary(central().registry, school, first, last, site_zone=site_zone())
     return download(csv_text(_summary_rows(rows)), f"attendance-{school}-{first}.csv", CSV)
 
 
@@ -371,11 +375,9 @@ def summary_csv(school: str) -> Any:
 @login_required(roles=STAFF)
 def summary_xlsx(school: str) -> Any:
     try:
-        _school(school, staff_only=True)
-        first, last = _weeks()
+        rows, first, last = _summary(school)
     except _Refused as exc:
         return _answer(exc)
-    rows = att.summary(central().registry, school, first, last, site_zone=site_zone())
     note = gettext("Attendance rate of each class per week, %(first)s to %(last)s", first=str(first), last=str(last))
     return download(xlsx_bytes([Sheet(gettext("attendance"), _summary_rows(rows), note=note)]),
                      f"attendance-{school}-{first}.xlsx", XLSX)

@@ -16,6 +16,7 @@ page's form `POST /podium/<school>/<room>/rules`.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from flask import Blueprint, Flask, Response, abort, g, jsonify, make_response, render_template, request
@@ -199,19 +200,34 @@ def api_set_rules(school: str, room: str) -> Any:
     return _set_rules(school, room, rid, body["idle_off_minutes"], json=True)
 
 
+def set_and_push_idle_off(action: str, subject: str, value: Any,
+                          set_minutes: Callable[[], tuple[int | None, list[str]]],
+                          said: Callable[[int | None, list[str]], str]) -> tuple[int | None, dict[str, Any]]:
+    """Set idle-off minutes, a room's or a school's default (`set_minutes`, central/edge_rules.py), audit it as
+    `action` of `subject` (`said`: the detail, from the minutes and the gateways changed) and push those
+    gateways: the one way both forms and both APIs do it (dashboards/timetables.py the school's). A bad value
+    is audited as refused and raised again (ConfigError: nothing changed)."""
+    try:
+        minutes, changed = set_minutes()
+    except ConfigError:
+        audit(action, f"{subject}: refused {str(value)[:40]!r}", ok=False)
+        raise
+    audit(action, f"{subject}: {said(minutes, changed)}")
+    return minutes, push_gateways(changed)
+
+
 def _set_rules(school: str, room: str, rid: int, value: Any, *, json: bool) -> Any:
     try:
-        minutes, changed = edge_rules.set_idle_off(central().registry, rid, value)
+        minutes, push = set_and_push_idle_off(
+            "rules.idle_off", f"{school}/{room}", value,
+            lambda: edge_rules.set_idle_off(central().registry, rid, value),
+            lambda minutes, changed: "idle-off " + ("the school's default" if minutes is None else "never"
+                                                    if minutes == edge_rules.IDLE_OFF_NEVER else str(minutes))
+                                     + (" (unchanged)" if not changed else ""))
     except ConfigError as exc:
-        audit("rules.idle_off", f"{school}/{room}: refused {str(value)[:40]!r}", ok=False)
         if json:
             return jsonify({"error": error_text(exc), "field": "idle_off_minutes"}), 400
         return _page(school, room, rid, error=error_text(exc))
-    said = ("the school's default" if minutes is None else "never" if minutes == edge_rules.IDLE_OFF_NEVER
-            else minutes)
-    audit("rules.idle_off", f"{school}/{room}: idle-off {said}"
-                            f"{' (unchanged)' if not changed else ''}")
-    push = push_gateways(changed)
     if json:
         return jsonify({"idle_off_minutes": minutes, **push})
     return _page(school, room, rid, push=push)

@@ -54,7 +54,7 @@ from dashboards.context import central
 from dashboards.exports import CSV, XLSX, Sheet, csv_text, download, xlsx_bytes
 from dashboards.health import STAFF, parse_week
 from dashboards.i18n import error_text, format_time, request_language, site_zone
-from dashboards.podium import push_gateways
+from dashboards.podium import set_and_push_idle_off
 from dashboards.strict_json import json_object
 
 bp = Blueprint("timetables", __name__)
@@ -138,14 +138,11 @@ def api_set_school_rules(school: str) -> Any:
 
 def _set_school_idle_off(school: str, value: Any) -> tuple[int | None, dict[str, Any]]:
     """Set, audit and push the school's default idle-off (ConfigError, audited, if the value is bad)."""
-    try:
-        minutes, changed = edge_rules.set_school_idle_off(central().registry, school, value)
-    except ConfigError:
-        audit("rules.school_idle_off", f"{school}: refused {str(value)[:40]!r}", ok=False)
-        raise
-    audit("rules.school_idle_off", f"{school}: default idle-off {minutes if minutes is not None else 'none'}"
-                                   f"{' (unchanged)' if not changed else f', {len(changed)} gateways'}")
-    return minutes, push_gateways(changed)
+    return set_and_push_idle_off(
+        "rules.school_idle_off", school, value,
+        lambda: edge_rules.set_school_idle_off(central().registry, school, value),
+        lambda minutes, changed: f"default idle-off {minutes if minutes is not None else 'none'}"
+                                 f"{' (unchanged)' if not changed else f', {len(changed)} gateways'}")
 
 
 @bp.get("/api/schools/<school>/timetable/periods")

@@ -187,6 +187,59 @@ def test_central_records_each_edge_run_once_and_its_scheduler_leaves_edge_gatewa
     assert sent and {gw for gw, _ in sent} == {"gw-102"}
 
 
+def test_each_round_after_the_first_reads_only_the_runs_recorded_since_however_late_they_came(
+        site: Site, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The scheduler's collector (`EdgeRunCollector`, every 20 s) read seven days of `schedule_run` events each
+    round. Now the first round reads them, and each next one what the ledger recorded since: a run a gateway
+    reports a day late (it was away) is collected by the next round, and a round with nothing new reads no
+    row and runs no other statement."""
+    from sqlalchemy import event
+
+    from central.ledger import Sequenced
+
+    s = site.add(at="22:00", days="mon,tue,wed,thu,fri,sat,sun")
+    planned = datetime(2025, 3, 10, 22, 0).astimezone().timestamp()
+
+    def report(gateway: str, seq: int, when: float) -> None:
+        ran = {"schedule": s.id, "planned": when, "name": s.name, "outcome": "ran",
+               "steps": [{"device": "proj", "action": "power_off", "status": "done", "detail": ""}]}
+        site.ledger.record([Sequenced("s1", gateway, contract.SCHEDULE_DEVICE, seq, when + 1,
+                                      event=(contract.SCHEDULE_RUN_EVENT, ran))], [], [])
+
+    read: list[tuple[str, int]] = []  # (which read, rows it returned)
+
+    def spy(name: str) -> Callable[..., Any]:
+        real = getattr(site.ledger, name)
+
+        def counted(*args: Any, **kw: Any) -> Any:
+            rows = real(*args, **kw)
+            read.append((name, len(rows)))
+            return rows
+        return counted
+
+    for name in ("events", "events_recorded"):
+        monkeypatch.setattr(site.ledger, name, spy(name))
+
+    collector = edge_schedules.EdgeRunCollector(site.registry, site.ledger)
+    report("gw-101", 1, planned)
+    assert collector.collect(planned + 60) == 1
+    assert read == [("events", 1)]  # the first round: the seven days, by the runs' own time
+    # From here on each round comes a minute or more after what it reads was recorded (past the overlap).
+    real_clock = site.ledger.clock
+    monkeypatch.setattr(site.ledger, "clock", lambda: real_clock() + edge_schedules.RECORDED_OVERLAP_S + 1)
+    report("gw-102", 1, planned - 86400)  # gw-102 back after a day away: yesterday's run, older than any read
+    assert collector.collect(planned + 120) == 1
+    assert read[1:] == [("events_recorded", 2)]  # the late run, and gw-101's still within the overlap
+    statements: list[str] = []
+    event.listen(site.db.engine, "before_cursor_execute", lambda *a: statements.append(a[2]))
+    assert collector.collect(planned + 140) == 0
+    assert read[2:] == [("events_recorded", 0)]  # nothing new: no old row read again
+    # That read alone (and, on PostgreSQL, the server's clock): no history looked up, nothing written.
+    assert len([q for q in statements if "clock_timestamp" not in q]) == 1
+    rows = sorted((r.ran_at, [x["gateway"] for x in r.results]) for r in site.runs() if r.schedule_id == s.id)
+    assert rows == [(planned - 86400, ["gw-102"]), (planned, ["gw-101"])]
+
+
 # ---------------------------------------------------------------- end to end: broker stopped, then back
 
 

@@ -340,6 +340,41 @@ def test_csv_import_reports_every_problem_line_by_line(app) -> None:
     assert ("教学楼", "三年级一班") in {(r["building"], r["name"]) for s in prov.places(reg) for r in s["rooms"]}
 
 
+@sqlite_only
+def test_every_csv_import_refuses_an_empty_file_and_a_header_alone_in_one_way(app) -> None:
+    """One ending for the four CSV imports (`CsvRecords.ending`): a file without a header (empty, or comments
+    and blank lines only) names the header in both languages, as each import reads either (the roster and
+    the podium cards once named the English one alone); a header with nothing after it says so in the
+    import's own words; nothing is written."""
+    from central import attendance, podium, timetable_csv, timetables
+
+    reg = central(app).registry
+    room = podium.find_room(reg, "s1", "101")
+    assert room is not None
+    imports = [
+        (lambda data: prov.import_csv(reg, data), prov.IMPORT_HEADER, "no rows after the header"),
+        (lambda data: attendance.import_roster(reg, "s1", data, "boss"), attendance.ROSTER_HEADER,
+         "no people after the header"),
+        (lambda data: podium.import_cards(reg, "s1", data, "boss", room="101"), podium.CARD_HEADER,
+         "no cards after the header"),
+        (lambda data: timetable_csv.import_csv(reg, "s1", data, "boss"), timetable_csv.TIMETABLE_HEADER,
+         "no lines after the header"),
+    ]
+    before = snapshot(app)
+    for run, header, nothing in imports:
+        empty = (f"the file is empty; the first line must be the header {','.join(header.columns)} or "
+                 f"{','.join(header.names(chinese=True))}")
+        for data in (b"", b"\xef\xbb\xbf", b"# rooms of 2025\n\n  ,  \n"):
+            report = run(data)
+            assert not report.ok and [(e.line, e.column, str(e.message)) for e in report.errors] == [(1, "", empty)]
+        for head in (",".join(header.columns), ",".join(header.names(chinese=True))):
+            report = run(f"{head}\n# nobody yet\n".encode("gb18030"))
+            assert not report.ok and [(e.line, str(e.message)) for e in report.errors] == [(1, nothing)]
+    assert snapshot(app) == before
+    assert attendance.roster(reg, "s1") == [] and podium.cards(reg, room) == []
+    assert timetables.load(reg, "s1") is None
+
+
 def test_places_create_school_and_room(app) -> None:
     admin = login(app, "boss", "boss-password")
     assert post(admin, "/provisioning/places", what="school", school="no1", name="第一中学").status_code == 302
