@@ -359,6 +359,7 @@ PODIUM_WORDS = {("started", "swipe"): N_("Class started with a card at the podiu
                 ("ended", "swipe"): N_("Class ended with a card at the podium"),
                 ("ended", "timeout"): N_("Class ended by itself: nobody swiped a card before the timeout")}
 IDLE_OFF = N_("%(devices)s switched off: nobody was in the room")
+IDLE_OFF_INTERRUPTED = N_("Switching off an empty room was interrupted: the gateway stopped during it")
 RULE_OTHER = N_("%(devices)s switched by rule “%(rule)s” (%(reason)s)")
 STATUS_AFTER = N_("(%(status)s)")
 THE_EQUIPMENT = N_("the equipment")
@@ -393,7 +394,8 @@ def why_text(item: dict[str, Any], kinds: dict[str, str]) -> str:
         text = gettext(PODIUM_WORDS.get((item["outcome"], item["reason"]), PODIUM_WORDS[(item["outcome"], "swipe")]
                                         if item["outcome"] in ("started", "ended") else THE_EQUIPMENT))
     elif item["rule"] == contract.RULE_IDLE_OFF:
-        text = gettext(IDLE_OFF, devices=devices)
+        words = IDLE_OFF_INTERRUPTED if item["outcome"] == "interrupted" else IDLE_OFF
+        text = gettext(words, devices=devices)
     else:
         # The gateway's words, in the reader's language where it marked them (campus/contract.py EVENT_TEXTS).
         reason = gateway_text(contract.marked_text({**(item.get("reason_marked") or {}), "reason": item["reason"]},

@@ -271,23 +271,29 @@ def test_the_panel_says_why_the_room_did_something_by_itself(app: Flask) -> None
         ("podium", contract.PODIUM_EVENT, {"card": "", "outcome": "ended", "reason": "timeout", "steps": step},
          planned.timestamp() - 120),
         ("podium", contract.PODIUM_EVENT, {"card": "ff", "outcome": "refused", "steps": []}, planned.timestamp() - 60),
+        # An idle-off run the gateway's stop cut short: never said as done ("switched off: nobody was there").
+        ("rules", contract.RULE_RUN_EVENT, {"rule": "idle_off", "at": planned.timestamp() - 3600, "reason": "x",
+                                            "outcome": "interrupted", "steps": []}, planned.timestamp() - 3000),
     ])
     hhmm = planned.strftime("%H:%M")
     zh = call(app, "GET", "/panel/gw-101?lang=zh-CN", role="teacher").get_data(as_text=True)
     why = zh.split('id="why"', 1)[1].split("</ol>", 1)[0]
     assert f"<time>{hhmm}</time> <span>投影机已按计划「放学关机」关闭</span>" in why
     assert "投影机已关闭：教室无人" in why and "超时无人刷卡，已自动下课" in why
-    assert why.count("<li") == 3  # not the refused card
+    assert "空教室自动关机被中断：网关在执行中停止" in why and why.count("教室无人") == 1
+    assert why.count("<li") == 4  # not the refused card
     assert why.index("放学关机") < why.index("教室无人") < why.index("超时")  # newest first
     en = call(app, "GET", "/panel/gw-101?lang=en", role="teacher").get_data(as_text=True)
     assert f"<time>{hhmm}</time> <span>Projector switched off by schedule “放学关机”</span>" in en
     assert "Projector switched off: nobody was in the room" in en
+    assert "Switching off an empty room was interrupted: the gateway stopped during it" in en
     # What the stream sends (the panel's JSON): the same items, as data the script words.
     states = web(app).panel
     assert states is not None
     items = states.snapshot("gw-101")["automatic"]
     assert [(i["source"], i["action"], i["devices"]) for i in items] == [
-        ("schedule", "power_off", ["proj"]), ("rule", "power_off", ["proj"]), ("podium", "power_off", ["proj"])]
+        ("schedule", "power_off", ["proj"]), ("rule", "power_off", ["proj"]), ("podium", "power_off", ["proj"]),
+        ("rule", "", [])]
     assert items[0]["ts"] == planned.timestamp() and items[0]["name"] == "放学关机"
     assert items[1]["rule"] == "idle_off" and items[1]["reason"] == "idle"
     # Another room's actions are not this room's.

@@ -199,7 +199,9 @@
         : item.reason === "timeout" ? _("Class ended by itself: nobody swiped a card before the timeout")
         : _("Class ended with a card at the podium");
     } else if (item.rule === "idle_off") {
-      text = _("%(devices)s switched off: nobody was in the room", {devices});
+      text = item.outcome === "interrupted"
+        ? _("Switching off an empty room was interrupted: the gateway stopped during it")
+        : _("%(devices)s switched off: nobody was in the room", {devices});
     } else {
       text = _("%(devices)s switched by rule “%(rule)s” (%(reason)s)", {devices, rule: item.rule, reason: item.reason});
     }
