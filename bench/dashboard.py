@@ -11,7 +11,10 @@ measured in the same run on the same server (`/api/health` and a static
 file: what any request costs here and now).
 
 The district: Mosquitto, one `campus ingest` (`--ingest-workers`), one
-`campus web` (`--mqtt`, an admin API token), a central SQLite database.
+`campus web --no-jobs` (`--mqtt`, an admin API token) and one `campus jobs` (central's
+background work: alarm monitor, scheduler, usage rollup, ...), as a district runs them, on a
+central SQLite database; `--jobs-in-web`: the web runs the jobs itself, the way before
+`campus jobs` (and still a school's single command).
 The schools, rooms, gateways and devices (an environment sensor, a
 projector and a display per room) are imported as an IT department does,
 by POSTing the provisioning CSV to `/provisioning/import` (in files of at
@@ -24,10 +27,12 @@ interval and phase), the projector and display every fourth time;
 `--offline` gateways say once that they are online and then go offline
 (the Last Will a broker would send), `--alarms` rooms report CO2 over the
 alarm limit, `--faults` rooms a display in fault. The measurement starts
-when every gateway has reported, the open alarms are raised and the web's
-usage rollup (central/usage_rollup.py) has filled its days (every room's
-last CAMPUS_USAGE_DAYS, timed and printed: a first start's backfill), and the
-publisher keeps going throughout: the pages are measured under live load.
+when every gateway has reported, the open alarms are raised and the usage
+rollup (central/usage_rollup.py) has filled its days (every room's last
+CAMPUS_USAGE_DAYS, timed and printed with its deadline: a first start's
+backfill), and the publisher keeps going throughout: the pages are measured
+under live load. The jobs process's CPU is reported apart from the web's:
+over the fill, and as a share of a core while the pages were measured.
 
 Server time: each page or call asked `--repeat` times one after the other
 on a kept-alive connection (as a browser does): the wall time of each
@@ -485,11 +490,19 @@ def run(args: argparse.Namespace, work: Path) -> tuple[list[Measured], dict[str,
         ingests = start_ingests(mq.url, url, db, args.ingest_workers, work)
         port = free_port()
         web = CampusProcess(["web", "--mqtt", mq.url, "--store", url, "--db", url, "--http-port", str(port),
-                             "--admin-token", token], work / "web.log")
+                             "--admin-token", token, *([] if args.jobs_in_web else ["--no-jobs"])], work / "web.log")
+        jobs = None if args.jobs_in_web else CampusProcess(["jobs", "--mqtt", mq.url, "--store", url, "--db", url],
+                                                           work / "jobs.log")
         publisher: Publisher | None = None
         try:
             web.start()
             web.wait_listening(port, timeout=60)
+            if jobs is not None:
+                jobs.start()
+                wait_until(lambda: "campus jobs:" in jobs.output() or not jobs.alive(), 60,
+                           message="campus jobs started")
+                if not jobs.alive():
+                    raise RuntimeError(f"campus jobs did not start: {jobs.output()[-2000:]}")
             client = Client(port, token)
             wait_until(lambda: client.get("/api/health")[0] == 200, 60, message="campus web answering")
             info["import_s"] = setup_district(client, plan)
@@ -523,17 +536,24 @@ def run(args: argparse.Namespace, work: Path) -> tuple[list[Measured], dict[str,
 
             days = int(setting(DAYS_ENV, DEFAULT_DAYS))
             started = time.monotonic()
+            assert web.proc is not None
+            jobs_pid = jobs.proc.pid if jobs is not None and jobs.proc is not None else None
+            jobs_cpu0 = tree_cpu(jobs_pid) if jobs_pid else 0.0
+            print(f"waiting for the usage rollup to fill {days} days of {plan.rooms} rooms (at most "
+                  f"{args.fill_deadline:.0f} s)", flush=True)
 
             def rolled_up() -> bool:
                 rows = ledger_query(db, "SELECT COUNT(*) FROM usage_days")
                 return bool(rows) and int(rows[0][0]) >= plan.rooms * days  # type: ignore[arg-type]
 
-            wait_until(rolled_up, 1800, interval=1.0, message="the usage rollup filled")
+            wait_until(rolled_up, args.fill_deadline, interval=1.0, message="the usage rollup filled")
             span = ledger_query(db, "SELECT MAX(computed_at) - MIN(computed_at) FROM usage_days")
             info["rollup_s"] = float(span[0][0]) if span else 0.0  # type: ignore[arg-type]
+            info["jobs_fill_cpu_s"] = tree_cpu(jobs_pid) - jobs_cpu0 if jobs_pid else None
             print(f"the usage rollup filled {days} days of {plan.rooms} rooms in {info['rollup_s']:.0f} s (its first "
-                  f"row to its last; {time.monotonic() - started:.0f} s more after every gateway reported)", flush=True)
-            assert web.proc is not None
+                  f"row to its last; {time.monotonic() - started:.0f} s more after every gateway reported)"
+                  + (f"; campus jobs used {info['jobs_fill_cpu_s']:.1f} s of CPU meanwhile" if jobs_pid else ""),
+                  flush=True)
             web_pid = web.proc.pid
             cpu0, t0 = tree_cpu(web_pid), time.monotonic()
             time.sleep(args.idle)
@@ -541,6 +561,7 @@ def run(args: argparse.Namespace, work: Path) -> tuple[list[Measured], dict[str,
             info["idle_cpu_pct"] = 100 * idle_rate
             info["load_before"] = psutil.getloadavg()[0]
             online_before = online_count(db)
+            jobs_cpu0, jobs_t0 = (tree_cpu(jobs_pid), time.monotonic()) if jobs_pid else (0.0, 0.0)
             results = []
             for target in targets(plan, plan.gateway(plan.rooms // 2)):
                 m = measure(client, target, args.repeat, web_pid, idle_rate, args.budget)
@@ -550,6 +571,9 @@ def run(args: argparse.Namespace, work: Path) -> tuple[list[Measured], dict[str,
                       + (f"{m.view / 1024:,.0f} KB per view" if target.page else f"{m.size / 1024:,.1f} KB")
                       + ("" if m.status == 200 else f"  STATUS {m.status}"), flush=True)
             info["load_after"] = psutil.getloadavg()[0]
+            if jobs_pid:
+                info["jobs_cpu_pct"] = 100 * (tree_cpu(jobs_pid) - jobs_cpu0) / (time.monotonic() - jobs_t0)
+                info["jobs_rss_mb"] = psutil.Process(jobs_pid).memory_info().rss / 2**20
             info["online_before"], info["online_after"] = online_before, online_count(db)
             info["web_rss_mb"] = sum(p.memory_info().rss for p in (psutil.Process(web_pid),
                                                                    *psutil.Process(web_pid).children(True))) / 2**20
@@ -558,10 +582,14 @@ def run(args: argparse.Namespace, work: Path) -> tuple[list[Measured], dict[str,
                 browser = browser_times(port, plan, args.browser_repeats)
             if not web.alive():
                 raise RuntimeError(f"campus web died; see {work / 'web.log'}")
+            if jobs is not None and not jobs.alive():
+                raise RuntimeError(f"campus jobs died; see {work / 'jobs.log'}")
         finally:
             if publisher is not None:
                 publisher.stop()
             web.stop()
+            if jobs is not None:
+                jobs.stop()
             stop_all(ingests)
     return results, browser, info
 
@@ -609,6 +637,12 @@ def report(results: list[Measured], browser: dict[str, object], info: dict[str, 
                     "files cached)", ["page", "today", "first visit ms", "median ms", "max ms", "DOM nodes",
                                       "<= 1 s"], brows)
     planned = args.rooms - args.offline
+    if info.get("jobs_cpu_pct") is not None:
+        print(f"campus jobs (its own process): {info['jobs_cpu_pct']:.1f}% of a core while the pages were measured, "
+              f"{info['jobs_fill_cpu_s']:.1f} s of CPU during the rollup's fill, RSS {info['jobs_rss_mb']:.0f} MB; "
+              f"web RSS {info.get('web_rss_mb', 0):.0f} MB")
+    else:
+        print(f"central's background jobs ran inside the web (--jobs-in-web); web RSS {info.get('web_rss_mb', 0):.0f} MB")
     print(f"gateways online in the ledger: {info.get('online_before')} before the requests, "
           f"{info.get('online_after')} after (of {planned} publishing: fewer means ingest fell behind); "
           f"open alarms {info.get('alarms')} (of {args.alarms} planned)")
@@ -634,6 +668,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--idle", type=float, default=5.0, help="seconds to measure the web's idle CPU (default 5)")
     parser.add_argument("--browser-repeats", type=int, default=5, help="visits of /district (default 5)")
     parser.add_argument("--no-browser", action="store_true", help="skip the Chromium part")
+    parser.add_argument("--jobs-in-web", action="store_true", help="no `campus jobs`: the web runs central's "
+                        "background jobs itself (the way before it; a school's single command)")
+    parser.add_argument("--fill-deadline", type=float, default=1800.0, metavar="S",
+                        help="the longest to wait for the usage rollup's first fill (default 1800)")
     parser.add_argument("--keep", type=Path, default=None, metavar="DIR",
                         help="work in DIR (new or empty) and keep it: the database, for profiling a page after")
     parser.add_argument("--quick", action="store_true",

@@ -62,6 +62,9 @@ class WebConfig:
     timezone: str = "Asia/Shanghai"
     # Yuan per kWh on the energy pages (`campus web --tariff`); None: $CAMPUS_TARIFF, else central/energy.py's.
     tariff: float | None = None
+    # Central's background jobs (alarm monitor, scheduler, usage rollup, ...) in this app's process; False:
+    # `campus web --no-jobs`, a district's web workers, which leave them to `campus jobs`.
+    background: bool = True
 
     def central_config(self) -> CentralConfig:
         """The config of the Central this app opens when it is given none."""
@@ -69,7 +72,7 @@ class WebConfig:
 
         return CentralConfig(store_url=self.store_url, db_url=self.db_url, mqtt_url=self.mqtt_url,
                              alarm_interval=self.alarm_interval, schedule_interval=self.schedule_interval,
-                             city=self.city_link, timezone=self.timezone)
+                             city=self.city_link, timezone=self.timezone, background=self.background)
 
 
 def create_app(config: WebConfig, central: Central | None = None) -> Flask:

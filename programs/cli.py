@@ -13,9 +13,13 @@ import logging
 import signal
 import sys
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from campus.errors import CampusError
 from campus.signals import run_until_signal, wait_for_signal
+
+if TYPE_CHECKING:
+    from dashboards import WebConfig
 
 
 def setup_logging(level: str) -> None:
@@ -62,21 +66,31 @@ def cmd_ingest(args: argparse.Namespace) -> None:
         ingest.stop()
 
 
+def site_config(args: argparse.Namespace, **web: object) -> WebConfig:
+    """The WebConfig of the options `campus web` and `campus jobs` share (`add_site_options`): the broker,
+    the store, the database, the city above a district, the site's language and time zone; `web`: the
+    web-only fields."""
+    from central.city_push import CityLink
+    from central.db import central_db_url
+    from dashboards import WebConfig
+
+    link = CityLink.from_options(args.city_url, args.city_token, args.district)
+    if link is not None and web.get("city"):
+        raise CampusError("--city is the city's instance; --city-url, --city-token and --district a district's")
+    return WebConfig(store_url=args.store, db_url=central_db_url(args.db, args.store), mqtt_url=args.mqtt,
+                     city_link=link, lang=args.lang, timezone=args.timezone, **web)  # type: ignore[arg-type]
+
+
 def cmd_web(args: argparse.Namespace) -> None:
     from pathlib import Path
 
-    from central.city_push import CityLink
-    from central.db import central_db_url, sqlite_path
+    from central.db import sqlite_path
     from central.registry import check_token
-    from dashboards import WebConfig
     from dashboards.oidc import OidcConfig
     from programs.services import serve_web
 
     if args.admin_token is not None:
         check_token(args.admin_token, "--admin-token")
-    link = CityLink.from_options(args.city_url, args.city_token, args.district)
-    if link is not None and args.city:
-        raise CampusError("--city is the city's instance; --city-url, --city-token and --district a district's")
     oidc = OidcConfig.from_options({name: getattr(args, f"oidc_{name}") for name in OIDC_OPTIONS},
                                    secret_file=args.oidc_client_secret_file)
     from central.energy import tariff_from
@@ -85,13 +99,18 @@ def cmd_web(args: argparse.Namespace) -> None:
         tariff = tariff_from(args.tariff)
     except ValueError as exc:
         raise CampusError(f"{'--tariff' if args.tariff else '$CAMPUS_TARIFF'}: {exc}") from None
-    config = WebConfig(store_url=args.store, db_url=central_db_url(args.db, args.store), mqtt_url=args.mqtt,
-                       trusted_proxies=args.proxy, city=args.city, city_link=link, oidc=oidc, lang=args.lang,
-                       timezone=args.timezone, tariff=tariff)
+    config = site_config(args, trusted_proxies=args.proxy, city=args.city, oidc=oidc, tariff=tariff,
+                         background=not args.no_jobs)
     # The first admin's password: beside the SQLite file; with a server database, where it was started.
     password_dir = (sqlite_path(config.db_url) or Path("campus.db")).resolve().parent
     serve_web(config, args.host or "127.0.0.1", args.http_port, workers=args.workers, threads=args.threads,
               password_dir=password_dir, admin_token=args.admin_token)
+
+
+def cmd_jobs(args: argparse.Namespace) -> None:
+    from programs.services import run_jobs
+
+    run_jobs(site_config(args))
 
 
 def cmd_users(args: argparse.Namespace) -> None:
@@ -230,6 +249,27 @@ def _timezone(value: str) -> str:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
+def add_site_options(p: argparse.ArgumentParser) -> None:
+    """The options of a site's central that `campus web` and `campus jobs` both take (`site_config` reads
+    them): written once, so that the two programs of a district are started with the same words."""
+    p.add_argument("--mqtt", default=None, help="broker for sending commands (the panels' and the schedules')")
+    p.add_argument("--store", required=True, help="sqlite:///PATH, victoriametrics://host:port, influxdb://…")
+    p.add_argument("--db", default=None, help=f"the central database (registry and ledger), {DB_URLS} "
+                   "(default: $CAMPUS_DB, else the SQLite store itself)")
+    p.add_argument("--city-url", default=None, metavar="URL", help="this district pushes its schools' rollups to "
+                   "the city at URL, e.g. https://city.example:8443/ (default: $CAMPUS_CITY_URL)")
+    p.add_argument("--city-token", default=None, metavar="TOKEN", help="the token `campus city add-district` printed "
+                   "on the city (default: $CAMPUS_CITY_TOKEN, which keeps it out of the process list)")
+    p.add_argument("--district", default=None, metavar="NAME", help="this district's name at the city "
+                   "(default: $CAMPUS_DISTRICT)")
+    p.add_argument("--lang", type=_language, default="zh-CN", metavar="LANG",
+                   help="the pages' language where neither the account nor the browser names one: zh-CN "
+                   "(default) or en")
+    p.add_argument("--timezone", type=_timezone, default="Asia/Shanghai", metavar="ZONE",
+                   help="the site's time zone, an IANA name (default Asia/Shanghai): of pages mixing schools, and "
+                   "of one school's pages, exports and rollups unless its timetable names its own")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="campus", description="campus-iot: classroom gateways, ingest and dashboards")
     parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
@@ -274,10 +314,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_ingest)
 
     p = sub.add_parser("web", help="the dashboard and JSON API")
-    p.add_argument("--mqtt", default=None, help="broker for sending commands")
-    p.add_argument("--store", required=True)
-    p.add_argument("--db", default=None, help=f"the central database (registry and ledger), {DB_URLS} "
-                   "(default: $CAMPUS_DB, else the SQLite store itself)")
+    add_site_options(p)
     p.add_argument("--http-port", type=_port, default=8080)
     p.add_argument("--host", default=None, help="address to listen on (default 127.0.0.1)")
     p.add_argument("--admin-token", default=None, help="an admin API token (at least 16 characters)")
@@ -289,16 +326,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=_count(1, 10000), default=None, metavar="T",
                    help="threads per process; every open classroom panel holds one (default 1000, started "
                    "as needed)")
+    p.add_argument("--no-jobs", action="store_true",
+                   help="serve only: leave central's background jobs (alarm monitor, scheduler, usage rollup, "
+                   "attendance retention, city push) to `campus jobs` (a district's set-up; default: each "
+                   "worker runs them too, one at a time through leases in the database)")
     p.add_argument("--tariff", default=None, metavar="YUAN", help="electricity price in yuan per kWh for the "
                    "energy pages (default: $CAMPUS_TARIFF, else 0.6)")
     p.add_argument("--city", action="store_true", help="this is a city's instance: its home page shows the "
                    "districts that push to it (campus city add-district) and their schools")
-    p.add_argument("--city-url", default=None, metavar="URL", help="this district pushes its schools' rollups to "
-                   "the city at URL, e.g. https://city.example:8443/ (default: $CAMPUS_CITY_URL)")
-    p.add_argument("--city-token", default=None, metavar="TOKEN", help="the token `campus city add-district` printed "
-                   "on the city (default: $CAMPUS_CITY_TOKEN, which keeps it out of the process list)")
-    p.add_argument("--district", default=None, metavar="NAME", help="this district's name at the city "
-                   "(default: $CAMPUS_DISTRICT)")
     oidc = p.add_argument_group("sign-in with the education platform (OpenID Connect; docs/oidc.md); each "
                                 "option defaults to CAMPUS_OIDC_<OPTION>, e.g. CAMPUS_OIDC_ISSUER")
     oidc.add_argument("--oidc-issuer", metavar="URL", help="the platform's issuer URL (https://; its "
@@ -318,13 +353,12 @@ def build_parser() -> argparse.ArgumentParser:
                       "SCHOOL:ROOM (default campus_rooms)")
     oidc.add_argument("--oidc-schools-claim", metavar="CLAIM", help="the claim listing the schools a staff "
                       "account is limited to (default campus_schools)")
-    p.add_argument("--lang", type=_language, default="zh-CN", metavar="LANG",
-                   help="the pages' language where neither the account nor the browser names one: zh-CN "
-                   "(default) or en")
-    p.add_argument("--timezone", type=_timezone, default="Asia/Shanghai", metavar="ZONE",
-                   help="the site's time zone, an IANA name (default Asia/Shanghai): of pages mixing schools, and "
-                   "of one school's pages and exports unless its timetable names its own")
     p.set_defaults(func=cmd_web)
+
+    p = sub.add_parser("jobs", help="central's background jobs only (alarm monitor, scheduler, usage rollup, "
+                       "attendance retention, city push), beside `campus web --no-jobs`")
+    add_site_options(p)
+    p.set_defaults(func=cmd_jobs)
 
     p = sub.add_parser("broker-config", help="Mosquitto config, password file and per-gateway ACL from the registry")
     p.add_argument("--db", default=None, help=f"the central database, {DB_URLS} "

@@ -1,7 +1,18 @@
-"""The start-up of each central service, written once: `campus ingest`, `campus web` and `campus demo`
-start their ingest and their dashboard here. `start_ingest` and `start_web` (the demo's in-process
-server) run on a `Central` their caller opened (and closes); `serve_web` is `campus web` under gunicorn,
-whose workers each build their own Central with the same `create_app`.
+"""The start-up of each central service, written once: `campus ingest`, `campus web`, `campus jobs` and
+`campus demo` start their ingest, their dashboard and central's background jobs here. `start_ingest` and
+`start_web` (the demo's in-process server) run on a `Central` their caller opened (and closes);
+`serve_web` is `campus web` under gunicorn, whose workers each build their own Central with the same
+`create_app`; `run_jobs` is `campus jobs`.
+
+`campus jobs` runs central's background work (alarm monitor, scheduler, usage rollup, attendance
+retention, city push: `Central.start` with `background`) in a process of its own, so that a district's
+web workers (`campus web --no-jobs`) never share their interpreter with an alarm round or a rollup's
+backfill (docs/benchmarks.md 10c, 11h). It builds the same web app as `campus web` (`create_app` on its
+Central) and serves no HTTP: the app's areas are what wires central to what only the web layer has (the
+notifier's messages in each channel's language from the web's catalogs and the site's zone,
+dashboards/notifications.py `register`; whatever an area hooks onto Central later), so building it is the
+one way the jobs cannot drift from what a web worker running them would do. Picking those hooks out by
+hand would save ~30 MB and a second of start-up, and be a second copy of the wiring to keep in step.
 
 Each `start_*` returns a running service whose `stop()` ends it in the order that loses nothing: the
 ingest writes its last batch and sends its acknowledgements before it leaves the broker; the web server
@@ -10,7 +21,9 @@ stops accepting, then the open streams end.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
+import os
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -114,6 +127,35 @@ def serve_web(config: WebConfig, host: str, port: int, *, workers: int = 1, thre
         ensure_first_admin(central, password_dir, admin_token)
     sock = listen(host, port)
     threads = threads or DEFAULT_THREADS
-    print(f"campus web: http://{host}:{sock.getsockname()[1]}/ ({workers} worker(s) of {threads} threads)",
-          flush=True)
+    print(f"campus web: http://{host}:{sock.getsockname()[1]}/ ({workers} worker(s) of {threads} threads"
+          + ("" if config.background else "; background jobs left to `campus jobs`") + ")", flush=True)
     serve_workers(lambda: create_app(config), sock, workers=workers, threads=threads)
+
+
+def running_jobs(central: Central) -> list[str]:
+    """What of central's background work runs in this process (`campus jobs`' start line)."""
+    jobs = {"alarm monitor": central.alarm_monitor, "scheduler": central.scheduler,
+            "usage rollup": central.usage_rollup, "attendance retention": central.attendance_retention,
+            "city push": central.city_pusher}
+    return [name for name, job in jobs.items() if job is not None]
+
+
+def run_jobs(config: WebConfig, stop: threading.Event | None = None) -> None:
+    """`campus jobs`: central's background jobs (and the command service they send through) until
+    SIGINT/SIGTERM or `stop`; then each job ends its round and gives its lease up, so another `campus jobs`
+    (a standby on another host) takes over at its next round. A wrong store, database or broker is
+    CampusError before anything runs. See the module docstring for why the web app is built."""
+    from campus.signals import wait_for_signal
+    from dashboards import close_app, create_app
+
+    config = dataclasses.replace(config, background=True)
+    with Central.open(config.central_config(), check_store=True) as central:
+        app = create_app(config, central)
+        try:
+            central.start()
+            jobs = running_jobs(central)
+            print(f"campus jobs: {', '.join(jobs) or 'nothing (every interval is 0)'} on "
+                  f"{central.db.name} (pid {os.getpid()}); SIGTERM or Ctrl-C stops", flush=True)
+            wait_for_signal(stop or threading.Event())
+        finally:
+            close_app(app)  # the app's hooks; central's jobs stop (leases given up) as the `with` closes it

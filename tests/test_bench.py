@@ -32,7 +32,8 @@ BENCHMARKS = {
     "podium_latency.py": ["| projector POWR received", "| unknown card refused", "p95 ms"],
     "school_week.py": ["| rules off ", "| idle-off 15 min ", "runs during a class"],
     "dashboard.py": ["| district overview `/district` ", "| `GET /api/schools`", "wall median ms",
-                     "per page view", "(table filled)"],
+                     "per page view", "(table filled)", "campus jobs (its own process)"],
+    "rollup_fill.py": ["fill of 62 days x 100 rooms", "before the first point", "ms CPU a row"],
 }
 
 

@@ -229,6 +229,38 @@ def test_the_background_job_fills_the_week_once_under_its_lease(app) -> None:
     assert {r.gateway: (r.periods, r.used) for r in week_report(app).rooms} == HAND_CHECKED
 
 
+def test_days_before_a_rooms_first_point_are_written_as_the_store_would_and_without_reading_it(
+        app, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The fill's shortcut (`_days_before_data`): the rows of days before the data equal those the store's
+    reads give, and only those days take it. gw-104's meter first reads exactly at the end of Sunday the
+    7th (Monday 00:00): that day reads it, so it is not one of them."""
+    c = central(app)
+    meter = {"profile": "meter-sdm120-modbus", "kind": "meter", "status": "ok"}
+    c.ledger.record([], [("s1", "gw-104", State(online=True, ts=t("08", "07:00"), room="104",
+                                                devices={"env": ENV, "meter": meter}))], [])
+    c.store.write([Sample("s1", "gw-104", "meter", "meter", t("08", "00:00") + 3600 * h, {"energy_kwh": 100.0 + h})
+                   for h in range(30)]
+                  + [Sample("s1", "gw-104", "env", "environment", t("09", "09:00"), {"co2_ppm": 2000})])
+    now, days = t("15", "12:00"), 14  # Tuesday 2nd .. Monday 15th: six days before the week's first point
+
+    def written() -> dict[tuple[str, str], dict]:
+        return {k: {f: v for f, v in r.items() if f != "computed_at"} for k, r in rows(app).items()}
+
+    with monkeypatch.context() as m:  # every day read from the store
+        m.setattr(rollup, "_days_before_data", lambda *_a: set())
+        slow = rollup.fill(c.registry, c.ledger, c.store, now=now, days=days)
+    every_read = written()
+    with c.db.write() as conn:
+        conn.execute(usage.UsageDay.__table__.delete())
+    fast = rollup.fill(c.registry, c.ledger, c.store, now=now, days=days)
+    assert written() == every_read
+    assert slow.blank == 0 and fast.written == slow.written == len(every_read)
+    gateways = {gw for gw, _day in every_read}
+    assert "gw-104" in gateways and len(gateways) >= 4
+    assert fast.blank == sum(5 if gw == "gw-104" else 6 for gw in gateways)
+    assert every_read[("gw-104", "2025-09-08")]["energy_kwh"] > 0  # the meter's data is read where it is
+
+
 def test_the_district_overview_and_api_show_this_weeks_usage_and_co2(app) -> None:
     """`/api/schools`, `/district` and the city push body carry this week's rollup, sortable by both."""
     c = central(app)
