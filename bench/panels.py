@@ -276,6 +276,7 @@ def run(args: argparse.Namespace, tmp: Path) -> dict[str, object]:
     lookup = token_lookup(db, token, args.code, 50 if args.quick else 1000)
     port = free_port()
     extra = ["--workers", str(args.workers)] if args.workers else []
+    extra += ["--no-jobs"] if args.no_jobs else []
     extra += ["--threads", str(args.threads)] if args.threads else []
     web = CampusProcess(["web", "--store", f"sqlite:///{db}", "--db", f"sqlite:///{db}", "--http-port", str(port),
                          *extra], tmp / "web.log", cwd=args.code).start()
@@ -314,6 +315,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--probes", type=int, default=30, help="panels then opened one at a time (default 30)")
     parser.add_argument("--workers", type=int, default=None, help="campus web --workers (default: its own)")
     parser.add_argument("--threads", type=int, default=None, help="campus web --threads (default: its own)")
+    parser.add_argument("--no-jobs", action="store_true", help="campus web --no-jobs: central's background jobs "
+                        "left to a `campus jobs` (none runs here: the burst meets a web that serves only)")
     parser.add_argument("--connect-timeout", type=float, default=60.0, help="give up on first events after S")
     parser.add_argument("--code", type=Path, default=None, help="the checkout whose `campus web` runs (default: this)")
     parser.add_argument("--settle", type=float, default=0.0,
