@@ -5,9 +5,9 @@ command), with `--workers` processes of gthread workers, `--threads` threads eac
 maintained WSGI server that runs several processes (waitress and cheroot are one process with a thread
 pool, so `--workers` would have to be home-made), it restarts a worker that dies, and it stops gracefully
 on SIGTERM. Why gthread: a panel's event stream holds a thread for as long as it is open, in every
-WSGI server; gthread parks idle keep-alive connections in its poller instead, and starts its pool's
-threads only as requests need them, so a pool sized for hundreds of streams costs nothing until they
-come (DEFAULT_THREADS; bench/panels.py measured 500 streams).
+WSGI server; gthread parks idle keep-alive connections in its poller instead. The pool's threads all start
+with the worker (`_Worker._start_threads`: ~18 KB each), so that a burst of streams is not dispatched one
+thread start at a time (DEFAULT_THREADS; bench/panels.py measured 500 streams).
 
 Each worker process builds its own app and `Central` after the fork (nothing threaded crosses a fork):
 its own database pool, broker connection and panel poller. Several are safe together: the alarm monitor
@@ -27,6 +27,7 @@ the app and a real socket in one process. It is not what a school's server runs.
 
 from __future__ import annotations
 
+import concurrent.futures
 import gc
 import logging
 import signal
@@ -130,6 +131,17 @@ class _Worker(ThreadWorker):  # type: ignore[misc]
         super().init_signals()
         signal.signal(signal.SIGINT, self.handle_exit)  # graceful, as the arbiter's
 
+    def _start_threads(self) -> None:
+        """Start every thread of the request pool now, before the first request. The pool would start one
+        per request that finds none idle, and the worker's one dispatching thread waits at each start until
+        the new thread runs, which under 500 panels opening at once means waiting for the GIL once per
+        panel: the burst's median first event was 100-150 ms later that way (bench/panels.py). An idle
+        thread costs ~18 KB of RSS (1,000: 18 MB)."""
+        gate = threading.Event()
+        parked = [self.tpool.submit(gate.wait) for _ in range(self.cfg.threads)]
+        gate.set()
+        concurrent.futures.wait(parked)
+
     def handle_exit(self, sig: int, frame: Any) -> None:
         super().handle_exit(sig, frame)
         # Not in the signal handler itself: ending the streams takes their lock and joins the poller.
@@ -141,6 +153,7 @@ class _Worker(ThreadWorker):  # type: ignore[misc]
         # with the GIL held, 90-150 ms, several times while 500 panels opened (bench/panels.py: the web's
         # CPU to open them fell by a third).
         gc.freeze()
+        self._start_threads()
         try:
             super().run()
         finally:

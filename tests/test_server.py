@@ -16,6 +16,7 @@ import time
 import urllib.request
 from pathlib import Path
 
+import psutil
 import pytest
 
 from campus.contract import State
@@ -70,6 +71,11 @@ def test_two_workers_serve_pages_and_streams_and_stop_cleanly_on_sigterm(tmp_pat
         # Both workers booted (each with its own Central) and every stream, whichever worker took it,
         # gets its own room.
         wait_until(lambda: web.output().count("Booting worker") == 2, message="two workers")
+        # Each worker starts its pool's 16 threads before its first request, not one per request that finds
+        # none idle (dashboards/server.py `_start_threads`): the main thread and the 16 at least, in both.
+        workers = psutil.Process(web.proc.pid).children()  # type: ignore[union-attr]
+        wait_until(lambda: len(workers) == 2 and all(w.num_threads() > 16 for w in workers),
+                   message="both workers' 16 threads started")
         streams = [EventStream(port, f"/api/panel/{gw}/stream", TOKEN) for gw in ROOMS]
         for i, (gw, stream) in enumerate(zip(ROOMS, streams, strict=True)):
             assert stream.status == 200 and stream.headers["content-type"].startswith("text/event-stream")
