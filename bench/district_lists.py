@@ -115,11 +115,11 @@ def main(argv: list[str] | None = None) -> int:
                 assert resp.status_code == 200, (path, resp.status_code)
                 sizes[path] = len(resp.data)
 
-            cases[f"GET {path} ({'snapshot' if hasattr(lists, 'school_snapshot') else 'SQL'})"] = request
+            how = "" if args.energy else f" ({'snapshot' if hasattr(lists, 'school_snapshot') else 'SQL'})"
+            cases[f"GET {path}{how}"] = request
         for name, fn in cases.items():
             med, low, high = cpu_ms(fn, args.calls)
-            size = next((f", {sizes[p] / 1024:.0f} KB" for p in sizes if name == f"GET {p} (snapshot)"
-                         or name == f"GET {p} (SQL)"), "")
+            size = next((f", {sizes[p] / 1024:.0f} KB" for p in sizes if name.split(" (")[0] == f"GET {p}"), "")
             print(f"{name}: CPU median {med:.2f} ms (min {low:.2f}, max {high:.2f}){size}")
         close_app(app)
         ledger.close()

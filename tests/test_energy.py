@@ -279,7 +279,9 @@ def test_energy_requests_run_as_many_statements_for_300_rooms_as_for_30(small_an
                              for gw, school, _b, _r in energy.lists.place_rows(c.db)])
     for path in (f"/api/energy?week={week}", f"/api/energy?week={week}&school=s03", f"/health/energy?week={week}",
                  f"/health/energy.csv?week={week}", f"/health/energy.xlsx?week={week}",
-                 f"/api/energy/left-on?week={week}&limit=20", "/api/schools?sort=-energy_kwh",
+                 f"/api/energy/left-on?week={week}&limit=20", f"/api/energy/left-on?week={week}&q=gw-00",
+                 f"/api/energy?week={week}&q=gw-00&limit=5", f"/api/energy?week={week}&offset=10",
+                 "/api/schools?sort=-energy_kwh",
                  "/api/maintenance?within=4", "/health/maintenance"):
         few, resp_few = statements(small_and_large[0], path)
         many, resp_many = statements(small_and_large[1], path)
