@@ -1,5 +1,5 @@
 """CPU per request of the district's lists in-process: `/district` and `GET /api/schools` (the school
-rollup), at district size (issue 19; docs/benchmarks.md 11g).
+rollup), at district size (issue 19; docs/benchmarks.md 11g); with `--energy` the energy pages instead.
 
 Builds the district of bench/alarm_round.py (bench/dashboard.py's `Plan` and CSV straight into a central
 SQLite database, every gateway live, one alarm round so the alarms are open), then calls what the views
@@ -7,6 +7,11 @@ call, as often as `--calls`, and prints the median CPU (process time) per call: 
 a machine shared with other work, where the wall clock is mostly waiting for a core.
 
     python bench/district_lists.py --rooms 10000
+    python bench/district_lists.py --rooms 10000 --energy
+
+`--energy`: the usage rollup's rows of this week and the last (every room metered, kWh and kWh outside the
+timetable made up per room and day, written straight into `usage_days` as the rollup would), then
+`/health/energy`, `GET /api/energy` and `GET /api/energy/left-on?limit=20` (issue 19's targets).
 """
 
 from __future__ import annotations
@@ -26,6 +31,9 @@ from bench.alarm_round import build  # noqa: E402
 from bench.common import machine_line  # noqa: E402
 from bench.dashboard import ROOMS_PER_SCHOOL, Plan  # noqa: E402
 from central import alarms, lists, overview  # noqa: E402
+from central.ledger import Ledger  # noqa: E402
+from central.registry import Registry  # noqa: E402
+from central.usage import UsageDay  # noqa: E402
 from dashboards import WebConfig, close_app, create_app  # noqa: E402
 
 
@@ -44,6 +52,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rooms", type=int, default=2000)
     parser.add_argument("--calls", type=int, default=7)
+    parser.add_argument("--energy", action="store_true", help="the energy pages (a fortnight of rollup rows)")
+    parser.add_argument("--keep", metavar="FILE", help="build the district into this SQLite file, or use it if it "
+                        "exists (runs before and after a change on the same data)")
     parser.add_argument("--quick", action="store_true", help="a smoke run: 100 rooms, 3 calls each")
     args = parser.parse_args(argv)
     if args.quick:
@@ -52,20 +63,25 @@ def main(argv: list[str] | None = None) -> int:
     plan = Plan.make(args.rooms, schools, args.rooms // 100, args.rooms // 50, args.rooms // 100)
     print(machine_line())
     with tempfile.TemporaryDirectory(prefix="bench-district-") as tmp:
-        url = f"sqlite:///{tmp}/central.db"
+        url = f"sqlite:///{args.keep or f'{tmp}/central.db'}"
         t0 = time.perf_counter()
-        registry, ledger = build(url, plan)
-        alarms.evaluate(registry, ledger)
-        print(f"built {args.rooms} rooms in {schools} schools in {time.perf_counter() - t0:.1f} s")
+        kept = bool(args.keep) and Path(args.keep).exists()
+        if kept:
+            registry, ledger = Registry(url), Ledger(url)
+        else:
+            registry, ledger = build(url, plan)
+            alarms.evaluate(registry, ledger)
+        print(f"{'opened' if kept else 'built'} {args.rooms} rooms in {schools} schools in "
+              f"{time.perf_counter() - t0:.1f} s")
         db = registry.db
-        cases: dict[str, Callable[[], Any]] = {
+        cases: dict[str, Callable[[], Any]] = {} if args.energy else {
             "school rollup in SQL, first page": lambda: overview.school_rollup(registry),
             "school rollup in SQL, sort=-alarms": lambda: overview.school_rollup(registry, sort="alarms",
                                                                                   descending=True),
             "school rollup in SQL, q=s0": lambda: overview.school_rollup(registry, lists.Paging(q="s0")),
         }
         snapshots = getattr(lists, "BoardSnapshots", None)
-        if snapshots is not None and hasattr(lists, "school_snapshot"):
+        if snapshots is not None and hasattr(lists, "school_snapshot") and not args.energy:
             snaps = snapshots(ttl=3600)
             cases["snapshot read (once per CAMPUS_BOARD_CACHE_S)"] = lambda: lists.school_snapshot(db)
             cases["school rollup from the snapshot, first page"] = lambda: overview.school_rollup(
@@ -81,22 +97,60 @@ def main(argv: list[str] | None = None) -> int:
                      "CAMPUS_USAGE_INTERVAL"):
             os.environ[name] = "0"
         app = create_app(WebConfig(store_url=f"sqlite:///{tmp}/points.db", db_url=url))
-        registry.add_user("bench-admin", "bench-admin-password", "admin")
+        if not kept:
+            registry.add_user("bench-admin", "bench-admin-password", "admin")
         bearer = {"Authorization": f"Bearer {registry.issue_token('bench-admin')}"}
         web = app.test_client()
-        for path in ("/api/schools", "/api/schools?sort=-alarms", "/district", "/district?sort=-offline&problems=1"):
+        sizes: dict[str, int] = {}
+        paths = ("/api/schools", "/api/schools?sort=-alarms", "/district", "/district?sort=-offline&problems=1")
+        if args.energy:
+            t0 = time.perf_counter()
+            if not kept:
+                print(f"{energy_rows(db)} usage_days rows in {time.perf_counter() - t0:.1f} s")
+            paths = ("/health/energy", "/api/energy", "/api/energy/left-on?limit=20", f"/health/energy?school={plan.school_ids()[1]}",
+                     f"/api/energy?offset={args.rooms // 2}")
+        for path in paths:
             def request(path: str = path) -> None:
                 resp = web.get(path, headers=bearer)
                 assert resp.status_code == 200, (path, resp.status_code)
+                sizes[path] = len(resp.data)
 
-            cases[f"GET {path} ({'snapshot' if hasattr(lists, 'school_snapshot') else 'SQL'})"] = request
+            how = "" if args.energy else f" ({'snapshot' if hasattr(lists, 'school_snapshot') else 'SQL'})"
+            cases[f"GET {path}{how}"] = request
         for name, fn in cases.items():
             med, low, high = cpu_ms(fn, args.calls)
-            print(f"{name}: CPU median {med:.2f} ms (min {low:.2f}, max {high:.2f})")
+            size = next((f", {sizes[p] / 1024:.0f} KB" for p in sizes if name.split(" (")[0] == f"GET {p}"), "")
+            print(f"{name}: CPU median {med:.2f} ms (min {low:.2f}, max {high:.2f}){size}")
         close_app(app)
         ledger.close()
         db.engine.dispose()
     return 0
+
+
+def energy_rows(db: Any) -> int:
+    """This week's and last week's rollup rows of every gateway with a meter, as `usage_rollup` writes
+    them (today's incomplete), the kWh made up from the gateway's number: how many were written."""
+    from datetime import date, timedelta
+
+    from sqlalchemy import insert, text
+
+    with db.read("bench") as conn:
+        gateways = list(conn.execute(text("SELECT id, school_id FROM registered_gateways ORDER BY id")))
+    today = date.today()
+    monday = today - timedelta(days=today.weekday() + 7)
+    rows = []
+    for i, (gw, school) in enumerate(gateways):
+        for d in range((today - monday).days + 1):
+            day = monday + timedelta(days=d)
+            kwh = round(2 + (i % 37) * 0.31 + d * 0.07, 6)
+            rows.append({"gateway": gw, "day": day, "school": school, "periods": 8, "used": 4, "power_devices": 1,
+                         "co2_over_s": 0.0, "co2_devices": 1, "co2_limit": 1000.0, "complete": day < today,
+                         "counted_to": time.time(), "computed_at": time.time(), "energy_kwh": kwh,
+                         "energy_off_kwh": round(kwh * ((i * 7 + d) % 11) / 20, 6), "meter_devices": 1})
+    with db.write("bench") as conn:
+        for k in range(0, len(rows), 5000):
+            conn.execute(insert(UsageDay.__table__), rows[k:k + 5000])
+    return len(rows)
 
 
 if __name__ == "__main__":

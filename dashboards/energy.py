@@ -7,8 +7,9 @@
 * `/health/maintenance?within=4[&due=1][&school=S]` projector lamps and filters against their rated hours,
   soonest due first, paged and searchable; `.csv` and `.xlsx` of the whole list.
 
-JSON: `GET /api/energy?week=|month=[&school=][&building=]` the report (central/energy.py
-`EnergyReport.as_dict`); `GET /api/energy/left-on?...&limit=&offset=&q=` its rooms by kWh outside the
+JSON: `GET /api/energy?week=|month=[&school=][&building=][&limit=&offset=&q=]` the report (central/energy.py
+`EnergyReport.as_dict`): its totals whole, its rooms a page (100, `limit` up to 500; `X-Total-Count` and
+`room_count` how many match); `GET /api/energy/left-on?...&limit=&offset=&q=` its rooms by kWh outside the
 timetable (a list: `X-Total-Count`); `GET /api/maintenance?within=&due=&school=&limit=&offset=&q=`.
 
 Everything reads the daily rollup and the ledger (a fixed number of statements however many rooms); the
@@ -69,10 +70,11 @@ def _scope() -> tuple[lists.Scope, str | None]:
     return sight(g.user).narrowed(school=school), building
 
 
-def _report() -> tuple[energy.EnergyReport, str]:
+def _report(rooms: lists.Paging | None = None) -> tuple[energy.EnergyReport, str]:
+    """The report the query parameters ask for; `rooms` as `energy.report` takes it (None: every room)."""
     first, last, label = span(request.args.get("week"), request.args.get("month"))
     scope, building = _scope()
-    return energy.report(central().registry.db, first, last, scope, building, tariff()), label
+    return energy.report(central().registry.db, first, last, scope, building, tariff(), rooms), label
 
 
 def _query(label: str) -> dict[str, str]:
@@ -99,11 +101,17 @@ def _bad(exc: _Refused) -> Any:
 @bp.get("/api/energy")
 @login_required(roles=STAFF)
 def api_energy() -> Any:
+    # The totals are the whole report's; the rooms a page of it (`limit`, `offset`, `q`), as every list.
     try:
-        report, _label = _report()
+        paging = lists.Paging.parse(request.args, default_limit=energy.ROOMS_PAGE, max_limit=energy.MAX_ROOMS_PAGE)
+        report, _label = _report(paging)
     except _Refused as exc:
         return _bad(exc)
-    return jsonify(report.as_dict())
+    except PayloadError as exc:
+        return _bad(_named(exc))
+    resp = jsonify(report.as_dict())
+    resp.headers["X-Total-Count"] = str(report.room_count)
+    return resp
 
 
 @bp.get("/api/energy/left-on")
@@ -145,14 +153,15 @@ def api_maintenance() -> Any:
 @login_required(roles=STAFF)
 def energy_page() -> Any:
     try:
-        report, label = _report()
+        report, label = _report(energy.NO_ROOMS)  # the page shows no room line but the left-on list's
         scope, building = _scope()
         paging = lists.Paging.parse(request.args, default_limit=LEFT_ON_PAGE)
     except _Refused as exc:
         return render_template("error.html", status=exc.status, message=exc.message), exc.status
     except PayloadError as exc:
         return render_template("error.html", status=400, message=str(exc)), 400
-    left = energy.left_on(central().registry.db, report.first, report.last, paging, scope, building)
+    left = energy.left_on(central().registry.db, report.first, report.last, paging, scope, building,
+                          report.left_on_count)
     school = request.args.get("school") or ""
     by_month = bool(request.args.get("month"))
     key = "month" if by_month else "week"

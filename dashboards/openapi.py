@@ -11,7 +11,7 @@ from typing import Any
 import campus
 from campus import contract
 from campus.i18n import N_, LazyText, lazy_gettext
-from central import lists
+from central import energy, lists
 from central.store.base import MAX_POINTS
 
 
@@ -268,9 +268,12 @@ def _energy() -> dict[str, Any]:
     """Electricity and projector maintenance (dashboards/energy.py, central/energy.py, central/maintenance.py)."""
     where = [("week", "query", False), ("month", "query", False), ("school", "query", False),
              ("building", "query", False)]
-    report = _get(N_("kWh of each metered room, building, school, day and in all over an ISO week (default this one) or "
-                  "a month, and of them outside the timetable (`off_kwh`; null: the school has no timetable), with "
-                  "`yuan` at the site's tariff; from the daily rollup (facility, admin)"), where, {"type": "object"})
+    report = _paged(_get(N_("kWh of each metered room, building, school, day and in all over an ISO week (default this "
+                         "one) or a month, and of them outside the timetable (`off_kwh`; null: the school has no "
+                         "timetable), with `yuan` at the site's tariff; from the daily rollup. The totals are whole, "
+                         "`rooms` one page of them by school, building and room (`room_count` and `X-Total-Count`: "
+                         "how many) (facility, admin)"), list(where), {"type": "object"}),
+                    energy.ROOMS_PAGE, energy.MAX_ROOMS_PAGE)
     left = _paged(_get(N_("Rooms by kWh used outside the timetable, worst first (facility, admin)"), list(where),
                        {"type": "array", "items": {"type": "object"}}))
     due = _paged(_get(N_("Projector lamps and filters against their rated hours, soonest due first: `weeks_left` at the "

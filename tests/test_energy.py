@@ -279,7 +279,9 @@ def test_energy_requests_run_as_many_statements_for_300_rooms_as_for_30(small_an
                              for gw, school, _b, _r in energy.lists.place_rows(c.db)])
     for path in (f"/api/energy?week={week}", f"/api/energy?week={week}&school=s03", f"/health/energy?week={week}",
                  f"/health/energy.csv?week={week}", f"/health/energy.xlsx?week={week}",
-                 f"/api/energy/left-on?week={week}&limit=20", "/api/schools?sort=-energy_kwh",
+                 f"/api/energy/left-on?week={week}&limit=20", f"/api/energy/left-on?week={week}&q=gw-00",
+                 f"/api/energy?week={week}&q=gw-00&limit=5", f"/api/energy?week={week}&offset=10",
+                 "/api/schools?sort=-energy_kwh",
                  "/api/maintenance?within=4", "/health/maintenance"):
         few, resp_few = statements(small_and_large[0], path)
         many, resp_many = statements(small_and_large[1], path)
@@ -335,3 +337,164 @@ def test_the_maintenance_list_reads_a_stored_value_as_json_does(raw: str) -> Non
     assert maintenance._finite(fast) == maintenance._finite(slow)
     if maintenance._finite(slow):
         assert float(fast) == float(slow)
+
+
+# ---------------------------------------------------------------- the sums in SQL against the code before them
+
+
+def _old_report(db, first: date, last: date, scope=energy.lists.EVERYTHING, building=None) -> energy.EnergyReport:
+    """central/energy.py `report` before issue 19's paging: every room's sum, added up in Python."""
+    from sqlalchemy import func, select
+
+    from central.usage import UsageDay
+
+    u, p = energy._u(), energy.lists.places(db)
+    where = [*energy._span(first, last, scope, p), *energy._building_filter(p, building)]
+    per_room = (select(u.gateway, p.c.school, p.c.building, p.c.room, func.sum(u.energy_kwh), func.sum(u.energy_off_kwh))
+                .select_from(UsageDay.__table__).join(p, p.c.id == u.gateway).where(*where)
+                .group_by(u.gateway, p.c.school, p.c.building, p.c.room))
+    per_day = (select(u.day, func.sum(u.energy_kwh), func.sum(u.energy_off_kwh))
+               .select_from(UsageDay.__table__).join(p, p.c.id == u.gateway).where(*where).group_by(u.day))
+    with db.read() as conn:
+        room_rows, day_rows = list(conn.execute(per_room)), list(conn.execute(per_day))
+    out = energy.EnergyReport(first=first, last=last)
+    buildings: dict = {}
+    schools: dict = {}
+    for gw, school, bld, room, kwh, off in room_rows:
+        kwh, off = float(kwh or 0), None if off is None else float(off)
+        r = energy.RoomEnergy(gateway=gw, school=school or "", building=bld or "", room=room or "")
+        r.add(kwh, off)
+        out.rooms.append(r)
+        for line in (buildings.setdefault((r.school, r.building), energy.PlaceEnergy(school=r.school, building=r.building)),
+                     schools.setdefault(r.school, energy.PlaceEnergy(school=r.school))):
+            line.add(kwh, off)
+            line.rooms += 1
+        out.add(kwh, off)
+    out.rooms.sort(key=lambda r: (r.school, r.building, r.room, r.gateway))
+    out.buildings = sorted(buildings.values(), key=lambda b: (b.school, b.building))
+    out.schools = sorted(schools.values(), key=lambda s: s.school)
+    for d, kwh, off in sorted(day_rows):
+        line = energy.DayEnergy(day=d)
+        line.add(float(kwh or 0), None if off is None else float(off))
+        out.days.append(line)
+    return out
+
+
+def _old_left_on(db, first: date, last: date, q: str | None, scope=energy.lists.EVERYTHING,
+                 building=None) -> list[energy.RoomEnergy]:
+    """`left_on` before: the whole list (worst first), in one GROUP BY over the room-days joined to places."""
+    from sqlalchemy import func, select
+
+    from central.usage import UsageDay
+
+    u, p = energy._u(), energy.lists.places(db)
+    off = func.sum(u.energy_off_kwh)
+    query = (select(u.gateway, p.c.school, p.c.building, p.c.room, func.sum(u.energy_kwh), off)
+             .select_from(UsageDay.__table__).join(p, p.c.id == u.gateway)
+             .where(*energy._span(first, last, scope, p), *energy._building_filter(p, building),
+                    u.energy_off_kwh.is_not(None), energy.lists.matches(q, u.gateway, p.c.school, p.c.building, p.c.room))
+             .group_by(u.gateway, p.c.school, p.c.building, p.c.room)
+             .order_by(off.desc(), energy.lists.ordered(db, p.c.school), energy.lists.ordered(db, u.gateway)))
+    with db.read() as conn:
+        rows = list(conn.execute(query))
+    out = []
+    for gw, school, bld, room, kwh, off_kwh in rows:
+        r = energy.RoomEnergy(gateway=gw, school=school or "", building=bld or "", room=room or "")
+        r.add(float(kwh or 0), float(off_kwh or 0))
+        out.append(r)
+    return out
+
+
+def _close(new: energy.Energy, old: energy.Energy) -> bool:
+    """The same line: kWh to within 1e-6 (SQL adds the room-days, the old code the rooms' rounded sums)."""
+    return (abs(new.kwh - old.kwh) < 1e-6 and (new.off_kwh is None) == (old.off_kwh is None)
+            and abs((new.off_kwh or 0) - (old.off_kwh or 0)) < 1e-6
+            and (not isinstance(new, energy.PlaceEnergy)
+                 or (new.school, new.building, new.rooms) == (old.school, old.building, old.rooms)))
+
+
+def test_the_sums_in_sql_and_the_pages_give_what_the_python_sums_gave(tmp_path: Path, central_db_url: str) -> None:
+    """Issue 19: the report's building, school, day and district lines summed in SQL, its rooms paged, and the
+    left-on list's page and count in one statement, against the code before, on both engines: three schools
+    (one without a timetable: no `off`), buildings, a gateway that reports without being registered, rooms
+    without a meter, ties in kWh outside the timetable, days outside the span."""
+    from central.ledger import Ledger
+    from central.registry import Registry
+
+    places = [(f"gw-{i:03d}", f"s{i % 3}", f"{100 + i}", "AB"[i % 2] if i % 5 else "") for i in range(40)]
+    registry = Registry(central_db_url)
+    for gw, school, room, building in places[:-1]:
+        registry.register_gateway(gw, school, room, building)
+    ledger = Ledger(central_db_url)
+    ledger.record([], [("s2", places[-1][0], State(online=True, ts=NOW, room="999", devices={"meter": METER}))], [])
+    ledger.close()
+    first, last = date(2025, 9, 8), date(2025, 9, 14)
+    row = {"periods": 8, "used": 1, "power_devices": 1, "co2_over_s": 0.0, "co2_devices": 0, "co2_limit": None,
+           "complete": True, "counted_to": 0.0, "computed_at": 0.0}
+    rows = []
+    for i, (gw, school, _room, _b) in enumerate(places):
+        for d in range(-1, 9):  # a day before the span and one after it
+            kwh = round(((i * 37 + d * 11) % 23) / 7 + 0.1, 6)
+            rows.append({**row, "gateway": gw, "school": school, "day": date.fromordinal(first.toordinal() + d),
+                         "meter_devices": 0 if i % 9 == 4 else 1, "energy_kwh": 0.0 if i % 9 == 4 else kwh,
+                         "energy_off_kwh": None if school == "s1" else round((i % 4) * 0.25, 6)})
+    rollup._write(registry.db, rows)
+    db = registry.db
+    try:
+        for scope, building in ((energy.lists.EVERYTHING, None), (energy.lists.Scope(school="s0"), None),
+                                (energy.lists.Scope(school="s2"), "B"), (energy.lists.Scope(schools=("s1", "s2")), None)):
+            old = _old_report(db, first, last, scope, building)
+            new = energy.report(db, first, last, scope, building)
+            assert [(r.gateway, r.school, r.building, r.room, r.kwh, r.off_kwh) for r in new.rooms] == \
+                [(r.gateway, r.school, r.building, r.room, r.kwh, r.off_kwh) for r in old.rooms]
+            assert len(new.buildings) == len(old.buildings) and all(map(_close, new.buildings, old.buildings))
+            assert len(new.schools) == len(old.schools) and all(map(_close, new.schools, old.schools))
+            assert [(d.day, d.kwh, d.off_kwh) for d in new.days] == [(d.day, d.kwh, d.off_kwh) for d in old.days]
+            assert _close(new, old) and new.room_count == len(old.rooms) and old.rooms
+            whole_left = _old_left_on(db, first, last, None, scope, building)
+            assert new.left_on_count == len(whole_left)
+            # The rooms a page at a time (with and without `q`), and the left-on list, with and without its total.
+            for limit, offset, q in ((5, 0, None), (5, 5, None), (7, 20, "gw-01"), (3, 0, "A"), (5, 500, None)):
+                paging = energy.lists.Paging(limit=limit, offset=offset, q=q)
+                want = [r for r in old.rooms if not q or any(q.lower() in v.lower()
+                                                             for v in (r.gateway, r.school, r.building, r.room))]
+                page = energy.report(db, first, last, scope, building, rooms=paging)
+                assert [(r.gateway, r.kwh, r.off_kwh) for r in page.rooms] == \
+                    [(r.gateway, r.kwh, r.off_kwh) for r in want[offset:offset + limit]]
+                assert page.room_count == len(want) and _close(page, old)
+                left_want = _old_left_on(db, first, last, q, scope, building)
+                for total in (None, new.left_on_count):
+                    left = energy.left_on(db, first, last, paging, scope, building, total)
+                    assert [(r.gateway, r.kwh, r.off_kwh) for r in left.items] == \
+                        [(r.gateway, r.kwh, r.off_kwh) for r in left_want[offset:offset + limit]]
+                    assert left.total == len(left_want)
+            assert not energy.report(db, first, last, scope, building, rooms=energy.NO_ROOMS).rooms
+        ties = _old_left_on(db, first, last, None)
+        assert len({r.off_kwh for r in ties}) < len(ties)  # the order's names after the kWh were needed
+    finally:
+        db.engine.dispose()
+
+
+def test_api_energy_is_paged_by_default(small_and_large) -> None:  # noqa: F811
+    """`GET /api/energy`: the totals whole, its rooms 100 by default (up to 500), `X-Total-Count` all of them."""
+    monday = date.today().toordinal() - date.today().weekday()
+    week = date.today().strftime("%G-W%V")
+    large = small_and_large[1]
+    c = central(large)
+    row = {"periods": 0, "used": 0, "power_devices": 0, "co2_over_s": 0.0, "co2_devices": 0, "co2_limit": None,
+           "complete": True, "counted_to": 0.0, "computed_at": 0.0, "meter_devices": 1}
+    rollup._write(c.db, [{**row, "gateway": gw, "school": school, "day": date.fromordinal(monday),
+                          "energy_kwh": 3.0, "energy_off_kwh": 1.0} for gw, school, _b, _r in energy.lists.place_rows(c.db)])
+    client = large.test_client()
+    bearer = {"Authorization": f"Bearer {large.tokens['admin']}"}
+    first = client.get(f"/api/energy?week={week}", headers=bearer)
+    body = first.get_json()
+    assert first.headers["X-Total-Count"] == "300" and body["room_count"] == 300 and len(body["rooms"]) == 100
+    assert body["kwh"] == 900.0 and sum(s["rooms"] for s in body["schools"]) == 300
+    last = client.get(f"/api/energy?week={week}&limit=500&offset=250", headers=bearer).get_json()
+    assert len(last["rooms"]) == 50 and last["kwh"] == 900.0
+    for bad, field in (("limit=501", "limit"), ("offset=-1", "offset"), ("limit=x", "limit")):
+        resp = client.get(f"/api/energy?week={week}&{bad}", headers=bearer)
+        assert resp.status_code == 400 and resp.get_json()["field"] == field, bad
+    page = client.get(f"/health/energy?week={week}", headers=bearer).get_data(as_text=True)
+    assert "<b>300</b>" in page and page.count("data-gateway=") == 20
