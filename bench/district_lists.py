@@ -1,5 +1,6 @@
 """CPU per request of the district's lists in-process: `/district` and `GET /api/schools` (the school
-rollup), at district size (issue 19; docs/benchmarks.md 11g).
+rollup), and with `--maintenance` the maintenance list (`/health/maintenance`, `/api/maintenance`) and the
+usage rollup's rating round it reads, at district size (issue 19; docs/benchmarks.md 11g).
 
 Builds the district of bench/alarm_round.py (bench/dashboard.py's `Plan` and CSV straight into a central
 SQLite database, every gateway live, one alarm round so the alarms are open), then calls what the views
@@ -7,6 +8,7 @@ call, as often as `--calls`, and prints the median CPU (process time) per call: 
 a machine shared with other work, where the wall clock is mostly waiting for a core.
 
     python bench/district_lists.py --rooms 10000
+    python bench/district_lists.py --rooms 10000 --maintenance
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench.alarm_round import build  # noqa: E402
 from bench.common import machine_line  # noqa: E402
 from bench.dashboard import ROOMS_PER_SCHOOL, Plan  # noqa: E402
-from central import alarms, lists, overview  # noqa: E402
+from central import alarms, lists, maintenance, overview  # noqa: E402
 from dashboards import WebConfig, close_app, create_app  # noqa: E402
 
 
@@ -40,11 +42,56 @@ def cpu_ms(fn: Callable[[], Any], calls: int) -> tuple[float, float, float]:
     return out[len(out) // 2], out[0], out[-1]
 
 
+def school_cases(cases: dict[str, Callable[[], Any]], registry: Any) -> None:
+    """The school rollup in SQL and, where this tree has it, from the snapshot (11g)."""
+    db = registry.db
+    cases["school rollup in SQL, first page"] = lambda: overview.school_rollup(registry)
+    cases["school rollup in SQL, sort=-alarms"] = lambda: overview.school_rollup(registry, sort="alarms",
+                                                                                 descending=True)
+    cases["school rollup in SQL, q=s0"] = lambda: overview.school_rollup(registry, lists.Paging(q="s0"))
+    snapshots = getattr(lists, "BoardSnapshots", None)
+    if snapshots is not None and hasattr(lists, "school_snapshot"):
+        snaps = snapshots(ttl=3600)
+        cases["snapshot read (once per CAMPUS_BOARD_CACHE_S)"] = lambda: lists.school_snapshot(db)
+        cases["school rollup from the snapshot, first page"] = lambda: overview.school_rollup(
+            registry, snapshots=snaps)
+        cases["school rollup from the snapshot, sort=-alarms"] = lambda: overview.school_rollup(
+            registry, sort="alarms", descending=True, snapshots=snaps)
+        cases["school rollup from the snapshot, offset=20 problems"] = lambda: overview.school_rollup(
+            registry, lists.Paging(limit=20, offset=20), problems_only=True, snapshots=snaps)
+        assert overview.school_rollup(registry, snapshots=snaps) == overview.school_rollup(registry)
+
+
+def maintenance_cases(cases: dict[str, Callable[[], Any]], registry: Any, tmp: str) -> Any:
+    """The rollup's rating round (every part: a refresh; only new ones: every other round), the list worked
+    out whole and a page of it as `maintenance.page` answers it (the rollup's lines where this tree keeps
+    them). Every projector reports `lamp_hours` (bench/alarm_round.py); the store holds no hours, so each
+    part is read from it and gets no rate, as in 11f-11g. Returns the store (closed by the caller)."""
+    from central.store.sqlite import SqlitePointStore
+
+    db = registry.db
+    store = SqlitePointStore(f"{tmp}/points.db")
+    t0 = time.process_time()
+    rated = maintenance.rate_parts(db, store)
+    print(f"first rating round: {rated} parts, {(time.process_time() - t0) * 1000:.0f} ms CPU")
+    every = maintenance.parts(db, store)
+    first = maintenance.page(db, store, lists.Paging(limit=100))
+    assert (first.items, first.total) == (every[:100], len(every)), "the page is not the list's first 100"
+    cases["rating round, every part (each refresh)"] = lambda: maintenance.rate_parts(db, store)
+    cases["rating round, only new parts (every other round)"] = lambda: maintenance.rate_parts(db, store,
+                                                                                                only_new=True)
+    cases["list worked out whole, first 100"] = lambda: maintenance.parts(db, store)[:100]
+    cases["maintenance.page, first 100"] = lambda: maintenance.page(db, store, lists.Paging(limit=100))
+    return store
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rooms", type=int, default=2000)
     parser.add_argument("--calls", type=int, default=7)
     parser.add_argument("--quick", action="store_true", help="a smoke run: 100 rooms, 3 calls each")
+    parser.add_argument("--maintenance", action="store_true",
+                        help="the maintenance list and the rollup's rating round instead of the school rollup")
     args = parser.parse_args(argv)
     if args.quick:
         args.rooms, args.calls = 100, 3
@@ -58,23 +105,11 @@ def main(argv: list[str] | None = None) -> int:
         alarms.evaluate(registry, ledger)
         print(f"built {args.rooms} rooms in {schools} schools in {time.perf_counter() - t0:.1f} s")
         db = registry.db
-        cases: dict[str, Callable[[], Any]] = {
-            "school rollup in SQL, first page": lambda: overview.school_rollup(registry),
-            "school rollup in SQL, sort=-alarms": lambda: overview.school_rollup(registry, sort="alarms",
-                                                                                  descending=True),
-            "school rollup in SQL, q=s0": lambda: overview.school_rollup(registry, lists.Paging(q="s0")),
-        }
-        snapshots = getattr(lists, "BoardSnapshots", None)
-        if snapshots is not None and hasattr(lists, "school_snapshot"):
-            snaps = snapshots(ttl=3600)
-            cases["snapshot read (once per CAMPUS_BOARD_CACHE_S)"] = lambda: lists.school_snapshot(db)
-            cases["school rollup from the snapshot, first page"] = lambda: overview.school_rollup(
-                registry, snapshots=snaps)
-            cases["school rollup from the snapshot, sort=-alarms"] = lambda: overview.school_rollup(
-                registry, sort="alarms", descending=True, snapshots=snaps)
-            cases["school rollup from the snapshot, offset=20 problems"] = lambda: overview.school_rollup(
-                registry, lists.Paging(limit=20, offset=20), problems_only=True, snapshots=snaps)
-            assert overview.school_rollup(registry, snapshots=snaps) == overview.school_rollup(registry)
+        cases: dict[str, Callable[[], Any]] = {}
+        if args.maintenance:
+            store = maintenance_cases(cases, registry, tmp)
+        else:
+            school_cases(cases, registry)
         # The requests as the web process answers them (the test client: routing, the bearer's lookup, the
         # page's template), its background threads off, the snapshot's `ttl` as deployed unless 0.
         for name in ("CAMPUS_ALARM_INTERVAL", "CAMPUS_SCHEDULE_INTERVAL", "CAMPUS_ATTENDANCE_INTERVAL",
@@ -84,16 +119,26 @@ def main(argv: list[str] | None = None) -> int:
         registry.add_user("bench-admin", "bench-admin-password", "admin")
         bearer = {"Authorization": f"Bearer {registry.issue_token('bench-admin')}"}
         web = app.test_client()
-        for path in ("/api/schools", "/api/schools?sort=-alarms", "/district", "/district?sort=-offline&problems=1"):
+        paths = (("/api/maintenance?limit=100", "/health/maintenance", "/api/maintenance?within=50&due=1&limit=100",
+                  "/api/maintenance?q=s00&limit=100", "/api/maintenance?limit=100&offset=5000")
+                 if args.maintenance else
+                 ("/api/schools", "/api/schools?sort=-alarms", "/district", "/district?sort=-offline&problems=1"))
+        for path in paths:
             def request(path: str = path) -> None:
                 resp = web.get(path, headers=bearer)
                 assert resp.status_code == 200, (path, resp.status_code)
 
-            cases[f"GET {path} ({'snapshot' if hasattr(lists, 'school_snapshot') else 'SQL'})"] = request
+            how = ("lines" if hasattr(maintenance, "FALLBACKS") else "whole") if args.maintenance else (
+                "snapshot" if hasattr(lists, "school_snapshot") else "SQL")
+            cases[f"GET {path} ({how})"] = request
         for name, fn in cases.items():
             med, low, high = cpu_ms(fn, args.calls)
             print(f"{name}: CPU median {med:.2f} ms (min {low:.2f}, max {high:.2f})")
+        if args.maintenance and hasattr(maintenance, "FALLBACKS"):
+            print(f"parts the list computed itself: {maintenance.FALLBACKS.parts} in {maintenance.FALLBACKS.lists} lists")
         close_app(app)
+        if args.maintenance:
+            store.close()
         ledger.close()
         db.engine.dispose()
     return 0
