@@ -239,7 +239,7 @@ def rate_parts(db: Database, store: PointStore, now: float | None = None, only_n
     line_cols = ("school", "building", "building_id", "room", "profile", "part", "hours", "rated", "weeks_left",
                  "undated")
     with db.read("cannot read the projector parts' rates") as conn:
-        stored = {(r.gateway, r.device, r.metric): r for r in conn.execute(
+        stored = {(gw, device, metric): tuple(line) for gw, device, metric, *line in conn.execute(
             select(t.c.gateway, t.c.device, t.c.metric, *(t.c[c] for c in line_cols)))}
     metric_part = {m: part for part, m in PARTS.items()}
     ratings: dict[tuple[str, str], float | None] = {}
@@ -262,13 +262,10 @@ def rate_parts(db: Database, store: PointStore, now: float | None = None, only_n
         value = _number(raw)
         hours = float(value) if _finite(value) else None
         left = weeks_left(rated, hours, per_week) if hours is not None else None
-        line = {"school": school or "", "building": building or "", "building_id": building_id, "room": room or "",
-                "profile": prof, "part": part, "hours": hours, "rated": rated, "weeks_left": left,
-                "undated": left is None}
-        old = stored.get(key)
-        if rated_at == now or old is None or any(getattr(old, k) != v for k, v in line.items()):
+        line = (school or "", building or "", building_id, room or "", prof, part, hours, rated, left, left is None)
+        if rated_at == now or stored.get(key) != line:  # a new rate, a new part, or its line changed
             writes.append({"gateway": gw, "device": device, "metric": metric, "per_week": per_week,
-                           "as_of": rated_at, "listed_at": now, **line})
+                           "as_of": rated_at, "listed_at": now, **dict(zip(line_cols, line, strict=True))})
     gone = [k for k in stored if k not in seen]
     keep = ("per_week", "as_of", "listed_at", *line_cols)
     for i in range(0, len(writes), WRITE_BATCH):
