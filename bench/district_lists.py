@@ -1,5 +1,7 @@
 """CPU per request of the district's lists in-process: `/district` and `GET /api/schools` (the school
-rollup), at district size (issue 19; docs/benchmarks.md 11g); with `--energy` the energy pages instead.
+rollup), at district size (issue 19; docs/benchmarks.md 11g); with `--energy` the energy pages, with
+`--maintenance` the maintenance list (`/health/maintenance`, `/api/maintenance`) and the usage rollup's
+rating round it reads, instead.
 
 Builds the district of bench/alarm_round.py (bench/dashboard.py's `Plan` and CSV straight into a central
 SQLite database, every gateway live, one alarm round so the alarms are open), then calls what the views
@@ -8,10 +10,12 @@ a machine shared with other work, where the wall clock is mostly waiting for a c
 
     python bench/district_lists.py --rooms 10000
     python bench/district_lists.py --rooms 10000 --energy
+    python bench/district_lists.py --rooms 10000 --maintenance
 
 `--energy`: the usage rollup's rows of this week and the last (every room metered, kWh and kWh outside the
 timetable made up per room and day, written straight into `usage_days` as the rollup would), then
 `/health/energy`, `GET /api/energy` and `GET /api/energy/left-on?limit=20` (issue 19's targets).
+`--keep FILE`: build the district into FILE, or use it if it exists (before and after on the same data).
 """
 
 from __future__ import annotations
@@ -30,7 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench.alarm_round import build  # noqa: E402
 from bench.common import machine_line  # noqa: E402
 from bench.dashboard import ROOMS_PER_SCHOOL, Plan  # noqa: E402
-from central import alarms, lists, overview  # noqa: E402
+from central import alarms, lists, maintenance, overview  # noqa: E402
 from central.ledger import Ledger  # noqa: E402
 from central.registry import Registry  # noqa: E402
 from central.usage import UsageDay  # noqa: E402
@@ -48,14 +52,59 @@ def cpu_ms(fn: Callable[[], Any], calls: int) -> tuple[float, float, float]:
     return out[len(out) // 2], out[0], out[-1]
 
 
+def school_cases(cases: dict[str, Callable[[], Any]], registry: Any) -> None:
+    """The school rollup in SQL and, where this tree has it, from the snapshot (11g)."""
+    db = registry.db
+    cases["school rollup in SQL, first page"] = lambda: overview.school_rollup(registry)
+    cases["school rollup in SQL, sort=-alarms"] = lambda: overview.school_rollup(registry, sort="alarms",
+                                                                                 descending=True)
+    cases["school rollup in SQL, q=s0"] = lambda: overview.school_rollup(registry, lists.Paging(q="s0"))
+    snapshots = getattr(lists, "BoardSnapshots", None)
+    if snapshots is not None and hasattr(lists, "school_snapshot"):
+        snaps = snapshots(ttl=3600)
+        cases["snapshot read (once per CAMPUS_BOARD_CACHE_S)"] = lambda: lists.school_snapshot(db)
+        cases["school rollup from the snapshot, first page"] = lambda: overview.school_rollup(
+            registry, snapshots=snaps)
+        cases["school rollup from the snapshot, sort=-alarms"] = lambda: overview.school_rollup(
+            registry, sort="alarms", descending=True, snapshots=snaps)
+        cases["school rollup from the snapshot, offset=20 problems"] = lambda: overview.school_rollup(
+            registry, lists.Paging(limit=20, offset=20), problems_only=True, snapshots=snaps)
+        assert overview.school_rollup(registry, snapshots=snaps) == overview.school_rollup(registry)
+
+
+def maintenance_cases(cases: dict[str, Callable[[], Any]], registry: Any, tmp: str) -> Any:
+    """The rollup's rating round (every part: a refresh; only new ones: every other round), the list worked
+    out whole and a page of it as `maintenance.page` answers it (the rollup's lines where this tree keeps
+    them). Every projector reports `lamp_hours` (bench/alarm_round.py); the store holds no hours, so each
+    part is read from it and gets no rate, as in 11f-11g. Returns the store (closed by the caller)."""
+    from central.store.sqlite import SqlitePointStore
+
+    db = registry.db
+    store = SqlitePointStore(f"{tmp}/points.db")
+    t0 = time.process_time()
+    rated = maintenance.rate_parts(db, store)
+    print(f"first rating round: {rated} parts, {(time.process_time() - t0) * 1000:.0f} ms CPU")
+    every = maintenance.parts(db, store)
+    first = maintenance.page(db, store, lists.Paging(limit=100))
+    assert (first.items, first.total) == (every[:100], len(every)), "the page is not the list's first 100"
+    cases["rating round, every part (each refresh)"] = lambda: maintenance.rate_parts(db, store)
+    cases["rating round, only new parts (every other round)"] = lambda: maintenance.rate_parts(db, store,
+                                                                                                only_new=True)
+    cases["list worked out whole, first 100"] = lambda: maintenance.parts(db, store)[:100]
+    cases["maintenance.page, first 100"] = lambda: maintenance.page(db, store, lists.Paging(limit=100))
+    return store
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rooms", type=int, default=2000)
     parser.add_argument("--calls", type=int, default=7)
+    parser.add_argument("--quick", action="store_true", help="a smoke run: 100 rooms, 3 calls each")
     parser.add_argument("--energy", action="store_true", help="the energy pages (a fortnight of rollup rows)")
+    parser.add_argument("--maintenance", action="store_true",
+                        help="the maintenance list and the rollup's rating round instead of the school rollup")
     parser.add_argument("--keep", metavar="FILE", help="build the district into this SQLite file, or use it if it "
                         "exists (runs before and after a change on the same data)")
-    parser.add_argument("--quick", action="store_true", help="a smoke run: 100 rooms, 3 calls each")
     args = parser.parse_args(argv)
     if args.quick:
         args.rooms, args.calls = 100, 3
@@ -74,23 +123,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{'opened' if kept else 'built'} {args.rooms} rooms in {schools} schools in "
               f"{time.perf_counter() - t0:.1f} s")
         db = registry.db
-        cases: dict[str, Callable[[], Any]] = {} if args.energy else {
-            "school rollup in SQL, first page": lambda: overview.school_rollup(registry),
-            "school rollup in SQL, sort=-alarms": lambda: overview.school_rollup(registry, sort="alarms",
-                                                                                  descending=True),
-            "school rollup in SQL, q=s0": lambda: overview.school_rollup(registry, lists.Paging(q="s0")),
-        }
-        snapshots = getattr(lists, "BoardSnapshots", None)
-        if snapshots is not None and hasattr(lists, "school_snapshot") and not args.energy:
-            snaps = snapshots(ttl=3600)
-            cases["snapshot read (once per CAMPUS_BOARD_CACHE_S)"] = lambda: lists.school_snapshot(db)
-            cases["school rollup from the snapshot, first page"] = lambda: overview.school_rollup(
-                registry, snapshots=snaps)
-            cases["school rollup from the snapshot, sort=-alarms"] = lambda: overview.school_rollup(
-                registry, sort="alarms", descending=True, snapshots=snaps)
-            cases["school rollup from the snapshot, offset=20 problems"] = lambda: overview.school_rollup(
-                registry, lists.Paging(limit=20, offset=20), problems_only=True, snapshots=snaps)
-            assert overview.school_rollup(registry, snapshots=snaps) == overview.school_rollup(registry)
+        cases: dict[str, Callable[[], Any]] = {}
+        if args.maintenance:
+            store = maintenance_cases(cases, registry, tmp)
+        elif not args.energy:
+            school_cases(cases, registry)
         # The requests as the web process answers them (the test client: routing, the bearer's lookup, the
         # page's template), its background threads off, the snapshot's `ttl` as deployed unless 0.
         for name in ("CAMPUS_ALARM_INTERVAL", "CAMPUS_SCHEDULE_INTERVAL", "CAMPUS_ATTENDANCE_INTERVAL",
@@ -102,26 +139,36 @@ def main(argv: list[str] | None = None) -> int:
         bearer = {"Authorization": f"Bearer {registry.issue_token('bench-admin')}"}
         web = app.test_client()
         sizes: dict[str, int] = {}
-        paths = ("/api/schools", "/api/schools?sort=-alarms", "/district", "/district?sort=-offline&problems=1")
-        if args.energy:
+        paths: tuple[str, ...] = ("/api/schools", "/api/schools?sort=-alarms", "/district",
+                                  "/district?sort=-offline&problems=1")
+        how = f" ({'snapshot' if hasattr(lists, 'school_snapshot') else 'SQL'})"
+        if args.maintenance:
+            paths = ("/api/maintenance?limit=100", "/health/maintenance", "/api/maintenance?within=50&due=1&limit=100",
+                     "/api/maintenance?q=s00&limit=100", "/api/maintenance?limit=100&offset=5000")
+            how = f" ({'lines' if hasattr(maintenance, 'FALLBACKS') else 'whole'})"
+        elif args.energy:
             t0 = time.perf_counter()
             if not kept:
                 print(f"{energy_rows(db)} usage_days rows in {time.perf_counter() - t0:.1f} s")
-            paths = ("/health/energy", "/api/energy", "/api/energy/left-on?limit=20", f"/health/energy?school={plan.school_ids()[1]}",
-                     f"/api/energy?offset={args.rooms // 2}")
+            paths = ("/health/energy", "/api/energy", "/api/energy/left-on?limit=20",
+                     f"/health/energy?school={plan.school_ids()[1]}", f"/api/energy?offset={args.rooms // 2}")
+            how = ""
         for path in paths:
             def request(path: str = path) -> None:
                 resp = web.get(path, headers=bearer)
                 assert resp.status_code == 200, (path, resp.status_code)
                 sizes[path] = len(resp.data)
 
-            how = "" if args.energy else f" ({'snapshot' if hasattr(lists, 'school_snapshot') else 'SQL'})"
             cases[f"GET {path}{how}"] = request
         for name, fn in cases.items():
             med, low, high = cpu_ms(fn, args.calls)
             size = next((f", {sizes[p] / 1024:.0f} KB" for p in sizes if name.split(" (")[0] == f"GET {p}"), "")
             print(f"{name}: CPU median {med:.2f} ms (min {low:.2f}, max {high:.2f}){size}")
+        if args.maintenance and hasattr(maintenance, "FALLBACKS"):
+            print(f"parts the list computed itself: {maintenance.FALLBACKS.parts} in {maintenance.FALLBACKS.lists} lists")
         close_app(app)
+        if args.maintenance:
+            store.close()
         ledger.close()
         db.engine.dispose()
     return 0

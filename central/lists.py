@@ -907,12 +907,14 @@ def _whole(value: Any) -> int | None:
 
 
 
-def projector_hours(db: Database, metrics: tuple[str, ...], scope: Scope = EVERYTHING
+def projector_hours(db: Database, metrics: tuple[str, ...], scope: Scope = EVERYTHING,
+                    gateways: tuple[str, ...] | None = None
                     ) -> tuple[list[tuple[Any, ...]], dict[tuple[str, str], str]]:
     """The newest value of each of `metrics` (a projector part's hour counter) per gateway and device in
     `scope`, with its place and the usage rollup's rate of it (central/usage.py `PartRate`, None where it has
-    none): (gateway, device, metric, value JSON, school, building, room, per_week, as_of); and the profile of
-    every device the gateways report as a projector, by (gateway, device). Two statements whatever the
+    none): (gateway, device, metric, value JSON, school, building, room, per_week, as_of, building_id); and
+    the profile of every device the gateways report as a projector, by (gateway, device). `gateways`: only
+    those gateways' (a few parts the maintenance list computes itself). Two statements whatever the
     district's size; central/maintenance.py turns them into the due list."""
     from central.usage import PartRate
 
@@ -921,18 +923,76 @@ def projector_hours(db: Database, metrics: tuple[str, ...], scope: Scope = EVERY
     profile = device_field(db, dev, "profile")
     kind = device_field(db, dev, "kind")
     rate = PartRate.__table__.c
+    only = [latest_t.c.gateway.in_(gateways)] if gateways is not None else []
     hours = (select(latest_t.c.gateway, latest_t.c.device, latest_t.c.metric, latest_t.c.value, p.c.school,
-                    p.c.building, p.c.room, rate.per_week, rate.as_of)
+                    p.c.building, p.c.room, rate.per_week, rate.as_of, p.c.building_id)
              .select_from(latest_t).join(p, p.c.id == latest_t.c.gateway)
              .outerjoin(PartRate.__table__, and_(rate.gateway == latest_t.c.gateway, rate.device == latest_t.c.device,
                                                  rate.metric == latest_t.c.metric))
-             .where(latest_t.c.metric.in_(metrics), *place_filter(p, scope)))
+             .where(latest_t.c.metric.in_(metrics), *place_filter(p, scope), *only))
     profiles = (select(gw_t.c.id, dev.c.key, profile).select_from(gw_t.join(dev, true()))
-                .where(kind == "projector"))
+                .where(kind == "projector", *([gw_t.c.id.in_(gateways)] if gateways is not None else [])))
     with db.read("cannot read the projectors' hours") as conn:
         rows = [tuple(r) for r in conn.execute(hours)]
         projectors = {(gw, d): prof for gw, d, prof in conn.execute(profiles)}
     return rows, projectors
+
+
+def _listed(now: float, max_age_s: float, rate_max_age_s: float) -> ColumnElement[bool]:
+    """A `part_rates` row whose line the rollup wrote within `max_age_s` of `now`, rated within
+    `rate_max_age_s` (the maintenance list's `abs(now - as_of) <= RATE_MAX_AGE_S`)."""
+    from central.usage import PartRate
+
+    r = PartRate.__table__.c
+    return and_(r.listed_at.between(now - max_age_s, now + max_age_s),
+                r.as_of.between(now - rate_max_age_s, now + rate_max_age_s))
+
+
+def unlisted_parts(db: Database, metrics: tuple[str, ...], scope: Scope, now: float, max_age_s: float,
+                   rate_max_age_s: float) -> set[tuple[str, str, str]]:
+    """The (gateway, device, metric) of every newest part-hours value (`metrics`) that has no `part_rates`
+    line as of `now` (a part that reported since the rollup's last round, a rollup not running, a list asked
+    as of another time): those the maintenance list computes itself. One statement; usually none."""
+    from central.usage import PartRate
+
+    r = PartRate.__table__.c
+    line = (select(literal(1)).select_from(PartRate.__table__)
+            .where(r.gateway == latest_t.c.gateway, r.device == latest_t.c.device, r.metric == latest_t.c.metric,
+                   _listed(now, max_age_s, rate_max_age_s)))
+    where = [latest_t.c.metric.in_(metrics), not_(exists(line))]
+    if scope.gateways is not None:
+        where.append(latest_t.c.gateway.in_(scope.gateways) if scope.gateways else false())
+    with db.read("cannot read the projectors' hours") as conn:
+        return {(gw, d, m) for gw, d, m in conn.execute(
+            select(latest_t.c.gateway, latest_t.c.device, latest_t.c.metric).where(*where))}
+
+
+def part_rows(db: Database, scope: Scope, q: str | None, now: float, max_age_s: float, rate_max_age_s: float,
+              within_weeks: float | None, limit: int, offset: int) -> tuple[list[Any], int]:
+    """The maintenance list's lines the usage rollup keeps (`part_rates` as of `now`), in its order (due now,
+    then by weeks left, undated last; then school, gateway, device and part in code-point order), within
+    `scope` by the place the line was written with, matching `q` like every list, only those due within
+    `within_weeks` if given: a page, and the count of all. Two statements whatever the district's size."""
+    from central.usage import PartRate
+
+    t = PartRate.__table__
+    r = t.c
+    where: list[ColumnElement[bool]] = [_listed(now, max_age_s, rate_max_age_s), r.hours.is_not(None)]
+    if scope.gateways is not None:
+        where.append(r.gateway.in_(scope.gateways) if scope.gateways else false())
+    if scope.schools is not None:
+        where.append(r.school.in_(scope.schools) if scope.schools else false())
+    if scope.school:
+        where.append(r.school == scope.school)
+    if scope.building is not None:
+        where.append(r.building_id == scope.building)
+    if within_weeks is not None:
+        where.append(r.weeks_left <= within_weeks)
+    where.append(matches(q, r.school, r.building, r.room, r.gateway, r.device, r.profile))
+    query = select(r.gateway, r.device, r.school, r.building, r.room, r.profile, r.part, r.hours, r.rated,
+                   r.per_week, r.weeks_left).where(*where)
+    order = [r.undated, r.weeks_left, *(ordered(db, c) for c in (r.school, r.gateway, r.device, r.part))]
+    return page_of(db, query, order, Paging(limit=limit, offset=offset, q=q), "projectors' parts")
 
 
 def _json_number(db: Any, value: Any) -> Any:

@@ -31,7 +31,7 @@ from dataclasses import dataclass, field, fields
 from datetime import date
 from typing import Any
 
-from sqlalchemy import Boolean, Date, Float, Index, Integer, String, case, func, select
+from sqlalchemy import Boolean, Date, Float, Index, Integer, String, Text, case, func, select
 from sqlalchemy.orm import Mapped, mapped_column
 
 from campus import contract
@@ -88,13 +88,30 @@ class PartRate(Base):
     """How many hours a week a projector part's counter grew lately (central/maintenance.py
     `hours_per_week`: `lamp_hours` or `filter_hours` over its last RATE_WEEKS), worked out by the usage
     rollup's round as of `as_of` (migration 0012), so that the maintenance list reads no point store.
-    `per_week` None: too few readings for a rate."""
+    `per_week` None: too few readings for a rate.
+
+    The rest is the part's line of the maintenance list as of the round that last saw it (`listed_at`;
+    migration 0020): its place, profile, hours, rated hours and weeks left (`undated`: none, they sort
+    last), so that a page of the list is one ordered read of this table (central/lists.py `part_rows`).
+    `hours` None: the part is rated but not listed (its counter is not a finite number)."""
     __tablename__ = "part_rates"
+    __table_args__ = (Index("ix_part_rates_due", "undated", "weeks_left", "school", "gateway", "device", "part"),)
     gateway: Mapped[str] = mapped_column(String(64), primary_key=True)
     device: Mapped[str] = mapped_column(String(64), primary_key=True)
     metric: Mapped[str] = mapped_column(String(64), primary_key=True)
     per_week: Mapped[float | None] = mapped_column(Float, nullable=True)
     as_of: Mapped[float] = mapped_column(Float)
+    listed_at: Mapped[float | None] = mapped_column(Float, nullable=True)
+    school: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    building: Mapped[str | None] = mapped_column(Text, nullable=True)
+    building_id: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    room: Mapped[str | None] = mapped_column(Text, nullable=True)
+    profile: Mapped[str | None] = mapped_column(Text, nullable=True)
+    part: Mapped[str | None] = mapped_column(String(16), nullable=True)
+    hours: Mapped[float | None] = mapped_column(Float, nullable=True)
+    rated: Mapped[float | None] = mapped_column(Float, nullable=True)
+    weeks_left: Mapped[float | None] = mapped_column(Float, nullable=True)
+    undated: Mapped[bool | None] = mapped_column(Boolean, nullable=True)
 
 
 def power_state(value: float | str) -> str:

@@ -69,3 +69,15 @@ def test_quick_run_with_the_ledger_in_postgresql(script: str) -> None:
                 timeout=180)
     assert done.returncode == 0, f"exit {done.returncode}\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
     assert "ledger in PostgreSQL" in done.stdout, done.stdout[-3000:]
+
+
+@pytest.mark.slow
+def test_quick_run_of_the_maintenance_list() -> None:
+    """`district_lists.py --maintenance`: the rating round, the list and its requests; every page from the
+    rollup's lines (no part computed by the list itself)."""
+    done = _run("district_lists.py", "--quick", "--maintenance", timeout=180)
+    assert done.returncode == 0, f"exit {done.returncode}\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
+    for expected in ("rating round, only new parts (every other round): CPU median",
+                     "GET /api/maintenance?limit=100 (lines): CPU median",
+                     "parts the list computed itself: 0 in 0 lists"):
+        assert expected in done.stdout, done.stdout[-3000:]
