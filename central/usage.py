@@ -291,15 +291,20 @@ def usage_rate(registry: Registry, ledger: Ledger, first: date, last: date, scho
     in_span = [u.day >= first, u.day <= last]
     if in_sight:  # a school's report adds up its rooms' rows only
         in_span.append(u.gateway.in_(select(p.c.id).where(*in_sight)))
-    per_gw = (select(u.gateway.label("gateway"),
-                     func.sum(case((measured, u.periods), else_=0)).label("periods"),
-                     func.sum(case((measured, u.used), else_=0)).label("used"),
-                     func.sum(case((measured, 1), else_=0)).label("measured"), func.count().label("days"),
-                     func.min(case((u.complete.is_(False), u.counted_to), else_=None)).label("partial"))
-              .where(*in_span).group_by(u.gateway).subquery("per_gw"))
+
+    def sums(*where: Any) -> Any:
+        """Each room's (gateway's) figures of the span, of the rooms `where` picks."""
+        return (select(u.gateway.label("gateway"),
+                       func.sum(case((measured, u.periods), else_=0)).label("periods"),
+                       func.sum(case((measured, u.used), else_=0)).label("used"),
+                       func.sum(case((measured, 1), else_=0)).label("measured"), func.count().label("days"),
+                       func.min(case((u.complete.is_(False), u.counted_to), else_=None)).label("partial"))
+                .where(*in_span, *where).group_by(u.gateway))
+
+    per_gw = sums().subquery("per_gw")
+    placed = [] if in_sight else [u.gateway.in_(select(p.c.id))]  # (`in_span` has it for a scope)
     per_day = (select(u.day, func.coalesce(func.sum(u.periods), 0), func.coalesce(func.sum(u.used), 0))
-               .select_from(UsageDay.__table__).join(p, p.c.id == u.gateway).where(*in_span, *in_sight, measured)
-               .group_by(u.day))
+               .where(*in_span, *placed, measured).group_by(u.day))
     expected = (min(last, date.today()) - first).days + 1
     with db.read("cannot read the provisioned devices' profiles") as conn:
         profiles = [pr for pr in conn.execute(select(Device.profile).distinct()).scalars()
@@ -307,14 +312,15 @@ def usage_rate(registry: Registry, ledger: Ledger, first: date, last: date, scho
     # A room counts (and its days not rolled up yet are pending) when it has a display or projector now
     # (reported or provisioned) or had one measured in the span.
     equipped = lists.equipped_gateways(db, POWER_KINDS, profiles)
-    counted = or_(p.c.id.in_(select(equipped.c.id)), func.coalesce(per_gw.c.measured, 0) > 0)
+    # Joined, not `IN (...)`: each use of an IN list read every gateway's state JSON again (twice here).
+    counted = or_(equipped.c.id.is_not(None), func.coalesce(per_gw.c.measured, 0) > 0)
     left = expected - func.coalesce(per_gw.c.days, 0)
     school_of = func.coalesce(p.c.school, "")
     per_school = (select(school_of, func.sum(case((counted, 1), else_=0)),
                          func.coalesce(func.sum(per_gw.c.periods), 0), func.coalesce(func.sum(per_gw.c.used), 0),
                          func.sum(case((and_(counted, left > 0), left), else_=0)), func.min(per_gw.c.partial))
-                  .select_from(p).outerjoin(per_gw, per_gw.c.gateway == p.c.id).where(*in_sight)
-                  .group_by(school_of))
+                  .select_from(p).outerjoin(per_gw, per_gw.c.gateway == p.c.id)
+                  .outerjoin(equipped, equipped.c.id == p.c.id).where(*in_sight).group_by(school_of))
     with db.read("cannot read the usage rollup") as conn:
         school_rows = [(s, int(n), int(k), int(m), int(pend or 0), partial)
                        for s, n, k, m, pend, partial in conn.execute(per_school)]
@@ -328,13 +334,13 @@ def usage_rate(registry: Registry, ledger: Ledger, first: date, last: date, scho
         report.add(periods, used)
         report.pending += pending
         report.schools.append(sch)
-    report.rooms, report.total_rooms = _room_page(registry, p, per_gw, in_sight, page, profiles)
+    report.rooms, report.total_rooms = _room_page(registry, p, per_gw, sums, in_sight, page, profiles)
     report.days = [DayUsage(day=d, periods=n, used=k) for d, n, k in sorted(day_rows) if n]  # days with classes
     return report
 
 
-def _room_page(registry: Registry, p: Any, per_gw: Any, in_sight: list[Any], page: Any,
-               profiles: list[str]) -> tuple[list[RoomUsage], int]:
+def _room_page(registry: Registry, p: Any, per_gw: Any, sums: Callable[..., Any], in_sight: list[Any],
+               page: Any, profiles: list[str]) -> tuple[list[RoomUsage], int]:
     """The report's rooms of `page` (None: all) with their figures, and how many match its `q`; the displays,
     projectors and meters read for those rooms only."""
     from central import lists
@@ -342,15 +348,23 @@ def _room_page(registry: Registry, p: Any, per_gw: Any, in_sight: list[Any], pag
 
     db = registry.db
     where = [*in_sight, lists.matches(page.q if page else None, p.c.id, p.c.school, p.c.building, p.c.room)]
-    query = (select(p.c.id, p.c.school, p.c.building, p.c.room, per_gw.c.periods, per_gw.c.used)
-             .select_from(p).outerjoin(per_gw, per_gw.c.gateway == p.c.id).where(*where)
-             .order_by(*lists.place_order(db, p)))
-    if page is not None:
-        query = query.limit(page.limit).offset(page.offset)
-    with db.read("cannot read the usage rollup") as conn:
-        rows = conn.execute(query).all()
-        total = (len(rows) if page is None else
-                 conn.execute(select(func.count()).select_from(p).where(*where)).scalar_one())
+    if page is None:  # every room: the sums of every room in one pass
+        query = (select(p.c.id, p.c.school, p.c.building, p.c.room, per_gw.c.periods, per_gw.c.used)
+                 .select_from(p).outerjoin(per_gw, per_gw.c.gateway == p.c.id).where(*where)
+                 .order_by(*lists.place_order(db, p)))
+        with db.read("cannot read the usage rollup") as conn:
+            rows = conn.execute(query).all()
+        total = len(rows)
+    else:  # the page's rooms from the places alone, then their sums (a join would sum every room's first)
+        query = (select(p.c.id, p.c.school, p.c.building, p.c.room).where(*where)
+                 .order_by(*lists.place_order(db, p)).limit(page.limit).offset(page.offset))
+        with db.read("cannot read the usage rollup") as conn:
+            places = conn.execute(query).all() if page.limit else []
+            total = conn.execute(select(func.count()).select_from(p).where(*where)).scalar_one()
+            ids = [r[0] for r in places]
+            figures = ({gid: (n, k) for gid, n, k, *_rest in conn.execute(
+                sums(UsageDay.__table__.c.gateway.in_(ids)))} if ids else {})
+        rows = [(*r, *figures.get(r[0], (0, 0))) for r in places]
     ids = None if page is None else [r[0] for r in rows]
     devices: dict[str, set[str]] = {}
     meters: dict[str, set[str]] = {}
