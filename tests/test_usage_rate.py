@@ -328,6 +328,12 @@ def test_usage_reports_run_as_many_statements_for_300_rooms_as_for_30(small_and_
     assert first.headers["X-Total-Count"] == "300"
     assert [r["gateway"] for r in first.get_json()["rooms"]] == [r["gateway"] for r in body["rooms"][:100]]
     assert paging_get(small_and_large[1], f"/api/usage?week={week}&limit=501").status_code == 400
+    # A school's page lists a page of its rooms, with a link to the next.
+    school_page = paging_get(small_and_large[1], f"/health/usage-rate?week={week}&school=s03&limit=10")
+    text = school_page.get_data(as_text=True)
+    assert school_page.status_code == 200 and text.count("<tr><td>s03</td>") == 10, text[:300]
+    assert 'id="rate-rooms-pager"' in text and "offset=10" in text
+    assert paging_get(small_and_large[1], f"/health/usage-rate?week={week}&school=s03&limit=x").status_code == 400
     found = paging_get(small_and_large[1], f"/api/usage?week={week}&q=GW-029")
     assert found.headers["X-Total-Count"] == "10"
     assert {r["gateway"] for r in found.get_json()["rooms"]} == {f"gw-029{i}" for i in range(10)}
