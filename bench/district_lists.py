@@ -11,10 +11,13 @@ a machine shared with other work, where the wall clock is mostly waiting for a c
     python bench/district_lists.py --rooms 10000
     python bench/district_lists.py --rooms 10000 --energy
     python bench/district_lists.py --rooms 10000 --maintenance
+    python bench/district_lists.py --rooms 10000 --usage
 
 `--energy`: the usage rollup's rows of this week and the last (every room metered, kWh and kWh outside the
 timetable made up per room and day, written straight into `usage_days` as the rollup would), then
 `/health/energy`, `GET /api/energy` and `GET /api/energy/left-on?limit=20` (issue 19's targets).
+`--usage`: a timetable per school and this week's `usage_days` rows written straight (what the usage
+rollup would have written: central/usage_rollup.py), then the usage-rate report's page, API and CSV.
 `--keep FILE`: build the district into FILE, or use it if it exists (before and after on the same data).
 """
 
@@ -26,14 +29,17 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
+from datetime import date, timedelta
 from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from sqlalchemy import insert  # noqa: E402
+
 from bench.alarm_round import build  # noqa: E402
 from bench.common import machine_line  # noqa: E402
-from bench.dashboard import ROOMS_PER_SCHOOL, Plan  # noqa: E402
+from bench.dashboard import ROOMS_PER_SCHOOL, Plan, timetable  # noqa: E402
 from central import alarms, lists, maintenance, overview  # noqa: E402
 from central.ledger import Ledger  # noqa: E402
 from central.registry import Registry  # noqa: E402
@@ -95,11 +101,39 @@ def maintenance_cases(cases: dict[str, Callable[[], Any]], registry: Any, tmp: s
     return store
 
 
+def fill_week(registry: Any, plan: Plan) -> None:
+    """A timetable per school (bench/dashboard.py's) and each room's `usage_days` row of every day of this
+    week up to today, as the usage rollup writes them: six periods a weekday, some used, one room in ten
+    with nothing measured."""
+    from central import timetables as tts
+    from central.usage import UsageDay
+
+    today = date.today()
+    doc = timetable(today)
+    for school in plan.school_ids():
+        tts.save(registry, tts.from_document(school, doc), "bench")
+    monday = today - timedelta(days=today.weekday())
+    now = time.time()
+    rows = []
+    for i in range(plan.rooms):
+        for k in range((today - monday).days + 1):
+            day = monday + timedelta(days=k)
+            periods = 6 if day.weekday() < 5 else 0
+            rows.append({"gateway": plan.gateway(i), "day": day, "school": plan.school(i), "periods": periods,
+                         "used": (i + k) % (periods + 1), "power_devices": 0 if i % 10 == 9 else 2,
+                         "co2_over_s": 0.0, "co2_devices": 1, "co2_limit": 1500.0, "complete": day < today,
+                         "counted_to": now, "computed_at": now, "energy_kwh": 1.0, "energy_off_kwh": 0.1,
+                         "meter_devices": 1})
+    with registry.db.write("bench usage rows") as conn:
+        conn.execute(insert(UsageDay.__table__), rows)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rooms", type=int, default=2000)
     parser.add_argument("--calls", type=int, default=7)
     parser.add_argument("--quick", action="store_true", help="a smoke run: 100 rooms, 3 calls each")
+    parser.add_argument("--usage", action="store_true", help="the usage-rate report instead of the school rollup")
     parser.add_argument("--energy", action="store_true", help="the energy pages (a fortnight of rollup rows)")
     parser.add_argument("--maintenance", action="store_true",
                         help="the maintenance list and the rollup's rating round instead of the school rollup")
@@ -126,6 +160,10 @@ def main(argv: list[str] | None = None) -> int:
         cases: dict[str, Callable[[], Any]] = {}
         if args.maintenance:
             store = maintenance_cases(cases, registry, tmp)
+        elif args.usage:
+            if not kept:
+                fill_week(registry, plan)
+            print(f"timetables and this week's usage rows written; load average {os.getloadavg()[0]:.2f}")
         elif not args.energy:
             school_cases(cases, registry)
         # The requests as the web process answers them (the test client: routing, the bearer's lookup, the
@@ -146,6 +184,11 @@ def main(argv: list[str] | None = None) -> int:
             paths = ("/api/maintenance?limit=100", "/health/maintenance", "/api/maintenance?within=50&due=1&limit=100",
                      "/api/maintenance?q=s00&limit=100", "/api/maintenance?limit=100&offset=5000")
             how = f" ({'lines' if hasattr(maintenance, 'FALLBACKS') else 'whole'})"
+        elif args.usage:
+            paths = ("/health/usage-rate", "/api/usage", "/api/usage?limit=100&offset=200",
+                     f"/health/usage-rate?school={plan.school(0)}", f"/api/usage?school={plan.school(0)}",
+                     "/health/usage-rate.csv")
+            how = ""
         elif args.energy:
             t0 = time.perf_counter()
             if not kept:

@@ -47,6 +47,7 @@ from sqlalchemy import (
     or_,
     select,
     true,
+    union,
     union_all,
 )
 
@@ -569,6 +570,35 @@ def reported_kinds(db: Database, kinds: tuple[str, ...]) -> list[tuple[str, str,
     query = select(gw_t.c.id, dev.c.key, kind).select_from(gw_t.join(dev, true())).where(kind.in_(kinds))
     with db.read("cannot read the reported devices") as conn:
         return [(g, d, k) for g, d, k in conn.execute(query)]
+
+
+def reported_kinds_of(db: Database, kinds: tuple[str, ...], gateways: list[str]) -> list[tuple[str, str, str]]:
+    """`reported_kinds` of these gateways only (a page of the usage report's rooms): one statement."""
+    if not gateways:
+        return []
+    dev = reported_devices(db)
+    kind = device_field(db, dev, "kind")
+    query = (select(gw_t.c.id, dev.c.key, kind).select_from(gw_t.join(dev, true()))
+             .where(gw_t.c.id.in_(gateways), kind.in_(kinds)))
+    with db.read("cannot read the reported devices") as conn:
+        return [(g, d, k) for g, d, k in conn.execute(query)]
+
+
+def equipped_gateways(db: Database, kinds: tuple[str, ...], profiles: list[str]) -> Any:
+    """The ids of the gateways with a device of these `kinds` in their last state or provisioned with one of
+    `profiles`, as a subquery (a usage report's rooms with something to measure, counted in SQL rather
+    than every room's devices read into Python: 1.0 s of a 1.5 s report at 10,000 rooms, 11h)."""
+    dev = reported_devices(db)
+    reported = (select(gw_t.c.id.label("id")).select_from(gw_t.join(dev, true()))
+                .where(device_field(db, dev, "kind").in_(kinds)))
+    provisioned = select(Device.gateway_id.label("id")).where(Device.profile.in_(profiles) if profiles else false())
+    return union(reported, provisioned).subquery("equipped")
+
+
+def place_order(db: Database, p: Any) -> list[Any]:
+    """School, building, room, gateway id in code-point order on either engine (None as ""): the usage
+    report's order of its rooms."""
+    return [ordered(db, func.coalesce(c, "")) for c in (p.c.school, p.c.building, p.c.room, p.c.id)]
 
 
 def place_rows(db: Database, scope: Scope = Scope()) -> list[tuple[str, str, str, str]]:

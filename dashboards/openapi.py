@@ -12,6 +12,7 @@ import campus
 from campus import contract
 from campus.i18n import N_, LazyText, lazy_gettext
 from central import energy, lists
+from central import usage as usage_mod
 from central.store.base import MAX_POINTS
 
 
@@ -200,9 +201,9 @@ def _timetables() -> dict[str, Any]:
                     "or a month: the share of class periods in which a display or projector was on (facility, admin), "
                     "from the daily usage rollup; `pending`: room-days of the span not rolled up yet (not counted)"),
                  [("week", "query", False), ("month", "query", False), ("school", "query", False)], {"type": "object"})
-    _paged(usage)
-    usage["parameters"][-3]["description"] = N_("rooms of this page; without `limit`, `offset` or `q` every room is "
-                                                "answered. The schools, days and district are always whole")
+    _paged(usage, usage_mod.PAGE_ROOMS, usage_mod.MAX_PAGE_ROOMS)
+    usage["parameters"][-3]["description"] = N_("rooms of this page (the CSV and XLSX have every room); the schools, "
+                                                "days and district are always whole")
     rules_obj = {"type": "object", "properties": {"idle_off_minutes": {"type": ["integer", "null"], "minimum": 1,
                                                                       "maximum": 480}}}
     rules = _get(N_("A school's default idle-off minutes for its rooms without their own (null: none) (facility, "

@@ -19,8 +19,8 @@ import pytest
 from sqlalchemy import select
 
 from campus.contract import State
+from central import lists, usage
 from central import timetables as tts
-from central import usage
 from central import usage_rollup as rollup
 from central.ledger import Ledger
 from central.store.base import Sample
@@ -312,7 +312,7 @@ def test_usage_reports_run_as_many_statements_for_300_rooms_as_for_30(small_and_
         assert resp_few.status_code == resp_many.status_code == 200, (path, resp_many.get_data(as_text=True)[:300])
         assert many == few, f"{path}: {few} statements with 30 rooms, {many} with 300"
     assert store_reads == []
-    body = paging_get(small_and_large[1], f"/api/usage?week={week}").get_json()
+    body = paging_get(small_and_large[1], f"/api/usage?week={week}&limit=500").get_json()
     measured = [r for r in body["rooms"] if r["devices"]]
     assert len(body["rooms"]) == 300 and len(measured) == 270  # the 30 never installed have no devices
     assert body["pending"] == date.today().weekday() * 270  # only today is rolled up: the days before are pending
@@ -323,7 +323,17 @@ def test_usage_reports_run_as_many_statements_for_300_rooms_as_for_30(small_and_
     assert [r["gateway"] for r in paged["rooms"]] == [r["gateway"] for r in body["rooms"][100:150]]
     assert {k: paged[k] for k in ("schools", "days", "periods", "used")} == {k: body[k] for k in
                                                                            ("schools", "days", "periods", "used")}
-    assert paging_get(small_and_large[1], f"/api/usage?week={week}").headers["X-Total-Count"] == "300"
+    # Without `limit`, a default page (10,000 rooms were 1.5 MB: 11h), never every room.
+    first = paging_get(small_and_large[1], f"/api/usage?week={week}")
+    assert first.headers["X-Total-Count"] == "300"
+    assert [r["gateway"] for r in first.get_json()["rooms"]] == [r["gateway"] for r in body["rooms"][:100]]
+    assert paging_get(small_and_large[1], f"/api/usage?week={week}&limit=501").status_code == 400
+    # A school's page lists a page of its rooms, with a link to the next.
+    school_page = paging_get(small_and_large[1], f"/health/usage-rate?week={week}&school=s03&limit=10")
+    text = school_page.get_data(as_text=True)
+    assert school_page.status_code == 200 and text.count("<tr><td>s03</td>") == 10, text[:300]
+    assert 'id="rate-rooms-pager"' in text and "offset=10" in text
+    assert paging_get(small_and_large[1], f"/health/usage-rate?week={week}&school=s03&limit=x").status_code == 400
     found = paging_get(small_and_large[1], f"/api/usage?week={week}&q=GW-029")
     assert found.headers["X-Total-Count"] == "10"
     assert {r["gateway"] for r in found.get_json()["rooms"]} == {f"gw-029{i}" for i in range(10)}
@@ -333,3 +343,86 @@ def test_usage_reports_run_as_many_statements_for_300_rooms_as_for_30(small_and_
     for query, name in (("limit=0", "limit"), ("offset=-1", "offset"), ("limit=x", "limit")):
         bad = paging_get(small_and_large[1], f"/api/usage?week={week}&{query}")
         assert bad.status_code == 400 and bad.get_json()["field"] == name, bad.get_data(as_text=True)
+
+
+def every_room_report(c, first: date, last: date, school: str | None = None,
+                      schools_in: tuple[str, ...] | None = None) -> usage.UsageReport:
+    """The report as it was made before issue 19's paging (every room's devices read into Python, the
+    schools and district added up there): what the SQL sums and the page must still answer."""
+    from sqlalchemy import case, func
+
+    from central import lists
+
+    u = usage.UsageDay.__table__.c
+    p = lists.places(c.db)
+    measured = u.power_devices > 0
+    in_span = [u.day >= first, u.day <= last, *lists.place_filter(p, lists.Scope(school=school, schools=schools_in))]
+    per_room = (select(u.gateway, func.coalesce(func.sum(case((measured, u.periods), else_=0)), 0),
+                       func.coalesce(func.sum(case((measured, u.used), else_=0)), 0),
+                       func.sum(case((measured, 1), else_=0)), func.count(),
+                       func.min(case((u.complete.is_(False), u.counted_to), else_=None)))
+                .select_from(usage.UsageDay.__table__).join(p, p.c.id == u.gateway).where(*in_span).group_by(u.gateway))
+    with c.db.read() as conn:
+        rows = {gw: (int(n), int(k), int(dm), int(d), part) for gw, n, k, dm, d, part in conn.execute(per_room)}
+        with_timetable = set(conn.execute(select(tts.TimetableRow.school_id)).scalars())
+    partials = [r[4] for r in rows.values() if r[4] is not None]
+    report = usage.UsageReport(first=first, last=last, asof=min(partials) if partials else 0.0)
+    schools: dict[str, usage.SchoolUsage] = {}
+    expected = (min(last, date.today()) - first).days + 1
+    for room, _sensors in usage.rooms_with_sensors(c.registry, c.ledger, schools_in):
+        if school is not None and room.school != school:
+            continue
+        sch = schools.setdefault(room.school, usage.SchoolUsage(school=room.school,
+                                                                timetable=room.school in with_timetable))
+        periods, used, days_measured, days, _partial = rows.get(room.gateway, (0, 0, 0, 0, None))
+        if room.devices or days_measured:
+            room.add(periods, used)
+            sch.rooms += 1
+            sch.add(periods, used)
+            report.add(periods, used)
+            report.pending += max(0, expected - days)
+        report.rooms.append(room)
+    report.schools = sorted(schools.values(), key=lambda s: s.school)
+    return report
+
+
+def test_the_paged_report_answers_what_every_room_read_did(tmp_path: Path, central_db_url: str,
+                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every room, school and the district the same as the report that read every room into Python (issue
+    19), in every scope, the pages adding up to the whole; with a room measured whose devices are gone, a
+    provisioned projector never reported, and rooms with nothing at all."""
+    from tests.test_paging import district_app
+
+    district = district_app(tmp_path, central_db_url, 60, monkeypatch)
+    try:
+        c = central(district)
+        for school in (f"s{i:02d}" for i in range(SCHOOLS)):
+            if school != "s02":  # a school without a timetable: no periods
+                tts.save(c.registry, tts.from_document(school, {"timezone": DOC["timezone"],
+                                                                "periods": DOC["periods"]}), "test")
+        assert rollup.fill(c.registry, c.ledger, c.store, days=3).written > 0
+        today = date.today()
+        with c.db.write() as conn:  # gw-0009 never reported: measured two days ago (its devices since removed)
+            u = usage.UsageDay.__table__
+            assert conn.execute(u.update().where(u.c.gateway == "gw-0009", u.c.day == today - timedelta(days=2))
+                                .values(periods=6, used=4, power_devices=1)).rowcount == 1
+        c.registry.add_device("gw-0019", "proj", "projector-pjlink", {"host": "127.0.0.1", "port": 4352})
+        first, last = today - timedelta(days=6), today
+        for school, schools_in in ((None, None), ("s09", None), (None, ("s01", "s09")), ("s01", ("s01",)),
+                                   (None, ())):
+            old = every_room_report(c, first, last, school, schools_in)
+            new = usage.usage_rate(c.registry, c.ledger, first, last, school, schools_in=schools_in)
+            assert (new.periods, new.used, new.pending) == (old.periods, old.used, old.pending)
+            assert new.schools == old.schools and new.rooms == old.rooms and new.total_rooms == len(old.rooms)
+            paged = [r for offset in range(0, len(old.rooms) + 1, 7) for r in usage.usage_rate(
+                c.registry, c.ledger, first, last, school, schools_in=schools_in,
+                page=lists.Paging(limit=7, offset=offset)).rooms]
+            assert paged == old.rooms
+        whole = every_room_report(c, first, last)
+        assert whole.periods > 0 and whole.pending > 0 and all(s.rooms > 0 for s in whole.schools)
+        assert {r.gateway for r in whole.rooms if r.devices} >= {"gw-0019", "gw-0000"}
+        assert next(r for r in whole.rooms if r.gateway == "gw-0009").periods == 6
+        found = usage.usage_rate(c.registry, c.ledger, first, last, page=lists.Paging(q="GW-001"))
+        assert [r.gateway for r in found.rooms] == [f"gw-001{i}" for i in range(10)] and found.total_rooms == 10
+    finally:
+        close_app(district)
