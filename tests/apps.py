@@ -9,7 +9,7 @@ it asks), so that a test decides when rules are evaluated.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import overload
@@ -129,6 +129,18 @@ def add_people(app: Flask, people: dict[str, tuple[str, str, list[tuple[str, str
         reg.add_user(name, password, role, rooms=rooms)
         tokens[role] = reg.issue_token(name)
     return tokens
+
+
+def one_gateway_app(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Flask]:
+    """A web app over an empty central database with one registered gateway (gw1 in s1, room 101) and the
+    people of `add_people` (their tokens as `app.tokens`): for a fixture's `yield from`."""
+    from dashboards import close_app
+
+    app = web_app(central_db(tmp_path, lambda ledger, points: None), monkeypatch)
+    register_rooms(app, (("gw1", "s1", "101", "A"),))
+    app.tokens = add_people(app)  # type: ignore[attr-defined]
+    yield app
+    close_app(app)
 
 
 def register_rooms(app: Flask, rooms: tuple[tuple[str, str, str, str], ...] = TWO_ROOMS) -> None:

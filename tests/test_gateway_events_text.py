@@ -26,11 +26,10 @@ from campus.contract import Event, State
 from campus.errors import PayloadError
 from campus.i18n import LazyText, ReportedText, lazy_gettext
 from central.ledger import Sequenced
-from dashboards import close_app
 from device_profiles.config import GatewayConfig, validation_text
 from edge_agent.config_push import ConfigPush
 from edge_agent.outbox import Outbox
-from tests.apps import add_people, central_db, register_rooms, web_app
+from tests.apps import one_gateway_app
 from tests.test_gateway_text import HOSTILE, ZH
 
 ENV = {"id": "e", "profile": "env-6in1-modbus", "address": {"host": "h"}}
@@ -39,12 +38,7 @@ CARD = "a" * 64
 
 @pytest.fixture
 def app(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Any:
-    """The web app over one registered gateway, as tests/test_gateway_text.py has it."""
-    app = web_app(central_db(tmp_path, lambda ledger, points: None), monkeypatch)
-    register_rooms(app, (("gw1", "s1", "101", "A"),))
-    app.tokens = add_people(app)  # type: ignore[attr-defined]
-    yield app
-    close_app(app)
+    yield from one_gateway_app(tmp_path, monkeypatch)
 
 
 def _get(app: Flask, path: str, role: str = "admin") -> Any:

@@ -25,12 +25,11 @@ from campus.i18n import LazyText, ReportedText, fill, lazy_gettext
 from campus.net import free_port
 from central.ledger import Ledger
 from central.schedules import result_detail
-from dashboards import close_app
 from dashboards.i18n import catalog
 from device_profiles.config import load_gateway_config
 from edge_agent.drivers.base import action_word
 from protocols import lg_serial
-from tests.apps import ENV_AND_PROJECTOR, add_people, central_db, register_rooms, web_app
+from tests.apps import ENV_AND_PROJECTOR, one_gateway_app
 from tests.e2e import run_room, until, write_gateway_config
 
 ZH = catalog("zh-CN").gettext
@@ -257,11 +256,7 @@ def gateway_run(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
 
 @pytest.fixture
 def app(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Any:
-    app = web_app(central_db(tmp_path, lambda ledger, points: None), monkeypatch)
-    register_rooms(app, (("gw1", "s1", "101", "A"),))
-    app.tokens = add_people(app)  # type: ignore[attr-defined]
-    yield app
-    close_app(app)
+    yield from one_gateway_app(tmp_path, monkeypatch)
 
 
 def _ingest(app: Flask, results: dict[str, bytes]) -> None:
