@@ -261,6 +261,10 @@ class SimulatorsInThread:
             return fn()
         return asyncio.run_coroutine_threadsafe(run(), self.loop).result(10)
 
+    def power_commands(self, device: str = "proj") -> list[str]:
+        """`power_commands` of the projector simulator `device`, read on the simulators' loop."""
+        return self.call(lambda: power_commands(self.sims, device))  # type: ignore[no-any-return]
+
     def __exit__(self, *exc: object) -> None:
         asyncio.run_coroutine_threadsafe(self.sims.stop(), self.loop).result(20)
         self.loop.call_soon_threadsafe(self.loop.stop)

@@ -38,6 +38,17 @@ def projector(port: int, power: str = "on") -> list[dict[str, Any]]:
              "simulator": {"warmup_s": 0.2, "cooldown_s": 0.2, "power": power}}]
 
 
+def projector_room(tmp_path: Path, broker_url: str) -> tuple[Any, Any]:
+    """A classroom (tests/e2e.py `Classroom`) whose gateway has one PJLink projector simulator, polled every
+    0.3 s through `broker_url`: the room and its loaded gateway config."""
+    from tests.e2e import Classroom
+
+    room = Classroom(tmp_path, broker_url, poll_interval=0.3, devices=projector(free_port()))
+    write_gateway_config(room.config, broker_url, poll_interval=0.3, devices=projector(room.port),
+                         data_dir=str(room.data_dir))
+    return room, load_gateway_config(room.config)
+
+
 def plan(*runs: tuple[int, float, str], grace_s: float = 1800.0) -> dict[str, Any]:
     return {"until": time.time() + 86400, "grace_s": grace_s,
             "runs": [{"schedule": sid, "at": at, "name": f"schedule {sid}", "steps": [{"device": "proj", "action": a}]}
@@ -252,18 +263,12 @@ def test_a_schedule_fires_on_a_gateway_cut_off_from_central_and_its_record_reach
     from central.db import open_database
     from central.ledger import Ledger
     from central.registry import Registry
-    from tests.e2e import Classroom, SimulatorsInThread
+    from tests.e2e import SimulatorsInThread
     from tests.servers import Mosquitto, wait_until
 
     broker = Mosquitto(tmp_path / "mq")
     broker.start()
-    room = Classroom(tmp_path, broker.url, poll_interval=0.3, devices=projector(free_port()))
-    write_gateway_config(room.config, broker.url, poll_interval=0.3, devices=projector(room.port),
-                         data_dir=str(room.data_dir))
-    config = load_gateway_config(room.config)
-
-    def powers(sims: SimulatorsInThread) -> list[str]:
-        return [c for c in sims.call(lambda: sims["proj"].commands) if c.startswith("%1POWR ") and c[-1] != "?"]
+    room, config = projector_room(tmp_path, broker.url)
 
     with SimulatorsInThread(room.config) as sims:
         room.start(sim=False)
@@ -292,7 +297,7 @@ def test_a_schedule_fires_on_a_gateway_cut_off_from_central_and_its_record_reach
             broker.stop()  # central unreachable from here on
             assert time.time() < planned, "set-up too slow: the run would not have been offline"
             wait_until(lambda: sims.call(lambda: sims["proj"].power) == "off", 30, message="the projector off")
-            assert powers(sims) == ["%1POWR 0"]
+            assert sims.power_commands() == ["%1POWR 0"]
             assert ledger.events(type_=contract.SCHEDULE_RUN_EVENT) == []  # central has heard nothing yet
 
             broker.start()  # back on the same port, with its saved sessions
@@ -305,7 +310,7 @@ def test_a_schedule_fires_on_a_gateway_cut_off_from_central_and_its_record_reach
                 assert len(rows) == 1 and rows[0].ran_at == pytest.approx(planned)
                 assert [(r["gateway"], r["device"], r["status"]) for r in rows[0].results] == [("gw1", "proj", "done")]
             assert len(ledger.events(type_=contract.SCHEDULE_RUN_EVENT)) == 1
-            assert powers(sims) == ["%1POWR 0"]  # once
+            assert sims.power_commands() == ["%1POWR 0"]  # once
         finally:
             room.stop()
             broker.stop()

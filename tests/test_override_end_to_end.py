@@ -22,16 +22,14 @@ import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
 from campus import contract
-from campus.net import free_port
 from central import edge_schedules
 from central.registry import Schedule, ScheduleRun
 from dashboards import close_app
 from dashboards.context import central, web
-from device_profiles.config import load_gateway_config
 from tests.apps import add_people, register_rooms, web_app
-from tests.e2e import Classroom, SimulatorsInThread, write_gateway_config
+from tests.e2e import Classroom, SimulatorsInThread
 from tests.servers import Mosquitto, wait_until
-from tests.test_edge_schedules import projector
+from tests.test_edge_schedules import projector_room
 
 NAME = "放学关机"
 
@@ -67,13 +65,7 @@ def test_the_teachers_override_is_acknowledged_shown_and_skips_a_power_off_run_o
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch, offline: bool) -> None:
     broker = Mosquitto(tmp_path / "mq")
     broker.start()
-    room = Classroom(tmp_path, broker.url, poll_interval=0.3, devices=projector(free_port()))
-    write_gateway_config(room.config, broker.url, poll_interval=0.3, devices=projector(room.port),
-                         data_dir=str(room.data_dir))
-    config = load_gateway_config(room.config)
-
-    def powers(sims: SimulatorsInThread) -> list[str]:
-        return [c for c in sims.call(lambda: sims["proj"].commands) if c.startswith("%1POWR ") and c[-1] != "?"]
+    room, config = projector_room(tmp_path, broker.url)
 
     app = None
     with SimulatorsInThread(room.config) as sims:
@@ -146,7 +138,7 @@ def test_the_teachers_override_is_acknowledged_shown_and_skips_a_power_off_run_o
             assert [(r["gateway"], r["device"], r["status"], r["detail"]) for r in rows[0].results] == [
                 ("gw1", "proj", "skipped", "not run: a teacher kept the room on for this period")]
             # The projector stayed on: no power command ever reached it.
-            assert powers(sims) == [] and sims.call(lambda: sims["proj"].power) == "on"
+            assert sims.power_commands() == [] and sims.call(lambda: sims["proj"].power) == "on"
             assert len(ledger.events(type_=contract.SCHEDULE_RUN_EVENT)) == 1
             # The panel says why the room stayed on, in the teacher's language.
             zh = client.get("/panel/gw1?lang=zh-CN", headers=teacher).get_data(as_text=True)
