@@ -401,7 +401,8 @@ def test_the_paged_report_answers_what_every_room_read_did(tmp_path: Path, centr
                 tts.save(c.registry, tts.from_document(school, {"timezone": DOC["timezone"],
                                                                 "periods": DOC["periods"]}), "test")
         assert rollup.fill(c.registry, c.ledger, c.store, days=3).written > 0
-        today = date.today()
+        # The rollup's days are the schools' (Asia/Shanghai), not the host's: from 16:00 UTC they differ.
+        today = datetime.now(ZoneInfo(DOC["timezone"])).date()
         with c.db.write() as conn:  # gw-0009 never reported: measured two days ago (its devices since removed)
             u = usage.UsageDay.__table__
             assert conn.execute(u.update().where(u.c.gateway == "gw-0009", u.c.day == today - timedelta(days=2))
