@@ -296,6 +296,76 @@ def test_stream_heartbeat_and_end_when_rights_are_withdrawn(app: Flask) -> None:
         resp.close()
 
 
+def test_streams_open_a_few_at_a_time_in_the_order_they_came(app: Flask) -> None:
+    """A stream's request takes one of OPENING_AT_ONCE turns until its first chunk, sent once its room is
+    watched, so 500 panels opening at once are served a few at a time instead of all together. Here the
+    openings are held where the poller's lock would hold them (`watching`): the next stream waits for a
+    turn, a page does not, and every stream opens once the lock is free; a refused stream keeps no turn."""
+    from dashboards.panel import OPENING_AT_ONCE, _OpeningGate
+
+    gate = app.wsgi_app
+    assert isinstance(gate, _OpeningGate)
+    clients = [login(app, "teach") for _ in range(OPENING_AT_ONCE + 1)]
+    first_events: list[str] = []
+
+    def open_stream(client: FlaskClient) -> None:
+        resp = client.get("/api/panel/gw-101/stream", buffered=False)
+        try:
+            first_events.append(EventReader(resp).event()[0])
+        finally:
+            resp.close()
+
+    states = web(app).panel
+    openers = [threading.Thread(target=open_stream, args=(c,)) for c in clients]
+    with states._lock:  # as the poller holds it while it picks the rooms to read
+        for opener in openers[:-1]:
+            opener.start()
+        wait_until(lambda: gate.free == 0, 10, message="every turn to be taken")
+        openers[-1].start()
+        wait_until(lambda: gate.waiting == 1, 10, message="the next stream to wait for its turn")
+        assert clients[0].get("/panel/gw-101").status_code == 200  # a page takes no turn
+        assert not first_events
+    for opener in openers:
+        opener.join(10)
+    assert first_events == ["room"] * len(clients)
+    assert gate.free == OPENING_AT_ONCE and gate.waiting == 0
+    assert clients[0].get("/api/panel/gw-102/stream", buffered=False).status_code == 403
+    assert gate.free == OPENING_AT_ONCE
+
+
+def test_a_turn_is_given_back_however_the_opening_ends() -> None:
+    """`_OpeningGate` around a WSGI app whose openings the test holds: a body closed before its first chunk,
+    and an app that raised, give their turn back; a request that waited `wait_s` for a turn goes on without
+    one and gives none back."""
+    from dashboards.panel import _OpeningGate
+
+    def opening(environ: dict[str, Any], start_response: Any) -> Any:
+        if environ["PATH_INFO"].endswith("/boom/stream"):
+            raise RuntimeError("boom")
+        start_response("200 OK", [])
+        return iter([b"first", b"second"])
+
+    gate = _OpeningGate(opening, slots=2, wait_s=30)
+    path = {"PATH_INFO": "/api/panel/gw-1/stream"}
+    held = [gate(path, lambda *a: None) for _ in range(2)]
+    assert gate.free == 0
+    assert gate({"PATH_INFO": "/api/panel/gw-1"}, lambda *a: None) is not None  # not a stream: no turn
+    held[0].close()  # closed unread
+    assert gate.free == 1
+    with pytest.raises(RuntimeError):
+        gate({"PATH_INFO": "/api/panel/boom/stream"}, lambda *a: None)
+    assert gate.free == 1
+    assert list(held[1]) == [b"first", b"second"] and gate.free == 2
+    held = [gate(path, lambda *a: None) for _ in range(2)]
+    gate.wait_s = 0.05
+    untimely = gate(path, lambda *a: None)  # every turn taken: it waited 50 ms and went on
+    assert gate.free == 0 and gate.waiting == 0
+    assert list(untimely) == [b"first", b"second"] and gate.free == 0
+    for body in held:
+        body.close()
+    assert gate.free == 2
+
+
 def test_closing_the_app_ends_open_streams(app: Flask) -> None:
     client = login(app, "teach")
     resp = client.get("/api/panel/gw-101/stream", buffered=False)
