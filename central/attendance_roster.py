@@ -4,7 +4,6 @@ the roster as pages show it (names, never a pseudonym). Part of central/attendan
 
 from __future__ import annotations
 
-import csv
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -83,48 +82,44 @@ def import_roster(registry: Registry, school: str, data: bytes, by: str = "") ->
     wanted: list[_Line] = []
     firsts: dict[tuple[str, str], int] = {}  # (kind, key) -> first line: duplicates named
     homes: dict[str, tuple[int | None, int]] = {}  # class -> (room id, line)
-    records = CsvRecords(text)
+    records = CsvRecords(text, report.errors)
     header: list[str] | None = None
-    try:
-        for line, cells in records:
-            if header is None:
-                header, _labels, problems = ROSTER_HEADER.read(cells, line)
-                report.errors += problems
-                if report.errors:
-                    return report
+    for line, cells in records:
+        if header is None:
+            header, _labels, problems = ROSTER_HEADER.read(cells, line)
+            report.errors += problems
+            if report.errors:
+                return report
+            continue
+        if len(wanted) >= MAX_PEOPLE:
+            report.errors.append(ImportProblem(line, "", lazy_gettext("at most %(n)s people in one roster",
+                                                                      n=MAX_PEOPLE)))
+            break
+        values = CsvRecords.values(line, cells, header)
+        if isinstance(values, ImportProblem):
+            report.errors.append(values)
+            continue
+        row = _roster_line(line, values, secret, room_ids, report)
+        if row is None:
+            continue
+        keys = [("card", row.card), ("qr", row.qr), ("name", f"{row.klass}\x00{row.name}")]
+        clash = next(((kind, firsts[(kind, key)]) for kind, key in keys if key and (kind, key) in firsts), None)
+        if clash is not None:
+            kind, first = clash
+            report.errors.append(ImportProblem(line, "name" if kind == "name" else kind, lazy_gettext(
+                "the same person is on line %(line)s", line=first)))
+            continue
+        for kind, key in keys:
+            if key:
+                firsts[(kind, key)] = line
+        if row.room_id is not None and row.klass:
+            home = homes.setdefault(row.klass, (row.room_id, line))
+            if home[0] != row.room_id:
+                report.errors.append(ImportProblem(line, "room", lazy_gettext(
+                    "line %(line)s gives this class another room", line=home[1])))
                 continue
-            if len(wanted) >= MAX_PEOPLE:
-                report.errors.append(ImportProblem(line, "", lazy_gettext("at most %(n)s people in one roster",
-                                                                          n=MAX_PEOPLE)))
-                break
-            values = CsvRecords.values(line, cells, header)
-            if isinstance(values, ImportProblem):
-                report.errors.append(values)
-                continue
-            row = _roster_line(line, values, secret, room_ids, report)
-            if row is None:
-                continue
-            keys = [("card", row.card), ("qr", row.qr), ("name", f"{row.klass}\x00{row.name}")]
-            clash = next(((kind, firsts[(kind, key)]) for kind, key in keys if key and (kind, key) in firsts), None)
-            if clash is not None:
-                kind, first = clash
-                report.errors.append(ImportProblem(line, "name" if kind == "name" else kind, lazy_gettext(
-                    "the same person is on line %(line)s", line=first)))
-                continue
-            for kind, key in keys:
-                if key:
-                    firsts[(kind, key)] = line
-            if row.room_id is not None and row.klass:
-                home = homes.setdefault(row.klass, (row.room_id, line))
-                if home[0] != row.room_id:
-                    report.errors.append(ImportProblem(line, "room", lazy_gettext(
-                        "line %(line)s gives this class another room", line=home[1])))
-                    continue
-            wanted.append(row)
-    except csv.Error as exc:
-        report.errors.append(records.invalid(exc))
-    if not report.errors and (end := records.ending(ROSTER_HEADER, lazy_gettext("no people after the header"))):
-        report.errors.append(end)
+        wanted.append(row)
+    records.finish(ROSTER_HEADER, lazy_gettext("no people after the header"))
     if report.errors:
         return report
     _store_roster(registry, school, wanted, homes, by, report)

@@ -20,7 +20,6 @@ enrolled card, the podium is off), validated by the gateway like its config file
 
 from __future__ import annotations
 
-import csv
 import json
 import time
 from dataclasses import dataclass, field
@@ -287,37 +286,33 @@ def import_cards(registry: Registry, school: str, data: bytes, by: str, *, room:
         room_ids = {name: rid for rid, name in s.execute(select(Room.id, Room.name).where(Room.school_id == school))}
     wanted: list[tuple[int, int, str, str, str]] = []  # (line, room id, pseudonym, role, label)
     seen: dict[tuple[int, str], int] = {}
-    records = CsvRecords(text)
+    records = CsvRecords(text, report.errors)
     header: list[str] | None = None
-    try:
-        for line, cells in records:
-            if header is None:
-                header, labels, problems = CARD_HEADER.read(cells, line)
-                report.errors += problems
-                if room is None and "room" not in labels:
-                    report.errors.append(ImportProblem(line, "room", lazy_gettext(
-                        "required column is missing from the header (%(column)s or %(chinese)s)",
-                        column="room", chinese=CARD_HEADER.chinese["room"])))
-                if report.errors:
-                    return report
-                continue
-            values = CsvRecords.values(line, cells, header)
-            if isinstance(values, ImportProblem):
-                report.errors.append(values)
-                continue
-            row = _card_row(line, values, room, room_ids, rooms_allowed, secret, report)
-            if row is None:
-                continue
-            first = seen.setdefault((row[1], row[2]), line)
-            if first != line:
-                report.errors.append(ImportProblem(line, "card", lazy_gettext("the same card is on line %(line)s",
-                                                                              line=first)))
-                continue
-            wanted.append(row)
-    except csv.Error as exc:
-        report.errors.append(records.invalid(exc))
-    if not report.errors and (end := records.ending(CARD_HEADER, lazy_gettext("no cards after the header"))):
-        report.errors.append(end)
+    for line, cells in records:
+        if header is None:
+            header, labels, problems = CARD_HEADER.read(cells, line)
+            report.errors += problems
+            if room is None and "room" not in labels:
+                report.errors.append(ImportProblem(line, "room", lazy_gettext(
+                    "required column is missing from the header (%(column)s or %(chinese)s)",
+                    column="room", chinese=CARD_HEADER.chinese["room"])))
+            if report.errors:
+                return report
+            continue
+        values = CsvRecords.values(line, cells, header)
+        if isinstance(values, ImportProblem):
+            report.errors.append(values)
+            continue
+        row = _card_row(line, values, room, room_ids, rooms_allowed, secret, report)
+        if row is None:
+            continue
+        first = seen.setdefault((row[1], row[2]), line)
+        if first != line:
+            report.errors.append(ImportProblem(line, "card", lazy_gettext("the same card is on line %(line)s",
+                                                                          line=first)))
+            continue
+        wanted.append(row)
+    records.finish(CARD_HEADER, lazy_gettext("no cards after the header"))
     if report.errors:
         return report
     with registry.session() as s:

@@ -435,20 +435,38 @@ IMPORT_HEADER = Header(
 class CsvRecords:
     """The records of a CSV text, each with the line it starts on (a quoted value may span lines),
     skipping blank lines and `#` comments: the one reading of an imported file (devices, timetables,
-    rosters, podium cards), and the one refusal of a file that holds nothing to import (`ending`)."""
+    rosters, podium cards), with the one refusal of a text that stops being CSV (`invalid`) and of a file
+    that holds nothing to import (`ending`), both added to the import's `errors` by the reading and `finish`,
+    so that no import spells them again."""
 
-    def __init__(self, text: str) -> None:
+    def __init__(self, text: str, errors: list[ImportProblem]) -> None:
         self._reader = csv.reader(io.StringIO(text, newline=""))
+        self.errors = errors  # the import's problems: the reading's own are added to them
         self.end = 0  # the last line read
         self.records = 0  # records given out, the header among them
+        self.broken = False  # the text stopped being CSV: the records read are not the file
 
     def __iter__(self) -> Iterator[tuple[int, list[str]]]:
-        for cells in self._reader:
-            start, self.end = self.end + 1, self._reader.line_num
-            if not any(c.strip() for c in cells) or cells[0].lstrip().startswith("#"):
-                continue
-            self.records += 1
-            yield start, cells
+        """The records, up to the first that is not CSV (a value over the csv module's field limit): the
+        iteration stops there with that one problem added to `errors`, rather than a traceback."""
+        try:
+            for cells in self._reader:
+                start, self.end = self.end + 1, self._reader.line_num
+                if not any(c.strip() for c in cells) or cells[0].lstrip().startswith("#"):
+                    continue
+                self.records += 1
+                yield start, cells
+        except csv.Error as exc:
+            self.broken = True
+            self.errors.append(self.invalid(exc))
+
+    def finish(self, expected: Header, nothing: LazyText) -> bool:
+        """After the reading: add `ending`'s refusal to a file read without another problem. True when
+        the file is refused whole (not CSV, or nothing to import): there is nothing more to check in it."""
+        if not self.errors and (end := self.ending(expected, nothing)):
+            self.errors.append(end)
+            return True
+        return self.broken
 
     def ending(self, expected: Header, nothing: LazyText) -> ImportProblem | None:
         """The refusal of a file read to its end that holds nothing to import, or None: no header at all
@@ -578,33 +596,29 @@ class _FieldError(ConfigError):
 
 def _parse_rows(text: str, report: ImportReport) -> list[_Row]:
     """The file's rows, checked one by one; `report.labels` gets each column's header cell as spelled."""
-    records = CsvRecords(text)
+    records = CsvRecords(text, report.errors)
     header: list[str] | None = None
     rows: list[_Row] = []
-    try:
-        for start, cells in records:
-            if header is None:
-                header, found, problems = IMPORT_HEADER.read(cells, start)
-                report.labels.update(found)
-                if problems:
-                    report.errors.extend(problems)
-                    return []
-                continue
-            if len(rows) >= MAX_IMPORT_ROWS:
-                report.errors.append(ImportProblem(start, "", lazy_gettext("more than %(max)s rows; split the file",
-                                                                           max=MAX_IMPORT_ROWS)))
+    for start, cells in records:
+        if header is None:
+            header, found, problems = IMPORT_HEADER.read(cells, start)
+            report.labels.update(found)
+            if problems:
+                report.errors.extend(problems)
                 return []
-            values = CsvRecords.values(start, cells, header)
-            if isinstance(values, ImportProblem):
-                report.errors.append(values)
-                continue
-            row = _check_row(start, values, report)
-            if row is not None:
-                rows.append(row)
-    except csv.Error as exc:
-        report.errors.append(records.invalid(exc))
-    if not report.errors and (end := records.ending(IMPORT_HEADER, lazy_gettext("no rows after the header"))):
-        report.errors.append(end)
+            continue
+        if len(rows) >= MAX_IMPORT_ROWS:
+            report.errors.append(ImportProblem(start, "", lazy_gettext("more than %(max)s rows; split the file",
+                                                                       max=MAX_IMPORT_ROWS)))
+            return []
+        values = CsvRecords.values(start, cells, header)
+        if isinstance(values, ImportProblem):
+            report.errors.append(values)
+            continue
+        row = _check_row(start, values, report)
+        if row is not None:
+            rows.append(row)
+    records.finish(IMPORT_HEADER, lazy_gettext("no rows after the header"))
     return rows
 
 

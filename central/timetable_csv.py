@@ -93,35 +93,30 @@ def parse(text: str, school: str, timezone: str = tts.DEFAULT_TIMEZONE) -> Timet
     labels: dict[str, str] = {}  # column -> the header cell as the file spells it
     periods: list[tts.Period] = []
     ranges: list[tts.DateRange] = []
-    records = CsvRecords(text)
+    records = CsvRecords(text, report.errors)
     header: list[str] | None = None
-    try:
-        for start, cells in records:
-            if header is None:
-                header, found, problems = TIMETABLE_HEADER.read(cells, start)
-                labels.update(found)
-                if problems:
-                    report.errors.extend(problems)
-                    return report
-                continue
-            if report.rows >= MAX_ROWS:
-                report.errors.append(ImportProblem(start, "", lazy_gettext("more than %(max)s lines; is this a "
-                                                                           "timetable?", max=MAX_ROWS)))
+    for start, cells in records:
+        if header is None:
+            header, found, problems = TIMETABLE_HEADER.read(cells, start)
+            labels.update(found)
+            if problems:
+                report.errors.extend(problems)
                 return report
-            report.rows += 1
-            v = CsvRecords.values(start, cells, header)
-            if isinstance(v, ImportProblem):
-                report.errors.append(v)
-                continue
-            try:
-                _row(start, v, periods, ranges)
-            except tts.TimetableError as exc:
-                report.errors.append(ImportProblem(start, labels.get(exc.field, exc.field), message_of(exc)))
-    except csv.Error as exc:
-        report.errors.append(records.invalid(exc))
-        return report
-    if not report.errors and (end := records.ending(TIMETABLE_HEADER, lazy_gettext("no lines after the header"))):
-        report.errors.append(end)
+            continue
+        if report.rows >= MAX_ROWS:
+            report.errors.append(ImportProblem(start, "", lazy_gettext("more than %(max)s lines; is this a "
+                                                                       "timetable?", max=MAX_ROWS)))
+            return report
+        report.rows += 1
+        v = CsvRecords.values(start, cells, header)
+        if isinstance(v, ImportProblem):
+            report.errors.append(v)
+            continue
+        try:
+            _row(start, v, periods, ranges)
+        except tts.TimetableError as exc:
+            report.errors.append(ImportProblem(start, labels.get(exc.field, exc.field), message_of(exc)))
+    if records.finish(TIMETABLE_HEADER, lazy_gettext("no lines after the header")):
         return report
     # Between lines too, on the good lines of a bad file: everything is reported at once.
     tt = tts.Timetable(school, timezone, tuple(periods), tuple(ranges))

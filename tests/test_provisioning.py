@@ -375,6 +375,36 @@ def test_every_csv_import_refuses_an_empty_file_and_a_header_alone_in_one_way(ap
     assert timetables.load(reg, "s1") is None
 
 
+@sqlite_only
+def test_every_csv_import_refuses_a_file_that_stops_being_csv_with_one_error_naming_the_line(app) -> None:
+    """A record the csv module cannot read (a value over its field limit, plain or quoted across lines) after
+    good lines: each of the four imports says so once, on the line the record starts on, and writes nothing.
+    The timetable's lines overlap, so a timetable import that went on to check between lines would say more."""
+    from central import attendance, podium, timetable_csv, timetables
+
+    reg = central(app).registry
+    room = podium.find_room(reg, "s1", "101")
+    assert room is not None
+    imports = [
+        (lambda data: prov.import_csv(reg, data), "school,room\ns1,901\n# a comment\n"),
+        (lambda data: attendance.import_roster(reg, "s1", data, "boss"), "name,class,card\n张三,一班,12345678\n\n"),
+        (lambda data: podium.import_cards(reg, "s1", data, "boss", room="101"), "card,role\n12345678,teacher\n\n"),
+        (lambda data: timetable_csv.import_csv(reg, "s1", data, "boss"),
+         "type,name,weekday,number,start,end\nperiod,1,1-5,1,08:00,08:45\nperiod,1b,1-5,1,08:30,09:15\n"),
+    ]
+    big = "x" * (csv.field_size_limit() + 1)
+    invalid = f"not valid CSV: field larger than field limit ({csv.field_size_limit()})"
+    before = snapshot(app)
+    for run, good in imports:
+        line = good.count("\n") + 1
+        for bad in (f"{big},a\n", f'"{big[:10]}\n{big}",a\n'):
+            report = run((good + bad + "more,lines\n").encode())
+            assert not report.ok and [(e.line, e.column, str(e.message)) for e in report.errors] == [(line, "", invalid)]
+    assert snapshot(app) == before
+    assert attendance.roster(reg, "s1") == [] and podium.cards(reg, room) == []
+    assert timetables.load(reg, "s1") is None
+
+
 def test_places_create_school_and_room(app) -> None:
     admin = login(app, "boss", "boss-password")
     assert post(admin, "/provisioning/places", what="school", school="no1", name="第一中学").status_code == 302
