@@ -420,7 +420,9 @@ def room_snapshot(gateway: str, room: dict[str, Any] | None, events: list[dict[s
         "commands": [{**{k: c[k] for k in ("id", "device", "action", "params", "status", "detail", "by",
                                             "created", "finished")}, "details": gateway_texts(c["detail"])}
                      for c in room.get("commands", [])],
-        "automatic": room_actions.actions(events or [], room.get("commands", [])),
+        # A rule's reason as the gateway marked it, in each language too (`reasons`: the script redraws it).
+        "automatic": [{**item, "reasons": gateway_texts(_rule_reason(item))} if item.get("reason_marked") else item
+                      for item in room_actions.actions(events or [], room.get("commands", []))],
         "swiped": swiped,
     }
 
@@ -480,14 +482,17 @@ def why_text(item: dict[str, Any], kinds: dict[str, str]) -> str:
         words = IDLE_OFF_INTERRUPTED if item["outcome"] == "interrupted" else IDLE_OFF
         text = gettext(words, devices=devices)
     else:
-        # The gateway's words, in the reader's language where it marked them (campus/contract.py EVENT_TEXTS).
-        reason = gateway_text(contract.marked_text({**(item.get("reason_marked") or {}), "reason": item["reason"]},
-                                                   "reason"))
-        text = gettext(RULE_OTHER, devices=devices, rule=item["rule"], reason=reason)
+        text = gettext(RULE_OTHER, devices=devices, rule=item["rule"], reason=gateway_text(_rule_reason(item)))
     if item["status"] != "done" and item["outcome"] not in SAID_IN_FULL:
         status = STATUS_WORDS.get(item["status"])
         text += " " + gettext(STATUS_AFTER, status=gettext(status) if status else item["status"])
     return text[:1].upper() + text[1:]
+
+
+def _rule_reason(item: dict[str, Any]) -> Any:
+    """A rule run's reason: the gateway's words, marked where it marked them (campus/contract.py EVENT_TEXTS),
+    to be said in the reader's language; an older agent's plain English as it came."""
+    return contract.marked_text({**(item.get("reason_marked") or {}), "reason": item["reason"]}, "reason")
 
 
 def _states() -> RoomStates:

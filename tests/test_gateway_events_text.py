@@ -216,7 +216,7 @@ def test_a_replaced_outbox_and_a_full_disk_read_in_the_readers_language(app: Fla
 
 def test_a_rule_runs_reason_reads_in_the_readers_language_on_the_panel(app: Flask) -> None:
     from central import room_actions
-    from dashboards.panel import why_text
+    from dashboards.panel import room_snapshot, why_text
 
     reason = lazy_gettext("nobody in the room for %(minutes)s minutes and no command", minutes="2")
     data = {"rule": "later_rule", "at": time.time(), "steps": [{"device": "proj", "action": "power_off",
@@ -231,3 +231,13 @@ def test_a_rule_runs_reason_reads_in_the_readers_language_on_the_panel(app: Flas
     with app.test_request_context("/?lang=en"):
         assert "(nobody in the room for 2 minutes and no command)" in why_text(item, {"proj": "projector"})
     assert isinstance(contract.marked_text(event.data, "reason"), ReportedText)
+    # The stream's snapshot carries it in every language (the script redraws the line in the page's own),
+    # and an older agent's English only as it came.
+    ev = {"type": event.type, "ts": event.ts, "data": event.data}
+    with app.app_context():
+        [shown] = room_snapshot("gw1", None, [ev])["automatic"]
+        [plain] = room_snapshot("gw1", None, [{**ev, "data": {k: v for k, v in event.data.items()
+                                                              if not k.startswith("reason_")}}])["automatic"]
+    assert shown["reasons"] == {"zh-CN": "教室已 2 分钟无人且无命令",
+                                "en": "nobody in the room for 2 minutes and no command"}
+    assert "reasons" not in plain and plain["reason"] == "nobody in the room for 2 minutes and no command"

@@ -203,7 +203,9 @@
         ? _("Switching off an empty room was interrupted: the gateway stopped during it")
         : _("%(devices)s switched off: nobody was in the room", {devices});
     } else {
-      text = _("%(devices)s switched by rule “%(rule)s” (%(reason)s)", {devices, rule: item.rule, reason: item.reason});
+      // The gateway's reason in this page's language where it marked it (`reasons`, built by the server).
+      const reason = (item.reasons && item.reasons[campusTime.lang]) || item.reason;
+      text = _("%(devices)s switched by rule “%(rule)s” (%(reason)s)", {devices, rule: item.rule, reason});
     }
     if (item.status !== "done" && !["missed", "interrupted", "skipped"].includes(item.outcome)) {
       text += " " + _("(%(status)s)", {status: WHY_STATUS[item.status] || item.status});
