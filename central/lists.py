@@ -207,6 +207,14 @@ def places(db: Database, names: bool = True) -> Any:
     return union_all(registered, reporting).subquery("places")
 
 
+def is_place(gateway_id: Any) -> ColumnElement[bool]:
+    """`gateway_id` (a column of another table) is the id of a row of `places`: a gateway the registry has or
+    the ledger heard of. Two primary-key lookups, without building `places`: the usage rate's district days,
+    54,000 room-days at 10,000 rooms, 19 ms instead of 25 ms as an IN `places`."""
+    return or_(exists(select(literal(1)).where(Gateway.id == gateway_id)),
+               exists(select(literal(1)).where(gw_t.c.id == gateway_id)))
+
+
 def has_kind(db: Database, kinds_column: Any, kinds: tuple[str, ...]) -> ColumnElement[bool]:
     """`kinds_column` (a gateway's `device_kinds`, e.g. `places(db).c.device_kinds`) holds one of `kinds`: the
     gateway's last state has a device of such a kind. A substring test on a short text, case-sensitive on both
@@ -603,8 +611,11 @@ def equipped(db: Database, p: Any, kinds: tuple[str, ...], profiles: list[str]) 
     with one of `profiles`: a usage report's rooms with something to measure, decided in SQL rather than
     every room's devices read into Python (1.0 s of a 1.5 s report at 10,000 rooms, 11h), and from the
     states' `device_kinds` rather than their JSON (~30 ms of a 180 ms report, 11i)."""
-    provisioned = select(Device.gateway_id).where(Device.profile.in_(profiles) if profiles else false())
-    return or_(has_kind(db, p.c.device_kinds, kinds), p.c.id.in_(provisioned))
+    # Correlated (one lookup of the place's devices, when its state has none of the kinds), not `IN` a list
+    # of every provisioned one: the list was built once for each use of this condition.
+    provisioned = exists(select(literal(1)).where(Device.gateway_id == p.c.id, Device.profile.in_(profiles))) \
+        if profiles else false()
+    return or_(has_kind(db, p.c.device_kinds, kinds), provisioned)
 
 
 def place_order(db: Database, p: Any) -> list[Any]:
