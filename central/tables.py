@@ -65,8 +65,8 @@ gateways = Table(
     Column("state_since", Float),
     Column("state_online", Boolean),
     # The kinds of the stored state's devices (`device_kinds_text`), written with it (migration 0021): which
-    # rooms have a display or projector is a LIKE on a short text, not a pass over every state's JSON (the
-    # usage rate's district sums at 10,000 rooms, central/lists.py `has_kind`).
+    # rooms have a display or projector is a substring test on a short text, not a pass over every state's
+    # JSON (the usage rate's district sums at 10,000 rooms, central/lists.py `has_kind`).
     Column("device_kinds", Text, nullable=False, server_default=""),
 )
 

@@ -190,7 +190,6 @@ def today_in(zone: ZoneInfo, now: float | None = None) -> date:
     return datetime.fromtimestamp(time.time() if now is None else now, zone).date()
 
 
-
 def day_periods(tt: Timetable, day: date) -> list[Period]:
     """The class periods of `day` in order: none outside every term (when there are terms) or on a
     holiday; a make-up working day's are those of the weekday it follows."""
