@@ -54,9 +54,9 @@ from campus.i18n import lazy_gettext
 from central import acks
 from central.db import Database, StoredText, open_database, url_of
 from central.tables import commands as commands_t
+from central.tables import device_kinds_text, ingest_workers, seen
 from central.tables import events as events_t
 from central.tables import gateways as gw_t
-from central.tables import ingest_workers, seen
 from central.tables import late_events as late_t
 from central.tables import latest as latest_t
 
@@ -315,10 +315,10 @@ class Ledger:
                 if row is not None:
                     row.clock_offset = offset if row.clock_offset is None \
                         else row.clock_offset + CLOCK_SMOOTHING * (offset - row.clock_offset)
-            states_json: dict[str, str] = {}
+            states_json: dict[str, tuple[str, str]] = {}
             for _school, gateway, state in states:
                 if self._newer_state(rows[gateway], state, now):
-                    states_json[gateway] = json.dumps(_state_dict(state))
+                    states_json[gateway] = (json.dumps(_state_dict(state)), device_kinds_text(state.devices))
             self._write_rows(conn, rows, states_json)
             if latest:
                 upsert = self.db.insert(latest_t)
@@ -346,14 +346,16 @@ class Ledger:
                              .values(status=r.status, detail=r.text, finished=r.ts))
         return fresh
 
-    def _write_rows(self, conn: Connection, rows: dict[str, GatewayRow], states_json: dict[str, str]) -> None:
-        """The batch's gateways' rows back, one UPDATE (two: with and without a new state) for them all."""
+    def _write_rows(self, conn: Connection, rows: dict[str, GatewayRow],
+                    states_json: dict[str, tuple[str, str]]) -> None:
+        """The batch's gateways' rows back, one UPDATE (two: with and without a new state) for them all.
+        `states_json`: (the state's JSON, its `device_kinds`) of the gateways with a new state."""
         for with_state in (False, True):
             params = [{"b_id": row.id, **{c: getattr(row, c) for c in _WRITTEN}, **(
-                {"state": states_json[row.id]} if with_state else {})}
+                dict(zip(("state", "device_kinds"), states_json[row.id], strict=True)) if with_state else {})}
                 for row in rows.values() if (row.id in states_json) == with_state]
             if params:
-                columns = _WRITTEN + (("state",) if with_state else ())
+                columns = _WRITTEN + (("state", "device_kinds") if with_state else ())
                 conn.execute(update(gw_t).where(gw_t.c.id == bindparam("b_id"))
                              .values({c: bindparam(c) for c in columns}), params)
 

@@ -47,7 +47,6 @@ from sqlalchemy import (
     or_,
     select,
     true,
-    union,
     union_all,
 )
 
@@ -58,6 +57,7 @@ from central.ledger import online_at
 from central.registry import Alarm, AuditRecord, Building, Device, Gateway, Room, School
 from central.registry import AlarmRule as AlarmKind
 from central.tables import commands as commands_t
+from central.tables import device_kind_token
 from central.tables import events as events_t
 from central.tables import gateways as gw_t
 from central.tables import latest as latest_t
@@ -185,20 +185,42 @@ def _never_reported(db: Database, gateway_id: Any) -> ColumnElement[bool]:
 # ---------------------------------------------------------------- every gateway, registered or reporting
 
 
-def places(db: Database) -> Any:
+def places(db: Database, names: bool = True) -> Any:
     """Every gateway the registry has or the ledger heard of, with its school, room and building: the
-    registry's place where there is one, else what the gateway said."""
-    registered = (select(Gateway.id.label("id"), Gateway.school_id.label("school"),
-                         func.coalesce(Room.name, gw_t.c.room, "").label("room"),
-                         func.coalesce(Building.name, "").label("building"),
-                         Building.id.label("building_id"), literal(True).label("registered"))
-                  .select_from(Gateway).outerjoin(Room, Gateway.room_id == Room.id)
-                  .outerjoin(Building, Room.building_id == Building.id)
-                  .outerjoin(gw_t, gw_t.c.id == Gateway.id))
-    reporting = (select(gw_t.c.id, gw_t.c.school, gw_t.c.room, literal(""), cast(null(), Integer),
-                        literal(False))
+    registry's place where there is one, else what the gateway said; and the kinds of its last state's
+    devices (`device_kinds`: `has_kind`; NULL for a registered gateway never heard of).
+
+    `names` False: without `room`, `building` and `building_id` (no join with the rooms and buildings): what a
+    sum over every place by school reads (the usage rate's district, a third cheaper at 10,000 rooms)."""
+    named = [func.coalesce(Room.name, gw_t.c.room, "").label("room"), func.coalesce(Building.name, "").label("building"),
+             Building.id.label("building_id")] if names else []
+    registered = (select(Gateway.id.label("id"), Gateway.school_id.label("school"), *named,
+                         literal(True).label("registered"), gw_t.c.device_kinds.label("device_kinds"))
+                  .select_from(Gateway))
+    if names:
+        registered = (registered.outerjoin(Room, Gateway.room_id == Room.id)
+                      .outerjoin(Building, Room.building_id == Building.id))
+    registered = registered.outerjoin(gw_t, gw_t.c.id == Gateway.id)
+    reporting = (select(gw_t.c.id, gw_t.c.school, *([gw_t.c.room, literal(""), cast(null(), Integer)] if names else []),
+                        literal(False), gw_t.c.device_kinds)
                  .where(not_(exists(select(Gateway.id).where(Gateway.id == gw_t.c.id)))))
     return union_all(registered, reporting).subquery("places")
+
+
+def is_place(gateway_id: Any) -> ColumnElement[bool]:
+    """`gateway_id` (a column of another table) is the id of a row of `places`: a gateway the registry has or
+    the ledger heard of. Two primary-key lookups, without building `places`: the usage rate's district days,
+    54,000 room-days at 10,000 rooms, 19 ms instead of 25 ms as an IN `places`."""
+    return or_(exists(select(literal(1)).where(Gateway.id == gateway_id)),
+               exists(select(literal(1)).where(gw_t.c.id == gateway_id)))
+
+
+def has_kind(db: Database, kinds_column: Any, kinds: tuple[str, ...]) -> ColumnElement[bool]:
+    """`kinds_column` (a gateway's `device_kinds`, e.g. `places(db).c.device_kinds`) holds one of `kinds`: the
+    gateway's last state has a device of such a kind. A substring test on a short text, case-sensitive on both
+    engines as the state's JSON compared, without reading it (central/tables.py `device_kind_token`)."""
+    position = func.instr if db.dialect == "sqlite" else func.strpos
+    return or_(false(), *(position(kinds_column, device_kind_token(k)) > 0 for k in kinds))
 
 
 @dataclass(frozen=True)
@@ -584,15 +606,16 @@ def reported_kinds_of(db: Database, kinds: tuple[str, ...], gateways: list[str])
         return [(g, d, k) for g, d, k in conn.execute(query)]
 
 
-def equipped_gateways(db: Database, kinds: tuple[str, ...], profiles: list[str]) -> Any:
-    """The ids of the gateways with a device of these `kinds` in their last state or provisioned with one of
-    `profiles`, as a subquery (a usage report's rooms with something to measure, counted in SQL rather
-    than every room's devices read into Python: 1.0 s of a 1.5 s report at 10,000 rooms, 11h)."""
-    dev = reported_devices(db)
-    reported = (select(gw_t.c.id.label("id")).select_from(gw_t.join(dev, true()))
-                .where(device_field(db, dev, "kind").in_(kinds)))
-    provisioned = select(Device.gateway_id.label("id")).where(Device.profile.in_(profiles) if profiles else false())
-    return union(reported, provisioned).subquery("equipped")
+def equipped(db: Database, p: Any, kinds: tuple[str, ...], profiles: list[str]) -> ColumnElement[bool]:
+    """The place (a row of `places`, `p`) has a device of these `kinds` in its last state or one provisioned
+    with one of `profiles`: a usage report's rooms with something to measure, decided in SQL rather than
+    every room's devices read into Python (1.0 s of a 1.5 s report at 10,000 rooms, 11h), and from the
+    states' `device_kinds` rather than their JSON (~30 ms of a 180 ms report, 11i)."""
+    # Correlated (one lookup of the place's devices, when its state has none of the kinds), not `IN` a list
+    # of every provisioned one: the list was built once for each use of this condition.
+    provisioned = exists(select(literal(1)).where(Device.gateway_id == p.c.id, Device.profile.in_(profiles))) \
+        if profiles else false()
+    return or_(has_kind(db, p.c.device_kinds, kinds), provisioned)
 
 
 def place_order(db: Database, p: Any) -> list[Any]:

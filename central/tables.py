@@ -12,6 +12,10 @@ the agents sent them.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import Any
+from urllib.parse import quote
+
 from sqlalchemy import BigInteger, Boolean, Column, Float, Index, Integer, String, Table, Text, false, text
 
 from central.db import Base, TranslatableText
@@ -60,7 +64,26 @@ gateways = Table(
     Column("state_ts", Float, nullable=False, server_default="0"),
     Column("state_since", Float),
     Column("state_online", Boolean),
+    # The kinds of the stored state's devices (`device_kinds_text`), written with it (migration 0021): which
+    # rooms have a display or projector is a substring test on a short text, not a pass over every state's
+    # JSON (the usage rate's district sums at 10,000 rooms, central/lists.py `has_kind`).
+    Column("device_kinds", Text, nullable=False, server_default=""),
 )
+
+
+def device_kind_token(kind: str) -> str:
+    """How `kind` stands in `gateways.device_kinds`: percent-encoded (no space, whatever a gateway sent) between
+    spaces, so that "holds a projector" is a case-sensitive substring test (central/lists.py `has_kind`)."""
+    return f" {quote(kind, safe='')} "
+
+
+def device_kinds_text(devices: Mapping[str, Any]) -> str:
+    """`gateways.device_kinds` of a state's `devices` ({id: {"kind": ...}}): its distinct kinds, sorted, as
+    `device_kind_token`s sharing their spaces (" display projector "); "" when no device has a kind."""
+    kinds = sorted({quote(str(d["kind"]), safe="") for d in devices.values()
+                    if isinstance(d, Mapping) and d.get("kind")})
+    return f" {' '.join(kinds)} " if kinds else ""
+
 
 # Which seq numbers of a gateway were recorded: the primary key makes "new or a redelivery" one
 # INSERT ... ON CONFLICT DO NOTHING, exact with several ingest workers on several hosts.

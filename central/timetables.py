@@ -183,6 +183,13 @@ class Slot:
 # ---------------------------------------------------------------- the questions
 
 
+def today_in(zone: ZoneInfo, now: float | None = None) -> date:
+    """The date in `zone` at `now` (None: now): a school's today, the day the usage rollup writes as today
+    and the usage report expects rows up to (central/usage_rollup.py, central/usage.py); not the host's
+    `date.today()`, a day behind Asia/Shanghai from 16:00 UTC on a host kept in UTC."""
+    return datetime.fromtimestamp(time.time() if now is None else now, zone).date()
+
+
 def day_periods(tt: Timetable, day: date) -> list[Period]:
     """The class periods of `day` in order: none outside every term (when there are terms) or on a
     holiday; a make-up working day's are those of the weekday it follows."""

@@ -30,8 +30,23 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field, fields
 from datetime import date
 from typing import Any
+from zoneinfo import ZoneInfo
 
-from sqlalchemy import Boolean, Date, Float, Index, Integer, String, Text, and_, case, func, or_, select
+from sqlalchemy import (
+    Boolean,
+    Date,
+    Float,
+    Index,
+    Integer,
+    String,
+    Text,
+    and_,
+    case,
+    func,
+    literal,
+    or_,
+    select,
+)
 from sqlalchemy.orm import Mapped, mapped_column
 
 from campus import contract
@@ -67,8 +82,11 @@ class UsageDay(Base):
     `energy_off_kwh` those outside its school's timetable (None: the school has none), `meter_devices`
     the meters read (0: no meter; None: a row rolled up before 0009, computed again)."""
     __tablename__ = "usage_days"
-    # What central/energy.py's sums read of a row, so a span's rows come from the index alone (migration 0019).
-    __table_args__ = (Index("usage_days_energy", "day", "meter_devices", "gateway", "energy_kwh", "energy_off_kwh"),)
+    # What central/energy.py's sums read of a row, so a span's rows come from the index alone (migration 0019);
+    # and what the usage rate's sums read (`usage_rate`, migration 0021).
+    __table_args__ = (Index("usage_days_energy", "day", "meter_devices", "gateway", "energy_kwh", "energy_off_kwh"),
+                      Index("usage_days_rate", "day", "gateway", "power_devices", "periods", "used", "complete",
+                            "counted_to"))
     gateway: Mapped[str] = mapped_column(String(64), primary_key=True)
     day: Mapped[date] = mapped_column(Date, primary_key=True, index=True)
     school: Mapped[str] = mapped_column(String(64))
@@ -282,7 +300,8 @@ class UsageReport(Count):
 
 
 def usage_rate(registry: Registry, ledger: Ledger, first: date, last: date, school: str | None = None, *,
-               schools_in: tuple[str, ...] | None = None, page: Any = None) -> UsageReport:
+               schools_in: tuple[str, ...] | None = None, page: Any = None, now: float | None = None,
+               site_zone: ZoneInfo | None = None) -> UsageReport:
     """The usage rate of every room with a display or projector (of one school, or all; of `schools_in` only,
     if given: a school-scoped account's) from `first` to `last` (both included), its schools' and the
     district's (of what is in sight), read from the daily rollup (`UsageDay`, kept by
@@ -293,7 +312,11 @@ def usage_rate(registry: Registry, ledger: Ledger, first: date, last: date, scho
     order: school, building, room, gateway; matching its `q`), `total_rooms` how many match; None: every
     room (the CSV and XLSX). The schools, days and district are always whole, added up in SQL: a page's
     cost does not grow with the district (docs/benchmarks.md 11i: every room's devices read into Python
-    was 1.0 s of 1.5 s at 10,000 rooms)."""
+    was 1.0 s of 1.5 s at 10,000 rooms).
+
+    `pending` counts each room's days from `first` to its school's today (at `now`, None: now) in its
+    school's zone (its timetable's, else `site_zone`, None: Asia/Shanghai), as the rollup writes them: not
+    the host's date, a day behind Shanghai's from 16:00 UTC."""
     from central import lists
     from central.overview import profile_kind  # the overview imports much; only this is wanted here
 
@@ -304,7 +327,7 @@ def usage_rate(registry: Registry, ledger: Ledger, first: date, last: date, scho
     db = registry.db
     scope = lists.Scope(school=school, schools=schools_in)
     u = UsageDay.__table__.c
-    p = lists.places(db)
+    p = lists.places(db, names=False)  # the sums need each room's school only (the page names its rooms)
     in_sight = lists.place_filter(p, scope)
     measured = u.power_devices > 0
     in_span = [u.day >= first, u.day <= last]
@@ -321,53 +344,75 @@ def usage_rate(registry: Registry, ledger: Ledger, first: date, last: date, scho
                 .where(*in_span, *where).group_by(u.gateway))
 
     per_gw = sums().subquery("per_gw")
-    placed = [] if in_sight else [u.gateway.in_(select(p.c.id))]  # (`in_span` has it for a scope)
+    # The district's days: its rows of the span read by day from the index `usage_days_rate`, each one's room
+    # looked up (`IN places` made SQLite seek every place's rows instead: 25 ms more at 10,000 rooms); a
+    # school's report seeks its rooms' rows (`in_span`).
+    placed = [] if in_sight else [lists.is_place(u.gateway)]
     per_day = (select(u.day, func.coalesce(func.sum(u.periods), 0), func.coalesce(func.sum(u.used), 0))
                .where(*in_span, *placed, measured).group_by(u.day))
-    expected = (min(last, date.today()) - first).days + 1
+    school_of = func.coalesce(p.c.school, "")
+    expected = _expected_days(registry, school_of, first, last, now, site_zone)
     with db.read("cannot read the provisioned devices' profiles") as conn:
         profiles = [pr for pr in conn.execute(select(Device.profile).distinct()).scalars()
                     if profile_kind(pr) in POWER_KINDS]
     # A room counts (and its days not rolled up yet are pending) when it has a display or projector now
     # (reported or provisioned) or had one measured in the span.
-    equipped = lists.equipped_gateways(db, POWER_KINDS, profiles)
-    # Joined, not `IN (...)`: each use of an IN list read every gateway's state JSON again (twice here).
-    counted = or_(equipped.c.id.is_not(None), func.coalesce(per_gw.c.measured, 0) > 0)
+    counted = or_(lists.equipped(db, p, POWER_KINDS, profiles), func.coalesce(per_gw.c.measured, 0) > 0)
     left = expected - func.coalesce(per_gw.c.days, 0)
-    school_of = func.coalesce(p.c.school, "")
     per_school = (select(school_of, func.sum(case((counted, 1), else_=0)),
                          func.coalesce(func.sum(per_gw.c.periods), 0), func.coalesce(func.sum(per_gw.c.used), 0),
-                         func.sum(case((and_(counted, left > 0), left), else_=0)), func.min(per_gw.c.partial))
-                  .select_from(p).outerjoin(per_gw, per_gw.c.gateway == p.c.id)
-                  .outerjoin(equipped, equipped.c.id == p.c.id).where(*in_sight).group_by(school_of))
+                         func.sum(case((and_(counted, left > 0), left), else_=0)), func.min(per_gw.c.partial),
+                         func.count())
+                  .select_from(p).outerjoin(per_gw, per_gw.c.gateway == p.c.id).where(*in_sight).group_by(school_of))
     with db.read("cannot read the usage rollup") as conn:
-        school_rows = [(s, int(n), int(k), int(m), int(pend or 0), partial)
-                       for s, n, k, m, pend, partial in conn.execute(per_school)]
+        school_rows = [(s, int(n), int(k), int(m), int(pend or 0), partial, int(places))
+                       for s, n, k, m, pend, partial, places in conn.execute(per_school)]
         day_rows = [(d, int(n), int(k)) for d, n, k in conn.execute(per_day)]
         with_timetable = set(conn.execute(select(tts.TimetableRow.school_id)).scalars())
     partials = [r[5] for r in school_rows if r[5] is not None]
-    report = UsageReport(first=first, last=last, asof=min(partials) if partials else time.time())
-    for name, rooms, periods, used, pending, _partial in sorted(school_rows):
+    report = UsageReport(first=first, last=last, asof=min(partials) if partials else time.time() if now is None else now)
+    for name, rooms, periods, used, pending, _partial, _places in sorted(school_rows):
         sch = SchoolUsage(school=name, rooms=rooms, timetable=name in with_timetable)
         sch.add(periods, used)
         report.add(periods, used)
         report.pending += pending
         report.schools.append(sch)
-    report.rooms, report.total_rooms = _room_page(registry, p, per_gw, sums, in_sight, page, profiles)
+    # Without a `q` every place in sight is a room of the list: the schools' rows counted them.
+    in_list = None if page is not None and page.q else sum(r[6] for r in school_rows)
+    report.rooms, report.total_rooms = _room_page(registry, scope, sums, page, profiles, in_list)
     report.days = [DayUsage(day=d, periods=n, used=k) for d, n, k in sorted(day_rows) if n]  # days with classes
     return report
 
 
-def _room_page(registry: Registry, p: Any, per_gw: Any, sums: Callable[..., Any], in_sight: list[Any],
-               page: Any, profiles: list[str]) -> tuple[list[RoomUsage], int]:
-    """The report's rooms of `page` (None: all) with their figures, and how many match its `q`; the displays,
-    projectors and meters read for those rooms only."""
+def _expected_days(registry: Registry, school_of: Any, first: date, last: date, now: float | None,
+                   site_zone: ZoneInfo | None) -> Any:
+    """How many days of the span each room's school has had up to its today (the days the rollup has rows of
+    when it is caught up), as an SQL expression of the room's school (`school_of`): a number when every
+    school with a timetable keeps the site's zone (one small read of the zones)."""
+    now = time.time() if now is None else now
+    site = site_zone or ZoneInfo(tts.DEFAULT_TIMEZONE)
+
+    def days_to(zone: ZoneInfo) -> int:
+        return (min(last, tts.today_in(zone, now)) - first).days + 1
+
+    everywhere = days_to(site)
+    other = {school: n for school, zone in tts.zones(registry).items() if (n := days_to(zone)) != everywhere}
+    return case(other, value=school_of, else_=everywhere) if other else literal(everywhere)
+
+
+def _room_page(registry: Registry, scope: Any, sums: Callable[..., Any], page: Any, profiles: list[str],
+               in_list: int | None) -> tuple[list[RoomUsage], int]:
+    """The report's rooms of `page` (None: all) with their figures, and how many match its `q` (`in_list`: that
+    number, when the caller knows it); the displays, projectors and meters read for those rooms only."""
     from central import lists
     from central.overview import profile_kind
 
     db = registry.db
-    where = [*in_sight, lists.matches(page.q if page else None, p.c.id, p.c.school, p.c.building, p.c.room)]
+    p = lists.places(db)
+    where = [*lists.place_filter(p, scope), lists.matches(page.q if page else None, p.c.id, p.c.school,
+                                                         p.c.building, p.c.room)]
     if page is None:  # every room: the sums of every room in one pass
+        per_gw = sums().subquery("per_gw")
         query = (select(p.c.id, p.c.school, p.c.building, p.c.room, per_gw.c.periods, per_gw.c.used)
                  .select_from(p).outerjoin(per_gw, per_gw.c.gateway == p.c.id).where(*where)
                  .order_by(*lists.place_order(db, p)))
@@ -379,7 +424,8 @@ def _room_page(registry: Registry, p: Any, per_gw: Any, sums: Callable[..., Any]
                  .order_by(*lists.place_order(db, p)).limit(page.limit).offset(page.offset))
         with db.read("cannot read the usage rollup") as conn:
             places = conn.execute(query).all() if page.limit else []
-            total = conn.execute(select(func.count()).select_from(p).where(*where)).scalar_one()
+            total = (conn.execute(select(func.count()).select_from(p).where(*where)).scalar_one()
+                     if in_list is None else in_list)
             ids = [r[0] for r in places]
             figures = ({gid: (n, k) for gid, n, k, *_rest in conn.execute(
                 sums(UsageDay.__table__.c.gateway.in_(ids)))} if ids else {})

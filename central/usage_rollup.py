@@ -206,8 +206,8 @@ def fill(registry: Registry, ledger: Ledger, store: PointStore, *, now: float | 
              for r, sensors in usage.rooms_with_sensors(registry, ledger)]
     site = site_zone or ZoneInfo(tts.DEFAULT_TIMEZONE)
     zones = {r.school: timetables[r.school].zone if r.school in timetables else site for r in rooms}
-    today = {school: datetime.fromtimestamp(now, zone).date() for school, zone in zones.items()}
-    oldest = min(today.values(), default=date.today()) - timedelta(days=max(1, days) - 1)
+    today = {school: tts.today_in(zone, now) for school, zone in zones.items()}
+    oldest = min(today.values(), default=tts.today_in(site, now)) - timedelta(days=max(1, days) - 1)
     t = usage.UsageDay.__table__
     with db.read("cannot read the usage rollup") as conn:
         have = {(gw, d): (complete, computed_at, lim, school, meters)

@@ -236,7 +236,8 @@ def _report(page: lists.Paging | None = None) -> usage.UsageReport:
     first, last, _label = span(request.args.get("week"), request.args.get("month"))
     school = school_arg("usage report")
     c = central()
-    return usage.usage_rate(c.registry, c.ledger, first, last, school, schools_in=sight(g.user).schools, page=page)
+    return usage.usage_rate(c.registry, c.ledger, first, last, school, schools_in=sight(g.user).schools, page=page,
+                            site_zone=site_zone())
 
 
 def _pct(rate: float | None) -> str:

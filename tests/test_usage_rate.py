@@ -294,7 +294,8 @@ def test_the_district_overview_and_api_show_this_weeks_usage_and_co2(app) -> Non
 def test_usage_reports_run_as_many_statements_for_300_rooms_as_for_30(small_and_large) -> None:  # noqa: F811
     """With every school's timetable and today rolled up, a report (JSON, page, file) and the overview run a
     fixed number of statements, and none reads the point store per room."""
-    week = date.today().strftime("%G-W%V")
+    today = tts.today_in(ZoneInfo(DOC["timezone"]))  # the rollup's today: the schools', not the host's
+    week = today.strftime("%G-W%V")
     every_week = {"timezone": DOC["timezone"], "periods": DOC["periods"]}  # no terms: classes every weekday
     store_reads: list[str] = []
     for district, rooms in zip(small_and_large, (30, 300), strict=True):
@@ -315,7 +316,7 @@ def test_usage_reports_run_as_many_statements_for_300_rooms_as_for_30(small_and_
     body = paging_get(small_and_large[1], f"/api/usage?week={week}&limit=500").get_json()
     measured = [r for r in body["rooms"] if r["devices"]]
     assert len(body["rooms"]) == 300 and len(measured) == 270  # the 30 never installed have no devices
-    assert body["pending"] == date.today().weekday() * 270  # only today is rolled up: the days before are pending
+    assert body["pending"] == today.weekday() * 270  # only today is rolled up: the days before are pending
     # A page of the rooms (issue 19: 264 KB whole at 2,000 rooms); the schools, days and district stay whole.
     page = paging_get(small_and_large[1], f"/api/usage?week={week}&limit=50&offset=100")
     assert page.status_code == 200 and page.headers["X-Total-Count"] == "300"
@@ -346,9 +347,10 @@ def test_usage_reports_run_as_many_statements_for_300_rooms_as_for_30(small_and_
 
 
 def every_room_report(c, first: date, last: date, school: str | None = None,
-                      schools_in: tuple[str, ...] | None = None) -> usage.UsageReport:
+                      schools_in: tuple[str, ...] | None = None, today: date | None = None) -> usage.UsageReport:
     """The report as it was made before issue 19's paging (every room's devices read into Python, the
-    schools and district added up there): what the SQL sums and the page must still answer."""
+    schools and district added up there): what the SQL sums and the page must still answer. Its rooms'
+    days are expected up to `today` (None: the schools' today, Asia/Shanghai; it was the host's date)."""
     from sqlalchemy import case, func
 
     from central import lists
@@ -368,7 +370,8 @@ def every_room_report(c, first: date, last: date, school: str | None = None,
     partials = [r[4] for r in rows.values() if r[4] is not None]
     report = usage.UsageReport(first=first, last=last, asof=min(partials) if partials else 0.0)
     schools: dict[str, usage.SchoolUsage] = {}
-    expected = (min(last, date.today()) - first).days + 1
+    today = tts.today_in(ZoneInfo(tts.DEFAULT_TIMEZONE)) if today is None else today
+    expected = (min(last, today) - first).days + 1
     for room, _sensors in usage.rooms_with_sensors(c.registry, c.ledger, schools_in):
         if school is not None and room.school != school:
             continue
@@ -396,6 +399,16 @@ def test_the_paged_report_answers_what_every_room_read_did(tmp_path: Path, centr
     district = district_app(tmp_path, central_db_url, 60, monkeypatch)
     try:
         c = central(district)
+        # Which rooms have a display or projector is read from `gateways.device_kinds` now (migration 0021), the
+        # old report read the states' JSON: a newer state without its projector, kinds that only look like ours
+        # (another case, a space, LIKE's wildcards) and an unregistered gateway's display must count alike.
+        later = time.time() + 1
+        c.ledger.record([], [
+            ("s03", "gw-0003", State(online=True, ts=later, room="103", devices={"env": dict(ENV)})),
+            ("s04", "gw-odd", State(online=True, ts=later, room="odd", devices={
+                "p": {**PROJ, "kind": "Projector"}, "q": {**PROJ, "kind": "a projector"},
+                "r": {**DISP, "kind": "100%_display"}, "s": {**DISP, "kind": "display\\"}})),
+            ("s05", "gw-loose", State(online=True, ts=later, room="loose", devices={"d": dict(DISP)}))], [])
         for school in (f"s{i:02d}" for i in range(SCHOOLS)):
             if school != "s02":  # a school without a timetable: no periods
                 tts.save(c.registry, tts.from_document(school, {"timezone": DOC["timezone"],
@@ -421,9 +434,37 @@ def test_the_paged_report_answers_what_every_room_read_did(tmp_path: Path, centr
             assert paged == old.rooms
         whole = every_room_report(c, first, last)
         assert whole.periods > 0 and whole.pending > 0 and all(s.rooms > 0 for s in whole.schools)
-        assert {r.gateway for r in whole.rooms if r.devices} >= {"gw-0019", "gw-0000"}
+        equipped = {r.gateway for r in whole.rooms if r.devices}
+        assert equipped >= {"gw-0019", "gw-0000", "gw-loose"} and not equipped & {"gw-0003", "gw-odd"}
         assert next(r for r in whole.rooms if r.gateway == "gw-0009").periods == 6
         found = usage.usage_rate(c.registry, c.ledger, first, last, page=lists.Paging(q="GW-001"))
         assert [r.gateway for r in found.rooms] == [f"gw-001{i}" for i in range(10)] and found.total_rooms == 10
     finally:
         close_app(district)
+
+
+def test_pending_days_run_to_each_schools_today_not_the_hosts(app) -> None:
+    """The days a room should have rows of run to its school's today (the zone of its timetable, else the
+    site's), as the rollup writes them; they ran to the host's `date.today()`, a day behind Shanghai's from
+    16:00 UTC (and any date at all in a test: the real one). At 18:00 UTC on Wednesday 10 September 2025 it
+    is Thursday 02:00 in Shanghai and Wednesday 11:00 in Los Angeles."""
+    c = central(app)
+    now = datetime(2025, 9, 10, 18, 0, tzinfo=ZoneInfo("UTC")).timestamp()
+    la = ZoneInfo("America/Los_Angeles")
+
+    def pending(site_zone: ZoneInfo | None = None) -> int:
+        return usage.usage_rate(c.registry, c.ledger, date(2025, 9, 8), date(2025, 9, 14), now=now,
+                                site_zone=site_zone).pending
+
+    # s1 keeps Shanghai (its timetable): Tuesday to Thursday rolled up. s2 has none: the site's zone, Los
+    # Angeles here, Monday to Wednesday.
+    rollup.fill(c.registry, c.ledger, c.store, now=now, days=3, site_zone=la)
+    days = {(gw, day) for gw, day in rows(app)}
+    assert {d for gw, d in days if gw == "gw-101"} == {"2025-09-09", "2025-09-10", "2025-09-11"}
+    assert {d for gw, d in days if gw == "gw-201"} == {"2025-09-08", "2025-09-09", "2025-09-10"}
+    # Monday is pending in s1's two rooms with a projector or display (gw-103 has neither); nothing in s2's.
+    assert pending(la) == 2
+    assert pending() == 3  # a site in Shanghai: s2's Thursday is due too
+    # A timetable in Los Angeles for s2: its own zone, whatever the site's.
+    tts.save(c.registry, tts.from_document("s2", {**DOC, "timezone": "America/Los_Angeles"}), "test")
+    assert pending() == 2
