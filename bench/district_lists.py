@@ -29,9 +29,10 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
-from datetime import date, timedelta
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
+from zoneinfo import ZoneInfo
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
@@ -43,6 +44,7 @@ from bench.dashboard import ROOMS_PER_SCHOOL, Plan, timetable  # noqa: E402
 from central import alarms, lists, maintenance, overview  # noqa: E402
 from central.ledger import Ledger  # noqa: E402
 from central.registry import Registry  # noqa: E402
+from central.timetables import DEFAULT_TIMEZONE, today_in  # noqa: E402
 from central.usage import UsageDay  # noqa: E402
 from dashboards import WebConfig, close_app, create_app  # noqa: E402
 
@@ -108,7 +110,7 @@ def fill_week(registry: Any, plan: Plan) -> None:
     from central import timetables as tts
     from central.usage import UsageDay
 
-    today = date.today()
+    today = today_in(ZoneInfo(DEFAULT_TIMEZONE))  # the rollup's today (the schools' zone), not the host's
     doc = timetable(today)
     for school in plan.school_ids():
         tts.save(registry, tts.from_document(school, doc), "bench")
@@ -220,13 +222,13 @@ def main(argv: list[str] | None = None) -> int:
 def energy_rows(db: Any) -> int:
     """This week's and last week's rollup rows of every gateway with a meter, as `usage_rollup` writes
     them (today's incomplete), the kWh made up from the gateway's number: how many were written."""
-    from datetime import date, timedelta
+    from datetime import timedelta
 
     from sqlalchemy import insert, text
 
     with db.read("bench") as conn:
         gateways = list(conn.execute(text("SELECT id, school_id FROM registered_gateways ORDER BY id")))
-    today = date.today()
+    today = today_in(ZoneInfo(DEFAULT_TIMEZONE))  # the rollup's today (the schools' zone), not the host's
     monday = today - timedelta(days=today.weekday() + 7)
     rows = []
     for i, (gw, school) in enumerate(gateways):

@@ -29,9 +29,9 @@ import time
 import urllib.error
 import urllib.request
 from dataclasses import dataclass
-from datetime import date
 from typing import Any, Self
 from urllib.parse import urlsplit
+from zoneinfo import ZoneInfo
 
 from sqlalchemy import func, select, update
 
@@ -41,6 +41,7 @@ from central import lists
 from central.city import MAX_SCHOOLS, CityPush
 from central.db import Database
 from central.registry import Registry, check_token
+from central.timetables import DEFAULT_TIMEZONE, today_in
 from central.workers import LeasedWorker
 
 log = logging.getLogger(__name__)
@@ -91,10 +92,13 @@ class CityLink:
 # ---------------------------------------------------------------- what is sent
 
 
-def rollup(db: Database, district: str, seq: int, now: float, usage: bool = True) -> dict[str, Any]:
+def rollup(db: Database, district: str, seq: int, now: float, usage: bool = True,
+           site_zone: ZoneInfo | None = None) -> dict[str, Any]:
     """The body of a push: the district's schools as `GET /api/schools` rolls them up (central/lists.py),
-    with this week's usage and CO2 figures unless `usage` is false (sent as null), and nothing else."""
-    page = lists.schools(db, lists.Paging(limit=MAX_SCHOOLS), week_of=date.fromtimestamp(now))
+    with this week's usage and CO2 figures unless `usage` is false (sent as null), and nothing else. This
+    week: of the site's today (`site_zone`; None: Asia/Shanghai), as the district's own pages say it."""
+    today = today_in(site_zone or ZoneInfo(DEFAULT_TIMEZONE), now)
+    page = lists.schools(db, lists.Paging(limit=MAX_SCHOOLS), week_of=today)
     if page.total > MAX_SCHOOLS:
         log.warning("city push: %d schools, the city takes the first %d", page.total, MAX_SCHOOLS)
     schools = []
@@ -165,12 +169,13 @@ class CityPusher(LeasedWorker):
     LEASE = "city-push"
 
     def __init__(self, link: CityLink, registry: Registry, ledger: Any, store: Any, interval: float,
-                 usage_interval: float = DEFAULT_USAGE_INTERVAL_S) -> None:
+                 usage_interval: float = DEFAULT_USAGE_INTERVAL_S, site_zone: ZoneInfo | None = None) -> None:
         # Renewed at least every interval; outlasts one request, so a slow city does not hand the lease over.
         super().__init__(registry.db, self.LEASE, interval=interval, ttl=3 * interval + HTTP_TIMEOUT_S,
                          name="city-push", what="city push", join_s=HTTP_TIMEOUT_S + 5, release=store.release)
         self.link, self.registry, self.ledger, self.store = link, registry, ledger, store
         self.usage_interval = usage_interval
+        self.site_zone = site_zone
         self.pushes = 0      # accepted by the city (stored or a replay)
         self.failures = 0    # in a row: the backoff's exponent
         self._due = 0.0      # monotonic time of the next attempt
@@ -195,7 +200,8 @@ class CityPusher(LeasedWorker):
         at_least = 0
         for _ in range(2):
             now = time.time()
-            body = rollup(db, district, next_seq(db, district, at_least), now, self.usage_interval > 0)
+            body = rollup(db, district, next_seq(db, district, at_least), now, self.usage_interval > 0,
+                          self.site_zone)
             try:
                 answer = send(self.link, body)
             except Refused as exc:

@@ -17,6 +17,7 @@ from __future__ import annotations
 import time
 from collections.abc import Collection, Iterable
 from dataclasses import asdict, dataclass, field
+from datetime import date
 from typing import Any
 
 from sqlalchemy import select
@@ -452,15 +453,18 @@ def api_commands(ledger: Ledger, paging: lists.Paging | None = None, gateway: st
 def school_rollup(registry: Registry, paging: lists.Paging | None = None, sort: str = "school",
                   descending: bool = False, problems_only: bool = False,
                   scope: lists.Scope = lists.EVERYTHING,
-                  snapshots: lists.BoardSnapshots | None = None) -> lists.Page[lists.SchoolRow]:
+                  snapshots: lists.BoardSnapshots | None = None,
+                  week_of: date | None = None) -> lists.Page[lists.SchoolRow]:
     """The district: one row per school (of `scope.schools`; central/lists.py `schools`). With `snapshots`
     (the web process's), from its snapshot of the district, at most its `ttl` old: rolling the schools up
     judges every room (415 ms of CPU at 10,000 rooms, docs/benchmarks.md 11g), once per `ttl` for every
-    request instead of per request."""
+    request instead of per request. The usage and CO2 figures are of `week_of`'s week (the site's today;
+    None: `lists.week_monday`'s)."""
     if snapshots is not None:
         return lists.schools_cached(snapshots, registry.db, paging or lists.Paging(), sort, descending,
-                                    problems_only, scope.schools)
-    return lists.schools(registry.db, paging or lists.Paging(), sort, descending, problems_only, scope.schools)
+                                    problems_only, scope.schools, week_of)
+    return lists.schools(registry.db, paging or lists.Paging(), sort, descending, problems_only, scope.schools,
+                         week_of)
 
 
 def _with_details(state: dict[str, Any]) -> dict[str, dict[str, Any]]:

@@ -171,6 +171,7 @@ class Central:
                 self.commands.start()
             if self.config.background:
                 alarm_s, sched_s = self.alarm_interval, self.schedule_interval
+                site_zone = ZoneInfo(self.config.timezone) if self.config.timezone else None
                 if alarm_s > 0:
                     self.alarm_monitor = AlarmMonitor(self.registry, self.ledger, alarm_s, self.notifier).start()
                 if sched_s > 0:
@@ -180,17 +181,15 @@ class Central:
                 if refresh_s > 0:
                     days = int(rollup.setting(rollup.DAYS_ENV, rollup.DEFAULT_DAYS))
                     self.usage_rollup = UsageRollup(
-                        self.registry, self.ledger, self.store, refresh_s, days,
-                        site_zone=ZoneInfo(self.config.timezone) if self.config.timezone else None).start()
+                        self.registry, self.ledger, self.store, refresh_s, days, site_zone=site_zone).start()
                 retention_s = interval(None, ATTENDANCE_INTERVAL_ENV, DEFAULT_ATTENDANCE_INTERVAL_S)
                 if retention_s > 0:
                     self.attendance_retention = AttendanceRetention(
-                        self.registry, retention_s,
-                        site_zone=ZoneInfo(self.config.timezone) if self.config.timezone else None).start()
+                        self.registry, retention_s, site_zone=site_zone).start()
                 push_s, usage_s = self.city_intervals
                 if self.config.city is not None and push_s > 0:
                     self.city_pusher = CityPusher(self.config.city, self.registry, self.ledger, self.store, push_s,
-                                                  usage_s).start()
+                                                  usage_s, site_zone=site_zone).start()
         except BaseException:
             self.stop()
             raise

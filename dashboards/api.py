@@ -20,6 +20,7 @@ from campus.errors import ActionRejected, CampusError, PayloadError, StoreError
 from campus.i18n import LazyText, lazy_gettext, message_of
 from central import edge_rules, lists, overview
 from central.store.base import MAX_POINTS
+from central.timetables import today_in
 from dashboards.auth import (
     audit,
     login_required,
@@ -31,7 +32,7 @@ from dashboards.auth import (
     sight,
 )
 from dashboards.context import central, web
-from dashboards.i18n import shown_command
+from dashboards.i18n import shown_command, site_zone
 from dashboards.strict_json import json_object
 from device_profiles import check_action, shipped_profile
 
@@ -119,7 +120,7 @@ def schools() -> Any:
     sort = request.args.get("sort") or "school"
     c = central()
     page = overview.school_rollup(c.registry, paging(), sort.removeprefix("-")[:40], sort.startswith("-"),
-                                  flag_arg("problems"), in_sight(), c.board_snapshots)
+                                  flag_arg("problems"), in_sight(), c.board_snapshots, today_in(site_zone()))
     return paged([r.as_dict() for r in page.items], page.total)
 
 

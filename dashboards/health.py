@@ -53,6 +53,7 @@ from campus.i18n import N_, LazyText, lazy_gettext, message_of
 from central import alarms as alarm_engine
 from central import lists, overview
 from central.registry import row_id
+from central.timetables import today_in
 from central.usage import MAX_SAMPLE_GAP_S, POWER_KINDS, iter_points, on_intervals, overlap, power_state  # noqa: F401
 from dashboards.auth import (
     add_nav,
@@ -65,7 +66,7 @@ from dashboards.auth import (
     sight,
 )
 from dashboards.context import central
-from dashboards.i18n import TERMS, error_text, format_date, format_time, page_zone, translate
+from dashboards.i18n import TERMS, error_text, format_date, format_time, page_zone, site_zone, translate
 
 log = logging.getLogger(__name__)
 
@@ -182,7 +183,8 @@ def district() -> Any:
         paging = lists.Paging.parse(request.args)
         c = central()
         page = overview.school_rollup(c.registry, paging, sort.removeprefix("-")[:40], sort.startswith("-"),
-                                      request.args.get("problems") == "1", sight(g.user), c.board_snapshots)
+                                      request.args.get("problems") == "1", sight(g.user), c.board_snapshots,
+                                      today_in(site_zone()))
     except PayloadError as exc:
         return render_template("error.html", status=400, message=error_text(exc)), 400
     return render_template("health_district.html", schools=page.items, total=page.total, paging=paging, sort=sort,

@@ -377,3 +377,36 @@ def test_the_co2_over_limit_time_crosses_and_an_older_district_without_it_is_tak
     resp = push(city_app, body(seq=2, schools=[school("n1", co2_over_s=4 * 7 * 86400 + 1)]))
     assert resp.status_code == 400 and resp.get_json()["field"] == "schools[0].co2_over_s"
     assert read(city_app, "/api/districts/north/schools?q=n1").get_json()[0]["co2_over_s"] == 7200  # unchanged
+
+
+def test_the_push_counts_the_week_of_the_sites_today_not_the_hosts(tmp_path: Path) -> None:
+    """The week whose usage a push carries is that of the site's today, as the district's own pages count it:
+    at 18:00 UTC on Sunday 14 September 2025 it is Monday 15 September in Shanghai (a new week) and still
+    Sunday 11:00 in Los Angeles. It took the host's date (Sunday on a host kept in UTC): the last week."""
+    from datetime import date, datetime
+    from zoneinfo import ZoneInfo
+
+    from central.city_push import rollup
+    from central.usage import UsageDay
+
+    db_url = f"sqlite:///{tmp_path / 'district.db'}"
+    fill_district(db_url, [("gw-n1a", "n1", True)])
+    registry = Registry(db_url)
+    try:
+        with registry.db.write() as conn:
+            conn.execute(UsageDay.__table__.insert(), [
+                {"gateway": "gw-n1a", "day": day, "school": "n1", "periods": periods, "used": used,
+                 "power_devices": 1, "co2_over_s": 0.0, "co2_devices": 1, "co2_limit": 1500.0, "complete": True,
+                 "counted_to": 0.0, "computed_at": 0.0, "energy_kwh": 0.0, "energy_off_kwh": 0.0, "meter_devices": 0}
+                for day, periods, used in ((date(2025, 9, 12), 8, 2), (date(2025, 9, 15), 6, 6))])
+        now = datetime(2025, 9, 14, 18, 0, tzinfo=ZoneInfo("UTC")).timestamp()
+
+        def usage(**kw: Any) -> tuple[int, int]:
+            [n1] = rollup(registry.db, "north", 1, now, **kw)["schools"]
+            return n1["usage_periods"], n1["usage_used"]
+
+        assert usage() == (6, 6)  # the site in Shanghai (the default): Monday's new week
+        assert usage(site_zone=ZoneInfo("Asia/Shanghai")) == (6, 6)
+        assert usage(site_zone=ZoneInfo("America/Los_Angeles")) == (8, 2)  # still the week of Friday the 12th
+    finally:
+        registry.close()
