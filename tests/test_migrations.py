@@ -150,19 +150,26 @@ def test_database_urls_are_spelled_for_psycopg_3() -> None:
     assert Database("postgres://u:p@127.0.0.1:1/x").name == "postgresql://u:***@127.0.0.1:1/x"
 
 
+def database_at(engine: str, tmp_path: Path, request: pytest.FixtureRequest, revision: str) -> Database:
+    """A new database of `engine` (a file in `tmp_path`, or the session's PostgreSQL) migrated up to
+    `revision` only: the rows a later migration must carry over are written into it by the test."""
+    from alembic import command
+
+    url = f"sqlite:///{tmp_path / 'campus.db'}" if engine == "sqlite" else request.getfixturevalue("pg_url")
+    db = Database(url)
+    with db.engine.connect() as conn:
+        command.upgrade(migrations.config(conn), revision)
+        conn.commit()
+    return db
+
+
 @pytest.mark.parametrize("engine", ["sqlite", "postgresql"])
 def test_duplicate_alarm_rules_fold_into_the_oldest_and_stay_one_per_kind(
         engine: str, tmp_path: Path, request: pytest.FixtureRequest) -> None:
     """Migration 0002: two web instances that seeded an empty database at once left two rules per kind
     (each condition raised twice); the upgrade keeps the oldest, its alarms and the twin's alarms."""
-    from alembic import command
-
-    url = f"sqlite:///{tmp_path / 'campus.db'}" if engine == "sqlite" else request.getfixturevalue("pg_url")
-    db = Database(url)
+    db = database_at(engine, tmp_path, request, "0001")
     try:
-        with db.engine.connect() as conn:
-            command.upgrade(migrations.config(conn), "0001")
-            conn.commit()
         with db.write() as conn:
             for rule_id in (1, 2, 3):
                 kind = "co2_above" if rule_id < 3 else "gateway_offline"
@@ -215,14 +222,8 @@ def test_older_agents_raw_qr_codes_are_deleted_and_pseudonymised_check_ins_kept(
     minor) is deleted; a pseudonymised one, and any other event with a "code" in it, stays."""
     import json
 
-    from alembic import command
-
-    url = f"sqlite:///{tmp_path / 'campus.db'}" if engine == "sqlite" else request.getfixturevalue("pg_url")
-    db = Database(url)
+    db = database_at(engine, tmp_path, request, "0013")
     try:
-        with db.engine.connect() as conn:
-            command.upgrade(migrations.config(conn), "0013")
-            conn.commit()
         rows = [(1, "attendance", {"code": "STU-101-0001", "camera": "cam"}),
                 (2, "attendance", {"person": "ab" * 32, "camera": "cam"}),
                 (3, "projector_error", {"code": "ERR2", "detail": "lamp"})]
@@ -246,22 +247,16 @@ def test_the_stored_states_device_kinds_are_filled_as_the_ledger_writes_them(
     a state without devices, one that is not JSON, and a gateway that sent none."""
     import json
 
-    from alembic import command
-
     from central.tables import device_kinds_text
 
-    url = f"sqlite:///{tmp_path / 'campus.db'}" if engine == "sqlite" else request.getfixturevalue("pg_url")
     devices = {"proj": {"kind": "projector", "profile": "projector-pjlink", "status": "ok"},
                "disp": {"kind": "display", "profile": "display-samsung-mdc", "status": "ok"},
                "env": {"kind": "environment", "profile": "env-6in1-modbus", "status": "ok"},
                "odd": {"kind": "100% a_b", "profile": "x", "status": "ok"}}
     states = {"gw-1": json.dumps({"online": True, "devices": devices}), "gw-2": json.dumps({"online": True}),
               "gw-3": "not json", "gw-4": "{}"}
-    db = Database(url)
+    db = database_at(engine, tmp_path, request, "0020")
     try:
-        with db.engine.connect() as conn:
-            command.upgrade(migrations.config(conn), "0020")
-            conn.commit()
         with db.write() as conn:
             for gateway, state in states.items():
                 conn.execute(sa.text("INSERT INTO gateways (id, school, state) VALUES (:id, 's1', :state)"),
