@@ -12,12 +12,14 @@ a machine shared with other work, where the wall clock is mostly waiting for a c
     python bench/district_lists.py --rooms 10000 --energy
     python bench/district_lists.py --rooms 10000 --maintenance
     python bench/district_lists.py --rooms 10000 --usage
+    python bench/district_lists.py --rooms 10000 --usage --month
 
 `--energy`: the usage rollup's rows of this week and the last (every room metered, kWh and kWh outside the
 timetable made up per room and day, written straight into `usage_days` as the rollup would), then
 `/health/energy`, `GET /api/energy` and `GET /api/energy/left-on?limit=20` (issue 19's targets).
 `--usage`: a timetable per school and this week's `usage_days` rows written straight (what the usage
-rollup would have written: central/usage_rollup.py), then the usage-rate report's page, API and CSV.
+rollup would have written: central/usage_rollup.py), then the usage-rate report's page, API and CSV; with
+`--month` last calendar month's rows too, and that month's report (`?month=YYYY-MM`) instead of the CSV.
 `--keep FILE`: build the district into FILE, or use it if it exists (before and after on the same data).
 """
 
@@ -103,23 +105,28 @@ def maintenance_cases(cases: dict[str, Callable[[], Any]], registry: Any, tmp: s
     return store
 
 
-def fill_week(registry: Any, plan: Plan) -> None:
+def fill_week(registry: Any, plan: Plan, month: bool = False) -> None:
     """A timetable per school (bench/dashboard.py's) and each room's `usage_days` row of every day of this
     week up to today, as the usage rollup writes them: six periods a weekday, some used, one room in ten
-    with nothing measured."""
+    with nothing measured. `month`: every day of the last calendar month too (a month report's rows: 300,000
+    at 10,000 rooms), as a site keeps them (the rollup keeps 62 days)."""
     from central import timetables as tts
-    from central.usage import UsageDay
+    from central import usage
 
     today = today_in(ZoneInfo(DEFAULT_TIMEZONE))  # the rollup's today (the schools' zone), not the host's
     doc = timetable(today)
     for school in plan.school_ids():
         tts.save(registry, tts.from_document(school, doc), "bench")
     monday = today - timedelta(days=today.weekday())
+    days = {monday + timedelta(days=k) for k in range((today - monday).days + 1)}
+    if month:
+        first = (today.replace(day=1) - timedelta(days=1)).replace(day=1)
+        days |= {first + timedelta(days=k) for k in range((today.replace(day=1) - first).days)}
     now = time.time()
     rows = []
     for i in range(plan.rooms):
-        for k in range((today - monday).days + 1):
-            day = monday + timedelta(days=k)
+        for day in sorted(days):
+            k = (day - monday).days
             periods = 6 if day.weekday() < 5 else 0
             rows.append({"gateway": plan.gateway(i), "day": day, "school": plan.school(i), "periods": periods,
                          "used": (i + k) % (periods + 1), "power_devices": 0 if i % 10 == 9 else 2,
@@ -127,7 +134,10 @@ def fill_week(registry: Any, plan: Plan) -> None:
                          "counted_to": now, "computed_at": now, "energy_kwh": 1.0, "energy_off_kwh": 0.1,
                          "meter_devices": 1})
     with registry.db.write("bench usage rows") as conn:
-        conn.execute(insert(UsageDay.__table__), rows)
+        for k in range(0, len(rows), 5000):
+            conn.execute(insert(UsageDay.__table__), rows[k:k + 5000])
+        if hasattr(usage, "recount_months"):  # the rollup's month sums of the rows written (migration 0022)
+            usage.recount_months(conn, {(r["gateway"], r["day"]) for r in rows})
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -136,6 +146,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--calls", type=int, default=7)
     parser.add_argument("--quick", action="store_true", help="a smoke run: 100 rooms, 3 calls each")
     parser.add_argument("--usage", action="store_true", help="the usage-rate report instead of the school rollup")
+    parser.add_argument("--month", action="store_true", help="with --usage: last calendar month's rows too, and "
+                        "the month's report (`?month=YYYY-MM`)")
     parser.add_argument("--energy", action="store_true", help="the energy pages (a fortnight of rollup rows)")
     parser.add_argument("--maintenance", action="store_true",
                         help="the maintenance list and the rollup's rating round instead of the school rollup")
@@ -164,8 +176,9 @@ def main(argv: list[str] | None = None) -> int:
             store = maintenance_cases(cases, registry, tmp)
         elif args.usage:
             if not kept:
-                fill_week(registry, plan)
-            print(f"timetables and this week's usage rows written; load average {os.getloadavg()[0]:.2f}")
+                fill_week(registry, plan, month=args.month)
+            what = "this week's and last month's" if args.month else "this week's"
+            print(f"timetables and {what} usage rows written; load average {os.getloadavg()[0]:.2f}")
         elif not args.energy:
             school_cases(cases, registry)
         # The requests as the web process answers them (the test client: routing, the bearer's lookup, the
@@ -190,6 +203,12 @@ def main(argv: list[str] | None = None) -> int:
             paths = ("/health/usage-rate", "/api/usage", "/api/usage?limit=100&offset=200",
                      f"/health/usage-rate?school={plan.school(0)}", f"/api/usage?school={plan.school(0)}",
                      "/health/usage-rate.csv")
+            if args.month:
+                today = today_in(ZoneInfo(DEFAULT_TIMEZONE))
+                month = f"?month={(today.replace(day=1) - timedelta(days=1)):%Y-%m}"
+                paths = (f"/health/usage-rate{month}", f"/api/usage{month}", f"/api/usage{month}&limit=100&offset=200",
+                         f"/health/usage-rate{month}&school={plan.school(0)}", f"/api/usage{month}&school={plan.school(0)}",
+                         "/health/usage-rate", "/api/usage")
             how = ""
         elif args.energy:
             t0 = time.perf_counter()
@@ -239,9 +258,13 @@ def energy_rows(db: Any) -> int:
                          "co2_over_s": 0.0, "co2_devices": 1, "co2_limit": 1000.0, "complete": day < today,
                          "counted_to": time.time(), "computed_at": time.time(), "energy_kwh": kwh,
                          "energy_off_kwh": round(kwh * ((i * 7 + d) % 11) / 20, 6), "meter_devices": 1})
+    from central import usage
+
     with db.write("bench") as conn:
         for k in range(0, len(rows), 5000):
             conn.execute(insert(UsageDay.__table__), rows[k:k + 5000])
+        if hasattr(usage, "recount_months"):  # the rollup's month sums of the rows written (migration 0022)
+            usage.recount_months(conn, {(r["gateway"], r["day"]) for r in rows})
     return len(rows)
 
 

@@ -10,6 +10,8 @@ room's local day is worked out once, from the store, into one row, and requests 
   list's store reads, once per refresh instead of in every request.
 - The same row carries the room's electricity of the day (central/energy.py: kWh from its meters'
   `energy_kwh` counters, and those outside the timetable): one job, one table, one read of the places.
+- Each write recounts the written rows' room-months (`usage_months`, central/usage.py `recount_months`) in
+  its transaction: a calendar month's report adds one row a room instead of its ~30 days.
 - A finished day is computed once. It is computed again only when what it was counted against changed
   after it: its school's timetable was saved, or the CO2 alarm limit is another (the `co2_above` rule's
   ppm: the same limit the alarms and the history charts draw), or the room's number of meters is another
@@ -266,7 +268,8 @@ def fill(registry: Registry, ledger: Ledger, store: PointStore, *, now: float | 
 
 
 def _write(db: Any, rows: list[dict[str, Any]]) -> int:
-    """Replace these rows (one transaction): a day computed again is the newer word."""
+    """Replace these rows (one transaction): a day computed again is the newer word; and, in the same
+    transaction, their room-months' sums (`usage_months`: a month's report reads those, migration 0022)."""
     if not rows:
         return 0
     t = usage.UsageDay.__table__
@@ -275,6 +278,7 @@ def _write(db: Any, rows: list[dict[str, Any]]) -> int:
     with db.write("cannot write the usage rollup") as conn:
         conn.execute(stmt.on_conflict_do_update(index_elements=["gateway", "day"],
                                                 set_={k: stmt.excluded[k] for k in keep}), rows)
+        usage.recount_months(conn, ((r["gateway"], r["day"]) for r in rows))
     return len(rows)
 
 

@@ -286,3 +286,48 @@ def test_centrals_postgresql_connections_run_without_jit(pg_url: str) -> None:
             assert conn.exec_driver_sql("SHOW jit").scalar_one() == "off"
     finally:
         db.close()
+
+
+@pytest.mark.parametrize("engine", ["sqlite", "postgresql"])
+def test_the_room_months_are_filled_from_the_days_kept(engine: str, tmp_path: Path,
+                                                       request: pytest.FixtureRequest) -> None:
+    """Migration 0022: `usage_months` filled from the `usage_days` rows already kept, a row per room and calendar
+    month, what the rollup's `recount_months` makes of the same days (a month's report reads them)."""
+    from datetime import date
+
+    from alembic import command
+
+    from central import usage
+
+    url = f"sqlite:///{tmp_path / 'campus.db'}" if engine == "sqlite" else request.getfixturevalue("pg_url")
+    days = [("gw-1", date(2025, 8, 31), 6, 2, 1, True, 10.0), ("gw-1", date(2025, 9, 1), 6, 3, 1, True, 20.0),
+            ("gw-1", date(2025, 9, 30), 4, 4, 0, False, 30.0), ("gw-1", date(2025, 9, 2), 5, 1, 2, False, 25.0),
+            ("gw-2", date(2025, 9, 15), 6, 6, 1, True, 40.0), ("gw-2", date(2025, 10, 1), 3, 1, 1, False, 50.0)]
+    db = Database(url)
+    try:
+        with db.engine.connect() as conn:
+            command.upgrade(migrations.config(conn), "0021")
+            conn.commit()
+        with db.write() as conn:
+            conn.execute(usage.UsageDay.__table__.insert(), [
+                {"gateway": gw, "day": day, "school": "s1", "periods": n, "used": k, "power_devices": devices,
+                 "co2_over_s": 0.0, "co2_devices": 0, "co2_limit": None, "complete": complete, "counted_to": to,
+                 "computed_at": to, "energy_kwh": None, "energy_off_kwh": None, "meter_devices": 0}
+                for gw, day, n, k, devices, complete, to in days])
+        assert migrations.ensure_current(db, upgrade=True) == "0021"  # the revision it upgraded from
+        m = usage.UsageMonth.__table__
+        query = sa.select(m.c.month, m.c.gateway, m.c.periods, m.c.used, m.c.measured, m.c.days, m.c.partial)
+
+        def months() -> set[tuple]:
+            with db.read() as conn:
+                return {tuple(r) for r in conn.execute(query)}
+
+        filled = months()
+        assert filled == {(date(2025, 8, 1), "gw-1", 6, 2, 1, 1, None), (date(2025, 9, 1), "gw-1", 11, 4, 2, 3, 25.0),
+                          (date(2025, 9, 1), "gw-2", 6, 6, 1, 1, None), (date(2025, 10, 1), "gw-2", 3, 1, 1, 1, 50.0)}
+        with db.write() as conn:  # the rollup's recount of the same days makes the same rows
+            conn.execute(m.delete())
+            assert usage.recount_months(conn, [(gw, day) for gw, day, *_ in days]) == 4
+        assert months() == filled
+    finally:
+        db.close()

@@ -306,8 +306,10 @@ def test_usage_reports_run_as_many_statements_for_300_rooms_as_for_30(small_and_
         for name in ("query", "window"):  # from now on: a request that reads the point store is counted
             read = getattr(c.store, name)
             setattr(c.store, name, lambda *a, _read=read, _name=name, **k: store_reads.append(_name) or _read(*a, **k))
+    month = f"{today:%Y-%m}"  # a whole calendar month: its rooms' `usage_months` rows (migration 0022)
     for path in (f"/api/usage?week={week}", f"/api/usage?week={week}&school=s03", f"/health/usage-rate?week={week}",
-                 f"/health/usage-rate.csv?week={week}", "/api/schools?sort=-usage_rate", "/district?sort=co2_hours"):
+                 f"/health/usage-rate.csv?week={week}", "/api/schools?sort=-usage_rate", "/district?sort=co2_hours",
+                 f"/api/usage?month={month}", f"/health/usage-rate?month={month}&school=s03"):
         few, resp_few = statements(small_and_large[0], path)
         many, resp_many = statements(small_and_large[1], path)
         assert resp_few.status_code == resp_many.status_code == 200, (path, resp_many.get_data(as_text=True)[:300])
@@ -468,3 +470,83 @@ def test_pending_days_run_to_each_schools_today_not_the_hosts(app) -> None:
     # A timetable in Los Angeles for s2: its own zone, whatever the site's.
     tts.save(c.registry, tts.from_document("s2", {**DOC, "timezone": "America/Los_Angeles"}), "test")
     assert pending() == 2
+
+
+def test_a_months_report_from_its_room_months_answers_what_its_days_do(tmp_path: Path, central_db_url: str,
+                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A whole calendar month's report reads one `usage_months` row a room (migration 0022), kept by the rollup
+    with the day rows: the same report, every field, as the sums of the days (the path a week takes), for a
+    month over and a month running, every scope, every page; after new days are filled, after today's row is
+    rewritten with more periods used, and with a row of a gateway that is no place any more (written the way
+    a writer other than the rollup must: `recount_months` in its transaction)."""
+    from tests.test_paging import district_app
+
+    district = district_app(tmp_path, central_db_url, 40, monkeypatch)
+    try:
+        c = central(district)
+        every_week = {"timezone": DOC["timezone"], "periods": DOC["periods"]}  # no terms: classes every weekday
+        for school in (f"s{i:02d}" for i in range(SCHOOLS)):
+            if school != "s02":  # a school without a timetable: no periods
+                tts.save(c.registry, tts.from_document(school, every_week), "test")
+        school_of = {gw: school for gw, school, *_ in lists.place_rows(c.db, lists.Scope())}
+        # Friday 12 September 2025, 11:00 in Shanghai: August over, September running (today's row partial).
+        now = t("12", "11:00")
+        today = date(2025, 9, 12)
+        power = [Sample(school_of[gw], gw, "proj", "projector", t(day, hhmm) + 60 * i, {"power": "on"})
+                 for gw, day, hhmm in (("gw-0000", "08", "08:00"), ("gw-0001", "09", "09:00"), ("gw-0013", "11", "10:00"))
+                 for i in range(50)]
+        c.store.write(power)
+
+        def same(first: date, last: date, **kw: object) -> usage.UsageReport:
+            by_month = usage.usage_rate(c.registry, c.ledger, first, last, now=now, **kw)  # type: ignore[arg-type]
+            with monkeypatch.context() as m:
+                m.setattr(usage, "whole_month", lambda _a, _b: None)  # the days' sums, as any other span
+                by_days = usage.usage_rate(c.registry, c.ledger, first, last, now=now, **kw)  # type: ignore[arg-type]
+            assert by_month == by_days
+            return by_month
+
+        def months() -> list[usage.UsageReport]:
+            out = []
+            for first, last in (usage.month_span(date(2025, 8, 1)), usage.month_span(today)):
+                whole = same(first, last)
+                for school, schools_in in (("s03", None), (None, ("s01", "s03")), ("s01", ("s01",)), (None, ())):
+                    same(first, last, school=school, schools_in=schools_in)
+                paged = [r for offset in range(0, len(whole.rooms) + 1, 9)
+                         for r in same(first, last, page=lists.Paging(limit=9, offset=offset)).rooms]
+                assert paged == whole.rooms
+                assert same(first, last, page=lists.Paging(q="GW-001")).total_rooms == 10
+                out.append(whole)
+            return out
+
+        assert rollup.fill(c.registry, c.ledger, c.store, now=now, days=20).written > 0
+        august, september = months()
+        assert august.pending > 0 and september.used == 3  # a period the 8th, 9th, 11th; August: 1-3 missing
+        assert usage.whole_month(date(2025, 9, 1), date(2025, 9, 30)) == date(2025, 9, 1)
+        assert usage.whole_month(date(2025, 9, 1), date(2025, 9, 29)) is None
+        # Older days filled: August's month rows grow with them.
+        assert rollup.fill(c.registry, c.ledger, c.store, now=now, days=45).written > 0
+        august2, september2 = months()
+        assert august2.periods > august.periods and august2.pending < august.pending and september2 == september
+        # Today's row rewritten: gw-0001's projector on through periods 1-3, the refresh at 11:30 counts them.
+        c.store.write([Sample(school_of["gw-0001"], "gw-0001", "proj", "projector", t("12", "07:59") + 60 * i,
+                              {"power": "on"}) for i in range(170)])
+        now = t("12", "11:30")
+        assert rollup.fill(c.registry, c.ledger, c.store, now=now, days=1).written == 40
+        _august3, september3 = months()
+        room = next(r for r in september3.rooms if r.gateway == "gw-0001")
+        assert september3.used == september.used + 3 and room.used == 4
+        # A room-day of a gateway no place any more (and one of a place) written by hand, with its month.
+        u = usage.UsageDay.__table__
+        extra = [{"gateway": gw, "day": date(2025, 9, 3), "school": "s01", "periods": 6, "used": 5,
+                  "power_devices": 1, "co2_over_s": 0.0, "co2_devices": 0, "co2_limit": None, "complete": True,
+                  "counted_to": now, "computed_at": now, "energy_kwh": None, "energy_off_kwh": None,
+                  "meter_devices": 0} for gw in ("gw-gone", "gw-0039")]
+        with c.db.write() as conn:
+            conn.execute(u.delete().where(u.c.gateway == "gw-0039", u.c.day == date(2025, 9, 3)))
+            conn.execute(u.insert(), extra)
+            assert usage.recount_months(conn, [("gw-gone", date(2025, 9, 3)), ("gw-0039", date(2025, 9, 3))]) == 2
+        _august4, september4 = months()
+        day3 = next(d for d in september4.days if d.day == date(2025, 9, 3))
+        assert september4.used == september3.used + 5 and day3.used == 5  # gw-gone's row counts nowhere
+    finally:
+        close_app(district)
