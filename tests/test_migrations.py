@@ -295,19 +295,13 @@ def test_the_room_months_are_filled_from_the_days_kept(engine: str, tmp_path: Pa
     month, what the rollup's `recount_months` makes of the same days (a month's report reads them)."""
     from datetime import date
 
-    from alembic import command
-
     from central import usage
 
-    url = f"sqlite:///{tmp_path / 'campus.db'}" if engine == "sqlite" else request.getfixturevalue("pg_url")
     days = [("gw-1", date(2025, 8, 31), 6, 2, 1, True, 10.0), ("gw-1", date(2025, 9, 1), 6, 3, 1, True, 20.0),
             ("gw-1", date(2025, 9, 30), 4, 4, 0, False, 30.0), ("gw-1", date(2025, 9, 2), 5, 1, 2, False, 25.0),
             ("gw-2", date(2025, 9, 15), 6, 6, 1, True, 40.0), ("gw-2", date(2025, 10, 1), 3, 1, 1, False, 50.0)]
-    db = Database(url)
+    db = database_at(engine, tmp_path, request, "0021")
     try:
-        with db.engine.connect() as conn:
-            command.upgrade(migrations.config(conn), "0021")
-            conn.commit()
         with db.write() as conn:
             conn.execute(usage.UsageDay.__table__.insert(), [
                 {"gateway": gw, "day": day, "school": "s1", "periods": n, "used": k, "power_devices": devices,
