@@ -4,8 +4,9 @@ A gateway cut off from central at 22:00 must still switch its projector off at 2
 compiles the schedules that apply to a gateway into concrete planned runs for the next HORIZON_DAYS
 (schedule id, planned unix time, the action on each of its devices of the schedule's kinds) and sends
 them in the gateway's pushed config (`schedules`, central/podium.py config_payload). Times are
-resolved here, as central's own scheduler resolves them (central/schedules.py: the server's local
-time, the schedule's weekdays), so the gateway needs no calendar and both sides agree on a run's time. The school's timetable is applied
+resolved here, as central's own scheduler resolves them (central/schedules.py: `at` and the weekdays on
+the wall clock of the gateway's school's zone, its timetable's, else the site's; never the host's), so the
+gateway needs no calendar and both sides agree on a run's time. The school's timetable is applied
 here too: a run that switches equipment on, on a day without classes (a holiday, out of term), is not
 planned (central/schedules.py no_classes, which central's own runs follow). A schedule anchored to the
 last period (central/schedules.py `anchored_time`) is resolved with the gateway's school's timetable, in
@@ -33,6 +34,7 @@ import time
 from collections.abc import Collection
 from datetime import datetime, timedelta
 from typing import Any
+from zoneinfo import ZoneInfo
 
 from sqlalchemy import or_, select
 
@@ -40,7 +42,7 @@ from campus import contract
 from campus.errors import PayloadError
 from central.registry import Gateway, Registry, Room, Schedule, ScheduleRun
 from central.schedules import GRACE, _when, anchored, anchored_time, no_classes, result_detail
-from central.timetables import load
+from central.timetables import DEFAULT_TIMEZONE, load, school_zone
 
 log = logging.getLogger(__name__)
 
@@ -57,11 +59,13 @@ RECORDED_OVERLAP_S = 60.0
 EDGE = "edge"  # `by` of an edge run's results in the history
 
 
-def compile_runs(registry: Registry, gateway: str, now: float | None = None,
-                 days: int = HORIZON_DAYS) -> dict[str, Any]:
+def compile_runs(registry: Registry, gateway: str, now: float | None = None, days: int = HORIZON_DAYS,
+                 site_zone: ZoneInfo | None = None) -> dict[str, Any]:
     """The `schedules` of a gateway's pushed config: every run of an enabled schedule in scope of the
     gateway (its school, its room's building, or every school) from `now` to `now + days`, on its
-    devices of the schedule's kinds, in time order (edge_agent/schedules.py runs them)."""
+    devices of the schedule's kinds, in time order (edge_agent/schedules.py runs them). A fixed time is
+    read in the gateway's school's zone (`site_zone` for a school without a timetable; None: Asia/Shanghai),
+    as central's scheduler reads it for that school."""
     from central.overview import profile_kind
 
     now = time.time() if now is None else now
@@ -81,7 +85,8 @@ def compile_runs(registry: Registry, gateway: str, now: float | None = None,
     timetable = load(registry, school)
     kinds = {d["id"]: profile_kind(d["profile"]) for d in info["devices"]}
     runs: list[dict[str, Any]] = []
-    start = datetime.fromtimestamp(now).astimezone()
+    zone = school_zone(registry, site_zone or ZoneInfo(DEFAULT_TIMEZONE), school=school)
+    start = datetime.fromtimestamp(now, zone)
     for sched in schedules:
         parsed = _when(sched)
         wanted = {k.strip() for k in (sched.kinds or "").split(",") if k.strip()}
@@ -102,8 +107,8 @@ def compile_runs(registry: Registry, gateway: str, now: float | None = None,
             day = (start + timedelta(days=ahead)).date()
             if day.weekday() not in weekdays:
                 continue
-            # The server's local time (DST included), as central's scheduler reads `at`.
-            when = datetime.combine(day, at).astimezone().timestamp()
+            # The school's wall clock (DST included), as central's scheduler reads `at` for this school.
+            when = datetime.combine(day, at, tzinfo=zone).timestamp()
             if now < when <= until and not no_classes(sched.action, timetable, when):
                 runs.append({"schedule": sched.id, "at": when, "name": sched.name,
                              "steps": [{"device": d, "action": sched.action} for d in devices]})
@@ -138,9 +143,11 @@ def bump_gateways(registry: Registry, school: str | None = None, building: int |
         return len(rows)
 
 
-def refresh_due(registry: Registry, client: Any, now: float | None = None) -> list[str]:
+def refresh_due(registry: Registry, client: Any, now: float | None = None,
+                site_zone: ZoneInfo | None = None) -> list[str]:
     """Push a new plan to every gateway whose last push is older than REFRESH_AFTER_S (daily), so its plan
-    never runs out while central is up; the gateways pushed. Stops at the first failure (the broker)."""
+    never runs out while central is up; the gateways pushed (planned with `site_zone`, `compile_runs`).
+    Stops at the first failure (the broker)."""
     from campus.errors import CampusError
     from central import provisioning
 
@@ -161,7 +168,7 @@ def refresh_due(registry: Registry, client: Any, now: float | None = None) -> li
                 continue
             gw.config_version += 1
         try:
-            provisioning.push_config(registry, client, gateway, "scheduler")
+            provisioning.push_config(registry, client, gateway, "scheduler", site_zone=site_zone)
         except CampusError as exc:
             log.warning("daily schedule push to %s failed: %s", gateway, exc)
             break

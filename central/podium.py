@@ -24,6 +24,7 @@ import json
 import time
 from dataclasses import dataclass, field
 from typing import Any
+from zoneinfo import ZoneInfo
 
 from sqlalchemy import Float, ForeignKey, String, UniqueConstraint, delete, select, update
 from sqlalchemy.orm import Mapped, Session, mapped_column
@@ -175,10 +176,11 @@ def podium_config(registry: Registry, room_id: int | None) -> dict[str, Any] | N
         return {"cards": {r.card: {"role": r.role, **({"label": r.label} if r.label else {})} for r in rows}}
 
 
-def config_payload(registry: Registry, gateway: str) -> bytes:
+def config_payload(registry: Registry, gateway: str, site_zone: ZoneInfo | None = None) -> bytes:
     """The retained `config` message of a gateway: its device list, its school's card secret, its
     room's podium (null when the room has no card: a card removed last must stop working too) and its
-    room's rules (idle-off, central/edge_rules.py)."""
+    room's rules (idle-off, central/edge_rules.py); its schedules' runs planned in its school's zone
+    (`site_zone` for a school without a timetable: `compile_runs`)."""
     info = registry.gateway_info(gateway)
     if info is None:
         raise PayloadError(f"no gateway {gateway!r}")
@@ -191,7 +193,7 @@ def config_payload(registry: Registry, gateway: str) -> bytes:
     # schedules gets a shorter plan rather than no push at all (the message has a size limit); the daily
     # re-plan keeps even a 2-day plan from running out.
     for days in PLAN_DAYS:
-        payload = json.dumps({**doc, "schedules": compile_runs(registry, gateway, days=days)},
+        payload = json.dumps({**doc, "schedules": compile_runs(registry, gateway, days=days, site_zone=site_zone)},
                              separators=(",", ":")).encode()
         if len(payload) <= contract.MAX_PAYLOAD_BYTES:
             break

@@ -45,6 +45,7 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import yaml
 from sqlalchemy import JSON, Float, Integer, String, select
@@ -202,10 +203,11 @@ def pushed_versions(registry: Registry, ids: list[str] | None = None) -> dict[st
                 for p in s.scalars(query).all()}
 
 
-def push_config(registry: Registry, client: Any, gateway: str, by: str = "") -> int:
+def push_config(registry: Registry, client: Any, gateway: str, by: str = "", site_zone: ZoneInfo | None = None) -> int:
     """Publish the gateway's device list retained on its `config` topic; returns the version pushed.
 
-    `client` is a connected paho client (the web app's). Waits for the broker's PUBACK.
+    `client` is a connected paho client (the web app's). Waits for the broker's PUBACK. `site_zone`: the
+    zone its schedules are planned in when its school has no timetable (`campus web --timezone`).
     """
     info = registry.gateway_info(gateway)
     if info is None:
@@ -213,7 +215,7 @@ def push_config(registry: Registry, client: Any, gateway: str, by: str = "") -> 
     check_record(info, display_names=False)  # the device list names no room: a legacy room name does not block it
     from central import podium  # the device list with the school's card secret and the room's podium
 
-    payload = podium.config_payload(registry, gateway)
+    payload = podium.config_payload(registry, gateway, site_zone=site_zone)
     if len(payload) > contract.MAX_PAYLOAD_BYTES:
         raise ConfigError(f"the device list of {gateway} is {len(payload)} bytes, over {contract.MAX_PAYLOAD_BYTES}")
     try:
@@ -231,7 +233,8 @@ def push_config(registry: Registry, client: Any, gateway: str, by: str = "") -> 
     return int(info["config_version"])
 
 
-def push_all(registry: Registry, client: Any, gateways: list[str], by: str = "") -> dict[str, Any]:
+def push_all(registry: Registry, client: Any, gateways: list[str], by: str = "",
+             site_zone: ZoneInfo | None = None) -> dict[str, Any]:
     """Push each gateway's device list in turn, recorded as one run in `config_push_runs`; the run.
 
     Stops at the first failure: the broker is then most likely down, and 2,000 timeouts would help
@@ -248,7 +251,7 @@ def push_all(registry: Registry, client: Any, gateways: list[str], by: str = "")
     failed: list[list[Any]] = []
     for gateway in gateways:
         try:
-            pushed.append([gateway, push_config(registry, client, gateway, by)])
+            pushed.append([gateway, push_config(registry, client, gateway, by, site_zone=site_zone)])
         except CampusError as exc:
             failed.append([gateway, str(exc)[:500]])
             break

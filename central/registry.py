@@ -207,7 +207,7 @@ class Schedule(Base):
     name: Mapped[str] = mapped_column(String(names.SCHEDULE_NAME_MAX))
     school_id: Mapped[str | None] = mapped_column(String(64), nullable=True)
     building_id: Mapped[int | None] = mapped_column(ForeignKey("buildings.id"), nullable=True)
-    at: Mapped[str] = mapped_column(String(5))            # "22:00" local time
+    at: Mapped[str] = mapped_column(String(5))            # "22:00" on the school's wall clock (its zone)
     days: Mapped[str] = mapped_column(String(32), default="mon,tue,wed,thu,fri")
     action: Mapped[str] = mapped_column(String(32))       # a contract action, e.g. power_off
     kinds: Mapped[str] = mapped_column(String(64), default="display,projector")
@@ -221,7 +221,9 @@ class Schedule(Base):
 
 class ScheduleClaim(Base):
     """The occurrence of an anchored schedule central last ran for one school (migration 0012): its time
-    differs per school (each its own last period), so one `last_run` per schedule cannot claim it."""
+    differs per school (each its own last period), so one `last_run` per schedule cannot claim it. Also one
+    zone's occurrence of a fixed-time schedule for every school (`school_id` "zone:<IANA name>",
+    central/schedules.py ZONE_CLAIM): `at` is each school's wall clock, so each zone's differs too."""
     __tablename__ = "schedule_claims"
     schedule_id: Mapped[int] = mapped_column(ForeignKey("schedules.id"), primary_key=True)
     school_id: Mapped[str] = mapped_column(String(64), primary_key=True)

@@ -8,6 +8,14 @@ run for that occurrence, and no later than a grace window after it (a
 server that was down at 22:00 and back at 22:10 still runs it, once; one
 back the next morning does not switch anything off at 07:00).
 
+Its `at` and weekdays are the wall clock of its school's zone (central/timetables.py `zones`: the school's
+timetable's, else the site's, `campus web --timezone`), never the host's: a server kept in UTC switches a
+Beijing school off at 17:30 Beijing time. A schedule for every school runs at `at` in each school's zone:
+central runs one occurrence per distinct zone (`zone_groups`: the schools sharing a zone together, one
+run in the history, as when they all had the site's), each claimed apart (`ZONE_CLAIM` in
+`schedule_claims`); the edge plans each gateway in its own school's zone (central/edge_schedules.py), so
+both agree.
+
 Instead of `at`, a schedule may be anchored (`anchor`, one of ANCHORS) to the school's day:
 "last_period" runs `offset_min` minutes (0 to OFFSET_MAX) after the end of that day's last class
 period in the school's timetable (central/timetables.py), in the school's time zone. Its time differs
@@ -33,10 +41,11 @@ from __future__ import annotations
 import logging
 import re
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Iterable, Mapping
 from datetime import date, datetime, timedelta
 from datetime import time as dtime
 from typing import TYPE_CHECKING, Any
+from zoneinfo import ZoneInfo
 
 from sqlalchemy import or_, select
 from sqlalchemy import update as sql_update
@@ -46,7 +55,7 @@ from campus import names
 from campus.i18n import N_, LazyText, ReportedText, lazy_gettext, message_of
 from central.db import translatable
 from central.registry import Building, Registry, Schedule, ScheduleClaim, ScheduleRun, School, row_id
-from central.timetables import Timetable, day_periods
+from central.timetables import DEFAULT_TIMEZONE, Timetable, day_periods, zones
 from central.workers import LeasedWorker
 
 if TYPE_CHECKING:
@@ -67,6 +76,9 @@ _HHMM = re.compile(r"^([01]\d|2[0-3]):([0-5]\d)$")
 LAST_PERIOD = "last_period"
 ANCHORS = (LAST_PERIOD,)
 OFFSET_MAX = 240  # minutes after the anchor: up to four hours (a school's evening self-study ends late)
+# The `schedule_claims` key of one zone's occurrence of a fixed-time schedule for every school (`ZONE_CLAIM` +
+# the zone's IANA name): ':' is in no school id (campus/contract.py check_segment), so no school's claim is it.
+ZONE_CLAIM = "zone:"
 
 
 # Actions that switch equipment on: on a day without classes in the school's timetable (a holiday, out
@@ -132,8 +144,15 @@ def _when(schedule: Any) -> tuple[dtime, tuple[int, ...]] | None:
 def occurrence(schedule: Any, now_local: datetime, grace: timedelta = GRACE) -> datetime | None:
     """The occurrence of `schedule` to run now, if any (see the module docstring).
 
-    `now_local` is the local wall-clock time (naive or aware); `schedule.last_run` a unix time.
+    `now_local` is now on the wall clock of the schedule's zone (its school's: `zone_groups`; naive or
+    aware, its tzinfo is the zone `at` is read in); `schedule.last_run` a unix time.
     """
+    return _occurrence(schedule, now_local, schedule.last_run, grace)
+
+
+def _occurrence(schedule: Any, now_local: datetime, last_run: float | None,
+                grace: timedelta = GRACE) -> datetime | None:
+    """`occurrence` with the last run given apart (one zone's claim of a schedule for every school)."""
     parsed = _when(schedule)
     if parsed is None:
         return None
@@ -145,7 +164,7 @@ def occurrence(schedule: Any, now_local: datetime, grace: timedelta = GRACE) -> 
             continue
         when = datetime.combine(day, at, tzinfo=now_local.tzinfo)
         if when <= now_local <= when + grace:
-            if schedule.last_run is None or schedule.last_run < when.timestamp():
+            if last_run is None or last_run < when.timestamp():
                 return when
             return None
     return None
@@ -191,10 +210,13 @@ def due(schedule: Any, now_local: datetime, grace: timedelta = GRACE) -> bool:
     return occurrence(schedule, now_local, grace) is not None
 
 
-def next_run(schedule: Any, now_local: datetime,
-             timetables: Mapping[str, Timetable] | None = None) -> datetime | None:
-    """When the schedule runs next (for the page), or None if it never will. An anchored one: its earliest
-    next run over the `timetables` of the schools it applies to (its school's, or every one given)."""
+def next_run(schedule: Any, now_local: datetime, timetables: Mapping[str, Timetable] | None = None,
+             school_zones: Mapping[str, ZoneInfo] | None = None) -> datetime | None:
+    """When the schedule runs next (for the page), in `now_local`'s zone, or None if it never will. An
+    anchored one: its earliest next run over the `timetables` of the schools it applies to (its school's,
+    or every one given). A fixed-time one: at `at` in its school's zone, the earliest over every school's
+    zone for one for every school (`school_zones`, each school's zone: `zones_of`); without them, in
+    `now_local`'s zone."""
     if anchored(schedule):
         found = [tt for school, tt in (timetables or {}).items()
                  if schedule.school_id is None or school == schedule.school_id]
@@ -212,12 +234,52 @@ def next_run(schedule: Any, now_local: datetime,
     if parsed is None:
         return None
     at, days = parsed
-    for ahead in range(8):
-        day = (now_local + timedelta(days=ahead)).date()
-        when = datetime.combine(day, at, tzinfo=now_local.tzinfo)
-        if day.weekday() in days and when > now_local:
-            return when
-    return None
+    in_zones: list[Any] = [now_local.tzinfo]  # tzinfo None (naive): the wall clock of `now_local` as it is
+    if school_zones is not None:
+        site = now_local.tzinfo if isinstance(now_local.tzinfo, ZoneInfo) else ZoneInfo(DEFAULT_TIMEZONE)
+        in_zones = [zone for zone, _ in zone_groups(schedule, school_zones, site).values()]
+    times = []
+    for zone in in_zones:
+        here = now_local.astimezone(zone) if zone is not None else now_local
+        for ahead in range(8):
+            day = (here + timedelta(days=ahead)).date()
+            when = datetime.combine(day, at, tzinfo=zone)
+            if day.weekday() in days and when > here:
+                times.append(when)
+                break
+    if not times:
+        return None
+    first = min(times, key=lambda w: w.timestamp())
+    return first if school_zones is None else first.astimezone(now_local.tzinfo)
+
+
+def zones_of(registry: Registry, schedules: list[Any], site_zone: ZoneInfo | None = None) -> dict[str, ZoneInfo]:
+    """The zone of each school the `schedules` apply to (every school, for one without a school): its
+    timetable's, else `site_zone` (None: Asia/Shanghai, the default of `campus web --timezone`). Two small
+    queries (central/timetables.py `zones`, the one place a school's zone is read)."""
+    site = site_zone or ZoneInfo(DEFAULT_TIMEZONE)
+    schools = schools_of(registry, schedules) if schedules else ()
+    # Every school's zone at once when every school is wanted: no district-long IN list each tick.
+    everywhere = any(sched.school_id is None for sched in schedules)
+    found = zones(registry, None if everywhere else schools) if schools else {}
+    return {school: found.get(school, site) for school in schools}
+
+
+def zone_groups(schedule: Any, school_zones: Mapping[str, ZoneInfo],
+                site_zone: ZoneInfo) -> dict[str, tuple[ZoneInfo, tuple[str, ...] | None]]:
+    """The zones a fixed-time schedule runs in, by zone name, each with the schools its occurrence is for:
+    a schedule with a school runs in that school's zone (schools None: the schedule's own scope); one for
+    every school in each distinct zone of `school_zones` (each school's zone), the schools sharing it
+    together; with no school at all, in `site_zone` (schools None: nothing to run on, as before)."""
+    if schedule.school_id is not None:
+        zone = school_zones.get(schedule.school_id, site_zone)
+        return {zone.key: (zone, None)}
+    if not school_zones:
+        return {site_zone.key: (site_zone, None)}
+    groups: dict[str, tuple[ZoneInfo, list[str]]] = {}
+    for school, zone in sorted(school_zones.items()):
+        groups.setdefault(zone.key, (zone, []))[1].append(school)
+    return {key: (zone, tuple(schools)) for key, (zone, schools) in sorted(groups.items())}
 
 
 # ---------------------------------------------------------------- editing
@@ -408,15 +470,20 @@ def targets(schedule: Any, registry: Registry, ledger: Any) -> list[Target]:
 
 def run(schedule: Any, registry: Registry, ledger: Any, service: Any, *, now: float | None = None,
         wait: float = 5.0, publish_wait: float = 0.5, ttl: float = COMMAND_TTL_S,
-        by: str | None = None, school: str | None = None) -> dict[str, Any]:
+        by: str | None = None, school: str | None = None,
+        schools: Collection[str] | None = None) -> dict[str, Any]:
     """Send the schedule's action to every target (of `school` only, if given: an anchored schedule's
-    occurrence is one school's), wait up to `wait` s for results, record a ScheduleRun."""
+    occurrence is one school's; of `schools` only, if given: one zone's occurrence of a schedule for every
+    school), wait up to `wait` s for results, record a ScheduleRun."""
     now = time.time() if now is None else now
     who = by or f"schedule:{schedule.name}"
     results: list[dict[str, Any]] = []
     found = targets(schedule, registry, ledger)
     if school is not None:
         found = [t for t in found if t.school == school]
+    if schools is not None:
+        wanted = set(schools)
+        found = [t for t in found if t.school in wanted]
     if by is None and found:
         # The scheduler leaves alone the gateways that run this schedule themselves (central/edge_schedules.py);
         # a person's "run now" still goes to every device.
@@ -533,8 +600,9 @@ def claim(registry: Registry, schedule_id: int, when: datetime, now: float) -> b
 
 
 def claim_school(registry: Registry, schedule_id: int, school: str, when: datetime, now: float) -> bool:
-    """`claim` for one school's occurrence of an anchored schedule: atomically, so two web processes never
-    both run it (the row's primary key refuses the second first claim; the update the second later one)."""
+    """`claim` for one school's occurrence of an anchored schedule (or, `school` = ZONE_CLAIM + a zone, one
+    zone's of a fixed-time schedule for every school): atomically, so two web processes never both run it
+    (the row's primary key refuses the second first claim; the update the second later one)."""
     with registry.session() as s:
         if s.scalar(select(Schedule.id).where(Schedule.id == schedule_id, Schedule.enabled.is_(True))) is None:
             return False
@@ -555,7 +623,7 @@ def claim_school(registry: Registry, schedule_id: int, school: str, when: dateti
 
 
 def school_claims(registry: Registry, schedule_ids: list[int]) -> dict[tuple[int, str], float]:
-    """Each school's last claim of these anchored schedules, by (schedule, school), in one read."""
+    """Each school's (or zone's: ZONE_CLAIM) last claim of these schedules, by (schedule, key), in one read."""
     if not schedule_ids:
         return {}
     with registry.session() as s:
@@ -564,8 +632,9 @@ def school_claims(registry: Registry, schedule_ids: list[int]) -> dict[tuple[int
             .where(ScheduleClaim.schedule_id.in_(schedule_ids)))}
 
 
-def schools_of(registry: Registry, schedules: list[Any]) -> tuple[str, ...]:
-    """The schools the anchored `schedules` apply to: each one's school, every school for one without."""
+def schools_of(registry: Registry, schedules: Iterable[Any]) -> tuple[str, ...]:
+    """The schools the `schedules` apply to: each one's school, every school for one without."""
+    schedules = list(schedules)
     if any(sched.school_id is None for sched in schedules):
         with registry.session() as s:
             return tuple(s.scalars(select(School.id).order_by(School.id)))
@@ -585,13 +654,16 @@ class Scheduler(LeasedWorker):
     """Runs due schedules; checks every `interval` seconds in a daemon thread until stop().
 
     Every instance checks (no lease, central/workers.py): each run is claimed in the database first
-    (`claim`, `claim_school`), so of several instances one runs it."""
+    (`claim`, `claim_school`), so of several instances one runs it. `site_zone` is the zone of a school
+    without a timetable (`campus web --timezone`; None: Asia/Shanghai): a fixed time is read in the
+    school's zone, never the host's."""
 
     def __init__(self, registry: Registry, ledger: Any, service: Any | Callable[[], Any], interval: float = 20.0,
-                 grace: timedelta = GRACE, wait: float = 5.0) -> None:
+                 grace: timedelta = GRACE, wait: float = 5.0, site_zone: ZoneInfo | None = None) -> None:
         super().__init__(registry.db, None, interval=interval, name="scheduler", what="schedule check",
                          join_s=interval + 60)
         self.registry, self.ledger, self.grace, self.wait = registry, ledger, grace, wait
+        self.site_zone = site_zone or ZoneInfo(DEFAULT_TIMEZONE)
         self._service = service
         from central.edge_schedules import EdgeRunCollector
 
@@ -602,24 +674,48 @@ class Scheduler(LeasedWorker):
         return self._service() if callable(self._service) and not hasattr(self._service, "send") else self._service
 
     def tick(self, now_local: datetime | None = None) -> list[dict[str, Any]]:
-        """Run every due schedule once; returns the runs made."""
-        now_local = now_local or datetime.now().astimezone()
-        now = now_local.timestamp()
+        """Run every due schedule once; returns the runs made. `now_local`: now, an aware time in any zone
+        (only the instant counts: each schedule reads it in its school's zone); None: the clock."""
+        now = time.time() if now_local is None else now_local.timestamp()
         with self.registry.session() as s:
             schedules = list(s.scalars(select(Schedule).where(Schedule.enabled.is_(True)).order_by(Schedule.id)))
         done = []
         self._edge(now)
         done += self._anchored([sched for sched in schedules if anchored(sched)], now)
+        done += self._fixed([sched for sched in schedules if not anchored(sched)], now)
+        return done
+
+    def _fixed(self, schedules: list[Any], now: float) -> list[dict[str, Any]]:
+        """Run the fixed-time schedules due now, `at` read in each school's zone (`zone_groups`). One with a
+        school is claimed on its row (`claim`); one for every school once per zone (`claim_school`, key
+        ZONE_CLAIM + the zone), on that zone's schools. Reads the schools' zones once a tick."""
+        if not schedules:
+            return []
+        school_zones = zones_of(self.registry, schedules, self.site_zone)
+        everywhere = [sched.id for sched in schedules if sched.school_id is None]
+        claims = school_claims(self.registry, everywhere)
+        claimed = {sid for sid, _ in claims}
+        done = []
         for sched in schedules:
-            if anchored(sched):
-                continue
-            when = occurrence(sched, now_local, self.grace)
-            if when is None or not claim(self.registry, sched.id, when, now):
-                continue
-            log.info("schedule %r (%s at %s) runs", sched.name, sched.action, sched.at)
-            result = run(sched, self.registry, self.ledger, self.service, now=now, wait=self.wait)
-            if result["id"] is not None:  # None: every gateway in scope ran it itself
-                done.append(result)
+            for key, (zone, schools) in zone_groups(sched, school_zones, self.site_zone).items():
+                here = datetime.fromtimestamp(now, zone)
+                if sched.school_id is not None:
+                    when = occurrence(sched, here, self.grace)
+                    if when is None or not claim(self.registry, sched.id, when, now):
+                        continue
+                else:
+                    # No zone claimed yet (a schedule from before zones, or a new one): its row's last run
+                    # counts, so an occurrence run just before the upgrade is not run again.
+                    last = claims.get((sched.id, ZONE_CLAIM + key),
+                                      None if sched.id in claimed else sched.last_run)
+                    when = _occurrence(sched, here, last, self.grace)
+                    if when is None or not claim_school(self.registry, sched.id, ZONE_CLAIM + key, when, now):
+                        continue
+                log.info("schedule %r (%s at %s, %s) runs", sched.name, sched.action, sched.at, key)
+                result = run(sched, self.registry, self.ledger, self.service, now=now, wait=self.wait,
+                             schools=schools)
+                if result["id"] is not None:  # None: every gateway in scope ran it itself
+                    done.append({**result, "zone": key, "planned": when.timestamp()})
         return done
 
     def _anchored(self, schedules: list[Any], now: float) -> list[dict[str, Any]]:
@@ -655,7 +751,7 @@ class Scheduler(LeasedWorker):
             self._edge_runs.collect(now)
             client = getattr(self.service, "client", None)
             if client is not None:
-                edge_schedules.refresh_due(self.registry, client, now)
+                edge_schedules.refresh_due(self.registry, client, now, site_zone=self.site_zone)
         except Exception:  # noqa: BLE001 - central's own runs go on
             log.exception("recording or planning the schedules run at the edge failed")
 

@@ -73,7 +73,7 @@ class CentralConfig:
     # upgraded by `campus db upgrade`); True for the demo, which owns its database.
     upgrade: bool | None = None
     # The site's time zone (`campus web --timezone`): the local day of a school without a timetable of its own
-    # in the usage rollup; None: Asia/Shanghai.
+    # in the usage rollup, the wall clock its schedules' `at` is read on; None: Asia/Shanghai.
     timezone: str | None = None
 
 
@@ -176,7 +176,8 @@ class Central:
                     self.alarm_monitor = AlarmMonitor(self.registry, self.ledger, alarm_s, self.notifier).start()
                 if sched_s > 0:
                     # Late bound: whatever command service Central has when a schedule runs.
-                    self.scheduler = Scheduler(self.registry, self.ledger, lambda: self.commands, sched_s).start()
+                    self.scheduler = Scheduler(self.registry, self.ledger, lambda: self.commands, sched_s,
+                                               site_zone=site_zone).start()
                 refresh_s = interval(self.config.usage_interval, rollup.REFRESH_ENV, rollup.DEFAULT_REFRESH_S)
                 if refresh_s > 0:
                     days = int(rollup.setting(rollup.DAYS_ENV, rollup.DEFAULT_DAYS))

@@ -30,7 +30,7 @@ from dashboards.api import error, paged
 from dashboards.auth import audit, login_required, not_found, school_scoped, sight
 from dashboards.context import central
 from dashboards.health import STAFF, bp, db_id
-from dashboards.i18n import error_text, translate
+from dashboards.i18n import error_text, page_zone, site_zone, translate
 from dashboards.security import safe_target
 from dashboards.strict_json import json_object
 
@@ -40,16 +40,16 @@ def _schedule_page(form_values: dict[str, Any] | None = None, error: str | LazyT
     scope = sight(g.user)
     places = overview.places(reg, scope)
     schools, buildings, names = places.schools, places.buildings, places.building_names()
-    now_local = datetime.now().astimezone()
+    now_local = datetime.now(page_zone())
     rows = sched.all_schedules(reg, scope.schools)
-    timetables = _timetables(rows)
+    timetables, zones = _timetables(rows), _zones(rows)
     last_runs: dict[int, dict[str, Any]] = {}
     for run_ in sched.runs(reg, limit=500):
         last_runs.setdefault(run_["schedule_id"], run_)
     items = []
     for row in rows:
         item = sched.schedule_dict(row, names)
-        nxt = sched.next_run(row, now_local, timetables)
+        nxt = sched.next_run(row, now_local, timetables, zones)
         item["next_run"] = nxt.timestamp() if nxt else None
         last = last_runs.get(row.id)
         item["last_summary"] = _summary(_live(last["results"])) if last else ""
@@ -72,6 +72,13 @@ def _timetables(rows: list[Schedule]) -> dict[str, Any]:
 
     anchored = [row for row in rows if sched.anchored(row)]
     return load_all(central().registry, sched.schools_of(central().registry, anchored)) if anchored else {}
+
+
+def _zones(rows: list[Schedule]) -> dict[str, Any]:
+    """Each school's zone, for a fixed-time schedule's next run: `at` is its school's wall clock (a school
+    without a timetable has the site's); none read without one."""
+    fixed = [row for row in rows if not sched.anchored(row)]
+    return sched.zones_of(central().registry, fixed, site_zone()) if fixed else {}
 
 
 def _form_values() -> dict[str, Any]:
@@ -159,7 +166,7 @@ def _one_schedule(row: Schedule, form_values: dict[str, Any] | None = None, erro
     places = overview.places(reg, sight(g.user))
     schools, buildings = places.schools, places.buildings
     item = sched.schedule_dict(row, places.building_names())
-    nxt = sched.next_run(row, datetime.now().astimezone(), _timetables([row]))
+    nxt = sched.next_run(row, datetime.now(page_zone()), _timetables([row]), _zones([row]))
     item["next_run"] = nxt.timestamp() if nxt else None
     history = [{**r, "results": _live(r["results"])} for r in sched.runs(reg, row.id, limit=30)]
     for r in history:
@@ -218,9 +225,9 @@ def run_schedule(sid: str) -> Any:
 # ---------------------------------------------------------------- JSON API
 
 
-def _api_item(row: Schedule, timetables: dict[str, Any]) -> dict[str, Any]:
+def _api_item(row: Schedule, timetables: dict[str, Any], zones: dict[str, Any] | None = None) -> dict[str, Any]:
     item = sched.schedule_dict(row)
-    nxt = sched.next_run(row, datetime.now().astimezone(), timetables)
+    nxt = sched.next_run(row, datetime.now(page_zone()), timetables, _zones([row]) if zones is None else zones)
     return {**item, "next_run": nxt.timestamp() if nxt else None}
 
 
@@ -258,8 +265,8 @@ def api_schedules() -> Any:
         return error(400, message_of(exc), found.group(1) if found else "query")
     rows, total = sched.schedule_page(central().registry, paging.limit, paging.offset, paging.q,
                                       sight(g.user).schools)
-    timetables = _timetables(rows)
-    return paged([_api_item(row, timetables) for row in rows], total)
+    timetables, zones = _timetables(rows), _zones(rows)
+    return paged([_api_item(row, timetables, zones) for row in rows], total)
 
 
 @bp.post("/api/schedules")

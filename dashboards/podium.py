@@ -29,7 +29,7 @@ from central import provisioning as prov
 from dashboards import auth
 from dashboards.auth import audit, login_required, not_found, refuse, school_scoped, sight
 from dashboards.context import central
-from dashboards.i18n import error_text, translate
+from dashboards.i18n import error_text, site_zone, translate
 from dashboards.strict_json import json_object
 
 bp = Blueprint("podium", __name__)
@@ -75,7 +75,7 @@ def push_gateways(gateways: list[str]) -> dict[str, Any]:
     pushed = []
     for gateway in gateways:
         try:
-            prov.push_config(central().registry, client, gateway, g.user["user"])
+            prov.push_config(central().registry, client, gateway, g.user["user"], site_zone=site_zone())
             pushed.append(gateway)
         except CampusError as exc:
             return {"pushed": pushed, "not_pushed": f"{gateway}: {exc}"}

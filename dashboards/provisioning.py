@@ -55,7 +55,7 @@ from central.registry import Registry
 from dashboards.auth import add_nav, audit, login_required, may_see, not_found, refuse, school_scoped, sight
 from dashboards.context import central, web
 from dashboards.exports import CSV, download
-from dashboards.i18n import error_text, format_time, request_language
+from dashboards.i18n import error_text, format_time, request_language, site_zone
 from dashboards.security import safe_target
 from protocols import PROTOCOLS
 
@@ -322,7 +322,7 @@ def _push(gateway: str) -> int:
     client = _client()
     if client is None:
         raise CampusError(lazy_gettext("this web app has no MQTT connection (start it with --mqtt) and cannot push"))
-    return prov.push_config(_reg(), client, gateway, _who())
+    return prov.push_config(_reg(), client, gateway, _who(), site_zone=site_zone())
 
 
 @bp.post("/gateways/<gateway>/push")
@@ -360,7 +360,7 @@ def push_all() -> Any:
     if not todo:
         flash(gettext("Nothing to push: every gateway is up to date."))
         return redirect(url_for("provisioning.gateways"))
-    run = prov.push_all(_reg(), client, todo, _who())
+    run = prov.push_all(_reg(), client, todo, _who(), site_zone=site_zone())
     summary = f"push all #{run['id']}: {len(run['pushed'])} of {run['wanted']} pushed"
     if run["failed"]:
         gateway, problem = run["failed"][0]

@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Awaitable, Callable
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +30,7 @@ from edge_agent.config_push import validate_pushed_config
 from firmware_stubs.runner import SimulatorSet
 from tests.e2e import outbox_events, power_commands, until, write_gateway_config
 from tests.e2e import run_room as e2e_run_room
-from tests.test_schedules import Site
+from tests.test_schedules import SHANGHAI, Site
 
 
 def projector(port: int, power: str = "on") -> list[dict[str, Any]]:
@@ -141,10 +141,10 @@ def test_central_plans_the_runs_of_a_gateway_in_scope_and_on_its_devices_of_the_
     mine = site.add(at="22:00", days="mon,tue,wed,thu,fri,sat,sun")               # building A
     site.add(name="B off", building_id=site.building["B"])                         # not this building
     site.add(name="disabled", enabled=False, building_id=None)
-    now = datetime(2025, 3, 10, 21, 0).astimezone().timestamp()  # a Monday, 21:00 local
+    now = datetime(2025, 3, 10, 21, 0, tzinfo=SHANGHAI).timestamp()  # a Monday, 21:00 at school s1 (the site's zone)
     compiled = edge_schedules.compile_runs(site.registry, "gw-101", now, days=3)
     assert [r["schedule"] for r in compiled["runs"]] == [mine.id] * 3  # Mon, Tue, Wed 22:00 (Thu is past 3 days)
-    assert compiled["runs"][0]["at"] == datetime(2025, 3, 10, 22, 0).astimezone().timestamp()
+    assert compiled["runs"][0]["at"] == datetime(2025, 3, 10, 22, 0, tzinfo=SHANGHAI).timestamp()
     assert compiled["runs"][0]["steps"] == [{"device": "proj", "action": "power_off"}]  # not the sensor
     # What the gateway gets in its pushed config, and takes.
     payload = json.loads(podium.config_payload(site.registry, "gw-101"))
@@ -162,7 +162,7 @@ def test_central_plans_the_runs_of_a_gateway_in_scope_and_on_its_devices_of_the_
 
 def test_central_records_each_edge_run_once_and_its_scheduler_leaves_edge_gateways_alone(site: Site) -> None:
     s = site.add(at="22:00", days="mon,tue,wed,thu,fri,sat,sun")
-    planned = datetime(2025, 3, 10, 22, 0).astimezone().timestamp()
+    planned = datetime(2025, 3, 10, 22, 0, tzinfo=SHANGHAI).timestamp()
     # gw-101 took the plan (its config_applied says so); gw-102 did not.
     applied = Event(1, planned - 3600, "config_applied", {"version": 2, "schedules": [s.id],
                                                           "schedules_until": planned + 86400})
@@ -194,7 +194,7 @@ def test_central_records_each_edge_run_once_and_its_scheduler_leaves_edge_gatewa
             return {"id": f"c{len(sent)}", "status": "done", "detail": ""}
 
     Scheduler(site.registry, site.ledger, Service(), wait=0).tick(
-        datetime.fromtimestamp(planned + 5).astimezone())
+        datetime.fromtimestamp(planned + 5, UTC))
     assert sent and {gw for gw, _ in sent} == {"gw-102"}
 
 
@@ -209,7 +209,7 @@ def test_each_round_after_the_first_reads_only_the_runs_recorded_since_however_l
     from central.ledger import Sequenced
 
     s = site.add(at="22:00", days="mon,tue,wed,thu,fri,sat,sun")
-    planned = datetime(2025, 3, 10, 22, 0).astimezone().timestamp()
+    planned = datetime(2025, 3, 10, 22, 0, tzinfo=SHANGHAI).timestamp()
 
     def report(gateway: str, seq: int, when: float) -> None:
         ran = {"schedule": s.id, "planned": when, "name": s.name, "outcome": "ran",
@@ -365,11 +365,11 @@ def test_switching_on_follows_the_school_timetable_at_the_edge_and_in_central(si
         "timezone": "UTC", "periods": [{"weekday": d, "number": 1, "start": "08:00", "end": "08:45"} for d in range(1, 6)],
         "holidays": [{"name": "sports day", "start": "2025-03-11"}]}))
     assert site.registry.gateway_info("gw-101")["config_version"] == before + 1  # a new plan is due
-    monday = datetime(2025, 3, 10, 0, 30).astimezone().timestamp()
+    monday = datetime(2025, 3, 10, 0, 30, tzinfo=UTC).timestamp()  # the school's zone is UTC
     runs = edge_schedules.compile_runs(site.registry, "gw-101", monday, days=7)["runs"]
 
     def days(sid: int) -> list[int]:
-        return [datetime.fromtimestamp(r["at"]).astimezone().day for r in runs if r["schedule"] == sid]
+        return [datetime.fromtimestamp(r["at"], UTC).day for r in runs if r["schedule"] == sid]
 
     assert days(on.id) == [10, 12, 13, 14]                    # not the holiday (11th), nor the weekend
     assert days(off.id) == [10, 11, 12, 13, 14, 15, 16]       # switching off: every day
@@ -382,7 +382,7 @@ def test_switching_on_follows_the_school_timetable_at_the_edge_and_in_central(si
             sent.append(gateway)
             return {"id": f"c{len(sent)}", "status": "done", "detail": ""}
 
-    holiday = datetime(2025, 3, 11, 7, 50, 5).astimezone()
+    holiday = datetime(2025, 3, 11, 7, 50, 5, tzinfo=UTC)
     result = Scheduler(site.registry, site.ledger, Service(), wait=0).tick(holiday)
     assert sent == [] and result and {r["status"] for r in result[0]["results"]} == {"skipped"}
     assert "no classes" in result[0]["results"][0]["detail"]

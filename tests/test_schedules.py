@@ -29,6 +29,7 @@ from central.schedules import ScheduleError, Scheduler, due
 from tests.servers import Mosquitto, wait_until
 
 MON = datetime(2025, 3, 10)  # a Monday
+SHANGHAI = ZoneInfo("Asia/Shanghai")
 _seq = itertools.count(1)
 
 
@@ -247,7 +248,8 @@ def test_run_records_what_the_agent_answered(site: Site, service: CommandService
 
 def test_scheduler_runs_a_due_schedule_once(site: Site) -> None:
     row = site.add(days="mon,tue,wed,thu,fri,sat,sun", at="22:00")
-    night = datetime.now().astimezone().replace(hour=22, minute=5, second=0, microsecond=0)
+    # School s1 has no timetable: `at` is the site's wall clock (Asia/Shanghai by default), not the host's.
+    night = datetime.now(SHANGHAI).replace(hour=22, minute=5, second=0, microsecond=0)
     first, second = Scheduler(site.registry, site.ledger, None), Scheduler(site.registry, site.ledger, None)
     assert first.tick(night.replace(hour=21)) == []
     made = first.tick(night)
@@ -262,7 +264,7 @@ def test_scheduler_runs_a_due_schedule_once(site: Site) -> None:
 
 def test_disabled_schedules_are_not_run(site: Site) -> None:
     site.add(enabled=False, days="mon,tue,wed,thu,fri,sat,sun")
-    night = datetime.now().astimezone().replace(hour=22, minute=1)
+    night = datetime.now(SHANGHAI).replace(hour=22, minute=1)
     assert Scheduler(site.registry, site.ledger, None).tick(night) == []
 
 
