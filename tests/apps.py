@@ -12,7 +12,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import overload
+from typing import Any, overload
 
 import pytest
 from flask import Flask
@@ -148,3 +148,40 @@ def register_rooms(app: Flask, rooms: tuple[tuple[str, str, str, str], ...] = TW
     reg = central(app).registry
     for gateway, school, room, building in rooms:
         reg.register_gateway(gateway, school, room, building)
+
+
+class ScheduleSite:
+    """Central's database at `url` with one room per school, `rooms` (gateway -> school), each online with a
+    projector, the `timetables` given (school -> document), and schedules made by `add` (`defaults` and the
+    fields given): the schedule tests' district."""
+
+    def __init__(self, url: str, rooms: dict[str, str], timetables: dict[str, dict[str, Any]],
+                 defaults: dict[str, Any]) -> None:
+        from central import timetables as tts
+        from central.db import open_database
+        from central.registry import Registry
+
+        self.db = open_database(url)
+        self.registry, self.ledger = Registry(self.db), Ledger(self.db)
+        for gw, school in rooms.items():
+            self.registry.register_gateway(gw, school, "101", "A")
+            self.registry.add_device(gw, "proj", "projector-pjlink", {"host": "127.0.0.1", "port": 4352})
+            self.ledger.record([], [(school, gw, State(online=True, ts=time.time(), room="101",
+                                                       devices=ENV_AND_PROJECTOR))], [])
+        for school, doc in timetables.items():
+            tts.save(self.registry, tts.from_document(school, doc))
+        self.defaults = defaults
+
+    def add(self, **fields: Any) -> Any:
+        from central.registry import Schedule
+
+        with self.registry.session() as s:
+            row = Schedule(**{**self.defaults, **fields})
+            s.add(row)
+            s.flush()
+        return row
+
+    def close(self) -> None:
+        self.ledger.close()
+        self.registry.close()
+        self.db.close()

@@ -21,15 +21,13 @@ import pytest
 from flask import Flask
 
 from campus import contract
-from campus.contract import State
 from central import edge_schedules, schedules, timetables
-from central.db import open_database
-from central.ledger import Ledger, Sequenced
-from central.registry import Registry, Schedule, ScheduleRun
+from central.ledger import Sequenced
+from central.registry import ScheduleRun
 from central.schedules import LAST_PERIOD, ScheduleError, Scheduler
 from dashboards import close_app
 from dashboards.context import central, web
-from tests.apps import ENV_AND_PROJECTOR, add_people, central_db, register_rooms, two_rooms, web_app
+from tests.apps import ScheduleSite, add_people, central_db, register_rooms, two_rooms, web_app
 from tests.test_request_cost import login
 
 SHANGHAI, URUMQI = ZoneInfo("Asia/Shanghai"), ZoneInfo("Asia/Urumqi")
@@ -47,38 +45,21 @@ S1 = {"timezone": "Asia/Shanghai",
 S2 = {"timezone": "Asia/Urumqi", "periods": periods(range(1, 5), ("08:00", "08:45"), ("20:45", "21:30"))}
 
 
-class Site:
+class Site(ScheduleSite):
     """s1's gw-a and s2's gw-b, each online with a projector, and their timetables."""
 
     def __init__(self, url: str) -> None:
-        self.db = open_database(url)
-        self.registry, self.ledger = Registry(self.db), Ledger(self.db)
-        for gw, school in (("gw-a", "s1"), ("gw-b", "s2")):
-            self.registry.register_gateway(gw, school, "101", "A")
-            self.registry.add_device(gw, "proj", "projector-pjlink", {"host": "127.0.0.1", "port": 4352})
-            self.ledger.record([], [(school, gw, State(online=True, ts=time.time(), room="101",
-                                                       devices=ENV_AND_PROJECTOR))], [])
-        for school, doc in (("s1", S1), ("s2", S2)):
-            timetables.save(self.registry, timetables.from_document(school, doc))
-
-    def add(self, **fields: Any) -> Schedule:
-        values = {"name": "放学关机", "at": "", "days": "mon,tue,wed,thu,fri", "action": "power_off",
-                  "kinds": "projector", "school_id": None, "building_id": None, "anchor": LAST_PERIOD,
-                  "offset_min": 15, **fields}
-        with self.registry.session() as s:
-            row = Schedule(**values)
-            s.add(row)
-            s.flush()
-        return row
+        super().__init__(url, {"gw-a": "s1", "gw-b": "s2"}, {"s1": S1, "s2": S2},
+                         {"name": "放学关机", "at": "", "days": "mon,tue,wed,thu,fri", "action": "power_off",
+                          "kinds": "projector", "school_id": None, "building_id": None, "anchor": LAST_PERIOD,
+                          "offset_min": 15})
 
 
 @pytest.fixture
 def site(central_db_url: str) -> Iterator[Site]:
     s = Site(central_db_url)
     yield s
-    s.ledger.close()
-    s.registry.close()
-    s.db.close()
+    s.close()
 
 
 def local(ts: float, zone: ZoneInfo) -> str:

@@ -19,14 +19,11 @@ from zoneinfo import ZoneInfo
 import pytest
 from flask import Flask
 
-from campus.contract import State
 from central import edge_schedules, schedules, timetables
-from central.db import open_database
-from central.ledger import Ledger
-from central.registry import Registry, Schedule, ScheduleRun
+from central.registry import ScheduleRun
 from central.schedules import Scheduler
 from dashboards import close_app
-from tests.apps import ENV_AND_PROJECTOR, add_people, central_db, register_rooms, two_rooms, web_app
+from tests.apps import ScheduleSite, add_people, central_db, register_rooms, two_rooms, web_app
 
 SHANGHAI, URUMQI, TOKYO = ZoneInfo("Asia/Shanghai"), ZoneInfo("Asia/Urumqi"), ZoneInfo("Asia/Tokyo")
 EVERY_DAY = "mon,tue,wed,thu,fri,sat,sun"
@@ -51,37 +48,21 @@ def host_tz(request: pytest.FixtureRequest) -> Iterator[str]:
         time.tzset()
 
 
-class Site:
+class Site(ScheduleSite):
     """School s1 (no timetable: the site's zone) with gw-s1, school s2 (a timetable in Asia/Urumqi) with
     gw-s2, each online with a projector."""
 
     def __init__(self, url: str) -> None:
-        self.db = open_database(url)
-        self.registry, self.ledger = Registry(self.db), Ledger(self.db)
-        for gw, school in (("gw-s1", "s1"), ("gw-s2", "s2")):
-            self.registry.register_gateway(gw, school, "101", "A")
-            self.registry.add_device(gw, "proj", "projector-pjlink", {"host": "127.0.0.1", "port": 4352})
-            self.ledger.record([], [(school, gw, State(online=True, ts=time.time(), room="101",
-                                                       devices=ENV_AND_PROJECTOR))], [])
-        timetables.save(self.registry, timetables.from_document("s2", URUMQI_TIMETABLE))
-
-    def add(self, **fields: Any) -> Schedule:
-        values = {"name": "off", "at": "17:30", "days": "mon,tue,wed,thu,fri", "action": "power_off",
-                  "kinds": "projector", "school_id": None, "building_id": None, **fields}
-        with self.registry.session() as s:
-            row = Schedule(**values)
-            s.add(row)
-            s.flush()
-        return row
+        super().__init__(url, {"gw-s1": "s1", "gw-s2": "s2"}, {"s2": URUMQI_TIMETABLE},
+                         {"name": "off", "at": "17:30", "days": "mon,tue,wed,thu,fri", "action": "power_off",
+                          "kinds": "projector", "school_id": None, "building_id": None})
 
 
 @pytest.fixture
 def site(central_db_url: str) -> Iterator[Site]:
     s = Site(central_db_url)
     yield s
-    s.ledger.close()
-    s.registry.close()
-    s.db.close()
+    s.close()
 
 
 class Service:
