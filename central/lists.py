@@ -187,24 +187,27 @@ def _never_reported(db: Database, gateway_id: Any) -> ColumnElement[bool]:
 # ---------------------------------------------------------------- every gateway, registered or reporting
 
 
-def places(db: Database, names: bool = True) -> Any:
+def places(db: Database, names: bool = True, kinds: bool = False) -> Any:
     """Every gateway the registry has or the ledger heard of, with its school, room and building: the
-    registry's place where there is one, else what the gateway said; and the kinds of its last state's
-    devices (`device_kinds`: `has_kind`; NULL for a registered gateway never heard of).
+    registry's place where there is one, else what the gateway said.
 
     `names` False: without `room`, `building` and `building_id` (no join with the rooms and buildings): what a
-    sum over every place by school reads (the usage rate's district, a third cheaper at 10,000 rooms)."""
+    sum over every place by school reads (the usage rate's district, a third cheaper at 10,000 rooms).
+    `kinds` True: with the kinds of its last state's devices (`device_kinds`: `has_kind`; NULL for a
+    registered gateway never heard of); only when asked, as every row carries it (the energy pages' join
+    to the places was 7% dearer with it, docs/benchmarks.md 11o)."""
     named = [func.coalesce(Room.name, gw_t.c.room, "").label("room"), func.coalesce(Building.name, "").label("building"),
              Building.id.label("building_id")] if names else []
+    kinds_of = [gw_t.c.device_kinds.label("device_kinds")] if kinds else []
     registered = (select(Gateway.id.label("id"), Gateway.school_id.label("school"), *named,
-                         literal(True).label("registered"), gw_t.c.device_kinds.label("device_kinds"))
+                         literal(True).label("registered"), *kinds_of)
                   .select_from(Gateway))
     if names:
         registered = (registered.outerjoin(Room, Gateway.room_id == Room.id)
                       .outerjoin(Building, Room.building_id == Building.id))
     registered = registered.outerjoin(gw_t, gw_t.c.id == Gateway.id)
     reporting = (select(gw_t.c.id, gw_t.c.school, *([gw_t.c.room, literal(""), cast(null(), Integer)] if names else []),
-                        literal(False), gw_t.c.device_kinds)
+                        literal(False), *([gw_t.c.device_kinds] if kinds else []))
                  .where(not_(exists(select(Gateway.id).where(Gateway.id == gw_t.c.id)))))
     return union_all(registered, reporting).subquery("places")
 
@@ -218,7 +221,7 @@ def is_place(gateway_id: Any) -> ColumnElement[bool]:
 
 
 def has_kind(db: Database, kinds_column: Any, kinds: tuple[str, ...]) -> ColumnElement[bool]:
-    """`kinds_column` (a gateway's `device_kinds`, e.g. `places(db).c.device_kinds`) holds one of `kinds`: the
+    """`kinds_column` (a gateway's `device_kinds`, e.g. `places(db, kinds=True).c.device_kinds`) holds one of `kinds`: the
     gateway's last state has a device of such a kind. A substring test on a short text, case-sensitive on both
     engines as the state's JSON compared, without reading it (central/tables.py `device_kind_token`)."""
     position = func.instr if db.dialect == "sqlite" else func.strpos
@@ -609,7 +612,7 @@ def reported_kinds_of(db: Database, kinds: tuple[str, ...], gateways: list[str])
 
 
 def equipped(db: Database, p: Any, kinds: tuple[str, ...], profiles: list[str]) -> ColumnElement[bool]:
-    """The place (a row of `places`, `p`) has a device of these `kinds` in its last state or one provisioned
+    """The place (a row of `places(db, kinds=True)`, `p`) has a device of these `kinds` in its last state or one provisioned
     with one of `profiles`: a usage report's rooms with something to measure, decided in SQL rather than
     every room's devices read into Python (1.0 s of a 1.5 s report at 10,000 rooms, 11h), and from the
     states' `device_kinds` rather than their JSON (~30 ms of a 180 ms report, 11i)."""

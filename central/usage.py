@@ -395,7 +395,7 @@ def usage_rate(registry: Registry, ledger: Ledger, first: date, last: date, scho
     db = registry.db
     scope = lists.Scope(school=school, schools=schools_in)
     u = UsageDay.__table__.c
-    p = lists.places(db, names=False)  # the sums need each room's school only (the page names its rooms)
+    p = lists.places(db, names=False, kinds=True)  # each room's school and kinds (the page names its rooms)
     in_sight = lists.place_filter(p, scope)
     measured = u.power_devices > 0
     in_span = [u.day >= first, u.day <= last]
