@@ -136,6 +136,19 @@ def whole_month(first: date, last: date) -> date | None:
     return first if first.day == 1 and month_span(first)[1] == last else None
 
 
+def room_day_sums() -> list[Any]:
+    """A room's (gateway's) figures over its `usage_days` rows, to be grouped by gateway: `gateway`, then over the
+    measured days (power_devices > 0) `periods`, `used` and how many (`measured`), the rows (`days`) and the
+    earliest `counted_to` of the incomplete ones (`partial`). What a report sums of a span and what
+    `usage_months` keeps of a month, the same columns in the same order."""
+    u = UsageDay.__table__.c
+    measured = u.power_devices > 0
+    return [u.gateway.label("gateway"), func.sum(case((measured, u.periods), else_=0)).label("periods"),
+            func.sum(case((measured, u.used), else_=0)).label("used"),
+            func.sum(case((measured, 1), else_=0)).label("measured"), func.count().label("days"),
+            func.min(case((u.complete.is_(False), u.counted_to), else_=None)).label("partial")]
+
+
 def recount_months(conn: Any, days: Iterable[tuple[str, date]]) -> int:
     """Recompute the `usage_months` rows of the room-months of these (gateway, day) pairs from their `usage_days`
     rows, in `conn`'s transaction: what every writer of `usage_days` calls after writing (the rollup, the bench,
@@ -151,7 +164,6 @@ def recount_months(conn: Any, days: Iterable[tuple[str, date]]) -> int:
         by_month.setdefault(month_span(day)[0], set()).add(gateway)
     m = UsageMonth.__table__
     u = UsageDay.__table__.c
-    measured = u.power_devices > 0
     count = 0
     for first, gateways in sorted(by_month.items()):
         last = month_span(first)[1]
@@ -159,9 +171,7 @@ def recount_months(conn: Any, days: Iterable[tuple[str, date]]) -> int:
         for k in range(0, len(ordered), RECOUNT_CHUNK):
             chunk = ordered[k:k + RECOUNT_CHUNK]
             conn.execute(m.delete().where(m.c.month == first, m.c.gateway.in_(chunk)))
-            sums = (select(literal(first, Date), u.gateway, func.sum(case((measured, u.periods), else_=0)),
-                           func.sum(case((measured, u.used), else_=0)), func.sum(case((measured, 1), else_=0)),
-                           func.count(), func.min(case((u.complete.is_(False), u.counted_to), else_=None)))
+            sums = (select(literal(first, Date), *room_day_sums())
                     .where(u.gateway.in_(chunk), u.day >= first, u.day <= last).group_by(u.gateway))
             conn.execute(m.insert().from_select(["month", "gateway", "periods", "used", "measured", "days",
                                                  "partial"], sums))
@@ -415,12 +425,7 @@ def usage_rate(registry: Registry, ledger: Ledger, first: date, last: date, scho
                           mo.measured.label("measured"), mo.days.label("days"),
                           mo.partial.label("partial")).where(mo.month == month, *mine, *of_ids)
         of_ids = [] if ids is None else [u.gateway.in_(ids)]
-        return (select(u.gateway.label("gateway"),
-                       func.sum(case((measured, u.periods), else_=0)).label("periods"),
-                       func.sum(case((measured, u.used), else_=0)).label("used"),
-                       func.sum(case((measured, 1), else_=0)).label("measured"), func.count().label("days"),
-                       func.min(case((u.complete.is_(False), u.counted_to), else_=None)).label("partial"))
-                .where(*in_span, *of_ids).group_by(u.gateway))
+        return select(*room_day_sums()).where(*in_span, *of_ids).group_by(u.gateway)
 
     per_gw = sums().subquery("per_gw")
     # The district's days: its rows of the span read by day from the index `usage_days_rate`, each one's room
