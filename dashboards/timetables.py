@@ -201,8 +201,7 @@ def span(week: str | None, month: str | None, today: date | None = None) -> tupl
                                                  value=repr(month[:20]))) from None
         if not tts.FIRST_DATE <= first <= tts.LAST_DATE:
             raise _Refused("month", lazy_gettext("%(month)s is not a school month", month=month))
-        after = (first.replace(day=28) + timedelta(days=4)).replace(day=1)
-        return first, after - timedelta(days=1), first.strftime("%Y-%m")
+        return *usage.month_span(first), first.strftime("%Y-%m")
     try:
         monday = parse_week(week, today)
     except ValueError as exc:
