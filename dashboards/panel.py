@@ -324,13 +324,14 @@ class _OpeningGate:
         path = environ.get("PATH_INFO", "")
         if not (path.startswith("/api/panel/") and path.endswith("/stream")):
             return self.app(environ, start_response)
-        body = _UntilFirstChunk(self if self._take() else None)
+        held = self._take()
         try:
-            body.of(self.app(environ, start_response))
+            body = self.app(environ, start_response)
         except BaseException:
-            body.release()
+            if held:
+                self.give_back()
             raise
-        return body
+        return _UntilFirstChunk(body, self if held else None)
 
     def _take(self) -> bool:
         with self._turns:
@@ -352,12 +353,9 @@ class _OpeningGate:
 class _UntilFirstChunk:
     """A stream's response body that gives its turn back at its first chunk, or when it is closed."""
 
-    def __init__(self, gate: _OpeningGate | None) -> None:
-        self._gate = gate  # None: no turn taken (or given back already)
-        self._body: Any = ()
-
-    def of(self, body: Any) -> None:
+    def __init__(self, body: Any, gate: _OpeningGate | None) -> None:
         self._body = body
+        self._gate = gate  # None: no turn taken (or given back already)
 
     def release(self) -> None:
         # Only the serving thread iterates and closes a body: no lock needed.
