@@ -177,7 +177,7 @@ class AttendanceRetention(LeasedWorker):
         super().__init__(registry.db, self.LEASE, interval=interval, ttl=3 * interval + 60,
                          name="attendance-retention", what="attendance retention", first_wait=min(60.0, interval))
         self.registry, self.clock = registry, clock
-        self.site_zone = site_zone or ZoneInfo(timetables.DEFAULT_TIMEZONE)
+        self.site_zone = timetables.site_zone_of(site_zone)
 
     def round(self) -> float | None:
         return 1.0 if apply_retention(self.registry, now=self.clock(), site_zone=self.site_zone) > 0 else None

@@ -41,7 +41,7 @@ from central import lists
 from central.city import MAX_SCHOOLS, CityPush
 from central.db import Database
 from central.registry import Registry, check_token
-from central.timetables import DEFAULT_TIMEZONE, today_in
+from central.timetables import site_zone_of, today_in
 from central.workers import LeasedWorker
 
 log = logging.getLogger(__name__)
@@ -97,7 +97,7 @@ def rollup(db: Database, district: str, seq: int, now: float, usage: bool = True
     """The body of a push: the district's schools as `GET /api/schools` rolls them up (central/lists.py),
     with this week's usage and CO2 figures unless `usage` is false (sent as null), and nothing else. This
     week: of the site's today (`site_zone`; None: Asia/Shanghai), as the district's own pages say it."""
-    today = today_in(site_zone or ZoneInfo(DEFAULT_TIMEZONE), now)
+    today = today_in(site_zone_of(site_zone), now)
     page = lists.schools(db, lists.Paging(limit=MAX_SCHOOLS), week_of=today)
     if page.total > MAX_SCHOOLS:
         log.warning("city push: %d schools, the city takes the first %d", page.total, MAX_SCHOOLS)

@@ -42,7 +42,7 @@ from campus import contract
 from campus.errors import PayloadError
 from central.registry import Gateway, Registry, Room, Schedule, ScheduleRun
 from central.schedules import GRACE, _when, anchored, anchored_time, no_classes, result_detail
-from central.timetables import DEFAULT_TIMEZONE, load, school_zone
+from central.timetables import load, school_zone, site_zone_of
 
 log = logging.getLogger(__name__)
 
@@ -85,7 +85,7 @@ def compile_runs(registry: Registry, gateway: str, now: float | None = None, day
     timetable = load(registry, school)
     kinds = {d["id"]: profile_kind(d["profile"]) for d in info["devices"]}
     runs: list[dict[str, Any]] = []
-    zone = school_zone(registry, site_zone or ZoneInfo(DEFAULT_TIMEZONE), school=school)
+    zone = school_zone(registry, site_zone_of(site_zone), school=school)
     start = datetime.fromtimestamp(now, zone)
     for sched in schedules:
         parsed = _when(sched)

@@ -24,7 +24,6 @@ from dataclasses import asdict, dataclass, replace
 from datetime import date, timedelta
 from operator import attrgetter
 from typing import Any, Generic, TypeVar
-from zoneinfo import ZoneInfo
 
 from sqlalchemy import (
     JSON,
@@ -62,7 +61,7 @@ from central.tables import device_kind_token
 from central.tables import events as events_t
 from central.tables import gateways as gw_t
 from central.tables import latest as latest_t
-from central.timetables import DEFAULT_TIMEZONE, today_in
+from central.timetables import site_zone_of, today_in
 
 T = TypeVar("T")
 
@@ -773,7 +772,7 @@ def week_monday(today: date | None = None) -> date:
     """The Monday of `today`'s ISO week: the overview's "this week". The web and the city push pass the
     site's today; None: today in Asia/Shanghai, never the host's date (a day behind from 16:00 UTC)."""
     if today is None:
-        today = today_in(ZoneInfo(DEFAULT_TIMEZONE))
+        today = today_in(site_zone_of(None))
     return today - timedelta(days=today.weekday())
 
 

@@ -55,7 +55,7 @@ from campus import names
 from campus.i18n import N_, LazyText, ReportedText, lazy_gettext, message_of
 from central.db import translatable
 from central.registry import Building, Registry, Schedule, ScheduleClaim, ScheduleRun, School, row_id
-from central.timetables import DEFAULT_TIMEZONE, Timetable, day_periods, zones
+from central.timetables import DEFAULT_TIMEZONE, Timetable, day_periods, site_zone_of, zones
 from central.workers import LeasedWorker
 
 if TYPE_CHECKING:
@@ -257,7 +257,7 @@ def zones_of(registry: Registry, schedules: list[Any], site_zone: ZoneInfo | Non
     """The zone of each school the `schedules` apply to (every school, for one without a school): its
     timetable's, else `site_zone` (None: Asia/Shanghai, the default of `campus web --timezone`). Two small
     queries (central/timetables.py `zones`, the one place a school's zone is read)."""
-    site = site_zone or ZoneInfo(DEFAULT_TIMEZONE)
+    site = site_zone_of(site_zone)
     schools = schools_of(registry, schedules) if schedules else ()
     # Every school's zone at once when every school is wanted: no district-long IN list each tick.
     everywhere = any(sched.school_id is None for sched in schedules)
@@ -663,7 +663,7 @@ class Scheduler(LeasedWorker):
         super().__init__(registry.db, None, interval=interval, name="scheduler", what="schedule check",
                          join_s=interval + 60)
         self.registry, self.ledger, self.grace, self.wait = registry, ledger, grace, wait
-        self.site_zone = site_zone or ZoneInfo(DEFAULT_TIMEZONE)
+        self.site_zone = site_zone_of(site_zone)
         self._service = service
         from central.edge_schedules import EdgeRunCollector
 

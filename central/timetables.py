@@ -183,6 +183,12 @@ class Slot:
 # ---------------------------------------------------------------- the questions
 
 
+def site_zone_of(given: ZoneInfo | None) -> ZoneInfo:
+    """The site's zone: the one `given` (`campus web --timezone`, passed down by central/service.py), else the
+    default, Asia/Shanghai: what a school without a timetable keeps. The one place that default is chosen."""
+    return given or ZoneInfo(DEFAULT_TIMEZONE)
+
+
 def today_in(zone: ZoneInfo, now: float | None = None) -> date:
     """The date in `zone` at `now` (None: now): a school's today, the day the usage rollup writes as today
     and the usage report expects rows up to (central/usage_rollup.py, central/usage.py); not the host's

@@ -481,7 +481,7 @@ def _expected_days(registry: Registry, school_of: Any, first: date, last: date, 
     when it is caught up), as an SQL expression of the room's school (`school_of`): a number when every
     school with a timetable keeps the site's zone (one small read of the zones)."""
     now = time.time() if now is None else now
-    site = site_zone or ZoneInfo(tts.DEFAULT_TIMEZONE)
+    site = tts.site_zone_of(site_zone)
 
     def days_to(zone: ZoneInfo) -> int:
         return (min(last, tts.today_in(zone, now)) - first).days + 1

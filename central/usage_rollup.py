@@ -100,7 +100,7 @@ def compute_day(store: PointStore, room: Room, day: date, tt: tts.Timetable | No
                 min_on_s: float = usage.USED_MIN_S, site_zone: ZoneInfo | None = None) -> dict[str, Any]:
     """One room's day as a `usage_days` row, as of `now` (a day not over yet counts the periods over); a
     school without a timetable has the site's zone (`site_zone`; None: the default, Asia/Shanghai)."""
-    zone = tt.zone if tt else (site_zone or ZoneInfo(tts.DEFAULT_TIMEZONE))
+    zone = tt.zone if tt else tts.site_zone_of(site_zone)
     start, end = day_bounds(day, zone)
     slots = [s for s in tts.class_periods(tt, day, day) if s.end <= now] if tt else []
     used = usage.room_periods_used(store, room.gateway, list(room.power), slots, min_on_s) if room.power else []
@@ -206,7 +206,7 @@ def fill(registry: Registry, ledger: Ledger, store: PointStore, *, now: float | 
     limit = co2_limit(registry)
     rooms = [Room(r.gateway, r.school, tuple(r.devices), tuple(sensors), tuple(r.meters))
              for r, sensors in usage.rooms_with_sensors(registry, ledger)]
-    site = site_zone or ZoneInfo(tts.DEFAULT_TIMEZONE)
+    site = tts.site_zone_of(site_zone)
     zones = {r.school: timetables[r.school].zone if r.school in timetables else site for r in rooms}
     today = {school: tts.today_in(zone, now) for school, zone in zones.items()}
     oldest = min(today.values(), default=tts.today_in(site, now)) - timedelta(days=max(1, days) - 1)
