@@ -562,6 +562,14 @@ def run(args: argparse.Namespace, work: Path) -> tuple[list[Measured], dict[str,
             info["load_before"] = psutil.getloadavg()[0]
             online_before = online_count(db)
             jobs_cpu0, jobs_t0 = (tree_cpu(jobs_pid), time.monotonic()) if jobs_pid else (0.0, 0.0)
+            # Who used the 2 cores while the pages were measured: the walls wait behind all of it, and the
+            # publisher stands in for the district's gateways, whose CPU is theirs, not the server's.
+            parts = {"web": [web_pid], "campus jobs": [jobs_pid] if jobs_pid else [],
+                     "ingest": [p.proc.pid for p in ingests if p.proc is not None],
+                     "Mosquitto": [mq.proc.pid] if mq.proc is not None else [],
+                     "publisher (the simulated gateways)": [publisher.proc.pid]}
+            parts_cpu0 = {name: sum(tree_cpu(pid) for pid in pids) for name, pids in parts.items()}
+            measured_t0 = time.monotonic()
             results = []
             for target in targets(plan, plan.gateway(plan.rooms // 2)):
                 m = measure(client, target, args.repeat, web_pid, idle_rate, args.budget)
@@ -571,6 +579,9 @@ def run(args: argparse.Namespace, work: Path) -> tuple[list[Measured], dict[str,
                       + (f"{m.view / 1024:,.0f} KB per view" if target.page else f"{m.size / 1024:,.1f} KB")
                       + ("" if m.status == 200 else f"  STATUS {m.status}"), flush=True)
             info["load_after"] = psutil.getloadavg()[0]
+            elapsed = time.monotonic() - measured_t0
+            info["cpu_shares"] = {name: 100 * (sum(tree_cpu(pid) for pid in pids) - parts_cpu0[name]) / elapsed
+                                  for name, pids in parts.items() if pids}
             if jobs_pid:
                 info["jobs_cpu_pct"] = 100 * (tree_cpu(jobs_pid) - jobs_cpu0) / (time.monotonic() - jobs_t0)
                 info["jobs_rss_mb"] = psutil.Process(jobs_pid).memory_info().rss / 2**20
@@ -643,6 +654,10 @@ def report(results: list[Measured], browser: dict[str, object], info: dict[str, 
               f"web RSS {info.get('web_rss_mb', 0):.0f} MB")
     else:
         print(f"central's background jobs ran inside the web (--jobs-in-web); web RSS {info.get('web_rss_mb', 0):.0f} MB")
+    shares = info.get("cpu_shares") or {}
+    if shares:
+        print("CPU while the pages were measured, % of one core (the machine has "
+              f"{psutil.cpu_count()}): " + ", ".join(f"{name} {pct:.0f}%" for name, pct in shares.items()))  # type: ignore[union-attr]
     print(f"gateways online in the ledger: {info.get('online_before')} before the requests, "
           f"{info.get('online_after')} after (of {planned} publishing: fewer means ingest fell behind); "
           f"open alarms {info.get('alarms')} (of {args.alarms} planned)")
