@@ -122,6 +122,12 @@ class UsageMonth(Base):
     measured: Mapped[int] = mapped_column(Integer)
     days: Mapped[int] = mapped_column(Integer)
     partial: Mapped[float | None] = mapped_column(Float, nullable=True)
+    # The energy pages' per-room sums (migration 0023, `room_energy_sums`): over the metered days
+    # (meter_devices > 0), how many, their kWh, those outside the timetable, and the kWh of those with an `off`.
+    metered: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    kwh: Mapped[float | None] = mapped_column(Float, nullable=True)
+    off_kwh: Mapped[float | None] = mapped_column(Float, nullable=True)
+    left_kwh: Mapped[float | None] = mapped_column(Float, nullable=True)
 
 
 class UsageWeek(Base):
@@ -137,6 +143,12 @@ class UsageWeek(Base):
     measured: Mapped[int] = mapped_column(Integer)
     days: Mapped[int] = mapped_column(Integer)
     partial: Mapped[float | None] = mapped_column(Float, nullable=True)
+    # The energy pages' per-room sums (migration 0023, `room_energy_sums`): over the metered days
+    # (meter_devices > 0), how many, their kWh, those outside the timetable, and the kWh of those with an `off`.
+    metered: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    kwh: Mapped[float | None] = mapped_column(Float, nullable=True)
+    off_kwh: Mapped[float | None] = mapped_column(Float, nullable=True)
+    left_kwh: Mapped[float | None] = mapped_column(Float, nullable=True)
 
 
 class UsageDayTotal(Base):
@@ -189,6 +201,22 @@ def room_day_sums() -> list[Any]:
             func.min(case((u.complete.is_(False), u.counted_to), else_=None)).label("partial")]
 
 
+def room_energy_sums() -> list[Any]:
+    """A room's energy over its `usage_days` rows, to be grouped by gateway, as central/energy.py sums a span's
+    metered days (meter_devices > 0): how many (`metered`: 0, the room is not in the energy report), `kwh`,
+    `off_kwh` (outside the timetable: None where no day has one), `left_kwh` (the kWh of the days with an
+    `off_kwh`: the left-on list's). What `usage_weeks` and `usage_months` keep besides `room_day_sums`."""
+    u = UsageDay.__table__.c
+    metered = u.meter_devices > 0
+    return [func.sum(case((metered, 1), else_=0)).label("metered"),
+            func.sum(case((metered, u.energy_kwh), else_=None)).label("kwh"),
+            func.sum(case((metered, u.energy_off_kwh), else_=None)).label("off_kwh"),
+            func.sum(case((and_(metered, u.energy_off_kwh.is_not(None)), u.energy_kwh), else_=None)).label("left_kwh")]
+
+
+KEPT_COLUMNS = ["gateway", "periods", "used", "measured", "days", "partial", "metered", "kwh", "off_kwh", "left_kwh"]
+
+
 def recount_months(conn: Any, days: Iterable[tuple[str, date]]) -> int:
     """Recompute the `usage_months` and `usage_weeks` rows of the room-months and room-weeks of these (gateway,
     day) pairs from their `usage_days` rows, in `conn`'s transaction: what every writer of `usage_days` calls
@@ -233,10 +261,9 @@ def _recount(conn: Any, table: Any, key: str, span_of: Callable[[date], tuple[da
         for k in range(0, len(ordered), RECOUNT_CHUNK):
             chunk = ordered[k:k + RECOUNT_CHUNK]
             conn.execute(table.delete().where(table.c[key] == first, table.c.gateway.in_(chunk)))
-            sums = (select(literal(first, Date), *room_day_sums())
+            sums = (select(literal(first, Date), *room_day_sums(), *room_energy_sums())
                     .where(u.gateway.in_(chunk), u.day >= first, u.day <= last).group_by(u.gateway))
-            conn.execute(table.insert().from_select([key, "gateway", "periods", "used", "measured", "days",
-                                                     "partial"], sums))
+            conn.execute(table.insert().from_select([key, *KEPT_COLUMNS], sums))
             count += len(chunk)
     return count
 
@@ -473,7 +500,7 @@ def usage_rate(registry: Registry, ledger: Ledger, first: date, last: date, scho
     if in_sight:  # a school's report adds up its rooms' rows only
         in_span.append(u.gateway.in_(select(p.c.id).where(*in_sight)))
 
-    kept = _kept_span(first, last)
+    kept = kept_span(first, last)
 
     def sums(ids: list[str] | None = None) -> Any:
         """Each room's (gateway's) figures of the span, of the rooms `ids` (None: all in sight): a whole calendar
@@ -543,7 +570,7 @@ def usage_rate(registry: Registry, ledger: Ledger, first: date, last: date, scho
     return report
 
 
-def _kept_span(first: date, last: date) -> tuple[Any, Any] | None:
+def kept_span(first: date, last: date) -> tuple[Any, Any] | None:
     """The kept per-room sums of `first`..`last` when it is exactly a calendar month (`usage_months`) or an ISO
     week (`usage_weeks`): their columns and the condition picking the span's rows; None: sum the day rows."""
     month = whole_month(first, last)
