@@ -20,6 +20,9 @@ timetable made up per room and day, written straight into `usage_days` as the ro
 `--usage`: a timetable per school and this week's `usage_days` rows written straight (what the usage
 rollup would have written: central/usage_rollup.py), then the usage-rate report's page, API and CSV; with
 `--month` last calendar month's rows too, and that month's report (`?month=YYYY-MM`) instead of the CSV.
+`--usage` also asks `/health/usage` (the week's hours on per device, read from the point store for a page of
+50 rooms): the store holds the last hour of the page's projectors and displays, a `power` sample every 30 s
+(as bench/dashboard.py's gateways publish them, a few minutes' worth there).
 `--keep FILE`: build the district into FILE, or use it if it exists (before and after on the same data).
 """
 
@@ -140,6 +143,25 @@ def fill_week(registry: Any, plan: Plan, month: bool = False) -> None:
             usage.recount_months(conn, {(r["gateway"], r["day"]) for r in rows})
 
 
+def power_points(db: Any, store_url: str, rooms: int = 50) -> int:
+    """The last hour of `power` samples (every 30 s, on and off in turn) of the projector and display of the
+    first `rooms` rooms of `/health/usage`'s first page (by school, then id), written into the point store
+    that page reads: how many samples."""
+    from central.store import open_store
+    from central.store.base import Sample
+
+    page = lists.gateway_ids(db, lists.Paging(limit=rooms))
+    now = time.time()
+    samples = [Sample("", gw, device, device, now - 3600 + 30 * k, {"power": "on" if (k // 20) % 2 else "off"})
+               for gw in page.items for device in ("projector", "display") for k in range(120)]
+    store = open_store(store_url)
+    try:
+        store.write(samples)
+    finally:
+        store.close()
+    return len(samples)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rooms", type=int, default=2000)
@@ -179,6 +201,7 @@ def main(argv: list[str] | None = None) -> int:
                 fill_week(registry, plan, month=args.month)
             what = "this week's and last month's" if args.month else "this week's"
             print(f"timetables and {what} usage rows written; load average {os.getloadavg()[0]:.2f}")
+            print(f"{power_points(db, f'sqlite:///{tmp}/points.db')} power samples in the point store")
         elif not args.energy:
             school_cases(cases, registry)
         # The requests as the web process answers them (the test client: routing, the bearer's lookup, the
@@ -200,7 +223,7 @@ def main(argv: list[str] | None = None) -> int:
                      "/api/maintenance?q=s00&limit=100", "/api/maintenance?limit=100&offset=5000")
             how = f" ({'lines' if hasattr(maintenance, 'FALLBACKS') else 'whole'})"
         elif args.usage:
-            paths = ("/health/usage-rate", "/api/usage", "/api/usage?limit=100&offset=200",
+            paths = ("/health/usage", "/health/usage-rate", "/api/usage", "/api/usage?limit=100&offset=200",
                      f"/health/usage-rate?school={plan.school(0)}", f"/api/usage?school={plan.school(0)}",
                      "/health/usage-rate.csv")
             if args.month:
@@ -208,7 +231,7 @@ def main(argv: list[str] | None = None) -> int:
                 month = f"?month={(today.replace(day=1) - timedelta(days=1)):%Y-%m}"
                 paths = (f"/health/usage-rate{month}", f"/api/usage{month}", f"/api/usage{month}&limit=100&offset=200",
                          f"/health/usage-rate{month}&school={plan.school(0)}", f"/api/usage{month}&school={plan.school(0)}",
-                         "/health/usage-rate", "/api/usage")
+                         "/health/usage", "/health/usage-rate", "/api/usage")
             how = ""
         elif args.energy:
             t0 = time.perf_counter()

@@ -211,18 +211,29 @@ def _rooms(db: Database, first: date, last: date, scope: lists.Scope,
     kWh of its days with an `off`), joined to its place, and the conditions keeping `scope` and `building`.
 
     The room-days are summed per gateway before they meet `places`: the join is one row per room, not per
-    room-day, and the rows come from the `usage_days_energy` index alone (migration 0019)."""
+    room-day, and the rows come from the `usage_days_energy` index alone (migration 0019). A whole ISO week or
+    calendar month (the pages' spans) reads each room's sums kept with its usage (`usage_weeks`, `usage_months`,
+    migration 0023): a row a room instead of grouping its ~7-31 days (~25 ms of each statement at 10,000 rooms)."""
     def kept(p: Any) -> list[Any]:
         return [*lists.place_filter(p, scope), *_building_filter(p, building)]
 
+    from central.usage import kept_span
+
     u = _u()
     inside = lists.places(db)  # a school's or a building's rooms are picked before their days are summed
-    narrowed = [u.gateway.in_(select(inside.c.id).where(*kept(inside)))] if kept(inside) else []
-    per_room = (select(u.gateway.label("gateway"), func.sum(u.energy_kwh).label("kwh"),
-                       func.sum(u.energy_off_kwh).label("off"),
-                       func.sum(case((u.energy_off_kwh.is_not(None), u.energy_kwh))).label("left_kwh"))
-                .where(u.day >= first, u.day <= last, u.meter_devices > 0, *narrowed).group_by(u.gateway)
-                .subquery("room_energy"))
+    whole = kept_span(first, last)
+    if whole is not None:  # a whole week or month: each room's sums kept by the rollup (`usage_weeks`, `usage_months`)
+        k, key = whole
+        narrowed = [k.gateway.in_(select(inside.c.id).where(*kept(inside)))] if kept(inside) else []
+        per_room = (select(k.gateway.label("gateway"), k.kwh.label("kwh"), k.off_kwh.label("off"),
+                           k.left_kwh.label("left_kwh")).where(key, k.metered > 0, *narrowed).subquery("room_energy"))
+    else:
+        narrowed = [u.gateway.in_(select(inside.c.id).where(*kept(inside)))] if kept(inside) else []
+        per_room = (select(u.gateway.label("gateway"), func.sum(u.energy_kwh).label("kwh"),
+                           func.sum(u.energy_off_kwh).label("off"),
+                           func.sum(case((u.energy_off_kwh.is_not(None), u.energy_kwh))).label("left_kwh"))
+                    .where(u.day >= first, u.day <= last, u.meter_devices > 0, *narrowed).group_by(u.gateway)
+                    .subquery("room_energy"))
     p = lists.places(db)
     return per_room.join(p, p.c.id == per_room.c.gateway), per_room, p, kept(p)
 

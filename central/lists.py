@@ -299,9 +299,12 @@ def in_scope(db: Database, gateway: str, scope: Scope) -> bool:
 def gateway_ids(db: Database, paging: Paging, scope: Scope = Scope()) -> Page[str]:
     """The ids of a page of gateways (registered or reporting), by school then id, matching `q` in the id,
     school, room or building."""
-    p = places(db)
-    query = select(p.c.id, p.c.school).where(
-        *_scoped(p, scope), matches(paging.q, p.c.id, p.c.school, p.c.room, p.c.building))
+    # The places' rooms and buildings only when a `q` or a building asks them: their joins were a third of the
+    # page's and its count's time at 10,000 rooms (`/health/usage`).
+    named = bool(paging.q) or scope.building is not None
+    p = places(db, names=named)
+    searched = matches(paging.q, p.c.id, p.c.school, p.c.room, p.c.building) if named else true()
+    query = select(p.c.id, p.c.school).where(*_scoped(p, scope), searched)
     rows, total = page_of(db, query, [ordered(db, p.c.school), ordered(db, p.c.id)], paging, "gateways")
     return Page([r.id for r in rows], total)
 

@@ -122,6 +122,58 @@ class UsageMonth(Base):
     measured: Mapped[int] = mapped_column(Integer)
     days: Mapped[int] = mapped_column(Integer)
     partial: Mapped[float | None] = mapped_column(Float, nullable=True)
+    # The energy pages' per-room sums (migration 0023, `room_energy_sums`): over the metered days
+    # (meter_devices > 0), how many, their kWh, those outside the timetable, and the kWh of those with an `off`.
+    metered: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    kwh: Mapped[float | None] = mapped_column(Float, nullable=True)
+    off_kwh: Mapped[float | None] = mapped_column(Float, nullable=True)
+    left_kwh: Mapped[float | None] = mapped_column(Float, nullable=True)
+
+
+class UsageWeek(Base):
+    """One room's (gateway's) ISO week (Monday to Sunday: the report's default span, `week`) of `usage_days` rows,
+    the same sums as `UsageMonth` (migration 0023), so that the district's week adds 10,000 rows at 10,000 rooms,
+    not its ~60,000 room-days grouped by room (the schools' sums 62 -> ~20 ms of SQLite's CPU). Kept by
+    `recount_months` with the months, in the transaction that writes the day rows, recomputed from them."""
+    __tablename__ = "usage_weeks"
+    week: Mapped[date] = mapped_column(Date, primary_key=True)
+    gateway: Mapped[str] = mapped_column(String(64), primary_key=True)
+    periods: Mapped[int] = mapped_column(Integer)
+    used: Mapped[int] = mapped_column(Integer)
+    measured: Mapped[int] = mapped_column(Integer)
+    days: Mapped[int] = mapped_column(Integer)
+    partial: Mapped[float | None] = mapped_column(Float, nullable=True)
+    # The energy pages' per-room sums (migration 0023, `room_energy_sums`): over the metered days
+    # (meter_devices > 0), how many, their kWh, those outside the timetable, and the kWh of those with an `off`.
+    metered: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    kwh: Mapped[float | None] = mapped_column(Float, nullable=True)
+    off_kwh: Mapped[float | None] = mapped_column(Float, nullable=True)
+    left_kwh: Mapped[float | None] = mapped_column(Float, nullable=True)
+
+
+class UsageDayTotal(Base):
+    """A day's class periods and those used over every room's `usage_days` row of it that was measured
+    (power_devices > 0; migration 0023): the district's per-day line of the usage-rate report, without reading
+    the day's 10,000 rows per request (a month's 300,000: 50 of its ~100 ms of CPU). Every room's rows, places or
+    not: the report takes off the rows of the span's few rooms that are no place (found from their week's or
+    month's rows). Kept by `recount_months` with the weeks and months, recomputed from the day's rows in the
+    transaction that writes them: one writer at a time (the rollup holds its lease), or a day's total could miss
+    rows another transaction wrote meanwhile (PostgreSQL) until the day is written again."""
+    __tablename__ = "usage_day_totals"
+    day: Mapped[date] = mapped_column(Date, primary_key=True)
+    periods: Mapped[int] = mapped_column(Integer)
+    used: Mapped[int] = mapped_column(Integer)
+
+
+def week_span(day: date) -> tuple[date, date]:
+    """The Monday and the Sunday of `day`'s ISO week."""
+    monday = day - timedelta(days=day.weekday())
+    return monday, monday + timedelta(days=6)
+
+
+def whole_week(first: date, last: date) -> date | None:
+    """The week (its Monday) when `first`..`last` is exactly one ISO week, else None."""
+    return first if week_span(first) == (first, last) else None
 
 
 def month_span(month: date) -> tuple[date, date]:
@@ -149,32 +201,69 @@ def room_day_sums() -> list[Any]:
             func.min(case((u.complete.is_(False), u.counted_to), else_=None)).label("partial")]
 
 
-def recount_months(conn: Any, days: Iterable[tuple[str, date]]) -> int:
-    """Recompute the `usage_months` rows of the room-months of these (gateway, day) pairs from their `usage_days`
-    rows, in `conn`'s transaction: what every writer of `usage_days` calls after writing (the rollup, the bench,
-    a test that writes rows itself). A room-month left without day rows loses its row. How many were
-    recounted.
+def room_energy_sums() -> list[Any]:
+    """A room's energy over its `usage_days` rows, to be grouped by gateway, as central/energy.py sums a span's
+    metered days (meter_devices > 0): how many (`metered`: 0, the room is not in the energy report), `kwh`,
+    `off_kwh` (outside the timetable: None where no day has one), `left_kwh` (the kWh of the days with an
+    `off_kwh`: the left-on list's). What `usage_weeks` and `usage_months` keep besides `room_day_sums`."""
+    u = UsageDay.__table__.c
+    metered = u.meter_devices > 0
+    return [func.sum(case((metered, 1), else_=0)).label("metered"),
+            func.sum(case((metered, u.energy_kwh), else_=None)).label("kwh"),
+            func.sum(case((metered, u.energy_off_kwh), else_=None)).label("off_kwh"),
+            func.sum(case((and_(metered, u.energy_off_kwh.is_not(None)), u.energy_kwh), else_=None)).label("left_kwh")]
 
-    Recomputed, not added to: a day written again (today's row, every refresh) is counted once. A month's rooms
-    RECOUNT_CHUNK at a time, each seeking its days by the primary key (gateway, day): at 10,000 rooms a refresh
-    of today's rows costs 0.14 s of CPU more (0.13 -> 0.27 s), a first fill's 300,000 rows of a month 5.3 s more
-    (3.3 -> 8.7 s; a 5,000-row transaction 56 -> 144 ms)."""
-    by_month: dict[date, set[str]] = {}
+
+KEPT_COLUMNS = ["gateway", "periods", "used", "measured", "days", "partial", "metered", "kwh", "off_kwh", "left_kwh"]
+
+
+def recount_months(conn: Any, days: Iterable[tuple[str, date]]) -> int:
+    """Recompute the `usage_months` and `usage_weeks` rows of the room-months and room-weeks of these (gateway,
+    day) pairs from their `usage_days` rows, in `conn`'s transaction: what every writer of `usage_days` calls
+    after writing (the rollup, the bench, a test that writes rows itself). A room-month or room-week left without
+    day rows loses its row. How many room-months were recounted.
+
+    Recomputed, not added to: a day written again (today's row, every refresh) is counted once. A month's (a
+    week's) rooms RECOUNT_CHUNK at a time, each seeking its days by the primary key (gateway, day): at 10,000
+    rooms a refresh of today's rows costs 0.14 s of CPU more for the months (0.13 -> 0.27 s), a first fill's
+    300,000 rows of a month 5.3 s more (3.3 -> 8.7 s; a 5,000-row transaction 56 -> 144 ms); the weeks about as
+    much again (docs/benchmarks.md)."""
+    pairs = list(days)
+    count = _recount(conn, UsageMonth.__table__, "month", month_span, pairs)
+    _recount(conn, UsageWeek.__table__, "week", week_span, pairs)
+    written = sorted({day for _gateway, day in pairs})
+    if written:  # the days' totals (`usage_day_totals`): each day's measured rows, every room's
+        totals, u = UsageDayTotal.__table__, UsageDay.__table__.c
+        conn.execute(totals.delete().where(totals.c.day.in_(written)))
+        conn.execute(totals.insert().from_select(["day", "periods", "used"], day_totals().where(u.day.in_(written))))
+    return count
+
+
+def day_totals() -> Any:
+    """Each day's measured rows (power_devices > 0) summed: `day`, `periods`, `used`, grouped by day (a statement to
+    narrow with a WHERE): what `usage_day_totals` keeps and the report's days add."""
+    u = UsageDay.__table__.c
+    return (select(u.day, func.coalesce(func.sum(u.periods), 0), func.coalesce(func.sum(u.used), 0))
+            .where(u.power_devices > 0).group_by(u.day))
+
+
+def _recount(conn: Any, table: Any, key: str, span_of: Callable[[date], tuple[date, date]],
+             days: list[tuple[str, date]]) -> int:
+    """`recount_months` for one kind of span: `table`'s rows (keyed by `key`, the span's first day) of the
+    spans (`span_of`) of these (gateway, day) pairs, from their day rows."""
+    by_span: dict[tuple[date, date], set[str]] = {}
     for gateway, day in days:
-        by_month.setdefault(month_span(day)[0], set()).add(gateway)
-    m = UsageMonth.__table__
+        by_span.setdefault(span_of(day), set()).add(gateway)
     u = UsageDay.__table__.c
     count = 0
-    for first, gateways in sorted(by_month.items()):
-        last = month_span(first)[1]
+    for (first, last), gateways in sorted(by_span.items()):
         ordered = sorted(gateways)
         for k in range(0, len(ordered), RECOUNT_CHUNK):
             chunk = ordered[k:k + RECOUNT_CHUNK]
-            conn.execute(m.delete().where(m.c.month == first, m.c.gateway.in_(chunk)))
-            sums = (select(literal(first, Date), *room_day_sums())
+            conn.execute(table.delete().where(table.c[key] == first, table.c.gateway.in_(chunk)))
+            sums = (select(literal(first, Date), *room_day_sums(), *room_energy_sums())
                     .where(u.gateway.in_(chunk), u.day >= first, u.day <= last).group_by(u.gateway))
-            conn.execute(m.insert().from_select(["month", "gateway", "periods", "used", "measured", "days",
-                                                 "partial"], sums))
+            conn.execute(table.insert().from_select([key, *KEPT_COLUMNS], sums))
             count += len(chunk)
     return count
 
@@ -389,8 +478,8 @@ def usage_rate(registry: Registry, ledger: Ledger, first: date, last: date, scho
     cost does not grow with the district (docs/benchmarks.md 11i: every room's devices read into Python
     was 1.0 s of 1.5 s at 10,000 rooms). A span that is exactly one calendar month (`?month=`) reads each room's
     sums from its `usage_months` row (`UsageMonth`, one a room, recounted with the day rows) instead of grouping
-    its ~30 days (300,000 room-days at 10,000 rooms: 300 -> 100 ms of CPU); the days' totals still add the day
-    rows.
+    its ~30 days (300,000 room-days at 10,000 rooms: 300 -> 100 ms of CPU); one ISO week (`?week=`, the default)
+    from its `usage_weeks` row (`UsageWeek`) the same way; the days' totals still add the day rows.
 
     `pending` counts each room's days from `first` to its school's today (at `now`, None: now) in its
     school's zone (its timetable's, else `site_zone`, None: Asia/Shanghai), as the rollup writes them: not
@@ -407,40 +496,43 @@ def usage_rate(registry: Registry, ledger: Ledger, first: date, last: date, scho
     u = UsageDay.__table__.c
     p = lists.places(db, names=False, kinds=True)  # each room's school and kinds (the page names its rooms)
     in_sight = lists.place_filter(p, scope)
-    measured = u.power_devices > 0
     in_span = [u.day >= first, u.day <= last]
     if in_sight:  # a school's report adds up its rooms' rows only
         in_span.append(u.gateway.in_(select(p.c.id).where(*in_sight)))
 
-    month = whole_month(first, last)
-    mo = UsageMonth.__table__.c
+    kept = kept_span(first, last)
 
     def sums(ids: list[str] | None = None) -> Any:
         """Each room's (gateway's) figures of the span, of the rooms `ids` (None: all in sight): a whole calendar
-        month's from its `usage_months` rows (one a room, kept with the day rows), else summed from the days."""
-        if month is not None:
+        month's or ISO week's from its `usage_months` or `usage_weeks` row (one a room, kept with the day rows),
+        else summed from the days."""
+        if kept is not None:
+            mo, key = kept
             of_ids = [] if ids is None else [mo.gateway.in_(ids)]
             mine = [mo.gateway.in_(select(p.c.id).where(*in_sight))] if in_sight else []
             return select(mo.gateway.label("gateway"), mo.periods.label("periods"), mo.used.label("used"),
                           mo.measured.label("measured"), mo.days.label("days"),
-                          mo.partial.label("partial")).where(mo.month == month, *mine, *of_ids)
+                          mo.partial.label("partial")).where(key, *mine, *of_ids)
         of_ids = [] if ids is None else [u.gateway.in_(ids)]
         return select(*room_day_sums()).where(*in_span, *of_ids).group_by(u.gateway)
 
     per_gw = sums().subquery("per_gw")
-    # The district's days: its rows of the span read by day from the index `usage_days_rate`, each one's room
-    # looked up (`IN places` made SQLite seek every place's rows instead: 25 ms more at 10,000 rooms); a
-    # school's report seeks its rooms' rows (`in_span`). A whole month's 300,000 room-days at 10,000 rooms: the
-    # lookups were 55 of 93 ms, so its rows are those of every room but the month's few rooms that are no
-    # place (from its `usage_months` rows, one a room; a small list SQLite checks each row against).
+    # The days. A school's report seeks its rooms' rows (`in_span`). The district's whole week or month: the days'
+    # kept totals (`usage_day_totals`, one row a day, every room's rows) less the rows of the span's few rooms
+    # that are no place (from its `usage_weeks` or `usage_months` rows, one a room: every room with a day row of
+    # the span has one; their days sought by the primary key): a month's 300,000 room-days read by day and each
+    # one's room looked up were 50 of its ~100 ms. Another span: its rows read by day from the index
+    # `usage_days_rate`, each one's room looked up (`IN places` made SQLite seek every place's rows instead).
+    gone = None
     if in_sight:
-        placed = []
-    elif month is not None:
-        placed = [u.gateway.not_in(select(mo.gateway).where(mo.month == month, not_(lists.is_place(mo.gateway))))]
+        per_day = day_totals().where(*in_span)
+    elif kept is not None:
+        mo, key = kept
+        t = UsageDayTotal.__table__.c
+        per_day = select(t.day, t.periods, t.used).where(t.day >= first, t.day <= last)
+        gone = day_totals().where(*in_span, u.gateway.in_(select(mo.gateway).where(key, not_(lists.is_place(mo.gateway)))))
     else:
-        placed = [lists.is_place(u.gateway)]
-    per_day = (select(u.day, func.coalesce(func.sum(u.periods), 0), func.coalesce(func.sum(u.used), 0))
-               .where(*in_span, *placed, measured).group_by(u.day))
+        per_day = day_totals().where(*in_span, lists.is_place(u.gateway))
     school_of = func.coalesce(p.c.school, "")
     expected = _expected_days(registry, school_of, first, last, now, site_zone)
     with db.read("cannot read the provisioned devices' profiles") as conn:
@@ -459,6 +551,9 @@ def usage_rate(registry: Registry, ledger: Ledger, first: date, last: date, scho
         school_rows = [(s, int(n), int(k), int(m), int(pend or 0), partial, int(places))
                        for s, n, k, m, pend, partial, places in conn.execute(per_school)]
         day_rows = [(d, int(n), int(k)) for d, n, k in conn.execute(per_day)]
+        if gone is not None:
+            off = {d: (int(n), int(k)) for d, n, k in conn.execute(gone)}
+            day_rows = [(d, n - off.get(d, (0, 0))[0], k - off.get(d, (0, 0))[1]) for d, n, k in day_rows]
         with_timetable = set(conn.execute(select(tts.TimetableRow.school_id)).scalars())
     partials = [r[5] for r in school_rows if r[5] is not None]
     report = UsageReport(first=first, last=last, asof=min(partials) if partials else time.time() if now is None else now)
@@ -473,6 +568,20 @@ def usage_rate(registry: Registry, ledger: Ledger, first: date, last: date, scho
     report.rooms, report.total_rooms = _room_page(registry, scope, sums, page, profiles, in_list)
     report.days = [DayUsage(day=d, periods=n, used=k) for d, n, k in sorted(day_rows) if n]  # days with classes
     return report
+
+
+def kept_span(first: date, last: date) -> tuple[Any, Any] | None:
+    """The kept per-room sums of `first`..`last` when it is exactly a calendar month (`usage_months`) or an ISO
+    week (`usage_weeks`): their columns and the condition picking the span's rows; None: sum the day rows."""
+    month = whole_month(first, last)
+    if month is not None:
+        mo = UsageMonth.__table__.c
+        return mo, mo.month == month
+    week = whole_week(first, last)
+    if week is not None:
+        wk = UsageWeek.__table__.c
+        return wk, wk.week == week
+    return None
 
 
 def _expected_days(registry: Registry, school_of: Any, first: date, last: date, now: float | None,

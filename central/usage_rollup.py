@@ -10,8 +10,10 @@ room's local day is worked out once, from the store, into one row, and requests 
   list's store reads, once per refresh instead of in every request.
 - The same row carries the room's electricity of the day (central/energy.py: kWh from its meters'
   `energy_kwh` counters, and those outside the timetable): one job, one table, one read of the places.
-- Each write recounts the written rows' room-months (`usage_months`, central/usage.py `recount_months`) in
-  its transaction: a calendar month's report adds one row a room instead of its ~30 days.
+- Each write recounts the written rows' room-months and room-weeks (`usage_months`, `usage_weeks`, with the
+  rooms' energy of the span) and their days' totals (`usage_day_totals`; central/usage.py `recount_months`) in
+  its transaction: a calendar month's or a week's report (usage or energy) adds one row a room instead of its
+  days, and the district's per-day line one row a day.
 - A finished day is computed once. It is computed again only when what it was counted against changed
   after it: its school's timetable was saved, or the CO2 alarm limit is another (the `co2_above` rule's
   ppm: the same limit the alarms and the history charts draw), or the room's number of meters is another
@@ -269,7 +271,8 @@ def fill(registry: Registry, ledger: Ledger, store: PointStore, *, now: float | 
 
 def _write(db: Any, rows: list[dict[str, Any]]) -> int:
     """Replace these rows (one transaction): a day computed again is the newer word; and, in the same
-    transaction, their room-months' sums (`usage_months`: a month's report reads those, migration 0022)."""
+    transaction, their room-months' and room-weeks' sums and their days' totals (`usage_months`, 0022;
+    `usage_weeks`, `usage_day_totals`, 0023: a month's or a week's report reads those)."""
     if not rows:
         return 0
     t = usage.UsageDay.__table__

@@ -21,6 +21,7 @@ import pytest
 from campus.contract import State
 from central import energy, maintenance
 from central import timetables as tts
+from central import usage as usage_mod
 from central import usage_rollup as rollup
 from central.ledger import Ledger, Sequenced
 from central.store.base import Sample
@@ -413,11 +414,14 @@ def _close(new: energy.Energy, old: energy.Energy) -> bool:
                  or (new.school, new.building, new.rooms) == (old.school, old.building, old.rooms)))
 
 
-def test_the_sums_in_sql_and_the_pages_give_what_the_python_sums_gave(tmp_path: Path, central_db_url: str) -> None:
+def test_the_sums_in_sql_and_the_pages_give_what_the_python_sums_gave(tmp_path: Path, central_db_url: str,
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
     """Issue 19: the report's building, school, day and district lines summed in SQL, its rooms paged, and the
     left-on list's page and count in one statement, against the code before, on both engines: three schools
     (one without a timetable: no `off`), buildings, a gateway that reports without being registered, rooms
-    without a meter, ties in kWh outside the timetable, days outside the span."""
+    without a meter, ties in kWh outside the timetable, days outside the span. The span is a whole ISO week,
+    read from the rooms' kept week rows (`usage_weeks`, migration 0023); those and a month's (`usage_months`)
+    answer exactly what the days' sums do, every line, page and scope."""
     from central.ledger import Ledger
     from central.registry import Registry
 
@@ -471,6 +475,25 @@ def test_the_sums_in_sql_and_the_pages_give_what_the_python_sums_gave(tmp_path: 
             assert not energy.report(db, first, last, scope, building, rooms=energy.NO_ROOMS).rooms
         ties = _old_left_on(db, first, last, None)
         assert len({r.off_kwh for r in ties}) < len(ties)  # the order's names after the kWh were needed
+        # The kept rows of a week and a month against the days' sums (the kept rows switched off), exactly.
+        assert usage_mod.kept_span(first, last) is not None
+        spans = ((first, last), usage_mod.month_span(first), (date(2025, 8, 25), date(2025, 8, 31)))
+        assert usage_mod.kept_span(*spans[1]) is not None
+        def both(a: date, b: date, scope: energy.lists.Scope, building: str | None,
+                 paging: energy.lists.Paging | None) -> tuple:
+            left = energy.left_on(db, a, b, paging or energy.lists.Paging(limit=9), scope, building)
+            return (energy.report(db, a, b, scope, building, rooms=paging).as_dict(), [vars(r) for r in left.items],
+                    left.total)
+
+        for a, b in spans:
+            for scope, building in ((energy.lists.EVERYTHING, None), (energy.lists.Scope(school="s2"), "B"),
+                                    (energy.lists.Scope(schools=("s1", "s2")), None)):
+                for paging in (None, energy.lists.Paging(limit=7, offset=14), energy.lists.Paging(q="A")):
+                    kept = both(a, b, scope, building, paging)
+                    with monkeypatch.context() as m:
+                        m.setattr(usage_mod, "kept_span", lambda _a, _b: None)
+                        assert kept == both(a, b, scope, building, paging)
+                    assert a.month == 8 or kept[0]["kwh"] > 0
     finally:
         db.engine.dispose()
 

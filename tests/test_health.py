@@ -475,6 +475,33 @@ def test_usage_page(app) -> None:
     assert client.get("/health/usage").status_code == 200
 
 
+@sqlite_only
+def test_usage_page_reads_each_device_once(app, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`/health/usage` reads a device's week from the store in one read (paged back only past MAX_POINTS), not
+    one per 6 hours (29 a device for a week over, 2,500 a page of 50 rooms at 10,000 rooms): the reads are the
+    page's power devices, and the figures are those the 6-hour chunks gave (the same points)."""
+    store = central(app).store
+    reads: list[tuple[str, str]] = []
+    query = store.query
+
+    def counted(gateway: str, device: str, *args: object, **kw: object) -> list:
+        reads.append((gateway, device))
+        return query(gateway, device, *args, **kw)
+
+    monkeypatch.setattr(store, "query", counted)
+    client, _ = login(app, "facility")
+    page = client.get("/health/usage?week=2025-W10").get_data(as_text=True)
+    # gw-101, gw-102 and gw-201 each with a projector and a display; gw-901 reports none.
+    assert sorted(reads) == sorted((gw, d) for gw in ("gw-101", "gw-102", "gw-201") for d in ("display", "proj"))
+    assert "<b>2.0 h</b>" in re.search(r"Room 101</a>.*?projector.*?</tr>", page, re.S).group(0)
+    display = re.search(r"Room 102</a>.*?display.*?</tr>", page, re.S).group(0)
+    assert "<b>4.0 h</b>" in display and "3.0 h" in display
+    start, end = local(0, 0) - health.MAX_SAMPLE_GAP_S, local(7, 0)
+    for gw, device in set(reads):
+        assert (list(health.iter_points(query.__self__, gw, device, "power", start, end, chunk=end - start + 1))
+                == list(health.iter_points(query.__self__, gw, device, "power", start, end)))
+
+
 # ---------------------------------------------------------------- schedules
 
 

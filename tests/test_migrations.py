@@ -325,3 +325,71 @@ def test_the_room_months_are_filled_from_the_days_kept(engine: str, tmp_path: Pa
         assert months() == filled
     finally:
         db.close()
+
+
+@pytest.mark.parametrize("engine", ["sqlite", "postgresql"])
+def test_the_room_weeks_are_filled_from_the_days_kept(engine: str, tmp_path: Path,
+                                                      request: pytest.FixtureRequest) -> None:
+    """Migration 0023: `usage_weeks` filled from the `usage_days` rows already kept, a row per room and ISO week
+    (Monday to Sunday, across a month's end), and `usage_day_totals` a row per day, what the rollup's
+    `recount_months` makes of the same days (a week's report reads them)."""
+    from datetime import date
+
+    from central import usage
+
+    # Sunday 31 August 2025 ends the week of the 25th; Monday 1 September starts the next; the 7th its Sunday.
+    days = [("gw-1", date(2025, 8, 31), 6, 2, 1, True, 10.0), ("gw-1", date(2025, 9, 1), 6, 3, 1, True, 20.0),
+            ("gw-1", date(2025, 9, 7), 4, 4, 0, False, 30.0), ("gw-1", date(2025, 9, 2), 5, 1, 2, False, 25.0),
+            ("gw-2", date(2025, 9, 15), 6, 6, 1, True, 40.0), ("gw-2", date(2025, 9, 8), 3, 1, 1, False, 50.0)]
+    db = database_at(engine, tmp_path, request, "0022")
+    try:
+        with db.write() as conn:
+            conn.execute(usage.UsageDay.__table__.insert(), [
+                {"gateway": gw, "day": day, "school": "s1", "periods": n, "used": k, "power_devices": devices,
+                 "co2_over_s": 0.0, "co2_devices": 0, "co2_limit": None, "complete": complete, "counted_to": to,
+                 "computed_at": to, "energy_kwh": n * 0.5, "energy_off_kwh": None if gw == "gw-2" else k * 0.25,
+                 "meter_devices": devices}
+                for gw, day, n, k, devices, complete, to in days])
+            # 0022's month rows, as its rollup kept them (without the energy columns 0023 adds and fills).
+            conn.exec_driver_sql("INSERT INTO usage_months (month, gateway, periods, used, measured, days) "
+                                 "VALUES ('2025-09-01', 'gw-1', 11, 4, 2, 3)")
+        assert migrations.ensure_current(db, upgrade=True) == "0022"  # the revision it upgraded from
+        w = usage.UsageWeek.__table__
+        query = sa.select(w.c.week, w.c.gateway, w.c.periods, w.c.used, w.c.measured, w.c.days, w.c.partial)
+
+        def weeks() -> set[tuple]:
+            with db.read() as conn:
+                return {tuple(r) for r in conn.execute(query)}
+
+        d = usage.UsageDayTotal.__table__
+
+        def totals() -> set[tuple]:
+            with db.read() as conn:
+                return {tuple(r) for r in conn.execute(sa.select(d.c.day, d.c.periods, d.c.used))}
+
+        filled, filled_totals = weeks(), totals()
+        assert filled == {(date(2025, 8, 25), "gw-1", 6, 2, 1, 1, None), (date(2025, 9, 1), "gw-1", 11, 4, 2, 3, 25.0),
+                          (date(2025, 9, 8), "gw-2", 3, 1, 1, 1, 50.0), (date(2025, 9, 15), "gw-2", 6, 6, 1, 1, None)}
+        # The days' totals over the measured rows (the 7th measured nothing: no line).
+        assert filled_totals == {(date(2025, 8, 31), 6, 2), (date(2025, 9, 1), 6, 3), (date(2025, 9, 2), 5, 1),
+                                 (date(2025, 9, 8), 3, 1), (date(2025, 9, 15), 6, 6)}
+        everything = [c for c in w.c if c.name != "week"]
+
+        def kept(table: sa.Table, key: str) -> set[tuple]:
+            with db.read() as conn:
+                return {tuple(r) for r in conn.execute(sa.select(table.c[key], *(table.c[c.name] for c in everything)))}
+
+        m = usage.UsageMonth.__table__
+        kept_weeks, kept_months = kept(w, "week"), kept(m, "month")
+        # The energy of gw-1's week of the 1st: its metered days (the 7th has no meter), kWh and those outside.
+        assert (date(2025, 9, 1), "gw-1", 11, 4, 2, 3, 25.0, 2, 5.5, 1.0, 5.5) in kept_weeks
+        assert (date(2025, 9, 1), "gw-2", 9, 7, 2, 2, 50.0, 2, 4.5, None, None) in kept_months
+        with db.write() as conn:  # the rollup's recount of the same days makes the same rows
+            conn.execute(w.delete())
+            conn.execute(d.delete())
+            conn.execute(m.delete())
+            usage.recount_months(conn, [(gw, day) for gw, day, *_ in days])
+        assert weeks() == filled and totals() == filled_totals
+        assert kept(w, "week") == kept_weeks and kept(m, "month") == kept_months
+    finally:
+        db.close()

@@ -319,3 +319,29 @@ def test_the_pages_render_a_page_of_a_district(tmp_path: Path, central_db_url: s
         assert get(app, "/provisioning/gateways?limit=bogus").status_code == 200  # the first page
     finally:
         close_app(app)
+
+
+def test_a_page_of_gateway_ids_reads_the_places_names_only_for_a_search(tmp_path: Path, central_db_url: str,
+                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """`lists.gateway_ids` (`/health/usage`, the room picker, `GET /api/gateways`) joins the places' rooms and
+    buildings only when a `q` or a building asks them: every page, total and scope the same as the places read
+    with their names (`place_rows`), with a gateway that reports without being registered."""
+    app = district_app(tmp_path, central_db_url, 60, monkeypatch)
+    try:
+        c = central(app)
+        c.ledger.record([], [("s03", "gw-loose", State(online=True, ts=time.time(), room="loose", devices={}))], [])
+        with c.db.read() as conn:
+            building_id = conn.exec_driver_sql("SELECT id FROM buildings ORDER BY id LIMIT 1").scalar_one()
+        for scope in (lists.EVERYTHING, lists.Scope(school="s01"), lists.Scope(schools=("s02", "s03")),
+                      lists.Scope(gateways=("gw-0003", "gw-0040", "gw-loose")), lists.Scope(schools=()),
+                      lists.Scope(building=building_id)):
+            for q in (None, "gw-00", "LOOSE", "A"):
+                rows = lists.place_rows(c.db, scope)
+                want = sorted(((s, gw) for gw, s, b, r in rows
+                               if not q or any(q.lower() in v.lower() for v in (gw, s, b, r))))
+                for offset in (0, 7, 50):
+                    page = lists.gateway_ids(c.db, lists.Paging(limit=7, offset=offset, q=q), scope)
+                    assert page.items == [gw for _s, gw in want[offset:offset + 7]] and page.total == len(want)
+        assert lists.gateway_ids(c.db, lists.Paging(), lists.EVERYTHING).total == 61
+    finally:
+        close_app(app)

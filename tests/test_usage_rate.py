@@ -422,6 +422,9 @@ def test_the_paged_report_answers_what_every_room_read_did(tmp_path: Path, centr
             u = usage.UsageDay.__table__
             assert conn.execute(u.update().where(u.c.gateway == "gw-0009", u.c.day == today - timedelta(days=2))
                                 .values(periods=6, used=4, power_devices=1)).rowcount == 1
+            # As every writer of day rows must (a span that is a whole week or month reads the kept sums: on a
+            # Sunday, `first`..`last` below is one).
+            usage.recount_months(conn, [("gw-0009", today - timedelta(days=2))])
         c.registry.add_device("gw-0019", "proj", "projector-pjlink", {"host": "127.0.0.1", "port": 4352})
         first, last = today - timedelta(days=6), today
         for school, schools_in in ((None, None), ("s09", None), (None, ("s01", "s09")), ("s01", ("s01",)),
@@ -548,5 +551,84 @@ def test_a_months_report_from_its_room_months_answers_what_its_days_do(tmp_path:
         _august4, september4 = months()
         day3 = next(d for d in september4.days if d.day == date(2025, 9, 3))
         assert september4.used == september3.used + 5 and day3.used == 5  # gw-gone's row counts nowhere
+    finally:
+        close_app(district)
+
+
+def test_a_weeks_report_from_its_room_weeks_answers_what_its_days_do(tmp_path: Path, central_db_url: str,
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """An ISO week's report (the default span) reads one `usage_weeks` row a room (migration 0023), kept by the
+    rollup with the day rows as the months are: the same report, every field, as the sums of the days, for a
+    week over and the week running, every scope, every page; after older days are filled, after today's row is
+    rewritten with more periods used, and with hand-written rows of a place and of a gateway that is no place
+    (counted in neither the rooms nor the days). Turning the recount of the weeks off fails it."""
+    from tests.test_paging import district_app
+
+    district = district_app(tmp_path, central_db_url, 40, monkeypatch)
+    try:
+        c = central(district)
+        every_week = {"timezone": DOC["timezone"], "periods": DOC["periods"]}  # no terms: classes every weekday
+        for school in (f"s{i:02d}" for i in range(SCHOOLS)):
+            if school != "s02":  # a school without a timetable: no periods
+                tts.save(c.registry, tts.from_document(school, every_week), "test")
+        school_of = {gw: school for gw, school, *_ in lists.place_rows(c.db, lists.Scope())}
+        # Friday 12 September 2025, 11:00 in Shanghai: the week of the 1st over, the week of the 8th running.
+        now = t("12", "11:00")
+        c.store.write([Sample(school_of[gw], gw, "proj", "projector", t(day, hhmm) + 60 * i, {"power": "on"})
+                       for gw, day, hhmm in (("gw-0000", "05", "08:00"), ("gw-0001", "09", "09:00"),
+                                             ("gw-0013", "11", "10:00")) for i in range(50)])
+
+        def same(first: date, last: date, **kw: object) -> usage.UsageReport:
+            by_week = usage.usage_rate(c.registry, c.ledger, first, last, now=now, **kw)  # type: ignore[arg-type]
+            with monkeypatch.context() as m:
+                m.setattr(usage, "whole_week", lambda _a, _b: None)  # the days' sums, as any other span
+                by_days = usage.usage_rate(c.registry, c.ledger, first, last, now=now, **kw)  # type: ignore[arg-type]
+            assert by_week == by_days
+            return by_week
+
+        def weeks() -> list[usage.UsageReport]:
+            out = []
+            for monday in (date(2025, 9, 1), date(2025, 9, 8)):
+                first, last = usage.week_span(monday)
+                whole = same(first, last)
+                for school, schools_in in (("s03", None), (None, ("s01", "s03")), ("s01", ("s01",)), (None, ())):
+                    same(first, last, school=school, schools_in=schools_in)
+                paged = [r for offset in range(0, len(whole.rooms) + 1, 9)
+                         for r in same(first, last, page=lists.Paging(limit=9, offset=offset)).rooms]
+                assert paged == whole.rooms
+                assert same(first, last, page=lists.Paging(q="GW-001")).total_rooms == 10
+                out.append(whole)
+            return out
+
+        assert usage.whole_week(date(2025, 9, 8), date(2025, 9, 14)) == date(2025, 9, 8)
+        assert usage.whole_week(date(2025, 9, 9), date(2025, 9, 15)) is None  # a Tuesday to a Monday
+        assert usage.whole_week(date(2025, 9, 1), date(2025, 9, 30)) is None
+        assert rollup.fill(c.registry, c.ledger, c.store, now=now, days=9).written > 0
+        before, running = weeks()
+        assert before.pending > 0 and running.used == 2  # a period the 9th and the 11th; the 1st-3rd not filled
+        assert rollup.fill(c.registry, c.ledger, c.store, now=now, days=20).written > 0
+        before2, running2 = weeks()
+        assert before2.used == 1 and before2.pending < before.pending and running2 == running
+        # Today's row rewritten: gw-0001's projector on through periods 1-3, the refresh at 11:30 counts them.
+        c.store.write([Sample(school_of["gw-0001"], "gw-0001", "proj", "projector", t("12", "07:59") + 60 * i,
+                              {"power": "on"}) for i in range(170)])
+        now = t("12", "11:30")
+        assert rollup.fill(c.registry, c.ledger, c.store, now=now, days=1).written == 40
+        _before3, running3 = weeks()
+        assert running3.used == running.used + 3
+        assert next(r for r in running3.rooms if r.gateway == "gw-0001").used == 4
+        # A room-day of a gateway no place any more (and one of a place) written by hand, with its week.
+        u = usage.UsageDay.__table__
+        extra = [{"gateway": gw, "day": date(2025, 9, 10), "school": "s01", "periods": 6, "used": 5,
+                  "power_devices": 1, "co2_over_s": 0.0, "co2_devices": 0, "co2_limit": None, "complete": True,
+                  "counted_to": now, "computed_at": now, "energy_kwh": None, "energy_off_kwh": None,
+                  "meter_devices": 0} for gw in ("gw-gone", "gw-0039")]
+        with c.db.write() as conn:
+            conn.execute(u.delete().where(u.c.gateway == "gw-0039", u.c.day == date(2025, 9, 10)))
+            conn.execute(u.insert(), extra)
+            usage.recount_months(conn, [("gw-gone", date(2025, 9, 10)), ("gw-0039", date(2025, 9, 10))])
+        _before4, running4 = weeks()
+        day10 = next(d for d in running4.days if d.day == date(2025, 9, 10))
+        assert running4.used == running3.used + 5 and day10.used == 5  # gw-gone's row counts nowhere
     finally:
         close_app(district)
