@@ -13,6 +13,7 @@ a machine shared with other work, where the wall clock is mostly waiting for a c
     python bench/district_lists.py --rooms 10000 --maintenance
     python bench/district_lists.py --rooms 10000 --usage
     python bench/district_lists.py --rooms 10000 --usage --month
+    python bench/district_lists.py --rooms 10000 --energy --exports [energy.xlsx] --keep FILE
 
 `--energy`: the usage rollup's rows of this week and the last (every room metered, kWh and kWh outside the
 timetable made up per room and day, written straight into `usage_days` as the rollup would), then
@@ -20,6 +21,11 @@ timetable made up per room and day, written straight into `usage_days` as the ro
 `--usage`: a timetable per school and this week's `usage_days` rows written straight (what the usage
 rollup would have written: central/usage_rollup.py), then the usage-rate report's page, API and CSV; with
 `--month` last calendar month's rows too, and that month's report (`?month=YYYY-MM`) instead of the CSV.
+`--exports [TEXT]` (with `--energy`): the district-wide downloads instead (the energy, usage-rate and maintenance
+CSV and XLSX, or those whose path contains TEXT), each read to its end as a client would: CPU per download and
+the process's RSS before the first, after it and after the last (what the web keeps after a download; the
+district's download of 10,000 rooms is what grew the web to 433-459 MB in §11l and §11o), and the peak.
+Run one download per process (`--exports energy.xlsx`) for RSS figures that are that download's alone.
 `--keep FILE`: build the district into FILE, or use it if it exists (before and after on the same data).
 """
 
@@ -29,6 +35,7 @@ import argparse
 import os
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable
 from datetime import timedelta
@@ -151,6 +158,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--energy", action="store_true", help="the energy pages (a fortnight of rollup rows)")
     parser.add_argument("--maintenance", action="store_true",
                         help="the maintenance list and the rollup's rating round instead of the school rollup")
+    parser.add_argument("--exports", nargs="?", const="", metavar="TEXT",
+                        help="with --energy: the district-wide downloads (those whose path contains TEXT) instead")
     parser.add_argument("--keep", metavar="FILE", help="build the district into this SQLite file, or use it if it "
                         "exists (runs before and after a change on the same data)")
     args = parser.parse_args(argv)
@@ -217,6 +226,9 @@ def main(argv: list[str] | None = None) -> int:
             paths = ("/health/energy", "/api/energy", "/api/energy/left-on?limit=20",
                      f"/health/energy?school={plan.school_ids()[1]}", f"/api/energy?offset={args.rooms // 2}")
             how = ""
+            if args.exports is not None:
+                store = export_cases(cases, registry, tmp, web, bearer, args.calls, args.exports)
+                paths = ()
         for path in paths:
             def request(path: str = path) -> None:
                 resp = web.get(path, headers=bearer)
@@ -231,11 +243,72 @@ def main(argv: list[str] | None = None) -> int:
         if args.maintenance and hasattr(maintenance, "FALLBACKS"):
             print(f"parts the list computed itself: {maintenance.FALLBACKS.parts} in {maintenance.FALLBACKS.lists} lists")
         close_app(app)
-        if args.maintenance:
+        if args.maintenance or (args.energy and args.exports is not None):
             store.close()
         ledger.close()
         db.engine.dispose()
     return 0
+
+
+EXPORTS = ("/health/energy.xlsx", "/health/energy.csv", "/health/usage-rate.xlsx", "/health/usage-rate.csv",
+           "/health/maintenance.xlsx?within=52", "/health/maintenance.csv?within=52")
+
+
+def export_cases(cases: dict[str, Callable[[], Any]], registry: Any, tmp: str, web: Any, bearer: dict[str, str],
+                 calls: int, only: str) -> Any:
+    """Times the district-wide downloads itself (`cases` is left empty): per download the CPU of each call (the
+    body read to its end, chunk by chunk, as a client reads it), the file's size, and the process's RSS before
+    the first call, after it and after the last; then the peak RSS (`ru_maxrss`). The maintenance files need the
+    rollup's rating round first (one round, not timed). Returns the point store (closed by the caller)."""
+    import resource
+
+    import openpyxl  # noqa: F401  (imported by the first XLSX in the web too: not a download's memory)
+    import psutil
+
+    from central.store.sqlite import SqlitePointStore
+
+    store = SqlitePointStore(f"{tmp}/points.db")
+    maintenance.rate_parts(registry.db, store)
+    me = psutil.Process()
+
+    def rss() -> float:
+        return me.memory_info().rss / 2**20
+
+    def fetch(path: str) -> int:
+        # In a thread of its own, as gunicorn's gthread worker answers a request in a pool thread: glibc gives
+        # such a thread a malloc arena of its own, and what a download leaves in it is what the web keeps.
+        size: list[int] = []
+
+        def get() -> None:
+            resp = web.get(path, headers=bearer, buffered=False)
+            assert resp.status_code == 200, (path, resp.status_code)
+            size.append(sum(len(chunk) for chunk in resp.response))
+            resp.close()
+
+        thread = threading.Thread(target=get)
+        thread.start()
+        thread.join()
+        assert size, f"GET {path} failed"
+        return size[0]
+
+    for path in EXPORTS:
+        if only not in path:
+            continue
+        before = rss()
+        cpu, size, after_first = [], 0, 0.0
+        for k in range(calls):
+            c0 = time.process_time()
+            size = fetch(path)
+            cpu.append(time.process_time() - c0)
+            if k == 0:
+                after_first = rss()
+        cpu.sort()
+        print(f"GET {path}: CPU median {cpu[len(cpu) // 2]:.2f} s (min {cpu[0]:.2f}, max {cpu[-1]:.2f}), "
+              f"{size / 1024:.0f} KB; RSS {before:.0f} MB before, {after_first:.0f} after the first, "
+              f"{rss():.0f} after {calls}; load average {os.getloadavg()[0]:.2f}")
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(f"peak RSS of the process (ru_maxrss): {peak:.0f} MB")
+    return store
 
 
 def energy_rows(db: Any) -> int:
