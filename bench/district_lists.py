@@ -26,6 +26,8 @@ CSV and XLSX, or those whose path contains TEXT), each read to its end as a clie
 the process's RSS before the first, after it and after the last (what the web keeps after a download; the
 district's download of 10,000 rooms is what grew the web to 433-459 MB in §11l and §11o), and the peak.
 Run one download per process (`--exports energy.xlsx`) for RSS figures that are that download's alone.
+`--served` (with `--exports`): the same downloads from a real `campus web --no-jobs` (gunicorn, a Mosquitto beside
+it) over HTTP instead: the web's CPU per download and its RSS (arbiter + worker) before and after, as deployed.
 `--keep FILE`: build the district into FILE, or use it if it exists (before and after on the same data).
 """
 
@@ -160,6 +162,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="the maintenance list and the rollup's rating round instead of the school rollup")
     parser.add_argument("--exports", nargs="?", const="", metavar="TEXT",
                         help="with --energy: the district-wide downloads (those whose path contains TEXT) instead")
+    parser.add_argument("--served", action="store_true", help="with --exports: from a real `campus web` over HTTP")
     parser.add_argument("--keep", metavar="FILE", help="build the district into this SQLite file, or use it if it "
                         "exists (runs before and after a change on the same data)")
     args = parser.parse_args(argv)
@@ -226,7 +229,10 @@ def main(argv: list[str] | None = None) -> int:
             paths = ("/health/energy", "/api/energy", "/api/energy/left-on?limit=20",
                      f"/health/energy?school={plan.school_ids()[1]}", f"/api/energy?offset={args.rooms // 2}")
             how = ""
-            if args.exports is not None:
+            if args.exports is not None and args.served:
+                store = served_exports(registry, url, tmp, args.calls, args.exports)
+                paths = ()
+            elif args.exports is not None:
                 store = export_cases(cases, registry, tmp, web, bearer, args.calls, args.exports)
                 paths = ()
         for path in paths:
@@ -308,6 +314,74 @@ def export_cases(cases: dict[str, Callable[[], Any]], registry: Any, tmp: str, w
               f"{rss():.0f} after {calls}; load average {os.getloadavg()[0]:.2f}")
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(f"peak RSS of the process (ru_maxrss): {peak:.0f} MB")
+    return store
+
+
+def served_exports(registry: Any, url: str, tmp: str, calls: int, only: str) -> Any:
+    """`export_cases` from a real `campus web --no-jobs` (the deployed gunicorn worker, its pool threads): each
+    download `calls` times over one kept-alive connection, the body read to its end; the web's CPU per download
+    (arbiter and worker, from /proc) and its RSS before the first, after it and after the last. Returns the
+    point store (closed by the caller)."""
+    import http.client
+    import secrets
+
+    import psutil
+
+    from bench.common import CampusProcess, broker, wait_until
+    from campus.net import free_port
+    from central.store.sqlite import SqlitePointStore
+
+    store = SqlitePointStore(f"{tmp}/points.db")
+    maintenance.rate_parts(registry.db, store)
+    token, port = secrets.token_urlsafe(24), free_port()
+    with broker(Path(tmp) / "mq") as mq:
+        web = CampusProcess(["web", "--mqtt", mq.url, "--store", f"sqlite:///{tmp}/points.db", "--db", url,
+                             "--http-port", str(port), "--admin-token", token, "--no-jobs"], Path(tmp) / "web.log")
+        web.start()
+        try:
+            web.wait_listening(port, timeout=60)
+            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=300)
+
+            def fetch(path: str) -> int:
+                conn.request("GET", path, headers={"Authorization": f"Bearer {token}"})
+                resp = conn.getresponse()
+                size = 0
+                while chunk := resp.read(65536):
+                    size += len(chunk)
+                assert resp.status == 200, (path, resp.status)
+                return size
+
+            wait_until(lambda: fetch("/api/health") > 0, 60, message="campus web answering")
+            root = psutil.Process(web.proc.pid)  # type: ignore[union-attr]
+
+            def tree() -> list[Any]:
+                return [root, *root.children(recursive=True)]
+
+            def rss() -> float:
+                fetch("/api/health")  # after the last download's response was closed (its on-close hooks run)
+                return sum(p.memory_info().rss for p in tree()) / 2**20
+
+            def cpu() -> float:
+                return sum(sum(p.cpu_times()[:2]) for p in tree())
+
+            print(f"campus web (arbiter + {len(tree()) - 1} worker) RSS {rss():.0f} MB at start")
+            for path in EXPORTS:
+                if only not in path:
+                    continue
+                before, took, size, after = rss(), [], 0, []
+                for _ in range(calls):
+                    c0 = cpu()
+                    size = fetch(path)
+                    took.append(cpu() - c0)
+                    after.append(rss())
+                took.sort()
+                print(f"GET {path} (campus web): CPU median {took[len(took) // 2]:.2f} s (min {took[0]:.2f}, max "
+                      f"{took[-1]:.2f}), {size / 1024:.0f} KB; web RSS {before:.0f} MB before, {after[0]:.0f} "
+                      f"after the first, {after[-1]:.0f} after {calls} (each: {' '.join(f'{r:.0f}' for r in after)}); "
+                      f"load average {os.getloadavg()[0]:.2f}")
+            conn.close()
+        finally:
+            web.stop()
     return store
 
 
