@@ -336,7 +336,7 @@ def served_exports(registry: Any, url: str, tmp: str, calls: int, only: str) -> 
     token, port = secrets.token_urlsafe(24), free_port()
     with broker(Path(tmp) / "mq") as mq:
         web = CampusProcess(["web", "--mqtt", mq.url, "--store", f"sqlite:///{tmp}/points.db", "--db", url,
-                             "--http-port", str(port), "--admin-token", token, "--no-jobs"], Path(tmp) / "web.log")
+                             "--http-port", str(port), f"--admin-token={token}", "--no-jobs"], Path(tmp) / "web.log")
         web.start()
         try:
             web.wait_listening(port, timeout=60)
