@@ -232,7 +232,7 @@ def energy_xlsx() -> Any:
     days += [[d.day, round(d.kwh, 3), None if d.off_kwh is None else round(d.off_kwh, 3), report.yuan(d.kwh)]
              for d in report.days]
 
-    def room_days() -> Iterator[tuple[Any, ...]]:  # read and written as they come: 140,000 a district's fortnight
+    def room_days() -> Iterator[tuple[Any, ...]]:  # read and written as they come: 70,000 rows a district's week
         yield (gettext("date"), gettext("school"), gettext("building"), gettext("room"), gettext("gateway"), "kWh",
                gettext("kWh outside timetable"))
         for d, s, b, r, gw, k, o in energy.iter_room_days(central().registry.db, report.first, report.last,
