@@ -59,12 +59,16 @@ def csv_file(rows: Iterable[Sequence[Any]], cell: Callable[[Any], Any] = _plain)
     """The CSV of `rows` (see `csv_text`) in a temporary file at its start: the rows written as they come."""
     out = _spool()
     text = io.TextIOWrapper(out, encoding="utf-8", newline="", write_through=False)  # type: ignore[arg-type]
-    text.write("\ufeff")
-    writer = csv.writer(text, lineterminator="\r\n")
-    for row in rows:
-        writer.writerow([spreadsheet_text(v) if isinstance(v, str) else cell(v) for v in row])
-    text.flush()
-    text.detach()
+    try:
+        text.write("\ufeff")
+        writer = csv.writer(text, lineterminator="\r\n")
+        for row in rows:
+            writer.writerow([spreadsheet_text(v) if isinstance(v, str) else cell(v) for v in row])
+        text.flush()
+        text.detach()
+    except BaseException:
+        out.close()  # a row source failed (the database): no half file left behind
+        raise
     out.seek(0)
     return out
 
@@ -206,10 +210,20 @@ def xlsx_file(sheets: Sequence[Sheet]) -> IO[bytes]:
     """A workbook of `sheets` in a temporary file at its start; every text a string cell, never a formula
     the spreadsheet runs. Each sheet's rows are read once, as they come, and deflated as they are written."""
     out = _spool()
+    try:
+        _write_book(out, sheets)
+    except BaseException:
+        out.close()  # a row source failed (the database): no half file left behind
+        raise
+    out.seek(0)
+    return out
+
+
+def _write_book(out: IO[bytes], sheets: Sequence[Sheet]) -> None:
     styles = _Styles()
     with zipfile.ZipFile(out, "w", zipfile.ZIP_DEFLATED, compresslevel=6) as book:
         for k, spec in enumerate(sheets, 1):
-            with book.open(f"xl/worksheets/sheet{k}.xml", "w", force_zip64=True) as part:
+            with book.open(f"xl/worksheets/sheet{k}.xml", "w") as part:
                 for piece in _sheet_xml(spec, styles):
                     part.write(piece.encode("utf-8", "replace"))
         names = "".join(f'<sheet name={quoteattr(spec.title)} sheetId="{k}" r:id="rId{k}"/>'
@@ -232,8 +246,6 @@ def xlsx_file(sheets: Sequence[Sheet]) -> IO[bytes]:
                       'relationships+xml"/><Default Extension="xml" ContentType="application/xml"/>'
                       f'<Override PartName="/xl/workbook.xml" ContentType="{kind}.sheet.main+xml"/>'
                       f'<Override PartName="/xl/styles.xml" ContentType="{kind}.styles+xml"/>{overrides}</Types>')
-    out.seek(0)
-    return out
 
 
 def xlsx_bytes(sheets: Sequence[Sheet]) -> bytes:

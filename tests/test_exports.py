@@ -14,6 +14,7 @@ from datetime import date, datetime, time, timedelta
 from typing import Any
 from urllib.parse import quote
 
+import pytest
 from openpyxl import load_workbook
 
 from central import energy, maintenance, usage
@@ -96,6 +97,20 @@ def test_a_cr_survives_and_characters_xml_cannot_hold_are_left_out() -> None:
     dropped from its cell."""
     got = cells(xlsx_bytes([Sheet("x", [["\r=1+1", "bell\x07 and \x00nul", "\ufffe"]])]))
     assert got == [("x", [[("\r=1+1", "s", "General"), ("bell and nul", "s", "General"), (None, "inlineStr", "General")]])]
+
+
+def test_a_row_source_that_fails_fails_the_file() -> None:
+    """A table's rows come from the database as the file is written: a failure half-way is the caller's
+    error (a StoreError: the app's 503), never a file that looks whole."""
+    def rows() -> Any:
+        yield ["room"]
+        yield ["101"]
+        raise RuntimeError("the database went away")
+
+    with pytest.raises(RuntimeError, match="went away"):
+        xlsx_file([Sheet("x", rows())])
+    with pytest.raises(RuntimeError, match="went away"):
+        csv_file(rows())
 
 
 def test_the_csv_file_is_the_csv_text_with_a_bom_and_inert_formulas() -> None:
