@@ -13,6 +13,7 @@ a machine shared with other work, where the wall clock is mostly waiting for a c
     python bench/district_lists.py --rooms 10000 --maintenance
     python bench/district_lists.py --rooms 10000 --usage
     python bench/district_lists.py --rooms 10000 --usage --month
+    python bench/district_lists.py --rooms 10000 --energy --exports [energy.xlsx] --keep FILE
 
 `--energy`: the usage rollup's rows of this week and the last (every room metered, kWh and kWh outside the
 timetable made up per room and day, written straight into `usage_days` as the rollup would), then
@@ -23,6 +24,13 @@ rollup would have written: central/usage_rollup.py), then the usage-rate report'
 `--usage` also asks `/health/usage` (the week's hours on per device, read from the point store for a page of
 50 rooms): the store holds the last hour of the page's projectors and displays, a `power` sample every 30 s
 (as bench/dashboard.py's gateways publish them, a few minutes' worth there).
+`--exports [TEXT]` (with `--energy`): the district-wide downloads instead (the energy, usage-rate and maintenance
+CSV and XLSX, or those whose path contains TEXT), each read to its end as a client would: CPU per download and
+the process's RSS before the first, after it and after the last (what the web keeps after a download; the
+district's download of 10,000 rooms is what grew the web to 433-459 MB in §11l and §11o), and the peak.
+Run one download per process (`--exports energy.xlsx`) for RSS figures that are that download's alone.
+`--served` (with `--exports`): the same downloads from a real `campus web --no-jobs` (gunicorn, a Mosquitto beside
+it) over HTTP instead: the web's CPU per download and its RSS (arbiter + worker) before and after, as deployed.
 `--keep FILE`: build the district into FILE, or use it if it exists (before and after on the same data).
 """
 
@@ -32,6 +40,7 @@ import argparse
 import os
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable
 from datetime import timedelta
@@ -173,6 +182,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--energy", action="store_true", help="the energy pages (a fortnight of rollup rows)")
     parser.add_argument("--maintenance", action="store_true",
                         help="the maintenance list and the rollup's rating round instead of the school rollup")
+    parser.add_argument("--exports", nargs="?", const="", metavar="TEXT",
+                        help="with --energy: the district-wide downloads (those whose path contains TEXT) instead")
+    parser.add_argument("--served", action="store_true", help="with --exports: from a real `campus web` over HTTP")
     parser.add_argument("--keep", metavar="FILE", help="build the district into this SQLite file, or use it if it "
                         "exists (runs before and after a change on the same data)")
     args = parser.parse_args(argv)
@@ -240,6 +252,12 @@ def main(argv: list[str] | None = None) -> int:
             paths = ("/health/energy", "/api/energy", "/api/energy/left-on?limit=20",
                      f"/health/energy?school={plan.school_ids()[1]}", f"/api/energy?offset={args.rooms // 2}")
             how = ""
+            if args.exports is not None and args.served:
+                store = served_exports(registry, url, tmp, args.calls, args.exports)
+                paths = ()
+            elif args.exports is not None:
+                store = export_cases(cases, registry, tmp, web, bearer, args.calls, args.exports)
+                paths = ()
         for path in paths:
             def request(path: str = path) -> None:
                 resp = web.get(path, headers=bearer)
@@ -254,11 +272,140 @@ def main(argv: list[str] | None = None) -> int:
         if args.maintenance and hasattr(maintenance, "FALLBACKS"):
             print(f"parts the list computed itself: {maintenance.FALLBACKS.parts} in {maintenance.FALLBACKS.lists} lists")
         close_app(app)
-        if args.maintenance:
+        if args.maintenance or (args.energy and args.exports is not None):
             store.close()
         ledger.close()
         db.engine.dispose()
     return 0
+
+
+EXPORTS = ("/health/energy.xlsx", "/health/energy.csv", "/health/usage-rate.xlsx", "/health/usage-rate.csv",
+           "/health/maintenance.xlsx?within=52", "/health/maintenance.csv?within=52")
+
+
+def export_cases(cases: dict[str, Callable[[], Any]], registry: Any, tmp: str, web: Any, bearer: dict[str, str],
+                 calls: int, only: str) -> Any:
+    """Times the district-wide downloads itself (`cases` is left empty): per download the CPU of each call (the
+    body read to its end, chunk by chunk, as a client reads it), the file's size, and the process's RSS before
+    the first call, after it and after the last; then the peak RSS (`ru_maxrss`). The maintenance files need the
+    rollup's rating round first (one round, not timed). Returns the point store (closed by the caller)."""
+    import resource
+
+    import openpyxl  # noqa: F401  (imported by the first XLSX in the web too: not a download's memory)
+    import psutil
+
+    from central.store.sqlite import SqlitePointStore
+
+    store = SqlitePointStore(f"{tmp}/points.db")
+    maintenance.rate_parts(registry.db, store)
+    me = psutil.Process()
+
+    def rss() -> float:
+        return me.memory_info().rss / 2**20
+
+    def fetch(path: str) -> int:
+        # In a thread of its own, as gunicorn's gthread worker answers a request in a pool thread: glibc gives
+        # such a thread a malloc arena of its own, and what a download leaves in it is what the web keeps.
+        size: list[int] = []
+
+        def get() -> None:
+            resp = web.get(path, headers=bearer, buffered=False)
+            assert resp.status_code == 200, (path, resp.status_code)
+            size.append(sum(len(chunk) for chunk in resp.response))
+            resp.close()
+
+        thread = threading.Thread(target=get)
+        thread.start()
+        thread.join()
+        assert size, f"GET {path} failed"
+        return size[0]
+
+    for path in EXPORTS:
+        if only not in path:
+            continue
+        before = rss()
+        cpu, size, after_first = [], 0, 0.0
+        for k in range(calls):
+            c0 = time.process_time()
+            size = fetch(path)
+            cpu.append(time.process_time() - c0)
+            if k == 0:
+                after_first = rss()
+        cpu.sort()
+        print(f"GET {path}: CPU median {cpu[len(cpu) // 2]:.2f} s (min {cpu[0]:.2f}, max {cpu[-1]:.2f}), "
+              f"{size / 1024:.0f} KB; RSS {before:.0f} MB before, {after_first:.0f} after the first, "
+              f"{rss():.0f} after {calls}; load average {os.getloadavg()[0]:.2f}")
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(f"peak RSS of the process (ru_maxrss): {peak:.0f} MB")
+    return store
+
+
+def served_exports(registry: Any, url: str, tmp: str, calls: int, only: str) -> Any:
+    """`export_cases` from a real `campus web --no-jobs` (the deployed gunicorn worker, its pool threads): each
+    download `calls` times over one kept-alive connection, the body read to its end; the web's CPU per download
+    (arbiter and worker, from /proc) and its RSS before the first, after it and after the last. Returns the
+    point store (closed by the caller)."""
+    import http.client
+    import secrets
+
+    import psutil
+
+    from bench.common import CampusProcess, broker, wait_until
+    from campus.net import free_port
+    from central.store.sqlite import SqlitePointStore
+
+    store = SqlitePointStore(f"{tmp}/points.db")
+    maintenance.rate_parts(registry.db, store)
+    token, port = secrets.token_urlsafe(24), free_port()
+    with broker(Path(tmp) / "mq") as mq:
+        web = CampusProcess(["web", "--mqtt", mq.url, "--store", f"sqlite:///{tmp}/points.db", "--db", url,
+                             "--http-port", str(port), f"--admin-token={token}", "--no-jobs"], Path(tmp) / "web.log")
+        web.start()
+        try:
+            web.wait_listening(port, timeout=60)
+            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=300)
+
+            def fetch(path: str) -> int:
+                conn.request("GET", path, headers={"Authorization": f"Bearer {token}"})
+                resp = conn.getresponse()
+                size = 0
+                while chunk := resp.read(65536):
+                    size += len(chunk)
+                assert resp.status == 200, (path, resp.status)
+                return size
+
+            wait_until(lambda: fetch("/api/health") > 0, 60, message="campus web answering")
+            root = psutil.Process(web.proc.pid)  # type: ignore[union-attr]
+
+            def tree() -> list[Any]:
+                return [root, *root.children(recursive=True)]
+
+            def rss() -> float:
+                fetch("/api/health")  # after the last download's response was closed (its on-close hooks run)
+                return sum(p.memory_info().rss for p in tree()) / 2**20
+
+            def cpu() -> float:
+                return sum(sum(p.cpu_times()[:2]) for p in tree())
+
+            print(f"campus web (arbiter + {len(tree()) - 1} worker) RSS {rss():.0f} MB at start")
+            for path in EXPORTS:
+                if only not in path:
+                    continue
+                before, took, size, after = rss(), [], 0, []
+                for _ in range(calls):
+                    c0 = cpu()
+                    size = fetch(path)
+                    took.append(cpu() - c0)
+                    after.append(rss())
+                took.sort()
+                print(f"GET {path} (campus web): CPU median {took[len(took) // 2]:.2f} s (min {took[0]:.2f}, max "
+                      f"{took[-1]:.2f}), {size / 1024:.0f} KB; web RSS {before:.0f} MB before, {after[0]:.0f} "
+                      f"after the first, {after[-1]:.0f} after {calls} (each: {' '.join(f'{r:.0f}' for r in after)}); "
+                      f"load average {os.getloadavg()[0]:.2f}")
+            conn.close()
+        finally:
+            web.stop()
+    return store
 
 
 def energy_rows(db: Any) -> int:

@@ -24,7 +24,7 @@ money is shown, never stored, so a new tariff applies to every past day at once.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field, fields
 from datetime import date
 from typing import Any
@@ -338,6 +338,17 @@ def room_days(db: Database, first: date, last: date, scope: lists.Scope = lists.
               building: str | None = None) -> list[tuple[date, str, str, str, str, float, float | None]]:
     """(day, school, building, room, gateway, kWh, kWh outside the timetable) of every metered room-day in
     `scope` from `first` to `last`, in that order: one statement (the XLSX's per-day sheet)."""
+    return list(iter_room_days(db, first, last, scope, building))
+
+
+ROOM_DAYS_CHUNK = 500  # rows `iter_room_days` fetches at a time
+
+
+def iter_room_days(db: Database, first: date, last: date, scope: lists.Scope = lists.EVERYTHING,
+                   building: str | None = None) -> Iterator[tuple[date, str, str, str, str, float, float | None]]:
+    """`room_days` as they are read, `ROOM_DAYS_CHUNK` rows at a time (a server-side cursor on PostgreSQL):
+    a district's month is 300,000 rows, which the XLSX writes as they come rather than hold. The read stays
+    open until the iterator is exhausted or closed."""
     from central.usage import UsageDay
 
     u = _u()
@@ -347,5 +358,5 @@ def room_days(db: Database, first: date, last: date, scope: lists.Scope = lists.
              .where(*_span(first, last, scope, p), *_building_filter(p, building))
              .order_by(u.day, lists.ordered(db, p.c.school), lists.ordered(db, u.gateway)))
     with db.read("cannot read the energy rollup") as conn:
-        return [(d, s or "", b or "", r or "", gw, float(k or 0), None if o is None else float(o))
-                for d, s, b, r, gw, k, o in conn.execute(query)]
+        for d, s, b, r, gw, k, o in conn.execution_options(yield_per=ROOM_DAYS_CHUNK).execute(query):
+            yield d, s or "", b or "", r or "", gw, float(k or 0), None if o is None else float(o)

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import re
 import time
+from collections.abc import Iterator
 from datetime import timedelta
 from typing import Any
 
@@ -34,7 +35,7 @@ from central import energy, lists, maintenance
 from central.overview import places
 from dashboards.auth import login_required, sight
 from dashboards.context import central, web
-from dashboards.exports import CSV, XLSX, Sheet, csv_text, download, xlsx_bytes
+from dashboards.exports import CSV, XLSX, Sheet, csv_file, download, xlsx_file
 from dashboards.health import STAFF
 from dashboards.i18n import format_time
 from dashboards.timetables import _Refused, _week_id, school_arg, span
@@ -186,21 +187,22 @@ def _kwh(value: float | None) -> str:
     return "—" if value is None else f"{value:,.1f}"
 
 
-def report_table(report: energy.EnergyReport) -> list[list[Any]]:
-    """The report as spreadsheet rows: the district, each school, building and room (a level column)."""
+def report_table(report: energy.EnergyReport) -> Iterator[tuple[Any, ...]]:
+    """The report as spreadsheet rows, made as they are written: the district, each school, building and
+    room (a level column)."""
     def line(level: str, e: energy.Energy, school: str = "", building: str = "", room: str = "",
-             gateway: str = "") -> list[Any]:
-        return [gettext(level), school, building, room, gateway, round(e.kwh, 3),
-                None if e.off_kwh is None else round(e.off_kwh, 3), report.yuan(e.kwh), report.yuan(e.off_kwh)]
+             gateway: str = "") -> tuple[Any, ...]:
+        return (level, school, building, room, gateway, round(e.kwh, 3),
+                None if e.off_kwh is None else round(e.off_kwh, 3), report.yuan(e.kwh), report.yuan(e.off_kwh))
 
     # The level words are the same msgids as the usage export's (dashboards/timetables.py).
-    rows: list[list[Any]] = [[gettext("level"), gettext("school"), gettext("building"), gettext("room"),
-                              gettext("gateway"), "kWh", gettext("kWh outside timetable"), gettext("yuan"),
-                              gettext("yuan outside timetable")], line("district", report)]
-    rows += [line("school", s, s.school) for s in report.schools]
-    rows += [line("building", b, b.school, b.building) for b in report.buildings]
-    rows += [line("room", r, r.school, r.building, r.room, r.gateway) for r in report.rooms]
-    return rows
+    yield (gettext("level"), gettext("school"), gettext("building"), gettext("room"), gettext("gateway"), "kWh",
+           gettext("kWh outside timetable"), gettext("yuan"), gettext("yuan outside timetable"))
+    yield line(gettext("district"), report)
+    school, building, room = gettext("school"), gettext("building"), gettext("room")
+    yield from (line(school, s, s.school) for s in report.schools)
+    yield from (line(building, b, b.school, b.building) for b in report.buildings)
+    yield from (line(room, r, r.school, r.building, r.room, r.gateway) for r in report.rooms)
 
 
 def _filename(label: str, ext: str, what: str = "energy") -> str:
@@ -215,7 +217,7 @@ def energy_csv() -> Any:
         report, label = _report()
     except _Refused as exc:
         return render_template("error.html", status=exc.status, message=exc.message), exc.status
-    return download(csv_text(report_table(report)), _filename(label, "csv"), CSV)
+    return download(csv_file(report_table(report)), _filename(label, "csv"), CSV)
 
 
 @bp.get("/health/energy.xlsx")
@@ -229,16 +231,18 @@ def energy_xlsx() -> Any:
     days = [[gettext("date"), "kWh", gettext("kWh outside timetable"), gettext("yuan")]]
     days += [[d.day, round(d.kwh, 3), None if d.off_kwh is None else round(d.off_kwh, 3), report.yuan(d.kwh)]
              for d in report.days]
-    room_days = [[gettext("date"), gettext("school"), gettext("building"), gettext("room"), gettext("gateway"), "kWh",
-                  gettext("kWh outside timetable")]]
-    room_days += [[d, s, b, r, gw, round(k, 3), None if o is None else round(o, 3)]
-                  for d, s, b, r, gw, k, o in energy.room_days(central().registry.db, report.first, report.last,
-                                                              scope, building)]
+
+    def room_days() -> Iterator[tuple[Any, ...]]:  # read and written as they come: 70,000 rows a district's week
+        yield (gettext("date"), gettext("school"), gettext("building"), gettext("room"), gettext("gateway"), "kWh",
+               gettext("kWh outside timetable"))
+        for d, s, b, r, gw, k, o in energy.iter_room_days(central().registry.db, report.first, report.last,
+                                                          scope, building):
+            yield d, s, b, r, gw, round(k, 3), None if o is None else round(o, 3)
     note = gettext("%(first)s to %(last)s; %(tariff)s yuan per kWh; outside the timetable: before the first class "
                    "period, after the last, and days without classes; made %(made)s", first=report.first,
                    last=report.last, tariff=format(report.tariff, "g"), made=format_time(time.time()))
-    return download(xlsx_bytes([Sheet(gettext("energy"), report_table(report), note=note),
-                                Sheet(gettext("days"), days), Sheet(gettext("room days"), room_days)]),
+    return download(xlsx_file([Sheet(gettext("energy"), report_table(report), note=note),
+                               Sheet(gettext("days"), days), Sheet(gettext("room days"), room_days())]),
                     _filename(label, "xlsx"), XLSX)
 
 
@@ -282,14 +286,15 @@ def maintenance_page() -> Any:
                            csv_url=url_for(".maintenance_csv", **query), xlsx_url=url_for(".maintenance_xlsx", **query))
 
 
-def maintenance_table(rows: list[maintenance.PartDue]) -> list[list[Any]]:
-    out: list[list[Any]] = [[gettext("school"), gettext("building"), gettext("room"), gettext("gateway"),
-                             gettext("device"), gettext("profile"), gettext("part"), gettext("hours"),
-                             gettext("rated hours"), gettext("hours per week"), gettext("weeks left"), gettext("due")]]
-    yes, no = gettext("yes"), gettext("no")
-    out += [[r.school, r.building, r.room, r.gateway, r.device, r.profile, gettext("lamp") if r.part == "lamp" else gettext("filter"), r.hours, r.rated,
-             r.per_week, r.weeks_left, yes if r.due else no] for r in rows]
-    return out
+def maintenance_table(rows: list[maintenance.PartDue]) -> Iterator[tuple[Any, ...]]:
+    """The list as spreadsheet rows, made as they are written."""
+    yield (gettext("school"), gettext("building"), gettext("room"), gettext("gateway"), gettext("device"),
+           gettext("profile"), gettext("part"), gettext("hours"), gettext("rated hours"), gettext("hours per week"),
+           gettext("weeks left"), gettext("due"))
+    yes, no, lamp, filter_ = gettext("yes"), gettext("no"), gettext("lamp"), gettext("filter")
+    for r in rows:
+        yield (r.school, r.building, r.room, r.gateway, r.device, r.profile, lamp if r.part == "lamp" else filter_,
+               r.hours, r.rated, r.per_week, r.weeks_left, yes if r.due else no)
 
 
 @bp.get("/health/maintenance.csv")
@@ -299,7 +304,7 @@ def maintenance_csv() -> Any:
         page, within = _maintenance_page(whole=True)
     except _Refused as exc:
         return render_template("error.html", status=exc.status, message=exc.message), exc.status
-    return download(csv_text(maintenance_table(page.items)), _filename(f"{within}w", "csv", "maintenance"), CSV)
+    return download(csv_file(maintenance_table(page.items)), _filename(f"{within}w", "csv", "maintenance"), CSV)
 
 
 @bp.get("/health/maintenance.xlsx")
@@ -311,6 +316,6 @@ def maintenance_xlsx() -> Any:
         return render_template("error.html", status=exc.status, message=exc.message), exc.status
     note = gettext("due: within %(within)s weeks at the rate of the last %(weeks)s weeks; made %(made)s",
                    within=within, weeks=maintenance.RATE_WEEKS, made=format_time(time.time()))
-    return download(xlsx_bytes([Sheet(gettext("maintenance"), maintenance_table(page.items), note=note)]),
+    return download(xlsx_file([Sheet(gettext("maintenance"), maintenance_table(page.items), note=note)]),
                     _filename(f"{within}w", "xlsx", "maintenance"), XLSX)
 

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import re
 import time
+from collections.abc import Iterator
 from datetime import date, datetime, timedelta
 from typing import Any
 
@@ -50,7 +51,7 @@ from central import timetables as tts
 from central.overview import places
 from dashboards.auth import audit, login_required, may_see_school, not_found, sight
 from dashboards.context import central
-from dashboards.exports import CSV, XLSX, Sheet, csv_text, download, xlsx_bytes
+from dashboards.exports import CSV, XLSX, Sheet, csv_file, download, xlsx_file
 from dashboards.health import STAFF, parse_week
 from dashboards.i18n import error_text, format_time, request_language, site_zone
 from dashboards.podium import set_and_push_idle_off
@@ -243,18 +244,16 @@ def _pct(rate: float | None) -> str:
     return "" if rate is None else f"{100 * rate:.1f}%"
 
 
-def report_table(report: usage.UsageReport) -> list[list[Any]]:
-    """The report as rows for a spreadsheet: the district, each school, each room (a level column); the
-    header and the levels in the request's language."""
-    rows: list[list[Any]] = [[gettext("level"), gettext("school"), gettext("building"), gettext("room"),
-                              gettext("gateway"), gettext("devices"), gettext("class periods"),
-                              gettext("periods used"), gettext("usage rate")]]
-    rows.append([gettext("district"), "", "", "", "", "", report.periods, report.used, report.rate])
+def report_table(report: usage.UsageReport) -> Iterator[tuple[Any, ...]]:
+    """The report as rows for a spreadsheet, made as they are written: the district, each school, each room
+    (a level column); the header and the levels in the request's language."""
+    yield (gettext("level"), gettext("school"), gettext("building"), gettext("room"), gettext("gateway"),
+           gettext("devices"), gettext("class periods"), gettext("periods used"), gettext("usage rate"))
+    yield gettext("district"), "", "", "", "", "", report.periods, report.used, report.rate
     level_school, level_room = gettext("school"), gettext("room")
-    rows += [[level_school, s.school, "", "", "", "", s.periods, s.used, s.rate] for s in report.schools]
-    rows += [[level_room, r.school, r.building, r.room, r.gateway, " ".join(r.devices), r.periods, r.used, r.rate]
-             for r in report.rooms]
-    return rows
+    yield from ((level_school, s.school, "", "", "", "", s.periods, s.used, s.rate) for s in report.schools)
+    yield from ((level_room, r.school, r.building, r.room, r.gateway, " ".join(r.devices), r.periods, r.used, r.rate)
+                for r in report.rooms)
 
 
 def _filename(ext: str) -> str:
@@ -313,7 +312,7 @@ def usage_rate_csv() -> Any:
         report = _report()
     except _Refused as exc:
         return render_template("error.html", status=exc.status, message=exc.message), exc.status
-    return download(csv_text(report_table(report), cell=lambda v: f"{v:.4f}" if isinstance(v, float) else
+    return download(csv_file(report_table(report), cell=lambda v: f"{v:.4f}" if isinstance(v, float) else
                              ("" if v is None else v)), _filename("csv"), CSV)
 
 
@@ -329,8 +328,8 @@ def usage_rate_xlsx() -> Any:
                    last=str(report.last), minutes=usage.USED_MIN_S // 60, made=format_time(time.time()))
     days = [[gettext("date"), gettext("class periods"), gettext("periods used"), gettext("usage rate")]]
     days += [[d.day, d.periods, d.used, d.rate] for d in report.days]
-    return download(xlsx_bytes([Sheet(gettext("usage rate"), report_table(report), formats={8: "0.0%"}, note=note),
-                                Sheet(gettext("days"), days)]), _filename("xlsx"), XLSX)
+    return download(xlsx_file([Sheet(gettext("usage rate"), report_table(report), formats={8: "0.0%"}, note=note),
+                               Sheet(gettext("days"), days)]), _filename("xlsx"), XLSX)
 
 
 # ---------------------------------------------------------------- timetable pages

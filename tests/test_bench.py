@@ -81,3 +81,17 @@ def test_quick_run_of_the_maintenance_list() -> None:
                      "GET /api/maintenance?limit=100 (lines): CPU median",
                      "parts the list computed itself: 0 in 0 lists"):
         assert expected in done.stdout, done.stdout[-3000:]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("served", [False, True])
+def test_quick_run_of_the_district_downloads(served: bool) -> None:
+    """`district_lists.py --energy --exports [--served]`: every district-wide download answered (200) and read
+    to its end, in-process or from a real `campus web`, with its CPU and the RSS before and after."""
+    done = _run("district_lists.py", "--quick", "--energy", "--exports", *(["--served"] if served else []),
+                timeout=180)
+    assert done.returncode == 0, f"exit {done.returncode}\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
+    for path in ("energy.xlsx", "energy.csv", "usage-rate.xlsx", "usage-rate.csv", "maintenance.xlsx",
+                 "maintenance.csv"):
+        line = next((x for x in done.stdout.splitlines() if x.startswith(f"GET /health/{path}")), "")
+        assert "CPU median" in line and "RSS" in line and " after the first" in line, done.stdout[-3000:]
