@@ -6,30 +6,23 @@ One place for every export (usage rate, energy, maintenance, a room's history, t
 - a text cell that a spreadsheet would run as a formula (it starts with = + - @, a TAB or a CR: OWASP's
   "CSV injection") is written as text: in CSV with a leading apostrophe, in XLSX as a string cell. Names
   are typed by people (a room called "=HYPERLINK(…)" is one import away); numbers stay numbers;
-- XLSX written here as it streams (`xlsx_file`): each row's XML as it comes, straight into the ZIP's
-  deflate. A district's file is tens of thousands of rows: openpyxl's write-only mode built an element
-  tree per cell (7 s of CPU for a fortnight of 10,000 rooms, /work/helpers/exports-10k_bench.md), the
-  same cells, styles and sheets are a few string formats per row here. openpyxl reads them back in the
-  tests (tests/test_exports.py compares every cell with what openpyxl's writer makes of the same rows);
+- XLSX in openpyxl's write-only mode (`xlsx_file`): a month's room-days of a district are tens of
+  thousands of rows, written as they come;
 - a district's file is built in an anonymous temporary file and sent from it in chunks (`download`), its
   rows made lazily: the web process never holds the whole file, nor every row, at once.
 """
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
-import math
 import re
 import tempfile
-import zipfile
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from datetime import date, datetime, time, timedelta
-from decimal import Decimal
 from typing import IO, Any
 from urllib.parse import quote
-from xml.sax.saxutils import quoteattr
 
 from flask import Response, make_response, request
 from werkzeug.wsgi import wrap_file
@@ -40,6 +33,9 @@ _PLAIN_NAME = re.compile(r"[A-Za-z0-9._-]+")
 _FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
 CHUNK = 64 * 1024   # bytes a download sends at a time from its file
 IN_MEMORY = 256 * 1024  # a file up to this size is built in memory, a larger one on disk (`tempfile`)
+# What XML 1.0 cannot hold: openpyxl refuses the control characters (the whole file) and writes U+FFFE, U+FFFF
+# and lone surrogates into a file no reader opens. Left out of an XLSX cell.
+_NOT_XML = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ud800-\udfff\ufffe\uffff]")
 
 
 def spreadsheet_text(value: str) -> str:
@@ -89,163 +85,50 @@ class Sheet:
 
 # ---------------------------------------------------------------- XLSX
 
-_MAIN = "http://schemas.openxmlformats.org/spreadsheetml/2006/main"
-_REL = "http://schemas.openxmlformats.org/officeDocument/2006/relationships"
-_PKG_REL = "http://schemas.openxmlformats.org/package/2006/relationships"
-_DECL = '<?xml version="1.0" encoding="UTF-8" standalone="yes"?>\n'
-# XML 1.0 has no way to write these: openpyxl refused the whole file (IllegalCharacterError); they are left
-# out of the cell. A CR is written as a character reference, or a reader would see it as a LF.
-_TEXT = str.maketrans({"&": "&amp;", "<": "&lt;", ">": "&gt;", "\r": "&#13;", "\ufffe": None, "\uffff": None,
-                       **{c: None for c in (*range(0, 9), 11, 12, *range(14, 32))}})
-_EPOCH = datetime(1899, 12, 30)  # Excel's day 0 (the 1900 date system, as openpyxl writes it)
-# openpyxl's number formats for its date and time types, so a file reads back as it did.
-_DATE_FORMATS = ((datetime, "yyyy-mm-dd h:mm:ss"), (date, "yyyy-mm-dd"), (time, "h:mm:ss"),
-                 (timedelta, "[hh]:mm:ss"))
-
-
-def _column(n: int) -> str:
-    letters = ""
-    n += 1
-    while n:
-        n, r = divmod(n - 1, 26)
-        letters = chr(65 + r) + letters
-    return letters
-
-
-def _serial(value: date | time | timedelta) -> float:
-    """A date or time as Excel's serial day number (what openpyxl writes for it)."""
-    if isinstance(value, datetime):
-        if value.tzinfo is not None:
-            raise TypeError("a spreadsheet has no time zones: give a naive local time")
-        delta = value - _EPOCH
-    elif isinstance(value, date):
-        return float((value - _EPOCH.date()).days)
-    elif isinstance(value, time):
-        delta = timedelta(hours=value.hour, minutes=value.minute, seconds=value.second,
-                          microseconds=value.microsecond)
-    else:
-        delta = value
-    return delta.days + (delta.seconds + delta.microseconds / 1e6) / 86400
-
-
-class _Styles:
-    """The workbook's number formats, each a cell style (`s="N"`); style 0 is the default (General)."""
-
-    def __init__(self) -> None:
-        self.index: dict[str, int] = {}
-
-    def of(self, number_format: str) -> int:
-        if number_format not in self.index:
-            self.index[number_format] = len(self.index) + 1
-        return self.index[number_format]
-
-    def xml(self) -> str:
-        fmts = "".join(f'<numFmt numFmtId="{163 + i}" formatCode={quoteattr(f)}/>' for f, i in self.index.items())
-        xfs = "".join(f'<xf numFmtId="{163 + i}" fontId="0" fillId="0" borderId="0" xfId="0" applyNumberFormat="1"/>'
-                      for i in self.index.values())
-        return (f'{_DECL}<styleSheet xmlns="{_MAIN}">'
-                + (f'<numFmts count="{len(self.index)}">{fmts}</numFmts>' if self.index else "")
-                + '<fonts count="1"><font><sz val="11"/><name val="Calibri"/><family val="2"/></font></fonts>'
-                '<fills count="2"><fill><patternFill patternType="none"/></fill>'
-                '<fill><patternFill patternType="gray125"/></fill></fills>'
-                '<borders count="1"><border><left/><right/><top/><bottom/><diagonal/></border></borders>'
-                '<cellStyleXfs count="1"><xf numFmtId="0" fontId="0" fillId="0" borderId="0"/></cellStyleXfs>'
-                f'<cellXfs count="{len(self.index) + 1}"><xf numFmtId="0" fontId="0" fillId="0" borderId="0" xfId="0"/>'
-                f'{xfs}</cellXfs><cellStyles count="1"><cellStyle name="Normal" xfId="0" builtinId="0"/></cellStyles>'
-                '</styleSheet>')
-
-
-def _cell(ref: str, value: Any, number_format: str | None, styles: _Styles) -> str:
-    """One `<c>` element ("" for an empty cell): text as an inline string, never a formula; a number or a
-    date with its number format (`number_format`: the column's, None for none)."""
-    if isinstance(value, str):
-        text = value.translate(_TEXT)
-        if not text:
-            return f'<c r="{ref}" t="inlineStr"/>'  # as openpyxl: an empty text is a blank cell
-        space = ' xml:space="preserve"' if value[:1].isspace() or value[-1:].isspace() else ""
-        return f'<c r="{ref}" t="inlineStr"><is><t{space}>{text}</t></is></c>'
-    if value is None:
-        return ""
-    if isinstance(value, bool):
-        return f'<c r="{ref}" t="b"><v>{int(value)}</v></c>'
-    if isinstance(value, (date, time, timedelta)):
-        fmt = number_format or next(f for t, f in _DATE_FORMATS if isinstance(value, t))
-        return f'<c r="{ref}" s="{styles.of(fmt)}" t="n"><v>{_serial(value):.16g}</v></c>'
-    if isinstance(value, (int, float, Decimal)):
-        style = f' s="{styles.of(number_format)}"' if number_format else ""
-        if isinstance(value, float) and not math.isfinite(value):
-            return f'<c r="{ref}"{style}/>'  # as openpyxl: a spreadsheet has no NaN or infinity
-        # 16 significant digits as openpyxl wrote them (the files read back as they did; Excel shows 15).
-        number = f"{value:.16g}" if isinstance(value, float) else str(value)
-        # `t="n"` is the default, written as openpyxl wrote it: the sheet deflates ~7% smaller with it.
-        return f'<c r="{ref}"{style} t="n"><v>{number}</v></c>'
-    raise TypeError(f"a spreadsheet cell cannot hold {type(value).__name__}")
-
-
-def _sheet_xml(spec: Sheet, styles: _Styles) -> Iterable[str]:
-    """The worksheet's XML in pieces of a few hundred rows; row 1 is the header (no number formats), the
-    note two rows below the last (a blank row between), as openpyxl's `append` of [] and [note] put it."""
-    yield f'{_DECL}<worksheet xmlns="{_MAIN}"><sheetData>'
-    columns: list[str] = []
-    formats: list[str | None] = []
-    lines: list[str] = []
-    n = 0
-    for n, row in enumerate(spec.rows, 1):
-        while len(columns) < len(row):
-            columns.append(_column(len(columns)))
-            formats.append(spec.formats.get(len(formats)))
-        cells = "".join([_cell(f"{columns[i]}{n}", v, formats[i] if n > 1 else None, styles)
-                         for i, v in enumerate(row)])
-        lines.append(f'<row r="{n}">{cells}</row>')
-        if len(lines) >= 500:
-            yield "".join(lines)
-            lines.clear()
-    if spec.note:
-        lines.append(f'<row r="{n + 1}"></row><row r="{n + 2}">{_cell(f"A{n + 2}", spec.note, None, styles)}</row>')
-    yield "".join(lines)
-    yield "</sheetData></worksheet>"
-
 
 def xlsx_file(sheets: Sequence[Sheet]) -> IO[bytes]:
     """A workbook of `sheets` in a temporary file at its start; every text a string cell, never a formula
-    the spreadsheet runs. Each sheet's rows are read once, as they come, and deflated as they are written."""
+    the spreadsheet runs. openpyxl's write-only mode: each sheet's rows go to a temporary file of its own as
+    they come, read once, never all held."""
+    from openpyxl import Workbook  # here: only these downloads need it
+
     out = _spool()
+    book = Workbook(write_only=True)
     try:
-        _write_book(out, sheets)
+        for spec in sheets:
+            sheet = book.create_sheet(spec.title)
+            for n, row in enumerate(spec.rows):  # row 0 is the header: no number formats
+                sheet.append([_xlsx_cell(sheet, v, spec.formats.get(i) if n else None) for i, v in enumerate(row)])
+            if spec.note:
+                sheet.append([])
+                sheet.append([_xlsx_cell(sheet, spec.note, None)])
+        book.save(out)
     except BaseException:
-        out.close()  # a row source failed (the database): no half file left behind
+        # A row source failed (the database): no half file is sent. The workbook is still saved, into the
+        # file thrown away: openpyxl removes its sheets' temporary files only when it saves.
+        with contextlib.suppress(Exception):
+            book.save(out)
+        out.close()
         raise
     out.seek(0)
     return out
 
 
-def _write_book(out: IO[bytes], sheets: Sequence[Sheet]) -> None:
-    styles = _Styles()
-    with zipfile.ZipFile(out, "w", zipfile.ZIP_DEFLATED, compresslevel=6) as book:
-        for k, spec in enumerate(sheets, 1):
-            with book.open(f"xl/worksheets/sheet{k}.xml", "w") as part:
-                for piece in _sheet_xml(spec, styles):
-                    part.write(piece.encode("utf-8", "replace"))
-        names = "".join(f'<sheet name={quoteattr(spec.title)} sheetId="{k}" r:id="rId{k}"/>'
-                        for k, spec in enumerate(sheets, 1))
-        book.writestr("xl/workbook.xml", f'{_DECL}<workbook xmlns="{_MAIN}" xmlns:r="{_REL}"><sheets>{names}'
-                      '</sheets></workbook>')
-        rels = "".join(f'<Relationship Id="rId{k}" Type="{_REL}/worksheet" Target="worksheets/sheet{k}.xml"/>'
-                       for k in range(1, len(sheets) + 1))
-        book.writestr("xl/_rels/workbook.xml.rels", f'{_DECL}<Relationships xmlns="{_PKG_REL}">{rels}'
-                      f'<Relationship Id="rId{len(sheets) + 1}" Type="{_REL}/styles" Target="styles.xml"/>'
-                      '</Relationships>')
-        book.writestr("xl/styles.xml", styles.xml())
-        book.writestr("_rels/.rels", f'{_DECL}<Relationships xmlns="{_PKG_REL}"><Relationship Id="rId1" '
-                      f'Type="{_REL}/officeDocument" Target="xl/workbook.xml"/></Relationships>')
-        kind = "application/vnd.openxmlformats-officedocument.spreadsheetml"
-        overrides = "".join(f'<Override PartName="/xl/worksheets/sheet{k}.xml" ContentType="{kind}.worksheet+xml"/>'
-                            for k in range(1, len(sheets) + 1))
-        book.writestr("[Content_Types].xml", f'{_DECL}<Types xmlns="http://schemas.openxmlformats.org/package/2006/'
-                      'content-types"><Default Extension="rels" ContentType="application/vnd.openxmlformats-package.'
-                      'relationships+xml"/><Default Extension="xml" ContentType="application/xml"/>'
-                      f'<Override PartName="/xl/workbook.xml" ContentType="{kind}.sheet.main+xml"/>'
-                      f'<Override PartName="/xl/styles.xml" ContentType="{kind}.styles+xml"/>{overrides}</Types>')
+def _xlsx_cell(sheet: Any, value: Any, number_format: str | None) -> Any:
+    """A text as a string cell (openpyxl would make "=..." a formula), without the control characters XML 1.0
+    cannot write (openpyxl refuses the whole file for one: a name holding one was a 500); a number with its
+    column's format; anything else as it is."""
+    from openpyxl.cell import WriteOnlyCell
+
+    if isinstance(value, str):
+        text = WriteOnlyCell(sheet, value=_NOT_XML.sub("", value))
+        text.data_type = "s"
+        return text
+    if number_format is not None and value is not None:
+        number = WriteOnlyCell(sheet, value=value)
+        number.number_format = number_format
+        return number
+    return value
 
 
 def xlsx_bytes(sheets: Sequence[Sheet]) -> bytes:
