@@ -40,8 +40,10 @@ class SchemaChanged(StoreError):
 def changed_message(db_name: str, now: str | None, want: str) -> str:
     """The one line that says the database moved under a running program, naming both revisions.
     A revision this release knows is an older one (the database was moved back: restored from a dump)."""
-    moved = "moved back" if now is None or migrations.known(now) else "upgraded"
-    return (f"the central database {db_name} was {moved} to schema {now or 'none'} while this program "
+    if now is None or migrations.known(now):
+        return (f"the central database {db_name} was moved back to schema {now or 'none'} while this program "
+                f"(schema {want}) ran: stopping; bring it to this release's schema (`campus db upgrade`)")
+    return (f"the central database {db_name} was upgraded to schema {now} while this program "
             f"(schema {want}) ran: stopping; start this machine's new release")
 
 

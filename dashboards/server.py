@@ -19,6 +19,8 @@ Stopping (SIGTERM, or SIGINT/Ctrl-C, the same): gunicorn stops accepting; each w
 event streams at once (the panel's EventSource reconnects to whichever server answers next) and
 finishes its other requests (GRACEFUL_S at most); then it closes its app, whose Central stops its
 threads and closes the database. Nothing is lost: a command is recorded before it is published.
+The arbiter also stops the whole server so, and then `campus web` exits with status 2, when its
+`tick` (the schema watch, central/schema_watch.py) says the database was upgraded under it.
 
 `serve` runs Werkzeug's threaded server in a thread of the calling program: the demo (one process holding
 its broker, simulators, agents and ingest, which a forking server cannot run beside) and tests that need

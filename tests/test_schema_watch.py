@@ -12,6 +12,8 @@ does not stop it.
 from __future__ import annotations
 
 import logging
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -102,7 +104,8 @@ def test_an_unreadable_database_is_said_once_per_outage_and_never_stops_the_prog
         assert f"upgraded to schema {NEWER} while this program (schema {HEAD}) ran" in str(err.value)
         assert db.name in str(err.value)
         read.revision = "0001"  # a revision this release knows: the database was moved back
-        with pytest.raises(SchemaChanged, match=f"moved back to schema 0001 while this program .schema {HEAD}"):
+        with pytest.raises(SchemaChanged, match=f"moved back to schema 0001 while this program .schema {HEAD}.+"
+                                                "campus db upgrade"):
             watch.check()
     finally:
         db.close()
@@ -287,3 +290,16 @@ def test_a_postgresql_restart_does_not_stop_campus_jobs(tmp_path: Path, postgres
         the_line(jobs.output())
     finally:
         jobs.stop()
+
+
+def test_a_release_older_than_the_database_refuses_it_in_one_line(tmp_path: Path, central_db_url: str) -> None:
+    # What the old release says if a service manager restarts it on a database a newer release upgraded
+    # (on SQLite it would have tried to migrate: Alembic's traceback), and `campus db upgrade` alike.
+    open_database(central_db_url).close()
+    stamp(central_db_url, NEWER)
+    with pytest.raises(StoreError, match=f"at schema {NEWER}, which a newer release made .this release's is {HEAD}"):
+        open_database(central_db_url)
+    result = subprocess.run([sys.executable, "-m", "programs.cli", "db", "upgrade", "--db", central_db_url],
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
+    assert result.stderr.startswith("campus: error: the central database ") and NEWER in result.stderr
