@@ -248,12 +248,15 @@ def serving_workers(arbiter: int) -> int:
 
 
 @pytest.mark.slow
-def test_campus_web_stops_the_whole_server_not_one_worker(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_campus_web_stops_the_whole_server_not_one_worker(tmp_path: Path, central_db_url: str,
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    # On PostgreSQL too: the arbiter gives its connection back after each read (it forks between them).
     monkeypatch.setenv(SCHEMA_CHECK_ENV, "0.2")
-    url = f"sqlite:///{tmp_path / 'campus.db'}"
+    url = central_db_url
     port = free_port()
-    web = CampusProcess(["web", "--store", url, "--http-port", str(port), "--workers", "2", "--threads", "4",
-                         "--no-jobs", "--admin-token", TOKEN], tmp_path / "web.log").start()
+    web = CampusProcess(["web", "--store", f"sqlite:///{tmp_path / 'points.db'}", "--db", url, "--http-port",
+                         str(port), "--workers", "2", "--threads", "4", "--no-jobs", "--admin-token", TOKEN],
+                        tmp_path / "web.log", cwd=tmp_path).start()
     try:
         web.wait_listening(port, timeout=60)
         assert web.proc is not None
