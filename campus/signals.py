@@ -20,9 +20,12 @@ def run_until_signal(main: Callable[[asyncio.Event], Any]) -> None:
     asyncio.run(runner())
 
 
-def wait_for_signal(stop: threading.Event) -> None:
-    """Block the main thread until SIGINT/SIGTERM (threaded programs)."""
+def wait_for_signal(stop: threading.Event, tick: Callable[[], None] | None = None) -> None:
+    """Block the main thread until SIGINT/SIGTERM or `stop` (threaded programs). `tick`, if given, runs
+    every half second meanwhile: a program's periodic check (central/schema_watch.py), whose exception
+    ends the wait as a signal would, so the caller stops the same way and then reports it."""
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
     while not stop.wait(0.5):
-        pass
+        if tick is not None:
+            tick()

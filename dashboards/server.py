@@ -19,6 +19,8 @@ Stopping (SIGTERM, or SIGINT/Ctrl-C, the same): gunicorn stops accepting; each w
 event streams at once (the panel's EventSource reconnects to whichever server answers next) and
 finishes its other requests (GRACEFUL_S at most); then it closes its app, whose Central stops its
 threads and closes the database. Nothing is lost: a command is recorded before it is published.
+The arbiter also stops the whole server so, and then `campus web` exits with status 2, when its
+`tick` (the schema watch, central/schema_watch.py) says the database was upgraded under it.
 
 `serve` runs Werkzeug's threaded server in a thread of the calling program: the demo (one process holding
 its broker, simulators, agents and ingest, which a forking server cannot run beside) and tests that need
@@ -40,6 +42,7 @@ from typing import Any
 from flask import Flask
 from gunicorn.app.base import BaseApplication
 from gunicorn.arbiter import Arbiter
+from gunicorn.errors import HaltServer
 from gunicorn.sock import TCP6Socket, TCPSocket
 from gunicorn.workers.gthread import ThreadWorker
 from werkzeug.serving import BaseWSGIServer, make_server
@@ -71,14 +74,16 @@ def listen(host: str, port: int) -> socket.socket:
 
 
 def serve_workers(build: Callable[[], Flask], sock: socket.socket, *, workers: int = 1,
-                  threads: int = DEFAULT_THREADS) -> None:
+                  threads: int = DEFAULT_THREADS, tick: Callable[[], None] | None = None) -> None:
     """Serve the apps `build()` makes (once in each worker process) on the listening `sock` until SIGTERM or
     SIGINT, then stop gracefully (see the module docstring) and return. CampusError if the workers cannot
-    start (their log says why)."""
+    start (their log says why). `tick`: called by the arbiter about once a second (central/schema_watch.py);
+    a CampusError it raises stops the whole server as SIGTERM does, then is raised here."""
     if workers < 1 or threads < 1:
         raise CampusError("--workers and --threads must be at least 1")
     server = _Gunicorn(build, sock, workers, threads)
     arbiter = _Arbiter(server)
+    arbiter.tick = tick
     # gunicorn would bind the address itself (retrying, then exiting with its own message): it gets the
     # socket we bound instead, as it gets one from systemd.
     kind = TCP6Socket if sock.family == socket.AF_INET6 else TCPSocket
@@ -87,6 +92,8 @@ def serve_workers(build: Callable[[], Flask], sock: socket.socket, *, workers: i
     try:
         arbiter.run()
     except SystemExit as exc:
+        if arbiter.stopped_by is not None:
+            raise arbiter.stopped_by from None
         if exc.code not in (0, None):
             raise CampusError(f"the web workers stopped (status {exc.code}); the log above says why") from None
 
@@ -118,9 +125,26 @@ class _Gunicorn(BaseApplication):  # type: ignore[misc]  # gunicorn has no type 
 
 
 class _Arbiter(Arbiter):  # type: ignore[misc]
+    tick: Callable[[], None] | None = None
+    stopped_by: CampusError | None = None  # what `tick` raised: the reason the server halted
+
     # Ctrl-C stops as gracefully as SIGTERM (gunicorn's SIGINT would kill the workers' requests mid-way).
     def handle_int(self) -> None:
         self.handle_term()
+
+    def manage_workers(self) -> None:
+        """gunicorn's (keep the number of workers), then the server's own periodic check, on the arbiter's
+        loop (it wakes at least once a second). What the check raises halts the whole server the way
+        gunicorn halts itself (HaltServer: the workers stopped gracefully, as on SIGTERM, then a non-zero
+        exit), not one worker that gunicorn would start again and again."""
+        super().manage_workers()
+        if self.tick is None or self.stopped_by is not None:
+            return
+        try:
+            self.tick()
+        except CampusError as exc:
+            self.stopped_by = exc
+            raise HaltServer(None, 2) from None  # the reason is said once, by `campus`, after the stop
 
 
 class _Worker(ThreadWorker):  # type: ignore[misc]

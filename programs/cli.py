@@ -52,6 +52,7 @@ def cmd_sim(args: argparse.Namespace) -> None:
 
 def cmd_ingest(args: argparse.Namespace) -> None:
     from central.db import central_db_url
+    from central.schema_watch import SchemaWatch
     from central.service import Central, CentralConfig
     from programs.services import start_ingest
 
@@ -60,10 +61,13 @@ def cmd_ingest(args: argparse.Namespace) -> None:
     config = CentralConfig(store_url=args.store, db_url=central_db_url(args.db, args.store), mqtt_url=args.mqtt,
                            commands=False, background=False)
     with Central.open(config, check_store=True) as central:
+        watch = SchemaWatch(central.db)
         ingest = start_ingest(central, args.mqtt, name=args.name, share_group=args.share or None,
                               session_expiry=args.session_expiry, ack_max_delay=args.ack_max_delay)
-        wait_for_signal(ingest.stop_event)
-        ingest.stop()
+        try:  # a signal, or the database upgraded under us (SchemaChanged, reported once stopped)
+            wait_for_signal(ingest.stop_event, tick=watch.poll)
+        finally:
+            ingest.stop()  # SIGTERM's way: the last batch written and acked, the rest left with the broker
 
 
 def site_config(args: argparse.Namespace, **web: object) -> WebConfig:

@@ -113,12 +113,15 @@ def start_web(central: Central, config: WebConfig, host: str, port: int) -> Runn
 
 def serve_web(config: WebConfig, host: str, port: int, *, workers: int = 1, threads: int | None = None,
               password_dir: Path, admin_token: str | None = None) -> None:
-    """`campus web`: serve the dashboard with gunicorn until SIGINT/SIGTERM. First, before any worker
+    """`campus web`: serve the dashboard with gunicorn until SIGINT/SIGTERM, or until the database's schema
+    is no longer this release's (SchemaChanged, once the server stopped). First, before any worker
     starts, so that a wrong store, database or broker is one line: reach them all (history comes from the
     store), bring SQLite to this release's schema, make the first admin; closed again before the fork,
     since each worker opens its own Central (started: commands, alarm monitor, scheduler)."""
     import dataclasses
 
+    from central.db import Database
+    from central.schema_watch import SchemaWatch
     from dashboards import create_app
     from dashboards.server import DEFAULT_THREADS, listen, serve_workers
 
@@ -129,7 +132,14 @@ def serve_web(config: WebConfig, host: str, port: int, *, workers: int = 1, thre
     threads = threads or DEFAULT_THREADS
     print(f"campus web: http://{host}:{sock.getsockname()[1]}/ ({workers} worker(s) of {threads} threads"
           + ("" if config.background else "; background jobs left to `campus jobs`") + ")", flush=True)
-    serve_workers(lambda: create_app(config), sock, workers=workers, threads=threads)
+    # The arbiter itself watches the schema (one reader per server, not one per worker) and on a change
+    # stops the whole server gracefully; its connection is given back after each read (it forks workers).
+    db = Database(config.db_url)
+    try:
+        serve_workers(lambda: create_app(config), sock, workers=workers, threads=threads,
+                      tick=SchemaWatch(db, release=True).poll)
+    finally:
+        db.close()
 
 
 def running_jobs(central: Central) -> list[str]:
@@ -142,10 +152,12 @@ def running_jobs(central: Central) -> list[str]:
 
 def run_jobs(config: WebConfig, stop: threading.Event | None = None) -> None:
     """`campus jobs`: central's background jobs (and the command service they send through) until
-    SIGINT/SIGTERM or `stop`; then each job ends its round and gives its lease up, so another `campus jobs`
+    SIGINT/SIGTERM or `stop`, or until the database's schema is no longer this release's (SchemaChanged,
+    raised once stopped: central/schema_watch.py); then each job ends its round and gives its lease up, so another `campus jobs`
     (a standby on another host) takes over at its next round. A wrong store, database or broker is
     CampusError before anything runs. See the module docstring for why the web app is built."""
     from campus.signals import wait_for_signal
+    from central.schema_watch import SchemaWatch
     from dashboards import close_app, create_app
 
     config = dataclasses.replace(config, background=True)
@@ -156,6 +168,7 @@ def run_jobs(config: WebConfig, stop: threading.Event | None = None) -> None:
             jobs = running_jobs(central)
             print(f"campus jobs: {', '.join(jobs) or 'nothing (every interval is 0)'} on "
                   f"{central.db.name} (pid {os.getpid()}); SIGTERM or Ctrl-C stops", flush=True)
-            wait_for_signal(stop or threading.Event())
+            # The database upgraded under us ends the wait too (SchemaChanged), stopping as a signal does.
+            wait_for_signal(stop or threading.Event(), tick=SchemaWatch(central.db).poll)
         finally:
             close_app(app)  # the app's hooks; central's jobs stop (leases given up) as the `with` closes it

@@ -38,12 +38,25 @@ def config(connection: Connection | None = None) -> Config:
     return cfg
 
 
+def script() -> ScriptDirectory:
+    """This release's migrations (the revisions it knows)."""
+    return ScriptDirectory.from_config(config())
+
+
 def head() -> str:
-    return ScriptDirectory.from_config(config()).get_current_head() or ""
+    return script().get_current_head() or ""
 
 
 def current(conn: Connection) -> str | None:
     return MigrationContext.configure(conn).get_current_revision()
+
+
+def known(revision: str) -> bool:
+    """Whether `revision` is one of this release's migrations (False: a newer release's, or garbage)."""
+    try:
+        return script().get_revision(revision) is not None
+    except Exception:  # noqa: BLE001 - alembic raises several kinds for an unknown or malformed id
+        return False
 
 
 def ensure_current(db: Database, *, upgrade: bool) -> str | None:
@@ -55,6 +68,9 @@ def ensure_current(db: Database, *, upgrade: bool) -> str | None:
         conn.rollback()
         if before == want:
             return before
+        if before is not None and not known(before):  # Alembic could only fail with a traceback
+            raise StoreError(f"the central database {db.name} is at schema {before}, which a newer release made "
+                             f"(this release's is {want}): run that release here")
         if not upgrade:
             raise StoreError(f"the central database {db.name} is at schema {before or 'none'}, this release needs "
                              f"{want}: run `campus db upgrade --db URL` once (see docs/deployment.md), then start again")
