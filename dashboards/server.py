@@ -32,6 +32,7 @@ from __future__ import annotations
 import concurrent.futures
 import gc
 import logging
+import os
 import signal
 import socket
 import threading
@@ -74,14 +75,16 @@ def listen(host: str, port: int) -> socket.socket:
 
 
 def serve_workers(build: Callable[[], Flask], sock: socket.socket, *, workers: int = 1,
-                  threads: int = DEFAULT_THREADS, tick: Callable[[], None] | None = None) -> None:
+                  threads: int = DEFAULT_THREADS, pin: bool = True, tick: Callable[[], None] | None = None) -> None:
     """Serve the apps `build()` makes (once in each worker process) on the listening `sock` until SIGTERM or
     SIGINT, then stop gracefully (see the module docstring) and return. CampusError if the workers cannot
-    start (their log says why). `tick`: called by the arbiter about once a second (central/schema_watch.py);
+    start (their log says why). `pin`: each worker on one CPU (`_Worker._pin_to_cpu`). `tick`: called by the
+    arbiter about once a second (central/schema_watch.py);
     a CampusError it raises stops the whole server as SIGTERM does, then is raised here."""
     if workers < 1 or threads < 1:
         raise CampusError("--workers and --threads must be at least 1")
     server = _Gunicorn(build, sock, workers, threads)
+    server.pin = pin
     arbiter = _Arbiter(server)
     arbiter.tick = tick
     # gunicorn would bind the address itself (retrying, then exiting with its own message): it gets the
@@ -99,6 +102,8 @@ def serve_workers(build: Callable[[], Flask], sock: socket.socket, *, workers: i
 
 
 class _Gunicorn(BaseApplication):  # type: ignore[misc]  # gunicorn has no type hints
+    pin = True  # each worker on one CPU (`_Worker._pin_to_cpu`)
+
     def __init__(self, build: Callable[[], Flask], sock: socket.socket, workers: int, threads: int) -> None:
         self.build = build
         host, port = sock.getsockname()[:2]
@@ -151,9 +156,30 @@ class _Worker(ThreadWorker):  # type: ignore[misc]
     """gunicorn's gthread worker that ends the app's event streams when told to stop, and closes the app
     when its last request is done."""
 
+    def init_process(self) -> None:
+        # Pinned first, before the app is built: every thread the worker starts (Central's, the pool's, the
+        # panel poller's) inherits the CPU; the fork left only this one.
+        if self.app.pin:
+            self._pin_to_cpu()
+        super().init_process()
+
     def init_signals(self) -> None:
         super().init_signals()
         signal.signal(signal.SIGINT, self.handle_exit)  # graceful, as the arbiter's
+
+    def _pin_to_cpu(self) -> None:
+        """Run this worker's threads on one CPU of those the process may use, worker N on the Nth (gunicorn
+        numbers its workers from 1, a restarted one anew). Why: the threads of one interpreter take turns at
+        its lock (the GIL); on two cores each hand-over wakes a thread on the other core while the one that let
+        go spins back for the lock, and 500 panels opening at once spent half their CPU so (bench/panels.py:
+        0.8-1.1 s of CPU and a median first event of 520-890 ms on 2 quiet cores, pinned 0.5 s and 310-360 ms,
+        docs/benchmarks.md 10g). The worker uses one core's worth anyway; the other processes of the site
+        (ingest, jobs, the database) are spread over the rest by the kernel, as ever. Threads started later
+        (Central's, the pool's, the panel poller's) inherit the CPU. `campus web --no-pin` leaves it to the kernel."""
+        allowed = sorted(os.sched_getaffinity(0))
+        cpu = allowed[(self.age - 1) % len(allowed)]
+        os.sched_setaffinity(0, {cpu})
+        self.log.info("worker %s runs on CPU %s", self.pid, cpu)
 
     def _start_threads(self) -> None:
         """Start every thread of the request pool now, before the first request. The pool would start one

@@ -108,7 +108,7 @@ def cmd_web(args: argparse.Namespace) -> None:
     # The first admin's password: beside the SQLite file; with a server database, where it was started.
     password_dir = (sqlite_path(config.db_url) or Path("campus.db")).resolve().parent
     serve_web(config, args.host or "127.0.0.1", args.http_port, workers=args.workers, threads=args.threads,
-              password_dir=password_dir, admin_token=args.admin_token)
+              pin=not args.no_pin, password_dir=password_dir, admin_token=args.admin_token)
 
 
 def cmd_jobs(args: argparse.Namespace) -> None:
@@ -330,6 +330,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=_count(1, 10000), default=None, metavar="T",
                    help="threads per process; every open classroom panel holds one (default 1000, started "
                    "as needed)")
+    p.add_argument("--no-pin", action="store_true",
+                   help="let each server process run on any CPU (default: each on one CPU of those it may use, "
+                   "worker N on the Nth: one process's threads then take turns at Python's lock on one core "
+                   "instead of across cores, which halved the CPU of 500 panels opening at once)")
     p.add_argument("--no-jobs", action="store_true",
                    help="serve only: leave central's background jobs (alarm monitor, scheduler, usage rollup, "
                    "attendance retention, city push) to `campus jobs` (a district's set-up; default: each "

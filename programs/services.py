@@ -112,7 +112,7 @@ def start_web(central: Central, config: WebConfig, host: str, port: int) -> Runn
 
 
 def serve_web(config: WebConfig, host: str, port: int, *, workers: int = 1, threads: int | None = None,
-              password_dir: Path, admin_token: str | None = None) -> None:
+              pin: bool = True, password_dir: Path, admin_token: str | None = None) -> None:
     """`campus web`: serve the dashboard with gunicorn until SIGINT/SIGTERM, or until the database's schema
     is no longer this release's (SchemaChanged, once the server stopped). First, before any worker
     starts, so that a wrong store, database or broker is one line: reach them all (history comes from the
@@ -136,7 +136,7 @@ def serve_web(config: WebConfig, host: str, port: int, *, workers: int = 1, thre
     # stops the whole server gracefully; its connection is given back after each read (it forks workers).
     db = Database(config.db_url)
     try:
-        serve_workers(lambda: create_app(config), sock, workers=workers, threads=threads,
+        serve_workers(lambda: create_app(config), sock, workers=workers, threads=threads, pin=pin,
                       tick=SchemaWatch(db, release=True).poll)
     finally:
         db.close()

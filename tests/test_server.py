@@ -8,6 +8,7 @@ over plain sockets (EventStream), the database filled through `Ledger.record` as
 from __future__ import annotations
 
 import json
+import os
 import signal
 import socket
 import subprocess
@@ -76,6 +77,13 @@ def test_two_workers_serve_pages_and_streams_and_stop_cleanly_on_sigterm(tmp_pat
         workers = psutil.Process(web.proc.pid).children()  # type: ignore[union-attr]
         wait_until(lambda: len(workers) == 2 and all(w.num_threads() > 16 for w in workers),
                    message="both workers' 16 threads started")
+        # Each worker on one CPU of those the web may use, the first two on different ones (`_pin_to_cpu`):
+        # every thread of it, the pool's started before too.
+        allowed = sorted(os.sched_getaffinity(0))
+        pinned = [{t.id: tuple(os.sched_getaffinity(t.id)) for t in w.threads()} for w in workers]
+        assert all(len(set(threads.values())) == 1 and len(next(iter(threads.values()))) == 1 for threads in pinned)
+        cpus = sorted(next(iter(threads.values()))[0] for threads in pinned)
+        assert cpus == (allowed[:2] if len(allowed) > 1 else allowed * 2)
         streams = [EventStream(port, f"/api/panel/{gw}/stream", TOKEN) for gw in ROOMS]
         for i, (gw, stream) in enumerate(zip(ROOMS, streams, strict=True)):
             assert stream.status == 200 and stream.headers["content-type"].startswith("text/event-stream")
@@ -126,3 +134,20 @@ def test_workers_and_threads_are_checked(tmp_path: Path) -> None:
         done = subprocess.run([sys.executable, "-m", "programs.cli", "web", "--store",
                                f"sqlite:///{tmp_path / 'c.db'}", *bad], capture_output=True, text=True, timeout=60)
         assert done.returncode == 2 and bad[0] in done.stderr and "Traceback" not in done.stderr
+
+
+def test_no_pin_leaves_the_worker_on_every_cpu(tmp_path: Path) -> None:
+    db = tmp_path / "central.db"
+    _fill(db)
+    port = free_port()
+    web = CampusProcess(["web", "--store", f"sqlite:///{db}", "--http-port", str(port), "--threads", "4",
+                         "--no-pin"], tmp_path / "web.log").start()
+    try:
+        web.wait_listening(port)
+        wait_until(lambda: _get(port, "/api/health")[0] == 200, message="campus web answering")
+        [worker] = psutil.Process(web.proc.pid).children()  # type: ignore[union-attr]
+        assert {tuple(sorted(os.sched_getaffinity(t.id))) for t in worker.threads()} == {
+            tuple(sorted(os.sched_getaffinity(0)))}
+        assert "runs on CPU" not in web.output()
+    finally:
+        web.stop()
