@@ -107,16 +107,10 @@ class UsageDay(Base):
     meter_devices: Mapped[int | None] = mapped_column(Integer, nullable=True)
 
 
-class UsageMonth(Base):
-    """One room's (gateway's) calendar month of `usage_days` rows, summed as the usage rate's per-room sums read
-    them (`usage_rate`'s `sums`; migration 0022), so that a month's report adds 10,000 rows at 10,000 rooms, not
-    300,000 room-days (250 ms of CPU, issue 19). Kept by `recount_months`, in the transaction that writes the
-    day rows (the rollup's `_write`): recomputed from them, never added to, so a day written again is counted
-    once. `month`: its first day. Over the measured days (power_devices > 0): `periods`, `used`, `measured`
-    (how many); `days`: rows of the month; `partial`: the earliest `counted_to` of its incomplete days."""
-    __tablename__ = "usage_months"
-    month: Mapped[date] = mapped_column(Date, primary_key=True)
-    gateway: Mapped[str] = mapped_column(String(64), primary_key=True)
+class _RoomSpanSums:
+    """A room's sums over a span of its `usage_days` rows, as the reports read them (`UsageMonth`, `UsageWeek`).
+    Over the measured days (power_devices > 0): `periods`, `used`, `measured` (how many); `days`: rows of the
+    span; `partial`: the earliest `counted_to` of its incomplete days."""
     periods: Mapped[int] = mapped_column(Integer)
     used: Mapped[int] = mapped_column(Integer)
     measured: Mapped[int] = mapped_column(Integer)
@@ -130,7 +124,18 @@ class UsageMonth(Base):
     left_kwh: Mapped[float | None] = mapped_column(Float, nullable=True)
 
 
-class UsageWeek(Base):
+class UsageMonth(_RoomSpanSums, Base):
+    """One room's (gateway's) calendar month of `usage_days` rows, summed as the usage rate's per-room sums read
+    them (`usage_rate`'s `sums`; migration 0022), so that a month's report adds 10,000 rows at 10,000 rooms, not
+    300,000 room-days (250 ms of CPU, issue 19). Kept by `recount_months`, in the transaction that writes the
+    day rows (the rollup's `_write`): recomputed from them, never added to, so a day written again is counted
+    once. `month`: its first day."""
+    __tablename__ = "usage_months"
+    month: Mapped[date] = mapped_column(Date, primary_key=True)
+    gateway: Mapped[str] = mapped_column(String(64), primary_key=True)
+
+
+class UsageWeek(_RoomSpanSums, Base):
     """One room's (gateway's) ISO week (Monday to Sunday: the report's default span, `week`) of `usage_days` rows,
     the same sums as `UsageMonth` (migration 0023), so that the district's week adds 10,000 rows at 10,000 rooms,
     not its ~60,000 room-days grouped by room (the schools' sums 62 -> ~20 ms of SQLite's CPU). Kept by
@@ -138,17 +143,6 @@ class UsageWeek(Base):
     __tablename__ = "usage_weeks"
     week: Mapped[date] = mapped_column(Date, primary_key=True)
     gateway: Mapped[str] = mapped_column(String(64), primary_key=True)
-    periods: Mapped[int] = mapped_column(Integer)
-    used: Mapped[int] = mapped_column(Integer)
-    measured: Mapped[int] = mapped_column(Integer)
-    days: Mapped[int] = mapped_column(Integer)
-    partial: Mapped[float | None] = mapped_column(Float, nullable=True)
-    # The energy pages' per-room sums (migration 0023, `room_energy_sums`): over the metered days
-    # (meter_devices > 0), how many, their kWh, those outside the timetable, and the kWh of those with an `off`.
-    metered: Mapped[int | None] = mapped_column(Integer, nullable=True)
-    kwh: Mapped[float | None] = mapped_column(Float, nullable=True)
-    off_kwh: Mapped[float | None] = mapped_column(Float, nullable=True)
-    left_kwh: Mapped[float | None] = mapped_column(Float, nullable=True)
 
 
 class UsageDayTotal(Base):

@@ -16,6 +16,7 @@ from pathlib import Path
 from zoneinfo import ZoneInfo
 
 import pytest
+from flask import Flask
 from sqlalchemy import select
 
 from campus.contract import State
@@ -475,6 +476,21 @@ def test_pending_days_run_to_each_schools_today_not_the_hosts(app) -> None:
     assert pending() == 2
 
 
+def timetabled_district(tmp_path: Path, central_db_url: str,
+                        monkeypatch: pytest.MonkeyPatch) -> tuple[Flask, dict[str, str]]:
+    """tests/test_paging.py's district of 40 rooms, every school with classes every weekday but s02 (no
+    timetable: no periods), and each room's school."""
+    from tests.test_paging import district_app
+
+    district = district_app(tmp_path, central_db_url, 40, monkeypatch)
+    c = central(district)
+    every_week = {"timezone": DOC["timezone"], "periods": DOC["periods"]}  # no terms: classes every weekday
+    for school in (f"s{i:02d}" for i in range(SCHOOLS)):
+        if school != "s02":
+            tts.save(c.registry, tts.from_document(school, every_week), "test")
+    return district, {gw: school for gw, school, *_ in lists.place_rows(c.db, lists.Scope())}
+
+
 def test_a_months_report_from_its_room_months_answers_what_its_days_do(tmp_path: Path, central_db_url: str,
                                                                         monkeypatch: pytest.MonkeyPatch) -> None:
     """A whole calendar month's report reads one `usage_months` row a room (migration 0022), kept by the rollup
@@ -482,16 +498,9 @@ def test_a_months_report_from_its_room_months_answers_what_its_days_do(tmp_path:
     month over and a month running, every scope, every page; after new days are filled, after today's row is
     rewritten with more periods used, and with a row of a gateway that is no place any more (written the way
     a writer other than the rollup must: `recount_months` in its transaction)."""
-    from tests.test_paging import district_app
-
-    district = district_app(tmp_path, central_db_url, 40, monkeypatch)
+    district, school_of = timetabled_district(tmp_path, central_db_url, monkeypatch)
     try:
         c = central(district)
-        every_week = {"timezone": DOC["timezone"], "periods": DOC["periods"]}  # no terms: classes every weekday
-        for school in (f"s{i:02d}" for i in range(SCHOOLS)):
-            if school != "s02":  # a school without a timetable: no periods
-                tts.save(c.registry, tts.from_document(school, every_week), "test")
-        school_of = {gw: school for gw, school, *_ in lists.place_rows(c.db, lists.Scope())}
         # Friday 12 September 2025, 11:00 in Shanghai: August over, September running (today's row partial).
         now = t("12", "11:00")
         today = date(2025, 9, 12)
@@ -562,16 +571,9 @@ def test_a_weeks_report_from_its_room_weeks_answers_what_its_days_do(tmp_path: P
     week over and the week running, every scope, every page; after older days are filled, after today's row is
     rewritten with more periods used, and with hand-written rows of a place and of a gateway that is no place
     (counted in neither the rooms nor the days). Turning the recount of the weeks off fails it."""
-    from tests.test_paging import district_app
-
-    district = district_app(tmp_path, central_db_url, 40, monkeypatch)
+    district, school_of = timetabled_district(tmp_path, central_db_url, monkeypatch)
     try:
         c = central(district)
-        every_week = {"timezone": DOC["timezone"], "periods": DOC["periods"]}  # no terms: classes every weekday
-        for school in (f"s{i:02d}" for i in range(SCHOOLS)):
-            if school != "s02":  # a school without a timetable: no periods
-                tts.save(c.registry, tts.from_document(school, every_week), "test")
-        school_of = {gw: school for gw, school, *_ in lists.place_rows(c.db, lists.Scope())}
         # Friday 12 September 2025, 11:00 in Shanghai: the week of the 1st over, the week of the 8th running.
         now = t("12", "11:00")
         c.store.write([Sample(school_of[gw], gw, "proj", "projector", t(day, hhmm) + 60 * i, {"power": "on"})
