@@ -29,7 +29,7 @@ from dataclasses import dataclass, field, fields
 from datetime import date
 from typing import Any
 
-from sqlalchemy import case, func, literal, select
+from sqlalchemy import func, literal, select
 
 from campus import counters
 from central import lists
@@ -207,8 +207,8 @@ def _check_span(first: date, last: date) -> None:
 
 def _rooms(db: Database, first: date, last: date, scope: lists.Scope,
            building: str | None) -> tuple[Any, Any, Any, list[Any]]:
-    """Each metered room's sums from `first` to `last` (a subquery: `gateway`, `kwh`, `off`, and `left_kwh` the
-    kWh of its days with an `off`), joined to its place, and the conditions keeping `scope` and `building`.
+    """Each metered room's sums from `first` to `last` (a subquery: `gateway`, `kwh`, `off_kwh`, and `left_kwh` the
+    kWh of its days with an `off_kwh`; also `metered` from the days), joined to its place, and the conditions keeping `scope` and `building`.
 
     The room-days are summed per gateway before they meet `places`: the join is one row per room, not per
     room-day, and the rows come from the `usage_days_energy` index alone (migration 0019). A whole ISO week or
@@ -217,23 +217,23 @@ def _rooms(db: Database, first: date, last: date, scope: lists.Scope,
     def kept(p: Any) -> list[Any]:
         return [*lists.place_filter(p, scope), *_building_filter(p, building)]
 
-    from central.usage import kept_span
+    from central.usage import kept_span, room_energy_sums
 
     u = _u()
     inside = lists.places(db)  # a school's or a building's rooms are picked before their days are summed
+
+    def narrowed(gateway: Any) -> list[Any]:
+        return [gateway.in_(select(inside.c.id).where(*kept(inside)))] if kept(inside) else []
+
     whole = kept_span(first, last)
     if whole is not None:  # a whole week or month: each room's sums kept by the rollup (`usage_weeks`, `usage_months`)
         k, key = whole
-        narrowed = [k.gateway.in_(select(inside.c.id).where(*kept(inside)))] if kept(inside) else []
-        per_room = (select(k.gateway.label("gateway"), k.kwh.label("kwh"), k.off_kwh.label("off"),
-                           k.left_kwh.label("left_kwh")).where(key, k.metered > 0, *narrowed).subquery("room_energy"))
-    else:
-        narrowed = [u.gateway.in_(select(inside.c.id).where(*kept(inside)))] if kept(inside) else []
-        per_room = (select(u.gateway.label("gateway"), func.sum(u.energy_kwh).label("kwh"),
-                           func.sum(u.energy_off_kwh).label("off"),
-                           func.sum(case((u.energy_off_kwh.is_not(None), u.energy_kwh))).label("left_kwh"))
-                    .where(u.day >= first, u.day <= last, u.meter_devices > 0, *narrowed).group_by(u.gateway)
-                    .subquery("room_energy"))
+        per_room = (select(k.gateway.label("gateway"), k.kwh, k.off_kwh, k.left_kwh)
+                    .where(key, k.metered > 0, *narrowed(k.gateway)).subquery("room_energy"))
+    else:  # the same sums as the rollup keeps (`room_energy_sums`), of the span's metered days
+        per_room = (select(u.gateway.label("gateway"), *room_energy_sums())
+                    .where(u.day >= first, u.day <= last, u.meter_devices > 0, *narrowed(u.gateway))
+                    .group_by(u.gateway).subquery("room_energy"))
     p = lists.places(db)
     return per_room.join(p, p.c.id == per_room.c.gateway), per_room, p, kept(p)
 
@@ -263,7 +263,7 @@ def report(db: Database, first: date, last: date, scope: lists.Scope = lists.EVE
     u = _u()
     joined, r, p, where = _rooms(db, first, last, scope, building)
     bld = func.coalesce(p.c.building, "")
-    per_building = (select(p.c.school, bld, func.sum(r.c.kwh), func.sum(r.c.off), func.count(), func.count(r.c.off))
+    per_building = (select(p.c.school, bld, func.sum(r.c.kwh), func.sum(r.c.off_kwh), func.count(), func.count(r.c.off_kwh))
                     .select_from(joined).where(*where).group_by(p.c.school, bld))
     # Every rollup row is a place's (the rollup walks `places`, nothing deletes one): the whole district's days
     # need not meet `places` (a week's: 6 ms of SQLite's CPU at 10,000 rooms against 43 ms with it).
@@ -272,7 +272,7 @@ def report(db: Database, first: date, last: date, scope: lists.Scope = lists.EVE
                .where(u.day >= first, u.day <= last, u.meter_devices > 0, *placed).group_by(u.day))
     q = rooms.q if rooms is not None else None
     matching = [*where, lists.matches(q, r.c.gateway, p.c.school, p.c.building, p.c.room)]
-    per_room = (select(r.c.gateway, p.c.school, p.c.building, p.c.room, r.c.kwh, r.c.off)
+    per_room = (select(r.c.gateway, p.c.school, p.c.building, p.c.room, r.c.kwh, r.c.off_kwh)
                 .select_from(joined).where(*matching)
                 .order_by(*(lists.ordered(db, c) for c in (func.coalesce(p.c.school, ""), bld,
                                                             func.coalesce(p.c.room, ""), r.c.gateway))))
@@ -314,12 +314,12 @@ def left_on(db: Database, first: date, last: date, paging: lists.Paging, scope: 
     same span's and scope's `EnergyReport.left_on_count`, without a `q`), one statement (two for a page
     past the end). A room's `kwh` is that of its days with a timetable (an `off_kwh`)."""
     joined, r, p, where = _rooms(db, first, last, scope, building)
-    where = [*where, r.c.off.is_not(None), lists.matches(paging.q, r.c.gateway, p.c.school, p.c.building, p.c.room)]
+    where = [*where, r.c.off_kwh.is_not(None), lists.matches(paging.q, r.c.gateway, p.c.school, p.c.building, p.c.room)]
     counted = total is None or bool(paging.q)  # the count in the same statement: SQL's window over every row
-    query = (select(r.c.gateway, p.c.school, p.c.building, p.c.room, r.c.left_kwh, r.c.off,
+    query = (select(r.c.gateway, p.c.school, p.c.building, p.c.room, r.c.left_kwh, r.c.off_kwh,
                     func.count().over() if counted else literal(total))
              .select_from(joined).where(*where)
-             .order_by(r.c.off.desc(), lists.ordered(db, p.c.school), lists.ordered(db, r.c.gateway))
+             .order_by(r.c.off_kwh.desc(), lists.ordered(db, p.c.school), lists.ordered(db, r.c.gateway))
              .limit(paging.limit).offset(paging.offset))
     with db.read("cannot read the rooms' energy") as conn:
         rows = list(conn.execute(query))
