@@ -494,7 +494,7 @@ def run(args: argparse.Namespace, work: Path) -> tuple[list[Measured], dict[str,
         ingests = start_ingests(mq.url, url, db, args.ingest_workers, work)
         port = free_port()
         web = CampusProcess(["web", "--mqtt", mq.url, "--store", url, "--db", url, "--http-port", str(port),
-                             "--admin-token", token, *([] if args.jobs_in_web else ["--no-jobs"])], work / "web.log")
+                             f"--admin-token={token}", *([] if args.jobs_in_web else ["--no-jobs"])], work / "web.log")
         jobs = None if args.jobs_in_web else CampusProcess(["jobs", "--mqtt", mq.url, "--store", url, "--db", url],
                                                            work / "jobs.log")
         publisher: Publisher | None = None

@@ -239,7 +239,7 @@ def run(args: argparse.Namespace, work: Path) -> tuple[list[Sample], Counters, b
         ingests = start_ingests(mq.url, f"sqlite:///{db}", db, 1, work)
         port = free_port()
         web = CampusProcess(["web", "--mqtt", mq.url, "--store", f"sqlite:///{db}", "--http-port", str(port),
-                             "--admin-token", token], work / "web.log", open_files=args.open_files)
+                             f"--admin-token={token}"], work / "web.log", open_files=args.open_files)
         swarms: list[Swarm] = []
         browsers = Browsers(port, token, args.boards, [gateway_id(i)[1] for i in range(min(args.panels, args.rooms))])
         try:
